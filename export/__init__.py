@@ -1,0 +1,1 @@
+"""Dev-only export toolchain: PyTorch modules and ONNX conversion (needs torch and onnx; never imported by ptolemy_rt)."""

@@ -1,0 +1,282 @@
+"""The `ptolemy-rt` command line: squares (lowmag), holes (medmag), demo, leginon-script, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import InputError, ModelError, PtolemyError
+from .results import FORMATS, write_result
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("ptolemy_rt")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
+SUFFIX = {"json": ".json", "txt": ".txt", "csv": ".csv"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="MRC, TIFF, PNG or JPEG files")
+    p.add_argument("-f", "--format", choices=FORMATS, default="json", help="output format (default json)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file, or a directory when several images are given "
+                   "(default: standard output)")
+    p.add_argument("--compat", choices=["ptolemy"], help="write the original Ptolemy CLI's JSON (one line, its "
+                   "field names, order and int() centres)")
+    p.add_argument("--overlay", metavar="PNG", help="draw the result on the image (a file, or a directory for "
+                   "several images)")
+    p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores)")
+    p.add_argument("--section", type=int, metavar="N", help="section of an MRC/TIFF stack (default 0, with a warning)")
+    p.add_argument("-v", "--verbose", action="store_true", help="stage timings and provider on stderr")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `ptolemy-rt` command."""
+    parser = _Parser(prog="ptolemy-rt", description="Targeting for cryo-EM data collection: grid squares at low "
+                     "magnification, holes at medium magnification (the Ptolemy method).")
+    parser.add_argument("--version", action="version", version=f"ptolemy-rt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sq = sub.add_parser("squares", aliases=["lowmag"], help="find and score grid squares in low-mag atlases")
+    _common(sq)
+    sq.add_argument("--min-area", type=float, default=100.0, help="drop squares whose hull is smaller (px², default 100)")
+    sq.add_argument("--window", type=int, default=6, help="pixels within this window join one square (default 6)")
+    sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
+    sq.set_defaults(func=_cmd_squares)
+
+    ho = sub.add_parser("holes", aliases=["medmag"], help="find and score holes in medium-mag images")
+    _common(ho)
+    ho.add_argument("--score", choices=["unet", "cnn"], help="which score ranks the holes (default: cnn with "
+                    "--compat ptolemy, else unet)")
+    ho.add_argument("--edge-tolerance", type=float, default=-10.0, help="how far outside the image a hole centre "
+                    "may lie, px (default -10: at least 10 px inside)")
+    ho.add_argument("--threshold", type=float, help="U-Net probability threshold (default: the model's)")
+    ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
+    ho.set_defaults(func=_cmd_holes)
+
+    demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
+    demo.add_argument("-o", "--output", default="ptolemy-demo", help="output directory (default ./ptolemy-demo)")
+    demo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
+    demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument("--threads", type=int, metavar="N")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    demo.add_argument("--debug", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
+
+    ls = sub.add_parser("leginon-script", help="print a script for Smart-Leginon's external finder "
+                        "(source SCRIPT JOB INPUT.mrc OUTDIR)")
+    ls.add_argument("finder", choices=["squares", "holes"])
+    ls.add_argument("--models", metavar="DIR", help="model set to put in the script (default: the shipped set)")
+    ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    ls.add_argument("--extra", default="", help="extra options for the finder, quoted as one string")
+    ls.add_argument("--debug", action="store_true")
+    ls.set_defaults(func=_cmd_leginon_script)
+
+    mo = sub.add_parser("models", help="show and verify a model set and the providers onnxruntime offers")
+    mo.add_argument("--models", metavar="DIR")
+    mo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    mo.add_argument("--debug", action="store_true")
+    mo.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path | None]:
+    """Where each image's result goes: stdout (None), the -o file, or a file in the -o directory."""
+    n = len(args.images)
+    if args.output is None:
+        return [None] * n
+    out = Path(args.output)
+    if n == 1 and not (out.is_dir() or args.output.endswith(("/", os.sep))):
+        return [out]
+    return [out / (Path(img).stem + SUFFIX[args.format]) for img in args.images]
+
+
+def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
+    n = len(args.images)
+    if not args.overlay:
+        return [None] * n
+    out = Path(args.overlay)
+    if n == 1 and not (out.is_dir() or args.overlay.endswith(("/", os.sep))):
+        return [out]
+    return [out / (Path(img).stem + ".png") for img in args.images]
+
+
+def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int:
+    """Run `finder` on every image; keep going past failures, report them all, return the worst code."""
+    from .io import read_image
+    from .models import load_models
+    from .overlay import write_overlay
+
+    models = None
+    if options.pop("_use_models", True):
+        models = load_models(args.models, provider=args.provider, threads=args.threads)
+    failures: list[tuple[str, int, str]] = []
+    outputs = _output_paths(args)
+    overlays = _overlay_paths(args)
+    for image_path, out, overlay in zip(args.images, outputs, overlays):
+        try:
+            start = time.perf_counter()
+            image = read_image(image_path, section=args.section)
+            result = finder(image, models=models if models is not None else False, **options)
+            text = write_result(result, out, fmt=args.format, compat=args.compat == "ptolemy")
+            if out is None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            if overlay is not None:
+                write_overlay(overlay, image.data, result)
+            if args.verbose:
+                stages = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in result.timings.items())
+                provider = models.provider if models is not None else "none"
+                total = (time.perf_counter() - start) * 1000
+                print(f"{image_path}: {len(result.targets)} {result.kind}, {total:.1f} ms total [{stages}] "
+                      f"provider={provider}" + (f" reason={result.reason}" if result.reason else ""),
+                      file=sys.stderr)
+            elif result.reason:
+                print(f"{image_path}: no {result.kind}: {result.reason}", file=sys.stderr)
+        except PtolemyError as exc:
+            failures.append((image_path, exc.exit_code, str(exc)))
+            if exc.exit_code == EXIT_MODEL:
+                break  # the model set is shared by every image: later ones would fail the same way
+        except Exception as exc:  # an internal error on one file must not stop the batch
+            if args.debug:
+                traceback.print_exc()
+            failures.append((image_path, EXIT_INTERNAL, f"{image_path}: internal error: {type(exc).__name__}: {exc}"))
+    if failures:
+        if len(args.images) > 1:
+            print(f"ptolemy-rt: {len(failures)} of {len(args.images)} image(s) failed:", file=sys.stderr)
+        for _, _, message in failures:
+            print(f"error: {message}", file=sys.stderr)
+        # Exit with the worst code: internal (1) is worse than model (3), which is worse than input (2).
+        codes = {code for _, code, _ in failures}
+        return EXIT_INTERNAL if EXIT_INTERNAL in codes else (EXIT_MODEL if EXIT_MODEL in codes else EXIT_INPUT)
+    return EXIT_OK
+
+
+def _cmd_squares(args: argparse.Namespace) -> int:
+    from .squares import find_squares
+
+    options = {"window": args.window, "min_area": args.min_area, "_use_models": not args.no_score}
+    return _run_batch(args, find_squares, options)
+
+
+def _cmd_holes(args: argparse.Namespace) -> int:
+    from .holes import find_holes
+
+    score = args.score or ("cnn" if args.compat == "ptolemy" else "unet")
+    options = {
+        "edge_tolerance": args.edge_tolerance,
+        "threshold": args.threshold,
+        "refine": not args.no_refine,
+        "score": score,
+    }
+    return _run_batch(args, find_holes, options)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.output), models=args.models, provider=args.provider, threads=args.threads,
+                    seed=args.seed, verbose=args.verbose)
+
+
+def _cmd_leginon_script(args: argparse.Namespace) -> int:
+    print(leginon_script(args.finder, models=args.models, provider=args.provider, extra=args.extra), end="")
+    return EXIT_OK
+
+
+def leginon_script(finder: str, models: str | None = None, provider: str = "auto", extra: str = "") -> str:
+    """A bash script for Smart-Leginon: `source SCRIPT JOB INPUT OUTDIR` writes OUTDIR/JOB.json (one line)."""
+    python = shlex.quote(sys.executable)
+    opts = ["--compat", "ptolemy", "-f", "json", "--provider", provider]
+    if models:
+        opts += ["--models", str(Path(models).resolve())]
+    opt_text = " ".join(shlex.quote(o) for o in opts) + (f" {extra}" if extra else "")
+    return (
+        f"# Smart-Leginon external {finder} finder, written by ptolemy-rt {__version__}.\n"
+        "# Leginon runs: source THIS_SCRIPT JOB_BASENAME INPUT.mrc OUTDIR, then reads the first line\n"
+        "# of OUTDIR/JOB_BASENAME.json. Sourced, so it must not exit the caller's shell.\n"
+        f"{python} -m ptolemy_rt {finder} {opt_text} -o \"$3/$1.json\" \"$2\"\n"
+    )
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import available_providers, load_models
+
+    models = load_models(args.models, provider=args.provider)
+    for task in ("square_cnn", "hole_unet", "hole_cnn"):
+        if models.has(task):
+            models.session(task)
+    info = {
+        "directory": str(models.directory),
+        "ids": models.ids,
+        "licence": models.manifest.get("licence"),
+        "available_providers": available_providers(),
+        "running_on": models.provider,
+        "threads": models.threads,
+    }
+    print(json.dumps(info, indent=1))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, and map errors to exit codes (0 ok, 1 internal, 2 input/usage, 3 model)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+
+    def _warn(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    if not debug:
+        warnings.showwarning = _warn
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ModelError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                  file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Model sets: a manifest of ONNX graphs, verified by sha256, run with onnxruntime (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import ModelError
+
+__all__ = [
+    "TASKS",
+    "ModelSet",
+    "load_models",
+    "resolve_models",
+    "default_models_dir",
+    "available_providers",
+    "physical_cores",
+    "sigmoid",
+]
+
+log = logging.getLogger(__name__)
+
+TASKS = ("square_cnn", "hole_unet", "hole_cnn")
+PROVIDERS = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def _ort():
+    """Import onnxruntime, or explain which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError(
+            "onnxruntime is not installed: pip install 'ptolemy-rt[cpu]' (CPU) or 'ptolemy-rt[gpu]' (CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def default_models_dir() -> Path:
+    """The model set shipped with the package (installed as ptolemy_rt/model_data, or ./models in a checkout)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "model_data"
+    if (installed / "manifest.json").is_file():
+        return installed
+    return here.parent / "models"
+
+
+def physical_cores() -> int:
+    """Number of physical CPU cores (logical count halved when SMT is detected, Linux only)."""
+    logical = os.cpu_count() or 1
+    try:
+        cores = set()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            phys = core = None
+            for line in fh:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip():
+                    if core is not None:
+                        cores.add((phys, core))
+                    phys = core = None
+        if cores:
+            return max(1, min(len(cores), logical))
+    except OSError:
+        pass
+    return max(1, logical)
+
+
+def available_providers() -> list[str]:
+    """onnxruntime execution providers offered by the installed build."""
+    return list(_ort().get_available_providers())
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable float32 logistic function."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: model set directory not found")
+    if not path.is_file():
+        raise ModelError(f"{directory}: no manifest.json (not a model set)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+    models = manifest.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ModelError(f"{path}: manifest lists no models")
+    for task, spec in models.items():
+        if task not in TASKS:
+            raise ModelError(f"{path}: unknown task '{task}' (known: {', '.join(TASKS)})")
+        for key in ("file", "sha256"):
+            if key not in spec:
+                raise ModelError(f"{path}: model '{task}' has no '{key}'")
+    return manifest
+
+
+class ModelSet:
+    """A verified model set; onnxruntime sessions are created on first use and reused."""
+
+    def __init__(self, directory: str | os.PathLike, provider: str = "auto", threads: int | None = None):
+        if provider not in PROVIDERS:
+            raise ModelError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
+        self.directory = Path(directory).resolve()
+        self.manifest = _read_manifest(self.directory)
+        self.requested_provider = provider
+        self.threads = int(threads) if threads else physical_cores()
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._providers_used: dict[str, list[str]] = {}
+        self._verify_hashes()
+
+    def _verify_hashes(self) -> None:
+        """Refuse any graph whose bytes differ from the manifest's sha256."""
+        for task, spec in self.manifest["models"].items():
+            path = self.directory / spec["file"]
+            if not path.is_file():
+                raise ModelError(f"{path}: model file for '{task}' is missing")
+            digest = _sha256(path)
+            if digest != spec["sha256"]:
+                raise ModelError(
+                    f"{path}: sha256 {digest[:12]}... does not match the manifest ({spec['sha256'][:12]}...); "
+                    "the model set was modified or is incomplete"
+                )
+
+    @property
+    def name(self) -> str:
+        """The set's name from its manifest."""
+        return str(self.manifest.get("name", self.directory.name))
+
+    @property
+    def ids(self) -> dict[str, Any]:
+        """What identifies this set in results: name, version and per-task file and sha256."""
+        return {
+            "name": self.name,
+            "version": self.manifest.get("version"),
+            **{
+                task: {"file": spec["file"], "sha256": spec["sha256"]}
+                for task, spec in sorted(self.manifest["models"].items())
+            },
+        }
+
+    def has(self, task: str) -> bool:
+        """Whether the set holds a graph for `task`."""
+        return task in self.manifest["models"]
+
+    def spec(self, task: str) -> dict[str, Any]:
+        """The manifest entry of `task`."""
+        try:
+            return self.manifest["models"][task]
+        except KeyError:
+            raise ModelError(f"{self.directory}: the model set has no '{task}' model") from None
+
+    def _provider_list(self) -> list[str]:
+        available = available_providers()
+        if self.requested_provider == "cpu":
+            return [_CPU]
+        if self.requested_provider == "cuda":
+            if _CUDA not in available:
+                raise ModelError(
+                    "provider 'cuda' requested but this onnxruntime build has no CUDA provider "
+                    "(pip uninstall onnxruntime; pip install 'ptolemy-rt[gpu]')"
+                )
+            return [_CUDA, _CPU]
+        return [_CUDA, _CPU] if _CUDA in available else [_CPU]
+
+    def session(self, task: str):
+        """The onnxruntime InferenceSession of `task` (created once, then reused)."""
+        with self._lock:
+            sess = self._sessions.get(task)
+            if sess is not None:
+                return sess
+            ort = _ort()
+            spec = self.spec(task)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            wanted = self._provider_list()
+            try:
+                sess = ort.InferenceSession(str(self.directory / spec["file"]), options, providers=wanted)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise ModelError(f"{self.directory / spec['file']}: cannot create session ({exc})") from None
+            got = sess.get_providers()
+            # onnxruntime silently falls back to CPU when CUDA libraries are missing: say so.
+            if _CUDA in wanted and _CUDA not in got:
+                if self.requested_provider == "cuda":
+                    raise ModelError(
+                        "provider 'cuda' requested but onnxruntime could not start it "
+                        "(CUDA/cuDNN libraries missing?); use --provider cpu"
+                    )
+                log.warning("CUDA provider unavailable at run time; running %s on CPU", task)
+            self._providers_used[task] = list(got)
+            self._sessions[task] = sess
+            return sess
+
+    @property
+    def provider(self) -> str:
+        """'cuda' if any created session runs on CUDA, else 'cpu' (what we actually run on)."""
+        for task in self._sessions:
+            if _CUDA in self._providers_used.get(task, []):
+                return "cuda"
+        return "cpu"
+
+    def run(self, task: str, x: np.ndarray) -> np.ndarray:
+        """Run the graph of `task` on an NCHW float32 batch and return its logits."""
+        sess = self.session(task)
+        spec = self.spec(task)
+        feed = {spec.get("input", sess.get_inputs()[0].name): np.ascontiguousarray(x, dtype=np.float32)}
+        try:
+            out = sess.run([spec.get("output", sess.get_outputs()[0].name)], feed)[0]
+        except Exception as exc:
+            raise ModelError(f"{task}: inference failed on input of shape {tuple(x.shape)} ({exc})") from None
+        return np.asarray(out, dtype=np.float32)
+
+    def predict(self, task: str, x: np.ndarray) -> np.ndarray:
+        """Run the graph of `task` and return sigmoid probabilities."""
+        return sigmoid(self.run(task, x))
+
+    def __repr__(self) -> str:
+        return f"ModelSet({str(self.directory)!r}, provider={self.requested_provider!r}, threads={self.threads})"
+
+
+_CACHE: dict[tuple[str, str, int | None], ModelSet] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_models(
+    path: str | os.PathLike | None = None, provider: str = "auto", threads: int | None = None
+) -> ModelSet:
+    """Load (once per process) and verify a model set; None means the set shipped with the package."""
+    directory = Path(path) if path is not None else default_models_dir()
+    if path is None and not (directory / "manifest.json").is_file():
+        raise ModelError(f"the default model set is missing ({directory}); reinstall ptolemy-rt or pass --models DIR")
+    key = (str(directory.resolve()), provider, threads)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is None:
+            cached = ModelSet(directory, provider=provider, threads=threads)
+            _CACHE[key] = cached
+        return cached
+
+
+ModelsLike = Union[ModelSet, str, os.PathLike, None]
+
+
+def resolve_models(models: ModelsLike, provider: str = "auto", threads: int | None = None) -> ModelSet:
+    """Accept a ModelSet, a directory or None (the default set) and return a ModelSet."""
+    if isinstance(models, ModelSet):
+        return models
+    return load_models(models, provider=provider, threads=threads)

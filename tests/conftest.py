@@ -1,0 +1,77 @@
+"""Shared fixtures: the reference material in ../shared and a model set converted from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def reference_root() -> Path:
+    """Where the Ptolemy reference material is: $PTOLEMY_REFERENCE or ../shared/ptolemy-reference."""
+    env = os.environ.get("PTOLEMY_REFERENCE")
+    return Path(env) if env else REPO.parent / "shared" / "ptolemy-reference"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip with `reason` when `condition` fails, except under CI=true, where it fails the test."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def need_torch():
+    """Import torch, or skip (fail in CI) with the install command."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        need(False, "torch is not installed (pip install -e '.[dev,cpu]')")
+    import torch
+
+    return torch
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The ../shared/ptolemy-reference folder (skipped where absent, e.g. a user's clone)."""
+    root = reference_root()
+    need(root.is_dir(), f"Ptolemy reference material not found at {root} (set PTOLEMY_REFERENCE)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def converted_models(reference_dir: Path, tmp_path_factory) -> Path:
+    """A model set converted from the published checkpoints, bn=batch (built once per session)."""
+    need_torch()
+    from export.convert_ptolemy import convert
+
+    out = tmp_path_factory.mktemp("converted_batch")
+    return convert(reference_dir / "weights", out, bn="batch")
+
+
+@pytest.fixture(scope="session")
+def converted_models_running(reference_dir: Path, tmp_path_factory) -> Path:
+    """A model set converted from the published checkpoints, bn=running."""
+    need_torch()
+    from export.convert_ptolemy import convert
+
+    out = tmp_path_factory.mktemp("converted_running")
+    return convert(reference_dir / "weights", out, bn="running")
+
+
+@pytest.fixture(scope="session")
+def lowmag_path(reference_dir: Path) -> Path:
+    """The real low-mag example atlas."""
+    return reference_dir / "images" / "20may08a_16760340.mrc"
+
+
+@pytest.fixture(scope="session")
+def medmag_path(reference_dir: Path) -> Path:
+    """The real med-mag example."""
+    return reference_dir / "images" / "medmag_readme_1024x1440.mrc"

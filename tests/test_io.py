@@ -1,0 +1,200 @@
+"""Image reading: formats, stacks, metadata, and every kind of bad input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import mrcfile
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ptolemy_rt import io
+from ptolemy_rt.errors import (
+    CorruptFileError,
+    InputError,
+    MissingFileError,
+    NonFiniteError,
+    ShapeError,
+    TooSmallError,
+    UnsupportedFormatError,
+)
+
+
+def _mrc(path: Path, data: np.ndarray, voxel: float | None = None) -> Path:
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+        if voxel is not None:
+            m.voxel_size = voxel
+    return path
+
+
+@pytest.mark.parametrize("dtype,mode", [(np.int8, 0), (np.int16, 1), (np.float32, 2), (np.uint16, 6), (np.float16, 12)])
+def test_mrc_modes_round_trip(tmp_path, dtype, mode):
+    data = (np.arange(40 * 30).reshape(40, 30) % 100).astype(dtype)
+    path = _mrc(tmp_path / "a.mrc", data, voxel=3.5)
+    with mrcfile.open(path) as m:
+        assert int(m.header.mode) == mode
+    img = io.read_image(path)
+    assert img.data.dtype == np.float32 and img.data.flags.c_contiguous
+    np.testing.assert_array_equal(img.data, data.astype(np.float32))
+    assert img.pixel_size_A == pytest.approx(3.5)
+    assert img.dtype == np.dtype(dtype).name
+    assert img.shape == (40, 30)
+
+
+def test_no_pixel_size_is_none(tmp_path):
+    img = io.read_image(_mrc(tmp_path / "a.mrc", np.zeros((8, 9), np.int16)))
+    assert img.pixel_size_A is None
+
+
+def test_stack_section_zero_warns_and_section_picks(tmp_path):
+    stack = np.stack([np.full((10, 12), i, np.float32) for i in range(3)])
+    path = _mrc(tmp_path / "s.mrc", stack)
+    with pytest.warns(UserWarning, match="section 0"):
+        img = io.read_image(path)
+    assert img.data[0, 0] == 0 and img.section == 0
+    img2 = io.read_image(path, section=2)
+    assert img2.data[0, 0] == 2 and img2.section == 2
+    with pytest.raises(ShapeError, match="section 5"):
+        io.read_image(path, section=5)
+
+
+def test_single_image_with_section_is_an_error(tmp_path):
+    path = _mrc(tmp_path / "a.mrc", np.zeros((8, 9), np.int16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.read_image(path, section=0).shape == (8, 9)
+    with pytest.raises(ShapeError):
+        io.read_image(path, section=1)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(MissingFileError, match="nope.mrc"):
+        io.read_image(tmp_path / "nope.mrc")
+    with pytest.raises(MissingFileError, match="not a file"):
+        io.read_image(tmp_path)
+
+
+def test_truncated_mrc(tmp_path):
+    path = _mrc(tmp_path / "t.mrc", np.ones((64, 64), np.float32))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 1000])
+    with pytest.raises(CorruptFileError, match="t.mrc"):
+        io.read_image(path)
+
+
+def test_unknown_mrc_mode(tmp_path):
+    path = _mrc(tmp_path / "m.mrc", np.ones((16, 16), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[12:16] = np.int32(42).tobytes()  # MODE word
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="m.mrc") as info:
+        io.read_image(path)
+    assert isinstance(info.value, (UnsupportedFormatError, CorruptFileError))
+    assert "mode" in str(info.value).lower()
+
+
+def test_complex_mode_unsupported(tmp_path):
+    path = _mrc(tmp_path / "c.mrc", np.ones((16, 16), np.complex64))
+    with pytest.raises(UnsupportedFormatError, match="mode 4"):
+        io.read_image(path)
+
+
+def test_nan_and_inf(tmp_path):
+    data = np.ones((16, 16), np.float32)
+    data[3, 4] = np.nan
+    data[5, 6] = np.inf
+    with pytest.raises(NonFiniteError, match="2 pixel"):
+        io.read_image(_mrc(tmp_path / "n.mrc", data))
+
+
+def test_garbage_files(tmp_path):
+    for name in ("x.mrc", "x.png", "x.tif", "x.jpg"):
+        p = tmp_path / name
+        p.write_bytes(b"this is not an image at all" * 50)
+        with pytest.raises(InputError, match=name):
+            io.read_image(p)
+    empty = tmp_path / "e.png"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="empty"):
+        io.read_image(empty)
+    unknown = tmp_path / "x.xyz"
+    unknown.write_text("hello")
+    with pytest.raises(UnsupportedFormatError, match="unknown file type"):
+        io.read_image(unknown)
+
+
+def test_arrays_not_2d():
+    with pytest.raises(ShapeError):
+        io.as_image(np.zeros(10, np.float32))
+    with pytest.raises(ShapeError):
+        io.as_image(np.zeros((0, 5), np.float32))
+    with pytest.raises(ShapeError):
+        io.as_image(np.zeros((2, 3, 4, 5), np.float32))
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_raster_grey_and_colour(tmp_path, ext):
+    grey = (np.arange(50 * 60).reshape(50, 60) % 251).astype(np.uint8)
+    p = tmp_path / f"g{ext}"
+    assert cv2.imwrite(str(p), grey)
+    np.testing.assert_array_equal(io.read_image(p).data, grey.astype(np.float32))
+    rgb = np.dstack([grey, grey, grey])
+    p2 = tmp_path / f"c{ext}"
+    assert cv2.imwrite(str(p2), rgb)
+    np.testing.assert_allclose(io.read_image(p2).data, grey.astype(np.float32), atol=1)
+
+
+def test_tiff_uint16_and_stack(tmp_path):
+    data = (np.arange(32 * 40).reshape(32, 40) * 7).astype(np.uint16)
+    p = tmp_path / "u.tif"
+    assert cv2.imwrite(str(p), data)
+    img = io.read_image(p)
+    assert img.dtype == "uint16"
+    np.testing.assert_array_equal(img.data, data.astype(np.float32))
+    p2 = tmp_path / "stack.tif"
+    assert cv2.imwritemulti(str(p2), [data, data + 1])
+    with pytest.warns(UserWarning):
+        assert io.read_image(p2).data[0, 0] == 0
+    assert io.read_image(p2, section=1).data[0, 0] == 1
+
+
+def test_check_min_size():
+    img = io.as_image(np.zeros((300, 200), np.float32), name="small.mrc")
+    io.check_min_size(img, 200)
+    with pytest.raises(TooSmallError, match="small.mrc.*300x200"):
+        io.check_min_size(img, 256)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    io.atomic_write(target, "first")
+    assert target.read_text() == "first"
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "replace", boom)
+    with pytest.raises(OSError):
+        io.atomic_write(target, "second")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=hnp.arrays(
+        dtype=st.sampled_from([np.int8, np.int16, np.uint16, np.float32]),
+        shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=20),
+        elements={"allow_nan": False, "allow_infinity": False},
+    )
+)
+def test_mrc_round_trip_property(tmp_path_factory, data):
+    path = _mrc(tmp_path_factory.mktemp("h") / "p.mrc", data)
+    img = io.read_image(path)
+    np.testing.assert_array_equal(img.data, data.astype(np.float32))
