@@ -204,6 +204,9 @@ class ModelSet:
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
+            # The arena keeps every activation's peak allocation for the session's lifetime: the published
+            # U-Net at 1024x1536 then holds 4.8 GB instead of 2.1 GB, at the same speed.
+            options.enable_cpu_mem_arena = False
             wanted = self._provider_list()
             try:
                 sess = ort.InferenceSession(str(self.directory / spec["file"]), options, providers=wanted)

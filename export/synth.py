@@ -1,0 +1,269 @@
+"""Training data for the default model set: synthetic (ptolemy_rt.synth) or a facility's own labelled images.
+
+Three kinds of examples, each made exactly as the runtime will see them:
+- U-Net: images resampled so the lattice period is CANONICAL_SPACING px, normalised to zero mean and unit
+  variance over the whole image, with a target map of Gaussian blobs (sigma TARGET_SIGMA) at hole centres.
+- Square CNN: 240x240 crops of the squares that ptolemy_rt.squares finds on a synthetic atlas, made by its
+  own crop code, labelled collectable or not by matching to the generator's truth.
+- Hole CNN: lattice-frame crops (half-side spacing/2 - 10, ptolemy_rt.crops), per-crop normalised, labelled
+  good or bad, with the lattice jittered as much as the runtime's lattice fit errs.
+
+Seeds: every training image's seed is drawn below TEST_SEED_BASE; benchmarks/accuracy.py uses seeds from
+TEST_SEED_BASE up, so no test image is ever seen in training.
+
+Real data: `read_points` reads an image's operator-selected points (CSV or JSON); `labelled_pairs` finds
+image + points pairs in a folder; export/train.py --real DIR trains the CNNs on them with the same code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ptolemy_rt.crops import sample_rotated_crop
+from ptolemy_rt.synth import GENERATOR_VERSION, make_atlas, make_medmag
+
+__all__ = [
+    "CANONICAL_SPACING",
+    "TARGET_SIGMA",
+    "TEST_SEED_BASE",
+    "GENERATOR_VERSION",
+    "train_seeds",
+    "test_seeds",
+    "resample",
+    "centre_target",
+    "UnetImage",
+    "unet_image",
+    "unet_pool",
+    "sample_unet_batch",
+    "hole_crop",
+    "hole_crop_size",
+    "hole_examples",
+    "read_points",
+    "labelled_pairs",
+]
+
+CANONICAL_SPACING = 64.0
+TARGET_SIGMA = 2.0
+TEST_SEED_BASE = 1 << 40
+
+
+def train_seeds(seed: int, n: int, stream: int) -> np.ndarray:
+    """`n` image seeds for training stream `stream` (0 U-Net, 1 square, 2 hole) from master seed `seed`;
+    all below TEST_SEED_BASE."""
+    rng = np.random.default_rng([seed, stream])
+    return rng.integers(0, TEST_SEED_BASE, size=n, dtype=np.int64)
+
+
+def test_seeds(n: int, stream: int = 0) -> list[int]:
+    """The fixed synthetic test set's seeds (never drawn in training)."""
+    return [TEST_SEED_BASE + 1000 * stream + i for i in range(n)]
+
+
+def resample(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize by `scale` (area averaging when shrinking, bilinear when enlarging); a point x maps to
+    (x + 0.5) * scale_x - 0.5 with scale_x = new width / old width (likewise y)."""
+    h, w = image.shape
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (nw, nh), interpolation=interp)
+
+
+def centre_target(shape: tuple[int, int], centres: np.ndarray, sigma: float = TARGET_SIGMA) -> np.ndarray:
+    """Map of Gaussian blobs (peak 1, max where they overlap) at `centres` (x, y)."""
+    h, w = shape
+    target = np.zeros((h, w), np.float32)
+    r = int(np.ceil(3 * sigma))
+    for cx, cy in np.asarray(centres, dtype=np.float64).reshape(-1, 2):
+        x0, x1 = max(int(np.floor(cx)) - r, 0), min(int(np.floor(cx)) + r + 2, w)
+        y0, y1 = max(int(np.floor(cy)) - r, 0), min(int(np.floor(cy)) + r + 2, h)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs = np.arange(x0, x1, dtype=np.float32) - np.float32(cx)
+        ys = np.arange(y0, y1, dtype=np.float32) - np.float32(cy)
+        blob = np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / np.float32(2 * sigma * sigma))
+        np.maximum(target[y0:y1, x0:x1], blob, out=target[y0:y1, x0:x1])
+    return target
+
+
+@dataclass(frozen=True)
+class UnetImage:
+    """One U-Net training image at the canonical scale: normalised image and centre target."""
+
+    image: np.ndarray
+    target: np.ndarray
+    centres: np.ndarray
+    seed: int
+
+
+def unet_image(seed: int) -> UnetImage:
+    """A synthetic med-mag image as the U-Net sees it at run time: resampled to a period of ~64 px (with the
+    +-12 % error a spacing estimate may carry), normalised; the target marks every visible hole's centre.
+
+    Half the images are drawn at their native scale (period 40-400 px) and resampled, like real inputs; half
+    are drawn straight at the canonical scale (more variety per CPU second)."""
+    rng = np.random.default_rng([int(seed), 7])
+    jitter = float(np.exp(rng.uniform(np.log(0.88), np.log(1.12))))
+    hc, wc = int(rng.integers(192, 448)), int(rng.integers(192, 448))
+    if rng.random() < 0.5:
+        native = float(np.exp(rng.uniform(np.log(40), np.log(400))))
+        scale = CANONICAL_SPACING * jitter / native
+        shape = (int(np.clip(round(hc / scale), 64, 2048)), int(np.clip(round(wc / scale), 64, 2048)))
+        img, truth = make_medmag(int(seed), shape, spacing_px=native)
+        img = resample(img, scale)
+        sx = img.shape[1] / shape[1]
+        sy = img.shape[0] / shape[0]
+        centres = np.stack([(truth.centers[:, 0] + 0.5) * sx - 0.5, (truth.centers[:, 1] + 0.5) * sy - 0.5], axis=1)
+    else:
+        img, truth = make_medmag(int(seed), (hc, wc), spacing_px=CANONICAL_SPACING * jitter)
+        centres = np.asarray(truth.centers)
+    centres = centres[np.asarray(truth.visible)]
+    img = img.astype(np.float32)
+    std = float(img.std())
+    img = (img - float(img.mean())) / (std if std > 0 else 1.0)
+    return UnetImage(image=img.astype(np.float32), target=centre_target(img.shape, centres), centres=centres,
+                     seed=int(seed))
+
+
+def unet_pool(seed: int, n: int) -> list[UnetImage]:
+    """`n` U-Net training images from master seed `seed`."""
+    return [unet_image(int(s)) for s in train_seeds(seed, n, stream=0)]
+
+
+def sample_unet_batch(rng: np.random.Generator, pool: Sequence[UnetImage], batch: int, patch: int,
+                      invert: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of random patches (N, 1, patch, patch) with targets: random crop (zero-padded where the image
+    is smaller, as the runtime pads with the normalised mean), 90-degree rotation, flip, sign inversion."""
+    xs = np.zeros((batch, 1, patch, patch), np.float32)
+    ys = np.zeros((batch, 1, patch, patch), np.float32)
+    for b in range(batch):
+        item = pool[int(rng.integers(len(pool)))]
+        h, w = item.image.shape
+        y0 = int(rng.integers(0, max(h - patch, 0) + 1))
+        x0 = int(rng.integers(0, max(w - patch, 0) + 1))
+        img = item.image[y0:y0 + patch, x0:x0 + patch]
+        tgt = item.target[y0:y0 + patch, x0:x0 + patch]
+        k = int(rng.integers(4))
+        img, tgt = np.rot90(img, k), np.rot90(tgt, k)
+        if rng.random() < 0.5:
+            img, tgt = img[:, ::-1], tgt[:, ::-1]
+        if invert and rng.random() < 0.5:
+            img = -img
+        xs[b, 0, :img.shape[0], :img.shape[1]] = img
+        ys[b, 0, :tgt.shape[0], :tgt.shape[1]] = tgt
+    return xs, ys
+
+
+# ------------------------------------------------------------------------------------------------- holes
+
+
+def hole_crop_size(spacing_px: float) -> int:
+    """Side of a hole crop: twice the half-side spacing/2 - 10, at least 2 px."""
+    return max(2, int(round(2 * (spacing_px / 2 - 10))))
+
+
+def hole_crop(image: np.ndarray, centre_xy: tuple[float, float], spacing_px: float, angle_deg: float) -> np.ndarray:
+    """Lattice-frame crop of one hole, normalised by its own mean and std (as the runtime feeds the hole CNN)."""
+    side = hole_crop_size(spacing_px)
+    crop = sample_rotated_crop(image, (float(centre_xy[0]), float(centre_xy[1])), angle_deg, side, side)
+    std = float(crop.std())
+    return ((crop - float(crop.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
+
+
+def hole_examples(seed: int, n_images: int, max_per_image: int = 40,
+                  shape: tuple[int, int] = (768, 1024)) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """Hole CNN examples: (crops of varied sizes, labels good=1, image index of each crop).
+
+    Every hole whose lattice point lies at least 10 px inside the image (the runtime's default edge tolerance)
+    is a candidate; at most `max_per_image` per image, bad ones preferred so both classes are well represented.
+    The lattice used for cropping is the truth with a small random error (centre ~2 %, spacing ~1.5 %,
+    angle ~0.7 deg), which the runtime's fitted lattice also carries."""
+    crops: list[np.ndarray] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    for i, s in enumerate(train_seeds(seed, n_images, stream=2)):
+        rng = np.random.default_rng([int(s), 11])
+        img, truth = make_medmag(int(s), shape)
+        h, w = img.shape
+        c = np.asarray(truth.centers)
+        inside = (c[:, 0] >= 10) & (c[:, 0] <= w - 11) & (c[:, 1] >= 10) & (c[:, 1] <= h - 11)
+        idx = np.flatnonzero(inside)
+        if idx.size == 0:
+            continue
+        good = np.asarray(truth.good)[idx]
+        # Keep every bad hole (up to half the quota) and fill with good ones.
+        bad_idx = rng.permutation(idx[~good])[: max_per_image // 2]
+        good_idx = rng.permutation(idx[good])[: max_per_image - bad_idx.size]
+        for j in np.concatenate([bad_idx, good_idx]):
+            spacing = truth.spacing_px * float(np.exp(rng.normal(0, 0.015)))
+            angle = truth.angle_deg + float(rng.normal(0, 0.7))
+            centre = c[j] + rng.normal(0, 0.02 * truth.spacing_px, 2)
+            crops.append(hole_crop(img, (centre[0], centre[1]), spacing, angle))
+            labels.append(int(truth.good[j]))
+            groups.append(i)
+    return crops, np.array(labels, np.float32), groups
+
+
+# --------------------------------------------------------------------------------------------- real data
+
+
+def read_points(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Operator-selected points of one image: (n, 2) x, y (column, row) and optional labels (1 selected /
+    good, 0 rejected), from CSV (header with x, y and optionally label; or two or three bare columns) or JSON
+    (a list of [x, y] / [x, y, label] / {"x", "y", "label"} / {"center": [x, y], "label"}, or such a list under
+    "points" or "targets"; ptolemy-rt's own result JSON works too)."""
+    path = Path(path)
+    rows: list[tuple[float, float, float | None]] = []
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = data.get("points", data.get("targets", []))
+        for item in data:
+            if isinstance(item, dict):
+                if "center" in item:
+                    x, y = item["center"][:2]
+                else:
+                    x, y = item["x"], item["y"]
+                label = item.get("label", item.get("selected"))
+                rows.append((float(x), float(y), None if label is None else float(label)))
+            else:
+                rows.append((float(item[0]), float(item[1]), float(item[2]) if len(item) > 2 else None))
+    else:
+        with open(path, newline="", encoding="utf-8") as fh:
+            table = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+        header = [c.strip().lower() for c in table[0]] if table else []
+        if header and "x" in header and "y" in header:
+            ix, iy = header.index("x"), header.index("y")
+            il = header.index("label") if "label" in header else None
+            body = table[1:]
+        else:
+            ix, iy, il = 0, 1, 2 if table and len(table[0]) > 2 else None
+            body = table
+        for r in body:
+            rows.append((float(r[ix]), float(r[iy]), float(r[il]) if il is not None and r[il].strip() else None))
+    points = np.array([(x, y) for x, y, _ in rows], dtype=np.float64).reshape(-1, 2)
+    labels = None
+    if rows and all(lab is not None for _, _, lab in rows):
+        labels = np.array([lab for _, _, lab in rows], dtype=np.float32)
+    return points, labels
+
+
+def labelled_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """(image, points) pairs in `folder`: each image (MRC/TIFF/PNG/JPEG) with a same-stem .csv or .json."""
+    folder = Path(folder)
+    pairs = []
+    for image in sorted(folder.iterdir()):
+        if image.suffix.lower() not in (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg"):
+            continue
+        for ext in (".csv", ".json"):
+            points = image.with_suffix(ext)
+            if points.is_file():
+                pairs.append((image, points))
+                break
+    return pairs

@@ -1,0 +1,320 @@
+"""Square-lattice fit to hole centroids: summed-area-table search over anchor pairs, then least squares.
+
+The search follows the Ptolemy method: every centroid i with each of its k nearest other centroids j
+spans a candidate square lattice (origin c_i, u = c_j - c_i, v = u turned 90 degrees); its cost is
+lambda_fn * (positive mask pixels not covered) + lambda_fp * (covered pixels that are not positive),
+where each lattice point covers a square of half-width min(max_halfwidth, spacing/4) pixels. Only pixels
+inside the image are counted ("covered" means footprint intersected with the image), so points off the
+image cost nothing and points on the border are charged only for their visible part; uncovered positives
+are total positives minus covered ones. A summed-area table makes each lattice point O(1).
+
+Numba is imported lazily (first call), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Lattice", "fit_lattice", "lattice_points", "lattice_cost", "candidate_pairs", "refine_lattice"]
+
+Point = tuple[float, float]
+
+# Footprints of neighbouring lattice points never share a pixel from this spacing up (side <= d/2 + 1 and
+# pixel rounding moves each centre by <= 0.5 px), so summing per-point counts is exact.
+MIN_SPACING_PX = 10.0
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """A square lattice in input pixel coordinates (x = col, y = row): points origin + a*u + b*v."""
+
+    origin: Point
+    u: Point
+    v: Point
+    spacing_px: float
+    angle_deg: float
+    cost: float
+    anchors: tuple[int, int]
+    n_inliers: int = 0
+    refined: bool = False
+
+    @property
+    def basis(self) -> tuple[Point, Point]:
+        """((ux, uy), (vx, vy))."""
+        return (self.u, self.v)
+
+    def points(self, shape: tuple[int, int], edge_tolerance: float = -10.0) -> np.ndarray:
+        """Lattice points (n, 2) xy within `edge_tolerance` px of the image (negative: inside it)."""
+        return lattice_points(self.origin, self.u, self.v, shape, edge_tolerance)
+
+
+def _canonical_basis(ux: float, uy: float) -> tuple[Point, Point, float]:
+    """Turn u by a multiple of 90 degrees so its screen angle (CCW, y down) lies in [0, 90); v = u turned +90."""
+    for _ in range(4):
+        angle = math.degrees(math.atan2(-uy, ux))
+        if 0.0 <= angle < 90.0:
+            break
+        ux, uy = -uy, ux  # rotate by +90 degrees on screen (counter-clockwise with y down)
+    angle = math.degrees(math.atan2(-uy, ux))
+    # v = u rotated by -90 on screen: for u pointing right, v points down (the image row direction).
+    return (ux, uy), (-uy, ux), angle % 90.0
+
+
+def lattice_points(
+    origin: Point, u: Point, v: Point, shape: tuple[int, int], edge_tolerance: float = -10.0
+) -> np.ndarray:
+    """All lattice points with -0.5 - tol < x < cols - 0.5 + tol (and likewise y), as (n, 2) xy, row-major order.
+
+    The image covers [-0.5, cols - 0.5] in pixel-centre coordinates, so `edge_tolerance` is the distance a
+    point may lie outside the image's edge (the original's meaning: -10 keeps points >= 10 px inside).
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    o = np.asarray(origin, dtype=np.float64)
+    basis = np.array([u, v], dtype=np.float64).T  # columns u, v
+    tol = float(edge_tolerance)
+    lo = np.array([-0.5 - tol, -0.5 - tol])
+    hi = np.array([cols - 0.5 + tol, rows - 0.5 + tol])
+    if np.any(hi <= lo):
+        return np.zeros((0, 2))
+    corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+    ab = np.linalg.solve(basis, (corners - o).T)
+    a_rng = np.arange(math.floor(ab[0].min()) - 1, math.ceil(ab[0].max()) + 2)
+    b_rng = np.arange(math.floor(ab[1].min()) - 1, math.ceil(ab[1].max()) + 2)
+    aa, bb = np.meshgrid(a_rng, b_rng)
+    pts = o + aa.reshape(-1, 1) * basis[:, 0] + bb.reshape(-1, 1) * basis[:, 1]
+    keep = (pts[:, 0] > lo[0]) & (pts[:, 0] < hi[0]) & (pts[:, 1] > lo[1]) & (pts[:, 1] < hi[1])
+    pts = pts[keep]
+    order = np.lexsort((pts[:, 0], np.round(pts[:, 1], 6)))
+    return pts[order]
+
+
+def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = MIN_SPACING_PX) -> np.ndarray:
+    """Anchor pairs (i, j): each centroid with its k nearest others (ties by index), each unordered pair once.
+
+    Pairs are listed in the order (i ascending, neighbour rank ascending) and keep the orientation of their
+    first appearance; pairs closer than `min_spacing_px` are dropped.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    n = len(c)
+    if n < 2 or k < 1:
+        return np.zeros((0, 2), dtype=np.int64)
+    kk = min(k, n - 1)
+    if n <= 2048:
+        d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        nbr = np.argsort(d, axis=1, kind="stable")[:, :kk]
+    else:
+        from scipy.spatial import cKDTree
+
+        dist, idx = cKDTree(c).query(c, k=min(n, kk + 8))
+        nbr = np.empty((n, kk), dtype=np.int64)
+        for i in range(n):
+            sel = idx[i] != i
+            di, ii = dist[i][sel], idx[i][sel]
+            nbr[i] = ii[np.lexsort((ii, di))][:kk]
+    seen: set[tuple[int, int]] = set()
+    pairs = []
+    for i in range(n):
+        for j in nbr[i]:
+            j = int(j)
+            key = (min(i, j), max(i, j))
+            if key in seen:
+                continue
+            seen.add(key)
+            if math.hypot(*(c[j] - c[i])) < min_spacing_px:
+                continue
+            pairs.append((i, j))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def _kernels():
+    """The Numba kernels (summed_area, cost, search), compiled or loaded from the cache on first use."""
+    # A module of its own: kernels defined inside a function would capture each other as closure cells,
+    # which Numba's cache cannot key, so `search` would recompile in every process.
+    from . import _lattice_kernels as k
+
+    return k.summed_area, k.cost, k.search
+
+
+def summed_area_table(mask: np.ndarray) -> np.ndarray:
+    """Integral image (rows + 1, cols + 1) int32 of a boolean mask: sat[r, c] = mask[:r, :c].sum()."""
+    summed_area, _, _ = _kernels()
+    m = np.ascontiguousarray(mask, dtype=np.bool_)
+    return summed_area(m.view(np.uint8))
+
+
+def lattice_cost(
+    sat: np.ndarray,
+    origin: Point,
+    u: Point,
+    *,
+    lambda_fn: float = 10.0,
+    lambda_fp: float = 1.0,
+    max_halfwidth: float = 15.0,
+) -> float:
+    """Cost of the square lattice (origin, u, u turned 90 degrees) against the mask behind `sat`."""
+    _, cost, _ = _kernels()
+    total = int(sat[-1, -1])
+    c, _ = cost(sat, float(origin[0]), float(origin[1]), float(u[0]), float(u[1]), total,
+                float(lambda_fn), float(lambda_fp), float(max_halfwidth), math.inf)
+    return float(c)
+
+
+def refine_lattice(
+    centroids: np.ndarray, origin: Point, u: Point, *, tolerance: float = 0.25, iterations: int = 10
+) -> tuple[Point, Point, int] | None:
+    """Least-squares square lattice (origin, u) through the centroids within tolerance * spacing of a point.
+
+    Each centroid is assigned to its nearest lattice point (one centroid per point: the closest) and the
+    lattice refitted until the assignment settles. The fit grows outwards from the anchor (3 spacings, then
+    doubling): an anchor pair's small error in u turns into a drift of whole spacings far away, where
+    centroids would otherwise be matched to the wrong lattice point. A last fit drops residual outliers
+    (beyond 2.5x the median residual), so stray blobs near lattice points do not pull the lattice.
+    Returns (origin, u, n_inliers), or None with fewer than two lattice points matched.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    o = np.array(origin, dtype=np.float64)
+    uu = np.array(u, dtype=np.float64)
+    reach = np.hypot(*(c - o).T)
+    radius = 3.0 * float(np.hypot(*uu))
+    while True:
+        near = c[reach <= radius]
+        prev = None
+        for _ in range(iterations):
+            sel, idx, _ = _assign(near, o, uu, tolerance)
+            if sel.sum() < 2:
+                break
+            key = (tuple(np.flatnonzero(sel)), tuple(map(tuple, idx[sel])))
+            if key == prev:
+                break
+            prev = key
+            o2, u2 = _solve(near[sel], idx[sel])
+            if not (np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6):
+                return None
+            o, uu = o2, u2
+        if len(near) == len(c):
+            break
+        radius *= 2.0
+    sel, idx, resid = _assign(c, o, uu, tolerance)
+    if sel.sum() < 2:
+        return None
+    n_inliers = int(sel.sum())
+    limit = max(2.5 * float(np.median(resid[sel])), 1e-3 * float(np.hypot(*uu)))
+    keep = sel & (resid <= limit)
+    if keep.sum() >= 2:
+        o2, u2 = _solve(c[keep], idx[keep])
+        if np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6:
+            o, uu = o2, u2
+    return (float(o[0]), float(o[1])), (float(uu[0]), float(uu[1])), n_inliers
+
+
+def _assign(c: np.ndarray, o: np.ndarray, u: np.ndarray, tolerance: float):
+    """Nearest lattice index per centroid, whether it is within tolerance*spacing (closest one per point)."""
+    v = np.array([-u[1], u[0]])
+    basis = np.stack([u, v], axis=1)
+    ab = np.linalg.solve(basis, (c - o).T).T
+    idx = np.rint(ab).astype(np.int64)
+    pred = o + idx @ basis.T
+    resid = np.hypot(*(c - pred).T)
+    sel = resid < tolerance * float(np.hypot(*u))
+    # one centroid per lattice point: keep the closest (ties: lower index)
+    order = np.lexsort((np.arange(len(c)), resid))
+    taken: set[tuple[int, int]] = set()
+    for i in order:
+        if not sel[i]:
+            continue
+        key = (int(idx[i, 0]), int(idx[i, 1]))
+        if key in taken:
+            sel[i] = False
+        else:
+            taken.add(key)
+    return sel, idx, resid
+
+
+def _solve(c: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares for (ox, oy, ux, uy) with x = ox + a ux - b uy, y = oy + a uy + b ux."""
+    a = idx[:, 0].astype(np.float64)
+    b = idx[:, 1].astype(np.float64)
+    n = len(c)
+    m = np.zeros((2 * n, 4))
+    m[:n, 0] = 1.0
+    m[:n, 2] = a
+    m[:n, 3] = -b
+    m[n:, 1] = 1.0
+    m[n:, 2] = b
+    m[n:, 3] = a
+    rhs = np.concatenate([c[:, 0], c[:, 1]])
+    sol, *_ = np.linalg.lstsq(m, rhs, rcond=None)
+    return sol[:2], sol[2:]
+
+
+def fit_lattice(
+    centroids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    k: int = 6,
+    lambda_fn: float = 10.0,
+    lambda_fp: float = 1.0,
+    max_halfwidth: float = 15.0,
+    refine: bool = True,
+    min_spacing_px: float = MIN_SPACING_PX,
+) -> Lattice | None:
+    """Fit a square lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
+
+    None when there are fewer than two centroids, no anchor pair at least `min_spacing_px` apart, or when
+    the best lattice costs as much as covering nothing (lambda_fn * positives): it explains no holes.
+    """
+    c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    if len(c) < 2 or not np.all(np.isfinite(c)):
+        return None
+    pairs = candidate_pairs(c, k=k, min_spacing_px=min_spacing_px)
+    if len(pairs) == 0:
+        return None
+    _, cost, search = _kernels()
+    sat = summed_area_table(m)
+    total = int(sat[-1, -1])
+    if total == 0:
+        return None
+    # Evaluate first the pairs whose length is typical of nearest neighbours: usually the true lattice,
+    # whose low cost then prunes the rest early.
+    lengths = np.hypot(*(c[pairs[:, 1]] - c[pairs[:, 0]]).T)
+    typical = float(np.median(lengths))
+    order = np.argsort(np.abs(np.log(lengths / typical)), kind="stable").astype(np.int64)
+    cx = np.ascontiguousarray(c[:, 0])
+    cy = np.ascontiguousarray(c[:, 1])
+    best_idx, best = search(sat, cx, cy, pairs[:, 0].copy(), pairs[:, 1].copy(), order, total,
+                            float(lambda_fn), float(lambda_fp), float(max_halfwidth))
+    if best_idx < 0 or not best < lambda_fn * total:
+        return None
+    i, j = (int(t) for t in pairs[best_idx])
+    origin = (float(c[i, 0]), float(c[i, 1]))
+    u = (float(c[j, 0] - c[i, 0]), float(c[j, 1] - c[i, 1]))
+    final_cost = float(best)
+    n_inliers = 0
+    refined = False
+    if refine:
+        fit = refine_lattice(c, origin, u)
+        if fit is not None:
+            r_origin, r_u, n_in = fit
+            r_cost, _ = cost(sat, r_origin[0], r_origin[1], r_u[0], r_u[1], total,
+                             float(lambda_fn), float(lambda_fp), float(max_halfwidth), math.inf)
+            if math.hypot(*r_u) >= min_spacing_px:
+                origin, u, n_inliers, refined, final_cost = r_origin, r_u, n_in, True, float(r_cost)
+    (ux, uy), v, angle = _canonical_basis(*u)
+    return Lattice(
+        origin=origin,
+        u=(ux, uy),
+        v=v,
+        spacing_px=math.hypot(ux, uy),
+        angle_deg=angle,
+        cost=final_cost,
+        anchors=(i, j),
+        n_inliers=n_inliers,
+        refined=refined,
+    )

@@ -1,0 +1,393 @@
+"""Two-component Poisson mixture segmentation, fitted by EM on the intensity histogram.
+
+The likelihood of a pixel depends on its value only, so every sum over pixels in EM is a sum over
+histogram bins weighted by the bin counts: one pass over the image builds the histogram, then each
+EM iteration costs O(bins) and gives exactly the per-pixel result. The posterior of each bin becomes
+a look-up table that a second pass turns into the mask.
+
+Numba is imported on first use (through ``ptolemy_rt._numba``), never at module import.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "CountScale",
+    "MixtureFit",
+    "Segmentation",
+    "count_scale",
+    "histogram",
+    "fit_poisson_mixture",
+    "apply_posterior",
+    "segment",
+    "COUNT_CAP",
+    "TARGET_P999",
+]
+
+log = logging.getLogger(__name__)
+
+# Largest count we histogram. float32 holds every integer up to 2**24 exactly, so integer-valued data
+# above this cannot be counts anyway; they are rescaled like non-integer data.
+COUNT_CAP = (1 << 24) - 1
+# Non-integer data are scaled so that this is their 99.9th percentile (DESIGN.md, Inputs).
+TARGET_P999 = 4095.0
+# Below this separation (Ashman's D of the hard split) the two classes are one. A unimodal histogram cut
+# in two gives about 2.4-3.4, real atlases 3.4-8, so this only catches flat-out overlap; the spatial test
+# below catches the rest.
+MIN_SEPARATION = 1.5
+# Above this ratio of observed to chance-expected label changes between neighbouring pixels the mask has
+# no spatial structure (a noise image split in two gives 1.0; real atlases 0.02-0.25).
+MAX_INCOHERENCE = 0.5
+
+
+@dataclass(frozen=True)
+class CountScale:
+    """How pixel values become counts: count = min(floor(max(v, 0) * scale + 0.5), cap)."""
+
+    scale: float
+    integer: bool  # True when the data were used as they are (integer-valued, scale 1)
+    min_value: float
+    max_value: float
+
+
+@dataclass(frozen=True)
+class MixtureFit:
+    """A fitted two-component Poisson mixture (component 1 = bright)."""
+
+    mu_bright: float
+    mu_dark: float
+    pi_bright: float
+    iterations: int
+    log_likelihood: float
+    converged: bool
+    posterior: np.ndarray  # P(bright | count) per histogram bin, float64
+    bright: np.ndarray  # posterior > 0.5 per bin, bool (the look-up table of the mask)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The square-class mask of an image and how it was obtained; `reason` says why it is unusable."""
+
+    mask: np.ndarray | None  # uint8 (H, W), 1 = bright class; None when there is no usable split
+    scale: CountScale
+    fit: MixtureFit | None
+    separation: float | None  # Ashman's D between the two classes of the hard split
+    incoherence: float | None  # neighbour label changes / those expected for a random mask of this density
+    reason: str | None
+
+
+_KERNELS: dict | None = None
+
+
+def _kernels() -> dict:
+    """Compile (or load from numba's cache) the per-pixel and per-bin kernels on first use."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    from ._numba import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def integral(data):
+        # Early exit: real-valued data usually fail on the first pixel.
+        flat = data.ravel()
+        for i in range(flat.shape[0]):
+            v = flat[i]
+            if v != math.floor(v):
+                return False
+        return True
+
+    @numba.njit(cache=True, nogil=True)
+    def hist(data, scale, top):
+        # Four interleaved sub-histograms: neighbouring pixels often share a bin, and a single
+        # histogram would serialise on that one counter.
+        flat = data.ravel()
+        size = flat.shape[0]
+        sub = np.zeros((4, top + 1), dtype=np.int64)
+        unit = scale == 1.0
+        stop = size - size % 4
+        for i in range(0, stop, 4):
+            for q in range(4):
+                v = flat[i + q]
+                if v <= 0.0:
+                    k = 0
+                elif unit:
+                    # Integer-valued data: the value is the count.
+                    k = top if v >= top else int(v)
+                else:
+                    x = math.floor(v * scale + 0.5)
+                    k = top if x >= top else int(x)
+                sub[q, k] += 1
+        for i in range(stop, size):
+            v = flat[i]
+            if v <= 0.0:
+                k = 0
+            elif unit:
+                k = top if v >= top else int(v)
+            else:
+                x = math.floor(v * scale + 0.5)
+                k = top if x >= top else int(x)
+            sub[0, k] += 1
+        out = sub[0] + sub[1] + sub[2] + sub[3]
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def apply(data, scale, top, table):
+        # Also counts label changes between 4-neighbours, which measures the mask's spatial coherence.
+        rows, cols = data.shape
+        out = np.empty((rows, cols), dtype=np.uint8)
+        unit = scale == 1.0
+        changes = 0
+        for i in range(rows):
+            for j in range(cols):
+                v = data[i, j]
+                if v <= 0.0:
+                    k = 0
+                elif unit:
+                    k = top if v >= top else int(v)
+                else:
+                    x = math.floor(v * scale + 0.5)
+                    k = top if x >= top else int(x)
+                t = table[k]
+                out[i, j] = t
+                if j > 0 and out[i, j - 1] != t:
+                    changes += 1
+                if i > 0 and out[i - 1, j] != t:
+                    changes += 1
+        return out, changes
+
+    @numba.njit(cache=True, nogil=True)
+    def e_step(k, n, lgam, mu1, mu2, pi, p):
+        # Posterior of the bright component per bin (written into p) and the total log-likelihood.
+        # log Poisson(k | mu) = k log(mu) - mu - log(k!)
+        lmu1 = math.log(mu1) if mu1 > 0.0 else -np.inf
+        lmu2 = math.log(mu2) if mu2 > 0.0 else -np.inf
+        lpi = math.log(pi) if pi > 0.0 else -np.inf
+        lpi2 = math.log1p(-pi) if pi < 1.0 else -np.inf
+        total = 0.0
+        for b in range(k.shape[0]):
+            kb = k[b]
+            a1 = (kb * lmu1 if kb > 0.0 else 0.0) - mu1 - lgam[b] + lpi
+            a2 = (kb * lmu2 if kb > 0.0 else 0.0) - mu2 - lgam[b] + lpi2
+            m = a1 if a1 > a2 else a2
+            e1 = math.exp(a1 - m)
+            e2 = math.exp(a2 - m)
+            total += n[b] * (math.log(e1 + e2) + m)
+            p[b] = e1 / (e1 + e2)
+        return total
+
+    @numba.njit(cache=True, nogil=True)
+    def em(k, n, p, max_iter, tol):
+        # The original's update order: M-step (means) from the posteriors, E-step with the mixing weight
+        # of the previous E-step, mixing weight <- mean posterior; stop when the gain drops below tol.
+        nb = k.shape[0]
+        lgam = np.empty(nb)
+        for b in range(nb):
+            lgam[b] = math.lgamma(k[b] + 1.0)
+        total_n = 0.0
+        for b in range(nb):
+            total_n += n[b]
+        s1 = 0.0
+        w1 = 0.0
+        s2 = 0.0
+        w2 = 0.0
+        for b in range(nb):
+            s1 += k[b] * n[b] * p[b]
+            w1 += n[b] * p[b]
+            s2 += k[b] * n[b] * (1.0 - p[b])
+            w2 += n[b] * (1.0 - p[b])
+        if w1 <= 0.0 or w2 <= 0.0:
+            return 0.0, 0.0, 0.0, 0, -np.inf, False
+        mu1 = s1 / w1
+        mu2 = s2 / w2
+        pi = 0.5
+        ll_next = e_step(k, n, lgam, mu1, mu2, pi, p)
+        acc = 0.0
+        for b in range(nb):
+            acc += n[b] * p[b]
+        pi = acc / total_n
+        ll_cur = -np.inf
+        iters = 0
+        converged = False
+        for _ in range(max_iter):
+            if ll_next - ll_cur < tol:
+                converged = True
+                break
+            ll_cur = ll_next
+            s1 = 0.0
+            w1 = 0.0
+            s2 = 0.0
+            w2 = 0.0
+            for b in range(nb):
+                s1 += k[b] * n[b] * p[b]
+                w1 += n[b] * p[b]
+                s2 += k[b] * n[b] * (1.0 - p[b])
+                w2 += n[b] * (1.0 - p[b])
+            if w1 <= 0.0 or w2 <= 0.0:
+                break
+            mu1 = s1 / w1
+            mu2 = s2 / w2
+            ll_next = e_step(k, n, lgam, mu1, mu2, pi, p)
+            acc = 0.0
+            for b in range(nb):
+                acc += n[b] * p[b]
+            pi = acc / total_n
+            iters += 1
+        else:
+            converged = ll_next - ll_cur < tol
+        return mu1, mu2, pi, iters, ll_next, converged
+
+    _KERNELS = {"integral": integral, "hist": hist, "apply": apply, "em": em}
+    return _KERNELS
+
+
+def _as_f32(data: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def count_scale(data: np.ndarray, dtype: str | None = None) -> CountScale:
+    """Decide how `data` becomes Poisson counts: integer-valued data as they are, others scaled to P99.9 = 4095."""
+    data = _as_f32(data)
+    lo, hi = float(data.min()), float(data.max())
+    if dtype is not None and np.dtype(dtype).kind in "biu":
+        integral = True
+    else:
+        integral = bool(_kernels()["integral"](data))
+    if integral and hi <= COUNT_CAP:
+        return CountScale(scale=1.0, integer=True, min_value=lo, max_value=hi)
+    # Clipping is monotone, so the percentile of the clipped data is the clipped percentile.
+    p999 = max(float(np.percentile(data, 99.9)), 0.0)
+    ref = p999 if p999 > 0.0 else max(hi, 0.0)
+    scale = TARGET_P999 / ref if ref > 0.0 else 1.0
+    log.debug(
+        "non-count data (range %.6g..%.6g, P99.9 %.6g): scaled by %.6g so P99.9 = %g, then rounded",
+        lo, hi, p999, scale, TARGET_P999,
+    )
+    return CountScale(scale=scale, integer=False, min_value=lo, max_value=hi)
+
+
+def _top(scale: CountScale) -> int:
+    """Index of the last histogram bin (the largest count, capped)."""
+    x = math.floor(max(scale.max_value, 0.0) * scale.scale + 0.5)
+    return int(min(x, COUNT_CAP))
+
+
+def histogram(data: np.ndarray, scale: CountScale) -> np.ndarray:
+    """Histogram of the counts of `data` (int64, one bin per count 0..max)."""
+    return _kernels()["hist"](_as_f32(data), float(scale.scale), _top(scale))
+
+
+def fit_poisson_mixture(hist: np.ndarray, *, max_iter: int = 100, tol: float = 1e-3) -> MixtureFit | None:
+    """Fit a two-component Poisson mixture to a count histogram by EM; None when fewer than two values occur."""
+    hist = np.asarray(hist, dtype=np.int64)
+    bins = np.flatnonzero(hist)
+    if bins.size < 2:
+        return None
+    k = bins.astype(np.float64)
+    n = hist[bins].astype(np.float64)
+    # Deterministic start: hard split at the mean count (the original drew random labels; any split
+    # that puts the bright tail in one class converges to the same fixed point on real atlases).
+    mean = float(np.dot(k, n) / n.sum())
+    p = (k > mean).astype(np.float64)
+    if not p.any() or p.all():
+        return None
+    mu1, mu2, pi, iters, ll, converged = _kernels()["em"](k, n, p, int(max_iter), float(tol))
+    if not math.isfinite(ll):
+        return None
+    if mu2 > mu1:
+        # Keep component 1 the bright one.
+        mu1, mu2, pi, p = mu2, mu1, 1.0 - pi, 1.0 - p
+    posterior = np.zeros(hist.shape[0], dtype=np.float64)
+    posterior[bins] = p
+    # Empty bins never occur in the image; give them the label of the nearer mean for completeness.
+    empty = np.ones(hist.shape[0], dtype=bool)
+    empty[bins] = False
+    idx = np.flatnonzero(empty)
+    posterior[idx] = (np.abs(idx - mu1) < np.abs(idx - mu2)).astype(np.float64)
+    return MixtureFit(
+        mu_bright=float(mu1),
+        mu_dark=float(mu2),
+        pi_bright=float(pi),
+        iterations=int(iters),
+        log_likelihood=float(ll),
+        converged=bool(converged),
+        posterior=posterior,
+        bright=posterior > 0.5,
+    )
+
+
+def apply_posterior(data: np.ndarray, scale: CountScale, table: np.ndarray) -> tuple[np.ndarray, float]:
+    """Map every pixel to its bin's class in one pass: (uint8 mask, 1 = bright; incoherence ratio)."""
+    table = np.ascontiguousarray(table, dtype=np.uint8)
+    data = _as_f32(data)
+    mask, changes = _kernels()["apply"](data, float(scale.scale), table.shape[0] - 1, table)
+    rows, cols = data.shape
+    q = float(np.count_nonzero(mask)) / mask.size
+    pairs = rows * (cols - 1) + (rows - 1) * cols
+    expected = 2.0 * q * (1.0 - q) * pairs
+    return mask, (float(changes) / expected if expected > 0 else 0.0)
+
+
+def class_separation(hist: np.ndarray, bright: np.ndarray) -> float:
+    """Ashman's D between the pixels labelled bright and dark: |m1 - m0| / sqrt((s1² + s0²) / 2)."""
+    k = np.arange(hist.shape[0], dtype=np.float64)
+    n = hist.astype(np.float64)
+    out = []
+    for sel in (bright, ~bright):
+        w = n[sel]
+        tot = w.sum()
+        if tot <= 0:
+            return 0.0
+        m = float(np.dot(k[sel], w) / tot)
+        v = float(np.dot((k[sel] - m) ** 2, w) / tot)
+        out.append((m, v))
+    (m1, v1), (m0, v0) = out
+    spread = math.sqrt((v1 + v0) / 2.0)
+    if spread == 0.0:
+        return math.inf if m1 != m0 else 0.0
+    return abs(m1 - m0) / spread
+
+
+def segment(
+    data: np.ndarray,
+    dtype: str | None = None,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    min_separation: float = MIN_SEPARATION,
+    max_incoherence: float = MAX_INCOHERENCE,
+) -> Segmentation:
+    """Segment an image into the bright (square) class and the rest; never raises on blank or one-class data."""
+    data = _as_f32(data)
+    scale = count_scale(data, dtype)
+    if scale.max_value <= 0.0 or scale.max_value == scale.min_value:
+        return Segmentation(None, scale, None, None, None, "constant image: no intensity variation to segment")
+    hist = histogram(data, scale)
+    fit = fit_poisson_mixture(hist, max_iter=max_iter, tol=tol)
+    if fit is None:
+        return Segmentation(
+            None, scale, None, None, None, "blank image: a single intensity after clipping to counts"
+        )
+    n_bright = int(hist[fit.bright].sum())
+    if n_bright == 0 or n_bright == int(hist.sum()):
+        return Segmentation(
+            None, scale, fit, None, None, "one-class image: the Poisson mixture puts every pixel in one class"
+        )
+    sep = class_separation(hist, fit.bright)
+    if sep < min_separation:
+        return Segmentation(
+            None, scale, fit, sep, None,
+            f"one-class image: bright and dark classes overlap (separation {sep:.2f} < {min_separation:g})",
+        )
+    mask, incoherence = apply_posterior(data, scale, fit.bright)
+    if incoherence > max_incoherence:
+        return Segmentation(
+            None, scale, fit, sep, incoherence,
+            f"one-class image: the bright class has no spatial structure (neighbour changes {incoherence:.2f} "
+            f"of chance > {max_incoherence:g})",
+        )
+    return Segmentation(mask, scale, fit, sep, incoherence, None)

@@ -1,0 +1,427 @@
+"""The low-mag pipeline: find grid squares in an atlas image and score them.
+
+Stages (each timed in ``SquareResult.timings``): read -> mixture (Poisson mixture mask) -> regions
+(grouping, convex hulls, brightness) -> angle (grid angle, boxes) -> crops -> cnn.
+
+Angles: the grid angle search works with the original's theta, the rotation (counter-clockwise on
+screen) that makes the grid upright; the box edges then run along (cos theta, sin theta) in the input,
+i.e. at -theta on screen. ``SquareResult.angle_deg`` follows our convention (counter-clockwise on
+screen, in [0, 90)): (-theta) mod 90.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .crops import fit_to_canvas, normalise, sample_affine
+from .io import ImageLike, as_image, check_min_size
+from .regions import Regions, find_regions, region_means
+from .results import ImageInfo, Square, SquareResult, sort_targets
+
+__all__ = [
+    "find_squares",
+    "summed_box_area",
+    "grid_angle",
+    "Boxes",
+    "boxes_at_angle",
+    "CropFrame",
+    "crop_frame",
+    "square_crops",
+    "MIN_SIDE",
+    "CROP_SIZE",
+]
+
+MIN_SIDE = 256
+CROP_SIZE = 240
+# The original scored all crops of an image in one batch; onnxruntime's memory grows with the batch, so
+# larger sets go in batches of this many (a documented deviation: batch-statistics scores then differ).
+MAX_BATCH = 256
+# Models whose BatchNorm uses running statistics (or none) give the same scores in any batch: small
+# batches bound memory at no cost.
+_INDEPENDENT_BATCH = 32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grid angle
+
+
+def _pack(hulls: tuple[np.ndarray, ...] | list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All hull vertices in one (m, 2) array, each hull relative to its first vertex, and its start offsets."""
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    points = np.concatenate([h - h[0] for h in hulls]).astype(np.float64)
+    return points, starts
+
+
+def summed_box_area(points: np.ndarray, starts: np.ndarray, angles_deg: np.ndarray | float) -> np.ndarray:
+    """Sum over hulls of the area of each hull's bounding rectangle in the frame rotated by each angle."""
+    angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
+    out = np.empty(angles.shape[0], dtype=np.float64)
+    # Chunk the angles so the (angles, points) temporaries stay near 16 MB whatever the image.
+    chunk = max(1, int(2_000_000 // max(points.shape[0], 1)))
+    x = points[:, 0][None, :]
+    y = points[:, 1][None, :]
+    for a0 in range(0, angles.shape[0], chunk):
+        rad = np.radians(angles[a0 : a0 + chunk])[:, None]
+        c, s = np.cos(rad), np.sin(rad)
+        u = x * c + y * s
+        v = y * c - x * s
+        du = np.maximum.reduceat(u, starts, axis=1) - np.minimum.reduceat(u, starts, axis=1)
+        dv = np.maximum.reduceat(v, starts, axis=1) - np.minimum.reduceat(v, starts, axis=1)
+        out[a0 : a0 + chunk] = (du * dv).sum(axis=1)
+    return out
+
+
+def grid_angle(hulls, *, step_deg: float = 1.0, xatol: float = 1e-5) -> float:
+    """Theta in [0, 90) minimising the summed area of the theta-aligned bounding rectangles of all hulls.
+
+    A scan every `step_deg` picks the basin, then bounded Brent (scipy minimize_scalar) refines it within
+    one step either side. The original ran Brent over [0, 90] at once, which can settle in a local minimum
+    that depends on the image's orientation; the scan makes rotated and mirrored images agree."""
+    from scipy.optimize import minimize_scalar
+
+    points, starts = _pack(hulls)
+    grid = np.arange(0.0, 90.0, step_deg)
+    values = summed_box_area(points, starts, grid)
+    best = int(np.argmin(values))
+    centre = float(grid[best])
+
+    def objective(a: float) -> float:
+        return float(summed_box_area(points, starts, a)[0])
+
+    res = minimize_scalar(objective, bounds=(centre - step_deg, centre + step_deg), method="bounded",
+                          options={"xatol": xatol})
+    theta = float(res.x) if res.fun <= values[best] else centre
+    theta = theta % 90.0
+    return 0.0 if theta >= 90.0 else theta
+
+
+def angle_ccw(theta_deg: float) -> float:
+    """Our angle convention (grid edges, counter-clockwise on screen, [0, 90)) from the original's theta."""
+    a = (-theta_deg) % 90.0
+    return 0.0 if a >= 90.0 else a
+
+
+# ---------------------------------------------------------------------------------------------------
+# Boxes
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """Theta-aligned bounding rectangles of hulls: vertices in the original's corner order, centres, areas."""
+
+    theta_deg: float
+    vertices: np.ndarray  # (n, 4, 2) x, y
+    centers: np.ndarray  # (n, 2) x, y: mean of the vertices
+    areas: np.ndarray  # (n,) px²
+
+
+def boxes_at_angle(hulls, theta_deg: float) -> Boxes:
+    """Each hull's bounding rectangle in the frame rotated by theta, mapped back to input coordinates.
+
+    Corner order as the original's: (u_min, v_min), (u_min, v_max), (u_max, v_max), (u_max, v_min), where
+    u = x cos + y sin and v = y cos - x sin."""
+    n = len(hulls)
+    if n == 0:
+        return Boxes(theta_deg, np.zeros((0, 4, 2)), np.zeros((0, 2)), np.zeros(0))
+    origins = np.array([h[0] for h in hulls], dtype=np.float64)
+    points, starts = _pack(hulls)
+    rad = math.radians(theta_deg)
+    c, s = math.cos(rad), math.sin(rad)
+    u = points[:, 0] * c + points[:, 1] * s
+    v = points[:, 1] * c - points[:, 0] * s
+    umin, umax = np.minimum.reduceat(u, starts), np.maximum.reduceat(u, starts)
+    vmin, vmax = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
+    cu = np.stack([umin, umin, umax, umax], axis=1)
+    cv = np.stack([vmin, vmax, vmax, vmin], axis=1)
+    x = cu * c - cv * s + origins[:, 0:1]
+    y = cu * s + cv * c + origins[:, 1:2]
+    vertices = np.stack([x, y], axis=2)
+    return Boxes(theta_deg, vertices, vertices.mean(axis=1), (umax - umin) * (vmax - vmin))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Crops
+
+
+@dataclass(frozen=True)
+class CropFrame:
+    """The pixel lattice on which the original cut its crops, without building it.
+
+    The original rotated the whole image by theta (scipy.ndimage.rotate, cubic, reshape=True), mapped each
+    hull into that rotated image and sliced its bounding box with int() bounds. We keep that lattice, so the
+    network sees the same sub-pixel placement, but sample only each box's pixels from the input. Rotated
+    pixel (r', c') shows input (row, col) = (c r' + s c' + off_row, -s r' + c c' + off_col)."""
+
+    theta_deg: float
+    shape_in: tuple[int, int]
+    shape_out: tuple[int, int]
+    cos: float
+    sin: float
+    off_row: float
+    off_col: float
+
+
+def crop_frame(shape: tuple[int, int], theta_deg: float) -> CropFrame:
+    """The rotated frame of an image of `shape` (rows, cols) at theta, as scipy.ndimage.rotate lays it out."""
+    from scipy.special import cosdg, sindg
+
+    c, s = float(cosdg(theta_deg)), float(sindg(theta_deg))
+    rows, cols = int(shape[0]), int(shape[1])
+    rot = np.array([[c, s], [-s, c]])
+    bounds = rot @ np.array([[0, 0, rows, rows], [0, cols, 0, cols]], dtype=np.float64)
+    out = (np.ptp(bounds, axis=1) + 0.5).astype(int)
+    in_centre = (np.array([rows, cols], dtype=np.float64) - 1) / 2
+    out_centre = rot @ ((out - 1) / 2)
+    off = in_centre - out_centre
+    return CropFrame(theta_deg, (rows, cols), (int(out[0]), int(out[1])), c, s, float(off[0]), float(off[1]))
+
+
+def _frame_bounds(frame: CropFrame, hulls) -> np.ndarray:
+    """Each hull's bounding box (row_min, row_max, col_min, col_max) in the rotated frame, as the original
+    computed it: pixel-corner coordinates (ours + 0.5) turned about (rows // 2, cols // 2) of the input and
+    moved to (rows' // 2, cols' // 2) of the rotated image. (The original used the shorter side for both
+    axes, which misplaces crops on non-square images; we use each axis's own.)"""
+    points = np.concatenate(hulls).astype(np.float64)
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    rad = math.radians(frame.theta_deg)
+    c, s = math.cos(rad), math.sin(rad)
+    rows, cols = frame.shape_in
+    rows_out, cols_out = frame.shape_out
+    dx = points[:, 0] + 0.5 - cols // 2
+    dy = points[:, 1] + 0.5 - rows // 2
+    xr = cols_out // 2 + c * dx + s * dy
+    yr = rows_out // 2 - s * dx + c * dy
+    return np.stack(
+        [
+            np.minimum.reduceat(yr, starts),
+            np.maximum.reduceat(yr, starts),
+            np.minimum.reduceat(xr, starts),
+            np.maximum.reduceat(xr, starts),
+        ],
+        axis=1,
+    )
+
+
+def _window(lo: float, hi: float, limit: int, size: int) -> tuple[int, int, int]:
+    """(first rotated index, count, offset in the canvas) of one axis: int() bounds clipped to the rotated
+    image, then cut centrally to `size` or centred with the odd padding pixel first."""
+    a = int(max(lo, 0.0))
+    b = int(min(hi, float(limit)))
+    n = max(b - a, 0)
+    if n > size:
+        return a + n // 2 - size // 2, size, 0
+    return a, n, (size - n + 1) // 2
+
+
+def square_crops(
+    image: np.ndarray,
+    hulls,
+    theta_deg: float,
+    mean: float,
+    std: float,
+    *,
+    size: int = CROP_SIZE,
+    round_values: bool = False,
+    frame: CropFrame | None = None,
+) -> np.ndarray:
+    """(n, 1, size, size) float32 network inputs: each box sampled upright, centred, normalised by (mean, std).
+
+    `round_values` rounds the samples to integers, as the original's rotation did for integer images."""
+    frame = frame or crop_frame(image.shape, theta_deg)
+    out = np.empty((len(hulls), 1, size, size), dtype=np.float32)
+    if len(hulls) == 0:
+        return out
+    bounds = _frame_bounds(frame, hulls)
+    c, s = frame.cos, frame.sin
+    for k, (r_lo, r_hi, c_lo, c_hi) in enumerate(bounds):
+        r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
+        c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
+        # Crop pixel (col j, row i) is rotated pixel (r0 + i, c0 + j): input x = col, y = row.
+        matrix = np.array(
+            [
+                [c, -s, -s * r0 + c * c0 + frame.off_col],
+                [s, c, c * r0 + s * c0 + frame.off_row],
+            ]
+        )
+        patch = sample_affine(image, matrix, (nr, nc))
+        if round_values:
+            np.rint(patch, out=patch)
+        canvas = np.zeros((size, size), dtype=np.float32)
+        canvas[top : top + nr, left : left + nc] = patch
+        out[k, 0] = canvas
+    return normalise(out, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixel statistics
+
+_STATS = None
+
+
+def _stats_kernel():
+    global _STATS
+    if _STATS is None:
+        from ._numba import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def masked_stats(image, mask):
+            # Two passes (mean, then squared deviations) in float64, as numpy's mean and std.
+            rows, cols = image.shape
+            n = 0
+            total = 0.0
+            for i in range(rows):
+                for j in range(cols):
+                    v = image[i, j]
+                    if mask[i, j] and v != 0.0:
+                        n += 1
+                        total += v
+            if n == 0:
+                return 0, 0.0, 0.0
+            mean = total / n
+            sq = 0.0
+            for i in range(rows):
+                for j in range(cols):
+                    v = image[i, j]
+                    if mask[i, j] and v != 0.0:
+                        d = v - mean
+                        sq += d * d
+            return n, mean, math.sqrt(sq / n)
+
+        _STATS = masked_stats
+    return _STATS
+
+
+def class_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the non-zero image pixels of the square class (the original's crop
+    normalisation: it took image * mask and dropped zeros)."""
+    _, mean, std = _stats_kernel()(np.ascontiguousarray(image, dtype=np.float32), mask)
+    return float(mean), float(std)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pipeline
+
+
+def _clip_negative(data: np.ndarray) -> np.ndarray:
+    """The image with negative values set to 0 (counts cannot be negative); no copy when there are none."""
+    if float(data.min()) < 0.0:
+        return np.maximum(data, np.float32(0.0))
+    return data
+
+
+def _score(models, crops_of, n: int, batch_size: int, timings: dict[str, float]) -> np.ndarray:
+    """Scores of n crops, built batch by batch by crops_of(start, stop)."""
+    spec = models.spec("square_cnn")
+    per_batch = max(1, min(int(batch_size), MAX_BATCH))
+    if spec.get("bn", "batch") != "batch":
+        per_batch = min(per_batch, _INDEPENDENT_BATCH)
+    elif n > per_batch:
+        warnings.warn(
+            f"{n} squares: scoring in batches of {per_batch}; this square_cnn normalises with batch statistics, "
+            "so scores depend on the batch (the original scored all crops of an image in one batch)",
+            stacklevel=3,
+        )
+    scores = np.empty(n, dtype=np.float32)
+    for a in range(0, n, per_batch):
+        b = min(n, a + per_batch)
+        t0 = time.perf_counter()
+        batch = crops_of(a, b)
+        t1 = time.perf_counter()
+        scores[a:b] = np.asarray(models.predict("square_cnn", batch), dtype=np.float32).reshape(-1)
+        t2 = time.perf_counter()
+        timings["crops"] = timings.get("crops", 0.0) + (t1 - t0)
+        timings["cnn"] = timings.get("cnn", 0.0) + (t2 - t1)
+    return scores
+
+
+def find_squares(
+    image_or_path: ImageLike,
+    models: Any = None,
+    *,
+    section: int | None = None,
+    provider: str = "auto",
+    threads: int | None = None,
+    window: int = 6,
+    min_area: float = 100.0,
+    batch_size: int = MAX_BATCH,
+) -> SquareResult:
+    """Find and score the grid squares of a low-mag atlas image (models=False: geometry only, score None)."""
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    image = as_image(image_or_path, section=section)
+    check_min_size(image, MIN_SIDE, "find_squares")
+    info = ImageInfo(path=image.source, shape=image.shape, pixel_size_A=image.pixel_size_A, section=image.section)
+    model_set = None
+    if models is not False:
+        from .models import resolve_models
+
+        model_set = resolve_models(models, provider=provider, threads=threads)
+        model_set.spec("square_cnn")  # fail early (ModelError) when the set has no square model
+    model_ids = model_set.ids if model_set is not None else {}
+    t = time.perf_counter()
+    timings["read"] = t - t_start
+
+    def empty(reason: str, angle: float | None = None) -> SquareResult:
+        timings["total"] = time.perf_counter() - t_start
+        return SquareResult((), angle, info, model_ids, reason, timings)
+
+    from .mixture import segment  # numba: imported on first use only
+
+    seg = segment(image.data, image.dtype)
+    timings["mixture"] = time.perf_counter() - t
+    if seg.mask is None:
+        return empty(seg.reason or "no square class")
+
+    t = time.perf_counter()
+    data = _clip_negative(image.data)
+    regions: Regions = find_regions(seg.mask, window=window, min_area=min_area)
+    brightness, _ = region_means(regions, seg.mask, data)
+    timings["regions"] = time.perf_counter() - t
+    if len(regions) == 0:
+        return empty(f"no region of the bright class has a convex hull over {min_area:g} px²")
+
+    t = time.perf_counter()
+    theta = grid_angle(regions.hulls)
+    boxes = boxes_at_angle(regions.hulls, theta)
+    timings["angle"] = time.perf_counter() - t
+
+    n = len(regions)
+    scores: np.ndarray | None = None
+    if model_set is not None:
+        t = time.perf_counter()
+        mean, std = class_stats(data, seg.mask)
+        frame = crop_frame(image.shape, theta)
+        size = int(model_set.spec("square_cnn").get("crop_size", CROP_SIZE))
+        integer = np.dtype(image.dtype).kind in "biu"
+        timings["crops"] = time.perf_counter() - t
+        hulls = regions.hulls
+
+        def crops_of(a: int, b: int) -> np.ndarray:
+            return square_crops(data, hulls[a:b], theta, mean, std, size=size, round_values=integer, frame=frame)
+
+        scores = _score(model_set, crops_of, n, batch_size, timings)
+
+    squares = []
+    for i in range(n):
+        score = None if scores is None else float(scores[i])
+        squares.append(
+            Square(
+                x=float(boxes.centers[i, 0]),
+                y=float(boxes.centers[i, 1]),
+                vertices=tuple((float(px), float(py)) for px, py in boxes.vertices[i]),
+                area=float(boxes.areas[i]),
+                brightness=float(brightness[i]),
+                score=score,
+                scores={} if score is None else {"cnn": score},
+            )
+        )
+    timings["total"] = time.perf_counter() - t_start
+    return SquareResult(sort_targets(squares), angle_ccw(theta), info, model_ids, None, timings)

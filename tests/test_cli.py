@@ -1,0 +1,216 @@
+"""End-to-end command line: outputs, exit codes, batches, bad input, Leginon's external-finder call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from ptolemy_rt.cli import main
+from ptolemy_rt.models import default_models_dir
+
+from .tiny_models import make_tiny_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mrc(path: Path, data: np.ndarray) -> Path:
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """The shipped default set when present, else a tiny test set (the pipelines run either way)."""
+    shipped = default_models_dir()
+    if (shipped / "manifest.json").is_file():
+        return shipped
+    pytest.importorskip("onnx")
+    return make_tiny_set(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory) -> Path:
+    from ptolemy_rt.synth import make_atlas
+
+    data, _ = make_atlas(3)
+    return _mrc(tmp_path_factory.mktemp("img") / "atlas.mrc", data)
+
+
+@pytest.fixture(scope="module")
+def medmag(tmp_path_factory) -> Path:
+    from ptolemy_rt.synth import make_medmag
+
+    data, _ = make_medmag(3)
+    return _mrc(tmp_path_factory.mktemp("img") / "medmag.mrc", data)
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_and_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "squares" in capsys.readouterr().out
+    code, _, err = run([], capsys)
+    assert code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["squares", "x.mrc", "--format", "xml"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "xml" in err
+
+
+def test_squares_json_file_and_overlay(tmp_path, atlas, models_dir, capsys):
+    out, png = tmp_path / "sq.json", tmp_path / "sq.png"
+    code, stdout, err = run(["squares", atlas, "-o", out, "--overlay", png, "--models", models_dir, "-v"], capsys)
+    assert code == 0, err
+    d = json.loads(out.read_text())
+    assert d["kind"] == "squares" and d["image"]["shape"] == [1024, 1024] and len(d["targets"]) > 10
+    assert "ms total" in err and stdout == ""
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # determinism: a second run writes the same bytes
+    out2 = tmp_path / "sq2.json"
+    assert run(["lowmag", atlas, "-o", out2, "--models", models_dir], capsys)[0] == 0
+    assert out2.read_bytes() == out.read_bytes()
+
+
+def test_squares_formats_and_compat(tmp_path, atlas, models_dir, capsys):
+    code, out, _ = run(["squares", atlas, "--compat", "ptolemy", "--models", models_dir], capsys)
+    assert code == 0
+    first = out.splitlines()[0]
+    recs = json.loads(first)
+    assert list(recs[0]) == ["vertices", "center", "area", "brightness", "score"]
+    code, out, _ = run(["squares", atlas, "-f", "csv", "--models", models_dir], capsys)
+    assert code == 0 and out.startswith("x,y,score,area,brightness")
+    code, out, _ = run(["squares", atlas, "-f", "txt", "--no-score"], capsys)
+    assert code == 0 and len(out.splitlines()[0].split("\t")) == 2
+
+
+def test_holes_cli(tmp_path, medmag, models_dir, capsys):
+    out = tmp_path / "h.json"
+    code, _, err = run(["holes", medmag, "-o", out, "--models", models_dir, "--edge-tolerance", "100"], capsys)
+    assert code == 0, err
+    d = json.loads(out.read_text())
+    assert d["kind"] == "holes"
+    code, stdout, _ = run(["medmag", medmag, "--compat", "ptolemy", "--models", models_dir], capsys)
+    assert code == 0
+    recs = json.loads(stdout.splitlines()[0])
+    assert all(list(r) == ["vertices", "center", "area", "score"] for r in recs)
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "nan", "small", "notimage", "onedim"])
+def test_bad_input_exit_2_one_line_no_output(tmp_path, models_dir, capsys, case):
+    path = tmp_path / f"{case}.mrc"
+    if case == "truncated":
+        _mrc(path, np.ones((512, 512), np.float32))
+        path.write_bytes(path.read_bytes()[:-5000])
+    elif case == "nan":
+        data = np.ones((512, 512), np.float32)
+        data[10, 10] = np.nan
+        _mrc(path, data)
+    elif case == "small":
+        _mrc(path, np.ones((100, 512), np.int16))
+    elif case == "notimage":
+        path.write_text("hello, I am a text file")
+    elif case == "onedim":
+        _mrc(path, np.ones((1, 512), np.int16))
+    out = tmp_path / "out.json"
+    for cmd in ("squares", "holes"):
+        code, stdout, err = run([cmd, path, "-o", out, "--models", models_dir], capsys)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and path.name in lines[0] and "Traceback" not in err
+        assert not out.exists() and stdout == ""
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_constant_image_is_empty_with_reason(tmp_path, models_dir, capsys):
+    path = _mrc(tmp_path / "flat.mrc", np.full((512, 600), 77, np.int16))
+    for cmd in ("squares", "holes"):
+        out = tmp_path / f"{cmd}.json"
+        code, _, err = run([cmd, path, "-o", out, "--models", models_dir], capsys)
+        assert code == 0, err
+        d = json.loads(out.read_text())
+        assert d["targets"] == [] and d["reason"]
+
+
+def test_stack_uses_section_zero_with_warning(tmp_path, atlas, models_dir, capsys):
+    with mrcfile.open(atlas) as m:
+        one = m.data.copy()
+    stack = _mrc(tmp_path / "stack.mrc", np.stack([one, np.zeros_like(one)]))
+    code, out, err = run(["squares", stack, "--models", models_dir], capsys)
+    assert code == 0 and "section 0" in err
+    assert len(json.loads(out)["targets"]) > 0
+    code, out, err = run(["squares", stack, "--section", "1", "--models", models_dir], capsys)
+    assert code == 0 and json.loads(out)["targets"] == []
+
+
+def test_batch_goes_on_and_reports_every_failure(tmp_path, atlas, models_dir, capsys):
+    bad1, bad2 = tmp_path / "gone.mrc", tmp_path / "junk.mrc"
+    bad2.write_text("junk")
+    outdir = tmp_path / "res"
+    code, _, err = run(["squares", bad1, atlas, bad2, "-o", outdir, "--models", models_dir], capsys)
+    assert code == 2
+    assert (outdir / "atlas.json").is_file() and sorted(p.name for p in outdir.iterdir()) == ["atlas.json"]
+    assert "2 of 3" in err and "gone.mrc" in err and "junk.mrc" in err and "Traceback" not in err
+
+
+def test_tampered_models_exit_3(tmp_path, atlas, models_dir, capsys):
+    import shutil
+
+    bad = Path(shutil.copytree(models_dir, tmp_path / "bad"))
+    onnx_file = next(bad.glob("*.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-10] + b"0123456789")
+    code, _, err = run(["squares", atlas, "--models", bad], capsys)
+    assert code == 3 and "sha256" in err and "Traceback" not in err
+    code, _, err = run(["holes", atlas, "--models", tmp_path / "none"], capsys)
+    assert code == 3 and len(err.strip().splitlines()) == 1
+
+
+def test_internal_error_exit_1_without_traceback(tmp_path, atlas, models_dir, capsys, monkeypatch):
+    import ptolemy_rt.squares as sq
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(sq, "find_squares", broken)
+    code, _, err = run(["squares", atlas, "--models", models_dir], capsys)
+    assert code == 1 and "boom" in err and "Traceback" not in err
+    code, _, err = run(["squares", atlas, "--models", models_dir, "--debug"], capsys)
+    assert code == 1 and "Traceback" in err
+
+
+@pytest.mark.parametrize("finder", ["squares", "holes"])
+def test_leginon_external_finder(tmp_path, atlas, medmag, models_dir, finder):
+    """Run the script exactly as Smart-Leginon does: bash, `source SCRIPT JOB INPUT OUTDIR`, read line 1."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = subprocess.run([sys.executable, "-m", "ptolemy_rt", "leginon-script", finder, "--models",
+                             str(models_dir)], capture_output=True, text=True, env=env, check=True).stdout
+    path = tmp_path / "sq_finding.sh"
+    path.write_text(script)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    image = atlas if finder == "squares" else medmag
+    r = subprocess.run(["bash", "-c", f'source "{path}" job1 "{image}" "{outdir}"; echo "still here $?"'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "still here 0" in r.stdout  # the sourced script must not exit Leginon's shell
+    with open(outdir / "job1.json") as fh:
+        first = fh.readline()
+    targets = json.loads(first)
+    assert isinstance(targets, list) and targets
+    keys = {"center", "vertices", "area", "brightness", "score"} if finder == "squares" else {"center", "score"}
+    assert keys <= set(targets[0])
+    assert all(len(t["center"]) == 2 for t in targets)
