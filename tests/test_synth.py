@@ -1,0 +1,258 @@
+"""Synthetic generators (ptolemy_rt.synth) and the shipped default model set (models/)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt.synth import (
+    HOLE_DEFECTS,
+    SQUARE_KINDS,
+    AtlasTruth,
+    MedmagTruth,
+    lattice_basis,
+    make_atlas,
+    make_medmag,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+SMALL_ATLAS = (320, 384)
+SMALL_MEDMAG = (256, 352)
+
+
+def _same_truth(a, b) -> None:
+    assert type(a) is type(b)
+    for key, value in vars(a).items():
+        other = getattr(b, key)
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, other)
+        else:
+            assert value == other, key
+
+
+# ------------------------------------------------------------------------------------------------- atlas
+
+
+def test_atlas_default_shape_dtype_and_range():
+    image, truth = make_atlas(0)
+    assert image.shape == (1024, 1024) and image.dtype == np.int16
+    assert image.min() >= 0
+    assert isinstance(truth, AtlasTruth) and truth.shape == (1024, 1024)
+    assert truth.n > 10
+    # Bars are dark and squares bright, as in a real atlas.
+    bars = np.percentile(image, 10)
+    inside = [image[int(round(y)), int(round(x))] for x, y in truth.centers[truth.collectable]]
+    assert np.median(inside) > 4 * max(bars, 1)
+
+
+def test_atlas_is_deterministic():
+    a, ta = make_atlas(5, SMALL_ATLAS)
+    b, tb = make_atlas(5, SMALL_ATLAS)
+    np.testing.assert_array_equal(a, b)
+    _same_truth(ta, tb)
+    c, _ = make_atlas(6, SMALL_ATLAS)
+    assert not np.array_equal(a, c)
+
+
+def _check_atlas_truth(truth: AtlasTruth) -> None:
+    n = truth.n
+    assert truth.vertices.shape == (n, 4, 2) and truth.centers.shape == (n, 2)
+    assert len(truth.kinds) == n and set(truth.kinds) <= set(SQUARE_KINDS)
+    np.testing.assert_allclose(truth.vertices.mean(axis=1), truth.centers, atol=1e-6)
+    # Each outline is a square of the stated side, its first edge along the grid angle.
+    edges = np.diff(np.concatenate([truth.vertices, truth.vertices[:, :1]], axis=1), axis=1)
+    np.testing.assert_allclose(np.hypot(edges[..., 0], edges[..., 1]), truth.side_px, rtol=1e-6)
+    if n:
+        first = np.degrees(np.arctan2(-edges[:, 0, 1], edges[:, 0, 0])) % 90
+        assert np.allclose(np.minimum(abs(first - truth.angle_deg), 90 - abs(first - truth.angle_deg)), 0, atol=1e-6)
+    assert np.all((truth.visible_fraction > 0) & (truth.visible_fraction <= 1))
+    # Collectable means whole, ok-kind and moderate ice: never broken, covered, cut...
+    kinds = np.array(truth.kinds)
+    assert np.all(kinds[truth.collectable] == "ok")
+    assert np.all(truth.visible_fraction[truth.collectable] >= 0.98)
+    assert np.all(truth.detectable <= (kinds != "covered"))
+    h, w = truth.shape
+    c = truth.centers
+    assert np.all((c[:, 0] > -truth.pitch_px) & (c[:, 0] < w + truth.pitch_px))
+    assert np.all((c[:, 1] > -truth.pitch_px) & (c[:, 1] < h + truth.pitch_px))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**63 - 1), rows=st.integers(96, 400), cols=st.integers(96, 400))
+def test_atlas_truth_consistent(seed, rows, cols):
+    image, truth = make_atlas(seed, (rows, cols))
+    assert image.shape == (rows, cols) and image.dtype == np.int16
+    _check_atlas_truth(truth)
+
+
+def test_atlas_options():
+    _, truth = make_atlas(1, SMALL_ATLAS, pitch_px=150.0, angle_deg=100.0)
+    assert truth.pitch_px == 150.0 and truth.angle_deg == pytest.approx(10.0)
+    # Neighbouring centres are one pitch apart.
+    d = np.hypot(*(truth.centers[:, None] - truth.centers[None]).transpose(2, 0, 1))
+    d[d == 0] = np.inf
+    np.testing.assert_allclose(d.min(axis=1), 150.0, rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ medmag
+
+
+def test_medmag_default_shape_dtype():
+    image, truth = make_medmag(0)
+    assert image.shape == (1024, 1440) and image.dtype == np.float32
+    assert np.isfinite(image).all() and image.min() >= 0
+    assert isinstance(truth, MedmagTruth) and truth.shape == (1024, 1440)
+    assert 40 <= truth.spacing_px <= 400
+
+
+def test_medmag_is_deterministic():
+    a, ta = make_medmag(9, SMALL_MEDMAG)
+    b, tb = make_medmag(9, SMALL_MEDMAG)
+    np.testing.assert_array_equal(a, b)
+    _same_truth(ta, tb)
+
+
+def _check_medmag_truth(truth: MedmagTruth) -> None:
+    n = truth.n
+    h, w = truth.shape
+    c = truth.centers
+    assert c.shape == (n, 2) and truth.good.shape == (n,) and truth.visible.shape == (n,)
+    assert np.all((c[:, 0] >= -0.5) & (c[:, 0] <= w - 0.5) & (c[:, 1] >= -0.5) & (c[:, 1] <= h - 0.5))
+    assert set(truth.defects) <= set(HOLE_DEFECTS)
+    assert np.array_equal(truth.good, np.array([d == "" for d in truth.defects], dtype=bool))
+    # Hidden holes are under a bar; holes cut by the image edge are never good.
+    assert all(truth.defects[i] == "bar" for i in np.flatnonzero(~truth.visible))
+    r = truth.radius_px
+    cut = (c[:, 0] - r < -0.5) | (c[:, 0] + r > w - 0.5) | (c[:, 1] - r < -0.5) | (c[:, 1] + r > h - 0.5)
+    assert not np.any(truth.good & cut)
+    assert 0.15 * truth.spacing_px - 1e-9 <= r <= 0.35 * truth.spacing_px + 1e-9
+    # Centres sit on the stated lattice.
+    u, v = lattice_basis(truth.spacing_px, truth.angle_deg)
+    np.testing.assert_allclose(truth.basis, (u, v))
+    coef = np.linalg.solve(np.stack([u, v], axis=1), (c - np.array(truth.origin)).T)
+    np.testing.assert_allclose(coef, np.round(coef), atol=1e-6)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**63 - 1), rows=st.integers(64, 400), cols=st.integers(64, 400),
+       spacing=st.one_of(st.none(), st.floats(40, 400)))
+def test_medmag_truth_consistent(seed, rows, cols, spacing):
+    image, truth = make_medmag(seed, (rows, cols), spacing_px=spacing)
+    assert image.shape == (rows, cols) and image.dtype == np.float32 and np.isfinite(image).all()
+    if spacing is not None:
+        assert truth.spacing_px == spacing
+    _check_medmag_truth(truth)
+
+
+def test_medmag_holes_are_visible_in_the_image():
+    """Without defects the image at hole centres differs from the film between holes (either sign)."""
+    for seed in range(4):
+        image, truth = make_medmag(seed, (384, 512), spacing_px=80.0, defects=False)
+        u, v = (np.array(b) for b in truth.basis)
+        inner = [p for p in truth.centers if 20 <= p[0] < 492 and 20 <= p[1] < 364]
+        holes = [image[int(round(y)), int(round(x))] for x, y in inner]
+        film_pts = [p + (u + v) / 2 for p in inner]
+        film = [image[int(round(y)), int(round(x))] for x, y in film_pts if 0 <= x < 512 and 0 <= y < 384]
+        noise = np.std(holes) + 1e-6
+        assert abs(np.mean(holes) - np.mean(film)) > 2 * noise / np.sqrt(len(holes)), seed
+        assert truth.good.all() or set(truth.defects) <= {"", "edge"}
+
+
+def test_medmag_lattice_matches_nearest_neighbours():
+    _, truth = make_medmag(3, (512, 640), spacing_px=70.0, angle_deg=30.0)
+    c = truth.centers
+    d = np.hypot(*(c[:, None] - c[None]).transpose(2, 0, 1))
+    d[d == 0] = np.inf
+    np.testing.assert_allclose(d.min(axis=1), 70.0, rtol=1e-9)
+    assert truth.angle_deg == 30.0
+
+
+def test_train_and_test_seeds_are_disjoint():
+    synth = pytest.importorskip("export.synth")
+    for stream in range(3):
+        seeds = synth.train_seeds(0, 1000, stream)
+        assert seeds.max() < synth.TEST_SEED_BASE
+    assert min(synth.test_seeds(10)) >= synth.TEST_SEED_BASE
+
+
+def test_read_points_formats(tmp_path):
+    synth = pytest.importorskip("export.synth")
+    (tmp_path / "a.csv").write_text("x,y,label\n1.5,2,1\n3,4,0\n")
+    (tmp_path / "b.csv").write_text("10 ,20\n30,40\n".replace(" ", ""))
+    (tmp_path / "c.json").write_text(json.dumps({"targets": [{"center": [5, 6], "score": 0.3}]}))
+    pts, labels = synth.read_points(tmp_path / "a.csv")
+    np.testing.assert_array_equal(pts, [[1.5, 2], [3, 4]])
+    np.testing.assert_array_equal(labels, [1, 0])
+    pts, labels = synth.read_points(tmp_path / "b.csv")
+    assert pts.shape == (2, 2) and labels is None
+    pts, labels = synth.read_points(tmp_path / "c.json")
+    np.testing.assert_array_equal(pts, [[5, 6]])
+    (tmp_path / "c.png").write_bytes(b"")
+    assert synth.labelled_pairs(tmp_path) == [(tmp_path / "c.png", tmp_path / "c.json")]
+
+
+# ------------------------------------------------------------------------------------- default model set
+
+
+def _manifest() -> dict:
+    path = MODELS / "manifest.json"
+    if not path.is_file():
+        pytest.skip("models/manifest.json not present yet")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_default_set_manifest_hashes_and_licence():
+    manifest = _manifest()
+    assert manifest["format"] == 1
+    assert set(manifest["models"]) == {"square_cnn", "hole_unet", "hole_cnn"}
+    licences = [manifest["licence"]] + [m["licence"] for m in manifest["models"].values()]
+    for licence in licences:
+        assert licence == "BSD-3-Clause"
+        assert "NC" not in licence.upper().replace("-", " ").split()
+    total = (MODELS / "manifest.json").stat().st_size
+    for task, spec in manifest["models"].items():
+        path = MODELS / spec["file"]
+        blob = path.read_bytes()
+        total += len(blob)
+        assert hashlib.sha256(blob).hexdigest() == spec["sha256"], task
+        assert spec["task"] == task
+        assert spec["bn"] in ("none", "running")
+        assert spec["input"] == "image" and spec["output"] == "logit"
+        prov = spec["provenance"]
+        assert prov["seed"] == int(prov["seed"]) and "generator_version" in prov
+        assert "published" not in prov.get("source", "")
+    assert total < 10 * 1024 * 1024
+    unet = manifest["models"]["hole_unet"]
+    assert unet["scale"] == {"spacing_px": 64.0} and 0 < unet["threshold"] < 1
+    assert manifest["models"]["square_cnn"]["crop_size"] == 240
+    assert manifest["models"]["hole_cnn"]["min_size"] >= 1
+
+
+def test_default_set_graphs_opset_and_shapes():
+    manifest = _manifest()
+    onnx = pytest.importorskip("onnx")
+    from ptolemy_rt.models import load_models
+
+    for spec in manifest["models"].values():
+        model = onnx.load(MODELS / spec["file"])
+        opsets = {o.domain: o.version for o in model.opset_import}
+        assert opsets.get("", opsets.get("ai.onnx")) == spec["opset"] >= 17
+    models = load_models(MODELS, provider="cpu", threads=1)
+    rng = np.random.default_rng(0)
+    m = manifest["models"]["hole_unet"]["multiple"]
+    out = models.run("hole_unet", rng.standard_normal((1, 1, 2 * m, 3 * m)).astype(np.float32))
+    assert out.shape == (1, 1, 2 * m, 3 * m)
+    crops = rng.standard_normal((3, 1, 240, 240)).astype(np.float32)
+    scores = models.run("square_cnn", crops)
+    assert scores.shape == (3, 1)
+    # Batch-independent: a crop scores the same alone as in a batch.
+    np.testing.assert_allclose(models.run("square_cnn", crops[1:2]), scores[1:2], rtol=1e-4, atol=1e-4)
+    for side in (20, 63, 270):
+        assert models.run("hole_cnn", rng.standard_normal((1, 1, side, side)).astype(np.float32)).shape == (1, 1)
