@@ -106,25 +106,36 @@ class EdgeUNet(nn.Module):
 
 
 class EdgeSquareCNN(nn.Module):
-    """Square classifier for 1x1x240x240 crops: a strided stem, ConvBNReLU + MaxPool blocks, then global mean and
-    max pooling concatenated into a linear layer (position-tolerant, so cut or off-centre squares still score)."""
+    """Square classifier for 1x1x240x240 crops: 2x2 average pooling (squares are ~100 px wide, so 120x120
+    keeps every feature operators judge by), ConvBNReLU + MaxPool blocks, then global mean and max pooling
+    concatenated into a linear layer (position-tolerant, so off-centre squares still score)."""
 
-    def __init__(self, widths: Sequence[int] = (8, 16, 32, 48), crop: int = 240) -> None:
+    def __init__(self, widths: Sequence[int] = (8, 16, 24, 32), crop: int = 240) -> None:
         super().__init__()
         self.crop = int(crop)
         self.widths = tuple(int(w) for w in widths)
-        layers: list[nn.Module] = [ConvBNReLU(1, self.widths[0], kernel=5, stride=2)]
-        cin = self.widths[0]
-        for w in self.widths[1:]:
-            layers += [nn.MaxPool2d(2), ConvBNReLU(cin, w)]
+        layers: list[nn.Module] = []
+        cin = 1
+        for i, w in enumerate(self.widths):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            layers.append(ConvBNReLU(cin, w))
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * cin, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        """240x240 crops -> 120x120 (the first op of the graph; training stores crops after it)."""
+        return F.avg_pool2d(x, 2)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for reduced (120x120) crops."""
         f = self.features(x)
-        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.reduce(x))
 
 
 class EdgeHoleCNN(nn.Module):
@@ -136,7 +147,7 @@ class EdgeHoleCNN(nn.Module):
     (nearly) all their pixels' worth of signal instead of being point-sampled.
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 32), side: int = 48, min_size: int = 16) -> None:
+    def __init__(self, widths: Sequence[int] = (12, 24, 32), side: int = 48, min_size: int = 16) -> None:
         super().__init__()
         self.side = int(side)
         self.min_size = int(min_size)
@@ -156,10 +167,13 @@ class EdgeHoleCNN(nn.Module):
         x = F.interpolate(x, size=(4 * self.side, 4 * self.side), mode="bilinear", align_corners=False)
         return F.avg_pool2d(x, 4)
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for crops already resized to side x side."""
+        f = self.features(x)
+        return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(self.resize(x))
-        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        return self.classify(self.resize(x))
 
 
 def conv_macs(model: nn.Module, shape: Sequence[int]) -> int:

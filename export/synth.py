@@ -26,7 +26,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ptolemy_rt.crops import sample_rotated_crop
 from ptolemy_rt.synth import GENERATOR_VERSION, make_atlas, make_medmag
 
 __all__ = [
@@ -43,7 +42,9 @@ __all__ = [
     "unet_pool",
     "sample_unet_batch",
     "hole_crop",
-    "hole_crop_size",
+    "square_examples",
+    "real_square_examples",
+    "real_hole_examples",
     "hole_examples",
     "read_points",
     "labelled_pairs",
@@ -51,6 +52,10 @@ __all__ = [
 
 CANONICAL_SPACING = 64.0
 TARGET_SIGMA = 2.0
+# Target peak of a visible but bad hole (edge-cut, broken, empty, contaminated); good holes peak at 1. Small
+# enough that the U-Net's summed probability ranks good holes first (the "unet" score), large enough that
+# bad holes still give a centroid above the 0.3 threshold (with BCE positive weight 20, p* ~ 0.7).
+BAD_HOLE_TARGET = 0.1
 TEST_SEED_BASE = 1 << 40
 
 
@@ -67,29 +72,39 @@ def test_seeds(n: int, stream: int = 0) -> list[int]:
 
 
 def resample(image: np.ndarray, scale: float) -> np.ndarray:
-    """Resize by `scale` (area averaging when shrinking, bilinear when enlarging); a point x maps to
-    (x + 0.5) * scale_x - 0.5 with scale_x = new width / old width (likewise y)."""
+    """Resize by `scale` as ptolemy_rt.holes does before its U-Net (area averaging when shrinking, bicubic
+    when enlarging); a point x maps to (x + 0.5) * scale_x - 0.5 with scale_x = new width / old width."""
     h, w = image.shape
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     return cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (nw, nh), interpolation=interp)
 
 
-def centre_target(shape: tuple[int, int], centres: np.ndarray, sigma: float = TARGET_SIGMA) -> np.ndarray:
-    """Map of Gaussian blobs (peak 1, max where they overlap) at `centres` (x, y)."""
+def centre_target(shape: tuple[int, int], centres: np.ndarray, sigma: float = TARGET_SIGMA,
+                  peaks: np.ndarray | None = None) -> np.ndarray:
+    """Map of Gaussian blobs (peak 1 or `peaks`, max where they overlap) at `centres` (x, y)."""
     h, w = shape
     target = np.zeros((h, w), np.float32)
     r = int(np.ceil(3 * sigma))
-    for cx, cy in np.asarray(centres, dtype=np.float64).reshape(-1, 2):
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    peaks = np.ones(len(centres), np.float32) if peaks is None else np.asarray(peaks, np.float32)
+    for (cx, cy), peak in zip(centres, peaks):
         x0, x1 = max(int(np.floor(cx)) - r, 0), min(int(np.floor(cx)) + r + 2, w)
         y0, y1 = max(int(np.floor(cy)) - r, 0), min(int(np.floor(cy)) + r + 2, h)
         if x0 >= x1 or y0 >= y1:
             continue
         xs = np.arange(x0, x1, dtype=np.float32) - np.float32(cx)
         ys = np.arange(y0, y1, dtype=np.float32) - np.float32(cy)
-        blob = np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / np.float32(2 * sigma * sigma))
+        blob = np.float32(peak) * np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / np.float32(2 * sigma * sigma))
         np.maximum(target[y0:y1, x0:x1], blob, out=target[y0:y1, x0:x1])
     return target
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    """(image - mean) / std in float32 with float64 statistics, as ptolemy_rt.holes.normalise_image."""
+    x = np.asarray(image, dtype=np.float64)
+    std = float(x.std())
+    return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -103,8 +118,10 @@ class UnetImage:
 
 
 def unet_image(seed: int) -> UnetImage:
-    """A synthetic med-mag image as the U-Net sees it at run time: resampled to a period of ~64 px (with the
-    +-12 % error a spacing estimate may carry), normalised; the target marks every visible hole's centre.
+    """A synthetic med-mag image as the U-Net sees it at run time: normalised (zero mean, unit variance), then
+    resampled to a period of ~64 px (with the +-12 % error a spacing estimate may carry), in that order as
+    ptolemy_rt.holes does; the target marks every visible hole's centre, good holes with peak 1 and bad ones
+    with BAD_HOLE_TARGET (hidden holes, under a grid bar, not at all).
 
     Half the images are drawn at their native scale (period 40-400 px) and resampled, like real inputs; half
     are drawn straight at the canonical scale (more variety per CPU second)."""
@@ -116,19 +133,19 @@ def unet_image(seed: int) -> UnetImage:
         scale = CANONICAL_SPACING * jitter / native
         shape = (int(np.clip(round(hc / scale), 64, 2048)), int(np.clip(round(wc / scale), 64, 2048)))
         img, truth = make_medmag(int(seed), shape, spacing_px=native)
-        img = resample(img, scale)
+        img = resample(_normalise(img), scale)
         sx = img.shape[1] / shape[1]
         sy = img.shape[0] / shape[0]
         centres = np.stack([(truth.centers[:, 0] + 0.5) * sx - 0.5, (truth.centers[:, 1] + 0.5) * sy - 0.5], axis=1)
     else:
         img, truth = make_medmag(int(seed), (hc, wc), spacing_px=CANONICAL_SPACING * jitter)
+        img = _normalise(img)
         centres = np.asarray(truth.centers)
-    centres = centres[np.asarray(truth.visible)]
-    img = img.astype(np.float32)
-    std = float(img.std())
-    img = (img - float(img.mean())) / (std if std > 0 else 1.0)
-    return UnetImage(image=img.astype(np.float32), target=centre_target(img.shape, centres), centres=centres,
-                     seed=int(seed))
+    visible = np.asarray(truth.visible)
+    peaks = np.where(np.asarray(truth.good), 1.0, BAD_HOLE_TARGET)[visible]
+    centres = centres[visible]
+    return UnetImage(image=img.astype(np.float32), target=centre_target(img.shape, centres, peaks=peaks),
+                     centres=centres, seed=int(seed))
 
 
 def unet_pool(seed: int, n: int) -> list[UnetImage]:
@@ -163,21 +180,19 @@ def sample_unet_batch(rng: np.random.Generator, pool: Sequence[UnetImage], batch
 # ------------------------------------------------------------------------------------------------- holes
 
 
-def hole_crop_size(spacing_px: float) -> int:
-    """Side of a hole crop: twice the half-side spacing/2 - 10, at least 2 px."""
-    return max(2, int(round(2 * (spacing_px / 2 - 10))))
+def hole_crop(image: np.ndarray, centre_xy: tuple[float, float], spacing_px: float, angle_deg: float,
+              min_size: int = 1) -> np.ndarray:
+    """One hole's CNN input exactly as ptolemy_rt.holes makes it: the lattice-frame square of half-side
+    crop_half_side(spacing) around the point, resized up to `min_size` if smaller, normalised by its own
+    mean and std."""
+    from ptolemy_rt.holes import _cnn_input, hole_crops
+
+    geometry = hole_crops(np.array([centre_xy], dtype=np.float64), angle_deg, spacing_px, image.shape)
+    return _cnn_input(image, geometry.matrices[0], geometry.shapes[0], min_size)
 
 
-def hole_crop(image: np.ndarray, centre_xy: tuple[float, float], spacing_px: float, angle_deg: float) -> np.ndarray:
-    """Lattice-frame crop of one hole, normalised by its own mean and std (as the runtime feeds the hole CNN)."""
-    side = hole_crop_size(spacing_px)
-    crop = sample_rotated_crop(image, (float(centre_xy[0]), float(centre_xy[1])), angle_deg, side, side)
-    std = float(crop.std())
-    return ((crop - float(crop.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
-
-
-def hole_examples(seed: int, n_images: int, max_per_image: int = 40,
-                  shape: tuple[int, int] = (768, 1024)) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tuple[int, int] = (768, 1024),
+                  min_size: int = 1) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
     """Hole CNN examples: (crops of varied sizes, labels good=1, image index of each crop).
 
     Every hole whose lattice point lies at least 10 px inside the image (the runtime's default edge tolerance)
@@ -204,7 +219,7 @@ def hole_examples(seed: int, n_images: int, max_per_image: int = 40,
             spacing = truth.spacing_px * float(np.exp(rng.normal(0, 0.015)))
             angle = truth.angle_deg + float(rng.normal(0, 0.7))
             centre = c[j] + rng.normal(0, 0.02 * truth.spacing_px, 2)
-            crops.append(hole_crop(img, (centre[0], centre[1]), spacing, angle))
+            crops.append(hole_crop(img, (centre[0], centre[1]), spacing, angle, min_size))
             labels.append(int(truth.good[j]))
             groups.append(i)
     return crops, np.array(labels, np.float32), groups
@@ -267,3 +282,134 @@ def labelled_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
                 pairs.append((image, points))
                 break
     return pairs
+
+
+# ----------------------------------------------------------------------------------------------- squares
+
+
+@dataclass(frozen=True)
+class AtlasSquares:
+    """The squares ptolemy_rt.squares finds in one atlas, with the square CNN's inputs."""
+
+    centers: np.ndarray  # (n, 2) x, y box centres
+    areas: np.ndarray  # (n,) box areas, px²
+    crops: np.ndarray  # (n, 1, 240, 240) float32, normalised as the runtime does
+
+
+def atlas_squares(image) -> AtlasSquares | None:
+    """Run the low-mag pipeline's geometry (mixture, regions, grid angle, boxes, crops) on an image or array,
+    with the runtime's own functions, so training crops are the crops the model will score."""
+    from ptolemy_rt.io import as_image
+    from ptolemy_rt.mixture import segment
+    from ptolemy_rt.regions import find_regions
+    from ptolemy_rt.squares import boxes_at_angle, class_stats, crop_frame, grid_angle, square_crops
+
+    img = as_image(image)
+    seg = segment(img.data, img.dtype)
+    if seg.mask is None:
+        return None
+    data = np.maximum(img.data, np.float32(0.0))
+    regions = find_regions(seg.mask, window=6, min_area=100.0)
+    if len(regions) == 0:
+        return None
+    theta = grid_angle(regions.hulls)
+    boxes = boxes_at_angle(regions.hulls, theta)
+    mean, std = class_stats(data, seg.mask)
+    crops = square_crops(data, regions.hulls, theta, mean, std, frame=crop_frame(data.shape, theta))
+    return AtlasSquares(np.asarray(boxes.centers), np.asarray(boxes.areas), crops)
+
+
+def match_points(found: np.ndarray, truth: np.ndarray, tolerance: float) -> np.ndarray:
+    """Index of the nearest `truth` point within `tolerance` of each `found` point, -1 where none."""
+    found = np.asarray(found, dtype=np.float64).reshape(-1, 2)
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1, 2)
+    if len(found) == 0 or len(truth) == 0:
+        return np.full(len(found), -1, dtype=np.int64)
+    d = np.hypot(found[:, None, 0] - truth[None, :, 0], found[:, None, 1] - truth[None, :, 1])
+    nearest = d.argmin(axis=1)
+    return np.where(d[np.arange(len(found)), nearest] <= tolerance, nearest, -1)
+
+
+def reduce_crops(crops: np.ndarray) -> np.ndarray:
+    """(n, 1, 240, 240) -> (n, 1, 120, 120) by 2x2 means: EdgeSquareCNN.reduce, done once at data time."""
+    n, c, h, w = crops.shape
+    return crops.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5), dtype=np.float32)
+
+
+def square_examples(seed: int, n_atlases: int, shape: tuple[int, int] = (1024, 1024)) -> tuple[np.ndarray, np.ndarray]:
+    """Square CNN examples: (crops reduced to (n, 1, 120, 120) float32, labels collectable=1) from synthetic
+    atlases.
+
+    A found square takes the label of the truth square its centre lies on (within 0.35 x pitch) when it
+    covers at least half of that square; anything else (merged, split, spurious) is not collectable."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for s in train_seeds(seed, n_atlases, stream=1):
+        image, truth = make_atlas(int(s), shape)
+        found = atlas_squares(image)
+        if found is None:
+            continue
+        j = match_points(found.centers, truth.centers, 0.35 * truth.pitch_px)
+        whole = found.areas >= 0.5 * truth.side_px ** 2
+        label = np.where((j >= 0) & whole, np.asarray(truth.collectable)[np.maximum(j, 0)], False)
+        xs.append(reduce_crops(found.crops))
+        ys.append(label.astype(np.float32))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# --------------------------------------------------------------------------------------------- real data
+
+
+def real_square_examples(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Square CNN examples (reduced to 120x120) from a facility's atlases: each image with a same-stem .csv/.json of the squares
+    an operator selected (points inside them; with a label column, 0 marks a rejected square). Squares
+    found by the runtime that hold a selected point are positives, all others negatives."""
+    from ptolemy_rt.io import read_image
+
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for image_path, points_path in labelled_pairs(folder):
+        found = atlas_squares(read_image(image_path))
+        if found is None:
+            continue
+        points, labels = read_points(points_path)
+        side = float(np.sqrt(np.median(found.areas)))
+        # Nearest found square to each point, within half a square's side.
+        j = match_points(points, found.centers, 0.5 * side)
+        label = np.zeros(len(found.centers), np.float32)
+        for k, idx in enumerate(j):
+            if idx >= 0:
+                label[idx] = 1.0 if labels is None else float(labels[k] > 0)
+        xs.append(reduce_crops(found.crops))
+        ys.append(label)
+    if not xs:
+        return np.zeros((0, 1, 120, 120), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def real_hole_examples(folder: str | Path, models=None, min_size: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+    """Hole CNN examples from a facility's med-mag images: each image with a same-stem .csv/.json of the
+    holes an operator selected (or labelled 1/0). The lattice comes from ptolemy_rt.holes.find_holes with
+    `models` (default: the shipped set, so train the U-Net first); lattice points within a quarter period
+    of a selected point are positives, the rest negatives."""
+    from ptolemy_rt.holes import find_holes
+    from ptolemy_rt.io import read_image
+
+    crops: list[np.ndarray] = []
+    labels_out: list[float] = []
+    for image_path, points_path in labelled_pairs(folder):
+        image = read_image(image_path)
+        result = find_holes(image, models, cnn=False)
+        if not result.holes:
+            continue
+        points, labels = read_points(points_path)
+        lattice = np.array([(h.x, h.y) for h in result.holes])
+        j = match_points(points, lattice, 0.25 * result.spacing_px)
+        label = np.zeros(len(lattice), np.float32)
+        for k, idx in enumerate(j):
+            if idx >= 0:
+                label[idx] = 1.0 if labels is None else float(labels[k] > 0)
+        for p, lab in zip(lattice, label):
+            crops.append(hole_crop(image.data, (p[0], p[1]), result.spacing_px, result.angle_deg, min_size))
+            labels_out.append(float(lab))
+    return crops, np.array(labels_out, np.float32)

@@ -37,11 +37,11 @@ SET_VERSION = "1.0"
 OPSET = MIN_OPSET
 
 # Recipes: one place for every number that decides what a training run produces.
-UNET = {"steps": 1200, "batch": 8, "patch": 160, "pool_images": 240, "lr": 3e-3, "pos_weight": 20.0,
+UNET = {"steps": 1200, "batch": 8, "patch": 160, "pool_images": 300, "lr": 3e-3, "pos_weight": 20.0,
         "target_sigma": data.TARGET_SIGMA, "widths": (8, 16, 32, 32), "enc_convs": 2, "dec_convs": 1,
-        "stem_stride": 2, "last_bias": -4.0, "threshold": 0.3}
-SQUARE = {"epochs": 12, "batch": 32, "lr": 2e-3, "atlases": 140, "widths": (8, 16, 32, 48)}
-HOLE = {"epochs": 10, "batch": 64, "lr": 3e-3, "images": 160, "max_per_image": 40, "widths": (16, 32, 32),
+        "stem_stride": 2, "last_bias": -4.0, "threshold": 0.3, "bad_hole_target": data.BAD_HOLE_TARGET}
+SQUARE = {"epochs": 8, "batch": 32, "lr": 3e-3, "atlases": 50, "widths": (8, 16, 24, 32)}
+HOLE = {"epochs": 8, "batch": 64, "lr": 3e-3, "images": 120, "max_per_image": 36, "widths": (12, 24, 32),
         "side": 48, "min_size": 16}
 
 
@@ -154,8 +154,8 @@ def train_hole(seed: int, epochs: int | None = None, threads: int = 2, real: Pat
         r["epochs"] = epochs
     setup(seed, threads)
     t0 = time.perf_counter()
-    crops, labels, _ = data.hole_examples(seed, r["images"], r["max_per_image"])
     model = EdgeHoleCNN(r["widths"], r["side"], r["min_size"])
+    crops, labels, _ = data.hole_examples(seed, r["images"], r["max_per_image"], min_size=model.min_size)
     # The graph's own resize is applied once here, so training batches have one size.
     with torch.no_grad():
         x = torch.cat([model.resize(torch.from_numpy(c)[None, None]) for c in crops])
@@ -165,11 +165,7 @@ def train_hole(seed: int, epochs: int | None = None, threads: int = 2, real: Pat
         x, y = torch.cat([x, xr]), torch.cat([y, yr])
     log(f"hole: {x.shape[0]} crops ({int(y.sum())} good) in {time.perf_counter() - t0:.0f} s")
 
-    def forward(xb):
-        f = model.features(xb)
-        return model.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
-
-    secs = _fit_classifier(model, forward, x, y, r["epochs"], r["batch"], r["lr"], seed, "hole", _dihedral)
+    secs = _fit_classifier(model, model.classify, x, y, r["epochs"], r["batch"], r["lr"], seed, "hole", _dihedral)
     info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()}, "examples": int(x.shape[0]),
             "positives": int(y.sum()), "seconds": time.perf_counter() - t0, "fit_seconds": secs}
     return model, info
@@ -190,7 +186,7 @@ def train_square(seed: int, epochs: int | None = None, threads: int = 2, real: P
     y = torch.from_numpy(ys)
     log(f"square: {x.shape[0]} crops ({int(y.sum())} collectable) in {time.perf_counter() - t0:.0f} s")
     model = EdgeSquareCNN(r["widths"])
-    secs = _fit_classifier(model, model, x, y, r["epochs"], r["batch"], r["lr"], seed, "square", _dihedral)
+    secs = _fit_classifier(model, model.classify, x, y, r["epochs"], r["batch"], r["lr"], seed, "square", _dihedral)
     info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()}, "examples": int(x.shape[0]),
             "positives": int(y.sum()), "seconds": time.perf_counter() - t0, "fit_seconds": secs}
     return model, info
@@ -198,7 +194,7 @@ def train_square(seed: int, epochs: int | None = None, threads: int = 2, real: P
 
 def real_hole_examples(folder: Path, model: EdgeHoleCNN) -> tuple[torch.Tensor, torch.Tensor]:
     """Hole crops from a facility's labelled med-mag images (see export.synth.real_hole_examples)."""
-    crops, labels = data.real_hole_examples(folder)
+    crops, labels = data.real_hole_examples(folder, min_size=model.min_size)
     with torch.no_grad():
         x = torch.cat([model.resize(torch.from_numpy(c)[None, None]) for c in crops]) if crops else torch.zeros(0, 1, model.side, model.side)
     return x, torch.from_numpy(np.asarray(labels, np.float32))

@@ -26,8 +26,10 @@ def summed_area(mask):
     return sat
 
 @numba.njit(cache=True, nogil=True)
-def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
-    # Returns (cost, covered positives); cost is inf once lambda_fp * fp exceeds `bound` (it only grows).
+def scan(sat, ox, oy, ux, uy, max_hw, fp_bound):
+    # Visit every point of the lattice (origin, u, v = u turned 90 degrees) whose footprint touches the
+    # image. Returns (covered area, covered positives, points centred inside, of those with a positive
+    # pixel), stopping early (area = -1) once covered non-positives exceed fp_bound.
     rows = sat.shape[0] - 1
     cols = sat.shape[1] - 1
     vx = -uy
@@ -48,6 +50,8 @@ def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
         bmax = max(bmax, b)
     pos = 0
     area = 0
+    inside = 0
+    occupied = 0
     for b in range(int(math.floor(bmin)), int(math.ceil(bmax)) + 1):
         px0 = ox + b * vx
         py0 = oy + b * vy
@@ -81,10 +85,25 @@ def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
             r1 = min(ry + h, rows - 1)
             if c0 > c1 or r0 > r1:
                 continue
+            here = sat[r1 + 1, c1 + 1] - sat[r0, c1 + 1] - sat[r1 + 1, c0] + sat[r0, c0]
             area += (c1 - c0 + 1) * (r1 - r0 + 1)
-            pos += sat[r1 + 1, c1 + 1] - sat[r0, c1 + 1] - sat[r1 + 1, c0] + sat[r0, c0]
-        if lambda_fp * (area - pos) > bound:
-            return math.inf, pos
+            pos += here
+            if 0 <= rx < cols and 0 <= ry < rows:
+                inside += 1
+                if here > 0:
+                    occupied += 1
+        if area - pos > fp_bound:
+            return -1, pos, inside, occupied
+    return area, pos, inside, occupied
+
+
+@numba.njit(cache=True, nogil=True)
+def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
+    # Returns (cost, covered positives); cost is inf once lambda_fp * fp exceeds `bound` (fp only grows).
+    fp_bound = bound / lambda_fp if lambda_fp > 0 else math.inf
+    area, pos, _, _ = scan(sat, ox, oy, ux, uy, max_hw, fp_bound)
+    if area < 0:
+        return math.inf, pos
     return lambda_fn * (total - pos) + lambda_fp * (area - pos), pos
 
 @numba.njit(cache=True, nogil=True)

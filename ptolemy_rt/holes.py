@@ -9,6 +9,13 @@ the lattice frame straight from the input) -> cnn (the hole CNN, honouring its B
 Coordinates are input pixels, x = column, y = row, origin at the centre of the top-left pixel. The
 original tool measured from the top-left pixel's corner (its centroids are hulls of pixel corners), so
 its coordinates are ours + 0.5.
+
+Against the original (medmag_cli.py): with PTOLEMY_COMPAT settings the lattice, the hole centres, the
+crop windows and vertices are the original's (to 1e-6 px) and the hole CNN scores agree to < 0.01 (cv2
+bicubic instead of scipy's cubic spline). By default we differ on purpose: 6 real neighbours per centroid
+(the original counted the centroid itself among its 6), least-squares refinement of the lattice, crops
+centred on the lattice points and never clipped (the original's sit up to a pixel off, and are cut where
+the enlarged rotated image ends), U-Net padding to the smallest accepted size, and `unet` scores.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from .results import Hole, HoleResult, ImageInfo, sort_targets
 
 __all__ = [
     "find_holes",
+    "holes_from_map",
     "normalise_image",
     "unet_pad_shape",
     "probability_map",
@@ -70,13 +78,13 @@ PTOLEMY_COMPAT: dict[str, Any] = {
 
 
 def normalise_image(data: np.ndarray) -> np.ndarray | None:
-    """(data - mean) / std as float32 (statistics in float64); None for a constant image."""
-    x = np.asarray(data, dtype=np.float64)
-    mean = float(x.mean())
-    std = float(x.std())
+    """(data - mean) / std as float32 (statistics accumulated in float64); None for a constant image."""
+    x = np.asarray(data, dtype=np.float32)
+    mean = float(x.mean(dtype=np.float64))
+    std = float(x.std(dtype=np.float64))
     if not (std > 0.0 and math.isfinite(std)) or std < 1e-12 * max(1.0, abs(mean)):
         return None
-    return ((x - mean) / std).astype(np.float32)
+    return (x - np.float32(mean)) * np.float32(1.0 / std)
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -415,6 +423,42 @@ def find_holes(
         prob = _scaled_probability_map(normalised, model_set, period, target, unet_padding)
     timings["unet"] = time.perf_counter() - t
 
+    return holes_from_map(
+        image, prob, model_set, threshold=threshold, edge_tolerance=edge_tolerance, refine=refine,
+        score=score, k=k, crop_mode=crop_mode, cnn=use_cnn, timings=timings,
+    )
+
+
+def holes_from_map(
+    image: ImageLike,
+    prob: np.ndarray,
+    models: ModelSet,
+    *,
+    threshold: float | None = None,
+    edge_tolerance: float = -10.0,
+    refine: bool = True,
+    score: str = "unet",
+    k: int = 6,
+    crop_mode: str = "centred",
+    cnn: bool = True,
+    timings: dict[str, float] | None = None,
+) -> HoleResult:
+    """The stages after the U-Net: threshold, centroids, lattice, crops, scores (see find_holes).
+
+    `prob` is the U-Net probability map of `image` (same shape); `timings` collects seconds per stage.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "cnn" and not cnn:
+        raise ValueError("score='cnn' needs cnn=True")
+    image = as_image(image)
+    if prob.shape != image.shape:
+        raise ValueError(f"probability map shape {prob.shape} differs from the image's {image.shape}")
+    timings = {} if timings is None else timings
+    model_set = models
+    unet_spec = model_set.spec("hole_unet")
+    use_cnn = cnn
+    info = ImageInfo(path=image.source, shape=image.shape, pixel_size_A=image.pixel_size_A, section=image.section)
     t = time.perf_counter()
     thr = float(unet_spec.get("threshold", 0.5) if threshold is None else threshold)
     mask = prob > thr

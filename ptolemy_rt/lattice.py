@@ -29,7 +29,12 @@ MIN_SPACING_PX = 10.0
 
 @dataclass(frozen=True)
 class Lattice:
-    """A square lattice in input pixel coordinates (x = col, y = row): points origin + a*u + b*v."""
+    """A square lattice in input pixel coordinates (x = col, y = row): points origin + a*u + b*v.
+
+    cost: the search cost of this lattice; anchors: the centroid pair (i, j) it grew from; n_inliers:
+    centroids within a quarter spacing of a lattice point (one per point); occupancy: share of the lattice
+    points inside the image whose footprint holds a positive pixel; refined: least squares was applied.
+    """
 
     origin: Point
     u: Point
@@ -39,6 +44,7 @@ class Lattice:
     cost: float
     anchors: tuple[int, int]
     n_inliers: int = 0
+    occupancy: float = 0.0
     refined: bool = False
 
     @property
@@ -136,12 +142,12 @@ def _kernels():
     # which Numba's cache cannot key, so `search` would recompile in every process.
     from . import _lattice_kernels as k
 
-    return k.summed_area, k.cost, k.search
+    return k.summed_area, k.cost, k.search, k.scan
 
 
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
     """Integral image (rows + 1, cols + 1) int32 of a boolean mask: sat[r, c] = mask[:r, :c].sum()."""
-    summed_area, _, _ = _kernels()
+    summed_area = _kernels()[0]
     m = np.ascontiguousarray(mask, dtype=np.bool_)
     return summed_area(m.view(np.uint8))
 
@@ -156,7 +162,7 @@ def lattice_cost(
     max_halfwidth: float = 15.0,
 ) -> float:
     """Cost of the square lattice (origin, u, u turned 90 degrees) against the mask behind `sat`."""
-    _, cost, _ = _kernels()
+    cost = _kernels()[1]
     total = int(sat[-1, -1])
     c, _ = cost(sat, float(origin[0]), float(origin[1]), float(u[0]), float(u[1]), total,
                 float(lambda_fn), float(lambda_fp), float(max_halfwidth), math.inf)
@@ -171,8 +177,9 @@ def refine_lattice(
     Each centroid is assigned to its nearest lattice point (one centroid per point: the closest) and the
     lattice refitted until the assignment settles. The fit grows outwards from the anchor (3 spacings, then
     doubling): an anchor pair's small error in u turns into a drift of whole spacings far away, where
-    centroids would otherwise be matched to the wrong lattice point. A last fit drops residual outliers
-    (beyond 2.5x the median residual), so stray blobs near lattice points do not pull the lattice.
+    centroids would otherwise be matched to the wrong lattice point. Last, trimmed refits drop residual
+    outliers (beyond 2.5x the median residual) until the kept set settles, so partial holes at the edge
+    and stray blobs near lattice points do not pull the lattice.
     Returns (origin, u, n_inliers), or None with fewer than two lattice points matched.
     """
     c = np.asarray(centroids, dtype=np.float64)
@@ -202,12 +209,22 @@ def refine_lattice(
     if sel.sum() < 2:
         return None
     n_inliers = int(sel.sum())
-    limit = max(2.5 * float(np.median(resid[sel])), 1e-3 * float(np.hypot(*uu)))
-    keep = sel & (resid <= limit)
-    if keep.sum() >= 2:
+    # Trimmed refits until the kept set settles: partial holes at the image edge and stray blobs pull
+    # the least squares by pixels, and each refit shows them more clearly.
+    kept = None
+    for _ in range(iterations):
+        limit = max(2.5 * float(np.median(resid[sel])), 1e-3 * float(np.hypot(*uu)))
+        keep = sel & (resid <= limit)
+        if keep.sum() < 2 or (kept is not None and np.array_equal(keep, kept)):
+            break
+        kept = keep
         o2, u2 = _solve(c[keep], idx[keep])
-        if np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6:
-            o, uu = o2, u2
+        if not (np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6):
+            break
+        o, uu = o2, u2
+        sel, idx, resid = _assign(c, o, uu, tolerance)
+        if sel.sum() < 2:
+            return None
     return (float(o[0]), float(o[1])), (float(uu[0]), float(uu[1])), n_inliers
 
 
@@ -261,11 +278,21 @@ def fit_lattice(
     max_halfwidth: float = 15.0,
     refine: bool = True,
     min_spacing_px: float = MIN_SPACING_PX,
+    min_inliers: float = 0.3,
+    min_occupancy: float = 0.3,
+    blob_halfwidth: float | None = 2.0,
 ) -> Lattice | None:
     """Fit a square lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
 
-    None when there are fewer than two centroids, no anchor pair at least `min_spacing_px` apart, or when
-    the best lattice costs as much as covering nothing (lambda_fn * positives): it explains no holes.
+    None with fewer than two centroids, no anchor pair at least `min_spacing_px` apart, nothing positive
+    in the mask, or when the best lattice is no lattice: fewer than `min_inliers` of the centroids (and
+    fewer than 3) near its points, or fewer than `min_occupancy` of its points inside the image on a
+    positive pixel (noise blobs: any two span a lattice, most of whose points then land on nothing).
+
+    The footprint half-width is min(max_halfwidth, spacing / 4, blob_halfwidth * r) with r the radius of
+    the mean blob (positives per centroid): a point on a blob must gain more (lambda_fn x blob) than its
+    empty footprint costs, or sparse wrong lattices win on small blobs. On the reference image r ~ 19 px,
+    so the cap leaves the original's 15 px; None turns it off.
     """
     c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
     m = np.asarray(mask, dtype=bool)
@@ -276,11 +303,15 @@ def fit_lattice(
     pairs = candidate_pairs(c, k=k, min_spacing_px=min_spacing_px)
     if len(pairs) == 0:
         return None
-    _, cost, search = _kernels()
+    search, scan = _kernels()[2:]
     sat = summed_area_table(m)
     total = int(sat[-1, -1])
     if total == 0:
         return None
+    halfwidth = float(max_halfwidth)
+    if blob_halfwidth is not None:
+        blob_radius = math.sqrt(total / len(c) / math.pi)
+        halfwidth = min(halfwidth, max(1.0, blob_halfwidth * blob_radius))
     # Evaluate first the pairs whose length is typical of nearest neighbours: usually the true lattice,
     # whose low cost then prunes the rest early.
     lengths = np.hypot(*(c[pairs[:, 1]] - c[pairs[:, 0]]).T)
@@ -289,23 +320,29 @@ def fit_lattice(
     cx = np.ascontiguousarray(c[:, 0])
     cy = np.ascontiguousarray(c[:, 1])
     best_idx, best = search(sat, cx, cy, pairs[:, 0].copy(), pairs[:, 1].copy(), order, total,
-                            float(lambda_fn), float(lambda_fp), float(max_halfwidth))
-    if best_idx < 0 or not best < lambda_fn * total:
+                            float(lambda_fn), float(lambda_fp), halfwidth)
+    if best_idx < 0 or not math.isfinite(best):
         return None
     i, j = (int(t) for t in pairs[best_idx])
     origin = (float(c[i, 0]), float(c[i, 1]))
     u = (float(c[j, 0] - c[i, 0]), float(c[j, 1] - c[i, 1]))
     final_cost = float(best)
-    n_inliers = 0
     refined = False
     if refine:
         fit = refine_lattice(c, origin, u)
-        if fit is not None:
-            r_origin, r_u, n_in = fit
-            r_cost, _ = cost(sat, r_origin[0], r_origin[1], r_u[0], r_u[1], total,
-                             float(lambda_fn), float(lambda_fp), float(max_halfwidth), math.inf)
-            if math.hypot(*r_u) >= min_spacing_px:
-                origin, u, n_inliers, refined, final_cost = r_origin, r_u, n_in, True, float(r_cost)
+        if fit is not None and math.hypot(*fit[1]) >= min_spacing_px:
+            origin, u = fit[0], fit[1]
+            final_cost = lattice_cost(sat, origin, u, lambda_fn=lambda_fn, lambda_fp=lambda_fp,
+                                      max_halfwidth=halfwidth)
+            refined = True
+    # Is it a lattice at all? Any two blobs span one, so ask that it explains most of the others too:
+    # by chance a stray centroid lies within a quarter spacing of a lattice point 20 % of the time.
+    sel, _, _ = _assign(c, np.array(origin), np.array(u), 0.25)
+    n_inliers = int(sel.sum())
+    _, _, inside, occupied = scan(sat, origin[0], origin[1], u[0], u[1], halfwidth, math.inf)
+    occupancy = occupied / inside if inside else 0.0
+    if n_inliers < min(3, len(c)) or n_inliers < min_inliers * len(c) or occupancy < min_occupancy:
+        return None
     (ux, uy), v, angle = _canonical_basis(*u)
     return Lattice(
         origin=origin,
@@ -316,5 +353,6 @@ def fit_lattice(
         cost=final_cost,
         anchors=(i, j),
         n_inliers=n_inliers,
+        occupancy=float(occupancy),
         refined=refined,
     )

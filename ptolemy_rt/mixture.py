@@ -5,7 +5,8 @@ histogram bins weighted by the bin counts: one pass over the image builds the hi
 EM iteration costs O(bins) and gives exactly the per-pixel result. The posterior of each bin becomes
 a look-up table that a second pass turns into the mask.
 
-Numba is imported on first use (through ``ptolemy_rt._numba``), never at module import.
+This module imports numba (about 0.3 s), so the pipelines import it on first use, not at package import;
+the kernels compile on their first call and are cached on disk (cache=True).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._numba import numba
+
 __all__ = [
     "CountScale",
     "MixtureFit",
@@ -24,6 +27,7 @@ __all__ = [
     "histogram",
     "fit_poisson_mixture",
     "apply_posterior",
+    "class_separation",
     "segment",
     "COUNT_CAP",
     "TARGET_P999",
@@ -81,49 +85,62 @@ class Segmentation:
     reason: str | None
 
 
-_KERNELS: dict | None = None
+@numba.njit(cache=True, nogil=True)
+def _integral(data):
+    # Early exit: real-valued data usually fail on the first pixel.
+    flat = data.ravel()
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if v != math.floor(v):
+            return False
+    return True
 
 
-def _kernels() -> dict:
-    """Compile (or load from numba's cache) the per-pixel and per-bin kernels on first use."""
-    global _KERNELS
-    if _KERNELS is not None:
-        return _KERNELS
-    from ._numba import numba
+@numba.njit(cache=True, nogil=True)
+def _hist(data, scale, top):
+    # Four interleaved sub-histograms: neighbouring pixels often share a bin, and a single
+    # histogram would serialise on that one counter.
+    flat = data.ravel()
+    size = flat.shape[0]
+    sub = np.zeros((4, top + 1), dtype=np.int64)
+    unit = scale == 1.0
+    stop = size - size % 4
+    for i in range(0, stop, 4):
+        for q in range(4):
+            v = flat[i + q]
+            if v <= 0.0:
+                k = 0
+            elif unit:
+                # Integer-valued data: the value is the count.
+                k = top if v >= top else int(v)
+            else:
+                x = math.floor(v * scale + 0.5)
+                k = top if x >= top else int(x)
+            sub[q, k] += 1
+    for i in range(stop, size):
+        v = flat[i]
+        if v <= 0.0:
+            k = 0
+        elif unit:
+            k = top if v >= top else int(v)
+        else:
+            x = math.floor(v * scale + 0.5)
+            k = top if x >= top else int(x)
+        sub[0, k] += 1
+    out = sub[0] + sub[1] + sub[2] + sub[3]
+    return out
 
-    @numba.njit(cache=True, nogil=True)
-    def integral(data):
-        # Early exit: real-valued data usually fail on the first pixel.
-        flat = data.ravel()
-        for i in range(flat.shape[0]):
-            v = flat[i]
-            if v != math.floor(v):
-                return False
-        return True
 
-    @numba.njit(cache=True, nogil=True)
-    def hist(data, scale, top):
-        # Four interleaved sub-histograms: neighbouring pixels often share a bin, and a single
-        # histogram would serialise on that one counter.
-        flat = data.ravel()
-        size = flat.shape[0]
-        sub = np.zeros((4, top + 1), dtype=np.int64)
-        unit = scale == 1.0
-        stop = size - size % 4
-        for i in range(0, stop, 4):
-            for q in range(4):
-                v = flat[i + q]
-                if v <= 0.0:
-                    k = 0
-                elif unit:
-                    # Integer-valued data: the value is the count.
-                    k = top if v >= top else int(v)
-                else:
-                    x = math.floor(v * scale + 0.5)
-                    k = top if x >= top else int(x)
-                sub[q, k] += 1
-        for i in range(stop, size):
-            v = flat[i]
+@numba.njit(cache=True, nogil=True)
+def _apply(data, scale, top, table):
+    # Also counts label changes between 4-neighbours, which measures the mask's spatial coherence.
+    rows, cols = data.shape
+    out = np.empty((rows, cols), dtype=np.uint8)
+    unit = scale == 1.0
+    changes = 0
+    for i in range(rows):
+        for j in range(cols):
+            v = data[i, j]
             if v <= 0.0:
                 k = 0
             elif unit:
@@ -131,66 +148,74 @@ def _kernels() -> dict:
             else:
                 x = math.floor(v * scale + 0.5)
                 k = top if x >= top else int(x)
-            sub[0, k] += 1
-        out = sub[0] + sub[1] + sub[2] + sub[3]
-        return out
+            t = table[k]
+            out[i, j] = t
+            if j > 0 and out[i, j - 1] != t:
+                changes += 1
+            if i > 0 and out[i - 1, j] != t:
+                changes += 1
+    return out, changes
 
-    @numba.njit(cache=True, nogil=True)
-    def apply(data, scale, top, table):
-        # Also counts label changes between 4-neighbours, which measures the mask's spatial coherence.
-        rows, cols = data.shape
-        out = np.empty((rows, cols), dtype=np.uint8)
-        unit = scale == 1.0
-        changes = 0
-        for i in range(rows):
-            for j in range(cols):
-                v = data[i, j]
-                if v <= 0.0:
-                    k = 0
-                elif unit:
-                    k = top if v >= top else int(v)
-                else:
-                    x = math.floor(v * scale + 0.5)
-                    k = top if x >= top else int(x)
-                t = table[k]
-                out[i, j] = t
-                if j > 0 and out[i, j - 1] != t:
-                    changes += 1
-                if i > 0 and out[i - 1, j] != t:
-                    changes += 1
-        return out, changes
 
-    @numba.njit(cache=True, nogil=True)
-    def e_step(k, n, lgam, mu1, mu2, pi, p):
-        # Posterior of the bright component per bin (written into p) and the total log-likelihood.
-        # log Poisson(k | mu) = k log(mu) - mu - log(k!)
-        lmu1 = math.log(mu1) if mu1 > 0.0 else -np.inf
-        lmu2 = math.log(mu2) if mu2 > 0.0 else -np.inf
-        lpi = math.log(pi) if pi > 0.0 else -np.inf
-        lpi2 = math.log1p(-pi) if pi < 1.0 else -np.inf
-        total = 0.0
-        for b in range(k.shape[0]):
-            kb = k[b]
-            a1 = (kb * lmu1 if kb > 0.0 else 0.0) - mu1 - lgam[b] + lpi
-            a2 = (kb * lmu2 if kb > 0.0 else 0.0) - mu2 - lgam[b] + lpi2
-            m = a1 if a1 > a2 else a2
-            e1 = math.exp(a1 - m)
-            e2 = math.exp(a2 - m)
-            total += n[b] * (math.log(e1 + e2) + m)
-            p[b] = e1 / (e1 + e2)
-        return total
+@numba.njit(cache=True, nogil=True)
+def _e_step(k, n, lgam, mu1, mu2, pi, p):
+    # Posterior of the bright component per bin (written into p) and the total log-likelihood.
+    # log Poisson(k | mu) = k log(mu) - mu - log(k!)
+    lmu1 = math.log(mu1) if mu1 > 0.0 else -np.inf
+    lmu2 = math.log(mu2) if mu2 > 0.0 else -np.inf
+    lpi = math.log(pi) if pi > 0.0 else -np.inf
+    lpi2 = math.log1p(-pi) if pi < 1.0 else -np.inf
+    total = 0.0
+    for b in range(k.shape[0]):
+        kb = k[b]
+        a1 = (kb * lmu1 if kb > 0.0 else 0.0) - mu1 - lgam[b] + lpi
+        a2 = (kb * lmu2 if kb > 0.0 else 0.0) - mu2 - lgam[b] + lpi2
+        m = a1 if a1 > a2 else a2
+        e1 = math.exp(a1 - m)
+        e2 = math.exp(a2 - m)
+        total += n[b] * (math.log(e1 + e2) + m)
+        p[b] = e1 / (e1 + e2)
+    return total
 
-    @numba.njit(cache=True, nogil=True)
-    def em(k, n, p, max_iter, tol):
-        # The original's update order: M-step (means) from the posteriors, E-step with the mixing weight
-        # of the previous E-step, mixing weight <- mean posterior; stop when the gain drops below tol.
-        nb = k.shape[0]
-        lgam = np.empty(nb)
-        for b in range(nb):
-            lgam[b] = math.lgamma(k[b] + 1.0)
-        total_n = 0.0
-        for b in range(nb):
-            total_n += n[b]
+
+@numba.njit(cache=True, nogil=True)
+def _em(k, n, p, max_iter, tol):
+    # The original's update order: M-step (means) from the posteriors, E-step with the mixing weight
+    # of the previous E-step, mixing weight <- mean posterior; stop when the gain drops below tol.
+    nb = k.shape[0]
+    lgam = np.empty(nb)
+    for b in range(nb):
+        lgam[b] = math.lgamma(k[b] + 1.0)
+    total_n = 0.0
+    for b in range(nb):
+        total_n += n[b]
+    s1 = 0.0
+    w1 = 0.0
+    s2 = 0.0
+    w2 = 0.0
+    for b in range(nb):
+        s1 += k[b] * n[b] * p[b]
+        w1 += n[b] * p[b]
+        s2 += k[b] * n[b] * (1.0 - p[b])
+        w2 += n[b] * (1.0 - p[b])
+    if w1 <= 0.0 or w2 <= 0.0:
+        return 0.0, 0.0, 0.0, 0, -np.inf, False
+    mu1 = s1 / w1
+    mu2 = s2 / w2
+    pi = 0.5
+    ll_next = _e_step(k, n, lgam, mu1, mu2, pi, p)
+    acc = 0.0
+    for b in range(nb):
+        acc += n[b] * p[b]
+    pi = acc / total_n
+    ll_cur = -np.inf
+    iters = 0
+    converged = False
+    for _ in range(max_iter):
+        if ll_next - ll_cur < tol:
+            converged = True
+            break
+        ll_cur = ll_next
         s1 = 0.0
         w1 = 0.0
         s2 = 0.0
@@ -201,51 +226,22 @@ def _kernels() -> dict:
             s2 += k[b] * n[b] * (1.0 - p[b])
             w2 += n[b] * (1.0 - p[b])
         if w1 <= 0.0 or w2 <= 0.0:
-            return 0.0, 0.0, 0.0, 0, -np.inf, False
+            break
         mu1 = s1 / w1
         mu2 = s2 / w2
-        pi = 0.5
-        ll_next = e_step(k, n, lgam, mu1, mu2, pi, p)
+        ll_next = _e_step(k, n, lgam, mu1, mu2, pi, p)
         acc = 0.0
         for b in range(nb):
             acc += n[b] * p[b]
         pi = acc / total_n
-        ll_cur = -np.inf
-        iters = 0
-        converged = False
-        for _ in range(max_iter):
-            if ll_next - ll_cur < tol:
-                converged = True
-                break
-            ll_cur = ll_next
-            s1 = 0.0
-            w1 = 0.0
-            s2 = 0.0
-            w2 = 0.0
-            for b in range(nb):
-                s1 += k[b] * n[b] * p[b]
-                w1 += n[b] * p[b]
-                s2 += k[b] * n[b] * (1.0 - p[b])
-                w2 += n[b] * (1.0 - p[b])
-            if w1 <= 0.0 or w2 <= 0.0:
-                break
-            mu1 = s1 / w1
-            mu2 = s2 / w2
-            ll_next = e_step(k, n, lgam, mu1, mu2, pi, p)
-            acc = 0.0
-            for b in range(nb):
-                acc += n[b] * p[b]
-            pi = acc / total_n
-            iters += 1
-        else:
-            converged = ll_next - ll_cur < tol
-        return mu1, mu2, pi, iters, ll_next, converged
-
-    _KERNELS = {"integral": integral, "hist": hist, "apply": apply, "em": em}
-    return _KERNELS
+        iters += 1
+    else:
+        converged = ll_next - ll_cur < tol
+    return mu1, mu2, pi, iters, ll_next, converged
 
 
 def _as_f32(data: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 (no copy when it already is)."""
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
@@ -256,7 +252,7 @@ def count_scale(data: np.ndarray, dtype: str | None = None) -> CountScale:
     if dtype is not None and np.dtype(dtype).kind in "biu":
         integral = True
     else:
-        integral = bool(_kernels()["integral"](data))
+        integral = bool(_integral(data))
     if integral and hi <= COUNT_CAP:
         return CountScale(scale=1.0, integer=True, min_value=lo, max_value=hi)
     # Clipping is monotone, so the percentile of the clipped data is the clipped percentile.
@@ -278,7 +274,7 @@ def _top(scale: CountScale) -> int:
 
 def histogram(data: np.ndarray, scale: CountScale) -> np.ndarray:
     """Histogram of the counts of `data` (int64, one bin per count 0..max)."""
-    return _kernels()["hist"](_as_f32(data), float(scale.scale), _top(scale))
+    return _hist(_as_f32(data), float(scale.scale), _top(scale))
 
 
 def fit_poisson_mixture(hist: np.ndarray, *, max_iter: int = 100, tol: float = 1e-3) -> MixtureFit | None:
@@ -295,7 +291,7 @@ def fit_poisson_mixture(hist: np.ndarray, *, max_iter: int = 100, tol: float = 1
     p = (k > mean).astype(np.float64)
     if not p.any() or p.all():
         return None
-    mu1, mu2, pi, iters, ll, converged = _kernels()["em"](k, n, p, int(max_iter), float(tol))
+    mu1, mu2, pi, iters, ll, converged = _em(k, n, p, int(max_iter), float(tol))
     if not math.isfinite(ll):
         return None
     if mu2 > mu1:
@@ -324,7 +320,7 @@ def apply_posterior(data: np.ndarray, scale: CountScale, table: np.ndarray) -> t
     """Map every pixel to its bin's class in one pass: (uint8 mask, 1 = bright; incoherence ratio)."""
     table = np.ascontiguousarray(table, dtype=np.uint8)
     data = _as_f32(data)
-    mask, changes = _kernels()["apply"](data, float(scale.scale), table.shape[0] - 1, table)
+    mask, changes = _apply(data, float(scale.scale), table.shape[0] - 1, table)
     rows, cols = data.shape
     q = float(np.count_nonzero(mask)) / mask.size
     pairs = rows * (cols - 1) + (rows - 1) * cols
@@ -364,8 +360,10 @@ def segment(
     """Segment an image into the bright (square) class and the rest; never raises on blank or one-class data."""
     data = _as_f32(data)
     scale = count_scale(data, dtype)
-    if scale.max_value <= 0.0 or scale.max_value == scale.min_value:
+    if scale.max_value == scale.min_value:
         return Segmentation(None, scale, None, None, None, "constant image: no intensity variation to segment")
+    if scale.max_value <= 0.0:
+        return Segmentation(None, scale, None, None, None, "blank image: no positive values (counts clip at 0)")
     hist = histogram(data, scale)
     fit = fit_poisson_mixture(hist, max_iter=max_iter, tol=tol)
     if fit is None:

@@ -59,24 +59,52 @@ def polygon_centroid(poly: np.ndarray) -> np.ndarray:
     return np.array([cx + poly[0, 0], cy + poly[0, 1]])
 
 
-def _square_hull(points: np.ndarray) -> np.ndarray:
-    """Convex hull of the unit pixel squares centred on integer `points` (m, 2), as float64 (k, 2)
-    counter-clockwise on screen, starting at the top-most, then left-most vertex."""
-    centres = cv2.convexHull(points.reshape(-1, 1, 2)).reshape(-1, 2).astype(np.float32)
-    grown = (centres[:, None, :] + _CORNERS[None, :, :]).reshape(-1, 1, 2)
-    # Half-integers below 2**23 are exact in float32, so the hull is exact. With y pointing down,
-    # cv2's clockwise=True ("clockwise with y up") is counter-clockwise on screen.
-    hull = cv2.convexHull(grown, clockwise=True).reshape(-1, 2).astype(np.float64)
-    top = hull[:, 1].min()
-    at_top = np.flatnonzero(hull[:, 1] == top)
-    start = int(at_top[np.argmin(hull[at_top, 0])])
-    return np.ascontiguousarray(np.concatenate((hull[start:], hull[:start])))
+def _packed_area_centroid(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Areas (n,) and area centroids (n, 2) of many polygons at once (shoelace per polygon)."""
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    # Relative to each polygon's first vertex, so large coordinates lose no precision.
+    origin = np.repeat(np.array([h[0] for h in hulls]), lengths, axis=0)
+    pts = np.concatenate(hulls) - origin
+    nxt = np.arange(1, len(pts) + 1)
+    nxt[starts + lengths - 1] = starts
+    x, y = pts[:, 0], pts[:, 1]
+    xn, yn = x[nxt], y[nxt]
+    cross = x * yn - xn * y
+    a2 = np.add.reduceat(cross, starts)
+    cx = np.add.reduceat((x + xn) * cross, starts)
+    cy = np.add.reduceat((y + yn) * cross, starts)
+    safe = np.where(a2 == 0.0, 1.0, a2)
+    mean = np.add.reduceat(pts, starts, axis=0) / lengths[:, None]
+    cent = np.where((a2 == 0.0)[:, None], mean, np.stack([cx, cy], axis=1) / (3.0 * safe[:, None]))
+    return np.abs(a2) / 2.0, cent + np.array([h[0] for h in hulls])
+
+
+def _square_hulls(points: np.ndarray, bounds: np.ndarray, which: np.ndarray) -> list[np.ndarray]:
+    """Convex hulls of the unit pixel squares centred on the integer points[bounds[i]:bounds[i + 1]] for each i
+    in `which`: float64 (k, 2), counter-clockwise on screen, starting at the top-most, then left-most vertex."""
+    # The hull of the squares is the hull of the centres grown by the unit square (a Minkowski sum),
+    # so only the centre hulls' few vertices need their corners.
+    centre_hulls = [cv2.convexHull(points[bounds[i] : bounds[i + 1]].reshape(-1, 1, 2)).reshape(-1, 2) for i in which]
+    sizes = np.fromiter((len(h) for h in centre_hulls), dtype=np.int64, count=len(centre_hulls))
+    # Half-integers below 2**23 are exact in float32, so the hulls are exact.
+    corners = (np.concatenate(centre_hulls).astype(np.float32)[:, None, :] + _CORNERS[None]).reshape(-1, 1, 2)
+    ends = np.cumsum(sizes) * 4
+    out = []
+    for a, b in zip(ends - sizes * 4, ends):
+        # With y pointing down, cv2's clockwise=True ("clockwise with y up") is counter-clockwise on screen.
+        hull = cv2.convexHull(corners[a:b], clockwise=True).reshape(-1, 2).astype(np.float64)
+        start = int(np.argmin(hull[:, 1] * 65536.0 + hull[:, 0]))
+        out.append(np.concatenate((hull[start:], hull[:start])) if start else hull)
+    return out
 
 
 def find_regions(
     mask: np.ndarray, *, window: int = 6, min_area: float = 100.0, keep_labels: bool = True
 ) -> Regions:
-    """Group mask pixels within `window` px of each other into regions; keep those with hull area > min_area."""
+    """Group mask pixels within `window` px of each other into regions; keep those with hull area > min_area.
+
+    window=1 groups 8-connected pixels only; min_area=0 keeps every region (a lone pixel's hull is 1 px²)."""
     mask = np.ascontiguousarray(mask)
     if mask.dtype != np.uint8:
         mask = (mask != 0).astype(np.uint8)
@@ -106,20 +134,23 @@ def find_regions(
         span = np.maximum.reduceat(points, starts) - np.minimum.reduceat(points, starts) + 1
         box_area = span[:, 0].astype(np.float64) * span[:, 1]
         bounds = np.append(starts, len(point_label))
-        for i in np.flatnonzero(box_area > min_area):
-            hull = _square_hull(points[bounds[i] : bounds[i + 1]])
-            if polygon_area(hull) > min_area:
-                hulls.append(hull)
-                ids.append(int(uniq[i]))
+        which = np.flatnonzero(box_area > min_area)
+        if which.size:
+            hulls = _square_hulls(points, bounds, which)
+            ids = uniq[which].tolist()
+    if not hulls:
+        return Regions((), np.zeros(0), np.zeros((0, 2)), np.zeros(0, np.int32), labels if keep_labels else None)
+    areas, centroids = _packed_area_centroid(hulls)
     # Raster order of each region's top-left pixel (independent of cv2's numbering): the first hull
     # vertex is that pixel's top-left corner.
-    order_idx = sorted(range(len(hulls)), key=lambda i: (hulls[i][0, 1], hulls[i][0, 0]))
-    hulls = [hulls[i] for i in order_idx]
+    tops = np.array([h[0] for h in hulls])
+    order_idx = np.lexsort((tops[:, 0], tops[:, 1]))
+    order_idx = order_idx[areas[order_idx] > min_area]
     return Regions(
-        hulls=tuple(hulls),
-        areas=np.array([polygon_area(h) for h in hulls], dtype=np.float64),
-        centroids=np.array([polygon_centroid(h) for h in hulls], dtype=np.float64).reshape(-1, 2),
-        label_ids=np.array([ids[i] for i in order_idx], dtype=np.int32),
+        hulls=tuple(hulls[i] for i in order_idx),
+        areas=areas[order_idx],
+        centroids=centroids[order_idx].reshape(-1, 2),
+        label_ids=np.array(ids, dtype=np.int32)[order_idx],
         labels=labels if keep_labels else None,
     )
 
@@ -128,6 +159,7 @@ _MEANS = None
 
 
 def _means_kernel():
+    """Numba kernel (compiled on first use, cached on disk) summing the image per label over mask pixels."""
     global _MEANS
     if _MEANS is None:
         from ._numba import numba

@@ -433,7 +433,7 @@ def make_medmag(
         kind[(draw >= 0.05) & (draw < 0.09)] = 2
     per_hole = t_hole * np.exp(rng.normal(0, 0.02, n_cells))
     per_hole = np.where(kind == 1, rng.uniform(0.97, 1.0, n_cells), per_hole).astype(np.float32)
-    grad = _smooth_field(rng, (h, w), 3, float(rng.uniform(0.0, 0.25)), exp=True)
+    grad = _smooth_field(rng, (h, w), 3, float(rng.uniform(0.0, 0.12)), exp=True)
     trans = (t_film + hole * (per_hole[k] - t_film)) * grad
 
     # Fresnel fringe at the hole edge (the real example has a dark rim).
@@ -485,7 +485,7 @@ def make_medmag(
 
     blur = float(rng.uniform(0.3, 2.5))
     trans = _blur(trans.astype(np.float32), blur)
-    gain = 1 + _smooth_field(rng, (h, w), 2, float(rng.uniform(0.0, 0.15)))
+    gain = 1 + _smooth_field(rng, (h, w), 2, float(rng.uniform(0.0, 0.08)))
     dose = float(np.exp(rng.uniform(np.log(20), np.log(400))))
     # Raise the dose until one whole hole stands out of the noise by `min_visibility`.
     signal = abs(t_hole - t_film) / max(np.sqrt(max(t_film, t_hole)), 1e-6)

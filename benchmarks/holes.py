@@ -1,0 +1,174 @@
+"""Med-mag pipeline timings per stage, beside the original tool's (a table; no asserts).
+
+    python -m benchmarks.holes [--models DIR] [--repeat N] [--threads N]
+
+Without --models, the published checkpoints in ../shared/ptolemy-reference are converted into a temporary
+directory (needs torch; never inside the repository). The networks are also timed bare (one onnxruntime
+session.run on exactly the inputs the pipeline feeds them), so the pipeline's own overhead shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import Timing, machine_line, print_table, time_it  # noqa: E402
+
+REFERENCE = REPO.parent / "shared" / "ptolemy-reference"
+MEDMAG = REFERENCE / "images" / "medmag_readme_1024x1440.mrc"
+
+# The original tool on this image (ptolemy-reference/README.md: 2-core x86, torch 2.13, 2 threads, warm).
+ORIGINAL = {
+    "read": "-",
+    "normalise": "(in U-Net)",
+    "unet": "3300-3350 (onnxruntime: 1430)",
+    "centroids": "~300 (other mask work)",
+    "lattice": "1080-1160 (85 pairs)",
+    "crops": "(in other mask work)",
+    "cnn": "1600-1630 (17 crops)",
+    "find_holes": "6400-6500",
+}
+
+
+def synthetic_centroids(n: int = 100, shape=(1024, 1440), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n centroids: a lattice (20 % missing, 3 % jitter) plus ~30 % strays, and their square-blob mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    # lattice points kept (80 %) ~ n / 1.3, the rest strays
+    spacing = np.sqrt(rows * cols * 0.8 * 1.3 / n)
+    a = np.radians(23.0)
+    u = spacing * np.array([np.cos(a), -np.sin(a)])
+    v = np.array([-u[1], u[0]])
+    ab = np.array([(i, j) for i in range(-20, 21) for j in range(-20, 21)], dtype=float)
+    pts = np.array([cols / 2, rows / 2]) + ab @ np.stack([u, v])
+    pts = pts[(pts[:, 0] > 0) & (pts[:, 0] < cols - 1) & (pts[:, 1] > 0) & (pts[:, 1] < rows - 1)]
+    pts = pts[rng.random(len(pts)) >= 0.2]
+    pts = (pts + rng.normal(0, 0.03 * spacing, pts.shape))[:n]
+    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (n - len(pts), 2))
+    c = np.concatenate([pts, strays])
+    mask = np.zeros(shape, dtype=bool)
+    r = int(0.08 * spacing)
+    for x, y in c:
+        xi, yi = int(round(x)), int(round(y))
+        mask[max(yi - r, 0) : yi + r + 1, max(xi - r, 0) : xi + r + 1] = True
+    return c, mask
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, help="model set directory (default: convert the published one)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repeats of the fast stages")
+    parser.add_argument("--net-repeat", type=int, default=3, help="timed repeats of the network stages")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
+    args = parser.parse_args(argv)
+
+    from ptolemy_rt.holes import (
+        _cnn_input,
+        cnn_scores,
+        find_holes,
+        hole_centroids,
+        hole_crops,
+        normalise_image,
+        probability_map,
+        unet_pad_shape,
+        unet_scores,
+    )
+    from ptolemy_rt.io import read_image
+    from ptolemy_rt.lattice import fit_lattice
+    from ptolemy_rt.models import load_models
+
+    tmp = None
+    models_dir = args.models
+    if models_dir is None:
+        from export.convert_ptolemy import convert
+
+        tmp = tempfile.TemporaryDirectory(prefix="ptolemy-converted-")
+        print(f"converting the published checkpoints into {tmp.name} ...", file=sys.stderr)
+        models_dir = convert(REFERENCE / "weights", Path(tmp.name), bn="batch")
+    ms = load_models(models_dir, threads=args.threads)
+    spec = ms.spec("hole_unet")
+
+    image = read_image(MEDMAG)
+    norm = normalise_image(image.data)
+    # warm everything once: sessions, Numba (cache), cv2
+    t0 = time.perf_counter()
+    warm = find_holes(image, ms, score="cnn")
+    first = time.perf_counter() - t0
+    prob = probability_map(norm, ms)
+    mask = prob > float(spec["threshold"])
+    centroids = hole_centroids(mask)
+    lattice = fit_lattice(centroids, mask)
+    points = lattice.points(image.shape, -10.0)
+    geometry = hole_crops(points, lattice.angle_deg, lattice.spacing_px, image.shape)
+
+    rows: list[Timing] = []
+    rows.append(time_it("read", lambda: read_image(MEDMAG), repeat=args.repeat))
+    rows.append(time_it("normalise", lambda: normalise_image(image.data), repeat=args.repeat))
+    rows.append(time_it("unet", lambda: probability_map(norm, ms), repeat=args.net_repeat, warmup=1))
+    rows.append(time_it("centroids", lambda: hole_centroids(prob > float(spec["threshold"])), repeat=args.repeat))
+    rows.append(time_it("lattice", lambda: fit_lattice(centroids, mask), repeat=args.repeat))
+
+    def crops_stage():
+        g = hole_crops(lattice.points(image.shape, -10.0), lattice.angle_deg, lattice.spacing_px, image.shape)
+        unet_scores(prob, g)
+
+    rows.append(time_it("crops", crops_stage, repeat=args.repeat))
+    rows.append(time_it("cnn", lambda: cnn_scores(image.data, geometry, ms), repeat=args.net_repeat, warmup=1))
+    rows.append(time_it("find_holes", lambda: find_holes(image, ms, score="cnn"), repeat=args.net_repeat,
+                        warmup=1))
+
+    # Bare onnxruntime on the same inputs.
+    sess_u = ms.session("hole_unet")
+    pr, pc = unet_pad_shape(image.shape, int(spec["multiple"]))
+    padded = np.zeros((1, 1, pr, pc), dtype=np.float32)
+    padded[0, 0, : image.shape[0], : image.shape[1]] = norm
+    feed_u = {sess_u.get_inputs()[0].name: padded}
+    bare_unet = time_it("unet (bare ort)", lambda: sess_u.run(None, feed_u), repeat=args.net_repeat, warmup=1)
+    sess_c = ms.session("hole_cnn")
+    min_size = int(ms.spec("hole_cnn").get("min_size") or 1)
+    crops = [_cnn_input(image.data, m, s, min_size)[None, None] for m, s in zip(geometry.matrices, geometry.shapes)]
+    name_c = sess_c.get_inputs()[0].name
+    bare_cnn = time_it("cnn (bare ort)", lambda: [sess_c.run(None, {name_c: x}) for x in crops],
+                       repeat=args.net_repeat, warmup=1)
+
+    # Lattice search alone, 100 centroids on a 1024 x 1440 mask.
+    c100, m100 = synthetic_centroids(100)
+    lat100 = time_it(f"lattice, {len(c100)} centroids", lambda: fit_lattice(c100, m100), repeat=max(args.repeat, 20))
+    lat100_off = time_it(f"lattice, {len(c100)} centroids, no refinement", lambda: fit_lattice(c100, m100, refine=False),
+                         repeat=max(args.repeat, 20))
+
+    print(f"# Med-mag pipeline, {MEDMAG.name} ({image.shape[0]}x{image.shape[1]}), "
+          f"{len(warm.holes)} holes, provider {ms.provider}, {ms.threads} threads")
+    print(f"# {machine_line()}")
+    print(f"# first find_holes call in this process (sessions, Numba cache load): {first * 1000:.0f} ms")
+    print_table(rows + [bare_unet, bare_cnn, lat100, lat100_off], title="stages (ms)")
+    non_net = sum(r.median for r in rows if r.name in ("read", "normalise", "centroids", "lattice", "crops"))
+    by = {r.name: r for r in rows}
+    print("\n## beside the original (ms, medians)")
+    print("| stage | ptolemy-rt | original |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r.name} | {r.median:.1f} | {ORIGINAL.get(r.name, '-')} |")
+    print(f"\nall stages but the two networks: {non_net:.1f} ms (target < 50 ms)")
+    print(f"lattice search, {len(c100)} centroids: {lat100.median:.2f} ms "
+          f"(no refinement {lat100_off.median:.2f} ms; target < 5 ms; original 1100 ms for 17)")
+    print(f"unet: {by['unet'].median:.0f} ms vs bare onnxruntime {bare_unet.median:.0f} ms "
+          f"({by['unet'].median / bare_unet.median - 1:+.1%}; target within 10 %)")
+    print(f"cnn: {by['cnn'].median:.0f} ms vs bare onnxruntime {bare_cnn.median:.0f} ms "
+          f"({by['cnn'].median / bare_cnn.median - 1:+.1%}; target within 10 %; ours includes crop sampling)")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""Lattice period of a med-mag image, for U-Nets trained at one canonical hole spacing.
+
+The strongest peak of the power spectrum is not always the fundamental: on the real example it is the
+(1,1) harmonic at sqrt(2)/d, which reads as a period of d/sqrt(2) (202 px for a 290 px lattice). So we
+look in real space: the image's autocorrelation has a peak at every lattice vector, nearly as high as the
+highest, and the shortest such peak whose square-lattice neighbours (the vector turned by 90 degrees,
+their sum and difference, twice each) are peaks too is a basis vector, whichever harmonic dominates the
+spectrum. The neighbour test also rejects the rings of maxima a hole's edge and Fresnel fringes put around
+the origin, and the ridge a grid bar draws. The basis is refined by least squares over all peaks near
+lattice vectors, which gives sub-pixel precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["estimate_spacing", "estimate_lattice", "LatticeEstimate"]
+
+# Work on images binned to at most this many pixels a side (speed; holes are large).
+_WORK_SIDE = 512
+# A lattice peak must reach this correlation coefficient ...
+_MIN_PEAK = 0.08
+# ... and this fraction of the highest peak's (grid bars draw strong ridges, lattice peaks may be weaker),
+_REL_PEAK = 0.3
+# ... and exceed the mean correlation over its circle of lags by this fraction of its height;
+_RING_CONTRAST = 0.3
+# its square-lattice neighbours must reach this fraction of its height.
+_PARTNER = 0.4
+# Autocorrelation lags are searched up to this fraction of each side (overlap >= 40 %).
+_MAX_LAG = 0.6
+# Longest period considered, as a fraction of the smaller side (2.5 periods across it).
+_MAX_PERIOD = 0.4
+# Shortest period considered, in working (binned) pixels.
+_MIN_PERIOD = 5.0
+
+
+@dataclass(frozen=True)
+class LatticeEstimate:
+    """Square-lattice period (px) and angle (degrees, counter-clockwise on screen, in [0, 90))."""
+
+    spacing_px: float
+    angle_deg: float
+    strength: float  # autocorrelation coefficient at the basis vector, 0..1
+
+
+def _bin(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (the ragged edge dropped), float32."""
+    import cv2
+
+    x = np.ascontiguousarray(image, dtype=np.float32)
+    if factor <= 1:
+        return x
+    rows, cols = x.shape[0] // factor, x.shape[1] // factor
+    # INTER_AREA with an integer factor is exactly the block mean.
+    return cv2.resize(x[: rows * factor, : cols * factor], (cols, rows), interpolation=cv2.INTER_AREA)
+
+
+def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with a large sigma, done on an 8x smaller copy (the result is smooth anyway)."""
+    import cv2
+
+    small = cv2.resize(x, (max(1, x.shape[1] // 8), max(1, x.shape[0] // 8)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / 8.0, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _prepare(image: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Binned, locally normalised and clipped working image (float64, zero mean) and the binning factor."""
+    factor = max(1, math.ceil(max(image.shape) / _WORK_SIDE))
+    x = _bin(image, factor)
+    # Illumination and ice gradients, grid bars and bright or dark patches would otherwise dominate the
+    # correlation; the window (sigma ~ 1/8 of the image) is too wide to follow the lattice itself.
+    sigma = max(x.shape) / 8.0
+    mean = _smooth(x, sigma)
+    var = _smooth(x * x, sigma) - mean * mean
+    level = float(np.median(var))
+    if not (level > 0.0 and math.isfinite(level)):
+        return None
+    z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level))
+    z = np.clip(z.astype(np.float64), -3.0, 3.0)
+    z -= z.mean()
+    if not float(np.abs(z).max()) > 0.0:
+        return None
+    return z, factor
+
+
+def _autocorrelation(x: np.ndarray, max_period: float) -> np.ndarray:
+    """Unbiased linear autocorrelation coefficient of x high-passed above 1/(1.5 max_period) cycles/px,
+    lags centred (index [rows-1, cols-1] is lag 0)."""
+    from scipy import fft
+
+    rows, cols = x.shape
+    shape = (fft.next_fast_len(2 * rows - 1, real=True), fft.next_fast_len(2 * cols - 1, real=True))
+    f = fft.rfft2(x, s=shape)
+    # Gain and ice gradients vary on scales beyond any lattice period: a Gaussian high-pass (0.89 of the
+    # amplitude kept at the longest period) stops them from burying the lattice peaks in a broad slope.
+    fy = fft.fftfreq(shape[0])[:, None]
+    fx = fft.rfftfreq(shape[1])[None, :]
+    f0 = 1.0 / (1.5 * max_period)
+    keep = 1.0 - np.exp(-(fy * fy + fx * fx) / (f0 * f0))
+    ac = fft.irfft2((f.real * f.real + f.imag * f.imag) * keep * keep, s=shape)
+    # lags -(n-1) .. n-1 around 0 (negative lags wrap to the end of the FFT)
+    ac = np.concatenate((ac[shape[0] - rows + 1 :], ac[:rows]), axis=0)
+    ac = np.concatenate((ac[:, shape[1] - cols + 1 :], ac[:, :cols]), axis=1)
+    # the number of overlapping pixel pairs at lag (dy, dx) is (rows - |dy|) (cols - |dx|)
+    count_r = rows - np.abs(np.arange(-(rows - 1), rows, dtype=np.float64))
+    count_c = cols - np.abs(np.arange(-(cols - 1), cols, dtype=np.float64))
+    rho = ac / np.outer(count_r, count_c)
+    return rho / rho[rows - 1, cols - 1]
+
+
+def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
+    """Local maxima (3x3) of rho in the half plane of lags, as (n, 3) rows of (dx, dy, rho), sub-pixel."""
+    rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
+    lr, lc = max_lag
+    sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
+    core = sub[1:-1, 1:-1]
+    is_max = core >= _MIN_PEAK
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                is_max &= core > sub[1 + dr : sub.shape[0] - 1 + dr, 1 + dc : sub.shape[1] - 1 + dc]
+    out = []
+    for i, j in zip(*np.nonzero(is_max)):
+        dy, dx = i + 1 - lr, j + 1 - lc
+        # one of each +-t pair: the half plane dy > 0, or dy == 0 and dx > 0
+        if dy < 0 or (dy == 0 and dx <= 0) or math.hypot(dx, dy) < _MIN_PERIOD:
+            continue
+        ctr = sub[i + 1, j + 1]
+        up, dn, lf, rt = sub[i, j + 1], sub[i + 2, j + 1], sub[i + 1, j], sub[i + 1, j + 2]
+        den_y, den_x = up - 2 * ctr + dn, lf - 2 * ctr + rt
+        oy = 0.5 * (up - dn) / den_y if den_y < 0 else 0.0
+        ox = 0.5 * (lf - rt) / den_x if den_x < 0 else 0.0
+        out.append((dx + ox, dy + oy, float(ctr)))
+    return np.array(out, dtype=np.float64).reshape(-1, 3)
+
+
+def _ring_means(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
+    """Mean of rho over each circle of integer radius (in lags) within the lag window."""
+    rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
+    lr, lc = max_lag
+    sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
+    yy, xx = np.mgrid[-lr : lr + 1, -lc : lc + 1]
+    radius = np.rint(np.hypot(xx, yy)).astype(np.int64).ravel()
+    sums = np.bincount(radius, weights=sub.ravel())
+    return sums / np.maximum(np.bincount(radius), 1)
+
+
+def _near(peaks: np.ndarray, target: np.ndarray, tol: float) -> int:
+    """Index of the peak at +-target within tol, else -1."""
+    if len(peaks) == 0:
+        return -1
+    d = np.minimum(np.hypot(*(peaks[:, :2] - target).T), np.hypot(*(peaks[:, :2] + target).T))
+    i = int(np.argmin(d))
+    return i if d[i] <= tol else -1
+
+
+def _supported(peaks: np.ndarray, t: np.ndarray, max_lag: tuple[int, int], floor: float) -> bool:
+    """Whether the square lattice of t has peaks (>= floor) at t turned 90 degrees and at most of
+    t +- v, 2t, 2v that fit in the lag window."""
+    v = np.array([-t[1], t[0]])
+    strong = peaks[peaks[:, 2] >= floor]
+    tol = 0.08 * float(np.hypot(*t)) + 1.0
+    if _near(strong, v, tol) < 0:
+        return False
+    found = predicted = 0
+    for a, b in ((1, 1), (1, -1), (2, 0), (0, 2)):
+        p = a * t + b * v
+        if abs(p[0]) > max_lag[1] - 1 or abs(p[1]) > max_lag[0] - 1:
+            continue
+        predicted += 1
+        found += _near(strong, p, tol * max(abs(a), abs(b))) >= 0
+    return found >= math.ceil(0.5 * predicted) and (predicted == 0 or found >= 1)
+
+
+def _refine(peaks: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Least-squares basis u (v = u turned 90 degrees) over all peaks within |u|/6 of a lattice vector."""
+    v = np.array([-u[1], u[0]])
+    basis = np.stack([u, v], axis=1)
+    ab = np.rint(np.linalg.solve(basis, peaks[:, :2].T).T)
+    resid = np.hypot(*(peaks[:, :2] - ab @ basis.T).T)
+    sel = (resid < np.hypot(*u) / 6.0) & np.any(ab != 0, axis=1)
+    if sel.sum() < 2:
+        return u
+    a, b = ab[sel, 0], ab[sel, 1]
+    # t = a u + b v with v = (-uy, ux): tx = a ux - b uy, ty = a uy + b ux
+    m = np.concatenate([np.stack([a, -b], 1), np.stack([b, a], 1)])
+    rhs = np.concatenate([peaks[sel, 0], peaks[sel, 1]])
+    sol, *_ = np.linalg.lstsq(m, rhs, rcond=None)
+    return sol if np.all(np.isfinite(sol)) and np.hypot(*sol) > 0 else u
+
+
+def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
+    """Square-lattice period and angle of an image from its autocorrelation; None without a lattice."""
+    x = np.asarray(image)
+    if x.ndim != 2 or min(x.shape) < 32 or not np.all(np.isfinite(x)):
+        return None
+    prepared = _prepare(x)
+    if prepared is None:
+        return None
+    z, factor = prepared
+    rho = _autocorrelation(z, _MAX_PERIOD * min(z.shape))
+    max_lag = (int(_MAX_LAG * z.shape[0]), int(_MAX_LAG * z.shape[1]))
+    peaks = _peaks(rho, max_lag)
+    if len(peaks) < 2:
+        return None
+    ring = _ring_means(rho, max_lag)
+    strongest = float(peaks[:, 2].max())
+    longest = _MAX_PERIOD * min(z.shape)
+    for i in np.argsort(np.hypot(peaks[:, 0], peaks[:, 1]), kind="stable"):
+        t = peaks[i, :2]
+        h = float(peaks[i, 2])
+        if math.hypot(*t) > longest:
+            break
+        if h < _REL_PEAK * strongest:
+            continue
+        # A lattice peak stands out from its circle of lags; a ring of maxima (hole edges, fringes) does not.
+        r = int(round(math.hypot(*t)))
+        if h - ring[min(r, len(ring) - 1)] < _RING_CONTRAST * h:
+            continue
+        if not _supported(peaks, t, max_lag, _PARTNER * h):
+            continue
+        u = _refine(peaks, t)
+        spacing = float(np.hypot(*u)) * factor
+        angle = math.degrees(math.atan2(-u[1], u[0])) % 90.0
+        return LatticeEstimate(spacing_px=spacing, angle_deg=angle, strength=h)
+    return None
+
+
+def estimate_spacing(image: np.ndarray) -> float | None:
+    """Lattice period in pixels of a square lattice of holes, or None (blank, noise, no lattice)."""
+    est = estimate_lattice(image)
+    return None if est is None else est.spacing_px

@@ -1,0 +1,179 @@
+"""Poisson mixture on the histogram: exactly the per-pixel EM, deterministic, safe on blank images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import gammaln
+
+from ptolemy_rt import mixture
+
+
+def per_pixel_em(x: np.ndarray, max_iter: int = 100, tol: float = 1e-3, init: np.ndarray | None = None):
+    """The straightforward EM over every pixel (the original's update order), from the same start as ours."""
+    x = x.astype(np.float64).ravel()
+    p = (x > x.mean()).astype(np.float64) if init is None else init.astype(np.float64).ravel()
+    lg = gammaln(x + 1)
+
+    def e_step(mu1, mu2, pi):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a1 = np.where(x > 0, x * np.log(mu1), 0.0) - mu1 - lg + np.log(pi)
+            a2 = np.where(x > 0, x * np.log(mu2), 0.0) - mu2 - lg + np.log1p(-pi)
+        m = np.maximum(a1, a2)
+        e1, e2 = np.exp(a1 - m), np.exp(a2 - m)
+        return np.sum(np.log(e1 + e2) + m), e1 / (e1 + e2)
+
+    mu1, mu2 = np.sum(x * p) / np.sum(p), np.sum(x * (1 - p)) / np.sum(1 - p)
+    ll_next, p = e_step(mu1, mu2, 0.5)
+    pi = p.mean()
+    ll_cur = -np.inf
+    iters = 0
+    for _ in range(max_iter):
+        if ll_next - ll_cur < tol:
+            break
+        ll_cur = ll_next
+        mu1, mu2 = np.sum(x * p) / np.sum(p), np.sum(x * (1 - p)) / np.sum(1 - p)
+        ll_next, p = e_step(mu1, mu2, pi)
+        pi = p.mean()
+        iters += 1
+    if mu2 > mu1:
+        mu1, mu2, pi, p = mu2, mu1, 1 - pi, 1 - p
+    return mu1, mu2, pi, iters, ll_next, p > 0.5
+
+
+def two_class(seed: int, shape=(128, 160), lo=15.0, hi=120.0, frac=0.3) -> np.ndarray:
+    """Poisson counts: bright blocks on a dark background."""
+    rng = np.random.default_rng(seed)
+    lam = np.full(shape, lo)
+    rows, cols = shape
+    for _ in range(8):
+        r, c = rng.integers(0, rows - 20), rng.integers(0, cols - 20)
+        lam[r : r + int(rng.integers(8, 30)), c : c + int(rng.integers(8, 30))] = hi
+    return rng.poisson(lam).astype(np.int16)
+
+
+def test_histogram_em_is_the_per_pixel_em():
+    img = two_class(0)
+    seg = mixture.segment(img.astype(np.float32), "int16")
+    mu1, mu2, pi, iters, ll, mask = per_pixel_em(img)
+    fit = seg.fit
+    assert fit is not None and seg.reason is None
+    assert fit.iterations == iters
+    assert fit.mu_bright == pytest.approx(mu1, rel=1e-10)
+    assert fit.mu_dark == pytest.approx(mu2, rel=1e-10)
+    assert fit.pi_bright == pytest.approx(pi, rel=1e-10)
+    assert fit.log_likelihood == pytest.approx(ll, rel=1e-10)
+    assert np.array_equal(seg.mask.astype(bool), mask.reshape(img.shape))
+    assert fit.converged and fit.iterations < 100
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    lo=st.floats(0.5, 40.0),
+    ratio=st.floats(1.5, 12.0),
+    rows=st.integers(8, 40),
+    cols=st.integers(8, 40),
+)
+def test_histogram_em_matches_per_pixel_em_property(seed, lo, ratio, rows, cols):
+    rng = np.random.default_rng(seed)
+    lam = np.where(rng.random((rows, cols)) < 0.4, lo * ratio, lo)
+    img = rng.poisson(lam).astype(np.float32)
+    scale = mixture.count_scale(img, "int32")
+    fit = mixture.fit_poisson_mixture(mixture.histogram(img, scale))
+    if fit is None:  # a single value: nothing to split
+        assert np.unique(img).size < 2
+        return
+    mu1, mu2, pi, iters, ll, mask = per_pixel_em(img)
+    assert fit.iterations == iters
+    assert fit.mu_bright == pytest.approx(mu1, rel=1e-9, abs=1e-12)
+    assert fit.log_likelihood == pytest.approx(ll, rel=1e-9)
+    got = fit.bright[img.astype(np.int64)]
+    assert np.array_equal(got.ravel(), mask)
+
+
+def test_real_atlas_mask_is_the_per_pixel_one_from_any_start(lowmag_path):
+    from ptolemy_rt.io import read_image
+
+    img = read_image(lowmag_path)
+    seg = mixture.segment(img.data, img.dtype)
+    *_, mask = per_pixel_em(img.data)
+    assert np.array_equal(seg.mask.astype(bool).ravel(), mask)
+    # The original started from random labels: the same fixed point.
+    rng = np.random.default_rng(1)
+    *_, mask_random = per_pixel_em(img.data, init=rng.binomial(1, 0.5, img.data.size))
+    assert np.array_equal(mask_random, mask)
+
+
+def test_deterministic_bit_for_bit():
+    img = two_class(3).astype(np.float32)
+    a = mixture.segment(img)
+    b = mixture.segment(img.copy())
+    assert a.mask.tobytes() == b.mask.tobytes()
+    assert a.fit.log_likelihood == b.fit.log_likelihood
+
+
+def test_integer_valued_data_used_as_is():
+    img = two_class(1)
+    for data, dtype in ((img.astype(np.float32), "int16"), (img.astype(np.float32), "float32")):
+        scale = mixture.count_scale(data, dtype)
+        assert scale.integer and scale.scale == 1.0
+        hist = mixture.histogram(data, scale)
+        assert np.array_equal(hist, np.bincount(img.ravel().astype(np.int64)))
+
+
+def test_non_integer_data_scaled_to_p999_4095_and_clipped():
+    rng = np.random.default_rng(2)
+    data = rng.random((100, 100)).astype(np.float32) - np.float32(0.2)  # negatives too
+    scale = mixture.count_scale(data, "float32")
+    assert not scale.integer
+    p999 = np.percentile(data, 99.9)
+    assert p999 * scale.scale == pytest.approx(4095.0, rel=1e-6)
+    hist = mixture.histogram(data, scale)
+    counts = np.minimum(np.floor(np.maximum(data, 0) * scale.scale + 0.5), mixture.COUNT_CAP).astype(np.int64)
+    assert np.array_equal(hist, np.bincount(counts.ravel(), minlength=hist.size))
+    assert hist[0] >= np.count_nonzero(data <= 0)  # negatives are clipped to count 0
+
+
+def test_float_image_segments_like_its_counts():
+    img = two_class(4)
+    as_float = (img.astype(np.float32) / np.float32(300.0)).astype(np.float32)  # non-integer, [0, 1)
+    a = mixture.segment(img.astype(np.float32), "int16")
+    b = mixture.segment(as_float, "float32")
+    assert b.reason is None and not b.scale.integer
+    # Rescaling changes the Poisson model's counts, not the two classes.
+    assert np.mean(a.mask != b.mask) < 0.01
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (np.zeros((64, 64), np.float32), "constant"),
+        (np.full((64, 64), 7.0, np.float32), "constant"),
+        (np.full((64, 64), -3.0, np.float32), "constant"),
+        (np.linspace(-5, 0, 4096, dtype=np.float32).reshape(64, 64), "blank"),
+        (np.where(np.arange(4096).reshape(64, 64) % 2 == 0, -1.0, 0.0).astype(np.float32), "blank"),
+        (np.random.default_rng(0).poisson(100, (128, 128)).astype(np.float32), "one-class"),
+        (np.random.default_rng(1).random((128, 128)).astype(np.float32), "one-class"),
+        (np.random.default_rng(2).normal(0, 1, (128, 128)).astype(np.float32), "one-class"),
+    ],
+)
+def test_blank_and_one_class_images_give_a_reason(data, words):
+    seg = mixture.segment(data)
+    assert seg.mask is None
+    assert words in seg.reason
+
+
+def test_two_classes_are_found_where_they_are():
+    rng = np.random.default_rng(5)
+    lam = np.full((96, 96), 10.0)
+    lam[20:60, 30:70] = 80.0
+    img = rng.poisson(lam).astype(np.float32)
+    seg = mixture.segment(img)
+    assert seg.reason is None
+    truth = lam > 10
+    assert np.mean(seg.mask.astype(bool) == truth) > 0.99
+    assert seg.fit.mu_bright == pytest.approx(80, rel=0.05)
+    assert seg.fit.mu_dark == pytest.approx(10, rel=0.05)

@@ -1,0 +1,127 @@
+"""Regions: grouping within a window, convex hulls of pixel squares, area filter, centroids, means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from scipy.signal import convolve2d
+from scipy.spatial import ConvexHull
+
+from ptolemy_rt import regions
+
+
+def slow_regions(mask: np.ndarray, window: int = 6, min_area: float = 100.0) -> list[tuple[frozenset, float, int]]:
+    """The method as the paper's code describes it: convolve with a window, label 8-connected, keep the mask
+    pixels, hull of every pixel's four corners; in our coordinates (pixel centres at integers)."""
+    grown = convolve2d(mask.astype(float), np.ones((window, window)), mode="same") > 0
+    labels, n = ndimage.label(grown, structure=np.ones((3, 3)))
+    segments = labels * mask.astype(bool)
+    out = []
+    for i in range(1, n + 1):
+        rows, cols = np.nonzero(segments == i)
+        if rows.size == 0:
+            continue
+        corners = np.concatenate(
+            [np.stack([cols + dx, rows + dy], axis=1) for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)]
+        )
+        hull = corners[ConvexHull(corners).vertices]
+        area = regions.polygon_area(hull)
+        if area > min_area:
+            out.append((frozenset(map(tuple, hull)), area, rows.size))
+    return out
+
+
+def test_known_blocks():
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:20, 10:30] = 1  # 20 x 10 block
+    mask[10:20, 34:40] = 1  # 4 px gap: joins the first
+    mask[40:55, 60:75] = 1  # far away: its own region
+    mask[45, 5] = 1  # lone pixel: below the area filter
+    r = regions.find_regions(mask, min_area=100)
+    assert len(r) == 2
+    assert r.areas[0] == pytest.approx(30 * 10)  # hull spans x 9.5..39.5, y 9.5..19.5
+    assert r.areas[1] == pytest.approx(15 * 15)
+    assert np.allclose(r.centroids[1], [67.0, 47.0])
+    # First vertex is the top-left corner of the top-left pixel; counter-clockwise on screen (next goes down).
+    assert tuple(r.hulls[0][0]) == (9.5, 9.5)
+    assert r.hulls[0][1][1] > r.hulls[0][0][1]
+
+
+def test_window_and_gap():
+    # Gaps of up to window - 1 px join (the original's 6x6 'same' convolution), wider ones do not.
+    for gap, joined in ((4, True), (5, True), (6, False)):
+        mask = np.zeros((40, 60), np.uint8)
+        mask[10:30, 5:20] = 1
+        mask[10:30, 20 + gap : 40 + gap] = 1
+        r = regions.find_regions(mask, window=6, min_area=10)
+        assert (len(r) == 1) == joined, gap
+
+
+def test_area_filter_is_strict_and_a_parameter():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = 1  # hull area exactly 100
+    assert len(regions.find_regions(mask, min_area=100)) == 0
+    assert len(regions.find_regions(mask, min_area=99.5)) == 1
+
+
+def test_empty_mask():
+    r = regions.find_regions(np.zeros((50, 50), np.uint8))
+    assert len(r) == 0 and r.areas.shape == (0,) and r.centroids.shape == (0, 2)
+    means, counts = regions.region_means(r, np.zeros((50, 50), np.uint8), np.zeros((50, 50), np.float32))
+    assert means.shape == (0,)
+
+
+def test_blob_inside_a_ring_is_its_own_region():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[5:95, 5:95] = 1
+    mask[15:85, 15:85] = 0  # a ring, 10 px wide
+    mask[40:60, 40:60] = 1  # far from the ring: another region
+    r = regions.find_regions(mask, min_area=50)
+    assert len(r) == 2
+    assert sorted(r.areas) == pytest.approx([20 * 20, 90 * 90])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 100_000), density=st.floats(0.002, 0.08), window=st.sampled_from([1, 3, 6, 7]))
+def test_matches_the_slow_method(seed, density, window):
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((48, 64)) < density).astype(np.uint8)
+    # Add a few blocks so there are hulls above the filter.
+    for _ in range(3):
+        r, c = rng.integers(0, 40), rng.integers(0, 56)
+        mask[r : r + rng.integers(2, 9), c : c + rng.integers(2, 9)] = 1
+    min_area = 12.0
+    got = regions.find_regions(mask, window=window, min_area=min_area)
+    want = slow_regions(mask, window=window, min_area=min_area)
+    got_sets = sorted((sorted(map(tuple, h)), a) for h, a in zip(got.hulls, got.areas))
+    want_sets = sorted((sorted(h), a) for h, a, _ in want)
+    assert [a for _, a in got_sets] == pytest.approx([a for _, a in want_sets])
+    # Qhull drops collinear points as we do: the vertex sets agree exactly.
+    assert [h for h, _ in got_sets] == [h for h, _ in want_sets]
+    means, counts = regions.region_means(got, mask, np.ones(mask.shape, np.float32))
+    assert sorted(counts.tolist()) == sorted(n for _, _, n in want)
+    assert np.all(means == 1.0)
+
+
+def test_region_means_and_raster_order():
+    mask = np.zeros((50, 50), np.uint8)
+    mask[30:45, 5:20] = 1
+    mask[5:20, 30:45] = 1
+    image = np.zeros((50, 50), np.float32)
+    image[30:45, 5:20] = 3.0
+    image[5:20, 30:45] = np.arange(15 * 15, dtype=np.float32).reshape(15, 15)
+    r = regions.find_regions(mask, min_area=10)
+    means, counts = regions.region_means(r, mask, image)
+    # Raster order of the top-left pixel: the upper block first.
+    assert r.centroids[0][1] < r.centroids[1][1]
+    assert means == pytest.approx([np.arange(225).mean(), 3.0])
+    assert counts.tolist() == [225, 225]
+
+
+def test_polygon_helpers():
+    square = np.array([[0.0, 0.0], [0.0, 2.0], [2.0, 2.0], [2.0, 0.0]])
+    assert regions.polygon_area(square) == 4.0
+    assert np.allclose(regions.polygon_centroid(square + 1000.0), [1001.0, 1001.0])

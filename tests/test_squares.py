@@ -1,0 +1,409 @@
+"""The low-mag pipeline: geometry helpers, crops, parity with the original, metamorphic and robustness checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt import squares
+from ptolemy_rt.crops import fit_to_canvas, sample_rotated_crop
+from ptolemy_rt.errors import TooSmallError
+from ptolemy_rt.io import read_image
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def rectangle(cx: float, cy: float, w: float, h: float, theta_deg: float) -> np.ndarray:
+    """Corners (4, 2) of a w x h rectangle whose w-side runs along (cos theta, sin theta) in (x, y)."""
+    t = math.radians(theta_deg)
+    u = np.array([math.cos(t), math.sin(t)]) * w / 2
+    v = np.array([-math.sin(t), math.cos(t)]) * h / 2
+    c = np.array([cx, cy])
+    return np.array([c - u - v, c - u + v, c + u + v, c + u - v])
+
+
+def lattice_image(shape, angle_ccw_deg: float, pitch: float = 150.0, side: float = 95.0, seed: int = 0):
+    """A synthetic atlas: squares on a lattice at `angle_ccw_deg` (counter-clockwise on screen), Poisson counts.
+    Returns the int16 image and the corners of the squares wholly inside it."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    a = math.radians(angle_ccw_deg)
+    u = np.array([math.cos(a), -math.sin(a)])
+    v = np.array([math.sin(a), math.cos(a)])
+    lam = np.full(shape, 8.0, np.float32)
+    canvas = np.zeros(shape, np.uint8)
+    inside = []
+    n = int(max(rows, cols) / pitch) + 3
+    origin = np.array([cols / 2 + 17.3, rows / 2 - 9.1])
+    for i in range(-n, n + 1):
+        for j in range(-n, n + 1):
+            c = origin + pitch * (i * u + j * v)
+            corners = np.array([c + side / 2 * (s1 * u + s2 * v) for s1, s2 in ((-1, -1), (-1, 1), (1, 1), (1, -1))])
+            x, y = corners[:, 0], corners[:, 1]
+            if np.all((x > 2) & (x < cols - 3) & (y > 2) & (y < rows - 3)):
+                inside.append(corners)
+            cv2.fillPoly(canvas, [np.round(corners * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    lam[canvas > 0] = 140.0
+    return rng.poisson(lam).astype(np.int16), np.array(inside)
+
+
+def match(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest b for every a, and the distances."""
+    d = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
+    j = d.argmin(axis=1)
+    return j, d[np.arange(len(a)), j]
+
+
+def set_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Largest distance from a point of one set to the nearest of the other (Hausdorff)."""
+    d = np.linalg.norm(p[:, None, :] - q[None, :, :], axis=2)
+    return float(max(d.min(axis=1).max(), d.min(axis=0).max()))
+
+
+def centres(result) -> np.ndarray:
+    return np.array([[s.x, s.y] for s in result.squares])
+
+
+def verts(result) -> np.ndarray:
+    return np.array([s.vertices for s in result.squares])
+
+
+def angle_diff(a: float, b: float) -> float:
+    d = (a - b) % 90.0
+    return min(d, 90.0 - d)
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cx=st.floats(-50, 3000),
+    cy=st.floats(-50, 3000),
+    w=st.floats(5, 400),
+    h=st.floats(5, 400),
+    theta=st.floats(0, 89.999),
+    extra=st.integers(0, 6),
+    seed=st.integers(0, 1000),
+)
+def test_rectangle_vertices_property(cx, cy, w, h, theta, extra, seed):
+    rect = rectangle(cx, cy, w, h, theta)
+    # Points inside the rectangle do not change its theta-aligned bounding box.
+    rng = np.random.default_rng(seed)
+    t = rng.random((extra, 2))
+    inner = rect[0] + t[:, :1] * (rect[3] - rect[0]) + t[:, 1:] * (rect[1] - rect[0])
+    hull = np.concatenate([rect, inner])
+    boxes = squares.boxes_at_angle([hull], theta)
+    assert boxes.areas[0] == pytest.approx(w * h, rel=1e-9)
+    assert np.allclose(boxes.vertices[0], rect, atol=1e-6)  # same corners, in the original's order
+    assert np.allclose(boxes.centers[0], [cx, cy], atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(theta=st.floats(0, 89.99), seed=st.integers(0, 10_000), n=st.integers(1, 12))
+def test_grid_angle_finds_the_rotation_of_rectangles(theta, seed, n):
+    rng = np.random.default_rng(seed)
+    hulls = []
+    for _ in range(n):
+        side = rng.uniform(30, 120)
+        hulls.append(rectangle(*rng.uniform(0, 2000, 2), side, side * rng.uniform(0.8, 1.25), theta))
+    found = squares.grid_angle(hulls)
+    assert 0.0 <= found < 90.0
+    assert angle_diff(found, theta) < 1e-3
+    assert 0.0 <= squares.angle_ccw(found) < 90.0 and angle_diff(squares.angle_ccw(found), -found) < 1e-9
+
+
+def test_summed_box_area_has_period_90():
+    rng = np.random.default_rng(0)
+    hulls = [rng.uniform(0, 100, (7, 2)) for _ in range(5)]
+    pts, starts = squares._pack(hulls)
+    a = rng.uniform(0, 90, 20)
+    assert np.allclose(squares.summed_box_area(pts, starts, a), squares.summed_box_area(pts, starts, a + 90))
+    assert np.allclose(squares.summed_box_area(pts, starts, a), squares.summed_box_area(pts, starts, a - 90))
+
+
+# ------------------------------------------------------------------------------------------------ crops
+
+
+def test_crop_at_angle_zero_and_ninety_is_a_slice():
+    rng = np.random.default_rng(1)
+    img = rng.random((60, 80)).astype(np.float32)
+    crop = sample_rotated_crop(img, (40.0, 25.0), 0.0, 11, 7)  # x 35..45, y 22..28
+    assert np.allclose(crop, img[22:29, 35:46], atol=1e-5)
+    # A rectangle turned 90 deg counter-clockwise on screen: its width side runs up the image, so the
+    # upright crop is the slice turned clockwise.
+    crop90 = sample_rotated_crop(img, (40.0, 25.0), 90.0, 7, 11)
+    assert np.allclose(crop90, np.rot90(img[22:29, 35:46], -1), atol=1e-5)
+
+
+def test_crop_outside_is_zero_and_edges_are_not_darkened():
+    img = np.full((40, 40), 100.0, np.float32)
+    crop = sample_rotated_crop(img, (0.0, 20.0), 0.0, 9, 5)  # x -4..4
+    assert np.all(crop[:, :4] == 0)
+    assert np.allclose(crop[:, 4:], 100.0, atol=1e-3)  # the original's spline kept edge pixels intact
+
+
+def test_fit_to_canvas_rules():
+    small = np.ones((5, 6), np.float32)
+    out = fit_to_canvas(small, 10)
+    rows = np.flatnonzero(out.any(axis=1))
+    cols = np.flatnonzero(out.any(axis=0))
+    assert (rows[0], rows[-1]) == (3, 7)  # 5 odd padding rows: 3 before, 2 after
+    assert (cols[0], cols[-1]) == (2, 7)
+    big = np.arange(14 * 3, dtype=np.float32).reshape(14, 3)
+    out = fit_to_canvas(big, 10)
+    assert np.array_equal(out[:, 4:7], big[2:12])  # rows 7 - 5 .. 7 + 5
+
+
+# ------------------------------------------------------------------------------------------------ the example
+
+
+@pytest.fixture(scope="module")
+def example(lowmag_path):
+    return read_image(lowmag_path)
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir):
+    return json.loads((reference_dir / "reference-outputs" / "lowmag_20may08a_16760340.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def geometry(example):
+    return squares.find_squares(example, models=False)
+
+
+def test_geometry_parity(geometry, reference):
+    """Our coordinates have the origin at the centre of the top-left pixel; the original's at its corner."""
+    assert geometry.reason is None and len(geometry.squares) == len(reference) == 48
+    ref_vertices = np.array([r["vertices"] for r in reference])
+    ref_centres = np.array([r["center"] for r in reference], dtype=float)
+    ours = verts(geometry) + 0.5
+    j, d = match(ref_centres, ours.mean(axis=1))
+    assert len(set(j.tolist())) == 48 and d.max() <= 2.0  # reference centres are int()-truncated
+    assert np.abs(ours[j] - ref_vertices).max() < 1e-3  # same corners in the same order
+    for r, k in zip(reference, j):
+        s = geometry.squares[k]
+        assert s.area == pytest.approx(r["area"], rel=1e-6)
+        assert s.brightness == pytest.approx(r["brightness"], rel=1e-9)
+        assert s.score is None and s.scores == {}
+    assert geometry.angle_deg == pytest.approx(45.0, abs=1e-3)
+    assert set(geometry.timings) >= {"read", "mixture", "regions", "angle", "total"}
+
+
+def test_compat_output_within_tolerance(geometry, reference):
+    from ptolemy_rt.results import format_result
+
+    compat = json.loads(format_result(geometry, "json", compat=True))
+    got_c = np.array([r["center"] for r in compat], dtype=float)
+    ref_c = np.array([r["center"] for r in reference], dtype=float)
+    j, d = match(ref_c, got_c)
+    assert len(set(j.tolist())) == 48 and d.max() <= 2.0
+    for r, k in zip(reference, j):
+        assert list(compat[k]) == ["vertices", "center", "area", "brightness", "score"]
+        assert np.abs(np.array(compat[k]["vertices"]) - np.array(r["vertices"])).max() <= 2.0
+
+
+def test_score_parity(example, reference, converted_models):
+    from scipy.stats import spearmanr
+
+    from ptolemy_rt.models import load_models
+
+    result = squares.find_squares(example, models=load_models(converted_models, provider="cpu"))
+    assert len(result.squares) == 48 and result.reason is None
+    j, d = match(np.array([r["center"] for r in reference], float), verts(result).mean(axis=1) + 0.5)
+    assert len(set(j.tolist())) == 48 and d.max() <= 2.0
+    ref_scores = np.array([r["score"] for r in reference])
+    ours = np.array([result.squares[k].score for k in j])
+    assert np.abs(ours - ref_scores).max() < 0.01
+    assert spearmanr(ours, ref_scores).statistic >= 0.99
+    assert all(s.scores == {"cnn": s.score} for s in result.squares)
+    assert list(result.squares) == sorted(result.squares, key=lambda s: -s.score)
+    assert {"crops", "cnn"} <= set(result.timings)
+    assert result.models["square_cnn"]["sha256"]
+
+
+# ------------------------------------------------------------------------------------------------ metamorphic
+
+W = H = 1024
+TRANSFORMS = {
+    # name: (array op, point map (x, y) -> (x', y'), angle map)
+    "rot90": (lambda a: np.rot90(a, 1), lambda x, y: (y, W - 1 - x), lambda t: t),
+    "rot180": (lambda a: np.rot90(a, 2), lambda x, y: (W - 1 - x, H - 1 - y), lambda t: t),
+    "rot270": (lambda a: np.rot90(a, 3), lambda x, y: (H - 1 - y, x), lambda t: t),
+    "fliplr": (np.fliplr, lambda x, y: (W - 1 - x, y), lambda t: -t),
+    "flipud": (np.flipud, lambda x, y: (x, H - 1 - y), lambda t: -t),
+    "transpose": (np.transpose, lambda x, y: (y, x), lambda t: -t),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_metamorphic_rotations_and_flips(example, geometry, name):
+    op, pmap, amap = TRANSFORMS[name]
+    result = squares.find_squares(np.ascontiguousarray(op(example.data)), models=False)
+    assert len(result.squares) == len(geometry.squares)
+    v = verts(geometry)
+    expected_v = np.stack(pmap(v[..., 0], v[..., 1]), axis=-1)
+    expected_c = expected_v.mean(axis=1)
+    j, d = match(expected_c, centres(result))
+    assert len(set(j.tolist())) == len(j) and d.max() <= 2.0
+    got_v = verts(result)
+    assert max(set_distance(expected_v[i], got_v[k]) for i, k in enumerate(j)) <= 3.0
+    assert angle_diff(result.angle_deg, amap(geometry.angle_deg)) <= 0.5
+
+
+@pytest.mark.parametrize("shape", [(1024, 700), (700, 1024)])
+def test_metamorphic_crops(example, geometry, shape):
+    rows, cols = shape
+    result = squares.find_squares(example.data[:rows, :cols], models=False)
+    v = verts(geometry)
+    margin = 2.0
+    x, y = v[..., 0], v[..., 1]
+    inside = np.all((x > margin) & (x < cols - 1 - margin) & (y > margin) & (y < rows - 1 - margin), axis=1)
+    assert inside.sum() >= 20
+    j, d = match(v[inside].mean(axis=1), centres(result))
+    assert len(set(j.tolist())) == len(j) and d.max() <= 2.0
+    got_v = verts(result)
+    assert max(set_distance(v[inside][i], got_v[k]) for i, k in enumerate(j)) <= 3.0
+    assert angle_diff(result.angle_deg, geometry.angle_deg) <= 0.5
+
+
+def test_crops_are_centred_on_non_square_images(example):
+    """The original rotated about the shorter side's centre and misplaced crops on non-square images."""
+    from ptolemy_rt import mixture, regions
+
+    for data in (example.data[:, :600], example.data[:700, :]):
+        seg = mixture.segment(data, "int16")
+        reg = regions.find_regions(seg.mask)
+        theta = squares.grid_angle(reg.hulls)
+        crops = squares.square_crops(data, reg.hulls, theta, 0.0, 1.0)
+        boxes = squares.boxes_at_angle(reg.hulls, theta)
+        rows, cols = data.shape
+        v = boxes.vertices
+        inside = (v.min(axis=(1, 2)) > 0) & (v[..., 0].max(axis=1) < cols - 1) & (v[..., 1].max(axis=1) < rows - 1)
+        whole = np.flatnonzero(inside)
+        assert len(whole) >= 10
+        for i in whole:
+            bright = crops[i, 0] > 60  # square pixels (bars and padding are far darker)
+            rr, cc = np.nonzero(bright)
+            assert abs(rr.mean() - 119.5) < 4 and abs(cc.mean() - 119.5) < 4
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+
+
+@pytest.mark.parametrize("angle", [0.0, 17.0, 62.5])
+def test_synthetic_lattice_non_square(angle):
+    img, truth = lattice_image((600, 900), angle, seed=int(angle))
+    result = squares.find_squares(img, models=False)
+    assert result.reason is None
+    assert angle_diff(result.angle_deg, angle) < 0.5
+    j, d = match(truth.mean(axis=1), centres(result))
+    assert len(truth) >= 8 and d.max() <= 1.5
+    got_v = verts(result)
+    assert max(set_distance(truth[i], got_v[k]) for i, k in enumerate(j)) <= 2.5
+
+
+def test_dtypes_and_stacks(example, geometry):
+    data = example.data
+    ref_c = centres(geometry)
+    cases = {
+        "uint16": data.astype(np.uint16),
+        "int16": data.astype(np.int16),
+        "float32 [0, 1]": (data / np.float32(243.0)).astype(np.float32),
+        "stack section 1": np.stack([np.zeros_like(data), data]).astype(np.int16),
+        "negative offset": (data - np.float32(20.5)).astype(np.float32),  # bars go below 0 and are clipped
+    }
+    for name, arr in cases.items():
+        result = squares.find_squares(arr, models=False, section=1 if arr.ndim == 3 else None)
+        assert result.reason is None, name
+        j, d = match(ref_c, centres(result))
+        assert len(result.squares) == 48 and d.max() <= 2.0, name
+
+
+def test_large_non_square_image():
+    """Over 2048 px per side (the original failed there), non-square."""
+    img, truth = lattice_image((2100, 3000), 33.0, pitch=180, side=120, seed=5)
+    result = squares.find_squares(img, models=False)
+    j, d = match(truth.mean(axis=1), centres(result))
+    assert len(truth) > 100 and d.max() <= 1.5
+    assert angle_diff(result.angle_deg, 33.0) < 0.5
+
+
+def test_too_small_raises():
+    with pytest.raises(TooSmallError):
+        squares.find_squares(np.zeros((255, 400), np.float32), models=False)
+    result = squares.find_squares(np.zeros((256, 256), np.float32), models=False)
+    assert result.squares == () and result.reason
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (np.zeros((300, 300), np.float32), "constant"),
+        (np.full((300, 300), 1234.5, np.float32), "constant"),
+        (np.random.default_rng(0).poisson(80, (300, 300)).astype(np.uint16), "one-class"),
+        (np.random.default_rng(1).random((300, 300)).astype(np.float32), "one-class"),
+    ],
+)
+def test_blank_images_give_an_empty_result_with_a_reason(data, words):
+    result = squares.find_squares(data, models=False)
+    assert result.squares == () and result.angle_deg is None
+    assert words in result.reason
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_no_region_above_min_area():
+    img = np.full((300, 300), 5, np.int16)
+    img[100:105, 100:105] = 200  # a 25 px² square
+    result = squares.find_squares(img, models=False)
+    assert result.squares == () and "100" in result.reason
+
+
+def test_deterministic(example):
+    a = squares.find_squares(example, models=False)
+    b = squares.find_squares(example.data.copy(), models=False)
+    assert json.dumps(a.to_dict()["targets"]) == json.dumps(b.to_dict()["targets"])
+    assert a.angle_deg == b.angle_deg
+
+
+class _StubModels:
+    """Just enough of a ModelSet for the batching logic."""
+
+    def __init__(self, bn: str):
+        self.bn = bn
+        self.batches: list[int] = []
+
+    def spec(self, task):
+        return {"bn": self.bn, "crop_size": 240}
+
+    def predict(self, task, x):
+        self.batches.append(len(x))
+        return np.full((len(x), 1), 0.5, np.float32)
+
+
+def test_batching():
+    def crops_of(a, b):
+        return np.zeros((b - a, 1, 4, 4), np.float32)
+
+    stub = _StubModels("batch")
+    with pytest.warns(UserWarning, match="batches of 256"):
+        scores = squares._score(stub, crops_of, 300, 256, {})
+    assert stub.batches == [256, 44] and scores.shape == (300,)
+    stub = _StubModels("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        squares._score(stub, crops_of, 200, 256, {})
+    assert stub.batches == [200]  # one image, one batch: as the original
+    stub = _StubModels("running")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        squares._score(stub, crops_of, 70, 256, {})
+    assert stub.batches == [16, 16, 16, 16, 6]  # batch-independent: small batches bound memory
