@@ -147,7 +147,7 @@ class EdgeHoleCNN(nn.Module):
     (nearly) all their pixels' worth of signal instead of being point-sampled.
     """
 
-    def __init__(self, widths: Sequence[int] = (12, 24, 32), side: int = 48, min_size: int = 16) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 48), side: int = 32, min_size: int = 16) -> None:
         super().__init__()
         self.side = int(side)
         self.min_size = int(min_size)

@@ -95,11 +95,15 @@ class Square:
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
         }
 
+    # The original low-mag finder puts the origin at the top-left pixel's corner; ours is at its centre.
+    COMPAT_OFFSET = 0.5
+
     def compat_dict(self) -> dict[str, Any]:
-        """The original lowmag_cli.py -f json record (field order and int() centre included)."""
+        """The original lowmag_cli.py -f json record (field order, its origin and int() centre included)."""
+        verts = _shift(self.vertices, self.COMPAT_OFFSET)
         return {
-            "vertices": _points(self.vertices),
-            "center": _compat_center(self.vertices),
+            "vertices": _points(verts),
+            "center": _compat_center(verts),
             "area": _num(self.area),
             "brightness": _num(self.brightness),
             "score": _num(self.score),
@@ -128,14 +132,22 @@ class Hole:
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
         }
 
+    # The original med-mag finder works from pixel-centre centroids, as we do.
+    COMPAT_OFFSET = 0.0
+
     def compat_dict(self) -> dict[str, Any]:
         """The original medmag_cli.py -f json record."""
+        verts = _shift(self.vertices, self.COMPAT_OFFSET)
         return {
-            "vertices": _points(self.vertices),
-            "center": _compat_center(self.vertices),
+            "vertices": _points(verts),
+            "center": _compat_center(verts),
             "area": _num(self.area),
             "score": _num(self.score),
         }
+
+
+def _shift(points: Sequence[Point], offset: float) -> list[Point]:
+    return [(float(p[0]) + offset, float(p[1]) + offset) for p in points]
 
 
 def _compat_center(vertices: Sequence[Point]) -> list[int]:

@@ -95,8 +95,9 @@ class MedmagTruth:
     """What a synthetic med-mag image contains: one entry per hole whose centre lies inside the image.
 
     centers: (n, 2) hole centres (x, y); radius_px: hole radius; good: (n,) bool, the hole CNN's label;
-    defects: per hole "" (good) or the first reason it is bad, in HOLE_DEFECTS order ("bar": under a grid bar,
-    "edge": cut by the image edge, "broken", "empty", "contaminated"); visible: not hidden under a grid bar.
+    defects: per hole "" (good) or the first reason it is bad, in HOLE_DEFECTS order ("bar": over 10 % under a
+    grid bar, "edge": cut by the image edge, "broken", "empty": no ice, "contaminated": over 10 % of the hole
+    under ice contamination); visible: less than half under a grid bar.
     spacing_px, angle_deg, origin, basis: the lattice (origin + i u + j v).
     """
 
@@ -395,7 +396,8 @@ def make_medmag(
 
     A square lattice of round holes at any angle, spacing 40-400 px (or `spacing_px`), diameter 30-70 % of the
     spacing; carbon film (holes a little brighter or darker than the film, down to barely visible) or gold
-    (strong contrast, either sign); Fresnel fringes at hole edges; smooth gain and ice gradients; ice
+    (strong contrast, either sign); an ice meniscus (darker rim) in ice-filled holes; Fresnel fringes at hole
+    edges; smooth gain and ice gradients; ice
     contamination; broken and empty holes; grid bars; partial holes at the edges; blur; Poisson shot noise.
     `min_visibility` is the least contrast-to-noise ratio of one whole hole (the dose is raised to reach it).
     With `defects=False` the image has no bars, contamination, broken or empty holes.
@@ -433,8 +435,13 @@ def make_medmag(
         kind[(draw >= 0.05) & (draw < 0.09)] = 2
     per_hole = t_hole * np.exp(rng.normal(0, 0.02, n_cells))
     per_hole = np.where(kind == 1, rng.uniform(0.97, 1.0, n_cells), per_hole).astype(np.float32)
+    # Ice meniscus: ice thickens towards the hole's rim, darkening it; empty holes (no ice) are flat.
+    meniscus = np.where(kind == 1, 0.0, rng.uniform(0.05, 0.3, n_cells)).astype(np.float32)
+    rho = np.minimum(dist / np.float32(radius), 1.0)
+    rho2 = rho * rho
+    hole_t = per_hole[k] * np.exp(-meniscus[k] * rho2 * rho2)
     grad = _smooth_field(rng, (h, w), 3, float(rng.uniform(0.0, 0.12)), exp=True)
-    trans = (t_film + hole * (per_hole[k] - t_film)) * grad
+    trans = (t_film + hole * (hole_t - t_film)) * grad
 
     # Fresnel fringe at the hole edge (the real example has a dark rim).
     ring_amp = float(rng.uniform(-0.2, 0.1))
@@ -516,7 +523,7 @@ def make_medmag(
             reasons.append("broken")
         elif kind[c] == 1:
             reasons.append("empty")
-        elif dirty[c] > 0.05:
+        elif dirty[c] > 0.1:
             reasons.append("contaminated")
         else:
             reasons.append("")

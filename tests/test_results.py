@@ -62,7 +62,7 @@ def test_compat_json_matches_original_layout():
     rec = json.loads(text)[0]
     assert list(rec) == ["vertices", "center", "area", "brightness", "score"]
     # centre: int() truncation of the vertex mean, not rounding
-    assert rec["center"] == [20, 30]
+    assert rec["center"] == [21, 30]  # +0.5: the original's origin is the pixel corner
     hole = Hole(x=-0.5, y=3.0, vertices=((-1.0, 2.0), (-1.0, 4.0), (0.0, 4.0), (0.0, 2.0)), area=4.0, score=0.2,
                 scores={"unet": 0.2, "cnn": None})
     hr = HoleResult(holes=(hole,), angle_deg=10.0, spacing_px=20.0, basis=((20.0, 0.0), (0.0, 20.0)),
