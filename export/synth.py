@@ -302,7 +302,7 @@ def atlas_squares(image) -> AtlasSquares | None:
     from ptolemy_rt.io import as_image
     from ptolemy_rt.mixture import segment
     from ptolemy_rt.regions import find_regions
-    from ptolemy_rt.squares import boxes_at_angle, class_stats, crop_frame, grid_angle, square_crops
+    from ptolemy_rt.squares import boxes_at_angle, class_stats, grid_angle, square_crops
 
     img = as_image(image)
     seg = segment(img.data, img.dtype)
@@ -315,7 +315,7 @@ def atlas_squares(image) -> AtlasSquares | None:
     theta = grid_angle(regions.hulls)
     boxes = boxes_at_angle(regions.hulls, theta)
     mean, std = class_stats(data, seg.mask)
-    crops = square_crops(data, regions.hulls, theta, mean, std, frame=crop_frame(data.shape, theta))
+    crops = square_crops(data, regions.hulls, theta, mean, std)
     return AtlasSquares(np.asarray(boxes.centers), np.asarray(boxes.areas), crops)
 
 

@@ -41,7 +41,7 @@ UNET = {"steps": 1200, "batch": 8, "patch": 160, "pool_images": 300, "lr": 3e-3,
         "target_sigma": data.TARGET_SIGMA, "widths": (8, 16, 32, 32), "enc_convs": 2, "dec_convs": 1,
         "stem_stride": 2, "last_bias": -4.0, "threshold": 0.3, "bad_hole_target": data.BAD_HOLE_TARGET}
 SQUARE = {"epochs": 8, "batch": 32, "lr": 3e-3, "atlases": 50, "widths": (8, 16, 24, 32)}
-HOLE = {"epochs": 8, "batch": 64, "lr": 3e-3, "images": 120, "max_per_image": 36, "widths": (16, 32, 48),
+HOLE = {"epochs": 10, "batch": 64, "lr": 3e-3, "images": 120, "max_per_image": 200, "widths": (16, 32, 48),
         "side": 32, "min_size": 16}
 
 

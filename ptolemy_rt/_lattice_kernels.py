@@ -110,13 +110,30 @@ def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
 def search(sat, cx, cy, pi, pj, order, total, lambda_fn, lambda_fp, max_hw):
     # Evaluate pairs in `order` (likely winners first, so pruning bites) but resolve ties by pair index,
     # so the winner is the cheapest pair, first in (i, rank) order: independent of the evaluation order.
+    rows = sat.shape[0] - 1
+    cols = sat.shape[1] - 1
     best = math.inf
     best_idx = -1
     for t in range(order.shape[0]):
         p = order[t]
         i = pi[p]
         j = pj[p]
-        c, _ = cost(sat, cx[i], cy[i], cx[j] - cx[i], cy[j] - cy[i], total, lambda_fn, lambda_fp, max_hw, best)
+        ux = cx[j] - cx[i]
+        uy = cy[j] - cy[i]
+        if lambda_fp > 0 and best < math.inf:
+            # Lower bound without scanning: the lattice cells (d x d) meeting the image shrunk by the
+            # footprint and then by a cell's circumradius lie whole inside it, so at least
+            # (that area) / d^2 points cover full footprints, and at most `total` of it is positive.
+            d = math.sqrt(ux * ux + uy * uy)
+            h = int(math.floor(min(max_hw, d / 4.0)))
+            shrink = 2.0 * (h + 1.0) + math.sqrt(2.0) * d
+            w_in = cols - shrink
+            h_in = rows - shrink
+            if w_in > 0 and h_in > 0:
+                n_full = math.floor(w_in * h_in / (d * d))
+                if lambda_fp * (n_full * (2 * h + 1) ** 2 - total) > best:
+                    continue
+        c, _ = cost(sat, cx[i], cy[i], ux, uy, total, lambda_fn, lambda_fp, max_hw, best)
         if c < best or (c == best and best_idx >= 0 and p < best_idx):
             best = c
             best_idx = p

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "may lie, px (default -10: at least 10 px inside)")
     ho.add_argument("--threshold", type=float, help="U-Net probability threshold (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
+    ho.add_argument("--original", action="store_true", help="reproduce the original tool's lattice and crops: "
+                    "5 neighbours per centroid, no refinement, its crop windows and U-Net padding, CNN scores")
     ho.set_defaults(func=_cmd_holes)
 
     demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
@@ -183,13 +185,11 @@ def _cmd_squares(args: argparse.Namespace) -> int:
 def _cmd_holes(args: argparse.Namespace) -> int:
     from .holes import find_holes
 
-    score = args.score or ("cnn" if args.compat == "ptolemy" else "unet")
-    options = {
-        "edge_tolerance": args.edge_tolerance,
-        "threshold": args.threshold,
-        "refine": not args.no_refine,
-        "score": score,
-    }
+    from .holes import PTOLEMY_COMPAT
+
+    options = dict(PTOLEMY_COMPAT) if args.original else {"refine": not args.no_refine}
+    options["score"] = args.score or ("cnn" if args.compat == "ptolemy" or args.original else "unet")
+    options.update(edge_tolerance=args.edge_tolerance, threshold=args.threshold)
     return _run_batch(args, find_holes, options)
 
 

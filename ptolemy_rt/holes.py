@@ -54,7 +54,7 @@ __all__ = [
 SCORES = ("unet", "cnn")
 CROP_MODES = ("centred", "ptolemy")
 PADDINGS = ("minimal", "ptolemy")
-MIN_SIDE = 64
+MIN_SIDE = 256  # the supported range is 256-4096 px per side
 # The original trims this many pixels from each side of a lattice cell to make a hole crop.
 CROP_MARGIN_PX = 10
 # Regions: mask pixels within this window of each other form one hole candidate (as in low mag).
@@ -179,6 +179,10 @@ def _scaled_probability_map(
     new_size = (max(1, int(round(cols * f))), max(1, int(round(rows * f))))
     interp = cv2.INTER_AREA if f < 1.0 else cv2.INTER_CUBIC
     small = cv2.resize(normalised, new_size, interpolation=interp)
+    # Normalise after resampling (area averaging lowers the variance), as such a U-Net was trained.
+    small = normalise_image(small)
+    if small is None:
+        return np.zeros((rows, cols), dtype=np.float32)
     prob = probability_map(small, models, unet_padding=unet_padding)
     # cv2.resize maps pixel centres ((x + 0.5) * f - 0.5), so the map lands back on the input's pixels.
     return cv2.resize(prob, (cols, rows), interpolation=cv2.INTER_LINEAR)
@@ -230,7 +234,8 @@ def _ptolemy_window(
     rot = np.array([[c, -s], [s, c]])  # scipy's matrix for rotate(image, -angle): input = rot @ out + offset
     bounds = rot @ np.array([[0, 0, rows, rows], [0, cols, 0, cols]], dtype=np.float64)
     out_rows, out_cols = (np.ptp(bounds, axis=1) + 0.5).astype(int)
-    offset = np.array([(rows - 1) / 2.0, (cols - 1) / 2.0]) - rot @ np.array([(out_rows - 1) / 2.0, (out_cols - 1) / 2.0])
+    in_centre = np.array([(rows - 1) / 2.0, (cols - 1) / 2.0])
+    offset = in_centre - rot @ np.array([(out_rows - 1) / 2.0, (out_cols - 1) / 2.0])
     # The original's point, in its corner coordinates, rotated about the integer centres.
     pr, pc = point[1] + 0.5 - rows // 2, point[0] + 0.5 - cols // 2
     row = c * pr + s * pc + out_rows // 2

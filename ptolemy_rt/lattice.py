@@ -121,19 +121,15 @@ def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = M
             sel = idx[i] != i
             di, ii = dist[i][sel], idx[i][sel]
             nbr[i] = ii[np.lexsort((ii, di))][:kk]
-    seen: set[tuple[int, int]] = set()
-    pairs = []
-    for i in range(n):
-        for j in nbr[i]:
-            j = int(j)
-            key = (min(i, j), max(i, j))
-            if key in seen:
-                continue
-            seen.add(key)
-            if math.hypot(*(c[j] - c[i])) < min_spacing_px:
-                continue
-            pairs.append((i, j))
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    ii = np.repeat(np.arange(n, dtype=np.int64), kk)
+    jj = nbr.reshape(-1).astype(np.int64)
+    # each unordered pair once, where it first appears in (i, rank) order, with that orientation
+    key = np.minimum(ii, jj) * n + np.maximum(ii, jj)
+    _, first = np.unique(key, return_index=True)
+    first = np.sort(first)
+    ii, jj = ii[first], jj[first]
+    keep = np.hypot(*(c[jj] - c[ii]).T) >= min_spacing_px
+    return np.stack([ii[keep], jj[keep]], axis=1)
 
 
 def _kernels():
@@ -189,20 +185,21 @@ def refine_lattice(
     radius = 3.0 * float(np.hypot(*uu))
     while True:
         near = c[reach <= radius]
-        prev = None
-        for _ in range(iterations):
+        last = len(near) == len(c)
+        prev_sel = prev_idx = None
+        # Inner rings need only a better basis for the next ring; the last one iterates to a fixed point.
+        for _ in range(iterations if last else 1):
             sel, idx, _ = _assign(near, o, uu, tolerance)
             if sel.sum() < 2:
                 break
-            key = (tuple(np.flatnonzero(sel)), tuple(map(tuple, idx[sel])))
-            if key == prev:
+            if prev_sel is not None and np.array_equal(sel, prev_sel) and np.array_equal(idx[sel], prev_idx[sel]):
                 break
-            prev = key
+            prev_sel, prev_idx = sel, idx
             o2, u2 = _solve(near[sel], idx[sel])
             if not (np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6):
                 return None
             o, uu = o2, u2
-        if len(near) == len(c):
+        if last:
             break
         radius *= 2.0
     sel, idx, resid = _assign(c, o, uu, tolerance)
@@ -230,24 +227,24 @@ def refine_lattice(
 
 def _assign(c: np.ndarray, o: np.ndarray, u: np.ndarray, tolerance: float):
     """Nearest lattice index per centroid, whether it is within tolerance*spacing (closest one per point)."""
-    v = np.array([-u[1], u[0]])
-    basis = np.stack([u, v], axis=1)
-    ab = np.linalg.solve(basis, (c - o).T).T
-    idx = np.rint(ab).astype(np.int64)
-    pred = o + idx @ basis.T
-    resid = np.hypot(*(c - pred).T)
-    sel = resid < tolerance * float(np.hypot(*u))
+    ux, uy = float(u[0]), float(u[1])
+    d2 = ux * ux + uy * uy
+    dx, dy = c[:, 0] - o[0], c[:, 1] - o[1]
+    # lattice coordinates: the basis (u, u turned 90 degrees) is a scaled rotation, inverted by hand
+    a = np.rint((dx * ux + dy * uy) / d2)
+    b = np.rint((dy * ux - dx * uy) / d2)
+    resid = np.hypot(dx - (a * ux - b * uy), dy - (a * uy + b * ux))
+    idx = np.stack([a, b], axis=1).astype(np.int64)
+    sel = resid < tolerance * math.sqrt(d2)
     # one centroid per lattice point: keep the closest (ties: lower index)
-    order = np.lexsort((np.arange(len(c)), resid))
-    taken: set[tuple[int, int]] = set()
-    for i in order:
-        if not sel[i]:
-            continue
-        key = (int(idx[i, 0]), int(idx[i, 1]))
-        if key in taken:
-            sel[i] = False
-        else:
-            taken.add(key)
+    cand = np.flatnonzero(sel)
+    if len(cand):
+        cand = cand[np.lexsort((cand, resid[cand]))]
+        a, b = idx[cand, 0], idx[cand, 1]
+        keys = (a - a.min()) * (int(b.max() - b.min()) + 1) + (b - b.min())
+        _, first = np.unique(keys, return_index=True)
+        sel = np.zeros(len(c), dtype=bool)
+        sel[cand[first]] = True
     return sel, idx, resid
 
 

@@ -132,8 +132,8 @@ class Hole:
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
         }
 
-    # The original med-mag finder works from pixel-centre centroids, as we do.
-    COMPAT_OFFSET = 0.0
+    # As in low mag, the original's origin is the top-left pixel's corner.
+    COMPAT_OFFSET = 0.5
 
     def compat_dict(self) -> dict[str, Any]:
         """The original medmag_cli.py -f json record."""

@@ -214,3 +214,29 @@ def test_leginon_external_finder(tmp_path, atlas, medmag, models_dir, finder):
     keys = {"center", "vertices", "area", "brightness", "score"} if finder == "squares" else {"center", "score"}
     assert keys <= set(targets[0])
     assert all(len(t["center"]) == 2 for t in targets)
+
+
+def test_cli_reproduces_original_outputs(tmp_path, converted_models, reference_dir, capsys):
+    """`--compat ptolemy` (+ `--original` for holes) on the real examples gives the original's JSON."""
+    refs = reference_dir / "reference-outputs"
+    images = reference_dir / "images"
+    cases = [
+        (["squares", images / "20may08a_16760340.mrc"], refs / "lowmag_20may08a_16760340.json"),
+        (["holes", images / "medmag_readme_1024x1440.mrc", "--original", "--edge-tolerance", "100"],
+         refs / "medmag_readme_edgetol100.json"),
+    ]
+    for args, ref_path in cases:
+        out = tmp_path / (ref_path.stem + ".json")
+        code, _, err = run([*args, "--compat", "ptolemy", "--models", converted_models, "-o", out], capsys)
+        assert code == 0, err
+        text = out.read_text()
+        assert text.count("\n") == 1
+        ours, ref = json.loads(text), json.loads(ref_path.read_text())
+        assert len(ours) == len(ref)
+        assert [list(o) for o in ours] == [list(r) for r in ref]
+        for r in ref:
+            o = min(ours, key=lambda o: np.hypot(o["center"][0] - r["center"][0], o["center"][1] - r["center"][1]))
+            assert np.abs(np.subtract(o["center"], r["center"])).max() <= 1
+            np.testing.assert_allclose(o["vertices"], r["vertices"], atol=0.01)
+            assert o["area"] == pytest.approx(r["area"], rel=1e-6)
+            assert o["score"] == pytest.approx(r["score"], abs=0.01)

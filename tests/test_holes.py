@@ -231,6 +231,16 @@ def test_ptolemy_window_matches_scipy_rotation():
         assert np.abs(y[ok] - want_r[ok]).max() < 1e-6 and np.abs(x[ok] - want_c[ok]).max() < 1e-6
 
 
+def test_small_crops_are_resized_up_to_the_cnn_minimum():
+    from ptolemy_rt.holes import _cnn_input
+
+    img = np.random.default_rng(0).normal(0, 1, (50, 50)).astype(np.float32)
+    crops = hole_crops(np.array([[25.0, 25.0]]), 10.0, 30.0, img.shape)  # 14 x 14 crop
+    x = _cnn_input(img, crops.matrices[0], crops.shapes[0], 63)
+    assert crops.shapes[0] == (14, 14) and x.shape == (63, 63)
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-4
+
+
 def test_normalise_image():
     assert normalise_image(np.full((10, 10), 3.0)) is None
     z = normalise_image(np.arange(100, dtype=np.float32).reshape(10, 10))
