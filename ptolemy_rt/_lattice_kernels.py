@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 
-from ._numba import numba
+from ._numba import CACHE, numba
 
 __all__ = ["summed_area", "cost", "search"]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def summed_area(mask):
     # int32 halves the memory traffic (this loop is memory-bound); 4096 x 4096 fits easily.
     rows, cols = mask.shape
@@ -25,7 +25,7 @@ def summed_area(mask):
             sat[r + 1, c + 1] = sat[r, c + 1] + acc
     return sat
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def scan(sat, ox, oy, ux, uy, max_hw, fp_bound):
     # Visit every point of the lattice (origin, u, v = u turned 90 degrees) whose footprint touches the
     # image. Returns (covered area, covered positives, points centred inside, of those with a positive
@@ -97,7 +97,7 @@ def scan(sat, ox, oy, ux, uy, max_hw, fp_bound):
     return area, pos, inside, occupied
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
     # Returns (cost, covered positives); cost is inf once lambda_fp * fp exceeds `bound` (fp only grows).
     fp_bound = bound / lambda_fp if lambda_fp > 0 else math.inf
@@ -106,7 +106,7 @@ def cost(sat, ox, oy, ux, uy, total, lambda_fn, lambda_fp, max_hw, bound):
         return math.inf, pos
     return lambda_fn * (total - pos) + lambda_fp * (area - pos), pos
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def search(sat, cx, cy, pi, pj, order, total, lambda_fn, lambda_fp, max_hw):
     # Evaluate pairs in `order` (likely winners first, so pruning bites) but resolve ties by pair index,
     # so the winner is the cheapest pair, first in (i, rank) order: independent of the evaluation order.

@@ -1,19 +1,22 @@
-"""Import numba with a writable cache directory, so `cache=True` works on read-only installs.
+"""Import numba with a writable cache directory, so compiled kernels are cached even on read-only installs.
 
 Numba writes its cache beside the source file, or under NUMBA_CACHE_DIR. On a system-wide
 (read-only) install with no writable HOME, `cache=True` makes the first decorated function
-fail with "no locator available". We choose a writable directory before numba is imported.
-Import numba only through this module: ``from ._numba import numba``.
+fail with "no locator available". We choose a writable directory before numba is imported and,
+when none exists, compile without a cache (CACHE is False) rather than fail.
+Import numba only through this module: ``from ._numba import numba, CACHE`` and decorate with
+``@numba.njit(cache=CACHE)``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["numba", "cache_dir"]
+__all__ = ["numba", "cache_dir", "CACHE"]
 
 
 def _writable(path: Path) -> bool:
@@ -25,6 +28,18 @@ def _writable(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _private(path: Path) -> bool:
+    """Create `path` as 0700 and check that only we can write it (numba unpickles what it finds there)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError:
+        return False
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        return False
+    return _writable(path)
 
 
 def _user_cache_root() -> Path | None:
@@ -41,25 +56,26 @@ def _user_cache_root() -> Path | None:
     return Path(home) / ("Library/Caches" if sys.platform == "darwin" else ".cache")
 
 
-def _choose_cache_dir() -> str:
-    """Pick the numba cache directory: the user's setting, else a user cache, else a temp dir."""
+def _choose_cache_dir() -> str | None:
+    """The numba cache directory: the user's setting, else a user cache, else a private temp dir, else None."""
     explicit = os.environ.get("NUMBA_CACHE_DIR")
     if explicit:
         return explicit
-    candidates = []
     root = _user_cache_root()
-    if root is not None:
-        candidates.append(root / "ptolemy-rt" / "numba")
-    user = os.environ.get("USER") or os.environ.get("USERNAME") or "user"
-    candidates.append(Path(tempfile.gettempdir()) / f"ptolemy-rt-numba-{user}")
-    for candidate in candidates:
-        if _writable(candidate):
-            return str(candidate)
-    # Last resort: numba then compiles without caching rather than failing at import.
-    return str(candidates[-1])
+    if root is not None and _writable(root / "ptolemy-rt" / "numba"):
+        return str(root / "ptolemy-rt" / "numba")
+    # A shared temp dir: the name is keyed by uid and the folder must be ours alone, or another local user
+    # could plant a cache index that numba would unpickle.
+    uid = os.getuid() if hasattr(os, "getuid") else (os.environ.get("USERNAME") or "user")
+    temp = Path(tempfile.gettempdir()) / f"ptolemy-rt-numba-{uid}"
+    if _private(temp):
+        return str(temp)
+    return None
 
 
 cache_dir = _choose_cache_dir()
-os.environ["NUMBA_CACHE_DIR"] = cache_dir
+CACHE = cache_dir is not None
+if cache_dir is not None:
+    os.environ["NUMBA_CACHE_DIR"] = cache_dir
 
 import numba  # noqa: E402  (must follow the environment set-up above)

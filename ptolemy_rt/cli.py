@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .errors import InputError, ModelError, PtolemyError
-from .results import FORMATS, write_result
+from .results import FORMATS
 
 __all__ = ["main", "build_parser"]
 
@@ -124,29 +124,58 @@ def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
     return [out / (Path(img).stem + ".png") for img in args.images]
 
 
+def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list) -> None:
+    """Refuse, before any work, destinations that would collide or cannot be directories."""
+    several = len(args.images) > 1
+    for option, value, paths in (("-o", args.output, outputs), ("--overlay", args.overlay, overlays)):
+        if value is None:
+            continue
+        if several and Path(value).exists() and not Path(value).is_dir():
+            raise UsageError(f"{option} {value}: several images need a directory, and this is a file")
+        seen: dict[Path, str] = {}
+        for image, path in zip(args.images, paths):
+            if path in seen:
+                raise UsageError(f"{option}: {seen[path]} and {image} would both write {path}; "
+                                 "run them separately or rename one")
+            seen[path] = image
+
+
+class UsageError(InputError):
+    """A command line that cannot be carried out as given (exit code 2)."""
+
+
 def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int:
     """Run `finder` on every image; keep going past failures, report them all, return the worst code."""
-    from .io import read_image
+    from .io import atomic_write, read_image
     from .models import load_models
-    from .overlay import write_overlay
+    from .overlay import render_overlay
+    from .results import format_result
 
+    outputs = _output_paths(args)
+    overlays = _overlay_paths(args)
+    _check_destinations(args, outputs, overlays)
     models = None
     if options.pop("_use_models", True):
         models = load_models(args.models, provider=args.provider, threads=args.threads)
     failures: list[tuple[str, int, str]] = []
-    outputs = _output_paths(args)
-    overlays = _overlay_paths(args)
     for image_path, out, overlay in zip(args.images, outputs, overlays):
         try:
             start = time.perf_counter()
             image = read_image(image_path, section=args.section)
             result = finder(image, models=models if models is not None else False, **options)
-            text = write_result(result, out, fmt=args.format, compat=args.compat == "ptolemy")
+            # Everything is rendered before anything is written, so a failure leaves no half-set of files.
+            text = format_result(result, fmt=args.format, compat=args.compat == "ptolemy")
+            png = _encode_png(render_overlay(image.data, result)) if overlay is not None else None
+            try:
+                if png is not None:
+                    atomic_write(overlay, png)
+                if out is not None:
+                    atomic_write(out, text)
+            except OSError as exc:
+                raise UsageError(f"{image_path}: cannot write the result ({exc})") from None
             if out is None:
                 sys.stdout.write(text)
                 sys.stdout.flush()
-            if overlay is not None:
-                write_overlay(overlay, image.data, result)
             if args.verbose:
                 stages = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in result.timings.items())
                 provider = models.provider if models is not None else "none"
@@ -173,6 +202,15 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
         codes = {code for _, code, _ in failures}
         return EXIT_INTERNAL if EXIT_INTERNAL in codes else (EXIT_MODEL if EXIT_MODEL in codes else EXIT_INPUT)
     return EXIT_OK
+
+
+def _encode_png(picture) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", picture)
+    if not ok:
+        raise RuntimeError("could not encode the overlay PNG")
+    return buf.tobytes()
 
 
 def _cmd_squares(args: argparse.Namespace) -> int:

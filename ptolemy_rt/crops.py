@@ -78,9 +78,9 @@ def _zero_outside_kernel():
     """Numba kernel (compiled on first use) setting to 0 the crop pixels whose source lies outside the image."""
     global _ZERO
     if _ZERO is None:
-        from ._numba import numba
+        from ._numba import CACHE, numba
 
-        @numba.njit(cache=True, nogil=True)
+        @numba.njit(cache=CACHE, nogil=True)
         def zero_outside(out, m, xmax, ymax):
             rows, cols = out.shape
             for i in range(rows):

@@ -54,6 +54,8 @@ __all__ = [
 SCORES = ("unet", "cnn")
 CROP_MODES = ("centred", "ptolemy")
 PADDINGS = ("minimal", "ptolemy")
+# Shortest lattice period (px) the scale-normalised path accepts; holes are specified at 40-400 px.
+MIN_PERIOD_PX = 20.0
 MIN_SIDE = 256  # the supported range is 256-4096 px per side
 # The original trims this many pixels from each side of a lattice cell to make a hole crop.
 CROP_MARGIN_PX = 10
@@ -396,6 +398,8 @@ def find_holes(
     t0 = time.perf_counter()
     image = as_image(image_or_path, section=section)
     check_min_size(image, MIN_SIDE, "the hole finder")
+    if models is False:
+        raise ValueError("find_holes needs a model set with a hole_unet (models=False is for find_squares only)")
     model_set = resolve_models(models, provider=provider, threads=threads)
     unet_spec = model_set.spec("hole_unet")
     use_cnn = cnn and (score == "cnn" or model_set.has("hole_cnn"))
@@ -419,6 +423,12 @@ def find_holes(
         if period is None:
             timings["normalise"] = time.perf_counter() - t
             return _empty(info, model_set, "no lattice period found in the image (blank or noise?)", timings)
+        if period < MIN_PERIOD_PX:
+            # A pixel-level pattern (detector fixed pattern, a checkerboard) would make the U-Net input
+            # (target/period)^2 times larger than the image: refuse instead of spending minutes and GBs.
+            timings["normalise"] = time.perf_counter() - t
+            return _empty(info, model_set, f"lattice period {period:.1f} px is below the {MIN_PERIOD_PX} px "
+                          "the hole finder resolves (not a hole lattice?)", timings)
     timings["normalise"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -123,10 +123,19 @@ def _read_mrc(path: Path, section: int | None) -> Image:
     return Image(data=data, pixel_size_A=pixel_size, source=name, dtype=dtype, section=sec)
 
 
+def _quiet_cv2(cv2) -> None:
+    """Silence OpenCV's own stderr log: our error message is the one line the user should see."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:
+        cv2.setLogLevel(0)
+
+
 def _read_raster(path: Path, section: int | None) -> Image:
     import cv2
 
     name = str(path)
+    _quiet_cv2(cv2)
     raw_bytes = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
@@ -134,11 +143,20 @@ def _read_raster(path: Path, section: int | None) -> Image:
         ok, pages = cv2.imdecodemulti(raw_bytes, cv2.IMREAD_UNCHANGED)
         if not ok or not pages:
             raise CorruptFileError(f"{name}: not a readable TIFF image")
-        raw = np.stack(pages) if len(pages) > 1 else pages[0]
-        if raw.ndim == 3 and len(pages) > 1:
-            raw, section = _pick_section(raw, section, name)
-        elif section not in (None, 0):
-            raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
+        if len(pages) > 1:
+            n = len(pages)
+            if section is None:
+                warnings.warn(f"{name}: a stack of {n} sections; using section 0 (choose with --section)",
+                              stacklevel=3)
+                section = 0
+            if not -n <= section < n:
+                raise ShapeError(f"{name}: section {section} does not exist (the stack has {n})")
+            raw, section = pages[section], section % n
+        else:
+            raw = pages[0]
+            if section not in (None, 0):
+                raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
+            section = None
     else:
         raw = cv2.imdecode(raw_bytes, cv2.IMREAD_UNCHANGED)
         if raw is None:
@@ -182,9 +200,17 @@ def read_image(path: str | os.PathLike, section: int | None = None) -> Image:
 def as_image(image: ImageLike, section: int | None = None, name: str | None = None) -> Image:
     """Accept an Image, a 2-D array or a path, and return a validated Image."""
     if isinstance(image, Image):
-        return image
+        data = image.data
+        if isinstance(data, np.ndarray) and data.dtype == np.float32 and data.ndim == 2 and data.flags.c_contiguous \
+                and data.size and np.isfinite(data).all():
+            return image
+        return Image(data=_validate(np.asarray(data), image.name), pixel_size_A=image.pixel_size_A,
+                     source=image.source, dtype=image.dtype, section=image.section)
     if isinstance(image, np.ndarray):
         label = name or "<array>"
+        if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) > 4:
+            # (rows, cols, RGB[A]) colour data, not a stack of sections: average the colour channels.
+            image = image[:, :, :3].astype(np.float32).mean(axis=2)
         plane, sec = _pick_section(image, section, label)
         return Image(data=_validate(plane, label), source=name, dtype=str(image.dtype), section=sec)
     if isinstance(image, (str, os.PathLike)):
@@ -208,6 +234,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file owner-only; give it the mode a plain open() would (0666 less the umask).
+        if hasattr(os, "fchmod"):
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
         os.replace(tmp, target)

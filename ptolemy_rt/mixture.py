@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._numba import numba
+from ._numba import CACHE, numba
 
 __all__ = [
     "CountScale",
@@ -35,9 +35,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Largest count we histogram. float32 holds every integer up to 2**24 exactly, so integer-valued data
-# above this cannot be counts anyway; they are rescaled like non-integer data.
-COUNT_CAP = (1 << 24) - 1
+# Largest integer value used as a count as it is (the uint16 range: detector counts). Larger integer data are
+# rescaled like non-integer data: one histogram bin per count would cost GBs at 2**24.
+COUNT_CAP = (1 << 16) - 1
 # Non-integer data are scaled so that this is their 99.9th percentile (DESIGN.md, Inputs).
 TARGET_P999 = 4095.0
 # Below this separation (Ashman's D of the hard split) the two classes are one. A unimodal histogram cut
@@ -85,7 +85,7 @@ class Segmentation:
     reason: str | None
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _integral(data):
     # Early exit: real-valued data usually fail on the first pixel.
     flat = data.ravel()
@@ -96,7 +96,7 @@ def _integral(data):
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _hist(data, scale, top):
     # Four interleaved sub-histograms: neighbouring pixels often share a bin, and a single
     # histogram would serialise on that one counter.
@@ -131,7 +131,7 @@ def _hist(data, scale, top):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _apply(data, scale, top, table):
     # Also counts label changes between 4-neighbours, which measures the mask's spatial coherence.
     rows, cols = data.shape
@@ -157,7 +157,7 @@ def _apply(data, scale, top, table):
     return out, changes
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _e_step(k, n, lgam, mu1, mu2, pi, p):
     # Posterior of the bright component per bin (written into p) and the total log-likelihood.
     # log Poisson(k | mu) = k log(mu) - mu - log(k!)
@@ -178,7 +178,7 @@ def _e_step(k, n, lgam, mu1, mu2, pi, p):
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _em(k, n, p, max_iter, tol):
     # The original's update order: M-step (means) from the posteriors, E-step with the mixing weight
     # of the previous E-step, mixing weight <- mean posterior; stop when the gain drops below tol.

@@ -54,8 +54,10 @@ def default_models_dir() -> Path:
 
 
 def physical_cores() -> int:
-    """Number of physical CPU cores (logical count halved when SMT is detected, Linux only)."""
+    """Physical CPU cores this process may use (SMT siblings counted once; affinity/cgroup masks honoured)."""
     logical = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        logical = max(1, min(logical, len(os.sched_getaffinity(0))))
     try:
         cores = set()
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:

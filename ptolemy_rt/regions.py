@@ -162,9 +162,9 @@ def _means_kernel():
     """Numba kernel (compiled on first use, cached on disk) summing the image per label over mask pixels."""
     global _MEANS
     if _MEANS is None:
-        from ._numba import numba
+        from ._numba import CACHE, numba
 
-        @numba.njit(cache=True, nogil=True)
+        @numba.njit(cache=CACHE, nogil=True)
         def sums(labels, mask, image, n):
             total = np.zeros(n, dtype=np.float64)
             count = np.zeros(n, dtype=np.int64)

@@ -226,6 +226,8 @@ def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
         u = _refine(peaks, t)
         spacing = float(np.hypot(*u)) * factor
         angle = math.degrees(math.atan2(-u[1], u[0])) % 90.0
+        if angle >= 90.0:  # -tiny % 90.0 rounds to 90.0
+            angle = 0.0
         return LatticeEstimate(spacing_px=spacing, angle_deg=angle, strength=h)
     return None
 

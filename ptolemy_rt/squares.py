@@ -221,9 +221,9 @@ def _stats_kernel():
     """Numba kernel (compiled on first use, cached on disk) for the square-class mean and std."""
     global _STATS
     if _STATS is None:
-        from ._numba import numba
+        from ._numba import CACHE, numba
 
-        @numba.njit(cache=True, nogil=True)
+        @numba.njit(cache=CACHE, nogil=True)
         def masked_stats(image, mask):
             # Two passes (mean, then squared deviations) in float64, as numpy's mean and std.
             rows, cols = image.shape

@@ -240,3 +240,31 @@ def test_cli_reproduces_original_outputs(tmp_path, converted_models, reference_d
             np.testing.assert_allclose(o["vertices"], r["vertices"], atol=0.01)
             assert o["area"] == pytest.approx(r["area"], rel=1e-6)
             assert o["score"] == pytest.approx(r["score"], abs=0.01)
+
+
+def test_batch_destination_problems_are_usage_errors(tmp_path, atlas, models_dir, capsys):
+    other = tmp_path / "b"
+    other.mkdir()
+    twin = other / "atlas.mrc"
+    twin.write_bytes(atlas.read_bytes())
+    outdir = tmp_path / "res"
+    code, _, err = run(["squares", atlas, twin, "-o", outdir, "--no-score"], capsys)
+    assert code == 2 and "would both write" in err and not outdir.exists()
+    afile = tmp_path / "f.json"
+    afile.write_text("keep me")
+    code, _, err = run(["squares", atlas, tmp_path / "x.mrc", "-o", afile, "--no-score"], capsys)
+    assert code == 2 and "directory" in err and afile.read_text() == "keep me"
+    # an overlay that cannot be written: exit 2, and no result file beside the failure
+    out = tmp_path / "r.json"
+    code, _, err = run(["squares", atlas, "-o", out, "--overlay", afile / "x.png", "--no-score"], capsys)
+    assert code == 2 and "cannot write" in err and not out.exists()
+
+
+def test_outputs_get_normal_permissions(tmp_path, atlas, capsys):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "p.json"
+        assert run(["squares", atlas, "-o", out, "--no-score"], capsys)[0] == 0
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o644

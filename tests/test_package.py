@@ -77,15 +77,44 @@ def test_numba_cache_dir_falls_back_when_unwritable(monkeypatch):
 
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/definitely/not/writable")
-    seen = []
-
-    def writable(path):
-        seen.append(path)
-        return "definitely" not in str(path)
-
-    monkeypatch.setattr(n, "_writable", writable)
+    monkeypatch.setattr(n, "_writable", lambda path: "definitely" not in str(path))
     chosen = n._choose_cache_dir()
-    assert "definitely" not in chosen and len(seen) == 2
+    assert chosen is not None and "definitely" not in chosen and f"ptolemy-rt-numba-{os.getuid()}" in chosen
+    # Nothing writable at all: no cache (compile in memory) rather than a failing import.
+    monkeypatch.setattr(n, "_writable", lambda path: False)
+    assert n._choose_cache_dir() is None
+
+
+def test_numba_temp_cache_dir_must_be_private(tmp_path, monkeypatch):
+    import ptolemy_rt._numba as n
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # world-writable: another user could plant a pickled cache index there
+    assert not n._private(shared)
+    mine = tmp_path / "mine"
+    assert n._private(mine) and (mine.stat().st_mode & 0o777) == 0o700
+
+
+def test_kernels_compile_without_any_cache_dir(tmp_path):
+    # Nowhere to write: HOME unusable and the temp dir a file. The pipelines must still run (uncached).
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME="/proc/ptolemy-no-home", TMPDIR=str(blocker), PYTHONPATH=str(REPO))
+    code = textwrap.dedent(f"""
+        import tempfile
+        tempfile.tempdir = {str(blocker)!r}
+        import numpy as np
+        from ptolemy_rt import _numba
+        from ptolemy_rt.mixture import segment
+        assert _numba.CACHE is False
+        img = np.zeros((300, 300), np.float32); img[50:150, 50:150] = 200; img += 20
+        print("ok", type(segment(img)).__name__)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
 
 
 def test_license_is_bsd3():
