@@ -205,10 +205,11 @@ def real_hole_examples(folder: Path, model: EdgeHoleCNN) -> tuple[torch.Tensor, 
 
 NORMALISATION = {
     "hole_unet": (
-        "per image: resample so the lattice period is scale.spacing_px (64 px; area averaging when shrinking), "
-        "then (image - mean) / std over the whole image (population std), pad at the bottom and right with 0 "
-        "to multiples of `multiple`; run; crop back; sigmoid; regions above `threshold` mark hole centres "
-        "(Gaussian blobs, sigma 2 px at the canonical scale)."
+        "per image: (image - mean) / std over the whole image (population std), then resample so the lattice "
+        "period is scale.spacing_px (area averaging when shrinking, bicubic when enlarging; ptolemy_rt.holes), "
+        "pad at the bottom and right with 0 to multiples of `multiple`; run; crop and resample the map back; "
+        "sigmoid; regions above `threshold` mark hole centres (Gaussian blobs, sigma 2 px at the canonical "
+        "scale; peak ~1 for good holes, lower for bad ones, so the summed probability ranks holes)."
     ),
     "square_cnn": (
         "per image: each square's upright crop, centred in 240x240 (cut, or zero-padded), then (crop - m) / s "
@@ -216,8 +217,9 @@ NORMALISATION = {
         "batch-independent (any batch composition gives the same scores)."
     ),
     "hole_cnn": (
-        "per crop: lattice-frame square crop with half-side spacing/2 - 10, (crop - mean) / std of the crop "
-        "itself; any size >= min_size (the graph resizes every crop to 32x32 internally); batch-independent."
+        "per crop: lattice-frame square crop of half-side ptolemy_rt.holes.crop_half_side(spacing) "
+        "(floor(spacing / 2) - 10, at least spacing / 4), (crop - mean) / std of the crop itself; any size "
+        ">= min_size (the graph resizes every crop to 32x32 internally); batch-independent."
     ),
 }
 
