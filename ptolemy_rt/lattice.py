@@ -143,9 +143,11 @@ def _kernels():
 
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
     """Integral image (rows + 1, cols + 1) int32 of a boolean mask: sat[r, c] = mask[:r, :c].sum()."""
-    summed_area = _kernels()[0]
+    import cv2
+
     m = np.ascontiguousarray(mask, dtype=np.bool_)
-    return summed_area(m.view(np.uint8))
+    # cv2.integral has exactly this layout (a zero first row and column) and is ~2x our Numba loop.
+    return cv2.integral(m.view(np.uint8), sdepth=cv2.CV_32S)
 
 
 def lattice_cost(
@@ -249,20 +251,23 @@ def _assign(c: np.ndarray, o: np.ndarray, u: np.ndarray, tolerance: float):
 
 
 def _solve(c: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares for (ox, oy, ux, uy) with x = ox + a ux - b uy, y = oy + a uy + b ux."""
+    """Least squares for (ox, oy, ux, uy) with x = ox + a ux - b uy, y = oy + a uy + b ux.
+
+    A similarity fit has a closed form: centre both sides, then u is the projection of the centred points
+    onto the centred lattice indices (the normal equations decouple); ~10x cheaper than a general lstsq.
+    """
     a = idx[:, 0].astype(np.float64)
     b = idx[:, 1].astype(np.float64)
-    n = len(c)
-    m = np.zeros((2 * n, 4))
-    m[:n, 0] = 1.0
-    m[:n, 2] = a
-    m[:n, 3] = -b
-    m[n:, 1] = 1.0
-    m[n:, 2] = b
-    m[n:, 3] = a
-    rhs = np.concatenate([c[:, 0], c[:, 1]])
-    sol, *_ = np.linalg.lstsq(m, rhs, rcond=None)
-    return sol[:2], sol[2:]
+    am, bm = a.mean(), b.mean()
+    xm, ym = c[:, 0].mean(), c[:, 1].mean()
+    a0, b0, x0, y0 = a - am, b - bm, c[:, 0] - xm, c[:, 1] - ym
+    norm = float(a0 @ a0 + b0 @ b0)
+    if norm == 0.0:  # all on one lattice point: the basis is undetermined
+        return np.array([np.nan, np.nan]), np.array([np.nan, np.nan])
+    ux = float(a0 @ x0 + b0 @ y0) / norm
+    uy = float(a0 @ y0 - b0 @ x0) / norm
+    origin = np.array([xm - (am * ux - bm * uy), ym - (am * uy + bm * ux)])
+    return origin, np.array([ux, uy])
 
 
 def fit_lattice(
