@@ -134,7 +134,8 @@ def _fit_classifier(model: nn.Module, forward, x: torch.Tensor, y: torch.Tensor,
             opt.step()
             running += loss.item()
             step += 1
-        log(f"{name} epoch {epoch + 1}/{epochs} loss {running / steps_per_epoch:.4f} ({time.perf_counter() - t0:.0f} s)")
+        log(f"{name} epoch {epoch + 1}/{epochs} loss {running / steps_per_epoch:.4f} "
+            f"({time.perf_counter() - t0:.0f} s)")
     return time.perf_counter() - t0
 
 
@@ -196,7 +197,9 @@ def real_hole_examples(folder: Path, model: EdgeHoleCNN) -> tuple[torch.Tensor, 
     """Hole crops from a facility's labelled med-mag images (see export.synth.real_hole_examples)."""
     crops, labels = data.real_hole_examples(folder, min_size=model.min_size)
     with torch.no_grad():
-        x = torch.cat([model.resize(torch.from_numpy(c)[None, None]) for c in crops]) if crops else torch.zeros(0, 1, model.side, model.side)
+        if not crops:
+            return torch.zeros(0, 1, model.side, model.side), torch.zeros(0)
+        x = torch.cat([model.resize(torch.from_numpy(c)[None, None]) for c in crops])
     return x, torch.from_numpy(np.asarray(labels, np.float32))
 
 
@@ -228,7 +231,8 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
     folded = fold_batchnorm(model)
     g = torch.Generator().manual_seed(0)
     if task == "hole_unet":
-        example, in_axes, out_axes = torch.randn(1, 1, 256, 384, generator=g), {0: "N", 2: "H", 3: "W"}, {0: "N", 2: "H", 3: "W"}
+        example = torch.randn(1, 1, 256, 384, generator=g)
+        in_axes, out_axes = {0: "N", 2: "H", 3: "W"}, {0: "N", 2: "H", 3: "W"}
     elif task == "square_cnn":
         example, in_axes, out_axes = torch.randn(2, 1, 240, 240, generator=g), {0: "N"}, {0: "N"}
     else:
@@ -242,12 +246,14 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
                       metadata={"task": task, "bn": "none", "licence": LICENCE, "seed": str(seed),
                                 "generator_version": data.GENERATOR_VERSION})
     recipe = info["recipe"]
+    real = recipe.get("real_data")
     provenance = {
         "trainer": "export.train",
         "command": f"python -m export.train {dict(hole_unet='unet', square_cnn='square', hole_cnn='hole')[task]} "
-                   f"--out models/ --seed {seed}",
+                   f"--out models/ --seed {seed}" + (f" --real {real}" if real else ""),
         "seed": seed,
-        "data": "synthetic only: ptolemy_rt.synth (make_medmag / make_atlas), image seeds from "
+        "data": ("synthetic only" if not real else f"the facility's labelled images in {real}, and synthetic")
+                + ": ptolemy_rt.synth (make_medmag / make_atlas), image seeds from "
                 "export.synth.train_seeds(seed), all < 2**40 (test seeds start at 2**40); "
                 "no published Ptolemy weights or outputs were used",
         "generator_version": data.GENERATOR_VERSION,
@@ -317,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="U-Net steps (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="CNN epochs (default: the recipe's)")
     parser.add_argument("--real", type=Path, default=None,
-                        help="folder of labelled images (image + same-stem .csv/.json points) to add (CNNs only)")
+                        help="folder of labelled images of this model's kind (atlases for square, med-mag images for "
+                             "hole), each with a same-stem .csv/.json of selected points, added to the synthetic data")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -334,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         info["recipe"]["real_data"] = str(args.real)
     entry = _export(task, model, args.out, info, args.seed)
     write_entry(args.out, task, entry)
-    log(f"{task}: wrote {args.out / entry['file']} sha256 {entry['sha256'][:12]} in {time.perf_counter() - start:.0f} s")
+    log(f"{task}: wrote {args.out / entry['file']} sha256 {entry['sha256'][:12]} "
+        f"in {time.perf_counter() - start:.0f} s")
     return 0
 
 

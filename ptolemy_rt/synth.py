@@ -267,14 +267,15 @@ def make_atlas(
     cracks = canvas.copy()
     dirt = np.zeros((h, w), np.float32)
     shade = canvas.copy()
-    in_view = (centres[:, 0] > -pitch) & (centres[:, 0] < w + pitch) & (centres[:, 1] > -pitch) & (centres[:, 1] < h + pitch)
+    in_view = ((centres[:, 0] > -pitch) & (centres[:, 0] < w + pitch)
+               & (centres[:, 1] > -pitch) & (centres[:, 1] < h + pitch))
     for c in np.flatnonzero(in_view):
         cx, cy = centres[c]
         kind = SQUARE_KINDS[kinds[c]]
         if kind == "broken":
             off = rng.uniform(-0.25, 0.25, 2) * side
-            cv2.fillPoly(broken, [_blob_polygon(rng, cx + off[0], cy + off[1], side * rng.uniform(0.35, 0.75), 10)], 255,
-                         lineType=cv2.LINE_AA, shift=4)
+            poly = _blob_polygon(rng, cx + off[0], cy + off[1], side * rng.uniform(0.35, 0.75), 10)
+            cv2.fillPoly(broken, [poly], 255, lineType=cv2.LINE_AA, shift=4)
         elif kind == "cracked":
             for _ in range(int(rng.integers(1, 4))):
                 p0 = np.array([cx, cy]) + rng.uniform(-0.5, 0.5, 2) * side
@@ -478,7 +479,8 @@ def make_medmag(
             normal /= np.linalg.norm(normal)
             p0 = rng.uniform(0, 1, 2) * np.array([w, h])
             half_w = float(rng.uniform(0.05, 0.4)) * min(h, w)
-            d = np.abs((x - np.float32(p0[0])) * np.float32(normal[0]) + (y - np.float32(p0[1])) * np.float32(normal[1]))
+            d = np.abs((x - np.float32(p0[0])) * np.float32(normal[0])
+                       + (y - np.float32(p0[1])) * np.float32(normal[1]))
             edge = float(rng.uniform(2.0, 12.0))
             bar = (0.5 - 0.5 * np.tanh((d - np.float32(half_w)) / np.float32(2 * edge))).astype(np.float32)
     if torn.any():
@@ -509,8 +511,12 @@ def make_medmag(
     kf = k[sub].ravel()
     disc = hole[sub].ravel()
     area = np.maximum(np.bincount(kf, weights=disc, minlength=n_cells), 1e-9)
-    under_bar = np.bincount(kf, weights=disc * bar[sub].ravel(), minlength=n_cells) / area if bar.any() else np.zeros(n_cells)
-    dirty = np.bincount(kf, weights=disc * (dirt[sub].ravel() > 0.1), minlength=n_cells) / area if dirt.any() else np.zeros(n_cells)
+    under_bar = np.zeros(n_cells)
+    if bar.any():
+        under_bar = np.bincount(kf, weights=disc * bar[sub].ravel(), minlength=n_cells) / area
+    dirty = np.zeros(n_cells)
+    if dirt.any():
+        dirty = np.bincount(kf, weights=disc * (dirt[sub].ravel() > 0.1), minlength=n_cells) / area
     cut = (centres[:, 0] - radius < -0.5) | (centres[:, 0] + radius > w - 0.5) | (centres[:, 1] - radius < -0.5) | (
         centres[:, 1] + radius > h - 0.5)
     reasons = []
