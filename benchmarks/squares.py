@@ -9,6 +9,7 @@ published weights, e.g. /tmp/ptolemy_converted, gives the original's network; ne
 from __future__ import annotations
 
 import argparse
+import time
 import os
 import sys
 from pathlib import Path
@@ -110,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
                             max(3, rep // 4), warmup=1))
         last = squares.find_squares(args.image, models=models)
         extra.append(("last end-to-end stages (ms)", ", ".join(f"{k} {v * 1e3:.1f}" for k, v in last.timings.items())))
+        # The CNN stage against bare onnxruntime on the same batch, alternated so load hits both alike.
+        batch = np.ascontiguousarray(stage_crops(), dtype=np.float32).reshape(-1, 1, 240, 240)
+        sess = models.session("square_cnn")
+        name = sess.get_inputs()[0].name
+        n = max(3, rep // 4)
+        stage_ms, bare_ms = [], []
+        for _ in range(n):
+            stage_ms.append(squares.find_squares(args.image, models=models).timings["cnn"] * 1e3)
+            t0 = time.perf_counter()
+            sess.run(None, {name: batch})
+            bare_ms.append((time.perf_counter() - t0) * 1e3)
+        st, bt = float(np.median(stage_ms)), float(np.median(bare_ms))
+        extra.append(("CNN stage vs bare onnxruntime (same batch)",
+                      f"{st:.1f} ms vs {bt:.1f} ms median ({(st / bt - 1) * 100:+.1f} %; target within 10 %)"))
     print_table(rows, title="Low-mag squares, warm", baseline="per-pixel NumPy EM (mask only)", extra=extra)
     return 0
 
