@@ -11,36 +11,7 @@ from scipy.special import gammaln
 from ptolemy_rt import mixture
 
 
-def per_pixel_em(x: np.ndarray, max_iter: int = 100, tol: float = 1e-3, init: np.ndarray | None = None):
-    """The straightforward EM over every pixel (the original's update order), from the same start as ours."""
-    x = x.astype(np.float64).ravel()
-    p = (x > x.mean()).astype(np.float64) if init is None else init.astype(np.float64).ravel()
-    lg = gammaln(x + 1)
-
-    def e_step(mu1, mu2, pi):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a1 = np.where(x > 0, x * np.log(mu1), 0.0) - mu1 - lg + np.log(pi)
-            a2 = np.where(x > 0, x * np.log(mu2), 0.0) - mu2 - lg + np.log1p(-pi)
-        m = np.maximum(a1, a2)
-        e1, e2 = np.exp(a1 - m), np.exp(a2 - m)
-        return np.sum(np.log(e1 + e2) + m), e1 / (e1 + e2)
-
-    mu1, mu2 = np.sum(x * p) / np.sum(p), np.sum(x * (1 - p)) / np.sum(1 - p)
-    ll_next, p = e_step(mu1, mu2, 0.5)
-    pi = p.mean()
-    ll_cur = -np.inf
-    iters = 0
-    for _ in range(max_iter):
-        if ll_next - ll_cur < tol:
-            break
-        ll_cur = ll_next
-        mu1, mu2 = np.sum(x * p) / np.sum(p), np.sum(x * (1 - p)) / np.sum(1 - p)
-        ll_next, p = e_step(mu1, mu2, pi)
-        pi = p.mean()
-        iters += 1
-    if mu2 > mu1:
-        mu1, mu2, pi, p = mu2, mu1, 1 - pi, 1 - p
-    return mu1, mu2, pi, iters, ll_next, p > 0.5
+per_pixel_em = mixture.per_pixel_em
 
 
 def two_class(seed: int, shape=(128, 160), lo=15.0, hi=120.0, frac=0.3) -> np.ndarray:
