@@ -48,7 +48,7 @@ def atlas(tmp_path_factory) -> Path:
 def medmag(tmp_path_factory) -> Path:
     from ptolemy_rt.synth import make_medmag
 
-    data, _ = make_medmag(3)
+    data, _ = make_medmag(1)
     return _mrc(tmp_path_factory.mktemp("img") / "medmag.mrc", data)
 
 
