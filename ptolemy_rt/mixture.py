@@ -180,6 +180,31 @@ def _e_step(k, n, lgam, mu1, mu2, pi, p):
 
 
 @numba.njit(cache=CACHE, nogil=True)
+def _m_step(k, n, p):
+    # Class means from the posteriors; (0, 0, False) when a class is empty.
+    s1 = 0.0
+    w1 = 0.0
+    s2 = 0.0
+    w2 = 0.0
+    for b in range(k.shape[0]):
+        s1 += k[b] * n[b] * p[b]
+        w1 += n[b] * p[b]
+        s2 += k[b] * n[b] * (1.0 - p[b])
+        w2 += n[b] * (1.0 - p[b])
+    if w1 <= 0.0 or w2 <= 0.0:
+        return 0.0, 0.0, False
+    return s1 / w1, s2 / w2, True
+
+
+@numba.njit(cache=CACHE, nogil=True)
+def _mixing_weight(n, p, total_n):
+    acc = 0.0
+    for b in range(n.shape[0]):
+        acc += n[b] * p[b]
+    return acc / total_n
+
+
+@numba.njit(cache=CACHE, nogil=True)
 def _em(k, n, p, max_iter, tol):
     # The original's update order: M-step (means) from the posteriors, E-step with the mixing weight
     # of the previous E-step, mixing weight <- mean posterior; stop when the gain drops below tol.
@@ -190,25 +215,11 @@ def _em(k, n, p, max_iter, tol):
     total_n = 0.0
     for b in range(nb):
         total_n += n[b]
-    s1 = 0.0
-    w1 = 0.0
-    s2 = 0.0
-    w2 = 0.0
-    for b in range(nb):
-        s1 += k[b] * n[b] * p[b]
-        w1 += n[b] * p[b]
-        s2 += k[b] * n[b] * (1.0 - p[b])
-        w2 += n[b] * (1.0 - p[b])
-    if w1 <= 0.0 or w2 <= 0.0:
+    mu1, mu2, ok = _m_step(k, n, p)
+    if not ok:
         return 0.0, 0.0, 0.0, 0, -np.inf, False
-    mu1 = s1 / w1
-    mu2 = s2 / w2
-    pi = 0.5
-    ll_next = _e_step(k, n, lgam, mu1, mu2, pi, p)
-    acc = 0.0
-    for b in range(nb):
-        acc += n[b] * p[b]
-    pi = acc / total_n
+    ll_next = _e_step(k, n, lgam, mu1, mu2, 0.5, p)
+    pi = _mixing_weight(n, p, total_n)
     ll_cur = -np.inf
     iters = 0
     converged = False
@@ -217,24 +228,12 @@ def _em(k, n, p, max_iter, tol):
             converged = True
             break
         ll_cur = ll_next
-        s1 = 0.0
-        w1 = 0.0
-        s2 = 0.0
-        w2 = 0.0
-        for b in range(nb):
-            s1 += k[b] * n[b] * p[b]
-            w1 += n[b] * p[b]
-            s2 += k[b] * n[b] * (1.0 - p[b])
-            w2 += n[b] * (1.0 - p[b])
-        if w1 <= 0.0 or w2 <= 0.0:
+        m1, m2, ok = _m_step(k, n, p)
+        if not ok:
             break
-        mu1 = s1 / w1
-        mu2 = s2 / w2
+        mu1, mu2 = m1, m2
         ll_next = _e_step(k, n, lgam, mu1, mu2, pi, p)
-        acc = 0.0
-        for b in range(nb):
-            acc += n[b] * p[b]
-        pi = acc / total_n
+        pi = _mixing_weight(n, p, total_n)
         iters += 1
     else:
         converged = ll_next - ll_cur < tol
