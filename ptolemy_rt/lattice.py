@@ -283,6 +283,7 @@ def fit_lattice(
     min_inliers: float = 0.3,
     min_occupancy: float = 0.3,
     blob_halfwidth: float | None = 2.0,
+    hidden_fallback: bool = True,
 ) -> Lattice | None:
     """Fit a square lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
 
@@ -295,6 +296,11 @@ def fit_lattice(
     the mean blob (positives per centroid): a point on a blob must gain more (lambda_fn x blob) than its
     empty footprint costs, or sparse wrong lattices win on small blobs. On the reference image r ~ 19 px,
     so the cap leaves the original's 15 px; None turns it off.
+
+    hidden_fallback: when a grid bar hides most of the lattice, the empty footprints under it make a sparse
+    wrong lattice cheaper than the true one, which then fails the tests above. The search is then repeated
+    with lambda_fp / 10, and its lattice kept if it holds at least _HIDDEN_INLIERS of the centroids (and
+    _HIDDEN_MIN_CENTROIDS of them): so many on one lattice by chance is out of reach, whatever the occupancy.
     """
     c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
     m = np.asarray(mask, dtype=bool)
@@ -305,7 +311,6 @@ def fit_lattice(
     pairs = candidate_pairs(c, k=k, min_spacing_px=min_spacing_px)
     if len(pairs) == 0:
         return None
-    search, scan = _kernels()[2:]
     sat = summed_area_table(m)
     total = int(sat[-1, -1])
     if total == 0:
@@ -314,6 +319,30 @@ def fit_lattice(
     if blob_halfwidth is not None:
         blob_radius = math.sqrt(total / len(c) / math.pi)
         halfwidth = min(halfwidth, max(1.0, blob_halfwidth * blob_radius))
+    best = _search_lattice(c, sat, total, pairs, lambda_fn, lambda_fp, halfwidth, refine, min_spacing_px)
+    if best is None:
+        return None
+    if best.n_inliers >= min(3, len(c)) and best.n_inliers >= min_inliers * len(c) and (
+            best.occupancy >= min_occupancy):
+        return best
+    if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
+        hidden = _search_lattice(c, sat, total, pairs, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
+                                 min_spacing_px)
+        if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * len(c):
+            return hidden
+    return None
+
+
+# A lattice most of whose points are hidden is accepted when this share of at least this many centroids
+# lies on it (by chance a centroid lands within a quarter period of a point 25 % of the time).
+_HIDDEN_INLIERS = 0.8
+_HIDDEN_MIN_CENTROIDS = 12
+
+
+def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, pairs: np.ndarray, lambda_fn: float,
+                    lambda_fp: float, halfwidth: float, refine: bool, min_spacing_px: float) -> Lattice | None:
+    """The cheapest anchor-pair lattice, refined, with its inlier count and occupancy (not yet judged)."""
+    search, scan = _kernels()[2:]
     # Evaluate first the pairs whose length is typical of nearest neighbours: usually the true lattice,
     # whose low cost then prunes the rest early.
     lengths = np.hypot(*(c[pairs[:, 1]] - c[pairs[:, 0]]).T)
@@ -337,14 +366,10 @@ def fit_lattice(
             final_cost = lattice_cost(sat, origin, u, lambda_fn=lambda_fn, lambda_fp=lambda_fp,
                                       max_halfwidth=halfwidth)
             refined = True
-    # Is it a lattice at all? Any two blobs span one, so ask that it explains most of the others too:
-    # by chance a stray centroid lies within a quarter spacing of a lattice point 20 % of the time.
+    # Is it a lattice at all? Any two blobs span one, so the caller asks that it explains most of the
+    # others too: by chance a stray centroid lies within a quarter spacing of a lattice point 25 % of the time.
     sel, _, _ = _assign(c, np.array(origin), np.array(u), 0.25)
-    n_inliers = int(sel.sum())
     _, _, inside, occupied = scan(sat, origin[0], origin[1], u[0], u[1], halfwidth, math.inf)
-    occupancy = occupied / inside if inside else 0.0
-    if n_inliers < min(3, len(c)) or n_inliers < min_inliers * len(c) or occupancy < min_occupancy:
-        return None
     (ux, uy), v, angle = _canonical_basis(*u)
     return Lattice(
         origin=origin,
@@ -354,7 +379,7 @@ def fit_lattice(
         angle_deg=angle,
         cost=final_cost,
         anchors=(i, j),
-        n_inliers=n_inliers,
-        occupancy=float(occupancy),
+        n_inliers=int(sel.sum()),
+        occupancy=float(occupied / inside if inside else 0.0),
         refined=refined,
     )

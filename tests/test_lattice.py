@@ -154,6 +154,39 @@ def test_random_blobs_give_no_lattice():
     assert fit_lattice(centroids, mask) is None
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [12, 40, 150])
+def test_random_blobs_give_no_lattice_with_the_hidden_fallback(seed, n):
+    rng = np.random.default_rng([seed, n])
+    centroids = rng.uniform([0, 0], [1439, 1023], (n, 2))
+    mask = np.zeros(SHAPE, dtype=bool)
+    for cx, cy in centroids:
+        r, c = int(cy), int(cx)
+        mask[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4] = True
+    assert fit_lattice(centroids, mask) is None
+
+
+def test_lattice_mostly_hidden_by_a_bar():
+    # A grid bar across two thirds of the image: only the holes in the corners show. Their empty
+    # footprints under the bar make a sparse wrong lattice cheapest; the fallback finds the true one.
+    spacing, angle = 87.0, 23.8
+    centroids, _, truth = scene(3, spacing, angle, shape=SHAPE, outliers=0.0, missing=0.0, jitter=0.01)
+    normal = np.array([0.45, 1.0]) / math.hypot(0.45, 1.0)
+    offset = centroids @ normal - float(np.array([720.0, 512.0]) @ normal)
+    shown = centroids[np.abs(offset) > 360.0]
+    assert 12 <= len(shown) <= 0.35 * len(truth)
+    mask = np.zeros(SHAPE, dtype=bool)
+    for cx, cy in shown:
+        r, c = int(round(cy)), int(round(cx))
+        mask[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4] = True
+    lat = fit_lattice(shown, mask)
+    assert lat is not None and abs(lat.spacing_px / spacing - 1) < 0.01
+    assert angle_error(lat.angle_deg, angle) < 0.5
+    assert lat.n_inliers == len(shown)
+    without = fit_lattice(shown, mask, hidden_fallback=False)
+    assert without is None or abs(without.spacing_px / spacing - 1) > 0.1
+
+
 def test_two_centroids_make_a_lattice():
     # two holes filling a 100 x 200 image make a lattice ...
     mask = np.zeros((100, 200), dtype=bool)
