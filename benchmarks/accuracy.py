@@ -131,8 +131,10 @@ def synthetic_holes(models, n: int) -> dict:
         "centre_error_pct": 100 * float(np.mean(errors)) if errors else None,
         "auc_good_cnn": auc(cnn, good),
         "auc_good_unet": auc(unet, good),
-        # The U-Net score is a sum of probabilities over the crop, so it grows with the lattice period:
-        # only comparisons within one image mean anything for it (per-image AUC, averaged).
+        # Pooled: one ranking over all images (what a script comparing holes across squares sees). Per image:
+        # the AUC within each image, averaged (what an operator choosing holes in one square sees). A model
+        # set without a scale-normalised U-Net sums probabilities over input pixels, which grows with the
+        # lattice period: for it only the per-image U-Net AUC means anything.
         "auc_good_cnn_per_image": float(np.mean(per_image["cnn"])) if per_image["cnn"] else None,
         "auc_good_unet_per_image": float(np.mean(per_image["unet"])) if per_image["unet"] else None,
         "good_fraction": float(np.mean(good)) if good else None,

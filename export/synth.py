@@ -5,8 +5,9 @@ Three kinds of examples, each made exactly as the runtime will see them:
   variance over the whole image, with a target map of Gaussian blobs (sigma TARGET_SIGMA) at hole centres.
 - Square CNN: 240x240 crops of the squares that ptolemy_rt.squares finds on a synthetic atlas, made by its
   own crop code, labelled collectable or not by matching to the generator's truth.
-- Hole CNN: lattice-frame crops (half-side spacing/2 - 10, ptolemy_rt.crops), per-crop normalised, labelled
-  good or bad, with the lattice jittered as much as the runtime's lattice fit errs.
+- Hole CNN: lattice-frame crops (ptolemy_rt.holes.crop_half_side: spacing/2 - 10, at least 0.45 spacing),
+  per-crop normalised, labelled good or bad, with the lattice jittered as much as the runtime's lattice
+  fit errs.
 
 Seeds: every training image's seed is drawn below TEST_SEED_BASE; benchmarks/accuracy.py uses seeds from
 TEST_SEED_BASE up, so no test image is ever seen in training.

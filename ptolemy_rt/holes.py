@@ -1,10 +1,12 @@
 """The med-mag pipeline: find the holes of a holey-carbon lattice and score them.
 
 Stages (each timed in ``HoleResult.timings``): read -> normalise (zero mean, unit variance; with a
-scale-normalised U-Net also estimate the lattice period and resample) -> unet (pad, run, crop back,
-sigmoid; tiled above the manifest's max_pixels) -> centroids (threshold, regions, hull centroids) ->
-lattice (summed-area search + least squares, see lattice.py) -> crops (one per lattice point, sampled in
-the lattice frame straight from the input) -> cnn (the hole CNN, honouring its BatchNorm mode).
+scale-normalised U-Net also estimate the lattice period and resample; when the period cannot be measured,
+or the lattice in the map disagrees with it, the U-Net is tried at a ladder of periods, see
+period_candidates) -> unet (pad, run, crop back, sigmoid; tiled above the manifest's max_pixels) ->
+centroids (threshold, regions, hull centroids) -> lattice (summed-area search + least squares, see
+lattice.py) -> crops (one per lattice point, sampled in the lattice frame straight from the input) -> cnn
+(the hole CNN, honouring its BatchNorm mode).
 
 Coordinates are input pixels, x = column, y = row, origin at the centre of the top-left pixel. The
 original tool measured from the top-left pixel's corner (its centroids are hulls of pixel corners), so
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .crops import crop_matrix, sample_affine
+from .errors import ModelError
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelSet, resolve_models, sigmoid
 from .results import Hole, HoleResult, ImageInfo, sort_targets
@@ -39,6 +42,8 @@ __all__ = [
     "unet_pad_shape",
     "probability_map",
     "hole_centroids",
+    "period_candidates",
+    "unet_factor",
     "crop_half_side",
     "HoleCrops",
     "hole_crops",
@@ -59,6 +64,10 @@ MIN_PERIOD_PX = 20.0
 MIN_SIDE = 256  # the issue's supported range is 256-4096 px per side
 # The original trims this many pixels from each side of a lattice cell to make a hole crop.
 CROP_MARGIN_PX = 10
+# ... but a crop is never narrower than this fraction of the period: holes reach 70 % of it, and a crop
+# that shows no film around the hole leaves the CNN nothing to tell a good hole from an empty one by
+# (at a 40 px period the original's rule gives 20 px crops inside a 28 px hole).
+CROP_MIN_FRACTION = 0.9
 # Regions: mask pixels within this window of each other form one hole candidate (as in low mag).
 REGION_WINDOW = 6
 # Hole crops of independent-statistics CNNs go in batches holding at most this many input pixels
@@ -170,14 +179,22 @@ def probability_map(
     return sigmoid(np.ascontiguousarray(logits[:rows, :cols]))
 
 
-def _scaled_probability_map(
-    normalised: np.ndarray, models: ModelSet, spacing_px: float, target_px: float, unet_padding: str
-) -> np.ndarray:
-    """Resample so the lattice period is `target_px`, run the U-Net, resample the map back."""
+def unet_factor(period_px: float, scale: dict[str, Any]) -> float:
+    """Resampling factor for a scale-normalised U-Net: target period / period, at most scale["max_upscale"].
+
+    The cap bounds the U-Net's cost on fine lattices (the default set: 1.3, so <= 10 GFLOP for 1024x1440);
+    such a U-Net is trained to find holes at periods down to target / max_upscale.
+    """
+    f = float(scale["spacing_px"]) / float(period_px)
+    cap = scale.get("max_upscale")
+    return min(f, float(cap)) if cap else f
+
+
+def _scaled_probability_map(normalised: np.ndarray, models: ModelSet, f: float, unet_padding: str) -> np.ndarray:
+    """Resample by `f`, run the U-Net, resample the map back."""
     import cv2
 
     rows, cols = normalised.shape
-    f = float(target_px) / float(spacing_px)
     new_size = (max(1, int(round(cols * f))), max(1, int(round(rows * f))))
     interp = cv2.INTER_AREA if f < 1.0 else cv2.INTER_CUBIC
     small = cv2.resize(normalised, new_size, interpolation=interp)
@@ -207,8 +224,11 @@ def hole_centroids(mask: np.ndarray, window: int = REGION_WINDOW) -> np.ndarray:
 
 
 def crop_half_side(spacing_px: float) -> int:
-    """Half the side of a hole crop: floor(spacing / 2) - 10 as the original, but at least spacing / 4."""
-    return int(max(math.floor(spacing_px / 2.0) - CROP_MARGIN_PX, max(1.0, math.floor(spacing_px / 4.0))))
+    """Half the side of a hole crop: floor(spacing / 2) - 10 as the original, but at least floor(0.45 spacing).
+
+    The two agree from a 200 px period up (the real example's 290 px gives the original's 270 px crops)."""
+    return int(max(math.floor(spacing_px / 2.0) - CROP_MARGIN_PX,
+                   max(1.0, math.floor(CROP_MIN_FRACTION * spacing_px / 2.0))))
 
 
 @dataclass(frozen=True)
@@ -382,7 +402,8 @@ def find_holes(
 
     threshold: U-Net probability threshold (default: the model's manifest). edge_tolerance: how far (px)
     outside the image a lattice point may lie (-10: at least 10 px inside). refine: least-squares lattice
-    refinement. score: "unet" (summed U-Net probability per crop) or "cnn" (hole CNN). k: neighbours per
+    refinement. score: "unet" (summed U-Net probability per crop, counted in the U-Net's pixels, so the same
+    at any magnification) or "cnn" (hole CNN). k: neighbours per
     centroid in the lattice search. crop_mode / unet_padding: "ptolemy" reproduces the original's crop
     windows and padding (see PTOLEMY_COMPAT). cnn: False skips the hole CNN (scores["cnn"] = None).
     """
@@ -415,33 +436,129 @@ def find_holes(
         return _empty(info, model_set, "constant image: nothing to find", timings)
     scale = unet_spec.get("scale") or None
     target = float(scale["spacing_px"]) if isinstance(scale, dict) and scale.get("spacing_px") else None
-    period = None
-    if target is not None:
-        from .spacing import estimate_spacing
+    if target is not None and not (target > 0 and float(scale.get("max_upscale") or 1.0) > 0):
+        raise ModelError(f"hole_unet scale in {model_set.directory / 'manifest.json'} must be positive: {scale}")
+    thr = float(unet_spec.get("threshold", 0.5) if threshold is None else threshold)
+    if target is None:
+        timings["normalise"] = time.perf_counter() - t
+        t = time.perf_counter()
+        prob = probability_map(normalised, model_set, unet_padding=unet_padding)
+        timings["unet"] = time.perf_counter() - t
+        return holes_from_map(
+            image, prob, model_set, threshold=thr, edge_tolerance=edge_tolerance, refine=refine,
+            score=score, k=k, crop_mode=crop_mode, cnn=use_cnn, timings=timings,
+        )
 
-        period = estimate_spacing(normalised)
-        if period is None:
-            timings["normalise"] = time.perf_counter() - t
-            return _empty(info, model_set, "no lattice period found in the image (blank or noise?)", timings)
-        if period < MIN_PERIOD_PX:
-            # A pixel-level pattern (detector fixed pattern, a checkerboard) would make the U-Net input
-            # (target/period)^2 times larger than the image: refuse instead of spending minutes and GBs.
-            timings["normalise"] = time.perf_counter() - t
-            return _empty(info, model_set, f"lattice period {period:.1f} px is below the {MIN_PERIOD_PX} px "
-                          "the hole finder resolves (not a hole lattice?)", timings)
+    from .spacing import estimate_spacing
+
+    # Raw counts, not the normalised image: the estimate masks grid bars by their near-zero dose.
+    period = estimate_spacing(image.data)
     timings["normalise"] = time.perf_counter() - t
+    if period is not None and period < MIN_PERIOD_PX:
+        # A pixel-level pattern (detector fixed pattern, a checkerboard) would make the U-Net input
+        # (target/period)^2 times larger than the image: refuse instead of spending minutes and GBs.
+        return _empty(info, model_set, f"lattice period {period:.1f} px is below the {MIN_PERIOD_PX} px "
+                      "the hole finder resolves (not a hole lattice?)", timings)
+    best = None  # (quality, factor, prob, lattice)
+    first_reason = None
+    tried: set[float] = set()
+    for candidate in period_candidates(period, image.shape, scale):
+        f = unet_factor(candidate, scale)
+        if f in tried:  # periods below the U-Net's shortest all run at its largest upscale
+            continue
+        tried.add(f)
+        t = time.perf_counter()
+        prob = _scaled_probability_map(normalised, model_set, f, unet_padding)
+        timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
+        on_ladder = candidate != period
+        # Off the ladder, a map with far more blobs than the period allows is noise the U-Net fired on;
+        # fitting a lattice to thousands of such blobs would cost seconds and find nothing.
+        limit = _LADDER_EXCESS * image.shape[0] * image.shape[1] / candidate**2 + 10 if on_ladder else None
+        lattice, reason, quality = _fit_map(prob, thr, k, refine, timings, max_centroids=limit)
+        if on_ladder and lattice is not None and quality < _LADDER_MIN_QUALITY:
+            lattice, reason = None, "no convincing lattice"
+        if lattice is not None and _consistent(lattice.spacing_px, candidate):
+            if best is None or quality > best[0]:
+                best = (quality, f, prob, lattice)
+            # The measured period is taken as it is; off the ladder, a map at a far too coarse scale can
+            # still hold a lattice of its period by chance, so the ladder goes on until one is convincing.
+            if not on_ladder or quality >= _CONVINCING:
+                break
+        elif first_reason is None and period is not None:
+            first_reason = reason or (f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees "
+                                      f"with the image's period ({period:.1f} px)")
+    if best is None:
+        reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
+        return _empty(info, model_set, reason, timings)
+    _, f, prob, lattice = best
+    return _holes_on_lattice(image, prob, lattice, model_set, edge_tolerance=edge_tolerance, score=score,
+                             crop_mode=crop_mode, cnn=use_cnn, timings=timings, info=info, unet_area=f * f)
+
+
+# A lattice whose points hold this share of the map's hole candidates, times the share of its points that
+# hold one, ends the ladder (a true lattice at the right scale scores ~0.9); below the second it is not
+# taken at all (the U-Net fires on pure noise, and lattices through such blobs score 0.1-0.3).
+_CONVINCING = 0.7
+_LADDER_MIN_QUALITY = 0.35
+# A ladder try whose map has more blobs than this times the lattice points the image holds is noise.
+_LADDER_EXCESS = 2.0
+# The lattice a scale-normalised U-Net map gives must lie within this factor of the period it was run at
+# (the U-Nets are trained for +-12 % of their canonical period).
+_SCALE_TOLERANCE = 1.25
+# Periods tried, longest first, when the image's period cannot be measured: the issue's 40-400 px in
+# steps of _SCALE_TOLERANCE, so every period is within 12 % of one of them. A try runs the U-Net on
+# unet_factor(period)^2 times the image's pixels; tries above this many U-Net input pixels are skipped.
+_LADDER_LONGEST = 400.0
+_LADDER_SHORTEST = 40.0
+_LADDER_MAX_PIXELS = 4_000_000
+
+
+def period_candidates(period: float | None, shape: tuple[int, int], scale: dict[str, Any]) -> list[float]:
+    """Periods (px) to run a scale-normalised U-Net at: the measured period, then a ladder 400 -> 40 px.
+
+    Ladder rungs within 12 % of the measured period are dropped (that try already covered them), as are
+    periods longer than half the image's shorter side (no lattice to fit) and those whose resampled image
+    would exceed _LADDER_MAX_PIXELS (seconds of U-Net on a large image at a short period).
+    """
+    out = [] if period is None else [float(period)]
+    rows, cols = int(shape[0]), int(shape[1])
+    p = _LADDER_LONGEST
+    while p >= _LADDER_SHORTEST / 1.0001:
+        near_measured = period is not None and _consistent(p, period, math.sqrt(_SCALE_TOLERANCE))
+        fits = p <= min(rows, cols) / 2.0 and rows * cols * unet_factor(p, scale) ** 2 <= _LADDER_MAX_PIXELS
+        if fits and not near_measured:
+            out.append(p)
+        p /= _SCALE_TOLERANCE
+    return out
+
+
+def _consistent(a: float, b: float, factor: float = _SCALE_TOLERANCE) -> bool:
+    return 1.0 / factor <= a / b <= factor
+
+
+def _fit_map(prob: np.ndarray, thr: float, k: int, refine: bool, timings: dict[str, float],
+             max_centroids: float | None = None):
+    """Threshold, centroids and lattice of a probability map: (lattice, None, quality) or (None, reason, 0).
+
+    quality: the share of centroids on the lattice times the share of lattice points on a positive pixel.
+    With more than `max_centroids` candidates no lattice is fitted.
+    """
+    from .lattice import fit_lattice
 
     t = time.perf_counter()
-    if period is None:
-        prob = probability_map(normalised, model_set, unet_padding=unet_padding)
-    else:
-        prob = _scaled_probability_map(normalised, model_set, period, target, unet_padding)
-    timings["unet"] = time.perf_counter() - t
-
-    return holes_from_map(
-        image, prob, model_set, threshold=threshold, edge_tolerance=edge_tolerance, refine=refine,
-        score=score, k=k, crop_mode=crop_mode, cnn=use_cnn, timings=timings,
-    )
+    mask = prob > thr
+    centroids = hole_centroids(mask)
+    timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
+    if len(centroids) < 2:
+        return None, f"fewer than 2 hole candidates in the U-Net map ({len(centroids)})", 0.0
+    if max_centroids is not None and len(centroids) > max_centroids:
+        return None, f"{len(centroids)} hole candidates are more than the lattice can hold", 0.0
+    t = time.perf_counter()
+    lattice = fit_lattice(centroids, mask, k=k, refine=refine)
+    timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
+    if lattice is None:
+        return None, "no square lattice fits the hole candidates", 0.0
+    return lattice, None, lattice.n_inliers / len(centroids) * lattice.occupancy
 
 
 def holes_from_map(
@@ -470,33 +587,32 @@ def holes_from_map(
     if prob.shape != image.shape:
         raise ValueError(f"probability map shape {prob.shape} differs from the image's {image.shape}")
     timings = {} if timings is None else timings
-    model_set = models
-    unet_spec = model_set.spec("hole_unet")
-    use_cnn = cnn
     info = ImageInfo(path=image.source, shape=image.shape, pixel_size_A=image.pixel_size_A, section=image.section)
-    t = time.perf_counter()
-    thr = float(unet_spec.get("threshold", 0.5) if threshold is None else threshold)
-    mask = prob > thr
-    centroids = hole_centroids(mask)
-    timings["centroids"] = time.perf_counter() - t
-    if len(centroids) < 2:
-        return _empty(info, model_set, f"fewer than 2 hole candidates in the U-Net map ({len(centroids)})", timings)
-
-    t = time.perf_counter()
-    from .lattice import fit_lattice
-
-    lattice = fit_lattice(centroids, mask, k=k, refine=refine)
-    timings["lattice"] = time.perf_counter() - t
+    thr = float(models.spec("hole_unet").get("threshold", 0.5) if threshold is None else threshold)
+    lattice, reason, _ = _fit_map(prob, thr, k, refine, timings)
     if lattice is None:
-        return _empty(info, model_set, "no square lattice fits the hole candidates", timings)
+        return _empty(info, models, reason, timings)
+    return _holes_on_lattice(image, prob, lattice, models, edge_tolerance=edge_tolerance, score=score,
+                             crop_mode=crop_mode, cnn=cnn, timings=timings, info=info)
 
+
+def _holes_on_lattice(image, prob: np.ndarray, lattice, model_set: ModelSet, *, edge_tolerance: float,
+                      score: str, crop_mode: str, cnn: bool, timings: dict[str, float],
+                      info: ImageInfo, unet_area: float = 1.0) -> HoleResult:
+    """The stages after the lattice: lattice points, crops, U-Net and CNN scores.
+
+    unet_area: U-Net pixels per input pixel. The "unet" score is the summed probability in the U-Net's own
+    pixels, so that a scale-normalised U-Net gives holes the same score at any magnification (summed over
+    input pixels it would grow with the square of the period, and rank every hole of a coarse image first).
+    """
+    use_cnn = cnn
     t = time.perf_counter()
     points = lattice.points(image.shape, edge_tolerance)
     if len(points) == 0:
         return _empty(info, model_set, f"no lattice point within edge_tolerance={edge_tolerance:g} px", timings,
                       lattice)
     geometry = hole_crops(points, lattice.angle_deg, lattice.spacing_px, image.shape, crop_mode)
-    unet = unet_scores(prob, geometry)
+    unet = unet_scores(prob, geometry) * unet_area
     timings["crops"] = time.perf_counter() - t
 
     cnn_values = np.full(len(points), np.nan)

@@ -20,7 +20,9 @@ from ptolemy_rt.holes import (
     hole_crops,
     holes_from_map,
     normalise_image,
+    period_candidates,
     probability_map,
+    unet_factor,
     unet_pad_shape,
 )
 from ptolemy_rt.models import ModelSet, load_models
@@ -183,6 +185,88 @@ def test_scale_normalised_unet(tiny_dir, tmp_path):
     assert blank.holes == () and "period" in blank.reason
 
 
+def test_unet_score_does_not_depend_on_magnification(tiny_dir, tmp_path):
+    # A scale-normalised U-Net's summed probability is counted in its own pixels: the same holes imaged at
+    # half the magnification score the same (summed over input pixels they would score 4x less).
+    import cv2
+
+    scaled = load_models(edit_manifest(tiny_dir, tmp_path / "scaled", "hole_unet", scale={"spacing_px": 64}))
+    img, _ = lattice_image(spacing=170.0, angle=33.0, shape=(700, 900), seed=4)
+    half = cv2.resize(img, (450, 350), interpolation=cv2.INTER_AREA)
+    full_scores = [h.scores["unet"] for h in find_holes(img, scaled, cnn=False).holes]
+    half_scores = [h.scores["unet"] for h in find_holes(half, scaled, cnn=False, edge_tolerance=-5).holes]
+    assert len(full_scores) > 10 and len(half_scores) > 10
+    assert np.median(half_scores) / np.median(full_scores) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("scale", [{"spacing_px": -64}, {"spacing_px": 64, "max_upscale": -1}])
+def test_bad_scale_in_the_manifest_is_a_model_error(tiny_dir, tmp_path, scale):
+    from ptolemy_rt.errors import ModelError
+
+    bad = load_models(edit_manifest(tiny_dir, tmp_path / "bad", "hole_unet", scale=scale))
+    img, _ = lattice_image(spacing=170.0, angle=33.0, shape=(700, 900), seed=4)
+    with pytest.raises(ModelError, match="scale"):
+        find_holes(img, bad)
+
+
+def test_period_candidates():
+    scale = {"spacing_px": 64.0}
+    ladder = period_candidates(None, (1024, 1440), scale)
+    assert ladder[0] == 400.0 and 40.0 <= ladder[-1] < 50.0
+    assert all(a / b == pytest.approx(1.25) for a, b in zip(ladder, ladder[1:]))
+    # every period the issue names (40-400 px) is within the U-Nets' trained +-12 % of a rung
+    for p in np.geomspace(40.0, 400.0, 301):
+        assert min(abs(math.log(p / q)) for q in ladder) <= math.log(1.12)
+    measured = period_candidates(100.0, (1024, 1440), scale)
+    assert measured[0] == 100.0 and len(measured) < len(ladder) + 1
+    assert all(abs(math.log(q / 100.0)) > math.log(1.118) for q in measured[1:])
+    assert max(period_candidates(None, (300, 2000), scale)) <= 150.0  # two periods across the short side
+    assert min(period_candidates(None, (4096, 4096), scale)) >= 64.0 * 4096 / 2000  # <= 4 Mpx of U-Net input
+    # a capped upscale makes the shortest rungs cheap enough to try on a larger image
+    capped = {"spacing_px": 64.0, "max_upscale": 1.3}
+    assert min(period_candidates(None, (1536, 1536), scale)) > 50.0
+    assert min(period_candidates(None, (1536, 1536), capped)) < 45.0
+
+
+def test_unet_factor():
+    assert unet_factor(128.0, {"spacing_px": 64.0}) == 0.5
+    assert unet_factor(32.0, {"spacing_px": 64.0}) == 2.0
+    assert unet_factor(32.0, {"spacing_px": 64.0, "max_upscale": 1.3}) == 1.3
+    assert unet_factor(290.0, {"spacing_px": 64.0, "max_upscale": 1.3}) == pytest.approx(64.0 / 290.0)
+
+
+@pytest.mark.parametrize("estimate", [None, 340.0, 85.0])
+def test_unmeasured_or_wrong_period_falls_back_to_the_ladder(tiny_dir, tmp_path, monkeypatch, estimate):
+    # No period (None), a harmonic (2x) or a subharmonic: the U-Net runs at other scales until the lattice in
+    # its map agrees with the scale it ran at.
+    import ptolemy_rt.spacing
+
+    scaled = load_models(edit_manifest(tiny_dir, tmp_path / "scaled", "hole_unet", scale={"spacing_px": 64}))
+    img, pts = lattice_image(spacing=170.0, angle=33.0, shape=(700, 900), seed=4)
+    monkeypatch.setattr(ptolemy_rt.spacing, "estimate_spacing", lambda image: estimate)
+    res = find_holes(img, scaled)
+    assert res.reason is None and abs(res.spacing_px / 170.0 - 1) < 0.01
+    assert near(np.array([[h.x, h.y] for h in res.holes]), pts).max() < 0.03 * 170.0
+
+
+def test_shipped_set_finds_a_lattice_the_period_estimate_misses():
+    # A dim carbon film with strong ice gradients (make_medmag test seed 2**40 + 8): the autocorrelation
+    # finds no period; the ladder of U-Net scales does.
+    from ptolemy_rt.models import default_models_dir
+    from ptolemy_rt.spacing import estimate_spacing
+    from ptolemy_rt.synth import make_medmag
+
+    img, truth = make_medmag(2**40 + 8)
+    assert estimate_spacing(img) is None
+    res = find_holes(img, load_models(default_models_dir()), cnn=False)
+    assert res.reason is None and abs(res.spacing_px / truth.spacing_px - 1) < 0.02
+    h, w = img.shape
+    c = np.asarray(truth.centers)
+    inside = c[(c[:, 0] >= 10) & (c[:, 0] <= w - 11) & (c[:, 1] >= 10) & (c[:, 1] <= h - 11)]
+    found = near(inside, np.array([[x.x, x.y] for x in res.holes])) < 0.1 * truth.spacing_px
+    assert found.mean() >= 0.9
+
+
 def test_batch_independent_cnn_batches(tiny_dir, tmp_path):
     img, _ = lattice_image(seed=5)
     one_by_one = find_holes(img, load_models(edit_manifest(tiny_dir, tmp_path / "b", "hole_cnn", bn="batch")),
@@ -193,8 +277,10 @@ def test_batch_independent_cnn_batches(tiny_dir, tmp_path):
 
 def test_crop_geometry():
     assert crop_half_side(290.5202513686207) == 135  # 270 x 270 crops, area 72900, as the original
-    assert crop_half_side(40.0) == 10
-    assert crop_half_side(30.0) == 7  # floor(d/2) - 10 would be 5: at least a quarter spacing
+    assert crop_half_side(200.0) == 90  # both rules agree from here up
+    assert crop_half_side(100.0) == 45  # the original's 40 would cut into a 70 px hole
+    assert crop_half_side(40.0) == 18  # 36 px crops show film around a 28 px hole; the original's 20 do not
+    assert crop_half_side(30.0) == 13
     crops = hole_crops(np.array([[100.0, 80.0]]), 30.0, 100.0, (200, 300))
     m = crops.matrices[0]
     side = crops.shapes[0][0]
@@ -235,9 +321,9 @@ def test_small_crops_are_resized_up_to_the_cnn_minimum():
     from ptolemy_rt.holes import _cnn_input
 
     img = np.random.default_rng(0).normal(0, 1, (50, 50)).astype(np.float32)
-    crops = hole_crops(np.array([[25.0, 25.0]]), 10.0, 30.0, img.shape)  # 14 x 14 crop
+    crops = hole_crops(np.array([[25.0, 25.0]]), 10.0, 30.0, img.shape)  # 26 x 26 crop
     x = _cnn_input(img, crops.matrices[0], crops.shapes[0], 63)
-    assert crops.shapes[0] == (14, 14) and x.shape == (63, 63)
+    assert crops.shapes[0] == (26, 26) and x.shape == (63, 63)
     assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-4
 
 

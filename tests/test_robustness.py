@@ -47,15 +47,22 @@ def test_multipage_tiff_pages_of_different_sizes(tmp_path):
         assert read_image(p).shape == (40, 50)
 
 
-def test_pixel_level_pattern_is_refused_before_the_unet():
+def test_pixel_level_pattern_gives_no_holes_and_bounded_unet_inputs(monkeypatch):
+    import ptolemy_rt.holes as holes
+
     models = _default_models()
     if not models.spec("hole_unet").get("scale"):
         pytest.skip("the shipped U-Net runs at native scale")
+    sizes = []
+    real = holes.probability_map
+    monkeypatch.setattr(holes, "probability_map", lambda z, *a, **k: sizes.append(z.size) or real(z, *a, **k))
     yy, xx = np.mgrid[:512, :512]
     checker = (((xx + yy) % 2) * 200).astype(np.int16)
     result = find_holes(checker, models=models)
     assert result.holes == () and result.reason
-    assert "unet" not in result.timings  # refused before the network ran
+    # No period is measured, so the U-Net tries the ladder of periods; a 1.4 px "period" taken at its word
+    # would have made its input ~2000x the image.
+    assert sizes and max(sizes) <= 1.3**2 * checker.size + 16 * 1024
 
 
 def test_huge_integer_values_are_rescaled():
@@ -71,3 +78,18 @@ def test_huge_integer_values_are_rescaled():
 def test_find_holes_without_models_is_a_clear_error():
     with pytest.raises(ValueError, match="hole_unet"):
         find_holes(np.ones((300, 300), np.float32), models=False)
+
+
+@pytest.mark.parametrize("kind", ["poisson", "gauss", "gradient"])
+def test_noise_gives_no_holes_with_the_shipped_set(kind):
+    # With no measurable period the shipped U-Net is tried at every period of the ladder; it fires on pure
+    # noise (probabilities ~0.99), and a lattice through 26 such blobs once passed for 12 holes.
+    models = _default_models()
+    rng = np.random.default_rng(0)
+    image = {
+        "poisson": lambda: rng.poisson(50, (1024, 1440)),
+        "gauss": lambda: rng.normal(0, 1, (1024, 1440)),
+        "gradient": lambda: np.add.outer(np.arange(1024), np.arange(1440)),
+    }[kind]().astype(np.float32)
+    result = find_holes(image, models=models)
+    assert result.holes == () and "no hole lattice" in result.reason

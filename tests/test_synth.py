@@ -235,7 +235,7 @@ def test_default_set_manifest_hashes_and_licence():
         assert "published" not in prov.get("source", "")
     assert total < 10 * 1024 * 1024
     unet = manifest["models"]["hole_unet"]
-    assert unet["scale"] == {"spacing_px": 64.0} and 0 < unet["threshold"] < 1
+    assert unet["scale"] == {"spacing_px": 64.0, "max_upscale": 1.3} and 0 < unet["threshold"] < 1
     assert manifest["models"]["square_cnn"]["crop_size"] == 240
     assert manifest["models"]["hole_cnn"]["min_size"] >= 1
 
