@@ -313,6 +313,8 @@ def write_entry(out: Path, task: str, entry: dict[str, Any]) -> None:
             "generator_version": data.GENERATOR_VERSION,
             "note": "the project's own models; reproduce with the command in each model's provenance",
         },
+        # Our hole CNN ranks holes better than our U-Net's summed probability (ptolemy_rt.holes.default_score).
+        "hole_score": "cnn",
         "models": {t: models[t] for t in ("square_cnn", "hole_unet", "hole_cnn") if t in models},
     }
     write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode())

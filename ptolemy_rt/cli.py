@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ho = sub.add_parser("holes", aliases=["medmag"], help="find and score holes in medium-mag images")
     _common(ho)
     ho.add_argument("--score", choices=["unet", "cnn"], help="which score ranks the holes (default: cnn with "
-                    "--compat ptolemy, else unet)")
+                    "--compat ptolemy or --original, else the model set's choice: cnn for the shipped set, unet "
+                    "for the published weights)")
     ho.add_argument("--edge-tolerance", type=float, default=-10.0, help="how far outside the image a hole centre "
                     "may lie, px (default -10: at least 10 px inside)")
     ho.add_argument("--threshold", type=float, help="U-Net probability threshold (default: the model's)")
@@ -226,7 +227,8 @@ def _cmd_holes(args: argparse.Namespace) -> int:
     from .holes import PTOLEMY_COMPAT
 
     options = dict(PTOLEMY_COMPAT) if args.original else {"refine": not args.no_refine}
-    options["score"] = args.score or ("cnn" if args.compat == "ptolemy" or args.original else "unet")
+    # None: the model set's choice (holes.default_score)
+    options["score"] = args.score or ("cnn" if args.compat == "ptolemy" or args.original else None)
     options.update(edge_tolerance=args.edge_tolerance, threshold=args.threshold)
     return _run_batch(args, find_holes, options)
 

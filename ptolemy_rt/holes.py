@@ -51,6 +51,7 @@ __all__ = [
     "cnn_scores",
     "PTOLEMY_COMPAT",
     "SCORES",
+    "default_score",
     "CROP_MODES",
     "PADDINGS",
     "MIN_SIDE",
@@ -367,6 +368,19 @@ def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet) -> np.ndar
 # Pipeline
 
 
+def default_score(models: ModelSet, cnn: bool = True) -> str:
+    """The score that ranks holes when none is asked for: the set's manifest "hole_score", else "unet".
+
+    "unet" (the paper's best classifier) for the published weights; the default set names "cnn": its hole
+    CNN ranks a good hole first in 32 of 32 synthetic test images, its U-Net sum in 19 (see models/README.md).
+    "cnn" falls back to "unet" when the set has no hole CNN or `cnn` is False.
+    """
+    name = models.manifest.get("hole_score", "unet")
+    if name == "cnn" and cnn and models.has("hole_cnn"):
+        return "cnn"
+    return "unet"
+
+
 def _empty(info: ImageInfo, models: ModelSet, reason: str, timings: dict[str, float],
            lattice=None) -> HoleResult:
     return HoleResult(
@@ -392,7 +406,7 @@ def find_holes(
     threshold: float | None = None,
     edge_tolerance: float = -10.0,
     refine: bool = True,
-    score: str = "unet",
+    score: str | None = None,
     k: int = 6,
     crop_mode: str = "centred",
     unet_padding: str = "minimal",
@@ -403,11 +417,11 @@ def find_holes(
     threshold: U-Net probability threshold (default: the model's manifest). edge_tolerance: how far (px)
     outside the image a lattice point may lie (-10: at least 10 px inside). refine: least-squares lattice
     refinement. score: "unet" (summed U-Net probability per crop, counted in the U-Net's pixels, so the same
-    at any magnification) or "cnn" (hole CNN). k: neighbours per
-    centroid in the lattice search. crop_mode / unet_padding: "ptolemy" reproduces the original's crop
+    at any magnification) or "cnn" (hole CNN); None: the model set's choice (see default_score). k: neighbours
+    per centroid in the lattice search. crop_mode / unet_padding: "ptolemy" reproduces the original's crop
     windows and padding (see PTOLEMY_COMPAT). cnn: False skips the hole CNN (scores["cnn"] = None).
     """
-    if score not in SCORES:
+    if score is not None and score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if crop_mode not in CROP_MODES:
         raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
@@ -423,6 +437,7 @@ def find_holes(
         raise ValueError("find_holes needs a model set with a hole_unet (models=False is for find_squares only)")
     model_set = resolve_models(models, provider=provider, threads=threads)
     unet_spec = model_set.spec("hole_unet")
+    score = default_score(model_set, cnn) if score is None else score
     use_cnn = cnn and (score == "cnn" or model_set.has("hole_cnn"))
     if use_cnn:
         model_set.spec("hole_cnn")  # fail early, before a second of U-Net, when it is missing
@@ -569,7 +584,7 @@ def holes_from_map(
     threshold: float | None = None,
     edge_tolerance: float = -10.0,
     refine: bool = True,
-    score: str = "unet",
+    score: str | None = None,
     k: int = 6,
     crop_mode: str = "centred",
     cnn: bool = True,
@@ -579,6 +594,7 @@ def holes_from_map(
 
     `prob` is the U-Net probability map of `image` (same shape); `timings` collects seconds per stage.
     """
+    score = default_score(models, cnn) if score is None else score
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if score == "cnn" and not cnn:

@@ -104,6 +104,12 @@ def test_holes_cli(tmp_path, medmag, models_dir, capsys):
     assert code == 0, err
     d = json.loads(out.read_text())
     assert d["kind"] == "holes"
+    # the score that ranks the holes is the set's choice unless --score says otherwise
+    chosen = json.loads((models_dir / "manifest.json").read_text()).get("hole_score", "unet")
+    assert d["targets"] and all(t["score"] == t["scores"][chosen] for t in d["targets"])
+    code, _, err = run(["holes", medmag, "-o", out, "--models", models_dir, "--score", "unet"], capsys)
+    assert code == 0, err
+    assert all(t["score"] == t["scores"]["unet"] for t in json.loads(out.read_text())["targets"])
     code, stdout, _ = run(["medmag", medmag, "--compat", "ptolemy", "--models", models_dir], capsys)
     assert code == 0
     recs = json.loads(stdout.splitlines()[0])

@@ -209,6 +209,22 @@ def test_bad_scale_in_the_manifest_is_a_model_error(tiny_dir, tmp_path, scale):
         find_holes(img, bad)
 
 
+def test_default_score_is_the_model_sets_choice(tiny_dir, tmp_path):
+    img, _ = lattice_image(spacing=150.0, angle=20.0, shape=(600, 800), seed=1)
+    res = find_holes(img, load_models(tiny_dir))  # no "hole_score" in the manifest: the paper's unet
+    assert res.holes and all(h.score == h.scores["unet"] for h in res.holes)
+    chosen = tmp_path / "cnn-first"
+    shutil.copytree(tiny_dir, chosen)
+    manifest = json.loads((chosen / "manifest.json").read_text())
+    manifest["hole_score"] = "cnn"
+    (chosen / "manifest.json").write_text(json.dumps(manifest))
+    cnn_first = load_models(chosen)
+    res = find_holes(img, cnn_first)
+    assert res.holes and all(h.score == h.scores["cnn"] for h in res.holes)
+    assert all(h.score == h.scores["unet"] for h in find_holes(img, cnn_first, score="unet").holes)
+    assert all(h.score == h.scores["unet"] for h in find_holes(img, cnn_first, cnn=False).holes)
+
+
 def test_period_candidates():
     scale = {"spacing_px": 64.0}
     ladder = period_candidates(None, (1024, 1440), scale)
