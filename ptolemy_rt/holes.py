@@ -183,7 +183,7 @@ def probability_map(
 def unet_factor(period_px: float, scale: dict[str, Any]) -> float:
     """Resampling factor for a scale-normalised U-Net: target period / period, at most scale["max_upscale"].
 
-    The cap bounds the U-Net's cost on fine lattices (the default set: 1.3, so <= 10 GFLOP for 1024x1440);
+    The cap bounds the U-Net's cost on fine lattices (the default set: 1.3, so <= 2.9 GFLOP for 1024x1440);
     such a U-Net is trained to find holes at periods down to target / max_upscale.
     """
     f = float(scale["spacing_px"]) / float(period_px)
@@ -372,7 +372,7 @@ def default_score(models: ModelSet, cnn: bool = True) -> str:
     """The score that ranks holes when none is asked for: the set's manifest "hole_score", else "unet".
 
     "unet" (the paper's best classifier) for the published weights; the default set names "cnn": its hole
-    CNN ranks a good hole first in 32 of 32 synthetic test images, its U-Net sum in 19 (see models/README.md).
+    CNN ranks a good hole first in 32 of 32 synthetic test images, its U-Net sum in 21 (see models/README.md).
     "cnn" falls back to "unet" when the set has no hole CNN or `cnn` is False.
     """
     name = models.manifest.get("hole_score", "unet")
