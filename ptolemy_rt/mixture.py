@@ -97,6 +97,18 @@ def _integral(data):
     return True
 
 
+@numba.njit(cache=CACHE, nogil=True, inline="always")
+def _bin(v, unit, scale, top):
+    # Histogram bin of one pixel: counts (the value itself for integer data, else value * scale, rounded),
+    # negatives in bin 0, everything from `top` up in the last bin.
+    if v <= 0.0:
+        return 0
+    if unit:
+        return top if v >= top else int(v)
+    x = math.floor(v * scale + 0.5)
+    return top if x >= top else int(x)
+
+
 @numba.njit(cache=CACHE, nogil=True)
 def _hist(data, scale, top):
     # Four interleaved sub-histograms: neighbouring pixels often share a bin, and a single
@@ -108,26 +120,9 @@ def _hist(data, scale, top):
     stop = size - size % 4
     for i in range(0, stop, 4):
         for q in range(4):
-            v = flat[i + q]
-            if v <= 0.0:
-                k = 0
-            elif unit:
-                # Integer-valued data: the value is the count.
-                k = top if v >= top else int(v)
-            else:
-                x = math.floor(v * scale + 0.5)
-                k = top if x >= top else int(x)
-            sub[q, k] += 1
+            sub[q, _bin(flat[i + q], unit, scale, top)] += 1
     for i in range(stop, size):
-        v = flat[i]
-        if v <= 0.0:
-            k = 0
-        elif unit:
-            k = top if v >= top else int(v)
-        else:
-            x = math.floor(v * scale + 0.5)
-            k = top if x >= top else int(x)
-        sub[0, k] += 1
+        sub[0, _bin(flat[i], unit, scale, top)] += 1
     out = sub[0] + sub[1] + sub[2] + sub[3]
     return out
 
