@@ -342,11 +342,9 @@ def print_table(columns: list[Column], file=sys.stdout) -> None:
             v = _get(c.results, keys)
             row.append("-" if v is None else fmt.format(v))
         table.append(row)
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print("| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |", file=file)
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=file)
+    from benchmarks.harness import print_markdown
+
+    print_markdown(table, file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,16 @@ def time_it(name: str, fn: Callable[[], object], repeat: int = 10, warmup: int =
     return Timing(name=name, times_ms=tuple(times), first_ms=first, rss_mb=peak_rss_mb())
 
 
+def print_markdown(table: Sequence[Sequence[str]], file=None) -> None:
+    """Print rows of strings (the first is the header) as an aligned Markdown table."""
+    out = file or sys.stdout
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |", file=out)
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
+
+
 def print_table(rows: Iterable[Timing], title: str = "", baseline: str | None = None,
                 extra: Sequence[tuple[str, str]] = (), file=None) -> None:
     """Print timings as an aligned table; with `baseline`, a column of ratios to that row's median."""
@@ -77,11 +87,7 @@ def print_table(rows: Iterable[Timing], title: str = "", baseline: str | None = 
         if base:
             line.append(f"{r.median / base:.3f}")
         table.append(line)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |", file=out)
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
+    print_markdown(table, out)
     for key, value in extra:
         print(f"{key}: {value}", file=out)
 
