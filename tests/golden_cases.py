@@ -46,6 +46,7 @@ PUBLISHED_CASES: list[tuple[str, str, list[str]]] = [
     ("pub_medmag_holes_original_compat", "ref_medmag",
      ["holes", "--original", "--compat", "ptolemy", "--edge-tolerance", "100"]),
     ("pub_medmag_holes_compat", "ref_medmag", ["holes", "--compat", "ptolemy"]),
+    ("pub_medmag_holes_original_compat_edge_default", "ref_medmag", ["holes", "--original", "--compat", "ptolemy"]),
 ]
 
 
