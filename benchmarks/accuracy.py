@@ -4,7 +4,7 @@
     python -m benchmarks.accuracy --models A --models B  # any sets (directories with manifest.json)
     python -m benchmarks.accuracy --no-published --n-medmag 6 --n-atlas 4 --json out.json
 
-Synthetic test set: ptolemy_rt.synth images with seeds from export.synth.test_seeds (>= 2**40; training
+Synthetic test set: ptolemy_rt.synthetic images with seeds from export.datasets.test_seeds (>= 2**40; training
 never draws them). Holes: find_holes (edge tolerance -10) against the truth holes at least 10 px inside the
 image; a hole is found when a lattice point lies within 0.1 x spacing; recall, precision, mean centre error
 (in % of the spacing) and the ranking AUC of truth-good holes among the found ones, by the hole CNN and by the
@@ -83,9 +83,9 @@ def match_unique(pred: np.ndarray, truth: np.ndarray, tol: float | np.ndarray) -
 
 def synthetic_holes(models, n: int) -> dict:
     """Hole detection and ranking on the synthetic med-mag test set."""
-    from export.synth import test_seeds
+    from export.datasets import test_seeds
     from ptolemy_rt.holes import find_holes
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     n_truth = n_found = n_pred = n_pred_ok = 0
     errors: list[float] = []
@@ -156,9 +156,9 @@ def synthetic_holes(models, n: int) -> dict:
 
 def synthetic_squares(models, n: int) -> dict:
     """Square detection and collectable ranking on the synthetic atlas test set."""
-    from export.synth import test_seeds
+    from export.datasets import test_seeds
     from ptolemy_rt.squares import find_squares
-    from ptolemy_rt.synth import make_atlas
+    from ptolemy_rt.synthetic import make_atlas
 
     n_truth = n_found = n_pred = n_pred_ok = 0
     labels: list[bool] = []

@@ -51,7 +51,7 @@ def main() -> None:
         images = {"squares": args.atlas, "holes": args.medmag}
         if not args.atlas.is_file() or not args.medmag.is_file():
             from ptolemy_rt.demo import write_mrc
-            from ptolemy_rt.synth import make_atlas, make_medmag
+            from ptolemy_rt.synthetic import make_atlas, make_medmag
 
             images = {"squares": Path(tmp) / "atlas.mrc", "holes": Path(tmp) / "medmag.mrc"}
             write_mrc(images["squares"], make_atlas(0)[0])

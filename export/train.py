@@ -6,8 +6,8 @@
 
 Each command trains one model from a fixed seed (torch.manual_seed, numpy generators seeded from it,
 torch.set_num_threads(2), deterministic algorithms) and replaces that model's entry in OUT/manifest.json,
-so rerunning a command rewrites byte-identical files. Training images come from ptolemy_rt.synth with seeds
-drawn by export.synth.train_seeds, all below export.synth.TEST_SEED_BASE (the benchmark's test seeds).
+so rerunning a command rewrites byte-identical files. Training images come from ptolemy_rt.synthetic with seeds
+drawn by export.datasets.train_seeds, all below export.datasets.TEST_SEED_BASE (the benchmark's test seeds).
 `--real DIR` adds a facility's own labelled images (image + same-stem .csv/.json of selected points) to the
 square or hole CNN's training data. The published Ptolemy weights are never read here.
 """
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import synth as data
+from . import datasets as data
 from .edge_nets import EdgeHoleCNN, EdgeSquareCNN, EdgeUNet, conv_macs, fold_batchnorm
 from .to_onnx import INPUT_NAME, MIN_OPSET, OUTPUT_NAME, export_onnx, write_atomic
 
@@ -198,7 +198,7 @@ def train_square(seed: int, epochs: int | None = None, threads: int = 2, real: P
 
 
 def real_hole_examples(folder: Path, model: EdgeHoleCNN) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hole crops from a facility's labelled med-mag images (see export.synth.real_hole_examples)."""
+    """Hole crops from a facility's labelled med-mag images (see export.datasets.real_hole_examples)."""
     crops, labels = data.real_hole_examples(folder, min_size=model.min_size)
     with torch.no_grad():
         if not crops:
@@ -214,7 +214,7 @@ NORMALISATION = {
     "hole_unet": (
         "per image: (image - mean) / std over the whole image (population std), then resample so the lattice "
         "period is scale.spacing_px (area averaging when shrinking, bicubic when enlarging, by at most "
-        "scale.max_upscale; ptolemy_rt.holes.unet_factor), "
+        "scale.max_upscale; ptolemy_rt.unet.unet_factor), "
         "pad at the bottom and right with 0 to multiples of `multiple`; run; crop and resample the map back; "
         "sigmoid; regions above `threshold` mark hole centres (Gaussian blobs, sigma 2 px at the canonical "
         "scale; peak ~1 for good holes, lower for bad ones, so the summed probability ranks holes)."
@@ -225,7 +225,7 @@ NORMALISATION = {
         "batch-independent (any batch composition gives the same scores)."
     ),
     "hole_cnn": (
-        "per crop: lattice-frame square crop of half-side ptolemy_rt.holes.crop_half_side(spacing) "
+        "per crop: lattice-frame square crop of half-side ptolemy_rt.crops.crop_half_side(spacing) "
         "(floor(spacing / 2) - 10, at least floor(0.45 spacing)), (crop - mean) / std of the crop itself; any size "
         ">= min_size (the graph resizes every crop to 32x32 internally); batch-independent."
     ),
@@ -258,8 +258,8 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
                    f"--out models/ --seed {seed}" + (f" --real {real}" if real else ""),
         "seed": seed,
         "data": ("synthetic only" if not real else f"the facility's labelled images in {real}, and synthetic")
-                + ": ptolemy_rt.synth (make_medmag / make_atlas), image seeds from "
-                "export.synth.train_seeds(seed), all < 2**40 (test seeds start at 2**40); "
+                + ": ptolemy_rt.synthetic (make_medmag / make_atlas), image seeds from "
+                "export.datasets.train_seeds(seed), all < 2**40 (test seeds start at 2**40); "
                 "no published Ptolemy weights or outputs were used",
         "generator_version": data.GENERATOR_VERSION,
         "recipe": recipe,
@@ -309,7 +309,7 @@ def write_entry(out: Path, task: str, entry: dict[str, Any]) -> None:
         "licence": LICENCE,
         "provenance": {
             "trainer": "export.train",
-            "data": "synthetic images from ptolemy_rt.synth; no real or published-model labels",
+            "data": "synthetic images from ptolemy_rt.synthetic; no real or published-model labels",
             "generator_version": data.GENERATOR_VERSION,
             "note": "the project's own models; reproduce with the command in each model's provenance",
         },

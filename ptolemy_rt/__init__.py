@@ -23,7 +23,8 @@ from .errors import (  # noqa: E402
     UnsupportedFormatError,
 )
 from .io import Image, read_image  # noqa: E402
-from .models import ModelSet, load_models  # noqa: E402
+from .models import ModelSet, ModelSpec, load_models  # noqa: E402
+from .options import HoleOptions, SquareOptions  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -34,6 +35,9 @@ __all__ = [
     "read_image",
     "Image",
     "ModelSet",
+    "ModelSpec",
+    "HoleOptions",
+    "SquareOptions",
     "PtolemyError",
     "InputError",
     "MissingFileError",

@@ -38,8 +38,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--format", choices=FORMATS, default="json", help="output format (default json)")
     p.add_argument("-o", "--output", metavar="OUT", help="output file, or a directory when several images are given "
                    "(default: standard output)")
-    p.add_argument("--compat", choices=["ptolemy"], help="write the original Ptolemy CLI's JSON (one line, its "
-                   "field names, order and int() centres)")
+    p.add_argument("--compat", choices=["ptolemy"], help="behave as the original Ptolemy CLI: its JSON (one line, "
+                   "its field names, order and int() centres) and, for holes, its lattice search, crop windows, "
+                   "U-Net padding and CNN scores (HoleOptions.ptolemy())")
     p.add_argument("--overlay", metavar="PNG", help="draw the result on the image (a file, or a directory for "
                    "several images)")
     p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
@@ -67,14 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     ho = sub.add_parser("holes", aliases=["medmag"], help="find and score holes in medium-mag images")
     _common(ho)
     ho.add_argument("--score", choices=["unet", "cnn"], help="which score ranks the holes (default: cnn with "
-                    "--compat ptolemy or --original, else the model set's choice: cnn for the shipped set, unet "
+                    "--compat ptolemy, else the model set's choice: cnn for the shipped set, unet "
                     "for the published weights)")
     ho.add_argument("--edge-tolerance", type=float, default=-10.0, help="how far outside the image a hole centre "
                     "may lie, px (default -10: at least 10 px inside)")
     ho.add_argument("--threshold", type=float, help="U-Net probability threshold (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
-    ho.add_argument("--original", action="store_true", help="reproduce the original tool's lattice and crops: "
-                    "5 neighbours per centroid, no refinement, its crop windows and U-Net padding, CNN scores")
+    ho.add_argument("--original", action="store_true", help="deprecated: the original's behaviour in our JSON "
+                    "(use --compat ptolemy)")
     ho.set_defaults(func=_cmd_holes)
 
     demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mo = sub.add_parser("models", help="show and verify a model set and the providers onnxruntime offers")
     mo.add_argument("--models", metavar="DIR")
+    mo.add_argument("--validate", metavar="DIR", help="check the model set in DIR without running an image: list "
+                    "every problem (manifest fields, files, hashes, graphs); exit 0 only if there is none")
     mo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
     mo.add_argument("--debug", action="store_true")
     mo.set_defaults(func=_cmd_models)
@@ -222,15 +225,21 @@ def _cmd_squares(args: argparse.Namespace) -> int:
 
 
 def _cmd_holes(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .holes import find_holes
+    from .options import HoleOptions
 
-    from .holes import PTOLEMY_COMPAT
-
-    options = dict(PTOLEMY_COMPAT) if args.original else {"refine": not args.no_refine}
-    # None: the model set's choice (holes.default_score)
-    options["score"] = args.score or ("cnn" if args.compat == "ptolemy" or args.original else None)
-    options.update(edge_tolerance=args.edge_tolerance, threshold=args.threshold)
-    return _run_batch(args, find_holes, options)
+    if args.original:
+        # Kept as it was (the original's behaviour in our JSON) so that existing pipelines see no change.
+        print("warning: --original is deprecated; use --compat ptolemy (the original's behaviour and its JSON)",
+              file=sys.stderr)
+    ptolemy = args.original or args.compat == "ptolemy"
+    options = HoleOptions.ptolemy() if ptolemy else HoleOptions(refine=not args.no_refine)
+    # score None: the model set's choice (holes.default_score)
+    options = replace(options, score=args.score or options.score, edge_tolerance=args.edge_tolerance,
+                      threshold=args.threshold)
+    return _run_batch(args, find_holes, {"options": options})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -263,6 +272,17 @@ def leginon_script(finder: str, models: str | None = None, provider: str = "auto
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import available_providers, load_models
 
+    if args.validate is not None:
+        from .manifest import validate_model_set
+
+        problems = validate_model_set(args.validate)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            print(f"ptolemy-rt: {args.validate}: {len(problems)} problem(s)", file=sys.stderr)
+            return EXIT_MODEL
+        print(f"{args.validate}: model set OK")
+        return EXIT_OK
     models = load_models(args.models, provider=args.provider)
     for task in ("square_cnn", "hole_unet", "hole_cnn"):
         if models.has(task):
@@ -270,7 +290,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     info = {
         "directory": str(models.directory),
         "ids": models.ids,
-        "licence": models.manifest.get("licence"),
+        "licence": models.manifest.licence,
         "available_providers": available_providers(),
         "running_on": models.provider,
         "threads": models.threads,

@@ -1,6 +1,8 @@
-"""Crops of rotated rectangles, sampled straight from the input image (no whole-image rotation).
+"""All crop geometry: the rotated squares and lattice cells the CNNs see, sampled straight from the input image.
 
-Coordinates are input pixels, x = column, y = row, origin at the centre of the top-left pixel. An angle
+Square crops (boxes in the original's rotated frame, centred in a fixed canvas) and hole crops (lattice-frame
+squares, centred or in the original's windows) are both built here, on one description of the original's
+whole-image rotation (RotatedFrame), without ever rotating the image. Coordinates are input pixels, x = column, y = row, origin at the centre of the top-left pixel. An angle
 is counter-clockwise as seen on screen (y down): a crop at angle a has its columns running along
 (cos a, -sin a) and its rows along (sin a, cos a) in the input.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -24,7 +27,21 @@ __all__ = [
     "rotated_frame",
     "frame_coords",
     "frame_matrix",
+    "square_crops",
+    "crop_half_side",
+    "HoleCrops",
+    "hole_crops",
+    "hole_crop_input",
+    "CROP_SIZE",
 ]
+
+CROP_SIZE = 240  # side of the square CNN's input when its manifest does not say
+# The original trims this many pixels from each side of a lattice cell to make a hole crop ...
+CROP_MARGIN_PX = 10
+# ... but a crop is never narrower than this fraction of the period: holes reach 70 % of it, and a crop
+# that shows no film around the hole leaves the CNN nothing to tell a good hole from an empty one by
+# (at a 40 px period the original's rule gives 20 px crops inside a 28 px hole).
+CROP_MIN_FRACTION = 0.9
 
 
 def crop_matrix(center_xy: tuple[float, float], angle_deg: float, width: int, height: int) -> np.ndarray:
@@ -74,7 +91,7 @@ def sample_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int])
 _ZERO = None
 
 
-def _zero_outside_kernel():
+def _zero_outside_kernel() -> Any:
     """Numba kernel (compiled on first use) setting to 0 the crop pixels whose source lies outside the image."""
     global _ZERO
     if _ZERO is None:
@@ -183,3 +200,152 @@ def frame_matrix(frame: RotatedFrame, row0: int, col0: int) -> np.ndarray:
             [s, c, c * row0 + s * col0 + frame.off_row],
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Square crops: the square CNN's inputs
+
+
+def _frame_bounds(frame: RotatedFrame, hulls: Sequence[np.ndarray]) -> np.ndarray:
+    """Each hull's bounding box (row_min, row_max, col_min, col_max) in the original's rotated frame."""
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    yr, xr = frame_coords(frame, np.concatenate(hulls))
+    return np.stack(
+        [
+            np.minimum.reduceat(yr, starts),
+            np.maximum.reduceat(yr, starts),
+            np.minimum.reduceat(xr, starts),
+            np.maximum.reduceat(xr, starts),
+        ],
+        axis=1,
+    )
+
+
+def _window(lo: float, hi: float, limit: int, size: int) -> tuple[int, int, int]:
+    """(first rotated index, count, offset in the canvas) of one axis: the original's int() bounds clipped
+    to the rotated image, then placed in the canvas as fit_to_canvas does."""
+    a = int(max(lo, 0.0))
+    b = int(min(hi, float(limit)))
+    offset, skip, n = canvas_placement(max(b - a, 0), size)
+    return a + skip, n, offset
+
+
+def square_crops(
+    image: np.ndarray,
+    hulls: Sequence[np.ndarray],
+    theta_deg: float,
+    mean: float,
+    std: float,
+    *,
+    size: int = CROP_SIZE,
+    frame: RotatedFrame | None = None,
+) -> np.ndarray:
+    """(n, 1, size, size) float32 network inputs: each box sampled upright, centred, normalised by (mean, std).
+
+    Each box is sampled on the lattice of the image rotated by theta (RotatedFrame) with the original's
+    int() bounds, so the network sees what the original's whole-image rotation showed it, but only the
+    box's pixels are interpolated.
+
+    (The original's rotation rounded integer images to integers; doing so here changes scores by < 1e-3
+    and brings them no closer, so we do not.)"""
+    frame = frame or rotated_frame(image.shape, theta_deg)
+    out = np.empty((len(hulls), 1, size, size), dtype=np.float32)
+    if len(hulls) == 0:
+        return out
+    # Normalising after padding, as the original: the padding becomes (0 - mean) / std.
+    inv = np.float32(1.0 / std if std > 0 else 1.0)
+    shift = np.float32(mean)
+    out.fill(-shift * inv)
+    for k, (r_lo, r_hi, c_lo, c_hi) in enumerate(_frame_bounds(frame, hulls)):
+        r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
+        c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
+        patch = sample_affine(image, frame_matrix(frame, r0, c0), (nr, nc))
+        patch -= shift
+        patch *= inv
+        out[k, 0, top : top + nr, left : left + nc] = patch
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hole crops: one lattice cell per point
+
+
+def crop_half_side(spacing_px: float) -> int:
+    """Half the side of a hole crop: floor(spacing / 2) - 10 as the original, but at least floor(0.45 spacing).
+
+    The two agree from a 200 px period up (the real example's 290 px gives the original's 270 px crops)."""
+    return int(max(math.floor(spacing_px / 2.0) - CROP_MARGIN_PX,
+                   max(1.0, math.floor(CROP_MIN_FRACTION * spacing_px / 2.0))))
+
+
+@dataclass(frozen=True)
+class HoleCrops:
+    """Per hole: the 2x3 matrix from crop pixel (col, row, 1) to input (x, y), and the crop's (rows, cols)."""
+
+    matrices: tuple[np.ndarray, ...]
+    shapes: tuple[tuple[int, int], ...]
+    vertices: tuple[tuple[tuple[float, float], ...], ...]
+    area: float
+
+
+def _ptolemy_window(frame: RotatedFrame, point: np.ndarray, half: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The original's crop window: an int()-bounded slice of the image rotated by -angle (scipy, enlarged).
+
+    The original placed points with centres n // 2 in corner coordinates (frame_coords), so its crops sit
+    up to a pixel off the lattice point and are clipped where they leave the enlarged rotated image.
+    """
+    rows_out, cols_out = frame.shape_out
+    row_a, col_a = frame_coords(frame, point)
+    row, col = float(row_a[0]), float(col_a[0])
+    r0, r1 = int(max(row - half, 0)), int(min(row + half, rows_out))
+    c0, c1 = int(max(col - half, 0)), int(min(col + half, cols_out))
+    return frame_matrix(frame, r0, c0), (max(0, r1 - r0), max(0, c1 - c0))
+
+
+def hole_crops(
+    points: np.ndarray, angle_deg: float, spacing_px: float, shape: tuple[int, int], mode: str = "centred"
+) -> HoleCrops:
+    """Crop geometry per lattice point: a square of side 2 * crop_half_side in the lattice frame.
+
+    "centred": centred on the point; "ptolemy": the original's window (see _ptolemy_window). The
+    vertices are the ideal square in both, in the original's corner order.
+    """
+    from .options import CROP_MODES
+
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {mode!r}")
+    half = crop_half_side(spacing_px)
+    side = 2 * half
+    a = math.radians(angle_deg)
+    ec = np.array([math.cos(a), -math.sin(a)])  # crop columns run along ec, rows along er
+    er = np.array([math.sin(a), math.cos(a)])
+    corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
+    # The original cut its windows from the image rotated by -angle.
+    frame = rotated_frame(shape, -angle_deg) if mode == "ptolemy" else None
+    matrices, shapes, vertices = [], [], []
+    for p in np.asarray(points, dtype=np.float64).reshape(-1, 2):
+        if frame is None:
+            matrices.append(crop_matrix((p[0], p[1]), angle_deg, side, side))
+            shapes.append((side, side))
+        else:
+            m, sh = _ptolemy_window(frame, p, float(half))
+            matrices.append(m)
+            shapes.append(sh)
+        vertices.append(tuple((float(p[0] + dc * ec[0] + dr * er[0]), float(p[1] + dc * ec[1] + dr * er[1]))
+                              for dc, dr in corners))
+    return HoleCrops(tuple(matrices), tuple(shapes), tuple(vertices), float(side * side))
+
+
+def hole_crop_input(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], min_size: int) -> np.ndarray:
+    """One hole CNN input: the crop, enlarged (bicubic) to min_size where smaller, normalised to zero mean and
+    unit variance by its own statistics (float64)."""
+    crop = sample_affine(image, matrix, shape)
+    rows, cols = crop.shape
+    if rows < min_size or cols < min_size:
+        crop = cv2.resize(crop, (max(cols, min_size), max(rows, min_size)), interpolation=cv2.INTER_CUBIC)
+    x = crop.astype(np.float64)
+    std = float(x.std())
+    # A crop with no contrast (wholly off the image) has nothing to normalise: zeros, not NaN.
+    x = (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+    return x.astype(np.float32)

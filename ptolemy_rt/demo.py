@@ -35,7 +35,7 @@ def run_demo(out_dir: Path, models=None, provider: str = "auto", threads: int | 
     from .overlay import write_overlay
     from .results import write_result
     from .squares import find_squares
-    from .synth import make_atlas, make_medmag
+    from .synthetic import make_atlas, make_medmag
 
     model_set = load_models(models, provider=provider, threads=threads)
     atlas, _ = make_atlas(seed)

@@ -1,9 +1,10 @@
-"""Model sets: a manifest of ONNX graphs, verified by sha256, run with onnxruntime (CPU or CUDA)."""
+"""Model sets at run time: the graphs a manifest lists, verified by sha256 and run with onnxruntime (CPU or CUDA).
+
+What a manifest may say is defined in manifest.py; this module turns a parsed manifest into sessions.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -13,10 +14,13 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import ModelError
+from .manifest import TASKS, Manifest, ModelSpec, read_manifest, read_verified
 
 __all__ = [
     "TASKS",
     "ModelSet",
+    "ModelSpec",
+    "Manifest",
     "load_models",
     "resolve_models",
     "default_models_dir",
@@ -27,13 +31,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASKS = ("square_cnn", "hole_unet", "hole_cnn")
 PROVIDERS = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
 
-def _ort():
+def _ort() -> Any:
     """Import onnxruntime, or explain which extra installs it."""
     try:
         import onnxruntime
@@ -94,36 +97,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
-    if not directory.is_dir():
-        raise ModelError(f"{directory}: model set directory not found")
-    if not path.is_file():
-        raise ModelError(f"{directory}: no manifest.json (not a model set)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable manifest ({exc})") from None
-    models = manifest.get("models")
-    if not isinstance(models, dict) or not models:
-        raise ModelError(f"{path}: manifest lists no models")
-    for task, spec in models.items():
-        if task not in TASKS:
-            raise ModelError(f"{path}: unknown task '{task}' (known: {', '.join(TASKS)})")
-        for key in ("file", "sha256"):
-            if key not in spec:
-                raise ModelError(f"{path}: model '{task}' has no '{key}'")
-    return manifest
-
-
 class ModelSet:
     """A verified model set; onnxruntime sessions are created on first use and reused."""
 
@@ -131,7 +104,7 @@ class ModelSet:
         if provider not in PROVIDERS:
             raise ModelError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
         self.directory = Path(directory).resolve()
-        self.manifest = _read_manifest(self.directory)
+        self.manifest: Manifest = read_manifest(self.directory)
         self.requested_provider = provider
         self.threads = int(threads) if threads else physical_cores()
         self._sessions: dict[str, Any] = {}
@@ -140,43 +113,35 @@ class ModelSet:
         self._verify_hashes()
 
     def _verify_hashes(self) -> None:
-        """Refuse any graph whose bytes differ from the manifest's sha256."""
-        for task, spec in self.manifest["models"].items():
-            path = self.directory / spec["file"]
-            if not path.is_file():
-                raise ModelError(f"{path}: model file for '{task}' is missing")
-            digest = _sha256(path)
-            if digest != spec["sha256"]:
-                raise ModelError(
-                    f"{path}: sha256 {digest[:12]}... does not match the manifest ({spec['sha256'][:12]}...); "
-                    "the model set was modified or is incomplete"
-                )
+        """Refuse, at load, any graph whose bytes differ from the manifest's sha256 (checked again at use)."""
+        for spec in self.manifest.models.values():
+            read_verified(self.directory, spec)
 
     @property
     def name(self) -> str:
         """The set's name from its manifest."""
-        return str(self.manifest.get("name", self.directory.name))
+        return self.manifest.name
 
     @property
     def ids(self) -> dict[str, Any]:
         """What identifies this set in results: name, version and per-task file and sha256."""
         return {
             "name": self.name,
-            "version": self.manifest.get("version"),
+            "version": self.manifest.version,
             **{
-                task: {"file": spec["file"], "sha256": spec["sha256"]}
-                for task, spec in sorted(self.manifest["models"].items())
+                task: {"file": spec.file, "sha256": spec.sha256}
+                for task, spec in sorted(self.manifest.models.items())
             },
         }
 
     def has(self, task: str) -> bool:
         """Whether the set holds a graph for `task`."""
-        return task in self.manifest["models"]
+        return task in self.manifest.models
 
-    def spec(self, task: str) -> dict[str, Any]:
-        """The manifest entry of `task`."""
+    def spec(self, task: str) -> ModelSpec:
+        """The typed manifest entry of `task` (ModelError when the set has none)."""
         try:
-            return self.manifest["models"][task]
+            return self.manifest.models[task]
         except KeyError:
             raise ModelError(f"{self.directory}: the model set has no '{task}' model") from None
 
@@ -193,7 +158,7 @@ class ModelSet:
             return [_CUDA, _CPU]
         return [_CUDA, _CPU] if _CUDA in available else [_CPU]
 
-    def session(self, task: str):
+    def session(self, task: str) -> Any:
         """The onnxruntime InferenceSession of `task` (created once, then reused)."""
         with self._lock:
             sess = self._sessions.get(task)
@@ -210,10 +175,12 @@ class ModelSet:
             # U-Net at 1024x1536 then holds 4.8 GB instead of 2.1 GB, at the same speed.
             options.enable_cpu_mem_arena = False
             wanted = self._provider_list()
+            # onnxruntime gets the very bytes that were hashed: a file replaced after load cannot slip in.
+            blob = read_verified(self.directory, spec)
             try:
-                sess = ort.InferenceSession(str(self.directory / spec["file"]), options, providers=wanted)
+                sess = ort.InferenceSession(blob, options, providers=wanted)
             except Exception as exc:  # onnxruntime raises its own exception types
-                raise ModelError(f"{self.directory / spec['file']}: cannot create session ({exc})") from None
+                raise ModelError(f"{self.directory / spec.file}: cannot create session ({exc})") from None
             got = sess.get_providers()
             # onnxruntime silently falls back to CPU when CUDA libraries are missing: say so.
             if _CUDA in wanted and _CUDA not in got:
@@ -239,9 +206,9 @@ class ModelSet:
         """Run the graph of `task` on an NCHW float32 batch and return its logits."""
         sess = self.session(task)
         spec = self.spec(task)
-        feed = {spec.get("input", sess.get_inputs()[0].name): np.ascontiguousarray(x, dtype=np.float32)}
+        feed = {spec.input or sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
         try:
-            out = sess.run([spec.get("output", sess.get_outputs()[0].name)], feed)[0]
+            out = sess.run([spec.output or sess.get_outputs()[0].name], feed)[0]
         except Exception as exc:
             raise ModelError(f"{task}: inference failed on input of shape {tuple(x.shape)} ({exc})") from None
         return np.asarray(out, dtype=np.float32)

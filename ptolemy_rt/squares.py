@@ -1,7 +1,8 @@
 """The low-mag pipeline: find grid squares in an atlas image and score them.
 
-Stages (each timed in ``SquareResult.timings``): read -> mixture (Poisson mixture mask) -> regions
-(grouping, convex hulls, brightness) -> angle (grid angle, boxes) -> crops -> cnn.
+Stages (each timed in ``SquareResult.timings``): read -> mixture (Poisson mixture mask, mixture.py) -> regions
+(grouping, convex hulls, brightness, regions.py) -> angle (grid angle, boxes: here) -> crops (crops.py) ->
+cnn (scoring.py).
 
 Angles: the grid angle search works with the original's theta, the rotation (counter-clockwise on
 screen) that makes the grid upright; the box edges then run along (cos theta, sin theta) in the input,
@@ -13,16 +14,18 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 
-from .crops import RotatedFrame, canvas_placement, frame_coords, frame_matrix, rotated_frame, sample_affine
+from .crops import CROP_SIZE, rotated_frame, square_crops
 from .io import ImageLike, as_image, check_min_size
+from .models import ModelsLike
+from .options import SquareOptions
 from .regions import Regions, find_regions, region_means
 from .results import ImageInfo, Square, SquareResult, sort_targets
+from .scoring import BatchPolicy, classify, plan_batches
 
 __all__ = [
     "find_squares",
@@ -32,19 +35,24 @@ __all__ = [
     "boxes_at_angle",
     "square_crops",
     "class_stats",
+    "SquareOptions",
     "angle_ccw",
     "MIN_SIDE",
     "CROP_SIZE",
 ]
 
 MIN_SIDE = 256
-CROP_SIZE = 240
 # The original scored all crops of an image in one batch; onnxruntime's memory grows with the batch, so
 # larger sets go in batches of this many (a documented deviation: batch-statistics scores then differ).
 MAX_BATCH = 256
 # Models whose BatchNorm uses running statistics (or none) give the same scores in any batch: small
 # batches bound memory at no cost.
 _INDEPENDENT_BATCH = 16
+
+
+def _batch_policy(batch_size: int) -> BatchPolicy:
+    per = max(1, min(int(batch_size), MAX_BATCH))
+    return BatchPolicy(original_batch=None, max_batch=per, independent_batch=min(per, _INDEPENDENT_BATCH))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,77 +155,12 @@ def boxes_at_angle(hulls: Sequence[np.ndarray], theta_deg: float) -> Boxes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Crops
-
-
-def _frame_bounds(frame: RotatedFrame, hulls: Sequence[np.ndarray]) -> np.ndarray:
-    """Each hull's bounding box (row_min, row_max, col_min, col_max) in the original's rotated frame."""
-    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    yr, xr = frame_coords(frame, np.concatenate(hulls))
-    return np.stack(
-        [
-            np.minimum.reduceat(yr, starts),
-            np.maximum.reduceat(yr, starts),
-            np.minimum.reduceat(xr, starts),
-            np.maximum.reduceat(xr, starts),
-        ],
-        axis=1,
-    )
-
-
-def _window(lo: float, hi: float, limit: int, size: int) -> tuple[int, int, int]:
-    """(first rotated index, count, offset in the canvas) of one axis: the original's int() bounds clipped
-    to the rotated image, then placed in the canvas as fit_to_canvas does."""
-    a = int(max(lo, 0.0))
-    b = int(min(hi, float(limit)))
-    offset, skip, n = canvas_placement(max(b - a, 0), size)
-    return a + skip, n, offset
-
-
-def square_crops(
-    image: np.ndarray,
-    hulls: Sequence[np.ndarray],
-    theta_deg: float,
-    mean: float,
-    std: float,
-    *,
-    size: int = CROP_SIZE,
-    frame: RotatedFrame | None = None,
-) -> np.ndarray:
-    """(n, 1, size, size) float32 network inputs: each box sampled upright, centred, normalised by (mean, std).
-
-    Each box is sampled on the lattice of the image rotated by theta (crops.RotatedFrame) with the original's
-    int() bounds, so the network sees what the original's whole-image rotation showed it, but only the
-    box's pixels are interpolated.
-
-    (The original's rotation rounded integer images to integers; doing so here changes scores by < 1e-3
-    and brings them no closer, so we do not.)"""
-    frame = frame or rotated_frame(image.shape, theta_deg)
-    out = np.empty((len(hulls), 1, size, size), dtype=np.float32)
-    if len(hulls) == 0:
-        return out
-    # Normalising after padding, as the original: the padding becomes (0 - mean) / std.
-    inv = np.float32(1.0 / std if std > 0 else 1.0)
-    shift = np.float32(mean)
-    out.fill(-shift * inv)
-    for k, (r_lo, r_hi, c_lo, c_hi) in enumerate(_frame_bounds(frame, hulls)):
-        r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
-        c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
-        patch = sample_affine(image, frame_matrix(frame, r0, c0), (nr, nc))
-        patch -= shift
-        patch *= inv
-        out[k, 0, top : top + nr, left : left + nc] = patch
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
 # Pixel statistics
 
 _STATS = None
 
 
-def _stats_kernel():
+def _stats_kernel() -> Any:
     """Numba kernel (compiled on first use, cached on disk) for the square-class mean and std."""
     global _STATS
     if _STATS is None:
@@ -262,45 +205,22 @@ def class_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
 # Pipeline
 
 
-def _score(
-    models: Any, crops_of: Callable[[int, int], np.ndarray], n: int, batch_size: int, timings: dict[str, float]
-) -> np.ndarray:
-    """Scores of n crops, built batch by batch by crops_of(start, stop)."""
-    spec = models.spec("square_cnn")
-    per_batch = max(1, min(int(batch_size), MAX_BATCH))
-    if spec.get("bn", "batch") != "batch":
-        per_batch = min(per_batch, _INDEPENDENT_BATCH)
-    elif n > per_batch:
-        warnings.warn(
-            f"{n} squares: scoring in batches of {per_batch}; this square_cnn normalises with batch statistics, "
-            "so scores depend on the batch (the original scored all crops of an image in one batch)",
-            stacklevel=3,
-        )
-    scores = np.empty(n, dtype=np.float32)
-    for a in range(0, n, per_batch):
-        b = min(n, a + per_batch)
-        t0 = time.perf_counter()
-        batch = crops_of(a, b)
-        t1 = time.perf_counter()
-        scores[a:b] = np.asarray(models.predict("square_cnn", batch), dtype=np.float32).reshape(-1)
-        t2 = time.perf_counter()
-        timings["crops"] = timings.get("crops", 0.0) + (t1 - t0)
-        timings["cnn"] = timings.get("cnn", 0.0) + (t2 - t1)
-    return scores
-
-
 def find_squares(
     image_or_path: ImageLike,
-    models: Any = None,
+    models: ModelsLike | bool = None,
     *,
+    options: SquareOptions | None = None,
     section: int | None = None,
     provider: str = "auto",
     threads: int | None = None,
-    window: int = 6,
-    min_area: float = 100.0,
-    batch_size: int = MAX_BATCH,
+    **overrides: Any,
 ) -> SquareResult:
-    """Find and score the grid squares of a low-mag atlas image (models=False: geometry only, score None)."""
+    """Find and score the grid squares of a low-mag atlas image (models=False: geometry only, score None).
+
+    options: a SquareOptions; keyword arguments named as its fields (window=, min_area=, batch_size=)
+    override single fields."""
+    opts = replace(options or SquareOptions(), **overrides)
+    window, min_area = opts.window, opts.min_area
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     image = as_image(image_or_path, section=section)
@@ -312,7 +232,7 @@ def find_squares(
     if models is not False:
         from .models import resolve_models
 
-        model_set = resolve_models(models, provider=provider, threads=threads)
+        model_set = resolve_models(models, provider=provider, threads=threads)  # type: ignore[arg-type]
         model_set.spec("square_cnn")  # fail early (ModelError) when the set has no square model
         timings["models"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -352,13 +272,17 @@ def find_squares(
         # The mask and the label image are done with: free them before the network's activations arrive.
         del seg, regions
         frame = rotated_frame(image.shape, theta)
-        size = int(model_set.spec("square_cnn").get("crop_size", CROP_SIZE))
+        spec = model_set.spec("square_cnn")
         timings["crops"] = time.perf_counter() - t
+        batches = plan_batches([(spec.crop_size, spec.crop_size)] * n, _batch_policy(opts.batch_size),
+                               spec.batch_statistics)
 
-        def crops_of(a: int, b: int) -> np.ndarray:
-            return square_crops(data, hulls[a:b], theta, mean, std, size=size, frame=frame)
+        def inputs(idx: list[int]) -> np.ndarray:
+            # Batches are runs of consecutive squares: crop only the batch's own.
+            return square_crops(data, hulls[idx[0] : idx[-1] + 1], theta, mean, std, size=spec.crop_size,
+                                frame=frame)
 
-        scores = _score(model_set, crops_of, n, batch_size, timings)
+        scores = classify(model_set, "square_cnn", n, batches, inputs, timings)
 
     squares = []
     for i in range(n):

@@ -38,7 +38,7 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory) -> Path:
-    from ptolemy_rt.synth import make_atlas
+    from ptolemy_rt.synthetic import make_atlas
 
     data, _ = make_atlas(3)
     return _mrc(tmp_path_factory.mktemp("img") / "atlas.mrc", data)
@@ -46,7 +46,7 @@ def atlas(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def medmag(tmp_path_factory) -> Path:
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     data, _ = make_medmag(1)
     return _mrc(tmp_path_factory.mktemp("img") / "medmag.mrc", data)

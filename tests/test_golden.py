@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from .conftest import reference_root
-from .golden_cases import GOLDEN, PUBLISHED_CASES, SHIPPED_CASES, image_path, run_case, sha256
+from .golden_cases import GOLDEN, PUBLISHED_CASES, SAME_AS, SHIPPED_CASES, image_path, run_case, sha256
 
 # A few cases cover each pipeline in the fast suite; the rest run with the slow tests.
-FAST = {"atlas3_squares", "medmag1_holes", "medmag1_holes_original_compat"}
+FAST = {"atlas3_squares", "medmag1_holes", "medmag1_holes_compat"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _reference() -> Path | None:
     [pytest.param(*case, marks=() if case[0] in FAST else pytest.mark.slow, id=case[0]) for case in SHIPPED_CASES],
 )
 def test_shipped_models_outputs_unchanged(name, key, args, golden_tmp):
-    expected = GOLDEN / f"{name}.txt"
+    expected = GOLDEN / f"{SAME_AS.get(name, name)}.txt"
     path = image_path(key, golden_tmp, _reference())
     if path is None or not expected.is_file():
         pytest.skip(f"{name}: image or golden output absent")
@@ -45,4 +45,4 @@ def test_shipped_models_outputs_unchanged(name, key, args, golden_tmp):
 def test_published_weights_outputs_unchanged(name, key, args, converted_models, reference_dir, golden_tmp):
     digests = json.loads((GOLDEN / "published_sha256.json").read_text())
     path = image_path(key, golden_tmp, reference_dir)
-    assert sha256(run_case(args, path, converted_models, golden_tmp)) == digests[name]
+    assert sha256(run_case(args, path, converted_models, golden_tmp)) == digests[SAME_AS.get(name, name)]

@@ -10,22 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptolemy_rt.holes import (
-    PTOLEMY_COMPAT,
-    _ptolemy_window,
-    _tiles,
-    crop_half_side,
-    find_holes,
-    hole_centroids,
-    hole_crops,
-    holes_from_map,
+from ptolemy_rt.crops import crop_half_side, hole_crop_input, hole_crops
+from ptolemy_rt.holes import find_holes, hole_centroids, holes_from_map
+from ptolemy_rt.manifest import UnetScale
+from ptolemy_rt.models import ModelSet, load_models
+from ptolemy_rt.options import PTOLEMY_COMPAT, HoleOptions
+from ptolemy_rt.unet import (
     normalise_image,
     period_candidates,
     probability_map,
+    tile_spans,
     unet_factor,
     unet_pad_shape,
 )
-from ptolemy_rt.models import ModelSet, load_models
 
 from .tiny_models import make_tiny_set
 
@@ -157,7 +154,7 @@ def test_tiled_unet_equals_whole(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("n, tile, margin", [(1000, 256, 64), (257, 256, 64), (4096, 2048, 128), (100, 256, 64)])
 def test_tiles_partition(n, tile, margin):
-    tiles = _tiles(n, tile, margin)
+    tiles = tile_spans(n, tile, margin)
     covered = np.zeros(n, int)
     for s, e, k0, k1 in tiles:
         assert 0 <= s <= k0 < k1 <= e <= n and e - s == min(tile, n)
@@ -203,10 +200,9 @@ def test_unet_score_does_not_depend_on_magnification(tiny_dir, tmp_path):
 def test_bad_scale_in_the_manifest_is_a_model_error(tiny_dir, tmp_path, scale):
     from ptolemy_rt.errors import ModelError
 
-    bad = load_models(edit_manifest(tiny_dir, tmp_path / "bad", "hole_unet", scale=scale))
-    img, _ = lattice_image(spacing=170.0, angle=33.0, shape=(700, 900), seed=4)
-    with pytest.raises(ModelError, match="scale"):
-        find_holes(img, bad)
+    # Refused when the set is loaded, before any image is read.
+    with pytest.raises(ModelError, match="models.hole_unet.scale"):
+        load_models(edit_manifest(tiny_dir, tmp_path / "bad", "hole_unet", scale=scale))
 
 
 def test_default_score_is_the_model_sets_choice(tiny_dir, tmp_path):
@@ -226,7 +222,7 @@ def test_default_score_is_the_model_sets_choice(tiny_dir, tmp_path):
 
 
 def test_period_candidates():
-    scale = {"spacing_px": 64.0}
+    scale = UnetScale(64.0)
     ladder = period_candidates(None, (1024, 1440), scale)
     assert ladder[0] == 400.0 and 40.0 <= ladder[-1] < 50.0
     assert all(a / b == pytest.approx(1.25) for a, b in zip(ladder, ladder[1:]))
@@ -239,16 +235,16 @@ def test_period_candidates():
     assert max(period_candidates(None, (300, 2000), scale)) <= 150.0  # two periods across the short side
     assert min(period_candidates(None, (4096, 4096), scale)) >= 64.0 * 4096 / 2000  # <= 4 Mpx of U-Net input
     # a capped upscale makes the shortest rungs cheap enough to try on a larger image
-    capped = {"spacing_px": 64.0, "max_upscale": 1.3}
+    capped = UnetScale(64.0, 1.3)
     assert min(period_candidates(None, (1536, 1536), scale)) > 50.0
     assert min(period_candidates(None, (1536, 1536), capped)) < 45.0
 
 
 def test_unet_factor():
-    assert unet_factor(128.0, {"spacing_px": 64.0}) == 0.5
-    assert unet_factor(32.0, {"spacing_px": 64.0}) == 2.0
-    assert unet_factor(32.0, {"spacing_px": 64.0, "max_upscale": 1.3}) == 1.3
-    assert unet_factor(290.0, {"spacing_px": 64.0, "max_upscale": 1.3}) == pytest.approx(64.0 / 290.0)
+    assert unet_factor(128.0, UnetScale(64.0)) == 0.5
+    assert unet_factor(32.0, UnetScale(64.0)) == 2.0
+    assert unet_factor(32.0, UnetScale(64.0, 1.3)) == 1.3
+    assert unet_factor(290.0, UnetScale(64.0, 1.3)) == pytest.approx(64.0 / 290.0)
 
 
 @pytest.mark.parametrize("estimate", [None, 340.0, 85.0])
@@ -270,7 +266,7 @@ def test_shipped_set_finds_a_lattice_the_period_estimate_misses():
     # finds no period; the ladder of U-Net scales does.
     from ptolemy_rt.models import default_models_dir
     from ptolemy_rt.spacing import estimate_spacing
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     img, truth = make_medmag(2**40 + 8)
     assert estimate_spacing(img) is None
@@ -309,14 +305,16 @@ def test_ptolemy_window_matches_scipy_rotation():
     # same input positions. Rotate coordinate ramps (linear interpolation reproduces them exactly).
     from scipy.ndimage import rotate
 
-    shape, angle, half = (120, 170), 56.83721394379824, 30.0
+    shape, angle, spacing = (120, 170), 56.83721394379824, 80.0
+    half = crop_half_side(spacing)
     rows, cols = shape
     ramp_r, ramp_c = np.mgrid[0:rows, 0:cols].astype(np.float64)
     rot_r = rotate(ramp_r, -angle, order=1, cval=np.nan)
     rot_c = rotate(ramp_c, -angle, order=1, cval=np.nan)
     a = math.radians(angle)
     for point in ([60.2, 70.7], [20.0, 30.4], [160.0, 110.0]):
-        m, (n_r, n_c) = _ptolemy_window(np.array(point), angle, half, shape)
+        crops = hole_crops(np.array([point]), angle, spacing, shape, mode="ptolemy")
+        m, (n_r, n_c) = crops.matrices[0], crops.shapes[0]
         # the original's window in the rotated array
         pr, pc = point[1] + 0.5 - rows // 2, point[0] + 0.5 - cols // 2
         row = math.cos(a) * pr + math.sin(a) * pc + rot_r.shape[0] // 2
@@ -334,11 +332,9 @@ def test_ptolemy_window_matches_scipy_rotation():
 
 
 def test_small_crops_are_resized_up_to_the_cnn_minimum():
-    from ptolemy_rt.holes import _cnn_input
-
     img = np.random.default_rng(0).normal(0, 1, (50, 50)).astype(np.float32)
     crops = hole_crops(np.array([[25.0, 25.0]]), 10.0, 30.0, img.shape)  # 26 x 26 crop
-    x = _cnn_input(img, crops.matrices[0], crops.shapes[0], 63)
+    x = hole_crop_input(img, crops.matrices[0], crops.shapes[0], 63)
     assert crops.shapes[0] == (26, 26) and x.shape == (63, 63)
     assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-4
 

@@ -48,14 +48,14 @@ def test_multipage_tiff_pages_of_different_sizes(tmp_path):
 
 
 def test_pixel_level_pattern_gives_no_holes_and_bounded_unet_inputs(monkeypatch):
-    import ptolemy_rt.holes as holes
+    import ptolemy_rt.unet as unet
 
     models = _default_models()
-    if not models.spec("hole_unet").get("scale"):
+    if models.spec("hole_unet").scale is None:
         pytest.skip("the shipped U-Net runs at native scale")
     sizes = []
-    real = holes.probability_map
-    monkeypatch.setattr(holes, "probability_map", lambda z, *a, **k: sizes.append(z.size) or real(z, *a, **k))
+    real = unet.probability_map
+    monkeypatch.setattr(unet, "probability_map", lambda z, *a, **k: sizes.append(z.size) or real(z, *a, **k))
     yy, xx = np.mgrid[:512, :512]
     checker = (((xx + yy) % 2) * 200).astype(np.int16)
     result = find_holes(checker, models=models)

@@ -66,7 +66,7 @@ def test_real_image_gives_the_fundamental(medmag_path):
 
 @pytest.mark.parametrize("seed", [0, 2, 4, 8, 11, 20])
 def test_synthetic_medmag(seed):
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     img, truth = make_medmag(seed, defects=False)
     est = estimate_lattice(img)
@@ -97,7 +97,7 @@ def test_deterministic():
 def test_dim_carbon_with_bars_and_defects(seed):
     """Dim carbon film with grid bars, shot noise or bright broken holes: the plain preparation found no
     lattice on these (seed 3: the wrong period, 351 px for 48.7), the bar-masked, hard-clipped one does."""
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     img, truth = make_medmag(seed)
     est = estimate_lattice(img)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import cv2
 import numpy as np
@@ -372,38 +371,3 @@ def test_deterministic(example):
     b = squares.find_squares(example.data.copy(), models=False)
     assert json.dumps(a.to_dict()["targets"]) == json.dumps(b.to_dict()["targets"])
     assert a.angle_deg == b.angle_deg
-
-
-class _StubModels:
-    """Just enough of a ModelSet for the batching logic."""
-
-    def __init__(self, bn: str):
-        self.bn = bn
-        self.batches: list[int] = []
-
-    def spec(self, task):
-        return {"bn": self.bn, "crop_size": 240}
-
-    def predict(self, task, x):
-        self.batches.append(len(x))
-        return np.full((len(x), 1), 0.5, np.float32)
-
-
-def test_batching():
-    def crops_of(a, b):
-        return np.zeros((b - a, 1, 4, 4), np.float32)
-
-    stub = _StubModels("batch")
-    with pytest.warns(UserWarning, match="batches of 256"):
-        scores = squares._score(stub, crops_of, 300, 256, {})
-    assert stub.batches == [256, 44] and scores.shape == (300,)
-    stub = _StubModels("batch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        squares._score(stub, crops_of, 200, 256, {})
-    assert stub.batches == [200]  # one image, one batch: as the original
-    stub = _StubModels("running")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        squares._score(stub, crops_of, 70, 256, {})
-    assert stub.batches == [16, 16, 16, 16, 6]  # batch-independent: small batches bound memory

@@ -1,4 +1,4 @@
-"""Synthetic generators (ptolemy_rt.synth) and the shipped default model set (models/)."""
+"""Synthetic generators (ptolemy_rt.synthetic) and the shipped default model set (models/)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptolemy_rt.synth import (
+from ptolemy_rt.synthetic import (
     HOLE_DEFECTS,
     SQUARE_KINDS,
     AtlasTruth,
@@ -180,27 +180,27 @@ def test_medmag_lattice_matches_nearest_neighbours():
 
 
 def test_train_and_test_seeds_are_disjoint():
-    synth = pytest.importorskip("export.synth")
+    datasets = pytest.importorskip("export.datasets")
     for stream in range(3):
-        seeds = synth.train_seeds(0, 1000, stream)
-        assert seeds.max() < synth.TEST_SEED_BASE
-    assert min(synth.test_seeds(10)) >= synth.TEST_SEED_BASE
+        seeds = datasets.train_seeds(0, 1000, stream)
+        assert seeds.max() < datasets.TEST_SEED_BASE
+    assert min(datasets.test_seeds(10)) >= datasets.TEST_SEED_BASE
 
 
 def test_read_points_formats(tmp_path):
-    synth = pytest.importorskip("export.synth")
+    datasets = pytest.importorskip("export.datasets")
     (tmp_path / "a.csv").write_text("x,y,label\n1.5,2,1\n3,4,0\n")
     (tmp_path / "b.csv").write_text("10 ,20\n30,40\n".replace(" ", ""))
     (tmp_path / "c.json").write_text(json.dumps({"targets": [{"center": [5, 6], "score": 0.3}]}))
-    pts, labels = synth.read_points(tmp_path / "a.csv")
+    pts, labels = datasets.read_points(tmp_path / "a.csv")
     np.testing.assert_array_equal(pts, [[1.5, 2], [3, 4]])
     np.testing.assert_array_equal(labels, [1, 0])
-    pts, labels = synth.read_points(tmp_path / "b.csv")
+    pts, labels = datasets.read_points(tmp_path / "b.csv")
     assert pts.shape == (2, 2) and labels is None
-    pts, labels = synth.read_points(tmp_path / "c.json")
+    pts, labels = datasets.read_points(tmp_path / "c.json")
     np.testing.assert_array_equal(pts, [[5, 6]])
     (tmp_path / "c.png").write_bytes(b"")
-    assert synth.labelled_pairs(tmp_path) == [(tmp_path / "c.png", tmp_path / "c.json")]
+    assert datasets.labelled_pairs(tmp_path) == [(tmp_path / "c.png", tmp_path / "c.json")]
 
 
 # ------------------------------------------------------------------------------------- default model set

@@ -1,11 +1,11 @@
-"""Training data for the default model set: synthetic (ptolemy_rt.synth) or a facility's own labelled images.
+"""Training data for the default model set: synthetic (ptolemy_rt.synthetic) or a facility's own labelled images.
 
 Three kinds of examples, each made exactly as the runtime will see them:
 - U-Net: images resampled so the lattice period is CANONICAL_SPACING px, normalised to zero mean and unit
   variance over the whole image, with a target map of Gaussian blobs (sigma TARGET_SIGMA) at hole centres.
 - Square CNN: 240x240 crops of the squares that ptolemy_rt.squares finds on a synthetic atlas, made by its
   own crop code, labelled collectable or not by matching to the generator's truth.
-- Hole CNN: lattice-frame crops (ptolemy_rt.holes.crop_half_side: spacing/2 - 10, at least 0.45 spacing),
+- Hole CNN: lattice-frame crops (ptolemy_rt.crops.crop_half_side: spacing/2 - 10, at least 0.45 spacing),
   per-crop normalised, labelled good or bad, with the lattice jittered as much as the runtime's lattice
   fit errs.
 
@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from ptolemy_rt.synth import GENERATOR_VERSION, make_atlas, make_medmag
+from ptolemy_rt.crops import hole_crop_input, hole_crops, square_crops
+from ptolemy_rt.synthetic import GENERATOR_VERSION, make_atlas, make_medmag
+from ptolemy_rt.unet import normalise_image, resample, scaled_input
 
 __all__ = [
     "CANONICAL_SPACING",
@@ -37,6 +38,7 @@ __all__ = [
     "train_seeds",
     "test_seeds",
     "resample",
+    "unet_input",
     "centre_target",
     "UnetImage",
     "unet_image",
@@ -72,15 +74,6 @@ def test_seeds(n: int, stream: int = 0) -> list[int]:
     return [TEST_SEED_BASE + 1000 * stream + i for i in range(n)]
 
 
-def resample(image: np.ndarray, scale: float) -> np.ndarray:
-    """Resize by `scale` as ptolemy_rt.holes does before its U-Net (area averaging when shrinking, bicubic
-    when enlarging); a point x maps to (x + 0.5) * scale_x - 0.5 with scale_x = new width / old width."""
-    h, w = image.shape
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (nw, nh), interpolation=interp)
-
-
 def centre_target(shape: tuple[int, int], centres: np.ndarray, sigma: float = TARGET_SIGMA,
                   peaks: np.ndarray | None = None) -> np.ndarray:
     """Map of Gaussian blobs (peak 1 or `peaks`, max where they overlap) at `centres` (x, y)."""
@@ -101,11 +94,18 @@ def centre_target(shape: tuple[int, int], centres: np.ndarray, sigma: float = TA
     return target
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
-    """(image - mean) / std in float32 with float64 statistics, as ptolemy_rt.holes.normalise_image."""
-    x = np.asarray(image, dtype=np.float64)
-    std = float(x.std())
-    return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+def unet_input(image: np.ndarray, scale: float | None) -> np.ndarray:
+    """The U-Net's input for `image` resampled by `scale` (None: at its own scale), made by the runtime's own
+    stages (ptolemy_rt.unet: normalise, resample, normalise again), so training sees what inference sees."""
+    normalised = normalise_image(image)
+    if normalised is None:
+        raise ValueError("a constant image has no U-Net input")
+    if scale is None:
+        return normalised
+    out = scaled_input(normalised, scale)
+    if out is None:
+        raise ValueError("the resampled image is constant")
+    return out
 
 
 @dataclass(frozen=True)
@@ -134,13 +134,13 @@ def unet_image(seed: int) -> UnetImage:
         scale = CANONICAL_SPACING * jitter / native
         shape = (int(np.clip(round(hc / scale), 64, 2048)), int(np.clip(round(wc / scale), 64, 2048)))
         img, truth = make_medmag(int(seed), shape, spacing_px=native)
-        img = resample(_normalise(img), scale)
+        img = unet_input(img, scale)
         sx = img.shape[1] / shape[1]
         sy = img.shape[0] / shape[0]
         centres = np.stack([(truth.centers[:, 0] + 0.5) * sx - 0.5, (truth.centers[:, 1] + 0.5) * sy - 0.5], axis=1)
     else:
         img, truth = make_medmag(int(seed), (hc, wc), spacing_px=CANONICAL_SPACING * jitter)
-        img = _normalise(img)
+        img = unet_input(img, None)
         centres = np.asarray(truth.centers)
     visible = np.asarray(truth.visible)
     peaks = np.where(np.asarray(truth.good), 1.0, BAD_HOLE_TARGET)[visible]
@@ -186,10 +186,8 @@ def hole_crop(image: np.ndarray, centre_xy: tuple[float, float], spacing_px: flo
     """One hole's CNN input exactly as ptolemy_rt.holes makes it: the lattice-frame square of half-side
     crop_half_side(spacing) around the point, resized up to `min_size` if smaller, normalised by its own
     mean and std."""
-    from ptolemy_rt.holes import _cnn_input, hole_crops
-
     geometry = hole_crops(np.array([centre_xy], dtype=np.float64), angle_deg, spacing_px, image.shape)
-    return _cnn_input(image, geometry.matrices[0], geometry.shapes[0], min_size)
+    return hole_crop_input(image, geometry.matrices[0], geometry.shapes[0], min_size)
 
 
 def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tuple[int, int] = (768, 1024),
@@ -303,7 +301,7 @@ def atlas_squares(image) -> AtlasSquares | None:
     from ptolemy_rt.io import as_image
     from ptolemy_rt.mixture import segment
     from ptolemy_rt.regions import find_regions
-    from ptolemy_rt.squares import boxes_at_angle, class_stats, grid_angle, square_crops
+    from ptolemy_rt.squares import boxes_at_angle, class_stats, grid_angle
 
     img = as_image(image)
     seg = segment(img.data, img.dtype)

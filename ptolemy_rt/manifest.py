@@ -1,0 +1,417 @@
+"""What a model set declares: manifest.json parsed once into typed, validated ModelSpec / Manifest values.
+
+Every field, its type, its range and its default is written down here and nowhere else. Unknown,
+ill-typed or out-of-range fields are refused with the field's name; `validate_model_set` lists every
+problem of a set (manifest, files, hashes, graphs) without running an image, as mrcfile's validator
+does for a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Mapping
+
+from .errors import ModelError
+
+__all__ = [
+    "TASKS",
+    "BN_MODES",
+    "HOLE_SCORES",
+    "FORMAT",
+    "UnetScale",
+    "ModelSpec",
+    "Manifest",
+    "parse_manifest",
+    "read_manifest",
+    "model_path",
+    "read_verified",
+    "validate_model_set",
+]
+
+TASKS = ("square_cnn", "hole_unet", "hole_cnn")
+# How a graph's BatchNorm layers normalise. "batch": with the statistics of the batch it is given (the
+# original never called eval()), so crops must be batched as the original batched them. A manifest that
+# does not say is taken as "batch": wrong for a batch-independent graph costs speed, the reverse costs scores.
+BN_MODES = ("batch", "running", "none")
+HOLE_SCORES = ("unet", "cnn")
+FORMAT = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class UnetScale:
+    """A scale-normalised U-Net: resample the image so the lattice period is spacing_px, enlarging <= max_upscale."""
+
+    spacing_px: float
+    max_upscale: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As in the manifest."""
+        return {"spacing_px": self.spacing_px, "max_upscale": self.max_upscale}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One graph of a model set, as its manifest entry declares it (defaults: the values used when absent)."""
+
+    task: str
+    file: str
+    sha256: str
+    input: str | None = None  # graph input name (None: the graph's first input)
+    output: str | None = None  # graph output name (None: its first output); every graph outputs logits
+    bn: str = "batch"
+    opset: int | None = None
+    normalisation: str | None = None  # what the runtime does before the graph, in words
+    licence: str | None = None
+    provenance: Mapping[str, Any] | None = field(default=None, compare=False)
+    input_shape: tuple[int | str, ...] | None = None
+    output_shape: tuple[int | str, ...] | None = None
+    # Pixel size (Å) of the images the graph was trained on, where one was assumed; informational.
+    pixel_size_A: float | None = None
+    # square_cnn: side of the square crop the graph takes.
+    crop_size: int = 240
+    # hole_unet: pad to multiples of this; probability threshold; resampling; tile above this many pixels.
+    multiple: int = 1
+    threshold: float = 0.5
+    scale: UnetScale | None = None
+    max_pixels: int | None = None
+    # hole_cnn: crops smaller than this are enlarged to it.
+    min_size: int = 1
+
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether the graph normalises with its batch's statistics (so scores depend on batch composition)."""
+        return self.bn == "batch"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A model set's manifest.json: set-level fields and one ModelSpec per task."""
+
+    name: str
+    models: Mapping[str, ModelSpec]
+    format: int = FORMAT
+    version: str | None = None
+    licence: str | None = None
+    provenance: Mapping[str, Any] | None = field(default=None, compare=False)
+    hole_score: str = "unet"  # the score that ranks holes when none is asked for
+
+
+# ---------------------------------------------------------------------------------------------------
+# Field checks: each returns the parsed value or raises _Bad with what is wrong.
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise _Bad("must be a non-empty string")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _int(lo: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise _Bad(f"must be an integer >= {lo}")
+        return int(v)
+
+    return check
+
+
+def _opt(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if v is None else check(v)
+
+
+def _number(v: Any, lo: float, hi: float, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v < hi:
+        raise _Bad(f"must be a number {what}")
+    return float(v)
+
+
+def _positive(v: Any) -> float:
+    return _number(v, 0.0, math.inf, "> 0")
+
+
+def _threshold(v: Any) -> float:
+    return _number(v, 0.0, 1.0, "in (0, 1)")
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise _Bad(f"must be one of {', '.join(options)}")
+        return str(v)
+
+    return check
+
+
+def _sha(v: Any) -> str:
+    if not isinstance(v, str) or not _SHA256.match(v):
+        raise _Bad("must be 64 lower-case hex digits")
+    return v
+
+
+def _relative_file(v: Any) -> str:
+    v = _str(v)
+    posix, windows = PurePosixPath(v), PureWindowsPath(v)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
+        raise _Bad("must be a path inside the model set's directory (no absolute path, no '..')")
+    return v
+
+
+def _dict(v: Any) -> Mapping[str, Any]:
+    if not isinstance(v, dict):
+        raise _Bad("must be an object")
+    return v
+
+
+def _shape(v: Any) -> tuple[int | str, ...]:
+    if not isinstance(v, list) or not all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool))
+                                          for d in v):
+        raise _Bad("must be a list of integers and axis names")
+    return tuple(v)
+
+
+def _scale(v: Any) -> UnetScale | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _Bad("must be null or an object {spacing_px, max_upscale}")
+    unknown = sorted(set(v) - {"spacing_px", "max_upscale"})
+    if unknown:
+        raise _Bad(f"unknown key(s) {', '.join(unknown)}")
+    if "spacing_px" not in v:
+        raise _Bad("has no spacing_px")
+    try:
+        spacing = _positive(v["spacing_px"])
+    except _Bad as exc:
+        raise _Bad(f"spacing_px {exc}") from None
+    try:
+        cap = _opt(_positive)(v.get("max_upscale"))
+    except _Bad as exc:
+        raise _Bad(f"max_upscale {exc}") from None
+    return UnetScale(spacing, cap)
+
+
+# Fields every entry may have, then those of one task only: name -> check.
+_COMMON: dict[str, Callable[[Any], Any]] = {
+    "task": _choice(TASKS),
+    "file": _relative_file,
+    "sha256": _sha,
+    "input": _opt_str,
+    "output": _opt_str,
+    "bn": _choice(BN_MODES),
+    "opset": _opt(_int(1)),
+    "normalisation": _opt_str,
+    "licence": _opt_str,
+    "provenance": _opt(_dict),
+    "input_shape": _opt(_shape),
+    "output_shape": _opt(_shape),
+    "pixel_size_A": _opt(_positive),
+}
+_PER_TASK: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "square_cnn": {"crop_size": _int(1)},
+    "hole_unet": {"multiple": _int(1), "threshold": _threshold, "scale": _scale, "max_pixels": _opt(_int(1))},
+    "hole_cnn": {"min_size": _int(1)},
+}
+_REQUIRED = ("file", "sha256")
+
+
+def _format(v: Any) -> int:
+    if v != FORMAT or isinstance(v, bool):
+        raise _Bad(f"must be {FORMAT} (the only manifest format this version reads)")
+    return FORMAT
+
+
+_TOP: dict[str, Callable[[Any], Any]] = {
+    "format": _format,
+    "name": _str,
+    "version": _opt_str,
+    "licence": _opt_str,
+    "provenance": _opt(_dict),
+    "hole_score": _choice(HOLE_SCORES),
+    "models": _dict,
+}
+
+
+def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
+    where = f"models.{task}"
+    if task not in TASKS:
+        problems.append(f"{where}: unknown task '{task}' (known: {', '.join(TASKS)})")
+        return None
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be an object")
+        return None
+    checks = {**_COMMON, **_PER_TASK[task]}
+    values: dict[str, Any] = {"task": task}
+    n_before = len(problems)  # the list holds the problems of earlier entries too
+    for key in _REQUIRED:
+        if key not in raw:
+            problems.append(f"{where}.{key}: missing (required)")
+    for key, value in raw.items():
+        check = checks.get(key)
+        if check is None:
+            other = [t for t, keys in _PER_TASK.items() if key in keys]
+            hint = f" (a {other[0]} field)" if other else ""
+            problems.append(f"{where}.{key}: unknown field{hint}")
+            continue
+        try:
+            values[key] = check(value)
+        except _Bad as exc:
+            problems.append(f"{where}.{key}: {exc}, got {json.dumps(value)[:60]}")
+    if values.get("task", task) != task:
+        problems.append(f"{where}.task: '{values['task']}' differs from its key '{task}'")
+    if len(problems) > n_before:
+        return None
+    return ModelSpec(**values)
+
+
+def parse_manifest(raw: Any, problems: list[str] | None = None) -> Manifest | None:
+    """Parse a decoded manifest.json. Each problem is appended to `problems`, and None returned; without a
+    list, ModelError names them all."""
+    collect: list[str] = []
+    manifest, _ = _parse(raw, collect)
+    if problems is not None:
+        problems.extend(collect)
+    elif collect:
+        raise ModelError("; ".join(collect))
+    return manifest
+
+
+def _parse(raw: Any, collect: list[str]) -> tuple[Manifest | None, dict[str, ModelSpec]]:
+    """The manifest (None when anything is wrong) and the entries that parsed (for checking their files)."""
+    if not isinstance(raw, dict):
+        collect.append("the manifest must be a JSON object")
+        return None, {}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        check = _TOP.get(key)
+        if check is None:
+            collect.append(f"{key}: unknown field")
+            continue
+        try:
+            values[key] = check(value)
+        except _Bad as exc:
+            collect.append(f"{key}: {exc}, got {json.dumps(value)[:60]}")
+    for key in ("format", "name", "models"):
+        if key not in raw:
+            collect.append(f"{key}: missing (required)")
+    models: dict[str, ModelSpec] = {}
+    if isinstance(values.get("models"), dict):
+        if not values["models"]:
+            collect.append("models: lists no models")
+        for task, entry in values["models"].items():
+            spec = _entry(str(task), entry, collect)
+            if spec is not None:
+                models[str(task)] = spec
+    if collect:
+        return None, models
+    values["models"] = models
+    return Manifest(**values), models
+
+
+def _manifest_problems(directory: Path) -> tuple[Manifest | None, dict[str, ModelSpec], list[str]]:
+    """The parsed manifest of `directory` (None if unusable), the entries that parsed, and the problems,
+    each naming the file."""
+    path = directory / "manifest.json"
+    if not directory.is_dir():
+        return None, {}, [f"{directory}: model set directory not found"]
+    if not path.is_file():
+        return None, {}, [f"{directory}: no manifest.json (not a model set)"]
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, {}, [f"{path}: unreadable manifest ({exc})"]
+    problems: list[str] = []
+    manifest, specs = _parse(raw, problems)
+    return manifest, specs, [f"{path}: {p}" for p in problems]
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read and parse DIRECTORY/manifest.json; ModelError (exit 3) naming the file and each bad field."""
+    manifest, _, problems = _manifest_problems(directory)
+    if manifest is None:
+        path = directory / "manifest.json"
+        raise ModelError(problems[0] if len(problems) == 1 else f"{path}: " + "; ".join(
+            p[len(str(path)) + 2:] for p in problems))
+    return manifest
+
+
+def model_path(directory: Path, spec: ModelSpec) -> Path:
+    """The graph file of `spec`, refused (ModelError) when it resolves outside the set's directory."""
+    root = directory.resolve()
+    path = (root / spec.file).resolve()
+    if not path.is_relative_to(root):
+        raise ModelError(f"{root / spec.file}: model file for '{spec.task}' leads outside the model set "
+                         f"directory {root} (symlink?)")
+    return path
+
+
+def read_verified(directory: Path, spec: ModelSpec) -> bytes:
+    """The graph's bytes, read once and checked against the manifest's sha256: what onnxruntime is given."""
+    path = model_path(directory, spec)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file for '{spec.task}' is missing")
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file ({exc})") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != spec.sha256:
+        raise ModelError(
+            f"{path}: sha256 {digest[:12]}... does not match the manifest ({spec.sha256[:12]}...); "
+            "the model set was modified or is incomplete"
+        )
+    return blob
+
+
+def validate_model_set(directory: str | Path, *, sessions: bool = True) -> list[str]:
+    """Every problem of the model set in `directory` (empty: clean): manifest fields, files, hashes, graphs.
+
+    With `sessions`, each graph that passes its hash check is opened with onnxruntime (CPU) and its
+    declared input and output names are looked up in it.
+    """
+    directory = Path(directory)
+    _, specs, problems = _manifest_problems(directory)
+    for spec in specs.values():
+        try:
+            blob = read_verified(directory, spec)
+        except ModelError as exc:
+            problems.append(str(exc))
+            continue
+        if sessions:
+            problems.extend(_graph_problems(directory, spec, blob))
+    return problems
+
+
+def _graph_problems(directory: Path, spec: ModelSpec, blob: bytes) -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    where = directory.resolve() / spec.file
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        return [f"{where}: onnxruntime cannot load the graph ({str(exc).splitlines()[0][:200]})"]
+    out = []
+    inputs = [i.name for i in sess.get_inputs()]
+    outputs = [o.name for o in sess.get_outputs()]
+    if spec.input is not None and spec.input not in inputs:
+        out.append(f"{where}: models.{spec.task}.input '{spec.input}' is not an input of the graph ({inputs})")
+    if spec.output is not None and spec.output not in outputs:
+        out.append(f"{where}: models.{spec.task}.output '{spec.output}' is not an output of the graph ({outputs})")
+    return out

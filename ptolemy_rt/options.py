@@ -1,0 +1,78 @@
+"""Pipeline options as values: what find_squares and find_holes may be asked to do differently, checked once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "PTOLEMY_COMPAT"]
+
+SCORES = ("unet", "cnn")
+CROP_MODES = ("centred", "ptolemy")
+PADDINGS = ("minimal", "ptolemy")
+
+
+@dataclass(frozen=True)
+class HoleOptions:
+    """How find_holes works (defaults: ours; HoleOptions.ptolemy(): the original medmag_cli.py's behaviour).
+
+    threshold: U-Net probability threshold (None: the model's manifest). edge_tolerance: how far (px) outside
+    the image a lattice point may lie (-10: at least 10 px inside). refine: least-squares lattice refinement.
+    score: "unet" (summed U-Net probability per crop, counted in the U-Net's pixels, so the same at any
+    magnification) or "cnn" (hole CNN); None: the model set's choice. k: neighbours per centroid in the
+    lattice search. crop_mode / unet_padding: "ptolemy" reproduces the original's crop windows and U-Net
+    padding. cnn: False skips the hole CNN (scores["cnn"] = None).
+    """
+
+    threshold: float | None = None
+    edge_tolerance: float = -10.0
+    refine: bool = True
+    score: str | None = None
+    k: int = 6
+    crop_mode: str = "centred"
+    unet_padding: str = "minimal"
+    cnn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.score is not None and self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        if self.unet_padding not in PADDINGS:
+            raise ValueError(f"unet_padding must be one of {PADDINGS}, got {self.unet_padding!r}")
+        if self.score == "cnn" and not self.cnn:
+            raise ValueError("score='cnn' needs cnn=True")
+
+    @classmethod
+    def ptolemy(cls, **changes: Any) -> HoleOptions:
+        """The original medmag_cli.py: its 5 nearest neighbours, no refinement, its crop windows and U-Net
+        padding, scores from the hole CNN (`changes` override single fields, e.g. edge_tolerance)."""
+        return cls(**{**PTOLEMY_COMPAT, **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict."""
+        return asdict(self)
+
+
+# What HoleOptions.ptolemy() changes (kept as a dict for callers that spread it into find_holes).
+PTOLEMY_COMPAT: dict[str, Any] = {
+    "k": 5,
+    "refine": False,
+    "crop_mode": "ptolemy",
+    "unet_padding": "ptolemy",
+    "score": "cnn",
+}
+
+
+@dataclass(frozen=True)
+class SquareOptions:
+    """How find_squares works: window (px) within which pixels join one square, smallest hull area (px²)
+    kept, and the most crops per square-CNN batch."""
+
+    window: int = 6
+    min_area: float = 100.0
+    batch_size: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict."""
+        return asdict(self)

@@ -1,0 +1,92 @@
+"""Running a classifier over crops: batches that honour the graph's BatchNorm mode, for the square and hole CNNs.
+
+A graph that normalises with its batch's statistics (manifest bn = "batch", as the original ran its networks)
+gives scores that depend on which crops share a batch, so such crops are batched exactly as the original
+batched them. Any other graph gets batches sized for memory and speed alone, which change nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .models import ModelSet
+
+__all__ = ["BatchPolicy", "plan_batches", "classify"]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a task's crops are batched.
+
+    original_batch: crops per batch in the original (None: all crops of an image in one batch), used for
+    batch-statistics graphs, capped at max_batch (with a warning, since scores then differ from the
+    original's). independent_batch / independent_pixels: most crops / input pixels per batch for the others,
+    whose batches also hold crops of one shape only.
+    """
+
+    original_batch: int | None
+    max_batch: int
+    independent_batch: int | None = None
+    independent_pixels: int | None = None
+
+
+def plan_batches(
+    shapes: Sequence[tuple[int, int]], policy: BatchPolicy, batch_statistics: bool, min_size: int = 1
+) -> list[list[int]]:
+    """Crop indices per batch; crops with an empty shape are left out (they get no score).
+
+    min_size: crops are enlarged to at least this side before the network, which the pixel budget counts.
+    """
+    valid = [i for i, shape in enumerate(shapes) if min(shape) >= 1]
+    if batch_statistics:
+        per = policy.original_batch if policy.original_batch is not None else policy.max_batch
+        per = max(1, min(per, policy.max_batch))
+        if policy.original_batch is None and len(valid) > per:
+            warnings.warn(
+                f"{len(valid)} crops: scoring in batches of {per}; this graph normalises with batch statistics, "
+                "so scores depend on the batch (the original scored all crops of an image in one batch)",
+                stacklevel=3,
+            )
+        return [valid[a : a + per] for a in range(0, len(valid), per)]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in valid:
+        groups.setdefault(tuple(shapes[i]), []).append(i)  # type: ignore[arg-type]
+    out = []
+    for shape, idx in sorted(groups.items()):
+        per = policy.independent_batch or len(idx)
+        if policy.independent_pixels:
+            area = max(shape[0], min_size) * max(shape[1], min_size)
+            per = min(per, policy.independent_pixels // area)
+        per = max(1, per)
+        out.extend(idx[b : b + per] for b in range(0, len(idx), per))
+    return out
+
+
+def classify(
+    models: ModelSet,
+    task: str,
+    n: int,
+    batches: list[list[int]],
+    inputs: Callable[[list[int]], np.ndarray],
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Probabilities (n,) float64 of `task`'s graph, batch by batch; NaN for crops in no batch.
+
+    inputs(indices) builds the (len(indices), 1, rows, cols) network input of one batch, so no more than one
+    batch of crops is held at a time. timings["crops"] / ["cnn"] accumulate the seconds spent in each.
+    """
+    timings = {} if timings is None else timings
+    out = np.full(n, np.nan, dtype=np.float64)
+    for idx in batches:
+        t0 = time.perf_counter()
+        batch = inputs(idx)
+        t1 = time.perf_counter()
+        out[idx] = np.asarray(models.predict(task, batch), dtype=np.float32).reshape(-1)
+        timings["crops"] = timings.get("crops", 0.0) + (t1 - t0)
+        timings["cnn"] = timings.get("cnn", 0.0) + (time.perf_counter() - t1)
+    return out

@@ -1,0 +1,209 @@
+"""The hole U-Net as a stage: normalise and resample its input, pad or tile, run the graph, return a probability map.
+
+Every step that prepares the U-Net's input is a public function here, and export/ trains on their output,
+so what the network saw in training and what it sees at run time cannot drift apart. A scale-normalised
+U-Net (manifest `scale`) is run on the image resampled so the lattice period is scale.spacing_px; which
+periods to try when the image's own period is unknown is decided here too (period_candidates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .manifest import UnetScale
+from .models import ModelSet, sigmoid
+from .options import PADDINGS
+
+__all__ = [
+    "normalise_image",
+    "resample",
+    "scaled_input",
+    "unet_pad_shape",
+    "tile_spans",
+    "probability_map",
+    "scaled_probability_map",
+    "unet_factor",
+    "period_candidates",
+    "consistent_periods",
+    "MIN_PERIOD_PX",
+    "SCALE_TOLERANCE",
+]
+
+# Shortest lattice period (px) the scale-normalised path accepts; holes are specified at 40-400 px.
+MIN_PERIOD_PX = 20.0
+# The lattice a scale-normalised U-Net map gives must lie within this factor of the period it was run at
+# (the U-Nets are trained for +-12 % of their canonical period).
+SCALE_TOLERANCE = 1.25
+# Periods tried, longest first, when the image's period cannot be measured: the issue's 40-400 px in
+# steps of SCALE_TOLERANCE, so every period is within 12 % of one of them. A try runs the U-Net on
+# unet_factor(period)^2 times the image's pixels; tries above this many U-Net input pixels are skipped.
+_LADDER_LONGEST = 400.0
+_LADDER_SHORTEST = 40.0
+_LADDER_MAX_PIXELS = 4_000_000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input
+
+
+def normalise_image(data: np.ndarray) -> np.ndarray | None:
+    """(data - mean) / std as float32 (statistics accumulated in float64); None for a constant image."""
+    x = np.asarray(data, dtype=np.float32)
+    mean = float(x.mean(dtype=np.float64))
+    std = float(x.std(dtype=np.float64))
+    if not (std > 0.0 and math.isfinite(std)) or std < 1e-12 * max(1.0, abs(mean)):
+        return None
+    return (x - np.float32(mean)) * np.float32(1.0 / std)
+
+
+def resample(image: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by `factor` (area averaging when shrinking, bicubic when enlarging) to round(side * factor).
+
+    cv2.resize maps pixel centres: input x lands on (x + 0.5) * (new width / old width) - 0.5."""
+    rows, cols = image.shape
+    new_size = (max(1, int(round(cols * factor))), max(1, int(round(rows * factor))))
+    interp = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(image, dtype=np.float32), new_size, interpolation=interp)
+
+
+def scaled_input(normalised: np.ndarray, factor: float) -> np.ndarray | None:
+    """What a scale-normalised U-Net is given: the normalised image resampled by `factor`, normalised again
+    (area averaging lowers the variance, and such a U-Net is trained on unit variance); None if constant."""
+    return normalise_image(resample(normalised, factor))
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return -(-int(n) // int(m)) * int(m)
+
+
+def unet_pad_shape(shape: tuple[int, int], multiple: int, padding: str = "minimal") -> tuple[int, int]:
+    """Padded (rows, cols) for the U-Net: the smallest multiples of `multiple`, or the original's rule.
+
+    "ptolemy": at least 1024 rows and 1440 columns, then up to the next multiple of 512 (1024x1440 ->
+    1024x1536), which is how the reference map was made; the padding changes the map by up to ~3e-3.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    m = max(1, int(multiple))
+    if padding == "minimal":
+        return _ceil_to(rows, m), _ceil_to(cols, m)
+    if padding == "ptolemy":
+        step = max(512, m)
+        return _ceil_to(max(rows, 1024), step), _ceil_to(max(cols, 1440), step)
+    raise ValueError(f"unet_padding must be one of {PADDINGS}, got {padding!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running the graph
+
+
+def tile_spans(n: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (start, stop, keep_from, keep_to); kept parts partition [0, n)."""
+    if n <= tile:
+        return [(0, n, 0, n)]
+    step = max(1, tile - 2 * margin)
+    starts = list(range(0, n - tile, step)) + [n - tile]
+    out = []
+    for idx, s in enumerate(starts):
+        lo = 0 if idx == 0 else (s + starts[idx - 1] + tile) // 2
+        hi = n if idx == len(starts) - 1 else (starts[idx + 1] + s + tile) // 2
+        out.append((s, s + tile, lo, hi))
+    return out
+
+
+def _unet_logits(padded: np.ndarray, models: ModelSet, multiple: int, max_pixels: int | None) -> np.ndarray:
+    """U-Net logits of a padded image, in overlapping tiles when it exceeds `max_pixels`."""
+    rows, cols = padded.shape
+    if not max_pixels or rows * cols <= max_pixels:
+        return models.run("hole_unet", padded[None, None])[0, 0]
+    m = max(1, multiple)
+    side = max(m, int(math.isqrt(int(max_pixels)) // m) * m)
+    tile_r = min(rows, side)
+    tile_c = min(cols, max(m, int(max_pixels // tile_r) // m * m))
+    # The overlap lets each tile's kept part see context on every side; a tile's borders are its worst part.
+    margin_r = min(max(m // 2, 64), max(0, (tile_r - m) // 2))
+    margin_c = min(max(m // 2, 64), max(0, (tile_c - m) // 2))
+    out = np.empty((rows, cols), dtype=np.float32)
+    for r0, r1, kr0, kr1 in tile_spans(rows, tile_r, margin_r):
+        for c0, c1, kc0, kc1 in tile_spans(cols, tile_c, margin_c):
+            tile = np.ascontiguousarray(padded[r0:r1, c0:c1])
+            logits = models.run("hole_unet", tile[None, None])[0, 0]
+            out[kr0:kr1, kc0:kc1] = logits[kr0 - r0 : kr1 - r0, kc0 - c0 : kc1 - c0]
+    return out
+
+
+def probability_map(
+    normalised: np.ndarray,
+    models: ModelSet,
+    *,
+    unet_padding: str = "minimal",
+    pad_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """U-Net probabilities (float32, same shape) of a normalised image, run at the image's own scale.
+
+    The image is padded at the bottom and right with 0 (its mean) to `pad_shape`, else to the shape
+    `unet_padding` gives; above the manifest's max_pixels the padded image is run in overlapping tiles.
+    """
+    spec = models.spec("hole_unet")
+    rows, cols = normalised.shape
+    if pad_shape is None:
+        pad_shape = unet_pad_shape((rows, cols), spec.multiple, unet_padding)
+    pr, pc = int(pad_shape[0]), int(pad_shape[1])
+    if pr < rows or pc < cols:
+        raise ValueError(f"pad_shape {pad_shape} is smaller than the image {normalised.shape}")
+    padded = np.zeros((pr, pc), dtype=np.float32)
+    padded[:rows, :cols] = normalised
+    logits = _unet_logits(padded, models, spec.multiple, spec.max_pixels)
+    return sigmoid(np.ascontiguousarray(logits[:rows, :cols]))
+
+
+def scaled_probability_map(normalised: np.ndarray, models: ModelSet, factor: float,
+                           unet_padding: str = "minimal") -> np.ndarray:
+    """Resample by `factor` (scaled_input), run the U-Net, resample the map back onto the input's pixels."""
+    rows, cols = normalised.shape
+    small = scaled_input(normalised, factor)
+    if small is None:
+        return np.zeros((rows, cols), dtype=np.float32)
+    prob = probability_map(small, models, unet_padding=unet_padding)
+    # cv2.resize maps pixel centres ((x + 0.5) * f - 0.5), so the map lands back on the input's pixels.
+    return cv2.resize(prob, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scale
+
+
+def unet_factor(period_px: float, scale: UnetScale) -> float:
+    """Resampling factor for a scale-normalised U-Net: target period / period, at most scale.max_upscale.
+
+    The cap bounds the U-Net's cost on fine lattices (the default set: 1.3, so <= 2.9 GFLOP for 1024x1440);
+    such a U-Net is trained to find holes at periods down to target / max_upscale.
+    """
+    f = float(scale.spacing_px) / float(period_px)
+    return min(f, float(scale.max_upscale)) if scale.max_upscale else f
+
+
+def consistent_periods(a: float, b: float, factor: float = SCALE_TOLERANCE) -> bool:
+    """Whether periods a and b agree within `factor` either way."""
+    return 1.0 / factor <= a / b <= factor
+
+
+def period_candidates(period: float | None, shape: tuple[int, int], scale: UnetScale) -> list[float]:
+    """Periods (px) to run a scale-normalised U-Net at: the measured period, then a ladder 400 -> 40 px.
+
+    Ladder rungs within 12 % of the measured period are dropped (that try already covered them), as are
+    periods longer than half the image's shorter side (no lattice to fit) and those whose resampled image
+    would exceed _LADDER_MAX_PIXELS (seconds of U-Net on a large image at a short period).
+    """
+    out = [] if period is None else [float(period)]
+    rows, cols = int(shape[0]), int(shape[1])
+    p = _LADDER_LONGEST
+    while p >= _LADDER_SHORTEST / 1.0001:
+        near_measured = period is not None and consistent_periods(p, period, math.sqrt(SCALE_TOLERANCE))
+        fits = p <= min(rows, cols) / 2.0 and rows * cols * unet_factor(p, scale) ** 2 <= _LADDER_MAX_PIXELS
+        if fits and not near_measured:
+            out.append(p)
+        p /= SCALE_TOLERANCE
+    return out
