@@ -1,0 +1,149 @@
+"""The typed manifest (ptolemy_rt.manifest) and `ptolemy-rt models --validate`: every problem listed, exit 3."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt.cli import main
+from ptolemy_rt.errors import ModelError
+from ptolemy_rt.manifest import ModelSpec, UnetScale, parse_manifest, read_manifest, validate_model_set
+from ptolemy_rt.models import ModelSet, default_models_dir
+
+pytest.importorskip("onnx", reason="onnx is a dev extra (pip install -e '.[dev,cpu]')")
+
+from .tiny_models import make_tiny_set  # noqa: E402
+
+
+@pytest.fixture()
+def tiny(tmp_path) -> Path:
+    return make_tiny_set(tmp_path / "tiny")
+
+
+def edit(directory: Path, change) -> Path:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return directory
+
+
+def validate_cli(directory: Path, capsys) -> tuple[int, list[str]]:
+    code = main(["models", "--validate", str(directory)])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def test_shipped_set_is_clean(capsys):
+    shipped = default_models_dir()
+    if not (shipped / "manifest.json").is_file():
+        pytest.skip("no shipped model set in this checkout")
+    assert validate_model_set(shipped) == []
+    code = main(["models", "--validate", str(shipped)])
+    assert code == 0 and "OK" in capsys.readouterr().out
+
+
+def test_typed_values_and_defaults(tiny):
+    manifest = read_manifest(tiny)
+    unet = manifest.models["hole_unet"]
+    assert isinstance(unet, ModelSpec) and unet.multiple == 16 and unet.threshold == 0.5 and unet.scale is None
+    assert manifest.hole_score == "unet" and manifest.name == "tiny-test-set"
+    edit(tiny, lambda m: (m["models"]["hole_unet"].update(scale={"spacing_px": 64}),
+                          m["models"]["hole_cnn"].pop("bn")))
+    manifest = read_manifest(tiny)
+    assert manifest.models["hole_unet"].scale == UnetScale(64.0, None)
+    # A missing bn means batch statistics, in squares and holes alike (it once meant eval-mode in holes).
+    assert manifest.models["hole_cnn"].bn == "batch" and manifest.models["hole_cnn"].batch_statistics
+
+
+def test_every_problem_is_listed_with_its_field(tiny, tmp_path, capsys):
+    def break_it(m):
+        del m["models"]["square_cnn"]["sha256"]  # missing field
+        m["models"]["hole_unet"]["threshold"] = "0.3"  # wrong type
+        m["models"]["hole_unet"]["crop_size"] = 240  # a square_cnn field
+        m["models"]["square_cnn"]["bn"] = "eval"  # out of range
+        m["colour"] = "blue"  # unknown top-level field
+
+    edit(tiny, break_it)
+    (tiny / "hole_cnn.onnx").write_bytes(b"tampered")  # bad hash, on an entry that parses
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3
+    text = "\n".join(lines)
+    for field in ("models.square_cnn.sha256: missing", "models.hole_unet.threshold: must be a number",
+                  "models.hole_unet.crop_size: unknown field (a square_cnn field)", "models.square_cnn.bn: must be one of",
+                  "colour: unknown field", "hole_cnn.onnx: sha256"):
+        assert field in text, field
+    assert len(lines) == 6
+    # Loading refuses the same set with one line naming the fields (exit 3 through the CLI).
+    with pytest.raises(ModelError, match="models.hole_unet.threshold"):
+        ModelSet(tiny)
+
+
+@pytest.mark.parametrize("file", ["../outside.onnx", "/etc/passwd", "sub/../../outside.onnx"])
+def test_file_outside_the_directory_is_refused(tiny, capsys, file):
+    edit(tiny, lambda m: m["models"]["hole_cnn"].update(file=file))
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3 and len(lines) == 1 and "models.hole_cnn.file" in lines[0] and "inside" in lines[0]
+    with pytest.raises(ModelError, match="models.hole_cnn.file"):
+        ModelSet(tiny)
+
+
+def test_symlink_leading_out_is_refused(tiny, tmp_path, capsys):
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.copy(tiny / "hole_cnn.onnx", outside)
+    (tiny / "hole_cnn.onnx").unlink()
+    os.symlink(outside, tiny / "hole_cnn.onnx")
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3 and len(lines) == 1 and "leads outside" in lines[0]
+    with pytest.raises(ModelError, match="leads outside"):
+        ModelSet(tiny)
+
+
+def test_missing_file_and_graph_names(tiny, capsys):
+    (tiny / "square_cnn.onnx").unlink()
+    edit(tiny, lambda m: m["models"]["hole_unet"].update(input="pixels"))
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3 and len(lines) == 2
+    assert any("square_cnn" in line and "missing" in line for line in lines)
+    assert any("input 'pixels' is not an input of the graph" in line for line in lines)
+
+
+def test_malformed_manifest_exits_3(tiny, capsys):
+    (tiny / "manifest.json").write_text("{not json")
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3 and "unreadable manifest" in lines[0]
+    code = main(["models", "--models", str(tiny)])
+    assert code == 3
+
+
+def test_graph_changed_after_load_is_refused(tiny):
+    # onnxruntime gets the bytes that were hashed; a file swapped between load and first use is caught.
+    ms = ModelSet(tiny, provider="cpu")
+    (tiny / "hole_cnn.onnx").write_bytes((tiny / "square_cnn.onnx").read_bytes())
+    with pytest.raises(ModelError, match="does not match"):
+        ms.session("hole_cnn")
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5),
+                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.sampled_from(["square_cnn", "hole_unet", "hole_cnn"]),
+       st.sampled_from(["bn", "threshold", "multiple", "scale", "max_pixels", "min_size", "crop_size", "opset",
+                        "input", "sha256", "file", "pixel_size_A"]), _VALUES)
+def test_any_field_value_parses_or_is_refused_by_name(task, key, value):
+    base = {"format": 1, "name": "x", "models": {task: {"file": "a.onnx", "sha256": "0" * 64, key: value}}}
+    problems: list[str] = []
+    manifest = parse_manifest(base, problems)
+    if manifest is None:
+        assert problems and all(p.startswith(f"models.{task}.") for p in problems)
+        assert any(f".{key}" in p for p in problems)
+    else:
+        assert problems == [] and isinstance(manifest.models[task], ModelSpec)
