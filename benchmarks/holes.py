@@ -90,20 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
     args = parser.parse_args(argv)
 
-    from ptolemy_rt.holes import (
-        _cnn_input,
-        cnn_scores,
-        find_holes,
-        hole_centroids,
-        hole_crops,
-        normalise_image,
-        probability_map,
-        unet_pad_shape,
-        unet_scores,
-    )
+    from ptolemy_rt.crops import hole_crop_input, hole_crops
+    from ptolemy_rt.holes import cnn_scores, find_holes, hole_centroids, unet_scores
     from ptolemy_rt.io import read_image
     from ptolemy_rt.lattice import fit_lattice
     from ptolemy_rt.models import load_models
+    from ptolemy_rt.unet import normalise_image, probability_map, unet_pad_shape
 
     tmp = None
     models_dir = args.models
@@ -122,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     warm = find_holes(image, ms, score="cnn")
     first = time.perf_counter() - t0
-    if spec.get("scale"):
+    if spec.scale is not None:
         # A scale-normalised U-Net (the shipped set): the stages live inside find_holes, so report its timings.
         runs = [find_holes(image, ms, score="cnn") for _ in range(args.repeat)]
         print(f"# Med-mag pipeline, {MEDMAG.name}, {len(warm.holes)} holes, model set {ms.name}, "
@@ -135,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| find_holes end to end | {total.median:.2f} | {total.min:.2f} |")
         return 0
     prob = probability_map(norm, ms)
-    mask = prob > float(spec["threshold"])
+    mask = prob > spec.threshold
     centroids = hole_centroids(mask)
     lattice = fit_lattice(centroids, mask)
     points = lattice.points(image.shape, -10.0)
@@ -144,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Timing] = []
     rows.append(time_it("read", lambda: read_image(MEDMAG), repeat=args.repeat))
     rows.append(time_it("normalise", lambda: normalise_image(image.data), repeat=args.repeat))
-    rows.append(time_it("centroids", lambda: hole_centroids(prob > float(spec["threshold"])), repeat=args.repeat))
+    rows.append(time_it("centroids", lambda: hole_centroids(prob > spec.threshold), repeat=args.repeat))
     rows.append(time_it("lattice", lambda: fit_lattice(centroids, mask), repeat=args.repeat))
 
     def crops_stage():
@@ -158,15 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     # Networks: the pipeline stage and bare onnxruntime on the same inputs, run alternately so that
     # other load on the machine hits both alike.
     sess_u = ms.session("hole_unet")
-    pr, pc = unet_pad_shape(image.shape, int(spec["multiple"]))
+    pr, pc = unet_pad_shape(image.shape, spec.multiple)
     padded = np.zeros((1, 1, pr, pc), dtype=np.float32)
     padded[0, 0, : image.shape[0], : image.shape[1]] = norm
     feed_u = {sess_u.get_inputs()[0].name: padded}
     unet, bare_unet = paired("unet", lambda: probability_map(norm, ms), "unet (bare ort)",
                              lambda: sess_u.run(None, feed_u), args.net_repeat)
     sess_c = ms.session("hole_cnn")
-    min_size = int(ms.spec("hole_cnn").get("min_size") or 1)
-    crops = [_cnn_input(image.data, m, s, min_size)[None, None] for m, s in zip(geometry.matrices, geometry.shapes)]
+    min_size = ms.spec("hole_cnn").min_size
+    crops = [hole_crop_input(image.data, m, s, min_size)[None, None]
+             for m, s in zip(geometry.matrices, geometry.shapes)]
     name_c = sess_c.get_inputs()[0].name
     cnn, bare_cnn = paired("cnn", lambda: cnn_scores(image.data, geometry, ms), "cnn (bare ort)",
                            lambda: [sess_c.run(None, {name_c: x}) for x in crops], args.net_repeat)

@@ -9,9 +9,9 @@ published weights, e.g. /tmp/ptolemy_converted, gives the original's network; ne
 from __future__ import annotations
 
 import argparse
-import time
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np

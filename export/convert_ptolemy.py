@@ -22,8 +22,8 @@ import onnx
 import torch
 from torch import nn
 
-from .nets import HoleCNN, SquareCNN, UNet, hole_cnn_min_size
-from .to_onnx import MIN_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, sha256_file, write_atomic
+from .nets import HoleCNN, SquareCNN, UNet
+from .to_onnx import INPUT_NAME, MIN_OPSET, OUTPUT_NAME, export_onnx, sha256_file, write_atomic
 
 CONVERTER_VERSION = "1.0"
 LICENCE = "CC BY-NC 4.0"
@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="batch",
         help="batch: batch statistics, as the original tool (default); running: the saved running statistics",
     )
-    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET}, default %(default)s)")
+    parser.add_argument("--opset", type=int, default=MIN_OPSET,
+                        help=f"ONNX opset (>= {MIN_OPSET}, default %(default)s)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:

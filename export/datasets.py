@@ -361,8 +361,8 @@ def square_examples(seed: int, n_atlases: int, shape: tuple[int, int] = (1024, 1
 
 def real_square_examples(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Square CNN examples (reduced to 120x120) from a facility's atlases: each image with a same-stem
-    .csv/.json of the squares an operator selected (points inside them; with a label column, 0 marks a rejected square). Squares
-    found by the runtime that hold a selected point are positives, all others negatives."""
+    .csv/.json of the squares an operator selected (points inside them; with a label column, 0 marks a
+    rejected square). Squares found by the runtime that hold a selected point are positives, all others negatives."""
     from ptolemy_rt.io import read_image
 
     xs: list[np.ndarray] = []

@@ -34,7 +34,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to path via a temporary file in the same directory and os.replace, so readers never see a partial file."""
+    """Write bytes to path via a temporary file in the same directory and os.replace, so readers never see a
+    partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sq = sub.add_parser("squares", aliases=["lowmag"], help="find and score grid squares in low-mag atlases")
     _common(sq)
-    sq.add_argument("--min-area", type=float, default=100.0, help="drop squares whose hull is smaller (px², default 100)")
+    sq.add_argument("--min-area", type=float, default=100.0,
+                    help="drop squares whose hull is smaller (px², default 100)")
     sq.add_argument("--window", type=int, default=6, help="pixels within this window join one square (default 6)")
     sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
     sq.set_defaults(func=_cmd_squares)

@@ -2,7 +2,9 @@
 
 Square crops (boxes in the original's rotated frame, centred in a fixed canvas) and hole crops (lattice-frame
 squares, centred or in the original's windows) are both built here, on one description of the original's
-whole-image rotation (RotatedFrame), without ever rotating the image. Coordinates are input pixels, x = column, y = row, origin at the centre of the top-left pixel. An angle
+whole-image rotation (RotatedFrame), without ever rotating the image.
+
+Coordinates are input pixels, x = column, y = row, origin at the centre of the top-left pixel. An angle
 is counter-clockwise as seen on screen (y down): a crop at angle a has its columns running along
 (cos a, -sin a) and its rows along (sin a, cos a) in the input.
 """

@@ -64,9 +64,9 @@ def image_path(key: str, tmp: Path, reference: Path | None) -> Path | None:
         path = tmp / f"{key}.mrc"
         if not path.exists():
             from ptolemy_rt.demo import write_mrc
-
             from ptolemy_rt.synthetic import make_atlas, make_medmag
-            seed = int(key.lstrip("atlasmedg"))
+
+            seed = int(key.removeprefix("atlas").removeprefix("medmag"))
             data, _ = (make_atlas if key.startswith("atlas") else make_medmag)(seed)
             write_mrc(path, data)
         return path

@@ -135,7 +135,8 @@ def test_published_checkpoints_load_strict(ref: Path, bn: str) -> None:
 @pytest.mark.parametrize("bn", ["batch", "running"])
 def test_converted_set_is_complete_clean_and_recorded(ref: Path, converted: dict[str, Path], bn: str) -> None:
     out = converted[bn]
-    assert sorted(p.name for p in out.iterdir()) == ["hole_cnn.onnx", "hole_unet.onnx", "manifest.json", "square_cnn.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hole_cnn.onnx", "hole_unet.onnx", "manifest.json", "square_cnn.onnx"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == 1 and manifest["licence"] == "CC BY-NC 4.0"
     assert manifest["provenance"]["bn"] == bn

@@ -14,7 +14,7 @@ from ptolemy_rt.crops import crop_half_side, hole_crop_input, hole_crops
 from ptolemy_rt.holes import find_holes, hole_centroids, holes_from_map
 from ptolemy_rt.manifest import UnetScale
 from ptolemy_rt.models import ModelSet, load_models
-from ptolemy_rt.options import PTOLEMY_COMPAT, HoleOptions
+from ptolemy_rt.options import PTOLEMY_COMPAT
 from ptolemy_rt.unet import (
     normalise_image,
     period_candidates,

@@ -76,7 +76,8 @@ def test_every_problem_is_listed_with_its_field(tiny, tmp_path, capsys):
     assert code == 3
     text = "\n".join(lines)
     for field in ("models.square_cnn.sha256: missing", "models.hole_unet.threshold: must be a number",
-                  "models.hole_unet.crop_size: unknown field (a square_cnn field)", "models.square_cnn.bn: must be one of",
+                  "models.hole_unet.crop_size: unknown field (a square_cnn field)",
+                  "models.square_cnn.bn: must be one of",
                   "colour: unknown field", "hole_cnn.onnx: sha256"):
         assert field in text, field
     assert len(lines) == 6
@@ -131,7 +132,8 @@ def test_graph_changed_after_load_is_refused(tiny):
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5),
-                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+                    st.lists(st.integers(), max_size=2),
+                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

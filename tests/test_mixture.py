@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from ptolemy_rt import mixture
 
-
 per_pixel_em = mixture.per_pixel_em
 
 
