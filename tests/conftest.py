@@ -66,6 +66,29 @@ def converted_models_running(reference_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def published_unet_map(converted_models: Path, medmag_path: Path):
+    """The published U-Net's probability map of the real med-mag example, padded as the reference was
+    (1024 x 1536): the published U-Net runs once per session for every test that needs its map."""
+    from ptolemy_rt.io import read_image
+    from ptolemy_rt.models import load_models
+    from ptolemy_rt.unet import normalise_image, probability_map
+
+    image = read_image(medmag_path)
+    return probability_map(normalise_image(image.data), load_models(converted_models), pad_shape=(1024, 1536))
+
+
+# Tests that need the published weights (converted once per session, seconds each) are slow by definition:
+# the default run leaves them out, `.ci/run` runs them.
+_SLOW_FIXTURES = {"converted_models", "converted_models_running", "published_unet_map"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
 def lowmag_path(reference_dir: Path) -> Path:
     """The real low-mag example atlas."""
     return reference_dir / "images" / "20may08a_16760340.mrc"

@@ -1,0 +1,41 @@
+"""`ptolemy-rt demo`: both pipelines on synthetic images, results and overlays on disk, one summary line."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import mrcfile
+import numpy as np
+import pytest
+
+from ptolemy_rt.cli import main
+from ptolemy_rt.models import default_models_dir
+from ptolemy_rt.synthetic import make_atlas, make_medmag
+
+
+def test_demo_writes_results_that_match_its_images(tmp_path, capsys):
+    if not (default_models_dir() / "manifest.json").is_file():
+        pytest.skip("no shipped model set")
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--seed", "0", "--threads", "1"]) == 0
+    stdout = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "atlas.json", "atlas.mrc", "atlas.png", "medmag.json", "medmag.mrc", "medmag.png"]
+    assert stdout.count("\n") == 1 and "squares in" in stdout and "holes in" in stdout
+    # The images are the seed's synthetic ones, and the results are for them.
+    for name, make in (("atlas", make_atlas), ("medmag", make_medmag)):
+        with mrcfile.open(out / f"{name}.mrc") as m:
+            data = m.data.copy()
+        assert np.array_equal(data, make(0)[0])
+        result = json.loads((out / f"{name}.json").read_text())
+        assert result["image"]["shape"] == list(data.shape) and len(result["targets"]) > 5
+        picture = cv2.imread(str(out / f"{name}.png"))
+        assert picture.shape[:2] == data.shape
+        assert not np.array_equal(picture[..., 0], picture[..., 2])  # coloured boxes were drawn
+    squares = json.loads((out / "atlas.json").read_text())["targets"]
+    _, truth = make_atlas(0)
+    # Most found squares sit on a true square centre.
+    centres = np.asarray(truth.centers)
+    near = [np.hypot(*(centres - (s["x"], s["y"])).T).min() < 0.35 * truth.pitch_px for s in squares]
+    assert np.mean(near) > 0.8
