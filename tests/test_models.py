@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,5 +120,12 @@ def test_sigmoid_stable():
     assert np.all(np.isfinite(y)) and y[2] == 0.5 and y[0] == 0.0 and y[-1] == 1.0
 
 
-def test_physical_cores_positive():
-    assert M.physical_cores() >= 1
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_physical_cores_honours_the_affinity_mask():
+    # Pinned to one CPU, the process may use one core, whatever the machine has.
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from ptolemy_rt.models import physical_cores; print(physical_cores())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "1"
+    assert 1 <= M.physical_cores() <= (os.cpu_count() or 1)
