@@ -100,7 +100,7 @@ def _zero_outside_kernel() -> Any:
         from ._numba import CACHE, numba
 
         @numba.njit(cache=CACHE, nogil=True)
-        def zero_outside(out, m, xmax, ymax):
+        def zero_outside(out: np.ndarray, m: np.ndarray, xmax: float, ymax: float) -> None:
             rows, cols = out.shape
             for i in range(rows):
                 for j in range(cols):

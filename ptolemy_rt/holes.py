@@ -108,7 +108,7 @@ def _options(options: HoleOptions | None, overrides: dict[str, Any]) -> HoleOpti
     return replace(options or HoleOptions(), **overrides) if overrides else (options or HoleOptions())
 
 
-def find_holes(image_or_path: ImageLike, models: ModelsLike = None, *, options: HoleOptions | None = None,
+def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, options: HoleOptions | None = None,
                section: int | None = None, provider: str = "auto", threads: int | None = None,
                **overrides: Any) -> HoleResult:
     """Find and score the holes of a med-mag image; an empty result with a reason when there are none.
@@ -123,7 +123,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike = None, *, options: 
     check_min_size(image, MIN_SIDE, "the hole finder")
     if models is False:
         raise ValueError("find_holes needs a model set with a hole_unet (models=False is for find_squares only)")
-    model_set = resolve_models(models, provider=provider, threads=threads)
+    model_set = resolve_models(models, provider=provider, threads=threads)  # type: ignore[arg-type]
     unet_spec = model_set.spec("hole_unet")
     opts = replace(opts, score=opts.score or default_score(model_set, opts.cnn))
     opts = replace(opts, cnn=opts.cnn and (opts.score == "cnn" or model_set.has("hole_cnn")))
@@ -182,8 +182,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike = None, *, options: 
             if not on_ladder or quality >= _CONVINCING:
                 break
         elif first_reason is None and period is not None:
-            first_reason = reason or (f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees "
-                                      f"with the image's period ({period:.1f} px)")
+            first_reason = reason if lattice is None else (
+                f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's period "
+                f"({period:.1f} px)")
     if best is None:
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)

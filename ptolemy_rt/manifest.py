@@ -159,15 +159,15 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
 def _sha(v: Any) -> str:
     if not isinstance(v, str) or not _SHA256.match(v):
         raise _Bad("must be 64 lower-case hex digits")
-    return v
+    return str(v)
 
 
 def _relative_file(v: Any) -> str:
-    v = _str(v)
-    posix, windows = PurePosixPath(v), PureWindowsPath(v)
+    path = _str(v)
+    posix, windows = PurePosixPath(path), PureWindowsPath(path)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
         raise _Bad("must be a path inside the model set's directory (no absolute path, no '..')")
-    return v
+    return path
 
 
 def _dict(v: Any) -> Mapping[str, Any]:

@@ -100,7 +100,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 class ModelSet:
     """A verified model set; onnxruntime sessions are created on first use and reused."""
 
-    def __init__(self, directory: str | os.PathLike, provider: str = "auto", threads: int | None = None):
+    def __init__(self, directory: str | os.PathLike[str], provider: str = "auto", threads: int | None = None):
         if provider not in PROVIDERS:
             raise ModelError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
         self.directory = Path(directory).resolve()
@@ -226,7 +226,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def load_models(
-    path: str | os.PathLike | None = None, provider: str = "auto", threads: int | None = None
+    path: str | os.PathLike[str] | None = None, provider: str = "auto", threads: int | None = None
 ) -> ModelSet:
     """Load (once per process) and verify a model set; None means the set shipped with the package."""
     directory = Path(path) if path is not None else default_models_dir()
@@ -241,7 +241,7 @@ def load_models(
         return cached
 
 
-ModelsLike = Union[ModelSet, str, os.PathLike, None]
+ModelsLike = Union[ModelSet, str, os.PathLike[str], None]
 
 
 def resolve_models(models: ModelsLike, provider: str = "auto", threads: int | None = None) -> ModelSet:

@@ -56,7 +56,7 @@ def plan_batches(
     groups: dict[tuple[int, int], list[int]] = {}
     for i in valid:
         groups.setdefault(tuple(shapes[i]), []).append(i)  # type: ignore[arg-type]
-    out = []
+    out: list[list[int]] = []
     for shape, idx in sorted(groups.items()):
         per = policy.independent_batch or len(idx)
         if policy.independent_pixels:

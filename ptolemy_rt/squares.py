@@ -167,7 +167,7 @@ def _stats_kernel() -> Any:
         from ._numba import CACHE, numba
 
         @numba.njit(cache=CACHE, nogil=True)
-        def masked_stats(image, mask):
+        def masked_stats(image: np.ndarray, mask: np.ndarray) -> tuple[int, float, float]:
             # Two passes (mean, then squared deviations) in float64, as numpy's mean and std.
             rows, cols = image.shape
             n = 0

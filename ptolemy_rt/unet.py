@@ -117,7 +117,7 @@ def _unet_logits(padded: np.ndarray, models: ModelSet, multiple: int, max_pixels
     """U-Net logits of a padded image, in overlapping tiles when it exceeds `max_pixels`."""
     rows, cols = padded.shape
     if not max_pixels or rows * cols <= max_pixels:
-        return models.run("hole_unet", padded[None, None])[0, 0]
+        return np.asarray(models.run("hole_unet", padded[None, None])[0, 0])
     m = max(1, multiple)
     side = max(m, int(math.isqrt(int(max_pixels)) // m) * m)
     tile_r = min(rows, side)
