@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .crops import HoleCrops, hole_crop_input, hole_crops
+from .crops import hole_crops
 from .io import Image, ImageLike, as_image, check_min_size
 from .lattice import Lattice, fit_lattice
 from .models import ModelSet, ModelsLike, resolve_models
 from .options import PTOLEMY_COMPAT, SCORES, HoleOptions
 from .results import Hole, HoleResult, ImageInfo, sort_targets
-from .scoring import BatchPolicy, classify, plan_batches
+from .scoring import HOLE_BATCHES, cnn_scores, unet_scores
 from .unet import (
     MIN_PERIOD_PX,
     consistent_periods,
@@ -42,14 +42,11 @@ from .unet import (
 )
 
 __all__ = ["find_holes", "holes_from_map", "hole_centroids", "unet_scores", "cnn_scores", "default_score",
-           "HoleOptions", "PTOLEMY_COMPAT", "SCORES", "MIN_SIDE"]
+           "HoleOptions", "PTOLEMY_COMPAT", "SCORES", "MIN_SIDE", "HOLE_BATCHES"]
 
 MIN_SIDE = 256  # the issue's supported range is 256-4096 px per side
 # Regions: mask pixels within this window of each other form one hole candidate (as in low mag).
 REGION_WINDOW = 6
-# The original ran each hole crop alone; batch-independent graphs get batches of equal-sized crops holding at
-# most this many input pixels (the first conv's 128 channels make ~0.5 KB of activations per input pixel).
-HOLE_BATCHES = BatchPolicy(original_batch=1, max_batch=1, independent_pixels=512 * 1024)
 # A lattice whose points hold this share of the map's hole candidates, times the share of its points that
 # hold one, ends the ladder (a true lattice at the right scale scores ~0.9); below the second it is not
 # taken at all (the U-Net fires on pure noise, and lattices through such blobs score 0.1-0.3).
@@ -65,34 +62,6 @@ def hole_centroids(mask: np.ndarray, window: int = REGION_WINDOW) -> np.ndarray:
 
     regions = find_regions(mask, window=window, min_area=-math.inf, keep_labels=False)
     return np.asarray(regions.centroids, dtype=np.float64).reshape(-1, 2)
-
-
-def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
-    """Summed U-Net probability inside each crop (bilinear samples of the map, 0 outside the image)."""
-    import cv2
-
-    src = np.ascontiguousarray(prob, dtype=np.float32)
-    out = np.zeros(len(crops.matrices), dtype=np.float64)
-    for i, (m, (rows, cols)) in enumerate(zip(crops.matrices, crops.shapes)):
-        if rows < 1 or cols < 1:
-            continue
-        s = cv2.warpAffine(src, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        out[i] = float(s.sum(dtype=np.float64))
-    return out
-
-
-def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
-               timings: dict[str, float] | None = None) -> np.ndarray:
-    """Hole CNN probability per crop (NaN for an empty crop), batched as the graph's BatchNorm mode requires."""
-    spec = models.spec("hole_cnn")
-    batches = plan_batches(crops.shapes, HOLE_BATCHES, spec.batch_statistics, spec.min_size)
-
-    def inputs(idx: list[int]) -> np.ndarray:
-        return np.stack([hole_crop_input(image, crops.matrices[i], crops.shapes[i], spec.min_size)
-                         for i in idx])[:, None]
-
-    return classify(models, "hole_cnn", len(crops.matrices), batches, inputs, timings)
 
 
 def default_score(models: ModelSet, cnn: bool = True) -> str:

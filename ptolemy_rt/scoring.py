@@ -1,4 +1,5 @@
-"""Running a classifier over crops: batches that honour the graph's BatchNorm mode, for the square and hole CNNs.
+"""Scoring crops: a classifier run over them in batches that honour its BatchNorm mode (square and hole CNNs
+alike), and the hole scores (hole CNN, summed U-Net probability).
 
 A graph that normalises with its batch's statistics (manifest bn = "batch", as the original ran its networks)
 gives scores that depend on which crops share a batch, so such crops are batched exactly as the original
@@ -14,9 +15,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .crops import HoleCrops, hole_crop_input
 from .models import ModelSet
 
-__all__ = ["BatchPolicy", "plan_batches", "classify"]
+__all__ = ["BatchPolicy", "plan_batches", "classify", "cnn_scores", "unet_scores", "HOLE_BATCHES"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,39 @@ def classify(
         timings["crops"] = timings.get("crops", 0.0) + (t1 - t0)
         timings["cnn"] = timings.get("cnn", 0.0) + (time.perf_counter() - t1)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hole scores
+
+# The original ran each hole crop alone; batch-independent graphs get batches of equal-sized crops holding at
+# most this many input pixels (the first conv's 128 channels make ~0.5 KB of activations per input pixel).
+HOLE_BATCHES = BatchPolicy(original_batch=1, max_batch=1, independent_pixels=512 * 1024)
+
+
+def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
+    """Summed U-Net probability inside each crop (bilinear samples of the map, 0 outside the image)."""
+    import cv2
+
+    src = np.ascontiguousarray(prob, dtype=np.float32)
+    out = np.zeros(len(crops.matrices), dtype=np.float64)
+    for i, (m, (rows, cols)) in enumerate(zip(crops.matrices, crops.shapes)):
+        if rows < 1 or cols < 1:
+            continue
+        s = cv2.warpAffine(src, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        out[i] = float(s.sum(dtype=np.float64))
+    return out
+
+
+def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
+               timings: dict[str, float] | None = None) -> np.ndarray:
+    """Hole CNN probability per crop (NaN for an empty crop), batched as the graph's BatchNorm mode requires."""
+    spec = models.spec("hole_cnn")
+    batches = plan_batches(crops.shapes, HOLE_BATCHES, spec.batch_statistics, spec.min_size)
+
+    def inputs(idx: list[int]) -> np.ndarray:
+        return np.stack([hole_crop_input(image, crops.matrices[i], crops.shapes[i], spec.min_size)
+                         for i in idx])[:, None]
+
+    return classify(models, "hole_cnn", len(crops.matrices), batches, inputs, timings)

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptolemy_rt.holes import HOLE_BATCHES
-from ptolemy_rt.scoring import BatchPolicy, classify, plan_batches
+from ptolemy_rt.scoring import HOLE_BATCHES, BatchPolicy, classify, plan_batches
 
 
 class _Recorder:
