@@ -1,4 +1,10 @@
-"""Result dataclasses and their writers (our JSON, the original's JSON, CSV, TXT)."""
+"""Result dataclasses and their writers (our JSON, the original's JSON, CSV, TXT).
+
+Units: positions, lengths and areas are in pixels of the input image (x = column, y = row, origin at the
+centre of the top-left pixel). When the pixel size is known (see metadata.py) physical values are reported
+beside them: ``x_um``/``y_um`` from the image centre (same axis directions as x/y: right and down),
+``area_um2``, ``diameter_um``, ``spacing_um``; they are ``null`` when it is not known, never a guess.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,27 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, TypeVar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from . import __version__
 from .io import atomic_write
 
 __all__ = [
+    "FORMATS",
+    "Hole",
+    "HoleResult",
     "ImageInfo",
     "Square",
-    "Hole",
     "SquareResult",
-    "HoleResult",
-    "sort_targets",
     "format_result",
+    "select",
+    "sort_targets",
+    "summary_line",
+    "table",
+    "with_pixel_size",
     "write_result",
-    "FORMATS",
 ]
 
 FORMATS = ("json", "txt", "csv")
@@ -60,6 +71,12 @@ class ImageInfo:
     shape: tuple[int, int]
     pixel_size_A: float | None = None
     section: int | None = None
+    pixel_size_source: str | None = None  # "option", "epu-xml", "mdoc", "mrc-header" (metadata.PixelSize)
+
+    @property
+    def pixel_size_nm(self) -> float | None:
+        """nm per pixel, None when unknown."""
+        return None if _num(self.pixel_size_A) is None else float(self.pixel_size_A) / 10.0  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -67,8 +84,43 @@ class ImageInfo:
             "path": self.path,
             "shape": [int(self.shape[0]), int(self.shape[1])],
             "pixel_size_A": _num(self.pixel_size_A),
+            "pixel_size_nm": _num(self.pixel_size_nm),
+            "pixel_size_source": self.pixel_size_source if self.pixel_size_nm is not None else None,
             "section": self.section,
         }
+
+    def units(self) -> _Units:
+        """The pixel-to-µm conversion for targets of this image."""
+        return _Units(self.pixel_size_nm, (self.shape[1] - 1) / 2.0, (self.shape[0] - 1) / 2.0)
+
+
+@dataclass(frozen=True)
+class _Units:
+    """µm per pixel (None: unknown) and the image centre in pixels (x, y)."""
+
+    nm_per_px: float | None = None
+    cx: float = 0.0
+    cy: float = 0.0
+
+    def um(self, length_px: Any) -> float | None:
+        """A length in µm."""
+        v = _num(length_px)
+        return None if self.nm_per_px is None or v is None else v * self.nm_per_px / 1000.0
+
+    def um2(self, area_px: Any) -> float | None:
+        """An area in µm²."""
+        v = _num(area_px)
+        return None if self.nm_per_px is None or v is None else v * (self.nm_per_px / 1000.0) ** 2
+
+    def xy(self, x: Any, y: Any) -> tuple[float | None, float | None]:
+        """A position in µm from the image centre (x right, y down)."""
+        fx, fy = _num(x), _num(y)
+        if fx is None or fy is None:
+            return None, None
+        return self.um(fx - self.cx), self.um(fy - self.cy)
+
+
+NO_UNITS = _Units()
 
 
 @dataclass(frozen=True)
@@ -83,13 +135,17 @@ class Square:
     score: float | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in our own format."""
+    def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
+        """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
+        x_um, y_um = units.xy(self.x, self.y)
         return {
             "x": _num(self.x),
             "y": _num(self.y),
+            "x_um": x_um,
+            "y_um": y_um,
             "vertices": _points(self.vertices),
             "area": _num(self.area),
+            "area_um2": units.um2(self.area),
             "brightness": _num(self.brightness),
             "score": _num(self.score),
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
@@ -112,7 +168,10 @@ class Square:
 
 @dataclass(frozen=True)
 class Hole:
-    """One hole: centre (x=col, y=row), crop corners in the lattice frame, crop area in px², scores."""
+    """One hole: centre (x=col, y=row), crop corners in the lattice frame, crop area in px², scores.
+
+    `diameter_px` is the hole's diameter where it was measured (see hole_diameter_px), else None.
+    """
 
     x: float
     y: float
@@ -120,14 +179,20 @@ class Hole:
     area: float
     score: float | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
+    diameter_px: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in our own format."""
+    def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
+        """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
+        x_um, y_um = units.xy(self.x, self.y)
         return {
             "x": _num(self.x),
             "y": _num(self.y),
+            "x_um": x_um,
+            "y_um": y_um,
             "vertices": _points(self.vertices),
             "area": _num(self.area),
+            "diameter_px": _num(self.diameter_px),
+            "diameter_um": units.um(self.diameter_px),
             "score": _num(self.score),
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
         }
@@ -159,6 +224,7 @@ def _compat_center(vertices: Sequence[Point]) -> list[int]:
 
 
 T = TypeVar("T", Square, Hole)
+R = TypeVar("R", "SquareResult", "HoleResult")
 
 
 def sort_targets(targets: Iterable[T]) -> tuple[T, ...]:
@@ -198,7 +264,7 @@ class SquareResult:
             "image": self.image.to_dict(),
             "angle_deg": _num(self.angle_deg),
             "reason": self.reason,
-            "targets": [s.to_dict() for s in self.squares],
+            "targets": [s.to_dict(self.image.units()) for s in self.squares],
         }
 
 
@@ -235,47 +301,139 @@ class HoleResult:
             if self.basis is None
             else {
                 "spacing_px": _num(self.spacing_px),
+                "spacing_um": self.image.units().um(self.spacing_px),
                 "basis": _points(self.basis),
                 "origin": _points([self.origin])[0] if self.origin is not None else None,
             },
             "reason": self.reason,
-            "targets": [h.to_dict() for h in self.holes],
+            "targets": [h.to_dict(self.image.units()) for h in self.holes],
         }
 
 
 Result = SquareResult | HoleResult
 
 
-def format_result(result: Result, fmt: str = "json", compat: bool = False) -> str:
-    """Render a result as text: our JSON, the original's one-line JSON (compat), CSV or TXT."""
+def _vertex_columns(n: int) -> list[str]:
+    return [f"vertex{i}_{axis}" for i in range(1, n + 1) for axis in ("x", "y")]
+
+
+def table(result: Result, compat: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """The targets as a header and rows (None for a missing value): the fields of the JSON it mirrors.
+
+    Default: our target fields (x, y, score, area, [brightness], score_<name>..., x_um, y_um, [area_um2 |
+    diameter_px, diameter_um], vertex1_x, vertex1_y, ...). `compat`: the original's fields in its order
+    (vertex1_x ... , center_x, center_y, area, [brightness], score), its origin and int() centres.
+    """
+    targets = result.targets
+    squares = result.kind == "squares"
+    n_vertices = max((len(t.vertices) for t in targets), default=4)
+    rows: list[list[Any]] = []
+    if compat:
+        header = _vertex_columns(n_vertices) + ["center_x", "center_y", "area"] + (["brightness"] if squares else [])
+        header.append("score")
+        for t in targets:
+            rec = t.compat_dict()
+            flat = [v for p in rec["vertices"] for v in p]
+            flat += [None] * (2 * n_vertices - len(flat))
+            rows.append(flat + rec["center"] + [rec["area"]] + ([rec["brightness"]] if squares else []) + [rec["score"]])
+        return header, rows
+    score_keys = sorted({k for t in targets for k in t.scores})
+    header = ["x", "y", "score", "area"] + (["brightness"] if squares else [])
+    header += [f"score_{k}" for k in score_keys] + ["x_um", "y_um"]
+    header += ["area_um2"] if squares else ["diameter_px", "diameter_um"]
+    header += _vertex_columns(n_vertices)
+    units = result.image.units()
+    for t in targets:
+        d = t.to_dict(units)
+        row = [d["x"], d["y"], d["score"], d["area"]] + ([d["brightness"]] if squares else [])
+        row += [d["scores"].get(k) for k in score_keys] + [d["x_um"], d["y_um"]]
+        row += [d["area_um2"]] if squares else [d["diameter_px"], d["diameter_um"]]
+        flat = [v for p in d["vertices"] for v in p]
+        rows.append(row + flat + [None] * (2 * n_vertices - len(flat)))
+    return header, rows
+
+
+def format_result(result: Result, fmt: str = "json", compat: bool = False, pretty: bool = False) -> str:
+    """Render a result as text: JSON (one line unless `pretty`), CSV or TXT (tab-separated), each with a header.
+
+    `compat`: the original Ptolemy CLI's target records (JSON: its one-line list, byte for byte; CSV/TXT:
+    its fields). Otherwise our own object (JSON) or our target fields (CSV/TXT); see table().
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    targets = result.targets
     if fmt == "json":
         if compat:
-            # One line: Leginon reads only the first line of the file.
-            return json.dumps([t.compat_dict() for t in targets], allow_nan=False) + "\n"
-        return json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n"
+            # One line: Leginon reads only the first line of the file. Never indented, even with `pretty`.
+            return json.dumps([t.compat_dict() for t in result.targets], allow_nan=False) + "\n"
+        return json.dumps(result.to_dict(), indent=1 if pretty else None, allow_nan=False) + "\n"
+    header, rows = table(result, compat=compat)
+    cells = [["" if v is None else v for v in row] for row in rows]
     if fmt == "txt":
-        return "".join(f"{_num(t.x)}\t{_num(t.y)}\n" for t in targets)
+        return "".join("\t".join(str(v) for v in line) + "\n" for line in [header, *cells])
     buf = io.StringIO()
-    extra = ["brightness"] if result.kind == "squares" else []
-    score_keys = sorted({k for t in targets for k in t.scores})
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["x", "y", "score", "area", *extra, *[f"score_{k}" for k in score_keys]])
-    for t in targets:
-        row = [_num(t.x), _num(t.y), _num(t.score), _num(t.area)]
-        row += [_num(getattr(t, k)) for k in extra]
-        row += [_num(t.scores.get(k)) for k in score_keys]
-        writer.writerow(["" if v is None else v for v in row])
+    writer.writerow(header)
+    writer.writerows(cells)
     return buf.getvalue()
 
 
 def write_result(
-    result: Result, path: str | os.PathLike | None, fmt: str = "json", compat: bool = False
+    result: Result, path: str | os.PathLike | None, fmt: str = "json", compat: bool = False, pretty: bool = False
 ) -> str:
     """Format a result and write it atomically to `path` (None: return the text only)."""
-    text = format_result(result, fmt=fmt, compat=compat)
+    text = format_result(result, fmt=fmt, compat=compat, pretty=pretty)
     if path is not None:
         atomic_write(path, text)
     return text
+
+
+def with_pixel_size(result: R, pixel_size_A: float | None, source: str | None = None) -> R:
+    """The result with this pixel size (Å per input pixel; None: unknown) in place of the reader's guess.
+
+    Pass what metadata.pixel_size_for found, even None: it replaces a placeholder the image reader kept.
+    """
+    value = _num(pixel_size_A)
+    if value is not None and not value > 0:
+        value = None
+    info = replace(result.image, pixel_size_A=value, pixel_size_source=source if value is not None else None)
+    return replace(result, image=info)
+
+
+def select(result: R, top: int | None = None, min_score: float | None = None) -> R:
+    """Keep the targets scoring at least `min_score` (unscored ones are dropped), then the first `top`.
+
+    Targets are already sorted best first, so this keeps the best. When the selection empties a non-empty
+    result, `reason` says why (an empty result is never left unexplained).
+    """
+    if top is not None and top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
+    targets = result.targets
+    kept = tuple(t for t in targets if min_score is None or (t.score is not None and t.score >= min_score))
+    if top is not None:
+        kept = kept[:top]
+    if len(kept) == len(targets):
+        return result
+    reason = result.reason
+    if not kept and reason is None:
+        reason = (f"none of {len(targets)} {result.kind} scored >= {min_score:g} (--min-score)"
+                  if min_score is not None and (top is None or top > 0) else "--top 0")
+    field_name = "squares" if result.kind == "squares" else "holes"
+    return replace(result, **{field_name: kept}, reason=reason)
+
+
+def summary_line(name: str, result: Result, elapsed_s: float, provider: str, found: int | None = None) -> str:
+    """The one -v line per image: targets, wall time split into stages that add up to it, provider, pixel size.
+
+    `elapsed_s` is the wall time of the whole image (read, pipeline, output); the pipeline's own stages are
+    listed and whatever they do not cover is `other`, so the numbers add up to the one total printed.
+    """
+    total_ms = elapsed_s * 1000.0
+    stages = {k: v * 1000.0 for k, v in result.timings.items() if k != "total"}
+    other = max(0.0, total_ms - sum(stages.values()))
+    parts = " + ".join(f"{k} {v:.1f}" for k, v in [*stages.items(), ("other", other)])
+    n = len(result.targets)
+    shown = f"{n} {result.kind}" + (f" (of {found} found)" if found is not None and found != n else "")
+    px = result.image.pixel_size_nm
+    pixel = f"{px:.4g} nm/px ({result.image.pixel_size_source})" if px is not None else "unknown"
+    line = f"{name}: {shown}; {total_ms:.1f} ms total = {parts} ms; provider {provider}; pixel size {pixel}"
+    return line + (f"; reason: {result.reason}" if result.reason else "")

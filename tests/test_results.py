@@ -19,7 +19,11 @@ from ptolemy_rt.results import (
     Square,
     SquareResult,
     format_result,
+    select,
     sort_targets,
+    summary_line,
+    table,
+    with_pixel_size,
     write_result,
 )
 
@@ -82,10 +86,14 @@ def test_nan_and_numpy_become_plain_json():
 
 def test_txt_and_csv():
     r = _result([_square(20, 30, 0.3), _square(40, 50, 0.7)])
-    assert format_result(r, "txt") == "40\t50\n20\t30\n"
-    rows = list(csv.reader(io.StringIO(format_result(r, "csv"))))
-    assert rows[0] == ["x", "y", "score", "area", "brightness", "score_cnn"]
-    assert rows[1][:3] == ["40", "50", "0.7"]
+    rows = [line.split("\t") for line in format_result(r, "txt").splitlines()]
+    csv_rows = list(csv.reader(io.StringIO(format_result(r, "csv"))))
+    assert rows == csv_rows  # one table, two separators
+    assert rows[0][:6] == ["x", "y", "score", "area", "brightness", "score_cnn"]
+    assert rows[0][6:9] == ["x_um", "y_um", "area_um2"] and rows[0][9:] == [
+        f"vertex{i}_{a}" for i in range(1, 5) for a in "xy"]
+    assert rows[1][:3] == ["40", "50", "0.7"] and rows[2][:3] == ["20", "30", "0.3"]
+    assert rows[1][6:9] == ["", "", ""]  # pixel size unknown: empty, never a guess
     with pytest.raises(ValueError):
         format_result(r, "xml")
 
@@ -111,3 +119,139 @@ def test_sorted_output_round_trips(items):
     assert all(s is None for s in scores[len(present):])
     for t in d["targets"]:
         assert all(math.isfinite(v) for p in t["vertices"] for v in p)
+
+
+# ---- physical units, selection, formats (issue 14) ----
+
+def _holes(diameter=None, scores=(0.9, 0.4, None)):
+    holes = [Hole(x=10.0 * (i + 1), y=20.0, vertices=((0.0, 0.0), (0.0, 4.0), (4.0, 4.0), (4.0, 0.0)), area=16.0,
+                  score=s, scores={"cnn": s}, diameter_px=diameter) for i, s in enumerate(scores)]
+    return HoleResult(holes=sort_targets(holes), angle_deg=10.0, spacing_px=20.0,
+                      basis=((20.0, 0.0), (0.0, 20.0)), origin=(0.0, 0.0), image=INFO, models={}, reason=None)
+
+
+def test_physical_units_when_the_pixel_size_is_known():
+    sq = _result([_square(99.5, 49.5, 0.5), _square(0.0, 0.0, 0.4)])  # INFO: 100 rows x 200 cols
+    d = json.loads(format_result(with_pixel_size(sq, 12.5, "option")))
+    assert d["image"]["pixel_size_A"] == 12.5 and d["image"]["pixel_size_nm"] == 1.25
+    assert d["image"]["pixel_size_source"] == "option"
+    centre, corner = d["targets"]
+    assert centre["x_um"] == 0.0 and centre["y_um"] == 0.0  # (199/2, 99/2) is the image centre
+    assert corner["x_um"] == pytest.approx(-99.5 * 1.25e-3) and corner["y_um"] == pytest.approx(-49.5 * 1.25e-3)
+    assert corner["area_um2"] == pytest.approx(50.0 * 1.25e-3 ** 2)
+    assert corner["x"] == 0.0 and corner["area"] == 50.0  # pixel fields stay
+    h = json.loads(format_result(with_pixel_size(_holes(diameter=8.0), 40.0, "mdoc")))
+    assert h["lattice"]["spacing_um"] == pytest.approx(20.0 * 4e-3)
+    assert all(t["diameter_px"] == 8.0 and t["diameter_um"] == pytest.approx(8.0 * 4e-3) for t in h["targets"])
+
+
+def test_unknown_pixel_size_is_null_never_a_placeholder():
+    for r in (_result([_square(5, 5, 0.5)]), _holes(diameter=None)):
+        placeholder = SquareResult(**{**r.__dict__, "image": ImageInfo("a.mrc", (100, 200), pixel_size_A=1.0)}) \
+            if r.kind == "squares" else r
+        d = json.loads(format_result(with_pixel_size(placeholder, None, "mrc-header")))
+        assert d["image"]["pixel_size_A"] is None and d["image"]["pixel_size_nm"] is None
+        assert d["image"]["pixel_size_source"] is None
+        for t in d["targets"]:
+            assert t["x_um"] is None and t["y_um"] is None
+            assert t.get("area_um2", t.get("diameter_um")) is None
+    assert json.loads(format_result(with_pixel_size(_holes(), 0.0)))["image"]["pixel_size_A"] is None
+
+
+def test_compat_output_is_unchanged_by_units_selection_and_pretty():
+    """`--compat ptolemy` is the original's bytes: pixel size, diameters and --pretty change nothing in it."""
+    sq = _result([_square(20.5, 30.25, 0.3)])
+    expected = ('[{"vertices": [[21.0, 25.75], [16.0, 30.75], [21.0, 35.75], [26.0, 30.75]], "center": [21, 30], '
+                '"area": 50.0, "brightness": 100.0, "score": 0.3}]\n')
+    assert format_result(sq, compat=True) == expected
+    assert format_result(with_pixel_size(sq, 30.0, "option"), compat=True, pretty=True) == expected
+    holes = _holes(diameter=7.0)
+    assert format_result(with_pixel_size(holes, 30.0), compat=True) == format_result(_holes(), compat=True)
+
+
+def test_json_is_one_line_unless_pretty():
+    for r in (_result([_square(1, 2, 0.5)]), _holes()):
+        one = format_result(r)
+        assert one.count("\n") == 1 and one.endswith("\n")
+        pretty = format_result(r, pretty=True)
+        assert pretty.count("\n") > 5 and json.loads(pretty) == json.loads(one)
+
+
+@pytest.mark.parametrize("kind", ["squares", "holes"])
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("fmt", ["json", "csv", "txt"])
+def test_every_format_has_the_fields_of_its_json(kind, compat, fmt):
+    r = _result([_square(20.25, 30.5, 0.3), _square(40, 50, None)]) if kind == "squares" else _holes(6.0)
+    r = with_pixel_size(r, 20.0, "option")
+    text = format_result(r, fmt=fmt, compat=compat)
+    if compat:
+        records = json.loads(format_result(r, compat=True))
+        expected = [[v for p in rec["vertices"] for v in p] + rec["center"] + [rec["area"]]
+                    + ([rec["brightness"]] if kind == "squares" else []) + [rec["score"]] for rec in records]
+        fields = ["center_x", "center_y", "area", "score"] + (["brightness"] if kind == "squares" else [])
+    else:
+        targets = json.loads(format_result(r))["targets"]
+        fields = ["x", "y", "x_um", "y_um", "area", "score", "vertex1_x", "vertex4_y"]
+        fields += ["area_um2", "brightness"] if kind == "squares" else ["diameter_px", "diameter_um"]
+        expected = None
+    if fmt == "json":
+        assert text.count("\n") == 1
+        return
+    rows = [line.split("\t") for line in text.splitlines()] if fmt == "txt" else list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], rows[1:]
+    assert set(fields) <= set(header) and len(body) == len(r.targets)
+    parse = [[None if v == "" else float(v) for v in row] for row in body]
+    if compat:
+        assert parse == [[None if v is None else float(v) for v in row] for row in expected]
+    else:
+        for row, t in zip(parse, targets):
+            for name, value in zip(header, row):
+                if name.startswith("vertex"):
+                    i, axis = int(name[6]) - 1, "xy".index(name[-1])
+                    want = t["vertices"][i][axis]
+                elif name.startswith("score_"):
+                    want = t["scores"][name[6:]]
+                else:
+                    want = t[name]
+                assert value == (None if want is None else pytest.approx(want)), name
+
+
+def test_table_header_even_when_empty():
+    r = SquareResult(squares=(), angle_deg=None, image=INFO, models={}, reason="constant image")
+    header, rows = table(r)
+    assert rows == [] and header[:2] == ["x", "y"]
+    assert format_result(r, "csv").splitlines() == [",".join(header)]
+    assert format_result(r, "txt", compat=True).splitlines()[0].startswith("vertex1_x\t")
+
+
+def test_select_top_and_min_score():
+    r = _holes(scores=(0.9, 0.4, None, 0.7))
+    assert [h.score for h in select(r, top=2).holes] == [0.9, 0.7]
+    assert [h.score for h in select(r, min_score=0.5).holes] == [0.9, 0.7]
+    assert [h.score for h in select(r, top=1, min_score=0.5).holes] == [0.9]
+    assert select(r) is r and select(r, top=10) is r
+    empty = select(r, min_score=0.95)
+    assert empty.holes == () and "0.95" in empty.reason and "--min-score" in empty.reason
+    assert select(r, top=0).reason == "--top 0"
+    with pytest.raises(ValueError):
+        select(r, top=-1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(0, 1)), max_size=15), st.one_of(st.none(), st.integers(0, 20)),
+       st.one_of(st.none(), st.floats(0, 1)))
+def test_select_keeps_the_best_in_order(scores, top, min_score):
+    r = _holes(scores=tuple(scores))
+    kept = select(r, top=top, min_score=min_score).holes
+    eligible = [h for h in r.holes if min_score is None or (h.score is not None and h.score >= min_score)]
+    assert list(kept) == eligible[: top if top is not None else None]
+
+
+def test_summary_line_adds_up():
+    r = SquareResult(squares=(_square(1, 1, 0.5),), angle_deg=None, image=INFO, models={},
+                     timings={"read": 0.010, "mixture": 0.020, "total": 0.031})
+    line = summary_line("a.mrc", r, 0.050, "cpu", found=3)
+    assert line.startswith("a.mrc: 1 squares (of 3 found); 50.0 ms total = read 10.0 + mixture 20.0 + other 20.0 ms")
+    assert "total" not in line.split("total")[1]  # one total: the stages and `other` add up to it
+    assert "pixel size unknown" in line
+    assert "1.25 nm/px (option)" in summary_line("a.mrc", with_pixel_size(r, 12.5, "option"), 0.05, "cpu")
