@@ -1,0 +1,394 @@
+"""SerialEM navigator (.nav) files: read the autodoc format, and add targets as points drawn on a map item.
+
+SerialEM's format rules that matter here. Source: SerialEM's own code (github mastcu/SerialEM at dfff4de:
+NavigatorDlg.cpp, NavHelper.cpp, KStoreMRC.cpp, KImageStore.cpp, MapDrawItem.h, and the help page
+about_formats.htm), as summarised and checked numerically against a real map item in the team notes
+shared/serialem-nav.md:
+
+- The first line is ``AdocVersion = 2.00``; without it SerialEM reads the file as the obsolete tab format.
+  ``LastSavedAs = PATH`` may follow. Then one section per item, ``[Item = LABEL]``, with ``Key = value``
+  lines; arrays are space-separated numbers.
+- A point item needs ``Color`` (0-5; 0 is SerialEM's point default), ``StageXYZ`` (3 numbers), ``NumPts = 1``,
+  ``Regis`` (the registration of the map it belongs to: the map's), ``Type = 0`` (0 point, 1 polygon, 2 map)
+  and ``PtsX``/``PtsY`` (stage X and Y; for a point the same as StageXYZ). ``DrawnID`` is the ``MapID`` of the
+  map it was drawn on; ``Acquire``, ``GroupID`` and ``Note`` are optional.
+- ``MapID`` is every item's unique id. SerialEM makes ids >= 100000 and asks external tools to use ids
+  below 100000. Labels are not checked on reading, but SerialEM labels its next item one more than the
+  largest numeric label, so we use unique numeric labels above it.
+- SerialEM rewrites the whole file when it saves: items added to a file it has open are lost unless the
+  user reads or merges it (ReadNavFile, MergeNavFile). So we write a new file and never touch the original.
+- ``MapScaleMat = a b c d`` maps stage to map pixels (binning folded in) in SerialEM's display frame, y
+  down: ``x = a(X-X0) + b(Y-Y0) + W/2``, ``y_down = c(X-X0) + d(Y-Y0) + H/2``, with X0 Y0 the map's
+  ``StageXYZ`` and W H its ``MapWidthHeight``; ``MapBinning``/``MontBinning`` do not enter. SerialEM flips y
+  when it writes an MRC file, so file row 0 is the bottom of the displayed map: ``y_down = H - row``.
+  Inverted, for file column/row: ``u = col - W/2``, ``v = H/2 - row``, ``X = X0 + (d u - b v)/det``,
+  ``Y = Y0 + (a v - c u)/det`` with ``det = a d - b c``.
+- ``CoordsInMap = col row 0`` with ``DrawnID`` is SerialEM's own way for external tools to give a map
+  position (file pixels, 0,0 at the lower left = file col, row); we write it beside the stage position
+  when the image is the map's own single-frame file at its own size, where the two are the same point.
+- Montage maps (``MapMontage = 1``): ``MapScaleMat`` and ``MapWidthHeight`` describe the overview; a stitched
+  montage at any binning with the overview's aspect ratio is scaled onto it. Whether a coordinate names a
+  pixel's corner or centre is not settled by the source: at most half a map pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, PtolemyError
+
+__all__ = [
+    "EXTERNAL_ID_LIMIT",
+    "MapFrame",
+    "NavItem",
+    "NavWriteError",
+    "Navigator",
+    "add_points",
+    "default_nav_output",
+    "find_map",
+    "format_item",
+    "map_frame",
+    "parse_nav",
+    "point_item",
+    "read_nav",
+    "write_targets_to_nav",
+]
+
+class NavWriteError(PtolemyError):
+    """The navigator copy cannot be written (exit code 4: output cannot be written)."""
+
+    exit_code = 4
+
+
+# SerialEM's own ids start here; external tools use ids below it (NavigatorDlg.cpp).
+EXTERNAL_ID_LIMIT = 100000
+MAX_NAV_BYTES = 256 * 1024 * 1024
+# The image's aspect ratio may differ from the map's by this much and still be a scaled copy of it.
+ASPECT_TOLERANCE = 0.01
+_SECTION = re.compile(r"^\[\s*([^=\]]+?)\s*=\s*(.*?)\s*\]\s*$")
+
+
+@dataclass(frozen=True)
+class NavItem:
+    """One ``[Item = LABEL]`` section: its label and its keys in file order (values as written)."""
+
+    label: str
+    fields: tuple[tuple[str, str], ...]
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The value of `key` (the last one if repeated), or `default`."""
+        found = default
+        for k, v in self.fields:
+            if k == key:
+                found = v
+        return found
+
+    def numbers(self, key: str) -> list[float]:
+        """The value of `key` as numbers (empty when absent)."""
+        value = self.get(key)
+        if value is None:
+            return []
+        try:
+            return [float(v) for v in value.split()]
+        except ValueError:
+            raise InputError(f"navigator item {self.label}: {key} = {value!r} is not a list of numbers") from None
+
+
+@dataclass(frozen=True)
+class Navigator:
+    """A parsed navigator: the file-level keys (AdocVersion, LastSavedAs) and its items in order."""
+
+    header: tuple[tuple[str, str], ...]
+    items: tuple[NavItem, ...]
+
+    def item(self, label: str) -> NavItem:
+        """The item labelled `label` (InputError when none is)."""
+        for it in self.items:
+            if it.label == label:
+                return it
+        raise InputError(f"navigator has no item labelled '{label}' "
+                         f"(maps: {', '.join(it.label for it in self.items if it.get('Type') == '2') or 'none'})")
+
+
+def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
+    """Parse the text of an autodoc navigator (version line first, then [Item = LABEL] sections)."""
+    header: list[tuple[str, str]] = []
+    items: list[NavItem] = []
+    label: str | None = None
+    fields: list[tuple[str, str]] = []
+    seen_version = False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not seen_version:
+            key, sep, value = line.partition("=")
+            if not sep or key.strip() != "AdocVersion":
+                raise InputError(f"{name}: not an autodoc navigator (first line must be 'AdocVersion = 2.00'; "
+                                 "save it again with SerialEM 3.x or later)")
+            seen_version = True
+            header.append(("AdocVersion", value.strip()))
+            continue
+        section = _SECTION.match(line)
+        if section:
+            if label is not None:
+                items.append(NavItem(label, tuple(fields)))
+            if section.group(1) != "Item":
+                raise InputError(f"{name}:{number}: unexpected section [{section.group(1)} = ...]")
+            label, fields = section.group(2), []
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise InputError(f"{name}:{number}: expected 'Key = value', got {line[:60]!r}")
+        if label is None:
+            header.append((key.strip(), value.strip()))
+        else:
+            fields.append((key.strip(), value.strip()))
+    if not seen_version:
+        raise InputError(f"{name}: empty navigator file")
+    if label is not None:
+        items.append(NavItem(label, tuple(fields)))
+    return Navigator(tuple(header), tuple(items))
+
+
+def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
+    """Read and parse a .nav file; return it and its text (decoded byte for byte, latin-1)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such navigator file")
+    size = p.stat().st_size
+    if size > MAX_NAV_BYTES:
+        raise InputError(f"{p}: {size} bytes is too large for a navigator file")
+    # latin-1 maps every byte to one character, so the original text is written back exactly.
+    text = p.read_bytes().decode("latin-1")
+    return parse_nav(text, str(p)), text
+
+
+def format_item(item: NavItem, newline: str = "\n") -> str:
+    """An item as SerialEM writes it: the section line, its keys, then a blank line."""
+    lines = [f"[Item = {item.label}]"] + [f"{k} = {v}" for k, v in item.fields]
+    return newline.join(lines) + newline + newline
+
+
+def _g(value: float) -> str:
+    """A number as SerialEM writes them (plain decimal, 6 significant digits are not enough for stage µm)."""
+    text = f"{value:.9g}"
+    return "0" if text == "-0" else text
+
+
+@dataclass(frozen=True)
+class MapFrame:
+    """What it takes to turn a map's pixels into stage coordinates (see the module docstring)."""
+
+    label: str
+    map_id: int
+    regis: int
+    stage: tuple[float, float, float]
+    matrix: tuple[float, float, float, float]
+    width: int
+    height: int
+    montage: bool
+    map_file: str | None
+    section: int
+
+    def stage_xy(self, col: float, row: float, image_shape: tuple[int, int] | None = None) -> tuple[float, float]:
+        """Stage X, Y (µm) of file pixel (col, row) of an image of `image_shape` (rows, cols) showing this map."""
+        sx, sy = self._scale(image_shape)
+        # Pixel centres map to pixel centres when the image is a binned copy of the map.
+        col_m, row_m = (col + 0.5) * sx - 0.5, (row + 0.5) * sy - 0.5
+        a, b, c, d = self.matrix
+        det = a * d - b * c
+        u, v = col_m - self.width / 2.0, self.height / 2.0 - row_m
+        return self.stage[0] + (d * u - b * v) / det, self.stage[1] + (a * v - c * u) / det
+
+    def pixel(self, x: float, y: float, image_shape: tuple[int, int] | None = None) -> tuple[float, float]:
+        """The inverse of stage_xy: file (col, row) of stage (x, y)."""
+        sx, sy = self._scale(image_shape)
+        a, b, c, d = self.matrix
+        dx, dy = x - self.stage[0], y - self.stage[1]
+        col_m = a * dx + b * dy + self.width / 2.0
+        row_m = self.height / 2.0 - (c * dx + d * dy)
+        return (col_m + 0.5) / sx - 0.5, (row_m + 0.5) / sy - 0.5
+
+    def _scale(self, image_shape: tuple[int, int] | None) -> tuple[float, float]:
+        if image_shape is None:
+            return 1.0, 1.0
+        rows, cols = image_shape
+        sx, sy = self.width / cols, self.height / rows
+        if abs(sx - sy) > ASPECT_TOLERANCE * max(sx, sy):
+            raise InputError(f"the image ({cols}x{rows} px) is not map {self.label} ({self.width}x{self.height} px) "
+                             "or a uniformly scaled copy of it")
+        return sx, sy
+
+
+def map_frame(item: NavItem) -> MapFrame:
+    """The MapFrame of a map item (InputError naming the item and the missing key otherwise)."""
+    if item.get("Type") != "2":
+        raise InputError(f"navigator item {item.label} is not a map (Type = {item.get('Type')})")
+    for key in ("MapID", "StageXYZ", "MapScaleMat", "MapWidthHeight"):
+        if item.get(key) is None:
+            raise InputError(f"navigator map {item.label} has no {key}")
+    stage = item.numbers("StageXYZ")
+    matrix = item.numbers("MapScaleMat")
+    wh = item.numbers("MapWidthHeight")
+    if len(stage) < 2 or len(matrix) != 4 or len(wh) != 2 or min(wh) <= 0:
+        raise InputError(f"navigator map {item.label}: malformed StageXYZ, MapScaleMat or MapWidthHeight")
+    det = matrix[0] * matrix[3] - matrix[1] * matrix[2]
+    if not math.isfinite(det) or abs(det) < 1e-12:
+        raise InputError(f"navigator map {item.label}: MapScaleMat {matrix} cannot be inverted")
+    z = stage[2] if len(stage) > 2 else 0.0
+    return MapFrame(
+        label=item.label,
+        map_id=int(float(item.get("MapID") or 0)),
+        regis=int(float(item.get("Regis") or 1)),
+        stage=(stage[0], stage[1], z),
+        matrix=(matrix[0], matrix[1], matrix[2], matrix[3]),
+        width=int(wh[0]),
+        height=int(wh[1]),
+        montage=item.get("MapMontage", "0") == "1",
+        map_file=item.get("MapFile"),
+        section=int(float(item.get("MapSection") or 0)),
+    )
+
+
+def _basename(path: str) -> str:
+    """The file name of a Windows or POSIX path, lower-cased (SerialEM runs on Windows)."""
+    return re.split(r"[\\/]", path.strip())[-1].lower()
+
+
+def find_map(nav: Navigator, label: str | None = None, image_path: str | os.PathLike | None = None,
+             section: int | None = None) -> NavItem:
+    """The map item labelled `label`, else the one whose MapFile (and MapSection) is the image."""
+    if label is not None:
+        return nav.item(label)
+    maps = [it for it in nav.items if it.get("Type") == "2"]
+    if image_path is not None:
+        name = Path(image_path).name.lower()
+        hits = [it for it in maps if _basename(it.get("MapFile") or "") == name]
+        if len(hits) > 1:
+            hits = [it for it in hits if int(float(it.get("MapSection") or 0)) == (section or 0)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InputError(f"several navigator maps use {name}: choose one with --map-label "
+                             f"({', '.join(it.label for it in hits)})")
+    raise InputError(f"no navigator map's MapFile is {Path(image_path).name if image_path else 'this image'}: "
+                     f"choose one with --map-label ({', '.join(it.label for it in maps) or 'the file has no maps'})")
+
+
+def point_item(frame: MapFrame, label: str, map_id: int, col: float, row: float,
+               image_shape: tuple[int, int] | None = None, group_id: int | None = None, acquire: bool = False,
+               note: str | None = None, exact_map_coords: bool = False) -> NavItem:
+    """A point item at file pixel (col, row) of the image, drawn on `frame`'s map."""
+    x, y = frame.stage_xy(col, row, image_shape)
+    fields: list[tuple[str, str]] = [
+        ("Color", "0"),
+        ("StageXYZ", f"{_g(x)} {_g(y)} {_g(frame.stage[2])}"),
+        ("NumPts", "1"),
+        ("Regis", str(frame.regis)),
+        ("Type", "0"),
+    ]
+    if group_id is not None:
+        fields.append(("GroupID", str(group_id)))
+    fields += [("MapID", str(map_id)), ("DrawnID", str(frame.map_id)), ("Acquire", "1" if acquire else "0")]
+    if exact_map_coords:
+        fields.append(("CoordsInMap", f"{_g(col)} {_g(row)} 0"))
+    if note:
+        fields.append(("Note", note.replace("\n", " ").replace("\r", " ")))
+    fields += [("PtsX", _g(x)), ("PtsY", _g(y))]
+    return NavItem(label, tuple(fields))
+
+
+def _free_ids(nav: Navigator) -> tuple[int, int, set[int]]:
+    """The next numeric label, and the next external id and the ids already used."""
+    labels = [int(it.label) for it in nav.items if it.label.isdigit()]
+    used: set[int] = set()
+    for it in nav.items:
+        for key in ("MapID", "GroupID"):
+            value = it.get(key)
+            if value is not None and value.lstrip("-").isdigit():
+                used.add(int(value))
+    below = [i for i in used if i < EXTERNAL_ID_LIMIT]
+    return max(labels, default=0) + 1, max(below, default=0) + 1, used
+
+
+def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tuple[float, float]],
+               image_shape: tuple[int, int] | None = None, notes: Sequence[str] | None = None,
+               acquire: bool = False, image_is_map_file: bool = False) -> tuple[str, list[NavItem]]:
+    """The navigator text with one point item per (col, row) appended, drawn on `map_item`, in one new group."""
+    frame = map_frame(map_item)
+    if frame.montage and image_is_map_file:
+        raise InputError(f"navigator map {frame.label} is a montage: its file holds the pieces; run on the "
+                         "stitched montage (blendmont, or SerialEM's File > Save as) and pass that image")
+    next_label, next_id, used = _free_ids(nav)
+
+    def fresh() -> int:
+        nonlocal next_id
+        while next_id in used:
+            next_id += 1
+        if next_id >= EXTERNAL_ID_LIMIT:
+            raise InputError(f"the navigator has no ids below {EXTERNAL_ID_LIMIT} left for new items")
+        used.add(next_id)
+        return next_id
+
+    exact = (not frame.montage and image_shape is not None
+             and tuple(image_shape) == (frame.height, frame.width))
+    group = fresh() if points else None
+    items = []
+    for i, (col, row) in enumerate(points):
+        items.append(point_item(frame, str(next_label + i), fresh(), col, row, image_shape, group_id=group,
+                                acquire=acquire, note=notes[i] if notes else None, exact_map_coords=exact))
+    newline = "\r\n" if "\r\n" in text else "\n"
+    body = text if not text or text.endswith(("\n", "\r")) else text + newline
+    if items and not body.endswith(newline + newline):
+        body += newline
+    return body + "".join(format_item(it, newline) for it in items), items
+
+
+def default_nav_output(nav_path: str | os.PathLike) -> Path:
+    """Where write_targets_to_nav puts its copy by default: NAME_ptolemy.nav beside NAME.nav."""
+    p = Path(nav_path)
+    return p.with_name(f"{p.stem}_ptolemy{p.suffix or '.nav'}")
+
+
+def _notes(result: Any) -> list[str]:
+    notes = []
+    for rank, t in enumerate(result.targets, 1):
+        score = "none" if t.score is None else f"{t.score:.4g}"
+        notes.append(f"ptolemy-rt {result.kind} rank {rank} score {score}")
+    return notes
+
+
+def write_targets_to_nav(nav_in: str | os.PathLike, result: Any, map_label: str | None = None,
+                         nav_out: str | os.PathLike | None = None, image_path: str | os.PathLike | None = None,
+                         acquire: bool = False) -> tuple[Path, int]:
+    """Write a copy of `nav_in` with one point per target of `result`, drawn on the map; return (path, count).
+
+    The map is `map_label`, else the map whose MapFile is `image_path`. Target positions are in pixels of
+    the result's image (its shape scales them onto the map). The original file is never modified.
+    """
+    from .io import atomic_write
+
+    nav, text = read_nav(nav_in)
+    out = Path(nav_out) if nav_out is not None else default_nav_output(nav_in)
+    if out.resolve() == Path(nav_in).resolve():
+        raise InputError(f"{out}: the navigator copy must not replace the original (SerialEM rewrites the file "
+                         "it has open); choose another --nav-out and merge it in SerialEM")
+    map_item = find_map(nav, map_label, image_path, result.image.section)
+    frame_file = map_item.get("MapFile")
+    same_file = bool(image_path and frame_file and _basename(frame_file) == Path(image_path).name.lower())
+    points = [(float(t.x), float(t.y)) for t in result.targets]
+    new_text, items = add_points(nav, text, map_item, points, tuple(result.image.shape), _notes(result),
+                                 acquire=acquire, image_is_map_file=same_file)
+    try:
+        atomic_write(out, new_text.encode("latin-1"))
+    except OSError as exc:
+        raise NavWriteError(f"{out}: cannot write the navigator copy ({exc})") from None
+    return out, len(items)
+
