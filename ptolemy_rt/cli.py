@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -35,20 +34,45 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="MRC, TIFF, PNG or JPEG files")
-    p.add_argument("-f", "--format", choices=FORMATS, default="json", help="output format (default json)")
+    p.add_argument("-f", "--format", choices=FORMATS, default="json", help="output format: json (one line), csv "
+                   "or txt (tab-separated), each with the same fields (default json)")
     p.add_argument("-o", "--output", metavar="OUT", help="output file, or a directory when several images are given "
                    "(default: standard output)")
     p.add_argument("--compat", choices=["ptolemy"], help="behave as the original Ptolemy CLI: its JSON (one line, "
                    "its field names, order and int() centres) and, for holes, its lattice search, crop windows, "
-                   "U-Net padding and CNN scores (HoleOptions.ptolemy())")
+                   "U-Net padding and CNN scores (HoleOptions.ptolemy()); CSV/TXT: the original's fields (default: our own)")
+    p.add_argument("--pretty", action="store_true", help="indent JSON over several lines (default: one line; "
+                   "never with --compat)")
+    p.add_argument("--top", type=_non_negative_int, metavar="N", help="keep the N best-scoring targets "
+                   "(default: all)")
+    p.add_argument("--min-score", type=float, metavar="S", help="keep targets whose score is >= S; unscored ones "
+                   "are dropped (default: all)")
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å per pixel of the input image "
+                   "(default: from the EPU .xml or SerialEM .mdoc beside the image, else the MRC header; "
+                   "0 and 1 Å there mean unknown)")
+    p.add_argument("--nav", metavar="NAV", help="SerialEM navigator: write a copy with one point per target, "
+                   "drawn on the map of this image (see --map-label, --nav-out)")
+    p.add_argument("--map-label", metavar="L", help="label of the navigator map the image shows (default: the "
+                   "map whose MapFile is the image)")
+    p.add_argument("--nav-out", metavar="NAV", help="where the navigator copy goes (default: NAME_ptolemy.nav "
+                   "beside --nav)")
     p.add_argument("--overlay", metavar="PNG", help="draw the result on the image (a file, or a directory for "
-                   "several images)")
+                   "several images) (default: none)")
     p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
-    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
+                   "(default auto: CUDA when available, else CPU)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores)")
     p.add_argument("--section", type=int, metavar="N", help="section of an MRC/TIFF stack (default 0, with a warning)")
-    p.add_argument("-v", "--verbose", action="store_true", help="stage timings and provider on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="one summary line per image on stderr: targets, "
+                   "time per stage (ms), provider, pixel size")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sq)
     sq.add_argument("--min-area", type=float, default=100.0,
                     help="drop squares whose hull is smaller (px², default 100)")
-    sq.add_argument("--window", type=int, default=6, help="pixels within this window join one square (default 6)")
+    sq.add_argument("--window", type=int, default=6, help="pixels within this window join one square (px, "
+                    "default 6)")
     sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
     sq.set_defaults(func=_cmd_squares)
 
@@ -73,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "for the published weights)")
     ho.add_argument("--edge-tolerance", type=float, default=-10.0, help="how far outside the image a hole centre "
                     "may lie, px (default -10: at least 10 px inside)")
-    ho.add_argument("--threshold", type=float, help="U-Net probability threshold (default: the model's)")
+    ho.add_argument("--threshold", type=float, help="U-Net probability threshold, 0-1 (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
     ho.add_argument("--original", action="store_true", help="deprecated: the original's behaviour in our JSON "
                     "(use --compat ptolemy)")
@@ -82,28 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
     demo.add_argument("-o", "--output", default="ptolemy-demo", help="output directory (default ./ptolemy-demo)")
     demo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
-    demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
-    demo.add_argument("--threads", type=int, metavar="N")
+    demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
+                      "(default auto)")
+    demo.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
-    demo.add_argument("-v", "--verbose", action="store_true")
-    demo.add_argument("--debug", action="store_true")
+    demo.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     demo.set_defaults(func=_cmd_demo)
 
     ls = sub.add_parser("leginon-script", help="print a script for Smart-Leginon's external finder "
                         "(source SCRIPT JOB INPUT.mrc OUTDIR)")
     ls.add_argument("finder", choices=["squares", "holes"])
     ls.add_argument("--models", metavar="DIR", help="model set to put in the script (default: the shipped set)")
-    ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
-    ls.add_argument("--extra", default="", help="extra options for the finder, quoted as one string")
-    ls.add_argument("--debug", action="store_true")
+    ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
+                    "in the script (default auto)")
+    ls.add_argument("--extra", default="", help="extra options for the finder, quoted as one string, checked "
+                    "with the finder's parser (default: none)")
+    ls.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     ls.set_defaults(func=_cmd_leginon_script)
 
     mo = sub.add_parser("models", help="show and verify a model set and the providers onnxruntime offers")
-    mo.add_argument("--models", metavar="DIR")
+    mo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
     mo.add_argument("--validate", metavar="DIR", help="check the model set in DIR without running an image: list "
                     "every problem (manifest fields, files, hashes, graphs); exit 0 only if there is none")
-    mo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
-    mo.add_argument("--debug", action="store_true")
+    mo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
+                    "(default auto)")
+    mo.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     mo.set_defaults(func=_cmd_models)
     return parser
 
@@ -151,14 +180,19 @@ class UsageError(InputError):
 
 def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int:
     """Run `finder` on every image; keep going past failures, report them all, return the worst code."""
+    from .holesize import with_hole_diameter
     from .io import atomic_write, read_image
+    from .metadata import pixel_size_for
     from .models import load_models
+    from .navigator import write_targets_to_nav
     from .overlay import render_overlay
-    from .results import format_result
+    from .results import format_result, select, summary_line, with_pixel_size
 
     outputs = _output_paths(args)
     overlays = _overlay_paths(args)
     _check_destinations(args, outputs, overlays)
+    if args.nav and len(args.images) > 1:
+        raise UsageError("--nav takes one image (one map) per run; pass the copy as --nav of the next run")
     models = None
     if options.pop("_use_models", True):
         models = load_models(args.models, provider=args.provider, threads=args.threads)
@@ -168,8 +202,12 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
             start = time.perf_counter()
             image = read_image(image_path, section=args.section)
             result = finder(image, models=models if models is not None else False, **options)
+            result = with_hole_diameter(result, image.data)
+            pixel = pixel_size_for(image_path, image, args.pixel_size)
+            found = len(result.targets)
+            result = select(with_pixel_size(result, pixel.angstrom, pixel.source), args.top, args.min_score)
             # Everything is rendered before anything is written, so a failure leaves no half-set of files.
-            text = format_result(result, fmt=args.format, compat=args.compat == "ptolemy")
+            text = format_result(result, fmt=args.format, compat=args.compat == "ptolemy", pretty=args.pretty)
             png = _encode_png(render_overlay(image.data, result)) if overlay is not None else None
             try:
                 if png is not None:
@@ -178,15 +216,14 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
                     atomic_write(out, text)
             except OSError as exc:
                 raise UsageError(f"{image_path}: cannot write the result ({exc})") from None
+            if args.nav:
+                write_targets_to_nav(args.nav, result, args.map_label, args.nav_out, image_path)
             if out is None:
                 sys.stdout.write(text)
                 sys.stdout.flush()
             if args.verbose:
-                stages = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in result.timings.items())
                 provider = models.provider if models is not None else "none"
-                total = (time.perf_counter() - start) * 1000
-                print(f"{image_path}: {len(result.targets)} {result.kind}, {total:.1f} ms total [{stages}] "
-                      f"provider={provider}" + (f" reason={result.reason}" if result.reason else ""),
+                print(summary_line(image_path, result, time.perf_counter() - start, provider, found),
                       file=sys.stderr)
             elif result.reason:
                 print(f"{image_path}: no {result.kind}: {result.reason}", file=sys.stderr)
@@ -256,18 +293,10 @@ def _cmd_leginon_script(args: argparse.Namespace) -> int:
 
 
 def leginon_script(finder: str, models: str | None = None, provider: str = "auto", extra: str = "") -> str:
-    """A bash script for Smart-Leginon: `source SCRIPT JOB INPUT OUTDIR` writes OUTDIR/JOB.json (one line)."""
-    python = shlex.quote(sys.executable)
-    opts = ["--compat", "ptolemy", "-f", "json", "--provider", provider]
-    if models:
-        opts += ["--models", str(Path(models).resolve())]
-    opt_text = " ".join(shlex.quote(o) for o in opts) + (f" {extra}" if extra else "")
-    return (
-        f"# Smart-Leginon external {finder} finder, written by ptolemy-rt {__version__}.\n"
-        "# Leginon runs: source THIS_SCRIPT JOB_BASENAME INPUT.mrc OUTDIR, then reads the first line\n"
-        "# of OUTDIR/JOB_BASENAME.json. Sourced, so it must not exit the caller's shell.\n"
-        f"{python} -m ptolemy_rt {finder} {opt_text} -o \"$3/$1.json\" \"$2\"\n"
-    )
+    """The Smart-Leginon script (see leginon.leginon_script: options and models are checked first)."""
+    from .leginon import leginon_script as write
+
+    return write(finder, models=models, provider=provider, extra=extra)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
