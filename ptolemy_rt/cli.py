@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "(default: all)")
     p.add_argument("--min-score", type=float, metavar="S", help="keep targets whose score is >= S; unscored ones "
                    "are dropped (default: all)")
-    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å per pixel of the input image "
+    p.add_argument("--pixel-size", type=_positive_float, metavar="A", help="pixel size in Å per pixel of the input image "
                    "(default: from the EPU .xml or SerialEM .mdoc beside the image, else the MRC header; "
                    "0 and 1 Å there mean unknown)")
     p.add_argument("--nav", metavar="NAV", help="SerialEM navigator: write a copy with one point per target, "
@@ -66,6 +66,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="one summary line per image on stderr: targets, "
                    "time per stage (ms), provider, pixel size")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:

@@ -1,0 +1,182 @@
+"""Pixel size from every source: --pixel-size, EPU .xml (the real one in ../shared/real-epu), .mdoc, MRC header."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from ptolemy_rt import metadata
+from ptolemy_rt.cli import main
+from ptolemy_rt.errors import InputError
+from ptolemy_rt.io import read_image
+from ptolemy_rt.metadata import (
+    PixelSize,
+    epu_pixel_size,
+    mdoc_pixel_size,
+    mrc_pixel_size,
+    pixel_size_for,
+    read_xml_safely,
+)
+
+from .conftest import REPO, need
+
+REAL_EPU = REPO.parent / "shared" / "real-epu"
+# What the real file says: 4.1562760344504568e-08 m per pixel of a 2880 px wide readout, JPEG 512 px wide.
+REAL_EPU_A = 4.1562760344504568e-08 * 1e10 * 2880 / 512
+
+
+def _epu_xml(path: Path, metres: float = 2e-9, readout: tuple[int, int] | None = (4096, 4096)) -> Path:
+    """A minimal EPU-style .xml: namespaces as EPU writes them, pixelSize in metres, the camera readout."""
+    area = "" if readout is None else (
+        '<ReadoutArea xmlns:a="http://schemas.datacontract.org/2004/07/System.Drawing">'
+        f"<a:height>{readout[1]}</a:height><a:width>{readout[0]}</a:width><a:x>0</a:x><a:y>0</a:y></ReadoutArea>")
+    path.write_text(
+        '<MicroscopeImage xmlns="http://schemas.datacontract.org/2004/07/Fei.SharedObjects" '
+        'xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><SpatialScale><pixelSize>'
+        f"<x><numericValue>{metres!r}</numericValue></x><y><numericValue>{metres!r}</numericValue></y>"
+        f"</pixelSize></SpatialScale><microscopeData><acquisition><camera>{area}</camera></acquisition>"
+        "</microscopeData></MicroscopeImage>")
+    return path
+
+
+def _mrc(path: Path, shape=(256, 256), voxel: float | None = None) -> Path:
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.zeros(shape, np.float32))
+        if voxel is not None:
+            m.voxel_size = voxel
+    return path
+
+
+def test_real_epu_xml_gives_the_jpeg_pixel_size():
+    jpg = REAL_EPU / "smartem_gs8999138.jpg"
+    need(jpg.is_file() and jpg.with_suffix(".xml").is_file(), f"real EPU example not found in {REAL_EPU}")
+    image = read_image(jpg)
+    assert image.shape == (364, 512)
+    px = pixel_size_for(jpg, image)
+    assert px == PixelSize(pytest.approx(REAL_EPU_A), "epu-xml")
+    assert px.angstrom / 10 == pytest.approx(233.79, abs=0.01)  # nm, as the README of the example says
+    assert epu_pixel_size(jpg.with_suffix(".xml"), (2046, 2880)) == pytest.approx(415.62760344504568)  # readout size
+
+
+def test_real_epu_through_the_cli(capsys):
+    jpg = REAL_EPU / "smartem_gs8999138.jpg"
+    need(jpg.is_file(), f"real EPU example not found in {REAL_EPU}")
+    assert main(["holes", str(jpg)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one-line JSON by default
+    image = json.loads(out)["image"]
+    assert image["pixel_size_nm"] == pytest.approx(REAL_EPU_A / 10) and image["pixel_size_source"] == "epu-xml"
+
+
+def test_epu_scaling_and_refusals(tmp_path):
+    xml = _epu_xml(tmp_path / "a.xml", metres=2e-9, readout=(4096, 4096))
+    assert epu_pixel_size(xml, (4096, 4096)) == pytest.approx(20.0)
+    assert epu_pixel_size(xml, (1024, 1024)) == pytest.approx(80.0)  # a 4x downscaled JPEG
+    with pytest.warns(UserWarning, match="does not scale"):
+        assert epu_pixel_size(xml, (1024, 512)) is None  # not a uniform scaling of the readout: do not guess
+    assert epu_pixel_size(_epu_xml(tmp_path / "b.xml", readout=None), (512, 512)) == pytest.approx(20.0)
+    assert epu_pixel_size(_epu_xml(tmp_path / "c.xml", metres=0.0), (512, 512)) is None
+
+
+def test_xml_with_dtd_or_entities_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.xml"
+    bomb.write_text('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
+                    "<MicroscopeImage>&lol2;</MicroscopeImage>")
+    with pytest.raises(InputError, match="DTD"):
+        read_xml_safely(bomb)
+    external = tmp_path / "ext.xml"
+    external.write_text('<!DOCTYPE x SYSTEM "http://example.invalid/x.dtd"><x/>')
+    with pytest.raises(InputError, match="DTD"):
+        read_xml_safely(external)
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<a><b></a>")
+    with pytest.raises(InputError, match="not well-formed"):
+        read_xml_safely(broken)
+
+
+def test_oversized_sidecar_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(metadata, "MAX_SIDECAR_BYTES", 100)
+    xml = _epu_xml(tmp_path / "big.xml")
+    with pytest.raises(InputError, match="too large"):
+        read_xml_safely(xml)
+
+
+def test_a_bad_sidecar_warns_and_the_next_source_wins(tmp_path):
+    image = _mrc(tmp_path / "m.mrc", voxel=7.5)
+    (tmp_path / "m.xml").write_text('<!DOCTYPE x [<!ENTITY e "e">]><x>&e;</x>')
+    with pytest.warns(UserWarning, match="DTD"):
+        px = pixel_size_for(image, read_image(image))
+    assert px == PixelSize(7.5, "mrc-header")
+
+
+def test_mdoc(tmp_path):
+    mdoc = tmp_path / "map.mrc.mdoc"
+    mdoc.write_text("PixelSpacing = 45.2\nImageFile = map.mrc\nImageSize = 256 256\n\n"
+                    "[T = SerialEM: Digitized on EMBL Krios]\n\n[ZValue = 0]\nPixelSpacing = 45.2\nTiltAngle = 0\n\n"
+                    "[ZValue = 1]\nPixelSpacing = 90.4\n")
+    assert mdoc_pixel_size(mdoc) == pytest.approx(45.2)
+    assert mdoc_pixel_size(mdoc, section=1) == pytest.approx(90.4)
+    assert mdoc_pixel_size(mdoc, section=7) == pytest.approx(45.2)  # no such section: the file-level value
+    image = _mrc(tmp_path / "map.mrc", voxel=1.0)
+    assert pixel_size_for(image, read_image(image)) == PixelSize(pytest.approx(45.2), "mdoc")
+    # NAME.mdoc (without the image suffix) is found too
+    other = _mrc(tmp_path / "other.mrc")
+    (tmp_path / "other.mdoc").write_text("[ZValue = 0]\nPixelSpacing = 12\n")
+    assert pixel_size_for(other, read_image(other)) == PixelSize(12.0, "mdoc")
+    (tmp_path / "zero.mdoc").write_text("PixelSpacing = 0\n")
+    assert mdoc_pixel_size(tmp_path / "zero.mdoc") is None
+
+
+@pytest.mark.parametrize("voxel, expected", [(12.5, 12.5), (1.0, None), (0.0, None), (None, None)])
+def test_mrc_header_placeholders_are_unknown(tmp_path, voxel, expected):
+    path = _mrc(tmp_path / "h.mrc", voxel=voxel)
+    assert mrc_pixel_size(path) == expected
+    px = pixel_size_for(path, read_image(path))
+    assert px.angstrom == expected and px.source == ("mrc-header" if expected else None)
+
+
+def test_order_option_xml_mdoc_header(tmp_path):
+    image_path = _mrc(tmp_path / "s.mrc", shape=(512, 512), voxel=3.0)
+    image = read_image(image_path)
+    assert pixel_size_for(image_path, image).source == "mrc-header"
+    (tmp_path / "s.mrc.mdoc").write_text("PixelSpacing = 4\n")
+    assert pixel_size_for(image_path, image) == PixelSize(4.0, "mdoc")
+    _epu_xml(tmp_path / "s.xml", metres=5e-10, readout=(512, 512))
+    assert pixel_size_for(image_path, image) == PixelSize(pytest.approx(5.0), "epu-xml")
+    assert pixel_size_for(image_path, image, 6.0) == PixelSize(6.0, "option")
+    with pytest.raises(InputError, match="--pixel-size"):
+        pixel_size_for(image_path, image, -2.0)
+    assert pixel_size_for(None, None) == PixelSize(None, None)
+    png = tmp_path / "p.png"
+    png.write_bytes(b"")  # no sidecar, not an MRC: unknown without reading it
+    assert pixel_size_for(png, None) == PixelSize(None, None)
+
+
+def test_cli_reports_pixel_size_and_option(tmp_path, capsys):
+    from ptolemy_rt.synth import make_atlas
+
+    data, _ = make_atlas(3)
+    path = tmp_path / "atlas.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.voxel_size = 1.0  # a placeholder: reported as unknown
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["squares", str(path), "--no-score", "--top", "3"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["image"]["pixel_size_A"] is None and d["image"]["pixel_size_nm"] is None
+    assert all(t["x_um"] is None and t["area_um2"] is None for t in d["targets"])
+    assert main(["squares", str(path), "--no-score", "--top", "3", "--pixel-size", "500"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["image"]["pixel_size_nm"] == 50.0 and d["image"]["pixel_size_source"] == "option"
+    t = d["targets"][0]
+    assert t["x_um"] == pytest.approx((t["x"] - 511.5) * 0.05) and t["area_um2"] == pytest.approx(t["area"] * 0.0025)
+    for bad in ("-1", "0", "inf", "nan"):
+        with pytest.raises(SystemExit) as exc:
+            main(["squares", str(path), "--no-score", "--pixel-size", bad])
+        assert exc.value.code == 2 and "--pixel-size" in capsys.readouterr().err
