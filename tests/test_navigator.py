@@ -1,0 +1,207 @@
+"""SerialEM navigator: parse, append points drawn on a map, round trip through the parser, CLI --nav."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mrcfile
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt.cli import main
+from ptolemy_rt.errors import InputError
+from ptolemy_rt.models import default_models_dir
+from ptolemy_rt.navigator import (
+    EXTERNAL_ID_LIMIT,
+    add_points,
+    default_nav_output,
+    find_map,
+    map_frame,
+    parse_nav,
+    read_nav,
+    write_targets_to_nav,
+)
+from ptolemy_rt.results import Hole, HoleResult, ImageInfo
+
+# Map item 17-1-A of pyserialem's test navigator, as quoted in shared/serialem-nav.md.
+MAP_17 = """[Item = 17-1-A]
+Color = 2
+StageXYZ = -495.956 436.348 -73.1237
+NumPts = 5
+Regis = 1
+Type = 2
+Note = Sec 0 - 17-1.mrc
+MapFile = X:\\Data\\grid1\\17-1.mrc
+MapID = 1234567
+MapMontage = 0
+MapSection = 0
+MapBinning = 1
+MapMagInd = 17
+MapScaleMat = 0.638997 -26.616 -26.5862 -1.01529
+MapWidthHeight = 4096 4096
+PtsX = -421.93 -570.89 -569.982 -421.022 -421.93
+PtsY = 515.071 511.495 357.625 361.201 515.071
+"""
+
+
+def _nav(*items: str, newline: str = "\n") -> str:
+    text = "AdocVersion = 2.00\nLastSavedAs = X:\\Data\\grid1\\nav.nav\n\n" + "\n".join(items)
+    return text.replace("\n", newline)
+
+
+def _map(label="1", map_id=100001, file="map.mrc", stage=(10.0, -20.0, 3.0), mat=(0.5, 0.1, 0.05, -0.5),
+         wh=(1000, 800), montage=0, section=0) -> str:
+    return (f"[Item = {label}]\nColor = 2\nStageXYZ = {stage[0]} {stage[1]} {stage[2]}\nNumPts = 5\nRegis = 2\n"
+            f"Type = 2\nMapFile = C:\\maps\\{file}\nMapID = {map_id}\nMapMontage = {montage}\n"
+            f"MapSection = {section}\nMapScaleMat = {' '.join(map(str, mat))}\nMapWidthHeight = {wh[0]} {wh[1]}\n")
+
+
+def test_known_map_corner_and_point():
+    """The numbers checked against SerialEM's own drawing of item 17-1-A (shared/serialem-nav.md)."""
+    frame = map_frame(parse_nav(_nav(MAP_17)).item("17-1-A"))
+    # file (col 0, row 4096) is the displayed map's top-left corner: the map's own first outline point
+    assert frame.stage_xy(0, 4096) == pytest.approx((-421.93, 515.071), abs=2e-3)
+    assert frame.stage_xy(1000, 3000) == pytest.approx((-461.683, 476.546), abs=2e-3)
+
+
+def test_y_is_flipped_as_serialem_writes_mrc_files():
+    frame = map_frame(parse_nav(_nav(_map(mat=(1.0, 0.0, 0.0, 1.0), wh=(100, 60), stage=(0.0, 0.0, 0.0)))).item("1"))
+    # display y runs down with stage Y here (d = 1), and file row 0 is the display's bottom row
+    assert frame.stage_xy(50, 0) == pytest.approx((0.0, 30.0))
+    assert frame.stage_xy(50, 60) == pytest.approx((0.0, -30.0))
+    assert frame.stage_xy(0, 30) == pytest.approx((-50.0, 0.0))
+
+
+def test_binned_copy_of_the_map_scales_onto_it():
+    frame = map_frame(parse_nav(_nav(_map(wh=(1000, 800)))).item("1"))
+    # pixel centres of a 2x binned copy sit between two map pixels
+    assert frame.stage_xy(10, 20, (400, 500)) == pytest.approx(frame.stage_xy(20.5, 40.5))
+    with pytest.raises(InputError, match="scaled copy"):
+        frame.stage_xy(1, 1, (400, 400))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),
+    stage=st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200)),
+    wh=st.tuples(st.integers(64, 8192), st.integers(64, 8192)),
+    fractions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=12),
+    crlf=st.booleans(),
+)
+def test_round_trip_through_the_parser(mat, stage, wh, fractions, crlf):
+    newline = "\r\n" if crlf else "\n"
+    other_point = "[Item = 7]\nColor = 0\nStageXYZ = 1 2 3\nNumPts = 1\nRegis = 1\nType = 0\nMapID = 42\n"
+    text = _nav(_map(label="5", stage=stage, mat=mat, wh=wh), other_point, newline=newline)
+    nav = parse_nav(text)
+    points = [(fx * (wh[0] - 1), fy * (wh[1] - 1)) for fx, fy in fractions]
+    new_text, items = add_points(nav, text, nav.item("5"), points, (wh[1], wh[0]),
+                                 notes=[f"rank {i}" for i in range(len(points))])
+    assert new_text.startswith(text)  # the original is copied byte for byte
+    assert ("\r\n" in new_text[len(text):]) == crlf and ("\n" not in new_text.replace("\r\n", "")) == crlf
+    again = parse_nav(new_text)
+    assert again.items[: len(nav.items)] == nav.items
+    added = again.items[len(nav.items):]
+    assert added == tuple(items) and len(added) == len(points)
+    frame = map_frame(nav.item("5"))
+    labels = [int(it.label) for it in added]
+    assert labels == list(range(8, 8 + len(points)))  # numeric, after the largest label (7)
+    ids = [int(it.get("MapID")) for it in added]
+    assert len(set(ids)) == len(ids) and 42 not in ids and max(ids) < EXTERNAL_ID_LIMIT
+    assert {it.get("GroupID") for it in added} == {added[0].get("GroupID")}
+    assert int(added[0].get("GroupID")) not in ids
+    for (col, row), it in zip(points, added):
+        assert it.get("Type") == "0" and it.get("NumPts") == "1" and it.get("DrawnID") == "100001"
+        assert it.get("Regis") == "2" and it.get("Color") == "0"
+        x, y, z = it.numbers("StageXYZ")
+        assert it.numbers("PtsX") == [x] and it.numbers("PtsY") == [y] and z == pytest.approx(stage[2])
+        # the stage position maps back to the pixel through the forward formula of the map's matrix
+        back = frame.pixel(x, y, (wh[1], wh[0]))
+        scale = max(wh) * (1 + max(map(abs, mat)))
+        assert back == pytest.approx((col, row), abs=1e-5 * scale)
+        assert it.numbers("CoordsInMap") == pytest.approx([col, row, 0.0], abs=1e-6 * max(wh))
+
+
+def test_parser_refuses_what_is_not_a_navigator():
+    with pytest.raises(InputError, match="AdocVersion"):
+        parse_nav("Item\t1\t2\n")
+    with pytest.raises(InputError, match="empty"):
+        parse_nav("\n\n")
+    with pytest.raises(InputError, match="Key = value"):
+        parse_nav("AdocVersion = 2.00\n[Item = 1]\nthis is not a key\n", "x.nav")
+    nav = parse_nav(_nav(_map(label="A"), _map(label="B", file="other.mrc", map_id=100002)))
+    with pytest.raises(InputError, match="A, B"):
+        nav.item("C")
+    assert find_map(nav, image_path="/data/OTHER.mrc").label == "B"  # MapFile's Windows name, any case
+    with pytest.raises(InputError, match="--map-label"):
+        find_map(nav, image_path="/data/none.mrc")
+    with pytest.raises(InputError, match="not a map"):
+        map_frame(parse_nav(_nav("[Item = 3]\nType = 0\nStageXYZ = 1 2 3\n")).item("3"))
+    with pytest.raises(InputError, match="cannot be inverted"):
+        map_frame(parse_nav(_nav(_map(mat=(1, 2, 2, 4)))).item("1"))
+
+
+def test_montage_file_itself_is_refused():
+    nav = parse_nav(_nav(_map(montage=1)))
+    with pytest.raises(InputError, match="stitched"):
+        add_points(nav, "", nav.item("1"), [(1.0, 2.0)], (800, 1000), image_is_map_file=True)
+    _, items = add_points(nav, "", nav.item("1"), [(1.0, 2.0)], (400, 500))
+    assert items[0].get("CoordsInMap") is None  # montage: stage position only
+
+
+def _holes_result(path: Path, shape=(800, 1000)) -> HoleResult:
+    holes = tuple(Hole(x=100.0 * i, y=50.0 * i, vertices=((0, 0),) * 4, area=1.0, score=1 - i / 10) for i in range(4))
+    return HoleResult(holes=holes, angle_deg=0.0, spacing_px=100.0, basis=((100.0, 0.0), (0.0, 100.0)),
+                      origin=(0.0, 0.0), image=ImageInfo(str(path), shape), models={})
+
+
+def test_write_targets_to_nav_writes_a_copy(tmp_path):
+    nav_path = tmp_path / "grid.nav"
+    nav_path.write_bytes(_nav(_map(file="map.mrc")).encode("latin-1") + "Note = caf\xe9\n".encode("latin-1"))
+    before = nav_path.read_bytes()
+    out, n = write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), image_path=tmp_path / "map.mrc")
+    assert out == default_nav_output(nav_path) == tmp_path / "grid_ptolemy.nav" and n == 4
+    assert nav_path.read_bytes() == before and out.read_bytes().startswith(before)
+    nav, _ = read_nav(out)
+    notes = [it.get("Note") for it in nav.items[1:]]
+    assert notes[0] == "ptolemy-rt holes rank 1 score 1" and len(notes) == 4
+    with pytest.raises(InputError, match="must not replace"):
+        write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), "1", nav_out=nav_path)
+
+
+@pytest.fixture(scope="module")
+def medmag(tmp_path_factory) -> Path:
+    from ptolemy_rt.synth import make_medmag
+
+    data, _ = make_medmag(1)
+    path = tmp_path_factory.mktemp("nav") / "square 1.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+    return path
+
+
+def test_cli_holes_to_navigator(tmp_path, medmag, capsys):
+    if not (default_models_dir() / "manifest.json").is_file():
+        pytest.skip("the shipped model set is not present")
+    nav_path = tmp_path / "session.nav"
+    nav_path.write_text(_nav(_map(label="12", file="square 1.mrc", wh=(1440, 1024), map_id=100005)))
+    out_nav = tmp_path / "out" / "with targets.nav"
+    code = main(["holes", str(medmag), "--nav", str(nav_path), "--nav-out", str(out_nav), "--top", "5",
+                 "--edge-tolerance", "100", "-o", str(tmp_path / "h.json")])
+    assert code == 0, capsys.readouterr().err
+    targets = json.loads((tmp_path / "h.json").read_text())["targets"]
+    nav, _ = read_nav(out_nav)
+    points = nav.items[1:]
+    assert len(points) == len(targets) == 5
+    frame = map_frame(nav.item("12"))
+    for t, it in zip(targets, points):
+        assert it.get("DrawnID") == "100005"
+        assert frame.pixel(*it.numbers("StageXYZ")[:2], (1024, 1440)) == pytest.approx((t["x"], t["y"]), abs=1e-4)
+    # the map label, explicitly; and a label that is not there
+    assert main(["holes", str(medmag), "--nav", str(nav_path), "--map-label", "12", "--nav-out",
+                 str(tmp_path / "b.nav"), "--top", "1"]) == 0
+    capsys.readouterr()
+    assert main(["holes", str(medmag), "--nav", str(nav_path), "--map-label", "99", "--top", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no item labelled '99'" in err and "12" in err
