@@ -7,13 +7,15 @@ checked is checked here, when the script is written: the extra options are parse
 parser, and the model set is loaded and its graphs opened on the chosen provider.
 
 The script is one command line that bash and csh read alike: absolute paths, every word single-quoted
-(shlex.quote), positional parameters as "$1" "$2" "$3", no redirection (their syntax differs).
+(shlex.quote), positional parameters as "$1" "$2" "$3", no redirection (their syntax differs). It runs the
+interpreter and the ptolemy_rt that wrote it, isolated from Leginon's PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -57,8 +59,9 @@ def validate_extra(finder: str, extra: str):
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            base = parser.parse_args([finder, _IMAGE])
-            args = parser.parse_args([finder, *tokens, _IMAGE])
+            # As the script runs it: the options, then `--` and the image Leginon passes.
+            base = parser.parse_args([finder, "--", _IMAGE])
+            args = parser.parse_args([finder, *tokens, "--", _IMAGE])
     except SystemExit as exc:
         text = captured.getvalue().strip().splitlines()
         detail = text[-1] if text and exc.code else "it asks for help or the version, not a run"
@@ -108,7 +111,13 @@ def leginon_script(finder: str, models: str | None = None, provider: str = "auto
     if models:
         opts += ["--models", str(Path(models).resolve())]
     opts += shlex.split(extra)
-    words = [sys.executable, "-m", "ptolemy_rt", finder, *opts]
+    # Leginon's environment often sets PYTHONPATH for its own packages, which could shadow this venv's
+    # numpy or ptolemy_rt: run isolated (-I ignores PYTHONPATH and user site-packages) and import the
+    # ptolemy_rt that wrote the script, as the interpreter is the one that wrote it.
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    code = (f"import sys; sys.path.insert(0, {json.dumps(package_parent)}); "
+            "from ptolemy_rt.cli import main; sys.exit(main())")
+    words = [sys.executable, "-I", "-c", code, finder, *opts]
     command = " ".join(shlex.quote(w) for w in words)
     return (
         f"# Smart-Leginon external {finder} finder, written by ptolemy-rt {__version__} (bash or csh).\n"
