@@ -255,3 +255,40 @@ def test_summary_line_adds_up():
     assert "total" not in line.split("total")[1]  # one total: the stages and `other` add up to it
     assert "pixel size unknown" in line
     assert "1.25 nm/px (option)" in summary_line("a.mrc", with_pixel_size(r, 12.5, "option"), 0.05, "cpu")
+
+
+def test_cli_every_format_with_and_without_compat(tmp_path, capsys):
+    """End to end: -f json|csv|txt x --compat, --pretty, --top, --min-score (squares, geometry only)."""
+    import mrcfile
+
+    from ptolemy_rt.cli import main
+    from ptolemy_rt.synth import make_atlas
+
+    data, _ = make_atlas(3)
+    path = tmp_path / "atlas.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.voxel_size = 380.0
+    base = ["squares", str(path), "--no-score", "--top", "4"]
+    assert main(base) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert len(ours["targets"]) == 4 and ours["image"]["pixel_size_nm"] == 38.0
+    assert main([*base, "--compat", "ptolemy"]) == 0
+    theirs = json.loads(capsys.readouterr().out)
+    for fmt in ("csv", "txt"):
+        for compat, records in ((False, ours["targets"]), (True, theirs)):
+            assert main([*base, "-f", fmt] + (["--compat", "ptolemy"] if compat else [])) == 0
+            lines = capsys.readouterr().out.splitlines()
+            header = lines[0].split("," if fmt == "csv" else "\t")
+            assert len(lines) == 1 + len(records)
+            if compat:
+                assert header[-5:] == ["center_x", "center_y", "area", "brightness", "score"]
+                assert [int(v) for v in lines[1].split("," if fmt == "csv" else "\t")[8:10]] == records[0]["center"]
+            else:
+                assert header[:5] == ["x", "y", "score", "area", "brightness"] and "area_um2" in header
+    assert main([*base, "--pretty"]) == 0
+    pretty = capsys.readouterr().out
+    assert pretty.count("\n") > 10 and json.loads(pretty) == ours
+    assert main(["squares", str(path), "--no-score", "--min-score", "0.5"]) == 0  # unscored: none kept, with a reason
+    out, err = capsys.readouterr()
+    assert json.loads(out)["targets"] == [] and "--min-score" in json.loads(out)["reason"] and "no squares" in err
