@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sq = sub.add_parser("squares", aliases=["lowmag"], help="find and score grid squares in low-mag atlases")
     _common(sq)
-    sq.add_argument("--min-area", type=float, default=100.0,
+    sq.add_argument("--min-area", type=float, default=100.0, metavar="PX2",
                     help="drop squares whose hull is smaller (px², default 100)")
-    sq.add_argument("--window", type=int, default=6, help="pixels within this window join one square (px, "
+    sq.add_argument("--window", type=int, default=6, metavar="PX", help="pixels within this window join one square (px, "
                     "default 6)")
     sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
     sq.set_defaults(func=_cmd_squares)
@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     ho.add_argument("--score", choices=["unet", "cnn"], help="which score ranks the holes (default: cnn with "
                     "--compat ptolemy, else the model set's choice: cnn for the shipped set, unet "
                     "for the published weights)")
-    ho.add_argument("--edge-tolerance", type=float, default=-10.0, help="how far outside the image a hole centre "
+    ho.add_argument("--edge-tolerance", type=float, default=-10.0, metavar="PX", help="how far outside the image a hole centre "
                     "may lie, px (default -10: at least 10 px inside)")
-    ho.add_argument("--threshold", type=float, help="U-Net probability threshold, 0-1 (default: the model's)")
+    ho.add_argument("--threshold", type=float, metavar="P", help="U-Net probability threshold, 0-1 (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
     ho.add_argument("--original", action="store_true", help="deprecated: the original's behaviour in our JSON "
                     "(use --compat ptolemy)")
@@ -124,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("leginon-script", help="print a script for Smart-Leginon's external finder "
                         "(source SCRIPT JOB INPUT.mrc OUTDIR)")
-    ls.add_argument("finder", choices=["squares", "holes"])
+    ls.add_argument("finder", choices=["squares", "holes"], help="which finder the script runs")
     ls.add_argument("--models", metavar="DIR", help="model set to put in the script (default: the shipped set)")
     ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                     "in the script (default auto)")
-    ls.add_argument("--extra", default="", help="extra options for the finder, quoted as one string, checked "
+    ls.add_argument("--extra", default="", metavar="OPTIONS", help="extra options for the finder, quoted as one string, checked "
                     "with the finder's parser (default: none)")
     ls.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     ls.set_defaults(func=_cmd_leginon_script)
