@@ -33,7 +33,7 @@ def run_demo(out_dir: Path, models=None, provider: str = "auto", threads: int | 
     from .holes import find_holes
     from .models import load_models
     from .overlay import write_overlay
-    from .results import write_result
+    from .results import summary_line, write_result
     from .squares import find_squares
     from .synthetic import make_atlas, make_medmag
 
@@ -55,9 +55,8 @@ def run_demo(out_dir: Path, models=None, provider: str = "auto", threads: int | 
         write_result(result, out_dir / f"{name}.json")
         write_overlay(out_dir / f"{name}.png", image.data, result)
         lines.append(f"{name}: {len(result.targets)} {result.kind} in {elapsed:.0f} ms")
-        if verbose:
-            stages = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in result.timings.items())
-            print(f"{name}: [{stages}]", file=sys.stderr)
+        if verbose:  # the same one line per image as the finders' -v (results.summary_line)
+            print(summary_line(name, result, elapsed / 1000, model_set.provider), file=sys.stderr)
     print(f"ptolemy-rt demo ({model_set.name}, {model_set.provider}): " + "; ".join(lines)
           + f". Results in {out_dir}/ (atlas.json, atlas.png, medmag.json, medmag.png)")
     return 0
