@@ -191,7 +191,7 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
     from .io import atomic_write, read_image
     from .metadata import pixel_size_for
     from .models import load_models
-    from .navigator import write_targets_to_nav
+    from .navigator import targets_nav_text, write_nav_text
     from .overlay import render_overlay
     from .results import format_result, select, summary_line, with_pixel_size
 
@@ -216,15 +216,16 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
             # Everything is rendered before anything is written, so a failure leaves no half-set of files.
             text = format_result(result, fmt=args.format, compat=args.compat == "ptolemy", pretty=args.pretty)
             png = _encode_png(render_overlay(image.data, result)) if overlay is not None else None
+            nav = targets_nav_text(args.nav, result, args.map_label, args.nav_out, image_path) if args.nav else None
             try:
                 if png is not None:
                     atomic_write(overlay, png)
                 if out is not None:
                     atomic_write(out, text)
+                if nav is not None:
+                    write_nav_text(nav[0], nav[1])
             except OSError as exc:
                 raise UsageError(f"{image_path}: cannot write the result ({exc})") from None
-            if args.nav:
-                write_targets_to_nav(args.nav, result, args.map_label, args.nav_out, image_path)
             if out is None:
                 sys.stdout.write(text)
                 sys.stdout.flush()

@@ -57,6 +57,8 @@ __all__ = [
     "parse_nav",
     "point_item",
     "read_nav",
+    "targets_nav_text",
+    "write_nav_text",
     "write_targets_to_nav",
 ]
 
@@ -365,16 +367,14 @@ def _notes(result: Any) -> list[str]:
     return notes
 
 
-def write_targets_to_nav(nav_in: str | os.PathLike, result: Any, map_label: str | None = None,
-                         nav_out: str | os.PathLike | None = None, image_path: str | os.PathLike | None = None,
-                         acquire: bool = False) -> tuple[Path, int]:
-    """Write a copy of `nav_in` with one point per target of `result`, drawn on the map; return (path, count).
+def targets_nav_text(nav_in: str | os.PathLike, result: Any, map_label: str | None = None,
+                     nav_out: str | os.PathLike | None = None,
+                     image_path: str | os.PathLike | None = None, acquire: bool = False) -> tuple[Path, str, int]:
+    """What write_targets_to_nav would write, without writing: (path, text, number of points).
 
-    The map is `map_label`, else the map whose MapFile is `image_path`. Target positions are in pixels of
-    the result's image (its shape scales them onto the map). The original file is never modified.
+    Every check (the navigator parses, the map exists and fits the image, the copy is not the original)
+    happens here, so a caller can prepare all its outputs before writing any.
     """
-    from .io import atomic_write
-
     nav, text = read_nav(nav_in)
     out = Path(nav_out) if nav_out is not None else default_nav_output(nav_in)
     if out.resolve() == Path(nav_in).resolve():
@@ -386,9 +386,27 @@ def write_targets_to_nav(nav_in: str | os.PathLike, result: Any, map_label: str 
     points = [(float(t.x), float(t.y)) for t in result.targets]
     new_text, items = add_points(nav, text, map_item, points, tuple(result.image.shape), _notes(result),
                                  acquire=acquire, image_is_map_file=same_file)
-    try:
-        atomic_write(out, new_text.encode("latin-1"))
-    except OSError as exc:
-        raise NavWriteError(f"{out}: cannot write the navigator copy ({exc})") from None
-    return out, len(items)
+    return out, new_text, len(items)
 
+
+def write_nav_text(path: str | os.PathLike, text: str) -> None:
+    """Write a navigator text atomically, byte for byte as read (latin-1); NavWriteError (exit 4) on failure."""
+    from .io import atomic_write
+
+    try:
+        atomic_write(path, text.encode("latin-1"))
+    except OSError as exc:
+        raise NavWriteError(f"{path}: cannot write the navigator copy ({exc})") from None
+
+
+def write_targets_to_nav(nav_in: str | os.PathLike, result: Any, map_label: str | None = None,
+                         nav_out: str | os.PathLike | None = None, image_path: str | os.PathLike | None = None,
+                         acquire: bool = False) -> tuple[Path, int]:
+    """Write a copy of `nav_in` with one point per target of `result`, drawn on the map; return (path, count).
+
+    The map is `map_label`, else the map whose MapFile is `image_path`. Target positions are in pixels of
+    the result's image (its shape scales them onto the map). The original file is never modified.
+    """
+    out, text, count = targets_nav_text(nav_in, result, map_label, nav_out, image_path, acquire)
+    write_nav_text(out, text)
+    return out, count

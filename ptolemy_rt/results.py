@@ -74,17 +74,28 @@ class ImageInfo:
     pixel_size_source: str | None = None  # "option", "epu-xml", "mdoc", "mrc-header" (metadata.PixelSize)
 
     @property
+    def known_pixel_size_A(self) -> float | None:
+        """Å per pixel, None when unknown: 0 and 1 Å from a header are placeholders unless given as an option."""
+        value = _num(self.pixel_size_A)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            return None
+        if value == 1.0 and self.pixel_size_source != "option":
+            return None  # what MRC writers put in a header that nobody filled in (image readers keep it)
+        return float(value)
+
+    @property
     def pixel_size_nm(self) -> float | None:
         """nm per pixel, None when unknown."""
-        return None if _num(self.pixel_size_A) is None else float(self.pixel_size_A) / 10.0  # type: ignore[arg-type]
+        value = self.known_pixel_size_A
+        return None if value is None else value / 10.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
             "path": self.path,
             "shape": [int(self.shape[0]), int(self.shape[1])],
-            "pixel_size_A": _num(self.pixel_size_A),
-            "pixel_size_nm": _num(self.pixel_size_nm),
+            "pixel_size_A": self.known_pixel_size_A,
+            "pixel_size_nm": self.pixel_size_nm,
             "pixel_size_source": self.pixel_size_source if self.pixel_size_nm is not None else None,
             "section": self.section,
         }

@@ -202,6 +202,8 @@ def test_cli_holes_to_navigator(tmp_path, medmag, capsys):
     assert main(["holes", str(medmag), "--nav", str(nav_path), "--map-label", "12", "--nav-out",
                  str(tmp_path / "b.nav"), "--top", "1"]) == 0
     capsys.readouterr()
-    assert main(["holes", str(medmag), "--nav", str(nav_path), "--map-label", "99", "--top", "1"]) == 2
+    none = tmp_path / "none.json"
+    assert main(["holes", str(medmag), "--nav", str(nav_path), "--map-label", "99", "--top", "1", "-o", str(none)]) == 2
     err = capsys.readouterr().err
     assert "no item labelled '99'" in err and "12" in err
+    assert not none.exists()  # checked before anything is written: all outputs or none

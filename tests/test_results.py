@@ -156,6 +156,13 @@ def test_unknown_pixel_size_is_null_never_a_placeholder():
             assert t["x_um"] is None and t["y_um"] is None
             assert t.get("area_um2", t.get("diameter_um")) is None
     assert json.loads(format_result(with_pixel_size(_holes(), 0.0)))["image"]["pixel_size_A"] is None
+    # the Python API path: an image reader's 1 Å placeholder in ImageInfo is reported as unknown too
+    raw = SquareResult(squares=(_square(5, 5, 0.5),), angle_deg=None, image=ImageInfo("a.mrc", (100, 200), 1.0),
+                       models={})
+    assert json.loads(format_result(raw))["image"]["pixel_size_A"] is None
+    assert json.loads(format_result(raw))["targets"][0]["x_um"] is None
+    given = json.loads(format_result(with_pixel_size(raw, 1.0, "option")))  # a real 1 Å, said so explicitly
+    assert given["image"]["pixel_size_A"] == 1.0 and given["targets"][0]["x_um"] is not None
 
 
 def test_compat_output_is_unchanged_by_units_selection_and_pretty():
