@@ -428,8 +428,8 @@ def select(result: R, top: int | None = None, min_score: float | None = None) ->
     if not kept and reason is None:
         reason = (f"none of {len(targets)} {result.kind} scored >= {min_score:g} (--min-score)"
                   if min_score is not None and (top is None or top > 0) else "--top 0")
-    field_name = "squares" if result.kind == "squares" else "holes"
-    return replace(result, **{field_name: kept}, reason=reason)
+    changes: dict[str, Any] = {"squares" if result.kind == "squares" else "holes": kept, "reason": reason}
+    return replace(result, **changes)
 
 
 def summary_line(name: str, result: Result, elapsed_s: float, provider: str, found: int | None = None) -> str:
