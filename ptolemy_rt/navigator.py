@@ -23,9 +23,10 @@ shared/serialem-nav.md:
   when it writes an MRC file, so file row 0 is the bottom of the displayed map: ``y_down = H - row``.
   Inverted, for file column/row: ``u = col - W/2``, ``v = H/2 - row``, ``X = X0 + (d u - b v)/det``,
   ``Y = Y0 + (a v - c u)/det`` with ``det = a d - b c``.
-- ``CoordsInMap = col row 0`` with ``DrawnID`` is SerialEM's own way for external tools to give a map
-  position (file pixels, 0,0 at the lower left = file col, row); we write it beside the stage position
-  when the image is the map's own single-frame file at its own size, where the two are the same point.
+- ``CoordsInMap = col row Z`` with ``DrawnID`` is SerialEM's own way for external tools to give a map
+  position (file pixels, 0,0 at the lower left = file col, row), converted to stage on reading; we write it
+  beside the stage position when the image is the map's own single-frame file at its own size, where the
+  two are the same point, with the map's stage Z as the third value.
 - Montage maps (``MapMontage = 1``): ``MapScaleMat`` and ``MapWidthHeight`` describe the overview; a stitched
   montage at any binning with the overview's aspect ratio is scaled onto it. Whether a coordinate names a
   pixel's corner or centre is not settled by the source: at most half a map pixel.
@@ -300,7 +301,8 @@ def point_item(frame: MapFrame, label: str, map_id: int, col: float, row: float,
         fields.append(("GroupID", str(group_id)))
     fields += [("MapID", str(map_id)), ("DrawnID", str(frame.map_id)), ("Acquire", "1" if acquire else "0")]
     if exact_map_coords:
-        fields.append(("CoordsInMap", f"{_g(col)} {_g(row)} 0"))
+        # The third value is the stage Z, as the map's (what other external tools write there too).
+        fields.append(("CoordsInMap", f"{_g(col)} {_g(row)} {_g(frame.stage[2])}"))
     if note:
         fields.append(("Note", note.replace("\n", " ").replace("\r", " ")))
     fields += [("PtsX", _g(x)), ("PtsY", _g(y))]

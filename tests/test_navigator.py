@@ -120,7 +120,7 @@ def test_round_trip_through_the_parser(mat, stage, wh, fractions, crlf):
         back = frame.pixel(x, y, (wh[1], wh[0]))
         scale = max(wh) * (1 + max(map(abs, mat)))
         assert back == pytest.approx((col, row), abs=1e-5 * scale)
-        assert it.numbers("CoordsInMap") == pytest.approx([col, row, 0.0], abs=1e-6 * max(wh))
+        assert it.numbers("CoordsInMap") == pytest.approx([col, row, stage[2]], abs=1e-6 * max(wh))
 
 
 def test_parser_refuses_what_is_not_a_navigator():
