@@ -40,14 +40,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "(default: standard output)")
     p.add_argument("--compat", choices=["ptolemy"], help="behave as the original Ptolemy CLI: its JSON (one line, "
                    "its field names, order and int() centres) and, for holes, its lattice search, crop windows, "
-                   "U-Net padding and CNN scores (HoleOptions.ptolemy()); CSV/TXT: the original's fields (default: our own)")
+                   "U-Net padding and CNN scores (HoleOptions.ptolemy()); CSV/TXT: the original's fields "
+                   "(default: our own)")
     p.add_argument("--pretty", action="store_true", help="indent JSON over several lines (default: one line; "
                    "never with --compat)")
     p.add_argument("--top", type=_non_negative_int, metavar="N", help="keep the N best-scoring targets "
                    "(default: all)")
     p.add_argument("--min-score", type=float, metavar="S", help="keep targets whose score is >= S; unscored ones "
                    "are dropped (default: all)")
-    p.add_argument("--pixel-size", type=_positive_float, metavar="A", help="pixel size in Å per pixel of the input image "
+    p.add_argument("--pixel-size", type=_positive_float, metavar="A",
+                   help="pixel size in Å per pixel of the input image "
                    "(default: from the EPU .xml or SerialEM .mdoc beside the image, else the MRC header; "
                    "0 and 1 Å there mean unknown)")
     p.add_argument("--nav", metavar="NAV", help="SerialEM navigator: write a copy with one point per target, "
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sq)
     sq.add_argument("--min-area", type=float, default=100.0, metavar="PX2",
                     help="drop squares whose hull is smaller (px², default 100)")
-    sq.add_argument("--window", type=int, default=6, metavar="PX", help="pixels within this window join one square (px, "
+    sq.add_argument("--window", type=int, default=6, metavar="PX",
+                    help="pixels within this window join one square (px, "
                     "default 6)")
     sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
     sq.set_defaults(func=_cmd_squares)
@@ -103,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     ho.add_argument("--score", choices=["unet", "cnn"], help="which score ranks the holes (default: cnn with "
                     "--compat ptolemy, else the model set's choice: cnn for the shipped set, unet "
                     "for the published weights)")
-    ho.add_argument("--edge-tolerance", type=float, default=-10.0, metavar="PX", help="how far outside the image a hole centre "
+    ho.add_argument("--edge-tolerance", type=float, default=-10.0, metavar="PX",
+                    help="how far outside the image a hole centre "
                     "may lie, px (default -10: at least 10 px inside)")
-    ho.add_argument("--threshold", type=float, metavar="P", help="U-Net probability threshold, 0-1 (default: the model's)")
+    ho.add_argument("--threshold", type=float, metavar="P",
+                    help="U-Net probability threshold, 0-1 (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
     ho.add_argument("--original", action="store_true", help="deprecated: the original's behaviour in our JSON "
                     "(use --compat ptolemy)")
@@ -128,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--models", metavar="DIR", help="model set to put in the script (default: the shipped set)")
     ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                     "in the script (default auto)")
-    ls.add_argument("--extra", default="", metavar="OPTIONS", help="extra options for the finder, quoted as one string, checked "
+    ls.add_argument("--extra", default="", metavar="OPTIONS",
+                    help="extra options for the finder, quoted as one string, checked "
                     "with the finder's parser (default: none)")
     ls.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     ls.set_defaults(func=_cmd_leginon_script)

@@ -49,7 +49,9 @@ def _profiles(data: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.nd
     return out
 
 
-def hole_diameter_px(data: np.ndarray, centres: Sequence[tuple[float, float]], spacing_px: float | None) -> float | None:
+def hole_diameter_px(
+    data: np.ndarray, centres: Sequence[tuple[float, float]], spacing_px: float | None
+) -> float | None:
     """The holes' diameter in pixels from the mean radial profile around `centres` (x, y), or None."""
     if spacing_px is None or not math.isfinite(spacing_px) or spacing_px < 8 or len(centres) < 3:
         return None

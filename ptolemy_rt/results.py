@@ -346,7 +346,8 @@ def table(result: Result, compat: bool = False) -> tuple[list[str], list[list[An
             rec = t.compat_dict()
             flat = [v for p in rec["vertices"] for v in p]
             flat += [None] * (2 * n_vertices - len(flat))
-            rows.append(flat + rec["center"] + [rec["area"]] + ([rec["brightness"]] if squares else []) + [rec["score"]])
+            extra = [rec["brightness"]] if squares else []
+            rows.append(flat + rec["center"] + [rec["area"]] + extra + [rec["score"]])
         return header, rows
     score_keys = sorted({k for t in targets for k in t.scores})
     header = ["x", "y", "score", "area"] + (["brightness"] if squares else [])

@@ -7,7 +7,7 @@ import pytest
 
 from ptolemy_rt.holesize import hole_diameter_px, with_hole_diameter
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
-from ptolemy_rt.synth import make_medmag
+from ptolemy_rt.synthetic import make_medmag
 
 
 def test_measured_diameter_is_close_or_none():

@@ -95,7 +95,7 @@ def test_cli_refuses_and_prints_no_script(tmp_path, models_dir):
 @pytest.fixture(scope="module")
 def leginon_dirs(tmp_path_factory, models_dir):
     """Leginon's working directory, an image and an output directory, all with spaces in their paths."""
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     root = tmp_path_factory.mktemp("leginon")
     data, _ = make_medmag(1)

@@ -158,7 +158,7 @@ def test_order_option_xml_mdoc_header(tmp_path):
 
 
 def test_cli_reports_pixel_size_and_option(tmp_path, capsys):
-    from ptolemy_rt.synth import make_atlas
+    from ptolemy_rt.synthetic import make_atlas
 
     data, _ = make_atlas(3)
     path = tmp_path / "atlas.mrc"

@@ -172,7 +172,7 @@ def test_write_targets_to_nav_writes_a_copy(tmp_path):
 
 @pytest.fixture(scope="module")
 def medmag(tmp_path_factory) -> Path:
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     data, _ = make_medmag(1)
     path = tmp_path_factory.mktemp("nav") / "square 1.mrc"

@@ -269,7 +269,7 @@ def test_cli_every_format_with_and_without_compat(tmp_path, capsys):
     import mrcfile
 
     from ptolemy_rt.cli import main
-    from ptolemy_rt.synth import make_atlas
+    from ptolemy_rt.synthetic import make_atlas
 
     data, _ = make_atlas(3)
     path = tmp_path / "atlas.mrc"
