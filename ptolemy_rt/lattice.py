@@ -1,12 +1,23 @@
-"""Square-lattice fit to hole centroids: summed-area-table search over anchor pairs, then least squares.
+"""Lattice fit to hole centroids: summed-area-table search over anchor candidates, then least squares.
+
+A lattice is origin + m a + n b for integers m, n, with two independent basis vectors a, b of any lengths
+and any angle between them, so square, rectangular, skewed and hexagonal hole arrays are one model.
 
 The search follows the Ptolemy method: every centroid i with each of its k nearest other centroids j
-spans a candidate square lattice (origin c_i, u = c_j - c_i, v = u turned 90 degrees); its cost is
-lambda_fn * (positive mask pixels not covered) + lambda_fp * (covered pixels that are not positive),
-where each lattice point covers a square of half-width min(max_halfwidth, spacing/4) pixels. Only pixels
-inside the image are counted ("covered" means footprint intersected with the image), so points off the
-image cost nothing and points on the border are charged only for their visible part; uncovered positives
-are total positives minus covered ones. A summed-area table makes each lattice point O(1).
+proposes u = c_j - c_i through c_i. The original (model="square") completes it to a square lattice with
+v = u turned 90 degrees; the general model (model="general") also proposes v = u turned 60 degrees (the
+hexagonal lattice; 120 degrees spans the same one) and, for every two non-collinear neighbours j, j' of
+i, the pair's own lattice (c_j - c_i, c_j' - c_i). Each candidate's cost is lambda_fn * (positive mask
+pixels not covered) + lambda_fp * (covered pixels that are not positive), where each lattice point covers
+a square of half-width min(max_halfwidth, d/4, d/(2 sqrt 2) - 1) pixels, d the lattice's shortest vector
+(so footprints never overlap, whatever the basis). Only pixels inside the image are counted ("covered"
+means footprint intersected with the image), so points off the image cost nothing and points on the
+border are charged only for their visible part; uncovered positives are total positives minus covered
+ones. A summed-area table makes each lattice point O(1). The cheapest candidate wins; least squares then
+fits the origin and both vectors (the square model: one vector, v stays u turned 90 degrees).
+
+Reported bases are canonical (canonical_basis): the same lattice gives the same a, b whatever basis it
+was found in.
 
 Numba is imported lazily (first call), so importing this module stays cheap.
 """
@@ -15,49 +26,151 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["Lattice", "fit_lattice", "lattice_points", "lattice_cost", "candidate_pairs", "refine_lattice"]
+__all__ = [
+    "MIN_SPACING_PX",
+    "Lattice",
+    "candidate_lattices",
+    "candidate_pairs",
+    "canonical_basis",
+    "fit_lattice",
+    "lattice_cost",
+    "lattice_kind",
+    "lattice_points",
+    "refine_general",
+    "refine_lattice",
+]
 
 Point = tuple[float, float]
+Model = Literal["auto", "general", "square"]
 
-# Footprints of neighbouring lattice points never share a pixel from this spacing up (side <= d/2 + 1 and
-# pixel rounding moves each centre by <= 0.5 px), so summing per-point counts is exact.
-MIN_SPACING_PX = 10.0
+# Shortest lattice vector (px) the search considers. Footprints of neighbouring points never share a
+# pixel at any spacing (the half-width shrinks below 9.66 px, see _lattice_kernels.halfwidth), so summing
+# per-point counts stays exact; at 8 px a footprint is 3 x 3 px.
+MIN_SPACING_PX = 8.0
+
+# kind: lengths within this relative tolerance and angles within this many degrees of the ideal count as
+# that ideal (a 2-3 % anisotropy from stage tilt or pixel aspect is still a square array). Rectangular
+# lattices report "oblique": nothing downstream treats them differently, and a, b say the rest.
+KIND_LENGTH_TOL = 0.03
+KIND_ANGLE_TOL_DEG = 3.0
+
+
+def _screen_angle(x: float, y: float) -> float:
+    """Angle of (x, y) counter-clockwise on screen (y down), in [0, 360)."""
+    return math.degrees(math.atan2(-y, x)) % 360.0
+
+
+def lattice_kind(a: Point, b: Point, length_tol: float = KIND_LENGTH_TOL,
+                 angle_tol_deg: float = KIND_ANGLE_TOL_DEG) -> str:
+    """"square", "hexagonal" or "oblique": the ideal lattice the basis (a, b) is within tolerance of."""
+    la, lb = math.hypot(*a), math.hypot(*b)
+    if la == 0.0 or lb == 0.0:
+        return "oblique"
+    gamma = math.degrees(math.acos(max(-1.0, min(1.0, (a[0] * b[0] + a[1] * b[1]) / (la * lb)))))
+    if abs(lb / la - 1.0) <= length_tol:
+        if abs(gamma - 90.0) <= angle_tol_deg:
+            return "square"
+        if min(abs(gamma - 60.0), abs(gamma - 120.0)) <= angle_tol_deg:
+            return "hexagonal"
+    return "oblique"
 
 
 @dataclass(frozen=True)
 class Lattice:
-    """A square lattice in input pixel coordinates (x = col, y = row): points origin + a*u + b*v.
+    """A lattice in input pixel coordinates (x = col, y = row): points origin + m*a + n*b.
 
-    cost: the search cost of this lattice; anchors: the centroid pair (i, j) it grew from; n_inliers:
-    centroids within a quarter spacing of a lattice point (one per point); occupancy: share of the lattice
-    points inside the image whose footprint holds a positive pixel; refined: least squares was applied.
+    a, b: the canonical basis (canonical_basis): a is a shortest lattice vector, angle_deg its angle
+    counter-clockwise on screen, in [0, 90) for a square lattice, [0, 60) for a hexagonal one and [0, 180)
+    otherwise; b is the shortest vector completing the basis, turned clockwise on screen from a (for a
+    square lattice b is a turned 90 degrees, pointing down for a pointing right), at 120 degrees from a
+    for a hexagonal one. cost: the search cost of this lattice; anchors: the centroids it grew from
+    ((i, j): c_j - c_i and its square or hexagonal completion; (i, j, j'): c_j - c_i and c_j' - c_i);
+    n_inliers: centroids within a quarter of the shortest spacing of a lattice point (one per point);
+    occupancy: share of the lattice points inside the image whose footprint holds a positive pixel;
+    refined: least squares was applied; model: "square" (the original's) or "general".
     """
 
     origin: Point
-    u: Point
-    v: Point
-    spacing_px: float
+    a: Point
+    b: Point
     angle_deg: float
     cost: float
-    anchors: tuple[int, int]
+    anchors: tuple[int, ...]
     n_inliers: int = 0
     occupancy: float = 0.0
     refined: bool = False
+    model: str = "square"
+
+    @property
+    def u(self) -> Point:
+        """a (the name the square-lattice code used)."""
+        return self.a
+
+    @property
+    def v(self) -> Point:
+        """b (the name the square-lattice code used)."""
+        return self.b
+
+    @property
+    def spacing_a(self) -> float:
+        """|a| in px: the shortest spacing."""
+        return math.hypot(*self.a)
+
+    @property
+    def spacing_b(self) -> float:
+        """|b| in px."""
+        return math.hypot(*self.b)
+
+    @property
+    def spacing_px(self) -> float:
+        """|a|, the nearest-neighbour distance (the period of a square lattice; what hole crops fit in)."""
+        return math.hypot(*self.a)
+
+    @property
+    def angle_ab_deg(self) -> float:
+        """Angle between a and b in degrees (90 square, 120 hexagonal)."""
+        (ax, ay), (bx, by) = self.a, self.b
+        return math.degrees(math.atan2(abs(ax * by - ay * bx), ax * bx + ay * by))
+
+    @property
+    def kind(self) -> str:
+        """"square", "hexagonal" or "oblique" (lattice_kind, within KIND_LENGTH_TOL / KIND_ANGLE_TOL_DEG)."""
+        return lattice_kind(self.a, self.b)
 
     @property
     def basis(self) -> tuple[Point, Point]:
-        """((ux, uy), (vx, vy))."""
-        return (self.u, self.v)
+        """((ax, ay), (bx, by))."""
+        return (self.a, self.b)
 
     def points(self, shape: tuple[int, int], edge_tolerance: float = -10.0) -> np.ndarray:
         """Lattice points (n, 2) xy within `edge_tolerance` px of the image (negative: inside it)."""
-        return lattice_points(self.origin, self.u, self.v, shape, edge_tolerance)
+        return lattice_points(self.origin, self.a, self.b, shape, edge_tolerance)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON view: basis, origin, spacings and angles (px, degrees), kind and fit statistics."""
+        return {
+            "a": [float(self.a[0]), float(self.a[1])],
+            "b": [float(self.b[0]), float(self.b[1])],
+            "origin": [float(self.origin[0]), float(self.origin[1])],
+            "spacing_a": self.spacing_a,
+            "spacing_b": self.spacing_b,
+            "angle_deg": float(self.angle_deg),
+            "angle_ab_deg": self.angle_ab_deg,
+            "kind": self.kind,
+            "spacing_px": self.spacing_px,
+            "n_inliers": int(self.n_inliers),
+            "occupancy": float(self.occupancy),
+            "cost": float(self.cost) if math.isfinite(self.cost) else None,
+            "refined": bool(self.refined),
+            "model": self.model,
+        }
 
 
-def _canonical_basis(ux: float, uy: float) -> tuple[Point, Point, float]:
+def _canonical_square(ux: float, uy: float) -> tuple[Point, Point, float]:
     """Turn u by a multiple of 90 degrees so its screen angle (CCW, y down) lies in [0, 90); v = u turned +90."""
     for _ in range(4):
         angle = math.degrees(math.atan2(-uy, ux))
@@ -69,6 +182,56 @@ def _canonical_basis(ux: float, uy: float) -> tuple[Point, Point, float]:
     return (ux, uy), (-uy, ux), angle % 90.0
 
 
+def _reduce(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lagrange-Gauss reduction of (a, b): the same lattice, |a| <= |b|, |a.b| <= |a|^2 / 2."""
+    a, b = np.array(a, dtype=np.float64), np.array(b, dtype=np.float64)
+    for _ in range(64):
+        if b @ b < a @ a:
+            a, b = b, a
+        if a @ a == 0.0:
+            break
+        m = math.floor(float(a @ b) / float(a @ a) + 0.5)
+        if m == 0:
+            break
+        b = b - m * a
+    return a, b
+
+
+def canonical_basis(a: Point, b: Point, tolerance: float = KIND_LENGTH_TOL) -> tuple[Point, Point]:
+    """The canonical basis of the lattice spanned by (a, b): the same lattice gives the same pair.
+
+    After Lagrange-Gauss reduction, a is the lattice vector within `tolerance` of the shortest length
+    whose screen angle (counter-clockwise, y down) in [0, 180) is smallest: [0, 90) for a square lattice,
+    [0, 60) for a hexagonal one. b completes a to a basis of the same lattice, turned clockwise on screen
+    from a (cross(a, b) > 0 in x, y with y down), the shortest such within tolerance * |a|; of several,
+    the one at the widest angle from a (120 degrees in a hexagonal lattice, 90 in a square one).
+    """
+    r1, r2 = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    if abs(r1[0] * r2[1] - r1[1] * r2[0]) <= 1e-12 * float(r2 @ r2):
+        raise ValueError(f"degenerate lattice basis {a}, {b}")
+    # Short vectors of a reduced basis: small integer combinations are enough.
+    mm, nn = np.meshgrid(np.arange(-4, 5), np.arange(-3, 4), indexing="ij")
+    mm, nn = mm.ravel(), nn.ravel()
+    nonzero = (mm != 0) | (nn != 0)
+    mm, nn = mm[nonzero], nn[nonzero]
+    vecs = mm[:, None] * r1[None, :] + nn[:, None] * r2[None, :]
+    lengths = np.hypot(vecs[:, 0], vecs[:, 1])
+    shortest = float(lengths.min())
+    angles = np.degrees(np.arctan2(-vecs[:, 1], vecs[:, 0])) % 360.0
+    cand = np.flatnonzero((lengths <= shortest * (1.0 + tolerance)) & (angles < 180.0))
+    ia = int(cand[np.lexsort((lengths[cand], angles[cand]))[0]])
+    pa, qa = int(mm[ia]), int(nn[ia])
+    va = vecs[ia]
+    cross = va[0] * vecs[:, 1] - va[1] * vecs[:, 0]
+    unimodular = np.abs(pa * nn - qa * mm) == 1
+    ok = np.flatnonzero(unimodular & (cross > 0))
+    lb = float(lengths[ok].min())
+    tie = ok[lengths[ok] <= lb + tolerance * float(lengths[ia])]
+    dots = vecs[tie] @ va
+    ib = int(tie[np.lexsort((lengths[tie], dots))[0]])
+    return (float(va[0]), float(va[1])), (float(vecs[ib, 0]), float(vecs[ib, 1]))
+
+
 def lattice_points(
     origin: Point, u: Point, v: Point, shape: tuple[int, int], edge_tolerance: float = -10.0
 ) -> np.ndarray:
@@ -76,6 +239,7 @@ def lattice_points(
 
     The image covers [-0.5, cols - 0.5] in pixel-centre coordinates, so `edge_tolerance` is the distance a
     point may lie outside the image's edge (the original's meaning: -10 keeps points >= 10 px inside).
+    Any basis (u, v) of the lattice gives the same points.
     """
     rows, cols = int(shape[0]), int(shape[1])
     o = np.asarray(origin, dtype=np.float64)
@@ -97,6 +261,25 @@ def lattice_points(
     return pts[order]
 
 
+def _neighbours(c: np.ndarray, k: int) -> np.ndarray:
+    """Indices (n, min(k, n-1)) of each centroid's nearest other centroids, ties by index."""
+    n = len(c)
+    kk = min(k, n - 1)
+    if n <= 2048:
+        d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        return np.argsort(d, axis=1, kind="stable")[:, :kk]
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(c).query(c, k=min(n, kk + 8))
+    nbr = np.empty((n, kk), dtype=np.int64)
+    for i in range(n):
+        sel = idx[i] != i
+        di, ii = dist[i][sel], idx[i][sel]
+        nbr[i] = ii[np.lexsort((ii, di))][:kk]
+    return nbr
+
+
 def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = MIN_SPACING_PX) -> np.ndarray:
     """Anchor pairs (i, j): each centroid with its k nearest others (ties by index), each unordered pair once.
 
@@ -107,20 +290,8 @@ def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = M
     n = len(c)
     if n < 2 or k < 1:
         return np.zeros((0, 2), dtype=np.int64)
-    kk = min(k, n - 1)
-    if n <= 2048:
-        d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
-        np.fill_diagonal(d, np.inf)
-        nbr = np.argsort(d, axis=1, kind="stable")[:, :kk]
-    else:
-        from scipy.spatial import cKDTree
-
-        dist, idx = cKDTree(c).query(c, k=min(n, kk + 8))
-        nbr = np.empty((n, kk), dtype=np.int64)
-        for i in range(n):
-            sel = idx[i] != i
-            di, ii = dist[i][sel], idx[i][sel]
-            nbr[i] = ii[np.lexsort((ii, di))][:kk]
+    nbr = _neighbours(c, k)
+    kk = nbr.shape[1]
     ii = np.repeat(np.arange(n, dtype=np.int64), kk)
     jj = nbr.reshape(-1).astype(np.int64)
     # each unordered pair once, where it first appears in (i, rank) order, with that orientation
@@ -132,13 +303,69 @@ def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = M
     return np.stack([ii[keep], jj[keep]], axis=1)
 
 
+# Two neighbour directions span a candidate lattice only when they are this far from collinear (|sin|):
+# between 30 and 150 degrees apart. A reduced basis has 60-120 degrees between its vectors.
+_MIN_SIN = 0.5
+_SIN60 = math.sqrt(3.0) / 2.0
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate lattices for the search: origin index, basis (u, v) per candidate, and its anchors."""
+
+    origin: np.ndarray  # (n,) centroid index of the origin
+    u: np.ndarray  # (n, 2)
+    v: np.ndarray  # (n, 2)
+    anchors: np.ndarray  # (n, 3) centroid indices (i, j, j'), j' = -1 for a square / hexagonal completion
+
+
+def candidate_lattices(centroids: np.ndarray, k: int = 6, min_spacing_px: float = MIN_SPACING_PX,
+                       model: str = "general") -> Candidates:
+    """Candidate lattices in list order (ties go to the first): per anchor pair (candidate_pairs order)
+    the square completion, then (model "general") per pair the hexagonal completion, then per centroid i
+    and neighbour ranks r < r' the lattice (c_j - c_i, c_j' - c_i) of two non-collinear neighbours."""
+    c = np.asarray(centroids, dtype=np.float64)
+    pairs = candidate_pairs(c, k=k, min_spacing_px=min_spacing_px)
+    i, j = pairs[:, 0], pairs[:, 1]
+    u = c[j] - c[i]
+    sq = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    none = np.full(len(pairs), -1, dtype=np.int64)
+    origins, us, vs, anchors = [i], [u], [sq], [np.stack([i, j, none], axis=1)]
+    if model == "general" and len(pairs):
+        hexa = np.stack([0.5 * u[:, 0] - _SIN60 * u[:, 1], _SIN60 * u[:, 0] + 0.5 * u[:, 1]], axis=1)
+        origins.append(i)
+        us.append(u)
+        vs.append(hexa)
+        anchors.append(np.stack([i, j, none], axis=1))
+        nbr = _neighbours(c, k)
+        kk = nbr.shape[1]
+        r1, r2 = np.triu_indices(kk, 1)
+        ti = np.repeat(np.arange(len(c), dtype=np.int64), len(r1))
+        tj = nbr[:, r1].reshape(-1).astype(np.int64)
+        tk = nbr[:, r2].reshape(-1).astype(np.int64)
+        tu, tv = c[tj] - c[ti], c[tk] - c[ti]
+        lu, lv = np.hypot(tu[:, 0], tu[:, 1]), np.hypot(tv[:, 0], tv[:, 1])
+        sin = np.abs(tu[:, 0] * tv[:, 1] - tu[:, 1] * tv[:, 0]) / np.maximum(lu * lv, 1e-300)
+        keep = (sin >= _MIN_SIN) & (lu >= min_spacing_px) & (lv >= min_spacing_px)
+        origins.append(ti[keep])
+        us.append(tu[keep])
+        vs.append(tv[keep])
+        anchors.append(np.stack([ti[keep], tj[keep], tk[keep]], axis=1))
+    return Candidates(
+        origin=np.concatenate(origins).astype(np.int64),
+        u=np.concatenate(us).reshape(-1, 2),
+        v=np.concatenate(vs).reshape(-1, 2),
+        anchors=np.concatenate(anchors).reshape(-1, 3).astype(np.int64),
+    )
+
+
 def _kernels():
-    """The Numba kernels (summed_area, cost, search), compiled or loaded from the cache on first use."""
+    """The Numba kernels module, compiled or loaded from the cache on first use."""
     # A module of its own: kernels defined inside a function would capture each other as closure cells,
     # which Numba's cache cannot key, so `search` would recompile in every process.
     from . import _lattice_kernels as k
 
-    return k.summed_area, k.cost, k.search, k.scan
+    return k
 
 
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
@@ -154,17 +381,142 @@ def lattice_cost(
     sat: np.ndarray,
     origin: Point,
     u: Point,
+    v: Point | None = None,
     *,
     lambda_fn: float = 10.0,
     lambda_fp: float = 1.0,
     max_halfwidth: float = 15.0,
 ) -> float:
-    """Cost of the square lattice (origin, u, u turned 90 degrees) against the mask behind `sat`."""
-    cost = _kernels()[1]
+    """Cost of the lattice (origin, u, v) against the mask behind `sat`; v None: u turned 90 degrees.
+
+    inf for a degenerate basis (collinear vectors, or a shortest vector under 2 sqrt 2 px)."""
+    vv = (-float(u[1]), float(u[0])) if v is None else (float(v[0]), float(v[1]))
     total = int(sat[-1, -1])
-    c, _ = cost(sat, float(origin[0]), float(origin[1]), float(u[0]), float(u[1]), total,
-                float(lambda_fn), float(lambda_fp), float(max_halfwidth), math.inf)
+    c, _ = _kernels().cost(sat, float(origin[0]), float(origin[1]), float(u[0]), float(u[1]), vv[0], vv[1],
+                           total, float(lambda_fn), float(lambda_fp), float(max_halfwidth), math.inf)
     return float(c)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Least squares
+
+
+def _matrix(u: Point, v: Point) -> np.ndarray:
+    return np.array([[u[0], v[0]], [u[1], v[1]]], dtype=np.float64)
+
+
+def _assign(c: np.ndarray, o: np.ndarray, basis: np.ndarray, tolerance: float):
+    """Nearest lattice index per centroid, whether it is within tolerance * shortest spacing (one per point).
+
+    basis: 2x2, columns the (reduced) lattice vectors; rounding the lattice coordinates of a reduced basis
+    finds the nearest point for every centroid within a quarter spacing of one.
+    """
+    inv = np.linalg.inv(basis)
+    d = c - o
+    idx_f = np.rint(d @ inv.T)
+    resid = np.hypot(*(d - idx_f @ basis.T).T)
+    idx = idx_f.astype(np.int64)
+    dmin = float(min(np.hypot(*basis[:, 0]), np.hypot(*basis[:, 1])))
+    sel = resid < tolerance * dmin
+    # one centroid per lattice point: keep the closest (ties: lower index)
+    cand = np.flatnonzero(sel)
+    if len(cand):
+        cand = cand[np.lexsort((cand, resid[cand]))]
+        a, b = idx[cand, 0], idx[cand, 1]
+        keys = (a - a.min()) * (int(b.max() - b.min()) + 1) + (b - b.min())
+        _, first = np.unique(keys, return_index=True)
+        sel = np.zeros(len(c), dtype=bool)
+        sel[cand[first]] = True
+    return sel, idx, resid
+
+
+def _solve_square(c: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Least squares for (ox, oy, ux, uy) with x = ox + a ux - b uy, y = oy + a uy + b ux; (origin, basis).
+
+    A similarity fit has a closed form: centre both sides, then u is the projection of the centred points
+    onto the centred lattice indices (the normal equations decouple); ~10x cheaper than a general lstsq.
+    """
+    a = idx[:, 0].astype(np.float64)
+    b = idx[:, 1].astype(np.float64)
+    am, bm = a.mean(), b.mean()
+    xm, ym = c[:, 0].mean(), c[:, 1].mean()
+    a0, b0, x0, y0 = a - am, b - bm, c[:, 0] - xm, c[:, 1] - ym
+    norm = float(a0 @ a0 + b0 @ b0)
+    if norm == 0.0:  # all on one lattice point: the basis is undetermined
+        return None
+    ux = float(a0 @ x0 + b0 @ y0) / norm
+    uy = float(a0 @ y0 - b0 @ x0) / norm
+    origin = np.array([xm - (am * ux - bm * uy), ym - (am * uy + bm * ux)])
+    return origin, _matrix((ux, uy), (-uy, ux))
+
+
+def _solve_general(c: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Least squares for origin and both vectors, x = o + m a + n b: centred, the 2x2 normal equations."""
+    mn = idx.astype(np.float64)
+    mean_mn = mn.mean(axis=0)
+    mean_c = c.mean(axis=0)
+    m0, c0 = mn - mean_mn, c - mean_c
+    gram = m0.T @ m0
+    # all matched points on one line of the lattice: the second vector is undetermined
+    if np.linalg.det(gram) <= 1e-9 * max(float(np.trace(gram)), 1.0) ** 2:
+        return None
+    coef = np.linalg.solve(gram, m0.T @ c0)  # rows: a, b
+    basis = coef.T
+    return mean_c - basis @ mean_mn, basis
+
+
+def _usable(o: np.ndarray, basis: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(o)) and np.all(np.isfinite(basis))
+                and abs(np.linalg.det(basis)) > 1e-9 * float((basis ** 2).sum()))
+
+
+def _refine(c: np.ndarray, o: np.ndarray, basis: np.ndarray, solve, tolerance: float, iterations: int):
+    """Shared growth-and-trim loop of refine_lattice / refine_general: (origin, basis, n_inliers) or None."""
+    reach = np.hypot(*(c - o).T)
+    radius = 3.0 * float(max(np.hypot(*basis[:, 0]), np.hypot(*basis[:, 1])))
+    while True:
+        near = c[reach <= radius]
+        last = len(near) == len(c)
+        prev_sel = prev_idx = None
+        # Inner rings need only a better basis for the next ring; the last one iterates to a fixed point.
+        for _ in range(iterations if last else 1):
+            sel, idx, _ = _assign(near, o, basis, tolerance)
+            if sel.sum() < 2:
+                break
+            if prev_sel is not None and np.array_equal(sel, prev_sel) and np.array_equal(idx[sel], prev_idx[sel]):
+                break
+            prev_sel, prev_idx = sel, idx
+            fit = solve(near[sel], idx[sel])
+            if fit is None:
+                break  # too few points to pin both vectors yet: grow first
+            if not _usable(*fit):
+                return None
+            o, basis = fit
+        if last:
+            break
+        radius *= 2.0
+    sel, idx, resid = _assign(c, o, basis, tolerance)
+    if sel.sum() < 2:
+        return None
+    n_inliers = int(sel.sum())
+    # Trimmed refits until the kept set settles: partial holes at the image edge and stray blobs pull
+    # the least squares by pixels, and each refit shows them more clearly.
+    kept = None
+    for _ in range(iterations):
+        dmin = float(min(np.hypot(*basis[:, 0]), np.hypot(*basis[:, 1])))
+        limit = max(2.5 * float(np.median(resid[sel])), 1e-3 * dmin)
+        keep = sel & (resid <= limit)
+        if keep.sum() < 2 or (kept is not None and np.array_equal(keep, kept)):
+            break
+        kept = keep
+        fit = solve(c[keep], idx[keep])
+        if fit is None or not _usable(*fit):
+            break
+        o, basis = fit
+        sel, idx, resid = _assign(c, o, basis, tolerance)
+        if sel.sum() < 2:
+            return None
+    return o, basis, n_inliers
 
 
 def refine_lattice(
@@ -181,93 +533,47 @@ def refine_lattice(
     Returns (origin, u, n_inliers), or None with fewer than two lattice points matched.
     """
     c = np.asarray(centroids, dtype=np.float64)
-    o = np.array(origin, dtype=np.float64)
-    uu = np.array(u, dtype=np.float64)
-    reach = np.hypot(*(c - o).T)
-    radius = 3.0 * float(np.hypot(*uu))
-    while True:
-        near = c[reach <= radius]
-        last = len(near) == len(c)
-        prev_sel = prev_idx = None
-        # Inner rings need only a better basis for the next ring; the last one iterates to a fixed point.
-        for _ in range(iterations if last else 1):
-            sel, idx, _ = _assign(near, o, uu, tolerance)
-            if sel.sum() < 2:
-                break
-            if prev_sel is not None and np.array_equal(sel, prev_sel) and np.array_equal(idx[sel], prev_idx[sel]):
-                break
-            prev_sel, prev_idx = sel, idx
-            o2, u2 = _solve(near[sel], idx[sel])
-            if not (np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6):
-                return None
-            o, uu = o2, u2
-        if last:
-            break
-        radius *= 2.0
-    sel, idx, resid = _assign(c, o, uu, tolerance)
-    if sel.sum() < 2:
-        return None
-    n_inliers = int(sel.sum())
-    # Trimmed refits until the kept set settles: partial holes at the image edge and stray blobs pull
-    # the least squares by pixels, and each refit shows them more clearly.
-    kept = None
-    for _ in range(iterations):
-        limit = max(2.5 * float(np.median(resid[sel])), 1e-3 * float(np.hypot(*uu)))
-        keep = sel & (resid <= limit)
-        if keep.sum() < 2 or (kept is not None and np.array_equal(keep, kept)):
-            break
-        kept = keep
-        o2, u2 = _solve(c[keep], idx[keep])
-        if not (np.all(np.isfinite(o2)) and np.all(np.isfinite(u2)) and np.hypot(*u2) > 1e-6):
-            break
-        o, uu = o2, u2
-        sel, idx, resid = _assign(c, o, uu, tolerance)
-        if sel.sum() < 2:
-            return None
-    return (float(o[0]), float(o[1])), (float(uu[0]), float(uu[1])), n_inliers
-
-
-def _assign(c: np.ndarray, o: np.ndarray, u: np.ndarray, tolerance: float):
-    """Nearest lattice index per centroid, whether it is within tolerance*spacing (closest one per point)."""
     ux, uy = float(u[0]), float(u[1])
-    d2 = ux * ux + uy * uy
-    dx, dy = c[:, 0] - o[0], c[:, 1] - o[1]
-    # lattice coordinates: the basis (u, u turned 90 degrees) is a scaled rotation, inverted by hand
-    a = np.rint((dx * ux + dy * uy) / d2)
-    b = np.rint((dy * ux - dx * uy) / d2)
-    resid = np.hypot(dx - (a * ux - b * uy), dy - (a * uy + b * ux))
-    idx = np.stack([a, b], axis=1).astype(np.int64)
-    sel = resid < tolerance * math.sqrt(d2)
-    # one centroid per lattice point: keep the closest (ties: lower index)
-    cand = np.flatnonzero(sel)
-    if len(cand):
-        cand = cand[np.lexsort((cand, resid[cand]))]
-        a, b = idx[cand, 0], idx[cand, 1]
-        keys = (a - a.min()) * (int(b.max() - b.min()) + 1) + (b - b.min())
-        _, first = np.unique(keys, return_index=True)
-        sel = np.zeros(len(c), dtype=bool)
-        sel[cand[first]] = True
-    return sel, idx, resid
+    out = _refine(c, np.array(origin, dtype=np.float64), _matrix((ux, uy), (-uy, ux)), _solve_square,
+                  tolerance, iterations)
+    if out is None:
+        return None
+    o, basis, n = out
+    return (float(o[0]), float(o[1])), (float(basis[0, 0]), float(basis[1, 0])), n
 
 
-def _solve(c: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares for (ox, oy, ux, uy) with x = ox + a ux - b uy, y = oy + a uy + b ux.
+def refine_general(
+    centroids: np.ndarray, origin: Point, a: Point, b: Point, *, tolerance: float = 0.25, iterations: int = 10
+) -> tuple[Point, Point, Point, int] | None:
+    """Least-squares lattice (origin, a, b), both vectors free, through the centroids near its points.
 
-    A similarity fit has a closed form: centre both sides, then u is the projection of the centred points
-    onto the centred lattice indices (the normal equations decouple); ~10x cheaper than a general lstsq.
+    As refine_lattice (grow from the anchor, then trimmed refits), with tolerance relative to the shortest
+    lattice vector. Returns (origin, a, b, n_inliers) with (a, b) Gauss-reduced, or None with fewer than
+    two lattice points matched or all matched points on one lattice line.
     """
-    a = idx[:, 0].astype(np.float64)
-    b = idx[:, 1].astype(np.float64)
-    am, bm = a.mean(), b.mean()
-    xm, ym = c[:, 0].mean(), c[:, 1].mean()
-    a0, b0, x0, y0 = a - am, b - bm, c[:, 0] - xm, c[:, 1] - ym
-    norm = float(a0 @ a0 + b0 @ b0)
-    if norm == 0.0:  # all on one lattice point: the basis is undetermined
-        return np.array([np.nan, np.nan]), np.array([np.nan, np.nan])
-    ux = float(a0 @ x0 + b0 @ y0) / norm
-    uy = float(a0 @ y0 - b0 @ x0) / norm
-    origin = np.array([xm - (am * ux - bm * uy), ym - (am * uy + bm * ux)])
-    return origin, np.array([ux, uy])
+    c = np.asarray(centroids, dtype=np.float64)
+    r1, r2 = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
+    def solve(pts, idx):
+        fit = _solve_general(pts, idx)
+        if fit is None:
+            return None
+        o, basis = fit
+        # keep the basis reduced, so rounding lattice coordinates finds the nearest point
+        s1, s2 = _reduce(basis[:, 0], basis[:, 1])
+        return o, np.stack([s1, s2], axis=1)
+
+    out = _refine(c, np.array(origin, dtype=np.float64), np.stack([r1, r2], axis=1), solve, tolerance,
+                  iterations)
+    if out is None:
+        return None
+    o, basis, n = out
+    return ((float(o[0]), float(o[1])), (float(basis[0, 0]), float(basis[1, 0])),
+            (float(basis[0, 1]), float(basis[1, 1])), n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fit
 
 
 def fit_lattice(
@@ -279,37 +585,47 @@ def fit_lattice(
     lambda_fp: float = 1.0,
     max_halfwidth: float = 15.0,
     refine: bool = True,
+    model: Model = "auto",
     min_spacing_px: float = MIN_SPACING_PX,
     min_inliers: float = 0.3,
     min_occupancy: float = 0.3,
     blob_halfwidth: float | None = 2.0,
     hidden_fallback: bool = True,
 ) -> Lattice | None:
-    """Fit a square lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
+    """Fit a lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
+
+    model: "general" (any two basis vectors, see the module docstring), "square" (the original's: v is u
+    turned 90 degrees, least squares fits origin and u only) or "auto": "general" when refining, else
+    "square" (an unrefined lattice is the anchor pair's, as the original made it: `k=5, refine=False`
+    reproduces the original bit for bit).
 
     None with fewer than two centroids, no anchor pair at least `min_spacing_px` apart, nothing positive
     in the mask, or when the best lattice is no lattice: fewer than `min_inliers` of the centroids (and
-    fewer than 3) near its points, or fewer than `min_occupancy` of its points inside the image on a
+    fewer than 3; the general model, which fits any three centroids, needs one more) near its points, or fewer than `min_occupancy` of its points inside the image on a
     positive pixel (noise blobs: any two span a lattice, most of whose points then land on nothing).
 
-    The footprint half-width is min(max_halfwidth, spacing / 4, blob_halfwidth * r) with r the radius of
-    the mean blob (positives per centroid): a point on a blob must gain more (lambda_fn x blob) than its
-    empty footprint costs, or sparse wrong lattices win on small blobs. On the reference image r ~ 19 px,
-    so the cap leaves the original's 15 px; None turns it off.
+    The footprint half-width is min(max_halfwidth, d / 4, blob_halfwidth * r) (d the shortest lattice
+    vector; below 9.66 px d / (2 sqrt 2) - 1) with r the radius of the mean blob (positives per centroid):
+    a point on a blob must gain more (lambda_fn x blob) than its empty footprint costs, or sparse wrong
+    lattices win on small blobs. On the reference image r ~ 19 px, so the cap leaves the original's 15 px;
+    None turns it off.
 
     hidden_fallback: when a grid bar hides most of the lattice, the empty footprints under it make a sparse
     wrong lattice cheaper than the true one, which then fails the tests above. The search is then repeated
     with lambda_fp / 10, and its lattice kept if it holds at least _HIDDEN_INLIERS of the centroids (and
     _HIDDEN_MIN_CENTROIDS of them): so many on one lattice by chance is out of reach, whatever the occupancy.
     """
+    if model not in ("auto", "general", "square"):
+        raise ValueError(f"model must be 'auto', 'general' or 'square', got {model!r}")
+    kind = ("general" if refine else "square") if model == "auto" else model
     c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
     if len(c) < 2 or not np.all(np.isfinite(c)):
         return None
-    pairs = candidate_pairs(c, k=k, min_spacing_px=min_spacing_px)
-    if len(pairs) == 0:
+    cands = candidate_lattices(c, k=k, min_spacing_px=min_spacing_px, model=kind)
+    if len(cands.origin) == 0:
         return None
     sat = summed_area_table(m)
     total = int(sat[-1, -1])
@@ -319,15 +635,19 @@ def fit_lattice(
     if blob_halfwidth is not None:
         blob_radius = math.sqrt(total / len(c) / math.pi)
         halfwidth = min(halfwidth, max(1.0, blob_halfwidth * blob_radius))
-    best = _search_lattice(c, sat, total, pairs, lambda_fn, lambda_fp, halfwidth, refine, min_spacing_px)
+    args = (c, sat, total, cands, lambda_fn, lambda_fp, halfwidth, refine, min_spacing_px, kind)
+    best = _search_lattice(*args)
     if best is None:
         return None
-    if best.n_inliers >= min(3, len(c)) and best.n_inliers >= min_inliers * len(c) and (
+    # A general lattice passes through any three centroids (a square one through any two), so one
+    # inlier more is its price of admission.
+    free = 1 if kind == "general" else 0
+    if best.n_inliers >= min(3 + free, len(c)) and best.n_inliers - free >= min_inliers * len(c) and (
             best.occupancy >= min_occupancy):
         return best
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
-        hidden = _search_lattice(c, sat, total, pairs, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
-                                 min_spacing_px)
+        hidden = _search_lattice(c, sat, total, cands, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
+                                 min_spacing_px, kind)
         if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * len(c):
             return hidden
     return None
@@ -339,47 +659,64 @@ _HIDDEN_INLIERS = 0.8
 _HIDDEN_MIN_CENTROIDS = 12
 
 
-def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, pairs: np.ndarray, lambda_fn: float,
-                    lambda_fp: float, halfwidth: float, refine: bool, min_spacing_px: float) -> Lattice | None:
-    """The cheapest anchor-pair lattice, refined, with its inlier count and occupancy (not yet judged)."""
-    search, scan = _kernels()[2:]
-    # Evaluate first the pairs whose length is typical of nearest neighbours: usually the true lattice,
-    # whose low cost then prunes the rest early.
-    lengths = np.hypot(*(c[pairs[:, 1]] - c[pairs[:, 0]]).T)
-    typical = float(np.median(lengths))
-    order = np.argsort(np.abs(np.log(lengths / typical)), kind="stable").astype(np.int64)
-    cx = np.ascontiguousarray(c[:, 0])
-    cy = np.ascontiguousarray(c[:, 1])
-    best_idx, best = search(sat, cx, cy, pairs[:, 0].copy(), pairs[:, 1].copy(), order, total,
-                            float(lambda_fn), float(lambda_fp), halfwidth)
+def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidates, lambda_fn: float,
+                    lambda_fp: float, halfwidth: float, refine: bool, min_spacing_px: float,
+                    model: str) -> Lattice | None:
+    """The cheapest candidate lattice, refined, with its inlier count and occupancy (not yet judged)."""
+    k = _kernels()
+    # Evaluate first the candidates whose vectors are typical of nearest neighbours: usually the true
+    # lattice, whose low cost then prunes the rest early.
+    lu = np.hypot(cands.u[:, 0], cands.u[:, 1])
+    lv = np.hypot(cands.v[:, 0], cands.v[:, 1])
+    typical = float(np.median(lu))
+    dev = np.maximum(np.abs(np.log(lu / typical)), np.abs(np.log(lv / typical)))
+    order = np.argsort(dev, kind="stable").astype(np.int64)
+    ox = np.ascontiguousarray(c[cands.origin, 0])
+    oy = np.ascontiguousarray(c[cands.origin, 1])
+    best_idx, best = k.search(sat, ox, oy, np.ascontiguousarray(cands.u[:, 0]), np.ascontiguousarray(cands.u[:, 1]),
+                              np.ascontiguousarray(cands.v[:, 0]), np.ascontiguousarray(cands.v[:, 1]), order,
+                              total, float(lambda_fn), float(lambda_fp), halfwidth, float(min_spacing_px))
     if best_idx < 0 or not math.isfinite(best):
         return None
-    i, j = (int(t) for t in pairs[best_idx])
-    origin = (float(c[i, 0]), float(c[i, 1]))
-    u = (float(c[j, 0] - c[i, 0]), float(c[j, 1] - c[i, 1]))
+    anchors = tuple(int(t) for t in cands.anchors[best_idx] if t >= 0)
+    origin = (float(ox[best_idx]), float(oy[best_idx]))
+    u = (float(cands.u[best_idx, 0]), float(cands.u[best_idx, 1]))
+    v = (float(cands.v[best_idx, 0]), float(cands.v[best_idx, 1]))
     final_cost = float(best)
     refined = False
-    if refine:
+    if refine and model == "square":
         fit = refine_lattice(c, origin, u)
         if fit is not None and math.hypot(*fit[1]) >= min_spacing_px:
             origin, u = fit[0], fit[1]
-            final_cost = lattice_cost(sat, origin, u, lambda_fn=lambda_fn, lambda_fp=lambda_fp,
-                                      max_halfwidth=halfwidth)
+            v = (-u[1], u[0])
             refined = True
+    elif refine:
+        fit = refine_general(c, origin, u, v)
+        if fit is not None and min(math.hypot(*fit[1]), math.hypot(*fit[2])) >= min_spacing_px:
+            origin, u, v = fit[0], fit[1], fit[2]
+            refined = True
+    if refined:
+        final_cost = lattice_cost(sat, origin, u, v, lambda_fn=lambda_fn, lambda_fp=lambda_fp,
+                                  max_halfwidth=halfwidth)
+    if model == "square":
+        a, b, angle = _canonical_square(*u)
+    else:
+        a, b = canonical_basis(u, v)
+        angle = _screen_angle(*a)
+    basis = _matrix(*_reduce(np.array(a), np.array(b)))
     # Is it a lattice at all? Any two blobs span one, so the caller asks that it explains most of the
     # others too: by chance a stray centroid lies within a quarter spacing of a lattice point 25 % of the time.
-    sel, _, _ = _assign(c, np.array(origin), np.array(u), 0.25)
-    _, _, inside, occupied = scan(sat, origin[0], origin[1], u[0], u[1], halfwidth, math.inf)
-    (ux, uy), v, angle = _canonical_basis(*u)
+    sel, _, _ = _assign(c, np.array(origin), basis, 0.25)
+    _, _, inside, occupied = k.scan(sat, origin[0], origin[1], a[0], a[1], b[0], b[1], halfwidth, math.inf)
     return Lattice(
         origin=origin,
-        u=(ux, uy),
-        v=v,
-        spacing_px=math.hypot(ux, uy),
+        a=a,
+        b=b,
         angle_deg=angle,
         cost=final_cost,
-        anchors=(i, j),
+        anchors=anchors,
         n_inliers=int(sel.sum()),
         occupancy=float(occupied / inside if inside else 0.0),
         refined=refined,
+        model=model,
     )
