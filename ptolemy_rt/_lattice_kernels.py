@@ -40,10 +40,12 @@ def reduce_basis(ux, uy, vx, vy):
         if nu == 0.0:
             break
         m = math.floor((ux * vx + uy * vy) / nu + 0.5)
-        if m == 0.0:
+        if m != 0:
+            vx -= m * ux
+            vy -= m * uy
+        # stop once v is no shorter than u (testing m == 0 instead can cycle on a hexagonal tie)
+        if vx * vx + vy * vy >= nu:
             break
-        vx -= m * ux
-        vy -= m * uy
     return ux, uy, vx, vy
 
 

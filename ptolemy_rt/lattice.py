@@ -191,9 +191,11 @@ def _reduce(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if a @ a == 0.0:
             break
         m = math.floor(float(a @ b) / float(a @ a) + 0.5)
-        if m == 0:
+        if m != 0:
+            b = b - m * a
+        # stop once b is no shorter than a (testing m == 0 instead can cycle on a hexagonal tie)
+        if b @ b >= a @ a:
             break
-        b = b - m * a
     return a, b
 
 
@@ -287,11 +289,13 @@ def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = M
     first appearance; pairs closer than `min_spacing_px` are dropped.
     """
     c = np.asarray(centroids, dtype=np.float64)
-    n = len(c)
-    if n < 2 or k < 1:
+    if len(c) < 2 or k < 1:
         return np.zeros((0, 2), dtype=np.int64)
-    nbr = _neighbours(c, k)
-    kk = nbr.shape[1]
+    return _pairs(c, _neighbours(c, k), min_spacing_px)
+
+
+def _pairs(c: np.ndarray, nbr: np.ndarray, min_spacing_px: float) -> np.ndarray:
+    n, kk = nbr.shape
     ii = np.repeat(np.arange(n, dtype=np.int64), kk)
     jj = nbr.reshape(-1).astype(np.int64)
     # each unordered pair once, where it first appears in (i, rank) order, with that orientation
@@ -322,10 +326,15 @@ class Candidates:
 def candidate_lattices(centroids: np.ndarray, k: int = 6, min_spacing_px: float = MIN_SPACING_PX,
                        model: str = "general") -> Candidates:
     """Candidate lattices in list order (ties go to the first): per anchor pair (candidate_pairs order)
-    the square completion, then (model "general") per pair the hexagonal completion, then per centroid i
-    and neighbour ranks r < r' the lattice (c_j - c_i, c_j' - c_i) of two non-collinear neighbours."""
+    the square completion; then, for model "general", per pair the hexagonal completion, and per pair
+    (i, j) the pair's own lattice (c_j - c_i, c_j' - c_i) with j' the nearest neighbour of i (of its k)
+    at least 30 degrees off the line through c_i and c_j."""
     c = np.asarray(centroids, dtype=np.float64)
-    pairs = candidate_pairs(c, k=k, min_spacing_px=min_spacing_px)
+    if len(c) < 2 or k < 1:
+        z = np.zeros((0, 2))
+        return Candidates(np.zeros(0, dtype=np.int64), z, z, np.zeros((0, 3), dtype=np.int64))
+    nbr = _neighbours(c, k)
+    pairs = _pairs(c, nbr, min_spacing_px)
     i, j = pairs[:, 0], pairs[:, 1]
     u = c[j] - c[i]
     sq = np.stack([-u[:, 1], u[:, 0]], axis=1)
@@ -337,20 +346,20 @@ def candidate_lattices(centroids: np.ndarray, k: int = 6, min_spacing_px: float 
         us.append(u)
         vs.append(hexa)
         anchors.append(np.stack([i, j, none], axis=1))
-        nbr = _neighbours(c, k)
-        kk = nbr.shape[1]
-        r1, r2 = np.triu_indices(kk, 1)
-        ti = np.repeat(np.arange(len(c), dtype=np.int64), len(r1))
-        tj = nbr[:, r1].reshape(-1).astype(np.int64)
-        tk = nbr[:, r2].reshape(-1).astype(np.int64)
-        tu, tv = c[tj] - c[ti], c[tk] - c[ti]
-        lu, lv = np.hypot(tu[:, 0], tu[:, 1]), np.hypot(tv[:, 0], tv[:, 1])
-        sin = np.abs(tu[:, 0] * tv[:, 1] - tu[:, 1] * tv[:, 0]) / np.maximum(lu * lv, 1e-300)
-        keep = (sin >= _MIN_SIN) & (lu >= min_spacing_px) & (lv >= min_spacing_px)
-        origins.append(ti[keep])
-        us.append(tu[keep])
-        vs.append(tv[keep])
-        anchors.append(np.stack([ti[keep], tj[keep], tk[keep]], axis=1))
+        # the pair's own second direction: i's nearest neighbour off the line i-j
+        w = c[nbr[i]] - c[i][:, None, :]  # (pairs, kk, 2), nearest first
+        lu = np.hypot(u[:, 0], u[:, 1])[:, None]
+        lw = np.hypot(w[..., 0], w[..., 1])
+        sin = np.abs(u[:, None, 0] * w[..., 1] - u[:, None, 1] * w[..., 0]) / np.maximum(lu * lw, 1e-300)
+        ok = (sin >= _MIN_SIN) & (lw >= min_spacing_px)
+        has = ok.any(axis=1)
+        first = np.argmax(ok, axis=1)
+        sel = np.flatnonzero(has)
+        jj = nbr[i[sel], first[sel]].astype(np.int64)
+        origins.append(i[sel])
+        us.append(u[sel])
+        vs.append(c[jj] - c[i[sel]])
+        anchors.append(np.stack([i[sel], j[sel], jj], axis=1))
     return Candidates(
         origin=np.concatenate(origins).astype(np.int64),
         u=np.concatenate(us).reshape(-1, 2),
@@ -657,6 +666,9 @@ def fit_lattice(
 # lies on it (by chance a centroid lands within a quarter period of a point 25 % of the time).
 _HIDDEN_INLIERS = 0.8
 _HIDDEN_MIN_CENTROIDS = 12
+# Least squares moves the anchors' vectors by their noise: a lattice found at the minimum spacing may
+# refine to slightly less.
+_REFINED_SLACK = 0.9
 
 
 def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidates, lambda_fn: float,
@@ -686,13 +698,13 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
     refined = False
     if refine and model == "square":
         fit = refine_lattice(c, origin, u)
-        if fit is not None and math.hypot(*fit[1]) >= min_spacing_px:
+        if fit is not None and math.hypot(*fit[1]) >= _REFINED_SLACK * min_spacing_px:
             origin, u = fit[0], fit[1]
             v = (-u[1], u[0])
             refined = True
     elif refine:
         fit = refine_general(c, origin, u, v)
-        if fit is not None and min(math.hypot(*fit[1]), math.hypot(*fit[2])) >= min_spacing_px:
+        if fit is not None and min(math.hypot(*fit[1]), math.hypot(*fit[2])) >= _REFINED_SLACK * min_spacing_px:
             origin, u, v = fit[0], fit[1], fit[2]
             refined = True
     if refined:
