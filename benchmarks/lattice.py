@@ -20,8 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import machine_line, print_markdown, print_table, time_it  # noqa: E402
-from ptolemy_rt.lattice import _reduce, fit_lattice, lattice_points  # noqa: E402
+from benchmarks.harness import machine_line, print_markdown, print_table, time_it
+from ptolemy_rt.lattice import _reduce, fit_lattice, lattice_points
 
 SHAPE = (1024, 1440)
 
@@ -45,14 +45,14 @@ def scene(rng: np.random.Generator, basis: np.ndarray, shape, outliers=0.3, miss
     truth = lattice_points(tuple(origin), tuple(basis[:, 0]), tuple(basis[:, 1]), shape, edge_tolerance=0.0)
     kept = truth[rng.random(len(truth)) >= missing]
     kept = kept + rng.normal(0.0, jitter * d, kept.shape)
-    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (int(round(outliers * len(kept))), 2))
+    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (round(outliers * len(kept)), 2))
     centroids = np.concatenate([kept, strays])[rng.permutation(len(kept) + len(strays))]
     radius = max(2.0, 0.1 * d)
     r = math.ceil(radius)
     mask = np.zeros(shape, dtype=bool)
     for cx, cy in centroids:
-        r0, c0 = max(int(round(cy)) - r, 0), max(int(round(cx)) - r, 0)
-        r1, c1 = min(int(round(cy)) + r + 1, rows), min(int(round(cx)) + r + 1, cols)
+        r0, c0 = max(round(cy) - r, 0), max(round(cx) - r, 0)
+        r1, c1 = min(round(cy) + r + 1, rows), min(round(cx) + r + 1, cols)
         yy, xx = np.ogrid[r0:r1, c0:c1]
         mask[r0:r1, c0:c1] |= (xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius
     return centroids, mask, truth

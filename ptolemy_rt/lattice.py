@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "MAX_ANCHORS",
     "MIN_SPACING_PX",
     "Lattice",
     "candidate_lattices",
@@ -263,22 +264,23 @@ def lattice_points(
     return pts[order]
 
 
-def _neighbours(c: np.ndarray, k: int) -> np.ndarray:
-    """Indices (n, min(k, n-1)) of each centroid's nearest other centroids, ties by index."""
+def _neighbours(c: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Indices (len(rows), min(k, n-1)) of the nearest other centroids of c[rows] (default all), ties by index."""
     n = len(c)
     kk = min(k, n - 1)
-    if n <= 2048:
-        d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
-        np.fill_diagonal(d, np.inf)
+    rows = np.arange(n) if rows is None else rows
+    if n <= 256:
+        d = np.sqrt(((c[rows, None, :] - c[None, :, :]) ** 2).sum(-1))
+        d[np.arange(len(rows)), rows] = np.inf
         return np.argsort(d, axis=1, kind="stable")[:, :kk]
     from scipy.spatial import cKDTree
 
-    dist, idx = cKDTree(c).query(c, k=min(n, kk + 8))
-    nbr = np.empty((n, kk), dtype=np.int64)
-    for i in range(n):
-        sel = idx[i] != i
-        di, ii = dist[i][sel], idx[i][sel]
-        nbr[i] = ii[np.lexsort((ii, di))][:kk]
+    dist, idx = cKDTree(c).query(c[rows], k=min(n, kk + 8))
+    nbr = np.empty((len(rows), kk), dtype=np.int64)
+    for t, i in enumerate(rows):
+        sel = idx[t] != i
+        di, ii = dist[t][sel], idx[t][sel]
+        nbr[t] = ii[np.lexsort((ii, di))][:kk]
     return nbr
 
 
@@ -291,12 +293,14 @@ def candidate_pairs(centroids: np.ndarray, k: int = 6, min_spacing_px: float = M
     c = np.asarray(centroids, dtype=np.float64)
     if len(c) < 2 or k < 1:
         return np.zeros((0, 2), dtype=np.int64)
-    return _pairs(c, _neighbours(c, k), min_spacing_px)
+    rows = np.arange(len(c))
+    return _pairs(c, rows, _neighbours(c, k), min_spacing_px)
 
 
-def _pairs(c: np.ndarray, nbr: np.ndarray, min_spacing_px: float) -> np.ndarray:
-    n, kk = nbr.shape
-    ii = np.repeat(np.arange(n, dtype=np.int64), kk)
+def _pairs(c: np.ndarray, rows: np.ndarray, nbr: np.ndarray, min_spacing_px: float) -> np.ndarray:
+    n = len(c)
+    kk = nbr.shape[1]
+    ii = np.repeat(rows.astype(np.int64), kk)
     jj = nbr.reshape(-1).astype(np.int64)
     # each unordered pair once, where it first appears in (i, rank) order, with that orientation
     key = np.minimum(ii, jj) * n + np.maximum(ii, jj)
@@ -305,6 +309,22 @@ def _pairs(c: np.ndarray, nbr: np.ndarray, min_spacing_px: float) -> np.ndarray:
     ii, jj = ii[first], jj[first]
     keep = np.hypot(*(c[jj] - c[ii]).T) >= min_spacing_px
     return np.stack([ii[keep], jj[keep]], axis=1)
+
+
+# The general model anchors its candidates on at most this many centroids, spread over the image (every
+# true hole proposes the true lattice, so a few hundred anchors suffice; a whole grid square holds
+# thousands of holes, and the search grows with anchors x lattice points).
+MAX_ANCHORS = 160
+
+
+def _anchor_rows(c: np.ndarray, model: str) -> np.ndarray:
+    """The centroids that anchor candidates: all, or for the general model at most MAX_ANCHORS of them,
+    evenly through the row-major order (so spread over the image, and deterministic)."""
+    n = len(c)
+    if model != "general" or n <= MAX_ANCHORS:
+        return np.arange(n)
+    order = np.lexsort((c[:, 0], c[:, 1]))
+    return np.sort(order[np.linspace(0, n - 1, MAX_ANCHORS).round().astype(np.int64)])
 
 
 # Two neighbour directions span a candidate lattice only when they are this far from collinear (|sin|):
@@ -325,7 +345,8 @@ class Candidates:
 
 def candidate_lattices(centroids: np.ndarray, k: int = 6, min_spacing_px: float = MIN_SPACING_PX,
                        model: str = "general") -> Candidates:
-    """Candidate lattices in list order (ties go to the first): per anchor pair (candidate_pairs order)
+    """Candidate lattices in list order (ties go to the first): per anchor pair (candidate_pairs order; the
+    general model anchors on at most MAX_ANCHORS centroids)
     the square completion; then, for model "general", per pair the hexagonal completion, and per pair
     (i, j) the pair's own lattice (c_j - c_i, c_j' - c_i) with j' the nearest neighbour of i (of its k)
     at least 30 degrees off the line through c_i and c_j."""
@@ -333,8 +354,11 @@ def candidate_lattices(centroids: np.ndarray, k: int = 6, min_spacing_px: float 
     if len(c) < 2 or k < 1:
         z = np.zeros((0, 2))
         return Candidates(np.zeros(0, dtype=np.int64), z, z, np.zeros((0, 3), dtype=np.int64))
-    nbr = _neighbours(c, k)
-    pairs = _pairs(c, nbr, min_spacing_px)
+    rows = _anchor_rows(c, model)
+    nbr_rows = _neighbours(c, k, rows)
+    pairs = _pairs(c, rows, nbr_rows, min_spacing_px)
+    nbr = np.zeros((len(c), nbr_rows.shape[1]), dtype=np.int64)
+    nbr[rows] = nbr_rows
     i, j = pairs[:, 0], pairs[:, 1]
     u = c[j] - c[i]
     sq = np.stack([-u[:, 1], u[:, 0]], axis=1)

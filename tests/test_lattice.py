@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from ptolemy_rt.lattice import (
     Lattice,
-    canonical_basis,
-    lattice_kind,
     candidate_pairs,
+    canonical_basis,
     fit_lattice,
     lattice_cost,
+    lattice_kind,
     lattice_points,
     refine_lattice,
     summed_area_table,
@@ -49,7 +49,7 @@ def scene(seed: int, spacing: float, angle_deg: float, shape=None, outliers=0.3,
     truth = lattice_points(tuple(origin), tuple(u), tuple(v), shape, edge_tolerance=0.0)
     kept = truth[rng.random(len(truth)) >= missing]
     kept = kept + rng.normal(0.0, jitter * spacing, kept.shape)
-    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (int(round(outliers * len(kept))), 2))
+    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (round(outliers * len(kept)), 2))
     centroids = np.concatenate([kept, strays])
     centroids = centroids[rng.permutation(len(centroids))]
     radius = max(2.0, 0.08 * spacing)
@@ -57,7 +57,7 @@ def scene(seed: int, spacing: float, angle_deg: float, shape=None, outliers=0.3,
     yy, xx = np.mgrid[-math.ceil(radius) : math.ceil(radius) + 1, -math.ceil(radius) : math.ceil(radius) + 1]
     disc = xx * xx + yy * yy <= radius * radius
     for cx, cy in centroids:
-        r0, c0 = int(round(cy)) - disc.shape[0] // 2, int(round(cx)) - disc.shape[1] // 2
+        r0, c0 = round(cy) - disc.shape[0] // 2, round(cx) - disc.shape[1] // 2
         rs, cs = max(r0, 0), max(c0, 0)
         re, ce = min(r0 + disc.shape[0], rows), min(c0 + disc.shape[1], cols)
         if rs < re and cs < ce:
@@ -122,7 +122,7 @@ def test_refinement_off_returns_the_anchor_lattice():
 
 def test_refinement_beats_the_anchor_pair():
     centroids, mask, truth = scene(11, 60.0, 17.0)
-    u, _ = true_basis(60.0, 17.0)
+    _u, _ = true_basis(60.0, 17.0)
     off = fit_lattice(centroids, mask, refine=False)
     on = fit_lattice(centroids, mask, refine=True)
     assert on.refined and on.n_inliers > 0.5 * len(truth)
@@ -179,7 +179,7 @@ def test_lattice_mostly_hidden_by_a_bar():
     assert 12 <= len(shown) <= 0.35 * len(truth)
     mask = np.zeros(SHAPE, dtype=bool)
     for cx, cy in shown:
-        r, c = int(round(cy)), int(round(cx))
+        r, c = round(cy), round(cx)
         mask[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4] = True
     lat = fit_lattice(shown, mask)
     assert lat is not None and abs(lat.spacing_px / spacing - 1) < 0.01
@@ -211,7 +211,7 @@ def brute_cost(mask, origin, u, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
     """Rasterise every footprint (clipped to the image) and count, the slow way."""
     rows, cols = mask.shape
     v = (-u[1], u[0])
-    h = int(math.floor(min(max_hw, math.hypot(*u) / 4)))
+    h = math.floor(min(max_hw, math.hypot(*u) / 4))
     covered = np.zeros_like(mask)
     for a in range(-60, 61):
         for b in range(-60, 61):
@@ -366,15 +366,15 @@ def general_scene(seed: int, basis: np.ndarray, outliers=0.3, missing=0.2, jitte
     truth = lattice_points(tuple(origin), tuple(basis[:, 0]), tuple(basis[:, 1]), shape, edge_tolerance=0.0)
     kept = truth[rng.random(len(truth)) >= missing]
     kept = kept + rng.normal(0.0, jitter * d, kept.shape)
-    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (int(round(outliers * len(kept))), 2))
+    strays = rng.uniform([0, 0], [cols - 1, rows - 1], (round(outliers * len(kept)), 2))
     centroids = np.concatenate([kept, strays])
     centroids = centroids[rng.permutation(len(centroids))]
     radius = max(2.0, 0.1 * d)
     mask = np.zeros(shape, dtype=bool)
     r = math.ceil(radius)
     for cx, cy in centroids:
-        r0, c0 = max(int(round(cy)) - r, 0), max(int(round(cx)) - r, 0)
-        r1, c1 = min(int(round(cy)) + r + 1, rows), min(int(round(cx)) + r + 1, cols)
+        r0, c0 = max(round(cy) - r, 0), max(round(cx) - r, 0)
+        r1, c1 = min(round(cy) + r + 1, rows), min(round(cx) + r + 1, cols)
         yy, xx = np.ogrid[r0:r1, c0:c1]
         mask[r0:r1, c0:c1] |= (xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius
     return centroids, mask, truth, shape
