@@ -1,0 +1,125 @@
+"""Film mask (ptolemy_rt.film) on synthetic hole arrays crossed by grid bars inside a dark border."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ptolemy_rt.film import film_mask, on_film
+from ptolemy_rt.lattice import lattice_points
+
+
+def grid_image(seed: int, spacing: float, shape, kind="square", angle=17.0, bar_angle=62.0, bar_periods=3.0,
+               border=0.1, film=100.0, hole=200.0, bar=3.0, vignette=0.0):
+    """Bright holes (radius 0.3 spacing) on film, a dark bar band `bar_periods` periods wide through the
+    centre at `bar_angle`, and a dark border (outside the square) `border` of each side wide.
+
+    Returns the image, the lattice points and, per point, its signed distance (px) to the dark region
+    (positive on film, negative inside the bar or the border)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    t = math.radians(angle)
+    u = spacing * np.array([math.cos(t), -math.sin(t)])
+    turn = 90.0 if kind == "square" else 60.0
+    t2 = math.radians(angle - turn)
+    v = spacing * np.array([math.cos(t2), -math.sin(t2)])
+    pts = lattice_points((cols / 2 + 0.3 * spacing, rows / 2 + 0.1 * spacing), tuple(u), tuple(v), shape, 0.0)
+    yy, xx = np.mgrid[:rows, :cols].astype(np.float32)
+    img = np.full(shape, film, dtype=np.float32)
+    r = 0.3 * spacing
+    for x, y in pts:
+        r0, r1 = max(int(y - r - 1), 0), min(int(y + r + 2), rows)
+        c0, c1 = max(int(x - r - 1), 0), min(int(x + r + 2), cols)
+        d2 = (xx[r0:r1, c0:c1] - x) ** 2 + (yy[r0:r1, c0:c1] - y) ** 2
+        img[r0:r1, c0:c1] = np.where(d2 <= r * r, hole, img[r0:r1, c0:c1])
+
+    def film_distance(x, y):
+        n = np.array([math.cos(math.radians(bar_angle)), -math.sin(math.radians(bar_angle))])
+        normal = np.array([-n[1], n[0]])
+        to_bar = np.abs((x - cols / 2) * normal[0] + (y - rows / 2) * normal[1]) - 0.5 * bar_periods * spacing
+        mx, my = border * cols, border * rows
+        to_edge = np.minimum(np.minimum(x - mx, (cols - mx) - x), np.minimum(y - my, (rows - my) - y))
+        return np.minimum(to_bar, to_edge)
+
+    dark = film_distance(xx, yy) < 0
+    img[dark] = bar
+    if vignette:
+        rr = np.hypot((xx - cols / 2) / (cols / 2), (yy - rows / 2) / (rows / 2)) / math.sqrt(2)
+        img *= 1.0 - vignette * rr**2
+    img = rng.poisson(np.maximum(img, 0)).astype(np.float32)
+    return img, pts, film_distance(pts[:, 0], pts[:, 1])
+
+
+def check(img, pts, dist, spacing, mask=None):
+    mask = film_mask(img, spacing) if mask is None else mask
+    assert mask.shape == img.shape and mask.dtype == bool
+    radius = 0.3 * spacing
+    on = on_film(pts, mask, radius)
+    clearly_on = dist > radius + 0.75 * spacing
+    clearly_off = dist < 0  # the point itself on the bar or outside the square
+    assert clearly_on.sum() >= 4 and clearly_off.sum() >= 4
+    assert on[clearly_on].all(), pts[clearly_on & ~on]
+    assert not on[clearly_off].any(), pts[clearly_off & on]
+    # and the footprint rule: a disc reaching into the dark region is off film
+    assert not on[(dist < radius - 0.15 * spacing)].any()
+    return on
+
+
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+@pytest.mark.parametrize("spacing, shape", [(40.0, (600, 800)), (120.0, (1024, 1440)), (11.0, (364, 512))])
+def test_bar_and_border_are_off_film(kind, spacing, shape):
+    img, pts, dist = grid_image(1, spacing, shape, kind=kind)
+    check(img, pts, dist, spacing)
+
+
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+def test_gold_foil(kind):
+    # Gold film is nearly as opaque as a bar: only the holes tell the film from the bar.
+    img, pts, dist = grid_image(2, 50.0, (700, 900), kind=kind, film=12.0, hole=180.0, bar=2.0)
+    check(img, pts, dist, 50.0)
+
+
+def test_vignetting_is_not_a_bar():
+    img, pts, dist = grid_image(3, 60.0, (800, 1000), vignette=0.5, bar_periods=4.0, bar_angle=-20.0)
+    check(img, pts, dist, 60.0)
+
+
+def test_unknown_spacing_is_estimated():
+    img, pts, dist = grid_image(4, 45.0, (700, 900), kind="hexagonal")
+    check(img, pts, dist, 45.0, mask=film_mask(img))
+
+
+def test_film_only_is_all_film():
+    img, pts, _ = grid_image(5, 50.0, (500, 700), bar_periods=0.0, border=-1.0, vignette=0.4)
+    mask = film_mask(img, 50.0)
+    assert mask.all()
+    assert on_film(pts, mask, 15.0).all()
+    assert film_mask(np.full((100, 120), 7.0), 20.0).all()
+    assert film_mask(np.zeros((100, 120)), None).all()
+
+
+def test_on_film_geometry():
+    mask = np.ones((100, 200), dtype=bool)
+    mask[:, 120:] = False  # off film from x = 119.5
+    pts = np.array([[50.0, 50.0], [108.0, 50.0], [110.0, 50.0], [130.0, 50.0], [-5.0, 50.0], [-30.0, 50.0],
+                    [np.nan, 3.0]])
+    on = on_film(pts, mask, 10.0)
+    # disc of radius 10 at x = 108 reaches pixel 118 only; at x = 110 it reaches pixel 120 (off film);
+    # 5 px beyond the left edge the disc's inner part is on film; 30 px beyond nothing of it is left
+    assert on.tolist() == [True, True, False, False, True, False, False]
+    assert on_film(np.zeros((0, 2)), mask, 5.0).shape == (0,)
+    assert on_film(pts[:1], np.zeros((10, 10), dtype=bool), 0.0).tolist() == [False]
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="2-D"):
+        film_mask(np.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="2-D"):
+        on_film(np.zeros((1, 2)), np.zeros(5, dtype=bool), 1.0)
+
+
+def test_deterministic():
+    img, _, _ = grid_image(6, 40.0, (400, 500))
+    assert np.array_equal(film_mask(img, 40.0), film_mask(img.copy(), 40.0))
