@@ -97,11 +97,10 @@ def _estimate_period(data: np.ndarray) -> float:
 
 
 def on_film(points_xy: np.ndarray, mask: np.ndarray, radius_px: float) -> np.ndarray:
-    """Per point (n, 2) xy: whether its footprint (a disc of radius_px) lies on film (mask True).
+    """Per point (n, 2) xy: whether its footprint (the pixels whose centres lie within radius_px) is on film.
 
-    Off film if any pixel of the disc inside the image is off film; the image's own edge does not count
-    (only film and off-film pixels do). Points farther outside the image than radius_px have no footprint
-    inside and are off film.
+    Off film if any pixel of the footprint inside the image is off film (mask False); the image's own edge
+    does not count. Points with no footprint pixel inside the image (farther out than radius_px) are off.
     """
     import cv2
 
@@ -109,22 +108,34 @@ def on_film(points_xy: np.ndarray, mask: np.ndarray, radius_px: float) -> np.nda
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    out = np.zeros(len(pts), dtype=bool)
     if len(pts) == 0 or m.size == 0:
-        return np.zeros(len(pts), dtype=bool)
+        return out
     rows, cols = m.shape
     r = max(0.0, float(radius_px))
-    # Exact Euclidean distance from each film pixel to the nearest off-film pixel (0 on off-film pixels).
-    dist = cv2.distanceTransform(np.ascontiguousarray(m).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     finite = np.all(np.isfinite(pts), axis=1)
-    x = np.where(finite, pts[:, 0], 0.0)
-    y = np.where(finite, pts[:, 1], 0.0)
-    cx = np.clip(np.rint(x), 0, cols - 1).astype(np.int64)
-    cy = np.clip(np.rint(y), 0, rows - 1).astype(np.int64)
-    # how far the point lies outside the image (0 inside): beyond radius_px no pixel of its disc is left
-    outside = np.hypot(np.maximum(np.maximum(-0.5 - x, x - (cols - 0.5)), 0.0),
-                       np.maximum(np.maximum(-0.5 - y, y - (rows - 0.5)), 0.0))
-    # Every pixel within r of the point lies within r + offset of its nearest pixel (cx, cy), so the disc
-    # is on film when that pixel's distance to off film exceeds r + offset (exact to < 1 px inside the
-    # image; beyond its edge conservative by the point's distance from it).
-    offset = np.hypot(x - cx, y - cy)
-    return finite & (outside <= r) & (dist[cy, cx] > r + offset)
+    x = np.where(finite, pts[:, 0], -1e9)
+    y = np.where(finite, pts[:, 1], -1e9)
+    # the footprint's bounding box of pixel centres, clipped to the image
+    c0 = np.maximum(np.ceil(x - r), 0).astype(np.int64)
+    c1 = np.minimum(np.floor(x + r), cols - 1).astype(np.int64)
+    r0 = np.maximum(np.ceil(y - r), 0).astype(np.int64)
+    r1 = np.minimum(np.floor(y + r), rows - 1).astype(np.int64)
+    boxed = finite & (c0 <= c1) & (r0 <= r1)
+    # Off-film pixels per box from a summed-area table: O(1) per point; only boxes holding some need the
+    # exact disc (those near a bar's edge).
+    off = cv2.integral((~np.ascontiguousarray(m)).view(np.uint8), sdepth=cv2.CV_32S)
+    c0b, c1b, r0b, r1b = (np.where(boxed, t, 0) for t in (c0, c1, r0, r1))
+    count = off[r1b + 1, c1b + 1] - off[r0b, c1b + 1] - off[r1b + 1, c0b] + off[r0b, c0b]
+    clear = boxed & (count == 0)
+    out[clear] = True
+    for i in np.flatnonzero(boxed & (count > 0)):
+        yy, xx = np.ogrid[r0[i] : r1[i] + 1, c0[i] : c1[i] + 1]
+        disc = (xx - x[i]) ** 2 + (yy - y[i]) ** 2 <= r * r
+        # an empty disc (the box's corners only) holds no pixel: off, as a point with no footprint
+        out[i] = disc.any() and not (disc & ~m[r0[i] : r1[i] + 1, c0[i] : c1[i] + 1]).any()
+    # a box whose disc holds no pixel (a point just beyond a corner of the image) has no footprint
+    near_x = x - np.clip(x, c0, c1)
+    near_y = y - np.clip(y, r0, r1)
+    out[clear & (near_x**2 + near_y**2 > r * r)] = False
+    return out

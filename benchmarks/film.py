@@ -1,0 +1,76 @@
+"""Film mask (ptolemy_rt.film) timing on a 1024 x 1440 synthetic grid image, beside a plain Gaussian blur of
+the same image as the baseline, and the real EPU grid-square view when it is present.
+
+    python -m benchmarks.film [--repeat N] [--overlay PATH]
+
+Prints a table; asserts nothing. --overlay writes the real view with off-film areas tinted (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import machine_line, print_table, time_it
+from ptolemy_rt.film import film_mask, on_film
+
+REAL = REPO.parent / "shared" / "real-epu" / "smartem_gs8999138.jpg"
+
+
+def synthetic(shape=(1024, 1440), spacing=60.0, seed=0) -> np.ndarray:
+    """Bright holes on grey film, a dark bar band across and a dark border (see tests/test_film.py)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    yy, xx = np.mgrid[:rows, :cols].astype(np.float32)
+    c, s = np.cos(0.3), np.sin(0.3)
+    a = (xx * c + yy * s) / spacing
+    b = (-xx * s + yy * c) / spacing
+    hole = (a - np.round(a)) ** 2 + (b - np.round(b)) ** 2 < 0.3**2
+    img = np.where(hole, 200.0, 100.0).astype(np.float32)
+    img[np.abs((xx - cols / 2) * 0.8 - (yy - rows / 2) * 0.6) < 1.5 * spacing] = 3.0
+    border = (xx < 0.1 * cols) | (xx > 0.9 * cols) | (yy < 0.1 * rows) | (yy > 0.9 * rows)
+    img[border] = 3.0
+    return rng.poisson(img).astype(np.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--overlay", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import cv2
+
+    print(machine_line())
+    img = synthetic()
+    mask = film_mask(img, 60.0)
+    pts = np.stack(np.meshgrid(np.arange(30, 1440, 60.0), np.arange(30, 1024, 60.0)), -1).reshape(-1, 2)
+    rows = [
+        time_it("gaussian blur sigma 8 (baseline)", lambda: cv2.GaussianBlur(img, (0, 0), 8.0), repeat=args.repeat),
+        time_it("film_mask, spacing 60 px given", lambda: film_mask(img, 60.0), repeat=args.repeat),
+        time_it("film_mask, spacing estimated", lambda: film_mask(img), repeat=args.repeat),
+        time_it(f"on_film, {len(pts)} points", lambda: on_film(pts, mask, 18.0), repeat=args.repeat),
+    ]
+    extra = [("synthetic film share", f"{mask.mean():.3f}")]
+    if REAL.exists():
+        real = cv2.imread(str(REAL), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        rows.append(time_it(f"film_mask, real EPU view {real.shape[1]}x{real.shape[0]}, spacing 11 px",
+                            lambda: film_mask(real, 11.0), repeat=args.repeat))
+        real_mask = film_mask(real, 11.0)
+        extra.append(("real view film share (spacing 11 px)", f"{real_mask.mean():.3f}"))
+        extra.append(("real view film share (spacing estimated)", f"{film_mask(real).mean():.3f}"))
+        if args.overlay:
+            rgb = cv2.cvtColor(np.clip(real, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+            rgb[~real_mask] = (0.5 * rgb[~real_mask] + [0, 0, 120]).astype(np.uint8)
+            cv2.imwrite(str(args.overlay), rgb)
+    print_table(rows, title="Film mask, 1024 x 1440 (warm)", baseline=rows[0].name, extra=extra)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
