@@ -26,12 +26,17 @@ FILM_LEVEL = 0.35
 # The closing's disc spans this many periods: the widest gap between holes (a square cell's centre, 0.71
 # periods from its holes' centres, ~0.4 from their edges) closes, bars (many periods wide) stay.
 _CLOSING_PERIODS = 1.2
+# Broken film: pixels brighter than the film by this fraction of the hole-to-film contrast, in areas a
+# disc of this many periods fits into (a hole is < 1 period across, so only torn film is that wide).
+_BROKEN_LEVEL = 0.6
+_BROKEN_PERIODS = 1.5
 # Working scale: a period of about this many pixels.
 _WORK_PERIOD_PX = 8.0
 
 
 def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
-    """Boolean mask (image shape), True on holey film, False on grid bars, dark edges and outside the square.
+    """Boolean mask (image shape), True on holey film, False on grid bars, dark edges, outside the square and
+    on broken film (areas as bright as a hole but wider than 1.5 periods).
 
     spacing_px: the hole period in pixels; None estimates it from the bright blobs (falls back to 1/16 of
     the shorter side). A blank or constant image is all film.
@@ -64,9 +69,35 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
     if not hi > lo:
         return np.ones((rows, cols), dtype=bool)
     level = lo + FILM_LEVEL * (hi - lo)
+    film = closed > level
+    broken = _broken_film(small, film, period)
+    if broken is not None:
+        # a torn area reads as hole-bright in the closed image: take it out before scaling back up
+        closed = np.where(broken, lo, closed)
     if closed.shape != (rows, cols):
         closed = cv2.resize(closed, (cols, rows), interpolation=cv2.INTER_LINEAR)
     return closed > level
+
+
+def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarray | None:
+    """Torn film at the working scale: areas as bright as the holes (no film, full dose) but wider than
+    _BROKEN_PERIODS periods, which no hole is. None when there is nothing to find."""
+    import cv2
+
+    if film.sum() < 16:
+        return None
+    values = small[film]
+    # Film pixels outnumber hole pixels (holes cover < 50 % of a cell), so the median is the film's level
+    # and a high percentile the holes'.
+    film_level = float(np.median(values))
+    hole_level = float(np.percentile(values, 99.5))
+    if not hole_level > film_level:
+        return None
+    bright = (small > film_level + _BROKEN_LEVEL * (hole_level - film_level)) & film
+    k = 2 * math.ceil(0.5 * _BROKEN_PERIODS * period) + 1
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    wide = cv2.morphologyEx(bright.view(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
+    return wide if wide.any() else None
 
 
 def _estimate_period(data: np.ndarray) -> float:

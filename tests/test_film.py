@@ -123,3 +123,19 @@ def test_bad_input():
 def test_deterministic():
     img, _, _ = grid_image(6, 40.0, (400, 500))
     assert np.array_equal(film_mask(img, 40.0), film_mask(img.copy(), 40.0))
+
+
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+def test_broken_film_is_off_film(kind):
+    # a torn patch, 2.5 periods in radius, as bright as the holes (no film, full dose)
+    spacing = 40.0
+    img, pts, dist = grid_image(7, spacing, (600, 800), kind=kind, bar_angle=10.0)
+    centre = np.array([250.0, 430.0])
+    yy, xx = np.mgrid[:600, :800]
+    torn = np.hypot(xx - centre[0], yy - centre[1]) < 2.5 * spacing
+    img[torn] = np.random.default_rng(0).poisson(200.0, torn.sum())
+    mask = film_mask(img, spacing)
+    on = on_film(pts, mask, 0.3 * spacing)
+    d_torn = np.hypot(*(pts - centre).T) - 2.5 * spacing
+    assert not on[d_torn < 0].any()
+    assert on[(dist > 0.3 * spacing + 0.75 * spacing) & (d_torn > 1.5 * spacing)].all()
