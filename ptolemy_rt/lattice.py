@@ -221,10 +221,14 @@ def canonical_basis(a: Point, b: Point, tolerance: float = KIND_LENGTH_TOL) -> t
     lengths = np.hypot(vecs[:, 0], vecs[:, 1])
     shortest = float(lengths.min())
     angles = np.degrees(np.arctan2(-vecs[:, 1], vecs[:, 0])) % 360.0
-    cand = np.flatnonzero((lengths <= shortest * (1.0 + tolerance)) & (angles < 180.0))
-    ia = int(cand[np.lexsort((lengths[cand], angles[cand]))[0]])
-    pa, qa = int(mm[ia]), int(nn[ia])
-    va = vecs[ia]
+    # w and -w share a line angle in [0, 180); taking the minimum over both signs never leaves the set
+    # empty (a vector at exactly 180 degrees can round to either side of the half-plane).
+    line = angles % 180.0
+    cand = np.flatnonzero(lengths <= shortest * (1.0 + tolerance))
+    ia = int(cand[np.lexsort((angles[cand], lengths[cand], line[cand]))[0]])
+    sign = 1 if angles[ia] < 180.0 else -1
+    pa, qa = sign * int(mm[ia]), sign * int(nn[ia])
+    va = sign * vecs[ia]
     cross = va[0] * vecs[:, 1] - va[1] * vecs[:, 0]
     unimodular = np.abs(pa * nn - qa * mm) == 1
     ok = np.flatnonzero(unimodular & (cross > 0))
@@ -609,6 +613,57 @@ def refine_general(
 # The fit
 
 
+# A coset of an index-2 superlattice counts as holes when its points hold a positive pixel at least this
+# share as often as the lattice's own points (strays: ~5 %; a true coset with holes missing at random: ~1).
+_COSET_SHARE = 0.5
+_COSET_MIN = 0.2
+
+
+def _halfwidth(dmin: float, cap: float) -> float:
+    """The footprint half-width of _lattice_kernels.halfwidth (kept in step with it)."""
+    return min(cap, dmin / 4.0, dmin / (2.0 * math.sqrt(2.0)) - 1.0)
+
+
+def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point, cap: float,
+             min_spacing_px: float) -> tuple[Point, Point, Point]:
+    """The densest lattice the holes fill: while one of the three index-2 superlattices (adding a/2, b/2 or
+    (a+b)/2) has its new points on positive pixels about as often as the old ones, take it and refit.
+
+    With many holes missing (broken film, ice, a weak map), a sublattice that skips the emptiest rows costs
+    less than the true lattice (its empty footprints cost more than the holes it misses); no cost ranks the
+    two apart, but the holes on the skipped coset do.
+    """
+    scan = _kernels().scan
+    for _ in range(3):  # up to index 8
+        ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        best = None
+        for h, basis in ((0.5 * ra, (0.5 * ra, rb)), (0.5 * rb, (ra, 0.5 * rb)),
+                         (0.5 * (ra + rb), (0.5 * (ra + rb), rb))):
+            s1, _ = _reduce(*basis)
+            dmin = math.hypot(*s1)
+            if dmin < min_spacing_px:
+                continue
+            hw = _halfwidth(dmin, cap)
+            if hw < 1.0:
+                continue
+            _, _, n_old, occ_old = scan(sat, origin[0], origin[1], ra[0], ra[1], rb[0], rb[1], hw, math.inf)
+            _, _, n_new, occ_new = scan(sat, origin[0] + h[0], origin[1] + h[1], ra[0], ra[1], rb[0], rb[1], hw,
+                                        math.inf)
+            if n_old == 0 or n_new == 0:
+                continue
+            share_old, share_new = occ_old / n_old, occ_new / n_new
+            if share_new >= max(_COSET_MIN, _COSET_SHARE * share_old) and (best is None or share_new > best[0]):
+                best = (share_new, basis)
+        if best is None:
+            break
+        fit = refine_general(c, origin, tuple(best[1][0]), tuple(best[1][1]))
+        if fit is None or min(math.hypot(*fit[1]), math.hypot(*fit[2])) < _REFINED_SLACK * min_spacing_px:
+            break
+        origin, a, b = fit[0], fit[1], fit[2]
+    return origin, a, b
+
+
+
 def fit_lattice(
     centroids: np.ndarray,
     mask: np.ndarray,
@@ -731,6 +786,8 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
         if fit is not None and min(math.hypot(*fit[1]), math.hypot(*fit[2])) >= _REFINED_SLACK * min_spacing_px:
             origin, u, v = fit[0], fit[1], fit[2]
             refined = True
+        if refined:
+            origin, u, v = _densify(c, sat, origin, u, v, halfwidth, min_spacing_px)
     if refined:
         final_cost = lattice_cost(sat, origin, u, v, lambda_fn=lambda_fn, lambda_fp=lambda_fp,
                                   max_halfwidth=halfwidth)
@@ -738,7 +795,7 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
         a, b, angle = _canonical_square(*u)
     else:
         a, b = canonical_basis(u, v)
-        angle = _screen_angle(*a)
+        angle = _screen_angle(*a) % 180.0  # [0, 180) even where a rounds to just below the x axis
     basis = _matrix(*_reduce(np.array(a), np.array(b)))
     # Is it a lattice at all? Any two blobs span one, so the caller asks that it explains most of the
     # others too: by chance a stray centroid lies within a quarter spacing of a lattice point 25 % of the time.

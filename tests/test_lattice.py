@@ -211,7 +211,7 @@ def brute_cost(mask, origin, u, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
     """Rasterise every footprint (clipped to the image) and count, the slow way."""
     rows, cols = mask.shape
     v = (-u[1], u[0])
-    h = math.floor(min(max_hw, math.hypot(*u) / 4))
+    h = math.floor(min(max_hw, math.sqrt(u[0] * u[0] + u[1] * u[1]) / 4))  # as the kernel (hypot: an ulp off)
     covered = np.zeros_like(mask)
     for a in range(-60, 61):
         for b in range(-60, 61):
