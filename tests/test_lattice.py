@@ -619,3 +619,26 @@ def test_general_cost_matches_rasterised_cost(seed, spacing, ratio, gamma, theta
     u, v = tuple(basis[:, 0]), tuple(basis[:, 1])
     sat = summed_area_table(mask)
     assert lattice_cost(sat, (ox, oy), u, v) == brute_cost_general(mask, (ox, oy), u, v)
+
+
+def test_half_empty_rows_give_the_full_lattice_not_a_sublattice(monkeypatch):
+    # Every other row of holes mostly missing (ice, a weak map): the lattice skipping those rows costs
+    # less than the true one; the holes left on the skipped rows bring the search back to the full lattice.
+    spacing, rng = 50.0, np.random.default_rng(3)
+    basis = basis_of(spacing, 1.0, 90.0, 14.0)
+    shape = (700, 900)
+    origin = (450.0, 350.0)
+    truth = lattice_points(origin, tuple(basis[:, 0]), tuple(basis[:, 1]), shape, 0.0)
+    row = np.rint(np.linalg.solve(basis, (truth - origin).T)[1]).astype(int)
+    kept = truth[rng.random(len(truth)) < np.where(row % 2 == 0, 0.95, 0.35)]
+    centroids = kept + rng.normal(0, 0.01 * spacing, kept.shape)
+    mask = np.zeros(shape, dtype=bool)
+    for cx, cy in centroids:
+        r, c = round(cy), round(cx)
+        mask[max(r - 4, 0) : r + 5, max(c - 4, 0) : c + 5] = True
+    check_general(fit_lattice(centroids, mask), basis, truth, shape)
+    import ptolemy_rt.lattice as lattice_module
+
+    monkeypatch.setattr(lattice_module, "_densify", lambda c, shape, o, a, b, *rest: (o, a, b))
+    sparse = fit_lattice(centroids, mask, min_inliers=0.0, min_occupancy=0.0)
+    assert sparse is not None and sparse.spacing_b > 1.5 * spacing  # the sublattice, without the step
