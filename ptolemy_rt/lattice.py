@@ -633,15 +633,16 @@ def _densify(c: np.ndarray, shape: tuple[int, int], origin: Point, a: Point, b: 
 
     tree = cKDTree(c)
 
-    def share(o, u, v, radius):
-        pts = lattice_points(o, u, v, shape, 0.0)
-        if len(pts) == 0:
-            return 0.0
-        dist, _ = tree.query(pts)
-        return float(np.mean(dist < radius))
+    def distances(o, u, v):
+        pts = lattice_points(o, tuple(u), tuple(v), shape, 0.0)
+        return tree.query(pts)[0] if len(pts) else np.zeros(0)
+
+    def share(dist, radius):
+        return float(np.mean(dist < radius)) if len(dist) else 0.0
 
     for _ in range(3):  # up to index 8
         ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        d_old = distances(origin, ra, rb)
         best = None
         for h, basis in ((0.5 * ra, (0.5 * ra, rb)), (0.5 * rb, (ra, 0.5 * rb)),
                          (0.5 * (ra + rb), (0.5 * (ra + rb), rb))):
@@ -649,8 +650,8 @@ def _densify(c: np.ndarray, shape: tuple[int, int], origin: Point, a: Point, b: 
             if dmin < min_spacing_px:
                 continue
             radius = 0.25 * dmin
-            old = share(origin, tuple(ra), tuple(rb), radius)
-            new = share((origin[0] + h[0], origin[1] + h[1]), tuple(ra), tuple(rb), radius)
+            old = share(d_old, radius)
+            new = share(distances((origin[0] + h[0], origin[1] + h[1]), ra, rb), radius)
             if new >= max(_COSET_MIN, _COSET_SHARE * old) and (best is None or new > best[0]):
                 best = (new, basis)
         if best is None:
