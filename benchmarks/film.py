@@ -19,9 +19,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import machine_line, print_markdown, print_table, time_it
-from ptolemy_rt.film import film_mask, on_film
-from ptolemy_rt.lattice import fit_lattice
+from benchmarks.harness import machine_line, print_markdown, print_table, time_it  # noqa: E402
+from ptolemy_rt.film import film_mask, on_film  # noqa: E402
+from ptolemy_rt.lattice import fit_lattice  # noqa: E402
 
 REAL = REPO.parent / "shared" / "real-epu" / "smartem_gs8999138.jpg"
 
@@ -56,9 +56,9 @@ def real_view(real: np.ndarray, overlay: Path | None) -> list[list[str]]:
         blobs = (im - cv2.GaussianBlur(im, (0, 0), 6 * scale)) > 12
         _, _, stats, cents = cv2.connectedComponentsWithStats(blobs.astype(np.uint8), connectivity=8)
         cents = cents[1:][stats[1:, cv2.CC_STAT_AREA] >= 2 * scale * scale]
-        fit_lattice(cents, blobs)  # warm (Numba cache)
+        fit_lattice(cents, blobs, model="general")  # warm (Numba cache)
         t = time.perf_counter()
-        lat = fit_lattice(cents, blobs)
+        lat = fit_lattice(cents, blobs, model="general")
         t_lat = (time.perf_counter() - t) * 1000
         if lat is None:
             table.append([f"{scale}x", str(len(cents)), "none"] + [""] * 9)

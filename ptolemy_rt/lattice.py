@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 Point = tuple[float, float]
-Model = Literal["auto", "general", "square"]
+Model = Literal["general", "square"]
 
 # Shortest lattice vector (px) the search considers. Footprints of neighbouring points never share a
 # pixel at any spacing (the half-width shrinks below 9.66 px, see _lattice_kernels.halfwidth), so summing
@@ -672,7 +672,7 @@ def fit_lattice(
     lambda_fp: float = 1.0,
     max_halfwidth: float = 15.0,
     refine: bool = True,
-    model: Model = "auto",
+    model: Model = "square",
     min_spacing_px: float = MIN_SPACING_PX,
     min_inliers: float = 0.3,
     min_occupancy: float = 0.3,
@@ -681,15 +681,16 @@ def fit_lattice(
 ) -> Lattice | None:
     """Fit a lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
 
-    model: "general" (any two basis vectors, see the module docstring), "square" (the original's: v is u
-    turned 90 degrees, least squares fits origin and u only) or "auto": "general" when refining, else
-    "square" (an unrefined lattice is the anchor pair's, as the original made it: `k=5, refine=False`
-    reproduces the original bit for bit).
+    model: "square" (the original's, and the default until the pipeline opts in: v is u turned 90 degrees,
+    least squares fits origin and u only; `k=5, refine=False` reproduces the original bit for bit) or
+    "general" (any two basis vectors, see the module docstring; an index-2 check then recovers the full
+    lattice where so many holes are missing that a sublattice costs less, see _densify).
 
     None with fewer than two centroids, no anchor pair at least `min_spacing_px` apart, nothing positive
     in the mask, or when the best lattice is no lattice: fewer than `min_inliers` of the centroids (and
-    fewer than 3; the general model, which fits any three centroids, needs one more) near its points, or fewer than `min_occupancy` of its points inside the image on a
-    positive pixel (noise blobs: any two span a lattice, most of whose points then land on nothing).
+    fewer than 3; the general model, which fits any three centroids, needs one more) near its points, or
+    fewer than `min_occupancy` of its points inside the image on a positive pixel (noise blobs: any two
+    span a lattice, most of whose points then land on nothing).
 
     The footprint half-width is min(max_halfwidth, d / 4, blob_halfwidth * r) (d the shortest lattice
     vector; below 9.66 px d / (2 sqrt 2) - 1) with r the radius of the mean blob (positives per centroid):
@@ -702,9 +703,9 @@ def fit_lattice(
     with lambda_fp / 10, and its lattice kept if it holds at least _HIDDEN_INLIERS of the centroids (and
     _HIDDEN_MIN_CENTROIDS of them): so many on one lattice by chance is out of reach, whatever the occupancy.
     """
-    if model not in ("auto", "general", "square"):
-        raise ValueError(f"model must be 'auto', 'general' or 'square', got {model!r}")
-    kind = ("general" if refine else "square") if model == "auto" else model
+    if model not in ("general", "square"):
+        raise ValueError(f"model must be 'general' or 'square', got {model!r}")
+    kind = model
     c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:

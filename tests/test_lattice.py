@@ -407,7 +407,7 @@ def check_general(lat: Lattice | None, basis: np.ndarray, truth: np.ndarray, sha
 def test_recovers_any_general_lattice(seed, spacing, ratio, gamma, theta):
     basis = basis_of(spacing, ratio, gamma, theta)
     centroids, mask, truth, shape = general_scene(seed, basis)
-    check_general(fit_lattice(centroids, mask), basis, truth, shape)
+    check_general(fit_lattice(centroids, mask, model="general"), basis, truth, shape)
 
 
 @pytest.mark.parametrize(
@@ -426,7 +426,7 @@ def test_recovers_any_general_lattice(seed, spacing, ratio, gamma, theta):
 def test_recovers_named_lattices(seed, spacing, ratio, gamma, theta, kind):
     basis = basis_of(spacing, ratio, gamma, theta)
     centroids, mask, truth, shape = general_scene(seed, basis)
-    lat = fit_lattice(centroids, mask)
+    lat = fit_lattice(centroids, mask, model="general")
     check_general(lat, basis, truth, shape)
     assert lat.kind == kind and lat.model == "general" and lat.refined
     if kind == "square":
@@ -441,7 +441,7 @@ def test_skewed_lattice_keeps_its_edge_holes():
     # outer holes, the general one keeps them all.
     basis = basis_of(40.0, 1.03, 90.0, 10.0)
     centroids, mask, truth, shape = general_scene(9, basis, outliers=0.0, missing=0.0, jitter=0.01, cells=(20, 26))
-    check_general(fit_lattice(centroids, mask), basis, truth, shape)
+    check_general(fit_lattice(centroids, mask, model="general"), basis, truth, shape)
     square = fit_lattice(centroids, mask, model="square")
     pts = square.points(shape, edge_tolerance=10.0)
     dist = np.hypot(*(truth[:, None, :] - pts[None, :, :]).transpose(2, 0, 1)).min(axis=1)
@@ -456,12 +456,12 @@ def test_hexagonal_lattice_needs_the_general_model():
     assert square is None or square.kind == "square"  # whatever it is, it is not this lattice
 
 
-def test_auto_model_is_square_without_refinement():
+def test_square_model_is_the_default():
     basis = basis_of(50.0, 1.0, 60.0, 12.0)
     centroids, mask, _, _ = general_scene(10, basis, outliers=0.0, missing=0.0)
-    assert fit_lattice(centroids, mask).model == "general"
-    unrefined = fit_lattice(centroids, mask, refine=False)
-    assert unrefined is None or unrefined.model == "square"
+    default = fit_lattice(centroids, mask)
+    assert default is None or (default.model == "square" and default.kind == "square")
+    assert fit_lattice(centroids, mask, model="general").model == "general"
     assert fit_lattice(centroids, mask, refine=False, model="general").model == "general"
     with pytest.raises(ValueError, match="model"):
         fit_lattice(centroids, mask, model="hexagonal")
@@ -470,7 +470,7 @@ def test_auto_model_is_square_without_refinement():
 def test_general_fit_is_deterministic():
     basis = basis_of(33.0, 1.1, 70.0, 100.0)
     centroids, mask, _, _ = general_scene(12, basis)
-    assert fit_lattice(centroids, mask) == fit_lattice(centroids.copy(), mask.copy())
+    assert fit_lattice(centroids, mask, model="general") == fit_lattice(centroids.copy(), mask.copy(), model="general")
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -488,7 +488,7 @@ def test_random_blobs_give_no_general_lattice(seed):
 def test_to_dict():
     basis = basis_of(50.0, 1.0, 60.0, 12.0)
     centroids, mask, _, _ = general_scene(10, basis)
-    d = fit_lattice(centroids, mask).to_dict()
+    d = fit_lattice(centroids, mask, model="general").to_dict()
     assert json.loads(json.dumps(d)) == d
     assert d["kind"] == "hexagonal" and len(d["a"]) == 2 and len(d["b"]) == 2 and len(d["origin"]) == 2
     assert d["spacing_a"] == pytest.approx(math.hypot(*d["a"])) and d["spacing_px"] == d["spacing_a"]
@@ -640,9 +640,9 @@ def test_half_empty_rows_give_the_full_lattice_not_a_sublattice(monkeypatch):
     for cx, cy in centroids:
         r, c = round(cy), round(cx)
         mask[max(r - 4, 0) : r + 5, max(c - 4, 0) : c + 5] = True
-    check_general(fit_lattice(centroids, mask), basis, truth, shape)
+    check_general(fit_lattice(centroids, mask, model="general"), basis, truth, shape)
     import ptolemy_rt.lattice as lattice_module
 
     monkeypatch.setattr(lattice_module, "_densify", lambda c, shape, o, a, b, *rest: (o, a, b))
-    sparse = fit_lattice(centroids, mask, min_inliers=0.0, min_occupancy=0.0)
+    sparse = fit_lattice(centroids, mask, model="general", min_inliers=0.0, min_occupancy=0.0)
     assert sparse is not None and sparse.spacing_b > 1.5 * spacing  # the sublattice, without the step
