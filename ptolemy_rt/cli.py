@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default auto)")
     mo.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     mo.set_defaults(func=_cmd_models)
+
+    from . import batch
+
+    batch.add_arguments(sub.add_parser("batch", help="whole sessions (EPU, Leginon, SerialEM) or many files: "
+                                       "worker processes or Dask, progress, --resume, summary and HTML report"))
     return parser
 
 

@@ -1,0 +1,548 @@
+"""`ptolemy-rt batch`: whole sessions through both pipelines, with worker processes or Dask, progress and resume.
+
+Per image it writes `OUTDIR/results/<id>.json` (the pipeline's JSON), `OUTDIR/images/<id>.png` (a preview for
+the report) and `OUTDIR/.state/<id>.json` (the summary row with the input's sha256, written last: an image
+counts as done only when all three are on disk). At the end: `summary.csv`, `summary.json` and `index.html`.
+`<id>` is the input's path relative to the folder that holds all inputs, suffix kept.
+
+Every file is written by the main process (workers return bytes), so a pool, a Dask cluster without a shared
+output disk and a single process all leave the same bytes. A failing image is recorded and the batch goes on;
+the exit code is the worst of all images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, PtolemyError
+from .sessions import Item, discover, stage_to_pixel
+
+__all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "process_one", "run", "run_batch", "worst_exit_code"]
+
+KINDS = ("squares", "holes")
+EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+PREVIEW_SIDE = 1024
+SUMMARY_FIELDS = ("id", "input", "kind", "status", "exit_code", "count", "best_score", "spacing_px", "spacing_A",
+                  "pixel_size_A", "angle_deg", "rows", "cols", "atlas_square", "seconds", "reason", "error", "sha256")
+_STATE_VERSION = 1
+
+
+def _exit_internal() -> int:
+    # The CLI owns the exit-code table; read it there so a renumbering stays in one place.
+    from . import cli
+
+    return int(getattr(cli, "EXIT_INTERNAL", 70))
+
+
+def worst_exit_code(codes: Iterable[int]) -> int:
+    """The worst of several exit codes: interrupted > internal > output > model > input > ok."""
+    internal = _exit_internal()
+    order = {EXIT_OK: 0, EXIT_INPUT: 1, EXIT_MODEL: 2, EXIT_OUTPUT: 3, internal: 4, 70: 4, 1: 4,
+             EXIT_INTERRUPTED: 5}
+    worst = EXIT_OK
+    for code in codes:
+        if order.get(code, 4) > order.get(worst, 4):
+            worst = code
+    return worst
+
+
+class UsageError(InputError):
+    """A batch command line that cannot be carried out (exit code 2)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options of `ptolemy-rt batch`."""
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, globs (quoted), session folders (EPU, "
+                   "Leginon rawdata, SerialEM with .nav/.mdoc) or .nav files")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (results/, images/, "
+                   "summary.csv, summary.json, index.html)")
+    p.add_argument("--kind", choices=["auto", *KINDS], default="auto", help="squares (atlases) or holes "
+                   "(grid-square images) for every input; auto: from the session layout (default)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the core count; 1: "
+                   "in this process)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on an existing Dask distributed scheduler "
+                   "(tcp://host:8786); needs the dask extra")
+    p.add_argument("--resume", action="store_true", help="skip images whose outputs exist and whose input "
+                   "sha256 and options match the earlier run")
+    p.add_argument("--no-report", action="store_true", help="do not write index.html")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr "
+                   "is not a terminal)")
+    p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per worker (default: cores / workers; "
+                   "1 with --dask)")
+    p.add_argument("--section", type=int, metavar="N", help="section of MRC/TIFF stacks (default 0, with a warning)")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per image on stderr")
+    p.add_argument("--debug", action="store_true", help="tracebacks of failing images")
+    p.set_defaults(func=run)
+
+
+class BatchConfig:
+    """What every task needs (picklable, sent to each worker once per task)."""
+
+    def __init__(self, models: str | None, provider: str, threads: int | None, section: int | None,
+                 debug: bool = False):
+        self.models = str(Path(models).resolve()) if models else None
+        self.provider = provider
+        self.threads = threads
+        self.section = section
+        self.debug = debug
+
+    def key(self, kind: str | None) -> str:
+        """What makes two runs' results interchangeable for --resume (threads only change timings)."""
+        return json.dumps([_STATE_VERSION, kind, self.models, self.provider, self.section])
+
+
+# ----------------------------------------------------------------------------------------------- workers
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def init_worker(config: BatchConfig, ignore_sigint: bool = True) -> None:
+    """Per worker process: thread counts, Ctrl-C left to the main process, and the model set loaded once."""
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.threads:
+        import cv2
+
+        cv2.setNumThreads(int(config.threads))
+    try:
+        from .models import load_models
+
+        load_models(config.models, provider=config.provider, threads=config.threads)
+    except PtolemyError:
+        pass  # each image then records the model error itself
+
+
+def _preview_png(data, max_side: int = PREVIEW_SIDE) -> bytes:
+    """An 8-bit PNG of the image, contrast-stretched and shrunk to `max_side`, for the HTML report."""
+    import cv2
+    import numpy as np
+
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    scaled = np.clip((data - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255).astype(np.uint8)
+    scale = min(1.0, max_side / max(scaled.shape))
+    if scale < 1.0:
+        scaled = cv2.resize(scaled, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", scaled, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise RuntimeError("could not encode the preview PNG")
+    return buf.tobytes()
+
+
+def _num(value: Any) -> Any:
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _base_row(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "input": str(item.path), "kind": item.kind, "status": "error", "exit_code": None,
+            "count": None, "best_score": None, "spacing_px": None, "spacing_A": None, "pixel_size_A": None,
+            "angle_deg": None, "rows": None, "cols": None, "atlas_square": None, "reason": None, "error": None,
+            "sha256": None, "stage_xy_m": list(item.stage_xy_m) if item.stage_xy_m else None, "seconds": None}
+
+
+def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Run one image through its pipeline; return its summary row and the files to write (never raises)."""
+    import ptolemy_rt
+
+    from .io import read_image
+    from .models import load_models
+    from .results import format_result
+
+    start = time.perf_counter()
+    row = _base_row(item)
+    files: dict[str, bytes] = {}
+    try:
+        if item.kind not in KINDS:
+            raise UsageError(f"{item.path}: cannot tell an atlas from a grid-square image here; "
+                             "pass --kind squares or --kind holes")
+        row["sha256"] = _sha256(item.path)
+        image = read_image(item.path, section=config.section)
+        if image.pixel_size_A is None and item.pixel_size_m:
+            from dataclasses import replace
+
+            image = replace(image, pixel_size_A=item.pixel_size_m * 1e10)  # from the session's .xml
+        models = load_models(config.models, provider=config.provider, threads=config.threads)
+        finder = ptolemy_rt.find_squares if item.kind == "squares" else ptolemy_rt.find_holes
+        result = finder(image, models=models)
+        text = format_result(result, fmt="json")
+        scores = [t.score for t in result.targets if t.score is not None]
+        spacing = getattr(result, "spacing_px", None)
+        pixel = result.image.pixel_size_A
+        row.update(status="ok" if result.targets else "empty", exit_code=EXIT_OK, count=len(result.targets),
+                   best_score=_num(max(scores)) if scores else None, spacing_px=_num(spacing),
+                   spacing_A=_num(spacing * pixel) if spacing is not None and pixel else None,
+                   pixel_size_A=_num(pixel), angle_deg=_num(result.angle_deg), rows=image.shape[0],
+                   cols=image.shape[1], reason=result.reason)
+        files[f"results/{item.id}.json"] = text.encode("utf-8")
+        files[f"images/{item.id}.png"] = _preview_png(image.data)
+    except PtolemyError as exc:
+        row.update(exit_code=exc.exit_code, error=str(exc))
+    except MemoryError:
+        row.update(exit_code=EXIT_INPUT, error=f"{item.path}: not enough memory for this image")
+    except Exception as exc:  # noqa: BLE001 - one image's internal error must not stop the batch
+        detail = traceback.format_exc() if config.debug else ""
+        row.update(exit_code=_exit_internal(), error=f"{item.path}: internal error: {type(exc).__name__}: {exc}"
+                   + (f"\n{detail}" if detail else ""))
+    row["seconds"] = round(time.perf_counter() - start, 4)
+    return row, files
+
+
+# ----------------------------------------------------------------------------------------------- executors
+
+
+def _failed(item: Item, exc: BaseException) -> tuple[dict[str, Any], dict[str, bytes]]:
+    row = _base_row(item)
+    row.update(exit_code=_exit_internal(), error=f"{item.path}: worker failed: {type(exc).__name__}: {exc} "
+               "(crash or out of memory; rerun with --resume)")
+    return row, {}
+
+
+def _in_process(items: list[Item], config: BatchConfig) -> Iterator[tuple[dict, dict]]:
+    init_worker(config, ignore_sigint=False)
+    for item in items:
+        yield process_one(item, config)
+
+
+def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[tuple[dict, dict]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fresh interpreter per worker, never a fork of a process holding onnxruntime or OpenMP threads.
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_worker, initargs=(config,))
+    try:
+        futures = {executor.submit(process_one, item, config): item for item in items}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: a worker died (segfault, killed for memory)
+                yield _failed(futures[future], exc)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask(items: list[Item], config: BatchConfig, address: str) -> Iterator[tuple[dict, dict]]:
+    try:
+        from ._dask import dask_results
+    except ImportError as exc:
+        raise UsageError(f"--dask needs the dask extra ({exc}): pip install 'ptolemy-rt[dask]'") from None
+    yield from dask_results(items, config, address, failed=_failed)
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Images done, images/s and ETA on stderr: tqdm when installed, else one plain line; silent when off."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.total, self.done, self.enabled = total, initial, enabled
+        self._bar = None
+        self._start = time.perf_counter()
+        self._last = 0.0
+        self._fresh = 0
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="img", file=sys.stderr, dynamic_ncols=True,
+                             smoothing=0.1, desc="ptolemy-rt batch")
+        except ImportError:
+            self._bar = None
+
+    def update(self, failed: bool = False) -> None:
+        """One more image done."""
+        self.done += 1
+        self._fresh += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.25 and self.done < self.total:
+            return
+        self._last = now
+        rate = self._fresh / max(now - self._start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
+        sys.stderr.write(f"\rptolemy-rt batch: {self.done}/{self.total} images, {rate:.2f} img/s, ETA {eta_text}  ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """Finish the line."""
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def _state_path(outdir: Path, item_id: str) -> Path:
+    return outdir / ".state" / f"{item_id}.json"
+
+
+def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] | None:
+    """The earlier run's row when the image need not run again: outputs there, same input bytes and options."""
+    try:
+        state = json.loads(_state_path(outdir, item.id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    row = state.get("row") if isinstance(state, dict) else None
+    if not isinstance(row, dict) or state.get("key") != config.key(item.kind):
+        return None
+    if row.get("status") not in ("ok", "empty"):
+        return None
+    for rel in (f"results/{item.id}.json", f"images/{item.id}.png"):
+        if not (outdir / rel).is_file():
+            return None
+    try:
+        if _sha256(item.path) != row.get("sha256"):
+            return None
+    except OSError:
+        return None
+    return row
+
+
+def _write_outputs(outdir: Path, item: Item, config: BatchConfig, row: dict, files: dict[str, bytes]) -> None:
+    """Write an image's files, then its state (last, so a kill in between leaves it to be redone)."""
+    from .io import atomic_write
+
+    try:
+        for rel, data in files.items():
+            atomic_write(outdir / rel, data)
+        atomic_write(_state_path(outdir, item.id), json.dumps({"key": config.key(item.kind), "row": row}) + "\n")
+    except OSError as exc:
+        row.update(status="error", exit_code=EXIT_OUTPUT, error=f"{outdir}: cannot write the outputs of "
+                   f"{item.path} ({exc})")
+
+
+def _point_in(vertices: list, x: float, y: float) -> bool:
+    """Whether (x, y) lies inside a convex polygon (either winding)."""
+    sign = 0
+    n = len(vertices)
+    for i in range(n):
+        (x0, y0), (x1, y1) = vertices[i], vertices[(i + 1) % n]
+        cross = (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)
+        if cross != 0:
+            s = 1 if cross > 0 else -1
+            if sign and s != sign:
+                return False
+            sign = s
+    return True
+
+
+def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None:
+    """Set each grid-square image's `atlas_square` ([atlas id, square rank]) from stage positions, where known."""
+    atlases = []
+    for item in items:
+        row = rows.get(item.id)
+        if item.kind != "squares" or row is None or row["status"] != "ok" or not item.stage_xy_m \
+                or not item.pixel_size_m:
+            continue
+        try:
+            result = json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        atlases.append((item, (row["rows"], row["cols"]), result["targets"]))
+    for item in items:
+        row = rows.get(item.id)
+        if item.kind != "holes" or row is None or not item.stage_xy_m:
+            continue
+        row["atlas_square"] = None
+        for atlas, shape, targets in atlases:
+            x, y = stage_to_pixel(item.stage_xy_m, atlas.stage_xy_m, atlas.pixel_size_m, shape)
+            hit = next((k for k, t in enumerate(targets) if _point_in(t["vertices"], x, y)), None)
+            if hit is not None:
+                row["atlas_square"] = [atlas.id, hit]
+                break
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUMMARY_FIELDS)
+    for row in rows:
+        values = []
+        for key in SUMMARY_FIELDS:
+            v = row.get(key)
+            if key == "atlas_square" and v is not None:
+                v = f"{v[0]}#{v[1]}"
+            values.append("" if v is None else v)
+        writer.writerow(values)
+    return buf.getvalue()
+
+
+def summary_dict(rows: list[dict], notes: list[str], interrupted: bool = False) -> dict[str, Any]:
+    """summary.json: totals and one row per image (no timings: the same inputs give the same bytes)."""
+    from . import __version__
+
+    def count(kind: str | None = None, status: Iterable[str] = ("ok", "empty")) -> int:
+        return sum(1 for r in rows if (kind is None or r["kind"] == kind) and r["status"] in status)
+
+    totals = {
+        "images": len(rows),
+        "ok": count(status=("ok",)),
+        "empty": count(status=("empty",)),
+        "failed": count(status=("error",)),
+        "atlases": count("squares"),
+        "grid_square_images": count("holes"),
+        "squares": sum(r["count"] or 0 for r in rows if r["kind"] == "squares"),
+        "holes": sum(r["count"] or 0 for r in rows if r["kind"] == "holes"),
+        "exit_code": worst_exit_code(r["exit_code"] if r["exit_code"] is not None else EXIT_OK for r in rows),
+    }
+    images = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return {"version": __version__, "complete": not interrupted, "totals": totals, "notes": notes,
+            "images": images}
+
+
+def write_summaries(outdir: Path, rows: list[dict], notes: list[str], interrupted: bool = False) -> dict:
+    """Write summary.csv and summary.json (atomically); return the summary dict."""
+    from .io import atomic_write
+
+    rows = sorted(rows, key=lambda r: r["id"])
+    summary = summary_dict(rows, notes, interrupted)
+    atomic_write(outdir / "summary.csv", _csv_text(rows))
+    atomic_write(outdir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None = None, workers: int | None = None,
+              dask: str | None = None, resume: bool = False, models: str | None = None, provider: str = "auto",
+              threads: int | None = None, section: int | None = None, report: bool = True,
+              progress: bool = True, verbose: bool = False, debug: bool = False) -> int:
+    """Process every image of `paths` into `outdir`; return the worst exit code (see the module docstring)."""
+    from .models import load_models, physical_cores
+
+    out = Path(outdir)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: give at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads}: give at least 1")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: exists and is not a folder")
+    items, notes = discover(paths, kind=kind)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ptolemy-rt-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        print(f"error: -o {out}: cannot write here ({exc})", file=sys.stderr)
+        return EXIT_OUTPUT
+    load_models(models, provider=provider)  # a missing or tampered set fails here, once, before any work (exit 3)
+    cores = physical_cores()
+    n_workers = workers or cores
+    if dask:
+        threads = threads or 1
+    elif threads is None:
+        threads = max(1, cores // n_workers)
+    config = BatchConfig(models, provider, threads, section, debug)
+    for note in notes:
+        print(f"ptolemy-rt batch: {note}", file=sys.stderr)
+
+    rows: dict[str, dict] = {}
+    todo: list[Item] = []
+    for item in items:
+        earlier = _resumable(out, item, config) if resume else None
+        if earlier is not None:
+            rows[item.id] = earlier
+        else:
+            todo.append(item)
+    by_id = {item.id: item for item in items}
+    bar = Progress(len(items), len(rows), enabled=progress and sys.stderr.isatty())
+    interrupted = False
+    # SIGTERM (a scheduler's kill) stops like Ctrl-C: finished images stay recorded for --resume.
+    old_term = signal.getsignal(signal.SIGTERM)
+    if old_term in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.perf_counter()
+    try:
+        if dask:
+            results = _dask(todo, config, dask)
+        elif n_workers == 1 or len(todo) <= 1:
+            results = _in_process(todo, config)
+        else:
+            results = _pool(todo, config, min(n_workers, len(todo)))
+        for row, files in results:
+            item = by_id[row["id"]]
+            _write_outputs(out, item, config, row, files)
+            rows[item.id] = row
+            bar.update(failed=row["status"] == "error")
+            if verbose or row["status"] == "error":
+                bar_safe = "\n" if bar.enabled and bar._bar is None else ""
+                message = row["error"] or f"{row['count']} {item.kind}" + (f" ({row['reason']})" if row["reason"]
+                                                                           else "")
+                print(f"{bar_safe}{item.id}: {message} [{row['seconds']:.2f} s]", file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        if old_term in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    elapsed = time.perf_counter() - started
+
+    link_squares(out, items, rows)
+    done = [rows[i.id] for i in items if i.id in rows]
+    try:
+        summary = write_summaries(out, done, notes, interrupted)
+        if report and not interrupted:
+            from .report import write_report
+
+            write_report(out)
+    except OSError as exc:
+        print(f"error: {out}: cannot write the summary ({exc})", file=sys.stderr)
+        return EXIT_OUTPUT
+    t = summary["totals"]
+    fresh = len(done) - (len(items) - len(todo))
+    rate = f", {fresh / elapsed:.2f} images/s" if fresh and elapsed > 0 else ""
+    print(f"ptolemy-rt batch: {t['ok']} ok, {t['empty']} empty, {t['failed']} failed of {len(items)} image(s) "
+          f"({len(items) - len(todo)} resumed{rate}); {t['squares']} squares, {t['holes']} holes; {out}/",
+          file=sys.stderr)
+    if interrupted:
+        print(f"interrupted: {len(done)} of {len(items)} done; rerun with --resume to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return worst_exit_code(r["exit_code"] if r["exit_code"] is not None else EXIT_OK for r in done)
+
+
+def _raise_interrupt(signum, frame):  # pragma: no cover - signal handler
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `ptolemy-rt batch` (argparse namespace from add_arguments)."""
+    return run_batch(args.paths, args.output, kind=None if args.kind == "auto" else args.kind,
+                     workers=args.workers, dask=args.dask, resume=args.resume, models=args.models,
+                     provider=args.provider, threads=args.threads, section=args.section,
+                     report=not args.no_report, progress=not args.no_progress, verbose=args.verbose,
+                     debug=args.debug)

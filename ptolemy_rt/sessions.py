@@ -1,0 +1,326 @@
+"""Finding the images of a session (EPU, Leginon, SerialEM, plain files) and which pipeline each one needs.
+
+An atlas (low mag) goes to `squares`, a grid-square image (medium mag) to `holes`. The kind is read from where
+the file sits and what is written beside it; nothing is guessed from pixels:
+
+- EPU: `Atlas/Atlas*.{mrc,jpg,...}` are atlases (the `Tile_*` pieces are not); `Images-Disc*/GridSquare_*/
+  GridSquare_*.{mrc,jpg,...}` are grid-square images (the `FoilHoles/` and `Data/` images below them are not
+  targeted). The `.xml` beside an image gives its stage position and pixel size.
+- Leginon `rawdata/`: the last preset label of the file name, `..._00012gr.mrc` (grid atlas) and
+  `..._00003sq.mrc` / `..._00003sq_v01.mrc` (square); hole and exposure images (`hl`, `ex`, `en`, `fc`, `fa`)
+  are not targeted and are left out.
+- SerialEM: the map items (`MapFile`) of a `.nav`; the `.mdoc` beside a map gives its magnification (an atlas at
+  or below LOW_MAG_MAX, a grid-square map above) and its pixel spacing.
+- Anything else: a name or folder containing "atlas" means an atlas; otherwise the kind is unknown and the image
+  fails with a message asking for `--kind`.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LOW_MAG_MAX",
+    "Item",
+    "discover",
+    "epu_metadata",
+    "kind_of",
+    "mdoc_metadata",
+    "nav_maps",
+]
+
+IMAGE_SUFFIXES = (".mrc", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# When a session saves one image twice (EPU: .mrc and .jpg), the first suffix in this order is used.
+_PREFERENCE = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
+# SerialEM atlases (LMM) are taken at tens to a few hundred x; grid-square maps (MMM) at about a thousand and up.
+LOW_MAG_MAX = 500.0
+_LEGINON = re.compile(r"_\d+([a-z]+)(?:_v\d+)?$", re.IGNORECASE)
+_LEGINON_KINDS = {"gr": "squares", "sq": "holes"}
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to process: where it is, its id (relative path, '/' separated), kind and session metadata."""
+
+    path: Path
+    id: str
+    kind: str | None
+    source: str
+    stage_xy_m: tuple[float, float] | None = None
+    pixel_size_m: float | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (paths as strings)."""
+        return {
+            "id": self.id,
+            "input": str(self.path),
+            "kind": self.kind,
+            "source": self.source,
+            "stage_xy_m": list(self.stage_xy_m) if self.stage_xy_m is not None else None,
+            "pixel_size_m": self.pixel_size_m,
+        }
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _find(root: ET.Element, *names: str) -> ET.Element | None:
+    """The first element reached by following local tag names (any XML namespace), depth-first."""
+    node = root
+    for name in names:
+        found = None
+        for child in node.iter():
+            if child is not node and _local(child.tag) == name:
+                found = child
+                break
+        if found is None:
+            return None
+        node = found
+    return node
+
+
+def _float(node: ET.Element | None) -> float | None:
+    if node is None or node.text is None:
+        return None
+    try:
+        value = float(node.text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def epu_metadata(xml_path: Path, image_width: int | None = None) -> tuple[tuple[float, float] | None, float | None]:
+    """Stage (X, Y) in metres and pixel size in metres from an EPU image .xml (None where absent or unreadable).
+
+    EPU's pixelSize is per pixel of the camera readout (ReadoutArea); a downscaled JPEG's pixel is larger by
+    readout width / image width, which needs `image_width`.
+    """
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError):
+        return None, None
+    stage = None
+    position = _find(root, "stage", "Position")
+    if position is not None:
+        x, y = _float(_find(position, "X")), _float(_find(position, "Y"))
+        if x is not None and y is not None:
+            stage = (x, y)
+    pixel = _float(_find(root, "pixelSize", "x", "numericValue"))
+    if pixel is not None and pixel <= 0:
+        pixel = None
+    readout = _float(_find(root, "ReadoutArea", "width"))
+    if pixel is not None and image_width and readout and readout > 0:
+        pixel *= readout / image_width
+    return stage, pixel
+
+
+def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
+    """Magnification and PixelSpacing (Å) from the first section of a SerialEM .mdoc that has them."""
+    found: dict[str, float] = {}
+    try:
+        text = mdoc_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if sep and key in ("Magnification", "PixelSpacing") and key not in found:
+            try:
+                found[key] = float(value.split()[0])
+            except (ValueError, IndexError):
+                pass
+    return found
+
+
+def nav_maps(nav_path: Path) -> list[Path]:
+    """The map image files (`MapFile`) of a SerialEM .nav, resolved beside the .nav when the stored path is gone."""
+    try:
+        text = nav_path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InputError(f"{nav_path}: cannot read the navigator file ({exc})") from None
+    if not text.lstrip().startswith("AdocVersion"):
+        raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line)")
+    maps: list[Path] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "MapFile":
+            stored = value.strip()
+            # Navigators are often moved from the acquisition PC: fall back to the file name beside the .nav.
+            name = stored.replace("\\", "/").rsplit("/", 1)[-1]
+            candidates = [Path(stored), nav_path.parent / stored, nav_path.parent / name]
+            path = next((c for c in candidates if c.is_file()), candidates[-1])
+            if path not in maps:
+                maps.append(path)
+    return maps
+
+
+def kind_of(path: Path) -> tuple[str | None, str, str | None]:
+    """(kind or None, session source, note) for one image file, from its place and the files beside it."""
+    parts = [p.lower() for p in path.parts[:-1]]
+    stem = path.stem
+    lower = stem.lower()
+    if "atlas" in parts or lower.startswith("atlas"):
+        if lower.startswith("tile_"):
+            return None, "epu", "an EPU atlas tile (the stitched Atlas image is used)"
+        return "squares", "epu" if "atlas" in parts else "file", None
+    if lower.startswith("gridsquare_") and any(p.startswith("gridsquare_") for p in parts):
+        return "holes", "epu", None
+    if any(p == "foilholes" or p == "data" for p in parts) and any(p.startswith("gridsquare_") for p in parts):
+        return None, "epu", "an EPU hole or exposure image (not targeted)"
+    mdoc = path.with_name(path.name + ".mdoc")
+    if mdoc.is_file():
+        meta = mdoc_metadata(mdoc)
+        if "Magnification" in meta:
+            return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
+    match = _LEGINON.search(stem)
+    if match and ("rawdata" in parts or path.suffix.lower() == ".mrc"):
+        label = match.group(1).lower()
+        if label in _LEGINON_KINDS:
+            return _LEGINON_KINDS[label], "leginon", None
+        if "rawdata" in parts:
+            return None, "leginon", f"a Leginon '{label}' image (only 'gr' atlases and 'sq' squares are targeted)"
+    return None, "file", None
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _session_files(directory: Path) -> list[Path]:
+    """The images of a directory tree worth considering (EPU sub-images and tiles included; kind_of sorts them)."""
+    navs = sorted(directory.rglob("*.nav"))
+    if navs:
+        files: list[Path] = []
+        for nav in navs:
+            files.extend(nav_maps(nav))
+        return files
+    return sorted(p for p in directory.rglob("*") if _is_image(p))
+
+
+def _expand(arg: str) -> list[Path]:
+    path = Path(arg)
+    if path.exists():
+        if path.is_dir():
+            return _session_files(path)
+        if path.suffix.lower() == ".nav":
+            return nav_maps(path)
+        return [path]
+    if _GLOB_CHARS & set(arg):
+        matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
+        if not matches:
+            raise InputError(f"{arg}: no file matches this pattern")
+        out: list[Path] = []
+        for m in matches:
+            out.extend(_expand(str(m)) if m.is_dir() or m.suffix.lower() == ".nav" else [m])
+        return out
+    raise InputError(f"{arg}: no such file or directory")
+
+
+def _dedupe_formats(paths: Sequence[Path]) -> list[Path]:
+    """Keep one file per (folder, stem) when a session saved the same image as .mrc and .jpg."""
+    best: dict[tuple[Path, str], Path] = {}
+    for p in paths:
+        key = (p.parent, p.stem)
+        old = best.get(key)
+        if old is None or _PREFERENCE.get(p.suffix.lower(), 99) < _PREFERENCE.get(old.suffix.lower(), 99):
+            best[key] = p
+    return [p for p in paths if best[(p.parent, p.stem)] == p]
+
+
+def _image_width(path: Path) -> int | None:
+    """The width in pixels, read from the file's header only (MRC, PNG, JPEG); None when it cannot be read."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".mrc":
+            import mrcfile
+
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                return int(mrc.header.nx)
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            return int.from_bytes(head[16:20], "big")
+        if head[:2] == b"\xff\xd8":
+            i = 2
+            while i + 9 < len(head) and head[i] == 0xFF:
+                marker, length = head[i + 1], int.from_bytes(head[i + 2:i + 4], "big")
+                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    return int.from_bytes(head[i + 7:i + 9], "big")  # SOF: precision, height, width
+                i += 2 + length
+    except Exception:  # noqa: BLE001 - metadata is optional: an unreadable file fails later, with its own message
+        return None
+    return None
+
+
+def discover(paths: Iterable[str], kind: str | None = None) -> tuple[list[Item], list[str]]:
+    """Expand files, globs, session folders and .nav files into Items (sorted by id) and notes on what was left out.
+
+    kind: "squares" or "holes" for every image, overriding what the session says; None: from the session.
+    """
+    files: list[Path] = []
+    for arg in paths:
+        files.extend(_expand(str(arg)))
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for f in files:
+        r = f.resolve()
+        if r not in seen:
+            seen.add(r)
+            unique.append(r)
+    unique = _dedupe_formats(unique)
+    if not unique:
+        raise InputError("no images found in " + ", ".join(str(p) for p in paths))
+    root = Path(os.path.commonpath([str(p.parent) for p in unique]))
+    items: list[Item] = []
+    left_out: dict[str, int] = {}
+    for p in unique:
+        detected, source, note = kind_of(p)
+        if detected is None and note is not None and kind is None:
+            left_out[note] = left_out.get(note, 0) + 1
+            continue
+        if detected is None and note is not None and source == "epu":
+            left_out[note] = left_out.get(note, 0) + 1  # --kind does not turn EPU tiles or exposures into targets
+            continue
+        stage = pixel = None
+        xml = p.with_suffix(".xml")
+        if xml.is_file():
+            stage, pixel = epu_metadata(xml, _image_width(p))
+        ident = p.relative_to(root).as_posix()
+        items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
+                          pixel_size_m=pixel))
+    notes = [f"left out {n} image(s): {why}" for why, n in sorted(left_out.items())]
+    return sorted(items, key=lambda i: i.id), notes
+
+
+def stage_to_pixel(stage_xy_m: tuple[float, float], centre_xy_m: tuple[float, float], pixel_size_m: float,
+                   shape: tuple[int, int]) -> tuple[float, float]:
+    """Stage (X, Y) in metres to (x, y) pixels of an image centred at `centre_xy_m` (stage y up, image y down).
+
+    Assumes the image is not rotated against the stage, as in our synthetic sessions; a real EPU atlas needs the
+    atlas-to-stage transform of its Atlas.dm, which is not read here.
+    """
+    rows, cols = shape
+    x = (cols - 1) / 2 + (stage_xy_m[0] - centre_xy_m[0]) / pixel_size_m
+    y = (rows - 1) / 2 - (stage_xy_m[1] - centre_xy_m[1]) / pixel_size_m
+    return x, y
+
+
+def pixel_to_stage(xy: tuple[float, float], centre_xy_m: tuple[float, float], pixel_size_m: float,
+                   shape: tuple[int, int]) -> tuple[float, float]:
+    """The inverse of stage_to_pixel."""
+    rows, cols = shape
+    return (centre_xy_m[0] + (xy[0] - (cols - 1) / 2) * pixel_size_m,
+            centre_xy_m[1] - (xy[1] - (rows - 1) / 2) * pixel_size_m)
