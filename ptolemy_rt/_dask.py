@@ -29,7 +29,7 @@ def dask_results(items: list[Item], config: BatchConfig, address: str,
                  failed: Callable[[Item, BaseException], tuple[dict, dict]]) -> Iterator[tuple[dict, dict]]:
     """Submit one task per image to the scheduler at `address`; yield (row, files) as tasks finish."""
     try:
-        client = Client(address, timeout="30s")
+        client = Client(address, timeout="10s")
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
     try:

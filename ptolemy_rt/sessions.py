@@ -224,7 +224,12 @@ def _expand(arg: str) -> list[Path]:
             raise InputError(f"{arg}: no file matches this pattern")
         out: list[Path] = []
         for m in matches:
-            out.extend(_expand(str(m)) if m.is_dir() or m.suffix.lower() == ".nav" else [m])
+            if m.is_dir() or m.suffix.lower() == ".nav":
+                out.extend(_expand(str(m)))
+            elif _is_image(m):  # a pattern also matches notes and metadata: only images are taken
+                out.append(m)
+        if not out:
+            raise InputError(f"{arg}: no image matches this pattern")
         return out
     raise InputError(f"{arg}: no such file or directory")
 

@@ -1,0 +1,367 @@
+"""ptolemy-rt batch: discovery of sessions, kinds, resume, failures, exit codes, the pool and Dask end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt.batch import BatchConfig, process_one, run_batch, worst_exit_code
+from ptolemy_rt.errors import InputError
+from ptolemy_rt.sessions import (
+    discover,
+    epu_metadata,
+    kind_of,
+    nav_maps,
+    pixel_to_stage,
+    stage_to_pixel,
+)
+from ptolemy_rt.synthetic_session import epu_xml, make_epu_session
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_EPU = REPO.parent / "shared" / "real-epu"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    deps = REPO / ".deps"  # a developer's private install of the optional extras (never in CI's venv)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *([str(deps)] if deps.is_dir() else []),
+                                         env.get("PYTHONPATH", "")])
+    return env
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ptolemy_rt", "batch", *args], check=False, capture_output=True,
+                          text=True, env=_env(), timeout=900, **kw)
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+
+def test_epu_layout_kinds_ids_and_left_out(tmp_path):
+    root = tmp_path / "session"
+    _touch(root / "Atlas" / "Atlas_1.mrc")
+    _touch(root / "Atlas" / "Tile_1_2.mrc")
+    gs = root / "Images-Disc1" / "GridSquare_17"
+    _touch(gs / "GridSquare_20250101_1200.jpg")
+    _touch(gs / "GridSquare_20250101_1200.mrc")  # the same image twice: the MRC is used
+    (gs / "GridSquare_20250101_1200.xml").write_text(epu_xml((1e-4, -2e-4), 5e-9, (2048, 2880)))
+    _touch(gs / "FoilHoles" / "FoilHole_1_20250101.jpg")
+    _touch(gs / "Data" / "FoilHole_1_Data_2_3.mrc")
+    items, notes = discover([str(root)])
+    assert [(i.id, i.kind, i.source) for i in items] == [
+        ("Atlas/Atlas_1.mrc", "squares", "epu"),
+        ("Images-Disc1/GridSquare_17/GridSquare_20250101_1200.mrc", "holes", "epu"),
+    ]
+    assert items[1].stage_xy_m == (1e-4, -2e-4)
+    assert len(notes) == 2 and any("atlas tile" in n for n in notes) and any("exposure" in n for n in notes)
+    # --kind overrides the detected kind but does not turn tiles or exposures into targets.
+    forced, _ = discover([str(root)], kind="holes")
+    assert [i.kind for i in forced] == ["holes", "holes"]
+
+
+def test_leginon_rawdata_presets(tmp_path):
+    raw = tmp_path / "22jan01a" / "rawdata"
+    names = ["22jan01a_00004gr.mrc", "22jan01a_00004gr_00012sq.mrc", "22jan01a_00004gr_00012sq_v01.mrc",
+             "22jan01a_00004gr_00012sq_00003hl.mrc", "22jan01a_00004gr_00012sq_00003hl_00002ex.mrc"]
+    for n in names:
+        _touch(raw / n)
+    items, notes = discover([str(raw)])
+    assert {i.path.name: i.kind for i in items} == {names[0]: "squares", names[1]: "holes", names[2]: "holes"}
+    assert all(i.source == "leginon" for i in items)
+    assert sum(int(n.split()[2]) for n in notes) == 2
+
+
+def test_serialem_nav_and_mdoc(tmp_path):
+    _touch(tmp_path / "LMM.mrc")
+    (tmp_path / "LMM.mrc.mdoc").write_text("PixelSpacing = 1234.5\n[ZValue = 0]\nMagnification = 135\n")
+    _touch(tmp_path / "MMM.mrc")
+    (tmp_path / "MMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 4800\nPixelSpacing = 80\n")
+    _touch(tmp_path / "stray.mrc")  # not in the navigator: not taken
+    nav = tmp_path / "nav.nav"
+    # A navigator moved from the acquisition PC: the stored Windows paths are gone, the names are beside it.
+    nav.write_text("AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapFile = X:\\data\\LMM.mrc\n\n"
+                   "[Item = 2]\nType = 2\nMapFile = X:\\data\\MMM.mrc\n[Item = 3]\nType = 0\n")
+    assert [p.name for p in nav_maps(nav)] == ["LMM.mrc", "MMM.mrc"]
+    for arg in (str(nav), str(tmp_path)):
+        items, _ = discover([arg])
+        assert [(i.id, i.kind, i.source) for i in items] == [("LMM.mrc", "squares", "serialem"),
+                                                            ("MMM.mrc", "holes", "serialem")]
+    bad = _touch(tmp_path / "other" / "x.nav", b"not a navigator")
+    with pytest.raises(InputError, match="x.nav"):
+        discover([str(bad)])
+
+
+def test_globs_plain_files_and_bad_arguments(tmp_path):
+    _touch(tmp_path / "a" / "one.png")
+    _touch(tmp_path / "b" / "two.tif")
+    _touch(tmp_path / "b" / "notes.txt")
+    items, _ = discover([str(tmp_path / "*" / "*.*")])
+    assert [(i.id, i.kind) for i in items] == [("a/one.png", None), ("b/two.tif", None)]
+    assert kind_of(tmp_path / "atlas_3.mrc")[0] == "squares"
+    with pytest.raises(InputError, match="no file matches"):
+        discover([str(tmp_path / "*.mrc")])
+    with pytest.raises(InputError, match="no such file"):
+        discover([str(tmp_path / "missing.mrc")])
+
+
+def test_unknown_kind_is_a_recorded_failure_with_exit_2(tmp_path):
+    path = _touch(tmp_path / "image.png")
+    items, _ = discover([str(path)])
+    row, files = process_one(items[0], BatchConfig(None, "cpu", 1, None))
+    assert row["status"] == "error" and row["exit_code"] == 2 and "--kind" in row["error"]
+    assert str(path) in row["error"] and files == {}
+
+
+@pytest.mark.skipif(not (REAL_EPU / "smartem_gs8999138.xml").is_file(), reason="../shared/real-epu not present")
+def test_real_epu_xml_pixel_size_scaled_to_the_jpeg():
+    stage, pixel = epu_metadata(REAL_EPU / "smartem_gs8999138.xml", image_width=512)
+    assert stage == pytest.approx((-9.8805664700000079e-05, -0.00016471620799999985))
+    assert pixel == pytest.approx(4.1562760344504568e-08 * 2880 / 512)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(-5e-4, 5e-4), st.floats(-5e-4, 5e-4), st.floats(1e-9, 1e-5), st.integers(1, 9000),
+       st.integers(1, 9000), st.floats(-1e4, 1e4), st.floats(-1e4, 1e4))
+def test_stage_pixel_round_trip(cx, cy, pixel, rows, cols, x, y):
+    stage = pixel_to_stage((x, y), (cx, cy), pixel, (rows, cols))
+    back = stage_to_pixel(stage, (cx, cy), pixel, (rows, cols))
+    assert back == pytest.approx((x, y), abs=1e-6 * max(1.0, abs(x), abs(y)))
+    # Stage y points up, image rows down.
+    below = pixel_to_stage((x, y + 1), (cx, cy), pixel, (rows, cols))
+    assert below[1] < stage[1]
+
+
+def test_xml_written_by_the_generator_reads_back(tmp_path):
+    xml = tmp_path / "g.xml"
+    xml.write_text(epu_xml((1.5e-5, -3.25e-6), 2.5e-9, (2048, 2880)))
+    assert epu_metadata(xml, image_width=1440) == ((1.5e-5, -3.25e-6), pytest.approx(5e-9))
+    assert epu_metadata(xml) == ((1.5e-5, -3.25e-6), 2.5e-9)
+    assert epu_metadata(_touch(tmp_path / "bad.xml", b"<a><b>")) == (None, None)
+
+
+def test_worst_exit_code_order():
+    assert worst_exit_code([]) == 0
+    assert worst_exit_code([0, 2, 0]) == 2
+    assert worst_exit_code([2, 3]) == 3
+    assert worst_exit_code([3, 4, 2]) == 4
+    assert worst_exit_code([2, 70, 3]) == 70
+    assert worst_exit_code([1, 3]) == 1
+    assert worst_exit_code([1, 130, 2]) == 130
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def small_session(tmp_path_factory) -> Path:
+    """An EPU-like session small enough for the default test run: 1 atlas, 3 squares, 1 image each (512x720)."""
+    root = tmp_path_factory.mktemp("epu_small")
+    make_epu_session(root, n_squares=3, per_square=1, seed=3, medmag_shape=(512, 720))
+    return root
+
+
+def _mtimes(outdir: Path) -> dict[str, int]:
+    return {str(p.relative_to(outdir)): p.stat().st_mtime_ns for p in sorted((outdir / "results").rglob("*.json"))}
+
+
+def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
+    out = tmp_path / "out"
+    r = _cli(str(small_session), "-o", str(out), "--workers", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["totals"]["images"] == 4 and summary["totals"]["failed"] == 0
+    assert summary["totals"]["atlases"] == 1 and summary["totals"]["grid_square_images"] == 3
+    rows = {row["id"]: row for row in summary["images"]}
+    for row in rows.values():
+        assert (out / "results" / f"{row['id']}.json").is_file() and (out / "images" / f"{row['id']}.png").is_file()
+        assert row["status"] in ("ok", "empty") and len(row["sha256"]) == 64
+    holes = [row for row in rows.values() if row["kind"] == "holes"]
+    # The grid-square images sit on atlas squares (stage positions in their .xml): each one is linked.
+    truth = json.loads((small_session / "truth.json").read_text())
+    assert all(row["atlas_square"] is not None for row in holes) and len(truth["squares"]) == 3
+    # Pixel size from the .xml (readout pixel x readout/JPEG width), so spacing in Å is known.
+    assert all(row["pixel_size_A"] and row["spacing_A"] for row in holes if row["status"] == "ok")
+    csv_lines = (out / "summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("id,input,kind,status,exit_code,count,best_score")
+    assert (out / "index.html").is_file()
+
+    # Resume: nothing recomputed, same summaries byte for byte.
+    before = _mtimes(out)
+    first_json, first_csv = (out / "summary.json").read_bytes(), (out / "summary.csv").read_bytes()
+    r = _cli(str(small_session), "-o", str(out), "--resume", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "(4 resumed" in r.stderr
+    assert _mtimes(out) == before
+    assert (out / "summary.json").read_bytes() == first_json and (out / "summary.csv").read_bytes() == first_csv
+
+    # A changed input is redone; a corrupt one is recorded, the batch goes on, and the exit code says so.
+    image = small_session / holes[0]["id"]
+    original = image.read_bytes()
+    try:
+        image.write_bytes(b"\xff\xd8 not a jpeg")
+        r = _cli(str(small_session), "-o", str(out), "--resume", "--workers", "1")
+    finally:
+        image.write_bytes(original)
+    assert r.returncode == 2, r.stderr
+    assert "(3 resumed" in r.stderr and holes[0]["id"] in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    bad = next(row for row in summary["images"] if row["id"] == holes[0]["id"])
+    assert bad["status"] == "error" and bad["exit_code"] == 2 and str(image) in bad["error"]
+    assert summary["totals"]["failed"] == 1 and summary["totals"]["ok"] + summary["totals"]["empty"] == 3
+    # Restored: the failed image runs again and the summary is the first one again.
+    r = _cli(str(small_session), "-o", str(out), "--resume", "--workers", "1")
+    assert r.returncode == 0 and "(3 resumed" in r.stderr
+    assert (out / "summary.json").read_bytes() == first_json
+
+
+def test_usage_errors(small_session, tmp_path):
+    a_file = _touch(tmp_path / "file")
+    r = _cli(str(small_session), "-o", str(a_file))
+    assert r.returncode == 2 and "not a folder" in r.stderr
+    r = _cli(str(tmp_path / "nothing-*.mrc"), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no file matches" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli(str(small_session), "-o", str(tmp_path / "o"), "--workers", "0")
+    assert r.returncode == 2 and "--workers" in r.stderr
+    r = _cli(str(small_session), "-o", str(tmp_path / "o"), "--models", str(tmp_path))
+    assert r.returncode == 3 and "manifest" in r.stderr
+
+
+def test_model_set_loaded_once_per_worker(small_session, tmp_path, monkeypatch):
+    """In one process (--workers 1) every image reuses the same ModelSet (models.load_models caches it)."""
+    from ptolemy_rt import models
+
+    created = []
+    real = models.ModelSet.__init__
+
+    def counting(self, *a, **kw):
+        created.append(1)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(models.ModelSet, "__init__", counting)
+    monkeypatch.setattr(models, "_CACHE", {})
+    code = run_batch([str(small_session)], tmp_path / "o", workers=1, threads=1, report=False, progress=False)
+    assert code == 0
+    assert len(created) == 2  # one in the up-front check (default threads), one for the worker's thread count
+
+
+# ----------------------------------------------------------------------------------------------- slow: the issue
+
+
+@pytest.fixture(scope="module")
+def full_session(tmp_path_factory) -> Path:
+    """The issue's synthetic EPU session: 1 atlas, 20 grid squares, 40 grid-square images (1024x1440)."""
+    root = tmp_path_factory.mktemp("epu_full")
+    info = make_epu_session(root, n_squares=20, per_square=2, seed=0)
+    assert len(info["squares"]) == 20 and sum(len(s["images"]) for s in info["squares"]) == 40
+    return root
+
+
+def _kill_midway(cmd_args: list[str], outdir: Path, after: int) -> int:
+    """Start a batch, SIGKILL its whole process group once `after` images are recorded; return how many were."""
+    proc = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", "batch", *cmd_args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    state = outdir / ".state"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            done = len(list(state.rglob("*.json"))) if state.is_dir() else 0
+            if done >= after or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the batch ended before it could be killed: {proc.stderr.read()}"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    return len(list(state.rglob("*.json")))
+
+
+def _state_snapshot(outdir: Path) -> dict[str, tuple[int, bytes]]:
+    """mtime and bytes of every finished image's files (results and state)."""
+    snap = {}
+    for sub in (".state", "results"):
+        for p in (outdir / sub).rglob("*.json"):
+            snap[str(p.relative_to(outdir))] = (p.stat().st_mtime_ns, p.read_bytes())
+    return snap
+
+
+def _check_resumed(outdir: Path, before: dict, stderr: str, n_done: int) -> None:
+    after = _state_snapshot(outdir)
+    # Nothing recomputed: every file of an image finished before the kill is untouched.
+    finished = {k: v for k, v in before.items() if k.startswith(".state")}
+    assert len(finished) >= n_done
+    for key, value in before.items():
+        if key.startswith(".state") or key.replace("results/", ".state/", 1) in finished:
+            assert after[key] == value, key
+    assert f"({len(finished)} resumed" in stderr
+
+
+@pytest.mark.slow
+def test_full_session_pool_kill_resume_and_dask(full_session, tmp_path):
+    """The issue's done-means: the session end to end, killed midway and resumed, and the same on Dask."""
+    args = ["--threads", "1", "--no-report"]
+    plain = tmp_path / "plain"
+    r = _cli(str(full_session), "-o", str(plain), "--workers", "2", *args)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((plain / "summary.json").read_text())
+    t = summary["totals"]
+    assert (t["images"], t["atlases"], t["grid_square_images"], t["failed"]) == (41, 1, 40, 0)
+    assert t["squares"] > 20 and t["holes"] > 40
+    linked = {tuple(r["atlas_square"]) for r in summary["images"] if r["kind"] == "holes" and r["atlas_square"]}
+    assert len(linked) == 20  # each grid-square folder sits on its own atlas square
+
+    def without_seconds(path: Path) -> list[list[str]]:
+        lines = [line.split(",") for line in path.read_text().splitlines()]
+        col = lines[0].index("seconds")
+        return [line[:col] + line[col + 1:] for line in lines]
+
+    # Killed in the middle, then resumed: nothing recomputed, nothing lost, the same summary.
+    killed = tmp_path / "killed"
+    n = _kill_midway([str(full_session), "-o", str(killed), "--workers", "2", *args], killed, after=12)
+    assert 12 <= n < 41
+    before = _state_snapshot(killed)
+    r = _cli(str(full_session), "-o", str(killed), "--workers", "2", "--resume", *args)
+    assert r.returncode == 0, r.stderr
+    _check_resumed(killed, before, r.stderr, n)
+    assert (killed / "summary.json").read_bytes() == (plain / "summary.json").read_bytes()
+    assert without_seconds(killed / "summary.csv") == without_seconds(plain / "summary.csv")
+
+    # The same on a Dask LocalCluster of 2 worker processes, killed midway and resumed there too.
+    distributed = pytest.importorskip("distributed", reason="the dask extra is not installed "
+                                      "(pip install 'ptolemy-rt[dask]')")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        address = cluster.scheduler_address
+        on_dask = tmp_path / "dask"
+        n = _kill_midway([str(full_session), "-o", str(on_dask), "--dask", address, *args], on_dask, after=12)
+        before = _state_snapshot(on_dask)
+        r = _cli(str(full_session), "-o", str(on_dask), "--dask", address, "--resume", *args)
+        assert r.returncode == 0, r.stderr
+        _check_resumed(on_dask, before, r.stderr, n)
+    assert (on_dask / "summary.json").read_bytes() == (plain / "summary.json").read_bytes()
+    assert without_seconds(on_dask / "summary.csv") == without_seconds(plain / "summary.csv")
+    for row in summary["images"]:
+        a = (plain / "results" / f"{row['id']}.json").read_bytes()
+        assert a == (on_dask / "results" / f"{row['id']}.json").read_bytes() == \
+            (killed / "results" / f"{row['id']}.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_dask_unreachable_scheduler_is_a_usage_error(small_session, tmp_path):
+    pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'ptolemy-rt[dask]')")
+    r = _cli(str(small_session), "-o", str(tmp_path / "o"), "--dask", "tcp://127.0.0.1:9", "--no-report")
+    assert r.returncode == 2 and "cannot reach the scheduler" in r.stderr

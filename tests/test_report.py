@@ -1,0 +1,136 @@
+"""The batch report: a static page whose squares link to their holes views, checked as HTML and in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from ptolemy_rt.batch import run_batch
+from ptolemy_rt.report import render_report, score_colour, write_report
+from ptolemy_rt.synthetic_session import make_epu_session
+
+
+@pytest.fixture(scope="module")
+def batch_dir(tmp_path_factory) -> Path:
+    """A finished batch over a small synthetic EPU session (1 atlas, 3 squares with 2 images each)."""
+    session = tmp_path_factory.mktemp("epu_report")
+    make_epu_session(session, n_squares=3, per_square=2, seed=5, medmag_shape=(512, 720))
+    out = tmp_path_factory.mktemp("report_out")
+    assert run_batch([str(session)], out, workers=1, threads=1, progress=False) == 0
+    return out
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.square_hrefs: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "a" and "square" in (a.get("class") or "").split():
+            self.square_hrefs.append(a["href"])
+        if tag == "image":
+            self.images.append(a["href"])
+        for key in ("href", "src"):
+            if a.get(key):
+                self.urls.append(a[key])
+
+
+def test_score_colour():
+    assert score_colour(None) == score_colour(float("nan")) == "#999999"
+    assert score_colour(0.0) == "#440154" and score_colour(1.0) == "#fde725"
+    assert score_colour(-3) == score_colour(0.0) and score_colour(7) == score_colour(1.0)
+    assert re.fullmatch(r"#[0-9a-f]{6}", score_colour(0.37))
+
+
+def test_page_links_counts_and_local_files(batch_dir):
+    text = (batch_dir / "index.html").read_text(encoding="utf-8")
+    summary = json.loads((batch_dir / "summary.json").read_text())
+    page = _Collect()
+    page.feed(text)
+    # The square count shown is summary.json's, and every square is drawn as a link.
+    shown = re.search(r'id="n-squares" data-count="(\d+)"', text)
+    assert shown and int(shown.group(1)) == summary["totals"]["squares"] == len(page.square_hrefs) > 0
+    # Every link inside the page has its target; squares with images show those images' holes.
+    for href in page.urls:
+        if href.startswith("#"):
+            assert href[1:] in page.ids, href
+    for row in summary["images"]:
+        if row["kind"] == "holes" and row["atlas_square"]:
+            view = f'id="sq-0-{row["atlas_square"][1]}"'
+            section = text[text.index(view):text.index("</section>", text.index(view))]
+            assert f"images/{row['id']}.png" in section
+            assert section.count('class="hole"') >= row["count"] > 0 or row["count"] == 0
+    # Nothing from the network: every resource is a file beside the page.
+    assert not [u for u in page.urls if re.match(r"^[a-z]+://", u) or u.startswith("//")]
+    for href in page.images:
+        assert (batch_dir / href).is_file(), href
+    assert "script" in page.tags and "<link" not in text and 'src="http' not in text
+    # Sortable tables of images and squares.
+    assert 'id="images-table"' in text and 'id="squares-table"' in text
+
+
+def test_report_is_deterministic_and_escapes(batch_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(batch_dir, copy)
+    assert render_report(copy) == (batch_dir / "index.html").read_text(encoding="utf-8")
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["notes"] = ['<script>alert("x")</script>']
+    summary["images"][0]["error"] = "<b>bad</b>"
+    (copy / "summary.json").write_text(json.dumps(summary))
+    text = write_report(copy).read_text(encoding="utf-8")
+    assert '<script>alert("x")' not in text and "&lt;script&gt;" in text and "<b>bad</b>" not in text
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", *args],
+                              check=False, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(batch_dir, tmp_path):
+    """Loads without script errors, shows summary.json's square count, and a click on a square shows its holes."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium); the browser test needs one")
+    url = (batch_dir / "index.html").resolve().as_uri() + "?selftest=1"
+    r = _headless(browser, "--virtual-time-budget=10000", "--dump-dom", url)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = re.search(r'<pre id="selftest"[^>]*>(.*?)</pre>', r.stdout, re.DOTALL)
+    assert found and found.group(1), "the page's self-test did not run: " + r.stdout[-2000:]
+    res = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    summary = json.loads((batch_dir / "summary.json").read_text())
+    assert res["errors"] == [] and re.search(r'<ul id="errors">\s*</ul>', r.stdout)
+    assert res["squares_shown"] == summary["totals"]["squares"] == res["square_links"]
+    assert res["clicked"].startswith("#sq-") and res["hash"] == res["clicked"]
+    assert res["visible"] is True and res["holes"] > 0
+    assert res["images"] > 0 and res["images_failed"] == []
+    # The page renders (a blank page is a few kB of white), screenshot kept under the test's tmp_path.
+    shot = tmp_path / "report.png"
+    r = _headless(browser, "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=10000",
+                  f"--screenshot={shot}", (batch_dir / "index.html").resolve().as_uri())
+    assert r.returncode == 0 and shot.stat().st_size > 50_000
