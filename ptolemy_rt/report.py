@@ -1,6 +1,6 @@
 """A static HTML report of a batch folder (`OUTDIR/index.html`): opens from the file system, no server, no CDN.
 
-It reads what the batch wrote (summary.json, results/<id>.json, images/<id>.png) and draws, in inline SVG over
+It reads what the batch wrote (summary.json, results/<id>.json, images/<id>.jpg) and draws, in inline SVG over
 the preview images beside the page: each atlas with its squares coloured by score, each square a link to a view
 of its grid-square images with their holes drawn (a `:target` section: plain anchors, no script needed), the
 summary figures, histograms of square scores, hole scores and hole spacings, and sortable tables.
@@ -64,7 +64,7 @@ def _holes_svg(row: dict, result: dict) -> str:
         circles.append(f'<circle class="hole" cx="{t["x"]:.1f}" cy="{t["y"]:.1f}" r="{r:.1f}" '
                        f'stroke="{score_colour(t.get("score"))}"><title>hole {rank + 1}: score '
                        f'{_fmt(t.get("score"))}</title></circle>')
-    return _svg_image(f"images/{row['id']}.png", row["rows"], row["cols"], "".join(circles), "holes")
+    return _svg_image(f"images/{row['id']}.jpg", row["rows"], row["cols"], "".join(circles), "holes")
 
 
 def _histogram(values: list[float], title: str, unit: str, lo: float | None = None, hi: float | None = None,
@@ -168,7 +168,7 @@ def render_report(outdir: str | Path) -> str:
             poly = (f'<polygon points="{_pts(t["vertices"])}" fill="{colour}" stroke="{colour}">'
                     f'<title>{_e(tip)}</title></polygon>')
             shapes.append(f'<a class="square" href="#sq-{a_n}-{k}" data-linked="{1 if n_linked else 0}">{poly}</a>')
-        svg = _svg_image(f"images/{r['id']}.png", r["rows"], r["cols"], "".join(shapes), "atlas")
+        svg = _svg_image(f"images/{r['id']}.jpg", r["rows"], r["cols"], "".join(shapes), "atlas")
         atlas_html.append(f'<figure class="atlas-fig"><figcaption>{_e(r["id"])}: {len(targets)} squares '
                           f'(click one to see its grid-square images)</figcaption>{svg}</figure>')
     legend = ('<div class="legend">score <span>0</span><span class="bar"></span><span>1</span> '

@@ -73,7 +73,7 @@ def test_page_links_counts_and_local_files(batch_dir):
         if row["kind"] == "holes" and row["atlas_square"]:
             view = f'id="sq-0-{row["atlas_square"][1]}"'
             section = text[text.index(view):text.index("</section>", text.index(view))]
-            assert f"images/{row['id']}.png" in section
+            assert f"images/{row['id']}.jpg" in section
             assert section.count('class="hole"') >= row["count"] > 0 or row["count"] == 0
     # Nothing from the network: every resource is a file beside the page.
     assert not [u for u in page.urls if re.match(r"^[a-z]+://", u) or u.startswith("//")]
