@@ -296,6 +296,14 @@ class Progress:
         sys.stderr.write(f"\rptolemy-rt batch: {self.done}/{self.total} images, {rate:.2f} img/s, ETA {eta_text}  ")
         sys.stderr.flush()
 
+    def write(self, message: str) -> None:
+        """Print a line on stderr without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+            return
+        sys.stderr.write(("\n" if self.enabled and self.done else "") + message + "\n")
+        sys.stderr.flush()
+
     def close(self) -> None:
         """Finish the line."""
         if self._bar is not None:
@@ -504,10 +512,9 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
             rows[item.id] = row
             bar.update(failed=row["status"] == "error")
             if verbose or row["status"] == "error":
-                bar_safe = "\n" if bar.enabled and bar._bar is None else ""
                 message = row["error"] or f"{row['count']} {item.kind}" + (f" ({row['reason']})" if row["reason"]
                                                                            else "")
-                print(f"{bar_safe}{item.id}: {message} [{row['seconds']:.2f} s]", file=sys.stderr)
+                bar.write(f"{item.id}: {message} [{row['seconds']:.2f} s]")
     except KeyboardInterrupt:
         interrupted = True
     finally:
