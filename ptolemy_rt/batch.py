@@ -462,7 +462,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         raise UsageError(f"--threads {threads}: give at least 1")
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
-    items, notes = discover(paths, kind=kind)
+    items, notes = discover(paths, kind=kind, exclude=out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".ptolemy-rt-write-test"

@@ -270,18 +270,23 @@ def _image_width(path: Path) -> int | None:
     return None
 
 
-def discover(paths: Iterable[str], kind: str | None = None) -> tuple[list[Item], list[str]]:
+def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.PathLike | None = None
+             ) -> tuple[list[Item], list[str]]:
     """Expand files, globs, session folders and .nav files into Items (sorted by id) and notes on what was left out.
 
     kind: "squares" or "holes" for every image, overriding what the session says; None: from the session.
+    exclude: a folder whose files are never inputs (the batch's own output folder, which may sit in the session).
     """
     files: list[Path] = []
     for arg in paths:
         files.extend(_expand(str(arg)))
+    skip = Path(exclude).resolve() if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []
     for f in files:
         r = f.resolve()
+        if skip is not None and r.is_relative_to(skip):
+            continue
         if r not in seen:
             seen.add(r)
             unique.append(r)

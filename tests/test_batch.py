@@ -69,6 +69,9 @@ def test_epu_layout_kinds_ids_and_left_out(tmp_path):
     ]
     assert items[1].stage_xy_m == (1e-4, -2e-4)
     assert len(notes) == 2 and any("atlas tile" in n for n in notes) and any("exposure" in n for n in notes)
+    # A batch's output folder inside the session (its previews mirror the session's names) is never an input.
+    _touch(root / "out" / "images" / "Images-Disc1" / "GridSquare_17" / "GridSquare_20250101_1200.mrc.jpg")
+    assert [i.id for i in discover([str(root)], exclude=root / "out")[0]] == [i.id for i in items]
     # --kind overrides the detected kind but does not turn tiles or exposures into targets.
     forced, _ = discover([str(root)], kind="holes")
     assert [i.kind for i in forced] == ["holes", "holes"]
