@@ -73,7 +73,7 @@ def test_epu_layout_kinds_ids_and_left_out(tmp_path):
     _touch(root / "out" / "images" / "Images-Disc1" / "GridSquare_17" / "GridSquare_20250101_1200.mrc.jpg")
     assert [i.id for i in discover([str(root)], exclude=root / "out")[0]] == [i.id for i in items]
     # --kind overrides the detected kind but does not turn tiles or exposures into targets.
-    forced, _ = discover([str(root)], kind="holes")
+    forced, _ = discover([str(root)], kind="holes", exclude=root / "out")
     assert [i.kind for i in forced] == ["holes", "holes"]
 
 
