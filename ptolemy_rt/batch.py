@@ -126,9 +126,12 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True) -> None:
 
         cv2.setNumThreads(int(config.threads))
     try:
-        from .models import load_models
+        from .models import TASKS, load_models
 
-        load_models(config.models, provider=config.provider, threads=config.threads)
+        models = load_models(config.models, provider=config.provider, threads=config.threads)
+        for task in TASKS:  # onnxruntime sessions now, so no image's timing carries them
+            if models.has(task):
+                models.session(task)
     except PtolemyError:
         pass  # each image then records the model error itself
 
