@@ -322,6 +322,12 @@ one row per image in summary.csv and summary.json.</p></footer>
     var out = document.getElementById("selftest");
     var res = {{ squares_shown: +document.getElementById("n-squares").dataset.count,
                 square_links: document.querySelectorAll("a.square").length }};
+    // Sorting: a click on the images table's "targets" header puts the smallest count first.
+    var th = document.querySelector('#images-table th[data-col="3"]');
+    th.dispatchEvent(new MouseEvent("click", {{ bubbles: true }}));
+    var counts = Array.prototype.map.call(document.querySelectorAll("#images-table tbody tr"), function (r) {{
+      return parseFloat(r.cells[3].dataset.v); }}).filter(function (v) {{ return isFinite(v); }});
+    res.sorted = counts.every(function (v, i) {{ return i === 0 || counts[i - 1] <= v; }}) && counts.length > 0;
     var link = document.querySelector('a.square[data-linked="1"]');
     if (!link) {{ res.clicked = null; out.textContent = JSON.stringify(res); return; }}
     res.clicked = link.getAttribute("href");

@@ -129,6 +129,7 @@ def test_report_in_headless_chromium(batch_dir, tmp_path):
     assert res["clicked"].startswith("#sq-") and res["hash"] == res["clicked"]
     assert res["visible"] is True and res["holes"] > 0
     assert res["images"] > 0 and res["images_failed"] == []
+    assert res["sorted"] is True  # a click on a table header sorts its rows
     # The page renders (a blank page is a few kB of white), screenshot kept under the test's tmp_path.
     shot = tmp_path / "report.png"
     r = _headless(browser, "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=10000",
