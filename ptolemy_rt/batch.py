@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator
@@ -498,7 +499,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     interrupted = False
     # SIGTERM (a scheduler's kill) stops like Ctrl-C: finished images stay recorded for --resume.
     old_term = signal.getsignal(signal.SIGTERM)
-    if old_term in (signal.SIG_DFL, None):
+    catch_term = old_term in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread()
+    if catch_term:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.perf_counter()
     results = iter(())
@@ -524,7 +526,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         if hasattr(results, "close"):
             results.close()  # stop the pool or the Dask client now, not when the generator is collected
         bar.close()
-        if old_term in (signal.SIG_DFL, None):
+        if catch_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     elapsed = time.perf_counter() - started
 
