@@ -21,7 +21,6 @@ import glob
 import math
 import os
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,7 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _find(root: ET.Element, *names: str) -> ET.Element | None:
+def _find(root, *names: str):
     """The first element reached by following local tag names (any XML namespace), depth-first."""
     node = root
     for name in names:
@@ -92,7 +91,7 @@ def _find(root: ET.Element, *names: str) -> ET.Element | None:
     return node
 
 
-def _float(node: ET.Element | None) -> float | None:
+def _float(node) -> float | None:
     if node is None or node.text is None:
         return None
     try:
@@ -108,6 +107,8 @@ def epu_metadata(xml_path: Path, image_width: int | None = None) -> tuple[tuple[
     EPU's pixelSize is per pixel of the camera readout (ReadoutArea); a downscaled JPEG's pixel is larger by
     readout width / image width, which needs `image_width`.
     """
+    import xml.etree.ElementTree as ET  # only sessions with .xml files need it (keeps the CLI's start-up light)
+
     try:
         root = ET.parse(xml_path).getroot()
     except (OSError, ET.ParseError):
