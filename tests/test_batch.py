@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptolemy_rt.batch import BatchConfig, process_one, run_batch, worst_exit_code
+from ptolemy_rt.batch import (
+    BatchConfig,
+    Progress,
+    process_one,
+    run_batch,
+    worst_exit_code,
+)
 from ptolemy_rt.errors import InputError
 from ptolemy_rt.sessions import (
     discover,
@@ -157,6 +163,21 @@ def test_xml_written_by_the_generator_reads_back(tmp_path):
     assert epu_metadata(_touch(tmp_path / "bad.xml", b"<a><b>")) == (None, None)
 
 
+def test_progress_line_without_tqdm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if the progress extra were not installed
+    bar = Progress(total=3, initial=1, enabled=True)
+    bar.update()
+    bar.write("one message")
+    bar.update()
+    bar.close()
+    err = capsys.readouterr().err
+    assert "3/3 images" in err and "img/s" in err and "ETA" in err and "one message\n" in err
+    quiet = Progress(total=3, initial=0, enabled=False)
+    quiet.update()
+    quiet.close()
+    assert capsys.readouterr().err == ""
+
+
 def test_worst_exit_code_order():
     assert worst_exit_code([]) == 0
     assert worst_exit_code([0, 2, 0]) == 2
@@ -202,6 +223,7 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
     csv_lines = (out / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("id,input,kind,status,exit_code,count,best_score")
     assert (out / "index.html").is_file()
+    assert "ETA" not in r.stderr and "img/s" not in r.stderr  # no progress bar when stderr is not a terminal
 
     # Resume: nothing recomputed, same summaries byte for byte.
     before = _mtimes(out)
@@ -379,6 +401,16 @@ def test_full_session_pool_kill_resume_and_dask(full_session, tmp_path):
         r = _cli(str(full_session), "-o", str(on_dask), "--dask", address, "--resume", *args)
         assert r.returncode == 0, r.stderr
         _check_resumed(on_dask, before, r.stderr, n)
+
+        def loaded():
+            from ptolemy_rt import models
+
+            return [len(m._sessions) for m in models._CACHE.values()]
+
+        # One model set per worker, loaded by the worker plugin and kept for every task (two runs here).
+        with distributed.Client(address) as client:
+            per_worker = client.run(loaded)
+        assert len(per_worker) == 2 and all(v == [3] for v in per_worker.values()), per_worker
     assert (on_dask / "summary.json").read_bytes() == (plain / "summary.json").read_bytes()
     assert without_seconds(on_dask / "summary.csv") == without_seconds(plain / "summary.csv")
     for row in summary["images"]:
