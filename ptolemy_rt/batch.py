@@ -174,9 +174,11 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
     """Run one image through its pipeline; return its summary row and the files to write (never raises)."""
     import ptolemy_rt
 
+    from .holesize import with_hole_diameter
     from .io import read_image
+    from .metadata import pixel_size_for
     from .models import load_models
-    from .results import format_result
+    from .results import format_result, with_pixel_size
 
     start = time.perf_counter()
     row = _base_row(item)
@@ -187,13 +189,13 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
                              "pass --kind squares or --kind holes")
         row["sha256"] = _sha256(item.path)
         image = read_image(item.path, section=config.section)
-        if image.pixel_size_A is None and item.pixel_size_m:
-            from dataclasses import replace
-
-            image = replace(image, pixel_size_A=item.pixel_size_m * 1e10)  # from the session's .xml
         models = load_models(config.models, provider=config.provider, threads=config.threads)
         finder = ptolemy_rt.find_squares if item.kind == "squares" else ptolemy_rt.find_holes
         result = finder(image, models=models)
+        # The same result as `ptolemy-rt squares|holes` writes: hole diameters, the pixel size from the session.
+        result = with_hole_diameter(result, image.data)
+        pixel = pixel_size_for(item.path, image)
+        result = with_pixel_size(result, pixel.angstrom, pixel.source)
         text = format_result(result, fmt="json")
         scores = [t.score for t in result.targets if t.score is not None]
         spacing = getattr(result, "spacing_px", None)
@@ -380,20 +382,20 @@ def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None
     for item in items:
         row = rows.get(item.id)
         if item.kind != "squares" or row is None or row["status"] != "ok" or not item.stage_xy_m \
-                or not item.pixel_size_m:
+                or not row["pixel_size_A"]:
             continue
         try:
             result = json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        atlases.append((item, (row["rows"], row["cols"]), result["targets"]))
+        atlases.append((item, row["pixel_size_A"] * 1e-10, (row["rows"], row["cols"]), result["targets"]))
     for item in items:
         row = rows.get(item.id)
         if item.kind != "holes" or row is None or not item.stage_xy_m:
             continue
         row["atlas_square"] = None
-        for atlas, shape, targets in atlases:
-            x, y = stage_to_pixel(item.stage_xy_m, atlas.stage_xy_m, atlas.pixel_size_m, shape)
+        for atlas, pixel_m, shape, targets in atlases:
+            x, y = stage_to_pixel(item.stage_xy_m, atlas.stage_xy_m, pixel_m, shape)
             hit = next((k for k, t in enumerate(targets) if _point_in(t["vertices"], x, y)), None)
             if hit is not None:
                 row["atlas_square"] = [atlas.id, hit]

@@ -5,7 +5,7 @@ the file sits and what is written beside it; nothing is guessed from pixels:
 
 - EPU: `Atlas/Atlas*.{mrc,jpg,...}` are atlases (the `Tile_*` pieces are not); `Images-Disc*/GridSquare_*/
   GridSquare_*.{mrc,jpg,...}` are grid-square images (the `FoilHoles/` and `Data/` images below them are not
-  targeted). The `.xml` beside an image gives its stage position and pixel size.
+  targeted). The `.xml` beside an image gives its stage position (its pixel size is read by metadata.py).
 - Leginon `rawdata/`: the last preset label of the file name, `..._00012gr.mrc` (grid atlas) and
   `..._00003sq.mrc` / `..._00003sq_v01.mrc` (square); hole and exposure images (`hl`, `ex`, `en`, `fc`, `fa`)
   are not targeted and are left out.
@@ -32,7 +32,7 @@ __all__ = [
     "LOW_MAG_MAX",
     "Item",
     "discover",
-    "epu_metadata",
+    "epu_stage_position",
     "kind_of",
     "mdoc_metadata",
     "nav_maps",
@@ -57,8 +57,6 @@ class Item:
     kind: str | None
     source: str
     stage_xy_m: tuple[float, float] | None = None
-    pixel_size_m: float | None = None
-    note: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (paths as strings)."""
@@ -68,64 +66,31 @@ class Item:
             "kind": self.kind,
             "source": self.source,
             "stage_xy_m": list(self.stage_xy_m) if self.stage_xy_m is not None else None,
-            "pixel_size_m": self.pixel_size_m,
         }
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
+def epu_stage_position(xml_path: Path) -> tuple[float, float] | None:
+    """Stage (X, Y) in metres from an EPU image .xml (`stage/Position`); None where absent or unreadable.
 
-
-def _find(root, *names: str):
-    """The first element reached by following local tag names (any XML namespace), depth-first."""
-    node = root
-    for name in names:
-        found = None
-        for child in node.iter():
-            if child is not node and _local(child.tag) == name:
-                found = child
-                break
-        if found is None:
-            return None
-        node = found
-    return node
-
-
-def _float(node) -> float | None:
-    if node is None or node.text is None:
-        return None
-    try:
-        value = float(node.text.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def epu_metadata(xml_path: Path, image_width: int | None = None) -> tuple[tuple[float, float] | None, float | None]:
-    """Stage (X, Y) in metres and pixel size in metres from an EPU image .xml (None where absent or unreadable).
-
-    EPU's pixelSize is per pixel of the camera readout (ReadoutArea); a downscaled JPEG's pixel is larger by
-    readout width / image width, which needs `image_width`.
+    Read with metadata.read_xml_safely (no DTD or entities, bounded size); the pixel size is metadata's job.
     """
-    import xml.etree.ElementTree as ET  # only sessions with .xml files need it (keeps the CLI's start-up light)
+    from .metadata import read_xml_safely
 
     try:
-        root = ET.parse(xml_path).getroot()
-    except (OSError, ET.ParseError):
-        return None, None
-    stage = None
-    position = _find(root, "stage", "Position")
-    if position is not None:
-        x, y = _float(_find(position, "X")), _float(_find(position, "Y"))
-        if x is not None and y is not None:
-            stage = (x, y)
-    pixel = _float(_find(root, "pixelSize", "x", "numericValue"))
-    if pixel is not None and pixel <= 0:
-        pixel = None
-    readout = _float(_find(root, "ReadoutArea", "width"))
-    if pixel is not None and image_width and readout and readout > 0:
-        pixel *= readout / image_width
-    return stage, pixel
+        root = read_xml_safely(xml_path)
+    except (InputError, OSError):
+        return None
+    stage = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "stage"), None)
+    position = next((c for c in stage if c.tag.rsplit("}", 1)[-1] == "Position"), None) if stage is not None \
+        else None
+    if position is None:
+        return None
+    values = {c.tag.rsplit("}", 1)[-1]: c.text for c in position}
+    try:
+        x, y = float(values["X"].strip()), float(values["Y"].strip())  # type: ignore[union-attr]
+    except (KeyError, AttributeError, ValueError):
+        return None
+    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
 
 
 def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
@@ -246,31 +211,6 @@ def _dedupe_formats(paths: Sequence[Path]) -> list[Path]:
     return [p for p in paths if best[(p.parent, p.stem)] == p]
 
 
-def _image_width(path: Path) -> int | None:
-    """The width in pixels, read from the file's header only (MRC, PNG, JPEG); None when it cannot be read."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".mrc":
-            import mrcfile
-
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                return int(mrc.header.nx)
-        with open(path, "rb") as fh:
-            head = fh.read(65536)
-        if head[:8] == b"\x89PNG\r\n\x1a\n":
-            return int.from_bytes(head[16:20], "big")
-        if head[:2] == b"\xff\xd8":
-            i = 2
-            while i + 9 < len(head) and head[i] == 0xFF:
-                marker, length = head[i + 1], int.from_bytes(head[i + 2:i + 4], "big")
-                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                    return int.from_bytes(head[i + 7:i + 9], "big")  # SOF: precision, height, width
-                i += 2 + length
-    except Exception:  # noqa: BLE001 - metadata is optional: an unreadable file fails later, with its own message
-        return None
-    return None
-
-
 def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.PathLike | None = None
              ) -> tuple[list[Item], list[str]]:
     """Expand files, globs, session folders and .nav files into Items (sorted by id) and notes on what was left out.
@@ -305,13 +245,10 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
         if detected is None and note is not None and source == "epu":
             left_out[note] = left_out.get(note, 0) + 1  # --kind does not turn EPU tiles or exposures into targets
             continue
-        stage = pixel = None
         xml = p.with_suffix(".xml")
-        if xml.is_file():
-            stage, pixel = epu_metadata(xml, _image_width(p))
+        stage = epu_stage_position(xml) if xml.is_file() else None
         ident = p.relative_to(root).as_posix()
-        items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
-                          pixel_size_m=pixel))
+        items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage))
     notes = [f"left out {n} image(s): {why}" for why, n in sorted(left_out.items())]
     return sorted(items, key=lambda i: i.id), notes
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .io import atomic_write
 from .sessions import pixel_to_stage
-from .synth import (  # the one import of the generator (renamed to synthetic.py in #10)
+from .synthetic import (  # the one import of the generator
     make_atlas,
     make_medmag,
 )

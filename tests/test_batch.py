@@ -24,7 +24,7 @@ from ptolemy_rt.batch import (
 from ptolemy_rt.errors import InputError
 from ptolemy_rt.sessions import (
     discover,
-    epu_metadata,
+    epu_stage_position,
     kind_of,
     nav_maps,
     pixel_to_stage,
@@ -137,10 +137,9 @@ def test_unknown_kind_is_a_recorded_failure_with_exit_2(tmp_path):
 
 
 @pytest.mark.skipif(not (REAL_EPU / "smartem_gs8999138.xml").is_file(), reason="../shared/real-epu not present")
-def test_real_epu_xml_pixel_size_scaled_to_the_jpeg():
-    stage, pixel = epu_metadata(REAL_EPU / "smartem_gs8999138.xml", image_width=512)
+def test_real_epu_xml_stage_position():
+    stage = epu_stage_position(REAL_EPU / "smartem_gs8999138.xml")
     assert stage == pytest.approx((-9.8805664700000079e-05, -0.00016471620799999985))
-    assert pixel == pytest.approx(4.1562760344504568e-08 * 2880 / 512)
 
 
 @settings(max_examples=50, deadline=None)
@@ -156,11 +155,16 @@ def test_stage_pixel_round_trip(cx, cy, pixel, rows, cols, x, y):
 
 
 def test_xml_written_by_the_generator_reads_back(tmp_path):
+    from ptolemy_rt.metadata import epu_pixel_size
+
     xml = tmp_path / "g.xml"
     xml.write_text(epu_xml((1.5e-5, -3.25e-6), 2.5e-9, (2048, 2880)))
-    assert epu_metadata(xml, image_width=1440) == ((1.5e-5, -3.25e-6), pytest.approx(5e-9))
-    assert epu_metadata(xml) == ((1.5e-5, -3.25e-6), 2.5e-9)
-    assert epu_metadata(_touch(tmp_path / "bad.xml", b"<a><b>")) == (None, None)
+    assert epu_stage_position(xml) == (1.5e-5, -3.25e-6)
+    assert epu_pixel_size(xml, (1024, 1440)) == pytest.approx(50.0)  # Å per JPEG pixel: readout 2x the JPEG
+    assert epu_stage_position(_touch(tmp_path / "bad.xml", b"<a><b>")) is None
+    dtd = _touch(tmp_path / "dtd.xml", b'<!DOCTYPE a [<!ENTITY x "y">]><a><stage><Position><X>1</X><Y>2</Y>'
+                 b"</Position></stage></a>")
+    assert epu_stage_position(dtd) is None  # metadata.read_xml_safely refuses DTDs
 
 
 def test_progress_line_without_tqdm(monkeypatch, capsys):

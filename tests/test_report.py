@@ -106,9 +106,9 @@ def _chromium() -> str | None:
 
 def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                               "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", *args],
-                              check=False, capture_output=True, text=True, timeout=120)
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}"]
+        return subprocess.run([browser, *flags, *args], check=False, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
