@@ -1,0 +1,133 @@
+"""What an atlas holds besides squares: the grid disc, and each square's class from its brightness.
+
+`disc_mask` finds the grid disc: at atlas magnification the copper rim and whatever lies beyond it (the
+cartridge's clip ring, the holder) pass almost no electrons, so on a map blurred over a few mesh periods the
+disc is the one large bright blob. Its convex hull is the disc (the disc is convex; dark squares near its
+edge would otherwise bite into it).
+
+`classify_squares` labels squares `empty|thin|thick|broken|off-disc` from their mean intensity relative to
+the atlas's own distribution of square brightness (the median square is ordinary ice, "ok"), with the beam's
+vacuum level when it is known. The thresholds are those `synth.MODERATE_BRIGHTNESS` calls moderate; they
+are parameters. The label goes beside the CNN score, never instead of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask"]
+
+SQUARE_CLASSES = ("ok", "empty", "thin", "thick", "broken", "off-disc")
+
+# Work on a copy at most this many pixels on a side: the disc is a large, smooth object.
+_DISC_SIDE = 512
+
+
+def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float = 0.25) -> np.ndarray:
+    """Boolean mask (image shape) of the grid disc: False on the rim and beyond.
+
+    Bright pixels (above `level` x the 95th percentile) are closed with a disc `scale_px` wide (default: the
+    longer side / 6; a few mesh pitches when the pitch is known), which fills the bars but not the large dark
+    background; the largest closed blob's convex hull is the disc. An image with no large dark background (all
+    of it inside the disc, or a med-mag image) gives all True."""
+    img = np.asarray(image, dtype=np.float32)
+    h, w = img.shape
+    full = np.ones((h, w), dtype=bool)
+    f = max(1, math.ceil(max(h, w) / _DISC_SIDE))
+    small = cv2.resize(img[: h - h % f, : w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else img
+    hi = float(np.percentile(small, 95))
+    if not np.isfinite(hi) or hi <= 0:
+        return full
+    bright = (small > level * hi).astype(np.uint8)
+    scale = float(scale_px) if scale_px else max(h, w) / 6.0
+    k = int(max(3, round(scale / f)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    # Pad with the border's own values... as bright: the disc may run past the image edge.
+    pad = k
+    padded = cv2.copyMakeBorder(bright, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
+    if closed.all():
+        return full
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    if n <= 1:
+        return full
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    pts = np.column_stack(np.nonzero(labels == biggest)[::-1]).astype(np.int32)
+    hull = cv2.convexHull(pts)
+    small_mask = np.zeros(closed.shape, np.uint8)
+    cv2.fillConvexPoly(small_mask, hull, 1)
+    if f == 1:
+        return small_mask.astype(bool)
+    # Back to full size (nearest neighbour), the trailing partial blocks copied from their neighbours.
+    big = cv2.resize(small_mask, (small_mask.shape[1] * f, small_mask.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+    out = np.empty((h, w), np.uint8)
+    out[: big.shape[0], : big.shape[1]] = big
+    if big.shape[0] < h:
+        out[big.shape[0]:, : big.shape[1]] = big[-1:, :]
+    if big.shape[1] < w:
+        out[:, big.shape[1]:] = out[:, big.shape[1] - 1 : big.shape[1]]
+    return out.astype(bool)
+
+
+@dataclass(frozen=True)
+class ClassThresholds:
+    """Bounds of the classes, as brightness relative to the atlas's median square (or to vacuum)."""
+
+    thick_below: float = 0.85  # relative to the median square
+    thin_above: float = 1.18
+    empty_above: float = 1.6  # relative, when the vacuum level is unknown
+    broken_above: float = 2.2
+    empty_vacuum: float = 0.85  # transmission (brightness / vacuum), when the vacuum level is known
+    broken_vacuum: float = 0.97
+    broken_fraction: float = 0.15  # share of a square's pixels at the vacuum level that makes it broken
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def classify_squares(
+    brightness: np.ndarray,
+    reference: np.ndarray | None = None,
+    *,
+    in_disc: np.ndarray | None = None,
+    vacuum: float | None = None,
+    vacuum_fraction: np.ndarray | None = None,
+    thresholds: ClassThresholds = ClassThresholds(),
+) -> tuple[str, ...]:
+    """One class per square from its mean intensity relative to the atlas's own distribution.
+
+    brightness: (n,) mean counts per square. reference: the atlas's square brightness distribution
+    (default: `brightness` itself); its median is ordinary ice ("ok"). in_disc: (n,) False for squares outside the
+    grid disc ("off-disc"). vacuum: counts through no specimen (e.g. a broken square's or the beam's level),
+    when known: then empty and broken are told from transmission, else from the relative brightness.
+    vacuum_fraction: (n,) share of each square's pixels at the vacuum level (broken film), when known."""
+    b = np.asarray(brightness, dtype=np.float64).reshape(-1)
+    n = b.shape[0]
+    if n == 0:
+        return ()
+    ref = b if reference is None else np.asarray(reference, dtype=np.float64).reshape(-1)
+    ref = ref[np.isfinite(ref) & (ref > 0)]
+    median = float(np.median(ref)) if ref.size else float("nan")
+    t = thresholds
+    out = np.full(n, "ok", dtype=object)
+    if np.isfinite(median) and median > 0:
+        rel = b / median
+        out[rel < t.thick_below] = "thick"
+        out[rel > t.thin_above] = "thin"
+        if vacuum is not None and vacuum > 0:
+            trans = b / float(vacuum)
+            out[trans >= t.empty_vacuum] = "empty"
+            out[trans >= t.broken_vacuum] = "broken"
+        else:
+            out[rel > t.empty_above] = "empty"
+            out[rel > t.broken_above] = "broken"
+    if vacuum_fraction is not None:
+        out[np.asarray(vacuum_fraction, dtype=np.float64).reshape(-1) > t.broken_fraction] = "broken"
+    if in_disc is not None:
+        out[~np.asarray(in_disc, dtype=bool).reshape(-1)] = "off-disc"
+    return tuple(str(s) for s in out)

@@ -1,0 +1,617 @@
+"""The grid mesh of a low-mag atlas: bar pitch, bar width and angle, measured before any segmentation.
+
+The mesh is itself a square lattice (bright squares, dark bars), so its autocorrelation has peaks at every
+lattice vector. `detect_mesh`:
+
+1. works on a copy of at most `_ACF_SIDE` px a side (block means), high-passed and with the region outside
+   the grid disc (atlas_classes.disc_mask) set to zero; the autocorrelation is divided by the mask's own
+   autocorrelation (normalised, so the disc edge and the image border leave no envelope);
+2. takes the shortest strong autocorrelation peak as the first basis vector a (the shortest lattice vector,
+   not the strongest: the (1, 1) peak can be the stronger one), checks that a peak sits at a rotated by
+   90 degrees (a square lattice), then fits a and b by least squares to every peak n a + m b found within
+   the correlated area (sub-pixel by a quadratic fit around each), so the pitch error shrinks with n;
+3. folds the full-resolution pixels of a central window into one lattice cell (mean intensity per cell
+   bin): the cell's profile across a bar gives the bar width (width at half depth) and the phase (where
+   the squares' centres are); the bright region's area against the product of its two widths tells a
+   square mesh (about 1) from round holes (pi / 4): a med-mag image of holes is "no mesh".
+
+When a pitch is too fine for the binned copy, the measurement is repeated on a full-resolution window.
+
+`fit_square_lattice` puts found square centres on the lattice of square centres: row/col per square, and
+the lattice points inside the disc that nothing was found at (`found_by: lattice` candidates).
+
+Conventions: x = column, y = row; the mesh angle is counter-clockwise on screen (y down) in [0, 90); the
+lattice is origin + i a + j b, a = pitch (cos t, -sin t), b = pitch (sin t, cos t) as in synth.lattice_basis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .atlas_classes import disc_mask
+
+__all__ = [
+    "NO_MESH",
+    "LatticeFit",
+    "Mesh",
+    "MeshDetection",
+    "detect_mesh",
+    "fit_square_lattice",
+    "measure_mesh",
+    "mesh_number",
+]
+
+NO_MESH = "no grid mesh: this looks like a med-mag or high-mag image"
+_ACF_SIDE = 1024
+_FOLD_SIDE_MAX = 2048
+MM_IN_A = 1e7
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A measured grid mesh and the segmentation parameters derived from it (all in input pixels)."""
+
+    pitch_px: float  # centre-to-centre distance of neighbouring squares
+    bar_width_px: float  # width of a bar at half depth
+    angle_deg: float  # counter-clockwise on screen, [0, 90)
+    origin: tuple[float, float]  # (x, y) of one square's centre
+    basis: tuple[tuple[float, float], tuple[float, float]]  # a, b in (x, y) px
+    strength: float  # normalised autocorrelation at the first lattice vector, (0, 1]
+    squareness: float  # shape of the folded cell: ~0.9-1 for squares, ~0.71 for round holes
+
+    @property
+    def square_side_px(self) -> float:
+        """Side of an (ideal) square: pitch - bar width."""
+        return max(self.pitch_px - self.bar_width_px, 1.0)
+
+    @property
+    def grouping_window(self) -> int:
+        """Grouping window for regions.find_regions: it joins mask gaps up to window - 1 px, so it stays
+        below the bar width (squares across a 2-4 px bar never merge) and bridges splits inside a square."""
+        return int(max(1, min(math.floor(0.6 * self.bar_width_px), math.floor(0.08 * self.pitch_px), 24)))
+
+    @property
+    def min_square_area(self) -> float:
+        """Smallest hull area (px²) kept as a square: a tenth of a square (edge-cut squares count)."""
+        return 0.1 * self.square_side_px ** 2
+
+    @property
+    def max_square_area(self) -> float:
+        """Largest hull area (px²) of one square; above it a region holds several squares."""
+        return 1.6 * self.square_side_px ** 2
+
+    @property
+    def hull_tolerance_px(self) -> float:
+        """How far a hull may stray from the square it outlines (px): a quarter bar, at least 1 px."""
+        return max(1.0, 0.25 * self.bar_width_px)
+
+    def mesh_number(self, pixel_size_A: float | None) -> float | None:
+        """Mesh number (bars per inch) when the pixel size is known."""
+        return mesh_number(self.pitch_px, pixel_size_A)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (derived parameters included)."""
+        return {
+            "pitch_px": self.pitch_px,
+            "bar_width_px": self.bar_width_px,
+            "angle_deg": self.angle_deg,
+            "origin": list(self.origin),
+            "basis": [list(self.basis[0]), list(self.basis[1])],
+            "strength": self.strength,
+            "squareness": self.squareness,
+            "square_side_px": self.square_side_px,
+            "grouping_window": self.grouping_window,
+            "min_square_area": self.min_square_area,
+            "max_square_area": self.max_square_area,
+            "hull_tolerance_px": self.hull_tolerance_px,
+        }
+
+
+@dataclass(frozen=True)
+class MeshDetection:
+    """The mesh, or None with the reason none was found."""
+
+    mesh: Mesh | None
+    reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"mesh": None if self.mesh is None else self.mesh.to_dict(), "reason": self.reason}
+
+
+def mesh_number(pitch_px: float, pixel_size_A: float | None) -> float | None:
+    """Mesh number = 25.4 mm / pitch; None when the pixel size is unknown (None, 0 or 1 Å placeholders)."""
+    if pixel_size_A is None or not np.isfinite(pixel_size_A) or pixel_size_A <= 1.0 or pitch_px <= 0:
+        return None
+    return 25.4 * MM_IN_A / (float(pitch_px) * float(pixel_size_A))
+
+
+# --------------------------------------------------------------------------------------------- autocorrelation
+
+
+def _binned(img: np.ndarray, f: int) -> np.ndarray:
+    """Block means of f x f pixels (the trailing partial blocks dropped)."""
+    if f == 1:
+        return img
+    h, w = img.shape
+    return cv2.resize(img[: h - h % f, : w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA)
+
+
+def _smooth_background(img: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The image's large-scale trend over the mask (a normalised Gaussian blur, sigma = longer side / 12),
+    computed on an 8x smaller copy: a blur that wide costs seconds at full size."""
+    h, w = img.shape
+    f = 8 if min(h, w) >= 128 else 1
+    sw, sh = max(1, w // f), max(1, h // f)
+    si = cv2.resize(img * m, (sw, sh), interpolation=cv2.INTER_AREA)
+    sm = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_AREA)
+    sigma = max(h, w) / 12.0 / f
+    num = cv2.GaussianBlur(si, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(sm, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(num / np.maximum(den, 1e-6), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _normalised_acf(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Autocorrelation of the high-passed image over `valid`, divided by the mask's autocorrelation.
+
+    Returns (acf, overlap), both fft-shifted so lag (0, 0) is at (h // 2 + ..) index `centre`; lags where
+    the overlap is under a quarter of the valid area are zeroed."""
+    from scipy import fft as sfft
+
+    h, w = img.shape
+    m = valid.astype(np.float32)
+    n_valid = float(m.sum())
+    # High-pass with a normalised blur (only valid pixels contribute), so the disc edge makes no step.
+    x = (img - _smooth_background(img, m)) * m
+    # Clip the brightest and darkest outliers (broken squares, dirt) so they do not dominate.
+    vals = x[valid]
+    lo, hi = np.percentile(vals, [0.5, 99.5]) if vals.size else (0.0, 0.0)
+    x = np.clip(x, lo, hi) * m
+    ph, pw = sfft.next_fast_len(int(1.5 * h) + 1, real=True), sfft.next_fast_len(int(1.5 * w) + 1, real=True)
+    fx = sfft.rfft2(x, s=(ph, pw), workers=-1)
+    fm = sfft.rfft2(m, s=(ph, pw), workers=-1)
+    acf = sfft.irfft2(fx * np.conj(fx), s=(ph, pw), workers=-1)
+    ovl = sfft.irfft2(fm * np.conj(fm), s=(ph, pw), workers=-1)
+    acf = np.fft.fftshift(acf)
+    ovl = np.fft.fftshift(ovl)
+    good = ovl > 0.25 * n_valid
+    out = np.where(good, acf / np.maximum(ovl, 1.0), 0.0)
+    c = (ph // 2, pw // 2)
+    zero = out[c]
+    if zero <= 0:
+        return np.zeros_like(out), good
+    return (out / zero).astype(np.float32), good
+
+
+def _local_maxima(a: np.ndarray, min_value: float) -> np.ndarray:
+    """(k, 2) row, col of 3x3 local maxima above min_value."""
+    dil = cv2.dilate(a, np.ones((3, 3), np.uint8))
+    rr, cc = np.nonzero((a >= dil) & (a > min_value))
+    return np.column_stack([rr, cc])
+
+
+def _subpixel(a: np.ndarray, r: int, c: int) -> tuple[float, float, float]:
+    """Peak position (row, col) by a separable quadratic fit on the 3x3 neighbourhood, and its value."""
+    h, w = a.shape
+    if r <= 0 or c <= 0 or r >= h - 1 or c >= w - 1:
+        return float(r), float(c), float(a[r, c])
+
+    def vertex(m1: float, z: float, p1: float) -> float:
+        d = m1 - 2 * z + p1
+        return 0.0 if d >= 0 else float(np.clip(0.5 * (m1 - p1) / d, -0.5, 0.5))
+
+    dr = vertex(a[r - 1, c], a[r, c], a[r + 1, c])
+    dc = vertex(a[r, c - 1], a[r, c], a[r, c + 1])
+    return r + dr, c + dc, float(a[r, c])
+
+
+def _peak_near(a: np.ndarray, centre: tuple[int, int], lag: np.ndarray, radius: float) -> tuple[float, float, float] | None:
+    """The strongest local maximum within `radius` of lag (x, y): (lag x, lag y, value) sub-pixel, or None."""
+    cy, cx = centre
+    px, py = cx + lag[0], cy + lag[1]
+    r0, r1 = math.floor(py - radius), math.ceil(py + radius) + 1
+    c0, c1 = math.floor(px - radius), math.ceil(px + radius) + 1
+    h, w = a.shape
+    if r0 < 1 or c0 < 1 or r1 > h - 1 or c1 > w - 1:
+        return None
+    win = a[r0:r1, c0:c1]
+    k = int(np.argmax(win))
+    r, c = r0 + k // win.shape[1], c0 + k % win.shape[1]
+    if r in (r0, r1 - 1) or c in (c0, c1 - 1):
+        return None  # the window's maximum on its border is no peak of its own
+    rr, cc, v = _subpixel(a, r, c)
+    return cc - cx, rr - cy, v
+
+
+def _lattice_from_acf(acf: np.ndarray, min_strength: float) -> tuple[np.ndarray, np.ndarray, float] | str:
+    """Basis (a, b) in (x, y) lag px and the strength, or a reason string."""
+    ch, cw = acf.shape[0] // 2, acf.shape[1] // 2
+    peaks = _local_maxima(acf, min_strength)
+    lags = np.column_stack([peaks[:, 1] - cw, peaks[:, 0] - ch]).astype(np.float64)
+    r = np.hypot(lags[:, 0], lags[:, 1])
+    keep = r >= 2.5
+    lags, r, peaks = lags[keep], r[keep], peaks[keep]
+    if len(r) == 0:
+        return "no periodic structure"
+    vals = acf[peaks[:, 0], peaks[:, 1]]
+    strong = vals >= 0.5 * vals.max()
+    # The shortest strong lag is the first lattice vector (one of a half-plane pair).
+    order = np.lexsort((-vals[strong], r[strong]))
+    a0 = lags[strong][order[0]]
+    strength = float(vals[strong][order[0]])
+    b0 = np.array([-a0[1], a0[0]])  # a rotated by 90 degrees
+    pitch0 = float(np.hypot(*a0))
+    if pitch0 < 3.0:
+        return "period under 3 px"
+    pb = _peak_near(acf, (ch, cw), b0, 0.12 * pitch0)
+    if pb is None or pb[2] < 0.35 * strength:
+        return "the periodic structure is not a square lattice"
+    # Least squares over every peak n a + m b that the correlated area holds.
+    ext = min(ch, cw)
+    kmax = max(1, int(ext / pitch0))
+    rows, targets, weights = [], [], []
+    for n in range(-kmax, kmax + 1):
+        for m in range(-kmax, kmax + 1):
+            if n == 0 and m == 0:
+                continue
+            pred = n * a0 + m * b0
+            if np.hypot(*pred) > 0.95 * ext:
+                continue
+            pk = _peak_near(acf, (ch, cw), pred, 0.15 * pitch0)
+            if pk is None or pk[2] < 0.25 * strength:
+                continue
+            rows.append((n, m))
+            targets.append((pk[0], pk[1]))
+            weights.append(pk[2])
+    if len(rows) < 2:
+        return "the periodic structure is not a square lattice"
+    nm = np.asarray(rows, dtype=np.float64)
+    tg = np.asarray(targets, dtype=np.float64)
+    wt = np.sqrt(np.asarray(weights, dtype=np.float64))
+    sol, *_ = np.linalg.lstsq(nm * wt[:, None], tg * wt[:, None], rcond=None)
+    return sol[0], sol[1], strength
+
+
+def _canonical(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The basis in our convention: a = p (cos t, -sin t), b = p (sin t, cos t), t in [0, 90).
+
+    Of a, b, -a, -b exactly one points at an angle (counter-clockwise on screen) in [0, 90): that is the new a;
+    the new b is it rotated by +90 on screen, (-a_y, a_x), at the mean length of the two."""
+    angles = [(math.degrees(math.atan2(-v[1], v[0])) % 360.0, i) for i, v in enumerate((a, b, -a, -b))]
+    t, k = min(angles)
+    a1 = (a, b, -a, -b)[k]
+    length = 0.5 * (float(np.hypot(*a)) + float(np.hypot(*b)))
+    a1 = a1 / float(np.hypot(*a1)) * length
+    b1 = np.array([-a1[1], a1[0]])
+    if t >= 90.0 - 1e-9:
+        t = 0.0
+    return a1, b1, float(t)
+
+
+# --------------------------------------------------------------------------------------------------- folding
+
+
+def _fold(img: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.ndarray, x0: int, y0: int, nb: int) -> np.ndarray:
+    """Mean intensity per (nb x nb) bin of the lattice cell (s, t fractional coordinates), NaN where empty."""
+    h, w = img.shape
+    inv = np.linalg.inv(np.column_stack([a, b]))
+    xs = np.arange(w, dtype=np.float64) + x0
+    ys = np.arange(h, dtype=np.float64) + y0
+    s = (inv[0, 0] * xs[None, :] + inv[0, 1] * ys[:, None]) % 1.0
+    t = (inv[1, 0] * xs[None, :] + inv[1, 1] * ys[:, None]) % 1.0
+    si = np.minimum((s * nb).astype(np.int64), nb - 1)
+    ti = np.minimum((t * nb).astype(np.int64), nb - 1)
+    idx = (ti * nb + si)[valid]
+    tot = np.bincount(idx, weights=img[valid].astype(np.float64), minlength=nb * nb)
+    cnt = np.bincount(idx, minlength=nb * nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (tot / cnt).reshape(nb, nb)
+
+
+def _fill_nan_circular(cell: np.ndarray) -> np.ndarray:
+    """Replace empty bins by the mean of their filled neighbours (cells are periodic), repeatedly."""
+    c = cell.copy()
+    for _ in range(8):
+        bad = ~np.isfinite(c)
+        if not bad.any():
+            break
+        z = np.where(bad, 0.0, c)
+        k = (~bad).astype(np.float64)
+        num = sum(np.roll(np.roll(z, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+        den = sum(np.roll(np.roll(k, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+        c = np.where(bad & (den > 0), num / np.maximum(den, 1), c)
+    return np.where(np.isfinite(c), c, np.nanmean(c))
+
+
+def _run_width(profile: np.ndarray, level: float) -> float:
+    """Width (in bins, linear interpolation at both ends) of the run below `level` around index 0 (circular)."""
+    n = len(profile)
+    p = np.roll(profile, n // 2)  # the bar (index 0) now in the middle
+    mid = n // 2
+    if p[mid] >= level:
+        return 0.0
+    lo = mid
+    while lo > 0 and p[lo - 1] < level:
+        lo -= 1
+    hi = mid
+    while hi < n - 1 and p[hi + 1] < level:
+        hi += 1
+    left = lo - 1 + ((p[lo - 1] - level) / (p[lo - 1] - p[lo]) if lo > 0 and p[lo - 1] != p[lo] else 0.5) if lo > 0 else lo - 0.5
+    right = hi + 1 - ((p[hi + 1] - level) / (p[hi + 1] - p[hi]) if hi < n - 1 and p[hi + 1] != p[hi] else 0.5) \
+        if hi < n - 1 else hi + 0.5
+    return float(right - left)
+
+
+def _run_centre(profile: np.ndarray) -> int:
+    """Index of the middle of the dark run (below half depth) around the profile's minimum (circular): a wide
+    bar's darkest bin can lie anywhere along its flat bottom."""
+    n = len(profile)
+    k = int(np.argmin(profile))
+    p = np.roll(profile, n // 2 - k)  # the minimum now at n // 2
+    level = 0.5 * (float(p.min()) + float(p.max()))
+    lo = hi = n // 2
+    while lo > 0 and p[lo - 1] < level:
+        lo -= 1
+    while hi < n - 1 and p[hi + 1] < level:
+        hi += 1
+    return round(k + (lo + hi) / 2 - n // 2) % n
+
+
+def _cell_geometry(cell: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(bar s bin, bar t bin, bar width in bins, squareness, contrast) of a folded cell."""
+    nb = cell.shape[0]
+    k = np.array([0.25, 0.5, 0.25])
+    prof_s = cell.mean(axis=0)
+    prof_t = cell.mean(axis=1)
+
+    def smooth(p: np.ndarray) -> np.ndarray:
+        return k[0] * np.roll(p, 1) + k[1] * p + k[2] * np.roll(p, -1)
+
+    bs = _run_centre(smooth(prof_s))
+    bt = _run_centre(smooth(prof_t))
+    # Roll so the bars lie on index 0 of both axes and a square fills the middle.
+    c = np.roll(np.roll(cell, -bt, axis=0), -bs, axis=1)
+    centre = slice(int(0.3 * nb), int(0.7 * nb) + 1)
+    ps = c[centre, :].mean(axis=0)  # across the bars along s, away from the other bars
+    pt = c[:, centre].mean(axis=1)
+    hi = float(np.median(c[centre, centre]))
+    lo = float(min(ps.min(), pt.min()))
+    if hi <= lo:
+        return float(bs), float(bt), 0.0, 0.0, 0.0
+    level = 0.5 * (hi + lo)
+    ws, wt = _run_width(ps, level), _run_width(pt, level)
+    # Squareness from the widths through the square's centre line (a disc's chord there is its diameter,
+    # so a disc scores pi / 4 while a square scores 1).
+    mid = slice(nb // 2 - 1, nb // 2 + 2)
+    cs = nb - _run_width(c[mid, :].mean(axis=0), level)
+    ct = nb - _run_width(c[:, mid].mean(axis=1), level)
+    # ...and the bright run along the cell's diagonal: a square's reaches its corners (sqrt 2 x its side),
+    # a disc's only its diameter, so this ratio is ~1 for squares and ~0.71 for round holes.
+    diag = np.array([c[i, i] for i in range(nb)])
+    cd = _run_width(-np.roll(diag, -(nb // 2)), -level) * math.sqrt(2.0)
+    area = float((c > level).sum())
+    squareness = min(area / max(cs * ct, 1.0), cd / max(math.sqrt(2.0 * cs * ct), 1.0))
+    contrast = (hi - lo) / max(abs(hi), 1e-9)
+    # A bar's centre is the middle of its run, not the darkest bin.
+    return float(bs), float(bt), 0.5 * (ws + wt), squareness, contrast
+
+
+def detect_mesh(
+    image: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    min_strength: float = 0.15,
+    min_squareness: float = 0.8,
+) -> MeshDetection:
+    """Measure the grid mesh of an atlas (pitch, bar width, angle), or say why there is none."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2 or min(img.shape) < 32:
+        return MeshDetection(None, "image too small to measure a mesh")
+    if not np.isfinite(img).all():
+        img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
+    h, w = img.shape
+    vmin, vmax = float(img.min()), float(img.max())
+    if vmax <= vmin:
+        return MeshDetection(None, f"{NO_MESH} (constant image)")
+    if valid is None:
+        valid = disc_mask(img)
+    if valid.sum() < 0.02 * h * w:
+        return MeshDetection(None, f"{NO_MESH} (no grid disc)")
+
+    f = max(1, math.ceil(max(h, w) / _ACF_SIDE))
+    found = _measure_binned(img, valid, f, min_strength)
+    if isinstance(found, tuple) and f > 1 and float(np.hypot(*found[0])) < 8.0:
+        # The pitch is too fine for the binned copy: measure again on a full-resolution window.
+        found = None
+    if f > 1 and not isinstance(found, tuple):
+        y0, x0 = _window_origin(valid, _ACF_SIDE)
+        win = img[y0 : y0 + _ACF_SIDE, x0 : x0 + _ACF_SIDE]
+        vwin = valid[y0 : y0 + _ACF_SIDE, x0 : x0 + _ACF_SIDE]
+        found = _measure_binned(win, vwin, 1, min_strength)
+        f = 1
+    if not isinstance(found, tuple):
+        return MeshDetection(None, f"{NO_MESH} ({found or 'no periodic structure'})")
+    a_b, b_b, strength = found
+    a, b = a_b * f, b_b * f
+    pitch = 0.5 * (float(np.hypot(*a)) + float(np.hypot(*b)))
+    if pitch > 0.5 * min(h, w):
+        return MeshDetection(None, f"{NO_MESH} (period {pitch:.0f} px: under two squares across)")
+    a, b, angle = _canonical(a, b)
+
+    # Fold a full-resolution window into one cell: bar width, phase, squareness.
+    side = int(min(_FOLD_SIDE_MAX, max(512, 12 * pitch)))
+    y0, x0 = _window_origin(valid, side)
+    win = img[y0 : y0 + side, x0 : x0 + side]
+    vwin = valid[y0 : y0 + side, x0 : x0 + side]
+    nb = int(np.clip(math.ceil(2 * pitch), 16, 256))
+    cell = _fill_nan_circular(_fold(win, vwin, a, b, x0, y0, nb))
+    bs, bt, width_bins, squareness, contrast = _cell_geometry(cell)
+    if contrast < 0.05:
+        return MeshDetection(None, f"{NO_MESH} (a lattice with no bar contrast)")
+    if squareness < min_squareness:
+        return MeshDetection(None, f"{NO_MESH} (a lattice of round holes, squareness {squareness:.2f})")
+    bar = width_bins * pitch / nb
+    # The square's centre lies half a cell from the bar crossing.
+    s_c = (bs + 0.5) / nb + 0.5
+    t_c = (bt + 0.5) / nb + 0.5
+    origin = s_c * a + t_c * b
+    mesh = Mesh(
+        pitch_px=pitch,
+        bar_width_px=float(bar),
+        angle_deg=float(angle),
+        origin=(float(origin[0]), float(origin[1])),
+        basis=((float(a[0]), float(a[1])), (float(b[0]), float(b[1]))),
+        strength=float(strength),
+        squareness=float(squareness),
+    )
+    return MeshDetection(mesh, None)
+
+
+def _window_origin(valid: np.ndarray, side: int) -> tuple[int, int]:
+    """Top-left (row, col) of a side x side window centred on the valid region's centroid, inside the image."""
+    h, w = valid.shape
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    cy = 0.5 * (rows[0] + rows[-1]) if rows.size else h / 2
+    cx = 0.5 * (cols[0] + cols[-1]) if cols.size else w / 2
+    y0 = int(np.clip(round(cy - side / 2), 0, max(0, h - side)))
+    x0 = int(np.clip(round(cx - side / 2), 0, max(0, w - side)))
+    return y0, x0
+
+
+def _measure_binned(img: np.ndarray, valid: np.ndarray, f: int, min_strength: float):
+    """The lattice of the f-binned image: (a, b, strength) in binned px, or a reason string."""
+    small = _binned(img, f)
+    vsmall = _binned(valid.astype(np.float32), f) > 0.99 if f > 1 else valid
+    if vsmall.sum() < 64:
+        return "no grid disc"
+    vals = small[vsmall]
+    if float(vals.std()) <= 1e-6 * max(abs(float(vals.mean())), 1.0):
+        return "blank image"
+    acf, _ = _normalised_acf(small, vsmall)
+    return _lattice_from_acf(acf, min_strength)
+
+
+def measure_mesh(image: np.ndarray, **kwargs: Any) -> Mesh | None:
+    """The grid mesh of an atlas, or None when the image shows none (see detect_mesh for the reason)."""
+    return detect_mesh(image, **kwargs).mesh
+
+
+# ------------------------------------------------------------------------------------------------- lattice
+
+
+@dataclass(frozen=True)
+class LatticeFit:
+    """Square centres on the mesh lattice origin + col a + row b.
+
+    rows, cols: (n,) per input centre, -1 where it lies off the lattice (over `tolerance` x pitch away).
+    missing: (m, 2) lattice points inside the disc and image with no centre near them; missing_rows/cols.
+    residual_px: RMS distance of the on-lattice centres to their lattice points after the fit."""
+
+    origin: tuple[float, float]
+    basis: tuple[tuple[float, float], tuple[float, float]]
+    rows: np.ndarray
+    cols: np.ndarray
+    missing: np.ndarray
+    missing_rows: np.ndarray
+    missing_cols: np.ndarray
+    residual_px: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "origin": list(self.origin),
+            "basis": [list(self.basis[0]), list(self.basis[1])],
+            "rows": self.rows.tolist(),
+            "cols": self.cols.tolist(),
+            "missing": self.missing.tolist(),
+            "missing_rows": self.missing_rows.tolist(),
+            "missing_cols": self.missing_cols.tolist(),
+            "residual_px": self.residual_px,
+        }
+
+
+def fit_square_lattice(
+    centres: np.ndarray,
+    mesh: Mesh,
+    *,
+    shape: tuple[int, int] | None = None,
+    disc: np.ndarray | None = None,
+    tolerance: float = 0.3,
+    margin: float = 0.5,
+) -> LatticeFit:
+    """Row/col of each square centre on the mesh lattice, refined by least squares, and the lattice points
+    the centres miss inside the image (at least `margin` x side inside) and the disc mask."""
+    c = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    a = np.asarray(mesh.basis[0], dtype=np.float64)
+    b = np.asarray(mesh.basis[1], dtype=np.float64)
+    o = np.asarray(mesh.origin, dtype=np.float64)
+    pitch = mesh.pitch_px
+    # Two rounds: assign indices with the current lattice, refit origin and basis on the inliers.
+    for _ in range(3):
+        inv = np.linalg.inv(np.column_stack([a, b]))
+        st = (c - o) @ inv.T
+        ij = np.rint(st)
+        pred = o + ij @ np.vstack([a, b])
+        d = np.hypot(*(c - pred).T) if len(c) else np.zeros(0)
+        inl = d < tolerance * pitch
+        if inl.sum() < 3 or len(np.unique(ij[inl, 0])) < 2 or len(np.unique(ij[inl, 1])) < 2:
+            # Too few to fit a basis: keep the measured one, fit the origin only.
+            if inl.any():
+                o = o + (c[inl] - pred[inl]).mean(axis=0)
+            break
+        design = np.column_stack([np.ones(int(inl.sum())), ij[inl]])
+        sol, *_ = np.linalg.lstsq(design, c[inl], rcond=None)
+        o, a, b = sol[0], sol[1], sol[2]
+    inv = np.linalg.inv(np.column_stack([a, b]))
+    st = (c - o) @ inv.T if len(c) else np.zeros((0, 2))
+    ij = np.rint(st).astype(np.int64)
+    pred = o + ij @ np.vstack([a, b]) if len(c) else np.zeros((0, 2))
+    d = np.hypot(*(c - pred).T) if len(c) else np.zeros(0)
+    inl = d < tolerance * pitch
+    residual = float(np.sqrt(np.mean(d[inl] ** 2))) if inl.any() else float("nan")
+
+    # Lattice points over the image (or the centres' extent when no shape is given).
+    if shape is not None:
+        h, w = shape
+        corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
+    elif len(c):
+        corners = np.array([c.min(axis=0), c.max(axis=0), [c[:, 0].min(), c[:, 1].max()], [c[:, 0].max(), c[:, 1].min()]])
+    else:
+        corners = np.zeros((1, 2))
+    cst = (corners - o) @ inv.T
+    i0, i1 = int(np.floor(cst[:, 0].min())) - 1, int(np.ceil(cst[:, 0].max())) + 1
+    j0, j1 = int(np.floor(cst[:, 1].min())) - 1, int(np.ceil(cst[:, 1].max())) + 1
+    ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
+    grid_ij = np.column_stack([ii.ravel(), jj.ravel()])
+    pts = o + grid_ij @ np.vstack([a, b])
+    keep = np.ones(len(pts), dtype=bool)
+    if shape is not None:
+        m = margin * mesh.square_side_px
+        keep &= (pts[:, 0] >= m - 0.5) & (pts[:, 0] <= shape[1] - 0.5 - m)
+        keep &= (pts[:, 1] >= m - 0.5) & (pts[:, 1] <= shape[0] - 0.5 - m)
+    if disc is not None:
+        px = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, disc.shape[1] - 1)
+        py = np.clip(np.rint(pts[:, 1]).astype(np.int64), 0, disc.shape[0] - 1)
+        keep &= disc[py, px]
+    if inl.any():
+        taken = set(map(tuple, ij[inl].tolist()))
+        keep &= np.array([tuple(g) not in taken for g in grid_ij.tolist()], dtype=bool)
+    # Rows/cols counted from the lattice's first index over the image, so they are non-negative there.
+    rows = np.where(inl, ij[:, 1] - j0, -1).astype(np.int64)
+    cols = np.where(inl, ij[:, 0] - i0, -1).astype(np.int64)
+    return LatticeFit(
+        origin=(float(o[0]), float(o[1])),
+        basis=((float(a[0]), float(a[1])), (float(b[0]), float(b[1]))),
+        rows=rows,
+        cols=cols,
+        missing=pts[keep],
+        missing_rows=(grid_ij[keep, 1] - j0).astype(np.int64),
+        missing_cols=(grid_ij[keep, 0] - i0).astype(np.int64),
+        residual_px=residual,
+    )
