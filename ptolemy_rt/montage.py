@@ -1,0 +1,507 @@
+"""Montaged atlases: SerialEM montage stacks assembled into one image, tile brightness flattened, seams removed.
+
+SerialEM saves a montage as an image stack (`.mrc`/`.st`, one section per piece) and beside it a `.mdoc`
+text file (SerialEM's autodoc format, described in the SerialEM help under "Montaging" and in IMOD's
+autodoc documentation): `Key = value` lines, a global header first, then one block per section headed
+`[ZValue = n]` (n = the section's index in the stack). For montages each block holds
+`PieceCoordinates = x y z`: the piece's position in the montage in (binned, saved) pixels, with z the
+montage's frame number; SerialEM adds `AlignedPieceCoords` (or `AlignedPieceCoordsVS` when it aligned the
+pieces on the fly, "very sloppy" montages) with positions corrected by its own alignment, and
+`PixelSpacing` (Å). Example from a public `.mdoc` (Titan Krios, 2021):
+
+    ImageSize = 5064 3976
+    Montage = 1
+    [ZValue = 0]
+    PieceCoordinates = 0 0 0
+    PixelSpacing = 656.139
+    AlignedPieceCoordsVS = 38 -65 0
+
+Orientation: as in IMOD's piece lists (blendmont), (x, y) is where the piece's first pixel (data[0, 0]) lies
+in the montage, x along columns and y along the stored rows. IMOD displays row 0 at the bottom, so the
+"lower-left corner" of its documentation is data[0, 0]; in numpy's file-order arrays (ours, row 0 first)
+a piece therefore fills rows y .. y + ny - 1 and columns x .. x + nx - 1, with no flip. Coordinates need
+not start at 0 (aligned ones can be negative): the montage starts at the smallest.
+
+Assembly: where pieces overlap, each montage pixel comes from the piece it lies deepest inside (the one
+whose nearest edge is farthest), so no pixel is an average of two misregistered pieces and the cut runs
+mid-overlap. Tile brightness: per-piece gains (dose and illumination differ from piece to piece) from the
+mean intensities of each overlap, solved by least squares in log space; a piece with no overlap (a gap
+all round) is matched by its median. Gaps between pieces are filled from their neighbourhood.
+
+`remove_seams` is for atlases stitched elsewhere (EPU's Atlas_1.mrc): thin bright or dark straight lines
+along rows or columns are found as outliers of the row (column) means against what the mesh predicts
+there, and replaced by interpolation across them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import CorruptFileError, MissingFileError, ShapeError
+
+__all__ = [
+    "MAX_PIXELS",
+    "Mdoc",
+    "MdocSection",
+    "Montage",
+    "Seam",
+    "assemble",
+    "montage_extent",
+    "parse_mdoc",
+    "read_mdoc",
+    "read_montage",
+    "remove_seams",
+    "tile_gains",
+]
+
+MAX_PIXELS = 2**28
+_SECTION = re.compile(r"^\[\s*ZValue\s*=\s*(-?\d+)\s*\]\s*$", re.IGNORECASE)
+_ALIGNED_KEYS = ("AlignedPieceCoords", "AlignedPieceCoordinates", "AlignedPieceCoordsVS")
+
+
+@dataclass(frozen=True)
+class MdocSection:
+    """One `[ZValue = n]` block: its index, piece coordinates (x, y, z) and every key as text."""
+
+    z: int
+    piece: tuple[int, int, int] | None
+    aligned: tuple[int, int, int] | None
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Mdoc:
+    """A parsed `.mdoc`: the global header, the sections in file order, the pixel size (Å) when given."""
+
+    header: dict[str, str]
+    sections: tuple[MdocSection, ...]
+    pixel_size_A: float | None
+    source: str | None = None
+
+    @property
+    def is_montage(self) -> bool:
+        """Whether the sections carry piece coordinates."""
+        return any(s.piece is not None for s in self.sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the section keys omitted)."""
+        return {
+            "source": self.source,
+            "pixel_size_A": self.pixel_size_A,
+            "sections": [{"z": s.z, "piece": s.piece, "aligned": s.aligned} for s in self.sections],
+        }
+
+
+def _ints3(value: str, name: str, key: str) -> tuple[int, int, int]:
+    parts = value.split()
+    try:
+        nums = [round(float(p)) for p in parts[:3]]
+    except ValueError:
+        raise CorruptFileError(f"{name}: {key} = {value!r} is not numeric") from None
+    if len(nums) < 2:
+        raise CorruptFileError(f"{name}: {key} = {value!r} needs x y (z)")
+    return nums[0], nums[1], nums[2] if len(nums) > 2 else 0
+
+
+def parse_mdoc(text: str, name: str = "<mdoc>") -> Mdoc:
+    """Parse the text of a SerialEM `.mdoc` (Key = value lines, `[ZValue = n]` sections)."""
+    header: dict[str, str] = {}
+    sections: list[MdocSection] = []
+    current: dict[str, str] | None = None
+    z = -1
+
+    def close() -> None:
+        if current is None:
+            return
+        piece = _ints3(current["PieceCoordinates"], name, "PieceCoordinates") if "PieceCoordinates" in current else None
+        aligned = next((_ints3(current[k], name, k) for k in _ALIGNED_KEYS if k in current), None)
+        sections.append(MdocSection(z, piece, aligned, dict(current)))
+
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        m = _SECTION.match(s)
+        if m:
+            close()
+            current, z = {}, int(m.group(1))
+            continue
+        if s.startswith("["):
+            # Other bracketed blocks ([T = ...] titles, [MontSection = n]) are not pieces.
+            close()
+            current = None
+            continue
+        key, sep, value = s.partition("=")
+        if not sep:
+            continue
+        (header if current is None else current)[key.strip()] = value.strip()
+    close()
+    pixel = None
+    for src in [header] + [s.fields for s in sections]:
+        if "PixelSpacing" in src:
+            try:
+                v = float(src["PixelSpacing"].split()[0])
+            except (ValueError, IndexError):
+                raise CorruptFileError(f"{name}: PixelSpacing = {src['PixelSpacing']!r} is not a number") from None
+            pixel = v if math.isfinite(v) and v > 1.0 else None
+            break
+    return Mdoc(header, tuple(sections), pixel, name)
+
+
+def read_mdoc(path: str | os.PathLike) -> Mdoc:
+    """Read and parse a `.mdoc` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"{p}: no such .mdoc file")
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise CorruptFileError(f"{p}: cannot read ({exc})") from None
+    return parse_mdoc(text, str(p))
+
+
+# ------------------------------------------------------------------------------------------------ assembly
+
+
+@dataclass(frozen=True, eq=False)
+class Montage:
+    """An assembled atlas: image (float32), which pixels a piece covered, each piece's top-left (x, y) in it,
+    the gain each piece was divided by, the pixel size (Å) when known."""
+
+    image: np.ndarray
+    coverage: np.ndarray
+    positions: np.ndarray
+    gains: np.ndarray
+    pixel_size_A: float | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (no pixel data)."""
+        return {
+            "shape": list(self.image.shape),
+            "positions": self.positions.tolist(),
+            "gains": self.gains.tolist(),
+            "pixel_size_A": self.pixel_size_A,
+            "source": self.source,
+        }
+
+
+def montage_extent(positions: np.ndarray, tile_shape: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the montage holding tiles of `tile_shape` at integer top-left `positions` (x, y)."""
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    if len(pos) == 0:
+        return 0, 0
+    span = pos.max(axis=0) - pos.min(axis=0)
+    return int(span[1]) + int(tile_shape[0]), int(span[0]) + int(tile_shape[1])
+
+
+def _overlap(p: np.ndarray, q: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Overlap of tiles at p and q (x, y) as (y0, y1, x0, x1) in montage pixels, or None."""
+    h, w = shape
+    x0, x1 = max(p[0], q[0]), min(p[0], q[0]) + w
+    y0, y1 = max(p[1], q[1]), min(p[1], q[1]) + h
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+def tile_gains(tiles: Sequence[np.ndarray] | np.ndarray, positions: np.ndarray, *, prior_weight: float = 1e-3) -> np.ndarray:
+    """Per-tile gains g (divide each tile by its g) that make overlapping tiles agree in mean brightness.
+
+    Least squares in log space: for each overlap log g_i - log g_j = log(mean_i / mean_j) over the overlap;
+    a weak prior ties each tile to its median / the median of all tiles, which decides isolated tiles; the
+    geometric mean of the gains is 1."""
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    n = len(pos)
+    if n == 0:
+        return np.zeros(0)
+    shape = tiles[0].shape
+    medians = np.array([float(np.median(t[::4, ::4])) for t in tiles])
+    ref = float(np.median(medians[medians > 0])) if (medians > 0).any() else 1.0
+    all_means = np.array([float(np.mean(t[::4, ::4])) for t in tiles])
+    floor = 0.05 * float(np.median(all_means[all_means > 0])) if (all_means > 0).any() else 0.0
+    rows: list[np.ndarray] = []
+    rhs: list[float] = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            ov = _overlap(pos[i], pos[j], shape)
+            if ov is None:
+                continue
+            y0, y1, x0, x1 = ov
+            a = tiles[i][y0 - pos[i, 1] : y1 - pos[i, 1], x0 - pos[i, 0] : x1 - pos[i, 0]]
+            b = tiles[j][y0 - pos[j, 1] : y1 - pos[j, 1], x0 - pos[j, 0] : x1 - pos[j, 0]]
+            ma, mb = float(np.mean(a)), float(np.mean(b))
+            if ma <= floor or mb <= floor:
+                continue  # a dark overlap (off the disc) says nothing about gains
+            r = np.zeros(n)
+            r[i], r[j] = 1.0, -1.0
+            rows.append(r)
+            rhs.append(math.log(ma / mb))
+    for i in range(n):
+        r = np.zeros(n)
+        r[i] = prior_weight
+        rows.append(r)
+        prior = medians[i] / ref if medians[i] > 0 and ref > 0 else 1.0
+        rhs.append(prior_weight * math.log(float(np.clip(prior, 0.5, 2.0))))
+    rows.append(np.full(n, 1.0))
+    rhs.append(0.0)
+    sol, *_ = np.linalg.lstsq(np.vstack(rows), np.asarray(rhs), rcond=None)
+    return np.exp(sol - sol.mean())
+
+
+def _fill_gaps(image: np.ndarray, covered: np.ndarray, rounds: int = 6, k: int = 9) -> None:
+    """Fill uncovered pixels in place with the mean of covered ones nearby (normalised box filter)."""
+    cov = covered.astype(np.float32)
+    for _ in range(rounds):
+        if cov.all():
+            return
+        num = cv2.blur(image * cov, (k, k), borderType=cv2.BORDER_REFLECT)
+        den = cv2.blur(cov, (k, k), borderType=cv2.BORDER_REFLECT)
+        fill = (cov == 0) & (den > 1e-3)
+        image[fill] = num[fill] / den[fill]
+        cov[fill] = 1.0
+
+
+def assemble(
+    tiles: Sequence[np.ndarray] | np.ndarray,
+    positions: np.ndarray,
+    *,
+    flatten: bool = True,
+    fill_gaps: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    name: str = "<montage>",
+    pixel_size_A: float | None = None,
+) -> Montage:
+    """Paste tiles (same shape) at integer top-left positions (x, y) into one float32 montage.
+
+    flatten: divide each tile by its gain (tile_gains) first. fill_gaps: fill pixels no tile covers from
+    their neighbourhood (they stay False in `coverage`). Refuses (ShapeError) a montage over `max_pixels`
+    before allocating it."""
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    n = len(pos)
+    if n == 0 or len(tiles) != n:
+        raise ShapeError(f"{name}: {len(tiles)} tiles but {n} piece positions")
+    shape = tuple(int(v) for v in tiles[0].shape)
+    if len(shape) != 2 or any(tuple(t.shape) != shape for t in tiles):
+        raise ShapeError(f"{name}: montage pieces must be 2-D and all of one shape")
+    ipos = np.rint(pos).astype(np.int64)
+    ipos -= ipos.min(axis=0)
+    h, w = montage_extent(ipos, shape)
+    if h * w > max_pixels:
+        raise ShapeError(f"{name}: the assembled montage would be {h} x {w} = {h * w} pixels, "
+                         f"over the limit of {max_pixels} (max_pixels)")
+    gains = tile_gains(tiles, ipos) if flatten else np.ones(n)
+    out = np.zeros((h, w), dtype=np.float32)
+    # Depth of each tile pixel: its distance to the tile's nearest edge; the deepest tile wins a pixel.
+    th, tw = shape
+    rr = np.minimum(np.arange(th), np.arange(th)[::-1]).astype(np.int32)
+    cc = np.minimum(np.arange(tw), np.arange(tw)[::-1]).astype(np.int32)
+    depth_tile = np.minimum(rr[:, None], cc[None, :])
+    depth = np.full((h, w), -1, dtype=np.int32)
+    for k in range(n):
+        x0, y0 = int(ipos[k, 0]), int(ipos[k, 1])
+        dv = depth[y0 : y0 + th, x0 : x0 + tw]
+        ov = out[y0 : y0 + th, x0 : x0 + tw]
+        take = depth_tile > dv
+        ov[take] = (np.asarray(tiles[k], dtype=np.float32) / np.float32(gains[k]))[take]
+        dv[take] = depth_tile[take]
+    covered = depth >= 0
+    del depth
+    if fill_gaps and not covered.all():
+        _fill_gaps(out, covered)
+    return Montage(out, covered, ipos, gains, pixel_size_A, name)
+
+
+def read_montage(
+    path: str | os.PathLike,
+    mdoc: str | os.PathLike | None = None,
+    *,
+    aligned: bool = True,
+    frame: int | None = None,
+    flatten: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> Montage:
+    """Read a SerialEM montage stack and its `.mdoc` (default: path + '.mdoc') and assemble it.
+
+    aligned: use SerialEM's aligned piece coordinates when the .mdoc has them. frame: which montage of a
+    multi-montage file (the z of PieceCoordinates; default: the first)."""
+    import mrcfile
+
+    p = Path(path)
+    name = str(p)
+    if not p.is_file():
+        raise MissingFileError(f"{name}: no such file")
+    md = read_mdoc(mdoc if mdoc is not None else Path(name + ".mdoc"))
+    if not md.is_montage:
+        raise CorruptFileError(f"{md.source}: no PieceCoordinates: not a montage .mdoc")
+    secs = [s for s in md.sections if s.piece is not None]
+    zs = sorted({s.piece[2] for s in secs})
+    want = zs[0] if frame is None else int(frame)
+    secs = [s for s in secs if s.piece[2] == want]
+    if not secs:
+        raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")
+    try:
+        mrc = mrcfile.mmap(p, mode="r", permissive=True)
+    except (ValueError, OSError) as exc:
+        raise CorruptFileError(f"{name}: not a readable MRC file ({exc})") from None
+    with mrc:
+        data = mrc.data
+        if data is None or data.ndim != 3:
+            raise ShapeError(f"{name}: a montage needs a 3-D stack, the file holds {None if data is None else data.ndim}-D data")
+        nz = data.shape[0]
+        bad = [s.z for s in secs if not 0 <= s.z < nz]
+        if bad:
+            raise CorruptFileError(f"{md.source}: ZValue {bad[0]} outside the stack's {nz} sections")
+        use_aligned = aligned and all(s.aligned is not None for s in secs)
+        pos = np.array([(s.aligned if use_aligned else s.piece)[:2] for s in secs], dtype=np.int64)
+        h, w = montage_extent(pos, data.shape[1:])
+        if h * w > max_pixels:
+            raise ShapeError(f"{name}: the assembled montage would be {h} x {w} = {h * w} pixels, "
+                             f"over the limit of {max_pixels} (max_pixels)")
+        tiles = [np.asarray(data[s.z], dtype=np.float32) for s in secs]
+        pixel = md.pixel_size_A
+        if pixel is None:
+            v = float(mrc.voxel_size.x)
+            pixel = v if math.isfinite(v) and v > 1.0 else None
+    if any(not np.isfinite(t).all() for t in tiles):
+        raise CorruptFileError(f"{name}: a montage piece holds NaN or infinite values")
+    return assemble(tiles, pos, flatten=flatten, max_pixels=max_pixels, name=name, pixel_size_A=pixel)
+
+
+# --------------------------------------------------------------------------------------------------- seams
+
+
+@dataclass(frozen=True)
+class Seam:
+    """A seam found and removed: axis 0 = a run of rows (start..stop-1) across columns lo..hi-1, axis 1 =
+    a run of columns across rows lo..hi-1; contrast = its mean deviation relative to the image level."""
+
+    axis: int
+    start: int
+    stop: int
+    lo: int
+    hi: int
+    contrast: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def _periodic_prediction(m: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction of a profile from its values one and two periods away (median), and the local slope there."""
+    idx = np.arange(len(m), dtype=np.float64)
+    preds, slopes = [], []
+    grad = np.abs(np.gradient(m))
+    for k in (-2, -1, 1, 2):
+        x = idx + k * period
+        inside = (x >= 0) & (x <= len(m) - 1)
+        v = np.interp(x, idx, m)
+        s = np.interp(x, idx, grad)
+        preds.append(np.where(inside, v, np.nan))
+        slopes.append(np.where(inside, s, np.nan))
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmedian(np.vstack(preds), axis=0), np.nanmax(np.vstack(slopes), axis=0)
+
+
+def _local_prediction(m: np.ndarray, max_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction of a profile from its values just beyond a seam's width on both sides (median)."""
+    n = len(m)
+    idx = np.arange(n)
+    # Six values each side, beyond a seam's width: a seam next door spoils at most a few of the twelve.
+    offs = [d for k in range(1, 7) for d in (-(max_width + k), max_width + k)]
+    vals = np.vstack([np.where((idx + d >= 0) & (idx + d < n), m[np.clip(idx + d, 0, n - 1)], np.nan) for d in offs])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(vals, axis=0), np.zeros(n)
+
+
+def _seams_1d(img: np.ndarray, axis: int, period: float | None, max_width: int, threshold: float, block: int,
+              min_contrast: float) -> list[Seam]:
+    """Seams along rows (axis 0) or columns (axis 1), found block by block across the other axis."""
+    n, m = img.shape if axis == 0 else img.shape[::-1]
+    level = float(np.median(img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]))
+    scale = max(abs(level), 1e-6)
+    seams: list[Seam] = []
+    for lo in range(0, m, block):
+        hi = min(m, lo + block)
+        if hi - lo < 32:
+            continue
+        # Means along contiguous memory either way (a transposed view is several times slower).
+        prof = img[:, lo:hi].mean(axis=1, dtype=np.float64) if axis == 0 else img[lo:hi, :].mean(axis=0, dtype=np.float64)
+        pred, slope = _periodic_prediction(prof, period) if period else _local_prediction(prof, max_width)
+        resid = prof - pred
+        ok = np.isfinite(resid)
+        if ok.sum() < 16:
+            continue
+        mad = float(np.median(np.abs(resid[ok] - np.median(resid[ok])))) * 1.4826
+        tol = threshold * max(mad, 1e-9) + np.nan_to_num(slope) * 1.0
+        flag = ok & (np.abs(resid) > tol) & (np.abs(resid) > min_contrast * scale)
+        r = 0
+        while r < n:
+            if not flag[r]:
+                r += 1
+                continue
+            s = r
+            while r < n and flag[r]:
+                r += 1
+            if r - s <= max_width and s > 0 and r < n:
+                seams.append(Seam(axis, s, r, lo, hi, float(resid[s:r].mean() / scale)))
+    return seams
+
+
+def remove_seams(
+    image: np.ndarray,
+    *,
+    mesh: Any = None,
+    max_width: int = 5,
+    threshold: float = 6.0,
+    min_contrast: float = 0.02,
+    block: int = 1024,
+) -> tuple[np.ndarray, tuple[Seam, ...]]:
+    """A copy of a stitched atlas with thin straight seams (bright or dark rows/columns, up to `max_width`
+    px) replaced by interpolation across them, and the seams found.
+
+    mesh: a mesh.Mesh (measured when None). When the mesh runs along the axes (within 2 degrees), bars are
+    straight rows and columns too; then a row is predicted from the rows one and two pitches away, so bars are
+    never taken for seams. Otherwise from the rows just beyond a seam's width."""
+    img = np.array(image, dtype=np.float32, copy=True)
+    if img.ndim != 2 or min(img.shape) < 4 * (max_width + 4):
+        return img, ()
+    if mesh is None:
+        from .mesh import measure_mesh
+
+        mesh = measure_mesh(img)
+    period = None
+    if mesh is not None:
+        ang = mesh.angle_deg % 90.0
+        if min(ang, 90.0 - ang) < 2.0:
+            period = mesh.pitch_px / math.cos(math.radians(min(ang, 90.0 - ang)))
+    found: list[Seam] = []
+    for axis in (0, 1):
+        seams = _seams_1d(img, axis, period, max_width, threshold, block, min_contrast)
+        view = img if axis == 0 else img.T
+        for s in seams:
+            before = view[s.start - 1, s.lo : s.hi].astype(np.float32)
+            after = view[s.stop, s.lo : s.hi].astype(np.float32)
+            k = s.stop - s.start
+            for i in range(k):
+                t = np.float32((i + 1) / (k + 1))
+                view[s.start + i, s.lo : s.hi] = before * (1 - t) + after * t
+        found.extend(seams)
+    return img, tuple(found)
