@@ -251,30 +251,38 @@ def _lattice_from_acf(acf: np.ndarray, min_strength: float) -> tuple[np.ndarray,
     pb = _peak_near(acf, (ch, cw), b0, 0.12 * pitch0)
     if pb is None or pb[2] < 0.35 * strength:
         return "the periodic structure is not a square lattice"
-    # Least squares over every peak n a + m b that the correlated area holds.
+    # Least squares over the peaks n a + m b, in growing shells: the integer first guess is off by up to
+    # half a pixel, so far peaks are looked for only once the near ones have refined the basis.
     ext = min(ch, cw)
     kmax = max(1, int(ext / pitch0))
-    rows, targets, weights = [], [], []
-    for n in range(-kmax, kmax + 1):
-        for m in range(-kmax, kmax + 1):
-            if n == 0 and m == 0:
-                continue
-            pred = n * a0 + m * b0
-            if np.hypot(*pred) > 0.95 * ext:
-                continue
-            pk = _peak_near(acf, (ch, cw), pred, 0.15 * pitch0)
-            if pk is None or pk[2] < 0.25 * strength:
-                continue
-            rows.append((n, m))
-            targets.append((pk[0], pk[1]))
-            weights.append(pk[2])
-    if len(rows) < 2:
-        return "the periodic structure is not a square lattice"
-    nm = np.asarray(rows, dtype=np.float64)
-    tg = np.asarray(targets, dtype=np.float64)
-    wt = np.sqrt(np.asarray(weights, dtype=np.float64))
-    sol, *_ = np.linalg.lstsq(nm * wt[:, None], tg * wt[:, None], rcond=None)
-    return sol[0], sol[1], strength
+    a, b = a0, b0
+    k = 2
+    while True:
+        kk = min(k, kmax)
+        rows, targets, weights = [], [], []
+        for n in range(-kk, kk + 1):
+            for m in range(-kk, kk + 1):
+                if n == 0 and m == 0:
+                    continue
+                pred = n * a + m * b
+                if np.hypot(*pred) > 0.95 * ext:
+                    continue
+                pk = _peak_near(acf, (ch, cw), pred, 0.15 * pitch0)
+                if pk is None or pk[2] < 0.25 * strength:
+                    continue
+                rows.append((n, m))
+                targets.append((pk[0], pk[1]))
+                weights.append(pk[2])
+        if len(rows) < 2:
+            return "the periodic structure is not a square lattice"
+        nm = np.asarray(rows, dtype=np.float64)
+        tg = np.asarray(targets, dtype=np.float64)
+        wt = np.sqrt(np.asarray(weights, dtype=np.float64))
+        sol, *_ = np.linalg.lstsq(nm * wt[:, None], tg * wt[:, None], rcond=None)
+        a, b = sol[0], sol[1]
+        if kk >= kmax:
+            return a, b, strength
+        k *= 2
 
 
 def _canonical(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

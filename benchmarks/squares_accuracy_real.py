@@ -1,0 +1,200 @@
+"""Squares on real-looking atlases (issue 12): recall, precision and the worst image per category on the
+held-out set (benchmarks/atlas_sets.py), and how well mesh.detect_mesh measures pitch, bar width and angle.
+
+    python -m benchmarks.squares_accuracy_real [--per-category 4] [--large] [--blocks]
+
+Runs ptolemy_rt.find_squares(models=False) (geometry only: recall and precision do not depend on the CNN)
+on every atlas as it is. With --blocks it also runs it on the atlas after the issue-12 building blocks a
+pipeline could apply first (remove_seams; for montages, assembling the raw pieces with per-tile gains),
+to show what they change before any wiring. A found square is a true positive when its centre lies within
+0.35 pitch of a truth square (one to one); recall counts truth squares at least half visible. Prints
+Markdown tables; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.atlas_sets import CATEGORIES, heldout_cases, make_heldout_atlas
+from benchmarks.harness import machine_line, print_markdown
+
+
+def match(pred: np.ndarray, truth: np.ndarray, tol: float) -> np.ndarray:
+    """Greedy one-to-one matching by distance (KD-tree): index of the matched pred per truth, or -1."""
+    from scipy.spatial import cKDTree
+
+    out = np.full(len(truth), -1, dtype=np.int64)
+    if len(pred) == 0 or len(truth) == 0:
+        return out
+    tree = cKDTree(pred)
+    pairs = tree.query_ball_point(truth, r=tol)
+    cand = [(float(np.hypot(*(truth[t] - pred[p]))), t, p) for t, ps in enumerate(pairs) for p in ps]
+    cand.sort()
+    used = np.zeros(len(pred), dtype=bool)
+    for _, t, p in cand:
+        if out[t] < 0 and not used[p]:
+            out[t] = p
+            used[p] = True
+    return out
+
+
+def score(pred: np.ndarray, truth) -> dict:
+    """Recall over counted squares, precision over all found ones."""
+    tol = 0.35 * truth.pitch_px
+    idx = match(pred, truth.centers, tol)
+    counted = truth.counted
+    found = (idx >= 0) & counted
+    n_true = int(counted.sum())
+    tp = int((idx >= 0).sum())
+    kinds = np.array(truth.kinds)
+    per_kind = {k: (int((found & (kinds == k)).sum()), int((counted & (kinds == k)).sum())) for k in set(truth.kinds)}
+    return {
+        "n_truth": n_true,
+        "n_found": int(found.sum()),
+        "n_pred": len(pred),
+        "tp": tp,
+        "recall": found.sum() / max(n_true, 1),
+        "precision": tp / max(len(pred), 1),
+        "per_kind": per_kind,
+    }
+
+
+def run_squares(image) -> tuple[np.ndarray, float, str | None]:
+    from ptolemy_rt import find_squares
+
+    t0 = time.perf_counter()
+    res = find_squares(image, models=False)
+    dt = time.perf_counter() - t0
+    pred = np.array([(s.x, s.y) for s in res.squares], dtype=np.float64).reshape(-1, 2)
+    return pred, dt, res.reason
+
+
+def with_blocks(image: np.ndarray, pieces, truth) -> np.ndarray:
+    """The atlas after the building blocks: montage pieces assembled with gains (at their nominal positions,
+    as the stitch had them), then seams removed."""
+    from ptolemy_rt.montage import assemble, remove_seams
+
+    img = image.astype(np.float32)
+    if pieces is not None:
+        m = assemble(list(pieces.tiles), pieces.positions)
+        img = m.image
+        if img.shape != image.shape:
+            full = np.zeros(image.shape, np.float32)
+            full[: img.shape[0], : img.shape[1]] = img[: image.shape[0], : image.shape[1]]
+            img = full
+    cleaned, _ = remove_seams(img)
+    return np.rint(np.clip(cleaned, 0, 65535)).astype(np.uint16)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-category", type=int, default=4)
+    parser.add_argument("--large", action="store_true", help="add an 8192² atlas to the large category")
+    parser.add_argument("--blocks", action="store_true", help="also score after seam removal / montage assembly")
+    parser.add_argument("--only", default=None, help="comma-separated categories")
+    args = parser.parse_args(argv)
+
+    from ptolemy_rt.mesh import detect_mesh
+
+    cases = heldout_cases(args.per_category, large=args.large)
+    if args.only:
+        keep = set(args.only.split(","))
+        cases = [c for c in cases if c.category in keep]
+    rows = []
+    for case in cases:
+        t0 = time.perf_counter()
+        image, truth, pieces = make_heldout_atlas(case)
+        t_gen = time.perf_counter() - t0
+        pred, t_sq, reason = run_squares(image)
+        base = score(pred, truth)
+        t1 = time.perf_counter()
+        det = detect_mesh(image)
+        t_mesh = time.perf_counter() - t1
+        m = det.mesh
+        row = {
+            "case": case, "base": base, "t_sq": t_sq, "t_mesh": t_mesh, "t_gen": t_gen, "reason": reason,
+            "mesh": m, "mesh_reason": det.reason,
+        }
+        if args.blocks:
+            img2 = with_blocks(image, pieces, truth)
+            pred2, _, _ = run_squares(img2)
+            row["blocks"] = score(pred2, truth)
+        rows.append(row)
+        pe = "-" if m is None else f"{100 * (m.pitch_px / case.pitch_px - 1):+.2f} %"
+        print(f"{case.name:18s} {case.size:5d}² tiles {case.tiles} pitch {case.pitch_px:6.1f} bar {case.bar_px:5.1f} "
+              f"angle {case.angle_deg:5.1f}: recall {base['recall']:.3f} precision {base['precision']:.3f} "
+              f"({base['n_found']}/{base['n_truth']}, {base['n_pred']} found) squares {t_sq:.2f} s; mesh pitch {pe}",
+              file=sys.stderr)
+
+    def agg(sel: list[dict], key: str) -> list[str]:
+        n_truth = sum(r[key]["n_truth"] for r in sel)
+        n_found = sum(r[key]["n_found"] for r in sel)
+        n_pred = sum(r[key]["n_pred"] for r in sel)
+        tp = sum(r[key]["tp"] for r in sel)
+        worst = min(sel, key=lambda r: min(r[key]["recall"], r[key]["precision"]))
+        return [
+            str(len(sel)), str(n_truth), f"{n_found / max(n_truth, 1):.3f}", f"{tp / max(n_pred, 1):.3f}",
+            f"{worst['case'].name} (R {worst[key]['recall']:.3f}, P {worst[key]['precision']:.3f})",
+        ]
+
+    cats = [c for c in CATEGORIES if any(r["case"].category == c for r in rows)]
+    for key, title in [("base", "find_squares(models=False) as it is (baseline)")] + (
+            [("blocks", "after montage assembly with gains + remove_seams")] if args.blocks else []):
+        table = [["category", "atlases", "truth squares", "recall", "precision", "worst atlas (recall, precision)"]]
+        for c in cats:
+            table.append([c] + agg([r for r in rows if r["case"].category == c], key))
+        table.append(["all"] + agg(rows, key))
+        print(f"\n## Held-out atlases: {title}")
+        print_markdown(table)
+
+    # Recall by square kind (baseline).
+    kinds: dict[str, list[int]] = {}
+    for r in rows:
+        for k, (f, n) in r["base"]["per_kind"].items():
+            kinds.setdefault(k, [0, 0])
+            kinds[k][0] += f
+            kinds[k][1] += n
+    print("\n## Baseline recall by square kind")
+    print_markdown([["kind", "found / truth", "recall"]] + [[k, f"{f}/{n}", f"{f / max(n, 1):.3f}"] for k, (f, n) in sorted(kinds.items())])
+
+    table = [["category", "meshes found", "pitch error % (median / max)", "bar width error px (median / max)",
+              "angle error deg (max)", "detect_mesh ms (median)"]]
+    for c in cats + ["all"]:
+        sel = [r for r in rows if c == "all" or r["case"].category == c]
+        ok = [r for r in sel if r["mesh"] is not None]
+        if ok:
+            pe = [abs(100 * (r["mesh"].pitch_px / r["case"].pitch_px - 1)) for r in ok]
+            be = [abs(r["mesh"].bar_width_px - r["case"].bar_px) for r in ok]
+            ae = [abs(((r["mesh"].angle_deg - r["case"].angle_deg) + 45) % 90 - 45) for r in ok]
+            table.append([c, f"{len(ok)}/{len(sel)}", f"{np.median(pe):.3f} / {max(pe):.3f}",
+                          f"{np.median(be):.2f} / {max(be):.2f}", f"{max(ae):.3f}",
+                          f"{1e3 * np.median([r['t_mesh'] for r in sel]):.0f}"])
+        else:
+            table.append([c, f"0/{len(sel)}", "-", "-", "-", "-"])
+    print("\n## Mesh measurement (detect_mesh) against the generator's pitch, bar width and angle")
+    print_markdown(table)
+
+    table = [["size", "atlases", "find_squares s (median / max)", "detect_mesh ms (median)"]]
+    for size in sorted({r["case"].size for r in rows}):
+        sel = [r for r in rows if r["case"].size == size]
+        ts = [r["t_sq"] for r in sel]
+        table.append([f"{size}²", str(len(sel)), f"{np.median(ts):.2f} / {max(ts):.2f}",
+                      f"{1e3 * np.median([r['t_mesh'] for r in sel]):.0f}"])
+    print("\n## Time per atlas (this machine, shared)")
+    print_markdown(table)
+    print(f"\nmachine: {machine_line()}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    raise SystemExit(main())
