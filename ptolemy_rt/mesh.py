@@ -239,11 +239,28 @@ def _lattice_from_acf(acf: np.ndarray, min_strength: float) -> tuple[np.ndarray,
     if len(r) == 0:
         return "no periodic structure"
     vals = acf[peaks[:, 0], peaks[:, 1]]
+    # A lattice peak stands above the valley half-way to it (squares over bars there); a point on a bar's
+    # ridge (the autocorrelation along a bar's own direction) does not.
+    mid = acf[np.rint(ch + lags[:, 1] / 2).astype(np.int64), np.rint(cw + lags[:, 0] / 2).astype(np.int64)]
     strong = vals >= 0.5 * vals.max()
-    # The shortest strong lag is the first lattice vector (one of a half-plane pair).
+    peaked = strong & (vals - mid >= 0.15 * vals)
+    if peaked.any():
+        strong = peaked
+    # The shortest strong lag is the first lattice vector (one of a half-plane pair)...
     order = np.lexsort((-vals[strong], r[strong]))
     a0 = lags[strong][order[0]]
     strength = float(vals[strong][order[0]])
+    # ...unless it is a cell diagonal: then a peak sits at (a0 -+ a0 rotated 90) / 2 (when square brightness
+    # varies much more than the bars are wide, the diagonal peak can be the first to pass).
+    for _ in range(3):
+        rot = np.array([-a0[1], a0[0]])
+        half = [(a0 - rot) / 2, (a0 + rot) / 2]
+        found = [_peak_near(acf, (ch, cw), h, 0.12 * float(np.hypot(*h))) for h in half]
+        found = [f for f in found if f is not None and f[2] >= 0.5 * strength]
+        if not found or float(np.hypot(*half[0])) < 2.5:
+            break
+        best = max(found, key=lambda f: f[2])
+        a0, strength = np.array([best[0], best[1]]), float(best[2])
     b0 = np.array([-a0[1], a0[0]])  # a rotated by 90 degrees
     pitch0 = float(np.hypot(*a0))
     if pitch0 < 3.0:
@@ -336,6 +353,13 @@ def _fill_nan_circular(cell: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(c), c, np.nanmean(c))
 
 
+def _smooth_circular(cell: np.ndarray) -> np.ndarray:
+    """A 3 x 3 binomial smoothing of a periodic cell (it wraps round)."""
+    k = (0.25, 0.5, 0.25)
+    out = sum(w * np.roll(cell, d, axis=0) for w, d in zip(k, (-1, 0, 1)))
+    return sum(w * np.roll(out, d, axis=1) for w, d in zip(k, (-1, 0, 1)))
+
+
 def _run_width(profile: np.ndarray, level: float) -> float:
     """Width (in bins, linear interpolation at both ends) of the run below `level` around index 0 (circular)."""
     n = len(profile)
@@ -400,7 +424,7 @@ def _cell_geometry(cell: np.ndarray) -> tuple[float, float, float, float, float]
     ct = nb - _run_width(c[:, mid].mean(axis=1), level)
     # ...and the bright run along the cell's diagonal: a square's reaches its corners (sqrt 2 x its side),
     # a disc's only its diameter, so this ratio is ~1 for squares and ~0.71 for round holes.
-    diag = np.array([c[i, i] for i in range(nb)])
+    diag = np.array([c[i, (i - 1) % nb] + c[i, i] + c[i, (i + 1) % nb] for i in range(nb)]) / 3.0
     cd = _run_width(-np.roll(diag, -(nb // 2)), -level) * math.sqrt(2.0)
     area = float((c > level).sum())
     squareness = min(area / max(cs * ct, 1.0), cd / max(math.sqrt(2.0 * cs * ct), 1.0))
@@ -456,8 +480,9 @@ def detect_mesh(
     y0, x0 = _window_origin(valid, side)
     win = img[y0 : y0 + side, x0 : x0 + side]
     vwin = valid[y0 : y0 + side, x0 : x0 + side]
-    nb = int(np.clip(math.ceil(2 * pitch), 16, 256))
-    cell = _fill_nan_circular(_fold(win, vwin, a, b, x0, y0, nb))
+    # About one bin per pixel, and at least ~20 pixels per bin (each bin then mixes many squares).
+    nb = int(np.clip(min(math.ceil(pitch), math.sqrt(max(float(vwin.sum()), 1.0) / 20.0)), 16, 256))
+    cell = _smooth_circular(_fill_nan_circular(_fold(win, vwin, a, b, x0, y0, nb)))
     bs, bt, width_bins, squareness, contrast = _cell_geometry(cell)
     if contrast < 0.05:
         return MeshDetection(None, f"{NO_MESH} (a lattice with no bar contrast)")

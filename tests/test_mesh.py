@@ -1,0 +1,163 @@
+"""mesh: pitch, bar width and angle of a grid mesh; no mesh on med-mag images and noise; the square lattice.
+atlas_classes: the grid disc and square classes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt.atlas_classes import classify_squares, disc_mask
+from ptolemy_rt.mesh import NO_MESH, detect_mesh, fit_square_lattice, measure_mesh, mesh_number
+
+
+def render_mesh(size: int, pitch: float, bar: float, angle_deg: float, *, seed: int = 0, dose: float = 200.0,
+                disc: float | None = None, dark_share: float = 0.2) -> np.ndarray:
+    """A square mesh: squares of random ice brightness (some dark), opaque bars, a blur, Poisson noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    t = math.radians(angle_deg)
+    a = pitch * np.array([math.cos(t), -math.sin(t)])
+    b = pitch * np.array([math.sin(t), math.cos(t)])
+    inv = np.linalg.inv(np.column_stack([a, b]))
+    o = rng.uniform(0, pitch, 2)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    s = inv[0, 0] * (x - o[0]) + inv[0, 1] * (y - o[1])
+    u = inv[1, 0] * (x - o[0]) + inv[1, 1] * (y - o[1])
+    fs, fu = np.floor(s), np.floor(u)
+    half = 0.5 * (pitch - bar)
+    ds = np.abs(s - fs - 0.5) * pitch
+    du = np.abs(u - fu - 0.5) * pitch
+    cover = np.clip(half + 0.5 - ds, 0, 1) * np.clip(half + 0.5 - du, 0, 1)
+    # Random ice per square (a table over the cell indices in view), dark_share of them thick.
+    i0, j0 = int(fs.min()), int(fu.min())
+    shape = (int(fs.max()) - i0 + 1, int(fu.max()) - j0 + 1)
+    table = np.where(rng.random(shape) < dark_share, 0.25, rng.uniform(0.6, 0.9, shape))
+    level = table[fs.astype(np.int64) - i0, fu.astype(np.int64) - j0]
+    trans = 0.01 + cover * level
+    if disc is not None:
+        trans = np.where(np.hypot(x - size / 2, y - size / 2) < disc, trans, 0.01)
+    trans = cv2.GaussianBlur(trans.astype(np.float32), (0, 0), 0.8)
+    return rng.poisson(trans * dose).astype(np.float32)
+
+
+def angle_diff(a: float, b: float) -> float:
+    """Difference of two square-lattice angles, modulo 90 degrees."""
+    return abs(((a - b) + 45.0) % 90.0 - 45.0)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pitch=st.floats(16.0, 110.0),
+    bar_share=st.floats(0.08, 0.4),
+    angle=st.floats(0.0, 89.99),
+    seed=st.integers(0, 2**16),
+)
+def test_pitch_and_angle_of_generated_meshes(pitch, bar_share, angle, seed):
+    bar = max(2.0, bar_share * pitch)
+    img = render_mesh(512, pitch, bar, angle, seed=seed)
+    m = measure_mesh(img)
+    assert m is not None
+    assert abs(m.pitch_px / pitch - 1) < 0.02
+    assert angle_diff(m.angle_deg, angle) < 1.0
+    assert 0.0 <= m.angle_deg < 90.0
+    # The derived grouping window never bridges a bar.
+    assert m.grouping_window < max(m.bar_width_px, 2.0)
+
+
+def test_bar_width_and_lattice_on_a_disc_with_dark_squares():
+    img = render_mesh(768, 48.0, 8.0, 17.0, seed=3, disc=330.0, dark_share=0.35)
+    m = measure_mesh(img)
+    assert m is not None
+    assert abs(m.pitch_px - 48.0) < 0.5
+    assert abs(m.bar_width_px - 8.0) < 1.5
+    assert angle_diff(m.angle_deg, 17.0) < 0.3
+    assert m.min_square_area < (48 - 8) ** 2 < m.max_square_area
+
+
+def test_thin_bars_at_zero_degrees():
+    img = render_mesh(1024, 30.0, 2.5, 0.3, seed=5)
+    m = measure_mesh(img)
+    assert m is not None
+    assert abs(m.pitch_px - 30.0) < 0.3
+    assert m.grouping_window <= 2  # bridges gaps of at most 1 px: squares 2.5 px apart never merge
+
+
+def test_no_mesh_on_a_hole_image_noise_and_blank():
+    from ptolemy_rt.synth import make_medmag
+
+    for seed in (0, 2, 4, 7):
+        img, _ = make_medmag(seed)
+        det = detect_mesh(img)
+        assert det.mesh is None and det.reason.startswith(NO_MESH), (seed, det)
+    rng = np.random.default_rng(1)
+    assert measure_mesh(rng.poisson(80.0, (512, 512)).astype(np.float32)) is None
+    det = detect_mesh(np.full((300, 300), 7.0, np.float32))
+    assert det.mesh is None and "constant" in det.reason
+
+
+def test_a_hole_lattice_is_not_a_mesh():
+    # Round bright holes on a square lattice: periodic, but no bars.
+    y, x = np.mgrid[0:512, 0:512].astype(np.float64)
+    u = (x % 40.0) - 20.0
+    v = (y % 40.0) - 20.0
+    img = np.where(np.hypot(u, v) < 12.0, 150.0, 40.0)
+    img = np.random.default_rng(0).poisson(img).astype(np.float32)
+    det = detect_mesh(img)
+    assert det.mesh is None and "round holes" in det.reason
+
+
+def test_mesh_number():
+    # 100 px of 2540 Å = 25.4 µm: 1000 lines per inch.
+    assert mesh_number(100.0, 2540.0) == pytest.approx(1000.0)
+    assert mesh_number(100.0, None) is None
+    assert mesh_number(100.0, 1.0) is None  # placeholder pixel size
+
+
+def test_fit_square_lattice_rows_cols_and_missing():
+    img = render_mesh(640, 40.0, 6.0, 12.0, seed=8)
+    m = measure_mesh(img)
+    assert m is not None
+    rng = np.random.default_rng(2)
+    a, b = np.array(m.basis[0]), np.array(m.basis[1])
+    o = np.array(m.origin)
+    ij = np.array([(i, j) for i in range(-20, 21) for j in range(-20, 21)])
+    pts = o + ij @ np.vstack([a, b])
+    inside = (pts[:, 0] > 30) & (pts[:, 0] < 610) & (pts[:, 1] > 30) & (pts[:, 1] < 610)
+    pts, ij = pts[inside], ij[inside]
+    drop = rng.choice(len(pts), 10, replace=False)
+    kept = np.delete(np.arange(len(pts)), drop)
+    centres = pts[kept] + rng.normal(0, 1.0, (len(kept), 2))
+    fit = fit_square_lattice(centres, m, shape=(640, 640))
+    assert (fit.rows >= 0).all() and (fit.cols >= 0).all()
+    # Row/col differences are lattice index differences.
+    assert np.array_equal(fit.cols - fit.cols[0], ij[kept, 0] - ij[kept[0], 0])
+    assert np.array_equal(fit.rows - fit.rows[0], ij[kept, 1] - ij[kept[0], 1])
+    assert fit.residual_px < 2.0
+    # Every dropped point inside the image is reported missing, near where it was.
+    for p in pts[drop]:
+        assert np.min(np.hypot(*(fit.missing - p).T)) < 2.0
+
+
+def test_disc_mask():
+    img = render_mesh(600, 30.0, 5.0, 20.0, seed=4, disc=220.0)
+    mask = disc_mask(img)
+    y, x = np.mgrid[0:600, 0:600]
+    r = np.hypot(x - 300, y - 300)
+    assert mask[r < 200].mean() > 0.99
+    assert mask[r > 245].mean() < 0.01
+    assert disc_mask(render_mesh(400, 30.0, 5.0, 20.0, seed=4)).all()
+
+
+def test_classify_squares():
+    b = np.array([100.0, 102.0, 98.0, 60.0, 130.0, 175.0, 260.0, 101.0])
+    classes = classify_squares(b, in_disc=np.array([True] * 7 + [False]))
+    assert classes == ("ok", "ok", "ok", "thick", "thin", "empty", "broken", "off-disc")
+    with_vacuum = classify_squares(b, vacuum=270.0)
+    assert with_vacuum[6] == "empty" and with_vacuum[5] == "thin"
+    assert classify_squares(b, vacuum=250.0)[6] == "broken"
+    assert classify_squares(np.zeros(0)) == ()
