@@ -397,71 +397,82 @@ class Seam:
         return dict(self.__dict__)
 
 
-def _periodic_prediction(m: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
-    """Prediction of a profile from its values one and two periods away (median), and the local slope there."""
-    idx = np.arange(len(m), dtype=np.float64)
-    preds, slopes = [], []
-    grad = np.abs(np.gradient(m))
-    for k in (-2, -1, 1, 2):
-        x = idx + k * period
-        inside = (x >= 0) & (x <= len(m) - 1)
-        v = np.interp(x, idx, m)
-        s = np.interp(x, idx, grad)
-        preds.append(np.where(inside, v, np.nan))
-        slopes.append(np.where(inside, s, np.nan))
-    with np.errstate(all="ignore"):
-        import warnings
+def _shifts(mesh: Any, axis: int, max_width: int) -> list[tuple[int, int]]:
+    """(dy, dx) shifts that map the scene onto itself but move a seam along `axis` off itself: +-1 and +-2
+    times the lattice vector with the largest step across the seam; without a mesh, rows (columns) just
+    beyond a seam's width."""
+    if mesh is None:
+        d = max_width + 2
+        return [(d, 0), (-d, 0), (d + 2, 0), (-(d + 2), 0)] if axis == 0 else [(0, d), (0, -d), (0, d + 2), (0, -(d + 2))]
+    a = np.asarray(mesh.basis[0], dtype=np.float64)
+    b = np.asarray(mesh.basis[1], dtype=np.float64)
+    cands = [a, b, a + b, a - b]
+    comp = 1 if axis == 0 else 0  # y moves row seams, x moves column seams
+    v = max(cands, key=lambda c: abs(c[comp]))
+    out = []
+    for k in (1, -1, 2, -2):
+        dx, dy = round(k * v[0]), round(k * v[1])
+        if abs(dy if axis == 0 else dx) > max_width:
+            out.append((dy, dx))
+    return out
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmedian(np.vstack(preds), axis=0), np.nanmax(np.vstack(slopes), axis=0)
 
-
-def _local_prediction(m: np.ndarray, max_width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prediction of a profile from its values just beyond a seam's width on both sides (median)."""
-    n = len(m)
-    idx = np.arange(n)
-    # Six values each side, beyond a seam's width: a seam next door spoils at most a few of the twelve.
-    offs = [d for k in range(1, 7) for d in (-(max_width + k), max_width + k)]
-    vals = np.vstack([np.where((idx + d >= 0) & (idx + d < n), m[np.clip(idx + d, 0, n - 1)], np.nan) for d in offs])
+def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> np.ndarray:
+    """Per row (axis 0) or column (axis 1): the median over the other axis of the image minus its shifted
+    copy, then the median over the shifts (NaN where no shift fits)."""
+    h, w = img.shape
+    n = h if axis == 0 else w
+    step = max(1, (w if axis == 0 else h) // 1024)  # ~1024 samples along a line make a steady median
+    per_shift = np.full((len(shifts), n), np.nan)
+    for k, (dy, dx) in enumerate(shifts):
+        r0, r1 = max(0, -dy), min(h, h - dy)
+        c0, c1 = max(0, -dx), min(w, w - dx)
+        if r1 - r0 < 8 or c1 - c0 < 8:
+            continue
+        if axis == 0:
+            d = img[r0:r1, c0:c1:step] - img[r0 + dy : r1 + dy, c0 + dx : c1 + dx : step]
+            per_shift[k, r0:r1] = np.median(d, axis=1)
+        else:
+            d = img[r0:r1:step, c0:c1] - img[r0 + dy : r1 + dy : step, c0 + dx : c1 + dx]
+            per_shift[k, c0:c1] = np.median(d, axis=0)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(vals, axis=0), np.zeros(n)
+        # Near the image's edges only the shifts one way fit: ask for one each way (the list alternates
+        # +k, -k), so an edge's own gradient is never a seam.
+        fin = np.isfinite(per_shift)
+        both = fin[0::2].any(axis=0) & fin[1::2].any(axis=0)
+        return np.where(both, np.nanmedian(per_shift, axis=0), np.nan)
 
 
-def _seams_1d(img: np.ndarray, axis: int, period: float | None, max_width: int, threshold: float, block: int,
-              min_contrast: float) -> list[Seam]:
-    """Seams along rows (axis 0) or columns (axis 1), found block by block across the other axis."""
-    n, m = img.shape if axis == 0 else img.shape[::-1]
-    level = float(np.median(img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)]))
-    scale = max(abs(level), 1e-6)
+def _seams_1d(img: np.ndarray, axis: int, mesh: Any, max_width: int, threshold: float, min_contrast: float,
+              scale: float) -> list[Seam]:
+    """Runs of at most max_width rows (axis 0) or columns (axis 1) that differ from their lattice-shifted
+    copies across the whole image."""
+    shifts = _shifts(mesh, axis, max_width)
+    if not shifts:
+        return []
+    resid = _row_residual(img, shifts, axis)
+    ok = np.isfinite(resid)
+    if ok.sum() < 16:
+        return []
+    med = float(np.median(resid[ok]))
+    mad = float(np.median(np.abs(resid[ok] - med))) * 1.4826
+    flag = ok & (np.abs(resid - med) > threshold * max(mad, 1e-9)) & (np.abs(resid - med) > min_contrast * scale)
+    n = len(resid)
+    other = img.shape[1] if axis == 0 else img.shape[0]
     seams: list[Seam] = []
-    for lo in range(0, m, block):
-        hi = min(m, lo + block)
-        if hi - lo < 32:
+    r = 0
+    while r < n:
+        if not flag[r]:
+            r += 1
             continue
-        # Means along contiguous memory either way (a transposed view is several times slower).
-        prof = img[:, lo:hi].mean(axis=1, dtype=np.float64) if axis == 0 else img[lo:hi, :].mean(axis=0, dtype=np.float64)
-        pred, slope = _periodic_prediction(prof, period) if period else _local_prediction(prof, max_width)
-        resid = prof - pred
-        ok = np.isfinite(resid)
-        if ok.sum() < 16:
-            continue
-        mad = float(np.median(np.abs(resid[ok] - np.median(resid[ok])))) * 1.4826
-        tol = threshold * max(mad, 1e-9) + np.nan_to_num(slope) * 1.0
-        flag = ok & (np.abs(resid) > tol) & (np.abs(resid) > min_contrast * scale)
-        r = 0
-        while r < n:
-            if not flag[r]:
-                r += 1
-                continue
-            s = r
-            while r < n and flag[r]:
-                r += 1
-            if r - s <= max_width and s > 0 and r < n:
-                seams.append(Seam(axis, s, r, lo, hi, float(resid[s:r].mean() / scale)))
+        s0 = r
+        while r < n and flag[r]:
+            r += 1
+        if r - s0 <= max_width and s0 > 0 and r < n:
+            seams.append(Seam(axis, s0, r, 0, other, float((resid[s0:r] - med).mean() / scale)))
     return seams
 
 
@@ -469,17 +480,18 @@ def remove_seams(
     image: np.ndarray,
     *,
     mesh: Any = None,
-    max_width: int = 5,
-    threshold: float = 6.0,
-    min_contrast: float = 0.02,
-    block: int = 1024,
+    max_width: int = 6,
+    threshold: float = 8.0,
+    min_contrast: float = 0.05,
 ) -> tuple[np.ndarray, tuple[Seam, ...]]:
     """A copy of a stitched atlas with thin straight seams (bright or dark rows/columns, up to `max_width`
-    px) replaced by interpolation across them, and the seams found.
+    px, e.g. where tiles were joined) replaced by interpolation across them, and the seams found.
 
-    mesh: a mesh.Mesh (measured when None). When the mesh runs along the axes (within 2 degrees), bars are
-    straight rows and columns too; then a row is predicted from the rows one and two pitches away, so bars are
-    never taken for seams. Otherwise from the rows just beyond a seam's width."""
+    A row is compared with its copy shifted by a lattice vector of the mesh (mesh.Mesh; measured when None):
+    the shift maps squares and bars onto themselves, so their differences are as often positive as negative
+    and the row's median difference is ~0, at any mesh angle; a seam does not move with the lattice, so its
+    rows stand out. Rows more than `threshold` robust deviations and `min_contrast` of the bright level
+    (90th percentile) away, in runs of at most `max_width`, are seams."""
     img = np.array(image, dtype=np.float32, copy=True)
     if img.ndim != 2 or min(img.shape) < 4 * (max_width + 4):
         return img, ()
@@ -487,21 +499,18 @@ def remove_seams(
         from .mesh import measure_mesh
 
         mesh = measure_mesh(img)
-    period = None
-    if mesh is not None:
-        ang = mesh.angle_deg % 90.0
-        if min(ang, 90.0 - ang) < 2.0:
-            period = mesh.pitch_px / math.cos(math.radians(min(ang, 90.0 - ang)))
+    h, w = img.shape
+    scale = max(float(np.percentile(img[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
     found: list[Seam] = []
     for axis in (0, 1):
-        seams = _seams_1d(img, axis, period, max_width, threshold, block, min_contrast)
+        seams = _seams_1d(img, axis, mesh, max_width, threshold, min_contrast, scale)
         view = img if axis == 0 else img.T
         for s in seams:
-            before = view[s.start - 1, s.lo : s.hi].astype(np.float32)
-            after = view[s.stop, s.lo : s.hi].astype(np.float32)
+            before = view[s.start - 1].astype(np.float32)
+            after = view[s.stop].astype(np.float32)
             k = s.stop - s.start
             for i in range(k):
                 t = np.float32((i + 1) / (k + 1))
-                view[s.start + i, s.lo : s.hi] = before * (1 - t) + after * t
+                view[s.start + i] = before * (1 - t) + after * t
         found.extend(seams)
     return img, tuple(found)

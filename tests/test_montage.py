@@ -1,0 +1,162 @@
+"""montage: .mdoc parsing, montage assembly round trip (MRC stack + .mdoc), the pixel budget, seam removal."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt.errors import CorruptFileError, ShapeError
+from ptolemy_rt.montage import assemble, parse_mdoc, read_mdoc, read_montage, remove_seams, tile_gains
+
+MDOC = """PixelSpacing = 656.139
+ImageFile = LMM.mrc
+ImageSize = 64 48
+Montage = 1
+
+[T = SerialEM: Titan Krios   25-Mar-21 16:59:53]
+
+[ZValue = 0]
+PieceCoordinates = 0 0 0
+MinMaxMean = -23 1110 2.48245
+PixelSpacing = 656.139
+AlignedPieceCoordsVS = 38 -65 0
+
+[ZValue = 1]
+PieceCoordinates = 58 0 0
+AlignedPieceCoordsVS = 95 -60 0
+
+[ZValue = 2]
+PieceCoordinates = 0 44 1
+"""
+
+
+def test_parse_mdoc():
+    md = parse_mdoc(MDOC, "x.mdoc")
+    assert md.pixel_size_A == pytest.approx(656.139)
+    assert md.is_montage
+    assert [s.z for s in md.sections] == [0, 1, 2]
+    assert md.sections[0].piece == (0, 0, 0) and md.sections[0].aligned == (38, -65, 0)
+    assert md.sections[1].piece == (58, 0, 0)
+    assert md.sections[2].piece == (0, 44, 1) and md.sections[2].aligned is None
+    assert md.header["ImageSize"] == "64 48"
+    assert md.sections[0].fields["MinMaxMean"] == "-23 1110 2.48245"
+
+
+def test_bad_mdoc_names_the_file(tmp_path):
+    p = tmp_path / "bad.mdoc"
+    p.write_text("[ZValue = 0]\nPieceCoordinates = a b 0\n")
+    with pytest.raises(CorruptFileError, match="bad.mdoc"):
+        read_mdoc(p)
+
+
+def cut(image: np.ndarray, nx: int, ny: int, tile: tuple[int, int], rng: np.random.Generator, jitter: int = 0):
+    """Overlapping tiles covering `image` with random gains; positions (x, y) of each tile's data[0, 0]."""
+    h, w = image.shape
+    th, tw = tile
+    xs = np.linspace(0, w - tw, nx).round().astype(int)
+    ys = np.linspace(0, h - th, ny).round().astype(int)
+    tiles, pos, gains = [], [], []
+    for y in ys:
+        for x in xs:
+            x1 = int(np.clip(x + rng.integers(-jitter, jitter + 1), 0, w - tw)) if jitter else int(x)
+            y1 = int(np.clip(y + rng.integers(-jitter, jitter + 1), 0, h - th)) if jitter else int(y)
+            g = float(np.exp(rng.normal(0, 0.25)))
+            tiles.append((image[y1 : y1 + th, x1 : x1 + tw] * g).astype(np.float32))
+            pos.append((x1, y1))
+            gains.append(g)
+    return tiles, np.array(pos), np.array(gains)
+
+
+def write_stack(tmp_path, tiles, pos, aligned=None, name="mont.mrc"):
+    path = tmp_path / name
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.stack(tiles).astype(np.float32))
+    lines = ["PixelSpacing = 1234.5", "Montage = 1", ""]
+    for z, (x, y) in enumerate(pos):
+        lines += [f"[ZValue = {z}]", f"PieceCoordinates = {x} {y} 0"]
+        if aligned is not None:
+            lines.append(f"AlignedPieceCoords = {aligned[z][0]} {aligned[z][1]} 0")
+        lines.append("")
+    (tmp_path / (name + ".mdoc")).write_text("\n".join(lines))
+    return path
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(nx=st.integers(2, 4), ny=st.integers(2, 4), seed=st.integers(0, 2**16), jitter=st.integers(0, 6))
+def test_montage_round_trip(tmp_path, nx, ny, seed, jitter):
+    rng = np.random.default_rng(seed)
+    h, w = 150 + 20 * ny, 170 + 20 * nx
+    image = rng.uniform(20, 200, (h, w)).astype(np.float32)
+    th, tw = int(h / ny * 1.25), int(w / nx * 1.25)
+    tiles, pos, gains = cut(image, nx, ny, (th, tw), rng, jitter)
+    path = write_stack(tmp_path, tiles, pos)
+    m = read_montage(path)
+    assert m.pixel_size_A == pytest.approx(1234.5)
+    x0, y0 = pos.min(axis=0)
+    ref = image[y0 : y0 + m.image.shape[0], x0 : x0 + m.image.shape[1]]
+    assert m.image.shape == ref.shape
+    cov = m.coverage
+    # Every covered pixel is the original up to one common factor (the gains' geometric mean).
+    ratio = m.image[cov] / ref[cov]
+    assert np.allclose(ratio, np.median(ratio), rtol=1e-4)
+    # The gains found are the true ones up to that factor.
+    est = m.gains / np.exp(np.mean(np.log(m.gains)))
+    true = gains / np.exp(np.mean(np.log(gains)))
+    assert np.allclose(est, true, rtol=1e-3)
+
+
+def test_aligned_coordinates_are_used_when_present(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(10, 100, (200, 260)).astype(np.float32)
+    tiles, pos, _ = cut(image, 2, 2, (120, 150), rng)
+    wrong = pos + np.array([[7, -3], [0, 5], [-4, 0], [2, 2]])
+    path = write_stack(tmp_path, tiles, wrong, aligned=pos)
+    m = read_montage(path)
+    assert np.array_equal(m.positions, pos - pos.min(axis=0))
+    nominal = read_montage(path, aligned=False)
+    assert np.array_equal(nominal.positions, wrong - wrong.min(axis=0))
+
+
+def test_pixel_budget_refused_before_allocating(tmp_path):
+    rng = np.random.default_rng(1)
+    tiles = [rng.uniform(0, 10, (40, 50)).astype(np.float32) for _ in range(2)]
+    # Two tiles 10^6 px apart: a 40 x 1000050 montage would be 4e7 pixels.
+    path = write_stack(tmp_path, tiles, [(0, 0), (1_000_000, 0)])
+    with pytest.raises(ShapeError, match="mont.mrc.*max_pixels"):
+        read_montage(path, max_pixels=1_000_000)
+    with pytest.raises(ShapeError, match="max_pixels"):
+        assemble(tiles, np.array([[0, 0], [1_000_000, 0]]), max_pixels=1_000_000)
+
+
+def test_gaps_are_filled_and_marked_uncovered():
+    rng = np.random.default_rng(2)
+    tiles = [np.full((50, 60), 100.0, np.float32), np.full((50, 60), 100.0, np.float32)]
+    m = assemble(tiles, np.array([[0, 0], [64, 0]]))  # a 4 px gap between the tiles
+    assert m.image.shape == (50, 124)
+    assert not m.coverage[:, 60:64].any() and m.coverage[:, :60].all()
+    assert np.allclose(m.image[:, 60:64], 100.0)
+    assert tile_gains(tiles, np.array([[0, 0], [64, 0]])) == pytest.approx([1.0, 1.0])
+    del rng
+
+
+def test_remove_seams_on_a_mesh():
+    from tests.test_mesh import render_mesh
+
+    clean = render_mesh(768, 41.0, 6.0, 13.0, seed=11, dose=300.0)
+    seamed = clean.copy()
+    seamed[300:302, :] *= 1.8  # bright seam
+    seamed[:, 500:503] *= 0.3  # dark seam
+    seamed[600:604, :] = 0.0  # gap
+    fixed, seams = remove_seams(seamed)
+    rows = {(s.axis, s.start, s.stop) for s in seams}
+    assert {(0, 300, 302), (1, 500, 503), (0, 600, 604)} <= rows
+    assert len(seams) == 3
+    before = np.abs(seamed - clean).mean()
+    after = np.abs(fixed - clean).mean()
+    assert after < 0.25 * before
+    # No seams in a clean mesh, at any angle, thin bars along the axes included.
+    assert remove_seams(clean)[1] == ()
+    assert remove_seams(render_mesh(768, 30.0, 3.0, 0.0, seed=12, dose=300.0))[1] == ()
