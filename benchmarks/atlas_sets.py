@@ -345,7 +345,7 @@ def _montage(case: AtlasCase, trans: np.ndarray, dose: float, rng: np.random.Gen
             x, y = round(i * step), round(j * step)
             ex, ey = (rng.integers(-err_max, err_max + 1, 2) if err_max else (0, 0))
             tx, ty = int(np.clip(x + ex, 0, n - ts)), int(np.clip(y + ey, 0, n - ts))
-            gain = float(np.exp(rng.normal(0, 0.15)))
+            gain = float(np.exp(rng.normal(0, 0.3)))
             lam = trans[ty : ty + ts, tx : tx + ts] * np.float32(dose * gain) * _vignette((ts, ts), float(rng.uniform(0, 0.25)))
             tile = _poisson(rng, lam)
             image[y : y + ts, x : x + ts] = tile
@@ -366,15 +366,21 @@ def _montage(case: AtlasCase, trans: np.ndarray, dose: float, rng: np.random.Gen
 
 
 def _artefact(img: np.ndarray, rng: np.random.Generator, axis: int, pos: int) -> None:
-    """At one tile boundary: nothing, a gap (zeros, 1-6 px), or a bright or dark seam (1-3 px)."""
+    """At one tile boundary: nothing, a gap (zeros, 1-10 px: the stage overshot the overlap), a bright seam
+    (1-3 px: a blending line at the level of the brightest squares, over bars too), a gain seam (x 1.4-2.2)
+    or a dark seam (x 0.2-0.6)."""
     u = rng.random()
     view = img if axis == 0 else img.T
-    if u < 0.3:
+    if u < 0.2:
         return
-    if u < 0.55:
-        w = int(rng.integers(1, 7))
+    if u < 0.45:
+        w = int(rng.integers(1, 11))
         view[pos : pos + w] = 0.0
-    elif u < 0.8:
+    elif u < 0.65:
+        w = int(rng.integers(1, 4))
+        level = np.float32(np.percentile(view[pos - 50 : pos + 50 : 5], 95) * rng.uniform(0.9, 1.3))
+        view[pos : pos + w] = np.maximum(view[pos : pos + w], level)
+    elif u < 0.85:
         w = int(rng.integers(1, 4))
         view[pos : pos + w] *= np.float32(rng.uniform(1.4, 2.2))
     else:

@@ -1,12 +1,14 @@
 """Squares on real-looking atlases (issue 12): recall, precision and the worst image per category on the
 held-out set (benchmarks/atlas_sets.py), and how well mesh.detect_mesh measures pitch, bar width and angle.
 
-    python -m benchmarks.squares_accuracy_real [--per-category 4] [--large] [--blocks]
+    python -m benchmarks.squares_accuracy_real [--per-category 4] [--large] [--blocks] [--prototype]
 
 Runs ptolemy_rt.find_squares(models=False) (geometry only: recall and precision do not depend on the CNN)
 on every atlas as it is. With --blocks it also runs it on the atlas after the issue-12 building blocks a
 pipeline could apply first (remove_seams; for montages, assembling the raw pieces with per-tile gains),
-to show what they change before any wiring. A found square is a true positive when its centre lies within
+to show what they change before any wiring; with --prototype, a sketch of the wiring built around
+find_squares from outside (mesh-set grouping window and area limits, disc filter, lattice fill; see
+prototype()), and with both, the two together. A found square is a true positive when its centre lies within
 0.35 pitch of a truth square (one to one); recall counts truth squares at least half visible. Prints
 Markdown tables; asserts nothing.
 """
@@ -95,12 +97,37 @@ def with_blocks(image: np.ndarray, pieces, truth) -> np.ndarray:
     return np.rint(np.clip(cleaned, 0, 65535)).astype(np.uint16)
 
 
+def prototype(image: np.ndarray) -> np.ndarray:
+    """What wiring the building blocks into find_squares could give, without touching it: the mesh sets the
+    grouping window and area limits (find_squares' own parameters), squares off the disc or larger than
+    one square are dropped, centres off the lattice are dropped, and lattice points with no square are
+    added (found_by: lattice)."""
+    from ptolemy_rt import find_squares
+    from ptolemy_rt.atlas_classes import disc_mask
+    from ptolemy_rt.mesh import detect_mesh, fit_square_lattice
+
+    det = detect_mesh(image)
+    if det.mesh is None:
+        return run_squares(image)[0]
+    m = det.mesh
+    res = find_squares(image, models=False, window=m.grouping_window, min_area=m.min_square_area)
+    disc = disc_mask(image, scale_px=3 * m.pitch_px)
+    keep = [s for s in res.squares if s.area <= m.max_square_area
+            and disc[min(max(round(s.y), 0), disc.shape[0] - 1), min(max(round(s.x), 0), disc.shape[1] - 1)]]
+    centres = np.array([(s.x, s.y) for s in keep], dtype=np.float64).reshape(-1, 2)
+    fit = fit_square_lattice(centres, m, shape=image.shape, disc=disc)
+    on = fit.rows >= 0
+    return np.vstack([centres[on], fit.missing])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-category", type=int, default=4)
     parser.add_argument("--large", action="store_true", help="add an 8192² atlas to the large category")
     parser.add_argument("--blocks", action="store_true", help="also score after seam removal / montage assembly")
     parser.add_argument("--only", default=None, help="comma-separated categories")
+    parser.add_argument("--prototype", action="store_true",
+                        help="also score a prototype wiring of mesh + disc + lattice around find_squares")
     args = parser.parse_args(argv)
 
     from ptolemy_rt.mesh import detect_mesh
@@ -124,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
             "case": case, "base": base, "t_sq": t_sq, "t_mesh": t_mesh, "t_gen": t_gen, "reason": reason,
             "mesh": m, "mesh_reason": det.reason,
         }
+        img2 = None
         if args.blocks:
             img2 = with_blocks(image, pieces, truth)
             pred2, _, _ = run_squares(img2)
             row["blocks"] = score(pred2, truth)
+        if args.prototype:
+            row["proto"] = score(prototype(image), truth)
+            if img2 is not None:
+                row["all"] = score(prototype(img2), truth)
         rows.append(row)
         pe = "-" if m is None else f"{100 * (m.pitch_px / case.pitch_px - 1):+.2f} %"
         print(f"{case.name:18s} {case.size:5d}² tiles {case.tiles} pitch {case.pitch_px:6.1f} bar {case.bar_px:5.1f} "
@@ -148,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cats = [c for c in CATEGORIES if any(r["case"].category == c for r in rows)]
     for key, title in [("base", "find_squares(models=False) as it is (baseline)")] + (
-            [("blocks", "after montage assembly with gains + remove_seams")] if args.blocks else []):
+            [("blocks", "after montage assembly with gains + remove_seams")] if args.blocks else []) + (
+            [("proto", "prototype wiring: mesh-set window/areas, disc, lattice fill")] if args.prototype else []) + (
+            [("all", "montage assembly + remove_seams, then the prototype wiring")] if args.prototype and args.blocks
+            else []):
         table = [["category", "atlases", "truth squares", "recall", "precision", "worst atlas (recall, precision)"]]
         for c in cats:
             table.append([c] + agg([r for r in rows if r["case"].category == c], key))

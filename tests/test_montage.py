@@ -9,7 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt.errors import CorruptFileError, ShapeError
-from ptolemy_rt.montage import assemble, parse_mdoc, read_mdoc, read_montage, remove_seams, tile_gains
+from ptolemy_rt.montage import (
+    assemble,
+    parse_mdoc,
+    read_mdoc,
+    read_montage,
+    remove_seams,
+    tile_gains,
+)
 
 MDOC = """PixelSpacing = 656.139
 ImageFile = LMM.mrc
