@@ -585,7 +585,14 @@ def fit_square_lattice(
     b = np.asarray(mesh.basis[1], dtype=np.float64)
     o = np.asarray(mesh.origin, dtype=np.float64)
     pitch = mesh.pitch_px
-    # Two rounds: assign indices with the current lattice, refit origin and basis on the inliers.
+    if len(c):
+        # The phase from the centres themselves (circular mean of their fractional lattice coordinates),
+        # so a mesh origin off by part of a cell cannot shift every index.
+        st0 = (c - o) @ np.linalg.inv(np.column_stack([a, b])).T
+        ang = 2 * np.pi * st0
+        phase = np.arctan2(np.sin(ang).mean(axis=0), np.cos(ang).mean(axis=0)) / (2 * np.pi)
+        o = o + phase[0] * a + phase[1] * b
+    # Rounds: assign indices with the current lattice, refit origin and basis on the inliers.
     for _ in range(3):
         inv = np.linalg.inv(np.column_stack([a, b]))
         st = (c - o) @ inv.T

@@ -186,3 +186,16 @@ def test_mesh_on_heldout_atlases():
         assert abs(m.bar_width_px - case.bar_px) < 1.5, case.name
         if case.category == "disc_edge":
             assert not disc_mask(image).all()
+
+
+def test_fit_square_lattice_with_an_origin_off_by_half_a_cell():
+    import dataclasses
+
+    img = render_mesh(512, 40.0, 6.0, 30.0, seed=9)
+    m = measure_mesh(img)
+    a, b = np.array(m.basis[0]), np.array(m.basis[1])
+    centres = np.array(m.origin) + np.array([(i, j) for i in range(-6, 7) for j in range(-6, 7)]) @ np.vstack([a, b])
+    shifted = dataclasses.replace(m, origin=tuple(np.array(m.origin) + 0.5 * (a + b)))
+    fit = fit_square_lattice(centres, shifted)
+    assert (fit.rows >= 0).all() and fit.residual_px < 1e-6
+    assert len(fit.missing) == 0 or np.min(np.hypot(*(fit.missing[:, None, :] - centres[None]).T)) > 0.5 * m.pitch_px
