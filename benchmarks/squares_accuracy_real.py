@@ -120,6 +120,51 @@ def prototype(image: np.ndarray) -> np.ndarray:
     return np.vstack([centres[on], fit.missing])
 
 
+def scaling(sizes: list[int], repeat: int) -> None:
+    """Warm timings of the building blocks and of find_squares(models=False) against atlas size, with the
+    process's peak RSS after each size (sizes ascending, so it is that size's peak or less) and the growth
+    exponent of time against pixels."""
+    import dataclasses
+
+    from benchmarks.atlas_sets import _case
+    from benchmarks.harness import peak_rss_mb, time_it
+    from ptolemy_rt import find_squares
+    from ptolemy_rt.atlas_classes import disc_mask
+    from ptolemy_rt.mesh import detect_mesh
+    from ptolemy_rt.montage import remove_seams
+
+    stages = ["detect_mesh", "disc_mask", "remove_seams", "find_squares(models=False)"]
+    times: dict[str, list[float]] = {k: [] for k in stages}
+    table = [["size"] + [f"{k} ms" for k in stages] + ["peak RSS MB"]]
+    for size in sorted(sizes):
+        # One scene scaled with the size: the same mesh seen at a finer pixel size.
+        base = _case("large", 912_777, 0, 4096)
+        case = dataclasses.replace(base, size=size, pitch_px=base.pitch_px * size / 4096,
+                                   bar_px=min(40.0, base.bar_px * size / 4096),
+                                   disc_radius_px=base.disc_radius_px * size / 4096,
+                                   disc_centre=(base.disc_centre[0] * size / 4096, base.disc_centre[1] * size / 4096))
+        image, _, _ = make_heldout_atlas(case)
+        mesh = detect_mesh(image).mesh
+        fns = {
+            "detect_mesh": lambda im=image: detect_mesh(im),
+            "disc_mask": lambda im=image: disc_mask(im),
+            "remove_seams": lambda im=image, me=mesh: remove_seams(im, mesh=me),
+            "find_squares(models=False)": lambda im=image: find_squares(im, models=False),
+        }
+        row = [f"{size}²"]
+        for k in stages:
+            t = time_it(k, fns[k], repeat=repeat, warmup=1)
+            times[k].append(t.median)
+            row.append(f"{t.median:.0f}")
+        row.append(f"{peak_rss_mb():.0f}")
+        table.append(row)
+        del image, fns
+    px = np.log(np.array(sorted(sizes), dtype=np.float64) ** 2)
+    table.append(["exponent (time ~ pixels^k)"] + [f"{np.polyfit(px, np.log(times[k]), 1)[0]:.2f}" for k in stages] + [""])
+    print("\n## Scaling, warm (median of repeats)")
+    print_markdown(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-category", type=int, default=4)
@@ -128,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated categories")
     parser.add_argument("--prototype", action="store_true",
                         help="also score a prototype wiring of mesh + disc + lattice around find_squares")
+    parser.add_argument("--scaling", action="store_true", help="only the scaling table (1024² to 8192²)")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.scaling:
+        scaling([1024, 2048, 4096, 8192], args.repeat)
+        print(f"\nmachine: {machine_line()}")
+        return 0
 
     from ptolemy_rt.mesh import detect_mesh
 
