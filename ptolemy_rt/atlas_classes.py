@@ -24,7 +24,7 @@ __all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask"]
 SQUARE_CLASSES = ("ok", "empty", "thin", "thick", "broken", "off-disc")
 
 # Work on a copy at most this many pixels on a side: the disc is a large, smooth object.
-_DISC_SIDE = 512
+_DISC_SIDE = 256
 
 
 def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float = 0.25) -> np.ndarray:
@@ -56,8 +56,9 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     if n <= 1:
         return full
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    pts = np.column_stack(np.nonzero(labels == biggest)[::-1]).astype(np.int32)
-    hull = cv2.convexHull(pts)
+    # The hull of the blob is the hull of its outer contour.
+    contours, _ = cv2.findContours((labels == biggest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
     small_mask = np.zeros(closed.shape, np.uint8)
     cv2.fillConvexPoly(small_mask, hull, 1)
     if f == 1:
