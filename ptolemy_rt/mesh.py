@@ -6,14 +6,18 @@ lattice vector. `detect_mesh`:
 1. works on a copy of at most `_ACF_SIDE` px a side (block means), high-passed and with the region outside
    the grid disc (atlas_classes.disc_mask) set to zero; the autocorrelation is divided by the mask's own
    autocorrelation (normalised, so the disc edge and the image border leave no envelope);
-2. takes the shortest strong autocorrelation peak as the first basis vector a (the shortest lattice vector,
-   not the strongest: the (1, 1) peak can be the stronger one), checks that a peak sits at a rotated by
-   90 degrees (a square lattice), then fits a and b by least squares to every peak n a + m b found within
-   the correlated area (sub-pixel by a quadratic fit around each), so the pitch error shrinks with n;
+2. takes the shortest strong autocorrelation peak that stands above the valley half-way to it as the first
+   basis vector a (the shortest lattice vector, not the strongest: the (1, 1) peak can be the stronger one;
+   points on a bar's ridge have no valley), reduces a cell diagonal to its sides, checks that a peak sits
+   at a rotated by 90 degrees (a square lattice), then fits a and b by least squares to the peaks n a + m b
+   along the rows and columns of peaks through the origin, in growing shells (sub-pixel by a quadratic fit
+   around each), so the pitch error shrinks with n;
 3. folds the full-resolution pixels of a central window into one lattice cell (mean intensity per cell
-   bin): the cell's profile across a bar gives the bar width (width at half depth) and the phase (where
-   the squares' centres are); the bright region's area against the product of its two widths tells a
-   square mesh (about 1) from round holes (pi / 4): a med-mag image of holes is "no mesh".
+   bin, smoothed): the cell's profile across a bar gives the bar width (width at half depth) and the phase
+   (where the squares' centres are); the bright region's shape tells a square mesh from round holes (its
+   area against the product of its widths, and its extent along the cell diagonal against sqrt 2 x its
+   width: ~1 for squares, ~0.71 for discs): a med-mag image of holes is "no mesh", and so is a lattice
+   whose autocorrelation peak is weak (noise, texture).
 
 When a pitch is too fine for the binned copy, the measurement is repeated on a full-resolution window.
 
