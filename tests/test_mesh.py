@@ -171,7 +171,7 @@ def test_classify_squares():
 
 @pytest.mark.slow
 def test_mesh_on_heldout_atlases():
-    """One held-out atlas per category (benchmarks/atlas_sets.py): pitch within 0.2 %, angle within 0.1
+    """One held-out atlas per category (benchmarks/atlas_sets.py): pitch within 0.5 %, angle within 0.1
     degree, bar width within 1.5 px; the grid disc never swallows the whole of an atlas with a disc edge."""
     from benchmarks.atlas_sets import heldout_cases, make_heldout_atlas
 
@@ -181,7 +181,7 @@ def test_mesh_on_heldout_atlases():
         image, _, _ = make_heldout_atlas(case)
         m = measure_mesh(image)
         assert m is not None, case.name
-        assert abs(m.pitch_px / case.pitch_px - 1) < 0.002, case.name
+        assert abs(m.pitch_px / case.pitch_px - 1) < 0.005, case.name
         assert angle_diff(m.angle_deg, case.angle_deg) < 0.1, case.name
         assert abs(m.bar_width_px - case.bar_px) < 1.5, case.name
         if case.category == "disc_edge":
