@@ -1,7 +1,7 @@
 """A held-out set of physically modelled atlases with ground truth, for squares on real-looking atlases (issue 12).
 
-Never used for training: ptolemy_rt/synth.py makes the training atlases; this generator is separate code
-with its own seeds (SEED_BASE), its own physics, and cases synth does not make: meshes of 100-400 lines per
+Never used for training: ptolemy_rt/synthetic makes the training atlases; this generator is separate code
+with its own seeds (SEED_BASE), its own physics, and cases it does not make: meshes of 100-400 lines per
 inch at 0-45 degrees, bars 2-40 px, montages of 3x3 to 8x8 tiles (per-tile dose and vignetting, stage
 errors, gaps, bright and dark seams), many thick and empty squares, the grid disc's edge and rim,
 1024² to 8192².
@@ -329,7 +329,9 @@ def make_heldout_atlas(case: AtlasCase) -> tuple[np.ndarray, HeldoutTruth, Monta
     return image, truth, pieces
 
 
-def _montage(case: AtlasCase, trans: np.ndarray, dose: float, rng: np.random.Generator) -> tuple[np.ndarray, MontagePieces]:
+def _montage(
+    case: AtlasCase, trans: np.ndarray, dose: float, rng: np.random.Generator
+) -> tuple[np.ndarray, MontagePieces]:
     """Cut tiles at their true stage positions, expose each with its own dose and vignetting, paste them at
     the nominal positions (later over earlier), then add gaps and seams along some tile boundaries."""
     n = case.size
@@ -346,7 +348,8 @@ def _montage(case: AtlasCase, trans: np.ndarray, dose: float, rng: np.random.Gen
             ex, ey = (rng.integers(-err_max, err_max + 1, 2) if err_max else (0, 0))
             tx, ty = int(np.clip(x + ex, 0, n - ts)), int(np.clip(y + ey, 0, n - ts))
             gain = float(np.exp(rng.normal(0, 0.3)))
-            lam = trans[ty : ty + ts, tx : tx + ts] * np.float32(dose * gain) * _vignette((ts, ts), float(rng.uniform(0, 0.25)))
+            beam = np.float32(dose * gain) * _vignette((ts, ts), float(rng.uniform(0, 0.25)))
+            lam = trans[ty : ty + ts, tx : tx + ts] * beam
             tile = _poisson(rng, lam)
             image[y : y + ts, x : x + ts] = tile
             tiles.append(tile)
@@ -390,7 +393,8 @@ def _artefact(img: np.ndarray, rng: np.random.Generator, axis: int, pos: int) ->
 
 def mdoc_text(pieces: MontagePieces, pixel_size_A: float, tile_shape: tuple[int, int]) -> str:
     """A SerialEM-style .mdoc for the pieces (nominal positions as PieceCoordinates, true ones as aligned)."""
-    lines = [f"PixelSpacing = {pixel_size_A:.4f}", f"ImageSize = {tile_shape[1]} {tile_shape[0]}", "Montage = 1", "DataMode = 6", ""]
+    lines = [f"PixelSpacing = {pixel_size_A:.4f}", f"ImageSize = {tile_shape[1]} {tile_shape[0]}", "Montage = 1",
+             "DataMode = 6", ""]
     for z, ((x, y), (ax, ay)) in enumerate(zip(pieces.positions, pieces.true_positions)):
         lines += [f"[ZValue = {z}]", f"PieceCoordinates = {x} {y} 0", f"AlignedPieceCoords = {ax} {ay} 0",
                   f"PixelSpacing = {pixel_size_A:.4f}", ""]

@@ -26,8 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.atlas_sets import CATEGORIES, heldout_cases, make_heldout_atlas
-from benchmarks.harness import machine_line, print_markdown
+from benchmarks.atlas_sets import CATEGORIES, heldout_cases, make_heldout_atlas  # noqa: E402
+from benchmarks.harness import machine_line, print_markdown  # noqa: E402
 
 
 def match(pred: np.ndarray, truth: np.ndarray, tol: float) -> np.ndarray:
@@ -160,7 +160,8 @@ def scaling(sizes: list[int], repeat: int) -> None:
         table.append(row)
         del image, fns
     px = np.log(np.array(sorted(sizes), dtype=np.float64) ** 2)
-    table.append(["exponent (time ~ pixels^k)"] + [f"{np.polyfit(px, np.log(times[k]), 1)[0]:.2f}" for k in stages] + [""])
+    slopes = [f"{np.polyfit(px, np.log(times[k]), 1)[0]:.2f}" for k in stages]
+    table.append(["exponent (time ~ pixels^k)"] + slopes + [""])
     print("\n## Scaling, warm (median of repeats)")
     print_markdown(table)
 
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             kinds[k][0] += f
             kinds[k][1] += n
     print("\n## Baseline recall by square kind")
-    print_markdown([["kind", "found / truth", "recall"]] + [[k, f"{f}/{n}", f"{f / max(n, 1):.3f}"] for k, (f, n) in sorted(kinds.items())])
+    by_kind = [[k, f"{f}/{n}", f"{f / max(n, 1):.3f}"] for k, (f, n) in sorted(kinds.items())]
+    print_markdown([["kind", "found / truth", "recall"]] + by_kind)
 
     table = [["category", "meshes found", "pitch error % (median / max)", "bar width error px (median / max)",
               "angle error deg (max)", "detect_mesh ms (median)"]]

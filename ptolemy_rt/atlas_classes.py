@@ -7,7 +7,7 @@ edge would otherwise bite into it).
 
 `classify_squares` labels squares `empty|thin|thick|broken|off-disc` from their mean intensity relative to
 the atlas's own distribution of square brightness (the median square is ordinary ice, "ok"), with the beam's
-vacuum level when it is known. The thresholds are those `synth.MODERATE_BRIGHTNESS` calls moderate; they
+vacuum level when it is known. The thresholds are those `synthetic.MODERATE_BRIGHTNESS` calls moderate; they
 are parameters. The label goes beside the CNN score, never instead of it.
 """
 

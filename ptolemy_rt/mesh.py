@@ -25,7 +25,7 @@ When a pitch is too fine for the binned copy, the measurement is repeated on a f
 the lattice points inside the disc that nothing was found at (`found_by: lattice` candidates).
 
 Conventions: x = column, y = row; the mesh angle is counter-clockwise on screen (y down) in [0, 90); the
-lattice is origin + i a + j b, a = pitch (cos t, -sin t), b = pitch (sin t, cos t) as in synth.lattice_basis.
+lattice is origin + i a + j b, a = pitch (cos t, -sin t), b = pitch (sin t, cos t) as in synthetic.lattice_basis.
 """
 
 from __future__ import annotations
@@ -215,7 +215,9 @@ def _subpixel(a: np.ndarray, r: int, c: int) -> tuple[float, float, float]:
     return r + dr, c + dc, z
 
 
-def _peak_near(a: np.ndarray, centre: tuple[int, int], lag: np.ndarray, radius: float) -> tuple[float, float, float] | None:
+def _peak_near(
+    a: np.ndarray, centre: tuple[int, int], lag: np.ndarray, radius: float
+) -> tuple[float, float, float] | None:
     """The strongest local maximum within `radius` of lag (x, y): (lag x, lag y, value) sub-pixel, or None."""
     cy, cx = centre
     px, py = cx + lag[0], cy + lag[1]
@@ -370,19 +372,23 @@ def _smooth_circular(cell: np.ndarray) -> np.ndarray:
 def _run_width(profile: np.ndarray, level: float) -> float:
     """Width (in bins, linear interpolation at both ends) of the run below `level` around index 0 (circular)."""
     n = len(profile)
-    p = np.roll(profile, n // 2)  # the bar (index 0) now in the middle
+    p = np.roll(profile, n // 2)  # index 0 now in the middle
     mid = n // 2
     if p[mid] >= level:
         return 0.0
-    lo = mid
+    lo = hi = mid
     while lo > 0 and p[lo - 1] < level:
         lo -= 1
-    hi = mid
     while hi < n - 1 and p[hi + 1] < level:
         hi += 1
-    left = lo - 1 + ((p[lo - 1] - level) / (p[lo - 1] - p[lo]) if lo > 0 and p[lo - 1] != p[lo] else 0.5) if lo > 0 else lo - 0.5
-    right = hi + 1 - ((p[hi + 1] - level) / (p[hi + 1] - p[hi]) if hi < n - 1 and p[hi + 1] != p[hi] else 0.5) \
-        if hi < n - 1 else hi + 0.5
+
+    def crossing(inside: int, outside: int) -> float:
+        # Where the profile crosses `level` between an inside bin and its outside neighbour.
+        d = p[outside] - p[inside]
+        return (level - p[inside]) / d if d != 0 else 0.5
+
+    left = lo - crossing(lo, lo - 1) if lo > 0 else lo - 0.5
+    right = hi + crossing(hi, hi + 1) if hi < n - 1 else hi + 0.5
     return float(right - left)
 
 
@@ -629,7 +635,8 @@ def fit_square_lattice(
         h, w = shape
         corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
     elif len(c):
-        corners = np.array([c.min(axis=0), c.max(axis=0), [c[:, 0].min(), c[:, 1].max()], [c[:, 0].max(), c[:, 1].min()]])
+        lo, hi = c.min(axis=0), c.max(axis=0)
+        corners = np.array([lo, hi, [lo[0], hi[1]], [hi[0], lo[1]]])
     else:
         corners = np.zeros((1, 2))
     cst = (corners - o) @ inv.T

@@ -214,7 +214,9 @@ def _overlap(p: np.ndarray, q: np.ndarray, shape: tuple[int, int]) -> tuple[int,
     return int(y0), int(y1), int(x0), int(x1)
 
 
-def tile_gains(tiles: Sequence[np.ndarray] | np.ndarray, positions: np.ndarray, *, prior_weight: float = 1e-3) -> np.ndarray:
+def tile_gains(
+    tiles: Sequence[np.ndarray] | np.ndarray, positions: np.ndarray, *, prior_weight: float = 1e-3
+) -> np.ndarray:
     """Per-tile gains g (divide each tile by its g) that make overlapping tiles agree in mean brightness.
 
     Least squares in log space: for each overlap log g_i - log g_j = log(mean_i / mean_j) over the overlap;
@@ -356,7 +358,8 @@ def read_montage(
     with mrc:
         data = mrc.data
         if data is None or data.ndim != 3:
-            raise ShapeError(f"{name}: a montage needs a 3-D stack, the file holds {None if data is None else data.ndim}-D data")
+            dims = "no" if data is None else f"{data.ndim}-D"
+            raise ShapeError(f"{name}: a montage needs a 3-D stack, the file holds {dims} data")
         nz = data.shape[0]
         bad = [s.z for s in secs if not 0 <= s.z < nz]
         if bad:
@@ -403,7 +406,8 @@ def _shifts(mesh: Any, axis: int, max_width: int) -> list[tuple[int, int]]:
     beyond a seam's width."""
     if mesh is None:
         d = max_width + 2
-        return [(d, 0), (-d, 0), (d + 2, 0), (-(d + 2), 0)] if axis == 0 else [(0, d), (0, -d), (0, d + 2), (0, -(d + 2))]
+        rows = [(d, 0), (-d, 0), (d + 2, 0), (-(d + 2), 0)]
+        return rows if axis == 0 else [(dx, dy) for dy, dx in rows]
     a = np.asarray(mesh.basis[0], dtype=np.float64)
     b = np.asarray(mesh.basis[1], dtype=np.float64)
     cands = [a, b, a + b, a - b]

@@ -94,7 +94,7 @@ def test_thin_bars_at_zero_degrees():
 
 
 def test_no_mesh_on_a_hole_image_noise_and_blank():
-    from ptolemy_rt.synth import make_medmag
+    from ptolemy_rt.synthetic import make_medmag
 
     for seed in (0, 2, 4, 7):
         img, _ = make_medmag(seed)

@@ -91,7 +91,8 @@ def write_stack(tmp_path, tiles, pos, aligned=None, name="mont.mrc"):
     return path
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(nx=st.integers(2, 4), ny=st.integers(2, 4), seed=st.integers(0, 2**16), jitter=st.integers(0, 6))
 def test_montage_round_trip(tmp_path, nx, ny, seed, jitter):
     rng = np.random.default_rng(seed)
