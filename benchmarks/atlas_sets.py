@@ -94,12 +94,15 @@ class HeldoutTruth:
 
 @dataclass(frozen=True, eq=False)
 class MontagePieces:
-    """A montage's raw tiles (n, th, tw) uint16 and their nominal top-left positions (x, y) in the stitch."""
+    """A montage's raw tiles (n, th, tw) uint16, their nominal top-left positions (x, y) in the stitch, where
+    they were really taken, their gains, and the artefacts drawn at tile boundaries: (axis, first row or
+    column, width, kind) with kind gap, bright, gain or dark."""
 
     tiles: np.ndarray
     positions: np.ndarray
     true_positions: np.ndarray
     gains: np.ndarray
+    artefacts: tuple[tuple[int, int, int, str], ...] = ()
 
 
 def heldout_cases(per_category: int = 4, *, large: bool = False, sizes_8192: int = 1) -> list[AtlasCase]:
@@ -358,37 +361,42 @@ def _montage(
             gains.append(gain)
     # Gaps (a strip no tile covered: zeros) and seams (bright or dark lines) at some tile boundaries.
     img = image.astype(np.float32)
-    for j in range(1, nt):
-        y = round(j * step)
-        _artefact(img, rng, axis=0, pos=y)
-    for i in range(1, nt):
-        x = round(i * step)
-        _artefact(img, rng, axis=1, pos=x)
+    drawn = []
+    for axis in (0, 1):  # rows first, then columns
+        for k in range(1, nt):
+            pos = round(k * step)
+            art = _artefact(img, rng, axis=axis, pos=pos)
+            if art is not None:
+                drawn.append((axis, pos) + art)
     image = np.clip(np.rint(img), 0, 65535).astype(np.uint16)
-    return image, MontagePieces(np.stack(tiles), np.asarray(nominal), np.asarray(true), np.asarray(gains))
+    pieces = MontagePieces(np.stack(tiles), np.asarray(nominal), np.asarray(true), np.asarray(gains), tuple(drawn))
+    return image, pieces
 
 
-def _artefact(img: np.ndarray, rng: np.random.Generator, axis: int, pos: int) -> None:
+def _artefact(img: np.ndarray, rng: np.random.Generator, axis: int, pos: int) -> tuple[int, str] | None:
     """At one tile boundary: nothing, a gap (zeros, 1-10 px: the stage overshot the overlap), a bright seam
     (1-3 px: a blending line at the level of the brightest squares, over bars too), a gain seam (x 1.4-2.2)
     or a dark seam (x 0.2-0.6)."""
     u = rng.random()
     view = img if axis == 0 else img.T
     if u < 0.2:
-        return
+        return None
     if u < 0.45:
         w = int(rng.integers(1, 11))
         view[pos : pos + w] = 0.0
-    elif u < 0.65:
+        return w, "gap"
+    if u < 0.65:
         w = int(rng.integers(1, 4))
         level = np.float32(np.percentile(view[pos - 50 : pos + 50 : 5], 95) * rng.uniform(0.9, 1.3))
         view[pos : pos + w] = np.maximum(view[pos : pos + w], level)
-    elif u < 0.85:
+        return w, "bright"
+    if u < 0.85:
         w = int(rng.integers(1, 4))
         view[pos : pos + w] *= np.float32(rng.uniform(1.4, 2.2))
-    else:
-        w = int(rng.integers(1, 4))
-        view[pos : pos + w] *= np.float32(rng.uniform(0.2, 0.6))
+        return w, "gain"
+    w = int(rng.integers(1, 4))
+    view[pos : pos + w] *= np.float32(rng.uniform(0.2, 0.6))
+    return w, "dark"
 
 
 def mdoc_text(pieces: MontagePieces, pixel_size_A: float, tile_shape: tuple[int, int]) -> str:

@@ -80,6 +80,32 @@ def run_squares(image) -> tuple[np.ndarray, float, str | None]:
     return pred, dt, res.reason
 
 
+def montage_blocks(image: np.ndarray, pieces) -> dict:
+    """Seam finding against the artefacts the generator drew, and per-tile gains against the true ones."""
+    from ptolemy_rt.montage import remove_seams, tile_gains
+
+    t0 = time.perf_counter()
+    _, seams = remove_seams(image)
+    t_seams = time.perf_counter() - t0
+    arts = pieces.artefacts
+    hit = [any(s.axis == ax and s.start < pos + w + 1 and s.stop > pos - 1 for s in seams) for ax, pos, w, _ in arts]
+    false = [s for s in seams if not any(s.axis == ax and s.start < pos + w + 1 and s.stop > pos - 1
+                                         for ax, pos, w, _ in arts)]
+    # Gains are judged on tiles that show the grid (a tile off the disc has no gain to speak of), relative
+    # to their geometric mean.
+    means = np.array([float(t[::4, ::4].mean()) / g for t, g in zip(pieces.tiles, pieces.gains)])
+    lit = means >= 0.25 * means.max()
+    true = pieces.gains[lit] / np.exp(np.log(pieces.gains[lit]).mean())
+    errs = {}
+    for key, pos in (("true", pieces.true_positions), ("nominal", pieces.positions)):
+        g = tile_gains(list(pieces.tiles), pos)[lit]
+        e = np.abs(g / np.exp(np.log(g).mean()) / true - 1)
+        errs[key] = (float(np.median(e)), float(np.max(e)))
+    return {"artefacts": len(arts), "found": int(sum(hit)), "false": len(false), "t_seams": t_seams,
+            "missed": [kind for (_, _, _, kind), h in zip(arts, hit) if not h], "gain_err": errs,
+            "tiles": len(pieces.tiles)}
+
+
 def with_blocks(image: np.ndarray, pieces, truth) -> np.ndarray:
     """The atlas after the building blocks: montage pieces assembled with gains (at their nominal positions,
     as the stitch had them), then seams removed."""
@@ -203,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             "case": case, "base": base, "t_sq": t_sq, "t_mesh": t_mesh, "t_gen": t_gen, "reason": reason,
             "mesh": m, "mesh_reason": det.reason,
         }
+        if pieces is not None:
+            row["montage"] = montage_blocks(image, pieces)
         img2 = None
         if args.blocks:
             img2 = with_blocks(image, pieces, truth)
@@ -270,6 +298,21 @@ def main(argv: list[str] | None = None) -> int:
             table.append([c, f"0/{len(sel)}", "-", "-", "-", "-"])
     print("\n## Mesh measurement (detect_mesh) against the generator's pitch, bar width and angle")
     print_markdown(table)
+
+    mont = [r for r in rows if "montage" in r]
+    if mont:
+        table = [["atlas", "tiles", "artefacts", "seams found", "missed (kind)",
+                  "false seams", "remove_seams ms", "gain error, true positions", "gain error, nominal positions"]]
+        for r in mont:
+            mb = r["montage"]
+            table.append([r["case"].name, str(mb["tiles"]), str(mb["artefacts"]), f"{mb['found']}/{mb['artefacts']}",
+                          ", ".join(mb["missed"]) or "-", str(mb["false"]), f"{1e3 * mb['t_seams']:.0f}",
+                          "{:.1f} / {:.1f} %".format(*(100 * np.array(mb["gain_err"]["true"]))),
+                          "{:.1f} / {:.1f} %".format(*(100 * np.array(mb["gain_err"]["nominal"])))])
+        print("\n## Montage building blocks: remove_seams against the drawn artefacts, tile_gains against the true"
+              " gains (tiles on the disc; median / max error; the generator also vignettes each tile by up to"
+              " 25 %, which a gain alone cannot undo)")
+        print_markdown(table)
 
     table = [["size", "atlases", "find_squares s (median / max)", "detect_mesh ms (median)"]]
     for size in sorted({r["case"].size for r in rows}):
