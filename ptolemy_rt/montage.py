@@ -401,7 +401,7 @@ class Seam:
 
 
 def _shifts(mesh: Any, axis: int, max_width: int) -> list[tuple[int, int]]:
-    """(dy, dx) shifts that map the scene onto itself but move a seam along `axis` off itself: +-1 and +-2
+    """(dy, dx) shifts that map the scene onto itself but move a seam along `axis` off itself: +-1, +-2, +-3
     times the lattice vector with the largest step across the seam; without a mesh, rows (columns) just
     beyond a seam's width."""
     if mesh is None:
@@ -414,7 +414,7 @@ def _shifts(mesh: Any, axis: int, max_width: int) -> list[tuple[int, int]]:
     comp = 1 if axis == 0 else 0  # y moves row seams, x moves column seams
     v = max(cands, key=lambda c: abs(c[comp]))
     out = []
-    for k in (1, -1, 2, -2):
+    for k in (1, -1, 2, -2, 3, -3):
         dx, dy = round(k * v[0]), round(k * v[1])
         if abs(dy if axis == 0 else dx) > max_width:
             out.append((dy, dx))
@@ -484,7 +484,7 @@ def remove_seams(
     image: np.ndarray,
     *,
     mesh: Any = None,
-    max_width: int = 6,
+    max_width: int = 12,
     threshold: float = 8.0,
     min_contrast: float = 0.05,
 ) -> tuple[np.ndarray, tuple[Seam, ...]]:

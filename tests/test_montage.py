@@ -158,10 +158,11 @@ def test_remove_seams_on_a_mesh():
     seamed[300:302, :] *= 1.8  # bright seam
     seamed[:, 500:503] *= 0.3  # dark seam
     seamed[600:604, :] = 0.0  # gap
+    seamed[:, 150:160] = 0.0  # a wide gap
     fixed, seams = remove_seams(seamed)
     rows = {(s.axis, s.start, s.stop) for s in seams}
-    assert {(0, 300, 302), (1, 500, 503), (0, 600, 604)} <= rows
-    assert len(seams) == 3
+    assert {(0, 300, 302), (1, 500, 503), (0, 600, 604), (1, 150, 160)} <= rows
+    assert len(seams) == 4
     before = np.abs(seamed - clean).mean()
     after = np.abs(fixed - clean).mean()
     assert after < 0.25 * before
