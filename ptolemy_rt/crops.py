@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -86,31 +86,18 @@ def sample_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int])
     xs = (x0, x0 + m[0, 0] * (cols - 1), x0 + m[0, 1] * (rows - 1), x0 + m[0, 0] * (cols - 1) + m[0, 1] * (rows - 1))
     ys = (y0, y0 + m[1, 0] * (cols - 1), y0 + m[1, 1] * (rows - 1), y0 + m[1, 0] * (cols - 1) + m[1, 1] * (rows - 1))
     if min(xs) < 0 or max(xs) > w - 1 or min(ys) < 0 or max(ys) > h - 1:
-        _zero_outside_kernel()(out, m, float(w - 1), float(h - 1))
+        _zero_outside(out, m, float(w - 1), float(h - 1))
     return out
 
 
-_ZERO = None
-
-
-def _zero_outside_kernel() -> Any:
-    """Numba kernel (compiled on first use) setting to 0 the crop pixels whose source lies outside the image."""
-    global _ZERO
-    if _ZERO is None:
-        from ._numba import CACHE, numba
-
-        @numba.njit(cache=CACHE, nogil=True)
-        def zero_outside(out: np.ndarray, m: np.ndarray, xmax: float, ymax: float) -> None:
-            rows, cols = out.shape
-            for i in range(rows):
-                for j in range(cols):
-                    x = m[0, 0] * j + m[0, 1] * i + m[0, 2]
-                    y = m[1, 0] * j + m[1, 1] * i + m[1, 2]
-                    if x < 0.0 or x > xmax or y < 0.0 or y > ymax:
-                        out[i, j] = 0.0
-
-        _ZERO = zero_outside
-    return _ZERO
+def _zero_outside(out: np.ndarray, m: np.ndarray, xmax: float, ymax: float) -> None:
+    """Set to 0 the crop pixels whose source point m @ (col, row, 1) lies outside [0, xmax] x [0, ymax]."""
+    rows, cols = out.shape
+    j = np.arange(cols, dtype=np.float64)[None, :]
+    i = np.arange(rows, dtype=np.float64)[:, None]
+    x = m[0, 0] * j + m[0, 1] * i + m[0, 2]
+    y = m[1, 0] * j + m[1, 1] * i + m[1, 2]
+    out[(x < 0.0) | (x > xmax) | (y < 0.0) | (y > ymax)] = 0.0
 
 
 def sample_rotated_crop(

@@ -5,8 +5,9 @@ histogram bins weighted by the bin counts: one pass over the image builds the hi
 EM iteration costs O(bins) and gives exactly the per-pixel result. The posterior of each bin becomes
 a look-up table that a second pass turns into the mask.
 
-This module imports numba (about 0.3 s), so the pipelines import it on first use, not at package import;
-the kernels compile on their first call and are cached on disk (cache=True).
+Everything is numpy: the passes over the image are a few vectorised operations on blocks of pixels, and EM
+is O(bins) per iteration, so compiled kernels would save little and cost a JIT compile or a cache load (with
+numba's import, ~0.4 s) in every process.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from ._numba import CACHE, numba
 
 __all__ = [
     "per_pixel_em",
@@ -86,74 +85,69 @@ class Segmentation:
     reason: str | None
 
 
-@numba.njit(cache=CACHE, nogil=True)
-def _integral(data):
-    # Early exit: real-valued data usually fail on the first pixel.
+# Pixels per block in the passes over the image: bounds the float64 temporaries (8 MB) whatever the image size.
+_BLOCK = 1 << 20
+
+
+def _integral(data: np.ndarray) -> bool:
+    """Whether every value is a whole number (real-valued data usually fail within the first block)."""
     flat = data.ravel()
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        if v != math.floor(v):
+    for a in range(0, flat.shape[0], _BLOCK):
+        part = flat[a : a + _BLOCK]
+        if not np.array_equal(part, np.floor(part)):
             return False
     return True
 
 
-@numba.njit(cache=CACHE, nogil=True, inline="always")
-def _bin(v, unit, scale, top):
-    # Histogram bin of one pixel: counts (the value itself for integer data, else value * scale, rounded),
-    # negatives in bin 0, everything from `top` up in the last bin.
-    if v <= 0.0:
-        return 0
-    if unit:
-        return top if v >= top else int(v)
-    x = math.floor(v * scale + 0.5)
-    return top if x >= top else int(x)
-
-
-@numba.njit(cache=CACHE, nogil=True)
-def _hist(data, scale, top):
-    # Four interleaved sub-histograms: neighbouring pixels often share a bin, and a single
-    # histogram would serialise on that one counter.
+def _counts(data: np.ndarray, scale: float, top: int) -> np.ndarray:
+    """Histogram bin of every pixel (uint16, the image's shape): the value itself for integer data (scale 1,
+    truncated), else floor(value * scale + 0.5); negatives in bin 0, everything from `top` up in bin `top`."""
     flat = data.ravel()
-    size = flat.shape[0]
-    sub = np.zeros((4, top + 1), dtype=np.int64)
+    out = np.empty(flat.shape[0], dtype=np.uint16)  # top <= COUNT_CAP
     unit = scale == 1.0
-    stop = size - size % 4
-    for i in range(0, stop, 4):
-        for q in range(4):
-            sub[q, _bin(flat[i + q], unit, scale, top)] += 1
-    for i in range(stop, size):
-        sub[0, _bin(flat[i], unit, scale, top)] += 1
-    out = sub[0] + sub[1] + sub[2] + sub[3]
-    return out
+    for a in range(0, flat.shape[0], _BLOCK):
+        v = flat[a : a + _BLOCK]
+        if unit:
+            # float32 compares exactly with top (< 2**24); truncation of a positive value is its floor.
+            x = np.clip(v, 0.0, float(top))
+        else:
+            # float64 as the count definition; clipped before the integer conversion, so huge values are safe.
+            x = np.floor(v * np.float64(scale) + 0.5)
+            np.clip(x, 0.0, float(top), out=x)
+        out[a : a + _BLOCK] = x
+    return out.reshape(data.shape)
 
 
-@numba.njit(cache=CACHE, nogil=True)
-def _apply(data, scale, top, table):
-    # Also counts label changes between 4-neighbours, which measures the mask's spatial coherence.
-    rows, cols = data.shape
-    out = np.empty((rows, cols), dtype=np.uint8)
-    unit = scale == 1.0
+def _hist(data: np.ndarray, scale: float, top: int) -> np.ndarray:
+    return np.bincount(_counts(data, scale, top).ravel(), minlength=top + 1).astype(np.int64, copy=False)
+
+
+def _label_changes(mask: np.ndarray) -> int:
+    """Label changes between 4-neighbours of a 2-D mask (a measure of its spatial coherence)."""
+    rows, cols = mask.shape
+    step = max(1, _BLOCK // max(1, cols))
     changes = 0
-    for i in range(rows):
-        for j in range(cols):
-            v = data[i, j]
-            if v <= 0.0:
-                k = 0
-            elif unit:
-                k = top if v >= top else int(v)
-            else:
-                x = math.floor(v * scale + 0.5)
-                k = top if x >= top else int(x)
-            t = table[k]
-            out[i, j] = t
-            if j > 0 and out[i, j - 1] != t:
-                changes += 1
-            if i > 0 and out[i - 1, j] != t:
-                changes += 1
-    return out, changes
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        block = mask[a:b]
+        changes += int(np.count_nonzero(block[:, 1:] != block[:, :-1]))
+        block = mask[a : min(rows, b + 1)]  # the vertical pairs reach one row into the next block
+        changes += int(np.count_nonzero(block[1:] != block[:-1]))
+    return changes
 
 
-@numba.njit(cache=CACHE, nogil=True)
+def _apply(data: np.ndarray, scale: float, top: int, table: np.ndarray,
+           counts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    idx = _counts(data, scale, top) if counts is None else counts
+    mask = table[idx]
+    return mask, _label_changes(mask)
+
+
+def _seq_sum(x: np.ndarray) -> float:
+    """Sum in index order (np.sum is pairwise): the EM's sums as a plain loop would add them."""
+    return float(np.cumsum(x)[-1]) if x.shape[0] else 0.0
+
+
 def _e_step(k, n, lgam, mu1, mu2, pi, p):
     # Posterior of the bright component per bin (written into p) and the total log-likelihood.
     # log Poisson(k | mu) = k log(mu) - mu - log(k!)
@@ -161,55 +155,40 @@ def _e_step(k, n, lgam, mu1, mu2, pi, p):
     lmu2 = math.log(mu2) if mu2 > 0.0 else -np.inf
     lpi = math.log(pi) if pi > 0.0 else -np.inf
     lpi2 = math.log1p(-pi) if pi < 1.0 else -np.inf
-    total = 0.0
-    for b in range(k.shape[0]):
-        kb = k[b]
-        a1 = (kb * lmu1 if kb > 0.0 else 0.0) - mu1 - lgam[b] + lpi
-        a2 = (kb * lmu2 if kb > 0.0 else 0.0) - mu2 - lgam[b] + lpi2
-        m = a1 if a1 > a2 else a2
-        e1 = math.exp(a1 - m)
-        e2 = math.exp(a2 - m)
-        total += n[b] * (math.log(e1 + e2) + m)
-        p[b] = e1 / (e1 + e2)
+    pos = k > 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        a1 = np.where(pos, k * lmu1, 0.0) - mu1 - lgam + lpi
+        a2 = np.where(pos, k * lmu2, 0.0) - mu2 - lgam + lpi2
+        m = np.maximum(a1, a2)
+        e1 = np.exp(a1 - m)
+        e2 = np.exp(a2 - m)
+        s = e1 + e2
+        total = _seq_sum(n * (np.log(s) + m))
+        np.divide(e1, s, out=p)
     return total
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def _m_step(k, n, p):
     # Class means from the posteriors; (0, 0, False) when a class is empty.
-    s1 = 0.0
-    w1 = 0.0
-    s2 = 0.0
-    w2 = 0.0
-    for b in range(k.shape[0]):
-        s1 += k[b] * n[b] * p[b]
-        w1 += n[b] * p[b]
-        s2 += k[b] * n[b] * (1.0 - p[b])
-        w2 += n[b] * (1.0 - p[b])
+    kn = k * n
+    q = 1.0 - p
+    w1 = _seq_sum(n * p)
+    w2 = _seq_sum(n * q)
     if w1 <= 0.0 or w2 <= 0.0:
         return 0.0, 0.0, False
-    return s1 / w1, s2 / w2, True
+    return _seq_sum(kn * p) / w1, _seq_sum(kn * q) / w2, True
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def _mixing_weight(n, p, total_n):
-    acc = 0.0
-    for b in range(n.shape[0]):
-        acc += n[b] * p[b]
-    return acc / total_n
+    return _seq_sum(n * p) / total_n
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def _em(k, n, p, max_iter, tol):
     # The original's update order: M-step (means) from the posteriors, E-step with the mixing weight
     # of the previous E-step, mixing weight <- mean posterior; stop when the gain drops below tol.
-    nb = k.shape[0]
-    lgam = np.empty(nb)
-    for b in range(nb):
-        lgam[b] = math.lgamma(k[b] + 1.0)
-    total_n = 0.0
-    for b in range(nb):
-        total_n += n[b]
+    # O(bins) numpy per iteration: a compiled loop would cost a JIT compile (or a cache load) per process.
+    lgam = np.array([math.lgamma(float(v) + 1.0) for v in k], dtype=np.float64)
+    total_n = _seq_sum(n)
     mu1, mu2, ok = _m_step(k, n, p)
     if not ok:
         return 0.0, 0.0, 0.0, 0, -np.inf, False
@@ -311,11 +290,14 @@ def fit_poisson_mixture(hist: np.ndarray, *, max_iter: int = 100, tol: float = 1
     )
 
 
-def apply_posterior(data: np.ndarray, scale: CountScale, table: np.ndarray) -> tuple[np.ndarray, float]:
-    """Map every pixel to its bin's class in one pass: (uint8 mask, 1 = bright; incoherence ratio)."""
+def apply_posterior(data: np.ndarray, scale: CountScale, table: np.ndarray,
+                    counts: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Map every pixel to its bin's class in one pass: (uint8 mask, 1 = bright; incoherence ratio).
+
+    counts: the pixels' bins when already known (segment computes them once for the histogram and the mask)."""
     table = np.ascontiguousarray(table, dtype=np.uint8)
     data = _as_f32(data)
-    mask, changes = _apply(data, float(scale.scale), table.shape[0] - 1, table)
+    mask, changes = _apply(data, float(scale.scale), table.shape[0] - 1, table, counts)
     rows, cols = data.shape
     q = float(np.count_nonzero(mask)) / mask.size
     pairs = rows * (cols - 1) + (rows - 1) * cols
@@ -359,7 +341,8 @@ def segment(
         return Segmentation(None, scale, None, None, None, "constant image: no intensity variation to segment")
     if scale.max_value <= 0.0:
         return Segmentation(None, scale, None, None, None, "blank image: no positive values (counts clip at 0)")
-    hist = histogram(data, scale)
+    counts = _counts(data, float(scale.scale), _top(scale))
+    hist = np.bincount(counts.ravel(), minlength=_top(scale) + 1).astype(np.int64, copy=False)
     fit = fit_poisson_mixture(hist, max_iter=max_iter, tol=tol)
     if fit is None:
         return Segmentation(
@@ -376,7 +359,7 @@ def segment(
             None, scale, fit, sep, None,
             f"one-class image: bright and dark classes overlap (separation {sep:.2f} < {min_separation:g})",
         )
-    mask, incoherence = apply_posterior(data, scale, fit.bright)
+    mask, incoherence = apply_posterior(data, scale, fit.bright, counts)
     if incoherence > max_incoherence:
         return Segmentation(
             None, scale, fit, sep, incoherence,

@@ -155,32 +155,6 @@ def find_regions(
     )
 
 
-_MEANS = None
-
-
-def _means_kernel():
-    """Numba kernel (compiled on first use, cached on disk) summing the image per label over mask pixels."""
-    global _MEANS
-    if _MEANS is None:
-        from ._numba import CACHE, numba
-
-        @numba.njit(cache=CACHE, nogil=True)
-        def sums(labels, mask, image, n):
-            total = np.zeros(n, dtype=np.float64)
-            count = np.zeros(n, dtype=np.int64)
-            rows, cols = labels.shape
-            for i in range(rows):
-                for j in range(cols):
-                    if mask[i, j]:
-                        lab = labels[i, j]
-                        total[lab] += image[i, j]
-                        count[lab] += 1
-            return total, count
-
-        _MEANS = sums
-    return _MEANS
-
-
 def region_means(regions: Regions, mask: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of `image` over each region's mask pixels, and their count (float64 (n,), int64 (n,))."""
     if regions.labels is None:
@@ -189,9 +163,11 @@ def region_means(regions: Regions, mask: np.ndarray, image: np.ndarray) -> tuple
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     labels = regions.labels
     n = int(labels.max()) + 1
-    total, count = _means_kernel()(
-        labels, np.ascontiguousarray(mask, dtype=np.uint8), np.ascontiguousarray(image, dtype=np.float32), n
-    )
+    sel = np.asarray(mask) != 0
+    lab = labels[sel]
+    # bincount adds the weights in pixel order, as a plain loop over the image would.
+    total = np.bincount(lab, weights=np.asarray(image, dtype=np.float32)[sel].astype(np.float64), minlength=n)
+    count = np.bincount(lab, minlength=n).astype(np.int64, copy=False)
     ids = regions.label_ids
     c = count[ids]
     return total[ids] / np.maximum(c, 1), c

@@ -157,48 +157,18 @@ def boxes_at_angle(hulls: Sequence[np.ndarray], theta_deg: float) -> Boxes:
 # ---------------------------------------------------------------------------------------------------
 # Pixel statistics
 
-_STATS = None
-
-
-def _stats_kernel() -> Any:
-    """Numba kernel (compiled on first use, cached on disk) for the square-class mean and std."""
-    global _STATS
-    if _STATS is None:
-        from ._numba import CACHE, numba
-
-        @numba.njit(cache=CACHE, nogil=True)
-        def masked_stats(image: np.ndarray, mask: np.ndarray) -> tuple[int, float, float]:
-            # Two passes (mean, then squared deviations) in float64, as numpy's mean and std.
-            rows, cols = image.shape
-            n = 0
-            total = 0.0
-            for i in range(rows):
-                for j in range(cols):
-                    v = image[i, j]
-                    if mask[i, j] and v != 0.0:
-                        n += 1
-                        total += v
-            if n == 0:
-                return 0, 0.0, 0.0
-            mean = total / n
-            sq = 0.0
-            for i in range(rows):
-                for j in range(cols):
-                    v = image[i, j]
-                    if mask[i, j] and v != 0.0:
-                        d = v - mean
-                        sq += d * d
-            return n, mean, math.sqrt(sq / n)
-
-        _STATS = masked_stats
-    return _STATS
-
-
 def class_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the non-zero image pixels of the square class (the original's crop
     normalisation: it took image * mask and dropped zeros)."""
-    _, mean, std = _stats_kernel()(np.ascontiguousarray(image, dtype=np.float32), mask)
-    return float(mean), float(std)
+    x = np.ascontiguousarray(image, dtype=np.float32)
+    sel = x[(np.asarray(mask) != 0) & (x != 0.0)].astype(np.float64)
+    if sel.size == 0:
+        return 0.0, 0.0
+    # Two passes in float64, each summed in pixel order (cumsum; np.sum is pairwise), as recorded results were.
+    mean = float(np.cumsum(sel)[-1]) / sel.size
+    sel -= mean
+    sel *= sel
+    return mean, math.sqrt(float(np.cumsum(sel)[-1]) / sel.size)
 
 
 # ---------------------------------------------------------------------------------------------------
