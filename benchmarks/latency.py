@@ -135,24 +135,15 @@ _IMPORT_LINE = re.compile(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
 
 
 def import_costs(stderr: str) -> dict[str, float]:
-    """Cumulative import ms per top-level package from `-X importtime` output, counting each package where it is
-    first entered from outside itself (so numpy pulled in by scipy counts as numpy)."""
+    """Import ms per top-level package from `-X importtime` output: the self time of every module summed by its
+    package (so the table adds up to the whole import time, and numpy pulled in by scipy counts as numpy)."""
     out: dict[str, float] = {}
-    stack: list[tuple[int, str]] = []  # (depth, root) of the enclosing imports, innermost last
-    rows = []
     for line in stderr.splitlines():
         m = _IMPORT_LINE.match(line)
         if m:
-            rows.append((int(m.group(2)), len(m.group(3)) // 2, m.group(4)))
-    # importtime prints children before their parent: walk in reverse to see parents first.
-    for cumulative, depth, name in reversed(rows):
-        while stack and stack[-1][0] >= depth:
-            stack.pop()
-        root = name.split(".")[0]
-        if not stack or stack[-1][1] != root:
+            root = m.group(4).split(".")[0]
             key = root if root in PACKAGES else "other"
-            out[key] = out.get(key, 0.0) + cumulative / 1e3
-        stack.append((depth, root))
+            out[key] = out.get(key, 0.0) + int(m.group(1)) / 1e3
     return out
 
 
@@ -200,7 +191,7 @@ def imports(images: dict[str, Path], models: str | None, repeat: int) -> None:
                 r = subprocess.run([sys.executable, "-c", _FIRST_CALL, finder, str(image), models or ""],
                                    capture_output=True, text=True, env=_env(), check=True)
                 first.setdefault(finder, []).append(json.loads(r.stdout.strip().splitlines()[-1]))
-    print(f"\n## Imports per command (python -X importtime, cumulative ms, median of {repeat} processes)")
+    print(f"\n## Imports per command (python -X importtime, self ms summed by package, median of {repeat} processes)")
     keys = [k for k in (*PACKAGES, "other") if any(k in c for runs in cost.values() for c in runs)]
     table = [["package"] + list(cost)]
     for key in keys:

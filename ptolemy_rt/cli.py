@@ -152,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch.add_arguments(sub.add_parser("batch", help="whole sessions (EPU, Leginon, SerialEM) or many files: "
                                        "worker processes or Dask, progress, --resume, summary and HTML report"))
+
+    dr = sub.add_parser("doctor", help="check the installation: providers that really run, CUDA/cuDNN libraries, "
+                        "Numba cache, versions")
+    dr.add_argument("--warm", action="store_true", help="also run both finders once on small synthetic images, so "
+                    "that kernels are compiled and cached now rather than on the first real image")
+    dr.add_argument("--models", metavar="DIR", help="model set to try the providers with (default: the shipped set)")
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
+    dr.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    dr.set_defaults(func=lambda args: __import__("ptolemy_rt.doctor", fromlist=["run_doctor"]).run_doctor(args))
     return parser
 
 

@@ -37,13 +37,20 @@ _CPU = "CPUExecutionProvider"
 
 
 def _ort() -> Any:
-    """Import onnxruntime, or explain which extra installs it."""
+    """Import onnxruntime (its telemetry off unless the user turned it on), or explain which extra installs it."""
+    # onnxruntime >= 1.29 starts a telemetry client at import on Linux and macOS too: it writes a device id and
+    # an SQLite store under ~/.cache/Microsoft/DeveloperTools/.onnxruntime and, where HOME is read-only, warns
+    # and falls back to an in-memory store (leaving a ':memory:.ses' file in the working directory on macOS).
+    # An acquisition PC has no use for it: off unless ORT_DISABLE_TELEMETRY is set otherwise.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime
     except ImportError:
         raise ModelError(
             "onnxruntime is not installed: pip install 'ptolemy-rt[cpu]' (CPU) or 'ptolemy-rt[gpu]' (CUDA)"
         ) from None
+    if os.environ.get("ORT_DISABLE_TELEMETRY") == "1" and hasattr(onnxruntime, "disable_telemetry_events"):
+        onnxruntime.disable_telemetry_events()  # imported earlier by someone else: at least stop the events
     return onnxruntime
 
 
@@ -174,6 +181,11 @@ class ModelSet:
             # The arena keeps every activation's peak allocation for the session's lifetime: the published
             # U-Net at 1024x1536 then holds 4.8 GB instead of 2.1 GB, at the same speed.
             options.enable_cpu_mem_arena = False
+            # onnxruntime's pool threads spin after each run by default: on 2 cores they then compete with the
+            # numpy/cv2 stages between the runs (crops right after the U-Net took 3x as long), and with other
+            # processes. Identical outputs either way.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
             wanted = self._provider_list()
             # onnxruntime gets the very bytes that were hashed: a file replaced after load cannot slip in.
             blob = read_verified(self.directory, spec)

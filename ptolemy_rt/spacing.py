@@ -12,6 +12,7 @@ lattice vectors, which gives sub-pixel precision.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -119,14 +120,11 @@ def _prepare(image: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.nd
     return z, w.astype(np.float64), factor
 
 
-def _autocorrelation(x: np.ndarray, max_period: float, valid: np.ndarray) -> np.ndarray:
-    """Unbiased linear autocorrelation coefficient of x high-passed above 1/(1.5 max_period) cycles/px,
-    lags centred (index [rows-1, cols-1] is lag 0)."""
+@functools.lru_cache(maxsize=8)
+def _filter(shape: tuple[int, int], max_period: float) -> np.ndarray:
+    """The autocorrelation's band-pass on the rfft2 grid of `shape` (cached: the same shapes recur)."""
     from scipy import fft
 
-    rows, cols = x.shape
-    shape = (fft.next_fast_len(2 * rows - 1, real=True), fft.next_fast_len(2 * cols - 1, real=True))
-    f = fft.rfft2(x, s=shape)
     # Gain and ice gradients vary on scales beyond any lattice period: a Gaussian high-pass (0.89 of the
     # amplitude kept at the longest period) stops them from burying the lattice peaks in a broad slope.
     fy = fft.fftfreq(shape[0])[:, None]
@@ -138,24 +136,44 @@ def _autocorrelation(x: np.ndarray, max_period: float, valid: np.ndarray) -> np.
     # (below _MIN_PEAK on dim carbon film). A Gaussian low-pass of _NOISE_SIGMA working pixels removes most
     # of it and leaves the hole-sized structure.
     keep = keep * np.exp(-2.0 * (math.pi * _NOISE_SIGMA) ** 2 * f2)
-    ac = fft.irfft2((f.real * f.real + f.imag * f.imag) * keep * keep, s=shape)
-    # lags -(n-1) .. n-1 around 0 (negative lags wrap to the end of the FFT)
-    ac = np.concatenate((ac[shape[0] - rows + 1 :], ac[:rows]), axis=0)
-    ac = np.concatenate((ac[:, shape[1] - cols + 1 :], ac[:, :cols]), axis=1)
+    keep.flags.writeable = False
+    return keep
+
+
+def _lags(a: np.ndarray, rows: int, cols: int, max_lag: tuple[int, int]) -> np.ndarray:
+    """Lags -max_lag..max_lag of a circular correlation of a (rows, cols) image (negative lags wrap to the end)."""
+    lr, lc = max_lag
+    n0, n1 = a.shape
+    r = np.concatenate((np.arange(n0 - lr, n0), np.arange(0, lr + 1)))
+    c = np.concatenate((np.arange(n1 - lc, n1), np.arange(0, lc + 1)))
+    return a[np.ix_(r, c)]
+
+
+def _autocorrelation(x: np.ndarray, max_period: float, valid: np.ndarray,
+                     max_lag: tuple[int, int] | None = None) -> np.ndarray:
+    """Unbiased linear autocorrelation coefficient of x high-passed above 1/(1.5 max_period) cycles/px, at lags
+    up to max_lag (rows, cols; default all), centred: index [lr, lc] is lag 0."""
+    from scipy import fft
+
+    rows, cols = x.shape
+    lr, lc = (rows - 1, cols - 1) if max_lag is None else (min(max_lag[0], rows - 1), min(max_lag[1], cols - 1))
+    shape = (fft.next_fast_len(2 * rows - 1, real=True), fft.next_fast_len(2 * cols - 1, real=True))
+    f = fft.rfft2(x, s=shape)
+    keep = _filter(shape, float(max_period))
+    ac = _lags(fft.irfft2((f.real * f.real + f.imag * f.imag) * keep * keep, s=shape), rows, cols, (lr, lc))
     # Divide by the number of valid pixel pairs at each lag, the autocorrelation of the mask (with a bar
     # masked out, lags along the bar keep more pairs than lags across it; unmasked, this is
-    # (rows - |dy|) (cols - |dx|)). Lags with few pairs are noise: dropped.
+    # (rows - |dy|) (cols - |dx|)). Lags with few pairs are noise: dropped. Only the lags asked for are
+    # computed beyond the transforms.
     if valid.all():
-        count_r = rows - np.abs(np.arange(-(rows - 1), rows, dtype=np.float64))
-        count_c = cols - np.abs(np.arange(-(cols - 1), cols, dtype=np.float64))
+        count_r = rows - np.abs(np.arange(-lr, lr + 1, dtype=np.float64))
+        count_c = cols - np.abs(np.arange(-lc, lc + 1, dtype=np.float64))
         rho = ac / np.outer(count_r, count_c)
     else:
         fw = fft.rfft2(valid, s=shape)
-        count = fft.irfft2(fw.real * fw.real + fw.imag * fw.imag, s=shape)
-        count = np.concatenate((count[shape[0] - rows + 1 :], count[:rows]), axis=0)
-        count = np.concatenate((count[:, shape[1] - cols + 1 :], count[:, :cols]), axis=1)
+        count = _lags(fft.irfft2(fw.real * fw.real + fw.imag * fw.imag, s=shape), rows, cols, (lr, lc))
         rho = np.where(count > 0.2 * float(valid.sum()), ac / np.maximum(count, 1.0), 0.0)
-    return rho / rho[rows - 1, cols - 1]
+    return rho / rho[lr, lc]
 
 
 def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
@@ -184,15 +202,22 @@ def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
     return np.array(out, dtype=np.float64).reshape(-1, 3)
 
 
+@functools.lru_cache(maxsize=8)
+def _radii(max_lag: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer radius of every lag in the window, and how many lags each radius has (cached per window)."""
+    lr, lc = max_lag
+    yy, xx = np.mgrid[-lr : lr + 1, -lc : lc + 1]
+    radius = np.rint(np.hypot(xx, yy)).astype(np.int64).ravel()
+    return radius, np.maximum(np.bincount(radius), 1)
+
+
 def _ring_means(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
     """Mean of rho over each circle of integer radius (in lags) within the lag window."""
     rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
     lr, lc = max_lag
     sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
-    yy, xx = np.mgrid[-lr : lr + 1, -lc : lc + 1]
-    radius = np.rint(np.hypot(xx, yy)).astype(np.int64).ravel()
-    sums = np.bincount(radius, weights=sub.ravel())
-    return sums / np.maximum(np.bincount(radius), 1)
+    radius, counts = _radii((int(lr), int(lc)))
+    return np.bincount(radius, weights=sub.ravel()) / counts
 
 
 def _near(peaks: np.ndarray, target: np.ndarray, tol: float) -> int:
@@ -261,8 +286,8 @@ def _search(x: np.ndarray, robust: bool) -> LatticeEstimate | None:
     if prepared is None:
         return None
     z, valid, factor = prepared
-    rho = _autocorrelation(z, _MAX_PERIOD * min(z.shape), valid)
     max_lag = (int(_MAX_LAG * z.shape[0]), int(_MAX_LAG * z.shape[1]))
+    rho = _autocorrelation(z, _MAX_PERIOD * min(z.shape), valid, max_lag)
     peaks = _peaks(rho, max_lag)
     if len(peaks) < 2:
         return None

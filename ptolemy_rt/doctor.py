@@ -1,0 +1,279 @@
+"""`ptolemy-rt doctor`: what this installation really runs on, and `--warm` to pay every first-run cost now.
+
+It reports versions, the CPU cores used, each onnxruntime provider the build offers tried on a real session
+(a provider can be offered and still fail to start: CUDA without its libraries), the CUDA and cuDNN
+libraries the `gpu` extra needs and whether each loads, and the Numba cache: where it is and whether the
+kernels that remain compiled (the lattice search) are in it. `--warm` runs both finders once on small
+synthetic images, so that kernels are compiled and cached and sessions tried before the first real image.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import __version__
+
+__all__ = ["Report", "diagnose", "run_doctor", "CUDA_LIBRARIES"]
+
+# What onnxruntime-gpu 1.19+ (CUDA 12 builds, the PyPI default) loads when its CUDA provider starts: the
+# CUDA 12 runtime, cuBLAS, cuFFT and cuRAND, and cuDNN 9 (onnxruntime.ai, "CUDA Execution Provider",
+# requirements table). Linux sonames; the Windows DLLs in the second column.
+CUDA_LIBRARIES: tuple[tuple[str, str, str], ...] = (
+    ("CUDA runtime 12", "libcudart.so.12", "cudart64_12.dll"),
+    ("cuBLAS 12", "libcublas.so.12", "cublas64_12.dll"),
+    ("cuBLASLt 12", "libcublasLt.so.12", "cublasLt64_12.dll"),
+    ("cuFFT 11 (CUDA 12)", "libcufft.so.11", "cufft64_11.dll"),
+    ("cuRAND 10 (CUDA 12)", "libcurand.so.10", "curand64_10.dll"),
+    ("cuDNN 9", "libcudnn.so.9", "cudnn64_9.dll"),
+)
+_PACKAGES = ("numpy", "scipy", "opencv-python-headless", "mrcfile", "numba", "llvmlite", "onnxruntime",
+             "onnxruntime-gpu")
+
+
+@dataclass
+class Report:
+    """What doctor found; `problems` lists what stops ptolemy-rt from running as configured."""
+
+    versions: dict[str, str | None] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+    providers: list[dict[str, Any]] = field(default_factory=list)
+    cuda_libraries: list[dict[str, Any]] = field(default_factory=list)
+    numba: dict[str, Any] = field(default_factory=dict)
+    warm: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"ptolemy-rt": __version__, "python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _probe_input(models: Any) -> tuple[str, tuple[int, ...]]:
+    """The smallest graph of the set and an input shape it accepts."""
+    if models.has("hole_cnn"):
+        side = max(32, int(models.spec("hole_cnn").min_size or 32))
+        return "hole_cnn", (1, 1, side, side)
+    if models.has("square_cnn"):
+        side = int(models.spec("square_cnn").crop_size or 240)
+        return "square_cnn", (1, 1, side, side)
+    m = max(1, int(models.spec("hole_unet").multiple or 1))
+    return "hole_unet", (1, 1, max(m, 64), max(m, 64))
+
+
+def _providers(models_dir: str | None, report: Report) -> None:
+    """Create and run a real session on every provider the build offers."""
+    import numpy as np
+
+    from .errors import PtolemyError
+    from .models import _CPU, _CUDA, ModelSet, available_providers, default_models_dir
+
+    try:
+        offered = available_providers()
+    except PtolemyError as exc:
+        report.problems.append(str(exc))
+        return
+    directory = models_dir or default_models_dir()
+    for name, provider in ((_CPU, "cpu"), (_CUDA, "cuda")):
+        row: dict[str, Any] = {"provider": name, "offered": name in offered, "runs": False}
+        report.providers.append(row)
+        if name not in offered:
+            continue
+        try:
+            models = ModelSet(directory, provider=provider)
+            task, shape = _probe_input(models)
+            t = time.perf_counter()
+            models.session(task)
+            row["session_ms"] = round((time.perf_counter() - t) * 1e3, 1)
+            t = time.perf_counter()
+            models.run(task, np.zeros(shape, dtype=np.float32))
+            row["run_ms"] = round((time.perf_counter() - t) * 1e3, 1)
+            row["graph"] = task
+            row["runs"] = models.provider == provider
+            if not row["runs"]:
+                row["error"] = "offered, but onnxruntime fell back to the CPU (libraries missing?)"
+        except PtolemyError as exc:
+            row["error"] = str(exc)
+        if name == _CPU and not row["runs"]:
+            report.problems.append(f"the CPU provider cannot run the model set: {row.get('error')}")
+        elif name == _CUDA and not row["runs"]:
+            report.notes.append("CUDA is offered but does not run: see the CUDA/cuDNN libraries below, or use "
+                                "--provider cpu")
+
+
+def _cuda_libraries(report: Report) -> None:
+    """Try to load each library the CUDA provider needs (after onnxruntime's own preload, when it has one)."""
+    gpu_build = report.versions.get("onnxruntime-gpu") is not None
+    if gpu_build:
+        try:
+            ort = importlib.import_module("onnxruntime")
+            if hasattr(ort, "preload_dlls"):
+                # Loads CUDA/cuDNN from the nvidia-* pip packages where they are installed (onnxruntime >= 1.21).
+                ort.preload_dlls()
+        except Exception as exc:  # diagnostics: report, never fail here
+            report.notes.append(f"onnxruntime.preload_dlls() failed: {exc}")
+    windows = sys.platform.startswith("win")
+    for what, soname, dll in CUDA_LIBRARIES:
+        name = dll if windows else soname
+        row: dict[str, Any] = {"library": what, "file": name, "loads": False}
+        try:
+            ctypes.CDLL(name)
+            row["loads"] = True
+        except OSError as exc:
+            row["error"] = str(exc).splitlines()[0][:160]
+        report.cuda_libraries.append(row)
+    missing = [r["file"] for r in report.cuda_libraries if not r["loads"]]
+    if gpu_build and missing:
+        report.problems.append("the gpu extra is installed but these CUDA/cuDNN libraries do not load: "
+                               + ", ".join(missing))
+
+
+def _kernels() -> dict[str, Any]:
+    """The Numba dispatchers that remain (the lattice search's), by name."""
+    from . import _lattice_kernels
+
+    return {name: obj for name, obj in vars(_lattice_kernels).items() if hasattr(obj, "py_func")}
+
+
+def _cached(dispatcher: Any) -> bool:
+    """Whether the dispatcher's on-disk cache index exists (numba's own path for this source file)."""
+    index = getattr(getattr(getattr(dispatcher, "_cache", None), "_cache_file", None), "_index_path", None)
+    return bool(index) and os.path.isfile(index)
+
+
+def _numba(report: Report) -> None:
+    """Where the Numba cache is and whether the remaining kernels (the lattice search) are in it."""
+    from ._numba import CACHE, cache_dir
+
+    kernels = _kernels()
+    cached = sum(_cached(d) for d in kernels.values())
+    report.numba.update({
+        "cache_dir": cache_dir,
+        "caching": CACHE,
+        "kernels": sorted(kernels),
+        "kernels_in_cache": cached,
+        # A kernel called only from other kernels is compiled into them and has no cache entry of its own.
+        "warm": CACHE and cached > 0,
+        "used_by": "holes (lattice search); squares needs no compiled kernel",
+    })
+    if not CACHE:
+        report.notes.append("no writable Numba cache directory: every holes process compiles its kernels "
+                            "(set NUMBA_CACHE_DIR)")
+    elif not report.numba["warm"]:
+        report.notes.append("the Numba cache is cold: the first holes run compiles (seconds); "
+                            "`ptolemy-rt doctor --warm` does it now")
+
+
+def _warm(models_dir: str | None, report: Report) -> None:
+    """Run both finders on small synthetic images: compiles and caches kernels, tries the sessions."""
+    from .holes import find_holes
+    from .models import load_models
+    from .squares import find_squares
+    from .synthetic import make_atlas, make_medmag
+
+    models = load_models(models_dir)
+    out: dict[str, Any] = {}
+    medmag = make_medmag(0, shape=(512, 720), spacing_px=120.0)[0]
+    atlas = make_atlas(0, shape=(512, 512))[0]
+    for name, fn in (("holes", lambda: find_holes(medmag, models)), ("squares", lambda: find_squares(atlas, models))):
+        t = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        fn()
+        out[name] = {"first_s": round(first, 3), "again_s": round(time.perf_counter() - t, 3)}
+    kernels = _kernels()
+    out["numba_kernels"] = {name: {"cache_hits": sum(d.stats.cache_hits.values()),
+                                   "compiled": sum(d.stats.cache_misses.values())} for name, d in kernels.items()}
+    report.warm = out
+    report.numba["kernels_in_cache"] = sum(_cached(d) for d in kernels.values())
+    report.numba["warm"] = bool(report.numba.get("caching")) and report.numba["kernels_in_cache"] > 0
+    if report.numba["warm"]:
+        report.notes = [n for n in report.notes if "Numba cache is cold" not in n]
+
+
+def diagnose(models_dir: str | None = None, warm: bool = False) -> Report:
+    """Everything `ptolemy-rt doctor` reports, as a Report."""
+    from .models import physical_cores
+
+    report = Report()
+    report.versions = _versions()
+    report.system = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores_used": physical_cores(),
+        "ORT_DISABLE_TELEMETRY": os.environ.get("ORT_DISABLE_TELEMETRY", "1 (set by ptolemy-rt)"),
+    }
+    if report.versions.get("onnxruntime") and report.versions.get("onnxruntime-gpu"):
+        report.problems.append("both onnxruntime and onnxruntime-gpu are installed; they share one module and "
+                               "break each other: pip uninstall onnxruntime onnxruntime-gpu, then install one extra")
+    _providers(models_dir, report)
+    _cuda_libraries(report)
+    _numba(report)
+    if warm:
+        _warm(models_dir, report)
+    return report
+
+
+def _print(report: Report) -> None:
+    print("versions:  " + ", ".join(f"{k} {v}" for k, v in report.versions.items() if v is not None))
+    s = report.system
+    print(f"system:    {s['platform']}; {s['physical_cores_used']} physical core(s) used of {s['logical_cpus']} "
+          f"logical; onnxruntime telemetry {'off' if s['ORT_DISABLE_TELEMETRY'].startswith('1') else 'on'}")
+    for p in report.providers:
+        if not p["offered"]:
+            state = "not in this onnxruntime build"
+        elif p["runs"]:
+            state = f"runs (session {p['session_ms']} ms, {p['graph']} {p['run_ms']} ms)"
+        else:
+            state = f"offered but does not run: {p.get('error')}"
+        print(f"provider:  {p['provider']}: {state}")
+    print("CUDA/cuDNN libraries the gpu extra needs (onnxruntime-gpu, CUDA 12, cuDNN 9):")
+    for lib in report.cuda_libraries:
+        print(f"  {lib['library']:<20} {lib['file']:<20} {'loads' if lib['loads'] else 'not found'}")
+    n = report.numba
+    print(f"numba:     cache {n.get('cache_dir') or 'none (compiles every process)'}; "
+          f"{n.get('kernels_in_cache')} of {len(n.get('kernels', []))} kernels have a cache entry "
+          f"({'warm' if n.get('warm') else 'cold'}); {n.get('used_by')}")
+    if report.warm is not None:
+        w = report.warm
+        kernels = w.get("numba_kernels", {})
+        compiled = sum(k["compiled"] for k in kernels.values())
+        print(f"warm:      holes {w['holes']['first_s']} s first, {w['holes']['again_s']} s again; squares "
+              f"{w['squares']['first_s']} s first, {w['squares']['again_s']} s again; "
+              f"{compiled} kernel(s) compiled now, {sum(k['cache_hits'] for k in kernels.values())} loaded from cache")
+    for note in report.notes:
+        print(f"note:      {note}")
+    for problem in report.problems:
+        print(f"problem:   {problem}")
+    print("ok" if not report.problems else f"{len(report.problems)} problem(s)")
+
+
+def run_doctor(args: Any) -> int:
+    """The `doctor` subcommand: print the report (or JSON); exit 3 when there is a problem."""
+    report = diagnose(getattr(args, "models", None), warm=bool(getattr(args, "warm", False)))
+    if getattr(args, "json", False):
+        print(json.dumps(report.to_dict(), indent=1, default=str))
+    else:
+        _print(report)
+    return 3 if report.problems else 0

@@ -1,0 +1,61 @@
+"""`ptolemy-rt doctor`: providers tried on real sessions, CUDA/cuDNN libraries, the Numba cache, --warm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptolemy_rt.doctor import CUDA_LIBRARIES, diagnose
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ptolemy_rt", "doctor", *args], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+
+
+def test_report_tries_the_cpu_provider_and_lists_the_cuda_libraries():
+    report = diagnose()
+    cpu = next(p for p in report.providers if p["provider"] == "CPUExecutionProvider")
+    assert cpu["offered"] and cpu["runs"], cpu
+    assert cpu["session_ms"] >= 0 and cpu["run_ms"] >= 0
+    assert [lib["library"] for lib in report.cuda_libraries] == [name for name, _, _ in CUDA_LIBRARIES]
+    assert all(isinstance(lib["loads"], bool) for lib in report.cuda_libraries)
+    assert report.versions["ptolemy-rt"] and report.versions["python"]
+    assert not report.problems
+
+
+def test_json_output_and_exit_code(tmp_path):
+    r = _doctor("--json", env={"NUMBA_CACHE_DIR": str(tmp_path / "numba")})
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["numba"]["cache_dir"] == str(tmp_path / "numba")
+    assert data["numba"]["warm"] is False and data["numba"]["kernels_in_cache"] == 0
+    assert any("doctor --warm" in note for note in data["notes"])
+
+
+def test_bad_model_set_is_a_problem(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    r = _doctor("--models", str(tmp_path))
+    assert r.returncode == 3
+    assert "problem" in r.stdout
+
+
+@pytest.mark.slow
+def test_warm_fills_an_empty_numba_cache(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    first = _doctor("--warm", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["numba"]["warm"] is True
+    assert sum(k["compiled"] for k in data["warm"]["numba_kernels"].values()) >= 1
+    again = json.loads(_doctor("--warm", "--json", env=env).stdout)
+    kernels = again["warm"]["numba_kernels"].values()
+    assert sum(k["compiled"] for k in kernels) == 0 and sum(k["cache_hits"] for k in kernels) >= 1
