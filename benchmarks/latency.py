@@ -13,7 +13,7 @@ per process `python -c "import numpy"` in the same interpreter. The ratio is wha
            first call in a process costs beyond a warm one (sessions, Numba cache load), each in a fresh process.
 - process: `python -m ptolemy_rt holes|squares IMAGE -o OUT`, warm caches, wall and peak RSS, interleaved with
            `python -c "import numpy"` (goal <= 0.4 s, <= 3.5x, <= 250 MiB).
-- first:   the same commands with empty caches (a fresh NUMBA_CACHE_DIR and PTOLEMY_RT_CACHE_DIR), then warm
+- first:   the same commands with empty caches (a fresh NUMBA_CACHE_DIR), then warm
            with those caches (goal: first <= 1.2x warm).
 - scaling: wall and peak RSS of find_squares on synthetic atlases 1024²..8192² and of find_holes on synthetic
            med-mag images 512x364..4096x5760, one fresh process per size; growth exponent of time in pixels.
@@ -272,7 +272,7 @@ def first_run(images: dict[str, Path], models: str | None, repeat: int) -> None:
             firsts, warms = [], []
             for _ in range(repeat):
                 caches = Path(tempfile.mkdtemp(dir=tmp))
-                env = _env({"NUMBA_CACHE_DIR": str(caches / "numba"), "PTOLEMY_RT_CACHE_DIR": str(caches / "rt")})
+                env = _env({"NUMBA_CACHE_DIR": str(caches / "numba")})
                 firsts.append(run_child(cmd, env)[0])
                 warms.append(run_child(cmd, env)[0])
             f, w = _median(firsts), _median(warms)
@@ -286,23 +286,30 @@ def first_run(images: dict[str, Path], models: str | None, repeat: int) -> None:
 
 
 _SCALE_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 kind, path, models = sys.argv[1], sys.argv[2], (sys.argv[3] or None)
+
+def hwm():
+    # VmHWM is this process's own peak (ru_maxrss survives exec and would include the parent's).
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+
 from ptolemy_rt.models import load_models
 ms = load_models(models)
-data = np.load(path)
 if kind == "squares":
     from ptolemy_rt.squares import find_squares as find
 else:
     from ptolemy_rt.holes import find_holes as find
 find(np.zeros((512, 512), np.float32) + np.arange(512, dtype=np.float32), ms)  # load kernels and sessions
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = hwm()
+data = np.load(path)
 times = []
 for _ in range(int(sys.argv[4])):
     t = time.perf_counter(); r = find(data, ms); times.append(time.perf_counter() - t)
 n = len(r.squares) if kind == "squares" else len(r.holes)
-print(json.dumps([min(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, before, n]))
+stages = {k: round(v, 3) for k, v in r.timings.items()}
+print(json.dumps([min(times), hwm(), before, n, stages]))
 """
 
 
@@ -315,7 +322,8 @@ def scaling(models: str | None, largest: int) -> None:
     cases = [("squares", (s, s)) for s in (1024, 2048, 4096, 8192) if s <= largest]
     cases += [("holes", s) for s in ((364, 512), (720, 1024), (1024, 1440), (2048, 2880), (4096, 5760))
               if max(s) <= max(largest, 5760) and (largest >= 8192 or max(s) <= largest)]
-    rows = [["finder", "image", "Mpx", "targets", "wall s (min)", "ms / Mpx", "peak RSS MiB", "RSS growth MiB"]]
+    rows = [["finder", "image", "Mpx", "targets", "wall s (min)", "ms / Mpx", "peak RSS MiB",
+             "peak - before image MiB"]]
     fits: dict[str, list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind, shape in cases:
@@ -333,7 +341,9 @@ def scaling(models: str | None, largest: int) -> None:
             if r.returncode != 0:
                 rows.append([kind, f"{shape[0]}x{shape[1]}", "", "", "failed: " + r.stderr.strip()[-80:], "", "", ""])
                 continue
-            wall, rss, before, n = json.loads(r.stdout.strip().splitlines()[-1])
+            wall, rss, before, n, stages = json.loads(r.stdout.strip().splitlines()[-1])
+            print(f"# {kind} {shape[0]}x{shape[1]}: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()),
+                  file=sys.stderr)
             mpx = shape[0] * shape[1] / 1e6
             fits.setdefault(kind, []).append((mpx, wall, rss - before))
             rows.append([kind, f"{shape[0]}x{shape[1]}", f"{mpx:.2f}", str(n), f"{wall:.3f}",

@@ -21,19 +21,40 @@ from typing import Any
 
 from . import __version__
 
-__all__ = ["Report", "diagnose", "run_doctor", "CUDA_LIBRARIES"]
+__all__ = ["Report", "diagnose", "run_doctor", "cuda_libraries", "CUDA_LIBRARIES"]
 
-# What onnxruntime-gpu 1.19+ (CUDA 12 builds, the PyPI default) loads when its CUDA provider starts: the
-# CUDA 12 runtime, cuBLAS, cuFFT and cuRAND, and cuDNN 9 (onnxruntime.ai, "CUDA Execution Provider",
-# requirements table). Linux sonames; the Windows DLLs in the second column.
-CUDA_LIBRARIES: tuple[tuple[str, str, str], ...] = (
-    ("CUDA runtime 12", "libcudart.so.12", "cudart64_12.dll"),
-    ("cuBLAS 12", "libcublas.so.12", "cublas64_12.dll"),
-    ("cuBLASLt 12", "libcublasLt.so.12", "cublasLt64_12.dll"),
-    ("cuFFT 11 (CUDA 12)", "libcufft.so.11", "cufft64_11.dll"),
-    ("cuRAND 10 (CUDA 12)", "libcurand.so.10", "curand64_10.dll"),
-    ("cuDNN 9", "libcudnn.so.9", "cudnn64_9.dll"),
-)
+# What onnxruntime-gpu loads when its CUDA provider starts (onnxruntime.ai, "CUDA Execution Provider",
+# requirements): the CUDA runtime, cuBLAS(Lt), cuFFT and cuRAND of the CUDA major version it was built for, and
+# cuDNN 9. PyPI builds are CUDA 12 from 1.19 on (CUDA 13 in the newest); the build says which, where it can.
+# (what, Linux soname, Windows DLL) for a CUDA major version; cuFFT's soname major is CUDA's minus one.
+def cuda_libraries(cuda_major: int = 12) -> tuple[tuple[str, str, str], ...]:
+    """The CUDA/cuDNN libraries an onnxruntime-gpu build for CUDA `cuda_major` needs."""
+    m, fft = int(cuda_major), int(cuda_major) - 1
+    return (
+        (f"CUDA runtime {m}", f"libcudart.so.{m}", f"cudart64_{m}.dll"),
+        (f"cuBLAS {m}", f"libcublas.so.{m}", f"cublas64_{m}.dll"),
+        (f"cuBLASLt {m}", f"libcublasLt.so.{m}", f"cublasLt64_{m}.dll"),
+        (f"cuFFT {fft} (CUDA {m})", f"libcufft.so.{fft}", f"cufft64_{fft}.dll"),
+        (f"cuRAND 10 (CUDA {m})", "libcurand.so.10", "curand64_10.dll"),
+        ("cuDNN 9", "libcudnn.so.9", "cudnn64_9.dll"),
+    )
+
+
+CUDA_LIBRARIES = cuda_libraries(12)
+
+
+def _cuda_major() -> tuple[int, str]:
+    """The CUDA major version the installed onnxruntime was built for (12 when it does not say), and where from."""
+    try:
+        info = importlib.import_module("onnxruntime.capi.build_and_package_info")
+        version = getattr(info, "cuda_version", None)
+        if version:
+            return int(str(version).split(".")[0]), f"onnxruntime build: CUDA {version}"
+    except (ImportError, ValueError):
+        pass
+    return 12, "assumed CUDA 12 (the PyPI default since onnxruntime-gpu 1.19)"
+
+
 _PACKAGES = ("numpy", "scipy", "opencv-python-headless", "mrcfile", "numba", "llvmlite", "onnxruntime",
              "onnxruntime-gpu")
 
@@ -132,7 +153,9 @@ def _cuda_libraries(report: Report) -> None:
         except Exception as exc:  # diagnostics: report, never fail here
             report.notes.append(f"onnxruntime.preload_dlls() failed: {exc}")
     windows = sys.platform.startswith("win")
-    for what, soname, dll in CUDA_LIBRARIES:
+    major, source = _cuda_major()
+    report.system["cuda_build"] = source
+    for what, soname, dll in cuda_libraries(major):
         name = dll if windows else soname
         row: dict[str, Any] = {"library": what, "file": name, "loads": False}
         try:
@@ -248,7 +271,7 @@ def _print(report: Report) -> None:
         else:
             state = f"offered but does not run: {p.get('error')}"
         print(f"provider:  {p['provider']}: {state}")
-    print("CUDA/cuDNN libraries the gpu extra needs (onnxruntime-gpu, CUDA 12, cuDNN 9):")
+    print(f"CUDA/cuDNN libraries the gpu extra needs ({report.system.get('cuda_build')}, cuDNN 9):")
     for lib in report.cuda_libraries:
         print(f"  {lib['library']:<20} {lib['file']:<20} {'loads' if lib['loads'] else 'not found'}")
     n = report.numba

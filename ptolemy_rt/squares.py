@@ -47,7 +47,7 @@ MIN_SIDE = 256
 MAX_BATCH = 256
 # Models whose BatchNorm uses running statistics (or none) give the same scores in any batch: small
 # batches bound memory at no cost.
-_INDEPENDENT_BATCH = 16
+_INDEPENDENT_BATCH = 4
 
 
 def _batch_policy(batch_size: int) -> BatchPolicy:

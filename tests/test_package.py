@@ -107,10 +107,13 @@ def test_kernels_compile_without_any_cache_dir(tmp_path):
         tempfile.tempdir = {str(blocker)!r}
         import numpy as np
         from ptolemy_rt import _numba
-        from ptolemy_rt.mixture import segment
+        from ptolemy_rt.lattice import fit_lattice
         assert _numba.CACHE is False
-        img = np.zeros((300, 300), np.float32); img[50:150, 50:150] = 200; img += 20
-        print("ok", type(segment(img)).__name__)
+        mask = np.zeros((300, 300), bool)
+        pts = np.array([(x, y) for x in range(30, 280, 50) for y in range(30, 280, 50)], float)
+        for x, y in pts.astype(int):
+            mask[y - 3 : y + 4, x - 3 : x + 4] = True
+        print("ok", type(fit_lattice(pts, mask)).__name__)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
