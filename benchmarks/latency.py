@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness import machine_line, print_markdown  # noqa: E402
 
-REFERENCE = REPO.parent / "shared" / "ptolemy-reference" / "images"
+REFERENCE = Path(os.environ.get("PTOLEMY_REFERENCE", REPO.parent / "shared" / "ptolemy-reference")) / "images"
 ATLAS = REFERENCE / "20may08a_16760340.mrc"
 MEDMAG = REFERENCE / "medmag_readme_1024x1440.mrc"
 SECTIONS = ("inproc", "imports", "process", "first", "scaling")
@@ -79,8 +79,11 @@ def _median(values) -> float:
 # In process
 
 
-def in_process(images: dict[str, Path], models: str | None, repeat: int) -> None:
-    """Warm find_holes / find_squares, interleaved with the matrix-product yardstick; stage medians."""
+def in_process(images: dict[str, Path], models: str | None, repeat: int, settle: float = 0.0) -> None:
+    """Warm find_holes / find_squares, interleaved with the matrix-product yardstick; stage medians.
+
+    Each call starts after `settle` seconds of sleep: OpenBLAS's threads spin for ~0.1 s after a matrix product
+    and would otherwise take one of two cores from the call after it (find_holes' first stages doubled)."""
     import numpy as np
 
     from ptolemy_rt.holes import find_holes
@@ -107,6 +110,7 @@ def in_process(images: dict[str, Path], models: str | None, repeat: int) -> None
     stages: dict[str, dict[str, list[float]]] = {"find_holes 1024x1440": {}, "find_squares 1024²": {}}
     for _ in range(repeat):
         for name, fn in calls.items():
+            time.sleep(settle)
             t = time.perf_counter()
             out = fn()
             times[name].append((time.perf_counter() - t) * 1e3)
@@ -114,8 +118,8 @@ def in_process(images: dict[str, Path], models: str | None, repeat: int) -> None
                 for key, sec in out.timings.items():
                     stages[name].setdefault(key, []).append(sec * 1e3)
     base = _median(times["yardstick: 1024² float32 matmul"])
-    print(f"\n## In process, warm, median of {repeat}, interleaved ({ms.name}, provider {ms.provider}, "
-          f"{ms.threads} threads; first calls {first_ms:.0f} ms)")
+    print(f"\n## In process, warm, median of {repeat}, interleaved, {settle:g} s pause before each call ({ms.name}, "
+          f"provider {ms.provider}, {ms.threads} threads; first calls {first_ms:.0f} ms)")
     table = [["call", "median ms", "min ms", "max ms", "x yardstick", "goal"]]
     for name, vals in times.items():
         goal = "" if name.startswith("yardstick") else "<= 40 ms, <= 1.6x"
@@ -367,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proc-repeat", type=int, default=7, help="per-process repeats (median)")
     parser.add_argument("--only", default="inproc,imports,process,first",
                         help=f"comma-separated sections of {','.join(SECTIONS)} (scaling is opt-in: it takes minutes)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="pause before each in-process call, s (default 0, as issue 17 measured; 0.2 lets "
+                        "OpenBLAS threads stop spinning after the yardstick)")
     parser.add_argument("--scaling-max", type=int, default=8192, help="largest atlas side in the scaling table")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -379,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         images = _images(Path(tmp))
         print("# images: " + ", ".join(f"{k} {v.name}" for k, v in images.items()))
         if "inproc" in only:
-            in_process(images, args.models, args.repeat)
+            in_process(images, args.models, args.repeat, args.settle)
         if "imports" in only:
             imports(images, args.models, max(1, args.proc_repeat // 2))
         if "process" in only:

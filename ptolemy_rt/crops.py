@@ -93,11 +93,19 @@ def sample_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int])
 def _zero_outside(out: np.ndarray, m: np.ndarray, xmax: float, ymax: float) -> None:
     """Set to 0 the crop pixels whose source point m @ (col, row, 1) lies outside [0, xmax] x [0, ymax]."""
     rows, cols = out.shape
-    j = np.arange(cols, dtype=np.float64)[None, :]
-    i = np.arange(rows, dtype=np.float64)[:, None]
-    x = m[0, 0] * j + m[0, 1] * i + m[0, 2]
-    y = m[1, 0] * j + m[1, 1] * i + m[1, 2]
-    out[(x < 0.0) | (x > xmax) | (y < 0.0) | (y > ymax)] = 0.0
+    j = np.arange(cols, dtype=np.float64)
+    i = np.arange(rows, dtype=np.float64)
+    # (m00 j + m01 i) + m02, evaluated in that order, in place: one float64 and two bool buffers.
+    v = np.add.outer(m[0, 1] * i, m[0, 0] * j)
+    v += m[0, 2]
+    bad = v < 0.0
+    tmp = np.greater(v, xmax)
+    bad |= tmp
+    np.add.outer(m[1, 1] * i, m[1, 0] * j, out=v)
+    v += m[1, 2]
+    bad |= np.less(v, 0.0, out=tmp)
+    bad |= np.greater(v, ymax, out=tmp)
+    out[bad] = 0.0
 
 
 def sample_rotated_crop(
@@ -334,7 +342,12 @@ def hole_crop_input(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int
     if rows < min_size or cols < min_size:
         crop = cv2.resize(crop, (max(cols, min_size), max(rows, min_size)), interpolation=cv2.INTER_CUBIC)
     x = crop.astype(np.float64)
-    std = float(x.std())
+    # numpy's std, unrolled so that the mean and the deviations are computed once (same operations, same bits).
+    mean = x.mean()
+    d = x - mean
+    std = float(np.sqrt(np.multiply(d, d).sum() / d.size))
     # A crop with no contrast (wholly off the image) has nothing to normalise: zeros, not NaN.
-    x = (x - x.mean()) / std if std > 0 else np.zeros_like(x)
-    return x.astype(np.float32)
+    if not std > 0:
+        return np.zeros(crop.shape, dtype=np.float32)
+    d /= std
+    return d.astype(np.float32)
