@@ -212,7 +212,7 @@ def find_squares(
         timings["total"] = time.perf_counter() - t_start
         return SquareResult((), None, info, model_ids, reason, timings)
 
-    from .mixture import segment  # numba: imported on first use only
+    from .mixture import segment  # imported on first use
 
     seg = segment(image.data, image.dtype)
     timings["mixture"] = time.perf_counter() - t
