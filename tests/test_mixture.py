@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -146,3 +148,35 @@ def test_two_classes_are_found_where_they_are():
     assert np.mean(seg.mask.astype(bool) == truth) > 0.99
     assert seg.fit.mu_bright == pytest.approx(80, rel=0.05)
     assert seg.fit.mu_dark == pytest.approx(10, rel=0.05)
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_passes_over_blocks_match_a_plain_loop(block, seed, monkeypatch):
+    # The image is processed in blocks of pixels (bounded temporaries): the bins, histogram, mask and label
+    # changes must not depend on where the blocks end.
+    monkeypatch.setattr(mixture, "_BLOCK", block)
+    rng = np.random.default_rng(seed)
+    data = (rng.gamma(2.0, 300.0, (37, 53)) * rng.choice([1.0, -1.0], (37, 53), p=[0.9, 0.1])).astype(np.float32)
+    for scale, top in ((1.0, 2000), (0.731, 1500)):
+        counts = mixture._counts(data, scale, top)
+        for v, k in zip(data.ravel(), counts.ravel()):
+            v = float(v)
+            expect = 0 if v <= 0 else min(int(v) if scale == 1.0 else math.floor(v * scale + 0.5), top)
+            assert k == expect
+        assert np.array_equal(mixture._hist(data, scale, top), np.bincount(counts.ravel(), minlength=top + 1))
+    mask = (rng.random((37, 53)) > 0.6).astype(np.uint8)
+    loop = sum(int(mask[i, j] != mask[i, j - 1]) for i in range(37) for j in range(1, 53))
+    loop += sum(int(mask[i, j] != mask[i - 1, j]) for i in range(1, 37) for j in range(53))
+    assert mixture._label_changes(mask) == loop
+
+
+def test_huge_values_are_clipped_before_integer_conversion():
+    img = np.full((64, 64), 10.0, np.float32)
+    img[10:40, 10:40] = 1e30
+    img[0, 0] = 3.0e38
+    seg = mixture.segment(img)
+    counts = mixture._counts(img, seg.scale.scale, mixture._top(seg.scale))
+    assert counts[0, 0] == counts.max() <= mixture.COUNT_CAP  # 3e38 * scale lands in the last bin
+    assert counts[20, 20] > counts[50, 50]
+    assert seg.mask is None or seg.mask[20, 20] == 1
