@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ho.add_argument("--threshold", type=float, metavar="P",
                     help="U-Net probability threshold, 0-1 (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
+    ho.add_argument("--keep-off-film", action="store_true", help="also lattice points off the holey film (grid bars, "
+                    "outside the square, broken film); each hole's on_film says which")
     ho.add_argument("--original", action="store_true", help="deprecated: the original's behaviour in our JSON "
                     "(use --compat ptolemy)")
     ho.set_defaults(func=_cmd_holes)
@@ -304,7 +306,7 @@ def _cmd_holes(args: argparse.Namespace) -> int:
     options = HoleOptions.ptolemy() if ptolemy else HoleOptions(refine=not args.no_refine)
     # score None: the model set's choice (holes.default_score)
     options = replace(options, score=args.score or options.score, edge_tolerance=args.edge_tolerance,
-                      threshold=args.threshold)
+                      threshold=args.threshold, keep_off_film=options.keep_off_film or args.keep_off_film)
     return _run_batch(args, find_holes, {"options": options})
 
 

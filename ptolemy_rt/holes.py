@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .crops import hole_crops
+from .film import film_mask, on_film
 from .io import Image, ImageLike, as_image, check_min_size
 from .lattice import Lattice, fit_lattice
 from .models import ModelSet, ModelsLike, resolve_models
@@ -40,6 +41,7 @@ from .unet import (
     scaled_probability_map,
     unet_factor,
 )
+from .views import SINGLE_HOLE_REASON, LargeHole, atlas_reason, large_holes
 
 __all__ = ["find_holes", "holes_from_map", "hole_centroids", "unet_scores", "cnn_scores", "default_score",
            "HoleOptions", "PTOLEMY_COMPAT", "SCORES", "MIN_SIDE", "HOLE_BATCHES"]
@@ -52,6 +54,9 @@ REGION_WINDOW = 6
 # taken at all (the U-Net fires on pure noise, and lattices through such blobs score 0.1-0.3).
 _CONVINCING = 0.7
 _LADDER_MIN_QUALITY = 0.35
+# A lattice point is on film when the disc of this many periods around it is (holes reach ~0.35 periods;
+# the film mask's edge runs along the outer holes' rims, so a wider disc would drop every hole at a bar).
+FILM_RADIUS = 0.3
 # A ladder try whose map has more blobs than this times the lattice points the image holds is noise.
 _LADDER_EXCESS = 2.0
 
@@ -106,6 +111,15 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     if normalised is None:
         timings["normalise"] = time.perf_counter() - t
         return _empty(info, model_set, "constant image: nothing to find", timings)
+    # Views no lattice can be fitted to (one hole filling the view, an atlas): said so, not guessed at.
+    large = large_holes(image.data)
+    if large:
+        timings["normalise"] = time.perf_counter() - t
+        return _single_holes(image, large, model_set, opts, timings, info)
+    atlas = atlas_reason(image.data)
+    if atlas is not None:
+        timings["normalise"] = time.perf_counter() - t
+        return _empty(info, model_set, atlas, timings)
     scale = unet_spec.scale
     if scale is None:
         timings["normalise"] = time.perf_counter() - t
@@ -204,10 +218,11 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
     if max_centroids is not None and len(centroids) > max_centroids:
         return None, f"{len(centroids)} hole candidates are more than the lattice can hold", 0.0
     t = time.perf_counter()
-    lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine)
+    lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine, model=opts.lattice_model)  # type: ignore[arg-type]
     timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
     if lattice is None:
-        return None, "no square lattice fits the hole candidates", 0.0
+        what = "square lattice" if opts.lattice_model == "square" else "lattice"
+        return None, f"no {what} fits the hole candidates", 0.0
     return lattice, None, lattice.n_inliers / len(centroids) * lattice.occupancy
 
 
@@ -219,11 +234,29 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     pixels, so that a scale-normalised U-Net gives holes the same score at any magnification (summed over
     input pixels it would grow with the square of the period, and rank every hole of a coarse image first).
     """
-    t = time.perf_counter()
+    if lattice.spacing_px > min(image.shape) / 2.0:
+        # fewer than two periods fit: the lattice is two or three blobs, its other points invented
+        return _empty(info, model_set, f"{SINGLE_HOLE_REASON} (lattice period {lattice.spacing_px:.0f} px, fewer "
+                      f"than two periods fit in {image.shape[1]}x{image.shape[0]} px)", timings)
     points = lattice.points(image.shape, opts.edge_tolerance)
     if len(points) == 0:
         return _empty(info, model_set, f"no lattice point within edge_tolerance={opts.edge_tolerance:g} px",
                       timings, lattice)
+    t = time.perf_counter()
+    # A point beyond the image's edge (edge_tolerance > 0) is judged by the film at the nearest edge pixel:
+    # on_film alone would call every point without a footprint pixel inside the image off film.
+    inside = np.clip(points, 0.0, [image.shape[1] - 1.0, image.shape[0] - 1.0])
+    on = on_film(inside, film_mask(image.data, lattice.spacing_px), FILM_RADIUS * lattice.spacing_px)
+    timings["film"] = time.perf_counter() - t
+    if not opts.keep_off_film:
+        if not on.any():
+            return _empty(info, model_set, f"all {len(points)} lattice points lie off the holey film (grid bars, "
+                          "outside the square or broken film; --keep-off-film shows them)", timings, lattice)
+        points, on = points[on], on[on]
+    t = time.perf_counter()
+    # Crops are squares along a, of side <= 0.9 |a| (|a| the nearest-neighbour distance) in every lattice:
+    # in a hexagonal array a neighbour's centre then lies 0.42 |a| from the crop (0.55 |a| in a square
+    # one), so its hole (radius <= 0.35 |a|) stays outside, and the crop still shows film around its own.
     geometry = hole_crops(points, lattice.angle_deg, lattice.spacing_px, image.shape, opts.crop_mode)
     unet = unet_scores(prob, geometry) * unet_area
     timings["crops"] = time.perf_counter() - t
@@ -234,10 +267,31 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
         c = float(cnn_values[i]) if opts.cnn and math.isfinite(cnn_values[i]) else None
         scores = {"unet": float(unet[i]), "cnn": c}
         holes.append(Hole(x=float(p[0]), y=float(p[1]), vertices=geometry.vertices[i], area=geometry.area,
-                          score=scores[str(opts.score)], scores=scores))
+                          score=scores[str(opts.score)], scores=scores, on_film=bool(on[i])))
     return HoleResult(holes=sort_targets(holes), angle_deg=lattice.angle_deg, spacing_px=lattice.spacing_px,
                       basis=lattice.basis, origin=lattice.origin, image=info, models=model_set.ids, reason=None,
-                      timings=timings)
+                      timings=timings, lattice=lattice)
+
+
+def _single_holes(image: Image, large: list[LargeHole], model_set: ModelSet, opts: HoleOptions,
+                  timings: dict[str, float], info: ImageInfo) -> HoleResult:
+    """The holes of a view that one hole fills (views.large_holes), scored by the hole CNN, with the reason."""
+    t = time.perf_counter()
+    points = np.array([[h.x, h.y] for h in large], dtype=np.float64)
+    # The crop shows the hole and a rim of film, as a lattice crop does (holes span ~0.7 periods).
+    spacing = max(h.diameter_px for h in large) / 0.7
+    geometry = hole_crops(points, 0.0, spacing, image.shape, "centred")
+    timings["crops"] = time.perf_counter() - t
+    cnn_values = cnn_scores(image.data, geometry, model_set, timings) if opts.cnn else np.full(len(points), np.nan)
+    holes = []
+    for i, h in enumerate(large):
+        c = float(cnn_values[i]) if opts.cnn and math.isfinite(cnn_values[i]) else None
+        # no U-Net map was made: there is no lattice scale to run it at
+        scores = {"unet": None, "cnn": c}
+        holes.append(Hole(x=h.x, y=h.y, vertices=geometry.vertices[i], area=geometry.area,
+                          score=scores[str(opts.score)], scores=scores, diameter_px=h.diameter_px, on_film=True))
+    return HoleResult(holes=sort_targets(holes), angle_deg=None, spacing_px=None, basis=None, origin=None,
+                      image=info, models=model_set.ids, reason=SINGLE_HOLE_REASON, timings=timings)
 
 
 def _empty(info: ImageInfo, models: ModelSet, reason: str, timings: dict[str, float],
@@ -252,4 +306,5 @@ def _empty(info: ImageInfo, models: ModelSet, reason: str, timings: dict[str, fl
         models=models.ids,
         reason=reason,
         timings=timings,
+        lattice=lattice,
     )

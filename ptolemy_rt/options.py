@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "PTOLEMY_COMPAT"]
+__all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "LATTICE_MODELS", "PTOLEMY_COMPAT"]
 
 SCORES = ("unet", "cnn")
 CROP_MODES = ("centred", "ptolemy")
 PADDINGS = ("minimal", "ptolemy")
+LATTICE_MODELS = ("general", "square")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,9 @@ class HoleOptions:
     score: "unet" (summed U-Net probability per crop, counted in the U-Net's pixels, so the same at any
     magnification) or "cnn" (hole CNN); None: the model set's choice. k: neighbours per centroid in the
     lattice search. crop_mode / unet_padding: "ptolemy" reproduces the original's crop windows and U-Net
-    padding. cnn: False skips the hole CNN (scores["cnn"] = None).
+    padding. cnn: False skips the hole CNN (scores["cnn"] = None). lattice_model: "general" (any two basis
+    vectors: square, skewed, hexagonal arrays) or "square" (the original's). keep_off_film: keep lattice
+    points off the holey film (over grid bars, outside the square, on broken film; each hole says on_film).
     """
 
     threshold: float | None = None
@@ -32,6 +35,8 @@ class HoleOptions:
     crop_mode: str = "centred"
     unet_padding: str = "minimal"
     cnn: bool = True
+    lattice_model: str = "general"
+    keep_off_film: bool = False
 
     def __post_init__(self) -> None:
         if self.score is not None and self.score not in SCORES:
@@ -40,13 +45,16 @@ class HoleOptions:
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.unet_padding not in PADDINGS:
             raise ValueError(f"unet_padding must be one of {PADDINGS}, got {self.unet_padding!r}")
+        if self.lattice_model not in LATTICE_MODELS:
+            raise ValueError(f"lattice_model must be one of {LATTICE_MODELS}, got {self.lattice_model!r}")
         if self.score == "cnn" and not self.cnn:
             raise ValueError("score='cnn' needs cnn=True")
 
     @classmethod
     def ptolemy(cls, **changes: Any) -> HoleOptions:
-        """The original medmag_cli.py: its 5 nearest neighbours, no refinement, its crop windows and U-Net
-        padding, scores from the hole CNN (`changes` override single fields, e.g. edge_tolerance)."""
+        """The original medmag_cli.py: its 5 nearest neighbours, square lattice, no refinement, its crop windows
+        and U-Net padding, scores from the hole CNN, every lattice point kept (no film filter); `changes`
+        override single fields, e.g. edge_tolerance."""
         return cls(**{**PTOLEMY_COMPAT, **changes})
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +69,8 @@ PTOLEMY_COMPAT: dict[str, Any] = {
     "crop_mode": "ptolemy",
     "unet_padding": "ptolemy",
     "score": "cnn",
+    "lattice_model": "square",
+    "keep_off_film": True,
 }
 
 

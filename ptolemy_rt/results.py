@@ -182,6 +182,8 @@ class Hole:
     """One hole: centre (x=col, y=row), crop corners in the lattice frame, crop area in px², scores.
 
     `diameter_px` is the hole's diameter where it was measured (see hole_diameter_px), else None.
+    `on_film`: whether the hole lies on the holey film (not over a grid bar, outside the square or on
+    broken film; see film.py); None where it was not judged.
     """
 
     x: float
@@ -191,6 +193,7 @@ class Hole:
     score: float | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
     diameter_px: float | None = None
+    on_film: bool | None = None
 
     def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
         """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
@@ -204,6 +207,7 @@ class Hole:
             "area": _num(self.area),
             "diameter_px": _num(self.diameter_px),
             "diameter_um": units.um(self.diameter_px),
+            "on_film": None if self.on_film is None else bool(self.on_film),
             "score": _num(self.score),
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
         }
@@ -281,7 +285,11 @@ class SquareResult:
 
 @dataclass(frozen=True)
 class HoleResult:
-    """What find_holes returns; timings (seconds per stage) are not part of to_dict()."""
+    """What find_holes returns; timings (seconds per stage) are not part of to_dict().
+
+    `lattice`: the fitted lattice (lattice.Lattice) when there is one; angle_deg, spacing_px, basis and
+    origin repeat its orientation, |a|, (a, b) and origin (kept for readers of the first format).
+    """
 
     holes: tuple[Hole, ...]
     angle_deg: float | None
@@ -292,6 +300,7 @@ class HoleResult:
     models: dict[str, Any]
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    lattice: Any = None
 
     kind = "holes"
 
@@ -308,17 +317,38 @@ class HoleResult:
             "models": self.models,
             "image": self.image.to_dict(),
             "angle_deg": _num(self.angle_deg),
-            "lattice": None
-            if self.basis is None
-            else {
-                "spacing_px": _num(self.spacing_px),
-                "spacing_um": self.image.units().um(self.spacing_px),
-                "basis": _points(self.basis),
-                "origin": _points([self.origin])[0] if self.origin is not None else None,
-            },
+            "lattice": self._lattice_dict(),
             "reason": self.reason,
             "targets": [h.to_dict(self.image.units()) for h in self.holes],
         }
+
+
+    def _lattice_dict(self) -> dict[str, Any] | None:
+        """The lattice as issue 11 asks (a, b, origin, spacing_a/b, angle_deg: a's orientation, angle_ab_deg:
+        between a and b, kind) beside the first format's spacing_px, spacing_um and basis."""
+        if self.basis is None:
+            return None
+        units = self.image.units()
+        out: dict[str, Any] = {
+            "spacing_px": _num(self.spacing_px),
+            "spacing_um": units.um(self.spacing_px),
+            "basis": _points(self.basis),
+            "origin": _points([self.origin])[0] if self.origin is not None else None,
+        }
+        lat = self.lattice
+        if lat is not None:
+            out.update({
+                "a": _points([lat.a])[0],
+                "b": _points([lat.b])[0],
+                "spacing_a": _num(lat.spacing_a),
+                "spacing_b": _num(lat.spacing_b),
+                "spacing_a_um": units.um(lat.spacing_a),
+                "spacing_b_um": units.um(lat.spacing_b),
+                "angle_deg": _num(lat.angle_deg),
+                "angle_ab_deg": _num(lat.angle_ab_deg),
+                "kind": lat.kind,
+            })
+        return out
 
 
 Result = SquareResult | HoleResult
