@@ -30,6 +30,17 @@ _CLOSING_PERIODS = 1.2
 # disc of this many periods fits into (a hole is < 1 period across, so only torn film is that wide).
 _BROKEN_LEVEL = 0.6
 _BROKEN_PERIODS = 1.5
+# ... and flat: the brightness range within 0.3 periods below this share of its median on the film (where
+# holes everywhere make it the hole-to-film contrast).
+_FLAT_SHARE = 0.5
+# Bar darkness: film is never darker than this share of the image's bright level (bars and the outside
+# pass almost no electrons; film whose holes an ice gradient dims stays above it).
+_DARK_LEVEL = 0.05
+# Off-film areas must hold a disc this many periods wide.
+_OFF_MIN_PERIODS = 1.5
+# The local bright level is the closed image's maximum within this many periods (a disc's diameter): wide
+# enough to reach bright film across a bar's edge, narrow against gradients (tens of periods).
+_LOCAL_PERIODS = 4.0
 # Working scale: a period of about this many pixels.
 _WORK_PERIOD_PX = 8.0
 
@@ -68,15 +79,40 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
     hi = float(np.percentile(closed, 99.0))
     if not hi > lo:
         return np.ones((rows, cols), dtype=bool)
-    level = lo + FILM_LEVEL * (hi - lo)
-    film = closed > level
-    broken = _broken_film(small, film, period)
+    span = hi - lo
+    dark = lo + _DARK_LEVEL * span
+    # Torn film first: it is brighter than any hole and would raise the bright level around it.
+    broken = _broken_film(small, closed > dark, period)
     if broken is not None:
-        # a torn area reads as hole-bright in the closed image: take it out before scaling back up
+        # its blurred rim too (a period), or the film around a tear would look dim against it
+        kb = 2 * math.ceil(period) + 1
+        rim = cv2.dilate(broken.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kb, kb))).astype(bool)
         closed = np.where(broken, lo, closed)
-    if closed.shape != (rows, cols):
-        closed = cv2.resize(closed, (cols, rows), interpolation=cv2.INTER_LINEAR)
-    return closed > level
+        bright = np.where(rim, lo, closed)
+    else:
+        bright = closed
+    # The level is FILM_LEVEL of the brightest film within _LOCAL_PERIODS, not of the whole image's: an ice
+    # gradient or vignetting can leave film (and its holes) several times dimmer on one side than on the
+    # other, while a bar next to film is dark against that film wherever it is. Far from any film, bar
+    # darkness (a share of the global bright level) decides.
+    kl = 2 * math.ceil(0.5 * _LOCAL_PERIODS * period) + 1
+    local_hi = cv2.dilate(bright, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kl, kl)),
+                          borderType=cv2.BORDER_REFLECT)
+    level = lo + FILM_LEVEL * (local_hi - lo)
+    # The film's edge, to sub-pixel precision once scaled up: the lower of the two margins crosses zero.
+    edge = np.minimum((closed - level) / span, (closed - dark) / span).astype(np.float32)
+    # Off-film areas narrower than _OFF_MIN_PERIODS are a hole or two dimmed by thick ice, not a bar (bars
+    # and the outside are many periods wide; torn film is handled above): film again.
+    ko = 2 * math.ceil(0.5 * _OFF_MIN_PERIODS * period) + 1
+    off = (edge <= 0).view(np.uint8)
+    wide = cv2.morphologyEx(off, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)),
+                            borderType=cv2.BORDER_REFLECT).astype(bool)
+    edge = np.where((edge <= 0) & ~wide, np.float32(0.5 / 255.0), edge).astype(np.float32)
+    if broken is not None:
+        edge = np.where(broken, -1.0, edge).astype(np.float32)
+    if edge.shape != (rows, cols):
+        edge = cv2.resize(edge, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    return edge > 0
 
 
 def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarray | None:
@@ -94,10 +130,18 @@ def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarr
     if not hole_level > film_level:
         return None
     bright = (small > film_level + _BROKEN_LEVEL * (hole_level - film_level)) & film
+    # Torn film is flat; film that a brightness gradient lifts above that level still shows its holes.
+    kr = 2 * math.ceil(0.3 * period) + 1
+    reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kr, kr))
+    spread = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, reach, borderType=cv2.BORDER_REFLECT)
+    flat = bright & (spread < _FLAT_SHARE * float(np.median(spread[film])))
     k = 2 * math.ceil(0.5 * _BROKEN_PERIODS * period) + 1
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    wide = cv2.morphologyEx(bright.view(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
-    return wide if wide.any() else None
+    wide = cv2.morphologyEx(flat.view(np.uint8), cv2.MORPH_OPEN, disc, borderType=cv2.BORDER_REFLECT)
+    if not wide.any():
+        return None
+    # back out to the tear's edge, which the gradient's reach (0.3 periods) had taken off the flat area
+    return cv2.dilate(wide, reach).astype(bool) & bright
 
 
 def _estimate_period(data: np.ndarray) -> float:

@@ -54,9 +54,10 @@ REGION_WINDOW = 6
 # taken at all (the U-Net fires on pure noise, and lattices through such blobs score 0.1-0.3).
 _CONVINCING = 0.7
 _LADDER_MIN_QUALITY = 0.35
-# A lattice point is on film when the disc of this many periods around it is (holes reach ~0.35 periods;
-# the film mask's edge runs along the outer holes' rims, so a wider disc would drop every hole at a bar).
-FILM_RADIUS = 0.3
+# A lattice point is on film when the disc of this many periods around it is. The film mask's edge runs
+# along the outer holes' rims where the film is as dark as a bar (gold foil), so the disc must stay inside
+# the smallest holes (radius >= ~0.22 periods) or every hole beside a bar is dropped.
+FILM_RADIUS = 0.2
 # A ladder try whose map has more blobs than this times the lattice points the image holds is noise.
 _LADDER_EXCESS = 2.0
 

@@ -1,0 +1,146 @@
+"""Hole finding on the held-out set of benchmarks.holes_sets (issue 11): recall, precision, centre error per
+category, the worst image's recall, and why images came back empty.
+
+    python -m benchmarks.holes_accuracy [--n 8] [--categories square,hexagonal] [--models DIR] [--json out.json]
+
+Runs the real find_holes (default options: general lattice, film mask, edge tolerance -10) with the shipped
+model set (or --models). Grid-square views (whole_square) run at 1x, 2x and 4x (cv2 bicubic upsampling; 4x
+only for the 512 x 364 views), as a user would upsample them. A returned hole is a true positive when it is
+within 0.25 x spacing (single_hole: 0.25 x diameter) of a target (one-to-one, nearest first); returned holes
+near an ambiguous hole (partly under a bar, torn film, contamination, or at the edge band) count neither way;
+the rest are false positives. Centre error: distance of each true positive to its target, px (and in % of
+the spacing). Prints tables; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.accuracy import match_unique  # noqa: E402
+from benchmarks.harness import machine_line, print_markdown  # noqa: E402
+from benchmarks.holes_sets import CATEGORIES, Sample, make_sample, upsample  # noqa: E402
+
+TOL_SPACING = 0.25
+
+
+def evaluate(sample: Sample, models) -> dict:
+    """find_holes on one sample against its truth: counts, errors, reason, seconds."""
+    from ptolemy_rt.holes import find_holes
+
+    t = time.perf_counter()
+    res = find_holes(sample.image, models)
+    seconds = time.perf_counter() - t
+    pred = np.array([[h.x, h.y] for h in res.holes], dtype=np.float64).reshape(-1, 2)
+    scale = 2 * sample.radius_px if sample.category == "single_hole" else sample.spacing_px
+    tol = TOL_SPACING * scale if scale > 0 else 10.0
+    idx, dist = match_unique(pred, sample.targets, tol)
+    tp = int((idx >= 0).sum())
+    used = np.zeros(len(pred), dtype=bool)
+    used[idx[idx >= 0]] = True
+    rest = pred[~used]
+    if len(rest) and len(sample.ambiguous):
+        d = np.hypot(rest[:, None, 0] - sample.ambiguous[None, :, 0], rest[:, None, 1] - sample.ambiguous[None, :, 1])
+        ignored = int((d.min(axis=1) <= tol).sum())
+    else:
+        ignored = 0
+    fp = len(rest) - ignored
+    lat = res.lattice
+    return {
+        "category": sample.category, "variant": sample.variant, "seed": sample.seed,
+        "shape": list(sample.image.shape), "spacing_px": sample.spacing_px, "targets": len(sample.targets),
+        "returned": len(pred), "tp": tp, "fp": fp, "ignored": ignored,
+        "errors_px": [float(v) for v in dist[idx >= 0]],
+        "recall": tp / len(sample.targets) if len(sample.targets) else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "reason": res.reason, "seconds": seconds,
+        "lattice": None if lat is None else {"kind": lat.kind, "spacing_a": lat.spacing_a, "spacing_b": lat.spacing_b,
+                                             "angle_ab_deg": lat.angle_ab_deg},
+    }
+
+
+def _short_reason(reason: str | None) -> str:
+    """A reason with its numbers masked, to count alike reasons together."""
+    if not reason:
+        return ""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)[:90]
+
+
+def summarise(rows: list[dict]) -> list[list[str]]:
+    """One table row per group: images, targets, returned, recall, precision, centre error, worst recall."""
+    table = [["group", "images", "targets", "returned", "TP", "FP", "recall", "precision", "centre err px mean / p95",
+              "err % spacing", "worst recall", "images R<0.9", "empty images", "median s"]]
+    groups: dict[str, list[dict]] = collections.defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(r)
+    for g, rs in groups.items():
+        targets = sum(r["targets"] for r in rs)
+        tp = sum(r["tp"] for r in rs)
+        fp = sum(r["fp"] for r in rs)
+        errs = np.array([e for r in rs for e in r["errors_px"]])
+        rel = np.array([e / r["spacing_px"] * 100 for r in rs for e in r["errors_px"] if r["spacing_px"] > 0])
+        recalls = [r["recall"] for r in rs if r["recall"] is not None]
+        table.append([
+            g, str(len(rs)), str(targets), str(sum(r["returned"] for r in rs)), str(tp), str(fp),
+            f"{tp / targets:.3f}" if targets else "-", f"{tp / (tp + fp):.3f}" if tp + fp else "-",
+            f"{errs.mean():.2f} / {np.percentile(errs, 95):.2f}" if len(errs) else "-",
+            f"{rel.mean():.2f}" if len(rel) else "-",
+            f"{min(recalls):.3f}" if recalls else "-", str(sum(1 for v in recalls if v < 0.9)),
+            str(sum(1 for r in rs if r["returned"] == 0)), f"{np.median([r['seconds'] for r in rs]):.2f}",
+        ])
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8, help="images per category (default 8)")
+    parser.add_argument("--categories", default=",".join(CATEGORIES))
+    parser.add_argument("--scales", default="1,2,4", help="upsampling factors for whole_square views")
+    parser.add_argument("--models", default=None, help="model set directory (default: the shipped set)")
+    parser.add_argument("--json", type=Path, default=None, help="write the per-image rows here")
+    args = parser.parse_args(argv)
+    from ptolemy_rt.models import resolve_models
+
+    models = resolve_models(args.models)
+    scales = [int(s) for s in args.scales.split(",")]
+    print(machine_line())
+    rows = []
+    for category in args.categories.split(","):
+        for i in range(args.n):
+            sample = make_sample(category, i)
+            for f in scales if category == "whole_square" else [1]:
+                if f == 4 and max(sample.image.shape) > 600:
+                    continue  # 4x of 1024 x 1440 is 24 Mpx: not what anyone would do
+                r = evaluate(upsample(sample, f), models)
+                r["group"] = f"{category} @{f}x" if category == "whole_square" else category
+                if category == "whole_square":
+                    r["group"] += " 512x364" if sample.image.shape[0] < 500 else " 1024x1440"
+                rows.append(r)
+                print(f"  {r['group']:28s} seed {r['seed']} {r['variant']:28s} targets {r['targets']:5d} returned "
+                      f"{r['returned']:5d} tp {r['tp']:5d} fp {r['fp']:4d} {r['seconds']:.2f}s "
+                      f"{(r['lattice'] or {}).get('kind', '')} {r['reason'] or ''}", flush=True)
+    rows.sort(key=lambda r: (CATEGORIES.index(r["category"]), r["group"]))
+    print("\n## Held-out set (benchmarks.holes_sets), find_holes defaults, shipped models\n")
+    print_markdown(summarise(rows))
+    reasons = collections.Counter((r["group"], _short_reason(r["reason"])) for r in rows if r["reason"])
+    if reasons:
+        print("\n## Reasons given\n")
+        print_markdown([["group", "reason (numbers masked)", "images"]]
+                       + [[g, m, str(n)] for (g, m), n in sorted(reasons.items())])
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
