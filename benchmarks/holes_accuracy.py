@@ -2,6 +2,7 @@
 category, the worst image's recall, and why images came back empty.
 
     python -m benchmarks.holes_accuracy [--n 8] [--categories square,hexagonal] [--models DIR] [--json out.json]
+    python -m benchmarks.holes_accuracy --real-only --overlays DIR   # the real EPU view at 1x, 2x, 4x
 
 Runs the real find_holes (default options: general lattice, film mask, edge tolerance -10) with the shipped
 model set (or --models). Grid-square views (whole_square) run at 1x, 2x and 4x (cv2 bicubic upsampling; 4x
@@ -9,7 +10,10 @@ only for the 512 x 364 views), as a user would upsample them. A returned hole is
 within 0.25 x spacing (single_hole: 0.25 x diameter) of a target (one-to-one, nearest first); returned holes
 near an ambiguous hole (partly under a bar, torn film, contamination, or at the edge band) count neither way;
 the rest are false positives. Centre error: distance of each true positive to its target, px (and in % of
-the spacing). Prints tables; asserts nothing.
+the spacing). Also the real EPU grid-square view (../shared/real-epu, when present) at 1x, 2x and 4x: holes
+on and off film (find_holes with keep_off_film=True), lattice, reason; --overlays DIR writes each scale's
+overlay there (PNG: off-film areas tinted red, holes on film green, off film red). Prints tables; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,40 @@ from benchmarks.harness import machine_line, print_markdown  # noqa: E402
 from benchmarks.holes_sets import CATEGORIES, Sample, make_sample, upsample  # noqa: E402
 
 TOL_SPACING = 0.25
+REAL = REPO.parent / "shared" / "real-epu" / "smartem_gs8999138.jpg"
+
+
+def real_view(models, overlays: Path | None) -> list[list[str]]:
+    """find_holes on the real EPU view at 1x, 2x, 4x (cv2 bicubic): holes on / off film, lattice, reason."""
+    import cv2
+
+    from ptolemy_rt.film import film_mask
+    from ptolemy_rt.holes import find_holes
+
+    real = cv2.imread(str(REAL), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    table = [["scale", "size", "holes on film", "off film", "kind", "spacing a / b px", "angle a-b", "seconds",
+              "reason"]]
+    for f in (1, 2, 4):
+        im = real if f == 1 else cv2.resize(real, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
+        t = time.perf_counter()
+        res = find_holes(im, models, keep_off_film=True)
+        seconds = time.perf_counter() - t
+        on = sum(1 for h in res.holes if h.on_film)
+        lat = res.lattice
+        table.append([f"{f}x", f"{im.shape[1]}x{im.shape[0]}", str(on), str(len(res.holes) - on),
+                      lat.kind if lat else "-", f"{lat.spacing_a:.2f} / {lat.spacing_b:.2f}" if lat else "-",
+                      f"{lat.angle_ab_deg:.1f}" if lat else "-", f"{seconds:.2f}", res.reason or ""])
+        if overlays is not None:
+            overlays.mkdir(parents=True, exist_ok=True)
+            rgb = cv2.cvtColor(np.clip(im, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+            if lat is not None:
+                film = film_mask(im, lat.spacing_px)
+                rgb[~film] = (0.6 * rgb[~film] + [0, 0, 100]).astype(np.uint8)
+            r = max(2, round(0.15 * (lat.spacing_px if lat else 10)))
+            for h in res.holes:
+                cv2.circle(rgb, (round(h.x), round(h.y)), r, (0, 200, 0) if h.on_film else (0, 0, 255), -1)
+            cv2.imwrite(str(overlays / f"epu_holes_{f}x.png"), rgb)
+    return table
 
 
 def evaluate(sample: Sample, models) -> dict:
@@ -108,12 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="1,2,4", help="upsampling factors for whole_square views")
     parser.add_argument("--models", default=None, help="model set directory (default: the shipped set)")
     parser.add_argument("--json", type=Path, default=None, help="write the per-image rows here")
+    parser.add_argument("--overlays", type=Path, default=None, help="write the real view's overlays here")
+    parser.add_argument("--real-only", action="store_true", help="only the real EPU view")
     args = parser.parse_args(argv)
     from ptolemy_rt.models import resolve_models
 
     models = resolve_models(args.models)
     scales = [int(s) for s in args.scales.split(",")]
     print(machine_line())
+    if REAL.exists():
+        print(f"\n## Real EPU view {REAL.name} (find_holes, keep_off_film=True)\n")
+        print_markdown(real_view(models, args.overlays))
+    if args.real_only:
+        return 0
     rows = []
     for category in args.categories.split(","):
         for i in range(args.n):

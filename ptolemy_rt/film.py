@@ -36,6 +36,10 @@ _FLAT_SHARE = 0.5
 # Bar darkness: film is never darker than this share of the image's bright level (bars and the outside
 # pass almost no electrons; film whose holes an ice gradient dims stays above it).
 _DARK_LEVEL = 0.05
+# Below this share of the bright level, film must be textured by holes (_textured: a brightness range
+# within 0.3 periods above _TEXTURE_LEVEL of the bright level; a smooth ramp in the dark outside stays below).
+_DIM_LEVEL = 0.15
+_TEXTURE_LEVEL = 0.05
 # Off-film areas must hold a disc this many periods wide.
 _OFF_MIN_PERIODS = 1.5
 # The local bright level is the closed image's maximum within this many periods (a disc's diameter): wide
@@ -81,6 +85,7 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
         return np.ones((rows, cols), dtype=bool)
     span = hi - lo
     dark = lo + _DARK_LEVEL * span
+    dim = lo + _DIM_LEVEL * span
     # Torn film first: it is brighter than any hole and would raise the bright level around it.
     broken = _broken_film(small, closed > dark, period)
     if broken is not None:
@@ -99,8 +104,12 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
     local_hi = cv2.dilate(bright, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kl, kl)),
                           borderType=cv2.BORDER_REFLECT)
     level = lo + FILM_LEVEL * (local_hi - lo)
-    # The film's edge, to sub-pixel precision once scaled up: the lower of the two margins crosses zero.
-    edge = np.minimum((closed - level) / span, (closed - dark) / span).astype(np.float32)
+    # Dim areas (below _DIM_LEVEL of the bright level, far from bright film) are film only where holes
+    # texture them: the dark grey outside a square is as dim as film an ice gradient darkened, but flat.
+    textured = _textured(small, hi - lo, period)
+    dim_margin = np.maximum((closed - dim) / span, np.where(textured, 0.05, -0.05))
+    # The film's edge, to sub-pixel precision once scaled up: where the lowest margin crosses zero.
+    edge = np.minimum(np.minimum((closed - level) / span, (closed - dark) / span), dim_margin).astype(np.float32)
     # Off-film areas narrower than _OFF_MIN_PERIODS are a hole or two dimmed by thick ice, not a bar (bars
     # and the outside are many periods wide; torn film is handled above): film again.
     ko = 2 * math.ceil(0.5 * _OFF_MIN_PERIODS * period) + 1
@@ -113,6 +122,20 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
     if edge.shape != (rows, cols):
         edge = cv2.resize(edge, (cols, rows), interpolation=cv2.INTER_LINEAR)
     return edge > 0
+
+
+def _textured(small: np.ndarray, span: float, period: float) -> np.ndarray:
+    """Where holes texture the image (working scale): the brightness range within 0.3 periods exceeds
+    _TEXTURE_LEVEL of the bright level; closed over the cells' centres (farther than that from any hole)."""
+    import cv2
+
+    kr = 2 * math.ceil(0.3 * period) + 1
+    spread = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kr, kr)),
+                              borderType=cv2.BORDER_REFLECT)
+    kc = 2 * math.ceil(0.5 * _CLOSING_PERIODS * period) + 1
+    return cv2.morphologyEx((spread > _TEXTURE_LEVEL * span).view(np.uint8), cv2.MORPH_CLOSE,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)),
+                            borderType=cv2.BORDER_REFLECT).astype(bool)
 
 
 def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarray | None:
