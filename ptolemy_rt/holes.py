@@ -218,6 +218,8 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
         return None, f"fewer than 2 hole candidates in the U-Net map ({len(centroids)})", 0.0
     if max_centroids is not None and len(centroids) > max_centroids:
         return None, f"{len(centroids)} hole candidates are more than the lattice can hold", 0.0
+    if opts.lattice_model == "general":
+        centroids = _uncut(centroids, mask)
     t = time.perf_counter()
     lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine, model=opts.lattice_model)  # type: ignore[arg-type]
     timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
@@ -225,6 +227,21 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
         what = "square lattice" if opts.lattice_model == "square" else "lattice"
         return None, f"no {what} fits the hole candidates", 0.0
     return lattice, None, lattice.n_inliers / len(centroids) * lattice.occupancy
+
+
+def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The centroids of blobs the image's edge does not cut (farther from it than 1.2 mean blob radii).
+
+    A cut blob's centroid lies inward of its hole's centre by up to half a radius; where a whole row of
+    holes runs along an edge (a hexagonal array at 0 degrees), least squares over both basis vectors shrinks
+    the lattice by that shift. The square model's single vector averages it out, and compat must not change.
+    Kept as they are when fewer than 4 would remain."""
+    rows, cols = mask.shape
+    radius = math.sqrt(float(mask.sum()) / max(len(centroids), 1) / math.pi)
+    edge = np.minimum(np.minimum(centroids[:, 0], cols - 1 - centroids[:, 0]),
+                      np.minimum(centroids[:, 1], rows - 1 - centroids[:, 1]))
+    keep = edge > 1.2 * radius
+    return centroids[keep] if keep.sum() >= 4 else centroids
 
 
 def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_set: ModelSet, opts: HoleOptions,
