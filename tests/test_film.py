@@ -139,3 +139,28 @@ def test_broken_film_is_off_film(kind):
     d_torn = np.hypot(*(pts - centre).T) - 2.5 * spacing
     assert not on[d_torn < 0].any()
     assert on[(dist > 0.3 * spacing + 0.75 * spacing) & (d_torn > 1.5 * spacing)].all()
+
+
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+def test_ice_gradient_is_not_a_bar(kind):
+    # holes and film six times dimmer on one side (thick ice, vignetting): all film; a bar beside the dim
+    # side is still off
+    img, pts, dist = grid_image(8, 50.0, (700, 900), kind=kind, bar_angle=80.0)
+    ramp = np.linspace(1.0 / 6.0, 1.0, img.shape[1], dtype=np.float32)[None, :]
+    img = img * ramp
+    check(img, pts, dist, 50.0)
+
+
+def test_dim_flat_outside_is_off_film():
+    # the dark-grey outside of a square (10 % of the film's level, flat) is not film, however far from it
+    img, pts, dist = grid_image(9, 30.0, (600, 900), border=0.3, bar_periods=0.0, bar=20.0)
+    check(img, pts, dist, 30.0)
+
+
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+def test_brightness_gradient_is_not_torn_film(kind):
+    # film brightening twofold across the image holds holes everywhere: no part of it is 'broken'
+    img, pts, _ = grid_image(10, 60.0, (600, 800), kind=kind, bar_periods=0.0, border=-1.0, film=150.0,
+                             hole=170.0)
+    img = img * np.linspace(1.0, 2.0, img.shape[1], dtype=np.float32)[None, :]
+    assert on_film(pts, film_mask(img, 60.0), 0.3 * 60.0).all()
