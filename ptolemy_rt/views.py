@@ -21,12 +21,12 @@ __all__ = ["LargeHole", "large_holes", "atlas_reason", "SINGLE_HOLE_REASON"]
 
 SINGLE_HOLE_REASON = "one hole fills the view: image magnification too high for lattice targeting"
 # A bright round region this wide (share of the image's shorter side) is a hole too large for a lattice:
-# holes span <= 0.7 periods, so two periods of it need at least 2 / 0.7 of its diameter ... 0.35 of the
-# side; at a quarter, fewer than three periods fit.
-_LARGE_HOLE_SIDE = 0.25
+# holes span <= 0.7 periods, so with a diameter of 0.35 sides the period is at least half the side and
+# fewer than two periods fit. (A quarter side flagged real lattice views with 2.5 periods across.)
+_LARGE_HOLE_SIDE = 0.35
 # Round: area over that of its enclosing circle (a disc ~0.9 after pixelation and smoothing, a square 0.64).
 _ROUND_FILL = 0.8
-# The work copy's longer side (px): a hole of a quarter of the view is then >= 40 px across.
+# The work copy's longer side (px): a hole filling the view is then >= 50 px across.
 _WORK_SIDE = 256
 # Atlas: at least this many bright square-shaped regions, wider than this many work px (at 512 px), that
 # are most of the bright regions that wide.
@@ -97,7 +97,7 @@ def _shapes(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
 
 
 def large_holes(image: np.ndarray) -> list[LargeHole]:
-    """Bright round regions wholly inside the image and at least a quarter of its shorter side across (see
+    """Bright round regions wholly inside the image and at least 0.35 of its shorter side across (see
     the module docstring), largest first; [] for an ordinary view."""
     split = _split(image, _WORK_SIDE)
     if split is None:

@@ -175,14 +175,18 @@ def test_an_atlas_says_so(tiny):
 
 
 @settings(max_examples=20, deadline=None)
-@given(x=st.floats(0.3, 0.7), y=st.floats(0.3, 0.7), d=st.floats(0.3, 0.55), seed=st.integers(0, 10**6))
+@given(x=st.floats(0.3, 0.7), y=st.floats(0.3, 0.7), d=st.floats(0.15, 0.55), seed=st.integers(0, 10**6))
 def test_large_holes_finds_a_clear_disc(x, y, d, seed):
     shape = (400, 560)
     cx, cy, r = x * shape[1], y * shape[0], 0.5 * d * shape[0]
     img = discs(shape, [(cx, cy)], r, seed=seed, noise=8.0)
     found = large_holes(img)
     clear = min(cx, cy, shape[1] - 1 - cx, shape[0] - 1 - cy) > r + 3
-    if clear:
+    if abs(d - 0.35) < 0.015:
+        return  # at the threshold either answer is right
+    if d < 0.35:
+        assert found == []  # two or more periods may fit: a lattice view, not one hole
+    elif clear:
         assert len(found) == 1
         assert math.hypot(found[0].x - cx, found[0].y - cy) < 1.5
         assert found[0].diameter_px == pytest.approx(2 * r, rel=0.03)
