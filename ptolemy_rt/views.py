@@ -33,8 +33,10 @@ _WORK_SIDE = 256
 _ATLAS_MIN_SQUARES = 6
 _ATLAS_WORK_SIDE = 512
 _ATLAS_MIN_DIAMETER = 6.0
-_SQUARE_RECT_FILL = 0.8
-_SQUARE_ROUND_FILL = 0.75
+# A square fills >= 0.9 of its minimal rectangle and <= 0.64 (sharp corners) to ~0.78 (rounded) of its
+# enclosing circle; a disc 0.785 and ~0.9+.
+_SQUARE_RECT_FILL = 0.85
+_SQUARE_ROUND_FILL = 0.82
 # Shape tests on at most this many of the largest bright regions.
 _MAX_SHAPES = 40
 
