@@ -93,3 +93,26 @@ def test_noise_gives_no_holes_with_the_shipped_set(kind):
     }[kind]().astype(np.float32)
     result = find_holes(image, models=models)
     assert result.holes == () and "no hole lattice" in result.reason
+
+
+def test_huge_values_do_not_overflow_the_histogram_index():
+    # Issue 13: a count past 2**63 wrapped to a negative bin index and wrote outside the histogram (a segfault).
+    # Run in a child process: before the fix this killed the interpreter.
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from ptolemy_rt.mixture import segment, histogram, count_scale\n"
+        "rng = np.random.default_rng(1)\n"
+        "for v in (1e18, 9.3e18, 1.8e19, 3e38):\n"
+        "    d = (rng.random((256, 256)) * 100).astype(np.float32)\n"
+        "    d.ravel()[rng.integers(0, d.size, 40)] = v\n"
+        "    s = count_scale(d)\n"
+        "    h = histogram(d, s)\n"
+        "    assert h.sum() == d.size and h[-1] >= 40, (v, h[-1])\n"
+        "    segment(d)\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
