@@ -1,24 +1,40 @@
-"""Exceptions raised by ptolemy-rt; the CLI maps each family to an exit code."""
+"""Exceptions raised by ptolemy-rt; the CLI maps each family to an exit code.
+
+The public API (read_image, find_squares, find_holes, load_models) raises only these, plus TypeError for an
+argument of the wrong type. Exit codes: 2 bad input or option, 3 bad model set or provider, 4 output cannot be
+written; anything else is a bug (exit 70).
+"""
 
 from __future__ import annotations
 
 __all__ = [
-    "PtolemyError",
+    "EXIT_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "EXIT_OUTPUT",
+    "CorruptFileError",
     "InputError",
     "MissingFileError",
-    "CorruptFileError",
-    "UnsupportedFormatError",
-    "NonFiniteError",
-    "ShapeError",
-    "TooSmallError",
     "ModelError",
+    "NonFiniteError",
+    "OutputError",
+    "PtolemyError",
+    "ShapeError",
+    "TooLargeError",
+    "TooSmallError",
+    "UnsupportedFormatError",
 ]
+
+# The exit-code contract of the command line (README, "Exit codes").
+EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 4, 70, 130
 
 
 class PtolemyError(Exception):
     """Base class of every error ptolemy-rt raises on purpose."""
 
-    exit_code = 1
+    exit_code = 70
 
 
 class InputError(PtolemyError, ValueError):
@@ -51,7 +67,17 @@ class TooSmallError(InputError):
     """The image is smaller than the pipeline can use."""
 
 
+class TooLargeError(InputError):
+    """The file claims more pixels than the budget (default 2**28, `--max-pixels`) or than memory allows."""
+
+
 class ModelError(PtolemyError, RuntimeError):
     """A model set is missing, tampered with, or cannot run on the chosen provider (exit code 3)."""
 
     exit_code = 3
+
+
+class OutputError(PtolemyError, OSError):
+    """A result cannot be written: a special file, a symlink, a directory, no permission, a full disk (exit 4)."""
+
+    exit_code = 4

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -16,12 +19,22 @@ from .errors import (
     CorruptFileError,
     MissingFileError,
     NonFiniteError,
+    PtolemyError,
     ShapeError,
+    TooLargeError,
     TooSmallError,
     UnsupportedFormatError,
 )
 
-__all__ = ["Image", "read_image", "as_image", "check_min_size", "atomic_write", "ImageLike"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "Image",
+    "ImageLike",
+    "as_image",
+    "atomic_write",
+    "check_min_size",
+    "read_image",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +42,13 @@ MRC_SUFFIXES = {".mrc", ".mrcs", ".map", ".st", ".ali", ".rec"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
+# Bytes per pixel of the modes mrcfile knows (4, complex, is refused after the size checks).
+MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}
+# The most pixels a file may claim (all sections together) unless the caller raises it (--max-pixels).
+DEFAULT_MAX_PIXELS = 1 << 28
+# A compressed file claiming more than this many times its own size is treated as a decompression bomb.
+MAX_RATIO = 1000
+MAX_PAGES = 4096
 
 
 @dataclass(frozen=True)
@@ -87,39 +107,156 @@ def _pick_section(data: np.ndarray, section: int | None, name: str) -> tuple[np.
     return data, None
 
 
-def _read_mrc(path: Path, section: int | None) -> Image:
+def _mrc_header(head: bytes, name: str) -> np.recarray:
+    """The 1024-byte MRC header as a record, in the byte order its mode makes sense in."""
+    from mrcfile.dtypes import HEADER_DTYPE
+
+    if len(head) < HEADER_DTYPE.itemsize:
+        raise CorruptFileError(f"{name}: too short for an MRC header ({len(head)} of 1024 bytes)")
+    header = np.frombuffer(head[: HEADER_DTYPE.itemsize], dtype=HEADER_DTYPE).reshape(()).view(np.recarray)
+    machst = bytes(header.machst)
+    order = ">" if machst[:2] == b"\x11\x11" else "<"
+    header = header.view(header.dtype.newbyteorder(order)).view(np.recarray)
+    if int(header.mode) not in MRC_ITEMSIZE:
+        # Some writers get the machine stamp wrong; the mode word tells the byte order apart.
+        swapped = header.view(header.dtype.newbyteorder()).view(np.recarray)
+        if int(swapped.mode) in MRC_ITEMSIZE:
+            header = swapped
+    return header
+
+
+def _mrc_claim(header: np.recarray, name: str, max_pixels: int) -> tuple[int, int]:
+    """Check what an MRC header claims against the pixel budget; return (data offset, data bytes)."""
+    mode = int(header.mode)
+    if mode not in MRC_ITEMSIZE:
+        raise UnsupportedFormatError(f"{name}: unsupported MRC mode {mode} (modes 0, 1, 2, 6, 12 are read)")
+    nx, ny, nz, mz = (int(header.nx), int(header.ny), int(header.nz), int(header.mz))
+    nsymbt, ispg = int(header.nsymbt), int(header.ispg)
+    if min(nx, ny, nz) < 1:
+        raise CorruptFileError(f"{name}: the MRC header gives dimensions nx={nx}, ny={ny}, nz={nz}; "
+                               "each must be at least 1")
+    if nsymbt < 0:
+        raise CorruptFileError(f"{name}: the MRC header gives a negative extended header size ({nsymbt})")
+    if 401 <= ispg <= 630 and (mz < 1 or nz % mz):
+        # mrcfile divides nz by mz for a volume stack (space groups 401-630).
+        raise CorruptFileError(f"{name}: error in dimensions for volume stack: nz should be divisible by mz. "
+                               f"Found nz = {nz}, mz = {mz}")
+    if nx * ny > max_pixels or nx * ny * nz > max_pixels:
+        raise TooLargeError(f"{name}: the MRC header claims {nx}x{ny}x{nz} pixels, over the budget of "
+                            f"{max_pixels} (raise it with --max-pixels)")
+    return 1024 + nsymbt, nx * ny * nz * MRC_ITEMSIZE[mode]
+
+
+def _decompress_to(path: Path, compression: str, out, name: str, max_pixels: int, permissive: bool) -> None:
+    """Stream-decompress an MRC file into `out`, never past what its header claims (a bomb stops there)."""
+    import bz2
+    import gzip
+
+    opener = gzip.open if compression == "gzip" else bz2.open
+    packed = path.stat().st_size
+    try:
+        with opener(path, "rb") as src:
+            head = src.read(1024)
+            offset, nbytes = _mrc_claim(_mrc_header(head, name), name, max_pixels)
+            claimed = offset + nbytes
+            if claimed > MAX_RATIO * max(packed, 1) and claimed > (1 << 20):
+                raise CorruptFileError(f"{name}: the header claims {claimed} bytes from {packed} compressed "
+                                       f"bytes (a ratio over {MAX_RATIO}: refused as a compression bomb)")
+            out.write(head)
+            left = claimed - len(head)
+            while left > 0:
+                chunk = src.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+            if left == 0 and src.read(1):
+                msg = f"{name}: the decompressed file is larger than its header says ({claimed} bytes)"
+                if not permissive:
+                    raise CorruptFileError(msg + " (--permissive reads it anyway)")
+                warnings.warn(msg, stacklevel=4)
+    except (EOFError, OSError, zlib_error(), ValueError) as exc:
+        raise CorruptFileError(f"{name}: truncated or corrupt {compression} data ({exc})") from None
+    out.flush()
+
+
+def zlib_error():
+    """zlib.error, which gzip raises for corrupt streams."""
+    import zlib
+
+    return zlib.error
+
+
+def _read_mrc(path: Path, section: int | None, max_pixels: int, permissive: bool) -> Image:
+    name = str(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    compression = "gzip" if magic[:2] == b"\x1f\x8b" else "bzip2" if magic[:3] == b"BZh" else None
+    if compression is None:
+        return _read_mrc_file(path, name, section, max_pixels, permissive)
+    # Decompressed into a temporary file and memory-mapped, so the image is never held twice in memory.
+    with tempfile.TemporaryDirectory(prefix="ptolemy-rt-") as tmp:
+        plain = Path(tmp) / "image.mrc"
+        with open(plain, "wb") as out:
+            _decompress_to(path, compression, out, name, max_pixels, permissive)
+        image = _read_mrc_file(plain, name, section, max_pixels, permissive)
+    return image
+
+
+def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, permissive: bool) -> Image:
     import mrcfile
 
-    name = str(path)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            mrc = mrcfile.open(path, mode="r", permissive=True)
-    except ValueError as exc:
-        # mrcfile raises ValueError for unknown modes and malformed headers.
-        msg = str(exc)
-        if "mode" in msg.lower():
-            raise UnsupportedFormatError(f"{name}: unsupported MRC mode ({msg})") from None
-        raise CorruptFileError(f"{name}: not a readable MRC file ({msg})") from None
-    except OSError as exc:
-        raise CorruptFileError(f"{name}: cannot read ({exc})") from None
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    header = _mrc_header(head, name)
+    if bytes(header.map)[:3] != b"MAP" and not permissive:
+        raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
+    offset, nbytes = _mrc_claim(header, name, max_pixels)
+    if offset + nbytes > size:
+        raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes "
+                               f"({int(header.nx)}x{int(header.ny)}x{int(header.nz)}, mode {int(header.mode)}, "
+                               f"{offset - 1024}-byte extended header), the file holds {size}")
+    if int(header.mode) not in MRC_MODES:
+        raise UnsupportedFormatError(f"{name}: MRC mode {int(header.mode)} is not supported (modes 0, 1, 2, 6, 12 are)")
+    problems: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.mmap(path, mode="r", permissive=permissive)
+        except ValueError as exc:
+            raise CorruptFileError(f"{name}: not a valid MRC file ({exc})") from None
     with mrc:
-        mode = int(mrc.header.mode)
-        if mode not in MRC_MODES:
-            raise UnsupportedFormatError(f"{name}: MRC mode {mode} is not supported (modes 0, 1, 2, 6, 12 are)")
         if mrc.data is None:
             detail = "; ".join(str(w.message) for w in caught) or "no data block"
-            raise CorruptFileError(f"{name}: truncated or unreadable data block ({detail})")
-        dims = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
-        expected = dims[0] * dims[1] * dims[2]
-        if mrc.data.size != expected:
-            raise CorruptFileError(f"{name}: data block holds {mrc.data.size} values, header says {expected}")
-        raw = np.asarray(mrc.data)
-        dtype = str(raw.dtype)
+            raise CorruptFileError(f"{name}: unreadable data block ({detail})")
+        opened = [str(w.message) for w in caught]
+        report = io.StringIO()
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's overflow in the validator's float16 statistics
+            mrc.validate(print_file=report)
+        found = [line.strip() for line in report.getvalue().splitlines() if line.strip()]
+        # Header statistics are never used to read the data, and mrcfile's own check of them overflows
+        # on float16 files it wrote itself: a stale statistic is reported, not refused.
+        stale = [line for line in found if line.startswith("Data statistics")]
+        problems = [m for m in opened if m not in found] + [line for line in found if line not in stale]
+        if problems:
+            detail = "; ".join(problems)
+            if not permissive:
+                raise CorruptFileError(f"{name}: invalid MRC file: {detail} (--permissive reads it anyway)")
+            warnings.warn(f"{name}: {detail}", stacklevel=4)
+        if stale:
+            warnings.warn(f"{name}: {'; '.join(stale)}", stacklevel=4)
+        raw = mrc.data
+        if raw.ndim == 4:  # a volume stack: its volumes' sections one after another
+            raw = raw.reshape(-1, raw.shape[-2], raw.shape[-1])
+        dtype = raw.dtype.newbyteorder("=").name
         pixel = float(mrc.voxel_size.x)
-        pixel_size = pixel if np.isfinite(pixel) and pixel > 0 else None
+        pixel_size = pixel if math.isfinite(pixel) and pixel > 0 else None
         plane, sec = _pick_section(raw, section, name)
-        data = _validate(plane, name)
+        # A real copy: the memory map closes below.
+        data = _validate(np.array(plane, dtype=np.float32), name)
+        del raw, plane
     return Image(data=data, pixel_size_A=pixel_size, source=name, dtype=dtype, section=sec)
 
 
@@ -131,7 +268,97 @@ def _quiet_cv2(cv2) -> None:
         cv2.setLogLevel(0)
 
 
-def _read_raster(path: Path, section: int | None) -> Image:
+def _raster_claims(raw: bytes, name: str) -> list[tuple[int, int, int]]:
+    """(width, height, bytes per pixel) of each page a PNG, JPEG, BMP or TIFF header declares; [] if unknown."""
+    import struct
+
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 26:
+        width, height = struct.unpack(">II", raw[16:24])
+        depth, colour = raw[24], raw[25]
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+        return [(width, height, max(1, depth // 8) * channels)]
+    if raw[:2] == b"BM" and len(raw) >= 26:
+        width, height = struct.unpack("<ii", raw[18:26])
+        return [(abs(width), abs(height), 4)]
+    if raw[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(raw):
+            if raw[i] != 0xFF:
+                i += 1
+                continue
+            marker = raw[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = struct.unpack(">H", raw[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", raw[i + 5:i + 9])
+                return [(width, height, max(1, raw[i + 9]) if i + 9 < len(raw) else 3)]
+            i += 2 + length
+        return []
+    if raw[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_claims(raw, "<" if raw[:2] == b"II" else ">", name)
+    return []
+
+
+def _tiff_claims(raw: bytes, order: str, name: str) -> list[tuple[int, int, int]]:
+    """Walk a classic TIFF's IFD chain (bounded, loop-safe) for each page's size."""
+    import struct
+
+    pages: list[tuple[int, int, int]] = []
+    offset = struct.unpack(order + "I", raw[4:8])[0]
+    seen: set[int] = set()
+    sizes = {1: 1, 3: 2, 4: 4, 16: 8}
+    while offset and offset not in seen and offset + 2 <= len(raw):
+        seen.add(offset)
+        if len(seen) > MAX_PAGES:
+            raise TooLargeError(f"{name}: the TIFF holds more than {MAX_PAGES} pages")
+        count = struct.unpack(order + "H", raw[offset:offset + 2])[0]
+        width = height = 0
+        samples, bits = 1, 8
+        for k in range(count):
+            entry = raw[offset + 2 + 12 * k: offset + 14 + 12 * k]
+            if len(entry) < 12:
+                break
+            tag, typ, n = struct.unpack(order + "HHI", entry[:8])
+            size = sizes.get(typ, 4)
+            value = (struct.unpack(order + "H", entry[8:10])[0] if size == 2 else
+                     entry[8] if size == 1 else struct.unpack(order + "I", entry[8:12])[0])
+            if tag == 256:
+                width = value
+            elif tag == 257:
+                height = value
+            elif tag == 277:
+                samples = value
+            elif tag == 258 and n == 1:
+                bits = value
+        pages.append((width, height, max(1, samples) * max(1, bits // 8)))
+        end = offset + 2 + 12 * count
+        if end + 4 > len(raw):
+            break
+        offset = struct.unpack(order + "I", raw[end:end + 4])[0]
+    return pages
+
+
+def _check_raster(raw: bytes, name: str, max_pixels: int) -> None:
+    """Refuse, from the header alone, a raster image that claims more pixels than the budget."""
+    claims = _raster_claims(raw, name)
+    total = 0
+    for width, height, bpp in claims:
+        pixels = width * height
+        if pixels > max_pixels:
+            raise TooLargeError(f"{name}: the header claims {width}x{height} pixels, over the budget of "
+                                f"{max_pixels} (raise it with --max-pixels)")
+        total += pixels
+        if total > max_pixels:
+            raise TooLargeError(f"{name}: its {len(claims)} pages claim over {max_pixels} pixels together "
+                                "(raise the budget with --max-pixels)")
+        if pixels * bpp > MAX_RATIO * len(raw) and pixels > (1 << 24):
+            raise CorruptFileError(f"{name}: the header claims {width}x{height} pixels from {len(raw)} bytes "
+                                   f"(a ratio over {MAX_RATIO}: refused as a compression bomb)")
+
+
+def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     import cv2
 
     name = str(path)
@@ -139,31 +366,13 @@ def _read_raster(path: Path, section: int | None) -> Image:
     raw_bytes = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        ok, pages = cv2.imdecodemulti(raw_bytes, cv2.IMREAD_UNCHANGED)
-        if not ok or not pages:
-            raise CorruptFileError(f"{name}: not a readable TIFF image")
-        if len(pages) > 1:
-            n = len(pages)
-            if section is None:
-                warnings.warn(f"{name}: a stack of {n} sections; using section 0 (choose with --section)",
-                              stacklevel=3)
-                section = 0
-            if not -n <= section < n:
-                raise ShapeError(f"{name}: section {section} does not exist (the stack has {n})")
-            raw, section = pages[section], section % n
-        else:
-            raw = pages[0]
-            if section not in (None, 0):
-                raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
-            section = None
-    else:
-        raw = cv2.imdecode(raw_bytes, cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise CorruptFileError(f"{name}: not a readable image")
-        if section not in (None, 0):
-            raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
-        section = None
+    _check_raster(raw_bytes.tobytes(), name, max_pixels)
+    try:
+        decoded = _decode_raster(cv2, raw_bytes, path, name, section)
+    except cv2.error as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
+        raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
+    raw, section = decoded
     if raw.ndim == 3:
         channels = raw.shape[2]
         if channels == 4:
@@ -178,23 +387,80 @@ def _read_raster(path: Path, section: int | None) -> Image:
     return Image(data=_validate(raw, name), pixel_size_A=None, source=name, dtype=dtype, section=section)
 
 
-def read_image(path: str | os.PathLike, section: int | None = None) -> Image:
-    """Read an MRC, TIFF, PNG or JPEG file into a float32 2-D Image (one section of a stack)."""
+def _decode_raster(cv2, raw_bytes: np.ndarray, path: Path, name: str, section: int | None):
+    """Decode with OpenCV: (pixels, section or None)."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        ok, pages = cv2.imdecodemulti(raw_bytes, cv2.IMREAD_UNCHANGED)
+        if not ok or not pages:
+            raise CorruptFileError(f"{name}: not a readable TIFF image")
+        if len(pages) > 1:
+            n = len(pages)
+            if section is None:
+                warnings.warn(f"{name}: a stack of {n} sections; using section 0 (choose with --section)",
+                              stacklevel=4)
+                section = 0
+            if not -n <= section < n:
+                raise ShapeError(f"{name}: section {section} does not exist (the stack has {n})")
+            return pages[section], section % n
+        if section not in (None, 0):
+            raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
+        return pages[0], None
+    raw = cv2.imdecode(raw_bytes, cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise CorruptFileError(f"{name}: not a readable image")
+    if section not in (None, 0):
+        raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
+    return raw, None
+
+
+def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixels: int | None = None,
+               permissive: bool = False) -> Image:
+    """Read an MRC (also .gz/.bz2), TIFF, PNG or JPEG file into a float32 2-D Image (one section of a stack).
+
+    Every failure is an InputError naming the file, raised before any allocation the file's header asks for:
+    at most `max_pixels` pixels (default 2**28) are read. MRC files are checked by mrcfile's validator;
+    `permissive=True` reads a file it flags (its warning is issued instead).
+    """
     p = Path(path)
-    if not p.exists():
-        raise MissingFileError(f"{p}: no such file")
-    if not p.is_file():
+    budget = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        return _read_any(p, section, budget, permissive)
+    except PtolemyError:
+        raise
+    except MemoryError:
+        raise TooLargeError(f"{p}: not enough memory to read it") from None
+    except RecursionError:
+        raise CorruptFileError(f"{p}: not a readable image (nested too deeply)") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 -- a decoder's own exception: the file is at fault, not the caller
+        raise CorruptFileError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _read_any(p: Path, section: int | None, max_pixels: int, permissive: bool) -> Image:
+    if section is not None and (not isinstance(section, (int, np.integer)) or isinstance(section, bool)):
+        raise ShapeError(f"{p}: section must be an integer, got {section!r}")
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise MissingFileError(f"{p}: no such file") from None
+    except NotADirectoryError:
+        raise MissingFileError(f"{p}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
         raise MissingFileError(f"{p}: not a file")
+    name = p.name.lower()
     suffix = p.suffix.lower()
+    if suffix in (".gz", ".bz2"):
+        suffix = Path(name[: -len(suffix)]).suffix
     if suffix in MRC_SUFFIXES:
-        return _read_mrc(p, section)
+        return _read_mrc(p, section, max_pixels, permissive)
     if suffix in TIFF_SUFFIXES or suffix in RASTER_SUFFIXES:
-        return _read_raster(p, section)
+        return _read_raster(p, section, max_pixels)
     with open(p, "rb") as fh:
         head = fh.read(1024)
-    if len(head) >= 212 and head[208:211] == b"MAP":
-        return _read_mrc(p, section)
-    raise UnsupportedFormatError(f"{p}: unknown file type '{suffix}' (expected .mrc, .tif, .png or .jpg)")
+    if (len(head) >= 212 and head[208:211] == b"MAP") or head[:2] == b"\x1f\x8b" or head[:3] == b"BZh":
+        return _read_mrc(p, section, max_pixels, permissive)
+    raise UnsupportedFormatError(f"{p}: unknown file type '{p.suffix}' (expected .mrc, .tif, .png or .jpg)")
 
 
 def as_image(image: ImageLike, section: int | None = None, name: str | None = None) -> Image:
@@ -228,23 +494,7 @@ def check_min_size(image: Image, min_side: int, what: str = "this pipeline") -> 
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file and a rename, so no partial file is ever seen."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file owner-only; give it the mode a plain open() would (0666 less the umask).
-        if hasattr(os, "fchmod"):
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write `data` to `path` whole or not at all (kept here for old imports: see outputs.atomic_write)."""
+    from .outputs import atomic_write as _write
+
+    _write(path, data)

@@ -20,6 +20,7 @@ from ptolemy_rt.errors import (
     MissingFileError,
     NonFiniteError,
     ShapeError,
+    TooLargeError,
     TooSmallError,
     UnsupportedFormatError,
 )
@@ -198,3 +199,125 @@ def test_mrc_round_trip_property(tmp_path_factory, data):
     path = _mrc(tmp_path_factory.mktemp("h") / "p.mrc", data)
     img = io.read_image(path)
     np.testing.assert_array_equal(img.data, data.astype(np.float32))
+
+
+# --- issue 13: hostile files are refused before any allocation, with exit-2 errors only ---------------------
+
+
+def _header_word(path: Path, offset: int, value: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + 4] = np.int32(value).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("offset,value", [(0, 2_000_000_000), (4, 2_000_000_000), (8, 2_000_000_000),
+                                          (0, 1 << 16), (92, 2_000_000_000), (92, -5), (0, -3), (8, 0)])
+def test_lying_mrc_header_is_refused_without_allocating(tmp_path, offset, value):
+    import tracemalloc
+
+    path = _mrc(tmp_path / "lie.mrc", np.ones((16, 16), np.float32))
+    _header_word(path, offset, value)  # nx, ny, nz or nsymbt (byte 92)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="lie.mrc"):
+            io.read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20
+
+
+def test_pixel_budget(tmp_path):
+    path = _mrc(tmp_path / "big.mrc", np.zeros((64, 64), np.int8))
+    with pytest.raises(TooLargeError, match="max-pixels"):
+        io.read_image(path, max_pixels=1000)
+    assert io.read_image(path, max_pixels=4096).shape == (64, 64)
+
+
+def test_volume_stack_with_mz_zero_is_an_input_error(tmp_path):
+    path = _mrc(tmp_path / "vs.mrc", np.ones((4, 16, 16), np.float32))
+    _header_word(path, 88, 401)  # ispg: a volume stack
+    _header_word(path, 36, 0)  # mz
+    with pytest.raises(CorruptFileError, match="divisible by mz"):
+        io.read_image(path)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bz2"])
+def test_compressed_mrc_read_truncated_and_bomb(tmp_path, kind):
+    import bz2
+    import gzip
+
+    pack = gzip.compress if kind == "gzip" else bz2.compress
+    data = (np.arange(32 * 24).reshape(32, 24) % 50).astype(np.int16)
+    plain = _mrc(tmp_path / "p.mrc", data).read_bytes()
+    good = tmp_path / f"g.mrc.{'gz' if kind == 'gzip' else 'bz2'}"
+    good.write_bytes(pack(plain))
+    np.testing.assert_array_equal(io.read_image(good).data, data)
+    cut = tmp_path / "cut.mrc"
+    cut.write_bytes(pack(plain)[: len(pack(plain)) // 2])
+    with pytest.raises(CorruptFileError, match="cut.mrc"):
+        io.read_image(cut)
+    # A small header followed by 64 MB of zeros: stops at what the header claims, never inflates it all.
+    bomb = tmp_path / "bomb.mrc"
+    bomb.write_bytes(pack(plain + bytes(64 << 20)))
+    with pytest.raises(CorruptFileError, match="larger than its header"):
+        io.read_image(bomb)
+    assert io.read_image(bomb, permissive=True).shape == (32, 24)
+
+
+def test_compressed_header_claiming_a_huge_image(tmp_path):
+    import gzip
+
+    plain = bytearray(_mrc(tmp_path / "p.mrc", np.zeros((16, 16), np.float32)).read_bytes())
+    plain[0:8] = np.array([16384, 16384], np.int32).tobytes()
+    bomb = tmp_path / "claim.mrc"
+    bomb.write_bytes(gzip.compress(bytes(plain)))
+    with pytest.raises(InputError, match="claim.mrc"):
+        io.read_image(bomb)
+
+
+def test_mode_disagreeing_with_size_is_refused_unless_permissive(tmp_path):
+    path = _mrc(tmp_path / "mode.mrc", np.ones((16, 16), np.float32))
+    _header_word(path, 12, 0)  # mode 0 (int8): the file is four times larger than the header says
+    with pytest.raises(CorruptFileError, match="larger than expected"):
+        io.read_image(path)
+    with pytest.warns(UserWarning, match="larger than expected"):
+        assert io.read_image(path, permissive=True).shape == (16, 16)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_huge_declared_raster_is_refused_from_its_header(tmp_path, ext):
+    import struct
+    import zlib
+
+    path = tmp_path / f"huge{ext}"
+    if ext == ".png":
+        def chunk(tag, body):
+            return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    else:
+        assert cv2.imwrite(str(path), np.zeros((8, 8), np.uint8))
+        raw = bytearray(path.read_bytes())
+        ifd = struct.unpack("<I", raw[4:8])[0]
+        n = struct.unpack("<H", raw[ifd:ifd + 2])[0]
+        for k in range(n):
+            e = ifd + 2 + 12 * k
+            tag, typ = struct.unpack("<HH", raw[e:e + 4])
+            if tag in (256, 257):
+                raw[e + 8:e + 12] = (struct.pack("<HH", 60000, 0) if typ == 3 else struct.pack("<I", 60000))
+        path.write_bytes(bytes(raw))
+    with pytest.raises(TooLargeError, match=f"huge{ext}"):
+        io.read_image(path)
+
+
+def test_decoder_exceptions_become_input_errors(tmp_path, monkeypatch):
+    path = tmp_path / "x.png"
+    assert cv2.imwrite(str(path), np.zeros((8, 8), np.uint8))
+
+    def boom(*a, **k):
+        raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed) size.width>0")
+
+    monkeypatch.setattr(cv2, "imdecode", boom)
+    with pytest.raises(CorruptFileError, match="x.png"):
+        io.read_image(path)

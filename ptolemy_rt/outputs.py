@@ -1,0 +1,189 @@
+"""Writing results: whole files or nothing, only to regular files or new paths, a set of files as one.
+
+Each file goes to a temporary file in its destination's directory and is renamed over the destination, so a
+reader never sees a partial file. A FIFO, a device, a directory or a symlink at the destination is refused
+(a symlink is followed only when asked), and an existing file keeps its permission bits. A set of outputs
+(result + overlay) is committed together: if one rename fails, the files already replaced are restored.
+Temporary files are removed on every exit path; `remove_temporaries()` is what a signal handler calls.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import OutputError
+
+__all__ = [
+    "OVERLAY_FORMATS",
+    "atomic_write",
+    "check_destination",
+    "overlay_format",
+    "remove_temporaries",
+    "write_set",
+]
+
+# Overlay formats by file extension (what cv2.imencode is asked for).
+OVERLAY_FORMATS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".tif": ".tif", ".tiff": ".tif"}
+
+_live: set[str] = set()  # temporary files not yet renamed or removed
+_lock = threading.Lock()
+
+
+def overlay_format(path: str | os.PathLike) -> str:
+    """The image format an overlay path asks for by its extension (.png, .jpg or .tif); OutputError if none."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OVERLAY_FORMATS:
+        raise OutputError(f"{path}: an overlay must end in .png, .jpg, .jpeg, .tif or .tiff (got "
+                          f"'{suffix or 'no extension'}')")
+    return OVERLAY_FORMATS[suffix]
+
+
+def check_destination(path: str | os.PathLike, *, follow_symlinks: bool = False) -> Path:
+    """Return the file to replace for `path`, refusing anything but a regular file or a new path."""
+    if str(path) == "":
+        raise OutputError("an empty output path was given")
+    target = Path(path)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        if not follow_symlinks:
+            raise OutputError(f"{target}: is a symbolic link; refusing to write through it "
+                              "(--follow-symlinks replaces the file it points to)")
+        target = Path(os.path.realpath(target))
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise OutputError(f"{target}: is {kind}; results are written only to regular files or new paths")
+    if target.name in ("", ".", ".."):
+        raise OutputError(f"{path}: not a file name")
+    return target
+
+
+def _mode_for(target: Path) -> int:
+    """The permission bits the written file gets: the existing file's, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _write_temp(target: Path, payload: bytes) -> str:
+    """Write `payload` to a new temporary file beside `target`; return its path (registered as live)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot create its directory ({exc.strerror or exc})") from None
+    mode = _mode_for(target)
+    with _lock:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+        _live.add(tmp)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+    except BaseException as exc:
+        _discard(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+        raise
+    return tmp
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    with _lock:
+        _live.discard(tmp)
+
+
+def remove_temporaries() -> None:
+    """Remove every temporary file this process has not yet renamed (called on SIGTERM and at exit)."""
+    with _lock:
+        pending = list(_live)
+        _live.clear()
+    for tmp in pending:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def write_set(items: Sequence[tuple[str | os.PathLike, bytes | str]], *, follow_symlinks: bool = False) -> None:
+    """Write several files as one: all of them appear, or none changes (OutputError says which failed)."""
+    targets = [check_destination(path, follow_symlinks=follow_symlinks) for path, _ in items]
+    if len(set(targets)) != len(targets):
+        raise OutputError("two outputs of one set name the same file: " + ", ".join(map(str, targets)))
+    temps: list[str] = []
+    backups: list[tuple[Path, str | None]] = []  # (target, backup of what it held, or None if it was new)
+    try:
+        for target, (_, data) in zip(targets, items):
+            payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            temps.append(_write_temp(target, payload))
+        for target, tmp in zip(targets, temps):
+            backup = None
+            if len(targets) > 1 and target.exists():
+                # A hard link keeps the old bytes reachable until the whole set is in place.
+                backup = tmp + ".old"
+                try:
+                    os.link(target, backup)
+                except OSError:
+                    backup = None
+                else:
+                    with _lock:
+                        _live.add(backup)
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                if backup:
+                    _discard(backup)
+                raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+            with _lock:
+                _live.discard(tmp)
+            backups.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(backups):
+            try:
+                if backup:
+                    os.replace(backup, target)
+                else:
+                    os.unlink(target)
+            except OSError:
+                pass
+            if backup:
+                with _lock:
+                    _live.discard(backup)
+        for tmp in temps:
+            _discard(tmp)
+        raise
+    for _, backup in backups:
+        if backup:
+            _discard(backup)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, *, follow_symlinks: bool = False) -> None:
+    """Write `data` to `path` through a temporary file and a rename, so no partial file is ever seen."""
+    write_set([(path, data)], follow_symlinks=follow_symlinks)
