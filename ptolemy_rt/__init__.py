@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util as _util
+import sys as _sys
+
+
+def _quiet_start() -> None:
+    """At the command line, Ctrl-C or SIGTERM while the package loads ends the process at once, without a
+    traceback (exit 128 + signal: 130, 143); cli.main() puts Python's own handling back when it starts."""
+    import os
+    import signal
+
+    def _quit(signum, frame):
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, _quit)
+    signal.signal(signal.SIGTERM, _quit)
+
+
+# `python -m ptolemy_rt` imports this package while sys.argv[0] is still "-m"; the installed script is named
+# ptolemy-rt. Anything else (a library user, pytest) keeps its own signal handling.
+if _sys.argv[:1] == ["-m"] or _sys.argv[0].endswith(("ptolemy-rt", "ptolemy-rt.exe", "ptolemy-rt-script.py")):
+    _quiet_start()
+
+import importlib.util as _util  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -14,17 +35,25 @@ if _util.find_spec("onnxruntime") is None:
 from .errors import (  # noqa: E402
     CorruptFileError,
     InputError,
+    InternalError,
     MissingFileError,
     ModelError,
     NonFiniteError,
+    OptionError,
+    OutputError,
     PtolemyError,
     ShapeError,
+    TooLargeError,
     TooSmallError,
     UnsupportedFormatError,
+    public_api,
 )
-from .io import Image, read_image  # noqa: E402
-from .models import ModelSet, ModelSpec, load_models  # noqa: E402
-from .options import HoleOptions, SquareOptions  # noqa: E402
+
+# numpy and the readers load on first use (below), so that `import ptolemy_rt` is nearly instant: the command
+# line installs its Ctrl-C handling straight after, and an interrupt during a slow import ends quietly.
+_LAZY = {"Image": "io", "read_image": "io", "ModelSet": "models", "ModelSpec": "models", "load_models": "models",
+         "HoleOptions": "options", "SquareOptions": "options", "find_squares": "squares", "find_holes": "holes",
+         "fit_lattice": "lattice"}
 
 __all__ = [
     "__version__",
@@ -46,22 +75,25 @@ __all__ = [
     "NonFiniteError",
     "ShapeError",
     "TooSmallError",
+    "TooLargeError",
     "ModelError",
+    "OutputError",
+    "OptionError",
+    "InternalError",
 ]
 
 
 def __getattr__(name: str):
     # The pipelines pull in scipy, cv2 and numba: import them on first use, keeping `import ptolemy_rt` fast.
-    if name == "find_squares":
-        from .squares import find_squares
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ptolemy_rt' has no attribute {name!r}")
+    import importlib
 
-        return find_squares
-    if name == "find_holes":
-        from .holes import find_holes
-
-        return find_holes
-    if name == "fit_lattice":
-        from .lattice import fit_lattice
-
-        return fit_lattice
-    raise AttributeError(f"module 'ptolemy_rt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if name in ("find_squares", "find_holes", "fit_lattice"):
+        value = public_api(value)  # only PtolemyError subclasses (and TypeError) leave the public API
+    elif name == "load_models":
+        value = public_api(value, ModelError)
+    globals()[name] = value
+    return value

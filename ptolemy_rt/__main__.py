@@ -2,6 +2,9 @@
 
 import sys
 
-from .cli import main
+try:
+    from .cli import run
+except KeyboardInterrupt:  # Ctrl-C while the command line itself loads: no traceback
+    sys.exit(130)
 
-sys.exit(main())
+run()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -14,14 +17,26 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import InputError, ModelError, PtolemyError
-from .results import FORMATS
+from .errors import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    InputError,
+    ModelError,
+    OutputError,
+    PtolemyError,
+)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main", "run"]
 
 log = logging.getLogger("ptolemy_rt")
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
+# A batch exits with the worst code: internal (70), then model set (3), output (4), input (2).
+SEVERITY = (EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_INPUT)
+EXIT_TERMINATED = 128 + 15  # SIGTERM, as shells report it
 SUFFIX = {"json": ".json", "txt": ".txt", "csv": ".csv"}
 
 
@@ -32,23 +47,96 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _number(kind: type, option: str, lo: float | None = None, hi: float | None = None, *,
+            lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite int or float within [lo, hi] (or open ends); the refusal names the range."""
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    span = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+    what = "an integer" if kind is int else "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{option} {text!r}: expected {what} in {span}") from None
+        ok = math.isfinite(value)
+        if ok and lo is not None:
+            ok = value > lo if lo_open else value >= lo
+        if ok and hi is not None:
+            ok = value < hi if hi_open else value <= hi
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{option} {text}: expected {what} in {span}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def _max_threads() -> int:
+    """The most inference threads accepted: four per CPU, at most 256."""
+    return max(1, min(256, 4 * (os.cpu_count() or 1)))
+
+
+def _paths(option: str) -> Callable[[str], str]:
+    """An argparse type for output paths: anything but the empty string."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{option}: an empty path was given")
+        return text
+
+    return parse
+
+
+# Options whose value may be a negative number: `--edge-tolerance -1e3` must not read -1e3 as an option.
+NUMERIC_OPTIONS = {"--edge-tolerance", "--threshold", "--min-area", "--window", "--threads", "--section",
+                   "--seed", "--max-pixels", "--top", "--min-score", "--pixel-size"}
+
+
+def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
+    """Rewrite `--opt -1e3` as `--opt=-1e3` for numeric options (argparse reads only `-10`-like values)."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if token == "--":
+            out.extend(items[i:])
+            break
+        if token in NUMERIC_OPTIONS and i + 1 < len(items) and items[i + 1].startswith("-"):
+            try:
+                float(items[i + 1])
+            except ValueError:
+                pass
+            else:
+                out.append(f"{token}={items[i + 1]}")
+                i += 2
+                continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    from .results import FORMATS
+
     p.add_argument("images", nargs="+", metavar="IMAGE", help="MRC, TIFF, PNG or JPEG files")
     p.add_argument("-f", "--format", choices=FORMATS, default="json", help="output format: json (one line), csv "
                    "or txt (tab-separated), each with the same fields (default json)")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file, or a directory when several images are given "
-                   "(default: standard output)")
+    p.add_argument("-o", "--output", metavar="OUT", type=_paths("-o/--output"), help="output file, or a directory "
+                   "when several images are given (default: standard output)")
     p.add_argument("--compat", choices=["ptolemy"], help="behave as the original Ptolemy CLI: its JSON (one line, "
                    "its field names, order and int() centres) and, for holes, its lattice search, crop windows, "
                    "U-Net padding and CNN scores (HoleOptions.ptolemy()); CSV/TXT: the original's fields "
                    "(default: our own)")
     p.add_argument("--pretty", action="store_true", help="indent JSON over several lines (default: one line; "
                    "never with --compat)")
-    p.add_argument("--top", type=_non_negative_int, metavar="N", help="keep the N best-scoring targets "
+    p.add_argument("--top", type=_number(int, "--top", 0), metavar="N", help="keep the N best-scoring targets "
                    "(default: all)")
-    p.add_argument("--min-score", type=float, metavar="S", help="keep targets whose score is >= S; unscored ones "
-                   "are dropped (default: all)")
-    p.add_argument("--pixel-size", type=_positive_float, metavar="A",
+    p.add_argument("--min-score", type=_number(float, "--min-score"), metavar="S", help="keep targets whose score "
+                   "is >= S; unscored ones are dropped (default: all)")
+    p.add_argument("--pixel-size", type=_number(float, "--pixel-size", 0.0, 1e6, lo_open=True), metavar="A",
                    help="pixel size in Å per pixel of the input image "
                    "(default: from the EPU .xml or SerialEM .mdoc beside the image, else the MRC header; "
                    "0 and 1 Å there mean unknown)")
@@ -56,32 +144,27 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "drawn on the map of this image (see --map-label, --nav-out)")
     p.add_argument("--map-label", metavar="L", help="label of the navigator map the image shows (default: the "
                    "map whose MapFile is the image)")
-    p.add_argument("--nav-out", metavar="NAV", help="where the navigator copy goes (default: NAME_ptolemy.nav "
-                   "beside --nav)")
-    p.add_argument("--overlay", metavar="PNG", help="draw the result on the image (a file, or a directory for "
-                   "several images) (default: none)")
+    p.add_argument("--nav-out", metavar="NAV", type=_paths("--nav-out"), help="where the navigator copy goes "
+                   "(default: NAME_ptolemy.nav beside --nav)")
+    p.add_argument("--overlay", metavar="IMG", type=_paths("--overlay"), help="draw the result on the image: a "
+                   ".png, .jpg or .tif file (the extension picks the format), or a directory of PNGs for several "
+                   "images (default: none)")
     p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                    "(default auto: CUDA when available, else CPU)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores)")
-    p.add_argument("--section", type=int, metavar="N", help="section of an MRC/TIFF stack (default 0, with a warning)")
+    p.add_argument("--threads", type=_number(int, "--threads", 1, _max_threads()), metavar="N",
+                   help=f"CPU threads for inference, 1..{_max_threads()} (default: physical cores)")
+    p.add_argument("--section", type=_number(int, "--section", 0), metavar="N",
+                   help="section of an MRC/TIFF stack, from 0 (default 0, with a warning)")
+    p.add_argument("--max-pixels", type=_number(int, "--max-pixels", 1, 1 << 40), metavar="N",
+                   help="refuse images claiming more pixels, all sections together (default 2**28)")
+    p.add_argument("--permissive", action="store_true", help="read MRC files that mrcfile's validator flags "
+                   "(its warning is printed) instead of refusing them")
+    p.add_argument("--follow-symlinks", action="store_true", help="write through a symbolic link at an output "
+                   "path (by default a symlink is refused)")
     p.add_argument("-v", "--verbose", action="store_true", help="one summary line per image on stderr: targets, "
                    "time per stage (ms), provider, pixel size")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,11 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sq = sub.add_parser("squares", aliases=["lowmag"], help="find and score grid squares in low-mag atlases")
     _common(sq)
-    sq.add_argument("--min-area", type=float, default=100.0, metavar="PX2",
-                    help="drop squares whose hull is smaller (px², default 100)")
-    sq.add_argument("--window", type=int, default=6, metavar="PX",
-                    help="pixels within this window join one square (px, "
-                    "default 6)")
+    sq.add_argument("--min-area", type=_number(float, "--min-area", 0.0, 1e12), default=100.0, metavar="PX2",
+                    help="drop squares whose hull is smaller (px², >= 0, default 100)")
+    sq.add_argument("--window", type=_number(int, "--window", 1, 1024), default=6, metavar="PX",
+                    help="pixels within this window join one square (px, 1..1024, default 6)")
     sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
     sq.set_defaults(func=_cmd_squares)
 
@@ -106,11 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     ho.add_argument("--score", choices=["unet", "cnn"], help="which score ranks the holes (default: cnn with "
                     "--compat ptolemy, else the model set's choice: cnn for the shipped set, unet "
                     "for the published weights)")
-    ho.add_argument("--edge-tolerance", type=float, default=-10.0, metavar="PX",
-                    help="how far outside the image a hole centre "
-                    "may lie, px (default -10: at least 10 px inside)")
-    ho.add_argument("--threshold", type=float, metavar="P",
-                    help="U-Net probability threshold, 0-1 (default: the model's)")
+    # Bounded above: every lattice point within the tolerance is cropped and scored.
+    ho.add_argument("--edge-tolerance", type=_number(float, "--edge-tolerance", -1e6, 1000.0), default=-10.0,
+                    metavar="PX", help="how far outside the image a hole centre may lie, px, up to 1000 "
+                    "(default -10: at least 10 px inside)")
+    ho.add_argument("--threshold", type=_number(float, "--threshold", 0.0, 1.0, lo_open=True, hi_open=True),
+                    metavar="P", help="U-Net probability threshold, in (0, 1) (default: the model's)")
     ho.add_argument("--no-refine", action="store_true", help="keep the anchor-pair lattice (as the original does)")
     ho.add_argument("--keep-off-film", action="store_true", help="also lattice points off the holey film (grid bars, "
                     "outside the square, broken film); each hole's on_film says which")
@@ -119,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     ho.set_defaults(func=_cmd_holes)
 
     demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
-    demo.add_argument("-o", "--output", default="ptolemy-demo", help="output directory (default ./ptolemy-demo)")
+    demo.add_argument("-o", "--output", type=_paths("-o/--output"), default="ptolemy-demo", help="output directory (default ./ptolemy-demo)")
     demo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
     demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                       "(default auto)")
-    demo.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic images (default 0)")
+    demo.add_argument("--threads", type=_number(int, "--threads", 1, _max_threads()), metavar="N",
+                      help="CPU threads for inference (default: physical cores)")
+    demo.add_argument("--seed", type=_number(int, "--seed", 0, 2**32 - 1), default=0,
+                      help="seed of the synthetic images (default 0)")
     demo.add_argument("-v", "--verbose", action="store_true", help="timings on stderr")
     demo.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     demo.set_defaults(func=_cmd_demo)
@@ -166,13 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_dir_target(value: str) -> bool:
+    """A destination meant as a directory: an existing one, or a path ending in a separator."""
+    return Path(value).is_dir() or value.endswith(("/", os.sep))
+
+
 def _output_paths(args: argparse.Namespace) -> list[Path | None]:
     """Where each image's result goes: stdout (None), the -o file, or a file in the -o directory."""
     n = len(args.images)
     if args.output is None:
         return [None] * n
     out = Path(args.output)
-    if n == 1 and not (out.is_dir() or args.output.endswith(("/", os.sep))):
+    if n == 1 and not _is_dir_target(args.output):
         return [out]
     return [out / (Path(img).stem + SUFFIX[args.format]) for img in args.images]
 
@@ -182,38 +272,95 @@ def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
     if not args.overlay:
         return [None] * n
     out = Path(args.overlay)
-    if n == 1 and not (out.is_dir() or args.overlay.endswith(("/", os.sep))):
+    if n == 1 and not _is_dir_target(args.overlay):
         return [out]
     return [out / (Path(img).stem + ".png") for img in args.images]
 
 
 def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list) -> None:
-    """Refuse, before any work, destinations that would collide or cannot be directories."""
+    """Refuse, before any work, destinations that would collide, are not what several images need, or
+    name an overlay format we cannot write (usage errors, exit 2)."""
+    from .outputs import OVERLAY_FORMATS
+
     several = len(args.images) > 1
-    for option, value, paths in (("-o", args.output, outputs), ("--overlay", args.overlay, overlays)):
-        if value is None:
+    for option, value in (("-o", args.output), ("--overlay", args.overlay)):
+        if value is None or not several or _is_dir_target(value):
             continue
-        if several and Path(value).exists() and not Path(value).is_dir():
+        if Path(value).exists():
             raise UsageError(f"{option} {value}: several images need a directory, and this is a file")
-        seen: dict[Path, str] = {}
+        if Path(value).suffix:
+            raise UsageError(f"{option} {value}: several images need a directory (one result per image); "
+                             f"name one ending in '/' ({value.rstrip('/')}_dir/) or run the images one by one")
+    for path in overlays:
+        if path is not None and path.suffix.lower() not in OVERLAY_FORMATS:
+            raise UsageError(f"--overlay {path}: the extension picks the format; use .png, .jpg, .jpeg, .tif "
+                             "or .tiff")
+    inputs = {_same_file_key(Path(img)) for img in args.images}
+    seen: dict[object, str] = {}
+    for option, paths in (("-o", outputs), ("--overlay", overlays)):
         for image, path in zip(args.images, paths):
-            if path in seen:
-                raise UsageError(f"{option}: {seen[path]} and {image} would both write {path}; "
+            if path is None:
+                continue
+            key = _same_file_key(path)
+            if key in inputs:
+                raise UsageError(f"{option} {path}: would overwrite an input image")
+            if key in seen:
+                raise UsageError(f"{option}: {seen[key]} and {image} would both write {path}; "
                                  "run them separately or rename one")
-            seen[path] = image
+            seen[key] = image
+
+
+def _same_file_key(path: Path) -> object:
+    """A key equal for two paths naming one file (resolved; inode where the file exists)."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return str(path.resolve(strict=False))
 
 
 class UsageError(InputError):
     """A command line that cannot be carried out as given (exit code 2)."""
 
 
+def _worst(codes: set[int]) -> int:
+    """The code a batch exits with: the most severe of its failures."""
+    for code in SEVERITY:
+        if code in codes:
+            return code
+    return max(codes)
+
+
+def _write_stdout(text: str) -> None:
+    """Print a result; a closed standard output is an output error (exit 4), not a crash."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        raise OutputError("standard output: closed before the result was written (broken pipe)") from None
+    except OSError as exc:
+        raise OutputError(f"standard output: cannot be written ({exc.strerror or exc})") from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int:
     """Run `finder` on every image; keep going past failures, report them all, return the worst code."""
     from .holesize import with_hole_diameter
-    from .io import atomic_write, read_image
+    from .io import read_image
     from .metadata import pixel_size_for
     from .models import load_models
-    from .navigator import targets_nav_text, write_nav_text
+    from .navigator import targets_nav_text
+    from .outputs import overlay_format, write_set
     from .overlay import render_overlay
     from .results import format_result, select, summary_line, with_pixel_size
 
@@ -222,35 +369,44 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
     _check_destinations(args, outputs, overlays)
     if args.nav and len(args.images) > 1:
         raise UsageError("--nav takes one image (one map) per run; pass the copy as --nav of the next run")
+    follow = getattr(args, "follow_symlinks", False)
     models = None
     if options.pop("_use_models", True):
-        models = load_models(args.models, provider=args.provider, threads=args.threads)
+        try:
+            models = load_models(args.models, provider=args.provider, threads=args.threads)
+        except PtolemyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- whatever a malformed set makes the loader trip on
+            raise ModelError(f"{args.models or 'the shipped model set'}: unusable model set "
+                             f"({type(exc).__name__}: {exc})") from None
     failures: list[tuple[str, int, str]] = []
     for image_path, out, overlay in zip(args.images, outputs, overlays):
+        if _SIGNALLED:
+            break  # an interrupt turned into an ordinary error by a library: stop, main() reports it
         try:
             start = time.perf_counter()
-            image = read_image(image_path, section=args.section)
+            image = read_image(image_path, section=args.section, max_pixels=getattr(args, "max_pixels", None),
+                               permissive=getattr(args, "permissive", False))
             result = finder(image, models=models if models is not None else False, **options)
             result = with_hole_diameter(result, image.data)
             pixel = pixel_size_for(image_path, image, args.pixel_size)
             found = len(result.targets)
             result = select(with_pixel_size(result, pixel.angstrom, pixel.source), args.top, args.min_score)
-            # Everything is rendered before anything is written, so a failure leaves no half-set of files.
+            # Everything is rendered before anything is written, and the files are committed as one set:
+            # a failure leaves neither a half-set of files nor a temporary file.
             text = format_result(result, fmt=args.format, compat=args.compat == "ptolemy", pretty=args.pretty)
-            png = _encode_png(render_overlay(image.data, result)) if overlay is not None else None
-            nav = targets_nav_text(args.nav, result, args.map_label, args.nav_out, image_path) if args.nav else None
-            try:
-                if png is not None:
-                    atomic_write(overlay, png)
-                if out is not None:
-                    atomic_write(out, text)
-                if nav is not None:
-                    write_nav_text(nav[0], nav[1])
-            except OSError as exc:
-                raise UsageError(f"{image_path}: cannot write the result ({exc})") from None
+            files: list[tuple[Path, bytes | str]] = []
+            if overlay is not None:
+                files.append((overlay, _encode_image(render_overlay(image.data, result), overlay_format(overlay))))
+            if out is not None:
+                files.append((out, text))
+            if args.nav:
+                nav = targets_nav_text(args.nav, result, args.map_label, args.nav_out, image_path)
+                files.append((nav[0], nav[1].encode("latin-1")))
+            if files:
+                write_set(files, follow_symlinks=follow)
             if out is None:
-                sys.stdout.write(text)
-                sys.stdout.flush()
+                _write_stdout(text)
             if args.verbose:
                 provider = models.provider if models is not None else "none"
                 print(summary_line(image_path, result, time.perf_counter() - start, provider, found),
@@ -258,30 +414,39 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
             elif result.reason:
                 print(f"{image_path}: no {result.kind}: {result.reason}", file=sys.stderr)
         except PtolemyError as exc:
-            failures.append((image_path, exc.exit_code, str(exc)))
-            if exc.exit_code == EXIT_MODEL:
-                break  # the model set is shared by every image: later ones would fail the same way
-        except Exception as exc:  # an internal error on one file must not stop the batch
+            message = str(exc) if isinstance(exc, InputError) or image_path in str(exc) else f"{image_path}: {exc}"
+            failures.append((image_path, exc.exit_code, message))
+            if exc.exit_code == EXIT_MODEL or "standard output" in str(exc):
+                break  # shared by every image: later ones would fail the same way
+        except MemoryError:
+            failures.append((image_path, EXIT_INPUT, f"{image_path}: not enough memory for this image"))
+        except Exception as exc:  # noqa: BLE001 -- an internal error on one file must not stop the batch
             if args.debug:
                 traceback.print_exc()
-            failures.append((image_path, EXIT_INTERNAL, f"{image_path}: internal error: {type(exc).__name__}: {exc}"))
+            failures.append((image_path, EXIT_INTERNAL, f"{image_path}: {_internal_message(exc, args.debug)}"))
     if failures:
         if len(args.images) > 1:
             print(f"ptolemy-rt: {len(failures)} of {len(args.images)} image(s) failed:", file=sys.stderr)
         for _, _, message in failures:
             print(f"error: {message}", file=sys.stderr)
-        # Exit with the worst code: internal (1) is worse than model (3), which is worse than input (2).
-        codes = {code for _, code, _ in failures}
-        return EXIT_INTERNAL if EXIT_INTERNAL in codes else (EXIT_MODEL if EXIT_MODEL in codes else EXIT_INPUT)
+        return _worst({code for _, code, _ in failures})
     return EXIT_OK
 
 
-def _encode_png(picture) -> bytes:
+def _internal_message(exc: BaseException, debug: bool) -> str:
+    """One line for a bug: what failed, and how to report it."""
+    text = " ".join(str(exc).split())[:300]
+    hint = "please report it to the ptolemy-rt developers" + ("" if debug else " with the output of --debug")
+    return f"internal error (a bug in ptolemy-rt): {type(exc).__name__}: {text}; {hint}"
+
+
+def _encode_image(picture, ext: str) -> bytes:
+    """Encode an overlay picture as PNG, JPEG or TIFF (`ext` is '.png', '.jpg' or '.tif')."""
     import cv2
 
-    ok, buf = cv2.imencode(".png", picture)
+    ok, buf = cv2.imencode(ext, picture)
     if not ok:
-        raise RuntimeError("could not encode the overlay PNG")
+        raise OutputError(f"could not encode the overlay as {ext[1:].upper()}")
     return buf.tobytes()
 
 
@@ -359,43 +524,185 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that every `finally` (temporary files) runs on the way out."""
+
+
+# Signals received during this run: a library may turn the KeyboardInterrupt they raise into its own error
+# (an import interrupted half-way reads as "not installed"), so main() checks this list, not the exception.
+_SIGNALLED: list[int] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    _SIGNALLED.append(signum)
+    raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt()
+
+
+def _interrupted_code() -> int | None:
+    """130 or 143 when a signal arrived during this run, whatever exception it turned into."""
+    if not _SIGNALLED:
+        return None
+    return EXIT_TERMINATED if signal.SIGTERM in _SIGNALLED else EXIT_INTERRUPTED
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM unwinds like Ctrl-C; only possible from the main thread (not when main() runs in a thread).
+
+    Returns the handlers it replaced, which main() puts back when it returns (it may run in-process)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _on_sigint)  # package import may have set a quick exit
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return previous
+
+
+def _block_signals() -> bool:
+    if not hasattr(signal, "pthread_sigmask"):
+        return False
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    return True
+
+
+def _unblock_signals(blocked: bool) -> None:
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        if handler is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)
+
+
+def _ignore_further_signals() -> None:
+    """A second Ctrl-C while we clean up must not end in a traceback."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _quiet_numerics() -> None:
+    """numpy's RuntimeWarnings (overflow, invalid value) are not the user's business: results say what
+    went wrong, and stderr keeps to one line per problem."""
+    import numpy as np
+
+    np.seterr(all="ignore")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, message=r".*(encountered in|empty slice|"
+                            r"Degrees of freedom)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, run, and map errors to exit codes (0 ok, 1 internal, 2 input/usage, 3 model)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_INPUT
-    debug = getattr(args, "debug", False)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
+    130 interrupted (143 on SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
+    from .outputs import remove_temporaries
 
-    def _warn(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
-
-    if not debug:
-        warnings.showwarning = _warn
+    debug = False
+    previous: dict = {}
+    _SIGNALLED.clear()
     try:
-        return int(args.func(args))
-    except InputError as exc:
+        previous = _install_signal_handlers()
+        parser = build_parser()
+        args = parser.parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_INPUT
+        debug = getattr(args, "debug", False)
+        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+
+        def _warn(message, category, filename, lineno, file=None, line=None):
+            print(f"warning: {message}", file=sys.stderr)
+
+        _quiet_numerics()
+        if not debug:
+            warnings.showwarning = _warn
+        code = int(args.func(args))
+        interrupted = _interrupted_code()
+        if interrupted is not None:
+            _print_error("interrupted")
+            return interrupted
+        return code
+    except PtolemyError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except ModelError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_MODEL
+        interrupted = _interrupted_code()
+        if interrupted is not None:
+            _ignore_further_signals()
+            _print_error("interrupted")
+            return interrupted
+        _print_error(f"error: {exc}")
+        return exc.exit_code
+    except Terminated:
+        _ignore_further_signals()
+        _print_error("terminated")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
+        _ignore_further_signals()
+        _print_error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        _print_error("error: standard output: closed before the result was written (broken pipe)")
+        return EXIT_OUTPUT
+    except MemoryError:
+        _print_error("error: not enough memory (lower --max-pixels or use a smaller image)")
+        return EXIT_INPUT
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- the contract: any other exception is a bug, exit 70
         if debug:
             traceback.print_exc()
-        else:
-            print(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-                  file=sys.stderr)
+        interrupted = _interrupted_code()
+        if interrupted is not None:
+            _ignore_further_signals()
+            _print_error("interrupted")
+            return interrupted
+        _print_error(f"error: {_internal_message(exc, debug)}")
         return EXIT_INTERNAL
+    finally:
+        # A signal arriving now waits until the handlers main() replaced are back (it then ends the process
+        # quietly, or reaches the caller), instead of interrupting the clean-up.
+        blocked = _block_signals()
+        try:
+            remove_temporaries()
+            _restore_signal_handlers(previous)
+        finally:
+            _unblock_signals(blocked)
+
+
+def run() -> None:
+    """The `ptolemy-rt` script: main(), then exit at once with its code.
+
+    os._exit skips the interpreter's finalisation, during which Python has already put the default signal
+    handlers back (a Ctrl-C there would kill the process by signal) and onnxruntime tears down slowly."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            if stream is sys.stdout and code == EXIT_OK:
+                code = EXIT_OUTPUT
+    logging.shutdown()
+    os._exit(code)
+
+
+def _print_error(line: str) -> None:
+    """One line on stderr, even when stderr itself is gone."""
+    try:
+        print(line, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,10 @@ written; anything else is a bug (exit 70).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 __all__ = [
     "EXIT_INPUT",
     "EXIT_INTERNAL",
@@ -16,9 +20,11 @@ __all__ = [
     "EXIT_OUTPUT",
     "CorruptFileError",
     "InputError",
+    "InternalError",
     "MissingFileError",
     "ModelError",
     "NonFiniteError",
+    "OptionError",
     "OutputError",
     "PtolemyError",
     "ShapeError",
@@ -81,3 +87,42 @@ class OutputError(PtolemyError, OSError):
     """A result cannot be written: a special file, a symlink, a directory, no permission, a full disk (exit 4)."""
 
     exit_code = 4
+
+
+class OptionError(InputError):
+    """An argument of a public function is out of its range or not one of its choices (exit code 2)."""
+
+
+class InternalError(PtolemyError, RuntimeError):
+    """A bug in ptolemy-rt: an exception nobody meant to raise (exit code 70); the original is its __cause__."""
+
+    exit_code = 70
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def public_api(fn: F, fallback: type[PtolemyError] = InternalError) -> F:
+    """Wrap a public function so that only PtolemyError subclasses (and TypeError) leave it.
+
+    A ValueError means a bad argument (OptionError, exit 2), a MemoryError an image too large for this machine
+    (TooLargeError); anything else becomes `fallback` with the original chained as its cause.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (PtolemyError, TypeError):
+            raise
+        except MemoryError as exc:
+            raise TooLargeError(f"{fn.__name__}: not enough memory for this image") from exc
+        except ValueError as exc:
+            if fallback is not InternalError:
+                raise fallback(f"{fn.__name__}: {exc}") from exc
+            raise OptionError(str(exc)) from exc
+        except Exception as exc:
+            raise fallback(f"{fn.__name__}: {type(exc).__name__}: {exc}") from exc
+
+    wrapper.__wrapped__ = fn
+    return wrapper  # type: ignore[return-value]

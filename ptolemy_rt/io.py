@@ -49,6 +49,9 @@ DEFAULT_MAX_PIXELS = 1 << 28
 # A compressed file claiming more than this many times its own size is treated as a decompression bomb.
 MAX_RATIO = 1000
 MAX_PAGES = 4096
+# OpenCV's own decoder limit (default 2**30 pixels) is read once, at the first decode: lower it to our budget
+# so that a header we cannot parse (BigTIFF, exotic JPEG) cannot make OpenCV allocate gigabytes either.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from .io import atomic_write
+from .errors import OutputError
+from .outputs import atomic_write, overlay_format
 
 __all__ = ["render_overlay", "write_overlay"]
 
@@ -54,10 +55,11 @@ def render_overlay(data: np.ndarray, result, max_side: int = 2048) -> np.ndarray
 
 
 def write_overlay(path: str | os.PathLike, data: np.ndarray, result) -> None:
-    """Write the overlay as a PNG, atomically."""
+    """Write the overlay atomically, as PNG, JPEG or TIFF after its extension (OutputError for any other)."""
     import cv2
 
-    ok, buf = cv2.imencode(".png", render_overlay(data, result))
+    ext = overlay_format(path)  # before the drawing: an unusable name costs nothing
+    ok, buf = cv2.imencode(ext, render_overlay(data, result))
     if not ok:
-        raise OSError(f"{path}: could not encode the overlay PNG")
+        raise OutputError(f"{path}: could not encode the overlay as {ext[1:].upper()}")
     atomic_write(path, buf.tobytes())

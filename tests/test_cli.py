@@ -185,7 +185,7 @@ def test_tampered_models_exit_3(tmp_path, atlas, models_dir, capsys):
     assert code == 3 and len(err.strip().splitlines()) == 1
 
 
-def test_internal_error_exit_1_without_traceback(tmp_path, atlas, models_dir, capsys, monkeypatch):
+def test_internal_error_exit_70_without_traceback(tmp_path, atlas, models_dir, capsys, monkeypatch):
     import ptolemy_rt.squares as sq
 
     def broken(*a, **k):
@@ -193,9 +193,9 @@ def test_internal_error_exit_1_without_traceback(tmp_path, atlas, models_dir, ca
 
     monkeypatch.setattr(sq, "find_squares", broken)
     code, _, err = run(["squares", atlas, "--models", models_dir], capsys)
-    assert code == 1 and "boom" in err and "Traceback" not in err
+    assert code == 70 and "boom" in err and "report" in err and "Traceback" not in err
     code, _, err = run(["squares", atlas, "--models", models_dir, "--debug"], capsys)
-    assert code == 1 and "Traceback" in err
+    assert code == 70 and "Traceback" in err
 
 
 @pytest.mark.parametrize("finder", ["squares", "holes"])
@@ -260,10 +260,10 @@ def test_batch_destination_problems_are_usage_errors(tmp_path, atlas, models_dir
     afile.write_text("keep me")
     code, _, err = run(["squares", atlas, tmp_path / "x.mrc", "-o", afile, "--no-score"], capsys)
     assert code == 2 and "directory" in err and afile.read_text() == "keep me"
-    # an overlay that cannot be written: exit 2, and no result file beside the failure
+    # an overlay that cannot be written: exit 4 (output), and no result file beside the failure
     out = tmp_path / "r.json"
     code, _, err = run(["squares", atlas, "-o", out, "--overlay", afile / "x.png", "--no-score"], capsys)
-    assert code == 2 and "cannot write" in err and not out.exists()
+    assert code == 4 and "x.png" in err and not out.exists()
 
 
 def test_outputs_get_normal_permissions(tmp_path, atlas, capsys):

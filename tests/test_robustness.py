@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import cv2
+import mrcfile
 import numpy as np
 import pytest
 
 from ptolemy_rt import find_holes, find_squares
-from ptolemy_rt.errors import NonFiniteError, ShapeError
+from ptolemy_rt.cli import main
+from ptolemy_rt.errors import NonFiniteError, OutputError, ShapeError
 from ptolemy_rt.io import Image, as_image, read_image
 from ptolemy_rt.models import default_models_dir, load_models
+from ptolemy_rt.outputs import atomic_write, write_set
 
 
 def _default_models():
@@ -48,7 +60,7 @@ def test_multipage_tiff_pages_of_different_sizes(tmp_path):
 
 
 def test_pixel_level_pattern_gives_no_holes_and_bounded_unet_inputs(monkeypatch):
-    import ptolemy_rt.unet as unet
+    from ptolemy_rt import unet
 
     models = _default_models()
     if models.spec("hole_unet").scale is None:
@@ -98,9 +110,6 @@ def test_noise_gives_no_holes_with_the_shipped_set(kind):
 def test_huge_values_do_not_overflow_the_histogram_index():
     # Issue 13: a count past 2**63 wrapped to a negative bin index and wrote outside the histogram (a segfault).
     # Run in a child process: before the fix this killed the interpreter.
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np\n"
         "from ptolemy_rt.mixture import segment, histogram, count_scale\n"
@@ -114,5 +123,288 @@ def test_huge_values_do_not_overflow_the_histogram_index():
         "    segment(d)\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# --- issue 13: exit codes, options, special paths, output sets, signals -------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_mrc(tmp_path_factory) -> Path:
+    from ptolemy_rt.synthetic import make_atlas
+
+    data, _ = make_atlas(3, shape=(384, 384))
+    path = tmp_path_factory.mktemp("img") / "atlas.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+    return path
+
+
+def _cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("args,option", [
+    (["holes", "x.mrc", "--threshold", "nan"], "--threshold"),
+    (["holes", "x.mrc", "--threshold", "2"], "--threshold"),
+    (["holes", "x.mrc", "--threshold", "-1"], "--threshold"),
+    (["holes", "x.mrc", "--threshold", "0"], "--threshold"),
+    (["holes", "x.mrc", "--edge-tolerance", "nan"], "--edge-tolerance"),
+    (["holes", "x.mrc", "--edge-tolerance", "-inf"], "--edge-tolerance"),
+    (["squares", "x.mrc", "--window", "1e9"], "--window"),
+    (["squares", "x.mrc", "--window", "1000000000"], "--window"),
+    (["squares", "x.mrc", "--threads", "100000"], "--threads"),
+    (["squares", "x.mrc", "--threads", "0"], "--threads"),
+    (["squares", "x.mrc", "--min-area", "nan"], "--min-area"),
+    (["squares", "x.mrc", "--min-area", "-1"], "--min-area"),
+    (["squares", "x.mrc", "--section", "-1"], "--section"),
+    (["squares", "x.mrc", "--max-pixels", "0"], "--max-pixels"),
+])
+def test_options_are_refused_at_parse_time_with_their_range(args, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and option in err and ("[" in err or "(" in err)
+
+
+def test_negative_numbers_parse_without_equals():
+    from ptolemy_rt.cli import _join_negative_numbers, build_parser
+
+    for text, value in (("-10", -10.0), ("-1e3", -1000.0), ("-.5", -0.5)):
+        args = build_parser().parse_args(_join_negative_numbers(["holes", "x.mrc", "--edge-tolerance", text]))
+        assert args.edge_tolerance == value
+
+
+def test_empty_output_and_single_file_for_several_inputs_are_refused(tmp_path, small_mrc, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["squares", str(small_mrc), "-o", ""])
+    assert e.value.code == 2 and "empty" in capsys.readouterr().err
+    out = tmp_path / "result.json"
+    code, _, err = _cli(["squares", small_mrc, small_mrc, "-o", out, "--no-score"], capsys)
+    assert code == 2 and "directory" in err and not out.exists()
+
+
+def test_overlay_format_follows_its_extension(tmp_path, small_mrc, capsys):
+    for ext, magic in ((".jpg", b"\xff\xd8"), (".jpeg", b"\xff\xd8"), (".tif", b"II*\x00"), (".png", b"\x89PNG")):
+        path = tmp_path / f"o{ext}"
+        code, _, err = _cli(["squares", small_mrc, "--overlay", path, "--no-score", "-o", tmp_path / "r.json"],
+                            capsys)
+        assert code == 0, err
+        assert path.read_bytes()[:len(magic)] == magic
+    code, _, err = _cli(["squares", small_mrc, "--overlay", tmp_path / "o.gif", "--no-score"], capsys)
+    assert code == 2 and ".gif" in err and not (tmp_path / "o.gif").exists()
+
+
+def test_special_destinations_are_refused(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="FIFO"):
+        atomic_write(fifo, "x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    with pytest.raises(OutputError, match="device"):
+        atomic_write("/dev/null", "x")
+    with pytest.raises(OutputError, match="directory"):
+        atomic_write(tmp_path, "x")
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    with pytest.raises(OutputError, match="symbolic link"):
+        atomic_write(link, "new")
+    assert os.path.islink(link) and real.read_text() == "old"
+    atomic_write(link, "new", follow_symlinks=True)
+    assert os.path.islink(link) and real.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.json", "real.json"]
+
+
+def test_existing_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "secret.json"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    atomic_write(target, "new")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600 and target.read_text() == "new"
+
+
+def test_output_set_is_whole_or_nothing(tmp_path, monkeypatch):
+    from ptolemy_rt import outputs
+
+    a, b = tmp_path / "a.png", tmp_path / "b.json"
+    a.write_bytes(b"old overlay")
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if str(dst) == str(b):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", flaky)
+    with pytest.raises(OutputError, match="b.json"):
+        write_set([(a, b"new overlay"), (b, "{}")])
+    monkeypatch.setattr(outputs.os, "replace", real)
+    assert a.read_bytes() == b"old overlay" and not b.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    # a new overlay with a failing JSON: neither file is left
+    a.unlink()
+    monkeypatch.setattr(outputs.os, "replace", flaky)
+    with pytest.raises(OutputError):
+        write_set([(a, b"new overlay"), (b, "{}")])
+    monkeypatch.setattr(outputs.os, "replace", real)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_leaves_no_overlay_when_the_json_cannot_be_written(tmp_path, small_mrc, capsys):
+    png = tmp_path / "o.png"
+    fifo = tmp_path / "r.json"
+    os.mkfifo(fifo)
+    code, _, err = _cli(["squares", small_mrc, "--overlay", png, "-o", fifo, "--no-score"], capsys)
+    assert code == 4 and "FIFO" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_malformed_manifest_is_a_model_error(tmp_path, small_mrc, capsys):
+    for text in ("{not json", "[1, 2]", '"x"'):
+        bad = tmp_path / "set"
+        bad.mkdir(exist_ok=True)
+        (bad / "manifest.json").write_text(text)
+        code, _, err = _cli(["squares", small_mrc, "--models", bad], capsys)
+        assert code == 3, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    # The child parks inside the atomic writer, between writing its temporary file and renaming it.
+    code = (
+        "import sys, time\n"
+        "import ptolemy_rt.outputs as o\n"
+        "real = o.os.replace\n"
+        "def slow(a, b):\n"
+        "    print('ready', flush=True); time.sleep(30); real(a, b)\n"
+        "o.os.replace = slow\n"
+        "from ptolemy_rt.cli import main\n"
+        f"sys.argv = ['ptolemy-rt', 'leginon-script', 'squares']\n"
+        "from ptolemy_rt.cli import _install_signal_handlers, Terminated\n"
+        "_install_signal_handlers()\n"
+        "try:\n"
+        f"    o.atomic_write({str(tmp_path / 'out.json')!r}, 'x' * 100000)\n"
+        "except Terminated:\n"
+        "    sys.exit(143)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    assert p.stdout.readline().strip() == b"ready"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_a_cli_run_exits_143_and_cleans(tmp_path, small_mrc):
+    import shutil
+
+    images = []
+    for k in range(6):
+        images.append(str(tmp_path / f"a{k}.mrc"))
+        shutil.copy(small_mrc, images[-1])
+    p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", "squares", *images,
+                          "-o", str(tmp_path / "out") + "/", "--overlay", str(tmp_path / "ov") + "/", "--no-score"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode in (0, 143), err
+    assert b"Traceback" not in err
+    leftovers = [q.name for q in tmp_path.rglob("*") if q.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_sigint_during_start_up_prints_no_traceback(tmp_path):
+    # Ctrl-C while ptolemy_rt and its command line load (after the interpreter's own start-up, which no
+    # program controls): a quiet exit 130, or a finished run, never a traceback.
+    launcher = ("import sys, runpy, importlib.util; importlib.util.find_spec('ptolemy_rt'); "
+                "sys.argv = ['ptolemy-rt', 'models']; print('up', flush=True); "
+                "runpy.run_module('ptolemy_rt', run_name='__main__')")
+    for delay in (0.005, 0.02, 0.05, 0.2):
+        p = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=_env())
+        assert p.stdout.readline().strip() == b"up"
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert b"Traceback" not in err, err.decode()
+        assert p.returncode in (0, 130), (delay, p.returncode, err)
+
+
+def test_closed_stdout_exits_4_quietly(small_mrc):
+    r = subprocess.run(f"{sys.executable} -m ptolemy_rt squares {small_mrc} --no-score -f txt | head -c 0",
+                       shell=True, capture_output=True, env=_env(), timeout=60, executable="/bin/bash", check=False)
+    script = f"{sys.executable} -m ptolemy_rt squares {small_mrc} --no-score | true; echo ${{PIPESTATUS[0]}}"
+    r2 = subprocess.run(["bash", "-c", script], capture_output=True, env=_env(), timeout=60, check=False)
+    code = int(r2.stdout.strip().splitlines()[-1])
+    assert code in (0, 4), r2.stderr
+    assert b"Traceback" not in r.stderr + r2.stderr and b"Exception ignored" not in r.stderr + r2.stderr
+
+
+def test_numpy_runtime_warnings_do_not_reach_stderr(tmp_path, capsys):
+    data = np.zeros((300, 300), np.float32)
+    data[100:200, 100:200] = 1e-40  # denormal: the statistics underflow
+    path = tmp_path / "den.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+    code, _, err = _cli(["squares", path, "--no-score"], capsys)
+    assert code in (0, 2) and "RuntimeWarning" not in err and "encountered" not in err
+
+
+def test_internal_errors_exit_70_with_one_line(tmp_path, small_mrc, capsys, monkeypatch):
+    from ptolemy_rt import squares
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(squares, "find_squares", boom)
+    code, out, err = _cli(["squares", small_mrc, "--no-score"], capsys)
+    assert code == 70 and len(err.strip().splitlines()) == 1 and "report" in err
+    assert json.loads(out or "null") is None  # nothing half-written to stdout either
+
+
+def test_public_api_lets_only_ptolemy_errors_out():
+    import ptolemy_rt
+    from ptolemy_rt.errors import (
+        InternalError,
+        ModelError,
+        OptionError,
+        TooLargeError,
+        public_api,
+    )
+
+    def failing(exc):
+        def f():
+            raise exc
+        return f
+
+    with pytest.raises(InternalError) as info:
+        public_api(failing(ZeroDivisionError("x")))()
+    assert isinstance(info.value.__cause__, ZeroDivisionError) and info.value.exit_code == 70
+    with pytest.raises(OptionError):
+        public_api(failing(ValueError("bad score")))()
+    with pytest.raises(TooLargeError):
+        public_api(failing(MemoryError()))()
+    with pytest.raises(ModelError):
+        public_api(failing(AttributeError("'list' object has no attribute 'get'")), ModelError)()
+    with pytest.raises(TypeError):
+        public_api(failing(TypeError("wrong type")))()
+    # the package's entry points are wrapped
+    for name in ("find_squares", "find_holes", "fit_lattice", "load_models"):
+        assert getattr(ptolemy_rt, name).__wrapped__ is not None
+    with pytest.raises(ModelError):
+        ptolemy_rt.load_models("/nonexistent/model/set")

@@ -1,0 +1,366 @@
+"""Run fuzz cases and count defects per class.
+
+In-process cases run in worker processes (a segfault kills the worker, not the run: the parent sees which
+case was in flight, records it, and starts a new worker after it). Command-line cases run one subprocess each.
+Per case: no segfault, no traceback, no foreign exception, no hang (> 60 s), peak RSS < 1.5 GB, the right exit
+code, no temporary or partial file left, no special file written through, the same bytes when run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HANG_S = 60.0
+RSS_LIMIT_MB = 1536.0
+DEFECTS = ("segfault", "traceback", "foreign", "hang", "memory", "wrong_exit", "leftovers", "special_written",
+           "nondeterministic")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+
+def _reset_peak() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _no_nan(result) -> None:
+    json.dumps(result.to_dict(), allow_nan=False)  # ValueError (a foreign exception) when NaN is written
+
+
+def _api(case: dict) -> tuple[int | None, str]:
+    """Run one in-process case: (exit code it maps to, or None for a foreign exception; detail)."""
+    import numpy as np
+
+    from ptolemy_rt.errors import PtolemyError
+
+    call = case["call"]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if call == "read_segment":
+                    from ptolemy_rt import find_squares, read_image
+                    from ptolemy_rt.mixture import segment
+
+                    image = read_image(case["path"])
+                    if min(image.shape) >= 256:
+                        _no_nan(find_squares(image, models=False))
+                    else:
+                        segment(image.data)
+                elif call == "array_squares":
+                    from ptolemy_rt import find_squares
+
+                    data = np.load(case["path"])
+                    first = find_squares(data, models=False)
+                    _no_nan(first)
+                    again = find_squares(data.copy(), models=False)
+                    if json.dumps(first.to_dict()) != json.dumps(again.to_dict()):
+                        return 0, "nondeterministic"
+                elif call == "load_models":
+                    from ptolemy_rt.models import load_models
+
+                    load_models(case["path"])
+                elif call == "parse":
+                    from ptolemy_rt.cli import _join_negative_numbers, build_parser
+
+                    try:
+                        build_parser().parse_args(_join_negative_numbers(case["argv"]))
+                    except SystemExit as exc:
+                        return int(exc.code or 0), ""
+                else:
+                    raise AssertionError(call)
+        return 0, ""
+    except PtolemyError as exc:
+        return exc.exit_code, str(exc)[:200]
+    except Exception as exc:  # noqa: BLE001 -- what the fuzzer looks for
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def worker(stream=sys.stdin, out=sys.stdout) -> None:
+    """Read cases (JSON lines) and print one result line per case, after a 'start' line."""
+    for line in stream:
+        case = json.loads(line)
+        print(json.dumps({"start": case["id"]}), file=out, flush=True)
+        _reset_peak()
+        t0 = time.perf_counter()
+        code, detail = _api(case)
+        outcome = _judge_code(case, code, detail)
+        print(json.dumps({"id": case["id"], "outcome": outcome, "code": code, "detail": detail,
+                          "rss_mb": _peak_mb(), "seconds": time.perf_counter() - t0}), file=out, flush=True)
+
+
+def _judge_code(case: dict, code: int | None, detail: str) -> str:
+    if code is None:
+        return "foreign"
+    if detail == "nondeterministic":
+        return "nondeterministic"
+    return "ok" if code in case["expect"] else "wrong_exit"
+
+
+# ---------------------------------------------------------------------------------------------- CLI cases
+
+
+def _spawn(argv: list[str], d: Path, tag: str) -> tuple[subprocess.Popen, Path, Path]:
+    out, err = d / f"{tag}.stdout", d / f"{tag}.stderr"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", *argv], stdout=fo, stderr=fe, env=_env(),
+                             stdin=subprocess.DEVNULL, cwd=d)
+    return p, out, err
+
+
+def _wait(p: subprocess.Popen, deadline: float) -> tuple[int | None, float]:
+    """Wait with a deadline; (exit code as Popen reports it or None on a hang, peak RSS in MB)."""
+    while True:
+        try:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped by subprocess itself
+            return p.returncode, 0.0
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return p.returncode, usage.ru_maxrss / 1024.0
+        if time.monotonic() > deadline:
+            p.kill()
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return None, usage.ru_maxrss / 1024.0
+        time.sleep(0.02)
+
+
+def _reference(image: str, cache: dict) -> bytes:
+    if image not in cache:
+        r = subprocess.run([sys.executable, "-m", "ptolemy_rt", "squares", image, "--no-score"],
+                           capture_output=True, env=_env(), timeout=120, check=False)
+        cache[image] = r.stdout
+    return cache[image]
+
+
+def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
+    """Run one command-line case and judge it."""
+    t0 = time.perf_counter()
+    writers = int(case.get("writers", 1))
+    procs = [_spawn(case["argv"], d, f"p{k}") for k in range(writers)]
+    if "signal" in case:
+        time.sleep(case["delay"])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(procs[0][0].pid, getattr(signal, case["signal"]))  # not send_signal: it would reap
+    deadline = time.monotonic() + HANG_S
+    results = [_wait(p, deadline) for p, _, _ in procs]
+    problems: list[str] = []
+    detail = ""
+    rss = max(r[1] for r in results)
+    for (code, _), (_, _, errf) in zip(results, procs):
+        err = errf.read_bytes().decode("utf-8", "replace")
+        if code is None:
+            problems.append("hang")
+        elif code in (-11, -6, -7, -4, -8, 139, 134):
+            problems.append("segfault")
+        elif code not in case["expect"]:
+            problems.append("wrong_exit")
+            detail = f"exit {code}: {err.strip()[-200:]}"
+        if "Traceback" in err or "Exception ignored" in err:
+            problems.append("traceback")
+            detail = err.strip()[-300:]
+    if rss > RSS_LIMIT_MB:
+        problems.append("memory")
+    outdir = Path(case["outdir"])
+    leftovers = [p.name for p in outdir.rglob("*") if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+    if leftovers:
+        problems.append("leftovers")
+        detail = f"left: {leftovers}"
+    for path in case.get("special", []):
+        import stat
+
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            problems.append("special_written")
+    for path in case.get("links", []):
+        if not os.path.islink(path):
+            problems.append("special_written")
+    for path, text in case.get("unchanged", {}).items():
+        if Path(path).read_text() != text:
+            problems.append("special_written")
+    for path in case.get("absent", []):
+        if os.path.lexists(path):
+            problems.append("leftovers")
+            detail = f"{path} exists"
+    for path, mode in case.get("modes", {}).items():
+        if os.path.exists(path) and (os.stat(path).st_mode & 0o7777) != mode:
+            problems.append("wrong_exit")
+            detail = f"{path}: mode {oct(os.stat(path).st_mode & 0o7777)}"
+    for path, magic in case.get("magic", {}).items():
+        if not Path(path).is_file() or Path(path).read_bytes()[: len(magic) // 2].hex() != magic:
+            problems.append("wrong_exit")
+            detail = f"{path}: not the format its extension names"
+    if case.get("golden") and all(r[0] == 0 for r in results) \
+            and Path(case["golden"]).read_bytes() != _reference(image, golden_cache):
+        problems.append("nondeterministic")
+        detail = "output differs from the reference run"
+    outcome = problems[0] if problems else "ok"
+    return {"id": case["id"], "outcome": outcome, "code": results[0][0], "detail": detail, "rss_mb": rss,
+            "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.p = subprocess.Popen([sys.executable, "-m", "tests.fuzz", "--worker"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
+                                  bufsize=0)
+        self.buffer = b""
+
+    def _line(self, deadline: float) -> bytes | None:
+        """One line from the worker (b"" when it died), or None when none came before the deadline.
+
+        Read straight from the pipe: select() cannot see what a buffered reader has already taken in."""
+        assert self.p.stdout
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b""
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line + b"\n"
+
+    def run(self, case: dict) -> dict:
+        """Send one case, wait for its result; a dead or silent worker is judged here."""
+        assert self.p.stdin and self.p.stdout
+        t0 = time.perf_counter()
+        try:
+            self.p.stdin.write((json.dumps(case) + "\n").encode())
+        except BrokenPipeError:
+            pass
+        deadline = time.monotonic() + HANG_S + 30  # + worker start-up and first compilation
+        while True:
+            line = self._line(deadline)
+            if line is None:
+                self.kill()
+                return {"id": case["id"], "outcome": "hang", "detail": "no answer in time",
+                        "seconds": time.perf_counter() - t0}
+            if not line:
+                code = self.p.wait()
+                return {"id": case["id"], "outcome": "segfault" if code < 0 else "traceback",
+                        "detail": f"worker died with {code}", "seconds": time.perf_counter() - t0}
+            msg = json.loads(line)
+            if "start" in msg:
+                continue
+            if msg.get("rss_mb", 0) > RSS_LIMIT_MB and msg["outcome"] == "ok":
+                msg["outcome"] = "memory"
+            return msg
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.p.kill()
+        self.p.wait()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.p.stdin
+            self.p.stdin.close()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _image(base: Path) -> str:
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    data, _ = make_atlas(3, shape=(320, 320))
+    path = base / "atlas.mrc"
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+    return str(path)
+
+
+def run(schedule: list[tuple[str, int]], progress=None) -> list[dict]:
+    """Run every (class, seed) of `schedule`; return one result dict per case (with cls, seed)."""
+    from .generators import make_case
+
+    results: list[dict] = []
+    golden: dict = {}
+    with tempfile.TemporaryDirectory(prefix="ptolemy-fuzz-") as tmp:
+        base = Path(tmp)
+        image = _image(base)
+        w = _Worker()
+        try:
+            for n, (cls, seed) in enumerate(schedule):
+                d = base / f"c{n}"
+                d.mkdir()
+                case = make_case(cls, seed, d, Path(image))
+                case["id"] = n
+                if case["kind"] == "api":
+                    if not w.alive():
+                        w = _Worker()
+                    r = w.run(case)
+                    if r["outcome"] in ("segfault", "hang", "traceback") and not w.alive():
+                        w = _Worker()
+                else:
+                    r = run_cli(case, d, image, golden)
+                r.update(cls=cls, seed=seed)
+                results.append(r)
+                if progress:
+                    progress(n, r)
+                shutil.rmtree(d, ignore_errors=True)
+        finally:
+            w.close()
+    return results
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table: cases and defects per class."""
+    from .generators import CLASSES
+
+    head = "| class | cases | " + " | ".join(DEFECTS) + " |"
+    rows = [head, "|" + "---|" * (len(DEFECTS) + 2)]
+    totals = [0] * (len(DEFECTS) + 1)
+    for cls in CLASSES:
+        mine = [r for r in results if r["cls"] == cls]
+        counts = [len(mine)] + [sum(r["outcome"] == d for r in mine) for d in DEFECTS]
+        totals = [a + b for a, b in zip(totals, counts)]
+        rows.append(f"| {cls} | " + " | ".join(map(str, counts)) + " |")
+    rows.append("| **all** | " + " | ".join(map(str, totals)) + " |")
+    return "\n".join(rows)

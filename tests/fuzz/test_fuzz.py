@@ -1,0 +1,88 @@
+"""Array-level fuzzing of the public API with hypothesis, and the CI slice of the fuzz suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ptolemy_rt import find_squares
+from ptolemy_rt.errors import NonFiniteError, PtolemyError, ShapeError
+from ptolemy_rt.io import as_image
+from ptolemy_rt.mixture import segment
+
+REPO = Path(__file__).resolve().parents[2]
+EXTREME = st.sampled_from([0.0, 1.0, -1.0, 1e-40, -1e-45, 1e18, -1e18, 9.3e18, 1.8e19, 3.4e38, -3.4e38, 65535.0,
+                           65536.0, 4095.5, np.nan, np.inf, -np.inf])
+
+
+@st.composite
+def hostile_images(draw, min_side=256, max_side=300):
+    rows = draw(st.integers(min_side, max_side))
+    cols = draw(st.integers(min_side, max_side))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    data = rng.poisson(draw(st.floats(0.5, 500)), (rows, cols)).astype(np.float32)
+    if draw(st.booleans()):
+        data[: rows // 2] *= 4
+    n = draw(st.integers(0, 64))
+    values = np.array(draw(st.lists(EXTREME, min_size=n, max_size=n)), dtype=np.float64)
+    with np.errstate(over="ignore"):
+        data.ravel()[rng.integers(0, data.size, n)] = values.astype(np.float32)
+    return data
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=hostile_images())
+def test_find_squares_on_hostile_arrays(data):
+    try:
+        result = find_squares(data, models=False)
+    except NonFiniteError:
+        assert not np.isfinite(data).all()
+        return
+    assert np.isfinite(data).all()
+    text = json.dumps(result.to_dict(), allow_nan=False)  # no NaN ever reaches the output
+    assert text == json.dumps(find_squares(data.copy(), models=False).to_dict())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+                       elements=st.floats(width=32, allow_nan=False, allow_infinity=False)))
+def test_segment_on_any_finite_array(data):
+    seg = segment(data)
+    assert seg.mask is None or seg.mask.shape == data.shape
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=hnp.arrays(st.sampled_from([np.float64, np.int64, np.uint8, np.bool_, np.complex64]),
+                       hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)))
+def test_as_image_raises_only_ptolemy_errors(data):
+    try:
+        image = as_image(data)
+    except PtolemyError:
+        return
+    assert image.data.dtype == np.float32 and image.data.ndim == 2 and np.isfinite(image.data).all()
+
+
+def test_as_image_refuses_non_finite_and_empty():
+    with pytest.raises(NonFiniteError):
+        as_image(np.full((4, 4), np.nan, np.float32))
+    with pytest.raises(ShapeError):
+        as_image(np.zeros((0, 3), np.float32))
+
+
+@pytest.mark.skipif(not os.environ.get("PTOLEMY_FUZZ"), reason="the fuzz slice runs in CI (.ci/run) or with "
+                    "PTOLEMY_FUZZ=1; python -m tests.fuzz runs it by hand")
+def test_fuzz_slice():
+    r = subprocess.run([sys.executable, "-m", "tests.fuzz"], cwd=REPO, capture_output=True, text=True,
+                       timeout=900, check=False)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
