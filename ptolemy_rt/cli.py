@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     ho.set_defaults(func=_cmd_holes)
 
     demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
-    demo.add_argument("-o", "--output", type=_paths("-o/--output"), default="ptolemy-demo", help="output directory (default ./ptolemy-demo)")
+    demo.add_argument("-o", "--output", type=_paths("-o/--output"), default="ptolemy-demo",
+                      help="output directory (default ./ptolemy-demo)")
     demo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
     demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                       "(default auto)")
