@@ -89,6 +89,17 @@ def _paths(option: str) -> Callable[[str], str]:
     return parse
 
 
+def _count(text: str) -> int:
+    """An argparse type for --top: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top {text!r}: expected a count >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--top: expected a count >= 0, got {value}")
+    return value
+
+
 # Options whose value may be a negative number: `--edge-tolerance -1e3` must not read -1e3 as an option.
 NUMERIC_OPTIONS = {"--edge-tolerance", "--threshold", "--min-area", "--window", "--threads", "--section",
                    "--seed", "--max-pixels", "--top", "--min-score", "--pixel-size"}
@@ -132,7 +143,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "(default: our own)")
     p.add_argument("--pretty", action="store_true", help="indent JSON over several lines (default: one line; "
                    "never with --compat)")
-    p.add_argument("--top", type=_number(int, "--top", 0), metavar="N", help="keep the N best-scoring targets "
+    p.add_argument("--top", type=_count, metavar="N", help="keep the N best-scoring targets "
                    "(default: all)")
     p.add_argument("--min-score", type=_number(float, "--min-score"), metavar="S", help="keep targets whose score "
                    "is >= S; unscored ones are dropped (default: all)")
