@@ -7,12 +7,12 @@ import sys as _sys
 
 def _quiet_start() -> None:
     """At the command line, Ctrl-C or SIGTERM while the package loads ends the process at once, without a
-    traceback (exit 128 + signal: 130, 143); cli.main() puts Python's own handling back when it starts."""
+    traceback (exit 130, the contract's 'interrupted'); cli.main() puts Python's own handling back when it starts."""
     import os
     import signal
 
     def _quit(signum, frame):
-        os._exit(128 + signum)
+        os._exit(130)
 
     signal.signal(signal.SIGINT, _quit)
     signal.signal(signal.SIGTERM, _quit)

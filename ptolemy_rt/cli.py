@@ -36,7 +36,8 @@ log = logging.getLogger("ptolemy_rt")
 
 # A batch exits with the worst code: internal (70), then model set (3), output (4), input (2).
 SEVERITY = (EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_INPUT)
-EXIT_TERMINATED = 128 + 15  # SIGTERM, as shells report it
+# SIGTERM (a scheduler's kill) is an interruption like Ctrl-C: the same code as `batch` and the contract.
+EXIT_TERMINATED = EXIT_INTERRUPTED
 SUFFIX = {"json": ".json", "txt": ".txt", "csv": ".csv"}
 
 
@@ -556,7 +557,7 @@ def _on_sigint(signum, frame) -> None:
 
 
 def _interrupted_code() -> int | None:
-    """130 or 143 when a signal arrived during this run, whatever exception it turned into."""
+    """130 when SIGINT or SIGTERM arrived during this run, whatever exception it turned into."""
     if not _SIGNALLED:
         return None
     return EXIT_TERMINATED if signal.SIGTERM in _SIGNALLED else EXIT_INTERRUPTED
@@ -616,7 +617,7 @@ def _quiet_numerics() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
-    130 interrupted (143 on SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
+    130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
     from .outputs import remove_temporaries
 
     debug = False
