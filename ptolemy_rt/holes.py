@@ -39,6 +39,7 @@ from .unet import (
     period_candidates,
     probability_map,
     scaled_probability_map,
+    tame_extremes,
     unet_factor,
 )
 from .views import SINGLE_HOLE_REASON, LargeHole, atlas_reason, large_holes
@@ -96,6 +97,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     t0 = time.perf_counter()
     image = as_image(image_or_path, section=section)
     check_min_size(image, MIN_SIDE, "the hole finder")
+    tamed = tame_extremes(image.data)
+    if tamed is not image.data:
+        image = replace(image, data=tamed)
     if models is False:
         raise ValueError("find_holes needs a model set with a hole_unet (models=False is for find_squares only)")
     model_set = resolve_models(models, provider=provider, threads=threads)  # type: ignore[arg-type]

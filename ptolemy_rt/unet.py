@@ -54,9 +54,36 @@ def normalise_image(data: np.ndarray) -> np.ndarray | None:
     x = np.asarray(data, dtype=np.float32)
     mean = float(x.mean(dtype=np.float64))
     std = float(x.std(dtype=np.float64))
-    if not (std > 0.0 and math.isfinite(std)) or std < 1e-12 * max(1.0, abs(mean)):
+    # Relative test only: an image scaled to 1e-30 still has structure (an absolute floor called it constant).
+    if not (std > 0.0 and math.isfinite(std)) or std < 1e-7 * abs(mean):
         return None
     return (x - np.float32(mean)) * np.float32(1.0 / std)
+
+
+# Detector counts and normalised floats stay far below this; beyond it float32 sums of squares overflow.
+VALUE_LIMIT = 1e15
+
+
+def tame_extremes(data: np.ndarray) -> np.ndarray:
+    """`data` as it is, unless its magnitude is beyond VALUE_LIMIT (or below its inverse): then made safe.
+
+    Outliers (a hot pixel of 3e38) are clipped to 10 times the 0.01-99.99 percentile span beyond it; an image
+    that is large throughout is scaled down by a power of two, so that every later float32 statistic is finite.
+    """
+    peak = max(abs(float(data.max())), abs(float(data.min())))
+    if 0.0 < peak < 1.0 / VALUE_LIMIT:
+        # Tiny values (denormals near 1e-38): scaled up by a power of two, exactly, so float32 keeps its precision.
+        return (np.asarray(data, dtype=np.float64) * 2.0 ** -math.floor(math.log2(peak / 1e4))).astype(np.float32)
+    if not peak > VALUE_LIMIT:
+        return data
+    x = np.asarray(data, dtype=np.float64)
+    p0, p1 = np.percentile(x, [0.01, 99.99])
+    span = p1 - p0
+    x = np.clip(x, p0 - 10.0 * span, p1 + 10.0 * span)
+    peak = float(np.abs(x).max())
+    if peak > VALUE_LIMIT:
+        x = x * 2.0 ** -math.ceil(math.log2(peak / 1e4))
+    return x.astype(np.float32)
 
 
 def resample(image: np.ndarray, factor: float) -> np.ndarray:

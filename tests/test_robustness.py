@@ -408,3 +408,27 @@ def test_public_api_lets_only_ptolemy_errors_out():
         assert getattr(ptolemy_rt, name).__wrapped__ is not None
     with pytest.raises(ModelError):
         ptolemy_rt.load_models("/nonexistent/model/set")
+
+
+@pytest.mark.parametrize("case", ["hot_pixel", "scaled_1e-30", "denormal", "scaled_1e30"])
+def test_extreme_values_find_the_same_holes(case):
+    """A 3.4e38 hot pixel, or an image scaled to 1e-30, 1e-41 (denormal) or 1e30, finds the clean image's holes."""
+    import warnings
+
+    from ptolemy_rt import find_holes
+    from ptolemy_rt.synthetic import make_medmag
+
+    clean, _ = make_medmag(1)
+    data = clean.astype(np.float64)
+    if case == "hot_pixel":
+        data[5, 5] = 3.4e38
+    else:
+        data = data * {"scaled_1e-30": 1e-30, "denormal": 1e-41, "scaled_1e30": 1e30}[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or underflow warning on the way
+        expected = find_holes(clean)
+        got = find_holes(data.astype(np.float32))
+    assert got.reason is None
+    assert len(got.holes) == len(expected.holes) > 20
+    best = {(round(h.x), round(h.y)) for h in expected.holes}
+    assert sum((round(h.x), round(h.y)) in best for h in got.holes) >= 0.95 * len(best)
