@@ -188,10 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sq = sub.add_parser("squares", aliases=["lowmag"], help="find and score grid squares in low-mag atlases")
     _common(sq)
-    sq.add_argument("--min-area", type=_number(float, "--min-area", 0.0, 1e12), default=100.0, metavar="PX2",
-                    help="drop squares whose hull is smaller (px², >= 0, default 100)")
-    sq.add_argument("--window", type=_number(int, "--window", 1, 1024), default=6, metavar="PX",
-                    help="pixels within this window join one square (px, 1..1024, default 6)")
+    sq.add_argument("--min-area", type=_number(float, "--min-area", 0.0, 1e12), default=None, metavar="PX2",
+                    help="drop squares whose hull is smaller (px², >= 0; default: a tenth of a square of the "
+                    "measured mesh, 100 with --compat ptolemy)")
+    sq.add_argument("--window", type=_number(int, "--window", 1, 1024), default=None, metavar="PX",
+                    help="pixels within this window join one square (px, 1..1024; default: from the measured "
+                    "mesh's bar width, 6 with --compat ptolemy)")
     sq.add_argument("--no-score", action="store_true", help="geometry only: skip the square CNN")
     sq.set_defaults(func=_cmd_squares)
 
@@ -464,10 +466,13 @@ def _encode_image(picture, ext: str) -> bytes:
 
 
 def _cmd_squares(args: argparse.Namespace) -> int:
+    from .options import SquareOptions
     from .squares import find_squares
 
-    options = {"window": args.window, "min_area": args.min_area, "_use_models": not args.no_score}
-    return _run_batch(args, find_squares, options)
+    # Explicit --window / --min-area win over the mesh's values (and over the original's with --compat).
+    given = {k: v for k, v in (("window", args.window), ("min_area", args.min_area)) if v is not None}
+    options = SquareOptions.ptolemy(**given) if args.compat == "ptolemy" else SquareOptions(**given)
+    return _run_batch(args, find_squares, {"options": options, "_use_models": not args.no_score})
 
 
 def _cmd_holes(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "LATTICE_MODELS", "PTOLEMY_COMPAT"]
+__all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "LATTICE_MODELS", "PTOLEMY_COMPAT",
+           "COMPAT_WINDOW", "COMPAT_MIN_AREA"]
 
 SCORES = ("unet", "cnn")
 CROP_MODES = ("centred", "ptolemy")
@@ -76,13 +77,41 @@ PTOLEMY_COMPAT: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class SquareOptions:
-    """How find_squares works: window (px) within which pixels join one square, smallest hull area (px²)
-    kept, and the most crops per square-CNN batch."""
+    """How find_squares works (defaults: ours; SquareOptions.ptolemy(): the original lowmag_cli.py's behaviour).
 
-    window: int = 6
-    min_area: float = 100.0
+    window: pixels within this window join one square; min_area: smallest hull area (px²) kept. None (the
+    default): set from the measured grid mesh (mesh.Mesh.grouping_window / min_square_area); an explicit value
+    wins over the mesh's, while the rest of the mesh-driven pipeline (disc, lattice) still runs. In compat
+    mode None means the original's 6 px and 100 px². batch_size: most crops per square-CNN batch.
+    compat: the original pipeline exactly (no mesh, disc, lattice, seams or classes). seams: remove thin
+    straight montage seams (montage.remove_seams) before the mixture model when any are detected.
+    lattice: fit the lattice of square centres (row/col, off-lattice squares dropped, missed lattice points
+    added as found_by "lattice")."""
+
+    window: int | None = None
+    min_area: float | None = None
     batch_size: int = 256
+    compat: bool = False
+    seams: bool = True
+    lattice: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window is not None and int(self.window) < 1:
+            raise ValueError(f"window must be at least 1 px, got {self.window!r}")
+        if self.min_area is not None and not float(self.min_area) >= 0:
+            raise ValueError(f"min_area must be >= 0 px², got {self.min_area!r}")
+
+    @classmethod
+    def ptolemy(cls, **changes: Any) -> SquareOptions:
+        """The original lowmag_cli.py: its 6 px window and 100 px² (`changes` override single fields)."""
+        base: dict[str, Any] = {"compat": True, "window": COMPAT_WINDOW, "min_area": COMPAT_MIN_AREA}
+        return cls(**{**base, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict."""
         return asdict(self)
+
+
+# The original's fixed grouping window (px) and smallest hull area (px²).
+COMPAT_WINDOW = 6
+COMPAT_MIN_AREA = 100.0

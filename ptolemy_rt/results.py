@@ -145,6 +145,13 @@ class Square:
     brightness: float
     score: float | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
+    # On the mesh lattice (None without one, e.g. in compat mode): row/col index, how the square was found
+    # ("mixture": a region of the bright class; "lattice": a lattice point the mixture missed) and its class
+    # from brightness (atlas_classes.SQUARE_CLASSES), reported beside the CNN score.
+    row: int | None = None
+    col: int | None = None
+    found_by: str | None = None
+    square_class: str | None = None
 
     def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
         """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
@@ -160,6 +167,10 @@ class Square:
             "brightness": _num(self.brightness),
             "score": _num(self.score),
             "scores": {k: _num(v) for k, v in sorted(self.scores.items())},
+            "class": self.square_class,
+            "row": self.row,
+            "col": self.col,
+            "found_by": self.found_by,
         }
 
     # The original low-mag finder puts the origin at the top-left pixel's corner; ours is at its centre.
@@ -262,6 +273,7 @@ class SquareResult:
     models: dict[str, Any]
     reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    mesh: Any = None  # mesh.Mesh measured on the atlas (None in compat mode or without one)
 
     kind = "squares"
 
@@ -278,8 +290,24 @@ class SquareResult:
             "models": self.models,
             "image": self.image.to_dict(),
             "angle_deg": _num(self.angle_deg),
+            "mesh": self._mesh_dict(),
             "reason": self.reason,
             "targets": [s.to_dict(self.image.units()) for s in self.squares],
+        }
+
+    def _mesh_dict(self) -> dict[str, Any] | None:
+        """The grid mesh: pitch and bar width in px, and in µm with the mesh number (bars per inch) only when the
+        pixel size is known."""
+        if self.mesh is None:
+            return None
+        pitch = _num(self.mesh.pitch_px)
+        pitch_um = self.image.units().um(pitch)
+        return {
+            "pitch_px": pitch,
+            "bar_width_px": _num(self.mesh.bar_width_px),
+            "angle_deg": _num(self.mesh.angle_deg),
+            "mesh_number": None if pitch_um is None or not pitch_um > 0 else 25_400.0 / pitch_um,
+            "pitch_um": pitch_um,
         }
 
 

@@ -1,8 +1,18 @@
 """The low-mag pipeline: find grid squares in an atlas image and score them.
 
-Stages (each timed in ``SquareResult.timings``): read -> mixture (Poisson mixture mask, mixture.py) -> regions
-(grouping, convex hulls, brightness, regions.py) -> angle (grid angle, boxes: here) -> crops (crops.py) ->
-cnn (scoring.py).
+Stages (each timed in ``SquareResult.timings``): read -> mesh (grid pitch, bar width, angle: mesh.py; no mesh:
+an empty result with the reason) -> disc (atlas_classes.disc_mask) -> seams (montage.remove_seams: the cleaned
+image is used only when a seam was found) -> mixture (Poisson mixture mask, mixture.py) -> regions (grouping
+window and area limits from the mesh, convex hulls, brightness, regions.py) -> lattice (regions larger than
+one square, off the disc or off the lattice are dropped, one region per lattice point, lattice points with
+no region added as ``found_by: "lattice"``) -> angle (grid angle, boxes: here) -> classes
+(atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
+
+``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
+pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
+
+Explicit ``window`` / ``min_area`` win over the mesh's values; the mesh, disc and lattice stages still run.
+Squares off the grid disc are dropped (background, never a square), so the class "off-disc" never appears.
 
 Angles: the grid angle search works with the original's theta, the rotation (counter-clockwise on
 screen) that makes the grid upright; the box edges then run along (cos theta, sin theta) in the input,
@@ -22,7 +32,7 @@ import numpy as np
 from .crops import CROP_SIZE, rotated_frame, square_crops
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
-from .options import SquareOptions
+from .options import COMPAT_MIN_AREA, COMPAT_WINDOW, SquareOptions
 from .regions import Regions, find_regions, region_means
 from .results import ImageInfo, Square, SquareResult, sort_targets
 from .scoring import BatchPolicy, classify, plan_batches
@@ -37,6 +47,8 @@ __all__ = [
     "class_stats",
     "SquareOptions",
     "angle_ccw",
+    "square_outline",
+    "inner_means",
     "MIN_SIDE",
     "CROP_SIZE",
 ]
@@ -187,10 +199,9 @@ def find_squares(
 ) -> SquareResult:
     """Find and score the grid squares of a low-mag atlas image (models=False: geometry only, score None).
 
-    options: a SquareOptions; keyword arguments named as its fields (window=, min_area=, batch_size=)
+    options: a SquareOptions; keyword arguments named as its fields (window=, min_area=, batch_size=, compat=)
     override single fields."""
     opts = replace(options or SquareOptions(), **overrides)
-    window, min_area = opts.window, opts.min_area
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     image = as_image(image_or_path, section=section)
@@ -205,8 +216,34 @@ def find_squares(
         model_set = resolve_models(models, provider=provider, threads=threads)  # type: ignore[arg-type]
         model_set.spec("square_cnn")  # fail early (ModelError) when the set has no square model
         timings["models"] = time.perf_counter() - t
-        t = time.perf_counter()
     model_ids = model_set.ids if model_set is not None else {}
+    if opts.compat:
+        return _compat_squares(image, info, model_set, model_ids, opts, timings, t_start)
+    return _mesh_squares(image, info, model_set, model_ids, opts, timings, t_start)
+
+
+def _score(model_set: Any, data: np.ndarray, hulls: Sequence[np.ndarray], theta: float, mean: float, std: float,
+           batch_size: int, timings: dict[str, float]) -> np.ndarray:
+    """Square-CNN scores of the hulls' theta-aligned boxes."""
+    t = time.perf_counter()
+    frame = rotated_frame(data.shape, theta)
+    spec = model_set.spec("square_cnn")
+    timings["crops"] = time.perf_counter() - t
+    n = len(hulls)
+    batches = plan_batches([(spec.crop_size, spec.crop_size)] * n, _batch_policy(batch_size), spec.batch_statistics)
+
+    def inputs(idx: list[int]) -> np.ndarray:
+        # Batches are runs of consecutive squares: crop only the batch's own.
+        return square_crops(data, hulls[idx[0] : idx[-1] + 1], theta, mean, std, size=spec.crop_size, frame=frame)
+
+    return classify(model_set, "square_cnn", n, batches, inputs, timings)
+
+
+def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, opts: SquareOptions,
+                    timings: dict[str, float], t_start: float) -> SquareResult:
+    """The original lowmag pipeline, unchanged (fixed window and area, no mesh)."""
+    window = COMPAT_WINDOW if opts.window is None else int(opts.window)
+    min_area = COMPAT_MIN_AREA if opts.min_area is None else float(opts.min_area)
 
     def empty(reason: str) -> SquareResult:
         timings["total"] = time.perf_counter() - t_start
@@ -214,6 +251,7 @@ def find_squares(
 
     from .mixture import segment  # imported on first use
 
+    t = time.perf_counter()
     seg = segment(image.data, image.dtype)
     timings["mixture"] = time.perf_counter() - t
     if seg.mask is None:
@@ -237,22 +275,10 @@ def find_squares(
     n = len(hulls)
     scores: np.ndarray | None = None
     if model_set is not None:
-        t = time.perf_counter()
         mean, std = class_stats(data, seg.mask)
         # The mask and the label image are done with: free them before the network's activations arrive.
         del seg, regions
-        frame = rotated_frame(image.shape, theta)
-        spec = model_set.spec("square_cnn")
-        timings["crops"] = time.perf_counter() - t
-        batches = plan_batches([(spec.crop_size, spec.crop_size)] * n, _batch_policy(opts.batch_size),
-                               spec.batch_statistics)
-
-        def inputs(idx: list[int]) -> np.ndarray:
-            # Batches are runs of consecutive squares: crop only the batch's own.
-            return square_crops(data, hulls[idx[0] : idx[-1] + 1], theta, mean, std, size=spec.crop_size,
-                                frame=frame)
-
-        scores = classify(model_set, "square_cnn", n, batches, inputs, timings)
+        scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
 
     squares = []
     for i in range(n):
@@ -270,3 +296,205 @@ def find_squares(
         )
     timings["total"] = time.perf_counter() - t_start
     return SquareResult(sort_targets(squares), angle_ccw(theta), info, model_ids, None, timings)
+
+
+def square_outline(centre: np.ndarray, side: float, angle_ccw_deg: float) -> np.ndarray:
+    """Corners (4, 2) x, y of a square of `side` px centred at `centre`, its edges at angle_ccw_deg on screen."""
+    t = math.radians(angle_ccw_deg)
+    u = np.array([math.cos(t), -math.sin(t)]) * side / 2
+    v = np.array([math.sin(t), math.cos(t)]) * side / 2
+    c = np.asarray(centre, dtype=np.float64)
+    return np.array([c - u - v, c - u + v, c + u + v, c + u - v])
+
+
+def inner_means(data: np.ndarray, centres: np.ndarray, side: float, angle_ccw_deg: float) -> np.ndarray:
+    """Mean of `data` in the axis-aligned square inscribed (80 %) in each square of `side` at the angle: the
+    same measure for every square, whether the mixture found it or not (NaN where it lies off the image)."""
+    t = math.radians(angle_ccw_deg)
+    half = max(1, int(0.4 * side / (abs(math.cos(t)) + abs(math.sin(t)))))
+    h, w = data.shape
+    out = np.full(len(centres), np.nan)
+    for k, (x, y) in enumerate(np.asarray(centres, dtype=np.float64).reshape(-1, 2)):
+        cx, cy = int(round(x)), int(round(y))
+        r0, r1 = max(0, cy - half), min(h, cy + half + 1)
+        c0, c1 = max(0, cx - half), min(w, cx + half + 1)
+        if r1 > r0 and c1 > c0:
+            out[k] = float(data[r0:r1, c0:c1].mean(dtype=np.float64))
+    return out
+
+
+def _pixel(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """mask at the nearest pixel of each (x, y), clipped to the image."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    px = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, mask.shape[1] - 1)
+    py = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, mask.shape[0] - 1)
+    return mask[py, px]
+
+
+# Smallest share of a square's area kept for a square cut by the image edge.
+EDGE_SQUARE_SHARE = 0.05
+# Below this share of squares on the lattice the fit is not trusted: no square is dropped or added.
+MIN_ON_LATTICE = 0.5
+
+
+def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, opts: SquareOptions,
+                  timings: dict[str, float], t_start: float) -> SquareResult:
+    """Our pipeline: the mesh sets the segmentation, the disc bounds it, the lattice completes it."""
+    from .atlas_classes import classify_squares, disc_mask
+    from .mesh import detect_mesh, fit_square_lattice
+
+    t = time.perf_counter()
+    det = detect_mesh(image.data)
+    timings["mesh"] = time.perf_counter() - t
+    mesh = det.mesh
+
+    def empty(reason: str) -> SquareResult:
+        timings["total"] = time.perf_counter() - t_start
+        return SquareResult((), None, info, model_ids, reason, timings, mesh)
+
+    if mesh is None:
+        return empty(det.reason or "no grid mesh")
+    window = mesh.grouping_window if opts.window is None else int(opts.window)
+    min_area = mesh.min_square_area if opts.min_area is None else float(opts.min_area)
+
+    t = time.perf_counter()
+    disc = disc_mask(image.data, scale_px=3 * mesh.pitch_px)
+    timings["disc"] = time.perf_counter() - t
+
+    source = image.data
+    if opts.seams:
+        from .montage import remove_seams
+
+        t = time.perf_counter()
+        cleaned, seams = remove_seams(image.data, mesh=mesh)
+        if seams:
+            source = cleaned
+        del cleaned
+        timings["seams"] = time.perf_counter() - t
+
+    from .mixture import segment  # numba: imported on first use only
+
+    t = time.perf_counter()
+    seg = segment(source, image.dtype)
+    timings["mixture"] = time.perf_counter() - t
+    if seg.mask is None:
+        return empty(seg.reason or "no square class")
+
+    t = time.perf_counter()
+    # Counts cannot be negative: brightness and crops use the clipped image, as the original did.
+    data = source if seg.scale.min_value >= 0.0 else np.maximum(source, np.float32(0.0))
+    # A square cut by the image edge may show less than the mesh's smallest square (a tenth): there a
+    # twentieth is kept, so edge squares the original keeps (over 100 px²) stay unless they are slivers.
+    edge_area = min(min_area, EDGE_SQUARE_SHARE * mesh.square_side_px ** 2) if opts.min_area is None else min_area
+    regions: Regions = find_regions(seg.mask, window=window, min_area=edge_area)
+    brightness, _ = region_means(regions, seg.mask, data)
+    timings["regions"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    h, w = image.shape
+    edge = np.array([bool(hl[:, 0].min() < 1 or hl[:, 1].min() < 1 or hl[:, 0].max() > w - 2
+                          or hl[:, 1].max() > h - 2) for hl in regions.hulls], dtype=bool)
+    # A hull larger than one square holds several (merged across a bar or a bright seam): the lattice
+    # points it covers are filled below instead. Regions off the disc are background.
+    keep = [i for i in range(len(regions)) if regions.areas[i] <= mesh.max_square_area
+            and (regions.areas[i] > min_area or edge[i])]
+    edge = edge[keep] if keep else np.zeros(0, dtype=bool)
+    hulls = [regions.hulls[i] for i in keep]
+    brightness = brightness[keep] if keep else np.zeros(0)
+    centroids = regions.centroids[keep] if keep else np.zeros((0, 2))
+    areas = regions.areas[keep] if keep else np.zeros(0)
+    if len(hulls):
+        on_disc = _pixel(disc, centroids)
+        hulls = [hl for hl, ok in zip(hulls, on_disc) if ok]
+        brightness, centroids, areas = brightness[on_disc], centroids[on_disc], areas[on_disc]
+        edge = edge[on_disc]
+    rows: list[int | None] = [None] * len(hulls)
+    cols: list[int | None] = [None] * len(hulls)
+    found_by = ["mixture"] * len(hulls)
+    if opts.lattice:
+        fit = fit_square_lattice(centroids, mesh, shape=image.shape, disc=disc)
+        fit_rows, fit_cols = fit.rows.copy(), fit.cols.copy()
+        on = fit_rows >= 0
+        if on.any() and (edge & ~on).any():
+            # A square cut by the image edge has its centroid off its lattice point: the nearest point within
+            # half a pitch is its own.
+            o = np.asarray(fit.origin)
+            inv = np.linalg.inv(np.column_stack(fit.basis))
+            ij = np.rint((centroids - o) @ inv.T).astype(np.int64)
+            d = np.hypot(*(centroids - o - ij @ np.asarray(fit.basis)).T)
+            k = int(np.flatnonzero(on)[0])
+            off_i, off_j = ij[k, 0] - fit_cols[k], ij[k, 1] - fit_rows[k]
+            snap = edge & ~on & (d < 0.5 * mesh.pitch_px)
+            fit_cols[snap] = ij[snap, 0] - off_i
+            fit_rows[snap] = ij[snap, 1] - off_j
+            on = fit_rows >= 0
+        if len(hulls) == 0 or (fit.rows >= 0).mean() >= MIN_ON_LATTICE:
+            # One region per lattice point (a square split by a seam or a crack): the largest one.
+            best: dict[tuple[int, int], int] = {}
+            for i in np.flatnonzero(on):
+                key = (int(fit_rows[i]), int(fit_cols[i]))
+                if key not in best or areas[i] > areas[best[key]]:
+                    best[key] = int(i)
+            idx = sorted(best.values())
+            hulls = [hulls[i] for i in idx]
+            brightness = brightness[idx]
+            rows = [int(fit_rows[i]) for i in idx]
+            cols = [int(fit_cols[i]) for i in idx]
+            found_by = ["mixture"] * len(idx)
+            side = mesh.square_side_px
+            # Lattice points a snapped edge square holds are not missing.
+            held = set(best)
+            fill_at = [k for k in range(len(fit.missing))
+                       if (int(fit.missing_rows[k]), int(fit.missing_cols[k])) not in held]
+            fill = inner_means(data, fit.missing[fill_at], side, mesh.angle_deg)
+            for k in fill_at:
+                centre = fit.missing[k]
+                hulls.append(square_outline(centre, side, mesh.angle_deg))
+                rows.append(int(fit.missing_rows[k]))
+                cols.append(int(fit.missing_cols[k]))
+                found_by.append("lattice")
+            brightness = np.concatenate([brightness, fill])
+    timings["lattice"] = time.perf_counter() - t
+    if not hulls:
+        return empty(f"no region of the bright class has a convex hull over {min_area:g} px² on the grid disc")
+
+    t = time.perf_counter()
+    n_mixture = found_by.count("mixture")
+    # The grid angle from the regions (as the original), or the mesh's when the lattice found them all.
+    theta = grid_angle(hulls[:n_mixture]) if n_mixture else (-mesh.angle_deg) % 90.0
+    boxes = boxes_at_angle(hulls, theta)
+    timings["angle"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    # Classes from one measure for every square (the mixture's region means see only its bright pixels).
+    inner = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg)
+    classes = classify_squares(inner)
+    timings["classes"] = time.perf_counter() - t
+
+    n = len(hulls)
+    scores: np.ndarray | None = None
+    if model_set is not None:
+        mean, std = class_stats(data, seg.mask)
+        del seg, regions
+        scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
+
+    squares = []
+    for i in range(n):
+        score = None if scores is None else float(scores[i])
+        squares.append(
+            Square(
+                x=float(boxes.centers[i, 0]),
+                y=float(boxes.centers[i, 1]),
+                vertices=tuple((float(px), float(py)) for px, py in boxes.vertices[i]),
+                area=float(boxes.areas[i]),
+                brightness=float(brightness[i]),
+                score=score,
+                scores={} if score is None else {"cnn": score},
+                row=rows[i],
+                col=cols[i],
+                found_by=found_by[i],
+                square_class=classes[i],
+            )
+        )
+    timings["total"] = time.perf_counter() - t_start
+    return SquareResult(sort_targets(squares), angle_ccw(theta), info, model_ids, None, timings, mesh)

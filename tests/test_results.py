@@ -54,7 +54,7 @@ def test_json_has_no_timings_and_is_deterministic():
     again = format_result(SquareResult(**{**r.__dict__, "timings": {"cnn": 99.0}}))
     assert text == again
     d = json.loads(text)
-    assert list(d) == ["version", "kind", "models", "image", "angle_deg", "reason", "targets"]
+    assert list(d) == ["version", "kind", "models", "image", "angle_deg", "mesh", "reason", "targets"]
     assert [t["score"] for t in d["targets"]] == [0.7, 0.3]
     assert "timings" not in text
 

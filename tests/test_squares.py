@@ -16,6 +16,9 @@ from ptolemy_rt.crops import fit_to_canvas, sample_rotated_crop
 from ptolemy_rt.errors import TooSmallError
 from ptolemy_rt.io import read_image
 
+# The parity tests run the original's pipeline (the default adds mesh, disc and lattice: test_squares_mesh.py).
+COMPAT = squares.SquareOptions.ptolemy()
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -176,7 +179,7 @@ def reference(reference_dir):
 
 @pytest.fixture(scope="module")
 def geometry(example):
-    return squares.find_squares(example, models=False)
+    return squares.find_squares(example, models=False, options=COMPAT)
 
 
 def test_geometry_parity(geometry, reference):
@@ -215,7 +218,7 @@ def test_score_parity(example, reference, converted_models):
 
     from ptolemy_rt.models import load_models
 
-    result = squares.find_squares(example, models=load_models(converted_models, provider="cpu"))
+    result = squares.find_squares(example, models=load_models(converted_models, provider="cpu"), options=COMPAT)
     assert len(result.squares) == 48 and result.reason is None
     j, d = match(np.array([r["center"] for r in reference], float), verts(result).mean(axis=1) + 0.5)
     assert len(set(j.tolist())) == 48 and d.max() <= 2.0
@@ -246,7 +249,7 @@ TRANSFORMS = {
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_metamorphic_rotations_and_flips(example, geometry, name):
     op, pmap, amap = TRANSFORMS[name]
-    result = squares.find_squares(np.ascontiguousarray(op(example.data)), models=False)
+    result = squares.find_squares(np.ascontiguousarray(op(example.data)), models=False, options=COMPAT)
     assert len(result.squares) == len(geometry.squares)
     v = verts(geometry)
     expected_v = np.stack(pmap(v[..., 0], v[..., 1]), axis=-1)
@@ -261,7 +264,7 @@ def test_metamorphic_rotations_and_flips(example, geometry, name):
 @pytest.mark.parametrize("shape", [(1024, 700), (700, 1024)])
 def test_metamorphic_crops(example, geometry, shape):
     rows, cols = shape
-    result = squares.find_squares(example.data[:rows, :cols], models=False)
+    result = squares.find_squares(example.data[:rows, :cols], models=False, options=COMPAT)
     v = verts(geometry)
     margin = 2.0
     x, y = v[..., 0], v[..., 1]
@@ -321,7 +324,7 @@ def test_dtypes_and_stacks(example, geometry):
         "negative offset": (data - np.float32(20.5)).astype(np.float32),  # bars go below 0 and are clipped
     }
     for name, arr in cases.items():
-        result = squares.find_squares(arr, models=False, section=1 if arr.ndim == 3 else None)
+        result = squares.find_squares(arr, models=False, section=1 if arr.ndim == 3 else None, options=COMPAT)
         assert result.reason is None, name
         j, d = match(ref_c, centres(result))
         assert len(result.squares) == 48 and d.max() <= 2.0, name
@@ -353,16 +356,21 @@ def test_too_small_raises():
     ],
 )
 def test_blank_images_give_an_empty_result_with_a_reason(data, words):
-    result = squares.find_squares(data, models=False)
+    result = squares.find_squares(data, models=False, options=COMPAT)
     assert result.squares == () and result.angle_deg is None
     assert words in result.reason
     json.dumps(result.to_dict(), allow_nan=False)
+    # The default pipeline stops earlier: no grid mesh.
+    result = squares.find_squares(data, models=False)
+    assert result.squares == () and result.angle_deg is None and result.mesh is None
+    assert "no grid mesh" in result.reason
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["mesh"] is None
 
 
 def test_no_region_above_min_area():
     img = np.full((300, 300), 5, np.int16)
     img[100:105, 100:105] = 200  # a 25 px² square
-    result = squares.find_squares(img, models=False)
+    result = squares.find_squares(img, models=False, options=COMPAT)
     assert result.squares == () and "100" in result.reason
 
 
