@@ -200,6 +200,17 @@ def test_geometry_parity(geometry, reference):
     assert set(geometry.timings) >= {"read", "mixture", "regions", "angle", "total"}
 
 
+def test_default_pipeline_finds_every_square_the_original_finds(example, reference):
+    """The mesh-driven default with the shipped models: the original's 48 squares (edge squares included)."""
+    result = squares.find_squares(example)
+    assert result.reason is None and result.mesh is not None
+    ref_c = np.array([r["center"] for r in reference], dtype=float)
+    j, d = match(ref_c, centres(result) + 0.5)
+    assert len(set(j.tolist())) == 48 and d.max() <= 2.0
+    assert all(result.squares[k].found_by == "mixture" and result.squares[k].row is not None for k in j)
+    assert all(s.score is not None for s in result.squares)
+
+
 def test_compat_output_within_tolerance(geometry, reference):
     from ptolemy_rt.results import format_result
 

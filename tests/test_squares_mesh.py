@@ -1,0 +1,199 @@
+"""The default (mesh-driven) square pipeline: fine meshes, thick squares, wrong magnification, the lattice of
+square centres (row/col, found_by lattice), the mesh in the result, and the original's squares on the real atlas."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from ptolemy_rt import squares
+
+
+def mesh_atlas(size: int, pitch: float, bar: float, angle_deg: float, *, seed: int = 0, dark: float = 0.0,
+               gone: tuple[tuple[int, int], ...] = (), dose: float = 200.0):
+    """A square mesh (random ice per square, a share `dark` of thick squares at 0.25, squares `gone` at the
+    bars' level), Poisson counts. Returns the image, the centres (x, y) of the squares wholly inside, their
+    (i, j) cell indices and their transmission."""
+    rng = np.random.default_rng(seed)
+    t = math.radians(angle_deg)
+    a = pitch * np.array([math.cos(t), -math.sin(t)])
+    b = pitch * np.array([math.sin(t), math.cos(t)])
+    inv = np.linalg.inv(np.column_stack([a, b]))
+    o = np.array([size / 2 + 0.37 * pitch, size / 2 - 0.21 * pitch])
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    s = inv[0, 0] * (x - o[0]) + inv[0, 1] * (y - o[1]) + 0.5
+    u = inv[1, 0] * (x - o[0]) + inv[1, 1] * (y - o[1]) + 0.5
+    fs, fu = np.floor(s), np.floor(u)
+    half = 0.5 * (pitch - bar)
+    ds = np.abs(s - fs - 0.5) * pitch
+    du = np.abs(u - fu - 0.5) * pitch
+    cover = np.clip(half + 0.5 - ds, 0, 1) * np.clip(half + 0.5 - du, 0, 1)
+    i0, j0 = int(fs.min()), int(fu.min())
+    shape = (int(fs.max()) - i0 + 1, int(fu.max()) - j0 + 1)
+    table = np.where(rng.random(shape) < dark, 0.25, rng.uniform(0.6, 0.9, shape))
+    for i, j in gone:
+        table[i - i0, j - j0] = 0.0
+    level = table[fs.astype(np.int64) - i0, fu.astype(np.int64) - j0]
+    trans = cv2.GaussianBlur((0.01 + cover * level).astype(np.float32), (0, 0), 0.8)
+    image = rng.poisson(trans * dose).astype(np.float32)
+    centres, cells, levels = [], [], []
+    r = half * (abs(math.cos(t)) + abs(math.sin(t)))  # half extent of a square along x or y
+    for i in range(i0, i0 + shape[0]):
+        for j in range(j0, j0 + shape[1]):
+            c = o + i * a + j * b
+            if r + 1 <= c[0] <= size - 2 - r and r + 1 <= c[1] <= size - 2 - r:
+                centres.append(c)
+                cells.append((i, j))
+                levels.append(table[i - i0, j - j0])
+    return image, np.array(centres), cells, np.array(levels)
+
+
+def nearest(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest found centre per truth centre, and the distance."""
+    d = np.linalg.norm(truth[:, None, :] - found[None, :, :], axis=2)
+    j = d.argmin(axis=1)
+    return j, d[np.arange(len(truth)), j]
+
+
+def centres(result) -> np.ndarray:
+    return np.array([[s.x, s.y] for s in result.squares]).reshape(-1, 2)
+
+
+def test_fine_mesh_thin_bars_at_0deg_no_merged_rows():
+    """Pitch 24 px with 3 px bars at 0 degrees: the original's 6 px window joins whole rows."""
+    image, truth, _, _ = mesh_atlas(512, 24.0, 3.0, 0.0, seed=1)
+    result = squares.find_squares(image, models=False)
+    assert result.reason is None and result.mesh is not None
+    assert result.mesh.pitch_px == pytest.approx(24.0, rel=0.01)
+    side = 21.0
+    assert max(s.area for s in result.squares) < 1.6 * side**2  # no region spans two squares
+    j, d = nearest(truth, centres(result))
+    assert (d < 0.35 * 24).mean() >= 0.99
+    # Precision: every square found lies on a truth square (edge squares included: the truth lists whole ones).
+    inside = [s for s in result.squares if 12 < s.x < 500 and 12 < s.y < 500]
+    k, dk = nearest(np.array([[s.x, s.y] for s in inside]), truth)
+    assert (dk < 0.35 * 24).mean() >= 0.99
+    # The original's window merges rows: far fewer, far larger regions.
+    compat = squares.find_squares(image, models=False, options=squares.SquareOptions.ptolemy())
+    assert len(compat.squares) < 0.5 * len(truth)
+
+
+def test_thick_squares_are_found_and_classed_thick():
+    image, truth, _, levels = mesh_atlas(512, 64.0, 12.0, 8.0, seed=2, dark=0.3)
+    result = squares.find_squares(image, models=False)
+    thick = levels == 0.25
+    assert thick.sum() >= 5
+    j, d = nearest(truth, centres(result))
+    assert (d[thick] < 0.35 * 64).all()
+    classes = [result.squares[k].square_class for k in j[thick]]
+    assert classes.count("thick") == len(classes)
+    ordinary = [result.squares[k].square_class for k in j[~thick]]
+    assert ordinary.count("thick") <= 0.1 * len(ordinary)
+    assert {s.square_class for s in result.squares} <= {"ok", "empty", "thin", "thick", "broken"}
+
+
+def test_row_col_on_a_rotated_mesh():
+    angle, pitch = 27.0, 70.0
+    image, truth, cells, _ = mesh_atlas(640, pitch, 14.0, angle, seed=3)
+    result = squares.find_squares(image, models=False)
+    assert abs(((result.mesh.angle_deg - angle) + 45) % 90 - 45) < 0.5
+    sq = [s for s in result.squares if s.row is not None]
+    assert len(sq) == len(result.squares) >= len(truth)
+    rc = [(s.row, s.col) for s in sq]
+    assert len(set(rc)) == len(rc) and min(min(p) for p in rc) >= 0
+    # Centres of the whole squares are an affine image of (col, row): one step is one pitch.
+    j, d = nearest(truth, centres(result))
+    assert (d < 2.0).all()
+    ij = np.array([[sq[k].col, sq[k].row] for k in j], dtype=np.float64)
+    design = np.column_stack([np.ones(len(ij)), ij])
+    sol, *_ = np.linalg.lstsq(design, truth, rcond=None)
+    assert np.abs(design @ sol - truth).max() < 2.0
+    assert np.linalg.norm(sol[1]) == pytest.approx(pitch, rel=0.01)
+    assert np.linalg.norm(sol[2]) == pytest.approx(pitch, rel=0.01)
+    # The truth's own cell indices map to ours by one shift.
+    shift = {(sq[k].col - ci, sq[k].row - cj) for k, (ci, cj) in zip(j, cells)}
+    assert len(shift) == 1
+
+
+def test_found_by_lattice_fills_squares_the_mixture_missed():
+    """Squares at the bars' level are invisible to the mixture; the lattice adds them, outlined at the mesh
+    angle with the mesh's square side, classed and (with models) scored like the rest."""
+    gone = ((0, 0), (1, -1), (-1, 1))
+    image, truth, cells, levels = mesh_atlas(512, 80.0, 16.0, 12.0, seed=4, gone=gone)
+    result = squares.find_squares(image, models=False)
+    by = [s.found_by for s in result.squares]
+    assert set(by) <= {"mixture", "lattice"}
+    j, d = nearest(truth, centres(result))
+    assert (d < 0.35 * 80).all()
+    for k, cell in zip(j, cells):
+        s = result.squares[k]
+        if cell in gone:
+            assert s.found_by == "lattice" and s.square_class == "thick"
+            side = math.dist(s.vertices[0], s.vertices[1])
+            assert side == pytest.approx(result.mesh.square_side_px, rel=0.05)
+            assert s.area == pytest.approx(result.mesh.square_side_px**2, rel=0.1)
+    d = result.to_dict()
+    assert {"class", "row", "col", "found_by"} <= set(d["targets"][0])
+    assert sum(t["found_by"] == "lattice" for t in d["targets"]) >= len(gone)
+
+
+def test_lattice_squares_are_scored():
+    from ptolemy_rt.models import load_models
+
+    image, _, _, _ = mesh_atlas(512, 80.0, 16.0, 12.0, seed=4, gone=((0, 0),))
+    result = squares.find_squares(image, models=load_models(None, provider="cpu"))
+    lattice = [s for s in result.squares if s.found_by == "lattice"]
+    assert lattice and all(s.score is not None and math.isfinite(s.score) for s in result.squares)
+
+
+def test_med_mag_image_gives_no_squares_and_a_reason(tmp_path, capsys):
+    from ptolemy_rt.cli import main
+    from ptolemy_rt.demo import write_mrc
+    from ptolemy_rt.synthetic import make_medmag
+
+    data, _ = make_medmag(0)
+    result = squares.find_squares(data, models=False)
+    assert result.squares == () and "no grid mesh" in result.reason
+    path = tmp_path / "medmag.mrc"
+    write_mrc(path, data)
+    code = main(["squares", str(path), "--no-score"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["targets"] == [] and "no grid mesh" in err
+
+
+def test_mesh_in_the_result_with_and_without_pixel_size():
+    from ptolemy_rt.results import with_pixel_size
+
+    image, _, _, _ = mesh_atlas(512, 64.0, 12.0, 8.0, seed=5)
+    result = squares.find_squares(image, models=False)
+    m = result.to_dict()["mesh"]
+    assert m["pitch_px"] == pytest.approx(64.0, rel=0.01) and m["bar_width_px"] > 0
+    assert m["mesh_number"] is None and m["pitch_um"] is None
+    # A 200 mesh has a 127 µm pitch: 64 px of 1.984375 µm.
+    m = with_pixel_size(result, 19_843.75, "option").to_dict()["mesh"]
+    assert m["pitch_um"] == pytest.approx(64.0 * 1.984375, rel=0.01)
+    assert m["mesh_number"] == pytest.approx(200.0, rel=0.01)
+
+
+def test_explicit_window_and_min_area_win():
+    image, _, _, _ = mesh_atlas(512, 24.0, 3.0, 0.0, seed=1)
+    seen = {}
+    real = squares.find_regions
+
+    def spy(mask, *, window, min_area, **kw):
+        seen.update(window=window, min_area=min_area)
+        return real(mask, window=window, min_area=min_area, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(squares, "find_regions", spy)
+    try:
+        squares.find_squares(image, models=False)
+        assert seen["window"] < 3
+        squares.find_squares(image, models=False, window=6, min_area=50.0)
+        assert seen == {"window": 6, "min_area": 50.0}
+    finally:
+        mp.undo()
