@@ -412,7 +412,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     cols: list[int | None] = [None] * len(hulls)
     found_by = ["mixture"] * len(hulls)
     if opts.lattice:
-        fit = fit_square_lattice(centroids, mesh, shape=image.shape, disc=disc)
+        # Lattice points whose centre is inside the image (squares at least half visible) can be filled.
+        fit = fit_square_lattice(centroids, mesh, shape=image.shape, disc=disc, margin=0.0)
         fit_rows, fit_cols = fit.rows.copy(), fit.cols.copy()
         on = fit_rows >= 0
         if on.any() and (edge & ~on).any():
