@@ -48,6 +48,7 @@ __all__ = [
     "SquareOptions",
     "angle_ccw",
     "square_outline",
+    "may_have_seams",
     "inner_means",
     "MIN_SIDE",
     "CROP_SIZE",
@@ -98,16 +99,21 @@ def summed_box_area(points: np.ndarray, starts: np.ndarray, angles_deg: np.ndarr
     return out
 
 
-def grid_angle(hulls: Sequence[np.ndarray], *, step_deg: float = 1.0, xatol: float = 1e-5) -> float:
+def grid_angle(hulls: Sequence[np.ndarray], *, step_deg: float = 1.0, xatol: float = 1e-5,
+               around: float | None = None, span_deg: float = 2.0) -> float:
     """Theta in [0, 90) minimising the summed area of the theta-aligned bounding rectangles of all hulls.
 
     A scan every `step_deg` picks the basin, then bounded Brent (scipy minimize_scalar) refines it within
     one step either side. The original ran Brent over [0, 90] at once, which can settle in a local minimum
-    that depends on the image's orientation; the scan makes rotated and mirrored images agree."""
+    that depends on the image's orientation; the scan makes rotated and mirrored images agree. `around`: a
+    theta known already (the mesh's): the scan covers only +- span_deg about it."""
     from scipy.optimize import minimize_scalar
 
     points, starts = _pack(hulls)
-    grid = np.arange(0.0, 90.0, step_deg)
+    if around is None:
+        grid = np.arange(0.0, 90.0, step_deg)
+    else:
+        grid = float(around) + np.arange(-span_deg, span_deg + 1e-9, min(step_deg, 0.5 * span_deg))
     values = summed_box_area(points, starts, grid)
     best = int(np.argmin(values))
     centre = float(grid[best])
@@ -331,6 +337,55 @@ def _pixel(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return mask[py, px]
 
 
+def _profile_outliers(profile: np.ndarray, step: float, threshold: float) -> bool:
+    """Whether any entry of a row (or column) mean profile stands out from the profile shifted by +-1..3
+    lattice steps (the lattice maps whole rows onto rows of the same mean; a seam does not move with it).
+    Shifts are fractional (linear interpolation), so a 0-degree mesh's sharp bar edges line up."""
+    n = len(profile)
+    if step < 1 or n < 4 * step:
+        return False
+    x = np.arange(n, dtype=np.float64)
+    shifted = []
+    for k in (1, -1, 2, -2, 3, -3):
+        pos = x + k * step
+        out = np.interp(pos, x, profile)
+        out[(pos < 0) | (pos > n - 1)] = np.nan
+        shifted.append(out)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        resid = profile - np.nanmedian(np.array(shifted), axis=0)
+    resid = resid[np.isfinite(resid)]
+    if resid.size < 16:
+        return False
+    med = float(np.median(resid))
+    mad = 1.4826 * float(np.median(np.abs(resid - med)))
+    return bool((np.abs(resid - med) > threshold * max(mad, 1e-9)).any())
+
+
+def may_have_seams(image: np.ndarray, mesh: Any, *, threshold: float = 5.0) -> bool:
+    """A cheap look (row and column means over about 1024 samples a line) for straight full-width seams: True
+    when a row or column mean stands out from its lattice-shifted neighbours, so montage.remove_seams (which
+    looks harder, with medians) is worth running. A lower threshold than remove_seams': a false alarm costs
+    time only."""
+    h, w = image.shape
+    a = np.asarray(mesh.basis[0], dtype=np.float64)
+    b = np.asarray(mesh.basis[1], dtype=np.float64)
+    for axis in (0, 1):
+        # The shortest step across the lines (y for rows, x for columns) of a lattice vector that still moves
+        # a seam (up to 12 px, as remove_seams takes) off itself: most shifts then fit in the image.
+        steps = [abs(float(c[1 - axis])) for c in (a, b, a + b, a - b)]
+        step = min([st for st in steps if st > 13.0] or [max(steps)])
+        if axis == 0:
+            profile = image[:, :: max(1, w // 1024)].mean(axis=1, dtype=np.float64)
+        else:
+            profile = image[:: max(1, h // 1024), :].mean(axis=0, dtype=np.float64)
+        if _profile_outliers(profile, step, threshold):
+            return True
+    return False
+
+
 # Smallest share of a square's area kept for a square cut by the image edge.
 EDGE_SQUARE_SHARE = 0.05
 # Below this share of squares on the lattice the fit is not trusted: no square is dropped or added.
@@ -363,13 +418,14 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
 
     source = image.data
     if opts.seams:
-        from .montage import remove_seams
-
         t = time.perf_counter()
-        cleaned, seams = remove_seams(image.data, mesh=mesh)
-        if seams:
-            source = cleaned
-        del cleaned
+        if may_have_seams(image.data, mesh):
+            from .montage import remove_seams
+
+            cleaned, seams = remove_seams(image.data, mesh=mesh)
+            if seams:
+                source = cleaned
+            del cleaned
         timings["seams"] = time.perf_counter() - t
 
     from .mixture import segment  # numba: imported on first use only
@@ -462,7 +518,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     t = time.perf_counter()
     n_mixture = found_by.count("mixture")
     # The grid angle from the regions (as the original), or the mesh's when the lattice found them all.
-    theta = grid_angle(hulls[:n_mixture]) if n_mixture else (-mesh.angle_deg) % 90.0
+    theta0 = (-mesh.angle_deg) % 90.0
+    theta = grid_angle(hulls[:n_mixture], around=theta0) if n_mixture else theta0
     boxes = boxes_at_angle(hulls, theta)
     timings["angle"] = time.perf_counter() - t
 

@@ -197,3 +197,18 @@ def test_explicit_window_and_min_area_win():
         assert seen == {"window": 6, "min_area": 50.0}
     finally:
         mp.undo()
+
+
+def test_seams_looked_for_cheaply_and_removed():
+    """A bright seam across a rotated mesh: the cheap look flags it (and not the clean image), and the squares it
+    crosses are found one by one."""
+    image, truth, _, _ = mesh_atlas(768, 90.0, 20.0, 21.0, seed=6)
+    mesh = squares.find_squares(image, models=False).mesh
+    assert not squares.may_have_seams(image, mesh)
+    seamed = image.copy()
+    seamed[380:383, :] = seamed.max()  # a bright 3-row seam, as where two tiles overlap
+    assert squares.may_have_seams(seamed, mesh)
+    result = squares.find_squares(seamed, models=False)
+    j, d = nearest(truth, centres(result))
+    assert (d < 0.35 * 90).all() and len(set(j.tolist())) == len(truth)
+    assert "seams" in result.timings
