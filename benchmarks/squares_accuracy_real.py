@@ -4,7 +4,8 @@ held-out set (benchmarks/atlas_sets.py), and how well mesh.detect_mesh measures 
     python -m benchmarks.squares_accuracy_real [--per-category 4] [--large] [--blocks] [--prototype]
 
 Runs ptolemy_rt.find_squares(models=False) (geometry only: recall and precision do not depend on the CNN)
-on every atlas as it is. With --blocks it also runs it on the atlas after the issue-12 building blocks a
+on every atlas as it is (since the wiring, the mesh-driven default: mesh, disc, seams, lattice). With --blocks
+it also runs it on the atlas after the issue-12 building blocks a
 pipeline could apply first (remove_seams; for montages, assembling the raw pieces with per-tile gains),
 to show what they change before any wiring; with --prototype, a sketch of the wiring built around
 find_squares from outside (mesh-set grouping window and area limits, disc filter, lattice fill; see
@@ -136,7 +137,8 @@ def prototype(image: np.ndarray) -> np.ndarray:
     if det.mesh is None:
         return run_squares(image)[0]
     m = det.mesh
-    res = find_squares(image, models=False, window=m.grouping_window, min_area=m.min_square_area)
+    # The original pipeline (compat) with the mesh's parameters: the sketch as it was before the wiring.
+    res = find_squares(image, models=False, compat=True, window=m.grouping_window, min_area=m.min_square_area)
     disc = disc_mask(image, scale_px=3 * m.pitch_px)
     keep = [s for s in res.squares if s.area <= m.max_square_area
             and disc[min(max(round(s.y), 0), disc.shape[0] - 1), min(max(round(s.x), 0), disc.shape[1] - 1)]]
@@ -158,8 +160,10 @@ def scaling(sizes: list[int], repeat: int) -> None:
     from ptolemy_rt.atlas_classes import disc_mask
     from ptolemy_rt.mesh import detect_mesh
     from ptolemy_rt.montage import remove_seams
+    from ptolemy_rt.squares import may_have_seams
 
-    stages = ["detect_mesh", "disc_mask", "remove_seams", "find_squares(models=False)"]
+    stages = ["detect_mesh", "disc_mask", "may_have_seams", "remove_seams", "find_squares(models=False)",
+              "find_squares compat (baseline)"]
     times: dict[str, list[float]] = {k: [] for k in stages}
     table = [["size"] + [f"{k} ms" for k in stages] + ["peak RSS MB"]]
     for size in sorted(sizes):
@@ -175,7 +179,9 @@ def scaling(sizes: list[int], repeat: int) -> None:
             "detect_mesh": lambda im=image: detect_mesh(im),
             "disc_mask": lambda im=image: disc_mask(im),
             "remove_seams": lambda im=image, me=mesh: remove_seams(im, mesh=me),
+            "may_have_seams": lambda im=image, me=mesh: may_have_seams(im, me),
             "find_squares(models=False)": lambda im=image: find_squares(im, models=False),
+            "find_squares compat (baseline)": lambda im=image: find_squares(im, models=False, compat=True),
         }
         row = [f"{size}²"]
         for k in stages:
@@ -188,6 +194,9 @@ def scaling(sizes: list[int], repeat: int) -> None:
     px = np.log(np.array(sorted(sizes), dtype=np.float64) ** 2)
     slopes = [f"{np.polyfit(px, np.log(times[k]), 1)[0]:.2f}" for k in stages]
     table.append(["exponent (time ~ pixels^k)"] + slopes + [""])
+    ratio = [f"{a / b:.2f}" for a, b in zip(times["find_squares(models=False)"],
+                                            times["find_squares compat (baseline)"])]
+    table.append(["find_squares / compat"] + [""] * 4 + [" / ".join(ratio), "", ""])
     print("\n## Scaling, warm (median of repeats)")
     print_markdown(table)
 

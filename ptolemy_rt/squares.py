@@ -11,6 +11,9 @@ no region added as ``found_by: "lattice"``) -> angle (grid angle, boxes: here) -
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
 
+A path to a SerialEM montage stack with its ``.mdoc`` beside it (PATH.mdoc) is assembled first
+(montage.read_montage, per-piece gains flattened); pass ``section=`` to take one piece instead.
+
 Explicit ``window`` / ``min_area`` win over the mesh's values; the mesh, disc and lattice stages still run.
 Squares off the grid disc are dropped (background, never a square), so the class "off-disc" never appears.
 
@@ -23,14 +26,16 @@ screen, in [0, 90)): (-theta) mod 90.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .crops import CROP_SIZE, rotated_frame, square_crops
-from .io import ImageLike, as_image, check_min_size
+from .io import Image, ImageLike, as_image, check_min_size
 from .models import ModelsLike
 from .options import COMPAT_MIN_AREA, COMPAT_WINDOW, SquareOptions
 from .regions import Regions, find_regions, region_means
@@ -210,7 +215,8 @@ def find_squares(
     opts = replace(options or SquareOptions(), **overrides)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    image = as_image(image_or_path, section=section)
+    montage = None if opts.compat or section is not None else _montage(image_or_path)
+    image = montage if montage is not None else as_image(image_or_path, section=section)
     check_min_size(image, MIN_SIDE, "find_squares")
     info = ImageInfo(path=image.source, shape=image.shape, pixel_size_A=image.pixel_size_A, section=image.section)
     t = time.perf_counter()
@@ -226,6 +232,24 @@ def find_squares(
     if opts.compat:
         return _compat_squares(image, info, model_set, model_ids, opts, timings, t_start)
     return _mesh_squares(image, info, model_set, model_ids, opts, timings, t_start)
+
+
+def _montage(image_or_path: ImageLike) -> Image | None:
+    """A SerialEM montage stack given by path with its `.mdoc` beside it (PATH.mdoc with piece coordinates),
+    assembled with per-piece gains (montage.read_montage); None for anything else."""
+    if not isinstance(image_or_path, (str, os.PathLike)):
+        return None
+    path = Path(image_or_path)
+    mdoc = Path(str(path) + ".mdoc")
+    if not (path.suffix.lower() in (".mrc", ".st", ".map", ".mrcs") and mdoc.is_file()):
+        return None
+    from .montage import read_mdoc, read_montage
+
+    if not read_mdoc(mdoc).is_montage:
+        return None
+    m = read_montage(path, mdoc)
+    return Image(data=np.ascontiguousarray(m.image, dtype=np.float32), pixel_size_A=m.pixel_size_A,
+                 source=str(path), dtype="float32")
 
 
 def _score(model_set: Any, data: np.ndarray, hulls: Sequence[np.ndarray], theta: float, mean: float, std: float,

@@ -212,3 +212,30 @@ def test_seams_looked_for_cheaply_and_removed():
     j, d = nearest(truth, centres(result))
     assert (d < 0.35 * 90).all() and len(set(j.tolist())) == len(truth)
     assert "seams" in result.timings
+
+
+def test_a_montage_stack_path_is_assembled(tmp_path):
+    """A SerialEM montage stack (pieces with random gains) and its .mdoc: find_squares(path) assembles it and
+    finds the squares of the whole atlas; section= still takes one piece."""
+    import mrcfile
+
+    image, truth, _, _ = mesh_atlas(600, 80.0, 16.0, 12.0, seed=7)
+    rng = np.random.default_rng(7)
+    tiles, pos = [], []
+    for y in (0, 280):
+        for x in (0, 280):
+            tiles.append(image[y : y + 320, x : x + 320] * np.float32(np.exp(rng.normal(0, 0.2))))
+            pos.append((x, y))
+    path = tmp_path / "atlas.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.stack(tiles).astype(np.float32))
+    lines = ["PixelSpacing = 20000", "Montage = 1", ""]
+    for z, (x, y) in enumerate(pos):
+        lines += [f"[ZValue = {z}]", f"PieceCoordinates = {x} {y} 0", ""]
+    (tmp_path / "atlas.mrc.mdoc").write_text("\n".join(lines))
+    result = squares.find_squares(path, models=False)
+    assert result.image.shape == (600, 600) and result.image.pixel_size_A == pytest.approx(20000)
+    j, d = nearest(truth, centres(result))
+    assert (d < 0.35 * 80).mean() >= 0.98
+    one = squares.find_squares(path, models=False, section=0)
+    assert one.image.shape == (320, 320)
