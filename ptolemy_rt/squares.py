@@ -452,7 +452,7 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
             del cleaned
         timings["seams"] = time.perf_counter() - t
 
-    from .mixture import segment  # numba: imported on first use only
+    from .mixture import segment  # imported on first use
 
     t = time.perf_counter()
     seg = segment(source, image.dtype)
