@@ -512,10 +512,10 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
         if len(hulls) == 0 or (fit.rows >= 0).mean() >= MIN_ON_LATTICE:
             # One region per lattice point (a square split by a seam or a crack): the largest one.
             best: dict[tuple[int, int], int] = {}
-            for i in np.flatnonzero(on):
-                key = (int(fit_rows[i]), int(fit_cols[i]))
-                if key not in best or areas[i] > areas[best[key]]:
-                    best[key] = int(i)
+            for r in np.flatnonzero(on).tolist():
+                key = (int(fit_rows[r]), int(fit_cols[r]))
+                if key not in best or areas[r] > areas[best[key]]:
+                    best[key] = r
             idx = sorted(best.values())
             hulls = [hulls[i] for i in idx]
             brightness = brightness[idx]
