@@ -3,10 +3,11 @@
 Stages (each timed in ``SquareResult.timings``): read -> mesh (grid pitch, bar width, angle: mesh.py; no mesh:
 an empty result with the reason) -> disc (atlas_classes.disc_mask) -> seams (montage.remove_seams: the cleaned
 image is used only when a seam was found) -> mixture (Poisson mixture mask, mixture.py) -> regions (grouping
-window and area limits from the mesh, convex hulls, brightness, regions.py) -> lattice (regions larger than
+window and area limits from the mesh, convex hulls, regions.py) -> lattice (regions larger than
 one square, off the disc or off the lattice are dropped, one region per lattice point, lattice points with
 no region added as ``found_by: "lattice"``) -> angle (grid angle, boxes: here) -> classes
-(atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
+(brightness: the mean in the axis-aligned box inscribed in 80 % of each square, the same for every square;
+atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
 
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
@@ -466,8 +467,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     # A square cut by the image edge may show less than the mesh's smallest square (a tenth): there a
     # twentieth is kept, so edge squares the original keeps (over 100 px²) stay unless they are slivers.
     edge_area = min(min_area, EDGE_SQUARE_SHARE * mesh.square_side_px ** 2) if opts.min_area is None else min_area
-    regions: Regions = find_regions(seg.mask, window=window, min_area=edge_area)
-    brightness, _ = region_means(regions, seg.mask, data)
+    # No label image: brightness is measured in each square's box below, the same way for every square.
+    regions: Regions = find_regions(seg.mask, window=window, min_area=edge_area, keep_labels=False)
     timings["regions"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -480,13 +481,12 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
             and (regions.areas[i] > min_area or edge[i])]
     edge = edge[keep] if keep else np.zeros(0, dtype=bool)
     hulls = [regions.hulls[i] for i in keep]
-    brightness = brightness[keep] if keep else np.zeros(0)
     centroids = regions.centroids[keep] if keep else np.zeros((0, 2))
     areas = regions.areas[keep] if keep else np.zeros(0)
     if len(hulls):
         on_disc = _pixel(disc, centroids)
         hulls = [hl for hl, ok in zip(hulls, on_disc) if ok]
-        brightness, centroids, areas = brightness[on_disc], centroids[on_disc], areas[on_disc]
+        centroids, areas = centroids[on_disc], areas[on_disc]
         edge = edge[on_disc]
     rows: list[int | None] = [None] * len(hulls)
     cols: list[int | None] = [None] * len(hulls)
@@ -518,7 +518,6 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
                     best[key] = r
             idx = sorted(best.values())
             hulls = [hulls[i] for i in idx]
-            brightness = brightness[idx]
             rows = [int(fit_rows[i]) for i in idx]
             cols = [int(fit_cols[i]) for i in idx]
             found_by = ["mixture"] * len(idx)
@@ -527,14 +526,12 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
             held = set(best)
             fill_at = [k for k in range(len(fit.missing))
                        if (int(fit.missing_rows[k]), int(fit.missing_cols[k])) not in held]
-            fill = inner_means(data, fit.missing[fill_at], side, mesh.angle_deg)
             for k in fill_at:
                 centre = fit.missing[k]
                 hulls.append(square_outline(centre, side, mesh.angle_deg))
                 rows.append(int(fit.missing_rows[k]))
                 cols.append(int(fit.missing_cols[k]))
                 found_by.append("lattice")
-            brightness = np.concatenate([brightness, fill])
     timings["lattice"] = time.perf_counter() - t
     if not hulls:
         return empty(f"no region of the bright class has a convex hull over {min_area:g} px² on the grid disc")
@@ -548,9 +545,10 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     timings["angle"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    # Classes from one measure for every square (the mixture's region means see only its bright pixels).
-    inner = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg)
-    classes = classify_squares(inner)
+    # Brightness and classes from one measure for every square, whether the mixture found it or the lattice
+    # (a region's mask pixels would see only the bright part of a dark square).
+    brightness = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg)
+    classes = classify_squares(brightness)
     timings["classes"] = time.perf_counter() - t
 
     n = len(hulls)
