@@ -23,6 +23,7 @@ def test_demo_writes_results_that_match_its_images(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "atlas.json", "atlas.mrc", "atlas.png", "medmag.json", "medmag.mrc", "medmag.png"]
     assert stdout.count("\n") == 1 and "squares in" in stdout and "holes in" in stdout
+    assert stdout.count(" ms warm (first call in this process ") == 2
     # The images are the seed's synthetic ones, and the results are for them.
     for name, make in (("atlas", make_atlas), ("medmag", make_medmag)):
         with mrcfile.open(out / f"{name}.mrc") as m:
