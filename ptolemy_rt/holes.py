@@ -34,6 +34,7 @@ from .results import Hole, HoleResult, ImageInfo, sort_targets
 from .scoring import HOLE_BATCHES, cnn_scores, unet_scores
 from .unet import (
     MIN_PERIOD_PX,
+    SCALE_TOLERANCE,
     consistent_periods,
     normalise_image,
     period_candidates,
@@ -59,6 +60,8 @@ _LADDER_MIN_QUALITY = 0.35
 # along the outer holes' rims where the film is as dark as a bar (gold foil), so the disc must stay inside
 # the smallest holes (radius >= ~0.22 periods) or every hole beside a bar is dropped.
 FILM_RADIUS = 0.2
+# The region window is at most this share of the period a map was made for.
+_WINDOW_PERIODS = 0.25
 # A ladder try whose map has more blobs than this times the lattice points the image holds is noise.
 _LADDER_EXCESS = 2.0
 
@@ -133,46 +136,98 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         timings["unet"] = time.perf_counter() - t
         return holes_from_map(image, prob, model_set, options=opts, timings=timings)
 
-    from .spacing import estimate_spacing
+    from .spacing import period_estimates
 
-    # Raw counts, not the normalised image: the estimate masks grid bars by their near-zero dose.
-    period = estimate_spacing(image.data)
+    # Raw counts, not the normalised image: the estimates mask grid bars by their near-zero dose.
+    sourced = period_estimates(image.data)
+    estimates = (p for p, _ in sourced)
+    period, source = next(sourced, (None, None))
+    # The whole image's autocorrelation (estimate_spacing) is trusted as before; a period from another
+    # estimator (a crop, the spectrum; noise gives them too) must give a convincing lattice.
+    trusted = source == "image"
     timings["normalise"] = time.perf_counter() - t
     if period is not None and period < MIN_PERIOD_PX:
         # A pixel-level pattern (detector fixed pattern, a checkerboard) would make the U-Net input
         # (target/period)^2 times larger than the image: refuse instead of spending minutes and GBs.
-        return _empty(info, model_set, f"lattice period {period:.1f} px is below the {MIN_PERIOD_PX} px "
+        return _empty(info, model_set, f"lattice period {period:.1f} px is below the {MIN_PERIOD_PX:g} px "
                       "the hole finder resolves (not a hole lattice?)", timings)
     thr = _threshold(opts, model_set)
     best = None  # (quality, factor, prob, lattice)
+    fallback = None  # the best lattice that disagreed with the period its map was made at
     first_reason = None
-    tried: set[float] = set()
-    for candidate in period_candidates(period, image.shape, scale):
+    tried: dict[float, float] = {}  # factor -> period
+
+    def attempt(candidate: float, primary: bool) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
         f = unet_factor(candidate, scale)
-        if f in tried:  # periods below the U-Net's shortest all run at its largest upscale
-            continue
-        tried.add(f)
+        tried[f] = candidate
         t = time.perf_counter()
         prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding)
         timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
-        on_ladder = candidate != period
-        # Off the ladder, a map with far more blobs than the period allows is noise the U-Net fired on;
-        # fitting a lattice to thousands of such blobs would cost seconds and find nothing.
-        limit = _LADDER_EXCESS * image.shape[0] * image.shape[1] / candidate**2 + 10 if on_ladder else None
-        lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit)
-        if on_ladder and lattice is not None and quality < _LADDER_MIN_QUALITY:
+        # Beyond the primary estimate, a map with far more blobs than the period allows is noise the U-Net
+        # fired on; fitting a lattice to thousands of such blobs would cost seconds and find nothing.
+        limit = None if primary else _LADDER_EXCESS * image.shape[0] * image.shape[1] / candidate**2 + 10
+        # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
+        window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
+        lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window)
+        if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
+        return lattice, reason, quality, f, prob
+
+    # Measured periods: every estimator's (spacing.period_estimates, lazily) and the period of any lattice
+    # the U-Net map shows at another scale; the lattice that explains its map best wins, so no estimator
+    # (a grid bars' pitch, a harmonic) can veto the right scale.
+    queue: list[float] = [] if period is None else [period]
+    while True:
+        if not queue:
+            if period is None or (best is not None and best[0] >= _CONVINCING):
+                break
+            t = time.perf_counter()
+            nxt = next(estimates, None)
+            timings["normalise"] += time.perf_counter() - t
+            if nxt is None:
+                break
+            queue.append(nxt)
+        candidate = queue.pop(0)
+        if candidate < MIN_PERIOD_PX or any(abs(math.log(candidate / p)) < 0.03 for p in tried.values()):
+            continue
+        primary = trusted and not tried
+        lattice, reason, quality, f, prob = attempt(candidate, primary)
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
             if best is None or quality > best[0]:
                 best = (quality, f, prob, lattice)
-            # The measured period is taken as it is; off the ladder, a map at a far too coarse scale can
-            # still hold a lattice of its period by chance, so the ladder goes on until one is convincing.
-            if not on_ladder or quality >= _CONVINCING:
+            if quality >= _CONVINCING:
                 break
-        elif first_reason is None and period is not None:
+            continue
+        if lattice is not None and lattice.spacing_px <= min(image.shape) / 2.0:
+            # The U-Net saw a lattice of another period: run it at that period before anything else, and
+            # keep this one in case that run finds none (a period with fewer than two across the image is
+            # no lattice: noise gives such).
+            if quality >= _LADDER_MIN_QUALITY and (fallback is None or quality > fallback[0]):
+                fallback = (quality, f, prob, lattice)
+            queue.insert(0, lattice.spacing_px)
+        if first_reason is None:
             first_reason = reason if lattice is None else (
                 f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's period "
                 f"({period:.1f} px)")
+    if best is None and fallback is not None:
+        best = fallback
+    if best is None:
+        # No period could be measured (or none held a lattice): the ladder, longest first.
+        for candidate in period_candidates(None, image.shape, scale):
+            if any(consistent_periods(candidate, p, math.sqrt(SCALE_TOLERANCE)) for p in tried.values()):
+                continue
+            lattice, reason, quality, f, prob = attempt(candidate, False)
+            if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
+                if best is None or quality > best[0]:
+                    best = (quality, f, prob, lattice)
+                # a map at a far too coarse scale can still hold a lattice of its period by chance, so the
+                # ladder goes on until one is convincing
+                if quality >= _CONVINCING:
+                    break
+            elif first_reason is None and period is not None:
+                first_reason = reason if lattice is None else (
+                    f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's "
+                    f"period ({period:.1f} px)")
     if best is None:
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)
@@ -208,7 +263,8 @@ def _info(image: Image) -> ImageInfo:
 
 
 def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str, float],
-             max_centroids: float | None = None) -> tuple[Lattice | None, str | None, float]:
+             max_centroids: float | None = None,
+             window: int = REGION_WINDOW) -> tuple[Lattice | None, str | None, float]:
     """Threshold, centroids and lattice of a probability map: (lattice, None, quality) or (None, reason, 0).
 
     quality: the share of centroids on the lattice times the share of lattice points on a positive pixel.
@@ -216,7 +272,7 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
     """
     t = time.perf_counter()
     mask = prob > thr
-    centroids = hole_centroids(mask)
+    centroids = hole_centroids(mask, window)
     timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
     if len(centroids) < 2:
         return None, f"fewer than 2 hole candidates in the U-Net map ({len(centroids)})", 0.0

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["estimate_spacing", "estimate_lattice", "LatticeEstimate"]
+__all__ = ["estimate_spacing", "estimate_lattice", "period_estimates", "LatticeEstimate"]
 
 # Work on images binned to at most this many pixels a side (speed; holes are large).
 _WORK_SIDE = 512
@@ -324,3 +325,96 @@ def estimate_spacing(image: np.ndarray) -> float | None:
     """Lattice period in pixels of a square lattice of holes, or None (blank, noise, no lattice)."""
     est = estimate_lattice(image)
     return None if est is None else est.spacing_px
+
+
+def period_estimates(image: np.ndarray) -> Iterator[tuple[float, str]]:
+    """Candidate lattice periods (px) and their source, most trusted first, none within 3 % of another.
+
+    Sources: "image" (the autocorrelation of the whole image), "crop", "spectrum".
+
+    estimate_spacing's period first (bar-masked, else plain), then the other preparation's, then both on a
+    full-resolution central crop of _WORK_SIDE px (binning a large whole-grid-square view puts its 10-20 px
+    period at the working floor, where the grid bars' pitch wins), then the strongest peaks of the radial
+    power spectrum (a hexagonal array fails the square-lattice test above; its first ring of spectral peaks
+    is at sqrt(3)/2 of its period, within the U-Net's range). The caller runs the U-Net at each and keeps
+    the lattice that explains its map best. Lazy: a caller that is convinced early pays for no more.
+    """
+    x = np.asarray(image)
+    if x.ndim != 2 or min(x.shape) < 32 or not np.all(np.isfinite(x)):
+        return
+    seen: list[float] = []
+
+    def new(p: float | None) -> bool:
+        if p is None or not math.isfinite(p) or any(abs(math.log(p / q)) <= 0.03 for q in seen):
+            return False
+        seen.append(float(p))
+        return True
+
+    def searches() -> Iterator[tuple[float | None, str]]:
+        for robust in (True, False):
+            est = _search(x, robust)
+            yield (None if est is None else est.spacing_px), "image"
+        if max(x.shape) > _WORK_SIDE:
+            r0, c0 = max(0, (x.shape[0] - _WORK_SIDE) // 2), max(0, (x.shape[1] - _WORK_SIDE) // 2)
+            crop = x[r0 : r0 + _WORK_SIDE, c0 : c0 + _WORK_SIDE]
+            for robust in (True, False):
+                est = _search(crop, robust)
+                yield (None if est is None else est.spacing_px), "crop"
+        for p in spectrum_periods(x):
+            yield p, "spectrum"
+
+    for p, source in searches():
+        if new(p):
+            yield float(p), source  # type: ignore[arg-type]
+
+
+# Radial power spectrum: peaks this many times above the spectrum's smooth trend count, at most this many.
+_SPECTRUM_CONTRAST = 3.0
+_SPECTRUM_PEAKS = 2
+
+
+def spectrum_periods(image: np.ndarray, min_period: float = 8.0) -> list[float]:
+    """Periods (px) of the strongest peaks of the radially averaged power spectrum, strongest first."""
+    import cv2
+
+    x = np.asarray(image, dtype=np.float32)
+    factor = max(1, math.ceil(max(x.shape) / (2 * _WORK_SIDE)))
+    x = _bin(x, factor)
+    rows, cols = x.shape
+    lo, hi = np.percentile(x, [1.0, 99.0])
+    if not hi > lo:
+        return []
+    x = np.clip(x, lo, hi)
+    # Illumination and grid bars: removed by a wide high-pass, so the spectrum shows the holes.
+    x = x - cv2.GaussianBlur(x, (0, 0), max(rows, cols) / 16.0)
+    x = x * np.outer(np.hanning(rows), np.hanning(cols)).astype(np.float32)
+    power = np.abs(np.fft.rfft2(x)) ** 2
+    fy = np.fft.fftfreq(rows)[:, None]
+    fx = np.fft.rfftfreq(cols)[None, :]
+    side = min(rows, cols)
+    radius = np.hypot(fy, fx) * side  # in cycles per `side` pixels
+    bins = np.round(radius).astype(np.int64).ravel()
+    n = int(side // 2)
+    keep = bins < n
+    total = np.bincount(bins[keep], weights=power.ravel()[keep], minlength=n)
+    count = np.bincount(bins[keep], minlength=n)
+    profile = total / np.maximum(count, 1)
+    # Shortest accepted period and at least 2.5 periods across the shorter side.
+    k_lo = 3
+    k_hi = min(n - 2, int(side / (min_period / factor)))
+    if k_hi <= k_lo + 2:
+        return []
+    logp = np.log(profile + 1e-30)
+    trend = np.array([np.median(logp[max(1, k - 8) : k + 9]) for k in range(n)])
+    contrast = logp - trend
+    peaks = []
+    for k in range(k_lo, k_hi + 1):
+        peak = contrast[k] >= contrast[k - 1] and contrast[k] > contrast[k + 1]
+        if peak and contrast[k] > math.log(_SPECTRUM_CONTRAST):
+            # parabolic refinement of the peak on the log profile
+            a, b, c = logp[k - 1], logp[k], logp[k + 1]
+            d = a - 2 * b + c
+            off = 0.5 * (a - c) / d if d < 0 else 0.0
+            peaks.append((float(contrast[k]), side / (k + max(-0.5, min(0.5, off))) * factor))
+    peaks.sort(reverse=True)
+    return [p for _, p in peaks[:_SPECTRUM_PEAKS]]

@@ -29,11 +29,18 @@ __all__ = [
     "period_candidates",
     "consistent_periods",
     "MIN_PERIOD_PX",
+    "MIN_UNET_PERIOD_FRACTION",
     "SCALE_TOLERANCE",
 ]
 
-# Shortest lattice period (px) the scale-normalised path accepts; holes are specified at 40-400 px.
-MIN_PERIOD_PX = 20.0
+# Shortest lattice period (px) the scale-normalised path accepts: a whole grid square seen at 1x has
+# periods of 8-20 px (holes are specified at 40-400 px in med-mag views).
+MIN_PERIOD_PX = 8.0
+# Whatever max_upscale says, a period is enlarged to at least this fraction of scale.spacing_px: the
+# default U-Net finds holes down to ~0.4 of its canonical period (a 22 px period at 1.3x: recall 0.99),
+# not at the 10-15 px of a whole grid square at 1x. The cap on the upscale is for cost on fine med-mag
+# lattices; below this it would make the hole finder blind.
+MIN_UNET_PERIOD_FRACTION = 0.44
 # The lattice a scale-normalised U-Net map gives must lie within this factor of the period it was run at
 # (the U-Nets are trained for +-12 % of their canonical period).
 SCALE_TOLERANCE = 1.25
@@ -206,10 +213,14 @@ def unet_factor(period_px: float, scale: UnetScale) -> float:
     """Resampling factor for a scale-normalised U-Net: target period / period, at most scale.max_upscale.
 
     The cap bounds the U-Net's cost on fine lattices (the default set: 1.3, so <= 2.9 GFLOP for 1024x1440);
-    such a U-Net is trained to find holes at periods down to target / max_upscale.
+    such a U-Net is trained to find holes at periods down to target / max_upscale. Short periods (a whole
+    grid square, 8-20 px) are still enlarged to MIN_UNET_PERIOD_FRACTION of the target (above max_pixels
+    the U-Net runs in tiles, so memory stays bounded).
     """
     f = float(scale.spacing_px) / float(period_px)
-    return min(f, float(scale.max_upscale)) if scale.max_upscale else f
+    if not scale.max_upscale:
+        return f
+    return max(min(f, float(scale.max_upscale)), MIN_UNET_PERIOD_FRACTION * f)
 
 
 def consistent_periods(a: float, b: float, factor: float = SCALE_TOLERANCE) -> bool:
