@@ -188,7 +188,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 break
             queue.append(nxt)
         candidate = queue.pop(0)
-        if candidate < MIN_PERIOD_PX or any(abs(math.log(candidate / p)) < 0.03 for p in tried.values()):
+        # (a hexagonal array's spectral period is sqrt(3)/2 of its own)
+        if candidate < MIN_PERIOD_PX * 0.8 or any(abs(math.log(candidate / p)) < 0.03 for p in tried.values()):
             continue
         primary = trusted and not tried
         lattice, reason, quality, f, prob = attempt(candidate, primary)
@@ -205,7 +206,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             if quality >= _LADDER_MIN_QUALITY and (fallback is None or quality > fallback[0]):
                 fallback = (quality, f, prob, lattice)
             queue.insert(0, lattice.spacing_px)
-        if first_reason is None:
+        if first_reason is None and trusted:  # another estimator's period is no "image's period" to cite
             first_reason = reason if lattice is None else (
                 f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's period "
                 f"({period:.1f} px)")
@@ -224,7 +225,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 # ladder goes on until one is convincing
                 if quality >= _CONVINCING:
                     break
-            elif first_reason is None and period is not None:
+            elif first_reason is None and trusted:
                 first_reason = reason if lattice is None else (
                     f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's "
                     f"period ({period:.1f} px)")

@@ -373,10 +373,8 @@ _SPECTRUM_CONTRAST = 3.0
 _SPECTRUM_PEAKS = 2
 
 
-def spectrum_periods(image: np.ndarray, min_period: float = 8.0) -> list[float]:
+def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
     """Periods (px) of the strongest peaks of the radially averaged power spectrum, strongest first."""
-    import cv2
-
     x = np.asarray(image, dtype=np.float32)
     factor = max(1, math.ceil(max(x.shape) / (2 * _WORK_SIDE)))
     x = _bin(x, factor)
@@ -386,9 +384,10 @@ def spectrum_periods(image: np.ndarray, min_period: float = 8.0) -> list[float]:
         return []
     x = np.clip(x, lo, hi)
     # Illumination and grid bars: removed by a wide high-pass, so the spectrum shows the holes.
-    x = x - cv2.GaussianBlur(x, (0, 0), max(rows, cols) / 16.0)
-    x = x * np.outer(np.hanning(rows), np.hanning(cols)).astype(np.float32)
-    power = np.abs(np.fft.rfft2(x)) ** 2
+    x = x - _smooth(x, max(rows, cols) / 16.0)
+    x = x * np.hanning(rows).astype(np.float32)[:, None] * np.hanning(cols).astype(np.float32)[None, :]
+    f = np.fft.rfft2(x)
+    power = f.real**2 + f.imag**2
     fy = np.fft.fftfreq(rows)[:, None]
     fx = np.fft.rfftfreq(cols)[None, :]
     side = min(rows, cols)

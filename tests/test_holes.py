@@ -16,6 +16,7 @@ from ptolemy_rt.manifest import UnetScale
 from ptolemy_rt.models import ModelSet, load_models
 from ptolemy_rt.options import PTOLEMY_COMPAT
 from ptolemy_rt.unet import (
+    MIN_UNET_PERIOD_FRACTION,
     normalise_image,
     period_candidates,
     probability_map,
@@ -245,17 +246,23 @@ def test_unet_factor():
     assert unet_factor(32.0, UnetScale(64.0)) == 2.0
     assert unet_factor(32.0, UnetScale(64.0, 1.3)) == 1.3
     assert unet_factor(290.0, UnetScale(64.0, 1.3)) == pytest.approx(64.0 / 290.0)
+    # a whole grid square's 8-20 px period is still enlarged to >= MIN_UNET_PERIOD_FRACTION of the target
+    assert unet_factor(11.2, UnetScale(64.0, 1.3)) * 11.2 == pytest.approx(MIN_UNET_PERIOD_FRACTION * 64.0)
+    assert unet_factor(8.0, UnetScale(64.0, 1.3)) == pytest.approx(MIN_UNET_PERIOD_FRACTION * 8.0)
+    for p in np.geomspace(8.0, 400.0, 50):  # the period the U-Net sees never falls as the image's grows
+        assert unet_factor(p, UnetScale(64.0, 1.3)) * p >= MIN_UNET_PERIOD_FRACTION * 64.0 - 1e-9
 
 
-@pytest.mark.parametrize("estimate", [None, 340.0, 85.0])
-def test_unmeasured_or_wrong_period_falls_back_to_the_ladder(tiny_dir, tmp_path, monkeypatch, estimate):
-    # No period (None), a harmonic (2x) or a subharmonic: the U-Net runs at other scales until the lattice in
-    # its map agrees with the scale it ran at.
+@pytest.mark.parametrize("estimates", [[], [(340.0, "image")], [(85.0, "image")], [(85.0, "crop"), (340.0, "spectrum")],
+                                       [(340.0, "image"), (170.0 * 1.02, "spectrum")]])
+def test_unmeasured_or_wrong_period_falls_back_to_the_ladder(tiny_dir, tmp_path, monkeypatch, estimates):
+    # No period, a harmonic (2x) or a subharmonic, from any estimator: the U-Net runs at other scales until
+    # the lattice in its map agrees with the scale it ran at.
     import ptolemy_rt.spacing
 
     scaled = load_models(edit_manifest(tiny_dir, tmp_path / "scaled", "hole_unet", scale={"spacing_px": 64}))
     img, pts = lattice_image(spacing=170.0, angle=33.0, shape=(700, 900), seed=4)
-    monkeypatch.setattr(ptolemy_rt.spacing, "estimate_spacing", lambda image: estimate)
+    monkeypatch.setattr(ptolemy_rt.spacing, "period_estimates", lambda image: iter(estimates))
     res = find_holes(img, scaled)
     assert res.reason is None and abs(res.spacing_px / 170.0 - 1) < 0.01
     assert near(np.array([[h.x, h.y] for h in res.holes]), pts).max() < 0.03 * 170.0
@@ -454,3 +461,25 @@ def test_refined_centres_closer_to_blobs(medmag, unet_map, converted, reference)
     print(f"\nmean distance of the {len(blobs)} U-Net blob centroids to the nearest hole centre: "
           f"ours (refined) {mean_ours:.2f} px, reference {mean_ref:.2f} px")
     assert mean_ours < mean_ref
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_shipped_set_finds_a_whole_grid_square_at_1x(seed):
+    # A whole grid square seen at 1x (512 x 364, 12.8 / 17.5 px periods; seed 3 is hexagonal, which the
+    # square autocorrelation test misreads as ~3.6 periods): once refused by the 20 px floor or lost to
+    # the estimate; the spectrum's candidate and upsampling past max_upscale find its holes.
+    import sys
+
+    from ptolemy_rt.models import default_models_dir
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.holes_accuracy import evaluate
+    from benchmarks.holes_sets import make_sample
+
+    shipped = default_models_dir()
+    if not (shipped / "manifest.json").is_file():
+        pytest.skip("no shipped model set")
+    sample = make_sample("whole_square", seed)
+    r = evaluate(sample, load_models(shipped))
+    assert r["reason"] is None
+    assert r["tp"] >= 0.95 * r["targets"] and r["fp"] == 0

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ptolemy_rt.spacing import estimate_lattice, estimate_spacing
+from ptolemy_rt.spacing import estimate_lattice, estimate_spacing, period_estimates, spectrum_periods
 
 
 def disc_lattice(spacing, angle, shape=(1024, 1440), seed=0, radius_frac=0.3, contrast=40.0, noise=10.0,
@@ -102,3 +102,49 @@ def test_dim_carbon_with_bars_and_defects(seed):
     img, truth = make_medmag(seed)
     est = estimate_lattice(img)
     assert est is not None and abs(est.spacing_px / truth.spacing_px - 1) < 0.02, (est, truth.spacing_px)
+
+
+def hex_lattice(spacing, shape=(364, 512), seed=0):
+    """Round holes on a hexagonal lattice (60 degrees), with Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    dist = np.full(shape, np.inf)
+    a, b = np.array([spacing, 0.0]), spacing * np.array([0.5, math.sqrt(3) / 2])
+    n = int(max(shape) / spacing) + 2
+    for i in range(-n, 2 * n):
+        for j in range(-n, n + 1):
+            c = i * a + j * b
+            if -spacing <= c[0] <= cols + spacing and -spacing <= c[1] <= rows + spacing:
+                dist = np.minimum(dist, np.hypot(xx - c[0], yy - c[1]))
+    holes = np.clip(0.3 * spacing + 0.5 - dist, 0, 1)
+    return (100 + 40 * holes + rng.normal(0, 10, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("spacing", [9.0, 12.5, 17.5, 30.0])
+def test_spectrum_candidates_of_small_hexagonal_lattices(spacing):
+    # The square-lattice autocorrelation test cannot read a hexagonal array; the spectrum's first ring lies at
+    # sqrt(3)/2 of its period, within the U-Net's trained range of it.
+    got = list(period_estimates(hex_lattice(spacing)))
+    assert any(abs(p / (spacing * math.sqrt(3) / 2) - 1) < 0.04 for p, _ in got)
+    assert len({round(p, 6) for p, _ in got}) == len(got)
+
+
+@pytest.mark.parametrize("spacing", [8.5, 11.0, 15.6])
+def test_period_estimates_of_a_large_fine_lattice(spacing):
+    # A 1024 x 1440 view of a 8-16 px lattice: the binned whole-image search cannot see it; the full-resolution
+    # crop or the spectrum gives it.
+    got = list(period_estimates(disc_lattice(spacing, 20.0)))
+    assert any(abs(p / spacing - 1) < 0.03 for p, _ in got)
+    assert all(source in ("image", "crop", "spectrum") for _, source in got)
+
+
+def test_period_estimates_agree_with_estimate_spacing_first():
+    img = disc_lattice(97.0, 0.0)
+    first = next(period_estimates(img))
+    assert first == (estimate_spacing(img), "image")
+
+
+def test_spectrum_of_noise_and_blank():
+    assert spectrum_periods(np.full((300, 400), 7.0, np.float32)) == []
+    assert list(period_estimates(np.full((300, 400), 7.0, np.float32))) == []
