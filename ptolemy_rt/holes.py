@@ -60,6 +60,8 @@ _LADDER_MIN_QUALITY = 0.35
 # along the outer holes' rims where the film is as dark as a bar (gold foil), so the disc must stay inside
 # the smallest holes (radius >= ~0.22 periods) or every hole beside a bar is dropped.
 FILM_RADIUS = 0.2
+# Once a lattice is in hand, further candidates whose U-Net input exceeds this many pixels are skipped.
+_EXTRA_MAX_PIXELS = 4_000_000
 # The region window is at most this share of the period a map was made for.
 _WINDOW_PERIODS = 0.25
 # A ladder try whose map has more blobs than this times the lattice points the image holds is noise.
@@ -191,6 +193,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # (a hexagonal array's spectral period is sqrt(3)/2 of its own)
         if candidate < MIN_PERIOD_PX * 0.8 or any(abs(math.log(candidate / p)) < 0.03 for p in tried.values()):
             continue
+        costly = image.shape[0] * image.shape[1] * unet_factor(candidate, scale) ** 2 > _EXTRA_MAX_PIXELS
+        if costly and best is not None and best[0] >= _LADDER_MIN_QUALITY:
+            continue  # a lattice is in hand: no seconds of U-Net on a large image at another estimator's period
         primary = trusted and not tried
         lattice, reason, quality, f, prob = attempt(candidate, primary)
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
