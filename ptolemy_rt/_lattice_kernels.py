@@ -1,4 +1,9 @@
-"""Numba kernels of the lattice search (imported lazily by ptolemy_rt.lattice; see that module)."""
+"""Lattice search kernels in numpy (used by ptolemy_rt.lattice): basis reduction, footprint scan, cost, search.
+
+Vectorised over lattice points and over candidates, so the holes pipeline needs no compiled code (no Numba
+import, no JIT on a first run). The arithmetic follows the former Numba loops operation for operation (same
+float64 expressions in the same order), so costs, ties and the chosen lattice are bit-identical.
+"""
 
 from __future__ import annotations
 
@@ -6,137 +11,161 @@ import math
 
 import numpy as np
 
-from ._numba import CACHE, numba
+__all__ = ["cost", "halfwidth", "reduce_basis", "scan", "scan_many", "search"]
 
-__all__ = ["cost", "halfwidth", "reduce_basis", "scan", "search", "summed_area"]
-
-
-@numba.njit(cache=CACHE, nogil=True)
-def summed_area(mask):
-    # int32 halves the memory traffic (this loop is memory-bound); 4096 x 4096 fits easily.
-    rows, cols = mask.shape
-    sat = np.empty((rows + 1, cols + 1), dtype=np.int32)
-    sat[0, :] = 0
-    for r in range(rows):
-        sat[r + 1, 0] = 0
-        acc = 0
-        for c in range(cols):
-            acc += mask[r, c]
-            sat[r + 1, c + 1] = sat[r, c + 1] + acc
-    return sat
+# Candidates scanned together are bounded by their estimated lattice points (memory ~ 100 bytes a point).
+_CHUNK_POINTS = 50_000
+# Row subsamplings tried before a full scan, coarsest first.
+_STEPS = (4,)
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def reduce_basis(ux, uy, vx, vy):
-    # Lagrange-Gauss reduction: the same lattice with |u| <= |v| and |u.v| <= |u|^2 / 2, so u is a shortest
-    # lattice vector. A square basis (v = u turned 90 degrees) has u.v == 0 exactly in floating point
-    # and |u| == |v|, so it comes back unchanged (the original's lattices stay bit-identical).
-    for _ in range(64):
-        nu = ux * ux + uy * uy
-        nv = vx * vx + vy * vy
-        if nv < nu:
-            ux, uy, vx, vy = vx, vy, ux, uy
-            nu = nv
-        if nu == 0.0:
-            break
-        m = math.floor((ux * vx + uy * vy) / nu + 0.5)
-        if m != 0:
-            vx -= m * ux
-            vy -= m * uy
-        # stop once v is no shorter than u (testing m == 0 instead can cycle on a hexagonal tie)
-        if vx * vx + vy * vy >= nu:
-            break
+    """Lagrange-Gauss reduction of bases (arrays or scalars): the same lattices with |u| <= |v|, u shortest."""
+    # A square basis (v = u turned 90 degrees) has u.v == 0 exactly in floating point and |u| == |v|, so it
+    # comes back unchanged (the original's lattices stay bit-identical).
+    ux, uy, vx, vy = (np.array(t, dtype=np.float64, copy=True, ndmin=1) for t in (ux, uy, vx, vy))
+    active = np.ones(ux.shape, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(64):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            a, b, c, d = ux[idx], uy[idx], vx[idx], vy[idx]
+            nu = a * a + b * b
+            nv = c * c + d * d
+            swap = nv < nu
+            a, c = np.where(swap, c, a), np.where(swap, a, c)
+            b, d = np.where(swap, d, b), np.where(swap, b, d)
+            nu = np.where(swap, nv, nu)
+            zero = nu == 0.0
+            m = np.floor((a * c + b * d) / nu + 0.5)
+            move = (m != 0) & ~zero
+            c = np.where(move, c - m * a, c)
+            d = np.where(move, d - m * b, d)
+            ux[idx], uy[idx], vx[idx], vy[idx] = a, b, c, d
+            # stop once v is no shorter than u (testing m == 0 instead can cycle on a hexagonal tie)
+            done = zero | (c * c + d * d >= nu)
+            active[idx[done]] = False
     return ux, uy, vx, vy
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def halfwidth(dmin, max_hw):
-    # Footprint half-width: squares of side 2h + 1 round each centre by <= 0.5 px, and the Chebyshev
-    # length of any lattice vector is >= dmin / sqrt(2), so footprints never share a pixel while
-    # 2h + 1 <= dmin / sqrt(2) - 1. From 9.66 px up dmin / 4 is the tighter bound (the original's).
-    return min(max_hw, dmin / 4.0, dmin / (2.0 * math.sqrt(2.0)) - 1.0)
+    """Footprint half-width for shortest lattice vector(s) `dmin`."""
+    # Squares of side 2h + 1 round each centre by <= 0.5 px, and the Chebyshev length of any lattice vector
+    # is >= dmin / sqrt(2), so footprints never share a pixel while 2h + 1 <= dmin / sqrt(2) - 1. From
+    # 9.66 px up dmin / 4 is the tighter bound (the original's).
+    return np.minimum(np.minimum(max_hw, dmin / 4.0), dmin / (2.0 * math.sqrt(2.0)) - 1.0)
 
 
-@numba.njit(cache=CACHE, nogil=True)
-def scan(sat, ox, oy, ux, uy, vx, vy, max_hw, fp_bound):
-    # Visit every point of the lattice origin + a u + b v whose footprint touches the image. Returns
-    # (covered area, covered positives, points centred inside, of those with a positive pixel), stopping
-    # early (area = -1) once covered non-positives exceed fp_bound. (-2, 0, 0, 0): degenerate basis.
+def _prepared(ux, uy, vx, vy, max_hw):
+    """Reduced bases, their half-widths h (int64) and which are degenerate (cost inf)."""
+    ux, uy, vx, vy = reduce_basis(ux, uy, vx, vy)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cross = ux * vy - uy * vx
+        bad = ~(np.abs(cross) > 1e-9 * (ux * ux + uy * uy)) | ~np.isfinite(cross)
+        hw = halfwidth(np.sqrt(ux * ux + uy * uy), max_hw)
+        bad |= ~(hw >= 0.0)
+    h = np.where(bad, 0.0, np.floor(np.where(bad, 0.0, hw))).astype(np.int64)
+    return ux, uy, vx, vy, cross, h, bad
+
+
+def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1):
+    """(area, positives, inside, occupied) int64 arrays for non-degenerate reduced bases, without pruning.
+
+    row_step > 1 visits every row_step-th row of points only: a lower bound on each sum."""
     rows = sat.shape[0] - 1
     cols = sat.shape[1] - 1
-    ux, uy, vx, vy = reduce_basis(ux, uy, vx, vy)
-    cross = ux * vy - uy * vx
-    if not (abs(cross) > 1e-9 * (ux * ux + uy * uy)) or not math.isfinite(cross):
-        return -2, 0, 0, 0
-    hw = halfwidth(math.sqrt(ux * ux + uy * uy), max_hw)
-    if hw < 0.0:
-        return -2, 0, 0, 0
-    h = math.floor(hw)
+    n = len(ox)
     # Points whose (rounded) footprint can touch the image lie in this rectangle.
     x_lo = -h - 1.0
     x_hi = cols + h + 0.0
     y_lo = -h - 1.0
     y_hi = rows + h + 0.0
-    bmin = 1e300
-    bmax = -1e300
-    for cx, cy in ((x_lo, y_lo), (x_hi, y_lo), (x_hi, y_hi), (x_lo, y_hi)):
-        # lattice coordinate b of the corner: cross(u, p - o) / cross(u, v)
-        b = (ux * (cy - oy) - uy * (cx - ox)) / cross
-        bmin = min(bmin, b)
-        bmax = max(bmax, b)
-    pos = 0
-    area = 0
-    inside = 0
-    occupied = 0
-    for b in range(math.floor(bmin), math.ceil(bmax) + 1):
-        px0 = ox + b * vx
-        py0 = oy + b * vy
-        # a-interval where x and y of px0 + a*u stay in the rectangle
-        a_lo = -1e300
-        a_hi = 1e300
-        if ux > 0:
-            a_lo = max(a_lo, (x_lo - px0) / ux)
-            a_hi = min(a_hi, (x_hi - px0) / ux)
-        elif ux < 0:
-            a_lo = max(a_lo, (x_hi - px0) / ux)
-            a_hi = min(a_hi, (x_lo - px0) / ux)
-        elif not (x_lo <= px0 <= x_hi):
-            continue
-        if uy > 0:
-            a_lo = max(a_lo, (y_lo - py0) / uy)
-            a_hi = min(a_hi, (y_hi - py0) / uy)
-        elif uy < 0:
-            a_lo = max(a_lo, (y_hi - py0) / uy)
-            a_hi = min(a_hi, (y_lo - py0) / uy)
-        elif not (y_lo <= py0 <= y_hi):
-            continue
-        if a_lo > a_hi:
-            continue
-        for a in range(math.ceil(a_lo), math.floor(a_hi) + 1):
-            rx = math.floor(px0 + a * ux + 0.5)
-            ry = math.floor(py0 + a * uy + 0.5)
-            c0 = max(rx - h, 0)
-            c1 = min(rx + h, cols - 1)
-            r0 = max(ry - h, 0)
-            r1 = min(ry + h, rows - 1)
-            if c0 > c1 or r0 > r1:
-                continue
-            here = sat[r1 + 1, c1 + 1] - sat[r0, c1 + 1] - sat[r1 + 1, c0] + sat[r0, c0]
-            area += (c1 - c0 + 1) * (r1 - r0 + 1)
-            pos += here
-            if 0 <= rx < cols and 0 <= ry < rows:
-                inside += 1
-                if here > 0:
-                    occupied += 1
-        if area - pos > fp_bound:
-            return -1, pos, inside, occupied
+    # lattice coordinate b of each corner: cross(u, p - o) / cross(u, v)
+    corners = [(ux * (cy - oy) - uy * (cx - ox)) / cross
+               for cx, cy in ((x_lo, y_lo), (x_hi, y_lo), (x_hi, y_hi), (x_lo, y_hi))]
+    b0 = np.floor(np.minimum.reduce(corners)).astype(np.int64)
+    b1 = np.ceil(np.maximum.reduce(corners)).astype(np.int64)
+    nb = np.maximum(b1 - b0 + 1, 0)
+    cand = np.repeat(np.arange(n), nb)
+    starts = np.cumsum(nb) - nb
+    b = (b0[cand] + (np.arange(cand.size) - starts[cand])).astype(np.float64)
+    cux, cuy, cvx, cvy = ux[cand], uy[cand], vx[cand], vy[cand]
+    cxl, cxh, cyl, cyh = x_lo[cand], x_hi[cand], y_lo[cand], y_hi[cand]
+    px0 = ox[cand] + b * cvx
+    py0 = oy[cand] + b * cvy
+    # a-interval where x and y of px0 + a*u stay in the rectangle
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_lo = np.full(cand.size, -1e300)
+        a_hi = np.full(cand.size, 1e300)
+        keep = np.ones(cand.size, dtype=bool)
+        for p0, cu, lo, hi in ((px0, cux, cxl, cxh), (py0, cuy, cyl, cyh)):
+            pos_u, neg_u = cu > 0, cu < 0
+            a_lo = np.where(pos_u, np.maximum(a_lo, (lo - p0) / cu), a_lo)
+            a_hi = np.where(pos_u, np.minimum(a_hi, (hi - p0) / cu), a_hi)
+            a_lo = np.where(neg_u, np.maximum(a_lo, (hi - p0) / cu), a_lo)
+            a_hi = np.where(neg_u, np.minimum(a_hi, (lo - p0) / cu), a_hi)
+            keep &= pos_u | neg_u | ((lo <= p0) & (p0 <= hi))
+        keep &= a_lo <= a_hi
+        a0 = np.where(keep, np.ceil(a_lo), 0.0).astype(np.int64)
+        na = np.where(keep, np.floor(a_hi) - np.ceil(a_lo) + 1.0, 0.0).astype(np.int64)
+    na = np.maximum(na, 0)
+    if row_step > 1:
+        na[(np.arange(cand.size) - starts[cand]) % row_step != 0] = 0
+    row = np.repeat(np.arange(cand.size), na)
+    rstart = np.cumsum(na) - na
+    a = (a0[row] + (np.arange(row.size) - rstart[row])).astype(np.float64)
+    rx = np.floor(px0[row] + a * cux[row] + 0.5).astype(np.int64)
+    ry = np.floor(py0[row] + a * cuy[row] + 0.5).astype(np.int64)
+    hp = h[cand[row]]
+    c0 = np.maximum(rx - hp, 0)
+    c1 = np.minimum(rx + hp, cols - 1)
+    r0 = np.maximum(ry - hp, 0)
+    r1 = np.minimum(ry + hp, rows - 1)
+    ok = (c0 <= c1) & (r0 <= r1)
+    owner = cand[row][ok]
+    c0, c1, r0, r1, rx, ry = c0[ok], c1[ok], r0[ok], r1[ok], rx[ok], ry[ok]
+    here = (sat[r1 + 1, c1 + 1].astype(np.int64) - sat[r0, c1 + 1] - sat[r1 + 1, c0] + sat[r0, c0])
+    area = (c1 - c0 + 1) * (r1 - r0 + 1)
+    inside = (rx >= 0) & (rx < cols) & (ry >= 0) & (ry < rows)
+
+    def total(w):
+        return np.bincount(owner, weights=w, minlength=n).astype(np.int64)
+
+    return total(area), total(here), total(inside), total(inside & (here > 0))
+
+
+def scan_many(sat, ox, oy, ux, uy, vx, vy, max_hw):
+    """Per lattice (arrays): (covered area, covered positives, points centred inside, of those occupied).
+
+    Area -2 (and zeros) for a degenerate basis."""
+    ox, oy = (np.array(t, dtype=np.float64, ndmin=1) for t in (ox, oy))
+    rux, ruy, rvx, rvy, cross, h, bad = _prepared(ux, uy, vx, vy, max_hw)
+    n = len(ox)
+    out = [np.zeros(n, dtype=np.int64) for _ in range(4)]
+    good = np.flatnonzero(~bad)
+    if good.size:
+        res = _scan_prepared(sat, ox[good], oy[good], rux[good], ruy[good], rvx[good], rvy[good],
+                             cross[good], h[good])
+        for o, r in zip(out, res):
+            o[good] = r
+    out[0][bad] = -2
+    return tuple(out)
+
+
+def scan(sat, ox, oy, ux, uy, vx, vy, max_hw, fp_bound=math.inf):
+    """(covered area, covered positives, points centred inside, of those with a positive pixel) of one lattice.
+
+    Area -1 once covered non-positives exceed fp_bound (they only grow, so this is the Numba loop's early
+    stop, decided on the totals); (-2, 0, 0, 0) for a degenerate basis."""
+    area, pos, inside, occupied = (int(t[0]) for t in scan_many(sat, ox, oy, ux, uy, vx, vy, max_hw))
+    if area >= 0 and area - pos > fp_bound:
+        return -1, pos, inside, occupied
     return area, pos, inside, occupied
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def cost(sat, ox, oy, ux, uy, vx, vy, total, lambda_fn, lambda_fp, max_hw, bound):
-    # Returns (cost, covered positives); cost is inf once lambda_fp * fp exceeds `bound` (fp only grows)
-    # and for a degenerate basis.
+    """(cost, covered positives); cost is inf once lambda_fp * fp exceeds `bound` and for a degenerate basis."""
     fp_bound = bound / lambda_fp if lambda_fp > 0 else math.inf
     area, pos, _, _ = scan(sat, ox, oy, ux, uy, vx, vy, max_hw, fp_bound)
     if area < 0:
@@ -144,38 +173,93 @@ def cost(sat, ox, oy, ux, uy, vx, vy, total, lambda_fn, lambda_fp, max_hw, bound
     return lambda_fn * (total - pos) + lambda_fp * (area - pos), pos
 
 
-@numba.njit(cache=CACHE, nogil=True)
 def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_hw, min_spacing):
-    # Evaluate candidate lattices in `order` (likely winners first, so pruning bites) but resolve ties by
-    # candidate index, so the winner is the cheapest candidate, first in list order: independent of the
-    # evaluation order. Candidates whose shortest lattice vector is below min_spacing are skipped.
+    """(index, cost) of the cheapest candidate lattice, ties to the first in list order; (-1, inf) for none.
+
+    Candidates are visited in `order` (likely winners first) with the Numba loop's pruning decisions (a
+    lower bound against the best so far, and the false-positive bound), replayed exactly, so the winner
+    is the same; the scans themselves run in batches of candidates that the pruning cannot skip."""
     rows = sat.shape[0] - 1
     cols = sat.shape[1] - 1
+    ox, oy = np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
+    rux, ruy, rvx, rvy, cross, h, bad = _prepared(ux, uy, vx, vy, max_hw)
+    n = len(ox)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        d = np.sqrt(rux * rux + ruy * ruy)
+        eligible = d >= min_spacing
+        # Lower bound without scanning: the lattice cells (centred on their points) meeting the image shrunk
+        # by the footprint and then by a cell's circumradius lie whole inside it, so at least (that area) /
+        # (cell area) points cover full footprints, and at most `total` of it is positive.
+        cell = np.abs(rux * rvy - ruy * rvx)
+        hb = np.floor(np.where(eligible, halfwidth(d, max_hw), 0.0)).astype(np.int64)
+        radius = 0.5 * np.maximum(np.hypot(rux + rvx, ruy + rvy), np.hypot(rux - rvx, ruy - rvy))
+        shrink = 2.0 * (hb + 1.0) + 2.0 * radius
+        w_in = cols - shrink
+        h_in = rows - shrink
+        has_lb = eligible & (cell > 0) & (w_in > 0) & (h_in > 0)
+        n_full = np.floor(np.where(has_lb, w_in * h_in / np.where(has_lb, cell, 1.0), 0.0)).astype(np.int64)
+        lb = lambda_fp * (n_full * (2 * hb + 1) ** 2 - total)
+        # estimated points per scan, to size the batches
+        est = np.where(bad | ~eligible, 0.0, (cols + 2.0 * h + 2.0) * (rows + 2.0 * h + 2.0)
+                       / np.where(cross != 0, np.abs(cross), 1.0) + 4.0 * (cols + rows) / np.maximum(d, 1.0))
+    use_lb = lambda_fp > 0
+    order = [int(p) for p in np.asarray(order)]
+    eligible_l, bad_l, has_lb_l, lb_l = eligible.tolist(), bad.tolist(), has_lb.tolist(), lb.tolist()
+    # -3: not scanned yet; -4: pruned by the false-positive bound (cost inf whatever comes later)
+    area = [-3] * n
+    pos = [0] * n
     best = math.inf
     best_idx = -1
-    for t in range(order.shape[0]):
-        p = order[t]
-        rux, ruy, rvx, rvy = reduce_basis(ux[p], uy[p], vx[p], vy[p])
-        d = math.sqrt(rux * rux + ruy * ruy)
-        if not (d >= min_spacing):
+    for t, p in enumerate(order):
+        if not eligible_l[p]:
             continue
-        if lambda_fp > 0 and best < math.inf:
-            # Lower bound without scanning: the lattice cells (centred on their points) meeting the image
-            # shrunk by the footprint and then by a cell's circumradius lie whole inside it, so at least
-            # (that area) / (cell area) points cover full footprints, and at most `total` of it is positive.
-            cell = abs(rux * rvy - ruy * rvx)
-            if cell > 0:
-                h = math.floor(halfwidth(d, max_hw))
-                radius = 0.5 * max(math.hypot(rux + rvx, ruy + rvy), math.hypot(rux - rvx, ruy - rvy))
-                shrink = 2.0 * (h + 1.0) + 2.0 * radius
-                w_in = cols - shrink
-                h_in = rows - shrink
-                if w_in > 0 and h_in > 0:
-                    n_full = math.floor(w_in * h_in / cell)
-                    if lambda_fp * (n_full * (2 * h + 1) ** 2 - total) > best:
-                        continue
-        c, _ = cost(sat, ox[p], oy[p], ux[p], uy[p], vx[p], vy[p], total, lambda_fn, lambda_fp, max_hw, best)
+        if use_lb and best < math.inf and has_lb_l[p] and lb_l[p] > best:
+            continue
+        if bad_l[p]:
+            c = math.inf
+        else:
+            if area[p] == -3:
+                _scan_batch(sat, p, order[t + 1:], best, use_lb, lambda_fp, eligible_l, bad_l, has_lb_l, lb_l,
+                            est, area, pos, (ox, oy, rux, ruy, rvx, rvy, cross, h))
+            fp_bound = best / lambda_fp if lambda_fp > 0 else math.inf
+            if area[p] == -4:
+                c = math.inf
+            else:
+                fp = area[p] - pos[p]
+                c = math.inf if fp > fp_bound else lambda_fn * (total - pos[p]) + lambda_fp * fp
         if c < best or (c == best and best_idx >= 0 and p < best_idx):
             best = c
             best_idx = p
     return best_idx, best
+
+
+def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb, est, area, pos, lattices):
+    """Scan candidate p with the next ones the pruning cannot skip, filling area/pos (or -4: pruned)."""
+    # Best only falls, so whatever the bounds exclude now they exclude at the candidate's turn too.
+    batch, points = [p], est[p]
+    if best < math.inf:
+        for q in rest:
+            if points >= _CHUNK_POINTS:
+                break
+            if (not eligible[q] or bad[q] or area[q] != -3
+                    or (use_lb and has_lb[q] and lb[q] > best)):
+                continue
+            batch.append(q)
+            points += est[q]
+    sel = np.array(batch, dtype=np.int64)
+    args = [t[sel] for t in lattices]
+    for step in _STEPS if lambda_fp > 0 and best < math.inf else ():
+        # Every step-th row of points first: their false positives bound the whole's from below, so a
+        # candidate over the bound on them is pruned (the Numba loop stopped early on it) without a full scan.
+        if sel.size == 0:
+            break
+        a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step)
+        over = (a4 - p4) > best / lambda_fp
+        for q in sel[over].tolist():
+            area[q] = -4
+        sel = sel[~over]
+        args = [t[sel] for t in lattices]
+    if sel.size:
+        a, ps, _, _ = _scan_prepared(sat, *args)
+        for q, x, y in zip(sel.tolist(), a.tolist(), ps.tolist()):
+            area[q], pos[q] = x, y

@@ -19,7 +19,7 @@ fits the origin and both vectors (the square model: one vector, v stays u turned
 Reported bases are canonical (canonical_basis): the same lattice gives the same a, b whatever basis it
 was found in.
 
-Numba is imported lazily (first call), so importing this module stays cheap.
+The search kernels are numpy (ptolemy_rt._lattice_kernels): nothing is compiled, on a first run or after.
 """
 
 from __future__ import annotations
@@ -397,9 +397,7 @@ def candidate_lattices(centroids: np.ndarray, k: int = 6, min_spacing_px: float 
 
 
 def _kernels():
-    """The Numba kernels module, compiled or loaded from the cache on first use."""
-    # A module of its own: kernels defined inside a function would capture each other as closure cells,
-    # which Numba's cache cannot key, so `search` would recompile in every process.
+    """The lattice search kernels (numpy, vectorised over points and candidates)."""
     from . import _lattice_kernels as k
 
     return k
@@ -410,7 +408,7 @@ def summed_area_table(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     m = np.ascontiguousarray(mask, dtype=np.bool_)
-    # cv2.integral has exactly this layout (a zero first row and column) and is ~2x our Numba loop.
+    # cv2.integral has exactly this layout (a zero first row and column) and was ~2x the former Numba loop.
     return cv2.integral(m.view(np.uint8), sdepth=cv2.CV_32S)
 
 
