@@ -2,9 +2,9 @@
 
 It reports versions, the CPU cores used, each onnxruntime provider the build offers tried on a real session
 (a provider can be offered and still fail to start: CUDA without its libraries), the CUDA and cuDNN
-libraries the `gpu` extra needs and whether each loads, and the Numba cache: where it is and whether the
-kernels that remain compiled (the lattice search) are in it. `--warm` runs both finders once on small
-synthetic images, so that kernels are compiled and cached and sessions tried before the first real image.
+libraries the `gpu` extra needs and whether each loads. Nothing is compiled at run time (the lattice search is
+numpy; there is no Numba cache). `--warm` runs both finders once on small synthetic images, so that sessions
+are tried and the OS file cache holds the libraries before the first real image.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _cuda_major() -> tuple[int, str]:
     return 12, "assumed CUDA 12 (the PyPI default since onnxruntime-gpu 1.19)"
 
 
-_PACKAGES = ("numpy", "scipy", "opencv-python-headless", "mrcfile", "numba", "llvmlite", "onnxruntime",
+_PACKAGES = ("numpy", "scipy", "opencv-python-headless", "mrcfile", "onnxruntime",
              "onnxruntime-gpu")
 
 
@@ -67,7 +67,6 @@ class Report:
     system: dict[str, Any] = field(default_factory=dict)
     providers: list[dict[str, Any]] = field(default_factory=list)
     cuda_libraries: list[dict[str, Any]] = field(default_factory=list)
-    numba: dict[str, Any] = field(default_factory=dict)
     warm: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -170,44 +169,8 @@ def _cuda_libraries(report: Report) -> None:
                                + ", ".join(missing))
 
 
-def _kernels() -> dict[str, Any]:
-    """The Numba dispatchers that remain (the lattice search's), by name."""
-    from . import _lattice_kernels
-
-    return {name: obj for name, obj in vars(_lattice_kernels).items() if hasattr(obj, "py_func")}
-
-
-def _cached(dispatcher: Any) -> bool:
-    """Whether the dispatcher's on-disk cache index exists (numba's own path for this source file)."""
-    index = getattr(getattr(getattr(dispatcher, "_cache", None), "_cache_file", None), "_index_path", None)
-    return bool(index) and os.path.isfile(index)
-
-
-def _numba(report: Report) -> None:
-    """Where the Numba cache is and whether the remaining kernels (the lattice search) are in it."""
-    from ._numba import CACHE, cache_dir
-
-    kernels = _kernels()
-    cached = sum(_cached(d) for d in kernels.values())
-    report.numba.update({
-        "cache_dir": cache_dir,
-        "caching": CACHE,
-        "kernels": sorted(kernels),
-        "kernels_in_cache": cached,
-        # A kernel called only from other kernels is compiled into them and has no cache entry of its own.
-        "warm": CACHE and cached > 0,
-        "used_by": "holes (lattice search); squares needs no compiled kernel",
-    })
-    if not CACHE:
-        report.notes.append("no writable Numba cache directory: every holes process compiles its kernels "
-                            "(set NUMBA_CACHE_DIR)")
-    elif not report.numba["warm"]:
-        report.notes.append("the Numba cache is cold: the first holes run compiles (seconds); "
-                            "`ptolemy-rt doctor --warm` does it now")
-
-
 def _warm(models_dir: str | None, report: Report) -> None:
-    """Run both finders on small synthetic images: compiles and caches kernels, tries the sessions."""
+    """Run both finders on small synthetic images: tries the sessions, times a first and a second run."""
     from .holes import find_holes
     from .models import load_models
     from .squares import find_squares
@@ -224,14 +187,7 @@ def _warm(models_dir: str | None, report: Report) -> None:
         t = time.perf_counter()
         fn()
         out[name] = {"first_s": round(first, 3), "again_s": round(time.perf_counter() - t, 3)}
-    kernels = _kernels()
-    out["numba_kernels"] = {name: {"cache_hits": sum(d.stats.cache_hits.values()),
-                                   "compiled": sum(d.stats.cache_misses.values())} for name, d in kernels.items()}
     report.warm = out
-    report.numba["kernels_in_cache"] = sum(_cached(d) for d in kernels.values())
-    report.numba["warm"] = bool(report.numba.get("caching")) and report.numba["kernels_in_cache"] > 0
-    if report.numba["warm"]:
-        report.notes = [n for n in report.notes if "Numba cache is cold" not in n]
 
 
 def diagnose(models_dir: str | None = None, warm: bool = False) -> Report:
@@ -252,7 +208,6 @@ def diagnose(models_dir: str | None = None, warm: bool = False) -> Report:
                                "break each other: pip uninstall onnxruntime onnxruntime-gpu, then install one extra")
     _providers(models_dir, report)
     _cuda_libraries(report)
-    _numba(report)
     if warm:
         _warm(models_dir, report)
     return report
@@ -274,17 +229,10 @@ def _print(report: Report) -> None:
     print(f"CUDA/cuDNN libraries the gpu extra needs ({report.system.get('cuda_build')}, cuDNN 9):")
     for lib in report.cuda_libraries:
         print(f"  {lib['library']:<20} {lib['file']:<20} {'loads' if lib['loads'] else 'not found'}")
-    n = report.numba
-    print(f"numba:     cache {n.get('cache_dir') or 'none (compiles every process)'}; "
-          f"{n.get('kernels_in_cache')} of {len(n.get('kernels', []))} kernels have a cache entry "
-          f"({'warm' if n.get('warm') else 'cold'}); {n.get('used_by')}")
     if report.warm is not None:
         w = report.warm
-        kernels = w.get("numba_kernels", {})
-        compiled = sum(k["compiled"] for k in kernels.values())
         print(f"warm:      holes {w['holes']['first_s']} s first, {w['holes']['again_s']} s again; squares "
-              f"{w['squares']['first_s']} s first, {w['squares']['again_s']} s again; "
-              f"{compiled} kernel(s) compiled now, {sum(k['cache_hits'] for k in kernels.values())} loaded from cache")
+              f"{w['squares']['first_s']} s first, {w['squares']['again_s']} s again")
     for note in report.notes:
         print(f"note:      {note}")
     for problem in report.problems:
