@@ -84,7 +84,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The pipelines pull in scipy, cv2 and numba: import them on first use, keeping `import ptolemy_rt` fast.
+    # The pipelines pull in scipy, cv2 and onnxruntime: import them on first use, keeping `import ptolemy_rt` fast.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ptolemy_rt' has no attribute {name!r}")
