@@ -210,6 +210,7 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     pos = [0] * n
     best = math.inf
     best_idx = -1
+    state = {"subsample": True}
     for t, p in enumerate(order):
         if not eligible_l[p]:
             continue
@@ -220,7 +221,7 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
         else:
             if area[p] == -3:
                 _scan_batch(sat, p, order[t + 1:], best, use_lb, lambda_fp, eligible_l, bad_l, has_lb_l, lb_l,
-                            est, area, pos, (ox, oy, rux, ruy, rvx, rvy, cross, h))
+                            est, area, pos, (ox, oy, rux, ruy, rvx, rvy, cross, h), state)
             fp_bound = best / lambda_fp if lambda_fp > 0 else math.inf
             if area[p] == -4:
                 c = math.inf
@@ -233,7 +234,7 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     return best_idx, best
 
 
-def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb, est, area, pos, lattices):
+def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb, est, area, pos, lattices, state):
     """Scan candidate p with the next ones the pruning cannot skip, filling area/pos (or -4: pruned)."""
     # Best only falls, so whatever the bounds exclude now they exclude at the candidate's turn too.
     batch, points = [p], est[p]
@@ -248,13 +249,17 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
             points += est[q]
     sel = np.array(batch, dtype=np.int64)
     args = [t[sel] for t in lattices]
-    for step in _STEPS if lambda_fp > 0 and best < math.inf else ():
+    for step in _STEPS if lambda_fp > 0 and best < math.inf and state["subsample"] else ():
         # Every step-th row of points first: their false positives bound the whole's from below, so a
         # candidate over the bound on them is pruned (the Numba loop stopped early on it) without a full scan.
         if sel.size == 0:
             break
         a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step)
         over = (a4 - p4) > best / lambda_fp
+        # Where candidates are mostly the same lattice from different anchors, few are pruned: then the
+        # subsampled scan costs more than it saves, so the rest of this search scans in full at once.
+        if over.sum() < 0.25 * sel.size:
+            state["subsample"] = False
         for q in sel[over].tolist():
             area[q] = -4
         sel = sel[~over]
