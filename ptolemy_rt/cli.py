@@ -256,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "worker processes or Dask, progress, --resume, summary and HTML report"))
 
     dr = sub.add_parser("doctor", help="check the installation: providers that really run, CUDA/cuDNN libraries, "
-                        "Numba cache, versions")
-    dr.add_argument("--warm", action="store_true", help="also run both finders once on small synthetic images, so "
-                    "that kernels are compiled and cached now rather than on the first real image")
+                        "versions")
+    dr.add_argument("--warm", action="store_true", help="also run both finders once on small synthetic images and "
+                    "report first and second call times (sessions created, files cached by the OS)")
     dr.add_argument("--models", metavar="DIR", help="model set to try the providers with (default: the shipped set)")
     dr.add_argument("--json", action="store_true", help="print the report as JSON")
     dr.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
