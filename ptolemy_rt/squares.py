@@ -303,7 +303,6 @@ def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict
     boxes = boxes_at_angle(hulls, theta)
     timings["angle"] = time.perf_counter() - t
 
-    n = len(hulls)
     scores: np.ndarray | None = None
     if model_set is not None:
         mean, std = class_stats(data, seg.mask)
@@ -311,10 +310,18 @@ def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict
         del seg, regions
         scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
 
-    squares = []
-    for i in range(n):
+    squares = _squares(boxes, brightness, scores)
+    timings["total"] = time.perf_counter() - t_start
+    return SquareResult(squares, angle_ccw(theta), info, model_ids, None, timings)
+
+
+def _squares(boxes: Boxes, brightness: np.ndarray, scores: np.ndarray | None,
+             **fields: Sequence[Any]) -> tuple[Square, ...]:
+    """Square results, sorted, from boxes, brightness, CNN scores (or None) and optional per-square fields."""
+    out = []
+    for i in range(len(boxes.areas)):
         score = None if scores is None else float(scores[i])
-        squares.append(
+        out.append(
             Square(
                 x=float(boxes.centers[i, 0]),
                 y=float(boxes.centers[i, 1]),
@@ -323,10 +330,10 @@ def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict
                 brightness=float(brightness[i]),
                 score=score,
                 scores={} if score is None else {"cnn": score},
+                **{name: values[i] for name, values in fields.items()},
             )
         )
-    timings["total"] = time.perf_counter() - t_start
-    return SquareResult(sort_targets(squares), angle_ccw(theta), info, model_ids, None, timings)
+    return sort_targets(out)
 
 
 def square_outline(centre: np.ndarray, side: float, angle_ccw_deg: float) -> np.ndarray:
@@ -551,30 +558,12 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     classes = classify_squares(brightness)
     timings["classes"] = time.perf_counter() - t
 
-    n = len(hulls)
     scores: np.ndarray | None = None
     if model_set is not None:
         mean, std = class_stats(data, seg.mask)
         del seg, regions
         scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
 
-    squares = []
-    for i in range(n):
-        score = None if scores is None else float(scores[i])
-        squares.append(
-            Square(
-                x=float(boxes.centers[i, 0]),
-                y=float(boxes.centers[i, 1]),
-                vertices=tuple((float(px), float(py)) for px, py in boxes.vertices[i]),
-                area=float(boxes.areas[i]),
-                brightness=float(brightness[i]),
-                score=score,
-                scores={} if score is None else {"cnn": score},
-                row=rows[i],
-                col=cols[i],
-                found_by=found_by[i],
-                square_class=classes[i],
-            )
-        )
+    squares = _squares(boxes, brightness, scores, row=rows, col=cols, found_by=found_by, square_class=classes)
     timings["total"] = time.perf_counter() - t_start
-    return SquareResult(sort_targets(squares), angle_ccw(theta), info, model_ids, None, timings, mesh)
+    return SquareResult(squares, angle_ccw(theta), info, model_ids, None, timings, mesh)
