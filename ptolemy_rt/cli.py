@@ -568,6 +568,15 @@ def _interrupted_code() -> int | None:
     return EXIT_TERMINATED if signal.SIGTERM in _SIGNALLED else EXIT_INTERRUPTED
 
 
+def _report_interrupted() -> int | None:
+    """When a signal turned into an error: say "interrupted", ignore further signals, return 130; else None."""
+    code = _interrupted_code()
+    if code is not None:
+        _ignore_further_signals()
+        _print_error("interrupted")
+    return code
+
+
 def _install_signal_handlers() -> dict:
     """SIGTERM unwinds like Ctrl-C; only possible from the main thread (not when main() runs in a thread).
 
@@ -653,10 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PtolemyError as exc:
         if debug:
             traceback.print_exc()
-        interrupted = _interrupted_code()
+        interrupted = _report_interrupted()
         if interrupted is not None:
-            _ignore_further_signals()
-            _print_error("interrupted")
             return interrupted
         _print_error(f"error: {exc}")
         return exc.exit_code
@@ -680,10 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 -- the contract: any other exception is a bug, exit 70
         if debug:
             traceback.print_exc()
-        interrupted = _interrupted_code()
+        interrupted = _report_interrupted()
         if interrupted is not None:
-            _ignore_further_signals()
-            _print_error("interrupted")
             return interrupted
         _print_error(f"error: {_internal_message(exc, debug)}")
         return EXIT_INTERNAL
