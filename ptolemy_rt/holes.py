@@ -314,9 +314,8 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
                       timings: dict[str, float], info: ImageInfo, unet_area: float = 1.0) -> HoleResult:
     """The stages after the lattice: lattice points, crops, U-Net and CNN scores.
 
-    unet_area: U-Net pixels per input pixel. The "unet" score is the summed probability in the U-Net's own
-    pixels, so that a scale-normalised U-Net gives holes the same score at any magnification (summed over
-    input pixels it would grow with the square of the period, and rank every hole of a coarse image first).
+    unet_area: U-Net pixels per input pixel (unused: the "unet" score is the mean probability over the crop,
+    which a scale-normalised U-Net gives the same at any magnification; see scoring.unet_scores).
     """
     if lattice.spacing_px > min(image.shape) / 2.0:
         # fewer than two periods fit: the lattice is two or three blobs, its other points invented
@@ -342,7 +341,7 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     # in a hexagonal array a neighbour's centre then lies 0.42 |a| from the crop (0.55 |a| in a square
     # one), so its hole (radius <= 0.35 |a|) stays outside, and the crop still shows film around its own.
     geometry = hole_crops(points, lattice.angle_deg, lattice.spacing_px, image.shape, opts.crop_mode)
-    unet = unet_scores(prob, geometry) * unet_area
+    unet = unet_scores(prob, geometry)
     timings["crops"] = time.perf_counter() - t
     cnn_values = cnn_scores(image.data, geometry, model_set, timings) if opts.cnn else np.full(len(points), np.nan)
 

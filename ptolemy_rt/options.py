@@ -20,7 +20,7 @@ class HoleOptions:
 
     threshold: U-Net probability threshold (None: the model's manifest). edge_tolerance: how far (px) outside
     the image a lattice point may lie (-10: at least 10 px inside). refine: least-squares lattice refinement.
-    score: "unet" (summed U-Net probability per crop, counted in the U-Net's pixels, so the same at any
+    score: "unet" (mean U-Net probability over the crop, in [0, 1], the same at any
     magnification) or "cnn" (hole CNN); None: the model set's choice. k: neighbours per centroid in the
     lattice search. crop_mode / unet_padding: "ptolemy" reproduces the original's crop windows and U-Net
     padding. cnn: False skips the hole CNN (scores["cnn"] = None). lattice_model: "general" (any two basis

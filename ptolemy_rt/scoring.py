@@ -1,5 +1,5 @@
 """Scoring crops: a classifier run over them in batches that honour its BatchNorm mode (square and hole CNNs
-alike), and the hole scores (hole CNN, summed U-Net probability).
+alike), and the hole scores (hole CNN, mean U-Net probability over the crop).
 
 A graph that normalises with its batch's statistics (manifest bn = "batch", as the original ran its networks)
 gives scores that depend on which crops share a batch, so such crops are batched exactly as the original
@@ -103,7 +103,12 @@ HOLE_BATCHES = BatchPolicy(original_batch=1, max_batch=1, independent_pixels=512
 
 
 def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
-    """Summed U-Net probability inside each crop (bilinear samples of the map, 0 outside the image)."""
+    """Mean U-Net probability over each crop, in [0, 1] (bilinear samples of the map, 0 outside the image).
+
+    The paper's U-Net score is the probability summed over the crop; every crop of an image has the same size,
+    so the mean ranks the holes of an image exactly as the sum does, and, being a mean of probabilities, lies
+    in [0, 1] and does not depend on the scale the U-Net ran at (a sum in input pixels grows with the square
+    of the period)."""
     import cv2
 
     src = np.ascontiguousarray(prob, dtype=np.float32)
@@ -113,8 +118,8 @@ def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
             continue
         s = cv2.warpAffine(src, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        out[i] = float(s.sum(dtype=np.float64))
-    return out
+        out[i] = float(s.sum(dtype=np.float64)) / (rows * cols)
+    return np.clip(out, 0.0, 1.0)  # bilinear samples of values in [0, 1] stay there; guard rounding only
 
 
 def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
