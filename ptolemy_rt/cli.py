@@ -162,6 +162,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    ".png, .jpg or .tif file (the extension picks the format), or a directory of PNGs for several "
                    "images (default: none)")
     p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
+    p.add_argument("--calibration", metavar="CAL", help="map scores onto another tool's scale with a calibration "
+                   "file from `ptolemy-rt calibrate` (fitted for this model set); --min-score then applies to the "
+                   "mapped scores (default: none, the model's own scores)")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                    "(default auto: CUDA when available, else CPU)")
     p.add_argument("--threads", type=_number(int, "--threads", 1, _max_threads()), metavar="N",
@@ -235,11 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--models", metavar="DIR", help="model set to put in the script (default: the shipped set)")
     ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                     "in the script (default auto)")
+    ls.add_argument("--calibration", metavar="CAL", help="calibration file for the script's finder (checked "
+                    "against the model set; its absolute path goes into the script; default: none)")
     ls.add_argument("--extra", default="", metavar="OPTIONS",
                     help="extra options for the finder, quoted as one string, checked "
                     "with the finder's parser (default: none)")
     ls.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     ls.set_defaults(func=_cmd_leginon_script)
+
+    ca = sub.add_parser("calibrate", help="fit a map from this model set's scores to the original Ptolemy's, "
+                        "from its output on your own images (then: squares/holes --calibration CAL)")
+    ca.add_argument("kind", choices=["squares", "holes"], help="which finder's scores to calibrate")
+    ca.add_argument("images", nargs="+", metavar="IMAGE", help="images the original Ptolemy was run on")
+    ca.add_argument("--against", action="append", required=True, metavar="ORIGINAL",
+                    help="the original Ptolemy's -f json output for an image; once per IMAGE, in the same order")
+    ca.add_argument("-o", "--output", required=True, type=_paths("-o/--output"), metavar="CAL",
+                    help="the calibration file to write (JSON)")
+    ca.add_argument("--score", choices=["cnn", "unet"], default="cnn", help="holes: which score to calibrate "
+                    "(default cnn, the original's)")
+    ca.add_argument("--tolerance", type=_number(float, "--tolerance", 0.0, 1e6, lo_open=True), default=20.0,
+                    metavar="PX", help="pair targets whose centres are at most this far apart, px (default 20)")
+    ca.add_argument("--edge-tolerance", type=_number(float, "--edge-tolerance", -1e6, 1000.0), default=100.0,
+                    metavar="PX", help="holes: how far outside the image our lattice points may lie, px (default "
+                    "100, so that the original's targets at any edge tolerance up to it find a partner)")
+    ca.add_argument("--models", metavar="DIR", help="model set to calibrate (default: the shipped set)")
+    ca.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
+                    "(default auto)")
+    ca.add_argument("--section", type=_number(int, "--section", 0), metavar="N",
+                    help="section of an MRC/TIFF stack, from 0 (default 0)")
+    ca.add_argument("--permissive", action="store_true", help="read MRC files that mrcfile's validator flags")
+    ca.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    ca.set_defaults(func=_cmd_calibrate)
 
     mo = sub.add_parser("models", help="show and verify a model set and the providers onnxruntime offers")
     mo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
@@ -386,6 +415,7 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
         raise UsageError("--nav takes one image (one map) per run; pass the copy as --nav of the next run")
     follow = getattr(args, "follow_symlinks", False)
     models = None
+    calibration = _read_calibration(args)
     if options.pop("_use_models", True):
         try:
             models = load_models(args.models, provider=args.provider, threads=args.threads)
@@ -394,6 +424,9 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
         except Exception as exc:  # noqa: BLE001 -- whatever a malformed set makes the loader trip on
             raise ModelError(f"{args.models or 'the shipped model set'}: unusable model set "
                              f"({type(exc).__name__}: {exc})") from None
+        _check_calibration(args, calibration, models)
+    elif calibration is not None:
+        raise UsageError(f"--calibration {args.calibration}: there are no scores to map (--no-score)")
     failures: list[tuple[str, int, str]] = []
     for image_path, out, overlay in zip(args.images, outputs, overlays):
         if _SIGNALLED:
@@ -406,6 +439,10 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
             result = with_hole_diameter(result, image.data)
             pixel = pixel_size_for(image_path, image, args.pixel_size)
             found = len(result.targets)
+            if calibration is not None:
+                from .calibration import apply_calibration
+
+                result = apply_calibration(result, calibration, calibration.score)
             result = select(with_pixel_size(result, pixel.angstrom, pixel.source), args.top, args.min_score)
             # Everything is rendered before anything is written, and the files are committed as one set:
             # a failure leaves neither a half-set of files nor a temporary file.
@@ -445,6 +482,61 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
         for _, _, message in failures:
             print(f"error: {message}", file=sys.stderr)
         return _worst({code for _, code, _ in failures})
+    return EXIT_OK
+
+
+def _read_calibration(args: argparse.Namespace):
+    """The --calibration file, read and checked against the command (exit 2 when it does not fit)."""
+    if not getattr(args, "calibration", None):
+        return None
+    from .calibration import read_calibration
+
+    cal = read_calibration(args.calibration)
+    kind = "squares" if args.func is _cmd_squares else "holes"
+    if cal.kind != kind:
+        raise UsageError(f"--calibration {args.calibration}: fitted for {cal.kind}, not {kind}")
+    return cal
+
+
+def _check_calibration(args: argparse.Namespace, cal, models) -> None:
+    """Refuse a calibration fitted for another model set or score; warn once when --compat ptolemy runs the
+    shipped set without one (its scores are on the shipped models' scale, not the original's)."""
+    if cal is not None:
+        from .options import HoleOptions
+
+        cal.check_models(models.ids, f"--calibration {args.calibration}")
+        if cal.kind == "holes":
+            from .holes import default_score
+
+            ptolemy = args.compat == "ptolemy" or getattr(args, "original", False)
+            score = args.score or (HoleOptions.ptolemy().score if ptolemy else None) or default_score(models)
+            if score != cal.score:
+                raise UsageError(f"--calibration {args.calibration}: maps the '{cal.score}' hole score, this run "
+                                 f"ranks by '{score}' (--score {cal.score})")
+        return
+    from .models import default_models_dir
+
+    if args.compat == "ptolemy" and models.directory.resolve() == default_models_dir().resolve():
+        print("warning: --compat ptolemy with the shipped models: scores are on the shipped models' scale, not "
+              "the original Ptolemy's; fit a map with `ptolemy-rt calibrate` and pass --calibration CAL.json",
+              file=sys.stderr)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate_images
+    from .models import load_models
+    from .outputs import atomic_write
+
+    models = load_models(args.models, provider=args.provider)
+    fitted = calibrate_images(args.kind, args.images, args.against, models, tolerance=args.tolerance,
+                              score=args.score, edge_tolerance=args.edge_tolerance, section=args.section,
+                              permissive=args.permissive)
+    atomic_write(args.output, json.dumps(fitted.calibration.to_dict(), indent=1) + "\n")
+    for image, found, listed, paired in fitted.per_image:
+        print(f"{image}: {paired} paired of {found} ours, {listed} original's", file=sys.stderr)
+    before, after = fitted.mean_abs_error()
+    print(f"{args.output}: {fitted.calibration.pairs} pairs, {len(fitted.calibration.ours)} knots; mean |ours - "
+          f"original| {before:.3f} before, {after:.3f} after", file=sys.stderr)
     return EXIT_OK
 
 
@@ -501,15 +593,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_leginon_script(args: argparse.Namespace) -> int:
-    print(leginon_script(args.finder, models=args.models, provider=args.provider, extra=args.extra), end="")
+    print(leginon_script(args.finder, models=args.models, provider=args.provider, extra=args.extra,
+                         calibration=args.calibration), end="")
     return EXIT_OK
 
 
-def leginon_script(finder: str, models: str | None = None, provider: str = "auto", extra: str = "") -> str:
+def leginon_script(finder: str, models: str | None = None, provider: str = "auto", extra: str = "",
+                   calibration: str | None = None) -> str:
     """The Smart-Leginon script (see leginon.leginon_script: options and models are checked first)."""
     from .leginon import leginon_script as write
 
-    return write(finder, models=models, provider=provider, extra=extra)
+    return write(finder, models=models, provider=provider, extra=extra, calibration=calibration)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ FORBIDDEN_IN_EXTRA = {
     "pretty": "--pretty",
     "models": "--models (use leginon-script --models)",
     "provider": "--provider (use leginon-script --provider)",
+    "calibration": "--calibration (use leginon-script --calibration: it is checked and its path made absolute)",
 }
 _IMAGE = "INPUT.mrc"
 
@@ -77,8 +78,9 @@ def validate_extra(finder: str, extra: str):
     return args
 
 
-def validate_models(finder: str, models: str | None, provider: str, args=None) -> None:
-    """Load the model set and open every graph the finder will run (ModelError, exit 3, when one fails)."""
+def validate_models(finder: str, models: str | None, provider: str, args=None, calibration: str | None = None) -> None:
+    """Load the model set and open every graph the finder will run (ModelError, exit 3, when one fails); check
+    the calibration file against it (CalibrationError, exit 2)."""
     from .errors import ModelError
     from .models import load_models
 
@@ -94,10 +96,20 @@ def validate_models(finder: str, models: str | None, provider: str, args=None) -
             raise ModelError(f"{model_set.directory}: the model set has no '{task}' model, which "
                              f"'{finder}' needs with these options")
         model_set.session(task)
+    if calibration is not None:
+        from .calibration import read_calibration
+
+        cal = read_calibration(calibration)
+        # The script runs with --compat ptolemy: holes are ranked by the hole CNN unless --score says otherwise.
+        score = "score" if finder == "squares" else getattr(args, "score", None) or "cnn"
+        if cal.kind != finder or cal.score != score:
+            raise LeginonOptionError(f"--calibration {calibration}: maps the {cal.kind} '{cal.score}' score, the "
+                                     f"script's {finder} finder ranks by '{score}'")
+        cal.check_models(model_set.ids, f"--calibration {calibration}")
 
 
 def leginon_script(finder: str, models: str | None = None, provider: str = "auto", extra: str = "",
-                   validate: bool = True) -> str:
+                   validate: bool = True, calibration: str | None = None) -> str:
     """A script for Smart-Leginon (bash or csh): `source SCRIPT JOB INPUT OUTDIR` writes OUTDIR/JOB.json (one line).
 
     With `validate` (the default) the options and the model set are checked first (exit 2 / 3 on failure).
@@ -106,10 +118,12 @@ def leginon_script(finder: str, models: str | None = None, provider: str = "auto
         raise LeginonOptionError(f"unknown finder '{finder}' (squares or holes)")
     args = validate_extra(finder, extra) if validate else None
     if validate:
-        validate_models(finder, models, provider, args)
+        validate_models(finder, models, provider, args, calibration)
     opts = ["--compat", "ptolemy", "-f", "json", "--provider", provider]
     if models:
         opts += ["--models", str(Path(models).resolve())]
+    if calibration:
+        opts += ["--calibration", str(Path(calibration).resolve())]  # Leginon runs it in its own directory
     opts += shlex.split(extra)
     # Leginon's environment often sets PYTHONPATH for its own packages, which could shadow this venv's
     # numpy or ptolemy_rt: run isolated (-I ignores PYTHONPATH and user site-packages) and import the
