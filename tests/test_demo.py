@@ -32,7 +32,8 @@ def test_demo_writes_results_that_match_its_images(tmp_path, capsys):
         result = json.loads((out / f"{name}.json").read_text())
         assert result["image"]["shape"] == list(data.shape) and len(result["targets"]) > 5
         picture = cv2.imread(str(out / f"{name}.png"))
-        assert picture.shape[:2] == data.shape
+        # the image, then the legend strip below it (overlay.layout)
+        assert picture.shape[1] == data.shape[1] and data.shape[0] < picture.shape[0] < 1.2 * data.shape[0]
         assert not np.array_equal(picture[..., 0], picture[..., 2])  # coloured boxes were drawn
     squares = json.loads((out / "atlas.json").read_text())["targets"]
     _, truth = make_atlas(0)
