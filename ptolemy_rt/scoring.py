@@ -103,12 +103,13 @@ HOLE_BATCHES = BatchPolicy(original_batch=1, max_batch=1, independent_pixels=512
 
 
 def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
-    """Mean U-Net probability over each crop, in [0, 1] (bilinear samples of the map, 0 outside the image).
+    """Mean U-Net probability over each crop's square, in [0, 1] (bilinear samples of the map; pixels outside
+    the image, or cut off the original's windows, count as 0).
 
-    The paper's U-Net score is the probability summed over the crop; every crop of an image has the same size,
-    so the mean ranks the holes of an image exactly as the sum does, and, being a mean of probabilities, lies
-    in [0, 1] and does not depend on the scale the U-Net ran at (a sum in input pixels grows with the square
-    of the period)."""
+    The paper's U-Net score is the probability summed over the crop. Dividing every sum of an image by the same
+    area (the crop square's, crops.area) ranks the holes exactly as the sum does, keeps the score in [0, 1],
+    and makes it independent of the scale the U-Net ran at (a sum in input pixels grows with the square of
+    the period)."""
     import cv2
 
     src = np.ascontiguousarray(prob, dtype=np.float32)
@@ -118,7 +119,7 @@ def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
             continue
         s = cv2.warpAffine(src, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        out[i] = float(s.sum(dtype=np.float64)) / (rows * cols)
+        out[i] = float(s.sum(dtype=np.float64)) / max(crops.area, float(rows * cols))
     return np.clip(out, 0.0, 1.0)  # bilinear samples of values in [0, 1] stay there; guard rounding only
 
 
