@@ -237,3 +237,47 @@ def test_fitted_on_the_reference_outputs_at_test_time(kind, image, original):
     assert np.mean((cal(fitted.ours) - fitted.theirs) ** 2) < np.mean((fitted.ours - fitted.theirs) ** 2)
     # Nothing was written: the repository holds no calibration file.
     assert not list(Path(__file__).resolve().parents[1].glob("**/*calibration*.json"))
+
+
+def test_leginon_script_with_a_calibration_runs_as_leginon_sources_it(tmp_path):
+    """bash, Leginon's own working directory, the first line of OUTDIR/JOB.json: the scores are mapped."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ptolemy_rt.demo import write_mrc
+    from ptolemy_rt.models import load_models
+    from ptolemy_rt.synthetic import make_medmag
+
+    from .conftest import REPO
+
+    need(shutil.which("bash") is not None, "bash is not installed")
+    image = tmp_path / "sq.mrc"
+    write_mrc(image, make_medmag(1)[0])
+    # a map onto [0.4, 0.6], recognisable in the output
+    cal = fit([0.0, 1.0], [0.4, 0.6], "holes", "cnn", load_models().ids)
+    where = tmp_path / "writer"
+    where.mkdir()
+    (where / "cal.json").write_text(json.dumps(cal.to_dict()))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    made = subprocess.run([sys.executable, "-m", "ptolemy_rt", "leginon-script", "holes", "--calibration",
+                           "cal.json"], capture_output=True, text=True, cwd=where, env=env, timeout=300, check=False)
+    assert made.returncode == 0, made.stderr
+    script = tmp_path / "hl_finding.sh"
+    script.write_text(made.stdout)
+    cwd, outdir = tmp_path / "leginon", tmp_path / "out"
+    cwd.mkdir()
+    outdir.mkdir()
+    run = subprocess.run(["bash", "-c", f"source '{script}' job '{image}' '{outdir}'"], capture_output=True,
+                         text=True, cwd=cwd, env=env, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "pass --calibration" not in run.stderr
+    with open(outdir / "job.json") as fh:
+        targets = json.loads(fh.readline())
+    scores = [t["score"] for t in targets if t["score"] is not None]
+    assert scores and all(0.4 <= s <= 0.6 for s in scores)
+    raw = tmp_path / "raw.json"
+    assert main(["holes", str(image), "--compat", "ptolemy", "-o", str(raw)]) == 0
+    expected = sorted(cal.map(t["score"]) for t in json.loads(raw.read_text()) if t["score"] is not None)
+    assert sorted(scores) == pytest.approx(expected, abs=1e-12)
