@@ -338,13 +338,12 @@ def _canonical(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, fl
 # --------------------------------------------------------------------------------------------------- folding
 
 
-def _cell_bins(cx: float, cy: float, c0: float, w: int, h: int, nb: int) -> np.ndarray:
-    """Bin (0..nb-1) of floor(nb * frac(c0 + cx x + cy y)) for every pixel of an h x w window (int32).
+def _cell_bins(cx: float, cy: float, c0: float, xs: np.ndarray, ys: np.ndarray, nb: int) -> np.ndarray:
+    """Bin (0..nb-1) of floor(nb * frac(c0 + cx x + cy y)) for every pixel (x in xs, y in ys) (int32).
 
     In float32 on the window's own coordinates (a bin to ~1e-4; a pixel on a bin edge may fall either
-    side): a few passes over the window instead of float64 and an integer remainder."""
-    u = (cy * np.arange(h, dtype=np.float64) + c0).astype(np.float32)[:, None] + \
-        (cx * np.arange(w, dtype=np.float64)).astype(np.float32)[None, :]
+    side): a few passes instead of float64 and an integer remainder."""
+    u = (cy * ys + c0).astype(np.float32)[:, None] + (cx * xs).astype(np.float32)[None, :]
     u -= np.floor(u)
     u *= np.float32(nb)
     out = u.astype(np.int32)
@@ -352,20 +351,30 @@ def _cell_bins(cx: float, cy: float, c0: float, w: int, h: int, nb: int) -> np.n
     return out
 
 
+# Rows per block in _fold: the block's temporaries (a few 0.5 MB arrays at 1024 px a row) stay in cache.
+_FOLD_ROWS = 128
+
+
 def _fold(img: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.ndarray, x0: int, y0: int, nb: int) -> np.ndarray:
     """Mean intensity per (nb x nb) bin of the lattice cell (s, t fractional coordinates), NaN where empty."""
     h, w = img.shape
     inv = np.linalg.inv(np.column_stack([a, b]))
     s0, t0 = inv @ np.array([x0, y0], dtype=np.float64)
-    idx = _cell_bins(inv[1, 0], inv[1, 1], t0 % 1.0, w, h, nb)
-    idx *= nb
-    idx += _cell_bins(inv[0, 0], inv[0, 1], s0 % 1.0, w, h, nb)
-    # Pixels off the disc go to one bin past the cell (dropped): cheaper than gathering the valid ones.
-    idx = np.where(valid, idx, nb * nb).ravel()
-    tot = np.bincount(idx, weights=img.astype(np.float64).ravel(), minlength=nb * nb + 1)[: nb * nb]
-    cnt = np.bincount(idx, minlength=nb * nb + 1)[: nb * nb]
+    s0, t0 = s0 % 1.0, t0 % 1.0
+    xs = np.arange(w, dtype=np.float64)
+    tot = np.zeros(nb * nb + 1)
+    cnt = np.zeros(nb * nb + 1, dtype=np.int64)
+    for r0 in range(0, h, _FOLD_ROWS):
+        ys = np.arange(r0, min(h, r0 + _FOLD_ROWS), dtype=np.float64)
+        idx = _cell_bins(inv[1, 0], inv[1, 1], t0, xs, ys, nb)
+        idx *= nb
+        idx += _cell_bins(inv[0, 0], inv[0, 1], s0, xs, ys, nb)
+        # Pixels off the disc go to one bin past the cell (dropped): cheaper than gathering the valid ones.
+        idx = np.where(valid[r0 : r0 + _FOLD_ROWS], idx, nb * nb).ravel()
+        tot += np.bincount(idx, weights=img[r0 : r0 + _FOLD_ROWS].astype(np.float64).ravel(), minlength=nb * nb + 1)
+        cnt += np.bincount(idx, minlength=nb * nb + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (tot / cnt).reshape(nb, nb)
+        return (tot[: nb * nb] / cnt[: nb * nb]).reshape(nb, nb)
 
 
 def _fill_nan_circular(cell: np.ndarray) -> np.ndarray:
