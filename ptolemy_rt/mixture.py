@@ -136,10 +136,24 @@ def _label_changes(mask: np.ndarray) -> int:
     return changes
 
 
+def _step(table: np.ndarray) -> int | None:
+    """k0 when table[k] == (k >= k0) for every bin (a two-Poisson posterior is monotone in k), else None."""
+    on = np.flatnonzero(table)
+    if on.size == 0:
+        return table.shape[0]
+    k0 = int(on[0])
+    return k0 if on.size == table.shape[0] - k0 else None
+
+
 def _apply(data: np.ndarray, scale: float, top: int, table: np.ndarray,
            counts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     idx = _counts(data, scale, top) if counts is None else counts
-    mask = table[idx]
+    k0 = _step(table)
+    if k0 is not None and table.dtype == np.uint8 and k0 <= COUNT_CAP:
+        # One comparison instead of a gather over every pixel (the same mask).
+        mask = np.greater_equal(idx, np.uint16(k0)).view(np.uint8)
+    else:
+        mask = table[idx]
     return mask, _label_changes(mask)
 
 
