@@ -199,3 +199,42 @@ def test_fit_square_lattice_with_an_origin_off_by_half_a_cell():
     fit = fit_square_lattice(centres, shifted)
     assert (fit.rows >= 0).all() and fit.residual_px < 1e-6
     assert len(fit.missing) == 0 or np.min(np.hypot(*(fit.missing[:, None, :] - centres[None]).T)) > 0.5 * m.pitch_px
+
+
+@settings(max_examples=25, deadline=None)
+@given(pitch=st.floats(8.0, 200.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000), y0=st.integers(0, 6000))
+def test_fold_bins_pixels_as_float64_does(pitch, angle, x0, y0):
+    # The fold's bins in float32 on window coordinates: every pixel in the bin float64 on image coordinates
+    # gives, except those within 1e-3 bin of a bin edge (where rounding decides either way)...
+    from ptolemy_rt import mesh as m
+
+    h, w = 300, 333
+    t = math.radians(angle)
+    a = pitch * np.array([math.cos(t), -math.sin(t)])
+    b = np.array([-a[1], a[0]])
+    nb = int(min(math.ceil(pitch), 64))
+    inv = np.linalg.inv(np.column_stack([a, b]))
+    xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
+    s0, t0 = (inv @ np.array([x0, y0], dtype=np.float64)) % 1.0
+    si = m._cell_bins(inv[0, 0], inv[0, 1], s0, xs, ys, nb)
+    u = ((inv[0, 0] * (xs + x0)[None, :] + inv[0, 1] * (ys + y0)[:, None]) % 1.0) * nb
+    near_edge = np.abs(u - np.rint(u)) < 1e-3
+    assert si.dtype == np.int32 and ((si == np.minimum(u.astype(np.int64), nb - 1)) | near_edge).all()
+    # ...and the fold (in blocks of rows, off-disc pixels dropped) is the plain mean per bin of those bins.
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 300, (h, w)).astype(np.float32)
+    valid = rng.random(img.shape) < 0.9
+    ti = m._cell_bins(inv[1, 0], inv[1, 1], t0, xs, ys, nb)
+    idx = (ti * nb + si)[valid]
+    tot = np.bincount(idx, weights=img[valid].astype(np.float64), minlength=nb * nb)
+    cnt = np.bincount(idx, minlength=nb * nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = (tot / cnt).reshape(nb, nb)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(m, "_FOLD_ROWS", 7)
+    try:
+        cell = m._fold(img, valid, a, b, x0, y0, nb)
+    finally:
+        monkey.undo()
+    assert np.array_equal(np.isfinite(cell), np.isfinite(ref))
+    assert np.allclose(cell[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-12)

@@ -180,3 +180,16 @@ def test_huge_values_are_clipped_before_integer_conversion():
     assert counts[0, 0] == counts.max() <= mixture.COUNT_CAP  # 3e38 * scale lands in the last bin
     assert counts[20, 20] > counts[50, 50]
     assert seg.mask is None or seg.mask[20, 20] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 400), step=st.booleans())
+def test_mask_from_a_step_table_is_the_gathered_one(seed, n, step):
+    # A step-shaped posterior table (the usual case) is applied by one comparison: the same mask as the gather.
+    rng = np.random.default_rng(seed)
+    table = (np.arange(n) >= rng.integers(0, n + 1)) if step else (rng.random(n) < 0.5)
+    table = table.astype(np.uint8)
+    counts = rng.integers(0, n, (23, 31)).astype(np.uint16)
+    mask, changes = mixture._apply(counts.astype(np.float32), 1.0, n - 1, table, counts)
+    assert mask.dtype == np.uint8 and np.array_equal(mask, table[counts])
+    assert changes == mixture._label_changes(table[counts])

@@ -239,3 +239,42 @@ def test_a_montage_stack_path_is_assembled(tmp_path):
     assert (d < 0.35 * 80).mean() >= 0.98
     one = squares.find_squares(path, models=False, section=0)
     assert one.image.shape == (320, 320)
+
+
+def test_no_seam_look_for_a_dark_image_border():
+    """A dark band along the image's edge (vignetting, the disc rim) is no seam: remove_seams takes only thin runs
+    with a line either side, so the cheap look does not flag it (it cost 50 ms of remove_seams per atlas)."""
+    image, _, _, _ = mesh_atlas(768, 90.0, 20.0, 21.0, seed=6)
+    mesh = squares.find_squares(image, models=False).mesh
+    ramp = np.ones(image.shape[0], np.float32)
+    ramp[-40:] = np.linspace(1.0, 0.3, 40, dtype=np.float32)
+    edged = image * ramp[:, None]
+    assert not squares.may_have_seams(edged, mesh)
+    edged[380:383, :] = edged.max()  # a seam inside is still flagged
+    assert squares.may_have_seams(edged, mesh)
+
+
+def test_a_squares_run_imports_no_scipy(tmp_path):
+    # scipy.fft / scipy.optimize cost a process 0.3-0.5 s of imports: the default squares path uses cv2's DFT and
+    # its own angle search (the compat path's bounded Brent imports scipy.optimize when it runs).
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    image, _, _, _ = mesh_atlas(512, 90.0, 20.0, 21.0, seed=6)
+    path = tmp_path / "atlas.npy"
+    np.save(path, image)
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from ptolemy_rt.squares import find_squares
+        r = find_squares(np.load({str(path)!r}), models=False)
+        print(len(r.squares), sorted({{m.split('.')[0] for m in sys.modules if m.startswith('scipy')}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert r.returncode == 0, r.stderr
+    n, mods = r.stdout.strip().split(" ", 1)
+    assert int(n) > 0 and mods == "[]"
