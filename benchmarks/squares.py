@@ -2,8 +2,11 @@
 
     python -m benchmarks.squares [--image PATH] [--models DIR] [--repeat N]
 
-Prints a table; asserts nothing. Without --models the CNN is skipped (a model set converted from the
-published weights, e.g. /tmp/ptolemy_converted, gives the original's network; never commit one).
+The first table times the original's stages (mixture, regions, angle, crops); the second the default pipeline's
+own (mesh: autocorrelation and fold, disc, the seam look, the grid-angle refinement, scan against Brent) and
+both pipelines whole, beside a 1024² float32 matrix product timed alternately (the yardstick of
+benchmarks/latency.py). Prints tables; asserts nothing. Without --models the CNN is skipped (a model set
+converted from the published weights, e.g. /tmp/ptolemy_converted, gives the original's network; never commit one).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import machine_line, print_table, time_it  # noqa: E402
+from benchmarks.harness import machine_line, print_markdown, print_table, time_it  # noqa: E402
 
 DEFAULT_IMAGE = REPO.parent / "shared" / "ptolemy-reference" / "images" / "20may08a_16760340.mrc"
 
@@ -81,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         ("threads", f"cv2 {__import__('cv2').getNumThreads()}, no compiled kernels"),
         ("original (README)", "mixture 0.94-1.01 s + mask processing 0.46 s = ~1.4 s; CNN 2.45-2.64 s"),
     ]
+    cnn = False  # the default-pipeline table runs without the CNN unless a model set is given
     if args.models is not None:
         from ptolemy_rt.models import load_models
 
-        models = load_models(args.models, provider="cpu")
+        models = cnn = load_models(args.models, provider="cpu")
         rows.append(time_it("find_squares(models) end to end", lambda: squares.find_squares(args.image, models=models),
                             max(3, rep // 4), warmup=1))
         last = squares.find_squares(args.image, models=models)
@@ -104,7 +108,66 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(("CNN stage vs bare onnxruntime (same batch)",
                       f"{st:.1f} ms vs {bt:.1f} ms median ({(st / bt - 1) * 100:+.1f} %; target within 10 %)"))
     print_table(rows, title="Low-mag squares, warm", baseline="per-pixel NumPy EM (mask only)", extra=extra)
+    mesh_stages(image, cnn, rep)
     return 0
+
+
+def mesh_stages(image, models, rep: int) -> None:
+    """The default (mesh-driven) pipeline's stages, each timed alone, and both pipelines whole; the matrix
+    product yardstick timed between them so that the ratios hold on a loaded machine."""
+    from ptolemy_rt import atlas_classes, mesh, squares
+
+    data = image.data
+    found = mesh.detect_mesh(data).mesh
+    if found is None:
+        print("\n(no mesh in this image: no default-pipeline table)")
+        return
+    valid = atlas_classes.disc_mask(data)
+    f = max(1, -(-max(data.shape) // mesh._ACF_SIDE))
+    small = mesh._binned(data, f)
+    vsmall = mesh._binned(valid.view(np.uint8) * np.uint8(255), f) >= 255 if f > 1 else valid
+    acf, _ = mesh._normalised_acf(small, vsmall)
+    a, b = np.asarray(found.basis[0]), np.asarray(found.basis[1])
+    side = int(min(mesh._FOLD_SIDE_MAX, max(512, 12 * found.pitch_px)))
+    y0, x0 = mesh._window_origin(valid, side)
+    win, vwin = data[y0 : y0 + side, x0 : x0 + side], valid[y0 : y0 + side, x0 : x0 + side]
+    nb = int(np.clip(min(np.ceil(found.pitch_px), np.sqrt(max(float(vwin.sum()), 1.0) / 20.0)), 16, 256))
+    hulls = squares.find_squares(image, models=False).squares
+    boxes = [np.asarray(q.vertices) for q in hulls]
+    theta0 = (-found.angle_deg) % 90.0
+    x = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    y = np.random.default_rng(1).random((1024, 1024), dtype=np.float32)
+    calls = [
+        ("yardstick: 1024² float32 matmul", lambda: x @ y),
+        ("mesh: detect_mesh (all of it)", lambda: mesh.detect_mesh(data)),
+        ("  disc_mask (image side / 6)", lambda: atlas_classes.disc_mask(data)),
+        (f"  autocorrelation ({small.shape[0]}x{small.shape[1]}, cv2 DFT)",
+         lambda: mesh._normalised_acf(small, vsmall)),
+        ("  lattice from the autocorrelation peaks", lambda: mesh._lattice_from_acf(acf, 0.3)),
+        (f"  fold ({win.shape[0]}x{win.shape[1]} px into {nb}x{nb} bins)",
+         lambda: mesh._fold(win, vwin, a, b, x0, y0, nb)),
+        ("disc: disc_mask (3 pitches)", lambda: atlas_classes.disc_mask(data, scale_px=3 * found.pitch_px)),
+        ("seams: may_have_seams", lambda: squares.may_have_seams(data, found)),
+        (f"angle: scan refinement ({len(boxes)} boxes)", lambda: squares.grid_angle(boxes, around=theta0)),
+        ("angle: bounded Brent (compat)", lambda: squares.grid_angle(boxes, around=theta0, method="brent")),
+        ("find_squares, default pipeline", lambda: squares.find_squares(image, models=models)),
+        ("find_squares, --compat ptolemy", lambda: squares.find_squares(image, models=models, compat=True)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in calls}
+    for _, fn in calls:
+        fn()
+    for _ in range(rep):
+        for name, fn in calls:
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1e3)
+    base = float(np.median(times[calls[0][0]]))
+    print(f"\n## Default (mesh) pipeline stages, warm, median of {rep}, interleaved "
+          f"({'CNN included' if models is not False else 'no CNN'}; load average {os.getloadavg()[0]:.1f})")
+    table = [["stage", "median ms", "min ms", "x yardstick"]]
+    for name, vals in times.items():
+        table.append([name, f"{np.median(vals):.2f}", f"{min(vals):.2f}", f"{np.median(vals) / base:.2f}"])
+    print_markdown(table)
 
 
 if __name__ == "__main__":
