@@ -118,8 +118,18 @@ def _counts(data: np.ndarray, scale: float, top: int) -> np.ndarray:
     return out.reshape(data.shape)
 
 
+def _bincount(counts: np.ndarray, top: int) -> np.ndarray:
+    """Histogram (int64, top + 1 bins) of uint16 counts, a block at a time: np.bincount casts its input to
+    intp, which at 8192² is a 512 MB temporary (and 0.3-0.5 s); per block it stays in cache."""
+    flat = counts.ravel()
+    out = np.zeros(top + 1, dtype=np.int64)
+    for a in range(0, flat.shape[0], _BLOCK):
+        out += np.bincount(flat[a : a + _BLOCK], minlength=top + 1)
+    return out
+
+
 def _hist(data: np.ndarray, scale: float, top: int) -> np.ndarray:
-    return np.bincount(_counts(data, scale, top).ravel(), minlength=top + 1).astype(np.int64, copy=False)
+    return _bincount(_counts(data, scale, top), top)
 
 
 def _label_changes(mask: np.ndarray) -> int:
@@ -356,7 +366,7 @@ def segment(
     if scale.max_value <= 0.0:
         return Segmentation(None, scale, None, None, None, "blank image: no positive values (counts clip at 0)")
     counts = _counts(data, float(scale.scale), _top(scale))
-    hist = np.bincount(counts.ravel(), minlength=_top(scale) + 1).astype(np.int64, copy=False)
+    hist = _bincount(counts, _top(scale))
     fit = fit_poisson_mixture(hist, max_iter=max_iter, tol=tol)
     if fit is None:
         return Segmentation(
