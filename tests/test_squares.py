@@ -395,22 +395,22 @@ def test_deterministic(example):
 @settings(max_examples=30, deadline=None)
 @given(theta=st.floats(0, 89.99), seed=st.integers(0, 10_000), n=st.integers(1, 30), around=st.booleans())
 def test_grid_angle_scan_is_as_good_as_brent(theta, seed, n, around):
-    # The default refinement (finer and finer scans, no scipy) lands where bounded Brent (the compat path's) does:
-    # the same angle to its tolerance, the same summed box area to 1e-8, on irregular hulls.
+    # The default refinement (a scan and a golden-section search, no scipy) is as good as bounded Brent (the
+    # compat path's): the same summed box area or less, to 1e-8, on irregular hulls.
     rng = np.random.default_rng(seed)
     hulls = []
     for _ in range(n):
         side = rng.uniform(30, 120)
         rect = rectangle(*rng.uniform(0, 2000, 2), side, side * rng.uniform(0.8, 1.25), theta)
         hulls.append(rect + rng.normal(0, 2.0, rect.shape))  # ragged, as mixture hulls are
-    kw = {"around": (theta + rng.uniform(-0.5, 0.5)) % 90.0} if around else {}
+    # up to 3.5 degrees off: then the minimum can lie outside the searched span, and both stop at its bound
+    kw = {"around": (theta + rng.uniform(-3.5, 3.5)) % 90.0} if around else {}
     scan = squares.grid_angle(hulls, **kw)
     brent = squares.grid_angle(hulls, method="brent", **kw)
     pts, starts = squares._pack(hulls)
     a_scan, a_brent = squares.summed_box_area(pts, starts, [scan, brent])
+    # (where the summed area is flat to 1e-8, e.g. a single ragged hull, the two may settle apart: that is fine)
     assert a_scan <= a_brent * (1 + 1e-8)
-    if a_scan >= a_brent * (1 - 1e-8):  # one basin: the same angle
-        assert angle_diff(scan, brent) < 1e-4
 
 
 def test_grid_angle_rejects_an_unknown_method():
