@@ -228,14 +228,39 @@ def class_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the non-zero image pixels of the square class (the original's crop
     normalisation: it took image * mask and dropped zeros)."""
     x = np.ascontiguousarray(image, dtype=np.float32)
-    sel = x[(np.asarray(mask) != 0) & (x != 0.0)].astype(np.float64)
-    if sel.size == 0:
-        return 0.0, 0.0
+    m = np.asarray(mask)
     # Two passes in float64, each summed in pixel order (cumsum; np.sum is pairwise), as recorded results were.
-    mean = float(np.cumsum(sel)[-1]) / sel.size
-    sel -= mean
-    sel *= sel
-    return mean, math.sqrt(float(np.cumsum(sel)[-1]) / sel.size)
+    # A block of rows at a time, the running sum carried into the next block's first element: the same
+    # additions in the same order (the same bits) without a float64 copy of every selected pixel (2 x 240 MB
+    # at 8192²).
+    rows = max(1, _STATS_BLOCK // max(1, x.shape[1])) if x.ndim == 2 else x.shape[0]
+
+    def blocks():
+        for r in range(0, x.shape[0], rows):
+            xb = x[r : r + rows]
+            sel = xb[(m[r : r + rows] != 0) & (xb != 0.0)]
+            if sel.size:
+                yield sel.astype(np.float64)
+
+    n, total = 0, 0.0
+    for sel in blocks():
+        sel[0] += total
+        total = float(np.cumsum(sel)[-1])
+        n += sel.size
+    if n == 0:
+        return 0.0, 0.0
+    mean = total / n
+    total = 0.0
+    for sel in blocks():
+        sel -= mean
+        sel *= sel
+        sel[0] += total
+        total = float(np.cumsum(sel)[-1])
+    return mean, math.sqrt(total / n)
+
+
+# Pixels per block in class_stats.
+_STATS_BLOCK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------------

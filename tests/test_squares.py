@@ -416,3 +416,26 @@ def test_grid_angle_scan_is_as_good_as_brent(theta, seed, n, around):
 def test_grid_angle_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="method"):
         squares.grid_angle([np.zeros((3, 2))], method="golden")
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 60), cols=st.integers(1, 60), block=st.integers(1, 400), seed=st.integers(0, 10_000))
+def test_class_stats_in_blocks_are_the_whole_image_sums(rows, cols, block, seed):
+    # Blocks of rows with the running sum carried over add the same numbers in the same order: the same bits as
+    # one float64 cumsum over every selected pixel (what recorded --compat ptolemy crops were normalised with).
+    rng = np.random.default_rng(seed)
+    x = (rng.random((rows, cols), dtype=np.float32) * 3000).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0.0
+    mask = (rng.random(x.shape) < 0.6).astype(np.uint8)
+    sel = x[(mask != 0) & (x != 0.0)].astype(np.float64)
+    if sel.size:
+        mean = float(np.cumsum(sel)[-1]) / sel.size
+        want = (mean, math.sqrt(float(np.cumsum((sel - mean) ** 2)[-1]) / sel.size))
+    else:
+        want = (0.0, 0.0)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(squares, "_STATS_BLOCK", block)
+    try:
+        assert squares.class_stats(x, mask) == want
+    finally:
+        monkey.undo()
