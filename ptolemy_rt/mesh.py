@@ -487,15 +487,16 @@ def detect_mesh(
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 32:
         return MeshDetection(None, "image too small to measure a mesh")
-    if not np.isfinite(img).all():
-        img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
     h, w = img.shape
     vmin, vmax = float(img.min()), float(img.max())
+    if not (math.isfinite(vmin) and math.isfinite(vmax)):  # min/max see any NaN or inf: no isfinite pass
+        img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
+        vmin, vmax = float(img.min()), float(img.max())
     if vmax <= vmin:
         return MeshDetection(None, f"{NO_MESH} (constant image)")
     if valid is None:
         valid = disc_mask(img)
-    if valid.sum() < 0.02 * h * w:
+    if np.count_nonzero(valid) < 0.02 * h * w:
         return MeshDetection(None, f"{NO_MESH} (no grid disc)")
 
     f = max(1, math.ceil(max(h, w) / _ACF_SIDE))
