@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     data = image.data
     seg = mixture.segment(data, image.dtype)
     reg = regions.find_regions(seg.mask)
-    theta = squares.grid_angle(reg.hulls)
+    theta = squares.grid_angle(reg.hulls, method="brent")  # the original's stages: its search
 
     def stage_crops():
         mean, std = squares.class_stats(data, seg.mask)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         s = mixture.segment(img.data, img.dtype)
         r = regions.find_regions(s.mask)
         regions.region_means(r, s.mask, img.data)
-        t = squares.grid_angle(r.hulls)
+        t = squares.grid_angle(r.hulls, method="brent")
         squares.boxes_at_angle(r.hulls, t)
         mean, std = squares.class_stats(img.data, s.mask)
         return squares.square_crops(img.data, r.hulls, t, mean, std)
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         time_it("mixture (histogram EM + mask)", lambda: mixture.segment(data, image.dtype), rep),
         time_it("regions (+ brightness)", lambda: regions.region_means(regions.find_regions(seg.mask), seg.mask, data),
                 rep),
-        time_it("angle (+ boxes)", lambda: squares.boxes_at_angle(reg.hulls, squares.grid_angle(reg.hulls)), rep),
+        time_it("angle (+ boxes, Brent)",
+                lambda: squares.boxes_at_angle(reg.hulls, squares.grid_angle(reg.hulls, method="brent")),
+                rep),
         time_it(f"crops ({len(reg)} x 240x240, normalised)", stage_crops, rep),
         time_it("all stages but the CNN (read..crops)", all_but_cnn, rep),
         time_it("find_squares(models=False)", lambda: squares.find_squares(args.image, models=False), rep),

@@ -311,7 +311,7 @@ def atlas_squares(image) -> AtlasSquares | None:
     regions = find_regions(seg.mask, window=6, min_area=100.0)
     if len(regions) == 0:
         return None
-    theta = grid_angle(regions.hulls)
+    theta = grid_angle(regions.hulls, method="brent")  # as the compat pipeline (the original's)
     boxes = boxes_at_angle(regions.hulls, theta)
     mean, std = class_stats(data, seg.mask)
     crops = square_crops(data, regions.hulls, theta, mean, std)
