@@ -618,6 +618,26 @@ _COSET_MIN = 0.2
 _COSET_SHARE = 0.3
 
 
+# Point pairs up to this many are compared directly (a few ms); beyond, a k-d tree (scipy.spatial's import
+# alone costs ~0.14 s, more than a typical image's whole search).
+_BRUTE_PAIRS = 4_000_000
+
+
+def _nearest_distance(points: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Distance from each of `points` (m, 2) to the nearest of `c` (n, 2), exact."""
+    if len(points) * len(c) > _BRUTE_PAIRS:
+        from scipy.spatial import cKDTree
+
+        return cKDTree(c).query(points)[0]
+    out = np.empty(len(points), dtype=np.float64)
+    step = max(1, 262_144 // max(len(c), 1))
+    for s in range(0, len(points), step):
+        p = points[s : s + step]
+        d2 = (p[:, None, 0] - c[None, :, 0]) ** 2 + (p[:, None, 1] - c[None, :, 1]) ** 2
+        out[s : s + step] = np.sqrt(d2.min(axis=1))
+    return out
+
+
 def _densify(c: np.ndarray, shape: tuple[int, int], origin: Point, a: Point, b: Point,
              min_spacing_px: float) -> tuple[Point, Point, Point]:
     """The densest lattice the holes fill: while one of the three index-2 superlattices (adding a/2, b/2 or
@@ -627,13 +647,9 @@ def _densify(c: np.ndarray, shape: tuple[int, int], origin: Point, a: Point, b: 
     less than the true lattice (its empty footprints cost more than the holes it misses); the cost cannot
     tell the two apart, but the centroids on the skipped coset can.
     """
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(c)
-
     def distances(o, u, v):
         pts = lattice_points(o, tuple(u), tuple(v), shape, 0.0)
-        return tree.query(pts)[0] if len(pts) else np.zeros(0)
+        return _nearest_distance(pts, c) if len(pts) else np.zeros(0)
 
     def share(dist, radius):
         return float(np.mean(dist < radius)) if len(dist) else 0.0
