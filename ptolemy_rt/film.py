@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from .views import finite_float32
+
 __all__ = ["FILM_LEVEL", "film_mask", "on_film"]
 
 # Film is where the closed image exceeds this fraction of its bright level (99th percentile) above the dark
@@ -62,7 +64,7 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
     import cv2
 
     rows, cols = img.shape
-    data = np.nan_to_num(img.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    data = finite_float32(img)
     if spacing_px is None or not (math.isfinite(spacing_px) and spacing_px > 0):
         spacing_px = _estimate_period(data)
     factor = max(1.0, float(spacing_px) / _WORK_PERIOD_PX)
