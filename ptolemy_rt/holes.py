@@ -27,7 +27,7 @@ import numpy as np
 from .crops import hole_crops
 from .film import film_mask, on_film
 from .io import Image, ImageLike, as_image, check_min_size
-from .lattice import Lattice, fit_lattice
+from .lattice import Lattice, fit_lattice, regularity
 from .models import ModelSet, ModelsLike, resolve_models
 from .options import PTOLEMY_COMPAT, SCORES, HoleOptions
 from .results import Hole, HoleResult, ImageInfo, sort_targets
@@ -66,6 +66,14 @@ _EXTRA_MAX_PIXELS = 4_000_000
 _WINDOW_PERIODS = 0.25
 # A ladder try whose map has more blobs than this times the lattice points the image holds is noise.
 _LADDER_EXCESS = 2.0
+# Beyond the primary estimate, a map with at least _REGULAR_MIN_BLOBS blobs whose nearest-neighbour distances
+# are this irregular (lattice.regularity: lattices ~0.85-1, even with strays and gaps; noise, lacey and
+# continuous film 0.15-0.45) gets no lattice search: on hundreds of noise blobs the search took seconds and
+# found nothing (issue 11: an image with no lattice cost 1 s and more).
+_MIN_REGULARITY = 0.5
+_REGULAR_MIN_BLOBS = 20
+# ... and a try whose U-Net input exceeds twice this many pixels is first run on a central crop of this many.
+_PROBE_PIXELS = 500_000
 
 
 def hole_centroids(mask: np.ndarray, window: int = REGION_WINDOW) -> np.ndarray:
@@ -162,15 +170,32 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     def attempt(candidate: float, primary: bool) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
         f = unet_factor(candidate, scale)
         tried[f] = candidate
+        # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
+        window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
+        rows, cols = image.shape
+        if not primary and rows * cols * f * f > 2 * _PROBE_PIXELS:
+            # A costly try beyond the primary estimate: the U-Net on a central crop first, and no more when
+            # its blobs lie irregularly (an image with no lattice paid seconds of U-Net on its short rungs).
+            side = max(1, int(math.sqrt(_PROBE_PIXELS) / f))
+            r0, c0 = max(0, (rows - side) // 2), max(0, (cols - side) // 2)
+            t = time.perf_counter()
+            probe = scaled_probability_map(normalised[r0 : r0 + side, c0 : c0 + side], model_set, f,
+                                           opts.unet_padding)
+            timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
+            blobs = hole_centroids(probe > thr, window)
+            timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
+            if len(blobs) >= _REGULAR_MIN_BLOBS and regularity(blobs) < _MIN_REGULARITY:
+                reason = f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} px period"
+                return None, reason, 0.0, f, probe
         t = time.perf_counter()
         prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding)
         timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
         # Beyond the primary estimate, a map with far more blobs than the period allows is noise the U-Net
         # fired on; fitting a lattice to thousands of such blobs would cost seconds and find nothing.
-        limit = None if primary else _LADDER_EXCESS * image.shape[0] * image.shape[1] / candidate**2 + 10
-        # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
-        window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
-        lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window)
+        limit = None if primary else _LADDER_EXCESS * rows * cols / candidate**2 + 10
+        lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window,
+                                            min_regularity=None if primary else _MIN_REGULARITY)
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob
@@ -219,10 +244,17 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         best = fallback
     if best is None:
         # No period could be measured (or none held a lattice): the ladder, longest first.
-        for candidate in period_candidates(None, image.shape, scale):
+        # The rungs are LADDER_STEP apart, and the U-Net shows a lattice up to that far off its scale: one
+        # seen at another period than its rung's is tried next at its own.
+        ladder = period_candidates(None, image.shape, scale)
+        while ladder:
+            candidate = ladder.pop(0)
             if any(consistent_periods(candidate, p, math.sqrt(SCALE_TOLERANCE)) for p in tried.values()):
                 continue
             lattice, reason, quality, f, prob = attempt(candidate, False)
+            if lattice is not None and lattice.spacing_px > min(image.shape) / 2.0:
+                # fewer than two periods fit: blobs on a lattice of their own by chance, not a hole array
+                lattice, reason = None, "no convincing lattice"
             if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
                 if best is None or quality > best[0]:
                     best = (quality, f, prob, lattice)
@@ -230,7 +262,10 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 # ladder goes on until one is convincing
                 if quality >= _CONVINCING:
                     break
-            elif first_reason is None and trusted:
+                continue
+            if lattice is not None and MIN_PERIOD_PX <= lattice.spacing_px <= min(image.shape) / 2.0:
+                ladder.insert(0, lattice.spacing_px)
+            if first_reason is None and trusted:
                 first_reason = reason if lattice is None else (
                     f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's "
                     f"period ({period:.1f} px)")
@@ -269,12 +304,13 @@ def _info(image: Image) -> ImageInfo:
 
 
 def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str, float],
-             max_centroids: float | None = None,
-             window: int = REGION_WINDOW) -> tuple[Lattice | None, str | None, float]:
+             max_centroids: float | None = None, window: int = REGION_WINDOW,
+             min_regularity: float | None = None) -> tuple[Lattice | None, str | None, float]:
     """Threshold, centroids and lattice of a probability map: (lattice, None, quality) or (None, reason, 0).
 
     quality: the share of centroids on the lattice times the share of lattice points on a positive pixel.
-    With more than `max_centroids` candidates no lattice is fitted.
+    With more than `max_centroids` candidates, or at least _REGULAR_MIN_BLOBS of them less regular than
+    `min_regularity` (lattice.regularity), no lattice is fitted.
     """
     t = time.perf_counter()
     mask = prob > thr
@@ -284,6 +320,12 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
         return None, f"fewer than 2 hole candidates in the U-Net map ({len(centroids)})", 0.0
     if max_centroids is not None and len(centroids) > max_centroids:
         return None, f"{len(centroids)} hole candidates are more than the lattice can hold", 0.0
+    if min_regularity is not None and len(centroids) >= _REGULAR_MIN_BLOBS:
+        t = time.perf_counter()
+        share = regularity(centroids)
+        timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
+        if share < min_regularity:
+            return None, f"the {len(centroids)} hole candidates lie irregularly (no lattice)", 0.0
     if opts.lattice_model == "general":
         centroids = _uncut(centroids, mask)
     t = time.perf_counter()

@@ -16,6 +16,7 @@ from ptolemy_rt.manifest import UnetScale
 from ptolemy_rt.models import ModelSet, load_models
 from ptolemy_rt.options import PTOLEMY_COMPAT
 from ptolemy_rt.unet import (
+    LADDER_STEP,
     MIN_UNET_PERIOD_FRACTION,
     normalise_image,
     period_candidates,
@@ -225,20 +226,24 @@ def test_default_score_is_the_model_sets_choice(tiny_dir, tmp_path):
 def test_period_candidates():
     scale = UnetScale(64.0)
     ladder = period_candidates(None, (1024, 1440), scale)
-    assert ladder[0] == 400.0 and 40.0 <= ladder[-1] < 50.0
-    assert all(a / b == pytest.approx(1.25) for a, b in zip(ladder, ladder[1:]))
-    # every period the issue names (40-400 px) is within the U-Nets' trained +-12 % of a rung
+    assert ladder[0] >= 400.0 and ladder[-1] <= 40.0 * math.sqrt(LADDER_STEP) + 1e-9
+    assert all(a / b <= LADDER_STEP + 1e-9 for a, b in zip(ladder, ladder[1:]))
+    # every period the issue names (40-400 px) is within sqrt(LADDER_STEP) of a rung: the U-Net then sees it
+    # at 0.71-1.41 of its canonical period, and find_holes retries a lattice seen off its rung at its own
     for p in np.geomspace(40.0, 400.0, 301):
-        assert min(abs(math.log(p / q)) for q in ladder) <= math.log(1.12)
+        assert min(abs(math.log(p / q)) for q in ladder) <= 0.5 * math.log(LADDER_STEP) + 1e-9
     measured = period_candidates(100.0, (1024, 1440), scale)
-    assert measured[0] == 100.0 and len(measured) < len(ladder) + 1
+    assert measured[0] == 100.0 and len(measured) < len(ladder) + 2
     assert all(abs(math.log(q / 100.0)) > math.log(1.118) for q in measured[1:])
-    assert max(period_candidates(None, (300, 2000), scale)) <= 150.0  # two periods across the short side
-    assert min(period_candidates(None, (4096, 4096), scale)) >= 64.0 * 4096 / 2000  # <= 4 Mpx of U-Net input
-    # a capped upscale makes the shortest rungs cheap enough to try on a larger image
+    short = period_candidates(None, (300, 2000), scale)
+    assert max(short) <= 150.0  # two periods across the short side
+    assert min(abs(math.log(150.0 / q)) for q in short) <= 0.5 * math.log(LADDER_STEP) + 1e-9
+    big = period_candidates(None, (4096, 4096), scale)
+    assert min(big) >= 64.0 * 4096 / 2000 - 1e-9  # <= 4 Mpx of U-Net input
+    # a rung over the budget moves up to the shortest affordable period instead of leaving a gap
+    assert min(big) == pytest.approx(64.0 * 4096 / 2000)
     capped = UnetScale(64.0, 1.3)
-    assert min(period_candidates(None, (1536, 1536), scale)) > 50.0
-    assert min(period_candidates(None, (1536, 1536), capped)) < 45.0
+    assert min(period_candidates(None, (1536, 1536), capped)) <= 40.0 * math.sqrt(LADDER_STEP) + 1e-9
 
 
 def test_unet_factor():
