@@ -222,3 +222,17 @@ def test_cli_keep_off_film(tiny, tmp_path):
     assert all(t["on_film"] for t in outs["default"]["targets"])
     assert any(not t["on_film"] for t in outs["all"]["targets"])
     assert outs["all"]["lattice"]["kind"] == "square"
+
+
+def test_finite_float32_copies_only_to_clean():
+    from ptolemy_rt.views import finite_float32
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert finite_float32(x) is x
+    y = x.copy()
+    y[1, 2], y[0, 0], y[2, 3] = np.nan, np.inf, -np.inf
+    out = finite_float32(y)
+    assert out is not y and np.isnan(y[1, 2])  # the input is left as it was
+    assert np.isfinite(out).all() and out[1, 2] == 0 and out[0, 0] == 0 and out[2, 3] == 0
+    assert np.array_equal(out[np.isfinite(y)], y[np.isfinite(y)])
+    assert finite_float32(x.astype(np.uint16)).dtype == np.float32

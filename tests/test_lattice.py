@@ -646,3 +646,35 @@ def test_half_empty_rows_give_the_full_lattice_not_a_sublattice(monkeypatch):
     monkeypatch.setattr(lattice_module, "_densify", lambda c, shape, o, a, b, *rest: (o, a, b))
     sparse = fit_lattice(centroids, mask, model="general", min_inliers=0.0, min_occupancy=0.0)
     assert sparse is not None and sparse.spacing_b > 1.5 * spacing  # the sublattice, without the step
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), angle=st.floats(0.0, 90.0), spacing=st.floats(8.0, 200.0),
+       hexagonal=st.booleans())
+def test_regularity_tells_lattices_from_random_points(seed, angle, spacing, hexagonal):
+    """A lattice with 20 % of its points missing and 10 % strays stays above 0.5; as many uniform random
+    points stay below it (the hole finder skips the lattice search on maps below 0.5)."""
+    from ptolemy_rt.lattice import regularity
+
+    rng = np.random.default_rng(seed)
+    a = spacing * np.array([math.cos(math.radians(angle)), -math.sin(math.radians(angle))])
+    turn = math.radians(60.0 if hexagonal else 90.0)
+    b = np.array([[math.cos(turn), math.sin(turn)], [-math.sin(turn), math.cos(turn)]]) @ a
+    ij = np.array([(i, j) for i in range(-12, 13) for j in range(-12, 13)], dtype=np.float64)
+    pts = ij @ np.stack([a, b]) + rng.normal(0.0, 0.02 * spacing, (len(ij), 2))
+    side = 8.0 * spacing
+    pts = pts[(np.abs(pts) < side).all(axis=1)]
+    pts = pts[rng.random(len(pts)) >= 0.2]
+    strays = rng.uniform(-side, side, (len(pts) // 10, 2))
+    assert regularity(np.concatenate([pts, strays])) >= 0.5
+    assert regularity(rng.uniform(-side, side, (len(pts), 2))) < 0.5
+
+
+def test_nearest_neighbour_distances_brute_force_and_tree_agree(monkeypatch):
+    from ptolemy_rt import lattice
+
+    c = np.random.default_rng(3).uniform(0, 500, (300, 2))
+    direct = lattice.nearest_neighbour_distances(c)
+    monkeypatch.setattr(lattice, "_BRUTE_PAIRS", 0)
+    assert np.allclose(direct, lattice.nearest_neighbour_distances(c), rtol=0, atol=1e-9)
+    assert np.isinf(lattice.nearest_neighbour_distances(c[:1])).all()

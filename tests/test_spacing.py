@@ -148,3 +148,41 @@ def test_period_estimates_agree_with_estimate_spacing_first():
 def test_spectrum_of_noise_and_blank():
     assert spectrum_periods(np.full((300, 400), 7.0, np.float32)) == []
     assert list(period_estimates(np.full((300, 400), 7.0, np.float32))) == []
+
+
+@pytest.mark.parametrize("shape", [(341, 480), (120, 97), (64, 65), (33, 40)])
+def test_autocorrelation_matches_a_float64_fft(shape):
+    """The cv2 float32 DFT (packed spectrum, band-pass in the same layout) gives the autocorrelation that a
+    plain float64 numpy FFT of the same definition gives, with and without a mask of valid pixels."""
+    import cv2
+
+    from ptolemy_rt.spacing import _autocorrelation, _lags
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape).astype(np.float32)
+    max_period = 0.4 * min(shape)
+    lag = (int(0.6 * shape[0]), int(0.6 * shape[1]))
+    valid = np.ones(shape, dtype=np.float32)
+    masked = valid.copy()
+    masked[:, : shape[1] // 5] = 0.0
+    for w in (valid, masked):
+        got = _autocorrelation(x * w, max_period, w, lag)
+        rows, cols = shape
+        # the same 5-smooth transform sizes (the band-pass's circular wrap depends on them)
+        size = (cv2.getOptimalDFTSize(2 * rows - 1), cv2.getOptimalDFTSize(2 * cols - 1))
+        fy = np.fft.fftfreq(size[0])[:, None]
+        fx = np.fft.fftfreq(size[1])[None, :]
+        f2 = fy * fy + fx * fx
+        keep = (1.0 - np.exp(-f2 * (1.5 * max_period) ** 2)) * np.exp(-2.0 * (math.pi * 1.5) ** 2 * f2)
+        spec = np.abs(np.fft.fft2((x * w).astype(np.float64), s=size)) ** 2
+        ac = _lags(np.fft.ifft2(spec * keep * keep).real, rows, cols, lag)
+        count = _lags(np.fft.ifft2(np.abs(np.fft.fft2(w.astype(np.float64), s=size)) ** 2).real, rows, cols, lag)
+        if w.all():  # every lag keeps its pairs
+            want = ac / count
+        else:
+            want = np.where(count > 0.2 * float(w.sum()), ac / np.maximum(count, 1.0), 0.0)
+        want /= want[lag[0], lag[1]]
+        assert got.shape == want.shape
+        # lags whose pair count sits on the 20 % cut (an integer here) may fall either side of it in float32
+        edge = np.abs(count - 0.2 * float(w.sum())) < 0.5
+        assert np.abs(got - want)[~edge].max() < 2e-4
