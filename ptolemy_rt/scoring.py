@@ -98,8 +98,11 @@ def classify(
 # Hole scores
 
 # The original ran each hole crop alone; batch-independent graphs get batches of equal-sized crops holding at
-# most this many input pixels (the first conv's 128 channels make ~0.5 KB of activations per input pixel).
-HOLE_BATCHES = BatchPolicy(original_batch=1, max_batch=1, independent_pixels=512 * 1024)
+# most this many input pixels (the first conv's 128 channels make ~0.5 KB of activations per input pixel)
+# and at most 32 crops: the shipped CNN resizes every crop to 32x32 inside, and 920 small crops of a whole
+# grid-square view ran 2.2x faster in batches of 32 than in one (activations that fit the cache; the same
+# scores to the bit, the graph being batch-independent).
+HOLE_BATCHES = BatchPolicy(original_batch=1, max_batch=1, independent_batch=32, independent_pixels=512 * 1024)
 
 
 def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
