@@ -173,9 +173,10 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
         window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
         rows, cols = image.shape
-        if not primary and rows * cols * f * f > 2 * _PROBE_PIXELS:
-            # A costly try beyond the primary estimate: the U-Net on a central crop first, and no more when
-            # its blobs lie irregularly (an image with no lattice paid seconds of U-Net on its short rungs).
+        if not primary and best is None and rows * cols * f * f > 2 * _PROBE_PIXELS:
+            # A costly try beyond the primary estimate with no lattice in hand yet: the U-Net on a central
+            # crop first, and no more when its blobs lie irregularly (an image with no lattice paid seconds
+            # of U-Net on its short rungs). With a lattice in hand the probe would mostly be paid twice.
             side = max(1, int(math.sqrt(_PROBE_PIXELS) / f))
             r0, c0 = max(0, (rows - side) // 2), max(0, (cols - side) // 2)
             t = time.perf_counter()
