@@ -143,14 +143,26 @@ def _filter(shape: tuple[int, int], max_period: float) -> np.ndarray:
     the packed layout of cv2.dft for a `shape` image (cached: the same shapes recur)."""
     # Gain and ice gradients vary on scales beyond any lattice period: a Gaussian high-pass (0.89 of the
     # amplitude kept at the longest period) stops them from burying the lattice peaks in a broad slope.
-    f2 = _ccs_f2(shape)
     f0 = 1.0 / (1.5 * max_period)
-    keep = 1.0 - np.exp(-f2 / (f0 * f0))
-    # Shot noise is white: it adds only to the zero lag, and so scales every lattice peak's coefficient down
-    # (below _MIN_PEAK on dim carbon film). A Gaussian low-pass of _NOISE_SIGMA working pixels removes most
-    # of it and leaves the hole-sized structure.
-    keep = keep * np.exp(-2.0 * (math.pi * _NOISE_SIGMA) ** 2 * f2)
-    keep = (keep * keep).astype(np.float32)
+
+    def band(f2: np.ndarray) -> np.ndarray:
+        keep = 1.0 - np.exp(-f2 / (f0 * f0))
+        # Shot noise is white: it adds only to the zero lag, and so scales every lattice peak's coefficient
+        # down (below _MIN_PEAK on dim carbon film). A Gaussian low-pass of _NOISE_SIGMA working pixels
+        # removes most of it and leaves the hole-sized structure.
+        keep = keep * np.exp(-2.0 * (math.pi * _NOISE_SIGMA) ** 2 * f2)
+        return (keep * keep).astype(np.float32)
+
+    f2 = _ccs_f2(shape)
+    n = shape[0]
+    half = n // 2 + 1
+    # Rows r and n - r hold frequencies +-k (fftfreq negates them exactly), so every column but the packed
+    # ones repeats: half the exponentials (this runs once per shape, on the first image of a process).
+    keep = np.empty(f2.shape, dtype=np.float32)
+    keep[:half] = band(f2[:half])
+    keep[half:] = keep[1 : n - half + 1][::-1]
+    packed = [0] + ([shape[1] - 1] if shape[1] % 2 == 0 else [])
+    keep[:, packed] = band(f2[:, packed])
     keep.flags.writeable = False
     return keep
 

@@ -186,3 +186,14 @@ def test_autocorrelation_matches_a_float64_fft(shape):
         # lags whose pair count sits on the 20 % cut (an integer here) may fall either side of it in float32
         edge = np.abs(count - 0.2 * float(w.sum())) < 0.5
         assert np.abs(got - want)[~edge].max() < 2e-4
+
+
+@pytest.mark.parametrize("shape", [(720, 960), (675, 961), (10, 9), (9, 10), (3, 1), (1, 4)])
+def test_band_pass_mirrored_rows_are_the_direct_formula(shape):
+    """_filter computes half the rows and mirrors them: bit for bit the formula on every element."""
+    from ptolemy_rt.spacing import _NOISE_SIGMA, _ccs_f2, _filter
+
+    f2 = _ccs_f2(shape)
+    f0 = 1.0 / (1.5 * 37.0)
+    keep = (1.0 - np.exp(-f2 / (f0 * f0))) * np.exp(-2.0 * (math.pi * _NOISE_SIGMA) ** 2 * f2)
+    assert _filter(shape, 37.0).tobytes() == (keep * keep).astype(np.float32).tobytes()
