@@ -275,7 +275,9 @@ def _neighbours(c: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.nda
     n = len(c)
     kk = min(k, n - 1)
     rows = np.arange(n) if rows is None else rows
-    if n <= 256:
+    # Directly up to 1M pairs (the general model's <= MAX_ANCHORS anchors against thousands of centroids):
+    # the same neighbours as the tree, ties included, without scipy.spatial's ~0.14 s import per process.
+    if n <= 256 or len(rows) * n <= 1_000_000:
         d = np.sqrt(((c[rows, None, :] - c[None, :, :]) ** 2).sum(-1))
         d[np.arange(len(rows)), rows] = np.inf
         return np.argsort(d, axis=1, kind="stable")[:, :kk]
