@@ -10,6 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is a dev extra; tests that need it import it themselves
+    pass
+else:
+    # CI explores the same examples on every run (a red CI is then a real change, not a new draw); local runs
+    # keep drawing new ones, which is where hypothesis finds things.
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if IN_CI:
+        _hypothesis_settings.load_profile("ci")
+
 
 def reference_root() -> Path:
     """Where the Ptolemy reference material is: $PTOLEMY_REFERENCE or ../shared/ptolemy-reference."""

@@ -409,8 +409,9 @@ def test_grid_angle_scan_is_as_good_as_brent(theta, seed, n, around):
     brent = squares.grid_angle(hulls, method="brent", **kw)
     pts, starts = squares._pack(hulls)
     a_scan, a_brent = squares.summed_box_area(pts, starts, [scan, brent])
-    # (where the summed area is flat to 1e-8, e.g. a single ragged hull, the two may settle apart: that is fine)
-    assert a_scan <= a_brent * (1 + 1e-8)
+    # Both stop within xatol (1e-5 degrees) of the minimum, where the area is flat to about 1e-7 relative (found
+    # by hypothesis: theta 12, seed 5394, one hull, 1.8e-8 apart); a wrong basin would cost far more than 1e-6.
+    assert a_scan <= a_brent * (1 + 1e-6)
 
 
 def test_grid_angle_rejects_an_unknown_method():
