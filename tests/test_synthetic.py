@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ptolemy_rt.synthetic import (
     HOLE_DEFECTS,
+    LATTICE_KINDS,
     SQUARE_KINDS,
     AtlasTruth,
     MedmagTruth,
@@ -177,6 +178,110 @@ def test_medmag_lattice_matches_nearest_neighbours():
     d[d == 0] = np.inf
     np.testing.assert_allclose(d.min(axis=1), 70.0, rtol=1e-9)
     assert truth.angle_deg == 30.0
+
+
+def test_medmag_default_options_leave_the_image_unchanged():
+    """The options draw from their own stream: spelling out their defaults gives the same bytes (goldens and
+    training sets made before the options existed stay valid)."""
+    for seed in (0, 5):
+        a, ta = make_medmag(seed, SMALL_MEDMAG)
+        b, tb = make_medmag(seed, SMALL_MEDMAG, lattice="square", view="holes", vignetting=0.0, epu_contrast=False,
+                            jpeg_quality=None)
+        np.testing.assert_array_equal(a, b)
+        _same_truth(ta, tb)
+
+
+def _nearest_neighbour_distances(c: np.ndarray) -> np.ndarray:
+    d = np.hypot(*(c[:, None] - c[None]).transpose(2, 0, 1))
+    d[d == 0] = np.inf
+    return d.min(axis=1)
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**63 - 1), kind=st.sampled_from(LATTICE_KINDS), spacing=st.floats(30, 120),
+       view=st.sampled_from(("holes", "square")))
+def test_medmag_lattice_kinds_truth(seed, kind, spacing, view):
+    """Any lattice kind: centres on origin + i u + j v, u a shortest vector (spacing_px, angle_deg), holes
+    smaller than half the nearest-neighbour distance, hidden holes only under bars, good holes never cut."""
+    shape = (192, 256)
+    image, truth = make_medmag(seed, shape, spacing_px=spacing / 3 if view == "square" else spacing, lattice=kind,
+                               view=view)
+    assert image.shape == shape and np.isfinite(image).all()
+    assert truth.lattice == kind and truth.view == view
+    u, v = np.array(truth.basis)
+    assert np.hypot(*u) == pytest.approx(truth.spacing_px) and np.hypot(*u) <= np.hypot(*v) + 1e-9
+    assert abs(u @ v) <= 0.5 * (u @ u) + 1e-6  # reduced: u and v are nearest neighbours
+    t = np.deg2rad(truth.angle_deg)
+    np.testing.assert_allclose(u, truth.spacing_px * np.array([np.cos(t), -np.sin(t)]), atol=1e-6)
+    c = truth.centers
+    coef = np.linalg.solve(np.stack([u, v], axis=1), (c - np.array(truth.origin)).T)
+    np.testing.assert_allclose(coef, np.round(coef), atol=1e-6)
+    assert truth.radius_px <= 0.35 * truth.spacing_px + 1e-9
+    assert all(truth.defects[i] == "bar" for i in np.flatnonzero(~truth.visible))
+    r = truth.radius_px
+    h, w = shape
+    cut = (c[:, 0] - r < -0.5) | (c[:, 0] + r > w - 0.5) | (c[:, 1] - r < -0.5) | (c[:, 1] + r > h - 0.5)
+    assert not np.any(truth.good & cut)
+    if kind == "square":
+        np.testing.assert_allclose(v, [-u[1], u[0]], atol=1e-6)
+
+
+def test_medmag_hexagonal_and_skewed_geometry():
+    _, hexa = make_medmag(4, (400, 520), spacing_px=60.0, lattice="hexagonal")
+    np.testing.assert_allclose(_nearest_neighbour_distances(hexa.centers), 60.0, rtol=1e-6)
+    u, v = np.array(hexa.basis)
+    assert np.degrees(np.arccos(abs(u @ v) / (u @ u))) == pytest.approx(60.0)
+    # Six neighbours at one distance in the interior.
+    c = hexa.centers
+    d = np.hypot(*(c[:, None] - c[None]).transpose(2, 0, 1))
+    middle = np.argmin(np.hypot(c[:, 0] - 260, c[:, 1] - 200))
+    assert np.sum(np.abs(d[middle] - 60.0) < 1e-6) == 6
+    for seed in range(5):
+        _, sk = make_medmag(seed, (256, 320), spacing_px=80.0, lattice="skewed")
+        u, v = np.array(sk.basis)
+        ratio = np.hypot(*v) / np.hypot(*u)
+        angle = np.degrees(np.arccos(abs(u @ v) / np.hypot(*u) / np.hypot(*v)))
+        assert 1.0 <= ratio <= 1.09 and 86.0 <= angle <= 90.0 and abs(ratio - 1) + (90 - angle) > 0.01
+
+
+def test_medmag_square_view_has_dark_bars_hiding_holes():
+    """A whole grid-square view: bars hide some holes (those are the dark pixels), the rest lie on film."""
+    for seed in range(4):
+        image, truth = make_medmag(seed, (364, 512), spacing_px=11.0, view="square", defects=False)
+        assert truth.n > 500 and 0 < truth.visible.sum() < truth.n, seed
+        xy = np.rint(truth.centers).astype(int)
+        xy = xy[(xy[:, 0] >= 0) & (xy[:, 0] < 512) & (xy[:, 1] >= 0) & (xy[:, 1] < 364)]
+        values = image[xy[:, 1], xy[:, 0]]
+        hidden = ~truth.visible[: len(values)]
+        assert values[hidden].mean() < 0.3 * values[~hidden].mean(), seed
+
+
+def test_medmag_epu_and_jpeg_output_is_8_bit_and_keeps_the_holes():
+    base, truth = make_medmag(2, (256, 352), spacing_px=60.0, defects=False, film="gold")
+    for options in ({"epu_contrast": True}, {"jpeg_quality": 60}, {"jpeg_quality": 90, "vignetting": 0.4}):
+        image, t2 = make_medmag(2, (256, 352), spacing_px=60.0, defects=False, film="gold", **options)
+        np.testing.assert_array_equal(t2.centers, truth.centers)
+        assert image.min() >= 0 and image.max() <= 255 and np.array_equal(image, np.rint(image))
+        # Still the same picture: strongly correlated with the counts image.
+        assert np.corrcoef(image.ravel(), base.ravel())[0, 1] > 0.8, options
+    again, _ = make_medmag(2, (256, 352), spacing_px=60.0, jpeg_quality=60)
+    np.testing.assert_array_equal(again, make_medmag(2, (256, 352), spacing_px=60.0, jpeg_quality=60)[0])
+
+
+def test_medmag_vignetting_darkens_the_corners():
+    flat, _ = make_medmag(7, (256, 256), spacing_px=50.0, defects=False)
+    vig, _ = make_medmag(7, (256, 256), spacing_px=50.0, defects=False, vignetting=0.5)
+    ratio = vig / np.maximum(flat, 1)
+    corners = np.concatenate([ratio[:20, :20].ravel(), ratio[-20:, -20:].ravel(), ratio[:20, -20:].ravel(),
+                              ratio[-20:, :20].ravel()])
+    assert np.median(corners) < np.median(ratio[108:148, 108:148]) - 0.1
+
+
+def test_medmag_rejects_unknown_options():
+    with pytest.raises(ValueError, match="lattice"):
+        make_medmag(0, (64, 64), lattice="triangular")
+    with pytest.raises(ValueError, match="view"):
+        make_medmag(0, (64, 64), view="atlas")
 
 
 def test_train_and_test_seeds_are_disjoint():

@@ -14,7 +14,7 @@ has basis u = s (cos θ, -sin θ), v = s (sin θ, cos θ) in (x, y).
 
 from ._shared import GENERATOR_VERSION, lattice_basis
 from .atlas import MODERATE_BRIGHTNESS, SQUARE_KINDS, AtlasTruth, make_atlas
-from .medmag import HOLE_DEFECTS, MedmagTruth, make_medmag
+from .medmag import HOLE_DEFECTS, LATTICE_KINDS, VIEWS, MedmagTruth, make_medmag
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -25,5 +25,7 @@ __all__ = [
     "lattice_basis",
     "SQUARE_KINDS",
     "HOLE_DEFECTS",
+    "LATTICE_KINDS",
+    "VIEWS",
     "MODERATE_BRIGHTNESS",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Bump whenever a change alters the images a seed produces (model provenance records it).
-GENERATOR_VERSION = "1"
+# Bump whenever a change alters the images a seed produces or adds options (model provenance records it).
+# 2: make_medmag's lattice kinds, whole grid-square views, vignetting, EPU 8-bit contrast, JPEG (the default
+# images of every seed are unchanged).
+GENERATOR_VERSION = "2"
 
 
 def lattice_basis(spacing_px: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -95,3 +97,50 @@ def _cell_indices(x: np.ndarray, y: np.ndarray, origin: np.ndarray, u: np.ndarra
     ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
     centres = origin + ii.reshape(-1, 1) * u + jj.reshape(-1, 1) * v
     return k, la, lb, centres
+
+
+def reduced_basis(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lagrange-Gauss reduction of a 2-D lattice basis: |u| <= |v| and |u.v| <= |u|^2 / 2 (same lattice)."""
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    if u @ u > v @ v:
+        u, v = v, u
+    while True:
+        m = round(float(u @ v) / float(u @ u))
+        v = v - m * u
+        if v @ v >= u @ u:
+            return u, v
+        u, v = v, u
+
+
+def _cell_indices_general(x: np.ndarray, y: np.ndarray, origin: np.ndarray, u: np.ndarray, v: np.ndarray, shape):
+    """Nearest lattice point of any 2-D lattice (reduced basis u, v) to each pixel: cell index, distance to it
+    (px) and the cells' centres (the 3 x 3 neighbours of the rounded oblique coordinates hold the nearest)."""
+    h, w = shape
+    inv = np.linalg.inv(np.stack([u, v], axis=1))
+    rx = x - np.float32(origin[0])
+    ry = y - np.float32(origin[1])
+    a0 = np.rint(rx * np.float32(inv[0, 0]) + ry * np.float32(inv[0, 1]))
+    b0 = np.rint(rx * np.float32(inv[1, 0]) + ry * np.float32(inv[1, 1]))
+    best = np.full((h, w), np.inf, np.float32)
+    bi = np.zeros((h, w), np.float32)
+    bj = np.zeros((h, w), np.float32)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            i = a0 + np.float32(di)
+            j = b0 + np.float32(dj)
+            dx = rx - i * np.float32(u[0]) - j * np.float32(v[0])
+            dy = ry - i * np.float32(u[1]) - j * np.float32(v[1])
+            d2 = dx * dx + dy * dy
+            better = d2 < best
+            best = np.where(better, d2, best)
+            bi = np.where(better, i, bi)
+            bj = np.where(better, j, bj)
+    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64) - origin
+    ab = corners @ inv.T
+    i0, i1 = int(np.floor(ab[:, 0].min())) - 2, int(np.ceil(ab[:, 0].max())) + 2
+    j0, j1 = int(np.floor(ab[:, 1].min())) - 2, int(np.ceil(ab[:, 1].max())) + 2
+    nj = j1 - j0 + 1
+    k = ((bi.astype(np.int32) - i0) * nj + (bj.astype(np.int32) - j0)).astype(np.int32)
+    ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
+    centres = origin + ii.reshape(-1, 1) * u + jj.reshape(-1, 1) * v
+    return k, np.sqrt(best), centres

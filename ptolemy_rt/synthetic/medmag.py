@@ -7,9 +7,27 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ._shared import _blob_polygon, _blur, _cell_indices, _frozen, _grid, _poisson, _smooth_field, lattice_basis
+from ._shared import (
+    _blob_polygon,
+    _blur,
+    _cell_indices,
+    _cell_indices_general,
+    _frozen,
+    _grid,
+    _poisson,
+    _smooth_field,
+    lattice_basis,
+    reduced_basis,
+)
 
 HOLE_DEFECTS = ("", "bar", "edge", "broken", "empty", "contaminated")
+# Lattices make_medmag draws: square (the default), skewed (2-4 % anisotropy along a random direction and up to
+# 1 degree of shear, as stage tilt or pixel aspect give), hexagonal (60 degrees, HexAuFoil-like), oblique
+# (50-130 degrees between the basis vectors, length ratio 0.8-1.25).
+LATTICE_KINDS = ("square", "skewed", "hexagonal", "oblique")
+# "holes": a med-mag view of the holey film; "square": a whole grid square, its rounded opening between opaque
+# grid bars (random angle and width) with a darker band of film along the bars, neighbouring squares beyond.
+VIEWS = ("holes", "square")
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,7 +38,9 @@ class MedmagTruth:
     defects: per hole "" (good) or the first reason it is bad, in HOLE_DEFECTS order ("bar": over 10 % under a
     grid bar, "edge": cut by the image edge, "broken", "empty": no ice, "contaminated": over 10 % of the hole
     under ice contamination); visible: less than half under a grid bar.
-    spacing_px, angle_deg, origin, basis: the lattice (origin + i u + j v).
+    spacing_px, angle_deg, origin, basis: the lattice (origin + i u + j v; for lattice kinds other than square a
+    reduced basis: u a shortest vector, spacing_px its length and angle_deg its angle in [0, 180)).
+    lattice, view: the kind of lattice (LATTICE_KINDS) and of view (VIEWS).
     """
 
     centers: np.ndarray
@@ -35,6 +55,8 @@ class MedmagTruth:
     film: str
     seed: int
     shape: tuple[int, int]
+    lattice: str = "square"
+    view: str = "holes"
 
     @property
     def n(self) -> int:
@@ -55,6 +77,11 @@ def make_medmag(
     diameter_frac: float | None = None,
     defects: bool = True,
     min_visibility: float = 8.0,
+    lattice: str = "square",
+    view: str = "holes",
+    vignetting: float = 0.0,
+    epu_contrast: bool = False,
+    jpeg_quality: int | None = None,
 ) -> tuple[np.ndarray, MedmagTruth]:
     """A synthetic med-mag image of holey film (float32 counts) and its holes.
 
@@ -65,20 +92,38 @@ def make_medmag(
     contamination; broken and empty holes; grid bars; partial holes at the edges; blur; Poisson shot noise.
     `min_visibility` is the least contrast-to-noise ratio of one whole hole (the dose is raised to reach it).
     With `defects=False` the image has no bars, contamination, broken or empty holes.
+
+    Options beyond the defaults (each draws from its own random stream, so the default image of a seed is
+    unchanged): `lattice` (LATTICE_KINDS; the hole diameter is then a fraction of the nearest-neighbour
+    distance), `view="square"` (a whole grid square: rounded opening between grid bars, with the square's
+    dark edge; combine with a short `spacing_px`, 8-30 px), `vignetting` (illumination falling by this fraction
+    towards the corners around an off-centre point), `epu_contrast` (8-bit output as EPU saves it: a random
+    black and white point, bars clipped to 0, a gamma), `jpeg_quality` (8-bit, then a JPEG round trip).
     """
+    if lattice not in LATTICE_KINDS:
+        raise ValueError(f"lattice must be one of {LATTICE_KINDS}, got {lattice!r}")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([int(seed), 2])  # the options' own stream
     h, w = int(shape[0]), int(shape[1])
     spacing = float(spacing_px) if spacing_px is not None else float(np.exp(rng.uniform(np.log(40), np.log(400))))
     angle = float(angle_deg) % 90.0 if angle_deg is not None else float(rng.uniform(0.0, 90.0))
     dfrac = float(diameter_frac) if diameter_frac is not None else float(rng.uniform(0.3, 0.7))
     radius = 0.5 * dfrac * spacing
-    film = film if film is not None else ("gold" if rng.random() < 0.35 else "carbon")
     u, v = lattice_basis(spacing, angle)
+    if lattice != "square":
+        u, v = reduced_basis(*_other_lattice(extra, u, v, lattice))
+        radius = 0.5 * dfrac * float(np.hypot(*u))
+    film = film if film is not None else ("gold" if rng.random() < 0.35 else "carbon")
     origin = np.array([w / 2, h / 2]) + rng.uniform(0, 1) * u + rng.uniform(0, 1) * v
     x, y = _grid((h, w))
-    k, la, lb, centres = _cell_indices(x, y, origin, u, v, (h, w))
+    if lattice == "square":
+        k, la, lb, centres = _cell_indices(x, y, origin, u, v, (h, w))
+        dist = np.sqrt(la * la + lb * lb)
+    else:
+        k, dist, centres = _cell_indices_general(x, y, origin, u, v, (h, w))
     n_cells = centres.shape[0]
-    dist = np.sqrt(la * la + lb * lb)
     hole = np.clip(np.float32(radius) + 0.5 - dist, 0.0, 1.0).astype(np.float32)
 
     # Film and hole transmission.
@@ -146,6 +191,10 @@ def make_medmag(
                        + (y - np.float32(p0[1])) * np.float32(normal[1]))
             edge = float(rng.uniform(2.0, 12.0))
             bar = (0.5 - 0.5 * np.tanh((d - np.float32(half_w)) / np.float32(2 * edge))).astype(np.float32)
+    if view == "square":
+        grid_bar, dark_edge = _grid_bars(extra, (h, w), spacing, x, y)
+        trans = trans * (1 - dark_edge)
+        bar = np.maximum(bar, grid_bar)
     if torn.any():
         tmask = torn.astype(np.float32) / 255
         trans = trans * (1 - tmask) + tmask * np.float32(1.0) * grad
@@ -158,6 +207,10 @@ def make_medmag(
     blur = float(rng.uniform(0.3, 2.5))
     trans = _blur(trans.astype(np.float32), blur)
     gain = 1 + _smooth_field(rng, (h, w), 2, float(rng.uniform(0.0, 0.08)))
+    if vignetting > 0:
+        centre = np.array([w, h]) * extra.uniform(0.3, 0.7, 2)
+        r2 = (x - np.float32(centre[0])) ** 2 + (y - np.float32(centre[1])) ** 2
+        gain = gain * (1 - np.float32(vignetting) * r2 / np.float32(0.25 * (h * h + w * w)))
     dose = float(np.exp(rng.uniform(np.log(20), np.log(400))))
     # Raise the dose until one whole hole stands out of the noise by `min_visibility`.
     signal = abs(t_hole - t_film) / max(np.sqrt(max(t_film, t_hole)), 1e-6)
@@ -166,6 +219,11 @@ def make_medmag(
     counts = _poisson(rng, dose * trans * gain)
     if rng.random() < 0.3:  # rendered or resampled images: correlated noise
         counts = _blur(counts, float(rng.uniform(0.5, 1.5)))
+    if epu_contrast or jpeg_quality is not None:
+        counts = _epu_8bit(extra, counts)
+    if jpeg_quality is not None:
+        ok, buf = cv2.imencode(".jpg", counts.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        counts = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32)
 
     # Truth: holes whose centre lies inside the image.
     inside = (centres[:, 0] >= -0.5) & (centres[:, 0] <= w - 0.5) & (centres[:, 1] >= -0.5) & (centres[:, 1] <= h - 0.5)
@@ -197,6 +255,8 @@ def make_medmag(
         else:
             reasons.append("")
     idx = np.flatnonzero(inside)
+    if lattice != "square" and not 0.0 <= np.degrees(np.arctan2(-u[1], u[0])) < 180.0:
+        u = -u  # the reported shortest vector points into [0, 180) degrees (same lattice, same image)
     reasons_sel = tuple(reasons[c] for c in idx)
     truth = MedmagTruth(
         centers=_frozen(centres[idx]),
@@ -204,12 +264,67 @@ def make_medmag(
         good=_frozen(np.array([r == "" for r in reasons_sel], dtype=bool)),
         defects=reasons_sel,
         visible=_frozen(under_bar[idx] < 0.5),
-        spacing_px=spacing,
-        angle_deg=angle,
+        spacing_px=spacing if lattice == "square" else float(np.hypot(*u)),
+        angle_deg=angle if lattice == "square" else float(np.degrees(np.arctan2(-u[1], u[0]))),
         origin=(float(origin[0]), float(origin[1])),
         basis=((float(u[0]), float(u[1])), (float(v[0]), float(v[1]))),
         film=film,
         seed=int(seed),
         shape=(h, w),
+        lattice=lattice,
+        view=view,
     )
     return counts.astype(np.float32), truth
+
+
+def _other_lattice(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The basis of a skewed, hexagonal or oblique lattice made from the square one (u, v) (see LATTICE_KINDS)."""
+    if kind == "hexagonal":
+        return u, 0.5 * u + 0.5 * np.sqrt(3.0) * v
+    if kind == "oblique":
+        phi = np.deg2rad(rng.uniform(50.0, 130.0))
+        return u, float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))) * (np.cos(phi) * u + np.sin(phi) * v)
+    # skewed: v turned by up to 1 degree, then stretched 2-4 % (either sign) along a random direction
+    shear = np.deg2rad(rng.uniform(-1.0, 1.0))
+    v = np.cos(shear) * v - np.sin(shear) * u
+    t = rng.uniform(0.0, np.pi)
+    d = np.array([np.cos(t), np.sin(t)])
+    stretch = np.eye(2) + rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.04) * np.outer(d, d)
+    return stretch @ u, stretch @ v
+
+
+def _grid_bars(rng: np.random.Generator, shape: tuple[int, int], spacing: float, x: np.ndarray,
+               y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grid bars around a whole grid square (opaque fraction per pixel) and the square's dark edge (fraction
+    of transmission lost in the film along the bars)."""
+    h, w = shape
+    theta = np.deg2rad(rng.uniform(0.0, 90.0))
+    side = spacing * float(np.exp(rng.uniform(np.log(20.0), np.log(50.0))))
+    pitch = side * (1.0 + float(rng.uniform(0.12, 0.5)))
+    corner = side * float(rng.uniform(0.03, 0.2))
+    centre = np.array([w / 2, h / 2]) + rng.uniform(-0.3, 0.3, 2) * np.array([w, h])
+    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+    dx, dy = x - np.float32(centre[0]), y - np.float32(centre[1])
+    px, py = dx * c + dy * s, dy * c - dx * s
+    qx = np.abs(px - np.float32(pitch) * np.rint(px / np.float32(pitch)))
+    qy = np.abs(py - np.float32(pitch) * np.rint(py / np.float32(pitch)))
+    half = np.float32(side / 2 - corner)
+    ax, ay = qx - half, qy - half
+    # Signed distance to the rounded opening: > 0 on the bars, < 0 inside.
+    d = np.hypot(np.maximum(ax, 0), np.maximum(ay, 0)) + np.minimum(np.maximum(ax, ay), 0) - np.float32(corner)
+    opaque = (0.5 + 0.5 * np.tanh(d / np.float32(rng.uniform(0.7, 3.0)))).astype(np.float32)
+    depth = float(rng.uniform(0.05, 0.5))
+    width = spacing * float(rng.uniform(0.5, 4.0))
+    dark = (np.float32(depth) * np.exp(np.minimum(d, 0) / np.float32(width)) * (1 - opaque)).astype(np.float32)
+    return opaque, dark
+
+
+def _epu_8bit(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+    """Counts as EPU saves a JPEG's pixels: a black point near the darkest pixels (bars clip to 0), a white point
+    near the brightest, a gamma, rounded to 0-255 (float32)."""
+    sample = counts[::4, ::4]
+    lo = float(np.percentile(sample, rng.uniform(0.0, 3.0)))
+    hi = float(np.percentile(sample, rng.uniform(99.0, 100.0))) * float(rng.uniform(1.0, 1.1))
+    gamma = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
+    scaled = np.clip((counts - np.float32(lo)) / np.float32(max(hi - lo, 1e-6)), 0.0, 1.0) ** np.float32(gamma)
+    return np.rint(np.float32(255.0) * scaled).astype(np.float32)
