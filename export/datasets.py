@@ -1,13 +1,18 @@
 """Training data for the default model set: synthetic (ptolemy_rt.synthetic) or a facility's own labelled images.
 
 Three kinds of examples, each made exactly as the runtime will see them:
-- U-Net: images resampled so the lattice period is CANONICAL_SPACING px, normalised to zero mean and unit
+- U-Net: images resampled by the runtime's own factor (ptolemy_rt.unet.unet_factor: to CANONICAL_SPACING px,
+  or to a shorter period for the short periods of whole grid-square views), normalised to zero mean and unit
   variance over the whole image, with a target map of Gaussian blobs (sigma TARGET_SIGMA) at hole centres.
+  The mix (UNET_MIX, LATTICE_MIX): med-mag views and whole grid-square views; square, skewed, hexagonal and
+  oblique lattices; periods 8-400 px as saved; vignetting, EPU-like 8-bit contrast and JPEG round trips.
 - Square CNN: 240x240 crops of the squares that ptolemy_rt.squares finds on a synthetic atlas, made by its
   own crop code, labelled collectable or not by matching to the generator's truth.
 - Hole CNN: lattice-frame crops (ptolemy_rt.crops.crop_half_side: spacing/2 - 10, at least 0.45 spacing),
   per-crop normalised, labelled good or bad, with the lattice jittered as much as the runtime's lattice
-  fit errs.
+  fit errs; from med-mag and whole grid-square views (HOLE_MIX) of the same variety.
+
+None of this draws on benchmarks/holes_sets.py (the held-out set of issue 11 stays independent of training).
 
 Seeds: every training image's seed is drawn below TEST_SEED_BASE; benchmarks/accuracy.py uses seeds from
 TEST_SEED_BASE up, so no test image is ever seen in training.
@@ -24,17 +29,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ptolemy_rt.crops import hole_crop_input, hole_crops, square_crops
+from ptolemy_rt.manifest import UnetScale
 from ptolemy_rt.synthetic import GENERATOR_VERSION, make_atlas, make_medmag
-from ptolemy_rt.unet import normalise_image, resample, scaled_input
+from ptolemy_rt.unet import normalise_image, resample, scaled_input, unet_factor
 
 __all__ = [
     "CANONICAL_SPACING",
     "TARGET_SIGMA",
     "TEST_SEED_BASE",
     "GENERATOR_VERSION",
+    "DATA_VERSION",
+    "UNET_MIX",
+    "HOLE_MIX",
+    "LATTICE_MIX",
+    "UNET_SCALE",
     "train_seeds",
     "test_seeds",
     "resample",
@@ -60,6 +72,16 @@ TARGET_SIGMA = 2.0
 # bad holes still give a centroid above the 0.3 threshold (with BCE positive weight 20, p* ~ 0.7).
 BAD_HOLE_TARGET = 0.1
 TEST_SEED_BASE = 1 << 40
+# The shipped U-Net's scale (manifest scale.max_upscale): it is enlarged at most this much, down to
+# ptolemy_rt.unet.MIN_UNET_PERIOD_FRACTION of the canonical period for short periods.
+UNET_MAX_UPSCALE = 1.3
+UNET_SCALE = UnetScale(CANONICAL_SPACING, UNET_MAX_UPSCALE)
+# What the training images show (fractions of the U-Net pool; the hole CNN's images draw from HOLE_MIX).
+UNET_MIX = {"native": 0.4, "canonical": 0.3, "grid_square": 0.3}
+HOLE_MIX = {"medmag": 0.75, "grid_square": 0.25}
+LATTICE_MIX = (("square", 0.5), ("skewed", 0.2), ("hexagonal", 0.2), ("oblique", 0.1))
+# Bump whenever the training mix changes (model provenance records it beside the generator's version).
+DATA_VERSION = "2"
 
 
 def train_seeds(seed: int, n: int, stream: int) -> np.ndarray:
@@ -118,30 +140,80 @@ class UnetImage:
     seed: int
 
 
-def unet_image(seed: int) -> UnetImage:
-    """A synthetic med-mag image as the U-Net sees it at run time: normalised (zero mean, unit variance), then
-    resampled to a period of ~64 px (with the +-12 % error a spacing estimate may carry), in that order as
-    ptolemy_rt.holes does; the target marks every visible hole's centre, good holes with peak 1 and bad ones
-    with BAD_HOLE_TARGET (hidden holes, under a grid bar, not at all).
+def _lattice_kind(rng: np.random.Generator) -> str:
+    """A lattice kind in the training mix's proportions (LATTICE_MIX)."""
+    kinds, weights = zip(*LATTICE_MIX)
+    return str(kinds[int(rng.choice(len(kinds), p=np.asarray(weights) / sum(weights)))])
 
-    Half the images are drawn at their native scale (period 40-400 px) and resampled, like real inputs; half
-    are drawn straight at the canonical scale (more variety per CPU second)."""
+
+def _photometry(rng: np.random.Generator, p: float) -> dict:
+    """make_medmag's image-formation options, each with probability `p`: vignetting, EPU-like 8-bit contrast,
+    and a JPEG round trip (quality 50-95)."""
+    out: dict = {}
+    if rng.random() < p:
+        out["vignetting"] = float(rng.uniform(0.1, 0.5))
+    if rng.random() < p:
+        out["epu_contrast"] = True
+    if rng.random() < p:
+        out["jpeg_quality"] = int(rng.integers(50, 96))
+    return out
+
+
+def _user_upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """A user's enlargement of a small JPEG before targeting (cv2 bicubic, as the benchmarks and docs do)."""
+    if factor == 1:
+        return image
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+
+
+def _scaled_centres(centres: np.ndarray, before: tuple[int, int], after: tuple[int, int]) -> np.ndarray:
+    """Points (x, y) of an image of shape `before` in the same image resized to `after` (pixel-centre mapping)."""
+    sx, sy = after[1] / before[1], after[0] / before[0]
+    c = np.asarray(centres, np.float64).reshape(-1, 2)
+    return np.stack([(c[:, 0] + 0.5) * sx - 0.5, (c[:, 1] + 0.5) * sy - 0.5], axis=1)
+
+
+def unet_image(seed: int) -> UnetImage:
+    """A synthetic image as the U-Net sees it at run time: normalised (zero mean, unit variance), then resampled
+    by the runtime's own factor (ptolemy_rt.unet.unet_factor for the model's scale) for a period estimate with
+    the +-12 % error it may carry, in that order as ptolemy_rt.holes does; the target marks every visible
+    hole's centre, good holes with peak 1 and bad ones with BAD_HOLE_TARGET (hidden holes, under a grid bar,
+    not at all).
+
+    The mix (UNET_MIX): med-mag views drawn at their native period (40-400 px) and resampled, like real inputs;
+    med-mag views drawn straight at the canonical period (more variety per CPU second); and whole grid-square
+    views (period 8-24 px as saved, JPEG-like, optionally enlarged 2x or 4x by the user) brought to the period
+    the runtime gives them (down to MIN_UNET_PERIOD_FRACTION of the canonical one), with the resampling
+    artefacts that come with it. Lattices: square, skewed, hexagonal, oblique (LATTICE_MIX)."""
     rng = np.random.default_rng([int(seed), 7])
     jitter = float(np.exp(rng.uniform(np.log(0.88), np.log(1.12))))
     hc, wc = int(rng.integers(192, 448)), int(rng.integers(192, 448))
-    if rng.random() < 0.5:
-        native = float(np.exp(rng.uniform(np.log(40), np.log(400))))
-        scale = CANONICAL_SPACING * jitter / native
-        shape = (int(np.clip(round(hc / scale), 64, 2048)), int(np.clip(round(wc / scale), 64, 2048)))
-        img, truth = make_medmag(int(seed), shape, spacing_px=native)
-        img = unet_input(img, scale)
-        sx = img.shape[1] / shape[1]
-        sy = img.shape[0] / shape[0]
-        centres = np.stack([(truth.centers[:, 0] + 0.5) * sx - 0.5, (truth.centers[:, 1] + 0.5) * sy - 0.5], axis=1)
-    else:
-        img, truth = make_medmag(int(seed), (hc, wc), spacing_px=CANONICAL_SPACING * jitter)
+    kind = _lattice_kind(rng)
+    branch = float(rng.random())
+    if branch < UNET_MIX["canonical"]:
+        img, truth = make_medmag(int(seed), (hc, wc), spacing_px=CANONICAL_SPACING * jitter, lattice=kind,
+                                 **_photometry(rng, 0.25))
         img = unet_input(img, None)
         centres = np.asarray(truth.centers)
+    else:
+        if branch < UNET_MIX["canonical"] + UNET_MIX["native"]:
+            period = float(np.exp(rng.uniform(np.log(40), np.log(400))))
+            options = dict(spacing_px=period, lattice=kind, **_photometry(rng, 0.25))
+            up = 1
+        else:
+            # Whole grid square as saved (8-24 px period), as the user may enlarge it before targeting.
+            hc, wc = int(rng.integers(256, 576)), int(rng.integers(256, 576))
+            period = float(np.exp(rng.uniform(np.log(8), np.log(24))))
+            options = dict(spacing_px=period, lattice=kind, view="square", **_photometry(rng, 0.6))
+            up = int(rng.choice([1, 2, 4], p=[0.45, 0.35, 0.2]))
+        scale = unet_factor(period * up * jitter, UNET_SCALE)
+        total = scale * up
+        shape = (int(np.clip(round(hc / total), 48, 2048)), int(np.clip(round(wc / total), 48, 2048)))
+        img, truth = make_medmag(int(seed), shape, **options)
+        img = _user_upscale(img, up)
+        shown = img.shape
+        img = unet_input(img, scale)
+        centres = _scaled_centres(_scaled_centres(truth.centers, shape, shown), shown, img.shape)
     visible = np.asarray(truth.visible)
     peaks = np.where(np.asarray(truth.good), 1.0, BAD_HOLE_TARGET)[visible]
     centres = centres[visible]
@@ -194,18 +266,34 @@ def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tupl
                   min_size: int = 1) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
     """Hole CNN examples: (crops of varied sizes, labels good=1, image index of each crop).
 
-    Every hole whose lattice point lies at least 10 px inside the image (the runtime's default edge tolerance)
-    is a candidate; at most `max_per_image` per image, bad ones preferred so both classes are well represented.
-    The lattice used for cropping is the truth with a small random error (centre ~2 %, spacing ~1.5 %,
-    angle ~0.7 deg), which the runtime's fitted lattice also carries."""
+    The mix (HOLE_MIX): med-mag views of `shape` (square, skewed, hexagonal or oblique lattices, LATTICE_MIX;
+    sometimes vignetted, EPU-like 8-bit or JPEG) and whole grid-square views at half that size as saved
+    (period 8-24 px, JPEG-like), enlarged 1x, 2x or 4x as a user may before targeting. Every hole whose lattice
+    point lies at least 10 px inside the image (the runtime's default edge tolerance) is a candidate; at most
+    `max_per_image` per image, bad ones preferred so both classes are well represented. Crops follow the
+    runtime: squares along a shortest lattice vector, its length as the spacing. The lattice used for cropping
+    is the truth with a small random error (centre ~2 %, spacing ~1.5 %, angle ~0.7 deg), which the runtime's
+    fitted lattice also carries."""
     crops: list[np.ndarray] = []
     labels: list[int] = []
     groups: list[int] = []
     for i, s in enumerate(train_seeds(seed, n_images, stream=2)):
         rng = np.random.default_rng([int(s), 11])
-        img, truth = make_medmag(int(s), shape)
+        kind = _lattice_kind(rng)
+        if rng.random() < HOLE_MIX["medmag"]:
+            img, truth = make_medmag(int(s), shape, lattice=kind, **_photometry(rng, 0.25))
+            c = np.asarray(truth.centers)
+            spacing0 = truth.spacing_px
+        else:
+            period = float(np.exp(rng.uniform(np.log(8), np.log(24))))
+            up = int(rng.choice([1, 2, 4], p=[0.3, 0.4, 0.3]))
+            saved = (shape[0] // 2, shape[1] // 2)
+            img, truth = make_medmag(int(s), saved, spacing_px=period, lattice=kind, view="square",
+                                     **_photometry(rng, 0.6))
+            img = _user_upscale(img, up)
+            c = _scaled_centres(truth.centers, saved, img.shape)
+            spacing0 = truth.spacing_px * up
         h, w = img.shape
-        c = np.asarray(truth.centers)
         inside = (c[:, 0] >= 10) & (c[:, 0] <= w - 11) & (c[:, 1] >= 10) & (c[:, 1] <= h - 11)
         idx = np.flatnonzero(inside)
         if idx.size == 0:
@@ -215,9 +303,9 @@ def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tupl
         bad_idx = rng.permutation(idx[~good])[: max_per_image // 2]
         good_idx = rng.permutation(idx[good])[: max_per_image - bad_idx.size]
         for j in np.concatenate([bad_idx, good_idx]):
-            spacing = truth.spacing_px * float(np.exp(rng.normal(0, 0.015)))
+            spacing = spacing0 * float(np.exp(rng.normal(0, 0.015)))
             angle = truth.angle_deg + float(rng.normal(0, 0.7))
-            centre = c[j] + rng.normal(0, 0.02 * truth.spacing_px, 2)
+            centre = c[j] + rng.normal(0, 0.02 * spacing0, 2)
             crops.append(hole_crop(img, (centre[0], centre[1]), spacing, angle, min_size))
             labels.append(int(truth.good[j]))
             groups.append(i)

@@ -37,14 +37,14 @@ SET_VERSION = "1.0"
 OPSET = MIN_OPSET
 
 # Recipes: one place for every number that decides what a training run produces.
-UNET = {"steps": 1200, "batch": 8, "patch": 160, "pool_images": 300, "lr": 3e-3, "pos_weight": 20.0,
+UNET = {"steps": 1500, "batch": 8, "patch": 160, "pool_images": 400, "lr": 3e-3, "pos_weight": 20.0,
         "target_sigma": data.TARGET_SIGMA, "widths": (4, 8, 16, 32), "enc_convs": 2, "dec_convs": 1,
         "stem_stride": 2, "last_bias": -4.0, "threshold": 0.3, "bad_hole_target": data.BAD_HOLE_TARGET}
 SQUARE = {"epochs": 8, "batch": 32, "lr": 3e-3, "atlases": 50, "widths": (8, 16, 24, 32)}
 # The runtime enlarges images at most this much for the U-Net (periods below CANONICAL_SPACING / 1.3 run at
-# that scale): the U-Net then costs <= 1.3^2 x its native 1.7 GFLOP on 1024x1440 (134 ms on two cores), and
-# still finds holes at 0.77 x its period (all holes of the 40-50 px test images).
-UNET_MAX_UPSCALE = 1.3
+# that scale, down to ptolemy_rt.unet.MIN_UNET_PERIOD_FRACTION of it): the U-Net then costs <= 1.3^2 x its
+# native 1.7 GFLOP on 1024x1440 (134 ms on two cores); its training images include such periods.
+UNET_MAX_UPSCALE = data.UNET_MAX_UPSCALE
 HOLE = {"epochs": 12, "batch": 64, "lr": 3e-3, "images": 360, "max_per_image": 200, "widths": (16, 32, 48),
         "side": 32, "min_size": 16}
 
@@ -100,7 +100,7 @@ def train_unet(seed: int, steps: int | None = None, threads: int = 2) -> tuple[n
         if step % 100 == 0 or step == r["steps"] - 1:
             log(f"unet step {step}/{r['steps']} loss {running:.4f} ({time.perf_counter() - t0:.0f} s)")
     info = {
-        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()},
+        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()} | {"mix": data.UNET_MIX},
         "seconds": time.perf_counter() - t0,
     }
     return model, info
@@ -171,8 +171,9 @@ def train_hole(seed: int, epochs: int | None = None, threads: int = 2, real: Pat
     log(f"hole: {x.shape[0]} crops ({int(y.sum())} good) in {time.perf_counter() - t0:.0f} s")
 
     secs = _fit_classifier(model, model.classify, x, y, r["epochs"], r["batch"], r["lr"], seed, "hole", _dihedral)
-    info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()}, "examples": int(x.shape[0]),
-            "positives": int(y.sum()), "seconds": time.perf_counter() - t0, "fit_seconds": secs}
+    info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()} | {"mix": data.HOLE_MIX},
+            "examples": int(x.shape[0]), "positives": int(y.sum()), "seconds": time.perf_counter() - t0,
+            "fit_seconds": secs}
     return model, info
 
 
@@ -262,6 +263,7 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
                 "export.datasets.train_seeds(seed), all < 2**40 (test seeds start at 2**40); "
                 "no published Ptolemy weights or outputs were used",
         "generator_version": data.GENERATOR_VERSION,
+        **({"data_version": data.DATA_VERSION, "lattice_mix": dict(data.LATTICE_MIX)} if task != "square_cnn" else {}),
         "recipe": recipe,
         "architecture": type(model).__name__ + " " + json.dumps({k: recipe[k] for k in ("widths",) if k in recipe}),
         "torch": torch.__version__,

@@ -71,3 +71,53 @@ def test_square_training_crops_are_the_square_cnn_inputs(recording):
     found = datasets.atlas_squares(image)
     assert len(result.squares) == len(seen) == len(found.crops) > 10
     assert np.array_equal(found.crops, seen)
+
+
+def test_scaled_centres_follow_the_resize():
+    """Targets move with the image: a blob's centroid after cv2 resizing lands where _scaled_centres puts it."""
+    import cv2
+
+    yy, xx = np.mgrid[0:60, 0:80]
+    x0, y0 = 31.3, 22.7
+    blob = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 18.0).astype(np.float32)
+    for size in ((160, 120), (37, 28), (320, 240)):
+        resized = cv2.resize(blob, size, interpolation=cv2.INTER_CUBIC if size[0] > 80 else cv2.INTER_AREA)
+        ry, rx = np.mgrid[0:resized.shape[0], 0:resized.shape[1]]
+        w = np.maximum(resized, 0)
+        got = np.array([(rx * w).sum() / w.sum(), (ry * w).sum() / w.sum()])
+        want = datasets._scaled_centres(np.array([[x0, y0]]), blob.shape, resized.shape)[0]
+        np.testing.assert_allclose(got, want, atol=0.05 * size[0] / 80 + 0.05)
+
+
+@pytest.mark.slow
+def test_unet_pool_covers_the_periods_inference_gives():
+    """The U-Net is shown every period the runtime resamples to (ptolemy_rt.unet.unet_factor): the canonical one,
+    and down to MIN_UNET_PERIOD_FRACTION of it for whole grid-square views; targets sit on a lattice."""
+    from ptolemy_rt.unet import MIN_UNET_PERIOD_FRACTION
+
+    periods = []
+    for seed in datasets.train_seeds(0, 40, stream=0):
+        item = datasets.unet_image(int(seed))
+        assert item.image.dtype == np.float32 and abs(float(item.image.mean())) < 1e-3
+        c = item.centres
+        if len(c) < 4:
+            continue
+        d = np.hypot(*(c[:, None] - c[None]).transpose(2, 0, 1))
+        d[d == 0] = np.inf
+        periods.append(float(np.median(d.min(axis=1))))
+    periods = np.array(periods)
+    low = MIN_UNET_PERIOD_FRACTION * datasets.CANONICAL_SPACING / 1.12
+    assert periods.min() >= 0.85 * low and periods.max() <= 1.13 * datasets.CANONICAL_SPACING
+    assert np.sum(periods < 0.6 * datasets.CANONICAL_SPACING) >= 3  # short periods of grid-square views
+    assert np.sum(periods > 0.88 * datasets.CANONICAL_SPACING) >= 10
+
+
+@pytest.mark.slow
+def test_hole_examples_mix_grid_square_views():
+    """Hole CNN examples come from med-mag and grid-square views, both classes, each crop normalised."""
+    crops, labels, groups = datasets.hole_examples(0, 10, max_per_image=30, min_size=16)
+    assert len(crops) == len(labels) == len(groups) > 100
+    assert 0.2 < labels.mean() < 0.9
+    assert min(min(c.shape) for c in crops) >= 16
+    for c in crops[::17]:
+        assert abs(float(c.mean())) < 1e-3 and abs(float(c.std()) - 1) < 1e-2
