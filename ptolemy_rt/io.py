@@ -1,4 +1,10 @@
-"""Reading images: MRC (modes 0, 1, 2, 6, 12), TIFF, PNG and JPEG into float32 2-D arrays."""
+"""Reading images: MRC (modes 0, 1, 2, 6, 12), TIFF, PNG and JPEG into float32 2-D arrays.
+
+A SerialEM montage stack (an MRC stack with its `.mdoc` beside it, `NAME.mrc.mdoc` or `NAME.mdoc`, whose
+sections carry `PieceCoordinates`) is read as the assembled montage (montage.read_montage: pieces placed in
+the nominal montage frame, tile brightness flattened), with the .mdoc's pixel size, unless a section is
+asked for. The pixel budget applies to the stack and to the assembled size, both checked before reading.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ __all__ = [
     "as_image",
     "atomic_write",
     "check_min_size",
+    "montage_mdoc",
     "read_image",
 ]
 
@@ -44,6 +51,8 @@ RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
 # Bytes per pixel of the modes mrcfile knows (4, complex, is refused after the size checks).
 MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}
+# A SerialEM .mdoc is a few kB per section: anything far larger is not one (as metadata.MAX_SIDECAR_BYTES).
+MAX_MDOC_BYTES = 8 * 1024 * 1024
 # The most pixels a file may claim (all sections together) unless the caller raises it (--max-pixels).
 DEFAULT_MAX_PIXELS = 1 << 28
 # A compressed file claiming more than this many times its own size is treated as a decompression bomb.
@@ -63,6 +72,7 @@ class Image:
     source: str | None = None
     dtype: str = "float32"
     section: int | None = None
+    pieces: int = 0  # montage pieces assembled into `data` (0: a single image or section)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -190,12 +200,50 @@ def zlib_error():
     return zlib.error
 
 
+def montage_mdoc(path: str | os.PathLike) -> Path | None:
+    """The SerialEM `.mdoc` with piece coordinates that makes `path` a montage stack (PATH.mdoc, else the
+    name with .mdoc for its suffix), or None. A montage .mdoc that cannot be parsed is a CorruptFileError."""
+    p = Path(path)
+    for cand in (p.with_name(p.name + ".mdoc"), p.with_suffix(".mdoc")):
+        if cand == p or not cand.is_file():
+            continue
+        if cand.stat().st_size > MAX_MDOC_BYTES:
+            raise CorruptFileError(f"{cand}: {cand.stat().st_size} bytes is too large for a .mdoc "
+                                   f"(limit {MAX_MDOC_BYTES})")
+        from .montage import read_mdoc
+
+        if read_mdoc(cand).is_montage:
+            return cand
+    return None
+
+
+def _read_montage(path: Path, mdoc: Path, header: np.recarray, max_pixels: int) -> Image:
+    """The assembled montage of a stack whose header was checked (budget, size) already."""
+    from .montage import read_montage
+
+    name = str(path)
+    mode = int(header.mode)
+    if mode not in MRC_MODES:
+        raise UnsupportedFormatError(f"{name}: MRC mode {mode} is not supported (modes 0, 1, 2, 6, 12 are)")
+    m = read_montage(path, mdoc, max_pixels=max_pixels)
+    dtype = np.dtype(MRC_MODES[mode]).name
+    log.debug("%s: montage of %d pieces from %s assembled to %s (%s)", name, len(m.positions), mdoc,
+              m.image.shape, dtype)
+    # Gains make the pixels non-integer: the mixture rescales them as any float image ("float32").
+    return Image(data=_validate(m.image, name), pixel_size_A=m.pixel_size_A, source=name, dtype="float32",
+                 section=None, pieces=len(m.positions))
+
+
 def _read_mrc(path: Path, section: int | None, max_pixels: int, permissive: bool) -> Image:
     name = str(path)
     with open(path, "rb") as fh:
         magic = fh.read(4)
     compression = "gzip" if magic[:2] == b"\x1f\x8b" else "bzip2" if magic[:3] == b"BZh" else None
     if compression is None:
+        if section is None:
+            montage = _maybe_montage(path, name, max_pixels, permissive)
+            if montage is not None:
+                return montage
         return _read_mrc_file(path, name, section, max_pixels, permissive)
     # Decompressed into a temporary file and memory-mapped, so the image is never held twice in memory.
     with tempfile.TemporaryDirectory(prefix="ptolemy-rt-") as tmp:
@@ -204,6 +252,25 @@ def _read_mrc(path: Path, section: int | None, max_pixels: int, permissive: bool
             _decompress_to(path, compression, out, name, max_pixels, permissive)
         image = _read_mrc_file(plain, name, section, max_pixels, permissive)
     return image
+
+
+def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool) -> Image | None:
+    """The assembled montage when `path` is a stack with a montage .mdoc beside it, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    header = _mrc_header(head, name)
+    if len(head) < 1024 or int(header.nz) < 2:
+        return None
+    mdoc = montage_mdoc(path)
+    if mdoc is None:
+        return None
+    if bytes(header.map)[:3] != b"MAP" and not permissive:
+        raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
+    offset, nbytes = _mrc_claim(header, name, max_pixels)
+    size = path.stat().st_size
+    if offset + nbytes > size:
+        raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes, the file holds {size}")
+    return _read_montage(path, mdoc, header, max_pixels)
 
 
 def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, permissive: bool) -> Image:
@@ -422,7 +489,8 @@ def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixel
 
     Every failure is an InputError naming the file, raised before any allocation the file's header asks for:
     at most `max_pixels` pixels (default 2**28) are read. MRC files are checked by mrcfile's validator;
-    `permissive=True` reads a file it flags (its warning is issued instead).
+    `permissive=True` reads a file it flags (its warning is issued instead). A SerialEM montage stack (a
+    `.mdoc` with PieceCoordinates beside it) is read as its assembled montage unless `section` is given.
     """
     p = Path(path)
     budget = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)

@@ -46,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import CorruptFileError, MissingFileError, ShapeError
+from .errors import CorruptFileError, MissingFileError, ShapeError, TooLargeError
 
 __all__ = [
     "MAX_PIXELS",
@@ -282,12 +282,14 @@ def assemble(
     max_pixels: int = MAX_PIXELS,
     name: str = "<montage>",
     pixel_size_A: float | None = None,
+    extent: tuple[int, int] | None = None,
 ) -> Montage:
     """Paste tiles (same shape) at integer top-left positions (x, y) into one float32 montage.
 
     flatten: divide each tile by its gain (tile_gains) first. fill_gaps: fill pixels no tile covers from
-    their neighbourhood (they stay False in `coverage`). Refuses (ShapeError) a montage over `max_pixels`
-    before allocating it."""
+    their neighbourhood (they stay False in `coverage`). extent: (rows, cols) of the montage, the positions
+    then taken as they are (a tile reaching past it is clipped); default: the tiles' bounding box, positions
+    shifted to start at 0. Refuses (TooLargeError) a montage over `max_pixels` before allocating it."""
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
     n = len(pos)
     if n == 0 or len(tiles) != n:
@@ -296,11 +298,12 @@ def assemble(
     if len(shape) != 2 or any(tuple(t.shape) != shape for t in tiles):
         raise ShapeError(f"{name}: montage pieces must be 2-D and all of one shape")
     ipos = np.rint(pos).astype(np.int64)
-    ipos -= ipos.min(axis=0)
-    h, w = montage_extent(ipos, shape)
-    if h * w > max_pixels:
-        raise ShapeError(f"{name}: the assembled montage would be {h} x {w} = {h * w} pixels, "
-                         f"over the limit of {max_pixels} (max_pixels)")
+    if extent is None:
+        ipos -= ipos.min(axis=0)
+        h, w = montage_extent(ipos, shape)
+    else:
+        h, w = int(extent[0]), int(extent[1])
+    _check_budget(h, w, max_pixels, name)
     gains = tile_gains(tiles, ipos) if flatten else np.ones(n)
     out = np.zeros((h, w), dtype=np.float32)
     # Depth of each tile pixel: its distance to the tile's nearest edge; the deepest tile wins a pixel.
@@ -311,16 +314,29 @@ def assemble(
     depth = np.full((h, w), -1, dtype=np.int32)
     for k in range(n):
         x0, y0 = int(ipos[k, 0]), int(ipos[k, 1])
-        dv = depth[y0 : y0 + th, x0 : x0 + tw]
-        ov = out[y0 : y0 + th, x0 : x0 + tw]
-        take = depth_tile > dv
-        ov[take] = (np.asarray(tiles[k], dtype=np.float32) / np.float32(gains[k]))[take]
-        dv[take] = depth_tile[take]
+        # The part of the tile inside the montage (all of it unless an extent clips it).
+        r0, c0 = max(0, -y0), max(0, -x0)
+        r1, c1 = min(th, h - y0), min(tw, w - x0)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        dv = depth[y0 + r0 : y0 + r1, x0 + c0 : x0 + c1]
+        ov = out[y0 + r0 : y0 + r1, x0 + c0 : x0 + c1]
+        dt = depth_tile[r0:r1, c0:c1]
+        take = dt > dv
+        ov[take] = (np.asarray(tiles[k][r0:r1, c0:c1], dtype=np.float32) / np.float32(gains[k]))[take]
+        dv[take] = dt[take]
     covered = depth >= 0
     del depth
     if fill_gaps and not covered.all():
         _fill_gaps(out, covered)
     return Montage(out, covered, ipos, gains, pixel_size_A, name)
+
+
+def _check_budget(h: int, w: int, max_pixels: int, name: str) -> None:
+    """TooLargeError (exit 2) for a montage over the pixel budget, before anything is allocated."""
+    if h * w > max_pixels:
+        raise TooLargeError(f"{name}: the assembled montage would be {h} x {w} = {h * w} pixels, "
+                            f"over the budget of {max_pixels} (max_pixels; raise it with --max-pixels)")
 
 
 def read_montage(
@@ -334,8 +350,15 @@ def read_montage(
 ) -> Montage:
     """Read a SerialEM montage stack and its `.mdoc` (default: path + '.mdoc') and assemble it.
 
-    aligned: use SerialEM's aligned piece coordinates when the .mdoc has them. frame: which montage of a
-    multi-montage file (the z of PieceCoordinates; default: the first)."""
+    aligned: place pieces at SerialEM's aligned piece coordinates when the .mdoc has them. frame: which
+    montage of a multi-montage file (the z of PieceCoordinates; default: the first).
+
+    The montage is always in the nominal frame: pixel (0, 0) is the smallest PieceCoordinates, the size is
+    the nominal pieces' bounding box (SerialEM's full montage; its map overview is this image binned), so
+    a target's pixel maps onto the montage map (navigator.py) whatever the alignment. Aligned pieces are
+    placed with their mean offset from the nominal positions removed (aligned coordinates have their own,
+    arbitrary origin) and clipped to that box; a target is then off SerialEM's own aligned display by at
+    most the piece's alignment residual."""
     import mrcfile
 
     p = Path(path)
@@ -365,11 +388,13 @@ def read_montage(
         if bad:
             raise CorruptFileError(f"{md.source}: ZValue {bad[0]} outside the stack's {nz} sections")
         use_aligned = aligned and all(s.aligned is not None for s in secs)
-        pos = np.array([(s.aligned if use_aligned else s.piece)[:2] for s in secs], dtype=np.int64)
-        h, w = montage_extent(pos, data.shape[1:])
-        if h * w > max_pixels:
-            raise ShapeError(f"{name}: the assembled montage would be {h} x {w} = {h * w} pixels, "
-                             f"over the limit of {max_pixels} (max_pixels)")
+        nominal = np.array([s.piece[:2] for s in secs], dtype=np.int64)
+        h, w = montage_extent(nominal, data.shape[1:])
+        _check_budget(h, w, max_pixels, name)
+        pos = nominal - nominal.min(axis=0)
+        if use_aligned:
+            ali = np.array([s.aligned[:2] for s in secs], dtype=np.int64)
+            pos = pos + (ali - nominal) - np.rint((ali - nominal).mean(axis=0)).astype(np.int64)
         tiles = [np.asarray(data[s.z], dtype=np.float32) for s in secs]
         pixel = md.pixel_size_A
         if pixel is None:
@@ -377,7 +402,8 @@ def read_montage(
             pixel = v if math.isfinite(v) and v > 1.0 else None
     if any(not np.isfinite(t).all() for t in tiles):
         raise CorruptFileError(f"{name}: a montage piece holds NaN or infinite values")
-    return assemble(tiles, pos, flatten=flatten, max_pixels=max_pixels, name=name, pixel_size_A=pixel)
+    return assemble(tiles, pos, flatten=flatten, max_pixels=max_pixels, name=name, pixel_size_A=pixel,
+                    extent=(h, w))
 
 
 # --------------------------------------------------------------------------------------------------- seams

@@ -29,7 +29,13 @@ shared/serialem-nav.md:
   two are the same point, with the map's stage Z as the third value.
 - Montage maps (``MapMontage = 1``): ``MapScaleMat`` and ``MapWidthHeight`` describe the overview; a stitched
   montage at any binning with the overview's aspect ratio is scaled onto it. Whether a coordinate names a
-  pixel's corner or centre is not settled by the source: at most half a map pixel.
+  pixel's corner or centre is not settled by the source: at most half a map pixel. The montage's own file
+  (the pieces' stack with its .mdoc) is accepted when io.read_image assembled it: montage.read_montage puts
+  it in the nominal montage frame (pixel 0 at the smallest PieceCoordinates, the nominal pieces' bounding
+  box, i.e. SerialEM's full montage, whose overview is a binned copy), so its pixels scale onto the overview
+  as any stitched copy's do; pieces sit at their aligned positions less the mean aligned-nominal offset, so a
+  point is off SerialEM's aligned display by at most that piece's alignment residual. Only stage positions
+  are written for montages (no ``CoordsInMap``).
 """
 
 from __future__ import annotations
@@ -369,6 +375,17 @@ def _notes(result: Any) -> list[str]:
     return notes
 
 
+def _assembled_montage(image_path: str | os.PathLike | None) -> bool:
+    """Whether io.read_image assembles this file (a SerialEM montage stack with its .mdoc) when no section is
+    asked for: the image is then the whole montage in its nominal frame (montage.read_montage)."""
+    from .io import montage_mdoc
+
+    try:
+        return image_path is not None and Path(image_path).is_file() and montage_mdoc(image_path) is not None
+    except PtolemyError:
+        return False
+
+
 def targets_nav_text(nav_in: str | os.PathLike, result: Any, map_label: str | None = None,
                      nav_out: str | os.PathLike | None = None,
                      image_path: str | os.PathLike | None = None, acquire: bool = False) -> tuple[Path, str, int]:
@@ -385,6 +402,8 @@ def targets_nav_text(nav_in: str | os.PathLike, result: Any, map_label: str | No
     map_item = find_map(nav, map_label, image_path, result.image.section)
     frame_file = map_item.get("MapFile")
     same_file = bool(image_path and frame_file and _basename(frame_file) == Path(image_path).name.lower())
+    if same_file and result.image.section is None and _assembled_montage(image_path):
+        same_file = False  # io read the montage's pieces as one stitched image: its pixels are the montage's
     points = [(float(t.x), float(t.y)) for t in result.targets]
     new_text, items = add_points(nav, text, map_item, points, tuple(result.image.shape), _notes(result),
                                  acquire=acquire, image_is_map_file=same_file)

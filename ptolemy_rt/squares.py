@@ -12,8 +12,9 @@ atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
 
-A path to a SerialEM montage stack with its ``.mdoc`` beside it (PATH.mdoc) is assembled first
-(montage.read_montage, per-piece gains flattened); pass ``section=`` to take one piece instead.
+A path to a SerialEM montage stack with its ``.mdoc`` beside it (PATH.mdoc) is read as the assembled montage
+(io.read_image: montage.read_montage, per-piece gains flattened), in every mode; pass ``section=`` to take one
+piece instead.
 
 Explicit ``window`` / ``min_area`` win over the mesh's values; the mesh, disc and lattice stages still run.
 Squares off the grid disc are dropped (background, never a square), so the class "off-disc" never appears.
@@ -27,16 +28,14 @@ screen, in [0, 90)): (-theta) mod 90.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .crops import CROP_SIZE, rotated_frame, square_crops
-from .io import Image, ImageLike, as_image, check_min_size
+from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
 from .options import COMPAT_MIN_AREA, COMPAT_WINDOW, SquareOptions
 from .regions import Regions, find_regions, region_means
@@ -284,8 +283,7 @@ def find_squares(
     opts = replace(options or SquareOptions(), **overrides)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    montage = None if opts.compat or section is not None else _montage(image_or_path)
-    image = montage if montage is not None else as_image(image_or_path, section=section)
+    image = as_image(image_or_path, section=section)
     check_min_size(image, MIN_SIDE, "find_squares")
     info = ImageInfo(path=image.source, shape=image.shape, pixel_size_A=image.pixel_size_A, section=image.section)
     t = time.perf_counter()
@@ -301,24 +299,6 @@ def find_squares(
     if opts.compat:
         return _compat_squares(image, info, model_set, model_ids, opts, timings, t_start)
     return _mesh_squares(image, info, model_set, model_ids, opts, timings, t_start)
-
-
-def _montage(image_or_path: ImageLike) -> Image | None:
-    """A SerialEM montage stack given by path with its `.mdoc` beside it (PATH.mdoc with piece coordinates),
-    assembled with per-piece gains (montage.read_montage); None for anything else."""
-    if not isinstance(image_or_path, (str, os.PathLike)):
-        return None
-    path = Path(image_or_path)
-    mdoc = Path(str(path) + ".mdoc")
-    if not (path.suffix.lower() in (".mrc", ".st", ".map", ".mrcs") and mdoc.is_file()):
-        return None
-    from .montage import read_mdoc, read_montage
-
-    if not read_mdoc(mdoc).is_montage:
-        return None
-    m = read_montage(path, mdoc)
-    return Image(data=np.ascontiguousarray(m.image, dtype=np.float32), pixel_size_A=m.pixel_size_A,
-                 source=str(path), dtype="float32")
 
 
 def _score(model_set: Any, data: np.ndarray, hulls: Sequence[np.ndarray], theta: float, mean: float, std: float,

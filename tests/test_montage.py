@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptolemy_rt.errors import CorruptFileError, ShapeError
+from ptolemy_rt.errors import CorruptFileError, TooLargeError
 from ptolemy_rt.montage import (
     assemble,
+    montage_extent,
     parse_mdoc,
     read_mdoc,
     read_montage,
@@ -123,7 +124,18 @@ def test_aligned_coordinates_are_used_when_present(tmp_path):
     wrong = pos + np.array([[7, -3], [0, 5], [-4, 0], [2, 2]])
     path = write_stack(tmp_path, tiles, wrong, aligned=pos)
     m = read_montage(path)
-    assert np.array_equal(m.positions, pos - pos.min(axis=0))
+    # The nominal frame (origin and size from PieceCoordinates), pieces where the aligned ones put them, less
+    # the mean aligned-nominal offset.
+    shift = np.rint((pos - wrong).mean(axis=0)).astype(int)
+    assert np.array_equal(m.positions, pos - wrong.min(axis=0) - shift)
+    assert m.image.shape == montage_extent(wrong, (120, 150))
+    # Inside that frame the pieces agree with the scene: the stitch shows it shifted by the common offset.
+    off = -(pos.min(axis=0) - wrong.min(axis=0) - shift)  # scene (x, y) at montage pixel (0, 0), less pos.min
+    y0, x0 = pos.min(axis=0)[1] + off[1], pos.min(axis=0)[0] + off[0]
+    ys, xs = np.nonzero(m.coverage)
+    inside = (ys + y0 >= 0) & (ys + y0 < 200) & (xs + x0 >= 0) & (xs + x0 < 260)
+    ratio = m.image[ys[inside], xs[inside]] / image[ys[inside] + y0, xs[inside] + x0]
+    assert np.allclose(ratio, np.median(ratio), rtol=1e-4)
     nominal = read_montage(path, aligned=False)
     assert np.array_equal(nominal.positions, wrong - wrong.min(axis=0))
 
@@ -133,9 +145,9 @@ def test_pixel_budget_refused_before_allocating(tmp_path):
     tiles = [rng.uniform(0, 10, (40, 50)).astype(np.float32) for _ in range(2)]
     # Two tiles 10^6 px apart: a 40 x 1000050 montage would be 4e7 pixels.
     path = write_stack(tmp_path, tiles, [(0, 0), (1_000_000, 0)])
-    with pytest.raises(ShapeError, match="mont.mrc.*max_pixels"):
+    with pytest.raises(TooLargeError, match="mont.mrc.*max_pixels"):
         read_montage(path, max_pixels=1_000_000)
-    with pytest.raises(ShapeError, match="max_pixels"):
+    with pytest.raises(TooLargeError, match="max_pixels"):
         assemble(tiles, np.array([[0, 0], [1_000_000, 0]]), max_pixels=1_000_000)
 
 
