@@ -219,11 +219,16 @@ def render_report(outdir: str | Path) -> str:
             square_rows.append([(f'<a href="#sq-{a_n}-{k}">{_e(r["id"])} #{k + 1}</a>', f"{a_n:04d}-{k:06d}"),
                                 (_fmt(t.get("score")), t.get("score")), (_fmt(t["x"]), t["x"]), (_fmt(t["y"]), t["y"]),
                                 (_fmt(t.get("area")), t.get("area")),
-                                (_fmt(t.get("brightness")), t.get("brightness")), (str(n_linked), n_linked)])
+                                (_fmt(t.get("brightness")), t.get("brightness")),
+                                (_e(t.get("class") or ""), t.get("class")),
+                                (_e(t.get("found_by") or ""), t.get("found_by")),
+                                (_fmt(t.get("row")), t.get("row")), (_fmt(t.get("col")), t.get("col")),
+                                (str(n_linked), n_linked)])
     parts.append('<section id="tables"><h2>Images</h2>' + _table("images-table", ["image", "kind", "status", "targets",
                  "best score", "spacing px", "pixel Å", "reason / error"], image_rows)
                  + "<h2>Squares</h2>" + _table("squares-table", ["square", "score", "x px", "y px", "area px²",
-                                               "brightness", "images"], square_rows) + "</section>")
+                                               "brightness", "class", "found by", "row", "col", "images"],
+                                               square_rows) + "</section>")
     notes = "".join(f"<li>{_e(n)}</li>" for n in summary.get("notes", []))
     if notes:
         parts.append(f'<section id="notes"><h2>Notes</h2><ul>{notes}</ul></section>')

@@ -84,6 +84,23 @@ def test_page_links_counts_and_local_files(batch_dir):
     assert 'id="images-table"' in text and 'id="squares-table"' in text
 
 
+def test_squares_table_shows_class_and_lattice_place(batch_dir):
+    text = (batch_dir / "index.html").read_text(encoding="utf-8")
+    table = text[text.index('id="squares-table"'):]
+    table = table[: table.index("</table>")]
+    head = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    assert head[6:10] == ["class", "found by", "row", "col"]
+    summary = json.loads((batch_dir / "summary.json").read_text())
+    atlas = next(r for r in summary["images"] if r["kind"] == "squares")
+    targets = json.loads((batch_dir / "results" / f"{atlas['id']}.json").read_text())["targets"]
+    rows = re.findall(r"<tr>(.*?)</tr>", table[table.index("<tbody>"):])
+    assert len(rows) == len(targets) > 0
+    for row, t in zip(rows, targets):
+        cells = re.findall(r'<td data-v="([^"]*)">', row)
+        assert cells[6:10] == ["" if t[k] is None else str(t[k]) for k in ("class", "found_by", "row", "col")]
+    assert any(t["class"] for t in targets)
+
+
 def test_report_is_deterministic_and_escapes(batch_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(batch_dir, copy)
