@@ -152,6 +152,9 @@ class Square:
     col: int | None = None
     found_by: str | None = None
     square_class: str | None = None
+    # Cut by the image edge with less than half of it visible (squares.EDGE_TARGETABLE_SHARE): a real square
+    # (kept, as the original keeps it) whose box centre is not the square's centre; None in compat mode.
+    edge: bool | None = None
 
     def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
         """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
@@ -171,6 +174,7 @@ class Square:
             "row": self.row,
             "col": self.col,
             "found_by": self.found_by,
+            "edge": self.edge,
         }
 
     # The original low-mag finder puts the origin at the top-left pixel's corner; ours is at its centre.
@@ -383,7 +387,7 @@ Result = SquareResult | HoleResult
 
 
 # A square's class and place on the mesh lattice, as in its JSON (Square.to_dict).
-SQUARE_LATTICE_FIELDS = ("class", "found_by", "row", "col")
+SQUARE_LATTICE_FIELDS = ("class", "found_by", "row", "col", "edge")
 
 
 def _vertex_columns(n: int) -> list[str]:
@@ -394,7 +398,7 @@ def table(result: Result, compat: bool = False) -> tuple[list[str], list[list[An
     """The targets as a header and rows (None for a missing value): the fields of the JSON it mirrors.
 
     Default: our target fields (x, y, score, area, [brightness], score_<name>..., x_um, y_um, [area_um2, class,
-    found_by, row, col | diameter_px, diameter_um], vertex1_x, vertex1_y, ...); the square fields are empty
+    found_by, row, col, edge | diameter_px, diameter_um], vertex1_x, vertex1_y, ...); the square fields are empty
     where the JSON has null (no mesh, or --compat). `compat`: the original's fields in its order
     (vertex1_x ... , center_x, center_y, area, [brightness], score), its origin and int() centres.
     """
@@ -443,7 +447,9 @@ def format_result(result: Result, fmt: str = "json", compat: bool = False, prett
             return json.dumps([t.compat_dict() for t in result.targets], allow_nan=False) + "\n"
         return json.dumps(result.to_dict(), indent=1 if pretty else None, allow_nan=False) + "\n"
     header, rows = table(result, compat=compat)
-    cells = [["" if v is None else v for v in row] for row in rows]
+    # Booleans as in the JSON (true/false), missing values empty.
+    cells = [["" if v is None else ("true" if v else "false") if isinstance(v, bool) else v for v in row]
+             for row in rows]
     if fmt == "txt":
         return "".join("\t".join(str(v) for v in line) + "\n" for line in [header, *cells])
     buf = io.StringIO()

@@ -91,19 +91,19 @@ def test_txt_and_csv():
     csv_rows = list(csv.reader(io.StringIO(format_result(r, "csv"))))
     assert rows == csv_rows  # one table, two separators
     assert rows[0][:6] == ["x", "y", "score", "area", "brightness", "score_cnn"]
-    assert rows[0][6:13] == ["x_um", "y_um", "area_um2", "class", "found_by", "row", "col"] and rows[0][13:] == [
-        f"vertex{i}_{a}" for i in range(1, 5) for a in "xy"]
+    assert rows[0][6:14] == ["x_um", "y_um", "area_um2", "class", "found_by", "row", "col", "edge"]
+    assert rows[0][14:] == [f"vertex{i}_{a}" for i in range(1, 5) for a in "xy"]
     assert rows[1][:3] == ["40", "50", "0.7"] and rows[2][:3] == ["20", "30", "0.3"]
     assert rows[1][6:9] == ["", "", ""]  # pixel size unknown: empty, never a guess
-    assert rows[1][9:13] == ["", "", "", ""]  # no mesh lattice: empty
+    assert rows[1][9:14] == ["", "", "", "", ""]  # no mesh lattice: empty
 
 
 def test_csv_has_the_square_class_and_lattice_place():
-    on = replace(_square(20, 30, 0.3), row=2, col=5, found_by="lattice", square_class="thick")
+    on = replace(_square(20, 30, 0.3), row=2, col=5, found_by="lattice", square_class="thick", edge=False)
     r = _result([on, _square(40, 50, 0.7)])
     rows = list(csv.reader(io.StringIO(format_result(r, "csv"))))
     d = dict(zip(rows[0], rows[2]))
-    assert (d["class"], d["found_by"], d["row"], d["col"]) == ("thick", "lattice", "2", "5")
+    assert (d["class"], d["found_by"], d["row"], d["col"], d["edge"]) == ("thick", "lattice", "2", "5", "false")
     assert json.loads(format_result(r, "json"))["targets"][1]["class"] == "thick"
     with pytest.raises(ValueError):
         format_result(r, "xml")

@@ -278,3 +278,20 @@ def test_a_squares_run_imports_no_scipy(tmp_path):
     assert r.returncode == 0, r.stderr
     n, mods = r.stdout.strip().split(" ", 1)
     assert int(n) > 0 and mods == "[]"
+
+def test_edge_slivers_are_kept_and_flagged():
+    """Squares cut by the image edge: kept down to a small share (as the original keeps them), and flagged
+    `edge` exactly when less than half of the square (EDGE_TARGETABLE_SHARE) is visible."""
+    image, _, _, _ = mesh_atlas(600, 80.0, 16.0, 12.0, seed=7)
+    result = squares.find_squares(image, models=False)
+    side2 = result.mesh.square_side_px ** 2
+    flagged = [s for s in result.squares if s.edge]
+    assert flagged and all(s.edge is not None for s in result.squares)
+    for s in result.squares:
+        v = np.array(s.vertices)
+        inside = v.min() > 2 and v.max() < 597
+        if inside:
+            assert not s.edge
+        elif s.found_by == "mixture":
+            assert s.edge == (s.area < squares.EDGE_TARGETABLE_SHARE * side2)
+    assert squares.find_squares(image, models=False, compat=True).squares[0].edge is None
