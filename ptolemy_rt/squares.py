@@ -3,11 +3,12 @@
 Stages (each timed in ``SquareResult.timings``): read -> mesh (grid pitch, bar width, angle: mesh.py; no mesh:
 an empty result with the reason) -> disc (atlas_classes.disc_mask) -> seams (montage.remove_seams: the cleaned
 image is used only when a seam was found) -> mixture (Poisson mixture mask, mixture.py) -> regions (grouping
-window and area limits from the mesh, convex hulls, regions.py) -> lattice (regions larger than
-one square, off the disc or off the lattice are dropped, one region per lattice point, lattice points with
-no region added as ``found_by: "lattice"``) -> angle (grid angle, boxes: here) -> classes
-(brightness: the mean in the axis-aligned box inscribed in 80 % of each square, the same for every square;
-atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
+window and area limits from the mesh, convex hulls, regions.py) -> lattice (regions off the disc or off the
+lattice are dropped; regions larger than one square, squares joined across a bar or a bright seam, are split
+along the fitted lattice (split_on_lattice); one region per lattice point; lattice points with no region added
+as ``found_by: "lattice"``; edge-cut squares under half visible flagged ``edge``) -> angle (grid angle, boxes:
+here) -> classes (brightness: the mean in the axis-aligned box inscribed in 80 % of each square, the same for
+every square; atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
 
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
@@ -486,6 +487,49 @@ EDGE_TARGETABLE_SHARE = 0.5
 MIN_ON_LATTICE = 0.5
 
 
+def split_on_lattice(mask: np.ndarray, hull: np.ndarray, origin: np.ndarray, basis: np.ndarray, side_px: float,
+                     *, min_area: float = 0.0, margin_px: float = 1.5) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Split a region holding several squares (merged across a bar or a bright seam) along the mesh lattice.
+
+    The mask pixels inside the region's convex `hull` are given to their nearest lattice point (origin +
+    i a + j b, basis rows a, b); only those within the square's footprint (side_px / 2 + margin_px of the
+    point along both lattice directions) count, so the bar or seam that joined two squares is cut away.
+    Returns ((i, j), hull) for each lattice point whose pixels' hull is over `min_area` px², by (j, i)."""
+    import cv2
+
+    from .regions import _square_hulls
+
+    h, w = mask.shape
+    x0, y0 = max(0, int(math.floor(hull[:, 0].min()))), max(0, int(math.floor(hull[:, 1].min())))
+    x1, y1 = min(w - 1, int(math.ceil(hull[:, 0].max()))), min(h - 1, int(math.ceil(hull[:, 1].max())))
+    if x1 < x0 or y1 < y0:
+        return []
+    inside = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
+    cv2.fillConvexPoly(inside, np.rint(hull - [x0, y0]).astype(np.int32).reshape(-1, 1, 2), 1)
+    ys, xs = np.nonzero(inside & (mask[y0 : y1 + 1, x0 : x1 + 1] != 0))
+    if ys.size == 0:
+        return []
+    pts = np.column_stack([xs + x0, ys + y0]).astype(np.int32)
+    basis = np.asarray(basis, dtype=np.float64)
+    st = (pts - np.asarray(origin, dtype=np.float64)) @ np.linalg.inv(basis.T).T
+    ij = np.rint(st).astype(np.int64)
+    lengths = np.hypot(basis[:, 0], basis[:, 1])
+    reach = (0.5 * side_px + margin_px) / lengths
+    near = (np.abs(st - ij) <= reach[None, :]).all(axis=1)
+    pts, ij = pts[near], ij[near]
+    if len(pts) == 0:
+        return []
+    order = np.lexsort((ij[:, 0], ij[:, 1]))
+    pts, ij = pts[order], ij[order]
+    change = np.flatnonzero((np.diff(ij, axis=0) != 0).any(axis=1)) + 1
+    starts = np.concatenate(([0], change))
+    bounds = np.append(starts, len(pts))
+    hulls = _square_hulls(pts, bounds, np.arange(len(starts)))
+    from .regions import polygon_area
+
+    return [((int(ij[s0, 0]), int(ij[s0, 1])), hl) for s0, hl in zip(starts, hulls) if polygon_area(hl) > min_area]
+
+
 def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, opts: SquareOptions,
                   timings: dict[str, float], t_start: float) -> SquareResult:
     """Our pipeline: the mesh sets the segmentation, the disc bounds it, the lattice completes it."""
@@ -544,10 +588,12 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     h, w = image.shape
     edge = np.array([bool(hl[:, 0].min() < 1 or hl[:, 1].min() < 1 or hl[:, 0].max() > w - 2
                           or hl[:, 1].max() > h - 2) for hl in regions.hulls], dtype=bool)
-    # A hull larger than one square holds several (merged across a bar or a bright seam): the lattice
-    # points it covers are filled below instead. Regions off the disc are background.
+    # A hull larger than one square holds several (merged across a bar or a bright seam): it is split along
+    # the lattice below. Regions off the disc are background.
     keep = [i for i in range(len(regions)) if regions.areas[i] <= mesh.max_square_area
             and (regions.areas[i] > min_area or edge[i])]
+    merged = [i for i in range(len(regions)) if regions.areas[i] > mesh.max_square_area
+              and _pixel(disc, regions.centroids[i : i + 1])[0]]
     edge = edge[keep] if keep else np.zeros(0, dtype=bool)
     hulls = [regions.hulls[i] for i in keep]
     centroids = regions.centroids[keep] if keep else np.zeros((0, 2))
@@ -579,6 +625,30 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
             fit_cols[snap] = ij[snap, 0] - off_i
             fit_rows[snap] = ij[snap, 1] - off_j
             on = fit_rows >= 0
+        if merged and (fit.rows >= 0).any() and (fit.rows >= 0).mean() >= MIN_ON_LATTICE:
+            # Regions over the largest square (squares joined across a thin bar or a bright seam): split along
+            # the lattice, each piece a square of its own lattice point.
+            k = int(np.flatnonzero(fit.rows >= 0)[0])
+            o = np.asarray(fit.origin)
+            basis = np.asarray(fit.basis)
+            ij_k = np.rint((centroids[k] - o) @ np.linalg.inv(basis.T).T).astype(np.int64)
+            off_i, off_j = ij_k[0] - fit.cols[k], ij_k[1] - fit.rows[k]
+            pieces = [pc for r in merged for pc in split_on_lattice(seg.mask, regions.hulls[r], o, basis,
+                                                                    mesh.square_side_px, min_area=edge_area)]
+            if pieces:
+                from .regions import polygon_area, polygon_centroid
+
+                new_hulls = [hl for _, hl in pieces]
+                hulls = list(hulls) + new_hulls
+                areas = np.concatenate([areas, [polygon_area(hl) for hl in new_hulls]])
+                centroids = np.vstack([centroids.reshape(-1, 2), [polygon_centroid(hl) for hl in new_hulls]])
+                edge = np.concatenate([edge, [bool(hl[:, 0].min() < 1 or hl[:, 1].min() < 1 or hl[:, 0].max() > w - 2
+                                                   or hl[:, 1].max() > h - 2) for hl in new_hulls]]).astype(bool)
+                fit_cols = np.concatenate([fit_cols, [i - off_i for (i, _), _ in pieces]]).astype(np.int64)
+                fit_rows = np.concatenate([fit_rows, [j - off_j for (_, j), _ in pieces]]).astype(np.int64)
+                on = (fit_rows >= 0) & (fit_cols >= 0)
+                # A piece not bigger than a square's share (min_area) away from the edge is a bar's bit.
+                on &= (areas > min_area) | edge
         if len(hulls) == 0 or (fit.rows >= 0).mean() >= MIN_ON_LATTICE:
             # One region per lattice point (a square split by a seam or a crack): the largest one.
             best: dict[tuple[int, int], int] = {}

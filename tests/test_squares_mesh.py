@@ -295,3 +295,34 @@ def test_edge_slivers_are_kept_and_flagged():
         elif s.found_by == "mixture":
             assert s.edge == (s.area < squares.EDGE_TARGETABLE_SHARE * side2)
     assert squares.find_squares(image, models=False, compat=True).squares[0].edge is None
+
+
+def test_merged_squares_are_split_along_the_lattice():
+    """Bright bridges across the bars join squares into regions over the largest square: they are split on the
+    lattice, each piece found by the mixture at its own lattice point, its outline one square's."""
+    image, truth, _, _ = mesh_atlas(600, 80.0, 16.0, 0.0, seed=3)
+    bright = np.float32(np.percentile(image, 99))
+    bridged = image.copy()
+    # Three pairs of squares joined across a vertical bar (rows of the squares' middle), one across a horizontal one.
+    for cx, cy in truth[[10, 20, 30]]:
+        bridged[int(cy) - 3 : int(cy) + 3, int(cx) : int(cx) + 80] = bright
+    cx, cy = truth[15]
+    bridged[int(cy) : int(cy) + 80, int(cx) - 3 : int(cx) + 3] = bright
+    result = squares.find_squares(bridged, models=False, seams=False)
+    side2 = result.mesh.square_side_px ** 2
+    j, d = nearest(truth, centres(result))
+    assert (d < 0.1 * 80).all() and len(set(j.tolist())) == len(truth)
+    inner = [result.squares[k] for k in j]
+    assert all(s.found_by == "mixture" for s in inner)  # pieces of the merged regions, not lattice fills
+    assert max(s.area for s in inner) < 1.3 * side2
+    # The split itself: one region over two lattice points gives two pieces, the bridge cut away.
+    mask = np.zeros((100, 200), np.uint8)
+    mask[10:70, 10:70] = 1
+    mask[10:70, 90:150] = 1
+    mask[38:42, 70:90] = 1
+    hull = np.array([[9.5, 9.5], [149.5, 9.5], [149.5, 69.5], [9.5, 69.5]])
+    pieces = squares.split_on_lattice(mask, hull, np.array([39.5, 39.5]), np.array([[80.0, 0.0], [0.0, 80.0]]), 60.0)
+    assert [ij for ij, _ in pieces] == [(0, 0), (1, 0)]
+    for (i, _), hl in pieces:
+        assert hl[:, 0].min() == pytest.approx(9.5 + 80 * i - (0 if i == 0 else 1), abs=1.01)
+        assert hl[:, 0].max() - hl[:, 0].min() <= 63
