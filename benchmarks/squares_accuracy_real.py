@@ -50,9 +50,10 @@ def match(pred: np.ndarray, truth: np.ndarray, tol: float) -> np.ndarray:
     return out
 
 
-def score(pred: np.ndarray, truth, edge: np.ndarray | None = None) -> dict:
-    """Recall over counted squares, precision over all found ones, and precision over the found ones not
-    flagged `edge` (under half visible at the image edge)."""
+def score(pred: np.ndarray, truth, edge: np.ndarray | None = None, classes: list | None = None) -> dict:
+    """Recall over counted squares, precision over all found ones, precision over the found ones not
+    flagged `edge` (under half visible at the image edge), and how many truth "ok" and "thick" squares found
+    got that class (`classes`: the found squares' classes)."""
     tol = 0.35 * truth.pitch_px
     idx = match(pred, truth.centers, tol)
     flag = np.zeros(len(pred), dtype=bool) if edge is None else np.asarray(edge, dtype=bool)
@@ -72,21 +73,25 @@ def score(pred: np.ndarray, truth, edge: np.ndarray | None = None) -> dict:
         "recall": found.sum() / max(n_true, 1),
         "precision": tp / max(len(pred), 1),
         "per_kind": per_kind,
+        "class_ok": [sum(1 for t in np.flatnonzero(found & (kinds == k)) if classes[idx[t]] == k)
+                     for k in ("ok", "thick")] if classes is not None else [0, 0],
+        "class_n": [int((found & (kinds == k)).sum()) for k in ("ok", "thick")],
         "n_edge": int(flag.sum()),
         "tp_t": int((matched & ~flag).sum()),
         "n_pred_t": int((~flag).sum()),
     }
 
 
-def run_squares(image) -> tuple[np.ndarray, float, str | None, np.ndarray]:
-    """Centres found by find_squares(models=False), its time, its reason and the squares' edge flags."""
+def run_squares(image) -> tuple[np.ndarray, float, str | None, np.ndarray, list]:
+    """Centres found by find_squares(models=False), its time, its reason, the squares' edge flags and classes."""
     from ptolemy_rt import find_squares
 
     t0 = time.perf_counter()
     res = find_squares(image, models=False)
     dt = time.perf_counter() - t0
     pred = np.array([(s.x, s.y) for s in res.squares], dtype=np.float64).reshape(-1, 2)
-    return pred, dt, res.reason, np.array([bool(s.edge) for s in res.squares], dtype=bool)
+    return (pred, dt, res.reason, np.array([bool(s.edge) for s in res.squares], dtype=bool),
+            [s.square_class for s in res.squares])
 
 
 def montage_blocks(image: np.ndarray, pieces) -> dict:
@@ -236,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         image, truth, pieces = make_heldout_atlas(case)
         t_gen = time.perf_counter() - t0
-        pred, t_sq, reason, edge = run_squares(image)
-        base = score(pred, truth, edge)
+        pred, t_sq, reason, edge, classes = run_squares(image)
+        base = score(pred, truth, edge, classes)
         t1 = time.perf_counter()
         det = detect_mesh(image)
         t_mesh = time.perf_counter() - t1
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         img2 = None
         if args.blocks:
             img2 = with_blocks(image, pieces, truth)
-            pred2, _, _, _ = run_squares(img2)
+            pred2 = run_squares(img2)[0]
             row["blocks"] = score(pred2, truth)
         if args.prototype:
             row["proto"] = score(prototype(image), truth)
@@ -273,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         tp_t = sum(r[key].get("tp_t", r[key]["tp"]) for r in sel)
         n_t = sum(r[key].get("n_pred_t", r[key]["n_pred"]) for r in sel)
         n_edge = sum(r[key].get("n_edge", 0) for r in sel)
+        c_ok = np.sum([r[key].get("class_ok", [0, 0]) for r in sel], axis=0)
+        c_n = np.sum([r[key].get("class_n", [0, 0]) for r in sel], axis=0)
         return [
             str(len(sel)), str(n_truth), f"{n_found / max(n_truth, 1):.3f}", f"{tp / max(n_pred, 1):.3f}",
             f"{worst['case'].name} (R {worst[key]['recall']:.3f}, P {worst[key]['precision']:.3f})",
             f"{tp_t / max(n_t, 1):.3f}", str(n_edge),
+            f"{c_ok[0] / max(c_n[0], 1):.2f} / {c_ok[1] / max(c_n[1], 1):.2f}",
         ]
 
     cats = [c for c in CATEGORIES if any(r["case"].category == c for r in rows)]
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             [("all", "montage assembly + remove_seams, then the prototype wiring")] if args.prototype and args.blocks
             else []):
         table = [["category", "atlases", "truth squares", "recall", "precision", "worst atlas (recall, precision)",
-                  "precision without edge-flagged", "edge-flagged"]]
+                  "precision without edge-flagged", "edge-flagged", "class right: ok / thick"]]
         for c in cats:
             table.append([c] + agg([r for r in rows if r["case"].category == c], key))
         table.append(["all"] + agg(rows, key))

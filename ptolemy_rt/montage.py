@@ -30,7 +30,9 @@ all round) is matched by its median. Gaps between pieces are filled from their n
 
 `remove_seams` is for atlases stitched elsewhere (EPU's Atlas_1.mrc): thin bright or dark straight lines
 along rows or columns are found as outliers of the row (column) means against what the mesh predicts
-there, and replaced by interpolation across them.
+there, and replaced by interpolation across them. `flatten_tile_offsets` then takes the seams as tile
+boundaries (completing the regular grid they imply) and divides each tile by its brightness gain, from the
+mean brightness on either side of each boundary (least squares in log space, as tile_gains).
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ __all__ = [
     "Montage",
     "Seam",
     "assemble",
+    "flatten_tile_offsets",
     "montage_extent",
     "parse_mdoc",
     "read_mdoc",
     "read_montage",
     "remove_seams",
+    "tile_boundaries",
     "tile_gains",
 ]
 
@@ -544,3 +548,152 @@ def remove_seams(
                 view[s.start + i] = before * (1 - t) + after * t
         found.extend(seams)
     return img, tuple(found)
+
+
+# ------------------------------------------------------------------------------------- tile offsets (stitched)
+
+
+def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[float] | None = None,
+                    merge_px: float = 24.0, min_step: float = 64.0) -> list[int]:
+    """Tile boundaries along one axis from the seams found there. A montage's tiles are taken on a regular grid: the
+    spacing that puts the most seams on one grid, less a quarter for each boundary of it with no seam (ties: the
+    larger spacing), gives every boundary of that grid, those with no visible line too (a brightness step is left
+    there); seams off it (a false seam, the far side of a wide gap) are not boundaries. With fewer than two seams on
+    a grid, the seams as found."""
+    wts = [1.0] * len(positions) if weights is None else [abs(float(v)) for v in weights]
+    # Seams in a chain each within merge_px of the next are one boundary (the two edges of a wide gap, the
+    # rows beside a strong step): the strongest seam of the chain (weights), else their middle.
+    pos: list[float] = []
+    chain: list[tuple[float, float]] = []
+    for p, wt in sorted(zip((float(v) for v in positions), wts)) + [(math.inf, 0.0)]:
+        if chain and p - chain[-1][0] > merge_px:
+            top = max(c[1] for c in chain)
+            strongest = [c[0] for c in chain if c[1] >= top]
+            pos.append(0.5 * (min(strongest) + max(strongest)))
+            chain = []
+        chain.append((p, wt))
+    if len(pos) < 2:
+        return [int(round(p)) for p in pos]
+    arr = np.asarray(pos)
+    best: tuple[float, float, float, int] | None = None
+    for i in range(len(arr)):
+        for j in range(i + 1, len(arr)):
+            for m in range(1, 9):
+                step = (arr[j] - arr[i]) / m
+                if step < min_step:
+                    break
+                tol = max(6.0, 0.01 * step)
+                k = np.rint((arr - arr[i]) / step)
+                count = int((np.abs(arr - arr[i] - k * step) <= tol).sum())
+                # A finer grid always fits as many seams: each grid boundary without a seam counts against it.
+                n_grid = math.floor((size - 0.25 * step - arr[i]) / step) - math.ceil((0.25 * step - arr[i]) / step) + 1
+                merit = count - 0.25 * max(0, n_grid - count)
+                if best is None or (merit, step) > (best[0], best[1]):
+                    best = (merit, step, float(arr[i]), count)
+    if best is None or best[3] < 2:
+        return [int(round(p)) for p in pos]
+    _, step, p0, _ = best
+    k = np.rint((arr - p0) / step)
+    inl = np.abs(arr - p0 - k * step) <= max(6.0, 0.01 * step)
+    design = np.column_stack([np.ones(int(inl.sum())), k[inl]])
+    (c, step), *_ = np.linalg.lstsq(design, arr[inl], rcond=None)
+    k_lo = math.ceil((0.25 * step - c) / step)
+    k_hi = math.floor((size - 0.25 * step - c) / step)
+    found = dict(zip(k[inl].astype(int).tolist(), arr[inl].tolist()))
+    # A seam's own position where one was found (the stitch's real cut), the grid's elsewhere.
+    return [int(round(found.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
+
+
+def flatten_tile_offsets(
+    image: np.ndarray,
+    seams: Sequence[Seam],
+    *,
+    pitch_px: float,
+    valid: np.ndarray | None = None,
+    min_change: float = 0.05,
+    min_contrast: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Divide each tile of a stitched atlas by its brightness gain; the tiles are the cells between the seams of at
+    least `min_contrast` (remove_seams; with the grid they imply: tile_boundaries). Returns the flattened image (the
+    input itself when no gain differs from 1 by `min_change` or more) and the gains per cell (rows x cols) or None.
+
+    Across each boundary the mean of a band on either side (two mesh pitches wide, so it holds whole periods of the
+    mesh: the same mean for the same gain) gives the ratio of the two cells' gains, where `valid` (the grid disc)
+    holds on both sides; the gains are solved for by least squares in log space (as tile_gains for a montage's
+    pieces), their geometric mean 1."""
+    h, w = image.shape
+    edges: dict[int, list[float]] = {0: [], 1: []}
+    strength: dict[int, list[float]] = {0: [], 1: []}
+    for s in seams:
+        # Weak "seams" are found beside a strong brightness step too (rows that straddle it): a tile boundary
+        # needs a seam of some contrast (a gap, a blend line, a gain band); the grid fills in the rest.
+        if abs(s.contrast) >= min_contrast:
+            edges[s.axis].append((s.start + s.stop) / 2.0)
+            strength[s.axis].append(abs(s.contrast))
+    # Two tile boundaries are many mesh pitches apart: seams closer than a pitch are one.
+    merge = max(24.0, float(pitch_px))
+    rows_b = tile_boundaries(edges[0], h, weights=strength[0], merge_px=merge)
+    cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge)
+    if not rows_b and not cols_b:
+        return image, None
+    wid = {0: {}, 1: {}}
+    for s in seams:
+        wid[s.axis][int(round((s.start + s.stop) / 2.0))] = (s.start, s.stop)
+    band = max(4, int(round(2 * pitch_px)))
+    ry = [0] + rows_b + [h]
+    cx = [0] + cols_b + [w]
+    nr, nc = len(ry) - 1, len(cx) - 1
+    ok = np.ones((h, w), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    floor = 0.05 * max(float(np.percentile(image[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
+    eqs: list[tuple[int, int, float, float]] = []
+
+    def compare(axis: int, k: int, lo: int, hi: int, a: int, b: int) -> None:
+        # Boundary k along `axis` (0: between row cells), over lo..hi of the other axis; cells a | b.
+        bnd = (ry if axis == 0 else cx)[k + 1]
+        start, stop = wid[axis].get(bnd, (bnd, bnd))
+        size = h if axis == 0 else w
+        n0, n1 = max(0, start - band), min(size, stop + band)
+        if start - n0 < band // 2 or n1 - stop < band // 2 or hi - lo < band:
+            return
+        view, vmask = (image, ok) if axis == 0 else (image.T, ok.T)
+        left, right = view[n0:start, lo:hi], view[stop:n1, lo:hi]
+        use = vmask[n0:start, lo:hi].all(axis=0) & vmask[stop:n1, lo:hi].all(axis=0)
+        if use.sum() < band:
+            return
+        # Means across the band first (one pass), then over the positions where both sides are valid.
+        ml = float(left.mean(axis=0, dtype=np.float64)[use].mean())
+        mr = float(right.mean(axis=0, dtype=np.float64)[use].mean())
+        if ml > floor and mr > floor:
+            eqs.append((a, b, math.log(mr / ml), float(use.sum())))
+
+    for k in range(nr - 1):
+        for j in range(nc):
+            compare(0, k, cx[j], cx[j + 1], k * nc + j, (k + 1) * nc + j)
+    for k in range(nc - 1):
+        for i in range(nr):
+            compare(1, k, ry[i], ry[i + 1], i * nc + k, i * nc + k + 1)
+    n = nr * nc
+    if not eqs:
+        return image, None
+    mat = np.zeros((len(eqs) + n + 1, n))
+    rhs = np.zeros(len(eqs) + n + 1)
+    for e, (a, b, d, weight) in enumerate(eqs):
+        sw = math.sqrt(weight)
+        mat[e, b], mat[e, a], rhs[e] = sw, -sw, sw * d
+    # A weak pull to 1 decides cells no comparison reaches; the product of the gains is 1.
+    mat[len(eqs) : len(eqs) + n] = 1e-3 * np.eye(n)
+    mat[-1] = 1.0
+    sol, *_ = np.linalg.lstsq(mat, rhs, rcond=None)
+    sol -= sol.mean()
+    gains = np.exp(sol).reshape(nr, nc)
+    if np.abs(sol).max() < math.log1p(min_change):
+        return image, gains
+    # One multiply by a (rows x cols) gain map built from the per-cell rows and columns.
+    row_cell = np.repeat(np.arange(nr), np.diff(ry))
+    col_cell = np.repeat(np.arange(nc), np.diff(cx))
+    inv = (1.0 / gains).astype(np.float32)
+    out = np.empty((h, w), dtype=np.float32)
+    for i in range(nr):
+        np.multiply(image[ry[i] : ry[i + 1]], inv[i][col_cell][None, :], out=out[ry[i] : ry[i + 1]])
+    del row_cell
+    return out, gains

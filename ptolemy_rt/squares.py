@@ -2,11 +2,12 @@
 
 Stages (each timed in ``SquareResult.timings``): read -> mesh (grid pitch, bar width, angle: mesh.py; no mesh:
 an empty result with the reason) -> disc (atlas_classes.disc_mask) -> seams (montage.remove_seams: the cleaned
-image is used only when a seam was found) -> mixture (Poisson mixture mask, mixture.py) -> regions (grouping
-window and area limits from the mesh, convex hulls, regions.py) -> lattice (regions off the disc or off the
-lattice are dropped; regions larger than one square, squares joined across a bar or a bright seam, are split
-along the fitted lattice (split_on_lattice); one region per lattice point; lattice points with no region added
-as ``found_by: "lattice"``; edge-cut squares under half visible flagged ``edge``) -> angle (grid angle, boxes:
+image is used only when a seam was found, its tiles' brightness offsets then flattened:
+montage.flatten_tile_offsets) -> mixture (Poisson mixture mask, mixture.py) -> regions (grouping window and
+area limits from the mesh, convex hulls, regions.py) -> lattice (regions off the disc or off the lattice are
+dropped; regions larger than one square, squares joined across a bar or a bright seam, are split along the
+fitted lattice (split_on_lattice); one region per lattice point; lattice points with no region added as
+``found_by: "lattice"``; edge-cut squares under half visible flagged ``edge``) -> angle (grid angle, boxes:
 here) -> classes (brightness: the mean in the axis-aligned box inscribed in 80 % of each square, the same for
 every square; atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
 
@@ -562,7 +563,11 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
 
             cleaned, seams = remove_seams(image.data, mesh=mesh)
             if seams:
-                source = cleaned
+                # Seams are where tiles were joined: flatten the tiles' brightness offsets too, so that one
+                # mixture threshold and one brightness scale (classes) hold for every tile.
+                from .montage import flatten_tile_offsets
+
+                source, _ = flatten_tile_offsets(cleaned, seams, pitch_px=mesh.pitch_px, valid=disc)
             del cleaned
         timings["seams"] = time.perf_counter() - t
 

@@ -10,12 +10,15 @@ from hypothesis import strategies as st
 
 from ptolemy_rt.errors import CorruptFileError, TooLargeError
 from ptolemy_rt.montage import (
+    Seam,
     assemble,
+    flatten_tile_offsets,
     montage_extent,
     parse_mdoc,
     read_mdoc,
     read_montage,
     remove_seams,
+    tile_boundaries,
     tile_gains,
 )
 
@@ -181,3 +184,45 @@ def test_remove_seams_on_a_mesh():
     # No seams in a clean mesh, at any angle, thin bars along the axes included.
     assert remove_seams(clean)[1] == ()
     assert remove_seams(render_mesh(768, 30.0, 3.0, 0.0, seed=12, dose=300.0))[1] == ()
+
+
+@settings(max_examples=30, deadline=None)
+@given(cf=st.floats(0.3, 0.9), step=st.floats(300, 700), missing=st.sets(st.integers(0, 5), max_size=3),
+       extra=st.floats(0, 1), jitter=st.lists(st.floats(-2, 2), min_size=6, max_size=6))
+def test_tile_boundaries_complete_a_regular_grid(cf, step, missing, extra, jitter):
+    # A first boundary cf x step into the image (a first tile under a quarter step is not told from the edge).
+    c = cf * step
+    size = int(c + 5 * step + cf * step)
+    true = [c + k * step for k in range(6)]
+    seen = [p + j for k, (p, j) in enumerate(zip(true, jitter)) if k not in missing]
+    if len(seen) < 2 or not any(b - a < 1.5 * step for a, b in zip(seen, seen[1:])):
+        return  # the spacing is then ambiguous (2x the true one fits as well): not asserted
+    false_seam = c + (0.3 + 0.4 * extra) * step  # a seam that is not a tile boundary
+    found = tile_boundaries(seen + [false_seam], size)
+    assert len(found) == 6
+    assert np.abs(np.array(found) - np.array(true)).max() <= 5
+
+
+def test_flatten_tile_offsets_on_a_stitched_mesh():
+    from tests.test_mesh import render_mesh
+
+    clean = render_mesh(900, 41.0, 6.0, 13.0, seed=21, dose=300.0).astype(np.float32)
+    gains = np.array([[1.0, 1.6, 0.7], [1.3, 0.8, 1.1], [0.6, 1.4, 1.0]])
+    stitched = clean.copy()
+    for i in range(3):
+        for j in range(3):
+            stitched[300 * i : 300 * (i + 1), 300 * j : 300 * (j + 1)] *= np.float32(gains[i, j])
+    # The seams a finder reports at the tile boundaries.
+    seams = [Seam(0, 299, 301, 0, 900, 0.2), Seam(0, 599, 601, 0, 900, 0.2), Seam(1, 299, 301, 0, 900, 0.2),
+             Seam(1, 599, 601, 0, 900, 0.2)]
+    flat, est = flatten_tile_offsets(stitched, seams, pitch_px=41.0)
+    assert est.shape == (3, 3)
+    true = gains / np.exp(np.log(gains).mean())
+    assert np.abs(est / true - 1).max() < 0.12  # from ~14 squares a side of each boundary (ice varies)
+    ratio = flat / np.maximum(clean, 1)
+    tiles = [np.median(ratio[300 * i + 20 : 300 * i + 280, 300 * j + 20 : 300 * j + 280][clean[300 * i + 20 :
+             300 * i + 280, 300 * j + 20 : 300 * j + 280] > 50]) for i in range(3) for j in range(3)]
+    assert max(tiles) / min(tiles) < 1.25  # was 1.6 / 0.6 = 2.7
+    # No seams: nothing to flatten, the image itself back.
+    same, none = flatten_tile_offsets(clean, [], pitch_px=41.0)
+    assert same is clean and none is None
