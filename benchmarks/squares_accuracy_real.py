@@ -90,7 +90,8 @@ def run_squares(image) -> tuple[np.ndarray, float, str | None, np.ndarray, list]
     res = find_squares(image, models=False)
     dt = time.perf_counter() - t0
     pred = np.array([(s.x, s.y) for s in res.squares], dtype=np.float64).reshape(-1, 2)
-    return (pred, dt, res.reason, np.array([bool(s.edge) for s in res.squares], dtype=bool),
+    # getattr: the script also runs on trees from before the edge flag (a before/after comparison).
+    return (pred, dt, res.reason, np.array([bool(getattr(s, "edge", False)) for s in res.squares], dtype=bool),
             [s.square_class for s in res.squares])
 
 
