@@ -683,7 +683,8 @@ def flatten_tile_offsets(
     # A weak pull to 1 decides cells no comparison reaches; the product of the gains is 1.
     mat[len(eqs) : len(eqs) + n] = 1e-3 * np.eye(n)
     mat[-1] = 1.0
-    sol, *_ = np.linalg.lstsq(mat, rhs, rcond=None)
+    # Normal equations (full rank: the prior rows): a small solve, where lstsq's SVD costs ~30x more.
+    sol = np.linalg.solve(mat.T @ mat, mat.T @ rhs)
     sol -= sol.mean()
     gains = np.exp(sol).reshape(nr, nc)
     if np.abs(sol).max() < math.log1p(min_change):
