@@ -406,27 +406,44 @@ def _point_in(vertices: list, x: float, y: float) -> bool:
     return True
 
 
+def _atlas_pixel(atlas: Item, pixel_m: float, shape: tuple[int, int], stage_xy_m: tuple[float, float]
+                 ) -> tuple[float, float] | None:
+    """Where a stage position falls in an atlas image (x, y pixels), from the atlas's own pixel-to-stage mapping."""
+    if atlas.nav_frame is not None:
+        try:  # SerialEM: the navigator's MapScaleMat, in micrometres; the image may be a binned or stitched copy
+            return atlas.nav_frame.pixel(stage_xy_m[0] * 1e6, stage_xy_m[1] * 1e6, shape)
+        except PtolemyError:
+            return None  # the image read is not that map (another aspect ratio): no link rather than a wrong one
+    return stage_to_pixel(stage_xy_m, atlas.stage_xy_m, pixel_m, shape, axes=atlas.pixel_axes)
+
+
 def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None:
-    """Set each grid-square image's `atlas_square` ([atlas id, square rank]) from stage positions, where known."""
+    """Set each grid-square image's `atlas_square` ([atlas id, square rank]) from stage positions, where known.
+
+    The atlas's orientation on the stage comes from its session metadata (sessions.py: EPU's
+    ReferenceTransformation, SerialEM's MapScaleMat); the grid-square image only gives its centre's position.
+    """
     atlases = []
     for item in items:
         row = rows.get(item.id)
         if item.kind != "squares" or row is None or row["status"] != "ok" or not item.stage_xy_m \
-                or not row["pixel_size_A"]:
+                or not (row["pixel_size_A"] or item.nav_frame is not None):
             continue
         try:
             result = json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        atlases.append((item, row["pixel_size_A"] * 1e-10, (row["rows"], row["cols"]), result["targets"]))
+        atlases.append((item, (row["pixel_size_A"] or 0.0) * 1e-10, (row["rows"], row["cols"]), result["targets"]))
     for item in items:
         row = rows.get(item.id)
         if item.kind != "holes" or row is None or not item.stage_xy_m:
             continue
         row["atlas_square"] = None
         for atlas, pixel_m, shape, targets in atlases:
-            x, y = stage_to_pixel(item.stage_xy_m, atlas.stage_xy_m, pixel_m, shape)
-            hit = next((k for k, t in enumerate(targets) if _point_in(t["vertices"], x, y)), None)
+            xy = _atlas_pixel(atlas, pixel_m, shape, item.stage_xy_m)
+            if xy is None:
+                continue
+            hit = next((k for k, t in enumerate(targets) if _point_in(t["vertices"], *xy)), None)
             if hit is not None:
                 row["atlas_square"] = [atlas.id, hit]
                 break

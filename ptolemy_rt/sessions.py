@@ -13,6 +13,17 @@ the file sits and what is written beside it; nothing is guessed from pixels:
   or below LOW_MAG_MAX, a grid-square map above) and its pixel spacing.
 - Anything else: a name or folder containing "atlas" means an atlas; otherwise the kind is unknown and the image
   fails with a message asking for `--kind`.
+
+Where an image sits on the stage (to link grid-square images to atlas squares), from what the session wrote:
+- EPU: `stage/Position` X, Y of the image's .xml is the stage position of the image centre (metres), and
+  `ReferenceTransformation/matrix` its pixel-to-stage matrix, read as System.Windows.Media.Matrix does
+  (row vector times matrix: a pixel step (dx, dy), x right and y down, moves the stage by
+  (dx m11 + dy m21, dx m12 + dy m22)). Only its directions are used (`Item.pixel_axes`): its scale is the
+  unbinned readout's, the image's own pixel size comes from metadata.py. Without a matrix the image is taken
+  as unrotated: x along stage X, y against stage Y.
+- SerialEM: a map's `StageXYZ` (µm) and `MapScaleMat` / `MapWidthHeight` in the .nav (`Item.nav_frame`,
+  navigator.MapFrame: its own stage-to-pixel mapping, MRC y flip and binned or montage copies included).
+- Leginon and plain files: no stage position (no links).
 """
 
 from __future__ import annotations
@@ -24,18 +35,24 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LOW_MAG_MAX",
+    "UNROTATED",
     "Item",
     "discover",
+    "epu_pixel_axes",
     "epu_stage_position",
     "kind_of",
     "mdoc_metadata",
+    "nav_frames",
     "nav_maps",
+    "pixel_to_stage",
+    "stage_to_pixel",
 ]
 
 IMAGE_SUFFIXES = (".mrc", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -46,6 +63,8 @@ LOW_MAG_MAX = 500.0
 _LEGINON = re.compile(r"_\d+([a-z]+)(?:_v\d+)?$", re.IGNORECASE)
 _LEGINON_KINDS = {"gr": "squares", "sq": "holes"}
 _GLOB_CHARS = set("*?[")
+# Stage directions of a step along +x (right) and +y (down) of an unrotated image: (x_X, x_Y, y_X, y_Y).
+UNROTATED = (1.0, 0.0, 0.0, -1.0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,10 @@ class Item:
     kind: str | None
     source: str
     stage_xy_m: tuple[float, float] | None = None
+    # Unit stage directions of +x and +y image steps (x_X, x_Y, y_X, y_Y); None: unknown (UNROTATED assumed).
+    pixel_axes: tuple[float, float, float, float] | None = None
+    # A SerialEM map's navigator frame (navigator.MapFrame), which maps stage to its pixels by itself.
+    nav_frame: Any = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (paths as strings)."""
@@ -66,6 +89,7 @@ class Item:
             "kind": self.kind,
             "source": self.source,
             "stage_xy_m": list(self.stage_xy_m) if self.stage_xy_m is not None else None,
+            "pixel_axes": list(self.pixel_axes) if self.pixel_axes is not None else None,
         }
 
 
@@ -91,6 +115,37 @@ def epu_stage_position(xml_path: Path) -> tuple[float, float] | None:
     except (KeyError, AttributeError, ValueError):
         return None
     return (x, y) if math.isfinite(x) and math.isfinite(y) else None
+
+
+def epu_pixel_axes(xml_path: Path) -> tuple[float, float, float, float] | None:
+    """Unit stage directions of +x and +y image steps from an EPU .xml's `ReferenceTransformation/matrix`.
+
+    (m11, m12) is where a step right goes, (m21, m22) a step down (System.Windows.Media.Matrix, row vectors);
+    None where absent, unreadable or degenerate.
+    """
+    from .metadata import read_xml_safely
+
+    try:
+        root = read_xml_safely(xml_path)
+    except (InputError, OSError):
+        return None
+    ref = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "ReferenceTransformation"), None)
+    matrix = next((c for c in ref if c.tag.rsplit("}", 1)[-1] == "matrix"), None) if ref is not None else None
+    if matrix is None:
+        return None
+    values = {c.tag.rsplit("}", 1)[-1]: c.text for c in matrix}
+    try:
+        m11, m12, m21, m22 = (float(values[k].strip()) for k in ("_m11", "_m12", "_m21", "_m22"))  # type: ignore
+    except (KeyError, AttributeError, ValueError):
+        return None
+    nx, ny = math.hypot(m11, m12), math.hypot(m21, m22)
+    if not all(math.isfinite(v) for v in (m11, m12, m21, m22)) or nx == 0 or ny == 0:
+        return None
+    axes = (m11 / nx, m12 / nx, m21 / ny, m22 / ny)
+    # Two directions less than ~6 degrees apart cannot be an image's axes: a garbled matrix, not a rotation.
+    if abs(axes[0] * axes[3] - axes[1] * axes[2]) < 0.1:
+        return None
+    return axes
 
 
 def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
@@ -123,14 +178,46 @@ def nav_maps(nav_path: Path) -> list[Path]:
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() == "MapFile":
-            stored = value.strip()
-            # Navigators are often moved from the acquisition PC: fall back to the file name beside the .nav.
-            name = stored.replace("\\", "/").rsplit("/", 1)[-1]
-            candidates = [Path(stored), nav_path.parent / stored, nav_path.parent / name]
-            path = next((c for c in candidates if c.is_file()), candidates[-1])
+            path = _map_path(nav_path, value)
             if path not in maps:
                 maps.append(path)
     return maps
+
+
+def nav_frames(nav_path: Path) -> dict[Path, Any]:
+    """navigator.MapFrame of each map file of a SerialEM .nav (resolved as nav_maps does), for stage positions.
+
+    A file used by several maps (sections of one stack) or a map item lacking its frame keys gets none.
+    """
+    from .navigator import map_frame, read_nav
+
+    try:
+        nav, _ = read_nav(nav_path)
+    except InputError:
+        return {}
+    frames: dict[Path, Any] = {}
+    shared: set[Path] = set()
+    for item in nav.items:
+        stored = item.get("MapFile")
+        if item.get("Type") != "2" or not stored:
+            continue
+        path = _map_path(nav_path, stored)
+        try:
+            frame = map_frame(item)
+        except InputError:
+            continue
+        if path in frames:
+            shared.add(path)
+        frames[path] = frame
+    return {p: f for p, f in frames.items() if p not in shared}
+
+
+def _map_path(nav_path: Path, stored: str) -> Path:
+    # Navigators are often moved from the acquisition PC: fall back to the file name beside the .nav.
+    stored = stored.strip()
+    name = stored.replace("\\", "/").rsplit("/", 1)[-1]
+    candidates = [Path(stored), nav_path.parent / stored, nav_path.parent / name]
+    return next((c for c in candidates if c.is_file()), candidates[-1])
 
 
 def kind_of(path: Path) -> tuple[str | None, str, str | None]:
@@ -165,23 +252,25 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _session_files(directory: Path) -> list[Path]:
+def _session_files(directory: Path, navs_seen: list[Path]) -> list[Path]:
     """The images of a directory tree worth considering (EPU sub-images and tiles included; kind_of sorts them)."""
     navs = sorted(directory.rglob("*.nav"))
     if navs:
         files: list[Path] = []
         for nav in navs:
             files.extend(nav_maps(nav))
+        navs_seen.extend(navs)
         return files
     return sorted(p for p in directory.rglob("*") if _is_image(p))
 
 
-def _expand(arg: str) -> list[Path]:
+def _expand(arg: str, navs_seen: list[Path]) -> list[Path]:
     path = Path(arg)
     if path.exists():
         if path.is_dir():
-            return _session_files(path)
+            return _session_files(path, navs_seen)
         if path.suffix.lower() == ".nav":
+            navs_seen.append(path)
             return nav_maps(path)
         return [path]
     if _GLOB_CHARS & set(arg):
@@ -191,7 +280,7 @@ def _expand(arg: str) -> list[Path]:
         out: list[Path] = []
         for m in matches:
             if m.is_dir() or m.suffix.lower() == ".nav":
-                out.extend(_expand(str(m)))
+                out.extend(_expand(str(m), navs_seen))
             elif _is_image(m):  # a pattern also matches notes and metadata: only images are taken
                 out.append(m)
         if not out:
@@ -219,8 +308,12 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     exclude: a folder whose files are never inputs (the batch's own output folder, which may sit in the session).
     """
     files: list[Path] = []
+    navs: list[Path] = []
     for arg in paths:
-        files.extend(_expand(str(arg)))
+        files.extend(_expand(str(arg), navs))
+    frames: dict[Path, Any] = {}
+    for nav in dict.fromkeys(n.resolve() for n in navs):
+        frames.update({p.resolve(): f for p, f in nav_frames(nav).items()})
     skip = Path(exclude).resolve() if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []
@@ -246,29 +339,44 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
             left_out[note] = left_out.get(note, 0) + 1  # --kind does not turn EPU tiles or exposures into targets
             continue
         xml = p.with_suffix(".xml")
-        stage = epu_stage_position(xml) if xml.is_file() else None
+        stage, axes, frame = None, None, frames.get(p)
+        if frame is not None:
+            stage = (frame.stage[0] * 1e-6, frame.stage[1] * 1e-6)  # the .nav says micrometres
+        elif xml.is_file():
+            stage, axes = epu_stage_position(xml), epu_pixel_axes(xml)
         ident = p.relative_to(root).as_posix()
-        items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage))
+        items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
+                          pixel_axes=axes, nav_frame=frame))
     notes = [f"left out {n} image(s): {why}" for why, n in sorted(left_out.items())]
     return sorted(items, key=lambda i: i.id), notes
 
 
-def stage_to_pixel(stage_xy_m: tuple[float, float], centre_xy_m: tuple[float, float], pixel_size_m: float,
-                   shape: tuple[int, int]) -> tuple[float, float]:
-    """Stage (X, Y) in metres to (x, y) pixels of an image centred at `centre_xy_m` (stage y up, image y down).
+def _axes_matrix(axes: tuple[float, float, float, float] | None, pixel_size_m: float) -> tuple[float, ...]:
+    xx, xy, yx, yy = axes if axes is not None else UNROTATED
+    # Columns: the stage step (metres) of one pixel right, one pixel down.
+    return xx * pixel_size_m, yx * pixel_size_m, xy * pixel_size_m, yy * pixel_size_m
 
-    Assumes the image is not rotated against the stage, as in our synthetic sessions; a real EPU atlas needs the
-    atlas-to-stage transform of its Atlas.dm, which is not read here.
+
+def stage_to_pixel(stage_xy_m: tuple[float, float], centre_xy_m: tuple[float, float], pixel_size_m: float,
+                   shape: tuple[int, int], axes: tuple[float, float, float, float] | None = None
+                   ) -> tuple[float, float]:
+    """Stage (X, Y) in metres to (x, y) pixels of an image centred at `centre_xy_m` (image y down).
+
+    axes: unit stage directions of a step right and a step down (Item.pixel_axes); None: unrotated (x along
+    stage X, y against stage Y).
     """
     rows, cols = shape
-    x = (cols - 1) / 2 + (stage_xy_m[0] - centre_xy_m[0]) / pixel_size_m
-    y = (rows - 1) / 2 - (stage_xy_m[1] - centre_xy_m[1]) / pixel_size_m
-    return x, y
+    a, b, c, d = _axes_matrix(axes, pixel_size_m)
+    det = a * d - b * c
+    dx, dy = stage_xy_m[0] - centre_xy_m[0], stage_xy_m[1] - centre_xy_m[1]
+    return (cols - 1) / 2 + (d * dx - b * dy) / det, (rows - 1) / 2 + (a * dy - c * dx) / det
 
 
 def pixel_to_stage(xy: tuple[float, float], centre_xy_m: tuple[float, float], pixel_size_m: float,
-                   shape: tuple[int, int]) -> tuple[float, float]:
+                   shape: tuple[int, int], axes: tuple[float, float, float, float] | None = None
+                   ) -> tuple[float, float]:
     """The inverse of stage_to_pixel."""
     rows, cols = shape
-    return (centre_xy_m[0] + (xy[0] - (cols - 1) / 2) * pixel_size_m,
-            centre_xy_m[1] - (xy[1] - (rows - 1) / 2) * pixel_size_m)
+    a, b, c, d = _axes_matrix(axes, pixel_size_m)
+    u, v = xy[0] - (cols - 1) / 2, xy[1] - (rows - 1) / 2
+    return centre_xy_m[0] + a * u + b * v, centre_xy_m[1] + c * u + d * v

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from ptolemy_rt.batch import (
     BatchConfig,
     Progress,
+    link_squares,
     process_one,
     run_batch,
     worst_exit_code,
@@ -24,13 +26,14 @@ from ptolemy_rt.batch import (
 from ptolemy_rt.errors import InputError
 from ptolemy_rt.sessions import (
     discover,
+    epu_pixel_axes,
     epu_stage_position,
     kind_of,
     nav_maps,
     pixel_to_stage,
     stage_to_pixel,
 )
-from ptolemy_rt.synthetic_session import epu_xml, make_epu_session
+from ptolemy_rt.synthetic_session import ATLAS_CENTRE_M, epu_xml, make_epu_session
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_EPU = REPO.parent / "shared" / "real-epu"
@@ -115,6 +118,47 @@ def test_serialem_nav_and_mdoc(tmp_path):
         discover([str(bad)])
 
 
+def _square(cx: float, cy: float, half: float = 6.0) -> dict:
+    return {"vertices": [[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half],
+                         [cx - half, cy + half]]}
+
+
+def _link(tmp_path: Path, items: list, atlas_pixel_A: float | None, shape: tuple[int, int], targets: list) -> dict:
+    """link_squares over one atlas (its result JSON written) and grid-square items; return the rows."""
+    atlas = next(i for i in items if i.kind == "squares")
+    (tmp_path / "out" / "results").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "out" / "results" / f"{atlas.id}.json").write_text(json.dumps({"targets": targets}))
+    rows = {i.id: {"status": "ok", "pixel_size_A": atlas_pixel_A if i is atlas else 100.0, "rows": shape[0],
+                   "cols": shape[1], "atlas_square": None} for i in items}
+    link_squares(tmp_path / "out", items, rows)
+    return rows
+
+
+def test_serialem_map_frames_link_a_turned_atlas(tmp_path):
+    # An atlas map turned 90 degrees on the stage (MapScaleMat), 200x100 px; its file is a 2x binned copy.
+    (tmp_path / "LMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 135\n")
+    (tmp_path / "MMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 4800\n")
+    _touch(tmp_path / "LMM.mrc")
+    _touch(tmp_path / "MMM.mrc")
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapID = 101\nMapFile = X:\\d\\LMM.mrc\n"
+                   "StageXYZ = 10 20 0\nMapScaleMat = 0 2 2 0\nMapWidthHeight = 200 100\n\n"
+                   "[Item = 2]\nType = 2\nMapID = 102\nMapFile = MMM.mrc\nStageXYZ = 15 12 0\n"
+                   "MapScaleMat = 10 0 0 -10\nMapWidthHeight = 50 50\n")
+    items, _ = discover([str(nav)])
+    assert [i.id for i in items] == ["LMM.mrc", "MMM.mrc"] and all(i.nav_frame is not None for i in items)
+    assert items[1].stage_xy_m == pytest.approx((15e-6, 12e-6))
+    # Stage (15, 12): display x = 2 (12 - 20) + 100 = 84, y_down = 2 (15 - 10) + 50 = 60, file row 100 - 60 = 40;
+    # in the 100x50 binned file: (84.5 / 2 - 0.5, 40.5 / 2 - 0.5) = (41.75, 19.75).
+    shape = (50, 100)
+    unturned = stage_to_pixel(items[1].stage_xy_m, items[0].stage_xy_m, 2e-6, shape)
+    rows = _link(tmp_path, items, None, shape, [_square(*unturned), _square(41.75, 19.75)])
+    assert rows["MMM.mrc"]["atlas_square"] == ["LMM.mrc", 1]
+    # A file that is not that map (another aspect ratio) gets no link rather than a wrong one.
+    rows = _link(tmp_path, items, None, (50, 50), [_square(41.75, 19.75)])
+    assert rows["MMM.mrc"]["atlas_square"] is None
+
+
 def test_globs_plain_files_and_bad_arguments(tmp_path):
     _touch(tmp_path / "a" / "one.png")
     _touch(tmp_path / "b" / "two.tif")
@@ -140,6 +184,37 @@ def test_unknown_kind_is_a_recorded_failure_with_exit_2(tmp_path):
 def test_real_epu_xml_stage_position():
     stage = epu_stage_position(REAL_EPU / "smartem_gs8999138.xml")
     assert stage == pytest.approx((-9.8805664700000079e-05, -0.00016471620799999985))
+    # ReferenceTransformation: 2.0724e-8 / -1.5451e-9 per readout pixel, a mirror (stage y up, image y down)
+    # turned by 4.26 degrees.
+    axes = epu_pixel_axes(REAL_EPU / "smartem_gs8999138.xml")
+    assert axes == pytest.approx((0.997233, -0.074350, -0.074350, -0.997233), abs=1e-5)
+
+
+def _reference_transformation(m11: float, m12: float, m21: float, m22: float) -> str:
+    """The ReferenceTransformation element of an EPU .xml (System.Windows.Media.Matrix fields)."""
+    return ('<ReferenceTransformation><matrix xmlns:a="http://schemas.datacontract.org/2004/07/'
+            f'System.Windows.Media"><a:_m11>{m11!r}</a:_m11><a:_m12>{m12!r}</a:_m12><a:_m21>{m21!r}</a:_m21>'
+            f'<a:_m22>{m22!r}</a:_m22><a:_offsetX>0</a:_offsetX><a:_offsetY>0</a:_offsetY></matrix>'
+            '</ReferenceTransformation>')
+
+
+def _epu_xml_turned(stage, pixel_m, readout, axes) -> str:
+    """epu_xml with a ReferenceTransformation whose steps right/down are `axes` x the pixel size."""
+    xx, xy, yx, yy = axes
+    text = epu_xml(stage, pixel_m, readout)
+    return text.replace("</MicroscopeImage>", _reference_transformation(xx * pixel_m, xy * pixel_m, yx * pixel_m,
+                                                                        yy * pixel_m) + "\n</MicroscopeImage>")
+
+
+def test_epu_pixel_axes_read_and_refused(tmp_path):
+    xml = _touch(tmp_path / "a.xml", _epu_xml_turned((0.0, 0.0), 5e-9, (64, 64), (0.6, 0.8, 0.8, -0.6)).encode())
+    assert epu_pixel_axes(xml) == pytest.approx((0.6, 0.8, 0.8, -0.6))
+    assert epu_pixel_axes(_touch(tmp_path / "none.xml", epu_xml((0.0, 0.0), 5e-9, (64, 64)).encode())) is None
+    degenerate = _epu_xml_turned((0.0, 0.0), 5e-9, (64, 64), (1.0, 0.0, 1.0, 0.0))  # both steps the same way
+    assert epu_pixel_axes(_touch(tmp_path / "same.xml", degenerate.encode())) is None
+    garbled = epu_xml((0.0, 0.0), 5e-9, (64, 64)).replace("</MicroscopeImage>", _reference_transformation(
+        1.0, 0.0, 0.0, -1.0).replace("<a:_m22>-1.0", "<a:_m22>nope") + "</MicroscopeImage>")
+    assert epu_pixel_axes(_touch(tmp_path / "bad.xml", garbled.encode())) is None
 
 
 @settings(max_examples=50, deadline=None)
@@ -152,6 +227,27 @@ def test_stage_pixel_round_trip(cx, cy, pixel, rows, cols, x, y):
     # Stage y points up, image rows down.
     below = pixel_to_stage((x, y + 1), (cx, cy), pixel, (rows, cols))
     assert below[1] < stage[1]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(-180, 180), st.booleans(), st.floats(1e-9, 1e-5), st.integers(1, 9000), st.integers(1, 9000),
+       st.floats(-1e4, 1e4), st.floats(-1e4, 1e4))
+def test_stage_pixel_round_trip_turned(angle, mirror, pixel, rows, cols, x, y):
+    import math
+
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    # A step right goes along (c, s) on the stage; a step down 90 degrees from it, one way or the other.
+    axes = (c, s, s, -c) if mirror else (c, s, -s, c)
+    centre = (1e-4, -2e-4)
+    stage = pixel_to_stage((x, y), centre, pixel, (rows, cols), axes=axes)
+    assert stage_to_pixel(stage, centre, pixel, (rows, cols), axes=axes) == \
+        pytest.approx((x, y), abs=1e-6 * max(1.0, abs(x), abs(y)))
+    # Distances are kept (pixel size times pixels) and a step right moves the stage along the first axis.
+    right = pixel_to_stage((x + 1, y), centre, pixel, (rows, cols), axes=axes)
+    assert ((right[0] - stage[0]) / pixel, (right[1] - stage[1]) / pixel) == pytest.approx((c, s), abs=1e-6)
+    # The image centre is the stage position.
+    assert pixel_to_stage(((cols - 1) / 2, (rows - 1) / 2), centre, pixel, (rows, cols), axes=axes) == \
+        pytest.approx(centre, abs=1e-15)
 
 
 def test_xml_written_by_the_generator_reads_back(tmp_path):
@@ -205,6 +301,70 @@ def small_session(tmp_path_factory) -> Path:
 
 def _mtimes(outdir: Path) -> dict[str, int]:
     return {str(p.relative_to(outdir)): p.stat().st_mtime_ns for p in sorted((outdir / "results").rglob("*.json"))}
+
+
+def _turn_atlas(root: Path, angle_deg: float, side: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Turn the session's atlas by `angle_deg` (anticlockwise on screen) onto a side x side canvas, as a grid
+    loaded at another angle; write it with an .xml whose ReferenceTransformation says so. Returns the 2x3 map
+    from old to new atlas pixels and the new image's pixel axes."""
+    import math
+
+    import cv2
+    import mrcfile
+
+    from ptolemy_rt.synthetic_session import _write_mrc
+
+    path = root / "Atlas" / "Atlas_1.mrc"
+    with mrcfile.open(path) as mrc:
+        atlas = np.asarray(mrc.data, dtype=np.float32)
+        pixel_A = float(mrc.voxel_size.x)
+    rows, cols = atlas.shape
+    m = cv2.getRotationMatrix2D(((cols - 1) / 2, (rows - 1) / 2), angle_deg, 1.0)
+    m[:, 2] += [(side - cols) / 2, (side - rows) / 2]
+    turned = cv2.warpAffine(atlas, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=float(np.percentile(atlas, 2)))
+    _write_mrc(path, turned, pixel_A)
+    # A step right/down in the new image is the old image's step R^-1 e_x / R^-1 e_y, which was unrotated.
+    t = math.radians(angle_deg)
+    c, s = math.cos(t), math.sin(t)
+    inv = np.array([[c, -s], [s, c]])  # R = [[c, s], [-s, c]] (cv2, y down); its inverse
+    old_right, old_down = inv[:, 0], inv[:, 1]
+    # The old image's x ran along stage X, its y against stage Y.
+    axes = (float(old_right[0]), -float(old_right[1]), float(old_down[0]), -float(old_down[1]))
+    (root / "Atlas" / "Atlas_1.xml").write_text(_epu_xml_turned(ATLAS_CENTRE_M, pixel_A * 1e-10, (side, side),
+                                                                axes))
+    return m, axes
+
+
+def test_turned_atlas_links_squares_by_its_reference_transformation(tmp_path):
+    """A synthetic EPU session whose atlas is turned by 30 degrees: each grid-square image links to the square
+    it was taken on (truth.json), which the unrotated reading would miss."""
+    from ptolemy_rt.batch import _point_in
+
+    root = tmp_path / "session"
+    truth = make_epu_session(root, n_squares=4, per_square=1, seed=3, medmag_shape=(256, 360),
+                             atlas_shape=(640, 640))
+    m, axes = _turn_atlas(root, 30.0, 880)
+    assert discover([str(root)])[0][0].pixel_axes == pytest.approx(axes)
+    out = tmp_path / "out"
+    assert run_batch([str(root)], out, workers=1, threads=1, report=False, progress=False) in (0, 2)
+    summary = json.loads((out / "summary.json").read_text())
+    atlas_row = next(r for r in summary["images"] if r["kind"] == "squares")
+    assert atlas_row["status"] == "ok" and (atlas_row["rows"], atlas_row["cols"]) == (880, 880)
+    targets = json.loads((out / "results" / "Atlas" / "Atlas_1.mrc.json").read_text())["targets"]
+    pixel_m = atlas_row["pixel_size_A"] * 1e-10
+    by_folder = {r["id"].split("/")[1]: r for r in summary["images"] if r["kind"] == "holes"}
+    missed_unrotated = 0
+    for square in truth["squares"]:
+        x, y = m @ np.array([*square["atlas_xy"], 1.0])  # where the square now is
+        row = by_folder[square["folder"]]
+        assert row["atlas_square"] is not None, square["folder"]
+        atlas_id, rank = row["atlas_square"]
+        assert atlas_id == "Atlas/Atlas_1.mrc" and _point_in(targets[rank]["vertices"], x, y), square["folder"]
+        # Read as unrotated, the same stage position falls elsewhere, mostly off that square.
+        ux, uy = stage_to_pixel(tuple(row["stage_xy_m"]), ATLAS_CENTRE_M, pixel_m, (880, 880))
+        missed_unrotated += not _point_in(targets[rank]["vertices"], ux, uy)
+    assert missed_unrotated >= 2
 
 
 def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
