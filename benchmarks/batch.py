@@ -13,8 +13,11 @@ run is a whole process started from here (wall clock: imports, model loading and
   stands for an existing cluster), when the dask extra is installed.
 A batch is started once per block, so its start (interpreter, workers, model load) is counted `--rounds` times:
 the batch figures are what `--images / --rounds` images in one batch reach, a lower bound for one batch of all.
-CPU s/image (user + system of the process and its workers) does not depend on the machine's load, wall
-clock does; the load average is printed beside the table.
+CPU s/image (user + system of the process and its workers) depends less on the machine's load than wall clock
+does; the load average is printed beside the table. Where the kernel's autogroup scheduling is on (Linux
+desktops and many shared hosts), each session (terminal) gets an equal share of the CPUs: on a busy machine this
+benchmark's processes share one slice however many there are, so `--workers 2` runs no faster than
+`--workers 1` there and the ratio to separate processes falls to the ratio of CPU time per image.
 """
 
 from __future__ import annotations
@@ -146,9 +149,14 @@ def main(argv=None) -> int:
         table.append([names.get(mode, f"`batch --{mode}`"),
                       str(n), f"{wall:.1f}", f"{rate:.2f}", f"{rate / base:.2f}x",
                       " ".join(f"{r:.2f}" for r in per_round[mode]), cpu_text])
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
     print(f"ptolemy-rt batch throughput, 1024x1440 synthetic med-mag MRC, {os.cpu_count()} CPUs, "
           f"{a.images} images in {rounds} interleaved rounds (wall clock of whole processes); "
-          f"1-min load average {min(loads):.1f}..{max(loads):.1f}")
+          f"1-min load average {min(loads):.1f}..{max(loads):.1f}"
+          + ("; kernel autogroup on (one CPU share per session)" if autogroup else ""))
     print_markdown(table)
     return 0
 
