@@ -414,6 +414,8 @@ def _atlas_pixel(atlas: Item, pixel_m: float, shape: tuple[int, int], stage_xy_m
             return atlas.nav_frame.pixel(stage_xy_m[0] * 1e6, stage_xy_m[1] * 1e6, shape)
         except PtolemyError:
             return None  # the image read is not that map (another aspect ratio): no link rather than a wrong one
+    if atlas.stage_xy_m is None:
+        return None
     return stage_to_pixel(stage_xy_m, atlas.stage_xy_m, pixel_m, shape, axes=atlas.pixel_axes)
 
 
@@ -552,7 +554,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     if catch_term:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.perf_counter()
-    results = iter(())
+    results: Iterator[tuple[dict, dict]] = iter(())
     try:
         if dask:
             results = _dask(todo, config, dask)
