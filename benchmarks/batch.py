@@ -9,8 +9,10 @@ run is a whole process started from here (wall clock: imports, model loading and
 - the baseline: `ptolemy-rt holes IMAGE -o OUT.json`, one process per image (`--separate` of them in all,
   spread over the blocks);
 - `ptolemy-rt batch BLOCK -o OUT --kind holes --workers N` (report and previews included);
-- the same with `--dask` on a LocalCluster of 2 single-thread worker processes (cluster start not counted: it
-  stands for an existing cluster), when the dask extra is installed.
+- the same with `--dask` on a LocalCluster of 2 single-thread worker processes, when the dask extra is
+  installed. The cluster is started before and closed after each of its runs, neither counted (it stands for
+  an existing cluster): left up, its idle scheduler and workers took CPU from every other mode (batch CPU per
+  image 0.73 s instead of 0.29 s at load 3-6).
 A batch is started once per block, so its start (interpreter, workers, model load) is counted `--rounds` times:
 the batch figures are what `--images / --rounds` images in one batch reach, a lower bound for one batch of all.
 CPU s/image (user + system of the process and its workers) depends less on the machine's load than wall clock
@@ -90,52 +92,53 @@ def main(argv=None) -> int:
     py = sys.executable
     models = ["--models", a.models] if a.models else []
     modes: list[str] = ["separate", *[f"workers {n}" for n in a.workers]]
-    cluster = None
     if not a.no_dask:
         try:
-            from distributed import LocalCluster
+            import distributed  # noqa: F401
         except ImportError:
             print("(no Dask row: pip install 'ptolemy-rt[dask]')", file=sys.stderr)
         else:
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=40)
             modes.append("dask")
     totals = {m: [0, 0.0, 0.0] for m in modes}  # images, wall s, CPU s
     per_round: dict[str, list[float]] = {m: [] for m in modes}  # images/s of each round
     loads = [os.getloadavg()[0]]
-    try:
-        with tempfile.TemporaryDirectory(prefix="ptolemy-batch-bench-") as tmp:
-            tmp_path = Path(tmp)
-            bounds = [round(k * a.images / rounds) for k in range(rounds + 1)]
-            blocks = [make_images(tmp_path / f"in{k}", bounds[k + 1] - bounds[k], bounds[k]) for k in range(rounds)]
-            sep_bounds = [round(k * separate / rounds) for k in range(rounds + 1)]
-            # One warm-up process: the model files and the package in the page cache for every mode alike.
-            _run([py, "-m", "ptolemy_rt", "holes", str(blocks[0][0]), "-o", str(tmp_path / "warm.json"), *models])
-            for k, block in enumerate(blocks):
-                order = modes[k % len(modes):] + modes[:k % len(modes)]
-                for mode in order:
-                    if mode == "separate":
-                        chosen = block[:sep_bounds[k + 1] - sep_bounds[k]]
-                        runs = [_run([py, "-m", "ptolemy_rt", "holes", str(img), "-o",
-                                      str(tmp_path / "sep" / f"{img.stem}.json"), *models]) for img in chosen]
-                        wall, cpu = sum(r[0] for r in runs), sum(r[1] for r in runs)
-                        n = len(chosen)
+    with tempfile.TemporaryDirectory(prefix="ptolemy-batch-bench-") as tmp:
+        tmp_path = Path(tmp)
+        bounds = [round(k * a.images / rounds) for k in range(rounds + 1)]
+        blocks = [make_images(tmp_path / f"in{k}", bounds[k + 1] - bounds[k], bounds[k]) for k in range(rounds)]
+        sep_bounds = [round(k * separate / rounds) for k in range(rounds + 1)]
+        # One warm-up process: the model files and the package in the page cache for every mode alike.
+        _run([py, "-m", "ptolemy_rt", "holes", str(blocks[0][0]), "-o", str(tmp_path / "warm.json"), *models])
+        for k, block in enumerate(blocks):
+            order = modes[k % len(modes):] + modes[:k % len(modes)]
+            for mode in order:
+                if mode == "separate":
+                    chosen = block[:sep_bounds[k + 1] - sep_bounds[k]]
+                    runs = [_run([py, "-m", "ptolemy_rt", "holes", str(img), "-o",
+                                  str(tmp_path / "sep" / f"{img.stem}.json"), *models]) for img in chosen]
+                    wall, cpu = sum(r[0] for r in runs), sum(r[1] for r in runs)
+                    n = len(chosen)
+                else:
+                    out = tmp_path / f"{mode.replace(' ', '')}_{k}"
+                    cmd = [py, "-m", "ptolemy_rt", "batch", str(block[0].parent), "-o", str(out), "--kind",
+                           "holes", "--no-progress", *models]
+                    if mode == "dask":
+                        from distributed import LocalCluster
+
+                        # Up only while its batch runs: an idle cluster's scheduler and workers take a
+                        # share of the CPUs (in this session's slice) from every other mode.
+                        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                          dashboard_address=None, silence_logs=40) as cluster:
+                            wall, cpu = _run([*cmd, "--dask", cluster.scheduler_address])
                     else:
-                        out = tmp_path / f"{mode.replace(' ', '')}_{k}"
-                        how = ["--dask", cluster.scheduler_address] if mode == "dask" else \
-                            ["--workers", mode.split()[1]]
-                        wall, cpu = _run([py, "-m", "ptolemy_rt", "batch", str(block[0].parent), "-o", str(out),
-                                          "--kind", "holes", "--no-progress", *how, *models])
-                        n = len(block)
-                    if n:
-                        totals[mode][0] += n
-                        totals[mode][1] += wall
-                        totals[mode][2] += cpu
-                        per_round[mode].append(n / wall)
-                    loads.append(os.getloadavg()[0])
-    finally:
-        if cluster is not None:
-            cluster.close()
+                        wall, cpu = _run([*cmd, "--workers", mode.split()[1]])
+                    n = len(block)
+                if n:
+                    totals[mode][0] += n
+                    totals[mode][1] += wall
+                    totals[mode][2] += cpu
+                    per_round[mode].append(n / wall)
+                loads.append(os.getloadavg()[0])
     base = totals["separate"][0] / totals["separate"][1]
     names = {"separate": "separate `ptolemy-rt holes` processes",
              "dask": "`batch --dask` (LocalCluster, 2 workers x 1 thread)"}
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
     for mode in modes:
         n, wall, cpu = totals[mode]
         rate = n / wall
-        # Dask's workers are not this process's children: their CPU time is not seen here.
+        # Dask's workers are not waited for by this process: their CPU time is not seen here.
         cpu_text = "-" if mode == "dask" else f"{cpu / n:.3f}"
         table.append([names.get(mode, f"`batch --{mode}`"),
                       str(n), f"{wall:.1f}", f"{rate:.2f}", f"{rate / base:.2f}x",
