@@ -159,9 +159,9 @@ def test_serialem_map_frames_link_a_turned_atlas(tmp_path):
     assert rows["MMM.mrc"]["atlas_square"] is None
 
 
-@pytest.mark.xfail(strict=False, reason="batch reads a montage stack's section 0 until issue #12 routes SerialEM "
-                   "montage stacks through io.read_image (then this passes unchanged)")
 def test_serialem_montage_map_is_processed_whole(tmp_path):
+    # A .nav's montage map goes through io.read_image like any input, which assembles a stack with a montage
+    # .mdoc (issue #12): the batch sees the whole 600x600 atlas, not its first 340x340 piece.
     import mrcfile
 
     from ptolemy_rt.synthetic import make_atlas
