@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per worker (default: cores / workers; "
                    "1 with --dask)")
     p.add_argument("--section", type=int, metavar="N", help="section of MRC/TIFF stacks (default 0, with a warning)")
+    p.add_argument("--calibration", action="append", metavar="CAL", help="map scores onto another tool's scale "
+                   "with a file from `ptolemy-rt calibrate` (one per kind: give it twice for squares and holes); "
+                   "checked against the model set before any work (exit 2 when it does not fit)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per image on stderr")
     p.add_argument("--debug", action="store_true", help="tracebacks of failing images")
     p.set_defaults(func=run)
@@ -95,16 +98,21 @@ class BatchConfig:
     """What every task needs (picklable, sent to each worker once per task)."""
 
     def __init__(self, models: str | None, provider: str, threads: int | None, section: int | None,
-                 debug: bool = False):
+                 debug: bool = False, calibrations: dict[str, Any] | None = None):
         self.models = str(Path(models).resolve()) if models else None
         self.provider = provider
         self.threads = threads
         self.section = section
         self.debug = debug
+        self.calibrations = dict(calibrations or {})  # kind -> calibration.Calibration
 
     def key(self, kind: str | None) -> str:
         """What makes two runs' results interchangeable for --resume (threads only change timings)."""
-        return json.dumps([_STATE_VERSION, kind, self.models, self.provider, self.section])
+        parts: list[Any] = [_STATE_VERSION, kind, self.models, self.provider, self.section]
+        cal = self.calibrations.get(kind) if kind else None
+        if cal is not None:  # a calibration changes the written scores: a run with another one is not resumable
+            parts.append(hashlib.sha256(json.dumps(cal.to_dict(), sort_keys=True).encode()).hexdigest())
+        return json.dumps(parts)
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -226,6 +234,11 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
         result = with_hole_diameter(result, image.data)
         pixel = pixel_size_for(item.path, image)
         result = with_pixel_size(result, pixel.angstrom, pixel.source)
+        calibration = config.calibrations.get(item.kind)
+        if calibration is not None:
+            from .calibration import apply_calibration
+
+            result = apply_calibration(result, calibration, calibration.score)
         text = format_result(result, fmt="json")
         scores = [t.score for t in result.targets if t.score is not None]
         spacing = getattr(result, "spacing_px", None)
@@ -506,8 +519,12 @@ def write_summaries(outdir: Path, rows: list[dict], notes: list[str], interrupte
 def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None = None, workers: int | None = None,
               dask: str | None = None, resume: bool = False, models: str | None = None, provider: str = "auto",
               threads: int | None = None, section: int | None = None, report: bool = True,
-              progress: bool = True, verbose: bool = False, debug: bool = False) -> int:
-    """Process every image of `paths` into `outdir`; return the worst exit code (see the module docstring)."""
+              progress: bool = True, verbose: bool = False, debug: bool = False,
+              calibrations: Sequence[str] = ()) -> int:
+    """Process every image of `paths` into `outdir`; return the worst exit code (see the module docstring).
+
+    `calibrations`: calibration files (at most one per kind), applied to that kind's scores as
+    `ptolemy-rt squares|holes --calibration` does."""
     from .models import load_models, physical_cores
 
     out = Path(outdir)
@@ -526,14 +543,15 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     except OSError as exc:
         print(f"error: -o {out}: cannot write here ({exc})", file=sys.stderr)
         return EXIT_OUTPUT
-    load_models(models, provider=provider)  # a missing or tampered set fails here, once, before any work (exit 3)
+    model_set = load_models(models, provider=provider)  # a missing or tampered set fails here, once (exit 3)
+    calibration_by_kind = _read_calibrations(calibrations, model_set)
     cores = physical_cores()
     n_workers = workers or cores
     if dask:
         threads = threads or 1
     elif threads is None:
         threads = max(1, cores // n_workers)
-    config = BatchConfig(models, provider, threads, section, debug)
+    config = BatchConfig(models, provider, threads, section, debug, calibration_by_kind)
     for note in notes:
         print(f"ptolemy-rt batch: {note}", file=sys.stderr)
 
@@ -609,10 +627,28 @@ def _raise_interrupt(signum, frame):  # pragma: no cover - signal handler
     raise KeyboardInterrupt
 
 
+def _read_calibrations(paths: Sequence[str], model_set: Any) -> dict[str, Any]:
+    """Read --calibration files, one per kind, each checked against the model set and its hole score (exit 2)."""
+    from .calibration import read_calibration
+    from .holes import default_score
+
+    by_kind: dict[str, Any] = {}
+    for path in paths:
+        cal = read_calibration(path)
+        if cal.kind in by_kind:
+            raise UsageError(f"--calibration {path}: a second calibration for {cal.kind} (give one per kind)")
+        cal.check_models(model_set.ids, f"--calibration {path}")
+        if cal.kind == "holes" and cal.score != default_score(model_set):
+            raise UsageError(f"--calibration {path}: maps the '{cal.score}' hole score, a batch ranks holes by "
+                             f"'{default_score(model_set)}' (the model set's default)")
+        by_kind[cal.kind] = cal
+    return by_kind
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ptolemy-rt batch` (argparse namespace from add_arguments)."""
     return run_batch(args.paths, args.output, kind=None if args.kind == "auto" else args.kind,
                      workers=args.workers, dask=args.dask, resume=args.resume, models=args.models,
                      provider=args.provider, threads=args.threads, section=args.section,
                      report=not args.no_report, progress=not args.no_progress, verbose=args.verbose,
-                     debug=args.debug)
+                     debug=args.debug, calibrations=args.calibration or ())

@@ -514,6 +514,49 @@ def test_model_set_loaded_once_per_worker(small_session, tmp_path, monkeypatch):
     assert len(created) == 2  # one in the up-front check (default threads), one for the worker's thread count
 
 
+def test_calibration_maps_each_kind_and_is_checked_first(small_session, tmp_path):
+    """--calibration in a batch maps that kind's scores as `ptolemy-rt holes --calibration` does, enters the resume
+    key, and a file that does not fit (another model set, a second one for a kind) is refused before any work."""
+    from ptolemy_rt.calibration import fit
+    from ptolemy_rt.models import load_models
+
+    ids = load_models(None).ids
+    halve = fit([0.0, 1.0], [0.0, 0.5], "squares", "score", models=ids)  # squares' scores halved, holes untouched
+    cal = tmp_path / "squares_cal.json"
+    cal.write_text(json.dumps(halve.to_dict()))
+    plain, mapped = tmp_path / "plain", tmp_path / "mapped"
+    assert run_batch([str(small_session)], plain, workers=1, threads=1, report=False, progress=False) == 0
+    assert run_batch([str(small_session)], mapped, workers=1, threads=1, report=False, progress=False,
+                     calibrations=[str(cal)]) == 0
+    kinds = {}
+    for path in sorted((plain / "results").rglob("*.json")):
+        before = json.loads(path.read_text())
+        after = json.loads((mapped / path.relative_to(plain)).read_text())
+        kinds[before["kind"]] = True
+        if before["kind"] == "holes":
+            assert after == before
+            continue
+        assert after["models"]["calibration"]["pairs"] == 2
+        assert len(after["targets"]) == len(before["targets"]) > 0
+        for b, a in zip(before["targets"], after["targets"]):
+            assert a["scores"] == b["scores"] and a["score"] == pytest.approx(b["score"] / 2, abs=1e-12)
+    assert kinds == {"squares": True, "holes": True}
+    # a calibration changes the written scores: --resume with another calibration redoes those images
+    assert run_batch([str(small_session)], plain, workers=1, threads=1, report=False, progress=False, resume=True,
+                     calibrations=[str(cal)]) == 0
+    redone = [json.loads(p.read_text()) for p in sorted((plain / "results").rglob("*.json"))]
+    assert all("calibration" in r["models"] for r in redone if r["kind"] == "squares")
+
+    other = json.loads(cal.read_text())
+    other["models"]["square_cnn"] = {**other["models"]["square_cnn"], "sha256": "0" * 64}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    r = _cli(str(small_session), "-o", str(tmp_path / "o1"), "--calibration", str(tmp_path / "other.json"))
+    assert r.returncode == 2 and "fitted for model set" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli(str(small_session), "-o", str(tmp_path / "o2"), "--calibration", str(cal), "--calibration", str(cal))
+    assert r.returncode == 2 and "second calibration for squares" in r.stderr
+    assert not (tmp_path / "o1" / "results").exists() and not (tmp_path / "o2" / "results").exists()
+
+
 # ----------------------------------------------------------------------------------------------- slow: the issue
 
 
