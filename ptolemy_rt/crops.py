@@ -34,6 +34,7 @@ __all__ = [
     "HoleCrops",
     "hole_crops",
     "hole_crop_input",
+    "hole_crop_inputs",
     "CROP_SIZE",
 ]
 
@@ -62,21 +63,26 @@ def crop_matrix(center_xy: tuple[float, float], angle_deg: float, width: int, he
     )
 
 
-def sample_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def sample_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Sample `image` bicubically at matrix @ (col, row, 1) for every pixel of a (rows, cols) crop.
 
     Points outside the image (beyond the outer pixel centres) are 0; points inside are interpolated with
     the image mirrored at its edges, so the zeros outside do not bleed into the edge pixels. This is
-    scipy.ndimage's mode="constant" for splines, which the original's rotation used."""
+    scipy.ndimage's mode="constant" for splines, which the original's rotation used. `out`: a float32 buffer
+    of that shape to sample into (crop after crop of one shape, without a fresh allocation each)."""
     rows, cols = int(shape[0]), int(shape[1])
     if rows <= 0 or cols <= 0:
         return np.zeros((max(rows, 0), max(cols, 0)), dtype=np.float32)
     src = np.ascontiguousarray(image, dtype=np.float32)
     m = np.asarray(matrix, dtype=np.float64)
+    if out is not None and (out.shape != (rows, cols) or out.dtype != np.float32 or not out.flags.c_contiguous):
+        out = None
     out = cv2.warpAffine(
         src,
         m,
         (cols, rows),
+        dst=out,
         flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REFLECT_101,
     )
@@ -337,17 +343,45 @@ def hole_crops(
 def hole_crop_input(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], min_size: int) -> np.ndarray:
     """One hole CNN input: the crop, enlarged (bicubic) to min_size where smaller, normalised to zero mean and
     unit variance by its own statistics (float64)."""
-    crop = sample_affine(image, matrix, shape)
-    rows, cols = crop.shape
-    if rows < min_size or cols < min_size:
-        crop = cv2.resize(crop, (max(cols, min_size), max(rows, min_size)), interpolation=cv2.INTER_CUBIC)
-    x = crop.astype(np.float64)
-    # numpy's std, unrolled so that the mean and the deviations are computed once (same operations, same bits).
+    return hole_crop_inputs(image, (matrix,), (shape,), min_size)[0, 0]
+
+
+def hole_crop_inputs(image: np.ndarray, matrices: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]],
+                     min_size: int) -> np.ndarray:
+    """(n, 1, rows, cols) float32 hole CNN inputs (hole_crop_input each) of crops of one shape.
+
+    The crops are sampled and normalised in buffers shared by all of them: fresh half-megabyte arrays per
+    crop cost more in page faults than the arithmetic (the same values to the bit)."""
+    if len(set(map(tuple, shapes))) > 1:
+        raise ValueError(f"hole_crop_inputs needs crops of one shape, got {sorted(set(map(tuple, shapes)))}")
+    n = len(matrices)
+    rows, cols = (int(v) for v in shapes[0]) if n else (0, 0)
+    size = (max(rows, min_size), max(cols, min_size))
+    out = np.empty((n, 1) + size, dtype=np.float32)
+    if n == 0:
+        return out
+    src = np.ascontiguousarray(image, dtype=np.float32)
+    sampled = np.empty((rows, cols), dtype=np.float32)
+    x = np.empty(size, dtype=np.float64)
+    sq = np.empty(size, dtype=np.float64)
+    for k, matrix in enumerate(matrices):
+        crop = sample_affine(src, matrix, (rows, cols), out=sampled)
+        if rows < min_size or cols < min_size:
+            crop = cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        _standardise(crop, out[k, 0], x, sq)
+    return out
+
+
+def _standardise(crop: np.ndarray, out: np.ndarray, x: np.ndarray, sq: np.ndarray) -> None:
+    """out = (crop - mean) / std in float64, rounded to float32 (0 where the crop has no contrast); x, sq: work
+    buffers of crop's shape. numpy's mean and std, unrolled so that the mean and the deviations are computed
+    once (same operations, same bits)."""
+    np.copyto(x, crop)
     mean = x.mean()
-    d = x - mean
-    std = float(np.sqrt(np.multiply(d, d).sum() / d.size))
+    np.subtract(x, mean, out=x)
+    std = float(np.sqrt(np.multiply(x, x, out=sq).sum() / x.size))
     # A crop with no contrast (wholly off the image) has nothing to normalise: zeros, not NaN.
     if not std > 0:
-        return np.zeros(crop.shape, dtype=np.float32)
-    d /= std
-    return d.astype(np.float32)
+        out.fill(0.0)
+        return
+    np.divide(x, std, out=out)

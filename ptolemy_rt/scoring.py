@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .crops import HoleCrops, hole_crop_input
+from .crops import HoleCrops, hole_crop_input, hole_crop_inputs
 from .models import ModelSet
 
 __all__ = ["BatchPolicy", "plan_batches", "classify", "cnn_scores", "unet_scores", "HOLE_BATCHES"]
@@ -133,6 +133,9 @@ def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
     batches = plan_batches(crops.shapes, HOLE_BATCHES, spec.batch_statistics, spec.min_size)
 
     def inputs(idx: list[int]) -> np.ndarray:
+        if len({crops.shapes[i] for i in idx}) == 1:
+            return hole_crop_inputs(image, [crops.matrices[i] for i in idx], [crops.shapes[i] for i in idx],
+                                    spec.min_size)
         return np.stack([hole_crop_input(image, crops.matrices[i], crops.shapes[i], spec.min_size)
                          for i in idx])[:, None]
 
