@@ -65,12 +65,20 @@ _LADDER_MAX_PIXELS = 4_000_000
 def normalise_image(data: np.ndarray) -> np.ndarray | None:
     """(data - mean) / std as float32 (statistics accumulated in float64); None for a constant image."""
     x = np.asarray(data, dtype=np.float32)
-    mean = float(x.mean(dtype=np.float64))
-    std = float(x.std(dtype=np.float64))
+    if x.size == 0:
+        return None
+    # numpy's x.mean(dtype=float64) and x.std(dtype=float64) unrolled: the same reductions in the same order
+    # (the same bits), but the sum over the image is made once and the deviations squared in place.
+    mean = float(np.add.reduce(x, axis=None, dtype=np.float64)) / x.size
+    d = np.subtract(x, np.float64(mean), dtype=np.float64)
+    std = math.sqrt(float(np.add.reduce(np.multiply(d, d, out=d), axis=None)) / x.size)
+    del d
     # Relative test only: an image scaled to 1e-30 still has structure (an absolute floor called it constant).
     if not (std > 0.0 and math.isfinite(std)) or std < 1e-7 * abs(mean):
         return None
-    return (x - np.float32(mean)) * np.float32(1.0 / std)
+    out = np.subtract(x, np.float32(mean))
+    out *= np.float32(1.0 / std)
+    return out
 
 
 # Detector counts and normalised floats stay far below this; beyond it float32 sums of squares overflow.

@@ -1,0 +1,71 @@
+"""Fast paths that must give the same bits as the plain numpy they replace (issue 17): the U-Net input's
+normalisation and the hole CNN's inputs. Each is compared with the straightforward definition."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ptolemy_rt.crops import hole_crop_input, hole_crop_inputs, hole_crops, sample_affine
+from ptolemy_rt.unet import normalise_image
+
+
+def _plain_normalise(data):
+    x = np.asarray(data, dtype=np.float32)
+    mean = float(x.mean(dtype=np.float64))
+    std = float(x.std(dtype=np.float64))
+    if not (std > 0.0 and np.isfinite(std)) or std < 1e-7 * abs(mean):
+        return None
+    return (x - np.float32(mean)) * np.float32(1.0 / std)
+
+
+def _plain_crop_input(image, matrix, shape, min_size):
+    crop = sample_affine(image, matrix, shape)
+    rows, cols = crop.shape
+    if rows < min_size or cols < min_size:
+        crop = cv2.resize(crop, (max(cols, min_size), max(rows, min_size)), interpolation=cv2.INTER_CUBIC)
+    x = crop.astype(np.float64)
+    std = x.std()
+    if not std > 0:
+        return np.zeros(crop.shape, dtype=np.float32)
+    return ((x - x.mean()) / std).astype(np.float32)
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_normalise_image_is_numpys_mean_and_std_to_the_bit(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(2, 700)), int(rng.integers(2, 900)))
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-20, 20) + rng.uniform(-5, 5) * 10.0 ** rng.uniform(-3, 8)
+    for data in (x.astype(np.float32), x, x.astype(np.float32)[::2, 1::3], np.abs(x).astype(np.uint16)):
+        fast, plain = normalise_image(data), _plain_normalise(data)
+        assert (fast is None) == (plain is None)
+        if fast is not None:
+            assert _same_bits(fast, plain)
+    assert normalise_image(np.full((40, 50), 3.0, dtype=np.float32)) is None
+    assert normalise_image(np.zeros((0, 5), dtype=np.float32)) is None
+
+
+@pytest.mark.parametrize("mode", ["centred", "ptolemy"])
+@pytest.mark.parametrize("min_size", [16, 200])
+def test_hole_crop_inputs_are_the_plain_crops_to_the_bit(mode, min_size):
+    rng = np.random.default_rng(3)
+    image = (rng.random((300, 420)) * 500.0 + 20.0).astype(np.float32)
+    image[100:110] = 0.0  # a dark band: crops with and without contrast
+    points = np.array([[40.0, 40.0], [210.3, 150.7], [400.0, 290.0], [-30.0, 150.0], [205.0, 105.0]])
+    geometry = hole_crops(points, 17.0, 120.0, image.shape, mode)
+    shapes = geometry.shapes
+    for i, (m, s) in enumerate(zip(geometry.matrices, shapes)):
+        if min(s) < 1:
+            continue
+        assert _same_bits(hole_crop_input(image, m, s, min_size), _plain_crop_input(image, m, s, min_size)), i
+    same = [i for i in range(len(shapes)) if shapes[i] == shapes[1]]
+    batch = hole_crop_inputs(image, [geometry.matrices[i] for i in same], [shapes[i] for i in same], min_size)
+    for k, i in enumerate(same):
+        assert _same_bits(batch[k, 0], _plain_crop_input(image, geometry.matrices[i], shapes[i], min_size))
+    with pytest.raises(ValueError, match="one shape"):
+        hole_crop_inputs(image, geometry.matrices[:2], [(10, 10), (12, 10)], min_size)
