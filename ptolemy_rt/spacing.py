@@ -265,6 +265,29 @@ def _ring_means(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
     return np.bincount(radius, weights=sub.ravel()) / counts
 
 
+@functools.lru_cache(maxsize=8)
+def _ring_members(max_lag: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The lags of each circle (_radii) in raster order, concatenated, and where each circle's start."""
+    radius, counts = _radii(max_lag)
+    order = np.argsort(radius, kind="stable")
+    return order, np.searchsorted(radius[order], np.arange(len(counts) + 1))
+
+
+def _ring_mean(rho: np.ndarray, max_lag: tuple[int, int], r: int) -> float:
+    """_ring_means(rho, max_lag)[min(r, last)] to the bit, summing only that circle's lags (a search looks at
+    a few circles; all of them cost ~0.5 ms)."""
+    rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
+    lr, lc = int(max_lag[0]), int(max_lag[1])
+    _, counts = _radii((lr, lc))
+    r = min(r, len(counts) - 1)
+    order, starts = _ring_members((lr, lc))
+    idx = order[starts[r] : starts[r + 1]]
+    sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
+    # bincount adds a bin's weights one by one in raster order, as _ring_means's bincount does
+    total = np.bincount(np.zeros(len(idx), dtype=np.intp), weights=sub.ravel()[idx], minlength=1)[0]
+    return float(total / counts[r])
+
+
 def _near(peaks: np.ndarray, target: np.ndarray, tol: float) -> int:
     """Index of the peak at +-target within tol, else -1."""
     if len(peaks) == 0:
@@ -336,7 +359,6 @@ def _search(x: np.ndarray, robust: bool) -> LatticeEstimate | None:
     peaks = _peaks(rho, max_lag)
     if len(peaks) < 2:
         return None
-    ring = _ring_means(rho, max_lag)
     strongest = float(peaks[:, 2].max())
     longest = _MAX_PERIOD * min(z.shape)
     for i in np.argsort(np.hypot(peaks[:, 0], peaks[:, 1]), kind="stable"):
@@ -348,7 +370,7 @@ def _search(x: np.ndarray, robust: bool) -> LatticeEstimate | None:
             continue
         # A lattice peak stands out from its circle of lags; a ring of maxima (hole edges, fringes) does not.
         r = int(round(math.hypot(*t)))
-        if h - ring[min(r, len(ring) - 1)] < _RING_CONTRAST * h:
+        if h - _ring_mean(rho, max_lag, r) < _RING_CONTRAST * h:
             continue
         if not _supported(peaks, t, max_lag, _PARTNER * h):
             continue

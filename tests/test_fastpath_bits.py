@@ -69,3 +69,14 @@ def test_hole_crop_inputs_are_the_plain_crops_to_the_bit(mode, min_size):
         assert _same_bits(batch[k, 0], _plain_crop_input(image, geometry.matrices[i], shapes[i], min_size))
     with pytest.raises(ValueError, match="one shape"):
         hole_crop_inputs(image, geometry.matrices[:2], [(10, 10), (12, 10)], min_size)
+
+
+def test_ring_mean_is_the_ring_means_entry_to_the_bit():
+    from ptolemy_rt import spacing
+
+    rng = np.random.default_rng(5)
+    for lags in ((7, 9), (30, 41), (50, 20)):
+        rho = rng.standard_normal((2 * lags[0] + 1 + 6, 2 * lags[1] + 1 + 4)).astype(np.float32)
+        ring = spacing._ring_means(rho, lags)
+        for r in list(range(len(ring))) + [len(ring), len(ring) + 10]:
+            assert spacing._ring_mean(rho, lags, r) == ring[min(r, len(ring) - 1)]
