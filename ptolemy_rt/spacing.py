@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .views import median, percentile
+
 __all__ = ["estimate_spacing", "estimate_lattice", "period_estimates", "LatticeEstimate"]
 
 # Work on images binned to at most this many pixels a side (speed; holes are large).
@@ -93,7 +95,7 @@ def _prepare(image: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.nd
     # correlation; the window (sigma ~ 1/8 of the image) is too wide to follow the lattice itself.
     sigma = max(x.shape) / 8.0
     if robust:
-        bright = float(np.percentile(x, 90))
+        bright = float(percentile(x, 90))
         if not (bright > 0.0 and math.isfinite(bright)):
             return None
         # Bars pass under 3 % of the film's dose; a small blur keeps shot noise from speckling the mask,
@@ -109,7 +111,7 @@ def _prepare(image: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.nd
     ws = np.maximum(_smooth(w, sigma), 1e-3)
     mean = _smooth(x * w, sigma) / ws
     var = _smooth(x * x * w, sigma) / ws - mean * mean
-    level = float(np.median(var[w > 0]))
+    level = float(median(var[w > 0]))
     if not (level > 0.0 and math.isfinite(level)):
         return None
     z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level))
@@ -441,7 +443,7 @@ def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
     factor = max(1, math.ceil(max(x.shape) / (2 * _WORK_SIDE)))
     x = _bin(x, factor)
     rows, cols = x.shape
-    lo, hi = np.percentile(x, [1.0, 99.0])
+    lo, hi = percentile(x, [1.0, 99.0])
     if not hi > lo:
         return []
     x = np.clip(x, lo, hi)

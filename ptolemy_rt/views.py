@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LargeHole", "large_holes", "atlas_reason", "finite_float32", "SINGLE_HOLE_REASON"]
+__all__ = ["LargeHole", "large_holes", "atlas_reason", "finite_float32", "percentile", "median", "SINGLE_HOLE_REASON"]
 
 SINGLE_HOLE_REASON = "one hole fills the view: image magnification too high for lattice targeting"
 # A bright round region this wide (share of the image's shorter side) is a hole too large for a lattice:
@@ -63,6 +63,18 @@ def finite_float32(image: np.ndarray) -> np.ndarray:
     return np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def percentile(x: np.ndarray, q):
+    """np.percentile(x, q), the same value, on a sorted copy: numpy's introselect with the extra order statistics
+    it asks for (the ends, for NaN) took 1.2-1.5 ms on 160k pixels, its vectorised sort 0.45 (a percentile depends
+    on the values alone, not on their order)."""
+    return np.percentile(np.sort(np.asarray(x).ravel()), q, overwrite_input=True)
+
+
+def median(x: np.ndarray):
+    """np.median(x), the same value, on a sorted copy (see percentile)."""
+    return np.median(np.sort(np.asarray(x).ravel()), overwrite_input=True)
+
+
 def _split(image: np.ndarray, work_side: int) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(bright mask at work scale, the smoothed work copy, the work-to-input factor); None without contrast."""
     import cv2
@@ -72,7 +84,7 @@ def _split(image: np.ndarray, work_side: int) -> tuple[np.ndarray, np.ndarray, f
     f = max(1.0, max(rows, cols) / float(work_side))
     small = cv2.resize(data, (max(1, round(cols / f)), max(1, round(rows / f))), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), 1.5)
-    lo, hi = (float(v) for v in np.percentile(small, (0.5, 99.5)))
+    lo, hi = (float(v) for v in percentile(small, (0.5, 99.5)))
     if not hi > lo:
         return None
     u8 = np.clip((small - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)

@@ -80,3 +80,17 @@ def test_ring_mean_is_the_ring_means_entry_to_the_bit():
         ring = spacing._ring_means(rho, lags)
         for r in list(range(len(ring))) + [len(ring), len(ring) + 10]:
             assert spacing._ring_mean(rho, lags, r) == ring[min(r, len(ring) - 1)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sorted_percentile_and_median_are_numpys(seed):
+    from ptolemy_rt.views import median, percentile
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((int(rng.integers(1, 300)), int(rng.integers(1, 400)))) * 100).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = 0.0  # ties
+    for q in (90, (0.5, 99.5), [1.0, 99.0], 0, 100):
+        assert np.array_equal(percentile(x, q), np.percentile(x, q))
+    assert median(x) == np.median(x) and median(x.ravel()[1:]) == np.median(x.ravel()[1:])
+    x.ravel()[0] = np.nan
+    assert np.isnan(percentile(x, 50)) and np.isnan(median(x))
