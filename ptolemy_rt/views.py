@@ -92,9 +92,9 @@ def _split(image: np.ndarray, work_side: int) -> tuple[np.ndarray, np.ndarray, f
     return bright, small, f
 
 
-def _shapes(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
-    """Per bright region of at least min_area px, the `largest` of them by area: (area, centroid xy, enclosing
-    radius, min-rect area, touches the border)."""
+def _regions(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
+    """The bright regions the shape tests look at: the `largest` of them by area, down to min_area px, less those
+    touching the image's border (no test counts them). (labels, stats, centroids, their labels largest first)."""
     import cv2
 
     n, labels, stats, cents = cv2.connectedComponentsWithStats(bright, connectivity=8)
@@ -103,23 +103,31 @@ def _shapes(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
     # the shape tests cost a contour each: a med-mag view has hundreds of holes, and the largest regions
     # decide both tests
     order = 1 + np.argsort(-areas, kind="stable")[:largest]
-    out = []
+    inside = []
     for i in order:
-        area = float(stats[i, cv2.CC_STAT_AREA])
-        if area < min_area:
+        if float(stats[i, cv2.CC_STAT_AREA]) < min_area:
             break
         x0, y0, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                     cv2.CC_STAT_HEIGHT))
-        sub = (labels[y0:y0 + h, x0:x0 + w] == i).astype(np.uint8)
-        contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        pts = np.concatenate(contours).reshape(-1, 2).astype(np.float32)
-        _, radius = cv2.minEnclosingCircle(pts)
-        (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
-        touches = x0 == 0 or y0 == 0 or x0 + w == cols or y0 + h == rows
-        # pixel areas vs. contours through pixel centres: add half a pixel around
-        out.append((area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0),
-                    touches))
-    return out
+        if not (x0 == 0 or y0 == 0 or x0 + w == cols or y0 + h == rows):
+            inside.append(int(i))
+    return labels, stats, cents, inside
+
+
+def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
+    """Region i's (area, centroid xy, enclosing radius, min-rect area)."""
+    import cv2
+
+    area = float(stats[i, cv2.CC_STAT_AREA])
+    x0, y0, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                cv2.CC_STAT_HEIGHT))
+    sub = (labels[y0:y0 + h, x0:x0 + w] == i).astype(np.uint8)
+    contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = np.concatenate(contours).reshape(-1, 2).astype(np.float32)
+    _, radius = cv2.minEnclosingCircle(pts)
+    (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
+    # pixel areas vs. contours through pixel centres: add half a pixel around
+    return area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0)
 
 
 def large_holes(image: np.ndarray) -> list[LargeHole]:
@@ -134,13 +142,15 @@ def large_holes(image: np.ndarray) -> list[LargeHole]:
     side = min(bright.shape)
     min_d = _LARGE_HOLE_SIDE * side
     found = []
-    for area, (cx, cy), radius, _, touches in _shapes(bright, math.pi / 4 * min_d**2 * 0.5):
-        diameter = 2.0 * math.sqrt(area / math.pi)
-        if touches:
-            # cut by the edge: its roundness cannot be judged (ice gradients and grid-square views give such
-            # regions too), so it is no evidence either way
+    # A region cut by the edge is left out: its roundness cannot be judged (ice gradients and grid-square
+    # views give such regions too), so it is no evidence either way.
+    labels, stats, cents, inside = _regions(bright, math.pi / 4 * min_d**2 * 0.5)
+    for i in inside:
+        diameter = 2.0 * math.sqrt(float(stats[i, 4]) / math.pi)  # CC_STAT_AREA
+        if diameter < min_d:
             continue
-        if diameter >= min_d and area / (math.pi * radius**2) >= _ROUND_FILL:
+        area, (cx, cy), radius, _ = _shape(labels, stats, cents, i)
+        if area / (math.pi * radius**2) >= _ROUND_FILL:
             found.append(LargeHole(*_refine_centre(image, cx * f, cy * f, diameter * f)))
     return sorted(found, key=lambda h: (-h.diameter_px, h.y, h.x))
 
@@ -174,12 +184,19 @@ def atlas_reason(image: np.ndarray) -> str | None:
     if split is None:
         return None
     bright, _, f = split
-    shapes = [s for s in _shapes(bright, math.pi / 4 * _ATLAS_MIN_DIAMETER**2) if not s[4]]
-    if len(shapes) < _ATLAS_MIN_SQUARES:
+    labels, stats, cents, inside = _regions(bright, math.pi / 4 * _ATLAS_MIN_DIAMETER**2)
+    if len(inside) < _ATLAS_MIN_SQUARES:
         return None
-    square = [s for s in shapes
-              if s[0] / s[3] >= _SQUARE_RECT_FILL and s[0] / (math.pi * s[2] ** 2) < _SQUARE_ROUND_FILL]
-    if len(square) < _ATLAS_MIN_SQUARES or len(square) < 0.5 * len(shapes):
+    square = []
+    for k, i in enumerate(inside):
+        # no atlas once the regions left cannot make up the squares it needs (a hole view's are round)
+        left = len(inside) - k
+        if len(square) + left < _ATLAS_MIN_SQUARES or len(square) + left < 0.5 * len(inside):
+            return None
+        s = _shape(labels, stats, cents, i)
+        if s[0] / s[3] >= _SQUARE_RECT_FILL and s[0] / (math.pi * s[2] ** 2) < _SQUARE_ROUND_FILL:
+            square.append(s)
+    if len(square) < _ATLAS_MIN_SQUARES or len(square) < 0.5 * len(inside):
         return None
     side = float(np.median([math.sqrt(s[0]) for s in square])) * f
     return (f"looks like a low-mag atlas ({len(square)} bright squares ~{side:.0f} px wide behind dark grid bars), "
