@@ -58,6 +58,15 @@ class LatticeEstimate:
     strength: float  # autocorrelation coefficient at the basis vector, 0..1
 
 
+def _finite(x: np.ndarray) -> bool:
+    """np.all(np.isfinite(x)) without a boolean image: a finite sum proves it (an overflowing one is checked
+    in full)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum()):
+            return True
+    return bool(np.all(np.isfinite(x)))
+
+
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean over factor x factor blocks (the ragged edge dropped), float32."""
     import cv2
@@ -228,14 +237,17 @@ def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
     rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
     lr, lc = max_lag
     sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
-    core = sub[1:-1, 1:-1]
+    # only the rows of lags dy >= 0 (core row i is dy = i + 1 - lr): the other half plane is never kept
+    i0 = max(lr - 1, 0)
+    core = sub[1 + i0 : -1, 1:-1]
     is_max = core >= _MIN_PEAK
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
             if dr or dc:
-                is_max &= core > sub[1 + dr : sub.shape[0] - 1 + dr, 1 + dc : sub.shape[1] - 1 + dc]
+                is_max &= core > sub[1 + i0 + dr : sub.shape[0] - 1 + dr, 1 + dc : sub.shape[1] - 1 + dc]
     out = []
     for i, j in zip(*np.nonzero(is_max)):
+        i += i0
         dy, dx = i + 1 - lr, j + 1 - lc
         # one of each +-t pair: the half plane dy > 0, or dy == 0 and dx > 0
         if dy < 0 or (dy == 0 and dx <= 0) or math.hypot(dx, dy) < _MIN_PERIOD:
@@ -337,7 +349,7 @@ def _refine(peaks: np.ndarray, u: np.ndarray) -> np.ndarray:
 def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
     """Square-lattice period and angle of an image from its autocorrelation; None without a lattice."""
     x = np.asarray(image)
-    if x.ndim != 2 or min(x.shape) < 32 or not np.all(np.isfinite(x)):
+    if x.ndim != 2 or min(x.shape) < 32 or not _finite(x):
         return None
     # The bar-masked, hard-clipped preparation first: on dim carbon film with grid bars, contamination or
     # broken holes it finds the lattice where the plain one finds none or a harmonic. It masks gold film
@@ -404,7 +416,7 @@ def period_estimates(image: np.ndarray) -> Iterator[tuple[float, str]]:
     the lattice that explains its map best. Lazy: a caller that is convinced early pays for no more.
     """
     x = np.asarray(image)
-    if x.ndim != 2 or min(x.shape) < 32 or not np.all(np.isfinite(x)):
+    if x.ndim != 2 or min(x.shape) < 32 or not _finite(x):
         return
     seen: list[float] = []
 

@@ -94,3 +94,17 @@ def test_sorted_percentile_and_median_are_numpys(seed):
     assert median(x) == np.median(x) and median(x.ravel()[1:]) == np.median(x.ravel()[1:])
     x.ravel()[0] = np.nan
     assert np.isnan(percentile(x, 50)) and np.isnan(median(x))
+
+
+def test_spacing_finite_check():
+    from ptolemy_rt import spacing
+
+    x = np.ones((40, 40), dtype=np.float32)
+    assert spacing._finite(x)
+    x[3, 4] = 3e38
+    x[5, 6] = 3e38  # the float32 sum overflows, the values are finite
+    assert spacing._finite(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[7, 8] = bad
+        assert not spacing._finite(y)
