@@ -117,10 +117,12 @@ def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
 
     src = np.ascontiguousarray(prob, dtype=np.float32)
     out = np.zeros(len(crops.matrices), dtype=np.float64)
+    buffers: dict[tuple[int, int], np.ndarray] = {}  # one per crop shape: no fresh array per crop
     for i, (m, (rows, cols)) in enumerate(zip(crops.matrices, crops.shapes)):
         if rows < 1 or cols < 1:
             continue
-        s = cv2.warpAffine(src, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        dst = buffers.setdefault((rows, cols), np.empty((rows, cols), dtype=np.float32))
+        s = cv2.warpAffine(src, m, (cols, rows), dst=dst, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
         out[i] = float(s.sum(dtype=np.float64)) / max(crops.area, float(rows * cols))
     return np.clip(out, 0.0, 1.0)  # bilinear samples of values in [0, 1] stay there; guard rounding only

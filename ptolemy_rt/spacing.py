@@ -225,11 +225,12 @@ def _autocorrelation(x: np.ndarray, max_period: float, valid: np.ndarray,
     if valid.all():
         count_r = rows - np.abs(np.arange(-lr, lr + 1, dtype=np.float32))
         count_c = cols - np.abs(np.arange(-lc, lc + 1, dtype=np.float32))
-        rho = ac / np.outer(count_r, count_c)
+        rho = np.divide(ac, np.outer(count_r, count_c), out=ac)  # in place: ac is _lags's fresh copy
     else:
         count = _lags(_circular_autocorrelation(valid, shape), rows, cols, (lr, lc))
         rho = np.where(count > 0.2 * float(valid.sum()), ac / np.maximum(count, 1.0), 0.0).astype(np.float32)
-    return rho / rho[lr, lc]
+    rho /= rho[lr, lc]
+    return rho
 
 
 def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
