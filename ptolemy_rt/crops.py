@@ -341,8 +341,8 @@ def hole_crops(
 
 
 def hole_crop_input(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], min_size: int) -> np.ndarray:
-    """One hole CNN input: the crop, enlarged (bicubic) to min_size where smaller, normalised to zero mean and
-    unit variance by its own statistics (float64)."""
+    """One hole CNN input (float32): the crop, enlarged (bicubic) to min_size where smaller, normalised to zero
+    mean and unit variance by its own statistics (computed in float64)."""
     return hole_crop_inputs(image, (matrix,), (shape,), min_size)[0, 0]
 
 
