@@ -347,11 +347,12 @@ def hole_crop_input(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int
 
 
 def hole_crop_inputs(image: np.ndarray, matrices: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]],
-                     min_size: int) -> np.ndarray:
+                     min_size: int, work: dict | None = None) -> np.ndarray:
     """(n, 1, rows, cols) float32 hole CNN inputs (hole_crop_input each) of crops of one shape.
 
-    The crops are sampled and normalised in buffers shared by all of them: fresh half-megabyte arrays per
-    crop cost more in page faults than the arithmetic (the same values to the bit)."""
+    The crops are sampled and normalised in buffers shared by all of them (and by every call given the same
+    `work` dict): fresh half-megabyte arrays per crop cost more in page faults than the arithmetic (the same
+    values to the bit)."""
     if len(set(map(tuple, shapes))) > 1:
         raise ValueError(f"hole_crop_inputs needs crops of one shape, got {sorted(set(map(tuple, shapes)))}")
     n = len(matrices)
@@ -361,9 +362,12 @@ def hole_crop_inputs(image: np.ndarray, matrices: Sequence[np.ndarray], shapes: 
     if n == 0:
         return out
     src = np.ascontiguousarray(image, dtype=np.float32)
-    sampled = np.empty((rows, cols), dtype=np.float32)
-    x = np.empty(size, dtype=np.float64)
-    sq = np.empty(size, dtype=np.float64)
+    work = {} if work is None else work
+    key = (rows, cols) + size
+    if key not in work:
+        work[key] = (np.empty((rows, cols), dtype=np.float32), np.empty(size, dtype=np.float64),
+                     np.empty(size, dtype=np.float64))
+    sampled, x, sq = work[key]
     for k, matrix in enumerate(matrices):
         crop = sample_affine(src, matrix, (rows, cols), out=sampled)
         if rows < min_size or cols < min_size:

@@ -134,10 +134,12 @@ def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
     spec = models.spec("hole_cnn")
     batches = plan_batches(crops.shapes, HOLE_BATCHES, spec.batch_statistics, spec.min_size)
 
+    work: dict = {}  # sampling and normalisation buffers, shared by the batches
+
     def inputs(idx: list[int]) -> np.ndarray:
         if len({crops.shapes[i] for i in idx}) == 1:
             return hole_crop_inputs(image, [crops.matrices[i] for i in idx], [crops.shapes[i] for i in idx],
-                                    spec.min_size)
+                                    spec.min_size, work)
         return np.stack([hole_crop_input(image, crops.matrices[i], crops.shapes[i], spec.min_size)
                          for i in idx])[:, None]
 

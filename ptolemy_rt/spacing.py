@@ -116,17 +116,25 @@ def _prepare(image: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.nd
             return None
     else:
         w = np.ones_like(x)
-    # Normalised convolution: local mean and variance over unmasked pixels only.
+    # Normalised convolution: local mean and variance over unmasked pixels only. With nothing masked (w all 1)
+    # the products with w and the masked selections are skipped: multiplying by 1 and selecting every pixel
+    # change no bit.
+    inside = w > 0
+    unmasked = bool(inside.all())
     ws = np.maximum(_smooth(w, sigma), 1e-3)
-    mean = _smooth(x * w, sigma) / ws
-    var = _smooth(x * x * w, sigma) / ws - mean * mean
-    level = float(median(var[w > 0]))
+    mean = _smooth(x if unmasked else x * w, sigma) / ws
+    var = _smooth(x * x if unmasked else x * x * w, sigma) / ws - mean * mean
+    level = float(median(var if unmasked else var[inside]))
     if not (level > 0.0 and math.isfinite(level)):
         return None
     z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level))
     clip = _ROBUST_CLIP if robust else 3.0
-    z = np.clip(z, -clip, clip) * w
-    z[w > 0] -= z[w > 0].mean()
+    z = np.clip(z, -clip, clip)
+    if unmasked:
+        z -= z.mean()
+    else:
+        z *= w
+        z[inside] -= z[inside].mean()
     if not float(np.abs(z).max()) > 0.0:
         return None
     return z, w, factor

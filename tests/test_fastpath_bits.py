@@ -108,3 +108,37 @@ def test_spacing_finite_check():
         y = x.copy()
         y[7, 8] = bad
         assert not spacing._finite(y)
+
+
+def _plain_prepare_tail(x, w, robust):
+    """spacing._prepare after the mask, as written before its unmasked fast path."""
+    from ptolemy_rt import spacing
+
+    sigma = max(x.shape) / 8.0
+    ws = np.maximum(spacing._smooth(w, sigma), 1e-3)
+    mean = spacing._smooth(x * w, sigma) / ws
+    var = spacing._smooth(x * x * w, sigma) / ws - mean * mean
+    level = float(np.median(var[w > 0]))
+    z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level))
+    clip = spacing._ROBUST_CLIP if robust else 3.0
+    z = np.clip(z, -clip, clip) * w
+    z[w > 0] -= z[w > 0].mean()
+    return z
+
+
+@pytest.mark.parametrize("bar", [False, True])
+def test_prepare_is_the_plain_normalised_convolution(bar):
+    from ptolemy_rt import spacing
+    from ptolemy_rt.synthetic import make_medmag
+
+    image = make_medmag(0)[0].astype(np.float32)
+    if bar:
+        image[:, 100:400] = 0.0  # a grid bar: the robust preparation masks it
+    masked = []
+    for robust in (True, False):
+        prepared = spacing._prepare(image, robust)
+        assert prepared is not None
+        z, w, factor = prepared
+        masked.append(not w.all())
+        assert _same_bits(z, _plain_prepare_tail(spacing._bin(image, factor), w, robust))
+    assert masked == [bar, False]  # both paths are compared
