@@ -69,10 +69,11 @@ def _prepared(ux, uy, vx, vy, max_hw):
     return ux, uy, vx, vy, cross, h, bad
 
 
-def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1):
+def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=True):
     """(area, positives, inside, occupied) int64 arrays for non-degenerate reduced bases, without pruning.
 
-    row_step > 1 visits every row_step-th row of points only: a lower bound on each sum."""
+    row_step > 1 visits every row_step-th row of points only: a lower bound on each sum. counts False: inside
+    and occupied are None (the search needs only area and positives)."""
     rows = sat.shape[0] - 1
     cols = sat.shape[1] - 1
     n = len(ox)
@@ -112,26 +113,45 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1):
     na = np.maximum(na, 0)
     if row_step > 1:
         na[(np.arange(cand.size) - starts[cand]) % row_step != 0] = 0
-    row = np.repeat(np.arange(cand.size), na)
+    # np.repeat per row of points (a contiguous copy) instead of gathers through a row index.
     rstart = np.cumsum(na) - na
-    a = (a0[row] + (np.arange(row.size) - rstart[row])).astype(np.float64)
-    rx = np.floor(px0[row] + a * cux[row] + 0.5).astype(np.int64)
-    ry = np.floor(py0[row] + a * cuy[row] + 0.5).astype(np.int64)
-    hp = h[cand[row]]
+    a = (np.arange(int(na.sum()), dtype=np.int64) - np.repeat(rstart - a0, na)).astype(np.float64)
+    rx = np.floor(np.repeat(px0, na) + a * np.repeat(cux, na) + 0.5).astype(np.int64)
+    ry = np.floor(np.repeat(py0, na) + a * np.repeat(cuy, na) + 0.5).astype(np.int64)
+    hp = np.repeat(h[cand], na)
     c0 = np.maximum(rx - hp, 0)
     c1 = np.minimum(rx + hp, cols - 1)
     r0 = np.maximum(ry - hp, 0)
     r1 = np.minimum(ry + hp, rows - 1)
-    ok = (c0 <= c1) & (r0 <= r1)
-    owner = cand[row][ok]
-    c0, c1, r0, r1, rx, ry = c0[ok], c1[ok], r0[ok], r1[ok], rx[ok], ry[ok]
-    here = (sat[r1 + 1, c1 + 1].astype(np.int64) - sat[r0, c1 + 1] - sat[r1 + 1, c0] + sat[r0, c0])
+    # Within the rectangle a footprint outside the image is empty with c0 == c1 + 1 (or r0 == r1 + 1) at valid
+    # table indices, so it adds 0 to every sum, as the former filter did. Float rounding at the rectangle's
+    # edge could in principle put one further out: it is made an empty one at a valid corner.
+    out = np.flatnonzero((c0 > c1 + 1) | (r0 > r1 + 1))
+    if out.size:
+        c0[out] = np.minimum(c0[out], cols)
+        r0[out] = np.minimum(r0[out], rows)
+        c1[out] = c0[out] - 1
+        r1[out] = r0[out] - 1
+    # The table flattened: one gather per corner instead of 2-D fancy indexing (the same sums).
+    flat = sat.reshape(-1)
+    width = cols + 1
+    top, bottom, right = r0 * width, (r1 + 1) * width, c1 + 1
+    # in the table's int32: a footprint's count is at most the image's pixels, so no corner sum overflows
+    here = flat.take(bottom + right) - flat.take(top + right) - flat.take(bottom + c0) + flat.take(top + c0)
     area = (c1 - c0 + 1) * (r1 - r0 + 1)
-    inside = (rx >= 0) & (rx < cols) & (ry >= 0) & (ry < rows)
+    # Points are grouped by candidate in ascending order: per-candidate sums are differences of one running
+    # sum at the group ends (exact integers; a weighted bincount went through float64 four times).
+    run_rows = np.concatenate(([0], np.cumsum(na)))
+    ends = run_rows[np.cumsum(nb)]
+    starts_pts = run_rows[starts]
 
     def total(w):
-        return np.bincount(owner, weights=w, minlength=n).astype(np.int64)
+        run = np.concatenate(([0], np.cumsum(w, dtype=np.int64)))
+        return run[ends] - run[starts_pts]
 
+    if not counts:
+        return total(area), total(here), None, None
+    inside = (rx >= 0) & (rx < cols) & (ry >= 0) & (ry < rows)
     return total(area), total(here), total(inside), total(inside & (here > 0))
 
 
@@ -254,7 +274,7 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
         # candidate over the bound on them is pruned (the Numba loop stopped early on it) without a full scan.
         if sel.size == 0:
             break
-        a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step)
+        a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step, counts=False)
         over = (a4 - p4) > best / lambda_fp
         # Where candidates are mostly the same lattice from different anchors, few are pruned: then the
         # subsampled scan costs more than it saves, so the rest of this search scans in full at once.
@@ -265,6 +285,6 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
         sel = sel[~over]
         args = [t[sel] for t in lattices]
     if sel.size:
-        a, ps, _, _ = _scan_prepared(sat, *args)
+        a, ps, _, _ = _scan_prepared(sat, *args, counts=False)
         for q, x, y in zip(sel.tolist(), a.tolist(), ps.tolist()):
             area[q], pos[q] = x, y
