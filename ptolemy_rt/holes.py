@@ -189,6 +189,12 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             if len(blobs) >= _REGULAR_MIN_BLOBS and regularity(blobs) < _MIN_REGULARITY:
                 reason = f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} px period"
                 return None, reason, 0.0, f, probe
+            # The whole map's excess test (below) on the crop: noise the U-Net fires on fills the crop as it
+            # does the image, and the whole map would cost (image / crop) times the crop's U-Net and centroids.
+            crop_rows, crop_cols = probe.shape
+            if len(blobs) > _LADDER_EXCESS * crop_rows * crop_cols / candidate**2 + 10:
+                reason = f"{len(blobs)} hole candidates in a central crop are more than the lattice can hold"
+                return None, reason, 0.0, f, probe
         t = time.perf_counter()
         prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding)
         timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t

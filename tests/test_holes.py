@@ -488,3 +488,32 @@ def test_shipped_set_finds_a_whole_grid_square_at_1x(seed):
     r = evaluate(sample, load_models(shipped))
     assert r["reason"] is None
     assert r["tp"] >= 0.95 * r["targets"] and r["fp"] == 0
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_noise_filling_the_central_crop_skips_the_whole_map(seed, monkeypatch):
+    # Continuous film (held-out no_lattice 2 and 3): at the finest rung the U-Net fires on the film's texture,
+    # ~3x more blobs in the central crop than the period allows. The whole 1024 x 1440 map at that rung (the
+    # costliest U-Net run of the image, whose blobs the excess test rejected anyway) is no longer made.
+    import sys
+
+    import ptolemy_rt.holes as holes_mod
+    from ptolemy_rt.models import default_models_dir
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.holes_sets import make_sample
+
+    shipped = default_models_dir()
+    if not (shipped / "manifest.json").is_file():
+        pytest.skip("no shipped model set")
+    runs = []
+    real = holes_mod.scaled_probability_map
+
+    def spy(image, models, factor, padding):
+        runs.append(image.shape[0] * image.shape[1] * factor**2)
+        return real(image, models, factor, padding)
+
+    monkeypatch.setattr(holes_mod, "scaled_probability_map", spy)
+    res = find_holes(make_sample("no_lattice", seed).image, load_models(shipped), cnn=False)
+    assert res.holes == () and res.reason is not None
+    assert max(runs) <= 2 * holes_mod._PROBE_PIXELS
