@@ -27,7 +27,7 @@ import numpy as np
 from .crops import hole_crops
 from .film import film_mask, on_film
 from .io import Image, ImageLike, as_image, check_min_size
-from .lattice import Lattice, fit_lattice, regularity
+from .lattice import Lattice, fit_lattice, regularity, row_spacings
 from .models import ModelSet, ModelsLike, resolve_models
 from .options import PTOLEMY_COMPAT, SCORES, HoleOptions
 from .results import Hole, HoleResult, ImageInfo, sort_targets
@@ -74,6 +74,13 @@ _MIN_REGULARITY = 0.5
 _REGULAR_MIN_BLOBS = 20
 # ... and a try whose U-Net input exceeds twice this many pixels is first run on a central crop of this many.
 _PROBE_PIXELS = 500_000
+# With a lattice of at least this quality in hand, a further period estimate that is one of its denser row
+# spacings (within this log tolerance) is not run: the estimators read a lattice's (1, 1) and (2, 0) rows as
+# periods too, and the U-Net at that scale shows the same holes (the real EPU view: 11.4 px found, 8.0 px
+# estimated, the same lattice again at lower quality; a whole square at 12.8 px: 9.1 px, a superlattice
+# of lower quality). Held out, no such run ever won.
+_HARMONIC_QUALITY = 0.5
+_HARMONIC_TOLERANCE = 0.05
 
 
 def hole_centroids(mask: np.ndarray, window: int = REGION_WINDOW) -> np.ndarray:
@@ -225,6 +232,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # (a hexagonal array's spectral period is sqrt(3)/2 of its own)
         if candidate < MIN_PERIOD_PX * 0.8 or any(abs(math.log(candidate / p)) < 0.03 for p in tried.values()):
             continue
+        if best is not None and best[0] >= _HARMONIC_QUALITY and _harmonic(candidate, best[3]):
+            continue  # the estimators' reading of the lattice in hand: at that scale the U-Net shows it again
         costly = image.shape[0] * image.shape[1] * unet_factor(candidate, scale) ** 2 > _EXTRA_MAX_PIXELS
         if costly and best is not None and best[0] >= _LADDER_MIN_QUALITY:
             continue  # a lattice is in hand: no seconds of U-Net on a large image at another estimator's period
@@ -300,6 +309,14 @@ def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, opti
     if lattice is None:
         return _empty(info, models, reason or "no lattice", timings)
     return _holes_on_lattice(image, prob, lattice, models, opts, timings, info)
+
+
+def _harmonic(candidate: float, lattice: Lattice) -> bool:
+    """Whether a period is, within _HARMONIC_TOLERANCE, the spacing of a family of the lattice's rows closer
+    than its nearest-neighbour distance ((1, 1), (2, 0), a hexagonal array's rows; lattice.row_spacings)."""
+    spacing = lattice.spacing_px
+    return any(abs(math.log(candidate / d)) < _HARMONIC_TOLERANCE
+               for d in row_spacings(lattice.a, lattice.b) if d < spacing * (1.0 - _HARMONIC_TOLERANCE))
 
 
 def _threshold(opts: HoleOptions, models: ModelSet) -> float:

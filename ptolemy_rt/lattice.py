@@ -443,6 +443,22 @@ def lattice_cost(
 # Least squares
 
 
+def row_spacings(a: Point, b: Point, max_index: int = 2) -> list[float]:
+    """Spacings (px) of the lattice's families of rows (h, k), |h|, |k| <= max_index, not both 0; widest first.
+
+    A period estimator (autocorrelation, spectrum) reads a lattice of nearest-neighbour distance s at any of
+    these: s itself (square, (1, 0)), s / sqrt 2 ((1, 1)), s / 2 ((2, 0)), s sqrt 3 / 2 (hexagonal rows)."""
+    inv = np.linalg.inv(_matrix(a, b))  # rows: the reciprocal basis
+    out = set()
+    for h in range(-max_index, max_index + 1):
+        for k in range(0, max_index + 1):
+            if k == 0 and h <= 0:
+                continue  # (h, k) and (-h, -k) are one family
+            g = h * inv[0] + k * inv[1]
+            out.add(float(1.0 / math.hypot(*g)))
+    return sorted(out, reverse=True)
+
+
 def _matrix(u: Point, v: Point) -> np.ndarray:
     return np.array([[u[0], v[0]], [u[1], v[1]]], dtype=np.float64)
 

@@ -517,3 +517,49 @@ def test_noise_filling_the_central_crop_skips_the_whole_map(seed, monkeypatch):
     res = find_holes(make_sample("no_lattice", seed).image, load_models(shipped), cnn=False)
     assert res.holes == () and res.reason is not None
     assert max(runs) <= 2 * holes_mod._PROBE_PIXELS
+
+
+def test_a_harmonic_of_the_lattice_in_hand_is_not_run(monkeypatch):
+    # Held-out whole square 1 (512 x 364, 12.8 px): the spectrum also reads its (1, 1) rows, 12.8 / sqrt 2 px.
+    # With the 12.8 px lattice in hand (quality 0.65) that period's U-Net run (which found a superlattice of
+    # lower quality) is skipped, and the holes are those of the 12.8 px lattice.
+    import sys
+
+    import ptolemy_rt.holes as holes_mod
+    from ptolemy_rt.models import default_models_dir
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.holes_accuracy import evaluate
+    from benchmarks.holes_sets import make_sample
+
+    shipped = default_models_dir()
+    if not (shipped / "manifest.json").is_file():
+        pytest.skip("no shipped model set")
+    factors = []
+    real = holes_mod.scaled_probability_map
+
+    def spy(image, models, factor, padding):
+        factors.append(factor)
+        return real(image, models, factor, padding)
+
+    monkeypatch.setattr(holes_mod, "scaled_probability_map", spy)
+    r = evaluate(make_sample("whole_square", 1), load_models(shipped))
+    assert r["reason"] is None and r["tp"] >= 0.99 * r["targets"] and r["fp"] == 0
+    assert len(factors) == 1 and factors == sorted(factors)
+
+
+def test_harmonic_periods_of_a_lattice():
+    from dataclasses import replace
+
+    from ptolemy_rt.holes import _harmonic
+    from ptolemy_rt.lattice import Lattice
+
+    square = Lattice(origin=(0.0, 0.0), a=(12.0, 0.0), b=(0.0, 12.0), angle_deg=0.0, cost=0.0, anchors=(),
+                     n_inliers=10, occupancy=1.0, refined=True, model="general")
+    hexagonal = replace(square, b=(6.0, 6.0 * math.sqrt(3.0)))
+    for candidate in (12.0 / math.sqrt(2.0), 6.0, 12.0 / math.sqrt(2.0) * 1.03):
+        assert _harmonic(candidate, square)
+    for candidate in (12.0, 13.0, 24.0, 12.0 / math.sqrt(2.0) * 1.08, 7.5):
+        assert not _harmonic(candidate, square)
+    assert _harmonic(12.0 * math.sqrt(3.0) / 2.0, hexagonal) and _harmonic(6.0, hexagonal)
+    assert not _harmonic(12.0, hexagonal)
