@@ -69,7 +69,30 @@ def _prepared(ux, uy, vx, vy, max_hw):
     return ux, uy, vx, vy, cross, h, bad
 
 
-def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=True):
+def _box_tables(sat, h):
+    """Clipped footprint sums and extents of every centre in the image padded by h + 3 px, half-width h.
+
+    (pad, width, sums flat (height * width) int32, x extents, y extents): a footprint centred at (x, y)
+    covers sums[(y + pad) * width + x + pad] positives on xext[x + pad] * yext[y + pad] pixels (the clipped
+    rectangle; 0 when it misses the image), as the summed-area table's four corners give them."""
+    rows, cols = sat.shape[0] - 1, sat.shape[1] - 1
+    pad = int(h) + 3
+    r = np.arange(-pad, rows + pad)
+    c = np.arange(-pad, cols + pad)
+    rlo = np.clip(r - h, 0, rows)
+    rhi = np.maximum(np.clip(r + h + 1, 0, rows), rlo)
+    clo = np.clip(c - h, 0, cols)
+    chi = np.maximum(np.clip(c + h + 1, 0, cols), clo)
+    top, bottom = sat[rlo], sat[rhi]
+    sums = (bottom[:, chi] - top[:, chi] - bottom[:, clo] + top[:, clo]).reshape(-1)
+    return pad, len(c), sums, (chi - clo).astype(np.int64), (rhi - rlo).astype(np.int64)
+
+
+def _table_size(shape, h):
+    return (shape[0] + 2 * h + 5) * (shape[1] + 2 * h + 5)
+
+
+def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=True, tables=None):
     """(area, positives, inside, occupied) int64 arrays for non-degenerate reduced bases, without pruning.
 
     row_step > 1 visits every row_step-th row of points only: a lower bound on each sum. counts False: inside
@@ -118,6 +141,21 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=Tru
     a = (np.arange(int(na.sum()), dtype=np.int64) - np.repeat(rstart - a0, na)).astype(np.float64)
     rx = np.floor(np.repeat(px0, na) + a * np.repeat(cux, na) + 0.5).astype(np.int64)
     ry = np.floor(np.repeat(py0, na) + a * np.repeat(cuy, na) + 0.5).astype(np.int64)
+    # Points are grouped by candidate in ascending order: per-candidate sums are differences of one running
+    # sum at the group ends (exact integers; a weighted bincount went through float64 four times).
+    run_rows = np.concatenate(([0], np.cumsum(na)))
+    ends, starts_pts = run_rows[np.cumsum(nb)], run_rows[starts]
+
+    def total(w):
+        run = np.concatenate(([0], np.cumsum(w, dtype=np.int64)))
+        return run[ends] - run[starts_pts]
+
+    if tables is not None:
+        # Search, one half-width: one gather per point from _box_tables instead of the summed-area table's
+        # four corners (the same integers).
+        pad, width, sums, xext, yext = tables
+        here = sums.take((ry + pad) * width + (rx + pad))
+        return total(xext.take(rx + pad) * yext.take(ry + pad)), total(here), None, None
     hp = np.repeat(h[cand], na)
     c0 = np.maximum(rx - hp, 0)
     c1 = np.minimum(rx + hp, cols - 1)
@@ -139,16 +177,6 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=Tru
     # in the table's int32: a footprint's count is at most the image's pixels, so no corner sum overflows
     here = flat.take(bottom + right) - flat.take(top + right) - flat.take(bottom + c0) + flat.take(top + c0)
     area = (c1 - c0 + 1) * (r1 - r0 + 1)
-    # Points are grouped by candidate in ascending order: per-candidate sums are differences of one running
-    # sum at the group ends (exact integers; a weighted bincount went through float64 four times).
-    run_rows = np.concatenate(([0], np.cumsum(na)))
-    ends = run_rows[np.cumsum(nb)]
-    starts_pts = run_rows[starts]
-
-    def total(w):
-        run = np.concatenate(([0], np.cumsum(w, dtype=np.int64)))
-        return run[ends] - run[starts_pts]
-
     if not counts:
         return total(area), total(here), None, None
     inside = (rx >= 0) & (rx < cols) & (ry >= 0) & (ry < rows)
@@ -230,7 +258,14 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     pos = [0] * n
     best = math.inf
     best_idx = -1
-    state = {"subsample": True}
+    # Half-widths whose candidates cover, all scanned, at least twice the points of a per-pixel table of their
+    # footprint sums: their batches gather from one (_box_tables; a 512 x 364 whole-square view's ~800
+    # candidates of ~1500 points each), the rest use the summed-area table's corners.
+    tabled = set()
+    for hv in np.unique(h[eligible & ~bad]).tolist():
+        if est[(h == hv) & eligible & ~bad].sum() >= 2.0 * _table_size((rows, cols), hv):
+            tabled.add(int(hv))
+    state = {"subsample": True, "tabled": tabled, "tables": {}}
     for t, p in enumerate(order):
         if not eligible_l[p]:
             continue
@@ -269,12 +304,18 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
             points += est[q]
     sel = np.array(batch, dtype=np.int64)
     args = [t[sel] for t in lattices]
+    hs = np.unique(args[-1])
+    tables = None
+    if len(hs) == 1 and int(hs[0]) in state["tabled"]:
+        tables = state["tables"].get(int(hs[0]))
+        if tables is None:
+            tables = state["tables"][int(hs[0])] = _box_tables(sat, int(hs[0]))
     for step in _STEPS if lambda_fp > 0 and best < math.inf and state["subsample"] else ():
         # Every step-th row of points first: their false positives bound the whole's from below, so a
         # candidate over the bound on them is pruned (the Numba loop stopped early on it) without a full scan.
         if sel.size == 0:
             break
-        a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step, counts=False)
+        a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step, counts=False, tables=tables)
         over = (a4 - p4) > best / lambda_fp
         # Where candidates are mostly the same lattice from different anchors, few are pruned: then the
         # subsampled scan costs more than it saves, so the rest of this search scans in full at once.
@@ -285,6 +326,6 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
         sel = sel[~over]
         args = [t[sel] for t in lattices]
     if sel.size:
-        a, ps, _, _ = _scan_prepared(sat, *args, counts=False)
+        a, ps, _, _ = _scan_prepared(sat, *args, counts=False, tables=tables)
         for q, x, y in zip(sel.tolist(), a.tolist(), ps.tolist()):
             area[q], pos[q] = x, y

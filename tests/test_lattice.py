@@ -734,3 +734,46 @@ def test_scan_of_footprints_just_beyond_the_edge():
     for origin in ((-15.8, 20.0), (20.0, -15.8), (-15.8, -15.6), (61 + 15.2, 10.0)):
         got = k.scan_many(sat, [origin[0]], [origin[1]], [70.0], [0.0], [0.0], [70.0], 15.0)
         assert tuple(int(t[0]) for t in got) == brute_scan(mask, origin, (70.0, 0.0), (0.0, 70.0))
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 1000), n=st.integers(1, 8), spacing=st.floats(8.0, 60.0))
+def test_footprint_tables_give_the_summed_area_sums(seed, n, spacing):
+    """The search's per-pixel footprint tables (one half-width) and the summed-area corners agree on every
+    lattice, footprints beyond the edges included."""
+    from ptolemy_rt import _lattice_kernels as k
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((47, 66)) < 0.3
+    sat = summed_area_table(mask)
+    theta = rng.uniform(0, 180)
+    bases = [basis_of(spacing, rng.choice([1.0, 1.2]), rng.choice([60.0, 90.0, 110.0]), theta) for _ in range(n)]
+    ux, uy, vx, vy, cross, h, bad = k._prepared(np.array([b[0, 0] for b in bases]), np.array([b[1, 0] for b in bases]),
+                                                np.array([b[0, 1] for b in bases]), np.array([b[1, 1] for b in bases]),
+                                                15.0)
+    assert not bad.any() and len(set(h.tolist())) == 1
+    ox, oy = rng.uniform(-60, 120, n), rng.uniform(-60, 110, n)
+    plain = k._scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, counts=False)
+    tabled = k._scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, counts=False,
+                              tables=k._box_tables(sat, int(h[0])))
+    np.testing.assert_array_equal(plain[0], tabled[0])
+    np.testing.assert_array_equal(plain[1], tabled[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_search_is_the_same_with_and_without_footprint_tables(seed, monkeypatch):
+    from ptolemy_rt import _lattice_kernels as k
+
+    rng = np.random.default_rng(seed)
+    basis = basis_of(21.0, 1.1, 75.0, rng.uniform(0, 180))
+    pts = lattice_points((100.0, 90.0), tuple(basis[:, 0]), tuple(basis[:, 1]), (180, 240), -5.0)
+    pts = pts + rng.normal(0, 0.7, pts.shape)
+    mask = np.zeros((180, 240), dtype=bool)
+    yy, xx = np.mgrid[:180, :240]
+    for x, y in pts:
+        mask |= (xx - x) ** 2 + (yy - y) ** 2 <= 36
+    results = []
+    for size in (lambda shape, h: 0, lambda shape, h: 10**12):  # every half-width tabled / none
+        monkeypatch.setattr(k, "_table_size", size)
+        results.append(fit_lattice(pts, mask, model="general"))
+    assert results[0] is not None and results[0] == results[1]
