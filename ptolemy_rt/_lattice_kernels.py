@@ -221,12 +221,15 @@ def cost(sat, ox, oy, ux, uy, vx, vy, total, lambda_fn, lambda_fp, max_hw, bound
     return lambda_fn * (total - pos) + lambda_fp * (area - pos), pos
 
 
-def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_hw, min_spacing):
+def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_hw, min_spacing, memo=None):
     """(index, cost) of the cheapest candidate lattice, ties to the first in list order; (-1, inf) for none.
 
     Candidates are visited in `order` (likely winners first) with the Numba loop's pruning decisions (a
     lower bound against the best so far, and the false-positive bound), replayed exactly, so the winner
-    is the same; the scans themselves run in batches of candidates that the pruning cannot skip."""
+    is the same; the scans themselves run in batches of candidates that the pruning cannot skip.
+
+    memo: a dict shared by searches over the same table, candidates and max_hw (a candidate's footprint sums
+    do not depend on the lambdas): the full scans of earlier searches are reused, this one's added."""
     rows = sat.shape[0] - 1
     cols = sat.shape[1] - 1
     ox, oy = np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
@@ -256,6 +259,8 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     # -3: not scanned yet; -4: pruned by the false-positive bound (cost inf whatever comes later)
     area = [-3] * n
     pos = [0] * n
+    for q, (x, y) in (memo or {}).items():
+        area[q], pos[q] = x, y
     best = math.inf
     best_idx = -1
     # Half-widths whose candidates cover, all scanned, at least twice the points of a per-pixel table of their
@@ -286,6 +291,8 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
         if c < best or (c == best and best_idx >= 0 and p < best_idx):
             best = c
             best_idx = p
+    if memo is not None:
+        memo.update((q, (area[q], pos[q])) for q in range(n) if area[q] >= 0)
     return best_idx, best
 
 

@@ -777,3 +777,26 @@ def test_search_is_the_same_with_and_without_footprint_tables(seed, monkeypatch)
         monkeypatch.setattr(k, "_table_size", size)
         results.append(fit_lattice(pts, mask, model="general"))
     assert results[0] is not None and results[0] == results[1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_search_reusing_an_earlier_searchs_scans_finds_the_same(seed):
+    """The hidden fallback's search (lambda_fp / 10) reuses the first search's footprint sums: same winner."""
+    from ptolemy_rt import _lattice_kernels as k
+    from ptolemy_rt.lattice import candidate_lattices
+
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 200, (60, 2))
+    mask = np.zeros((200, 200), dtype=bool)
+    for x, y in c.astype(int):
+        mask[max(y - 3, 0) : y + 4, max(x - 3, 0) : x + 4] = True
+    sat = summed_area_table(mask)
+    cands = candidate_lattices(c, model="general")
+    args = (sat, np.ascontiguousarray(c[cands.origin, 0]), np.ascontiguousarray(c[cands.origin, 1]),
+            np.ascontiguousarray(cands.u[:, 0]), np.ascontiguousarray(cands.u[:, 1]),
+            np.ascontiguousarray(cands.v[:, 0]), np.ascontiguousarray(cands.v[:, 1]),
+            np.arange(len(cands.origin)), int(sat[-1, -1]), 10.0)
+    memo: dict = {}
+    first = k.search(*args, 1.0, 6.0, 8.0, memo)
+    assert memo and first == k.search(*args, 1.0, 6.0, 8.0)
+    assert k.search(*args, 0.1, 6.0, 8.0, memo) == k.search(*args, 0.1, 6.0, 8.0)
