@@ -207,24 +207,31 @@ def test_two_centroids_make_a_lattice():
 # Cost and geometry
 
 
-def brute_cost(mask, origin, u, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
-    """Rasterise every footprint (clipped to the image) and count, the slow way."""
+def rasterised_cost(mask, points, h, lambda_fn, lambda_fp, disjoint=False):
+    """Cover a (2h+1)² footprint (clipped to the image) at each point and count misses and extras, the slow way;
+    disjoint: also assert that no two footprints overlap."""
     rows, cols = mask.shape
-    v = (-u[1], u[0])
-    h = math.floor(min(max_hw, math.sqrt(u[0] * u[0] + u[1] * u[1]) / 4))  # as the kernel (hypot: an ulp off)
     covered = np.zeros_like(mask)
-    for a in range(-60, 61):
-        for b in range(-60, 61):
-            x = origin[0] + a * u[0] + b * v[0]
-            y = origin[1] + a * u[1] + b * v[1]
-            rx, ry = math.floor(x + 0.5), math.floor(y + 0.5)
-            r0, r1 = max(ry - h, 0), min(ry + h, rows - 1)
-            c0, c1 = max(rx - h, 0), min(rx + h, cols - 1)
-            if r0 <= r1 and c0 <= c1:
-                covered[r0 : r1 + 1, c0 : c1 + 1] = True
+    for x, y in points:
+        rx, ry = math.floor(x + 0.5), math.floor(y + 0.5)
+        r0, r1 = max(ry - h, 0), min(ry + h, rows - 1)
+        c0, c1 = max(rx - h, 0), min(rx + h, cols - 1)
+        if r0 <= r1 and c0 <= c1:
+            if disjoint:
+                assert not covered[r0 : r1 + 1, c0 : c1 + 1].any()  # footprints never overlap
+            covered[r0 : r1 + 1, c0 : c1 + 1] = True
     fn = np.count_nonzero(mask & ~covered)
     fp = np.count_nonzero(covered & ~mask)
     return lambda_fn * fn + lambda_fp * fp
+
+
+def brute_cost(mask, origin, u, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
+    """Rasterise every footprint of the square lattice (origin, u, u turned 90 degrees)."""
+    v = (-u[1], u[0])
+    h = math.floor(min(max_hw, math.sqrt(u[0] * u[0] + u[1] * u[1]) / 4))  # as the kernel (hypot: an ulp off)
+    points = [(origin[0] + a * u[0] + b * v[0], origin[1] + a * u[1] + b * v[1])
+              for a in range(-60, 61) for b in range(-60, 61)]
+    return rasterised_cost(mask, points, h, lambda_fn, lambda_fp)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
@@ -583,27 +590,16 @@ def test_lattice_kind(ratio, gamma, kind):
 
 
 def brute_cost_general(mask, origin, u, v, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
+    """Rasterise every footprint of the lattice (origin, u, v) near the image; footprints must not overlap."""
     rows, cols = mask.shape
     r1, r2 = reduced(np.array(u), np.array(v))
     d = math.sqrt(r1[0] * r1[0] + r1[1] * r1[1])  # as the kernel computes it (hypot may differ by an ulp)
     h = math.floor(min(max_hw, d / 4, d / (2 * math.sqrt(2)) - 1))
-    covered = np.zeros_like(mask)
     n = int(2 * max(rows, cols) / (d * 0.5)) + 4
-    for a in range(-n, n + 1):
-        for b in range(-n, n + 1):
-            x = origin[0] + a * r1[0] + b * r2[0]
-            y = origin[1] + a * r1[1] + b * r2[1]
-            if not (-40 <= x <= cols + 40 and -40 <= y <= rows + 40):
-                continue
-            rx, ry = math.floor(x + 0.5), math.floor(y + 0.5)
-            r0, rr1 = max(ry - h, 0), min(ry + h, rows - 1)
-            c0, c1 = max(rx - h, 0), min(rx + h, cols - 1)
-            if r0 <= rr1 and c0 <= c1:
-                assert not covered[r0 : rr1 + 1, c0 : c1 + 1].any()  # footprints never overlap
-                covered[r0 : rr1 + 1, c0 : c1 + 1] = True
-    fn = np.count_nonzero(mask & ~covered)
-    fp = np.count_nonzero(covered & ~mask)
-    return lambda_fn * fn + lambda_fp * fp
+    points = [(origin[0] + a * r1[0] + b * r2[0], origin[1] + a * r1[1] + b * r2[1])
+              for a in range(-n, n + 1) for b in range(-n, n + 1)]
+    near = [(x, y) for x, y in points if -40 <= x <= cols + 40 and -40 <= y <= rows + 40]
+    return rasterised_cost(mask, near, h, lambda_fn, lambda_fp, disjoint=True)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
