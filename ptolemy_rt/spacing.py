@@ -489,7 +489,7 @@ def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
     if k_hi <= k_lo + 2:
         return []
     logp = np.log(profile + 1e-30)
-    trend = np.array([np.median(logp[max(1, k - 8) : k + 9]) for k in range(n)])
+    trend = _running_median(logp, 8)
     contrast = logp - trend
     peaks = []
     for k in range(k_lo, k_hi + 1):
@@ -502,3 +502,20 @@ def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
             peaks.append((float(contrast[k]), side / (k + max(-0.5, min(0.5, off))) * factor))
     peaks.sort(reverse=True)
     return [p for _, p in peaks[:_SPECTRUM_PEAKS]]
+
+
+def _running_median(x: np.ndarray, half: int) -> np.ndarray:
+    """[np.median(x[max(1, k - half) : k + half + 1]) for k in range(len(x))], the same values: the full windows
+    (odd length: the median is their middle element) by one sort of a strided view, the cut ones at either end
+    by np.median as before (a Python loop of 250 medians cost ~5 ms of the spectrum's 15)."""
+    n = len(x)
+    out = np.empty(n, dtype=np.float64)
+    width = 2 * half + 1
+    lo, hi = half + 1, n - half  # k in [lo, hi) has the whole window x[k - half : k + half + 1] (x[0] left out)
+    if hi > lo:
+        windows = np.lib.stride_tricks.sliding_window_view(x[1:], width)[: hi - lo]
+        out[lo:hi] = np.sort(windows, axis=1)[:, half]
+    for k in list(range(min(lo, n))) + list(range(max(hi, lo), n)):
+        out[k] = np.median(x[max(1, k - half) : k + half + 1])
+    return out
+

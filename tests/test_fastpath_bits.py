@@ -142,3 +142,70 @@ def test_prepare_is_the_plain_normalised_convolution(bar):
         masked.append(not w.all())
         assert _same_bits(z, _plain_prepare_tail(spacing._bin(image, factor), w, robust))
     assert masked == [bar, False]  # both paths are compared
+
+
+@pytest.mark.parametrize("scale", [0.5, 8.0, 100.0])
+def test_logistic_is_models_sigmoid_to_the_bit(scale):
+    from ptolemy_rt.models import sigmoid
+    from ptolemy_rt.unet import logistic
+
+    rng = np.random.default_rng(int(scale))
+    x = (rng.standard_normal((137, 211)) * scale).astype(np.float32)
+    x[0, :6] = [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45]
+    for data in (x, x[3:90, 5:150], x[0], x.astype(np.float64)):  # strided views and other dtypes too
+        fast, plain = logistic(data), sigmoid(data)
+        assert _same_bits(fast, plain) and fast.flags.c_contiguous
+    assert np.isnan(logistic(np.array([np.nan], dtype=np.float32))[0])
+
+
+def test_normalise_image_into_a_view_is_the_same():
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((61, 77)) * 30 + 1000).astype(np.float32)
+    padded = np.full((64, 80), 7.0, dtype=np.float32)
+    out = normalise_image(x, out=padded[:61, :77])
+    assert _same_bits(np.ascontiguousarray(out), normalise_image(x))
+    assert _same_bits(padded[:61, :77], normalise_image(x)) and (padded[61:] == 7.0).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_standardise_is_the_per_crop_one_to_the_bit(seed):
+    from ptolemy_rt.crops import _standardise, _standardise_rows
+
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(2, 70)), int(rng.integers(2, 70))
+    n = int(rng.integers(3, 40))
+    batch = (rng.standard_normal((n, rows, cols)) * 10.0 ** rng.uniform(-3, 5) + rng.uniform(-1e4, 1e4))
+    batch = batch.astype(np.float32)
+    batch[0] = 7.0  # no contrast: zeros
+    batch[1, : rows // 2] = 0.0
+    plain = np.empty_like(batch)
+    for k in range(n):
+        _standardise(batch[k], plain[k], np.empty((rows, cols)), np.empty((rows, cols)))
+    fast = batch.copy()
+    _standardise_rows(fast.reshape(n, -1))
+    assert _same_bits(fast, plain) and not fast[0].any()
+
+
+def test_small_hole_crops_take_the_batched_path_with_the_same_bits():
+    from ptolemy_rt import crops
+
+    rng = np.random.default_rng(4)
+    image = (rng.random((300, 420)) * 500.0 + 20.0).astype(np.float32)
+    points = rng.random((40, 2)) * [440.0, 320.0] - 10.0  # some off the edge (zeroed outside)
+    geometry = hole_crops(points, 31.0, 50.0, image.shape, "centred")
+    assert geometry.shapes[0][0] * geometry.shapes[0][1] <= crops._BATCH_STANDARDISE_PIXELS
+    batch = hole_crop_inputs(image, geometry.matrices, geometry.shapes, 16)
+    for k, (m, s) in enumerate(zip(geometry.matrices, geometry.shapes)):
+        assert _same_bits(batch[k, 0], _plain_crop_input(image, m, s, 16)), k
+
+
+def test_running_median_is_the_loop_of_medians():
+    from ptolemy_rt.spacing import _running_median
+
+    rng = np.random.default_rng(2)
+    for n in list(range(2, 30)) + [255, 360]:
+        x = rng.standard_normal(n) * 5
+        if n % 3 == 0:
+            x = np.round(x)  # ties
+        plain = np.array([np.median(x[max(1, k - 8) : k + 9]) for k in range(n)])
+        assert np.array_equal(_running_median(x, 8), plain)
