@@ -196,6 +196,10 @@ def _estimate_period(data: np.ndarray) -> float:
     return period if period >= 2.0 else fallback
 
 
+# on_film checks the boxes of up to this many points one by one, more through a summed-area table.
+_DIRECT_BOXES = 64
+
+
 def on_film(points_xy: np.ndarray, mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Per point (n, 2) xy: whether its footprint (the pixels whose centres lie within radius_px) is on film.
 
@@ -222,14 +226,20 @@ def on_film(points_xy: np.ndarray, mask: np.ndarray, radius_px: float) -> np.nda
     r0 = np.maximum(np.ceil(y - r), 0).astype(np.int64)
     r1 = np.minimum(np.floor(y + r), rows - 1).astype(np.int64)
     boxed = finite & (c0 <= c1) & (r0 <= r1)
-    # Off-film pixels per box from a summed-area table: O(1) per point; only boxes holding some need the
-    # exact disc (those near a bar's edge).
-    off = cv2.integral((~np.ascontiguousarray(m)).view(np.uint8), sdepth=cv2.CV_32S)
-    c0b, c1b, r0b, r1b = (np.where(boxed, t, 0) for t in (c0, c1, r0, r1))
-    count = off[r1b + 1, c1b + 1] - off[r0b, c1b + 1] - off[r1b + 1, c0b] + off[r0b, c0b]
-    clear = boxed & (count == 0)
+    # Whether a box holds off-film pixels: only those that do need the exact disc (near a bar's edge). Few
+    # points look at their boxes directly (a lattice of 290 px: 17 boxes, 1/6 of the mask); many at a
+    # summed-area table of the whole mask, O(1) per point.
+    if len(pts) <= _DIRECT_BOXES:
+        clear = boxed.copy()
+        for i in np.flatnonzero(boxed):
+            clear[i] = m[r0[i] : r1[i] + 1, c0[i] : c1[i] + 1].all()
+    else:
+        off = cv2.integral((~np.ascontiguousarray(m)).view(np.uint8), sdepth=cv2.CV_32S)
+        c0b, c1b, r0b, r1b = (np.where(boxed, t, 0) for t in (c0, c1, r0, r1))
+        count = off[r1b + 1, c1b + 1] - off[r0b, c1b + 1] - off[r1b + 1, c0b] + off[r0b, c0b]
+        clear = boxed & (count == 0)
     out[clear] = True
-    for i in np.flatnonzero(boxed & (count > 0)):
+    for i in np.flatnonzero(boxed & ~clear):
         yy, xx = np.ogrid[r0[i] : r1[i] + 1, c0[i] : c1[i] + 1]
         disc = (xx - x[i]) ** 2 + (yy - y[i]) ** 2 <= r * r
         # an empty disc (the box's corners only) holds no pixel: off, as a point with no footprint

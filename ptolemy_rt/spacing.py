@@ -458,6 +458,26 @@ _SPECTRUM_CONTRAST = 3.0
 _SPECTRUM_PEAKS = 2
 
 
+@functools.lru_cache(maxsize=8)
+def _spectrum_geometry(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What spectrum_periods needs of a (rows, cols) image's shape alone (cached: one shape per session): the
+    Hann windows (float32), which rfft2 elements fall in a ring below side / 2 cycles, their rings, and each
+    ring's element count."""
+    fy = np.fft.fftfreq(rows)[:, None]
+    fx = np.fft.rfftfreq(cols)[None, :]
+    side = min(rows, cols)
+    radius = np.hypot(fy, fx) * side  # in cycles per `side` pixels
+    bins = np.round(radius).astype(np.int64).ravel()
+    n = int(side // 2)
+    keep = bins < n
+    kept = bins[keep]
+    count = np.bincount(kept, minlength=n)
+    out = (np.hanning(rows).astype(np.float32), np.hanning(cols).astype(np.float32), keep, kept, count)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
     """Periods (px) of the strongest peaks of the radially averaged power spectrum, strongest first."""
     x = np.asarray(image, dtype=np.float32)
@@ -470,18 +490,14 @@ def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
     x = np.clip(x, lo, hi)
     # Illumination and grid bars: removed by a wide high-pass, so the spectrum shows the holes.
     x = x - _smooth(x, max(rows, cols) / 16.0)
-    x = x * np.hanning(rows).astype(np.float32)[:, None] * np.hanning(cols).astype(np.float32)[None, :]
+    hann_rows, hann_cols, keep, kept_bins, count = _spectrum_geometry(rows, cols)
+    x *= hann_rows[:, None]  # in place, in the order x * rows' window * columns' window
+    x *= hann_cols[None, :]
     f = np.fft.rfft2(x)
     power = f.real**2 + f.imag**2
-    fy = np.fft.fftfreq(rows)[:, None]
-    fx = np.fft.rfftfreq(cols)[None, :]
     side = min(rows, cols)
-    radius = np.hypot(fy, fx) * side  # in cycles per `side` pixels
-    bins = np.round(radius).astype(np.int64).ravel()
     n = int(side // 2)
-    keep = bins < n
-    total = np.bincount(bins[keep], weights=power.ravel()[keep], minlength=n)
-    count = np.bincount(bins[keep], minlength=n)
+    total = np.bincount(kept_bins, weights=power.ravel()[keep], minlength=n)
     profile = total / np.maximum(count, 1)
     # Shortest accepted period and at least 2.5 periods across the shorter side.
     k_lo = 3

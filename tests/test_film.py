@@ -164,3 +164,23 @@ def test_brightness_gradient_is_not_torn_film(kind):
                              hole=170.0)
     img = img * np.linspace(1.0, 2.0, img.shape[1], dtype=np.float32)[None, :]
     assert on_film(pts, film_mask(img, 60.0), 0.3 * 60.0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_on_film_direct_boxes_and_summed_area_table_agree(seed, monkeypatch):
+    from ptolemy_rt import film
+
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(20, 200)), int(rng.integers(20, 200))
+    mask = np.ones((rows, cols), dtype=bool)
+    for _ in range(int(rng.integers(0, 6))):  # off-film bands and blocks
+        r, c = int(rng.integers(0, rows)), int(rng.integers(0, cols))
+        mask[r : r + int(rng.integers(1, 40)), c : c + int(rng.integers(1, 40))] = False
+    pts = rng.random((200, 2)) * [cols + 40.0, rows + 40.0] - 20.0
+    pts[:3] = [[np.nan, 1.0], [cols + 100.0, 5.0], [-0.4, -0.4]]
+    radius = float(rng.uniform(0.0, 15.0))
+    table = on_film(pts, mask, radius)
+    monkeypatch.setattr(film, "_DIRECT_BOXES", len(pts))
+    direct = on_film(pts, mask, radius)
+    assert np.array_equal(direct, table)
+    assert table.any() and not table.all()
