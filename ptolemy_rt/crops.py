@@ -324,6 +324,9 @@ def hole_crops(
     ec = np.array([math.cos(a), -math.sin(a)])  # crop columns run along ec, rows along er
     er = np.array([math.sin(a), math.cos(a)])
     corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
+    if mode == "centred":
+        return _centred_hole_crops(np.asarray(points, dtype=np.float64).reshape(-1, 2), angle_deg, half, ec, er,
+                                   corners)
     # The original cut its windows from the image rotated by -angle.
     frame = rotated_frame(shape, -angle_deg) if mode == "ptolemy" else None
     matrices, shapes, vertices = [], [], []
@@ -338,6 +341,27 @@ def hole_crops(
         vertices.append(tuple((float(p[0] + dc * ec[0] + dr * er[0]), float(p[1] + dc * ec[1] + dr * er[1]))
                               for dc, dr in corners))
     return HoleCrops(tuple(matrices), tuple(shapes), tuple(vertices), float(side * side))
+
+
+def _centred_hole_crops(points: np.ndarray, angle_deg: float, half: int, ec: np.ndarray, er: np.ndarray,
+                        corners: list[tuple[int, int]]) -> HoleCrops:
+    """hole_crops in "centred" mode for all points at once: crop_matrix's and the vertices' arithmetic, in the
+    same order on the same values (the same bits), without a Python loop over hundreds of points."""
+    side = 2 * half
+    a = math.radians(angle_deg)
+    c, s = math.cos(a), math.sin(a)
+    w0 = h0 = (side - 1) / 2.0
+    n = len(points)
+    m = np.empty((n, 2, 3), dtype=np.float64)
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = c, s, -s, c
+    m[:, 0, 2] = points[:, 0] - w0 * c - h0 * s
+    m[:, 1, 2] = points[:, 1] + w0 * s - h0 * c
+    dc = np.array([k[0] for k in corners], dtype=np.float64)
+    dr = np.array([k[1] for k in corners], dtype=np.float64)
+    vx = points[:, :1] + dc * ec[0] + dr * er[0]
+    vy = points[:, 1:] + dc * ec[1] + dr * er[1]
+    vertices = tuple(tuple(zip(xs, ys)) for xs, ys in zip(vx.tolist(), vy.tolist()))
+    return HoleCrops(tuple(m), ((side, side),) * n, vertices, float(side * side))
 
 
 def hole_crop_input(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], min_size: int) -> np.ndarray:

@@ -117,15 +117,30 @@ def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
 
     src = np.ascontiguousarray(prob, dtype=np.float32)
     out = np.zeros(len(crops.matrices), dtype=np.float64)
-    buffers: dict[tuple[int, int], np.ndarray] = {}  # one per crop shape: no fresh array per crop
-    for i, (m, (rows, cols)) in enumerate(zip(crops.matrices, crops.shapes)):
-        if rows < 1 or cols < 1:
-            continue
-        dst = buffers.setdefault((rows, cols), np.empty((rows, cols), dtype=np.float32))
-        s = cv2.warpAffine(src, m, (cols, rows), dst=dst, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        out[i] = float(s.sum(dtype=np.float64)) / max(crops.area, float(rows * cols))
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(crops.shapes):
+        if shape[0] >= 1 and shape[1] >= 1:
+            groups.setdefault((int(shape[0]), int(shape[1])), []).append(i)
+    for (rows, cols), idx in groups.items():
+        # Crops of one shape are warped into one stack, a chunk at a time, and summed row by row: numpy reduces
+        # each row of the stack as it reduces one crop (the same sums to the bit), without a call per crop.
+        per = max(1, _SCORE_STACK_PIXELS // (rows * cols))
+        stack = np.empty((min(per, len(idx)), rows, cols), dtype=np.float32)
+        for a in range(0, len(idx), per):
+            chunk = idx[a : a + per]
+            for k, i in enumerate(chunk):
+                s = cv2.warpAffine(src, crops.matrices[i], (cols, rows), dst=stack[k], flags=flags,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+                if not np.shares_memory(s, stack[k]):  # cv2 wrote elsewhere (it should not)
+                    stack[k] = s
+            sums = stack[: len(chunk)].reshape(len(chunk), rows * cols).sum(axis=1, dtype=np.float64)
+            out[chunk] = sums / max(crops.area, float(rows * cols))
     return np.clip(out, 0.0, 1.0)  # bilinear samples of values in [0, 1] stay there; guard rounding only
+
+
+# unet_scores warps crops of one shape into stacks of at most this many pixels (or one crop).
+_SCORE_STACK_PIXELS = 1 << 20
 
 
 def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,

@@ -3,6 +3,8 @@ normalisation and the hole CNN's inputs. Each is compared with the straightforwa
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -209,3 +211,50 @@ def test_running_median_is_the_loop_of_medians():
             x = np.round(x)  # ties
         plain = np.array([np.median(x[max(1, k - 8) : k + 9]) for k in range(n)])
         assert np.array_equal(_running_median(x, 8), plain)
+
+
+def _plain_unet_scores(prob, geometry):
+    """scoring.unet_scores as it was: one warp and one sum per crop."""
+    out = np.zeros(len(geometry.matrices))
+    for i, (m, (rows, cols)) in enumerate(zip(geometry.matrices, geometry.shapes)):
+        if rows < 1 or cols < 1:
+            continue
+        s = cv2.warpAffine(prob, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        out[i] = float(s.sum(dtype=np.float64)) / max(geometry.area, float(rows * cols))
+    return np.clip(out, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["centred", "ptolemy"])
+@pytest.mark.parametrize("spacing", [12.0, 53.8, 300.0])
+def test_stacked_unet_scores_are_the_per_crop_ones_to_the_bit(mode, spacing, monkeypatch):
+    from ptolemy_rt import scoring
+
+    rng = np.random.default_rng(int(spacing))
+    prob = rng.random((400, 560), dtype=np.float32)
+    points = rng.random((90, 2)) * [620.0, 460.0] - 30.0  # some off the edge, some windows cut (ptolemy)
+    geometry = hole_crops(points, 23.0, spacing, prob.shape, mode)
+    plain = _plain_unet_scores(prob, geometry)
+    assert np.array_equal(scoring.unet_scores(prob, geometry), plain)
+    monkeypatch.setattr(scoring, "_SCORE_STACK_PIXELS", 1)  # one crop per stack
+    assert np.array_equal(scoring.unet_scores(prob, geometry), plain)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_centred_hole_crops_are_the_per_point_geometry_to_the_bit(seed):
+    from ptolemy_rt.crops import crop_half_side, crop_matrix
+
+    rng = np.random.default_rng(seed)
+    points = rng.random((int(rng.integers(0, 200)), 2)) * 2000.0 - 300.0
+    angle, spacing = float(rng.uniform(-90, 180)), float(rng.uniform(9, 400))
+    geometry = hole_crops(points, angle, spacing, (1024, 1440), "centred")
+    half = crop_half_side(spacing)
+    a = math.radians(angle)
+    ec, er = np.array([math.cos(a), -math.sin(a)]), np.array([math.sin(a), math.cos(a)])
+    assert len(geometry.matrices) == len(points) and set(geometry.shapes) <= {(2 * half, 2 * half)}
+    for i, p in enumerate(points):
+        m = crop_matrix((p[0], p[1]), angle, 2 * half, 2 * half)
+        assert np.array_equal(geometry.matrices[i], m)
+        corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
+        assert geometry.vertices[i] == tuple(
+            (float(p[0] + dc * ec[0] + dr * er[0]), float(p[1] + dc * ec[1] + dr * er[1])) for dc, dr in corners)
