@@ -2,6 +2,7 @@
 
     python -m benchmarks.latency [--models DIR] [--repeat 15] [--proc-repeat 7]
                                  [--only inproc,imports,process,first,scaling] [--scaling-max 8192]
+                                 [--against DIR [--rounds 4] [--cpu]]
 
 Every figure is printed beside a yardstick timed in the same run, alternating with it, because the machines
 are shared and noisy (the same run varies by +-30 %): in process a 1024x1024 float32 numpy matrix product,
@@ -19,6 +20,9 @@ per process `python -c "import numpy"` in the same interpreter. The ratio is wha
 
 Child processes run with bytecode caching on whatever the calling shell says (PYTHONDONTWRITEBYTECODE is
 dropped): an installed package has its .pyc files, and without them every import recompiles (~0.2 s).
+- --against DIR: the in-process figures of this tree and of another checkout (main's worktree, say), whole
+           processes alternating; --cpu counts process CPU time with every pool at one thread, which a shared
+           machine's load barely moves (wall time there varies by +-30 %).
 - scaling: wall and peak RSS of find_squares on synthetic atlases 1024²..8192² and of find_holes on synthetic
            med-mag images 512x364..4096x5760, one fresh process per size; growth exponent of time in pixels.
 
@@ -134,6 +138,93 @@ def in_process(images: dict[str, Path], models: str | None, repeat: int, settle:
     for name, st in stages.items():
         print(f"\n{name}, stages (median ms): " + ", ".join(f"{k} {_median(v):.1f}" for k, v in st.items()
                                                           if k != "total"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Two trees, interleaved
+
+# Run in a child whose PYTHONPATH is one tree: warm find_holes / find_squares interleaved with the yardstick,
+# wall or (single-threaded) CPU ms per call and the stages' wall ms, as JSON on the last line. Only the public
+# API both trees share is used, so any revision of the package can be the other tree.
+_TREE_CHILD = r"""
+import json, os, sys, time
+cpu = os.environ.get("PTOLEMY_BENCH_CPU") == "1"
+if cpu:
+    import cv2
+    cv2.setNumThreads(1)
+import numpy as np
+from ptolemy_rt.holes import find_holes
+from ptolemy_rt.io import read_image
+from ptolemy_rt.models import load_models
+from ptolemy_rt.squares import find_squares
+models, medmag, atlas, repeat = sys.argv[1] or None, sys.argv[2], sys.argv[3], int(sys.argv[4])
+ms = load_models(models, threads=1) if cpu else load_models(models)
+medmag, atlas = read_image(medmag), read_image(atlas)
+a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+b = np.random.default_rng(1).random((1024, 1024), dtype=np.float32)
+calls = {"yardstick": lambda: a @ b, "holes": lambda: find_holes(medmag, ms),
+         "squares": lambda: find_squares(atlas, ms)}
+clock = time.process_time if cpu else time.perf_counter
+for _ in range(2):
+    for fn in calls.values():
+        fn()
+out = {k: [] for k in calls}
+stages = {"holes": {}, "squares": {}}
+for _ in range(repeat):
+    for name, fn in calls.items():
+        t = clock()
+        r = fn()
+        out[name].append((clock() - t) * 1e3)
+        if name in stages:
+            for key, sec in r.timings.items():
+                stages[name].setdefault(key, []).append(sec * 1e3)
+print(json.dumps({"calls": out, "stages": stages}))
+"""
+
+
+def compare_trees(images: dict[str, Path], models: str | None, repeat: int, rounds: int, other: Path,
+                  cpu: bool) -> None:
+    """In-process medians of this tree and `other` (another checkout of the package), whole processes alternating
+    (ABBA...) so that both see the same load; with `cpu`, process CPU time with every pool at one thread (cv2,
+    onnxruntime, BLAS), which the other engineers' load barely moves."""
+    trees = {"this": REPO, "other": other.resolve()}
+    env_extra = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                 "PTOLEMY_BENCH_CPU": "1"} if cpu else {}
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    loads = []
+    for r in range(rounds):
+        order = list(trees) if r % 2 == 0 else list(trees)[::-1]
+        for name in order:
+            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PTOLEMY_BENCH_CPU")}
+            env.update(env_extra)
+            env["PYTHONPATH"] = str(trees[name])
+            proc = subprocess.run([sys.executable, "-c", _TREE_CHILD, models or "", str(images["holes"]),
+                                   str(images["squares"]), str(repeat)], env=env, cwd=str(trees[name]),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{name} tree ({trees[name]}) failed:\n{proc.stderr[-2000:]}")
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            loads.append(os.getloadavg()[0])
+    unit = "CPU ms, one thread" if cpu else "wall ms"
+    print(f"\n## This tree against {other} ({unit}), {rounds} processes each alternating, {repeat} calls each; "
+          f"median of all calls; load average {min(loads):.1f}-{max(loads):.1f}")
+    table = [["call", "this", "other", "this / other", "this x yardstick", "other x yardstick"]]
+    med = {name: {call: _median([v for run in runs[name] for v in run["calls"][call]])
+                  for call in ("yardstick", "holes", "squares")} for name in trees}
+    for call in ("yardstick", "holes", "squares"):
+        a, b = med["this"][call], med["other"][call]
+        table.append([call, f"{a:.1f}", f"{b:.1f}", f"{a / b:.2f}", f"{a / med['this']['yardstick']:.2f}",
+                      f"{b / med['other']['yardstick']:.2f}"])
+    print_markdown(table)
+    for call in ("holes", "squares"):
+        keys = list(dict.fromkeys(k for name in trees for run in runs[name] for k in run["stages"][call]))
+        rows = [["stage (wall ms)", "this", "other"]]
+        for key in keys:
+            vals = [_median([v for run in runs[name] for v in run["stages"][call].get(key, [])] or [0.0])
+                    for name in trees]
+            rows.append([key, f"{vals[0]:.1f}", f"{vals[1]:.1f}"])
+        print(f"\n{call}, stages:")
+        print_markdown(rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="pause before each in-process call, s (default 0, as issue 17 measured; 0.2 lets "
                         "OpenBLAS threads stop spinning after the yardstick)")
     parser.add_argument("--scaling-max", type=int, default=8192, help="largest atlas side in the scaling table")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout of the package (e.g. a worktree of main): its in-process figures "
+                        "beside this tree's, whole processes alternating (replaces the sections)")
+    parser.add_argument("--rounds", type=int, default=4, help="processes per tree with --against")
+    parser.add_argument("--cpu", action="store_true",
+                        help="with --against: process CPU time with every thread pool at one thread")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
@@ -401,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = _images(Path(tmp))
         print("# images: " + ", ".join(f"{k} {v.name}" for k, v in images.items()))
+        if args.against is not None:
+            if not (args.against / "ptolemy_rt" / "__init__.py").is_file():
+                parser.error(f"--against {args.against}: no ptolemy_rt package there")
+            compare_trees(images, args.models, args.repeat, args.rounds, args.against, args.cpu)
+            return 0
         if "inproc" in only:
             in_process(images, args.models, args.repeat, args.settle)
         if "imports" in only:
