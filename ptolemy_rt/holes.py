@@ -194,7 +194,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             blobs = hole_centroids(probe > thr, window)
             timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
             if len(blobs) >= _REGULAR_MIN_BLOBS and regularity(blobs) < _MIN_REGULARITY:
-                reason = f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} px period"
+                reason: str | None = (f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} "
+                                      "px period")
                 return None, reason, 0.0, f, probe
             # The whole map's excess test (below) on the crop: noise the U-Net fires on fills the crop as it
             # does the image, and the whole map would cost (image / crop) times the crop's U-Net and centroids.

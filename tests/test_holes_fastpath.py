@@ -76,3 +76,87 @@ def test_fast_paths_give_the_same_targets_more_synthetic(seed, monkeypatch):
 @pytest.mark.slow
 def test_fast_paths_give_the_same_targets_reference(medmag_path, monkeypatch):
     _compare(read_image(medmag_path), monkeypatch)
+
+
+# ---------------------------------------------------------------------------------------------------
+# This session's fast paths (issue 17): each put back to its plain form, the result must be the same to the bit.
+
+
+def _plain_running_median(x, half):
+    return np.array([np.median(x[max(1, k - half) : k + half + 1]) for k in range(len(x))])
+
+
+def _plain_logistic(x):
+    from ptolemy_rt.models import sigmoid
+
+    return sigmoid(np.ascontiguousarray(x))
+
+
+def _plain_centred_hole_crops(points, angle_deg, half, ec, er, corners):
+    """crops.hole_crops' "centred" geometry point by point, as it was."""
+    from ptolemy_rt.crops import HoleCrops, crop_matrix
+
+    side = 2 * half
+    matrices, vertices = [], []
+    for p in points:
+        matrices.append(crop_matrix((p[0], p[1]), angle_deg, side, side))
+        vertices.append(tuple((float(p[0] + dc * ec[0] + dr * er[0]), float(p[1] + dc * ec[1] + dr * er[1]))
+                              for dc, dr in corners))
+    return HoleCrops(tuple(matrices), ((side, side),) * len(points), tuple(vertices), float(side * side))
+
+
+def _everything(result):
+    """Every field of a result that reaches an output (timings aside), floats as their exact repr."""
+    out = result.to_dict()
+    out.pop("timings", None)
+    return repr(out)
+
+
+def _compare_plain(image, monkeypatch):
+    from ptolemy_rt import crops, film, scoring, unet
+
+    models = load_models(None)
+    fast = find_holes(image, models)
+    with monkeypatch.context() as m:
+        m.setattr(unet, "logistic", _plain_logistic)
+        m.setattr(spacing, "_running_median", _plain_running_median)
+        m.setattr(crops, "_BATCH_STANDARDISE_PIXELS", 0)  # every crop standardised on its own
+        m.setattr(scoring, "_SCORE_STACK_PIXELS", 1)  # one crop per warp stack
+        m.setattr(film, "_DIRECT_BOXES", -1)  # the summed-area table for every point
+        m.setattr(crops, "_centred_hole_crops", _plain_centred_hole_crops)
+        plain = find_holes(image, models)
+    assert _everything(fast) == _everything(plain)
+    return fast
+
+
+def test_this_sessions_fast_paths_change_no_bit_synthetic(monkeypatch):
+    assert len(_compare_plain(make_medmag(1)[0], monkeypatch).holes) > 0
+
+
+def test_fast_paths_keep_early_ends(monkeypatch):
+    from benchmarks.holes_sets import make_sample
+
+    for category in ("single_hole", "no_lattice"):
+        _compare_plain(make_sample(category, 0).image, monkeypatch)
+    constant = find_holes(np.full((300, 400), 5.0, dtype=np.float32), load_models(None))
+    assert constant.reason == "constant image: nothing to find" and not constant.holes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [3, 8])  # 600 holes at 1.3x upscale; a lattice of quality < 0.7 (more estimators)
+def test_this_sessions_fast_paths_change_no_bit_more_synthetic(seed, monkeypatch):
+    _compare_plain(make_medmag(seed)[0], monkeypatch)
+
+
+@pytest.mark.slow
+def test_this_sessions_fast_paths_change_no_bit_reference(medmag_path, monkeypatch):
+    assert len(_compare_plain(read_image(medmag_path), monkeypatch).holes) == 17
+
+
+def test_fast_paths_with_points_off_film(monkeypatch):
+    from benchmarks.holes_sets import make_sample
+
+    image = make_sample("whole_square", 1).image  # a whole grid square: bars and the outside are off film
+    result = _compare_plain(image, monkeypatch)
+    kept = find_holes(image, load_models(None), keep_off_film=True)
+    assert 0 < len(result.holes) < len(kept.holes)

@@ -66,8 +66,13 @@ def test_pixel_level_pattern_gives_no_holes_and_bounded_unet_inputs(monkeypatch)
     if models.spec("hole_unet").scale is None:
         pytest.skip("the shipped U-Net runs at native scale")
     sizes = []
-    real = unet.probability_map
-    monkeypatch.setattr(unet, "probability_map", lambda z, *a, **k: sizes.append(z.size) or real(z, *a, **k))
+    real = unet._padded_probability  # every U-Net run goes through it, with the unpadded input's shape
+
+    def spy(padded, shape, *args):
+        sizes.append(shape[0] * shape[1])
+        return real(padded, shape, *args)
+
+    monkeypatch.setattr(unet, "_padded_probability", spy)
     yy, xx = np.mgrid[:512, :512]
     checker = (((xx + yy) % 2) * 200).astype(np.int16)
     result = find_holes(checker, models=models)
