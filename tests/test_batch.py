@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -319,6 +320,42 @@ def test_worker_with_one_thread_starts_no_thread_pools():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "1"]
 
+
+
+_PAGE_FAULTS = """
+import resource, sys
+import numpy as np
+from ptolemy_rt.batch import keep_large_arrays_on_heap
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        a = np.ones((1024, 1440), np.float32)  # an image-sized temporary, freed each time
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()
+frozen = faults()
+print(keep_large_arrays_on_heap(), frozen, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mmap threshold")
+def test_worker_keeps_image_sized_arrays_on_the_heap_under_dask_malloc_settings():
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold at 128 KiB: each image-sized
+    # temporary then faults in fresh pages (1.5x CPU per image). init_worker raises the threshold there.
+    env = {k: v for k, v in _env().items() if not k.startswith("MALLOC_")}
+    r = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, timeout=120,
+                       check=False, env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"})
+    assert r.returncode == 0, r.stderr
+    done, frozen, raised = r.stdout.split()
+    assert done == "True"
+    assert int(frozen) > 20 * 100 and int(raised) < int(frozen) / 10
+    # Without such a variable glibc adapts by itself: nothing is changed.
+    r = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, timeout=120,
+                       check=False, env=env)
+    assert r.returncode == 0, r.stderr
+    done, adaptive, _ = r.stdout.split()
+    assert done == "False" and int(adaptive) < 20 * 100
 
 def test_worst_exit_code_order():
     assert worst_exit_code([]) == 0
