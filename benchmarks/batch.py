@@ -1,30 +1,39 @@
 """Throughput of `ptolemy-rt batch` against one `ptolemy-rt holes` process per image, in images per second.
 
     python -m benchmarks.batch [--images 200] [--rounds 4] [--separate N] [--workers 1 2] [--no-dask]
+                               [--quick] [--image-cache DIR] [--compare TREE]
 
-Makes `--images` synthetic med-mag images (1024x1440 MRC, seeds 0..N-1) in `--rounds` equal blocks, then, block
-by block, runs every mode over that block, the order of the modes turning each round, so that every mode sees
-the same load on a shared machine (each mode's time is spread over the whole run, not bunched at one end). Each
-run is a whole process started from here (wall clock: imports, model loading and writing are in):
+Makes `--images` synthetic med-mag images (1024x1440 MRC, seeds 0..N-1; kept in `--image-cache` for the next
+run) in `--rounds` equal blocks, then, block by block, runs every mode over that block, the order of the modes
+turning each round, so that every mode sees the same load on a shared machine (each mode's time is spread over
+the whole run, not bunched at one end). Each run is a whole process started from here (wall clock: imports,
+model loading and writing are in):
 - the baseline: `ptolemy-rt holes IMAGE -o OUT.json`, one process per image (`--separate` of them in all,
   spread over the blocks);
 - `ptolemy-rt batch BLOCK -o OUT --kind holes --workers N` (report and previews included);
 - the same with `--dask` on a LocalCluster of 2 single-thread worker processes, when the dask extra is
   installed. The cluster is started before and closed after each of its runs, neither counted (it stands for
-  an existing cluster): left up, its idle scheduler and workers took CPU from every other mode (batch CPU per
-  image 0.73 s instead of 0.29 s at load 3-6).
+  an existing cluster): left up, its idle scheduler and workers took CPU from every other mode. It runs from a
+  helper process, so that its workers import the tree under test (see --compare).
+`--compare TREE` runs every batch mode a second time with another checkout's package (PYTHONPATH=TREE), in
+the same rounds: before/after figures under the same load. `--quick`: 40 images in 2 rounds, 20 separate.
+
 A batch is started once per block, so its start (interpreter, workers, model load) is counted `--rounds` times:
 the batch figures are what `--images / --rounds` images in one batch reach, a lower bound for one batch of all.
-CPU s/image (user + system of the process and its workers) depends less on the machine's load than wall clock
-does; the load average is printed beside the table. Where the kernel's autogroup scheduling is on (Linux
-desktops and many shared hosts), each session (terminal) gets an equal share of the CPUs: on a busy machine this
-benchmark's processes share one slice however many there are, so `--workers 2` runs no faster than
-`--workers 1` there and the ratio to separate processes falls to the ratio of CPU time per image.
+CPU s/image (user + system of the process and its workers; for Dask, of the batch process, the cluster's
+workers and its scheduler) depends less on the machine's load than wall clock does; "CPU ratio" is separate
+CPU per image over the mode's: what the wall-clock ratio falls to when this benchmark gets one core's share.
+Each round's figures go to stderr as they are measured; the table, the load average and whether the kernel's
+autogroup scheduling is on go to stdout at the end. With autogroup (Linux desktops, many shared hosts), each
+session gets an equal share of the CPUs: on a busy machine this benchmark's processes share one slice however
+many there are, so `--workers 2` runs no faster than `--workers 1` there and the wall-clock ratio falls to the
+CPU ratio. Measure on a quiet machine for the wall-clock figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -37,11 +46,46 @@ from benchmarks.harness import print_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Run with the tree under test on PYTHONPATH: starts a LocalCluster, runs the batch command against it and
+# prints {"wall", "cpu"}: the batch process's CPU, the workers' (asked of them before and after: their start
+# and model load are in, as for a pool) and the scheduler's (this helper's own, less the cluster's start).
+_DASK_HELPER = r"""
+import json, resource, subprocess, sys, time
+from distributed import Client, LocalCluster
 
-def _env() -> dict:
+def usage():
+    import resource
+    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+def own():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+def children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+if __name__ == "__main__":
+    cmd = json.loads(sys.argv[1])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster.scheduler_address) as client:
+        workers0, own0, kids0 = sum(client.run(usage).values()), own(), children()
+        start = time.perf_counter()
+        r = subprocess.run([*cmd, "--dask", cluster.scheduler_address], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, check=False)
+        wall = time.perf_counter() - start
+        workers1, own1, kids1 = sum(client.run(usage).values()), own(), children()
+    if r.returncode != 0:
+        sys.exit(f"exited {r.returncode}: {r.stderr[-500:]}")
+    print(json.dumps({"wall": wall, "cpu": (workers1 - workers0) + (own1 - own0) + (kids1 - kids0)}))
+"""
+
+
+def _env(tree: Path = REPO) -> dict:
     env = dict(os.environ)
     deps = REPO / ".deps"  # a developer's private install of the optional extras (see tests/test_batch.py)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *([str(deps)] if deps.is_dir() else []),
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), *([str(deps)] if deps.is_dir() else []),
                                          env.get("PYTHONPATH", "")])
     return env
 
@@ -51,115 +95,156 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _run(cmd: list[str]) -> tuple[float, float]:
+def _run(cmd: list[str], tree: Path = REPO) -> tuple[float, float]:
     """(wall s, CPU s of the process and its children) of one command, which must succeed."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    r = subprocess.run(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    r = subprocess.run(cmd, env=_env(tree), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       check=False)
     wall = time.perf_counter() - start
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... exited {r.returncode}: {r.stderr[-500:]}")
     return wall, _children_cpu() - cpu
 
 
-def make_images(folder: Path, n: int, first: int = 0) -> list[Path]:
-    """n synthetic 1024x1440 med-mag images as MRC files (seeds first..first+n-1)."""
-    from ptolemy_rt.demo import write_mrc
-    from ptolemy_rt.synthetic_session import make_medmag
+def _run_dask(cmd: list[str], tree: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of a batch on a fresh LocalCluster whose workers import `tree`."""
+    r = subprocess.run([sys.executable, "-c", _DASK_HELPER, json.dumps(cmd)], env=_env(tree),
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"dask run exited {r.returncode}: {r.stderr[-800:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return float(out["wall"]), float(out["cpu"])
 
+
+def make_images(folder: Path, n: int, first: int = 0) -> list[Path]:
+    """n synthetic 1024x1440 med-mag images as MRC files (seeds first..first+n-1); existing files are kept."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in range(first, first + n):
-        data, _ = make_medmag(seed)
         path = folder / f"medmag_{seed:04d}.mrc"
-        write_mrc(path, data)
+        if not path.is_file():  # the generator is seeded: a file of that name holds those bytes
+            from ptolemy_rt.demo import write_mrc
+            from ptolemy_rt.synthetic_session import make_medmag
+
+            data, _ = make_medmag(seed)
+            write_mrc(path, data)
         paths.append(path)
     return paths
+
+
+def _block(folder: Path, images: list[Path]) -> Path:
+    """A folder holding exactly `images` (hard links where it can: plain files to the batch), for one batch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for img in images:
+        link = folder / img.name
+        if not link.exists():
+            try:
+                os.link(img, link)
+            except OSError:  # another file system
+                link.write_bytes(img.read_bytes())
+    return folder
+
+
+def _autogroup() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def main(argv=None) -> int:
     """Print the throughput table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=20, help="images in all (the issue asks for 200)")
-    p.add_argument("--rounds", type=int, default=2, help="blocks the images are split into (modes interleaved)")
+    p.add_argument("--images", type=int, default=None, help="images in all (the issue asks for 200; default 20)")
+    p.add_argument("--rounds", type=int, default=None, help="blocks the images are split into (modes "
+                   "interleaved; default 2)")
     p.add_argument("--separate", type=int, default=None, help="images run one process each (default: --images)")
+    p.add_argument("--quick", action="store_true", help="40 images in 2 rounds, 20 of them separately")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-dask", action="store_true")
     p.add_argument("--models", metavar="DIR")
+    p.add_argument("--image-cache", metavar="DIR", help="keep the generated images here for the next run")
+    p.add_argument("--compare", metavar="TREE", help="also run every batch mode with this checkout's package")
     a = p.parse_args(argv)
-    rounds = max(1, min(a.rounds, a.images))
-    separate = min(a.separate or a.images, a.images)
+    images = a.images or (40 if a.quick else 20)
+    rounds = max(1, min(a.rounds or 2, images))
+    separate = min(a.separate or (images // 2 if a.quick else images), images)
     py = sys.executable
     models = ["--models", a.models] if a.models else []
-    modes: list[str] = ["separate", *[f"workers {n}" for n in a.workers]]
+    trees = {"": REPO}
+    if a.compare:
+        other = Path(a.compare).resolve()
+        if not (other / "ptolemy_rt" / "__init__.py").is_file():
+            p.error(f"--compare {a.compare}: no ptolemy_rt package there")
+        trees[f" [{other.name}]"] = other
+    batch_modes = [f"workers {n}" for n in a.workers]
     if not a.no_dask:
         try:
             import distributed  # noqa: F401
         except ImportError:
             print("(no Dask row: pip install 'ptolemy-rt[dask]')", file=sys.stderr)
         else:
-            modes.append("dask")
-    totals = {m: [0, 0.0, 0.0] for m in modes}  # images, wall s, CPU s
-    per_round: dict[str, list[float]] = {m: [] for m in modes}  # images/s of each round
+            batch_modes.append("dask")
+    modes: list[tuple[str, str, Path]] = [("separate", "separate", REPO)]
+    modes += [(m + suffix, m, tree) for m in batch_modes for suffix, tree in trees.items()]
+    totals = {label: [0, 0.0, 0.0] for label, _, _ in modes}  # images, wall s, CPU s
+    per_round: dict[str, list[float]] = {label: [] for label, _, _ in modes}  # images/s of each round
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="ptolemy-batch-bench-") as tmp:
         tmp_path = Path(tmp)
-        bounds = [round(k * a.images / rounds) for k in range(rounds + 1)]
-        blocks = [make_images(tmp_path / f"in{k}", bounds[k + 1] - bounds[k], bounds[k]) for k in range(rounds)]
+        source = Path(a.image_cache) if a.image_cache else tmp_path / "images"
+        all_images = make_images(source, images)
+        bounds = [round(k * images / rounds) for k in range(rounds + 1)]
+        blocks = [_block(tmp_path / f"in{k}", all_images[bounds[k]:bounds[k + 1]]) for k in range(rounds)]
+        block_images = [all_images[bounds[k]:bounds[k + 1]] for k in range(rounds)]
         sep_bounds = [round(k * separate / rounds) for k in range(rounds + 1)]
         # One warm-up process: the model files and the package in the page cache for every mode alike.
-        _run([py, "-m", "ptolemy_rt", "holes", str(blocks[0][0]), "-o", str(tmp_path / "warm.json"), *models])
+        _run([py, "-m", "ptolemy_rt", "holes", str(all_images[0]), "-o", str(tmp_path / "warm.json"), *models])
         for k, block in enumerate(blocks):
             order = modes[k % len(modes):] + modes[:k % len(modes)]
-            for mode in order:
+            for label, mode, tree in order:
                 if mode == "separate":
-                    chosen = block[:sep_bounds[k + 1] - sep_bounds[k]]
+                    chosen = block_images[k][:sep_bounds[k + 1] - sep_bounds[k]]
                     runs = [_run([py, "-m", "ptolemy_rt", "holes", str(img), "-o",
                                   str(tmp_path / "sep" / f"{img.stem}.json"), *models]) for img in chosen]
                     wall, cpu = sum(r[0] for r in runs), sum(r[1] for r in runs)
                     n = len(chosen)
                 else:
-                    out = tmp_path / f"{mode.replace(' ', '')}_{k}"
-                    cmd = [py, "-m", "ptolemy_rt", "batch", str(block[0].parent), "-o", str(out), "--kind",
-                           "holes", "--no-progress", *models]
+                    out = tmp_path / f"{label.replace(' ', '_')}_{k}"
+                    cmd = [py, "-m", "ptolemy_rt", "batch", str(block), "-o", str(out), "--kind", "holes",
+                           "--no-progress", *models]
                     if mode == "dask":
-                        from distributed import LocalCluster
-
-                        # Up only while its batch runs: an idle cluster's scheduler and workers take a
-                        # share of the CPUs (in this session's slice) from every other mode.
-                        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                          dashboard_address=None, silence_logs=40) as cluster:
-                            wall, cpu = _run([*cmd, "--dask", cluster.scheduler_address])
+                        wall, cpu = _run_dask(cmd, tree)
                     else:
-                        wall, cpu = _run([*cmd, "--workers", mode.split()[1]])
-                    n = len(block)
+                        wall, cpu = _run([*cmd, "--workers", mode.split()[1]], tree)
+                    n = len(block_images[k])
                 if n:
-                    totals[mode][0] += n
-                    totals[mode][1] += wall
-                    totals[mode][2] += cpu
-                    per_round[mode].append(n / wall)
+                    totals[label][0] += n
+                    totals[label][1] += wall
+                    totals[label][2] += cpu
+                    per_round[label].append(n / wall)
                 loads.append(os.getloadavg()[0])
-    base = totals["separate"][0] / totals["separate"][1]
-    names = {"separate": "separate `ptolemy-rt holes` processes",
-             "dask": "`batch --dask` (LocalCluster, 2 workers x 1 thread)"}
+                if n:
+                    print(f"round {k + 1}/{rounds} {label}: {n} images, {n / wall:.2f} images/s, "
+                          f"{cpu / n:.3f} CPU s/image, load {loads[-1]:.1f}", file=sys.stderr, flush=True)
+    base_n, base_wall, base_cpu = totals["separate"]
+    base = base_n / base_wall
+    names = {"separate": "separate `ptolemy-rt holes` processes"}
     table = [["mode", "images", "wall s", "images/s", "vs separate processes", "per round (images/s)",
-              "CPU s/image"]]
-    for mode in modes:
-        n, wall, cpu = totals[mode]
+              "CPU s/image", "CPU ratio"]]
+    for label, mode, _ in modes:
+        n, wall, cpu = totals[label]
         rate = n / wall
-        # Dask's workers are not waited for by this process: their CPU time is not seen here.
-        cpu_text = "-" if mode == "dask" else f"{cpu / n:.3f}"
-        table.append([names.get(mode, f"`batch --{mode}`"),
-                      str(n), f"{wall:.1f}", f"{rate:.2f}", f"{rate / base:.2f}x",
-                      " ".join(f"{r:.2f}" for r in per_round[mode]), cpu_text])
-    try:
-        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    except OSError:
-        autogroup = False
+        name = names.get(label) or ("`batch --dask` (LocalCluster, 2 workers x 1 thread)" if mode == "dask"
+                                    else f"`batch --{mode}`") + label[len(mode):]
+        table.append([name, str(n), f"{wall:.1f}", f"{rate:.2f}", f"{rate / base:.2f}x",
+                      " ".join(f"{r:.2f}" for r in per_round[label]), f"{cpu / n:.3f}",
+                      f"{(base_cpu / base_n) / (cpu / n):.2f}x"])
     print(f"ptolemy-rt batch throughput, 1024x1440 synthetic med-mag MRC, {os.cpu_count()} CPUs, "
-          f"{a.images} images in {rounds} interleaved rounds (wall clock of whole processes); "
+          f"{images} images in {rounds} interleaved rounds (wall clock of whole processes); "
           f"1-min load average {min(loads):.1f}..{max(loads):.1f}"
-          + ("; kernel autogroup on (one CPU share per session)" if autogroup else ""))
+          + ("; kernel autogroup on (one CPU share per session)" if _autogroup() else ""))
     print_markdown(table)
     return 0
 
