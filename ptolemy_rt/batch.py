@@ -31,7 +31,8 @@ from typing import Any
 from .errors import InputError, PtolemyError
 from .sessions import Item, discover, stage_to_pixel
 
-__all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "process_one", "run", "run_batch", "worst_exit_code"]
+__all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_levels",
+           "process_one", "run", "run_batch", "worst_exit_code"]
 
 KINDS = ("squares", "holes")
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
@@ -215,6 +216,64 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
         pass  # each image then records the model error itself
 
 
+_PREVIEW_PERCENTILES = (0.5, 99.5)  # the preview's black and white levels
+
+
+def _order_statistic(values, ranks: tuple[int, int], low: bool, sample):
+    """values[ranks] of the sorted float array `values`, from the few values below (or above) a sampled bound.
+
+    None when the sample's bound did not take in enough of them (the caller then sorts everything).
+    """
+    import numpy as np
+
+    n = values.size
+    # A bound with a margin of 1/64 of the image's values on the far side of the ranks wanted.
+    pos = (max(ranks) + n // 64) if low else (min(ranks) - n // 64)
+    at = min(len(sample) - 1, max(0, pos * len(sample) // n))
+    bound = sample[at]
+    part = values[values <= bound] if low else values[values >= bound]
+    first = 0 if low else n - part.size  # the rank of part's smallest value among all values
+    if (low and part.size <= max(ranks)) or (not low and first > min(ranks)):
+        return None
+    local = [r - first for r in ranks]
+    part = np.partition(part, local)
+    return part[local]
+
+
+def preview_levels(data) -> tuple:
+    """np.percentile(data, (0.5, 99.5)), bit for bit, without sorting the whole image (1/3 of the time).
+
+    The values at the four ranks the two percentiles interpolate between are taken from the values below
+    and above bounds read off a strided sample; the interpolation is numpy's own (linear method).
+    """
+    import numpy as np
+
+    values = np.asarray(data).ravel()
+    n = values.size
+    # NaN (which np.percentile returns where present, and no comparison selects): np.min propagates it.
+    if n < 1 << 14 or values.dtype.kind != "f" or np.isnan(values.min()):
+        lo, hi = np.percentile(data, _PREVIEW_PERCENTILES)
+        return lo, hi
+    q = np.true_divide(np.asarray(_PREVIEW_PERCENTILES, np.float64), 100)
+    virtual = (n - 1) * q  # numpy's 'linear' method: the virtual index, its floor and the next index
+    previous = np.floor(virtual)
+    ranks = np.minimum(np.stack([previous, previous + 1]), n - 1).astype(np.intp)
+    sample = np.sort(values[:: max(1, n >> 14)])
+    got_lo = _order_statistic(values, (int(ranks[0, 0]), int(ranks[1, 0])), True, sample)
+    got_hi = _order_statistic(values, (int(ranks[0, 1]), int(ranks[1, 1])), False, sample)
+    if got_lo is None or got_hi is None:
+        lo, hi = np.percentile(data, _PREVIEW_PERCENTILES)
+        return lo, hi
+    a = np.array([got_lo[0], got_hi[0]], values.dtype)
+    b = np.array([got_lo[1], got_hi[1]], values.dtype)
+    gamma = np.asanyarray(virtual - previous, dtype=virtual.dtype)
+    # numpy's _lerp, as np.percentile runs it on these values.
+    diff = b - a
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe", dtype=type(out.dtype))
+    return out[0], out[1]
+
+
 def _preview_jpeg(data, max_side: int = PREVIEW_SIDE) -> bytes:
     """An 8-bit JPEG of the image, shrunk to `max_side` and contrast-stretched, for the HTML report.
 
@@ -226,9 +285,12 @@ def _preview_jpeg(data, max_side: int = PREVIEW_SIDE) -> bytes:
     scale = min(1.0, max_side / max(data.shape))
     if scale < 1.0:
         data = cv2.resize(data, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    scaled = np.clip((data - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", scaled, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    lo, hi = preview_levels(data)
+    # In place: the same float64 arithmetic as np.clip((data - lo) * k, 0, 255), one temporary instead of three.
+    scaled = np.subtract(data, lo)
+    scaled *= 255.0 / max(float(hi - lo), 1e-6)
+    np.clip(scaled, 0, 255, out=scaled)
+    ok, buf = cv2.imencode(".jpg", scaled.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise RuntimeError("could not encode the preview JPEG")
     return buf.tobytes()

@@ -20,6 +20,7 @@ from ptolemy_rt.batch import (
     BatchConfig,
     Progress,
     link_squares,
+    preview_levels,
     process_one,
     run_batch,
     worst_exit_code,
@@ -356,6 +357,26 @@ def test_worker_keeps_image_sized_arrays_on_the_heap_under_dask_malloc_settings(
     assert r.returncode == 0, r.stderr
     done, adaptive, _ = r.stdout.split()
     assert done == "False" and int(adaptive) < 20 * 100
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 200_000), levels=st.sampled_from([0, 1, 3, 256, 0]),
+       dtype=st.sampled_from([np.float32, np.float64]), shape=st.sampled_from(["flat", "image", "outliers"]))
+def test_preview_levels_are_numpys_percentiles_bit_for_bit(seed, size, levels, dtype, shape):
+    # The preview's black and white levels come from a partial selection: they must be np.percentile's own
+    # values (the preview JPEG's bytes stay those of earlier versions). levels: ties (0 = continuous values).
+    rng = np.random.default_rng(seed)
+    data = rng.normal(0.0, 1.0, size) if not levels else rng.integers(0, levels, size).astype(float)
+    if shape == "outliers":
+        data[rng.integers(0, size, max(1, size // 50))] = rng.choice([-1e30, 1e30, 0.0, np.inf, np.nan])
+    data = data.astype(dtype)
+    if shape == "image" and size >= 64:
+        data = data[: size - size % 64].reshape(-1, 64)
+    with np.errstate(invalid="ignore"):  # inf - inf where both levels are infinite: NaN, as numpy has it
+        want = np.percentile(data, [0.5, 99.5])
+        got = preview_levels(data)
+    assert np.asarray(got, dtype=want.dtype).tobytes() == want.tobytes()
+    assert all(type(g) is type(w) for g, w in zip(got, want))
 
 def test_worst_exit_code_order():
     assert worst_exit_code([]) == 0
