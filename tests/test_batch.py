@@ -312,14 +312,22 @@ def test_progress_line_without_tqdm(monkeypatch, capsys):
 def test_worker_with_one_thread_starts_no_thread_pools():
     # A spawned worker (fresh interpreter) with --threads 1: no idle BLAS/OpenMP/OpenCV pools beside its own
     # thread, so that 2 workers x 1 thread use 2 cores and no more. Its sessions are created (init_worker).
+    # Its onnxruntime sessions run on --threads threads that sleep, not spin, between runs (a spinning pool
+    # would burn the core of the other worker).
     code = ("import os; from ptolemy_rt.batch import BatchConfig, init_worker; "
             "init_worker(BatchConfig(None, 'cpu', 1, None)); import scipy.ndimage, scipy.fft; "
-            "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'])")
+            "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS']); "
+            "from ptolemy_rt.models import TASKS, load_models; m = load_models(None, provider='cpu', threads=1); "
+            "opts = [m.session(t).get_session_options() for t in TASKS if m.has(t)]; "
+            "print(len(opts), *{(o.intra_op_num_threads, o.get_session_config_entry('session.intra_op.allow_spinning'))"
+            " for o in opts})")
     env = {k: v for k, v in _env().items() if not k.endswith("_NUM_THREADS")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["1", "1"]
+    threads, sessions = r.stdout.splitlines()
+    assert threads.split() == ["1", "1"]
+    assert int(sessions.split()[0]) >= 2 and sessions.split(maxsplit=1)[1] == "(1, '0')"
 
 
 
