@@ -99,8 +99,10 @@ def _run(cmd: list[str], tree: Path = REPO) -> tuple[float, float]:
     """(wall s, CPU s of the process and its children) of one command, which must succeed."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    r = subprocess.run(cmd, env=_env(tree), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                       check=False)
+    # cwd: `python -m` puts the working directory first on sys.path; run in the tree under test, or a checkout
+    # there would shadow it (--compare measured one tree twice before this).
+    r = subprocess.run(cmd, env=_env(tree), cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, check=False)
     wall = time.perf_counter() - start
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... exited {r.returncode}: {r.stderr[-500:]}")
@@ -109,7 +111,7 @@ def _run(cmd: list[str], tree: Path = REPO) -> tuple[float, float]:
 
 def _run_dask(cmd: list[str], tree: Path) -> tuple[float, float]:
     """(wall s, CPU s) of a batch on a fresh LocalCluster whose workers import `tree`."""
-    r = subprocess.run([sys.executable, "-c", _DASK_HELPER, json.dumps(cmd)], env=_env(tree),
+    r = subprocess.run([sys.executable, "-c", _DASK_HELPER, json.dumps(cmd)], env=_env(tree), cwd=tree,
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"dask run exited {r.returncode}: {r.stderr[-800:]}")
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     rounds = max(1, min(a.rounds or 2, images))
     separate = min(a.separate or (images // 2 if a.quick else images), images)
     py = sys.executable
-    models = ["--models", a.models] if a.models else []
+    models = ["--models", str(Path(a.models).resolve())] if a.models else []  # the runs' cwd is their tree
     trees = {"": REPO}
     if a.compare:
         other = Path(a.compare).resolve()
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="ptolemy-batch-bench-") as tmp:
         tmp_path = Path(tmp)
-        source = Path(a.image_cache) if a.image_cache else tmp_path / "images"
+        source = Path(a.image_cache).resolve() if a.image_cache else tmp_path / "images"
         all_images = make_images(source, images)
         bounds = [round(k * images / rounds) for k in range(rounds + 1)]
         blocks = [_block(tmp_path / f"in{k}", all_images[bounds[k]:bounds[k + 1]]) for k in range(rounds)]
