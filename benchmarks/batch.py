@@ -182,6 +182,9 @@ def main(argv=None) -> int:
         trees[f" [{other.name}]"] = other
     batch_modes = [f"workers {n}" for n in a.workers]
     if not a.no_dask:
+        deps = REPO / ".deps"  # where the runs find the dask extra (_env): this check looks there too
+        if deps.is_dir() and str(deps) not in sys.path:
+            sys.path.append(str(deps))
         try:
             import distributed  # noqa: F401
         except ImportError:
