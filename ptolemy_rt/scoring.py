@@ -8,6 +8,7 @@ batched them. Any other graph gets batches sized for memory and speed alone, whi
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -113,30 +114,57 @@ def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
     area (the crop square's, crops.area) ranks the holes exactly as the sum does, keeps the score in [0, 1],
     and makes it independent of the scale the U-Net ran at (a sum in input pixels grows with the square of
     the period)."""
-    import cv2
-
     src = np.ascontiguousarray(prob, dtype=np.float32)
     out = np.zeros(len(crops.matrices), dtype=np.float64)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     groups: dict[tuple[int, int], list[int]] = {}
     for i, shape in enumerate(crops.shapes):
         if shape[0] >= 1 and shape[1] >= 1:
             groups.setdefault((int(shape[0]), int(shape[1])), []).append(i)
-    for (rows, cols), idx in groups.items():
-        # Crops of one shape are warped into one stack, a chunk at a time, and summed row by row: numpy reduces
-        # each row of the stack as it reduces one crop (the same sums to the bit), without a call per crop.
-        per = max(1, _SCORE_STACK_PIXELS // (rows * cols))
-        stack = np.empty((min(per, len(idx)), rows, cols), dtype=np.float32)
-        for a in range(0, len(idx), per):
-            chunk = idx[a : a + per]
-            for k, i in enumerate(chunk):
-                s = cv2.warpAffine(src, crops.matrices[i], (cols, rows), dst=stack[k], flags=flags,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-                if not np.shares_memory(s, stack[k]):  # cv2 wrote elsewhere (it should not)
-                    stack[k] = s
-            sums = stack[: len(chunk)].reshape(len(chunk), rows * cols).sum(axis=1, dtype=np.float64)
-            out[chunk] = sums / max(crops.area, float(rows * cols))
+    with _opencv_threads(1):
+        for (rows, cols), idx in groups.items():
+            _unet_sums(src, crops, rows, cols, idx, out)
     return np.clip(out, 0.0, 1.0)  # bilinear samples of values in [0, 1] stay there; guard rounding only
+
+
+@contextlib.contextmanager
+def _opencv_threads(n: int):
+    """OpenCV's thread count set to n inside, restored after.
+
+    cv2.warpAffine's bilinear path rounds with OpenCV's thread count (its SIMD rows and scalar tails move with
+    the stripes): a one-thread batch worker and a two-thread CLI gave other last bits for the same image. On
+    one thread the warps give one answer, at about the same cost for crops this size. (The count is
+    process-wide: two Python threads scoring at once may still see each other's setting.)"""
+    import cv2
+
+    before = cv2.getNumThreads()
+    if before == n:
+        yield
+        return
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _unet_sums(src: np.ndarray, crops: HoleCrops, rows: int, cols: int, idx: list[int], out: np.ndarray) -> None:
+    """out[idx] = the mean bilinear sample of src over each of these crops of one shape."""
+    import cv2
+
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    # Crops of one shape are warped into one stack, a chunk at a time, and summed row by row: numpy reduces
+    # each row of the stack as it reduces one crop (the same sums to the bit), without a call per crop.
+    per = max(1, _SCORE_STACK_PIXELS // (rows * cols))
+    stack = np.empty((min(per, len(idx)), rows, cols), dtype=np.float32)
+    for a in range(0, len(idx), per):
+        chunk = idx[a : a + per]
+        for k, i in enumerate(chunk):
+            s = cv2.warpAffine(src, crops.matrices[i], (cols, rows), dst=stack[k], flags=flags,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            if not np.shares_memory(s, stack[k]):  # cv2 wrote elsewhere (it should not)
+                stack[k] = s
+        sums = stack[: len(chunk)].reshape(len(chunk), rows * cols).sum(axis=1, dtype=np.float64)
+        out[chunk] = sums / max(crops.area, float(rows * cols))
 
 
 # unet_scores warps crops of one shape into stacks of at most this many pixels (or one crop).

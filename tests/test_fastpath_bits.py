@@ -214,13 +214,16 @@ def test_running_median_is_the_loop_of_medians():
 
 
 def _plain_unet_scores(prob, geometry):
-    """scoring.unet_scores as it was: one warp and one sum per crop."""
+    """scoring.unet_scores one crop at a time: one warp and one sum per crop (on OpenCV's one thread)."""
+    from ptolemy_rt.scoring import _opencv_threads
+
     out = np.zeros(len(geometry.matrices))
     for i, (m, (rows, cols)) in enumerate(zip(geometry.matrices, geometry.shapes)):
         if rows < 1 or cols < 1:
             continue
-        s = cv2.warpAffine(prob, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        with _opencv_threads(1):
+            s = cv2.warpAffine(prob, m, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
         out[i] = float(s.sum(dtype=np.float64)) / max(geometry.area, float(rows * cols))
     return np.clip(out, 0.0, 1.0)
 
@@ -238,6 +241,27 @@ def test_stacked_unet_scores_are_the_per_crop_ones_to_the_bit(mode, spacing, mon
     assert np.array_equal(scoring.unet_scores(prob, geometry), plain)
     monkeypatch.setattr(scoring, "_SCORE_STACK_PIXELS", 1)  # one crop per stack
     assert np.array_equal(scoring.unet_scores(prob, geometry), plain)
+
+
+@pytest.mark.parametrize("spacing", [53.8, 351.0])
+def test_unet_scores_do_not_depend_on_opencvs_thread_count(spacing):
+    """cv2.warpAffine's bilinear rows round with OpenCV's thread count (a one-thread batch worker and a
+    two-thread CLI gave other last bits): the scores must be the same bits at any count, which is kept."""
+    from ptolemy_rt import scoring
+
+    rng = np.random.default_rng(7)
+    prob = cv2.GaussianBlur(rng.random((1024, 1440), dtype=np.float32), (0, 0), 3)
+    geometry = hole_crops(rng.random((40, 2)) * [1440.0, 1024.0], 17.0, spacing, prob.shape, "centred")
+    before = cv2.getNumThreads()
+    try:
+        scores = []
+        for threads in (1, 2, 4):
+            cv2.setNumThreads(threads)
+            scores.append(scoring.unet_scores(prob, geometry))
+            assert cv2.getNumThreads() == threads
+    finally:
+        cv2.setNumThreads(before)
+    assert all(np.array_equal(scores[0], s) for s in scores[1:])
 
 
 @pytest.mark.parametrize("seed", range(3))
