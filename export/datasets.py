@@ -43,6 +43,8 @@ __all__ = [
     "TEST_SEED_BASE",
     "GENERATOR_VERSION",
     "DATA_VERSION",
+    "UNET_DATA_VERSION",
+    "HOLE_RIM",
     "UNET_MIX",
     "HOLE_MIX",
     "LATTICE_MIX",
@@ -79,9 +81,15 @@ UNET_SCALE = UnetScale(CANONICAL_SPACING, UNET_MAX_UPSCALE)
 # What the training images show (fractions of the U-Net pool; the hole CNN's images draw from HOLE_MIX).
 UNET_MIX = {"native": 0.4, "canonical": 0.3, "grid_square": 0.3}
 HOLE_MIX = {"medmag": 0.75, "grid_square": 0.25}
+# Fraction of the hole CNN's grid-square views drawn with make_medmag's `rim` (soft bar edges as EPU shows them,
+# thick ice along the bars: the outer rings of holes are bad, as on real grid squares).
+HOLE_RIM = 0.7
 LATTICE_MIX = (("square", 0.5), ("skewed", 0.2), ("hexagonal", 0.2), ("oblique", 0.1))
 # Bump whenever the training mix changes (model provenance records it beside the generator's version).
-DATA_VERSION = "2"
+# 3: the hole CNN's grid-square views have soft bar edges and thick rim ice (make_medmag `rim`, HOLE_RIM) and
+# its bad examples are the visible ones first; the U-Net's data are those of 2.
+DATA_VERSION = "3"
+UNET_DATA_VERSION = "2"
 
 
 def train_seeds(seed: int, n: int, stream: int) -> np.ndarray:
@@ -268,12 +276,13 @@ def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tupl
 
     The mix (HOLE_MIX): med-mag views of `shape` (square, skewed, hexagonal or oblique lattices, LATTICE_MIX;
     sometimes vignetted, EPU-like 8-bit or JPEG) and whole grid-square views at half that size as saved
-    (period 8-24 px, JPEG-like), enlarged 1x, 2x or 4x as a user may before targeting. Every hole whose lattice
-    point lies at least 10 px inside the image (the runtime's default edge tolerance) is a candidate; at most
-    `max_per_image` per image, bad ones preferred so both classes are well represented. Crops follow the
-    runtime: squares along a shortest lattice vector, its length as the spacing. The lattice used for cropping
-    is the truth with a small random error (centre ~2 %, spacing ~1.5 %, angle ~0.7 deg), which the runtime's
-    fitted lattice also carries."""
+    (period 8-24 px, JPEG-like; HOLE_RIM of them with soft bar edges and thick rim ice, make_medmag `rim`),
+    enlarged 1x, 2x or 4x as a user may before targeting. Every hole whose lattice point lies at least 10 px
+    inside the image (the runtime's default edge tolerance) is a candidate; at most `max_per_image` per image,
+    bad ones preferred so both classes are well represented, visible bad ones (not hidden under a bar) first.
+    Crops follow the runtime: squares along a shortest lattice vector, its length as the spacing. The lattice
+    used for cropping is the truth with a small random error (centre ~2 %, spacing ~1.5 %, angle ~0.7 deg),
+    which the runtime's fitted lattice also carries."""
     crops: list[np.ndarray] = []
     labels: list[int] = []
     groups: list[int] = []
@@ -288,8 +297,9 @@ def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tupl
             period = float(np.exp(rng.uniform(np.log(8), np.log(24))))
             up = int(rng.choice([1, 2, 4], p=[0.3, 0.4, 0.3]))
             saved = (shape[0] // 2, shape[1] // 2)
+            rim = bool(np.random.default_rng([int(s), 12]).random() < HOLE_RIM)  # its own stream
             img, truth = make_medmag(int(s), saved, spacing_px=period, lattice=kind, view="square",
-                                     **_photometry(rng, 0.6))
+                                     rim=rim, **_photometry(rng, 0.6))
             img = _user_upscale(img, up)
             c = _scaled_centres(truth.centers, saved, img.shape)
             spacing0 = truth.spacing_px * up
@@ -299,8 +309,11 @@ def hole_examples(seed: int, n_images: int, max_per_image: int = 40, shape: tupl
         if idx.size == 0:
             continue
         good = np.asarray(truth.good)[idx]
-        # Keep every bad hole (up to half the quota) and fill with good ones.
-        bad_idx = rng.permutation(idx[~good])[: max_per_image // 2]
+        visible = np.asarray(truth.visible)[idx]
+        # Keep every bad hole (up to half the quota; the visible ones first: a hole deep under a bar is only dark
+        # noise, while those at the bars' edge are what the CNN must learn to reject) and fill with good ones.
+        bad_idx = np.concatenate([rng.permutation(idx[~good & visible]),
+                                  rng.permutation(idx[~good & ~visible])])[: max_per_image // 2]
         good_idx = rng.permutation(idx[good])[: max_per_image - bad_idx.size]
         for j in np.concatenate([bad_idx, good_idx]):
             spacing = spacing0 * float(np.exp(rng.normal(0, 0.015)))

@@ -173,7 +173,8 @@ def train_hole(seed: int, epochs: int | None = None, threads: int = 2, real: Pat
     log(f"hole: {x.shape[0]} crops ({int(y.sum())} good) in {time.perf_counter() - t0:.0f} s")
 
     secs = _fit_classifier(model, model.classify, x, y, r["epochs"], r["batch"], r["lr"], seed, "hole", _dihedral)
-    info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()} | {"mix": data.HOLE_MIX},
+    info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()}
+            | {"mix": data.HOLE_MIX, "rim": data.HOLE_RIM},
             "examples": int(x.shape[0]), "positives": int(y.sum()), "seconds": time.perf_counter() - t0,
             "fit_seconds": secs}
     return model, info
@@ -265,7 +266,8 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
                 "export.datasets.train_seeds(seed), all < 2**40 (test seeds start at 2**40); "
                 "no published Ptolemy weights or outputs were used",
         "generator_version": data.GENERATOR_VERSION,
-        **({"data_version": data.DATA_VERSION, "lattice_mix": dict(data.LATTICE_MIX)} if task != "square_cnn" else {}),
+        **({"data_version": data.UNET_DATA_VERSION if task == "hole_unet" else data.DATA_VERSION,
+            "lattice_mix": dict(data.LATTICE_MIX)} if task != "square_cnn" else {}),
         "recipe": recipe,
         "architecture": type(model).__name__ + " " + json.dumps({k: recipe[k] for k in ("widths",) if k in recipe}),
         "torch": torch.__version__,

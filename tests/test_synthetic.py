@@ -199,13 +199,16 @@ def _nearest_neighbour_distances(c: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**63 - 1), kind=st.sampled_from(LATTICE_KINDS), spacing=st.floats(30, 120),
-       view=st.sampled_from(("holes", "square")))
+       view=st.sampled_from(("holes", "square", "square+rim")))
 def test_medmag_lattice_kinds_truth(seed, kind, spacing, view):
     """Any lattice kind: centres on origin + i u + j v, u a shortest vector (spacing_px, angle_deg), holes
     smaller than half the nearest-neighbour distance, hidden holes only under bars, good holes never cut."""
     shape = (192, 256)
+    rim = view == "square+rim"
+    view = "square" if rim else view
     image, truth = make_medmag(seed, shape, spacing_px=spacing / 3 if view == "square" else spacing, lattice=kind,
-                               view=view)
+                               view=view, rim=rim)
+    assert set(truth.defects) <= set(HOLE_DEFECTS) and (rim or "thick" not in truth.defects)
     assert image.shape == shape and np.isfinite(image).all()
     assert truth.lattice == kind and truth.view == view
     u, v = np.array(truth.basis)
@@ -254,6 +257,38 @@ def test_medmag_square_view_has_dark_bars_hiding_holes():
         values = image[xy[:, 1], xy[:, 0]]
         hidden = ~truth.visible[: len(values)]
         assert values[hidden].mean() < 0.3 * values[~hidden].mean(), seed
+
+
+def test_medmag_rim_softens_the_bars_and_marks_thick_ice_along_them():
+    """`rim` (grid-square views): same lattice; `rim=False` spelled out changes nothing; the bars' soft edge puts
+    more visible holes partly under a bar; "thick" holes are visible, darker than the good ones, and lie in the
+    band along the bars (nearer a hidden hole than the typical good hole)."""
+    shape, more_bar, thick_dark, thick_near = (364, 512), 0, [], []
+    for seed in range(6):
+        plain, tp = make_medmag(seed, shape, spacing_px=11.0, view="square", defects=False)
+        again, ta = make_medmag(seed, shape, spacing_px=11.0, view="square", defects=False, rim=False)
+        np.testing.assert_array_equal(plain, again)
+        _same_truth(tp, ta)
+        image, tr = make_medmag(seed, shape, spacing_px=11.0, view="square", defects=False, rim=True)
+        np.testing.assert_array_equal(tr.centers, tp.centers)
+        assert "thick" not in tp.defects
+        defects = np.array(tr.defects)
+        bar_seen = lambda t: int(np.sum((np.array(t.defects) == "bar") & t.visible))  # noqa: E731
+        more_bar += bar_seen(tr) - bar_seen(tp)
+        thick = defects == "thick"
+        if not thick.any():
+            continue
+        assert tr.visible[thick].all()
+        xy = np.clip(np.rint(tr.centers).astype(int), 0, [shape[1] - 1, shape[0] - 1])
+        value = image[xy[:, 1], xy[:, 0]]
+        thick_dark.append(value[thick].mean() < value[tr.good].mean())
+        hidden = tr.centers[~tr.visible]
+        near = np.hypot(*(tr.centers[:, None] - hidden[None]).transpose(2, 0, 1)).min(axis=1)
+        thick_near.append(np.median(near[thick]) < np.median(near[tr.good]))
+    assert more_bar > 0
+    assert len(thick_dark) >= 2 and all(thick_dark) and all(thick_near)
+    with pytest.raises(ValueError, match="rim"):
+        make_medmag(0, (64, 64), rim=True)
 
 
 def test_medmag_epu_and_jpeg_output_is_8_bit_and_keeps_the_holes():

@@ -7,8 +7,9 @@ import numpy as np
 
 # Bump whenever a change alters the images a seed produces or adds options (model provenance records it).
 # 2: make_medmag's lattice kinds, whole grid-square views, vignetting, EPU 8-bit contrast, JPEG (the default
-# images of every seed are unchanged).
-GENERATOR_VERSION = "2"
+# images of every seed are unchanged). 3: make_medmag's `rim` for grid-square views (soft bar edges, thick rim ice,
+# defect "thick"; every image made without it is unchanged).
+GENERATOR_VERSION = "3"
 
 
 def lattice_basis(spacing_px: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from ._shared import (
     reduced_basis,
 )
 
-HOLE_DEFECTS = ("", "bar", "edge", "broken", "empty", "contaminated")
+HOLE_DEFECTS = ("", "bar", "edge", "broken", "empty", "contaminated", "thick")
 # Lattices make_medmag draws: square (the default), skewed (2-4 % anisotropy along a random direction and up to
 # 1 degree of shear, as stage tilt or pixel aspect give), hexagonal (60 degrees, HexAuFoil-like), oblique
 # (50-130 degrees between the basis vectors, length ratio 0.8-1.25).
@@ -28,6 +28,9 @@ LATTICE_KINDS = ("square", "skewed", "hexagonal", "oblique")
 # "holes": a med-mag view of the holey film; "square": a whole grid square, its rounded opening between opaque
 # grid bars (random angle and width) with a darker band of film along the bars, neighbouring squares beyond.
 VIEWS = ("holes", "square")
+# With `rim`, a hole whose ice transmits less than this fraction of the square's typical hole is "thick" (bad: the
+# operators' rule is that thick ice is not collected).
+RIM_THICK = 0.75
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,7 +40,8 @@ class MedmagTruth:
     centers: (n, 2) hole centres (x, y); radius_px: hole radius; good: (n,) bool, the hole CNN's label;
     defects: per hole "" (good) or the first reason it is bad, in HOLE_DEFECTS order ("bar": over 10 % under a
     grid bar, "edge": cut by the image edge, "broken", "empty": no ice, "contaminated": over 10 % of the hole
-    under ice contamination); visible: less than half under a grid bar.
+    under ice contamination, "thick": with `rim`, ice in the band along the bars so thick that the hole
+    transmits under RIM_THICK of the square's typical hole); visible: less than half under a grid bar.
     spacing_px, angle_deg, origin, basis: the lattice (origin + i u + j v; for lattice kinds other than square a
     reduced basis: u a shortest vector, spacing_px its length and angle_deg its angle in [0, 180)).
     lattice, view: the kind of lattice (LATTICE_KINDS) and of view (VIEWS).
@@ -82,6 +86,7 @@ def make_medmag(
     vignetting: float = 0.0,
     epu_contrast: bool = False,
     jpeg_quality: int | None = None,
+    rim: bool = False,
 ) -> tuple[np.ndarray, MedmagTruth]:
     """A synthetic med-mag image of holey film (float32 counts) and its holes.
 
@@ -98,12 +103,18 @@ def make_medmag(
     distance), `view="square"` (a whole grid square: rounded opening between grid bars, with the square's
     dark edge; combine with a short `spacing_px`, 8-30 px), `vignetting` (illumination falling by this fraction
     towards the corners around an off-centre point), `epu_contrast` (8-bit output as EPU saves it: a random
-    black and white point, bars clipped to 0, a gamma), `jpeg_quality` (8-bit, then a JPEG round trip).
+    black and white point, bars clipped to 0, a gamma), `jpeg_quality` (8-bit, then a JPEG round trip), `rim`
+    (with `view="square"`: the bars' edge blurred over 0.15-0.6 of a period, as EPU's grid-square views show
+    it, so the outer ring of holes lies half in the bar's shadow; and ice thickening towards the bars over 0.7-2.5
+    periods, up to 0.1-0.8 optical density more at the bar, in ice-filled holes; "thick" marks the holes it
+    darkens below RIM_THICK; its own random stream too).
     """
     if lattice not in LATTICE_KINDS:
         raise ValueError(f"lattice must be one of {LATTICE_KINDS}, got {lattice!r}")
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if rim and view != "square":
+        raise ValueError("rim needs view='square' (it shapes the grid bars' edge)")
     rng = np.random.default_rng(seed)
     extra = np.random.default_rng([int(seed), 2])  # the options' own stream
     h, w = int(shape[0]), int(shape[1])
@@ -191,10 +202,21 @@ def make_medmag(
                        + (y - np.float32(p0[1])) * np.float32(normal[1]))
             edge = float(rng.uniform(2.0, 12.0))
             bar = (0.5 - 0.5 * np.tanh((d - np.float32(half_w)) / np.float32(2 * edge))).astype(np.float32)
+    thick = np.zeros(n_cells, bool)
     if view == "square":
-        grid_bar, dark_edge = _grid_bars(extra, (h, w), spacing, x, y)
+        rim_rng = np.random.default_rng([int(seed), 3]) if rim else None  # the rim's own stream
+        soft = spacing * float(rim_rng.uniform(0.15, 0.6)) if rim_rng is not None else None
+        grid_bar, dark_edge, bar_distance = _grid_bars(extra, (h, w), spacing, x, y, soft)
         trans = trans * (1 - dark_edge)
         bar = np.maximum(bar, grid_bar)
+        if rim_rng is not None:
+            # Ice thickens towards the bars (blotting leaves more there): extra optical density in ice-filled holes.
+            depth = float(rim_rng.uniform(0.1, 0.8))
+            reach = spacing * float(rim_rng.uniform(0.7, 2.5))
+            d_c = bar_distance(centres[:, 0], centres[:, 1])
+            density = np.where(kind == 1, 0.0, depth * np.exp(np.minimum(d_c, 0.0) / reach))
+            thick = np.exp(-density) < RIM_THICK
+            trans = trans * (1 - hole * (1 - np.exp(-density[k]).astype(np.float32)))
     if torn.any():
         tmask = torn.astype(np.float32) / 255
         trans = trans * (1 - tmask) + tmask * np.float32(1.0) * grad
@@ -252,6 +274,8 @@ def make_medmag(
             reasons.append("empty")
         elif dirty[c] > 0.1:
             reasons.append("contaminated")
+        elif thick[c]:
+            reasons.append("thick")
         else:
             reasons.append("")
     idx = np.flatnonzero(inside)
@@ -294,29 +318,36 @@ def _other_lattice(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, kind:
 
 
 def _grid_bars(rng: np.random.Generator, shape: tuple[int, int], spacing: float, x: np.ndarray,
-               y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Grid bars around a whole grid square (opaque fraction per pixel) and the square's dark edge (fraction
-    of transmission lost in the film along the bars)."""
+               y: np.ndarray, soft: float | None = None):
+    """Grid bars around a whole grid square (opaque fraction per pixel), the square's dark edge (fraction
+    of transmission lost in the film along the bars) and the signed distance to the bars' edge as a function of
+    points (x, y) (> 0 on the bars). `soft`: the edge's width in px (default: drawn, 0.7-3 px; the draws
+    from `rng` are the same either way)."""
     h, w = shape
     theta = np.deg2rad(rng.uniform(0.0, 90.0))
     side = spacing * float(np.exp(rng.uniform(np.log(20.0), np.log(50.0))))
     pitch = side * (1.0 + float(rng.uniform(0.12, 0.5)))
     corner = side * float(rng.uniform(0.03, 0.2))
     centre = np.array([w / 2, h / 2]) + rng.uniform(-0.3, 0.3, 2) * np.array([w, h])
-    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
-    dx, dy = x - np.float32(centre[0]), y - np.float32(centre[1])
-    px, py = dx * c + dy * s, dy * c - dx * s
-    qx = np.abs(px - np.float32(pitch) * np.rint(px / np.float32(pitch)))
-    qy = np.abs(py - np.float32(pitch) * np.rint(py / np.float32(pitch)))
-    half = np.float32(side / 2 - corner)
-    ax, ay = qx - half, qy - half
-    # Signed distance to the rounded opening: > 0 on the bars, < 0 inside.
-    d = np.hypot(np.maximum(ax, 0), np.maximum(ay, 0)) + np.minimum(np.maximum(ax, ay), 0) - np.float32(corner)
-    opaque = (0.5 + 0.5 * np.tanh(d / np.float32(rng.uniform(0.7, 3.0)))).astype(np.float32)
+
+    def distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance (px) to the rounded opening's edge: > 0 on the bars, < 0 inside."""
+        c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+        dx, dy = np.float32(x) - np.float32(centre[0]), np.float32(y) - np.float32(centre[1])
+        px, py = dx * c + dy * s, dy * c - dx * s
+        qx = np.abs(px - np.float32(pitch) * np.rint(px / np.float32(pitch)))
+        qy = np.abs(py - np.float32(pitch) * np.rint(py / np.float32(pitch)))
+        half = np.float32(side / 2 - corner)
+        ax, ay = qx - half, qy - half
+        return np.hypot(np.maximum(ax, 0), np.maximum(ay, 0)) + np.minimum(np.maximum(ax, ay), 0) - np.float32(corner)
+
+    d = distance(x, y)
+    edge = float(rng.uniform(0.7, 3.0))
+    opaque = (0.5 + 0.5 * np.tanh(d / np.float32(edge if soft is None else soft))).astype(np.float32)
     depth = float(rng.uniform(0.05, 0.5))
     width = spacing * float(rng.uniform(0.5, 4.0))
     dark = (np.float32(depth) * np.exp(np.minimum(d, 0) / np.float32(width)) * (1 - opaque)).astype(np.float32)
-    return opaque, dark
+    return opaque, dark, distance
 
 
 def _epu_8bit(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
