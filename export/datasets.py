@@ -83,7 +83,7 @@ UNET_MIX = {"native": 0.4, "canonical": 0.3, "grid_square": 0.3}
 HOLE_MIX = {"medmag": 0.75, "grid_square": 0.25}
 # Fraction of the hole CNN's grid-square views drawn with make_medmag's `rim` (soft bar edges as EPU shows them,
 # thick ice along the bars: the outer rings of holes are bad, as on real grid squares).
-HOLE_RIM = 0.7
+HOLE_RIM = 0.85
 LATTICE_MIX = (("square", 0.5), ("skewed", 0.2), ("hexagonal", 0.2), ("oblique", 0.1))
 # Bump whenever the training mix changes (model provenance records it beside the generator's version).
 # 3: the hole CNN's grid-square views have soft bar edges and thick rim ice (make_medmag `rim`, HOLE_RIM) and

@@ -259,7 +259,9 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
     provenance = {
         "trainer": "export.train",
         "command": f"python -m export.train {dict(hole_unet='unet', square_cnn='square', hole_cnn='hole')[task]} "
-                   f"--out models/ --seed {seed}" + (f" --real {real}" if real else ""),
+                   f"--out models/ --seed {seed}" + (f" --real {real}" if real else "")
+                   # CPU kernels sum in a thread-count-dependent order: another count gives other bytes.
+                   + (f" --threads {info['threads']}" if info.get("threads", 2) != 2 else ""),
         "seed": seed,
         "data": ("synthetic only" if not real else f"the facility's labelled images in {real}, and synthetic")
                 + ": ptolemy_rt.synthetic (make_medmag / make_atlas), image seeds from "
@@ -353,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         task = "hole_cnn"
     if args.real is not None:
         info["recipe"]["real_data"] = str(args.real)
+    info["threads"] = args.threads
     entry = _export(task, model, args.out, info, args.seed)
     write_entry(args.out, task, entry)
     log(f"{task}: wrote {args.out / entry['file']} sha256 {entry['sha256'][:12]} "

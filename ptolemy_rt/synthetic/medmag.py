@@ -106,7 +106,7 @@ def make_medmag(
     black and white point, bars clipped to 0, a gamma), `jpeg_quality` (8-bit, then a JPEG round trip), `rim`
     (with `view="square"`: the bars' edge blurred over 0.15-0.6 of a period, as EPU's grid-square views show
     it, so the outer ring of holes lies half in the bar's shadow; and ice thickening towards the bars over 0.7-2.5
-    periods, up to 0.1-0.8 optical density more at the bar, in ice-filled holes; "thick" marks the holes it
+    periods, up to 0.2-1.2 optical density more at the bar, in ice-filled holes; "thick" marks the holes it
     darkens below RIM_THICK; its own random stream too).
     """
     if lattice not in LATTICE_KINDS:
@@ -211,7 +211,7 @@ def make_medmag(
         bar = np.maximum(bar, grid_bar)
         if rim_rng is not None:
             # Ice thickens towards the bars (blotting leaves more there): extra optical density in ice-filled holes.
-            depth = float(rim_rng.uniform(0.1, 0.8))
+            depth = float(rim_rng.uniform(0.2, 1.2))
             reach = spacing * float(rim_rng.uniform(0.7, 2.5))
             d_c = bar_distance(centres[:, 0], centres[:, 1])
             density = np.where(kind == 1, 0.0, depth * np.exp(np.minimum(d_c, 0.0) / reach))
