@@ -451,24 +451,55 @@ def _shifts(mesh: Any, axis: int, max_width: int) -> list[tuple[int, int]]:
     return out
 
 
+def _median_rows(d: np.ndarray, *, finite: bool = False) -> np.ndarray:
+    """np.median(d, axis=1), the same values, ~3-5x faster: np.median partitions at both middle elements
+    (kth=[k - 1, k]), which is far slower than one partition at k plus the maximum of the lower half (the
+    lower middle element); their mean is taken as np.median takes it (in d's dtype). finite: the caller
+    knows d holds no NaN (else it is checked: a NaN makes np.median's row NaN, so those go to it)."""
+    n = d.shape[1]
+    if n == 0 or (not finite and np.isnan(d).any()):
+        return np.median(d, axis=1)
+    k = n // 2
+    part = np.partition(d, k, axis=1)
+    hi = part[:, k]
+    if n % 2:
+        return hi
+    lo = part[:, :k].max(axis=1)
+    return np.mean(np.stack([lo, hi], axis=1), axis=1)
+
+
 def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> np.ndarray:
     """Per row (axis 0) or column (axis 1): the median over the other axis of the image minus its shifted
     copy, then the median over the shifts (NaN where no shift fits)."""
     h, w = img.shape
-    n = h if axis == 0 else w
-    step = max(1, (w if axis == 0 else h) // 1024)  # ~1024 samples along a line make a steady median
+    # Lines along the rows of `view`: for columns (axis 1) the transpose, so both axes are one case below.
+    view = img if axis == 0 else img.T
+    n, m = view.shape
+    step = max(1, m // 1024)  # ~1024 samples along a line make a steady median
     per_shift = np.full((len(shifts), n), np.nan)
+    # Each line's samples (every step-th pixel from a phase) copied once per phase into contiguous arrays:
+    # the differences then read contiguous memory, and a partition along rows runs ~2x faster than across.
+    phases: dict[int, np.ndarray] = {}
+
+    def samples(p: int) -> np.ndarray:
+        if p not in phases:
+            # For columns: every step-th row, transposed by cv2 (cache-blocked: ~5x numpy's strided copy).
+            phases[p] = np.ascontiguousarray(view[:, p::step]) if axis == 0 else cv2.transpose(img[p::step])
+        return phases[p]
+
+    # A NaN or inf pixel could make a difference NaN: then _median_rows checks each difference.
+    finite = bool(np.isfinite(img[:: max(1, h // 2048)]).all()) and bool(np.isfinite(img).all())
     for k, (dy, dx) in enumerate(shifts):
-        r0, r1 = max(0, -dy), min(h, h - dy)
-        c0, c1 = max(0, -dx), min(w, w - dx)
+        across, along = (dy, dx) if axis == 0 else (dx, dy)
+        r0, r1 = max(0, -across), min(n, n - across)
+        c0, c1 = max(0, -along), min(m, m - along)
         if r1 - r0 < 8 or c1 - c0 < 8:
             continue
-        if axis == 0:
-            d = img[r0:r1, c0:c1:step] - img[r0 + dy : r1 + dy, c0 + dx : c1 + dx : step]
-            per_shift[k, r0:r1] = np.median(d, axis=1)
-        else:
-            d = img[r0:r1:step, c0:c1] - img[r0 + dy : r1 + dy : step, c0 + dx : c1 + dx]
-            per_shift[k, c0:c1] = np.median(d, axis=0)
+        count = len(range(c0, c1, step))
+        # view[r, c0:c1:step] is samples(c0 % step)[r, c0 // step:][:count], and likewise the shifted copy.
+        a = samples(c0 % step)[r0:r1, c0 // step : c0 // step + count]
+        b = samples((c0 + along) % step)[r0 + across : r1 + across, (c0 + along) // step : (c0 + along) // step + count]
+        per_shift[k, r0:r1] = _median_rows(a - b, finite=finite)
     import warnings
 
     with warnings.catch_warnings():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mrcfile
 import numpy as np
 import pytest
@@ -226,3 +228,56 @@ def test_flatten_tile_offsets_on_a_stitched_mesh():
     # No seams: nothing to flatten, the image itself back.
     same, none = flatten_tile_offsets(clean, [], pitch_px=41.0)
     assert same is clean and none is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(1, 6), cols=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
+       ties=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans())
+def test_median_rows_is_numpys_median(rows, cols, seed, ties, dtype, nan):
+    """The seam search's fast row median gives np.median's values to the bit: odd and even lengths, ties,
+    both float widths, NaN rows."""
+    from ptolemy_rt.montage import _median_rows
+
+    rng = np.random.default_rng(seed)
+    d = (rng.integers(-3, 4, (rows, cols)) if ties else rng.standard_normal((rows, cols)) * 100).astype(dtype)
+    if nan:
+        d[rng.integers(rows), rng.integers(cols)] = np.nan
+    want = np.median(d, axis=1)
+    got = _median_rows(d)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    if not nan:
+        np.testing.assert_array_equal(_median_rows(d, finite=True), want)
+
+
+@pytest.mark.parametrize("shape", [(260, 300), (300, 2100), (2100, 260)])
+def test_row_residual_matches_the_plain_medians(shape):
+    """The residual from contiguous per-phase samples equals the per-shift np.median over strided views (the
+    former code), for both axes, shifts either way, and sample steps of 1 and 2."""
+    from ptolemy_rt.montage import _row_residual
+
+    rng = np.random.default_rng(7)
+    img = (rng.standard_normal(shape) * 10 + 100).astype(np.float32)
+    img[:, 5] = np.inf if shape == (260, 300) else img[:, 5]  # a non-finite column: the checked path
+    h, w = img.shape
+    shifts = [(17, 5), (-17, -5), (34, -11), (-34, 11), (3, 40), (-3, -40)]
+    for axis in (0, 1):
+        step = max(1, (w if axis == 0 else h) // 1024)
+        n = h if axis == 0 else w
+        per = np.full((len(shifts), n), np.nan)
+        for k, (dy, dx) in enumerate(shifts):
+            r0, r1 = max(0, -dy), min(h, h - dy)
+            c0, c1 = max(0, -dx), min(w, w - dx)
+            with np.errstate(invalid="ignore"):
+                if axis == 0:
+                    per[k, r0:r1] = np.median(img[r0:r1, c0:c1:step] - img[r0 + dy : r1 + dy, c0 + dx : c1 + dx : step],
+                                              axis=1)
+                else:
+                    per[k, c0:c1] = np.median(img[r0:r1:step, c0:c1] - img[r0 + dy : r1 + dy : step, c0 + dx : c1 + dx],
+                                              axis=0)
+        fin = np.isfinite(per)
+        both = fin[0::2].any(axis=0) & fin[1::2].any(axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.where(both, np.nanmedian(per, axis=0), np.nan)
+        np.testing.assert_array_equal(_row_residual(img, shifts, axis), want)
