@@ -243,6 +243,8 @@ def square_crops(
     *,
     size: int = CROP_SIZE,
     frame: RotatedFrame | None = None,
+    out: np.ndarray | None = None,
+    written: list[tuple[int, int, int, int] | None] | None = None,
 ) -> np.ndarray:
     """(n, 1, size, size) float32 network inputs: each box sampled upright, centred, normalised by (mean, std).
 
@@ -250,24 +252,42 @@ def square_crops(
     int() bounds, so the network sees what the original's whole-image rotation showed it, but only the
     box's pixels are interpolated.
 
+    out, written: a buffer of at least n such inputs to fill instead of a new array (its first n are
+    returned), and a list the caller keeps with it, empty at first: the buffer is then filled with the
+    padding value (-mean / std), and the list records per slot the (top, rows, left, cols) its last crop
+    wrote, so that the next call (same mean and std) resets only those pixels, not the whole canvas (a
+    small square's crop is a few % of it).
+
     (The original's rotation rounded integer images to integers; doing so here changes scores by < 1e-3
     and brings them no closer, so we do not.)"""
     frame = frame or rotated_frame(image.shape, theta_deg)
-    out = np.empty((len(hulls), 1, size, size), dtype=np.float32)
-    if len(hulls) == 0:
-        return out
+    n = len(hulls)
     # Normalising after padding, as the original: the padding becomes (0 - mean) / std.
     inv = np.float32(1.0 / std if std > 0 else 1.0)
     shift = np.float32(mean)
-    out.fill(-shift * inv)
+    pad = -shift * inv
+    if out is None or out.shape[0] < n or out.shape[1:] != (1, size, size) or out.dtype != np.float32 \
+            or not out.flags.c_contiguous:
+        out, written = np.empty((n, 1, size, size), dtype=np.float32), None
+    if written is None or len(written) != out.shape[0]:
+        out.fill(pad)
+        if written is None:
+            written = []
+        written[:] = [None] * out.shape[0]
+    if n == 0:
+        return out[:0]
     for k, (r_lo, r_hi, c_lo, c_hi) in enumerate(_frame_bounds(frame, hulls)):
         r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
         c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
+        stale = written[k]
+        if stale is not None:
+            out[k, 0, stale[0] : stale[0] + stale[1], stale[2] : stale[2] + stale[3]] = pad
         patch = sample_affine(image, frame_matrix(frame, r0, c0), (nr, nc))
         patch -= shift
         patch *= inv
         out[k, 0, top : top + nr, left : left + nc] = patch
-    return out
+        written[k] = (top, nr, left, nc)
+    return out[:n]
 
 
 # ---------------------------------------------------------------------------------------------------

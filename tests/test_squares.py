@@ -309,6 +309,25 @@ def test_crops_are_centred_on_non_square_images(example):
             assert abs(rr.mean() - 119.5) < 4 and abs(cc.mean() - 119.5) < 4
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9), batch=st.integers(1, 5))
+def test_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
+    """Batches cropped into one buffer, each resetting only what the last crop in its slot wrote, equal fresh
+    arrays to the bit (large and small squares, squares cut by the image edge)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100.0, 20.0, (300, 340)).astype(np.float32)
+    hulls = [rectangle(float(rng.uniform(-20, 360)), float(rng.uniform(-20, 320)), float(rng.uniform(3, 260)),
+                       float(rng.uniform(3, 260)), theta) for _ in range(11)]
+    buffer = np.full((batch, 1, 240, 240), np.nan, dtype=np.float32)
+    written: list = []
+    for a in range(0, len(hulls), batch):
+        part = hulls[a : a + batch]
+        want = squares.square_crops(img, part, theta, 90.0, 15.0)
+        got = squares.square_crops(img, part, theta, 90.0, 15.0, out=buffer, written=written)
+        np.testing.assert_array_equal(got, want)
+        assert got.base is buffer or got is buffer
+
+
 # ------------------------------------------------------------------------------------------------ robustness
 
 
