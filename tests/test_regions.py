@@ -125,3 +125,40 @@ def test_polygon_helpers():
     square = np.array([[0.0, 0.0], [0.0, 2.0], [2.0, 2.0], [2.0, 0.0]])
     assert regions.polygon_area(square) == 4.0
     assert np.allclose(regions.polygon_centroid(square + 1000.0), [1001.0, 1001.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 100_000), window=st.sampled_from([1, 2, 3, 6]), min_area=st.sampled_from([0.0, 4.0, 30.0]))
+def test_outer_boundaries_give_the_hulls_of_all_boundaries(seed, window, min_area):
+    """Hulls from the blobs' outermost boundaries (with every boundary traced when a region lies wholly in
+    another blob's hole) equal those from all boundaries, to the bit: rings with islands near and far from
+    the ring, noise with holes."""
+    import types
+
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((90, 110)) < rng.uniform(0.05, 0.6)).astype(np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        r, c = int(rng.integers(0, 60)), int(rng.integers(0, 80))
+        side, wall = int(rng.integers(12, 30)), int(rng.integers(1, 5))
+        mask[r : r + side, c : c + side] = 1
+        mask[r + wall : r + side - wall, c + wall : c + side - wall] = 0  # a ring
+        gap = int(rng.integers(0, max(1, side // 2 - wall)))
+        mask[r + wall + gap : r + side - wall - gap, c + wall + gap : c + side - wall - gap] = 1  # an island
+        mask[r + side // 2, c + side // 2] = 0  # with a hole of its own
+    got = regions.find_regions(mask, window=window, min_area=min_area)
+    # The former tracing of every boundary: RETR_EXTERNAL read as RETR_LIST.
+    every = types.SimpleNamespace(**{k: getattr(cv2, k) for k in dir(cv2) if not k.startswith("__")})
+    every.findContours = lambda m, mode, method: cv2.findContours(m, cv2.RETR_LIST, method)
+    saved = regions.cv2
+    regions.cv2 = every
+    try:
+        want = regions.find_regions(mask, window=window, min_area=min_area)
+    finally:
+        regions.cv2 = saved
+    assert len(got) == len(want)
+    assert all(np.array_equal(a, b) for a, b in zip(got.hulls, want.hulls))
+    np.testing.assert_array_equal(got.areas, want.areas)
+    np.testing.assert_array_equal(got.centroids, want.centroids)
+    np.testing.assert_array_equal(got.label_ids, want.label_ids)
