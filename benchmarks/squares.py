@@ -7,6 +7,16 @@ own (mesh: autocorrelation and fold, disc, the seam look, the grid-angle refinem
 both pipelines whole, beside a 1024² float32 matrix product timed alternately (the yardstick of
 benchmarks/latency.py). Prints tables; asserts nothing. Without --models the CNN is skipped (a model set
 converted from the published weights, e.g. /tmp/ptolemy_converted, gives the original's network; never commit one).
+
+    python -m benchmarks.squares --atlases [--compare ../main] [--sizes 4096,8192] [--rounds 3] [--repeat 3]
+
+--atlases: whole find_squares with the shipped models, stage by stage, on large atlases (issue 12 item 5): one
+held-out scene scaled to each size (~2,900 squares at every size, as benchmarks.squares_accuracy_real
+--scaling makes it), the dense held-out 4096² montage (montage-0: 8x8 tiles, 2,699 squares), and the 1024²
+reference atlas. Each measurement is a fresh process (warm-up call, then --repeat timed calls; medians of
+wall time and of each stage, and the 1024² matmul yardstick timed between calls), with peak RSS. With
+--compare TREE, the same in a process importing ptolemy_rt from TREE (e.g. the main checkout), alternated
+with this tree's process round by round so that both see the same load.
 """
 
 from __future__ import annotations
@@ -38,8 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--models", type=Path, default=None, help="model set for the CNN stage (optional)")
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls (default 20; --atlases 3)")
+    parser.add_argument("--atlases", action="store_true", help="large atlases, whole pipeline with models, per stage")
+    parser.add_argument("--compare", type=Path, default=None, help="with --atlases: another tree to alternate with")
+    parser.add_argument("--sizes", default="1024,4096,8192", help="with --atlases: sizes of the scaled scene")
+    parser.add_argument("--rounds", type=int, default=3, help="with --atlases: alternations per atlas")
+    parser.add_argument("--only", default=None, help="with --atlases: comma-separated atlas names")
     args = parser.parse_args(argv)
+    if args.atlases:
+        return atlases(args)
+    args.repeat = args.repeat or 20
 
     from ptolemy_rt import mixture, regions, squares
     from ptolemy_rt.io import read_image
@@ -170,6 +188,117 @@ def mesh_stages(image, models, rep: int) -> None:
     for name, vals in times.items():
         table.append([name, f"{np.median(vals):.2f}", f"{min(vals):.2f}", f"{np.median(vals) / base:.2f}"])
     print_markdown(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Large atlases, whole pipeline, this tree against another
+
+
+_ATLAS_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from ptolemy_rt.squares import find_squares
+from ptolemy_rt.models import load_models
+ms = load_models(None)
+data = np.load(sys.argv[2])
+x = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+y = np.random.default_rng(1).random((1024, 1024), dtype=np.float32)
+r = find_squares(data, ms)
+walls, yard, stages = [], [], {}
+for _ in range(int(sys.argv[3])):
+    t = time.perf_counter(); x @ y; yard.append(time.perf_counter() - t)
+    t = time.perf_counter(); r = find_squares(data, ms); walls.append(time.perf_counter() - t)
+    for k, v in r.timings.items():
+        stages.setdefault(k, []).append(v)
+with open("/proc/self/status") as fh:
+    hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+print(json.dumps({"wall": walls, "yard": yard, "stages": stages, "n": len(r.squares), "rss": hwm}))
+"""
+
+_STAGE_ORDER = ("read", "mesh", "disc", "seams", "mixture", "regions", "lattice", "angle", "classes", "crops", "cnn")
+
+
+def _large_atlases(sizes: list[int], tmp: Path, only: set[str] | None) -> list[tuple[str, Path]]:
+    """The atlases of --atlases as .npy files in tmp: (name, path)."""
+    import dataclasses
+
+    from benchmarks.atlas_sets import _case, heldout_cases, make_heldout_atlas
+
+    out = []
+    wanted = [(f"scene {s}²", s) for s in sizes] + [("montage-0 4096²", 0)]
+    if DEFAULT_IMAGE.is_file():
+        wanted.append(("reference 1024²", -1))
+    for name, size in wanted:
+        if only and not any(o in name for o in only):
+            continue
+        path = tmp / f"atlas{len(out)}.npy"
+        if size > 0:
+            # One scene scaled with the size (benchmarks.squares_accuracy_real.scaling): the same mesh seen at a
+            # finer pixel size, so the number of squares stays ~2,900.
+            base = _case("large", 912_777, 0, 4096)
+            case = dataclasses.replace(base, size=size, pitch_px=base.pitch_px * size / 4096,
+                                       bar_px=min(40.0, base.bar_px * size / 4096),
+                                       disc_radius_px=base.disc_radius_px * size / 4096,
+                                       disc_centre=(base.disc_centre[0] * size / 4096,
+                                                    base.disc_centre[1] * size / 4096))
+            image = make_heldout_atlas(case)[0]
+        elif size == 0:
+            case = next(c for c in heldout_cases(1) if c.name == "montage-0")
+            image = make_heldout_atlas(case)[0]
+        else:
+            from ptolemy_rt.io import read_image
+
+            image = read_image(DEFAULT_IMAGE).data
+        np.save(path, image)
+        out.append((name, path))
+    return out
+
+
+def atlases(args) -> int:
+    """Stage tables of find_squares (shipped models) on large atlases, this tree against --compare."""
+    import json
+    import subprocess
+    import tempfile
+
+    trees = [("this tree", REPO)] + ([("compare", args.compare.resolve())] if args.compare else [])
+    repeat = args.repeat or 3
+    only = set(args.only.split(",")) if args.only else None
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env.pop("PYTHONPATH", None)
+    print(f"# find_squares with the shipped models, warm, {args.rounds} rounds x {repeat} calls per tree; "
+          f"{machine_line()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = _large_atlases([int(v) for v in args.sizes.split(",") if v], Path(tmp), only)
+        for name, path in cases:
+            runs: dict[str, list[dict]] = {label: [] for label, _ in trees}
+            loads = []
+            for _ in range(args.rounds):
+                # Alternate which tree goes first, so neither always follows the other.
+                for label, tree in (trees if len(loads) % 2 == 0 else trees[::-1]):
+                    loads.append(os.getloadavg()[0])
+                    r = subprocess.run([sys.executable, "-c", _ATLAS_CHILD, str(tree), str(path), str(repeat)],
+                                       capture_output=True, text=True, env=env)
+                    if r.returncode != 0:
+                        print(f"{name} {label}: failed: {r.stderr.strip()[-300:]}")
+                        return 1
+                    runs[label].append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"\n## {name} (load average {min(loads):.1f}-{max(loads):.1f})")
+            head = ["tree", "squares", "wall ms", "x yardstick", "peak RSS MiB"]
+            stages = [k for k in _STAGE_ORDER if any(k in run["stages"] for rs in runs.values() for run in rs)]
+            table = [head + [f"{k} ms" for k in stages]]
+            for label, tree in trees:
+                rs = runs[label]
+                wall = np.median([v for run in rs for v in run["wall"]])
+                yard = np.median([v for run in rs for v in run["yard"]])
+                row = [f"{label} ({tree.name})", str(rs[-1]["n"]), f"{wall * 1e3:.0f}", f"{wall / yard:.1f}",
+                       f"{max(run['rss'] for run in rs):.0f}"]
+                for k in stages:
+                    vals = [v for run in rs for v in run["stages"].get(k, [])]
+                    row.append(f"{np.median(vals) * 1e3:.1f}" if vals else "")
+                table.append(row)
+            print_markdown(table)
+    return 0
 
 
 if __name__ == "__main__":
