@@ -52,6 +52,9 @@ __all__ = [
 
 NO_MESH = "no grid mesh: this looks like a med-mag or high-mag image"
 _ACF_SIDE = 512
+# A first look at most this many px a side, kept when the pitch there is at least _COARSE_MIN_PITCH px.
+_ACF_COARSE_SIDE = 256
+_COARSE_MIN_PITCH = 16.0
 _FOLD_SIDE_MAX = 1024
 MM_IN_A = 1e7
 
@@ -500,7 +503,19 @@ def detect_mesh(
         return MeshDetection(None, f"{NO_MESH} (no grid disc)")
 
     f = max(1, math.ceil(max(h, w) / _ACF_SIDE))
-    found = _measure_binned(img, valid, f, min_strength)
+    found: Any = None
+    coarse = max(1, math.ceil(max(h, w) / _ACF_COARSE_SIDE))
+    if coarse > f:
+        # A coarse mesh is measured on a copy binned twice as much (a quarter of the DFT work); its pitch
+        # must span _COARSE_MIN_PITCH binned px there, twice the finest pitch the finer copy takes, so the
+        # peaks are located as well relative to the pitch. Otherwise the finer copy decides, as before.
+        found = _measure_binned(img, valid, coarse, min_strength)
+        if isinstance(found, tuple) and float(np.hypot(*found[0])) >= _COARSE_MIN_PITCH:
+            f = coarse
+        else:
+            found = None
+    if found is None:
+        found = _measure_binned(img, valid, f, min_strength)
     if isinstance(found, tuple) and f > 1 and float(np.hypot(*found[0])) < 8.0:
         # The pitch is too fine for the binned copy: measure again on a full-resolution window.
         found = None

@@ -238,3 +238,22 @@ def test_fold_bins_pixels_as_float64_does(pitch, angle, x0, y0):
         monkey.undo()
     assert np.array_equal(np.isfinite(cell), np.isfinite(ref))
     assert np.allclose(cell[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("pitch, bar, angle", [(70.0, 12.0, 0.4), (120.0, 30.0, 33.0), (160.0, 60.0, 44.0)])
+def test_coarse_first_look_measures_as_the_finer_copy(pitch, bar, angle, monkeypatch):
+    """A coarse mesh is measured on a copy binned twice as much as before (a quarter of the autocorrelation's
+    work): its pitch, angle and bar width agree with the finer copy's to well within what the lattice fit and
+    the segmentation care about."""
+    from ptolemy_rt import mesh as mesh_mod
+
+    img = render_mesh(1024, pitch, bar, angle, seed=21)
+    coarse = measure_mesh(img)
+    monkeypatch.setattr(mesh_mod, "_ACF_COARSE_SIDE", mesh_mod._ACF_SIDE)  # the former single look
+    fine = measure_mesh(img)
+    assert coarse is not None and fine is not None
+    assert abs(coarse.pitch_px / fine.pitch_px - 1) < 1e-3
+    assert angle_diff(coarse.angle_deg, fine.angle_deg) < 0.02
+    assert abs(coarse.bar_width_px - fine.bar_width_px) < 0.1
+    assert coarse.grouping_window == fine.grouping_window
+    assert abs(coarse.pitch_px / pitch - 1) < 0.005
