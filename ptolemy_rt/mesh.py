@@ -52,7 +52,8 @@ __all__ = [
 
 NO_MESH = "no grid mesh: this looks like a med-mag or high-mag image"
 _ACF_SIDE = 512
-# A first look at most this many px a side, kept when the pitch there is at least _COARSE_MIN_PITCH px.
+# A first look on the _ACF_SIDE copy binned 2x more when it is over this many px a side, kept when the
+# pitch there is at least _COARSE_MIN_PITCH px.
 _ACF_COARSE_SIDE = 256
 _COARSE_MIN_PITCH = 16.0
 _FOLD_SIDE_MAX = 1024
@@ -246,8 +247,10 @@ def _peak_near(
     return cc - cx, rr - cy, v
 
 
-def _lattice_from_acf(acf: np.ndarray, min_strength: float) -> tuple[np.ndarray, np.ndarray, float] | str:
-    """Basis (a, b) in (x, y) lag px and the strength, or a reason string."""
+def _lattice_from_acf(acf: np.ndarray, min_strength: float,
+                      min_pitch: float = 3.0) -> tuple[np.ndarray, np.ndarray, float] | str:
+    """Basis (a, b) in (x, y) lag px and the strength, or a reason string (a first lattice vector under
+    min_pitch px: before the refinement, whose peaks grow as the pitch shrinks)."""
     ch, cw = acf.shape[0] // 2, acf.shape[1] // 2
     peaks = _local_maxima(acf, min_strength)
     lags = np.column_stack([peaks[:, 1] - cw, peaks[:, 0] - ch]).astype(np.float64)
@@ -281,8 +284,8 @@ def _lattice_from_acf(acf: np.ndarray, min_strength: float) -> tuple[np.ndarray,
         a0, strength = np.array([best[0], best[1]]), float(best[2])
     b0 = np.array([-a0[1], a0[0]])  # a rotated by 90 degrees
     pitch0 = float(np.hypot(*a0))
-    if pitch0 < 3.0:
-        return "period under 3 px"
+    if pitch0 < max(3.0, min_pitch):
+        return f"period under {max(3.0, min_pitch):g} px"
     pb = _peak_near(acf, (ch, cw), b0, 0.12 * pitch0)
     if pb is None or pb[2] < 0.35 * strength:
         return "the periodic structure is not a square lattice"
@@ -503,19 +506,20 @@ def detect_mesh(
         return MeshDetection(None, f"{NO_MESH} (no grid disc)")
 
     f = max(1, math.ceil(max(h, w) / _ACF_SIDE))
+    small, vsmall = _binned_pair(img, valid, f)
     found: Any = None
-    coarse = max(1, math.ceil(max(h, w) / _ACF_COARSE_SIDE))
-    if coarse > f:
-        # A coarse mesh is measured on a copy binned twice as much (a quarter of the DFT work); its pitch
-        # must span _COARSE_MIN_PITCH binned px there, twice the finest pitch the finer copy takes, so the
-        # peaks are located as well relative to the pitch. Otherwise the finer copy decides, as before.
-        found = _measure_binned(img, valid, coarse, min_strength)
+    if max(small.shape) > _ACF_COARSE_SIDE:
+        # A coarse mesh is measured on that copy binned 2x more (a quarter of the DFT work); its pitch must
+        # span _COARSE_MIN_PITCH binned px there, twice the finest pitch the finer copy takes, so the peaks
+        # are located as well relative to the pitch. Otherwise the finer copy decides, as before.
+        # (A first guess well under that pitch is not refined: a fine mesh has many peaks to fit.)
+        found = _measure_small(*_binned_pair(small, vsmall, 2), min_strength, 0.75 * _COARSE_MIN_PITCH)
         if isinstance(found, tuple) and float(np.hypot(*found[0])) >= _COARSE_MIN_PITCH:
-            f = coarse
+            f *= 2
         else:
             found = None
     if found is None:
-        found = _measure_binned(img, valid, f, min_strength)
+        found = _measure_small(small, vsmall, min_strength)
     if isinstance(found, tuple) and f > 1 and float(np.hypot(*found[0])) < 8.0:
         # The pitch is too fine for the binned copy: measure again on a full-resolution window.
         found = None
@@ -576,18 +580,28 @@ def _window_origin(valid: np.ndarray, side: int) -> tuple[int, int]:
     return y0, x0
 
 
+def _binned_pair(img: np.ndarray, valid: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """The f-binned image and its valid mask (a block is valid when all its pixels are)."""
+    if f == 1:
+        return img, valid
+    # The mask binned as uint8 (cv2's area mean): 255 only where every pixel is valid.
+    return _binned(img, f), _binned(valid.view(np.uint8) * np.uint8(255), f) >= 255
+
+
 def _measure_binned(img: np.ndarray, valid: np.ndarray, f: int, min_strength: float):
     """The lattice of the f-binned image: (a, b, strength) in binned px, or a reason string."""
-    small = _binned(img, f)
-    # The mask binned as uint8 (cv2's area mean): a block is valid when all its pixels are.
-    vsmall = _binned(valid.view(np.uint8) * np.uint8(255), f) >= 255 if f > 1 else valid
+    return _measure_small(*_binned_pair(img, valid, f), min_strength)
+
+
+def _measure_small(small: np.ndarray, vsmall: np.ndarray, min_strength: float, min_pitch: float = 3.0):
+    """The lattice of an (already binned) image over its valid mask: (a, b, strength) in its px, or a reason."""
     if vsmall.sum() < 64:
         return "no grid disc"
     vals = small[vsmall]
     if float(vals.std()) <= 1e-6 * max(abs(float(vals.mean())), 1.0):
         return "blank image"
     acf, _ = _normalised_acf(small, vsmall)
-    return _lattice_from_acf(acf, min_strength)
+    return _lattice_from_acf(acf, min_strength, min_pitch)
 
 
 def measure_mesh(image: np.ndarray, **kwargs: Any) -> Mesh | None:
