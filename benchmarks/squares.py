@@ -14,9 +14,9 @@ converted from the published weights, e.g. /tmp/ptolemy_converted, gives the ori
 held-out scene scaled to each size (~2,900 squares at every size, as benchmarks.squares_accuracy_real
 --scaling makes it), the dense held-out 4096² montage (montage-0: 8x8 tiles, 2,699 squares), and the 1024²
 reference atlas. Each measurement is a fresh process (warm-up call, then --repeat timed calls; medians of
-wall time and of each stage, and the 1024² matmul yardstick timed between calls), with peak RSS. With
---compare TREE, the same in a process importing ptolemy_rt from TREE (e.g. the main checkout), alternated
-with this tree's process round by round so that both see the same load.
+wall time, of CPU time (all threads) and of each stage, and the 1024² matmul yardstick timed between
+calls), with peak RSS. With --compare TREE, the same in a process importing ptolemy_rt from TREE (e.g. the
+main checkout), alternated with this tree's process round by round so that both see the same load.
 """
 
 from __future__ import annotations
@@ -205,15 +205,17 @@ data = np.load(sys.argv[2])
 x = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
 y = np.random.default_rng(1).random((1024, 1024), dtype=np.float32)
 r = find_squares(data, ms)
-walls, yard, stages = [], [], {}
+walls, cpus, yard, stages = [], [], [], {}
 for _ in range(int(sys.argv[3])):
     t = time.perf_counter(); x @ y; yard.append(time.perf_counter() - t)
-    t = time.perf_counter(); r = find_squares(data, ms); walls.append(time.perf_counter() - t)
+    t, c = time.perf_counter(), time.process_time()
+    r = find_squares(data, ms)
+    walls.append(time.perf_counter() - t); cpus.append(time.process_time() - c)
     for k, v in r.timings.items():
         stages.setdefault(k, []).append(v)
 with open("/proc/self/status") as fh:
     hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
-print(json.dumps({"wall": walls, "yard": yard, "stages": stages, "n": len(r.squares), "rss": hwm}))
+print(json.dumps({"wall": walls, "cpu": cpus, "yard": yard, "stages": stages, "n": len(r.squares), "rss": hwm}))
 """
 
 _STAGE_ORDER = ("read", "mesh", "disc", "seams", "mixture", "regions", "lattice", "angle", "classes", "crops", "cnn")
@@ -284,15 +286,16 @@ def atlases(args) -> int:
                         return 1
                     runs[label].append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(f"\n## {name} (load average {min(loads):.1f}-{max(loads):.1f})")
-            head = ["tree", "squares", "wall ms", "x yardstick", "peak RSS MiB"]
+            head = ["tree", "squares", "wall ms", "x yardstick", "CPU ms", "peak RSS MiB"]
             stages = [k for k in _STAGE_ORDER if any(k in run["stages"] for rs in runs.values() for run in rs)]
             table = [head + [f"{k} ms" for k in stages]]
             for label, tree in trees:
                 rs = runs[label]
                 wall = np.median([v for run in rs for v in run["wall"]])
                 yard = np.median([v for run in rs for v in run["yard"]])
-                row = [f"{label} ({tree.name})", str(rs[-1]["n"]), f"{wall * 1e3:.0f}", f"{wall / yard:.1f}",
-                       f"{max(run['rss'] for run in rs):.0f}"]
+                cpu = np.median([v for run in rs for v in run["cpu"]])
+                row = [f"{label} ({tree.name})", str(rs[-1]["n"]), f"{wall * 1e3:.0f}", f"{wall / yard:.2f}",
+                       f"{cpu * 1e3:.0f}", f"{max(run['rss'] for run in rs):.0f}"]
                 for k in stages:
                     vals = [v for run in rs for v in run["stages"].get(k, [])]
                     row.append(f"{np.median(vals) * 1e3:.1f}" if vals else "")
