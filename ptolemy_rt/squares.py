@@ -225,9 +225,13 @@ def boxes_at_angle(hulls: Sequence[np.ndarray], theta_deg: float) -> Boxes:
 # ---------------------------------------------------------------------------------------------------
 # Pixel statistics
 
-def class_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+def class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) -> tuple[float, float]:
     """Mean and standard deviation of the non-zero image pixels of the square class (the original's crop
-    normalisation: it took image * mask and dropped zeros)."""
+    normalisation: it took image * mask and dropped zeros).
+
+    integral: the caller knows every pixel is a whole number of magnitude at most 2**16 (counts:
+    mixture.CountScale.integer). Then every partial sum of the first pass is a whole number under 2**53,
+    exact in any order, so that pass sums without gathering the pixels (the same bits, ~2x faster)."""
     x = np.ascontiguousarray(image, dtype=np.float32)
     m = np.asarray(mask)
     # Two passes in float64, each summed in pixel order (cumsum; np.sum is pairwise), as recorded results were.
@@ -244,10 +248,18 @@ def class_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
                 yield sel.astype(np.float64)
 
     n, total = 0, 0.0
-    for sel in blocks():
-        sel[0] += total
-        total = float(np.cumsum(sel)[-1])
-        n += sel.size
+    if integral and x.size < 2**36:
+        for r in range(0, x.shape[0], rows):
+            xb = x[r : r + rows]
+            mb = m[r : r + rows] != 0
+            # Zeros add nothing to the sum; they are left out of the count.
+            total += float(np.sum(xb, where=mb, dtype=np.float64))
+            n += int(np.count_nonzero(mb & (xb != 0.0)))
+    else:
+        for sel in blocks():
+            sel[0] += total
+            total = float(np.cumsum(sel)[-1])
+            n += sel.size
     if n == 0:
         return 0.0, 0.0
     mean = total / n
@@ -362,10 +374,13 @@ def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict
 
     scores: np.ndarray | None = None
     if model_set is not None:
-        mean, std = class_stats(data, seg.mask)
+        t = time.perf_counter()
+        mean, std = class_stats(data, seg.mask, integral=seg.scale.integer)
+        stats_s = time.perf_counter() - t
         # The mask and the label image are done with: free them before the network's activations arrive.
         del seg, regions
         scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
+        timings["crops"] += stats_s  # the crops' normalisation statistics
 
     squares = _squares(boxes, brightness, scores)
     timings["total"] = time.perf_counter() - t_start
@@ -707,9 +722,14 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
 
     scores: np.ndarray | None = None
     if model_set is not None:
-        mean, std = class_stats(data, seg.mask)
+        t = time.perf_counter()
+        # Counts as read (an integer file's pixels, or float ones checked whole by the mixture), not a flattened
+        # montage: the mixture takes an integer file's dtype on trust, and flattening divides by gains.
+        mean, std = class_stats(data, seg.mask, integral=seg.scale.integer and source is image.data)
+        stats_s = time.perf_counter() - t
         del seg, regions
         scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
+        timings["crops"] += stats_s  # the crops' normalisation statistics
 
     sliver = [bool(c and a < EDGE_TARGETABLE_SHARE * mesh.square_side_px ** 2) for c, a in zip(cut, boxes.areas)]
     squares = _squares(boxes, brightness, scores, row=rows, col=cols, found_by=found_by, square_class=classes,

@@ -459,3 +459,16 @@ def test_class_stats_in_blocks_are_the_whole_image_sums(rows, cols, block, seed)
         assert squares.class_stats(x, mask) == want
     finally:
         monkey.undo()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), top=st.sampled_from([3, 255, 4095, 65535]), zeros=st.floats(0.0, 0.5),
+       rows=st.integers(1, 700))
+def test_class_stats_of_whole_numbers_sum_to_the_same_bits(seed, top, zeros, rows):
+    """The first pass over whole-number pixels sums in any order: the same mean and std to the bit as the
+    pixel-order sums (several blocks of rows, zeros left out)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, top + 1, (rows, 3000)).astype(np.float32)
+    img[rng.random(img.shape) < zeros] = 0.0
+    mask = (rng.random(img.shape) < 0.6).astype(np.uint8)
+    assert squares.class_stats(img, mask, integral=True) == squares.class_stats(img, mask)
