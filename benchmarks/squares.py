@@ -270,6 +270,7 @@ def atlases(args) -> int:
     env.pop("PYTHONPATH", None)
     print(f"# find_squares with the shipped models, warm, {args.rounds} rounds x {repeat} calls per tree; "
           f"{machine_line()}")
+    scene: dict[str, list[tuple[int, float, float]]] = {label: [] for label, _ in trees}
     with tempfile.TemporaryDirectory() as tmp:
         cases = _large_atlases([int(v) for v in args.sizes.split(",") if v], Path(tmp), only)
         for name, path in cases:
@@ -294,6 +295,8 @@ def atlases(args) -> int:
                 wall = np.median([v for run in rs for v in run["wall"]])
                 yard = np.median([v for run in rs for v in run["yard"]])
                 cpu = np.median([v for run in rs for v in run["cpu"]])
+                if name.startswith("scene"):
+                    scene[label].append((int(name.split()[1].rstrip("²")) ** 2, float(wall), float(cpu)))
                 row = [f"{label} ({tree.name})", str(rs[-1]["n"]), f"{wall * 1e3:.0f}", f"{wall / yard:.2f}",
                        f"{cpu * 1e3:.0f}", f"{max(run['rss'] for run in rs):.0f}"]
                 for k in stages:
@@ -301,6 +304,13 @@ def atlases(args) -> int:
                     row.append(f"{np.median(vals) * 1e3:.1f}" if vals else "")
                 table.append(row)
             print_markdown(table)
+    for label, pts in scene.items():
+        if len(pts) >= 2:
+            px = np.log([p[0] for p in pts])
+            k_wall = np.polyfit(px, np.log([p[1] for p in pts]), 1)[0]
+            k_cpu = np.polyfit(px, np.log([p[2] for p in pts]), 1)[0]
+            print(f"\n{label}: the scaled scene's time grows as pixels^{k_wall:.2f} (wall), ^{k_cpu:.2f} (CPU) "
+                  f"over {', '.join(f'{round(p[0] ** 0.5)}²' for p in pts)}")
     return 0
 
 

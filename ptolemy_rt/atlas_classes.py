@@ -66,15 +66,18 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     cv2.fillConvexPoly(small_mask, hull, 1)
     if f == 1:
         return small_mask.astype(bool)
-    # Back to full size (nearest neighbour), the trailing partial blocks copied from their neighbours.
+    # Back to full size (nearest neighbour), the trailing partial blocks copied from their neighbours. The
+    # 0/1 bytes are read as bools in place (no third full-size pass: 64 M pixels at 8192²).
     big = cv2.resize(small_mask, (small_mask.shape[1] * f, small_mask.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+    if big.shape == (h, w):
+        return big.view(bool)
     out = np.empty((h, w), np.uint8)
     out[: big.shape[0], : big.shape[1]] = big
     if big.shape[0] < h:
         out[big.shape[0]:, : big.shape[1]] = big[-1:, :]
     if big.shape[1] < w:
         out[:, big.shape[1]:] = out[:, big.shape[1] - 1 : big.shape[1]]
-    return out.astype(bool)
+    return out.view(bool)
 
 
 @dataclass(frozen=True)
