@@ -74,6 +74,9 @@ _MIN_REGULARITY = 0.5
 _REGULAR_MIN_BLOBS = 20
 # ... and a try whose U-Net input exceeds twice this many pixels is first run on a central crop of this many.
 _PROBE_PIXELS = 500_000
+# The probe ends a costly try when it finds fewer than _REGULAR_MIN_BLOBS candidates where the period would put
+# at least this many times that number of holes in its crop.
+_PROBE_EMPTY_ROOM = 4.0
 # With a lattice of at least this quality in hand, a further period estimate that is one of its denser row
 # spacings (within this log tolerance) is not run: the estimators read a lattice's (1, 1) and (2, 0) rows as
 # periods too, and the U-Net at that scale shows the same holes (the real EPU view: 11.4 px found, 8.0 px
@@ -193,13 +196,20 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             t = time.perf_counter()
             blobs = hole_centroids(probe > thr, window)
             timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
+            crop_rows, crop_cols = probe.shape
+            room = crop_rows * crop_cols / candidate**2  # lattice points the crop holds at this period
+            if len(blobs) < _REGULAR_MIN_BLOBS and room >= _PROBE_EMPTY_ROOM * _REGULAR_MIN_BLOBS:
+                # A lattice at this period would fill the central crop with candidates; a handful (edges of
+                # a bar, specks) is not one, and the whole map would cost (image / crop) times the probe.
+                reason: str | None = (f"the central crop shows {len(blobs)} hole candidates where a "
+                                      f"{candidate:.0f} px lattice would give about {room:.0f}")
+                return None, reason, 0.0, f, probe
             if len(blobs) >= _REGULAR_MIN_BLOBS and regularity(blobs) < _MIN_REGULARITY:
-                reason: str | None = (f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} "
-                                      "px period")
+                reason = (f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} "
+                          "px period")
                 return None, reason, 0.0, f, probe
             # The whole map's excess test (below) on the crop: noise the U-Net fires on fills the crop as it
             # does the image, and the whole map would cost (image / crop) times the crop's U-Net and centroids.
-            crop_rows, crop_cols = probe.shape
             if len(blobs) > _LADDER_EXCESS * crop_rows * crop_cols / candidate**2 + 10:
                 reason = f"{len(blobs)} hole candidates in a central crop are more than the lattice can hold"
                 return None, reason, 0.0, f, probe
