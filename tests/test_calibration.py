@@ -232,9 +232,12 @@ def test_fitted_on_the_reference_outputs_at_test_time(kind, image, original):
     assert cal.pairs >= 0.9 * len(json.loads((root / "reference-outputs" / original).read_text()))
     grid = cal(np.linspace(0, 1, 1001))
     assert np.all(np.diff(grid) >= 0) and grid.min() >= 0 and grid.max() <= 1
-    before, after = fitted.mean_abs_error()
-    assert after < before, (before, after)
+    # The isotonic fit is least squares over non-decreasing maps, the identity among them: its squared error on
+    # the pairs it was fitted to is below the identity's. The mean absolute difference (what the CLI prints) is
+    # not bound to fall (the hole CNN of data_version 3: 0.211 -> 0.217), only to stay near.
     assert np.mean((cal(fitted.ours) - fitted.theirs) ** 2) < np.mean((fitted.ours - fitted.theirs) ** 2)
+    before, after = fitted.mean_abs_error()
+    assert after < before + 0.05, (before, after)
     # Nothing was written: the repository holds no calibration file.
     assert not list(Path(__file__).resolve().parents[1].glob("**/*calibration*.json"))
 
