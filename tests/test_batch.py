@@ -526,6 +526,7 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
     assert (out / "summary.json").read_bytes() == first_json
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 def test_sigterm_stops_with_130_and_resume_finishes(small_session, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", "batch", str(small_session), "-o", str(out),
@@ -580,6 +581,7 @@ def test_model_set_loaded_once_per_worker(small_session, tmp_path, monkeypatch):
     assert len(created) == 2  # one in the up-front check (default threads), one for the worker's thread count
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 def test_calibration_maps_each_kind_and_is_checked_first(small_session, tmp_path):
     """--calibration in a batch maps that kind's scores as `ptolemy-rt holes --calibration` does, enters the resume
     key, and a file that does not fit (another model set, a second one for a kind) is refused before any work."""

@@ -144,6 +144,7 @@ def _original_json(result_text: str, squeeze: float) -> str:
     return json.dumps(records)
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 def test_cli_calibrate_then_apply_end_to_end(tmp_path, capsys):
     from ptolemy_rt.demo import write_mrc
     from ptolemy_rt.synthetic import make_medmag
@@ -242,6 +243,7 @@ def test_fitted_on_the_reference_outputs_at_test_time(kind, image, original):
     assert not list(Path(__file__).resolve().parents[1].glob("**/*calibration*.json"))
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 def test_leginon_script_with_a_calibration_runs_as_leginon_sources_it(tmp_path):
     """bash, Leginon's own working directory, the first line of OUTDIR/JOB.json: the scores are mapped."""
     import os

@@ -10,6 +10,7 @@ from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 from ptolemy_rt.synthetic import make_medmag
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 def test_measured_diameter_is_close_or_none():
     gold_measured = []
     for seed in range(8, 20):

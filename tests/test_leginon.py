@@ -109,6 +109,7 @@ def leginon_dirs(tmp_path_factory, models_dir):
     return root, image, cwd
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 @pytest.mark.parametrize("shell", ["bash", "csh"])
 def test_script_runs_as_leginon_sources_it(shell, leginon_dirs, models_dir):
     if shell == "csh":

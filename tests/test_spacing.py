@@ -121,6 +121,7 @@ def hex_lattice(spacing, shape=(364, 512), seed=0):
     return (100 + 40 * holes + rng.normal(0, 10, shape)).astype(np.float32)
 
 
+@pytest.mark.slow  # seconds each; CI runs the slow suite
 @pytest.mark.parametrize("spacing", [9.0, 12.5, 17.5, 30.0])
 def test_spectrum_candidates_of_small_hexagonal_lattices(spacing):
     # The square-lattice autocorrelation test cannot read a hexagonal array; the spectrum's first ring lies at
