@@ -83,11 +83,14 @@ def cut(image: np.ndarray, nx: int, ny: int, tile: tuple[int, int], rng: np.rand
     return tiles, np.array(pos), np.array(gains)
 
 
-def write_stack(tmp_path, tiles, pos, aligned=None, name="mont.mrc"):
+def write_stack(tmp_path, tiles, pos, aligned=None, name="mont.mrc", dtype=np.float32,
+                header=("PixelSpacing = 1234.5",)):
+    """A SerialEM montage stack of `tiles` (as dtype) and its .mdoc: `header` lines, then each piece's
+    PieceCoordinates (and AlignedPieceCoords when `aligned` is given)."""
     path = tmp_path / name
     with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(np.stack(tiles).astype(np.float32))
-    lines = ["PixelSpacing = 1234.5", "Montage = 1", ""]
+        m.set_data(np.stack(tiles).astype(dtype))
+    lines = [*header, "Montage = 1", ""]
     for z, (x, y) in enumerate(pos):
         lines += [f"[ZValue = {z}]", f"PieceCoordinates = {x} {y} 0"]
         if aligned is not None:

@@ -18,6 +18,7 @@ from ptolemy_rt.errors import TooLargeError
 from ptolemy_rt.io import montage_mdoc, read_image
 from ptolemy_rt.navigator import map_frame, parse_nav
 
+from .test_montage import write_stack
 from .test_squares_mesh import mesh_atlas
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,16 +34,8 @@ def write_montage(folder: Path, name: str = "mont.mrc", positions=POSITIONS, ali
     tiles = []
     for x, y in POSITIONS:  # pieces cut from the scene where they belong, stored at `positions`
         tiles.append(image[y : y + TILE, x : x + TILE] * np.float32(np.exp(rng.normal(0, 0.2))))
-    path = folder / name
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(np.rint(np.stack(tiles)).astype(np.int16))
-    lines = [f"PixelSpacing = {PIXEL_A}", "Magnification = 135", f"ImageSize = {TILE} {TILE}", "Montage = 1", ""]
-    for z, (x, y) in enumerate(positions):
-        lines += [f"[ZValue = {z}]", f"PieceCoordinates = {x} {y} 0"]
-        if aligned is not None:
-            lines.append(f"AlignedPieceCoords = {aligned[z][0]} {aligned[z][1]} 0")
-        lines.append("")
-    (folder / (name + ".mdoc")).write_text("\n".join(lines))
+    header = (f"PixelSpacing = {PIXEL_A}", "Magnification = 135", f"ImageSize = {TILE} {TILE}")
+    path = write_stack(folder, [np.rint(t) for t in tiles], positions, aligned, name, np.int16, header)
     return path, truth
 
 
