@@ -86,10 +86,10 @@ def _plain_running_median(x, half):
     return np.array([np.median(x[max(1, k - half) : k + half + 1]) for k in range(len(x))])
 
 
-def _plain_logistic(x):
-    from ptolemy_rt.models import sigmoid
+def _plain_sigmoid(x):
+    from .test_fastpath_bits import plain_sigmoid
 
-    return sigmoid(np.ascontiguousarray(x))
+    return plain_sigmoid(np.ascontiguousarray(x))
 
 
 def _plain_centred_hole_crops(points, angle_deg, half, ec, er, corners):
@@ -118,7 +118,7 @@ def _compare_plain(image, monkeypatch):
     models = load_models(None)
     fast = find_holes(image, models)
     with monkeypatch.context() as m:
-        m.setattr(unet, "logistic", _plain_logistic)
+        m.setattr(unet, "sigmoid", _plain_sigmoid)
         m.setattr(spacing, "_running_median", _plain_running_median)
         m.setattr(crops, "_BATCH_STANDARDISE_PIXELS", 0)  # every crop standardised on its own
         m.setattr(scoring, "_SCORE_STACK_PIXELS", 1)  # one crop per warp stack
