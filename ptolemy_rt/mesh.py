@@ -527,7 +527,7 @@ def detect_mesh(
         y0, x0 = _window_origin(valid, _ACF_SIDE)
         win = img[y0 : y0 + _ACF_SIDE, x0 : x0 + _ACF_SIDE]
         vwin = valid[y0 : y0 + _ACF_SIDE, x0 : x0 + _ACF_SIDE]
-        found = _measure_binned(win, vwin, 1, min_strength)
+        found = _measure_small(win, vwin, min_strength)
         f = 1
     if not isinstance(found, tuple):
         return MeshDetection(None, f"{NO_MESH} ({found or 'no periodic structure'})")
@@ -586,11 +586,6 @@ def _binned_pair(img: np.ndarray, valid: np.ndarray, f: int) -> tuple[np.ndarray
         return img, valid
     # The mask binned as uint8 (cv2's area mean): 255 only where every pixel is valid.
     return _binned(img, f), _binned(valid.view(np.uint8) * np.uint8(255), f) >= 255
-
-
-def _measure_binned(img: np.ndarray, valid: np.ndarray, f: int, min_strength: float):
-    """The lattice of the f-binned image: (a, b, strength) in binned px, or a reason string."""
-    return _measure_small(*_binned_pair(img, valid, f), min_strength)
 
 
 def _measure_small(small: np.ndarray, vsmall: np.ndarray, min_strength: float, min_pitch: float = 3.0):
