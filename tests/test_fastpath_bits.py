@@ -52,6 +52,20 @@ def test_normalise_image_is_numpys_mean_and_std_to_the_bit(seed):
     assert normalise_image(np.zeros((0, 5), dtype=np.float32)) is None
 
 
+@pytest.mark.parametrize("shape", [(1024, 1440), (1337, 1863), (257, 256), (1, 70001)])
+def test_normalise_image_in_runs_is_numpys_to_the_bit(shape):
+    # Above normalise_image's run length the squared deviations are summed run by run along numpy's pairwise
+    # split (unet._pairwise_squares): the same sum as numpy's over the whole array, on large odd sizes too.
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 300.0 + 1e4).astype(np.float32)
+    assert _same_bits(normalise_image(x), _plain_normalise(x))
+    d = x.astype(np.float64) - x.mean(dtype=np.float64)
+    from ptolemy_rt.unet import _pairwise_squares
+
+    assert _pairwise_squares(x.reshape(-1), np.float64(x.mean(dtype=np.float64)), np.empty(1 << 16)) == float(
+        np.add.reduce(d * d, axis=None))
+
+
 @pytest.mark.parametrize("mode", ["centred", "ptolemy"])
 @pytest.mark.parametrize("min_size", [16, 200])
 def test_hole_crop_inputs_are_the_plain_crops_to_the_bit(mode, min_size):
