@@ -88,18 +88,34 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _prepare(image: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.ndarray, int] | None:
+def _binned(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """The working copy of an image (_bin to at most _WORK_SIDE a side) and its binning factor."""
+    factor = max(1, math.ceil(max(image.shape) / _WORK_SIDE))
+    return _bin(image, factor), factor
+
+
+@functools.lru_cache(maxsize=8)
+def _unmasked_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """np.maximum(_smooth(ones, sigma), 1e-3) for a `shape` image: the plain preparation's normalisation weight,
+    which depends on the shape alone (cached: the same shapes recur)."""
+    ws = np.maximum(_smooth(np.ones(shape, dtype=np.float32), sigma), 1e-3)
+    ws.flags.writeable = False
+    return ws
+
+
+def _prepare(image: np.ndarray, robust: bool = False,
+             binned: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Binned, locally normalised and clipped working image (float32, zero mean), its mask of valid pixels
     and the binning factor.
 
     With `robust`, grid bars (near-opaque bands) are masked out of the local statistics and of the result,
     and the contrast is clipped harder: a bar wider than the normalisation window, or bright broken and empty
     holes on dim carbon film, otherwise outweigh the faint lattice. It masks gold film too (nearly as dark
-    as a bar): then it gives None and the caller falls back to the plain preparation."""
+    as a bar): then it gives None and the caller falls back to the plain preparation. binned: _binned(image),
+    where the caller has it already (both preparations of one image bin it alike)."""
     import cv2
 
-    factor = max(1, math.ceil(max(image.shape) / _WORK_SIDE))
-    x = _bin(image, factor)
+    x, factor = _binned(image) if binned is None else binned
     # Illumination and ice gradients, grid bars and bright or dark patches would otherwise dominate the
     # correlation; the window (sigma ~ 1/8 of the image) is too wide to follow the lattice itself.
     sigma = max(x.shape) / 8.0
@@ -121,7 +137,7 @@ def _prepare(image: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.nd
     # change no bit.
     inside = w > 0
     unmasked = bool(inside.all())
-    ws = np.maximum(_smooth(w, sigma), 1e-3)
+    ws = _unmasked_weight(x.shape, sigma) if unmasked else np.maximum(_smooth(w, sigma), 1e-3)
     mean = _smooth(x if unmasked else x * w, sigma) / ws
     var = _smooth(x * x if unmasked else x * x * w, sigma) / ws - mean * mean
     level = float(median(var if unmasked else var[inside]))
@@ -364,16 +380,18 @@ def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
     # broken holes it finds the lattice where the plain one finds none or a harmonic. It masks gold film
     # too (as dark as a bar) and then mostly finds nothing, so the plain preparation is the fallback.
     # (make_medmag seeds 2**40 + 0..95 and 0..39: 121 right, 4 wrong, 11 None; plain alone 110 / 3 / 23.)
+    binned = _binned(x)
     for robust in (True, False):
-        est = _search(x, robust)
+        est = _search(x, robust, binned)
         if est is not None:
             return est
     return None
 
 
-def _search(x: np.ndarray, robust: bool) -> LatticeEstimate | None:
-    """The shortest autocorrelation peak that passes the lattice tests, refined; None without one."""
-    prepared = _prepare(x, robust)
+def _search(x: np.ndarray, robust: bool, binned: tuple[np.ndarray, int] | None = None) -> LatticeEstimate | None:
+    """The shortest autocorrelation peak that passes the lattice tests, refined; None without one (binned: as
+    _prepare's)."""
+    prepared = _prepare(x, robust, binned)
     if prepared is None:
         return None
     z, valid, factor = prepared
@@ -436,14 +454,16 @@ def period_estimates(image: np.ndarray) -> Iterator[tuple[float, str]]:
         return True
 
     def searches() -> Iterator[tuple[float | None, str]]:
+        binned = _binned(x)
         for robust in (True, False):
-            est = _search(x, robust)
+            est = _search(x, robust, binned)
             yield (None if est is None else est.spacing_px), "image"
         if max(x.shape) > _WORK_SIDE:
             r0, c0 = max(0, (x.shape[0] - _WORK_SIDE) // 2), max(0, (x.shape[1] - _WORK_SIDE) // 2)
             crop = x[r0 : r0 + _WORK_SIDE, c0 : c0 + _WORK_SIDE]
+            binned = _binned(crop)
             for robust in (True, False):
-                est = _search(crop, robust)
+                est = _search(crop, robust, binned)
                 yield (None if est is None else est.spacing_px), "crop"
         for p in spectrum_periods(x):
             yield p, "spectrum"
