@@ -141,14 +141,20 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=Tru
     a = (np.arange(int(na.sum()), dtype=np.int64) - np.repeat(rstart - a0, na)).astype(np.float64)
     rx = np.floor(np.repeat(px0, na) + a * np.repeat(cux, na) + 0.5).astype(np.int64)
     ry = np.floor(np.repeat(py0, na) + a * np.repeat(cuy, na) + 0.5).astype(np.int64)
-    # Points are grouped by candidate in ascending order: per-candidate sums are differences of one running
-    # sum at the group ends (exact integers; a weighted bincount went through float64 four times).
+    # Points are grouped by candidate in ascending order: per-candidate sums are sums over each group's run
+    # (exact integers; a weighted bincount went through float64 four times). reduceat over the non-empty
+    # groups' starts: consecutive starts bound a group (the empty ones between hold no points) and the last
+    # runs to the end (a running sum's differences at the group ends gave the same integers, in two passes).
     run_rows = np.concatenate(([0], np.cumsum(na)))
     ends, starts_pts = run_rows[np.cumsum(nb)], run_rows[starts]
+    filled = np.flatnonzero(ends > starts_pts)
+    first_pts = starts_pts[filled]
 
     def total(w):
-        run = np.concatenate(([0], np.cumsum(w, dtype=np.int64)))
-        return run[ends] - run[starts_pts]
+        out = np.zeros(n, dtype=np.int64)
+        if filled.size:
+            out[filled] = np.add.reduceat(w, first_pts, dtype=np.int64)
+        return out
 
     if tables is not None:
         # Search, one half-width: one gather per point from _box_tables instead of the summed-area table's
