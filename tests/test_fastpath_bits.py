@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ptolemy_rt.crops import hole_crop_input, hole_crop_inputs, hole_crops, sample_affine
+from ptolemy_rt.crops import crop_matrix, hole_crop_input, hole_crop_inputs, hole_crops, sample_affine
 from ptolemy_rt.unet import normalise_image
 
 
@@ -66,6 +66,35 @@ def test_normalise_image_in_runs_is_numpys_to_the_bit(shape):
         np.add.reduce(d * d, axis=None))
 
 
+def _plain_zero_outside(out, m, xmax, ymax):
+    rows, cols = out.shape
+    jj, ii = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
+    x = (m[0, 1] * ii + m[0, 0] * jj) + m[0, 2]
+    y = (m[1, 1] * ii + m[1, 0] * jj) + m[1, 2]
+    out[(x < 0.0) | (x > xmax) | (y < 0.0) | (y > ymax)] = 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_zero_outside_tests_only_the_edges_a_crop_reaches(seed):
+    # crops._zero_outside skips the limits the crop's corners stay clear of: the same pixels zeroed as testing
+    # all four everywhere, for crops across one edge, two, none, and with a corner exactly on an edge.
+    from ptolemy_rt.crops import _zero_outside
+
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        side = int(rng.integers(1, 90))
+        angle = float(rng.choice([0.0, 90.0, rng.uniform(0, 360)]))
+        centre = (float(rng.uniform(-40, 240)), float(rng.uniform(-40, 180)))
+        if rng.random() < 0.3:  # the corner pixel's source exactly on the left or top edge
+            centre = (float((side - 1) / 2.0), float((side - 1) / 2.0))
+        m = crop_matrix(centre, angle, side, side)
+        fast = np.ones((side, side), dtype=np.float32)
+        plain = fast.copy()
+        _zero_outside(fast, m, 199.0, 139.0)
+        _plain_zero_outside(plain, m, 199.0, 139.0)
+        assert _same_bits(fast, plain)
+
+
 @pytest.mark.parametrize("mode", ["centred", "ptolemy"])
 @pytest.mark.parametrize("min_size", [16, 200])
 def test_hole_crop_inputs_are_the_plain_crops_to_the_bit(mode, min_size):
@@ -85,6 +114,19 @@ def test_hole_crop_inputs_are_the_plain_crops_to_the_bit(mode, min_size):
         assert _same_bits(batch[k, 0], _plain_crop_input(image, geometry.matrices[i], shapes[i], min_size))
     with pytest.raises(ValueError, match="one shape"):
         hole_crop_inputs(image, geometry.matrices[:2], [(10, 10), (12, 10)], min_size)
+
+
+def test_many_small_hole_crop_inputs_are_the_plain_crops_to_the_bit():
+    # hundreds of small crops (a fine lattice): standardised in several groups of rows, some crops off the image
+    rng = np.random.default_rng(4)
+    image = (rng.random((200, 260)) * 900.0 + 5.0).astype(np.float32)
+    image[:, 120:124] = 0.0
+    points = np.stack([rng.uniform(-20, 280, 180), rng.uniform(-20, 220, 180)], axis=1)
+    geometry = hole_crops(points, 33.0, 40.0, image.shape)
+    batch = hole_crop_inputs(image, geometry.matrices, geometry.shapes, 16)
+    assert geometry.shapes[0][0] * geometry.shapes[0][1] * len(points) > 3 * (1 << 16)
+    for k, (m, shape) in enumerate(zip(geometry.matrices, geometry.shapes)):
+        assert _same_bits(batch[k, 0], _plain_crop_input(image, m, shape, 16)), k
 
 
 def test_ring_mean_is_the_ring_means_entry_to_the_bit():
