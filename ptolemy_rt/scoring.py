@@ -159,10 +159,11 @@ def _unet_sums(src: np.ndarray, crops: HoleCrops, rows: int, cols: int, idx: lis
     for a in range(0, len(idx), per):
         chunk = idx[a : a + per]
         for k, i in enumerate(chunk):
-            s = cv2.warpAffine(src, crops.matrices[i], (cols, rows), dst=stack[k], flags=flags,
+            dst = stack[k]
+            s = cv2.warpAffine(src, crops.matrices[i], (cols, rows), dst=dst, flags=flags,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-            if not np.shares_memory(s, stack[k]):  # cv2 wrote elsewhere (it should not)
-                stack[k] = s
+            if s is not dst:  # cv2 wrote elsewhere (it should not; it hands back the array it wrote into)
+                dst[...] = s
         sums = stack[: len(chunk)].reshape(len(chunk), rows * cols).sum(axis=1, dtype=np.float64)
         out[chunk] = sums / max(crops.area, float(rows * cols))
 
