@@ -88,10 +88,14 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _binned(image: np.ndarray) -> tuple[np.ndarray, int]:
-    """The working copy of an image (_bin to at most _WORK_SIDE a side) and its binning factor."""
+Binned = tuple[np.ndarray, int, dict]
+
+
+def _binned(image: np.ndarray) -> Binned:
+    """The working copy of an image (_bin to at most _WORK_SIDE a side), its binning factor, and a memo for
+    what both preparations compute alike from it (_prepare)."""
     factor = max(1, math.ceil(max(image.shape) / _WORK_SIDE))
-    return _bin(image, factor), factor
+    return _bin(image, factor), factor, {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,7 +108,7 @@ def _unmasked_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
 
 
 def _prepare(image: np.ndarray, robust: bool = False,
-             binned: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
+             binned: Binned | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Binned, locally normalised and clipped working image (float32, zero mean), its mask of valid pixels
     and the binning factor.
 
@@ -115,7 +119,7 @@ def _prepare(image: np.ndarray, robust: bool = False,
     where the caller has it already (both preparations of one image bin it alike)."""
     import cv2
 
-    x, factor = _binned(image) if binned is None else binned
+    x, factor, memo = _binned(image) if binned is None else binned
     # Illumination and ice gradients, grid bars and bright or dark patches would otherwise dominate the
     # correlation; the window (sigma ~ 1/8 of the image) is too wide to follow the lattice itself.
     sigma = max(x.shape) / 8.0
@@ -137,13 +141,19 @@ def _prepare(image: np.ndarray, robust: bool = False,
     # change no bit.
     inside = w > 0
     unmasked = bool(inside.all())
-    ws = _unmasked_weight(x.shape, sigma) if unmasked else np.maximum(_smooth(w, sigma), 1e-3)
-    mean = _smooth(x if unmasked else x * w, sigma) / ws
-    var = _smooth(x * x if unmasked else x * x * w, sigma) / ws - mean * mean
-    level = float(median(var if unmasked else var[inside]))
-    if not (level > 0.0 and math.isfinite(level)):
+    if unmasked and "unmasked" in memo:
+        # the other preparation of this image, with nothing masked either, normalised it alike
+        z = memo["unmasked"]
+    else:
+        ws = _unmasked_weight(x.shape, sigma) if unmasked else np.maximum(_smooth(w, sigma), 1e-3)
+        mean = _smooth(x if unmasked else x * w, sigma) / ws
+        var = _smooth(x * x if unmasked else x * x * w, sigma) / ws - mean * mean
+        level = float(median(var if unmasked else var[inside]))
+        z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level)) if level > 0.0 and math.isfinite(level) else None
+        if unmasked:
+            memo["unmasked"] = z  # before clipping: only the clip differs between the two preparations
+    if z is None:
         return None
-    z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level))
     clip = _ROBUST_CLIP if robust else 3.0
     z = np.clip(z, -clip, clip)
     if unmasked:
@@ -388,7 +398,7 @@ def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
     return None
 
 
-def _search(x: np.ndarray, robust: bool, binned: tuple[np.ndarray, int] | None = None) -> LatticeEstimate | None:
+def _search(x: np.ndarray, robust: bool, binned: Binned | None = None) -> LatticeEstimate | None:
     """The shortest autocorrelation peak that passes the lattice tests, refined; None without one (binned: as
     _prepare's)."""
     prepared = _prepare(x, robust, binned)
