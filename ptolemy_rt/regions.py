@@ -106,7 +106,10 @@ def find_regions(
 
     window=1 groups 8-connected pixels only; min_area=0 keeps every region (a lone pixel's hull is 1 px²)."""
     mask = np.ascontiguousarray(mask)
-    if mask.dtype != np.uint8:
+    if mask.dtype == np.bool_:
+        # its bytes as they are (0 and 1 for any comparison's result; cv2 takes every non-zero byte as set)
+        mask = mask.view(np.uint8)
+    elif mask.dtype != np.uint8:
         mask = (mask != 0).astype(np.uint8)
     if window > 1:
         # cv2's anchor for an even kernel is window // 2: the same neighbourhood as the original's
