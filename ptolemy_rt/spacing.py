@@ -280,20 +280,22 @@ def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
         for dc in (-1, 0, 1):
             if dr or dc:
                 is_max &= core > sub[1 + i0 + dr : sub.shape[0] - 1 + dr, 1 + dc : sub.shape[1] - 1 + dc]
-    out = []
-    for i, j in zip(*np.nonzero(is_max)):
-        i += i0
-        dy, dx = i + 1 - lr, j + 1 - lc
-        # one of each +-t pair: the half plane dy > 0, or dy == 0 and dx > 0
-        if dy < 0 or (dy == 0 and dx <= 0) or math.hypot(dx, dy) < _MIN_PERIOD:
-            continue
-        ctr = sub[i + 1, j + 1]
-        up, dn, lf, rt = sub[i, j + 1], sub[i + 2, j + 1], sub[i + 1, j], sub[i + 1, j + 2]
-        den_y, den_x = up - 2 * ctr + dn, lf - 2 * ctr + rt
-        oy = 0.5 * (up - dn) / den_y if den_y < 0 else 0.0
-        ox = 0.5 * (lf - rt) / den_x if den_x < 0 else 0.0
-        out.append((dx + ox, dy + oy, float(ctr)))
-    return np.array(out, dtype=np.float64).reshape(-1, 3)
+    i, j = np.nonzero(is_max)
+    i = i + i0
+    dy, dx = i + 1 - lr, j + 1 - lc
+    # one of each +-t pair: the half plane dy > 0, or dy == 0 and dx > 0
+    # (and no shorter than _MIN_PERIOD: integer lags, so their squared length decides exactly as the length)
+    keep = ~((dy < 0) | ((dy == 0) & (dx <= 0))) & (dx * dx + dy * dy >= _MIN_PERIOD**2)
+    i, j, dy, dx = i[keep], j[keep], dy[keep], dx[keep]
+    # Parabolic sub-pixel offsets, all maxima at once: the same float32 arithmetic per maximum as one by one
+    # (up - 2 ctr + dn, then 0.5 (up - dn) / that), then int64 + float32 lags in float64.
+    ctr = sub[i + 1, j + 1]
+    up, dn, lf, rt = sub[i, j + 1], sub[i + 2, j + 1], sub[i + 1, j], sub[i + 1, j + 2]
+    den_y, den_x = up - np.float32(2) * ctr + dn, lf - np.float32(2) * ctr + rt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        oy = np.where(den_y < 0, np.float32(0.5) * (up - dn) / den_y, np.float32(0.0))
+        ox = np.where(den_x < 0, np.float32(0.5) * (lf - rt) / den_x, np.float32(0.0))
+    return np.stack([dx + ox, dy + oy, ctr.astype(np.float64)], axis=1).astype(np.float64).reshape(-1, 3)
 
 
 @functools.lru_cache(maxsize=8)

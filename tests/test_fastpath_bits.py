@@ -129,6 +129,47 @@ def test_many_small_hole_crop_inputs_are_the_plain_crops_to_the_bit():
         assert _same_bits(batch[k, 0], _plain_crop_input(image, m, shape, 16)), k
 
 
+def _plain_peaks(rho, max_lag):
+    # spacing._peaks's definition, one local maximum at a time
+    from ptolemy_rt import spacing
+
+    rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
+    lr, lc = max_lag
+    sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
+    out = []
+    for i in range(1, sub.shape[0] - 1):
+        for j in range(1, sub.shape[1] - 1):
+            ctr = sub[i, j]
+            around = sub[i - 1 : i + 2, j - 1 : j + 2].ravel()
+            if not (ctr >= spacing._MIN_PEAK and (ctr > np.delete(around, 4)).all()):
+                continue
+            dy, dx = i - lr, j - lc
+            if dy < 0 or (dy == 0 and dx <= 0) or math.hypot(dx, dy) < spacing._MIN_PERIOD:
+                continue
+            up, dn, lf, rt = sub[i - 1, j], sub[i + 1, j], sub[i, j - 1], sub[i, j + 1]
+            den_y, den_x = up - 2 * ctr + dn, lf - 2 * ctr + rt
+            oy = 0.5 * (up - dn) / den_y if den_y < 0 else 0.0
+            ox = 0.5 * (lf - rt) / den_x if den_x < 0 else 0.0
+            out.append((np.int64(dx) + ox, np.int64(dy) + oy, float(ctr)))
+    return np.array(out, dtype=np.float64).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_autocorrelation_peaks_are_the_plain_ones_to_the_bit(seed):
+    # spacing._peaks finds the maxima and their sub-pixel offsets for all of them at once
+    from ptolemy_rt import spacing
+
+    rng = np.random.default_rng(seed)
+    for k in range(20):
+        lags = (int(rng.integers(3, 40)), int(rng.integers(3, 40)))
+        pad = (int(rng.integers(0, 5)), int(rng.integers(0, 5)))
+        rho = (rng.standard_normal((2 * (lags[0] + pad[0]) + 1, 2 * (lags[1] + pad[1]) + 1)) * 0.3).astype(np.float32)
+        if k % 3 == 0:
+            rho = (np.round(rho * 8) / 8).astype(np.float32)  # plateaus: ties are no maxima
+        fast, plain = spacing._peaks(rho, lags), _plain_peaks(rho, lags)
+        assert fast.shape == plain.shape and np.array_equal(fast.view(np.uint64), plain.view(np.uint64))
+
+
 def test_ring_mean_is_the_ring_means_entry_to_the_bit():
     from ptolemy_rt import spacing
 
