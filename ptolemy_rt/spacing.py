@@ -88,10 +88,10 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-Binned = tuple[np.ndarray, int, dict]
+_Binned = tuple[np.ndarray, int, dict]
 
 
-def _binned(image: np.ndarray) -> Binned:
+def _binned(image: np.ndarray) -> _Binned:
     """The working copy of an image (_bin to at most _WORK_SIDE a side), its binning factor, and a memo for
     what both preparations compute alike from it (_prepare)."""
     factor = max(1, math.ceil(max(image.shape) / _WORK_SIDE))
@@ -108,7 +108,7 @@ def _unmasked_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
 
 
 def _prepare(image: np.ndarray, robust: bool = False,
-             binned: Binned | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
+             binned: _Binned | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Binned, locally normalised and clipped working image (float32, zero mean), its mask of valid pixels
     and the binning factor.
 
@@ -400,7 +400,7 @@ def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
     return None
 
 
-def _search(x: np.ndarray, robust: bool, binned: Binned | None = None) -> LatticeEstimate | None:
+def _search(x: np.ndarray, robust: bool, binned: _Binned | None = None) -> LatticeEstimate | None:
     """The shortest autocorrelation peak that passes the lattice tests, refined; None without one (binned: as
     _prepare's)."""
     prepared = _prepare(x, robust, binned)
