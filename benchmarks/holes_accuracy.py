@@ -2,6 +2,7 @@
 category, the worst image's recall, and why images came back empty.
 
     python -m benchmarks.holes_accuracy [--n 8] [--categories square,hexagonal] [--models DIR] [--json out.json]
+    python -m benchmarks.holes_accuracy --n 12 --seed-base 9200000   # a fresh held-out set (other seeds)
     python -m benchmarks.holes_accuracy --real-only --overlays DIR   # the real EPU view at 1x, 2x, 4x
 
 Runs the real find_holes (default options: general lattice, film mask, edge tolerance -10) with the shipped
@@ -33,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.accuracy import match_unique  # noqa: E402
 from benchmarks.harness import machine_line, print_markdown  # noqa: E402
-from benchmarks.holes_sets import CATEGORIES, Sample, make_sample, upsample  # noqa: E402
+from benchmarks.holes_sets import CATEGORIES, SEED0, Sample, make_sample, upsample  # noqa: E402
 
 TOL_SPACING = 0.25
 REAL = REPO.parent / "shared" / "real-epu" / "smartem_gs8999138.jpg"
@@ -148,13 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the per-image rows here")
     parser.add_argument("--overlays", type=Path, default=None, help="write the real view's overlays here")
     parser.add_argument("--real-only", action="store_true", help="only the real EPU view")
+    parser.add_argument("--seed-base", type=int, default=SEED0,
+                        help=f"first seed of the set (default {SEED0}); another multiple of 10000 draws a fresh set")
+    parser.add_argument("--skip-real", action="store_true", help="leave out the real EPU view")
     args = parser.parse_args(argv)
     from ptolemy_rt.models import resolve_models
 
     models = resolve_models(args.models)
     scales = [int(s) for s in args.scales.split(",")]
     print(machine_line())
-    if REAL.exists():
+    if REAL.exists() and not args.skip_real:
         print(f"\n## Real EPU view {REAL.name} (find_holes, keep_off_film=True)\n")
         print_markdown(real_view(models, args.overlays))
     if args.real_only:
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for category in args.categories.split(","):
         for i in range(args.n):
-            sample = make_sample(category, i)
+            sample = make_sample(category, i, args.seed_base)
             for f in scales if category == "whole_square" else [1]:
                 if f == 4 and max(sample.image.shape) > 600:
                     continue  # 4x of 1024 x 1440 is 24 Mpx: not what anyone would do
@@ -175,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['returned']:5d} tp {r['tp']:5d} fp {r['fp']:4d} {r['seconds']:.2f}s "
                       f"{(r['lattice'] or {}).get('kind', '')} {r['reason'] or ''}", flush=True)
     rows.sort(key=lambda r: (CATEGORIES.index(r["category"]), r["group"]))
-    print("\n## Held-out set (benchmarks.holes_sets), find_holes defaults, shipped models\n")
+    print(f"\n## Held-out set (benchmarks.holes_sets, seeds from {args.seed_base}), find_holes defaults, shipped "
+          "models\n")
     print_markdown(summarise(rows))
     reasons = collections.Counter((r["group"], _short_reason(r["reason"])) for r in rows if r["reason"])
     if reasons:

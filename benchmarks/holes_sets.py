@@ -21,8 +21,9 @@ film: random holes of many sizes, no lattice).
 Truth per image: `targets`, the holes wholly on film whose centres lie at least EDGE_PX inside the image
 (what find_holes with edge tolerance -10 should return); `ambiguous`, holes a finder may return or not
 without being wrong (partly under a bar, torn film or contamination, or within 3 px of the edge band).
-Seeds: 9_100_000 + 1000 * category index + i, disjoint from the training and test streams of
-export.datasets (< 2**32 and >= 2**40 respectively are not used here either way: nothing trains on this).
+Seeds: 9_100_000 + 1000 * category index + i (another base: make_sample's seed0), disjoint from the training
+and test streams of export.datasets (< 2**32 and >= 2**40 respectively are not used here either way:
+nothing trains on this).
 """
 
 from __future__ import annotations
@@ -321,11 +322,16 @@ def _no_lattice(rng: np.random.Generator, seed: int) -> Sample:
     return Sample(img, np.zeros((0, 2)), np.zeros(0), 0.0, 0.0, "no_lattice", variant, seed)
 
 
-def make_sample(category: str, i: int) -> Sample:
-    """Image i of a category (deterministic: its own seed)."""
+def make_sample(category: str, i: int, seed0: int = SEED0) -> Sample:
+    """Image i of a category (deterministic: its own seed, seed0 + 1000 * category index + i).
+
+    Another seed0 (a multiple of 10_000 at least SEED0, e.g. 9_200_000) draws a fresh held-out set of the
+    same categories, to check that a change tuned on the default set holds on images it never saw."""
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
-    seed = SEED0 + 1000 * CATEGORIES.index(category) + i
+    if not 0 <= i < 1000:
+        raise ValueError(f"image index must be in 0-999, got {i}")
+    seed = seed0 + 1000 * CATEGORIES.index(category) + i
     rng = np.random.default_rng(seed)
     if category in ("square", "skewed", "hexagonal"):
         return _medmag(rng, category, seed, category)
@@ -336,9 +342,9 @@ def make_sample(category: str, i: int) -> Sample:
     return _no_lattice(rng, seed)
 
 
-def holes_set(n_per_category: int, categories: tuple[str, ...] = CATEGORIES) -> list[Sample]:
-    """n images of each category."""
-    return [make_sample(c, i) for c in categories for i in range(n_per_category)]
+def holes_set(n_per_category: int, categories: tuple[str, ...] = CATEGORIES, seed0: int = SEED0) -> list[Sample]:
+    """n images of each category (seed0: see make_sample)."""
+    return [make_sample(c, i, seed0) for c in categories for i in range(n_per_category)]
 
 
 def upsample(sample: Sample, factor: int) -> Sample:

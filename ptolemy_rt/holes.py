@@ -84,6 +84,13 @@ _PROBE_EMPTY_ROOM = 4.0
 # of lower quality). Held out, no such run ever won.
 _HARMONIC_QUALITY = 0.5
 _HARMONIC_TOLERANCE = 0.05
+# A lattice of fewer holes than this does not stop costly tries at other estimators' periods, and is judged
+# by the probe like no lattice: a whole grid square's U-Net at the bars' pitch shows the squares as ~10 holes.
+_SOLID_INLIERS = 20
+# When every run at a period that a map's lattice showed finds nothing, that lattice is returned if its
+# quality reaches this and it holds _SOLID_INLIERS holes (noise lattices score 0.1-0.3, see
+# _LADDER_MIN_QUALITY, and those that pass fit_lattice are a few blobs: any three span a lattice).
+_LAST_RESORT_QUALITY = 0.25
 
 
 def hole_centroids(mask: np.ndarray, window: int = REGION_WINDOW) -> np.ndarray:
@@ -174,6 +181,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     thr = _threshold(opts, model_set)
     best = None  # (quality, factor, prob, lattice)
     fallback = None  # the best lattice that disagreed with the period its map was made at
+    last_resort = None  # ... of any quality above noise's, returned rather than nothing
+    maps: dict[tuple[float, int], tuple] = {}  # (factor, window) -> the whole map's fit, for a rerun at the same factor
     first_reason = None
     tried: dict[float, float] = {}  # factor -> period
 
@@ -183,7 +192,14 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
         window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
         rows, cols = image.shape
-        if not primary and best is None and rows * cols * f * f > 2 * _PROBE_PIXELS:
+        done = maps.get((round(f, 9), window))
+        if done is not None:
+            # The same factor (a capped upscale) is the same map: its lattice, not a second U-Net run.
+            lattice, reason, quality, prob = done
+            if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
+                lattice, reason = None, "no convincing lattice"
+            return lattice, reason, quality, f, prob
+        if not primary and _weak(best) and rows * cols * f * f > 2 * _PROBE_PIXELS:
             # A costly try beyond the primary estimate with no lattice in hand yet: the U-Net on a central
             # crop first, and no more when its blobs lie irregularly (an image with no lattice paid seconds
             # of U-Net on its short rungs). With a lattice in hand the probe would mostly be paid twice.
@@ -221,6 +237,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         limit = None if primary else _LADDER_EXCESS * rows * cols / candidate**2 + 10
         lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window,
                                             min_regularity=None if primary else _MIN_REGULARITY)
+        maps[(round(f, 9), window)] = (lattice, reason, quality, prob)
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob
@@ -246,7 +263,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         if best is not None and best[0] >= _HARMONIC_QUALITY and _harmonic(candidate, best[3]):
             continue  # the estimators' reading of the lattice in hand: at that scale the U-Net shows it again
         costly = image.shape[0] * image.shape[1] * unet_factor(candidate, scale) ** 2 > _EXTRA_MAX_PIXELS
-        if costly and best is not None and best[0] >= _LADDER_MIN_QUALITY:
+        if costly and not _weak(best):
             continue  # a lattice is in hand: no seconds of U-Net on a large image at another estimator's period
         primary = trusted and not tried
         lattice, reason, quality, f, prob = attempt(candidate, primary)
@@ -262,6 +279,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             # no lattice: noise gives such).
             if quality >= _LADDER_MIN_QUALITY and (fallback is None or quality > fallback[0]):
                 fallback = (quality, f, prob, lattice)
+            last_resort = _better(last_resort, (quality, f, prob, lattice))
             queue.insert(0, lattice.spacing_px)
         if first_reason is None and trusted:  # another estimator's period is no "image's period" to cite
             first_reason = reason if lattice is None else (
@@ -292,10 +310,16 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 continue
             if lattice is not None and MIN_PERIOD_PX <= lattice.spacing_px <= min(image.shape) / 2.0:
                 ladder.insert(0, lattice.spacing_px)
+                last_resort = _better(last_resort, (quality, f, prob, lattice))
             if first_reason is None and trusted:
                 first_reason = reason if lattice is None else (
                     f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's "
                     f"period ({period:.1f} px)")
+    if best is None and last_resort is not None and last_resort[0] >= _LAST_RESORT_QUALITY and (
+            last_resort[3].n_inliers >= _SOLID_INLIERS):
+        # Every map that showed a lattice showed it at another period than it was made at, and the runs at
+        # that period found nothing (the U-Net's noise on a blurred view): the lattice it showed, not nothing.
+        best = last_resort
     if best is None:
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)
@@ -322,6 +346,17 @@ def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, opti
     return _holes_on_lattice(image, prob, lattice, models, opts, timings, info)
 
 
+def _weak(best: tuple | None) -> bool:
+    """Whether no lattice is in hand that stops costly tries: none, one below _LADDER_MIN_QUALITY, or one of
+    fewer than _SOLID_INLIERS holes (a lattice of grid squares, the U-Net's holes at a far too coarse scale)."""
+    return best is None or best[0] < _LADDER_MIN_QUALITY or best[3].n_inliers < _SOLID_INLIERS
+
+
+def _better(held: tuple | None, new: tuple) -> tuple:
+    """The one of two (quality, factor, map, lattice) with the higher quality (the held one on a tie)."""
+    return new if held is None or new[0] > held[0] else held
+
+
 def _harmonic(candidate: float, lattice: Lattice) -> bool:
     """Whether a period is, within _HARMONIC_TOLERANCE, the spacing of a family of the lattice's rows closer
     than its nearest-neighbour distance ((1, 1), (2, 0), a hexagonal array's rows; lattice.row_spacings)."""
@@ -343,7 +378,8 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
              min_regularity: float | None = None) -> tuple[Lattice | None, str | None, float]:
     """Threshold, centroids and lattice of a probability map: (lattice, None, quality) or (None, reason, 0).
 
-    quality: the share of centroids on the lattice times the share of lattice points on a positive pixel.
+    quality: the share of centroids on the lattice (less those on cosets set aside, Lattice.n_set_aside)
+    times the share of lattice points on a positive pixel.
     With more than `max_centroids` candidates, or at least _REGULAR_MIN_BLOBS of them less regular than
     `min_regularity` (lattice.regularity), no lattice is fitted.
     """
@@ -369,7 +405,9 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
     if lattice is None:
         what = "square lattice" if opts.lattice_model == "square" else "lattice"
         return None, f"no {what} fits the hole candidates", 0.0
-    return lattice, None, lattice.n_inliers / len(centroids) * lattice.occupancy
+    # blobs the index-2 check set aside (the U-Net's between the holes) are no evidence against the lattice
+    explained = max(len(centroids) - lattice.n_set_aside, 1)
+    return lattice, None, min(lattice.n_inliers / explained, 1.0) * lattice.occupancy
 
 
 def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:

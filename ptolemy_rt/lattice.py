@@ -94,7 +94,9 @@ class Lattice:
     ((i, j): c_j - c_i and its square or hexagonal completion; (i, j, j'): c_j - c_i and c_j' - c_i);
     n_inliers: centroids within a quarter of the shortest spacing of a lattice point (one per point);
     occupancy: share of the lattice points inside the image whose footprint holds a positive pixel;
-    refined: least squares was applied; model: "square" (the original's) or "general".
+    refined: least squares was applied; model: "square" (the original's) or "general"; n_set_aside:
+    centroids on the cosets the index-2 check (_sparsify) found unlike the holes (the U-Net's blobs between
+    holes), which the lattice need not explain.
     """
 
     origin: Point
@@ -107,6 +109,7 @@ class Lattice:
     occupancy: float = 0.0
     refined: bool = False
     model: str = "square"
+    n_set_aside: int = 0
 
     @property
     def u(self) -> Point:
@@ -639,6 +642,14 @@ def refine_general(
 # points (random strays: a few %, even as many strays as holes; a row of holes with most missing: ~0.3).
 _COSET_MIN = 0.2
 _COSET_SHARE = 0.3
+# A coset is holes like the others when _likeness says at least this (alike ~1; the U-Net's blobs between
+# holes ~0.2 held out); residuals count from a floor (this many px, or this share of the spacing), below
+# which a centroid's position is noise (the map's pixels, the blob's shape).
+_COSET_LIKENESS = 0.5
+_RESIDUAL_FLOOR_PX = 0.25
+_RESIDUAL_FLOOR = 0.02
+# ... and _sparsify judges a split only where each coset has at least this many centroids on its points.
+_COSET_MIN_CENTROIDS = 6
 
 
 # Point pairs up to this many are compared directly (a few ms); beyond, a k-d tree (scipy.spatial's import
@@ -693,43 +704,124 @@ def regularity(c: np.ndarray, tolerance: float = 0.15) -> float:
     return float(np.mean(np.abs(d / med - 1.0) < tolerance))
 
 
-def _densify(c: np.ndarray, shape: tuple[int, int], origin: Point, a: Point, b: Point,
-             min_spacing_px: float) -> tuple[Point, Point, Point]:
+def _coset_stats(c: np.ndarray, sat: np.ndarray, origin: Point, a: np.ndarray, b: np.ndarray,
+                 radius: float, halfwidth: float) -> tuple[float, float, float, int]:
+    """(share, size, residual, count) of the lattice (origin, a, b)'s points inside the image: the share
+    with a centroid within `radius`, the mean mask pixels in the footprints (half-width `halfwidth`) of
+    those with any, the median distance of those centroids to their points (nan where none), and how
+    many points have one."""
+    shape = (sat.shape[0] - 1, sat.shape[1] - 1)
+    pts = lattice_points(origin, tuple(a), tuple(b), shape, 0.0)
+    if len(pts) == 0:
+        return 0.0, math.nan, math.nan, 0
+    dist = _nearest_distance(pts, c)
+    near = dist < radius
+    h = max(1, int(halfwidth))
+    x = np.rint(pts[:, 0]).astype(np.int64)
+    y = np.rint(pts[:, 1]).astype(np.int64)
+    x0, x1 = np.clip(x - h, 0, shape[1]), np.clip(x + h + 1, 0, shape[1])
+    y0, y1 = np.clip(y - h, 0, shape[0]), np.clip(y + h + 1, 0, shape[0])
+    mass = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]).astype(np.float64)
+    size = float(mass[mass > 0].mean()) if (mass > 0).any() else math.nan
+    resid = float(np.median(dist[near])) if near.any() else math.nan
+    return float(near.mean()), size, resid, int(near.sum())
+
+
+def _likeness(weak: tuple, strong: tuple, spacing: float) -> float:
+    """How much the weak coset's blobs look like the strong one's holes: the ratio of their sizes times
+    the ratio of their residuals (capped at 1 each; 1 alike, ~0.2 for blobs the U-Net fires between holes).
+
+    Not the share of points with a blob: a weak map misses whole rows of real holes (the share drops,
+    the holes it keeps are as large and as well placed), while the U-Net, run at a period well below its
+    own, fires smaller blobs between holes, and on blurred film noise blobs scattered around the film's
+    lattice points (residuals 3-4x the holes')."""
+    size_w, res_w = weak[1], weak[2]
+    size_s, res_s = strong[1], strong[2]
+    if not (size_w > 0 and size_s > 0) or math.isnan(res_w) or math.isnan(res_s):
+        return 0.0
+    floor = max(_RESIDUAL_FLOOR_PX, _RESIDUAL_FLOOR * spacing)
+    return min(1.0, size_w / size_s) * min(1.0, (res_s + floor) / (res_w + floor))
+
+
+def _strength(stats: tuple) -> float:
+    """Mean mask pixels per point of a coset (_coset_stats): share of points with a blob times its size."""
+    return stats[0] * stats[1] if stats[1] > 0 else 0.0
+
+
+def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point, min_spacing_px: float,
+             halfwidth: float) -> tuple[Point, Point, Point, int]:
     """The densest lattice the holes fill: while one of the three index-2 superlattices (adding a/2, b/2 or
-    (a+b)/2) has centroids on its new points about as often as on its old ones, take it and refit.
+    (a+b)/2) has centroids on its new points about as often as on its old ones, and alike (_likeness),
+    take it and refit.
 
     With many holes missing (broken film, ice, a weak map), a sublattice that skips the emptiest rows costs
     less than the true lattice (its empty footprints cost more than the holes it misses); the cost cannot
-    tell the two apart, but the centroids on the skipped coset can.
+    tell the two apart, but the centroids on the skipped coset can. Returns the lattice and how many
+    centroids lie on the new cosets of the last round that were left out as unlike the holes.
     """
-    def distances(o, u, v):
-        pts = lattice_points(o, tuple(u), tuple(v), shape, 0.0)
-        return _nearest_distance(pts, c) if len(pts) else np.zeros(0)
-
-    def share(dist, radius):
-        return float(np.mean(dist < radius)) if len(dist) else 0.0
-
     for _ in range(3):  # up to index 8
         ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-        d_old = distances(origin, ra, rb)
         best = None
+        unlike = 0
         for h, basis in ((0.5 * ra, (0.5 * ra, rb)), (0.5 * rb, (ra, 0.5 * rb)),
                          (0.5 * (ra + rb), (0.5 * (ra + rb), rb))):
             dmin = math.hypot(*_reduce(*basis)[0])
             if dmin < min_spacing_px:
                 continue
-            radius = 0.25 * dmin
-            old = share(d_old, radius)
-            new = share(distances((origin[0] + h[0], origin[1] + h[1]), ra, rb), radius)
-            if new >= max(_COSET_MIN, _COSET_SHARE * old) and (best is None or new > best[0]):
-                best = (new, basis)
+            radius, hw = 0.25 * dmin, min(halfwidth, 0.25 * dmin)
+            old = _coset_stats(c, sat, origin, ra, rb, radius, hw)
+            new = _coset_stats(c, sat, (origin[0] + h[0], origin[1] + h[1]), ra, rb, radius, hw)
+            if new[0] < max(_COSET_MIN, _COSET_SHARE * old[0]):
+                continue
+            if _likeness(new, old, dmin) < _COSET_LIKENESS:
+                unlike += new[3]
+            elif best is None or new[0] > best[0]:
+                best = (new[0], basis)
         if best is None:
-            break
+            return origin, a, b, unlike
         fit = refine_general(c, origin, tuple(best[1][0]), tuple(best[1][1]))
         if fit is None or min(math.hypot(*fit[1]), math.hypot(*fit[2])) < _REFINED_SLACK * min_spacing_px:
             break
         origin, a, b = fit[0], fit[1], fit[2]
-    return origin, a, b
+    return origin, a, b, 0
+
+
+def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
+              halfwidth: float) -> tuple[Point, Point, Point, int]:
+    """The converse of _densify: while one of the three index-2 sublattices ((2a, b), (a, 2b), (a+b, a-b))
+    splits the lattice into a coset of holes and one of blobs unlike them (_likeness below _COSET_LIKENESS),
+    take the holes' coset and refit.
+
+    The U-Net, run at a period well below its own (a capped upscale) or on a blurred view, fires weaker
+    blobs between the holes, often enough that the lattice through both (1/sqrt 2 or 1/2 of the period)
+    costs less than the true one; every such lattice is the union of the true one and a coset of it.
+    Returns the lattice and how many centroids lay on the cosets set aside.
+    """
+    set_aside = 0
+    for _ in range(2):  # down to index 4
+        ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        radius, hw = 0.25 * math.hypot(*ra), min(halfwidth, 0.25 * math.hypot(*ra))
+        worst = None
+        for h, basis in ((ra, (2.0 * ra, rb)), (rb, (ra, 2.0 * rb)), (ra, (ra + rb, ra - rb))):
+            one = _coset_stats(c, sat, origin, *basis, radius, hw)
+            other_origin = (origin[0] + h[0], origin[1] + h[1])
+            two = _coset_stats(c, sat, other_origin, *basis, radius, hw)
+            if _strength(one) < _strength(two):  # the holes' coset: more blobs, or larger ones
+                one, two, keep = two, one, other_origin
+            else:
+                keep = origin
+            like = _likeness(two, one, radius * 4.0)
+            if one[0] >= _COSET_MIN and min(one[3], two[3]) >= _COSET_MIN_CENTROIDS and (
+                    worst is None or like < worst[0]):
+                worst = (like, keep, basis, two[3])
+        if worst is None or worst[0] >= _COSET_LIKENESS:
+            break
+        fit = refine_general(c, worst[1], tuple(worst[2][0]), tuple(worst[2][1]))
+        if fit is None:
+            break
+        origin, a, b = fit[0], fit[1], fit[2]
+        set_aside += worst[3]
+    return origin, a, b, set_aside
 
 
 def fit_lattice(
@@ -800,7 +892,8 @@ def fit_lattice(
     # A general lattice passes through any three centroids (a square one through any two), so one
     # inlier more is its price of admission.
     free = 1 if kind == "general" else 0
-    if best.n_inliers >= min(3 + free, len(c)) and best.n_inliers - free >= min_inliers * len(c) and (
+    explained = len(c) - best.n_set_aside  # blobs between the holes (_sparsify) need no lattice point
+    if best.n_inliers >= min(3 + free, len(c)) and best.n_inliers - free >= min_inliers * explained and (
             best.occupancy >= min_occupancy):
         return best
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
@@ -847,6 +940,7 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
     v = (float(cands.v[best_idx, 0]), float(cands.v[best_idx, 1]))
     final_cost = float(best)
     refined = False
+    set_aside = 0
     if refine and model == "square":
         fit = refine_lattice(c, origin, u)
         if fit is not None and math.hypot(*fit[1]) >= _REFINED_SLACK * min_spacing_px:
@@ -859,7 +953,9 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
             origin, u, v = fit[0], fit[1], fit[2]
             refined = True
         if refined:
-            origin, u, v = _densify(c, (sat.shape[0] - 1, sat.shape[1] - 1), origin, u, v, min_spacing_px)
+            origin, u, v, unlike = _densify(c, sat, origin, u, v, min_spacing_px, halfwidth)
+            origin, u, v, set_aside = _sparsify(c, sat, origin, u, v, halfwidth)
+            set_aside = set_aside or unlike
     if refined:
         final_cost = lattice_cost(sat, origin, u, v, lambda_fn=lambda_fn, lambda_fp=lambda_fp,
                                   max_halfwidth=halfwidth)
@@ -884,4 +980,5 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
         occupancy=float(occupied / inside if inside else 0.0),
         refined=refined,
         model=model,
+        n_set_aside=set_aside,
     )

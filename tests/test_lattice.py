@@ -639,7 +639,7 @@ def test_half_empty_rows_give_the_full_lattice_not_a_sublattice(monkeypatch):
     check_general(fit_lattice(centroids, mask, model="general"), basis, truth, shape)
     import ptolemy_rt.lattice as lattice_module
 
-    monkeypatch.setattr(lattice_module, "_densify", lambda c, shape, o, a, b, *rest: (o, a, b))
+    monkeypatch.setattr(lattice_module, "_densify", lambda c, sat, o, a, b, *rest: (o, a, b, 0))
     sparse = fit_lattice(centroids, mask, model="general", min_inliers=0.0, min_occupancy=0.0)
     assert sparse is not None and sparse.spacing_b > 1.5 * spacing  # the sublattice, without the step
 
