@@ -200,9 +200,10 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 lattice, reason = None, "no convincing lattice"
             return lattice, reason, quality, f, prob
         if not primary and _weak(best) and rows * cols * f * f > 2 * _PROBE_PIXELS:
-            # A costly try beyond the primary estimate with no lattice in hand yet: the U-Net on a central
-            # crop first, and no more when its blobs lie irregularly (an image with no lattice paid seconds
-            # of U-Net on its short rungs). With a lattice in hand the probe would mostly be paid twice.
+            # A costly try beyond the primary estimate with no lattice in hand yet (or only a weak one, _weak):
+            # the U-Net on a central crop first, and no more when its blobs lie irregularly (an image with no
+            # lattice paid seconds of U-Net on its short rungs). With a lattice in hand the probe would mostly
+            # be paid twice.
             side = max(1, int(math.sqrt(_PROBE_PIXELS) / f))
             r0, c0 = max(0, (rows - side) // 2), max(0, (cols - side) // 2)
             t = time.perf_counter()
