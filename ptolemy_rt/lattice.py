@@ -863,6 +863,9 @@ def fit_lattice(
     wrong lattice cheaper than the true one, which then fails the tests above. The search is then repeated
     with lambda_fp / 10, and its lattice kept if it holds at least _HIDDEN_INLIERS of the centroids (and
     _HIDDEN_MIN_CENTROIDS of them): so many on one lattice by chance is out of reach, whatever the occupancy.
+
+    Both tests count only the centroids the lattice must explain: those on cosets the index-2 check set
+    aside as unlike the holes (Lattice.n_set_aside, _sparsify) are left out.
     """
     if model not in ("general", "square"):
         raise ValueError(f"model must be 'general' or 'square', got {model!r}")
@@ -899,7 +902,7 @@ def fit_lattice(
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
         hidden = _search_lattice(c, sat, total, cands, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
                                  min_spacing_px, kind, memo=memo)
-        if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * len(c):
+        if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * (len(c) - hidden.n_set_aside):
             return hidden
     return None
 
