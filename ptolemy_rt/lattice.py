@@ -714,7 +714,7 @@ def _coset_stats(c: np.ndarray, sat: np.ndarray, origin: Point, a: np.ndarray, b
     pts = lattice_points(origin, tuple(a), tuple(b), shape, 0.0)
     if len(pts) == 0:
         return 0.0, math.nan, math.nan, 0
-    dist = _nearest_distance(pts, c)
+    dist = _near_distance(pts, c, origin, a, b, radius)
     near = dist < radius
     h = max(1, int(halfwidth))
     x = np.rint(pts[:, 0]).astype(np.int64)
@@ -725,6 +725,39 @@ def _coset_stats(c: np.ndarray, sat: np.ndarray, origin: Point, a: np.ndarray, b
     size = float(mass[mass > 0].mean()) if (mass > 0).any() else math.nan
     resid = float(np.median(dist[near])) if near.any() else math.nan
     return float(near.mean()), size, resid, int(near.sum())
+
+
+def _near_distance(pts: np.ndarray, c: np.ndarray, origin: Point, a: np.ndarray, b: np.ndarray,
+                   radius: float) -> np.ndarray:
+    """For each lattice point (pts, of the lattice origin + m a + n b), the distance to the nearest centroid
+    where one lies within `radius` (at most a quarter of the lattice's shortest vector), else inf.
+
+    Each centroid is rounded to its lattice point in a reduced basis (exact within a quarter spacing), so
+    this costs O(points + centroids), not the O(points x centroids) of _nearest_distance."""
+    ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    inv = np.linalg.inv(np.stack([ra, rb], axis=1))
+    o = np.asarray(origin, dtype=np.float64)
+    cell = np.rint((c - o) @ inv.T)
+    resid = np.hypot(*(c - o - cell @ np.stack([ra, rb])).T)
+    keep = resid < radius
+    out = np.full(len(pts), np.inf)
+    if not keep.any():
+        return out
+    pcell = np.rint((pts - o) @ inv.T).astype(np.int64)
+    ccell = cell[keep].astype(np.int64)
+    lo = np.minimum(pcell.min(axis=0), ccell.min(axis=0))
+    width = int(max(pcell[:, 1].max(), ccell[:, 1].max()) - lo[1] + 1)
+    pkey = (pcell[:, 0] - lo[0]) * width + (pcell[:, 1] - lo[1])
+    ckey = (ccell[:, 0] - lo[0]) * width + (ccell[:, 1] - lo[1])
+    order = np.argsort(pkey, kind="stable")
+    pos = np.searchsorted(pkey[order], ckey)
+    pos = np.minimum(pos, len(order) - 1)
+    hit = pkey[order][pos] == ckey  # centroids on a point inside the image
+    idx, cc = order[pos[hit]], c[keep][hit]
+    # the distance as _nearest_distance measures it (point minus centroid), to the same bits
+    d = np.sqrt((pts[idx, 0] - cc[:, 0]) ** 2 + (pts[idx, 1] - cc[:, 1]) ** 2)
+    np.minimum.at(out, idx, np.where(d < radius, d, np.inf))
+    return out
 
 
 def _likeness(weak: tuple, strong: tuple, spacing: float) -> float:
