@@ -650,6 +650,10 @@ _RESIDUAL_FLOOR_PX = 0.25
 _RESIDUAL_FLOOR = 0.02
 # ... and _sparsify judges a split only where each coset has at least this many centroids on its points.
 _COSET_MIN_CENTROIDS = 6
+# A blob's size is the mask pixels in a square of half-width this share of the (denser) lattice's shortest
+# vector around its point: wide enough to hold a whole hole (not the search's footprint, capped at 15 px,
+# which a large hole and a small blob both fill), narrow enough to leave out most of the neighbours'.
+_SIZE_WINDOW = 0.35
 
 
 # Point pairs up to this many are compared directly (a few ms); beyond, a k-d tree (scipy.spatial's import
@@ -781,8 +785,8 @@ def _strength(stats: tuple) -> float:
     return stats[0] * stats[1] if stats[1] > 0 else 0.0
 
 
-def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point, min_spacing_px: float,
-             halfwidth: float) -> tuple[Point, Point, Point, int]:
+def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
+             min_spacing_px: float) -> tuple[Point, Point, Point, int]:
     """The densest lattice the holes fill: while one of the three index-2 superlattices (adding a/2, b/2 or
     (a+b)/2) has centroids on its new points about as often as on its old ones, and alike (_likeness),
     take it and refit.
@@ -801,7 +805,7 @@ def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point, 
             dmin = math.hypot(*_reduce(*basis)[0])
             if dmin < min_spacing_px:
                 continue
-            radius, hw = 0.25 * dmin, min(halfwidth, 0.25 * dmin)
+            radius, hw = 0.25 * dmin, _SIZE_WINDOW * dmin
             old = _coset_stats(c, sat, origin, ra, rb, radius, hw)
             new = _coset_stats(c, sat, (origin[0] + h[0], origin[1] + h[1]), ra, rb, radius, hw)
             if new[0] < max(_COSET_MIN, _COSET_SHARE * old[0]):
@@ -819,8 +823,7 @@ def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point, 
     return origin, a, b, 0
 
 
-def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
-              halfwidth: float) -> tuple[Point, Point, Point, int]:
+def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point) -> tuple[Point, Point, Point, int]:
     """The converse of _densify: while one of the three index-2 sublattices ((2a, b), (a, 2b), (a+b, a-b))
     splits the lattice into a coset of holes and one of blobs unlike them (_likeness below _COSET_LIKENESS),
     take the holes' coset and refit.
@@ -833,7 +836,7 @@ def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
     set_aside = 0
     for _ in range(2):  # down to index 4
         ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-        radius, hw = 0.25 * math.hypot(*ra), min(halfwidth, 0.25 * math.hypot(*ra))
+        radius, hw = 0.25 * math.hypot(*ra), _SIZE_WINDOW * math.hypot(*ra)
         worst = None
         for h, basis in ((ra, (2.0 * ra, rb)), (rb, (ra, 2.0 * rb)), (ra, (ra + rb, ra - rb))):
             one = _coset_stats(c, sat, origin, *basis, radius, hw)
@@ -989,8 +992,8 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
             origin, u, v = fit[0], fit[1], fit[2]
             refined = True
         if refined:
-            origin, u, v, unlike = _densify(c, sat, origin, u, v, min_spacing_px, halfwidth)
-            origin, u, v, set_aside = _sparsify(c, sat, origin, u, v, halfwidth)
+            origin, u, v, unlike = _densify(c, sat, origin, u, v, min_spacing_px)
+            origin, u, v, set_aside = _sparsify(c, sat, origin, u, v)
             set_aside = set_aside or unlike
     if refined:
         final_cost = lattice_cost(sat, origin, u, v, lambda_fn=lambda_fn, lambda_fp=lambda_fp,

@@ -803,7 +803,7 @@ def test_search_reusing_an_earlier_searchs_scans_finds_the_same(seed):
 def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cells=(9, 12)):
     """Holes on the lattice `basis` (20 % missing) and, on one coset of an index-2 superlattice of it (coset
     0: the points halfway along a, 1: along b, 2: the cells' centres), the U-Net's blobs between holes:
-    `present` of them, smaller (a quarter of a hole's area) and placed 3x as loosely."""
+    `present` of them, smaller (a quarter of a hole's area) and placed 1.5x as loosely."""
     rng = np.random.default_rng(seed)
     a, b = basis[:, 0], basis[:, 1]
     d = math.hypot(*reduced(a, b)[0])
@@ -816,7 +816,7 @@ def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cel
     shift = (0.5 * a, 0.5 * b, 0.5 * (a + b))[coset]
     between = lattice_points(tuple(origin + shift), tuple(a), tuple(b), shape, edge_tolerance=0.0)
     between = between[rng.random(len(between)) < present]
-    between = between + rng.normal(0.0, 0.06 * d, between.shape)
+    between = between + rng.normal(0.0, 0.03 * d, between.shape)
     mask = np.zeros(shape, dtype=bool)
     for pts, radius in ((holes, max(2.0, 0.2 * d)), (between, max(1.0, 0.1 * d))):
         r = math.ceil(radius)
