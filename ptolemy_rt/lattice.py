@@ -16,6 +16,11 @@ border are charged only for their visible part; uncovered positives are total po
 ones. A summed-area table makes each lattice point O(1). The cheapest candidate wins; least squares then
 fits the origin and both vectors (the square model: one vector, v stays u turned 90 degrees).
 
+The general model then checks the lattice's index-2 relatives: a superlattice whose new points hold holes
+like the others (_densify: rows of holes a weak map mostly missed), and a sublattice whose other coset
+holds only blobs unlike the holes, smaller or looser (_sparsify: the U-Net, below its own scale or on a
+blurred view, fires between the holes). Those blobs are counted in Lattice.n_set_aside, not against it.
+
 Reported bases are canonical (canonical_basis): the same lattice gives the same a, b whatever basis it
 was found in.
 
@@ -880,8 +885,9 @@ def fit_lattice(
 
     model: "square" (the original's, and the default until the pipeline opts in: v is u turned 90 degrees,
     least squares fits origin and u only; `k=5, refine=False` reproduces the original bit for bit) or
-    "general" (any two basis vectors, see the module docstring; an index-2 check then recovers the full
-    lattice where so many holes are missing that a sublattice costs less, see _densify).
+    "general" (any two basis vectors, see the module docstring; index-2 checks then recover the full
+    lattice where so many holes are missing that a sublattice costs less, see _densify, and the holes'
+    lattice where the map's blobs between the holes made a denser one cheaper, see _sparsify).
 
     None with fewer than two centroids, no anchor pair at least `min_spacing_px` apart, nothing positive
     in the mask, or when the best lattice is no lattice: fewer than `min_inliers` of the centroids (and
