@@ -35,6 +35,9 @@ _BROKEN_PERIODS = 1.5
 # ... and flat: the brightness range within 0.3 periods below this share of its median on the film (where
 # holes everywhere make it the hole-to-film contrast).
 _FLAT_SHARE = 0.5
+# ... over a core that holds a disc this many periods wide (a cell's centre between holes is flat over
+# < 0.5 periods).
+_FLAT_CORE_PERIODS = 1.0
 # Bar darkness: film is never darker than this share of the image's bright level (bars and the outside
 # pass almost no electrons; film whose holes an ice gradient dims stays above it).
 _DARK_LEVEL = 0.05
@@ -160,12 +163,29 @@ def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarr
     reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kr, kr))
     spread = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, reach, borderType=cv2.BORDER_REFLECT)
     flat = bright & (spread < _FLAT_SHARE * float(np.median(spread[film])))
+    # Width is measured on the bright area, flatness on its core: the gradient's reach and the blurred,
+    # fringed rim take ~0.5 periods off each side of the flat area, so a tear 2.3 periods across (the
+    # smallest that holds a 1.5-period disc) leaves a flat core of ~1.3 periods, which no flat opening of
+    # 1.5 periods finds (issue 11: a torn hexagonal view kept its tear as film, and the intact film around
+    # it, dim against the tear, went off film). Textured film that a gradient lifts above the level is
+    # flat only at its cells' centres (< 0.5 periods across), never over a _FLAT_CORE_PERIODS disc.
     k = 2 * math.ceil(0.5 * _BROKEN_PERIODS * period) + 1
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    wide = cv2.morphologyEx(flat.view(np.uint8), cv2.MORPH_OPEN, disc, borderType=cv2.BORDER_REFLECT)
+    wide = cv2.morphologyEx(bright.view(np.uint8), cv2.MORPH_OPEN, disc, borderType=cv2.BORDER_REFLECT)
+    kf = 2 * math.ceil(0.5 * _FLAT_CORE_PERIODS * period) + 1
+    core = cv2.morphologyEx(flat.view(np.uint8), cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kf, kf)), borderType=cv2.BORDER_REFLECT)
+    if not (wide.any() and core.any()):
+        return None
+    # the wide bright areas that hold a flat core
+    n, labels = cv2.connectedComponents(wide, connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    keep[np.unique(labels[core.astype(bool) & (labels > 0)])] = True
+    keep[0] = False
+    wide = keep[labels].view(np.uint8)
     if not wide.any():
         return None
-    # back out to the tear's edge, which the gradient's reach (0.3 periods) had taken off the flat area
+    # back out to the tear's edge, which the opening had rounded off at corners
     return cv2.dilate(wide, reach).astype(bool) & bright
 
 
