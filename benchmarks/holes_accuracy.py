@@ -4,6 +4,7 @@ category, the worst image's recall, and why images came back empty.
     python -m benchmarks.holes_accuracy [--n 8] [--categories square,hexagonal] [--models DIR] [--json out.json]
     python -m benchmarks.holes_accuracy --n 12 --seed-base 9200000   # a fresh held-out set (other seeds)
     python -m benchmarks.holes_accuracy --real-only --overlays DIR   # the real EPU view at 1x, 2x, 4x
+    python -m benchmarks.holes_accuracy --seeds 9101010,9302011 --skip-real  # just these images
 
 Runs the real find_holes (default options: general lattice, film mask, edge tolerance -10) with the shipped
 model set (or --models). Grid-square views (whole_square) run at 1x, 2x and 4x (cv2 bicubic upsampling; 4x
@@ -71,6 +72,14 @@ def real_view(models, overlays: Path | None) -> list[list[str]]:
                 cv2.circle(rgb, (round(h.x), round(h.y)), r, (0, 200, 0) if h.on_film else (0, 0, 255), -1)
             cv2.imwrite(str(overlays / f"epu_holes_{f}x.png"), rgb)
     return table
+
+
+def seed_image(seed: int) -> tuple[str, int, int]:
+    """(category, index, seed base) of the held-out image with this seed (holes_sets.make_sample's scheme)."""
+    base, rest = seed - seed % 10_000, seed % 10_000
+    if base < SEED0 or rest // 1000 >= len(CATEGORIES):
+        raise ValueError(f"{seed} is no held-out image's seed (seed base >= {SEED0} + 1000 x category index + i)")
+    return CATEGORIES[rest // 1000], rest % 1000, base
 
 
 def evaluate(sample: Sample, models) -> dict:
@@ -152,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-base", type=int, default=SEED0,
                         help=f"first seed of the set (default {SEED0}); another multiple of 10000 draws a fresh set")
     parser.add_argument("--skip-real", action="store_true", help="leave out the real EPU view")
+    parser.add_argument("--seeds", default=None,
+                        help="only these images, by seed (comma-separated; each names its set, category and index: "
+                             "seed base + 1000 x category index + i), instead of --n / --categories / --seed-base")
     args = parser.parse_args(argv)
     from ptolemy_rt.models import resolve_models
 
@@ -164,23 +176,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_only:
         return 0
     rows = []
-    for category in args.categories.split(","):
-        for i in range(args.n):
-            sample = make_sample(category, i, args.seed_base)
-            for f in scales if category == "whole_square" else [1]:
-                if f == 4 and max(sample.image.shape) > 600:
-                    continue  # 4x of 1024 x 1440 is 24 Mpx: not what anyone would do
-                r = evaluate(upsample(sample, f), models)
-                r["group"] = f"{category} @{f}x" if category == "whole_square" else category
-                if category == "whole_square":
-                    r["group"] += " 512x364" if sample.image.shape[0] < 500 else " 1024x1440"
-                rows.append(r)
-                print(f"  {r['group']:28s} seed {r['seed']} {r['variant']:28s} targets {r['targets']:5d} returned "
-                      f"{r['returned']:5d} tp {r['tp']:5d} fp {r['fp']:4d} {r['seconds']:.2f}s "
-                      f"{(r['lattice'] or {}).get('kind', '')} {r['reason'] or ''}", flush=True)
+    if args.seeds:
+        try:
+            picks = [seed_image(int(t)) for t in args.seeds.split(",")]
+        except ValueError as e:
+            parser.error(f"--seeds: {e}")
+    else:
+        picks = [(c, i, args.seed_base) for c in args.categories.split(",") for i in range(args.n)]
+    for category, i, seed_base in picks:
+        sample = make_sample(category, i, seed_base)
+        for f in scales if category == "whole_square" else [1]:
+            if f == 4 and max(sample.image.shape) > 600:
+                continue  # 4x of 1024 x 1440 is 24 Mpx: not what anyone would do
+            r = evaluate(upsample(sample, f), models)
+            r["group"] = f"{category} @{f}x" if category == "whole_square" else category
+            if category == "whole_square":
+                r["group"] += " 512x364" if sample.image.shape[0] < 500 else " 1024x1440"
+            rows.append(r)
+            print(f"  {r['group']:28s} seed {r['seed']} {r['variant']:28s} targets {r['targets']:5d} returned "
+                  f"{r['returned']:5d} tp {r['tp']:5d} fp {r['fp']:4d} {r['seconds']:.2f}s "
+                  f"{(r['lattice'] or {}).get('kind', '')} {r['reason'] or ''}", flush=True)
     rows.sort(key=lambda r: (CATEGORIES.index(r["category"]), r["group"]))
-    print(f"\n## Held-out set (benchmarks.holes_sets, seeds from {args.seed_base}), find_holes defaults, shipped "
-          "models\n")
+    origin = f"seeds {args.seeds}" if args.seeds else f"seeds from {args.seed_base}"
+    print(f"\n## Held-out set (benchmarks.holes_sets, {origin}), find_holes defaults, shipped models\n")
     print_markdown(summarise(rows))
     reasons = collections.Counter((r["group"], _short_reason(r["reason"])) for r in rows if r["reason"])
     if reasons:
