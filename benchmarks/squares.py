@@ -67,10 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     seg = mixture.segment(data, image.dtype)
     reg = regions.find_regions(seg.mask)
     theta = squares.grid_angle(reg.hulls, method="brent")  # the original's stages: its search
+    # Crops as the model set's square CNN takes them (without one: the original's 240x240).
+    crop_args: dict = {}
+    if args.models is not None:
+        from ptolemy_rt.models import load_models
+
+        spec = load_models(args.models, provider="cpu").spec("square_cnn")
+        crop_args = {"size": spec.crop_size, "scale": spec.crop_scale, "min_side": spec.crop_min_side}
+    side = crop_args.get("size", 240)
 
     def stage_crops():
         mean, std = squares.class_stats(data, seg.mask)
-        return squares.square_crops(data, reg.hulls, theta, mean, std)
+        return squares.square_crops(data, reg.hulls, theta, mean, std, **crop_args)
 
     def all_but_cnn():
         img = read_image(args.image)
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         t = squares.grid_angle(r.hulls, method="brent")
         squares.boxes_at_angle(r.hulls, t)
         mean, std = squares.class_stats(img.data, s.mask)
-        return squares.square_crops(img.data, r.hulls, t, mean, std)
+        return squares.square_crops(img.data, r.hulls, t, mean, std, **crop_args)
 
     rep = args.repeat
     rows = [
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         time_it("angle (+ boxes, Brent)",
                 lambda: squares.boxes_at_angle(reg.hulls, squares.grid_angle(reg.hulls, method="brent")),
                 rep),
-        time_it(f"crops ({len(reg)} x 240x240, normalised)", stage_crops, rep),
+        time_it(f"crops ({len(reg)} x {side}x{side}, normalised)", stage_crops, rep),
         time_it("all stages but the CNN (read..crops)", all_but_cnn, rep),
         time_it("find_squares(models=False)", lambda: squares.find_squares(args.image, models=False), rep),
         time_it("per-pixel NumPy EM (mask only)", lambda: per_pixel_em(data), max(3, rep // 5), warmup=1),
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         last = squares.find_squares(args.image, models=models)
         extra.append(("last end-to-end stages (ms)", ", ".join(f"{k} {v * 1e3:.1f}" for k, v in last.timings.items())))
         # The CNN stage against bare onnxruntime on the same batch, alternated so load hits both alike.
-        batch = np.ascontiguousarray(stage_crops(), dtype=np.float32).reshape(-1, 1, 240, 240)
+        batch = np.ascontiguousarray(stage_crops(), dtype=np.float32).reshape(-1, 1, side, side)
         sess = models.session("square_cnn")
         name = sess.get_inputs()[0].name
         n = max(3, rep // 4)

@@ -6,8 +6,9 @@ Three kinds of examples, each made exactly as the runtime will see them:
   variance over the whole image, with a target map of Gaussian blobs (sigma TARGET_SIGMA) at hole centres.
   The mix (UNET_MIX, LATTICE_MIX): med-mag views and whole grid-square views; square, skewed, hexagonal and
   oblique lattices; periods 8-400 px as saved; vignetting, EPU-like 8-bit contrast and JPEG round trips.
-- Square CNN: 240x240 crops of the squares that ptolemy_rt.squares finds on a synthetic atlas, made by its
-  own crop code, labelled collectable or not by matching to the generator's truth.
+- Square CNN: SQUARE_CROP_SIZE² crops, at 1/SQUARE_CROP_SCALE of the image's pixels, of the squares that
+  ptolemy_rt.squares finds on a synthetic atlas, made by its own crop code (ptolemy_rt.crops.square_crops),
+  labelled collectable or not by matching to the generator's truth.
 - Hole CNN: lattice-frame crops (ptolemy_rt.crops.crop_half_side: spacing/2 - 10, at least 0.45 spacing),
   per-crop normalised, labelled good or bad, with the lattice jittered as much as the runtime's lattice
   fit errs; from med-mag and whole grid-square views (HOLE_MIX) of the same variety.
@@ -49,6 +50,9 @@ __all__ = [
     "HOLE_MIX",
     "LATTICE_MIX",
     "UNET_SCALE",
+    "SQUARE_CROP_SIZE",
+    "SQUARE_CROP_SCALE",
+    "SQUARE_CROP_MIN_SIDE",
     "train_seeds",
     "test_seeds",
     "resample",
@@ -68,6 +72,13 @@ __all__ = [
 ]
 
 CANONICAL_SPACING = 64.0
+# The square CNN's input: a 60x60 canvas of the image averaged over 4x4 blocks (the 240x240 canvas of the
+# original's crops at a quarter of the pixels; ptolemy_rt.crops.square_crops(size=, scale=)).
+SQUARE_CROP_SIZE = 60
+SQUARE_CROP_SCALE = 4
+# ... but never so reduced that the median square is under this many crop pixels across (fine meshes:
+# ptolemy_rt.crops.square_crop_scale lowers the factor per image).
+SQUARE_CROP_MIN_SIDE: int | None = 20
 TARGET_SIGMA = 2.0
 # Target peak of a visible but bad hole (edge-cut, broken, empty, contaminated); good holes peak at 1. Small
 # enough that the U-Net's summed probability ranks good holes first (the "unet" score), large enough that
@@ -393,12 +404,14 @@ class AtlasSquares:
 
     centers: np.ndarray  # (n, 2) x, y box centres
     areas: np.ndarray  # (n,) box areas, px²
-    crops: np.ndarray  # (n, 1, 240, 240) float32, normalised as the runtime does
+    crops: np.ndarray  # (n, 1, size, size) float32, normalised as the runtime does
 
 
-def atlas_squares(image) -> AtlasSquares | None:
+def atlas_squares(image, size: int = SQUARE_CROP_SIZE, scale: int = SQUARE_CROP_SCALE,
+                  min_side: int | None = SQUARE_CROP_MIN_SIDE) -> AtlasSquares | None:
     """Run the low-mag pipeline's geometry (mixture, regions, grid angle, boxes, crops) on an image or array,
-    with the runtime's own functions, so training crops are the crops the model will score."""
+    with the runtime's own functions, so training crops are the crops the model will score (square_crops at
+    the model's crop size and scale, as ptolemy_rt.squares calls it with the manifest's)."""
     from ptolemy_rt.io import as_image
     from ptolemy_rt.mixture import segment
     from ptolemy_rt.regions import find_regions
@@ -415,7 +428,7 @@ def atlas_squares(image) -> AtlasSquares | None:
     theta = grid_angle(regions.hulls, method="brent")  # as the compat pipeline (the original's)
     boxes = boxes_at_angle(regions.hulls, theta)
     mean, std = class_stats(data, seg.mask)
-    crops = square_crops(data, regions.hulls, theta, mean, std)
+    crops = square_crops(data, regions.hulls, theta, mean, std, size=size, scale=scale, min_side=min_side)
     return AtlasSquares(np.asarray(boxes.centers), np.asarray(boxes.areas), crops)
 
 
@@ -430,29 +443,35 @@ def match_points(found: np.ndarray, truth: np.ndarray, tolerance: float) -> np.n
     return np.where(d[np.arange(len(found)), nearest] <= tolerance, nearest, -1)
 
 
-def reduce_crops(crops: np.ndarray) -> np.ndarray:
-    """(n, 1, 240, 240) -> (n, 1, 120, 120) by 2x2 means: EdgeSquareCNN.reduce, done once at data time."""
-    n, c, h, w = crops.shape
-    return crops.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5), dtype=np.float32)
+def square_examples(seed: int, n_atlases: int, shape: tuple[int, int] = (1024, 1024), size: int = SQUARE_CROP_SIZE,
+                    scale: int = SQUARE_CROP_SCALE, min_side: int | None = SQUARE_CROP_MIN_SIDE,
+                    fine_share: float = 0.0,
+                    fine_pitch: tuple[float, float] = (24.0, 110.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Square CNN examples: (crops (n, 1, size, size) float32, labels collectable=1) from synthetic atlases.
 
-
-def square_examples(seed: int, n_atlases: int, shape: tuple[int, int] = (1024, 1024)) -> tuple[np.ndarray, np.ndarray]:
-    """Square CNN examples: (crops reduced to (n, 1, 120, 120) float32, labels collectable=1) from synthetic
-    atlases.
+    fine_share: the share of atlases (every k-th, deterministically) drawn with a finer mesh, its pitch
+    log-uniform in `fine_pitch` px (make_atlas's own pitches are 110-220 px): 300-400 mesh atlases and
+    large atlases show squares of 25-100 px, which the crops at 1/scale make a few pixels wide.
 
     A found square takes the label of the truth square its centre lies on (within 0.35 x pitch) when it
     covers at least half of that square; anything else (merged, split, spurious) is not collectable."""
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    for s in train_seeds(seed, n_atlases, stream=1):
-        image, truth = make_atlas(int(s), shape)
-        found = atlas_squares(image)
+    pitch_rng = np.random.default_rng([seed, 1, 1])
+    done = 0.0
+    for k, s in enumerate(train_seeds(seed, n_atlases, stream=1)):
+        pitch = None
+        if fine_share > 0 and (k + 1) * fine_share >= done + 1:
+            done += 1
+            pitch = float(np.exp(pitch_rng.uniform(np.log(fine_pitch[0]), np.log(fine_pitch[1]))))
+        image, truth = make_atlas(int(s), shape, pitch_px=pitch)
+        found = atlas_squares(image, size, scale, min_side)
         if found is None:
             continue
         j = match_points(found.centers, truth.centers, 0.35 * truth.pitch_px)
         whole = found.areas >= 0.5 * truth.side_px ** 2
         label = np.where((j >= 0) & whole, np.asarray(truth.collectable)[np.maximum(j, 0)], False)
-        xs.append(reduce_crops(found.crops))
+        xs.append(found.crops)
         ys.append(label.astype(np.float32))
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -460,8 +479,9 @@ def square_examples(seed: int, n_atlases: int, shape: tuple[int, int] = (1024, 1
 # --------------------------------------------------------------------------------------------- real data
 
 
-def real_square_examples(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Square CNN examples (reduced to 120x120) from a facility's atlases: each image with a same-stem
+def real_square_examples(folder: str | Path, size: int = SQUARE_CROP_SIZE, scale: int = SQUARE_CROP_SCALE,
+                         min_side: int | None = SQUARE_CROP_MIN_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """Square CNN examples (size x size crops) from a facility's atlases: each image with a same-stem
     .csv/.json of the squares an operator selected (points inside them; with a label column, 0 marks a
     rejected square). Squares found by the runtime that hold a selected point are positives, all others negatives."""
     from ptolemy_rt.io import read_image
@@ -469,7 +489,7 @@ def real_square_examples(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     for image_path, points_path in labelled_pairs(folder):
-        found = atlas_squares(read_image(image_path))
+        found = atlas_squares(read_image(image_path), size, scale, min_side)
         if found is None:
             continue
         points, labels = read_points(points_path)
@@ -480,10 +500,10 @@ def real_square_examples(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
         for k, idx in enumerate(j):
             if idx >= 0:
                 label[idx] = 1.0 if labels is None else float(labels[k] > 0)
-        xs.append(reduce_crops(found.crops))
+        xs.append(found.crops)
         ys.append(label)
     if not xs:
-        return np.zeros((0, 1, 120, 120), np.float32), np.zeros(0, np.float32)
+        return np.zeros((0, 1, size, size), np.float32), np.zeros(0, np.float32)
     return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -106,13 +106,15 @@ class EdgeUNet(nn.Module):
 
 
 class EdgeSquareCNN(nn.Module):
-    """Square classifier for 1x1x240x240 crops: 2x2 average pooling (squares are ~100 px wide, so 120x120
-    keeps every feature operators judge by), ConvBNReLU + MaxPool blocks, then global mean and max pooling
-    concatenated into a linear layer (position-tolerant, so off-centre squares still score)."""
+    """Square classifier for 1 x crop x crop inputs: `pool` x `pool` average pooling first (pool 1: none; the first
+    default set took 240x240 crops pooled 2x2 inside the graph; the runtime now hands it crops already reduced,
+    ptolemy_rt.crops.square_crops with the manifest's crop_scale), ConvBNReLU + MaxPool blocks, then global mean
+    and max pooling concatenated into a linear layer (position-tolerant, so off-centre squares still score)."""
 
-    def __init__(self, widths: Sequence[int] = (8, 16, 24, 32), crop: int = 240) -> None:
+    def __init__(self, widths: Sequence[int] = (8, 16, 24, 32), crop: int = 240, pool: int = 2) -> None:
         super().__init__()
         self.crop = int(crop)
+        self.pool = int(pool)
         self.widths = tuple(int(w) for w in widths)
         layers: list[nn.Module] = []
         cin = 1
@@ -124,13 +126,12 @@ class EdgeSquareCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * cin, 1)
 
-    @staticmethod
-    def reduce(x: torch.Tensor) -> torch.Tensor:
-        """240x240 crops -> 120x120 (the first op of the graph; training stores crops after it)."""
-        return F.avg_pool2d(x, 2)
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """crop x crop inputs -> crop / pool (the first op of the graph; training stores crops after it)."""
+        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for reduced (120x120) crops."""
+        """Logits for reduced crops."""
         f = self.features(x)
         return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
 

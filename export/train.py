@@ -42,7 +42,10 @@ OPSET = MIN_OPSET
 UNET = {"steps": 1500, "batch": 8, "patch": 160, "pool_images": 400, "lr": 3e-3, "pos_weight": 20.0,
         "target_sigma": data.TARGET_SIGMA, "widths": (4, 8, 16, 32), "enc_convs": 2, "dec_convs": 1,
         "stem_stride": 2, "last_bias": -4.0, "threshold": 0.5, "bad_hole_target": data.BAD_HOLE_TARGET}
-SQUARE = {"epochs": 8, "batch": 32, "lr": 3e-3, "atlases": 50, "widths": (8, 16, 24, 32)}
+SQUARE = {"epochs": 8, "batch": 32, "lr": 3e-3, "atlases": 50, "widths": (8, 16, 24, 32),
+          "crop_size": data.SQUARE_CROP_SIZE, "crop_scale": data.SQUARE_CROP_SCALE,
+          "crop_min_side": data.SQUARE_CROP_MIN_SIDE, "fine_share": 0.5,
+          "fine_pitch": (24.0, 110.0)}
 # The runtime enlarges images at most this much for the U-Net (periods below CANONICAL_SPACING / 1.3 run at
 # that scale, down to ptolemy_rt.unet.MIN_UNET_PERIOD_FRACTION of it): the U-Net then costs <= 1.3^2 x its
 # native 1.7 GFLOP on 1024x1440 (134 ms on two cores); its training images include such periods.
@@ -187,14 +190,16 @@ def train_square(seed: int, epochs: int | None = None, threads: int = 2, real: P
         r["epochs"] = epochs
     setup(seed, threads)
     t0 = time.perf_counter()
-    xs, ys = data.square_examples(seed, r["atlases"])
+    xs, ys = data.square_examples(seed, r["atlases"], size=r["crop_size"], scale=r["crop_scale"],
+                                  min_side=r["crop_min_side"], fine_share=r["fine_share"],
+                                  fine_pitch=tuple(r["fine_pitch"]))
     if real is not None:
-        xr, yr = data.real_square_examples(real)
+        xr, yr = data.real_square_examples(real, r["crop_size"], r["crop_scale"], r["crop_min_side"])
         xs, ys = np.concatenate([xs, xr]), np.concatenate([ys, yr])
     x = torch.from_numpy(xs)
     y = torch.from_numpy(ys)
     log(f"square: {x.shape[0]} crops ({int(y.sum())} collectable) in {time.perf_counter() - t0:.0f} s")
-    model = EdgeSquareCNN(r["widths"])
+    model = EdgeSquareCNN(r["widths"], crop=r["crop_size"], pool=1)
     secs = _fit_classifier(model, model.classify, x, y, r["epochs"], r["batch"], r["lr"], seed, "square", _dihedral)
     info = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in r.items()}, "examples": int(x.shape[0]),
             "positives": int(y.sum()), "seconds": time.perf_counter() - t0, "fit_seconds": secs}
@@ -224,9 +229,13 @@ NORMALISATION = {
         "scale; peak ~1 for good holes, lower for bad ones, so the summed probability ranks holes)."
     ),
     "square_cnn": (
-        "per image: each square's upright crop, centred in 240x240 (cut, or zero-padded), then (crop - m) / s "
-        "with m, s the mean and population std of all square-class pixels of the image (ptolemy_rt.squares); "
-        "batch-independent (any batch composition gives the same scores)."
+        "per image: the image averaged over f x f blocks (cv2 INTER_AREA, a last partial block dropped), f = "
+        "crop_scale, or with crop_min_side the largest whole f <= crop_scale that keeps the median square's box "
+        "side / f >= crop_min_side (ptolemy_rt.crops.square_crop_scale), rotated by the grid angle; each "
+        "square's upright box in it, centred in crop_size x crop_size "
+        "(cut, or padded with 0), then (crop - m) / s with m, s the mean and population std of all square-class "
+        "pixels of the full image (ptolemy_rt.crops.square_crops, ptolemy_rt.squares); batch-independent (any "
+        "batch composition gives the same scores)."
     ),
     "hole_cnn": (
         "per crop: lattice-frame square crop of half-side ptolemy_rt.crops.crop_half_side(spacing) "
@@ -243,7 +252,8 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
         example = torch.randn(1, 1, 256, 384, generator=g)
         in_axes, out_axes = {0: "N", 2: "H", 3: "W"}, {0: "N", 2: "H", 3: "W"}
     elif task == "square_cnn":
-        example, in_axes, out_axes = torch.randn(2, 1, 240, 240, generator=g), {0: "N"}, {0: "N"}
+        side = model.crop if isinstance(model, EdgeSquareCNN) else 240
+        example, in_axes, out_axes = torch.randn(2, 1, side, side, generator=g), {0: "N"}, {0: "N"}
     else:
         example, in_axes, out_axes = torch.randn(2, 1, 70, 90, generator=g), {0: "N", 2: "H", 3: "W"}, {0: "N"}
     with torch.no_grad():
@@ -295,7 +305,12 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
                       "input_shape": ["N", 1, "H", "W"], "output_shape": ["N", 1, "H", "W"]})
         provenance["gflop_1024x1440"] = round(2 * conv_macs(model, (1, 1, 1024, 1440)) / 1e9, 2)
     elif task == "square_cnn":
-        entry.update({"crop_size": 240, "input_shape": ["N", 1, 240, 240], "output_shape": ["N", 1]})
+        side, scale = int(recipe["crop_size"]), int(recipe["crop_scale"])
+        entry.update({"crop_size": side, "crop_scale": scale})
+        if recipe.get("crop_min_side") is not None:
+            entry["crop_min_side"] = int(recipe["crop_min_side"])
+        entry.update({"input_shape": ["N", 1, side, side], "output_shape": ["N", 1]})
+        provenance["mmac_per_square"] = round(conv_macs(model, (1, 1, side, side)) / 1e6, 2)
     else:
         assert isinstance(model, EdgeHoleCNN)
         entry.update({"min_size": model.min_size, "input_shape": ["N", 1, "H", "W"], "output_shape": ["N", 1]})

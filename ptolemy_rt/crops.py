@@ -30,6 +30,11 @@ __all__ = [
     "frame_coords",
     "frame_matrix",
     "square_crops",
+    "reduce_image",
+    "square_crop_scale",
+    "ReducedFrame",
+    "reduced_frame",
+    "reduced_square_crops",
     "crop_half_side",
     "HoleCrops",
     "hole_crops",
@@ -256,11 +261,17 @@ def square_crops(
     std: float,
     *,
     size: int = CROP_SIZE,
+    scale: int = 1,
+    min_side: int | None = None,
     frame: RotatedFrame | None = None,
     out: np.ndarray | None = None,
     written: list[tuple[int, int, int, int] | None] | None = None,
 ) -> np.ndarray:
     """(n, 1, size, size) float32 network inputs: each box sampled upright, centred, normalised by (mean, std).
+
+    scale > 1 or min_side (a model's crop_scale, crop_min_side): the boxes at 1/f of the input's pixels, f =
+    square_crop_scale(hulls, theta, scale, min_side), cut from the image averaged over f x f blocks and rotated
+    once (reduced_frame, reduced_square_crops); frame and written are then not used.
 
     Each box is sampled on the lattice of the image rotated by theta (RotatedFrame) with the original's
     int() bounds, so the network sees what the original's whole-image rotation showed it, but only the
@@ -274,6 +285,10 @@ def square_crops(
 
     (The original's rotation rounded integer images to integers; doing so here changes scores by < 1e-3
     and brings them no closer, so we do not.)"""
+    if scale > 1 or min_side is not None:
+        f = square_crop_scale(hulls, theta_deg, scale, min_side)
+        reduced = reduced_frame(image, hulls, theta_deg, mean, std, f, size)
+        return reduced_square_crops(reduced, hulls, size=size, out=out)
     frame = frame or rotated_frame(image.shape, theta_deg)
     n = len(hulls)
     # Normalising after padding, as the original: the padding becomes (0 - mean) / std.
@@ -302,6 +317,125 @@ def square_crops(
         out[k, 0, top : top + nr, left : left + nc] = patch
         written[k] = (top, nr, left, nc)
     return out[:n]
+
+
+def reduce_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """float32 means of factor x factor pixel blocks (cv2 INTER_AREA); a last partial row or column of blocks is
+    dropped, so reduced pixel (i, j) is exactly the mean of input rows f i .. f i + f - 1, columns likewise, and
+    its centre is the input point f j + (f - 1) / 2, f i + (f - 1) / 2."""
+    f = int(factor)
+    src = np.asarray(image, dtype=np.float32)
+    if f <= 1:
+        return np.ascontiguousarray(src)
+    h, w = src.shape[0] // f, src.shape[1] // f
+    if h == 0 or w == 0:
+        return np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)
+    return cv2.resize(np.ascontiguousarray(src[: h * f, : w * f]), (w, h), interpolation=cv2.INTER_AREA)
+
+
+def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: int, min_side: int | None) -> int:
+    """Input pixels per crop pixel for one image's square crops: max_scale, or, with min_side, the largest
+    whole factor up to max_scale that keeps the median square at least min_side crop pixels across (its side
+    the square root of its theta-aligned box's area), so that fine meshes are not shrunk to a few pixels."""
+    top = max(1, int(max_scale))
+    if min_side is None or len(hulls) == 0:
+        return top
+    rad = math.radians(theta_deg)
+    c, s = math.cos(rad), math.sin(rad)
+    sides = []
+    for h in hulls:
+        p = np.asarray(h, dtype=np.float64)
+        u = p[:, 0] * c + p[:, 1] * s
+        v = p[:, 1] * c - p[:, 0] * s
+        sides.append(math.sqrt(float(np.ptp(u)) * float(np.ptp(v))))
+    return int(min(top, max(1, math.floor(float(np.median(sides)) / int(min_side)))))
+
+
+@dataclass(frozen=True)
+class ReducedFrame:
+    """What reduced square crops are cut from: the image averaged over factor x factor blocks (reduce_image),
+    rotated on the original's lattice (RotatedFrame of the reduced image) and normalised; `image` holds frame
+    rows row0.. and columns col0.. only (the span of the squares' boxes); `pad` is (0 - mean) / std."""
+
+    image: np.ndarray
+    frame: RotatedFrame
+    row0: int
+    col0: int
+    factor: int
+    pad: float
+
+
+def _reduced_windows(frame: RotatedFrame, hulls: Sequence[np.ndarray], factor: int,
+                     size: int) -> list[tuple[int, int, int, int, int, int]]:
+    """(row, rows, top, col, cols, left) per hull: its box in the reduced rotated frame (square_crops' int()
+    bounds), the part of it that fits the canvas, and where that goes in the canvas."""
+    if len(hulls) == 0:
+        return []
+    f = float(factor)
+    # Input point x is reduced point (x + 0.5) / f - 0.5 (reduce_image's pixel centres).
+    small = [(np.asarray(h, dtype=np.float64) + 0.5) / f - 0.5 for h in hulls]
+    out = []
+    for r_lo, r_hi, c_lo, c_hi in _frame_bounds(frame, small):
+        r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
+        c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
+        out.append((r0, nr, top, c0, nc, left))
+    return out
+
+
+def reduced_frame(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: float, mean: float, std: float,
+                  factor: int, size: int) -> ReducedFrame:
+    """The reduced, rotated, normalised image the squares' crops (of side `size`) are cut from.
+
+    One warp of the reduced image costs less than per-square warps once there are more than a few squares (a
+    4096² atlas reduced by 4 is 1024²); only the span of the squares' boxes is warped. Bicubic, 0 outside the
+    image, as sample_affine; normalised after, so the outside is the padding value as in square_crops."""
+    small = reduce_image(image, factor)
+    frame = rotated_frame(small.shape, theta_deg)
+    pad = _pad_value(mean, std)
+    wins = [w for w in _reduced_windows(frame, hulls, factor, size) if w[1] > 0 and w[4] > 0]
+    if not wins:
+        return ReducedFrame(np.zeros((0, 0), np.float32), frame, 0, 0, int(factor), pad)
+    r0 = min(w[0] for w in wins)
+    r1 = max(w[0] + w[1] for w in wins)
+    c0 = min(w[3] for w in wins)
+    c1 = max(w[3] + w[4] for w in wins)
+    rotated = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
+    # In blocks of rows: sample_affine's outside test holds float64 work arrays of its output's size.
+    step = max(1, (1 << 20) // max(1, c1 - c0))
+    for a in range(0, r1 - r0, step):
+        n = min(step, r1 - r0 - a)
+        block = sample_affine(small, frame_matrix(frame, r0 + a, c0), (n, c1 - c0), out=rotated[a : a + n])
+        if not np.shares_memory(block, rotated):  # cv2 wrote elsewhere (it should not)
+            rotated[a : a + n] = block
+    inv = np.float32(1.0 / std if std > 0 else 1.0)
+    rotated -= np.float32(mean)
+    rotated *= inv
+    return ReducedFrame(rotated, frame, r0, c0, int(factor), pad)
+
+
+def reduced_square_crops(reduced: ReducedFrame, hulls: Sequence[np.ndarray], *, size: int,
+                         out: np.ndarray | None = None) -> np.ndarray:
+    """(n, 1, size, size) float32 network inputs cut from a ReducedFrame made for these hulls (or more): each
+    hull's box on the reduced rotated lattice, centred in the canvas, the padding value elsewhere. out: a
+    buffer of at least n such inputs to fill instead of a new array."""
+    n = len(hulls)
+    if out is None or out.shape[0] < n or out.shape[1:] != (1, size, size) or out.dtype != np.float32 \
+            or not out.flags.c_contiguous:
+        out = np.empty((n, 1, size, size), dtype=np.float32)
+    out = out[:n]
+    out.fill(np.float32(reduced.pad))
+    src = reduced.image
+    for k, (r0, nr, top, c0, nc, left) in enumerate(_reduced_windows(reduced.frame, hulls, reduced.factor, size)):
+        if nr > 0 and nc > 0:
+            r, c = r0 - reduced.row0, c0 - reduced.col0
+            out[k, 0, top : top + nr, left : left + nc] = src[r : r + nr, c : c + nc]
+    return out
+
+
+def _pad_value(mean: float, std: float) -> float:
+    """The canvas padding after normalisation: (0 - mean) / std, in float32 as square_crops computes it."""
+    inv = np.float32(1.0 / std if std > 0 else 1.0)
+    return float(-np.float32(mean) * inv)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -73,8 +73,13 @@ class ModelSpec:
     output_shape: tuple[int | str, ...] | None = None
     # Pixel size (Å) of the images the graph was trained on, where one was assumed; informational.
     pixel_size_A: float | None = None
-    # square_cnn: side of the square crop the graph takes.
+    # square_cnn: side of the square crop the graph takes, and input pixels per crop pixel (crops are cut from
+    # the image averaged over crop_scale x crop_scale blocks: ptolemy_rt.crops.square_crops).
     crop_size: int = 240
+    crop_scale: int = 1
+    # square_cnn: with this, crop_scale is the largest factor, lowered per image so that the median square
+    # keeps at least this many crop pixels across (ptolemy_rt.crops.square_crop_scale).
+    crop_min_side: int | None = None
     # hole_unet: pad to multiples of this; probability threshold; resampling; tile above this many pixels.
     multiple: int = 1
     threshold: float = 0.5
@@ -221,7 +226,7 @@ _COMMON: dict[str, Callable[[Any], Any]] = {
     "pixel_size_A": _opt(_positive),
 }
 _PER_TASK: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "square_cnn": {"crop_size": _int(1)},
+    "square_cnn": {"crop_size": _int(1), "crop_scale": _int(1), "crop_min_side": _opt(_int(1))},
     "hole_unet": {"multiple": _int(1), "threshold": _threshold, "scale": _scale, "max_pixels": _opt(_int(1))},
     "hole_cnn": {"min_size": _int(1)},
 }

@@ -138,8 +138,8 @@ _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allo
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.sampled_from(["square_cnn", "hole_unet", "hole_cnn"]),
-       st.sampled_from(["bn", "threshold", "multiple", "scale", "max_pixels", "min_size", "crop_size", "opset",
-                        "input", "sha256", "file", "pixel_size_A"]), _VALUES)
+       st.sampled_from(["bn", "threshold", "multiple", "scale", "max_pixels", "min_size", "crop_size", "crop_scale",
+                        "crop_min_side", "opset", "input", "sha256", "file", "pixel_size_A"]), _VALUES)
 def test_any_field_value_parses_or_is_refused_by_name(task, key, value):
     base = {"format": 1, "name": "x", "models": {task: {"file": "a.onnx", "sha256": "0" * 64, key: value}}}
     problems: list[str] = []
@@ -149,3 +149,20 @@ def test_any_field_value_parses_or_is_refused_by_name(task, key, value):
         assert any(f".{key}" in p for p in problems)
     else:
         assert problems == [] and isinstance(manifest.models[task], ModelSpec)
+
+
+def test_square_crop_scale_defaults_to_one_and_must_be_a_positive_integer():
+    """crop_scale (input pixels per crop pixel): absent in a converted set, whose crops stay at full resolution."""
+    def parse(extra):
+        problems: list[str] = []
+        entry = {"file": "a.onnx", "sha256": "0" * 64, "crop_size": 60, **extra}
+        manifest = parse_manifest({"format": 1, "name": "x", "models": {"square_cnn": entry}}, problems)
+        return manifest, problems
+
+    manifest, problems = parse({})
+    assert problems == [] and manifest.models["square_cnn"].crop_scale == 1
+    manifest, problems = parse({"crop_scale": 4})
+    assert problems == [] and manifest.models["square_cnn"].crop_scale == 4
+    for bad in (0, 2.5, "4", True):
+        manifest, problems = parse({"crop_scale": bad})
+        assert manifest is None and any("models.square_cnn.crop_scale" in p for p in problems), bad

@@ -329,6 +329,102 @@ def test_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
         assert got.base is buffer or got is buffer
 
 
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(4, 70), cols=st.integers(4, 70), factor=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_reduce_image_is_the_block_mean(rows, cols, factor, seed):
+    """Reduced pixel (i, j) is the mean of input block (f i.., f j..); a last partial block is dropped."""
+    from ptolemy_rt.crops import reduce_image
+
+    img = np.random.default_rng(seed).normal(100.0, 30.0, (rows, cols)).astype(np.float32)
+    got = reduce_image(img, factor)
+    h, w = max(rows // factor, 1), max(cols // factor, 1)
+    assert got.shape == (h, w) and got.dtype == np.float32
+    if rows >= factor and cols >= factor:
+        want = img[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3), dtype=np.float64)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+@given(side=st.floats(4.0, 400.0), theta=st.floats(0, 89.9), min_side=st.integers(4, 30))
+def test_square_crop_scale_keeps_the_median_square_at_least_min_side_across(side, theta, min_side):
+    """The factor is the largest whole one up to the model's that leaves the median square >= min_side crop px
+    (1 when even the full resolution cannot); without min_side it is the model's."""
+    from ptolemy_rt.crops import square_crop_scale
+
+    hulls = [rectangle(100.0 * k, 50.0, side * f, side / f, theta) for k, f in enumerate((0.9, 1.0, 1.1))]
+    assert square_crop_scale(hulls, theta, 4, None) == 4
+    f = square_crop_scale(hulls, theta, 4, min_side)
+    assert 1 <= f <= 4
+    median = side  # the boxes' sqrt(area)
+    assert f == 1 or median / f >= min_side - 1e-6
+    assert f == 4 or median / (f + 1) < min_side + 1e-6
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_reduced_square_crops_at_zero_angle_are_slices_of_the_reduced_image(factor):
+    """At theta 0 the rotated frame is the reduced image itself: a box's crop is its reduced pixels, normalised,
+    centred in the canvas, padding (0 - mean) / std around it."""
+    from ptolemy_rt.crops import reduce_image
+
+    rng = np.random.default_rng(factor)
+    img = rng.normal(100.0, 20.0, (400, 480)).astype(np.float32)
+    # A box over input columns 80..199, rows 40..119: reduced columns 80/f .. 200/f - 1.
+    hull = np.array([[80.0, 40.0], [199.0, 40.0], [199.0, 119.0], [80.0, 119.0]])
+    size = 240 // factor
+    crop = squares.square_crops(img, [hull], 0.0, 90.0, 15.0, size=size, scale=factor)[0, 0]
+    small = (reduce_image(img, factor) - np.float32(90.0)) * np.float32(1 / 15.0)
+    rows, cols = np.nonzero(crop != crop[0, 0])
+    patch = crop[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    # Find the patch in the reduced image: it must be one contiguous slice of it.
+    r0, c0 = 40 // factor, 80 // factor
+    window = small[r0 - 1 : r0 + patch.shape[0] + 1, c0 - 1 : c0 + patch.shape[1] + 1]
+    hits = [(dr, dc) for dr in range(3) for dc in range(3)
+            if window[dr : dr + patch.shape[0], dc : dc + patch.shape[1]].shape == patch.shape
+            and np.allclose(window[dr : dr + patch.shape[0], dc : dc + patch.shape[1]], patch, atol=1e-4)]
+    assert hits, "the crop is not a slice of the reduced image"
+    assert abs(patch.shape[0] - 80 / factor) <= 1 and abs(patch.shape[1] - 120 / factor) <= 1
+    assert crop[0, 0] == np.float32(-np.float32(90.0) * np.float32(1 / 15.0))
+    # Centred: the patch's centre is the canvas's within a pixel.
+    assert abs((rows.min() + rows.max()) / 2 - (size - 1) / 2) <= 1
+    assert abs((cols.min() + cols.max()) / 2 - (size - 1) / 2) <= 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9))
+def test_reduced_square_crops_are_the_full_crops_averaged(seed, theta):
+    """square_crops at scale 4 shows what the 240x240 crop shows, averaged over 4x4 blocks: the same boxes at the
+    same places (within the sub-pixel shifts of the reduced lattice), at any angle."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.normal(100.0, 40.0, (420, 460)).astype(np.float32), (0, 0), 6.0)
+    hulls = [rectangle(float(rng.uniform(60, 400)), float(rng.uniform(60, 360)), float(rng.uniform(20, 200)),
+                       float(rng.uniform(20, 200)), theta) for _ in range(6)]
+    full = squares.square_crops(img, hulls, theta, 100.0, 10.0)
+    pooled = full.reshape(-1, 1, 60, 4, 60, 4).mean(axis=(3, 5))
+    small = squares.square_crops(img, hulls, theta, 100.0, 10.0, size=60, scale=4)
+    assert small.shape == (6, 1, 60, 60)
+    for a, b in zip(pooled[:, 0], small[:, 0]):
+        corr = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        assert corr > 0.9, corr
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9), batch=st.integers(1, 5))
+def test_reduced_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
+    """The runtime's batches (one rotated reduced image, crops cut into one buffer) equal square_crops'."""
+    from ptolemy_rt.crops import reduced_frame, reduced_square_crops, square_crop_scale
+
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100.0, 20.0, (300, 340)).astype(np.float32)
+    hulls = [rectangle(float(rng.uniform(-20, 360)), float(rng.uniform(-20, 320)), float(rng.uniform(3, 260)),
+                       float(rng.uniform(3, 260)), theta) for _ in range(11)]
+    want = squares.square_crops(img, hulls, theta, 90.0, 15.0, size=60, scale=4, min_side=16)
+    reduced = reduced_frame(img, hulls, theta, 90.0, 15.0, square_crop_scale(hulls, theta, 4, 16), 60)
+    buffer = np.full((batch, 1, 60, 60), np.nan, dtype=np.float32)
+    for a in range(0, len(hulls), batch):
+        got = reduced_square_crops(reduced, hulls[a : a + batch], size=60, out=buffer)
+        np.testing.assert_array_equal(got, want[a : a + batch])
+        assert got.base is buffer or got is buffer
+
+
 # ------------------------------------------------------------------------------------------------ robustness
 
 

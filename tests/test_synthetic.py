@@ -376,7 +376,10 @@ def test_default_set_manifest_hashes_and_licence():
     assert total < 10 * 1024 * 1024
     unet = manifest["models"]["hole_unet"]
     assert unet["scale"] == {"spacing_px": 64.0, "max_upscale": 1.3} and 0 < unet["threshold"] < 1
-    assert manifest["models"]["square_cnn"]["crop_size"] == 240
+    square = manifest["models"]["square_cnn"]
+    # The canvas covers the original's 240x240 input pixels, at 1/crop_scale of them.
+    assert square["crop_size"] * square.get("crop_scale", 1) == 240
+    assert square["input_shape"] == ["N", 1, square["crop_size"], square["crop_size"]]
     assert manifest["models"]["hole_cnn"]["min_size"] >= 1
 
 
@@ -394,7 +397,8 @@ def test_default_set_graphs_opset_and_shapes():
     m = manifest["models"]["hole_unet"]["multiple"]
     out = models.run("hole_unet", rng.standard_normal((1, 1, 2 * m, 3 * m)).astype(np.float32))
     assert out.shape == (1, 1, 2 * m, 3 * m)
-    crops = rng.standard_normal((3, 1, 240, 240)).astype(np.float32)
+    side = manifest["models"]["square_cnn"]["crop_size"]
+    crops = rng.standard_normal((3, 1, side, side)).astype(np.float32)
     scores = models.run("square_cnn", crops)
     assert scores.shape == (3, 1)
     # Batch-independent: a crop scores the same alone as in a batch.

@@ -41,7 +41,8 @@ def test_each_recipe_trains_exports_and_loads(recipe, tmp_path, monkeypatch):
     recorded = json.loads((out / "manifest.json").read_text())["models"][task]["provenance"]["recipe"]
     assert all(recorded[k] == v for k, v in changes.items())
     models = ModelSet(out, provider="cpu", threads=1)
-    shape = {"hole_unet": (1, 1, 64, 96), "square_cnn": (2, 1, 240, 240), "hole_cnn": (3, 1, 40, 40)}[task]
+    side = spec.crop_size
+    shape = {"hole_unet": (1, 1, 64, 96), "square_cnn": (2, 1, side, side), "hole_cnn": (3, 1, 40, 40)}[task]
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     p = models.predict(task, x)
     assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
