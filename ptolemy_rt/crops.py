@@ -330,7 +330,8 @@ def reduce_image(image: np.ndarray, factor: int) -> np.ndarray:
     h, w = src.shape[0] // f, src.shape[1] // f
     if h == 0 or w == 0:
         return np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)
-    return cv2.resize(np.ascontiguousarray(src[: h * f, : w * f]), (w, h), interpolation=cv2.INTER_AREA)
+    # cv2 takes the strided view as it is (no copy of the image).
+    return cv2.resize(src[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
 
 
 def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: int, min_side: int | None) -> int:
@@ -342,13 +343,15 @@ def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: 
         return top
     rad = math.radians(theta_deg)
     c, s = math.cos(rad), math.sin(rad)
-    sides = []
-    for h in hulls:
-        p = np.asarray(h, dtype=np.float64)
-        u = p[:, 0] * c + p[:, 1] * s
-        v = p[:, 1] * c - p[:, 0] * s
-        sides.append(math.sqrt(float(np.ptp(u)) * float(np.ptp(v))))
-    return int(min(top, max(1, math.floor(float(np.median(sides)) / int(min_side)))))
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    p = np.concatenate(hulls).astype(np.float64, copy=False)
+    u = p[:, 0] * c + p[:, 1] * s
+    v = p[:, 1] * c - p[:, 0] * s
+    du = np.maximum.reduceat(u, starts) - np.minimum.reduceat(u, starts)
+    dv = np.maximum.reduceat(v, starts) - np.minimum.reduceat(v, starts)
+    side = float(np.median(np.sqrt(du * dv)))
+    return int(min(top, max(1, math.floor(side / int(min_side)))))
 
 
 @dataclass(frozen=True)
@@ -365,20 +368,28 @@ class ReducedFrame:
     pad: float
 
 
-def _reduced_windows(frame: RotatedFrame, hulls: Sequence[np.ndarray], factor: int,
-                     size: int) -> list[tuple[int, int, int, int, int, int]]:
-    """(row, rows, top, col, cols, left) per hull: its box in the reduced rotated frame (square_crops' int()
-    bounds), the part of it that fits the canvas, and where that goes in the canvas."""
+def _reduced_windows(frame: RotatedFrame, hulls: Sequence[np.ndarray], factor: int, size: int) -> np.ndarray:
+    """int64 (n, 6) per hull: (row, rows, top, col, cols, left), its box in the reduced rotated frame with
+    square_crops' int() bounds (_window, for all hulls at once), the part of it that fits the canvas, and where
+    that goes in the canvas."""
     if len(hulls) == 0:
-        return []
+        return np.zeros((0, 6), dtype=np.int64)
     f = float(factor)
     # Input point x is reduced point (x + 0.5) / f - 0.5 (reduce_image's pixel centres).
-    small = [(np.asarray(h, dtype=np.float64) + 0.5) / f - 0.5 for h in hulls]
-    out = []
-    for r_lo, r_hi, c_lo, c_hi in _frame_bounds(frame, small):
-        r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
-        c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
-        out.append((r0, nr, top, c0, nc, left))
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    yr, xr = frame_coords(frame, (np.concatenate(hulls).astype(np.float64, copy=False) + 0.5) / f - 0.5)
+    out = np.empty((len(hulls), 6), dtype=np.int64)
+    for axis, coord in enumerate((yr, xr)):
+        lo, hi = np.minimum.reduceat(coord, starts), np.maximum.reduceat(coord, starts)
+        # _window: int() truncates towards zero, on lo >= 0 and on hi, which may be negative.
+        a = np.trunc(np.maximum(lo, 0.0)).astype(np.int64)
+        b = np.trunc(np.minimum(hi, float(frame.shape_out[axis]))).astype(np.int64)
+        n = np.maximum(b - a, 0)
+        cut = n > size  # canvas_placement
+        out[:, 3 * axis] = a + np.where(cut, n // 2 - size // 2, 0)
+        out[:, 3 * axis + 1] = np.where(cut, size, n)
+        out[:, 3 * axis + 2] = np.where(cut, 0, (size - n + 1) // 2)
     return out
 
 
@@ -392,13 +403,12 @@ def reduced_frame(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: flo
     small = reduce_image(image, factor)
     frame = rotated_frame(small.shape, theta_deg)
     pad = _pad_value(mean, std)
-    wins = [w for w in _reduced_windows(frame, hulls, factor, size) if w[1] > 0 and w[4] > 0]
-    if not wins:
+    wins = _reduced_windows(frame, hulls, factor, size)
+    wins = wins[(wins[:, 1] > 0) & (wins[:, 4] > 0)]
+    if len(wins) == 0:
         return ReducedFrame(np.zeros((0, 0), np.float32), frame, 0, 0, int(factor), pad)
-    r0 = min(w[0] for w in wins)
-    r1 = max(w[0] + w[1] for w in wins)
-    c0 = min(w[3] for w in wins)
-    c1 = max(w[3] + w[4] for w in wins)
+    r0, r1 = int(wins[:, 0].min()), int((wins[:, 0] + wins[:, 1]).max())
+    c0, c1 = int(wins[:, 3].min()), int((wins[:, 3] + wins[:, 4]).max())
     rotated = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
     # In blocks of rows: sample_affine's outside test holds float64 work arrays of its output's size.
     step = max(1, (1 << 20) // max(1, c1 - c0))
@@ -425,7 +435,8 @@ def reduced_square_crops(reduced: ReducedFrame, hulls: Sequence[np.ndarray], *, 
     out = out[:n]
     out.fill(np.float32(reduced.pad))
     src = reduced.image
-    for k, (r0, nr, top, c0, nc, left) in enumerate(_reduced_windows(reduced.frame, hulls, reduced.factor, size)):
+    for k, (r0, nr, top, c0, nc, left) in enumerate(_reduced_windows(reduced.frame, hulls, reduced.factor,
+                                                                      size).tolist()):
         if nr > 0 and nc > 0:
             r, c = r0 - reduced.row0, c0 - reduced.col0
             out[k, 0, top : top + nr, left : left + nc] = src[r : r + nr, c : c + nc]
