@@ -377,8 +377,10 @@ def test_default_set_manifest_hashes_and_licence():
     unet = manifest["models"]["hole_unet"]
     assert unet["scale"] == {"spacing_px": 64.0, "max_upscale": 1.3} and 0 < unet["threshold"] < 1
     square = manifest["models"]["square_cnn"]
-    # The canvas covers the original's 240x240 input pixels, at 1/crop_scale of them.
-    assert square["crop_size"] * square.get("crop_scale", 1) == 240
+    # The median square (at least crop_min_side crop px across, at most 2 crop_min_side unless at the largest
+    # factor) fits the canvas, and the canvas at the largest factor spans the training atlases' squares (<= 160 px).
+    assert 2 * square.get("crop_min_side", 0) <= square["crop_size"]
+    assert square["crop_size"] * square.get("crop_scale", 1) >= 160
     assert square["input_shape"] == ["N", 1, square["crop_size"], square["crop_size"]]
     assert manifest["models"]["hole_cnn"]["min_size"] >= 1
 
