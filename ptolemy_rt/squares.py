@@ -67,7 +67,7 @@ MIN_SIDE = 256
 MAX_BATCH = 256
 # Models whose BatchNorm uses running statistics (or none) give the same scores in any batch: small
 # batches bound memory at no cost. Four 240x240 crops a batch; smaller crops in proportionally more crops a
-# batch (up to 100 of 48x48), where onnxruntime's per-call cost would otherwise dominate.
+# batch (up to 64 of 60x60), where onnxruntime's per-call cost would otherwise dominate.
 _INDEPENDENT_BATCH = 4
 
 
