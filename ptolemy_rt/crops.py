@@ -285,9 +285,8 @@ def square_crops(
 
     (The original's rotation rounded integer images to integers; doing so here changes scores by < 1e-3
     and brings them no closer, so we do not.)"""
-    if scale > 1 or min_side is not None:
-        f = square_crop_scale(hulls, theta_deg, scale, min_side)
-        reduced = reduced_frame(image, hulls, theta_deg, mean, std, f, size)
+    reduced = square_crop_source(image, hulls, theta_deg, mean, std, size=size, scale=scale, min_side=min_side)
+    if reduced is not None:
         return reduced_square_crops(reduced, hulls, size=size, out=out)
     frame = frame or rotated_frame(image.shape, theta_deg)
     n = len(hulls)
@@ -319,17 +318,30 @@ def square_crops(
     return out[:n]
 
 
+def square_crop_source(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: float, mean: float, std: float,
+                       *, size: int, scale: int, min_side: int | None) -> ReducedFrame | None:
+    """What a model's square crops are cut from: None for full-resolution crops (scale 1 and no min_side:
+    square_crops samples each box from the image), else the ReducedFrame (at square_crop_scale's factor) that
+    reduced_square_crops cuts them from. The one decision shared by training (square_crops) and the runtime
+    (ptolemy_rt.squares), so both crop alike."""
+    if scale <= 1 and min_side is None:
+        return None
+    f = square_crop_scale(hulls, theta_deg, scale, min_side)
+    return reduced_frame(image, hulls, theta_deg, mean, std, f, size)
+
+
 def reduce_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """float32 means of factor x factor pixel blocks (cv2 INTER_AREA); a last partial row or column of blocks is
-    dropped, so reduced pixel (i, j) is exactly the mean of input rows f i .. f i + f - 1, columns likewise, and
-    its centre is the input point f j + (f - 1) / 2, f i + (f - 1) / 2."""
+    """float32 means of factor x factor pixel blocks (cv2 INTER_AREA, float32 sums: the mean to float32
+    rounding, not always its correctly rounded value); a last partial row or column of blocks is dropped, so
+    reduced pixel (i, j) is the mean of input rows f i .. f i + f - 1, columns likewise, and its centre is the
+    input point f j + (f - 1) / 2, f i + (f - 1) / 2. ValueError when an axis is shorter than factor."""
     f = int(factor)
     src = np.asarray(image, dtype=np.float32)
     if f <= 1:
         return np.ascontiguousarray(src)
     h, w = src.shape[0] // f, src.shape[1] // f
     if h == 0 or w == 0:
-        return np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)
+        raise ValueError(f"reduce_image: a {src.shape[0]}x{src.shape[1]} image has no whole {f}x{f} block")
     # cv2 takes the strided view as it is (no copy of the image).
     return cv2.resize(src[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
 
@@ -337,20 +349,24 @@ def reduce_image(image: np.ndarray, factor: int) -> np.ndarray:
 def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: int, min_side: int | None) -> int:
     """Input pixels per crop pixel for one image's square crops: max_scale, or, with min_side, the largest
     whole factor up to max_scale that keeps the median square at least min_side crop pixels across (its side
-    the square root of its theta-aligned box's area), so that fine meshes are not shrunk to a few pixels."""
+    the square root of its theta-aligned box's area), so that fine meshes are not shrunk to a few pixels.
+    Hulls without points are left out of the median; with none left, or a non-finite angle or side, max_scale."""
     top = max(1, int(max_scale))
-    if min_side is None or len(hulls) == 0:
+    hulls = [h for h in hulls if len(h)]
+    if min_side is None or len(hulls) == 0 or not math.isfinite(theta_deg):
         return top
     rad = math.radians(theta_deg)
     c, s = math.cos(rad), math.sin(rad)
     lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    p = np.concatenate(hulls).astype(np.float64, copy=False)
+    p = np.concatenate(hulls).astype(np.float64, copy=False).reshape(-1, 2)
     u = p[:, 0] * c + p[:, 1] * s
     v = p[:, 1] * c - p[:, 0] * s
     du = np.maximum.reduceat(u, starts) - np.minimum.reduceat(u, starts)
     dv = np.maximum.reduceat(v, starts) - np.minimum.reduceat(v, starts)
     side = float(np.median(np.sqrt(du * dv)))
+    if not math.isfinite(side):
+        return top
     return int(min(top, max(1, math.floor(side / int(min_side)))))
 
 

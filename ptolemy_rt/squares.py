@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .crops import CROP_SIZE, reduced_frame, reduced_square_crops, rotated_frame, square_crop_scale, square_crops
+from .crops import CROP_SIZE, reduced_square_crops, rotated_frame, square_crop_source, square_crops
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
 from .options import COMPAT_MIN_AREA, COMPAT_WINDOW, SquareOptions
@@ -322,28 +322,29 @@ def _score(model_set: Any, data: np.ndarray, hulls: Sequence[np.ndarray], theta:
            batch_size: int, timings: dict[str, float]) -> np.ndarray:
     """Square-CNN scores of the hulls' theta-aligned boxes."""
     t = time.perf_counter()
-    frame = rotated_frame(data.shape, theta)
     spec = model_set.spec("square_cnn")
+    # The same decision and source as training's crops (square_crops): None for full-resolution crops; else
+    # the reduced image, rotated and normalised once, each batch's crops slices of it.
+    reduced_img = square_crop_source(data, hulls, theta, mean, std, size=spec.crop_size, scale=spec.crop_scale,
+                                     min_side=spec.crop_min_side)
+    frame = rotated_frame(data.shape, theta) if reduced_img is None else None
     timings["crops"] = time.perf_counter() - t
     n = len(hulls)
     batches = plan_batches([(spec.crop_size, spec.crop_size)] * n, _batch_policy(batch_size), spec.batch_statistics)
 
-    # One input buffer for every batch: each batch resets only the pixels the previous one wrote (crops of
-    # small squares are a few % of the canvas; filling whole canvases cost ~20 µs a square).
+    # One input buffer for every batch.
     largest = max((len(b) for b in batches), default=0)
     buffer = np.empty((largest, 1, spec.crop_size, spec.crop_size), dtype=np.float32)
-    if spec.crop_scale > 1 or spec.crop_min_side is not None:
-        # The reduced image is rotated and normalised once (square_crops' reduced path, split so that each
-        # batch's crops are slices of it).
-        t = time.perf_counter()
-        factor = square_crop_scale(hulls, theta, spec.crop_scale, spec.crop_min_side)
-        reduced_img = reduced_frame(data, hulls, theta, mean, std, factor, spec.crop_size)
-        timings["crops"] += time.perf_counter() - t
+    if reduced_img is not None:
+        source = reduced_img
 
         def reduced(idx: list[int]) -> np.ndarray:
-            return reduced_square_crops(reduced_img, hulls[idx[0] : idx[-1] + 1], size=spec.crop_size, out=buffer)
+            # Refills the batch's canvases whole (60x60 canvases: cheap).
+            return reduced_square_crops(source, hulls[idx[0] : idx[-1] + 1], size=spec.crop_size, out=buffer)
 
         return classify(model_set, "square_cnn", n, batches, reduced, timings)
+    # Full-resolution canvases: each batch resets only the pixels the previous one wrote (crops of small
+    # squares are a few % of the canvas; filling whole canvases cost ~20 µs a square).
     written: list[tuple[int, int, int, int] | None] = []  # empty: the buffer is filled on first use
 
     def inputs(idx: list[int]) -> np.ndarray:

@@ -330,18 +330,44 @@ def test_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
 
 
 @settings(max_examples=25, deadline=None)
-@given(rows=st.integers(4, 70), cols=st.integers(4, 70), factor=st.integers(1, 5), seed=st.integers(0, 1000))
+@given(rows=st.integers(5, 70), cols=st.integers(5, 70), factor=st.integers(1, 5), seed=st.integers(0, 1000))
 def test_reduce_image_is_the_block_mean(rows, cols, factor, seed):
     """Reduced pixel (i, j) is the mean of input block (f i.., f j..); a last partial block is dropped."""
     from ptolemy_rt.crops import reduce_image
 
     img = np.random.default_rng(seed).normal(100.0, 30.0, (rows, cols)).astype(np.float32)
     got = reduce_image(img, factor)
-    h, w = max(rows // factor, 1), max(cols // factor, 1)
+    h, w = rows // factor, cols // factor
     assert got.shape == (h, w) and got.dtype == np.float32
-    if rows >= factor and cols >= factor:
-        want = img[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3), dtype=np.float64)
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+    want = img[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3), dtype=np.float64)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(3, 1000), (1000, 3), (1, 1)])
+def test_reduce_image_refuses_an_axis_shorter_than_the_factor(shape):
+    """No whole block on an axis: an error naming the shape, not a silent array of zeros."""
+    from ptolemy_rt.crops import reduce_image
+
+    with pytest.raises(ValueError, match=f"{shape[0]}x{shape[1]}"):
+        reduce_image(np.ones(shape, np.float32), 4)
+    assert reduce_image(np.ones(shape, np.float32), 1).shape == shape
+
+
+def test_square_crop_scale_falls_back_to_the_model_factor_on_a_bad_angle_or_empty_hulls():
+    """A non-finite angle gives the model's factor (no ValueError from floor); hulls without points are left
+    out of the median (no IndexError), and only empty ones give the model's factor."""
+    from ptolemy_rt.crops import square_crop_scale
+
+    hulls = [rectangle(100.0 * k, 50.0, 40.0, 40.0, 10.0) for k in range(3)]
+    want = square_crop_scale(hulls, 10.0, 4, 16)
+    assert want == 2
+    empty = np.zeros((0, 2), np.float64)
+    for theta in (math.nan, math.inf, -math.inf):
+        assert square_crop_scale(hulls, theta, 4, 16) == 4
+    assert square_crop_scale([empty, *hulls, empty], 10.0, 4, 16) == want
+    assert square_crop_scale([empty, empty], 10.0, 4, 16) == 4
+    nan_hull = np.full((4, 2), np.nan)
+    assert square_crop_scale([nan_hull], 10.0, 4, 16) == 4
 
 
 @given(side=st.floats(4.0, 400.0), theta=st.floats(0, 89.9), min_side=st.integers(4, 30))
@@ -412,14 +438,18 @@ def test_reduced_square_crops_are_the_full_crops_averaged(seed, theta):
 @given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9), batch=st.integers(1, 5))
 def test_reduced_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
     """The runtime's batches (one rotated reduced image, crops cut into one buffer) equal square_crops'."""
-    from ptolemy_rt.crops import reduced_frame, reduced_square_crops, square_crop_scale
+    from ptolemy_rt.crops import reduced_frame, reduced_square_crops, square_crop_scale, square_crop_source
 
     rng = np.random.default_rng(seed)
     img = rng.normal(100.0, 20.0, (300, 340)).astype(np.float32)
     hulls = [rectangle(float(rng.uniform(-20, 360)), float(rng.uniform(-20, 320)), float(rng.uniform(3, 260)),
                        float(rng.uniform(3, 260)), theta) for _ in range(11)]
     want = squares.square_crops(img, hulls, theta, 90.0, 15.0, size=60, scale=4, min_side=16)
-    reduced = reduced_frame(img, hulls, theta, 90.0, 15.0, square_crop_scale(hulls, theta, 4, 16), 60)
+    reduced = square_crop_source(img, hulls, theta, 90.0, 15.0, size=60, scale=4, min_side=16)
+    assert reduced is not None
+    by_hand = reduced_frame(img, hulls, theta, 90.0, 15.0, square_crop_scale(hulls, theta, 4, 16), 60)
+    np.testing.assert_array_equal(reduced.image, by_hand.image)
+    assert square_crop_source(img, hulls, theta, 90.0, 15.0, size=60, scale=1, min_side=None) is None
     buffer = np.full((batch, 1, 60, 60), np.nan, dtype=np.float32)
     for a in range(0, len(hulls), batch):
         got = reduced_square_crops(reduced, hulls[a : a + batch], size=60, out=buffer)
