@@ -25,15 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.accuracy import auc  # noqa: E402
-from benchmarks.atlas_sets import CATEGORIES, heldout_cases, make_heldout_atlas  # noqa: E402
+from benchmarks.atlas_sets import CATEGORIES, HeldoutTruth, heldout_cases, make_heldout_atlas  # noqa: E402
 from benchmarks.harness import machine_line, print_markdown  # noqa: E402
 from benchmarks.squares_accuracy_real import match  # noqa: E402
+from ptolemy_rt.results import SquareResult  # noqa: E402
 
 # A truth square at least this visible is whole: edge-cut squares are not ranked (their kind is moot).
 WHOLE = 0.98
 
 
-def ranked(result, truth) -> tuple[np.ndarray, np.ndarray]:
+def ranked(result: SquareResult, truth: HeldoutTruth) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ok labels) of the found squares matched to whole truth squares."""
     pred = np.array([(s.x, s.y) for s in result.squares], dtype=np.float64).reshape(-1, 2)
     idx = match(pred, truth.centers, 0.35 * truth.pitch_px)

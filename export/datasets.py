@@ -6,9 +6,11 @@ Three kinds of examples, each made exactly as the runtime will see them:
   variance over the whole image, with a target map of Gaussian blobs (sigma TARGET_SIGMA) at hole centres.
   The mix (UNET_MIX, LATTICE_MIX): med-mag views and whole grid-square views; square, skewed, hexagonal and
   oblique lattices; periods 8-400 px as saved; vignetting, EPU-like 8-bit contrast and JPEG round trips.
-- Square CNN: SQUARE_CROP_SIZE² crops, at 1/SQUARE_CROP_SCALE of the image's pixels, of the squares that
-  ptolemy_rt.squares finds on a synthetic atlas, made by its own crop code (ptolemy_rt.crops.square_crops),
-  labelled collectable or not by matching to the generator's truth.
+- Square CNN: SQUARE_CROP_SIZE² crops, at 1/SQUARE_CROP_SCALE of the image's resolution, lowered per atlas
+  (ptolemy_rt.crops.square_crop_scale) so that the median square stays SQUARE_CROP_MIN_SIDE crop px across
+  (fine meshes: down to full resolution), of the squares that ptolemy_rt.squares finds on a synthetic atlas,
+  made by its own crop code (ptolemy_rt.crops.square_crops), labelled collectable or not by matching to the
+  generator's truth.
 - Hole CNN: lattice-frame crops (ptolemy_rt.crops.crop_half_side: spacing/2 - 10, at least 0.45 spacing),
   per-crop normalised, labelled good or bad, with the lattice jittered as much as the runtime's lattice
   fit errs; from med-mag and whole grid-square views (HOLE_MIX) of the same variety.
@@ -34,6 +36,7 @@ import cv2
 import numpy as np
 
 from ptolemy_rt.crops import hole_crop_input, hole_crops, square_crops
+from ptolemy_rt.io import ImageLike
 from ptolemy_rt.manifest import UnetScale
 from ptolemy_rt.synthetic import GENERATOR_VERSION, make_atlas, make_medmag
 from ptolemy_rt.unet import normalise_image, resample, scaled_input, unet_factor
@@ -73,7 +76,8 @@ __all__ = [
 
 CANONICAL_SPACING = 64.0
 # The square CNN's input: a 60x60 canvas of the image averaged over 4x4 blocks (the original's 240x240 canvas
-# at a sixteenth of its pixels; a 48x48 canvas, 30 % less CNN time, ranked coarse meshes' squares worse) ...
+# at a quarter of its resolution, a sixteenth of its pixels; a 48x48 canvas, 30 % less CNN time, ranked
+# coarse meshes' squares worse) ...
 SQUARE_CROP_SIZE = 60
 SQUARE_CROP_SCALE = 4
 # ... but never so reduced that the median square is under this many crop pixels across (fine meshes:
@@ -407,7 +411,7 @@ class AtlasSquares:
     crops: np.ndarray  # (n, 1, size, size) float32, normalised as the runtime does
 
 
-def atlas_squares(image, size: int = SQUARE_CROP_SIZE, scale: int = SQUARE_CROP_SCALE,
+def atlas_squares(image: ImageLike, size: int = SQUARE_CROP_SIZE, scale: int = SQUARE_CROP_SCALE,
                   min_side: int | None = SQUARE_CROP_MIN_SIDE) -> AtlasSquares | None:
     """Run the low-mag pipeline's geometry (mixture, regions, grid angle, boxes, crops) on an image or array,
     with the runtime's own functions, so training crops are the crops the model will score (square_crops at

@@ -127,7 +127,8 @@ class EdgeSquareCNN(nn.Module):
         self.head = nn.Linear(2 * cin, 1)
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """crop x crop inputs -> crop / pool (the first op of the graph; training stores crops after it)."""
+        """crop x crop inputs -> crop / pool, the first op of the graph (pool 1, the default set now: none, the
+        crops arrive reduced by ptolemy_rt.crops.square_crops, and training fits classify on them)."""
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:

@@ -208,6 +208,14 @@ def train_square(seed: int, epochs: int | None = None, threads: int = 2, real: P
     return model, info
 
 
+def architecture(model: nn.Module, recipe: dict[str, Any]) -> str:
+    """The manifest's `architecture`: the class and what rebuilds it (the square CNN: widths, crop and pool)."""
+    args: dict[str, Any] = {k: recipe[k] for k in ("widths",) if k in recipe}
+    if isinstance(model, EdgeSquareCNN):
+        args.update(crop=model.crop, pool=model.pool)
+    return type(model).__name__ + " " + json.dumps(args)
+
+
 def real_hole_examples(folder: Path, model: EdgeHoleCNN) -> tuple[torch.Tensor, torch.Tensor]:
     """Hole crops from a facility's labelled med-mag images (see export.datasets.real_hole_examples)."""
     crops, labels = data.real_hole_examples(folder, min_size=model.min_size)
@@ -283,7 +291,7 @@ def _export(task: str, model: nn.Module, out: Path, info: dict[str, Any], seed: 
         **({"data_version": data.UNET_DATA_VERSION if task == "hole_unet" else data.DATA_VERSION,
             "lattice_mix": dict(data.LATTICE_MIX)} if task != "square_cnn" else {}),
         "recipe": recipe,
-        "architecture": type(model).__name__ + " " + json.dumps({k: recipe[k] for k in ("widths",) if k in recipe}),
+        "architecture": architecture(model, recipe),
         "torch": torch.__version__,
     }
     for key in ("examples", "positives"):

@@ -78,7 +78,8 @@ class ModelSpec:
     crop_size: int = 240
     crop_scale: int = 1
     # square_cnn: with this, crop_scale is the largest factor, lowered per image so that the median square
-    # keeps at least this many crop pixels across (ptolemy_rt.crops.square_crop_scale).
+    # keeps at least this many crop pixels across (ptolemy_rt.crops.square_crop_scale); at most crop_size, and
+    # only with crop_scale > 1 (parse_manifest refuses it otherwise).
     crop_min_side: int | None = None
     # hole_unet: pad to multiples of this; probability threshold; resampling; tile above this many pixels.
     multiple: int = 1
@@ -277,6 +278,14 @@ def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
             problems.append(f"{where}.{key}: {exc}, got {json.dumps(value)[:60]}")
     if values.get("task", task) != task:
         problems.append(f"{where}.task: '{values['task']}' differs from its key '{task}'")
+    if len(problems) == n_before and values.get("crop_min_side") is not None:
+        min_side, size = values["crop_min_side"], values.get("crop_size", ModelSpec.crop_size)
+        if min_side > size:
+            problems.append(f"{where}.crop_min_side: must be at most crop_size ({size}), got {min_side}")
+        elif values.get("crop_scale", ModelSpec.crop_scale) == 1:
+            # At crop_scale 1 there is no factor to lower; refused rather than silently switching the crops to
+            # the one-warp reduced path (ptolemy_rt.crops.square_crop_source), which differs in the last bits.
+            problems.append(f"{where}.crop_min_side: needs crop_scale > 1 (it lowers crop_scale per image)")
     if len(problems) > n_before:
         return None
     return ModelSpec(**values)

@@ -166,3 +166,19 @@ def test_square_crop_scale_defaults_to_one_and_must_be_a_positive_integer():
     for bad in (0, 2.5, "4", True):
         manifest, problems = parse({"crop_scale": bad})
         assert manifest is None and any("models.square_cnn.crop_scale" in p for p in problems), bad
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    ({"crop_scale": 4, "crop_min_side": 61}, "at most crop_size (60)"),
+    ({"crop_min_side": 20}, "needs crop_scale > 1"),
+    ({"crop_scale": 1, "crop_min_side": 20}, "needs crop_scale > 1"),
+])
+def test_square_crop_min_side_beyond_the_canvas_or_without_a_factor_to_lower_is_refused(extra, why):
+    """crop_min_side over crop_size cannot be met; at crop_scale 1 it has nothing to lower: both refused by name."""
+    entry = {"file": "a.onnx", "sha256": "0" * 64, "crop_size": 60, **extra}
+    problems: list[str] = []
+    assert parse_manifest({"format": 1, "name": "x", "models": {"square_cnn": entry}}, problems) is None
+    assert len(problems) == 1 and problems[0].startswith("models.square_cnn.crop_min_side: ") and why in problems[0]
+    entry.update(crop_scale=4, crop_min_side=60)
+    manifest = parse_manifest({"format": 1, "name": "x", "models": {"square_cnn": entry}})
+    assert manifest.models["square_cnn"].crop_min_side == 60

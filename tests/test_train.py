@@ -51,3 +51,24 @@ def test_each_recipe_trains_exports_and_loads(recipe, tmp_path, monkeypatch):
     again = tmp_path / "again"
     assert train.main([recipe, "--out", str(again), "--seed", "3", "--threads", "1"]) == 0
     assert (again / spec.file).read_bytes() == (out / spec.file).read_bytes()
+
+
+def test_the_square_architecture_string_rebuilds_the_shipped_network():
+    """The manifest's `architecture` names what rebuilds the square CNN (widths, crop, pool), and the shipped
+    manifest's string is the one export.train writes for its recipe."""
+    need_torch()
+    from pathlib import Path
+
+    from export import edge_nets, train
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    provenance = json.loads((root / "manifest.json").read_text())["models"]["square_cnn"]["provenance"]
+    recipe = provenance["recipe"]
+    model = edge_nets.EdgeSquareCNN(recipe["widths"], crop=recipe["crop_size"], pool=1)
+    assert provenance["architecture"] == train.architecture(model, recipe)
+    name, args = provenance["architecture"].split(" ", 1)
+    rebuilt = getattr(edge_nets, name)(**json.loads(args))
+    assert (rebuilt.crop, rebuilt.pool, rebuilt.widths) == (model.crop, model.pool, model.widths)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+    unet = edge_nets.EdgeUNet((4, 8))
+    assert train.architecture(unet, {"widths": [4, 8]}) == 'EdgeUNet {"widths": [4, 8]}'
