@@ -415,7 +415,13 @@ def reduced_frame(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: flo
 
     One warp of the reduced image costs less than per-square warps once there are more than a few squares (a
     4096² atlas reduced by 4 is 1024²); only the span of the squares' boxes is warped. Bicubic, 0 outside the
-    image, as sample_affine; normalised after, so the outside is the padding value as in square_crops."""
+    image, as sample_affine; normalised after, so the outside is the padding value as in square_crops.
+
+    Memory: the span is at most the reduced image's rotated frame, (h cos + w sin) x (h sin + w cos) / f²
+    float32, twice the image's pixels at 45°: at f = 1 (fine meshes) 511 MiB for an 8192² atlas, which stays
+    under the pipeline's earlier geometry peak (a 30 px mesh at 45°: peak RSS 1.20 GiB geometry only, the same
+    after this warp, 1.23 GiB with the CNN; issue 12's budget is 2 GB at 8192²). A 16k² fine-mesh atlas would
+    need 2 GiB here: warp per batch of squares (full-width row bands, for the same bits) if such atlases come."""
     small = reduce_image(image, factor)
     frame = rotated_frame(small.shape, theta_deg)
     pad = _pad_value(mean, std)
