@@ -91,6 +91,8 @@ _SOLID_INLIERS = 20
 # quality reaches this and it holds _SOLID_INLIERS holes (noise lattices score 0.1-0.3, see
 # _LADDER_MIN_QUALITY, and those that pass fit_lattice are a few blobs: any three span a lattice).
 _LAST_RESORT_QUALITY = 0.25
+# Whole U-Net maps find_holes keeps for a second period at the same factor (the capped upscale's, mostly).
+_KEPT_MAPS = 2
 
 
 def hole_centroids(mask: np.ndarray, window: int = REGION_WINDOW) -> np.ndarray:
@@ -182,7 +184,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     best = None  # (quality, factor, prob, lattice)
     fallback = None  # the best lattice that disagreed with the period its map was made at
     last_resort = None  # ... of any quality above noise's, returned rather than nothing
-    maps: dict[tuple[float, int], tuple] = {}  # (factor, window) -> the whole map's fit, for a rerun at the same factor
+    # The latest whole U-Net maps by factor (a capped upscale gives many periods one factor, so one map): the
+    # U-Net is not run twice at a factor, but each period fits its own limits to the map. At most _KEPT_MAPS.
+    maps: dict[float, np.ndarray] = {}
     first_reason = None
     tried: dict[float, float] = {}  # factor -> period
 
@@ -192,14 +196,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
         window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
         rows, cols = image.shape
-        done = maps.get((round(f, 9), window))
-        if done is not None:
-            # The same factor (a capped upscale) is the same map: its lattice, not a second U-Net run.
-            lattice, reason, quality, prob = done
-            if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
-                lattice, reason = None, "no convincing lattice"
-            return lattice, reason, quality, f, prob
-        if not primary and _weak(best) and rows * cols * f * f > 2 * _PROBE_PIXELS:
+        key = round(f, 9)
+        kept = maps.get(key)
+        if kept is None and not primary and _weak(best) and rows * cols * f * f > 2 * _PROBE_PIXELS:
             # A costly try beyond the primary estimate with no lattice in hand yet (or only a weak one, _weak):
             # the U-Net on a central crop first, and no more when its blobs lie irregularly (an image with no
             # lattice paid seconds of U-Net on its short rungs). With a lattice in hand the probe would mostly
@@ -230,15 +229,22 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             if len(blobs) > _LADDER_EXCESS * crop_rows * crop_cols / candidate**2 + 10:
                 reason = f"{len(blobs)} hole candidates in a central crop are more than the lattice can hold"
                 return None, reason, 0.0, f, probe
-        t = time.perf_counter()
-        prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding)
-        timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
+        if kept is None:
+            t = time.perf_counter()
+            prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding)
+            timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
+            while len(maps) >= _KEPT_MAPS:
+                del maps[next(iter(maps))]  # the oldest
+            maps[key] = prob
+        else:
+            # The same factor (a capped upscale) is the same map: no second U-Net run (nor probe), but the
+            # fit below with this period's limits (the excess test's depends on the period).
+            prob = kept
         # Beyond the primary estimate, a map with far more blobs than the period allows is noise the U-Net
         # fired on; fitting a lattice to thousands of such blobs would cost seconds and find nothing.
         limit = None if primary else _LADDER_EXCESS * rows * cols / candidate**2 + 10
         lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window,
                                             min_regularity=None if primary else _MIN_REGULARITY)
-        maps[(round(f, 9), window)] = (lattice, reason, quality, prob)
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob

@@ -589,3 +589,34 @@ def test_whole_square_views_once_lost_to_a_wrong_lattice(index, factor, unet_run
     assert r["reason"] is None and r["tp"] >= 0.98 * r["targets"] and r["fp"] <= 0.01 * r["targets"]
     whole = [round(f, 6) for rows, cols, f in unet_runs if [rows, cols] == r["shape"]]
     assert len(whole) == len(set(whole))  # never the same whole map twice
+
+
+def test_a_second_period_at_a_capped_factor_refits_the_kept_map(tiny_dir, tmp_path, monkeypatch):
+    # An 80 px U-Net with upscales capped at 1x: the 40 px estimate and the 64 px lattice its map shows share
+    # one factor. The map is made once, but each period fits it with its own limits (the excess test's scales
+    # with 1 / period^2): a whole fit kept from another period would be that period's decision (once it was).
+    import ptolemy_rt.holes as holes_mod
+    import ptolemy_rt.spacing
+
+    scaled = load_models(edit_manifest(tiny_dir, tmp_path / "capped", "hole_unet",
+                                       scale={"spacing_px": 80, "max_upscale": 1.0}))
+    img, pts = lattice_image(spacing=64.0, angle=20.0, shape=(600, 800), seed=2)
+    monkeypatch.setattr(ptolemy_rt.spacing, "period_estimates", lambda image: iter([(40.0, "crop")]))
+    runs, fits = [], []
+    real_map, real_fit = holes_mod.scaled_probability_map, holes_mod._fit_map
+
+    def map_spy(image, models, factor, padding):
+        runs.append((image.shape, factor))
+        return real_map(image, models, factor, padding)
+
+    def fit_spy(prob, thr, opts, timings, max_centroids=None, **kw):
+        fits.append(max_centroids)
+        return real_fit(prob, thr, opts, timings, max_centroids=max_centroids, **kw)
+
+    monkeypatch.setattr(holes_mod, "scaled_probability_map", map_spy)
+    monkeypatch.setattr(holes_mod, "_fit_map", fit_spy)
+    res = find_holes(img, scaled)
+    assert res.reason is None and abs(res.spacing_px / 64.0 - 1) < 0.01
+    assert [f for shape, f in runs if shape == img.shape] == [1.0]  # one whole map
+    limits = [holes_mod._LADDER_EXCESS * img.size / p**2 + 10 for p in (40.0, res.spacing_px)]
+    assert len(fits) == 2 and fits == pytest.approx(limits, rel=0.01)
