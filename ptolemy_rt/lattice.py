@@ -19,7 +19,8 @@ fits the origin and both vectors (the square model: one vector, v stays u turned
 The general model then checks the lattice's index-2 relatives: a superlattice whose new points hold holes
 like the others (_densify: rows of holes a weak map mostly missed), and a sublattice whose other coset
 holds only blobs unlike the holes, smaller or looser (_sparsify: the U-Net, below its own scale or on a
-blurred view, fires between the holes). Those blobs are counted in Lattice.n_set_aside, not against it.
+blurred view, fires between the holes). Those blobs (or, where _sparsify sets none aside, those on the
+superlattice points _densify left out as unlike the holes) are counted in Lattice.n_set_aside, not against it.
 
 Reported bases are canonical (canonical_basis): the same lattice gives the same a, b whatever basis it
 was found in.
@@ -100,8 +101,10 @@ class Lattice:
     n_inliers: centroids within a quarter of the shortest spacing of a lattice point (one per point);
     occupancy: share of the lattice points inside the image whose footprint holds a positive pixel;
     refined: least squares was applied; model: "square" (the original's) or "general"; n_set_aside:
-    centroids on the cosets the index-2 check (_sparsify) found unlike the holes (the U-Net's blobs between
-    holes), which the lattice need not explain.
+    centroids the index-2 checks found unlike the holes (the U-Net's blobs between holes), which the lattice
+    need not explain: those on the cosets _sparsify split off or, where it split none, those on the new
+    points of the superlattice _densify's last round left out (not both: after a split, _densify's cosets
+    were those of the lattice before it, and the same blobs would count twice).
     """
 
     origin: Point
@@ -666,21 +669,6 @@ _SIZE_WINDOW = 0.35
 _BRUTE_PAIRS = 4_000_000
 
 
-def _nearest_distance(points: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Distance from each of `points` (m, 2) to the nearest of `c` (n, 2), exact."""
-    if len(points) * len(c) > _BRUTE_PAIRS:
-        from scipy.spatial import cKDTree
-
-        return cKDTree(c).query(points)[0]
-    out = np.empty(len(points), dtype=np.float64)
-    step = max(1, 262_144 // max(len(c), 1))
-    for s in range(0, len(points), step):
-        p = points[s : s + step]
-        d2 = (p[:, None, 0] - c[None, :, 0]) ** 2 + (p[:, None, 1] - c[None, :, 1]) ** 2
-        out[s : s + step] = np.sqrt(d2.min(axis=1))
-    return out
-
-
 def nearest_neighbour_distances(c: np.ndarray) -> np.ndarray:
     """Distance from each centroid (n, 2) to its nearest other one (inf for a lone centroid), exact."""
     c = np.asarray(c, dtype=np.float64).reshape(-1, 2)
@@ -742,7 +730,7 @@ def _near_distance(pts: np.ndarray, c: np.ndarray, origin: Point, a: np.ndarray,
     where one lies within `radius` (at most a quarter of the lattice's shortest vector), else inf.
 
     Each centroid is rounded to its lattice point in a reduced basis (exact within a quarter spacing), so
-    this costs O(points + centroids), not the O(points x centroids) of _nearest_distance."""
+    this costs O(points + centroids), not the O(points x centroids) of a brute-force search."""
     ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
     inv = np.linalg.inv(np.stack([ra, rb], axis=1))
     o = np.asarray(origin, dtype=np.float64)
@@ -763,7 +751,7 @@ def _near_distance(pts: np.ndarray, c: np.ndarray, origin: Point, a: np.ndarray,
     pos = np.minimum(pos, len(order) - 1)
     hit = pkey[order][pos] == ckey  # centroids on a point inside the image
     idx, cc = order[pos[hit]], c[keep][hit]
-    # the distance as _nearest_distance measures it (point minus centroid), to the same bits
+    # the distance as a brute-force search measures it (point minus centroid), to the same bits
     d = np.sqrt((pts[idx, 0] - cc[:, 0]) ** 2 + (pts[idx, 1] - cc[:, 1]) ** 2)
     np.minimum.at(out, idx, np.where(d < radius, d, np.inf))
     return out
@@ -906,8 +894,8 @@ def fit_lattice(
     with lambda_fp / 10, and its lattice kept if it holds at least _HIDDEN_INLIERS of the centroids (and
     _HIDDEN_MIN_CENTROIDS of them): so many on one lattice by chance is out of reach, whatever the occupancy.
 
-    Both tests count only the centroids the lattice must explain: those on cosets the index-2 check set
-    aside as unlike the holes (Lattice.n_set_aside, _sparsify) are left out.
+    Both tests count only the centroids the lattice must explain: those the index-2 checks set aside as
+    unlike the holes (Lattice.n_set_aside: _sparsify's, else _densify's) are left out.
     """
     if model not in ("general", "square"):
         raise ValueError(f"model must be 'general' or 'square', got {model!r}")
@@ -937,14 +925,15 @@ def fit_lattice(
     # A general lattice passes through any three centroids (a square one through any two), so one
     # inlier more is its price of admission.
     free = 1 if kind == "general" else 0
-    explained = len(c) - best.n_set_aside  # blobs between the holes (_sparsify) need no lattice point
+    # blobs between the holes (Lattice.n_set_aside) need no lattice point; at least one centroid is explained
+    explained = max(len(c) - best.n_set_aside, 1)
     if best.n_inliers >= min(3 + free, len(c)) and best.n_inliers - free >= min_inliers * explained and (
             best.occupancy >= min_occupancy):
         return best
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
         hidden = _search_lattice(c, sat, total, cands, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
                                  min_spacing_px, kind, memo=memo)
-        if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * (len(c) - hidden.n_set_aside):
+        if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * max(len(c) - hidden.n_set_aside, 1):
             return hidden
     return None
 
