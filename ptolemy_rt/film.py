@@ -182,7 +182,10 @@ def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarr
     keep = np.zeros(n, dtype=bool)
     keep[np.unique(labels[core.astype(bool) & (labels > 0)])] = True
     keep[0] = False
-    wide = keep[labels].view(np.uint8)
+    # ... and of those only the part near the core (within _BROKEN_PERIODS / 2 of it, which reaches past the
+    # tear's blurred rim): textured film a gradient lifts above the level, touching a small tear, is one
+    # component with it, and would go off film as a whole.
+    wide = (keep[labels] & cv2.dilate(core, disc).astype(bool)).view(np.uint8)
     if not wide.any():
         return None
     # back out to the tear's edge, which the opening had rounded off at corners

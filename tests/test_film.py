@@ -185,6 +185,26 @@ def test_brightness_gradient_is_not_torn_film(kind):
     assert on_film(pts, film_mask(img, 60.0), 0.3 * 60.0).all()
 
 
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+@pytest.mark.parametrize("lift, tear", [(2.0, 300.0), (2.5, 400.0)])
+def test_lifted_film_touching_a_small_tear_stays_film(kind, lift, tear):
+    # film brightening 2-2.5 fold across the image (its bright side above the torn-film level, but textured
+    # by holes) with a tear 2.6 periods across on that side: the tear is off film, the lifted film it touches
+    # is not (it was one bright component with the tear, and went off as a whole)
+    spacing = 60.0
+    img, pts, _ = grid_image(10, spacing, (600, 800), kind=kind, bar_periods=0.0, border=-1.0, film=150.0,
+                             hole=170.0)
+    img = img * np.linspace(1.0, lift, img.shape[1], dtype=np.float32)[None, :]
+    centre = np.array([720.0, 300.0])
+    yy, xx = np.mgrid[:600, :800]
+    torn = np.hypot(xx - centre[0], yy - centre[1]) < 1.3 * spacing
+    img[torn] = np.random.default_rng(0).poisson(tear, torn.sum())
+    on = on_film(pts, film_mask(img, spacing), 0.3 * spacing)
+    d_torn = np.hypot(*(pts - centre).T) - 1.3 * spacing
+    assert (d_torn < 0).sum() >= 5 and not on[d_torn < 0].any()
+    assert on[d_torn > 1.5 * spacing].all()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_on_film_direct_boxes_and_summed_area_table_agree(seed, monkeypatch):
     from ptolemy_rt import film
