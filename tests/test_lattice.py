@@ -353,6 +353,10 @@ def reduced(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return a, b
 
 
+# The issue's range of bases for basis_of: |b| / |a|, the angle between them, a's orientation.
+BASIS_SHAPES = {"ratio": st.floats(0.8, 1.25), "gamma": st.floats(50.0, 130.0), "theta": st.floats(0.0, 180.0)}
+
+
 def basis_of(spacing: float, ratio: float, gamma_deg: float, theta_deg: float) -> np.ndarray:
     """Columns a, b: |b| = ratio |a|, gamma between them, a at theta on screen; scaled so that the lattice's
     shortest vector is `spacing` long."""
@@ -407,9 +411,7 @@ def check_general(lat: Lattice | None, basis: np.ndarray, truth: np.ndarray, sha
 @given(
     seed=st.integers(0, 2**16),
     spacing=st.floats(8.0, 400.0),
-    ratio=st.floats(0.8, 1.25),
-    gamma=st.floats(50.0, 130.0),
-    theta=st.floats(0.0, 180.0),
+    **BASIS_SHAPES,
 )
 def test_recovers_any_general_lattice(seed, spacing, ratio, gamma, theta):
     basis = basis_of(spacing, ratio, gamma, theta)
@@ -606,9 +608,7 @@ def brute_cost_general(mask, origin, u, v, lambda_fn=10.0, lambda_fp=1.0, max_hw
 @given(
     seed=st.integers(0, 1000),
     spacing=st.floats(8.0, 40.0),
-    ratio=st.floats(0.8, 1.25),
-    gamma=st.floats(50.0, 130.0),
-    theta=st.floats(0.0, 180.0),
+    **BASIS_SHAPES,
     ox=st.floats(-20.0, 80.0),
     oy=st.floats(-20.0, 60.0),
 )
@@ -833,9 +833,7 @@ def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cel
 @given(
     seed=st.integers(0, 2**16),
     spacing=st.floats(20.0, 160.0),
-    ratio=st.floats(0.8, 1.25),
-    gamma=st.floats(50.0, 130.0),
-    theta=st.floats(0.0, 180.0),
+    **BASIS_SHAPES,
     coset=st.integers(0, 2),
     present=st.floats(0.5, 1.0),
 )
@@ -854,9 +852,7 @@ def test_blobs_between_the_holes_do_not_make_a_denser_lattice(seed, spacing, rat
 @given(
     seed=st.integers(0, 2**16),
     spacing=st.floats(16.0, 160.0),
-    ratio=st.floats(0.8, 1.25),
-    gamma=st.floats(50.0, 130.0),
-    theta=st.floats(0.0, 180.0),
+    **BASIS_SHAPES,
 )
 def test_a_lattice_of_like_holes_is_never_split(seed, spacing, ratio, gamma, theta):
     """Holes alike on every coset (20 % missing, 30 % strays): the index-2 check keeps the whole lattice and
@@ -881,8 +877,7 @@ def nearest_distance(points: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 2**16), spacing=st.floats(8.0, 100.0), ratio=st.floats(0.8, 1.25),
-       gamma=st.floats(50.0, 130.0), theta=st.floats(0.0, 180.0), index=st.integers(1, 2))
+@given(seed=st.integers(0, 2**16), spacing=st.floats(8.0, 100.0), index=st.integers(1, 2), **BASIS_SHAPES)
 def test_near_distances_by_rounding_are_the_brute_force_ones(seed, spacing, ratio, gamma, theta, index):
     """_near_distance (each centroid rounded to its lattice point, for the index-2 checks) gives the brute
     force nearest distance, bit for bit, wherever it is within the radius (a quarter spacing), inf elsewhere,
