@@ -382,13 +382,19 @@ def general_scene(seed: int, basis: np.ndarray, outliers=0.3, missing=0.2, jitte
     centroids = centroids[rng.permutation(len(centroids))]
     radius = max(2.0, 0.1 * d)
     mask = np.zeros(shape, dtype=bool)
+    paint_discs(mask, centroids, radius)
+    return centroids, mask, truth, shape
+
+
+def paint_discs(mask: np.ndarray, points: np.ndarray, radius: float) -> None:
+    """Set the pixels within `radius` of each (x, y) point, in place."""
+    rows, cols = mask.shape
     r = math.ceil(radius)
-    for cx, cy in centroids:
+    for cx, cy in points:
         r0, c0 = max(round(cy) - r, 0), max(round(cx) - r, 0)
         r1, c1 = min(round(cy) + r + 1, rows), min(round(cx) + r + 1, cols)
         yy, xx = np.ogrid[r0:r1, c0:c1]
         mask[r0:r1, c0:c1] |= (xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius
-    return centroids, mask, truth, shape
 
 
 def check_general(lat: Lattice | None, basis: np.ndarray, truth: np.ndarray, shape) -> None:
@@ -818,13 +824,8 @@ def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cel
     between = between[rng.random(len(between)) < present]
     between = between + rng.normal(0.0, 0.03 * d, between.shape)
     mask = np.zeros(shape, dtype=bool)
-    for pts, radius in ((holes, max(2.0, 0.2 * d)), (between, max(1.0, 0.1 * d))):
-        r = math.ceil(radius)
-        for cx, cy in pts:
-            r0, c0 = max(round(cy) - r, 0), max(round(cx) - r, 0)
-            r1, c1 = min(round(cy) + r + 1, rows), min(round(cx) + r + 1, cols)
-            yy, xx = np.ogrid[r0:r1, c0:c1]
-            mask[r0:r1, c0:c1] |= (xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius
+    paint_discs(mask, holes, max(2.0, 0.2 * d))
+    paint_discs(mask, between, max(1.0, 0.1 * d))
     centroids = np.concatenate([holes, between])
     return centroids[rng.permutation(len(centroids))], mask, truth, shape
 
