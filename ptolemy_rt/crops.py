@@ -228,29 +228,28 @@ def frame_matrix(frame: RotatedFrame, row0: int, col0: int) -> np.ndarray:
 # Square crops: the square CNN's inputs
 
 
-def _frame_bounds(frame: RotatedFrame, hulls: Sequence[np.ndarray]) -> np.ndarray:
-    """Each hull's bounding box (row_min, row_max, col_min, col_max) in the original's rotated frame."""
+def _hull_points(hulls: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All hulls' (x, y) vertices in one array and each hull's first index in it (for ufunc.reduceat)."""
     lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    yr, xr = frame_coords(frame, np.concatenate(hulls))
-    return np.stack(
-        [
-            np.minimum.reduceat(yr, starts),
-            np.maximum.reduceat(yr, starts),
-            np.minimum.reduceat(xr, starts),
-            np.maximum.reduceat(xr, starts),
-        ],
-        axis=1,
-    )
+    return np.concatenate(hulls).reshape(-1, 2), np.concatenate(([0], np.cumsum(lengths)[:-1]))
 
 
-def _window(lo: float, hi: float, limit: int, size: int) -> tuple[int, int, int]:
-    """(first rotated index, count, offset in the canvas) of one axis: the original's int() bounds clipped
-    to the rotated image, then placed in the canvas as fit_to_canvas does."""
-    a = int(max(lo, 0.0))
-    b = int(min(hi, float(limit)))
-    offset, skip, n = canvas_placement(max(b - a, 0), size)
-    return a + skip, n, offset
+def _box_windows(frame: RotatedFrame, points_xy: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
+    """int64 (n, 6) per hull: (row, rows, top, col, cols, left): its box in the rotated frame with the
+    original's int() bounds clipped to the rotated image, the part of it that fits the canvas, and where that
+    goes in the canvas (canvas_placement, for all hulls at once)."""
+    out = np.empty((len(starts), 6), dtype=np.int64)
+    for axis, coord in enumerate(frame_coords(frame, points_xy)):
+        lo, hi = np.minimum.reduceat(coord, starts), np.maximum.reduceat(coord, starts)
+        # int() truncates towards zero, on lo >= 0 and on hi, which may be negative.
+        a = np.trunc(np.maximum(lo, 0.0)).astype(np.int64)
+        b = np.trunc(np.minimum(hi, float(frame.shape_out[axis]))).astype(np.int64)
+        n = np.maximum(b - a, 0)
+        cut = n > size  # canvas_placement
+        out[:, 3 * axis] = a + np.where(cut, n // 2 - size // 2, 0)
+        out[:, 3 * axis + 1] = np.where(cut, size, n)
+        out[:, 3 * axis + 2] = np.where(cut, 0, (size - n + 1) // 2)
+    return out
 
 
 def square_crops(
@@ -293,7 +292,7 @@ def square_crops(
     # Normalising after padding, as the original: the padding becomes (0 - mean) / std.
     inv = np.float32(1.0 / std if std > 0 else 1.0)
     shift = np.float32(mean)
-    pad = -shift * inv
+    pad = _pad_value(mean, std)
     if out is None or out.shape[0] < n or out.shape[1:] != (1, size, size) or out.dtype != np.float32 \
             or not out.flags.c_contiguous:
         out, written = np.empty((n, 1, size, size), dtype=np.float32), None
@@ -304,9 +303,7 @@ def square_crops(
         written[:] = [None] * out.shape[0]
     if n == 0:
         return out[:0]
-    for k, (r_lo, r_hi, c_lo, c_hi) in enumerate(_frame_bounds(frame, hulls)):
-        r0, nr, top = _window(r_lo, r_hi, frame.shape_out[0], size)
-        c0, nc, left = _window(c_lo, c_hi, frame.shape_out[1], size)
+    for k, (r0, nr, top, c0, nc, left) in enumerate(_box_windows(frame, *_hull_points(hulls), size).tolist()):
         stale = written[k]
         if stale is not None:
             out[k, 0, stale[0] : stale[0] + stale[1], stale[2] : stale[2] + stale[3]] = pad
@@ -357,9 +354,8 @@ def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: 
         return top
     rad = math.radians(theta_deg)
     c, s = math.cos(rad), math.sin(rad)
-    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    p = np.concatenate(hulls).astype(np.float64, copy=False).reshape(-1, 2)
+    p, starts = _hull_points(hulls)
+    p = p.astype(np.float64, copy=False)
     u = p[:, 0] * c + p[:, 1] * s
     v = p[:, 1] * c - p[:, 0] * s
     du = np.maximum.reduceat(u, starts) - np.minimum.reduceat(u, starts)
@@ -385,28 +381,12 @@ class ReducedFrame:
 
 
 def _reduced_windows(frame: RotatedFrame, hulls: Sequence[np.ndarray], factor: int, size: int) -> np.ndarray:
-    """int64 (n, 6) per hull: (row, rows, top, col, cols, left), its box in the reduced rotated frame with
-    square_crops' int() bounds (_window, for all hulls at once), the part of it that fits the canvas, and where
-    that goes in the canvas."""
+    """_box_windows of the hulls in the frame of the image reduced by `factor` (reduce_image)."""
     if len(hulls) == 0:
         return np.zeros((0, 6), dtype=np.int64)
-    f = float(factor)
+    points, starts = _hull_points(hulls)
     # Input point x is reduced point (x + 0.5) / f - 0.5 (reduce_image's pixel centres).
-    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    yr, xr = frame_coords(frame, (np.concatenate(hulls).astype(np.float64, copy=False) + 0.5) / f - 0.5)
-    out = np.empty((len(hulls), 6), dtype=np.int64)
-    for axis, coord in enumerate((yr, xr)):
-        lo, hi = np.minimum.reduceat(coord, starts), np.maximum.reduceat(coord, starts)
-        # _window: int() truncates towards zero, on lo >= 0 and on hi, which may be negative.
-        a = np.trunc(np.maximum(lo, 0.0)).astype(np.int64)
-        b = np.trunc(np.minimum(hi, float(frame.shape_out[axis]))).astype(np.int64)
-        n = np.maximum(b - a, 0)
-        cut = n > size  # canvas_placement
-        out[:, 3 * axis] = a + np.where(cut, n // 2 - size // 2, 0)
-        out[:, 3 * axis + 1] = np.where(cut, size, n)
-        out[:, 3 * axis + 2] = np.where(cut, 0, (size - n + 1) // 2)
-    return out
+    return _box_windows(frame, (points.astype(np.float64, copy=False) + 0.5) / float(factor) - 0.5, starts, size)
 
 
 def reduced_frame(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: float, mean: float, std: float,
