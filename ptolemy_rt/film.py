@@ -54,12 +54,13 @@ _LOCAL_PERIODS = 4.0
 _WORK_PERIOD_PX = 8.0
 
 
-def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
+def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: bool = False) -> np.ndarray:
     """Boolean mask (image shape), True on holey film, False on grid bars, dark edges, outside the square and
     on broken film (areas as bright as a hole but wider than 1.5 periods).
 
     spacing_px: the hole period in pixels; None estimates it from the bright blobs (falls back to 1/16 of
-    the shorter side). A blank or constant image is all film.
+    the shorter side). A blank or constant image is all film. finite: the caller knows the image is finite
+    as float32 (a pass over it saved; the same result).
     """
     img = np.asarray(image)
     if img.ndim != 2 or img.size == 0:
@@ -67,7 +68,7 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None) -> np.ndarray:
     import cv2
 
     rows, cols = img.shape
-    data = finite_float32(img)
+    data = np.asarray(img, dtype=np.float32) if finite else finite_float32(img)
     if spacing_px is None or not (math.isfinite(spacing_px) and spacing_px > 0):
         spacing_px = _estimate_period(data)
     factor = max(1.0, float(spacing_px) / _WORK_PERIOD_PX)

@@ -124,12 +124,19 @@ def _prepare(image: np.ndarray, robust: bool = False,
     # correlation; the window (sigma ~ 1/8 of the image) is too wide to follow the lattice itself.
     sigma = max(x.shape) / 8.0
     if robust:
-        bright = float(percentile(x, 90))
-        if not (bright > 0.0 and math.isfinite(bright)):
-            return None
         # Bars pass under 3 % of the film's dose; a small blur keeps shot noise from speckling the mask,
         # and the erosion drops the bars' soft edges.
-        dark = cv2.GaussianBlur(x, (0, 0), 2.0) < _BAR_LEVEL * bright
+        blurred = cv2.GaussianBlur(x, (0, 0), 2.0)
+        top = float(x.max())
+        if float(x.min()) > 0.0 and math.isfinite(top) and float(blurred.min()) >= _BAR_LEVEL * top:
+            # The 90th percentile lies in (0, top], so no blurred pixel is below _BAR_LEVEL of it (a view without
+            # bars or dark edges, as the reference): the same empty mask without the percentile's sort (~1 ms).
+            dark = np.zeros(x.shape, dtype=bool)
+        else:
+            bright = float(percentile(x, 90))
+            if not (bright > 0.0 and math.isfinite(bright)):
+                return None
+            dark = blurred < _BAR_LEVEL * bright
         w = cv2.erode((~dark).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32)
         # Mostly "bar" is gold film (or a square's edge): left to the plain preparation.
         if w.mean() < _MIN_VALID:
@@ -148,8 +155,14 @@ def _prepare(image: np.ndarray, robust: bool = False,
         ws = _unmasked_weight(x.shape, sigma) if unmasked else np.maximum(_smooth(w, sigma), 1e-3)
         mean = _smooth(x if unmasked else x * w, sigma) / ws
         var = _smooth(x * x if unmasked else x * x * w, sigma) / ws - mean * mean
-        level = float(median(var if unmasked else var[inside]))
-        z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level)) if level > 0.0 and math.isfinite(level) else None
+        low, high = float(var.min()), float(var.max())
+        if low > 0.0 and math.isfinite(high) and low >= 1e-4 * high:
+            # The median lies in [low, high] (over the valid pixels too), so it is positive and finite and the
+            # floor 1e-4 of it is no higher than any variance: z without the median's sort (~0.7 ms), the same.
+            z = (x - mean) / np.sqrt(var)
+        else:
+            level = float(median(var if unmasked else var[inside]))
+            z = (x - mean) / np.sqrt(np.maximum(var, 1e-4 * level)) if level > 0.0 and math.isfinite(level) else None
         if unmasked:
             memo["unmasked"] = z  # before clipping: only the clip differs between the two preparations
     if z is None:

@@ -75,11 +75,12 @@ def median(x: np.ndarray):
     return np.median(np.sort(np.asarray(x).ravel()), overwrite_input=True)
 
 
-def _split(image: np.ndarray, work_side: int) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(bright mask at work scale, the smoothed work copy, the work-to-input factor); None without contrast."""
+def _split(image: np.ndarray, work_side: int, finite: bool = False) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(bright mask at work scale, the smoothed work copy, the work-to-input factor); None without contrast.
+    finite: the image is known to be finite as float32 (finite_float32 would return it as it is)."""
     import cv2
 
-    data = finite_float32(image)
+    data = np.asarray(image, dtype=np.float32) if finite else finite_float32(image)
     rows, cols = data.shape
     f = max(1.0, max(rows, cols) / float(work_side))
     small = cv2.resize(data, (max(1, round(cols / f)), max(1, round(rows / f))), interpolation=cv2.INTER_AREA)
@@ -130,10 +131,12 @@ def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
     return area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0)
 
 
-def large_holes(image: np.ndarray) -> list[LargeHole]:
+def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
     """Bright round regions wholly inside the image and at least 0.35 of its shorter side across (see
-    the module docstring), largest first; [] for an ordinary view."""
-    split = _split(image, _WORK_SIDE)
+    the module docstring), largest first; [] for an ordinary view.
+
+    finite: the caller knows the image is finite as float32 (a pass over it saved; the same result)."""
+    split = _split(image, _WORK_SIDE, finite)
     if split is None:
         return []
     bright, _, f = split
@@ -177,10 +180,10 @@ def _refine_centre(image: np.ndarray, x: float, y: float, diameter: float) -> tu
     return float(xx[sel].mean()), float(yy[sel].mean()), 2.0 * math.sqrt(float(sel.sum()) / math.pi)
 
 
-def atlas_reason(image: np.ndarray) -> str | None:
+def atlas_reason(image: np.ndarray, *, finite: bool = False) -> str | None:
     """A reason when the image looks like a low-mag atlas (many bright square regions behind dark bars), else
-    None."""
-    split = _split(image, _ATLAS_WORK_SIDE)
+    None. finite: as large_holes'."""
+    split = _split(image, _ATLAS_WORK_SIDE, finite)
     if split is None:
         return None
     bright, _, f = split

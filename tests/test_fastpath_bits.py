@@ -389,3 +389,97 @@ def test_centred_hole_crops_are_the_per_point_geometry_to_the_bit(seed):
         corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
         assert geometry.vertices[i] == tuple(
             (float(p[0] + dc * ec[0] + dr * er[0]), float(p[1] + dc * ec[1] + dr * er[1])) for dc, dr in corners)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_views_and_film_mask_told_the_image_is_finite_are_the_same(dtype):
+    # find_holes tells them (its normalise_image summed the image as float32 to a finite mean): the finiteness
+    # check they skip would have returned the image as it is
+    from ptolemy_rt import film, views
+    from ptolemy_rt.synthetic import make_medmag
+
+    image = (make_medmag(2)[0] * 3000.0).astype(dtype)
+    assert normalise_image(image) is not None
+    assert views.large_holes(image, finite=True) == views.large_holes(image)
+    assert views.atlas_reason(image, finite=True) == views.atlas_reason(image)
+    for spacing in (None, 90.0):
+        assert np.array_equal(film.film_mask(image, spacing, finite=True), film.film_mask(image, spacing))
+
+
+def _blob_mask(rng, shape, n, rings):
+    """Discs of random sizes at random places (some touching, some within a few pixels of another), a few rings
+    (blobs with a hole) with or without a blob inside, single pixels, blobs cut by the edge."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask = np.zeros(shape, dtype=bool)
+    for _ in range(n):
+        cy, cx = rng.uniform(-5, shape[0] + 5), rng.uniform(-5, shape[1] + 5)
+        r = rng.choice([0.5, rng.uniform(1, 4), rng.uniform(4, 12)])
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        mask |= d2 <= r * r
+        if rings and rng.random() < 0.3:
+            mask |= (d2 >= (r + 3) ** 2) & (d2 <= (r + 6) ** 2)  # a ring around it: a blob with a hole
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hole_centroids_without_labels_are_find_regions_to_the_bit(seed):
+    # holes._separate_blob_centroids counts regions instead of labelling them where each holds one blob; the
+    # centroids (and their order) must be find_regions' in every case, the fallback's included
+    from ptolemy_rt import holes
+    from ptolemy_rt.regions import find_regions
+
+    rng = np.random.default_rng(seed)
+    used = 0
+    for trial in range(40):
+        shape = (int(rng.integers(20, 160)), int(rng.integers(20, 200)))
+        mask = _blob_mask(rng, shape, int(rng.integers(0, 40)), rings=trial % 3 == 0)
+        for window in (1, 2, 5, 6):
+            plain = np.asarray(find_regions(mask, window=window, min_area=-math.inf, keep_labels=False).centroids,
+                               dtype=np.float64).reshape(-1, 2)
+            fast = holes.hole_centroids(mask, window)
+            assert fast.shape == plain.shape and np.array_equal(fast, plain), (trial, window)
+            for other in (mask.astype(np.uint8) * 3, mask.astype(np.float32)):  # find_regions' other dtypes
+                assert np.array_equal(holes.hole_centroids(other, window), plain)
+            used += holes._separate_blob_centroids(mask, window) is not None
+    assert 0 < used < 40 * 4  # both paths taken
+
+
+def _plain_robust_mask(x):
+    """spacing._prepare's bar mask as written before it skipped the percentile."""
+    import cv2
+
+    from ptolemy_rt import spacing
+
+    bright = float(np.percentile(x, 90))
+    dark = cv2.GaussianBlur(x, (0, 0), 2.0) < spacing._BAR_LEVEL * bright
+    return cv2.erode((~dark).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", ["bright", "bar", "flat", "bright-flat"])
+def test_prepare_without_percentile_or_median_sorts_is_the_same(case):
+    # spacing._prepare skips the 90th percentile where no pixel can be dark against it, and the variance's
+    # median where its floor cannot bind: z and the mask must be the plain computation's in every case
+    from ptolemy_rt import spacing
+    from ptolemy_rt.synthetic import make_medmag
+
+    image = make_medmag(0)[0].astype(np.float32)
+    if "bright" in case:
+        image = image + 3.0 * float(image.max())  # nothing dark: the percentile is skipped
+    if case == "bar":
+        image[:, 100:400] = 0.0
+    if "flat" in case:
+        image[:, :1100] = float(np.median(image))  # flat but for a band: variance ~0 far from it, the floor binds
+    x = spacing._bin(image, max(1, math.ceil(max(image.shape) / spacing._WORK_SIDE)))
+    sigma = max(x.shape) / 8.0
+    ws = spacing._unmasked_weight(x.shape, sigma)
+    mean = spacing._smooth(x, sigma) / ws
+    var = spacing._smooth(x * x, sigma) / ws - mean * mean
+    floor_binds = not float(var.min()) >= 1e-4 * float(var.max())
+    assert floor_binds == (case == "flat") or case == "bright-flat"  # both paths are compared
+    for robust in (True, False):
+        prepared = spacing._prepare(image, robust)
+        assert prepared is not None
+        z, w, factor = prepared
+        plain_w = _plain_robust_mask(x) if robust else np.ones_like(x)
+        assert _same_bits(w, plain_w)
+        assert _same_bits(z, _plain_prepare_tail(x, plain_w, robust))
