@@ -168,6 +168,10 @@ def _unet_sums(src: np.ndarray, crops: HoleCrops, rows: int, cols: int, idx: lis
         out[chunk] = sums / max(crops.area, float(rows * cols))
 
 
+# cnn_scores builds every crop's input at once (one shape, at most this many pixels: 32 MiB of float32), else
+# batch by batch.
+_BUILD_AT_ONCE_PIXELS = 1 << 23
+
 # unet_scores warps crops of one shape into stacks of at most this many pixels (or one crop).
 _SCORE_STACK_PIXELS = 1 << 20
 
@@ -179,8 +183,22 @@ def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
     batches = plan_batches(crops.shapes, HOLE_BATCHES, spec.batch_statistics, spec.min_size)
 
     work: dict = {}  # sampling and normalisation buffers, shared by the batches
+    built: list[np.ndarray] = []  # every crop's input, when they are built at once
+    shapes = set(crops.shapes)
+    at_once = False
+    if len(shapes) == 1 and min(next(iter(shapes))) >= 1:  # one shape, no empty crop (centred crops)
+        rows, cols = next(iter(shapes))
+        at_once = len(crops.shapes) * max(rows, spec.min_size) * max(cols, spec.min_size) <= _BUILD_AT_ONCE_PIXELS
 
     def inputs(idx: list[int]) -> np.ndarray:
+        if at_once:
+            # All crops in one call (one set of buffers and per-call work), then batch by batch as before: the
+            # same inputs, the same batches.
+            if not built:
+                built.append(hole_crop_inputs(image, crops.matrices, crops.shapes, spec.min_size, work))
+            if idx == list(range(idx[0], idx[-1] + 1)):
+                return built[0][idx[0] : idx[-1] + 1]
+            return built[0][idx]
         if len({crops.shapes[i] for i in idx}) == 1:
             return hole_crop_inputs(image, [crops.matrices[i] for i in idx], [crops.shapes[i] for i in idx],
                                     spec.min_size, work)

@@ -406,6 +406,22 @@ def test_views_and_film_mask_told_the_image_is_finite_are_the_same(dtype):
         assert np.array_equal(film.film_mask(image, spacing, finite=True), film.film_mask(image, spacing))
 
 
+@pytest.mark.parametrize("spacing, n", [(290.0, 17), (45.0, 300)])  # 3 batches of large crops, 10 of small ones
+def test_hole_cnn_inputs_built_at_once_give_the_batch_by_batch_scores(spacing, n, monkeypatch):
+    from ptolemy_rt import scoring
+    from ptolemy_rt.models import load_models
+
+    models = load_models(None)
+    rng = np.random.default_rng(n)
+    image = (rng.random((700, 900)) * 800.0 + 10.0).astype(np.float32)
+    geometry = hole_crops(rng.random((n, 2)) * [960.0, 760.0] - 30.0, 31.0, spacing, image.shape, "centred")
+    spec = models.spec("hole_cnn")
+    assert len(scoring.plan_batches(geometry.shapes, scoring.HOLE_BATCHES, spec.batch_statistics, spec.min_size)) > 2
+    at_once = scoring.cnn_scores(image, geometry, models)
+    monkeypatch.setattr(scoring, "_BUILD_AT_ONCE_PIXELS", 0)
+    assert np.array_equal(scoring.cnn_scores(image, geometry, models), at_once)
+
+
 def _blob_mask(rng, shape, n, rings):
     """Discs of random sizes at random places (some touching, some within a few pixels of another), a few rings
     (blobs with a hole) with or without a blob inside, single pixels, blobs cut by the edge."""
