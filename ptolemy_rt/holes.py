@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _workers
 from .crops import hole_crops
 from .film import film_mask, on_film
 from .io import Image, ImageLike, as_image, check_min_size
@@ -186,6 +187,14 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
 
     t = time.perf_counter()
     scale = unet_spec.scale
+    sourced = first_estimate = None
+    if scale is not None and _workers.workers() > 1:
+        # The period search (~10 ms on 1024x1440) on a second core while this one normalises and tests the view
+        # (as long again): each computes what it computed alone. Views that end here leave it to finish unused.
+        from .spacing import period_estimates
+
+        sourced = period_estimates(image.data)
+        first_estimate = _workers.submit(next, sourced, (None, None))
     normalised = normalise_image(image.data)
     if normalised is None:
         timings["normalise"] = time.perf_counter() - t
@@ -207,11 +216,16 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         timings["unet"] = time.perf_counter() - t
         return holes_from_map(image, prob, model_set, options=opts, timings=timings)
 
-    from .spacing import period_estimates
+    if sourced is None or first_estimate is None:
+        from .spacing import period_estimates
 
-    # Raw counts, not the normalised image: the estimates mask grid bars by their near-zero dose.
-    sourced = period_estimates(image.data)
-    period, source = next(sourced, (None, None))
+        # Raw counts, not the normalised image: the estimates mask grid bars by their near-zero dose.
+        sourced = period_estimates(image.data)
+        period, source = next(sourced, (None, None))
+    elif first_estimate.cancel():  # no worker was free to start it (a loaded machine): done here
+        period, source = next(sourced, (None, None))
+    else:
+        period, source = first_estimate.result()
     estimates = (p for p, _ in sourced)
     # The whole image's autocorrelation (estimate_spacing) is trusted as before; a period from another
     # estimator (a crop, the spectrum; noise gives them too) must give a convincing lattice.

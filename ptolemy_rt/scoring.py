@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import _workers
 from .crops import HoleCrops, hole_crop_input, hole_crop_inputs
 from .models import ModelSet
 
@@ -120,9 +121,15 @@ def unet_scores(prob: np.ndarray, crops: HoleCrops) -> np.ndarray:
     for i, shape in enumerate(crops.shapes):
         if shape[0] >= 1 and shape[1] >= 1:
             groups.setdefault((int(shape[0]), int(shape[1])), []).append(i)
+    # Crops of one shape in runs that worker threads take in turn (their number read before OpenCV is set to
+    # one thread), each warped and summed as alone (the same bits).
+    threads = _workers.workers()
+    jobs = []
+    for (rows, cols), idx in groups.items():
+        per = max(1, _PART_PIXELS // (rows * cols))
+        jobs.extend((rows, cols, idx[a : a + per]) for a in range(0, len(idx), per))
     with _opencv_threads(1):
-        for (rows, cols), idx in groups.items():
-            _unet_sums(src, crops, rows, cols, idx, out)
+        _workers.run_all(lambda j, _: _unet_sums(src, crops, *jobs[j], out), len(jobs), threads)
     return np.clip(out, 0.0, 1.0)  # bilinear samples of values in [0, 1] stay there; guard rounding only
 
 
@@ -172,8 +179,10 @@ def _unet_sums(src: np.ndarray, crops: HoleCrops, rows: int, cols: int, idx: lis
 # batch by batch.
 _BUILD_AT_ONCE_PIXELS = 1 << 23
 
-# unet_scores warps crops of one shape into stacks of at most this many pixels (or one crop).
+# unet_scores warps crops of one shape into stacks of at most this many pixels (or one crop) ...
 _SCORE_STACK_PIXELS = 1 << 20
+# ... and hands them to the threads in runs of about this many pixels (or one crop; ~0.2 ms of warps and sums).
+_PART_PIXELS = 1 << 15
 
 
 def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
@@ -192,8 +201,8 @@ def cnn_scores(image: np.ndarray, crops: HoleCrops, models: ModelSet,
 
     def inputs(idx: list[int]) -> np.ndarray:
         if at_once:
-            # All crops in one call (one set of buffers and per-call work), then batch by batch as before: the
-            # same inputs, the same batches.
+            # All crops in one sweep of the worker threads (the batches' sweeps waited on their slowest
+            # crop each), then batch by batch as before: the same inputs, the same batches.
             if not built:
                 built.append(hole_crop_inputs(image, crops.matrices, crops.shapes, spec.min_size, work))
             if idx == list(range(idx[0], idx[-1] + 1)):

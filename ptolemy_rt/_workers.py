@@ -1,0 +1,146 @@
+"""Worker threads for the hole finder's GIL-free work: hole crops sampled and standardised, and the view tests
+run beside the period estimate.
+
+OpenCV spreads a large call over its threads, but numpy never does, and small calls and the Python between
+calls run on one core: the crops' standardisation, the view tests and the period search left the second core
+idle (on the 1024x1440 reference, at rest: 72 ms a call serial, 60 with these threads). Here independent
+pieces of work run at once, each with exactly the operations it ran alone (the same bits).
+
+As many workers as OpenCV's thread count (cv2.setNumThreads): a batch worker pinned to one thread (batch.py),
+or the benchmark's one-thread CPU count, runs everything in the calling thread as before. Work submitted from a
+worker also runs in place (no worker waits for another). After a fork the child starts its own pool (the
+parent's threads do not exist there).
+
+Concurrent OpenCV calls run their parallel loops in one piece (OpenCV's nested-loop rule), which is what they
+compute at one thread: only calls whose results do not depend on the thread count may run here (tested per
+function in tests/test_fastpath_bits.py; cv2.warpAffine's bilinear rows do depend on it, see
+scoring._opencv_threads).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+__all__ = ["workers", "submit", "run_all"]
+
+T = TypeVar("T")
+
+# No more threads than this, whatever OpenCV's count (the work splits into a few large pieces).
+_MAX_WORKERS = 8
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_local = threading.local()
+# Tests set this to False to run everything in the calling thread (the reference the threaded runs must match).
+ENABLED = True
+
+
+def workers() -> int:
+    """How many pieces of work may run at once: OpenCV's thread count (capped), 1 inside a worker or disabled."""
+    if not workers_allowed() > 1:
+        return 1
+    import cv2
+
+    return max(1, min(int(cv2.getNumThreads()), _cpus()))
+
+
+def workers_allowed() -> int:
+    """The most threads run_all may use here whatever it is asked: 1 inside a worker or when disabled."""
+    if not ENABLED or getattr(_local, "inside", False):
+        return 1
+    return _cpus()
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one), at most _MAX_WORKERS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_WORKERS))
+
+
+def _mark_worker() -> None:
+    _local.inside = True
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's pool (its threads start as work first needs them)."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_cpus(),
+                                       thread_name_prefix="ptolemy-rt", initializer=_mark_worker)
+        return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's worker threads are gone, so its pool would queue work forever."""
+    global _pool, _lock
+    _lock = threading.Lock()
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def submit(fn: Callable[..., T], *args) -> Future:
+    """fn(*args) on a worker thread (a Future); run at once in the calling thread when workers() is 1."""
+    n = workers()
+    if n <= 1:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # handed over through the Future, as a worker's would be
+            done.set_exception(exc)
+        return done
+    return _executor().submit(fn, *args)
+
+
+def run_all(fn: Callable[[int, int], T], parts: int, threads: int | None = None) -> list[T]:
+    """[fn(0, slot), ..., fn(parts - 1, slot)] on up to `threads` threads at once (default workers()): the
+    calling thread and workers, each taking the next part not yet taken, so that a thread the system leaves
+    waiting (a shared, loaded machine) holds up no more than the part in its hands. slot (0 .. threads - 1)
+    names the thread, for buffers of its own. One by one in the calling thread (slot 0) when that is 1.
+    The first exception raised is re-raised once every thread has stopped; no part starts after it."""
+    n = min(workers() if threads is None else min(threads, workers_allowed()), parts)
+    if n <= 1:
+        return [fn(i, 0) for i in range(parts)]
+    results: list = [None] * parts
+    taken = itertools.count()  # next() on a count is atomic under the GIL
+    errors: list[BaseException] = []
+
+    def share(slot: int) -> None:
+        while not errors:
+            i = next(taken)
+            if i >= parts:
+                return
+            try:
+                results[i] = fn(i, slot)
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+
+    futures = [_executor().submit(share, slot) for slot in range(1, n)]
+    _local.inside = True  # work this thread's parts submit runs in place, as a worker's does
+    error: BaseException | None = None
+    try:
+        share(0)
+    except BaseException as exc:  # a part's error, or one raised between parts (KeyboardInterrupt)
+        error = exc
+        errors.append(exc)  # the workers take no further part
+    finally:
+        _local.inside = False
+    for f in futures:
+        if not f.cancel():  # a worker that had not started yet is not waited for
+            f.exception()
+    if error is None and errors:
+        error = errors[0]
+    if error is not None:
+        raise error
+    return results

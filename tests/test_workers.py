@@ -1,0 +1,220 @@
+"""Worker threads (ptolemy_rt._workers): the hole finder's crops and its period search beside the view tests run
+on a second core, and must give the bits the calling thread alone gives (issue 17)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from ptolemy_rt import _workers
+from ptolemy_rt.crops import hole_crop_inputs, hole_crops
+from ptolemy_rt.holes import find_holes
+from ptolemy_rt.models import load_models
+from ptolemy_rt.scoring import unet_scores
+from ptolemy_rt.synthetic import make_medmag
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """OpenCV (and so the pool) at two threads, even on a one-CPU machine, restored after."""
+    monkeypatch.setattr(_workers, "_cpus", lambda: 2)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+@contextlib.contextmanager
+def serial():
+    """Every piece of work in the calling thread (the reference the threaded runs must match)."""
+    before = _workers.ENABLED
+    _workers.ENABLED = False
+    try:
+        yield
+    finally:
+        _workers.ENABLED = before
+
+
+def test_run_all_keeps_order_and_runs_in_place_when_asked(two_threads, monkeypatch):
+    names: dict[int, str] = {}
+
+    def part(i, slot=0):
+        names[i] = threading.current_thread().name
+        return i * i
+
+    # parts slow enough that the worker takes some before the calling thread has taken them all
+    slow = lambda i, slot: (time.sleep(0.002), part(i))[1]  # noqa: E731
+    assert _workers.run_all(slow, 20) == [i * i for i in range(20)]
+    assert any(n.startswith("ptolemy-rt") for n in names.values())
+    monkeypatch.setattr(_workers, "ENABLED", False)
+    names.clear()
+    assert _workers.run_all(part, 5) == [i * i for i in range(5)]
+    assert set(names.values()) == {threading.current_thread().name}
+    assert _workers.submit(part, 3).result() == 9 and names[3] == threading.current_thread().name
+
+
+def test_run_all_is_serial_at_one_opencv_thread():
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        main = threading.current_thread().name
+        assert _workers.workers() == 1
+        assert _workers.run_all(lambda i, slot: (threading.current_thread().name, slot), 4) == [(main, 0)] * 4
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_run_all_reraises_after_every_part_ran(two_threads):
+    done = []
+
+    def part(i, slot=0):
+        if i == 2:
+            raise ValueError("part 2")
+        done.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="part 2"):
+        _workers.run_all(part, 60)
+    # the parts taken before the error ran; none started after it (a part takes microseconds, so few did)
+    assert {0, 1} <= set(done) and len(done) < 59
+    assert _workers.submit(part, 2).exception() is not None
+
+
+def test_work_submitted_from_a_worker_runs_in_place(two_threads):
+    # a worker that waited for another would deadlock a full pool: nested work runs where it is submitted
+    def outer(i, slot):
+        here = threading.current_thread().name
+        inner = _workers.run_all(lambda j, s: threading.current_thread().name, 3)
+        return here, inner
+
+    for here, inner in _workers.run_all(outer, 2):
+        assert inner == [here] * 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_pool(two_threads):
+    assert _workers.run_all(lambda i, s: i, 4) == [0, 1, 2, 3]  # the parent's pool has threads now
+    pid = os.fork()
+    if pid == 0:  # child: the parent's pool threads do not exist here; hanging would time the test out
+        try:
+            ok = _workers.run_all(lambda i, s: i + 1, 4) == [1, 2, 3, 4] and _workers.submit(abs, -2).result(5) == 2
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("spacing, n", [(290.0, 17), (45.0, 300)])  # the large-crop path and the batched one
+@pytest.mark.parametrize("mode", ["centred", "ptolemy"])
+def test_threaded_crops_and_unet_scores_are_the_serial_ones_to_the_bit(spacing, n, mode, two_threads):
+    rng = np.random.default_rng(n)
+    image = (rng.random((700, 900)) * 800.0 + 10.0).astype(np.float32)
+    prob = cv2.GaussianBlur(rng.random((700, 900), dtype=np.float32), (0, 0), 2)
+    points = rng.random((n, 2)) * [960.0, 760.0] - 30.0  # some off the image's edge
+    geometry = hole_crops(points, 31.0, spacing, image.shape, mode)
+    shape = geometry.shapes[0]
+    same = [i for i, s in enumerate(geometry.shapes) if s == shape]
+    matrices = [geometry.matrices[i] for i in same]
+    threaded = hole_crop_inputs(image, matrices, [shape] * len(same), 16), unet_scores(prob, geometry)
+    with serial():
+        alone = hole_crop_inputs(image, matrices, [shape] * len(same), 16), unet_scores(prob, geometry)
+    assert np.array_equal(threaded[0].view(np.uint32), alone[0].view(np.uint32))
+    assert np.array_equal(threaded[1], alone[1])
+
+
+def test_what_runs_beside_other_opencv_work_does_not_depend_on_opencvs_thread_count():
+    # Two OpenCV calls at once: the second runs its parallel loop in one piece (as at one thread). So whatever the
+    # workers run beside the calling thread must give the same bits at any thread count: the view tests, the
+    # period search, the normalisation, the film mask and the crops' bicubic warps.
+    from ptolemy_rt import film, spacing, unet, views
+    from ptolemy_rt.crops import sample_affine
+
+    image = make_medmag(1)[0]
+    rng = np.random.default_rng(0)
+
+    def everything():
+        warps = [sample_affine(image, np.array([[0.8, 0.6, x], [-0.6, 0.8, y]]), (300, 300))
+                 for x, y in rng.uniform(-100, 1000, (3, 2))]
+        return pickle.dumps((views.large_holes(image), views.atlas_reason(image), views._split(image, 256),
+                             views._split(image, 512), list(spacing.period_estimates(image)),
+                             unet.normalise_image(image), film.film_mask(image, 120.0), warps))
+
+    before = cv2.getNumThreads()
+    try:
+        runs = []
+        for threads in (1, 2, 4):
+            cv2.setNumThreads(threads)
+            rng = np.random.default_rng(0)
+            runs.append(everything())
+    finally:
+        cv2.setNumThreads(before)
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+
+
+def _everything(result):
+    out = result.to_dict()
+    out.pop("timings", None)
+    return repr(out)
+
+
+def _compare(image, **options):
+    models = load_models(None)
+    threaded = find_holes(image, models, **options)
+    with serial():
+        alone = find_holes(image, models, **options)
+    assert _everything(threaded) == _everything(alone)
+    return threaded
+
+
+def test_find_holes_with_workers_is_the_serial_result(two_threads):
+    assert len(_compare(make_medmag(1)[0]).holes) > 0
+
+
+@pytest.mark.slow
+def test_find_holes_with_workers_is_the_serial_result_more(two_threads):
+    from benchmarks.holes_sets import make_sample
+
+    _compare(make_medmag(1)[0], keep_off_film=True, crop_mode="ptolemy")
+    for category in ("whole_square", "single_hole", "no_lattice"):
+        _compare(make_sample(category, 0).image)
+
+
+@pytest.mark.slow
+def test_find_holes_with_workers_is_the_serial_result_reference(medmag_path, two_threads):
+    from ptolemy_rt.io import read_image
+
+    image = read_image(medmag_path)
+    assert len(_compare(image).holes) == 17
+    _compare(image, keep_off_film=True, crop_mode="ptolemy")
+
+
+def test_an_interrupt_between_parts_is_raised_not_lost(two_threads, monkeypatch):
+    # KeyboardInterrupt can arrive in the calling thread outside any part: run_all must raise it, not return
+    # a list with parts missing
+    calls = {"n": 0}
+    real_count = _workers.itertools.count
+
+    def count():
+        inner = real_count()
+
+        class Interrupting:
+            def __next__(self):
+                calls["n"] += 1
+                if threading.current_thread() is threading.main_thread() and calls["n"] > 3:
+                    raise KeyboardInterrupt
+                return next(inner)
+
+        return Interrupting()
+
+    monkeypatch.setattr(_workers.itertools, "count", count)
+    with pytest.raises(KeyboardInterrupt):
+        _workers.run_all(lambda i, s: (time.sleep(0.001), i)[1], 50)
