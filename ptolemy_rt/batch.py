@@ -156,28 +156,29 @@ def limit_threads(threads: int, environment: bool = True) -> None:
     cv2.setNumThreads(threads)
 
 
-# glibc's adaptive limits at their ceilings on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX, and twice that for
-# trimming): what a process that frees large blocks, as every image's pipeline does, runs with by default.
+# A worker's malloc limits (glibc): image-sized arrays, and onnxruntime's activations (its arena is off: see
+# models.py), kept on the heap and reused from one image to the next. The mmap threshold is glibc's ceiling on
+# 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX: larger blocks are always mapped, so a huge image costs no more
+# memory than before); freed memory is handed back only above 256 MiB at the heap's top, and the heap grows by
+# 64 MiB at a time (address space: pages are taken only when touched).
 _MMAP_THRESHOLD = 32 << 20
-_TRIM_THRESHOLD = 64 << 20
-# Each of these, set in the environment, turns glibc's adaptive thresholds off (see mallopt(3)).
-_FIXED_MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_TRIM_THRESHOLD = 256 << 20
+_TOP_PAD = 64 << 20
 
 
 def keep_large_arrays_on_heap() -> bool:
-    """Give glibc's malloc the thresholds it adapts to by itself where the environment froze them; True if done.
+    """Give this worker process's malloc (glibc) the limits of a long-lived image worker; True if done.
 
-    Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back at once),
-    which also freezes glibc's mmap threshold at 128 KiB: every array over that (each image-sized temporary
-    of the pipeline) then gets fresh pages from the kernel and returns them when freed. On 1024x1440 images
-    that took 14x the page faults and 0.32 instead of 0.21 CPU s per image (sys time 0.12 s); raising only the
-    mmap threshold left 2x the faults (the heap's top then shrinks and regrows at every image). The worker
-    keeps up to 64 MiB of freed heap for reuse, as any process does by default. Left alone: a process whose
-    glibc adapts by itself, a threshold the user chose (MALLOC_MMAP_THRESHOLD_), other C libraries.
+    By default glibc raises its mmap threshold only after an array over it is freed and trims the heap's top
+    at twice that, so every image's pipeline still took some 9000 fresh pages from the kernel (36 MiB zeroed,
+    0.6 s of 12 s CPU in system time for 50 1024x1440 images), mostly onnxruntime's activations; with these
+    limits 2500-5000, 2-3 % less CPU per image. Dask's nanny starts each worker with
+    MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back at once), which also freezes the mmap threshold at
+    128 KiB: 14x the page faults and 0.32 instead of 0.21 CPU s per image before this. A worker then keeps up
+    to 256 MiB of freed heap for its next image. Left alone: a threshold the user chose
+    (MALLOC_MMAP_THRESHOLD_), other C libraries and systems.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not any(v in os.environ for v in _FIXED_MALLOC_VARIABLES):
-        return False
-    if not sys.platform.startswith("linux"):
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
         return False
     import ctypes
     import platform
@@ -186,9 +187,10 @@ def keep_large_arrays_on_heap() -> bool:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-        # -3: M_MMAP_THRESHOLD, -1: M_TRIM_THRESHOLD (malloc.h)
+        # -3: M_MMAP_THRESHOLD, -1: M_TRIM_THRESHOLD, -2: M_TOP_PAD (malloc.h)
         return bool(mallopt(ctypes.c_int(-3), ctypes.c_int(_MMAP_THRESHOLD))
-                    and mallopt(ctypes.c_int(-1), ctypes.c_int(_TRIM_THRESHOLD)))
+                    and mallopt(ctypes.c_int(-1), ctypes.c_int(_TRIM_THRESHOLD))
+                    and mallopt(ctypes.c_int(-2), ctypes.c_int(_TOP_PAD)))
     except (OSError, AttributeError):
         return False
 

@@ -361,12 +361,18 @@ def test_worker_keeps_image_sized_arrays_on_the_heap_under_dask_malloc_settings(
     done, frozen, raised = r.stdout.split()
     assert done == "True"
     assert int(frozen) > 20 * 100 and int(raised) < int(frozen) / 10
-    # Without such a variable glibc adapts by itself: nothing is changed.
+    # Without such a variable a worker gets the same limits (glibc's own adapt only after a first large free).
     r = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, timeout=120,
                        check=False, env=env)
     assert r.returncode == 0, r.stderr
-    done, adaptive, _ = r.stdout.split()
-    assert done == "False" and int(adaptive) < 20 * 100
+    done, adaptive, kept = r.stdout.split()
+    assert done == "True" and int(adaptive) < 20 * 100 and int(kept) < 20 * 100
+    # A threshold the user chose is left alone.
+    r = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, timeout=120,
+                       check=False, env={**env, "MALLOC_MMAP_THRESHOLD_": "131072"})
+    assert r.returncode == 0, r.stderr
+    done, chosen, left = r.stdout.split()
+    assert done == "False" and int(left) > 20 * 100
 
 
 @settings(max_examples=40, deadline=None)
