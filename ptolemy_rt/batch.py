@@ -753,6 +753,8 @@ def _read_calibrations(paths: Sequence[str], model_set: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ptolemy-rt batch` (argparse namespace from add_arguments)."""
+    # The command's own process (it runs the images itself with --workers 1): a worker's malloc limits too.
+    keep_large_arrays_on_heap()
     return run_batch(args.paths, args.output, kind=None if args.kind == "auto" else args.kind,
                      workers=args.workers, dask=args.dask, resume=args.resume, models=args.models,
                      provider=args.provider, threads=args.threads, section=args.section,
