@@ -451,16 +451,21 @@ def _shifts(mesh: Any, axis: int, max_width: int) -> list[tuple[int, int]]:
     return out
 
 
-def _median_rows(d: np.ndarray, *, finite: bool = False) -> np.ndarray:
+def _median_rows(d: np.ndarray, *, finite: bool = False, overwrite: bool = False) -> np.ndarray:
     """np.median(d, axis=1), the same values, ~3-5x faster: np.median partitions at both middle elements
     (kth=[k - 1, k]), which is far slower than one partition at k plus the maximum of the lower half (the
     lower middle element); their mean is taken as np.median takes it (in d's dtype). finite: the caller
-    knows d holds no NaN (else it is checked: a NaN makes np.median's row NaN, so those go to it)."""
+    knows d holds no NaN (else it is checked: a NaN makes np.median's row NaN, so those go to it).
+    overwrite: d is scratch, partitioned in place (no copy of it)."""
     n = d.shape[1]
     if n == 0 or (not finite and np.isnan(d).any()):
-        return np.median(d, axis=1)
+        return np.median(d, axis=1, overwrite_input=overwrite)
     k = n // 2
-    part = np.partition(d, k, axis=1)
+    if overwrite:
+        d.partition(k, axis=1)
+        part = d
+    else:
+        part = np.partition(d, k, axis=1)
     hi = part[:, k]
     if n % 2:
         return hi
@@ -471,35 +476,47 @@ def _median_rows(d: np.ndarray, *, finite: bool = False) -> np.ndarray:
 def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> np.ndarray:
     """Per row (axis 0) or column (axis 1): the median over the other axis of the image minus its shifted
     copy, then the median over the shifts (NaN where no shift fits)."""
-    h, w = img.shape
     # Lines along the rows of `view`: for columns (axis 1) the transpose, so both axes are one case below.
     view = img if axis == 0 else img.T
     n, m = view.shape
     step = max(1, m // 1024)  # ~1024 samples along a line make a steady median
     per_shift = np.full((len(shifts), n), np.nan)
-    # Each line's samples (every step-th pixel from a phase) copied once per phase into contiguous arrays:
-    # the differences then read contiguous memory, and a partition along rows runs ~2x faster than across.
-    phases: dict[int, np.ndarray] = {}
-
-    def samples(p: int) -> np.ndarray:
-        if p not in phases:
-            # For columns: every step-th row, transposed by cv2 (cache-blocked: ~5x numpy's strided copy).
-            phases[p] = np.ascontiguousarray(view[:, p::step]) if axis == 0 else cv2.transpose(img[p::step])
-        return phases[p]
-
-    # A NaN or inf pixel could make a difference NaN: then _median_rows checks each difference.
-    finite = bool(np.isfinite(img).all())
+    # A NaN or inf pixel could make a difference NaN: then _median_rows checks each difference. (A finite sum
+    # means every pixel is finite; an overflow to inf only sends the search down the checked path.)
+    with np.errstate(all="ignore"):
+        finite = bool(np.isfinite(np.sum(img)))
+    # One scratch array for every shift's differences, partitioned in place: no fresh 16 MB (at 4096²) per shift.
+    scratch = np.empty(n * len(range(0, m, step)), dtype=np.result_type(img.dtype, img.dtype))
+    flipped = np.empty(0, dtype=scratch.dtype)
+    done: dict[tuple[int, int], int] = {}
     for k, (dy, dx) in enumerate(shifts):
         across, along = (dy, dx) if axis == 0 else (dx, dy)
         r0, r1 = max(0, -across), min(n, n - across)
         c0, c1 = max(0, -along), min(m, m - along)
         if r1 - r0 < 8 or c1 - c0 < 8:
             continue
+        j = done.get((-dy, -dx))
+        if j is not None:
+            # Shifts come in pairs +-v: line r's pixel pairs under -v are line r - v's under +v (the same sample
+            # columns), each difference negated; so are the medians, to the bit (IEEE negation commutes with
+            # subtraction, the order statistics and their mean). 0 - x, not -x: a zero median stays +0.0.
+            per_shift[k, r0:r1] = 0.0 - per_shift[j, r0 + across : r1 + across]
+            continue
+        done[(dy, dx)] = k
         count = len(range(c0, c1, step))
-        # view[r, c0:c1:step] is samples(c0 % step)[r, c0 // step:][:count], and likewise the shifted copy.
-        a = samples(c0 % step)[r0:r1, c0 // step : c0 // step + count]
-        b = samples((c0 + along) % step)[r0 + across : r1 + across, (c0 + along) // step : (c0 + along) // step + count]
-        per_shift[k, r0:r1] = _median_rows(a - b, finite=finite)
+        d = scratch[: (r1 - r0) * count].reshape(r1 - r0, count)
+        if axis == 0:
+            # Every step-th pixel of each row, read in place (a strided read, no copy of the samples first).
+            np.subtract(view[r0:r1, c0:c1:step], view[r0 + across : r1 + across, c0 + along : c1 + along : step], out=d)
+        else:
+            # Columns: the differences of every step-th row (contiguous reads), then transposed by cv2 (cache-
+            # blocked: ~5x numpy's strided copy), so that the partition runs along contiguous rows (~2x faster).
+            if flipped.size < d.size:
+                flipped = np.empty(d.size, dtype=scratch.dtype)
+            t = flipped[: d.size].reshape(count, r1 - r0)
+            np.subtract(img[c0:c1:step, r0:r1], img[c0 + along : c1 + along : step, r0 + across : r1 + across], out=t)
+            d = cv2.transpose(t, dst=d)
+        per_shift[k, r0:r1] = _median_rows(d, finite=finite, overwrite=True)
     import warnings
 
     with warnings.catch_warnings():
