@@ -48,6 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ._parallel import spans, thread_count, thread_map
 from .errors import CorruptFileError, MissingFileError, ShapeError, TooLargeError
 
 __all__ = [
@@ -487,7 +488,9 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
         finite = bool(np.isfinite(np.sum(img)))
     # One scratch array for every shift's differences, partitioned in place: no fresh 16 MB (at 4096²) per shift.
     scratch = np.empty(n * len(range(0, m, step)), dtype=np.result_type(img.dtype, img.dtype))
-    flipped = np.empty(0, dtype=scratch.dtype)
+    flipped = np.empty_like(scratch) if axis == 1 else scratch[:0]
+    # Each shift's lines in a few spans, one per thread (each line's median is its own: the same bits).
+    threads = thread_count()
     done: dict[tuple[int, int], int] = {}
     for k, (dy, dx) in enumerate(shifts):
         across, along = (dy, dx) if axis == 0 else (dx, dy)
@@ -504,19 +507,26 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
             continue
         done[(dy, dx)] = k
         count = len(range(c0, c1, step))
-        d = scratch[: (r1 - r0) * count].reshape(r1 - r0, count)
-        if axis == 0:
-            # Every step-th pixel of each row, read in place (a strided read, no copy of the samples first).
-            np.subtract(view[r0:r1, c0:c1:step], view[r0 + across : r1 + across, c0 + along : c1 + along : step], out=d)
-        else:
-            # Columns: the differences of every step-th row (contiguous reads), then transposed by cv2 (cache-
-            # blocked: ~5x numpy's strided copy), so that the partition runs along contiguous rows (~2x faster).
-            if flipped.size < d.size:
-                flipped = np.empty(d.size, dtype=scratch.dtype)
-            t = flipped[: d.size].reshape(count, r1 - r0)
-            np.subtract(img[c0:c1:step, r0:r1], img[c0 + along : c1 + along : step, r0 + across : r1 + across], out=t)
-            d = cv2.transpose(t, dst=d)
-        per_shift[k, r0:r1] = _median_rows(d, finite=finite, overwrite=True)
+
+        def lines(span: tuple[int, int], k=k, across=across, along=along, r0=r0, c0=c0, c1=c1, count=count) -> None:
+            # Lines lo..hi-1 of this shift, in their own part of the scratch arrays (threads: disjoint parts).
+            lo, hi = span
+            part = slice((lo - r0) * count, (hi - r0) * count)
+            d = scratch[part].reshape(hi - lo, count)
+            if axis == 0:
+                # Every step-th pixel of each row, read in place (a strided read, no copy of the samples first).
+                np.subtract(view[lo:hi, c0:c1:step], view[lo + across : hi + across, c0 + along : c1 + along : step],
+                            out=d)
+            else:
+                # Columns: the differences of every step-th row (contiguous reads), then transposed by cv2 (cache-
+                # blocked: ~5x numpy's strided copy), so that the partition runs along contiguous rows (~2x faster).
+                t = flipped[part].reshape(count, hi - lo)
+                np.subtract(img[c0:c1:step, lo:hi], img[c0 + along : c1 + along : step, lo + across : hi + across],
+                            out=t)
+                d = cv2.transpose(t, dst=d)
+            per_shift[k, lo:hi] = _median_rows(d, finite=finite, overwrite=True)
+
+        thread_map(lines, spans(r0, r1, threads, min_size=256), threads)
     import warnings
 
     with warnings.catch_warnings():

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._parallel import thread_count, thread_map
 from .crops import CROP_SIZE, reduced_square_crops, rotated_frame, square_crop_source, square_crops
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
@@ -233,8 +234,7 @@ def class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) 
     normalisation: it took image * mask and dropped zeros).
 
     integral: the caller knows every pixel is a whole number of magnitude at most 2**16 (counts:
-    mixture.CountScale.integer). Then every partial sum of the first pass is a whole number under 2**53,
-    exact in any order, so that pass sums without gathering the pixels (the same bits, ~2x faster)."""
+    mixture.CountScale.integer): then the first pass is exact in any order (_exact_sum) without checking."""
     x = np.ascontiguousarray(image, dtype=np.float32)
     m = np.asarray(mask)
     # Two passes in float64, each summed in pixel order (cumsum; np.sum is pairwise), as recorded results were.
@@ -242,37 +242,93 @@ def class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) 
     # additions in the same order (the same bits) without a float64 copy of every selected pixel (2 x 240 MB
     # at 8192²).
     rows = max(1, _STATS_BLOCK // max(1, x.shape[1])) if x.ndim == 2 else x.shape[0]
+    blocks = [(r, min(r + rows, x.shape[0])) for r in range(0, x.shape[0], rows)]
 
-    def blocks():
-        for r in range(0, x.shape[0], rows):
-            xb = x[r : r + rows]
-            sel = xb[(m[r : r + rows] != 0) & (xb != 0.0)]
-            if sel.size:
-                yield sel.astype(np.float64)
+    def selected(span: tuple[int, int]) -> np.ndarray:
+        xb = x[span[0] : span[1]]
+        return xb[(m[span[0] : span[1]] != 0) & (xb != 0.0)]
 
-    n, total = 0, 0.0
-    if integral and x.size < 2**36:
-        for r in range(0, x.shape[0], rows):
-            xb = x[r : r + rows]
-            mb = m[r : r + rows] != 0
-            # Zeros add nothing to the sum; they are left out of the count.
-            total += float(np.sum(xb, where=mb, dtype=np.float64))
-            n += int(np.count_nonzero(mb & (xb != 0.0)))
+    first = _exact_sum(x, m, blocks, integral=integral and x.size < 2**36)
+    if first is None:
+        total, n = _running_sum(blocks, lambda span: selected(span).astype(np.float64))
     else:
-        for sel in blocks():
-            sel[0] += total
-            total = float(np.cumsum(sel)[-1])
-            n += sel.size
+        total, n = first
     if n == 0:
         return 0.0, 0.0
     mean = total / n
-    total = 0.0
-    for sel in blocks():
+
+    def deviations(span: tuple[int, int]) -> np.ndarray:
+        sel = selected(span).astype(np.float64)
         sel -= mean
         sel *= sel
-        sel[0] += total
-        total = float(np.cumsum(sel)[-1])
+        return sel
+
+    total, _ = _running_sum(blocks, deviations)
     return mean, math.sqrt(total / n)
+
+
+def _running_sum(blocks: list[tuple[int, int]], values: Any) -> tuple[float, int]:
+    """The float64 sum in order (each addition rounded in turn, as one cumsum) of values(block) over the blocks,
+    and their count. With a second thread, the next block's values are made while this block is summed (the
+    running sum itself is one chain: the same additions in the same order, the same bits)."""
+    total, n = 0.0, 0
+
+    def add(v: np.ndarray) -> None:
+        nonlocal total, n
+        if v.size:
+            v[0] += total
+            total = float(np.cumsum(v)[-1])
+            n += v.size
+
+    if thread_count() < 2 or len(blocks) < 2:
+        for span in blocks:
+            add(values(span))
+        return total, n
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptolemy-rt") as pool:
+        ahead = pool.submit(values, blocks[0])
+        for i in range(len(blocks)):
+            v = ahead.result()
+            if i + 1 < len(blocks):
+                ahead = pool.submit(values, blocks[i + 1])
+            add(v)
+    return total, n
+
+
+def _exact_sum(x: np.ndarray, m: np.ndarray, blocks: list[tuple[int, int]], *,
+               integral: bool = False) -> tuple[float, int] | None:
+    """The float64 sum and count of the non-zero pixels of x where m is set, when every partial sum of them is
+    exact (so any order of adding gives the pixel-order sum's bits), else None.
+
+    The pixels are float32: each positive one is a whole multiple of 2**q, q = frexp(smallest)[1] - 24 (a
+    float32 holds 24 significant bits; larger pixels are coarser multiples). A float64 holds every multiple of
+    2**q below 2**(53 + q) exactly, so with all pixels positive and their sum under 2**(52 + q) (a factor 2
+    to spare for the check's own rounding) no partial sum in any order is rounded. integral: the caller knows
+    the pixels are whole numbers under 2**16 in magnitude and fewer than 2**36 (then every partial sum is under
+    2**52: exact) and zeros are in the sum, which adds nothing. Blocks are summed on several threads."""
+
+    def part(span: tuple[int, int]) -> tuple[float, int, float]:
+        xb, mb = x[span[0] : span[1]], m[span[0] : span[1]] != 0
+        if integral:
+            return float(np.sum(xb, where=mb, dtype=np.float64)), int(np.count_nonzero(mb & (xb != 0.0))), 1.0
+        sel = mb & (xb != 0.0)
+        c = int(np.count_nonzero(sel))
+        if c == 0:
+            return 0.0, 0, math.inf
+        # NaN makes the smallest NaN (then no exact sum); -inf or any negative pixel makes it <= 0 (likewise).
+        return float(np.sum(xb, where=sel, dtype=np.float64)), c, float(np.min(xb, where=sel, initial=np.inf))
+
+    parts = thread_map(part, blocks)
+    n = sum(p[1] for p in parts)
+    total = math.fsum(p[0] for p in parts)  # each part exact when the whole is: any sum of them is exact too
+    if integral or n == 0:
+        return total, n
+    smallest = min(p[2] for p in parts)
+    if not (smallest > 0.0 and math.isfinite(total)):
+        return None
+    q = math.frexp(smallest)[1] - 24
+    return (total, n) if total <= math.ldexp(1.0, 52 + q) else None
 
 
 # Pixels per block in class_stats.

@@ -605,3 +605,64 @@ def test_class_stats_of_whole_numbers_sum_to_the_same_bits(seed, top, zeros, row
     img[rng.random(img.shape) < zeros] = 0.0
     mask = (rng.random(img.shape) < 0.6).astype(np.uint8)
     assert squares.class_stats(img, mask, integral=True) == squares.class_stats(img, mask)
+
+
+def _plain_class_stats(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """class_stats as defined: both passes one float64 cumsum over the selected pixels in pixel order."""
+    sel = x[(mask != 0) & (x != 0.0)].astype(np.float64)
+    if not sel.size:
+        return 0.0, 0.0
+    mean = float(np.cumsum(sel)[-1]) / sel.size
+    return mean, math.sqrt(float(np.cumsum((sel - mean) ** 2)[-1]) / sel.size)
+
+
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
+       kind=st.sampled_from(["counts", "flattened", "wide", "tiny", "negative", "nan", "inf", "subnormal", "huge"]),
+       threads=st.sampled_from([1, 2, 3]))
+def test_class_stats_is_the_pixel_order_sums_to_the_bit(seed, rows, cols, block, kind, threads):
+    """class_stats (first pass summed in any order where that is exact, else in order; blocks made on other
+    threads) gives the plain pixel-order cumsum's mean and std to the bit, for pixels where the any-order sum is
+    exact and where it is not, with any block size and thread count."""
+    rng = np.random.default_rng(seed)
+    x = {"counts": lambda: rng.integers(0, 65536, (rows, cols)),
+         "flattened": lambda: rng.integers(50, 3000, (rows, cols)) / rng.uniform(0.7, 1.4),
+         "wide": lambda: rng.uniform(1e-3, 1.0, (rows, cols)) * 10.0 ** rng.integers(-3, 9, (rows, cols)),
+         "tiny": lambda: rng.uniform(1e-30, 1e-20, (rows, cols)),
+         "negative": lambda: rng.normal(0, 500, (rows, cols)),
+         "nan": lambda: np.where(rng.random((rows, cols)) < 0.05, np.nan, rng.uniform(1, 9, (rows, cols))),
+         "inf": lambda: np.where(rng.random((rows, cols)) < 0.05, np.inf, rng.uniform(1, 9, (rows, cols))),
+         "subnormal": lambda: rng.integers(1, 1000, (rows, cols)) * 1e-45,
+         "huge": lambda: rng.uniform(1e30, 3e38, (rows, cols))}[kind]().astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0.0
+    mask = (rng.random(x.shape) < 0.6).astype(np.uint8)
+    want = _plain_class_stats(x, mask)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(squares, "_STATS_BLOCK", block)
+    monkey.setattr(squares, "thread_count", lambda: threads)
+    monkey.setattr("ptolemy_rt._parallel.thread_count", lambda: threads)
+    try:
+        got = squares.class_stats(x, mask)
+    finally:
+        monkey.undo()
+    assert np.array(got).tobytes() == np.array(want).tobytes()
+
+
+def test_exact_sum_only_where_every_partial_sum_is_exact():
+    """The any-order first pass is taken for flattened counts (multiples of 2**-17 summing to far less than
+    2**36) and refused where a partial sum could round: a sum past 2**(52 + q), a negative, NaN or inf pixel."""
+    rng = np.random.default_rng(3)
+    x = (rng.integers(95, 1800, (300, 300)) / np.float32(1.37)).astype(np.float32)
+    m = np.ones(x.shape, np.uint8)
+    blocks = [(0, 100), (100, 300)]
+    got = squares._exact_sum(x, m, blocks)
+    assert got is not None and got == (float(np.cumsum(x.ravel().astype(np.float64))[-1]), x.size)
+    small = x.copy()
+    small[0, 0] = np.float32(2.0**-40)  # q = -63: the sum (~7e7) is far over 2**-11
+    assert squares._exact_sum(small, m, blocks) is None
+    for bad in (-1.0, np.nan, np.inf):
+        y = x.copy()
+        y[5, 5] = bad
+        assert squares._exact_sum(y, m, blocks) is None
+    # All zero or unselected: an empty sum.
+    assert squares._exact_sum(np.zeros((4, 4), np.float32), m[:4, :4], [(0, 4)]) == (0.0, 0)
