@@ -486,11 +486,11 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
     # means every pixel is finite; an overflow to inf only sends the search down the checked path.)
     with np.errstate(all="ignore"):
         finite = bool(np.isfinite(np.sum(img)))
-    # One scratch array for every shift's differences, partitioned in place: no fresh 16 MB (at 4096²) per shift.
-    scratch = np.empty(n * len(range(0, m, step)), dtype=np.result_type(img.dtype, img.dtype))
-    flipped = np.empty_like(scratch) if axis == 1 else scratch[:0]
-    # Each shift's lines in a few spans, one per thread (each line's median is its own: the same bits).
-    threads = thread_count()
+    # Shifts come in pairs +-v: line r's pixel pairs under -v are line r - v's under +v (the same sample columns),
+    # each difference negated; so are the medians, to the bit (IEEE negation commutes with subtraction, the order
+    # statistics and their mean). So only one of each pair is measured; the other is filled in below.
+    measured: list[tuple[int, int, int, int, int, int, int]] = []
+    mirrored: list[tuple[int, int, int, int, int]] = []
     done: dict[tuple[int, int], int] = {}
     for k, (dy, dx) in enumerate(shifts):
         across, along = (dy, dx) if axis == 0 else (dx, dy)
@@ -499,19 +499,25 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
         if r1 - r0 < 8 or c1 - c0 < 8:
             continue
         j = done.get((-dy, -dx))
-        if j is not None:
-            # Shifts come in pairs +-v: line r's pixel pairs under -v are line r - v's under +v (the same sample
-            # columns), each difference negated; so are the medians, to the bit (IEEE negation commutes with
-            # subtraction, the order statistics and their mean). 0 - x, not -x: a zero median stays +0.0.
-            per_shift[k, r0:r1] = 0.0 - per_shift[j, r0 + across : r1 + across]
-            continue
-        done[(dy, dx)] = k
-        count = len(range(c0, c1, step))
+        if j is None:
+            done[(dy, dx)] = k
+            measured.append((k, across, along, r0, r1, c0, c1))
+        else:
+            mirrored.append((k, j, across, r0, r1))
+    width = len(range(0, m, step))
+    # One scratch array for the differences, partitioned in place (no fresh 16 MB at 4096² per shift); the lines
+    # cut into spans, one per thread, each span with its own part of it (each line's median is its own: the same
+    # bits on any number of threads).
+    scratch = np.empty(n * width, dtype=np.result_type(img.dtype, img.dtype))
+    flipped = np.empty_like(scratch) if axis == 1 else scratch[:0]
 
-        def lines(span: tuple[int, int], k=k, across=across, along=along, r0=r0, c0=c0, c1=c1, count=count) -> None:
-            # Lines lo..hi-1 of this shift, in their own part of the scratch arrays (threads: disjoint parts).
-            lo, hi = span
-            part = slice((lo - r0) * count, (hi - r0) * count)
+    def lines(span: tuple[int, int]) -> None:
+        for k, across, along, r0, r1, c0, c1 in measured:
+            lo, hi = max(span[0], r0), min(span[1], r1)
+            if hi <= lo:
+                continue
+            count = len(range(c0, c1, step))
+            part = slice(span[0] * width, span[0] * width + (hi - lo) * count)
             d = scratch[part].reshape(hi - lo, count)
             if axis == 0:
                 # Every step-th pixel of each row, read in place (a strided read, no copy of the samples first).
@@ -526,7 +532,11 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
                 d = cv2.transpose(t, dst=d)
             per_shift[k, lo:hi] = _median_rows(d, finite=finite, overwrite=True)
 
-        thread_map(lines, spans(r0, r1, threads, min_size=256), threads)
+    threads = thread_count()
+    thread_map(lines, spans(0, n, threads, min_size=256), threads)
+    for k, j, across, r0, r1 in mirrored:
+        # 0 - x, not -x: a zero median stays +0.0.
+        per_shift[k, r0:r1] = 0.0 - per_shift[j, r0 + across : r1 + across]
     import warnings
 
     with warnings.catch_warnings():

@@ -344,3 +344,18 @@ def test_row_residual_is_the_plain_statistic_to_the_bit(h, w, seed, ties, bad, a
     want = _plain_row_residual(img, shifts, axis)
     got = _row_residual(img, shifts, axis)
     assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_row_residual_on_threads_is_the_same_bits(monkeypatch, threads):
+    """Lines cut into spans, one per thread, each in its own part of the scratch array: the plain statistic's
+    bytes whatever the thread count (lines long enough to be cut, samples every second pixel)."""
+    import ptolemy_rt.montage as montage
+
+    rng = np.random.default_rng(11)
+    img = rng.integers(0, 2000, (900, 2100)).astype(np.float32)
+    shifts = [(37, 12), (-37, -12), (74, 24), (-74, -24), (-20, 45), (20, -45)]
+    monkeypatch.setattr(montage, "thread_count", lambda: threads)
+    for axis in (0, 1):
+        want = _plain_row_residual(img, shifts, axis)
+        assert montage._row_residual(img, shifts, axis).tobytes() == want.tobytes()
