@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._parallel import thread_map
+
 __all__ = [
     "per_pixel_em",
     "CountScale",
@@ -105,7 +107,8 @@ def _counts(data: np.ndarray, scale: float, top: int) -> np.ndarray:
     flat = data.ravel()
     out = np.empty(flat.shape[0], dtype=np.uint16)  # top <= COUNT_CAP
     unit = scale == 1.0
-    for a in range(0, flat.shape[0], _BLOCK):
+
+    def block(a: int) -> None:
         v = flat[a : a + _BLOCK]
         if unit:
             # float32 compares exactly with top (< 2**24); truncation of a positive value is its floor.
@@ -115,16 +118,21 @@ def _counts(data: np.ndarray, scale: float, top: int) -> np.ndarray:
             x = np.floor(v * np.float64(scale) + 0.5)
             np.clip(x, 0.0, float(top), out=x)
         out[a : a + _BLOCK] = x
+
+    # Each block writes its own pixels: on threads (_parallel), the same counts.
+    thread_map(block, range(0, flat.shape[0], _BLOCK))
     return out.reshape(data.shape)
 
 
 def _bincount(counts: np.ndarray, top: int) -> np.ndarray:
     """Histogram (int64, top + 1 bins) of uint16 counts, a block at a time: np.bincount casts its input to
-    intp, which at 8192² is a 512 MB temporary (and 0.3-0.5 s); per block it stays in cache."""
+    intp, which at 8192² is a 512 MB temporary (and 0.3-0.5 s); per block it stays in cache. Blocks on threads
+    (integer sums: the same histogram in any order)."""
     flat = counts.ravel()
     out = np.zeros(top + 1, dtype=np.int64)
-    for a in range(0, flat.shape[0], _BLOCK):
-        out += np.bincount(flat[a : a + _BLOCK], minlength=top + 1)
+    for part in thread_map(lambda a: np.bincount(flat[a : a + _BLOCK], minlength=top + 1),
+                           range(0, flat.shape[0], _BLOCK)):
+        out += part
     return out
 
 
@@ -136,14 +144,15 @@ def _label_changes(mask: np.ndarray) -> int:
     """Label changes between 4-neighbours of a 2-D mask (a measure of its spatial coherence)."""
     rows, cols = mask.shape
     step = max(1, _BLOCK // max(1, cols))
-    changes = 0
-    for a in range(0, rows, step):
+
+    def block(a: int) -> int:
         b = min(rows, a + step)
-        block = mask[a:b]
-        changes += int(np.count_nonzero(block[:, 1:] != block[:, :-1]))
-        block = mask[a : min(rows, b + 1)]  # the vertical pairs reach one row into the next block
-        changes += int(np.count_nonzero(block[1:] != block[:-1]))
-    return changes
+        part = mask[a:b]
+        changes = int(np.count_nonzero(part[:, 1:] != part[:, :-1]))
+        part = mask[a : min(rows, b + 1)]  # the vertical pairs reach one row into the next block
+        return changes + int(np.count_nonzero(part[1:] != part[:-1]))
+
+    return sum(thread_map(block, range(0, rows, step)))
 
 
 def _step(table: np.ndarray) -> int | None:

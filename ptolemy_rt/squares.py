@@ -462,16 +462,22 @@ def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict
 def _squares(boxes: Boxes, brightness: np.ndarray, scores: np.ndarray | None,
              **fields: Sequence[Any]) -> tuple[Square, ...]:
     """Square results, sorted, from boxes, brightness, CNN scores (or None) and optional per-square fields."""
+    # Python floats of every array at once (tolist: the same values as float() of each element, ~10x faster).
+    xy = np.asarray(boxes.centers, dtype=np.float64).reshape(-1, 2).tolist()
+    verts = [tuple(map(tuple, v)) for v in np.asarray(boxes.vertices, dtype=np.float64).tolist()]
+    areas = np.asarray(boxes.areas, dtype=np.float64).tolist()
+    bright = np.asarray(brightness).astype(np.float64).tolist()
+    score_list = [None] * len(areas) if scores is None else np.asarray(scores).astype(np.float64).tolist()
     out = []
-    for i in range(len(boxes.areas)):
-        score = None if scores is None else float(scores[i])
+    for i in range(len(areas)):
+        score = score_list[i]
         out.append(
             Square(
-                x=float(boxes.centers[i, 0]),
-                y=float(boxes.centers[i, 1]),
-                vertices=tuple((float(px), float(py)) for px, py in boxes.vertices[i]),
-                area=float(boxes.areas[i]),
-                brightness=float(brightness[i]),
+                x=xy[i][0],
+                y=xy[i][1],
+                vertices=verts[i],
+                area=areas[i],
+                brightness=bright[i],
                 score=score,
                 scores={} if score is None else {"cnn": score},
                 **{name: values[i] for name, values in fields.items()},

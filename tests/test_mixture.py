@@ -193,3 +193,25 @@ def test_mask_from_a_step_table_is_the_gathered_one(seed, n, step):
     mask, changes = mixture._apply(counts.astype(np.float32), 1.0, n - 1, table, counts)
     assert mask.dtype == np.uint8 and np.array_equal(mask, table[counts])
     assert changes == mixture._label_changes(table[counts])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_segment_on_threads_is_the_same(monkeypatch, threads):
+    """The block passes (bins, histogram, label changes) spread over threads give the one-thread segmentation:
+    the same mask bytes, fit and statistics (small blocks, so there are many)."""
+    import ptolemy_rt._parallel as parallel
+    from ptolemy_rt import mixture
+
+    rng = np.random.default_rng(5)
+    rr, cc = np.mgrid[:300, :310]
+    bright = (rr % 40 > 6) & (cc % 40 > 6)  # squares between bars
+    img = rng.poisson(np.where(bright, 900.0, 150.0)).astype(np.float32) * np.float32(0.37)
+    monkeypatch.setattr(mixture, "_BLOCK", 4096)
+    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
+    want = mixture.segment(img)
+    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
+    got = mixture.segment(img)
+    assert want.mask is not None
+    assert got.mask.tobytes() == want.mask.tobytes()
+    assert (got.incoherence, got.separation, got.fit.posterior.tobytes()) == \
+        (want.incoherence, want.separation, want.fit.posterior.tobytes())

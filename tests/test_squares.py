@@ -666,3 +666,29 @@ def test_exact_sum_only_where_every_partial_sum_is_exact():
         assert squares._exact_sum(y, m, blocks) is None
     # All zero or unselected: an empty sum.
     assert squares._exact_sum(np.zeros((4, 4), np.float32), m[:4, :4], [(0, 4)]) == (0.0, 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 30), seed=st.integers(0, 10_000), scored=st.booleans(),
+       bdtype=st.sampled_from([np.float32, np.float64]))
+def test_square_results_hold_each_arrays_values(n, seed, scored, bdtype):
+    """_squares' bulk conversion (tolist) gives every field as float() of its array element did."""
+    from ptolemy_rt.results import Square, sort_targets
+
+    rng = np.random.default_rng(seed)
+    vertices = rng.normal(500, 300, (n, 4, 2))
+    boxes = squares.Boxes(12.5, vertices, vertices.mean(axis=1), rng.uniform(10, 1e4, n))
+    brightness = rng.uniform(0, 3000, n).astype(bdtype)
+    scores = rng.random(n).astype(np.float32) if scored else None
+    if scored and n:
+        scores[0] = np.nan
+    rows = list(range(n))
+    got = squares._squares(boxes, brightness, scores, row=rows)
+    want = sort_targets(Square(x=float(boxes.centers[i, 0]), y=float(boxes.centers[i, 1]),
+                               vertices=tuple((float(px), float(py)) for px, py in boxes.vertices[i]),
+                               area=float(boxes.areas[i]), brightness=float(brightness[i]),
+                               score=None if scores is None else float(scores[i]),
+                               scores={} if scores is None else {"cnn": float(scores[i])}, row=rows[i])
+                        for i in range(n))
+    assert json.dumps([s.to_dict() for s in got]) == json.dumps([s.to_dict() for s in want])
+    assert all(type(s.x) is float and type(s.vertices[0][0]) is float for s in got)
