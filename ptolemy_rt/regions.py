@@ -10,9 +10,12 @@ Used by both pipelines: squares (with an area filter) and holes (centroids, no f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+
+from ._parallel import thread_map
 
 __all__ = ["Regions", "find_regions", "region_means", "polygon_area", "polygon_centroid"]
 
@@ -111,13 +114,23 @@ def find_regions(
         mask = mask.view(np.uint8)
     elif mask.dtype != np.uint8:
         mask = (mask != 0).astype(np.uint8)
-    if window > 1:
-        # cv2's anchor for an even kernel is window // 2: the same neighbourhood as the original's
-        # convolve2d(mode="same") (a pixel reaches window // 2 up/left and window // 2 - 1 down/right).
-        dilated = cv2.dilate(mask, np.ones((window, window), np.uint8))
-    else:
-        dilated = mask
-    n_labels, labels = cv2.connectedComponents(dilated, connectivity=8, ltype=cv2.CV_32S)
+
+    def label() -> tuple[int, np.ndarray]:
+        if window > 1:
+            # cv2's anchor for an even kernel is window // 2: the same neighbourhood as the original's
+            # convolve2d(mode="same") (a pixel reaches window // 2 up/left and window // 2 - 1 down/right).
+            dilated = cv2.dilate(mask, np.ones((window, window), np.uint8))
+        else:
+            dilated = mask
+        return cv2.connectedComponents(dilated, connectivity=8, ltype=cv2.CV_32S)
+
+    def outer() -> Any:
+        return cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+
+    # The outer boundaries are traced from the mask alone: on a second thread while the regions are labelled
+    # (both cv2 calls, which run without the GIL; the same results as one after the other). Small masks: no
+    # thread (its start costs more than it saves).
+    (n_labels, labels), contours = thread_map(lambda f: f(), [label, outer], None if mask.size >= 1 << 20 else 1)
     hulls: list[np.ndarray] = []
     ids: list[int] = []
     # A region's hull is the hull of its blobs' (8-connected components') outer boundaries. The outermost
@@ -126,7 +139,6 @@ def find_regions(
     # with one that has an outer boundary (then it lies inside that blob's hull: nothing is lost), or all of
     # its region lies in the hole, and then that region has no outer boundary here: only then are all
     # boundaries traced.
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if contours:
         first_points = np.array([c[0, 0] for c in contours])
         if np.unique(labels[first_points[:, 1], first_points[:, 0]]).size < n_labels - 1:

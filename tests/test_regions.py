@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -162,3 +163,21 @@ def test_outer_boundaries_give_the_hulls_of_all_boundaries(seed, window, min_are
     np.testing.assert_array_equal(got.areas, want.areas)
     np.testing.assert_array_equal(got.centroids, want.centroids)
     np.testing.assert_array_equal(got.label_ids, want.label_ids)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_find_regions_with_its_contours_on_a_thread_is_the_same(monkeypatch, threads):
+    """Over a million pixels the outer contours are traced on a second thread while the regions are labelled:
+    the same hulls, areas, ids and labels as one after the other."""
+    import ptolemy_rt._parallel as parallel
+
+    rng = np.random.default_rng(2)
+    mask = (cv2.GaussianBlur(rng.random((1100, 1000), dtype=np.float32), (0, 0), 4) > 0.52).astype(np.uint8)
+    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
+    want = regions.find_regions(mask, window=6, min_area=50)
+    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
+    got = regions.find_regions(mask, window=6, min_area=50)
+    assert len(got) == len(want) > 20
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(got.hulls, want.hulls))
+    assert got.areas.tobytes() == want.areas.tobytes() and got.label_ids.tobytes() == want.label_ids.tobytes()
+    assert got.labels.tobytes() == want.labels.tobytes()
