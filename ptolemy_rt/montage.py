@@ -714,23 +714,39 @@ def flatten_tile_offsets(
     ok = np.ones((h, w), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     floor = 0.05 * max(float(np.percentile(image[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
     eqs: list[tuple[int, int, float, float]] = []
+    sides: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
+
+    def boundary(axis: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        # Boundary k along `axis` (0: between row cells), along its whole length: the band means either side
+        # and where both bands are valid; each cell's comparison takes its part (numpy's float64 band means are
+        # per position, the same bits over the whole length as over a cell's part of it: one call, not one
+        # per cell).
+        if (axis, k) not in sides:
+            bnd = (ry if axis == 0 else cx)[k + 1]
+            start, stop = wid[axis].get(bnd, (bnd, bnd))
+            size = h if axis == 0 else w
+            n0, n1 = max(0, start - band), min(size, stop + band)
+            if start - n0 < band // 2 or n1 - stop < band // 2:
+                sides[(axis, k)] = None
+            else:
+                view, vmask = (image, ok) if axis == 0 else (image.T, ok.T)
+                use = vmask[n0:start].all(axis=0) & vmask[stop:n1].all(axis=0)
+                # Means across the band first (one pass), then over the positions where both sides are valid.
+                sides[(axis, k)] = (view[n0:start].mean(axis=0, dtype=np.float64),
+                                    view[stop:n1].mean(axis=0, dtype=np.float64), use)
+        return sides[(axis, k)]
 
     def compare(axis: int, k: int, lo: int, hi: int, a: int, b: int) -> None:
-        # Boundary k along `axis` (0: between row cells), over lo..hi of the other axis; cells a | b.
-        bnd = (ry if axis == 0 else cx)[k + 1]
-        start, stop = wid[axis].get(bnd, (bnd, bnd))
-        size = h if axis == 0 else w
-        n0, n1 = max(0, start - band), min(size, stop + band)
-        if start - n0 < band // 2 or n1 - stop < band // 2 or hi - lo < band:
+        # Boundary k along `axis`, over lo..hi of the other axis; cells a | b.
+        found = boundary(axis, k) if hi - lo >= band else None
+        if found is None:
             return
-        view, vmask = (image, ok) if axis == 0 else (image.T, ok.T)
-        left, right = view[n0:start, lo:hi], view[stop:n1, lo:hi]
-        use = vmask[n0:start, lo:hi].all(axis=0) & vmask[stop:n1, lo:hi].all(axis=0)
+        left, right, valid = found
+        use = valid[lo:hi]
         if use.sum() < band:
             return
-        # Means across the band first (one pass), then over the positions where both sides are valid.
-        ml = float(left.mean(axis=0, dtype=np.float64)[use].mean())
-        mr = float(right.mean(axis=0, dtype=np.float64)[use].mean())
+        ml = float(left[lo:hi][use].mean())
+        mr = float(right[lo:hi][use].mean())
         if ml > floor and mr > floor:
             eqs.append((a, b, math.log(mr / ml), float(use.sum())))
 

@@ -359,3 +359,22 @@ def test_row_residual_on_threads_is_the_same_bits(monkeypatch, threads):
     for axis in (0, 1):
         want = _plain_row_residual(img, shifts, axis)
         assert montage._row_residual(img, shifts, axis).tobytes() == want.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), h=st.integers(20, 2500), w=st.integers(20, 2500), axis=st.sampled_from([0, 1]),
+       data=st.data())
+def test_band_means_over_a_whole_boundary_are_each_cells(seed, h, w, axis, data):
+    """flatten_tile_offsets takes each boundary's band means (float64, per position) along its whole length once
+    and gives each cell its part: the same bits as the band means of the cell's part alone (what it computed
+    per cell before), for row and column boundaries (the latter over the transposed view)."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w), dtype=np.float32) * 3000).astype(np.float32)
+    view = img if axis == 0 else img.T
+    n, m = view.shape
+    n0 = data.draw(st.integers(0, n - 2))
+    n1 = data.draw(st.integers(n0 + 1, n))
+    lo = data.draw(st.integers(0, m - 1))
+    hi = data.draw(st.integers(lo + 1, m))
+    whole = view[n0:n1].mean(axis=0, dtype=np.float64)[lo:hi]
+    assert whole.tobytes() == view[n0:n1, lo:hi].mean(axis=0, dtype=np.float64).tobytes()
