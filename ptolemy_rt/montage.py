@@ -680,10 +680,12 @@ def flatten_tile_offsets(
     valid: np.ndarray | None = None,
     min_change: float = 0.05,
     min_contrast: float = 0.15,
+    in_place: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Divide each tile of a stitched atlas by its brightness gain; the tiles are the cells between the seams of at
     least `min_contrast` (remove_seams; with the grid they imply: tile_boundaries). Returns the flattened image (the
     input itself when no gain differs from 1 by `min_change` or more) and the gains per cell (rows x cols) or None.
+    in_place: a float32 image the caller owns (remove_seams' copy) is divided in place, not copied.
 
     Across each boundary the mean of a band on either side (two mesh pitches wide, so it holds whole periods of the
     mesh: the same mean for the same gain) gives the ratio of the two cells' gains, where `valid` (the grid disc)
@@ -777,7 +779,8 @@ def flatten_tile_offsets(
     row_cell = np.repeat(np.arange(nr), np.diff(ry))
     col_cell = np.repeat(np.arange(nc), np.diff(cx))
     inv = (1.0 / gains).astype(np.float32)
-    out = np.empty((h, w), dtype=np.float32)
+    own = in_place and image.dtype == np.float32 and image.flags.c_contiguous and image.flags.writeable
+    out = image if own else np.empty((h, w), dtype=np.float32)
     for i in range(nr):
         np.multiply(image[ry[i] : ry[i + 1]], inv[i][col_cell][None, :], out=out[ry[i] : ry[i + 1]])
     del row_cell

@@ -258,8 +258,8 @@ def class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) 
     mean = total / n
 
     def deviations(span: tuple[int, int]) -> np.ndarray:
-        sel = selected(span).astype(np.float64)
-        sel -= mean
+        # float64(x) - mean in one pass (the ufunc casts each pixel first: the same values as astype, then -=).
+        sel = np.subtract(selected(span), mean, dtype=np.float64)
         sel *= sel
         return sel
 
@@ -667,7 +667,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
                 # mixture threshold and one brightness scale (classes) hold for every tile.
                 from .montage import flatten_tile_offsets
 
-                source, _ = flatten_tile_offsets(cleaned, seams, pitch_px=mesh.pitch_px, valid=disc)
+                # remove_seams' copy is ours: flattened in place (no second 64 MB at 4096²).
+                source, _ = flatten_tile_offsets(cleaned, seams, pitch_px=mesh.pitch_px, valid=disc, in_place=True)
             del cleaned
         timings["seams"] = time.perf_counter() - t
 

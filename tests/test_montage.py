@@ -378,3 +378,21 @@ def test_band_means_over_a_whole_boundary_are_each_cells(seed, h, w, axis, data)
     hi = data.draw(st.integers(lo + 1, m))
     whole = view[n0:n1].mean(axis=0, dtype=np.float64)[lo:hi]
     assert whole.tobytes() == view[n0:n1, lo:hi].mean(axis=0, dtype=np.float64).tobytes()
+
+
+def test_flatten_in_place_is_the_same_image():
+    """in_place=True divides the caller's float32 image itself: the same bytes as the copy it returns otherwise."""
+    rng = np.random.default_rng(4)
+    img = rng.poisson(800.0, (600, 600)).astype(np.float32)
+    img[:300, :300] *= np.float32(1.4)
+    img[300:, 300:] *= np.float32(0.7)
+    seams = [Seam(0, 299, 301, 0, 600, 0.3), Seam(1, 299, 301, 0, 600, 0.3)]
+    want, gains = flatten_tile_offsets(img, seams, pitch_px=30.0)
+    assert want is not img and gains is not None
+    mine = img.copy()
+    got, gains2 = flatten_tile_offsets(mine, seams, pitch_px=30.0, in_place=True)
+    assert got is mine and got.tobytes() == want.tobytes() and gains2.tobytes() == gains.tobytes()
+    # Not float32 (or not writeable): a new image, the input untouched.
+    ro = img.copy()
+    ro.flags.writeable = False
+    assert flatten_tile_offsets(ro, seams, pitch_px=30.0, in_place=True)[0].tobytes() == want.tobytes()
