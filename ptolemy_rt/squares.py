@@ -53,6 +53,7 @@ __all__ = [
     "boxes_at_angle",
     "square_crops",
     "class_stats",
+    "crop_normalisation",
     "SquareOptions",
     "angle_ccw",
     "square_outline",
@@ -235,6 +236,26 @@ def class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) 
 
     integral: the caller knows every pixel is a whole number of magnitude at most 2**16 (counts:
     mixture.CountScale.integer): then the first pass is exact in any order (_exact_sum) without checking."""
+    return _class_stats(image, mask, integral=integral, for_crops=False)
+
+
+def crop_normalisation(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) -> tuple[float, float]:
+    """(mean, std) to normalise the square crops by: class_stats' mean, and a std whose float32 reciprocal is
+    class_stats' (np.float32(1 / std) is all that square_crops and reduced_frame take of it, and std > 0).
+
+    The second pass is summed in any order (np.sum, blocks on threads). Any order of adding n non-negative
+    terms is within (n - 1) u / (1 - (n - 1) u) of their exact sum (u = 2**-53; Higham, Accuracy and Stability
+    of Numerical Algorithms, 4.2), the pixel-order sum too; float32(1 / sqrt(S / n)) is monotone in S, so
+    where it is the same at both ends of that bound it is class_stats' value. Otherwise (a reciprocal within
+    ~1e-9 of a float32 rounding boundary) the pixel-order sum is taken."""
+    return _class_stats(image, mask, integral=integral, for_crops=True)
+
+
+# The any-order second pass's bound, in units of n * 2**-53 * sum: 2 for both sums' errors, 2 to spare.
+_ORDER_BOUND = 4.0
+
+
+def _class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool, for_crops: bool) -> tuple[float, float]:
     x = np.ascontiguousarray(image, dtype=np.float32)
     m = np.asarray(mask)
     # Two passes in float64, each summed in pixel order (cumsum; np.sum is pairwise), as recorded results were.
@@ -263,6 +284,14 @@ def class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool = False) 
         sel *= sel
         return sel
 
+    if for_crops:
+        with np.errstate(all="ignore"):
+            any_order = math.fsum(thread_map(lambda span: float(np.sum(deviations(span))), blocks))
+        bound = _ORDER_BOUND * n * 2.0**-53 * any_order
+        lo, hi = any_order - bound, any_order + bound
+        if math.isfinite(any_order) and lo > 0.0 and \
+                np.float32(1.0 / math.sqrt(lo / n)) == np.float32(1.0 / math.sqrt(hi / n)):
+            return mean, math.sqrt(any_order / n)
     total, _ = _running_sum(blocks, deviations)
     return mean, math.sqrt(total / n)
 
@@ -447,7 +476,7 @@ def _compat_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict
     scores: np.ndarray | None = None
     if model_set is not None:
         t = time.perf_counter()
-        mean, std = class_stats(data, seg.mask, integral=seg.scale.integer)
+        mean, std = crop_normalisation(data, seg.mask, integral=seg.scale.integer)
         stats_s = time.perf_counter() - t
         # The mask and the label image are done with: free them before the network's activations arrive.
         del seg, regions
@@ -804,7 +833,7 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
         t = time.perf_counter()
         # Counts as read (an integer file's pixels, or float ones checked whole by the mixture), not a flattened
         # montage: the mixture takes an integer file's dtype on trust, and flattening divides by gains.
-        mean, std = class_stats(data, seg.mask, integral=seg.scale.integer and source is image.data)
+        mean, std = crop_normalisation(data, seg.mask, integral=seg.scale.integer and source is image.data)
         stats_s = time.perf_counter() - t
         del seg, regions
         scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)

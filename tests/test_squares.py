@@ -692,3 +692,58 @@ def test_square_results_hold_each_arrays_values(n, seed, scored, bdtype):
                         for i in range(n))
     assert json.dumps([s.to_dict() for s in got]) == json.dumps([s.to_dict() for s in want])
     assert all(type(s.x) is float and type(s.vertices[0][0]) is float for s in got)
+
+
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
+       kind=st.sampled_from(["counts", "flattened", "wide", "negative", "nan", "constant"]),
+       threads=st.sampled_from([1, 2, 3]), bound=st.sampled_from([4.0, 1e12]))
+def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols, block, kind, threads, bound):
+    """crop_normalisation (second pass summed in any order where that cannot change float32(1 / std)) gives the
+    crops what class_stats gives them: the same mean to the bit, the same float32 reciprocal of the std and its
+    sign, the same padding value; with the bound made huge it takes the pixel-order sum: class_stats' std."""
+    from ptolemy_rt.crops import _pad_value
+
+    rng = np.random.default_rng(seed)
+    x = {"counts": lambda: rng.integers(0, 65536, (rows, cols)),
+         "flattened": lambda: rng.integers(50, 3000, (rows, cols)) / rng.uniform(0.7, 1.4),
+         "wide": lambda: rng.uniform(1e-3, 1.0, (rows, cols)) * 10.0 ** rng.integers(-3, 9, (rows, cols)),
+         "negative": lambda: rng.normal(0, 500, (rows, cols)),
+         "nan": lambda: np.where(rng.random((rows, cols)) < 0.05, np.nan, rng.uniform(1, 9, (rows, cols))),
+         "constant": lambda: np.full((rows, cols), 7.25)}[kind]().astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0.0
+    mask = (rng.random(x.shape) < 0.6).astype(np.uint8)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(squares, "_STATS_BLOCK", block)
+    monkey.setattr(squares, "_ORDER_BOUND", bound)
+    monkey.setattr("ptolemy_rt._parallel.thread_count", lambda: threads)
+    try:
+        mean, std = squares.class_stats(x, mask)
+        got_mean, got_std = squares.crop_normalisation(x, mask)
+    finally:
+        monkey.undo()
+    assert np.float64(got_mean).tobytes() == np.float64(mean).tobytes()
+    assert (got_std > 0) == (std > 0)
+    inv = [np.float32(1.0 / s if s > 0 else 1.0) for s in (got_std, std)]
+    assert inv[0].tobytes() == inv[1].tobytes()
+    assert np.float64(_pad_value(got_mean, got_std)).tobytes() == np.float64(_pad_value(mean, std)).tobytes()
+    if bound > 1e6:
+        assert np.float64(got_std).tobytes() == np.float64(std).tobytes()
+
+
+def test_crop_normalisation_on_the_montage_scale():
+    """A 4096² flattened montage's class (10 M pixels): the any-order second pass is taken (no pixel-order sum)
+    and the crops' float32 values match class_stats'."""
+    rng = np.random.default_rng(8)
+    x = (rng.integers(95, 1800, (2048, 2048)) / np.float32(1.37)).astype(np.float32)
+    mask = (rng.random(x.shape) < 0.6).astype(np.uint8)
+    calls = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(squares, "_running_sum", lambda *a: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    try:
+        got_mean, got_std = squares.crop_normalisation(x, mask)
+    finally:
+        monkey.undo()
+    mean, std = squares.class_stats(x, mask)
+    assert not calls and got_mean == mean
+    assert np.float32(1.0 / got_std) == np.float32(1.0 / std) and abs(got_std / std - 1) < 1e-12
