@@ -86,20 +86,89 @@ def _packed_area_centroid(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
 def _square_hulls(points: np.ndarray, bounds: np.ndarray, which: np.ndarray) -> list[np.ndarray]:
     """Convex hulls of the unit pixel squares centred on the integer points[bounds[i]:bounds[i + 1]] for each i
     in `which`: float64 (k, 2), counter-clockwise on screen, starting at the top-most, then left-most vertex."""
-    # The hull of the squares is the hull of the centres grown by the unit square (a Minkowski sum),
-    # so only the centre hulls' few vertices need their corners.
+    # The hull of the squares is the hull of the centres grown by the unit square (a Minkowski sum), so only the
+    # centre hulls' few vertices need their corners, and which corners are vertices follows from the centre
+    # hull's edges (_grown_hulls), without a second hull per region.
     centre_hulls = [cv2.convexHull(points[bounds[i] : bounds[i + 1]].reshape(-1, 1, 2)).reshape(-1, 2) for i in which]
+    if not centre_hulls:
+        return []
     sizes = np.fromiter((len(h) for h in centre_hulls), dtype=np.int64, count=len(centre_hulls))
-    # Half-integers below 2**23 are exact in float32, so the hulls are exact.
-    corners = (np.concatenate(centre_hulls).astype(np.float32)[:, None, :] + _CORNERS[None]).reshape(-1, 1, 2)
-    ends = np.cumsum(sizes) * 4
-    out = []
-    for a, b in zip(ends - sizes * 4, ends):
-        # With y pointing down, cv2's clockwise=True ("clockwise with y up") is counter-clockwise on screen.
-        hull = cv2.convexHull(corners[a:b], clockwise=True).reshape(-1, 2).astype(np.float64)
-        start = int(np.argmin(hull[:, 1] * 65536.0 + hull[:, 0]))
-        out.append(np.concatenate((hull[start:], hull[:start])) if start else hull)
-    return out
+    return _grown_hulls(np.concatenate(centre_hulls).astype(np.int64), sizes)
+
+
+# The unit square's corners, one per quadrant of directions in turn (x right, y down: the quadrants of +x..+y,
+# +y..-x, -x..-y, -y..+x), and the first direction of each quadrant (its last is the next one's first).
+_QUADRANT_CORNERS = np.array([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5]])
+_QUADRANT_START = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.int64)
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1]
+
+
+def _in_arc(w: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether direction w lies in the arc [u, v) turning from u towards v (positive cross product), the arc
+    at most a half turn (v = -u: the half plane left of u). Integer vectors: exact."""
+    cu = _cross(u, w)
+    return ((cu == 0) & (_dot(u, w) > 0)) | ((cu > 0) & (_cross(w, v) > 0))
+
+
+def _grown_hulls(centres: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """Each convex polygon (integer vertices, concatenated, `sizes` each, no three in a line: cv2.convexHull's
+    output) grown by the unit square: float64 (k, 2) vertices as cv2.convexHull(corners, clockwise=True) orders
+    them (counter-clockwise on screen), from the top-most, then left-most vertex.
+
+    Vertex p + s (s a corner of the square) is a vertex of the sum exactly when some direction d is maximised
+    by p alone over the polygon and by s alone over the square: the open arc of p's outward normals (between
+    those of its two edges) meets the open quadrant of s. Walking the polygon with its normals turning the
+    positive way, each vertex gives its corners in quadrant order from the one holding its first normal; corners
+    that only touch an arc's end lie inside a straight edge and are not vertices, as cv2 leaves them out. A lone
+    point gives all four corners; a segment's two ends each have a half turn of normals."""
+    v = len(centres)
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    idx = np.arange(v)
+    local = idx - first[owner]
+    nxt = np.where(local + 1 < sizes[owner], idx + 1, first[owner])
+    prv = np.where(local > 0, idx - 1, first[owner] + sizes[owner] - 1)
+    p = centres
+    # Walk each polygon with positive signed area (x right, y down: counter-clockwise on screen is negative).
+    backwards = (np.add.reduceat(_cross(p, p[nxt]), first) < 0)[owner]
+    nxt, prv = np.where(backwards, prv, nxt), np.where(backwards, nxt, prv)
+    e_in, e_out = p - p[prv], p[nxt] - p
+    n_in = np.stack([e_in[:, 1], -e_in[:, 0]], axis=1)
+    n_out = np.stack([e_out[:, 1], -e_out[:, 0]], axis=1)
+    lone = sizes[owner] == 1
+    j0 = np.zeros(v, dtype=np.int64)
+    for j in range(4):
+        j0[_in_arc(n_in, _QUADRANT_START[j], _QUADRANT_START[(j + 1) % 4])] = j
+    emit = np.zeros((v, 4), dtype=bool)
+    corner = np.zeros((v, 4), dtype=np.int64)
+    for t in range(4):
+        j = (j0 + t) % 4
+        u, w = _QUADRANT_START[j], _QUADRANT_START[(j + 1) % 4]
+        # The quadrant holding the first normal always meets the arc; the next ones while the arc reaches them.
+        meets = np.ones(v, dtype=bool) if t == 0 else emit[:, t - 1] & (_in_arc(n_in, u, w) | _in_arc(u, n_in, n_out))
+        emit[:, t] = meets | lone
+        corner[:, t] = np.where(lone, t, j)
+    flat = emit.reshape(-1)
+    pts = (p[:, None, :] + _QUADRANT_CORNERS[corner]).reshape(-1, 2)[flat]
+    counts = np.bincount(np.repeat(owner, emit.sum(axis=1)), minlength=len(sizes))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    # cv2's order is the walk reversed, from the smallest y * 65536 + x (one vertex: the corners are distinct).
+    key = pts[:, 1] * 65536.0 + pts[:, 0]
+    hull_of = np.repeat(np.arange(len(sizes)), counts)
+    at_min = np.flatnonzero(key == np.minimum.reduceat(key, starts)[hull_of])
+    w_min = at_min[np.unique(hull_of[at_min], return_index=True)[1]] - starts  # walk position of each minimum
+    pos = np.arange(len(pts)) - starts[hull_of]
+    c = counts[hull_of]
+    take = starts[hull_of] + c - 1 - ((c - 1 - w_min[hull_of] + pos) % c)
+    out = pts[take]
+    return [out[a : a + k] for a, k in zip(starts.tolist(), counts.tolist())]
 
 
 def find_regions(

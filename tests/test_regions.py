@@ -181,3 +181,29 @@ def test_find_regions_with_its_contours_on_a_thread_is_the_same(monkeypatch, thr
     assert all(a.tobytes() == b.tobytes() for a, b in zip(got.hulls, want.hulls))
     assert got.areas.tobytes() == want.areas.tobytes() and got.label_ids.tobytes() == want.label_ids.tobytes()
     assert got.labels.tobytes() == want.labels.tobytes()
+
+
+def _corner_hull(centre_hull: np.ndarray) -> np.ndarray:
+    """The grown hull as find_regions took it before: cv2's hull of every corner, from the top-most, left-most."""
+    corners = (centre_hull.astype(np.float32)[:, None, :] + regions._CORNERS[None]).reshape(-1, 1, 2)
+    hull = cv2.convexHull(corners, clockwise=True).reshape(-1, 2).astype(np.float64)
+    start = int(np.argmin(hull[:, 1] * 65536.0 + hull[:, 0]))
+    return np.concatenate((hull[start:], hull[:start])) if start else hull
+
+
+@settings(max_examples=150, deadline=None)
+@given(sets=st.lists(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=14),
+                     min_size=1, max_size=12),
+       offset=st.tuples(st.integers(0, 3000), st.integers(0, 3000)))
+def test_grown_hulls_are_the_hulls_of_the_corners(sets, offset):
+    """_grown_hulls (the unit square's corners that are vertices, from the centre hull's edges) gives, for many
+    polygons at once, cv2's hull of all corners vertex for vertex and in its order: lone points, segments,
+    axis-parallel edges (corners inside a straight edge left out), duplicates and collinear centres."""
+    hulls = [cv2.convexHull((np.array(pts, np.int32) + np.array(offset, np.int32)).reshape(-1, 1, 2)).reshape(-1, 2)
+             for pts in sets]
+    sizes = np.array([len(h) for h in hulls], dtype=np.int64)
+    got = regions._grown_hulls(np.concatenate(hulls).astype(np.int64), sizes)
+    assert len(got) == len(hulls)
+    for g, h in zip(got, hulls):
+        want = _corner_hull(h)
+        assert g.dtype == want.dtype and g.shape == want.shape and g.tobytes() == want.tobytes()
