@@ -215,3 +215,29 @@ def test_segment_on_threads_is_the_same(monkeypatch, threads):
     assert got.mask.tobytes() == want.mask.tobytes()
     assert (got.incoherence, got.separation, got.fit.posterior.tobytes()) == \
         (want.incoherence, want.separation, want.fit.posterior.tobytes())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 5000), top=st.sampled_from([1, 2, 255, 4095, 65535]),
+       block=st.sampled_from([1, 7, 1024, 1 << 20]))
+def test_bincount_is_numpys(seed, n, top, block):
+    """The histogram from cv2.calcHist per block (float32 counts, blocks on threads) is np.bincount's, bin for
+    bin: value 0 and `top` included, any block size."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, top + 1, n).astype(np.uint16)
+    counts[0] = top
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(mixture, "_BLOCK", block)
+    try:
+        got = mixture._bincount(counts.reshape(1, -1), top)
+    finally:
+        monkey.undo()
+    assert got.dtype == np.int64 and got.tolist() == np.bincount(counts, minlength=top + 1).tolist()
+
+
+def test_bincount_counts_exactly_up_to_its_block():
+    """A block of 2**24 pixels of one value: float32 holds the count exactly (one more would not be)."""
+    counts = np.full(1 << 24, 3, dtype=np.uint16)
+    counts[:5] = 0
+    got = mixture._bincount(counts, 4)
+    assert got.tolist() == [5, 0, 0, (1 << 24) - 5, 0]
