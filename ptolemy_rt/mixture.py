@@ -111,13 +111,14 @@ def _counts(data: np.ndarray, scale: float, top: int) -> np.ndarray:
     def block(a: int) -> None:
         v = flat[a : a + _BLOCK]
         if unit:
-            # float32 compares exactly with top (< 2**24); truncation of a positive value is its floor.
-            x = np.clip(v, 0.0, float(top))
+            # float32 compares exactly with top (< 2**24); truncation of a positive value is its floor. Clipped
+            # in float32 and cast on the way out (the same values as clipping, then assigning).
+            np.clip(v, 0.0, float(top), out=out[a : a + _BLOCK], casting="unsafe")
         else:
             # float64 as the count definition; clipped before the integer conversion, so huge values are safe.
             x = np.floor(v * np.float64(scale) + 0.5)
             np.clip(x, 0.0, float(top), out=x)
-        out[a : a + _BLOCK] = x
+            out[a : a + _BLOCK] = x
 
     # Each block writes its own pixels: on threads (_parallel), the same counts.
     thread_map(block, range(0, flat.shape[0], _BLOCK))

@@ -241,3 +241,21 @@ def test_bincount_counts_exactly_up_to_its_block():
     counts[:5] = 0
     got = mixture._bincount(counts, 4)
     assert got.tolist() == [5, 0, 0, (1 << 24) - 5, 0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 3000), top=st.sampled_from([1, 1803, 4095, 65535]),
+       scale=st.sampled_from([1.0, 0.37, 2.5]))
+def test_counts_are_the_clipped_values_as_assigned(seed, n, top, scale):
+    """_counts: unit scale clips in float32 and casts on the way out, the same uint16 as clipping then assigning;
+    other scales floor(v * scale + 0.5) clipped, as before (negatives, inf, values past top, fractions)."""
+    rng = np.random.default_rng(seed)
+    v = (rng.normal(top / 2, top, n)).astype(np.float32)
+    v[: min(n, 4)] = np.array([np.inf, -np.inf, top + 0.9, 0.999], np.float32)[: min(n, 4)]
+    if scale == 1.0:
+        want = np.empty(n, np.uint16)
+        want[:] = np.clip(v, 0.0, float(top))
+    else:
+        want = np.empty(n, np.uint16)
+        want[:] = np.clip(np.floor(v * np.float64(scale) + 0.5), 0.0, float(top))
+    assert mixture._counts(v.reshape(1, -1), scale, top).reshape(-1).tolist() == want.tolist()
