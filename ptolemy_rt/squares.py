@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._parallel import thread_count, thread_map
-from .crops import CROP_SIZE, reduced_square_crops, rotated_frame, square_crop_source, square_crops
+from .crops import CROP_SIZE, _hull_points, reduced_square_crops, rotated_frame, square_crop_source, square_crops
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
 from .options import COMPAT_MIN_AREA, COMPAT_WINDOW, SquareOptions
@@ -548,6 +548,16 @@ def _pixel(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return mask[py, px]
 
 
+def _touches_edge(hulls: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
+    """Per hull, whether it reaches within a pixel of the image edge (x < 1, y < 1, x > w - 2 or y > h - 2)."""
+    if len(hulls) == 0:
+        return np.zeros(0, dtype=bool)
+    # Every hull's extremes in one pass over all vertices (reduceat), not four reductions per hull.
+    points, starts = _hull_points(hulls)
+    lo, hi = np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
+    return (lo[:, 0] < 1) | (lo[:, 1] < 1) | (hi[:, 0] > w - 2) | (hi[:, 1] > h - 2)
+
+
 def _profile_outliers(profile: np.ndarray, step: float, threshold: float, max_width: int = 12) -> bool:
     """Whether a thin run of entries of a row (or column) mean profile, away from its ends, stands out from the
     profile shifted by +-1..3 lattice steps (the lattice maps whole rows onto rows of the same mean; a seam does
@@ -721,14 +731,13 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
 
     t = time.perf_counter()
     h, w = image.shape
-    edge = np.array([bool(hl[:, 0].min() < 1 or hl[:, 1].min() < 1 or hl[:, 0].max() > w - 2
-                          or hl[:, 1].max() > h - 2) for hl in regions.hulls], dtype=bool)
+    edge = _touches_edge(regions.hulls, h, w)
     # A hull larger than one square holds several (merged across a bar or a bright seam): it is split along
     # the lattice below. Regions off the disc are background.
-    keep = [i for i in range(len(regions)) if regions.areas[i] <= mesh.max_square_area
-            and (regions.areas[i] > min_area or edge[i])]
-    merged = [i for i in range(len(regions)) if regions.areas[i] > mesh.max_square_area
-              and _pixel(disc, regions.centroids[i : i + 1])[0]]
+    areas_all = np.asarray(regions.areas)
+    keep = np.flatnonzero((areas_all <= mesh.max_square_area) & ((areas_all > min_area) | edge)).tolist()
+    big = np.flatnonzero(areas_all > mesh.max_square_area)
+    merged = big[_pixel(disc, regions.centroids[big])].tolist() if big.size else []
     edge = edge[keep] if keep else np.zeros(0, dtype=bool)
     hulls = [regions.hulls[i] for i in keep]
     centroids = regions.centroids[keep] if keep else np.zeros((0, 2))
@@ -777,8 +786,7 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
                 hulls = list(hulls) + new_hulls
                 areas = np.concatenate([areas, [polygon_area(hl) for hl in new_hulls]])
                 centroids = np.vstack([centroids.reshape(-1, 2), [polygon_centroid(hl) for hl in new_hulls]])
-                edge = np.concatenate([edge, [bool(hl[:, 0].min() < 1 or hl[:, 1].min() < 1 or hl[:, 0].max() > w - 2
-                                                   or hl[:, 1].max() > h - 2) for hl in new_hulls]]).astype(bool)
+                edge = np.concatenate([edge, _touches_edge(new_hulls, h, w)]).astype(bool)
                 fit_cols = np.concatenate([fit_cols, [i - off_i for (i, _), _ in pieces]]).astype(np.int64)
                 fit_rows = np.concatenate([fit_rows, [j - off_j for (_, j), _ in pieces]]).astype(np.int64)
                 on = (fit_rows >= 0) & (fit_cols >= 0)

@@ -747,3 +747,15 @@ def test_crop_normalisation_on_the_montage_scale():
     mean, std = squares.class_stats(x, mask)
     assert not calls and got_mean == mean
     assert np.float32(1.0 / got_std) == np.float32(1.0 / std) and abs(got_std / std - 1) < 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(0, 40), h=st.integers(20, 300), w=st.integers(20, 300))
+def test_touches_edge_is_the_per_hull_test(seed, n, h, w):
+    """_touches_edge over all hulls at once (reduceat) is the per-hull min/max test the lattice stage made."""
+    rng = np.random.default_rng(seed)
+    hulls = [rng.uniform(-2, max(h, w) + 2, (int(rng.integers(1, 9)), 2)) for _ in range(n)]
+    want = np.array([bool(hl[:, 0].min() < 1 or hl[:, 1].min() < 1 or hl[:, 0].max() > w - 2
+                          or hl[:, 1].max() > h - 2) for hl in hulls], dtype=bool)
+    got = squares._touches_edge(hulls, h, w)
+    assert got.dtype == bool and got.tolist() == want.tolist()
