@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._parallel import thread_map
+from . import _workers
 
 __all__ = [
     "per_pixel_em",
@@ -120,8 +120,8 @@ def _counts(data: np.ndarray, scale: float, top: int) -> np.ndarray:
             np.clip(x, 0.0, float(top), out=x)
             out[a : a + _BLOCK] = x
 
-    # Each block writes its own pixels: on threads (_parallel), the same counts.
-    thread_map(block, range(0, flat.shape[0], _BLOCK))
+    # Each block writes its own pixels: on worker threads (_workers), the same counts.
+    _workers.run_all(lambda i, _: block(i * _BLOCK), -(-flat.shape[0] // _BLOCK))
     return out.reshape(data.shape)
 
 
@@ -136,11 +136,11 @@ def _bincount(counts: np.ndarray, top: int) -> np.ndarray:
     block = min(_BLOCK, 1 << 24)
     out = np.zeros(top + 1, dtype=np.int64)
 
-    def part(a: int) -> np.ndarray:
-        b = flat[a : a + block]
+    def part(i: int, _: int) -> np.ndarray:
+        b = flat[i * block : (i + 1) * block]
         return cv2.calcHist([b.reshape(1, -1)], [0], None, [top + 1], [0, top + 1]).reshape(-1).astype(np.int64)
 
-    for h in thread_map(part, range(0, flat.shape[0], block)):
+    for h in _workers.run_all(part, -(-flat.shape[0] // block)):
         out += h
     return out
 
@@ -154,14 +154,15 @@ def _label_changes(mask: np.ndarray) -> int:
     rows, cols = mask.shape
     step = max(1, _BLOCK // max(1, cols))
 
-    def block(a: int) -> int:
+    def block(i: int, _: int) -> int:
+        a = i * step
         b = min(rows, a + step)
         part = mask[a:b]
         changes = int(np.count_nonzero(part[:, 1:] != part[:, :-1]))
         part = mask[a : min(rows, b + 1)]  # the vertical pairs reach one row into the next block
         return changes + int(np.count_nonzero(part[1:] != part[:-1]))
 
-    return sum(thread_map(block, range(0, rows, step)))
+    return sum(_workers.run_all(block, -(-rows // step)))
 
 
 def _step(table: np.ndarray) -> int | None:

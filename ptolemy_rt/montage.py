@@ -48,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._parallel import spans, thread_count, thread_map
+from . import _workers
 from .errors import CorruptFileError, MissingFileError, ShapeError, TooLargeError
 
 __all__ = [
@@ -507,36 +507,38 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
     width = len(range(0, m, step))
     # Lines in blocks (64 rows, 128 columns) through every measured shift before the next block: the block's
     # pixels are read from cache for each shift, and its differences are partitioned in place while still in
-    # cache (~25 % less time than whole shifts at 4096²). The lines are cut into spans, one per thread, each
-    # with its own scratch arrays (each line's median is its own: the same bits on any number of threads).
+    # cache (~25 % less time than whole shifts at 4096²). Blocks on worker threads (_workers), each thread with
+    # its own scratch arrays (each line's median is its own: the same bits on any number of threads).
     block = 64 if axis == 0 else 128
+    dtype = np.result_type(img.dtype, img.dtype)
+    scratch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def lines(span: tuple[int, int]) -> None:
-        scratch = np.empty(block * width, dtype=np.result_type(img.dtype, img.dtype))
-        flipped = np.empty_like(scratch) if axis == 1 else scratch[:0]
-        for first in range(span[0], span[1], block):
-            last = min(first + block, span[1])
-            for k, across, along, r0, r1, c0, c1 in measured:
-                lo, hi = max(first, r0), min(last, r1)
-                if hi <= lo:
-                    continue
-                count = len(range(c0, c1, step))
-                d = scratch[: (hi - lo) * count].reshape(hi - lo, count)
-                if axis == 0:
-                    # Every step-th pixel of each row, read in place (strided, no copy of the samples first).
-                    np.subtract(view[lo:hi, c0:c1:step],
-                                view[lo + across : hi + across, c0 + along : c1 + along : step], out=d)
-                else:
-                    # Columns: the differences of every step-th row (contiguous reads), then transposed by cv2,
-                    # so that the partition runs along contiguous rows (~2x faster).
-                    t = flipped[: d.size].reshape(count, hi - lo)
-                    np.subtract(img[c0:c1:step, lo:hi],
-                                img[c0 + along : c1 + along : step, lo + across : hi + across], out=t)
-                    d = cv2.transpose(t, dst=d)
-                per_shift[k, lo:hi] = _median_rows(d, finite=finite, overwrite=True)
+    def lines(i: int, slot: int) -> None:
+        if slot not in scratch:
+            buf = np.empty(block * width, dtype=dtype)
+            scratch[slot] = (buf, np.empty_like(buf) if axis == 1 else buf[:0])
+        buf, flipped = scratch[slot]
+        first, last = i * block, min((i + 1) * block, n)
+        for k, across, along, r0, r1, c0, c1 in measured:
+            lo, hi = max(first, r0), min(last, r1)
+            if hi <= lo:
+                continue
+            count = len(range(c0, c1, step))
+            d = buf[: (hi - lo) * count].reshape(hi - lo, count)
+            if axis == 0:
+                # Every step-th pixel of each row, read in place (strided, no copy of the samples first).
+                np.subtract(view[lo:hi, c0:c1:step], view[lo + across : hi + across, c0 + along : c1 + along : step],
+                            out=d)
+            else:
+                # Columns: the differences of every step-th row (contiguous reads), then transposed by cv2, so
+                # that the partition runs along contiguous rows (~2x faster).
+                t = flipped[: d.size].reshape(count, hi - lo)
+                np.subtract(img[c0:c1:step, lo:hi], img[c0 + along : c1 + along : step, lo + across : hi + across],
+                            out=t)
+                d = cv2.transpose(t, dst=d)
+            per_shift[k, lo:hi] = _median_rows(d, finite=finite, overwrite=True)
 
-    threads = thread_count()
-    thread_map(lines, spans(0, n, threads, min_size=256), threads)
+    _workers.run_all(lines, -(-n // block))
     for k, j, across, r0, r1 in mirrored:
         # 0 - x, not -x: a zero median stays +0.0.
         per_shift[k, r0:r1] = 0.0 - per_shift[j, r0 + across : r1 + across]

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._parallel import thread_map
+from . import _workers
 
 __all__ = ["Regions", "find_regions", "region_means", "polygon_area", "polygon_centroid"]
 
@@ -196,10 +196,11 @@ def find_regions(
     def outer() -> Any:
         return cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
 
-    # The outer boundaries are traced from the mask alone: on a second thread while the regions are labelled
-    # (both cv2 calls, which run without the GIL; the same results as one after the other). Small masks: no
-    # thread (its start costs more than it saves).
-    (n_labels, labels), contours = thread_map(lambda f: f(), [label, outer], None if mask.size >= 1 << 20 else 1)
+    # The outer boundaries are traced from the mask alone: on a worker thread while the regions are labelled
+    # (both cv2 calls, which run without the GIL; the labels and contours do not depend on OpenCV's thread count:
+    # the same results as one after the other). Small masks: in turn (a hand-off costs more than it saves).
+    (n_labels, labels), contours = _workers.run_all(lambda i, _: (label, outer)[i](), 2,
+                                                    None if mask.size > 1 << 21 else 1)
     hulls: list[np.ndarray] = []
     ids: list[int] = []
     # A region's hull is the hull of its blobs' (8-connected components') outer boundaries. The outermost

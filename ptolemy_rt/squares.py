@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._parallel import thread_count, thread_map
+from . import _workers
 from .crops import CROP_SIZE, _hull_points, reduced_square_crops, rotated_frame, square_crop_source, square_crops
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
@@ -286,7 +286,7 @@ def _class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool, for_cro
 
     if for_crops:
         with np.errstate(all="ignore"):
-            any_order = math.fsum(thread_map(lambda span: float(np.sum(deviations(span))), blocks))
+            any_order = math.fsum(_workers.run_all(lambda i, _: float(np.sum(deviations(blocks[i]))), len(blocks)))
         bound = _ORDER_BOUND * n * 2.0**-53 * any_order
         lo, hi = any_order - bound, any_order + bound
         if math.isfinite(any_order) and lo > 0.0 and \
@@ -309,19 +309,16 @@ def _running_sum(blocks: list[tuple[int, int]], values: Any) -> tuple[float, int
             total = float(np.cumsum(v)[-1])
             n += v.size
 
-    if thread_count() < 2 or len(blocks) < 2:
+    if len(blocks) < 2 or _workers.workers() < 2:
         for span in blocks:
             add(values(span))
         return total, n
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptolemy-rt") as pool:
-        ahead = pool.submit(values, blocks[0])
-        for i in range(len(blocks)):
-            v = ahead.result()
-            if i + 1 < len(blocks):
-                ahead = pool.submit(values, blocks[i + 1])
-            add(v)
+    ahead = _workers.submit(values, blocks[0])
+    for i in range(len(blocks)):
+        v = ahead.result()
+        if i + 1 < len(blocks):
+            ahead = _workers.submit(values, blocks[i + 1])
+        add(v)
     return total, n
 
 
@@ -348,7 +345,7 @@ def _exact_sum(x: np.ndarray, m: np.ndarray, blocks: list[tuple[int, int]], *,
         # NaN makes the smallest NaN (then no exact sum); -inf or any negative pixel makes it <= 0 (likewise).
         return float(np.sum(xb, where=sel, dtype=np.float64)), c, float(np.min(xb, where=sel, initial=np.inf))
 
-    parts = thread_map(part, blocks)
+    parts = _workers.run_all(lambda i, _: part(blocks[i]), len(blocks))
     n = sum(p[1] for p in parts)
     total = math.fsum(p[0] for p in parts)  # each part exact when the whole is: any sum of them is exact too
     if integral or n == 0:

@@ -199,17 +199,18 @@ def test_mask_from_a_step_table_is_the_gathered_one(seed, n, step):
 def test_segment_on_threads_is_the_same(monkeypatch, threads):
     """The block passes (bins, histogram, label changes) spread over threads give the one-thread segmentation:
     the same mask bytes, fit and statistics (small blocks, so there are many)."""
-    import ptolemy_rt._parallel as parallel
-    from ptolemy_rt import mixture
+    from ptolemy_rt import _workers, mixture
 
     rng = np.random.default_rng(5)
     rr, cc = np.mgrid[:300, :310]
     bright = (rr % 40 > 6) & (cc % 40 > 6)  # squares between bars
     img = rng.poisson(np.where(bright, 900.0, 150.0)).astype(np.float32) * np.float32(0.37)
     monkeypatch.setattr(mixture, "_BLOCK", 4096)
-    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
+    monkeypatch.setattr(_workers, "ENABLED", False)
     want = mixture.segment(img)
-    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
+    monkeypatch.setattr(_workers, "ENABLED", True)
+    monkeypatch.setattr(_workers, "_cpus", lambda: threads)
+    monkeypatch.setattr(_workers, "workers", lambda: threads)
     got = mixture.segment(img)
     assert want.mask is not None
     assert got.mask.tobytes() == want.mask.tobytes()

@@ -355,7 +355,10 @@ def test_row_residual_on_threads_is_the_same_bits(monkeypatch, threads):
     rng = np.random.default_rng(11)
     img = rng.integers(0, 2000, (900, 2100)).astype(np.float32)
     shifts = [(37, 12), (-37, -12), (74, 24), (-74, -24), (-20, 45), (20, -45)]
-    monkeypatch.setattr(montage, "thread_count", lambda: threads)
+    from ptolemy_rt import _workers
+
+    monkeypatch.setattr(_workers, "_cpus", lambda: threads)
+    monkeypatch.setattr(_workers, "workers", lambda: threads)
     for axis in (0, 1):
         want = _plain_row_residual(img, shifts, axis)
         assert montage._row_residual(img, shifts, axis).tobytes() == want.tobytes()

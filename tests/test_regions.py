@@ -167,15 +167,17 @@ def test_outer_boundaries_give_the_hulls_of_all_boundaries(seed, window, min_are
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_find_regions_with_its_contours_on_a_thread_is_the_same(monkeypatch, threads):
-    """Over a million pixels the outer contours are traced on a second thread while the regions are labelled:
+    """Over two million pixels the outer contours are traced on a worker thread while the regions are labelled:
     the same hulls, areas, ids and labels as one after the other."""
-    import ptolemy_rt._parallel as parallel
+    from ptolemy_rt import _workers
 
     rng = np.random.default_rng(2)
-    mask = (cv2.GaussianBlur(rng.random((1100, 1000), dtype=np.float32), (0, 0), 4) > 0.52).astype(np.uint8)
-    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
+    mask = (cv2.GaussianBlur(rng.random((1500, 1500), dtype=np.float32), (0, 0), 4) > 0.52).astype(np.uint8)
+    monkeypatch.setattr(_workers, "ENABLED", False)
     want = regions.find_regions(mask, window=6, min_area=50)
-    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
+    monkeypatch.setattr(_workers, "ENABLED", True)
+    monkeypatch.setattr(_workers, "_cpus", lambda: threads)
+    monkeypatch.setattr(_workers, "workers", lambda: threads)
     got = regions.find_regions(mask, window=6, min_area=50)
     assert len(got) == len(want) > 20
     assert all(a.tobytes() == b.tobytes() for a, b in zip(got.hulls, want.hulls))

@@ -639,8 +639,8 @@ def test_class_stats_is_the_pixel_order_sums_to_the_bit(seed, rows, cols, block,
     want = _plain_class_stats(x, mask)
     monkey = pytest.MonkeyPatch()
     monkey.setattr(squares, "_STATS_BLOCK", block)
-    monkey.setattr(squares, "thread_count", lambda: threads)
-    monkey.setattr("ptolemy_rt._parallel.thread_count", lambda: threads)
+    monkey.setattr("ptolemy_rt._workers._cpus", lambda: threads)
+    monkey.setattr("ptolemy_rt._workers.workers", lambda: threads)
     try:
         got = squares.class_stats(x, mask)
     finally:
@@ -716,7 +716,8 @@ def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols
     monkey = pytest.MonkeyPatch()
     monkey.setattr(squares, "_STATS_BLOCK", block)
     monkey.setattr(squares, "_ORDER_BOUND", bound)
-    monkey.setattr("ptolemy_rt._parallel.thread_count", lambda: threads)
+    monkey.setattr("ptolemy_rt._workers._cpus", lambda: threads)
+    monkey.setattr("ptolemy_rt._workers.workers", lambda: threads)
     try:
         mean, std = squares.class_stats(x, mask)
         got_mean, got_std = squares.crop_normalisation(x, mask)
