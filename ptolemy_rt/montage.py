@@ -737,7 +737,7 @@ def flatten_tile_offsets(
                 sides[(axis, k)] = None
             else:
                 view, vmask = (image, ok) if axis == 0 else (image.T, ok.T)
-                use = vmask[n0:start].all(axis=0) & vmask[stop:n1].all(axis=0)
+                use = np.asarray(vmask[n0:start].all(axis=0) & vmask[stop:n1].all(axis=0))
                 # Means across the band first (one pass), then over the positions where both sides are valid.
                 sides[(axis, k)] = (view[n0:start].mean(axis=0, dtype=np.float64),
                                     view[stop:n1].mean(axis=0, dtype=np.float64), use)

@@ -149,12 +149,12 @@ def _grown_hulls(centres: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     emit = np.zeros((v, 4), dtype=bool)
     corner = np.zeros((v, 4), dtype=np.int64)
     for t in range(4):
-        j = (j0 + t) % 4
-        u, w = _QUADRANT_START[j], _QUADRANT_START[(j + 1) % 4]
+        q = (j0 + t) % 4
+        u, w = _QUADRANT_START[q], _QUADRANT_START[(q + 1) % 4]
         # The quadrant holding the first normal always meets the arc; the next ones while the arc reaches them.
         meets = np.ones(v, dtype=bool) if t == 0 else emit[:, t - 1] & (_in_arc(n_in, u, w) | _in_arc(u, n_in, n_out))
         emit[:, t] = meets | lone
-        corner[:, t] = np.where(lone, t, j)
+        corner[:, t] = np.where(lone, t, q)
     flat = emit.reshape(-1)
     pts = (p[:, None, :] + _QUADRANT_CORNERS[corner]).reshape(-1, 2)[flat]
     counts = np.bincount(np.repeat(owner, emit.sum(axis=1)), minlength=len(sizes))
@@ -199,8 +199,8 @@ def find_regions(
     # The outer boundaries are traced from the mask alone: on a worker thread while the regions are labelled
     # (both cv2 calls, which run without the GIL; the labels and contours do not depend on OpenCV's thread count:
     # the same results as one after the other). Small masks: in turn (a hand-off costs more than it saves).
-    (n_labels, labels), contours = _workers.run_all(lambda i, _: (label, outer)[i](), 2,
-                                                    None if mask.size > 1 << 21 else 1)
+    done: list[Any] = _workers.run_all(lambda i, _: (label, outer)[i](), 2, None if mask.size > 1 << 21 else 1)
+    (n_labels, labels), contours = done[0], done[1]
     hulls: list[np.ndarray] = []
     ids: list[int] = []
     # A region's hull is the hull of its blobs' (8-connected components') outer boundaries. The outermost
