@@ -131,7 +131,12 @@ class Calibration:
     def __call__(self, scores: Any) -> np.ndarray:
         """The calibrated scores (float64 array, in [0, 1]); NaN stays NaN."""
         s = np.asarray(scores, dtype=np.float64)
-        out = np.interp(s, np.asarray(self.ours), np.asarray(self.target))
+        xp, fp = np.asarray(self.ours), np.asarray(self.target)
+        out = np.interp(s, xp, fp)
+        # np.interp's slope overflows between knots closer than ~1e-308 apart (subnormal gaps): each value is
+        # kept between its two knots' targets, which is what interpolation gives wherever it does not overflow
+        j = np.clip(np.searchsorted(xp, s, side="right") - 1, 0, len(xp) - 1)
+        out = np.clip(out, fp[j], fp[np.minimum(j + 1, len(xp) - 1)])
         return np.where(np.isnan(s), np.nan, np.clip(out, 0.0, 1.0))
 
     def map(self, score: float | None) -> float | None:
