@@ -22,7 +22,7 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         """Called by each worker (and by workers that join later)."""
-        init_worker(self.config, ignore_sigint=False)
+        init_worker(self.config, ignore_sigint=False, shared=True)
 
 
 def dask_results(items: list[Item], config: BatchConfig, address: str,

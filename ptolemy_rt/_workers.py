@@ -1,5 +1,5 @@
-"""Worker threads for the hole finder's GIL-free work: hole crops sampled and standardised, and the view tests
-run beside the period estimate.
+"""Worker threads for the pipelines' GIL-free work: hole crops sampled and standardised, the view tests run
+beside the period estimate; the square finder's seam search, class sums, histograms and region contours.
 
 OpenCV spreads a large call over its threads, but numpy never does, and small calls and the Python between
 calls run on one core: the crops' standardisation, the view tests and the period search left the second core
@@ -13,8 +13,8 @@ parent's threads do not exist there).
 
 Concurrent OpenCV calls run their parallel loops in one piece (OpenCV's nested-loop rule), which is what they
 compute at one thread: only calls whose results do not depend on the thread count may run here (tested per
-function in tests/test_fastpath_bits.py; cv2.warpAffine's bilinear rows do depend on it, see
-scoring._opencv_threads).
+function in tests/test_workers.py; cv2.warpAffine's bilinear rows do depend on it, see
+scoring._opencv_threads). When the interpreter is shutting down (no new threads), work runs in place.
 """
 
 from __future__ import annotations
@@ -91,15 +91,17 @@ if hasattr(os, "register_at_fork"):
 
 def submit(fn: Callable[..., T], *args) -> Future:
     """fn(*args) on a worker thread (a Future); run at once in the calling thread when workers() is 1."""
-    n = workers()
-    if n <= 1:
-        done: Future = Future()
+    if workers() > 1:
         try:
-            done.set_result(fn(*args))
-        except Exception as exc:  # handed over through the Future, as a worker's would be
-            done.set_exception(exc)
-        return done
-    return _executor().submit(fn, *args)
+            return _executor().submit(fn, *args)
+        except RuntimeError:  # the interpreter is shutting down (an atexit handler): no new threads
+            pass
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as exc:  # handed over through the Future, as a worker's would be
+        done.set_exception(exc)
+    return done
 
 
 def run_all(fn: Callable[[int, int], T], parts: int, threads: int | None = None) -> list[T]:
@@ -126,7 +128,12 @@ def run_all(fn: Callable[[int, int], T], parts: int, threads: int | None = None)
                 errors.append(exc)
                 raise
 
-    futures = [_executor().submit(share, slot) for slot in range(1, n)]
+    futures: list[Future] = []
+    for slot in range(1, n):
+        try:
+            futures.append(_executor().submit(share, slot))
+        except RuntimeError:  # the interpreter is shutting down: the threads started (or this one) take all
+            break
     _local.inside = True  # work this thread's parts submit runs in place, as a worker's does
     error: BaseException | None = None
     try:

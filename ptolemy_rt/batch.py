@@ -163,10 +163,13 @@ def limit_threads(threads: int, environment: bool = True) -> None:
 # 64 MiB at a time (address space: pages are taken only when touched).
 _MMAP_THRESHOLD = 32 << 20
 _TRIM_THRESHOLD = 256 << 20
+# A Dask worker is the user's long-lived process, shared with their other tasks, whose memory monitor counts
+# kept free heap as "unmanaged" memory: it keeps at most 64 MiB of freed heap.
+_SHARED_TRIM_THRESHOLD = 64 << 20
 _TOP_PAD = 64 << 20
 
 
-def keep_large_arrays_on_heap() -> bool:
+def keep_large_arrays_on_heap(trim_threshold: int = _TRIM_THRESHOLD) -> bool:
     """Give this worker process's malloc (glibc) the limits of a long-lived image worker; True if done.
 
     By default glibc raises its mmap threshold only after an array over it is freed and trims the heap's top
@@ -189,22 +192,24 @@ def keep_large_arrays_on_heap() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
         # -3: M_MMAP_THRESHOLD, -1: M_TRIM_THRESHOLD, -2: M_TOP_PAD (malloc.h)
         return bool(mallopt(ctypes.c_int(-3), ctypes.c_int(_MMAP_THRESHOLD))
-                    and mallopt(ctypes.c_int(-1), ctypes.c_int(_TRIM_THRESHOLD))
+                    and mallopt(ctypes.c_int(-1), ctypes.c_int(trim_threshold))
                     and mallopt(ctypes.c_int(-2), ctypes.c_int(_TOP_PAD)))
     except (OSError, AttributeError):
         return False
 
 
-def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bool = True) -> None:
+def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bool = True,
+                shared: bool = False) -> None:
     """Per worker process: thread counts, Ctrl-C left to the main process, and the model set loaded once.
 
     own_process=False: the batch runs in the caller's process (--workers 1), whose environment and allocator
-    are left alone.
+    are left alone. shared=True: a process that runs other work too (a Dask worker), which keeps less freed
+    memory (keep_large_arrays_on_heap).
     """
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if own_process:
-        keep_large_arrays_on_heap()
+        keep_large_arrays_on_heap(_SHARED_TRIM_THRESHOLD if shared else _TRIM_THRESHOLD)
     if config.threads:
         limit_threads(int(config.threads), environment=own_process)
     try:

@@ -197,16 +197,19 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         first_estimate = _workers.submit(next, sourced, (None, None))
     normalised = normalise_image(image.data)
     if normalised is None:
+        _drop(first_estimate)
         timings["normalise"] = time.perf_counter() - t
         return _empty(info, model_set, "constant image: nothing to find", timings)
     # Views no lattice can be fitted to (one hole filling the view, an atlas): said so, not guessed at.
     # normalise_image summed the image as float32 to a finite mean: every pixel is finite
     large = large_holes(image.data, finite=True)
     if large:
+        _drop(first_estimate)
         timings["normalise"] = time.perf_counter() - t
         return _single_holes(image, large, model_set, opts, timings, info)
     atlas = atlas_reason(image.data, finite=True)
     if atlas is not None:
+        _drop(first_estimate)
         timings["normalise"] = time.perf_counter() - t
         return _empty(info, model_set, atlas, timings)
     if scale is None:
@@ -407,6 +410,13 @@ def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, opti
     if lattice is None:
         return _empty(info, models, reason or "no lattice", timings)
     return _holes_on_lattice(image, prob, lattice, models, opts, timings, info)
+
+
+def _drop(estimate: Any) -> None:
+    """A period estimate submitted beside the view tests and no longer wanted: not started if still queued (one
+    already running finishes; its result is dropped)."""
+    if estimate is not None:
+        estimate.cancel()
 
 
 def _weak(best: tuple | None) -> bool:

@@ -9,6 +9,7 @@ batched them. Any other graph gets batches sized for memory and speed alone, whi
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -139,19 +140,23 @@ def _opencv_threads(n: int):
 
     cv2.warpAffine's bilinear path rounds with OpenCV's thread count (its SIMD rows and scalar tails move with
     the stripes): a one-thread batch worker and a two-thread CLI gave other last bits for the same image. On
-    one thread the warps give one answer, at about the same cost for crops this size. (The count is
-    process-wide: two Python threads scoring at once may still see each other's setting.)"""
+    one thread the warps give one answer, at about the same cost for crops this size. The count is
+    process-wide, so two Python threads scoring at once take turns here."""
     import cv2
 
-    before = cv2.getNumThreads()
-    if before == n:
-        yield
-        return
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
+    with _OPENCV_THREADS_LOCK:  # the count is process-wide: callers on other threads wait, not interleave
+        before = cv2.getNumThreads()
+        if before == n:
+            yield
+            return
+        cv2.setNumThreads(n)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(before)
+
+
+_OPENCV_THREADS_LOCK = threading.RLock()
 
 
 def _unet_sums(src: np.ndarray, crops: HoleCrops, rows: int, cols: int, idx: list[int], out: np.ndarray) -> None:

@@ -343,7 +343,7 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults()
 frozen = faults()
-done = keep_large_arrays_on_heap()
+done = keep_large_arrays_on_heap(int(sys.argv[1]) if len(sys.argv) > 1 else 256 << 20)
 faults()  # the heap grows to hold the array once (as faults() did above): not what is measured
 print(done, frozen, faults())
 """
@@ -361,6 +361,12 @@ def test_worker_keeps_image_sized_arrays_on_the_heap_under_dask_malloc_settings(
     done, frozen, raised = r.stdout.split()
     assert done == "True"
     assert int(frozen) > 20 * 100 and int(raised) < int(frozen) / 10
+    # The Dask plugin's smaller trim threshold (shared=True) keeps an image's arrays on the heap too.
+    r = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, str(64 << 20)], capture_output=True, text=True,
+                       timeout=120, check=False, env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"})
+    assert r.returncode == 0, r.stderr
+    done, frozen, raised = r.stdout.split()
+    assert done == "True" and int(raised) < int(frozen) / 10
     # Without such a variable a worker gets the same limits (glibc's own adapt only after a first large free).
     r = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, timeout=120,
                        check=False, env=env)

@@ -733,7 +733,7 @@ def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols
 
 
 def test_crop_normalisation_on_the_montage_scale():
-    """A 4096² flattened montage's class (10 M pixels): the any-order second pass is taken (no pixel-order sum)
+    """A large flattened montage's class (2048², 2.5 M pixels): the any-order second pass is taken (no pixel-order sum)
     and the crops' float32 values match class_stats'."""
     rng = np.random.default_rng(8)
     x = (rng.integers(95, 1800, (2048, 2048)) / np.float32(1.37)).astype(np.float32)

@@ -218,3 +218,46 @@ def test_an_interrupt_between_parts_is_raised_not_lost(two_threads, monkeypatch)
     monkeypatch.setattr(_workers.itertools, "count", count)
     with pytest.raises(KeyboardInterrupt):
         _workers.run_all(lambda i, s: (time.sleep(0.001), i)[1], 50)
+
+
+@pytest.mark.slow
+def test_find_squares_on_a_stitched_atlas_is_the_same_at_any_opencv_thread_count(monkeypatch):
+    # The square finder's threaded pieces (seam search, class sums, histograms, contours beside labelling: cv2's
+    # dilate, connectedComponents, findContours, calcHist run concurrently) at 1 (all in the calling thread), 2
+    # and 4 OpenCV threads: the same result to the bit.
+    from benchmarks.atlas_sets import heldout_cases, make_heldout_atlas
+    from ptolemy_rt.montage import remove_seams
+    from ptolemy_rt.squares import find_squares
+
+    monkeypatch.setattr(_workers, "_cpus", lambda: 4)
+    case = next(c for c in heldout_cases(2) if c.category == "montage" and c.size >= 2048)
+    atlas = make_heldout_atlas(case)[0]
+    assert remove_seams(atlas.astype(np.float32))[1], "the montage should have seams to remove"
+    before = cv2.getNumThreads()
+    runs = []
+    try:
+        for threads in (1, 2, 4):
+            cv2.setNumThreads(threads)
+            result = find_squares(atlas, None).to_dict()
+            result.pop("timings", None)
+            runs.append(pickle.dumps(result))
+    finally:
+        cv2.setNumThreads(before)
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+
+
+def test_work_runs_in_place_once_the_interpreter_is_shutting_down(tmp_path):
+    # atexit handlers run after concurrent.futures stops taking work: the pipelines must still run there.
+    import subprocess
+    import sys
+
+    script = ("import atexit\n"
+              "from ptolemy_rt import _workers\n"
+              "_workers._cpus = lambda: 2\n"
+              "import cv2; cv2.setNumThreads(2)\n"
+              "def late():\n"
+              "    print(_workers.run_all(lambda i, s: i * i, 4), _workers.submit(sum, [1, 2]).result())\n"
+              "atexit.register(late)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[0,", "1,", "4,", "9]", "3"]
