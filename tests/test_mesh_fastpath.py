@@ -1,0 +1,194 @@
+"""mesh's fast paths give the bits of the plain code they replace (issue 17): the mask's autocorrelation on a
+worker thread, the fold's blocks (intp bins, all-valid blocks not masked), the lattice shells'
+predictions and peaks at once, the cell's diagonal at once."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptolemy_rt import _workers
+from ptolemy_rt import mesh as m
+from tests.test_mesh import render_mesh
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """OpenCV (and so the pool) at two threads, even on a one-CPU machine, restored after."""
+    monkeypatch.setattr(_workers, "_cpus", lambda: 2)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+@contextlib.contextmanager
+def serial():
+    """Every piece of work in the calling thread, OpenCV at one thread."""
+    before, threads = _workers.ENABLED, cv2.getNumThreads()
+    _workers.ENABLED = False
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        _workers.ENABLED = before
+        cv2.setNumThreads(threads)
+
+
+def _plain_shell(a, b, k, reach):
+    """The loop _shell replaced."""
+    out = []
+    for n in range(-k, k + 1):
+        for mm in range(-k, k + 1):
+            if (n == 0 and mm == 0) or min(abs(n), abs(mm)) > 1:
+                continue
+            pred = n * a + mm * b
+            if np.hypot(*pred) > reach:
+                continue
+            out.append(((n, mm), pred))
+    return out
+
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ax=finite, ay=finite, bx=finite, by=finite, k=st.integers(1, 40), reach=st.floats(0.0, 1e5))
+def test_shell_is_the_plain_loop_to_the_bit(ax, ay, bx, by, k, reach):
+    a, b = np.array([ax, ay]), np.array([bx, by])
+    fast, plain = m._shell(a, b, k, reach), _plain_shell(a, b, k, reach)
+    assert [q for q, _ in fast] == [q for q, _ in plain]
+    assert np.array_equal(np.array([p for _, p in fast], dtype=np.float64).reshape(-1, 2).view(np.uint64),
+                          np.array([p for _, p in plain], dtype=np.float64).reshape(-1, 2).view(np.uint64))
+
+
+def _plain_fold(img, valid, a, b, x0, y0, nb, rows):
+    """The fold as it was: int32 bins, every block masked with np.where."""
+    h, w = img.shape
+    inv = np.linalg.inv(np.column_stack([a, b]))
+    s0, t0 = inv @ np.array([x0, y0], dtype=np.float64)
+    s0, t0 = s0 % 1.0, t0 % 1.0
+    xs = np.arange(w, dtype=np.float64)
+    tot = np.zeros(nb * nb + 1)
+    cnt = np.zeros(nb * nb + 1, dtype=np.int64)
+    for r0 in range(0, h, rows):
+        ys = np.arange(r0, min(h, r0 + rows), dtype=np.float64)
+        idx = m._cell_bins(inv[1, 0], inv[1, 1], t0, xs, ys, nb)
+        idx *= nb
+        idx += m._cell_bins(inv[0, 0], inv[0, 1], s0, xs, ys, nb)
+        idx = np.where(valid[r0 : r0 + rows], idx, nb * nb).ravel()
+        tot += np.bincount(idx, weights=img[r0 : r0 + rows].astype(np.float64).ravel(), minlength=nb * nb + 1)
+        cnt += np.bincount(idx, minlength=nb * nb + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (tot[: nb * nb] / cnt[: nb * nb]).reshape(nb, nb)
+
+
+def _same(x, y):
+    return x.shape == y.shape and np.array_equal(x.view(np.uint64), y.view(np.uint64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(pitch=st.floats(8.0, 120.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000), y0=st.integers(0, 6000),
+       rows=st.integers(1, 40), seed=st.integers(0, 2**16), mask=st.sampled_from(["all", "disc", "random"]))
+def test_fold_is_the_plain_loop_to_the_bit(pitch, angle, x0, y0, rows, seed, mask):
+    # Values of many magnitudes (float64 sums that round), so adding the blocks out of order would show; with
+    # two threads too (the fold runs in the calling thread: the same bits either way).
+    rng = np.random.default_rng(seed)
+    h, w = 150, 173
+    img = (rng.standard_normal((h, w)) * 10.0 ** rng.uniform(-3, 6, (h, w))).astype(np.float32)
+    if mask == "all":
+        valid = np.ones((h, w), bool)
+    elif mask == "disc":
+        yy, xx = np.mgrid[0:h, 0:w]
+        valid = np.hypot(yy - h / 2, xx - w / 2) < 0.45 * w
+    else:
+        valid = rng.random((h, w)) < 0.8
+    t = math.radians(angle)
+    a = pitch * np.array([math.cos(t), -math.sin(t)])
+    b = np.array([-a[1], a[0]])
+    nb = int(min(math.ceil(pitch), 40))
+    plain = _plain_fold(img, valid, a, b, x0, y0, nb, rows)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "_FOLD_ROWS", rows)
+        with serial():
+            one = m._fold(img, valid, a, b, x0, y0, nb)
+        mp.setattr(_workers, "_cpus", lambda: 2)
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(2)
+        try:
+            two = m._fold(img, valid, a, b, x0, y0, nb)
+        finally:
+            cv2.setNumThreads(before)
+    assert _same(one, plain) and _same(two, plain)
+
+
+def _scenes():
+    yield render_mesh(1024, 70.0, 12.0, 0.4, seed=3)  # coarse: the 256 px first look
+    yield render_mesh(1024, 160.0, 60.0, 44.0, seed=4, disc=430.0)
+    yield render_mesh(600, 9.0, 3.0, 20.0, seed=5)  # fine: the full-resolution window
+    yield render_mesh(1100, 40.0, 8.0, 12.0, seed=6, disc=500.0)  # binned 3x
+
+
+def test_detect_mesh_on_worker_threads_is_the_serial_result_to_the_bit(two_threads):
+    for img in _scenes():
+        threaded = m.detect_mesh(img)
+        with serial():
+            alone = m.detect_mesh(img)
+        assert threaded.mesh is not None and repr(threaded) == repr(alone)
+
+
+def test_normalised_acf_on_worker_threads_is_the_serial_one_to_the_bit(two_threads):
+    img = render_mesh(512, 37.0, 9.0, 17.0, seed=8, disc=230.0)
+    valid = m.disc_mask(img)
+    acf, good = m._normalised_acf(img, valid)
+    with serial():
+        acf1, good1 = m._normalised_acf(img, valid)
+    assert np.array_equal(good, good1) and np.array_equal(acf.view(np.uint32), acf1.view(np.uint32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(nb=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_diagonal_is_the_row_by_row_sums_to_the_bit(nb, seed):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((nb, nb)) * 10.0 ** rng.uniform(-5, 5, (nb, nb))
+    plain = np.array([c[i, (i - 1) % nb] + c[i, i] + c[i, (i + 1) % nb] for i in range(nb)]) / 3.0
+    assert _same(m._diagonal(c), plain)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), radius=st.floats(0.5, 9.0), plateaus=st.booleans(), n=st.integers(0, 60))
+def test_peaks_near_is_peak_near_lag_by_lag_to_the_bit(seed, radius, plateaus, n):
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(8, 90)), int(rng.integers(8, 90))
+    a = rng.standard_normal((h, w)).astype(np.float32)
+    if plateaus:
+        a = (np.round(a * 2) / 2).astype(np.float32)  # ties: the first maximum in row-major order wins
+    centre = (h // 2, w // 2)
+    # lags inside, across and beyond the border, some exactly on half pixels
+    lags = (rng.uniform(-0.7, 0.7, (n, 2)) * [w, h]).tolist() + [[0.5, -1.5], [float(w), 0.0], [0.0, 0.0]]
+    fast = m._peaks_near(a, centre, lags, radius)
+    plain = [m._peak_near(a, centre, np.array(lag), radius) for lag in lags]
+    assert [f is None for f in fast] == [p is None for p in plain]
+    got = np.array([f for f in fast if f is not None], dtype=np.float64).reshape(-1, 3)
+    want = np.array([p for p in plain if p is not None], dtype=np.float64).reshape(-1, 3)
+    assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+
+def test_normalised_acf_computes_the_masks_part_itself_when_no_worker_started_it(monkeypatch):
+    from concurrent.futures import Future
+
+    img = render_mesh(300, 23.0, 5.0, 8.0, seed=9)
+    valid = np.ones(img.shape, bool)
+    want = m._normalised_acf(img, valid)[0]
+    monkeypatch.setattr(m._workers, "submit", lambda fn, *args: Future())  # queued, never started
+    got = m._normalised_acf(img, valid)[0]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
