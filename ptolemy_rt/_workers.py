@@ -1,5 +1,6 @@
 """Worker threads for the pipelines' GIL-free work: hole crops sampled and standardised, the view tests run
-beside the period estimate; the square finder's seam search, class sums, histograms and region contours.
+beside the period estimate; the square finder's seam search, class sums, histograms and region contours, and the
+mesh's mask autocorrelation (cv2.dft; tested in tests/test_mesh_fastpath.py).
 
 OpenCV spreads a large call over its threads, but numpy never does, and small calls and the Python between
 calls run on one core: the crops' standardisation, the view tests and the period search left the second core
