@@ -109,3 +109,19 @@ def lowmag_path(reference_dir: Path) -> Path:
 def medmag_path(reference_dir: Path) -> Path:
     """The real med-mag example."""
     return reference_dir / "images" / "medmag_readme_1024x1440.mrc"
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """OpenCV (and so ptolemy_rt._workers' pool) at two threads, even on a one-CPU machine, restored after."""
+    import cv2
+
+    from ptolemy_rt import _workers
+
+    monkeypatch.setattr(_workers, "_cpus", lambda: 2)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)

@@ -18,18 +18,6 @@ from ptolemy_rt import mesh as m
 from tests.test_mesh import render_mesh
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    """OpenCV (and so the pool) at two threads, even on a one-CPU machine, restored after."""
-    monkeypatch.setattr(_workers, "_cpus", lambda: 2)
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
 @contextlib.contextmanager
 def serial():
     """Every piece of work in the calling thread, OpenCV at one thread."""

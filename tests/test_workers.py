@@ -21,18 +21,6 @@ from ptolemy_rt.scoring import unet_scores
 from ptolemy_rt.synthetic import make_medmag
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    """OpenCV (and so the pool) at two threads, even on a one-CPU machine, restored after."""
-    monkeypatch.setattr(_workers, "_cpus", lambda: 2)
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
 @contextlib.contextmanager
 def serial():
     """Every piece of work in the calling thread (the reference the threaded runs must match)."""
