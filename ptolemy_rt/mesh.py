@@ -218,46 +218,18 @@ def _local_maxima(a: np.ndarray, min_value: float) -> np.ndarray:
     return np.column_stack([rr, cc])
 
 
-def _subpixel(a: np.ndarray, r: int, c: int) -> tuple[float, float, float]:
-    """Peak position (row, col) by a separable quadratic fit on the 3x3 neighbourhood, and its value."""
-    h, w = a.shape
-    if r <= 0 or c <= 0 or r >= h - 1 or c >= w - 1:
-        return float(r), float(c), float(a[r, c])
-
-    def vertex(m1: float, z: float, p1: float) -> float:
-        d = m1 - 2 * z + p1
-        return 0.0 if d >= 0 else min(0.5, max(-0.5, 0.5 * (m1 - p1) / d))
-
-    z = float(a[r, c])
-    dr = vertex(float(a[r - 1, c]), z, float(a[r + 1, c]))
-    dc = vertex(float(a[r, c - 1]), z, float(a[r, c + 1]))
-    return r + dr, c + dc, z
-
-
 def _peak_near(
     a: np.ndarray, centre: tuple[int, int], lag: np.ndarray, radius: float
 ) -> tuple[float, float, float] | None:
     """The strongest local maximum within `radius` of lag (x, y): (lag x, lag y, value) sub-pixel, or None."""
-    cy, cx = centre
-    px, py = cx + float(lag[0]), cy + float(lag[1])  # Python floats: the same doubles, less overhead
-    r0, r1 = math.floor(py - radius), math.ceil(py + radius) + 1
-    c0, c1 = math.floor(px - radius), math.ceil(px + radius) + 1
-    h, w = a.shape
-    if r0 < 1 or c0 < 1 or r1 > h - 1 or c1 > w - 1:
-        return None
-    win = a[r0:r1, c0:c1]
-    k = int(win.argmax())
-    r, c = r0 + k // win.shape[1], c0 + k % win.shape[1]
-    if r in (r0, r1 - 1) or c in (c0, c1 - 1):
-        return None  # the window's maximum on its border is no peak of its own
-    rr, cc, v = _subpixel(a, r, c)
-    return cc - cx, rr - cy, v
+    return _peaks_near(a, centre, [[float(lag[0]), float(lag[1])]], radius)[0]
 
 
 def _peaks_near(a: np.ndarray, centre: tuple[int, int], lags: list[list[float]],
                 radius: float) -> list[tuple[float, float, float] | None]:
-    """_peak_near for each lag (x, y) at once: the same windows, maxima (the first in row-major order) and
-    sub-pixel arithmetic, element by element, without a Python call per lag."""
+    """The strongest local maximum within `radius` of each lag (x, y): (lag x, lag y, value) sub-pixel, or None
+    where the window leaves the array or its maximum (the first in row-major order) lies on its border. The
+    position is refined by a separable quadratic fit on the 3x3 neighbourhood, clipped to half a pixel."""
     if not lags:
         return []
     cy, cx = centre
@@ -288,7 +260,7 @@ def _peaks_near(a: np.ndarray, centre: tuple[int, int], lags: list[list[float]],
     lf, rt = a[r, c - 1].astype(np.float64), a[r, np.minimum(c + 1, w - 1)].astype(np.float64)
 
     def vertex(m1: np.ndarray, p1: np.ndarray) -> np.ndarray:
-        # _subpixel's vertex: min(0.5, max(-0.5, x)) as Python's min and max pick (a NaN gives -0.5 there).
+        # The vertex clipped to [-0.5, 0.5] as min(0.5, max(-0.5, x)) picks: a NaN gives -0.5.
         d = m1 - 2 * z + p1
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             x = 0.5 * (m1 - p1) / d
