@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ._orderstats import unique
+
 __all__ = ["cost", "halfwidth", "reduce_basis", "scan", "scan_many", "search"]
 
 # Candidates scanned together are bounded by their estimated lattice points (memory ~ 100 bytes a point).
@@ -273,7 +275,7 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     # footprint sums: their batches gather from one (_box_tables; a 512 x 364 whole-square view's ~800
     # candidates of ~1500 points each), the rest use the summed-area table's corners.
     tabled = set()
-    for hv in np.unique(h[eligible & ~bad]).tolist():
+    for hv in unique(h[eligible & ~bad]).tolist():
         if est[(h == hv) & eligible & ~bad].sum() >= 2.0 * _table_size((rows, cols), hv):
             tabled.add(int(hv))
     state = {"subsample": True, "tabled": tabled, "tables": {}}
@@ -317,7 +319,7 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
             points += est[q]
     sel = np.array(batch, dtype=np.int64)
     args = [t[sel] for t in lattices]
-    hs = np.unique(args[-1])
+    hs = unique(args[-1])
     tables = None
     if len(hs) == 1 and int(hs[0]) in state["tabled"]:
         tables = state["tables"].get(int(hs[0]))

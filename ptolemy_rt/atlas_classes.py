@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ._orderstats import median as _median
+from ._orderstats import percentile
+
 __all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask"]
 
 SQUARE_CLASSES = ("ok", "empty", "thin", "thick", "broken", "off-disc")
@@ -43,7 +46,7 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     # (a 540 px close at 256 px working size took 140 ms; the disc's rim needs no finer resolution).
     f = max(1, math.ceil(max(h, w) / _DISC_SIDE), math.ceil(scale / _DISC_KERNEL))
     small = cv2.resize(img[: h - h % f, : w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else img
-    hi = float(np.percentile(small, 95))
+    hi = float(percentile(small, 95))
     if not np.isfinite(hi) or hi <= 0:
         return full
     bright = (small > level * hi).astype(np.uint8)
@@ -119,7 +122,7 @@ def classify_squares(
         return ()
     ref = b if reference is None else np.asarray(reference, dtype=np.float64).reshape(-1)
     ref = ref[np.isfinite(ref) & (ref > 0)]
-    median = float(np.median(ref)) if ref.size else float("nan")
+    median = float(_median(ref)) if ref.size else float("nan")
     t = thresholds
     out = np.full(n, "ok", dtype=object)
     if np.isfinite(median) and median > 0:

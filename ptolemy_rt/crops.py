@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from . import _workers
+from ._orderstats import median
 
 __all__ = [
     "crop_matrix",
@@ -362,7 +363,7 @@ def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: 
     v = p[:, 1] * c - p[:, 0] * s
     du = np.maximum.reduceat(u, starts) - np.minimum.reduceat(u, starts)
     dv = np.maximum.reduceat(v, starts) - np.minimum.reduceat(v, starts)
-    side = float(np.median(np.sqrt(du * dv)))
+    side = float(median(np.sqrt(du * dv)))
     if not math.isfinite(side):
         return top
     return int(min(top, max(1, math.floor(side / int(min_side)))))

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ._orderstats import median, percentile, unique
 from .views import finite_float32
 
 __all__ = ["FILM_LEVEL", "film_mask", "on_film"]
@@ -85,8 +86,8 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
     # Pad with the border's own values (reflect): a constant pad would make the image edge look like film
     # or like a bar.
     closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, disc, borderType=cv2.BORDER_REFLECT)
-    lo = min(0.0, float(np.percentile(closed, 0.5)))
-    hi = float(np.percentile(closed, 99.0))
+    lo = min(0.0, float(percentile(closed, 0.5)))
+    hi = float(percentile(closed, 99.0))
     if not hi > lo:
         return np.ones((rows, cols), dtype=bool)
     span = hi - lo
@@ -154,8 +155,8 @@ def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarr
     values = small[film]
     # Film pixels outnumber hole pixels (holes cover < 50 % of a cell), so the median is the film's level
     # and a high percentile the holes'.
-    film_level = float(np.median(values))
-    hole_level = float(np.percentile(values, 99.5))
+    film_level = float(median(values))
+    hole_level = float(percentile(values, 99.5))
     if not hole_level > film_level:
         return None
     bright = (small > film_level + _BROKEN_LEVEL * (hole_level - film_level)) & film
@@ -163,7 +164,7 @@ def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarr
     kr = 2 * math.ceil(0.3 * period) + 1
     reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kr, kr))
     spread = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, reach, borderType=cv2.BORDER_REFLECT)
-    flat = bright & (spread < _FLAT_SHARE * float(np.median(spread[film])))
+    flat = bright & (spread < _FLAT_SHARE * float(median(spread[film])))
     # Width is measured on the bright area, flatness on its core: the gradient's reach and the blurred,
     # fringed rim take ~0.5 periods off each side of the flat area, so a tear 2.3 periods across (the
     # smallest that holds a 1.5-period disc) leaves a flat core of ~1.3 periods, which no flat opening of
@@ -181,7 +182,7 @@ def _broken_film(small: np.ndarray, film: np.ndarray, period: float) -> np.ndarr
     # the wide bright areas that hold a flat core
     n, labels = cv2.connectedComponents(wide, connectivity=8)
     keep = np.zeros(n, dtype=bool)
-    keep[np.unique(labels[core.astype(bool) & (labels > 0)])] = True
+    keep[unique(labels[core.astype(bool) & (labels > 0)])] = True
     keep[0] = False
     # ... and of those only the part near the core (within _BROKEN_PERIODS / 2 of it, which reaches past the
     # tear's blurred rim): textured film a gradient lifts above the level, touching a small tear, is one
@@ -216,7 +217,7 @@ def _estimate_period(data: np.ndarray) -> float:
     from scipy.spatial import cKDTree
 
     d, _ = cKDTree(pts).query(pts, k=2)
-    period = float(np.median(d[:, 1])) * f
+    period = float(median(d[:, 1])) * f
     return period if period >= 2.0 else fallback
 
 

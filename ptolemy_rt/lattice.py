@@ -36,6 +36,8 @@ from typing import Literal
 
 import numpy as np
 
+from ._orderstats import median
+
 __all__ = [
     "MAX_ANCHORS",
     "MIN_SPACING_PX",
@@ -573,7 +575,7 @@ def _refine(c: np.ndarray, o: np.ndarray, basis: np.ndarray, solve, tolerance: f
     kept = None
     for _ in range(iterations):
         dmin = float(min(np.hypot(*basis[:, 0]), np.hypot(*basis[:, 1])))
-        limit = max(2.5 * float(np.median(resid[sel])), 1e-3 * dmin)
+        limit = max(2.5 * float(median(resid[sel])), 1e-3 * dmin)
         keep = sel & (resid <= limit)
         if keep.sum() < 2 or (kept is not None and np.array_equal(keep, kept)):
             break
@@ -695,7 +697,7 @@ def regularity(c: np.ndarray, tolerance: float = 0.15) -> float:
     if len(c) < 4:
         return math.nan
     d = nearest_neighbour_distances(c)
-    med = float(np.median(d))
+    med = float(median(d))
     if not med > 0.0:
         return 0.0
     return float(np.mean(np.abs(d / med - 1.0) < tolerance))
@@ -720,7 +722,7 @@ def _coset_stats(c: np.ndarray, sat: np.ndarray, origin: Point, a: np.ndarray, b
     y0, y1 = np.clip(y - h, 0, shape[0]), np.clip(y + h + 1, 0, shape[0])
     mass = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]).astype(np.float64)
     size = float(mass[mass > 0].mean()) if (mass > 0).any() else math.nan
-    resid = float(np.median(dist[near])) if near.any() else math.nan
+    resid = float(median(dist[near])) if near.any() else math.nan
     return float(near.mean()), size, resid, int(near.sum())
 
 
@@ -958,7 +960,7 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
     # lattice, whose low cost then prunes the rest early.
     lu = np.hypot(cands.u[:, 0], cands.u[:, 1])
     lv = np.hypot(cands.v[:, 0], cands.v[:, 1])
-    typical = float(np.median(lu))
+    typical = float(median(lu))
     dev = np.maximum(np.abs(np.log(lu / typical)), np.abs(np.log(lv / typical)))
     order = np.argsort(dev, kind="stable").astype(np.int64)
     ox = np.ascontiguousarray(c[cands.origin, 0])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._orderstats import percentile
 from .errors import OutputError
 from .outputs import atomic_write, overlay_format
 
@@ -62,7 +63,7 @@ def scale_bar(nm_per_px: float, width_px: int) -> tuple[float, str]:
 
 def _to_uint8(data: np.ndarray) -> np.ndarray:
     """Contrast-stretch to 8 bits between the 0.5th and 99.5th percentiles."""
-    lo, hi = np.percentile(data, [0.5, 99.5])
+    lo, hi = percentile(data, [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
     scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo))

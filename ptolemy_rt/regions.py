@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from . import _workers
+from ._orderstats import unique
 
 __all__ = ["Regions", "find_regions", "region_means", "polygon_area", "polygon_centroid"]
 
@@ -211,7 +212,7 @@ def find_regions(
     # boundaries traced.
     if contours:
         first_points = np.array([c[0, 0] for c in contours])
-        if np.unique(labels[first_points[:, 1], first_points[:, 0]]).size < n_labels - 1:
+        if unique(labels[first_points[:, 1], first_points[:, 0]]).size < n_labels - 1:
             contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     if contours:
         lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))

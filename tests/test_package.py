@@ -43,20 +43,31 @@ def test_import_without_onnxruntime_names_both_extras():
     assert "ptolemy-rt[cpu]" in last and "ptolemy-rt[gpu]" in last
 
 
-def test_a_holes_run_imports_no_numba(tmp_path):
-    # The lattice search is numpy: a whole `ptolemy-rt holes` run (the CLI, in a process of its own, as Leginon
-    # starts it) compiles nothing and never imports Numba, even with no writable home or temp dir.
+# Modules a finder's run must not import: Numba (no JIT, nothing compiled at run time) and numpy.ma (~8 ms a
+# process; np.percentile, np.median and a plain np.unique import it: the pipelines use _orderstats instead).
+NOT_IMPORTED = ("numba", "llvmlite", "numpy.ma")
+# Where the squares pipeline still calls them (modules another change owns): mesh._cell_geometry's np.median,
+# fit_square_lattice's np.unique, squares._profile_outliers' np.nanmedian and np.median.
+SQUARES_STILL_IMPORT_NUMPY_MA = pytest.mark.xfail(
+    strict=True, reason="mesh.py and squares.py still call np.median/np.unique/np.nanmedian (numpy.ma)")
+
+
+@pytest.mark.parametrize("finder", ["holes", pytest.param("squares", marks=SQUARES_STILL_IMPORT_NUMPY_MA)])
+def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder, tmp_path):
+    # A whole `ptolemy-rt holes|squares` run (the CLI, in a process of its own, as Leginon starts it) compiles
+    # nothing, never imports Numba, even with no writable home or temp dir, and leaves numpy.ma unloaded.
     from ptolemy_rt.models import default_models_dir
 
     if not (default_models_dir() / "manifest.json").is_file():
         pytest.skip("no shipped model set")
-    from ptolemy_rt.synthetic import make_medmag
+    from ptolemy_rt.synthetic import make_atlas, make_medmag
 
     mrcfile = pytest.importorskip("mrcfile")
-    image = tmp_path / "medmag.mrc"
+    image = tmp_path / f"{finder}.mrc"
+    data = make_medmag(0, shape=(512, 720), spacing_px=120.0)[0] if finder == "holes" else make_atlas(0)[0]
     with mrcfile.new(str(image)) as m:
-        m.set_data(make_medmag(0, shape=(512, 720), spacing_px=120.0)[0].astype(np.float32))
-    out = tmp_path / "holes.json"
+        m.set_data(data.astype(np.float32))
+    out = tmp_path / f"{finder}.json"
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
@@ -64,8 +75,8 @@ def test_a_holes_run_imports_no_numba(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from ptolemy_rt.cli import main
-        code = main(["holes", {str(image)!r}, "-o", {str(out)!r}])
-        print(code, [m for m in ("numba", "llvmlite") if m in sys.modules])
+        code = main([{finder!r}, {str(image)!r}, "-o", {str(out)!r}])
+        print(code, [m for m in {NOT_IMPORTED!r} if m in sys.modules])
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                        cwd=str(tmp_path))
