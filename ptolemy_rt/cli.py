@@ -42,7 +42,27 @@ SUFFIX = {"json": ".json", "txt": ".txt", "csv": ".csv"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line and exit code 2."""
+    """argparse with usage errors on one line and exit code 2; a subcommand may declare its options when it is
+    first used (`deferred`), so that `holes` does not import the modules `batch` needs to declare its own."""
+
+    deferred: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def _declare(self) -> None:
+        declare, self.deferred = self.deferred, None
+        if declare is not None:
+            declare(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._declare()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._declare()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._declare()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
@@ -279,10 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     mo.set_defaults(func=_cmd_models)
 
-    from . import batch
-
-    batch.add_arguments(sub.add_parser("batch", help="whole sessions (EPU, Leginon, SerialEM) or many files: "
-                                       "worker processes or Dask, progress, --resume, summary and HTML report"))
+    ba = sub.add_parser("batch", help="whole sessions (EPU, Leginon, SerialEM) or many files: worker processes "
+                        "or Dask, progress, --resume, summary and HTML report")
+    ba.deferred = _batch_arguments  # batch.py (and the session readers it imports) only when `batch` runs
 
     dr = sub.add_parser("doctor", help="check the installation: providers that really run, CUDA/cuDNN libraries, "
                         "versions")
@@ -293,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     dr.set_defaults(func=lambda args: __import__("ptolemy_rt.doctor", fromlist=["run_doctor"]).run_doctor(args))
     return parser
+
+
+def _batch_arguments(p: argparse.ArgumentParser) -> None:
+    from .batch import add_arguments
+
+    add_arguments(p)
 
 
 def _is_dir_target(value: str) -> bool:
@@ -403,9 +428,7 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
     from .io import read_image
     from .metadata import pixel_size_for
     from .models import load_models
-    from .navigator import targets_nav_text
-    from .outputs import overlay_format, write_set
-    from .overlay import render_overlay
+    from .outputs import write_set
     from .results import format_result, select, summary_line, with_pixel_size
 
     outputs = _output_paths(args)
@@ -449,10 +472,15 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
             text = format_result(result, fmt=args.format, compat=args.compat == "ptolemy", pretty=args.pretty)
             files: list[tuple[Path, bytes | str]] = []
             if overlay is not None:
+                from .outputs import overlay_format
+                from .overlay import render_overlay
+
                 files.append((overlay, _encode_image(render_overlay(image.data, result), overlay_format(overlay))))
             if out is not None:
                 files.append((out, text))
             if args.nav:
+                from .navigator import targets_nav_text
+
                 nav = targets_nav_text(args.nav, result, args.map_label, args.nav_out, image_path)
                 files.append((nav[0], nav[1].encode("latin-1")))
             if files:

@@ -23,10 +23,12 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from xml.etree import ElementTree
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # the parser loads when a sidecar .xml is read: most images have none
+    from xml.etree import ElementTree
 
 __all__ = [
     "MAX_SIDECAR_BYTES",
@@ -85,6 +87,8 @@ def read_xml_safely(path: str | os.PathLike) -> ElementTree.Element:
     # ElementTree expands internal entities (the "billion laughs" file): a metadata file needs no DTD at all.
     if re.search(rb"<!\s*(DOCTYPE|ENTITY)", raw, re.IGNORECASE):
         raise InputError(f"{p}: XML with a DTD or entity declarations is refused")
+    from xml.etree import ElementTree
+
     try:
         return ElementTree.fromstring(raw)
     except ElementTree.ParseError as exc:
