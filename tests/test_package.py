@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,10 +53,14 @@ SQUARES_STILL_IMPORT_NUMPY_MA = pytest.mark.xfail(
     strict=True, reason="mesh.py and squares.py still call np.median/np.unique/np.nanmedian (numpy.ma)")
 
 
-@pytest.mark.parametrize("finder", ["holes", pytest.param("squares", marks=SQUARES_STILL_IMPORT_NUMPY_MA)])
-def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder, tmp_path):
-    # A whole `ptolemy-rt holes|squares` run (the CLI, in a process of its own, as Leginon starts it) compiles
-    # nothing, never imports Numba, even with no writable home or temp dir, and leaves numpy.ma unloaded.
+# Modules a plain `holes` or `squares` run has no use for (the batch command's, --nav's, --overlay's, sidecar XML).
+NOT_USED = ("ptolemy_rt.batch", "ptolemy_rt.sessions", "ptolemy_rt.navigator", "ptolemy_rt.overlay",
+            "xml.etree.ElementTree", "scipy.ndimage", "torch", "onnx")
+
+
+def _finder_run(finder: str, tmp_path: Path, watch: tuple[str, ...]) -> list[str]:
+    """Run `ptolemy-rt FINDER` on a small synthetic image in a process of its own (as Leginon starts it), with
+    no writable home or temp dir; the modules of `watch` it left loaded."""
     from ptolemy_rt.models import default_models_dir
 
     if not (default_models_dir() / "manifest.json").is_file():
@@ -73,16 +78,29 @@ def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
     env.update(HOME="/proc/ptolemy-no-home", TMPDIR=str(blocker), PYTHONPATH=str(REPO))
     code = textwrap.dedent(f"""
-        import sys
+        import json, sys
         from ptolemy_rt.cli import main
         code = main([{finder!r}, {str(image)!r}, "-o", {str(out)!r}])
-        print(code, [m for m in {NOT_IMPORTED!r} if m in sys.modules])
+        print(json.dumps([code, [m for m in {watch!r} if m in sys.modules]]))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                        cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "0 []", r.stdout + r.stderr
+    code, loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert code == 0, r.stderr
     assert out.is_file() and out.stat().st_size > 0
+    return loaded
+
+
+@pytest.mark.parametrize("finder", ["holes", pytest.param("squares", marks=SQUARES_STILL_IMPORT_NUMPY_MA)])
+def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder, tmp_path):
+    # The pipelines compile nothing and never import Numba, and leave numpy.ma unloaded.
+    assert _finder_run(finder, tmp_path, NOT_IMPORTED) == []
+
+
+@pytest.mark.parametrize("finder", ["holes", "squares"])
+def test_a_finder_run_imports_only_what_it_uses(finder, tmp_path):
+    assert _finder_run(finder, tmp_path, NOT_USED) == []
 
 
 def test_no_runtime_module_imports_numba():
