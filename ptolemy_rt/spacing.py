@@ -195,6 +195,10 @@ def _ccs_f2(shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+# Below this exponent the high-pass 1 - exp(e) is 1.0 in float64 (see _filter).
+_HIGH_PASS_ONE = -40.0
+
+
 @functools.lru_cache(maxsize=8)
 def _filter(shape: tuple[int, int], max_period: float) -> np.ndarray:
     """The autocorrelation's band-pass, squared (it filters both factors of the power spectrum), float32 in
@@ -204,7 +208,12 @@ def _filter(shape: tuple[int, int], max_period: float) -> np.ndarray:
     f0 = 1.0 / (1.5 * max_period)
 
     def band(f2: np.ndarray) -> np.ndarray:
-        keep = 1.0 - np.exp(-f2 / (f0 * f0))
+        e = -f2 / (f0 * f0)
+        # 1 - exp(e) is 1.0 to the bit below e = -38 (exp(e) < 2**-54): exp only where it is not. Most of the
+        # spectrum lies far below (exp's underflow path took 2.6 of the 7 ms this table costs a first call).
+        keep = np.ones_like(e)
+        near = e > _HIGH_PASS_ONE
+        keep[near] = 1.0 - np.exp(e[near])
         # Shot noise is white: it adds only to the zero lag, and so scales every lattice peak's coefficient
         # down (below _MIN_PEAK on dim carbon film). A Gaussian low-pass of _NOISE_SIGMA working pixels
         # removes most of it and leaves the hole-sized structure.
@@ -315,8 +324,12 @@ def _peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
 def _radii(max_lag: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Integer radius of every lag in the window, and how many lags each radius has (cached per window)."""
     lr, lc = max_lag
-    yy, xx = np.mgrid[-lr : lr + 1, -lc : lc + 1]
-    radius = np.rint(np.hypot(xx, yy)).astype(np.int64).ravel()
+    yy = np.arange(-lr, lr + 1, dtype=np.int64)[:, None]
+    xx = np.arange(-lc, lc + 1, dtype=np.int64)[None, :]
+    # rint(hypot(x, y)) as before: for integer lags sqrt of the exact sum of squares rounds alike (sqrt(n) of an
+    # integer n is never within 1e-7 of a half-integer below 10**6, far beyond either's error), at a third of
+    # the cost of np.mgrid and hypot.
+    radius = np.rint(np.sqrt(xx * xx + yy * yy)).astype(np.int64).ravel()
     return radius, np.maximum(np.bincount(radius), 1)
 
 
@@ -333,8 +346,11 @@ def _ring_means(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
 def _ring_members(max_lag: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The lags of each circle (_radii) in raster order, concatenated, and where each circle's start."""
     radius, counts = _radii(max_lag)
-    order = np.argsort(radius, kind="stable")
-    return order, np.searchsorted(radius[order], np.arange(len(counts) + 1))
+    # A stable order is one permutation whatever sorts it: 16-bit keys take numpy's radix sort (1.5 ms, not 4.5).
+    order = np.argsort(radius.astype(np.uint16) if radius.max() < 1 << 16 else radius, kind="stable")
+    starts = np.zeros(len(counts) + 1, dtype=np.intp)
+    np.cumsum(np.bincount(radius, minlength=len(counts)), out=starts[1:])  # = searchsorted(radius[order], r)
+    return order, starts
 
 
 def _ring_mean(rho: np.ndarray, max_lag: tuple[int, int], r: int) -> float:
