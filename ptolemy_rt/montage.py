@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from . import _workers
+from ._orderstats import median, nanmedian, percentile
 from .errors import CorruptFileError, MissingFileError, ShapeError, TooLargeError
 
 __all__ = [
@@ -550,7 +551,7 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
         # +k, -k), so an edge's own gradient is never a seam.
         fin = np.isfinite(per_shift)
         both = fin[0::2].any(axis=0) & fin[1::2].any(axis=0)
-        return np.where(both, np.nanmedian(per_shift, axis=0), np.nan)
+        return np.where(both, nanmedian(per_shift, axis=0), np.nan)
 
 
 def _seams_1d(img: np.ndarray, axis: int, mesh: Any, max_width: int, threshold: float, min_contrast: float,
@@ -564,8 +565,8 @@ def _seams_1d(img: np.ndarray, axis: int, mesh: Any, max_width: int, threshold: 
     ok = np.isfinite(resid)
     if ok.sum() < 16:
         return []
-    med = float(np.median(resid[ok]))
-    mad = float(np.median(np.abs(resid[ok] - med))) * 1.4826
+    med = float(median(resid[ok]))
+    mad = float(median(np.abs(resid[ok] - med))) * 1.4826
     flag = ok & (np.abs(resid - med) > threshold * max(mad, 1e-9)) & (np.abs(resid - med) > min_contrast * scale)
     n = len(resid)
     other = img.shape[1] if axis == 0 else img.shape[0]
@@ -607,7 +608,7 @@ def remove_seams(
 
         mesh = measure_mesh(img)
     h, w = img.shape
-    scale = max(float(np.percentile(img[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
+    scale = max(float(percentile(img[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
     found: list[Seam] = []
     for axis in (0, 1):
         seams = _seams_1d(img, axis, mesh, max_width, threshold, min_contrast, scale)
@@ -719,7 +720,7 @@ def flatten_tile_offsets(
     cx = [0] + cols_b + [w]
     nr, nc = len(ry) - 1, len(cx) - 1
     ok = np.ones((h, w), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    floor = 0.05 * max(float(np.percentile(image[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
+    floor = 0.05 * max(float(percentile(image[:: max(1, h // 512), :: max(1, w // 512)], 90)), 1e-6)
     eqs: list[tuple[int, int, float, float]] = []
     sides: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
 

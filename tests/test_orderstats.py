@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,14 +11,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ptolemy_rt import _orderstats
-from ptolemy_rt._orderstats import median, percentile, unique
+from ptolemy_rt._orderstats import median, nanmedian, percentile, unique
 
 pytestmark = pytest.mark.skipif(not _orderstats._SAME_AS_NUMPY, reason="numpy < 2.4: every call is numpy's own")
 
 
-def same(ours, theirs) -> None:
-    """The same type, shape and bytes (the sign of zero included); NaN where numpy has NaN (which of several NaN
-    payloads in the input comes out depends on where numpy's partition leaves them, not on their values)."""
+def same(ours, theirs, *, zero_sign: bool = True) -> None:
+    """The same type, shape and bytes; NaN where numpy has NaN (which of several NaN payloads in the input comes
+    out depends on where numpy's partition leaves them, not on their values); without `zero_sign`, -0.0 and 0.0
+    count as one (the same holds for tied zeros of both signs: see _orderstats)."""
     assert type(ours) is type(theirs), (type(ours), type(theirs))
     a, b = np.asarray(ours), np.asarray(theirs)
     assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
@@ -24,6 +27,8 @@ def same(ours, theirs) -> None:
         nan = np.isnan(b)
         assert np.array_equal(np.isnan(a), nan), (ours, theirs)
         a, b = a[~nan], b[~nan]
+        if not zero_sign:
+            a, b = a + a.dtype.type(0), b + b.dtype.type(0)  # -0.0 + 0.0 is 0.0; every other value unchanged
     assert a.tobytes() == b.tobytes(), (ours, theirs)
 
 
@@ -52,7 +57,7 @@ QS = st.one_of(
 def test_percentile_is_numpys(dtype, nan, ties, data):
     x = data.draw(arrays(dtype, nan=nan, ties=ties))
     q = data.draw(QS)
-    same(percentile(x, q), np.percentile(x, q))
+    same(percentile(x, q), np.percentile(x, q), zero_sign=False)
 
 
 @settings(max_examples=100, deadline=None)
@@ -88,7 +93,7 @@ def test_percentile_refuses_what_numpy_refuses(q):
 @given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data())
 def test_median_is_numpys(dtype, nan, ties, data):
     x = data.draw(arrays(dtype, nan=nan, ties=ties))
-    same(median(x), np.median(x))
+    same(median(x), np.median(x), zero_sign=False)
 
 
 @settings(max_examples=100, deadline=None)
@@ -127,3 +132,38 @@ def test_none_imports_numpy_ma():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+@settings(max_examples=400, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), ties=st.booleans(), data=st.data())
+def test_nanmedian_of_columns_is_numpys(dtype, ties, data):
+    if ties:
+        elements = st.sampled_from([-2.0, -0.0, 0.0, 0.5, 1.0, np.inf, -np.inf, np.nan, np.nan])
+    else:
+        elements = st.floats(allow_nan=True, allow_infinity=True, width=np.dtype(dtype).itemsize * 8)
+    shape = data.draw(st.tuples(st.integers(1, 9), st.integers(1, 30)))
+    x = data.draw(hnp.arrays(dtype, shape, elements=elements))
+    with warnings.catch_warnings(record=True) as ours_warned:
+        warnings.simplefilter("always")
+        ours = nanmedian(x, axis=0)
+    with warnings.catch_warnings(record=True) as numpy_warned:
+        warnings.simplefilter("always")
+        theirs = np.nanmedian(x, axis=0)
+    same(ours, theirs)
+    assert ([str(w.message) for w in ours_warned if "All-NaN" in str(w.message)]
+            == [str(w.message) for w in numpy_warned if "All-NaN" in str(w.message)])
+
+
+def test_nanmedian_of_shifted_profiles_is_numpys():
+    # squares._profile_outliers' and montage's use: shifted copies of a profile, NaN beyond the ends
+    rng = np.random.default_rng(5)
+    for n in (40, 333, 1024):
+        profile = rng.normal(size=n)
+        x = np.arange(n, dtype=np.float64)
+        rows = []
+        for k in (1, -1, 2, -2, 3, -3):
+            pos = x + k * 7.5
+            out = np.interp(pos, x, profile)
+            out[(pos < 0) | (pos > n - 1)] = np.nan
+            rows.append(out)
+        same(nanmedian(np.array(rows), axis=0), np.nanmedian(np.array(rows), axis=0))
