@@ -10,7 +10,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt import _workers
@@ -58,6 +58,39 @@ def test_shell_is_the_plain_loop_to_the_bit(ax, ay, bx, by, k, reach):
                           np.array([p for _, p in plain], dtype=np.float64).reshape(-1, 2).view(np.uint64))
 
 
+def _plain_cell_bins(cx, cy, c0, xs, ys, nb):
+    """The bins as _cell_bins computed them before its clip was taken only where a bin reaches nb."""
+    u = (cy * ys + c0).astype(np.float32)[:, None] + (cx * xs).astype(np.float32)[None, :]
+    u -= np.floor(u)
+    u *= np.float32(nb)
+    out = u.astype(np.int32)
+    np.minimum(out, nb - 1, out=out)
+    return out
+
+
+small = st.one_of(st.floats(-0.2, 0.2, allow_nan=False), st.sampled_from([0.0, -0.0, 2.0**-30, -(2.0**-30),
+                                                                          -(2.0**-40), 1.0 / 153, -1.0 / 97]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(cx=small, cy=small, c0=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([0.0, 2.0**-30])),
+       x0=st.integers(-5000, 5000), y0=st.integers(-5000, 5000), w=st.integers(1, 70), h=st.integers(1, 9),
+       nb=st.integers(16, 256))
+@example(cx=0.0, cy=-(2.0**-30), c0=0.0, x0=0, y0=1, w=3, h=1, nb=153)  # a fraction rounded to 1: bin nb - 1
+def test_cell_bins_are_the_plain_formula_to_the_bit(cx, cy, c0, x0, y0, w, h, nb):
+    xs = np.arange(x0, x0 + w, dtype=np.float64)
+    ys = np.arange(y0, y0 + h, dtype=np.float64)
+    fast, plain = m._cell_bins(cx, cy, c0, xs, ys, nb), _plain_cell_bins(cx, cy, c0, xs, ys, nb)
+    assert fast.dtype == plain.dtype and np.array_equal(fast, plain)
+    assert fast.min() >= 0 and fast.max() <= nb - 1
+
+
+def test_a_fraction_rounded_to_one_takes_the_last_bin():
+    # u = -2**-30: u - floor(u) = 1 - 2**-30 rounds to 1.0 in float32, so u * nb is nb: clipped to nb - 1.
+    bins = m._cell_bins(0.0, -(2.0**-30), 0.0, np.arange(3.0), np.array([1.0]), 153)
+    assert bins.tolist() == [[152, 152, 152]]
+
+
 def _plain_fold(img, valid, a, b, x0, y0, nb, rows):
     """The fold as it was: int32 bins, every block masked with np.where."""
     h, w = img.shape
@@ -69,9 +102,9 @@ def _plain_fold(img, valid, a, b, x0, y0, nb, rows):
     cnt = np.zeros(nb * nb + 1, dtype=np.int64)
     for r0 in range(0, h, rows):
         ys = np.arange(r0, min(h, r0 + rows), dtype=np.float64)
-        idx = m._cell_bins(inv[1, 0], inv[1, 1], t0, xs, ys, nb)
+        idx = _plain_cell_bins(inv[1, 0], inv[1, 1], t0, xs, ys, nb)
         idx *= nb
-        idx += m._cell_bins(inv[0, 0], inv[0, 1], s0, xs, ys, nb)
+        idx += _plain_cell_bins(inv[0, 0], inv[0, 1], s0, xs, ys, nb)
         idx = np.where(valid[r0 : r0 + rows], idx, nb * nb).ravel()
         tot += np.bincount(idx, weights=img[r0 : r0 + rows].astype(np.float64).ravel(), minlength=nb * nb + 1)
         cnt += np.bincount(idx, minlength=nb * nb + 1)
