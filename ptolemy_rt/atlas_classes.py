@@ -51,11 +51,10 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
         return full
     bright = (small > level * hi).astype(np.uint8)
     k = int(max(3, round(scale / f)) | 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     # Pad with the border's own values... as bright: the disc may run past the image edge.
     pad = k
     padded = cv2.copyMakeBorder(bright, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
+    closed = _close_ellipse(padded, k)[pad:-pad, pad:-pad]
     if closed.all():
         return full
     n, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
@@ -71,7 +70,7 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
         return small_mask.astype(bool)
     # Back to full size (nearest neighbour), the trailing partial blocks copied from their neighbours. The
     # 0/1 bytes are read as bools in place (no third full-size pass: 64 M pixels at 8192²).
-    big = cv2.resize(small_mask, (small_mask.shape[1] * f, small_mask.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+    big = _upscale_nearest(small_mask, f)
     if big.shape == (h, w):
         return big.view(bool)
     out = np.empty((h, w), np.uint8)
@@ -81,6 +80,60 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     if big.shape[1] < w:
         out[:, big.shape[1]:] = out[:, big.shape[1] - 1 : big.shape[1]]
     return out.view(bool)
+
+
+def _close_ellipse(binary: np.ndarray, k: int) -> np.ndarray:
+    """cv2.morphologyEx(binary, MORPH_CLOSE, the k x k ellipse), the same bytes for a 0/1 uint8 image.
+
+    The ellipse is a stack of centred horizontal runs, one per row: a dilation by it is the maximum of each
+    run's line dilation shifted by its row's offset (cv2 visits every one of the ellipse's ~0.8 k² points for
+    each pixel; ~1.7x faster at k = 29), and the erosion is the complement's dilation (cv2's borders: pixels
+    outside count for neither). Any other kernel shape goes to cv2."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    r = k // 2
+    half: list[int | None] = []
+    for row in kernel:
+        on = np.flatnonzero(row)
+        if on.size == 0:
+            half.append(None)
+        elif k % 2 == 1 and on[0] == r - (on[-1] - r) and on.size == on[-1] - on[0] + 1:
+            half.append(int(on[-1] - r))
+        else:
+            return cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel)
+    lines = {w: np.ones((1, 2 * w + 1), np.uint8) for w in set(half) if w is not None}
+
+    def dilate(x: np.ndarray) -> np.ndarray:
+        rows = {w: cv2.dilate(x, line) for w, line in lines.items()}
+        out = np.zeros_like(x)
+        n = x.shape[0]
+        for i, w in enumerate(half):
+            dy = i - r  # kernel row i reaches the source row dy away
+            if w is None or abs(dy) >= n:
+                continue
+            if dy >= 0:
+                np.maximum(out[: n - dy], rows[w][dy:], out=out[: n - dy])
+            else:
+                np.maximum(out[-dy:], rows[w][: n + dy], out=out[-dy:])
+        return out
+
+    return 1 - dilate(1 - dilate(binary))
+
+
+def _upscale_nearest(small: np.ndarray, f: int) -> np.ndarray:
+    """cv2.resize(small, (w f, h f), interpolation=INTER_NEAREST), the same bytes: output pixel x takes source
+    pixel min(floor(x * (1 / f)), w - 1) (rows likewise; cv2's resizeNN). Where that is each pixel f times (all
+    but a few f: 49 x (1 / 49) < 1), the rows and columns are repeated by a broadcast copy (4x faster)."""
+    sh, sw = small.shape
+
+    def source(n: int) -> np.ndarray:
+        return np.minimum(np.floor(np.arange(n * f) * (1.0 / f)).astype(np.intp), n - 1)
+
+    if np.array_equal(source(sw), np.repeat(np.arange(sw), f)) and \
+            np.array_equal(source(sh), np.repeat(np.arange(sh), f)):
+        out = np.empty((sh, f, sw * f), small.dtype)
+        out[...] = np.repeat(small, f, axis=1)[:, None, :]
+        return out.reshape(sh * f, sw * f)
+    return cv2.resize(small, (sw * f, sh * f), interpolation=cv2.INTER_NEAREST)
 
 
 @dataclass(frozen=True)
