@@ -37,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import _workers
+from . import _orderstats, _workers
 from .atlas_classes import disc_mask
 from .views import percentile
 
@@ -510,7 +510,7 @@ def _cell_geometry(cell: np.ndarray) -> tuple[float, float, float, float, float]
     centre = slice(int(0.3 * nb), int(0.7 * nb) + 1)
     ps = c[centre, :].mean(axis=0)  # across the bars along s, away from the other bars
     pt = c[:, centre].mean(axis=1)
-    hi = float(np.median(c[centre, centre]))
+    hi = float(_orderstats.median(c[centre, centre]))
     lo = float(min(ps.min(), pt.min()))
     if hi <= lo:
         return float(bs), float(bt), 0.0, 0.0, 0.0
@@ -718,7 +718,7 @@ def fit_square_lattice(
         pred = o + ij @ np.vstack([a, b])
         d = np.hypot(*(c - pred).T) if len(c) else np.zeros(0)
         inl = d < tolerance * pitch
-        if inl.sum() < 3 or len(np.unique(ij[inl, 0])) < 2 or len(np.unique(ij[inl, 1])) < 2:
+        if inl.sum() < 3 or len(_orderstats.unique(ij[inl, 0])) < 2 or len(_orderstats.unique(ij[inl, 1])) < 2:
             # Too few to fit a basis: keep the measured one, fit the origin only.
             if inl.any():
                 o = o + (c[inl] - pred[inl]).mean(axis=0)

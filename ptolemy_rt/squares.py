@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _workers
+from . import _orderstats, _workers
 from .crops import CROP_SIZE, _hull_points, reduced_square_crops, rotated_frame, square_crop_source, square_crops
 from .io import ImageLike, as_image, check_min_size
 from .models import ModelsLike
@@ -574,12 +574,12 @@ def _profile_outliers(profile: np.ndarray, step: float, threshold: float, max_wi
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        resid = profile - np.nanmedian(np.array(shifted), axis=0)
+        resid = profile - _orderstats.nanmedian(np.array(shifted), axis=0)
     ok = np.isfinite(resid)
     if ok.sum() < 16:
         return False
-    med = float(np.median(resid[ok]))
-    mad = 1.4826 * float(np.median(np.abs(resid[ok] - med)))
+    med = float(_orderstats.median(resid[ok]))
+    mad = 1.4826 * float(_orderstats.median(np.abs(resid[ok] - med)))
     flag = ok & (np.abs(resid - med) > threshold * max(mad, 1e-9))
     # remove_seams takes only runs with a line either side (a dark image border is no seam) and at most
     # max_width wide; twice that here, as the lower threshold widens a run.

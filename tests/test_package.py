@@ -47,12 +47,6 @@ def test_import_without_onnxruntime_names_both_extras():
 # Modules a finder's run must not import: Numba (no JIT, nothing compiled at run time) and numpy.ma (~8 ms a
 # process; np.percentile, np.median and a plain np.unique import it: the pipelines use _orderstats instead).
 NOT_IMPORTED = ("numba", "llvmlite", "numpy.ma")
-# Where the squares pipeline still calls them (modules another change owns): mesh._cell_geometry's np.median,
-# fit_square_lattice's np.unique, squares._profile_outliers' np.nanmedian and np.median.
-SQUARES_STILL_IMPORT_NUMPY_MA = pytest.mark.xfail(
-    strict=True, reason="mesh.py and squares.py still call np.median/np.unique/np.nanmedian (numpy.ma)")
-
-
 # Modules a plain `holes` or `squares` run has no use for (the batch command's, --nav's, --overlay's, sidecar XML).
 NOT_USED = ("ptolemy_rt.batch", "ptolemy_rt.sessions", "ptolemy_rt.navigator", "ptolemy_rt.overlay",
             "xml.etree.ElementTree", "scipy.ndimage", "torch", "onnx")
@@ -92,7 +86,7 @@ def _finder_run(finder: str, tmp_path: Path, watch: tuple[str, ...]) -> list[str
     return loaded
 
 
-@pytest.mark.parametrize("finder", ["holes", pytest.param("squares", marks=SQUARES_STILL_IMPORT_NUMPY_MA)])
+@pytest.mark.parametrize("finder", ["holes", "squares"])
 def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder, tmp_path):
     # The pipelines compile nothing and never import Numba, and leave numpy.ma unloaded.
     assert _finder_run(finder, tmp_path, NOT_IMPORTED) == []
