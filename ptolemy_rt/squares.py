@@ -265,11 +265,19 @@ def _class_stats(image: np.ndarray, mask: np.ndarray, *, integral: bool, for_cro
     rows = max(1, _STATS_BLOCK // max(1, x.shape[1])) if x.ndim == 2 else x.shape[0]
     blocks = [(r, min(r + rows, x.shape[0])) for r in range(0, x.shape[0], rows)]
 
-    def selected(span: tuple[int, int]) -> np.ndarray:
+    def select(span: tuple[int, int]) -> np.ndarray:
         xb = x[span[0] : span[1]]
         return xb[(m[span[0] : span[1]] != 0) & (xb != 0.0)]
 
-    first = _exact_sum(x, m, blocks, integral=integral and x.size < 2**36)
+    # Up to _KEEP_SELECTED pixels, each block's selected pixels are taken once for both passes (float32, at most
+    # 16 MB; read-only: the passes copy before they write); larger images select again in the second pass.
+    kept = None if x.size > _KEEP_SELECTED else _workers.run_all(lambda i, _: select(blocks[i]), len(blocks))
+
+    def selected(span: tuple[int, int]) -> np.ndarray:
+        return select(span) if kept is None else kept[blocks.index(span)]
+
+    integral = integral and x.size < 2**36
+    first = _exact_sum(x, m, blocks, integral=integral) if kept is None else _exact_sum_of(kept, integral=integral)
     if first is None:
         total, n = _running_sum(blocks, lambda span: selected(span).astype(np.float64))
     else:
@@ -359,6 +367,22 @@ def _exact_sum(x: np.ndarray, m: np.ndarray, blocks: list[tuple[int, int]], *,
 
 # Pixels per block in class_stats.
 _STATS_BLOCK = 1 << 20
+# Images of at most this many pixels have their class's pixels selected once for both of class_stats' passes.
+_KEEP_SELECTED = 4 << 20
+
+
+def _exact_sum_of(parts: list[np.ndarray], *, integral: bool = False) -> tuple[float, int] | None:
+    """_exact_sum of pixels already selected (the non-zero pixels of x where m is set, block by block): the same
+    sum and count where every partial sum is exact, else None (the same test on the same values)."""
+    n = sum(int(v.size) for v in parts)
+    total = math.fsum(float(np.sum(v, dtype=np.float64)) for v in parts)
+    if integral or n == 0:
+        return total, n
+    smallest = min(float(np.min(v)) if v.size else math.inf for v in parts)
+    if not (smallest > 0.0 and math.isfinite(total)):
+        return None
+    q = math.frexp(smallest)[1] - 24
+    return (total, n) if total <= math.ldexp(1.0, 52 + q) else None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -619,8 +619,8 @@ def _plain_class_stats(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
 @settings(max_examples=120, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
        kind=st.sampled_from(["counts", "flattened", "wide", "tiny", "negative", "nan", "inf", "subnormal", "huge"]),
-       threads=st.sampled_from([1, 2, 3]))
-def test_class_stats_is_the_pixel_order_sums_to_the_bit(seed, rows, cols, block, kind, threads):
+       threads=st.sampled_from([1, 2, 3]), keep=st.sampled_from([0, 4 << 20]))
+def test_class_stats_is_the_pixel_order_sums_to_the_bit(seed, rows, cols, block, kind, threads, keep):
     """class_stats (first pass summed in any order where that is exact, else in order; blocks made on other
     threads) gives the plain pixel-order cumsum's mean and std to the bit, for pixels where the any-order sum is
     exact and where it is not, with any block size and thread count."""
@@ -639,6 +639,7 @@ def test_class_stats_is_the_pixel_order_sums_to_the_bit(seed, rows, cols, block,
     want = _plain_class_stats(x, mask)
     monkey = pytest.MonkeyPatch()
     monkey.setattr(squares, "_STATS_BLOCK", block)
+    monkey.setattr(squares, "_KEEP_SELECTED", keep)  # selected once for both passes, or again in each
     monkey.setattr("ptolemy_rt._workers._cpus", lambda: threads)
     monkey.setattr("ptolemy_rt._workers.workers", lambda: threads)
     try:
@@ -666,6 +667,34 @@ def test_exact_sum_only_where_every_partial_sum_is_exact():
         assert squares._exact_sum(y, m, blocks) is None
     # All zero or unselected: an empty sum.
     assert squares._exact_sum(np.zeros((4, 4), np.float32), m[:4, :4], [(0, 4)]) == (0.0, 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 40), cols=st.integers(1, 40), block=st.integers(1, 40),
+       kind=st.sampled_from(["counts", "flattened", "tiny", "negative", "nan", "inf", "huge", "zeros"]),
+       integral=st.booleans())
+def test_exact_sum_of_selected_pixels_is_exact_sum(seed, rows, cols, block, kind, integral):
+    """The first pass from pixels selected once gives _exact_sum's answer: the same sum and count, or None."""
+    rng = np.random.default_rng(seed)
+    x = {"counts": lambda: rng.integers(0, 65536, (rows, cols)),
+         "flattened": lambda: rng.integers(50, 3000, (rows, cols)) / rng.uniform(0.7, 1.4),
+         "tiny": lambda: rng.uniform(1e-30, 1e-20, (rows, cols)) * np.where(rng.random((rows, cols)) < 0.5, 1, 1e25),
+         "negative": lambda: rng.normal(0, 500, (rows, cols)),
+         "nan": lambda: np.where(rng.random((rows, cols)) < 0.1, np.nan, rng.uniform(1, 9, (rows, cols))),
+         "inf": lambda: np.where(rng.random((rows, cols)) < 0.1, np.inf, rng.uniform(1, 9, (rows, cols))),
+         "huge": lambda: rng.uniform(1e30, 3e38, (rows, cols)),
+         "zeros": lambda: np.zeros((rows, cols))}[kind]().astype(np.float32)
+    if integral and kind != "counts":
+        return  # the caller vouches for whole numbers only where they are
+    x[rng.random(x.shape) < 0.1] = 0.0
+    m = (rng.random(x.shape) < 0.6).astype(np.uint8)
+    blocks = [(r, min(r + block, rows)) for r in range(0, rows, block)]
+    parts = [x[a:b][(m[a:b] != 0) & (x[a:b] != 0.0)] for a, b in blocks]
+    want = squares._exact_sum(x, m, blocks, integral=integral)
+    got = squares._exact_sum_of(parts, integral=integral)
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert np.float64(got[0]).tobytes() == np.float64(want[0]).tobytes() and got[1] == want[1]
 
 
 @settings(max_examples=25, deadline=None)
@@ -697,8 +726,8 @@ def test_square_results_hold_each_arrays_values(n, seed, scored, bdtype):
 @settings(max_examples=120, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
        kind=st.sampled_from(["counts", "flattened", "wide", "negative", "nan", "constant"]),
-       threads=st.sampled_from([1, 2, 3]), bound=st.sampled_from([4.0, 1e12]))
-def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols, block, kind, threads, bound):
+       threads=st.sampled_from([1, 2, 3]), bound=st.sampled_from([4.0, 1e12]), keep=st.sampled_from([0, 4 << 20]))
+def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols, block, kind, threads, bound, keep):
     """crop_normalisation (second pass summed in any order where that cannot change float32(1 / std)) gives the
     crops what class_stats gives them: the same mean to the bit, the same float32 reciprocal of the std and its
     sign, the same padding value; with the bound made huge it takes the pixel-order sum: class_stats' std."""
@@ -719,7 +748,9 @@ def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols
     monkey.setattr("ptolemy_rt._workers._cpus", lambda: threads)
     monkey.setattr("ptolemy_rt._workers.workers", lambda: threads)
     try:
+        monkey.setattr(squares, "_KEEP_SELECTED", 0)
         mean, std = squares.class_stats(x, mask)
+        monkey.setattr(squares, "_KEEP_SELECTED", keep)
         got_mean, got_std = squares.crop_normalisation(x, mask)
     finally:
         monkey.undo()
