@@ -373,7 +373,8 @@ def square_crop_scale(hulls: Sequence[np.ndarray], theta_deg: float, max_scale: 
 class ReducedFrame:
     """What reduced square crops are cut from: the image averaged over factor x factor blocks (reduce_image),
     rotated on the original's lattice (RotatedFrame of the reduced image) and normalised; `image` holds frame
-    rows row0.. and columns col0.. only (the span of the squares' boxes); `pad` is (0 - mean) / std."""
+    rows row0.. and columns col0.. only (the span of the squares' boxes); `pad` is (0 - mean) / std; `windows`:
+    the boxes (_reduced_windows) of the hulls it was made for, in their order (a batch's are rows of it)."""
 
     image: np.ndarray
     frame: RotatedFrame
@@ -381,6 +382,7 @@ class ReducedFrame:
     col0: int
     factor: int
     pad: float
+    windows: np.ndarray | None = None
 
 
 def _reduced_windows(frame: RotatedFrame, hulls: Sequence[np.ndarray], factor: int, size: int) -> np.ndarray:
@@ -408,10 +410,10 @@ def reduced_frame(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: flo
     small = reduce_image(image, factor)
     frame = rotated_frame(small.shape, theta_deg)
     pad = _pad_value(mean, std)
-    wins = _reduced_windows(frame, hulls, factor, size)
-    wins = wins[(wins[:, 1] > 0) & (wins[:, 4] > 0)]
+    every = _reduced_windows(frame, hulls, factor, size)
+    wins = every[(every[:, 1] > 0) & (every[:, 4] > 0)]
     if len(wins) == 0:
-        return ReducedFrame(np.zeros((0, 0), np.float32), frame, 0, 0, int(factor), pad)
+        return ReducedFrame(np.zeros((0, 0), np.float32), frame, 0, 0, int(factor), pad, every)
     r0, r1 = int(wins[:, 0].min()), int((wins[:, 0] + wins[:, 1]).max())
     c0, c1 = int(wins[:, 3].min()), int((wins[:, 3] + wins[:, 4]).max())
     rotated = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
@@ -425,14 +427,16 @@ def reduced_frame(image: np.ndarray, hulls: Sequence[np.ndarray], theta_deg: flo
     inv = np.float32(1.0 / std if std > 0 else 1.0)
     rotated -= np.float32(mean)
     rotated *= inv
-    return ReducedFrame(rotated, frame, r0, c0, int(factor), pad)
+    return ReducedFrame(rotated, frame, r0, c0, int(factor), pad, every)
 
 
 def reduced_square_crops(reduced: ReducedFrame, hulls: Sequence[np.ndarray], *, size: int,
-                         out: np.ndarray | None = None) -> np.ndarray:
+                         out: np.ndarray | None = None, first: int | None = None) -> np.ndarray:
     """(n, 1, size, size) float32 network inputs cut from a ReducedFrame made for these hulls (or more): each
     hull's box on the reduced rotated lattice, centred in the canvas, the padding value elsewhere. out: a
-    buffer of at least n such inputs to fill instead of a new array."""
+    buffer of at least n such inputs to fill instead of a new array. first: these hulls are the frame's own from
+    index `first` on (a batch of them): their boxes are read from reduced.windows, not computed again (each
+    hull's box is its own: the same rows)."""
     n = len(hulls)
     if out is None or out.shape[0] < n or out.shape[1:] != (1, size, size) or out.dtype != np.float32 \
             or not out.flags.c_contiguous:
@@ -440,8 +444,11 @@ def reduced_square_crops(reduced: ReducedFrame, hulls: Sequence[np.ndarray], *, 
     out = out[:n]
     out.fill(np.float32(reduced.pad))
     src = reduced.image
-    for k, (r0, nr, top, c0, nc, left) in enumerate(_reduced_windows(reduced.frame, hulls, reduced.factor,
-                                                                      size).tolist()):
+    if first is not None and reduced.windows is not None and first + n <= len(reduced.windows):
+        wins = reduced.windows[first : first + n]
+    else:
+        wins = _reduced_windows(reduced.frame, hulls, reduced.factor, size)
+    for k, (r0, nr, top, c0, nc, left) in enumerate(wins.tolist()):
         if nr > 0 and nc > 0:
             r, c = r0 - reduced.row0, c0 - reduced.col0
             out[k, 0, top : top + nr, left : left + nc] = src[r : r + nr, c : c + nc]

@@ -446,7 +446,8 @@ def _score(model_set: Any, data: np.ndarray, hulls: Sequence[np.ndarray], theta:
 
         def reduced(idx: list[int]) -> np.ndarray:
             # Refills the batch's canvases whole (60x60 canvases: cheap).
-            return reduced_square_crops(source, hulls[idx[0] : idx[-1] + 1], size=spec.crop_size, out=buffer)
+            return reduced_square_crops(source, hulls[idx[0] : idx[-1] + 1], size=spec.crop_size, out=buffer,
+                                        first=idx[0])
 
         return classify(model_set, "square_cnn", n, batches, reduced, timings)
     # Full-resolution canvases: each batch resets only the pixels the previous one wrote (crops of small

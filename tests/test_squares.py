@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptolemy_rt import squares
+from ptolemy_rt import crops, squares
 from ptolemy_rt.crops import fit_to_canvas, sample_rotated_crop
 from ptolemy_rt.errors import TooSmallError
 from ptolemy_rt.io import read_image
@@ -455,6 +455,12 @@ def test_reduced_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta,
         got = reduced_square_crops(reduced, hulls[a : a + batch], size=60, out=buffer)
         np.testing.assert_array_equal(got, want[a : a + batch])
         assert got.base is buffer or got is buffer
+        # The batch's boxes read from the frame's (as the pipeline does) instead of computed: the same crops.
+        kept = reduced_square_crops(reduced, hulls[a : a + batch], size=60, out=buffer.copy(), first=a)
+        assert kept.tobytes() == got.tobytes()
+    assert reduced.windows is not None and len(reduced.windows) == len(hulls)
+    np.testing.assert_array_equal(reduced.windows[3:7], crops._reduced_windows(reduced.frame, hulls[3:7],
+                                                                                 reduced.factor, 60))
 
 
 # ------------------------------------------------------------------------------------------------ robustness
