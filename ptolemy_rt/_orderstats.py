@@ -8,11 +8,13 @@ the introselect partition percentile and median run (0.44 vs 2.0 ms on 160k floa
 
 The arithmetic is numpy's own (numpy 2.4: linear interpolation `a + (b - a) * g` below g = 0.5 and
 `b - (b - a) * (1 - g)` from it, the same operand types; a median is the mean of the middle one or two; a
-nanmedian np.ma.median's sum of the middle pair halved), so the results are numpy's to the bit, NaN included,
-with one exception: where zeros of both signs tie at the rank a percentile or median reads, its zero may carry
+nanmedian np.ma.median's sum of the middle pair halved), so the results are numpy's to the bit, with two
+exceptions. Where zeros of both signs tie at the rank a percentile or median reads, its zero may carry
 the other sign than numpy's (which of the tied zeros numpy's partition leaves there depends on their order in
-the input, not on values); -0.0 == 0.0, and the pipelines only compare and subtract these levels.
-nanmedian and unique sort as numpy does and match it in every bit. Anything else (other dtypes, NaN in
+the input, not on values); -0.0 == 0.0, and the pipelines only compare and subtract these levels. A NaN result is NaN
+in both, but np.sort may hand back a canonical NaN (AVX-512 sorts do) where numpy's partition returns the
+input's own sign and payload; the pipelines only test for NaN. nanmedian and unique sort as numpy does and
+match it, NaNs aside, in every bit. Anything else (other dtypes, NaN in
 unique, empty input, an older numpy) goes to numpy itself. tests/test_orderstats.py holds each to numpy's.
 """
 

@@ -387,7 +387,8 @@ def _cell_bins(cx: float, cy: float, c0: float, xs: np.ndarray, ys: np.ndarray, 
     u *= np.float32(nb)
     # u rounded up to nb (a tiny negative u's fraction rounds to 1): clipped where it occurs at all, before the
     # cast (u >= 0, so the cast of the clipped value is the clipped cast); a maximum costs a sixth of the clip.
-    if u.max() >= np.float32(nb):
+    # (not u.max() < nb: a NaN, from a non-finite lattice, clips as before; no pixels, nothing to clip)
+    if u.size and not u.max() < np.float32(nb):
         np.minimum(u, np.float32(nb - 1), out=u)
     return u.astype(np.int32)
 

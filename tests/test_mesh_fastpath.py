@@ -91,6 +91,20 @@ def test_a_fraction_rounded_to_one_takes_the_last_bin():
     assert bins.tolist() == [[152, 152, 152]]
 
 
+@pytest.mark.parametrize("xs, ys", [(np.empty(0), np.arange(3.0)), (np.arange(3.0), np.empty(0))])
+def test_cell_bins_of_no_pixels_are_empty(xs, ys):
+    bins = m._cell_bins(0.3, 0.2, 0.1, xs, ys, 8)
+    assert bins.dtype == np.int32 and bins.shape == (len(ys), len(xs))
+
+
+def test_cell_bins_with_a_nan_still_clip_the_rest():
+    # A non-finite lattice inverse makes NaN fractions: the bins that rounded up to nb are clipped as before.
+    with np.errstate(invalid="ignore"):
+        fast = m._cell_bins(np.nan, -(2.0**-30), 0.0, np.arange(3.0), np.array([1.0]), 153)
+        plain = _plain_cell_bins(np.nan, -(2.0**-30), 0.0, np.arange(3.0), np.array([1.0]), 153)
+    assert fast.tobytes() == plain.tobytes()
+
+
 def _plain_fold(img, valid, a, b, x0, y0, nb, rows):
     """The fold as it was: int32 bins, every block masked with np.where."""
     h, w = img.shape
