@@ -29,24 +29,47 @@ MIN_T = 5.0
 MAX_EDGE_WIDTH = 0.45
 
 
+# cv2.remap's output is at most SHRT_MAX - 1 rows: the holes' sample rows go in chunks below that.
+_REMAP_ROWS = 32766
+
+
 def _profiles(data: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """Per-hole radial profiles (n_holes, n_radii), angles averaged; NaN where every sample is outside."""
+    """Per-hole radial profiles (n_holes, n_radii), angles averaged; NaN where every sample is outside.
+
+    All holes' samples go through one cv2.remap (a row of N_ANGLES samples per hole and radius), and the
+    inside-the-image mask is made only for holes whose circle reaches within a pixel of the border (elsewhere
+    every sample is inside): each sample and each row's sum is what it was hole by hole
+    (tests/test_holesize.py keeps that loop as the reference).
+    """
     import cv2
 
     angles = np.linspace(0.0, 2.0 * math.pi, N_ANGLES, endpoint=False)
     dx = np.outer(radii, np.cos(angles)).astype(np.float32)  # (n_radii, n_angles)
     dy = np.outer(radii, np.sin(angles)).astype(np.float32)
     rows, cols = data.shape
-    out = np.empty((len(centres), len(radii)), np.float64)
+    n, n_radii = len(centres), len(radii)
+    xy = np.asarray(centres, np.float64).reshape(n, 2).astype(np.float32)
+    mx = (dx + xy[:, 0, None, None]).reshape(n * n_radii, N_ANGLES)
+    my = (dy + xy[:, 1, None, None]).reshape(n * n_radii, N_ANGLES)
     src = np.ascontiguousarray(data, dtype=np.float32)
-    for i, (x, y) in enumerate(centres):
-        mx, my = dx + np.float32(x), dy + np.float32(y)
-        inside = (mx >= 0) & (mx <= cols - 1) & (my >= 0) & (my <= rows - 1)
-        sampled = cv2.remap(src, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        count = inside.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[i] = np.where(count > 0, (sampled * inside).sum(axis=1) / count, np.nan)
-    return out
+    step = max(1, _REMAP_ROWS // max(n_radii, 1)) * n_radii  # whole holes per call
+    parts = [cv2.remap(src, mx[i:i + step], my[i:i + step], interpolation=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE) for i in range(0, len(mx), step)]
+    sampled = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    # |dx|, |dy| <= the largest radius (to float32 rounding): a margin of one pixel keeps every sample inside.
+    reach = float(radii.max(initial=0.0)) + 1.0
+    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    near_edge = (x - reach < 0) | (x + reach > cols - 1) | (y - reach < 0) | (y + reach > rows - 1)
+    count = np.full(n * n_radii, N_ANGLES, np.intp)
+    if near_edge.any():
+        at = np.repeat(near_edge, n_radii)
+        ex, ey = mx[at], my[at]
+        inside = (ex >= 0) & (ex <= cols - 1) & (ey >= 0) & (ey <= rows - 1)
+        sampled[at] = sampled[at] * inside
+        count[at] = inside.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, sampled.sum(axis=1) / count, np.nan)
+    return out.reshape(n, n_radii)
 
 
 def hole_diameter_px(
