@@ -273,6 +273,75 @@ def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool) -> 
     return _read_montage(path, mdoc, header, max_pixels)
 
 
+# mrcfile's validator accepts header statistics within 1 % (np.isclose, rtol=0.01) of the data's own; a
+# float64 estimate within 0.9 % of the header's value decides that as the validator's float32 figure would.
+_STATISTICS_MARGIN = 0.009
+# Pixel types whose statistics OpenCV computes in float64 (mrcfile's modes 0, 1, 2, 6).
+_CV_STATISTICS_TYPES = frozenset(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32))
+
+
+def _statistics_hold(header: np.recarray, data: np.ndarray | None) -> bool:
+    """Whether the header's RMS, minimum, maximum and mean pass mrcfile's validator on `data`, for sure.
+
+    One float64 pass (cv2.meanStdDev, cv2.minMaxLoc) instead of the validator's float32 std, min, max and
+    float64 mean, each after an array-sized `data > 0`. False whenever the answer is not certain (a value
+    near the tolerance, a spread small against the mean, non-finite data, a pixel type OpenCV does not
+    read): the validator then runs on the data itself.
+    """
+    import cv2
+
+    if data is None or data.size == 0 or data.dtype not in _CV_STATISTICS_TYPES or not data.dtype.isnative:
+        return False
+    plane = data.reshape(-1, data.shape[-1])
+    mean_px, std_px = cv2.meanStdDev(plane)
+    mean, std = float(mean_px[0, 0]), float(std_px[0, 0])
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return False  # NaN or inf pixels: the validator's own figures name them
+    rms, dmin, dmax, dmean = (float(header.rms), float(header.dmin), float(header.dmax), float(header.dmean))
+    # The validator's float32 std is accurate to ~1e-6 of itself while the mean is within 1000 spreads.
+    if rms >= 0 and not (std > 0 and abs(mean) <= 1000 * std and abs(std - rms) <= _STATISTICS_MARGIN * rms):
+        return False
+    if dmin < dmax:
+        low, high, _, _ = cv2.minMaxLoc(plane)
+        if low != dmin or high != dmax:
+            return False
+    if dmean > min(dmin, dmax) and not abs(mean - dmean) <= _STATISTICS_MARGIN * abs(dmean):
+        return False
+    return True
+
+
+def _validator_lines(mrc, file_size: int) -> list[str]:
+    """The lines mrcfile's validator prints for the open file `mrc` (MrcFile.validate), the same lines faster.
+
+    The validator's data statistics take 3.5 of the 4 ms a 1024x1440 file's read takes. Where they surely
+    pass (_statistics_hold), the validator checks the header with its statistics marked undetermined (a
+    header-only reading of it, so every other check and its wording stay mrcfile's) and the file's size is
+    checked as MrcFile.validate checks it; otherwise the validator runs on the file as it is.
+    """
+    import mrcfile.mrcinterpreter
+
+    data, extended = mrc.data, mrc.extended_header
+    if data is not None and extended is not None and _statistics_hold(mrc.header, data):
+        header = mrc.header.copy()
+        header.rms, header.dmin, header.dmax, header.dmean = -1, 0, 0, -1  # undetermined, as MRC2014 has it
+        stream = io.BytesIO(header.tobytes() + extended.tobytes())
+        report = io.StringIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # what the header's reading warns of, the validator prints
+            mrcfile.mrcinterpreter.MrcInterpreter(stream, permissive=True, header_only=True).validate(
+                print_file=report)
+        expected = header.nbytes + extended.nbytes + data.nbytes
+        if file_size != expected:  # MrcFile.validate's own check, in its words
+            print(f"File is larger than expected. Actual size: {file_size} bytes; expected size: {expected} "
+                  "bytes (calculated from header)", file=report)
+    else:
+        report = io.StringIO()
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's overflow in the validator's float16 statistics
+            mrc.validate(print_file=report)
+    return [line.strip() for line in report.getvalue().splitlines() if line.strip()]
+
+
 def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, permissive: bool) -> Image:
     import mrcfile
 
@@ -301,11 +370,7 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
             detail = "; ".join(str(w.message) for w in caught) or "no data block"
             raise CorruptFileError(f"{name}: unreadable data block ({detail})")
         opened = [str(w.message) for w in caught]
-        report = io.StringIO()
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy's overflow in the validator's float16 statistics
-            mrc.validate(print_file=report)
-        found = [line.strip() for line in report.getvalue().splitlines() if line.strip()]
+        found = _validator_lines(mrc, size)
         # Header statistics are never used to read the data, and mrcfile's own check of them overflows
         # on float16 files it wrote itself: a stale statistic is reported, not refused.
         stale = [line for line in found if line.startswith("Data statistics")]

@@ -321,3 +321,72 @@ def test_decoder_exceptions_become_input_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(cv2, "imdecode", boom)
     with pytest.raises(CorruptFileError, match="x.png"):
         io.read_image(path)
+
+
+def _validator_reference(mrc) -> list[str]:
+    """mrcfile's own validator on the whole file: what io._validator_lines must print."""
+    import io as pyio
+
+    report = pyio.StringIO()
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mrc.validate(print_file=report)
+    return [line.strip() for line in report.getvalue().splitlines() if line.strip()]
+
+
+# The header statistics as written, scaled by these: inside, near and beyond the validator's 1 % tolerance.
+_STAT_FACTORS = st.sampled_from([1.0, 1.0, 1.005, 0.995, 1.0089, 0.9911, 1.0095, 1.0103, 0.9898, 1.0101, 1.02, 0.5,
+                                 -1.0, 0.0, np.nan])
+
+
+@settings(max_examples=120, deadline=None)
+@given(dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.float32, np.float16]),
+       shape=st.sampled_from([(24, 40), (3, 16, 20), (1, 30, 30)]), offset=st.sampled_from([0.0, 50.0, 3e4]),
+       spread=st.sampled_from([0.0, 0.5, 20.0]), nan=st.booleans(), big_endian=st.booleans(),
+       rms=_STAT_FACTORS, dmin=_STAT_FACTORS, dmax=_STAT_FACTORS, dmean=_STAT_FACTORS,
+       nversion=st.sampled_from([20140, 20141, 0]), nlabl=st.sampled_from([None, 0, 3]),
+       extended=st.sampled_from([b"", b"x" * 64]), exttyp=st.sampled_from([b"", b"FEI1"]),
+       mapc=st.sampled_from([1, 4]), trailing=st.sampled_from([b"", b"\0" * 10]), seed=st.integers(0, 99))
+def test_validator_lines_are_mrcfiles_own(tmp_path_factory, dtype, shape, offset, spread, nan, big_endian, rms,
+                                          dmin, dmax, dmean, nversion, nlabl, extended, exttyp, mapc, trailing,
+                                          seed):
+    """io._validator_lines prints what mrcfile's validator prints on the whole file, line for line."""
+    rng = np.random.default_rng(seed)
+    values = offset + spread * rng.standard_normal(shape)
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    data = values.astype(dtype)
+    if nan and data.dtype.kind == "f":
+        data.reshape(-1)[rng.integers(0, data.size)] = np.nan
+    path = tmp_path_factory.mktemp("validate") / "v.mrc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(data.astype(data.dtype.newbyteorder(">")) if big_endian else data)
+            if extended:
+                m.set_extended_header(np.frombuffer(extended, dtype="V1"))
+            h = m.header
+            h.exttyp = exttyp
+            h.nversion = nversion
+            h.mapc = mapc
+            if nlabl is not None:
+                h.nlabl = nlabl
+            h.rms, h.dmin, h.dmax, h.dmean = (float(h.rms) * rms, float(h.dmin) * dmin, float(h.dmax) * dmax,
+                                              float(h.dmean) * dmean)
+    if trailing:
+        with open(path, "ab") as fh:
+            fh.write(trailing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            assert io._validator_lines(mrc, path.stat().st_size) == _validator_reference(mrc)
+
+
+def test_validator_lines_take_the_fast_way_on_a_written_file(tmp_path):
+    """A file whose header statistics mrcfile wrote itself is checked without the validator's data passes."""
+    data = (100 + 10 * np.random.default_rng(0).standard_normal((64, 80))).astype(np.float32)
+    path = _mrc(tmp_path / "ok.mrc", data)
+    with mrcfile.mmap(path, mode="r") as mrc:
+        assert io._statistics_hold(mrc.header, mrc.data)
+        assert io._validator_lines(mrc, path.stat().st_size) == _validator_reference(mrc) == []
