@@ -502,7 +502,7 @@ def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] 
 
 def _write_outputs(outdir: Path, item: Item, config: BatchConfig, row: dict, files: dict[str, bytes]) -> None:
     """Write an image's files, then its state (last, so a kill in between leaves it to be redone)."""
-    from .io import atomic_write
+    from .outputs import atomic_write
 
     try:
         for rel, data in files.items():
@@ -613,7 +613,7 @@ def summary_dict(rows: list[dict], notes: list[str], interrupted: bool = False) 
 
 def write_summaries(outdir: Path, rows: list[dict], notes: list[str], interrupted: bool = False) -> dict:
     """Write summary.csv and summary.json (atomically); return the summary dict."""
-    from .io import atomic_write
+    from .outputs import atomic_write
 
     rows = sorted(rows, key=lambda r: r["id"])
     summary = summary_dict(rows, notes, interrupted)

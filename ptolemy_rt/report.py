@@ -25,6 +25,10 @@ _STOPS = ((0.267, 0.005, 0.329), (0.230, 0.322, 0.546), (0.128, 0.567, 0.551), (
           (0.993, 0.906, 0.144))
 
 
+# Each stop and the step to the next (the same floats as b - a at every call).
+_SEGMENTS = tuple((a, tuple(y - x for x, y in zip(a, b))) for a, b in zip(_STOPS, _STOPS[1:]))
+
+
 def score_colour(score: float | None) -> str:
     """#rrggbb for a score in [0, 1] (viridis), grey when there is none."""
     if score is None or not math.isfinite(score):
@@ -32,8 +36,9 @@ def score_colour(score: float | None) -> str:
     t = min(1.0, max(0.0, float(score))) * (len(_STOPS) - 1)
     i = min(int(t), len(_STOPS) - 2)
     f = t - i
-    rgb = [a + (b - a) * f for a, b in zip(_STOPS[i], _STOPS[i + 1])]
-    return "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
+    (r, g, b), (dr, dg, db) = _SEGMENTS[i]
+    # Called for every hole of a batch (thousands): one format, no per-channel generator.
+    return f"#{round((r + dr * f) * 255):02x}{round((g + dg * f) * 255):02x}{round((b + db * f) * 255):02x}"
 
 
 def _e(value: Any) -> str:
@@ -237,7 +242,7 @@ def render_report(outdir: str | Path) -> str:
 
 def write_report(outdir: str | Path) -> Path:
     """Write OUTDIR/index.html (atomically) and return its path."""
-    from .io import atomic_write
+    from .outputs import atomic_write
 
     path = Path(outdir) / "index.html"
     atomic_write(path, render_report(outdir))

@@ -11,6 +11,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptolemy_rt.batch import run_batch
 from ptolemy_rt.report import render_report, score_colour, write_report
@@ -55,6 +57,23 @@ def test_score_colour():
     assert score_colour(0.0) == "#440154" and score_colour(1.0) == "#fde725"
     assert score_colour(-3) == score_colour(0.0) and score_colour(7) == score_colour(1.0)
     assert re.fullmatch(r"#[0-9a-f]{6}", score_colour(0.37))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])))
+def test_score_colour_is_the_plain_interpolation(score):
+    """The per-hole colour is the stops' linear interpolation, channel by channel, as first written."""
+    import math
+
+    from ptolemy_rt.report import _STOPS
+
+    if not math.isfinite(score):
+        assert score_colour(score) == "#999999"
+        return
+    t = min(1.0, max(0.0, score)) * (len(_STOPS) - 1)
+    i = min(int(t), len(_STOPS) - 2)
+    rgb = [a + (b - a) * (t - i) for a, b in zip(_STOPS[i], _STOPS[i + 1])]
+    assert score_colour(score) == "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
 
 
 def test_page_links_counts_and_local_files(batch_dir):
