@@ -56,7 +56,7 @@ def compare_trees(a: Path, b: Path) -> tuple[dict[str, list[int]], list[str]]:
 
 
 def run_batch(tree: Path, block: Path, out: Path, workers: int) -> None:
-    """`python -m ptolemy_rt batch` with `tree`'s package (this checkout's bytecode compiled first; TREE is only read)."""
+    """`python -m ptolemy_rt batch` with `tree`'s package (this checkout's bytecode written first; TREE only read)."""
     if tree == REPO:
         _compile(tree)
     cmd = [sys.executable, "-m", "ptolemy_rt", "batch", str(block), "-o", str(out), "--kind", "holes",
