@@ -31,8 +31,8 @@ from typing import Any
 from .errors import InputError, PtolemyError
 from .sessions import Item, discover, stage_to_pixel
 
-__all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_levels",
-           "process_one", "run", "run_batch", "worst_exit_code"]
+__all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_factor",
+           "preview_levels", "process_one", "run", "run_batch", "worst_exit_code"]
 
 KINDS = ("squares", "holes")
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
@@ -281,17 +281,26 @@ def preview_levels(data) -> tuple:
     return out[0], out[1]
 
 
-def _preview_jpeg(data, max_side: int = PREVIEW_SIDE) -> bytes:
-    """An 8-bit JPEG of the image, shrunk to `max_side` and contrast-stretched, for the HTML report.
+def preview_factor(shape: tuple[int, ...], max_side: int = PREVIEW_SIDE) -> int:
+    """The smallest whole factor that brings the image's longer side to `max_side` or less."""
+    return max(1, -(-max(shape) // max_side))
 
-    JPEG, not PNG: a tenth of the encoding time (30 ms in all for 1024x1440) and half the bytes; it is a preview.
+
+def _preview_jpeg(data, max_side: int = PREVIEW_SIDE) -> bytes:
+    """An 8-bit JPEG of the image, shrunk by a whole factor to `max_side` or less and contrast-stretched, for the
+    HTML report.
+
+    A whole factor: each preview pixel is the mean of a k x k block (OpenCV's fast area path, a fifteenth of
+    the time of an area resampling to exactly `max_side`: a 1024x1440 image's preview is 720x512, 2.9 instead
+    of 8.6 ms in all, half the bytes; the report shows it at most 720 px wide). JPEG, not PNG: a tenth of the
+    encoding time and half the bytes; it is a preview.
     """
     import cv2
     import numpy as np
 
-    scale = min(1.0, max_side / max(data.shape))
-    if scale < 1.0:
-        data = cv2.resize(data, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    k = preview_factor(data.shape, max_side)
+    if k > 1:
+        data = cv2.resize(data, None, fx=1.0 / k, fy=1.0 / k, interpolation=cv2.INTER_AREA)
     lo, hi = preview_levels(data)
     # In place: the same float64 arithmetic as np.clip((data - lo) * k, 0, 255), one temporary instead of three.
     scaled = np.subtract(data, lo)

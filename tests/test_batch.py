@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from ptolemy_rt.batch import (
     BatchConfig,
     Progress,
+    _preview_jpeg,
     link_squares,
+    preview_factor,
     preview_levels,
     process_one,
     run_batch,
@@ -399,6 +401,32 @@ def test_preview_levels_are_numpys_percentiles_bit_for_bit(seed, size, levels, d
         got = preview_levels(data)
     assert np.asarray(got, dtype=want.dtype).tobytes() == want.tobytes()
     assert all(type(g) is type(w) for g, w in zip(got, want))
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 20_000), cols=st.integers(1, 20_000), max_side=st.integers(16, 2048))
+def test_preview_factor_is_the_smallest_whole_factor(rows, cols, max_side):
+    k = preview_factor((rows, cols), max_side)
+    assert max(rows, cols) / k <= max_side and (k == 1 or max(rows, cols) / (k - 1) > max_side)
+
+
+@pytest.mark.parametrize("shape,k", [((1024, 1440), 2), ((1023, 1441), 2), ((96, 96), 1), ((300, 2100), 3)])
+def test_preview_is_the_block_mean_contrast_stretched(shape, k):
+    """Each preview pixel is the mean of a k x k block (a whole factor), stretched between the 0.5 and 99.5th
+    percentiles of the shrunk image: a smooth image's JPEG stays within a few grey levels of that."""
+    import cv2
+
+    rows, cols = shape
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    data = (100 + 40 * np.sin(x / 97.0) * np.cos(y / 61.0) + 0.01 * x).astype(np.float32)
+    got = cv2.imdecode(np.frombuffer(_preview_jpeg(data, max_side=1024 if k < 3 else 700), np.uint8),
+                       cv2.IMREAD_GRAYSCALE)
+    assert got.shape == (round(rows / k), round(cols / k))
+    r, c = rows // k, cols // k  # whole blocks
+    means = data[: r * k, : c * k].reshape(r, k, c, k).mean(axis=(1, 3))
+    lo, hi = np.percentile(means, [0.5, 99.5])
+    want = np.clip((means - lo) * (255.0 / (hi - lo)), 0, 255)
+    assert np.abs(got[:r, :c].astype(float) - want).mean() < 1.5
+
 
 def test_worst_exit_code_order():
     assert worst_exit_code([]) == 0
