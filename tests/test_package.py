@@ -117,3 +117,37 @@ def test_license_is_bsd3():
 def test_runtime_never_imports_dev_only_packages(needle):
     for path in (REPO / "ptolemy_rt").rglob("*.py"):
         assert needle not in path.read_text(), f"{path} imports a dev-only package"
+
+
+@pytest.mark.parametrize("user, expected", [(None, "1"), ("3", "3")])
+def test_the_command_line_starts_openblas_with_one_thread_unless_told(user, expected):
+    # OpenBLAS's threads spin on the second core after numpy loads, where the pipelines' own threads run.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user is not None:
+        env["OPENBLAS_NUM_THREADS"] = user
+    env["PYTHONPATH"] = str(REPO)
+    code = textwrap.dedent("""
+        import os, sys
+        from ptolemy_rt import cli
+        assert "numpy" not in sys.modules  # the command line loads numpy only when a command needs it
+        cli._one_blas_thread()
+        print(os.environ["OPENBLAS_NUM_THREADS"])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
+
+
+def test_a_library_user_keeps_openblas_threads():
+    # Only the ptolemy-rt script changes the setting: importing or calling main() leaves the user's process alone.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = str(REPO)
+    code = textwrap.dedent("""
+        import os
+        from ptolemy_rt.cli import main
+        assert main(["holes", "/nonexistent/ptolemy-image.mrc", "-o", "/nonexistent/out.json"]) == 2
+        print(os.environ.get("OPENBLAS_NUM_THREADS"))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "None"
