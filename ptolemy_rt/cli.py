@@ -848,7 +848,7 @@ def _one_blas_thread() -> None:
     The command line's products are of 2x2 and Nx2 matrices, which OpenBLAS computes on one thread anyway (the
     same bits), but on loading it starts a thread per core that spins on the other core while the pipelines'
     own threads want it: a `ptolemy-rt holes` process took 0.29 s and 0.47 CPU s with it, 0.26 s and 0.29 CPU
-    s without. Only before numpy loads does the setting count; batch workers inherit it."""
+    s without. Only before numpy loads does the setting count (batch workers set their own: batch.limit_threads)."""
     if "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

@@ -31,6 +31,9 @@ MAX_EDGE_WIDTH = 0.45
 
 # cv2.remap's output is at most SHRT_MAX - 1 rows: the holes' sample rows go in chunks below that.
 _REMAP_ROWS = 32766
+# Rows of samples per remap call otherwise (16384 x N_ANGLES float32: ~14 MB with its maps), so that memory stays
+# flat at any spacing (all holes at once took ~0.1 MB per pixel of spacing).
+_CHUNK_ROWS = 16384
 
 
 def _profiles(data: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -49,26 +52,29 @@ def _profiles(data: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.nd
     rows, cols = data.shape
     n, n_radii = len(centres), len(radii)
     xy = np.asarray(centres, np.float64).reshape(n, 2).astype(np.float32)
-    mx = (dx + xy[:, 0, None, None]).reshape(n * n_radii, N_ANGLES)
-    my = (dy + xy[:, 1, None, None]).reshape(n * n_radii, N_ANGLES)
     src = np.ascontiguousarray(data, dtype=np.float32)
-    step = max(1, _REMAP_ROWS // max(n_radii, 1)) * n_radii  # whole holes per call
-    parts = [cv2.remap(src, mx[i:i + step], my[i:i + step], interpolation=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE) for i in range(0, len(mx), step)]
-    sampled = parts[0] if len(parts) == 1 else np.concatenate(parts)
     # |dx|, |dy| <= the largest radius (to float32 rounding): a margin of one pixel keeps every sample inside.
     reach = float(radii.max(initial=0.0)) + 1.0
     x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
     near_edge = (x - reach < 0) | (x + reach > cols - 1) | (y - reach < 0) | (y + reach > rows - 1)
-    count = np.full(n * n_radii, N_ANGLES, np.intp)
-    if near_edge.any():
-        at = np.repeat(near_edge, n_radii)
-        ex, ey = mx[at], my[at]
-        inside = (ex >= 0) & (ex <= cols - 1) & (ey >= 0) & (ey <= rows - 1)
-        sampled[at] = sampled[at] * inside
-        count[at] = inside.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(count > 0, sampled.sum(axis=1) / count, np.nan)
+    out = np.empty(n * n_radii, dtype=np.float64)
+    # Whole holes per call, under remap's row limit and a few megabytes of samples whatever the spacing.
+    per = max(1, min(_REMAP_ROWS, _CHUNK_ROWS) // max(n_radii, 1))
+    for h0 in range(0, n, per):
+        h1 = min(n, h0 + per)
+        mx = (dx + xy[h0:h1, 0, None, None]).reshape(-1, N_ANGLES)
+        my = (dy + xy[h0:h1, 1, None, None]).reshape(-1, N_ANGLES)
+        sampled = cv2.remap(src, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        count = np.full(len(mx), N_ANGLES, np.intp)
+        near = near_edge[h0:h1]
+        if near.any():
+            at = np.repeat(near, n_radii)
+            ex, ey = mx[at], my[at]
+            inside = (ex >= 0) & (ex <= cols - 1) & (ey >= 0) & (ey <= rows - 1)
+            sampled[at] = sampled[at] * inside
+            count[at] = inside.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[h0 * n_radii : h1 * n_radii] = np.where(count > 0, sampled.sum(axis=1) / count, np.nan)
     return out.reshape(n, n_radii)
 
 

@@ -274,7 +274,8 @@ def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool) -> 
 
 
 # mrcfile's validator accepts header statistics within 1 % (np.isclose, rtol=0.01) of the data's own; a
-# float64 estimate within 0.9 % of the header's value decides that as the validator's float32 figure would.
+# float64 estimate within 0.9 % of the header's value decides that as the validator's float32 figure would, for
+# finite header figures and data far from float32's range (_statistics_hold checks both).
 _STATISTICS_MARGIN = 0.009
 # Pixel types whose statistics OpenCV computes in float64 (mrcfile's modes 0, 1, 2, 6).
 _CV_STATISTICS_TYPES = frozenset(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32))
@@ -292,20 +293,28 @@ def _statistics_hold(header: np.recarray, data: np.ndarray | None) -> bool:
 
     if data is None or data.size == 0 or data.dtype not in _CV_STATISTICS_TYPES or not data.dtype.isnative:
         return False
+    rms, dmin, dmax, dmean = (float(header.rms), float(header.dmin), float(header.dmax), float(header.dmean))
+    if not all(math.isfinite(v) for v in (rms, dmin, dmax, dmean)):
+        return False  # an infinite header figure is within any relative margin of anything: the validator decides
     plane = data.reshape(-1, data.shape[-1])
     mean_px, std_px = cv2.meanStdDev(plane)
     mean, std = float(mean_px[0, 0]), float(std_px[0, 0])
     if not (math.isfinite(mean) and math.isfinite(std)):
         return False  # NaN or inf pixels: the validator's own figures name them
-    rms, dmin, dmax, dmean = (float(header.rms), float(header.dmin), float(header.dmax), float(header.dmean))
+    low, high, _, _ = cv2.minMaxLoc(plane)
+    largest = max(abs(low), abs(high))
+    n = data.size
+    if n * (2.0 * largest) ** 2 >= 1e38:
+        return False  # the validator's float32 sum of squares may overflow: its figure, not the true one, counts
     # The validator's float32 std is accurate to ~1e-6 of itself while the mean is within 1000 spreads.
     if rms >= 0 and not (std > 0 and abs(mean) <= 1000 * std and abs(std - rms) <= _STATISTICS_MARGIN * rms):
         return False
-    if dmin < dmax:
-        low, high, _, _ = cv2.minMaxLoc(plane)
-        if low != dmin or high != dmax:
-            return False
-    if dmean > min(dmin, dmax) and not abs(mean - dmean) <= _STATISTICS_MARGIN * abs(dmean):
+    if dmin < dmax and (low != dmin or high != dmax):
+        return False
+    # Both means are float64 sums of n values of at most `largest`: they differ by at most ~n eps largest, which a
+    # mean small against the values (cancellation) would make a large part of it.
+    if dmean > min(dmin, dmax) and not (abs(mean - dmean) + 4.0 * n * 2.0**-52 * largest
+                                        <= _STATISTICS_MARGIN * abs(dmean)):
         return False
     return True
 

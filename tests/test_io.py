@@ -336,13 +336,13 @@ def _validator_reference(mrc) -> list[str]:
 
 # The header statistics as written, scaled by these: inside, near and beyond the validator's 1 % tolerance.
 _STAT_FACTORS = st.sampled_from([1.0, 1.0, 1.005, 0.995, 1.0089, 0.9911, 1.0095, 1.0103, 0.9898, 1.0101, 1.02, 0.5,
-                                 -1.0, 0.0, np.nan])
+                                 -1.0, 0.0, np.nan, np.inf, -np.inf])
 
 
 @settings(max_examples=120, deadline=None)
 @given(dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.float32, np.float16]),
-       shape=st.sampled_from([(24, 40), (3, 16, 20), (1, 30, 30)]), offset=st.sampled_from([0.0, 50.0, 3e4]),
-       spread=st.sampled_from([0.0, 0.5, 20.0]), nan=st.booleans(), big_endian=st.booleans(),
+       shape=st.sampled_from([(24, 40), (3, 16, 20), (1, 30, 30)]), offset=st.sampled_from([0.0, 50.0, 3e4, 1e-3]),
+       spread=st.sampled_from([0.0, 0.5, 20.0, 1e18]), nan=st.booleans(), big_endian=st.booleans(),
        rms=_STAT_FACTORS, dmin=_STAT_FACTORS, dmax=_STAT_FACTORS, dmean=_STAT_FACTORS,
        nversion=st.sampled_from([20140, 20141, 0]), nlabl=st.sampled_from([None, 0, 3]),
        extended=st.sampled_from([b"", b"x" * 64]), exttyp=st.sampled_from([b"", b"FEI1"]),
@@ -381,6 +381,47 @@ def test_validator_lines_are_mrcfiles_own(tmp_path_factory, dtype, shape, offset
         warnings.simplefilter("ignore")
         with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
             assert io._validator_lines(mrc, path.stat().st_size) == _validator_reference(mrc)
+
+
+def _cancelling(rng):
+    data = np.full((128, 160), 1e-3, dtype=np.float32)
+    data[5, 7], data[90, 100] = 1e13, -1e13
+    return data
+
+
+@pytest.mark.parametrize("case", ["rms_inf", "mean_inf", "float32_overflow", "mean_cancels"])
+def test_validator_lines_where_a_relative_margin_cannot_decide(tmp_path, case):
+    """The cases a float64 figure within 0.9 % cannot settle go to mrcfile's validator: its warning stays."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    if case == "float32_overflow":
+        data = (1e20 * rng.standard_normal((256, 256))).astype(np.float32)
+    elif case == "mean_cancels":
+        data = _cancelling(rng)
+    else:
+        data = (100 + 10 * rng.standard_normal((64, 80))).astype(np.float32)
+    path = tmp_path / f"{case}.mrc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(data)
+            h = m.header
+            if case == "rms_inf":
+                h.rms = np.inf
+            elif case == "mean_inf":
+                h.dmean = np.inf
+            elif case == "float32_overflow":  # the true figures, which numpy's float32 std cannot reach
+                d = data.astype(np.float64)
+                h.rms, h.dmin, h.dmax, h.dmean = d.std(), d.min(), d.max(), d.mean()
+            else:  # OpenCV's sequential mean, 6 % from numpy's pairwise one
+                h.rms, h.dmin, h.dmax, h.dmean = -1, 0, 0, float(cv2.meanStdDev(data)[0][0, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            expected = _validator_reference(mrc)
+            assert any("inaccurate" in line for line in expected), expected
+            assert io._validator_lines(mrc, path.stat().st_size) == expected
 
 
 def test_validator_lines_take_the_fast_way_on_a_written_file(tmp_path):
