@@ -1,12 +1,15 @@
 """Throughput of `ptolemy-rt batch` against one `ptolemy-rt holes` process per image, in images per second.
 
     python -m benchmarks.batch [--images 200] [--rounds 4] [--separate N] [--workers 1 2] [--no-dask]
-                               [--quick] [--image-cache DIR] [--compare TREE]
+                               [--quick] [--image-cache DIR] [--image-set synthetic|real] [--compare TREE]
 
-Makes `--images` synthetic med-mag images (1024x1440 MRC, seeds 0..N-1; kept in `--image-cache` for the next
-run) in `--rounds` equal blocks, then, block by block, runs every mode over that block, the order of the modes
-turning each round, so that every mode sees the same load on a shared machine (each mode's time is spread over
-the whole run, not bunched at one end). Each run is a whole process started from here (wall clock: imports,
+Makes `--images` med-mag images (1024x1440 MRC, seeds 0..N-1; kept in `--image-cache` for the next run):
+`--image-set synthetic` (default) the generator's dense lattices, 80-880 holes each, most of them enlarged 1.3x
+for the U-Net (the costly case); `--image-set real` variants of the real reference image (make_real_images:
+windows, flips, gain, noise; 10-20 holes, as on the reference). It splits them in `--rounds` equal blocks,
+then, block by block, runs every mode over that block, the order of the modes turning each round, so that
+every mode sees the same load on a shared machine (each mode's time is spread over the whole run, not bunched
+at one end). Each run is a whole process started from here (wall clock: imports,
 model loading and writing are in):
 - the baseline: `ptolemy-rt holes IMAGE -o OUT.json`, one process per image (`--separate` of them in all,
   spread over the blocks);
@@ -138,6 +141,54 @@ def make_images(folder: Path, n: int, first: int = 0) -> list[Path]:
     return paths
 
 
+# The real 1024x1440 med-mag image the "real" set is made from (the published Ptolemy example, CC BY-NC: the
+# variants stay in a temporary or cache folder, never in the repository).
+REFERENCE_MEDMAG = Path(os.environ.get("PTOLEMY_REFERENCE", REPO.parent / "shared" / "ptolemy-reference")) / (
+    "images/medmag_readme_1024x1440.mrc")
+
+
+def make_real_images(folder: Path, n: int, source: Path = REFERENCE_MEDMAG) -> list[Path]:
+    """n 1024x1440 variants of a real med-mag image (seeds 0..n-1; existing files are kept): each a random window
+    of 1/1.0 to 1/1.4 of the image enlarged back to full size (bicubic; fewer, larger holes), flipped at random
+    along either axis, with a random gain (0.7-1.4) and offset (-20..20 % of the mean) and Gaussian noise of
+    0-100 % of the image's own pixel-to-pixel noise. Real content, varied, so that no two images are alike."""
+    import cv2
+    import mrcfile
+    import numpy as np
+
+    if not source.is_file():
+        raise SystemExit(f"--image-set real needs {source} (set PTOLEMY_REFERENCE to the ptolemy-reference folder)")
+    with mrcfile.open(source, permissive=True) as mrc:
+        base = np.asarray(mrc.data, dtype=np.float32)
+    rows, cols = base.shape
+    # The pixel-to-pixel noise: the std of neighbour differences over sqrt(2).
+    noise = float(np.std(np.diff(base, axis=1))) / np.sqrt(2.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(n):
+        path = folder / f"real_{seed:04d}.mrc"
+        if not path.is_file():  # seeded: a file of that name holds those bytes
+            from ptolemy_rt.demo import write_mrc
+
+            rng = np.random.default_rng([seed, 1440])
+            zoom = float(rng.uniform(1.0, 1.4))
+            h, w = rows / zoom, cols / zoom
+            y0, x0 = float(rng.uniform(0, rows - h)), float(rng.uniform(0, cols - w))
+            m = np.array([[1 / zoom, 0, x0], [0, 1 / zoom, y0]], dtype=np.float64)
+            img = cv2.warpAffine(base, m, (cols, rows), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REFLECT_101)
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+            if rng.random() < 0.5:
+                img = img[::-1, :]
+            mean = float(img.mean())
+            img = img * rng.uniform(0.7, 1.4) + mean * rng.uniform(-0.2, 0.2)
+            img = img + rng.normal(0.0, noise * rng.uniform(0.0, 1.0), img.shape)
+            write_mrc(path, np.ascontiguousarray(img, dtype=np.float32))
+        paths.append(path)
+    return paths
+
+
 def _block(folder: Path, images: list[Path]) -> Path:
     """A folder holding exactly `images` (hard links where it can: plain files to the batch), for one batch."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,6 +260,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-dask", action="store_true")
     p.add_argument("--models", metavar="DIR")
     p.add_argument("--image-cache", metavar="DIR", help="keep the generated images here for the next run")
+    p.add_argument("--image-set", choices=("synthetic", "real"), default="synthetic",
+                   help="synthetic: the generator's dense lattices (80-880 holes); real: variants of the real "
+                   "1024x1440 reference image (10-20 holes; needs ../shared/ptolemy-reference)")
     p.add_argument("--compare", metavar="TREE", help="also run every batch mode with this checkout's package")
     a = p.parse_args(argv)
     images = a.images or (40 if a.quick else 20)
@@ -250,7 +304,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ptolemy-batch-bench-") as tmp:
         tmp_path = Path(tmp)
         source = Path(a.image_cache).resolve() if a.image_cache else tmp_path / "images"
-        all_images = make_images(source, images)
+        all_images = (make_real_images(source, images) if a.image_set == "real"
+                      else make_images(source, images))
         bounds = [round(k * images / rounds) for k in range(rounds + 1)]
         blocks = [_block(tmp_path / f"in{k}", all_images[bounds[k]:bounds[k + 1]]) for k in range(rounds)]
         block_images = [all_images[bounds[k]:bounds[k + 1]] for k in range(rounds)]
@@ -297,7 +352,7 @@ def main(argv=None) -> int:
         table.append([name, str(n), f"{wall:.1f}", f"{rate:.2f}", f"{rate / base:.2f}x",
                       " ".join(f"{r:.2f}" for r in per_round[label]), f"{cpu / n:.3f}",
                       f"{(base_cpu / base_n) / (cpu / n):.2f}x"])
-    print(f"ptolemy-rt batch throughput, 1024x1440 synthetic med-mag MRC, {os.cpu_count()} CPUs, "
+    print(f"ptolemy-rt batch throughput, 1024x1440 {a.image_set} med-mag MRC, {os.cpu_count()} CPUs, "
           f"{images} images in {rounds} interleaved rounds (wall clock of whole processes); "
           f"1-min load average {min(loads):.1f}..{max(loads):.1f}"
           + ("; kernel autogroup on (one CPU share per session)" if _autogroup() else ""))
