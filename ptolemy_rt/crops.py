@@ -107,9 +107,10 @@ def sample_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
 def _zero_outside(out: np.ndarray, m: np.ndarray, xmax: float, ymax: float) -> None:
     """Set to 0 the crop pixels whose source point m @ (col, row, 1) lies outside [0, xmax] x [0, ymax]."""
     rows, cols = out.shape
+    if rows == 0 or cols == 0:
+        return
     j = np.arange(cols, dtype=np.float64)
     i = np.arange(rows, dtype=np.float64)
-    bad = None
     for k, top in ((0, xmax), (1, ymax)):
         # Each of the four limits is tested only where the crop's corners come within _EDGE_MARGIN of it: the
         # coordinate is affine over the crop, so its extremes are at the corners, and the rounding of either
@@ -119,17 +120,25 @@ def _zero_outside(out: np.ndarray, m: np.ndarray, xmax: float, ymax: float) -> N
         low, high = min(ends) < _EDGE_MARGIN, max(ends) > top - _EDGE_MARGIN
         if not (low or high):
             continue
-        # (m_k0 j + m_k1 i) + m_k2, evaluated in that order
-        v = np.add.outer(m[k, 1] * i, m[k, 0] * j)
-        v += m[k, 2]
+        # The coordinate (m_k1 i + m_k0 j) + m_k2, evaluated in that order, is monotone along each row and each
+        # column (every rounding is), so a row holds an outside pixel only if one of its two end pixels is
+        # outside, and likewise a column: the outside pixels lie in the box of the rows and columns whose
+        # ends are, and only that box is evaluated (elementwise the same sums as over the whole crop; a crop
+        # across an edge mostly has a corner beyond it, ~0.2 ms a 268 px crop in full).
+        a, b, c = m[k, 1] * i, m[k, 0] * j, m[k, 2]
+        row_ends = ((a + b[0]) + c, (a + b[-1]) + c)
+        col_ends = ((a[0] + b) + c, (a[-1] + b) + c)
         for test, limit in ((np.less, 0.0), (np.greater, top)) if low and high else (
                 ((np.less, 0.0),) if low else ((np.greater, top),)):
-            if bad is None:
-                bad = test(v, limit)
-            else:
-                bad |= test(v, limit)
-    if bad is not None:
-        out[bad] = 0.0
+            hit_rows = np.flatnonzero(test(row_ends[0], limit) | test(row_ends[1], limit))
+            hit_cols = np.flatnonzero(test(col_ends[0], limit) | test(col_ends[1], limit))
+            if len(hit_rows) == 0 or len(hit_cols) == 0:
+                continue
+            r0, r1 = int(hit_rows[0]), int(hit_rows[-1]) + 1
+            c0, c1 = int(hit_cols[0]), int(hit_cols[-1]) + 1
+            v = np.add.outer(a[r0:r1], b[c0:c1])
+            v += c
+            out[r0:r1, c0:c1][test(v, limit)] = 0.0
 
 
 # _zero_outside: source points this far (px) inside every edge at the crop's corners are inside at every pixel.
