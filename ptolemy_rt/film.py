@@ -237,7 +237,8 @@ def _estimate_period(data: np.ndarray) -> float:
         return fallback
     u8 = np.clip((small - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     _, bright = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    _, _, stats, centroids = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    # Grana's labelling: the default's stats and centroids to the bit, faster on one thread (see views._regions)
+    _, _, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(bright, 8, cv2.CV_32S, cv2.CCL_GRANA)
     keep = stats[1:, cv2.CC_STAT_AREA] >= 3
     pts = centroids[1:][keep]
     if len(pts) < 4:

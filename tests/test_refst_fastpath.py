@@ -137,8 +137,8 @@ def test_grana_labelling_is_the_default_labelling(threads):
 
 
 def test_view_tests_label_as_before(monkeypatch):
-    # The view tests give the same answers with the default labelling (the former call) on hole views, an
-    # atlas and a view one hole fills.
+    # The view tests and the film mask's own period estimate (film._estimate_period) give the same answers
+    # with the default labelling (the former call) on hole views, an atlas and a view one hole fills.
     from ptolemy_rt import views
     from ptolemy_rt.synthetic import make_atlas, make_medmag
 
@@ -148,11 +148,14 @@ def test_view_tests_label_as_before(monkeypatch):
     yy, xx = np.mgrid[:400, :500]
     disc[(yy - 190) ** 2 + (xx - 260) ** 2 < 120**2] = 200.0
     images.append(disc)
-    fast = [(views.large_holes(im), views.atlas_reason(im)) for im in images]
+    def answers(im):
+        return views.large_holes(im), views.atlas_reason(im), film._estimate_period(im), film.film_mask(im).tobytes()
+
+    fast = [answers(im) for im in images]
     with monkeypatch.context() as m:
         m.setattr(cv2, "connectedComponentsWithStatsWithAlgorithm",
                   lambda image, connectivity, ltype, ccltype: cv2.connectedComponentsWithStats(
                       image, connectivity=connectivity, ltype=ltype))
-        former = [(views.large_holes(im), views.atlas_reason(im)) for im in images]
+        former = [answers(im) for im in images]
     assert fast == former
     assert any(f[0] for f in fast) and any(f[1] for f in fast)  # both tests fire somewhere
