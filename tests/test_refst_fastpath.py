@@ -1,6 +1,7 @@
 """Fast paths of session 9's single-core work on find_holes (issue 17), each held to the formula it replaced:
 the crops' outside test evaluated only in the box of rows and columns that can be outside (crops._zero_outside),
-and the film mask of a margin map of one sign, which is not scaled up (film._uniform_sign)."""
+the film mask of a margin map of one sign, which is not scaled up (film._uniform_sign), and the view tests'
+region labelling by Grana's algorithm instead of cv2's default (views._regions, film._estimate_period)."""
 
 from __future__ import annotations
 
