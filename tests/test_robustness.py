@@ -437,3 +437,11 @@ def test_extreme_values_find_the_same_holes(case):
     assert len(got.holes) == len(expected.holes) > 20
     best = {(round(h.x), round(h.y)) for h in expected.holes}
     assert sum((round(h.x), round(h.y)) in best for h in got.holes) >= 0.95 * len(best)
+
+
+def test_batch_refuses_more_threads_than_squares_accepts(tmp_path, small_mrc, capsys):
+    """`batch --threads 100000` started 32,000 onnxruntime threads (16 GB) before the kernel killed it."""
+    out = tmp_path / "out"
+    code, _, err = _cli(["batch", small_mrc, "-o", out, "--threads", "100000", "--workers", "1"], capsys)
+    assert code == 2 and "--threads 100000" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
