@@ -236,6 +236,26 @@ class MapFrame:
         return sx, sy
 
 
+def _whole(item: NavItem, key: str, default: int) -> int:
+    """An integer key of an item (SerialEM writes '3' or '3.0'); InputError naming it when it is not one."""
+    text = item.get(key)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value) or abs(value) >= 2**63:
+        raise InputError(f"navigator item {item.label}: {key} = {text!r} is not an integer")
+    return int(value)
+
+
+def _is_number(text: str) -> bool:
+    """Whether `text` is a plain ASCII integer, as SerialEM writes labels and ids ('²'.isdigit() is True)."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdigit()
+
+
 def map_frame(item: NavItem) -> MapFrame:
     """The MapFrame of a map item (InputError naming the item and the missing key otherwise)."""
     if item.get("Type") != "2":
@@ -246,7 +266,8 @@ def map_frame(item: NavItem) -> MapFrame:
     stage = item.numbers("StageXYZ")
     matrix = item.numbers("MapScaleMat")
     wh = item.numbers("MapWidthHeight")
-    if len(stage) < 2 or len(matrix) != 4 or len(wh) != 2 or min(wh) <= 0:
+    if len(stage) < 2 or len(matrix) != 4 or len(wh) != 2 or not all(math.isfinite(v) for v in stage + wh) \
+            or min(wh) < 1 or max(wh) > 2**31:
         raise InputError(f"navigator map {item.label}: malformed StageXYZ, MapScaleMat or MapWidthHeight")
     det = matrix[0] * matrix[3] - matrix[1] * matrix[2]
     if not math.isfinite(det) or abs(det) < 1e-12:
@@ -254,15 +275,15 @@ def map_frame(item: NavItem) -> MapFrame:
     z = stage[2] if len(stage) > 2 else 0.0
     return MapFrame(
         label=item.label,
-        map_id=int(float(item.get("MapID") or 0)),
-        regis=int(float(item.get("Regis") or 1)),
+        map_id=_whole(item, "MapID", 0),
+        regis=_whole(item, "Regis", 1),
         stage=(stage[0], stage[1], z),
         matrix=(matrix[0], matrix[1], matrix[2], matrix[3]),
         width=int(wh[0]),
         height=int(wh[1]),
         montage=item.get("MapMontage", "0") == "1",
         map_file=item.get("MapFile"),
-        section=int(float(item.get("MapSection") or 0)),
+        section=_whole(item, "MapSection", 0),
     )
 
 
@@ -281,7 +302,7 @@ def find_map(nav: Navigator, label: str | None = None, image_path: str | os.Path
         name = Path(image_path).name.lower()
         hits = [it for it in maps if _basename(it.get("MapFile") or "") == name]
         if len(hits) > 1:
-            hits = [it for it in hits if int(float(it.get("MapSection") or 0)) == (section or 0)]
+            hits = [it for it in hits if _whole(it, "MapSection", 0) == (section or 0)]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
@@ -317,12 +338,12 @@ def point_item(frame: MapFrame, label: str, map_id: int, col: float, row: float,
 
 def _free_ids(nav: Navigator) -> tuple[int, int, set[int]]:
     """The next numeric label, and the next external id and the ids already used."""
-    labels = [int(it.label) for it in nav.items if it.label.isdigit()]
+    labels = [int(it.label) for it in nav.items if _is_number(it.label) and not it.label.startswith("-")]
     used: set[int] = set()
     for it in nav.items:
         for key in ("MapID", "GroupID"):
             value = it.get(key)
-            if value is not None and value.lstrip("-").isdigit():
+            if value is not None and _is_number(value):
                 used.add(int(value))
     below = [i for i in used if i < EXTERNAL_ID_LIMIT]
     return max(labels, default=0) + 1, max(below, default=0) + 1, used

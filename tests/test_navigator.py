@@ -142,6 +142,29 @@ def test_parser_refuses_what_is_not_a_navigator():
         map_frame(parse_nav(_nav(_map(mat=(1, 2, 2, 4)))).item("1"))
 
 
+@pytest.mark.parametrize("key,value", [("MapID", "inf"), ("MapID", "nan"), ("MapID", "x"), ("Regis", "1e309"),
+                                       ("MapSection", "-inf"), ("MapWidthHeight", "nan 800"),
+                                       ("MapWidthHeight", "inf inf"), ("MapWidthHeight", "0.5 0.5"),
+                                       ("StageXYZ", "nan 1 2")])
+def test_map_keys_that_are_not_numbers_are_input_errors(key, value):
+    """Fuzz (navs, seed 3): MapID = inf was an OverflowError (exit 70); a NaN size a ValueError; a NaN stage NaN
+    points."""
+    text = "\n".join(f"{key} = {value}" if line.startswith(key + " =") else line for line in _map().splitlines())
+    nav = parse_nav(_nav(text))
+    with pytest.raises(InputError, match="navigator (item|map) 1"):
+        add_points(nav, "", nav.item("1"), [(1.0, 2.0)], (800, 1000))
+
+
+def test_unicode_digit_labels_and_ids_are_not_numbers():
+    """'²'.isdigit() is True but int('²') a ValueError: such labels and ids are left out of the numbering."""
+    nav = parse_nav(_nav(_map(), "[Item = \u00b2]\nType = 0\nMapID = \u00b2\nGroupID = \u0663\n"))
+    _, items = add_points(nav, "", nav.item("1"), [(1.0, 2.0)], (800, 1000))
+    assert items[0].label == "2"
+    two = parse_nav(_nav(_map(section="x"), _map(label="2", section="0")))
+    with pytest.raises(InputError, match="MapSection"):
+        find_map(two, image_path="/data/map.mrc")
+
+
 def test_montage_file_itself_is_refused():
     nav = parse_nav(_nav(_map(montage=1)))
     with pytest.raises(InputError, match="stitched"):
