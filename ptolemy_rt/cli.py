@@ -751,6 +751,29 @@ def _quiet_numerics() -> None:
                             r"Degrees of freedom)")
 
 
+class _SafeStderr:
+    """sys.stderr whose write failures (a full disk under a log file, a closed pipe) are dropped: a message that
+    cannot be shown must not turn the command's exit code into 70 (an OSError out of a print)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
     130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
@@ -759,6 +782,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = False
     previous: dict = {}
     _SIGNALLED.clear()
+    stderr = sys.stderr
+    if stderr is not None and not isinstance(stderr, _SafeStderr):
+        sys.stderr = _SafeStderr(stderr)
     try:
         previous = _install_signal_handlers()
         parser = build_parser()
@@ -823,6 +849,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _restore_signal_handlers(previous)
         finally:
             _unblock_signals(blocked)
+            if isinstance(sys.stderr, _SafeStderr) and sys.stderr is not stderr:
+                sys.stderr = stderr
 
 
 def run() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -445,3 +446,25 @@ def test_batch_refuses_more_threads_than_squares_accepts(tmp_path, small_mrc, ca
     code, _, err = _cli(["batch", small_mrc, "-o", out, "--threads", "100000", "--workers", "1"], capsys)
     assert code == 2 and "--threads 100000" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+class _FullStderr:
+    """A stderr on a full disk: every write fails."""
+
+    def write(self, text):
+        raise OSError(27, "File too large")
+
+    def flush(self):
+        raise OSError(27, "File too large")
+
+
+@pytest.mark.parametrize("args,code", [(["-o", "/dev/null"], 4), (["--top", "-1"], 2), ([], 0)])
+def test_exit_code_survives_a_stderr_that_cannot_be_written(tmp_path, small_mrc, monkeypatch, args, code):
+    """Fuzz (full_disk, seed 5): with stderr on a full disk the message's print raised, and exit 4 became 70."""
+    monkeypatch.chdir(tmp_path)
+    full = _FullStderr()
+    monkeypatch.setattr(sys, "stderr", full)
+    with pytest.raises(SystemExit) if code == 2 else contextlib.nullcontext():
+        got = main(["squares", str(small_mrc), "--no-score", "-o", "r.json", *args])
+        assert got == code
+    assert sys.stderr is full
