@@ -212,6 +212,24 @@ def test_unknown_kind_is_a_recorded_failure_with_exit_2(tmp_path):
     assert str(path) in row["error"] and files == {}
 
 
+@pytest.mark.parametrize("what", ["missing", "fifo", "folder", "loop"])
+def test_a_map_file_that_is_not_a_file_is_an_input_error(tmp_path, what):
+    """Fuzz (sessions, seed 13): a .nav's MapFile naming no file was an internal error (exit 70) from the sha256;
+    a FIFO there would have blocked the batch."""
+    target = _touch(tmp_path / "map.mrc")
+    items, _ = discover([str(target)], kind="squares")
+    target.unlink()  # gone between discovery and work, or replaced by something that is not a file
+    if what == "fifo":
+        os.mkfifo(target)
+    elif what == "folder":
+        target.mkdir()
+    elif what == "loop":
+        target.symlink_to(target)
+    row, files = process_one(items[0], BatchConfig(None, "cpu", 1, None))
+    assert row["exit_code"] == 2 and str(target) in row["error"] and "internal" not in row["error"], row
+    assert files == {}
+
+
 @pytest.mark.skipif(not (REAL_EPU / "smartem_gs8999138.xml").is_file(), reason="../shared/real-epu not present")
 def test_real_epu_xml_stage_position():
     stage = epu_stage_position(REAL_EPU / "smartem_gs8999138.xml")
