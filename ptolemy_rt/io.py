@@ -519,7 +519,12 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     raw, section = decoded
     if raw.ndim == 3:
         channels = raw.shape[2]
-        if channels == 4:
+        if channels in (3, 4) and raw.dtype not in (np.uint8, np.uint16, np.float32):
+            # cvtColor takes 8-bit, 16-bit unsigned and float32 pixels only (a colour int16 TIFF raised): the
+            # same weights (ITU-R BT.601, B G R order) in float64.
+            weights = np.array([0.114, 0.587, 0.299])
+            raw = (raw[:, :, :3].astype(np.float64) @ weights).astype(np.float32)
+        elif channels == 4:
             raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2GRAY)
         elif channels == 3:
             raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
@@ -579,7 +584,9 @@ def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixel
     except OSError as exc:
         raise CorruptFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 -- a decoder's own exception: the file is at fault, not the caller
-        raise CorruptFileError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[-1] if lines else "no detail"  # OpenCV's messages run over several lines: the last says it
+        raise CorruptFileError(f"{p}: not a readable image ({type(exc).__name__}: {detail[:300]})") from None
 
 
 def _read_any(p: Path, section: int | None, max_pixels: int, permissive: bool) -> Image:

@@ -431,3 +431,32 @@ def test_validator_lines_take_the_fast_way_on_a_written_file(tmp_path):
     with mrcfile.mmap(path, mode="r") as mrc:
         assert io._statistics_hold(mrc.header, mrc.data)
         assert io._validator_lines(mrc, path.stat().st_size) == _validator_reference(mrc) == []
+
+
+@pytest.mark.parametrize("dtype", ["int16", "int32", "float64", "int8"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_colour_tiff_of_any_pixel_type_reads_as_grey(tmp_path, dtype, channels):
+    """Fuzz (rasters, seed 31): a colour int16 TIFF made cvtColor raise, and the error ran over several lines."""
+    rng = np.random.default_rng(3)
+    bgr = rng.integers(0, 100, (27, 60, channels)).astype(dtype)
+    path = tmp_path / "c.tif"
+    assert cv2.imwrite(str(path), bgr)
+    image = io.read_image(path)
+    expected = bgr[:, :, :3].astype(np.float64) @ np.array([0.114, 0.587, 0.299])
+    assert image.shape == (27, 60)
+    np.testing.assert_allclose(image.data, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_a_decoder_error_is_one_line(tmp_path, monkeypatch):
+    """OpenCV's exceptions run over several lines; the error names the file on one."""
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), np.zeros((8, 8), np.uint8))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("OpenCV(5.1.0) file.cpp:1: error: (-2)\nin function 'x'\n> Unsupported depth: 'CV_16S'\n")
+
+    monkeypatch.setattr(io, "_decode_raster", fail)
+    with pytest.raises(CorruptFileError) as info:
+        io.read_image(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "Unsupported depth" in message
