@@ -18,8 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .surfaces import NEW_CLASSES, edge_options, full_disk, mrc_stacks, navs, rasters, sessions, sidecars
+
+# New classes go at the end: a class's index seeds its cases.
 CLASSES = ("header_lies", "truncation", "bombs", "extreme_values", "special_paths", "manifests", "options",
-           "signals", "concurrency")
+           "signals", "concurrency", *NEW_CLASSES)
+_OWN = {"rasters": rasters, "mrc_stacks": mrc_stacks}
+_WITH_IMAGE = {"sidecars": sidecars, "navs": navs, "sessions": sessions, "edge_options": edge_options,
+               "full_disk": full_disk}
 
 # Header words an MRC writer fills in (byte offset, name).
 WORDS = [(0, "nx"), (4, "ny"), (8, "nz"), (12, "mode"), (28, "mx"), (32, "my"), (36, "mz"), (64, "mapc"),
@@ -315,6 +321,10 @@ def make_case(cls: str, seed: int, d: Path, image: Path) -> dict:
     rng = np.random.default_rng([CLASSES.index(cls), seed])
     if cls == "special_paths" and rng.random() < 0.3:
         case = special_inputs(rng, d)
+    elif cls in _OWN:
+        case = _OWN[cls](rng, d)
+    elif cls in _WITH_IMAGE:
+        case = _WITH_IMAGE[cls](rng, d, image)
     elif cls in ("special_paths", "signals", "concurrency", "manifests"):
         case = globals()[cls](rng, d, image)
     else:
@@ -324,14 +334,30 @@ def make_case(cls: str, seed: int, d: Path, image: Path) -> dict:
     return case
 
 
-def schedule(total: int) -> list[tuple[str, int]]:
-    """(class, seed) pairs for a run of `total` cases: mostly in-process cases, a few command lines."""
+# The later classes' weights: their cases come on top of the first nine's, whose (class, seed) pairs stay
+# those CI has always run.
+NEW_WEIGHTS = {"rasters": 60, "mrc_stacks": 60, "sidecars": 30, "navs": 30, "sessions": 12, "edge_options": 30,
+               "full_disk": 6}
+
+
+def schedule(total: int, seed_base: int = 0, only: set[str] | None = None) -> list[tuple[str, int]]:
+    """(class, seed) pairs for a run of `total` cases: mostly in-process cases, a few command lines.
+
+    The first nine classes share `total` as they always have; the later ones add their share of it on top
+    (500 -> 500 + 228). `seed_base` shifts every seed (0: the CI schedule; another base gives cases never run
+    before); `only` spreads exactly `total` cases over these classes alone."""
     weights = {"header_lies": 90, "truncation": 80, "bombs": 30, "extreme_values": 110, "special_paths": 24,
                "manifests": 20, "options": 136, "signals": 6, "concurrency": 4}
+    if only:
+        weights.update(NEW_WEIGHTS)
+        weights = {c: w for c, w in weights.items() if c in only}
     scale = total / sum(weights.values())
     counts = {c: max(1, round(w * scale)) for c, w in weights.items()}
-    counts["options"] += total - sum(counts.values())
-    return [(c, s) for c in CLASSES for s in range(counts[c])]
+    last = "options" if "options" in counts else max(counts, key=counts.__getitem__)
+    counts[last] += total - sum(counts.values())
+    if not only:
+        counts.update({c: max(1, round(w * scale)) for c, w in NEW_WEIGHTS.items()})
+    return [(c, seed_base + s) for c in CLASSES if c in counts for s in range(counts[c])]
 
 
 def dump(case: dict) -> str:

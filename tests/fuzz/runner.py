@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 HANG_S = 60.0
 RSS_LIMIT_MB = 1536.0
 DEFECTS = ("segfault", "traceback", "foreign", "hang", "memory", "wrong_exit", "leftovers", "special_written",
-           "nondeterministic")
+           "nondeterministic", "bad_message")
 
 
 def _env() -> dict:
@@ -76,7 +76,8 @@ def _api(case: dict) -> tuple[int | None, str]:
                     from ptolemy_rt import find_squares, read_image
                     from ptolemy_rt.mixture import segment
 
-                    image = read_image(case["path"])
+                    image = read_image(case["path"], section=case.get("section"),
+                                       permissive=case.get("permissive", False))
                     if min(image.shape) >= 256:
                         _no_nan(find_squares(image, models=False))
                     else:
@@ -94,6 +95,8 @@ def _api(case: dict) -> tuple[int | None, str]:
                     from ptolemy_rt.models import load_models
 
                     load_models(case["path"])
+                elif call == "main":
+                    return _main_case(case)
                 elif call == "parse":
                     from ptolemy_rt.cli import _join_negative_numbers, build_parser
 
@@ -105,9 +108,72 @@ def _api(case: dict) -> tuple[int | None, str]:
                     raise AssertionError(call)
         return 0, ""
     except PtolemyError as exc:
-        return exc.exit_code, str(exc)[:200]
+        message = str(exc)
+        if case.get("named") and (Path(case["path"]).name not in message or "\n" in message):
+            return exc.exit_code, f"!bad_message: {message[:300]!r}"
+        return exc.exit_code, message[:200]
     except Exception as exc:  # noqa: BLE001 -- what the fuzzer looks for
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary or half-written files an interrupted or failed write left behind."""
+    return [p.name for p in folder.rglob("*") if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+
+
+def _run_main(argv: list[str]) -> tuple[int, str, str]:
+    """cli.main(argv) in this process: (exit code, stdout, stderr)."""
+    from ptolemy_rt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return int(code), out.getvalue(), err.getvalue()
+
+
+def _main_case(case: dict) -> tuple[int | None, str]:
+    """Run an in-process command line and check what it left: (exit code, detail; '!outcome: ...' on a defect)."""
+    argv = case["argv"]
+    code, out, err = _run_main(argv)
+    if "Traceback" in err or "Exception ignored" in err:
+        return code, "!traceback: " + err.strip()[-300:]
+    if code not in case["expect"]:
+        return code, f"exit {code}: {err.strip()[-300:]}"
+    if code != 0 and argv[0] != "batch":
+        errors = [line for line in err.splitlines() if line.startswith("error:") or ": error: " in line]
+        if len(errors) != 1:
+            return code, f"!bad_message: {len(errors)} error lines: {err.strip()[-300:]!r}"
+    if case.get("outdir"):
+        left = _leftovers(Path(case["outdir"]))
+        if left:
+            return code, f"!leftovers: {left}"
+    for path in case.get("absent", []):
+        if os.path.lexists(path):
+            return code, f"!leftovers: {path} exists"
+    together = case.get("together", [])
+    if code == 0 or together:
+        present = [os.path.exists(p) for p in together]
+        if any(present) and not all(present):
+            return code, f"!leftovers: part of a set written: {dict(zip(together, present))}"
+    batch = case.get("batch_out")
+    if batch and code in (0, 2) and os.path.isdir(batch):
+        try:
+            json.loads((Path(batch) / "summary.json").read_text())
+        except (OSError, ValueError) as exc:
+            return code, f"!wrong_exit: summary.json unreadable after exit {code} ({exc})"
+        left = _leftovers(Path(batch))
+        if left:
+            return code, f"!leftovers: {left}"
+    rerun = [p for p in case.get("rerun", []) if os.path.exists(p)]
+    if code == 0 and (rerun or case.get("rerun") is not None):
+        first = [Path(p).read_bytes() for p in rerun]
+        code2, out2, _ = _run_main(argv)
+        if code2 != code or out2 != out or first != [Path(p).read_bytes() for p in rerun]:
+            return code, f"!nondeterministic: rerun exit {code2}, outputs differ"
+    return code, ""
 
 
 def worker(stream=sys.stdin, out=sys.stdout) -> None:
@@ -128,17 +194,27 @@ def _judge_code(case: dict, code: int | None, detail: str) -> str:
         return "foreign"
     if detail == "nondeterministic":
         return "nondeterministic"
+    if detail.startswith("!"):
+        return detail[1:].split(":", 1)[0]
     return "ok" if code in case["expect"] else "wrong_exit"
 
 
 # ---------------------------------------------------------------------------------------------- CLI cases
 
 
-def _spawn(argv: list[str], d: Path, tag: str) -> tuple[subprocess.Popen, Path, Path]:
-    out, err = d / f"{tag}.stdout", d / f"{tag}.stderr"
+def _spawn(argv: list[str], d: Path, tag: str, fsize: int | None = None,
+           stdout: str | None = None) -> tuple[subprocess.Popen, Path, Path]:
+    """Start the command line; `fsize`: a file-size limit (a disk that fills up), `stdout`: where stdout goes."""
+    out, err = Path(stdout or d / f"{tag}.stdout"), d / f"{tag}.stderr"
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
     with open(out, "wb") as fo, open(err, "wb") as fe:
         p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", *argv], stdout=fo, stderr=fe, env=_env(),
-                             stdin=subprocess.DEVNULL, cwd=d)
+                             stdin=subprocess.DEVNULL, cwd=d, preexec_fn=limit if fsize else None)
     return p, out, err
 
 
@@ -172,7 +248,7 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     """Run one command-line case and judge it."""
     t0 = time.perf_counter()
     writers = int(case.get("writers", 1))
-    procs = [_spawn(case["argv"], d, f"p{k}") for k in range(writers)]
+    procs = [_spawn(case["argv"], d, f"p{k}", case.get("fsize"), case.get("stdout")) for k in range(writers)]
     if "signal" in case:
         time.sleep(case["delay"])
         with contextlib.suppress(ProcessLookupError):
@@ -197,7 +273,7 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     if rss > RSS_LIMIT_MB:
         problems.append("memory")
     outdir = Path(case["outdir"])
-    leftovers = [p.name for p in outdir.rglob("*") if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+    leftovers = _leftovers(outdir)
     if leftovers:
         problems.append("leftovers")
         detail = f"left: {leftovers}"
