@@ -18,7 +18,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +44,12 @@ KINDS = ("squares", "holes")
 # The graph whose output each score is: a calibration is bound to that graph's bytes (sha256).
 SCORE_TASKS = {("squares", "score"): ("square_cnn",), ("holes", "cnn"): ("hole_cnn",),
                ("holes", "unet"): ("hole_unet",)}
+
+
+# A calibration holds a few hundred knots (kilobytes); the original's output a few thousand targets. Larger files
+# (or /dev/zero, a FIFO) are refused before they are read.
+MAX_CALIBRATION_BYTES = 16 * 1024 * 1024
+MAX_TARGETS_BYTES = 64 * 1024 * 1024
 
 
 class CalibrationError(InputError):
@@ -187,7 +192,7 @@ class Calibration:
                        ours=tuple(float(v) for v in data["ours"]), target=tuple(float(v) for v in data["target"]),
                        models=dict(data.get("models") or {}), pairs=int(data.get("pairs", 0)),
                        against=str(data.get("against", "")))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CalibrationError(f"calibration field missing or ill-typed ({type(exc).__name__}: {exc})") from None
 
 
@@ -236,10 +241,11 @@ def pair_targets(ours_xy: Any, theirs_xy: Any, tolerance: float) -> list[tuple[i
 def read_original_targets(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Centres (n, 2) and scores (n,) from the original Ptolemy CLI's `-f json` output (a list of records
     with "center" [x, y] and "score"; `--compat ptolemy` writes the same); unscored (null) targets are skipped."""
+    from .smallfiles import read_small
+
+    raw = read_small(path, MAX_TARGETS_BYTES, "JSON file of the original's targets", CalibrationError)
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        data = json.loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise CalibrationError(f"{path}: not JSON ({exc})") from None
     if not isinstance(data, list):
@@ -260,12 +266,11 @@ def read_original_targets(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
 
 def read_calibration(path: str | os.PathLike) -> Calibration:
     """Read a calibration file (CalibrationError naming the file and the problem)."""
+    from .smallfiles import read_small
+
+    raw = read_small(path, MAX_CALIBRATION_BYTES, "calibration file", CalibrationError)
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise CalibrationError(f"--calibration {path}: cannot be read ({exc.strerror or exc})") from None
-    try:
-        return Calibration.from_dict(json.loads(text))
+        return Calibration.from_dict(json.loads(raw.decode("utf-8")))
     except ValueError as exc:
         raise CalibrationError(f"--calibration {path}: {exc}") from None
 

@@ -40,6 +40,8 @@ TASKS = ("square_cnn", "hole_unet", "hole_cnn")
 BN_MODES = ("batch", "running", "none")
 HOLE_SCORES = ("unet", "cnn")
 FORMAT = 1
+# A manifest lists a few models (kilobytes); a larger file is not one, and is refused before it is read.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -343,9 +345,13 @@ def _manifest_problems(directory: Path) -> tuple[Manifest | None, dict[str, Mode
         return None, {}, [f"{directory}: model set directory not found"]
     if not path.is_file():
         return None, {}, [f"{directory}: no manifest.json (not a model set)"]
+    from .smallfiles import read_small
+
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = json.loads(read_small(path, MAX_MANIFEST_BYTES, "model-set manifest", ModelError).decode("utf-8"))
+    except ModelError as exc:
+        return None, {}, [str(exc)]
+    except ValueError as exc:
         return None, {}, [f"{path}: unreadable manifest ({exc})"]
     problems: list[str] = []
     manifest, specs = _parse(raw, problems)

@@ -73,11 +73,9 @@ def _plausible(value_A: float | None) -> bool:
 
 def _read_bounded(path: Path) -> bytes:
     """The bytes of a small sidecar file; refuse (InputError) one that is too large to be what it claims."""
-    size = path.stat().st_size
-    if size > MAX_SIDECAR_BYTES:
-        raise InputError(f"{path}: {size} bytes is too large for a metadata file (limit {MAX_SIDECAR_BYTES})")
-    with open(path, "rb") as fh:
-        return fh.read(MAX_SIDECAR_BYTES + 1)
+    from .smallfiles import read_small
+
+    return read_small(path, MAX_SIDECAR_BYTES, "metadata file")
 
 
 def read_xml_safely(path: str | os.PathLike) -> ElementTree.Element:

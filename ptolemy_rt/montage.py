@@ -168,10 +168,10 @@ def read_mdoc(path: str | os.PathLike) -> Mdoc:
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"{p}: no such .mdoc file")
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise CorruptFileError(f"{p}: cannot read ({exc})") from None
+    from .io import MAX_MDOC_BYTES
+    from .smallfiles import read_small
+
+    text = read_small(p, MAX_MDOC_BYTES, ".mdoc", CorruptFileError).decode("utf-8", errors="replace")
     return parse_mdoc(text, str(p))
 
 

@@ -171,11 +171,10 @@ def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such navigator file")
-    size = p.stat().st_size
-    if size > MAX_NAV_BYTES:
-        raise InputError(f"{p}: {size} bytes is too large for a navigator file")
+    from .smallfiles import read_small
+
     # latin-1 maps every byte to one character, so the original text is written back exactly.
-    text = p.read_bytes().decode("latin-1")
+    text = read_small(p, MAX_NAV_BYTES, "navigator file").decode("latin-1")
     return parse_nav(text, str(p)), text
 
 

@@ -150,10 +150,13 @@ def epu_pixel_axes(xml_path: Path) -> tuple[float, float, float, float] | None:
 
 def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
     """Magnification and PixelSpacing (Å) from the first section of a SerialEM .mdoc that has them."""
+    from .metadata import MAX_SIDECAR_BYTES
+    from .smallfiles import read_small
+
     found: dict[str, float] = {}
     try:
-        text = mdoc_path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = read_small(mdoc_path, MAX_SIDECAR_BYTES, "SerialEM .mdoc").decode("utf-8", errors="replace")
+    except InputError:  # too large, not a file, unreadable: no metadata (as io and metadata refuse it too)
         return found
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -168,10 +171,11 @@ def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
 
 def nav_maps(nav_path: Path) -> list[Path]:
     """The map image files (`MapFile`) of a SerialEM .nav, resolved beside the .nav when the stored path is gone."""
-    try:
-        text = nav_path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise InputError(f"{nav_path}: cannot read the navigator file ({exc})") from None
+    from .navigator import MAX_NAV_BYTES
+    from .smallfiles import read_small
+
+    # a FIFO named *.nav in a session folder blocked the batch; /dev/zero behind a link filled the memory
+    text = read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file").decode("utf-8", errors="replace")
     if not text.lstrip().startswith("AdocVersion"):
         raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line)")
     maps: list[Path] = []

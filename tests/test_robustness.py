@@ -468,3 +468,68 @@ def test_exit_code_survives_a_stderr_that_cannot_be_written(tmp_path, small_mrc,
         got = main(["squares", str(small_mrc), "--no-score", "-o", "r.json", *args])
         assert got == code
     assert sys.stderr is full
+
+
+def _address_space(limit: int):
+    """A child's memory limit: reading a 3 GB file whole then fails (MemoryError) instead of passing slowly."""
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def _hostile(tmp_path: Path, kind: str) -> Path:
+    """/dev/zero behind a link, a FIFO, or a sparse file of gigabytes, under a plausible name."""
+    path = tmp_path / f"hostile-{kind}"
+    if kind == "zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with open(path, "wb") as fh:
+            fh.truncate(3 << 30)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo", "sparse"])
+@pytest.mark.parametrize("where", ["calibration", "nav", "session_nav", "manifest", "mdoc"])
+def test_small_files_that_are_devices_fifos_or_huge_are_refused_unread(tmp_path, small_mrc, kind, where):
+    """`--calibration /dev/zero` read until the kernel killed the process; a FIFO named *.nav in a session folder
+    blocked `batch`; a sparse .mdoc or manifest of gigabytes was read into memory. Each is refused, named, exit 2
+    (3 for a model set), without reading it."""
+    image = tmp_path / "img.mrc"
+    image.write_bytes(small_mrc.read_bytes())
+    out = tmp_path / "out"
+    if where == "calibration":
+        args, code = ["squares", image, "--calibration", _hostile(tmp_path, kind), "-o", out / "r.json"], 2
+        name = f"hostile-{kind}"
+    elif where == "nav":
+        args, code = ["squares", image, "--no-score", "--nav", _hostile(tmp_path, kind), "-o", out / "r.json"], 2
+        name = f"hostile-{kind}"
+    elif where == "session_nav":
+        session = tmp_path / "session"
+        session.mkdir()
+        (session / "map.mrc").write_bytes(small_mrc.read_bytes())
+        _hostile(tmp_path, kind).rename(session / "s.nav")
+        args, code, name = ["batch", session, "-o", out, "--workers", "1", "--no-report"], 2, "s.nav"
+    elif where == "manifest":
+        models = tmp_path / "set"
+        models.mkdir()
+        _hostile(tmp_path, kind).rename(models / "manifest.json")
+        args, code, name = ["squares", image, "--models", models, "-o", out / "r.json"], 3, "manifest.json"
+    else:  # a stack with a hostile .mdoc: one that is not a file is not looked at (the stack's sections are read)
+        with mrcfile.new(tmp_path / "stack.mrc") as m:
+            m.set_data(np.stack([mrcfile.read(small_mrc)] * 2))
+        _hostile(tmp_path, kind).rename(tmp_path / "stack.mrc.mdoc")
+        args, name = ["squares", tmp_path / "stack.mrc", "--no-score", "-o", out / "r.json"], "stack.mrc.mdoc"
+        code = 2 if kind == "sparse" else 0
+    out.mkdir(exist_ok=True)
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "ptolemy_rt", *map(str, args)], capture_output=True, text=True,
+                       env=_env(), timeout=120, check=False, preexec_fn=_address_space(2 << 30))
+    assert time.monotonic() - start < 60
+    assert r.returncode == code, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert (errors and name in errors[-1]) if code else not errors, r.stderr
