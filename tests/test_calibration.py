@@ -97,6 +97,7 @@ def test_pairing_is_nearest_first_one_to_one_within_tolerance():
     ({"score": "brightness"}, "no score"),
     ({"ours": [0.1]}, "one length"),
     ({"ours": "abc"}, "ill-typed"),
+    ({"pairs": float("inf")}, "ill-typed"),  # json.dumps writes Infinity, json.loads reads it: int() overflowed
 ])
 def test_bad_calibration_files_are_refused_naming_the_problem(tmp_path, change, message):
     good = fit([0.2, 0.6], [0.3, 0.7], "holes", "cnn", IDS).to_dict()
