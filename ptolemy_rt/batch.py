@@ -507,7 +507,7 @@ def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] 
     """The earlier run's row when the image need not run again: outputs there, same input bytes and options."""
     try:
         state = json.loads(_state_path(outdir, item.id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     row = state.get("row") if isinstance(state, dict) else None
     if not isinstance(row, dict) or state.get("key") != config.key(item.kind):
@@ -580,7 +580,7 @@ def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None
             continue
         try:
             result = json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         atlases.append((item, (row["pixel_size_A"] or 0.0) * 1e-10, (row["rows"], row["cols"]), result["targets"]))
     for item in items:

@@ -246,7 +246,7 @@ def read_original_targets(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     raw = read_small(path, MAX_TARGETS_BYTES, "JSON file of the original's targets", CalibrationError)
     try:
         data = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise CalibrationError(f"{path}: not JSON ({exc})") from None
     if not isinstance(data, list):
         raise CalibrationError(f"{path}: expected the original Ptolemy's JSON, a list of targets")
@@ -271,7 +271,7 @@ def read_calibration(path: str | os.PathLike) -> Calibration:
     raw = read_small(path, MAX_CALIBRATION_BYTES, "calibration file", CalibrationError)
     try:
         return Calibration.from_dict(json.loads(raw.decode("utf-8")))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep (was exit 70)
         raise CalibrationError(f"--calibration {path}: {exc}") from None
 
 

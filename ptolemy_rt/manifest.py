@@ -351,7 +351,7 @@ def _manifest_problems(directory: Path) -> tuple[Manifest | None, dict[str, Mode
         raw = json.loads(read_small(path, MAX_MANIFEST_BYTES, "model-set manifest", ModelError).decode("utf-8"))
     except ModelError as exc:
         return None, {}, [str(exc)]
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         return None, {}, [f"{path}: unreadable manifest ({exc})"]
     problems: list[str] = []
     manifest, specs = _parse(raw, problems)

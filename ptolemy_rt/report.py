@@ -116,7 +116,7 @@ def _table(table_id: str, header: list[str], rows: list[list[tuple[str, Any]]]) 
 def _load(outdir: Path, row: dict) -> dict:
     try:
         return json.loads((outdir / "results" / f"{row['id']}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {"targets": []}
 
 

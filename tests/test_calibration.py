@@ -20,6 +20,7 @@ from ptolemy_rt.calibration import (
     isotonic,
     pair_targets,
     read_calibration,
+    read_original_targets,
 )
 from ptolemy_rt.cli import main
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
@@ -288,3 +289,13 @@ def test_leginon_script_with_a_calibration_runs_as_leginon_sources_it(tmp_path):
     assert main(["holes", str(image), "--compat", "ptolemy", "-o", str(raw)]) == 0
     expected = sorted(cal.map(t["score"]) for t in json.loads(raw.read_text()) if t["score"] is not None)
     assert sorted(scores) == pytest.approx(expected, abs=1e-12)
+
+
+def test_json_nested_past_the_recursion_limit_is_refused(tmp_path):
+    """Fuzz (small_files, seed 54): arrays nested 100,000 deep made json raise RecursionError (exit 70)."""
+    path = tmp_path / "cal.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(CalibrationError, match="cal.json"):
+        read_calibration(path)
+    with pytest.raises(CalibrationError, match="cal.json"):
+        read_original_targets(path)

@@ -533,3 +533,23 @@ def test_small_files_that_are_devices_fifos_or_huge_are_refused_unread(tmp_path,
     assert r.returncode == code, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert (errors and name in errors[-1]) if code else not errors, r.stderr
+
+
+def test_deeply_nested_manifest_and_resume_state_are_refused_not_raised(tmp_path, small_mrc, capsys):
+    """json raises RecursionError (not ValueError) for arrays nested 100,000 deep: a manifest like that is a model
+    set error (exit 3), a --resume state file like that means 'run the image again'."""
+    deep = "[" * 100000 + "]" * 100000
+    models = tmp_path / "set"
+    models.mkdir()
+    (models / "manifest.json").write_text(deep)
+    code, _, err = _cli(["squares", small_mrc, "--models", models, "-o", tmp_path / "r.json"], capsys)
+    assert code == 3 and "manifest.json" in err and "internal" not in err
+    out = tmp_path / "out"
+    args = ["batch", small_mrc, "-o", out, "--kind", "squares", "--workers", "1", "--no-report", "--resume"]
+    assert _cli(args, capsys)[0] == 0
+    for state in (out / ".state").glob("*.json"):
+        state.write_text(deep)
+    for result in (out / "results").glob("*.json"):
+        result.write_text(deep)
+    code, _, err = _cli(args, capsys)
+    assert code == 0, err
