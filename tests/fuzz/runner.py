@@ -24,6 +24,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HANG_S = 60.0
 RSS_LIMIT_MB = 1536.0
+# Every process the fuzzer starts gets this much address space: a case that reads without bound fails with a
+# MemoryError (and is reported as "memory") instead of taking the shared machine's memory.
+ADDRESS_SPACE = 6 << 30
+
+
+def _limits(fsize: int | None = None):
+    """preexec_fn for a child: the address-space cap, and a file-size limit when asked (a disk filling up)."""
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+        if fsize:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return apply
 DEFECTS = ("segfault", "traceback", "foreign", "hang", "memory", "wrong_exit", "leftovers", "special_written",
            "nondeterministic", "bad_message")
 
@@ -206,15 +221,9 @@ def _spawn(argv: list[str], d: Path, tag: str, fsize: int | None = None,
            stdout: str | None = None) -> tuple[subprocess.Popen, Path, Path]:
     """Start the command line; `fsize`: a file-size limit (a disk that fills up), `stdout`: where stdout goes."""
     out, err = Path(stdout or d / f"{tag}.stdout"), d / f"{tag}.stderr"
-
-    def limit() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-
     with open(out, "wb") as fo, open(err, "wb") as fe:
         p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", *argv], stdout=fo, stderr=fe, env=_env(),
-                             stdin=subprocess.DEVNULL, cwd=d, preexec_fn=limit if fsize else None)
+                             stdin=subprocess.DEVNULL, cwd=d, preexec_fn=_limits(fsize))
     return p, out, err
 
 
@@ -316,7 +325,7 @@ class _Worker:
     def __init__(self) -> None:
         self.p = subprocess.Popen([sys.executable, "-m", "tests.fuzz", "--worker"], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
-                                  bufsize=0)
+                                  bufsize=0, preexec_fn=_limits())
         self.buffer = b""
 
     def _line(self, deadline: float) -> bytes | None:

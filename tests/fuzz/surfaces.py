@@ -8,6 +8,7 @@ of its own (a file-size limit, stdout on /dev/full).
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk")
+NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files")
 
 
 def _main(argv: list[str], expect: set[int], outdir: Path | None = None, **extra) -> dict:
@@ -545,3 +546,86 @@ def full_disk(rng: np.random.Generator, d: Path, image: Path) -> dict:
     return {"kind": "cli", "argv": ["batch", str(image), "-o", str(out / "b"), "--kind", "squares",
                                     "--workers", "1", "--threads", "1", "--no-progress"],
             "expect": [4], "outdir": str(out), "fsize": int(_pick(rng, [1, 3000]))}
+
+
+# ---------------------------------------------------------------------------------------------- small files
+
+def _hostile_file(rng: np.random.Generator, path: Path, form: str) -> None:
+    if form == "zero":
+        path.symlink_to(_pick(rng, ["/dev/zero", "/dev/urandom", "/dev/null"]))
+    elif form == "fifo":
+        os.mkfifo(path)
+    else:
+        with open(path, "wb") as fh:
+            fh.truncate(int(_pick(rng, [300 << 20, 3 << 30])))
+
+
+def _hostile_json(rng: np.random.Generator, good: dict) -> bytes:
+    """`good` with one field made hostile, or JSON nested past any recursion limit, or not UTF-8."""
+    what = int(rng.integers(0, 4))
+    if what == 0:
+        depth = int(_pick(rng, [1000, 100000]))
+        return b"[" * depth + b"]" * depth
+    if what == 1:
+        return json.dumps(good).encode("utf-16")
+    key = _pick(rng, sorted(good))
+    value = _pick(rng, [float("inf"), float("nan"), -1e308, 1e308, [], {}, "x", None, True, 2**70,
+                        [0.5] * 100000, [[0.1]], {"a": [1e999]}])
+    return json.dumps({**good, key: value}).encode()
+
+
+def small_files(rng: np.random.Generator, d: Path, image: Path) -> dict:
+    """The small files a command reads besides the image: --calibration, the model set's manifest.json, --nav, a
+    session's .nav, a stack's .mdoc, as /dev/zero (or urandom, null) behind a link, a FIFO, a sparse file of
+    hundreds of megabytes to gigabytes, or JSON with Infinity, NaN, huge numbers, wrong types, deep nesting.
+    Refused unread and named (2, 3 for a model set), never a hang, a memory blow-up or 70."""
+    from ptolemy_rt.calibration import CALIBRATION_FORMAT, VERSION
+
+    out = d / "out"
+    out.mkdir()
+    where = _pick(rng, ["calibration", "calibration", "manifest", "nav", "session_nav", "mdoc"])
+    form = _pick(rng, ["zero", "fifo", "sparse", "json"])
+    if where in ("nav", "session_nav", "mdoc") and form == "json":
+        form = "sparse"
+    if where == "calibration":
+        cal = d / "cal.json"
+        if form == "json":
+            good = {"format": CALIBRATION_FORMAT, "version": VERSION, "kind": "squares", "score": "score",
+                    "against": "x", "pairs": 2, "models": {}, "ours": [0.2, 0.6], "target": [0.3, 0.7]}
+            cal.write_bytes(_hostile_json(rng, good))
+        else:
+            _hostile_file(rng, cal, form)
+        return _main(["squares", image, "--calibration", cal, "-o", out / "r.json"], {2}, out,
+                     absent=[str(out / "r.json")])
+    if where == "manifest":
+        models = d / "set"
+        models.mkdir()
+        if form == "json":
+            good = {"format": 1, "models": [{"task": "square_cnn", "file": "a.onnx", "sha256": "0" * 64}]}
+            (models / "manifest.json").write_bytes(_hostile_json(rng, good))
+        else:
+            _hostile_file(rng, models / "manifest.json", form)
+        return _main(["squares", image, "--models", models, "-o", out / "r.json"], {3}, out,
+                     absent=[str(out / "r.json")])
+    if where == "nav":
+        nav = d / "s.nav"
+        _hostile_file(rng, nav, form)
+        return _main(["squares", image, "--no-score", "--nav", nav, "-o", out / "r.json"], {2}, out,
+                     absent=[str(out / "r.json")])
+    if where == "session_nav":
+        session = d / "session"
+        session.mkdir()
+        (session / "map.mrc").write_bytes(image.read_bytes())
+        _hostile_file(rng, session / "s.nav", form)
+        return _main(["batch", session, "-o", out / "b", "--workers", "1", "--threads", "1", "--no-progress"],
+                     {2}, out)
+    import mrcfile
+
+    with mrcfile.open(image) as m:
+        stack = np.stack([m.data] * 2)
+    with mrcfile.new(d / "stack.mrc") as m:
+        m.set_data(stack)
+    _hostile_file(rng, d / "stack.mrc.mdoc", form)
+    # a .mdoc that is not a file is not looked at: the stack's section 0 is read (exit 0, with a warning)
+    return _main(["squares", d / "stack.mrc", "--no-score", "-o", out / "r.json"],
+                 {2} if form == "sparse" else {0}, out)
