@@ -364,19 +364,46 @@ def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list)
         if path is not None and path.suffix.lower() not in OVERLAY_FORMATS:
             raise UsageError(f"--overlay {path}: the extension picks the format; use .png, .jpg, .jpeg, .tif "
                              "or .tiff")
-    inputs = {_same_file_key(Path(img)) for img in args.images}
+    inputs = _input_files(args)
     seen: dict[object, str] = {}
-    for option, paths in (("-o", outputs), ("--overlay", overlays)):
+    nav_outs: list[Path | None] = [None] * len(args.images)
+    if getattr(args, "nav", None):
+        from .navigator import default_nav_output
+
+        nav_outs[0] = Path(args.nav_out) if args.nav_out else default_nav_output(args.nav)
+    for option, paths in (("-o", outputs), ("--overlay", overlays), ("--nav-out", nav_outs)):
         for image, path in zip(args.images, paths):
             if path is None:
                 continue
             key = _same_file_key(path)
             if key in inputs:
-                raise UsageError(f"{option} {path}: would overwrite an input image")
+                raise UsageError(f"{option} {path}: would overwrite {inputs[key]}")
             if key in seen:
                 raise UsageError(f"{option}: {seen[key]} and {image} would both write {path}; "
                                  "run them separately or rename one")
             seen[key] = image
+
+
+def _input_files(args: argparse.Namespace) -> dict[object, str]:
+    """What the command reads (images, --nav, --calibration, --against, the model set's files), by
+    _same_file_key: no output may replace one of them (`--nav-out IMAGE.mrc` wrote the navigator over the image)."""
+    found: dict[object, str] = {}
+    for image in getattr(args, "images", None) or []:
+        found.setdefault(_same_file_key(Path(image)), "an input image")
+    for option in ("nav", "calibration", "against"):
+        value = getattr(args, option, None)
+        for path in value if isinstance(value, list) else [value] if value else []:
+            found.setdefault(_same_file_key(Path(path)), f"the --{option} file {path}")
+    models = getattr(args, "models", None)
+    if models and Path(models).is_dir():
+        try:
+            for k, path in enumerate(Path(models).iterdir()):
+                if k >= 1000:
+                    break
+                found.setdefault(_same_file_key(path), f"a file of the model set {models}")
+        except OSError:
+            pass
+    return found
 
 
 def _same_file_key(path: Path) -> object:
@@ -555,6 +582,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .models import load_models
     from .outputs import atomic_write
 
+    inputs = _input_files(args)
+    key = _same_file_key(Path(args.output))
+    if key in inputs:
+        raise UsageError(f"-o {args.output}: would overwrite {inputs[key]}")
     models = load_models(args.models, provider=args.provider)
     fitted = calibrate_images(args.kind, args.images, args.against, models, tolerance=args.tolerance,
                               score=args.score, edge_tolerance=args.edge_tolerance, section=args.section,

@@ -553,3 +553,38 @@ def test_deeply_nested_manifest_and_resume_state_are_refused_not_raised(tmp_path
         result.write_text(deep)
     code, _, err = _cli(args, capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("extra,what", [
+    (["--nav-out", "{image}"], "an input image"),
+    (["--nav-out", "{cal}", "--calibration", "{cal}"], "--calibration file"),
+    (["-o", "{nav}"], "--nav file"),
+    (["--nav-out", "{models}/manifest.json", "--models", "{models}"], "model set"),
+])
+def test_no_output_replaces_a_file_the_command_reads(tmp_path, small_mrc, capsys, extra, what):
+    """`--nav-out IMAGE.mrc` wrote the navigator copy over the input image (exit 0); -o guarded images only."""
+    image = tmp_path / "atlas.mrc"
+    image.write_bytes(small_mrc.read_bytes())
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n[Item = 1]\nType = 2\nMapFile = atlas.mrc\nMapID = 5\nStageXYZ = 0 0 0\n"
+                   "MapScaleMat = 1 0 0 -1\nMapWidthHeight = 384 384\n")
+    cal, models = tmp_path / "cal.json", tmp_path / "set"
+    cal.write_text("{}")
+    models.mkdir()
+    (models / "manifest.json").write_text("{}")
+    before = {p: p.read_bytes() for p in (image, nav, cal, models / "manifest.json")}
+    args = [a.format(image=image, cal=cal, nav=nav, models=models) for a in extra]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "r.json")]
+    code, _, err = _cli(["squares", image, "--no-score", "--nav", nav, *args], capsys)
+    assert code == 2 and "would overwrite" in err and what in err, err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_calibrate_output_does_not_replace_its_inputs(tmp_path, small_mrc, capsys):
+    against = tmp_path / "original.json"
+    against.write_text('[{"center": [10, 20], "score": 0.5}]')
+    for target, what in ((against, "--against file"), (small_mrc, "an input image")):
+        before = target.read_bytes()
+        code, _, err = _cli(["calibrate", "squares", small_mrc, "--against", against, "-o", target], capsys)
+        assert code == 2 and what in err and target.read_bytes() == before, err
