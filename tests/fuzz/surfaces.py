@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files")
+NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files",
+               "pipelines")
 
 
 def _main(argv: list[str], expect: set[int], outdir: Path | None = None, **extra) -> dict:
@@ -629,3 +630,82 @@ def small_files(rng: np.random.Generator, d: Path, image: Path) -> dict:
     # a .mdoc that is not a file is not looked at: the stack's section 0 is read (exit 0, with a warning)
     return _main(["squares", d / "stack.mrc", "--no-score", "-o", out / "r.json"],
                  {2} if form == "sparse" else {0}, out)
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+
+def _odd_image(rng: np.random.Generator) -> np.ndarray:
+    """An image of an odd shape, pixel type or content, for the whole pipelines."""
+    from ptolemy_rt.synthetic import make_atlas, make_medmag
+
+    shape = _pick(rng, [(1, 1), (1, 700), (700, 1), (3, 5000), (64, 64), (255, 400), (256, 256), (300, 900),
+                        (512, 512), (600, 400)])
+    content = _pick(rng, ["medmag", "atlas", "constant", "noise", "stripes", "checker", "ramp", "saturated"])
+    rows, cols = shape
+    if content == "medmag" and min(shape) >= 256:
+        data, _ = make_medmag(int(rng.integers(0, 1000)))
+        data = data[:rows, :cols]
+    elif content == "atlas" and min(shape) >= 256:
+        data, _ = make_atlas(int(rng.integers(0, 1000)), shape=(rows, cols))
+    elif content == "constant":
+        data = np.full(shape, float(_pick(rng, [0.0, 1.0, -5.0, 1e-40, 3e38, 65535.0])))
+    elif content == "stripes":
+        data = np.tile((np.arange(cols) % int(rng.integers(2, 40)) < 3).astype(float) * 100, (rows, 1))
+    elif content == "checker":
+        k = int(rng.integers(1, 30))
+        data = (((np.arange(rows)[:, None] // k) + (np.arange(cols)[None, :] // k)) % 2) * 1000.0
+    elif content == "ramp":
+        data = np.add.outer(np.arange(rows), np.arange(cols)).astype(float) * float(_pick(rng, [1e-30, 1, 1e30]))
+    elif content == "saturated":
+        data = np.where(rng.random(shape) < 0.5, 0.0, 65535.0)
+    else:
+        data = rng.normal(0, 1, shape) * float(_pick(rng, [1e-20, 1, 1e20]))
+    data = np.asarray(data, np.float64)
+    dtype = _pick(rng, ["float32", "float32", "int16", "uint16", "int8", "float16"])
+    if dtype != "float32":
+        info = np.iinfo(dtype) if dtype.startswith(("int", "uint")) else np.finfo(dtype)
+        with np.errstate(all="ignore"):
+            data = np.clip(data, float(info.min), float(info.max))
+    with np.errstate(all="ignore"):
+        return data.astype(dtype)
+
+
+def pipelines(rng: np.random.Generator, d: Path, image: Path) -> dict:
+    """`holes` and `squares` with their models on images of odd shapes (1x1, 1x700, 3x5000), pixel types and
+    contents (constant, stripes, checkers, ramps at 1e-30 and 1e30, saturated), with any output format and
+    selection: 0 (an empty result has a reason) or 2 (too small, non-finite), the same bytes on a rerun."""
+    import warnings
+
+    import mrcfile
+
+    data = _odd_image(rng)
+    path = d / "odd.mrc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.new(path) as m:
+            m.set_data(data)
+    out = d / "out"
+    out.mkdir()
+    command = _pick(rng, ["holes", "holes", "squares"])
+    fmt = _pick(rng, ["json", "csv", "txt"])
+    target = out / f"r.{fmt}"
+    argv = [command, str(path), "-f", fmt, "-o", str(target)]
+    for option, values in (("--top", ["0", "1", "5"]), ("--min-score", ["0", "0.5", "1", "-1"]),
+                           ("--compat", ["ptolemy"]), ("--pixel-size", ["0.01", "1", "1000000"])):
+        if rng.random() < 0.2:
+            argv += [option, _pick(rng, values)]
+    if command == "holes":
+        for option, values in (("--score", ["unet", "cnn"]), ("--edge-tolerance", ["-1000000", "0", "1000"]),
+                               ("--threshold", ["1e-9", "0.5", "0.999999"])):
+            if rng.random() < 0.2:
+                argv += [option, _pick(rng, values)]
+        for flag in ("--no-refine", "--keep-off-film"):
+            if rng.random() < 0.2:
+                argv.append(flag)
+    elif rng.random() < 0.3:
+        argv.append("--no-score")
+    if "--compat" not in argv and fmt == "json" and rng.random() < 0.3:
+        argv.append("--pretty")
+    if rng.random() < 0.2:
+        argv += ["--overlay", str(out / "o.png")]
+    return _main(argv, {0, 2}, out, rerun=[str(target)])
