@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -370,8 +371,9 @@ def read_manifest(directory: Path) -> Manifest:
 
 def model_path(directory: Path, spec: ModelSpec) -> Path:
     """The graph file of `spec`, refused (ModelError) when it resolves outside the set's directory."""
-    root = directory.resolve()
-    path = (root / spec.file).resolve()
+    # realpath, not Path.resolve: a symlink loop there raised RuntimeError (an internal error in batch)
+    root = Path(os.path.realpath(directory))
+    path = Path(os.path.realpath(root / spec.file))
     if not path.is_relative_to(root):
         raise ModelError(f"{root / spec.file}: model file for '{spec.task}' leads outside the model set "
                          f"directory {root} (symlink?)")
@@ -420,7 +422,7 @@ def _graph_problems(directory: Path, spec: ModelSpec, blob: bytes) -> list[str]:
         import onnxruntime as ort
     except ImportError:
         return []
-    where = directory.resolve() / spec.file
+    where = Path(os.path.realpath(directory)) / spec.file
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:

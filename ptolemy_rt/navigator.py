@@ -416,7 +416,7 @@ def targets_nav_text(nav_in: str | os.PathLike, result: Any, map_label: str | No
     """
     nav, text = read_nav(nav_in)
     out = Path(nav_out) if nav_out is not None else default_nav_output(nav_in)
-    if out.resolve() == Path(nav_in).resolve():
+    if os.path.realpath(out) == os.path.realpath(nav_in):  # realpath: a symlink loop is no RuntimeError
         raise InputError(f"{out}: the navigator copy must not replace the original (SerialEM rewrites the file "
                          "it has open); choose another --nav-out and merge it in SerialEM")
     map_item = find_map(nav, map_label, image_path, result.image.section)

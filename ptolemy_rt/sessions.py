@@ -304,6 +304,12 @@ def _dedupe_formats(paths: Sequence[Path]) -> list[Path]:
     return [p for p in paths if best[(p.parent, p.stem)] == p]
 
 
+def _real(path: Path) -> Path:
+    """The path with its symbolic links resolved; a link loop stays as it is (Path.resolve raised RuntimeError on
+    one, an internal error for the whole batch; the image then fails alone, naming the loop)."""
+    return Path(os.path.realpath(path))
+
+
 def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.PathLike | None = None
              ) -> tuple[list[Item], list[str]]:
     """Expand files, globs, session folders and .nav files into Items (sorted by id) and notes on what was left out.
@@ -316,13 +322,13 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     for arg in paths:
         files.extend(_expand(str(arg), navs))
     frames: dict[Path, Any] = {}
-    for nav in dict.fromkeys(n.resolve() for n in navs):
-        frames.update({p.resolve(): f for p, f in nav_frames(nav).items()})
-    skip = Path(exclude).resolve() if exclude is not None else None
+    for nav in dict.fromkeys(_real(n) for n in navs):
+        frames.update({_real(p): f for p, f in nav_frames(nav).items()})
+    skip = _real(Path(exclude)) if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []
     for f in files:
-        r = f.resolve()
+        r = _real(f)
         if skip is not None and r.is_relative_to(skip):
             continue
         if r not in seen:

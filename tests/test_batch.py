@@ -122,6 +122,21 @@ def test_serialem_nav_and_mdoc(tmp_path):
         discover([str(bad)])
 
 
+def test_a_symlink_loop_in_a_session_fails_alone(tmp_path):
+    """Fuzz (sessions, seed 3000087): a .nav's MapFile that is a symlink loop made Path.resolve raise RuntimeError
+    in discover, an internal error (exit 70) for the whole batch; now that image fails alone (exit 2)."""
+    _touch(tmp_path / "LMM.mrc")
+    (tmp_path / "LMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 135\n")
+    (tmp_path / "loop.mrc").symlink_to(tmp_path / "loop.mrc")
+    (tmp_path / "nav.nav").write_text("AdocVersion = 2.00\n[Item = 1]\nType = 2\nMapFile = LMM.mrc\nMapID = 1\n"
+                                      "StageXYZ = 0 0 0\nMapScaleMat = 1 0 0 -1\nMapWidthHeight = 8 8\n"
+                                      "[Item = 2]\nType = 2\nMapFile = loop.mrc\n")
+    items, _ = discover([str(tmp_path)], kind="squares")
+    assert sorted(i.id for i in items) == ["LMM.mrc", "loop.mrc"]
+    row, _ = process_one(next(i for i in items if i.id == "loop.mrc"), BatchConfig(None, "cpu", 1, None))
+    assert row["exit_code"] == 2 and "loop.mrc" in row["error"]
+
+
 def _square(cx: float, cy: float, half: float = 6.0) -> dict:
     return {"vertices": [[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half],
                          [cx - half, cy + half]]}

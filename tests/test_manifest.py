@@ -182,3 +182,13 @@ def test_square_crop_min_side_beyond_the_canvas_or_without_a_factor_to_lower_is_
     entry.update(crop_scale=4, crop_min_side=60)
     manifest = parse_manifest({"format": 1, "name": "x", "models": {"square_cnn": entry}})
     assert manifest.models["square_cnn"].crop_min_side == 60
+
+
+def test_a_model_file_in_a_symlink_loop_is_a_model_error(tiny, capsys):
+    """Path.resolve raised RuntimeError on a symlink loop (an internal error, exit 70, in batch)."""
+    (tiny / "hole_cnn.onnx").unlink()
+    os.symlink(tiny / "hole_cnn.onnx", tiny / "hole_cnn.onnx")
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3 and lines and "hole_cnn" in lines[0]
+    with pytest.raises(ModelError, match="hole_cnn"):
+        ModelSet(tiny)
