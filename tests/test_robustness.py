@@ -588,3 +588,16 @@ def test_calibrate_output_does_not_replace_its_inputs(tmp_path, small_mrc, capsy
         before = target.read_bytes()
         code, _, err = _cli(["calibrate", "squares", small_mrc, "--against", against, "-o", target], capsys)
         assert code == 2 and what in err and target.read_bytes() == before, err
+
+
+@pytest.mark.parametrize("command", ["batch", "leginon-script", "squares"])
+def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path, small_mrc, capsys, command):
+    """models.load_models resolves the directory with Path.resolve, which raises RuntimeError on a loop: batch and
+    leginon-script reported an internal error (exit 70)."""
+    loop = tmp_path / "set"
+    loop.symlink_to(loop)
+    args = {"batch": ["batch", small_mrc, "-o", tmp_path / "out", "--kind", "squares", "--workers", "1"],
+            "leginon-script": ["leginon-script", "squares"],
+            "squares": ["squares", small_mrc, "-o", tmp_path / "r.json"]}[command]
+    code, _, err = _cli([*args, "--models", loop], capsys)
+    assert code == 3 and "internal" not in err and str(loop.name) in err, err
