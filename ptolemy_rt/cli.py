@@ -412,7 +412,7 @@ def _same_file_key(path: Path) -> object:
         st = path.stat()
         return (st.st_dev, st.st_ino)
     except OSError:
-        return str(path.resolve(strict=False))
+        return os.path.realpath(path)  # not Path.resolve: it raises RuntimeError on a symlink loop
 
 
 class UsageError(InputError):
@@ -586,6 +586,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     key = _same_file_key(Path(args.output))
     if key in inputs:
         raise UsageError(f"-o {args.output}: would overwrite {inputs[key]}")
+    _check_model_directory(args.models)
     models = load_models(args.models, provider=args.provider)
     fitted = calibrate_images(args.kind, args.images, args.against, models, tolerance=args.tolerance,
                               score=args.score, edge_tolerance=args.edge_tolerance, section=args.section,
@@ -597,6 +598,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{args.output}: {fitted.calibration.pairs} pairs, {len(fitted.calibration.ours)} knots; mean |ours - "
           f"original| {before:.3f} before, {after:.3f} after", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_model_directory(models: str | None) -> None:
+    """ModelError (exit 3) for a --models path that is no directory: models.load_models resolves it with
+    Path.resolve, which raises RuntimeError on a symlink loop (an internal error, exit 70)."""
+    if models is not None and not Path(models).is_dir():
+        raise ModelError(f"{models}: model set directory not found")
 
 
 def _internal_message(exc: BaseException, debug: bool) -> str:
@@ -679,6 +687,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             return EXIT_MODEL
         print(f"{args.validate}: model set OK")
         return EXIT_OK
+    _check_model_directory(args.models)
     models = load_models(args.models, provider=args.provider)
     for task in ("square_cnn", "hole_unet", "hole_cnn"):
         if models.has(task):

@@ -590,7 +590,7 @@ def test_calibrate_output_does_not_replace_its_inputs(tmp_path, small_mrc, capsy
         assert code == 2 and what in err and target.read_bytes() == before, err
 
 
-@pytest.mark.parametrize("command", ["batch", "leginon-script", "squares"])
+@pytest.mark.parametrize("command", ["batch", "leginon-script", "squares", "models", "calibrate"])
 def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path, small_mrc, capsys, command):
     """models.load_models resolves the directory with Path.resolve, which raises RuntimeError on a loop: batch and
     leginon-script reported an internal error (exit 70)."""
@@ -598,6 +598,21 @@ def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path, small_mrc
     loop.symlink_to(loop)
     args = {"batch": ["batch", small_mrc, "-o", tmp_path / "out", "--kind", "squares", "--workers", "1"],
             "leginon-script": ["leginon-script", "squares"],
-            "squares": ["squares", small_mrc, "-o", tmp_path / "r.json"]}[command]
+            "squares": ["squares", small_mrc, "-o", tmp_path / "r.json"], "models": ["models"],
+            "calibrate": ["calibrate", "squares", small_mrc, "--against", small_mrc, "-o", tmp_path / "c.json"],
+            }[command]
     code, _, err = _cli([*args, "--models", loop], capsys)
     assert code == 3 and "internal" not in err and str(loop.name) in err, err
+
+
+@pytest.mark.parametrize("option,code", [("-o", 4), ("--calibration", 2), ("--nav", 2), ("--overlay", 4)])
+def test_a_symlink_loop_given_as_a_file_is_named_not_raised(tmp_path, small_mrc, capsys, option, code):
+    """Fuzz (small_files, seed 2000241): comparing outputs with inputs resolved a symlink loop with Path.resolve,
+    which raised RuntimeError (exit 70)."""
+    loop = tmp_path / ("loop.png" if option == "--overlay" else "loop.json")
+    loop.symlink_to(loop)
+    args = ["squares", small_mrc, "--no-score", option, loop]
+    if option == "--calibration":
+        args.remove("--no-score")
+    code_got, _, err = _cli(args, capsys)
+    assert code_got == code and "internal" not in err and "loop" in err, err
