@@ -552,7 +552,9 @@ def full_disk(rng: np.random.Generator, d: Path, image: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- small files
 
 def _hostile_file(rng: np.random.Generator, path: Path, form: str) -> None:
-    if form == "zero":
+    if form == "loop":
+        path.symlink_to(path)
+    elif form == "zero":
         path.symlink_to(_pick(rng, ["/dev/zero", "/dev/urandom", "/dev/null"]))
     elif form == "fifo":
         os.mkfifo(path)
@@ -584,8 +586,16 @@ def small_files(rng: np.random.Generator, d: Path, image: Path) -> dict:
 
     out = d / "out"
     out.mkdir()
-    where = _pick(rng, ["calibration", "calibration", "manifest", "nav", "session_nav", "mdoc"])
-    form = _pick(rng, ["zero", "fifo", "sparse", "json"])
+    where = _pick(rng, ["calibration", "calibration", "manifest", "nav", "session_nav", "mdoc", "models"])
+    form = _pick(rng, ["zero", "fifo", "sparse", "json", "loop"])
+    if where == "models":  # the --models path itself
+        models = d / "set"
+        _hostile_file(rng, models, "sparse" if form == "json" else form)
+        command = _pick(rng, ["squares", "batch", "leginon-script", "models"])
+        argv = {"squares": ["squares", image, "-o", out / "r.json"],
+                "batch": ["batch", image, "-o", out / "b", "--kind", "squares", "--workers", "1", "--threads", "1"],
+                "leginon-script": ["leginon-script", "squares"], "models": ["models"]}[command]
+        return _main([*argv, "--models", models], {3}, out)
     if where in ("nav", "session_nav", "mdoc") and form == "json":
         form = "sparse"
     if where == "calibration":
