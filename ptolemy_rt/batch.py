@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, PtolemyError
+from .errors import InputError, PtolemyError, one_line
 from .sessions import Item, discover, stage_to_pixel
 
 __all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_factor",
@@ -387,11 +387,11 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
     except PtolemyError as exc:
         row.update(exit_code=exc.exit_code, error=str(exc))
     except MemoryError:
-        row.update(exit_code=EXIT_INPUT, error=f"{item.path}: not enough memory for this image")
+        row.update(exit_code=EXIT_INPUT, error=one_line(f"{item.path}: not enough memory for this image"))
     except Exception as exc:  # noqa: BLE001 - one image's internal error must not stop the batch
         detail = traceback.format_exc() if config.debug else ""
-        row.update(exit_code=_exit_internal(), error=f"{item.path}: internal error: {type(exc).__name__}: {exc}"
-                   + (f"\n{detail}" if detail else ""))
+        row.update(exit_code=_exit_internal(), error=one_line(f"{item.path}: internal error: {type(exc).__name__}: "
+                                                              f"{exc}") + (f"\n{detail}" if detail else ""))
     row["seconds"] = round(time.perf_counter() - start, 4)
     return row, files
 
@@ -733,7 +733,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
                 message = row["error"] or f"{row['count']} {item.kind}" + (f" ({row['reason']})" if row["reason"]
                                                                            else "")
                 took = f" [{row['seconds']:.2f} s]" if row["seconds"] is not None else ""  # None: the worker died
-                bar.write(f"{item.id}: {message}{took}")
+                bar.write(f"{one_line(item.id)}: {message}{took}")
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -28,6 +28,7 @@ from .errors import (
     ModelError,
     OutputError,
     PtolemyError,
+    one_line,
 )
 
 __all__ = ["build_parser", "main", "run"]
@@ -535,7 +536,7 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
         if len(args.images) > 1:
             print(f"ptolemy-rt: {len(failures)} of {len(args.images)} image(s) failed:", file=sys.stderr)
         for _, _, message in failures:
-            print(f"error: {message}", file=sys.stderr)
+            print(one_line(f"error: {message}"), file=sys.stderr)
         return _worst({code for _, code, _ in failures})
     return EXIT_OK
 
@@ -924,7 +925,7 @@ def _one_blas_thread() -> None:
 def _print_error(line: str) -> None:
     """One line on stderr, even when stderr itself is gone."""
     try:
-        print(line, file=sys.stderr)
+        print(one_line(line), file=sys.stderr)
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

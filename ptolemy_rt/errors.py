@@ -37,10 +37,24 @@ __all__ = [
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 4, 70, 130
 
 
+def one_line(text: str) -> str:
+    """`text` with its control and bidirectional-format characters escaped (a newline as \\n, ESC as \\x1b):
+    an error stays one line naming the file, whatever the file's name holds (newlines, terminal escapes)."""
+    if text.isprintable():
+        return text
+    import unicodedata
+
+    return "".join(c if c == " " or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
+                   else repr(c)[1:-1] for c in text)
+
+
 class PtolemyError(Exception):
-    """Base class of every error ptolemy-rt raises on purpose."""
+    """Base class of every error ptolemy-rt raises on purpose; its message is one line (one_line)."""
 
     exit_code = 70
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class InputError(PtolemyError, ValueError):

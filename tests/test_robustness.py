@@ -616,3 +616,20 @@ def test_a_symlink_loop_given_as_a_file_is_named_not_raised(tmp_path, small_mrc,
         args.remove("--no-score")
     code_got, _, err = _cli(args, capsys)
     assert code_got == code and "internal" not in err and "loop" in err, err
+
+
+def test_error_lines_stay_one_line_whatever_the_file_name_holds(tmp_path, small_mrc, capsys):
+    """A name with a newline or a terminal escape split the error over lines (or recoloured the terminal)."""
+    from ptolemy_rt.errors import MissingFileError, one_line
+
+    assert one_line("a\nb\x1b[31m\u202ec\td \u00e9\U0001f600") == "a\\nb\\x1b[31m\\u202ec\\td \u00e9\U0001f600"
+    assert str(MissingFileError("x\ny.mrc: no such file")) == "x\\ny.mrc: no such file"
+    code, _, err = _cli(["squares", tmp_path / "no\nsuch\x1b[2J.mrc"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no\\nsuch\\x1b[2J.mrc" in err
+    session = tmp_path / "session"
+    session.mkdir()
+    (session / "atlas\nbad.mrc").write_bytes(b"x")
+    (session / "atlas_ok.mrc").write_bytes(small_mrc.read_bytes())
+    code, _, err = _cli(["batch", session, "-o", tmp_path / "out", "--workers", "1", "--no-report"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("atlas\\nbad.mrc: "), err
