@@ -20,6 +20,7 @@ import numpy as np
 
 from .surfaces import (
     NEW_CLASSES,
+    batch_signals,
     edge_options,
     full_disk,
     mrc_stacks,
@@ -37,7 +38,7 @@ CLASSES = ("header_lies", "truncation", "bombs", "extreme_values", "special_path
 _OWN = {"rasters": rasters, "mrc_stacks": mrc_stacks}
 _WITH_IMAGE = {"sidecars": sidecars, "navs": navs, "sessions": sessions, "edge_options": edge_options,
                "full_disk": full_disk, "small_files": small_files,
-               "pipelines": pipelines}
+               "pipelines": pipelines, "batch_signals": batch_signals}
 
 # Header words an MRC writer fills in (byte offset, name).
 WORDS = [(0, "nx"), (4, "ny"), (8, "nz"), (12, "mode"), (28, "mx"), (32, "my"), (36, "mz"), (64, "mapc"),
@@ -349,7 +350,8 @@ def make_case(cls: str, seed: int, d: Path, image: Path) -> dict:
 # The later classes' weights: their cases come on top of the first nine's, whose (class, seed) pairs stay
 # those CI has always run.
 NEW_WEIGHTS = {"rasters": 60, "mrc_stacks": 60, "sidecars": 30, "navs": 30, "sessions": 12, "edge_options": 30,
-               "full_disk": 6, "small_files": 24, "pipelines": 30}
+               "full_disk": 6, "small_files": 24, "pipelines": 30,
+               "batch_signals": 4}
 
 
 def schedule(total: int, seed_base: int = 0, only: set[str] | None = None) -> list[tuple[str, int]]:

@@ -309,6 +309,13 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
         if not Path(path).is_file() or Path(path).read_bytes()[: len(magic) // 2].hex() != magic:
             problems.append("wrong_exit")
             detail = f"{path}: not the format its extension names"
+    batch = case.get("batch_out")
+    if batch and results[0][0] in (0, 2, 130) and os.path.isdir(batch):
+        try:
+            json.loads((Path(batch) / "summary.json").read_text())
+        except (OSError, ValueError) as exc:
+            problems.append("leftovers")
+            detail = f"summary.json unreadable after exit {results[0][0]} ({exc})"
     if case.get("golden") and all(r[0] == 0 for r in results) \
             and Path(case["golden"]).read_bytes() != _reference(image, golden_cache):
         problems.append("nondeterministic")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files",
-               "pipelines")
+               "pipelines", "batch_signals")
 
 
 def _main(argv: list[str], expect: set[int], outdir: Path | None = None, **extra) -> dict:
@@ -719,3 +719,22 @@ def pipelines(rng: np.random.Generator, d: Path, image: Path) -> dict:
     if rng.random() < 0.2:
         argv += ["--overlay", str(out / "o.png")]
     return _main(argv, {0, 2}, out, rerun=[str(target)])
+
+
+# ---------------------------------------------------------------------------------------------- batch signals
+
+def batch_signals(rng: np.random.Generator, d: Path, image: Path) -> dict:
+    """`batch` over a few images, in this process or two workers, interrupted by SIGINT or SIGTERM at any
+    moment: 130 (or 0 when it had finished; -2/-15 before Python started), no temporary file left, and a
+    readable summary.json whenever there is one."""
+    session = d / "session"
+    session.mkdir()
+    for k in range(int(rng.integers(4, 11))):
+        (session / f"atlas_{k}.mrc").write_bytes(image.read_bytes())
+    out = d / "out"
+    out.mkdir()
+    argv = ["batch", str(session), "-o", str(out / "b"), "--kind", "squares", "--no-progress",
+            "--workers", _pick(rng, ["1", "1", "2"]), "--threads", "1"]
+    return {"kind": "cli", "argv": argv, "expect": [0, 130, -2, -15], "outdir": str(out),
+            "signal": _pick(rng, ["SIGINT", "SIGTERM"]), "delay": float(rng.uniform(0.1, 0.9)),
+            "batch_out": str(out / "b")}
