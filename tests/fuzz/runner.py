@@ -149,6 +149,10 @@ def _run_main(argv: list[str]) -> tuple[int, str, str]:
     return int(code), out.getvalue(), err.getvalue()
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} written in the JSON output")
+
+
 def _main_case(case: dict) -> tuple[int | None, str]:
     """Run an in-process command line and check what it left: (exit code, detail; '!outcome: ...' on a defect)."""
     argv = case["argv"]
@@ -182,6 +186,12 @@ def _main_case(case: dict) -> tuple[int | None, str]:
         left = _leftovers(Path(batch))
         if left:
             return code, f"!leftovers: {left}"
+    for path in case.get("rerun", []):
+        if path.endswith(".json") and os.path.exists(path):
+            try:
+                json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
+            except ValueError as exc:
+                return code, f"!wrong_exit: {path}: {exc}"
     rerun = [p for p in case.get("rerun", []) if os.path.exists(p)]
     if code == 0 and (rerun or case.get("rerun") is not None):
         first = [Path(p).read_bytes() for p in rerun]

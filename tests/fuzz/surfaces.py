@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files",
-               "pipelines", "batch_signals")
+               "pipelines", "batch_signals", "model_graphs")
 
 
 def _main(argv: list[str], expect: set[int], outdir: Path | None = None, **extra) -> dict:
@@ -738,3 +738,95 @@ def batch_signals(rng: np.random.Generator, d: Path, image: Path) -> dict:
     return {"kind": "cli", "argv": argv, "expect": [0, 130, -2, -15], "outdir": str(out),
             "signal": _pick(rng, ["SIGINT", "SIGTERM"]), "delay": float(rng.uniform(0.1, 0.9)),
             "batch_out": str(out / "b")}
+
+
+# ---------------------------------------------------------------------------------------------- model graphs
+
+def _hostile_graph(rng: np.random.Generator, task: str) -> bytes:
+    """A graph for `task` that loads but lies: wrong input or output shapes, channels or type, NaN or infinite
+    scores, or one that fails when run."""
+    from onnx import TensorProto, helper
+
+    lie = _pick(rng, ["out_shape", "in_shape", "nan", "inf", "huge", "int_out", "run_error", "channels"])
+    in_shape = ["N", 1, 240, 240] if task == "square_cnn" else ["N", 1, "H", "W"]
+    out_shape = ["N", 1, "H", "W"] if task == "hole_unet" else ["N", 1]
+    out_type = TensorProto.FLOAT
+    inits = []
+    if lie in ("nan", "inf", "huge"):
+        value = {"nan": float("nan"), "inf": float("inf"), "huge": 3e38}[lie]
+        inits = [helper.make_tensor("k", TensorProto.FLOAT, [], [value])]
+        nodes = [helper.make_node("Mul", ["image", "k"], ["p"])]
+        if task == "hole_unet":
+            nodes.append(helper.make_node("Identity", ["p"], ["logit"]))
+        else:
+            inits.append(helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]))
+            inits.append(helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]))
+            nodes += [helper.make_node("ReduceMean", ["p", "axes"], ["m"], keepdims=1),
+                      helper.make_node("Reshape", ["m", "shape"], ["logit"])]
+    elif lie == "out_shape":  # the whole input back, or a flat vector, whatever the task expects
+        nodes = [helper.make_node("Identity", ["image"], ["logit"])] if task != "hole_unet" else [
+            helper.make_node("ReduceMean", ["image", "axes"], ["logit"], keepdims=0)]
+        if task == "hole_unet":
+            inits = [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])]
+        out_shape = ["N", 1, "H", "W"] if task != "hole_unet" else ["N"]
+    elif lie == "in_shape":  # a fixed input size the pipeline does not use
+        side = int(_pick(rng, [7, 64, 241]))
+        in_shape = ["N", 1, side, side]
+        nodes = [helper.make_node("Identity", ["image"], ["logit"])] if task == "hole_unet" else [
+            helper.make_node("ReduceMean", ["image", "axes"], ["m"], keepdims=1),
+            helper.make_node("Reshape", ["m", "shape"], ["logit"])]
+        if task != "hole_unet":
+            inits = [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+                     helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1])]
+    elif lie == "channels":  # three input channels
+        in_shape = ["N", 3, 240, 240] if task == "square_cnn" else ["N", 3, "H", "W"]
+        nodes = [helper.make_node("Identity", ["image"], ["logit"])]
+        out_shape = in_shape
+    elif lie == "int_out":
+        nodes = [helper.make_node("Cast", ["image"], ["logit"], to=TensorProto.INT64)]
+        out_type = TensorProto.INT64
+        out_shape = in_shape
+    else:  # run_error: a reshape that cannot hold
+        inits = [helper.make_tensor("shape", TensorProto.INT64, [2], [7, 3])]
+        nodes = [helper.make_node("Reshape", ["image", "shape"], ["logit"])]
+        out_shape = [7, 3]
+    graph = helper.make_graph(nodes, task, [helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("logit", out_type, out_shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="fuzz")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def model_graphs(rng: np.random.Generator, d: Path, image: Path) -> dict:
+    """A model set whose manifest is right (hashes and all) but one graph lies about its shapes or gives NaN,
+    infinite or huge scores, or fails when run: a model-set error (3), or results (0) in which no NaN or
+    infinity is written, never 70.
+
+    Opt-in (generators.OPT_IN): a graph whose output has the wrong shape still ends in an internal error, in
+    scoring.classify and unet._unet_logits, because models.ModelSet.run does not check the shape it returns
+    (models.py belongs to another helper; reported)."""
+    import hashlib
+
+    from ptolemy_rt.synthetic import make_medmag
+    from tests.tiny_models import make_tiny_set
+
+    models = make_tiny_set(d / "set")
+    task = _pick(rng, ["square_cnn", "hole_unet", "hole_cnn"])
+    blob = _hostile_graph(rng, task)
+    (models / f"{task}.onnx").write_bytes(blob)
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"][task]["sha256"] = hashlib.sha256(blob).hexdigest()
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    out = d / "out"
+    out.mkdir()
+    if task == "square_cnn":
+        argv = ["squares", str(image)]
+    else:
+        import mrcfile
+
+        data, _ = make_medmag(int(rng.integers(0, 100)))
+        with mrcfile.new(d / "med.mrc") as m:
+            m.set_data(data[:400, :400].astype(np.float32))
+        argv = ["holes", str(d / "med.mrc"), "--score", "unet" if task == "hole_unet" else "cnn"]
+    return _main([*argv, "--models", str(models), "-o", str(out / "r.json")], {0, 3}, out,
+                 rerun=[str(out / "r.json")])
