@@ -436,4 +436,36 @@ def _graph_problems(directory: Path, spec: ModelSpec, blob: bytes) -> list[str]:
         out.append(f"{where}: models.{spec.task}.input '{spec.input}' is not an input of the graph ({inputs})")
     if spec.output is not None and spec.output not in outputs:
         out.append(f"{where}: models.{spec.task}.output '{spec.output}' is not an output of the graph ({outputs})")
+    graph_in = next((i for i in sess.get_inputs() if i.name == (spec.input or inputs[0])), None) if inputs else None
+    graph_out = next((o for o in sess.get_outputs() if o.name == (spec.output or outputs[0])), None) \
+        if outputs else None
+    out.extend(_shape_problems(where, spec.task, graph_in, graph_out))
     return out
+
+
+def _static(dim: Any) -> int | None:
+    """A graph dimension as an int, None when symbolic or unknown."""
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _shape_problems(where: Path, task: str, graph_in: Any, graph_out: Any) -> list[str]:
+    """What the graph declares against what the task feeds and reads: an NCHW float one-channel input; one
+    logit per image for the classifiers, a one-channel map the input's size for the U-Net. (A graph declaring
+    [N, 1, 240, 240] logits for square_cnn passed --validate and failed every run.)"""
+    problems = []
+    if graph_in is not None:
+        shape = list(graph_in.shape or [])
+        if graph_in.type != "tensor(float)" or len(shape) != 4 or _static(shape[1]) not in (None, 1):
+            problems.append(f"{where}: models.{task}: the graph's input is {graph_in.type} {shape}; "
+                            "a float [N, 1, H, W] batch is fed")
+    if graph_out is not None:
+        shape = list(graph_out.shape or [])
+        if graph_out.type != "tensor(float)":
+            problems.append(f"{where}: models.{task}: the graph's output is {graph_out.type}; float logits are read")
+        elif task == "hole_unet" and (len(shape) != 4 or _static(shape[1]) not in (None, 1)):
+            problems.append(f"{where}: models.{task}: the graph's output is {shape}; a [N, 1, H, W] map is read")
+        elif task != "hole_unet" and (len(shape) not in (1, 2) or any(_static(d) not in (None, 1)
+                                                                      for d in shape[1:])):
+            problems.append(f"{where}: models.{task}: the graph's output is {shape}; one logit per image "
+                            "([N] or [N, 1]) is read")
+    return problems

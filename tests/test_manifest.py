@@ -192,3 +192,36 @@ def test_a_model_file_in_a_symlink_loop_is_a_model_error(tiny, capsys):
     assert code == 3 and lines and "hole_cnn" in lines[0]
     with pytest.raises(ModelError, match="hole_cnn"):
         ModelSet(tiny)
+
+
+def _replace_graph(directory: Path, task: str, in_shape, out_shape, out_type=None) -> None:
+    import hashlib
+
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["image"], ["logit"]) if out_type is None else \
+        helper.make_node("Cast", ["image"], ["logit"], to=out_type)
+    graph = helper.make_graph([node], task, [helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("logit", out_type or TensorProto.FLOAT, out_shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    blob = model.SerializeToString()
+    (directory / f"{task}.onnx").write_bytes(blob)
+    edit(directory, lambda m: m["models"][task].update(sha256=hashlib.sha256(blob).hexdigest()))
+
+
+@pytest.mark.parametrize("task,in_shape,out_shape,int_out,what", [
+    ("square_cnn", ["N", 1, 240, 240], ["N", 1, 240, 240], False, "one logit per image"),
+    ("hole_cnn", ["N", 1, "H", "W"], ["N", 1, "H", "W"], False, "one logit per image"),
+    ("hole_unet", ["N", 3, "H", "W"], ["N", 3, "H", "W"], False, "[N, 1, H, W] batch"),
+    ("hole_unet", ["N", 1, "H", "W"], ["N", 1, "H", "W"], True, "float logits"),
+])
+def test_graph_shapes_that_do_not_fit_the_task_are_listed(tiny, capsys, task, in_shape, out_shape, int_out, what):
+    """Fuzz (model_graphs): a square_cnn declaring [N, 1, 240, 240] logits passed --validate, then every run ended
+    in an internal error."""
+    from onnx import TensorProto
+
+    _replace_graph(tiny, task, in_shape, out_shape, TensorProto.INT64 if int_out else None)
+    code, lines = validate_cli(tiny, capsys)
+    assert code == 3 and lines and all(f"models.{task}" in line for line in lines), lines
+    assert any(what in line for line in lines), lines
