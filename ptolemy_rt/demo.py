@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,18 @@ def write_mrc(path: Path, data: np.ndarray) -> None:
         atomic_write(path, tmp_path.read_bytes())
 
 
+def _make_output_dir(out_dir: Path) -> None:
+    """Create the output folder, before any work: a file, device or FIFO there was a FileExistsError (exit 70)."""
+    from .errors import InputError, OutputError
+
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise InputError(f"-o {out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"-o {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+
+
 def run_demo(out_dir: Path, models=None, provider: str = "auto", threads: int | None = None, seed: int = 0,
              verbose: bool = False) -> int:
     """Make a synthetic atlas and med-mag image, find squares and holes, write JSON and overlays to `out_dir`."""
@@ -37,10 +50,10 @@ def run_demo(out_dir: Path, models=None, provider: str = "auto", threads: int | 
     from .squares import find_squares
     from .synthetic import make_atlas, make_medmag
 
+    _make_output_dir(out_dir)
     model_set = load_models(models, provider=provider, threads=threads)
     atlas, _ = make_atlas(seed)
     medmag, _ = make_medmag(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_mrc(out_dir / "atlas.mrc", atlas)
     write_mrc(out_dir / "medmag.mrc", medmag)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import cv2
 import mrcfile
@@ -41,3 +43,21 @@ def test_demo_writes_results_that_match_its_images(tmp_path, capsys):
     centres = np.asarray(truth.centers)
     near = [np.hypot(*(centres - (s["x"], s["y"])).T).min() < 0.35 * truth.pitch_px for s in squares]
     assert np.mean(near) > 0.8
+
+
+@pytest.mark.parametrize("kind,code", [("file", 2), ("fifo", 2), ("device", 2), ("under_a_file", 4)])
+def test_demo_output_that_cannot_be_a_folder_is_refused_before_work(tmp_path, capsys, kind, code):
+    """`demo -o FILE` (or a FIFO, /dev/null) was a FileExistsError from mkdir: an internal error, exit 70."""
+    target = tmp_path / "out"
+    if kind == "file":
+        target.write_text("keep")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target = Path("/dev/null")
+    else:
+        (tmp_path / "f").write_text("keep")
+        target = tmp_path / "f" / "sub"
+    assert main(["demo", "-o", str(target)]) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(target) in err
