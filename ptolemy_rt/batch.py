@@ -503,6 +503,28 @@ def _state_path(outdir: Path, item_id: str) -> Path:
     return outdir / ".state" / f"{item_id}.json"
 
 
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _sound_row(row: dict[str, Any], item: Item) -> bool:
+    """Whether an earlier run's row has the fields and types process_one writes: a damaged or edited .state file
+    (a count of "x", an exit code of [1], Infinity anywhere) made the summary an internal error (exit 70)."""
+    if row.get("id") != item.id or row.get("exit_code") != 0 or set(row) - set(_base_row(item)):
+        return False
+    count = row.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return False
+    numbers = ("best_score", "spacing_px", "spacing_A", "pixel_size_A", "angle_deg", "rows", "cols", "seconds")
+    texts = ("input", "kind", "status", "reason", "error", "sha256")
+    stage, square = row.get("stage_xy_m"), row.get("atlas_square")  # atlas_square: [atlas id, square rank]
+    return (all(_number_or_none(row.get(k)) for k in numbers)
+            and all(row.get(k) is None or isinstance(row.get(k), str) for k in texts)
+            and (square is None or (isinstance(square, list) and len(square) == 2 and isinstance(square[0], str)
+                                    and isinstance(square[1], int) and not isinstance(square[1], bool)))
+            and (stage is None or (isinstance(stage, list) and all(_number_or_none(v) for v in stage))))
+
+
 def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] | None:
     """The earlier run's row when the image need not run again: outputs there, same input bytes and options."""
     try:
@@ -512,7 +534,7 @@ def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] 
     row = state.get("row") if isinstance(state, dict) else None
     if not isinstance(row, dict) or state.get("key") != config.key(item.kind):
         return None
-    if row.get("status") not in ("ok", "empty"):
+    if row.get("status") not in ("ok", "empty") or not _sound_row(row, item):
         return None
     for rel in (f"results/{item.id}.json", f"images/{item.id}.jpg"):
         if not (outdir / rel).is_file():

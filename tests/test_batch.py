@@ -816,3 +816,27 @@ def test_dask_unreachable_scheduler_is_a_usage_error(small_session, tmp_path):
     pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'ptolemy-rt[dask]')")
     r = _cli(str(small_session), "-o", str(tmp_path / "o"), "--dask", "tcp://127.0.0.1:9", "--no-report")
     assert r.returncode == 2 and "cannot reach the scheduler" in r.stderr
+
+
+@pytest.mark.parametrize("field,value", [("count", "x"), ("count", float("inf")), ("exit_code", [1]),
+                                         ("id", {"a": 1}), ("best_score", float("inf")), ("atlas_square", [1]),
+                                         ("rows", "320"), ("extra", 1)])
+def test_resume_reruns_an_image_whose_state_row_is_damaged(tmp_path, field, value):
+    """An edited or damaged .state row (a count of "x", an exit code of [1], Infinity) was taken as the earlier
+    result, and the summary then failed with an internal error (exit 70): such an image runs again."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    image = tmp_path / "atlas_1.mrc"
+    with mrcfile.new(image) as m:
+        m.set_data(make_atlas(3, shape=(320, 320))[0])
+    out = tmp_path / "out"
+    assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, report=False) == 0
+    state = next((out / ".state").glob("*.json"))
+    saved = json.loads(state.read_text())
+    saved["row"][field] = value
+    state.write_text(json.dumps(saved))
+    assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, resume=True) == 0
+    row = json.loads((out / "summary.json").read_text())["images"][0]
+    assert row["count"] == 10 and row["exit_code"] == 0 and "extra" not in row
