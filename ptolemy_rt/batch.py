@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, PtolemyError, one_line
+from .report import sound_result
 from .sessions import Item, discover, stage_to_pixel
 
 __all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_factor",
@@ -539,6 +540,11 @@ def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] 
     for rel in (f"results/{item.id}.json", f"images/{item.id}.jpg"):
         if not (outdir / rel).is_file():
             return None
+    try:  # a damaged result is not an output there: the image runs again
+        if not sound_result(json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))):
+            return None
+    except (OSError, ValueError, RecursionError):
+        return None
     try:
         if _sha256(item.path) != row.get("sha256"):
             return None
@@ -603,6 +609,8 @@ def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None
         try:
             result = json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):
+            continue
+        if not sound_result(result, centres=False) or "targets" not in result:
             continue
         atlases.append((item, (row["pixel_size_A"] or 0.0) * 1e-10, (row["rows"], row["cols"]), result["targets"]))
     for item in items:

@@ -113,11 +113,35 @@ def _table(table_id: str, header: list[str], rows: list[list[tuple[str, Any]]]) 
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def sound_result(data: Any, centres: bool = True) -> bool:
+    """Whether a result file's content has what the report and the square linking read: a dict whose targets
+    are dicts with finite x, y (and area), a finite score or none, and [x, y] vertices or none. A damaged
+    results/*.json (a list, targets of text) made the report an internal error (exit 70). `centres=False`: x and
+    y may be absent (the square linking reads the vertices alone)."""
+    if not isinstance(data, dict) or not isinstance(data.get("targets", []), list):
+        return False
+    for t in data.get("targets", []):
+        if not isinstance(t, dict) or (centres and not (_finite(t.get("x")) and _finite(t.get("y")))):
+            return False
+        if any(t.get(k) is not None and not _finite(t.get(k)) for k in ("score", "area")):
+            return False
+        vertices = t.get("vertices")
+        if vertices is not None and not (isinstance(vertices, list) and all(
+                isinstance(v, list) and len(v) == 2 and _finite(v[0]) and _finite(v[1]) for v in vertices)):
+            return False
+    return True
+
+
 def _load(outdir: Path, row: dict) -> dict:
     try:
-        return json.loads((outdir / "results" / f"{row['id']}.json").read_text(encoding="utf-8"))
+        data = json.loads((outdir / "results" / f"{row['id']}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return {"targets": []}
+    return data if sound_result(data) else {"targets": []}
 
 
 def render_report(outdir: str | Path) -> str:

@@ -840,3 +840,23 @@ def test_resume_reruns_an_image_whose_state_row_is_damaged(tmp_path, field, valu
     assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, resume=True) == 0
     row = json.loads((out / "summary.json").read_text())["images"][0]
     assert row["count"] == 10 and row["exit_code"] == 0 and "extra" not in row
+
+
+@pytest.mark.parametrize("text", ["[]", '{"targets": "x"}', '{"targets": [{"x": "a", "y": 1}]}',
+                                  '{"targets": [{"x": 1, "y": 2, "score": "high"}]}', '{"targets": [1]}'])
+def test_resume_reruns_an_image_whose_result_file_is_damaged(tmp_path, text):
+    """Fuzz (resume, seed 3): a results/*.json that parsed but was not a result (a list) was resumed, and the
+    report then failed with an internal error (exit 70)."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    image = tmp_path / "atlas_1.mrc"
+    with mrcfile.new(image) as m:
+        m.set_data(make_atlas(3, shape=(320, 320))[0])
+    out = tmp_path / "out"
+    assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False) == 0
+    result = next((out / "results").glob("*.json"))
+    result.write_text(text)
+    assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, resume=True) == 0
+    assert len(json.loads(result.read_text())["targets"]) == 10 and (out / "index.html").is_file()
