@@ -28,6 +28,7 @@ from .surfaces import (
     navs,
     pipelines,
     rasters,
+    resume,
     sessions,
     sidecars,
     small_files,
@@ -39,7 +40,8 @@ CLASSES = ("header_lies", "truncation", "bombs", "extreme_values", "special_path
 _OWN = {"rasters": rasters, "mrc_stacks": mrc_stacks}
 _WITH_IMAGE = {"sidecars": sidecars, "navs": navs, "sessions": sessions, "edge_options": edge_options,
                "full_disk": full_disk, "small_files": small_files,
-               "pipelines": pipelines, "batch_signals": batch_signals, "model_graphs": model_graphs}
+               "pipelines": pipelines, "batch_signals": batch_signals, "model_graphs": model_graphs,
+               "resume": resume}
 
 # Header words an MRC writer fills in (byte offset, name).
 WORDS = [(0, "nx"), (4, "ny"), (8, "nz"), (12, "mode"), (28, "mx"), (32, "my"), (36, "mz"), (64, "mapc"),
@@ -352,7 +354,7 @@ def make_case(cls: str, seed: int, d: Path, image: Path) -> dict:
 # those CI has always run.
 NEW_WEIGHTS = {"rasters": 60, "mrc_stacks": 60, "sidecars": 30, "navs": 30, "sessions": 12, "edge_options": 30,
                "full_disk": 6, "small_files": 24, "pipelines": 30,
-               "batch_signals": 4, "model_graphs": 12}
+               "batch_signals": 4, "model_graphs": 12, "resume": 12}
 # Classes that still find defects in modules other helpers own (see the class's docstring): run with --only,
 # left out of the default schedule until fixed, so that CI's slice stays green.
 OPT_IN = {"model_graphs"}

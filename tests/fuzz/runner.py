@@ -149,6 +149,25 @@ def _run_main(argv: list[str]) -> tuple[int, str, str]:
     return int(code), out.getvalue(), err.getvalue()
 
 
+def _tamper(edits: list[dict]) -> None:
+    """Damage files an earlier run wrote: set a field of a JSON row, or replace the bytes."""
+    import glob
+
+    for edit in edits:
+        for path in sorted(glob.glob(edit["glob"])):
+            if "text" in edit:
+                Path(path).write_text(edit["text"])
+                continue
+            try:
+                data = json.loads(Path(path).read_text())
+                target = data.get("row", data) if isinstance(data, dict) else data
+                if isinstance(target, dict):
+                    target[edit["field"]] = edit["value"]
+                Path(path).write_text(json.dumps(data))
+            except (OSError, ValueError, RecursionError):
+                pass
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} written in the JSON output")
 
@@ -156,6 +175,9 @@ def _refuse_constant(name: str):
 def _main_case(case: dict) -> tuple[int | None, str]:
     """Run an in-process command line and check what it left: (exit code, detail; '!outcome: ...' on a defect)."""
     argv = case["argv"]
+    if case.get("before"):  # an earlier run whose outputs are then damaged (tamper)
+        _run_main(case["before"])
+        _tamper(case.get("tamper", []))
     code, out, err = _run_main(argv)
     if "Traceback" in err or "Exception ignored" in err:
         return code, "!traceback: " + err.strip()[-300:]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files",
-               "pipelines", "batch_signals", "model_graphs")
+               "pipelines", "batch_signals", "model_graphs", "resume")
 
 
 def _main(argv: list[str], expect: set[int], outdir: Path | None = None, **extra) -> dict:
@@ -831,3 +831,31 @@ def model_graphs(rng: np.random.Generator, d: Path, image: Path) -> dict:
         argv = ["holes", str(d / "med.mrc"), "--score", "unet" if task == "hole_unet" else "cnn"]
     return _main([*argv, "--models", str(models), "-o", str(out / "r.json")], {0, 3}, out,
                  rerun=[str(out / "r.json")])
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def resume(rng: np.random.Generator, d: Path, image: Path) -> dict:
+    """`batch --resume` after an earlier run whose .state rows, results or summary were damaged (fields of the
+    wrong type, Infinity, missing, nested JSON, garbage): the damaged images run again, exit 0, a readable
+    summary."""
+    session = d / "session"
+    session.mkdir()
+    for k in range(int(rng.integers(1, 4))):
+        (session / f"atlas_{k}.mrc").write_bytes(image.read_bytes())
+    out = d / "out"
+    argv = ["batch", str(session), "-o", str(out), "--kind", "squares", "--workers", "1", "--threads", "1",
+            "--no-progress"]
+    if rng.random() < 0.5:
+        argv.append("--no-report")
+    edits = []
+    for _ in range(int(rng.integers(1, 4))):
+        where = _pick(rng, [".state/*.json", ".state/*.json", "results/*.json", "summary.json"])
+        if rng.random() < 0.3:
+            edits.append({"glob": str(out / where), "text": _pick(rng, ["", "{", "[" * 5000, "null", "[]", "\x00"])})
+        else:
+            edits.append({"glob": str(out / where),
+                          "field": _pick(rng, ["count", "exit_code", "id", "status", "best_score", "rows", "seconds",
+                                               "atlas_square", "stage_xy_m", "sha256", "key", "targets", "extra"]),
+                          "value": _pick(rng, ["x", None, [1], {"a": 1}, float("inf"), -1, 2**70, True, "ok"])})
+    return _main([*argv, "--resume"], {0}, d / "out", before=argv, tamper=edits, batch_out=str(out))
