@@ -601,6 +601,25 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Options naming files or folders (argparse dests), checked for names the system cannot hold. (Each IMAGE of
+# squares/holes fails alone, as an unreadable file, and the others still run.)
+_PATH_OPTIONS = {"paths": "PATH", "output": "-o", "overlay": "--overlay", "nav": "--nav",
+                 "nav_out": "--nav-out", "models": "--models", "calibration": "--calibration",
+                 "against": "--against", "validate": "--validate"}
+
+
+def _check_path_lengths(args: argparse.Namespace) -> None:
+    """UsageError (exit 2) for a path with a name longer than the system takes (255 bytes a name, 4095 a
+    path): pathlib's is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70)."""
+    for dest, option in _PATH_OPTIONS.items():
+        value = getattr(args, dest, None)
+        for text in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
+            raw = os.fsencode(text)
+            if len(raw) > 4095 or any(len(part) > 255 for part in raw.split(b"/")):
+                raise UsageError(f"{option} {text[:60]}...: the name is longer than file systems take "
+                                 "(255 bytes a name, 4095 a path)")
+
+
 def _check_model_directory(models: str | None) -> None:
     """ModelError (exit 3) for a --models path that is no directory: models.load_models resolves it with
     Path.resolve, which raises RuntimeError on a symlink loop (an internal error, exit 70)."""
@@ -834,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_INPUT
         debug = getattr(args, "debug", False)
+        _check_path_lengths(args)
         logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
 
         def _warn(message, category, filename, lineno, file=None, line=None):

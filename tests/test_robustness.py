@@ -633,3 +633,26 @@ def test_error_lines_stay_one_line_whatever_the_file_name_holds(tmp_path, small_
     code, _, err = _cli(["batch", session, "-o", tmp_path / "out", "--workers", "1", "--no-report"], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2 and lines[0].startswith("atlas\\nbad.mrc: "), err
+
+
+@pytest.mark.parametrize("args", [
+    ["squares", "{image}", "--no-score", "-o", "{long}.json"],
+    ["squares", "{image}", "--no-score", "--overlay", "{long}.png"],
+    ["squares", "{image}", "--no-score", "--nav", "{long}.nav"],
+    ["squares", "{image}", "--models", "{long}"],
+    ["batch", "{image}", "--kind", "squares", "-o", "{long}"],
+    ["batch", "{long}.mrc", "-o", "{tmp}/out"],
+    ["models", "--validate", "{long}"],
+    ["demo", "-o", "{tmp}/{long}"],
+])
+def test_a_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, small_mrc, capsys, args):
+    """pathlib's is_dir() and exists() raise OSError (ENAMETOOLONG) on a 300-byte name: exit 70 before."""
+    long = "a" * 300
+    argv = [a.format(image=small_mrc, long=long, tmp=tmp_path) for a in args]
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and "longer than file systems take" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_image_name_too_long_fails_alone(tmp_path, small_mrc, capsys):
+    code, _, err = _cli(["squares", "a" * 300 + ".mrc", small_mrc, "--no-score", "-o", f"{tmp_path}/"], capsys)
+    assert code == 2 and (tmp_path / "atlas.json").is_file() and "internal" not in err
