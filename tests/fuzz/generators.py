@@ -26,6 +26,7 @@ from .surfaces import (
     model_graphs,
     mrc_stacks,
     navs,
+    path_names,
     pipelines,
     rasters,
     resume,
@@ -41,7 +42,7 @@ _OWN = {"rasters": rasters, "mrc_stacks": mrc_stacks}
 _WITH_IMAGE = {"sidecars": sidecars, "navs": navs, "sessions": sessions, "edge_options": edge_options,
                "full_disk": full_disk, "small_files": small_files,
                "pipelines": pipelines, "batch_signals": batch_signals, "model_graphs": model_graphs,
-               "resume": resume}
+               "resume": resume, "path_names": path_names}
 
 # Header words an MRC writer fills in (byte offset, name).
 WORDS = [(0, "nx"), (4, "ny"), (8, "nz"), (12, "mode"), (28, "mx"), (32, "my"), (36, "mz"), (64, "mapc"),
@@ -354,7 +355,8 @@ def make_case(cls: str, seed: int, d: Path, image: Path) -> dict:
 # those CI has always run.
 NEW_WEIGHTS = {"rasters": 60, "mrc_stacks": 60, "sidecars": 30, "navs": 30, "sessions": 12, "edge_options": 30,
                "full_disk": 6, "small_files": 24, "pipelines": 30,
-               "batch_signals": 4, "model_graphs": 12, "resume": 12}
+               "batch_signals": 4, "model_graphs": 12, "resume": 12,
+               "path_names": 20}
 # Classes that still find defects in modules other helpers own (see the class's docstring): run with --only,
 # left out of the default schedule until fixed, so that CI's slice stays green.
 OPT_IN = {"model_graphs"}

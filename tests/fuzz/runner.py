@@ -361,9 +361,10 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
 
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, cwd: Path = REPO) -> None:
+        # cwd: the run's scratch folder, so that a relative path in a case can never land in the repository
         self.p = subprocess.Popen([sys.executable, "-m", "tests.fuzz", "--worker"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=cwd,
                                   bufsize=0, preexec_fn=_limits())
         self.buffer = b""
 
@@ -449,7 +450,7 @@ def run(schedule: list[tuple[str, int]], progress=None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="ptolemy-fuzz-") as tmp:
         base = Path(tmp)
         image = _image(base)
-        w = _Worker()
+        w = _Worker(base)
         try:
             for n, (cls, seed) in enumerate(schedule):
                 d = base / f"c{n}"
@@ -458,10 +459,10 @@ def run(schedule: list[tuple[str, int]], progress=None) -> list[dict]:
                 case["id"] = n
                 if case["kind"] == "api":
                     if not w.alive():
-                        w = _Worker()
+                        w = _Worker(base)
                     r = w.run(case)
                     if r["outcome"] in ("segfault", "hang", "traceback") and not w.alive():
-                        w = _Worker()
+                        w = _Worker(base)
                 else:
                     r = run_cli(case, d, image, golden)
                 r.update(cls=cls, seed=seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 NEW_CLASSES = ("rasters", "mrc_stacks", "sidecars", "navs", "sessions", "edge_options", "full_disk", "small_files",
-               "pipelines", "batch_signals", "model_graphs", "resume")
+               "pipelines", "batch_signals", "model_graphs", "resume", "path_names")
 
 
 def _main(argv: list[str], expect: set[int], outdir: Path | None = None, **extra) -> dict:
@@ -859,3 +859,43 @@ def resume(rng: np.random.Generator, d: Path, image: Path) -> dict:
                                                "atlas_square", "stage_xy_m", "sha256", "key", "targets", "extra"]),
                           "value": _pick(rng, ["x", None, [1], {"a": 1}, float("inf"), -1, 2**70, True, "ok"])})
     return _main([*argv, "--resume"], {0}, d / "out", before=argv, tamper=edits, batch_out=str(out))
+
+
+# ---------------------------------------------------------------------------------------------- path names
+
+def _odd_name(rng: np.random.Generator) -> str:
+    return _pick(rng, ["a" * 256, "a" * 255, "b/" * 2100, "new\nline", "tab\tname", "-dash", " space ", "~", ".",
+                       "", "a//b", "trail/", "\u00e9t\u00e9", "\u202eevil", "\U0001f600", "x" * 100 + "/" + "y" * 300,
+                       "/dev/null", "/dev/full", "/proc/self/mem", "\\", "C:\\x", "*", "?", "[a]", "$HOME"])
+
+
+def path_names(rng: np.random.Generator, d: Path, image: Path) -> dict:
+    """Odd names for every path option (over-long names and paths, newlines, tabs, leading dashes, bidi
+    overrides, devices, '/', '..', glob characters): an answer (0), a refusal (2, 3, 4) naming what is wrong,
+    never 70, no file left half-written."""
+    out = d / "out"
+    out.mkdir()
+    name = _odd_name(rng)
+    where = _pick(rng, ["-o", "--overlay", "--nav-out", "--models", "--calibration", "--nav", "batch-o", "batch-path",
+                        "image"])
+    # everything lands under `out` (the devices aside): the fuzzer must not write beside itself
+    path = name if name.startswith("/") else str(out) + "/" + name
+    if where == "batch-o":
+        argv = ["batch", str(image), "--kind", "squares", "--workers", "1", "--threads", "1", "-o", path]
+    elif where == "batch-path":
+        argv = ["batch", path, "-o", str(out / "b"), "--workers", "1", "--threads", "1"]
+    elif where == "image":
+        argv = ["squares", path, "--no-score", "-o", str(out / "r.json")]
+    else:
+        argv = ["squares", str(image), "-o", str(out / "r.json")]
+        if where in ("--nav-out", "--nav"):
+            nav = d / "s.nav"
+            nav.write_text("AdocVersion = 2.00\n[Item = 1]\nType = 2\nMapFile = atlas.mrc\nMapID = 5\n"
+                           "StageXYZ = 0 0 0\nMapScaleMat = 1 0 0 -1\nMapWidthHeight = 320 320\n")
+            argv += ["--nav", str(nav)] if where == "--nav-out" else []
+        if where not in ("--models", "--calibration"):
+            argv.append("--no-score")
+        argv = [a if a != str(out / "r.json") or where != "-o" else path for a in argv]
+        if where != "-o":
+            argv += [where, path]
+    return _main(argv, {0, 2, 3, 4}, out)
