@@ -86,3 +86,20 @@ def test_fuzz_slice():
                        timeout=900, check=False)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+def test_schedule_keeps_ci_pairs_and_shifts_seeds():
+    """The first nine classes keep the (class, seed) pairs CI has always run; --seed-base shifts every seed;
+    --only spreads exactly the cases asked for; opt-in classes stay out of the default run."""
+    from collections import Counter
+
+    from .generators import OPT_IN, schedule
+
+    plan = schedule(500)
+    old = Counter(c for c, _ in plan[:500])
+    assert old == {"header_lies": 90, "truncation": 80, "bombs": 30, "extreme_values": 110, "special_paths": 24,
+                   "manifests": 20, "options": 136, "signals": 6, "concurrency": 4}
+    assert all(seed < 200 for _, seed in plan) and not OPT_IN & {c for c, _ in plan}
+    assert schedule(500, 10**6) == [(c, s + 10**6) for c, s in plan]
+    only = schedule(100, 5, {"navs", "bombs"})
+    assert len(only) == 100 and {c for c, _ in only} == {"navs", "bombs"} and min(s for _, s in only) == 5
