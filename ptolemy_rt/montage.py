@@ -70,6 +70,9 @@ __all__ = [
 ]
 
 MAX_PIXELS = 2**28
+# A montage's pieces overlap, and a few may be missing: its extent is about their area. One over MAX_SPREAD times
+# their area is a .mdoc whose piece coordinates lie.
+MAX_SPREAD = 16
 _SECTION = re.compile(r"^\[\s*ZValue\s*=\s*(-?\d+)\s*\]\s*$", re.IGNORECASE)
 _ALIGNED_KEYS = ("AlignedPieceCoords", "AlignedPieceCoordinates", "AlignedPieceCoordsVS")
 
@@ -397,6 +400,12 @@ def read_montage(
         nominal = np.array([s.piece[:2] for s in secs], dtype=np.int64)
         h, w = montage_extent(nominal, data.shape[1:])
         _check_budget(h, w, max_pixels, name)
+        area = len(secs) * int(data.shape[1]) * int(data.shape[2])
+        if h * w > MAX_SPREAD * area and h * w > (1 << 22):
+            # Two 64 px pieces 16,000 px apart made a 1 GB image, 6.6 GB of memory and a minute of gap filling.
+            raise CorruptFileError(f"{md.source}: the piece coordinates spread {len(secs)} pieces of "
+                                   f"{data.shape[2]}x{data.shape[1]} px over {w}x{h} px, {h * w / area:.0f} times "
+                                   "their area: not a montage's layout")
         pos = nominal - nominal.min(axis=0)
         if use_aligned:
             ali = np.array([s.aligned[:2] for s in secs], dtype=np.int64)

@@ -390,3 +390,22 @@ def test_flatten_in_place_is_the_same_image():
     ro = img.copy()
     ro.flags.writeable = False
     assert flatten_tile_offsets(ro, seams, pitch_px=30.0, in_place=True)[0].tobytes() == want.tobytes()
+
+
+def test_piece_coordinates_spread_far_beyond_the_pieces_are_refused(tmp_path):
+    """Two 64 px pieces 16,000 px apart (a 33 kB stack and a lying .mdoc) were assembled into a 1 GB image:
+    6.6 GB of memory and a minute of gap filling. Refused from the coordinates, naming the .mdoc."""
+    import mrcfile
+
+    from ptolemy_rt.errors import CorruptFileError
+    from ptolemy_rt.io import read_image
+
+    path = tmp_path / "mont.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.ones((2, 64, 64), np.float32))
+    mdoc = tmp_path / "mont.mrc.mdoc"
+    mdoc.write_text("[ZValue = 0]\nPieceCoordinates = 0 0 0\n[ZValue = 1]\nPieceCoordinates = 16000 16000 0\n")
+    with pytest.raises(CorruptFileError, match="mont.mrc.mdoc.*times their area"):
+        read_image(path)
+    mdoc.write_text("[ZValue = 0]\nPieceCoordinates = 0 0 0\n[ZValue = 1]\nPieceCoordinates = 60 0 0\n")
+    assert read_image(path).shape == (64, 124)
