@@ -77,7 +77,9 @@ class NavWriteError(PtolemyError):
 
 # SerialEM's own ids start here; external tools use ids below it (NavigatorDlg.cpp).
 EXTERNAL_ID_LIMIT = 100000
-MAX_NAV_BYTES = 256 * 1024 * 1024
+# A session's navigator is a few MB (ten thousand items); parsed, a file of short lines takes ~20 times its size
+# in memory (40 MB: 830 MB), so 256 MB could take 5 GB: 64 MB is the most read.
+MAX_NAV_BYTES = 64 * 1024 * 1024
 # The image's aspect ratio may differ from the map's by this much and still be a scaled copy of it.
 ASPECT_TOLERANCE = 0.01
 _SECTION = re.compile(r"^\[\s*([^=\]]+?)\s*=\s*(.*?)\s*\]\s*$")

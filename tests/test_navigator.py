@@ -230,3 +230,13 @@ def test_cli_holes_to_navigator(tmp_path, medmag, capsys):
     err = capsys.readouterr().err
     assert "no item labelled '99'" in err and "12" in err
     assert not none.exists()  # checked before anything is written: all outputs or none
+
+
+def test_a_navigator_over_64_mb_is_refused_unread(tmp_path):
+    """A 256 MB limit let a navigator of short lines take ~5 GB once parsed (40 MB took 830 MB)."""
+    path = tmp_path / "big.nav"
+    with open(path, "wb") as fh:
+        fh.write(b"AdocVersion = 2.00\n")
+        fh.truncate(65 * 1024 * 1024)
+    with pytest.raises(InputError, match="too large for a navigator file"):
+        read_nav(path)
