@@ -269,7 +269,8 @@ def _mdoc_text(rng: np.random.Generator, nz: int, tile: tuple[int, int], montage
             y = z // 2 * (tile[0] - 8)
             lie = rng.random()
             if lie < 0.15:
-                x, y = (int(_pick(rng, [-(2**31), 2**31 - 1, 10**7, -(10**7), 10**18])) for _ in range(2))
+                x, y = (int(_pick(rng, [-(2**31), 2**31 - 1, 10**7, -(10**7), 10**18, 16000, 9000, -12000]))
+                        for _ in range(2))
             xs, ys = str(x), str(y)
             if rng.random() < 0.1:
                 xs = _pick(rng, ["nan", "inf", "-inf", "1e309", "x", ""])
