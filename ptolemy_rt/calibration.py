@@ -49,7 +49,7 @@ SCORE_TASKS = {("squares", "score"): ("square_cnn",), ("holes", "cnn"): ("hole_c
 # A calibration holds a few hundred knots (kilobytes); the original's output a few thousand targets. Larger files
 # (or /dev/zero, a FIFO) are refused before they are read.
 MAX_CALIBRATION_BYTES = 16 * 1024 * 1024
-MAX_TARGETS_BYTES = 64 * 1024 * 1024
+MAX_TARGETS_BYTES = 16 * 1024 * 1024  # ~250 MB parsed at worst (dicts of a centre and a score)
 
 
 class CalibrationError(InputError):
