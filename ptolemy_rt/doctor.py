@@ -133,6 +133,8 @@ def _providers(models_dir: str | None, report: Report) -> None:
                 row["error"] = "offered, but onnxruntime fell back to the CPU (libraries missing?)"
         except PtolemyError as exc:
             row["error"] = str(exc)
+        except RuntimeError as exc:  # Path.resolve on a symlink loop (models.ModelSet): was exit 70
+            row["error"] = f"{directory}: unusable model set ({exc})"
         if name == _CPU and not row["runs"]:
             report.problems.append(f"the CPU provider cannot run the model set: {row.get('error')}")
         elif name == _CUDA and not row["runs"]:
@@ -176,7 +178,11 @@ def _warm(models_dir: str | None, report: Report) -> None:
     from .squares import find_squares
     from .synthetic import make_atlas, make_medmag
 
-    models = load_models(models_dir)
+    try:
+        models = load_models(models_dir)
+    except RuntimeError as exc:  # Path.resolve on a symlink loop (models.load_models): was exit 70
+        report.problems.append(f"{models_dir}: unusable model set ({exc})")
+        return
     out: dict[str, Any] = {}
     medmag = make_medmag(0, shape=(512, 720), spacing_px=120.0)[0]
     atlas = make_atlas(0, shape=(512, 512))[0]

@@ -55,3 +55,14 @@ def test_warm_runs_both_finders_without_numba():
     data = json.loads(r.stdout)
     assert set(data["warm"]) == {"holes", "squares"}
     assert all(w["first_s"] >= 0 and w["again_s"] >= 0 for w in data["warm"].values())
+
+
+def test_a_model_set_path_in_a_symlink_loop_is_a_problem_not_a_crash(tmp_path, capsys):
+    """models.ModelSet resolves the directory with Path.resolve, which raises RuntimeError on a loop: exit 70."""
+    from ptolemy_rt.cli import main
+
+    loop = tmp_path / "set"
+    loop.symlink_to(loop)
+    assert main(["doctor", "--warm", "--models", str(loop)]) == 3
+    out, err = capsys.readouterr()
+    assert "unusable model set" in out and "internal" not in err
