@@ -593,10 +593,10 @@ def small_files(rng: np.random.Generator, d: Path, image: Path) -> dict:
     if where == "models":  # the --models path itself
         models = d / "set"
         _hostile_file(rng, models, "sparse" if form == "json" else form)
-        command = _pick(rng, ["squares", "batch", "leginon-script", "models"])
+        command = _pick(rng, ["squares", "batch", "leginon-script", "models", "doctor"])
         argv = {"squares": ["squares", image, "-o", out / "r.json"],
                 "batch": ["batch", image, "-o", out / "b", "--kind", "squares", "--workers", "1", "--threads", "1"],
-                "leginon-script": ["leginon-script", "squares"], "models": ["models"]}[command]
+                "leginon-script": ["leginon-script", "squares"], "models": ["models"], "doctor": ["doctor"]}[command]
         return _main([*argv, "--models", models], {3}, out)
     if where in ("nav", "session_nav", "mdoc") and form == "json":
         form = "sparse"
