@@ -621,8 +621,8 @@ def _check_path_lengths(args: argparse.Namespace) -> None:
 
 
 def _check_model_directory(models: str | None) -> None:
-    """ModelError (exit 3) for a --models path that is no directory: models.load_models resolves it with
-    Path.resolve, which raises RuntimeError on a symlink loop (an internal error, exit 70)."""
+    """ModelError (exit 3) for a --models path that is no directory (a symlink loop included), before any
+    work."""
     if models is not None and not Path(models).is_dir():
         raise ModelError(f"{models}: model set directory not found")
 

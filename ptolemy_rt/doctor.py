@@ -133,8 +133,6 @@ def _providers(models_dir: str | None, report: Report) -> None:
                 row["error"] = "offered, but onnxruntime fell back to the CPU (libraries missing?)"
         except PtolemyError as exc:
             row["error"] = str(exc)
-        except RuntimeError as exc:  # Path.resolve on a symlink loop (models.ModelSet): was exit 70
-            row["error"] = f"{directory}: unusable model set ({exc})"
         if name == _CPU and not row["runs"]:
             report.problems.append(f"the CPU provider cannot run the model set: {row.get('error')}")
         elif name == _CUDA and not row["runs"]:
@@ -173,6 +171,7 @@ def _cuda_libraries(report: Report) -> None:
 
 def _warm(models_dir: str | None, report: Report) -> None:
     """Run both finders on small synthetic images: tries the sessions, times a first and a second run."""
+    from .errors import PtolemyError
     from .holes import find_holes
     from .models import load_models
     from .squares import find_squares
@@ -180,7 +179,7 @@ def _warm(models_dir: str | None, report: Report) -> None:
 
     try:
         models = load_models(models_dir)
-    except RuntimeError as exc:  # Path.resolve on a symlink loop (models.load_models): was exit 70
+    except PtolemyError as exc:  # a model set the table above reported unusable (a symlink loop, say)
         report.problems.append(f"{models_dir}: unusable model set ({exc})")
         return
     out: dict[str, Any] = {}

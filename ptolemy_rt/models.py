@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, OptionError
 from .manifest import TASKS, Manifest, ModelSpec, read_manifest, read_verified
 
 __all__ = [
@@ -88,6 +88,10 @@ def physical_cores() -> int:
     return max(1, logical)
 
 
+# The most inference threads a model set accepts (the command line allows four per CPU, at most this).
+MAX_THREADS = 256
+
+
 def available_providers() -> list[str]:
     """onnxruntime execution providers offered by the installed build."""
     return list(_ort().get_available_providers())
@@ -114,9 +118,14 @@ class ModelSet:
     def __init__(self, directory: str | os.PathLike[str], provider: str = "auto", threads: int | None = None):
         if provider not in PROVIDERS:
             raise ModelError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
-        self.directory = Path(directory).resolve()
+        # realpath, not Path.resolve: a symlink loop raises RuntimeError there (it is a missing set here)
+        self.directory = Path(os.path.realpath(directory))
         self.manifest: Manifest = read_manifest(self.directory)
         self.requested_provider = provider
+        if threads is not None and not (isinstance(threads, (int, np.integer)) and 0 <= threads <= MAX_THREADS):
+            # onnxruntime would start every one of them (100,000 took 16 GB) or fail on a negative count.
+            raise OptionError(f"threads must be a whole number from 1 to {MAX_THREADS} (0 or None: physical "
+                              f"cores), got {threads!r}")
         self.threads = int(threads) if threads else physical_cores()
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -227,7 +236,14 @@ class ModelSet:
             out = sess.run([spec.output or sess.get_outputs()[0].name], feed)[0]
         except Exception as exc:
             raise ModelError(f"{task}: inference failed on input of shape {tuple(x.shape)} ({exc})") from None
-        return np.asarray(out, dtype=np.float32)
+        out = np.asarray(out, dtype=np.float32)
+        # A graph whose hash matches the manifest can still answer in another shape than its task's: refused
+        # here as a bad model set, not left to fail as an indexing error downstream.
+        want = tuple(x.shape) if task == "hole_unet" else (len(x), 1)
+        if out.shape != want and not (task != "hole_unet" and out.shape == (len(x),)):
+            raise ModelError(f"{self.directory}: {task} answered an input of shape {tuple(x.shape)} with shape "
+                             f"{out.shape}, not {want}")
+        return out
 
     def predict(self, task: str, x: np.ndarray) -> np.ndarray:
         """Run the graph of `task` and return sigmoid probabilities."""
@@ -248,7 +264,7 @@ def load_models(
     directory = Path(path) if path is not None else default_models_dir()
     if path is None and not (directory / "manifest.json").is_file():
         raise ModelError(f"the default model set is missing ({directory}); reinstall ptolemy-rt or pass --models DIR")
-    key = (str(directory.resolve()), provider, threads)
+    key = (os.path.realpath(directory), provider, threads)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is None:

@@ -58,7 +58,7 @@ def test_warm_runs_both_finders_without_numba():
 
 
 def test_a_model_set_path_in_a_symlink_loop_is_a_problem_not_a_crash(tmp_path, capsys):
-    """models.ModelSet resolves the directory with Path.resolve, which raises RuntimeError on a loop: exit 70."""
+    """A --models path in a symlink loop is a reported problem (exit 3), not an internal error (was exit 70)."""
     from ptolemy_rt.cli import main
 
     loop = tmp_path / "set"

@@ -129,3 +129,80 @@ def test_physical_cores_honours_the_affinity_mask():
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "1"
     assert 1 <= M.physical_cores() <= (os.cpu_count() or 1)
+
+
+def _identity_set(tiny: Path, task: str, out_shape: list) -> Path:
+    """The tiny set with `task`'s graph replaced by one that answers in `out_shape` (hash updated: a set whose
+    manifest is right but whose graph is not what its task needs)."""
+    import hashlib
+
+    from onnx import TensorProto, helper
+
+    if out_shape == ["N"]:  # one value per image, without the channel axis the classifiers give
+        nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["logit"], keepdims=0)]
+        inits = [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])]
+    else:
+        nodes, inits = [helper.make_node("Identity", ["image"], ["logit"])], []
+    in_shape = ["N", 1, 240, 240] if task == "square_cnn" else ["N", 1, "H", "W"]
+    graph = helper.make_graph(nodes, task, [helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, out_shape)],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="tests")
+    model.ir_version = 8
+    blob = model.SerializeToString()
+    (tiny / f"{task}.onnx").write_bytes(blob)
+    manifest = json.loads((tiny / "manifest.json").read_text())
+    manifest["models"][task]["sha256"] = hashlib.sha256(blob).hexdigest()
+    (tiny / "manifest.json").write_text(json.dumps(manifest))
+    return tiny
+
+
+@pytest.mark.parametrize("task, out_shape, ok", [
+    ("square_cnn", ["N", 1, 240, 240], False),  # a whole image where one logit per crop is due
+    ("hole_cnn", ["N", 1, "H", "W"], False),
+    ("hole_cnn", ["N"], True),  # one logit per crop without the channel axis: taken
+    ("hole_unet", ["N"], False),  # one value where a map is due
+])
+def test_a_graph_answering_in_the_wrong_shape_is_a_model_error(tiny, task, out_shape, ok):
+    ms = M.ModelSet(_identity_set(tiny, task, out_shape), provider="cpu", threads=1)
+    x = np.ones((3, 1, 240, 240) if task == "square_cnn" else (3, 1, 32, 48), np.float32)
+    if ok:
+        assert ms.run(task, x).shape == (3,)
+        return
+    with pytest.raises(ModelError, match=f"{task} answered an input of shape .* with shape"):
+        ms.run(task, x)
+
+
+def test_a_wrong_shaped_graph_ends_the_cli_with_exit_3(tiny, tmp_path):
+    from ptolemy_rt.cli import main
+    from ptolemy_rt.demo import write_mrc
+
+    models = _identity_set(tiny, "hole_unet", ["N"])
+    image = tmp_path / "med.mrc"
+    write_mrc(image, np.random.default_rng(0).normal(100, 10, (256, 256)).astype(np.float32))
+    assert main(["holes", str(image), "--models", str(models), "--score", "unet",
+                 "-o", str(tmp_path / "r.json")]) == 3
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("threads", [-1, 100_000, 2.5, "4", M.MAX_THREADS + 1])
+def test_threads_out_of_range_are_refused(tiny, threads):
+    from ptolemy_rt.errors import OptionError
+
+    with pytest.raises(OptionError, match="threads must be a whole number"):
+        M.ModelSet(tiny, threads=threads)
+
+
+def test_threads_zero_or_none_mean_the_physical_cores(tiny):
+    assert M.ModelSet(tiny, threads=0).threads == M.ModelSet(tiny).threads == M.physical_cores()
+    assert M.ModelSet(tiny, threads=np.int64(3)).threads == 3
+
+
+def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path):
+    """Path.resolve raised RuntimeError on a loop (an internal error for a library caller)."""
+    loop = tmp_path / "set"
+    loop.symlink_to(loop)
+    with pytest.raises(ModelError):
+        M.load_models(loop)
+    with pytest.raises(ModelError):
+        M.ModelSet(loop)

@@ -592,8 +592,8 @@ def test_calibrate_output_does_not_replace_its_inputs(tmp_path, small_mrc, capsy
 
 @pytest.mark.parametrize("command", ["batch", "leginon-script", "squares", "models", "calibrate"])
 def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path, small_mrc, capsys, command):
-    """models.load_models resolves the directory with Path.resolve, which raises RuntimeError on a loop: batch and
-    leginon-script reported an internal error (exit 70)."""
+    """A --models path in a symlink loop: batch and leginon-script reported an internal error (exit 70; Path.resolve
+    raised RuntimeError in models.load_models)."""
     loop = tmp_path / "set"
     loop.symlink_to(loop)
     args = {"batch": ["batch", small_mrc, "-o", tmp_path / "out", "--kind", "squares", "--workers", "1"],

@@ -802,11 +802,7 @@ def _hostile_graph(rng: np.random.Generator, task: str) -> bytes:
 def model_graphs(rng: np.random.Generator, d: Path, image: Path) -> dict:
     """A model set whose manifest is right (hashes and all) but one graph lies about its shapes or gives NaN,
     infinite or huge scores, or fails when run: a model-set error (3), or results (0) in which no NaN or
-    infinity is written, never 70.
-
-    Opt-in (generators.OPT_IN): a graph whose output has the wrong shape still ends in an internal error, in
-    scoring.classify and unet._unet_logits, because models.ModelSet.run does not check the shape it returns
-    (models.py belongs to another helper; reported)."""
+    infinity is written, never 70 (models.ModelSet.run refuses an answer in another shape than its task's)."""
     import hashlib
 
     from ptolemy_rt.synthetic import make_medmag
