@@ -19,6 +19,9 @@ __all__ = ["cost", "halfwidth", "reduce_basis", "scan", "scan_many", "search"]
 _CHUNK_POINTS = 50_000
 # Row subsamplings tried before a full scan, coarsest first.
 _STEPS = (4,)
+# A half-width's candidates are scanned through a table of footprint sums (_box_tables) when their points number
+# at least this share of the table's entries.
+_TABLE_SHARE = 0.5
 
 
 def reduce_basis(ux, uy, vx, vy):
@@ -71,27 +74,54 @@ def _prepared(ux, uy, vx, vy, max_hw):
     return ux, uy, vx, vy, cross, h, bad
 
 
-def _box_tables(sat, h):
-    """Clipped footprint sums and extents of every centre in the image padded by h + 3 px, half-width h.
+def _box_tables(sat, h, mask=None):
+    """Clipped footprint areas and sums of every centre in the image padded by h + 3 px, half-width h.
 
-    (pad, width, sums flat (height * width) int32, x extents, y extents): a footprint centred at (x, y)
-    covers sums[(y + pad) * width + x + pad] positives on xext[x + pad] * yext[y + pad] pixels (the clipped
-    rectangle; 0 when it misses the image), as the summed-area table's four corners give them."""
+    (pad, width, packed flat (height * width) int64): a footprint centred at (x, y) covers
+    packed[(y + pad) * width + x + pad] & 0xFFFFFFFF positives on packed[...] >> 32 pixels (the clipped
+    rectangle; 0 when it misses the image), as the summed-area table's four corners give them. mask: the
+    boolean image behind `sat` (recovered from it when absent); half-widths up to 90 px (int16 sums)."""
+    import cv2
+
     rows, cols = sat.shape[0] - 1, sat.shape[1] - 1
-    pad = int(h) + 3
+    h = int(h)
+    pad = h + 3
     r = np.arange(-pad, rows + pad)
     c = np.arange(-pad, cols + pad)
     rlo = np.clip(r - h, 0, rows)
     rhi = np.maximum(np.clip(r + h + 1, 0, rows), rlo)
     clo = np.clip(c - h, 0, cols)
     chi = np.maximum(np.clip(c + h + 1, 0, cols), clo)
-    top, bottom = sat[rlo], sat[rhi]
-    sums = (bottom[:, chi] - top[:, chi] - bottom[:, clo] + top[:, clo]).reshape(-1)
-    return pad, len(c), sums, (chi - clo).astype(np.int64), (rhi - rlo).astype(np.int64)
+    if mask is None:
+        mask = np.diff(np.diff(sat, axis=0), axis=1)
+    # The clipped sums are a box filter's over the mask in a frame of zeros wide enough that no window reaches
+    # past it: exact integers, as the summed-area table's corners give them (the table's four gathers per
+    # centre cost ~10x as much). A footprint holds at most 31 x 31 pixels (int16).
+    edge = pad + h
+    framed = np.zeros((rows + 2 * edge, cols + 2 * edge), dtype=np.uint8)
+    framed[edge : edge + rows, edge : edge + cols] = mask
+    box = cv2.boxFilter(framed, cv2.CV_16S, (2 * h + 1, 2 * h + 1), normalize=False,
+                        borderType=cv2.BORDER_CONSTANT)
+    # Both figures in one int64, the area from bit 32: a candidate's footprints are disjoint pixels of the image,
+    # so neither of its totals reaches 2**31 (search tables images under 2**31 pixels only).
+    packed = np.empty((len(r), len(c)), dtype=np.int64)
+    np.multiply((rhi - rlo).astype(np.int64)[:, None], (chi - clo).astype(np.int64)[None, :], out=packed)
+    packed <<= 32
+    packed |= box[h : h + rows + 2 * pad, h : h + cols + 2 * pad]
+    return pad, len(c), packed.reshape(-1)
 
 
 def _table_size(shape, h):
     return (shape[0] + 2 * h + 5) * (shape[1] + 2 * h + 5)
+
+
+def _rounded(p0, cu, a, na):
+    """floor(np.repeat(p0, na) + a * np.repeat(cu, na) + 0.5) (float64): each point's pixel along one axis."""
+    t = np.repeat(cu, na)
+    t *= a  # a * u and u * a, p0 + that and that + p0: the same products and sums
+    t += np.repeat(p0, na)
+    t += 0.5
+    return np.floor(t, out=t)
 
 
 def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=True, tables=None):
@@ -138,11 +168,14 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=Tru
     na = np.maximum(na, 0)
     if row_step > 1:
         na[(np.arange(cand.size) - starts[cand]) % row_step != 0] = 0
-    # np.repeat per row of points (a contiguous copy) instead of gathers through a row index.
+    # np.repeat per row of points (a contiguous copy) instead of gathers through a row index. The lattice
+    # coordinate a of each point is an integer, exact in float64 (made so in float64 directly, as the int64
+    # difference converted), and each coordinate rounds as px0 + a * u + 0.5 (in place, the same operations).
     rstart = np.cumsum(na) - na
-    a = (np.arange(int(na.sum()), dtype=np.int64) - np.repeat(rstart - a0, na)).astype(np.float64)
-    rx = np.floor(np.repeat(px0, na) + a * np.repeat(cux, na) + 0.5).astype(np.int64)
-    ry = np.floor(np.repeat(py0, na) + a * np.repeat(cuy, na) + 0.5).astype(np.int64)
+    a = np.arange(int(na.sum()), dtype=np.float64)
+    a -= np.repeat((rstart - a0).astype(np.float64), na)
+    fx = _rounded(px0, cux, a, na)
+    fy = _rounded(py0, cuy, a, na)
     # Points are grouped by candidate in ascending order: per-candidate sums are sums over each group's run
     # (exact integers; a weighted bincount went through float64 four times). reduceat over the non-empty
     # groups' starts: consecutive starts bound a group (the empty ones between hold no points) and the last
@@ -159,12 +192,18 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=Tru
         return out
 
     if tables is not None:
-        # Search, one half-width: one gather per point from _box_tables instead of the summed-area table's
-        # four corners (the same integers).
-        pad, width, sums, xext, yext = tables
-        here = sums.take((ry + pad) * width + (rx + pad))
-        return total(xext.take(rx + pad) * yext.take(ry + pad)), total(here), None, None
-    hp = np.repeat(h[cand], na)
+        # Search, one half-width: one gather per point from _box_tables (its area and positives packed in one
+        # int64) instead of the summed-area table's four corners and the area's arithmetic (the same integers).
+        # The table index is made in float64 from the rounded coordinates: integers, exact.
+        pad, width, packed = tables
+        fy *= float(width)
+        fy += fx
+        fy += float(pad * width + pad)
+        both = total(packed.take(fy.astype(np.int64)))
+        return both >> 32, both & 0xFFFFFFFF, None, None
+    rx = fx.astype(np.int64)
+    ry = fy.astype(np.int64)
+    hp = int(h[0]) if n and (h == h[0]).all() else np.repeat(h[cand], na)  # one half-width: no per-point copy
     c0 = np.maximum(rx - hp, 0)
     c1 = np.minimum(rx + hp, cols - 1)
     r0 = np.maximum(ry - hp, 0)
@@ -229,7 +268,8 @@ def cost(sat, ox, oy, ux, uy, vx, vy, total, lambda_fn, lambda_fp, max_hw, bound
     return lambda_fn * (total - pos) + lambda_fp * (area - pos), pos
 
 
-def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_hw, min_spacing, memo=None):
+def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_hw, min_spacing, memo=None,
+           mask=None):
     """(index, cost) of the cheapest candidate lattice, ties to the first in list order; (-1, inf) for none.
 
     Candidates are visited in `order` (likely winners first) with the Numba loop's pruning decisions (a
@@ -237,7 +277,8 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     is the same; the scans themselves run in batches of candidates that the pruning cannot skip.
 
     memo: a dict shared by searches over the same table, candidates and max_hw (a candidate's footprint sums
-    do not depend on the lambdas): the full scans of earlier searches are reused, this one's added."""
+    do not depend on the lambdas): the full scans of earlier searches are reused, this one's added.
+    mask: the boolean image behind `sat`, for the footprint tables (recovered from `sat` when absent)."""
     rows = sat.shape[0] - 1
     cols = sat.shape[1] - 1
     ox, oy = np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
@@ -271,14 +312,14 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
         area[q], pos[q] = x, y
     best = math.inf
     best_idx = -1
-    # Half-widths whose candidates cover, all scanned, at least twice the points of a per-pixel table of their
-    # footprint sums: their batches gather from one (_box_tables; a 512 x 364 whole-square view's ~800
-    # candidates of ~1500 points each), the rest use the summed-area table's corners.
+    # Half-widths whose candidates cover, all scanned, at least _TABLE_SHARE of the points of a per-pixel table of
+    # their footprint sums: their batches gather from one (_box_tables, a box filter: ~1.5 ns a table entry, and
+    # a point then costs half the summed-area table's four corners), the rest use the corners.
     tabled = set()
-    for hv in unique(h[eligible & ~bad]).tolist():
-        if est[(h == hv) & eligible & ~bad].sum() >= 2.0 * _table_size((rows, cols), hv):
+    for hv in unique(h[eligible & ~bad]).tolist() if rows * cols < 2**31 else ():
+        if hv <= 90 and est[(h == hv) & eligible & ~bad].sum() >= _TABLE_SHARE * _table_size((rows, cols), hv):
             tabled.add(int(hv))
-    state = {"subsample": True, "tabled": tabled, "tables": {}}
+    state = {"subsample": True, "tabled": tabled, "tables": {}, "mask": mask}
     for t, p in enumerate(order):
         if not eligible_l[p]:
             continue
@@ -318,19 +359,12 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
             batch.append(q)
             points += est[q]
     sel = np.array(batch, dtype=np.int64)
-    args = [t[sel] for t in lattices]
-    hs = unique(args[-1])
-    tables = None
-    if len(hs) == 1 and int(hs[0]) in state["tabled"]:
-        tables = state["tables"].get(int(hs[0]))
-        if tables is None:
-            tables = state["tables"][int(hs[0])] = _box_tables(sat, int(hs[0]))
     for step in _STEPS if lambda_fp > 0 and best < math.inf and state["subsample"] else ():
         # Every step-th row of points first: their false positives bound the whole's from below, so a
         # candidate over the bound on them is pruned (the Numba loop stopped early on it) without a full scan.
         if sel.size == 0:
             break
-        a4, p4, _, _ = _scan_prepared(sat, *args, row_step=step, counts=False, tables=tables)
+        a4, p4 = _scan_grouped(sat, sel, lattices, state, step)
         over = (a4 - p4) > best / lambda_fp
         # Where candidates are mostly the same lattice from different anchors, few are pruned: then the
         # subsampled scan costs more than it saves, so the rest of this search scans in full at once.
@@ -339,8 +373,31 @@ def _scan_batch(sat, p, rest, best, use_lb, lambda_fp, eligible, bad, has_lb, lb
         for q in sel[over].tolist():
             area[q] = -4
         sel = sel[~over]
-        args = [t[sel] for t in lattices]
     if sel.size:
-        a, ps, _, _ = _scan_prepared(sat, *args, counts=False, tables=tables)
+        a, ps = _scan_grouped(sat, sel, lattices, state, 1)
         for q, x, y in zip(sel.tolist(), a.tolist(), ps.tolist()):
             area[q], pos[q] = x, y
+
+
+def _scan_grouped(sat, sel, lattices, state, row_step):
+    """(area, positives) of the candidates `sel` (rows of every row_step-th row of points), each half-width's
+    candidates through its footprint table where search chose one (the same integers either way)."""
+    h = lattices[-1][sel]
+    hs = unique(h)
+    groups = [(int(hs[0]), None)] if len(hs) == 1 else [(int(hv), np.flatnonzero(h == hv)) for hv in hs.tolist()]
+    area = np.empty(sel.size, dtype=np.int64)
+    pos = np.empty(sel.size, dtype=np.int64)
+    for hv, idx in groups:
+        part = sel if idx is None else sel[idx]
+        tables = None
+        if hv in state["tabled"]:
+            tables = state["tables"].get(hv)
+            if tables is None:
+                tables = state["tables"][hv] = _box_tables(sat, hv, state["mask"])
+        a, ps, _, _ = _scan_prepared(sat, *[t[part] for t in lattices], row_step=row_step, counts=False,
+                                     tables=tables)
+        if idx is None:
+            area, pos = a, ps
+        else:
+            area[idx], pos[idx] = a, ps
+    return area, pos

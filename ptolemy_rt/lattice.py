@@ -921,7 +921,7 @@ def fit_lattice(
         halfwidth = min(halfwidth, max(1.0, blob_halfwidth * blob_radius))
     memo: dict = {}  # the footprint sums of the candidates scanned, for the hidden fallback's search
     args = (c, sat, total, cands, lambda_fn, lambda_fp, halfwidth, refine, min_spacing_px, kind)
-    best = _search_lattice(*args, memo=memo)
+    best = _search_lattice(*args, memo=memo, mask=m)
     if best is None:
         return None
     # A general lattice passes through any three centroids (a square one through any two), so one
@@ -934,7 +934,7 @@ def fit_lattice(
         return best
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
         hidden = _search_lattice(c, sat, total, cands, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
-                                 min_spacing_px, kind, memo=memo)
+                                 min_spacing_px, kind, memo=memo, mask=m)
         if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * max(len(c) - hidden.n_set_aside, 1):
             return hidden
     return None
@@ -951,10 +951,11 @@ _REFINED_SLACK = 0.9
 
 def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidates, lambda_fn: float,
                     lambda_fp: float, halfwidth: float, refine: bool, min_spacing_px: float,
-                    model: str, memo: dict | None = None) -> Lattice | None:
+                    model: str, memo: dict | None = None, mask: np.ndarray | None = None) -> Lattice | None:
     """The cheapest candidate lattice, refined, with its inlier count and occupancy (not yet judged).
 
-    memo: footprint sums shared with an earlier search of the same candidates (_lattice_kernels.search)."""
+    memo: footprint sums shared with an earlier search of the same candidates (_lattice_kernels.search);
+    mask: the boolean image behind `sat` (for the search's footprint tables)."""
     k = _kernels()
     # Evaluate first the candidates whose vectors are typical of nearest neighbours: usually the true
     # lattice, whose low cost then prunes the rest early.
@@ -967,7 +968,8 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
     oy = np.ascontiguousarray(c[cands.origin, 1])
     best_idx, best = k.search(sat, ox, oy, np.ascontiguousarray(cands.u[:, 0]), np.ascontiguousarray(cands.u[:, 1]),
                               np.ascontiguousarray(cands.v[:, 0]), np.ascontiguousarray(cands.v[:, 1]), order,
-                              total, float(lambda_fn), float(lambda_fp), halfwidth, float(min_spacing_px), memo)
+                              total, float(lambda_fn), float(lambda_fp), halfwidth, float(min_spacing_px), memo,
+                              mask)
     if best_idx < 0 or not math.isfinite(best):
         return None
     anchors = tuple(int(t) for t in cands.anchors[best_idx] if t >= 0)
