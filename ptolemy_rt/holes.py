@@ -131,18 +131,51 @@ def _separate_blob_centroids(mask: np.ndarray, window: int) -> np.ndarray | None
         return np.zeros((0, 2))
     if (hierarchy[0, :, 3] >= 0).any():  # a hole's contour: a blob with a hole
         return None
-    if window > 1:
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    bounds = np.concatenate(([0], np.cumsum(lengths)))
+    points = np.concatenate(contours).reshape(-1, 2)
+    if window > 1 and not _boxes_apart(points, bounds, window):
         # find_regions' neighbourhood (cv2's anchor for an even kernel is window // 2)
         dilated = cv2.dilate(m, np.ones((window, window), np.uint8))
         _, outer = cv2.findContours(dilated, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         if int((outer[0, :, 3] < 0).sum()) != len(contours):
             return None
-    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
-    bounds = np.concatenate(([0], np.cumsum(lengths)))
-    hulls = _square_hulls(np.concatenate(contours).reshape(-1, 2), bounds, np.arange(len(contours)))
+    hulls = _square_hulls(points, bounds, np.arange(len(contours)))
     _, centroids = _packed_area_centroid(hulls)
     tops = np.array([h[0] for h in hulls])
     return centroids[np.lexsort((tops[:, 0], tops[:, 1]))].reshape(-1, 2)
+
+
+# _boxes_apart compares at most this many pairs of blobs whose columns come near (a lattice's: ~30 per blob).
+_MAX_BOX_PAIRS = 200_000
+
+
+def _boxes_apart(points: np.ndarray, bounds: np.ndarray, window: int) -> bool:
+    """Whether no two blobs (outer contours points[bounds[i]:bounds[i + 1]]) come within `window` + 1 px of each
+    other's bounding box in both x and y: then no two of them share a region (False: maybe they do).
+
+    The dilation by a window x window square grows a blob's box by window - 1 px in all (split between the two
+    sides by the anchor), so two dilated blobs touch (8-connected) only where their boxes are at most window px
+    apart in both directions, and each dilated blob is connected: a region per blob, as the dilated mask's
+    contours count them (a dilated blob inside another's hole has its box inside the other's: not apart)."""
+    starts = bounds[:-1]
+    x0, x1 = np.minimum.reduceat(points[:, 0], starts), np.maximum.reduceat(points[:, 0], starts)
+    y0, y1 = np.minimum.reduceat(points[:, 1], starts), np.maximum.reduceat(points[:, 1], starts)
+    order = np.argsort(x0, kind="stable")
+    x0, x1, y0, y1 = x0[order], x1[order], y0[order], y1[order]
+    reach = window + 1  # boxes this many px apart or less (or overlapping) count as near
+    # blob i's partners: the later ones (by x0) whose x0 is within reach of its x1; every near pair is one such
+    end = np.searchsorted(x0, x1 + reach, side="right")
+    n_pairs = np.maximum(end - np.arange(len(x0)) - 1, 0)
+    total = int(n_pairs.sum())
+    if total == 0:
+        return True
+    if total > _MAX_BOX_PAIRS:
+        return False
+    i = np.repeat(np.arange(len(x0)), n_pairs)
+    j = np.arange(total) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs) + i + 1
+    gap_y = np.maximum(y0[i], y0[j]) - np.minimum(y1[i], y1[j])
+    return not bool((gap_y <= reach).any())
 
 
 def default_score(models: ModelSet, cnn: bool = True) -> str:
