@@ -256,3 +256,80 @@ def test_hole_centroids_are_the_same_without_the_box_test(seed, n, radius, windo
         m.setattr(holes, "_boxes_apart", lambda *a: False)
         want = holes.hole_centroids(mask, window)
     assert got.tobytes() == want.tobytes() and got.shape == want.shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lattice points: index ranges without LAPACK
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(ox=st.floats(-300, 300), oy=st.floats(-300, 300), length=st.floats(2.0, 400.0), ratio=st.floats(0.5, 3.0),
+       theta=st.floats(0, 360), gamma=st.floats(20, 160), rows=st.integers(1, 400), cols=st.integers(1, 400),
+       tol=st.sampled_from([-10.0, -0.5, 0.0, 3.0, 100.0, -300.0]))
+def test_lattice_points_are_the_solved_ones(ox, oy, length, ratio, theta, gamma, rows, cols, tol):
+    """lattice_points gives _lattice_points_solved's points (np.linalg.solve's index ranges), order and bits."""
+    from ptolemy_rt.lattice import _lattice_points_solved, lattice_points
+
+    t, g = np.radians(theta), np.radians(theta + gamma)
+    u = (length * np.cos(t), length * np.sin(t))
+    v = (length * ratio * np.cos(g), length * ratio * np.sin(g))
+    want = _lattice_points_solved((ox, oy), u, v, (rows, cols), tol)
+    got = lattice_points((ox, oy), u, v, (rows, cols), tol)
+    assert got.shape == want.shape and got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_lattice_points_of_a_degenerate_basis_fail_as_before():
+    from ptolemy_rt.lattice import lattice_points
+
+    with pytest.raises(np.linalg.LinAlgError):
+        lattice_points((0.0, 0.0), (10.0, 0.0), (20.0, 0.0), (50, 50))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Coset statistics: the same figures without np.clip's and np.mean's wrappers
+
+
+def _former_coset_stats(c, sat, origin, a, b, radius, halfwidth):
+    import math
+
+    from ptolemy_rt._orderstats import median
+    from ptolemy_rt.lattice import _lattice_points_solved, _near_distance
+
+    shape = (sat.shape[0] - 1, sat.shape[1] - 1)
+    pts = _lattice_points_solved(origin, tuple(a), tuple(b), shape, 0.0)
+    if len(pts) == 0:
+        return 0.0, math.nan, math.nan, 0
+    dist = _near_distance(pts, c, origin, a, b, radius)
+    near = dist < radius
+    h = max(1, int(halfwidth))
+    x = np.rint(pts[:, 0]).astype(np.int64)
+    y = np.rint(pts[:, 1]).astype(np.int64)
+    x0, x1 = np.clip(x - h, 0, shape[1]), np.clip(x + h + 1, 0, shape[1])
+    y0, y1 = np.clip(y - h, 0, shape[0]), np.clip(y + h + 1, 0, shape[0])
+    mass = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]).astype(np.float64)
+    size = float(mass[mass > 0].mean()) if (mass > 0).any() else math.nan
+    resid = float(median(dist[near])) if near.any() else math.nan
+    return float(near.mean()), size, resid, int(near.sum())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), spacing=st.floats(9.0, 40.0), n=st.integers(0, 80),
+       density=st.sampled_from([0.0, 0.02, 0.3]), hw=st.floats(0.5, 14.0))
+def test_coset_stats_are_the_former_figures(seed, spacing, n, density, hw):
+    import math
+
+    from ptolemy_rt.lattice import _coset_stats
+
+    rng = np.random.default_rng(seed)
+    mask = _mask(rng, (70, 95), density)
+    sat = summed_area_table(mask)
+    t = rng.uniform(0, np.pi)
+    a = np.array([spacing * np.cos(t), spacing * np.sin(t)])
+    b = np.array([-a[1], a[0]]) * rng.choice([1.0, 1.3])
+    c = rng.uniform(-5, 100, (n, 2))
+    origin = (float(rng.uniform(-20, 90)), float(rng.uniform(-20, 70)))
+    want = _former_coset_stats(c, sat, origin, a, b, 0.25 * spacing, hw)
+    got = _coset_stats(c, sat, origin, a, b, 0.25 * spacing, hw)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert type(g) is type(w) and (g == w or (math.isnan(g) and math.isnan(w)))
