@@ -333,3 +333,57 @@ def test_coset_stats_are_the_former_figures(seed, spacing, n, density, hw):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert type(g) is type(w) and (g == w or (math.isnan(g) and math.isnan(w)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autocorrelation peaks: the 8-neighbour test by one dilation
+
+
+def _former_peaks(rho: np.ndarray, max_lag: tuple[int, int]) -> np.ndarray:
+    from ptolemy_rt.spacing import _MIN_PEAK, _MIN_PERIOD
+
+    rows, cols = (rho.shape[0] + 1) // 2, (rho.shape[1] + 1) // 2
+    lr, lc = max_lag
+    sub = rho[rows - 1 - lr : rows + lr, cols - 1 - lc : cols + lc]
+    # only the rows of lags dy >= 0 (core row i is dy = i + 1 - lr): the other half plane is never kept
+    i0 = max(lr - 1, 0)
+    core = sub[1 + i0 : -1, 1:-1]
+    is_max = core >= _MIN_PEAK
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                is_max &= core > sub[1 + i0 + dr : sub.shape[0] - 1 + dr, 1 + dc : sub.shape[1] - 1 + dc]
+    i, j = np.nonzero(is_max)
+    i = i + i0
+    dy, dx = i + 1 - lr, j + 1 - lc
+    # one of each +-t pair: the half plane dy > 0, or dy == 0 and dx > 0
+    # (and no shorter than _MIN_PERIOD: integer lags, so their squared length decides exactly as the length)
+    keep = ~((dy < 0) | ((dy == 0) & (dx <= 0))) & (dx * dx + dy * dy >= _MIN_PERIOD**2)
+    i, j, dy, dx = i[keep], j[keep], dy[keep], dx[keep]
+    # Parabolic sub-pixel offsets, all maxima at once: the same float32 arithmetic per maximum as one by one
+    # (up - 2 ctr + dn, then 0.5 (up - dn) / that), then int64 + float32 lags in float64.
+    ctr = sub[i + 1, j + 1]
+    up, dn, lf, rt = sub[i, j + 1], sub[i + 2, j + 1], sub[i + 1, j], sub[i + 1, j + 2]
+    den_y, den_x = up - np.float32(2) * ctr + dn, lf - np.float32(2) * ctr + rt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        oy = np.where(den_y < 0, np.float32(0.5) * (up - dn) / den_y, np.float32(0.0))
+        ox = np.where(den_x < 0, np.float32(0.5) * (lf - rt) / den_x, np.float32(0.0))
+    return np.stack([dx + ox, dy + oy, ctr.astype(np.float64)], axis=1).astype(np.float64).reshape(-1, 3)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 40), cols=st.integers(1, 40),
+       decimals=st.sampled_from([0, 1, 3]), special=st.sampled_from([None, np.nan, np.inf, -np.inf, -0.0]))
+def test_peaks_are_the_former_peaks(seed, rows, cols, decimals, special):
+    """_peaks gives the former 8-comparison loop's maxima to the bit (ties, NaN and infinities included)."""
+    from ptolemy_rt.spacing import _peaks
+
+    rng = np.random.default_rng(seed)
+    rho = np.round(rng.uniform(-0.3, 1.0, (2 * rows + 1, 2 * cols + 1)), decimals).astype(np.float32)
+    if special is not None:
+        rho[rng.integers(0, rho.shape[0], 3), rng.integers(0, rho.shape[1], 3)] = special
+    max_lag = (int(rng.integers(0, rows + 1)), int(rng.integers(0, cols + 1)))
+    with np.errstate(invalid="ignore"):
+        want = _former_peaks(rho, max_lag)
+        got = _peaks(rho, max_lag)
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()
