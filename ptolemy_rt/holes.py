@@ -119,7 +119,7 @@ def _separate_blob_centroids(mask: np.ndarray, window: int) -> np.ndarray | None
     _packed_area_centroid, raster order of the hulls' first vertices): the same bits."""
     import cv2
 
-    from .regions import _packed_area_centroid, _square_hulls
+    from .regions import _flat_area_centroid, _square_hulls_packed
 
     m = np.ascontiguousarray(mask)
     if m.dtype == np.bool_:
@@ -140,9 +140,10 @@ def _separate_blob_centroids(mask: np.ndarray, window: int) -> np.ndarray | None
         _, outer = cv2.findContours(dilated, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         if int((outer[0, :, 3] < 0).sum()) != len(contours):
             return None
-    hulls = _square_hulls(points, bounds, np.arange(len(contours)))
-    _, centroids = _packed_area_centroid(hulls)
-    tops = np.array([h[0] for h in hulls])
+    # the hulls concatenated (regions._square_hulls_packed), not as a list of arrays: the same vertices
+    vertices, starts, counts = _square_hulls_packed(points, bounds, np.arange(len(contours)))
+    _, centroids = _flat_area_centroid(vertices, starts, counts)
+    tops = vertices[starts]
     return centroids[np.lexsort((tops[:, 0], tops[:, 1]))].reshape(-1, 2)
 
 

@@ -67,9 +67,17 @@ def _packed_area_centroid(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     """Areas (n,) and area centroids (n, 2) of many polygons at once (shoelace per polygon)."""
     lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    return _flat_area_centroid(np.concatenate(hulls), starts, lengths)
+
+
+def _flat_area_centroid(vertices: np.ndarray, starts: np.ndarray,
+                        lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_packed_area_centroid of the polygons vertices[starts[i] : starts[i] + lengths[i]] (concatenated, none
+    empty): the same arithmetic without a list of arrays."""
+    firsts = vertices[starts]
     # Relative to each polygon's first vertex, so large coordinates lose no precision.
-    origin = np.repeat(np.array([h[0] for h in hulls]), lengths, axis=0)
-    pts = np.concatenate(hulls) - origin
+    origin = np.repeat(firsts, lengths, axis=0)
+    pts = vertices - origin
     nxt = np.arange(1, len(pts) + 1)
     nxt[starts + lengths - 1] = starts
     x, y = pts[:, 0], pts[:, 1]
@@ -81,7 +89,7 @@ def _packed_area_centroid(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     safe = np.where(a2 == 0.0, 1.0, a2)
     mean = np.add.reduceat(pts, starts, axis=0) / lengths[:, None]
     cent = np.where((a2 == 0.0)[:, None], mean, np.stack([cx, cy], axis=1) / (3.0 * safe[:, None]))
-    return np.abs(a2) / 2.0, cent + np.array([h[0] for h in hulls])
+    return np.abs(a2) / 2.0, cent + firsts
 
 
 def _square_hulls(points: np.ndarray, bounds: np.ndarray, which: np.ndarray) -> list[np.ndarray]:
@@ -90,11 +98,21 @@ def _square_hulls(points: np.ndarray, bounds: np.ndarray, which: np.ndarray) -> 
     # The hull of the squares is the hull of the centres grown by the unit square (a Minkowski sum), so only the
     # centre hulls' few vertices need their corners, and which corners are vertices follows from the centre
     # hull's edges (_grown_hulls), without a second hull per region.
+    packed = _square_hulls_packed(points, bounds, which)
+    if packed is None:
+        return []
+    out, starts, counts = packed
+    return [out[a : a + k] for a, k in zip(starts.tolist(), counts.tolist())]
+
+
+def _square_hulls_packed(points: np.ndarray, bounds: np.ndarray,
+                         which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """_square_hulls concatenated: (vertices, each hull's start, its vertex count); None for no hulls."""
     centre_hulls = [cv2.convexHull(points[bounds[i] : bounds[i + 1]].reshape(-1, 1, 2)).reshape(-1, 2) for i in which]
     if not centre_hulls:
-        return []
+        return None
     sizes = np.fromiter((len(h) for h in centre_hulls), dtype=np.int64, count=len(centre_hulls))
-    return _grown_hulls(np.concatenate(centre_hulls).astype(np.int64), sizes)
+    return _grown_hulls_packed(np.concatenate(centre_hulls).astype(np.int64), sizes)
 
 
 # The unit square's corners, one per quadrant of directions in turn (x right, y down: the quadrants of +x..+y,
@@ -119,9 +137,16 @@ def _in_arc(w: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _grown_hulls(centres: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """_grown_hulls_packed's hulls as a list of arrays (see there)."""
+    out, starts, counts = _grown_hulls_packed(centres, sizes)
+    return [out[a : a + k] for a, k in zip(starts.tolist(), counts.tolist())]
+
+
+def _grown_hulls_packed(centres: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each convex polygon (integer vertices, concatenated, `sizes` each, no three in a line: cv2.convexHull's
     output) grown by the unit square: float64 (k, 2) vertices as cv2.convexHull(corners, clockwise=True) orders
-    them (counter-clockwise on screen), from the top-most, then left-most vertex.
+    them (counter-clockwise on screen), from the top-most, then left-most vertex; concatenated, with each grown
+    polygon's start and vertex count.
 
     Vertex p + s (s a corner of the square) is a vertex of the sum exactly when some direction d is maximised
     by p alone over the polygon and by s alone over the square: the open arc of p's outward normals (between
@@ -168,8 +193,7 @@ def _grown_hulls(centres: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     pos = np.arange(len(pts)) - starts[hull_of]
     c = counts[hull_of]
     take = starts[hull_of] + c - 1 - ((c - 1 - w_min[hull_of] + pos) % c)
-    out = pts[take]
-    return [out[a : a + k] for a, k in zip(starts.tolist(), counts.tolist())]
+    return pts[take], starts, counts
 
 
 def find_regions(

@@ -387,3 +387,45 @@ def test_peaks_are_the_former_peaks(seed, rows, cols, decimals, special):
         want = _former_peaks(rho, max_lag)
         got = _peaks(rho, max_lag)
     assert got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hull areas and centroids from the concatenated hulls
+
+
+def _former_packed_area_centroid(hulls):
+    lengths = np.fromiter((len(h) for h in hulls), dtype=np.int64, count=len(hulls))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    origin = np.repeat(np.array([h[0] for h in hulls]), lengths, axis=0)
+    pts = np.concatenate(hulls) - origin
+    nxt = np.arange(1, len(pts) + 1)
+    nxt[starts + lengths - 1] = starts
+    x, y = pts[:, 0], pts[:, 1]
+    xn, yn = x[nxt], y[nxt]
+    cross = x * yn - xn * y
+    a2 = np.add.reduceat(cross, starts)
+    cx = np.add.reduceat((x + xn) * cross, starts)
+    cy = np.add.reduceat((y + yn) * cross, starts)
+    safe = np.where(a2 == 0.0, 1.0, a2)
+    mean = np.add.reduceat(pts, starts, axis=0) / lengths[:, None]
+    cent = np.where((a2 == 0.0)[:, None], mean, np.stack([cx, cy], axis=1) / (3.0 * safe[:, None]))
+    return np.abs(a2) / 2.0, cent + np.array([h[0] for h in hulls])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), spread=st.floats(0.5, 1e4))
+def test_flat_area_centroid_is_the_former_packed_one(seed, n, spread):
+    from ptolemy_rt.regions import _flat_area_centroid, _grown_hulls_packed
+
+    rng = np.random.default_rng(seed)
+    hulls = [rng.uniform(-spread, spread, (int(rng.integers(1, 9)), 2)) + rng.uniform(0, 1e6, 2) for _ in range(n)]
+    lengths = np.array([len(h) for h in hulls])
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    want = _former_packed_area_centroid(hulls)
+    got = _flat_area_centroid(np.concatenate(hulls), starts, lengths)
+    for g, w in zip(got, want):
+        assert g.tobytes() == w.tobytes()
+    # the grown hulls, concatenated, are the list's arrays end to end
+    centres = np.concatenate([np.array([[0, 0]]), np.array([[5, 1], [9, 7], [2, 6]])]).astype(np.int64)
+    out, s, k = _grown_hulls_packed(centres, np.array([1, 3]))
+    assert s.tolist() == [0, int(k[0])] and len(out) == int(k.sum())
