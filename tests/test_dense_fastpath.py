@@ -429,3 +429,29 @@ def test_flat_area_centroid_is_the_former_packed_one(seed, n, spread):
     centres = np.concatenate([np.array([[0, 0]]), np.array([[5, 1], [9, 7], [2, 6]])]).astype(np.int64)
     out, s, k = _grown_hulls_packed(centres, np.array([1, 3]))
     assert s.tolist() == [0, int(k[0])] and len(out) == int(k.sum())
+
+
+@pytest.mark.parametrize("window", [2, 3, 5, 6])
+def test_boxes_apart_at_every_gap(window):
+    """Two blobs at every gap along x, y and the diagonal: where _boxes_apart says apart, the dilated mask has two
+    outer contours (the off-by-one cases at the window's reach included)."""
+    import cv2
+
+    from ptolemy_rt.holes import _boxes_apart
+
+    for gap in range(0, 2 * window + 4):
+        for dx, dy in ((1, 0), (0, 1), (1, 1)):
+            mask = np.zeros((40, 40), dtype=np.uint8)
+            mask[10:13, 10:13] = 1
+            x, y = 12 + dx * (gap + 1), 12 + dy * (gap + 1)
+            mask[y : y + 2, x : x + 2] = 1
+            contours, _ = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+            bounds = np.concatenate(([0], np.cumsum([len(c) for c in contours])))
+            apart = _boxes_apart(np.concatenate(contours).reshape(-1, 2), bounds, window)
+            dilated = cv2.dilate(mask, np.ones((window, window), np.uint8))
+            _, outer = cv2.findContours(dilated, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+            regions = int((outer[0, :, 3] < 0).sum())
+            if apart:
+                assert regions == len(contours), (gap, dx, dy)
+            if gap > window + 1 and len(contours) == 2:
+                assert apart, (gap, dx, dy)  # far enough apart is recognised (the fast path is taken)
