@@ -204,26 +204,29 @@ def _scan_prepared(sat, ox, oy, ux, uy, vx, vy, cross, h, row_step=1, counts=Tru
     rx = fx.astype(np.int64)
     ry = fy.astype(np.int64)
     hp = int(h[0]) if n and (h == h[0]).all() else np.repeat(h[cand], na)  # one half-width: no per-point copy
-    c0 = np.maximum(rx - hp, 0)
-    c1 = np.minimum(rx + hp, cols - 1)
-    r0 = np.maximum(ry - hp, 0)
-    r1 = np.minimum(ry + hp, rows - 1)
-    # Within the rectangle a footprint outside the image is empty with c0 == c1 + 1 (or r0 == r1 + 1) at valid
-    # table indices, so it adds 0 to every sum, as the former filter did. Float rounding at the rectangle's
-    # edge could in principle put one further out: it is made an empty one at a valid corner.
-    out = np.flatnonzero((c0 > c1 + 1) | (r0 > r1 + 1))
-    if out.size:
-        c0[out] = np.minimum(c0[out], cols)
-        r0[out] = np.minimum(r0[out], rows)
-        c1[out] = c0[out] - 1
-        r1[out] = r0[out] - 1
+    # The footprint's clipped edges as the summed-area table's corner indices: x0 = clip(rx - h, 0, cols) and
+    # x1 = clip(rx + h + 1, 0, cols) (likewise y). Inside the image these are the former corners (max(rx - h, 0),
+    # min(rx + h, cols - 1) + 1); a footprint beyond an edge gets x0 == x1 (or y0 == y1) at a valid index, an
+    # empty rectangle that adds 0 to every sum, as the former filter made it (the same integers in ~half the
+    # passes over the points).
+    x0 = rx - hp
+    np.clip(x0, 0, cols, out=x0)
+    x1 = rx + (hp + 1)
+    np.clip(x1, 0, cols, out=x1)
+    y0 = ry - hp
+    np.clip(y0, 0, rows, out=y0)
+    y1 = ry + (hp + 1)
+    np.clip(y1, 0, rows, out=y1)
     # The table flattened: one gather per corner instead of 2-D fancy indexing (the same sums).
     flat = sat.reshape(-1)
     width = cols + 1
-    top, bottom, right = r0 * width, (r1 + 1) * width, c1 + 1
+    area = y1 - y0
+    y0 *= width
+    y1 *= width
     # in the table's int32: a footprint's count is at most the image's pixels, so no corner sum overflows
-    here = flat.take(bottom + right) - flat.take(top + right) - flat.take(bottom + c0) + flat.take(top + c0)
-    area = (c1 - c0 + 1) * (r1 - r0 + 1)
+    here = flat.take(y1 + x1) - flat.take(y0 + x1) - flat.take(y1 + x0) + flat.take(y0 + x0)
+    x1 -= x0
+    area *= x1
     if not counts:
         return total(area), total(here), None, None
     inside = (rx >= 0) & (rx < cols) & (ry >= 0) & (ry < rows)

@@ -146,6 +146,7 @@ def test_box_tables_hold_the_former_tables_figures(seed, rows, cols, h, density,
 
 
 def _candidates(rng, n, spacing, max_hw=15.0):
+    spacing = spacing * rng.choice([1.0, 1.0, 0.7, 1.5], n)  # mostly one half-width, some others
     theta = np.radians(rng.uniform(0, 180, n))
     ratio = rng.choice([1.0, 1.15], n)
     gamma = np.radians(rng.choice([60.0, 90.0, 105.0], n))
@@ -154,7 +155,7 @@ def _candidates(rng, n, spacing, max_hw=15.0):
     return k._prepared(ux, uy, vx, vy, max_hw)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 12), spacing=st.floats(8.0, 70.0),
        row_step=st.sampled_from([1, 4]), counts=st.booleans())
 def test_scan_prepared_is_the_former_scan(seed, n, spacing, row_step, counts):
