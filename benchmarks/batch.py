@@ -6,7 +6,7 @@
 Makes `--images` med-mag images (1024x1440 MRC, seeds 0..N-1; kept in `--image-cache` for the next run):
 `--image-set synthetic` (default) the generator's dense lattices, 80-880 holes each, most of them enlarged 1.3x
 for the U-Net (the costly case); `--image-set real` variants of the real reference image (make_real_images:
-windows, flips, gain, noise; 10-20 holes, as on the reference). It splits them in `--rounds` equal blocks,
+windows, flips, gain, offset, noise; 9-17 holes, as on the reference). It splits them in `--rounds` equal blocks,
 then, block by block, runs every mode over that block, the order of the modes turning each round, so that
 every mode sees the same load on a shared machine (each mode's time is spread over the whole run, not bunched
 at one end). Each run is a whole process started from here (wall clock: imports,
@@ -143,49 +143,56 @@ def make_images(folder: Path, n: int, first: int = 0) -> list[Path]:
 
 # The real 1024x1440 med-mag image the "real" set is made from (the published Ptolemy example, CC BY-NC: the
 # variants stay in a temporary or cache folder, never in the repository).
-REFERENCE_MEDMAG = Path(os.environ.get("PTOLEMY_REFERENCE", REPO.parent / "shared" / "ptolemy-reference")) / (
+REFERENCE_MEDMAG = Path(os.environ.get("PTOLEMY_REFERENCE") or REPO.parent / "shared" / "ptolemy-reference") / (
     "images/medmag_readme_1024x1440.mrc")
 
 
 def make_real_images(folder: Path, n: int, source: Path = REFERENCE_MEDMAG) -> list[Path]:
     """n 1024x1440 variants of a real med-mag image (seeds 0..n-1; existing files are kept): each a random window
-    of 1/1.0 to 1/1.4 of the image enlarged back to full size (bicubic; fewer, larger holes), flipped at random
-    along either axis, with a random gain (0.7-1.4) and offset (-20..20 % of the mean) and Gaussian noise of
-    0-100 % of the image's own pixel-to-pixel noise. Real content, varied, so that no two images are alike."""
+    of 1/1.0 to 1/1.4 of the image enlarged back to full size (bicubic; fewer, larger holes: 9-17 on the
+    reference), flipped at random along either axis, with a random gain (0.7-1.4), offset (-20..20 % of the
+    mean) and Gaussian noise of 0-100 % of the image's own pixel-to-pixel noise. Real content, varied.
+    The variants derive from a CC BY-NC image: a folder inside the repository is refused (exit 2)."""
     import cv2
     import mrcfile
     import numpy as np
 
+    from ptolemy_rt.demo import write_mrc
+
+    folder = folder.resolve()
+    if folder == REPO or REPO in folder.parents:
+        print(f"error: {folder} is inside the repository; keep the real set's variants elsewhere", file=sys.stderr)
+        raise SystemExit(2)
+    paths = [folder / f"real_{seed:04d}.mrc" for seed in range(n)]
+    missing = [seed for seed, path in enumerate(paths) if not path.is_file()]  # seeded: a name holds its bytes
+    if not missing:
+        return paths
     if not source.is_file():
-        raise SystemExit(f"--image-set real needs {source} (set PTOLEMY_REFERENCE to the ptolemy-reference folder)")
+        print(f"error: --image-set real needs {source} (PTOLEMY_REFERENCE: the ptolemy-reference folder)",
+              file=sys.stderr)
+        raise SystemExit(2)
     with mrcfile.open(source, permissive=True) as mrc:
         base = np.asarray(mrc.data, dtype=np.float32)
     rows, cols = base.shape
     # The pixel-to-pixel noise: the std of neighbour differences over sqrt(2).
     noise = float(np.std(np.diff(base, axis=1))) / np.sqrt(2.0)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed in range(n):
-        path = folder / f"real_{seed:04d}.mrc"
-        if not path.is_file():  # seeded: a file of that name holds those bytes
-            from ptolemy_rt.demo import write_mrc
-
-            rng = np.random.default_rng([seed, 1440])
-            zoom = float(rng.uniform(1.0, 1.4))
-            h, w = rows / zoom, cols / zoom
-            y0, x0 = float(rng.uniform(0, rows - h)), float(rng.uniform(0, cols - w))
-            m = np.array([[1 / zoom, 0, x0], [0, 1 / zoom, y0]], dtype=np.float64)
-            img = cv2.warpAffine(base, m, (cols, rows), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_REFLECT_101)
-            if rng.random() < 0.5:
-                img = img[:, ::-1]
-            if rng.random() < 0.5:
-                img = img[::-1, :]
-            mean = float(img.mean())
-            img = img * rng.uniform(0.7, 1.4) + mean * rng.uniform(-0.2, 0.2)
-            img = img + rng.normal(0.0, noise * rng.uniform(0.0, 1.0), img.shape)
-            write_mrc(path, np.ascontiguousarray(img, dtype=np.float32))
-        paths.append(path)
+    for seed in missing:
+        rng = np.random.default_rng([seed, 1440])
+        zoom = float(rng.uniform(1.0, 1.4))
+        h, w = rows / zoom, cols / zoom
+        y0, x0 = float(rng.uniform(0, rows - h)), float(rng.uniform(0, cols - w))
+        m = np.array([[1 / zoom, 0, x0], [0, 1 / zoom, y0]], dtype=np.float64)
+        img = cv2.warpAffine(base, m, (cols, rows), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REFLECT_101)
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        if rng.random() < 0.5:
+            img = img[::-1, :]
+        mean = float(img.mean())
+        img = img * rng.uniform(0.7, 1.4) + mean * rng.uniform(-0.2, 0.2)
+        img = img + rng.normal(0.0, noise * rng.uniform(0.0, 1.0), img.shape)
+        write_mrc(paths[seed], np.ascontiguousarray(img, dtype=np.float32))
     return paths
 
 

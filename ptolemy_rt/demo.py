@@ -14,8 +14,9 @@ from .io import Image, atomic_write
 __all__ = ["run_demo", "write_mrc"]
 
 
-def write_mrc(path: Path, data: np.ndarray) -> None:
-    """Write a 2-D array as an MRC file atomically (so the CLI can be rerun on it)."""
+def write_mrc(path: Path, data: np.ndarray, pixel_size_A: float | None = None) -> None:
+    """Write a 2-D array as an MRC file atomically (so the CLI can be rerun on it), the same bytes for the same
+    array: mrcfile's "Created by" label carries the time of day, so it is written without one."""
     import tempfile
 
     import mrcfile
@@ -25,6 +26,9 @@ def write_mrc(path: Path, data: np.ndarray) -> None:
         tmp_path = Path(tmp) / path.name
         with mrcfile.new(tmp_path, overwrite=True) as mrc:
             mrc.set_data(data)
+            if pixel_size_A is not None:
+                mrc.voxel_size = pixel_size_A
+            mrc.header.label[0] = b"Created by ptolemy-rt"
         atomic_write(path, tmp_path.read_bytes())
 
 

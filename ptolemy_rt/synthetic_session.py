@@ -66,17 +66,9 @@ xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
 
 
 def _write_mrc(path: Path, data: np.ndarray, pixel_size_A: float) -> None:
-    import tempfile
+    from .demo import write_mrc
 
-    import mrcfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        tmp_path = Path(tmp) / path.name
-        with mrcfile.new(tmp_path, overwrite=True) as mrc:
-            mrc.set_data(data)
-            mrc.voxel_size = pixel_size_A
-        atomic_write(path, tmp_path.read_bytes())
+    write_mrc(path, data, pixel_size_A)
 
 
 def _jpeg(data: np.ndarray) -> bytes:

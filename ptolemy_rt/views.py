@@ -90,8 +90,9 @@ def _regions(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
 
     # Grana's block-based labelling (BBDT) gives the default's (Spaghetti's) labels, stats and centroids to the
     # bit: both scan 2x2 blocks in raster order and number the regions by their first block (integer stats,
-    # centroids from integer sums), and on one thread it takes half the time (0.36 vs 0.76 ms at 512x364;
-    # the same at two). tests/test_refst_fastpath.py holds it to the default.
+    # centroids from integer sums). On one thread (a batch worker) it takes half the time (0.36-0.64 vs
+    # 0.76-1.14 ms at 512x364); with more both run OpenCV's parallel versions at the same cost.
+    # tests/test_refst_fastpath.py holds it to the default.
     n, labels, stats, cents = cv2.connectedComponentsWithStatsWithAlgorithm(bright, 8, cv2.CV_32S, cv2.CCL_GRANA)
     rows, cols = bright.shape
     areas = stats[1:, cv2.CC_STAT_AREA]

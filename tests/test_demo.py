@@ -61,3 +61,28 @@ def test_demo_output_that_cannot_be_a_folder_is_refused_before_work(tmp_path, ca
     assert main(["demo", "-o", str(target)]) == code
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(target) in err
+
+
+def test_write_mrc_gives_the_same_bytes_for_the_same_array(tmp_path, monkeypatch):
+    """mrcfile labels a new file with the time of day: the demo's and the synthetic session's images were
+    other bytes on every run."""
+    import datetime
+
+    import mrcfile
+    import mrcfile.mrcobject
+
+    from ptolemy_rt.demo import write_mrc
+
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_mrc(tmp_path / "a.mrc", data, 2.5)
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 5, 6, 7, 8, 9)
+
+    monkeypatch.setattr(mrcfile.mrcobject, "datetime", Later)
+    write_mrc(tmp_path / "b.mrc", data, 2.5)
+    assert (tmp_path / "a.mrc").read_bytes() == (tmp_path / "b.mrc").read_bytes()
+    with mrcfile.open(tmp_path / "a.mrc") as mrc:
+        assert mrc.header.label[0] == b"Created by ptolemy-rt" and mrc.voxel_size.x == 2.5

@@ -160,3 +160,31 @@ def test_view_tests_label_as_before(monkeypatch):
         former = [answers(im) for im in images]
     assert fast == former
     assert any(f[0] for f in fast) and any(f[1] for f in fast)  # both tests fire somewhere
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_regions_give_the_default_labellings_arrays(threads, monkeypatch):
+    # views._regions' own arrays (labels, stats, centroids, the order it picks), not only the view tests'
+    # answers: a labelling that numbers regions otherwise (SAUF numbers them by pixel, not by 2x2 block)
+    # fails here.
+    from ptolemy_rt import views
+    from ptolemy_rt.synthetic import make_medmag
+
+    default = cv2.connectedComponentsWithStats
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        for seed in range(4):
+            bright = views._split(make_medmag(seed, (512, 720))[0], 512)[0]
+            fast = views._regions(bright, 4.0)
+            with monkeypatch.context() as m:
+                m.setattr(cv2, "connectedComponentsWithStatsWithAlgorithm",
+                          lambda image, connectivity, ltype, ccltype: default(image, connectivity=connectivity,
+                                                                              ltype=ltype))
+                former = views._regions(bright, 4.0)
+            assert len(fast) == len(former)
+            for a, b in zip(fast, former):
+                a, b = np.asarray(a), np.asarray(b)
+                assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    finally:
+        cv2.setNumThreads(before)
