@@ -397,14 +397,30 @@ def _input_files(args: argparse.Namespace) -> dict[object, str]:
             found.setdefault(_same_file_key(Path(path)), f"the --{option} file {path}")
     models = getattr(args, "models", None)
     if models and Path(models).is_dir():
-        try:
-            for k, path in enumerate(Path(models).iterdir()):
-                if k >= 1000:
-                    break
-                found.setdefault(_same_file_key(path), f"a file of the model set {models}")
-        except OSError:
-            pass
+        # The manifest and the graphs it names, not every file there: a run's own earlier output beside them
+        # (`--models . -o m.json`) is no file of the set.
+        for path in _model_set_files(Path(models)):
+            found.setdefault(_same_file_key(path), f"a file of the model set {models}")
     return found
+
+
+def _model_set_files(directory: Path) -> list[Path]:
+    """manifest.json and the graph files it lists (as far as it can be read: a set that cannot be read is
+    refused later, with its own error)."""
+    import json
+
+    from .manifest import MAX_MANIFEST_BYTES
+    from .smallfiles import read_small
+
+    files = [directory / "manifest.json"]
+    try:
+        raw = json.loads(read_small(files[0], MAX_MANIFEST_BYTES, "model-set manifest").decode("utf-8"))
+        entries = raw.get("models", {}).values() if isinstance(raw, dict) and isinstance(raw.get("models"), dict) \
+            else []
+        files += [directory / e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)]
+    except (PtolemyError, OSError, ValueError, RecursionError):
+        pass
+    return files
 
 
 def _same_file_key(path: Path) -> object:
@@ -813,20 +829,23 @@ def _quiet_numerics() -> None:
 
 class _SafeStderr:
     """sys.stderr whose write failures (a full disk under a log file, a closed pipe) are dropped: a message that
-    cannot be shown must not turn the command's exit code into 70 (an OSError out of a print)."""
+    cannot be shown must not turn the command's exit code into 70 (an OSError out of a print). No stream at all
+    (stderr closed: Python's sys.stderr is None) drops every message, where print(file=None) wrote the error
+    lines to stdout."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            return self._stream.write(text) if self._stream is not None else len(text)
         except (OSError, ValueError):
             return len(text)
 
     def flush(self) -> None:
         try:
-            self._stream.flush()
+            if self._stream is not None:
+                self._stream.flush()
         except (OSError, ValueError):
             pass
 
@@ -843,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous: dict = {}
     _SIGNALLED.clear()
     stderr = sys.stderr
-    if stderr is not None and not isinstance(stderr, _SafeStderr):
+    if not isinstance(stderr, _SafeStderr):
         sys.stderr = _SafeStderr(stderr)
     try:
         previous = _install_signal_handlers()
@@ -923,7 +942,8 @@ def run() -> None:
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # a closed descriptor: Python's stream is None
+                stream.flush()
         except (OSError, ValueError):
             if stream is sys.stdout and code == EXIT_OK:
                 code = EXIT_OUTPUT

@@ -39,13 +39,19 @@ EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 
 
 def one_line(text: str) -> str:
     """`text` with its control and bidirectional-format characters escaped (a newline as \\n, ESC as \\x1b):
-    an error stays one line naming the file, whatever the file's name holds (newlines, terminal escapes)."""
+    an error stays one line naming the file, whatever the file's name holds (newlines, terminal escapes). Other
+    format characters that names legitimately hold (the zero-width joiners of Persian, Indic and emoji
+    names, the soft hyphen) are kept."""
     if text.isprintable():
         return text
     import unicodedata
 
-    return "".join(c if c == " " or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
+    return "".join(c if c == " " or (unicodedata.category(c) not in ("Cc", "Zl", "Zp") and c not in _BIDI)
                    else repr(c)[1:-1] for c in text)
+
+
+# The bidirectional controls (marks, embeddings, overrides, isolates): they reorder what a terminal shows.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class PtolemyError(Exception):

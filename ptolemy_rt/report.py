@@ -119,7 +119,8 @@ def _finite(value: Any) -> bool:
 
 def sound_result(data: Any, centres: bool = True) -> bool:
     """Whether a result file's content has what the report and the square linking read: a dict whose targets
-    are dicts with finite x, y (and area), a finite score or none, and [x, y] vertices or none. A damaged
+    are dicts with finite x, y (and area), a finite score or none, and a polygon: at least 3 [x, y] vertices
+    (every result ptolemy-rt writes has them; the report draws them, the linking tests points in them). A damaged
     results/*.json (a list, targets of text) made the report an internal error (exit 70). `centres=False`: x and
     y may be absent (the square linking reads the vertices alone)."""
     if not isinstance(data, dict) or not isinstance(data.get("targets", []), list):
@@ -130,7 +131,7 @@ def sound_result(data: Any, centres: bool = True) -> bool:
         if any(t.get(k) is not None and not _finite(t.get(k)) for k in ("score", "area")):
             return False
         vertices = t.get("vertices")
-        if vertices is not None and not (isinstance(vertices, list) and all(
+        if not (isinstance(vertices, list) and len(vertices) >= 3 and all(
                 isinstance(v, list) and len(v) == 2 and _finite(v[0]) and _finite(v[1]) for v in vertices)):
             return False
     return True
