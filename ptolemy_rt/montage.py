@@ -70,9 +70,9 @@ __all__ = [
 ]
 
 MAX_PIXELS = 2**28
-# A montage's pieces overlap, and a few may be missing: its extent is about their area. One over MAX_SPREAD times
-# their area is a .mdoc whose piece coordinates lie.
-MAX_SPREAD = 16
+# A montage's pieces overlap, and a few may be missing: its extent is about their area (a thin diagonal polygon
+# montage of n pieces: about n times). One over MAX_SPREAD times their area is a .mdoc whose piece coordinates lie.
+MAX_SPREAD = 64
 _SECTION = re.compile(r"^\[\s*ZValue\s*=\s*(-?\d+)\s*\]\s*$", re.IGNORECASE)
 _ALIGNED_KEYS = ("AlignedPieceCoords", "AlignedPieceCoordinates", "AlignedPieceCoordsVS")
 

@@ -409,3 +409,9 @@ def test_piece_coordinates_spread_far_beyond_the_pieces_are_refused(tmp_path):
         read_image(path)
     mdoc.write_text("[ZValue = 0]\nPieceCoordinates = 0 0 0\n[ZValue = 1]\nPieceCoordinates = 60 0 0\n")
     assert read_image(path).shape == (64, 124)
+    # A thin diagonal polygon montage (20 pieces of 128 px, each 120 px right and down of the last) spreads over
+    # 18 times its pieces' area: a layout SerialEM makes, accepted (review: refused at a limit of 16).
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.ones((20, 128, 128), np.float32))
+    mdoc.write_text("".join(f"[ZValue = {k}]\nPieceCoordinates = {120 * k} {120 * k} 0\n" for k in range(20)))
+    assert read_image(path).shape == (2408, 2408)
