@@ -22,6 +22,11 @@ _STEPS = (4,)
 # A half-width's candidates are scanned through a table of footprint sums (_box_tables) when their points number
 # at least this share of the table's entries.
 _TABLE_SHARE = 0.5
+# Footprint tables are boxFilter sums in int16: (2h + 1)^2 <= 32767 pixels, h <= 90.
+_MAX_TABLE_HALFWIDTH = 90
+# ... and at most this many bytes each (int64 entries; ~3 more bytes an entry while one is built): a 16k^2 image
+# would otherwise keep 2.2 GB per half-width. Beyond it the summed-area corners give the same integers.
+_MAX_TABLE_BYTES = 256 << 20
 
 
 def reduce_basis(ux, uy, vx, vy):
@@ -80,11 +85,14 @@ def _box_tables(sat, h, mask=None):
     (pad, width, packed flat (height * width) int64): a footprint centred at (x, y) covers
     packed[(y + pad) * width + x + pad] & 0xFFFFFFFF positives on packed[...] >> 32 pixels (the clipped
     rectangle; 0 when it misses the image), as the summed-area table's four corners give them. mask: the
-    boolean image behind `sat` (recovered from it when absent); half-widths up to 90 px (int16 sums)."""
+    boolean image behind `sat` (recovered from it when absent); half-widths up to _MAX_TABLE_HALFWIDTH px (int16
+    sums: a larger one would saturate)."""
     import cv2
 
     rows, cols = sat.shape[0] - 1, sat.shape[1] - 1
     h = int(h)
+    if not 0 <= h <= _MAX_TABLE_HALFWIDTH:
+        raise ValueError(f"footprint tables take half-widths 0..{_MAX_TABLE_HALFWIDTH} (int16 sums), got {h}")
     pad = h + 3
     r = np.arange(-pad, rows + pad)
     c = np.arange(-pad, cols + pad)
@@ -96,7 +104,7 @@ def _box_tables(sat, h, mask=None):
         mask = np.diff(np.diff(sat, axis=0), axis=1)
     # The clipped sums are a box filter's over the mask in a frame of zeros wide enough that no window reaches
     # past it: exact integers, as the summed-area table's corners give them (the table's four gathers per
-    # centre cost ~10x as much). A footprint holds at most 31 x 31 pixels (int16).
+    # centre cost ~10x as much). A footprint holds at most 181 x 181 pixels (int16).
     edge = pad + h
     framed = np.zeros((rows + 2 * edge, cols + 2 * edge), dtype=np.uint8)
     framed[edge : edge + rows, edge : edge + cols] = mask
@@ -320,7 +328,9 @@ def search(sat, ox, oy, ux, uy, vx, vy, order, total, lambda_fn, lambda_fp, max_
     # a point then costs half the summed-area table's four corners), the rest use the corners.
     tabled = set()
     for hv in unique(h[eligible & ~bad]).tolist() if rows * cols < 2**31 else ():
-        if hv <= 90 and est[(h == hv) & eligible & ~bad].sum() >= _TABLE_SHARE * _table_size((rows, cols), hv):
+        size = _table_size((rows, cols), hv)
+        if hv <= _MAX_TABLE_HALFWIDTH and 8 * size <= _MAX_TABLE_BYTES and (
+                est[(h == hv) & eligible & ~bad].sum() >= _TABLE_SHARE * size):
             tabled.add(int(hv))
     state = {"subsample": True, "tabled": tabled, "tables": {}, "mask": mask}
     for t, p in enumerate(order):

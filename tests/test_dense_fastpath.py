@@ -209,6 +209,18 @@ def test_search_finds_the_same_whatever_is_tabled(share, monkeypatch):
     monkeypatch.setattr(k, "_TABLE_SHARE", share)
     assert k.search(*args, mask=mask) == want
     assert k.search(*args) == want  # the mask recovered from the table
+    monkeypatch.setattr(k, "_MAX_TABLE_BYTES", 8 * k._table_size((150, 210), 3))  # tables up to h = 3 only
+    assert k.search(*args, mask=mask) == want
+
+
+def test_footprint_tables_refuse_half_widths_their_int16_sums_cannot_hold():
+    """Review: above h = 90 a footprint's (2h + 1)^2 pixels saturate the box filter's int16 (32767)."""
+    mask = np.ones((400, 400), dtype=bool)
+    sat = summed_area_table(mask)
+    pad, width, packed = k._box_tables(sat, 90, mask)
+    assert packed[(200 + pad) * width + 200 + pad] & 0xFFFFFFFF == 181 * 181
+    with pytest.raises(ValueError, match="half-widths 0..90"):
+        k._box_tables(sat, 91, mask)
 
 
 # ---------------------------------------------------------------------------------------------------
