@@ -696,12 +696,12 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         raise UsageError(f"--workers {workers}: give at least 1")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: give at least 1")
-    from .cli import _max_threads
+    from .options import max_threads
 
-    if threads is not None and threads > _max_threads():
+    if threads is not None and threads > max_threads():
         # As `squares --threads`: onnxruntime starts every thread it is given (--threads 100000: 32,000 threads
         # and 16 GB before the kernel stopped it).
-        raise UsageError(f"--threads {threads}: give at most {_max_threads()} (four per CPU)")
+        raise UsageError(f"--threads {threads}: give at most {max_threads()} (four per CPU)")
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
     items, notes = discover(paths, kind=kind, exclude=out)

@@ -30,6 +30,7 @@ from .errors import (
     PtolemyError,
     one_line,
 )
+from .options import max_threads
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -93,11 +94,6 @@ def _number(kind: type, option: str, lo: float | None = None, hi: float | None =
 
     parse.__name__ = kind.__name__  # argparse names the type in some messages
     return parse
-
-
-def _max_threads() -> int:
-    """The most inference threads accepted: four per CPU, at most 256."""
-    return max(1, min(256, 4 * (os.cpu_count() or 1)))
 
 
 def _paths(option: str) -> Callable[[str], str]:
@@ -188,8 +184,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "mapped scores (default: none, the model's own scores)")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                    "(default auto: CUDA when available, else CPU)")
-    p.add_argument("--threads", type=_number(int, "--threads", 1, _max_threads()), metavar="N",
-                   help=f"CPU threads for inference, 1..{_max_threads()} (default: physical cores)")
+    p.add_argument("--threads", type=_number(int, "--threads", 1, max_threads()), metavar="N",
+                   help=f"CPU threads for inference, 1..{max_threads()} (default: physical cores)")
     p.add_argument("--section", type=_number(int, "--section", 0), metavar="N",
                    help="section of an MRC/TIFF stack, from 0 (default 0, with a warning)")
     p.add_argument("--max-pixels", type=_number(int, "--max-pixels", 1, 1 << 40), metavar="N",
@@ -245,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
     demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                       "(default auto)")
-    demo.add_argument("--threads", type=_number(int, "--threads", 1, _max_threads()), metavar="N",
+    demo.add_argument("--threads", type=_number(int, "--threads", 1, max_threads()), metavar="N",
                       help="CPU threads for inference (default: physical cores)")
     demo.add_argument("--seed", type=_number(int, "--seed", 0, 2**32 - 1), default=0,
                       help="seed of the synthetic images (default 0)")

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import ModelError, OptionError
 from .manifest import TASKS, Manifest, ModelSpec, read_manifest, read_verified
+from .options import MAX_THREADS
 
 __all__ = [
     "TASKS",
@@ -86,10 +87,6 @@ def physical_cores() -> int:
     except OSError:
         pass
     return max(1, logical)
-
-
-# The most inference threads a model set accepts (the command line allows four per CPU, at most this).
-MAX_THREADS = 256
 
 
 def available_providers() -> list[str]:

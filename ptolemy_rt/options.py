@@ -6,7 +6,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "LATTICE_MODELS", "PTOLEMY_COMPAT",
-           "COMPAT_WINDOW", "COMPAT_MIN_AREA"]
+           "COMPAT_WINDOW", "COMPAT_MIN_AREA", "MAX_THREADS", "max_threads"]
+
+# The most inference threads a model set takes (onnxruntime starts every thread it is given: 100,000 took 16 GB).
+MAX_THREADS = 256
+
+
+def max_threads() -> int:
+    """The most inference threads the command line accepts: four per CPU, at most MAX_THREADS."""
+    import os
+
+    return max(1, min(MAX_THREADS, 4 * (os.cpu_count() or 1)))
 
 SCORES = ("unet", "cnn")
 CROP_MODES = ("centred", "ptolemy")
