@@ -20,7 +20,6 @@ import json
 import math
 import os
 import signal
-import stat
 import sys
 import threading
 import time
@@ -125,17 +124,11 @@ def _sha256(path: Path) -> str:
     """The file's sha256; MissingFileError/CorruptFileError naming it when it is gone, not a regular file (a FIFO
     would block the open) or unreadable (a .nav's MapFile pointing nowhere was an internal error, exit 70)."""
     from .errors import CorruptFileError, MissingFileError
+    from .smallfiles import open_regular
 
+    fd, _ = open_regular(path, error=MissingFileError)  # checked on the descriptor: no stat-then-open race
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        missing = isinstance(exc, (FileNotFoundError, NotADirectoryError))
-        raise MissingFileError(f"{path}: no such file" if missing else
-                               f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise MissingFileError(f"{path}: not a file")
-    try:
-        with open(path, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh:
             if hasattr(hashlib, "file_digest"):  # Python 3.11+: the read loop in C (4.1 -> 3.4 ms for 6 MB)
                 return hashlib.file_digest(fh, "sha256").hexdigest()
             h = hashlib.sha256()

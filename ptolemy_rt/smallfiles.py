@@ -14,24 +14,46 @@ from pathlib import Path
 
 from .errors import InputError, PtolemyError
 
-__all__ = ["read_small"]
+__all__ = ["open_regular", "read_small"]
+
+
+def open_regular(path: str | os.PathLike, what: str | None = None,
+                 error: type[PtolemyError] = InputError) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of `path` and its stat, or `error` naming it when it is missing, cannot be opened
+    or is not a regular file (`what` says what was expected); the caller closes the descriptor.
+
+    Opened first, then checked on the descriptor (os.fstat): the file checked is the file read, whatever is
+    swapped in at the path meanwhile. O_NONBLOCK keeps the open of a FIFO from blocking until a writer comes
+    (it is refused right after); O_NOCTTY keeps a terminal from becoming ours.
+    """
+    p = Path(path)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(p, os.O_RDONLY | nonblock | getattr(os, "O_NOCTTY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise error(f"{p}: no such file") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)
+        if regular and nonblock:  # a regular file's reads ignore it; cleared so that nothing downstream sees EAGAIN
+            os.set_blocking(fd, True)
+    except OSError as exc:
+        os.close(fd)
+        raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not regular:
+        os.close(fd)
+        raise error(f"{p}: not a regular file" + (f" (a {what} is expected)" if what else ""))
+    return fd, st
 
 
 def read_small(path: str | os.PathLike, limit: int, what: str, error: type[PtolemyError] = InputError) -> bytes:
     """The bytes of `path`, a regular file of at most `limit` bytes; `error` naming it (and `what` it should be)
     when it is missing, not a regular file, larger, or unreadable."""
     p = Path(path)
+    fd, st = open_regular(p, what, error)
     try:
-        # O_NONBLOCK: a FIFO swapped in after a check would not block the open (it is refused below).
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise error(f"{p}: no such file") from None
-    except OSError as exc:
-        raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{p}: not a regular file (a {what} is expected)")
         if st.st_size > limit:
             raise error(f"{p}: {st.st_size} bytes is too large for a {what} (limit {limit})")
         chunks = []

@@ -245,6 +245,80 @@ def test_a_map_file_that_is_not_a_file_is_an_input_error(tmp_path, what):
     assert files == {}
 
 
+def _released(call, fifo: Path, timeout: float = 20.0):
+    """call()'s outcome (its value or exception) from a thread; a call still blocked after `timeout` (in the open
+    of `fifo`) is released by opening the FIFO for writing, and the test fails."""
+    import threading
+
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 -- handed back to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        thread.join(5)
+        pytest.fail(f"blocked for over {timeout} s on {fifo}")
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("swap", ["before", "after_stat", "before_open"])
+def test_sha256_never_blocks_on_a_fifo_swapped_in(tmp_path, monkeypatch, swap):
+    """The input's sha256 opens first and checks the descriptor: a FIFO at the path, also one swapped in for the
+    file at the worst moment (right after a stat of it, right before the open), is a one-line error naming it or
+    the file that was there, never an open that waits for a writer (the stat-then-open version blocked)."""
+    import hashlib
+
+    from ptolemy_rt.batch import _sha256
+    from ptolemy_rt.errors import MissingFileError
+
+    path = tmp_path / "map.mrc"
+    path.write_bytes(b"x" * 100)
+    swapped = []
+
+    def to_fifo():
+        swapped.append(True)
+        path.unlink()
+        os.mkfifo(path)
+
+    if swap == "before":
+        to_fifo()
+    elif swap == "after_stat":
+        real_stat = os.stat
+
+        def stat_then_swap(p, *args, **kwargs):
+            st_ = real_stat(p, *args, **kwargs)
+            if not swapped and os.fspath(p) == os.fspath(path):
+                to_fifo()
+            return st_
+        monkeypatch.setattr(os, "stat", stat_then_swap)
+    else:
+        real_open = os.open
+
+        def swap_then_open(p, *args, **kwargs):
+            if not swapped and os.fspath(p) == os.fspath(path):
+                to_fifo()
+            return real_open(p, *args, **kwargs)
+        monkeypatch.setattr(os, "open", swap_then_open)
+    out = _released(lambda: _sha256(path), path)
+    monkeypatch.undo()
+    if "value" in out:  # the file was read before the swap: its bytes' digest
+        assert swap == "after_stat" and out["value"] == hashlib.sha256(b"x" * 100).hexdigest()
+    else:
+        exc = out["error"]
+        assert isinstance(exc, MissingFileError) and str(exc) == f"{path}: not a regular file", exc
+
+
 @pytest.mark.skipif(not (REAL_EPU / "smartem_gs8999138.xml").is_file(), reason="../shared/real-epu not present")
 def test_real_epu_xml_stage_position():
     stage = epu_stage_position(REAL_EPU / "smartem_gs8999138.xml")
