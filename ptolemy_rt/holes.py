@@ -163,7 +163,10 @@ def _boxes_apart(points: np.ndarray, bounds: np.ndarray, window: int) -> bool:
     x0, x1 = np.minimum.reduceat(points[:, 0], starts), np.maximum.reduceat(points[:, 0], starts)
     y0, y1 = np.minimum.reduceat(points[:, 1], starts), np.maximum.reduceat(points[:, 1], starts)
     order = np.argsort(x0, kind="stable")
-    x0, x1, y0, y1 = x0[order], x1[order], y0[order], y1[order]
+    # int64 (one value per blob): cv2's points are int32, and x1 + reach wrapped around for x1 near 2^31 (or
+    # raised OverflowError for a window of 2^31). The pipelines never got there (window <= REGION_WINDOW = 6:
+    # a mask row over 2^31 - 8 px, times MIN_SIDE rows, is 2^39 pixels); hole_centroids(mask, window) could.
+    x0, x1, y0, y1 = (v[order].astype(np.int64) for v in (x0, x1, y0, y1))
     reach = window + 1  # boxes this many px apart or less (or overlapping) count as near
     # blob i's partners: the later ones (by x0) whose x0 is within reach of its x1; every near pair is one such
     end = np.searchsorted(x0, x1 + reach, side="right")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt import _lattice_kernels as k
@@ -235,6 +235,31 @@ def _blobs(rng, shape, n, radius):
         r = rng.uniform(0.5, radius)
         mask[(xx - cx) ** 2 + ((yy - cy) * rng.uniform(0.6, 1.6)) ** 2 <= r * r] = 1
     return mask
+
+
+_INT32_MAX = 2**31 - 1
+_coordinate = st.integers(0, _INT32_MAX)
+_box = st.tuples(_coordinate, _coordinate, _coordinate, _coordinate).map(
+    lambda b: (min(b[0], b[1]), max(b[0], b[1]), min(b[2], b[3]), max(b[2], b[3])))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(boxes=st.lists(_box, min_size=1, max_size=12), window=st.integers(2, 2**40))
+@example(boxes=[(_INT32_MAX - 20, _INT32_MAX, 0, 5), (0, 1, 0, 5)], window=6)
+def test_boxes_apart_is_the_plain_pairwise_test(boxes, window):
+    """_boxes_apart against the pairwise formula in Python integers, for any int32 coordinates (cv2's contour
+    points) and any window: its sums (x1 + window + 1) do not wrap around (int32 did: a box at the right end of
+    a 2^31 px row met no partner)."""
+    from ptolemy_rt.holes import _boxes_apart
+
+    reach = window + 1
+    near = any(max(a[0], b[0]) - min(a[1], b[1]) <= reach and max(a[2], b[2]) - min(a[3], b[3]) <= reach
+               for k_, a in enumerate(boxes) for b in boxes[k_ + 1:])
+    # each blob's outline: its two corners and a point between them, as cv2.findContours gives int32 points
+    points = np.array([p for x0, x1, y0, y1 in boxes for p in ((x0, y1), ((x0 + x1) // 2, y0), (x1, y1))],
+                      dtype=np.int32)
+    bounds = np.arange(0, 3 * len(boxes) + 1, 3)
+    assert _boxes_apart(points, bounds, window) is (not near)
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
