@@ -273,19 +273,24 @@ def lattice_points(
     if not (hi_x > lo_x and hi_y > lo_y and det != 0.0 and all(map(math.isfinite, (ox, oy, ux, uy, vx, vy, det)))):
         return _lattice_points_solved(origin, u, v, shape, edge_tolerance)  # empty, or its errors
     # The corners' lattice coordinates bound the index ranges. A point inside the box has coordinates between
-    # theirs, and the ranges reach one beyond them: any solve within a fraction of an index gives ranges that
-    # hold every point, each point is computed as o + a u + b v alone and the box filter and the sort decide the
-    # rest, so the points are _lattice_points_solved's (LAPACK's solve, ~3x the cost on ~100 points), to the bit.
+    # theirs, and the ranges reach one beyond them (and as far again as rounding can move a corner or a point,
+    # _rounding_slack): any solve within a fraction of an index gives ranges that hold every point, each point
+    # is computed as o + a u + b v alone and the box filter and the sort decide the rest, so the points are
+    # _lattice_points_solved's (LAPACK's solve, ~3x the cost on ~100 points), to the bit.
     a_lo = b_lo = math.inf
     a_hi = b_hi = -math.inf
+    mag_a = mag_b = 0.0
     for cx, cy in ((lo_x, lo_y), (hi_x, lo_y), (hi_x, hi_y), (lo_x, hi_y)):
         dx, dy = cx - ox, cy - oy
         a, b = (vy * dx - vx * dy) / det, (ux * dy - uy * dx) / det
         a_lo, a_hi, b_lo, b_hi = min(a_lo, a), max(a_hi, a), min(b_lo, b), max(b_hi, b)
-    if not all(map(math.isfinite, (a_lo, a_hi, b_lo, b_hi))):
+        mag_a = max(mag_a, (abs(vy * dx) + abs(vx * dy)) / abs(det))
+        mag_b = max(mag_b, (abs(ux * dy) + abs(uy * dx)) / abs(det))
+    slack_a, slack_b = _rounding_slack(ox, oy, ux, uy, vx, vy, det, a_lo, a_hi, b_lo, b_hi, mag_a, mag_b)
+    if not all(map(math.isfinite, (a_lo, a_hi, b_lo, b_hi, slack_a, slack_b))):
         return _lattice_points_solved(origin, u, v, shape, edge_tolerance)
-    a_rng = np.arange(math.floor(a_lo) - 1, math.ceil(a_hi) + 2)[None, :]
-    b_rng = np.arange(math.floor(b_lo) - 1, math.ceil(b_hi) + 2)[:, None]
+    a_rng = np.arange(math.floor(a_lo - slack_a) - 1, math.ceil(a_hi + slack_a) + 2)[None, :]
+    b_rng = np.arange(math.floor(b_lo - slack_b) - 1, math.ceil(b_hi + slack_b) + 2)[:, None]
     # the meshgrid's order (b outer, a inner) and its arithmetic, (o + a u) + b v, per coordinate
     x = (ox + a_rng * ux + b_rng * vx).reshape(-1)
     y = (oy + a_rng * uy + b_rng * vy).reshape(-1)
@@ -293,6 +298,29 @@ def lattice_points(
     x, y = x[keep], y[keep]
     order = np.lexsort((x, np.round(y, 6)))
     return np.stack([x[order], y[order]], axis=1)
+
+
+def _rounding_slack(ox: float, oy: float, ux: float, uy: float, vx: float, vy: float, det: float,
+                    a_lo: float, a_hi: float, b_lo: float, b_hi: float, mag_a: float,
+                    mag_b: float) -> tuple[float, float]:
+    """How far (in indices along u, along v) rounding can move lattice_points' corner coordinates and the
+    points it keeps: a bound, 8 times the unit roundoff's first-order error, where the one index of margin is
+    not enough (an origin 1e14 px away or a nearly flat basis: a point computed inside the box may lie indices
+    outside the corners' range). Of the order of 1e-12 for a lattice over its image.
+
+    The corners' coordinates are n / det with det's relative error up to 2u * cond (cond = (|ux vy| + |vx uy|)
+    / |det|) and n's up to 3u of its terms' magnitude (mag); a point (ox + a ux) + b vx is within 3u of the
+    magnitudes summed, a position error e that moves its coordinates by e (|vx| + |vy|) / |det| along u."""
+    u_r = 2.0 ** -53
+    cond = (abs(ux * vy) + abs(vx * uy)) / abs(det)
+    reach_a, reach_b = max(abs(a_lo), abs(a_hi)) + 2.0, max(abs(b_lo), abs(b_hi)) + 2.0
+    slack_a = slack_b = 0.0
+    for _ in range(2):  # the candidates' reach grows with the slack: once more with the wider ranges
+        e = 8.0 * u_r * (max(abs(ox), abs(oy)) + (reach_a + slack_a) * max(abs(ux), abs(uy))
+                         + (reach_b + slack_b) * max(abs(vx), abs(vy)))
+        slack_a = 8.0 * u_r * cond * mag_a + e * (abs(vx) + abs(vy)) / abs(det)
+        slack_b = 8.0 * u_r * cond * mag_b + e * (abs(ux) + abs(uy)) / abs(det)
+    return slack_a, slack_b
 
 
 def _lattice_points_solved(

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt.lattice import (
@@ -895,3 +895,76 @@ def test_near_distances_by_rounding_are_the_brute_force_ones(seed, spacing, rati
     radius = 0.25 * spacing
     brute = nearest_distance(pts, c) if len(pts) else np.zeros(0)
     assert np.array_equal(_near_distance(pts, c, origin, a, b, radius), np.where(brute < radius, brute, np.inf))
+
+
+def _brute_lattice_points(origin, u, v, shape, tol):
+    """Every (i, j) of an index box around the exact (rational) lattice coordinates of the image's corners, kept
+    by lattice_points' own rule and arithmetic ((ox + i ux) + j vx, strict edges), in its order; and the box's
+    size (candidates).
+
+    The box is four indices wider, plus what rounding can add: a position (ox + i ux) + j vx is computed within
+    3 units of roundoff (2^-53) of |ox| + |i ux| + |j vx| (to first order; 4 taken here), which moves a point's
+    coordinate along u by at most that error times (|vx| + |vy|) / |det|."""
+    from fractions import Fraction as F
+
+    rows, cols = shape
+    ox, oy = origin
+    (ux, uy), (vx, vy) = u, v
+    lo_x = lo_y = -0.5 - tol
+    hi_x, hi_y = cols - 0.5 + tol, rows - 0.5 + tol
+    det = F(ux) * F(vy) - F(vx) * F(uy)
+    coords = [((F(vy) * (F(cx) - F(ox)) - F(vx) * (F(cy) - F(oy))) / det,
+               (F(ux) * (F(cy) - F(oy)) - F(uy) * (F(cx) - F(ox))) / det)
+              for cx, cy in ((lo_x, lo_y), (hi_x, lo_y), (hi_x, hi_y), (lo_x, hi_y))]
+    a_lo, a_hi = min(a for a, _ in coords), max(a for a, _ in coords)
+    b_lo, b_hi = min(b for _, b in coords), max(b for _, b in coords)
+    pad_a = pad_b = 4
+    for _ in range(3):  # the error grows with the indices: to a fixed point (the pads stop growing)
+        err = 2.0 ** -51 * (max(abs(ox), abs(oy)) + float(max(abs(a_lo), abs(a_hi)) + pad_a) * max(abs(ux), abs(uy))
+                            + float(max(abs(b_lo), abs(b_hi)) + pad_b) * max(abs(vx), abs(vy)))
+        pad_a = 4 + math.ceil(err * (abs(vx) + abs(vy)) / abs(float(det)))
+        pad_b = 4 + math.ceil(err * (abs(ux) + abs(uy)) / abs(float(det)))
+    i_lo, i_hi = math.floor(a_lo) - pad_a, math.ceil(a_hi) + pad_a
+    j_lo, j_hi = math.floor(b_lo) - pad_b, math.ceil(b_hi) + pad_b
+    if (i_hi - i_lo + 1) * (j_hi - j_lo + 1) > 2_000_000 or max(-i_lo, i_hi, -j_lo, j_hi) >= 2**53:
+        return None, None  # too many to enumerate, or indices that float64 no longer holds
+    i = np.arange(i_lo, i_hi + 1, dtype=np.float64)[None, :]
+    j = np.arange(j_lo, j_hi + 1, dtype=np.float64)[:, None]
+    x = np.broadcast_to(ox + i * ux + j * vx, (j.shape[0], i.shape[1]))
+    y = np.broadcast_to(oy + i * uy + j * vy, x.shape)
+    keep = (x > lo_x) & (x < hi_x) & (y > lo_y) & (y < hi_y)
+    assert not (keep[0].any() or keep[-1].any() or keep[:, 0].any() or keep[:, -1].any())
+    x, y = x[keep], y[keep]
+    return np.stack([x, y], axis=1)[np.lexsort((x, np.round(y, 6)))], keep.size
+
+
+_coord = st.one_of(st.floats(-400.0, 400.0), st.integers(-400, 400).map(lambda k: k / 2),
+                   st.floats(-1e9, 1e9), st.floats(-1e15, 1e15))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much])
+@given(origin=st.tuples(_coord, _coord),
+       spacing=st.one_of(st.floats(2.0, 200.0), st.integers(2, 100).map(float)),
+       ratio=st.floats(0.5, 3.0), angle=st.floats(-180.0, 180.0),
+       between=st.one_of(st.floats(1.0, 179.0), st.floats(1e-4, 0.5), st.sampled_from([60.0, 90.0, 120.0])),
+       shape=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+       tol=st.one_of(st.floats(-60.0, 60.0), st.integers(-60, 60).map(float),
+                     st.integers(-120, 120).map(lambda k: k / 2)))
+@example(origin=(999999999999999.0, 960121910059537.0), spacing=2.0, ratio=1.0, angle=-69.98611834689903,
+         between=5.0, shape=(2, 1), tol=0.0)  # one point missed with one index of margin
+def test_lattice_points_match_brute_force_enumeration(origin, spacing, ratio, angle, between, shape, tol):
+    """lattice_points' closed-form index ranges (corners' coordinates and a margin) miss no point: the same
+    points, bit for bit and in the same order, as an enumeration of every index in a box around the exact
+    corners' coordinates as wide as rounding can reach, over square, skewed and nearly parallel bases (down to
+    1e-4 degrees apart), far origins (up to 1e15 px: positions rounded by a tenth of a pixel, which one index
+    of margin did not cover), tiny and large images, points exactly on the edges."""
+    a = math.radians(angle)
+    b = a + math.radians(between)
+    u = (spacing * math.cos(a), spacing * math.sin(a))
+    v = (spacing * ratio * math.cos(b), spacing * ratio * math.sin(b))
+    det = u[0] * v[1] - v[0] * u[1]
+    assume(det != 0.0)
+    want, _ = _brute_lattice_points(origin, u, v, shape, tol)
+    assume(want is not None)
+    got = lattice_points(origin, u, v, shape, edge_tolerance=tol)
+    assert got.shape == want.shape and np.array_equal(got, want)
