@@ -706,11 +706,9 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     except OSError as exc:
         print(f"error: -o {out}: cannot write here ({exc})", file=sys.stderr)
         return EXIT_OUTPUT
-    if models is not None and not Path(models).is_dir():  # models.load_models raised RuntimeError on a link loop
-        from .errors import ModelError
-
-        raise ModelError(f"{models}: model set directory not found")
-    model_set = load_models(models, provider=provider)  # a missing or tampered set fails here, once (exit 3)
+    # a missing or tampered set fails here, once (exit 3; manifest.check_model_directory for a --models that is
+    # no directory, a symlink loop included)
+    model_set = load_models(models, provider=provider)
     calibration_by_kind = _read_calibrations(calibrations, model_set)
     cores = physical_cores()
     n_workers = workers or cores

@@ -599,7 +599,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     key = _same_file_key(Path(args.output))
     if key in inputs:
         raise UsageError(f"-o {args.output}: would overwrite {inputs[key]}")
-    _check_model_directory(args.models)
     models = load_models(args.models, provider=args.provider)
     fitted = calibrate_images(args.kind, args.images, args.against, models, tolerance=args.tolerance,
                               score=args.score, edge_tolerance=args.edge_tolerance, section=args.section,
@@ -630,13 +629,6 @@ def _check_path_lengths(args: argparse.Namespace) -> None:
             if len(raw) > 4095 or any(len(part) > 255 for part in raw.split(b"/")):
                 raise UsageError(f"{option} {text[:60]}...: the name is longer than file systems take "
                                  "(255 bytes a name, 4095 a path)")
-
-
-def _check_model_directory(models: str | None) -> None:
-    """ModelError (exit 3) for a --models path that is no directory (a symlink loop included), before any
-    work."""
-    if models is not None and not Path(models).is_dir():
-        raise ModelError(f"{models}: model set directory not found")
 
 
 def _internal_message(exc: BaseException, debug: bool) -> str:
@@ -719,7 +711,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
             return EXIT_MODEL
         print(f"{args.validate}: model set OK")
         return EXIT_OK
-    _check_model_directory(args.models)
     models = load_models(args.models, provider=args.provider)
     for task in ("square_cnn", "hole_unet", "hole_cnn"):
         if models.has(task):

@@ -84,9 +84,7 @@ def validate_models(finder: str, models: str | None, provider: str, args=None, c
     from .errors import ModelError
     from .models import load_models
 
-    if models is not None and not Path(models).is_dir():  # models.load_models raised RuntimeError on a link loop
-        raise ModelError(f"{models}: model set directory not found")
-    model_set = load_models(models, provider=provider)
+    model_set = load_models(models, provider=provider)  # manifest.check_model_directory: exit 3 for no directory
     if finder == "squares":
         tasks = [] if args is not None and getattr(args, "no_score", False) else ["square_cnn"]
     else:

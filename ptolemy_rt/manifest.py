@@ -27,6 +27,7 @@ __all__ = [
     "UnetScale",
     "ModelSpec",
     "Manifest",
+    "check_model_directory",
     "parse_manifest",
     "read_manifest",
     "model_path",
@@ -338,12 +339,23 @@ def _parse(raw: Any, collect: list[str]) -> tuple[Manifest | None, dict[str, Mod
     return Manifest(**values), models
 
 
+def check_model_directory(path: str | os.PathLike[str]) -> Path:
+    """Path(path) when it is a directory; else ModelError (exit 3) naming it as given: missing, a file, a symlink
+    loop or a name no file system holds (Path.is_dir raised OSError on that one). Every way in to a model
+    set (load_models, ModelSet, validate_model_set, so every command's --models) goes through here."""
+    if not os.path.isdir(path):  # os.path.isdir: False for every OSError and ValueError (a NUL in the name)
+        raise ModelError(f"{os.fspath(path)}: model set directory not found")
+    return Path(path)
+
+
 def _manifest_problems(directory: Path) -> tuple[Manifest | None, dict[str, ModelSpec], list[str]]:
     """The parsed manifest of `directory` (None if unusable), the entries that parsed, and the problems,
     each naming the file."""
     path = directory / "manifest.json"
-    if not directory.is_dir():
-        return None, {}, [f"{directory}: model set directory not found"]
+    try:
+        check_model_directory(directory)
+    except ModelError as exc:
+        return None, {}, [str(exc)]
     if not path.is_file():
         return None, {}, [f"{directory}: no manifest.json (not a model set)"]
     from .smallfiles import read_small

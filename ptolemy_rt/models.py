@@ -14,7 +14,7 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import ModelError, OptionError
-from .manifest import TASKS, Manifest, ModelSpec, read_manifest, read_verified
+from .manifest import TASKS, Manifest, ModelSpec, check_model_directory, read_manifest, read_verified
 from .options import MAX_THREADS
 
 __all__ = [
@@ -116,7 +116,7 @@ class ModelSet:
         if provider not in PROVIDERS:
             raise ModelError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
         # realpath, not Path.resolve: a symlink loop raises RuntimeError there (it is a missing set here)
-        self.directory = Path(os.path.realpath(directory))
+        self.directory = Path(os.path.realpath(check_model_directory(directory)))
         self.manifest: Manifest = read_manifest(self.directory)
         self.requested_provider = provider
         if threads is not None and not (isinstance(threads, (int, np.integer)) and 0 <= threads <= MAX_THREADS):
@@ -258,7 +258,7 @@ def load_models(
     path: str | os.PathLike[str] | None = None, provider: str = "auto", threads: int | None = None
 ) -> ModelSet:
     """Load (once per process) and verify a model set; None means the set shipped with the package."""
-    directory = Path(path) if path is not None else default_models_dir()
+    directory = check_model_directory(path) if path is not None else default_models_dir()
     if path is None and not (directory / "manifest.json").is_file():
         raise ModelError(f"the default model set is missing ({directory}); reinstall ptolemy-rt or pass --models DIR")
     key = (os.path.realpath(directory), provider, threads)

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("onnx", reason="onnx is a dev extra (pip install -e '.[dev,cpu]')")
 
 from ptolemy_rt import models as M  # noqa: E402
-from ptolemy_rt.errors import ModelError  # noqa: E402
+from ptolemy_rt.errors import ModelError, one_line  # noqa: E402
 
 from .tiny_models import make_tiny_set  # noqa: E402
 
@@ -196,6 +196,35 @@ def test_threads_out_of_range_are_refused(tiny, threads):
 def test_threads_zero_or_none_mean_the_physical_cores(tiny):
     assert M.ModelSet(tiny, threads=0).threads == M.ModelSet(tiny).threads == M.physical_cores()
     assert M.ModelSet(tiny, threads=np.int64(3)).threads == 3
+
+
+@pytest.mark.parametrize("what", ["long_name", "nul", "file", "through_a_link"])
+def test_a_model_set_path_that_is_no_directory_is_a_model_error_naming_it(tmp_path, what):
+    """load_models, ModelSet and validate_model_set refuse a path that is no directory in the words of every
+    command (manifest.check_model_directory), naming it as given: a name longer than the system takes raised
+    OSError (ENAMETOOLONG) from Path.is_dir and a NUL ValueError from os.path.realpath (the API raises only
+    PtolemyError); a missing set behind a symlinked folder was named by its resolved path."""
+    from ptolemy_rt.manifest import validate_model_set
+
+    if what == "long_name":
+        path = tmp_path / ("x" * 300)
+    elif what == "nul":
+        path = str(tmp_path / "se\0t")
+    elif what == "file":
+        path = tmp_path / "manifest.json"
+        path.write_text("{}")
+    else:
+        (tmp_path / "real").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+        path = tmp_path / "link" / "set"
+    message = f"{path}: model set directory not found"
+    with pytest.raises(ModelError) as exc:
+        M.load_models(path)
+    assert str(exc.value) == one_line(message)
+    with pytest.raises(ModelError) as exc:
+        M.ModelSet(path)
+    assert str(exc.value) == one_line(message)
+    assert validate_model_set(path) == [one_line(message)]
 
 
 def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path):

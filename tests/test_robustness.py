@@ -591,19 +591,26 @@ def test_calibrate_output_does_not_replace_its_inputs(tmp_path, small_mrc, capsy
         assert code == 2 and what in err and target.read_bytes() == before, err
 
 
-@pytest.mark.parametrize("command", ["batch", "leginon-script", "squares", "models", "calibrate"])
-def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path, small_mrc, capsys, command):
-    """A --models path in a symlink loop: batch and leginon-script reported an internal error (exit 70; Path.resolve
-    raised RuntimeError in models.load_models)."""
-    loop = tmp_path / "set"
-    loop.symlink_to(loop)
+@pytest.mark.parametrize("what", ["missing", "file", "loop"])
+@pytest.mark.parametrize("command", ["batch", "leginon-script", "squares", "holes", "models", "calibrate", "demo"])
+def test_a_models_path_that_is_no_directory_is_exit_3_in_every_command(tmp_path, small_mrc, capsys, command, what):
+    """A --models path that is missing, a file or a symlink loop: exit 3 and the same one line in every command
+    (manifest.check_model_directory, reached through models.load_models); batch and leginon-script reported a
+    loop as an internal error (exit 70; Path.resolve raised RuntimeError in models.load_models)."""
+    path = tmp_path / "set"
+    if what == "file":
+        path.write_text("{}")
+    elif what == "loop":
+        path.symlink_to(path)
     args = {"batch": ["batch", small_mrc, "-o", tmp_path / "out", "--kind", "squares", "--workers", "1"],
             "leginon-script": ["leginon-script", "squares"],
-            "squares": ["squares", small_mrc, "-o", tmp_path / "r.json"], "models": ["models"],
+            "squares": ["squares", small_mrc, "-o", tmp_path / "r.json"],
+            "holes": ["holes", small_mrc, "-o", tmp_path / "r.json"], "models": ["models"],
             "calibrate": ["calibrate", "squares", small_mrc, "--against", small_mrc, "-o", tmp_path / "c.json"],
+            "demo": ["demo", "-o", tmp_path / "demo"],
             }[command]
-    code, _, err = _cli([*args, "--models", loop], capsys)
-    assert code == 3 and "internal" not in err and str(loop.name) in err, err
+    code, out, err = _cli([*args, "--models", path], capsys)
+    assert (code, out, err) == (3, "", f"error: {path}: model set directory not found\n")
 
 
 @pytest.mark.parametrize("option,code", [("-o", 4), ("--calibration", 2), ("--nav", 2), ("--overlay", 4)])
