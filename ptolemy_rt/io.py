@@ -51,8 +51,6 @@ RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
 # Bytes per pixel of the modes mrcfile knows (4, complex, is refused after the size checks).
 MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}
-# A SerialEM .mdoc is a few kB per section: anything far larger is not one (as metadata.MAX_SIDECAR_BYTES).
-MAX_MDOC_BYTES = 8 * 1024 * 1024
 # The most pixels a file may claim (all sections together) unless the caller raises it (--max-pixels).
 DEFAULT_MAX_PIXELS = 1 << 28
 # A compressed file claiming more than this many times its own size is treated as a decompression bomb.
@@ -207,10 +205,7 @@ def montage_mdoc(path: str | os.PathLike) -> Path | None:
     for cand in (p.with_name(p.name + ".mdoc"), p.with_suffix(".mdoc")):
         if cand == p or not cand.is_file():
             continue
-        if cand.stat().st_size > MAX_MDOC_BYTES:
-            raise CorruptFileError(f"{cand}: {cand.stat().st_size} bytes is too large for a .mdoc "
-                                   f"(limit {MAX_MDOC_BYTES})")
-        from .montage import read_mdoc
+        from .montage import read_mdoc  # a .mdoc over smallfiles.MAX_SIDECAR_BYTES: CorruptFileError, unread
 
         if read_mdoc(cand).is_montage:
             return cand

@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # the parser loads when a sidecar .xml is read: most images h
     from xml.etree import ElementTree
 
 __all__ = [
-    "MAX_SIDECAR_BYTES",
     "PLACEHOLDER_A",
     "PixelSize",
     "epu_pixel_size",
@@ -43,8 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# EPU's image .xml files are 10-100 kB and .mdoc files a few kB per section; anything far larger is not one.
-MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 # Header values that mean "not set" (mrcfile and many writers store 0; IMOD and others 1 Å).
 PLACEHOLDER_A = (0.0, 1.0)
 # A pixel size outside this range (Å) is not a TEM image's: 0.01 Å to 1 mm covers every magnification.
@@ -73,9 +70,9 @@ def _plausible(value_A: float | None) -> bool:
 
 def _read_bounded(path: Path) -> bytes:
     """The bytes of a small sidecar file; refuse (InputError) one that is too large to be what it claims."""
-    from .smallfiles import read_small
+    from . import smallfiles
 
-    return read_small(path, MAX_SIDECAR_BYTES, "metadata file")
+    return smallfiles.read_small(path, smallfiles.MAX_SIDECAR_BYTES, "metadata file")
 
 
 def read_xml_safely(path: str | os.PathLike) -> ElementTree.Element:

@@ -171,10 +171,10 @@ def read_mdoc(path: str | os.PathLike) -> Mdoc:
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"{p}: no such .mdoc file")
-    from .io import MAX_MDOC_BYTES
-    from .smallfiles import read_small
+    from . import smallfiles
 
-    text = read_small(p, MAX_MDOC_BYTES, ".mdoc", CorruptFileError).decode("utf-8", errors="replace")
+    raw = smallfiles.read_small(p, smallfiles.MAX_SIDECAR_BYTES, ".mdoc", CorruptFileError)
+    text = raw.decode("utf-8", errors="replace")
     return parse_mdoc(text, str(p))
 
 

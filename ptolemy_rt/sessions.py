@@ -150,12 +150,12 @@ def epu_pixel_axes(xml_path: Path) -> tuple[float, float, float, float] | None:
 
 def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
     """Magnification and PixelSpacing (Å) from the first section of a SerialEM .mdoc that has them."""
-    from .metadata import MAX_SIDECAR_BYTES
-    from .smallfiles import read_small
+    from . import smallfiles
 
     found: dict[str, float] = {}
     try:
-        text = read_small(mdoc_path, MAX_SIDECAR_BYTES, "SerialEM .mdoc").decode("utf-8", errors="replace")
+        raw = smallfiles.read_small(mdoc_path, smallfiles.MAX_SIDECAR_BYTES, "SerialEM .mdoc")
+        text = raw.decode("utf-8", errors="replace")
     except InputError:  # too large, not a file, unreadable: no metadata (as io and metadata refuse it too)
         return found
     for line in text.splitlines():

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from .errors import InputError, PtolemyError
 
-__all__ = ["open_regular", "read_small"]
+__all__ = ["MAX_SIDECAR_BYTES", "open_regular", "read_small"]
+
+# The text files beside an image (EPU's .xml, 10-100 kB; SerialEM's .mdoc, a few kB per section, montages
+# included): anything far larger is not one. Read at call time, so that a test may lower it in one place.
+MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 
 
 def open_regular(path: str | os.PathLike, what: str | None = None,

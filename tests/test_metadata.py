@@ -10,7 +10,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from ptolemy_rt import metadata
+from ptolemy_rt import smallfiles
 from ptolemy_rt.cli import main
 from ptolemy_rt.errors import InputError
 from ptolemy_rt.io import read_image
@@ -100,10 +100,34 @@ def test_xml_with_dtd_or_entities_is_refused(tmp_path):
 
 
 def test_oversized_sidecar_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(metadata, "MAX_SIDECAR_BYTES", 100)
+    monkeypatch.setattr(smallfiles, "MAX_SIDECAR_BYTES", 100)
     xml = _epu_xml(tmp_path / "big.xml")
     with pytest.raises(InputError, match="too large"):
         read_xml_safely(xml)
+
+
+def test_every_sidecar_reader_has_the_one_limit(tmp_path, monkeypatch):
+    """EPU's .xml, a montage's .mdoc and the .mdoc's pixel size are all bounded by smallfiles.MAX_SIDECAR_BYTES
+    (io.MAX_MDOC_BYTES and metadata.MAX_SIDECAR_BYTES were two 8 MB constants)."""
+    from ptolemy_rt.errors import CorruptFileError
+    from ptolemy_rt.io import montage_mdoc
+    from ptolemy_rt.montage import read_mdoc
+    from ptolemy_rt.sessions import mdoc_metadata
+
+    image = _mrc(tmp_path / "map.mrc", voxel=7.5)
+    mdoc = tmp_path / "map.mrc.mdoc"
+    mdoc.write_text("PixelSpacing = 12.5\n\n[ZValue = 0]\nPieceCoordinates = 0 0 0\nPixelSpacing = 12.5\n")
+    xml = _epu_xml(tmp_path / "map.xml")
+    size = min(mdoc.stat().st_size, xml.stat().st_size)
+    assert mdoc_metadata(mdoc) == {"PixelSpacing": 12.5} and read_mdoc(mdoc).sections
+    monkeypatch.setattr(smallfiles, "MAX_SIDECAR_BYTES", size - 1)
+    with pytest.raises(InputError, match="too large"):
+        read_xml_safely(xml)
+    with pytest.raises(CorruptFileError, match="too large for a .mdoc"):
+        read_mdoc(mdoc)
+    with pytest.raises(CorruptFileError, match="too large for a .mdoc"):
+        montage_mdoc(image)
+    assert mdoc_metadata(mdoc) == {}
 
 
 def test_a_bad_sidecar_warns_and_the_next_source_wins(tmp_path):
