@@ -620,15 +620,44 @@ _PATH_OPTIONS = {"paths": "PATH", "output": "-o", "overlay": "--overlay", "nav":
 
 
 def _check_path_lengths(args: argparse.Namespace) -> None:
-    """UsageError (exit 2) for a path with a name longer than the system takes (255 bytes a name, 4095 a
-    path): pathlib's is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70)."""
+    """UsageError (exit 2) for a path with a name longer than its file system takes (_name_limits): pathlib's
+    is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70)."""
+    limits: dict[str, tuple[int, int]] = {}  # per folder: a batch's thousands of images ask once
     for dest, option in _PATH_OPTIONS.items():
         value = getattr(args, dest, None)
         for text in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
             raw = os.fsencode(text)
-            if len(raw) > 4095 or any(len(part) > 255 for part in raw.split(b"/")):
+            folder = _existing_folder(text)
+            if folder not in limits:
+                limits[folder] = _name_limits(folder)
+            name_max, path_max = limits[folder]
+            # the names below the nearest existing folder: those above it exist, so their file systems took them
+            tail = os.fsencode(os.path.abspath(text))[len(os.fsencode(folder)):]
+            if len(raw) > path_max or any(len(part) > name_max for part in tail.split(os.fsencode(os.sep))):
                 raise UsageError(f"{option} {text[:60]}...: the name is longer than file systems take "
-                                 "(255 bytes a name, 4095 a path)")
+                                 f"({name_max} bytes a name, {path_max} a path)")
+
+
+def _existing_folder(text: str) -> str:
+    """The nearest existing folder above the path `text` (absolute)."""
+    folder = os.path.dirname(os.path.abspath(text))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # isdir: False on ENAMETOOLONG too
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def _name_limits(folder: str) -> tuple[int, int]:
+    """(bytes a name, bytes a path) that the file system of `folder` takes: os.pathconf's NAME_MAX and
+    PATH_MAX (less its NUL) where it answers, else Linux's 255 and 4095 (Windows has no pathconf; macOS says
+    255 and 1024; a network file system may have less)."""
+    def ask(name: str, fallback: int) -> int:
+        try:
+            value = os.pathconf(folder, name)  # type: ignore[attr-defined]  # absent on Windows
+        except (AttributeError, OSError, ValueError):
+            return fallback
+        return value if isinstance(value, int) and value > 0 else fallback
+
+    return ask("PC_NAME_MAX", 255), ask("PC_PATH_MAX", 4096) - 1
 
 
 def _internal_message(exc: BaseException, debug: bool) -> str:

@@ -664,6 +664,46 @@ def test_a_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, small_mr
     assert code == 2 and "longer than file systems take" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("answer", ["pathconf", "missing", "raises", "no_limit"])
+def test_name_limits_come_from_the_file_system(tmp_path, small_mrc, capsys, monkeypatch, answer):
+    """The limits are os.pathconf's for the nearest existing folder (a file system with 20-byte names refuses a
+    30-byte one), else 255 bytes a name and 4095 a path (no pathconf, as on Windows; one that fails or gives no
+    limit). They were always 255 and 4095, whatever the file system (macOS: 1024 a path)."""
+    import argparse
+
+    from ptolemy_rt import cli
+
+    asked = []
+
+    def pathconf(folder, name):
+        asked.append((folder, name))
+        if answer == "raises":
+            raise OSError(22, "Invalid argument")
+        return -1 if answer == "no_limit" else {"PC_NAME_MAX": 20, "PC_PATH_MAX": 200}[name]
+
+    if answer == "missing":
+        monkeypatch.delattr(os, "pathconf")
+    else:
+        monkeypatch.setattr(os, "pathconf", pathconf)
+    name_max, path_max = (20, 199) if answer == "pathconf" else (255, 4095)
+    for name, refused in (("a" * name_max + ".json", True), ("a" * (name_max - 5) + ".json", False)):
+        target = tmp_path / "new" / name
+        try:
+            cli._check_path_lengths(argparse.Namespace(output=str(target)))
+            assert not refused, name
+        except cli.UsageError as exc:
+            assert refused and f"({name_max} bytes a name, {path_max} a path)" in str(exc), exc
+    deep = str(tmp_path) + ("/" + "b" * 15) * ((path_max - len(str(tmp_path))) // 16 + 1) + "/r.json"
+    assert len(deep) > path_max
+    with pytest.raises(cli.UsageError, match="longer than file systems take"):
+        cli._check_path_lengths(argparse.Namespace(output=deep))
+    if answer != "missing":
+        assert asked and all(folder == str(tmp_path) for folder, _ in asked)  # the nearest existing folder
+    code, _, err = _cli(["squares", small_mrc, "--no-score", "-o", str(tmp_path / ("c" * name_max + ".json"))],
+                        capsys)
+    assert code == 2 and f"({name_max} bytes a name" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_an_image_name_too_long_fails_alone(tmp_path, small_mrc, capsys):
     code, _, err = _cli(["squares", "a" * 300 + ".mrc", small_mrc, "--no-score", "-o", f"{tmp_path}/"], capsys)
     assert code == 2 and (tmp_path / "atlas.json").is_file() and "internal" not in err
