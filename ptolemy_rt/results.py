@@ -269,6 +269,22 @@ def sort_targets(targets: Iterable[T]) -> tuple[T, ...]:
     return tuple(sorted(targets, key=key))
 
 
+def _result_dict(result: SquareResult | HoleResult, geometry: str, value: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON object of either result, its keys in this order; `geometry` ("mesh" or "lattice") and its value
+    are what the two differ by."""
+    units = result.image.units()
+    return {
+        "version": __version__,
+        "kind": result.kind,
+        "models": result.models,
+        "image": result.image.to_dict(),
+        "angle_deg": _num(result.angle_deg),
+        geometry: value,
+        "reason": result.reason,
+        "targets": [t.to_dict(units) for t in result.targets],
+    }
+
+
 @dataclass(frozen=True)
 class SquareResult:
     """What find_squares returns; timings (seconds per stage) are not part of to_dict()."""
@@ -290,16 +306,7 @@ class SquareResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Our JSON object (stable: no timings)."""
-        return {
-            "version": __version__,
-            "kind": self.kind,
-            "models": self.models,
-            "image": self.image.to_dict(),
-            "angle_deg": _num(self.angle_deg),
-            "mesh": self._mesh_dict(),
-            "reason": self.reason,
-            "targets": [s.to_dict(self.image.units()) for s in self.squares],
-        }
+        return _result_dict(self, "mesh", self._mesh_dict())
 
     def _mesh_dict(self) -> dict[str, Any] | None:
         """The grid mesh: pitch and bar width in px, and in µm with the mesh number (bars per inch) only when the
@@ -345,16 +352,7 @@ class HoleResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Our JSON object (stable: no timings)."""
-        return {
-            "version": __version__,
-            "kind": self.kind,
-            "models": self.models,
-            "image": self.image.to_dict(),
-            "angle_deg": _num(self.angle_deg),
-            "lattice": self._lattice_dict(),
-            "reason": self.reason,
-            "targets": [h.to_dict(self.image.units()) for h in self.holes],
-        }
+        return _result_dict(self, "lattice", self._lattice_dict())
 
 
     def _lattice_dict(self) -> dict[str, Any] | None:
