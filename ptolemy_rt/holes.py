@@ -371,8 +371,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         primary = trusted and not tried
         lattice, reason, quality, f, prob = attempt(candidate, primary)
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
-            if best is None or quality > best[0]:
-                best = (quality, f, prob, lattice)
+            best = _better(best, (quality, f, prob, lattice))
             if quality >= _CONVINCING:
                 break
             continue
@@ -385,9 +384,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             last_resort = _better(last_resort, (quality, f, prob, lattice))
             queue.insert(0, lattice.spacing_px)
         if first_reason is None and trusted:  # another estimator's period is no "image's period" to cite
-            first_reason = reason if lattice is None else (
-                f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's period "
-                f"({period:.1f} px)")
+            first_reason = _why_not(reason, lattice, period)
     if best is None and fallback is not None:
         best = fallback
     if best is None:
@@ -404,8 +401,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 # fewer than two periods fit: blobs on a lattice of their own by chance, not a hole array
                 lattice, reason = None, "no convincing lattice"
             if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
-                if best is None or quality > best[0]:
-                    best = (quality, f, prob, lattice)
+                best = _better(best, (quality, f, prob, lattice))
                 # a map at a far too coarse scale can still hold a lattice of its period by chance, so the
                 # ladder goes on until one is convincing
                 if quality >= _CONVINCING:
@@ -415,9 +411,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 ladder.insert(0, lattice.spacing_px)
                 last_resort = _better(last_resort, (quality, f, prob, lattice))
             if first_reason is None and trusted:
-                first_reason = reason if lattice is None else (
-                    f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's "
-                    f"period ({period:.1f} px)")
+                first_reason = _why_not(reason, lattice, period)
     if best is None and last_resort is not None and last_resort[0] >= _LAST_RESORT_QUALITY and (
             last_resort[3].n_inliers >= _SOLID_INLIERS):
         # Every map that showed a lattice showed it at another period than it was made at, and the runs at
@@ -460,6 +454,14 @@ def _weak(best: tuple | None) -> bool:
     """Whether no lattice is in hand that stops costly tries: none, one below _LADDER_MIN_QUALITY, or one of
     fewer than _SOLID_INLIERS holes (a lattice of grid squares, the U-Net's holes at a far too coarse scale)."""
     return best is None or best[0] < _LADDER_MIN_QUALITY or best[3].n_inliers < _SOLID_INLIERS
+
+
+def _why_not(reason: str | None, lattice: Lattice | None, period: float | None) -> str | None:
+    """Why a try at the image's period gave no lattice: the fit's reason, or the other period its map showed."""
+    if lattice is None:
+        return reason
+    return (f"the lattice in the U-Net map ({lattice.spacing_px:.1f} px) disagrees with the image's period "
+            f"({period:.1f} px)")
 
 
 def _better(held: tuple | None, new: tuple) -> tuple:
