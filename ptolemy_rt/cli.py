@@ -782,6 +782,18 @@ def _interrupted_code() -> int | None:
     return EXIT_TERMINATED if signal.SIGTERM in _SIGNALLED else EXIT_INTERRUPTED
 
 
+def _failed(message: str, code: int, debug: bool) -> int:
+    """main()'s report of the exception being handled: its traceback with --debug, then "interrupted" and 130
+    when a signal caused it, else `message` (one line) and `code`."""
+    if debug:
+        traceback.print_exc()
+    interrupted = _report_interrupted()
+    if interrupted is not None:
+        return interrupted
+    _print_error(message)
+    return code
+
+
 def _report_interrupted() -> int | None:
     """When a signal turned into an error: say "interrupted", ignore further signals, return 130; else None."""
     code = _interrupted_code()
@@ -904,13 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return interrupted
         return code
     except PtolemyError as exc:
-        if debug:
-            traceback.print_exc()
-        interrupted = _report_interrupted()
-        if interrupted is not None:
-            return interrupted
-        _print_error(f"error: {exc}")
-        return exc.exit_code
+        return _failed(f"error: {exc}", exc.exit_code, debug)
     except Terminated:
         _ignore_further_signals()
         _print_error("terminated")
@@ -929,13 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 -- the contract: any other exception is a bug, exit 70
-        if debug:
-            traceback.print_exc()
-        interrupted = _report_interrupted()
-        if interrupted is not None:
-            return interrupted
-        _print_error(f"error: {_internal_message(exc, debug)}")
-        return EXIT_INTERNAL
+        return _failed(f"error: {_internal_message(exc, debug)}", EXIT_INTERNAL, debug)
     finally:
         # A signal arriving now waits until the handlers main() replaced are back (it then ends the process
         # quietly, or reaches the caller), instead of interrupting the clean-up.
