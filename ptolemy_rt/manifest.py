@@ -255,6 +255,27 @@ _TOP: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _check_fields(raw: dict, checks: Mapping[str, Callable[[Any], Any]], values: dict[str, Any],
+                  problems: list[str], where: str = "", hint: Callable[[str], str] | None = None) -> None:
+    """Each field of `raw` through its check into `values`; a problem naming it (`where` + key) when it is
+    unknown (with `hint`'s words) or its value is refused."""
+    for key, value in raw.items():
+        check = checks.get(key)
+        if check is None:
+            problems.append(f"{where}{key}: unknown field{hint(key) if hint else ''}")
+            continue
+        try:
+            values[key] = check(value)
+        except _Bad as exc:
+            problems.append(f"{where}{key}: {exc}, got {json.dumps(value)[:60]}")
+
+
+def _other_task(key: str) -> str:
+    """The hint for a model entry's unknown field that is another task's."""
+    other = [t for t, keys in _PER_TASK.items() if key in keys]
+    return f" (a {other[0]} field)" if other else ""
+
+
 def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
     where = f"models.{task}"
     if task not in TASKS:
@@ -269,17 +290,7 @@ def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
     for key in _REQUIRED:
         if key not in raw:
             problems.append(f"{where}.{key}: missing (required)")
-    for key, value in raw.items():
-        check = checks.get(key)
-        if check is None:
-            other = [t for t, keys in _PER_TASK.items() if key in keys]
-            hint = f" (a {other[0]} field)" if other else ""
-            problems.append(f"{where}.{key}: unknown field{hint}")
-            continue
-        try:
-            values[key] = check(value)
-        except _Bad as exc:
-            problems.append(f"{where}.{key}: {exc}, got {json.dumps(value)[:60]}")
+    _check_fields(raw, checks, values, problems, f"{where}.", _other_task)
     if values.get("task", task) != task:
         problems.append(f"{where}.task: '{values['task']}' differs from its key '{task}'")
     if len(problems) == n_before and values.get("crop_min_side") is not None:
@@ -313,15 +324,7 @@ def _parse(raw: Any, collect: list[str]) -> tuple[Manifest | None, dict[str, Mod
         collect.append("the manifest must be a JSON object")
         return None, {}
     values: dict[str, Any] = {}
-    for key, value in raw.items():
-        check = _TOP.get(key)
-        if check is None:
-            collect.append(f"{key}: unknown field")
-            continue
-        try:
-            values[key] = check(value)
-        except _Bad as exc:
-            collect.append(f"{key}: {exc}, got {json.dumps(value)[:60]}")
+    _check_fields(raw, _TOP, values, collect)
     for key in ("format", "name", "models"):
         if key not in raw:
             collect.append(f"{key}: missing (required)")
