@@ -43,28 +43,29 @@ def overlay_format(path: str | os.PathLike) -> str:
     return OVERLAY_FORMATS[suffix]
 
 
+def _stat_or_none(target: Path, follow: bool) -> os.stat_result | None:
+    """The stat of `target` (of the link itself unless `follow`), None where nothing is; OutputError naming it
+    when it cannot be looked at (no permission on a folder, a name too long, a loop)."""
+    try:
+        return os.stat(target, follow_symlinks=follow)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+
+
 def check_destination(path: str | os.PathLike, *, follow_symlinks: bool = False) -> Path:
     """Return the file to replace for `path`, refusing anything but a regular file or a new path."""
     if str(path) == "":
         raise OutputError("an empty output path was given")
     target = Path(path)
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+    st = _stat_or_none(target, follow=False)
     if st is not None and stat.S_ISLNK(st.st_mode):
         if not follow_symlinks:
             raise OutputError(f"{target}: is a symbolic link; refusing to write through it "
                               "(--follow-symlinks replaces the file it points to)")
         target = Path(os.path.realpath(target))
-        try:
-            st = os.stat(target)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+        st = _stat_or_none(target, follow=True)
     if st is not None and not stat.S_ISREG(st.st_mode):
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
