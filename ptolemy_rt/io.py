@@ -101,18 +101,25 @@ def _validate(data: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
+def _section_index(n: int, section: int | None, name: str, stacklevel: int) -> int:
+    """The index (0 to n - 1) of `section` in a stack of n (negative: from the end); 0 with a warning (at the
+    caller's `stacklevel`) when none is given; ShapeError for one the stack does not have."""
+    if section is None:
+        warnings.warn(f"{name}: a stack of {n} sections; using section 0 (choose with --section)",
+                      stacklevel=stacklevel + 1)
+        section = 0
+    if not -n <= section < n:
+        raise ShapeError(f"{name}: section {section} does not exist (the stack has {n})")
+    return section % n
+
+
 def _pick_section(data: np.ndarray, section: int | None, name: str) -> tuple[np.ndarray, int | None]:
     """Take one section of a stack (section 0 with a warning when none is given)."""
     if data.ndim == 3 and data.shape[0] == 1 and section in (None, 0):
         return data[0], None
     if data.ndim == 3:
-        n = data.shape[0]
-        if section is None:
-            warnings.warn(f"{name}: a stack of {n} sections; using section 0 (choose with --section)", stacklevel=3)
-            section = 0
-        if not -n <= section < n:
-            raise ShapeError(f"{name}: section {section} does not exist (the stack has {n})")
-        return data[section], section % n
+        index = _section_index(data.shape[0], section, name, stacklevel=3)
+        return data[index], index
     if section not in (None, 0):
         raise ShapeError(f"{name}: section {section} requested but the file holds a single 2-D image")
     return data, None
@@ -538,14 +545,8 @@ def _decode_raster(cv2, raw_bytes: np.ndarray, path: Path, name: str, section: i
         if not ok or not pages:
             raise CorruptFileError(f"{name}: not a readable TIFF image")
         if len(pages) > 1:
-            n = len(pages)
-            if section is None:
-                warnings.warn(f"{name}: a stack of {n} sections; using section 0 (choose with --section)",
-                              stacklevel=4)
-                section = 0
-            if not -n <= section < n:
-                raise ShapeError(f"{name}: section {section} does not exist (the stack has {n})")
-            return pages[section], section % n
+            index = _section_index(len(pages), section, name, stacklevel=4)
+            return pages[index], index
         if section not in (None, 0):
             raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
         return pages[0], None
