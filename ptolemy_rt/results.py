@@ -160,14 +160,8 @@ class Square:
 
     def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
         """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
-        x_um, y_um = units.xy(self.x, self.y)
         return {
-            "x": _num(self.x),
-            "y": _num(self.y),
-            "x_um": x_um,
-            "y_um": y_um,
-            "vertices": _points(self.vertices),
-            "area": _num(self.area),
+            **_placed(self, units),
             "area_um2": units.um2(self.area),
             "brightness": _num(self.brightness),
             "score": _num(self.score),
@@ -214,14 +208,8 @@ class Hole:
 
     def to_dict(self, units: _Units = NO_UNITS) -> dict[str, Any]:
         """JSON-ready dict in our own format (µm fields null unless `units` knows the pixel size)."""
-        x_um, y_um = units.xy(self.x, self.y)
         return {
-            "x": _num(self.x),
-            "y": _num(self.y),
-            "x_um": x_um,
-            "y_um": y_um,
-            "vertices": _points(self.vertices),
-            "area": _num(self.area),
+            **_placed(self, units),
             "diameter_px": _num(self.diameter_px),
             "diameter_um": units.um(self.diameter_px),
             "on_film": None if self.on_film is None else bool(self.on_film),
@@ -241,6 +229,20 @@ class Hole:
             "area": _num(self.area),
             "score": _num(self.score),
         }
+
+
+def _placed(target: Square | Hole, units: _Units) -> dict[str, Any]:
+    """The keys every target's JSON starts with: its centre in px and in µm from the image centre, its outline
+    and its area (px²)."""
+    x_um, y_um = units.xy(target.x, target.y)
+    return {
+        "x": _num(target.x),
+        "y": _num(target.y),
+        "x_um": x_um,
+        "y_um": y_um,
+        "vertices": _points(target.vertices),
+        "area": _num(target.area),
+    }
 
 
 def _shift(points: Sequence[Point], offset: float) -> list[Point]:
@@ -353,7 +355,6 @@ class HoleResult:
     def to_dict(self) -> dict[str, Any]:
         """Our JSON object (stable: no timings)."""
         return _result_dict(self, "lattice", self._lattice_dict())
-
 
     def _lattice_dict(self) -> dict[str, Any] | None:
         """The lattice as issue 11 asks (a, b, origin, spacing_a/b, angle_deg: a's orientation, angle_ab_deg:
