@@ -26,18 +26,23 @@ def open_regular(path: str | os.PathLike, what: str | None = None,
     """A read-only descriptor of `path` and its stat, or `error` naming it when it is missing, cannot be opened
     or is not a regular file (`what` says what was expected); the caller closes the descriptor.
 
-    Opened first, then checked on the descriptor (os.fstat): the file checked is the file read, whatever is
-    swapped in at the path meanwhile. O_NONBLOCK keeps the open of a FIFO from blocking until a writer comes
-    (it is refused right after); O_NOCTTY keeps a terminal from becoming ours.
+    What decides is os.fstat on the opened descriptor: the file checked is the file read, whatever is swapped in
+    at the path meanwhile. O_NONBLOCK keeps the open of a FIFO swapped in from blocking until a writer comes (it
+    is refused right after); O_NOCTTY keeps a terminal from becoming ours. A stat first refuses what is no
+    regular file without opening it (opening a device can act: a tape rewinds when closed, a watchdog arms).
     """
     p = Path(path)
+    not_regular = f"{p}: not a regular file" + (f" (a {what} is expected)" if what else "")
     nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(p, os.O_RDONLY | nonblock | getattr(os, "O_NOCTTY", 0))
-    except (FileNotFoundError, NotADirectoryError):
+        regular = stat.S_ISREG(os.stat(p).st_mode)
+        fd = os.open(p, os.O_RDONLY | nonblock | getattr(os, "O_NOCTTY", 0)) if regular else -1
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the name
         raise error(f"{p}: no such file") from None
     except OSError as exc:
         raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not regular:
+        raise error(not_regular)
     try:
         st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)
@@ -48,7 +53,7 @@ def open_regular(path: str | os.PathLike, what: str | None = None,
         raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
     if not regular:
         os.close(fd)
-        raise error(f"{p}: not a regular file" + (f" (a {what} is expected)" if what else ""))
+        raise error(not_regular)
     return fd, st
 
 

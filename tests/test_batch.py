@@ -319,6 +319,24 @@ def test_sha256_never_blocks_on_a_fifo_swapped_in(tmp_path, monkeypatch, swap):
         assert isinstance(exc, MissingFileError) and str(exc) == f"{path}: not a regular file", exc
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null here")
+def test_open_regular_opens_no_device_and_names_a_bad_path(tmp_path, monkeypatch):
+    """smallfiles.open_regular (the sha256's and read_small's) refuses a device without opening it (opening one
+    can act: a tape rewinds, a watchdog arms), and a name with a NUL with its one line (os.open raised
+    ValueError)."""
+    from ptolemy_rt.errors import MissingFileError
+    from ptolemy_rt.smallfiles import open_regular
+
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    with pytest.raises(MissingFileError, match=r"^/dev/null: not a regular file \(a \.nav is expected\)$"):
+        open_regular("/dev/null", ".nav", MissingFileError)
+    with pytest.raises(MissingFileError, match="no such file"):
+        open_regular(str(tmp_path / "a\0b"), error=MissingFileError)
+    assert opened == []
+
+
 @pytest.mark.skipif(not (REAL_EPU / "smartem_gs8999138.xml").is_file(), reason="../shared/real-epu not present")
 def test_real_epu_xml_stage_position():
     stage = epu_stage_position(REAL_EPU / "smartem_gs8999138.xml")
