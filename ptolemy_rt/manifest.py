@@ -397,11 +397,16 @@ def model_path(directory: Path, spec: ModelSpec) -> Path:
 
 def read_verified(directory: Path, spec: ModelSpec) -> bytes:
     """The graph's bytes, read once and checked against the manifest's sha256: what onnxruntime is given."""
+    from .smallfiles import open_regular
+
     path = model_path(directory, spec)
     if not path.is_file():
         raise ModelError(f"{path}: model file for '{spec.task}' is missing")
+    # read from the descriptor checked: a FIFO swapped in after is_file() blocked the read until a writer came
+    fd, _ = open_regular(path, "model file", ModelError)
     try:
-        blob = path.read_bytes()
+        with os.fdopen(fd, "rb") as fh:
+            blob = fh.read()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model file ({exc})") from None
     digest = hashlib.sha256(blob).hexdigest()

@@ -227,6 +227,46 @@ def test_a_model_set_path_that_is_no_directory_is_a_model_error_naming_it(tmp_pa
     assert validate_model_set(path) == [one_line(message)]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_graph_swapped_for_a_fifo_is_refused_not_waited_on(tiny, tmp_path, monkeypatch):
+    """read_verified checked the graph with is_file() and then read it by name: a FIFO swapped in between
+    blocked the load until a writer came. It reads from the descriptor it checked (smallfiles.open_regular)."""
+    import threading
+
+    from ptolemy_rt import manifest
+
+    root = tmp_path / "set"
+    shutil.copytree(tiny, root)
+    spec = M.read_manifest(root).models["hole_unet"]
+    graph = manifest.model_path(root, spec)
+    real_is_file = Path.is_file
+
+    def is_file_then_swap(self):
+        found = real_is_file(self)
+        if found and self == graph:
+            graph.unlink()
+            os.mkfifo(graph)
+        return found
+
+    monkeypatch.setattr(Path, "is_file", is_file_then_swap)
+    out: dict = {}
+
+    def load():
+        try:
+            manifest.read_verified(root, spec)
+        except BaseException as exc:  # noqa: BLE001 -- handed back to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(graph, os.O_WRONLY | os.O_NONBLOCK))  # let it go
+        thread.join(5)
+        pytest.fail("read_verified waited on a FIFO")
+    assert isinstance(out.get("error"), ModelError) and "not a regular file" in str(out["error"]), out
+
+
 def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path):
     """Path.resolve raised RuntimeError on a loop (an internal error for a library caller)."""
     loop = tmp_path / "set"
