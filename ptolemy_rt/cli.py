@@ -632,15 +632,21 @@ def _check_path_lengths(args: argparse.Namespace) -> None:
                 limits[folder] = _name_limits(folder)
             name_max, path_max = limits[folder]
             # the names below the nearest existing folder: those above it exist, so their file systems took them
-            tail = os.fsencode(os.path.abspath(text))[len(os.fsencode(folder)):]
+            tail = os.fsencode(_unnormalised(text))[len(os.fsencode(folder)):]
             if len(raw) > path_max or any(len(part) > name_max for part in tail.split(os.fsencode(os.sep))):
                 raise UsageError(f"{option} {text[:60]}...: the name is longer than file systems take "
                                  f"({name_max} bytes a name, {path_max} a path)")
 
 
+def _unnormalised(text: str) -> str:
+    """`text` made absolute without folding `..` away: the kernel still looks up the name before a `..`, so
+    an over-long one there fails the call (os.path.abspath would hide it from the length check)."""
+    return os.path.join(os.getcwd(), text)
+
+
 def _existing_folder(text: str) -> str:
-    """The nearest existing folder above the path `text` (absolute)."""
-    folder = os.path.dirname(os.path.abspath(text))
+    """The nearest existing folder above the path `text` (absolute, `..` kept: _unnormalised)."""
+    folder = os.path.dirname(_unnormalised(text))
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # isdir: False on ENAMETOOLONG too
         folder = os.path.dirname(folder)
     return folder

@@ -346,7 +346,8 @@ def check_model_directory(path: str | os.PathLike[str]) -> Path:
     """Path(path) when it is a directory; else ModelError (exit 3) naming it as given: missing, a file, a symlink
     loop or a name no file system holds (Path.is_dir raised OSError on that one). Every way in to a model
     set (load_models, ModelSet, validate_model_set, so every command's --models) goes through here."""
-    if not os.path.isdir(path):  # os.path.isdir: False for every OSError and ValueError (a NUL in the name)
+    # "" is the current folder, as Path("") is (os.path.isdir("") is False).
+    if not os.path.isdir(os.fspath(path) or "."):  # False for every OSError and ValueError (a NUL in the name)
         raise ModelError(f"{os.fspath(path)}: model set directory not found")
     return Path(path)
 

@@ -258,6 +258,15 @@ def load_models(
     path: str | os.PathLike[str] | None = None, provider: str = "auto", threads: int | None = None
 ) -> ModelSet:
     """Load (once per process) and verify a model set; None means the set shipped with the package."""
+    if path is not None:
+        # A set loaded before is reused even if its folder has gone since (a batch's later images: the sessions
+        # hold the graphs); only a first load checks the folder.
+        try:
+            cached = _CACHE.get((os.path.realpath(path), provider, threads))
+        except (OSError, ValueError):  # a NUL in the name: check_model_directory names it
+            cached = None
+        if cached is not None:
+            return cached
     directory = check_model_directory(path) if path is not None else default_models_dir()
     if path is None and not (directory / "manifest.json").is_file():
         raise ModelError(f"the default model set is missing ({directory}); reinstall ptolemy-rt or pass --models DIR")

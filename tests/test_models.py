@@ -227,6 +227,28 @@ def test_a_model_set_path_that_is_no_directory_is_a_model_error_naming_it(tmp_pa
     assert validate_model_set(path) == [one_line(message)]
 
 
+def test_a_loaded_set_is_reused_after_its_folder_is_gone(tiny, tmp_path):
+    """load_models checks the folder on a first load only: a batch's later images reuse the loaded set (its
+    sessions hold the graphs) when the folder was renamed meanwhile, as before the check moved into it."""
+    directory = tmp_path / "set"
+    shutil.copytree(tiny, directory)
+    first = M.load_models(directory)
+    directory.rename(tmp_path / "moved")
+    assert M.load_models(directory) is first
+    with pytest.raises(ModelError, match="model set directory not found"):
+        M.load_models(directory, threads=1)  # not loaded before: checked
+
+
+def test_an_empty_model_set_path_is_the_current_folder(tmp_path, monkeypatch):
+    """"" is the current folder, as Path("") is: "no manifest.json" in it, not a message naming nothing."""
+    from ptolemy_rt.manifest import check_model_directory
+
+    monkeypatch.chdir(tmp_path)
+    assert check_model_directory("") == Path("")
+    with pytest.raises(ModelError, match="no manifest.json"):
+        M.load_models("")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_a_graph_swapped_for_a_fifo_is_refused_not_waited_on(tiny, tmp_path, monkeypatch):
     """read_verified checked the graph with is_file() and then read it by name: a FIFO swapped in between

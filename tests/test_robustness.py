@@ -655,6 +655,11 @@ def test_error_lines_stay_one_line_whatever_the_file_name_holds(tmp_path, small_
     ["batch", "{long}.mrc", "-o", "{tmp}/out"],
     ["models", "--validate", "{long}"],
     ["demo", "-o", "{tmp}/{long}"],
+    # a `..` after the long name: os.path.abspath folds it away, the kernel still looks the name up
+    ["squares", "{image}", "--no-score", "-o", "{tmp}/{long}/../o.json"],
+    ["squares", "{image}", "--no-score", "--overlay", "{tmp}/{long}/../o.png"],
+    ["batch", "{tmp}/{long}/../img.mrc", "-o", "{tmp}/out", "--kind", "holes"],
+    ["models", "--validate", "{tmp}/{long}/../nothing"],
 ])
 def test_a_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, small_mrc, capsys, args):
     """pathlib's is_dir() and exists() raise OSError (ENAMETOOLONG) on a 300-byte name: exit 70 before."""
