@@ -404,19 +404,49 @@ def read_verified(directory: Path, spec: ModelSpec) -> bytes:
     if not path.is_file():
         raise ModelError(f"{path}: model file for '{spec.task}' is missing")
     # read from the descriptor checked: a FIFO swapped in after is_file() blocked the read until a writer came
-    fd, _ = open_regular(path, "model file", ModelError)
+    fd, st = open_regular(path, "model file", ModelError)
     try:
         with os.fdopen(fd, "rb") as fh:
-            blob = fh.read()
+            if st.st_size > MAX_GRAPH_BYTES:
+                raise ModelError(f"{path}: {st.st_size} bytes, more than a graph holds (protobuf's 2 GiB)")
+            if st.st_size > _HASH_FIRST_BYTES:
+                # A large file is hashed in passes before it is held whole: a sparse or foreign file of gigabytes
+                # costs a read, not its size in memory. One that matches is read and hashed again below, so
+                # that onnxruntime still gets the very bytes that were hashed.
+                digest = hashlib.file_digest(fh, "sha256").hexdigest() if hasattr(hashlib, "file_digest") \
+                    else _streamed_sha256(fh)
+                if digest != spec.sha256:
+                    raise ModelError(_mismatch(path, digest, spec))
+                fh.seek(0)
+            blob = fh.read(MAX_GRAPH_BYTES + 1)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model file ({exc})") from None
+    if len(blob) > MAX_GRAPH_BYTES:  # grew since the stat
+        raise ModelError(f"{path}: more than a graph holds (protobuf's 2 GiB)")
     digest = hashlib.sha256(blob).hexdigest()
     if digest != spec.sha256:
-        raise ModelError(
-            f"{path}: sha256 {digest[:12]}... does not match the manifest ({spec.sha256[:12]}...); "
-            "the model set was modified or is incomplete"
-        )
+        raise ModelError(_mismatch(path, digest, spec))
     return blob
+
+
+# An ONNX graph is one protobuf message, at most 2 GiB (larger models keep external data, which model sets
+# do not use) ...
+MAX_GRAPH_BYTES = (1 << 31) - 1
+# ... and a file over this size is hashed before it is held in memory (read_verified).
+_HASH_FIRST_BYTES = 64 << 20
+
+
+def _mismatch(path: Path, digest: str, spec: ModelSpec) -> str:
+    return (f"{path}: sha256 {digest[:12]}... does not match the manifest ({spec.sha256[:12]}...); "
+            "the model set was modified or is incomplete")
+
+
+def _streamed_sha256(fh) -> str:
+    """sha256 of the rest of a binary file, a megabyte at a time (Python < 3.11 has no hashlib.file_digest)."""
+    h = hashlib.sha256()
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def validate_model_set(directory: str | Path, *, sessions: bool = True) -> list[str]:

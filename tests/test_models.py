@@ -289,6 +289,43 @@ def test_a_graph_swapped_for_a_fifo_is_refused_not_waited_on(tiny, tmp_path, mon
     assert isinstance(out.get("error"), ModelError) and "not a regular file" in str(out["error"]), out
 
 
+@pytest.mark.parametrize("size", [3 << 30, 160 << 20])
+def test_a_huge_sparse_graph_is_refused_without_holding_it(tiny, tmp_path, size):
+    """read_verified read a graph whole before hashing it: a sparse file of gigabytes named in a manifest took
+    its size in memory (here a 160 MB one under a 96 MB address-space cap: MemoryError, exit 70). Over 2 GiB it
+    is refused from its size; under, a file over 64 MiB is hashed in passes first and refused on the mismatch."""
+    root = tmp_path / "set"
+    shutil.copytree(tiny, root)
+    spec = M.read_manifest(root).models["hole_unet"]
+    with open(root / spec.file, "r+b") as fh:
+        fh.truncate(size)
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (96 << 20, 96 << 20))\n"
+              "from ptolemy_rt import manifest\n"
+              "from ptolemy_rt.errors import ModelError\n"
+              f"spec = manifest.read_manifest(manifest.Path({str(root)!r})).models['hole_unet']\n"
+              "try:\n"
+              f"    manifest.read_verified(manifest.Path({str(root)!r}), spec)\n"
+              "except ModelError as exc:\n"
+              "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-500:]
+    want = "more than a graph holds" if size > (1 << 31) - 1 else "does not match the manifest"
+    assert want in done.stdout and str(root / spec.file) in done.stdout, done.stdout
+
+
+def test_a_graph_hashed_in_passes_is_the_one_loaded(tiny, monkeypatch):
+    """A graph over the hash-first size is hashed in passes, then read whole and hashed again: a genuine one
+    loads and runs as before."""
+    from ptolemy_rt import manifest
+
+    monkeypatch.setattr(manifest, "_HASH_FIRST_BYTES", 0)
+    ms = M.ModelSet(tiny, provider="cpu", threads=1)
+    x = np.full((2, 1, 240, 240), 2.0, np.float32)
+    np.testing.assert_allclose(ms.run("square_cnn", x), np.full((2, 1), 2.0))
+
+
 def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path):
     """Path.resolve raised RuntimeError on a loop (an internal error for a library caller)."""
     loop = tmp_path / "set"
