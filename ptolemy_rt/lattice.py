@@ -289,8 +289,23 @@ def lattice_points(
     slack_a, slack_b = _rounding_slack(ox, oy, ux, uy, vx, vy, det, a_lo, a_hi, b_lo, b_hi, mag_a, mag_b)
     if not all(map(math.isfinite, (a_lo, a_hi, b_lo, b_hi, slack_a, slack_b))):
         return _lattice_points_solved(origin, u, v, shape, edge_tolerance)
-    a_rng = np.arange(math.floor(a_lo - slack_a) - 1, math.ceil(a_hi + slack_a) + 2)[None, :]
-    b_rng = np.arange(math.floor(b_lo - slack_b) - 1, math.ceil(b_hi + slack_b) + 2)[:, None]
+    # The box holds about `expected` points; the index rectangle is a few times that for a reduced basis (the
+    # pipelines' lattices), but unbounded for a basis of nearly parallel vectors (an API caller's: 24 GB for
+    # a 1x1 image). Beyond 8 M candidates (~0.2 GB of work arrays) more than 16 times the points, the basis is
+    # reduced first (the same points, rounded by the other basis); a box of more points than any image holds
+    # is refused.
+    expected = (hi_x - lo_x) * (hi_y - lo_y) / abs(det)
+    if expected > MAX_LATTICE_POINTS:
+        raise ValueError(f"lattice_points: about {expected:.3g} lattice points in the {cols}x{rows} image, more "
+                         f"than {MAX_LATTICE_POINTS} (a basis of nearly parallel vectors?)")
+    a0, a1 = math.floor(a_lo - slack_a) - 1, math.ceil(a_hi + slack_a) + 2
+    b0, b1 = math.floor(b_lo - slack_b) - 1, math.ceil(b_hi + slack_b) + 2
+    if (a1 - a0) * (b1 - b0) > 16 * expected + (1 << 23):
+        reduced = _reduced_basis((ux, uy), (vx, vy))
+        if reduced is not None:
+            return lattice_points(origin, reduced[0], reduced[1], shape, edge_tolerance)
+    a_rng = np.arange(a0, a1)[None, :]
+    b_rng = np.arange(b0, b1)[:, None]
     # the meshgrid's order (b outer, a inner) and its arithmetic, (o + a u) + b v, per coordinate
     x = (ox + a_rng * ux + b_rng * vx).reshape(-1)
     y = (oy + a_rng * uy + b_rng * vy).reshape(-1)
@@ -298,6 +313,29 @@ def lattice_points(
     x, y = x[keep], y[keep]
     order = np.lexsort((x, np.round(y, 6)))
     return np.stack([x[order], y[order]], axis=1)
+
+
+# lattice_points refuses a box holding more points than this: 8 times what the largest image
+# (io.DEFAULT_MAX_PIXELS) holds at the shortest period the hole finder takes (unet.MIN_PERIOD_PX); 0.5 GB of points.
+MAX_LATTICE_POINTS = 1 << 25
+
+
+def _reduced_basis(u: tuple[float, float], v: tuple[float, float]) -> tuple[tuple[float, float],
+                                                                             tuple[float, float]] | None:
+    """A Lagrange-Gauss reduced basis of the lattice spanned by u and v (the shortest vector and one at most
+    60 degrees off perpendicular to it), or None when (u, v) is already one."""
+    (ux, uy), (vx, vy) = u, v
+    changed = False
+    for _ in range(200):  # each pass shortens a vector by at least half of it; 200 covers any float basis
+        if ux * ux + uy * uy > vx * vx + vy * vy:
+            ux, uy, vx, vy = vx, vy, ux, uy
+            changed = True
+        m = round((ux * vx + uy * vy) / (ux * ux + uy * uy))
+        if m == 0:
+            break
+        vx, vy = vx - m * ux, vy - m * uy
+        changed = True
+    return ((ux, uy), (vx, vy)) if changed else None
 
 
 def _rounding_slack(ox: float, oy: float, ux: float, uy: float, vx: float, vy: float, det: float,

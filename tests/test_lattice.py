@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -968,3 +972,38 @@ def test_lattice_points_match_brute_force_enumeration(origin, spacing, ratio, an
     assume(want is not None)
     got = lattice_points(origin, u, v, shape, edge_tolerance=tol)
     assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_lattice_points_of_nearly_parallel_vectors_stay_bounded():
+    """A basis of nearly parallel vectors made lattice_points enumerate an index rectangle of billions (24 GB
+    for a 1x1 image, MemoryError under a 2 GB cap): it is reduced first, and the points are the lattice's (integer
+    coordinates in the given basis, inside the box, as many as it holds); a box of more points than
+    any image holds is a ValueError naming the count."""
+    script = """
+import math, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+import numpy as np
+from ptolemy_rt.lattice import lattice_points
+a = math.radians(1e-4)
+u, v = (10.0, 0.0), (10 * math.cos(a), 10 * math.sin(a))
+p = lattice_points((0.0, 1e9), u, v, (1, 1), 5.0)
+det = u[0] * v[1] - v[0] * u[1]
+dx, dy = p[:, 0] - 0.0, p[:, 1] - 1e9
+i = (v[1] * dx - v[0] * dy) / det
+j = (u[0] * dy - u[1] * dx) / det
+print(len(p), abs(det), float(np.abs(i - np.round(i)).max()), float(np.abs(j - np.round(j)).max()),
+      bool(((p > -5.5) & (p < 5.5)).all()))
+try:
+    lattice_points((0.0, 0.0), u, v, (100, 100), 0.0)
+except ValueError as exc:
+    print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-800:]
+    first, second = done.stdout.strip().splitlines()
+    n, det, off_i, off_j, inside = first.split()
+    # the reduced basis is (0, 10 sin a) and (10, 0): one column of points (x = 0) crosses the 11 px box
+    assert inside == "True" and abs(int(n) - 11 / (10 * math.sin(math.radians(1e-4)))) <= 2, first
+    assert float(off_i) < 0.05 and float(off_j) < 0.05, first  # lattice points of the given basis (to rounding at 1e9)
+    assert "lattice points in the 100x100 image, more than" in second, second
