@@ -99,6 +99,43 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+# A property test whose examples are each costly draws fewer of them in the default run, never none:
+# `@pytest.mark.examples(n)` on a @given test collects it twice, as test[fast] drawing n examples in the default
+# run and as test[full] (marked slow, so CI runs it) drawing the count of its @settings. The override goes where
+# Hypothesis itself looks for a test's settings when it runs (its pytest plugin sets the same attribute).
+def pytest_generate_tests(metafunc) -> None:
+    mark = metafunc.definition.get_closest_marker("examples")
+    if mark is None:
+        return
+    fast = int(mark.args[0])
+    full = getattr(metafunc.function, "_hypothesis_internal_use_settings", None)
+    if full is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.examples needs a @given test")
+    if not 0 < fast < full.max_examples:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: examples({fast}) must be between 1 and the "
+                                f"{full.max_examples} of its @settings")
+    metafunc.parametrize("_examples", [pytest.param(fast, id="fast"),
+                                       pytest.param(None, id="full", marks=pytest.mark.slow)], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def _examples(request):
+    """For a test marked `examples(n)`, its settings with max_examples=n in its [fast] run; otherwise nothing."""
+    n = getattr(request, "param", None)
+    if n is None:
+        yield
+        return
+    from hypothesis import settings
+
+    test = request.function
+    full = test._hypothesis_internal_use_settings
+    test._hypothesis_internal_use_settings = settings(full, max_examples=n)
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = full
+
+
 @pytest.fixture(scope="session")
 def lowmag_path(reference_dir: Path) -> Path:
     """The real low-mag example atlas."""

@@ -7,6 +7,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ def test_close_ellipse_is_cv2s_closing(h, w, k, density, seed, blobs):
     assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
 
 
+@pytest.mark.examples(30)  # up to 140 MB a comparison
 @settings(max_examples=150, deadline=None)
 @given(h=st.integers(1, 60), w=st.integers(1, 60),
        f=st.one_of(st.integers(1, 70), st.sampled_from([49, 98, 103, 107, 161, 187, 196, 197])),

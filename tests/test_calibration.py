@@ -34,6 +34,7 @@ unit = st.floats(0.0, 1.0, allow_nan=False)
 pairs = st.lists(st.tuples(unit, unit), min_size=2, max_size=60)
 
 
+@pytest.mark.examples(40)
 @settings(max_examples=150, deadline=None)
 @given(pairs, st.lists(unit, min_size=1, max_size=30))
 @example([(0.0, 0.0), (2.225073858507e-311, 0.5)], [1.0, 2.2250738585e-313])  # a subnormal gap between knots
@@ -52,6 +53,7 @@ def test_fitted_map_is_monotone_in_unit_range_and_order_free(data, probes):
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
 
 
+@pytest.mark.examples(30)
 @settings(max_examples=100, deadline=None)
 @given(pairs)
 def test_isotonic_fit_is_no_worse_than_any_constant_or_the_identity(data):

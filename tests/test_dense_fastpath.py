@@ -155,6 +155,7 @@ def _candidates(rng, n, spacing, max_hw=15.0):
     return k._prepared(ux, uy, vx, vy, max_hw)
 
 
+@pytest.mark.examples(40)
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 12), spacing=st.floats(8.0, 70.0),
        row_step=st.sampled_from([1, 4]), counts=st.booleans())
@@ -262,6 +263,7 @@ def test_boxes_apart_is_the_plain_pairwise_test(boxes, window):
     assert _boxes_apart(points, bounds, window) is (not near)
 
 
+@pytest.mark.examples(40)
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 40), radius=st.floats(1.0, 9.0), window=st.integers(2, 8))
 def test_boxes_apart_means_a_region_per_blob(seed, n, radius, window):
@@ -300,6 +302,7 @@ def test_hole_centroids_are_the_same_without_the_box_test(seed, n, radius, windo
 # Lattice points: index ranges without LAPACK
 
 
+@pytest.mark.examples(50)
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(ox=st.floats(-300, 300), oy=st.floats(-300, 300), length=st.floats(2.0, 400.0), ratio=st.floats(0.5, 3.0),
        theta=st.floats(0, 360), gamma=st.floats(20, 160), rows=st.integers(1, 400), cols=st.integers(1, 400),

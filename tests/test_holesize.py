@@ -75,6 +75,7 @@ def _profiles_hole_by_hole(data, centres, radii):
     return out
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 64), half=st.sampled_from([4.0, 37.5, 120.25, 700.0]),
        rows=st.integers(40, 300), cols=st.integers(40, 300))

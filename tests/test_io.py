@@ -339,6 +339,7 @@ _STAT_FACTORS = st.sampled_from([1.0, 1.0, 1.005, 0.995, 1.0089, 0.9911, 1.0095,
                                  -1.0, 0.0, np.nan, np.inf, -np.inf])
 
 
+@pytest.mark.examples(30)
 @settings(max_examples=120, deadline=None)
 @given(dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.float32, np.float16]),
        shape=st.sampled_from([(24, 40), (3, 16, 20), (1, 30, 30)]), offset=st.sampled_from([0.0, 50.0, 3e4, 1e-3]),

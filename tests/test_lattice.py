@@ -99,6 +99,7 @@ def test_recovers_lattice(seed, spacing, angle):
     check_recovered(fit_lattice(centroids, mask), spacing, angle, truth)
 
 
+@pytest.mark.examples(8)
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
@@ -238,6 +239,7 @@ def brute_cost(mask, origin, u, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
     return rasterised_cost(mask, points, h, lambda_fn, lambda_fp)
 
 
+@pytest.mark.examples(8)
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
     seed=st.integers(0, 1000),
@@ -417,6 +419,7 @@ def check_general(lat: Lattice | None, basis: np.ndarray, truth: np.ndarray, sha
     assert dist.max() < 0.15 * d, dist.max() / d
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
@@ -533,6 +536,7 @@ def apply_steps(a: np.ndarray, b: np.ndarray, steps) -> tuple[np.ndarray, np.nda
     return a, b
 
 
+@pytest.mark.examples(50)
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     spacing=st.floats(8.0, 400.0),
@@ -834,6 +838,7 @@ def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cel
     return centroids[rng.permutation(len(centroids))], mask, truth, shape
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
@@ -853,6 +858,7 @@ def test_blobs_between_the_holes_do_not_make_a_denser_lattice(seed, spacing, rat
     assert lat.n_set_aside > 0.5 * present * 0.5 * len(truth)
 
 
+@pytest.mark.examples(8)
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),

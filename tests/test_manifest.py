@@ -136,6 +136,7 @@ _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allo
                     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
+@pytest.mark.examples(50)
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.sampled_from(["square_cnn", "hole_unet", "hole_cnn"]),
        st.sampled_from(["bn", "threshold", "multiple", "scale", "max_pixels", "min_size", "crop_size", "crop_scale",

@@ -56,6 +56,7 @@ def angle_diff(a: float, b: float) -> float:
     return abs(((a - b) + 45.0) % 90.0 - 45.0)
 
 
+@pytest.mark.examples(5)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pitch=st.floats(16.0, 110.0),

@@ -312,6 +312,7 @@ def _plain_row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: in
         return np.where(both, np.nanmedian(per, axis=0), np.nan)
 
 
+@pytest.mark.examples(20)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(h=st.integers(24, 140), w=st.integers(24, 140), seed=st.integers(0, 2**32 - 1), ties=st.booleans(),
        bad=st.sampled_from(["none", "nan", "inf"]), axis=st.sampled_from([0, 1]),

@@ -40,6 +40,7 @@ def _same_bits(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+@pytest.mark.examples(75)
 @settings(max_examples=300, deadline=None)
 @given(rows=st.integers(1, 300), cols=st.integers(1, 300), angle=st.one_of(
     st.sampled_from([0.0, 90.0, 180.0, 270.0, 45.0, -45.0]), st.floats(-360.0, 360.0)),
@@ -55,6 +56,7 @@ def test_zero_outside_in_its_box_is_the_former_test(rows, cols, angle, cx, cy, s
     assert _same_bits(fast, former)
 
 
+@pytest.mark.examples(50)
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 60), cols=st.integers(1, 60),
        scale=st.floats(1.0, 40.0), sign=st.sampled_from([1.0, -1.0]),

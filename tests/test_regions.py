@@ -193,6 +193,7 @@ def _corner_hull(centre_hull: np.ndarray) -> np.ndarray:
     return np.concatenate((hull[start:], hull[:start])) if start else hull
 
 
+@pytest.mark.examples(40)
 @settings(max_examples=150, deadline=None)
 @given(sets=st.lists(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=14),
                      min_size=1, max_size=12),

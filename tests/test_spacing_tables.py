@@ -52,6 +52,7 @@ def test_filter_is_the_plain_formula_for_any_shape(rows, cols, max_period):
     same(spacing._filter.__wrapped__((rows, cols), max_period), plain_filter((rows, cols), max_period))
 
 
+@pytest.mark.examples(15)
 @settings(max_examples=60, deadline=None)
 @given(lr=st.integers(0, 320), lc=st.integers(0, 320))
 def test_radii_and_rings_are_the_plain_formula(lr, lc):

@@ -310,6 +310,7 @@ def test_crops_are_centred_on_non_square_images(example):
             assert abs(rr.mean() - 119.5) < 4 and abs(cc.mean() - 119.5) < 4
 
 
+@pytest.mark.examples(8)
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9), batch=st.integers(1, 5))
 def test_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
@@ -600,6 +601,7 @@ def test_class_stats_in_blocks_are_the_whole_image_sums(rows, cols, block, seed)
         monkey.undo()
 
 
+@pytest.mark.examples(12)
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), top=st.sampled_from([3, 255, 4095, 65535]), zeros=st.floats(0.0, 0.5),
        rows=st.integers(1, 700))
@@ -622,6 +624,7 @@ def _plain_class_stats(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(float(np.cumsum((sel - mean) ** 2)[-1]) / sel.size)
 
 
+@pytest.mark.examples(30)
 @settings(max_examples=120, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
        kind=st.sampled_from(["counts", "flattened", "wide", "tiny", "negative", "nan", "inf", "subnormal", "huge"]),
@@ -729,6 +732,7 @@ def test_square_results_hold_each_arrays_values(n, seed, scored, bdtype):
     assert all(type(s.x) is float and type(s.vertices[0][0]) is float for s in got)
 
 
+@pytest.mark.examples(30)
 @settings(max_examples=120, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
        kind=st.sampled_from(["counts", "flattened", "wide", "negative", "nan", "constant"]),
