@@ -48,8 +48,11 @@ def lattice_image(spacing=150.0, angle=20.0, shape=(600, 800), seed=0, radius_fr
     r = radius_frac * spacing
     for x, y in pts:
         if -r < x < cols + r and -r < y < rows + r:
-            d2 = (xx - x) ** 2 + (yy - y) ** 2
-            img += np.float32(60.0) * np.clip(r + 0.5 - np.sqrt(d2), 0, 1)
+            # only the disc's box: outside it the term is +0.0, which leaves every pixel's bits as they were
+            r0, r1 = max(int(y - r - 2), 0), min(int(y + r + 3), rows)
+            c0, c1 = max(int(x - r - 2), 0), min(int(x + r + 3), cols)
+            d2 = (xx[r0:r1, c0:c1] - x) ** 2 + (yy[r0:r1, c0:c1] - y) ** 2
+            img[r0:r1, c0:c1] += np.float32(60.0) * np.clip(r + 0.5 - np.sqrt(d2), 0, 1)
     img += rng.normal(0, 3.0, shape).astype(np.float32)
     return img, pts
 
