@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -134,6 +135,30 @@ def _examples(request):
         yield
     finally:
         test._hypothesis_internal_use_settings = full
+
+
+def synthetic_medmag(*args, **kwargs):
+    """ptolemy_rt.synthetic.make_medmag(*args, **kwargs), made once per session (a dozen tests take the same few
+    images, 0.1-0.2 s each): its arrays are read-only, so a test that changes one works on a copy."""
+    return _synthetic("make_medmag", args, tuple(sorted(kwargs.items())))
+
+
+def synthetic_atlas(*args, **kwargs):
+    """ptolemy_rt.synthetic.make_atlas(*args, **kwargs), made once per session, read-only as synthetic_medmag's."""
+    return _synthetic("make_atlas", args, tuple(sorted(kwargs.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic(maker: str, args: tuple, kwargs: tuple):
+    import numpy as np
+
+    from ptolemy_rt import synthetic
+
+    data, truth = getattr(synthetic, maker)(*args, **dict(kwargs))
+    for array in (data, *vars(truth).values()):
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False
+    return data, truth
 
 
 @pytest.fixture(scope="session")

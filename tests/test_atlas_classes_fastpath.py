@@ -12,8 +12,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt import atlas_classes as ac
-from ptolemy_rt.synthetic import make_atlas
 from tests.test_mesh import render_mesh
+
+from .conftest import synthetic_atlas
 
 
 @settings(max_examples=150, deadline=None)
@@ -88,7 +89,7 @@ def test_disc_mask_is_the_plain_code_to_the_bit():
         (render_mesh(600, 30.0, 5.0, 20.0, seed=4, disc=220.0), [None, 90.0, 400.0]),
         (render_mesh(1030, 160.0, 60.0, 44.0, seed=4, disc=430.0), [None, 480.0, 1500.0]),  # f = 49 at 1500
         (render_mesh(700, 40.0, 8.0, 12.0, seed=6, disc=500.0), [None, 120.0]),  # the disc past the edges
-        (make_atlas(2)[0], [None, 300.0]),
+        (synthetic_atlas(2)[0], [None, 300.0]),
         (np.zeros((300, 300), np.float32), [None]),
     ]
     for image, scales in scenes:

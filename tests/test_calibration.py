@@ -258,13 +258,12 @@ def test_leginon_script_with_a_calibration_runs_as_leginon_sources_it(tmp_path):
 
     from ptolemy_rt.demo import write_mrc
     from ptolemy_rt.models import load_models
-    from ptolemy_rt.synthetic import make_medmag
 
-    from .conftest import REPO
+    from .conftest import REPO, synthetic_medmag
 
     need(shutil.which("bash") is not None, "bash is not installed")
     image = tmp_path / "sq.mrc"
-    write_mrc(image, make_medmag(1)[0])
+    write_mrc(image, synthetic_medmag(1)[0])
     # a map onto [0.4, 0.6], recognisable in the output
     cal = fit([0.0, 1.0], [0.4, 0.6], "holes", "cnn", load_models().ids)
     where = tmp_path / "writer"

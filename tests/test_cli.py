@@ -15,6 +15,7 @@ import pytest
 from ptolemy_rt.cli import main
 from ptolemy_rt.models import default_models_dir
 
+from .conftest import synthetic_atlas, synthetic_medmag
 from .tiny_models import make_tiny_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,17 +39,13 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory) -> Path:
-    from ptolemy_rt.synthetic import make_atlas
-
-    data, _ = make_atlas(3)
+    data, _ = synthetic_atlas(3)
     return _mrc(tmp_path_factory.mktemp("img") / "atlas.mrc", data)
 
 
 @pytest.fixture(scope="module")
 def medmag(tmp_path_factory) -> Path:
-    from ptolemy_rt.synthetic import make_medmag
-
-    data, _ = make_medmag(1)
+    data, _ = synthetic_medmag(1)
     return _mrc(tmp_path_factory.mktemp("img") / "medmag.mrc", data)
 
 

@@ -8,7 +8,8 @@ import pytest
 from ptolemy_rt.holes import find_holes
 from ptolemy_rt.models import ModelSet, default_models_dir
 from ptolemy_rt.squares import find_squares
-from ptolemy_rt.synthetic import make_atlas, make_medmag
+
+from .conftest import synthetic_atlas, synthetic_medmag
 
 datasets = pytest.importorskip("export.datasets")
 
@@ -33,7 +34,7 @@ def recording() -> Recording:
 
 
 def test_hole_training_crops_are_the_hole_cnn_inputs(recording):
-    image, _ = make_medmag(1)
+    image, _ = synthetic_medmag(1)
     recording.inputs.clear()
     result = find_holes(image, recording, score="cnn")
     assert len(result.holes) > 10
@@ -49,7 +50,7 @@ def test_unet_training_input_is_the_unet_input(recording):
     from ptolemy_rt.spacing import estimate_spacing
     from ptolemy_rt.unet import unet_factor
 
-    image, _ = make_medmag(1)
+    image, _ = synthetic_medmag(1)
     scale = recording.spec("hole_unet").scale
     if scale is None:
         pytest.skip("the shipped U-Net runs at native scale")
@@ -63,7 +64,7 @@ def test_unet_training_input_is_the_unet_input(recording):
 
 
 def test_square_training_crops_are_the_square_cnn_inputs(recording):
-    image, _ = make_atlas(3)
+    image, _ = synthetic_atlas(3)
     recording.inputs.clear()
     # Training crops follow the original's segmentation (compat); the default adds lattice squares.
     result = find_squares(image, recording, compat=True)

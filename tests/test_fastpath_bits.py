@@ -12,6 +12,8 @@ import pytest
 from ptolemy_rt.crops import crop_matrix, hole_crop_input, hole_crop_inputs, hole_crops, sample_affine
 from ptolemy_rt.unet import normalise_image
 
+from .conftest import synthetic_medmag
+
 
 def _plain_normalise(data):
     x = np.asarray(data, dtype=np.float32)
@@ -228,9 +230,8 @@ def _plain_prepare_tail(x, w, robust):
 @pytest.mark.parametrize("bar", [False, True])
 def test_prepare_is_the_plain_normalised_convolution(bar):
     from ptolemy_rt import spacing
-    from ptolemy_rt.synthetic import make_medmag
 
-    image = make_medmag(0)[0].astype(np.float32)
+    image = synthetic_medmag(0)[0].astype(np.float32)
     if bar:
         image[:, 100:400] = 0.0  # a grid bar: the robust preparation masks it
     masked = []
@@ -396,9 +397,8 @@ def test_views_and_film_mask_told_the_image_is_finite_are_the_same(dtype):
     # find_holes tells them (its normalise_image summed the image as float32 to a finite mean): the finiteness
     # check they skip would have returned the image as it is
     from ptolemy_rt import film, views
-    from ptolemy_rt.synthetic import make_medmag
 
-    image = (make_medmag(2)[0] * 3000.0).astype(dtype)
+    image = (synthetic_medmag(2)[0] * 3000.0).astype(dtype)
     assert normalise_image(image) is not None
     assert views.large_holes(image, finite=True) == views.large_holes(image)
     assert views.atlas_reason(image, finite=True) == views.atlas_reason(image)
@@ -476,9 +476,8 @@ def test_prepare_without_percentile_or_median_sorts_is_the_same(case):
     # spacing._prepare skips the 90th percentile where no pixel can be dark against it, and the variance's
     # median where its floor cannot bind: z and the mask must be the plain computation's in every case
     from ptolemy_rt import spacing
-    from ptolemy_rt.synthetic import make_medmag
 
-    image = make_medmag(0)[0].astype(np.float32)
+    image = synthetic_medmag(0)[0].astype(np.float32)
     if "bright" in case:
         image = image + 3.0 * float(image.max())  # nothing dark: the percentile is skipped
     if case == "bar":

@@ -26,6 +26,7 @@ from ptolemy_rt.unet import (
     unet_pad_shape,
 )
 
+from .conftest import synthetic_medmag
 from .tiny_models import make_tiny_set
 
 # ---------------------------------------------------------------------------------------------------
@@ -298,12 +299,11 @@ def test_batch_independent_cnn_batches(tmp_path):
     # The shipped hole CNN is batch-independent: crops run one by one (as bn="batch" requires) and in batches
     # must give each hole the same score. (The tiny CNN scores every crop 0.5, so it could not tell.)
     from ptolemy_rt.models import default_models_dir
-    from ptolemy_rt.synthetic import make_medmag
 
     shipped = default_models_dir()
     if not (shipped / "manifest.json").is_file():
         pytest.skip("no shipped model set")
-    img, _ = make_medmag(1)
+    img, _ = synthetic_medmag(1)
     one_by_one = find_holes(img, load_models(edit_manifest(shipped, tmp_path / "b", "hole_cnn", bn="batch")),
                             score="cnn")
     batched = find_holes(img, load_models(shipped), score="cnn")

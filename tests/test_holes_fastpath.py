@@ -20,6 +20,8 @@ from ptolemy_rt.io import read_image
 from ptolemy_rt.models import load_models
 from ptolemy_rt.synthetic import make_medmag
 
+from .conftest import synthetic_medmag
+
 
 def _float64_autocorrelation(x, max_period, valid, max_lag=None):
     """spacing._autocorrelation as it was: a float64 FFT, the band-pass sampled on the full grid."""
@@ -64,7 +66,7 @@ def _compare(image, monkeypatch):
 
 
 def test_fast_paths_give_the_same_targets_synthetic(monkeypatch):
-    _compare(make_medmag(1)[0], monkeypatch)
+    _compare(synthetic_medmag(1)[0], monkeypatch)
 
 
 @pytest.mark.slow
@@ -130,7 +132,7 @@ def _compare_plain(image, monkeypatch):
 
 
 def test_this_sessions_fast_paths_change_no_bit_synthetic(monkeypatch):
-    assert len(_compare_plain(make_medmag(1)[0], monkeypatch).holes) > 0
+    assert len(_compare_plain(synthetic_medmag(1)[0], monkeypatch).holes) > 0
 
 
 def test_fast_paths_keep_early_ends(monkeypatch):

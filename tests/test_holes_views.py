@@ -15,6 +15,7 @@ from ptolemy_rt.models import ModelSet, load_models
 from ptolemy_rt.options import HoleOptions
 from ptolemy_rt.views import SINGLE_HOLE_REASON, atlas_reason, large_holes
 
+from .conftest import synthetic_atlas
 from .tiny_models import make_tiny_set
 
 
@@ -168,9 +169,7 @@ def test_fewer_than_two_periods_gives_no_invented_lattice(tiny):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])  # 1: rounded squares
 def test_an_atlas_says_so(tiny, seed):
-    from ptolemy_rt.synthetic import make_atlas
-
-    data, _ = make_atlas(seed)
+    data, _ = synthetic_atlas(seed)
     res = find_holes(data, tiny)
     assert res.holes == () and "atlas" in res.reason
 

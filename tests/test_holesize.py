@@ -12,6 +12,8 @@ from ptolemy_rt.holesize import hole_diameter_px, with_hole_diameter
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 from ptolemy_rt.synthetic import make_medmag
 
+from .conftest import synthetic_medmag
+
 
 @pytest.mark.slow  # seconds each; CI runs the slow suite
 def test_measured_diameter_is_close_or_none():
@@ -41,7 +43,7 @@ def test_no_edge_no_diameter():
 
 
 def test_with_hole_diameter_sets_every_hole():
-    data, truth = make_medmag(0)
+    data, truth = synthetic_medmag(0)
     holes = tuple(Hole(x=float(x), y=float(y), vertices=((0, 0),) * 4, area=1.0, score=0.5)
                   for x, y in truth.centers[truth.visible])
     result = HoleResult(holes=holes, angle_deg=0.0, spacing_px=truth.spacing_px, basis=None, origin=None,

@@ -21,7 +21,7 @@ from ptolemy_rt.errors import InputError
 from ptolemy_rt.leginon import leginon_script, validate_extra
 from ptolemy_rt.models import default_models_dir
 
-from .conftest import REPO, need
+from .conftest import REPO, need, synthetic_medmag
 from .tiny_models import make_tiny_set
 
 
@@ -95,10 +95,8 @@ def test_cli_refuses_and_prints_no_script(tmp_path, models_dir):
 @pytest.fixture(scope="module")
 def leginon_dirs(tmp_path_factory, models_dir):
     """Leginon's working directory, an image and an output directory, all with spaces in their paths."""
-    from ptolemy_rt.synthetic import make_medmag
-
     root = tmp_path_factory.mktemp("leginon")
-    data, _ = make_medmag(1)
+    data, _ = synthetic_medmag(1)
     images = root / "rawdata dir"
     images.mkdir()
     image = images / "24jan01a_00012gr_00003sq_v01_00004hl.mrc"

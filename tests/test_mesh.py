@@ -19,6 +19,8 @@ from ptolemy_rt.mesh import (
     mesh_number,
 )
 
+from .conftest import synthetic_medmag
+
 
 def render_mesh(size: int, pitch: float, bar: float, angle_deg: float, *, seed: int = 0, dose: float = 200.0,
                 disc: float | None = None, dark_share: float = 0.2) -> np.ndarray:
@@ -95,10 +97,8 @@ def test_thin_bars_at_zero_degrees():
 
 
 def test_no_mesh_on_a_hole_image_noise_and_blank():
-    from ptolemy_rt.synthetic import make_medmag
-
     for seed in (0, 2, 4, 7):
-        img, _ = make_medmag(seed)
+        img, _ = synthetic_medmag(seed)
         det = detect_mesh(img)
         assert det.mesh is None and det.reason.startswith(NO_MESH), (seed, det)
     rng = np.random.default_rng(1)

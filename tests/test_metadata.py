@@ -23,7 +23,7 @@ from ptolemy_rt.metadata import (
     read_xml_safely,
 )
 
-from .conftest import REPO, need
+from .conftest import REPO, need, synthetic_atlas
 
 REAL_EPU = REPO.parent / "shared" / "real-epu"
 # What the real file says: 4.1562760344504568e-08 m per pixel of a 2880 px wide readout, JPEG 512 px wide.
@@ -182,9 +182,7 @@ def test_order_option_xml_mdoc_header(tmp_path):
 
 
 def test_cli_reports_pixel_size_and_option(tmp_path, capsys):
-    from ptolemy_rt.synthetic import make_atlas
-
-    data, _ = make_atlas(3)
+    data, _ = synthetic_atlas(3)
     path = tmp_path / "atlas.mrc"
     with mrcfile.new(path) as m:
         m.set_data(data)

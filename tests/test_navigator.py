@@ -25,6 +25,8 @@ from ptolemy_rt.navigator import (
 )
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 
+from .conftest import synthetic_medmag
+
 # Map item 17-1-A of pyserialem's test navigator, as quoted in shared/serialem-nav.md.
 MAP_17 = """[Item = 17-1-A]
 Color = 2
@@ -195,9 +197,7 @@ def test_write_targets_to_nav_writes_a_copy(tmp_path):
 
 @pytest.fixture(scope="module")
 def medmag(tmp_path_factory) -> Path:
-    from ptolemy_rt.synthetic import make_medmag
-
-    data, _ = make_medmag(1)
+    data, _ = synthetic_medmag(1)
     path = tmp_path_factory.mktemp("nav") / "square 1.mrc"
     with mrcfile.new(path) as m:
         m.set_data(data)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import synthetic_atlas, synthetic_medmag
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -59,11 +61,10 @@ def _finder_run(finder: str, tmp_path: Path, watch: tuple[str, ...]) -> list[str
 
     if not (default_models_dir() / "manifest.json").is_file():
         pytest.skip("no shipped model set")
-    from ptolemy_rt.synthetic import make_atlas, make_medmag
 
     mrcfile = pytest.importorskip("mrcfile")
     image = tmp_path / f"{finder}.mrc"
-    data = make_medmag(0, shape=(512, 720), spacing_px=120.0)[0] if finder == "holes" else make_atlas(0)[0]
+    data = synthetic_medmag(0, shape=(512, 720), spacing_px=120.0)[0] if finder == "holes" else synthetic_atlas(0)[0]
     with mrcfile.new(str(image)) as m:
         m.set_data(data.astype(np.float32))
     out = tmp_path / f"{finder}.json"

@@ -28,6 +28,8 @@ from ptolemy_rt.results import (
     write_result,
 )
 
+from .conftest import synthetic_atlas
+
 INFO = ImageInfo(path="a.mrc", shape=(100, 200), pixel_size_A=None, section=None)
 VERTS = ((10.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 10.0))
 
@@ -280,9 +282,8 @@ def test_cli_every_format_with_and_without_compat(tmp_path, capsys):
     import mrcfile
 
     from ptolemy_rt.cli import main
-    from ptolemy_rt.synthetic import make_atlas
 
-    data, _ = make_atlas(3)
+    data, _ = synthetic_atlas(3)
     path = tmp_path / "atlas.mrc"
     with mrcfile.new(path) as m:
         m.set_data(data)

@@ -24,6 +24,8 @@ from ptolemy_rt.io import Image, as_image, read_image
 from ptolemy_rt.models import default_models_dir, load_models
 from ptolemy_rt.outputs import atomic_write, write_set
 
+from .conftest import synthetic_medmag
+
 
 def _default_models():
     if not (default_models_dir() / "manifest.json").is_file():
@@ -422,9 +424,8 @@ def test_extreme_values_find_the_same_holes(case):
     import warnings
 
     from ptolemy_rt import find_holes
-    from ptolemy_rt.synthetic import make_medmag
 
-    clean, _ = make_medmag(1)
+    clean, _ = synthetic_medmag(1)
     data = clean.astype(np.float64)
     if case == "hot_pixel":
         data[5, 5] = 3.4e38

@@ -12,6 +12,8 @@ import pytest
 
 from ptolemy_rt import squares
 
+from .conftest import synthetic_medmag
+
 
 def mesh_atlas(size: int, pitch: float, bar: float, angle_deg: float, *, seed: int = 0, dark: float = 0.0,
                gone: tuple[tuple[int, int], ...] = (), dose: float = 200.0):
@@ -153,9 +155,8 @@ def test_lattice_squares_are_scored():
 def test_med_mag_image_gives_no_squares_and_a_reason(tmp_path, capsys):
     from ptolemy_rt.cli import main
     from ptolemy_rt.demo import write_mrc
-    from ptolemy_rt.synthetic import make_medmag
 
-    data, _ = make_medmag(0)
+    data, _ = synthetic_medmag(0)
     result = squares.find_squares(data, models=False)
     assert result.squares == () and "no grid mesh" in result.reason
     path = tmp_path / "medmag.mrc"

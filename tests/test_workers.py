@@ -18,7 +18,8 @@ from ptolemy_rt.crops import hole_crop_inputs, hole_crops
 from ptolemy_rt.holes import find_holes
 from ptolemy_rt.models import load_models
 from ptolemy_rt.scoring import unet_scores
-from ptolemy_rt.synthetic import make_medmag
+
+from .conftest import synthetic_medmag
 
 
 @contextlib.contextmanager
@@ -126,7 +127,7 @@ def test_what_runs_beside_other_opencv_work_does_not_depend_on_opencvs_thread_co
     from ptolemy_rt import film, spacing, unet, views
     from ptolemy_rt.crops import sample_affine
 
-    image = make_medmag(1)[0]
+    image = synthetic_medmag(1)[0]
     rng = np.random.default_rng(0)
 
     def everything():
@@ -164,14 +165,14 @@ def _compare(image, **options):
 
 
 def test_find_holes_with_workers_is_the_serial_result(two_threads):
-    assert len(_compare(make_medmag(1)[0]).holes) > 0
+    assert len(_compare(synthetic_medmag(1)[0]).holes) > 0
 
 
 @pytest.mark.slow
 def test_find_holes_with_workers_is_the_serial_result_more(two_threads):
     from benchmarks.holes_sets import make_sample
 
-    _compare(make_medmag(1)[0], keep_off_film=True, crop_mode="ptolemy")
+    _compare(synthetic_medmag(1)[0], keep_off_film=True, crop_mode="ptolemy")
     for category in ("whole_square", "single_hole", "no_lattice"):
         _compare(make_sample(category, 0).image)
 
