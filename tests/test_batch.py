@@ -56,6 +56,17 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
                           text=True, env=_env(), timeout=900, **kw)
 
 
+def _main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`ptolemy-rt batch ARGS` in this process (exit code, stdout, stderr): the checks that need no process of
+    their own (a process: test_cli_batch_small_session_resume_and_failures' first run, the signal tests)."""
+    from ptolemy_rt.cli import main
+
+    capsys.readouterr()
+    code = main(["batch", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def _touch(path: Path, data: bytes = b"x") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -642,7 +653,7 @@ def test_turned_atlas_links_squares_by_its_reference_transformation(tmp_path):
     assert missed_unrotated >= 2
 
 
-def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
+def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path, capsys):
     out = tmp_path / "out"
     r = _cli(str(small_session), "-o", str(out), "--workers", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -667,7 +678,7 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
     # Resume: nothing recomputed, same summaries byte for byte.
     before = _mtimes(out)
     first_json, first_csv = (out / "summary.json").read_bytes(), (out / "summary.csv").read_bytes()
-    r = _cli(str(small_session), "-o", str(out), "--resume", "--workers", "1")
+    r = _main(capsys, str(small_session), "-o", str(out), "--resume", "--workers", "1")
     assert r.returncode == 0, r.stderr
     assert "(4 resumed" in r.stderr
     assert _mtimes(out) == before
@@ -678,7 +689,7 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
     original = image.read_bytes()
     try:
         image.write_bytes(b"\xff\xd8 not a jpeg")
-        r = _cli(str(small_session), "-o", str(out), "--resume", "--workers", "1")
+        r = _main(capsys, str(small_session), "-o", str(out), "--resume", "--workers", "1")
     finally:
         image.write_bytes(original)
     assert r.returncode == 2, r.stderr
@@ -688,7 +699,7 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path):
     assert bad["status"] == "error" and bad["exit_code"] == 2 and str(image) in bad["error"]
     assert summary["totals"]["failed"] == 1 and summary["totals"]["ok"] + summary["totals"]["empty"] == 3
     # Restored: the failed image runs again and the summary is the first one again.
-    r = _cli(str(small_session), "-o", str(out), "--resume", "--workers", "1")
+    r = _main(capsys, str(small_session), "-o", str(out), "--resume", "--workers", "1")
     assert r.returncode == 0 and "(3 resumed" in r.stderr
     assert (out / "summary.json").read_bytes() == first_json
 
@@ -718,15 +729,15 @@ def test_sigterm_stops_with_130_and_resume_finishes(small_session, tmp_path):
     assert json.loads((out / "summary.json").read_text())["complete"] is True
 
 
-def test_usage_errors(small_session, tmp_path):
+def test_usage_errors(small_session, tmp_path, capsys):
     a_file = _touch(tmp_path / "file")
-    r = _cli(str(small_session), "-o", str(a_file))
+    r = _main(capsys, str(small_session), "-o", str(a_file))
     assert r.returncode == 2 and "not a folder" in r.stderr
-    r = _cli(str(tmp_path / "nothing-*.mrc"), "-o", str(tmp_path / "o"))
+    r = _main(capsys, str(tmp_path / "nothing-*.mrc"), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "no file matches" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = _cli(str(small_session), "-o", str(tmp_path / "o"), "--workers", "0")
+    r = _main(capsys, str(small_session), "-o", str(tmp_path / "o"), "--workers", "0")
     assert r.returncode == 2 and "--workers" in r.stderr
-    r = _cli(str(small_session), "-o", str(tmp_path / "o"), "--models", str(tmp_path))
+    r = _main(capsys, str(small_session), "-o", str(tmp_path / "o"), "--models", str(tmp_path))
     assert r.returncode == 3 and "manifest" in r.stderr
 
 

@@ -437,7 +437,8 @@ def _blob_mask(rng, shape, n, rings):
     return mask
 
 
-@pytest.mark.parametrize("seed", range(8))
+# 0.4 s a seed: three in the default run, all eight in the slow run (CI)
+@pytest.mark.parametrize("seed", [*range(3), *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(3, 8))])
 def test_hole_centroids_without_labels_are_find_regions_to_the_bit(seed):
     # holes._separate_blob_centroids counts regions instead of labelling them where each holds one blob; the
     # centroids (and their order) must be find_regions' in every case, the fallback's included

@@ -69,11 +69,27 @@ def test_valid_extra_is_kept_and_quoted():
         validate_extra("squares", "--edge-tolerance 100")  # a holes option given to squares
 
 
-def test_cli_refuses_and_prints_no_script(tmp_path, models_dir):
-    r = _cli("leginon-script", "holes", "--models", str(models_dir), "--extra", "--edge-tolerence 100")
+def _main(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """The command line in this process (exit code, stdout, stderr), as a new process would run it: no model set
+    loaded before. The end-to-end runs (test_cli.test_leginon_external_finder, the scripts below) start one."""
+    from ptolemy_rt import models
+    from ptolemy_rt.cli import main
+
+    monkeypatch.setattr(models, "_CACHE", {})
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_cli_refuses_and_prints_no_script(tmp_path, models_dir, capsys, monkeypatch):
+    def cli(*args):
+        return _main(capsys, monkeypatch, *args)
+
+    r = cli("leginon-script", "holes", "--models", str(models_dir), "--extra", "--edge-tolerence 100")
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and "--edge-tolerence" in r.stderr
-    r = _cli("leginon-script", "squares", "--models", str(tmp_path / "nowhere"))
+    r = cli("leginon-script", "squares", "--models", str(tmp_path / "nowhere"))
     assert r.returncode == 3 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
     # a model set without the hole CNN: refused for --compat ptolemy's cnn score, fine with --score unet
     partial = tmp_path / "partial"
@@ -81,14 +97,14 @@ def test_cli_refuses_and_prints_no_script(tmp_path, models_dir):
     manifest = json.loads((partial / "manifest.json").read_text())
     del manifest["models"]["hole_cnn"]
     (partial / "manifest.json").write_text(json.dumps(manifest))
-    r = _cli("leginon-script", "holes", "--models", str(partial))
+    r = cli("leginon-script", "holes", "--models", str(partial))
     assert r.returncode == 3 and "hole_cnn" in r.stderr and r.stdout == ""
-    r = _cli("leginon-script", "holes", "--models", str(partial), "--extra", "--score unet")
+    r = cli("leginon-script", "holes", "--models", str(partial), "--extra", "--score unet")
     assert r.returncode == 0 and "--score unet" in r.stdout
     # a tampered graph is caught now, not inside Leginon
     graph = next(partial.glob("hole_unet*.onnx"))
     graph.write_bytes(graph.read_bytes() + b"x")
-    r = _cli("leginon-script", "holes", "--models", str(partial), "--extra", "--score unet")
+    r = cli("leginon-script", "holes", "--models", str(partial), "--extra", "--score unet")
     assert r.returncode == 3 and "sha256" in r.stderr
 
 
