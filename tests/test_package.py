@@ -87,19 +87,24 @@ def _finder_run(finder: str, tmp_path: Path, watch: tuple[str, ...]) -> list[str
     return loaded
 
 
-@pytest.mark.parametrize("finder", ["holes", "squares"])
-def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder, tmp_path):
+@pytest.fixture(scope="module", params=["holes", "squares"])
+def finder_loaded(request, tmp_path_factory) -> list[str]:
+    """The modules of NOT_IMPORTED and NOT_USED that a `holes` or `squares` run left loaded: one process per
+    finder for both tests below."""
+    return _finder_run(request.param, tmp_path_factory.mktemp(request.param), NOT_IMPORTED + NOT_USED)
+
+
+def test_a_finder_run_imports_no_numba_nor_numpy_ma(finder_loaded):
     # The pipelines compile nothing and never import Numba, and leave numpy.ma unloaded (where _orderstats has
     # numpy's arithmetic: before numpy 2.4 it defers to numpy, and numpy 1.x imports numpy.ma with itself).
     from ptolemy_rt._orderstats import _SAME_AS_NUMPY
 
     watch = NOT_IMPORTED if _SAME_AS_NUMPY else tuple(m for m in NOT_IMPORTED if m != "numpy.ma")
-    assert _finder_run(finder, tmp_path, watch) == []
+    assert [m for m in finder_loaded if m in watch] == []
 
 
-@pytest.mark.parametrize("finder", ["holes", "squares"])
-def test_a_finder_run_imports_only_what_it_uses(finder, tmp_path):
-    assert _finder_run(finder, tmp_path, NOT_USED) == []
+def test_a_finder_run_imports_only_what_it_uses(finder_loaded):
+    assert [m for m in finder_loaded if m in NOT_USED] == []
 
 
 def test_no_runtime_module_imports_numba():

@@ -95,7 +95,8 @@ def _former_film_mask(monkeypatch, image, spacing):
         return film.film_mask(image, spacing)
 
 
-@pytest.mark.parametrize("seed", range(8))
+# three seeds (with and without a bar) in the default run, all eight in the slow run (CI)
+@pytest.mark.parametrize("seed", [*range(3), *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(3, 8))])
 def test_film_mask_is_the_scaled_up_mask(monkeypatch, seed):
     # Views of film throughout (the fast path) and with bars, dark edges and torn film (scaled up as before):
     # the same mask either way.

@@ -327,7 +327,10 @@ def test_sigterm_during_a_cli_run_exits_130_and_cleans(tmp_path, small_mrc):
     p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", "squares", *images,
                           "-o", str(tmp_path / "out") + "/", "--overlay", str(tmp_path / "ov") + "/", "--no-score"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    time.sleep(1.0)
+    # mid-run: once the first image's result is written (a fixed 1 s let all six finish first here: exit 0)
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and not any((tmp_path / "out").glob("*.json")):
+        time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode in (0, 130), err
