@@ -618,6 +618,7 @@ def brute_cost_general(mask, origin, u, v, lambda_fn=10.0, lambda_fp=1.0, max_hw
     return rasterised_cost(mask, near, h, lambda_fn, lambda_fp, disjoint=True)
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
     seed=st.integers(0, 1000),

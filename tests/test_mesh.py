@@ -202,6 +202,7 @@ def test_fit_square_lattice_with_an_origin_off_by_half_a_cell():
     assert len(fit.missing) == 0 or np.min(np.hypot(*(fit.missing[:, None, :] - centres[None]).T)) > 0.5 * m.pitch_px
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=25, deadline=None)
 @given(pitch=st.floats(8.0, 200.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000), y0=st.integers(0, 6000))
 def test_fold_bins_pixels_as_float64_does(pitch, angle, x0, y0):

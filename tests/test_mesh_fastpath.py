@@ -130,6 +130,7 @@ def _same(x, y):
     return x.shape == y.shape and np.array_equal(x.view(np.uint64), y.view(np.uint64))
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=25, deadline=None)
 @given(pitch=st.floats(8.0, 120.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000), y0=st.integers(0, 6000),
        rows=st.integers(1, 40), seed=st.integers(0, 2**16), mask=st.sampled_from(["all", "disc", "random"]))

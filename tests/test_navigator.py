@@ -84,6 +84,7 @@ def test_binned_copy_of_the_map_scales_onto_it():
         frame.stage_xy(1, 1, (400, 400))
 
 
+@pytest.mark.examples(20)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),

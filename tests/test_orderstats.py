@@ -98,6 +98,7 @@ def test_median_is_numpys(dtype, nan, ties, data):
     same(median(x), np.median(x), zero_sign=False)
 
 
+@pytest.mark.examples(30)
 @settings(max_examples=100, deadline=None)
 @given(x=hnp.arrays(st.sampled_from([np.int32, np.int64, np.uint8, np.int16]),
                     hnp.array_shapes(min_dims=1, max_dims=2, max_side=30)))

@@ -85,6 +85,7 @@ def test_blob_inside_a_ring_is_its_own_region():
     assert sorted(r.areas) == pytest.approx([20 * 20, 90 * 90])
 
 
+@pytest.mark.examples(10)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 100_000), density=st.floats(0.002, 0.08), window=st.sampled_from([1, 3, 6, 7]))
 def test_matches_the_slow_method(seed, density, window):
@@ -128,6 +129,7 @@ def test_polygon_helpers():
     assert np.allclose(regions.polygon_centroid(square + 1000.0), [1001.0, 1001.0])
 
 
+@pytest.mark.examples(15)
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 100_000), window=st.sampled_from([1, 2, 3, 6]), min_area=st.sampled_from([0.0, 4.0, 30.0]))
 def test_outer_boundaries_give_the_hulls_of_all_boundaries(seed, window, min_area):

@@ -46,6 +46,7 @@ def test_filter_is_the_plain_formula(shape, max_period):
     same(spacing._filter.__wrapped__(shape, max_period), plain_filter(shape, max_period))
 
 
+@pytest.mark.examples(20)
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(8, 800), cols=st.integers(8, 800), max_period=st.floats(2.0, 400.0))
 def test_filter_is_the_plain_formula_for_any_shape(rows, cols, max_period):
