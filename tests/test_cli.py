@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mrcfile
@@ -196,11 +195,12 @@ def test_internal_error_exit_70_without_traceback(tmp_path, atlas, models_dir, c
 
 
 @pytest.mark.parametrize("finder", ["squares", "holes"])
-def test_leginon_external_finder(tmp_path, atlas, medmag, models_dir, finder):
+def test_leginon_external_finder(tmp_path, atlas, medmag, models_dir, finder, capsys):
     """Run the script exactly as Smart-Leginon does: bash, `source SCRIPT JOB INPUT OUTDIR`, read line 1."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    script = subprocess.run([sys.executable, "-m", "ptolemy_rt", "leginon-script", finder, "--models",
-                             str(models_dir)], capture_output=True, text=True, env=env, check=True).stdout
+    # the script is written in this process (the same interpreter and package path it names); it runs in its own
+    code, script, err = run(["leginon-script", finder, "--models", models_dir], capsys)
+    assert code == 0, err
     path = tmp_path / "sq_finding.sh"
     path.write_text(script)
     outdir = tmp_path / "out"
