@@ -97,8 +97,10 @@ def test_legend_strip_only_with_targets_and_colour_bar_ends_are_the_maps_ends():
     assert layout(data.shape, result, legend=False).strip_rows == 0
 
 
-@pytest.mark.parametrize("pixel_size_A, shape, max_side", [(12.0, (1024, 1440), 2048), (500.0, (900, 1000), 2048),
-                                                          (3.3, (4096, 3000), 1024)])
+@pytest.mark.parametrize("pixel_size_A, shape, max_side", [
+    (12.0, (1024, 1440), 2048), (500.0, (900, 1000), 2048), (3.3, (2048, 1500), 1024),
+    pytest.param(3.3, (4096, 3000), 1024, marks=pytest.mark.slow),  # 12 Mpixel: 1.2 s; the case above scales too
+])
 def test_scale_bar_is_its_round_length_over_the_pixel_size(pixel_size_A, shape, max_side):
     data = np.random.default_rng(1).normal(100, 10, shape).astype(np.float32)
     result = _result([_square(100, 100, 200, 0.5)], shape, pixel_size_A=pixel_size_A)
