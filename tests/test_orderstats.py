@@ -52,7 +52,7 @@ QS = st.one_of(
 )
 
 
-@pytest.mark.examples(100)
+@pytest.mark.examples(50)
 @settings(max_examples=400, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data())
 def test_percentile_is_numpys(dtype, nan, ties, data):
@@ -90,7 +90,7 @@ def test_percentile_refuses_what_numpy_refuses(q):
         percentile(np.arange(4, dtype=np.float32), q)
 
 
-@pytest.mark.examples(75)
+@pytest.mark.examples(40)
 @settings(max_examples=300, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data())
 def test_median_is_numpys(dtype, nan, ties, data):
@@ -112,7 +112,7 @@ def test_median_of_a_list_and_of_nothing():
         assert np.isnan(median(np.zeros(0)))
 
 
-@pytest.mark.examples(75)
+@pytest.mark.examples(40)
 @settings(max_examples=300, deadline=None)
 @given(x=st.one_of(
     hnp.arrays(st.sampled_from([np.int8, np.int32, np.int64, np.uint16, np.bool_]),
@@ -138,7 +138,7 @@ def test_none_imports_numpy_ma():
     assert r.stdout.strip() == "False"
 
 
-@pytest.mark.examples(100)
+@pytest.mark.examples(50)
 @settings(max_examples=400, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), ties=st.booleans(), data=st.data())
 def test_nanmedian_of_columns_is_numpys(dtype, ties, data):
