@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from ptolemy_rt import film
 from ptolemy_rt.crops import _zero_outside, crop_matrix
 
+from .conftest import synthetic_atlas, synthetic_medmag
+
 
 def _former_zero_outside(out, m, xmax, ymax):
     """crops._zero_outside as it was: every limit the corners come near tested over the whole crop."""
@@ -144,10 +146,9 @@ def test_view_tests_label_as_before(monkeypatch):
     # The view tests and the film mask's own period estimate (film._estimate_period) give the same answers
     # with the default labelling (the former call) on hole views, an atlas and a view one hole fills.
     from ptolemy_rt import views
-    from ptolemy_rt.synthetic import make_atlas, make_medmag
 
-    images = [make_medmag(seed, (512, 720))[0] for seed in range(3)]
-    images.append(np.asarray(make_atlas(0, (768, 768))[0], dtype=np.float32))
+    images = [synthetic_medmag(seed, (512, 720))[0] for seed in range(3)]
+    images.append(np.asarray(synthetic_atlas(0, (768, 768))[0], dtype=np.float32))
     disc = np.full((400, 500), 20.0, dtype=np.float32)
     yy, xx = np.mgrid[:400, :500]
     disc[(yy - 190) ** 2 + (xx - 260) ** 2 < 120**2] = 200.0
@@ -171,14 +172,13 @@ def test_regions_give_the_default_labellings_arrays(threads, monkeypatch):
     # answers: a labelling that numbers regions otherwise (SAUF numbers them by pixel, not by 2x2 block)
     # fails here.
     from ptolemy_rt import views
-    from ptolemy_rt.synthetic import make_medmag
 
     default = cv2.connectedComponentsWithStats
     before = cv2.getNumThreads()
     cv2.setNumThreads(threads)
     try:
         for seed in range(4):
-            bright = views._split(make_medmag(seed, (512, 720))[0], 512)[0]
+            bright = views._split(synthetic_medmag(seed, (512, 720))[0], 512)[0]
             fast = views._regions(bright, 4.0)
             with monkeypatch.context() as m:
                 m.setattr(cv2, "connectedComponentsWithStatsWithAlgorithm",
