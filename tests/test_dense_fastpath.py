@@ -244,6 +244,7 @@ _box = st.tuples(_coordinate, _coordinate, _coordinate, _coordinate).map(
     lambda b: (min(b[0], b[1]), max(b[0], b[1]), min(b[2], b[3]), max(b[2], b[3])))
 
 
+@pytest.mark.examples(100)
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(boxes=st.lists(_box, min_size=1, max_size=12), window=st.integers(2, 2**40))
 @example(boxes=[(_INT32_MAX - 20, _INT32_MAX, 0, 5), (0, 1, 0, 5)], window=6)

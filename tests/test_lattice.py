@@ -953,6 +953,7 @@ _coord = st.one_of(st.floats(-400.0, 400.0), st.integers(-400, 400).map(lambda k
                    st.floats(-1e9, 1e9), st.floats(-1e15, 1e15))
 
 
+@pytest.mark.examples(100)
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much])
 @given(origin=st.tuples(_coord, _coord),
        spacing=st.one_of(st.floats(2.0, 200.0), st.integers(2, 100).map(float)),
