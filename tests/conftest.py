@@ -120,6 +120,21 @@ def pytest_generate_tests(metafunc) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _process_state():
+    """numpy's error state and OpenCV's thread count restored after each test: cli.main run in this process (the
+    in-process CLI tests) sets both for the process it takes to be its own, which silenced numpy's warnings and
+    changed OpenCV's threads for every later test."""
+    import cv2
+    import numpy as np
+
+    err, threads = np.geterr(), cv2.getNumThreads()
+    yield
+    np.seterr(**err)
+    if cv2.getNumThreads() != threads:
+        cv2.setNumThreads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _examples(request):
     """For a test marked `examples(n)`, its settings with max_examples=n in its [fast] run; otherwise nothing."""
     n = getattr(request, "param", None)
@@ -128,7 +143,7 @@ def _examples(request):
         return
     from hypothesis import settings
 
-    test = request.function
+    test = getattr(request.function, "__func__", request.function)  # a method's function (tests in a class)
     full = test._hypothesis_internal_use_settings
     test._hypothesis_internal_use_settings = settings(full, max_examples=n)
     try:

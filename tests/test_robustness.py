@@ -333,7 +333,8 @@ def test_sigterm_during_a_cli_run_exits_130_and_cleans(tmp_path, small_mrc):
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
-    assert p.returncode in (0, 130), err
+    # 0 only when the run ended before the signal came (a starved poll): then every result is there
+    assert p.returncode == 130 or (p.returncode == 0 and len(list((tmp_path / "out").glob("*.json"))) == 6), err
     assert b"Traceback" not in err
     leftovers = [q.name for q in tmp_path.rglob("*") if q.name.startswith(".")]
     assert leftovers == []
