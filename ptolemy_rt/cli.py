@@ -445,11 +445,20 @@ def _write_stdout(text: str) -> None:
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
+    except OutputError:
+        raise
     except BrokenPipeError:
         _silence_stdout()
         raise OutputError("standard output: closed before the result was written (broken pipe)") from None
     except OSError as exc:
         raise OutputError(f"standard output: cannot be written ({exc.strerror or exc})") from None
+
+
+def _flush_stdout() -> None:
+    """Write out what is left in stdout's buffer: a result that cannot be written is an output error (exit 4,
+    with its line), not a silent loss at exit."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
 
 
 def _silence_stdout() -> None:
@@ -887,6 +896,52 @@ class _SafeStderr:
         return getattr(self._stream, name)
 
 
+class _CheckedStdout:
+    """sys.stdout whose write failures (a full disk, a closed pipe, an I/O error) are the contract's output error
+    (OutputError: exit 4, one line), whatever printed: doctor, models, leginon-script and demo print with
+    print(), whose bare OSError was an internal error (exit 70)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._error: str | None = None  # the first failure, raised again by flush (argparse drops its own)
+
+    def _failed(self, exc: OSError | None) -> OutputError:
+        if self._error is None:
+            if exc is None:
+                self._error = "standard output: closed before the result was written (not open)"
+            elif isinstance(exc, BrokenPipeError):
+                _silence_stdout()
+                self._error = "standard output: closed before the result was written (broken pipe)"
+            else:
+                self._error = f"standard output: cannot be written ({exc.strerror or exc})"
+        return OutputError(self._error)
+
+    def write(self, text: str) -> int:
+        if self._stream is None:  # started with descriptor 1 closed: Python's sys.stdout is None
+            raise self._failed(None)
+        try:
+            return self._stream.write(text)
+        except OutputError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        if self._error is not None:
+            raise OutputError(self._error)
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except OutputError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
     130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
@@ -898,6 +953,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr = sys.stderr
     if not isinstance(stderr, _SafeStderr):
         sys.stderr = _SafeStderr(stderr)
+    stdout = sys.stdout
+    if not isinstance(stdout, _CheckedStdout):
+        sys.stdout = _CheckedStdout(stdout)
     try:
         previous = _install_signal_handlers()
         parser = build_parser()
@@ -916,6 +974,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not debug:
             warnings.showwarning = _warn
         code = int(args.func(args))
+        if code == EXIT_OK:  # else its failure, stdout's included, has had its line
+            _flush_stdout()
         interrupted = _interrupted_code()
         if interrupted is not None:
             _print_error("interrupted")
@@ -938,7 +998,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         _print_error("error: not enough memory (lower --max-pixels or use a smaller image)")
         return EXIT_INPUT
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help, --version: their text must reach stdout too
+            try:
+                _flush_stdout()
+            except OutputError as err:
+                _print_error(f"error: {err}")
+                return EXIT_OUTPUT
         raise
     except Exception as exc:  # noqa: BLE001 -- the contract: any other exception is a bug, exit 70
         return _failed(f"error: {_internal_message(exc, debug)}", EXIT_INTERNAL, debug)
@@ -953,6 +1019,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _unblock_signals(blocked)
             if isinstance(sys.stderr, _SafeStderr) and sys.stderr is not stderr:
                 sys.stderr = stderr
+            if isinstance(sys.stdout, _CheckedStdout) and sys.stdout is not stdout:
+                sys.stdout = stdout
 
 
 def run() -> None:
@@ -961,6 +1029,7 @@ def run() -> None:
     os._exit skips the interpreter's finalisation, during which Python has already put the default signal
     handlers back (a Ctrl-C there would kill the process by signal) and onnxruntime tears down slowly."""
     _one_blas_thread()
+    _open_standard_descriptors()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -971,6 +1040,24 @@ def run() -> None:
                 code = EXIT_OUTPUT
     logging.shutdown()
     os._exit(code)
+
+
+def _open_standard_descriptors() -> None:
+    """Open descriptors 0, 1 and 2 on /dev/null where the caller closed them (`2>&-`): else the next file opened
+    takes the number, and what a library writes to "stderr" or "stdout" (OpenCV, onnxruntime) lands in it.
+    Python's own sys.stdout / sys.stderr stay None: a result for stdout is then an output error (exit 4)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                return
+            if null != fd:  # the lowest free number is taken: only when a lower one was closed since
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # as a standard descriptor is: worker processes get it too
 
 
 def _one_blas_thread() -> None:

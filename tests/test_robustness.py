@@ -762,3 +762,60 @@ def test_a_closed_stderr_keeps_the_exit_code_and_stdout_clean(tmp_path, small_mr
                            capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == code and "error" not in r.stdout, (args, r.returncode, r.stdout)
     assert (tmp_path / "r.json").is_file()
+
+
+class _FullStdout:
+    """A stdout on a full disk: every write and flush fails with ENOSPC."""
+
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+    def flush(self):
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("args", [["doctor"], ["models"], ["leginon-script", "holes"], ["--version"],
+                                  ["squares", "--help"], ["squares", "{image}", "--no-score"]])
+def test_a_stdout_that_cannot_be_written_is_an_output_error(small_mrc, capsys, monkeypatch, args):
+    """Fuzz (stdout_commands): doctor, models, leginon-script and demo print() their reports, whose OSError on a
+    full disk (`>/dev/full`) was an internal error (exit 70); argparse swallowed it for --help and --version
+    (exit 0, the text lost). Now exit 4 with one line naming standard output."""
+    monkeypatch.setattr(sys, "stdout", _FullStdout())
+    argv = [a.format(image=small_mrc) for a in args]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 4, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "standard output: cannot be written (No space left on device)" in lines[0], err
+
+
+@pytest.mark.parametrize("args,code", [("doctor", 4), ("--version", 4), ("squares {image} --no-score", 4),
+                                       ("squares {image} --no-score -o {out}", 0)])
+def test_a_closed_stdout_is_an_output_error_and_no_file_takes_its_place(tmp_path, small_mrc, args, code):
+    """Fuzz (stdout_commands): with descriptor 1 closed (`>&-`) a result for stdout was an AttributeError on None
+    (exit 70), a report silently dropped (exit 0); and the first file opened took descriptor 1 or 2, where
+    whatever a library writes to stdout or stderr would land. Now exit 4 naming standard output, and /dev/null
+    holds the closed descriptors."""
+    out = tmp_path / "r.json"
+    script = (f'"$0" -m ptolemy_rt {args.format(image=small_mrc, out=out)} >&- 2>"$1"; echo $?;'
+              f' "$0" -c "import os; print(os.readlink(\'/proc/self/fd/1\'))" >&-')
+    err = tmp_path / "err.txt"
+    r = subprocess.run(["bash", "-c", script, sys.executable, str(err)], capture_output=True, text=True,
+                       env=_env(), timeout=120, check=False)
+    assert int(r.stdout.split()[0]) == code, (r.stdout, err.read_text())
+    text = err.read_text()
+    if code:
+        assert text.count("error:") == 1 and "standard output: closed before the result was written" in text, text
+    else:
+        assert out.is_file() and not text
+
+
+def test_closed_standard_descriptors_are_opened_on_dev_null(tmp_path, small_mrc):
+    """The script entry (cli.run) opens a closed 1 or 2 on /dev/null before anything else opens a file."""
+    script = ("import os, sys; from ptolemy_rt import cli; cli._open_standard_descriptors(); "
+              "sys.stdin.close(); print(os.readlink('/proc/self/fd/1'), os.readlink('/proc/self/fd/2'), "
+              "os.get_inheritable(2), file=open(sys.argv[1], 'w'))")
+    report = tmp_path / "fds.txt"
+    subprocess.run(["bash", "-c", '"$0" -c "$1" "$2" >&- 2>&-', sys.executable, script, str(report)],
+                   env=_env(), timeout=60, check=True)
+    assert report.read_text().split() == ["/dev/null", "/dev/null", "True"]
