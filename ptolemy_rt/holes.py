@@ -192,6 +192,8 @@ def default_score(models: ModelSet, cnn: bool = True) -> str:
 
 
 def _options(options: HoleOptions | None, overrides: dict[str, Any]) -> HoleOptions:
+    if options is not None and not isinstance(options, HoleOptions):
+        raise TypeError(f"options must be a HoleOptions, got {type(options).__name__}")
     return replace(options or HoleOptions(), **overrides) if overrides else (options or HoleOptions())
 
 

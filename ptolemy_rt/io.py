@@ -622,6 +622,8 @@ def as_image(image: ImageLike, section: int | None = None, name: str | None = No
                      source=image.source, dtype=image.dtype, section=image.section)
     if isinstance(image, np.ndarray):
         label = name or "<array>"
+        if section is not None and (not isinstance(section, (int, np.integer)) or isinstance(section, bool)):
+            raise ShapeError(f"{label}: section must be an integer, got {section!r}")
         if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) > 4:
             # (rows, cols, RGB[A]) colour data, not a stack of sections: average the colour channels.
             image = image[:, :, :3].astype(np.float32).mean(axis=2)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -1010,11 +1010,9 @@ def fit_lattice(
     if model not in ("general", "square"):
         raise ValueError(f"model must be 'general' or 'square', got {model!r}")
     kind = model
-    c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
-    m = np.asarray(mask, dtype=bool)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    if len(c) < 2 or not np.all(np.isfinite(c)):
+    c, m = _checked_arguments(centroids, mask, k, lambda_fn, lambda_fp, max_halfwidth, refine, min_spacing_px,
+                              min_inliers, min_occupancy, blob_halfwidth, hidden_fallback)
+    if len(c) < 2:
         return None
     cands = candidate_lattices(c, k=k, min_spacing_px=min_spacing_px, model=kind)
     if len(cands.origin) == 0:
@@ -1046,6 +1044,43 @@ def fit_lattice(
         if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * max(len(c) - hidden.n_set_aside, 1):
             return hidden
     return None
+
+
+def _checked_arguments(centroids: Any, mask: Any, k: Any, lambda_fn: Any, lambda_fp: Any, max_halfwidth: Any,
+                       refine: Any, min_spacing_px: Any, min_inliers: Any, min_occupancy: Any, blob_halfwidth: Any,
+                       hidden_fallback: Any) -> tuple[np.ndarray, np.ndarray]:
+    """fit_lattice's arguments checked (TypeError / ValueError naming the argument): centroids as (n, 2) float64,
+    the mask as a 2-D bool array."""
+    from .options import check_flag, check_range, check_real
+
+    c = np.asarray(centroids)
+    if c.size and c.dtype.kind not in "iuf":
+        raise TypeError(f"fit_lattice: centroids must be real numbers, got {c.dtype}")
+    if c.size and (c.ndim != 2 or c.shape[1] != 2):
+        raise ValueError(f"fit_lattice: centroids must be an (n, 2) array of x, y, got shape {c.shape}")
+    c = c.astype(np.float64).reshape(-1, 2)
+    if not np.all(np.isfinite(c)):
+        raise ValueError("fit_lattice: centroids hold NaN or infinite values")
+    raw = np.asarray(mask)
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(f"fit_lattice: mask must be a boolean image, got {raw.dtype}")
+    if raw.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {raw.shape}")
+    if check_real("fit_lattice", "k", k, integer=True) < 1:
+        raise ValueError(f"k must be at least 1, got {k!r}")
+    for name, value in (("lambda_fn", lambda_fn), ("lambda_fp", lambda_fp), ("min_spacing_px", min_spacing_px)):
+        if check_real("fit_lattice", name, value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    for name, value in (("max_halfwidth", max_halfwidth), ("blob_halfwidth", blob_halfwidth)):
+        if value is not None and check_real("fit_lattice", name, value) <= 0:
+            raise ValueError(f"{name} must be > 0 px, got {value!r}")
+    if max_halfwidth is None:
+        raise TypeError("fit_lattice.max_halfwidth must be a number, got None")
+    check_range("fit_lattice", "min_inliers", min_inliers, 0.0, 1.0)
+    check_range("fit_lattice", "min_occupancy", min_occupancy, 0.0, 1.0)
+    check_flag("fit_lattice", "refine", refine)
+    check_flag("fit_lattice", "hidden_fallback", hidden_fallback)
+    return c, raw.astype(bool, copy=False)
 
 
 # A lattice most of whose points are hidden is accepted when this share of at least this many centroids

@@ -258,6 +258,8 @@ def load_models(
     path: str | os.PathLike[str] | None = None, provider: str = "auto", threads: int | None = None
 ) -> ModelSet:
     """Load (once per process) and verify a model set; None means the set shipped with the package."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"models: expected a ModelSet, a model-set folder or None, got {type(path).__name__}")
     if path is not None:
         # A set loaded before is reused even if its folder has gone since (a batch's later images: the sessions
         # hold the graphs); only a first load checks the folder.

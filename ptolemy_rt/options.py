@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = ["HoleOptions", "SquareOptions", "SCORES", "CROP_MODES", "PADDINGS", "LATTICE_MODELS", "PTOLEMY_COMPAT",
-           "COMPAT_WINDOW", "COMPAT_MIN_AREA", "MAX_THREADS", "max_threads"]
+           "COMPAT_WINDOW", "COMPAT_MIN_AREA", "MAX_THREADS", "max_threads", "check_flag", "check_range", "check_real"]
 
 # The most inference threads a model set takes (onnxruntime starts every thread it is given: 100,000 took 16 GB).
 MAX_THREADS = 256
@@ -17,6 +17,63 @@ def max_threads() -> int:
     import os
 
     return max(1, min(MAX_THREADS, 4 * (os.cpu_count() or 1)))
+
+
+# The ranges the command line takes (cli.py): the API refuses what the command line refuses, before any work.
+WINDOW_RANGE = (1, 1024)
+MIN_AREA_MAX = 1e12
+EDGE_TOLERANCE_RANGE = (-1e6, 1000.0)
+K_RANGE = (1, 100)
+
+
+def _shown(value: Any) -> str:
+    """repr(value), short: an error message stays one short line (a 5,000-digit int's repr even raises)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_flag(owner: str, name: str, value: Any) -> None:
+    """TypeError naming the field unless `value` is a bool (a string such as "no" would be true)."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}.{name} must be True or False, got {_shown(value)}")
+
+
+def check_real(owner: str, name: str, value: Any, *, integer: bool = False) -> float:
+    """`value` as a finite float (a whole number when `integer`): TypeError for a str, bool or other non-number,
+    ValueError for NaN, infinity or a fraction. The error names the field."""
+    import math
+    import numbers
+
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}.{name} must be a {'whole ' if integer else ''}number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf if value > 0 else -math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {_shown(value)}")
+    if integer and not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {_shown(value)}")
+    return number
+
+
+def check_range(owner: str, name: str, value: Any, lo: float, hi: float, unit: str = "", *, integer: bool = False,
+                open_ends: bool = False) -> float:
+    """check_real, and a ValueError naming the field and its range unless lo <= value <= hi (open: lo < value < hi)."""
+    number = check_real(owner, name, value, integer=integer)
+    inside = lo < number < hi if open_ends else lo <= number <= hi
+    if not inside:
+        ends = f"({lo:g}, {hi:g})" if open_ends else f"[{lo:g}, {hi:g}]"
+        raise ValueError(f"{name} must be in {ends}{unit}, got {_shown(value)}")
+    return number
+
 
 SCORES = ("unet", "cnn")
 CROP_MODES = ("centred", "ptolemy")
@@ -50,6 +107,12 @@ class HoleOptions:
     keep_off_film: bool = False
 
     def __post_init__(self) -> None:
+        if self.threshold is not None:
+            check_range("HoleOptions", "threshold", self.threshold, 0.0, 1.0, open_ends=True)
+        check_range("HoleOptions", "edge_tolerance", self.edge_tolerance, *EDGE_TOLERANCE_RANGE, " px")
+        check_range("HoleOptions", "k", self.k, *K_RANGE, integer=True)
+        for name in ("refine", "cnn", "keep_off_film"):
+            check_flag("HoleOptions", name, getattr(self, name))
         if self.score is not None and self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.crop_mode not in CROP_MODES:
@@ -106,10 +169,14 @@ class SquareOptions:
     lattice: bool = True
 
     def __post_init__(self) -> None:
-        if self.window is not None and int(self.window) < 1:
-            raise ValueError(f"window must be at least 1 px, got {self.window!r}")
-        if self.min_area is not None and not float(self.min_area) >= 0:
-            raise ValueError(f"min_area must be >= 0 px², got {self.min_area!r}")
+        if self.window is not None:
+            check_range("SquareOptions", "window", self.window, *WINDOW_RANGE, " px", integer=True)
+        if self.min_area is not None:
+            check_range("SquareOptions", "min_area", self.min_area, 0.0, MIN_AREA_MAX, " px²")
+        if check_real("SquareOptions", "batch_size", self.batch_size, integer=True) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {_shown(self.batch_size)}")
+        for name in ("compat", "seams", "lattice"):
+            check_flag("SquareOptions", name, getattr(self, name))
 
     @classmethod
     def ptolemy(cls, **changes: Any) -> SquareOptions:

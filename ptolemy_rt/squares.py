@@ -403,6 +403,8 @@ def find_squares(
 
     options: a SquareOptions; keyword arguments named as its fields (window=, min_area=, batch_size=, compat=)
     override single fields."""
+    if options is not None and not isinstance(options, SquareOptions):
+        raise TypeError(f"options must be a SquareOptions, got {type(options).__name__}")
     opts = replace(options or SquareOptions(), **overrides)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()

@@ -1015,3 +1015,34 @@ except ValueError as exc:
     assert inside == "True" and abs(int(n) - 11 / (10 * math.sin(math.radians(1e-4)))) <= 2, first
     assert float(off_i) < 0.05 and float(off_j) < 0.05, first  # lattice points of the given basis (to rounding at 1e9)
     assert "lattice points in the 100x100 image, more than" in second, second
+
+
+@pytest.mark.parametrize("centroids,kwargs,error,named", [
+    (np.full((4, 2), np.nan), {}, ValueError, "NaN"),
+    (np.ones((4, 3)), {}, ValueError, "(n, 2)"),
+    (np.arange(8.0), {}, ValueError, "(n, 2)"),
+    (np.ones((4, 2), complex), {}, TypeError, "real numbers"),
+    (None, {"k": 0}, ValueError, "k"),
+    (None, {"k": 1.5}, ValueError, "k"),
+    (None, {"lambda_fn": float("nan")}, ValueError, "lambda_fn"),
+    (None, {"max_halfwidth": -1}, ValueError, "max_halfwidth"),
+    (None, {"min_spacing_px": float("nan")}, ValueError, "min_spacing_px"),
+    (None, {"blob_halfwidth": 0}, ValueError, "blob_halfwidth"),
+    (None, {"min_inliers": 2}, ValueError, "min_inliers"),
+    (None, {"refine": "no"}, TypeError, "refine"),
+])
+def test_fit_lattice_names_a_bad_argument(centroids, kwargs, error, named):
+    """Fuzz (api_options): NaN centroids, k=0, NaN or negative sizes gave None (no lattice) as if the data had
+    none; a (4, 3) array was read as six points, a flat one as pairs, complex numbers lost their imaginary
+    part. Now a ValueError / TypeError naming the argument (OptionError through the package's fit_lattice)."""
+    import ptolemy_rt
+
+    mask = np.zeros((64, 64), bool)
+    mask[5:15, 5:15] = mask[45:55, 5:15] = mask[5:15, 45:55] = mask[45:55, 45:55] = True
+    good = np.array([[10.0, 10.0], [50.0, 10.0], [10.0, 50.0], [50.0, 50.0]])
+    with pytest.raises(error) as info:
+        fit_lattice(good if centroids is None else centroids, mask, **kwargs)
+    assert named in str(info.value)
+    with pytest.raises(error):
+        ptolemy_rt.fit_lattice(good if centroids is None else centroids, mask, **kwargs)
+    assert fit_lattice(good.tolist(), mask.astype(np.uint8)) == fit_lattice(good, mask)

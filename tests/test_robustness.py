@@ -819,3 +819,67 @@ def test_closed_standard_descriptors_are_opened_on_dev_null(tmp_path, small_mrc)
     subprocess.run(["bash", "-c", '"$0" -c "$1" "$2" >&- 2>&-', sys.executable, script, str(report)],
                    env=_env(), timeout=60, check=True)
     assert report.read_text().split() == ["/dev/null", "/dev/null", "True"]
+
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("kwargs,error,named", [
+    ({"window": _NAN}, "OptionError", "window"), ({"window": _INF}, "OptionError", "window"),
+    ({"window": 10**12}, "OptionError", "window"), ({"window": 0.5}, "OptionError", "window"),
+    ({"window": 2.5}, "OptionError", "window"), ({"window": 10**400}, "OptionError", "window"),
+    ({"window": "5"}, "TypeError", "window"), ({"window": True}, "TypeError", "window"),
+    ({"min_area": _INF}, "OptionError", "min_area"), ({"min_area": "10"}, "TypeError", "min_area"),
+    ({"batch_size": 0}, "OptionError", "batch_size"), ({"batch_size": _NAN}, "OptionError", "batch_size"),
+    ({"compat": "yes"}, "TypeError", "compat"), ({"seams": None}, "TypeError", "seams"),
+    ({"options": "x"}, "TypeError", "options"), ({"section": "0"}, "ShapeError", "section"),
+    ({"section": True}, "ShapeError", "section"), ({"models": 123}, "TypeError", "models"),
+])
+def test_find_squares_names_a_bad_keyword(kwargs, error, named):
+    """Fuzz (api_options): window=inf was exit 70 (OverflowError), NaN "cannot convert float NaN to integer",
+    1e12 an allocation numpy refused; "5", True, "yes" and batch_size=0 were taken; options=HoleOptions()
+    an AttributeError (70). Now a TypeError or an OptionError naming the argument, before any work."""
+    import ptolemy_rt
+
+    data = np.random.default_rng(0).poisson(50, (300, 300)).astype(np.float32)
+    kwargs = {"models": False, **kwargs}
+    if kwargs.get("options") == "x":
+        kwargs["options"] = ptolemy_rt.HoleOptions()
+    with pytest.raises((TypeError, ptolemy_rt.PtolemyError)) as info:
+        ptolemy_rt.find_squares(data, **kwargs)
+    assert type(info.value).__name__ == error and named in str(info.value), info.value
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("kwargs,error,named", [
+    ({"threshold": _NAN}, "OptionError", "threshold"), ({"threshold": -1}, "OptionError", "threshold"),
+    ({"threshold": 2}, "OptionError", "threshold"), ({"threshold": "0.5"}, "TypeError", "threshold"),
+    ({"edge_tolerance": _NAN}, "OptionError", "edge_tolerance"),
+    ({"edge_tolerance": 1e308}, "OptionError", "edge_tolerance"),
+    ({"edge_tolerance": 1e4}, "OptionError", "edge_tolerance"),
+    ({"k": 0}, "OptionError", "k"), ({"k": 1.5}, "OptionError", "k"), ({"k": "6"}, "TypeError", "k"),
+    ({"refine": "no"}, "TypeError", "refine"), ({"keep_off_film": "x"}, "TypeError", "keep_off_film"),
+    ({"options": "square"}, "TypeError", "options"),
+])
+def test_find_holes_names_a_bad_keyword(kwargs, error, named):
+    """Fuzz (api_options): threshold NaN, -1 or 2 gave an empty result, edge_tolerance NaN "cannot convert float
+    NaN to integer", 1e308 a refused allocation and 1e4 24,470 holes in 31 s; k=1.5 a TypeError about slice
+    indices, options=SquareOptions() exit 70. Now refused, named, before the U-Net runs."""
+    import ptolemy_rt
+
+    data = np.random.default_rng(0).poisson(50, (300, 300)).astype(np.float32)
+    if kwargs.get("options") == "square":
+        kwargs = {"options": ptolemy_rt.SquareOptions()}
+    with pytest.raises((TypeError, ptolemy_rt.PtolemyError)) as info:
+        ptolemy_rt.find_holes(data, **kwargs)
+    assert type(info.value).__name__ == error and named in str(info.value), info.value
+
+
+def test_option_values_in_range_are_taken_as_before():
+    """What the command line accepts, the options accept: numpy scalars and whole floats included."""
+    from ptolemy_rt import HoleOptions, SquareOptions
+
+    SquareOptions(window=np.int64(1024), min_area=np.float32(0), batch_size=1, compat=np.bool_(True))
+    SquareOptions(window=6.0, min_area=1e12)
+    HoleOptions(threshold=1e-300, edge_tolerance=-1e6, k=np.int32(100), refine=np.bool_(False))
+    HoleOptions.ptolemy(edge_tolerance=1000.0)
