@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from .errors import (
     CorruptFileError,
     MissingFileError,
     NonFiniteError,
+    OptionError,
     PtolemyError,
     ShapeError,
     TooLargeError,
@@ -567,8 +568,12 @@ def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixel
     `permissive=True` reads a file it flags (its warning is issued instead). A SerialEM montage stack (a
     `.mdoc` with PieceCoordinates beside it) is read as its assembled montage unless `section` is given.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_image: path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path)
-    budget = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    budget = DEFAULT_MAX_PIXELS if max_pixels is None else _budget(p, max_pixels)
+    if not isinstance(permissive, (bool, np.bool_)):
+        raise TypeError(f"read_image: permissive must be True or False, got {type(permissive).__name__}")
     try:
         return _read_any(p, section, budget, permissive)
     except PtolemyError:
@@ -583,6 +588,17 @@ def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixel
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[-1] if lines else "no detail"  # OpenCV's messages run over several lines: the last says it
         raise CorruptFileError(f"{p}: not a readable image ({type(exc).__name__}: {detail[:300]})") from None
+
+
+def _budget(p: Path, max_pixels: Any) -> int:
+    """The pixel budget asked for, checked: a whole number from 1 to 2**40, as --max-pixels (NaN and "x" raised a
+    bare ValueError, True and 1.5 were read as 1)."""
+    from .options import check_range
+
+    try:
+        return int(check_range("read_image", "max_pixels", max_pixels, 1, 1 << 40, integer=True))
+    except ValueError as exc:
+        raise OptionError(f"{p}: {exc}") from None
 
 
 def _read_any(p: Path, section: int | None, max_pixels: int, permissive: bool) -> Image:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # Header values that mean "not set" (mrcfile and many writers store 0; IMOD and others 1 Å).
 PLACEHOLDER_A = (0.0, 1.0)
 # A pixel size outside this range (Å) is not a TEM image's: 0.01 Å to 1 mm covers every magnification.
-_PLAUSIBLE_A = (1e-2, 1e7)
+PLAUSIBLE_A = (1e-2, 1e7)
 _MRC_SUFFIXES = {".mrc", ".mrcs", ".map", ".st", ".ali", ".rec"}
 
 
@@ -65,7 +65,7 @@ UNKNOWN = PixelSize(None, None)
 
 
 def _plausible(value_A: float | None) -> bool:
-    return value_A is not None and math.isfinite(value_A) and _PLAUSIBLE_A[0] <= value_A <= _PLAUSIBLE_A[1]
+    return value_A is not None and math.isfinite(value_A) and PLAUSIBLE_A[0] <= value_A <= PLAUSIBLE_A[1]
 
 
 def _read_bounded(path: Path) -> bytes:
@@ -209,7 +209,7 @@ def pixel_size_for(path: str | os.PathLike | None, image: Any = None, override_A
     if override_A is not None:
         if not _plausible(override_A):
             raise InputError(f"--pixel-size {override_A}: expected Å per pixel between "
-                             f"{_PLAUSIBLE_A[0]:g} and {_PLAUSIBLE_A[1]:g}")
+                             f"{PLAUSIBLE_A[0]:g} and {PLAUSIBLE_A[1]:g}")
         return PixelSize(float(override_A), "option")
     if path is None:
         return UNKNOWN

@@ -56,7 +56,7 @@ def check_real(owner: str, name: str, value: Any, *, integer: bool = False) -> f
     try:
         number = float(value)
     except OverflowError:  # an int beyond float's range
-        number = math.inf if value > 0 else -math.inf
+        raise ValueError(f"{name} is far out of range, got {_shown(value)}") from None
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {_shown(value)}")
     if integer and not number.is_integer():
@@ -70,7 +70,8 @@ def check_range(owner: str, name: str, value: Any, lo: float, hi: float, unit: s
     number = check_real(owner, name, value, integer=integer)
     inside = lo < number < hi if open_ends else lo <= number <= hi
     if not inside:
-        ends = f"({lo:g}, {hi:g})" if open_ends else f"[{lo:g}, {hi:g}]"
+        lo_text, hi_text = (f"{int(lo):,}", f"{int(hi):,}") if integer else (f"{lo:g}", f"{hi:g}")
+        ends = f"({lo_text}, {hi_text})" if open_ends else f"[{lo_text}, {hi_text}]"
         raise ValueError(f"{name} must be in {ends}{unit}, got {_shown(value)}")
     return number
 

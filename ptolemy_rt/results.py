@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .io import atomic_write
+from .metadata import PLAUSIBLE_A
 
 __all__ = [
     "FORMATS",
@@ -79,8 +80,8 @@ class ImageInfo:
     def known_pixel_size_A(self) -> float | None:
         """Å per pixel, None when unknown: 0 and 1 Å from a header are placeholders unless given as an option."""
         value = _num(self.pixel_size_A)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= PLAUSIBLE_A[1]:
+            return None  # beyond a millimetre per pixel no microscope goes (1e300 Å: its µm² overflowed, exit 70)
         if value == 1.0 and self.pixel_size_source != "option":
             return None  # what MRC writers put in a header that nobody filled in (image readers keep it)
         return float(value)

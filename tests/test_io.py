@@ -461,3 +461,27 @@ def test_a_decoder_error_is_one_line(tmp_path, monkeypatch):
         io.read_image(path)
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "Unsupported depth" in message
+
+
+@pytest.mark.parametrize("kwargs,error,named", [
+    ({"max_pixels": float("nan")}, "OptionError", "max_pixels"),
+    ({"max_pixels": "x"}, "TypeError", "max_pixels"),
+    ({"max_pixels": True}, "TypeError", "max_pixels"),
+    ({"max_pixels": 1.5}, "OptionError", "max_pixels"),
+    ({"max_pixels": 0}, "OptionError", "max_pixels"),
+    ({"max_pixels": 10**400}, "OptionError", "max_pixels"),
+    ({"permissive": "yes"}, "TypeError", "permissive"),
+    ({"path": 123}, "TypeError", "path"),
+])
+def test_read_image_names_a_bad_argument(tmp_path, kwargs, error, named):
+    """Fuzz (api_options): max_pixels=NaN or "x" raised a bare ValueError out of read_image (no PtolemyError),
+    True and 1.5 were a budget of 1 px, permissive="yes" read a flagged file. Now named, before the file is read."""
+    path = tmp_path / "a.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.ones((8, 8), np.float32))
+    kwargs = {"path": path, **kwargs}
+    with pytest.raises(Exception) as info:
+        io.read_image(**kwargs)
+    assert type(info.value).__name__ == error and named in str(info.value), info.value
+    assert len(str(info.value)) < 200
+    assert io.read_image(path, max_pixels=64, permissive=np.bool_(False)).shape == (8, 8)

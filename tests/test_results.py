@@ -311,3 +311,18 @@ def test_cli_every_format_with_and_without_compat(tmp_path, capsys):
     assert main(["squares", str(path), "--no-score", "--min-score", "0.5"]) == 0  # unscored: none kept, with a reason
     out, err = capsys.readouterr()
     assert json.loads(out)["targets"] == [] and "--min-score" in json.loads(out)["reason"] and "no squares" in err
+
+
+@pytest.mark.parametrize("pixel", [1e300, 1e8, float("inf"), float("nan"), -1.0, "x"])
+def test_an_absurd_pixel_size_of_an_image_is_unknown_not_an_overflow(pixel):
+    """Fuzz (api_options): find_squares(Image(data, pixel_size_A=1e300)) raised OverflowError out of to_dict
+    (its µm² squared the pixel size); a pixel size beyond 1 mm (metadata.PLAUSIBLE_A) is unknown, as NaN was."""
+    from ptolemy_rt import Image, find_squares
+    from ptolemy_rt.synthetic import make_atlas
+
+    data, _ = make_atlas(3, shape=(320, 320))
+    result = find_squares(Image(data=data.astype(np.float32), pixel_size_A=pixel), models=False)
+    d = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert d["image"]["pixel_size_A"] is None and all(t["area_um2"] is None for t in d["targets"]) and d["targets"]
+    known = find_squares(Image(data=data.astype(np.float32), pixel_size_A=1e7), models=False).to_dict()
+    assert known["image"]["pixel_size_A"] == 1e7 and all(math.isfinite(t["area_um2"]) for t in known["targets"])
