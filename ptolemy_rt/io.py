@@ -487,8 +487,20 @@ def _tiff_claims(raw: bytes, order: str, name: str) -> list[tuple[int, int, int]
     return pages
 
 
-def _check_raster(raw: bytes, name: str, max_pixels: int) -> None:
-    """Refuse, from the header alone, a raster image that claims more pixels than the budget."""
+def _check_raster_section(path: Path, name: str, section: int | None, pages: int) -> None:
+    """Refuse, before decoding, a section the file cannot hold: PNG and JPEG hold one image, a TIFF the pages
+    its IFD chain lists (a 12000x12000 colour TIFF was decoded, 1.7 GB, before `--section 150` was refused)."""
+    if section in (None, 0):
+        return
+    if path.suffix.lower() not in TIFF_SUFFIXES or pages == 1:
+        raise ShapeError(f"{name}: section {section} requested but the file holds a single image")
+    if pages > 1 and not -pages <= section < pages:
+        raise ShapeError(f"{name}: section {section} does not exist (the stack has {pages})")
+
+
+def _check_raster(raw: bytes, name: str, max_pixels: int) -> int:
+    """Refuse, from the header alone, a raster image that claims more pixels than the budget; return the number
+    of images the header lists (0 when it could not be read)."""
     claims = _raster_claims(raw, name)
     total = 0
     for width, height, bpp in claims:
@@ -503,6 +515,7 @@ def _check_raster(raw: bytes, name: str, max_pixels: int) -> None:
         if pixels * bpp > MAX_RATIO * len(raw) and pixels > (1 << 24):
             raise CorruptFileError(f"{name}: the header claims {width}x{height} pixels from {len(raw)} bytes "
                                    f"(a ratio over {MAX_RATIO}: refused as a compression bomb)")
+    return len(claims)
 
 
 def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
@@ -513,13 +526,14 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     raw_bytes = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
-    _check_raster(raw_bytes.tobytes(), name, max_pixels)
+    pages = _check_raster(raw_bytes.tobytes(), name, max_pixels)
+    _check_raster_section(path, name, section, pages)
     try:
-        decoded = _decode_raster(cv2, raw_bytes, path, name, section)
+        raw, section = _decode_raster(cv2, raw_bytes, path, name, section)
     except cv2.error as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
         raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
-    raw, section = decoded
+    del raw_bytes  # the file's bytes, and below the colour pixels once grey: not all alive at the peak
     if raw.ndim == 3:
         channels = raw.shape[2]
         if channels in (3, 4) and raw.dtype not in (np.uint8, np.uint16, np.float32):

@@ -485,3 +485,27 @@ def test_read_image_names_a_bad_argument(tmp_path, kwargs, error, named):
     assert type(info.value).__name__ == error and named in str(info.value), info.value
     assert len(str(info.value)) < 200
     assert io.read_image(path, max_pixels=64, permissive=np.bool_(False)).shape == (8, 8)
+
+
+@pytest.mark.parametrize("ext,pages,section,message", [
+    (".png", 1, 1, "holds a single image"), (".jpg", 1, -1, "holds a single image"),
+    (".tif", 1, 150, "holds a single image"), (".tif", 3, 3, "does not exist (the stack has 3)"),
+    (".tif", 3, -4, "does not exist (the stack has 3)"),
+])
+def test_a_section_the_raster_cannot_hold_is_refused_before_decoding(tmp_path, monkeypatch, ext, pages, section,
+                                                                     message):
+    """Fuzz (raster_bombs): a 12000x12000 colour TIFF was decoded (1.7 GB, 3 s) before `--section 150` was
+    refused; the page count is in the header (the TIFF's IFD chain)."""
+    path = tmp_path / f"r{ext}"
+    imgs = [np.full((16, 16), 10 * k, np.uint8) for k in range(pages)]
+    assert cv2.imwritemulti(str(path), imgs) if pages > 1 else cv2.imwrite(str(path), imgs[0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    monkeypatch.setattr(cv2, "imdecodemulti", refuse)
+    with pytest.raises(ShapeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        io.read_image(path, section=section)
+    monkeypatch.undo()
+    assert io.read_image(path, section=pages - 1).data[0, 0] == 10 * (pages - 1)
