@@ -21,15 +21,22 @@ def write_mrc(path: Path, data: np.ndarray, pixel_size_A: float | None = None) -
 
     import mrcfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        tmp_path = Path(tmp) / path.name
-        with mrcfile.new(tmp_path, overwrite=True) as mrc:
-            mrc.set_data(data)
-            if pixel_size_A is not None:
-                mrc.voxel_size = pixel_size_A
-            mrc.header.label[0] = b"Created by ptolemy-rt"
-        atomic_write(path, tmp_path.read_bytes())
+    from .errors import OutputError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            tmp_path = Path(tmp) / path.name
+            with mrcfile.new(tmp_path, overwrite=True) as mrc:
+                mrc.set_data(data)
+                if pixel_size_A is not None:
+                    mrc.voxel_size = pixel_size_A
+                mrc.header.label[0] = b"Created by ptolemy-rt"
+            atomic_write(path, tmp_path.read_bytes())
+    except OutputError:
+        raise
+    except OSError as exc:  # a read-only or full disk under an existing folder was exit 70
+        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 
 
 def _make_output_dir(out_dir: Path) -> None:

@@ -86,3 +86,21 @@ def test_write_mrc_gives_the_same_bytes_for_the_same_array(tmp_path, monkeypatch
     assert (tmp_path / "a.mrc").read_bytes() == (tmp_path / "b.mrc").read_bytes()
     with mrcfile.open(tmp_path / "a.mrc") as mrc:
         assert mrc.header.label[0] == b"Created by ptolemy-rt" and mrc.voxel_size.x == 2.5
+
+
+@pytest.mark.parametrize("errno_, text", [(30, "Read-only file system"), (28, "No space left on device"),
+                                          (2, "No such file or directory")])
+def test_demo_into_a_folder_it_cannot_write_is_an_output_error(tmp_path, capsys, monkeypatch, errno_, text):
+    """Fuzz (stdout_commands, demo): an existing output folder on a read-only or full disk (or /proc/self) made
+    write_mrc's temporary folder raise a bare OSError: exit 70. Now exit 4 naming the file."""
+    import tempfile
+
+    def fail(*args, **kwargs):
+        raise OSError(errno_, text)
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", fail)
+    out = tmp_path / "demo"
+    out.mkdir()
+    assert main(["demo", "-o", str(out), "--threads", "1"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{out / 'atlas.mrc'}: cannot be written ({text})" in err, err
