@@ -56,6 +56,10 @@ MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}
 DEFAULT_MAX_PIXELS = 1 << 28
 # A compressed file claiming more than this many times its own size is treated as a decompression bomb.
 MAX_RATIO = 1000
+# A raster's pixels as decoded (all channels, all bytes) may take this many bytes per pixel of the budget: the
+# size of the float32 image the budget allows. A 16384x16384 16-bit RGB TIFF of zeros (1.6 MB, padded past the
+# ratio test) needed 3.2 GB to decode; colour and float rasters above 1 GiB of pixels need --max-pixels.
+DECODE_BYTES_PER_PIXEL = 4
 MAX_PAGES = 4096
 # OpenCV's own decoder limit (default 2**30 pixels) is read once, at the first decode: lower it to our budget
 # so that a header we cannot parse (BigTIFF, exotic JPEG) cannot make OpenCV allocate gigabytes either.
@@ -477,8 +481,12 @@ def _tiff_claims(raw: bytes, order: str, name: str) -> list[tuple[int, int, int]
                 height = value
             elif tag == 277:
                 samples = value
-            elif tag == 258 and n == 1:
+            elif tag == 258 and n <= 2:
                 bits = value
+            elif tag == 258 and typ == 3:  # one count per sample, stored apart: the entry holds their offset
+                at = struct.unpack(order + "I", entry[8:12])[0]
+                if at + 2 <= len(raw):
+                    bits = struct.unpack(order + "H", raw[at:at + 2])[0]
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
         end = offset + 2 + 12 * count
         if end + 4 > len(raw):
@@ -512,6 +520,11 @@ def _check_raster(raw: bytes, name: str, max_pixels: int) -> int:
         if total > max_pixels:
             raise TooLargeError(f"{name}: its {len(claims)} pages claim over {max_pixels} pixels together "
                                 "(raise the budget with --max-pixels)")
+        if pixels * bpp > DECODE_BYTES_PER_PIXEL * max_pixels:
+            raise TooLargeError(f"{name}: the header claims {width}x{height} pixels of {bpp} bytes "
+                                f"({pixels * bpp / 2**30:.1f} GiB to decode), over the budget of "
+                                f"{DECODE_BYTES_PER_PIXEL * max_pixels / 2**30:.1f} GiB ({DECODE_BYTES_PER_PIXEL} "
+                                "bytes a pixel of --max-pixels; raise it with --max-pixels)")
         if pixels * bpp > MAX_RATIO * len(raw) and pixels > (1 << 24):
             raise CorruptFileError(f"{name}: the header claims {width}x{height} pixels from {len(raw)} bytes "
                                    f"(a ratio over {MAX_RATIO}: refused as a compression bomb)")
@@ -529,7 +542,7 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     pages = _check_raster(raw_bytes.tobytes(), name, max_pixels)
     _check_raster_section(path, name, section, pages)
     try:
-        raw, section = _decode_raster(cv2, raw_bytes, path, name, section)
+        raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
     except cv2.error as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
         raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
@@ -553,8 +566,19 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     return Image(data=_validate(raw, name), pixel_size_A=None, source=name, dtype=dtype, section=section)
 
 
-def _decode_raster(cv2, raw_bytes: np.ndarray, path: Path, name: str, section: int | None):
-    """Decode with OpenCV: (pixels, section or None)."""
+def _decode_raster(cv2, raw_bytes: np.ndarray, path: Path, name: str, section: int | None, listed: int = 0):
+    """Decode with OpenCV: (pixels, section or None). `listed`: the pages the TIFF's IFD chain lists; with more
+    than one only the page asked for is decoded (300 pages of 12000x64 float64 took 3.6 GB and 37 s for one)."""
+    if path.suffix.lower() in TIFF_SUFFIXES and listed > 1:
+        if section is None:
+            warnings.warn(f"{name}: a stack of {listed} sections; using section 0 (choose with --section)",
+                          stacklevel=4)
+            section = 0
+        page = section % listed  # in range: _check_raster_section
+        ok, pages = cv2.imdecodemulti(raw_bytes, cv2.IMREAD_UNCHANGED, None, (page, page + 1))
+        if not ok or not pages:
+            raise CorruptFileError(f"{name}: not a readable TIFF image (page {page} of {listed})")
+        return pages[0], page
     if path.suffix.lower() in TIFF_SUFFIXES:
         ok, pages = cv2.imdecodemulti(raw_bytes, cv2.IMREAD_UNCHANGED)
         if not ok or not pages:

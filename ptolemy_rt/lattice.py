@@ -1012,6 +1012,7 @@ def fit_lattice(
     kind = model
     c, m = _checked_arguments(centroids, mask, k, lambda_fn, lambda_fp, max_halfwidth, refine, min_spacing_px,
                               min_inliers, min_occupancy, blob_halfwidth, hidden_fallback)
+    k = int(k)  # a whole float (6.0) or a numpy integer: slices take an int
     if len(c) < 2:
         return None
     cands = candidate_lattices(c, k=k, min_spacing_px=min_spacing_px, model=kind)

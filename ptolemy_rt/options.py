@@ -111,7 +111,7 @@ class HoleOptions:
         if self.threshold is not None:
             check_range("HoleOptions", "threshold", self.threshold, 0.0, 1.0, open_ends=True)
         check_range("HoleOptions", "edge_tolerance", self.edge_tolerance, *EDGE_TOLERANCE_RANGE, " px")
-        check_range("HoleOptions", "k", self.k, *K_RANGE, integer=True)
+        object.__setattr__(self, "k", int(check_range("HoleOptions", "k", self.k, *K_RANGE, integer=True)))
         for name in ("refine", "cnn", "keep_off_film"):
             check_flag("HoleOptions", name, getattr(self, name))
         if self.score is not None and self.score not in SCORES:
@@ -170,12 +170,14 @@ class SquareOptions:
     lattice: bool = True
 
     def __post_init__(self) -> None:
-        if self.window is not None:
-            check_range("SquareOptions", "window", self.window, *WINDOW_RANGE, " px", integer=True)
+        if self.window is not None:  # whole numbers are kept as int (6.0 or numpy's int64 slice and print as 6)
+            window = check_range("SquareOptions", "window", self.window, *WINDOW_RANGE, " px", integer=True)
+            object.__setattr__(self, "window", int(window))
         if self.min_area is not None:
             check_range("SquareOptions", "min_area", self.min_area, 0.0, MIN_AREA_MAX, " px²")
         if check_real("SquareOptions", "batch_size", self.batch_size, integer=True) < 1:
             raise ValueError(f"batch_size must be at least 1, got {_shown(self.batch_size)}")
+        object.__setattr__(self, "batch_size", int(self.batch_size))
         for name in ("compat", "seams", "lattice"):
             check_flag("SquareOptions", name, getattr(self, name))
 

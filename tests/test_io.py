@@ -509,3 +509,54 @@ def test_a_section_the_raster_cannot_hold_is_refused_before_decoding(tmp_path, m
         io.read_image(path, section=section)
     monkeypatch.undo()
     assert io.read_image(path, section=pages - 1).data[0, 0] == 10 * (pages - 1)
+
+
+def _tiff_header(width: int, height: int, bits: int, samples: int, pad: int) -> bytes:
+    """A little-endian TIFF whose one page claims width x height pixels of `samples` x `bits`, with `pad`
+    bytes of zeros as its (lying) strip."""
+    import struct
+
+    bps_at = 8
+    head = bytearray(b"II*\x00" + struct.pack("<I", 8 + 2 * samples + pad))
+    head += struct.pack(f"<{samples}H", *([bits] * samples)) + bytes(pad)
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, samples, bits if samples <= 2 else bps_at),
+               (259, 3, 1, 8), (262, 3, 1, 2 if samples >= 3 else 1), (273, 4, 1, 8 + 2 * samples),
+               (277, 3, 1, samples), (278, 4, 1, height), (279, 4, 1, pad)]
+    head += struct.pack("<H", len(entries))
+    for tag, typ, count, value in entries:
+        head += (struct.pack("<HHIHH", tag, typ, count, value, 0) if typ == 3 and count <= 2 else
+                 struct.pack("<HHII", tag, typ, count, value))
+    return bytes(head + b"\0\0\0\0")
+
+
+def test_a_raster_that_needs_more_bytes_to_decode_than_the_budget_allows_is_refused(tmp_path):
+    """Fuzz (raster_bombs): a 16384x16384 16-bit RGB TIFF of zeros (1.6 MB, padded past the compression-ratio
+    test; its per-sample bit counts, stored apart, were read as 8) needed 3.2 GB and 31 s to decode; the
+    pixels were within the 2**28 budget. Decoded bytes are capped at 4 a pixel of the budget."""
+    path = tmp_path / "b.tif"
+    path.write_bytes(_tiff_header(16384, 16384, 16, 3, 1_700_000))
+    with pytest.raises(TooLargeError, match=r"16384x16384 pixels of 6 bytes \(1.5 GiB to decode\)"):
+        io.read_image(path)
+    assert io._raster_claims(path.read_bytes(), "b") == [(16384, 16384, 6)]
+    # the same claim is what --max-pixels 2**29 allows (refused later by the decoder, not by the budget)
+    with pytest.raises(CorruptFileError):
+        io.read_image(path, max_pixels=1 << 29)
+
+
+def test_a_multipage_tiff_decodes_only_the_page_asked_for(tmp_path, monkeypatch):
+    """Fuzz (raster_bombs): every page was decoded to read one (300 pages of 12000x64 float64: 3.6 GB, 37 s)."""
+    path = tmp_path / "m.tif"
+    assert cv2.imwritemulti(str(path), [np.full((20, 30), 10 * k, np.uint8) for k in range(5)])
+    calls = []
+    decode = cv2.imdecodemulti
+
+    def spy(*args):
+        calls.append(args[-1])
+        return decode(*args)
+
+    monkeypatch.setattr(cv2, "imdecodemulti", spy)
+    with pytest.warns(UserWarning, match="a stack of 5 sections; using section 0"):
+        first = io.read_image(path)
+    last = io.read_image(path, section=-1)
+    assert (first.section, first.data[0, 0], last.section, last.data[0, 0]) == (0, 0, 4, 40)
+    assert calls == [(0, 1), (4, 5)]
