@@ -883,3 +883,14 @@ def test_option_values_in_range_are_taken_as_before():
     SquareOptions(window=6.0, min_area=1e12)
     HoleOptions(threshold=1e-300, edge_tolerance=-1e6, k=np.int32(100), refine=np.bool_(False))
     HoleOptions.ptolemy(edge_tolerance=1000.0)
+    # whole numbers are kept as int: k=6.0 passed the check, then failed as a slice index (fuzz api_options)
+    assert type(HoleOptions(k=6.0).k) is int and type(SquareOptions(window=np.int64(6), batch_size=8.0).window) is int
+    data = np.random.default_rng(0).poisson(50, (300, 300)).astype(np.float32)
+    from ptolemy_rt import find_holes, fit_lattice
+
+    assert find_holes(data, k=6.0).to_dict() == find_holes(data, k=6).to_dict()
+    c = np.array([[20.0, 20.0], [60.0, 20.0], [20.0, 60.0], [60.0, 60.0]])
+    mask = np.zeros((80, 80), bool)
+    for x, y in c.astype(int):
+        mask[y - 5:y + 6, x - 5:x + 6] = True
+    assert fit_lattice(c, mask, k=3.0) == fit_lattice(c, mask, k=3)
