@@ -894,3 +894,25 @@ def test_option_values_in_range_are_taken_as_before():
     for x, y in c.astype(int):
         mask[y - 5:y + 6, x - 5:x + 6] = True
     assert fit_lattice(c, mask, k=3.0) == fit_lattice(c, mask, k=3)
+
+
+def test_a_signal_handled_while_main_blocks_signals_does_not_escape(tmp_path, small_mrc, capsys, monkeypatch):
+    """Fuzz (batch_signals, seed 20000138): SIGTERM arrived as main()'s clean-up blocked signals; its handler ran
+    as pthread_sigmask returned and its Terminated escaped main() (a traceback, wrong exit code). The run's code
+    stands (the work was done), the signal is recorded, and the mask is lifted again."""
+    import ptolemy_rt.cli as cli
+
+    real = signal.pthread_sigmask
+    fired = []
+
+    def late_signal(how, mask):
+        result = real(how, mask)
+        if how == signal.SIG_BLOCK and not fired:
+            fired.append(how)
+            cli._on_sigterm(signal.SIGTERM, None)  # the handler, run as the call returns
+        return result
+
+    monkeypatch.setattr(signal, "pthread_sigmask", late_signal)
+    code = main(["squares", str(small_mrc), "--no-score", "-o", str(tmp_path / "r.json")])
+    assert code == 0 and fired and (tmp_path / "r.json").is_file()
+    assert signal.SIGTERM not in real(signal.SIG_BLOCK, set())  # unblocked again
