@@ -954,6 +954,17 @@ class _CheckedStdout:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
     130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # A signal whose handler ran while an error was being reported (in an `except` branch, where the
+        # other branches do not catch it): the clean-up has run; the run was interrupted.
+        if sys.stderr is not None:
+            _print_error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .outputs import remove_temporaries
 
     debug = False

@@ -916,3 +916,22 @@ def test_a_signal_handled_while_main_blocks_signals_does_not_escape(tmp_path, sm
     code = main(["squares", str(small_mrc), "--no-score", "-o", str(tmp_path / "r.json")])
     assert code == 0 and fired and (tmp_path / "r.json").is_file()
     assert signal.SIGTERM not in real(signal.SIG_BLOCK, set())  # unblocked again
+
+
+def test_a_signal_handled_while_an_error_is_reported_exits_130(tmp_path, small_mrc, capsys, monkeypatch):
+    """A signal whose handler runs in main()'s `except PtolemyError` branch (printing the error line) escaped
+    main() past the other branches: a traceback. Now the clean-up runs and main() returns 130."""
+    import ptolemy_rt.cli as cli
+
+    real = cli._print_error
+    fired = []
+
+    def signal_while_printing(line):
+        if not fired:
+            fired.append(line)
+            cli._on_sigterm(signal.SIGTERM, None)
+        real(line)
+
+    monkeypatch.setattr(cli, "_print_error", signal_while_printing)
+    assert main(["squares", str(small_mrc), "--models", str(tmp_path / "none")]) == 130
+    assert fired and "none" in fired[0] and "interrupted" in capsys.readouterr().err
