@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, PtolemyError, one_line
+from .errors import InputError, PtolemyError, clean_text, one_line
 from .report import sound_result
 from .sessions import Item, discover, stage_to_pixel
 
@@ -659,12 +659,22 @@ def summary_dict(rows: list[dict], notes: list[str], interrupted: bool = False) 
             "images": images}
 
 
+def _text(value: Any) -> Any:
+    """A row's value with its texts (and the atlas id in atlas_square) made valid Unicode (errors.clean_text)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value
+
+
 def write_summaries(outdir: Path, rows: list[dict], notes: list[str], interrupted: bool = False) -> dict:
     """Write summary.csv and summary.json (atomically); return the summary dict."""
     from .outputs import atomic_write
 
-    rows = sorted(rows, key=lambda r: r["id"])
-    summary = summary_dict(rows, notes, interrupted)
+    # file names Python could not decode (LANG=C, non-UTF-8 bytes) as text: json.dumps wrote lone surrogates
+    rows = [{k: _text(v) for k, v in r.items()} for r in sorted(rows, key=lambda r: r["id"])]
+    summary = summary_dict(rows, [clean_text(n) for n in notes], interrupted)
     atomic_write(outdir / "summary.csv", _csv_text(rows))
     atomic_write(outdir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary

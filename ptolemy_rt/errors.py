@@ -37,6 +37,22 @@ __all__ = [
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 4, 70, 130
 
 
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode, the same in every locale: the bytes of a file name Python could not decode (kept
+    as lone surrogates U+DC80-U+DCFF: every non-ASCII byte under LANG=C, a non-UTF-8 byte anywhere) decoded as
+    UTF-8 where they form it, else shown as \\xNN; other lone surrogates as \\uNNNN. Written as it was, such a
+    name made UTF-8 output raise UnicodeEncodeError (a batch's exit 70) and JSON hold unpaired surrogates."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from a JSON \ud800, say)
+        return "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
 def one_line(text: str) -> str:
     """`text` with its control and bidirectional-format characters escaped (a newline as \\n, ESC as \\x1b):
     an error stays one line naming the file, whatever the file's name holds (newlines, terminal escapes). Other
@@ -44,6 +60,7 @@ def one_line(text: str) -> str:
     names, the soft hyphen) are kept."""
     if text.isprintable():
         return text
+    text = clean_text(text)
     import unicodedata
 
     return "".join(c if c == " " or (unicodedata.category(c) not in ("Cc", "Zl", "Zp") and c not in _BIDI)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import OutputError, clean_text
 
 __all__ = [
     "OVERLAY_FORMATS",
@@ -142,7 +142,7 @@ def write_set(items: Sequence[tuple[str | os.PathLike, bytes | str]], *, follow_
     backups: list[tuple[Path, str | None]] = []  # (target, backup of what it held, or None if it was new)
     try:
         for target, (_, data) in zip(targets, items):
-            payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            payload = _utf8(data) if isinstance(data, str) else bytes(data)
             temps.append(_write_temp(target, payload))
         for target, tmp in zip(targets, temps):
             backup = None
@@ -183,6 +183,14 @@ def write_set(items: Sequence[tuple[str | os.PathLike, bytes | str]], *, follow_
     for _, backup in backups:
         if backup:
             _discard(backup)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of a text output; a file name's undecodable bytes in it are made text first (errors.clean_text)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return clean_text(text).encode("utf-8")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, follow_symlinks: bool = False) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from . import __version__
+from .errors import clean_text
 from .io import atomic_write
 from .metadata import PLAUSIBLE_A
 
@@ -95,7 +96,7 @@ class ImageInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
-            "path": self.path,
+            "path": clean_text(self.path) if isinstance(self.path, str) else self.path,
             "shape": [int(self.shape[0]), int(self.shape[1])],
             "pixel_size_A": self.known_pixel_size_A,
             "pixel_size_nm": self.pixel_size_nm,

@@ -971,3 +971,36 @@ def test_resume_reruns_an_image_whose_result_file_is_damaged(tmp_path, text):
     result.write_text(text)
     assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, resume=True) == 0
     assert len(json.loads(result.read_text())["targets"]) == 10 and (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_file_names_python_cannot_decode_are_text_in_every_output(tmp_path, locale):
+    """Fuzz (environment): a name with a non-UTF-8 byte (anywhere) or any non-ASCII byte (under LANG=C) is kept
+    by Python as lone surrogates: summary.csv's UTF-8 raised UnicodeEncodeError (the whole batch exit 70) and the
+    JSON held unpaired surrogates. Now the names are text (decodable bytes decoded, others \\xNN), the same bytes
+    in every locale."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    session = tmp_path / "session"
+    session.mkdir()
+    data, _ = make_atlas(3, (320, 320))
+    with mrcfile.new(tmp_path / "a.mrc") as m:
+        m.set_data(data)
+    for name in (b"\xffatlas.mrc", "été atlas.mrc".encode()):
+        with open(os.path.join(os.fsencode(session), name), "wb") as fh:
+            fh.write((tmp_path / "a.mrc").read_bytes())
+    out = tmp_path / "out"
+    env = {**_env(), "LANG": locale, "LC_ALL": locale, "PYTHONUTF8": "0"}
+    r = subprocess.run([sys.executable, "-m", "ptolemy_rt", "batch", str(session), "-o", str(out), "--kind",
+                        "squares", "--workers", "1", "--threads", "1", "--no-progress"], capture_output=True,
+                       text=True, env=env, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    csv_text = (out / "summary.csv").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    inputs = sorted(Path(row["input"]).name for row in summary["images"])
+    assert inputs == ["\\xffatlas.mrc", "été atlas.mrc"] and "été atlas.mrc" in csv_text
+    for result in (out / "results").iterdir():
+        path = json.loads(result.read_text(encoding="utf-8"))["image"]["path"]
+        assert path.endswith(("/\\xffatlas.mrc", "/été atlas.mrc")) and path.encode("utf-8")

@@ -935,3 +935,27 @@ def test_a_signal_handled_while_an_error_is_reported_exits_130(tmp_path, small_m
     monkeypatch.setattr(cli, "_print_error", signal_while_printing)
     assert main(["squares", str(small_mrc), "--models", str(tmp_path / "none")]) == 130
     assert fired and "none" in fired[0] and "interrupted" in capsys.readouterr().err
+
+
+def test_clean_text_makes_undecodable_file_name_bytes_text():
+    from ptolemy_rt.errors import clean_text, one_line
+
+    assert clean_text("plain été 😀") == "plain été 😀"
+    assert clean_text("envt/\udcc3\udca9t\udcc3\udca9.mrc") == "envt/été.mrc"  # LANG=C's view of "été"
+    assert clean_text("a\udcffb") == "a\\xffb" and clean_text("x\ud800y") == "x\\ud800y"
+    assert one_line("error: \udcc3\udca9\n.mrc") == "error: é\\n.mrc"
+
+
+def test_a_non_ascii_image_name_under_lang_c_gives_the_same_bytes(tmp_path, small_mrc):
+    """Fuzz (environment): under LANG=C Python keeps a non-ASCII name as lone surrogates, which the JSON wrote as
+    "\\udcc3\\udca9": another output than under a UTF-8 locale, and no valid Unicode."""
+    image = tmp_path / "été atlas.mrc"
+    image.write_bytes(small_mrc.read_bytes())
+    outputs = []
+    for locale in ("C.UTF-8", "C"):
+        out = tmp_path / f"r-{locale}.json"
+        env = {**_env(), "LANG": locale, "LC_ALL": locale, "PYTHONUTF8": "0"}
+        subprocess.run([sys.executable, "-m", "ptolemy_rt", "squares", str(image), "--no-score", "-o", str(out)],
+                       env=env, timeout=120, check=True)
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] and b"\\u00e9t\\u00e9 atlas.mrc" in outputs[0]
