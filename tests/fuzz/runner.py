@@ -29,14 +29,17 @@ RSS_LIMIT_MB = 1536.0
 ADDRESS_SPACE = 6 << 30
 
 
-def _limits(fsize: int | None = None):
-    """preexec_fn for a child: the address-space cap, and a file-size limit when asked (a disk filling up)."""
+def _limits(fsize: int | None = None, close_stdout: bool = False):
+    """preexec_fn for a child: the address-space cap, and a file-size limit when asked (a disk filling up);
+    `close_stdout`: start it with descriptor 1 closed (`>&-`)."""
     def apply() -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
         if fsize:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        if close_stdout:
+            os.close(1)
 
     return apply
 DEFECTS = ("segfault", "traceback", "foreign", "hang", "memory", "wrong_exit", "leftovers", "special_written",
@@ -112,6 +115,14 @@ def _api(case: dict) -> tuple[int | None, str]:
                     load_models(case["path"])
                 elif call == "main":
                     return _main_case(case)
+                elif call == "api_kwargs":
+                    from .surfaces_api import run_kwargs_case
+
+                    return run_kwargs_case(case)
+                elif call == "api_array":
+                    from .surfaces_api import run_array_case
+
+                    return run_array_case(case)
                 elif call == "parse":
                     from ptolemy_rt.cli import _join_negative_numbers, build_parser
 
@@ -250,13 +261,21 @@ def _judge_code(case: dict, code: int | None, detail: str) -> str:
 # ---------------------------------------------------------------------------------------------- CLI cases
 
 
-def _spawn(argv: list[str], d: Path, tag: str, fsize: int | None = None,
-           stdout: str | None = None) -> tuple[subprocess.Popen, Path, Path]:
-    """Start the command line; `fsize`: a file-size limit (a disk that fills up), `stdout`: where stdout goes."""
-    out, err = Path(stdout or d / f"{tag}.stdout"), d / f"{tag}.stderr"
+def _spawn(argv: list[str], d: Path, tag: str, fsize: int | None = None, stdout: str | None = None,
+           env: dict | None = None) -> tuple[subprocess.Popen, Path, Path]:
+    """Start the command line; `fsize`: a file-size limit (a disk that fills up), `stdout`: where stdout goes (a
+    path, "closed" or "pipe": a pipe whose reader is gone), `env`: variables set (or replaced) for it."""
+    special = stdout in ("closed", "pipe")
+    out, err = Path(d / f"{tag}.stdout" if special or not stdout else stdout), d / f"{tag}.stderr"
+    variables = {**_env(), **(env or {})}
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", *argv], stdout=fo, stderr=fe, env=_env(),
-                             stdin=subprocess.DEVNULL, cwd=d, preexec_fn=_limits(fsize))
+        p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", *argv],
+                             stdout=subprocess.PIPE if stdout == "pipe" else fo, stderr=fe, env=variables,
+                             stdin=subprocess.DEVNULL, cwd=d,
+                             preexec_fn=_limits(fsize, close_stdout=stdout == "closed"))
+    if stdout == "pipe":
+        assert p.stdout
+        p.stdout.close()
     return p, out, err
 
 
@@ -290,7 +309,8 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     """Run one command-line case and judge it."""
     t0 = time.perf_counter()
     writers = int(case.get("writers", 1))
-    procs = [_spawn(case["argv"], d, f"p{k}", case.get("fsize"), case.get("stdout")) for k in range(writers)]
+    procs = [_spawn(case["argv"], d, f"p{k}", case.get("fsize"), case.get("stdout"), case.get("env"))
+             for k in range(writers)]
     if "signal" in case:
         time.sleep(case["delay"])
         with contextlib.suppress(ProcessLookupError):
@@ -312,6 +332,13 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
         if "Traceback" in err or "Exception ignored" in err:
             problems.append("traceback")
             detail = err.strip()[-300:]
+        errors = [line for line in err.splitlines() if line.startswith("error:") or ": error: " in line]
+        if code not in (0, None) and case.get("one_error_line") and len(errors) != 1:
+            problems.append("bad_message")
+            detail = f"{len(errors)} error lines: {err.strip()[-200:]!r}"
+        if code == 4 and case.get("stdout_line") and (len(errors) != 1 or "standard output" not in errors[0]):
+            problems.append("bad_message")
+            detail = f"exit 4 without one line naming standard output: {err.strip()[-200:]!r}"
     if rss > RSS_LIMIT_MB:
         problems.append("memory")
     outdir = Path(case["outdir"])
@@ -352,7 +379,7 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
             problems.append("leftovers")
             detail = f"summary.json unreadable after exit {results[0][0]} ({exc})"
     if case.get("golden") and all(r[0] == 0 for r in results) \
-            and Path(case["golden"]).read_bytes() != _reference(image, golden_cache):
+            and Path(case["golden"]).read_bytes() != _reference(case.get("golden_image", image), golden_cache):
         problems.append("nondeterministic")
         detail = "output differs from the reference run"
     outcome = problems[0] if problems else "ok"
