@@ -6,7 +6,8 @@
   else its usual exit code; never 70, never an "Exception ignored" or a traceback.
 - environment: HOME, TMPDIR and XDG_CACHE_HOME missing, a file or /dev/null, LANG=C / LC_ALL=C,
   PYTHONIOENCODING=ascii with non-ASCII image and output names: the same bytes as the reference run (exit 0),
-  or for a missing image one error line (exit 2).
+  for a missing image one error line (exit 2), for a batch over names that are not all UTF-8 exit 0 and a
+  readable summary.
 - raster_bombs: hand-made TIFFs (one strip or tiles, deflate or none, any bit depth and sample count, many pages),
   PNGs and JPEGs that claim up to 2**31 pixels, read with a section inside or beyond what they hold: exit 0 or 2
   within the memory and time limits, an error line naming the file.
@@ -81,6 +82,18 @@ def environment(rng: np.random.Generator, d: Path, image: Path) -> dict:
     name = _pick(rng, _NAMES)
     img = d / name
     img.write_bytes(image.read_bytes())
+    if rng.random() < 0.25:  # a session folder whose names are not all UTF-8 (a byte 0xff)
+        import os
+
+        session = d / "session"
+        session.mkdir()
+        for raw in (name.encode(), b"\xff" + name.encode()):
+            with open(os.path.join(os.fsencode(session), raw), "wb") as fh:
+                fh.write(image.read_bytes())
+        argv = ["batch", str(session), "-o", str(out / "b"), "--kind", "squares", "--workers",
+                _pick(rng, ["1", "2"]), "--threads", "1", "--no-progress"]
+        return {"kind": "cli", "argv": argv, "expect": [0], "outdir": str(out), "env": env,
+                "batch_out": str(out / "b")}
     target = out / (Path(name).stem + ".json")
     if rng.random() < 0.15:  # a missing image: one error line, whatever the encoding
         return {"kind": "cli", "argv": ["squares", str(d / ("missing " + name)), "--no-score", "-o", str(target)],
