@@ -158,9 +158,10 @@ def test_script_runs_as_leginon_sources_it(shell, leginon_dirs, models_dir):
 
 
 def test_extra_with_negative_numbers_is_read_as_the_script_runs_it():
-    """Probe (this session): `--extra '--min-score -0.5'` was refused ("expected one argument"), though main(),
-    which runs the script, joins a numeric option and its negative value; validate_extra now reads it the same."""
-    args = validate_extra("holes", "--min-score -0.5 --edge-tolerance -5")
-    assert args.min_score == -0.5 and args.edge_tolerance == -5.0
+    """Probe (this session): `--extra '--min-score -1e-3'` was refused ("expected one argument": argparse takes
+    only -5 or -0.5 as values), though main(), which runs the script, joins a numeric option and its negative
+    value; validate_extra now reads it the same."""
+    args = validate_extra("holes", "--min-score -1e-3 --edge-tolerance -1e2")
+    assert args.min_score == -1e-3 and args.edge_tolerance == -100.0
     with pytest.raises(InputError, match="unrecognized arguments"):
-        validate_extra("squares", "--edge-tolerance -5")
+        validate_extra("squares", "--edge-tolerance -1e2")
