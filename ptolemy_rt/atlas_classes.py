@@ -45,6 +45,8 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     # Closing with an ellipse costs kernel-side squared per pixel: shrink further so the kernel stays small
     # (a 540 px close at 256 px working size took 140 ms; the disc's rim needs no finer resolution).
     f = max(1, math.ceil(max(h, w) / _DISC_SIDE), math.ceil(scale / _DISC_KERNEL))
+    if f > min(h, w):  # a strip (256 x 60000 px) shrinks to no row at all: no disc to find in it (cv2.error, 70)
+        return full
     small = cv2.resize(img[: h - h % f, : w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else img
     hi = float(percentile(small, 95))
     if not np.isfinite(hi) or hi <= 0:

@@ -556,9 +556,11 @@ def detect_mesh(
         return MeshDetection(None, f"{NO_MESH} (no grid disc)")
 
     f = max(1, math.ceil(max(h, w) / _ACF_SIDE))
+    if f > min(h, w):  # binned to no row at all (a 300 x 100000 px strip: cv2.error, exit 70)
+        return MeshDetection(None, f"{NO_MESH} (a {h}x{w} px strip)")
     small, vsmall = _binned_pair(img, valid, f)
     found: Any = None
-    if max(small.shape) > _ACF_COARSE_SIDE:
+    if max(small.shape) > _ACF_COARSE_SIDE and min(small.shape) >= 2:
         # A coarse mesh is measured on that copy binned 2x more (a quarter of the DFT work); its pitch must
         # span _COARSE_MIN_PITCH binned px there, twice the finest pitch the finer copy takes, so the peaks
         # are located as well relative to the pitch. Otherwise the finer copy decides, as before.

@@ -67,6 +67,12 @@ def _finite(x: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(x)))
 
 
+def _too_thin(x: np.ndarray, side: int = _WORK_SIDE) -> bool:
+    """Whether binning the long side to `side` px leaves no row or column (a 256 x 200000 px strip: cv2.resize
+    was asked for an empty image, exit 70); such a strip has no period to measure."""
+    return math.ceil(max(x.shape) / side) > min(x.shape)
+
+
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean over factor x factor blocks (the ragged edge dropped), float32."""
     import cv2
@@ -427,7 +433,7 @@ def _refine(peaks: np.ndarray, u: np.ndarray) -> np.ndarray:
 def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
     """Square-lattice period and angle of an image from its autocorrelation; None without a lattice."""
     x = np.asarray(image)
-    if x.ndim != 2 or min(x.shape) < 32 or not _finite(x):
+    if x.ndim != 2 or min(x.shape) < 32 or _too_thin(x) or not _finite(x):
         return None
     # The bar-masked, hard-clipped preparation first: on dim carbon film with grid bars, contamination or
     # broken holes it finds the lattice where the plain one finds none or a harmonic. It masks gold film
@@ -496,7 +502,7 @@ def period_estimates(image: np.ndarray) -> Iterator[tuple[float, str]]:
     the lattice that explains its map best. Lazy: a caller that is convinced early pays for no more.
     """
     x = np.asarray(image)
-    if x.ndim != 2 or min(x.shape) < 32 or not _finite(x):
+    if x.ndim != 2 or min(x.shape) < 32 or _too_thin(x) or not _finite(x):
         return
     seen: list[float] = []
 
@@ -554,6 +560,8 @@ def _spectrum_geometry(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np
 def spectrum_periods(image: np.ndarray, min_period: float = 6.5) -> list[float]:
     """Periods (px) of the strongest peaks of the radially averaged power spectrum, strongest first."""
     x = np.asarray(image, dtype=np.float32)
+    if _too_thin(x, 2 * _WORK_SIDE):
+        return []
     factor = max(1, math.ceil(max(x.shape) / (2 * _WORK_SIDE)))
     x = _bin(x, factor)
     rows, cols = x.shape

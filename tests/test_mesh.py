@@ -259,3 +259,20 @@ def test_coarse_first_look_measures_as_the_finer_copy(pitch, bar, angle, monkeyp
     assert abs(coarse.bar_width_px - fine.bar_width_px) < 0.1
     assert coarse.grouping_window == fine.grouping_window
     assert abs(coarse.pitch_px / pitch - 1) < 0.005
+
+
+def test_a_strip_too_thin_to_bin_has_no_mesh_no_disc_and_no_period():
+    """Probe (api_arrays, huge-but-allowed shapes): find_squares on a 256 x 60000 px array, or 300 x 100000, and
+    find_holes on 256 x 200000 were exit 70: each working copy binned the long side to its size and the short
+    side to no row at all (cv2.resize of an empty image). Such a strip has no disc, mesh or period to measure."""
+    from ptolemy_rt.atlas_classes import disc_mask
+    from ptolemy_rt.mesh import detect_mesh
+    from ptolemy_rt.spacing import estimate_lattice, period_estimates, spectrum_periods
+
+    strip = np.random.default_rng(0).poisson(50, (40, 40000)).astype(np.float32)
+    assert disc_mask(strip).all()
+    detection = detect_mesh(strip)
+    assert detection.mesh is None and "strip" in detection.reason
+    assert detect_mesh(strip.T).mesh is None
+    assert estimate_lattice(strip) is None and list(period_estimates(strip)) == []
+    assert spectrum_periods(np.ascontiguousarray(strip[:, :40000].T)) == []
