@@ -8,11 +8,13 @@ asked for. The pixel budget applies to the stack and to the assembled size, both
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
 import stat
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -531,6 +533,51 @@ def _check_raster(raw: bytes, name: str, max_pixels: int) -> int:
     return len(claims)
 
 
+# The decoders' own lines re-issued as warnings for one image, at most (libjpeg prints the first of its warnings).
+MAX_LIBRARY_MESSAGES = 3
+
+
+@contextlib.contextmanager
+def _library_messages():
+    """Collect what C libraries write to descriptor 2 meanwhile (libjpeg's "Corrupt JPEG data: bad Huffman code",
+    libpng's warnings): a list of lines, filled in on exit. Printed there they were stray stderr lines naming
+    no file (a batch's among them), beside the one error line or a result; the caller re-issues them as warnings
+    naming the file. Where descriptor 2 cannot be redirected nothing is collected."""
+    lines: list[str] = []
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        yield lines
+        return
+    try:
+        os.set_blocking(write_end, False)  # more than the pipe holds is dropped: a library never blocks on it
+        saved = os.dup(2)
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        yield lines
+        return
+    try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()  # Python's own pending text goes where it was going
+        os.dup2(write_end, 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        os.close(write_end)
+        chunks = []
+        with contextlib.suppress(OSError):
+            os.set_blocking(read_end, False)
+            while chunk := os.read(read_end, 65536):
+                chunks.append(chunk)
+        os.close(read_end)
+        text = b"".join(chunks).decode("utf-8", "replace")
+        lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     import cv2
 
@@ -541,11 +588,14 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         raise CorruptFileError(f"{name}: the file is empty")
     pages = _check_raster(raw_bytes.tobytes(), name, max_pixels)
     _check_raster_section(path, name, section, pages)
-    try:
-        raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
-    except cv2.error as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
-        raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
+    with _library_messages() as messages:
+        try:
+            raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
+        except cv2.error as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
+            raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
+    for message in messages[:MAX_LIBRARY_MESSAGES]:
+        warnings.warn(f"{name}: {message}", stacklevel=3)
     del raw_bytes  # the file's bytes, and below the colour pixels once grey: not all alive at the peak
     if raw.ndim == 3:
         channels = raw.shape[2]

@@ -560,3 +560,20 @@ def test_a_multipage_tiff_decodes_only_the_page_asked_for(tmp_path, monkeypatch)
     last = io.read_image(path, section=-1)
     assert (first.section, first.data[0, 0], last.section, last.data[0, 0]) == (0, 0, 4, 40)
     assert calls == [(0, 1), (4, 5)]
+
+
+def test_a_decoder_s_own_stderr_line_becomes_a_warning_naming_the_file(tmp_path, capfd):
+    """Probe (this session): libjpeg printed "Corrupt JPEG data: bad Huffman code" straight to descriptor 2, a
+    stray line naming no file beside the result (or a batch's lines). It is a warning naming the file now."""
+    _, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (400, 400)).astype(np.uint8),
+                          [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    raw = bytearray(buf.tobytes())
+    raw[len(raw) // 2: len(raw) // 2 + 50] = b"\xff\x00" * 25
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bytes(raw))
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match=r"damaged\.jpg: Corrupt JPEG data"):
+        image = io.read_image(path)
+    assert image.shape == (400, 400)
+    out, err = capfd.readouterr()
+    assert "Corrupt JPEG" not in err + out
