@@ -542,8 +542,14 @@ def _library_messages():
     """Collect what C libraries write to descriptor 2 meanwhile (libjpeg's "Corrupt JPEG data: bad Huffman code",
     libpng's warnings): a list of lines, filled in on exit. Printed there they were stray stderr lines naming
     no file (a batch's among them), beside the one error line or a result; the caller re-issues them as warnings
-    naming the file. Where descriptor 2 cannot be redirected nothing is collected."""
+    naming the file. Only the main thread redirects (descriptor 2 is the process's: two threads swapping it would
+    leave it on a closed pipe), and where descriptor 2 cannot be redirected nothing is collected."""
+    import threading
+
     lines: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lines
+        return
     try:
         read_end, write_end = os.pipe()
     except OSError:

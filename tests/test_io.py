@@ -577,3 +577,17 @@ def test_a_decoder_s_own_stderr_line_becomes_a_warning_naming_the_file(tmp_path,
     assert image.shape == (400, 400)
     out, err = capfd.readouterr()
     assert "Corrupt JPEG" not in err + out
+
+
+def test_decoder_messages_are_collected_only_in_the_main_thread(tmp_path):
+    """Descriptor 2 belongs to the process: threads reading images at once (a Dask worker's, a library user's
+    pool) must not swap it, or it ends on a closed pipe. They read as before, and stderr still works after."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.full((300, 300), 7, np.uint8))
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda _: io.read_image(path).shape, range(16)))
+    assert shapes == [(300, 300)] * 16
+    assert os.write(2, b"") == 0 and os.fstat(2)  # descriptor 2 is still open and writable
