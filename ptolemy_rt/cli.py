@@ -953,7 +953,12 @@ class _CheckedStdout:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
-    130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug)."""
+    130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug).
+
+    Without argv (the process's own command line: the Leginon script calls main() so), closed descriptors 0-2
+    are first opened on /dev/null, as the ptolemy-rt script does (run)."""
+    if argv is None:
+        _open_standard_descriptors()
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -1054,8 +1059,7 @@ def run() -> None:
     os._exit skips the interpreter's finalisation, during which Python has already put the default signal
     handlers back (a Ctrl-C there would kill the process by signal) and onnxruntime tears down slowly."""
     _one_blas_thread()
-    _open_standard_descriptors()
-    code = main()
+    code = main()  # which opens closed standard descriptors on /dev/null first
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:  # a closed descriptor: Python's stream is None

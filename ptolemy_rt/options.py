@@ -70,7 +70,7 @@ def check_range(owner: str, name: str, value: Any, lo: float, hi: float, unit: s
     number = check_real(owner, name, value, integer=integer)
     inside = lo < number < hi if open_ends else lo <= number <= hi
     if not inside:
-        lo_text, hi_text = (f"{int(lo):,}", f"{int(hi):,}") if integer else (f"{lo:g}", f"{hi:g}")
+        lo_text, hi_text = (f"{int(lo)}", f"{int(hi)}") if integer else (f"{lo:g}", f"{hi:g}")
         ends = f"({lo_text}, {hi_text})" if open_ends else f"[{lo_text}, {hi_text}]"
         raise ValueError(f"{name} must be in {ends}{unit}, got {_shown(value)}")
     return number

@@ -821,6 +821,22 @@ def test_closed_standard_descriptors_are_opened_on_dev_null(tmp_path, small_mrc)
     assert report.read_text().split() == ["/dev/null", "/dev/null", "True"]
 
 
+def test_the_command_line_entries_open_closed_descriptors_and_the_library_does_not(monkeypatch, capsys):
+    """main() without argv (the process's command line: the ptolemy-rt script through run(), the Leginon script
+    calling main() itself) opens closed descriptors 0-2 first; main(argv) from a library leaves them alone."""
+    from ptolemy_rt import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_open_standard_descriptors", lambda: calls.append("opened"))
+    monkeypatch.setattr(sys, "argv", ["ptolemy-rt", "models"])
+    assert cli.main() == 0 and calls == ["opened"]
+    assert cli.main(["models"]) == 0 and calls == ["opened"]
+    monkeypatch.setattr(cli.os, "_exit", lambda code: calls.append(code))
+    monkeypatch.setattr(cli, "_one_blas_thread", lambda: None)
+    cli.run()
+    assert calls == ["opened", "opened", 0]
+
+
 _NAN, _INF = float("nan"), float("inf")
 
 
