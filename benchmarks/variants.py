@@ -69,18 +69,14 @@ def synthetic(seeds: list[int]) -> dict[str, list[np.ndarray]]:
 
 
 def session_options(threads: int, optimise: bool = True):
-    """The shipped session options (ModelSet.session); optimisation off for a graph saved optimised."""
+    """The shipped session options (models.session_options); optimisation off for a graph saved optimised."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    from ptolemy_rt.models import session_options as shipped
+
+    options = shipped(threads)
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
 
 

@@ -183,19 +183,7 @@ class ModelSet:
                 return sess
             ort = _ort()
             spec = self.spec(task)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
-            # The arena keeps every activation's peak allocation for the session's lifetime: the published
-            # U-Net at 1024x1536 then holds 4.8 GB instead of 2.1 GB, at the same speed.
-            options.enable_cpu_mem_arena = False
-            # onnxruntime's pool threads spin after each run by default: on 2 cores they then compete with the
-            # numpy/cv2 stages between the runs (crops right after the U-Net took 3x as long), and with other
-            # processes. Identical outputs either way.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            options = session_options(self.threads)
             wanted = self._provider_list()
             # onnxruntime gets the very bytes that were hashed: a file replaced after load cannot slip in.
             blob = read_verified(self.directory, spec)
@@ -252,6 +240,25 @@ class ModelSet:
 
 _CACHE: dict[tuple[str, str, int | None], ModelSet] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def session_options(threads: int) -> Any:
+    """The onnxruntime SessionOptions every model set's sessions are created with (ModelSet.session)."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # The arena keeps every activation's peak allocation for the session's lifetime: the published U-Net at
+    # 1024x1536 then holds 4.8 GB instead of 2.1 GB, at the same speed.
+    options.enable_cpu_mem_arena = False
+    # onnxruntime's pool threads spin after each run by default: on 2 cores they then compete with the numpy/cv2
+    # stages between the runs (crops right after the U-Net took 3x as long), and with other processes. Identical
+    # outputs either way.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
 
 
 def load_models(
