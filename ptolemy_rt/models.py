@@ -28,6 +28,7 @@ __all__ = [
     "available_providers",
     "physical_cores",
     "sigmoid",
+    "session_options",
 ]
 
 log = logging.getLogger(__name__)
