@@ -1,12 +1,15 @@
 """Throughput of `ptolemy-rt batch` against one `ptolemy-rt holes` process per image, in images per second.
 
     python -m benchmarks.batch [--images 200] [--rounds 4] [--separate N] [--workers 1 2] [--no-dask]
-                               [--quick] [--image-cache DIR] [--image-set synthetic|real] [--compare TREE]
+                               [--quick] [--image-cache DIR] [--image-set synthetic|real|physical]
+                               [--compare TREE]
 
 Makes `--images` med-mag images (1024x1440 MRC, seeds 0..N-1; kept in `--image-cache` for the next run):
 `--image-set synthetic` (default) the generator's dense lattices, 80-880 holes each, most of them enlarged 1.3x
 for the U-Net (the costly case); `--image-set real` variants of the real reference image (make_real_images:
-windows, flips, gain, offset, noise; 9-17 holes, as on the reference). It splits them in `--rounds` equal blocks,
+windows, flips, gain, offset, noise; 9-17 holes, as on the reference); `--image-set physical` square, skewed and
+hexagonal views of benchmarks.holes_sets, whose image formation is modelled independently of the generator
+(make_physical_images; 40-160 px periods, 50-900 holes). It splits them in `--rounds` equal blocks,
 then, block by block, runs every mode over that block, the order of the modes turning each round, so that
 every mode sees the same load on a shared machine (each mode's time is spread over the whole run, not bunched
 at one end). Each run is a whole process started from here (wall clock: imports,
@@ -196,6 +199,44 @@ def make_real_images(folder: Path, n: int, source: Path = REFERENCE_MEDMAG) -> l
     return paths
 
 
+# The physical set's seeds: a base of benchmarks.holes_sets disjoint from the accuracy sets' (9_100_000, 9_200_000).
+PHYSICAL_SEED0 = 9_500_000
+PHYSICAL_CATEGORIES = ("square", "skewed", "hexagonal")
+
+
+def make_physical_images(folder: Path, n: int) -> list[Path]:
+    """n 1024x1440 med-mag views of benchmarks.holes_sets (image formation modelled independently of
+    ptolemy_rt.synthetic: ice, film, defocus fringes, Poisson counts, detector blur, 8-bit JPEG), the
+    categories square, skewed and hexagonal in turn. The set draws a quarter of its views at 512x720; those are
+    skipped, so image k is the next 1024x1440 view of its category (seeds PHYSICAL_SEED0 + 1000 x category
+    index + i). Existing files are kept: each has its seed in a `.seed` file beside it."""
+    import numpy as np
+
+    from benchmarks.holes_sets import CATEGORIES, make_sample
+    from ptolemy_rt.demo import write_mrc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    next_index = {c: 0 for c in PHYSICAL_CATEGORIES}
+    for k in range(n):
+        category = PHYSICAL_CATEGORIES[k % len(PHYSICAL_CATEGORIES)]
+        base = PHYSICAL_SEED0 + 1000 * CATEGORIES.index(category)
+        path, marker = (folder / f"physical_{k:04d}_{category}{suffix}" for suffix in (".mrc", ".seed"))
+        if path.is_file() and marker.is_file():
+            next_index[category] = int(marker.read_text()) - base + 1
+        else:
+            while True:
+                i = next_index[category]
+                next_index[category] += 1
+                sample = make_sample(category, i, PHYSICAL_SEED0)
+                if sample.image.shape == (1024, 1440):
+                    break
+            write_mrc(path, np.ascontiguousarray(sample.image, dtype=np.float32))
+            marker.write_text(f"{base + i}\n")
+        paths.append(path)
+    return paths
+
+
 def _block(folder: Path, images: list[Path]) -> Path:
     """A folder holding exactly `images` (hard links where it can: plain files to the batch), for one batch."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,9 +308,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-dask", action="store_true")
     p.add_argument("--models", metavar="DIR")
     p.add_argument("--image-cache", metavar="DIR", help="keep the generated images here for the next run")
-    p.add_argument("--image-set", choices=("synthetic", "real"), default="synthetic",
+    p.add_argument("--image-set", choices=("synthetic", "real", "physical"), default="synthetic",
                    help="synthetic: the generator's dense lattices (80-880 holes); real: variants of the real "
-                   "1024x1440 reference image (10-20 holes; needs ../shared/ptolemy-reference)")
+                   "1024x1440 reference image (10-20 holes; needs ../shared/ptolemy-reference); physical: "
+                   "benchmarks.holes_sets' independently modelled square, skewed and hexagonal views")
     p.add_argument("--compare", metavar="TREE", help="also run every batch mode with this checkout's package")
     a = p.parse_args(argv)
     images = a.images or (40 if a.quick else 20)
@@ -311,8 +353,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ptolemy-batch-bench-") as tmp:
         tmp_path = Path(tmp)
         source = Path(a.image_cache).resolve() if a.image_cache else tmp_path / "images"
-        all_images = (make_real_images(source, images) if a.image_set == "real"
-                      else make_images(source, images))
+        makers = {"real": make_real_images, "physical": make_physical_images, "synthetic": make_images}
+        all_images = makers[a.image_set](source, images)
         bounds = [round(k * images / rounds) for k in range(rounds + 1)]
         blocks = [_block(tmp_path / f"in{k}", all_images[bounds[k]:bounds[k + 1]]) for k in range(rounds)]
         block_images = [all_images[bounds[k]:bounds[k + 1]] for k in range(rounds)]
