@@ -118,35 +118,6 @@ def _count(text: str) -> int:
     return value
 
 
-# Options whose value may be a negative number: `--edge-tolerance -1e3` must not read -1e3 as an option.
-NUMERIC_OPTIONS = {"--edge-tolerance", "--threshold", "--min-area", "--window", "--threads", "--section",
-                   "--seed", "--max-pixels", "--top", "--min-score", "--pixel-size"}
-
-
-def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
-    """Rewrite `--opt -1e3` as `--opt=-1e3` for numeric options (argparse reads only `-10`-like values)."""
-    out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        token = items[i]
-        if token == "--":
-            out.extend(items[i:])
-            break
-        if token in NUMERIC_OPTIONS and i + 1 < len(items) and items[i + 1].startswith("-"):
-            try:
-                float(items[i + 1])
-            except ValueError:
-                pass
-            else:
-                out.append(f"{token}={items[i + 1]}")
-                i += 2
-                continue
-        out.append(token)
-        i += 1
-    return out
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     from .results import FORMATS
 
@@ -983,8 +954,10 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout = _CheckedStdout(stdout)
     try:
         previous = _install_signal_handlers()
+        from .argv import join_negative_numbers
+
         parser = build_parser()
-        args = parser.parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(join_negative_numbers(sys.argv[1:] if argv is None else argv))
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_INPUT

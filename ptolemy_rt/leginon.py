@@ -47,7 +47,8 @@ def validate_extra(finder: str, extra: str):
 
     Refuses (LeginonOptionError) what does not parse, image paths, and options the script sets itself.
     """
-    from .cli import _join_negative_numbers, build_parser
+    from .argv import join_negative_numbers
+    from .cli import build_parser
 
     try:
         tokens = shlex.split(extra)
@@ -63,7 +64,7 @@ def validate_extra(finder: str, extra: str):
             # As the script runs it: the options, then `--` and the image Leginon passes.
             base = parser.parse_args([finder, "--", _IMAGE])
             # as main() reads the script's words: `--min-score -0.5` is the option and its value
-            args = parser.parse_args(_join_negative_numbers([finder, *tokens, "--", _IMAGE]))
+            args = parser.parse_args(join_negative_numbers([finder, *tokens, "--", _IMAGE]))
     except SystemExit as exc:
         text = captured.getvalue().strip().splitlines()
         detail = text[-1] if text and exc.code else "it asks for help or the version, not a run"

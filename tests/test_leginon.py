@@ -165,3 +165,32 @@ def test_extra_with_negative_numbers_is_read_as_the_script_runs_it():
     assert args.min_score == -1e-3 and args.edge_tolerance == -100.0
     with pytest.raises(InputError, match="unrecognized arguments"):
         validate_extra("squares", "--edge-tolerance -1e2")
+
+
+def test_leginon_reads_words_with_the_commands_public_helper(monkeypatch):
+    """Closing note 10: leginon.py imported cli's private `_join_negative_numbers`. The helper now lives in
+    `argv.py`, public; validate_extra and main() both call that one function, and leginon.py imports no
+    private name of another module."""
+    import ast
+
+    import ptolemy_rt.argv as argv_module
+    from ptolemy_rt import cli, leginon
+
+    tree = ast.parse(Path(leginon.__file__).read_text(encoding="utf-8"))
+    private = [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               for alias in node.names if alias.name.startswith("_") and not alias.name.endswith("__")]
+    assert private == []
+    assert "join_negative_numbers" in argv_module.__all__
+    seen: list[list[str]] = []
+    real = argv_module.join_negative_numbers
+
+    def spy(words):
+        seen.append(list(words))
+        return real(words)
+
+    monkeypatch.setattr(argv_module, "join_negative_numbers", spy)
+    validate_extra("holes", "--min-score -1e-3")
+    assert seen == [["holes", "--min-score", "-1e-3", "--", "INPUT.mrc"]]
+    with pytest.raises(SystemExit):
+        cli.main(["holes", "--min-score", "-1e-3", "--help"])
+    assert seen[-1] == ["holes", "--min-score", "-1e-3", "--help"]

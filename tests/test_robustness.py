@@ -182,10 +182,11 @@ def test_options_are_refused_at_parse_time_with_their_range(args, option, capsys
 
 
 def test_negative_numbers_parse_without_equals():
-    from ptolemy_rt.cli import _join_negative_numbers, build_parser
+    from ptolemy_rt.argv import join_negative_numbers
+    from ptolemy_rt.cli import build_parser
 
     for text, value in (("-10", -10.0), ("-1e3", -1000.0), ("-.5", -0.5)):
-        args = build_parser().parse_args(_join_negative_numbers(["holes", "x.mrc", "--edge-tolerance", text]))
+        args = build_parser().parse_args(join_negative_numbers(["holes", "x.mrc", "--edge-tolerance", text]))
         assert args.edge_tolerance == value
 
 

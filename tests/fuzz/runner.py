@@ -124,10 +124,11 @@ def _api(case: dict) -> tuple[int | None, str]:
 
                     return run_array_case(case)
                 elif call == "parse":
-                    from ptolemy_rt.cli import _join_negative_numbers, build_parser
+                    from ptolemy_rt.argv import join_negative_numbers
+                    from ptolemy_rt.cli import build_parser
 
                     try:
-                        build_parser().parse_args(_join_negative_numbers(case["argv"]))
+                        build_parser().parse_args(join_negative_numbers(case["argv"]))
                     except SystemExit as exc:
                         return int(exc.code or 0), ""
                 else:
