@@ -113,8 +113,8 @@ class BatchConfig:
         parts: list[Any] = [_STATE_VERSION, kind, self.models, self.provider, self.section]
         cal = self.calibrations.get(kind) if kind else None
         if cal is not None:  # a calibration changes the written scores: a run with another one is not resumable
-            parts.append(hashlib.sha256(json.dumps(cal.to_dict(), sort_keys=True).encode()).hexdigest())
-        return json.dumps(parts)
+            parts.append(cal.sha256())
+        return json.dumps(parts, allow_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -553,7 +553,8 @@ def _write_outputs(outdir: Path, item: Item, config: BatchConfig, row: dict, fil
     try:
         for rel, data in files.items():
             atomic_write(outdir / rel, data)
-        atomic_write(_state_path(outdir, item.id), json.dumps({"key": config.key(item.kind), "row": row}) + "\n")
+        atomic_write(_state_path(outdir, item.id), json.dumps({"key": config.key(item.kind), "row": row},
+                                                                 allow_nan=False) + "\n")
     except OSError as exc:
         row.update(status="error", exit_code=EXIT_OUTPUT, error=f"{outdir}: cannot write the outputs of "
                    f"{item.path} ({exc})")

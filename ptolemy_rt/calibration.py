@@ -166,6 +166,12 @@ class Calibration:
                     f"{str(want)[:12]}...), not the set in use '{ids.get('name')}' ({task} sha256 {str(have)[:12]}"
                     "...); fit one for this set with `ptolemy-rt calibrate`, or pass the --models it was made for")
 
+    def sha256(self) -> str:
+        """Its identity: sha256 of its dict as sorted JSON (named in a calibrated result; part of a batch's key)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, allow_nan=False).encode()).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the calibration file's content)."""
         return {
@@ -300,15 +306,9 @@ def apply_calibration(result: Any, cal: Calibration, score: str | None = None) -
     cal.check_models(result.models)
     targets = sort_targets(replace(t, score=cal.map(t.score)) for t in result.targets)
     models = {**result.models, "calibration": {"against": cal.against, "pairs": cal.pairs,
-                                               "sha256": _digest(cal)}}
+                                               "sha256": cal.sha256()}}
     field_name = "squares" if result.kind == "squares" else "holes"
     return replace(result, **{field_name: targets, "models": models})
-
-
-def _digest(cal: Calibration) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(cal.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -320,10 +320,19 @@ class Fitted:
     theirs: np.ndarray
     per_image: tuple[tuple[str, int, int, int], ...]  # (image, ours found, theirs listed, paired)
 
+    @property
+    def left_out(self) -> int:
+        """How many pairs the fit left out: ours or theirs not a finite number (an original's Infinity, NaN)."""
+        return int(np.count_nonzero(~self._used()))
+
+    def _used(self) -> np.ndarray:
+        return np.isfinite(self.ours) & np.isfinite(self.theirs)
+
     def mean_abs_error(self) -> tuple[float, float]:
-        """Mean |ours - theirs| over the pairs before and after calibration."""
-        before = float(np.mean(np.abs(self.ours - self.theirs)))
-        after = float(np.mean(np.abs(self.calibration(self.ours) - self.theirs)))
+        """Mean |ours - theirs| over the pairs the fit used, before and after calibration."""
+        ours, theirs = self.ours[self._used()], self.theirs[self._used()]
+        before = float(np.mean(np.abs(ours - theirs)))
+        after = float(np.mean(np.abs(self.calibration(ours) - theirs)))
         return before, after
 
 

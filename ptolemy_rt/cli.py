@@ -583,12 +583,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     fitted = calibrate_images(args.kind, args.images, args.against, models, tolerance=args.tolerance,
                               score=args.score, edge_tolerance=args.edge_tolerance, section=args.section,
                               permissive=args.permissive)
-    atomic_write(args.output, json.dumps(fitted.calibration.to_dict(), indent=1) + "\n")
+    atomic_write(args.output, json.dumps(fitted.calibration.to_dict(), indent=1, allow_nan=False) + "\n")
     for image, found, listed, paired in fitted.per_image:
         print(f"{image}: {paired} paired of {found} ours, {listed} original's", file=sys.stderr)
     before, after = fitted.mean_abs_error()
+    # over the pairs the fit used; a mean past the float range (scores near 1e308) is no number to print
+    shown = [f"{v:.3f}" if math.isfinite(v) else "not finite" for v in (before, after)]
+    left_out = (f"; {fitted.left_out} pair(s) left out: a score that is not a finite number" if fitted.left_out
+                else "")
     print(f"{args.output}: {fitted.calibration.pairs} pairs, {len(fitted.calibration.ours)} knots; mean |ours - "
-          f"original| {before:.3f} before, {after:.3f} after", file=sys.stderr)
+          f"original| {shown[0]} before, {shown[1]} after{left_out}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -738,7 +742,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         "running_on": models.provider,
         "threads": models.threads,
     }
-    print(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1, allow_nan=False))
     return EXIT_OK
 
 

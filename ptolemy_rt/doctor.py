@@ -249,7 +249,7 @@ def run_doctor(args: Any) -> int:
     """The `doctor` subcommand: print the report (or JSON); exit 3 when there is a problem."""
     report = diagnose(getattr(args, "models", None), warm=bool(getattr(args, "warm", False)))
     if getattr(args, "json", False):
-        print(json.dumps(report.to_dict(), indent=1, default=str))
+        print(json.dumps(report.to_dict(), indent=1, default=str, allow_nan=False))
     else:
         _print(report)
     return 3 if report.problems else 0

@@ -131,7 +131,7 @@ def leginon_script(finder: str, models: str | None = None, provider: str = "auto
     # numpy or ptolemy_rt: run isolated (-I ignores PYTHONPATH and user site-packages) and import the
     # ptolemy_rt that wrote the script, as the interpreter is the one that wrote it.
     package_parent = str(Path(__file__).resolve().parent.parent)
-    code = (f"import sys; sys.path.insert(0, {json.dumps(package_parent)}); "
+    code = (f"import sys; sys.path.insert(0, {json.dumps(package_parent, allow_nan=False)}); "
             "from ptolemy_rt.cli import main; sys.exit(main())")
     words = [sys.executable, "-I", "-c", code, finder, *opts]
     command = " ".join(shlex.quote(w) for w in words)

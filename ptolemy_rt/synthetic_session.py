@@ -120,7 +120,7 @@ def make_epu_session(root: str | Path, n_squares: int = 20, per_square: int = 2,
         squares.append({"folder": f"GridSquare_{square_id}", "atlas_index": int(index), "atlas_xy": list(centre),
                         "images": images})
     info = {"atlas": "Atlas/Atlas_1.mrc", "atlas_pixel_size_m": atlas_px, "squares": squares}
-    atomic_write(root / "truth.json", json.dumps(info, indent=1) + "\n")
+    atomic_write(root / "truth.json", json.dumps(info, indent=1, allow_nan=False) + "\n")
     return info
 
 

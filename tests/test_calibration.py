@@ -300,3 +300,39 @@ def test_json_nested_past_the_recursion_limit_is_refused(tmp_path):
         read_calibration(path)
     with pytest.raises(CalibrationError, match="cal.json"):
         read_original_targets(path)
+
+
+def _strict_json(text: str):
+    """json.loads refusing the Infinity/NaN tokens Python writes by default (no JSON reader takes them)."""
+    def refuse(token: str):
+        raise ValueError(f"non-JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_calibrate_summary_with_a_non_finite_original_score_says_so(tmp_path, capsys, monkeypatch):
+    """Closing note 10 (fuzz): an original's score of Infinity (json reads it; 1e999 too) is left out of the fit,
+    but the summary averaged over every pair and printed "mean |ours - original| inf before, nan after". The
+    errors are now those of the pairs the fit used, and the summary says how many were left out and why."""
+    import ptolemy_rt.calibration as calibration
+
+    image, original, out = tmp_path / "m.mrc", tmp_path / "original.json", tmp_path / "cal.json"
+    image.write_bytes(b"")
+    original.write_text("[]")
+    ours = np.array([0.2, 0.4, 0.6, 0.8])
+    theirs = np.array([0.1, np.inf, 0.7, np.nan])
+
+    def fake(kind, images, originals, models, **kwargs):
+        cal = fit(ours, theirs, kind, "cnn", models=IDS)
+        return calibration.Fitted(cal, ours, theirs, ((str(image), 4, 4, 4),))
+
+    monkeypatch.setattr(calibration, "calibrate_images", fake)
+    assert main(["calibrate", "holes", str(image), "--against", str(original), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1].split(": ", 1)[1]  # past the file name
+    assert "inf" not in err and "nan" not in err, err
+    assert "2 pairs" in err and "0.100 before" in err and "2 pair(s) left out: a score that is not a finite number" \
+        in err, err
+    data = _strict_json(out.read_text())
+    assert data["pairs"] == 2
+    fitted = fake("holes", [], [], None)
+    assert fitted.mean_abs_error() == pytest.approx((0.1, 0.0)) and fitted.left_out == 2

@@ -975,3 +975,26 @@ def test_a_non_ascii_image_name_under_lang_c_gives_the_same_bytes(tmp_path, smal
                        env=env, timeout=120, check=True)
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1] and b"\\u00e9t\\u00e9 atlas.mrc" in outputs[0]
+
+
+def test_every_json_the_package_writes_refuses_infinity_and_nan():
+    """Python's json writes Infinity and NaN, which no JSON reader takes: every json.dump(s) in ptolemy_rt passes
+    allow_nan=False (an error then, never an unreadable file), except an error message quoting a value."""
+    import ast
+
+    import ptolemy_rt
+
+    quoting = {("manifest.py", "_check_fields")}  # `got NaN` in a one-line message is text, not a JSON file
+    missing = []
+    for path in sorted(Path(ptolemy_rt.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        exempt = [range(f.lineno, f.end_lineno + 1) for f in ast.walk(tree)
+                  if isinstance(f, ast.FunctionDef) and (path.name, f.name) in quoting]
+        for call in ast.walk(tree):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in ("dump", "dumps") and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id == "json" and not any(call.lineno in r for r in exempt)):
+                nan = [k for k in call.keywords if k.arg == "allow_nan"]
+                if not (nan and isinstance(nan[0].value, ast.Constant) and nan[0].value.value is False):
+                    missing.append(f"{path.relative_to(path.parents[1])}:{call.lineno}")
+    assert missing == []
