@@ -705,7 +705,9 @@ def _read_any(p: Path, section: int | None, max_pixels: int, permissive: bool) -
     except NotADirectoryError:
         raise MissingFileError(f"{p}: no such file") from None
     if not stat.S_ISREG(st.st_mode):
-        raise MissingFileError(f"{p}: not a file")
+        from .smallfiles import not_regular
+
+        raise MissingFileError(not_regular(p))
     name = p.name.lower()
     suffix = p.suffix.lower()
     if suffix in (".gz", ".bz2"):

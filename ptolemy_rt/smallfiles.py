@@ -14,11 +14,16 @@ from pathlib import Path
 
 from .errors import InputError, PtolemyError
 
-__all__ = ["MAX_SIDECAR_BYTES", "open_regular", "read_small"]
+__all__ = ["MAX_SIDECAR_BYTES", "not_regular", "open_regular", "read_small"]
 
 # The text files beside an image (EPU's .xml, 10-100 kB; SerialEM's .mdoc, a few kB per section, montages
 # included): anything far larger is not one. Read at call time, so that a test may lower it in one place.
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024
+
+
+def not_regular(path: str | os.PathLike, what: str | None = None) -> str:
+    """The one wording for an input that is no regular file (a folder, a FIFO, a device): images and small files."""
+    return f"{Path(path)}: not a regular file" + (f" (a {what} is expected)" if what else "")
 
 
 def open_regular(path: str | os.PathLike, what: str | None = None,
@@ -32,7 +37,6 @@ def open_regular(path: str | os.PathLike, what: str | None = None,
     regular file without opening it (opening a device can act: a tape rewinds when closed, a watchdog arms).
     """
     p = Path(path)
-    not_regular = f"{p}: not a regular file" + (f" (a {what} is expected)" if what else "")
     nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
         regular = stat.S_ISREG(os.stat(p).st_mode)
@@ -42,7 +46,7 @@ def open_regular(path: str | os.PathLike, what: str | None = None,
     except OSError as exc:
         raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
     if not regular:
-        raise error(not_regular)
+        raise error(not_regular(p, what))
     try:
         st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)
@@ -53,7 +57,7 @@ def open_regular(path: str | os.PathLike, what: str | None = None,
         raise error(f"{p}: cannot read ({exc.strerror or exc})") from None
     if not regular:
         os.close(fd)
-        raise error(not_regular)
+        raise error(not_regular(p, what))
     return fd, st
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_single_image_with_section_is_an_error(tmp_path):
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(MissingFileError, match="nope.mrc"):
         io.read_image(tmp_path / "nope.mrc")
-    with pytest.raises(MissingFileError, match="not a file"):
+    with pytest.raises(MissingFileError, match="not a regular file"):
         io.read_image(tmp_path)
 
 
@@ -591,3 +592,21 @@ def test_decoder_messages_are_collected_only_in_the_main_thread(tmp_path):
         shapes = list(pool.map(lambda _: io.read_image(path).shape, range(16)))
     assert shapes == [(300, 300)] * 16
     assert os.write(2, b"") == 0 and os.fstat(2)  # descriptor 2 is still open and writable
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_path_that_is_no_regular_file_is_worded_once(tmp_path):
+    """Closing note 10: for the same FIFO or folder, read_image said "not a file" and a batch (its sha256, through
+    smallfiles.open_regular) "not a regular file". One function words it now; both stay MissingFileError (exit 2)."""
+    from ptolemy_rt.batch import _sha256
+    from ptolemy_rt.smallfiles import not_regular
+
+    fifo = tmp_path / "fifo.mrc"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(MissingFileError) as read:
+            io.read_image(path)
+        with pytest.raises(MissingFileError) as hashed:
+            _sha256(path)
+        assert str(read.value) == str(hashed.value) == not_regular(path) == f"{path}: not a regular file"
+        assert read.value.exit_code == hashed.value.exit_code == 2
