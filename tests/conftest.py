@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -98,25 +99,47 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    _run_fast_twins(items)
 
 
 # A property test whose examples are each costly draws fewer of them in the default run, never none:
-# `@pytest.mark.examples(n)` on a @given test collects it twice, as test[fast] drawing n examples in the default
-# run and as test[full] (marked slow, so CI runs it) drawing the count of its @settings. The override goes where
-# Hypothesis itself looks for a test's settings when it runs (its pytest plugin sets the same attribute).
+# `@examples(n, settings(...), given(...))` in place of its @settings and @given collects it twice, as test[fast]
+# drawing n examples in the default run and as test[full] (marked slow, so CI runs it) drawing the count of its
+# settings. Hypothesis fixes a test's settings when @settings decorates it, and only once, so the two are two tests
+# built from the one function with public API alone: its given(...) applied twice, one under `settings` and one
+# under settings(settings, max_examples=n). @example lines stay below, on the plain function; both twins take them.
+def examples(n: int, full: Any, given: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """A @given test as two: [fast] with max_examples=n (the default run), [full] with `full`'s (slow)."""
+    from hypothesis import settings
+
+    def twins(test: Callable) -> Callable:
+        if not 0 < n < full.max_examples:
+            raise ValueError(f"{test.__name__}: examples({n}) must be between 1 and the {full.max_examples} of its "
+                             "settings")
+        whole = full(given(test))
+        whole.fast_twin = settings(full, max_examples=n)(given(test))
+        return pytest.mark.examples(n)(whole)
+
+    return twins
+
+
 def pytest_generate_tests(metafunc) -> None:
-    mark = metafunc.definition.get_closest_marker("examples")
-    if mark is None:
+    if metafunc.definition.get_closest_marker("examples") is None:
         return
-    fast = int(mark.args[0])
-    full = getattr(metafunc.function, "_hypothesis_internal_use_settings", None)
-    if full is None:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.examples needs a @given test")
-    if not 0 < fast < full.max_examples:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: examples({fast}) must be between 1 and the "
-                                f"{full.max_examples} of its @settings")
-    metafunc.parametrize("_examples", [pytest.param(fast, id="fast"),
-                                       pytest.param(None, id="full", marks=pytest.mark.slow)], indirect=True)
+    if getattr(metafunc.function, "fast_twin", None) is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: mark it with tests.conftest.examples(n, "
+                                "settings(...), given(...)), not with pytest.mark.examples")
+    metafunc.parametrize("_examples", [pytest.param("fast", id="fast"),
+                                       pytest.param("full", id="full", marks=pytest.mark.slow)], indirect=True)
+
+
+def _run_fast_twins(items) -> None:
+    """A test[fast] item calls the test built with max_examples=n (examples)."""
+    for item in items:
+        if getattr(item, "callspec", None) is not None and item.callspec.params.get("_examples") == "fast":
+            if hasattr(item.obj, "__self__"):  # a method: pytest binds it to a new instance; the twin is a function
+                raise pytest.UsageError(f"{item.nodeid}: examples(...) takes module-level tests only")
+            item.obj = item.obj.fast_twin
 
 
 @pytest.fixture(autouse=True)
@@ -136,20 +159,8 @@ def _process_state():
 
 @pytest.fixture(autouse=True)
 def _examples(request):
-    """For a test marked `examples(n)`, its settings with max_examples=n in its [fast] run; otherwise nothing."""
-    n = getattr(request, "param", None)
-    if n is None:
-        yield
-        return
-    from hypothesis import settings
-
-    test = getattr(request.function, "__func__", request.function)  # a method's function (tests in a class)
-    full = test._hypothesis_internal_use_settings
-    test._hypothesis_internal_use_settings = settings(full, max_examples=n)
-    try:
-        yield
-    finally:
-        test._hypothesis_internal_use_settings = full
+    """Which twin of an `examples` test runs ("fast" or "full"; the item calls that test); otherwise None."""
+    return getattr(request, "param", None)
 
 
 def synthetic_medmag(*args, **kwargs):

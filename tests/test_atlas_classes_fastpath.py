@@ -7,14 +7,13 @@ import math
 
 import cv2
 import numpy as np
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt import atlas_classes as ac
 from tests.test_mesh import render_mesh
 
-from .conftest import synthetic_atlas
+from .conftest import examples, synthetic_atlas
 
 
 @settings(max_examples=150, deadline=None)
@@ -33,11 +32,10 @@ def test_close_ellipse_is_cv2s_closing(h, w, k, density, seed, blobs):
     assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
 
 
-@pytest.mark.examples(30)  # up to 140 MB a comparison
-@settings(max_examples=150, deadline=None)
-@given(h=st.integers(1, 60), w=st.integers(1, 60),
-       f=st.one_of(st.integers(1, 70), st.sampled_from([49, 98, 103, 107, 161, 187, 196, 197])),
-       seed=st.integers(0, 2**32 - 1))
+@examples(30, settings(max_examples=150, deadline=None),  # up to 140 MB a comparison
+          given(h=st.integers(1, 60), w=st.integers(1, 60),
+                f=st.one_of(st.integers(1, 70), st.sampled_from([49, 98, 103, 107, 161, 187, 196, 197])),
+                seed=st.integers(0, 2**32 - 1)))
 @example(h=3, w=4, f=49, seed=0)  # 49 x (1 / 49) < 1: cv2 takes pixel 0 for output 49, no plain repeat
 def test_upscale_nearest_is_cv2s_resize(h, w, f, seed):
     small = np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)

@@ -25,7 +25,7 @@ from ptolemy_rt.calibration import (
 from ptolemy_rt.cli import main
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 
-from .conftest import need, reference_root
+from .conftest import examples, need, reference_root
 
 IDS = {"name": "set-a", "version": "1", "hole_cnn": {"file": "h.onnx", "sha256": "a" * 64},
        "square_cnn": {"file": "s.onnx", "sha256": "b" * 64}}
@@ -34,9 +34,8 @@ unit = st.floats(0.0, 1.0, allow_nan=False)
 pairs = st.lists(st.tuples(unit, unit), min_size=2, max_size=60)
 
 
-@pytest.mark.examples(40)
-@settings(max_examples=150, deadline=None)
-@given(pairs, st.lists(unit, min_size=1, max_size=30))
+@examples(40, settings(max_examples=150, deadline=None),
+          given(pairs, st.lists(unit, min_size=1, max_size=30)))
 @example([(0.0, 0.0), (2.225073858507e-311, 0.5)], [1.0, 2.2250738585e-313])  # a subnormal gap between knots
 def test_fitted_map_is_monotone_in_unit_range_and_order_free(data, probes):
     ours, theirs = np.array(data).T
@@ -53,9 +52,8 @@ def test_fitted_map_is_monotone_in_unit_range_and_order_free(data, probes):
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
 
 
-@pytest.mark.examples(30)
-@settings(max_examples=100, deadline=None)
-@given(pairs)
+@examples(30, settings(max_examples=100, deadline=None),
+          given(pairs))
 def test_isotonic_fit_is_no_worse_than_any_constant_or_the_identity(data):
     ours, theirs = np.array(data).T
     cal = fit(ours, theirs, "squares", "score", IDS)

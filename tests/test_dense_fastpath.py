@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from ptolemy_rt import _lattice_kernels as k
 from ptolemy_rt.lattice import summed_area_table
 
+from .conftest import examples
+
 # ---------------------------------------------------------------------------------------------------
 # The former formulas (ptolemy_rt._lattice_kernels as of main 9f55dc0)
 
@@ -155,10 +157,9 @@ def _candidates(rng, n, spacing, max_hw=15.0):
     return k._prepared(ux, uy, vx, vy, max_hw)
 
 
-@pytest.mark.examples(40)
-@settings(max_examples=150, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 12), spacing=st.floats(8.0, 70.0),
-       row_step=st.sampled_from([1, 4]), counts=st.booleans())
+@examples(40, settings(max_examples=150, deadline=None, derandomize=True),
+          given(seed=st.integers(0, 10_000), n=st.integers(1, 12), spacing=st.floats(8.0, 70.0),
+                row_step=st.sampled_from([1, 4]), counts=st.booleans()))
 def test_scan_prepared_is_the_former_scan(seed, n, spacing, row_step, counts):
     """The scan (summed-area corners, and through a footprint table for one half-width) gives the former
     scan's integers on every lattice, footprints beyond the edges and subsampled rows included."""
@@ -244,9 +245,8 @@ _box = st.tuples(_coordinate, _coordinate, _coordinate, _coordinate).map(
     lambda b: (min(b[0], b[1]), max(b[0], b[1]), min(b[2], b[3]), max(b[2], b[3])))
 
 
-@pytest.mark.examples(100)
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(boxes=st.lists(_box, min_size=1, max_size=12), window=st.integers(2, 2**40))
+@examples(100, settings(max_examples=300, deadline=None, derandomize=True),
+          given(boxes=st.lists(_box, min_size=1, max_size=12), window=st.integers(2, 2**40)))
 @example(boxes=[(_INT32_MAX - 20, _INT32_MAX, 0, 5), (0, 1, 0, 5)], window=6)
 def test_boxes_apart_is_the_plain_pairwise_test(boxes, window):
     """_boxes_apart against the pairwise formula in Python integers, for any int32 coordinates (cv2's contour
@@ -264,9 +264,9 @@ def test_boxes_apart_is_the_plain_pairwise_test(boxes, window):
     assert _boxes_apart(points, bounds, window) is (not near)
 
 
-@pytest.mark.examples(40)
-@settings(max_examples=150, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 40), radius=st.floats(1.0, 9.0), window=st.integers(2, 8))
+@examples(40, settings(max_examples=150, deadline=None, derandomize=True),
+          given(seed=st.integers(0, 10_000), n=st.integers(1, 40), radius=st.floats(1.0, 9.0),
+                window=st.integers(2, 8)))
 def test_boxes_apart_means_a_region_per_blob(seed, n, radius, window):
     """Where _boxes_apart says so, the mask dilated as find_regions dilates it has one outer contour per blob."""
     import cv2
@@ -303,11 +303,11 @@ def test_hole_centroids_are_the_same_without_the_box_test(seed, n, radius, windo
 # Lattice points: index ranges without LAPACK
 
 
-@pytest.mark.examples(50)
-@settings(max_examples=200, deadline=None, derandomize=True)
-@given(ox=st.floats(-300, 300), oy=st.floats(-300, 300), length=st.floats(2.0, 400.0), ratio=st.floats(0.5, 3.0),
-       theta=st.floats(0, 360), gamma=st.floats(20, 160), rows=st.integers(1, 400), cols=st.integers(1, 400),
-       tol=st.sampled_from([-10.0, -0.5, 0.0, 3.0, 100.0, -300.0]))
+@examples(50, settings(max_examples=200, deadline=None, derandomize=True),
+          given(ox=st.floats(-300, 300), oy=st.floats(-300, 300), length=st.floats(2.0, 400.0),
+                ratio=st.floats(0.5, 3.0),
+                theta=st.floats(0, 360), gamma=st.floats(20, 160), rows=st.integers(1, 400), cols=st.integers(1, 400),
+                tol=st.sampled_from([-10.0, -0.5, 0.0, 3.0, 100.0, -300.0])))
 def test_lattice_points_are_the_solved_ones(ox, oy, length, ratio, theta, gamma, rows, cols, tol):
     """lattice_points gives _lattice_points_solved's points (np.linalg.solve's index ranges), order and bits."""
     from ptolemy_rt.lattice import _lattice_points_solved, lattice_points

@@ -12,7 +12,7 @@ from ptolemy_rt.holesize import hole_diameter_px, with_hole_diameter
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 from ptolemy_rt.synthetic import make_medmag
 
-from .conftest import synthetic_medmag
+from .conftest import examples, synthetic_medmag
 
 
 @pytest.mark.slow  # seconds each; CI runs the slow suite
@@ -77,10 +77,9 @@ def _profiles_hole_by_hole(data, centres, radii):
     return out
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 64), half=st.sampled_from([4.0, 37.5, 120.25, 700.0]),
-       rows=st.integers(40, 300), cols=st.integers(40, 300))
+@examples(10, settings(max_examples=40, deadline=None),
+          given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 64), half=st.sampled_from([4.0, 37.5, 120.25, 700.0]),
+                rows=st.integers(40, 300), cols=st.integers(40, 300)))
 def test_profiles_equal_the_hole_by_hole_loop(seed, n, half, rows, cols):
     """One remap for all holes (in chunks of whole holes past remap's row limit; half=700 makes several) and
     the mask only near the border give the same profiles, NaN where a hole is wholly outside, to the bit."""

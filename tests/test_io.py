@@ -26,6 +26,8 @@ from ptolemy_rt.errors import (
     UnsupportedFormatError,
 )
 
+from .conftest import examples
+
 
 def _mrc(path: Path, data: np.ndarray, voxel: float | None = None) -> Path:
     with mrcfile.new(path, overwrite=True) as m:
@@ -340,15 +342,15 @@ _STAT_FACTORS = st.sampled_from([1.0, 1.0, 1.005, 0.995, 1.0089, 0.9911, 1.0095,
                                  -1.0, 0.0, np.nan, np.inf, -np.inf])
 
 
-@pytest.mark.examples(30)
-@settings(max_examples=120, deadline=None)
-@given(dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.float32, np.float16]),
-       shape=st.sampled_from([(24, 40), (3, 16, 20), (1, 30, 30)]), offset=st.sampled_from([0.0, 50.0, 3e4, 1e-3]),
-       spread=st.sampled_from([0.0, 0.5, 20.0, 1e18]), nan=st.booleans(), big_endian=st.booleans(),
-       rms=_STAT_FACTORS, dmin=_STAT_FACTORS, dmax=_STAT_FACTORS, dmean=_STAT_FACTORS,
-       nversion=st.sampled_from([20140, 20141, 0]), nlabl=st.sampled_from([None, 0, 3]),
-       extended=st.sampled_from([b"", b"x" * 64]), exttyp=st.sampled_from([b"", b"FEI1"]),
-       mapc=st.sampled_from([1, 4]), trailing=st.sampled_from([b"", b"\0" * 10]), seed=st.integers(0, 99))
+@examples(30, settings(max_examples=120, deadline=None),
+          given(dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.float32, np.float16]),
+                shape=st.sampled_from([(24, 40), (3, 16, 20), (1, 30, 30)]),
+                offset=st.sampled_from([0.0, 50.0, 3e4, 1e-3]),
+                spread=st.sampled_from([0.0, 0.5, 20.0, 1e18]), nan=st.booleans(), big_endian=st.booleans(),
+                rms=_STAT_FACTORS, dmin=_STAT_FACTORS, dmax=_STAT_FACTORS, dmean=_STAT_FACTORS,
+                nversion=st.sampled_from([20140, 20141, 0]), nlabl=st.sampled_from([None, 0, 3]),
+                extended=st.sampled_from([b"", b"x" * 64]), exttyp=st.sampled_from([b"", b"FEI1"]),
+                mapc=st.sampled_from([1, 4]), trailing=st.sampled_from([b"", b"\0" * 10]), seed=st.integers(0, 99)))
 def test_validator_lines_are_mrcfiles_own(tmp_path_factory, dtype, shape, offset, spread, nan, big_endian, rms,
                                           dmin, dmax, dmean, nversion, nlabl, extended, exttyp, mapc, trailing,
                                           seed):

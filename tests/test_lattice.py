@@ -26,6 +26,8 @@ from ptolemy_rt.lattice import (
     summed_area_table,
 )
 
+from .conftest import examples
+
 SHAPE = (1024, 1440)
 
 
@@ -99,13 +101,12 @@ def test_recovers_lattice(seed, spacing, angle):
     check_recovered(fit_lattice(centroids, mask), spacing, angle, truth)
 
 
-@pytest.mark.examples(8)
-@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**16),
-    spacing=st.floats(40.0, 400.0),
-    angle=st.floats(0.0, 90.0, exclude_max=True),
-)
+@examples(8, settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              seed=st.integers(0, 2**16),
+              spacing=st.floats(40.0, 400.0),
+              angle=st.floats(0.0, 90.0, exclude_max=True),
+          ))
 def test_recovers_any_lattice(seed, spacing, angle):
     centroids, mask, truth = scene(seed, spacing, angle)
     check_recovered(fit_lattice(centroids, mask), spacing, angle, truth)
@@ -239,15 +240,14 @@ def brute_cost(mask, origin, u, lambda_fn=10.0, lambda_fp=1.0, max_hw=15.0):
     return rasterised_cost(mask, points, h, lambda_fn, lambda_fp)
 
 
-@pytest.mark.examples(8)
-@settings(max_examples=25, deadline=None, derandomize=True)
-@given(
-    seed=st.integers(0, 1000),
-    spacing=st.floats(10.0, 60.0),
-    angle=st.floats(0.0, 90.0),
-    ox=st.floats(-40.0, 140.0),
-    oy=st.floats(-40.0, 110.0),
-)
+@examples(8, settings(max_examples=25, deadline=None, derandomize=True),
+          given(
+              seed=st.integers(0, 1000),
+              spacing=st.floats(10.0, 60.0),
+              angle=st.floats(0.0, 90.0),
+              ox=st.floats(-40.0, 140.0),
+              oy=st.floats(-40.0, 110.0),
+          ))
 def test_summed_area_cost_matches_rasterised_cost(seed, spacing, angle, ox, oy):
     rng = np.random.default_rng(seed)
     mask = rng.random((70, 100)) < 0.3
@@ -419,13 +419,12 @@ def check_general(lat: Lattice | None, basis: np.ndarray, truth: np.ndarray, sha
     assert dist.max() < 0.15 * d, dist.max() / d
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**16),
-    spacing=st.floats(8.0, 400.0),
-    **BASIS_SHAPES,
-)
+@examples(10, settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              seed=st.integers(0, 2**16),
+              spacing=st.floats(8.0, 400.0),
+              **BASIS_SHAPES,
+          ))
 def test_recovers_any_general_lattice(seed, spacing, ratio, gamma, theta):
     basis = basis_of(spacing, ratio, gamma, theta)
     centroids, mask, truth, shape = general_scene(seed, basis)
@@ -536,15 +535,14 @@ def apply_steps(a: np.ndarray, b: np.ndarray, steps) -> tuple[np.ndarray, np.nda
     return a, b
 
 
-@pytest.mark.examples(50)
-@settings(max_examples=200, deadline=None, derandomize=True)
-@given(
-    spacing=st.floats(8.0, 400.0),
-    ratio=st.floats(0.5, 2.0),
-    gamma=st.floats(40.0, 140.0),
-    theta=st.floats(0.0, 360.0),
-    steps=unimodular_steps,
-)
+@examples(50, settings(max_examples=200, deadline=None, derandomize=True),
+          given(
+              spacing=st.floats(8.0, 400.0),
+              ratio=st.floats(0.5, 2.0),
+              gamma=st.floats(40.0, 140.0),
+              theta=st.floats(0.0, 360.0),
+              steps=unimodular_steps,
+          ))
 def test_canonical_basis_is_the_same_for_any_basis_of_the_lattice(spacing, ratio, gamma, theta, steps):
     basis = basis_of(spacing, ratio, gamma, theta)
     a0, b0 = basis[:, 0], basis[:, 1]
@@ -618,15 +616,14 @@ def brute_cost_general(mask, origin, u, v, lambda_fn=10.0, lambda_fp=1.0, max_hw
     return rasterised_cost(mask, near, h, lambda_fn, lambda_fp, disjoint=True)
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=25, deadline=None, derandomize=True)
-@given(
-    seed=st.integers(0, 1000),
-    spacing=st.floats(8.0, 40.0),
-    **BASIS_SHAPES,
-    ox=st.floats(-20.0, 80.0),
-    oy=st.floats(-20.0, 60.0),
-)
+@examples(10, settings(max_examples=25, deadline=None, derandomize=True),
+          given(
+              seed=st.integers(0, 1000),
+              spacing=st.floats(8.0, 40.0),
+              **BASIS_SHAPES,
+              ox=st.floats(-20.0, 80.0),
+              oy=st.floats(-20.0, 60.0),
+          ))
 def test_general_cost_matches_rasterised_cost(seed, spacing, ratio, gamma, theta, ox, oy):
     rng = np.random.default_rng(seed)
     mask = rng.random((50, 70)) < 0.3
@@ -839,15 +836,14 @@ def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cel
     return centroids[rng.permutation(len(centroids))], mask, truth, shape
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**16),
-    spacing=st.floats(20.0, 160.0),
-    **BASIS_SHAPES,
-    coset=st.integers(0, 2),
-    present=st.floats(0.5, 1.0),
-)
+@examples(10, settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              seed=st.integers(0, 2**16),
+              spacing=st.floats(20.0, 160.0),
+              **BASIS_SHAPES,
+              coset=st.integers(0, 2),
+              present=st.floats(0.5, 1.0),
+          ))
 def test_blobs_between_the_holes_do_not_make_a_denser_lattice(seed, spacing, ratio, gamma, theta, coset, present):
     """The U-Net's smaller, looser blobs on a coset between the holes (half or more of its points): the
     lattice through both is 1/sqrt(2) or 1/2 of the true one and explains every blob, but the index-2
@@ -859,13 +855,12 @@ def test_blobs_between_the_holes_do_not_make_a_denser_lattice(seed, spacing, rat
     assert lat.n_set_aside > 0.5 * present * 0.5 * len(truth)
 
 
-@pytest.mark.examples(8)
-@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**16),
-    spacing=st.floats(16.0, 160.0),
-    **BASIS_SHAPES,
-)
+@examples(8, settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              seed=st.integers(0, 2**16),
+              spacing=st.floats(16.0, 160.0),
+              **BASIS_SHAPES,
+          ))
 def test_a_lattice_of_like_holes_is_never_split(seed, spacing, ratio, gamma, theta):
     """Holes alike on every coset (20 % missing, 30 % strays): the index-2 check keeps the whole lattice and
     sets nothing aside (the converse of the test above)."""
@@ -953,15 +948,15 @@ _coord = st.one_of(st.floats(-400.0, 400.0), st.integers(-400, 400).map(lambda k
                    st.floats(-1e9, 1e9), st.floats(-1e15, 1e15))
 
 
-@pytest.mark.examples(100)
-@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much])
-@given(origin=st.tuples(_coord, _coord),
-       spacing=st.one_of(st.floats(2.0, 200.0), st.integers(2, 100).map(float)),
-       ratio=st.floats(0.5, 3.0), angle=st.floats(-180.0, 180.0),
-       between=st.one_of(st.floats(1.0, 179.0), st.floats(1e-4, 0.5), st.sampled_from([60.0, 90.0, 120.0])),
-       shape=st.tuples(st.integers(1, 300), st.integers(1, 300)),
-       tol=st.one_of(st.floats(-60.0, 60.0), st.integers(-60, 60).map(float),
-                     st.integers(-120, 120).map(lambda k: k / 2)))
+@examples(100, settings(max_examples=400, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.filter_too_much]),
+          given(origin=st.tuples(_coord, _coord),
+                spacing=st.one_of(st.floats(2.0, 200.0), st.integers(2, 100).map(float)),
+                ratio=st.floats(0.5, 3.0), angle=st.floats(-180.0, 180.0),
+                between=st.one_of(st.floats(1.0, 179.0), st.floats(1e-4, 0.5), st.sampled_from([60.0, 90.0, 120.0])),
+                shape=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+                tol=st.one_of(st.floats(-60.0, 60.0), st.integers(-60, 60).map(float),
+                              st.integers(-120, 120).map(lambda k: k / 2))))
 @example(origin=(999999999999999.0, 960121910059537.0), spacing=2.0, ratio=1.0, angle=-69.98611834689903,
          between=5.0, shape=(2, 1), tol=0.0)  # one point missed with one index of margin
 def test_lattice_points_match_brute_force_enumeration(origin, spacing, ratio, angle, between, shape, tol):

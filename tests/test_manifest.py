@@ -16,6 +16,8 @@ from ptolemy_rt.errors import ModelError
 from ptolemy_rt.manifest import ModelSpec, UnetScale, parse_manifest, read_manifest, validate_model_set
 from ptolemy_rt.models import ModelSet, default_models_dir
 
+from .conftest import examples
+
 pytest.importorskip("onnx", reason="onnx is a dev extra (pip install -e '.[dev,cpu]')")
 
 from .tiny_models import make_tiny_set  # noqa: E402
@@ -136,11 +138,11 @@ _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allo
                     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
-@pytest.mark.examples(50)
-@settings(max_examples=200, deadline=None, derandomize=True)
-@given(st.sampled_from(["square_cnn", "hole_unet", "hole_cnn"]),
-       st.sampled_from(["bn", "threshold", "multiple", "scale", "max_pixels", "min_size", "crop_size", "crop_scale",
-                        "crop_min_side", "opset", "input", "sha256", "file", "pixel_size_A"]), _VALUES)
+@examples(50, settings(max_examples=200, deadline=None, derandomize=True),
+          given(st.sampled_from(["square_cnn", "hole_unet", "hole_cnn"]),
+                st.sampled_from(["bn", "threshold", "multiple", "scale", "max_pixels", "min_size", "crop_size",
+                                 "crop_scale", "crop_min_side", "opset", "input", "sha256", "file", "pixel_size_A"]),
+                _VALUES))
 def test_any_field_value_parses_or_is_refused_by_name(task, key, value):
     base = {"format": 1, "name": "x", "models": {task: {"file": "a.onnx", "sha256": "0" * 64, key: value}}}
     problems: list[str] = []

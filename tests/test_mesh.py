@@ -19,7 +19,7 @@ from ptolemy_rt.mesh import (
     mesh_number,
 )
 
-from .conftest import synthetic_medmag
+from .conftest import examples, synthetic_medmag
 
 
 def render_mesh(size: int, pitch: float, bar: float, angle_deg: float, *, seed: int = 0, dose: float = 200.0,
@@ -58,14 +58,13 @@ def angle_diff(a: float, b: float) -> float:
     return abs(((a - b) + 45.0) % 90.0 - 45.0)
 
 
-@pytest.mark.examples(5)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    pitch=st.floats(16.0, 110.0),
-    bar_share=st.floats(0.08, 0.4),
-    angle=st.floats(0.0, 89.99),
-    seed=st.integers(0, 2**16),
-)
+@examples(5, settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              pitch=st.floats(16.0, 110.0),
+              bar_share=st.floats(0.08, 0.4),
+              angle=st.floats(0.0, 89.99),
+              seed=st.integers(0, 2**16),
+          ))
 def test_pitch_and_angle_of_generated_meshes(pitch, bar_share, angle, seed):
     bar = max(2.0, bar_share * pitch)
     img = render_mesh(512, pitch, bar, angle, seed=seed)
@@ -202,9 +201,9 @@ def test_fit_square_lattice_with_an_origin_off_by_half_a_cell():
     assert len(fit.missing) == 0 or np.min(np.hypot(*(fit.missing[:, None, :] - centres[None]).T)) > 0.5 * m.pitch_px
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=25, deadline=None)
-@given(pitch=st.floats(8.0, 200.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000), y0=st.integers(0, 6000))
+@examples(10, settings(max_examples=25, deadline=None),
+          given(pitch=st.floats(8.0, 200.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000),
+                y0=st.integers(0, 6000)))
 def test_fold_bins_pixels_as_float64_does(pitch, angle, x0, y0):
     # The fold's bins in float32 on window coordinates: every pixel in the bin float64 on image coordinates
     # gives, except those within 1e-3 bin of a bin edge (where rounding decides either way)...

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ptolemy_rt import _workers
 from ptolemy_rt import mesh as m
+from tests.conftest import examples
 from tests.test_mesh import render_mesh
 
 
@@ -130,10 +131,10 @@ def _same(x, y):
     return x.shape == y.shape and np.array_equal(x.view(np.uint64), y.view(np.uint64))
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=25, deadline=None)
-@given(pitch=st.floats(8.0, 120.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000), y0=st.integers(0, 6000),
-       rows=st.integers(1, 40), seed=st.integers(0, 2**16), mask=st.sampled_from(["all", "disc", "random"]))
+@examples(10, settings(max_examples=25, deadline=None),
+          given(pitch=st.floats(8.0, 120.0), angle=st.floats(0.0, 89.9), x0=st.integers(0, 6000),
+                y0=st.integers(0, 6000),
+                rows=st.integers(1, 40), seed=st.integers(0, 2**16), mask=st.sampled_from(["all", "disc", "random"])))
 def test_fold_is_the_plain_loop_to_the_bit(pitch, angle, x0, y0, rows, seed, mask):
     # Values of many magnitudes (float64 sums that round), so adding the blocks out of order would show; with
     # two threads too (the fold runs in the calling thread: the same bits either way).

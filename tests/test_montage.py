@@ -23,6 +23,7 @@ from ptolemy_rt.montage import (
     tile_boundaries,
     tile_gains,
 )
+from tests.conftest import examples
 
 MDOC = """PixelSpacing = 656.139
 ImageFile = LMM.mrc
@@ -312,12 +313,11 @@ def _plain_row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: in
         return np.where(both, np.nanmedian(per, axis=0), np.nan)
 
 
-@pytest.mark.examples(20)
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(h=st.integers(24, 140), w=st.integers(24, 140), seed=st.integers(0, 2**32 - 1), ties=st.booleans(),
-       bad=st.sampled_from(["none", "nan", "inf"]), axis=st.sampled_from([0, 1]),
-       vectors=st.lists(st.tuples(st.integers(-60, 60), st.integers(-60, 60)), min_size=1, max_size=3),
-       paired=st.booleans(), long=st.booleans())
+@examples(20, settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
+          given(h=st.integers(24, 140), w=st.integers(24, 140), seed=st.integers(0, 2**32 - 1), ties=st.booleans(),
+                bad=st.sampled_from(["none", "nan", "inf"]), axis=st.sampled_from([0, 1]),
+                vectors=st.lists(st.tuples(st.integers(-60, 60), st.integers(-60, 60)), min_size=1, max_size=3),
+                paired=st.booleans(), long=st.booleans()))
 def test_row_residual_is_the_plain_statistic_to_the_bit(h, w, seed, ties, bad, axis, vectors, paired, long):
     """The seam search's residual (each -v shift's medians taken from its +v twin, differences in one scratch
     array) equals the per-shift np.median definition byte for byte: shifts in +-pairs or not, shifts that do not

@@ -25,7 +25,7 @@ from ptolemy_rt.navigator import (
 )
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 
-from .conftest import synthetic_medmag
+from .conftest import examples, synthetic_medmag
 
 # Map item 17-1-A of pyserialem's test navigator, as quoted in shared/serialem-nav.md.
 MAP_17 = """[Item = 17-1-A]
@@ -84,15 +84,15 @@ def test_binned_copy_of_the_map_scales_onto_it():
         frame.stage_xy(1, 1, (400, 400))
 
 
-@pytest.mark.examples(20)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),
-    stage=st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200)),
-    wh=st.tuples(st.integers(64, 8192), st.integers(64, 8192)),
-    fractions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=12),
-    crlf=st.booleans(),
-)
+@examples(20, settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(
+                  lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),
+              stage=st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200)),
+              wh=st.tuples(st.integers(64, 8192), st.integers(64, 8192)),
+              fractions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=12),
+              crlf=st.booleans(),
+          ))
 def test_round_trip_through_the_parser(mat, stage, wh, fractions, crlf):
     newline = "\r\n" if crlf else "\n"
     other_point = "[Item = 7]\nColor = 0\nStageXYZ = 1 2 3\nNumPts = 1\nRegis = 1\nType = 0\nMapID = 42\n"

@@ -13,6 +13,8 @@ from hypothesis.extra import numpy as hnp
 from ptolemy_rt import _orderstats
 from ptolemy_rt._orderstats import median, nanmedian, percentile, unique
 
+from .conftest import examples
+
 pytestmark = pytest.mark.skipif(not _orderstats._SAME_AS_NUMPY, reason="numpy < 2.4: every call is numpy's own")
 
 
@@ -52,9 +54,8 @@ QS = st.one_of(
 )
 
 
-@pytest.mark.examples(50)
-@settings(max_examples=400, deadline=None)
-@given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data())
+@examples(50, settings(max_examples=400, deadline=None),
+          given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data()))
 def test_percentile_is_numpys(dtype, nan, ties, data):
     x = data.draw(arrays(dtype, nan=nan, ties=ties))
     q = data.draw(QS)
@@ -90,18 +91,16 @@ def test_percentile_refuses_what_numpy_refuses(q):
         percentile(np.arange(4, dtype=np.float32), q)
 
 
-@pytest.mark.examples(40)
-@settings(max_examples=300, deadline=None)
-@given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data())
+@examples(40, settings(max_examples=300, deadline=None),
+          given(dtype=st.sampled_from([np.float32, np.float64]), nan=st.booleans(), ties=st.booleans(), data=st.data()))
 def test_median_is_numpys(dtype, nan, ties, data):
     x = data.draw(arrays(dtype, nan=nan, ties=ties))
     same(median(x), np.median(x), zero_sign=False)
 
 
-@pytest.mark.examples(30)
-@settings(max_examples=100, deadline=None)
-@given(x=hnp.arrays(st.sampled_from([np.int32, np.int64, np.uint8, np.int16]),
-                    hnp.array_shapes(min_dims=1, max_dims=2, max_side=30)))
+@examples(30, settings(max_examples=100, deadline=None),
+          given(x=hnp.arrays(st.sampled_from([np.int32, np.int64, np.uint8, np.int16]),
+                             hnp.array_shapes(min_dims=1, max_dims=2, max_side=30))))
 def test_median_of_integers_is_numpys(x):
     same(median(x), np.median(x))
 
@@ -112,14 +111,13 @@ def test_median_of_a_list_and_of_nothing():
         assert np.isnan(median(np.zeros(0)))
 
 
-@pytest.mark.examples(40)
-@settings(max_examples=300, deadline=None)
-@given(x=st.one_of(
-    hnp.arrays(st.sampled_from([np.int8, np.int32, np.int64, np.uint16, np.bool_]),
-               hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=40)),
-    arrays(np.float32, nan=True, ties=True),
-    arrays(np.float64, nan=True, ties=False),
-))
+@examples(40, settings(max_examples=300, deadline=None),
+          given(x=st.one_of(
+             hnp.arrays(st.sampled_from([np.int8, np.int32, np.int64, np.uint16, np.bool_]),
+                        hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=40)),
+             arrays(np.float32, nan=True, ties=True),
+             arrays(np.float64, nan=True, ties=False),
+         )))
 def test_unique_is_numpys(x):
     same(unique(x), np.unique(x))
 
@@ -138,9 +136,8 @@ def test_none_imports_numpy_ma():
     assert r.stdout.strip() == "False"
 
 
-@pytest.mark.examples(50)
-@settings(max_examples=400, deadline=None)
-@given(dtype=st.sampled_from([np.float32, np.float64]), ties=st.booleans(), data=st.data())
+@examples(50, settings(max_examples=400, deadline=None),
+          given(dtype=st.sampled_from([np.float32, np.float64]), ties=st.booleans(), data=st.data()))
 def test_nanmedian_of_columns_is_numpys(dtype, ties, data):
     if ties:
         elements = st.sampled_from([-2.0, -0.0, 0.0, 0.5, 1.0, np.inf, -np.inf, np.nan, np.nan])

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ptolemy_rt import film
 from ptolemy_rt.crops import _zero_outside, crop_matrix
 
-from .conftest import synthetic_atlas, synthetic_medmag
+from .conftest import examples, synthetic_atlas, synthetic_medmag
 
 
 def _former_zero_outside(out, m, xmax, ymax):
@@ -42,11 +42,10 @@ def _same_bits(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-@pytest.mark.examples(75)
-@settings(max_examples=300, deadline=None)
-@given(rows=st.integers(1, 300), cols=st.integers(1, 300), angle=st.one_of(
-    st.sampled_from([0.0, 90.0, 180.0, 270.0, 45.0, -45.0]), st.floats(-360.0, 360.0)),
-    cx=st.floats(-150.0, 350.0), cy=st.floats(-150.0, 250.0), snap=st.booleans())
+@examples(75, settings(max_examples=300, deadline=None),
+          given(rows=st.integers(1, 300), cols=st.integers(1, 300), angle=st.one_of(
+             st.sampled_from([0.0, 90.0, 180.0, 270.0, 45.0, -45.0]), st.floats(-360.0, 360.0)),
+             cx=st.floats(-150.0, 350.0), cy=st.floats(-150.0, 250.0), snap=st.booleans()))
 def test_zero_outside_in_its_box_is_the_former_test(rows, cols, angle, cx, cy, snap):
     if snap:  # the first pixel's source exactly on the left and top edges (ties at the limit)
         cx, cy = (cols - 1) / 2.0, (rows - 1) / 2.0
@@ -58,12 +57,11 @@ def test_zero_outside_in_its_box_is_the_former_test(rows, cols, angle, cx, cy, s
     assert _same_bits(fast, former)
 
 
-@pytest.mark.examples(50)
-@settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 60), cols=st.integers(1, 60),
-       scale=st.floats(1.0, 40.0), sign=st.sampled_from([1.0, -1.0]),
-       spread=st.sampled_from([0.0, 1e-6, 0.5, 1.0 - 2.0**-20, 1.0 - 2.0**-19]),
-       magnitude=st.sampled_from([1e-30, 1e-20, 1.0, 1e3, 1e30]))
+@examples(50, settings(max_examples=200, deadline=None),
+          given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 60), cols=st.integers(1, 60),
+                scale=st.floats(1.0, 40.0), sign=st.sampled_from([1.0, -1.0]),
+                spread=st.sampled_from([0.0, 1e-6, 0.5, 1.0 - 2.0**-20, 1.0 - 2.0**-19]),
+                magnitude=st.sampled_from([1e-30, 1e-20, 1.0, 1e3, 1e30])))
 def test_a_map_of_one_sign_scales_up_to_that_sign(seed, rows, cols, scale, sign, spread, magnitude):
     # Whatever _uniform_sign calls one-signed keeps that sign at every pixel of cv2's bilinear enlargement,
     # down to the smallest values it accepts (2^-20 of the largest; 1e-30).

@@ -13,6 +13,8 @@ from scipy.spatial import ConvexHull
 
 from ptolemy_rt import regions
 
+from .conftest import examples
+
 
 def slow_regions(mask: np.ndarray, window: int = 6, min_area: float = 100.0) -> list[tuple[frozenset, float, int]]:
     """The method as the paper's code describes it: convolve with a window, label 8-connected, keep the mask
@@ -85,9 +87,8 @@ def test_blob_inside_a_ring_is_its_own_region():
     assert sorted(r.areas) == pytest.approx([20 * 20, 90 * 90])
 
 
-@pytest.mark.examples(10)
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 100_000), density=st.floats(0.002, 0.08), window=st.sampled_from([1, 3, 6, 7]))
+@examples(10, settings(max_examples=30, deadline=None),
+          given(seed=st.integers(0, 100_000), density=st.floats(0.002, 0.08), window=st.sampled_from([1, 3, 6, 7])))
 def test_matches_the_slow_method(seed, density, window):
     rng = np.random.default_rng(seed)
     mask = (rng.random((48, 64)) < density).astype(np.uint8)
@@ -129,9 +130,9 @@ def test_polygon_helpers():
     assert np.allclose(regions.polygon_centroid(square + 1000.0), [1001.0, 1001.0])
 
 
-@pytest.mark.examples(15)
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 100_000), window=st.sampled_from([1, 2, 3, 6]), min_area=st.sampled_from([0.0, 4.0, 30.0]))
+@examples(15, settings(max_examples=40, deadline=None),
+          given(seed=st.integers(0, 100_000), window=st.sampled_from([1, 2, 3, 6]),
+                min_area=st.sampled_from([0.0, 4.0, 30.0])))
 def test_outer_boundaries_give_the_hulls_of_all_boundaries(seed, window, min_area):
     """Hulls from the blobs' outermost boundaries (with every boundary traced when a region lies wholly in
     another blob's hole) equal those from all boundaries, to the bit: rings with islands near and far from
@@ -195,11 +196,10 @@ def _corner_hull(centre_hull: np.ndarray) -> np.ndarray:
     return np.concatenate((hull[start:], hull[:start])) if start else hull
 
 
-@pytest.mark.examples(40)
-@settings(max_examples=150, deadline=None)
-@given(sets=st.lists(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=14),
-                     min_size=1, max_size=12),
-       offset=st.tuples(st.integers(0, 3000), st.integers(0, 3000)))
+@examples(40, settings(max_examples=150, deadline=None),
+          given(sets=st.lists(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=14),
+                              min_size=1, max_size=12),
+                offset=st.tuples(st.integers(0, 3000), st.integers(0, 3000))))
 def test_grown_hulls_are_the_hulls_of_the_corners(sets, offset):
     """_grown_hulls (the unit square's corners that are vertices, from the centre hull's edges) gives, for many
     polygons at once, cv2's hull of all corners vertex for vertex and in its order: lone points, segments,

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from ptolemy_rt import spacing
 
+from .conftest import examples
+
 
 def plain_filter(shape: tuple[int, int], max_period: float) -> np.ndarray:
     """The band-pass as first written: both exponentials over every element."""
@@ -46,16 +48,14 @@ def test_filter_is_the_plain_formula(shape, max_period):
     same(spacing._filter.__wrapped__(shape, max_period), plain_filter(shape, max_period))
 
 
-@pytest.mark.examples(20)
-@settings(max_examples=60, deadline=None)
-@given(rows=st.integers(8, 800), cols=st.integers(8, 800), max_period=st.floats(2.0, 400.0))
+@examples(20, settings(max_examples=60, deadline=None),
+          given(rows=st.integers(8, 800), cols=st.integers(8, 800), max_period=st.floats(2.0, 400.0)))
 def test_filter_is_the_plain_formula_for_any_shape(rows, cols, max_period):
     same(spacing._filter.__wrapped__((rows, cols), max_period), plain_filter((rows, cols), max_period))
 
 
-@pytest.mark.examples(15)
-@settings(max_examples=60, deadline=None)
-@given(lr=st.integers(0, 320), lc=st.integers(0, 320))
+@examples(15, settings(max_examples=60, deadline=None),
+          given(lr=st.integers(0, 320), lc=st.integers(0, 320)))
 def test_radii_and_rings_are_the_plain_formula(lr, lc):
     for ours, plain in zip(spacing._radii.__wrapped__((lr, lc)), plain_radii((lr, lc))):
         same(ours, plain)

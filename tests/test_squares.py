@@ -17,6 +17,8 @@ from ptolemy_rt.crops import fit_to_canvas, sample_rotated_crop
 from ptolemy_rt.errors import TooSmallError
 from ptolemy_rt.io import read_image
 
+from .conftest import examples
+
 # The parity tests run the original's pipeline (the default adds mesh, disc and lattice: test_squares_mesh.py).
 COMPAT = squares.SquareOptions.ptolemy()
 
@@ -310,9 +312,8 @@ def test_crops_are_centred_on_non_square_images(example):
             assert abs(rr.mean() - 119.5) < 4 and abs(cc.mean() - 119.5) < 4
 
 
-@pytest.mark.examples(8)
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9), batch=st.integers(1, 5))
+@examples(8, settings(max_examples=25, deadline=None),
+          given(seed=st.integers(0, 10_000), theta=st.floats(0, 89.9), batch=st.integers(1, 5)))
 def test_square_crops_into_a_reused_buffer_equal_fresh_ones(seed, theta, batch):
     """Batches cropped into one buffer, each resetting only what the last crop in its slot wrote, equal fresh
     arrays to the bit (large and small squares, squares cut by the image edge)."""
@@ -601,10 +602,9 @@ def test_class_stats_in_blocks_are_the_whole_image_sums(rows, cols, block, seed)
         monkey.undo()
 
 
-@pytest.mark.examples(12)
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), top=st.sampled_from([3, 255, 4095, 65535]), zeros=st.floats(0.0, 0.5),
-       rows=st.integers(1, 700))
+@examples(12, settings(max_examples=40, deadline=None),
+          given(seed=st.integers(0, 10_000), top=st.sampled_from([3, 255, 4095, 65535]), zeros=st.floats(0.0, 0.5),
+                rows=st.integers(1, 700)))
 def test_class_stats_of_whole_numbers_sum_to_the_same_bits(seed, top, zeros, rows):
     """The first pass over whole-number pixels sums in any order: the same mean and std to the bit as the
     pixel-order sums (several blocks of rows, zeros left out)."""
@@ -624,11 +624,12 @@ def _plain_class_stats(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(float(np.cumsum((sel - mean) ** 2)[-1]) / sel.size)
 
 
-@pytest.mark.examples(30)
-@settings(max_examples=120, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
-       kind=st.sampled_from(["counts", "flattened", "wide", "tiny", "negative", "nan", "inf", "subnormal", "huge"]),
-       threads=st.sampled_from([1, 2, 3]), keep=st.sampled_from([0, 4 << 20]))
+@examples(30, settings(max_examples=120, deadline=None),
+          given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90),
+                block=st.integers(1, 3000),
+                kind=st.sampled_from(["counts", "flattened", "wide", "tiny", "negative", "nan", "inf", "subnormal",
+                                      "huge"]),
+                threads=st.sampled_from([1, 2, 3]), keep=st.sampled_from([0, 4 << 20])))
 def test_class_stats_is_the_pixel_order_sums_to_the_bit(seed, rows, cols, block, kind, threads, keep):
     """class_stats (first pass summed in any order where that is exact, else in order; blocks made on other
     threads) gives the plain pixel-order cumsum's mean and std to the bit, for pixels where the any-order sum is
@@ -732,11 +733,12 @@ def test_square_results_hold_each_arrays_values(n, seed, scored, bdtype):
     assert all(type(s.x) is float and type(s.vertices[0][0]) is float for s in got)
 
 
-@pytest.mark.examples(30)
-@settings(max_examples=120, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90), block=st.integers(1, 3000),
-       kind=st.sampled_from(["counts", "flattened", "wide", "negative", "nan", "constant"]),
-       threads=st.sampled_from([1, 2, 3]), bound=st.sampled_from([4.0, 1e12]), keep=st.sampled_from([0, 4 << 20]))
+@examples(30, settings(max_examples=120, deadline=None),
+          given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 90), cols=st.integers(1, 90),
+                block=st.integers(1, 3000),
+                kind=st.sampled_from(["counts", "flattened", "wide", "negative", "nan", "constant"]),
+                threads=st.sampled_from([1, 2, 3]), bound=st.sampled_from([4.0, 1e12]),
+                keep=st.sampled_from([0, 4 << 20])))
 def test_crop_normalisation_is_class_stats_as_the_crops_take_it(seed, rows, cols, block, kind, threads, bound, keep):
     """crop_normalisation (second pass summed in any order where that cannot change float32(1 / std)) gives the
     crops what class_stats gives them: the same mean to the bit, the same float32 reciprocal of the std and its
