@@ -67,6 +67,19 @@ def one_line(text: str) -> str:
                    else repr(c)[1:-1] for c in text)
 
 
+def size_text(n_bytes: float) -> str:
+    """A size in a message, in the binary unit that shows its number (1.0 to 1023.9): "5.9 KiB", "1.5 GiB",
+    "512 bytes". One unit for every size printed "0.0 GiB" for a budget of kilobytes."""
+    if n_bytes < 1024:
+        return f"{int(n_bytes)} bytes"
+    value = float(n_bytes)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if round(value, 1) < 1024:  # 1023.96 KiB is shown as 1.0 MiB, not 1024.0 KiB
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} EiB"
+
+
 # The bidirectional controls (marks, embeddings, overrides, isolates): they reorder what a terminal shows.
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 

@@ -33,6 +33,7 @@ from .errors import (
     TooLargeError,
     TooSmallError,
     UnsupportedFormatError,
+    size_text,
 )
 
 __all__ = [
@@ -524,8 +525,8 @@ def _check_raster(raw: bytes, name: str, max_pixels: int) -> int:
                                 "(raise the budget with --max-pixels)")
         if pixels * bpp > DECODE_BYTES_PER_PIXEL * max_pixels:
             raise TooLargeError(f"{name}: the header claims {width}x{height} pixels of {bpp} bytes "
-                                f"({pixels * bpp / 2**30:.1f} GiB to decode), over the budget of "
-                                f"{DECODE_BYTES_PER_PIXEL * max_pixels / 2**30:.1f} GiB ({DECODE_BYTES_PER_PIXEL} "
+                                f"({size_text(pixels * bpp)} to decode), over the budget of "
+                                f"{size_text(DECODE_BYTES_PER_PIXEL * max_pixels)} ({DECODE_BYTES_PER_PIXEL} "
                                 "bytes a pixel of --max-pixels; raise it with --max-pixels)")
         if pixels * bpp > MAX_RATIO * len(raw) and pixels > (1 << 24):
             raise CorruptFileError(f"{name}: the header claims {width}x{height} pixels from {len(raw)} bytes "

@@ -10,7 +10,7 @@ import cv2
 import mrcfile
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -612,3 +612,28 @@ def test_a_path_that_is_no_regular_file_is_worded_once(tmp_path):
             _sha256(path)
         assert str(read.value) == str(hashed.value) == not_regular(path) == f"{path}: not a regular file"
         assert read.value.exit_code == hashed.value.exit_code == 2
+
+
+def test_the_decode_budget_message_shows_small_sizes_in_their_unit(tmp_path):
+    """Closing note 10: at small budgets the decode-cost refusal said "(0.0 GiB to decode), over the budget of
+    0.0 GiB". Sizes are shown in the unit that shows the number (errors.size_text)."""
+    path = tmp_path / "b.tif"
+    path.write_bytes(_tiff_header(40, 25, 16, 3, 4096))  # 1000 px of 6 bytes: 6000 bytes, within 1000 px
+    with pytest.raises(TooLargeError, match=r"40x25 pixels of 6 bytes \(5\.9 KiB to decode\), over the budget of "
+                                            r"3\.9 KiB \(4 bytes a pixel"):
+        io.read_image(path, max_pixels=1000)
+
+
+@given(st.integers(0, 2**63))
+@example(1023)
+@example(1024)
+@example(1024 * 1024 - 1)  # rounds up to the next unit: 1.0 MiB, not 1024.0 KiB
+@example(2**63)
+def test_size_text_shows_a_number_of_one_to_1024_units_near_the_size(n):
+    from ptolemy_rt.errors import size_text
+
+    number, unit = size_text(n).split(" ")
+    scale = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50, "EiB": 2**60}[unit]
+    value = float(number)
+    assert (value == n if unit == "bytes" else 1.0 <= value < 1024.0 or unit == "EiB")
+    assert abs(value * scale - n) <= 0.05 * scale
