@@ -422,7 +422,7 @@ def _quiet_cv2(cv2) -> None:
         cv2.setLogLevel(0)
 
 
-def _raster_claims(raw: bytes, name: str) -> list[tuple[int, int, int]]:
+def _raster_claims(raw: bytes | memoryview, name: str) -> list[tuple[int, int, int]]:
     """(width, height, bytes per pixel) of each page a PNG, JPEG, BMP or TIFF header declares; [] if unknown."""
     import struct
 
@@ -455,7 +455,7 @@ def _raster_claims(raw: bytes, name: str) -> list[tuple[int, int, int]]:
     return []
 
 
-def _tiff_claims(raw: bytes, order: str, name: str) -> list[tuple[int, int, int]]:
+def _tiff_claims(raw: bytes | memoryview, order: str, name: str) -> list[tuple[int, int, int]]:
     """Walk a classic TIFF's IFD chain (bounded, loop-safe) for each page's size."""
     import struct
 
@@ -509,7 +509,7 @@ def _check_raster_section(path: Path, name: str, section: int | None, pages: int
         raise ShapeError(f"{name}: section {section} does not exist (the stack has {pages})")
 
 
-def _check_raster(raw: bytes, name: str, max_pixels: int) -> int:
+def _check_raster(raw: bytes | memoryview, name: str, max_pixels: int) -> int:
     """Refuse, from the header alone, a raster image that claims more pixels than the budget; return the number
     of images the header lists (0 when it could not be read)."""
     claims = _raster_claims(raw, name)
@@ -593,7 +593,8 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     raw_bytes = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
-    pages = _check_raster(raw_bytes.tobytes(), name, max_pixels)
+    # the header is read from the file's bytes themselves: a copy (tobytes) held a large TIFF twice at once
+    pages = _check_raster(memoryview(raw_bytes).toreadonly(), name, max_pixels)
     _check_raster_section(path, name, section, pages)
     with _library_messages() as messages:
         try:

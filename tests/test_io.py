@@ -637,3 +637,38 @@ def test_size_text_shows_a_number_of_one_to_1024_units_near_the_size(n):
     value = float(number)
     assert (value == n if unit == "bytes" else 1.0 <= value < 1024.0 or unit == "EiB")
     assert abs(value * scale - n) <= 0.05 * scale
+
+
+def test_the_header_check_reads_the_files_bytes_without_a_copy(tmp_path, monkeypatch):
+    """Closing note 10: _read_raster copied the file's bytes (tobytes()) only to parse the header: twice a large
+    uncompressed TIFF's size held at once. The check now reads the bytes read from the file (a memoryview)."""
+    import tracemalloc
+
+    size = 16 << 20
+    path = tmp_path / "big.tif"
+    path.write_bytes(_tiff_header(4096, 4096, 8, 1, size))  # the page's IFD after its 16 MiB strip
+    monkeypatch.setattr(io, "_decode_raster", lambda *args, **kwargs: (np.zeros((64, 64), np.uint8), None))
+    tracemalloc.start()
+    try:
+        io.read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size <= peak < 1.25 * size, peak / size
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"BM", b"\xff\xd8", b"II*\x00", b"MM\x00*", b""]),
+       st.binary(max_size=400))
+def test_header_claims_from_a_buffer_are_those_from_bytes(magic, rest):
+    """The header parser reads a memoryview of the file's bytes as it read a bytes copy: the same claims, or
+    the same error (a short TIFF's struct.error included: read_image words it as an unreadable image)."""
+    raw = magic + rest
+
+    def claims(data):
+        try:
+            return io._raster_claims(data, "x")
+        except Exception as exc:  # noqa: BLE001 -- whatever it raises, the same for both
+            return type(exc).__name__, str(exc)
+
+    assert claims(memoryview(np.frombuffer(raw, np.uint8)).toreadonly()) == claims(raw)
