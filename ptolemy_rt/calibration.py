@@ -132,6 +132,10 @@ class Calibration:
             raise CalibrationError("calibration knots: 'ours' must increase strictly and 'target' never decrease")
         if a.min() < 0 or a.max() > 1 or b.min() < 0 or b.max() > 1:
             raise CalibrationError("calibration knots must lie in [0, 1]")
+        try:  # its identity (sha256) is its strict JSON: NaN or Infinity anywhere in it is no calibration
+            json.dumps(self.models, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(f"calibration 'models' is not plain finite JSON ({exc})") from None
 
     def __call__(self, scores: Any) -> np.ndarray:
         """The calibrated scores (float64 array, in [0, 1]); NaN stays NaN."""

@@ -129,6 +129,10 @@ def pytest_generate_tests(metafunc) -> None:
     if getattr(metafunc.function, "fast_twin", None) is None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: mark it with tests.conftest.examples(n, "
                                 "settings(...), given(...)), not with pytest.mark.examples")
+    # An @example above examples(...) would decorate the [full] twin alone: the [fast] run would skip it.
+    explicit = "hypothesis_explicit_examples"
+    if getattr(metafunc.function, explicit, None) != getattr(metafunc.function.fast_twin, explicit, None):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: put @example lines below examples(...)")
     metafunc.parametrize("_examples", [pytest.param("fast", id="fast"),
                                        pytest.param("full", id="full", marks=pytest.mark.slow)], indirect=True)
 
@@ -139,7 +143,7 @@ def _run_fast_twins(items) -> None:
         if getattr(item, "callspec", None) is not None and item.callspec.params.get("_examples") == "fast":
             if hasattr(item.obj, "__self__"):  # a method: pytest binds it to a new instance; the twin is a function
                 raise pytest.UsageError(f"{item.nodeid}: examples(...) takes module-level tests only")
-            item.obj = item.obj.fast_twin
+            item.obj = getattr(item.obj, "fast_twin", item.obj)  # once, even if this hook ran twice
 
 
 @pytest.fixture(autouse=True)

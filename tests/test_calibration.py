@@ -99,6 +99,8 @@ def test_pairing_is_nearest_first_one_to_one_within_tolerance():
     ({"ours": [0.1]}, "one length"),
     ({"ours": "abc"}, "ill-typed"),
     ({"pairs": float("inf")}, "ill-typed"),  # json.dumps writes Infinity, json.loads reads it: int() overflowed
+    # its identity is its strict JSON: a NaN in the models it names made every run with it exit 70
+    ({"models": {**IDS, "note": float("nan")}}, "not plain finite JSON"),
 ])
 def test_bad_calibration_files_are_refused_naming_the_problem(tmp_path, change, message):
     good = fit([0.2, 0.6], [0.3, 0.7], "holes", "cnn", IDS).to_dict()

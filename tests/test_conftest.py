@@ -45,3 +45,29 @@ def test_examples_twins_draw_their_own_counts(tmp_path):
         assert run.returncode == 0, run.stdout + run.stderr
         seen[step] = Counter(counts.read_text().split())
     assert seen == {"default": {"fast": 3}, "slow": {"full": 7}}
+
+
+EXAMPLE_ABOVE = '''
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import examples
+
+
+@example(5)
+@examples(2, settings(max_examples=4, database=None), given(st.integers(0, 10)))
+def test_misplaced(x):
+    pass
+'''
+
+
+def test_an_example_above_examples_is_refused(tmp_path):
+    """An @example above examples(...) decorates the [full] twin alone (the default run would never try it):
+    collection stops and says where it goes."""
+    (tmp_path / "conftest.py").write_text("from tests.conftest import _examples, pytest_collection_modifyitems, "
+                                          "pytest_generate_tests  # noqa: F401\n")
+    (tmp_path / "test_above.py").write_text(textwrap.dedent(EXAMPLE_ABOVE))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_above.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "put @example lines below examples(...)" in run.stdout + run.stderr
