@@ -8,7 +8,7 @@ __all__ = ["NUMERIC_OPTIONS", "join_negative_numbers"]
 
 # Options whose value may be a negative number: `--edge-tolerance -1e3` must not read -1e3 as an option.
 NUMERIC_OPTIONS = frozenset({"--edge-tolerance", "--threshold", "--min-area", "--window", "--threads", "--section",
-                             "--seed", "--max-pixels", "--top", "--min-score", "--pixel-size"})
+                             "--seed", "--max-pixels", "--top", "--min-score", "--pixel-size", "--tolerance"})
 
 
 def join_negative_numbers(argv: Sequence[str]) -> list[str]:

@@ -190,6 +190,33 @@ def test_negative_numbers_parse_without_equals():
         assert args.edge_tolerance == value
 
 
+def test_every_numeric_option_takes_a_negative_number():
+    """Each option of any command whose value is a number is in argv.NUMERIC_OPTIONS, so `--opt -1e3` reaches
+    its range check instead of argparse's "expected one argument" (calibrate's --tolerance was missing)."""
+    import argparse
+
+    from ptolemy_rt.argv import NUMERIC_OPTIONS
+    from ptolemy_rt.cli import build_parser
+
+    numeric = set()
+    parsers = [build_parser()]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.type is not None:
+                value = None
+                for probe in ("1", "0.5"):  # --threshold takes (0, 1) only
+                    try:
+                        value = action.type(probe)
+                        break
+                    except (argparse.ArgumentTypeError, TypeError, ValueError):
+                        continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    numeric.update(o for o in action.option_strings if o.startswith("--"))
+    assert numeric == NUMERIC_OPTIONS
+
+
 def test_empty_output_and_single_file_for_several_inputs_are_refused(tmp_path, small_mrc, capsys):
     with pytest.raises(SystemExit) as e:
         main(["squares", str(small_mrc), "-o", ""])
