@@ -5,8 +5,11 @@ The strongest peak of the power spectrum is not always the fundamental: on the r
 look in real space: the image's autocorrelation has a peak at every lattice vector, nearly as high as the
 highest, and the shortest such peak whose square-lattice neighbours (the vector turned by 90 degrees,
 their sum and difference, twice each) are peaks too is a basis vector, whichever harmonic dominates the
-spectrum. The neighbour test also rejects the rings of maxima a hole's edge and Fresnel fringes put around
-the origin, and the ridge a grid bar draws. The basis is refined by least squares over all peaks near
+spectrum. A hexagonal array (gold foil) has no such pair at its period: there the shortest peak whose
+neighbours at 60 degrees are peaks is the basis vector (the square test passes only at sqrt(13) periods,
+where a vector of the array and its turn by 90 degrees nearly meet lattice vectors again). The neighbour
+test also rejects the rings of maxima a hole's edge and Fresnel fringes put around the origin, and the
+ridge a grid bar draws. The basis is refined by least squares over all peaks near
 lattice vectors, which gives sub-pixel precision.
 """
 
@@ -51,11 +54,13 @@ _MIN_VALID = 0.5
 
 @dataclass(frozen=True)
 class LatticeEstimate:
-    """Square-lattice period (px) and angle (degrees, counter-clockwise on screen, in [0, 90))."""
+    """Lattice period (px, the nearest-neighbour distance) and angle (degrees, counter-clockwise on screen, in
+    [0, 90) for a square lattice, [0, 60) for a hexagonal one)."""
 
     spacing_px: float
     angle_deg: float
     strength: float  # autocorrelation coefficient at the basis vector, 0..1
+    kind: str = "square"  # or "hexagonal"
 
 
 def _finite(x: np.ndarray) -> bool:
@@ -395,10 +400,20 @@ def _near(peaks: np.ndarray, target: np.ndarray, tol: float) -> int:
     return i if d[i] <= tol else -1
 
 
-def _supported(peaks: np.ndarray, t: np.ndarray, max_lag: tuple[int, int], floor: float) -> bool:
-    """Whether the square lattice of t has peaks (>= floor) at t turned 90 degrees and at most of
-    t +- v, 2t, 2v that fit in the lag window."""
-    v = np.array([-t[1], t[0]])
+def _turned(t: np.ndarray, turn_deg: int) -> np.ndarray:
+    """t turned by 90 or 60 degrees (the second basis vector of a square or hexagonal lattice of t)."""
+    if turn_deg == 90:
+        return np.array([-t[1], t[0]])
+    c, s = 0.5, math.sqrt(3.0) / 2.0
+    return np.array([c * t[0] - s * t[1], s * t[0] + c * t[1]])
+
+
+def _supported(peaks: np.ndarray, t: np.ndarray, max_lag: tuple[int, int], floor: float,
+               turn_deg: int = 90) -> bool:
+    """Whether the lattice of t and v = t turned by turn_deg (90: square, 60: hexagonal) has peaks (>= floor)
+    at v and at most of t +- v, 2t, 2v that fit in the lag window. In a hexagonal lattice t - v is a nearest
+    neighbour too, and is required: with v alone, one row of peaks would pass."""
+    v = _turned(t, turn_deg)
     strong = peaks[peaks[:, 2] >= floor]
     tol = 0.08 * float(np.hypot(*t)) + 1.0
     if _near(strong, v, tol) < 0:
@@ -408,14 +423,17 @@ def _supported(peaks: np.ndarray, t: np.ndarray, max_lag: tuple[int, int], floor
         p = a * t + b * v
         if abs(p[0]) > max_lag[1] - 1 or abs(p[1]) > max_lag[0] - 1:
             continue
+        near = _near(strong, p, tol * max(abs(a), abs(b))) >= 0
+        if turn_deg == 60 and (a, b) == (1, -1) and not near:
+            return False
         predicted += 1
-        found += _near(strong, p, tol * max(abs(a), abs(b))) >= 0
+        found += near
     return found >= math.ceil(0.5 * predicted) and (predicted == 0 or found >= 1)
 
 
-def _refine(peaks: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Least-squares basis u (v = u turned 90 degrees) over all peaks within |u|/6 of a lattice vector."""
-    v = np.array([-u[1], u[0]])
+def _refine(peaks: np.ndarray, u: np.ndarray, turn_deg: int = 90) -> np.ndarray:
+    """Least-squares basis u (v = u turned by turn_deg) over all peaks within |u|/6 of a lattice vector."""
+    v = _turned(u, turn_deg)
     basis = np.stack([u, v], axis=1)
     ab = np.rint(np.linalg.solve(basis, peaks[:, :2].T).T)
     resid = np.hypot(*(peaks[:, :2] - ab @ basis.T).T)
@@ -423,6 +441,9 @@ def _refine(peaks: np.ndarray, u: np.ndarray) -> np.ndarray:
     if sel.sum() < 2:
         return u
     a, b = ab[sel, 0], ab[sel, 1]
+    if turn_deg == 60:
+        # t = a u + b v with v = (c ux - s uy, s ux + c uy): tx = (a + c b) ux - s b uy, ty = s b ux + (a + c b) uy
+        a, b = a + 0.5 * b, math.sqrt(3.0) / 2.0 * b
     # t = a u + b v with v = (-uy, ux): tx = a ux - b uy, ty = a uy + b ux
     m = np.concatenate([np.stack([a, -b], 1), np.stack([b, a], 1)])
     rhs = np.concatenate([peaks[sel, 0], peaks[sel, 1]])
@@ -472,14 +493,17 @@ def _search(x: np.ndarray, robust: bool, binned: _Binned | None = None) -> Latti
         r = int(round(math.hypot(*t)))
         if h - _ring_mean(rho, max_lag, r) < _RING_CONTRAST * h:
             continue
-        if not _supported(peaks, t, max_lag, _PARTNER * h):
+        # The square test first, so that a square lattice reads as before; then the hexagonal one.
+        turn = next((k for k in (90, 60) if _supported(peaks, t, max_lag, _PARTNER * h, k)), None)
+        if turn is None:
             continue
-        u = _refine(peaks, t)
+        u = _refine(peaks, t, turn)
         spacing = float(np.hypot(*u)) * factor
-        angle = math.degrees(math.atan2(-u[1], u[0])) % 90.0
-        if angle >= 90.0:  # -tiny % 90.0 rounds to 90.0
+        angle = math.degrees(math.atan2(-u[1], u[0])) % float(turn)
+        if angle >= turn:  # -tiny % 90.0 rounds to 90.0
             angle = 0.0
-        return LatticeEstimate(spacing_px=spacing, angle_deg=angle, strength=h)
+        return LatticeEstimate(spacing_px=spacing, angle_deg=angle, strength=h,
+                               kind="square" if turn == 90 else "hexagonal")
     return None
 
 
@@ -497,8 +521,8 @@ def period_estimates(image: np.ndarray) -> Iterator[tuple[float, str]]:
     estimate_spacing's period first (bar-masked, else plain), then the other preparation's, then both on a
     full-resolution central crop of _WORK_SIDE px (binning a large whole-grid-square view puts its 10-20 px
     period at the working floor, where the grid bars' pitch wins), then the strongest peaks of the radial
-    power spectrum (a hexagonal array fails the square-lattice test above; its first ring of spectral peaks
-    is at sqrt(3)/2 of its period, within the U-Net's range). The caller runs the U-Net at each and keeps
+    power spectrum (a hexagonal array too fine or faint for the tests above shows its first ring of spectral
+    peaks at sqrt(3)/2 of its period, within the U-Net's range). The caller runs the U-Net at each and keeps
     the lattice that explains its map best. Lazy: a caller that is convinced early pays for no more.
     """
     x = np.asarray(image)
