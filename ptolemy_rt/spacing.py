@@ -452,7 +452,7 @@ def _refine(peaks: np.ndarray, u: np.ndarray, turn_deg: int = 90) -> np.ndarray:
 
 
 def estimate_lattice(image: np.ndarray) -> LatticeEstimate | None:
-    """Square-lattice period and angle of an image from its autocorrelation; None without a lattice."""
+    """Square or hexagonal lattice period and angle of an image from its autocorrelation; None without one."""
     x = np.asarray(image)
     if x.ndim != 2 or min(x.shape) < 32 or _too_thin(x) or not _finite(x):
         return None
@@ -508,7 +508,7 @@ def _search(x: np.ndarray, robust: bool, binned: _Binned | None = None) -> Latti
 
 
 def estimate_spacing(image: np.ndarray) -> float | None:
-    """Lattice period in pixels of a square lattice of holes, or None (blank, noise, no lattice)."""
+    """Lattice period in pixels of a square or hexagonal lattice of holes, or None (blank, noise, no lattice)."""
     est = estimate_lattice(image)
     return None if est is None else est.spacing_px
 
