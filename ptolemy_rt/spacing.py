@@ -19,6 +19,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -34,7 +35,7 @@ _MIN_PEAK = 0.08
 _REL_PEAK = 0.3
 # ... and exceed the mean correlation over its circle of lags by this fraction of its height;
 _RING_CONTRAST = 0.3
-# its square-lattice neighbours must reach this fraction of its height.
+# its square or hexagonal lattice's neighbours must reach this fraction of its height.
 _PARTNER = 0.4
 # Autocorrelation lags are searched up to this fraction of each side (overlap >= 40 %).
 _MAX_LAG = 0.6
@@ -60,7 +61,7 @@ class LatticeEstimate:
     spacing_px: float
     angle_deg: float
     strength: float  # autocorrelation coefficient at the basis vector, 0..1
-    kind: str = "square"  # or "hexagonal"
+    kind: Literal["square", "hexagonal"] = "square"
 
 
 def _finite(x: np.ndarray) -> bool:
@@ -403,9 +404,14 @@ def _near(peaks: np.ndarray, target: np.ndarray, tol: float) -> int:
 def _turned(t: np.ndarray, turn_deg: int) -> np.ndarray:
     """t turned by 90 or 60 degrees (the second basis vector of a square or hexagonal lattice of t)."""
     if turn_deg == 90:
+        # exactly, not through cos(90 degrees), which is 6e-17: square lattices read to the bit as before
         return np.array([-t[1], t[0]])
-    c, s = 0.5, math.sqrt(3.0) / 2.0
-    return np.array([c * t[0] - s * t[1], s * t[0] + c * t[1]])
+    if turn_deg != 60:
+        raise ValueError(f"turn_deg must be 90 or 60, got {turn_deg!r}")
+    return np.array([0.5 * t[0] - _SIN60 * t[1], _SIN60 * t[0] + 0.5 * t[1]])
+
+
+_SIN60 = math.sqrt(3.0) / 2.0
 
 
 def _supported(peaks: np.ndarray, t: np.ndarray, max_lag: tuple[int, int], floor: float,
@@ -443,7 +449,7 @@ def _refine(peaks: np.ndarray, u: np.ndarray, turn_deg: int = 90) -> np.ndarray:
     a, b = ab[sel, 0], ab[sel, 1]
     if turn_deg == 60:
         # t = a u + b v with v = (c ux - s uy, s ux + c uy): tx = (a + c b) ux - s b uy, ty = s b ux + (a + c b) uy
-        a, b = a + 0.5 * b, math.sqrt(3.0) / 2.0 * b
+        a, b = a + 0.5 * b, _SIN60 * b
     # t = a u + b v with v = (-uy, ux): tx = a ux - b uy, ty = a uy + b ux
     m = np.concatenate([np.stack([a, -b], 1), np.stack([b, a], 1)])
     rhs = np.concatenate([peaks[sel, 0], peaks[sel, 1]])
@@ -482,6 +488,7 @@ def _search(x: np.ndarray, robust: bool, binned: _Binned | None = None) -> Latti
         return None
     strongest = float(peaks[:, 2].max())
     longest = _MAX_PERIOD * min(z.shape)
+    first = True
     for i in np.argsort(np.hypot(peaks[:, 0], peaks[:, 1]), kind="stable"):
         t = peaks[i, :2]
         h = float(peaks[i, 2])
@@ -493,14 +500,18 @@ def _search(x: np.ndarray, robust: bool, binned: _Binned | None = None) -> Latti
         r = int(round(math.hypot(*t)))
         if h - _ring_mean(rho, max_lag, r) < _RING_CONTRAST * h:
             continue
-        # The square test first, so that a square lattice reads as before; then the hexagonal one.
-        turn = next((k for k in (90, 60) if _supported(peaks, t, max_lag, _PARTNER * h, k)), None)
+        # The square test first, so that a square lattice reads as before; then the hexagonal one, on the
+        # shortest such peak alone: a hexagonal array's period is its shortest vector, while far out any
+        # lattice (a rectangular one, 2u +- v) has vectors near 60 degrees apart within the tolerance.
+        turns = (90, 60) if first else (90,)
+        first = False
+        turn = next((k for k in turns if _supported(peaks, t, max_lag, _PARTNER * h, k)), None)
         if turn is None:
             continue
         u = _refine(peaks, t, turn)
         spacing = float(np.hypot(*u)) * factor
         angle = math.degrees(math.atan2(-u[1], u[0])) % float(turn)
-        if angle >= turn:  # -tiny % 90.0 rounds to 90.0
+        if angle >= turn:  # -tiny % 90.0 (or 60.0) rounds to the modulus
             angle = 0.0
         return LatticeEstimate(spacing_px=spacing, angle_deg=angle, strength=h,
                                kind="square" if turn == 90 else "hexagonal")

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from ptolemy_rt.spacing import estimate_lattice, estimate_spacing, period_estimates, spectrum_periods
 
+from .conftest import examples
+
 
 def disc_lattice(spacing, angle, shape=(1024, 1440), seed=0, radius_frac=0.3, contrast=40.0, noise=10.0,
                  gradient=30.0, turn=90.0):
@@ -148,10 +150,9 @@ def test_hexagonal_lattices(spacing, angle):
     assert next(period_estimates(img)) == (est.spacing_px, "image")
 
 
-@pytest.mark.examples(6)
-@settings(max_examples=60, deadline=None)
-@given(spacing=st.floats(30.0, 120.0), angle=st.floats(0.0, 90.0), turn=st.sampled_from([60.0, 90.0]),
-       seed=st.integers(0, 2**16))
+@examples(6, settings(max_examples=60, deadline=None),
+          given(spacing=st.floats(30.0, 120.0), angle=st.floats(0.0, 90.0), turn=st.sampled_from([60.0, 90.0]),
+                seed=st.integers(0, 2**16)))
 def test_lattice_kind_and_period(spacing, angle, turn, seed):
     # Square and hexagonal arrays at any angle read as their own kind, at their nearest-neighbour distance.
     est = estimate_lattice(disc_lattice(spacing, angle, shape=(512, 720), seed=seed, turn=turn))
