@@ -342,7 +342,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # fired on; fitting a lattice to thousands of such blobs would cost seconds and find nothing.
         limit = None if primary else _LADDER_EXCESS * rows * cols / candidate**2 + 10
         lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window,
-                                            min_regularity=None if primary else _MIN_REGULARITY)
+                                            min_regularity=None if primary else _MIN_REGULARITY, image=image.data)
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob
@@ -439,7 +439,7 @@ def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, opti
         raise ValueError(f"probability map shape {prob.shape} differs from the image's {image.shape}")
     timings = {} if timings is None else timings
     info = _info(image)
-    lattice, reason, _ = _fit_map(prob, _threshold(opts, models), opts, timings)
+    lattice, reason, _ = _fit_map(prob, _threshold(opts, models), opts, timings, image=image.data)
     if lattice is None:
         return _empty(info, models, reason or "no lattice", timings)
     return _holes_on_lattice(image, prob, lattice, models, opts, timings, info)
@@ -489,13 +489,15 @@ def _info(image: Image) -> ImageInfo:
 
 def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str, float],
              max_centroids: float | None = None, window: int = REGION_WINDOW,
-             min_regularity: float | None = None) -> tuple[Lattice | None, str | None, float]:
+             min_regularity: float | None = None,
+             image: np.ndarray | None = None) -> tuple[Lattice | None, str | None, float]:
     """Threshold, centroids and lattice of a probability map: (lattice, None, quality) or (None, reason, 0).
 
     quality: the share of centroids on the lattice (less those on cosets set aside, Lattice.n_set_aside)
     times the share of lattice points on a positive pixel.
     With more than `max_centroids` candidates, or at least _REGULAR_MIN_BLOBS of them less regular than
-    `min_regularity` (lattice.regularity), no lattice is fitted.
+    `min_regularity` (lattice.regularity), no lattice is fitted. `image` (the map's, same shape): the general
+    model's index-2 check also compares the image's brightness at the centroids (centroid_brightness).
     """
     t = time.perf_counter()
     mask = prob > thr
@@ -511,10 +513,14 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
         timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
         if share < min_regularity:
             return None, f"the {len(centroids)} hole candidates lie irregularly (no lattice)", 0.0
+    brightness = None
     if opts.lattice_model == "general":
         centroids = _uncut(centroids, mask)
+        if image is not None:
+            brightness = centroid_brightness(image, centroids, _blob_radius(mask, len(centroids)))
     t = time.perf_counter()
-    lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine, model=opts.lattice_model)  # type: ignore[arg-type]
+    lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine, model=opts.lattice_model,  # type: ignore[arg-type]
+                          brightness=brightness)
     timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
     if lattice is None:
         what = "square lattice" if opts.lattice_model == "square" else "lattice"
@@ -522,6 +528,28 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
     # blobs the index-2 check set aside (the U-Net's between the holes) are no evidence against the lattice
     explained = max(len(centroids) - lattice.n_set_aside, 1)
     return lattice, None, min(lattice.n_inliers / explained, 1.0) * lattice.occupancy
+
+
+def _blob_radius(mask: np.ndarray, n: int) -> float:
+    """The radius (px) of a disc as large as the mean blob: positive pixels per centroid."""
+    return math.sqrt(float(np.count_nonzero(mask)) / max(n, 1) / math.pi)
+
+
+def centroid_brightness(image: np.ndarray, centroids: np.ndarray, radius: float) -> np.ndarray | None:
+    """Mean of `image` over a square of half-width ~radius / 2 (at least 1 px) around each centroid (n, 2) xy,
+    cut by the image's edges; None where the image is not finite there."""
+    img = np.asarray(image)
+    rows, cols = img.shape
+    h = max(1, int(round(0.5 * radius)))
+    x = np.rint(centroids[:, 0]).astype(np.int64)
+    y = np.rint(centroids[:, 1]).astype(np.int64)
+    offsets = np.arange(-h, h + 1, dtype=np.int64)
+    # (n, 2h + 1) rows and columns, clipped to the image: a square cut by an edge repeats the edge's pixels
+    r = np.clip(y[:, None] + offsets, 0, rows - 1)
+    c = np.clip(x[:, None] + offsets, 0, cols - 1)
+    patches = img[r[:, :, None], c[:, None, :]].astype(np.float64)
+    values = patches.reshape(len(centroids), -1).mean(axis=1)
+    return values if np.all(np.isfinite(values)) else None
 
 
 def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -532,7 +560,7 @@ def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     the lattice by that shift. The square model's single vector averages it out, and compat must not change.
     Kept as they are when fewer than 4 would remain."""
     rows, cols = mask.shape
-    radius = math.sqrt(float(np.count_nonzero(mask)) / max(len(centroids), 1) / math.pi)
+    radius = _blob_radius(mask, len(centroids))
     edge = np.minimum(np.minimum(centroids[:, 0], cols - 1 - centroids[:, 0]),
                       np.minimum(centroids[:, 1], rows - 1 - centroids[:, 1]))
     keep = edge > 1.2 * radius

@@ -888,6 +888,42 @@ def _strength(stats: tuple) -> float:
     return stats[0] * stats[1] if stats[1] > 0 else 0.0
 
 
+def _coset_parities(c: np.ndarray, origin: Point, ra: np.ndarray, rb: np.ndarray,
+                    radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For _sparsify's three index-2 sublattices of the reduced basis (ra, rb) in its order: (the centroids
+    within `radius` of a lattice point, their coset there: 0 the origin's, 1 the other), as index arrays."""
+    inv = np.linalg.inv(np.stack([ra, rb], axis=1))
+    o = np.asarray(origin, dtype=np.float64)
+    cell = np.rint((c - o) @ inv.T)
+    on = np.flatnonzero(np.hypot(*(c - o - cell @ np.stack([ra, rb])).T) < radius)
+    m, n = cell[on, 0].astype(np.int64), cell[on, 1].astype(np.int64)
+    return [(on, m % 2), (on, n % 2), (on, (m + n) % 2)]
+
+
+def _brighter_coset(brightness: np.ndarray, on: np.ndarray, coset: np.ndarray) -> int | None:
+    """0 or 1 where the centroids on one coset are nearly all brighter in the image than nearly all of those
+    on the other (the holes and the film between them), else None.
+
+    Nearly all: the brighter coset's _BRIGHT_QUANTILE above the darker one's 1 - _BRIGHT_QUANTILE, with at
+    least _BRIGHT_MIN_CENTROIDS on each. A lattice's own cosets look alike (interleaved, they share the
+    image's gradients and the holes' scatter in ice), and for two samples of one distribution so clean a
+    split is a chance of 1 in C(2n, n) or less (1 in 184,756 at n = 10). The holes' spread is the ice's, the
+    film's is small: a split in spreads (medians 3 pooled spreads apart) would miss them."""
+    values = [brightness[on[coset == k]] for k in (0, 1)]
+    if min(len(v) for v in values) < _BRIGHT_MIN_CENTROIDS:
+        return None
+    hi = int(median(values[1]) > median(values[0]))
+    if not np.quantile(values[hi], _BRIGHT_QUANTILE) > np.quantile(values[1 - hi], 1.0 - _BRIGHT_QUANTILE):
+        return None
+    return hi
+
+
+# _brighter_coset: the quantiles of each coset's brightness that must not overlap, and how many centroids each
+# coset needs.
+_BRIGHT_QUANTILE = 0.05
+_BRIGHT_MIN_CENTROIDS = 10
+
+
 def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
              min_spacing_px: float) -> tuple[Point, Point, Point, int]:
     """The densest lattice the holes fill: while one of the three index-2 superlattices (adding a/2, b/2 or
@@ -926,30 +962,43 @@ def _densify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
     return origin, a, b, 0
 
 
-def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point) -> tuple[Point, Point, Point, int]:
+def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
+              brightness: np.ndarray | None = None) -> tuple[Point, Point, Point, int]:
     """The converse of _densify: while one of the three index-2 sublattices ((2a, b), (a, 2b), (a+b, a-b))
-    splits the lattice into a coset of holes and one of blobs unlike them (_likeness below _COSET_LIKENESS),
+    splits the lattice into a coset of holes and one of blobs unlike them (_likeness below _COSET_LIKENESS,
+    or, given each centroid's `brightness` in the image, a coset far darker than the other: _brighter_coset),
     take the holes' coset and refit.
 
     The U-Net, run at a period well below its own (a capped upscale) or on a blurred view, fires weaker
     blobs between the holes, often enough that the lattice through both (1/sqrt 2 or 1/2 of the period)
-    costs less than the true one; every such lattice is the union of the true one and a coset of it.
+    costs less than the true one; every such lattice is the union of the true one and a coset of it. On a
+    grid-square view at 30-45 px periods its blobs on the film between the holes can be as large and as well
+    placed as the holes' (and the hole CNN then prefers the film's crops): only the image tells them apart.
     Returns the lattice and how many centroids lay on the cosets set aside.
     """
     set_aside = 0
     for _ in range(2):  # down to index 4
         ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
         radius, hw = 0.25 * math.hypot(*ra), _SIZE_WINDOW * math.hypot(*ra)
+        parities = _coset_parities(c, origin, ra, rb, radius) if brightness is not None else None
         worst = None
-        for h, basis in ((ra, (2.0 * ra, rb)), (rb, (ra, 2.0 * rb)), (ra, (ra + rb, ra - rb))):
+        for k, (h, basis) in enumerate(((ra, (2.0 * ra, rb)), (rb, (ra, 2.0 * rb)), (ra, (ra + rb, ra - rb)))):
             one = _coset_stats(c, sat, origin, *basis, radius, hw)
             other_origin = (origin[0] + h[0], origin[1] + h[1])
             two = _coset_stats(c, sat, other_origin, *basis, radius, hw)
-            if _strength(one) < _strength(two):  # the holes' coset: more blobs, or larger ones
+            bright = None if parities is None else _brighter_coset(brightness, *parities[k])
+            if bright is not None:
+                # The darker coset is film whatever its blobs look like (holes transmit more than film does).
+                if bright == 1:
+                    one, two = two, one
+                keep = origin if bright == 0 else other_origin
+                like = 0.0
+            elif _strength(one) < _strength(two):  # the holes' coset: more blobs, or larger ones
                 one, two, keep = two, one, other_origin
+                like = _likeness(two, one, radius * 4.0)
             else:
                 keep = origin
-            like = _likeness(two, one, radius * 4.0)
+                like = _likeness(two, one, radius * 4.0)
             if one[0] >= _COSET_MIN and min(one[3], two[3]) >= _COSET_MIN_CENTROIDS and (
                     worst is None or like < worst[0]):
                 worst = (like, keep, basis, two[3])
@@ -978,6 +1027,7 @@ def fit_lattice(
     min_occupancy: float = 0.3,
     blob_halfwidth: float | None = 2.0,
     hidden_fallback: bool = True,
+    brightness: Any = None,
 ) -> Lattice | None:
     """Fit a lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
 
@@ -1006,12 +1056,16 @@ def fit_lattice(
 
     Both tests count only the centroids the lattice must explain: those the index-2 checks set aside as
     unlike the holes (Lattice.n_set_aside: _sparsify's, else _densify's) are left out.
+
+    brightness: optional (n,) image brightness at each centroid (the general model's index-2 check then also
+    sets aside a coset of centroids far darker than the other: film between holes, see _sparsify).
     """
     if model not in ("general", "square"):
         raise ValueError(f"model must be 'general' or 'square', got {model!r}")
     kind = model
     c, m = _checked_arguments(centroids, mask, k, lambda_fn, lambda_fp, max_halfwidth, refine, min_spacing_px,
                               min_inliers, min_occupancy, blob_halfwidth, hidden_fallback)
+    light = _checked_brightness(brightness, len(c))
     k = int(k)  # a whole float (6.0) or a numpy integer: slices take an int
     if len(c) < 2:
         return None
@@ -1028,7 +1082,7 @@ def fit_lattice(
         halfwidth = min(halfwidth, max(1.0, blob_halfwidth * blob_radius))
     memo: dict = {}  # the footprint sums of the candidates scanned, for the hidden fallback's search
     args = (c, sat, total, cands, lambda_fn, lambda_fp, halfwidth, refine, min_spacing_px, kind)
-    best = _search_lattice(*args, memo=memo, mask=m)
+    best = _search_lattice(*args, memo=memo, mask=m, brightness=light)
     if best is None:
         return None
     # A general lattice passes through any three centroids (a square one through any two), so one
@@ -1041,7 +1095,7 @@ def fit_lattice(
         return best
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:
         hidden = _search_lattice(c, sat, total, cands, lambda_fn, lambda_fp / 10.0, halfwidth, refine,
-                                 min_spacing_px, kind, memo=memo, mask=m)
+                                 min_spacing_px, kind, memo=memo, mask=m, brightness=light)
         if hidden is not None and hidden.n_inliers >= _HIDDEN_INLIERS * max(len(c) - hidden.n_set_aside, 1):
             return hidden
     return None
@@ -1084,6 +1138,21 @@ def _checked_arguments(centroids: Any, mask: Any, k: Any, lambda_fn: Any, lambda
     return c, raw.astype(bool, copy=False)
 
 
+def _checked_brightness(brightness: Any, n: int) -> np.ndarray | None:
+    """fit_lattice's brightness as (n,) float64 (None stays None); ValueError / TypeError naming it."""
+    if brightness is None:
+        return None
+    values = np.asarray(brightness)
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"fit_lattice: brightness must be real numbers, got {values.dtype}")
+    if values.shape != (n,):
+        raise ValueError(f"fit_lattice: brightness must hold one value per centroid ({n}), got shape {values.shape}")
+    values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("fit_lattice: brightness holds NaN or infinite values")
+    return values
+
+
 # A lattice most of whose points are hidden is accepted when this share of at least this many centroids
 # lies on it (by chance a centroid lands within a quarter period of a point 25 % of the time).
 _HIDDEN_INLIERS = 0.8
@@ -1095,11 +1164,12 @@ _REFINED_SLACK = 0.9
 
 def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidates, lambda_fn: float,
                     lambda_fp: float, halfwidth: float, refine: bool, min_spacing_px: float,
-                    model: str, memo: dict | None = None, mask: np.ndarray | None = None) -> Lattice | None:
+                    model: str, memo: dict | None = None, mask: np.ndarray | None = None,
+                    brightness: np.ndarray | None = None) -> Lattice | None:
     """The cheapest candidate lattice, refined, with its inlier count and occupancy (not yet judged).
 
     memo: footprint sums shared with an earlier search of the same candidates (_lattice_kernels.search);
-    mask: the boolean image behind `sat` (for the search's footprint tables)."""
+    mask: the boolean image behind `sat` (for the search's footprint tables); brightness: fit_lattice's."""
     k = _kernels()
     # Evaluate first the candidates whose vectors are typical of nearest neighbours: usually the true
     # lattice, whose low cost then prunes the rest early.
@@ -1136,7 +1206,7 @@ def _search_lattice(c: np.ndarray, sat: np.ndarray, total: int, cands: Candidate
             refined = True
         if refined:
             origin, u, v, unlike = _densify(c, sat, origin, u, v, min_spacing_px)
-            origin, u, v, set_aside = _sparsify(c, sat, origin, u, v)
+            origin, u, v, set_aside = _sparsify(c, sat, origin, u, v, brightness)
             set_aside = set_aside or unlike
     if refined:
         final_cost = lattice_cost(sat, origin, u, v, lambda_fn=lambda_fn, lambda_fp=lambda_fp,

@@ -1041,3 +1041,64 @@ def test_fit_lattice_names_a_bad_argument(centroids, kwargs, error, named):
     with pytest.raises(error):
         ptolemy_rt.fit_lattice(good if centroids is None else centroids, mask, **kwargs)
     assert fit_lattice(good.tolist(), mask.astype(np.uint8)) == fit_lattice(good, mask)
+
+
+def film_scene(seed: int, basis: np.ndarray, coset: int, cells=(9, 12)):
+    """Holes on the lattice `basis` (20 % missing) and blobs just like them on every point of one coset of an
+    index-2 superlattice (the U-Net firing on the film between holes), with each centroid's brightness: the
+    holes' scattered by their ice (180 +- 30), the film's darker and even (100 +- 8)."""
+    rng = np.random.default_rng(seed)
+    a, b = basis[:, 0], basis[:, 1]
+    d = math.hypot(*reduced(a, b)[0])
+    shape = (int(cells[0] * d), int(cells[1] * d))
+    rows, cols = shape
+    origin = np.array([cols / 2, rows / 2]) + basis @ rng.uniform(0, 1, 2)
+    truth = lattice_points(tuple(origin), tuple(a), tuple(b), shape, edge_tolerance=0.0)
+    holes = truth[rng.random(len(truth)) >= 0.2]
+    shift = (0.5 * a, 0.5 * b, 0.5 * (a + b))[coset]
+    film = lattice_points(tuple(origin + shift), tuple(a), tuple(b), shape, edge_tolerance=0.0)
+    holes = holes + rng.normal(0.0, 0.02 * d, holes.shape)
+    film = film + rng.normal(0.0, 0.02 * d, film.shape)
+    mask = np.zeros(shape, dtype=bool)
+    paint_discs(mask, holes, max(2.0, 0.2 * d))
+    paint_discs(mask, film, max(2.0, 0.2 * d))
+    centroids = np.concatenate([holes, film])
+    light = np.concatenate([rng.normal(180.0, 30.0, len(holes)), rng.normal(100.0, 8.0, len(film))])
+    order = rng.permutation(len(centroids))
+    return centroids[order], mask, light[order], truth, shape, len(film)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), spacing=st.floats(20.0, 120.0), **BASIS_SHAPES, coset=st.integers(0, 2))
+def test_film_between_the_holes_is_told_by_its_brightness(seed, spacing, ratio, gamma, theta, coset):
+    """Blobs on the film between the holes as large and as well placed as the holes' (a grid-square view's
+    U-Net map at a 30-45 px period): the mask cannot tell the lattice through both from the holes' own, the
+    image's brightness at the centroids can; the film's centroids are set aside."""
+    basis = basis_of(spacing, ratio, gamma, theta)
+    centroids, mask, light, truth, shape, n_film = film_scene(seed, basis, coset)
+    lat = fit_lattice(centroids, mask, model="general", brightness=light)
+    check_general(lat, basis, truth, shape)
+    assert lat.n_set_aside >= 0.9 * n_film
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), spacing=st.floats(16.0, 160.0), **BASIS_SHAPES,
+       spread=st.floats(0.0, 100.0))
+def test_brightness_alike_on_every_coset_changes_nothing(seed, spacing, ratio, gamma, theta, spread):
+    """Holes alike on every coset (20 % missing, 30 % strays) with any brightness that owes nothing to the
+    coset: the same lattice, to the bit, as without brightness."""
+    basis = basis_of(spacing, ratio, gamma, theta)
+    centroids, mask, truth, shape = general_scene(seed, basis)
+    light = np.random.default_rng(seed + 1).normal(150.0, spread, len(centroids))
+    assert fit_lattice(centroids, mask, model="general", brightness=light) == fit_lattice(centroids, mask,
+                                                                                         model="general")
+
+
+def test_brightness_arguments_are_checked():
+    centroids, mask, _ = scene(0, 60.0, 10.0)
+    with pytest.raises(ValueError, match="one value per centroid"):
+        fit_lattice(centroids, mask, model="general", brightness=np.ones(len(centroids) - 1))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit_lattice(centroids, mask, model="general", brightness=np.full(len(centroids), np.nan))
+    with pytest.raises(TypeError, match="brightness must be real numbers"):
+        fit_lattice(centroids, mask, model="general", brightness=np.array(["x"] * len(centroids)))
