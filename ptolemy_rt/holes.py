@@ -46,7 +46,8 @@ from .unet import (
 )
 from .views import SINGLE_HOLE_REASON, LargeHole, atlas_reason, large_holes
 
-__all__ = ["find_holes", "holes_from_map", "hole_centroids", "unet_scores", "cnn_scores", "default_score",
+__all__ = ["find_holes", "holes_from_map", "hole_centroids", "centroid_brightness", "unet_scores", "cnn_scores",
+           "default_score",
            "HoleOptions", "PTOLEMY_COMPAT", "SCORES", "MIN_SIDE", "HOLE_BATCHES"]
 
 MIN_SIDE = 256  # the issue's supported range is 256-4096 px per side
@@ -540,6 +541,8 @@ def centroid_brightness(image: np.ndarray, centroids: np.ndarray, radius: float)
     cut by the image's edges; None where the image is not finite there."""
     img = np.asarray(image)
     rows, cols = img.shape
+    if len(centroids) == 0:
+        return np.zeros(0, dtype=np.float64)
     h = max(1, int(round(0.5 * radius)))
     x = np.rint(centroids[:, 0]).astype(np.int64)
     y = np.rint(centroids[:, 1]).astype(np.int64)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._orderstats import median
+from ._orderstats import median, percentile
 
 __all__ = [
     "MAX_ANCHORS",
@@ -902,25 +902,28 @@ def _coset_parities(c: np.ndarray, origin: Point, ra: np.ndarray, rb: np.ndarray
 
 def _brighter_coset(brightness: np.ndarray, on: np.ndarray, coset: np.ndarray) -> int | None:
     """0 or 1 where the centroids on one coset are nearly all brighter in the image than nearly all of those
-    on the other (the holes and the film between them), else None.
+    on the other, and the darker ones are the more even (the holes and the film between them), else None.
 
-    Nearly all: the brighter coset's _BRIGHT_QUANTILE above the darker one's 1 - _BRIGHT_QUANTILE, with at
-    least _BRIGHT_MIN_CENTROIDS on each. A lattice's own cosets look alike (interleaved, they share the
-    image's gradients and the holes' scatter in ice), and for two samples of one distribution so clean a
-    split is a chance of 1 in C(2n, n) or less (1 in 184,756 at n = 10). The holes' spread is the ice's, the
-    film's is small: a split in spreads (medians 3 pooled spreads apart) would miss them."""
+    Nearly all: the brighter coset's _BRIGHT_PERCENTILE above the darker one's 100 - _BRIGHT_PERCENTILE, with
+    at least _BRIGHT_MIN_CENTROIDS on each. A lattice's own cosets look alike (interleaved, they share the
+    image's gradients and the holes' scatter in ice): for two samples of one distribution so clean a split is
+    a chance of about 1 in 10^4 at n = 10, far less with the hundreds a grid-square view holds. Even: the
+    darker coset's median absolute deviation is the smaller, as film's is beside the holes' ice; holes darker
+    than their film (thick ice, gold foil) scatter more than it, and are left to the blobs' tests."""
     values = [brightness[on[coset == k]] for k in (0, 1)]
     if min(len(v) for v in values) < _BRIGHT_MIN_CENTROIDS:
         return None
-    hi = int(median(values[1]) > median(values[0]))
-    if not np.quantile(values[hi], _BRIGHT_QUANTILE) > np.quantile(values[1 - hi], 1.0 - _BRIGHT_QUANTILE):
+    ranges = [percentile(v, [_BRIGHT_PERCENTILE, 50.0, 100.0 - _BRIGHT_PERCENTILE]) for v in values]
+    hi = int(ranges[1][1] > ranges[0][1])
+    if not ranges[hi][0] > ranges[1 - hi][2]:
         return None
-    return hi
+    spread = [float(median(np.abs(v - r[1]))) for v, r in zip(values, ranges)]
+    return hi if spread[1 - hi] < spread[hi] else None
 
 
-# _brighter_coset: the quantiles of each coset's brightness that must not overlap, and how many centroids each
+# _brighter_coset: the percentiles of each coset's brightness that must not overlap, and how many centroids each
 # coset needs.
-_BRIGHT_QUANTILE = 0.05
+_BRIGHT_PERCENTILE = 5.0
 _BRIGHT_MIN_CENTROIDS = 10
 
 
@@ -986,19 +989,17 @@ def _sparsify(c: np.ndarray, sat: np.ndarray, origin: Point, a: Point, b: Point,
             one = _coset_stats(c, sat, origin, *basis, radius, hw)
             other_origin = (origin[0] + h[0], origin[1] + h[1])
             two = _coset_stats(c, sat, other_origin, *basis, radius, hw)
-            bright = None if parities is None else _brighter_coset(brightness, *parities[k])
-            if bright is not None:
-                # The darker coset is film whatever its blobs look like (holes transmit more than film does).
-                if bright == 1:
-                    one, two = two, one
-                keep = origin if bright == 0 else other_origin
-                like = 0.0
-            elif _strength(one) < _strength(two):  # the holes' coset: more blobs, or larger ones
-                one, two, keep = two, one, other_origin
-                like = _likeness(two, one, radius * 4.0)
-            else:
-                keep = origin
-                like = _likeness(two, one, radius * 4.0)
+            holes = 1 if _strength(one) < _strength(two) else 0  # the holes' coset: more blobs, or larger ones
+            like = _likeness(*((two, one) if holes == 0 else (one, two)), radius * 4.0)
+            # Where the blobs cannot tell the cosets apart, the image may: a coset of the film between holes is
+            # darker than the holes (which transmit more) and even (the holes' ice scatters).
+            if like >= _COSET_LIKENESS and brightness is not None and parities is not None:
+                bright = _brighter_coset(brightness, *parities[k])
+                if bright is not None:
+                    holes, like = bright, 0.0
+            if holes == 1:
+                one, two = two, one
+            keep = origin if holes == 0 else other_origin
             if one[0] >= _COSET_MIN and min(one[3], two[3]) >= _COSET_MIN_CENTROIDS and (
                     worst is None or like < worst[0]):
                 worst = (like, keep, basis, two[3])
@@ -1027,7 +1028,7 @@ def fit_lattice(
     min_occupancy: float = 0.3,
     blob_halfwidth: float | None = 2.0,
     hidden_fallback: bool = True,
-    brightness: Any = None,
+    brightness: np.ndarray | None = None,
 ) -> Lattice | None:
     """Fit a lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
 
