@@ -493,6 +493,19 @@ class Progress:
 # ----------------------------------------------------------------------------------------------- outputs
 
 
+def _check_writable(outdir: Path) -> None:
+    """Create `outdir` and make (and drop) a file in it; OSError when it cannot be written.
+
+    The probe is a nameless file of this process's own (tempfile falls back to a unique name where the file
+    system has no O_TMPFILE): a fixed name was removed by the other of two batches sharing an output folder
+    (FileNotFoundError: "cannot write here", exit 4), and a folder of that name failed every batch."""
+    import tempfile
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=outdir, prefix=".ptolemy-rt-write-test.", suffix=".tmp"):
+        pass
+
+
 def _state_path(outdir: Path, item_id: str) -> Path:
     return outdir / ".state" / f"{item_id}.json"
 
@@ -710,10 +723,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         raise UsageError(f"-o {out}: exists and is not a folder")
     items, notes = discover(paths, kind=kind, exclude=out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".ptolemy-rt-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        _check_writable(out)
     except OSError as exc:
         print(f"error: -o {out}: cannot write here ({exc})", file=sys.stderr)
         return EXIT_OUTPUT

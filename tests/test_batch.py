@@ -1004,3 +1004,37 @@ def test_file_names_python_cannot_decode_are_text_in_every_output(tmp_path, loca
     for result in (out / "results").iterdir():
         path = json.loads(result.read_text(encoding="utf-8"))["image"]["path"]
         assert path.endswith(("/\\xffatlas.mrc", "/été atlas.mrc")) and path.encode("utf-8")
+
+
+def test_two_batches_sharing_an_output_folder_do_not_fail_each_others_write_check(tmp_path):
+    """The write check made and removed one fixed file name in OUTDIR: two batches started together on one
+    output folder removed each other's probe (FileNotFoundError: "cannot write here", exit 4), and a folder of
+    that name failed every batch. Each check now uses a file of its own, and leaves nothing."""
+    import threading
+
+    import mrcfile
+
+    from ptolemy_rt.batch import _check_writable
+    from ptolemy_rt.synthetic import make_atlas
+
+    out = tmp_path / "out"
+    errors: list[OSError] = []
+
+    def probe() -> None:
+        for _ in range(2000):
+            try:
+                _check_writable(out)
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=probe) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and list(out.iterdir()) == []
+    (out / ".ptolemy-rt-write-test").mkdir()
+    image = tmp_path / "atlas_1.mrc"
+    with mrcfile.new(image) as m:
+        m.set_data(make_atlas(3, shape=(320, 320))[0])
+    assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, report=False) == 0
