@@ -48,8 +48,9 @@ NUMERIC = [
     ("fit_lattice", "min_inliers", 0.0, 1.0, False, False, [0, 0.3, 1]),
     ("fit_lattice", "min_occupancy", 0.0, 1.0, False, False, [0, 0.3, 1]),
 ]
-# None is these arguments' default ("from the image's mesh", "the model's threshold").
-OPTIONAL = {("find_squares", "window"), ("find_squares", "min_area"), ("find_holes", "threshold")}
+# None is these arguments' default ("from the image's mesh", "the model's threshold", "2**28 pixels").
+OPTIONAL = {("find_squares", "window"), ("find_squares", "min_area"), ("find_holes", "threshold"),
+            ("read_image", "max_pixels")}
 FLAGS = [("find_squares", "compat"), ("find_squares", "seams"), ("find_squares", "lattice"),
          ("find_holes", "refine"), ("find_holes", "cnn"), ("find_holes", "keep_off_film"),
          ("read_image", "permissive"), ("fit_lattice", "refine"), ("fit_lattice", "hidden_fallback")]
