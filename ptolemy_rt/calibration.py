@@ -251,11 +251,11 @@ def pair_targets(ours_xy: Any, theirs_xy: Any, tolerance: float) -> list[tuple[i
 def read_original_targets(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Centres (n, 2) and scores (n,) from the original Ptolemy CLI's `-f json` output (a list of records
     with "center" [x, y] and "score"; `--compat ptolemy` writes the same); unscored (null) targets are skipped."""
-    from .smallfiles import read_small
+    from .smallfiles import read_small, text_of
 
     raw = read_small(path, MAX_TARGETS_BYTES, "JSON file of the original's targets", CalibrationError)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(text_of(raw, "strict"))
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise CalibrationError(f"{path}: not JSON ({exc})") from None
     if not isinstance(data, list):
@@ -276,11 +276,11 @@ def read_original_targets(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
 
 def read_calibration(path: str | os.PathLike) -> Calibration:
     """Read a calibration file (CalibrationError naming the file and the problem)."""
-    from .smallfiles import read_small
+    from .smallfiles import read_small, text_of
 
     raw = read_small(path, MAX_CALIBRATION_BYTES, "calibration file", CalibrationError)
     try:
-        return Calibration.from_dict(json.loads(raw.decode("utf-8")))
+        return Calibration.from_dict(json.loads(text_of(raw, "strict")))
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep (was exit 70)
         raise CalibrationError(f"--calibration {path}: {exc}") from None
 

@@ -165,7 +165,9 @@ def _mdoc_blocks(text: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
 def mdoc_pixel_size(mdoc_path: str | os.PathLike, section: int | None = None) -> float | None:
     """Å per pixel from a SerialEM .mdoc: the section's PixelSpacing, else the file-level one."""
     p = Path(mdoc_path)
-    text = _read_bounded(p).decode("utf-8", errors="replace")
+    from .smallfiles import text_of
+
+    text = text_of(_read_bounded(p))
     top, zblocks = _mdoc_blocks(text)
     for block in (zblocks.get(str(section or 0), {}), top):
         try:

@@ -174,7 +174,7 @@ def read_mdoc(path: str | os.PathLike) -> Mdoc:
     from . import smallfiles
 
     raw = smallfiles.read_small(p, smallfiles.MAX_SIDECAR_BYTES, ".mdoc", CorruptFileError)
-    text = raw.decode("utf-8", errors="replace")
+    text = smallfiles.text_of(raw)
     return parse_mdoc(text, str(p))
 
 

@@ -134,6 +134,7 @@ def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
     label: str | None = None
     fields: list[tuple[str, str]] = []
     seen_version = False
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, decoded: no part of the version line
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -173,11 +174,17 @@ def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such navigator file")
-    from .smallfiles import read_small
+    from .smallfiles import read_small, unicode_bom
 
-    # latin-1 maps every byte to one character, so the original text is written back exactly.
-    text = read_small(p, MAX_NAV_BYTES, "navigator file").decode("latin-1")
-    return parse_nav(text, str(p)), text
+    raw = read_small(p, MAX_NAV_BYTES, "navigator file")
+    bom = unicode_bom(raw)
+    if bom is not None and bom[1] != "utf-8":
+        raise InputError(f"{p}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it again "
+                         "as ASCII or UTF-8)")
+    # latin-1 maps every byte to one character, so the original text is written back exactly; a UTF-8 mark (an
+    # editor's) is kept in the copy as every other byte, but is no part of the first line.
+    text = raw.decode("latin-1")
+    return parse_nav(text[len(bom[0]):] if bom else text, str(p)), text
 
 
 def format_item(item: NavItem, newline: str = "\n") -> str:

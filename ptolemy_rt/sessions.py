@@ -155,7 +155,7 @@ def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
     found: dict[str, float] = {}
     try:
         raw = smallfiles.read_small(mdoc_path, smallfiles.MAX_SIDECAR_BYTES, "SerialEM .mdoc")
-        text = raw.decode("utf-8", errors="replace")
+        text = smallfiles.text_of(raw)
     except InputError:  # too large, not a file, unreadable: no metadata (as io and metadata refuse it too)
         return found
     for line in text.splitlines():
@@ -172,10 +172,10 @@ def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
 def nav_maps(nav_path: Path) -> list[Path]:
     """The map image files (`MapFile`) of a SerialEM .nav, resolved beside the .nav when the stored path is gone."""
     from .navigator import MAX_NAV_BYTES
-    from .smallfiles import read_small
+    from .smallfiles import read_small, text_of
 
     # a FIFO named *.nav in a session folder blocked the batch; /dev/zero behind a link filled the memory
-    text = read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file").decode("utf-8", errors="replace")
+    text = text_of(read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file"))
     if not text.lstrip().startswith("AdocVersion"):
         raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line)")
     maps: list[Path] = []

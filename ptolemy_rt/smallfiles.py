@@ -8,13 +8,14 @@ with an error naming the file, before it is read.
 
 from __future__ import annotations
 
+import codecs
 import os
 import stat
 from pathlib import Path
 
 from .errors import InputError, PtolemyError
 
-__all__ = ["MAX_SIDECAR_BYTES", "not_regular", "open_regular", "read_small"]
+__all__ = ["MAX_SIDECAR_BYTES", "not_regular", "open_regular", "read_small", "text_of", "unicode_bom"]
 
 # The text files beside an image (EPU's .xml, 10-100 kB; SerialEM's .mdoc, a few kB per section, montages
 # included): anything far larger is not one. Read at call time, so that a test may lower it in one place.
@@ -85,3 +86,25 @@ def read_small(path: str | os.PathLike, limit: int, what: str, error: type[Ptole
     if len(data) > limit:  # grew while being read
         raise error(f"{p}: over {limit} bytes is too large for a {what}")
     return data
+
+
+# Byte-order marks and the encodings they name; UTF-32-LE's mark begins with UTF-16-LE's, so it is tried first.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def unicode_bom(raw: bytes) -> tuple[bytes, str] | None:
+    """The byte-order mark `raw` begins with and the encoding it names, or None."""
+    return next(((bom, codec) for bom, codec in _BOMS if raw.startswith(bom)), None)
+
+
+def text_of(raw: bytes, errors: str = "replace") -> str:
+    """The text of a small file: UTF-8, or the encoding its byte-order mark names, the mark dropped.
+
+    An editor on Windows saves a .mdoc or a calibration with a mark (UTF-8's, or UTF-16 as "Unicode"): read as
+    plain UTF-8, the mark stuck to the first key ('\\ufeffPixelSpacing'), and the pixel size was silently lost."""
+    found = unicode_bom(raw)
+    if found is None:
+        return raw.decode("utf-8", errors)
+    bom, codec = found
+    return raw[len(bom):].decode(codec, errors)

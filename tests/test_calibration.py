@@ -336,3 +336,20 @@ def test_calibrate_summary_with_a_non_finite_original_score_says_so(tmp_path, ca
     assert data["pairs"] == 2
     fitted = fake("holes", [], [], None)
     assert fitted.mean_abs_error() == pytest.approx((0.1, 0.0)) and fitted.left_out == 2
+
+
+def test_calibration_and_targets_saved_with_a_byte_order_mark_are_read(tmp_path):
+    """A calibration (or the original's targets) opened and saved in a Windows editor begins with a byte-order
+    mark: json refused it ("Unexpected UTF-8 BOM", exit 2). The mark names the encoding and is dropped; text that
+    is not what its mark says is still refused naming the file."""
+    cal = fit([0.2, 0.6], [0.3, 0.7], "holes", "cnn", IDS)
+    path = tmp_path / "cal.json"
+    for encoding in ("utf-8-sig", "utf-16"):
+        path.write_bytes(json.dumps(cal.to_dict()).encode(encoding))
+        assert read_calibration(path) == cal
+        path.write_bytes(json.dumps([{"center": [1, 2], "score": 0.5}]).encode(encoding))
+        centres, scores = read_original_targets(path)
+        assert centres.tolist() == [[1.0, 2.0]] and scores.tolist() == [0.5]
+    path.write_bytes(b"\xff\xfe" + b"[\x00\xd8")  # UTF-16 cut in a surrogate
+    with pytest.raises(CalibrationError, match="cal.json"):
+        read_calibration(path)

@@ -202,3 +202,22 @@ def test_cli_reports_pixel_size_and_option(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["squares", str(path), "--no-score", "--pixel-size", bad])
         assert exc.value.code == 2 and "--pixel-size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be-bom", "utf-32"])
+def test_mdoc_saved_with_a_byte_order_mark_keeps_its_pixel_size(tmp_path, encoding):
+    """An .mdoc saved by a Windows editor begins with a byte-order mark (UTF-8's, or UTF-16 as "Unicode"): read as
+    plain UTF-8, the mark stuck to the first key ('\\ufeffPixelSpacing') and the pixel size was silently lost
+    (null in the JSON); a montage's .mdoc lost it the same way. The mark names the encoding and is dropped."""
+    from ptolemy_rt.montage import read_mdoc
+    from ptolemy_rt.sessions import mdoc_metadata
+
+    text = "PixelSpacing = 45.2\nImageFile = map.mrc\nMagnification = 135\n\n[ZValue = 0]\nTiltAngle = 0\n"
+    raw = ("\ufeff" + text).encode("utf-16-be") if encoding == "utf-16-be-bom" else text.encode(encoding)
+    mdoc = tmp_path / "map.mrc.mdoc"
+    mdoc.write_bytes(raw)
+    assert mdoc_pixel_size(mdoc) == pytest.approx(45.2)
+    assert mdoc_metadata(mdoc) == {"PixelSpacing": pytest.approx(45.2), "Magnification": 135.0}
+    assert read_mdoc(mdoc).pixel_size_A == pytest.approx(45.2)
+    image = _mrc(tmp_path / "map.mrc", voxel=1.0)
+    assert pixel_size_for(image, read_image(image)) == PixelSize(pytest.approx(45.2), "mdoc")

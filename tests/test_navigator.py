@@ -241,3 +241,27 @@ def test_a_navigator_over_64_mb_is_refused_unread(tmp_path):
         fh.truncate(65 * 1024 * 1024)
     with pytest.raises(InputError, match="too large for a navigator file"):
         read_nav(path)
+
+
+def test_a_navigator_saved_with_a_utf8_byte_order_mark_is_read_and_copied_byte_for_byte(tmp_path):
+    """A .nav saved by a Windows editor as UTF-8 begins with EF BB BF: its first line was no 'AdocVersion' line
+    and the navigator was refused ("not an autodoc navigator"), in `squares --nav` and in a batch's session
+    discovery. The mark is read past (and kept in the copy, as every other byte); a UTF-16 navigator is refused
+    naming its encoding."""
+    from ptolemy_rt.sessions import nav_maps
+
+    plain = tmp_path / "plain.nav"
+    plain.write_text(_nav(_map(file="map.mrc")))
+    marked = tmp_path / "marked.nav"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_nav(marked)[0] == read_nav(plain)[0]
+    assert parse_nav("\ufeff" + plain.read_text()) == read_nav(plain)[0]
+    assert [p.name for p in nav_maps(marked)] == ["map.mrc"]
+    result = _holes_result(tmp_path / "map.mrc")
+    out_plain, _ = write_targets_to_nav(plain, result, image_path=tmp_path / "map.mrc")
+    out_marked, _ = write_targets_to_nav(marked, result, image_path=tmp_path / "map.mrc")
+    assert out_marked.read_bytes() == b"\xef\xbb\xbf" + out_plain.read_bytes()
+    wide = tmp_path / "wide.nav"
+    wide.write_bytes(plain.read_text().encode("utf-16"))
+    with pytest.raises(InputError, match="wide.nav: UTF-16-LE text"):
+        read_nav(wide)
