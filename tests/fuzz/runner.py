@@ -43,7 +43,7 @@ def _limits(fsize: int | None = None, close_stdout: bool = False):
 
     return apply
 DEFECTS = ("segfault", "traceback", "foreign", "hang", "memory", "wrong_exit", "leftovers", "special_written",
-           "nondeterministic", "bad_message")
+           "nondeterministic", "bad_message", "wrong_value")
 
 
 def _env() -> dict:
@@ -184,6 +184,24 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} written in the JSON output")
 
 
+def _json_values(checks: list) -> str:
+    """'' when each [file, keys, value] holds (the JSON file's value at keys is value, to 1e-9), else what differs."""
+    import math
+
+    for path, keys, want in checks:
+        try:
+            got = json.loads(Path(path).read_text())
+            for key in keys:
+                got = got[key]
+        except (OSError, ValueError, LookupError, TypeError) as exc:
+            return f"{path}: no {keys} ({type(exc).__name__}: {exc})"
+        same = got == want or (isinstance(got, float) and isinstance(want, float)
+                               and math.isclose(got, want, rel_tol=1e-9))
+        if not same:
+            return f"{path}: {keys} is {got!r}, not {want!r}"
+    return ""
+
+
 def _main_case(case: dict) -> tuple[int | None, str]:
     """Run an in-process command line and check what it left: (exit code, detail; '!outcome: ...' on a defect)."""
     argv = case["argv"]
@@ -200,6 +218,8 @@ def _main_case(case: dict) -> tuple[int | None, str]:
         errors = [line for line in err.splitlines() if line.startswith("error:") or ": error: " in line]
         if len(errors) != 1:
             return code, f"!bad_message: {len(errors)} error lines: {err.strip()[-300:]!r}"
+        if case.get("names") and case["names"] not in errors[0]:
+            return code, f"!bad_message: the error does not name {case['names']}: {errors[0][-300:]!r}"
     if case.get("outdir"):
         left = _leftovers(Path(case["outdir"]))
         if left:
@@ -227,6 +247,10 @@ def _main_case(case: dict) -> tuple[int | None, str]:
                 json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
             except ValueError as exc:
                 return code, f"!wrong_exit: {path}: {exc}"
+    if code == 0:
+        wrong = _json_values(case.get("expect_json", []))
+        if wrong:
+            return code, "!wrong_value: " + wrong
     rerun = [p for p in case.get("rerun", []) if os.path.exists(p)]
     if code == 0 and (rerun or case.get("rerun") is not None):
         first = [Path(p).read_bytes() for p in rerun]
@@ -306,12 +330,49 @@ def _reference(image: str, cache: dict) -> bytes:
     return cache[image]
 
 
+def _mutate(changes: list[dict], image: str | None) -> None:
+    """Change input files under a running command: remove, cut, overwrite with garbage, replace by a folder, a
+    FIFO or a symlink loop, append to, or add a file beside."""
+    for change in changes:
+        path = Path(change["path"])
+        op = change["op"]
+        if op in ("dir", "fifo", "loop"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if op in ("truncate", "garbage", "grow") and (path.is_symlink() or not path.is_file()):
+            continue  # an earlier change made it a FIFO (the open would wait for a reader), a folder or a loop
+        with contextlib.suppress(OSError):
+            if op == "unlink":
+                path.unlink()
+            elif op == "truncate":
+                os.truncate(path, 1500)
+            elif op == "garbage":
+                path.write_bytes(b"\xff" * 4096)
+            elif op == "dir":
+                path.mkdir()
+            elif op == "fifo":
+                os.mkfifo(path)
+            elif op == "loop":
+                path.symlink_to(path)
+            elif op == "grow":
+                with open(path, "ab") as fh:
+                    fh.write(b"\0" * 65536)
+            elif op == "new" and image:
+                shutil.copyfile(image, path.with_name("added_" + path.name))
+
+
 def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     """Run one command-line case and judge it."""
     t0 = time.perf_counter()
+    if case.get("lone"):  # a run alone first: what the case's own runs must write
+        lone, _, _ = _spawn(case["lone"], d, "lone", env=case.get("env"))
+        _wait(lone, time.monotonic() + HANG_S)
     writers = int(case.get("writers", 1))
     procs = [_spawn(case["argv"], d, f"p{k}", case.get("fsize"), case.get("stdout"), case.get("env"))
              for k in range(writers)]
+    if "mutate" in case:  # the input folder changes under the running command
+        time.sleep(case["delay"])
+        _mutate(case["mutate"], case.get("image"))
     if "signal" in case:
         time.sleep(case["delay"])
         with contextlib.suppress(ProcessLookupError):
@@ -383,6 +444,12 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
             and Path(case["golden"]).read_bytes() != _reference(case.get("golden_image", image), golden_cache):
         problems.append("nondeterministic")
         detail = "output differs from the reference run"
+    if all(r[0] == 0 for r in results):
+        for mine, lone_path in case.get("same_files", []):
+            if not (os.path.isfile(mine) and os.path.isfile(lone_path)) \
+                    or Path(mine).read_bytes() != Path(lone_path).read_bytes():
+                problems.append("nondeterministic")
+                detail = f"{mine} is not what a lone run wrote"
     outcome = problems[0] if problems else "ok"
     return {"id": case["id"], "outcome": outcome, "code": results[0][0], "detail": detail, "rss_mb": rss,
             "seconds": time.perf_counter() - t0}
