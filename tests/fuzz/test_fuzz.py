@@ -100,7 +100,8 @@ def test_schedule_keeps_ci_pairs_and_shifts_seeds():
     assert old == {"header_lies": 90, "truncation": 80, "bombs": 30, "extreme_values": 110, "special_paths": 24,
                    "manifests": 20, "options": 136, "signals": 6, "concurrency": 4}
     assert all(seed < 200 for _, seed in plan) and not OPT_IN & {c for c, _ in plan}
-    assert {"api_options", "api_arrays", "stdout_commands", "environment", "raster_bombs"} <= {c for c, _ in plan}
+    assert {"api_options", "api_arrays", "stdout_commands", "environment", "raster_bombs", "text_encodings",
+            "batch_races"} <= {c for c, _ in plan}
     assert schedule(500, 10**6) == [(c, s + 10**6) for c, s in plan]
     only = schedule(100, 5, {"navs", "bombs"})
     assert len(only) == 100 and {c for c, _ in only} == {"navs", "bombs"} and min(s for _, s in only) == 5
