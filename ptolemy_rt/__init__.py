@@ -6,8 +6,9 @@ import sys as _sys
 
 
 def _quiet_start() -> None:
-    """At the command line, Ctrl-C or SIGTERM while the package loads ends the process at once, without a
-    traceback (exit 130, the contract's 'interrupted'); cli.main() puts Python's own handling back when it starts."""
+    """At the command line, Ctrl-C, SIGTERM or SIGHUP while the package loads ends the process at once, without a
+    traceback (exit 130, the contract's 'interrupted'); cli.main() puts Python's own handling back when it starts.
+    A SIGHUP ignored from the start (nohup) stays ignored."""
     import os
     import signal
 
@@ -16,6 +17,8 @@ def _quiet_start() -> None:
 
     signal.signal(signal.SIGINT, _quit)
     signal.signal(signal.SIGTERM, _quit)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _quit)
 
 
 # `python -m ptolemy_rt` imports this package while sys.argv[0] is still "-m"; the installed script is named

@@ -210,7 +210,8 @@ def keep_large_arrays_on_heap(trim_threshold: int = _TRIM_THRESHOLD) -> bool:
 
 def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bool = True,
                 shared: bool = False) -> None:
-    """Per worker process: thread counts, Ctrl-C left to the main process, and the model set loaded once.
+    """Per worker process: thread counts, Ctrl-C and a hangup left to the main process, and the model set loaded
+    once.
 
     own_process=False: the batch runs in the caller's process (--workers 1), whose environment and allocator
     are left alone. shared=True: a process that runs other work too (a Dask worker), which keeps less freed
@@ -218,6 +219,8 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
     """
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "SIGHUP"):  # a terminal's hangup reaches the whole group: the main process stops it
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if own_process:
         keep_large_arrays_on_heap(_SHARED_TRIM_THRESHOLD if shared else _TRIM_THRESHOLD)
     if config.threads:
@@ -752,11 +755,13 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     by_id = {item.id: item for item in items}
     bar = Progress(len(items), len(rows), enabled=progress and sys.stderr.isatty())
     interrupted = False
-    # SIGTERM (a scheduler's kill) stops like Ctrl-C: finished images stay recorded for --resume.
-    old_term = signal.getsignal(signal.SIGTERM)
-    catch_term = old_term in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread()
-    if catch_term:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM (a scheduler's kill) and SIGHUP (the terminal or ssh session gone) stop like Ctrl-C: finished images
+    # stay recorded for --resume. cli.main() has installed its own handlers; a library caller may have none.
+    caught = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+              and signal.getsignal(sig) in (signal.SIG_DFL, None)] \
+        if threading.current_thread() is threading.main_thread() else []
+    for sig in caught:
+        signal.signal(sig, _raise_interrupt)
     started = time.perf_counter()
     results: Iterator[tuple[dict, dict]] = iter(())
     try:
@@ -782,8 +787,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         if hasattr(results, "close"):
             results.close()  # stop the pool or the Dask client now, not when the generator is collected
         bar.close()
-        if catch_term:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in caught:
+            signal.signal(sig, signal.SIG_DFL)
     elapsed = time.perf_counter() - started
 
     link_squares(out, items, rows)

@@ -38,7 +38,7 @@ log = logging.getLogger("ptolemy_rt")
 
 # A batch exits with the worst code: internal (70), then model set (3), output (4), input (2).
 SEVERITY = (EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_INPUT)
-# SIGTERM (a scheduler's kill) is an interruption like Ctrl-C: the same code as `batch` and the contract.
+# SIGTERM (a scheduler's kill) and SIGHUP are interruptions like Ctrl-C: the same code as `batch` and the contract.
 EXIT_TERMINATED = EXIT_INTERRUPTED
 SUFFIX = {"json": ".json", "txt": ".txt", "csv": ".csv"}
 
@@ -747,7 +747,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as an exception so that every `finally` (temporary files) runs on the way out."""
+    """SIGTERM (or SIGHUP), raised as an exception so that every `finally` (temporary files) runs on the way out."""
+
+
+# What stops a run: Ctrl-C, a scheduler's kill, and the hangup of the terminal or ssh session it runs in (SIGHUP
+# killed the process where it stood: no summary, a temporary file left). A SIGHUP ignored when we start (nohup)
+# stays ignored.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 # Signals received during this run: a library may turn the KeyboardInterrupt they raise into its own error
@@ -766,7 +772,7 @@ def _on_sigint(signum, frame) -> None:
 
 
 def _interrupted_code() -> int | None:
-    """130 when SIGINT or SIGTERM arrived during this run, whatever exception it turned into."""
+    """130 when SIGINT, SIGTERM or SIGHUP arrived during this run, whatever exception it turned into."""
     if not _SIGNALLED:
         return None
     return EXIT_TERMINATED if signal.SIGTERM in _SIGNALLED else EXIT_INTERRUPTED
@@ -794,21 +800,23 @@ def _report_interrupted() -> int | None:
 
 
 def _install_signal_handlers() -> dict:
-    """SIGTERM unwinds like Ctrl-C; only possible from the main thread (not when main() runs in a thread).
-
-    Returns the handlers it replaced, which main() puts back when it returns (it may run in-process)."""
+    """SIGTERM and SIGHUP unwind like Ctrl-C; only possible from the main thread (not when main() runs in a
+    thread). Returns the handlers it replaced, which main() puts back when it returns (it may run in-process)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     signal.signal(signal.SIGINT, _on_sigint)  # package import may have set a quick exit
     signal.signal(signal.SIGTERM, _on_sigterm)
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and previous[hangup] is not signal.SIG_IGN:  # nohup: the user wants it ignored
+        signal.signal(hangup, _on_sigterm)
     return previous
 
 
 def _block_signals() -> bool:
-    """Block SIGINT and SIGTERM (True when it could), whatever signal comes in meanwhile.
+    """Block SIGINT, SIGTERM and SIGHUP (True when it could), whatever signal comes in meanwhile.
 
     A signal that arrives just before the mask takes hold has its Python handler run as soon as the interpreter
     next checks, here: its Terminated / KeyboardInterrupt escaped main()'s clean-up as a traceback (fuzz
@@ -817,7 +825,7 @@ def _block_signals() -> bool:
         return False
     while True:
         try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOP_SIGNALS))
             return True
         except KeyboardInterrupt:
             continue  # the mask holds after this pass at the latest: no further handler runs until the unblock
@@ -825,7 +833,7 @@ def _block_signals() -> bool:
 
 def _unblock_signals(blocked: bool) -> None:
     if blocked:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOP_SIGNALS))
 
 
 def _restore_signal_handlers(previous: dict) -> None:
@@ -840,7 +848,7 @@ def _ignore_further_signals() -> None:
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
 
@@ -928,7 +936,7 @@ class _CheckedStdout:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, map errors to exit codes: 0 ok, 2 input/option, 3 model set, 4 output,
-    130 interrupted (SIGINT or SIGTERM), 70 internal error (one line; a traceback only with --debug).
+    130 interrupted (SIGINT, SIGTERM or SIGHUP), 70 internal error (one line; a traceback only with --debug).
 
     Without argv (the process's own command line: the Leginon script calls main() so), closed descriptors 0-2
     are first opened on /dev/null, as the ptolemy-rt script does (run)."""

@@ -705,11 +705,15 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path, ca
 
 
 @pytest.mark.slow  # seconds each; CI runs the slow suite
-def test_sigterm_stops_with_130_and_resume_finishes(small_session, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)])
+def test_sigterm_stops_with_130_and_resume_finishes(small_session, tmp_path, signum):
+    """SIGTERM (a scheduler) and SIGHUP (the terminal or ssh session gone; it killed the batch where it stood:
+    no summary, a temporary file left) stop the batch alike: 130, a summary marked incomplete, --resume."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", "batch", str(small_session), "-o", str(out),
                              "--workers", "2", "--threads", "1", "--no-report"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a hangup reaches the whole group, the workers too
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / ".state").is_dir() and any((out / ".state").rglob("*.json")):
@@ -717,7 +721,7 @@ def test_sigterm_stops_with_130_and_resume_finishes(small_session, tmp_path):
         time.sleep(0.02)
     if proc.poll() is not None:
         pytest.skip("the batch finished before it could be stopped (a very fast machine)")
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signum) if signum != signal.SIGTERM else proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     summary = json.loads((out / "summary.json").read_text())
     if proc.returncode == 0:

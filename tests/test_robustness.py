@@ -345,7 +345,10 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigterm_during_a_cli_run_exits_130_and_cleans(tmp_path, small_mrc):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)])
+def test_sigterm_during_a_cli_run_exits_130_and_cleans(tmp_path, small_mrc, signum):
+    """SIGTERM, and SIGHUP (the terminal or ssh session gone: it killed the run where it stood, a temporary
+    file could stay behind), unwind the run: 130, no temporary file."""
     import shutil
 
     images = []
@@ -359,13 +362,31 @@ def test_sigterm_during_a_cli_run_exits_130_and_cleans(tmp_path, small_mrc):
     deadline = time.monotonic() + 60
     while p.poll() is None and time.monotonic() < deadline and not any((tmp_path / "out").glob("*.json")):
         time.sleep(0.01)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(signum)
     _, err = p.communicate(timeout=60)
     # 0 only when the run ended before the signal came (a starved poll): then every result is there
     assert p.returncode == 130 or (p.returncode == 0 and len(list((tmp_path / "out").glob("*.json"))) == 6), err
     assert b"Traceback" not in err
     leftovers = [q.name for q in tmp_path.rglob("*") if q.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_hangup_unwinds_unless_it_was_ignored_from_the_start():
+    """main() turns SIGHUP into the unwinding SIGTERM gets (it killed the run where it stood); a SIGHUP ignored
+    when the run starts (nohup) stays ignored, and the handlers are put back as they were."""
+    import ptolemy_rt.cli as cli
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        for start, expected in ((signal.SIG_DFL, cli._on_sigterm), (signal.SIG_IGN, signal.SIG_IGN)):
+            signal.signal(signal.SIGHUP, start)
+            previous = cli._install_signal_handlers()
+            assert signal.getsignal(signal.SIGHUP) == expected
+            cli._restore_signal_handlers(previous)
+            assert signal.getsignal(signal.SIGHUP) == start
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_sigint_during_start_up_prints_no_traceback(tmp_path):

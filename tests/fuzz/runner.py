@@ -287,16 +287,17 @@ def _judge_code(case: dict, code: int | None, detail: str) -> str:
 
 
 def _spawn(argv: list[str], d: Path, tag: str, fsize: int | None = None, stdout: str | None = None,
-           env: dict | None = None) -> tuple[subprocess.Popen, Path, Path]:
+           env: dict | None = None, group: bool = False) -> tuple[subprocess.Popen, Path, Path]:
     """Start the command line; `fsize`: a file-size limit (a disk that fills up), `stdout`: where stdout goes (a
-    path, "closed" or "pipe": a pipe whose reader is gone), `env`: variables set (or replaced) for it."""
+    path, "closed" or "pipe": a pipe whose reader is gone), `env`: variables set (or replaced) for it, `group`:
+    in a process group of its own (a signal to the group reaches its workers too)."""
     special = stdout in ("closed", "pipe")
     out, err = Path(d / f"{tag}.stdout" if special or not stdout else stdout), d / f"{tag}.stderr"
     variables = {**_env(), **(env or {})}
     with open(out, "wb") as fo, open(err, "wb") as fe:
         p = subprocess.Popen([sys.executable, "-m", "ptolemy_rt", *argv],
                              stdout=subprocess.PIPE if stdout == "pipe" else fo, stderr=fe, env=variables,
-                             stdin=subprocess.DEVNULL, cwd=d,
+                             stdin=subprocess.DEVNULL, cwd=d, start_new_session=group,
                              preexec_fn=_limits(fsize, close_stdout=stdout == "closed"))
     if stdout == "pipe":
         assert p.stdout
@@ -368,15 +369,18 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
         lone, _, _ = _spawn(case["lone"], d, "lone", env=case.get("env"))
         _wait(lone, time.monotonic() + HANG_S)
     writers = int(case.get("writers", 1))
-    procs = [_spawn(case["argv"], d, f"p{k}", case.get("fsize"), case.get("stdout"), case.get("env"))
-             for k in range(writers)]
+    procs = [_spawn(case["argv"], d, f"p{k}", case.get("fsize"), case.get("stdout"), case.get("env"),
+                    bool(case.get("group"))) for k in range(writers)]
     if "mutate" in case:  # the input folder changes under the running command
         time.sleep(case["delay"])
         _mutate(case["mutate"], case.get("image"))
     if "signal" in case:
         time.sleep(case["delay"])
         with contextlib.suppress(ProcessLookupError):
-            os.kill(procs[0][0].pid, getattr(signal, case["signal"]))  # not send_signal: it would reap
+            if case.get("group"):  # the whole process group, as a terminal's hangup reaches it
+                os.killpg(procs[0][0].pid, getattr(signal, case["signal"]))
+            else:
+                os.kill(procs[0][0].pid, getattr(signal, case["signal"]))  # not send_signal: it would reap
     deadline = time.monotonic() + HANG_S
     results = [_wait(p, deadline) for p, _, _ in procs]
     problems: list[str] = []

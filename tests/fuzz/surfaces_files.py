@@ -8,7 +8,9 @@
   read and its copy written; a navigator in UTF-16/32 is refused (2) with one line naming it; the rest may be
   refused (2) or read without the pixel size (0), never 70.
 - batch_races: two `batch` processes started together on one output folder (the second with --resume at times):
-  both exit 0, no temporary file left, a readable summary.json, and every result the bytes of a lone run.
+  both exit 0, no temporary file left, a readable summary.json, and every result the bytes of a lone run; a batch
+  whose session changes under it (0 or 2); a batch whose terminal hangs up (SIGHUP to its process group: 130, no
+  temporary file, a readable summary; -1 when it came before Python started the package).
 """
 
 from __future__ import annotations
@@ -161,7 +163,11 @@ def batch_races(rng: np.random.Generator, d: Path, image: Path) -> dict:
         argv.append("--no-report")
     if rng.random() < 0.3:
         argv.append("--resume")
-    if rng.random() < 0.5:
+    kind = rng.random()
+    if kind < 0.25:  # the terminal or ssh session goes: SIGHUP to the whole group, workers included
+        return {"kind": "cli", "argv": argv, "expect": [0, 130, -1], "outdir": str(out), "batch_out": str(batch),
+                "signal": "SIGHUP", "group": True, "delay": float(rng.uniform(0.1, 2.5))}
+    if kind < 0.6:
         targets = [str(session / f"atlas_{k}.mrc") for k in range(n)]
         changes = [{"op": _pick(rng, MUTATIONS), "path": _pick(rng, targets)}
                    for _ in range(int(rng.integers(1, 4)))]
