@@ -58,8 +58,10 @@ __all__ = [
     "Navigator",
     "add_points",
     "default_nav_output",
+    "file_name",
     "find_map",
     "format_item",
+    "lines",
     "map_frame",
     "parse_nav",
     "point_item",
@@ -127,6 +129,13 @@ class Navigator:
                          f"(maps: {', '.join(it.label for it in self.items if it.get('Type') == '2') or 'none'})")
 
 
+def lines(text: str) -> list[str]:
+    """The lines of a navigator's text, split at CR LF, LF or CR only. str.splitlines also splits at \\x85, \\x1c-
+    \\x1e, \\v and \\f: read byte for byte (latin-1), a UTF-8 name holding the byte 0x85 ('Å' is C3 85) was cut in
+    two, and the map it names lost."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
     """Parse the text of an autodoc navigator (version line first, then [Item = LABEL] sections)."""
     header: list[tuple[str, str]] = []
@@ -135,7 +144,7 @@ def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
     fields: list[tuple[str, str]] = []
     seen_version = False
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, decoded: no part of the version line
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(lines(text), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -295,9 +304,24 @@ def map_frame(item: NavItem) -> MapFrame:
     )
 
 
+def file_name(value: str) -> str:
+    """A path stored in a navigator as the text it names. The navigator is read byte for byte (latin-1); SerialEM
+    writes a name with accents in UTF-8 or in the Windows code page (cp1252): UTF-8 where the bytes are that, else
+    cp1252. Read one way here and the other in batch discovery, a map named 'carte_é.mrc' was matched by one and
+    missed by the other (no map for the image; 'no such file' in the batch)."""
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value  # text that was decoded already (parse_nav given a str)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
+
+
 def _basename(path: str) -> str:
-    """The file name of a Windows or POSIX path, lower-cased (SerialEM runs on Windows)."""
-    return re.split(r"[\\/]", path.strip())[-1].lower()
+    """The file name of a Windows or POSIX path stored in a navigator, lower-cased (SerialEM runs on Windows)."""
+    return re.split(r"[\\/]", file_name(path).strip())[-1].lower()
 
 
 def find_map(nav: Navigator, label: str | None = None, image_path: str | os.PathLike | None = None,

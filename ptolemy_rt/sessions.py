@@ -171,18 +171,24 @@ def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
 
 def nav_maps(nav_path: Path) -> list[Path]:
     """The map image files (`MapFile`) of a SerialEM .nav, resolved beside the .nav when the stored path is gone."""
-    from .navigator import MAX_NAV_BYTES
-    from .smallfiles import read_small, text_of
+    from .navigator import MAX_NAV_BYTES, file_name, lines
+    from .smallfiles import read_small, unicode_bom
 
     # a FIFO named *.nav in a session folder blocked the batch; /dev/zero behind a link filled the memory
-    text = text_of(read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file"))
+    raw = read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file")
+    bom = unicode_bom(raw)
+    if bom is not None and bom[1] != "utf-8":  # as navigator.read_nav, which takes the map frames from it
+        raise InputError(f"{nav_path}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it "
+                         "again as ASCII or UTF-8)")
+    # byte for byte, as navigator.read_nav reads it; the names then as navigator.file_name decodes them
+    text = raw[len(bom[0]) if bom else 0:].decode("latin-1")
     if not text.lstrip().startswith("AdocVersion"):
         raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line)")
     maps: list[Path] = []
-    for line in text.splitlines():
+    for line in lines(text):
         key, sep, value = line.partition("=")
         if sep and key.strip() == "MapFile":
-            path = _map_path(nav_path, value)
+            path = _map_path(nav_path, file_name(value))
             if path not in maps:
                 maps.append(path)
     return maps
@@ -193,7 +199,7 @@ def nav_frames(nav_path: Path) -> dict[Path, Any]:
 
     A file used by several maps (sections of one stack) or a map item lacking its frame keys gets none.
     """
-    from .navigator import map_frame, read_nav
+    from .navigator import file_name, map_frame, read_nav
 
     try:
         nav, _ = read_nav(nav_path)
@@ -205,7 +211,7 @@ def nav_frames(nav_path: Path) -> dict[Path, Any]:
         stored = item.get("MapFile")
         if item.get("Type") != "2" or not stored:
             continue
-        path = _map_path(nav_path, stored)
+        path = _map_path(nav_path, file_name(stored))
         try:
             frame = map_frame(item)
         except InputError:

@@ -265,3 +265,25 @@ def test_a_navigator_saved_with_a_utf8_byte_order_mark_is_read_and_copied_byte_f
     wide.write_bytes(plain.read_text().encode("utf-16"))
     with pytest.raises(InputError, match="wide.nav: UTF-16-LE text"):
         read_nav(wide)
+
+
+@pytest.mark.parametrize("name", ["carte_é.mrc", "Åtlas.mrc", "сетка_х.mrc"])
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_a_map_file_name_with_accents_is_found_in_either_encoding(tmp_path, name, encoding):
+    """SerialEM writes a MapFile name with accents in UTF-8 or in the Windows code page. `--nav` read the navigator
+    byte for byte (latin-1) and missed a UTF-8 name ('no navigator map's MapFile is carte_é.mrc'); batch discovery
+    read it as UTF-8 and lost a cp1252 one ('carte_\\ufffd.mrc: no such file'); a UTF-8 name holding the byte 0x85
+    ('Å', 'х') was cut in two by str.splitlines. Both now find the map and its stage frame, either way."""
+    from ptolemy_rt.sessions import nav_frames, nav_maps
+
+    try:
+        raw = _nav(_map(file=name)).encode(encoding)
+    except UnicodeEncodeError:
+        pytest.skip(f"{name} has no {encoding} form")
+    (tmp_path / name).write_bytes(b"")
+    nav_path = tmp_path / "s.nav"
+    nav_path.write_bytes(raw)
+    nav, _ = read_nav(nav_path)
+    assert find_map(nav, image_path=tmp_path / name).label == "1"
+    assert nav_maps(nav_path) == [tmp_path / name]
+    assert list(nav_frames(nav_path)) == [tmp_path / name]
