@@ -184,9 +184,19 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} written in the JSON output")
 
 
+def _close(got, want) -> bool:
+    """Equal, floats (and lists of them) to 1e-9."""
+    import math
+
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
+    if isinstance(got, float) and isinstance(want, float):
+        return math.isclose(got, want, rel_tol=1e-9)
+    return got == want
+
+
 def _json_values(checks: list) -> str:
     """'' when each [file, keys, value] holds (the JSON file's value at keys is value, to 1e-9), else what differs."""
-    import math
 
     for path, keys, want in checks:
         try:
@@ -195,9 +205,7 @@ def _json_values(checks: list) -> str:
                 got = got[key]
         except (OSError, ValueError, LookupError, TypeError) as exc:
             return f"{path}: no {keys} ({type(exc).__name__}: {exc})"
-        same = got == want or (isinstance(got, float) and isinstance(want, float)
-                               and math.isclose(got, want, rel_tol=1e-9))
-        if not same:
+        if not _close(got, want):
             return f"{path}: {keys} is {got!r}, not {want!r}"
     return ""
 

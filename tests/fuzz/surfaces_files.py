@@ -31,7 +31,12 @@ def _pick(rng: np.random.Generator, values):
 # (name, decodable): decodable variants must read exactly as the plain text does.
 VARIANTS = [("plain", True), ("bom8", True), ("utf16le", True), ("utf16be", True), ("utf32", True),
             ("crlf", True), ("bom8_crlf", True), ("cr", True), ("latin1_note", True), ("long_line", True),
+            ("cp1252", True),
             ("nuls", False), ("utf16_no_bom", False), ("bom_twice", False)]
+
+
+# A navigator is written back byte for byte: one in UTF-16/32 is refused (by --nav and by batch discovery).
+NAV_REFUSED = ("utf16le", "utf16be", "utf32")
 
 
 def _encode(text: str, variant: str) -> bytes:
@@ -52,6 +57,8 @@ def _encode(text: str, variant: str) -> bytes:
         return "\ufeff".encode("utf-16-be") + text.encode("utf-16-be")
     if variant == "utf32":
         return text.encode("utf-32")  # with its mark, in the machine's order
+    if variant == "cp1252":  # the Windows code page, as SerialEM writes names with accents
+        return text.encode("cp1252", "replace")
     if variant == "utf16_no_bom":
         return text.encode("utf-16-le")
     if variant == "nuls":
@@ -113,12 +120,18 @@ def text_encodings(rng: np.random.Generator, d: Path, image: Path) -> dict:
         checks = [[str(result), ["image", "pixel_size_A"], pixel_A]] if expat else []
         return _main(["squares", img, "--no-score", "-o", result], {0}, out, rerun=[str(result)],
                      expect_json=checks)
+    # a map named with accents: its MapFile in the navigator's encoding (UTF-8 or cp1252 bytes; 0x85 in 'Å')
+    name = _pick(rng, ["map.mrc", "carte_\u00e9.mrc", "\u00c5tlas.mrc", "\u0441\u0435\u0442\u043a\u0430_\u0445.mrc"])
+    if variant == "cp1252" and not name.isascii() and name.encode("cp1252", "replace").count(b"?"):
+        name = "map.mrc"
     if where == "nav":
+        img = d / name
+        img.write_bytes(image.read_bytes())
         nav = d / "s.nav"
-        nav.write_bytes(_encode(_nav("C:\\data\\map.mrc"), variant))
+        nav.write_bytes(_encode(_nav("C:\\data\\" + name), variant))
         copy = out / "s_ptolemy.nav"
         argv = ["squares", img, "--no-score", "-o", result, "--nav", nav, "--nav-out", copy]
-        if variant in ("utf16le", "utf16be", "utf32"):
+        if variant in NAV_REFUSED:
             expect = {2}  # a navigator is written back byte for byte: one in UTF-16/32 is refused, named
         elif variant in ("nuls", "bom_twice", "utf16_no_bom"):
             expect = {0, 2}
@@ -128,15 +141,21 @@ def text_encodings(rng: np.random.Generator, d: Path, image: Path) -> dict:
                      names=str(nav) if expect == {2} else None)
     session = d / "session"
     session.mkdir()
-    (session / "map.mrc").write_bytes(image.read_bytes())
+    (session / name).write_bytes(image.read_bytes())
     mdoc_variant = _pick(rng, [variant, "plain"])
     nav_variant = variant if mdoc_variant == "plain" else _pick(rng, [variant, "plain"])
-    (session / "map.mrc.mdoc").write_bytes(_encode(_mdoc(pixel_A, 135), mdoc_variant))
-    (session / "s.nav").write_bytes(_encode(_nav("C:\\data\\map.mrc"), nav_variant))
+    if nav_variant != variant and name != "map.mrc" and variant == "cp1252":
+        nav_variant = variant  # (the name was chosen for a cp1252 navigator)
+    (session / (name + ".mdoc")).write_bytes(_encode(_mdoc(pixel_A, 135), mdoc_variant))
+    (session / "s.nav").write_bytes(_encode(_nav("C:\\data\\" + name), nav_variant))
     batch = out / "b"
     argv = ["batch", session, "-o", batch, "--workers", "1", "--threads", "1", "--no-progress", "--no-report"]
-    ok = dict(VARIANTS)[mdoc_variant] and dict(VARIANTS)[nav_variant]
-    checks = [[str(batch / "summary.json"), ["images", 0, "pixel_size_A"], pixel_A]] if ok else []
+    ok = dict(VARIANTS)[mdoc_variant] and dict(VARIANTS)[nav_variant] and nav_variant not in NAV_REFUSED
+    if nav_variant in NAV_REFUSED:  # the session's navigator lists its images: refused, named, the batch is
+        return _main(argv, {2}, out, names=str(session / "s.nav"))
+    # the map found through the navigator: its stage position (10, -20 µm) from the map item's frame
+    checks = [[str(batch / "summary.json"), ["images", 0, "pixel_size_A"], pixel_A],
+              [str(batch / "summary.json"), ["images", 0, "stage_xy_m"], [1e-5, -2e-5]]] if ok else []
     return _main(argv, {0} if ok else {0, 2}, out, batch_out=str(batch), expect_json=checks)
 
 
