@@ -63,6 +63,7 @@ __all__ = [
     "format_item",
     "lines",
     "map_frame",
+    "nav_text",
     "parse_nav",
     "point_item",
     "read_nav",
@@ -143,7 +144,8 @@ def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
     label: str | None = None
     fields: list[tuple[str, str]] = []
     seen_version = False
-    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, decoded: no part of the version line
+    # a UTF-8 byte-order mark (decoded, or read byte for byte as nav_text reads it) is no part of the version line
+    text = text.removeprefix("\ufeff").removeprefix(_UTF8_MARK)
     for number, raw in enumerate(lines(text), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -183,17 +185,28 @@ def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such navigator file")
-    from .smallfiles import read_small, unicode_bom
+    from .smallfiles import read_small
 
-    raw = read_small(p, MAX_NAV_BYTES, "navigator file")
+    text = nav_text(read_small(p, MAX_NAV_BYTES, "navigator file"), p)
+    return parse_nav(text, str(p)), text
+
+
+# A UTF-8 byte-order mark read byte for byte (latin-1).
+_UTF8_MARK = "\xef\xbb\xbf"
+
+
+def nav_text(raw: bytes, name: str | os.PathLike, mark: bool = True) -> str:
+    """A navigator's bytes as text, byte for byte (latin-1: every byte one character, so that the copy written
+    back is the original exactly), an editor's UTF-8 byte-order mark kept (dropped with mark=False); InputError
+    naming the file for UTF-16/32 text, which no byte-for-byte copy can extend."""
+    from .smallfiles import unicode_bom
+
     bom = unicode_bom(raw)
     if bom is not None and bom[1] != "utf-8":
-        raise InputError(f"{p}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it again "
+        raise InputError(f"{name}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it again "
                          "as ASCII or UTF-8)")
-    # latin-1 maps every byte to one character, so the original text is written back exactly; a UTF-8 mark (an
-    # editor's) is kept in the copy as every other byte, but is no part of the first line.
     text = raw.decode("latin-1")
-    return parse_nav(text[len(bom[0]):] if bom else text, str(p)), text
+    return text if mark else text.removeprefix(_UTF8_MARK)
 
 
 def format_item(item: NavItem, newline: str = "\n") -> str:

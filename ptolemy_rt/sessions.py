@@ -171,17 +171,13 @@ def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
 
 def nav_maps(nav_path: Path) -> list[Path]:
     """The map image files (`MapFile`) of a SerialEM .nav, resolved beside the .nav when the stored path is gone."""
-    from .navigator import MAX_NAV_BYTES, file_name, lines
-    from .smallfiles import read_small, unicode_bom
+    from .navigator import MAX_NAV_BYTES, file_name, lines, nav_text
+    from .smallfiles import read_small
 
     # a FIFO named *.nav in a session folder blocked the batch; /dev/zero behind a link filled the memory
     raw = read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file")
-    bom = unicode_bom(raw)
-    if bom is not None and bom[1] != "utf-8":  # as navigator.read_nav, which takes the map frames from it
-        raise InputError(f"{nav_path}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it "
-                         "again as ASCII or UTF-8)")
-    # byte for byte, as navigator.read_nav reads it; the names then as navigator.file_name decodes them
-    text = raw[len(bom[0]) if bom else 0:].decode("latin-1")
+    # as navigator.read_nav reads it (which takes the map frames from it); names as navigator.file_name decodes them
+    text = nav_text(raw, nav_path, mark=False)
     if not text.lstrip().startswith("AdocVersion"):
         raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line)")
     maps: list[Path] = []
