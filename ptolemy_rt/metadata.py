@@ -79,13 +79,23 @@ def read_xml_safely(path: str | os.PathLike) -> ElementTree.Element:
     """Parse a small XML file, refusing DTDs and entity declarations (no entity expansion, no external fetch)."""
     p = Path(path)
     raw = _read_bounded(p)
+    refused = f"{p}: XML with a DTD or entity declarations is refused"
     # ElementTree expands internal entities (the "billion laughs" file): a metadata file needs no DTD at all.
     if re.search(rb"<!\s*(DOCTYPE|ENTITY)", raw, re.IGNORECASE):
-        raise InputError(f"{p}: XML with a DTD or entity declarations is refused")
+        raise InputError(refused)
     from xml.etree import ElementTree
 
+    class NoDoctype(ElementTree.TreeBuilder):
+        """The parser's own sight of a DTD, whatever the encoding: in UTF-16 (with a byte-order mark, or told by
+        the declaration) the bytes above hold no '<!DOCTYPE', and its entities were expanded."""
+
+        def doctype(self, name, pubid, system):
+            raise InputError(refused)
+
+    parser = ElementTree.XMLParser(target=NoDoctype())
     try:
-        return ElementTree.fromstring(raw)
+        parser.feed(raw)
+        return parser.close()
     except ElementTree.ParseError as exc:
         raise InputError(f"{p}: not well-formed XML ({exc})") from None
 

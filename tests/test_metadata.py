@@ -221,3 +221,20 @@ def test_mdoc_saved_with_a_byte_order_mark_keeps_its_pixel_size(tmp_path, encodi
     assert read_mdoc(mdoc).pixel_size_A == pytest.approx(45.2)
     image = _mrc(tmp_path / "map.mrc", voxel=1.0)
     assert pixel_size_for(image, read_image(image)) == PixelSize(pytest.approx(45.2), "mdoc")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
+def test_xml_in_utf16_with_a_dtd_is_refused_too(tmp_path, encoding):
+    """The DTD check looked for '<!DOCTYPE' in the file's bytes: in UTF-16 (with a byte-order mark, or told by the
+    declaration alone) they hold none, and ElementTree expanded the entities (a mild one was read; a billion-laughs
+    file stopped only at expat's amplification limit, 0.5 s and 80 MB later). The parser now refuses the DTD it
+    sees, in any encoding; a UTF-16 EPU file without one is still read."""
+    bomb = ('<?xml version="1.0" encoding="utf-16"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;">]>'
+            "<MicroscopeImage>&y;</MicroscopeImage>")
+    path = tmp_path / "img.xml"
+    path.write_bytes(bomb.encode(encoding))
+    with pytest.raises(InputError, match="img.xml: XML with a DTD"):
+        read_xml_safely(path)
+    _epu_xml(path, metres=2e-9)
+    path.write_bytes(path.read_text().encode(encoding))
+    assert epu_pixel_size(path, (4096, 4096)) == pytest.approx(20.0)

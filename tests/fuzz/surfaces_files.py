@@ -115,9 +115,13 @@ def text_encodings(rng: np.random.Generator, d: Path, image: Path) -> dict:
         declared = {"utf16le": "utf-16", "utf16be": "utf-16", "utf32": "utf-32"}.get(xml_variant, "utf-8")
         honest = rng.random() < 0.8
         text = _xml(pixel_A * 1e-10, declared if honest else "utf-8")
+        dtd = rng.random() < 0.2  # the pixel size behind an entity: a DTD is refused in every encoding
+        if dtd:
+            text = text.replace("?>\n", f'?>\n<!DOCTYPE MicroscopeImage [<!ENTITY px "{pixel_A * 1e-10!r}">]>\n', 1)
+            text = text.replace(f">{pixel_A * 1e-10!r}</numericValue>", ">&px;</numericValue>")
         (d / "map.xml").write_bytes(_encode(text, xml_variant))
         expat = decodable and honest and xml_variant != "utf32"  # expat has no UTF-32 (nor has any EPU file)
-        checks = [[str(result), ["image", "pixel_size_A"], pixel_A]] if expat else []
+        checks = [[str(result), ["image", "pixel_size_A"], None if dtd else pixel_A]] if expat or dtd else []
         return _main(["squares", img, "--no-score", "-o", result], {0}, out, rerun=[str(result)],
                      expect_json=checks)
     # a map named with accents: its MapFile in the navigator's encoding (UTF-8 or cp1252 bytes; 0x85 in 'Å')
