@@ -377,11 +377,11 @@ def _model_set_files(directory: Path) -> list[Path]:
     import json
 
     from .manifest import MAX_MANIFEST_BYTES
-    from .smallfiles import read_small
+    from .smallfiles import read_small, text_of
 
     files = [directory / "manifest.json"]
     try:
-        raw = json.loads(read_small(files[0], MAX_MANIFEST_BYTES, "model-set manifest").decode("utf-8"))
+        raw = json.loads(text_of(read_small(files[0], MAX_MANIFEST_BYTES, "model-set manifest"), "strict"))
         entries = raw.get("models", {}).values() if isinstance(raw, dict) and isinstance(raw.get("models"), dict) \
             else []
         files += [directory / e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)]

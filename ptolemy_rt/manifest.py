@@ -362,10 +362,10 @@ def _manifest_problems(directory: Path) -> tuple[Manifest | None, dict[str, Mode
         return None, {}, [str(exc)]
     if not path.is_file():
         return None, {}, [f"{directory}: no manifest.json (not a model set)"]
-    from .smallfiles import read_small
+    from .smallfiles import read_small, text_of
 
-    try:
-        raw = json.loads(read_small(path, MAX_MANIFEST_BYTES, "model-set manifest", ModelError).decode("utf-8"))
+    try:  # a manifest edited in a Windows editor may begin with a byte-order mark
+        raw = json.loads(text_of(read_small(path, MAX_MANIFEST_BYTES, "model-set manifest", ModelError), "strict"))
     except ModelError as exc:
         return None, {}, [str(exc)]
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep

@@ -228,3 +228,13 @@ def test_graph_shapes_that_do_not_fit_the_task_are_listed(tiny, capsys, task, in
     code, lines = validate_cli(tiny, capsys)
     assert code == 3 and lines and all(f"models.{task}" in line for line in lines), lines
     assert any(what in line for line in lines), lines
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_is_read(tiny, capsys):
+    """A manifest edited in a Windows editor (its name, its notes) begins with a byte-order mark: json refused it
+    ('Unexpected UTF-8 BOM', exit 3 for a set that is whole). The mark names the encoding and is dropped."""
+    text = (tiny / "manifest.json").read_text()
+    for encoding in ("utf-8-sig", "utf-16"):
+        (tiny / "manifest.json").write_bytes(text.encode(encoding))
+        assert read_manifest(tiny).name == "tiny-test-set"
+        assert validate_cli(tiny, capsys) == (0, [])
