@@ -535,10 +535,24 @@ def _sound_row(row: dict[str, Any], item: Item) -> bool:
             and (stage is None or (isinstance(stage, list) and all(_number_or_none(v) for v in stage))))
 
 
+# An earlier run's files (a .state row of a kilobyte, a result of up to a few megabytes) are read only when they
+# are regular files of at most this size.
+_MAX_EARLIER_BYTES = 256 << 20
+
+
+def _earlier_json(path: Path) -> Any:
+    """An earlier run's JSON file (smallfiles.read_small: an InputError, a ValueError, when it is missing, no
+    regular file or too large). Path.read_text waited for ever on a FIFO in place of a .state row (batch --resume
+    hung) and read /dev/zero behind a link until memory ran out."""
+    from .smallfiles import read_small
+
+    return json.loads(read_small(path, _MAX_EARLIER_BYTES, "batch output file").decode("utf-8"))
+
+
 def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] | None:
     """The earlier run's row when the image need not run again: outputs there, same input bytes and options."""
     try:
-        state = json.loads(_state_path(outdir, item.id).read_text(encoding="utf-8"))
+        state = _earlier_json(_state_path(outdir, item.id))
     except (OSError, ValueError, RecursionError):
         return None
     row = state.get("row") if isinstance(state, dict) else None
@@ -550,7 +564,7 @@ def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] 
         if not (outdir / rel).is_file():
             return None
     try:  # a damaged result is not an output there: the image runs again
-        if not sound_result(json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))):
+        if not sound_result(_earlier_json(outdir / "results" / f"{item.id}.json")):
             return None
     except (OSError, ValueError, RecursionError):
         return None
@@ -617,7 +631,7 @@ def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None
                 or not (row["pixel_size_A"] or item.nav_frame is not None):
             continue
         try:
-            result = json.loads((outdir / "results" / f"{item.id}.json").read_text(encoding="utf-8"))
+            result = _earlier_json(outdir / "results" / f"{item.id}.json")
         except (OSError, ValueError, RecursionError):
             continue
         if not sound_result(result, centres=False) or "targets" not in result:

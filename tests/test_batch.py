@@ -1042,3 +1042,35 @@ def test_two_batches_sharing_an_output_folder_do_not_fail_each_others_write_chec
     with mrcfile.new(image) as m:
         m.set_data(make_atlas(3, shape=(320, 320))[0])
     assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, report=False) == 0
+
+
+def test_resume_never_reads_a_special_file_in_place_of_an_earlier_output(tmp_path):
+    """--resume read the earlier run's .state rows and results with Path.read_text: a FIFO in place of a row
+    waited for ever (the batch hung), /dev/zero behind a link read until memory ran out. They are read only when
+    regular files of bounded size: the image runs again, and its outputs are not written through the FIFO or the
+    link (exit 4, naming it)."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    session = tmp_path / "session"
+    session.mkdir()
+    for k in range(3):
+        with mrcfile.new(session / f"atlas_{k}.mrc") as m:
+            m.set_data(make_atlas(3, shape=(320, 320))[0])
+    out = tmp_path / "out"
+    assert run_batch([str(session)], out, kind="squares", workers=1, threads=1, progress=False, report=False) == 0
+    (out / ".state" / "atlas_0.mrc.json").unlink()
+    os.mkfifo(out / ".state" / "atlas_0.mrc.json")
+    (out / ".state" / "atlas_1.mrc.json").unlink()
+    (out / ".state" / "atlas_1.mrc.json").symlink_to("/dev/zero")
+    (out / "results" / "atlas_2.mrc.json").unlink()
+    os.mkfifo(out / "results" / "atlas_2.mrc.json")
+    r = subprocess.run([sys.executable, "-m", "ptolemy_rt", "batch", str(session), "-o", str(out), "--kind", "squares",
+                        "--workers", "1", "--threads", "1", "--resume", "--no-report"], capture_output=True, text=True,
+                       env=_env(), timeout=120, check=False)
+    assert r.returncode == 4, r.stderr
+    rows = {row["id"]: row for row in json.loads((out / "summary.json").read_text())["images"]}
+    assert all(rows[f"atlas_{k}.mrc"]["exit_code"] == 4 for k in range(3))
+    assert "atlas_0.mrc.json: is a FIFO" in rows["atlas_0.mrc"]["error"]
+    assert "atlas_1.mrc.json: is a symbolic link" in rows["atlas_1.mrc"]["error"]
