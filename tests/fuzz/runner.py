@@ -167,6 +167,12 @@ def _tamper(edits: list[dict]) -> None:
 
     for edit in edits:
         for path in sorted(glob.glob(edit["glob"])):
+            if "special" in edit:  # a FIFO, /dev/zero behind a link, a folder in the file's place
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    {"fifo": os.mkfifo, "dir": os.mkdir,
+                     "zero": lambda p: os.symlink("/dev/zero", p)}[edit["special"]](path)
+                continue
             if "text" in edit:
                 Path(path).write_text(edit["text"])
                 continue

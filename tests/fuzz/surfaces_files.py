@@ -9,7 +9,8 @@
   refused (2) or read without the pixel size (0), never 70.
 - batch_races: two `batch` processes started together on one output folder (the second with --resume at times):
   both exit 0, no temporary file left, a readable summary.json, and every result the bytes of a lone run; a batch
-  whose session changes under it (0 or 2); a batch whose terminal hangs up (SIGHUP to its process group: 130, no
+  whose session changes under it (0 or 2); --resume after an earlier run whose outputs became FIFOs, links to
+  /dev/zero or folders (0 or 4, never a hang); a batch whose terminal hangs up (SIGHUP to its process group: 130, no
   temporary file, a readable summary; -1 when it came before Python started the package).
 """
 
@@ -187,7 +188,16 @@ def batch_races(rng: np.random.Generator, d: Path, image: Path) -> dict:
     if rng.random() < 0.3:
         argv.append("--resume")
     kind = rng.random()
-    if kind < 0.25:  # the terminal or ssh session goes: SIGHUP to the whole group, workers included
+    if kind < 0.15:  # --resume after an earlier run whose outputs became special files: never read, never a hang
+        from .surfaces import _main
+
+        where = [_pick(rng, [".state/*.json", "results/*.json", "images/*.jpg", "summary.json"])
+                 for _ in range(int(rng.integers(1, 3)))]
+        edits = [{"glob": str(batch / w), "special": _pick(rng, ["fifo", "zero", "dir"])} for w in where]
+        lone = ["batch", str(session), "-o", str(batch), "--kind", "squares", "--no-progress", "--threads", "1",
+                "--workers", "1"]
+        return _main([*lone, "--resume"], {0, 4}, out, before=lone, tamper=edits, batch_out=str(batch))
+    if kind < 0.35:  # the terminal or ssh session goes: SIGHUP to the whole group, workers included
         return {"kind": "cli", "argv": argv, "expect": [0, 130, -1], "outdir": str(out), "batch_out": str(batch),
                 "signal": "SIGHUP", "group": True, "delay": float(rng.uniform(0.1, 2.5))}
     if kind < 0.6:
