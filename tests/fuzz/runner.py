@@ -35,6 +35,8 @@ def _limits(fsize: int | None = None, close_stdout: bool = False):
     def apply() -> None:
         import resource
 
+        # as a terminal's shell starts it: a fuzz run started under nohup would hand down an ignored SIGHUP
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
         if fsize:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -409,6 +411,10 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
         elif code not in case["expect"]:
             problems.append("wrong_exit")
             detail = f"exit {code}: {err.strip()[-200:]}"
+        elif code in case.get("early", []) and os.path.lexists(case.get("started", "")):
+            # killed by the signal, which is right only before Python started the package, but the run had begun
+            problems.append("wrong_exit")
+            detail = f"exit {code} (killed by the signal) after the run had started ({case['started']} exists)"
         if "Traceback" in err or "Exception ignored" in err:
             problems.append("traceback")
             detail = err.strip()[-300:]

@@ -198,8 +198,11 @@ def batch_races(rng: np.random.Generator, d: Path, image: Path) -> dict:
                 "--workers", "1"]
         return _main([*lone, "--resume"], {0, 4}, out, before=lone, tamper=edits, batch_out=str(batch))
     if kind < 0.35:  # the terminal or ssh session goes: SIGHUP to the whole group, workers included
+        for k in range(n, n + 30):  # enough images that the hangup comes mid-batch
+            (session / f"atlas_{k}.mrc").write_bytes(image.read_bytes())
         return {"kind": "cli", "argv": argv, "expect": [0, 130, -1], "outdir": str(out), "batch_out": str(batch),
-                "signal": "SIGHUP", "group": True, "delay": float(rng.uniform(0.1, 2.5))}
+                "signal": "SIGHUP", "group": True, "delay": float(rng.uniform(0.2, 2.0)),
+                "early": [-1], "started": str(batch)}
     if kind < 0.6:
         targets = [str(session / f"atlas_{k}.mrc") for k in range(n)]
         changes = [{"op": _pick(rng, MUTATIONS), "path": _pick(rng, targets)}
