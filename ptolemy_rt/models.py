@@ -239,8 +239,20 @@ class ModelSet:
         return f"ModelSet({str(self.directory)!r}, provider={self.requested_provider!r}, threads={self.threads})"
 
 
+# The sets loaded last, most recent at the end. A bounded few: each holds its onnxruntime sessions (24 MB of
+# address space a set, their threads' stacks), and a process that went through hundreds of sets (an evaluation
+# over checkpoints, the fuzz worker) ran out of address space under a limit (ulimit -v) at about 250.
 _CACHE: dict[tuple[str, str, int | None], ModelSet] = {}
+_CACHE_SETS = 8
 _CACHE_LOCK = threading.Lock()
+
+
+def _remember(key: tuple[str, str, int | None], models: ModelSet) -> None:
+    """Keep `models` as the most recently used set, forgetting the oldest beyond _CACHE_SETS."""
+    _CACHE.pop(key, None)
+    _CACHE[key] = models
+    while len(_CACHE) > _CACHE_SETS:
+        del _CACHE[next(iter(_CACHE))]
 
 
 def session_options(threads: int) -> Any:
@@ -272,11 +284,14 @@ def load_models(
         # A set loaded before is reused even if its folder has gone since (a batch's later images: the sessions
         # hold the graphs); only a first load checks the folder.
         try:
-            cached = _CACHE.get((os.path.realpath(path), provider, threads))
+            key = (os.path.realpath(path), provider, threads)
         except (OSError, ValueError):  # a NUL in the name: check_model_directory names it
-            cached = None
-        if cached is not None:
-            return cached
+            key = None
+        with _CACHE_LOCK:
+            cached = _CACHE.get(key) if key is not None else None
+            if cached is not None:
+                _remember(key, cached)
+                return cached
     directory = check_model_directory(path) if path is not None else default_models_dir()
     if path is None and not (directory / "manifest.json").is_file():
         raise ModelError(f"the default model set is missing ({directory}); reinstall ptolemy-rt or pass --models DIR")
@@ -285,7 +300,7 @@ def load_models(
         cached = _CACHE.get(key)
         if cached is None:
             cached = ModelSet(directory, provider=provider, threads=threads)
-            _CACHE[key] = cached
+        _remember(key, cached)
         return cached
 
 

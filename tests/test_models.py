@@ -334,3 +334,18 @@ def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path):
         M.load_models(loop)
     with pytest.raises(ModelError):
         M.ModelSet(loop)
+
+
+def test_the_cache_keeps_a_bounded_number_of_recent_sets(tiny, tmp_path, monkeypatch):
+    """Every set ever loaded stayed cached with its sessions (24 MB of address space each): a process going
+    through hundreds of sets (an evaluation over checkpoints; fuzz model_graphs seed 60000280, its 280th set)
+    ran out of address space under a limit. The few used last are kept, the one in use is never dropped."""
+    monkeypatch.setattr(M, "_CACHE", {})
+    sets = []
+    for k in range(M._CACHE_SETS + 3):
+        shutil.copytree(tiny, tmp_path / f"s{k}")
+        sets.append(M.load_models(str(tmp_path / f"s{k}")))
+        assert M.load_models(str(tmp_path / "s0")) is sets[0]  # used again: kept as the most recent
+    assert len(M._CACHE) == M._CACHE_SETS
+    assert M.load_models(str(tmp_path / "s1")) is not sets[1]  # the least recently used: loaded again
+    assert M.load_models(str(tmp_path / f"s{len(sets) - 1}")) is sets[-1]
