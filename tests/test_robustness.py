@@ -1046,3 +1046,26 @@ def test_every_json_the_package_writes_refuses_infinity_and_nan():
                 if not (nan and isinstance(nan[0].value, ast.Constant) and nan[0].value.value is False):
                     missing.append(f"{path.relative_to(path.parents[1])}:{call.lineno}")
     assert missing == []
+
+
+def test_a_signal_as_a_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """Fuzz (batch_signals, seed 70000009): a signal whose handler raised just after tempfile.mkstemp had created
+    the temporary file, before its name came back, left it behind ('.atlas_7.mrc.jpg.5a81brl5.tmp'): nothing
+    knew its name. The name is now registered before the file is created, and the clean-up removes it."""
+    from ptolemy_rt import outputs
+
+    real = os.open
+
+    def open_then_interrupt(path, flags, *args, **kw):
+        fd = real(path, flags, *args, **kw)
+        if str(path).endswith(".tmp"):
+            os.close(fd)
+            raise KeyboardInterrupt  # the handler, run as the call returns
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "r.json", b"{}")
+    monkeypatch.undo()
+    outputs.remove_temporaries()
+    assert list(tmp_path.iterdir()) == []
