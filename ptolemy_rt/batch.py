@@ -413,6 +413,7 @@ def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[tupl
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    _start_resource_tracker()
     # spawn: a fresh interpreter per worker, never a fork of a process holding onnxruntime or OpenMP threads.
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=init_worker, initargs=(config,))
@@ -425,6 +426,27 @@ def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[tupl
                 yield _failed(futures[future], exc)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker started with SIGHUP ignored (the disposition survives its exec).
+
+    It ignores SIGINT and SIGTERM itself, not SIGHUP: a terminal's hangup, sent to the whole process group, killed
+    it, and the pool's shutdown then printed its tracebacks under the batch's one-line 'interrupted'."""
+    import signal
+    from multiprocessing import resource_tracker
+
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None:  # Windows: no hangups, no tracker
+        return
+    try:
+        previous = signal.signal(hup, signal.SIG_IGN)
+    except ValueError:  # run_batch called from another thread than the main one: signals are not its to set
+        return
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(hup, previous)
 
 
 def _dask(items: list[Item], config: BatchConfig, address: str) -> Iterator[tuple[dict, dict]]:

@@ -92,7 +92,9 @@ def _write_temp(target: Path, payload: bytes) -> str:
     except OSError as exc:
         raise OutputError(f"{target}: cannot create its directory ({exc.strerror or exc})") from None
     mode = _mode_for(target)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    # as tempfile.mkstemp opens: binary (Windows would otherwise write \r\n for \n) and not inherited
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0))
     while True:
         # The name is registered before the file exists: a signal whose handler raised just after tempfile.mkstemp
         # created the file, before its name came back, left it behind (fuzz batch_signals seed 70000009, a
