@@ -267,8 +267,10 @@ def test_a_navigator_saved_with_a_utf8_byte_order_mark_is_read_and_copied_byte_f
         read_nav(wide)
 
 
-@pytest.mark.parametrize("name", ["carte_é.mrc", "Åtlas.mrc", "сетка_х.mrc"])
-@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+# (Cyrillic has no cp1252 form: that name is written in UTF-8 only.)
+@pytest.mark.parametrize("name, encoding", [(name, encoding) for name in ("carte_é.mrc", "Åtlas.mrc", "сетка_х.mrc")
+                                            for encoding in ("utf-8", "cp1252")
+                                            if name != "сетка_х.mrc" or encoding == "utf-8"])
 def test_a_map_file_name_with_accents_is_found_in_either_encoding(tmp_path, name, encoding):
     """SerialEM writes a MapFile name with accents in UTF-8 or in the Windows code page. `--nav` read the navigator
     byte for byte (latin-1) and missed a UTF-8 name ('no navigator map's MapFile is carte_é.mrc'); batch discovery
@@ -276,10 +278,7 @@ def test_a_map_file_name_with_accents_is_found_in_either_encoding(tmp_path, name
     ('Å', 'х') was cut in two by str.splitlines. Both now find the map and its stage frame, either way."""
     from ptolemy_rt.sessions import nav_frames, nav_maps
 
-    try:
-        raw = _nav(_map(file=name)).encode(encoding)
-    except UnicodeEncodeError:
-        pytest.skip(f"{name} has no {encoding} form")
+    raw = _nav(_map(file=name)).encode(encoding)
     (tmp_path / name).write_bytes(b"")
     nav_path = tmp_path / "s.nav"
     nav_path.write_bytes(raw)
