@@ -812,10 +812,10 @@ def test_search_reusing_an_earlier_searchs_scans_finds_the_same(seed):
     assert k.search(*args, 0.1, 6.0, 8.0, memo) == k.search(*args, 0.1, 6.0, 8.0)
 
 
-def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cells=(9, 12)):
-    """Holes on the lattice `basis` (20 % missing) and, on one coset of an index-2 superlattice of it (coset
-    0: the points halfway along a, 1: along b, 2: the cells' centres), the U-Net's blobs between holes:
-    `present` of them, smaller (a quarter of a hole's area) and placed 1.5x as loosely."""
+def coset_scene(seed: int, basis: np.ndarray, coset: int, cells=(9, 12)):
+    """(rng, shortest spacing d, shape, true points, holes: 80 % of them, every point of one coset of an index-2
+    superlattice: coset 0 the points halfway along a, 1 along b, 2 the cells' centres), in an image about
+    cells[0] x cells[1] d large; positions exact (the callers jitter them)."""
     rng = np.random.default_rng(seed)
     a, b = basis[:, 0], basis[:, 1]
     d = math.hypot(*reduced(a, b)[0])
@@ -824,9 +824,17 @@ def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cel
     origin = np.array([cols / 2, rows / 2]) + basis @ rng.uniform(0, 1, 2)
     truth = lattice_points(tuple(origin), tuple(a), tuple(b), shape, edge_tolerance=0.0)
     holes = truth[rng.random(len(truth)) >= 0.2]
-    holes = holes + rng.normal(0.0, 0.02 * d, holes.shape)
     shift = (0.5 * a, 0.5 * b, 0.5 * (a + b))[coset]
     between = lattice_points(tuple(origin + shift), tuple(a), tuple(b), shape, edge_tolerance=0.0)
+    return rng, d, shape, truth, holes, between
+
+
+def artefact_scene(seed: int, basis: np.ndarray, coset: int, present: float, cells=(9, 12)):
+    """Holes on the lattice `basis` (20 % missing) and, on one coset of an index-2 superlattice of it
+    (coset_scene), the U-Net's blobs between holes: `present` of them, smaller (a quarter of a hole's area)
+    and placed 1.5x as loosely."""
+    rng, d, shape, truth, holes, between = coset_scene(seed, basis, coset, cells)
+    holes = holes + rng.normal(0.0, 0.02 * d, holes.shape)
     between = between[rng.random(len(between)) < present]
     between = between + rng.normal(0.0, 0.03 * d, between.shape)
     mask = np.zeros(shape, dtype=bool)
@@ -1048,16 +1056,7 @@ def film_scene(seed: int, basis: np.ndarray, coset: int, cells=(9, 12), holes_li
     """Holes on the lattice `basis` (20 % missing) and blobs just like them on every point of one coset of an
     index-2 superlattice (the U-Net firing on the film between holes), with each centroid's brightness (mean,
     sd): by default the holes' scattered by their ice (180 +- 30), the film's darker and even (100 +- 8)."""
-    rng = np.random.default_rng(seed)
-    a, b = basis[:, 0], basis[:, 1]
-    d = math.hypot(*reduced(a, b)[0])
-    shape = (int(cells[0] * d), int(cells[1] * d))
-    rows, cols = shape
-    origin = np.array([cols / 2, rows / 2]) + basis @ rng.uniform(0, 1, 2)
-    truth = lattice_points(tuple(origin), tuple(a), tuple(b), shape, edge_tolerance=0.0)
-    holes = truth[rng.random(len(truth)) >= 0.2]
-    shift = (0.5 * a, 0.5 * b, 0.5 * (a + b))[coset]
-    film = lattice_points(tuple(origin + shift), tuple(a), tuple(b), shape, edge_tolerance=0.0)
+    rng, d, shape, truth, holes, film = coset_scene(seed, basis, coset, cells)
     holes = holes + rng.normal(0.0, 0.02 * d, holes.shape)
     film = film + rng.normal(0.0, 0.02 * d, film.shape)
     mask = np.zeros(shape, dtype=bool)
