@@ -244,7 +244,10 @@ class ModelSet:
 # over checkpoints, the fuzz worker) ran out of address space under a limit (ulimit -v) at about 250.
 _CACHE: dict[tuple[str, str, int | None], ModelSet] = {}
 _CACHE_SETS = 8
+# Two locks: the cache's (held for a lookup or an update, microseconds) and the loads' (held while a set loads,
+# seconds, so that a set is not loaded twice at once): a thread finding its set cached never waits for a load.
 _CACHE_LOCK = threading.Lock()
+_LOAD_LOCK = threading.Lock()
 
 
 def _remember(key: tuple[str, str, int | None], models: ModelSet) -> None:
@@ -284,23 +287,33 @@ def load_models(
         # A set loaded before is reused even if its folder has gone since (a batch's later images: the sessions
         # hold the graphs); only a first load checks the folder.
         try:
-            key = (os.path.realpath(path), provider, threads)
+            cached = _cached((os.path.realpath(path), provider, threads))
         except (OSError, ValueError):  # a NUL in the name: check_model_directory names it
-            key = None
-        with _CACHE_LOCK:
-            cached = _CACHE.get(key) if key is not None else None
-            if cached is not None:
-                _remember(key, cached)
-                return cached
+            cached = None
+        if cached is not None:
+            return cached
     directory = check_model_directory(path) if path is not None else default_models_dir()
     if path is None and not (directory / "manifest.json").is_file():
         raise ModelError(f"the default model set is missing ({directory}); reinstall ptolemy-rt or pass --models DIR")
     key = (os.path.realpath(directory), provider, threads)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
+    cached = _cached(key)
+    if cached is not None:
+        return cached
+    with _LOAD_LOCK:
+        cached = _cached(key)  # another thread may have loaded it while this one waited
         if cached is None:
             cached = ModelSet(directory, provider=provider, threads=threads)
-        _remember(key, cached)
+            with _CACHE_LOCK:
+                _remember(key, cached)
+        return cached
+
+
+def _cached(key: tuple[str, str, int | None]) -> ModelSet | None:
+    """The cached set of `key`, made the most recently used; None if not cached."""
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _remember(key, cached)
         return cached
 
 

@@ -336,6 +336,39 @@ def test_a_model_set_path_in_a_symlink_loop_is_a_model_error(tmp_path):
         M.ModelSet(loop)
 
 
+def test_a_cached_set_is_returned_while_another_loads(tiny, tmp_path, monkeypatch):
+    """A thread whose set is cached does not wait for another thread's load of another set (seconds for a large
+    set): the cache's lock is held for lookups only."""
+    import threading
+
+    monkeypatch.setattr(M, "_CACHE", {})
+    shutil.copytree(tiny, tmp_path / "a")
+    shutil.copytree(tiny, tmp_path / "b")
+    first = M.load_models(str(tmp_path / "a"))
+    entered, release = threading.Event(), threading.Event()
+    real = M.ModelSet
+
+    def slow_set(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(M, "ModelSet", slow_set)
+    loader = threading.Thread(target=M.load_models, args=(str(tmp_path / "b"),))
+    loader.start()
+    try:
+        assert entered.wait(30)
+        got = []
+        hit = threading.Thread(target=lambda: got.append(M.load_models(str(tmp_path / "a"))))
+        hit.start()
+        hit.join(5)
+        assert got == [first]  # returned while the other set was still loading
+    finally:
+        release.set()
+        loader.join(30)
+    assert len(M._CACHE) == 2
+
+
 def test_the_cache_keeps_a_bounded_number_of_recent_sets(tiny, tmp_path, monkeypatch):
     """Every set ever loaded stayed cached with its sessions (24 MB of address space each): a process going
     through hundreds of sets (an evaluation over checkpoints; fuzz model_graphs seed 60000280, its 280th set)
