@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, PtolemyError, clean_text, one_line
+from .errors import HANGUP, InputError, PtolemyError, clean_text, one_line
 from .report import sound_result
 from .sessions import Item, discover, stage_to_pixel
 
@@ -219,8 +219,8 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
     """
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if hasattr(signal, "SIGHUP"):  # a terminal's hangup reaches the whole group: the main process stops it
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if HANGUP is not None:  # a terminal's hangup reaches the whole group: the main process stops it
+            signal.signal(HANGUP, signal.SIG_IGN)
     if own_process:
         keep_large_arrays_on_heap(_SHARED_TRIM_THRESHOLD if shared else _TRIM_THRESHOLD)
     if config.threads:
@@ -436,17 +436,16 @@ def _start_resource_tracker() -> None:
     import signal
     from multiprocessing import resource_tracker
 
-    hup = getattr(signal, "SIGHUP", None)
-    if hup is None:  # Windows: no hangups, no tracker
+    if HANGUP is None:  # Windows: no hangups, no tracker
         return
     try:
-        previous = signal.signal(hup, signal.SIG_IGN)
+        previous = signal.signal(HANGUP, signal.SIG_IGN)
     except ValueError:  # run_batch called from another thread than the main one: signals are not its to set
         return
     try:
         resource_tracker.ensure_running()
     finally:
-        signal.signal(hup, previous)
+        signal.signal(HANGUP, previous)
 
 
 def _dask(items: list[Item], config: BatchConfig, address: str) -> Iterator[tuple[dict, dict]]:
@@ -793,7 +792,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     interrupted = False
     # SIGTERM (a scheduler's kill) and SIGHUP (the terminal or ssh session gone) stop like Ctrl-C: finished images
     # stay recorded for --resume. cli.main() has installed its own handlers; a library caller may have none.
-    caught = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+    caught = [sig for sig in (signal.SIGTERM, HANGUP) if sig is not None
               and signal.getsignal(sig) in (signal.SIG_DFL, None)] \
         if threading.current_thread() is threading.main_thread() else []
     for sig in caught:

@@ -24,6 +24,7 @@ from .errors import (
     EXIT_MODEL,
     EXIT_OK,
     EXIT_OUTPUT,
+    HANGUP,
     InputError,
     ModelError,
     OutputError,
@@ -753,7 +754,7 @@ class Terminated(KeyboardInterrupt):
 # What stops a run: Ctrl-C, a scheduler's kill, and the hangup of the terminal or ssh session it runs in (SIGHUP
 # killed the process where it stood: no summary, a temporary file left). A SIGHUP ignored when we start (nohup)
 # stays ignored.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((HANGUP,) if HANGUP is not None else ())
 
 
 # Signals received during this run: a library may turn the KeyboardInterrupt they raise into its own error
@@ -809,9 +810,8 @@ def _install_signal_handlers() -> dict:
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     signal.signal(signal.SIGINT, _on_sigint)  # package import may have set a quick exit
     signal.signal(signal.SIGTERM, _on_sigterm)
-    hangup = getattr(signal, "SIGHUP", None)
-    if hangup is not None and previous[hangup] is not signal.SIG_IGN:  # nohup: the user wants it ignored
-        signal.signal(hangup, _on_sigterm)
+    if HANGUP is not None and previous[HANGUP] is not signal.SIG_IGN:  # nohup: the user wants it ignored
+        signal.signal(HANGUP, _on_sigterm)
     return previous
 
 

@@ -8,6 +8,7 @@ written; anything else is a bug (exit 70).
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -35,6 +36,9 @@ __all__ = [
 
 # The exit-code contract of the command line (README, "Exit codes").
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 4, 70, 130
+# The hangup of the terminal or ssh session a run is in, one of the signals that stop it (EXIT_INTERRUPTED);
+# None where the platform has none (Windows).
+HANGUP = getattr(signal, "SIGHUP", None)
 
 
 def clean_text(text: str) -> str:

@@ -842,15 +842,13 @@ def _near_distance(pts: np.ndarray, c: np.ndarray, origin: Point, a: np.ndarray,
     Each centroid is rounded to its lattice point in a reduced basis (exact within a quarter spacing), so
     this costs O(points + centroids), not the O(points x centroids) of a brute-force search."""
     ra, rb = _reduce(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-    inv = np.linalg.inv(np.stack([ra, rb], axis=1))
     o = np.asarray(origin, dtype=np.float64)
-    cell = np.rint((c - o) @ inv.T)
-    resid = np.hypot(*(c - o - cell @ np.stack([ra, rb])).T)
-    keep = resid < radius
+    cell = _nearest_cells(c, o, ra, rb)
+    keep = _cell_distances(c, o, ra, rb, cell) < radius
     out = np.full(len(pts), np.inf)
     if not keep.any():
         return out
-    pcell = np.rint((pts - o) @ inv.T).astype(np.int64)
+    pcell = _nearest_cells(pts, o, ra, rb).astype(np.int64)
     ccell = cell[keep].astype(np.int64)
     lo = np.minimum(pcell.min(axis=0), ccell.min(axis=0))
     width = int(max(pcell[:, 1].max(), ccell[:, 1].max()) - lo[1] + 1)
@@ -865,6 +863,17 @@ def _near_distance(pts: np.ndarray, c: np.ndarray, origin: Point, a: np.ndarray,
     d = np.sqrt((pts[idx, 0] - cc[:, 0]) ** 2 + (pts[idx, 1] - cc[:, 1]) ** 2)
     np.minimum.at(out, idx, np.where(d < radius, d, np.inf))
     return out
+
+
+def _nearest_cells(c: np.ndarray, o: np.ndarray, ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+    """Each point's lattice coordinates (m, n), rounded, in the reduced basis (ra, rb) about origin o: its nearest
+    lattice point's, where it lies within a quarter spacing of one."""
+    return np.rint((c - o) @ np.linalg.inv(np.stack([ra, rb], axis=1)).T)
+
+
+def _cell_distances(c: np.ndarray, o: np.ndarray, ra: np.ndarray, rb: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """The distance of each point to the lattice point `cell` of it (_nearest_cells)."""
+    return np.hypot(*(c - o - cell @ np.stack([ra, rb])).T)
 
 
 def _likeness(weak: tuple, strong: tuple, spacing: float) -> float:
@@ -892,10 +901,9 @@ def _coset_parities(c: np.ndarray, origin: Point, ra: np.ndarray, rb: np.ndarray
                     radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """For _sparsify's three index-2 sublattices of the reduced basis (ra, rb) in its order: (the centroids
     within `radius` of a lattice point, their coset there: 0 the origin's, 1 the other), as index arrays."""
-    inv = np.linalg.inv(np.stack([ra, rb], axis=1))
     o = np.asarray(origin, dtype=np.float64)
-    cell = np.rint((c - o) @ inv.T)
-    on = np.flatnonzero(np.hypot(*(c - o - cell @ np.stack([ra, rb])).T) < radius)
+    cell = _nearest_cells(c, o, ra, rb)
+    on = np.flatnonzero(_cell_distances(c, o, ra, rb, cell) < radius)
     m, n = cell[on, 0].astype(np.int64), cell[on, 1].astype(np.int64)
     return [(on, m % 2), (on, n % 2), (on, (m + n) % 2)]
 
