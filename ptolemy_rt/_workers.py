@@ -26,7 +26,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-__all__ = ["workers", "submit", "run_all"]
+__all__ = ["workers", "submit", "chain", "run_all"]
 
 T = TypeVar("T")
 
@@ -103,6 +103,25 @@ def submit(fn: Callable[..., T], *args) -> Future:
     except Exception as exc:  # handed over through the Future, as a worker's would be
         done.set_exception(exc)
     return done
+
+
+def chain(*jobs: Callable[[], T]) -> list[Future]:
+    """The jobs one after another on one worker thread (one core beside the caller's, however many jobs): a Future
+    each, done as soon as its job is, so the first can be awaited while the next runs. A job whose Future is
+    cancelled before its turn does not run. In the calling thread, at once, when workers() is 1."""
+    futures: list[Future] = [Future() for _ in jobs]
+
+    def run() -> None:
+        for future, job in zip(futures, jobs):
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed over through its Future (KeyboardInterrupt too: not lost)
+                future.set_exception(exc)
+
+    submit(run)
+    return futures
 
 
 def run_all(fn: Callable[[int, int], T], parts: int, threads: int | None = None) -> list[T]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -26,9 +27,9 @@ import numpy as np
 
 from . import _workers
 from .crops import hole_crops
-from .film import film_mask, on_film
+from .film import film_mask, film_working_copy, on_film
 from .io import Image, ImageLike, as_image, check_min_size
-from .lattice import Lattice, fit_lattice, regularity, row_spacings
+from .lattice import Lattice, fit_lattice, regularity, row_spacings, summed_area_table
 from .models import ModelSet, ModelsLike, resolve_models
 from .options import PTOLEMY_COMPAT, SCORES, HoleOptions
 from .results import Hole, HoleResult, ImageInfo, sort_targets
@@ -288,6 +289,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     maps: dict[float, np.ndarray] = {}
     first_reason = None
     tried: dict[float, float] = {}  # factor -> period
+    film_copy: list[Future] = []  # the film mask's working copy for the primary period, made beside the fit
 
     def attempt(candidate: float, primary: bool) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
         f = unet_factor(candidate, scale)
@@ -342,8 +344,18 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # Beyond the primary estimate, a map with far more blobs than the period allows is noise the U-Net
         # fired on; fitting a lattice to thousands of such blobs would cost seconds and find nothing.
         limit = None if primary else _LADDER_EXCESS * rows * cols / candidate**2 + 10
+        mask = table = None
+        if primary and not film_copy and _workers.workers() > 1:
+            # The second core is idle while this one fits the lattice (~8 ms on 1024x1440): there, the mask's
+            # summed-area table the fit needs, then the film mask's working copy for this period (which the
+            # lattice's period mostly shares: film.film_working_copy), each what it is when made here.
+            mask = prob > thr
+            table, copy = _workers.chain(lambda: summed_area_table(mask),
+                                         lambda: film_working_copy(image.data, candidate, finite=True))
+            film_copy.append(copy)
         lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window,
-                                            min_regularity=None if primary else _MIN_REGULARITY, image=image.data)
+                                            min_regularity=None if primary else _MIN_REGULARITY, image=image.data,
+                                            mask=mask, table=table)
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob
@@ -421,10 +433,13 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # that period found nothing (the U-Net's noise on a blurred view): the lattice it showed, not nothing.
         best = last_resort
     if best is None:
+        for copy in film_copy:
+            _drop(copy)
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)
     _, f, prob, lattice = best
-    return _holes_on_lattice(image, prob, lattice, model_set, opts, timings, info, unet_area=f * f, finite=True)
+    return _holes_on_lattice(image, prob, lattice, model_set, opts, timings, info, unet_area=f * f, finite=True,
+                             film_copy=film_copy[0] if film_copy else None)
 
 
 def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, options: HoleOptions | None = None,
@@ -490,8 +505,8 @@ def _info(image: Image) -> ImageInfo:
 
 def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str, float],
              max_centroids: float | None = None, window: int = REGION_WINDOW,
-             min_regularity: float | None = None,
-             image: np.ndarray | None = None) -> tuple[Lattice | None, str | None, float]:
+             min_regularity: float | None = None, image: np.ndarray | None = None,
+             mask: np.ndarray | None = None, table: Future | None = None) -> tuple[Lattice | None, str | None, float]:
     """Threshold, centroids and lattice of a probability map: (lattice, None, quality) or (None, reason, 0).
 
     quality: the share of centroids on the lattice (less those on cosets set aside, Lattice.n_set_aside)
@@ -499,9 +514,10 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
     With more than `max_centroids` candidates, or at least _REGULAR_MIN_BLOBS of them less regular than
     `min_regularity` (lattice.regularity), no lattice is fitted. `image` (the map's, same shape): the general
     model's index-2 check also compares the image's brightness at the centroids (centroid_brightness).
+    mask: prob > thr where the caller has it; table: a Future of its summed_area_table (made on a second core).
     """
     t = time.perf_counter()
-    mask = prob > thr
+    mask = prob > thr if mask is None else mask
     centroids = hole_centroids(mask, window)
     timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
     if len(centroids) < 2:
@@ -520,8 +536,10 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
         if image is not None:
             brightness = centroid_brightness(image, centroids, _blob_radius(mask, len(centroids)))
     t = time.perf_counter()
+    # the table made beside the centroids (made here where no worker has started it: a loaded machine)
+    sat = None if table is None or table.cancel() else table.result()
     lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine, model=opts.lattice_model,  # type: ignore[arg-type]
-                          brightness=brightness)
+                          brightness=brightness, sat=sat)
     timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
     if lattice is None:
         what = "square lattice" if opts.lattice_model == "square" else "lattice"
@@ -572,12 +590,13 @@ def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_set: ModelSet, opts: HoleOptions,
                       timings: dict[str, float], info: ImageInfo, unet_area: float = 1.0,
-                      finite: bool = False) -> HoleResult:
+                      finite: bool = False, film_copy: Future | None = None) -> HoleResult:
     """The stages after the lattice: lattice points, crops, U-Net and CNN scores.
 
     unet_area: U-Net pixels per input pixel (unused: the "unet" score is the mean probability over the crop,
     which a scale-normalised U-Net gives the same at any magnification; see scoring.unet_scores).
     finite: the image is known to be finite as float32 (find_holes's normalise_image summed it to a finite mean).
+    film_copy: a Future of film.film_working_copy(image, some period, finite=finite), made beside the lattice fit.
     """
     if lattice.spacing_px > min(image.shape) / 2.0:
         # fewer than two periods fit: the lattice is two or three blobs, its other points invented
@@ -591,7 +610,9 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     # A point beyond the image's edge (edge_tolerance > 0) is judged by the film at the nearest edge pixel:
     # on_film alone would call every point without a footprint pixel inside the image off film.
     inside = np.clip(points, 0.0, [image.shape[1] - 1.0, image.shape[0] - 1.0])
-    on = on_film(inside, film_mask(image.data, lattice.spacing_px, finite=finite), FILM_RADIUS * lattice.spacing_px)
+    working = None if film_copy is None or film_copy.cancel() else film_copy.result()
+    mask = film_mask(image.data, lattice.spacing_px, finite=finite, working=working)
+    on = on_film(inside, mask, FILM_RADIUS * lattice.spacing_px)
     timings["film"] = time.perf_counter() - t
     if not opts.keep_off_film:
         if not on.any():

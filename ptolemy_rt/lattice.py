@@ -1037,6 +1037,7 @@ def fit_lattice(
     blob_halfwidth: float | None = 2.0,
     hidden_fallback: bool = True,
     brightness: np.ndarray | None = None,
+    sat: np.ndarray | None = None,
 ) -> Lattice | None:
     """Fit a lattice to centroids (n, 2) xy and a boolean mask; None without a lattice worth having.
 
@@ -1068,6 +1069,9 @@ def fit_lattice(
 
     brightness: optional (n,) image brightness at each centroid (the general model's index-2 check then also
     sets aside a coset of centroids far darker than the other: film between holes, see _sparsify).
+
+    sat: summed_area_table(mask), where the caller has it (find_holes makes it on a second core while it
+    finds the centroids); it must be that table.
     """
     if model not in ("general", "square"):
         raise ValueError(f"model must be 'general' or 'square', got {model!r}")
@@ -1081,7 +1085,11 @@ def fit_lattice(
     cands = candidate_lattices(c, k=k, min_spacing_px=min_spacing_px, model=kind)
     if len(cands.origin) == 0:
         return None
-    sat = summed_area_table(m)
+    if sat is None:
+        sat = summed_area_table(m)
+    elif sat.shape != (m.shape[0] + 1, m.shape[1] + 1):
+        raise ValueError(f"fit_lattice: sat must be the mask's summed_area_table {(m.shape[0] + 1, m.shape[1] + 1)}, "
+                         f"got shape {sat.shape}")
     total = int(sat[-1, -1])
     if total == 0:
         return None

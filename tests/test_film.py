@@ -223,3 +223,26 @@ def test_on_film_direct_boxes_and_summed_area_table_agree(seed, monkeypatch):
     direct = on_film(pts, mask, radius)
     assert np.array_equal(direct, table)
     assert table.any() and not table.all()
+
+
+@pytest.mark.parametrize("spacing, made_for", [(50.0, 50.0), (50.0, 50.6), (50.0, 80.0), (130.0, 127.0), (6.0, 6.0)])
+def test_a_working_copy_made_for_another_period_gives_the_same_mask(monkeypatch, spacing, made_for):
+    # find_holes shrinks the image for the estimated period beside the lattice fit; the mask for the lattice's
+    # period uses that copy only where its size is the one this period gives, and is then the same to the bit.
+    from ptolemy_rt.film import film_working_copy
+
+    img, _, _ = grid_image(5, spacing, (420, 560))
+    copy = film_working_copy(img, made_for)
+    fresh = film_working_copy(img, spacing)
+    assert (copy is None) == (made_for <= 8.0) and (fresh is None) == (spacing <= 8.0)
+    resizes = []
+    real = cv2.resize
+    monkeypatch.setattr(cv2, "resize", lambda *a, **k: (resizes.append(k.get("interpolation")), real(*a, **k))[1])
+    with_copy = film_mask(img, spacing, working=copy)
+    shrunk = resizes.count(cv2.INTER_AREA)
+    monkeypatch.setattr(cv2, "resize", real)
+    assert np.array_equal(with_copy, film_mask(img, spacing))
+    if fresh is not None:
+        # the copy is used (no shrink of its own) exactly where its size is right
+        assert shrunk == (0 if copy is not None and copy.shape == fresh.shape else 1)
+        assert np.array_equal(copy, fresh) == (copy.shape == fresh.shape)

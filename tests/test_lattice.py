@@ -1115,3 +1115,12 @@ def test_brightness_arguments_are_checked():
         fit_lattice(centroids, mask, model="general", brightness=np.full(len(centroids), np.nan))
     with pytest.raises(TypeError, match="brightness must be real numbers"):
         fit_lattice(centroids, mask, model="general", brightness=np.array(["x"] * len(centroids)))
+
+
+def test_a_summed_area_table_given_is_the_one_made_here():
+    # find_holes makes the mask's table on a second core while it finds the centroids
+    centroids, mask, _ = scene(3, 40.0, 17.0)
+    given = fit_lattice(centroids, mask, model="general", sat=summed_area_table(mask))
+    assert given is not None and given == fit_lattice(centroids, mask, model="general")
+    with pytest.raises(ValueError, match="summed_area_table"):
+        fit_lattice(centroids, mask, sat=summed_area_table(mask[1:]))

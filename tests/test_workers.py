@@ -186,6 +186,50 @@ def test_find_holes_with_workers_is_the_serial_result_reference(medmag_path, two
     _compare(image, keep_off_film=True, crop_mode="ptolemy")
 
 
+def test_chain_runs_its_jobs_in_order_on_one_worker(two_threads):
+    gate = threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def job(i):
+        def run():
+            if i == 0:
+                gate.wait(5)
+            seen.append((i, threading.current_thread().name))
+            if i == 2:
+                raise ValueError("two")
+            return i * 10
+        return run
+
+    futures = _workers.chain(*(job(i) for i in range(4)))
+    assert futures[1].cancel()  # not started yet (the first waits): it never runs
+    gate.set()
+    assert futures[0].result(5) == 0 and futures[3].result(5) == 30
+    with pytest.raises(ValueError, match="two"):
+        futures[2].result()
+    assert [i for i, _ in seen] == [0, 2, 3]
+    assert len({name for _, name in seen}) == 1 and seen[0][1].startswith("ptolemy-rt")
+    with serial():  # in place, at once
+        assert [f.result() for f in _workers.chain(lambda: threading.current_thread().name)] == [
+            threading.current_thread().name]
+
+
+def test_find_holes_uses_the_film_copy_made_beside_the_fit(two_threads, monkeypatch):
+    # The working copy for the estimated period is made on the worker; the mask it gives is the one made alone.
+    from ptolemy_rt import holes
+
+    used = []
+    real = holes.film_mask
+
+    def film_mask(image, spacing, *, finite=False, working=None):
+        mask = real(image, spacing, finite=finite, working=working)
+        used.append(working is not None and np.array_equal(mask, real(image, spacing, finite=finite)))
+        return mask
+
+    monkeypatch.setattr(holes, "film_mask", film_mask)
+    assert len(find_holes(synthetic_medmag(1)[0], load_models(None)).holes) > 0
+    assert used == [True]
+
+
 def test_an_interrupt_between_parts_is_raised_not_lost(two_threads, monkeypatch):
     # KeyboardInterrupt can arrive in the calling thread outside any part: run_all must raise it, not return
     # a list with parts missing
