@@ -42,6 +42,7 @@ from .unet import (
     period_candidates,
     probability_map,
     scaled_probability_map,
+    scaled_unet_input,
     tame_extremes,
     unet_factor,
 )
@@ -228,17 +229,24 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
 
     t = time.perf_counter()
     scale = unet_spec.scale
-    sourced = first_estimate = None
+    sourced = first_estimate = first_input = None
+    given: dict[str, Any] = {}  # what this thread hands the worker (the normalised image) and the worker hands back
     if scale is not None and _workers.workers() > 1:
         # The period search (~10 ms on 1024x1440) on a second core while this one normalises and tests the view
         # (as long again): each computes what it computed alone. Views that end here leave it to finish unused.
+        # Then, for the image's own period (the first try's, see below), the U-Net's input (~2.5 ms), which
+        # this core would otherwise make after the view tests, the second one waiting.
         from .spacing import period_estimates
 
         sourced = period_estimates(image.data)
-        first_estimate = _workers.submit(next, sourced, (None, None))
+        first_estimate, first_input = _workers.chain(
+            lambda: given.setdefault("first", next(sourced, (None, None))),  # type: ignore[arg-type]
+            lambda: _first_input(given, image.shape, scale, unet_spec.multiple, opts.unet_padding))
     normalised = normalise_image(image.data)
+    given["normalised"] = normalised
     if normalised is None:
         _drop(first_estimate)
+        _drop(first_input)
         timings["normalise"] = time.perf_counter() - t
         return _empty(info, model_set, "constant image: nothing to find", timings)
     # Views no lattice can be fitted to (one hole filling the view, an atlas): said so, not guessed at.
@@ -246,11 +254,13 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     large = large_holes(image.data, finite=True)
     if large:
         _drop(first_estimate)
+        _drop(first_input)
         timings["normalise"] = time.perf_counter() - t
         return _single_holes(image, large, model_set, opts, timings, info)
     atlas = atlas_reason(image.data, finite=True)
     if atlas is not None:
         _drop(first_estimate)
+        _drop(first_input)
         timings["normalise"] = time.perf_counter() - t
         return _empty(info, model_set, atlas, timings)
     if scale is None:
@@ -299,6 +309,11 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         rows, cols = image.shape
         key = round(f, 9)
         kept = maps.get(key)
+        prepared = None
+        if first_input is not None and kept is None and primary:
+            # the input the worker made for the image's period (None: not made, or for another factor)
+            made = None if first_input.cancel() else first_input.result()
+            prepared = made[1] if made is not None and made[0] == f else None
         if kept is None and not primary and _weak(best) and rows * cols * f * f > 2 * _PROBE_PIXELS:
             # A costly try beyond the primary estimate with no lattice in hand yet (or only a weak one, _weak):
             # the U-Net on a central crop first, and no more when its blobs lie irregularly (an image with no
@@ -332,7 +347,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 return None, reason, 0.0, f, probe
         if kept is None:
             t = time.perf_counter()
-            prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding)
+            prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding, prepared=prepared)
             timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
             while len(maps) >= _KEPT_MAPS:
                 del maps[next(iter(maps))]  # the oldest
@@ -459,6 +474,25 @@ def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, opti
     if lattice is None:
         return _empty(info, models, reason or "no lattice", timings)
     return _holes_on_lattice(image, prob, lattice, models, opts, timings, info)
+
+
+def _first_input(given: dict[str, Any], shape: tuple[int, int], scale: Any, multiple: int,
+                 padding: str) -> tuple[float, tuple[np.ndarray, tuple[int, int]]] | None:
+    """(factor, unet.scaled_unet_input) for the first period estimate where find_holes's first try runs the
+    whole U-Net map at it (the image's own period: no probe), made by the worker that found the period.
+
+    None where that is not so, where the normalised image is not handed over yet (never waited for: the
+    calling thread may be gone), or where the input would be larger than the image (no speculative copies of
+    hundreds of megabytes; find_holes makes those itself when it needs them)."""
+    period, source = given.get("first", (None, None))
+    normalised = given.get("normalised")
+    if period is None or source != "image" or period < MIN_PERIOD_PX or normalised is None:
+        return None
+    f = unet_factor(period, scale)
+    if f > 1.0:
+        return None
+    made = scaled_unet_input(normalised, f, multiple, padding)
+    return None if made is None else (f, made)
 
 
 def _drop(estimate: Any) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "normalise_image",
     "resample",
     "scaled_input",
+    "scaled_unet_input",
     "unet_pad_shape",
     "tile_spans",
     "probability_map",
@@ -252,16 +253,31 @@ def _padded_probability(padded: np.ndarray, shape: tuple[int, int], models: Mode
     return sigmoid(logits[: shape[0], : shape[1]])
 
 
-def scaled_probability_map(normalised: np.ndarray, models: ModelSet, factor: float,
-                           unet_padding: str = "minimal") -> np.ndarray:
-    """Resample by `factor` (scaled_input), run the U-Net, resample the map back onto the input's pixels."""
-    rows, cols = normalised.shape
+def scaled_unet_input(normalised: np.ndarray, factor: float, multiple: int,
+                      unet_padding: str = "minimal") -> tuple[np.ndarray, tuple[int, int]] | None:
+    """scaled_input padded for the U-Net (unet_pad_shape; 0 beyond it) and the resampled shape; None if constant."""
     # scaled_input normalised straight into the padded U-Net input (probability_map without its copy).
     resampled = resample(normalised, factor)
     small_shape = resampled.shape
-    padded = np.zeros(unet_pad_shape(small_shape, models.spec("hole_unet").multiple, unet_padding), dtype=np.float32)
+    padded = np.zeros(unet_pad_shape(small_shape, multiple, unet_padding), dtype=np.float32)
     if normalise_image(resampled, out=padded[: small_shape[0], : small_shape[1]]) is None:
+        return None
+    return padded, (int(small_shape[0]), int(small_shape[1]))
+
+
+def scaled_probability_map(normalised: np.ndarray, models: ModelSet, factor: float,
+                           unet_padding: str = "minimal", *,
+                           prepared: tuple[np.ndarray, tuple[int, int]] | None = None) -> np.ndarray:
+    """Resample by `factor` (scaled_input), run the U-Net, resample the map back onto the input's pixels.
+
+    prepared: scaled_unet_input(normalised, factor, the U-Net's multiple, unet_padding), where the caller made it
+    (find_holes: on a second core); it must be that input."""
+    rows, cols = normalised.shape
+    if prepared is None:
+        prepared = scaled_unet_input(normalised, factor, models.spec("hole_unet").multiple, unet_padding)
+    if prepared is None:
         return np.zeros((rows, cols), dtype=np.float32)
+    padded, small_shape = prepared
     prob = _padded_probability(padded, small_shape, models)
     # cv2.resize maps pixel centres ((x + 0.5) * f - 0.5), so the map lands back on the input's pixels.
     return cv2.resize(prob, (cols, rows), interpolation=cv2.INTER_LINEAR)

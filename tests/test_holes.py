@@ -508,9 +508,9 @@ def unet_runs(monkeypatch):
     runs = []
     real = holes_mod.scaled_probability_map
 
-    def spy(image, models, factor, padding):
+    def spy(image, models, factor, padding, **kw):
         runs.append((image.shape[0], image.shape[1], factor))
-        return real(image, models, factor, padding)
+        return real(image, models, factor, padding, **kw)
 
     monkeypatch.setattr(holes_mod, "scaled_probability_map", spy)
     return runs
@@ -608,9 +608,9 @@ def test_a_second_period_at_a_capped_factor_refits_the_kept_map(tiny_dir, tmp_pa
     runs, fits = [], []
     real_map, real_fit = holes_mod.scaled_probability_map, holes_mod._fit_map
 
-    def map_spy(image, models, factor, padding):
+    def map_spy(image, models, factor, padding, **kw):
         runs.append((image.shape, factor))
-        return real_map(image, models, factor, padding)
+        return real_map(image, models, factor, padding, **kw)
 
     def fit_spy(prob, thr, opts, timings, max_centroids=None, **kw):
         fits.append(max_centroids)

@@ -135,7 +135,8 @@ def test_what_runs_beside_other_opencv_work_does_not_depend_on_opencvs_thread_co
                  for x, y in rng.uniform(-100, 1000, (3, 2))]
         return pickle.dumps((views.large_holes(image), views.atlas_reason(image), views._split(image, 256),
                              views._split(image, 512), list(spacing.period_estimates(image)),
-                             unet.normalise_image(image), film.film_mask(image, 120.0), warps))
+                             unet.normalise_image(image), film.film_mask(image, 120.0), warps,
+                             unet.resample(image, 0.37), film.film_working_copy(image, 60.0)))
 
     before = cv2.getNumThreads()
     try:
@@ -227,6 +228,25 @@ def test_find_holes_uses_the_film_copy_made_beside_the_fit(two_threads, monkeypa
 
     monkeypatch.setattr(holes, "film_mask", film_mask)
     assert len(find_holes(synthetic_medmag(1)[0], load_models(None)).holes) > 0
+    assert used == [True]
+
+
+def test_find_holes_uses_the_unet_input_made_beside_the_view_tests(two_threads, monkeypatch):
+    # The worker that estimates the period makes the first try's U-Net input; it is the one made here.
+    from ptolemy_rt import holes, unet
+
+    models = load_models(None)
+    used = []
+    real = holes.scaled_probability_map
+
+    def scaled_probability_map(normalised, models, factor, padding="minimal", *, prepared=None):
+        if prepared is not None:
+            alone = unet.scaled_unet_input(normalised, factor, models.spec("hole_unet").multiple, padding)
+            used.append(np.array_equal(prepared[0], alone[0]) and prepared[1] == alone[1])
+        return real(normalised, models, factor, padding, prepared=prepared)
+
+    monkeypatch.setattr(holes, "scaled_probability_map", scaled_probability_map)
+    assert len(find_holes(synthetic_medmag(1)[0], models).holes) > 0
     assert used == [True]
 
 
