@@ -213,7 +213,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     t0 = time.perf_counter()
     image = as_image(image_or_path, section=section)
     check_min_size(image, MIN_SIDE, "the hole finder")
-    tamed = tame_extremes(image.data)
+    tamed = tame_extremes(image.data, finite=True)  # as_image checked that every pixel is finite
     if tamed is not image.data:
         image = replace(image, data=tamed)
     if models is False:

@@ -125,13 +125,20 @@ def _pairwise_squares(x: np.ndarray, mean: np.float64, buf: np.ndarray) -> float
 VALUE_LIMIT = 1e15
 
 
-def tame_extremes(data: np.ndarray) -> np.ndarray:
+def tame_extremes(data: np.ndarray, *, finite: bool = False) -> np.ndarray:
     """`data` as it is, unless its magnitude is beyond VALUE_LIMIT (or below its inverse): then made safe.
 
     Outliers (a hot pixel of 3e38) are clipped to 10 times the 0.01-99.99 percentile span beyond it; an image
     that is large throughout is scaled down by a power of two, so that every later float32 statistic is finite.
+    finite: the caller knows `data` is finite (io.as_image checked it): its extremes are then found in one pass.
     """
-    peak = max(abs(float(data.max())), abs(float(data.min())))
+    if finite and data.ndim == 2 and data.dtype == np.float32 and data.flags.c_contiguous and data.size:
+        # cv2.minMaxLoc: both extremes in one pass (0.13 ms on 1024x1440, numpy's two 0.4), the same values; it
+        # skips NaN where numpy's propagate, hence finite data only.
+        low, high = cv2.minMaxLoc(data)[:2]
+        peak = max(abs(high), abs(low))
+    else:
+        peak = max(abs(float(data.max())), abs(float(data.min())))
     if 0.0 < peak < 1.0 / VALUE_LIMIT:
         # Tiny values (denormals near 1e-38): scaled up by a power of two, exactly, so float32 keeps its precision.
         return (np.asarray(data, dtype=np.float64) * 2.0 ** -math.floor(math.log2(peak / 1e4))).astype(np.float32)

@@ -499,3 +499,19 @@ def test_prepare_without_percentile_or_median_sorts_is_the_same(case):
         plain_w = _plain_robust_mask(x) if robust else np.ones_like(x)
         assert _same_bits(w, plain_w)
         assert _same_bits(z, _plain_prepare_tail(x, plain_w, robust))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-39, 1e-30, 1e20, -3e38])
+@pytest.mark.parametrize("hot", [None, 3e38, -1e16])
+def test_tame_extremes_told_the_image_is_finite_is_the_same(scale, hot):
+    # find_holes passes finite=True (as_image checked): one cv2.minMaxLoc pass instead of numpy's max and min
+    from ptolemy_rt.unet import tame_extremes
+
+    image = (np.random.default_rng(3).random((300, 420)) * scale).astype(np.float32)
+    image[5, 7] = -0.0
+    if hot is not None:
+        image[100, 200] = hot
+    assert np.isfinite(image).all()
+    told, plain = tame_extremes(image, finite=True), tame_extremes(image)
+    assert (told is image) == (plain is image)
+    assert told.dtype == plain.dtype and np.array_equal(told.view(np.uint32), plain.view(np.uint32))
