@@ -309,11 +309,6 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         rows, cols = image.shape
         key = round(f, 9)
         kept = maps.get(key)
-        prepared = None
-        if first_input is not None and kept is None and primary:
-            # the input the worker made for the image's period (None: not made, or for another factor)
-            made = None if first_input.cancel() else first_input.result()
-            prepared = made[1] if made is not None and made[0] == f else None
         if kept is None and not primary and _weak(best) and rows * cols * f * f > 2 * _PROBE_PIXELS:
             # A costly try beyond the primary estimate with no lattice in hand yet (or only a weak one, _weak):
             # the U-Net on a central crop first, and no more when its blobs lie irregularly (an image with no
@@ -347,6 +342,11 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 return None, reason, 0.0, f, probe
         if kept is None:
             t = time.perf_counter()
+            prepared = None
+            if first_input is not None and primary:
+                # the input the worker made for the image's period (None: not made, or for another factor)
+                made = None if first_input.cancel() else first_input.result()
+                prepared = made[1] if made is not None and made[0] == f else None
             prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding, prepared=prepared)
             timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
             while len(maps) >= _KEPT_MAPS:
@@ -364,10 +364,12 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             # The second core is idle while this one fits the lattice (~8 ms on 1024x1440): there, the mask's
             # summed-area table the fit needs, then the film mask's working copy for this period (which the
             # lattice's period mostly shares: film.film_working_copy), each what it is when made here.
+            t = time.perf_counter()
             mask = prob > thr
             table, copy = _workers.chain(lambda: summed_area_table(mask),
                                          lambda: film_working_copy(image.data, candidate, finite=True))
             film_copy.append(copy)
+            timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
         lattice, reason, quality = _fit_map(prob, thr, opts, timings, max_centroids=limit, window=window,
                                             min_regularity=None if primary else _MIN_REGULARITY, image=image.data,
                                             mask=mask, table=table)
