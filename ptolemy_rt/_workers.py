@@ -1,6 +1,8 @@
 """Worker threads for the pipelines' GIL-free work: hole crops sampled and standardised, the view tests run
-beside the period estimate; the square finder's seam search, class sums, histograms and region contours, and the
-mesh's mask autocorrelation (cv2.dft; tested in tests/test_mesh_fastpath.py).
+beside the period estimate (and the first U-Net input made after it), the lattice fit's summed-area table and the
+film mask's working copy made beside the centroids and the fit; the square finder's seam search, class sums,
+histograms and region contours, and the mesh's mask autocorrelation (cv2.dft; tested in
+tests/test_mesh_fastpath.py).
 
 OpenCV spreads a large call over its threads, but numpy never does, and small calls and the Python between
 calls run on one core: the crops' standardisation, the view tests and the period search left the second core
