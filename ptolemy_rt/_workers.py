@@ -22,6 +22,7 @@ scoring._opencv_threads). When the interpreter is shutting down (no new threads)
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
@@ -110,17 +111,33 @@ def submit(fn: Callable[..., T], *args) -> Future:
 def chain(*jobs: Callable[[], T]) -> list[Future]:
     """The jobs one after another on one worker thread (one core beside the caller's, however many jobs): a Future
     each, done as soon as its job is, so the first can be awaited while the next runs. A job whose Future is
-    cancelled before its turn does not run. In the calling thread, at once, when workers() is 1."""
+    cancelled before its turn does not run. In the calling thread, at once, when workers() is 1.
+
+    A job's Exception goes to its Future. KeyboardInterrupt or SystemExit run in place is raised here (it is the
+    caller's, and a dropped Future would lose it); on a worker it goes to its Future and the later jobs are
+    cancelled (none waits forever). The worker lets go of each job (its closure) and its Future once it has run,
+    so a Future the caller dropped frees its result at once."""
     futures: list[Future] = [Future() for _ in jobs]
+    queue = collections.deque(zip(futures, jobs))
+    caller = threading.get_ident()
 
     def run() -> None:
-        for future, job in zip(futures, jobs):
+        while queue:
+            future, job = queue.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(job())
-            except BaseException as exc:  # handed over through its Future (KeyboardInterrupt too: not lost)
+            except Exception as exc:  # handed over through its Future
                 future.set_exception(exc)
+            except BaseException as exc:
+                if threading.get_ident() == caller:
+                    raise  # in place: the caller's interrupt, not stored
+                future.set_exception(exc)
+                while queue:
+                    queue.popleft()[0].cancel()
+            finally:
+                del future, job  # this job's closure and result: held by the caller's Future alone
 
     submit(run)
     return futures

@@ -8,6 +8,7 @@ import os
 import pickle
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import cv2
 import numpy as np
@@ -212,6 +213,37 @@ def test_chain_runs_its_jobs_in_order_on_one_worker(two_threads):
     with serial():  # in place, at once
         assert [f.result() for f in _workers.chain(lambda: threading.current_thread().name)] == [
             threading.current_thread().name]
+
+
+def test_chain_in_place_raises_an_interrupt_and_stores_only_errors():
+    # Run in the calling thread (workers off), a job's KeyboardInterrupt is the caller's: raised from chain, not
+    # stored in a Future the caller may only drop (the later jobs do not run); an Exception is stored.
+    ran = []
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with serial():
+        with pytest.raises(KeyboardInterrupt):
+            _workers.chain(lambda: ran.append(0), interrupted, lambda: ran.append(2))
+        assert ran == [0]
+        with pytest.raises(SystemExit):
+            _workers.chain(lambda: (_ for _ in ()).throw(SystemExit(3)))
+        failed, after = _workers.chain(lambda: 1 / 0, lambda: 7)
+        assert isinstance(failed.exception(), ZeroDivisionError) and after.result() == 7
+
+
+def test_chain_on_a_worker_hands_a_systemexit_over_and_cancels_the_rest(two_threads):
+    # On a worker nothing can be raised to the caller: the Future holds it, and no later Future waits forever.
+    gate = threading.Event()
+    first, stopped, later = _workers.chain(lambda: gate.wait(5), lambda: (_ for _ in ()).throw(SystemExit(4)),
+                                           lambda: 9)
+    gate.set()
+    assert first.result(5) is True
+    with pytest.raises(SystemExit):
+        stopped.result(5)
+    with pytest.raises(CancelledError):
+        later.result(5)  # cancelled by the worker (waits for it, not forever)
 
 
 def test_find_holes_uses_the_film_copy_made_beside_the_fit(two_threads, monkeypatch):
