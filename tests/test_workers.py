@@ -246,7 +246,32 @@ def test_chain_on_a_worker_hands_a_systemexit_over_and_cancels_the_rest(two_thre
         later.result(5)  # cancelled by the worker (waits for it, not forever)
 
 
-def test_find_holes_uses_the_film_copy_made_beside_the_fit(two_threads, monkeypatch):
+@pytest.fixture
+def jobs_taken_by_the_worker(monkeypatch):
+    """find_holes's jobs beside its own work awaited as if the worker had started each already (their Futures
+    refuse to cancel), and the first U-Net input made only once the calling thread has handed over the
+    normalised image: the paths that use what the worker made, whatever the machine's timing (a race else)."""
+    from ptolemy_rt import holes
+
+    real_chain, real_first = _workers.chain, holes._first_input
+
+    def chain(*jobs):
+        futures = real_chain(*jobs)
+        for future in futures:
+            future.cancel = lambda: False  # type: ignore[method-assign]
+        return futures
+
+    def first_input(given, *args):
+        deadline = time.monotonic() + 30
+        while "normalised" not in given and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return real_first(given, *args)
+
+    monkeypatch.setattr(_workers, "chain", chain)
+    monkeypatch.setattr(holes, "_first_input", first_input)
+
+
+def test_find_holes_uses_the_film_copy_made_beside_the_fit(two_threads, jobs_taken_by_the_worker, monkeypatch):
     # The working copy for the estimated period is made on the worker; the mask it gives is the one made alone.
     from ptolemy_rt import holes
 
@@ -259,17 +284,19 @@ def test_find_holes_uses_the_film_copy_made_beside_the_fit(two_threads, monkeypa
         return mask
 
     monkeypatch.setattr(holes, "film_mask", film_mask)
-    assert len(find_holes(synthetic_medmag(1)[0], load_models(None)).holes) > 0
-    assert used == [True]
+    assert len(_compare(synthetic_medmag(1)[0]).holes) > 0
+    assert used == [True, False]  # the threaded run used the copy (the same mask); the serial one made its own
 
 
-def test_find_holes_uses_the_unet_input_made_beside_the_view_tests(two_threads, monkeypatch):
+@pytest.mark.parametrize("delay", [0.0, 0.05])  # 50 ms after normalising: the worker is done with the period
+def test_find_holes_uses_the_unet_input_made_beside_the_view_tests(two_threads, jobs_taken_by_the_worker,
+                                                                   monkeypatch, delay):
     # The worker that estimates the period makes the first try's U-Net input; it is the one made here.
     from ptolemy_rt import holes, unet
 
     models = load_models(None)
     used = []
-    real = holes.scaled_probability_map
+    real, real_normalise = holes.scaled_probability_map, holes.normalise_image
 
     def scaled_probability_map(normalised, models, factor, padding="minimal", *, prepared=None):
         if prepared is not None:
@@ -277,7 +304,13 @@ def test_find_holes_uses_the_unet_input_made_beside_the_view_tests(two_threads, 
             used.append(np.array_equal(prepared[0], alone[0]) and prepared[1] == alone[1])
         return real(normalised, models, factor, padding, prepared=prepared)
 
+    def normalise_image(data, *args, **kwargs):
+        out = real_normalise(data, *args, **kwargs)
+        time.sleep(delay)
+        return out
+
     monkeypatch.setattr(holes, "scaled_probability_map", scaled_probability_map)
+    monkeypatch.setattr(holes, "normalise_image", normalise_image)
     assert len(find_holes(synthetic_medmag(1)[0], models).holes) > 0
     assert used == [True]
 
