@@ -345,7 +345,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             prepared = None
             if first_input is not None and primary:
                 # the input the worker made for the image's period (None: not made, or for another factor)
-                made = None if first_input.cancel() else first_input.result()
+                made = _taken(first_input)
                 prepared = made[1] if made is not None and made[0] == f else None
             prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding, prepared=prepared)
             timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
@@ -497,6 +497,18 @@ def _first_input(given: dict[str, Any], shape: tuple[int, int], scale: Any, mult
     return None if made is None else (f, made)
 
 
+def _taken(job: Future | None) -> Any:
+    """A speculative job's result (one made beside this thread's work): None where there is none, where no
+    worker has started it (a loaded machine: made here rather than waited for; it will not run), or where it
+    failed (a MemoryError: made here, as without workers; an interrupt or exit is raised)."""
+    if job is None or job.cancel():
+        return None
+    try:
+        return job.result()
+    except Exception:
+        return None
+
+
 def _drop(estimate: Any) -> None:
     """A period estimate submitted beside the view tests and no longer wanted: not started if still queued (one
     already running finishes; its result is dropped)."""
@@ -572,8 +584,8 @@ def _fit_map(prob: np.ndarray, thr: float, opts: HoleOptions, timings: dict[str,
         if image is not None:
             brightness = centroid_brightness(image, centroids, _blob_radius(mask, len(centroids)))
     t = time.perf_counter()
-    # the table made beside the centroids (made here where no worker has started it: a loaded machine)
-    sat = None if table is None or table.cancel() else table.result()
+    # the table made beside the centroids (made here where no worker has started it, or it failed)
+    sat = _taken(table)
     lattice = fit_lattice(centroids, mask, k=opts.k, refine=opts.refine, model=opts.lattice_model,  # type: ignore[arg-type]
                           brightness=brightness, sat=sat)
     timings["lattice"] = timings.get("lattice", 0.0) + time.perf_counter() - t
@@ -646,7 +658,7 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     # A point beyond the image's edge (edge_tolerance > 0) is judged by the film at the nearest edge pixel:
     # on_film alone would call every point without a footprint pixel inside the image off film.
     inside = np.clip(points, 0.0, [image.shape[1] - 1.0, image.shape[0] - 1.0])
-    working = None if film_copy is None or film_copy.cancel() else film_copy.result()
+    working = _taken(film_copy)
     mask = film_mask(image.data, lattice.spacing_px, finite=finite, working=working)
     on = on_film(inside, mask, FILM_RADIUS * lattice.spacing_px)
     timings["film"] = time.perf_counter() - t

@@ -315,6 +315,24 @@ def test_find_holes_uses_the_unet_input_made_beside_the_view_tests(two_threads, 
     assert used == [True]
 
 
+def test_find_holes_makes_what_a_worker_failed_to_make(two_threads, jobs_taken_by_the_worker, monkeypatch):
+    # The worker's jobs are speculative: a MemoryError there leaves them to this thread, as without workers.
+    from ptolemy_rt import holes
+
+    failed = []
+
+    def fails(name):
+        def job(*args, **kwargs):
+            failed.append(name)
+            raise MemoryError(name)
+        return job
+
+    for name in ("_first_input", "summed_area_table", "film_working_copy"):
+        monkeypatch.setattr(holes, name, fails(name))
+    assert len(_compare(synthetic_medmag(1)[0]).holes) > 0
+    assert sorted(failed) == ["_first_input", "film_working_copy", "summed_area_table"]
+
+
 def test_an_interrupt_between_parts_is_raised_not_lost(two_threads, monkeypatch):
     # KeyboardInterrupt can arrive in the calling thread outside any part: run_all must raise it, not return
     # a list with parts missing
