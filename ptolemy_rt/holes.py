@@ -301,6 +301,16 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     tried: dict[float, float] = {}  # factor -> period
     film_copy: list[Future] = []  # the film mask's working copy for the primary period, made beside the fit
 
+    def first_try_input(f: float, primary: bool) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """The U-Net input the worker made for the image's period, for the first try if it runs at its factor
+        (None: not made, or another factor). Taken once and let go of here: as large as the U-Net's input (256
+        MB at 8192x8192), it must not outlive the U-Net run (no Future of it kept to the end)."""
+        nonlocal first_input
+        made = _taken(first_input) if primary else None
+        _drop(first_input)  # the first try only (it is primary wherever the worker made an input)
+        first_input = None
+        return made[1] if made is not None and made[0] == f else None
+
     def attempt(candidate: float, primary: bool) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
         f = unet_factor(candidate, scale)
         tried[f] = candidate
@@ -342,12 +352,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 return None, reason, 0.0, f, probe
         if kept is None:
             t = time.perf_counter()
-            prepared = None
-            if first_input is not None and primary:
-                # the input the worker made for the image's period (None: not made, or for another factor)
-                made = _taken(first_input)
-                prepared = made[1] if made is not None and made[0] == f else None
-            prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding, prepared=prepared)
+            prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding,
+                                          prepared=first_try_input(f, primary))
             timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
             while len(maps) >= _KEPT_MAPS:
                 del maps[next(iter(maps))]  # the oldest

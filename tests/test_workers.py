@@ -315,6 +315,32 @@ def test_find_holes_uses_the_unet_input_made_beside_the_view_tests(two_threads, 
     assert used == [True]
 
 
+def test_the_worker_made_unet_input_is_let_go_after_the_unet_run(two_threads, jobs_taken_by_the_worker, monkeypatch):
+    # As large as the U-Net's input (256 MB at 8192x8192): no Future may keep it to the end of find_holes.
+    import gc
+    import weakref
+
+    from ptolemy_rt import holes
+
+    made, alive = [], []
+    real_input, real_film = holes.scaled_unet_input, holes.film_mask
+
+    def scaled_unet_input(*args, **kwargs):
+        out = real_input(*args, **kwargs)
+        made.append(weakref.ref(out[0]))
+        return out
+
+    def film_mask(*args, **kwargs):
+        gc.collect()
+        alive.append([ref() is not None for ref in made])
+        return real_film(*args, **kwargs)
+
+    monkeypatch.setattr(holes, "scaled_unet_input", scaled_unet_input)
+    monkeypatch.setattr(holes, "film_mask", film_mask)
+    assert len(find_holes(synthetic_medmag(1)[0], load_models(None)).holes) > 0
+    assert alive == [[False]]  # made once (by the worker, for the first try), gone by the film mask
+
+
 def test_find_holes_makes_what_a_worker_failed_to_make(two_threads, jobs_taken_by_the_worker, monkeypatch):
     # The worker's jobs are speculative: a MemoryError there leaves them to this thread, as without workers.
     from ptolemy_rt import holes
