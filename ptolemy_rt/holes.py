@@ -462,7 +462,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         return _empty(info, model_set, reason, timings)
     _, f, prob, lattice = best
     return _holes_on_lattice(image, prob, lattice, model_set, opts, timings, info, unet_area=f * f, finite=True,
-                             film_copy=film_copy[0] if film_copy else None)
+                             film_copy=film_copy.pop() if film_copy else None)
 
 
 def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, options: HoleOptions | None = None,
@@ -664,8 +664,8 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     # A point beyond the image's edge (edge_tolerance > 0) is judged by the film at the nearest edge pixel:
     # on_film alone would call every point without a footprint pixel inside the image off film.
     inside = np.clip(points, 0.0, [image.shape[1] - 1.0, image.shape[0] - 1.0])
-    working = _taken(film_copy)
-    mask = film_mask(image.data, lattice.spacing_px, finite=finite, working=working)
+    mask = film_mask(image.data, lattice.spacing_px, finite=finite, working=_taken(film_copy))
+    film_copy = None  # the copy (near the image's size at a short period) is not kept through the scores
     on = on_film(inside, mask, FILM_RADIUS * lattice.spacing_px)
     timings["film"] = time.perf_counter() - t
     if not opts.keep_off_film:
