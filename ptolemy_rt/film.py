@@ -156,6 +156,10 @@ def film_working_copy(image: np.ndarray, spacing_px: float, *, finite: bool = Fa
     import cv2
 
     img = np.asarray(image)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"film_working_copy needs a non-empty 2-D image, got shape {img.shape}")
+    if not (math.isfinite(spacing_px) and spacing_px > 0):
+        raise ValueError(f"film_working_copy needs a finite positive spacing_px, got {spacing_px!r}")
     size = _working_size(img.shape, max(1.0, float(spacing_px) / _WORK_PERIOD_PX))
     if size is None:
         return None

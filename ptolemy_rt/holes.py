@@ -241,7 +241,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         sourced = period_estimates(image.data)
         first_estimate, first_input = _workers.chain(
             lambda: given.setdefault("first", next(sourced, (None, None))),  # type: ignore[arg-type]
-            lambda: _first_input(given, image.shape, scale, unet_spec.multiple, opts.unet_padding))
+            lambda: _first_input(given, scale, unet_spec.multiple, opts.unet_padding))
     normalised = normalise_image(image.data)
     given["normalised"] = normalised
     if normalised is None:
@@ -484,7 +484,7 @@ def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, opti
     return _holes_on_lattice(image, prob, lattice, models, opts, timings, info)
 
 
-def _first_input(given: dict[str, Any], shape: tuple[int, int], scale: Any, multiple: int,
+def _first_input(given: dict[str, Any], scale: Any, multiple: int,
                  padding: str) -> tuple[float, tuple[np.ndarray, tuple[int, int]]] | None:
     """(factor, unet.scaled_unet_input) for the first period estimate where find_holes's first try runs the
     whole U-Net map at it (the image's own period: no probe), made by the worker that found the period.
@@ -515,11 +515,11 @@ def _taken(job: Future | None) -> Any:
         return None
 
 
-def _drop(estimate: Any) -> None:
-    """A period estimate submitted beside the view tests and no longer wanted: not started if still queued (one
-    already running finishes; its result is dropped)."""
-    if estimate is not None:
-        estimate.cancel()
+def _drop(job: Future | None) -> None:
+    """A job submitted beside this thread's work (a Future, or None) and no longer wanted: not started if still
+    queued (one already running finishes; its result is dropped with the Future)."""
+    if job is not None:
+        job.cancel()
 
 
 def _weak(best: tuple | None) -> bool:

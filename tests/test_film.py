@@ -246,3 +246,17 @@ def test_a_working_copy_made_for_another_period_gives_the_same_mask(monkeypatch,
         # the copy is used (no shrink of its own) exactly where its size is right
         assert shrunk == (0 if copy is not None and copy.shape == fresh.shape else 1)
         assert np.array_equal(copy, fresh) == (copy.shape == fresh.shape)
+
+
+@pytest.mark.parametrize("image, spacing, what", [
+    (np.zeros((4, 5, 3), np.float32), 50.0, "non-empty 2-D image"), (np.zeros((0, 5), np.float32), 50.0, "non-empty"),
+    (np.zeros((40, 50), np.float32), float("nan"), "finite positive spacing_px"),
+    (np.zeros((40, 50), np.float32), float("inf"), "finite positive"),
+    (np.zeros((40, 50), np.float32), 0.0, "positive"),
+    (np.zeros((40, 50), np.float32), -20.0, "positive")])
+def test_a_working_copy_of_a_bad_image_or_spacing_is_a_one_line_error(image, spacing, what):
+    from ptolemy_rt.film import film_working_copy
+
+    with pytest.raises(ValueError, match=what) as err:
+        film_working_copy(image, spacing)
+    assert "\n" not in str(err.value)
