@@ -452,49 +452,62 @@ def _raster_claims(raw: bytes | memoryview, name: str) -> list[tuple[int, int, i
         return []
     if raw[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff_claims(raw, "<" if raw[:2] == b"II" else ">", name)
+    if raw[:4] in (b"II+\x00", b"MM\x00+") and len(raw) >= 16:
+        # BigTIFF (OpenCV's libtiff reads it): unchecked, an 8 GB float RGBA canvas was allocated for a 68 kB file
+        return _tiff_claims(raw, "<" if raw[:2] == b"II" else ">", name, big=True)
     return []
 
 
-def _tiff_claims(raw: bytes | memoryview, order: str, name: str) -> list[tuple[int, int, int]]:
-    """Walk a classic TIFF's IFD chain (bounded, loop-safe) for each page's size."""
+def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = False) -> list[tuple[int, int, int]]:
+    """Walk a classic TIFF's (or with `big`, a BigTIFF's) IFD chain (bounded, loop-safe) for each page's size."""
     import struct
 
+    # classic: 2-byte entry count, 12-byte entries with a 4-byte value, 4-byte links; BigTIFF: 8, 20, 8 and 8
+    count_fmt, entry_size, link_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    count_size, link_size = struct.calcsize(count_fmt), struct.calcsize(link_fmt)
     pages: list[tuple[int, int, int]] = []
-    offset = struct.unpack(order + "I", raw[4:8])[0]
+    offset = struct.unpack(order + link_fmt, raw[8:16] if big else raw[4:8])[0]
     seen: set[int] = set()
     sizes = {1: 1, 3: 2, 4: 4, 16: 8}
-    while offset and offset not in seen and offset + 2 <= len(raw):
+    while offset and offset not in seen and offset + count_size <= len(raw):
         seen.add(offset)
         if len(seen) > MAX_PAGES:
             raise TooLargeError(f"{name}: the TIFF holds more than {MAX_PAGES} pages")
-        count = struct.unpack(order + "H", raw[offset:offset + 2])[0]
+        count = struct.unpack(order + count_fmt, raw[offset:offset + count_size])[0]
         width = height = 0
         samples, bits = 1, 8
-        for k in range(count):
-            entry = raw[offset + 2 + 12 * k: offset + 14 + 12 * k]
-            if len(entry) < 12:
+        first = offset + count_size
+        for k in range(min(count, len(raw) // entry_size + 1)):
+            entry = raw[first + entry_size * k: first + entry_size * (k + 1)]
+            if len(entry) < entry_size:
                 break
-            tag, typ, n = struct.unpack(order + "HHI", entry[:8])
+            if big:
+                tag, typ, n = struct.unpack(order + "HHQ", entry[:12])
+                field = entry[12:20]
+            else:
+                tag, typ, n = struct.unpack(order + "HHI", entry[:8])
+                field = entry[8:12]
             size = sizes.get(typ, 4)
-            value = (struct.unpack(order + "H", entry[8:10])[0] if size == 2 else
-                     entry[8] if size == 1 else struct.unpack(order + "I", entry[8:12])[0])
+            value = (struct.unpack(order + "H", field[:2])[0] if size == 2 else field[0] if size == 1 else
+                     struct.unpack(order + "Q", field)[0] if size == 8 and big else
+                     struct.unpack(order + "I", field[:4])[0])
             if tag == 256:
                 width = value
             elif tag == 257:
                 height = value
             elif tag == 277:
                 samples = value
-            elif tag == 258 and n <= 2:
+            elif tag == 258 and n * 2 <= len(field):  # the counts fit the entry: the first is in place
                 bits = value
             elif tag == 258 and typ == 3:  # one count per sample, stored apart: the entry holds their offset
-                at = struct.unpack(order + "I", entry[8:12])[0]
+                at = struct.unpack(order + link_fmt, field[:link_size])[0]
                 if at + 2 <= len(raw):
                     bits = struct.unpack(order + "H", raw[at:at + 2])[0]
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
-        end = offset + 2 + 12 * count
-        if end + 4 > len(raw):
+        end = first + entry_size * count
+        if end + link_size > len(raw):
             break
-        offset = struct.unpack(order + "I", raw[end:end + 4])[0]
+        offset = struct.unpack(order + link_fmt, raw[end:end + link_size])[0]
     return pages
 
 

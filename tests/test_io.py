@@ -546,6 +546,57 @@ def test_a_raster_that_needs_more_bytes_to_decode_than_the_budget_allows_is_refu
         io.read_image(path, max_pixels=1 << 29)
 
 
+def _bigtiff(width: int, height: int, tile_pixels: np.ndarray, samples: int = 1) -> bytes:
+    """A little-endian BigTIFF of deflated tiles, every one of them `tile_pixels` (square, one sample's type)."""
+    import struct
+    import zlib
+
+    tile = tile_pixels.shape[0]
+    bits = tile_pixels.dtype.itemsize * 8
+    blob = zlib.compress(np.repeat(tile_pixels[..., None], samples, axis=2).tobytes(), 9)
+    out = bytearray(b"II+\x00" + struct.pack("<HHQ", 8, 0, 0))
+    at = len(out)
+    out += blob
+    n = -(-width // tile) * -(-height // tile)
+    offsets = len(out)
+    out += struct.pack(f"<{n}Q", *([at] * n))
+    counts = len(out)
+    out += struct.pack(f"<{n}Q", *([len(blob)] * n))
+    fmt = 3 if tile_pixels.dtype.kind == "f" else 1
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, bits), (259, 3, 1, 8),
+               (262, 3, 1, 2 if samples >= 3 else 1), (277, 3, 1, samples), (284, 3, 1, 1), (322, 4, 1, tile),
+               (323, 4, 1, tile), (324, 16, n, offsets), (325, 16, n, counts), (339, 3, 1, fmt)]
+    struct.pack_into("<Q", out, 8, len(out))
+    out += struct.pack("<Q", len(entries))
+    for tag, typ, count, value in entries:
+        out += struct.pack("<HHQ", tag, typ, count) + struct.pack({3: "<H6x", 4: "<I4x", 16: "<Q"}[typ], value)
+    return bytes(out + bytes(8))
+
+
+def test_a_bigtiff_is_checked_against_the_budget_before_it_is_decoded(tmp_path):
+    """Fuzz campaign 12: BigTIFF headers were not read, so a 68 kB BigTIFF claiming 16384x16384 float64 RGBA
+    went to OpenCV, which allocated 8 GiB for it (within its own pixel limit). Its claims are now those of a
+    classic TIFF: the decode budget, the compression ratio and the pixel budget, before any decoding."""
+    zeros = np.zeros((256, 256), np.float64)
+    path = tmp_path / "big.tif"
+    path.write_bytes(_bigtiff(16384, 16384, zeros, samples=4))
+    assert io._raster_claims(path.read_bytes(), "big") == [(16384, 16384, 32)]
+    with pytest.raises(TooLargeError, match=r"16384x16384 pixels of 32 bytes \(8.0 GiB to decode\)"):
+        io.read_image(path)
+    path.write_bytes(_bigtiff(16384, 16384, zeros.astype(np.uint8)))
+    with pytest.raises(CorruptFileError, match="compression bomb"):
+        io.read_image(path)
+    path.write_bytes(_bigtiff(70000, 70000, zeros.astype(np.uint8)))
+    with pytest.raises(TooLargeError, match="70000x70000 pixels, over the budget"):
+        io.read_image(path)
+    # a BigTIFF within the budget reads as it did
+    tile = np.random.default_rng(0).integers(0, 60000, (16, 16)).astype(np.uint16)
+    path.write_bytes(_bigtiff(64, 48, tile))
+    image = io.read_image(path)
+    assert image.dtype == "uint16"
+    np.testing.assert_array_equal(image.data, np.tile(tile, (3, 4)).astype(np.float32))
+
+
 def test_a_multipage_tiff_decodes_only_the_page_asked_for(tmp_path, monkeypatch):
     """Fuzz (raster_bombs): every page was decoded to read one (300 pages of 12000x64 float64: 3.6 GB, 37 s)."""
     path = tmp_path / "m.tif"
@@ -658,7 +709,8 @@ def test_the_header_check_reads_the_files_bytes_without_a_copy(tmp_path, monkeyp
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"BM", b"\xff\xd8", b"II*\x00", b"MM\x00*", b""]),
+@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"BM", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"II+\x00",
+                        b"MM\x00+", b""]),
        st.binary(max_size=400))
 def test_header_claims_from_a_buffer_are_those_from_bytes(magic, rest):
     """The header parser reads a memoryview of the file's bytes as it read a bytes copy: the same claims, or
