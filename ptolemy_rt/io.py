@@ -381,7 +381,9 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            mrc = mrcfile.mmap(path, mode="r", permissive=permissive)
+            # Read, not memory-mapped: a file cut short while mapped (rewritten in place by another program)
+            # killed the process with SIGBUS at the first page past its new end, a whole batch with it.
+            mrc = mrcfile.open(path, mode="r", permissive=permissive)
         except ValueError as exc:
             raise CorruptFileError(f"{name}: not a valid MRC file ({exc})") from None
     with mrc:

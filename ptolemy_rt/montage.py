@@ -384,7 +384,7 @@ def read_montage(
     if not secs:
         raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")
     try:
-        mrc = mrcfile.mmap(p, mode="r", permissive=True)
+        mrc = mrcfile.open(p, mode="r", permissive=True)  # read, not mapped: see io._read_mrc_file (SIGBUS)
     except (ValueError, OSError) as exc:
         raise CorruptFileError(f"{name}: not a readable MRC file ({exc})") from None
     with mrc:

@@ -724,3 +724,65 @@ def test_header_claims_from_a_buffer_are_those_from_bytes(magic, rest):
             return type(exc).__name__, str(exc)
 
     assert claims(memoryview(np.frombuffer(raw, np.uint8)).toreadonly()) == claims(raw)
+
+
+_CUT_WHILE_OPEN = """
+import os, sys
+import mrcfile
+from ptolemy_rt import read_image
+from ptolemy_rt.montage import read_montage
+
+path = sys.argv[1]
+for opener in ("open", "mmap"):
+    real = getattr(mrcfile, opener)
+
+    def cut(p, *args, _real=real, **kwargs):  # another program rewrites the file in place meanwhile
+        handle = _real(p, *args, **kwargs)
+        os.truncate(p, 1024 + 4096)
+        return handle
+
+    setattr(mrcfile, opener, cut)
+from ptolemy_rt.errors import PtolemyError
+try:
+    if sys.argv[2] == "montage":
+        print(read_montage(path, path + ".mdoc").image.shape)
+    else:
+        print(read_image(path, section=1).shape)
+except PtolemyError as exc:
+    print(exc.exit_code, exc)
+"""
+
+
+@pytest.mark.parametrize("what", ["section", "montage"])
+def test_an_mrc_file_cut_short_while_it_is_read_does_not_kill_the_process(tmp_path, what):
+    """Fuzz campaign 12 (files that change during a read): the data block was memory-mapped, and a file cut
+    short meanwhile (rewritten in place) killed the process with SIGBUS at the first page past its new end: no
+    error line, and a batch lost every image after it. The data is now read: what was read is used, or the
+    validator's size check refuses the file as it now is (exit 2, naming it)."""
+    import subprocess
+    import sys
+
+    path = _mrc(tmp_path / "s.mrc", np.ones((4, 512, 512), np.float32))
+    (tmp_path / "s.mrc.mdoc").write_text("PixelSpacing = 10\n\n" + "".join(
+        f"[ZValue = {z}]\nPieceCoordinates = {400 * (z % 2)} {400 * (z // 2)} 0\n\n" for z in range(4)))
+    done = subprocess.run([sys.executable, "-c", _CUT_WHILE_OPEN, str(path), what], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    shape = "(512, 512)" if what == "section" else "(912, 912)"
+    assert done.stdout.strip() == shape or done.stdout.startswith(f"2 {path}: "), done.stdout
+
+
+def test_an_mrc_file_cut_short_during_its_read_is_a_corrupt_file(tmp_path, monkeypatch):
+    """The data block's read itself coming up short (the file cut just before it) is one error naming the file."""
+    import mrcfile.mrcinterpreter
+
+    path = _mrc(tmp_path / "s.mrc", np.ones((4, 64, 64), np.float32))
+    real = mrcfile.mrcinterpreter.MrcInterpreter._read_data
+
+    def cut(self, *args, **kwargs):
+        os.truncate(path, 1024 + 100)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(mrcfile.mrcinterpreter.MrcInterpreter, "_read_data", cut)
+    with pytest.raises(CorruptFileError, match=r"s\.mrc: .*could only read"):
+        io.read_image(path, section=1)
