@@ -218,7 +218,9 @@ def montage_mdoc(path: str | os.PathLike) -> Path | None:
     name with .mdoc for its suffix), or None. A montage .mdoc that cannot be parsed is a CorruptFileError."""
     p = Path(path)
     for cand in (p.with_name(p.name + ".mdoc"), p.with_suffix(".mdoc")):
-        if cand == p or not cand.is_file():
+        from .smallfiles import is_regular
+
+        if cand == p or not is_regular(cand):
             continue
         from .montage import read_mdoc  # a .mdoc over smallfiles.MAX_SIDECAR_BYTES: CorruptFileError, unread
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .smallfiles import is_regular
 
 if TYPE_CHECKING:  # the parser loads when a sidecar .xml is read: most images have none
     from xml.etree import ElementTree
@@ -230,7 +231,7 @@ def pixel_size_for(path: str | os.PathLike | None, image: Any = None, override_A
     section = getattr(image, "section", None)
     xmls, mdocs = _sidecars(p)
     for xml in xmls:
-        if xml.is_file() and xml != p and shape is not None:
+        if is_regular(xml) and xml != p and shape is not None:
             try:
                 value = epu_pixel_size(xml, shape)  # type: ignore[arg-type]
             except (InputError, OSError) as exc:
@@ -239,7 +240,7 @@ def pixel_size_for(path: str | os.PathLike | None, image: Any = None, override_A
             if value is not None:
                 return PixelSize(value, "epu-xml")
     for mdoc in mdocs:
-        if mdoc.is_file() and mdoc != p:
+        if is_regular(mdoc) and mdoc != p:
             try:
                 value = mdoc_pixel_size(mdoc, section)
             except (InputError, OSError) as exc:

@@ -99,7 +99,9 @@ def _write_temp(target: Path, payload: bytes) -> str:
         # The name is registered before the file exists: a signal whose handler raised just after tempfile.mkstemp
         # created the file, before its name came back, left it behind (fuzz batch_signals seed 70000009, a
         # preview's '.atlas_7.mrc.jpg.5a81brl5.tmp'). remove_temporaries() passes over a name never created.
-        tmp = os.path.abspath(os.path.join(target.parent, f".{target.name}.{os.urandom(4).hex()}.tmp"))
+        # The name's first 200 characters only: a legal 242-255 byte name made one over the 255-byte limit
+        # (ENAMETOOLONG: exit 4 for an output that could be written).
+        tmp = os.path.abspath(os.path.join(target.parent, f".{target.name[:200]}.{os.urandom(4).hex()}.tmp"))
         with _lock:
             _live.add(tmp)
         try:

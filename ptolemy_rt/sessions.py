@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .smallfiles import is_regular
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -223,7 +224,7 @@ def _map_path(nav_path: Path, stored: str) -> Path:
     stored = stored.strip()
     name = stored.replace("\\", "/").rsplit("/", 1)[-1]
     candidates = [Path(stored), nav_path.parent / stored, nav_path.parent / name]
-    return next((c for c in candidates if c.is_file()), candidates[-1])
+    return next((c for c in candidates if is_regular(c)), candidates[-1])
 
 
 def kind_of(path: Path) -> tuple[str | None, str, str | None]:
@@ -240,7 +241,7 @@ def kind_of(path: Path) -> tuple[str | None, str, str | None]:
     if any(p == "foilholes" or p == "data" for p in parts) and any(p.startswith("gridsquare_") for p in parts):
         return None, "epu", "an EPU hole or exposure image (not targeted)"
     mdoc = path.with_name(path.name + ".mdoc")
-    if mdoc.is_file():
+    if is_regular(mdoc):
         meta = mdoc_metadata(mdoc)
         if "Magnification" in meta:
             return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
@@ -354,7 +355,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
         stage, axes, frame = None, None, frames.get(p)
         if frame is not None:
             stage = (frame.stage[0] * 1e-6, frame.stage[1] * 1e-6)  # the .nav says micrometres
-        elif xml.is_file():
+        elif is_regular(xml):
             stage, axes = epu_stage_position(xml), epu_pixel_axes(xml)
         ident = p.relative_to(root).as_posix()
         items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,

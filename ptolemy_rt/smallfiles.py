@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError, PtolemyError
 
-__all__ = ["MAX_SIDECAR_BYTES", "not_regular", "open_regular", "read_small", "text_of", "unicode_bom"]
+__all__ = ["MAX_SIDECAR_BYTES", "is_regular", "not_regular", "open_regular", "read_small", "text_of", "unicode_bom"]
 
 # The text files beside an image (EPU's .xml, 10-100 kB; SerialEM's .mdoc, a few kB per section, montages
 # included): anything far larger is not one. Read at call time, so that a test may lower it in one place.
@@ -25,6 +25,16 @@ MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 def not_regular(path: str | os.PathLike, what: str | None = None) -> str:
     """The one wording for an input that is no regular file (a folder, a FIFO, a device): images and small files."""
     return f"{Path(path)}: not a regular file" + (f" (a {what} is expected)" if what else "")
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether a regular file is at `path` (links followed); False where none is or the name cannot be looked
+    up. Path.is_file raised for a sidecar's name one suffix over the 255-byte limit (ENAMETOOLONG, beside an
+    image whose own name was legal) or in a folder that cannot be searched: exit 70 for a probe."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # ValueError: a NUL in a name from a navigator file
+        return False
 
 
 def open_regular(path: str | os.PathLike, what: str | None = None,

@@ -780,6 +780,35 @@ def test_an_image_name_too_long_fails_alone(tmp_path, small_mrc, capsys):
     assert code == 2 and (tmp_path / "atlas.json").is_file() and "internal" not in err
 
 
+def test_a_legal_name_near_the_limit_is_read_and_written(tmp_path, small_mrc, capsys):
+    """Fuzz campaign 12: names of 242-255 bytes are legal, but the names derived from them were not. The .mdoc
+    probed beside a 254-byte image (NAME.mrc.mdoc) made Path.is_file raise ENAMETOOLONG: exit 70 for `squares`
+    and for a batch's discovery. A 250-byte output's temporary file (.NAME.XXXXXXXX.tmp) was over the limit: exit
+    4 for an output that could be written."""
+    image = tmp_path / ("a" * 250 + ".mrc")
+    shutil.copy(small_mrc, image)
+    code, _, err = _cli(["squares", str(image), "--no-score", "-o", str(tmp_path / "o.json")], capsys)
+    assert code == 0, err
+    out = tmp_path / ("c" * 250 + ".json")
+    code, _, err = _cli(["squares", small_mrc, "--no-score", "-o", str(out)], capsys)
+    first, again = (json.loads(f.read_text()) for f in (tmp_path / "o.json", out))
+    assert code == 0 and first["targets"] == again["targets"], err
+    atomic_write(out, "again")  # and replaced
+    assert out.read_text() == "again" and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))\
+        == []
+    stack = tmp_path / ("s" * 250 + ".mrc")  # a stack: the montage .mdoc is probed for too
+    with mrcfile.new(stack) as m:
+        m.set_data(np.stack([read_image(small_mrc).data] * 2))
+    assert read_image(stack, section=1).shape == read_image(small_mrc).shape
+    with pytest.warns(UserWarning, match="using section 0"):
+        read_image(stack)
+    batch = tmp_path / "in"
+    batch.mkdir()
+    shutil.copy(small_mrc, batch / ("atlas" + "b" * 245 + ".mrc"))
+    code, _, err = _cli(["batch", str(batch), "-o", str(tmp_path / "out"), "--workers", "1"], capsys)
+    assert code in (0, 4) and "internal" not in err, err  # a result name over the limit is that image's exit 4
+
+
 def test_a_rerun_may_replace_its_own_output_in_the_model_set_folder(tmp_path, small_mrc, capsys):
     """Review: every file in the --models folder counted as the set's, so a second run refused to replace its own
     first output there; only the manifest and the graphs it lists are the set's."""
