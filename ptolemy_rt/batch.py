@@ -598,12 +598,12 @@ def _resumable(outdir: Path, item: Item, config: BatchConfig) -> dict[str, Any] 
 
 
 def _write_outputs(outdir: Path, item: Item, config: BatchConfig, row: dict, files: dict[str, bytes]) -> None:
-    """Write an image's files, then its state (last, so a kill in between leaves it to be redone)."""
-    from .outputs import atomic_write
+    """Write an image's files as one set, then its state (last, so a kill in between leaves it to be redone)."""
+    from .outputs import atomic_write, write_set
 
     try:
-        for rel, data in files.items():
-            atomic_write(outdir / rel, data)
+        # one set: a result beside no preview (the disk full at the preview) was left for a row marked failed
+        write_set([(outdir / rel, data) for rel, data in files.items()])
         atomic_write(_state_path(outdir, item.id), json.dumps({"key": config.key(item.kind), "row": row},
                                                                  allow_nan=False) + "\n")
     except OSError as exc:

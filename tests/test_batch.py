@@ -1075,3 +1075,22 @@ def test_resume_never_reads_a_special_file_in_place_of_an_earlier_output(tmp_pat
     assert all(rows[f"atlas_{k}.mrc"]["exit_code"] == 4 for k in range(3))
     assert "atlas_0.mrc.json: is a FIFO" in rows["atlas_0.mrc"]["error"]
     assert "atlas_1.mrc.json: is a symbolic link" in rows["atlas_1.mrc"]["error"]
+
+
+def test_an_images_result_and_preview_are_written_as_one_set(tmp_path, capsys):
+    """Fuzz campaign 12 (a disk filling up, on a 2 MB tmpfs): each of an image's files was written alone, so a
+    result JSON with its targets was left beside no preview for a row marked failed (exit 4). They are now one
+    set: both, or neither (an earlier run's result stays as it was)."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    data, _ = make_atlas(3, shape=(320, 320))
+    with mrcfile.new(tmp_path / "atlas_1.mrc") as m:
+        m.set_data(data)
+    out = tmp_path / "out"
+    (out / "images" / "atlas_1.mrc.jpg").mkdir(parents=True)  # the preview cannot be written
+    done = _main(capsys, str(tmp_path / "atlas_1.mrc"), "-o", str(out), "--workers", "1", "--no-report")
+    assert done.returncode == 4 and "atlas_1.mrc.jpg: is a directory" in done.stderr, done.stderr
+    assert not (out / "results" / "atlas_1.mrc.json").exists()
+    assert [p.name for p in out.rglob(".*")] == []
