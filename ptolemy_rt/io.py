@@ -188,22 +188,36 @@ def _decompress_to(path: Path, compression: str, out, name: str, max_pixels: int
             if claimed > MAX_RATIO * max(packed, 1) and claimed > (1 << 20):
                 raise CorruptFileError(f"{name}: the header claims {claimed} bytes from {packed} compressed "
                                        f"bytes (a ratio over {MAX_RATIO}: refused as a compression bomb)")
-            out.write(head)
+            _spill(out, head, name)
             left = claimed - len(head)
             while left > 0:
                 chunk = src.read(min(left, 1 << 20))
                 if not chunk:
                     break
-                out.write(chunk)
+                _spill(out, chunk, name)
                 left -= len(chunk)
             if left == 0 and src.read(1):
                 msg = f"{name}: the decompressed file is larger than its header says ({claimed} bytes)"
                 if not permissive:
                     raise CorruptFileError(msg + " (--permissive reads it anyway)")
                 warnings.warn(msg, stacklevel=4)
+    except PtolemyError:  # said already (a header's claim, the temporary folder's disk): not the data's fault
+        raise
     except (EOFError, OSError, zlib_error(), ValueError) as exc:
         raise CorruptFileError(f"{name}: truncated or corrupt {compression} data ({exc})") from None
-    out.flush()
+    _spill(out, b"", name, flush=True)
+
+
+def _spill(out, data: bytes, name: str, flush: bool = False) -> None:
+    """Write decompressed bytes to the temporary file: a full disk there is said as such (it was "truncated or
+    corrupt gzip data (No space left on device)", the file blamed for the temporary folder's disk)."""
+    try:
+        out.write(data)
+        if flush:
+            out.flush()
+    except OSError as exc:
+        raise TooLargeError(f"{name}: cannot be decompressed into the temporary folder {tempfile.gettempdir()} "
+                            f"({exc.strerror or exc}; TMPDIR chooses it)") from None
 
 
 def zlib_error():

@@ -786,3 +786,34 @@ def test_an_mrc_file_cut_short_during_its_read_is_a_corrupt_file(tmp_path, monke
     monkeypatch.setattr(mrcfile.mrcinterpreter.MrcInterpreter, "_read_data", cut)
     with pytest.raises(CorruptFileError, match=r"s\.mrc: .*could only read"):
         io.read_image(path, section=1)
+
+
+@pytest.mark.parametrize("opener", ["gzip", "bz2"])
+def test_a_full_temporary_folder_is_not_blamed_on_the_compressed_file(tmp_path, opener):
+    """Fuzz campaign 12 (TMPDIR on a full 2 MB tmpfs): a .mrc.gz decompressed into a full temporary folder was
+    "truncated or corrupt gzip data (No space left on device)", or "cannot read" it: the file blamed for the disk.
+    A header's refusal inside the stream was worded as corrupt data around its own message, too."""
+    import bz2
+    import gzip
+    import resource
+    import signal
+
+    raw = _mrc(tmp_path / "x.mrc", np.ones((256, 256), np.float32)).read_bytes()
+    packed = tmp_path / f"x.mrc.{'gz' if opener == 'gzip' else 'bz2'}"
+    packed.write_bytes(gzip.compress(raw, mtime=0) if opener == "gzip" else bz2.compress(raw))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as Python starts: EFBIG, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # the temporary file stops at 64 kB
+    try:
+        with pytest.raises(TooLargeError, match=r"x\.mrc\.(gz|bz2): cannot be decompressed into the temporary "
+                                                 r"folder .*\(File too large; TMPDIR chooses it\)$"):
+            io.read_image(packed)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert io.read_image(packed).shape == (256, 256)
+    lie = bytearray(raw)
+    lie[0:4] = np.int32(1 << 21).tobytes()
+    packed.write_bytes(gzip.compress(bytes(lie), mtime=0) if opener == "gzip" else bz2.compress(bytes(lie)))
+    with pytest.raises(TooLargeError, match=r"x\.mrc\.(gz|bz2): the MRC header claims 2097152x256x1 pixels"):
+        io.read_image(packed)
