@@ -1094,3 +1094,52 @@ def test_an_images_result_and_preview_are_written_as_one_set(tmp_path, capsys):
     assert done.returncode == 4 and "atlas_1.mrc.jpg: is a directory" in done.stderr, done.stderr
     assert not (out / "results" / "atlas_1.mrc.json").exists()
     assert [p.name for p in out.rglob(".*")] == []
+
+
+_CRASHING_WORKER = """
+import multiprocessing
+import os
+import signal
+
+import ptolemy_rt.batch as batch
+
+_real = batch.process_one
+
+
+def process_one(item, config):  # a worker killed (for memory, a crash) on this one image
+    if "crash" in item.id and multiprocessing.parent_process() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real(item, config)
+
+
+batch.process_one = process_one
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_its_own_image_only(tmp_path):
+    """Fuzz campaign 12: one worker killed (the OOM killer, a crash in a decoder) broke the process pool, and every
+    image not yet done failed with it: 67 of 80 images, exit 70. The images in flight are now retried one at a
+    time in a pool of their own: only the image that kills its worker again fails."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    data, _ = make_atlas(3, shape=(320, 320))
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ["atlas_0_crash", *(f"atlas_{k}" for k in range(1, 7))]:
+        with mrcfile.new(images / f"{name}.mrc") as m:
+            m.set_data(data)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_CRASHING_WORKER)  # imported by every process, the pool's included
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
+    done = subprocess.run([sys.executable, "-m", "ptolemy_rt", "batch", str(images), "-o", str(tmp_path / "out"),
+                           "--workers", "2", "--no-report"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 70, done.stderr
+    rows = {r["id"]: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())["images"]}
+    assert rows["atlas_0_crash.mrc"]["exit_code"] == 70 and "BrokenProcessPool" in rows["atlas_0_crash.mrc"]["error"]
+    assert sorted(i for i, r in rows.items() if r["status"] == "ok") == [f"atlas_{k}.mrc" for k in range(1, 7)]
+    assert [line for line in done.stderr.splitlines() if "Traceback" in line] == []
