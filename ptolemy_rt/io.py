@@ -377,6 +377,24 @@ def _validator_lines(mrc, file_size: int) -> list[str]:
     return [line.strip() for line in report.getvalue().splitlines() if line.strip()]
 
 
+# IMOD's stamp (bytes 152-155 of the header, "IMOD" as a little-endian int32 in the file's byte order) and flags
+# (156-159): with the stamp, mode 0 is unsigned unless bit 0 of the flags says signed (IMOD, SerialEM).
+IMOD_STAMP = 1146047817
+
+
+def imod_unsigned_bytes(header: np.recarray) -> bool:
+    """Whether a mode 0 MRC header says its bytes are unsigned: IMOD's stamp with the signed-bytes flag clear.
+
+    mrcfile reads mode 0 as signed (MRC2014), so SerialEM's and IMOD's unsigned 8-bit images had every pixel over
+    127 wrapped to a negative value: an atlas's bright squares read as its darkest pixels."""
+    if int(header.mode) != 0:
+        return False
+    order = header.dtype["mode"].byteorder
+    stamp, flags = np.frombuffer(bytes(header.extra2)[40:48], dtype=np.dtype(np.int32).newbyteorder(
+        order if order in "<>" else "="))
+    return int(stamp) == IMOD_STAMP and not int(flags) & 1
+
+
 def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, permissive: bool) -> Image:
     import mrcfile
 
@@ -420,6 +438,8 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
         if stale:
             warnings.warn(f"{name}: {'; '.join(stale)}", stacklevel=4)
         raw = mrc.data
+        if imod_unsigned_bytes(mrc.header):
+            raw = raw.view(np.uint8)
         if raw.ndim == 4:  # a volume stack: its volumes' sections one after another
             raw = raw.reshape(-1, raw.shape[-2], raw.shape[-1])
         dtype = raw.dtype.newbyteorder("=").name

@@ -389,6 +389,10 @@ def read_montage(
         raise CorruptFileError(f"{name}: not a readable MRC file ({exc})") from None
     with mrc:
         data = mrc.data
+        from .io import imod_unsigned_bytes
+
+        if data is not None and imod_unsigned_bytes(mrc.header):
+            data = data.view(np.uint8)
         if data is None or data.ndim != 3:
             dims = "no" if data is None else f"{data.ndim}-D"
             raise ShapeError(f"{name}: a montage needs a 3-D stack, the file holds {dims} data")

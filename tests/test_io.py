@@ -817,3 +817,38 @@ def test_a_full_temporary_folder_is_not_blamed_on_the_compressed_file(tmp_path, 
     packed.write_bytes(gzip.compress(bytes(lie), mtime=0) if opener == "gzip" else bz2.compress(bytes(lie)))
     with pytest.raises(TooLargeError, match=r"x\.mrc\.(gz|bz2): the MRC header claims 2097152x256x1 pixels"):
         io.read_image(packed)
+
+
+@pytest.mark.parametrize("flags,signed", [(None, True), (1, True), (0, False), (2, False), (3, True)])
+def test_imod_unsigned_bytes_are_read_unsigned(tmp_path, flags, signed):
+    """Fuzz campaign 12 (mode/dtype combinations of real files): IMOD and SerialEM write mode 0 as unsigned bytes,
+    saying so by IMOD's stamp with bit 0 of its flags clear; mrcfile reads mode 0 as signed (MRC2014), so every
+    pixel over 127 was wrapped to a negative value. Without the stamp mode 0 stays signed, as MRC2014 has it."""
+    import struct
+
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 50)).astype(np.uint8)
+    path = _mrc(tmp_path / "u.mrc", pixels.view(np.int8))
+    if flags is not None:
+        raw = bytearray(path.read_bytes())
+        raw[152:160] = struct.pack("<ii", io.IMOD_STAMP, flags)
+        path.write_bytes(bytes(raw))
+    image = io.read_image(path)
+    want = pixels.view(np.int8) if signed else pixels
+    assert image.dtype == want.dtype.name
+    np.testing.assert_array_equal(image.data, want.astype(np.float32))
+
+
+def test_an_imod_unsigned_montage_is_assembled_from_unsigned_pieces(tmp_path):
+    import struct
+
+    from ptolemy_rt.montage import read_montage
+
+    pieces = np.random.default_rng(4).integers(128, 256, (2, 32, 32)).astype(np.uint8)
+    path = _mrc(tmp_path / "m.mrc", pieces.view(np.int8))
+    raw = bytearray(path.read_bytes())
+    raw[152:160] = struct.pack("<ii", io.IMOD_STAMP, 0)
+    path.write_bytes(bytes(raw))
+    (tmp_path / "m.mrc.mdoc").write_text("PixelSpacing = 10\n\n[ZValue = 0]\nPieceCoordinates = 0 0 0\n\n"
+                                         "[ZValue = 1]\nPieceCoordinates = 32 0 0\n")
+    image = read_montage(path, tmp_path / "m.mrc.mdoc", flatten=False).image
+    assert image.shape == (32, 64) and image.min() >= 128
