@@ -121,6 +121,10 @@ def _api(case: dict) -> tuple[int | None, str]:
                     from .surfaces_api import run_kwargs_case
 
                     return run_kwargs_case(case)
+                elif call == "facility":
+                    from .surfaces_facility import run_facility_case
+
+                    return run_facility_case(case)
                 elif call == "api_array":
                     from .surfaces_api import run_array_case
 
