@@ -1143,3 +1143,23 @@ def test_a_worker_that_dies_fails_its_own_image_only(tmp_path):
     assert rows["atlas_0_crash.mrc"]["exit_code"] == 70 and "BrokenProcessPool" in rows["atlas_0_crash.mrc"]["error"]
     assert sorted(i for i, r in rows.items() if r["status"] == "ok") == [f"atlas_{k}.mrc" for k in range(1, 7)]
     assert [line for line in done.stderr.splitlines() if "Traceback" in line] == []
+
+
+def test_a_nav_map_file_name_too_long_to_look_up_fails_that_map_alone(tmp_path, capsys):
+    """Fuzz campaign 12: a navigator's MapFile was looked up with Path.is_file, which raises for a name over the
+    255-byte limit (ENAMETOOLONG): exit 70 for the whole batch. That map now fails alone; the other is read."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    data, _ = make_atlas(3, shape=(320, 320))
+    with mrcfile.new(tmp_path / "atlas.mrc") as m:
+        m.set_data(data)
+    items = [("C:\\data\\" + "x" * 300 + ".mrc", 5), ("C:\\data\\atlas.mrc", 6)]
+    (tmp_path / "s.nav").write_text("AdocVersion = 2.00\n" + "".join(
+        f"\n[Item = {k}]\nType = 2\nMapFile = {name}\nMapID = {ident}\nMapSection = 0\nStageXYZ = 0 0 0\n"
+        for k, (name, ident) in enumerate(items, 1)))
+    done = _main(capsys, str(tmp_path / "s.nav"), "-o", str(tmp_path / "out"), "--workers", "1", "--no-report")
+    assert done.returncode in (2, 4) and "internal error" not in done.stderr, done.stderr
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
+    assert [r["status"] for r in rows if r["id"].endswith("atlas.mrc")] == ["ok"]
