@@ -50,7 +50,7 @@ import numpy as np
 
 from . import _workers
 from ._orderstats import median, nanmedian, percentile
-from .errors import CorruptFileError, MissingFileError, ShapeError, TooLargeError
+from .errors import CorruptFileError, MissingFileError, PtolemyError, ShapeError, TooLargeError
 
 __all__ = [
     "MAX_PIXELS",
@@ -383,8 +383,18 @@ def read_montage(
     secs = [s for s in secs if s.piece[2] == want]
     if not secs:
         raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")
+    from .io import _mrc_claim, _mrc_header
+
     try:
+        # the header's claim against the budget and the file's size first: mrcfile allocates what it claims
+        with open(p, "rb") as fh:
+            offset, nbytes = _mrc_claim(_mrc_header(fh.read(1024), name), name, max_pixels)
+        if offset + nbytes > p.stat().st_size:
+            raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes, the file holds "
+                                   f"{p.stat().st_size}")
         mrc = mrcfile.open(p, mode="r", permissive=True)  # read, not mapped: see io._read_mrc_file (SIGBUS)
+    except PtolemyError:
+        raise
     except (ValueError, OSError) as exc:
         raise CorruptFileError(f"{name}: not a readable MRC file ({exc})") from None
     with mrc:

@@ -416,3 +416,31 @@ def test_piece_coordinates_spread_far_beyond_the_pieces_are_refused(tmp_path):
         m.set_data(np.ones((20, 128, 128), np.float32))
     mdoc.write_text("".join(f"[ZValue = {k}]\nPieceCoordinates = {120 * k} {120 * k} 0\n" for k in range(20)))
     assert read_image(path).shape == (2408, 2408)
+
+
+def test_read_montage_refuses_a_lying_header_before_reading(tmp_path):
+    """Fuzz campaign 12 review: read_montage reads the stack (mrcfile.open, not a memory map, since a file cut short
+    while mapped killed the process), and mrcfile allocates what the header claims before it reads: the claim is
+    checked against the budget and the file's size first."""
+    import tracemalloc
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.ones((2, 32, 32), np.float32))
+    (tmp_path / "m.mrc.mdoc").write_text("[ZValue = 0]\nPieceCoordinates = 0 0 0\n\n[ZValue = 1]\n"
+                                         "PieceCoordinates = 32 0 0\n")
+    raw = bytearray(path.read_bytes())
+    raw[8:12] = np.int32(60000).tobytes()  # nz: 60000 sections of 32x32, 245 MB claimed
+    path.write_bytes(bytes(raw))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match=r"m\.mrc: truncated"):
+            read_montage(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    raw[8:12] = np.int32(1 << 20).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(TooLargeError, match="over the budget"):
+        read_montage(path)
