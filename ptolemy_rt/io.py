@@ -560,11 +560,54 @@ def _check_raster_section(path: Path, name: str, section: int | None, pages: int
         raise ShapeError(f"{name}: section {section} does not exist (the stack has {pages})")
 
 
-def _check_raster(raw: bytes | memoryview, name: str, max_pixels: int) -> int:
-    """Refuse, from the header alone, a raster image that claims more pixels than the budget; return the number
-    of images the header lists (0 when it could not be read)."""
+class _FileView:
+    """An open file's bytes as `raw[i]` and `raw[a:b]` read them, in 64 kB blocks: a raster's header checked
+    before the file is read whole (a 3 GB sparse file named .tif was read into memory, 56 s, then refused)."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, fh, size: int):
+        self._fh, self._size = fh, size
+        self._at, self._block = 0, b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _read(self, start: int, n: int) -> bytes:
+        if self._at <= start and start + n <= self._at + len(self._block):
+            return self._block[start - self._at:start - self._at + n]
+        if n > self.BLOCK:
+            self._fh.seek(start)
+            return self._fh.read(n)
+        self._fh.seek(start)
+        self._at, self._block = start, self._fh.read(self.BLOCK)
+        return self._block[:n]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._size)
+            if step != 1:
+                raise ValueError("a file view is read in order")
+            return self._read(start, stop - start) if stop > start else b""
+        index = key + self._size if key < 0 else key
+        if not 0 <= index < self._size:
+            raise IndexError("file view index out of range")
+        return self._read(index, 1)[0]
+
+
+# Slack for what a raster file holds beside its pixels (metadata, thumbnails, an ICC profile), and the factor by
+# which compressed pixels may outgrow raw ones.
+RASTER_FILE_SLACK = 16 << 20
+RASTER_FILE_FACTOR = 2
+
+
+def _check_raster(raw: bytes | memoryview | _FileView, name: str, max_pixels: int) -> int:
+    """Refuse, from the header alone, a raster image that claims more pixels than the budget, or a file far larger
+    than what its header claims (or than any image within the budget, when the header could not be read); return
+    the number of images the header lists (0 when it could not be read)."""
     claims = _raster_claims(raw, name)
     total = 0
+    decoded = 0
     for width, height, bpp in claims:
         pixels = width * height
         if pixels > max_pixels:
@@ -582,6 +625,18 @@ def _check_raster(raw: bytes | memoryview, name: str, max_pixels: int) -> int:
         if pixels * bpp > MAX_RATIO * len(raw) and pixels > (1 << 24):
             raise CorruptFileError(f"{name}: the header claims {width}x{height} pixels from {len(raw)} bytes "
                                    f"(a ratio over {MAX_RATIO}: refused as a compression bomb)")
+        decoded += pixels * bpp
+    if claims and all(width and height for width, height, _ in claims):
+        limit = RASTER_FILE_FACTOR * decoded + RASTER_FILE_SLACK
+        if len(raw) > limit:
+            raise CorruptFileError(f"{name}: the file holds {size_text(len(raw))}, more than its header's "
+                                   f"{len(claims)} image(s) of {size_text(decoded)} can take: refused unread")
+    else:
+        limit = RASTER_FILE_FACTOR * DECODE_BYTES_PER_PIXEL * max_pixels + RASTER_FILE_SLACK
+        if len(raw) > limit:
+            raise TooLargeError(f"{name}: the file holds {size_text(len(raw))}, more than an image within the "
+                                f"budget of {max_pixels} pixels takes ({size_text(limit)}; raise it with "
+                                "--max-pixels): refused unread")
     return len(claims)
 
 
@@ -641,12 +696,17 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
 
     name = str(path)
     _quiet_cv2(cv2)
-    raw_bytes = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise CorruptFileError(f"{name}: the file is empty")
+        # the header is checked before the file is read (into memory, once: a copy held a large TIFF twice)
+        pages = _check_raster(_FileView(fh, size), name, max_pixels)
+        _check_raster_section(path, name, section, pages)
+        fh.seek(0)
+        raw_bytes = np.fromfile(fh, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
-    # the header is read from the file's bytes themselves: a copy (tobytes) held a large TIFF twice at once
-    pages = _check_raster(memoryview(raw_bytes).toreadonly(), name, max_pixels)
-    _check_raster_section(path, name, section, pages)
     with _library_messages() as messages:
         try:
             raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)

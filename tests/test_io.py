@@ -724,6 +724,32 @@ def test_header_claims_from_a_buffer_are_those_from_bytes(magic, rest):
             return type(exc).__name__, str(exc)
 
     assert claims(memoryview(np.frombuffer(raw, np.uint8)).toreadonly()) == claims(raw)
+    import io as stdio
+
+    assert claims(io._FileView(stdio.BytesIO(raw), len(raw))) == claims(raw)  # read in blocks, not whole
+
+
+@pytest.mark.parametrize("kind", ["png", "tif_without_pages", "garbage"])
+def test_a_raster_file_far_larger_than_its_header_claims_is_refused_unread(tmp_path, kind):
+    """Fuzz campaign 12: a raster was read whole into memory before its header was checked, so a 3 GB sparse file
+    named .tif (a header, then zeros) took 3 GB and 56 s to be refused. The header is now read from the file, and
+    a file far larger than what its header claims (or, unread, than any image within the budget) is refused."""
+    import tracemalloc
+
+    path = tmp_path / ("x.png" if kind == "png" else "x.tif")
+    head = {"png": cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes(),
+            "tif_without_pages": b"II*\x00\x08\x00\x00\x00\x00\x00", "garbage": b"II*\x00" + bytes(60)}[kind]
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(40 << 20)  # sparse: 40 MB of zeros after the header
+    tracemalloc.start()
+    try:
+        with pytest.raises((CorruptFileError, TooLargeError), match=r"x\.(png|tif): the file holds 40.0 MiB"):
+            io.read_image(path, max_pixels=1 << 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
 
 
 _CUT_WHILE_OPEN = """
