@@ -9,6 +9,7 @@
   suffix of the 255-byte limit (NAME.mrc.mdoc is probed, .NAME.XXXXXXXX.tmp written): exit 0, one output.
 - cut_while_read: an MRC file cut short by another program just after it was opened (rewritten in place): exit 0
   or 2 with one line naming it, never a SIGBUS (reported as a segfault: the worker dies).
+- sparse: a PNG, JPEG or TIFF header followed by gigabytes of (sparse) zeros: refused (2) before it is read whole.
 """
 
 from __future__ import annotations
@@ -135,9 +136,26 @@ def _cut_case(rng: np.random.Generator, d: Path) -> dict:
     return case
 
 
+def _sparse_case(rng: np.random.Generator, d: Path) -> dict:
+    import cv2
+
+    kind = _pick(rng, ["png", "tif", "jpg", "tif_empty"])
+    if kind == "tif_empty":
+        head, kind = b"II*\x00\x08\x00\x00\x00\x00\x00", "tif"
+    else:
+        head = cv2.imencode("." + kind, np.zeros((64, 64), np.uint8))[1].tobytes()
+    path = d / f"sparse.{kind}"
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(int(_pick(rng, [2300, 2600, 3100])) << 20)  # sparse: no disk used
+    return {"kind": "api", "call": "read_segment", "path": str(path), "expect": [2], "named": True}
+
+
 def facility_files(rng: np.random.Generator, d: Path, image: Path) -> dict:
-    """One of the four kinds above."""
-    kind = _pick(rng, ["bigtiff", "bigtiff", "imod", "long", "cut"])
+    """One of the five kinds above."""
+    kind = _pick(rng, ["bigtiff", "bigtiff", "imod", "long", "cut", "sparse"])
+    if kind == "sparse":
+        return _sparse_case(rng, d)
     if kind == "bigtiff":
         return _bigtiff_case(rng, d)
     if kind == "imod":
