@@ -8,17 +8,20 @@ import sys as _sys
 def _quiet_start() -> None:
     """At the command line, Ctrl-C, SIGTERM or SIGHUP while the package loads ends the process at once, without a
     traceback (exit 130, the contract's 'interrupted'); cli.main() puts Python's own handling back when it starts.
-    A SIGHUP ignored from the start (nohup) stays ignored."""
+    A SIGHUP ignored from the start (nohup) stays ignored.
+
+    The interpreter's own `_signal` and `os`, loaded before any program runs: `signal` builds its enums on import
+    (2 ms), and a Ctrl-C then printed a KeyboardInterrupt traceback from enum.py (fuzz batch_signals 90000026)."""
+    import _signal
     import os
-    import signal
 
     def _quit(signum, frame):
         os._exit(130)
 
-    signal.signal(signal.SIGINT, _quit)
-    signal.signal(signal.SIGTERM, _quit)
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, _quit)
+    _signal.signal(_signal.SIGINT, _quit)
+    _signal.signal(_signal.SIGTERM, _quit)
+    if hasattr(_signal, "SIGHUP") and _signal.getsignal(_signal.SIGHUP) != _signal.SIG_IGN:
+        _signal.signal(_signal.SIGHUP, _quit)
 
 
 # `python -m ptolemy_rt` imports this package while sys.argv[0] is still "-m"; the installed script is named

@@ -389,6 +389,23 @@ def test_a_hangup_unwinds_unless_it_was_ignored_from_the_start():
         signal.signal(signal.SIGHUP, before)
 
 
+def test_the_quiet_start_handler_comes_before_any_import_of_the_package():
+    """Fuzz campaign 12 (batch_signals 90000026): `import signal` came first in the package, before its Ctrl-C
+    handler, and builds enums for 2 ms: a SIGINT then printed a KeyboardInterrupt traceback from enum.py (exit 1).
+    The handler is now set with the interpreter's own _signal, before the package imports anything."""
+    launcher = ("import sys, _signal\n"
+                "events = []\n"
+                "sys.addaudithook(lambda e, a: events.append((a[0], _signal.getsignal(_signal.SIGINT) is "
+                "_signal.default_int_handler)) if e == 'import' else None)\n"
+                "sys.argv = ['-m']\n"  # as `python -m ptolemy_rt` has it while the package loads
+                "import ptolemy_rt\n"
+                "names = [n for n, _ in events]\n"
+                "print(events[names.index('ptolemy_rt') + 1:][:3])\n")
+    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, env=_env(), timeout=60)
+    after = eval(done.stdout)  # noqa: S307 -- our own print of a list of (name, bool)
+    assert after and all(not default for _, default in after), after
+
+
 def test_sigint_during_start_up_prints_no_traceback(tmp_path):
     # Ctrl-C while ptolemy_rt and its command line load (after the interpreter's own start-up, which no
     # program controls): a quiet exit 130, or a finished run, never a traceback.
