@@ -808,6 +808,9 @@ def _install_signal_handlers() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    if sys.unraisablehook is not _unraisable:
+        _UNRAISABLE_HOOKS.append(sys.unraisablehook)
+        sys.unraisablehook = _unraisable
     signal.signal(signal.SIGINT, _on_sigint)  # package import may have set a quick exit
     signal.signal(signal.SIGTERM, _on_sigterm)
     if HANGUP is not None and previous[HANGUP] is not signal.SIG_IGN:  # nohup: the user wants it ignored
@@ -841,6 +844,33 @@ def _restore_signal_handlers(previous: dict) -> None:
         if handler is not None:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(sig, handler)
+    if previous and sys.unraisablehook is _unraisable and _UNRAISABLE_HOOKS:
+        sys.unraisablehook = _UNRAISABLE_HOOKS.pop()
+
+
+# sys.unraisablehook as it was before main() set _unraisable (main() may run in-process, more than once).
+_UNRAISABLE_HOOKS: list = []
+
+
+def _unraisable(unraisable) -> None:
+    """An interrupt whose handler ran inside a finalizer (a weakref callback, a __del__) cannot be raised there:
+    Python printed "Exception ignored in ..." with its traceback and dropped it, and the run went on (fuzz
+    batch_races 80000032, a hangup during the clean-up of an import lock). It is delivered again from a thread,
+    once the finalizer has returned (delivered from here, its handler would run here, in the hook)."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _SIGNALLED:
+        import threading
+
+        threading.Thread(target=_deliver_again, args=(_SIGNALLED[-1],), daemon=True).start()
+        return
+    (_UNRAISABLE_HOOKS[-1] if _UNRAISABLE_HOOKS else sys.__unraisablehook__)(unraisable)
+
+
+def _deliver_again(signum: int) -> None:
+    import _thread
+
+    time.sleep(0.01)  # the finalizer and the hook have returned by then
+    if sys.unraisablehook is _unraisable:  # main() still runs, with its handlers
+        _thread.interrupt_main(signum)
 
 
 def _ignore_further_signals() -> None:

@@ -406,6 +406,49 @@ def test_the_quiet_start_handler_comes_before_any_import_of_the_package():
     assert after and all(not default for _, default in after), after
 
 
+_SIGNAL_IN_A_FINALIZER = """
+import os, signal, sys, weakref
+import ptolemy_rt.argv
+from ptolemy_rt.cli import main
+
+real = ptolemy_rt.argv.join_negative_numbers
+
+
+class Lock:
+    pass
+
+
+def cleanup(ref):  # as importlib's module locks are cleaned up: a weakref callback
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    for _ in range(1000):  # the handler runs here, inside the callback
+        pass
+
+
+def join(argv):
+    lock = Lock()
+    keep = weakref.ref(lock, cleanup)
+    del lock
+    return real(argv)
+
+
+ptolemy_rt.argv.join_negative_numbers = join
+code = main(["models"])
+print("exit", code, flush=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_whose_handler_runs_in_a_finalizer_still_interrupts_quietly(signame):
+    """Fuzz campaign 12 (batch_races 80000032): a hangup whose handler ran inside a weakref callback (an import
+    lock's clean-up) raised there, where Python cannot raise: "Exception ignored in ..." and its traceback were
+    printed and the interrupt dropped. It is now delivered again outside the finalizer: 130, one line."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_FINALIZER, signame], capture_output=True, text=True,
+                          env=_env(), timeout=60)
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "exit 130" and done.stderr.strip().endswith(("interrupted", "terminated")), (
+        done.stdout, done.stderr)
+
+
 def test_sigint_during_start_up_prints_no_traceback(tmp_path):
     # Ctrl-C while ptolemy_rt and its command line load (after the interpreter's own start-up, which no
     # program controls): a quiet exit 130, or a finished run, never a traceback.
