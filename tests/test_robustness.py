@@ -432,6 +432,7 @@ def join(argv):
 
 
 ptolemy_rt.argv.join_negative_numbers = join
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts it: a test run under nohup ignores SIGHUP
 code = main(["models"])
 print("exit", code, flush=True)
 """
