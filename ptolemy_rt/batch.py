@@ -415,7 +415,8 @@ def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[tupl
     A worker that dies (killed for memory, a crash) breaks the pool and every image not yet done with it: one
     worker killed failed 67 of 80 images (exit 70). The images then in flight are run again one at a time, each in
     a pool of its own, so that only an image that kills its worker again fails; the rest go on in a new pool.
-    Where nothing runs at all (a round and all its retries broke without a result) the rest fail as before.
+    Where a round ends with neither a result nor a suspect (the pool broke before anything ran) the rest fail as
+    before; otherwise every round takes at least one image off the list, so the loop ends.
     """
     _start_resource_tracker()
     waiting = list(items)
@@ -430,7 +431,7 @@ def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[tupl
                 completed += 1
             else:
                 yield _failed(item, alone[3])
-        if not completed:
+        if not completed and not suspects:  # a suspect run alone is progress too: each round then shrinks
             for item in waiting:
                 yield _failed(item, RuntimeError("the worker pool broke again before any image was done"))
             return

@@ -1116,6 +1116,38 @@ batch.process_one = process_one
 """
 
 
+def test_a_pool_whose_workers_all_die_on_their_images_still_runs_the_good_ones(monkeypatch):
+    """Review of fuzz12: when every image in flight killed its worker, a round had no result (only suspects, each
+    failed alone), and all the good images still waiting failed with 'broke again before any image was done'."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import ptolemy_rt.batch as batch
+    from ptolemy_rt.sessions import Item
+
+    items = [Item(Path(f"/in/{name}.mrc"), f"{name}.mrc", "atlas", "files")
+             for name in ["a_crash", "b_crash", "c_crash", "d", "e", "f", "g_crash", "h"]]
+    rounds = []
+
+    def fake_round(todo, config, workers):  # a pool of `workers`: the first workers + 1 are in flight
+        rounds.append([i.id for i in todo])
+        flight = todo[:workers + 1]
+        if any("crash" in i.id for i in flight):  # a worker killed: the whole pool breaks, nothing done
+            return flight, todo[workers + 1:], 0, BrokenProcessPool("killed")
+        for item in flight:
+            yield {"id": item.id, "status": "ok"}, {}
+        if todo[workers + 1:]:
+            return (yield from fake_round(todo[workers + 1:], config, workers))
+        return None
+
+    monkeypatch.setattr(batch, "_pool_round", fake_round)
+    monkeypatch.setattr(batch, "_start_resource_tracker", lambda: None)
+    rows = [row for row, _ in batch._pool(items, None, 2)]
+    assert sorted(r["id"] for r in rows) == sorted(i.id for i in items)
+    assert sorted(r["id"] for r in rows if r["status"] == "ok") == ["d.mrc", "e.mrc", "f.mrc", "h.mrc"]
+    assert all("worker failed: BrokenProcessPool" in r["error"] for r in rows if r["status"] != "ok")
+    assert len(rounds) < 20
+
+
 @pytest.mark.slow
 def test_a_worker_that_dies_fails_its_own_image_only(tmp_path):
     """Fuzz campaign 12: one worker killed (the OOM killer, a crash in a decoder) broke the process pool, and every
