@@ -85,6 +85,19 @@ def _mode_for(target: Path) -> int:
         return 0o666 & ~umask
 
 
+def _name_prefix(name: str, limit: int) -> str:
+    """`name`'s longest prefix of at most `limit` bytes as the file system encodes it, never half a character.
+
+    The limit on a name is in bytes: 200 characters of 'é' are 400 (review of fuzz12: exit 4 again)."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    cut = limit
+    while cut > 0 and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: back to its character's start
+        cut -= 1
+    return os.fsdecode(raw[:cut])
+
+
 def _write_temp(target: Path, payload: bytes) -> str:
     """Write `payload` to a new temporary file beside `target`; return its path (registered as live)."""
     try:
@@ -99,9 +112,10 @@ def _write_temp(target: Path, payload: bytes) -> str:
         # The name is registered before the file exists: a signal whose handler raised just after tempfile.mkstemp
         # created the file, before its name came back, left it behind (fuzz batch_signals seed 70000009, a
         # preview's '.atlas_7.mrc.jpg.5a81brl5.tmp'). remove_temporaries() passes over a name never created.
-        # The name's first 200 characters only: a legal 242-255 byte name made one over the 255-byte limit
-        # (ENAMETOOLONG: exit 4 for an output that could be written).
-        tmp = os.path.abspath(os.path.join(target.parent, f".{target.name[:200]}.{os.urandom(4).hex()}.tmp"))
+        # The name's first 200 bytes only: a legal 242-255 byte name made one over the 255-byte limit
+        # (ENAMETOOLONG: exit 4 for an output that could be written), with room for write_set's '.old' beside it.
+        tmp = os.path.abspath(os.path.join(target.parent, f".{_name_prefix(target.name, 200)}."
+                                                          f"{os.urandom(4).hex()}.tmp"))
         with _lock:
             _live.add(tmp)
         try:

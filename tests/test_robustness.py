@@ -857,6 +857,12 @@ def test_a_legal_name_near_the_limit_is_read_and_written(tmp_path, small_mrc, ca
     atomic_write(out, "again")  # and replaced
     assert out.read_text() == "again" and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))\
         == []
+    for name in ("é" * 120 + ".json", "é" * 125 + ".json", "a" + "€" * 83 + ".json"):  # 245-255 bytes, multibyte
+        atomic_write(tmp_path / name, "x")
+        atomic_write(tmp_path / name, "y")
+        write_set([(tmp_path / name, "z"), (tmp_path / "o.json", "{}")])  # its backup '.NAME.XXXXXXXX.tmp.old'
+        assert (tmp_path / name).read_text() == "z"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     stack = tmp_path / ("s" * 250 + ".mrc")  # a stack: the montage .mdoc is probed for too
     with mrcfile.new(stack) as m:
         m.set_data(np.stack([read_image(small_mrc).data] * 2))
