@@ -597,6 +597,41 @@ def test_a_bigtiff_is_checked_against_the_budget_before_it_is_decoded(tmp_path):
     np.testing.assert_array_equal(image.data, np.tile(tile, (3, 4)).astype(np.float32))
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_a_tiff_whose_ifds_claim_huge_entry_counts_is_walked_in_bounded_reads(tmp_path, big):
+    """Review of fuzz12: every entry an IFD's count claimed was read, through the file in blocks: a small sparse
+    BigTIFF whose chained IFDs each claimed millions of entries ran for hours (2.3 s an IFD). The entries read
+    are now bounded (a few thousand an IFD, a budget for the chain, none past the tags needed)."""
+    import io as stdio
+    import struct
+
+    order, count_fmt, entry, link = ("<", "Q", 20, "Q") if big else ("<", "H", 12, "I")
+    count = 5000  # over the entries read from one IFD; zeros: tag 0 entries, none of them past the tags needed
+    step = struct.calcsize(count_fmt) + entry * count + struct.calcsize(link)
+    pages = 40
+    raw = bytearray(16 + pages * step)
+    raw[:16] = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 16) + bytes(8)
+    for k in range(pages):
+        at = 16 + k * step
+        struct.pack_into(order + count_fmt, raw, at, count)
+        struct.pack_into(order + link, raw, at + step - struct.calcsize(link), at + step if k + 1 < pages else 0)
+
+    class Counting(io._FileView):
+        reads = 0
+
+        def __getitem__(self, key):
+            Counting.reads += 1
+            return super().__getitem__(key)
+
+    claims = io._raster_claims(Counting(stdio.BytesIO(bytes(raw)), len(raw)), "x")
+    assert claims == [(0, 0, 1)] * pages  # every page found, none with a size
+    assert Counting.reads <= (1 << 16) + 4 * pages, Counting.reads
+    # a real TIFF's claims are unchanged: the entries past SamplesPerPixel are never needed
+    path = tmp_path / "t.tif"
+    cv2.imwrite(str(path), np.zeros((48, 64, 3), np.uint16))
+    assert io._raster_claims(path.read_bytes(), "t") == [(64, 48, 6)]
+
+
 def test_a_multipage_tiff_decodes_only_the_page_asked_for(tmp_path, monkeypatch):
     """Fuzz (raster_bombs): every page was decoded to read one (300 pages of 12000x64 float64: 3.6 GB, 37 s)."""
     path = tmp_path / "m.tif"
