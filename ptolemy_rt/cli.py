@@ -800,14 +800,19 @@ def _report_interrupted() -> int | None:
     return code
 
 
-def _install_signal_handlers() -> dict:
+def _install_signal_handlers(previous: dict | None = None) -> dict:
     """SIGTERM and SIGHUP unwind like Ctrl-C; only possible from the main thread (not when main() runs in a
-    thread). Returns the handlers it replaced, which main() puts back when it returns (it may run in-process)."""
+    thread). Returns the handlers it replaced, which main() puts back when it returns (it may run in-process).
+
+    They are recorded in `previous` (main()'s own dict) before anything is replaced: an interrupt during this
+    call then leaves main() what to put back, the unraisable hook included."""
     import threading
 
+    if previous is None:
+        previous = {}
     if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+        return previous
+    previous.update({sig: signal.getsignal(sig) for sig in _STOP_SIGNALS})
     if sys.unraisablehook is not _unraisable:
         _UNRAISABLE_HOOKS.append(sys.unraisablehook)
         sys.unraisablehook = _unraisable
@@ -866,11 +871,57 @@ def _unraisable(unraisable) -> None:
 
 
 def _deliver_again(signum: int) -> None:
-    import _thread
+    import threading
 
     time.sleep(0.01)  # the finalizer and the hook have returned by then
-    if sys.unraisablehook is _unraisable:  # main() still runs, with its handlers
-        _thread.interrupt_main(signum)
+    with _REDELIVERY:
+        if sys.unraisablehook is not _unraisable or _REDELIVERY.finishing:  # main() has reported it already
+            return
+        # A signal sent to the main thread, not _thread.interrupt_main (which runs the handler whatever the mask):
+        # blocked during main()'s clean-up, it waits there, and its KeyboardInterrupt no longer skipped putting
+        # the caller's handlers and hook back (review of fuzz12: "interrupted" twice, the hook left replaced).
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(threading.main_thread().ident, signum)
+            _REDELIVERY.sent.append(signum)
+        else:
+            import _thread
+
+            _thread.interrupt_main(signum)
+
+
+class _Redelivery:
+    """The lock between _deliver_again and main()'s clean-up: once main() finishes, nothing is sent again, and
+    what was sent but waits blocked is taken back (main() has reported the interrupt it stands for)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.finishing = False
+        self.sent: list[int] = []
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def start(self) -> None:
+        self.finishing = False
+        self.sent.clear()
+
+    def finish(self, blocked: bool) -> None:
+        """Called with the signals blocked: stop sending, and take back a signal sent that is still pending."""
+        with self:
+            self.finishing = True
+            sent, self.sent = set(self.sent), []
+        if blocked and sent and hasattr(signal, "sigpending"):
+            for signum in sent & signal.sigpending():
+                signal.sigwait({signum})
+
+
+_REDELIVERY = _Redelivery()
 
 
 def _ignore_further_signals() -> None:
@@ -988,6 +1039,7 @@ def _main(argv: Sequence[str] | None) -> int:
     debug = False
     previous: dict = {}
     _SIGNALLED.clear()
+    _REDELIVERY.start()
     stderr = sys.stderr
     if not isinstance(stderr, _SafeStderr):
         sys.stderr = _SafeStderr(stderr)
@@ -995,7 +1047,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if not isinstance(stdout, _CheckedStdout):
         sys.stdout = _CheckedStdout(stdout)
     try:
-        previous = _install_signal_handlers()
+        _install_signal_handlers(previous)
         from .argv import join_negative_numbers
 
         parser = build_parser()
@@ -1058,14 +1110,19 @@ def _main(argv: Sequence[str] | None) -> int:
             except KeyboardInterrupt:
                 continue
         try:
+            _REDELIVERY.finish(blocked)
             remove_temporaries()
-            _restore_signal_handlers(previous)
         finally:
-            _unblock_signals(blocked)
-            if isinstance(sys.stderr, _SafeStderr) and sys.stderr is not stderr:
-                sys.stderr = stderr
-            if isinstance(sys.stdout, _CheckedStdout) and sys.stdout is not stdout:
-                sys.stdout = stdout
+            try:
+                _restore_signal_handlers(previous)
+            finally:
+                try:
+                    _unblock_signals(blocked)
+                finally:
+                    if isinstance(sys.stderr, _SafeStderr) and sys.stderr is not stderr:
+                        sys.stderr = stderr
+                    if isinstance(sys.stdout, _CheckedStdout) and sys.stdout is not stdout:
+                        sys.stdout = stdout
 
 
 def run() -> None:

@@ -450,6 +450,81 @@ def test_a_signal_whose_handler_runs_in_a_finalizer_still_interrupts_quietly(sig
         done.stdout, done.stderr)
 
 
+_SIGNAL_IN_A_FINALIZER_THEN_A_SLOW_CLEAN_UP = """
+import os, signal, sys, time, weakref
+import ptolemy_rt.cli as cli
+import ptolemy_rt.outputs as outputs
+
+
+class Lock:
+    pass
+
+
+def cleanup(ref):
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):
+        pass
+
+
+real_flush, real_remove = cli._flush_stdout, outputs.remove_temporaries
+
+
+def flush():  # the interrupt's handler runs in a finalizer as the result is flushed
+    lock = Lock()
+    keep = weakref.ref(lock, cleanup)
+    del lock
+    return real_flush()
+
+
+def remove():  # main()'s clean-up runs while it would be delivered again
+    time.sleep(float(sys.argv[1]))
+    return real_remove()
+
+
+cli._flush_stdout, outputs.remove_temporaries = flush, remove
+hook = sys.unraisablehook
+code = cli.main(["models"])
+print("exit", code, sys.unraisablehook is hook, signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+      flush=True)
+time.sleep(0.1)
+print("caller still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+def test_an_interrupt_delivered_again_during_the_clean_up_leaves_the_caller_as_it_was(delay):
+    """Review of fuzz12: the interrupt delivered again (from a finalizer) used _thread.interrupt_main, which
+    ignores the signal mask of main()'s clean-up: its KeyboardInterrupt skipped putting the caller's handlers and
+    unraisable hook back, and "interrupted" was printed twice."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_FINALIZER_THEN_A_SLOW_CLEAN_UP, str(delay)],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.stdout.splitlines()[-2:] == ["exit 130 True True", "caller still running"], (done.stdout,
+                                                                                              done.stderr)
+    assert done.stderr.count("interrupted") == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_interrupt_while_the_handlers_are_installed_leaves_no_hook_behind(monkeypatch, capsys):
+    """Review of fuzz12: a KeyboardInterrupt inside _install_signal_handlers, after it set its unraisable hook,
+    left main() nothing to put back: the hook stayed replaced in a library caller."""
+    import ptolemy_rt.cli as cli
+
+    hook, handlers = sys.unraisablehook, {s: signal.getsignal(s) for s in cli._STOP_SIGNALS}
+    real = signal.signal
+    calls = []
+
+    def interrupted_once(sig, handler):
+        calls.append(sig)
+        if len(calls) == 2:  # the hook is set, SIGINT's handler too
+            raise KeyboardInterrupt
+        return real(sig, handler)
+
+    monkeypatch.setattr(signal, "signal", interrupted_once)
+    assert cli.main(["models"]) == 130
+    monkeypatch.undo()
+    assert sys.unraisablehook is hook and {s: signal.getsignal(s) for s in cli._STOP_SIGNALS} == handlers
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
 def test_sigint_during_start_up_prints_no_traceback(tmp_path):
     # Ctrl-C while ptolemy_rt and its command line load (after the interpreter's own start-up, which no
     # program controls): a quiet exit 130, or a finished run, never a traceback.
