@@ -787,6 +787,41 @@ def test_a_raster_file_far_larger_than_its_header_claims_is_refused_unread(tmp_p
     assert peak < 4 << 20
 
 
+def _one_ifd_tiff(width: int, height: int, pixels: bytes, private: bytes = b"") -> bytes:
+    """An uncompressed 16-bit TIFF with one IFD, an optional private tag (ImageJ's 50839) and `pixels` after it:
+    more than one page's worth makes the stack ImageJ writes over 4 GB (and tifffile with truncate=True)."""
+    import struct
+
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, width * height * 2)]
+    if private:
+        entries.append((50839, 7, len(private), 0))
+    extra_at = 8 + 2 + 12 * len(entries) + 4
+    data_at = extra_at + len(private)
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
+    for tag, typ, count, value in entries:
+        value = data_at if tag == 273 else extra_at if tag == 50839 else value
+        out += (struct.pack("<HHIHH", tag, typ, count, value, 0) if typ == 3 else
+                struct.pack("<HHII", tag, typ, count, value))
+    return bytes(out + bytes(4) + private + pixels)
+
+
+def test_a_valid_raster_holding_more_than_its_header_lists_is_read(tmp_path):
+    """Review of fuzz12: a file far larger than what its header claims was refused, and so were valid files main
+    read: an ImageJ stack with one IFD and 40 pages of data after it, a TIFF with 20 MB of ImageJ metadata in a
+    private tag. Only the budget's cap on the file's size holds now, whatever the header says."""
+    tile = np.random.default_rng(0).integers(0, 60000, (40, 512, 512)).astype(np.uint16)
+    stack = tmp_path / "imagej_stack.tif"
+    stack.write_bytes(_one_ifd_tiff(512, 512, tile.tobytes()))  # 20 MiB, one page listed
+    np.testing.assert_array_equal(io.read_image(stack).data, tile[0].astype(np.float32))
+    meta = tmp_path / "imagej_metadata.tif"
+    meta.write_bytes(_one_ifd_tiff(512, 512, tile[1].tobytes(), private=b"x" * (20 << 20)))
+    np.testing.assert_array_equal(io.read_image(meta).data, tile[1].astype(np.float32))
+    with pytest.raises(TooLargeError, match=r"holds 20.5 MiB, more than an image within the budget of 262144 "
+                       r"pixels takes \(18.0 MiB"):
+        io.read_image(meta, max_pixels=512 * 512)  # the budget's cap still holds: 2 x 4 B x 1 MiB + 16 MiB
+
+
 _CUT_WHILE_OPEN = """
 import os, sys
 import mrcfile
