@@ -386,7 +386,8 @@ def imod_unsigned_bytes(header: np.recarray) -> bool:
     """Whether a mode 0 MRC header says its bytes are unsigned: IMOD's stamp with the signed-bytes flag clear.
 
     mrcfile reads mode 0 as signed (MRC2014), so SerialEM's and IMOD's unsigned 8-bit images had every pixel over
-    127 wrapped to a negative value: an atlas's bright squares read as its darkest pixels."""
+    127 wrapped to a negative value: an atlas's bright squares read as its darkest pixels. Without the stamp the
+    bytes are signed, as MRC2014 says, not guessed from the header's minimum and maximum as IMOD itself does."""
     if int(header.mode) != 0:
         return False
     order = header.dtype["mode"].byteorder
@@ -429,6 +430,8 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
         # Header statistics are never used to read the data, and mrcfile's own check of them overflows
         # on float16 files it wrote itself: a stale statistic is reported, not refused.
         stale = [line for line in found if line.startswith("Data statistics")]
+        if imod_unsigned_bytes(mrc.header):  # mrcfile checks them against the bytes read signed: IMOD's are right
+            found, stale = [line for line in found if line not in stale], []
         problems = [m for m in opened if m not in found] + [line for line in found if line not in stale]
         if problems:
             detail = "; ".join(problems)

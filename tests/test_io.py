@@ -956,6 +956,24 @@ def test_imod_unsigned_bytes_are_read_unsigned(tmp_path, flags, signed):
     np.testing.assert_array_equal(image.data, want.astype(np.float32))
 
 
+def test_imod_unsigned_bytes_with_their_own_statistics_read_without_a_warning(tmp_path):
+    """Review of fuzz12: mrcfile checks a mode 0 file's statistics against its bytes read signed, so an IMOD
+    unsigned-byte file whose header statistics are right warned 'Data statistics appear to be inaccurate'."""
+    import struct
+
+    pixels = np.random.default_rng(4).integers(0, 256, (40, 50)).astype(np.uint8)
+    path = _mrc(tmp_path / "u.mrc", pixels.view(np.int8))
+    raw = bytearray(path.read_bytes())
+    raw[76:88] = struct.pack("<3f", pixels.min(), pixels.max(), pixels.mean())  # dmin, dmax, dmean as IMOD has
+    raw[216:220] = struct.pack("<f", pixels.std())
+    raw[152:160] = struct.pack("<ii", io.IMOD_STAMP, 0)
+    path.write_bytes(bytes(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = io.read_image(path)
+    np.testing.assert_array_equal(image.data, pixels.astype(np.float32))
+
+
 def test_an_imod_unsigned_montage_is_assembled_from_unsigned_pieces(tmp_path):
     import struct
 
