@@ -151,6 +151,12 @@ def _mrc_header(head: bytes, name: str) -> np.recarray:
     return header
 
 
+# An MRC extended header's size at most: FEI's and SerialEM's hold under 1 kB a section (FEI1: 128 bytes, for
+# 1024 sections), with room for a writer's own metadata block.
+MAX_EXTENDED_HEADER = 16 << 20
+EXTENDED_HEADER_PER_SECTION = 4096
+
+
 def _mrc_claim(header: np.recarray, name: str, max_pixels: int) -> tuple[int, int]:
     """Check what an MRC header claims against the pixel budget; return (data offset, data bytes)."""
     mode = int(header.mode)
@@ -163,6 +169,11 @@ def _mrc_claim(header: np.recarray, name: str, max_pixels: int) -> tuple[int, in
                                "each must be at least 1")
     if nsymbt < 0:
         raise CorruptFileError(f"{name}: the MRC header gives a negative extended header size ({nsymbt})")
+    if nsymbt > MAX_EXTENDED_HEADER + EXTENDED_HEADER_PER_SECTION * nz:
+        # mrcfile reads the extended header whole, into memory: a 1 GB one took 3 GB before the file was refused.
+        raise CorruptFileError(f"{name}: the MRC header claims an extended header of {size_text(nsymbt)} for "
+                               f"{nz} section(s), more than any writer puts there (at most "
+                               f"{size_text(MAX_EXTENDED_HEADER + EXTENDED_HEADER_PER_SECTION * nz)})")
     if 401 <= ispg <= 630 and (mz < 1 or nz % mz):
         # mrcfile divides nz by mz for a volume stack (space groups 401-630).
         raise CorruptFileError(f"{name}: error in dimensions for volume stack: nz should be divisible by mz. "

@@ -230,6 +230,29 @@ def test_lying_mrc_header_is_refused_without_allocating(tmp_path, offset, value)
     assert peak < 50 << 20
 
 
+def test_an_mrc_extended_header_larger_than_any_writer_puts_there_is_refused(tmp_path):
+    """Review of fuzz12: the extended header's size (nsymbt) was bounded by the file's size only, and mrcfile reads
+    it whole: a file with a 1 GB extended header took 3 GB of memory. One over 16 MiB + 4 KiB a section is
+    refused from the header; one of 128 kB (FEI1's size) reads as before."""
+    import struct
+
+    data = np.random.default_rng(5).normal(size=(16, 16)).astype(np.float32)
+    for nsymbt, refused in ((131072, False), (40 << 20, True)):
+        path = tmp_path / f"ext{nsymbt}.mrc"
+        head = bytearray(_mrc(tmp_path / "plain.mrc", data).read_bytes()[:1024])
+        head[92:96] = struct.pack("<i", nsymbt)
+        head[104:108] = b"SERI"  # a SerialEM extended header (of zeros)
+        with open(path, "wb") as fh:
+            fh.write(head)
+            fh.seek(1024 + nsymbt)  # sparse: the extended header's zeros, then the data
+            fh.write(data.tobytes())
+        if refused:
+            with pytest.raises(CorruptFileError, match=r"extended header of 40.0 MiB for 1 section\(s\)"):
+                io.read_image(path)
+        else:
+            np.testing.assert_array_equal(io.read_image(path).data, data)
+
+
 def test_pixel_budget(tmp_path):
     path = _mrc(tmp_path / "big.mrc", np.zeros((64, 64), np.int8))
     with pytest.raises(TooLargeError, match="max-pixels"):
