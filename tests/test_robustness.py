@@ -322,7 +322,9 @@ def _env():
 def test_sigterm_leaves_no_temporary_file(tmp_path):
     # The child parks inside the atomic writer, between writing its temporary file and renaming it.
     code = (
-        "import sys, time\n"
+        "import sys, time, faulthandler\n"
+        # a run that misses the signal shows where it waits (one CI run of 2026-12-07 timed out here, unrepeated)
+        "faulthandler.dump_traceback_later(25, exit=True)\n"
         "import ptolemy_rt.outputs as o\n"
         "real = o.os.replace\n"
         "def slow(a, b):\n"
@@ -341,7 +343,7 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
     assert p.stdout.readline().strip() == b"ready"
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=30)
-    assert p.returncode == 143, err
+    assert p.returncode == 143, err.decode(errors="replace")
     assert list(tmp_path.iterdir()) == []
 
 
