@@ -67,6 +67,7 @@ __all__ = [
     "remove_seams",
     "tile_boundaries",
     "tile_gains",
+    "tile_steps",
 ]
 
 MAX_PIXELS = 2**28
@@ -649,14 +650,112 @@ def remove_seams(
 
 # ------------------------------------------------------------------------------------- tile offsets (stitched)
 
+# tile_steps: the window either side of a line spans this many lattice vectors (one: a step's response is a
+# triangle that wide, so one vector places it best; two were steadier but placed steps a fifth of a pitch off);
+# blocks along the line are at least this wide (px) and two pitches; a block's log ratio is the running median
+# over this many neighbouring blocks (a tile's step holds along its whole width, an odd square's in one block); a
+# line's strength is this quantile of its blocks' values; a step is at least this strong (log ratio) and this
+# many times the typical line's strength.
+_STEP_VECTORS = 1
+_STEP_BLOCK_PX = 64
+_STEP_RUN = 5
+_STEP_MIN = 0.15
+_STEP_OVER_TYPICAL = 3.0
+_STEP_SHARE = 0.75
+
+
+def tile_steps(image: np.ndarray, mesh: Any, axis: int, *, valid: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """Straight brightness steps along rows (axis 0) or columns (axis 1) of a stitched atlas: where one tile's gain
+    meets another's with no seam drawn (a gap hidden in a bar, no blend line). (position, strength) per step, the
+    strength the median |log ratio| of the brightness below / above the line over blocks along it.
+
+    The window above a line is compared with the window below it shifted by a lattice vector of the mesh: the two
+    hold the same squares and bars pixel for pixel (at any mesh angle), so their means differ only by the squares'
+    own ice (random from square to square) and by a gain step at the line (the same along a tile's whole width).
+    `valid` (the grid disc): only blocks whose windows lie wholly on it count."""
+    img = np.asarray(image)
+    h, w = img.shape if axis == 0 else img.shape[::-1]  # h: positions across the line, w: along it
+    a = np.asarray(mesh.basis[0], dtype=np.float64)
+    b = np.asarray(mesh.basis[1], dtype=np.float64)
+    comp = 1 if axis == 0 else 0  # rows: the y component moves across the line
+    v = max((a, b, a + b, a - b), key=lambda c: abs(c[comp]))
+    v = _STEP_VECTORS * (v if v[comp] > 0 else -v)
+    across, along = int(round(v[comp])), int(round(v[1 - comp]))
+    width = max(_STEP_BLOCK_PX, int(round(2 * mesh.pitch_px)))
+    lo, hi = max(0, -along), w - max(0, along) - width
+    if across < 4 or hi <= lo or h <= 2 * across + 2:
+        return []
+    n = (hi - lo) // width + 1
+    if n < _STEP_RUN:
+        return []
+
+    def block_rows(x: np.ndarray, first: int) -> np.ndarray:
+        # Sums over n blocks of `width` along the line from `first`, accumulated across it: (h + 1, n), float64.
+        # (Summed in the array's own type, float32 for an image: 2-pitch blocks, far inside its precision; the
+        # sums over rows of a row band read contiguous memory for either axis.)
+        if axis == 0:
+            sums = np.add.reduceat(x[:, first : first + n * width], np.arange(0, n * width, width), axis=1,
+                                   dtype=np.float32 if x.dtype == np.float32 else np.int64)
+        else:
+            sums = x[first : first + n * width].reshape(n, width, x.shape[1]).sum(axis=1).T
+        return np.vstack([np.zeros((1, n)), np.cumsum(sums, axis=0, dtype=np.float64)])
+
+    data = img if img.dtype == np.float32 else img.astype(np.float32)
+    top = block_rows(data, lo)
+    bottom = block_rows(data, lo + along)
+    lines = np.arange(across, h - across + 1)
+    up = top[lines] - top[lines - across]
+    down = bottom[lines + across] - bottom[lines]
+    good = (up > 0) & (down > 0)
+    if valid is not None:
+        full = float(across * width)
+        inside = np.ascontiguousarray(valid, dtype=bool).view(np.uint8)  # 0/1 bytes, summed as int64
+        vt = block_rows(inside, lo)
+        vb = block_rows(inside, lo + along)
+        good &= (vt[lines] - vt[lines - across] >= full) & (vb[lines + across] - vb[lines] >= full)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(good, np.log(np.where(good, down, 1.0) / np.where(good, up, 1.0)), 0.0)
+    # The running median over _STEP_RUN blocks (the end blocks repeated; scipy.ndimage's median_filter would
+    # import numpy.ma into a finder run). Off the disc a block counts as no step (0): a run half off the disc is
+    # damped, never made up.
+    half = _STEP_RUN // 2
+    padded = np.pad(ratio, ((0, 0), (half, half)), mode="edge")
+    stack = np.stack([padded[:, k : k + n] for k in range(_STEP_RUN)])
+    run = np.abs(np.partition(stack, half, axis=0)[half])
+    counted = good.sum(axis=1)
+    enough = counted >= _STEP_RUN
+    if not enough.any():
+        return []
+    # A line's strength: the _STEP_SHARE quantile of its blocks' |running median| (a boundary where some tiles
+    # happen to have the same gain still stands out), over the blocks on the disc (the others sort first).
+    ranked = np.sort(np.where(good, run, -1.0)[enough], axis=1)
+    first = n - counted[enough]
+    pick = first + np.floor(_STEP_SHARE * (counted[enough] - 1)).astype(np.int64)
+    strength = np.full(len(lines), np.nan)
+    strength[enough] = np.take_along_axis(ranked, pick[:, None], axis=1)[:, 0]
+    typical = float(median(strength[enough]))
+    floor = max(_STEP_MIN, _STEP_OVER_TYPICAL * typical)
+    # Peaks: strongest first, none within a window's height of a stronger one (a step's response is a triangle
+    # that wide).
+    order = np.argsort(-np.nan_to_num(strength, nan=-1.0), kind="stable")
+    taken: list[tuple[int, float]] = []
+    for i in order.tolist():
+        s = strength[i]
+        if not s >= floor:
+            break
+        pos = int(lines[i])
+        if all(abs(pos - p) > across for p, _ in taken):
+            taken.append((pos, float(s)))
+    return sorted(taken)
+
 
 def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[float] | None = None,
-                    merge_px: float = 24.0, min_step: float = 64.0) -> list[int]:
+                    merge_px: float = 24.0, min_step: float = 64.0, tolerance_px: float = 6.0) -> list[int]:
     """Tile boundaries along one axis from the seams found there. A montage's tiles are taken on a regular grid: the
     spacing that puts the most seams on one grid, less a quarter for each boundary of it with no seam (ties: the
     larger spacing), gives every boundary of that grid, those with no visible line too (a brightness step is left
     there); seams off it (a false seam, the far side of a wide gap) are not boundaries. With fewer than two seams on
-    a grid, the seams as found."""
+    a grid, the seams as found. A seam is on the grid within `tolerance_px` (or a hundredth of the spacing)."""
     wts = [1.0] * len(positions) if weights is None else [abs(float(v)) for v in weights]
     # Seams in a chain each within merge_px of the next are one boundary (the two edges of a wide gap, the
     # rows beside a strong step): the strongest seam of the chain (weights), else their middle.
@@ -679,11 +778,15 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
                 step = (arr[j] - arr[i]) / m
                 if step < min_step:
                     break
-                tol = max(6.0, 0.01 * step)
+                tol = max(tolerance_px, 0.01 * step)
                 k = np.rint((arr - arr[i]) / step)
-                count = int((np.abs(arr - arr[i] - k * step) <= tol).sum())
+                k_first = math.ceil((0.25 * step - arr[i]) / step)
+                k_last = math.floor((size - 0.25 * step - arr[i]) / step)
+                # Only seams at the grid's boundaries count for it: one within a quarter step of the image's edge
+                # is no boundary it gives (a grid whose only other seam lies there would give one boundary).
+                count = int(((np.abs(arr - arr[i] - k * step) <= tol) & (k >= k_first) & (k <= k_last)).sum())
                 # A finer grid always fits as many seams: each grid boundary without a seam counts against it.
-                n_grid = math.floor((size - 0.25 * step - arr[i]) / step) - math.ceil((0.25 * step - arr[i]) / step) + 1
+                n_grid = k_last - k_first + 1
                 merit = count - 0.25 * max(0, n_grid - count)
                 if best is None or (merit, step) > (best[0], best[1]):
                     best = (merit, step, float(arr[i]), count)
@@ -691,7 +794,7 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
         return [int(round(p)) for p in pos]
     _, step, p0, _ = best
     k = np.rint((arr - p0) / step)
-    inl = np.abs(arr - p0 - k * step) <= max(6.0, 0.01 * step)
+    inl = np.abs(arr - p0 - k * step) <= max(tolerance_px, 0.01 * step)
     design = np.column_stack([np.ones(int(inl.sum())), k[inl]])
     (c, step), *_ = np.linalg.lstsq(design, arr[inl], rcond=None)
     k_lo = math.ceil((0.25 * step - c) / step)
@@ -710,11 +813,13 @@ def flatten_tile_offsets(
     min_change: float = 0.05,
     min_contrast: float = 0.15,
     in_place: bool = False,
+    mesh: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Divide each tile of a stitched atlas by its brightness gain; the tiles are the cells between the seams of at
     least `min_contrast` (remove_seams; with the grid they imply: tile_boundaries). Returns the flattened image (the
     input itself when no gain differs from 1 by `min_change` or more) and the gains per cell (rows x cols) or None.
     in_place: a float32 image the caller owns (remove_seams' copy) is divided in place, not copied.
+    mesh: the atlas's mesh (mesh.Mesh): brightness steps with no seam (tile_steps) are tile boundaries too.
 
     Across each boundary the mean of a band on either side (two mesh pitches wide, so it holds whole periods of the
     mesh: the same mean for the same gain) gives the ratio of the two cells' gains, where `valid` (the grid disc)
@@ -729,10 +834,21 @@ def flatten_tile_offsets(
         if abs(s.contrast) >= min_contrast:
             edges[s.axis].append((s.start + s.stop) / 2.0)
             strength[s.axis].append(abs(s.contrast))
+    tolerance = 6.0
+    if mesh is not None and edges[0] + edges[1]:
+        # A boundary shows a seam only where the stitch drew one (a gap inside a bar shows none, nor does a plain
+        # cut): the gain steps mark the others (merged with a seam beside them, the stronger one kept).
+        for axis in (0, 1):
+            for pos, step in tile_steps(image, mesh, axis, valid=valid):
+                edges[axis].append(float(pos))
+                strength[axis].append(step)
+        # A step is placed to a fraction of a pitch (its windows gain or lose a row of squares per pitch), a seam
+        # to a pixel: the grid takes the steps within a quarter pitch.
+        tolerance = max(tolerance, 0.25 * float(pitch_px))
     # Two tile boundaries are many mesh pitches apart: seams closer than a pitch are one.
     merge = max(24.0, float(pitch_px))
-    rows_b = tile_boundaries(edges[0], h, weights=strength[0], merge_px=merge)
-    cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge)
+    rows_b = tile_boundaries(edges[0], h, weights=strength[0], merge_px=merge, tolerance_px=tolerance)
+    cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge, tolerance_px=tolerance)
     if not rows_b and not cols_b:
         return image, None
     wid = {0: {}, 1: {}}

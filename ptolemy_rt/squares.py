@@ -731,7 +731,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
                 from .montage import flatten_tile_offsets
 
                 # remove_seams' copy is ours: flattened in place (no second 64 MB at 4096²).
-                source, _ = flatten_tile_offsets(cleaned, seams, pitch_px=mesh.pitch_px, valid=disc, in_place=True)
+                source, _ = flatten_tile_offsets(cleaned, seams, pitch_px=mesh.pitch_px, valid=disc, in_place=True,
+                                                 mesh=mesh)
             del cleaned
         timings["seams"] = time.perf_counter() - t
 
