@@ -32,7 +32,9 @@ all round) is matched by its median. Gaps between pieces are filled from their n
 along rows or columns are found as outliers of the row (column) means against what the mesh predicts
 there, and replaced by interpolation across them. `flatten_tile_offsets` then takes the seams as tile
 boundaries (completing the regular grid they imply) and divides each tile by its brightness gain, from the
-mean brightness on either side of each boundary (least squares in log space, as tile_gains).
+mean brightness on either side of each boundary (least squares in log space, as tile_gains). Given the mesh, it
+also takes the straight brightness steps `tile_steps` finds as boundaries: a boundary shows a seam only where
+the stitch drew one, but a gain step wherever two tiles' gains differ.
 """
 
 from __future__ import annotations
