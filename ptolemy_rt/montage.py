@@ -674,8 +674,12 @@ def tile_steps(image: np.ndarray, mesh: Any, axis: int, *, valid: np.ndarray | N
     The window above a line is compared with the window below it shifted by a lattice vector of the mesh: the two
     hold the same squares and bars pixel for pixel (at any mesh angle), so their means differ only by the squares'
     own ice (random from square to square) and by a gain step at the line (the same along a tile's whole width).
-    `valid` (the grid disc): only blocks whose windows lie wholly on it count."""
+    `valid` (the grid disc): only blocks whose windows lie wholly on it count. A gain multiplies brightness, so
+    the ratios mean something only for non-negative data: an image with any value below 0 (a zero-mean, normalised
+    atlas) gives no steps."""
     img = np.asarray(image)
+    if img.size == 0 or float(img.min()) < 0:
+        return []
     h, w = img.shape if axis == 0 else img.shape[::-1]  # h: positions across the line, w: along it
     a = np.asarray(mesh.basis[0], dtype=np.float64)
     b = np.asarray(mesh.basis[1], dtype=np.float64)
@@ -694,10 +698,12 @@ def tile_steps(image: np.ndarray, mesh: Any, axis: int, *, valid: np.ndarray | N
     def block_rows(x: np.ndarray, first: int) -> np.ndarray:
         # Sums over n blocks of `width` along the line from `first`, accumulated across it: (h + 1, n), float64.
         # (Summed in the array's own type, float32 for an image: 2-pitch blocks, far inside its precision; the
-        # sums over rows of a row band read contiguous memory for either axis.)
-        if axis == 0:
-            sums = np.add.reduceat(x[:, first : first + n * width], np.arange(0, n * width, width), axis=1,
-                                   dtype=np.float32 if x.dtype == np.float32 else np.int64)
+        # sums over rows of a row band read contiguous memory for either axis. A 0/1 mask is summed as int64
+        # through sum's small buffers: reduceat with dtype= would cast the whole slice, 8 bytes a pixel.)
+        if axis == 0 and x.dtype == np.float32:
+            sums = np.add.reduceat(x[:, first : first + n * width], np.arange(0, n * width, width), axis=1)
+        elif axis == 0:
+            sums = x[:, first : first + n * width].reshape(x.shape[0], n, width).sum(axis=2, dtype=np.int64)
         else:
             sums = x[first : first + n * width].reshape(n, width, x.shape[1]).sum(axis=1).T
         return np.vstack([np.zeros((1, n)), np.cumsum(sums, axis=0, dtype=np.float64)])
@@ -757,7 +763,9 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
     spacing that puts the most seams on one grid, less a quarter for each boundary of it with no seam (ties: the
     larger spacing), gives every boundary of that grid, those with no visible line too (a brightness step is left
     there); seams off it (a false seam, the far side of a wide gap) are not boundaries. With fewer than two seams on
-    a grid, the seams as found. A seam is on the grid within `tolerance_px` (or a hundredth of the spacing)."""
+    a grid, the seams as found. A seam is on the grid within `tolerance_px` (or a hundredth of the spacing). Only
+    seams at the grid's boundaries count for a spacing: a seam within a quarter spacing of the image's edge (where
+    the grid gives no boundary) no longer counts for it."""
     wts = [1.0] * len(positions) if weights is None else [abs(float(v)) for v in weights]
     # Seams in a chain each within merge_px of the next are one boundary (the two edges of a wide gap, the
     # rows beside a strong step): the strongest seam of the chain (weights), else their middle.

@@ -275,6 +275,19 @@ def test_tile_steps_find_gain_steps_with_no_seam(seed, angle):
         assert np.abs(np.array(found) - [400, 800]).max() <= 10, (axis, found)
 
 
+def test_tile_steps_give_none_on_data_below_zero():
+    """Gain steps are ratios of brightness: a zero-mean (normalised) copy of the stitched mesh, whose ratios mean
+    nothing, gives no steps on either axis (the raw one gives both boundaries); a valid mask covering all of the
+    image gives the same steps as none."""
+    stitched, _, mesh = _stitched_3x3(1, 13.0)
+    centred = stitched - np.float32(stitched.mean())
+    everywhere = np.ones(stitched.shape, bool)
+    for axis in (0, 1):
+        assert len(tile_steps(stitched, mesh, axis)) == 2
+        assert tile_steps(stitched, mesh, axis, valid=everywhere) == tile_steps(stitched, mesh, axis)
+        assert tile_steps(centred, mesh, axis) == []
+
+
 @pytest.mark.parametrize(("seed", "angle"), [(1, 13.0), (4, 37.0), (5, 37.0)])
 def test_flatten_tile_offsets_completes_boundaries_from_steps(seed, angle):
     """One seam found (at row 400) of the four tile boundaries: without the mesh's steps the seams give two cells;
