@@ -758,14 +758,17 @@ def tile_steps(image: np.ndarray, mesh: Any, axis: int, *, valid: np.ndarray | N
 
 
 def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[float] | None = None,
-                    merge_px: float = 24.0, min_step: float = 64.0, tolerance_px: float = 6.0) -> list[int]:
+                    merge_px: float = 24.0, min_step: float = 64.0, tolerance_px: float = 6.0,
+                    finer: bool = False) -> list[int]:
     """Tile boundaries along one axis from the seams found there. A montage's tiles are taken on a regular grid: the
     spacing that puts the most seams on one grid, less a quarter for each boundary of it with no seam (ties: the
     larger spacing), gives every boundary of that grid, those with no visible line too (a brightness step is left
     there); seams off it (a false seam, the far side of a wide gap) are not boundaries. With fewer than two seams on
     a grid, the seams as found. A seam is on the grid within `tolerance_px` (or a hundredth of the spacing). Only
     seams at the grid's boundaries count for a spacing: a seam within a quarter spacing of the image's edge (where
-    the grid gives no boundary) no longer counts for it."""
+    the grid gives no boundary) no longer counts for it. finer (the positions include gain steps, absent where two
+    tiles' gains happen to match): a smaller spacing through the same seams and more, with seams at more than half
+    its boundaries, is taken over the larger one."""
     wts = [1.0] * len(positions) if weights is None else [abs(float(v)) for v in weights]
     # Seams in a chain each within merge_px of the next are one boundary (the two edges of a wide gap, the
     # rows beside a strong step): the strongest seam of the chain (weights), else their middle.
@@ -782,6 +785,7 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
         return [int(round(p)) for p in pos]
     arr = np.asarray(pos)
     best: tuple[float, float, float, int] | None = None
+    grids: list[tuple[float, float, float, int, int, frozenset[int]]] = []
     for i in range(len(arr)):
         for j in range(i + 1, len(arr)):
             for m in range(1, 9):
@@ -794,14 +798,24 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
                 k_last = math.floor((size - 0.25 * step - arr[i]) / step)
                 # Only seams at the grid's boundaries count for it: one within a quarter step of the image's edge
                 # is no boundary it gives (a grid whose only other seam lies there would give one boundary).
-                count = int(((np.abs(arr - arr[i] - k * step) <= tol) & (k >= k_first) & (k <= k_last)).sum())
+                on = (np.abs(arr - arr[i] - k * step) <= tol) & (k >= k_first) & (k <= k_last)
+                count = int(on.sum())
                 # A finer grid always fits as many seams: each grid boundary without a seam counts against it.
                 n_grid = k_last - k_first + 1
                 merit = count - 0.25 * max(0, n_grid - count)
+                grids.append((merit, step, float(arr[i]), count, n_grid, frozenset(np.flatnonzero(on).tolist())))
                 if best is None or (merit, step) > (best[0], best[1]):
                     best = (merit, step, float(arr[i]), count)
     if best is None or best[3] < 2:
         return [int(round(p)) for p in pos]
+    if finer:
+        chosen = next(g[5] for g in grids if g[:4] == best)
+        # Seams at 996 and 2986 px fit a 1990 px grid with no empty boundary, and the true 995 px one with one
+        # (1991, between tiles of like gain): the one empty boundary must not outweigh a first tile half a
+        # spacing wide.
+        held = [g for g in grids if g[1] < best[1] and g[5] >= chosen and 2 * g[3] > g[4]]
+        if held:
+            best = max(held, key=lambda g: (g[0], g[1]))[:4]
     _, step, p0, _ = best
     k = np.rint((arr - p0) / step)
     inl = np.abs(arr - p0 - k * step) <= max(tolerance_px, 0.01 * step)
@@ -845,6 +859,7 @@ def flatten_tile_offsets(
             edges[s.axis].append((s.start + s.stop) / 2.0)
             strength[s.axis].append(abs(s.contrast))
     tolerance = 6.0
+    stepped = [False, False]
     if mesh is not None and edges[0] + edges[1]:
         # A boundary shows a seam only where the stitch drew one (a gap inside a bar shows none, nor does a plain
         # cut): the gain steps mark the others (merged with a seam beside them, the stronger one kept).
@@ -852,13 +867,17 @@ def flatten_tile_offsets(
             for pos, step in tile_steps(image, mesh, axis, valid=valid):
                 edges[axis].append(float(pos))
                 strength[axis].append(step)
+                stepped[axis] = True
         # A step is placed to a fraction of a pitch (its windows gain or lose a row of squares per pitch), a seam
         # to a pixel: the grid takes the steps within a quarter pitch.
         tolerance = max(tolerance, 0.25 * float(pitch_px))
     # Two tile boundaries are many mesh pitches apart: seams closer than a pitch are one.
     merge = max(24.0, float(pitch_px))
-    rows_b = tile_boundaries(edges[0], h, weights=strength[0], merge_px=merge, tolerance_px=tolerance)
-    cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge, tolerance_px=tolerance)
+    # With steps among them, a boundary between tiles of like gain shows nothing: tile_boundaries' finer grid.
+    rows_b = tile_boundaries(edges[0], h, weights=strength[0], merge_px=merge, tolerance_px=tolerance,
+                             finer=stepped[0])
+    cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge, tolerance_px=tolerance,
+                             finer=stepped[1])
     if not rows_b and not cols_b:
         return image, None
     wid = {0: {}, 1: {}}

@@ -307,6 +307,19 @@ def test_tile_boundaries_count_only_seams_at_their_grid_boundaries():
     assert tile_boundaries([672, 1333, 1825], 2048, merge_px=103, tolerance_px=26) == [672, 1333]
 
 
+def test_tile_boundaries_finer_grid_where_steps_may_be_missing():
+    """Boundaries at 996 and 2986 of a 4096 px stitch: by default the 1990 px grid with no empty boundary (its first
+    tile half a spacing wide); finer (gain steps, absent between tiles of like gain): the 995 px grid, whose 1991
+    boundary holds nothing, since two of its three boundaries hold one. A finer grid held at two of its five
+    boundaries is not taken, nor one through other seams (577 px through 672 and 1825 of the 661 px grid's 672 and
+    1333)."""
+    assert tile_boundaries([996, 2986], 4096, tolerance_px=10) == [996, 2986]
+    assert tile_boundaries([996, 2986], 4096, tolerance_px=10, finer=True) == [996, 1991, 2986]
+    assert tile_boundaries([1365, 2730], 4096, tolerance_px=10, finer=True) == [1365, 2730]
+    assert tile_boundaries([1000, 3000], 6000, tolerance_px=10, finer=True) == [1000, 3000, 5000]
+    assert tile_boundaries([672, 1333, 1825], 2048, merge_px=103, tolerance_px=26, finer=True) == [672, 1333]
+
+
 @pytest.mark.slow
 def test_montage_square_classes_with_unseamed_tile_boundaries():
     """A held-out montage (benchmarks/atlas_sets.py, 3 x 3 tiles of 2048 px, per-tile gains, seams at only some
