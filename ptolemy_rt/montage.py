@@ -666,6 +666,15 @@ _STEP_OVER_TYPICAL = 3.0
 _STEP_SHARE = 0.75
 
 
+def _non_negative(img: np.ndarray) -> bool:
+    """Whether brightness ratios mean something: at most 1 % of the pixels (every 4th in each direction) below 0.
+
+    A dark-subtracted atlas has a few negative noise pixels on its bars (one of them turned every step off, review);
+    a zero-mean, normalised copy has about half."""
+    sample = img[::4, ::4]
+    return int(np.count_nonzero(sample < 0)) <= 0.01 * sample.size
+
+
 def tile_steps(image: np.ndarray, mesh: Any, axis: int, *, valid: np.ndarray | None = None) -> list[tuple[int, float]]:
     """Straight brightness steps along rows (axis 0) or columns (axis 1) of a stitched atlas: where one tile's gain
     meets another's with no seam drawn (a gap hidden in a bar, no blend line). (position, strength) per step, the
@@ -675,10 +684,11 @@ def tile_steps(image: np.ndarray, mesh: Any, axis: int, *, valid: np.ndarray | N
     hold the same squares and bars pixel for pixel (at any mesh angle), so their means differ only by the squares'
     own ice (random from square to square) and by a gain step at the line (the same along a tile's whole width).
     `valid` (the grid disc): only blocks whose windows lie wholly on it count. A gain multiplies brightness, so
-    the ratios mean something only for non-negative data: an image with any value below 0 (a zero-mean, normalised
-    atlas) gives no steps."""
+    the ratios mean something only for non-negative data: an image with more than 1 % of its values below 0 (a
+    zero-mean, normalised atlas) gives no steps; a few negative noise pixels (dark subtraction) are no matter, as
+    blocks whose sums are not positive count for nothing."""
     img = np.asarray(image)
-    if img.size == 0 or float(img.min()) < 0:
+    if img.size == 0 or not _non_negative(img):
         return []
     h, w = img.shape if axis == 0 else img.shape[::-1]  # h: positions across the line, w: along it
     a = np.asarray(mesh.basis[0], dtype=np.float64)
@@ -808,7 +818,7 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
                     best = (merit, step, float(arr[i]), count)
     if best is None or best[3] < 2:
         return [int(round(p)) for p in pos]
-    if finer:
+    if finer and _edge_tile_narrow(best[1], best[2], size):
         chosen = next(g[5] for g in grids if g[:4] == best)
         # Seams at 996 and 2986 px fit a 1990 px grid with no empty boundary, and the true 995 px one with one
         # (1991, between tiles of like gain): the one empty boundary must not outweigh a first tile half a
@@ -826,6 +836,17 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
     found = dict(zip(k[inl].astype(int).tolist(), arr[inl].tolist()))
     # A seam's own position where one was found (the stitch's real cut), the grid's elsewhere.
     return [int(round(found.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
+
+
+def _edge_tile_narrow(step: float, p0: float, size: int) -> bool:
+    """Whether the grid through p0 at `step` leaves a tile at either edge of the image under 0.9 of a spacing wide.
+
+    An uncropped montage's edge tiles are at least a tile wide: a grid that makes one narrower (1990 px through
+    996 and 2986 of a 4096 px stitch) may be missing boundaries, while one with wide edge tiles (600 px tiles of a
+    3072 px stitch, a false line at 900) is not taken finer (review: it split every tile in two)."""
+    k_first = math.ceil((0.25 * step - p0) / step)
+    k_last = math.floor((size - 0.25 * step - p0) / step)
+    return p0 + k_first * step < 0.9 * step or size - (p0 + k_last * step) < 0.9 * step
 
 
 def flatten_tile_offsets(
