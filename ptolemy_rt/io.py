@@ -184,6 +184,17 @@ def _mrc_claim(header: np.recarray, name: str, max_pixels: int) -> tuple[int, in
     return 1024 + nsymbt, nx * ny * nz * MRC_ITEMSIZE[mode]
 
 
+def _mrc_fits(header: np.recarray, name: str, max_pixels: int, size: int) -> tuple[int, int]:
+    """_mrc_claim, and the claim against the file's `size`: (data offset, data bytes), or CorruptFileError naming
+    what the header claims where the file is shorter."""
+    offset, nbytes = _mrc_claim(header, name, max_pixels)
+    if offset + nbytes > size:
+        raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes "
+                               f"({int(header.nx)}x{int(header.ny)}x{int(header.nz)}, mode {int(header.mode)}, "
+                               f"{offset - 1024}-byte extended header), the file holds {size}")
+    return offset, nbytes
+
+
 def _decompress_to(path: Path, compression: str, out, name: str, max_pixels: int, permissive: bool) -> None:
     """Stream-decompress an MRC file into `out`, never past what its header claims (a bomb stops there)."""
     import bz2
@@ -241,10 +252,10 @@ def zlib_error():
 def montage_mdoc(path: str | os.PathLike) -> Path | None:
     """The SerialEM `.mdoc` with piece coordinates that makes `path` a montage stack (PATH.mdoc, else the
     name with .mdoc for its suffix), or None. A montage .mdoc that cannot be parsed is a CorruptFileError."""
+    from .smallfiles import is_regular
+
     p = Path(path)
     for cand in (p.with_name(p.name + ".mdoc"), p.with_suffix(".mdoc")):
-        from .smallfiles import is_regular
-
         if cand == p or not is_regular(cand):
             continue
         from .montage import read_mdoc  # a .mdoc over smallfiles.MAX_SIDECAR_BYTES: CorruptFileError, unread
@@ -303,10 +314,7 @@ def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool) -> 
         return None
     if bytes(header.map)[:3] != b"MAP" and not permissive:
         raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
-    offset, nbytes = _mrc_claim(header, name, max_pixels)
-    size = path.stat().st_size
-    if offset + nbytes > size:
-        raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes, the file holds {size}")
+    _mrc_fits(header, name, max_pixels, path.stat().st_size)
     return _read_montage(path, mdoc, header, max_pixels)
 
 
@@ -416,11 +424,7 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
     header = _mrc_header(head, name)
     if bytes(header.map)[:3] != b"MAP" and not permissive:
         raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
-    offset, nbytes = _mrc_claim(header, name, max_pixels)
-    if offset + nbytes > size:
-        raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes "
-                               f"({int(header.nx)}x{int(header.ny)}x{int(header.nz)}, mode {int(header.mode)}, "
-                               f"{offset - 1024}-byte extended header), the file holds {size}")
+    _mrc_fits(header, name, max_pixels, size)
     if int(header.mode) not in MRC_MODES:
         raise UnsupportedFormatError(f"{name}: MRC mode {int(header.mode)} is not supported (modes 0, 1, 2, 6, 12 are)")
     problems: list[str] = []
@@ -441,7 +445,8 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
         # Header statistics are never used to read the data, and mrcfile's own check of them overflows
         # on float16 files it wrote itself: a stale statistic is reported, not refused.
         stale = [line for line in found if line.startswith("Data statistics")]
-        if imod_unsigned_bytes(mrc.header):  # mrcfile checks them against the bytes read signed: IMOD's are right
+        unsigned = imod_unsigned_bytes(mrc.header)
+        if unsigned:  # mrcfile checks them against the bytes read signed: IMOD's are right
             found, stale = [line for line in found if line not in stale], []
         problems = [m for m in opened if m not in found] + [line for line in found if line not in stale]
         if problems:
@@ -452,7 +457,7 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
         if stale:
             warnings.warn(f"{name}: {'; '.join(stale)}", stacklevel=4)
         raw = mrc.data
-        if imod_unsigned_bytes(mrc.header):
+        if unsigned:
             raw = raw.view(np.uint8)
         if raw.ndim == 4:  # a volume stack: its volumes' sections one after another
             raw = raw.reshape(-1, raw.shape[-2], raw.shape[-1])

@@ -386,15 +386,12 @@ def read_montage(
     secs = [s for s in secs if s.piece[2] == want]
     if not secs:
         raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")
-    from .io import _mrc_claim, _mrc_header
+    from .io import _mrc_fits, _mrc_header
 
     try:
         # the header's claim against the budget and the file's size first: mrcfile allocates what it claims
         with open(p, "rb") as fh:
-            offset, nbytes = _mrc_claim(_mrc_header(fh.read(1024), name), name, max_pixels)
-        if offset + nbytes > p.stat().st_size:
-            raise CorruptFileError(f"{name}: truncated: the header claims {offset + nbytes} bytes, the file holds "
-                                   f"{p.stat().st_size}")
+            _mrc_fits(_mrc_header(fh.read(1024), name), name, max_pixels, os.fstat(fh.fileno()).st_size)
         mrc = mrcfile.open(p, mode="r", permissive=True)  # read, not mapped: see io._read_mrc_file (SIGBUS)
     except PtolemyError:
         raise
