@@ -9,10 +9,12 @@ import math
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptolemy_rt import squares
 
-from .conftest import synthetic_medmag
+from .conftest import examples, synthetic_medmag
 
 
 def mesh_atlas(size: int, pitch: float, bar: float, angle_deg: float, *, seed: int = 0, dark: float = 0.0,
@@ -396,3 +398,77 @@ def test_profile_outliers_is_the_numpy_statistic(seed):
         profile[int(rng.integers(n))] = rng.choice([np.nan, np.inf])
     for threshold in (3.0, 5.0, 8.0):
         assert squares._profile_outliers(profile, step, threshold) == _plain_profile_outliers(profile, step, threshold)
+
+
+def _split_reference(mask, hull, origin, basis, side_px, min_area=0.0, margin_px=1.5):
+    """split_on_lattice as first written: every pixel of the region through one matrix product, grouped by a
+    lexicographic sort, each lattice point's hull taken of all its pixels."""
+    from ptolemy_rt.regions import _square_hulls, polygon_area
+
+    h, w = mask.shape
+    x0, y0 = max(0, int(math.floor(hull[:, 0].min()))), max(0, int(math.floor(hull[:, 1].min())))
+    x1, y1 = min(w - 1, int(math.ceil(hull[:, 0].max()))), min(h - 1, int(math.ceil(hull[:, 1].max())))
+    if x1 < x0 or y1 < y0:
+        return []
+    inside = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
+    cv2.fillConvexPoly(inside, np.rint(hull - [x0, y0]).astype(np.int32).reshape(-1, 1, 2), 1)
+    ys, xs = np.nonzero(inside & (mask[y0 : y1 + 1, x0 : x1 + 1] != 0))
+    if ys.size == 0:
+        return []
+    pts = np.column_stack([xs + x0, ys + y0]).astype(np.int32)
+    basis = np.asarray(basis, dtype=np.float64)
+    st = (pts - np.asarray(origin, dtype=np.float64)) @ np.linalg.inv(basis.T).T
+    ij = np.rint(st).astype(np.int64)
+    reach = (0.5 * side_px + margin_px) / np.hypot(basis[:, 0], basis[:, 1])
+    near = (np.abs(st - ij) <= reach[None, :]).all(axis=1)
+    pts, ij = pts[near], ij[near]
+    if len(pts) == 0:
+        return []
+    order = np.lexsort((ij[:, 0], ij[:, 1]))
+    pts, ij = pts[order], ij[order]
+    starts = np.concatenate(([0], np.flatnonzero((np.diff(ij, axis=0) != 0).any(axis=1)) + 1))
+    hulls = _square_hulls(pts, np.append(starts, len(pts)), np.arange(len(starts)))
+    return [((int(ij[s, 0]), int(ij[s, 1])), hl) for s, hl in zip(starts, hulls) if polygon_area(hl) > min_area]
+
+
+@examples(25, settings(max_examples=120, deadline=None),
+          given(st.integers(0, 2**31 - 1), st.floats(6.0, 60.0), st.floats(-45.0, 45.0), st.floats(0.3, 1.1),
+                st.floats(0.0, 0.5), st.booleans(), st.floats(0.0, 40.0)))
+def test_split_on_lattice_matches_its_per_pixel_definition(seed, pitch, angle, side_fraction, noise, whole,
+                                                           min_area):
+    """split_on_lattice (pixels a run at a time, one sort key, hulls of each row's end pixels) gives exactly the
+    pieces of its per-pixel definition: the same lattice points, the same hull vertices to the bit, on regions of
+    any mesh (bars, bridges, specks), up to one spanning the whole image, at any angle and pitch."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(20, 160)), int(rng.integers(20, 160))
+    a = math.radians(angle)
+    basis = pitch * np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    origin = rng.uniform(0, pitch, 2)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    st_ = np.stack([xx - origin[0], yy - origin[1]], axis=-1) @ np.linalg.inv(basis.T).T
+    off = np.abs(st_ - np.rint(st_)).max(axis=-1)
+    mask = ((off < 0.5 * side_fraction + 0.05) | (rng.random((h, w)) < noise)).astype(np.uint8)
+    if whole:
+        hull = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    else:
+        pts = rng.uniform([-5, -5], [w + 5, h + 5], (int(rng.integers(3, 9)), 2)).astype(np.float32)
+        hull = cv2.convexHull(pts).reshape(-1, 2).astype(np.float64)
+    side = side_fraction * pitch
+    got = squares.split_on_lattice(mask, hull, origin, basis, side, min_area=min_area)
+    want = _split_reference(mask, hull, origin, basis, side, min_area=min_area)
+    assert [ij for ij, _ in got] == [ij for ij, _ in want]
+    for (_, g), (_, r) in zip(got, want):
+        assert g.dtype == r.dtype and np.array_equal(g, r)
+
+
+def test_split_on_lattice_in_runs_matches_one_pass(monkeypatch):
+    """A region of more pixels than one run (the chunked lattice mapping) splits as in one pass."""
+    rng = np.random.default_rng(5)
+    mask = (rng.random((300, 400)) < 0.7).astype(np.uint8)
+    hull = np.array([[-0.5, -0.5], [399.5, -0.5], [399.5, 299.5], [-0.5, 299.5]])
+    basis = np.array([[23.1, 4.2], [-4.2, 23.1]])
+    want = _split_reference(mask, hull, np.array([3.3, 7.7]), basis, 18.0)
+    monkeypatch.setattr(squares, "_SPLIT_CHUNK", 1000)
+    got = squares.split_on_lattice(mask, hull, np.array([3.3, 7.7]), basis, 18.0)
+    assert len(got) == len(want) > 100
+    assert all(g[0] == r[0] and np.array_equal(g[1], r[1]) for g, r in zip(got, want))
