@@ -651,6 +651,10 @@ EDGE_TARGETABLE_SHARE = 0.5
 MIN_ON_LATTICE = 0.5
 
 
+# split_on_lattice maps a region's pixels onto the lattice this many at a time.
+_SPLIT_CHUNK = 1 << 16
+
+
 def split_on_lattice(mask: np.ndarray, hull: np.ndarray, origin: np.ndarray, basis: np.ndarray, side_px: float,
                      *, min_area: float = 0.0, margin_px: float = 1.5) -> list[tuple[tuple[int, int], np.ndarray]]:
     """Split a region holding several squares (merged across a bar or a bright seam) along the mesh lattice.
@@ -685,30 +689,40 @@ def split_on_lattice(mask: np.ndarray, hull: np.ndarray, origin: np.ndarray, bas
     ij = np.empty((n, 2), dtype=np.int64)
     near = np.empty(n, dtype=bool)
     # A run of pixels at a time (a merged region of a fine mesh can hold the whole image: 1.5 M pixels whose
-    # float64 temporaries left the cache); each row goes through the same operations, so the same bits.
-    for a in range(0, n, _SPLIT_CHUNK):
-        b = min(n, a + _SPLIT_CHUNK)
+    # float64 temporaries left the cache). numpy multiplies a run of two rows or more as it multiplies the whole
+    # array, row by row the same bits, but a lone row by another routine, up to an ulp off: _runs never
+    # makes one.
+    for a, b in _runs(n, _SPLIT_CHUNK):
         st = (pts[a:b] - o) @ to_cells
-        cell = np.rint(st)
-        ij[a:b] = cell
-        np.abs(np.subtract(st, cell, out=st), out=st)
+        ij[a:b] = np.rint(st)
+        # st - ij, ij as int64 (the float past 2**63 would not have wrapped as the integer does)
+        np.abs(np.subtract(st, ij[a:b], out=st), out=st)
         np.logical_and(st[:, 0] <= reach[0], st[:, 1] <= reach[1], out=near[a:b])
-    # np.compress: a boolean index along the first axis of (n, 2) arrays was the costliest step here (9x).
+    # np.compress: a boolean index along the first axis of (n, 2) arrays took 9 times as long (the costliest
+    # step of the whole function on a 600k-pixel region).
     pts, ij = np.compress(near, pts, axis=0), np.compress(near, ij, axis=0)
     if len(pts) == 0:
         return []
-    # The pixels by lattice point (j, then i), in their raster order within each: one stable sort on one key.
+    # The pixels by lattice point (j, then i), in their raster order within each: one stable sort on one key,
+    # or lexsort's two where the key would not fit in int64 (a basis far under a pixel: never from a mesh).
     low = ij.min(axis=0)
-    key = (ij[:, 1] - low[1]) * (int(ij[:, 0].max() - low[0]) + 1) + (ij[:, 0] - low[0])
-    order = np.argsort(key, kind="stable")
-    pts, key = pts[order], key[order]
-    starts = np.concatenate(([0], np.flatnonzero(key[1:] != key[:-1]) + 1))
+    span = [int(top) - int(bottom) + 1 for top, bottom in zip(ij.max(axis=0), low)]  # Python ints: no wrap
+    if span[0] * span[1] < 2**62:
+        key = (ij[:, 1] - low[1]) * span[0] + (ij[:, 0] - low[0])
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        new_cell = key[1:] != key[:-1]
+    else:
+        order = np.lexsort((ij[:, 0], ij[:, 1]))
+        new_cell = (np.diff(ij[order], axis=0) != 0).any(axis=1)
+    pts = pts[order]
+    starts = np.concatenate(([0], np.flatnonzero(new_cell) + 1))
     cells = ij[order[starts]]
     # Only a row's two end pixels can be vertices of a point's hull (those between lie on the segment joining
     # them), so the hulls are taken of those alone: the same hulls from a tenth of the points.
     row = pts[:, 1]
     first = np.ones(len(pts), dtype=bool)
-    first[1:] = (key[1:] != key[:-1]) | (row[1:] != row[:-1])
+    first[1:] = new_cell | (row[1:] != row[:-1])
     last = np.append(first[1:], True)
     ends = np.flatnonzero(first | last)
     bounds = np.append(np.searchsorted(ends, starts), len(ends))
@@ -718,8 +732,14 @@ def split_on_lattice(mask: np.ndarray, hull: np.ndarray, origin: np.ndarray, bas
     return [((int(c[0]), int(c[1])), hl) for c, hl in zip(cells.tolist(), hulls) if polygon_area(hl) > min_area]
 
 
-# split_on_lattice maps a region's pixels onto the lattice this many at a time.
-_SPLIT_CHUNK = 1 << 16
+def _runs(n: int, size: int) -> list[tuple[int, int]]:
+    """[a, b) bounds covering range(n) in runs of `size`, the last one longer rather than of a single row."""
+    bounds, a = [], 0
+    while a < n:
+        b = n if n - a <= size + 1 else a + size
+        bounds.append((a, b))
+        a = b
+    return bounds
 
 
 def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, opts: SquareOptions,

@@ -461,6 +461,78 @@ def test_split_on_lattice_matches_its_per_pixel_definition(seed, pitch, angle, s
         assert g.dtype == r.dtype and np.array_equal(g, r)
 
 
+def _same_pieces(got, want):
+    assert [ij for ij, _ in got] == [ij for ij, _ in want]
+    for (_, g), (_, r) in zip(got, want):
+        assert g.dtype == r.dtype and np.array_equal(g, r)
+
+
+@examples(20, settings(max_examples=80, deadline=None),
+          given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 7, 64, 999, 1 << 16]), st.floats(4.0, 40.0),
+                st.floats(-45.0, 45.0), st.floats(0.0, 1.0)))
+def test_split_on_lattice_in_runs_of_any_length(seed, chunk, pitch, angle, noise):
+    """The lattice mapping in runs of any length (boundaries inside rows and cells, now and then k runs and one
+    pixel more) gives the per-pixel definition's pieces."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(1, 120)), int(rng.integers(1, 120))
+    a = math.radians(angle)
+    basis = pitch * np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    origin = rng.uniform(-50, 50, 2)
+    mask = (rng.random((h, w)) < noise).astype(np.uint8)
+    flat = np.flatnonzero(mask)
+    if len(flat) > chunk + 1 and rng.random() < 0.5:
+        mask.ravel()[flat[(len(flat) // chunk) * chunk + 1 :]] = 0
+    hull = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    side = float(rng.uniform(0.3, 1.1)) * pitch
+    want = _split_reference(mask, hull, origin, basis, side)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(squares, "_SPLIT_CHUNK", chunk)
+        got = squares.split_on_lattice(mask, hull, origin, basis, side)
+    _same_pieces(got, want)
+
+
+@settings(deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 70000))
+def test_split_runs_cover_everything_and_never_leave_one_row(n, size):
+    """numpy multiplies a lone row by another routine than a run of rows (an ulp apart): no run is of one row
+    unless the region is, and the runs cover every pixel once, in order."""
+    runs = squares._runs(n, size)
+    assert [a for a, _ in runs] == ([0] if n else []) + [b for _, b in runs[:-1]]
+    assert (runs[-1][1] if runs else 0) == n
+    assert all(b - a >= 2 for a, b in runs) or n == 1
+    assert all(b - a <= size + 1 for a, b in runs)
+
+
+def test_split_on_lattice_last_run_of_one_pixel():
+    """65537 pixels: a last run of one row would be multiplied an ulp off, and this footprint edge lies between
+    the two values for that pixel (the reviewer's case, on this machine's OpenBLAS): the same pieces as one pass."""
+    mask = np.ones((257, 256), np.uint8)
+    mask[0, :255] = 0
+    hull = np.array([[-0.5, -0.5], [255.5, -0.5], [255.5, 256.5], [-0.5, 256.5]])
+    origin = np.array([16.9852228224817, 34.33295495332418])
+    basis = np.array([[34.16664829334194, -7.625663202344981], [7.625663202344981, 34.16664829334194]])
+    side = 20.734726325163923
+    _same_pieces(squares.split_on_lattice(mask, hull, origin, basis, side),
+                 _split_reference(mask, hull, origin, basis, side))
+
+
+def test_split_on_lattice_cells_on_one_line_and_tiny_bases():
+    """Cells whose pixels are one row, one column or a diagonal (the end-pixel shortcut against cv2's collinear
+    points), and a basis far under a pixel (lattice ids past int64's sort key: lexsort's order)."""
+    h, w = 60, 70
+    hull = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    for rows, cols in (((20,), slice(3, 67, 2)), (slice(2, 58), (33,)), (np.arange(60), np.arange(60))):
+        mask = np.zeros((h, w), np.uint8)
+        mask[rows, cols] = 1
+        _same_pieces(squares.split_on_lattice(mask, hull, np.zeros(2), 9.0 * np.eye(2), 7.0),
+                     _split_reference(mask, hull, np.zeros(2), 9.0 * np.eye(2), 7.0))
+    mask = np.ones((50, 60), np.uint8)
+    hull = np.array([[-0.5, -0.5], [59.5, -0.5], [59.5, 49.5], [-0.5, 49.5]])
+    tiny = 1e-9 * np.eye(2)
+    _same_pieces(squares.split_on_lattice(mask, hull, np.zeros(2), tiny, 1e-9),
+                 _split_reference(mask, hull, np.zeros(2), tiny, 1e-9))
+
+
 def test_split_on_lattice_in_runs_matches_one_pass(monkeypatch):
     """A region of more pixels than one run (the chunked lattice mapping) splits as in one pass."""
     rng = np.random.default_rng(5)
