@@ -873,7 +873,12 @@ def _unraisable(unraisable) -> None:
 def _deliver_again(signum: int) -> None:
     import threading
 
-    time.sleep(0.01)  # the finalizer and the hook have returned by then
+    # Not before the hook has returned: sent while the main thread still starts this thread (a loaded machine:
+    # Thread.start() waits for it to run), the handler ran inside the hook and Python printed "Exception ignored
+    # in sys.unraisablehook" (a CI flake of test_a_signal_whose_handler_runs_in_a_finalizer_still_interrupts).
+    time.sleep(0.01)
+    while _in_unraisable_hook(threading.main_thread().ident):
+        time.sleep(0.005)
     with _REDELIVERY:
         if sys.unraisablehook is not _unraisable or _REDELIVERY.finishing:  # main() has reported it already
             return
@@ -887,6 +892,17 @@ def _deliver_again(signum: int) -> None:
             import _thread
 
             _thread.interrupt_main(signum)
+
+
+def _in_unraisable_hook(ident: int | None) -> bool:
+    """Whether that thread runs _unraisable now (its stack holds the hook's frame; False where the interpreter
+    cannot tell, which the hook's own brevity then covers)."""
+    frame = sys._current_frames().get(ident) if hasattr(sys, "_current_frames") else None
+    while frame is not None:
+        if frame.f_code is _unraisable.__code__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _Redelivery:

@@ -452,6 +452,23 @@ def test_a_signal_whose_handler_runs_in_a_finalizer_still_interrupts_quietly(sig
         done.stdout, done.stderr)
 
 
+def test_an_interrupt_is_delivered_again_only_once_the_hook_has_returned():
+    """A CI run under load: the interrupt delivered again reached the main thread while the unraisable hook was
+    still starting the thread that sends it (Thread.start() waits for the thread to run), so its handler ran in
+    the hook: "Exception ignored in sys.unraisablehook" and a traceback. The hook here takes 0.3 s to return."""
+    slow_start = ("import threading, time\n"
+                  "real_start = threading.Thread.start\n"
+                  "def start(self):\n"
+                  "    real_start(self)\n"
+                  "    if threading.current_thread() is threading.main_thread():\n"
+                  "        time.sleep(0.3)\n"
+                  "threading.Thread.start = start\n")
+    done = subprocess.run([sys.executable, "-c", slow_start + _SIGNAL_IN_A_FINALIZER, "SIGINT"], capture_output=True,
+                          text=True, env=_env(), timeout=60)
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "exit 130" and done.stderr.strip() == "interrupted", (done.stdout, done.stderr)
+
+
 _SIGNAL_IN_A_FINALIZER_THEN_A_SLOW_CLEAN_UP = """
 import os, signal, sys, time, weakref
 import ptolemy_rt.cli as cli
