@@ -37,6 +37,7 @@ __all__ = [
     "epu_pixel_size",
     "mdoc_pixel_size",
     "mrc_pixel_size",
+    "parse_xml_safely",
     "pixel_size_for",
     "read_xml_safely",
 ]
@@ -79,7 +80,11 @@ def _read_bounded(path: Path) -> bytes:
 def read_xml_safely(path: str | os.PathLike) -> ElementTree.Element:
     """Parse a small XML file, refusing DTDs and entity declarations (no entity expansion, no external fetch)."""
     p = Path(path)
-    raw = _read_bounded(p)
+    return parse_xml_safely(_read_bounded(p), p)
+
+
+def parse_xml_safely(raw: bytes, p: str | os.PathLike) -> ElementTree.Element:
+    """Parse XML bytes read from `p` (named in errors), refusing DTDs and entity declarations (InputError)."""
     refused = f"{p}: XML with a DTD or entity declarations is refused"
     # ElementTree expands internal entities (the "billion laughs" file): a metadata file needs no DTD at all.
     if re.search(rb"<!\s*(DOCTYPE|ENTITY)", raw, re.IGNORECASE):

@@ -61,6 +61,8 @@ __all__ = [
     "file_name",
     "find_map",
     "format_item",
+    "format_xml_item",
+    "is_xml_nav",
     "lines",
     "map_frame",
     "nav_text",
@@ -120,6 +122,9 @@ class Navigator:
 
     header: tuple[tuple[str, str], ...]
     items: tuple[NavItem, ...]
+    # SerialEM also reads and writes its navigator as XML (<navigator>, <PreData>, <Item name=...>): new items
+    # are then written in that form, into the copy of that file.
+    xml: bool = False
 
     def item(self, label: str) -> NavItem:
         """The item labelled `label` (InputError when none is)."""
@@ -146,6 +151,8 @@ def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
     seen_version = False
     # a UTF-8 byte-order mark (decoded, or read byte for byte as nav_text reads it) is no part of the version line
     text = text.removeprefix("\ufeff").removeprefix(_UTF8_MARK)
+    if is_xml_nav(text):
+        return _parse_xml_nav(text, name)
     for number, raw in enumerate(lines(text), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -178,6 +185,50 @@ def parse_nav(text: str, name: str = "<navigator>") -> Navigator:
     if label is not None:
         items.append(NavItem(label, tuple(fields)))
     return Navigator(tuple(header), tuple(items))
+
+
+def is_xml_nav(text: str) -> bool:
+    """Whether a navigator's text (byte-order mark dropped) is SerialEM's XML form rather than the autodoc one."""
+    return text.lstrip().startswith("<")
+
+
+def _parse_xml_nav(text: str, name: str) -> Navigator:
+    """SerialEM's XML navigator: <navigator>, then <PreData> (AdocVersion, LastSavedAs) and one <Item name="LABEL">
+    per item holding one element per key. Values are kept as the autodoc parser keeps them, the file's bytes read
+    as latin-1 (file_name decodes them), so that the two forms give the same items."""
+    from .metadata import parse_xml_safely
+
+    try:
+        raw = text.encode("latin-1")  # the bytes as read (nav_text)
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8")  # text given already decoded
+    root = parse_xml_safely(raw, name)
+
+    def local(tag: str) -> str:
+        return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+    def value(element: Any) -> str:
+        return (element.text or "").strip().encode("utf-8").decode("latin-1")
+
+    if local(root.tag) != "navigator":
+        raise InputError(f"{name}: XML whose root is <{local(root.tag)}>, not a SerialEM navigator (<navigator>)")
+    header: list[tuple[str, str]] = []
+    items: list[NavItem] = []
+    for child in root:
+        tag = local(child.tag)
+        if tag == "PreData":
+            header.extend((local(c.tag), value(c)) for c in child if local(c.tag))
+        elif tag == "Item":
+            label = child.get("name")
+            if label is None or not label.strip():
+                raise InputError(f"{name}: an XML navigator <Item> without its name=\"LABEL\" attribute")
+            fields = tuple((local(c.tag), value(c)) for c in child if local(c.tag))
+            items.append(NavItem(label.strip().encode("utf-8").decode("latin-1"), fields))
+        elif tag:
+            raise InputError(f"{name}: unexpected element <{tag}> in an XML navigator (only PreData and Item)")
+    if not any(k == "AdocVersion" for k, _ in header):
+        raise InputError(f"{name}: XML navigator without <PreData><AdocVersion>: not a SerialEM navigator")
+    return Navigator(tuple(header), tuple(items), xml=True)
 
 
 def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
@@ -213,6 +264,16 @@ def format_item(item: NavItem, newline: str = "\n") -> str:
     """An item as SerialEM writes it: the section line, its keys, then a blank line."""
     lines = [f"[Item = {item.label}]"] + [f"{k} = {v}" for k, v in item.fields]
     return newline.join(lines) + newline + newline
+
+
+def format_xml_item(item: NavItem, newline: str = "\n", indent: str = "  ") -> str:
+    """An item in SerialEM's XML navigator form: <Item name="LABEL"> and one element per key, indented."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    lines = [f"{indent}<Item name={quoteattr(item.label)}>"]
+    lines += [f"{indent * 2}<{k}>{escape(v)}</{k}>" for k, v in item.fields]
+    lines.append(f"{indent}</Item>")
+    return newline.join(lines) + newline
 
 
 def _g(value: float) -> str:
@@ -421,10 +482,32 @@ def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tu
         items.append(point_item(frame, str(next_label + i), fresh(), col, row, image_shape, group_id=group,
                                 acquire=acquire, note=notes[i] if notes else None, exact_map_coords=exact))
     newline = "\r\n" if "\r\n" in text else "\n"
+    if nav.xml:
+        return _insert_xml_items(text, items, newline), items
     body = text if not text or text.endswith(("\n", "\r")) else text + newline
     if items and not body.endswith(newline + newline):
         body += newline
     return body + "".join(format_item(it, newline) for it in items), items
+
+
+def _insert_xml_items(text: str, items: Sequence[NavItem], newline: str) -> str:
+    """An XML navigator's text with `items` inserted before its closing </navigator>, indented as its items are."""
+    closings = list(re.finditer(r"</\s*(?:[\w.-]+:)?navigator\s*>", text))
+    if not closings:
+        raise InputError("the XML navigator has no closing </navigator>")
+    if not items:
+        return text
+    found = re.search(r"(?:^|\n)([ \t]*)<Item\b", text)
+    indent = found.group(1) if found and found.group(1) else "  "
+    closing = closings[-1]
+    head = text[:closing.start()]
+    line_start = head.rfind("\n") + 1
+    if head[line_start:].strip():  # </navigator> shares its line with other markup: the items go on new lines
+        prefix, suffix = head + newline, ""
+    else:  # the closing tag keeps its line and its indentation; the items go on the lines before it
+        prefix, suffix = head[:line_start], head[line_start:]
+    new = "".join(format_xml_item(it, newline, indent) for it in items)
+    return prefix + new + suffix + text[closing.start():]
 
 
 def default_nav_output(nav_path: str | os.PathLike) -> Path:

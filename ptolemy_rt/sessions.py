@@ -172,22 +172,27 @@ def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
 
 def nav_maps(nav_path: Path) -> list[Path]:
     """The map image files (`MapFile`) of a SerialEM .nav, resolved beside the .nav when the stored path is gone."""
-    from .navigator import MAX_NAV_BYTES, file_name, lines, nav_text
+    from .navigator import MAX_NAV_BYTES, file_name, is_xml_nav, lines, nav_text, parse_nav
     from .smallfiles import read_small
 
     # a FIFO named *.nav in a session folder blocked the batch; /dev/zero behind a link filled the memory
     raw = read_small(nav_path, MAX_NAV_BYTES, "SerialEM navigator file")
     # as navigator.read_nav reads it (which takes the map frames from it); names as navigator.file_name decodes them
     text = nav_text(raw, nav_path, mark=False)
-    if not text.lstrip().startswith("AdocVersion"):
-        raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line)")
+    if is_xml_nav(text):
+        # SerialEM's XML form (<navigator><Item name=...><MapFile>): read whole, as read_nav reads it
+        stored = [v for it in parse_nav(text, str(nav_path)).items for k, v in it.fields if k == "MapFile"]
+    elif text.lstrip().startswith("AdocVersion"):
+        stored = [value for key, sep, value in (line.partition("=") for line in lines(text))
+                  if sep and key.strip() == "MapFile"]
+    else:
+        raise InputError(f"{nav_path}: not a SerialEM navigator file (no 'AdocVersion' line, nor SerialEM's XML "
+                         "form)")
     maps: list[Path] = []
-    for line in lines(text):
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "MapFile":
-            path = _map_path(nav_path, file_name(value))
-            if path not in maps:
-                maps.append(path)
+    for value in stored:
+        path = _map_path(nav_path, file_name(value))
+        if path not in maps:
+            maps.append(path)
     return maps
 
 

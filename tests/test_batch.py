@@ -133,6 +133,33 @@ def test_serialem_nav_and_mdoc(tmp_path):
         discover([str(bad)])
 
 
+def test_serialem_xml_navigator_in_a_session(tmp_path):
+    """SerialEM saves its navigator as XML too (<navigator><Item name=...><MapFile>; structure as in the public
+    martinschorb/pyem test/test_files/sort_xml.nav): discovery refused the whole session ("no 'AdocVersion' line").
+    Its maps are found as an autodoc navigator's are, with their stage frames."""
+    _touch(tmp_path / "LMM.mrc")
+    (tmp_path / "LMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 135\n")
+    _touch(tmp_path / "MMM.mrc")
+    (tmp_path / "MMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 4800\n")
+    _touch(tmp_path / "stray.mrc")
+    nav = tmp_path / "nav.nav"
+    nav.write_text('<?xml version="1.0" encoding="utf-8"?>\r\n<navigator>\r\n  <PreData>\r\n'
+                   "    <AdocVersion>2.00</AdocVersion>\r\n  </PreData>\r\n"
+                   '  <Item name="1">\r\n    <StageXYZ>100 -50 0</StageXYZ>\r\n    <Type>2</Type>\r\n'
+                   "    <MapFile>X:\\data\\LMM.mrc</MapFile>\r\n    <MapID>7</MapID>\r\n"
+                   "    <MapScaleMat>1 0 0 -1</MapScaleMat>\r\n    <MapWidthHeight>8 8</MapWidthHeight>\r\n"
+                   '  </Item>\r\n  <Item name="2">\r\n    <Type>2</Type>\r\n    <MapFile>MMM.mrc</MapFile>\r\n'
+                   '  </Item>\r\n  <Item name="3">\r\n    <Type>0</Type>\r\n  </Item>\r\n</navigator>\r\n')
+    assert [p.name for p in nav_maps(nav)] == ["LMM.mrc", "MMM.mrc"]
+    items, _ = discover([str(tmp_path)])
+    assert [(i.id, i.kind, i.source) for i in items] == [("LMM.mrc", "squares", "serialem"),
+                                                        ("MMM.mrc", "holes", "serialem")]
+    assert items[0].stage_xy_m == pytest.approx((100e-6, -50e-6)) and items[1].stage_xy_m is None
+    bad = _touch(tmp_path / "other" / "x.nav", b"<?xml version='1.0'?><svg/>")
+    with pytest.raises(InputError, match=r"x\.nav.*not a SerialEM navigator"):
+        discover([str(bad)])
+
+
 def test_a_symlink_loop_in_a_session_fails_alone(tmp_path):
     """Fuzz (sessions, seed 3000087): a .nav's MapFile that is a symlink loop made Path.resolve raise RuntimeError
     in discover, an internal error (exit 70) for the whole batch; now that image fails alone (exit 2)."""

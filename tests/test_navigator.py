@@ -286,3 +286,91 @@ def test_a_map_file_name_with_accents_is_found_in_either_encoding(tmp_path, name
     assert find_map(nav, image_path=tmp_path / name).label == "1"
     assert nav_maps(nav_path) == [tmp_path / name]
     assert list(nav_frames(nav_path)) == [tmp_path / name]
+
+
+# SerialEM's XML navigator form (Navigator saved as XML): <navigator>, <PreData> with AdocVersion and LastSavedAs,
+# then one <Item name="LABEL"> per item with one element per key. Our own text, modelled on the structure of a
+# public XML navigator (martinschorb/pyem, test/test_files/sort_xml.nav); before, every such file was refused
+# ("first line must be 'AdocVersion = 2.00'") by --nav and by batch discovery.
+def _as_xml(nav_text: str, newline: str = "\n") -> str:
+    """The XML form of an autodoc navigator text (as SerialEM writes it: two-space indentation)."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    nav = parse_nav(nav_text)
+    out = ['<?xml version="1.0" encoding="utf-8"?>', "<navigator>", "  <PreData>"]
+    out += [f"    <{k}>{escape(v)}</{k}>" for k, v in nav.header]
+    out.append("  </PreData>")
+    for it in nav.items:
+        out.append(f"  <Item name={quoteattr(it.label)}>")
+        out += [f"    <{k}>{escape(v)}</{k}>" for k, v in it.fields]
+        out.append("  </Item>")
+    out.append("</navigator>")
+    return newline.join(out) + newline
+
+
+_VALUE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20).map(str.strip).filter(
+    lambda v: "=" not in v)
+
+
+@examples(10, settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
+          given(
+              mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(
+                  lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),
+              stage=st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200)),
+              wh=st.tuples(st.integers(64, 8192), st.integers(64, 8192)),
+              note=_VALUE,
+              fractions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=0, max_size=6),
+              crlf=st.booleans(),
+          ))
+def test_xml_navigator_reads_and_extends_as_the_autodoc_form(mat, stage, wh, note, fractions, crlf):
+    newline = "\r\n" if crlf else "\n"
+    other = f"[Item = 7]\nColor = 0\nStageXYZ = 1 2 3\nNumPts = 1\nRegis = 1\nType = 0\nMapID = 42\nNote = {note}\n"
+    adoc = _nav(_map(label="5", stage=stage, mat=mat, wh=wh), other)
+    xml = _as_xml(adoc, newline)
+    a, x = parse_nav(adoc), parse_nav(xml, "x.nav")
+    assert x.xml and not a.xml
+    assert x.items == a.items and x.header == a.header  # the same items, keys and values (XML entities decoded)
+    points = [(fx * (wh[0] - 1), fy * (wh[1] - 1)) for fx, fy in fractions]
+    notes = [f"rank {i} <&>" for i in range(len(points))]
+    a_text, a_items = add_points(a, adoc, a.item("5"), points, (wh[1], wh[0]), notes=notes)
+    x_text, x_items = add_points(x, xml, x.item("5"), points, (wh[1], wh[0]), notes=notes)
+    assert x_items == a_items  # the same new points, written in the file's own form
+    assert x_text.startswith(xml[: xml.rindex("</navigator>")]) and x_text.endswith("</navigator>" + newline)
+    assert ("\n" not in x_text.replace("\r\n", "")) == crlf
+    again = parse_nav(x_text, "x.nav")
+    assert again.xml and again.items == x.items + tuple(x_items)
+
+
+def test_xml_navigator_refusals_name_the_file():
+    with pytest.raises(InputError, match=r"x\.nav.*<svg>.*not a SerialEM navigator"):
+        parse_nav("<svg></svg>", "x.nav")
+    with pytest.raises(InputError, match=r"x\.nav.*AdocVersion"):
+        parse_nav("<navigator><Item name='1'><Type>2</Type></Item></navigator>", "x.nav")
+    with pytest.raises(InputError, match=r"x\.nav.*name="):
+        parse_nav("<navigator><PreData><AdocVersion>2.00</AdocVersion></PreData><Item><Type>2</Type></Item>"
+                  "</navigator>", "x.nav")
+    with pytest.raises(InputError, match=r"x\.nav.*well-formed"):
+        parse_nav("<navigator><PreData>", "x.nav")
+    with pytest.raises(InputError, match=r"x\.nav.*DTD"):
+        parse_nav('<!DOCTYPE n [<!ENTITY a "b">]><navigator/>', "x.nav")
+
+
+def test_cli_holes_to_an_xml_navigator(tmp_path, medmag, capsys):
+    """--nav with SerialEM's XML form: the copy is XML too (SerialEM reads it back), with the points on the map."""
+    if not (default_models_dir() / "manifest.json").is_file():
+        pytest.skip("the shipped model set is not present")
+    nav_path = tmp_path / "session.nav"
+    nav_path.write_text(_as_xml(_nav(_map(label="12", file="square 1.mrc", wh=(1440, 1024), map_id=100005))))
+    out_nav = tmp_path / "with targets.nav"
+    code = main(["holes", str(medmag), "--nav", str(nav_path), "--nav-out", str(out_nav), "--top", "3",
+                 "--edge-tolerance", "100", "-o", str(tmp_path / "h.json")])
+    assert code == 0, capsys.readouterr().err
+    targets = json.loads((tmp_path / "h.json").read_text())["targets"]
+    text = out_nav.read_text()
+    assert text.startswith('<?xml version="1.0"') and text.rstrip().endswith("</navigator>")
+    nav, _ = read_nav(out_nav)
+    assert nav.xml and len(nav.items) == 1 + len(targets) == 4
+    frame = map_frame(nav.item("12"))
+    for t, it in zip(targets, nav.items[1:]):
+        assert it.get("DrawnID") == "100005"
+        assert frame.pixel(*it.numbers("StageXYZ")[:2], (1024, 1440)) == pytest.approx((t["x"], t["y"]), abs=1e-4)
