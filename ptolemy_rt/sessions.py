@@ -9,9 +9,11 @@ the file sits and what is written beside it; nothing is guessed from pixels:
 - Leginon `rawdata/`: the last preset label of the file name, `..._00012gr.mrc` (grid atlas) and
   `..._00003sq.mrc` / `..._00003sq_v01.mrc` (square); hole and exposure images (`hl`, `ex`, `en`, `fc`, `fa`)
   are not targeted and are left out.
-- SerialEM: the map items (`MapFile`) of a `.nav`; the `.mdoc` beside a map gives its magnification (an atlas at
-  or below LOW_MAG_MAX, a grid-square map above) and its pixel spacing.
-- Anything else: a name or folder containing "atlas" means an atlas; otherwise the kind is unknown and the image
+- SerialEM: the map items (`MapFile`) of a `.nav` (autodoc or XML form); the `.mdoc` beside a map (`NAME.mrc.mdoc`,
+  else `NAME.mdoc`) gives its magnification (an atlas at or below LOW_MAG_MAX, a grid-square map above) and its
+  pixel spacing.
+- Anything else: a name starting with "atlas", or a folder named "atlas", means an atlas (EPU's own grid-square,
+  hole and exposure images stay what they are below such a folder); otherwise the kind is unknown and the image
   fails with a message asking for `--kind`.
 
 Where an image sits on the stage (to link grid-square images to atlas squares), from what the session wrote:
@@ -237,19 +239,23 @@ def kind_of(path: Path) -> tuple[str | None, str, str | None]:
     parts = [p.lower() for p in path.parts[:-1]]
     stem = path.stem
     lower = stem.lower()
-    if "atlas" in parts or lower.startswith("atlas"):
-        if lower.startswith("tile_"):
-            return None, "epu", "an EPU atlas tile (the stitched Atlas image is used)"
-        return "squares", "epu" if "atlas" in parts else "file", None
+    tile = (None, "epu", "an EPU atlas tile (the stitched Atlas image is used)")
+    if lower.startswith("atlas") or (parts and parts[-1] == "atlas"):
+        return tile if lower.startswith("tile_") else ("squares", "epu" if "atlas" in parts else "file", None)
+    # An EPU session's own layout before a folder named 'atlas' further up: a session kept under one (a
+    # facility's <visit>/atlas/ holding the screening and the collection) made every grid-square image an atlas.
     if lower.startswith("gridsquare_") and any(p.startswith("gridsquare_") for p in parts):
         return "holes", "epu", None
     if any(p == "foilholes" or p == "data" for p in parts) and any(p.startswith("gridsquare_") for p in parts):
         return None, "epu", "an EPU hole or exposure image (not targeted)"
-    mdoc = path.with_name(path.name + ".mdoc")
-    if is_regular(mdoc):
-        meta = mdoc_metadata(mdoc)
-        if "Magnification" in meta:
-            return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
+    if "atlas" in parts:
+        return tile if lower.startswith("tile_") else ("squares", "epu", None)
+    # SerialEM writes NAME.mrc.mdoc; a map converted or renamed elsewhere often keeps NAME.mdoc
+    for mdoc in (path.with_name(path.name + ".mdoc"), path.with_suffix(".mdoc")):
+        if mdoc != path and is_regular(mdoc):
+            meta = mdoc_metadata(mdoc)
+            if "Magnification" in meta:
+                return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
     match = _LEGINON.search(stem)
     if match and ("rawdata" in parts or path.suffix.lower() == ".mrc"):
         label = match.group(1).lower()

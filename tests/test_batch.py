@@ -113,6 +113,52 @@ def test_leginon_rawdata_presets(tmp_path):
     assert sum(int(n.split()[2]) for n in notes) == 2
 
 
+def test_a_facility_visit_with_screening_atlases_and_an_epu_collection(tmp_path):
+    """The layout of a real visit (the tree listed in DiamondLightSource/smartem-decisions,
+    tests/testdata/bi37708-28_tree.txt; our own empty files): atlases of several cassette slots under
+    atlas/Supervisor_*_atlas/Sample*/Atlas/ (Atlas_<id>.jpg, two in one slot, with Tile_<id>_<n>_<atlas id>.jpg
+    pieces), Atlas.dm/Sample.dm, and EPU sessions beside them (Images-Disc1/GridSquare_<id>/GridSquare_<date>.jpg,
+    FoilHoles/, Data/, Metadata/GridSquare_<id>.dm). Kept under a folder named 'atlas' (the visit's own
+    'atlas' folder holding both), every grid-square image and every hole and exposure image was taken for an atlas."""
+    for visit in (tmp_path / "visit", tmp_path / "atlas" / "visit"):
+        screening = visit / "atlas" / "Supervisor_20250129_111544_x_atlas"
+        _touch(screening / "Sample6" / "Atlas" / "Atlas.dm")
+        _touch(screening / "Sample6" / "Sample.dm")
+        for atlas_id in ("29263071", "30309559"):
+            _touch(screening / "Sample6" / "Atlas" / f"Atlas_{atlas_id}.jpg")
+            _touch(screening / "Sample6" / "Atlas" / f"Atlas_{atlas_id}.xml", b"<MicroscopeImage/>")
+            for n in range(2):
+                _touch(screening / "Sample6" / "Atlas" / f"Tile_2926308{n}_{n}_{atlas_id}.jpg")
+        epu = visit / "Supervisor_20250129_134723_36_x_grid7_EPU"
+        _touch(epu / "EpuSession.dm")
+        _touch(epu / "Metadata" / "GridSquare_29272952.dm")
+        gs = epu / "Images-Disc1" / "GridSquare_29272952"
+        _touch(gs / "GridSquare_20250129_185944.jpg")
+        _touch(gs / "FoilHoles" / "FoilHole_29279958_20250129_185801.jpg")
+        _touch(gs / "Data" / "FoilHole_29279958_Data_29274665_13_20250129_185944.jpg")
+        items, notes = discover([str(visit)])
+        assert [(i.id.split("/")[-1], i.kind, i.source) for i in items] == [
+            ("GridSquare_20250129_185944.jpg", "holes", "epu"),
+            ("Atlas_29263071.jpg", "squares", "epu"),
+            ("Atlas_30309559.jpg", "squares", "epu"),
+        ], visit
+        assert notes == ["left out 4 image(s): an EPU atlas tile (the stitched Atlas image is used)",
+                         "left out 2 image(s): an EPU hole or exposure image (not targeted)"]
+
+
+def test_a_serialem_map_with_name_dot_mdoc(tmp_path):
+    """NAME.mdoc beside NAME.mrc (a map copied or converted elsewhere; metadata.py reads its pixel size too): the
+    magnification in it gives the kind, as NAME.mrc.mdoc's does; before, the map failed asking for --kind."""
+    _touch(tmp_path / "LMM.mrc")
+    (tmp_path / "LMM.mdoc").write_text("PixelSpacing = 1234.5\n[ZValue = 0]\nMagnification = 135\n")
+    _touch(tmp_path / "MMM.mrc")
+    (tmp_path / "MMM.mdoc").write_text("[ZValue = 0]\nMagnification = 4800\n")
+    assert kind_of(tmp_path / "LMM.mrc") == ("squares", "serialem", None)
+    assert kind_of(tmp_path / "MMM.mrc") == ("holes", "serialem", None)
+    (tmp_path / "MMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 135\n")  # SerialEM's own name first
+    assert kind_of(tmp_path / "MMM.mrc")[0] == "squares"
+
+
 def test_serialem_nav_and_mdoc(tmp_path):
     _touch(tmp_path / "LMM.mrc")
     (tmp_path / "LMM.mrc.mdoc").write_text("PixelSpacing = 1234.5\n[ZValue = 0]\nMagnification = 135\n")
