@@ -7,8 +7,8 @@ the file sits and what is written beside it; nothing is guessed from pixels:
   GridSquare_*.{mrc,jpg,...}` are grid-square images (the `FoilHoles/` and `Data/` images below them are not
   targeted). The `.xml` beside an image gives its stage position (its pixel size is read by metadata.py).
 - Leginon `rawdata/`: the last preset label of the file name, `..._00012gr.mrc` (grid atlas) and
-  `..._00003sq.mrc` / `..._00003sq_v01.mrc` (square); hole and exposure images (`hl`, `ex`, `en`, `fc`, `fa`)
-  are not targeted and are left out.
+  `..._00003sq.mrc` / `..._00003sq_v01.mrc` / `..._00003sq_00` (square; re-acquired, one of a tilt pair); hole and
+  exposure images (`hl`, `ex`, `en`, `esn`, `fc`, `fa`, ...) are not targeted and are left out.
 - SerialEM: the map items (`MapFile`) of a `.nav` (autodoc or XML form); the `.mdoc` beside a map (`NAME.mrc.mdoc`,
   else `NAME.mdoc`) gives its magnification (an atlas at or below LOW_MAG_MAX, a grid-square map above) and its
   pixel spacing.
@@ -63,7 +63,10 @@ IMAGE_SUFFIXES = (".mrc", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _PREFERENCE = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
 # SerialEM atlases (LMM) are taken at tens to a few hundred x; grid-square maps (MMM) at about a thousand and up.
 LOW_MAG_MAX = 500.0
-_LEGINON = re.compile(r"_\d+([a-z]+)(?:_v\d+)?$", re.IGNORECASE)
+# Leginon names an image PARENT_NNNNNpreset, a re-acquisition adding _vNN and a tilt pair _00 / _01 (real names:
+# 10sep19a_a_00006gr_00017sq_v01_00021hl_v02_00004em, 07jan05b_00012gr_00001sq_v01_00002sq_00_00002en_00); files
+# processed after it (Appion, Magellon) add -a, -e, -DW. The kind is the last preset's.
+_LEGINON = re.compile(r"_\d+([a-z]+)(?:_v\d+)?(?:_\d\d)?(?:-[a-z0-9]+)*$", re.IGNORECASE)
 _LEGINON_KINDS = {"gr": "squares", "sq": "holes"}
 _GLOB_CHARS = set("*?[")
 # Stage directions of a step along +x (right) and +y (down) of an unrotated image: (x_X, x_Y, y_X, y_Y).

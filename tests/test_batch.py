@@ -113,6 +113,27 @@ def test_leginon_rawdata_presets(tmp_path):
     assert sum(int(n.split()[2]) for n in notes) == 2
 
 
+_PRESETS = ["gr", "sq", "hl", "en", "ex", "esn", "fc", "fa", "em", "exa"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(session=st.from_regex(r"\A[0-9]{2}[a-z]{3}[0-9]{2}[a-z](_[a-z][a-z0-9]{0,5})?\Z"),
+       chain=st.lists(st.tuples(st.integers(1, 99999), st.sampled_from(_PRESETS), st.sampled_from(["", "_v01", "_v02"]),
+                                st.sampled_from(["", "", "_00", "_01"])), min_size=1, max_size=5),
+       processed=st.sampled_from(["", "", "-a", "-a-DW", "-e-DW"]))
+def test_leginon_names_take_the_last_preset(tmp_path_factory, session, chain, processed):
+    """Leginon's names as found in real sessions (10sep19a_a_00006gr_00017sq_v01_00021hl_v02_00004em,
+    07jan05b_00012gr_00001sq_v01_00002sq_00_00002en_00, 22feb18a_b_00047gr_00036sq_v01_00006hl_00014ex-e-DW):
+    the kind is the last preset's, a re-acquisition (_vNN), one of a tilt pair (_00, _01) or a processed copy
+    (-a, -DW) included. Before, a tilt pair's square was not recognised (no kind: failed asking for --kind)."""
+    name = session + "".join(f"_{n:05d}{p}{v}{t}" for n, p, v, t in chain) + processed + ".mrc"
+    last = chain[-1][1]
+    kind, source, note = kind_of(tmp_path_factory.getbasetemp() / "22jan01a" / "rawdata" / name)
+    assert source == "leginon", name
+    assert kind == {"gr": "squares", "sq": "holes"}.get(last), name
+    assert (note is None) == (last in ("gr", "sq")) and (note is None or f"'{last}'" in note), name
+
+
 def test_a_facility_visit_with_screening_atlases_and_an_epu_collection(tmp_path):
     """The layout of a real visit (the tree listed in DiamondLightSource/smartem-decisions,
     tests/testdata/bi37708-28_tree.txt; our own empty files): atlases of several cassette slots under
