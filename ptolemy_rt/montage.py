@@ -129,6 +129,7 @@ def parse_mdoc(text: str, name: str = "<mdoc>") -> Mdoc:
     header: dict[str, str] = {}
     sections: list[MdocSection] = []
     current: dict[str, str] | None = None
+    other: dict[str, str] | None = None  # the keys of a block that is neither a piece nor the header: dropped
     z = -1
 
     def close() -> None:
@@ -145,17 +146,22 @@ def parse_mdoc(text: str, name: str = "<mdoc>") -> Mdoc:
         m = _SECTION.match(s)
         if m:
             close()
-            current, z = {}, int(m.group(1))
+            current, z, other = {}, int(m.group(1)), None
             continue
         if s.startswith("["):
-            # Other bracketed blocks ([T = ...] titles, [MontSection = n]) are not pieces.
+            # Other bracketed blocks ([T = ...] titles, [MontSection = n]) are not pieces. A [MontSection]'s keys
+            # describe the montage as a whole (its stage position, FullMontSize, ...): they are not the file's
+            # header either (they replaced its PixelSpacing; metadata.mdoc_pixel_size never read them).
             close()
             current = None
+            title = s[1:].split("=", 1)[0].strip() == "T"
+            other = None if title else {}
             continue
         key, sep, value = s.partition("=")
         if not sep:
             continue
-        (header if current is None else current)[key.strip()] = value.strip()
+        target = current if current is not None else (header if other is None else other)
+        target[key.strip()] = value.strip()
     close()
     pixel = None
     for src in [header] + [s.fields for s in sections]:

@@ -545,3 +545,34 @@ def test_read_montage_refuses_a_lying_header_before_reading(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(TooLargeError, match="over the budget"):
         read_montage(path)
+
+
+@settings(max_examples=80, deadline=None)
+@given(pixel=st.floats(2.0, 5000.0), other=st.floats(2.0, 5000.0), in_header=st.booleans(),
+       n=st.integers(1, 6), mont_first=st.booleans(), crlf=st.booleans())
+def test_a_mont_section_is_neither_a_piece_nor_the_header(tmp_path_factory, pixel, other, in_header, n, mont_first,
+                                                          crlf):
+    """A SerialEM montage .mdoc: header keys, [T = ...] titles, one [ZValue = n] block per piece, and a
+    [MontSection = n] block per montage with the montage's own keys (FullMontSize, its stage position; the key
+    names are SerialEM's, KStoreADOC.h). Its keys went into the header, and its PixelSpacing replaced the
+    header's: montage.read_montage's pixel size then differed from metadata.mdoc_pixel_size's for the same file."""
+    from ptolemy_rt.metadata import mdoc_pixel_size
+
+    assume(abs(other - pixel) > 1e-3 * pixel)
+    head = (f"PixelSpacing = {pixel!r}\n" if in_header else "") + "ImageFile = LMM.mrc\nImageSize = 1024 1024\n" \
+        "Montage = 1\n\n[T = SerialEM: Digitized on a Krios    07-Dec-26  10:00:00    ]\n\n" \
+        "[T =     Tilt axis angle = 85.3, binning = 4  spot = 8  camera = 0]\n\n"
+    mont = f"[MontSection = 0]\nTiltAngle = 0\nPixelSpacing = {other!r}\nMagnification = 6000\n" \
+        "FullMontSize = 2900 2900\n\n"
+    pieces = "".join(f"[ZValue = {i}]\nPieceCoordinates = {940 * (i % 3)} {940 * (i // 3)} 0\n"
+                     f"PixelSpacing = {pixel!r}\nMagnification = 135\n\n" for i in range(n))
+    text = head + (mont + pieces if mont_first else pieces + mont)
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    md = parse_mdoc(text, "LMM.mrc.mdoc")
+    assert md.pixel_size_A == pytest.approx(pixel)
+    assert [s.z for s in md.sections] == list(range(n)) and all(s.piece is not None for s in md.sections)
+    assert "FullMontSize" not in md.header and md.header.get("ImageSize") == "1024 1024"
+    path = tmp_path_factory.mktemp("mdoc") / "LMM.mrc.mdoc"
+    path.write_bytes(text.encode())
+    assert mdoc_pixel_size(path) == pytest.approx(md.pixel_size_A)
