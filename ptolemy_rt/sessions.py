@@ -230,10 +230,13 @@ def nav_frames(nav_path: Path) -> dict[Path, Any]:
 
 
 def _map_path(nav_path: Path, stored: str) -> Path:
-    # Navigators are often moved from the acquisition PC: fall back to the file name beside the .nav.
+    # Navigators are often moved from the acquisition PC: the stored path's last folders below the .nav's own
+    # folder (a session copied whole keeps its subfolders: D:\s\grid1\LMM.mrc stored in D:\s\nav.nav is
+    # grid1/LMM.mrc beside the copied nav.nav), the longest tail first, down to the file name beside the .nav.
     stored = stored.strip()
-    name = stored.replace("\\", "/").rsplit("/", 1)[-1]
-    candidates = [Path(stored), nav_path.parent / stored, nav_path.parent / name]
+    parts = [p for p in stored.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    tails = [nav_path.parent.joinpath(*parts[i:]) for i in range(len(parts))]
+    candidates = [Path(stored), nav_path.parent / stored, *tails, nav_path.parent / (parts[-1] if parts else stored)]
     return next((c for c in candidates if is_regular(c)), candidates[-1])
 
 

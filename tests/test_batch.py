@@ -227,6 +227,29 @@ def test_serialem_xml_navigator_in_a_session(tmp_path):
         discover([str(bad)])
 
 
+_FOLDER = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_ .-]{0,8}\Z").filter(lambda f: f.strip(" .") == f)
+
+
+@settings(max_examples=40, deadline=None)
+@given(above=st.lists(_FOLDER, max_size=3), below=st.lists(_FOLDER, max_size=3), windows=st.booleans(),
+       xml=st.booleans())
+def test_a_copied_session_keeps_its_map_subfolders(tmp_path_factory, above, below, windows, xml):
+    """A SerialEM session copied off the acquisition PC whole: the .nav stores D:\\...\\session\\grid1\\LMM.mrc,
+    and the copy has grid1/LMM.mrc beside nav.nav. Only the file name beside the .nav was tried: the map was
+    'no such file' in the batch (and had no stage frame)."""
+    root = tmp_path_factory.mktemp("copied")
+    _touch(root.joinpath(*below, "LMM.mrc"))
+    sep = "\\" if windows else "/"
+    stored = ("D:" if windows else "") + sep + sep.join([*above, "session", *below, "LMM.mrc"])
+    nav = root / "nav.nav"
+    if xml:
+        nav.write_text("<navigator><PreData><AdocVersion>2.00</AdocVersion></PreData><Item name='1'><Type>2</Type>"
+                       f"<MapFile>{stored}</MapFile></Item></navigator>")
+    else:
+        nav.write_text(f"AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapFile = {stored}\n")
+    assert nav_maps(nav) == [root.joinpath(*below, "LMM.mrc")]
+
+
 def test_a_symlink_loop_in_a_session_fails_alone(tmp_path):
     """Fuzz (sessions, seed 3000087): a .nav's MapFile that is a symlink loop made Path.resolve raise RuntimeError
     in discover, an internal error (exit 70) for the whole batch; now that image fails alone (exit 2)."""
