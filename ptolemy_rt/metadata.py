@@ -98,6 +98,12 @@ def parse_xml_safely(raw: bytes, p: str | os.PathLike) -> ElementTree.Element:
         def doctype(self, name, pubid, system):
             raise InputError(refused)
 
+    # .NET writes a document serialised through a string with encoding="utf-16" in its declaration and then saves
+    # it as UTF-8 (or ASCII): expat refuses the whole file over that one word. Bytes of UTF-16 text have a mark or
+    # a NUL beside '<'; without either, the declaration is what is wrong.
+    declared = re.match(rb"<\?xml[^>]*?encoding\s*=\s*[\"'](utf-16|unicode)[\"']", raw, re.IGNORECASE)
+    if declared and b"\x00" not in raw[:4]:
+        raw = raw[:declared.start(1)] + b"utf-8" + raw[declared.end(1):]
     parser = ElementTree.XMLParser(target=NoDoctype())
     try:
         parser.feed(raw)

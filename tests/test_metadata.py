@@ -238,3 +238,28 @@ def test_xml_in_utf16_with_a_dtd_is_refused_too(tmp_path, encoding):
     _epu_xml(path, metres=2e-9)
     path.write_bytes(path.read_text().encode(encoding))
     assert epu_pixel_size(path, (4096, 4096)) == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("variant", ["plain", "utf8-bom", "utf8-declared", "utf16-bom", "utf16le-declared",
+                                     "utf16-declared-utf8-bytes", "unicode-declared-ascii-bytes", "latin1-declared",
+                                     "crlf"])
+def test_epu_xml_encodings_and_declarations(tmp_path, variant):
+    """The same EPU .xml as different writers save it. The real files (EPU 3.9) have no declaration; .NET
+    documents serialised through a string declare encoding="utf-16" and are saved as UTF-8: that one word made
+    expat refuse the file ('encoding specified in XML declaration is incorrect'), and the pixel size was lost."""
+    text = _epu_xml(tmp_path / "x.xml", metres=2e-9, readout=(4096, 4096)).read_text()
+    decl = '<?xml version="1.0" encoding="{}"?>\r\n'
+    raw = {
+        "plain": text.encode(),
+        "utf8-bom": b"\xef\xbb\xbf" + text.encode(),
+        "utf8-declared": (decl.format("utf-8") + text).encode(),
+        "utf16-bom": (decl.format("utf-16") + text).encode("utf-16"),
+        "utf16le-declared": (decl.format("utf-16") + text).encode("utf-16-le"),
+        "utf16-declared-utf8-bytes": (decl.format("utf-16") + text).encode(),
+        "unicode-declared-ascii-bytes": (decl.format("Unicode") + text).encode(),
+        "latin1-declared": (decl.format("iso-8859-1") + text).encode("latin-1"),
+        "crlf": text.replace("><", ">\r\n<").encode(),
+    }[variant]
+    xml = tmp_path / "y.xml"
+    xml.write_bytes(raw)
+    assert epu_pixel_size(xml, (1024, 1024)) == pytest.approx(80.0)
