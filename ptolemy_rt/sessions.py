@@ -11,7 +11,8 @@ the file sits and what is written beside it; nothing is guessed from pixels:
   exposure images (`hl`, `ex`, `en`, `esn`, `fc`, `fa`, ...) are not targeted and are left out.
 - SerialEM: the map items (`MapFile`) of a `.nav` (autodoc or XML form); the `.mdoc` beside a map (`NAME.mrc.mdoc`,
   else `NAME.mdoc`) gives its magnification (an atlas at or below LOW_MAG_MAX, a grid-square map above) and its
-  pixel spacing.
+  pixel spacing. A file holding several single-frame maps as sections (`MapSection`; SerialEM appends each new
+  map to the open file) is one item per map, `FILE@SECTION`, its kind from that section's `[ZValue]` block.
 - Anything else: a name starting with "atlas", or a folder named "atlas", means an atlas (EPU's own grid-square,
   hole and exposure images stay what they are below such a folder); otherwise the kind is unknown and the image
   fails with a message asking for `--kind`.
@@ -54,6 +55,7 @@ __all__ = [
     "mdoc_metadata",
     "nav_frames",
     "nav_maps",
+    "nav_sections",
     "pixel_to_stage",
     "stage_to_pixel",
 ]
@@ -86,10 +88,12 @@ class Item:
     pixel_axes: tuple[float, float, float, float] | None = None
     # A SerialEM map's navigator frame (navigator.MapFrame), which maps stage to its pixels by itself.
     nav_frame: Any = None
+    # The section of a stack holding several SerialEM maps (the .nav's MapSection); None: the file's one image.
+    section: int | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (paths as strings)."""
-        return {
+        """JSON-ready dict (paths as strings; "section" only for one map of a stack of several)."""
+        out = {
             "id": self.id,
             "input": str(self.path),
             "kind": self.kind,
@@ -97,6 +101,9 @@ class Item:
             "stage_xy_m": list(self.stage_xy_m) if self.stage_xy_m is not None else None,
             "pixel_axes": list(self.pixel_axes) if self.pixel_axes is not None else None,
         }
+        if self.section is not None:
+            out["section"] = self.section
+        return out
 
 
 def epu_stage_position(xml_path: Path) -> tuple[float, float] | None:
@@ -154,25 +161,36 @@ def epu_pixel_axes(xml_path: Path) -> tuple[float, float, float, float] | None:
     return axes
 
 
-def mdoc_metadata(mdoc_path: Path) -> dict[str, float]:
-    """Magnification and PixelSpacing (Å) from the first section of a SerialEM .mdoc that has them."""
+def mdoc_metadata(mdoc_path: Path, section: int | None = None) -> dict[str, float]:
+    """Magnification and PixelSpacing (Å) from the first section of a SerialEM .mdoc that has them; with `section`,
+    from its [ZValue = section] block first (a stack of maps taken at different magnifications)."""
     from . import smallfiles
 
     found: dict[str, float] = {}
+    own: dict[str, float] = {}
     try:
         raw = smallfiles.read_small(mdoc_path, smallfiles.MAX_SIDECAR_BYTES, "SerialEM .mdoc")
         text = smallfiles.text_of(raw)
     except InputError:  # too large, not a file, unreadable: no metadata (as io and metadata refuse it too)
         return found
+    in_section = False
     for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            name, _, value = stripped[1:-1].partition("=")
+            in_section = section is not None and name.strip() == "ZValue" and value.strip() == str(section)
+            continue
         key, sep, value = line.partition("=")
         key = key.strip()
-        if sep and key in ("Magnification", "PixelSpacing") and key not in found:
+        if sep and key in ("Magnification", "PixelSpacing"):
             try:
-                found[key] = float(value.split()[0])
+                number = float(value.split()[0])
             except (ValueError, IndexError):
-                pass
-    return found
+                continue
+            found.setdefault(key, number)
+            if in_section:
+                own.setdefault(key, number)
+    return {**found, **own}
 
 
 def nav_maps(nav_path: Path) -> list[Path]:
@@ -229,6 +247,41 @@ def nav_frames(nav_path: Path) -> dict[Path, Any]:
     return {p: f for p, f in frames.items() if p not in shared}
 
 
+def nav_sections(nav_path: Path) -> dict[Path, dict[int, Any]]:
+    """The map files of a SerialEM .nav that hold their maps as sections of one stack (SerialEM appends each new
+    map to the open file: MMM.mrc with MapSection 0, 1, 2, ...), each with its sections and their MapFrame (None
+    for a section used by several items or lacking its frame keys). A file of one map at section 0, or holding
+    montages, is not listed: it is read as one image, as before."""
+    from .navigator import _whole, file_name, map_frame, read_nav
+
+    try:
+        nav, _ = read_nav(nav_path)
+    except InputError:
+        return {}
+    found: dict[Path, list[tuple[int, bool, Any]]] = {}
+    for item in nav.items:
+        stored = item.get("MapFile")
+        if item.get("Type") != "2" or not stored:
+            continue
+        try:
+            section = _whole(item, "MapSection", 0)
+        except InputError:
+            continue
+        try:
+            frame = map_frame(item)
+        except InputError:
+            frame = None
+        montage = item.get("MapMontage", "0") == "1"
+        found.setdefault(_map_path(nav_path, file_name(stored)), []).append((section, montage, frame))
+    out: dict[Path, dict[int, Any]] = {}
+    for path, maps in found.items():
+        sections = [s for s, _, _ in maps]
+        if any(m for _, m, _ in maps) or set(sections) == {0} or min(sections) < 0:
+            continue
+        out[path] = {s: (f if sections.count(s) == 1 else None) for s, _, f in sorted(maps, key=lambda m: m[0])}
+    return out
+
+
 def _map_path(nav_path: Path, stored: str) -> Path:
     # Navigators are often moved from the acquisition PC: the stored path's last folders below the .nav's own
     # folder (a session copied whole keeps its subfolders: D:\s\grid1\LMM.mrc stored in D:\s\nav.nav is
@@ -240,8 +293,9 @@ def _map_path(nav_path: Path, stored: str) -> Path:
     return next((c for c in candidates if is_regular(c)), candidates[-1])
 
 
-def kind_of(path: Path) -> tuple[str | None, str, str | None]:
-    """(kind or None, session source, note) for one image file, from its place and the files beside it."""
+def kind_of(path: Path, section: int | None = None) -> tuple[str | None, str, str | None]:
+    """(kind or None, session source, note) for one image file (its `section` of a stack of SerialEM maps), from its
+    place and the files beside it."""
     parts = [p.lower() for p in path.parts[:-1]]
     stem = path.stem
     lower = stem.lower()
@@ -259,7 +313,7 @@ def kind_of(path: Path) -> tuple[str | None, str, str | None]:
     # SerialEM writes NAME.mrc.mdoc; a map converted or renamed elsewhere often keeps NAME.mdoc
     for mdoc in (path.with_name(path.name + ".mdoc"), path.with_suffix(".mdoc")):
         if mdoc != path and is_regular(mdoc):
-            meta = mdoc_metadata(mdoc)
+            meta = mdoc_metadata(mdoc, section)
             if "Magnification" in meta:
                 return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
     match = _LEGINON.search(stem)
@@ -342,8 +396,10 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     for arg in paths:
         files.extend(_expand(str(arg), navs))
     frames: dict[Path, Any] = {}
+    stacks: dict[Path, dict[int, Any]] = {}  # files holding several SerialEM maps: one item per map (section)
     for nav in dict.fromkeys(_real(n) for n in navs):
         frames.update({_real(p): f for p, f in nav_frames(nav).items()})
+        stacks.update({_real(p): s for p, s in nav_sections(nav).items()})
     skip = _real(Path(exclude)) if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []
@@ -361,22 +417,24 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     items: list[Item] = []
     left_out: dict[str, int] = {}
     for p in unique:
-        detected, source, note = kind_of(p)
-        if detected is None and note is not None and kind is None:
-            left_out[note] = left_out.get(note, 0) + 1
-            continue
-        if detected is None and note is not None and source == "epu":
-            left_out[note] = left_out.get(note, 0) + 1  # --kind does not turn EPU tiles or exposures into targets
-            continue
-        xml = p.with_suffix(".xml")
-        stage, axes, frame = None, None, frames.get(p)
-        if frame is not None:
-            stage = (frame.stage[0] * 1e-6, frame.stage[1] * 1e-6)  # the .nav says micrometres
-        elif is_regular(xml):
-            stage, axes = epu_stage_position(xml), epu_pixel_axes(xml)
-        ident = p.relative_to(root).as_posix()
-        items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
-                          pixel_axes=axes, nav_frame=frame))
+        for section in stacks[p] if p in stacks else [None]:
+            detected, source, note = kind_of(p, section)
+            if detected is None and note is not None and kind is None:
+                left_out[note] = left_out.get(note, 0) + 1
+                continue
+            if detected is None and note is not None and source == "epu":
+                left_out[note] = left_out.get(note, 0) + 1  # --kind does not turn EPU tiles or exposures into targets
+                continue
+            xml = p.with_suffix(".xml")
+            stage, axes, frame = None, None, frames.get(p) if section is None else stacks[p][section]
+            if frame is not None:
+                stage = (frame.stage[0] * 1e-6, frame.stage[1] * 1e-6)  # the .nav says micrometres
+            elif is_regular(xml):
+                stage, axes = epu_stage_position(xml), epu_pixel_axes(xml)
+            # one map of a stack: its section after the file's name ('@', kept as is in the report's links)
+            ident = p.relative_to(root).as_posix() + ("" if section is None else f"@{section}")
+            items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
+                              pixel_axes=axes, nav_frame=frame, section=section))
     notes = [f"left out {n} image(s): {why}" for why, n in sorted(left_out.items())]
     return sorted(items, key=lambda i: i.id), notes
 

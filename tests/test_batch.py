@@ -334,6 +334,46 @@ def test_serialem_montage_map_is_processed_whole(tmp_path):
     assert row["kind"] == "squares" and (row["rows"], row["cols"]) == (600, 600)
 
 
+def test_a_stack_of_serialem_maps_is_one_item_per_map(tmp_path):
+    """SerialEM appends each new map to the open file: a session's MMM.mrc holds its grid-square maps as sections
+    (MapSection 0, 1, 2 in the .nav, one [ZValue] block each in its .mdoc). The batch took the file once and read
+    section 0 with a warning: every other map of the session was silently missed. Now each map is an item of
+    its own (id MMM.mrc@k), read from its section, with its own magnification, pixel size and stage frame."""
+    import mrcfile
+
+    from .conftest import synthetic_medmag
+
+    maps = [np.asarray(synthetic_medmag(seed)[0], np.float32)[:512, :720] for seed in (1, 2, 3)]
+    with mrcfile.new(tmp_path / "MMM.mrc") as m:
+        m.set_data(np.stack(maps))
+    # section 1 was taken at a low magnification (an atlas-like overview kept in the same file)
+    mags, spacings = (4800, 135, 4800), (80.0, 1500.0, 81.0)
+    (tmp_path / "MMM.mrc.mdoc").write_text("ImageSize = 720 512\n\n" + "".join(
+        f"[ZValue = {z}]\nMagnification = {mag}\nPixelSpacing = {px}\n\n"
+        for z, (mag, px) in enumerate(zip(mags, spacings))))
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(
+        f"[Item = {z + 1}]\nType = 2\nMapID = {101 + z}\nMapFile = X:\\grid\\MMM.mrc\nMapSection = {z}\n"
+        f"MapMontage = 0\nStageXYZ = {10 * z} {-5 * z} 0\nMapScaleMat = 1 0 0 -1\nMapWidthHeight = 720 512\n\n"
+        for z in range(3)))
+    items, _ = discover([str(nav)])
+    assert [(i.id, i.kind, i.section) for i in items] == [("MMM.mrc@0", "holes", 0), ("MMM.mrc@1", "squares", 1),
+                                                          ("MMM.mrc@2", "holes", 2)]
+    assert np.allclose([i.stage_xy_m for i in items], [(0.0, 0.0), (10e-6, -5e-6), (20e-6, -10e-6)], atol=1e-12)
+    assert items[1].to_dict()["section"] == 1
+    out = tmp_path / "out"
+    run_batch([str(nav)], out, kind="holes", workers=1, threads=1, report=False, progress=False)
+    rows = {r["id"]: r for r in json.loads((out / "summary.json").read_text())["images"]}
+    assert sorted(rows) == ["MMM.mrc@0", "MMM.mrc@1", "MMM.mrc@2"]
+    assert [rows[f"MMM.mrc@{z}"]["pixel_size_A"] for z in range(3)] == list(spacings)
+    for z in range(3):
+        result = json.loads((out / "results" / f"MMM.mrc@{z}.json").read_text())
+        assert result["image"]["section"] == z and (out / "images" / f"MMM.mrc@{z}.jpg").is_file()
+    # a file of one map at section 0 (or of montages) stays one item named for the file, as before
+    nav.write_text("AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapID = 101\nMapFile = MMM.mrc\nMapSection = 0\n")
+    assert [(i.id, i.section) for i in discover([str(nav)])[0]] == [("MMM.mrc", None)]
+
+
 def test_globs_plain_files_and_bad_arguments(tmp_path):
     _touch(tmp_path / "a" / "one.png")
     _touch(tmp_path / "b" / "two.tif")
