@@ -357,8 +357,14 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
             raise UsageError(f"{item.path}: cannot tell an atlas from a grid-square image here; "
                              "pass --kind squares or --kind holes")
         row["sha256"] = _sha256(item.path)
-        # one map of a stack of SerialEM maps reads its own section (the .nav's MapSection), whatever --section says
-        image = read_image(item.path, section=config.section if item.section is None else item.section)
+        # one map of a stack of SerialEM maps reads its own section (the .nav's MapSection), whatever --section says;
+        # a montage map's section is its frame, assembled from its own pieces
+        if item.section is not None and item.montage:
+            from .io import read_montage_frame
+
+            image = read_montage_frame(item.path, item.section)
+        else:
+            image = read_image(item.path, section=config.section if item.section is None else item.section)
         models = load_models(config.models, provider=config.provider, threads=config.threads)
         finder = ptolemy_rt.find_squares if item.kind == "squares" else ptolemy_rt.find_holes
         result = finder(image, models=models)

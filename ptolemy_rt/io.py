@@ -45,6 +45,7 @@ __all__ = [
     "check_min_size",
     "montage_mdoc",
     "read_image",
+    "read_montage_frame",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,15 +266,16 @@ def montage_mdoc(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def _read_montage(path: Path, mdoc: Path, header: np.recarray, max_pixels: int) -> Image:
-    """The assembled montage of a stack whose header was checked (budget, size) already."""
+def _read_montage(path: Path, mdoc: Path, header: np.recarray, max_pixels: int, frame: int | None = None) -> Image:
+    """The assembled montage (`frame`: which one of a stack of several; default the first) of a stack whose header
+    was checked (budget, size) already."""
     from .montage import read_montage
 
     name = str(path)
     mode = int(header.mode)
     if mode not in MRC_MODES:
         raise UnsupportedFormatError(f"{name}: MRC mode {mode} is not supported (modes 0, 1, 2, 6, 12 are)")
-    m = read_montage(path, mdoc, max_pixels=max_pixels)
+    m = read_montage(path, mdoc, max_pixels=max_pixels, frame=frame)
     dtype = np.dtype(MRC_MODES[mode]).name
     log.debug("%s: montage of %d pieces from %s assembled to %s (%s)", name, len(m.positions), mdoc,
               m.image.shape, dtype)
@@ -826,6 +828,33 @@ def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixel
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[-1] if lines else "no detail"  # OpenCV's messages run over several lines: the last says it
         raise CorruptFileError(f"{p}: not a readable image ({type(exc).__name__}: {detail[:300]})") from None
+
+
+def read_montage_frame(path: str | os.PathLike, frame: int, *, max_pixels: int | None = None) -> Image:
+    """One montage of a SerialEM stack holding several (the pieces whose PieceCoordinates z is `frame`: a .nav's
+    MapSection of a montage map), assembled as read_image assembles the first; InputError naming the file."""
+    p = Path(path)
+    name = str(p)
+    budget = DEFAULT_MAX_PIXELS if max_pixels is None else _budget(p, max_pixels)
+    try:
+        if not p.is_file():
+            raise MissingFileError(f"{name}: no such file")
+        mdoc = montage_mdoc(p)
+        if mdoc is None:
+            raise CorruptFileError(f"{name}: no montage .mdoc (PieceCoordinates) beside it for montage {frame}")
+        with open(p, "rb") as fh:
+            head = fh.read(1024)
+        header = _mrc_header(head, name)
+        if bytes(header.map)[:3] != b"MAP":
+            raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
+        _mrc_fits(header, name, budget, p.stat().st_size)
+        return _read_montage(p, mdoc, header, budget, frame)
+    except PtolemyError:
+        raise
+    except MemoryError:
+        raise TooLargeError(f"{name}: not enough memory to read it") from None
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{name}: not a readable montage ({exc})") from None
 
 
 def _budget(p: Path, max_pixels: Any) -> int:

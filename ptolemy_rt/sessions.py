@@ -11,8 +11,9 @@ the file sits and what is written beside it; nothing is guessed from pixels:
   exposure images (`hl`, `ex`, `en`, `esn`, `fc`, `fa`, ...) are not targeted and are left out.
 - SerialEM: the map items (`MapFile`) of a `.nav` (autodoc or XML form); the `.mdoc` beside a map (`NAME.mrc.mdoc`,
   else `NAME.mdoc`) gives its magnification (an atlas at or below LOW_MAG_MAX, a grid-square map above) and its
-  pixel spacing. A file holding several single-frame maps as sections (`MapSection`; SerialEM appends each new
-  map to the open file) is one item per map, `FILE@SECTION`, its kind from that section's `[ZValue]` block.
+  pixel spacing. A file holding several maps (`MapSection`; SerialEM appends each new map to the open file) is one
+  item per map, `FILE@SECTION`: a single-frame map's kind from that section's `[ZValue]` block, a montage map
+  (`MapMontage = 1`, its MapSection the frame of its pieces) assembled from its own pieces.
 - Anything else: a name starting with "atlas", or a folder named "atlas", means an atlas (EPU's own grid-square,
   hole and exposure images stay what they are below such a folder); otherwise the kind is unknown and the image
   fails with a message asking for `--kind`.
@@ -90,6 +91,8 @@ class Item:
     nav_frame: Any = None
     # The section of a stack holding several SerialEM maps (the .nav's MapSection); None: the file's one image.
     section: int | None = None
+    # Whether those maps are montages: `section` is then the montage's frame (PieceCoordinates z), assembled.
+    montage: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready dict (paths as strings; "section" only for one map of a stack of several)."""
@@ -103,6 +106,7 @@ class Item:
         }
         if self.section is not None:
             out["section"] = self.section
+            out["montage"] = self.montage
         return out
 
 
@@ -247,11 +251,12 @@ def nav_frames(nav_path: Path) -> dict[Path, Any]:
     return {p: f for p, f in frames.items() if p not in shared}
 
 
-def nav_sections(nav_path: Path) -> dict[Path, dict[int, Any]]:
+def nav_sections(nav_path: Path) -> dict[Path, tuple[bool, dict[int, Any]]]:
     """The map files of a SerialEM .nav that hold their maps as sections of one stack (SerialEM appends each new
-    map to the open file: MMM.mrc with MapSection 0, 1, 2, ...), each with its sections and their MapFrame (None
-    for a section used by several items or lacking its frame keys). A file of one map at section 0, or holding
-    montages, is not listed: it is read as one image, as before."""
+    map to the open file: MMM.mrc with MapSection 0, 1, 2, ...), each with whether they are montages (a montage's
+    MapSection is its frame, the z of its PieceCoordinates) and its sections' MapFrame (None for a section used by
+    several items or lacking its frame keys). A file of one map at section 0 is not listed: it is read as one
+    image, as before; nor is one mixing montages and single frames."""
     from .navigator import _whole, file_name, map_frame, read_nav
 
     try:
@@ -273,12 +278,14 @@ def nav_sections(nav_path: Path) -> dict[Path, dict[int, Any]]:
             frame = None
         montage = item.get("MapMontage", "0") == "1"
         found.setdefault(_map_path(nav_path, file_name(stored)), []).append((section, montage, frame))
-    out: dict[Path, dict[int, Any]] = {}
+    out: dict[Path, tuple[bool, dict[int, Any]]] = {}
     for path, maps in found.items():
         sections = [s for s, _, _ in maps]
-        if any(m for _, m, _ in maps) or set(sections) == {0} or min(sections) < 0:
+        montages = {m for _, m, _ in maps}
+        if set(sections) == {0} or min(sections) < 0 or len(montages) > 1:
             continue
-        out[path] = {s: (f if sections.count(s) == 1 else None) for s, _, f in sorted(maps, key=lambda m: m[0])}
+        out[path] = (montages.pop(), {s: (f if sections.count(s) == 1 else None)
+                                      for s, _, f in sorted(maps, key=lambda m: m[0])})
     return out
 
 
@@ -396,7 +403,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     for arg in paths:
         files.extend(_expand(str(arg), navs))
     frames: dict[Path, Any] = {}
-    stacks: dict[Path, dict[int, Any]] = {}  # files holding several SerialEM maps: one item per map (section)
+    stacks: dict[Path, tuple[bool, dict[int, Any]]] = {}  # files of several SerialEM maps: an item per map
     for nav in dict.fromkeys(_real(n) for n in navs):
         frames.update({_real(p): f for p, f in nav_frames(nav).items()})
         stacks.update({_real(p): s for p, s in nav_sections(nav).items()})
@@ -417,8 +424,10 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     items: list[Item] = []
     left_out: dict[str, int] = {}
     for p in unique:
-        for section in stacks[p] if p in stacks else [None]:
-            detected, source, note = kind_of(p, section)
+        montage, sections = stacks.get(p, (False, {None: None}))
+        for section, section_frame in sections.items():
+            # a montage's [ZValue] blocks are its pieces, not its frames: its kind from the file's magnification
+            detected, source, note = kind_of(p, None if montage else section)
             if detected is None and note is not None and kind is None:
                 left_out[note] = left_out.get(note, 0) + 1
                 continue
@@ -426,7 +435,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
                 left_out[note] = left_out.get(note, 0) + 1  # --kind does not turn EPU tiles or exposures into targets
                 continue
             xml = p.with_suffix(".xml")
-            stage, axes, frame = None, None, frames.get(p) if section is None else stacks[p][section]
+            stage, axes, frame = None, None, frames.get(p) if section is None else section_frame
             if frame is not None:
                 stage = (frame.stage[0] * 1e-6, frame.stage[1] * 1e-6)  # the .nav says micrometres
             elif is_regular(xml):
@@ -434,7 +443,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
             # one map of a stack: its section after the file's name ('@', kept as is in the report's links)
             ident = p.relative_to(root).as_posix() + ("" if section is None else f"@{section}")
             items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
-                              pixel_axes=axes, nav_frame=frame, section=section))
+                              pixel_axes=axes, nav_frame=frame, section=section, montage=montage))
     notes = [f"left out {n} image(s): {why}" for why, n in sorted(left_out.items())]
     return sorted(items, key=lambda i: i.id), notes
 

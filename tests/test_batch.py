@@ -374,6 +374,44 @@ def test_a_stack_of_serialem_maps_is_one_item_per_map(tmp_path):
     assert [(i.id, i.section) for i in discover([str(nav)])[0]] == [("MMM.mrc", None)]
 
 
+def test_a_stack_of_serialem_montage_maps_is_one_item_per_montage(tmp_path):
+    """Montage maps appended to one file: the pieces of montage k have PieceCoordinates z = k (the .nav's
+    MapSection). The batch assembled the first montage only; now each montage map is an item, assembled from its
+    own pieces (a 2x2 montage of 340 px pieces at a 260 px step: 600x600)."""
+    import mrcfile
+
+    from ptolemy_rt.io import read_montage_frame
+    from ptolemy_rt.synthetic import make_atlas
+
+    tiles, lines = [], ["PixelSpacing = 1500", "ImageSize = 340 340", "Montage = 1", ""]
+    for frame, seed in enumerate((5, 6)):
+        atlas, _ = make_atlas(seed, (600, 600))
+        for y in (0, 260):
+            for x in (0, 260):
+                lines += [f"[ZValue = {len(tiles)}]", "Magnification = 135", f"PieceCoordinates = {x} {y} {frame}", ""]
+                tiles.append(atlas[y:y + 340, x:x + 340].astype(np.float32) + 10.0 * frame)
+    with mrcfile.new(tmp_path / "LMM.mrc") as m:
+        m.set_data(np.stack(tiles))
+    (tmp_path / "LMM.mrc.mdoc").write_text("\n".join(lines))
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(
+        f"[Item = {k + 1}]\nType = 2\nMapID = {101 + k}\nMapFile = LMM.mrc\nMapMontage = 1\nMapSection = {k}\n"
+        f"StageXYZ = {500 * k} 0 0\nMapScaleMat = 1 0 0 -1\nMapWidthHeight = 600 600\n\n" for k in range(2)))
+    items, _ = discover([str(nav)])
+    assert [(i.id, i.kind, i.section, i.montage) for i in items] == [("LMM.mrc@0", "squares", 0, True),
+                                                                     ("LMM.mrc@1", "squares", 1, True)]
+    first, second = (read_montage_frame(tmp_path / "LMM.mrc", k) for k in (0, 1))
+    assert first.shape == second.shape == (600, 600) and first.pieces == second.pieces == 4
+    assert not np.array_equal(first.data, second.data)
+    out = tmp_path / "out"
+    run_batch([str(nav)], out, workers=1, threads=1, report=False, progress=False)
+    rows = {r["id"]: r for r in json.loads((out / "summary.json").read_text())["images"]}
+    assert {k: (r["kind"], r["status"] != "error", r["rows"], r["cols"]) for k, r in rows.items()} == {
+        "LMM.mrc@0": ("squares", True, 600, 600), "LMM.mrc@1": ("squares", True, 600, 600)}
+    with pytest.raises(InputError, match=r"no pieces in montage frame 2 \(frames: \[0, 1\]\)"):
+        read_montage_frame(tmp_path / "LMM.mrc", 2)
+
+
 def test_globs_plain_files_and_bad_arguments(tmp_path):
     _touch(tmp_path / "a" / "one.png")
     _touch(tmp_path / "b" / "two.tif")
