@@ -6,7 +6,8 @@ autodoc documentation): `Key = value` lines, a global header first, then one blo
 `[ZValue = n]` (n = the section's index in the stack). For montages each block holds
 `PieceCoordinates = x y z`: the piece's position in the montage in (binned, saved) pixels, with z the
 montage's frame number; SerialEM adds `AlignedPieceCoords` (or `AlignedPieceCoordsVS` when it aligned the
-pieces on the fly, "very sloppy" montages) with positions corrected by its own alignment, and
+pieces on the fly, "very sloppy" montages; both may be there, the VS ones are used then) with positions
+corrected by its own alignment, and
 `PixelSpacing` (Å). Example from a public `.mdoc` (Titan Krios, 2021):
 
     ImageSize = 5064 3976
@@ -77,7 +78,9 @@ MAX_PIXELS = 2**28
 # montage of n pieces: about n times). One over MAX_SPREAD times their area is a .mdoc whose piece coordinates lie.
 MAX_SPREAD = 64
 _SECTION = re.compile(r"^\[\s*ZValue\s*=\s*(-?\d+)\s*\]\s*$", re.IGNORECASE)
-_ALIGNED_KEYS = ("AlignedPieceCoords", "AlignedPieceCoordinates", "AlignedPieceCoordsVS")
+# A section may carry both: public readers of SerialEM montages take the "very sloppy" (VS) ones when present
+# (EMBL's render/pyEM tools, instamatic's montage reader); the first key found here wins.
+_ALIGNED_KEYS = ("AlignedPieceCoordsVS", "AlignedPieceCoords", "AlignedPieceCoordinates")
 
 
 @dataclass(frozen=True)

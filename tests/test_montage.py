@@ -576,3 +576,14 @@ def test_a_mont_section_is_neither_a_piece_nor_the_header(tmp_path_factory, pixe
     path = tmp_path_factory.mktemp("mdoc") / "LMM.mrc.mdoc"
     path.write_bytes(text.encode())
     assert mdoc_pixel_size(path) == pytest.approx(md.pixel_size_A)
+
+
+def test_aligned_vs_coordinates_win_when_a_section_has_both():
+    """A section with both AlignedPieceCoords and AlignedPieceCoordsVS (in either order): the VS ones are taken,
+    as public readers of SerialEM montages take them; the plain ones were taken before."""
+    for order in (("AlignedPieceCoords = 1 2 0", "AlignedPieceCoordsVS = 5 -7 0"),
+                  ("AlignedPieceCoordsVS = 5 -7 0", "AlignedPieceCoords = 1 2 0")):
+        md = parse_mdoc("PixelSpacing = 100\n[ZValue = 0]\nPieceCoordinates = 0 0 0\n" + "\n".join(order) + "\n")
+        assert md.sections[0].aligned == (5, -7, 0)
+    md = parse_mdoc("[ZValue = 0]\nPieceCoordinates = 0 0 0\nAlignedPieceCoords = 1 2 0\n")
+    assert md.sections[0].aligned == (1, 2, 0)
