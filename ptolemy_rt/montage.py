@@ -392,6 +392,13 @@ def read_montage(
     secs = [s for s in md.sections if s.piece is not None]
     zs = sorted({s.piece[2] for s in secs})
     want = zs[0] if frame is None else int(frame)
+    if frame is None and len(zs) > 1:
+        import warnings
+
+        # SerialEM appends montage maps to the open file: the others are not silently dropped (batch reads them all
+        # through the .nav's MapSection)
+        warnings.warn(f"{name}: a stack of {len(zs)} montages (frames {zs[0]} to {zs[-1]}); using montage {want}",
+                      stacklevel=2)
     secs = [s for s in secs if s.piece[2] == want]
     if not secs:
         raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")

@@ -587,3 +587,18 @@ def test_aligned_vs_coordinates_win_when_a_section_has_both():
         assert md.sections[0].aligned == (5, -7, 0)
     md = parse_mdoc("[ZValue = 0]\nPieceCoordinates = 0 0 0\nAlignedPieceCoords = 1 2 0\n")
     assert md.sections[0].aligned == (1, 2, 0)
+
+
+def test_a_stack_of_several_montages_says_which_one_it_reads(tmp_path):
+    """A file of several montages (PieceCoordinates z = 0, 1: SerialEM appends montage maps to the open file)
+    read without a frame: the first, with a warning naming how many there are; the second on request."""
+    tile = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) % 97
+    with mrcfile.new(tmp_path / "MMM.mrc") as m:
+        m.set_data(np.stack([tile, tile + 1, tile + 2, tile + 3]))
+    (tmp_path / "MMM.mrc.mdoc").write_text("PixelSpacing = 80\n" + "".join(
+        f"[ZValue = {z}]\nPieceCoordinates = {48 * (z % 2)} 0 {z // 2}\n" for z in range(4)))
+    with pytest.warns(UserWarning, match="a stack of 2 montages .*using montage 0"):
+        first = read_montage(tmp_path / "MMM.mrc", flatten=False)
+    second = read_montage(tmp_path / "MMM.mrc", frame=1, flatten=False)
+    assert first.image.shape == second.image.shape == (64, 112)
+    assert second.image[0, 0] == pytest.approx(first.image[0, 0] + 2)
