@@ -251,12 +251,13 @@ def nav_frames(nav_path: Path) -> dict[Path, Any]:
     return {p: f for p, f in frames.items() if p not in shared}
 
 
-def nav_sections(nav_path: Path) -> dict[Path, tuple[bool, dict[int, Any]]]:
+def nav_sections(nav_path: Path) -> dict[Path, tuple[bool, dict[int, Any], int]]:
     """The map files of a SerialEM .nav that hold their maps as sections of one stack (SerialEM appends each new
     map to the open file: MMM.mrc with MapSection 0, 1, 2, ...), each with whether they are montages (a montage's
-    MapSection is its frame, the z of its PieceCoordinates) and its sections' MapFrame (None for a section used by
-    several items or lacking its frame keys). A file of one map at section 0 is not listed: it is read as one
-    image, as before; nor is one mixing montages and single frames."""
+    MapSection is its frame, the z of its PieceCoordinates), its sections' MapFrame (None for a section used by
+    several items or lacking its frame keys), only those the file has, and how many sections named in the .nav
+    it does not have. A file of one map at section 0 is not listed: it is read as one image, as before; nor is
+    one mixing montages and single frames, or one whose sections cannot be told (not a regular MRC file)."""
     from .navigator import _whole, file_name, map_frame, read_nav
 
     try:
@@ -278,15 +279,46 @@ def nav_sections(nav_path: Path) -> dict[Path, tuple[bool, dict[int, Any]]]:
             frame = None
         montage = item.get("MapMontage", "0") == "1"
         found.setdefault(_map_path(nav_path, file_name(stored)), []).append((section, montage, frame))
-    out: dict[Path, tuple[bool, dict[int, Any]]] = {}
+    out: dict[Path, tuple[bool, dict[int, Any], int]] = {}
     for path, maps in found.items():
         sections = [s for s, _, _ in maps]
         montages = {m for _, m, _ in maps}
         if set(sections) == {0} or min(sections) < 0 or len(montages) > 1:
             continue
-        out[path] = (montages.pop(), {s: (f if sections.count(s) == 1 else None)
-                                      for s, _, f in sorted(maps, key=lambda m: m[0])})
+        montage = montages.pop()
+        have = _sections_in(path, montage)
+        if have is None:  # the file (or its montage .mdoc) cannot tell: one item, as before
+            continue
+        # only the sections the file has (a navigator of a million items naming one file made a million items)
+        chosen = {s: (f if sections.count(s) == 1 else None) for s, _, f in sorted(maps, key=lambda m: m[0])
+                  if (s < have if isinstance(have, int) else s in have)}
+        if set(chosen) <= {0}:
+            continue
+        out[path] = (montage, chosen, len(set(sections)) - len(chosen))
     return out
+
+
+def _sections_in(path: Path, montage: bool) -> int | set[int] | None:
+    """What a map file holds: a stack's number of sections (its MRC header's nz), a montage stack's frames (the z
+    of its .mdoc's PieceCoordinates); None where the file or its .mdoc cannot tell (not a regular MRC file)."""
+    from .errors import PtolemyError
+
+    if path.suffix.lower() not in (".mrc", ".st", ".map", ".mrcs", ".ali") or not is_regular(path):
+        return None
+    try:
+        if montage:
+            from .io import montage_mdoc
+            from .montage import read_mdoc
+
+            mdoc = montage_mdoc(path)
+            return None if mdoc is None else {s.piece[2] for s in read_mdoc(mdoc).sections if s.piece is not None}
+        from .io import _mrc_header
+
+        with open(path, "rb") as fh:
+            nz = int(_mrc_header(fh.read(1024), str(path)).nz)
+    except (PtolemyError, OSError, ValueError):
+        return None
+    return nz if nz > 0 else None
 
 
 def _map_path(nav_path: Path, stored: str) -> Path:
@@ -403,7 +435,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     for arg in paths:
         files.extend(_expand(str(arg), navs))
     frames: dict[Path, Any] = {}
-    stacks: dict[Path, tuple[bool, dict[int, Any]]] = {}  # files of several SerialEM maps: an item per map
+    stacks: dict[Path, tuple[bool, dict[int, Any], int]] = {}  # files of several SerialEM maps: an item per map
     for nav in dict.fromkeys(_real(n) for n in navs):
         frames.update({_real(p): f for p, f in nav_frames(nav).items()})
         stacks.update({_real(p): s for p, s in nav_sections(nav).items()})
@@ -424,7 +456,10 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     items: list[Item] = []
     left_out: dict[str, int] = {}
     for p in unique:
-        montage, sections = stacks.get(p, (False, {None: None}))
+        montage, sections, missing = stacks.get(p, (False, {None: None}, 0))
+        if missing:
+            why = "a .nav map at a section its file does not have"
+            left_out[why] = left_out.get(why, 0) + missing
         for section, section_frame in sections.items():
             # a montage's [ZValue] blocks are its pieces, not its frames: its kind from the file's magnification
             detected, source, note = kind_of(p, None if montage else section)

@@ -369,6 +369,14 @@ def test_a_stack_of_serialem_maps_is_one_item_per_map(tmp_path):
     for z in range(3):
         result = json.loads((out / "results" / f"MMM.mrc@{z}.json").read_text())
         assert result["image"]["section"] == z and (out / "images" / f"MMM.mrc@{z}.jpg").is_file()
+    # sections the file does not have are left out with a note (a .nav of 3000 map items naming one 3-section
+    # file made 3000 items, each failing)
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(
+        f"[Item = {z + 1}]\nType = 2\nMapID = {101 + z}\nMapFile = MMM.mrc\nMapSection = {z}\n\n"
+        for z in range(3000)))
+    items, notes = discover([str(nav)])
+    assert [i.id for i in items] == ["MMM.mrc@0", "MMM.mrc@1", "MMM.mrc@2"]
+    assert notes == ["left out 2997 image(s): a .nav map at a section its file does not have"]
     # a file of one map at section 0 (or of montages) stays one item named for the file, as before
     nav.write_text("AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapID = 101\nMapFile = MMM.mrc\nMapSection = 0\n")
     assert [(i.id, i.section) for i in discover([str(nav)])[0]] == [("MMM.mrc", None)]
