@@ -360,6 +360,20 @@ def _check_budget(h: int, w: int, max_pixels: int, name: str) -> None:
                             f"over the budget of {max_pixels} (max_pixels; raise it with --max-pixels)")
 
 
+def _check_image_size(md: Mdoc, nx: int, ny: int) -> None:
+    """Refuse (CorruptFileError) a .mdoc whose ImageSize (SerialEM's size of the file's images, its pieces) is not
+    the stack's: it is another file's, or the stack was binned after it was written (newstack -bin), and its piece
+    coordinates would scatter the pieces of this one. A missing or unreadable ImageSize is not checked."""
+    parts = md.header.get("ImageSize", "").split()
+    try:
+        width, height = (int(float(v)) for v in parts[:2]) if len(parts) >= 2 else (None, None)
+    except (ValueError, OverflowError):
+        return
+    if width is not None and (width, height) != (nx, ny):
+        raise CorruptFileError(f"{md.source}: ImageSize {width} x {height} is not the size of the stack's pieces "
+                               f"({nx} x {ny}): the .mdoc of another file, or of the stack before it was binned")
+
+
 def read_montage(
     path: str | os.PathLike,
     mdoc: str | os.PathLike | None = None,
@@ -407,7 +421,9 @@ def read_montage(
     try:
         # the header's claim against the budget and the file's size first: mrcfile allocates what it claims
         with open(p, "rb") as fh:
-            _mrc_fits(_mrc_header(fh.read(1024), name), name, max_pixels, os.fstat(fh.fileno()).st_size)
+            header = _mrc_header(fh.read(1024), name)
+            _mrc_fits(header, name, max_pixels, os.fstat(fh.fileno()).st_size)
+        _check_image_size(md, int(header.nx), int(header.ny))
         mrc = mrcfile.open(p, mode="r", permissive=True)  # read, not mapped: see io._read_mrc_file (SIGBUS)
     except PtolemyError:
         raise

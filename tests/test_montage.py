@@ -602,3 +602,18 @@ def test_a_stack_of_several_montages_says_which_one_it_reads(tmp_path):
     second = read_montage(tmp_path / "MMM.mrc", frame=1, flatten=False)
     assert first.image.shape == second.image.shape == (64, 112)
     assert second.image[0, 0] == pytest.approx(first.image[0, 0] + 2)
+
+
+def test_a_mdoc_of_other_sized_pieces_is_refused(tmp_path):
+    """A montage stack binned after SerialEM wrote it (newstack -bin 2) with the original .mdoc beside it: the
+    piece coordinates are the unbinned ones and scattered the binned pieces over twice the extent, silently (a
+    gapped, garbled atlas). SerialEM's ImageSize (its pieces' size) tells: refused, naming both sizes."""
+    tile = np.ones((32, 32), np.float32)
+    with mrcfile.new(tmp_path / "LMM.mrc") as m:
+        m.set_data(np.stack([tile, tile * 2]))
+    pieces = "[ZValue = 0]\nPieceCoordinates = 0 0 0\n\n[ZValue = 1]\nPieceCoordinates = 56 0 0\n"
+    (tmp_path / "LMM.mrc.mdoc").write_text("PixelSpacing = 100\nImageSize = 64 64\nMontage = 1\n\n" + pieces)
+    with pytest.raises(CorruptFileError, match=r"ImageSize 64 x 64 .*\(32 x 32\)"):
+        read_montage(tmp_path / "LMM.mrc")
+    (tmp_path / "LMM.mrc.mdoc").write_text("PixelSpacing = 100\nImageSize = 32 32\nMontage = 1\n\n" + pieces)
+    assert read_montage(tmp_path / "LMM.mrc", flatten=False).image.shape == (32, 88)
