@@ -371,7 +371,8 @@ def _check_image_size(md: Mdoc, nx: int, ny: int) -> None:
         return
     if width is not None and (width, height) != (nx, ny):
         raise CorruptFileError(f"{md.source}: ImageSize {width} x {height} is not the size of the stack's pieces "
-                               f"({nx} x {ny}): the .mdoc of another file, or of the stack before it was binned")
+                               f"({nx} x {ny}): the .mdoc of another file, or of the stack before it was binned "
+                               "(--section N reads one piece)")
 
 
 def read_montage(
