@@ -167,6 +167,26 @@ def test_a_facility_visit_with_screening_atlases_and_an_epu_collection(tmp_path)
                          "left out 2 image(s): an EPU hole or exposure image (not targeted)"]
 
 
+@settings(max_examples=80, deadline=None)
+@given(above=st.lists(st.sampled_from(["atlas", "Atlas", "data", "Data", "rawdata", "FoilHoles", "grid1", "EPU",
+                                       "Sample3", "Supervisor_20250129_111544_x_atlas", "Images-Disc1", "screening"]),
+                      max_size=4),
+       suffix=st.sampled_from([".jpg", ".mrc", ".tiff"]))
+def test_epu_kinds_hold_whatever_folders_are_above(above, suffix):
+    """EPU's layout decides, whatever a facility's folders above the session are called ('atlas', 'data',
+    'rawdata', ... as real visits name them): a grid-square image is a grid-square image, a hole or exposure image
+    and an atlas tile are left out, an atlas is an atlas."""
+    base = Path("/facility", *above, "Supervisor_20250129_134723_36_x_EPU")
+    gs = base / "Images-Disc1" / "GridSquare_29272952"
+    atlas = Path("/facility", *above, "Sample6", "Atlas")
+    assert kind_of(gs / f"GridSquare_20250129_185944{suffix}")[:2] == ("holes", "epu")
+    for sub in ("FoilHoles/FoilHole_29279958_20250129_185801", "Data/FoilHole_29279958_Data_29274665_13_20250129"):
+        kind, source, note = kind_of(gs / f"{sub}{suffix}")
+        assert (kind, source) == (None, "epu") and "hole or exposure" in note
+    assert kind_of(atlas / f"Atlas_29263071{suffix}")[:2] == ("squares", "epu")
+    assert kind_of(atlas / f"Tile_29263087_0_29263071{suffix}")[0] is None
+
+
 def test_a_serialem_map_with_name_dot_mdoc(tmp_path):
     """NAME.mdoc beside NAME.mrc (a map copied or converted elsewhere; metadata.py reads its pixel size too): the
     magnification in it gives the kind, as NAME.mrc.mdoc's does; before, the map failed asking for --kind."""
