@@ -6,7 +6,7 @@ Sources are tried in this order and the first that gives a usable value wins (DE
 2. The EPU ``.xml`` beside the image (``NAME.xml`` for ``NAME.jpg``/``NAME.mrc``). Its
    ``SpatialScale/pixelSize/x/numericValue`` is in metres per pixel of the camera readout
    (``camera/ReadoutArea``, binning already applied); EPU's JPEGs are that readout scaled down, so one
-   image pixel is ``pixelSize * readout width / image width``.
+   image pixel is ``pixelSize * readout width / image width`` (a JPEG or PNG whose .xml has no ReadoutArea: unknown).
 3. SerialEM's ``.mdoc`` beside the image (``NAME.mrc.mdoc``, or ``NAME.mdoc``): ``PixelSpacing`` (Å) of the
    ``[ZValue = section]`` block, else the file-level one.
 4. The MRC header's voxel size (Å), except 0 and 1, which writers put there when they do not know it.
@@ -49,6 +49,7 @@ PLACEHOLDER_A = (0.0, 1.0)
 # A pixel size outside this range (Å) is not a TEM image's: 0.01 Å to 1 mm covers every magnification.
 PLAUSIBLE_A = (1e-2, 1e7)
 _MRC_SUFFIXES = {".mrc", ".mrcs", ".map", ".st", ".ali", ".rec"}
+_PREVIEW_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,12 @@ def _float(element: ElementTree.Element | None) -> float | None:
         return None
 
 
-def epu_pixel_size(xml_path: str | os.PathLike, image_shape: tuple[int, int]) -> float | None:
-    """Å per pixel of an image of `image_shape` (rows, cols) from EPU's .xml; None when it holds none."""
+def epu_pixel_size(xml_path: str | os.PathLike, image_shape: tuple[int, int], preview: bool = False) -> float | None:
+    """Å per pixel of an image of `image_shape` (rows, cols) from EPU's .xml; None when it holds none.
+
+    preview: the image is one of EPU's JPEG (or PNG) previews, a downscaled copy of the readout: without the
+    readout's size (`ReadoutArea` absent or nil) its scale is unknown, and the readout's pixel size is not its own.
+    """
     root = read_xml_safely(xml_path)
     scale = _find(root, "SpatialScale")
     metres = _float(_child(scale, "pixelSize", "x", "numericValue"))
@@ -151,6 +156,10 @@ def epu_pixel_size(xml_path: str | os.PathLike, image_shape: tuple[int, int]) ->
     readout_h = _float(_child(_find(root, "ReadoutArea"), "height"))
     rows, cols = image_shape
     factor = 1.0
+    if preview and not (readout_w and readout_w > 0):
+        warnings.warn(f"{xml_path}: no camera ReadoutArea to scale its pixel size to this {cols}x{rows} preview; "
+                      "pixel size unknown (pass --pixel-size)", stacklevel=2)
+        return None
     if readout_w and readout_w > 0:
         factor = readout_w / cols
         if readout_h and readout_h > 0 and abs(readout_h / rows - factor) > 0.02 * factor:
@@ -244,7 +253,8 @@ def pixel_size_for(path: str | os.PathLike | None, image: Any = None, override_A
     for xml in xmls:
         if is_regular(xml) and xml != p and shape is not None:
             try:
-                value = epu_pixel_size(xml, shape)  # type: ignore[arg-type]
+                # EPU's JPEGs are downscaled previews of the readout; its MRC and TIFF images are the readout
+                value = epu_pixel_size(xml, shape, preview=p.suffix.lower() in _PREVIEW_SUFFIXES)  # type: ignore
             except (InputError, OSError) as exc:
                 warnings.warn(f"{exc}; ignoring it", stacklevel=2)
                 continue

@@ -263,3 +263,23 @@ def test_epu_xml_encodings_and_declarations(tmp_path, variant):
     xml = tmp_path / "y.xml"
     xml.write_bytes(raw)
     assert epu_pixel_size(xml, (1024, 1024)) == pytest.approx(80.0)
+
+
+def test_a_preview_without_its_readout_size_has_no_pixel_size(tmp_path):
+    """An EPU .xml without ReadoutArea (absent, or nil as EPU writes an empty value) beside a JPEG: the JPEG is a
+    downscaled preview of a readout of unknown size, so the readout's pixel size is not its own (the real
+    grid-square JPEG is 5.6 times coarser than its readout). It was reported as the JPEG's, silently; now the
+    pixel size is unknown, with a warning. An MRC (or TIFF) is the readout itself: its pixel size stands."""
+    import cv2
+
+    xml_text = _epu_xml(tmp_path / "x.xml", metres=2e-9, readout=None).read_text()
+    nil = xml_text.replace("<camera></camera>", '<camera><ReadoutArea i:nil="true"/></camera>')
+    for i, text in enumerate((xml_text, nil)):
+        jpg = tmp_path / f"GridSquare_{i}.jpg"
+        cv2.imwrite(str(jpg), np.full((64, 96), 128, np.uint8))
+        jpg.with_suffix(".xml").write_text(text)
+        with pytest.warns(UserWarning, match="no camera ReadoutArea"):
+            assert pixel_size_for(jpg, read_image(jpg)) == PixelSize(None, None)
+        mrc = _mrc(tmp_path / f"GridSquare_{i}.mrc", shape=(64, 96))
+        mrc.with_suffix(".xml").write_text(text)
+        assert pixel_size_for(mrc, read_image(mrc)) == PixelSize(pytest.approx(20.0), "epu-xml")
