@@ -492,7 +492,10 @@ def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tu
 
 def _insert_xml_items(text: str, items: Sequence[NavItem], newline: str) -> str:
     """An XML navigator's text with `items` inserted before its closing </navigator>, indented as its items are."""
-    closings = list(re.finditer(r"</\s*(?:[\w.-]+:)?navigator\s*>", text))
+    # the root's own closing tag: not one quoted in a comment, CDATA or processing instruction (which parsed XML
+    # holds nowhere else: '<' is not allowed in text or attribute values), masked out at the same length
+    masked = re.sub(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>", lambda m: " " * len(m.group()), text, flags=re.S)
+    closings = list(re.finditer(r"</\s*(?:[\w.-]+:)?navigator\s*>", masked))
     if not closings:
         raise InputError("the XML navigator has no closing </navigator>")
     if not items:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mrcfile
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ptolemy_rt.cli import main
@@ -374,3 +374,44 @@ def test_cli_holes_to_an_xml_navigator(tmp_path, medmag, capsys):
     for t, it in zip(targets, nav.items[1:]):
         assert it.get("DrawnID") == "100005"
         assert frame.pixel(*it.numbers("StageXYZ")[:2], (1024, 1440)) == pytest.approx((t["x"], t["y"]), abs=1e-4)
+
+
+_XML_PIECES = ['<?xml version="1.0" encoding="utf-8"?>', '<?xml version="1.0" encoding="utf-16"?>', "<navigator>",
+               "</navigator>", "<PreData>", "</PreData>", "<AdocVersion>2.00</AdocVersion>", '<Item name="1">',
+               "<Item>", '<Item name="">', "</Item>", "<Type>2</Type>", "<MapFile>C:\\x\\map.mrc</MapFile>",
+               "<MapID>7</MapID>", "<StageXYZ>1 2 3</StageXYZ>", "<MapScaleMat>1 0 0 -1</MapScaleMat>",
+               "<MapWidthHeight>8 8</MapWidthHeight>", "<a:Type xmlns:a='x'>2</a:Type>", "&amp;", "&bogus;", "<",
+               "\x00", "\r\n", "\ufeff", "<!-- </navigator> -->", "<![CDATA[</Item>]]>", "<svg/>", "caf\u00e9",
+               '<!DOCTYPE n [<!ENTITY a "b">]>']
+
+
+_GOOD = ["<navigator>", "<PreData>", "<AdocVersion>2.00</AdocVersion>", "</PreData>", '<Item name="1">',
+         "<Type>2</Type>", "<MapID>7</MapID>", "<StageXYZ>1 2 3</StageXYZ>", "<MapScaleMat>1 0 0 -1</MapScaleMat>",
+         "<MapWidthHeight>8 8</MapWidthHeight>", "</Item>", "</navigator>"]
+
+
+@settings(max_examples=150, deadline=None)
+@example(pieces=_GOOD + ["<!-- </navigator> -->"])
+@example(pieces=_GOOD[:-1] + ["<![CDATA[</Item>]]>", "<!-- </navigator> -->", "</navigator>", "<?pi </navigator>?>"])
+@given(pieces=st.lists(st.sampled_from(_XML_PIECES), max_size=25))
+def test_any_xml_navigator_text_parses_or_is_refused_by_name(pieces):
+    """Whatever an XML navigator holds, parse_nav returns a Navigator or raises InputError naming the file; a
+    parsed one takes new points (in XML, parsed back with them) or refuses its map by name."""
+    text = "".join(pieces)
+    if not text.lstrip().startswith("<"):
+        text = "<" + text
+    try:
+        nav = parse_nav(text, "x.nav")
+    except InputError as exc:
+        assert "x.nav" in str(exc) or "navigator" in str(exc)
+        return
+    assert nav.xml
+    maps = [it for it in nav.items if it.get("Type") == "2"]
+    if not maps:
+        return
+    try:
+        new_text, items = add_points(nav, text, maps[0], [(1.0, 2.0)], (8, 8))
+    except InputError:
+        return
+    again = parse_nav(new_text, "x.nav")
+    assert again.items == nav.items + tuple(items)
