@@ -85,6 +85,9 @@ EXTERNAL_ID_LIMIT = 100000
 # A session's navigator is a few MB (ten thousand items); parsed, a file of short lines takes ~20 times its size
 # in memory (40 MB: 830 MB), so 256 MB could take 5 GB: 64 MB is the most read.
 MAX_NAV_BYTES = 64 * 1024 * 1024
+# The XML form takes about twice the autodoc form's memory once parsed (16 MB of short elements: 700 MB), and a
+# real one about twice its bytes (ten thousand items: ~15 MB): half the limit keeps the same bound on memory.
+MAX_XML_NAV_BYTES = MAX_NAV_BYTES // 2
 # The image's aspect ratio may differ from the map's by this much and still be a scaled copy of it.
 ASPECT_TOLERANCE = 0.01
 _SECTION = re.compile(r"^\[\s*([^=\]]+?)\s*=\s*(.*?)\s*\]\s*$")
@@ -198,6 +201,9 @@ def _parse_xml_nav(text: str, name: str) -> Navigator:
     as latin-1 (file_name decodes them), so that the two forms give the same items."""
     from .metadata import parse_xml_safely
 
+    if len(text) > MAX_XML_NAV_BYTES:
+        raise InputError(f"{name}: {len(text)} bytes is too large for an XML navigator (limit {MAX_XML_NAV_BYTES}; "
+                         "the autodoc form may be twice that)")
     try:
         raw = text.encode("latin-1")  # the bytes as read (nav_text)
     except UnicodeEncodeError:

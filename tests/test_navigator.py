@@ -415,3 +415,16 @@ def test_any_xml_navigator_text_parses_or_is_refused_by_name(pieces):
         return
     again = parse_nav(new_text, "x.nav")
     assert again.items == nav.items + tuple(items)
+
+
+def test_an_xml_navigator_over_32_mb_is_refused_unparsed(tmp_path):
+    """The XML form takes twice the autodoc form's memory once parsed (16 MB of short elements: 700 MB): it is
+    refused over half the autodoc limit, before any parsing."""
+    from ptolemy_rt.navigator import MAX_XML_NAV_BYTES
+
+    path = tmp_path / "big.nav"
+    head = b"<navigator><PreData><AdocVersion>2.00</AdocVersion></PreData><Item name='1'>"
+    with open(path, "wb") as fh:
+        fh.write(head + b"<a/>" * ((MAX_XML_NAV_BYTES - len(head)) // 4 + 1) + b"</Item></navigator>")
+    with pytest.raises(InputError, match="too large for an XML navigator"):
+        read_nav(path)
