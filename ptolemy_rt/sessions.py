@@ -14,9 +14,10 @@ the file sits and what is written beside it; nothing is guessed from pixels:
   pixel spacing. A file holding several maps (`MapSection`; SerialEM appends each new map to the open file) is one
   item per map, `FILE@SECTION`: a single-frame map's kind from that section's `[ZValue]` block, a montage map
   (`MapMontage = 1`, its MapSection the frame of its pieces) assembled from its own pieces.
-- Anything else: a name starting with "atlas", or a folder named "atlas", means an atlas (EPU's own grid-square,
-  hole and exposure images stay what they are below such a folder); otherwise the kind is unknown and the image
-  fails with a message asking for `--kind`.
+- Anything else: a name starting with "atlas", or a folder named "atlas", means an atlas (EPU's grid-square, hole
+  and exposure images, SerialEM maps with a magnification in their .mdoc and Leginon's rawdata/ images stay what
+  they are below such a folder); otherwise the kind is unknown and the image fails with a message asking for
+  `--kind`.
 
 Where an image sits on the stage (to link grid-square images to atlas squares), from what the session wrote:
 - EPU: `stage/Position` X, Y of the image's .xml is the stage position of the image centre (metres), and
@@ -347,8 +348,8 @@ def kind_of(path: Path, section: int | None = None) -> tuple[str | None, str, st
         return "holes", "epu", None
     if any(p == "foilholes" or p == "data" for p in parts) and any(p.startswith("gridsquare_") for p in parts):
         return None, "epu", "an EPU hole or exposure image (not targeted)"
-    if "atlas" in parts:
-        return tile if lower.startswith("tile_") else ("squares", "epu", None)
+    # What the session wrote beside the image, or Leginon's own rawdata/ folder, before a folder named 'atlas'
+    # further up (a SerialEM or Leginon session kept in one: its grid-square maps and hole images were atlases)
     # SerialEM writes NAME.mrc.mdoc; a map converted or renamed elsewhere often keeps NAME.mdoc
     for mdoc in (path.with_name(path.name + ".mdoc"), path.with_suffix(".mdoc")):
         if mdoc != path and is_regular(mdoc):
@@ -356,12 +357,15 @@ def kind_of(path: Path, section: int | None = None) -> tuple[str | None, str, st
             if "Magnification" in meta:
                 return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
     match = _LEGINON.search(stem)
-    if match and ("rawdata" in parts or path.suffix.lower() == ".mrc"):
-        label = match.group(1).lower()
+    label = match.group(1).lower() if match else None
+    if label is not None and "rawdata" in parts:
         if label in _LEGINON_KINDS:
             return _LEGINON_KINDS[label], "leginon", None
-        if "rawdata" in parts:
-            return None, "leginon", f"a Leginon '{label}' image (only 'gr' atlases and 'sq' squares are targeted)"
+        return None, "leginon", f"a Leginon '{label}' image (only 'gr' atlases and 'sq' squares are targeted)"
+    if "atlas" in parts:
+        return tile if lower.startswith("tile_") else ("squares", "epu", None)
+    if label in _LEGINON_KINDS and path.suffix.lower() == ".mrc":
+        return _LEGINON_KINDS[label], "leginon", None
     return None, "file", None
 
 

@@ -187,6 +187,27 @@ def test_epu_kinds_hold_whatever_folders_are_above(above, suffix):
     assert kind_of(atlas / f"Tile_29263087_0_29263071{suffix}")[0] is None
 
 
+def test_serialem_and_leginon_sessions_kept_in_a_folder_named_atlas(tmp_path):
+    """A SerialEM or Leginon session kept below a folder named 'atlas' (a visit's atlas/ folder holding the
+    screening session): its grid-square maps (magnification in the .mdoc) and Leginon's sq/hl images were all taken
+    for atlases by the folder's name. What the session wrote decides; a plain image there is still an atlas."""
+    root = tmp_path / "visit" / "atlas" / "screening"
+    _touch(root / "MMM.mrc")
+    (root / "MMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 4800\n")
+    _touch(root / "LMM.mrc")
+    (root / "LMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 135\n")
+    raw = root / "22jan01a" / "rawdata"
+    for name in ("22jan01a_00004gr.mrc", "22jan01a_00004gr_00012sq.mrc", "22jan01a_00004gr_00012sq_00003hl.mrc"):
+        _touch(raw / name)
+    _touch(root / "overview.png")
+    got = {p.name: kind_of(p)[:2] for p in [root / "MMM.mrc", root / "LMM.mrc", root / "overview.png",
+                                            *sorted(raw.iterdir())]}
+    assert got == {"MMM.mrc": ("holes", "serialem"), "LMM.mrc": ("squares", "serialem"),
+                   "overview.png": ("squares", "epu"), "22jan01a_00004gr.mrc": ("squares", "leginon"),
+                   "22jan01a_00004gr_00012sq.mrc": ("holes", "leginon"),
+                   "22jan01a_00004gr_00012sq_00003hl.mrc": (None, "leginon")}
+
+
 def test_a_serialem_map_with_name_dot_mdoc(tmp_path):
     """NAME.mdoc beside NAME.mrc (a map copied or converted elsewhere; metadata.py reads its pixel size too): the
     magnification in it gives the kind, as NAME.mrc.mdoc's does; before, the map failed asking for --kind."""
