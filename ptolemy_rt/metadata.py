@@ -101,8 +101,10 @@ def parse_xml_safely(raw: bytes, p: str | os.PathLike) -> ElementTree.Element:
 
     # .NET writes a document serialised through a string with encoding="utf-16" in its declaration and then saves
     # it as UTF-8 (or ASCII): expat refuses the whole file over that one word. Bytes of UTF-16 text have a mark or
-    # a NUL beside '<'; without either, the declaration is what is wrong.
-    declared = re.match(rb"<\?xml[^>]*?encoding\s*=\s*[\"'](utf-16|unicode)[\"']", raw, re.IGNORECASE)
+    # a NUL beside '<'; without either, the declaration is what is wrong. A UTF-8 mark may come first (.NET's
+    # StreamWriter with Encoding.UTF8 writes one): the declaration is looked for after it.
+    declared = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"'](utf-16|unicode)[\"']", re.IGNORECASE).match(
+        raw, 3 if raw.startswith(b"\xef\xbb\xbf") else 0)
     if declared and b"\x00" not in raw[:4]:
         raw = raw[:declared.start(1)] + b"utf-8" + raw[declared.end(1):]
     parser = ElementTree.XMLParser(target=NoDoctype())

@@ -241,8 +241,8 @@ def test_xml_in_utf16_with_a_dtd_is_refused_too(tmp_path, encoding):
 
 
 @pytest.mark.parametrize("variant", ["plain", "utf8-bom", "utf8-declared", "utf16-bom", "utf16le-declared",
-                                     "utf16-declared-utf8-bytes", "unicode-declared-ascii-bytes", "latin1-declared",
-                                     "crlf"])
+                                     "utf16-declared-utf8-bytes", "utf16-declared-utf8-bom",
+                                     "unicode-declared-ascii-bytes", "latin1-declared", "crlf"])
 def test_epu_xml_encodings_and_declarations(tmp_path, variant):
     """The same EPU .xml as different writers save it. The real files (EPU 3.9) have no declaration; .NET
     documents serialised through a string declare encoding="utf-16" and are saved as UTF-8: that one word made
@@ -256,6 +256,8 @@ def test_epu_xml_encodings_and_declarations(tmp_path, variant):
         "utf16-bom": (decl.format("utf-16") + text).encode("utf-16"),
         "utf16le-declared": (decl.format("utf-16") + text).encode("utf-16-le"),
         "utf16-declared-utf8-bytes": (decl.format("utf-16") + text).encode(),
+        # .NET's StreamWriter(Encoding.UTF8) puts a UTF-8 mark before that declaration
+        "utf16-declared-utf8-bom": b"\xef\xbb\xbf" + (decl.format("utf-16") + text).encode(),
         "unicode-declared-ascii-bytes": (decl.format("Unicode") + text).encode(),
         "latin1-declared": (decl.format("iso-8859-1") + text).encode("latin-1"),
         "crlf": text.replace("><", ">\r\n<").encode(),
