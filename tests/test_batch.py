@@ -291,6 +291,138 @@ def test_a_copied_session_keeps_its_map_subfolders(tmp_path_factory, above, belo
     assert nav_maps(nav) == [root.joinpath(*below, "LMM.mrc")]
 
 
+def test_the_longest_stored_tail_that_exists_is_taken_and_dotdot_is_resolved(tmp_path):
+    """Several files a stored MapFile could be, at different depths below the .nav: the longest tail of the stored
+    path that exists is the map (the session copied whole), then shorter ones, down to the name beside the .nav.
+    '..' is resolved as the acquisition PC resolved it (D:\\s\\grid1\\..\\LMM.mrc is D:\\s\\LMM.mrc: grid1/LMM.mrc
+    was taken, the '..' dropped), and no tail climbs out of the .nav's folder."""
+    root = tmp_path / "copy" / "session"
+    deep, mid, beside = (_touch(root.joinpath(*f, "LMM.mrc")) for f in (("s", "grid1"), ("grid1",), ()))
+    above = _touch(tmp_path / "copy" / "LMM.mrc")
+    nav = root / "nav.nav"
+
+    def found(stored: str) -> Path:
+        nav.write_text(f"AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapFile = {stored}\n")
+        (got,) = nav_maps(nav)
+        return got
+
+    assert found("D:\\data\\s\\grid1\\LMM.mrc") == deep
+    assert found("/data/s/grid1/LMM.mrc") == deep
+    assert found("D:\\data\\x\\grid1\\LMM.mrc") == mid
+    assert found("D:\\data\\s\\grid1\\..\\LMM.mrc") == beside  # D:\data\s\LMM.mrc: no s/LMM.mrc here
+    assert found("D:\\data\\s\\grid1\\sub\\..\\LMM.mrc") == deep
+    assert found("/data/s/grid1/./sub/../LMM.mrc") == deep
+    assert found("..\\..\\LMM.mrc") == beside and found("..\\grid1\\LMM.mrc") == mid  # never copy/LMM.mrc
+    assert above.is_file()
+    deep.unlink()
+    assert found("D:\\data\\s\\grid1\\LMM.mrc") == mid
+
+
+def test_a_stored_path_of_thousands_of_folders_is_looked_up_in_few_places(tmp_path, monkeypatch):
+    """A MapFile of thousands of folders (8000 in a 160 kB .nav of 10 such maps): every tail of the stored path was
+    built and looked up, longest first, each item three times: discovery took 257 s. At most the last _TAIL_FOLDERS
+    folders are tried, from the longest of those down to the name beside the .nav."""
+    import ptolemy_rt.sessions as sessions
+
+    looked: list[str] = []
+    real_is_regular = sessions.is_regular
+
+    def counting(path):
+        looked.append(str(path))
+        return real_is_regular(path)
+
+    monkeypatch.setattr(sessions, "is_regular", counting)
+    _touch(tmp_path / "x.mrc")
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(
+        f"[Item = {k}]\nType = 2\nMapFile = {'a' + chr(92)}{('a' + chr(92)) * 3000}x.mrc\n\n" for k in range(10)))
+    assert nav_maps(nav) == [tmp_path / "x.mrc"]
+    assert len(looked) <= 2 + 8 + 1  # the stored path, beside the .nav, its last 8 folders' tails, the name
+    looked.clear()
+    items, notes = discover([str(nav)])
+    assert [i.id for i in items] == ["x.mrc"] and notes == []
+    assert len(looked) <= 2 * (2 + 8 + 1)  # the .nav's one name, and the file's .xml and .mdoc
+
+
+def test_discovery_reads_a_nav_and_an_mdoc_once(tmp_path, monkeypatch):
+    """A .nav was read and parsed three times in discovery (its maps, their frames, their stacks) and a stack's
+    .mdoc once for each of its maps (400 maps of one file with an 8 MB .mdoc: 121 s)."""
+    import mrcfile
+
+    from ptolemy_rt import smallfiles
+
+    with mrcfile.new(tmp_path / "MMM.mrc") as m:
+        m.set_data(np.zeros((40, 8, 8), np.float32))
+    (tmp_path / "MMM.mrc.mdoc").write_text("".join(f"[ZValue = {z}]\nMagnification = {135 if z % 2 else 4800}\n\n"
+                                                   for z in range(40)))
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(f"[Item = {z}]\nType = 2\nMapFile = MMM.mrc\nMapSection = {z}\n\n"
+                                                      for z in range(40)))
+    reads: list[str] = []
+    real_read_small = smallfiles.read_small
+
+    def counting(path, *args, **kw):
+        reads.append(Path(path).name)
+        return real_read_small(path, *args, **kw)
+
+    monkeypatch.setattr(smallfiles, "read_small", counting)
+    items, notes = discover([str(nav)])
+    assert sorted(reads) == ["MMM.mrc.mdoc", "s.nav"]
+    assert {(i.section, i.kind) for i in items} == {(z, "squares" if z % 2 else "holes") for z in range(40)}
+
+
+def test_a_stack_whose_header_claims_more_sections_than_the_file_holds(tmp_path):
+    """An MRC header's nz was trusted: a 3-section file whose header claims 1000 made 1000 items of a .nav naming
+    them. The sections the file's size holds are items; the others go to the left-out note."""
+    import mrcfile
+
+    path = tmp_path / "MMM.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.zeros((3, 16, 16), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[8:12] = np.int32(1000).tobytes()  # nz
+    path.write_bytes(bytes(raw))
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(
+        f"[Item = {z}]\nType = 2\nMapFile = MMM.mrc\nMapSection = {z}\n\n" for z in range(1000)))
+    items, notes = discover([str(nav)])
+    assert [i.id for i in items] == ["MMM.mrc@0", "MMM.mrc@1", "MMM.mrc@2"]
+    assert notes == ["left out 997 image(s): a .nav map at a section its file does not have"]
+
+
+def test_a_stacks_maps_sort_by_section_number(tmp_path):
+    """Ids sorted as text put MMM.mrc@10 before MMM.mrc@2: a stack's maps come in section order."""
+    import mrcfile
+
+    with mrcfile.new(tmp_path / "MMM.mrc") as m:
+        m.set_data(np.zeros((12, 8, 8), np.float32))
+    _touch(tmp_path / "MMM.mrc.x.mrc")
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n" + "".join(
+        f"[Item = {z}]\nType = 2\nMapFile = MMM.mrc\nMapSection = {z}\n\n" for z in range(12))
+        + "[Item = 99]\nType = 2\nMapFile = MMM.mrc.x.mrc\n")
+    items, _ = discover([str(nav)], kind="holes")
+    assert [i.id for i in items] == [f"MMM.mrc@{z}" for z in range(12)] + ["MMM.mrc.x.mrc"]
+
+
+def test_a_nul_byte_in_a_stored_map_file_leaves_that_map_out(tmp_path, capsys):
+    """A NUL byte in a .nav's MapFile made discovery raise ValueError (embedded null byte): exit 70 for the whole
+    batch. That map names no file: it is left out with a note, the others are found; alone, the batch refuses the
+    .nav by name (exit 2)."""
+    _touch(tmp_path / "LMM.mrc")
+    nav = tmp_path / "s.nav"
+    nav.write_bytes(b"AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapFile = D:\\s\\a\x00b.mrc\nMapSection = 1\n\n"
+                    b"[Item = 2]\nType = 2\nMapFile = D:\\s\\LMM.mrc\n")
+    items, notes = discover([str(nav)], kind="squares")
+    assert [i.id for i in items] == ["LMM.mrc"]
+    assert notes == ["left out 1 image(s): a .nav map whose MapFile can name no file (a NUL byte in it)"]
+    nav.write_bytes(b"AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapFile = D:\\s\\a\x00b.mrc\n")
+    with pytest.raises(InputError, match=r"s\.nav.*NUL byte"):
+        discover([str(nav)])
+    result = _main(capsys, str(nav), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and "NUL byte" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_symlink_loop_in_a_session_fails_alone(tmp_path):
     """Fuzz (sessions, seed 3000087): a .nav's MapFile that is a symlink loop made Path.resolve raise RuntimeError
     in discover, an internal error (exit 70) for the whole batch; now that image fails alone (exit 2)."""
@@ -433,11 +565,14 @@ def test_a_stack_of_serialem_montage_maps_is_one_item_per_montage(tmp_path):
     from ptolemy_rt.synthetic import make_atlas
 
     tiles, lines = [], ["PixelSpacing = 1500", "ImageSize = 340 340", "Montage = 1", ""]
-    for frame, seed in enumerate((5, 6)):
+    # the second montage was taken at a grid-square magnification: its kind and pixel size are its own pieces'
+    # (frame 0's were taken for every montage of the file)
+    for frame, seed, mag, spacing in ((0, 5, 135, 1500), (1, 6, 4800, 80)):
         atlas, _ = make_atlas(seed, (600, 600))
         for y in (0, 260):
             for x in (0, 260):
-                lines += [f"[ZValue = {len(tiles)}]", "Magnification = 135", f"PieceCoordinates = {x} {y} {frame}", ""]
+                lines += [f"[ZValue = {len(tiles)}]", f"Magnification = {mag}", f"PixelSpacing = {spacing}",
+                          f"PieceCoordinates = {x} {y} {frame}", ""]
                 tiles.append(atlas[y:y + 340, x:x + 340].astype(np.float32) + 10.0 * frame)
     with mrcfile.new(tmp_path / "LMM.mrc") as m:
         m.set_data(np.stack(tiles))
@@ -448,15 +583,16 @@ def test_a_stack_of_serialem_montage_maps_is_one_item_per_montage(tmp_path):
         f"StageXYZ = {500 * k} 0 0\nMapScaleMat = 1 0 0 -1\nMapWidthHeight = 600 600\n\n" for k in range(2)))
     items, _ = discover([str(nav)])
     assert [(i.id, i.kind, i.section, i.montage) for i in items] == [("LMM.mrc@0", "squares", 0, True),
-                                                                     ("LMM.mrc@1", "squares", 1, True)]
+                                                                     ("LMM.mrc@1", "holes", 1, True)]
     first, second = (read_montage_frame(tmp_path / "LMM.mrc", k) for k in (0, 1))
     assert first.shape == second.shape == (600, 600) and first.pieces == second.pieces == 4
     assert not np.array_equal(first.data, second.data)
     out = tmp_path / "out"
     run_batch([str(nav)], out, workers=1, threads=1, report=False, progress=False)
     rows = {r["id"]: r for r in json.loads((out / "summary.json").read_text())["images"]}
-    assert {k: (r["kind"], r["status"] != "error", r["rows"], r["cols"]) for k, r in rows.items()} == {
-        "LMM.mrc@0": ("squares", True, 600, 600), "LMM.mrc@1": ("squares", True, 600, 600)}
+    assert {k: (r["kind"], r["status"] != "error", r["rows"], r["cols"], r["pixel_size_A"])
+            for k, r in rows.items()} == {"LMM.mrc@0": ("squares", True, 600, 600, 1500.0),
+                                          "LMM.mrc@1": ("holes", True, 600, 600, 80.0)}
     with pytest.raises(InputError, match=r"no pieces in montage frame 2 \(frames: \[0, 1\]\)"):
         read_montage_frame(tmp_path / "LMM.mrc", 2)
 
