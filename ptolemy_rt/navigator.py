@@ -463,8 +463,10 @@ def _free_ids(nav: Navigator) -> tuple[int, int, set[int]]:
 
 def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tuple[float, float]],
                image_shape: tuple[int, int] | None = None, notes: Sequence[str] | None = None,
-               acquire: bool = False, image_is_map_file: bool = False) -> tuple[str, list[NavItem]]:
-    """The navigator text with one point item per (col, row) appended, drawn on `map_item`, in one new group."""
+               acquire: bool = False, image_is_map_file: bool = False, name: str | os.PathLike = "<navigator>"
+               ) -> tuple[str, list[NavItem]]:
+    """The navigator text with one point item per (col, row) appended, drawn on `map_item`, in one new group
+    (`name`: the navigator file, named in errors)."""
     frame = map_frame(map_item)
     if frame.montage and image_is_map_file:
         raise InputError(f"navigator map {frame.label} is a montage: its file holds the pieces; run on the "
@@ -489,21 +491,21 @@ def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tu
                                 acquire=acquire, note=notes[i] if notes else None, exact_map_coords=exact))
     newline = "\r\n" if "\r\n" in text else "\n"
     if nav.xml:
-        return _insert_xml_items(text, items, newline), items
+        return _insert_xml_items(text, items, newline, name), items
     body = text if not text or text.endswith(("\n", "\r")) else text + newline
     if items and not body.endswith(newline + newline):
         body += newline
     return body + "".join(format_item(it, newline) for it in items), items
 
 
-def _insert_xml_items(text: str, items: Sequence[NavItem], newline: str) -> str:
+def _insert_xml_items(text: str, items: Sequence[NavItem], newline: str, name: str | os.PathLike) -> str:
     """An XML navigator's text with `items` inserted before its closing </navigator>, indented as its items are."""
     # the root's own closing tag: not one quoted in a comment, CDATA or processing instruction (which parsed XML
     # holds nowhere else: '<' is not allowed in text or attribute values), masked out at the same length
     masked = re.sub(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>", lambda m: " " * len(m.group()), text, flags=re.S)
     closings = list(re.finditer(r"</\s*(?:[\w.-]+:)?navigator\s*>", masked))
     if not closings:
-        raise InputError("the XML navigator has no closing </navigator>")
+        raise InputError(f"{name}: the XML navigator has no closing </navigator>")
     if not items:
         return text
     found = re.search(r"(?:^|\n)([ \t]*)<Item\b", text)
@@ -564,7 +566,7 @@ def targets_nav_text(nav_in: str | os.PathLike, result: Any, map_label: str | No
         same_file = False  # io read the montage's pieces as one stitched image: its pixels are the montage's
     points = [(float(t.x), float(t.y)) for t in result.targets]
     new_text, items = add_points(nav, text, map_item, points, tuple(result.image.shape), _notes(result),
-                                 acquire=acquire, image_is_map_file=same_file)
+                                 acquire=acquire, image_is_map_file=same_file, name=nav_in)
     return out, new_text, len(items)
 
 

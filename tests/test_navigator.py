@@ -84,12 +84,17 @@ def test_binned_copy_of_the_map_scales_onto_it():
         frame.stage_xy(1, 1, (400, 400))
 
 
+# A map's frame as SerialEM can store it: an invertible MapScaleMat, a stage position, a map size in pixels.
+_MAT = st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2)
+_STAGE = st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200))
+_WH = st.tuples(st.integers(64, 8192), st.integers(64, 8192))
+
+
 @examples(20, settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
           given(
-              mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(
-                  lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),
-              stage=st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200)),
-              wh=st.tuples(st.integers(64, 8192), st.integers(64, 8192)),
+              mat=_MAT,
+              stage=_STAGE,
+              wh=_WH,
               fractions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=12),
               crlf=st.booleans(),
           ))
@@ -314,10 +319,9 @@ _VALUE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20
 
 @examples(10, settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
           given(
-              mat=st.tuples(*[st.floats(-30, 30, allow_nan=False)] * 4).filter(
-                  lambda m: abs(m[0] * m[3] - m[1] * m[2]) > 1e-2),
-              stage=st.tuples(st.floats(-900, 900), st.floats(-900, 900), st.floats(-200, 200)),
-              wh=st.tuples(st.integers(64, 8192), st.integers(64, 8192)),
+              mat=_MAT,
+              stage=_STAGE,
+              wh=_WH,
               note=_VALUE,
               fractions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=0, max_size=6),
               crlf=st.booleans(),
@@ -353,6 +357,11 @@ def test_xml_navigator_refusals_name_the_file():
         parse_nav("<navigator><PreData>", "x.nav")
     with pytest.raises(InputError, match=r"x\.nav.*DTD"):
         parse_nav('<!DOCTYPE n [<!ENTITY a "b">]><navigator/>', "x.nav")
+    # new points for a text that lost its closing tag (only the message told no file)
+    text = _as_xml(_nav(_map(label="5")))
+    nav = parse_nav(text, "x.nav")
+    with pytest.raises(InputError, match=r"^x\.nav: the XML navigator has no closing </navigator>"):
+        add_points(nav, text.replace("</navigator>", ""), nav.item("5"), [(1.0, 2.0)], name="x.nav")
 
 
 def test_cli_holes_to_an_xml_navigator(tmp_path, medmag, capsys):
@@ -403,15 +412,16 @@ def test_any_xml_navigator_text_parses_or_is_refused_by_name(pieces):
     try:
         nav = parse_nav(text, "x.nav")
     except InputError as exc:
-        assert "x.nav" in str(exc) or "navigator" in str(exc)
+        assert str(exc).startswith("x.nav"), exc
         return
     assert nav.xml
     maps = [it for it in nav.items if it.get("Type") == "2"]
     if not maps:
         return
     try:
-        new_text, items = add_points(nav, text, maps[0], [(1.0, 2.0)], (8, 8))
-    except InputError:
+        new_text, items = add_points(nav, text, maps[0], [(1.0, 2.0)], (8, 8), name="x.nav")
+    except InputError as exc:  # the file by name, or its map by its label (map_frame: the keys a map needs)
+        assert str(exc).startswith(("x.nav", f"navigator map {maps[0].label}")), exc
         return
     again = parse_nav(new_text, "x.nav")
     assert again.items == nav.items + tuple(items)
