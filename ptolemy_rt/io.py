@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 
@@ -304,20 +304,24 @@ def _read_mrc(path: Path, section: int | None, max_pixels: int, permissive: bool
     return image
 
 
-def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool) -> Image | None:
-    """The assembled montage when `path` is a stack with a montage .mdoc beside it, else None."""
+def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool, frame: int | None = None
+                   ) -> Image | None:
+    """The assembled montage when `path` is a stack with a montage .mdoc beside it, else None; with `frame`, that
+    montage of a stack of several, or CorruptFileError where no montage .mdoc is beside it."""
     with open(path, "rb") as fh:
         head = fh.read(1024)
     header = _mrc_header(head, name)
-    if len(head) < 1024 or int(header.nz) < 2:
+    if frame is None and (len(head) < 1024 or int(header.nz) < 2):
         return None
     mdoc = montage_mdoc(path)
     if mdoc is None:
-        return None
+        if frame is None:
+            return None
+        raise CorruptFileError(f"{name}: no montage .mdoc (PieceCoordinates) beside it for montage {frame}")
     if bytes(header.map)[:3] != b"MAP" and not permissive:
         raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
     _mrc_fits(header, name, max_pixels, path.stat().st_size)
-    return _read_montage(path, mdoc, header, max_pixels)
+    return _read_montage(path, mdoc, header, max_pixels, frame)
 
 
 # mrcfile's validator accepts header statistics within 1 % (np.isclose, rtol=0.01) of the data's own; a
@@ -839,16 +843,7 @@ def read_montage_frame(path: str | os.PathLike, frame: int, *, max_pixels: int |
     try:
         if not p.is_file():
             raise MissingFileError(f"{name}: no such file")
-        mdoc = montage_mdoc(p)
-        if mdoc is None:
-            raise CorruptFileError(f"{name}: no montage .mdoc (PieceCoordinates) beside it for montage {frame}")
-        with open(p, "rb") as fh:
-            head = fh.read(1024)
-        header = _mrc_header(head, name)
-        if bytes(header.map)[:3] != b"MAP":
-            raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
-        _mrc_fits(header, name, budget, p.stat().st_size)
-        return _read_montage(p, mdoc, header, budget, frame)
+        return cast(Image, _maybe_montage(p, name, budget, False, frame))  # with a frame: a montage or an error
     except PtolemyError:
         raise
     except MemoryError:

@@ -595,6 +595,9 @@ def test_a_stack_of_serialem_montage_maps_is_one_item_per_montage(tmp_path):
                                           "LMM.mrc@1": ("holes", True, 600, 600, 80.0)}
     with pytest.raises(InputError, match=r"no pieces in montage frame 2 \(frames: \[0, 1\]\)"):
         read_montage_frame(tmp_path / "LMM.mrc", 2)
+    (tmp_path / "LMM.mrc.mdoc").unlink()
+    with pytest.raises(InputError, match=r"LMM\.mrc: no montage \.mdoc \(PieceCoordinates\) beside it for montage 1"):
+        read_montage_frame(tmp_path / "LMM.mrc", 1)
 
 
 def test_globs_plain_files_and_bad_arguments(tmp_path):
