@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
+from .errors import InputError, PtolemyError
 from .smallfiles import is_regular
 
 if TYPE_CHECKING:  # the parser loads when a sidecar .xml is read: most images have none
@@ -113,6 +113,12 @@ def parse_xml_safely(raw: bytes, p: str | os.PathLike) -> ElementTree.Element:
         return parser.close()
     except ElementTree.ParseError as exc:
         raise InputError(f"{p}: not well-formed XML ({exc})") from None
+    except PtolemyError:
+        raise
+    except (LookupError, ValueError) as exc:
+        # the declaration names an encoding expat cannot read ("x-nothing", "rot13", "shift_jis", "utf-32"): its
+        # LookupError or ValueError ended the run as an internal error (exit 70), a batch's session scan with it
+        raise InputError(f"{p}: unreadable XML ({type(exc).__name__}: {exc})") from None
 
 
 def _local(tag: str) -> str:

@@ -285,3 +285,23 @@ def test_a_preview_without_its_readout_size_has_no_pixel_size(tmp_path):
         mrc = _mrc(tmp_path / f"GridSquare_{i}.mrc", shape=(64, 96))
         mrc.with_suffix(".xml").write_text(text)
         assert pixel_size_for(mrc, read_image(mrc)) == PixelSize(pytest.approx(20.0), "epu-xml")
+
+
+@pytest.mark.parametrize("encoding", ["x-nothing", "rot13", "shift_jis", "utf-32", "idna"])
+def test_xml_declaring_an_encoding_expat_cannot_read_is_a_bad_sidecar(tmp_path, capsys, encoding):
+    """An .xml whose declaration names an encoding expat cannot read: its LookupError or ValueError left the
+    reader, exit 70 for `squares` and for a whole batch (its session scan reads the stage position) instead of a
+    warning naming the file (found by hand, fuzz13)."""
+    from ptolemy_rt.sessions import epu_pixel_axes, epu_stage_position
+
+    image = _mrc(tmp_path / "map.mrc", voxel=7.5)
+    xml = _epu_xml(tmp_path / "map.xml")
+    xml.write_text(xml.read_text().replace("<MicroscopeImage", f'<?xml version="1.0" encoding="{encoding}"?>'
+                                           "<MicroscopeImage", 1))
+    with pytest.raises(InputError, match="map.xml: unreadable XML"):
+        read_xml_safely(xml)
+    assert epu_stage_position(xml) is None and epu_pixel_axes(xml) is None
+    with pytest.warns(UserWarning, match="map.xml: unreadable XML"):
+        assert pixel_size_for(image, read_image(image)) == PixelSize(7.5, "mrc-header")
+    assert main(["squares", str(image), "--no-score", "-o", str(tmp_path / "out.json")]) == 0
+    assert "map.xml: unreadable XML" in capsys.readouterr().err
