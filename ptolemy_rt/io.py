@@ -681,6 +681,12 @@ def _check_raster(raw: bytes | memoryview | _FileView, name: str, max_pixels: in
 MAX_LIBRARY_MESSAGES = 3
 
 
+class _Collected(list):
+    """The lines _library_messages collected; `capturing`: whether descriptor 2 is redirected (else none are)."""
+
+    capturing = False
+
+
 @contextlib.contextmanager
 def _library_messages():
     """Collect what C libraries write to descriptor 2 meanwhile (libjpeg's "Corrupt JPEG data: bad Huffman code",
@@ -690,7 +696,7 @@ def _library_messages():
     leave it on a closed pipe), and where descriptor 2 cannot be redirected nothing is collected."""
     import threading
 
-    lines: list[str] = []
+    lines = _Collected()
     if threading.current_thread() is not threading.main_thread():
         yield lines
         return
@@ -711,6 +717,7 @@ def _library_messages():
         with contextlib.suppress(OSError, ValueError, AttributeError):
             sys.stderr.flush()  # Python's own pending text goes where it was going
         os.dup2(write_end, 2)
+        lines.capturing = True
         try:
             yield lines
         finally:
@@ -726,6 +733,34 @@ def _library_messages():
         os.close(read_end)
         text = b"".join(chunks).decode("utf-8", "replace")
         lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+# How OpenCV's log shows libtiff's error handler's lines ("[ERROR:0@0.02] global grfmt_tiff.cpp:117 TIFF_Error
+# Compression scheme 65535 strip decoding is not implemented"), and how they are shown here.
+_TIFF_ERROR = " TIFF_Error "
+_LIBTIFF = "libtiff: "
+
+
+@contextlib.contextmanager
+def _libtiff_errors(cv2, on: bool):
+    """With `on`, OpenCV logs errors (libtiff's among them) meanwhile, to descriptor 2, which _library_messages
+    collects: _quiet_cv2 silences them, and a strip libtiff could not decode left no trace."""
+    if not on:
+        yield
+        return
+    logging_ = cv2.utils.logging
+    level = logging_.getLogLevel()
+    logging_.setLogLevel(logging_.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging_.setLogLevel(level)
+
+
+def _libtiff_line(line: str) -> str:
+    """A libtiff error line of OpenCV's log as 'libtiff: MESSAGE'; any other line as it is."""
+    head, sep, message = line.partition(_TIFF_ERROR)
+    return _LIBTIFF + message.strip() if sep and head.startswith("[") else line
 
 
 def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
@@ -744,12 +779,20 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         raw_bytes = np.fromfile(fh, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
+    tiff = path.suffix.lower() in TIFF_SUFFIXES
     with _library_messages() as messages:
         try:
-            raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
+            with _libtiff_errors(cv2, tiff and messages.capturing):
+                raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
         except cv2.error as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
             raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
+    messages[:] = [_libtiff_line(m) for m in messages]
+    failed = [m for m in messages if m.startswith(_LIBTIFF)]
+    if failed and not np.any(raw):
+        # OpenCV hands back a canvas of zeros where libtiff could not decode the pixels (a compression it lacks,
+        # corrupt LZW or deflate data): read as a blank image, exit 0 with "blank" for a file that is no image
+        raise CorruptFileError(f"{name}: not a readable TIFF image ({failed[0]})")
     for message in messages[:MAX_LIBRARY_MESSAGES]:
         warnings.warn(f"{name}: {message}", stacklevel=3)
     del raw_bytes  # the file's bytes, and below the colour pixels once grey: not all alive at the peak

@@ -1012,3 +1012,44 @@ def test_an_imod_unsigned_montage_is_assembled_from_unsigned_pieces(tmp_path):
                                          "[ZValue = 1]\nPieceCoordinates = 32 0 0\n")
     image = read_montage(path, tmp_path / "m.mrc.mdoc", flatten=False).image
     assert image.shape == (32, 64) and image.min() >= 128
+
+
+@pytest.mark.parametrize("compression", [8, 5, 34712, 65535])
+def test_a_tiff_whose_pixels_libtiff_cannot_decode_is_refused_not_read_as_blank(tmp_path, compression, capsys):
+    """Found by hand (fuzz13): where libtiff cannot decode a strip (a compression it lacks: JPEG 2000, an unknown
+    number; corrupt deflate or LZW data), OpenCV logged the error to its silenced log and handed back a canvas of
+    zeros: exit 0, "blank image", for a file that holds no image. It is a CorruptFileError with libtiff's words."""
+    import struct
+
+    from ptolemy_rt.cli import main
+
+    raw = _tiff_header(300, 300, 8, 1, 300 * 300)  # its strip: zeros, which no decoder reads as its stream
+    path = tmp_path / "lost.tif"
+    path.write_bytes(raw.replace(struct.pack("<HHIHH", 259, 3, 1, 8, 0),
+                                 struct.pack("<HHIHH", 259, 3, 1, compression, 0)))
+    with pytest.raises(CorruptFileError, match=r"lost\.tif: not a readable TIFF image \(libtiff: "):
+        io.read_image(path)
+    capsys.readouterr()
+    assert main(["squares", str(path), "--no-score"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: not a readable TIFF image (libtiff: ")
+
+
+def test_a_tiff_of_zeros_libtiff_reads_is_still_a_blank_image_and_a_partly_corrupt_one_warns(tmp_path):
+    """The refusal above needs libtiff's error: a whole TIFF of zeros is read (a blank image, no error), and one
+    whose deflate stream breaks part-way is read with libtiff's error as a warning naming the file."""
+    zeros = tmp_path / "zeros.tif"
+    assert cv2.imwrite(str(zeros), np.zeros((300, 300), np.uint8), [cv2.IMWRITE_TIFF_COMPRESSION, 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not io.read_image(zeros).data.any()
+    data = np.random.default_rng(0).integers(1, 255, (300, 300)).astype(np.uint8)
+    good = tmp_path / "good.tif"
+    assert cv2.imwrite(str(good), data, [cv2.IMWRITE_TIFF_COMPRESSION, 8])
+    raw = bytearray(good.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=r"broken\.tif: libtiff: "):
+        image = io.read_image(broken)
+    assert image.shape == (300, 300) and image.data.any()
