@@ -780,7 +780,11 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
     tiff = path.suffix.lower() in TIFF_SUFFIXES
-    with _library_messages() as messages:
+    # Our own warnings (a stack's "using section 0") are held until descriptor 2 is back: printed meanwhile (a
+    # library caller's default filter prints them at once), they were collected as a library's lines and came out
+    # twice, mangled ("NAME: /…/io.py:816: UserWarning: NAME: a stack of 3 sections…").
+    with _library_messages() as messages, warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
         try:
             with _libtiff_errors(cv2, tiff and messages.capturing):
                 raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
@@ -793,6 +797,8 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         # OpenCV hands back a canvas of zeros where libtiff could not decode the pixels (a compression it lacks,
         # corrupt LZW or deflate data): read as a blank image, exit 0 with "blank" for a file that is no image
         raise CorruptFileError(f"{name}: not a readable TIFF image ({failed[0]})")
+    for warning in ours:
+        warnings.warn(warning.message, stacklevel=3)
     for message in messages[:MAX_LIBRARY_MESSAGES]:
         warnings.warn(f"{name}: {message}", stacklevel=3)
     del raw_bytes  # the file's bytes, and below the colour pixels once grey: not all alive at the peak

@@ -1053,3 +1053,23 @@ def test_a_tiff_of_zeros_libtiff_reads_is_still_a_blank_image_and_a_partly_corru
     with pytest.warns(UserWarning, match=r"broken\.tif: libtiff: "):
         image = io.read_image(broken)
     assert image.shape == (300, 300) and image.data.any()
+
+
+def test_a_library_caller_sees_a_tiff_stack_s_warning_once_and_whole(tmp_path):
+    """Found by hand (fuzz13): Python's default filter prints a warning when it is issued; the "a stack of 3
+    sections" warning was issued while descriptor 2 was redirected to collect the decoders' lines, so it was
+    collected too and came out as two mangled warnings ("NAME: /.../io.py:816: UserWarning: NAME: a stack..." and
+    "NAME: return _read_any(...)"). It is held until descriptor 2 is back, and printed once."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "stack.tif"
+    assert cv2.imwritemulti(str(path), [np.full((40, 50), k, np.uint8) for k in range(3)])
+    code = f"from ptolemy_rt import read_image; print(read_image({str(path)!r}).shape)"
+    env = {**os.environ, "PYTHONPATH": str(Path(io.__file__).parents[1]), "PYTHONWARNINGS": "default"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                       check=True)
+    assert r.stdout.strip() == "(40, 50)"
+    warned = [line for line in r.stderr.splitlines() if "Warning" in line]
+    assert len(warned) == 1 and warned[0].endswith(f"UserWarning: {path}: a stack of 3 sections; using section 0 "
+                                                   "(choose with --section)"), r.stderr
