@@ -776,7 +776,9 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         pages = _check_raster(_FileView(fh, size), name, max_pixels)
         _check_raster_section(path, name, section, pages)
         fh.seek(0)
-        raw_bytes = np.fromfile(fh, dtype=np.uint8)  # cv2.imread cannot open non-ASCII paths on Windows
+        # cv2.imread cannot open non-ASCII paths on Windows. `size` bytes, those checked: a file still being written
+        # (or grown by another program) was read to its end, whatever the header and the size checks had allowed
+        raw_bytes = np.fromfile(fh, dtype=np.uint8, count=size)
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
     tiff = path.suffix.lower() in TIFF_SUFFIXES

@@ -1073,3 +1073,27 @@ def test_a_library_caller_sees_a_tiff_stack_s_warning_once_and_whole(tmp_path):
     warned = [line for line in r.stderr.splitlines() if "Warning" in line]
     assert len(warned) == 1 and warned[0].endswith(f"UserWarning: {path}: a stack of 3 sections; using section 0 "
                                                    "(choose with --section)"), r.stderr
+
+
+def test_a_raster_growing_while_it_is_read_is_read_as_checked(tmp_path, monkeypatch):
+    """Found by hand (fuzz13): the header and size checks looked at the file's size, then np.fromfile read to its
+    end: a file still being written (or grown by another program meanwhile) was read whole, however large it had
+    become (here 256 MiB of zeros more). Only the bytes checked are read."""
+    import tracemalloc
+
+    path = tmp_path / "growing.png"
+    assert cv2.imwrite(str(path), np.full((300, 300), 9, np.uint8))
+    checked = io._check_raster_section
+
+    def grow(p, *args):
+        checked(p, *args)
+        os.truncate(p, p.stat().st_size + (256 << 20))  # sparse: no disk used
+
+    monkeypatch.setattr(io, "_check_raster_section", grow)
+    tracemalloc.start()
+    try:
+        image = io.read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (300, 300) and peak < (64 << 20)
