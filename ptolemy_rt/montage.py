@@ -116,12 +116,20 @@ class Mdoc:
         }
 
 
+_MAX_COORDINATE = 2.0**31
+
+
 def _ints3(value: str, name: str, key: str) -> tuple[int, int, int]:
     parts = value.split()
     try:
-        nums = [round(float(p)) for p in parts[:3]]
+        floats = [float(p) for p in parts[:3]]
     except ValueError:
         raise CorruptFileError(f"{name}: {key} = {value!r} is not numeric") from None
+    if not all(abs(v) < _MAX_COORDINATE for v in floats):  # NaN and infinities too
+        # SerialEM writes 32-bit pixel coordinates: 1e308 and inf raised OverflowError, read as "not a readable
+        # image (OverflowError: Python int too large to convert to C long)" naming the stack, not the .mdoc
+        raise CorruptFileError(f"{name}: {key} = {value!r} is not a pixel coordinate (|value| < 2**31)")
+    nums = [round(v) for v in floats]
     if len(nums) < 2:
         raise CorruptFileError(f"{name}: {key} = {value!r} needs x y (z)")
     return nums[0], nums[1], nums[2] if len(nums) > 2 else 0

@@ -617,3 +617,16 @@ def test_a_mdoc_of_other_sized_pieces_is_refused(tmp_path):
         read_montage(tmp_path / "LMM.mrc")
     (tmp_path / "LMM.mrc.mdoc").write_text("PixelSpacing = 100\nImageSize = 32 32\nMontage = 1\n\n" + pieces)
     assert read_montage(tmp_path / "LMM.mrc", flatten=False).image.shape == (32, 88)
+
+
+@pytest.mark.parametrize("coordinate", ["1e308", "inf", "-inf", "nan", "2147483648", "-3e9"])
+def test_piece_coordinates_no_writer_gives_name_the_mdoc(tmp_path, coordinate):
+    """Found by hand (fuzz13): PieceCoordinates = 1e308 (or inf) raised OverflowError, which read_image turned into
+    "NAME.mrc: not a readable image (OverflowError: Python int too large to convert to C long)": the stack named,
+    not the .mdoc holding the lie. Coordinates beyond SerialEM's 32 bits are refused naming the .mdoc."""
+    from ptolemy_rt.io import read_image
+
+    tiles = [np.full((64, 64), 5, np.float32)] * 2
+    path = write_stack(tmp_path, tiles, [(0, 0), (coordinate, 0)])
+    with pytest.raises(CorruptFileError, match=r"mont\.mrc\.mdoc: PieceCoordinates = .* (is not|not a pixel)"):
+        read_image(path)
