@@ -524,10 +524,11 @@ def _raster_claims(raw: bytes | memoryview, name: str) -> list[tuple[int, int, i
     return []
 
 
-# Entries read from one IFD (libtiff's own tag table has a few hundred), and the last tag read (SamplesPerPixel).
+# Entries read from one IFD (libtiff's own tag table has a few hundred), and the last tag read
+# (PlanarConfiguration).
 MAX_IFD_ENTRIES = 4096
 MAX_TIFF_ENTRIES = 1 << 16  # all IFDs together: MAX_PAGES pages of the ~9 entries read in each, with room
-_LAST_TIFF_TAG = 277
+_LAST_TIFF_TAG = 284
 
 
 def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = False) -> list[tuple[int, int, int]]:
@@ -548,7 +549,7 @@ def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = Fal
             raise TooLargeError(f"{name}: the TIFF holds more than {MAX_PAGES} pages")
         count = struct.unpack(order + count_fmt, raw[offset:offset + count_size])[0]
         width = height = 0
-        samples, bits = 1, 8
+        samples, bits, planar = 1, 8, 1
         first = offset + count_size
         # Real IFDs hold tens of entries, in tag order: a sparse file claiming millions each, chained, was walked
         # for hours (2.3 s an IFD). The entries past MAX_IFD_ENTRIES, past the last tag read here, or past the
@@ -578,12 +579,22 @@ def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = Fal
                 height = value
             elif tag == 277:
                 samples = value
+            elif tag == 284:
+                planar = value
             elif tag == 258 and n * 2 <= len(field):  # the counts fit the entry: the first is in place
                 bits = value
             elif tag == 258 and typ == 3:  # one count per sample, stored apart: the entry holds their offset
                 at = struct.unpack(order + link_fmt, field[:link_size])[0]
                 if at + 2 <= len(raw):
                     bits = struct.unpack(order + "H", raw[at:at + 2])[0]
+        if planar == 2 and samples > 1 and not (bits == 8 and samples in (3, 4)):
+            # Separate sample planes: OpenCV decodes 8-bit RGB(A) ones through libtiff's RGBA reader, every other
+            # kind as if its samples were interleaved: a 16-bit RGB or a grey-and-alpha file came out as a
+            # scrambled image, exit 0 with targets found in noise.
+            raise UnsupportedFormatError(f"{name}: a TIFF of separate sample planes (PlanarConfiguration 2) with "
+                                         f"{samples} samples of {bits} bits is not read correctly by OpenCV; save "
+                                         "it with interleaved samples (PlanarConfiguration 1) or as one grey "
+                                         "channel")
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
         end = first + entry_size * count
         if end + link_size > len(raw):
