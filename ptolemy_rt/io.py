@@ -381,9 +381,17 @@ def _validator_lines(mrc, file_size: int) -> list[str]:
     import mrcfile.mrcinterpreter
 
     data, extended = mrc.data, mrc.extended_header
-    if data is not None and extended is not None and _statistics_hold(mrc.header, data):
+    exttyp = bytes(mrc.header.exttyp)
+    # The validator words an unknown extended header type by decoding it as ASCII: a byte over 127 raised
+    # UnicodeDecodeError, and a file whose data block is whole was refused even with --permissive ("not a readable
+    # image (UnicodeDecodeError: ...)"). Such a header is checked without it (and its statistics are not), and the
+    # validator's line is said here.
+    foreign = int(mrc.header.nsymbt) > 0 and not exttyp.isascii()
+    if data is not None and extended is not None and (foreign or _statistics_hold(mrc.header, data)):
         header = mrc.header.copy()
         header.rms, header.dmin, header.dmax, header.dmean = -1, 0, 0, -1  # undetermined, as MRC2014 has it
+        if foreign:
+            header.exttyp = b"MRCO"
         stream = io.BytesIO(header.tobytes() + extended.tobytes())
         report = io.StringIO()
         with warnings.catch_warnings():
@@ -394,6 +402,8 @@ def _validator_lines(mrc, file_size: int) -> list[str]:
         if file_size != expected:  # MrcFile.validate's own check, in its words
             print(f"File is larger than expected. Actual size: {file_size} bytes; expected size: {expected} "
                   "bytes (calculated from header)", file=report)
+        if foreign:
+            print(f"Extended header type is undefined or unrecognised: exttyp = {exttyp!r}", file=report)
     else:
         report = io.StringIO()
         with np.errstate(all="ignore"), warnings.catch_warnings():

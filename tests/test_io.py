@@ -1152,3 +1152,21 @@ def test_a_tiff_of_separate_planes_opencv_misreads_is_refused(tmp_path, dtype, f
     path.write_bytes(_planar_tiff(rgb, 1, planar=2))
     a = rgb.astype(np.float64)
     assert np.abs(io.read_image(path).data - (0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2])).max() <= 1.0
+
+
+def test_an_extended_header_type_of_non_ascii_bytes_is_said_and_read_with_permissive(tmp_path):
+    """Found by hand (fuzz13): mrcfile's validator words an unknown extended header type by decoding it as ASCII;
+    a byte over 127 raised UnicodeDecodeError, and the file was refused even with --permissive ("not a readable
+    image (UnicodeDecodeError: ...)") although its data block is whole. The validator's line is said instead."""
+    data = np.arange(64 * 80, dtype=np.int16).reshape(64, 80)
+    path = tmp_path / "odd.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.set_extended_header(np.zeros(64, np.uint8))
+        m.header.exttyp = b"\xff\xfeZ\x80"
+    with pytest.raises(CorruptFileError, match=r"odd\.mrc: invalid MRC file: Extended header type is undefined or "
+                                               r"unrecognised: exttyp = b'\\xff\\xfeZ\\x80' \(--permissive"):
+        io.read_image(path)
+    with pytest.warns(UserWarning, match="Extended header type is undefined"):
+        image = io.read_image(path, permissive=True)
+    assert np.array_equal(image.data, data)
