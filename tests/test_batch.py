@@ -1578,3 +1578,27 @@ def test_a_nav_map_file_name_too_long_to_look_up_fails_that_map_alone(tmp_path, 
     assert done.returncode in (2, 4) and "internal error" not in done.stderr, done.stderr
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
     assert [r["status"] for r in rows if r["id"].endswith("atlas.mrc")] == ["ok"]
+
+
+@pytest.mark.slow  # a pool of two spawned workers: seconds
+def test_pool_workers_say_warnings_as_the_command_line_does(tmp_path):
+    """Found by hand (fuzz13): a batch's spawned workers printed Python's own two-line warnings ("/.../io.py:295:
+    UserWarning: NAME: a stack of 3 sections ..." and the source line that warned), and numpy's RuntimeWarning from
+    mrcfile's voxel size of an MRC header with mx = 0, naming no file; --workers 1 said "warning: ..." lines."""
+    import cv2
+    import mrcfile
+
+    session = tmp_path / "in"
+    session.mkdir()
+    page = np.random.default_rng(0).integers(0, 200, (300, 300)).astype(np.uint8)
+    assert cv2.imwritemulti(str(session / "atlas_a.tif"), [page, page, page])
+    with mrcfile.new(session / "atlas_b.mrc") as m:
+        m.set_data(page.astype(np.int16))
+        m.header.mx = 0  # its voxel size divides by zero
+    r = _cli(str(session), "-o", str(tmp_path / "out"), "--workers", "2", "--threads", "1", "--kind", "squares",
+             "--no-report")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert f"warning: {session / 'atlas_a.tif'}: a stack of 3 sections; using section 0 (choose with --section)" \
+        in lines
+    assert all(line.startswith(("warning: ", "ptolemy-rt batch: ")) for line in lines), r.stderr
