@@ -429,6 +429,11 @@ def point_item(frame: MapFrame, label: str, map_id: int, col: float, row: float,
                note: str | None = None, exact_map_coords: bool = False) -> NavItem:
     """A point item at file pixel (col, row) of the image, drawn on `frame`'s map."""
     x, y = frame.stage_xy(col, row, image_shape)
+    if not (math.isfinite(x) and math.isfinite(y)):
+        # finite keys whose product overflows (MapScaleMat = 1 1e308 0 1 has determinant 1): "StageXYZ = -inf"
+        # and "PtsX = -inf" were written into the copy for SerialEM, exit 0
+        raise InputError(f"navigator map {frame.label}: its StageXYZ and MapScaleMat put pixel ({col:g}, {row:g}) "
+                         f"of the image at stage ({x:g}, {y:g}) µm, which is no stage position")
     fields: list[tuple[str, str]] = [
         ("Color", "0"),
         ("StageXYZ", f"{_g(x)} {_g(y)} {_g(frame.stage[2])}"),
