@@ -698,6 +698,31 @@ def _check_raster(raw: bytes | memoryview | _FileView, name: str, max_pixels: in
     return len(claims)
 
 
+# A progressive JPEG's scans each take a pass over the whole image: libjpeg's own scripts write 6-10, tuned
+# encoders a few tens. A 94 kB file of 1,000 copies of a 31-byte refinement scan over 4000x4000 pixels took 44 s to
+# decode (30,000 copies, under 1 MB: 22 minutes). At most MAX_JPEG_SCANS scans, and at most JPEG_SCAN_PASSES passes
+# over an image of the pixel budget's size (pixels counted as at least a megapixel: scans of tiny images cost
+# their per-scan overhead).
+MAX_JPEG_SCANS = 1000
+JPEG_SCAN_PASSES = 16
+
+
+def _check_jpeg_scans(raw: np.ndarray, name: str, max_pixels: int) -> None:
+    """Refuse a JPEG (the file's bytes) whose scans would take longer to decode than any image's should."""
+    if raw.size < 4 or raw[0] != 0xFF or raw[1] != 0xD8:
+        return
+    # Entropy-coded data holds 0xFF only before 0x00 (stuffing) or a restart marker: 0xFF 0xDA is a scan header
+    # (or one of an embedded thumbnail's, counted too: a few).
+    marks = np.flatnonzero(raw[:-1] == 0xFF)
+    scans = int(np.count_nonzero(raw[marks + 1] == 0xDA))
+    claims = _raster_claims(memoryview(raw), name)
+    pixels = max((w * h for w, h, _ in claims), default=0)
+    if scans > MAX_JPEG_SCANS or scans * max(pixels, 1 << 20) > JPEG_SCAN_PASSES * max_pixels:
+        raise CorruptFileError(f"{name}: a JPEG of {scans} scans over {pixels} pixels (each scan a pass over the "
+                               f"whole image; at most {MAX_JPEG_SCANS}, and {JPEG_SCAN_PASSES} passes over the pixel "
+                               "budget): refused as a decoding-time bomb")
+
+
 # The decoders' own lines re-issued as warnings for one image, at most (libjpeg prints the first of its warnings).
 MAX_LIBRARY_MESSAGES = 3
 
@@ -802,6 +827,7 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         raw_bytes = np.fromfile(fh, dtype=np.uint8, count=size)
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
+    _check_jpeg_scans(raw_bytes, name, max_pixels)
     tiff = path.suffix.lower() in TIFF_SUFFIXES
     # Our own warnings (a stack's "using section 0") are held until descriptor 2 is back: printed meanwhile (a
     # library caller's default filter prints them at once), they were collected as a library's lines and came out

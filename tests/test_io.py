@@ -1170,3 +1170,30 @@ def test_an_extended_header_type_of_non_ascii_bytes_is_said_and_read_with_permis
     with pytest.warns(UserWarning, match="Extended header type is undefined"):
         image = io.read_image(path, permissive=True)
     assert np.array_equal(image.data, data)
+
+
+def _progressive_jpeg(side: int, extra_scans: int) -> bytes:
+    """A grey progressive JPEG of a constant side x side image, its last (AC refinement) scan repeated."""
+    _, buf = cv2.imencode(".jpg", np.full((side, side), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    raw = buf.tobytes()
+    last = raw.rfind(b"\xff\xda")
+    return raw[:-2] + raw[last:-2] * extra_scans + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_path):
+    """Found by hand (fuzz13): every scan of a progressive JPEG is a pass over the whole image; 1,000 copies of a
+    31-byte refinement scan over 4000x4000 pixels (a 94 kB file) took 44 s to decode, 30,000 (under 1 MB) would
+    take 22 minutes. At most MAX_JPEG_SCANS scans, and JPEG_SCAN_PASSES passes over the pixel budget; libjpeg's own
+    progressive files (6 scans for grey) read as before."""
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(_progressive_jpeg(512, 0))
+    assert io.read_image(plain).shape == (512, 512)
+    many = tmp_path / "many.jpg"
+    many.write_bytes(_progressive_jpeg(512, io.MAX_JPEG_SCANS))
+    with pytest.raises(CorruptFileError, match=r"many\.jpg: a JPEG of 1006 scans .* decoding-time bomb"):
+        io.read_image(many)
+    costly = tmp_path / "costly.jpg"  # 70 scans of a megapixel: more than 16 passes over a budget of 2**22
+    costly.write_bytes(_progressive_jpeg(1024, 64))
+    with pytest.raises(CorruptFileError, match=r"costly\.jpg: a JPEG of 70 scans over 1048576 pixels"):
+        io.read_image(costly, max_pixels=1 << 22)
+    assert io.read_image(costly).shape == (1024, 1024)
