@@ -2,7 +2,7 @@
 table of defects per class.
 
 `--seed-base 1000000` runs cases no earlier run has (the default 0 is CI's schedule); `--cases N` gives the first
-nine classes N cases and the later ones their share on top (500 -> 911).
+nine classes N cases and the later ones their share on top (500 -> 927).
 
 Exits 1 when any case shows a defect (each is listed with its class, seed and detail), else 0.
 """

@@ -35,6 +35,7 @@ from .surfaces import (
     small_files,
 )
 from .surfaces_api import API_CLASSES, api_arrays, api_options
+from .surfaces_decoders import DECODER_CLASSES, decoder_lies
 from .surfaces_facility import FACILITY_CLASSES, facility_files
 from .surfaces_files import FILE_CLASSES, batch_races, text_encodings
 from .surfaces_process import PROCESS_CLASSES, environment, raster_bombs, stdout_commands
@@ -42,7 +43,7 @@ from .surfaces_process import PROCESS_CLASSES, environment, raster_bombs, stdout
 # New classes go at the end: a class's index seeds its cases.
 CLASSES = ("header_lies", "truncation", "bombs", "extreme_values", "special_paths", "manifests", "options",
            "signals", "concurrency", *NEW_CLASSES, *API_CLASSES, *PROCESS_CLASSES, *FILE_CLASSES,
-           *FACILITY_CLASSES)
+           *FACILITY_CLASSES, *DECODER_CLASSES)
 _OWN = {"rasters": rasters, "mrc_stacks": mrc_stacks}
 _WITH_IMAGE = {"sidecars": sidecars, "navs": navs, "sessions": sessions, "edge_options": edge_options,
                "full_disk": full_disk, "small_files": small_files,
@@ -50,7 +51,7 @@ _WITH_IMAGE = {"sidecars": sidecars, "navs": navs, "sessions": sessions, "edge_o
                "resume": resume, "path_names": path_names, "api_options": api_options, "api_arrays": api_arrays,
                "stdout_commands": stdout_commands, "environment": environment, "raster_bombs": raster_bombs,
                "text_encodings": text_encodings, "batch_races": batch_races,
-               "facility_files": facility_files}
+               "facility_files": facility_files, "decoder_lies": decoder_lies}
 
 # Header words an MRC writer fills in (byte offset, name).
 WORDS = [(0, "nx"), (4, "ny"), (8, "nz"), (12, "mode"), (28, "mx"), (32, "my"), (36, "mz"), (64, "mapc"),
@@ -365,7 +366,8 @@ NEW_WEIGHTS = {"rasters": 60, "mrc_stacks": 60, "sidecars": 30, "navs": 30, "ses
                "full_disk": 6, "small_files": 24, "pipelines": 30,
                "batch_signals": 4, "model_graphs": 12, "resume": 12,
                "path_names": 20, "api_options": 24, "api_arrays": 16, "stdout_commands": 6, "environment": 6,
-               "raster_bombs": 16, "text_encodings": 12, "batch_races": 1, "facility_files": 8}
+               "raster_bombs": 16, "text_encodings": 12, "batch_races": 1, "facility_files": 8,
+               "decoder_lies": 8}
 # Classes run only with --only (none at present: a class that finds defects not yet fixed waits here, so that
 # CI's slice stays green).
 OPT_IN: set[str] = set()

@@ -125,6 +125,10 @@ def _api(case: dict) -> tuple[int | None, str]:
                     from .surfaces_facility import run_facility_case
 
                     return run_facility_case(case)
+                elif call == "decoders":
+                    from .surfaces_decoders import run_decoder_case
+
+                    return run_decoder_case(case)
                 elif call == "api_array":
                     from .surfaces_api import run_array_case
 
