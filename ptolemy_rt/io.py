@@ -605,6 +605,11 @@ def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = Fal
                                          f"{samples} samples of {bits} bits is not read correctly by OpenCV; save "
                                          "it with interleaved samples (PlanarConfiguration 1) or as one grey "
                                          "channel")
+        if samples == 2 and bits > 8:
+            # grey and alpha of 16 bits or more: OpenCV reads it through libtiff's 8-bit RGBA reader, unsigned
+            # pixels cut to their top 8 bits, signed ones to zeros
+            raise UnsupportedFormatError(f"{name}: a TIFF of grey and alpha samples of {bits} bits is not read "
+                                         "correctly by OpenCV; save it as one grey channel")
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
         end = first + entry_size * count
         if end + link_size > len(raw):
