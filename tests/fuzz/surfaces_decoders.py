@@ -4,7 +4,8 @@ hand-made defects in generated form.
 - tiff_lost: a TIFF whose strip libtiff cannot decode (a compression it lacks, or a stream of zeros for deflate or
   LZW): OpenCV handed back a canvas of zeros, read as a blank image (exit 0). Now 2, naming the file.
 - tiff_planes: separate sample planes (PlanarConfiguration 2): OpenCV reads 8-bit RGB right (its pixels are
-  checked), every other kind scrambled. Those are refused (2).
+  checked), every other kind scrambled; and grey and alpha of 16 bits, interleaved, cut to 8 bits or zeros. Those
+  are refused (2).
 - jpeg_scans: a progressive JPEG whose last scan is repeated up to thousands of times (each scan a pass over the
   image: 44 s for a 94 kB file): read within the time limit, or refused (2).
 - mrc_exttyp: an MRC extended header whose type is four random bytes (non-ASCII ones made mrcfile's validator
@@ -71,13 +72,15 @@ def _tiff_lost(rng: np.random.Generator, d: Path) -> dict:
 
 
 def _tiff_planes(rng: np.random.Generator, d: Path) -> dict:
-    dtype, fmt, samples = _pick(rng, [(np.uint8, 1, 3), (np.uint8, 1, 3), (np.uint16, 1, 3), (np.int16, 2, 3),
-                                      (np.float32, 3, 3), (np.uint16, 1, 4), (np.uint8, 1, 2), (np.uint32, 1, 3)])
+    dtype, fmt, samples, planar = _pick(rng, [(np.uint8, 1, 3, 2), (np.uint8, 1, 3, 2), (np.uint16, 1, 3, 2),
+                                              (np.int16, 2, 3, 2), (np.float32, 3, 3, 2), (np.uint16, 1, 4, 2),
+                                              (np.uint8, 1, 2, 2), (np.uint32, 1, 3, 2), (np.uint16, 1, 2, 1),
+                                              (np.int16, 2, 2, 1)])
     width, height = (int(v) for v in rng.integers(16, 96, 2))
     planes = (rng.random((samples, height, width)) * 200).astype(dtype)
     path = d / "planes.tif"
-    path.write_bytes(_tiff(width, height, [p.tobytes() for p in planes], planes.dtype.itemsize * 8, samples, fmt, 1,
-                           2))
+    blobs = [p.tobytes() for p in planes] if planar == 2 else [np.moveaxis(planes, 0, -1).tobytes()]
+    path.write_bytes(_tiff(width, height, blobs, planes.dtype.itemsize * 8, samples, fmt, 1, planar))
     if dtype is np.uint8 and samples == 3:  # read right: its grey pixels are checked
         a = planes.astype(np.float64)
         np.save(d / "want.npy", 0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2])
