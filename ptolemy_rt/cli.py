@@ -465,6 +465,11 @@ def _run_batch(args: argparse.Namespace, finder: Callable, options: dict) -> int
             models = load_models(args.models, provider=args.provider, threads=args.threads)
         except PtolemyError:
             raise
+        except MemoryError:
+            # onnxruntime's sessions reserve over 2 GB of address space: under `ulimit -v 2000000` the set was
+            # "unusable (MemoryError: )", blaming a sound set
+            raise ModelError(f"{args.models or 'the shipped model set'}: not enough memory to load the models "
+                             "(is this process's memory limited? ulimit -v)") from None
         except Exception as exc:  # noqa: BLE001 -- whatever a malformed set makes the loader trip on
             raise ModelError(f"{args.models or 'the shipped model set'}: unusable model set "
                              f"({type(exc).__name__}: {exc})") from None

@@ -271,3 +271,18 @@ def test_outputs_get_normal_permissions(tmp_path, atlas, capsys):
     finally:
         os.umask(old)
     assert (out.stat().st_mode & 0o777) == 0o644
+
+
+def test_a_model_set_that_does_not_fit_in_memory_is_said_so(tmp_path, atlas, models_dir, capsys, monkeypatch):
+    """Found by hand (fuzz13): onnxruntime's sessions reserve over 2 GB of address space; under `ulimit -v 2000000`
+    squares and holes said "the shipped model set: unusable model set (MemoryError: )", blaming a sound set. The
+    line says memory (exit 3: the models cannot run here)."""
+    import ptolemy_rt.models as m
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(m, "load_models", no_memory)
+    code, _, err = run(["holes", atlas, "--models", models_dir], capsys)
+    assert code == 3 and err.strip().splitlines() == [
+        f"error: {models_dir}: not enough memory to load the models (is this process's memory limited? ulimit -v)"]
