@@ -418,7 +418,9 @@ def read_verified(directory: Path, spec: ModelSpec) -> bytes:
                 if digest != spec.sha256:
                     raise ModelError(_mismatch(path, digest, spec))
                 fh.seek(0)
-            blob = fh.read(MAX_GRAPH_BYTES + 1)
+            # what the stat said, and a byte more (a file grown since fails the hash): read(2 GiB) reserved 2 GiB
+            # of address space for a 10 MB graph, a MemoryError under `ulimit -v 2000000`
+            blob = fh.read(min(st.st_size, MAX_GRAPH_BYTES) + 1)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model file ({exc})") from None
     if len(blob) > MAX_GRAPH_BYTES:  # grew since the stat

@@ -238,3 +238,21 @@ def test_a_manifest_saved_with_a_byte_order_mark_is_read(tiny, capsys):
         (tiny / "manifest.json").write_bytes(text.encode(encoding))
         assert read_manifest(tiny).name == "tiny-test-set"
         assert validate_cli(tiny, capsys) == (0, [])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="an address-space limit in a child process (POSIX)")
+def test_a_model_set_loads_under_an_address_space_limit_of_a_cluster_job():
+    """Found by hand (fuzz13): each graph was read with fh.read(2 GiB), which reserves 2 GiB of address space for
+    a 10 MB file: under `ulimit -v 2000000` (a batch system's usual job limit) every scored squares/holes run was
+    "unusable model set (MemoryError: )", exit 3. The read asks for the size the stat gave."""
+    import subprocess
+    import sys
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (1500 << 20, 1500 << 20)); "
+            "from ptolemy_rt.manifest import read_manifest, read_verified; from ptolemy_rt.models import "
+            "default_models_dir; d = default_models_dir(); "
+            "print(sum(len(read_verified(d, s)) > 0 for s in read_manifest(d).models.values()))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       check=False)
+    assert r.returncode == 0 and int(r.stdout) >= 2, r.stderr[-2000:]
