@@ -386,6 +386,14 @@ def _mutate(changes: list[dict], image: str | None) -> None:
                 shutil.copyfile(image, path.with_name("added_" + path.name))
 
 
+def _interpreter_start_up(err: str) -> bool:
+    """Whether stderr is the interpreter's own failure to start, interrupted while it imported `site` (exit 1,
+    "Fatal Python error: init_import_site ... KeyboardInterrupt"; fuzz signals 130000000): Python's SIGINT handler
+    is in place before any program's code runs, so no package can answer it there (as -2/-15 before it)."""
+    return err.lstrip().startswith("Fatal Python error: init_import_site") \
+        and err.rstrip().endswith("KeyboardInterrupt")
+
+
 def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     """Run one command-line case and judge it."""
     t0 = time.perf_counter()
@@ -412,6 +420,8 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     rss = max(r[1] for r in results)
     for (code, _), (_, _, errf) in zip(results, procs):
         err = errf.read_bytes().decode("utf-8", "replace")
+        if code == 1 and case.get("signal") == "SIGINT" and _interpreter_start_up(err):
+            continue  # Ctrl-C while the interpreter itself started (site): before any of the package's code ran
         if code is None:
             problems.append("hang")
         elif code in (-11, -6, -7, -4, -8, 139, 134):

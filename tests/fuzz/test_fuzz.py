@@ -105,3 +105,18 @@ def test_schedule_keeps_ci_pairs_and_shifts_seeds():
     assert schedule(500, 10**6) == [(c, s + 10**6) for c, s in plan]
     only = schedule(100, 5, {"navs", "bombs"})
     assert len(only) == 100 and {c for c, _ in only} == {"navs", "bombs"} and min(s for _, s in only) == 5
+
+
+def test_an_interrupt_while_the_interpreter_starts_is_told_from_the_package_s_own():
+    """Fuzz signals 130000000: Ctrl-C while the interpreter imported `site` (before any of the package's code ran)
+    is its "Fatal Python error: init_import_site" and exit 1, accepted as -2 is; a KeyboardInterrupt traceback
+    from the package's own code is still a defect."""
+    from .runner import _interpreter_start_up
+
+    startup = ("Fatal Python error: init_import_site: Failed to import the site module\nPython runtime state: "
+               "initialized\nTraceback (most recent call last):\n  File \"<frozen os>\", line 58, in <module>\n"
+               "KeyboardInterrupt\n\n")
+    assert _interpreter_start_up(startup)
+    ours = "Traceback (most recent call last):\n  File \"/x/ptolemy_rt/cli.py\", line 3, in main\nKeyboardInterrupt\n"
+    assert not _interpreter_start_up(ours)
+    assert not _interpreter_start_up(startup.replace("KeyboardInterrupt", "MemoryError"))
