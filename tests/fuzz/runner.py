@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -386,12 +387,21 @@ def _mutate(changes: list[dict], image: str | None) -> None:
                 shutil.copyfile(image, path.with_name("added_" + path.name))
 
 
+# What site.py prints for a .pth file whose line failed (here: an import the Ctrl-C broke), before it goes on.
+_SITE_BLOCK = re.compile(r"Error processing line \d+ of [^\n]*\.pth:\n.*?\nRemainder of file ignored\n?", re.S)
+
+
 def _interpreter_start_up(err: str) -> bool:
-    """Whether stderr is the interpreter's own failure to start, interrupted while it imported `site` (exit 1,
-    "Fatal Python error: init_import_site ... KeyboardInterrupt"; fuzz signals 130000000): Python's SIGINT handler
-    is in place before any program's code runs, so no package can answer it there (as -2/-15 before it)."""
-    return err.lstrip().startswith("Fatal Python error: init_import_site") \
-        and err.rstrip().endswith("KeyboardInterrupt")
+    """Whether stderr is the interpreter's own, interrupted while it started (fuzz signals 130000000): exit 1 with
+    "Fatal Python error: init_import_site" (or init_sys_streams), or -2 with a KeyboardInterrupt traceback of
+    frozen start-up modules alone (runpy finding the package). Python's SIGINT handler is in place before any
+    program's code runs, so no package can answer it there (as -2/-15 before it)."""
+    lines = err.strip().splitlines()
+    if not lines or lines[-1] != "KeyboardInterrupt":
+        return False
+    frames = [line for line in lines if line.lstrip().startswith('File "')]
+    return bool(frames) and all('File "<frozen ' in f for f in frames) \
+        or lines[0].startswith("Fatal Python error: init_") and not any("ptolemy_rt" in f for f in frames)
 
 
 def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
@@ -420,8 +430,10 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
     rss = max(r[1] for r in results)
     for (code, _), (_, _, errf) in zip(results, procs):
         err = errf.read_bytes().decode("utf-8", "replace")
-        if code == 1 and case.get("signal") == "SIGINT" and _interpreter_start_up(err):
-            continue  # Ctrl-C while the interpreter itself started (site): before any of the package's code ran
+        if case.get("signal") == "SIGINT":
+            err = _SITE_BLOCK.sub("", err)  # an import of a .pth file broken by the Ctrl-C: site says so, goes on
+            if code in (1, -2) and _interpreter_start_up(err):
+                continue  # Ctrl-C while the interpreter itself started: before any of the package's code ran
         if code is None:
             problems.append("hang")
         elif code in (-11, -6, -7, -4, -8, 139, 134):

@@ -111,12 +111,20 @@ def test_an_interrupt_while_the_interpreter_starts_is_told_from_the_package_s_ow
     """Fuzz signals 130000000: Ctrl-C while the interpreter imported `site` (before any of the package's code ran)
     is its "Fatal Python error: init_import_site" and exit 1, accepted as -2 is; a KeyboardInterrupt traceback
     from the package's own code is still a defect."""
-    from .runner import _interpreter_start_up
+    from .runner import _SITE_BLOCK, _interpreter_start_up
 
     startup = ("Fatal Python error: init_import_site: Failed to import the site module\nPython runtime state: "
                "initialized\nTraceback (most recent call last):\n  File \"<frozen os>\", line 58, in <module>\n"
                "KeyboardInterrupt\n\n")
     assert _interpreter_start_up(startup)
+    assert _interpreter_start_up(startup.replace("init_import_site: Failed to import the site module",
+                                                 "init_sys_streams: can't initialize sys standard streams"))
+    runpy = ("Traceback (most recent call last):\n  File \"<frozen runpy>\", line 189, in _run_module_as_main\n"
+             "  File \"<frozen runpy>\", line 112, in _get_module_details\nKeyboardInterrupt\n")
+    assert _interpreter_start_up(runpy)
     ours = "Traceback (most recent call last):\n  File \"/x/ptolemy_rt/cli.py\", line 3, in main\nKeyboardInterrupt\n"
-    assert not _interpreter_start_up(ours)
+    assert not _interpreter_start_up(ours) and not _interpreter_start_up(runpy + ours)
     assert not _interpreter_start_up(startup.replace("KeyboardInterrupt", "MemoryError"))
+    site = ("Error processing line 1 of /v/site-packages/__editable__.x.pth:\n\n  Traceback (most recent call last):\n"
+            "    File \"<frozen site>\", line 186, in addpackage\n  AttributeError: x\n\nRemainder of file ignored\n")
+    assert _SITE_BLOCK.sub("", site + "warning: a.mrc: w\n") == "warning: a.mrc: w\n"
