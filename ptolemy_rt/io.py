@@ -451,6 +451,15 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
             # killed the process with SIGBUS at the first page past its new end, a whole batch with it.
             mrc = mrcfile.open(path, mode="r", permissive=permissive)
         except ValueError as exc:
+            stamp = bytes(header.machst)
+            says, reads = ("big" if stamp[:2] == b"\x11\x11" else "little",
+                           "big" if header.dtype["mode"].str[0] == ">" else "little")
+            if says != reads:
+                # mrcfile reads the header in the order the stamp says, where _mrc_header found the other one:
+                # "Unrecognised mode '16777216'" named a problem the file does not have
+                raise CorruptFileError(f"{name}: invalid MRC file: the machine stamp ({stamp.hex(' ')}) says "
+                                       f"{says}-endian, the header reads {reads}-endian (--permissive reads it "
+                                       "anyway)") from None
             raise CorruptFileError(f"{name}: not a valid MRC file ({exc})") from None
     with mrc:
         if mrc.data is None:

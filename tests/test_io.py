@@ -1203,3 +1203,27 @@ def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_pat
     with pytest.raises(CorruptFileError, match=r"costly\.jpg: a JPEG of 70 scans over 1048576 pixels"):
         io.read_image(costly, max_pixels=1 << 22)
     assert io.read_image(costly).shape == (1024, 1024)
+
+
+@pytest.mark.parametrize("stamp", [b"\x11\x11\x00\x00", b"\x44\x44\x00\x00"])
+def test_a_machine_stamp_of_the_other_byte_order_is_named_and_read_with_permissive(tmp_path, stamp):
+    """Found by hand (fuzz13): a header whose machine stamp names the other byte order (some writers get it wrong;
+    _mrc_header reads such a header by its mode) was refused as "not a valid MRC file (Unrecognised mode
+    '16777216')", mrcfile's reading of it in the stamp's order: a problem the file does not have, and no word of
+    --permissive, which reads it. The stamp is named."""
+    data = np.arange(40 * 50, dtype=np.int16).reshape(40, 50)
+    path = tmp_path / "stamp.mrc"
+    if stamp[:2] == b"\x11\x11":
+        _mrc(path, data)
+    else:  # a big-endian file stamped little-endian
+        with mrcfile.new(path) as m:
+            m.set_data(data.astype(">i2"))
+    raw = bytearray(path.read_bytes())
+    raw[212:216] = stamp
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"stamp\.mrc: invalid MRC file: the machine stamp \(.*\) says "
+                                               r"(big|little)-endian, the header reads (little|big)-endian "
+                                               r"\(--permissive reads it anyway\)"):
+        io.read_image(path)
+    with pytest.warns(UserWarning, match="Machine stamp"):
+        assert np.array_equal(io.read_image(path, permissive=True).data, data)
