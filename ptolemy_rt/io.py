@@ -842,7 +842,7 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
     _check_jpeg_scans(raw_bytes, name, max_pixels)
-    tiff = path.suffix.lower() in TIFF_SUFFIXES
+    tiff = _tiff_content(raw_bytes)
     # Our own warnings (a stack's "using section 0") are held until descriptor 2 is back: printed meanwhile (a
     # library caller's default filter prints them at once), they were collected as a library's lines and came out
     # twice, mangled ("NAME: /…/io.py:816: UserWarning: NAME: a stack of 3 sections…").
@@ -884,10 +884,21 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     return Image(data=_validate(raw, name), pixel_size_A=None, source=name, dtype=dtype, section=section)
 
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _tiff_content(raw_bytes: np.ndarray) -> bool:
+    """Whether the file's bytes begin as a TIFF's (classic or BigTIFF), whatever its name says."""
+    return bytes(raw_bytes[:4]) in _TIFF_MAGIC
+
+
 def _decode_raster(cv2, raw_bytes: np.ndarray, path: Path, name: str, section: int | None, listed: int = 0):
     """Decode with OpenCV: (pixels, section or None). `listed`: the pages the TIFF's IFD chain lists; with more
     than one only the page asked for is decoded (300 pages of 12000x64 float64 took 3.6 GB and 37 s for one)."""
-    if path.suffix.lower() in TIFF_SUFFIXES and listed > 1:
+    # Pages are a TIFF's: OpenCV's imdecodemulti decodes every frame of anything (an animated PNG named .tif, 3000
+    # frames of 1000x1000 zeros in 3 MB, took 6 GB; its header lists one image). Other content: the first image.
+    multi = path.suffix.lower() in TIFF_SUFFIXES and _tiff_content(raw_bytes)
+    if multi and listed > 1:
         if section is None:
             warnings.warn(f"{name}: a stack of {listed} sections; using section 0 (choose with --section)",
                           stacklevel=4)
@@ -897,7 +908,7 @@ def _decode_raster(cv2, raw_bytes: np.ndarray, path: Path, name: str, section: i
         if not ok or not pages:
             raise CorruptFileError(f"{name}: not a readable TIFF image (page {page} of {listed})")
         return pages[0], page
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if multi:
         ok, pages = cv2.imdecodemulti(raw_bytes, cv2.IMREAD_UNCHANGED)
         if not ok or not pages:
             raise CorruptFileError(f"{name}: not a readable TIFF image")

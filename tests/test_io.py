@@ -1227,3 +1227,43 @@ def test_a_machine_stamp_of_the_other_byte_order_is_named_and_read_with_permissi
         io.read_image(path)
     with pytest.warns(UserWarning, match="Machine stamp"):
         assert np.array_equal(io.read_image(path, permissive=True).data, data)
+
+
+def test_an_animated_png_named_tif_is_read_as_its_first_image_not_every_frame(tmp_path, monkeypatch):
+    """Found by hand (fuzz13): a .tif name sent the file to OpenCV's imdecodemulti, which decodes every frame of
+    anything: an animated PNG of 3000 frames of 1000x1000 zeros (3 MB; its header lists one image, within every
+    budget) took 6 GB. Pages are a TIFF's only: other content gives its first image, as its own name would."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    side, frames = 64, 40
+    pixels = zlib.compress((b"\0" + bytes(range(side))) * side)
+    apng = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    apng += chunk(b"acTL", struct.pack(">II", frames, 0))
+    seq = 0
+    for frame in range(frames):
+        apng += chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, side, side, 0, 0, 1, 10, 0, 0))
+        seq += 1
+        if frame == 0:
+            apng += chunk(b"IDAT", pixels)
+        else:
+            apng += chunk(b"fdAT", struct.pack(">I", seq) + pixels)
+            seq += 1
+    path = tmp_path / "frames.tif"
+    path.write_bytes(apng + chunk(b"IEND", b""))
+    decoded = []
+    multi = cv2.imdecodemulti
+
+    def counting(*args, **kwargs):
+        ok, pages = multi(*args, **kwargs)
+        decoded.append(len(pages))
+        return ok, pages
+
+    monkeypatch.setattr(cv2, "imdecodemulti", counting)
+    image = io.read_image(path)
+    assert image.shape == (side, side) and image.data[0, 5] == 5 and sum(decoded) <= 1
+    with pytest.raises(ShapeError, match="holds a single image"):
+        io.read_image(path, section=3)
