@@ -16,11 +16,14 @@ hand-made defects in generated form.
 - mdoc_coords: a montage .mdoc whose PieceCoordinates hold 1e308, infinities or NaN: 2, naming the .mdoc.
 - raster_grow: a PNG, JPEG or TIFF grown by gigabytes (sparse) after its checks: read as checked (0) within the
   memory limit (it was read to its new end).
+- apng_tif: an animated PNG of up to 3000 frames named .tif: its first image (0) within the memory limit (every
+  frame was decoded, 6 GB).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -172,16 +175,41 @@ def _raster_grow(rng: np.random.Generator, d: Path) -> dict:
             "grow": int(_pick(rng, [1, 2, 3])) << 30, "expect": [0], "named": True}
 
 
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def _apng_tif(rng: np.random.Generator, d: Path) -> dict:
+    side = int(_pick(rng, [64, 300, 1000]))
+    frames = int(_pick(rng, [2, 50, 3000]))
+    pixels = zlib.compress(b"\0" * ((side + 1) * side), 9)
+    raw = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    raw += _chunk(b"acTL", struct.pack(">II", frames, 0))
+    seq = 0
+    for frame in range(frames):
+        raw += _chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, side, side, 0, 0, 1, 10, 0, 0))
+        seq += 1
+        if frame == 0:
+            raw += _chunk(b"IDAT", pixels)
+        else:
+            raw += _chunk(b"fdAT", struct.pack(">I", seq) + pixels)
+            seq += 1
+    path = d / _pick(rng, ["frames.tif", "frames.tiff", "frames.png"])
+    path.write_bytes(raw + _chunk(b"IEND", b""))
+    return _api(path, [0, 2])
+
+
 def decoder_lies(rng: np.random.Generator, d: Path, image: Path) -> dict:
-    """One of the eight kinds above."""
+    """One of the nine kinds above."""
     kind = _pick(rng, ["tiff_lost", "tiff_planes", "jpeg_scans", "mrc_exttyp", "xml_encoding", "nav_overflow",
-                       "mdoc_coords", "raster_grow"])
+                       "mdoc_coords", "raster_grow", "apng_tif"])
     if kind == "xml_encoding":
         return _xml_encoding(rng, d, image)
     if kind == "nav_overflow":
         return _nav_overflow(rng, d, image)
     return {"tiff_lost": _tiff_lost, "tiff_planes": _tiff_planes, "jpeg_scans": _jpeg_scans,
-            "mrc_exttyp": _mrc_exttyp, "mdoc_coords": _mdoc_coords, "raster_grow": _raster_grow}[kind](rng, d)
+            "mrc_exttyp": _mrc_exttyp, "mdoc_coords": _mdoc_coords, "raster_grow": _raster_grow,
+            "apng_tif": _apng_tif}[kind](rng, d)
 
 
 def run_decoder_case(case: dict) -> tuple[int, str]:
