@@ -679,10 +679,21 @@ RASTER_FILE_SLACK = 16 << 20
 RASTER_FILE_FACTOR = 2
 
 
+# How a TIFF begins: classic and BigTIFF, in either byte order.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def _check_raster(raw: bytes | memoryview | _FileView, name: str, max_pixels: int) -> int:
     """Refuse, from the header alone, a raster image that claims more pixels than the budget, or a file larger than
     any image within the budget could take; return the number of images the header lists (0 when unread)."""
     claims = _raster_claims(raw, name)
+    head = bytes(raw[:8])
+    if not claims and not head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"BM", *_TIFF_MAGIC)):
+        # OpenCV decodes whatever it recognises, whatever the name: JPEG 2000, AVIF, WebP, GIF, Radiance, PxM, ...
+        # of which no header is checked here. An 829-byte JPEG 2000 named .png decoded to 8000x8000 RGB (1 GB, 14 s):
+        # a compression bomb no ratio test saw. Only the formats read are decoded.
+        raise UnsupportedFormatError(f"{name}: not a TIFF, PNG, JPEG or BMP file (it begins {head!r}); other "
+                                     "formats are not read")
     total = 0
     for width, height, bpp in claims:
         pixels = width * height
@@ -882,9 +893,6 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
             raise UnsupportedFormatError(f"{name}: {channels}-channel images are not supported")
     dtype = str(raw.dtype)
     return Image(data=_validate(raw, name), pixel_size_A=None, source=name, dtype=dtype, section=section)
-
-
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def _tiff_content(raw_bytes: np.ndarray) -> bool:

@@ -1267,3 +1267,21 @@ def test_an_animated_png_named_tif_is_read_as_its_first_image_not_every_frame(tm
     assert image.shape == (side, side) and image.data[0, 5] == 5 and sum(decoded) <= 1
     with pytest.raises(ShapeError, match="holds a single image"):
         io.read_image(path, section=3)
+
+
+@pytest.mark.parametrize("ext", [".jp2", ".webp"])
+def test_a_format_not_read_is_refused_before_opencv_decodes_it(tmp_path, ext):
+    """Found by hand (fuzz13): OpenCV decodes whatever it recognises, whatever the file's name; no header of JPEG
+    2000, AVIF, WebP, GIF or Radiance is checked here, so an 829-byte JPEG 2000 named .png decoded to 8000x8000 RGB
+    (1 GB, 14 s), a compression bomb no ratio test saw. A file that is no TIFF, PNG, JPEG or BMP is refused; a PNG
+    named .jpg is read as before."""
+    ok, buf = cv2.imencode(ext, np.zeros((512, 512, 3), np.uint8))
+    if not ok:
+        pytest.skip(f"this OpenCV writes no {ext}")
+    path = tmp_path / "other.png"
+    path.write_bytes(buf.tobytes())
+    with pytest.raises(UnsupportedFormatError, match=r"other\.png: not a TIFF, PNG, JPEG or BMP file"):
+        io.read_image(path)
+    png = tmp_path / "png.jpg"
+    png.write_bytes(cv2.imencode(".png", np.full((30, 40), 9, np.uint8))[1].tobytes())
+    assert io.read_image(png).shape == (30, 40)
