@@ -18,6 +18,8 @@ hand-made defects in generated form.
   memory limit (it was read to its new end).
 - apng_tif: an animated PNG of up to 3000 frames named .tif: its first image (0) within the memory limit (every
   frame was decoded, 6 GB).
+- other_format: WebP, JPEG 2000, GIF, AVIF, Radiance, PxM, PFM or Sun raster content named .png, .jpg or .tif:
+  refused (2; OpenCV decoded them unchecked, an 829-byte JPEG 2000 to 1 GB).
 """
 
 from __future__ import annotations
@@ -199,17 +201,29 @@ def _apng_tif(rng: np.random.Generator, d: Path) -> dict:
     return _api(path, [0, 2])
 
 
+def _other_format(rng: np.random.Generator, d: Path) -> dict:
+    import cv2
+
+    ext = _pick(rng, [".webp", ".jp2", ".gif", ".avif", ".hdr", ".pgm", ".pfm", ".ras"])
+    data = rng.integers(0, 200, (int(rng.integers(16, 300)), int(rng.integers(16, 300)), 3)).astype(np.uint8)
+    ok, buf = cv2.imencode(ext, data.astype(np.float32) if ext in (".hdr", ".pfm") else
+                           data[:, :, 0] if ext == ".pgm" else data)
+    path = d / f"other{_pick(rng, ['.png', '.jpg', '.tif', '.jpeg', '.tiff'])}"
+    path.write_bytes(buf.tobytes() if ok else b"GIF89a" + bytes(64))
+    return _api(path, [2])
+
+
 def decoder_lies(rng: np.random.Generator, d: Path, image: Path) -> dict:
-    """One of the nine kinds above."""
+    """One of the ten kinds above."""
     kind = _pick(rng, ["tiff_lost", "tiff_planes", "jpeg_scans", "mrc_exttyp", "xml_encoding", "nav_overflow",
-                       "mdoc_coords", "raster_grow", "apng_tif"])
+                       "mdoc_coords", "raster_grow", "apng_tif", "other_format"])
     if kind == "xml_encoding":
         return _xml_encoding(rng, d, image)
     if kind == "nav_overflow":
         return _nav_overflow(rng, d, image)
     return {"tiff_lost": _tiff_lost, "tiff_planes": _tiff_planes, "jpeg_scans": _jpeg_scans,
             "mrc_exttyp": _mrc_exttyp, "mdoc_coords": _mdoc_coords, "raster_grow": _raster_grow,
-            "apng_tif": _apng_tif}[kind](rng, d)
+            "apng_tif": _apng_tif, "other_format": _other_format}[kind](rng, d)
 
 
 def run_decoder_case(case: dict) -> tuple[int, str]:
