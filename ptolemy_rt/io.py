@@ -740,7 +740,7 @@ def _check_jpeg_scans(raw: np.ndarray, name: str, max_pixels: int) -> None:
     # (or one of an embedded thumbnail's, counted too: a few).
     marks = np.flatnonzero(raw[:-1] == 0xFF)
     scans = int(np.count_nonzero(raw[marks + 1] == 0xDA))
-    claims = _raster_claims(memoryview(raw), name)
+    claims = _raster_claims(raw.data, name)
     pixels = max((w * h for w, h, _ in claims), default=0)
     if scans > MAX_JPEG_SCANS or scans * max(pixels, 1 << 20) > JPEG_SCAN_PASSES * max_pixels:
         raise CorruptFileError(f"{name}: a JPEG of {scans} scans over {pixels} pixels (each scan a pass over the "
