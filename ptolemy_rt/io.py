@@ -524,8 +524,11 @@ def _raster_claims(raw: bytes | memoryview, name: str) -> list[tuple[int, int, i
             if raw[i] != 0xFF:
                 return []
             marker = raw[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
+            if marker == 0xFF:  # fill bytes: on to the last of the run (a 64 MB run, byte by byte: 45 s)
+                i = _fill_end(raw, i + 2) - 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
                 continue
             if marker in (0xDA, 0xD9):
                 return []
@@ -541,6 +544,22 @@ def _raster_claims(raw: bytes | memoryview, name: str) -> list[tuple[int, int, i
         # BigTIFF (OpenCV's libtiff reads it): unchecked, an 8 GB float RGBA canvas was allocated for a 68 kB file
         return _tiff_claims(raw, "<" if raw[:2] == b"II" else ">", name, big=True)
     return []
+
+
+# Fill bytes skipped at once by _fill_end: a block of _FileView's size.
+_FILL_BLOCK = 1 << 16
+
+
+def _fill_end(raw: bytes | memoryview | _FileView, i: int) -> int:
+    """The index of the first byte from `i` on that is not 0xFF (JPEG fill), else len(raw); read in blocks."""
+    n = len(raw)
+    while i < n:
+        block = bytes(raw[i:i + _FILL_BLOCK])
+        rest = len(block.lstrip(b"\xff"))
+        if rest:
+            return i + len(block) - rest
+        i += len(block)
+    return n
 
 
 # Entries read from one IFD (libtiff's own tag table has a few hundred), and the last tag read
@@ -683,9 +702,10 @@ RASTER_FILE_FACTOR = 2
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _check_raster(raw: bytes | memoryview | _FileView, name: str, max_pixels: int) -> int:
+def _check_raster(raw: bytes | memoryview | _FileView, name: str,
+                  max_pixels: int) -> list[tuple[int, int, int]]:
     """Refuse, from the header alone, a raster image that claims more pixels than the budget, or a file larger than
-    any image within the budget could take; return the number of images the header lists (0 when unread)."""
+    any image within the budget could take; return the images the header lists (_raster_claims; [] when unread)."""
     claims = _raster_claims(raw, name)
     head = bytes(raw[:8])
     if not claims and not head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"BM", *_TIFF_MAGIC)):
@@ -720,32 +740,37 @@ def _check_raster(raw: bytes | memoryview | _FileView, name: str, max_pixels: in
         raise TooLargeError(f"{name}: the file holds {size_text(len(raw))}, more than an image within the "
                             f"budget of {max_pixels} pixels takes ({size_text(limit)}; raise it with "
                             "--max-pixels): refused unread")
-    return len(claims)
+    return claims
 
 
 # A progressive JPEG's scans each take a pass over the whole image: libjpeg's own scripts write 6-10, tuned
 # encoders a few tens. A 94 kB file of 1,000 copies of a 31-byte refinement scan over 4000x4000 pixels took 44 s to
 # decode (30,000 copies, under 1 MB: 22 minutes). At most MAX_JPEG_SCANS scans, and at most JPEG_SCAN_PASSES passes
-# over an image of the pixel budget's size (pixels counted as at least a megapixel: scans of tiny images cost
-# their per-scan overhead).
+# over an image of the pixel budget's size, both counted as at least a megapixel (scans of tiny images cost their
+# per-scan overhead; a small budget still allows a small image's usual scans).
 MAX_JPEG_SCANS = 1000
 JPEG_SCAN_PASSES = 16
+# Bytes looked at at once for scan headers: a few times this in booleans, whatever the file's size (int64 offsets
+# of every 0xFF byte took 16 bytes a byte of the file: 1 GB for a 64 MB file of fill).
+_SCAN_BLOCK = 8 << 20
 
 
-def _check_jpeg_scans(raw: np.ndarray, name: str, max_pixels: int) -> None:
-    """Refuse a JPEG (the file's bytes) whose scans would take longer to decode than any image's should."""
+def _check_jpeg_scans(raw: np.ndarray, name: str, max_pixels: int, claims: list[tuple[int, int, int]]) -> None:
+    """Refuse a JPEG (the file's bytes; `claims`: _raster_claims') whose scans would take longer to decode than
+    any image's should."""
     if raw.size < 4 or raw[0] != 0xFF or raw[1] != 0xD8:
         return
     # Entropy-coded data holds 0xFF only before 0x00 (stuffing) or a restart marker: 0xFF 0xDA is a scan header
     # (or one of an embedded thumbnail's, counted too: a few).
-    marks = np.flatnonzero(raw[:-1] == 0xFF)
-    scans = int(np.count_nonzero(raw[marks + 1] == 0xDA))
-    claims = _raster_claims(raw.data, name)
+    scans = 0
+    for start in range(0, raw.size - 1, _SCAN_BLOCK):
+        stop = min(start + _SCAN_BLOCK, raw.size - 1)
+        scans += int(np.count_nonzero((raw[start:stop] == 0xFF) & (raw[start + 1:stop + 1] == 0xDA)))
     pixels = max((w * h for w, h, _ in claims), default=0)
-    if scans > MAX_JPEG_SCANS or scans * max(pixels, 1 << 20) > JPEG_SCAN_PASSES * max_pixels:
+    if scans > MAX_JPEG_SCANS or scans * max(pixels, 1 << 20) > JPEG_SCAN_PASSES * max(max_pixels, 1 << 20):
         raise CorruptFileError(f"{name}: a JPEG of {scans} scans over {pixels} pixels (each scan a pass over the "
                                f"whole image; at most {MAX_JPEG_SCANS}, and {JPEG_SCAN_PASSES} passes over the pixel "
-                               "budget): refused as a decoding-time bomb")
+                               f"budget of {max_pixels}, raise it with --max-pixels): refused as a decoding-time bomb")
 
 
 # The decoders' own lines re-issued as warnings for one image, at most (libjpeg prints the first of its warnings).
@@ -844,7 +869,8 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         if size == 0:
             raise CorruptFileError(f"{name}: the file is empty")
         # the header is checked before the file is read (into memory, once: a copy held a large TIFF twice)
-        pages = _check_raster(_FileView(fh, size), name, max_pixels)
+        claims = _check_raster(_FileView(fh, size), name, max_pixels)
+        pages = len(claims)
         _check_raster_section(path, name, section, pages)
         fh.seek(0)
         # cv2.imread cannot open non-ASCII paths on Windows. `size` bytes, those checked: a file still being written
@@ -852,7 +878,7 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         raw_bytes = np.fromfile(fh, dtype=np.uint8, count=size)
     if raw_bytes.size == 0:
         raise CorruptFileError(f"{name}: the file is empty")
-    _check_jpeg_scans(raw_bytes, name, max_pixels)
+    _check_jpeg_scans(raw_bytes, name, max_pixels, claims)
     tiff = _tiff_content(raw_bytes)
     # Our own warnings (a stack's "using section 0") are held until descriptor 2 is back: printed meanwhile (a
     # library caller's default filter prints them at once), they were collected as a library's lines and came out

@@ -1205,6 +1205,70 @@ def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_pat
     assert io.read_image(costly).shape == (1024, 1024)
 
 
+def test_a_small_pixel_budget_reads_an_ordinary_progressive_jpeg(tmp_path):
+    """Review of fuzz13: the scan check counted a small image as a megapixel but a small budget as itself, so a
+    256x256 colour progressive JPEG (libjpeg's 10 scans) under --max-pixels 500000 was refused as a decoding-time
+    bomb; main read it. The budget side is floored the same way, and the refusal names --max-pixels."""
+    image = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "p.jpg"
+    assert cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert io.read_image(path, max_pixels=500_000).shape == (256, 256)
+    many = tmp_path / "many.jpg"  # 22 scans over a (floored) megapixel: over 16 passes, whatever the budget
+    many.write_bytes(_progressive_jpeg(256, 16))
+    with pytest.raises(CorruptFileError, match=r"many\.jpg: a JPEG of 22 scans .*--max-pixels.* decoding-time bomb"):
+        io.read_image(many, max_pixels=500_000)
+
+
+def test_the_jpeg_checks_of_a_file_of_fill_bytes_take_little_memory_and_few_reads(tmp_path, monkeypatch):
+    """Review of fuzz13: the scan count built int64 offsets of every 0xFF byte and the bytes after them, 16 bytes a
+    byte of the file (a 64 MB file of 0xFF fill: 1088 MB in the check alone), and the header walk stepped through
+    fill bytes one at a time (45 s of CPU for 64 MB) twice. Scans are counted in booleans, in blocks; fill is
+    skipped in blocks; the claims are walked once."""
+    import io as stdio
+    import tracemalloc
+
+    raw = b"\xff\xd8" + b"\xff" * (16 << 20)
+    array = np.frombuffer(raw, np.uint8)
+    tracemalloc.start()
+    try:
+        io._check_jpeg_scans(array, "fill.jpg", 1 << 28, [])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (48 << 20), peak
+
+    class Counting(io._FileView):
+        reads = 0
+
+        def __getitem__(self, key):
+            Counting.reads += 1
+            return super().__getitem__(key)
+
+    assert io._raster_claims(Counting(stdio.BytesIO(raw), len(raw)), "fill.jpg") == []
+    assert Counting.reads < 1000, Counting.reads
+    # a frame header after fill is found as before, and fill running to the end of the file is no frame
+    jpeg = cv2.imencode(".jpg", np.zeros((48, 64), np.uint8))[1].tobytes()
+    padded = jpeg[:2] + b"\xff" * 200_000 + jpeg[2:]
+    Counting.reads = 0
+    assert io._raster_claims(Counting(stdio.BytesIO(padded), len(padded)), "j") == [(64, 48, 1)]
+    assert Counting.reads < 100, Counting.reads
+    for cut in (2, 5, 9, 10, 11, 12):
+        short = jpeg[:2] + b"\xff" * 70_000 + jpeg[2:2 + cut]
+        assert io._raster_claims(short, "j") == [], cut
+    calls = []
+    claims = io._raster_claims
+
+    def counting(*args):
+        calls.append(args[1])
+        return claims(*args)
+
+    path = tmp_path / "one.jpg"
+    path.write_bytes(jpeg)
+    monkeypatch.setattr(io, "_raster_claims", counting)
+    assert io.read_image(path).shape == (48, 64)
+    assert len(calls) == 1, calls
+
+
 @pytest.mark.parametrize("stamp", [b"\x11\x11\x00\x00", b"\x44\x44\x00\x00"])
 def test_a_machine_stamp_of_the_other_byte_order_is_named_and_read_with_permissive(tmp_path, stamp):
     """Found by hand (fuzz13): a header whose machine stamp names the other byte order (some writers get it wrong;
