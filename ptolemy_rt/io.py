@@ -13,9 +13,11 @@ import io
 import logging
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,6 +372,45 @@ def _statistics_hold(header: np.recarray, data: np.ndarray | None) -> bool:
     return True
 
 
+# One thread at a time swaps the process's warning filters and hook to take its own warnings (_own_warnings).
+_WARNINGS_LOCK = threading.RLock()
+# Warnings raised in this package's modules (ours, and what C libraries warn of through our frames).
+_OUR_MODULES = re.escape(__name__.rpartition(".")[0]) + r"(\.|$)"
+
+
+@contextlib.contextmanager
+def _own_warnings(modules: str, origin: str | None = None):
+    """Record the warnings this thread raises meanwhile (with `origin`, those raised in files under it only), those
+    of `modules` (a pattern, as warnings.filterwarnings takes it) whatever the filters say; every other warning,
+    another thread's among them, goes on where it was going.
+
+    catch_warnings(record=True) swaps the process's warning state: two threads' sections interleaved left
+    warnings.showwarning replaced for good and warnings lost, and another thread's warning recorded while an MRC
+    opened refused a valid file as invalid. Sections run one at a time, and take their own thread's warnings only.
+    """
+    ident = threading.get_ident()
+    caught: list[warnings.WarningMessage] = []
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        passed_on = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if threading.get_ident() == ident and (origin is None or str(filename).startswith(origin)):
+                caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+            else:
+                passed_on(message, category, filename, lineno, file, line)
+
+        warnings.filterwarnings("always", module=modules)
+        warnings.showwarning = show
+        yield caught
+
+
+def _mrcfile_warnings():
+    """_own_warnings for mrcfile's: those raised in its files, whatever the filters say."""
+    import mrcfile
+
+    return _own_warnings(r"mrcfile(\.|$)", os.path.dirname(os.path.abspath(mrcfile.__file__)) + os.sep)
+
+
 def _validator_lines(mrc, file_size: int) -> list[str]:
     """The lines mrcfile's validator prints for the open file `mrc` (MrcFile.validate), the same lines faster.
 
@@ -394,8 +435,7 @@ def _validator_lines(mrc, file_size: int) -> list[str]:
             header.exttyp = b"MRCO"
         stream = io.BytesIO(header.tobytes() + extended.tobytes())
         report = io.StringIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # what the header's reading warns of, the validator prints
+        with _mrcfile_warnings():  # what the header's reading warns of, the validator prints
             mrcfile.mrcinterpreter.MrcInterpreter(stream, permissive=True, header_only=True).validate(
                 print_file=report)
         expected = header.nbytes + extended.nbytes + data.nbytes
@@ -406,8 +446,7 @@ def _validator_lines(mrc, file_size: int) -> list[str]:
             print(f"Extended header type is undefined or unrecognised: exttyp = {exttyp!r}", file=report)
     else:
         report = io.StringIO()
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy's overflow in the validator's float16 statistics
+        with np.errstate(all="ignore"), _mrcfile_warnings():  # numpy's overflow in float16 statistics
             mrc.validate(print_file=report)
     return [line.strip() for line in report.getvalue().splitlines() if line.strip()]
 
@@ -444,8 +483,7 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
     if int(header.mode) not in MRC_MODES:
         raise UnsupportedFormatError(f"{name}: MRC mode {int(header.mode)} is not supported (modes 0, 1, 2, 6, 12 are)")
     problems: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _mrcfile_warnings() as caught:  # mrcfile's own, for this file: another thread's are not its problems
         try:
             # Read, not memory-mapped: a file cut short while mapped (rewritten in place by another program)
             # killed the process with SIGBUS at the first page past its new end, a whole batch with it.
@@ -883,8 +921,9 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     # Our own warnings (a stack's "using section 0") are held until descriptor 2 is back: printed meanwhile (a
     # library caller's default filter prints them at once), they were collected as a library's lines and came out
     # twice, mangled ("NAME: /…/io.py:816: UserWarning: NAME: a stack of 3 sections…").
-    with _library_messages() as messages, warnings.catch_warnings(record=True) as ours:
-        warnings.simplefilter("always")
+    # Only while descriptor 2 is collected (the main thread): elsewhere they are said at once, as they are raised.
+    with _library_messages() as messages, \
+            _own_warnings(_OUR_MODULES) if messages.capturing else contextlib.nullcontext([]) as ours:
         try:
             with _libtiff_errors(cv2, tiff and messages.capturing):
                 raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)

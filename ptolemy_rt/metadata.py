@@ -222,9 +222,11 @@ def mrc_pixel_size(path: str | os.PathLike) -> float | None:
     """Å per pixel from an MRC header (voxel size x), None for the placeholders 0 and 1 Å."""
     import mrcfile
 
+    from .io import _mrcfile_warnings
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # mrcfile's warnings for this file taken and dropped, another thread's left alone (io._own_warnings)
+        with _mrcfile_warnings():
             with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
                 value = float(mrc.voxel_size.x)
     except (OSError, ValueError):

@@ -1349,3 +1349,59 @@ def test_a_format_not_read_is_refused_before_opencv_decodes_it(tmp_path, ext):
     png = tmp_path / "png.jpg"
     png.write_bytes(cv2.imencode(".png", np.full((30, 40), 9, np.uint8))[1].tobytes())
     assert io.read_image(png).shape == (30, 40)
+
+
+def test_reading_in_threads_loses_no_warning_and_refuses_no_valid_file(tmp_path):
+    """Review of fuzz13: catch_warnings(record=True) around a raster's decoding and an MRC's opening swapped the
+    process's warning state: two threads reading lost warnings (12 of 400 seen) and left warnings.showwarning
+    replaced for good, and another thread's warning recorded while a valid MRC stack opened refused it as an
+    invalid MRC file. Each read now takes its own thread's warnings only, one swap at a time (descriptor 2, and so
+    the raster's swap, is the main thread's alone)."""
+    import threading
+
+    mrc_path, tif_path = tmp_path / "stk.mrc", tmp_path / "stk.tif"
+    sections = np.random.default_rng(0).integers(0, 255, (3, 60, 80))
+    with mrcfile.new(mrc_path) as m:
+        m.set_data(sections.astype(np.int16))
+    assert cv2.imwritemulti(str(tif_path), list(sections.astype(np.uint8)))
+    reads, readers = 25, 3
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+    emitted = [0]
+
+    def read(paths) -> None:
+        try:
+            for _ in range(reads):
+                for path in paths:
+                    assert io.read_image(path).shape == (60, 80)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
+            errors.append(exc)
+
+    def warn() -> None:
+        while not done.is_set():
+            warnings.warn("another thread's warning", RuntimeWarning, stacklevel=1)
+            emitted[0] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+
+        def collect(message, category, filename, lineno, file=None, line=None):
+            seen.append(str(message))
+
+        warnings.showwarning = collect
+        warner = threading.Thread(target=warn)
+        threads = [threading.Thread(target=read, args=((mrc_path, tif_path),)) for _ in range(readers)]
+        warner.start()
+        for t in threads:
+            t.start()
+        read((tif_path, mrc_path))  # the main thread too: it collects descriptor 2 while a raster decodes
+        for t in threads:
+            t.join()
+        done.set()
+        warner.join()
+        assert warnings.showwarning is collect and warnings.filters == filters
+    assert not errors, errors[0]
+    assert sum("a stack of 3 sections; using section 0" in m for m in seen) == 2 * reads * (readers + 1)
+    assert seen.count("another thread's warning") == emitted[0] > 0
