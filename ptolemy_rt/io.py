@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, cast
@@ -379,7 +380,7 @@ _OUR_MODULES = re.escape(__name__.rpartition(".")[0]) + r"(\.|$)"
 
 
 @contextlib.contextmanager
-def _own_warnings(modules: str, origin: str | None = None):
+def _own_warnings(modules: str, origin: str | None = None) -> Iterator[list[warnings.WarningMessage]]:
     """Record the warnings this thread raises meanwhile (with `origin`, those raised in files under it only), those
     of `modules` (a pattern, as warnings.filterwarnings takes it) whatever the filters say; every other warning,
     another thread's among them, goes on where it was going.
@@ -404,7 +405,7 @@ def _own_warnings(modules: str, origin: str | None = None):
         yield caught
 
 
-def _mrcfile_warnings():
+def _mrcfile_warnings() -> contextlib.AbstractContextManager[list[warnings.WarningMessage]]:
     """_own_warnings for mrcfile's: those raised in its files, whatever the filters say."""
     import mrcfile
 
@@ -542,7 +543,7 @@ def _quiet_cv2(cv2) -> None:
         cv2.setLogLevel(0)
 
 
-def _raster_claims(raw: bytes | memoryview, name: str) -> list[tuple[int, int, int]]:
+def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple[int, int, int]]:
     """(width, height, bytes per pixel) of each page a PNG, JPEG, BMP or TIFF header declares; [] if unknown."""
     import struct
 
@@ -607,14 +608,23 @@ MAX_TIFF_ENTRIES = 1 << 16  # all IFDs together: MAX_PAGES pages of the ~9 entri
 _LAST_TIFF_TAG = 284
 
 
-def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = False) -> list[tuple[int, int, int]]:
+class _Claims(list):
+    """_raster_claims' (width, height, bytes per pixel) of each page; `refused`: why OpenCV cannot read a page right,
+    by page (_refuse_page says it for the page read)."""
+
+    refused: dict[int, str] = {}
+
+
+def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
+                 big: bool = False) -> list[tuple[int, int, int]]:
     """Walk a classic TIFF's (or with `big`, a BigTIFF's) IFD chain (bounded, loop-safe) for each page's size."""
     import struct
 
     # classic: 2-byte entry count, 12-byte entries with a 4-byte value, 4-byte links; BigTIFF: 8, 20, 8 and 8
     count_fmt, entry_size, link_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
     count_size, link_size = struct.calcsize(count_fmt), struct.calcsize(link_fmt)
-    pages: list[tuple[int, int, int]] = []
+    pages = _Claims()
+    pages.refused = {}
     offset = struct.unpack(order + link_fmt, raw[8:16] if big else raw[4:8])[0]
     seen: set[int] = set()
     sizes = {1: 1, 3: 2, 4: 4, 16: 8}
@@ -667,21 +677,30 @@ def _tiff_claims(raw: bytes | memoryview, order: str, name: str, big: bool = Fal
             # Separate sample planes: OpenCV decodes 8-bit RGB(A) ones through libtiff's RGBA reader, every other
             # kind as if its samples were interleaved: a 16-bit RGB or a grey-and-alpha file came out as a
             # scrambled image, exit 0 with targets found in noise.
-            raise UnsupportedFormatError(f"{name}: a TIFF of separate sample planes (PlanarConfiguration 2) with "
-                                         f"{samples} samples of {bits} bits is not read correctly by OpenCV; save "
-                                         "it with interleaved samples (PlanarConfiguration 1) or as one grey "
-                                         "channel")
-        if samples == 2 and bits > 8:
+            pages.refused[len(pages)] = (f"separate sample planes (PlanarConfiguration 2) with {samples} samples "
+                                         f"of {bits} bits")
+        elif samples == 2 and bits > 8:
             # grey and alpha of 16 bits or more: OpenCV reads it through libtiff's 8-bit RGBA reader, unsigned
             # pixels cut to their top 8 bits, signed ones to zeros
-            raise UnsupportedFormatError(f"{name}: a TIFF of grey and alpha samples of {bits} bits is not read "
-                                         "correctly by OpenCV; save it as one grey channel")
+            pages.refused[len(pages)] = f"grey and alpha samples of {bits} bits"
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
         end = first + entry_size * count
         if end + link_size > len(raw):
             break
         offset = struct.unpack(order + link_fmt, raw[end:end + link_size])[0]
     return pages
+
+
+def _refuse_page(name: str, claims: list[tuple[int, int, int]], section: int | None) -> None:
+    """Refuse, before decoding, a TIFF whose page to be read OpenCV cannot read right (_Claims.refused); another
+    page's kind (a thumbnail's) is no matter: the page asked for is decoded alone."""
+    refused = getattr(claims, "refused", {})
+    page = 0 if section is None or not claims else section % len(claims)
+    if page in refused:
+        which = f"page {page} is a TIFF of" if len(claims) > 1 else "a TIFF of"
+        advice = ("save it with interleaved samples (PlanarConfiguration 1) or as one grey channel"
+                  if refused[page].startswith("separate") else "save it as one grey channel")
+        raise UnsupportedFormatError(f"{name}: {which} {refused[page]} is not read correctly by OpenCV; {advice}")
 
 
 def _check_raster_section(path: Path, name: str, section: int | None, pages: int) -> None:
@@ -910,6 +929,7 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         claims = _check_raster(_FileView(fh, size), name, max_pixels)
         pages = len(claims)
         _check_raster_section(path, name, section, pages)
+        _refuse_page(name, claims, section)
         fh.seek(0)
         # cv2.imread cannot open non-ASCII paths on Windows. `size` bytes, those checked: a file still being written
         # (or grown by another program) was read to its end, whatever the header and the size checks had allowed
@@ -922,14 +942,16 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     # library caller's default filter prints them at once), they were collected as a library's lines and came out
     # twice, mangled ("NAME: /…/io.py:816: UserWarning: NAME: a stack of 3 sections…").
     # Only while descriptor 2 is collected (the main thread): elsewhere they are said at once, as they are raised.
-    with _library_messages() as messages, \
-            _own_warnings(_OUR_MODULES) if messages.capturing else contextlib.nullcontext([]) as ours:
-        try:
-            with _libtiff_errors(cv2, tiff and messages.capturing):
-                raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
-        except cv2.error as exc:
-            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
-            raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
+    with _library_messages() as messages:
+        held: contextlib.AbstractContextManager[list] = (_own_warnings(_OUR_MODULES) if messages.capturing else
+                                                         contextlib.nullcontext([]))
+        with held as ours:
+            try:
+                with _libtiff_errors(cv2, tiff and messages.capturing):
+                    raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
+            except cv2.error as exc:
+                detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
+                raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
     messages[:] = [_libtiff_line(m) for m in messages]
     failed = [m for m in messages if m.startswith(_LIBTIFF)]
     if failed and not np.any(raw):

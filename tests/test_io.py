@@ -27,6 +27,7 @@ from ptolemy_rt.errors import (
 )
 
 from .conftest import examples
+from .fuzz.surfaces_decoders import apng_file, tiff_file
 
 
 def _mrc(path: Path, data: np.ndarray, voxel: float | None = None) -> Path:
@@ -1100,35 +1101,16 @@ def test_a_raster_growing_while_it_is_read_is_read_as_checked(tmp_path, monkeypa
 
 
 def _planar_tiff(planes: np.ndarray, fmt: int, planar: int) -> bytes:
-    """A little-endian TIFF of `planes` (samples, rows, cols): one strip per plane with `planar` 2, else one strip of
-    interleaved samples; SampleFormat `fmt`."""
-    import struct
+    """A TIFF of `planes` (samples, rows, cols): one strip per plane with `planar` 2, else one strip of interleaved
+    samples; SampleFormat `fmt`."""
+    return tiff_file([_tiff_page(planes, fmt, planar)])
 
+
+def _tiff_page(planes: np.ndarray, fmt: int, planar: int) -> dict:
     samples, rows, cols = planes.shape
-    bits = planes.dtype.itemsize * 8
     blobs = [p.tobytes() for p in planes] if planar == 2 else [np.moveaxis(planes, 0, -1).tobytes()]
-    out = bytearray(b"II*\x00\0\0\0\0")
-    offsets = []
-    for blob in blobs:
-        offsets.append(len(out))
-        out += blob
-    arrays = {}
-    for tag, typ, values in ((258, 3, [bits] * samples), (273, 4, offsets), (279, 4, [len(b) for b in blobs]),
-                             (339, 3, [fmt] * samples)):
-        data = struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values)
-        if len(data) > 4:
-            arrays[tag] = len(out)
-            out += data + b"\0" * (len(data) % 2)
-    entries = [(256, 4, [cols]), (257, 4, [rows]), (258, 3, [bits] * samples), (259, 3, [1]),
-               (262, 3, [2 if samples >= 3 else 1]), (273, 4, offsets), (277, 3, [samples]), (278, 4, [rows]),
-               (279, 4, [len(b) for b in blobs]), (284, 3, [planar]), (339, 3, [fmt] * samples)]
-    struct.pack_into("<I", out, 4, len(out))
-    out += struct.pack("<H", len(entries))
-    for tag, typ, values in entries:
-        field = struct.pack("<I", arrays[tag]) if tag in arrays else \
-            struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values).ljust(4, b"\0")
-        out += struct.pack("<HHI", tag, typ, len(values)) + field
-    return bytes(out + b"\0\0\0\0")
+    return {"width": cols, "height": rows, "blobs": blobs, "bits": planes.dtype.itemsize * 8, "samples": samples,
+            "fmt": fmt, "compression": 1, "planar": planar}
 
 
 @pytest.mark.parametrize("dtype,fmt,samples", [(np.uint16, 1, 3), (np.int16, 2, 3), (np.float32, 3, 3),
@@ -1297,27 +1279,11 @@ def test_an_animated_png_named_tif_is_read_as_its_first_image_not_every_frame(tm
     """Found by hand (fuzz13): a .tif name sent the file to OpenCV's imdecodemulti, which decodes every frame of
     anything: an animated PNG of 3000 frames of 1000x1000 zeros (3 MB; its header lists one image, within every
     budget) took 6 GB. Pages are a TIFF's only: other content gives its first image, as its own name would."""
-    import struct
     import zlib
 
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
     side, frames = 64, 40
-    pixels = zlib.compress((b"\0" + bytes(range(side))) * side)
-    apng = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-    apng += chunk(b"acTL", struct.pack(">II", frames, 0))
-    seq = 0
-    for frame in range(frames):
-        apng += chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, side, side, 0, 0, 1, 10, 0, 0))
-        seq += 1
-        if frame == 0:
-            apng += chunk(b"IDAT", pixels)
-        else:
-            apng += chunk(b"fdAT", struct.pack(">I", seq) + pixels)
-            seq += 1
     path = tmp_path / "frames.tif"
-    path.write_bytes(apng + chunk(b"IEND", b""))
+    path.write_bytes(apng_file(side, frames, zlib.compress((b"\0" + bytes(range(side))) * side)))
     decoded = []
     multi = cv2.imdecodemulti
 
@@ -1405,3 +1371,25 @@ def test_reading_in_threads_loses_no_warning_and_refuses_no_valid_file(tmp_path)
     assert not errors, errors[0]
     assert sum("a stack of 3 sections; using section 0" in m for m in seen) == 2 * reads * (readers + 1)
     assert seen.count("another thread's warning") == emitted[0] > 0
+
+
+def test_a_tiff_stack_is_refused_for_a_page_opencv_misreads_only_when_that_page_is_read(tmp_path):
+    """Review of fuzz13: the refusals of separate sample planes and of 16-bit grey and alpha ran on every page, so
+    a stack whose other page (a thumbnail) is such was refused even for --section 0. Only the page read counts."""
+    rng = np.random.default_rng(1)
+    grey = (rng.random((1, 40, 48)) * 200).astype(np.uint16)
+    odd = (rng.random((3, 10, 12)) * 200).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    path.write_bytes(tiff_file([_tiff_page(grey, 1, 1), _tiff_page(odd, 1, 2)]))
+    assert np.array_equal(io.read_image(path, section=0).data, grey[0])
+    with pytest.warns(UserWarning, match="using section 0"):
+        assert io.read_image(path).shape == (40, 48)
+    for section in (1, -1):
+        with pytest.raises(UnsupportedFormatError, match=r"stack\.tif: page 1 is a TIFF of separate sample planes "
+                                                         r"\(PlanarConfiguration 2\) with 3 samples of 16 bits"):
+            io.read_image(path, section=section)
+    alpha = (rng.random((2, 10, 12)) * 200).astype(np.uint16)
+    path.write_bytes(tiff_file([_tiff_page(alpha, 1, 1), _tiff_page(grey, 1, 1)]))
+    assert np.array_equal(io.read_image(path, section=1).data, grey[0])
+    with pytest.raises(UnsupportedFormatError, match=r"stack\.tif: page 0 is a TIFF of grey and alpha samples of 16"):
+        io.read_image(path)

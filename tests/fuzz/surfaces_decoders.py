@@ -37,30 +37,42 @@ def _pick(rng: np.random.Generator, values):
     return values[int(rng.integers(len(values)))]
 
 
+def tiff_file(pages: list[dict]) -> bytes:
+    """A little-endian TIFF of `pages`, each given as _tiff's arguments by name (tests/test_io.py writes its own)."""
+    out = bytearray(b"II*\x00\0\0\0\0")
+    link = 4
+    for page in pages:
+        width, height, blobs = page["width"], page["height"], page["blobs"]
+        bits, samples, fmt = page["bits"], page["samples"], page["fmt"]
+        offsets = []
+        for blob in blobs:
+            offsets.append(len(out))
+            out += blob + b"\0" * (len(blob) % 2)
+        entries = [(256, 4, [width]), (257, 4, [height]), (258, 3, [bits] * samples), (259, 3, [page["compression"]]),
+                   (262, 3, [2 if samples >= 3 else 1]), (273, 4, offsets), (277, 3, [samples]), (278, 4, [height]),
+                   (279, 4, [len(b) for b in blobs]), (284, 3, [page["planar"]]), (339, 3, [fmt] * samples)]
+        apart = {}
+        for tag, typ, values in entries:
+            data = struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values)
+            if len(data) > 4:
+                apart[tag] = len(out)
+                out += data + b"\0" * (len(data) % 2)
+        struct.pack_into("<I", out, link, len(out))
+        out += struct.pack("<H", len(entries))
+        for tag, typ, values in entries:
+            field = struct.pack("<I", apart[tag]) if tag in apart else \
+                struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values).ljust(4, b"\0")
+            out += struct.pack("<HHI", tag, typ, len(values)) + field
+        link = len(out)
+        out += b"\0\0\0\0"
+    return bytes(out)
+
+
 def _tiff(width: int, height: int, blobs: list[bytes], bits: int, samples: int, fmt: int, compression: int,
           planar: int) -> bytes:
     """A little-endian TIFF of one page: one strip per blob (a plane each with `planar` 2)."""
-    out = bytearray(b"II*\x00\0\0\0\0")
-    offsets = []
-    for blob in blobs:
-        offsets.append(len(out))
-        out += blob + b"\0" * (len(blob) % 2)
-    entries = [(256, 4, [width]), (257, 4, [height]), (258, 3, [bits] * samples), (259, 3, [compression]),
-               (262, 3, [2 if samples >= 3 else 1]), (273, 4, offsets), (277, 3, [samples]), (278, 4, [height]),
-               (279, 4, [len(b) for b in blobs]), (284, 3, [planar]), (339, 3, [fmt] * samples)]
-    apart = {}
-    for tag, typ, values in entries:
-        data = struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values)
-        if len(data) > 4:
-            apart[tag] = len(out)
-            out += data + b"\0" * (len(data) % 2)
-    struct.pack_into("<I", out, 4, len(out))
-    out += struct.pack("<H", len(entries))
-    for tag, typ, values in entries:
-        field = struct.pack("<I", apart[tag]) if tag in apart else \
-            struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values).ljust(4, b"\0")
-        out += struct.pack("<HHI", tag, typ, len(values)) + field
-    return bytes(out + b"\0\0\0\0")
+    return tiff_file([{"width": width, "height": height, "blobs": blobs, "bits": bits, "samples": samples,
+                       "fmt": fmt, "compression": compression, "planar": planar}])
 
 
 def _api(path: Path, expect: list[int], **extra) -> dict:
@@ -181,10 +193,8 @@ def _chunk(tag: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
 
-def _apng_tif(rng: np.random.Generator, d: Path) -> dict:
-    side = int(_pick(rng, [64, 300, 1000]))
-    frames = int(_pick(rng, [2, 50, 3000]))
-    pixels = zlib.compress(b"\0" * ((side + 1) * side), 9)
+def apng_file(side: int, frames: int, pixels: bytes) -> bytes:
+    """An animated grey PNG of `frames` side x side frames, each of the zlib stream `pixels` (filtered rows)."""
     raw = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
     raw += _chunk(b"acTL", struct.pack(">II", frames, 0))
     seq = 0
@@ -196,8 +206,15 @@ def _apng_tif(rng: np.random.Generator, d: Path) -> dict:
         else:
             raw += _chunk(b"fdAT", struct.pack(">I", seq) + pixels)
             seq += 1
+    return raw + _chunk(b"IEND", b"")
+
+
+def _apng_tif(rng: np.random.Generator, d: Path) -> dict:
+    side = int(_pick(rng, [64, 300, 1000]))
+    frames = int(_pick(rng, [2, 50, 3000]))
+    raw = apng_file(side, frames, zlib.compress(b"\0" * ((side + 1) * side), 9))
     path = d / _pick(rng, ["frames.tif", "frames.tiff", "frames.png"])
-    path.write_bytes(raw + _chunk(b"IEND", b""))
+    path.write_bytes(raw)
     return _api(path, [0, 2])
 
 
