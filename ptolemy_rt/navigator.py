@@ -474,7 +474,7 @@ def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tu
     (`name`: the navigator file, named in errors)."""
     frame = map_frame(map_item)
     if frame.montage and image_is_map_file:
-        raise InputError(f"navigator map {frame.label} is a montage: its file holds the pieces; run on the "
+        raise InputError(f"{name}: navigator map {frame.label} is a montage: its file holds the pieces; run on the "
                          "stitched montage (blendmont, or SerialEM's File > Save as) and pass that image")
     next_label, next_id, used = _free_ids(nav)
 
@@ -483,7 +483,7 @@ def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tu
         while next_id in used:
             next_id += 1
         if next_id >= EXTERNAL_ID_LIMIT:
-            raise InputError(f"the navigator has no ids below {EXTERNAL_ID_LIMIT} left for new items")
+            raise InputError(f"{name}: the navigator has no ids below {EXTERNAL_ID_LIMIT} left for new items")
         used.add(next_id)
         return next_id
 
@@ -492,8 +492,12 @@ def add_points(nav: Navigator, text: str, map_item: NavItem, points: Sequence[tu
     group = fresh() if points else None
     items = []
     for i, (col, row) in enumerate(points):
-        items.append(point_item(frame, str(next_label + i), fresh(), col, row, image_shape, group_id=group,
-                                acquire=acquire, note=notes[i] if notes else None, exact_map_coords=exact))
+        item_id = fresh()
+        try:
+            items.append(point_item(frame, str(next_label + i), item_id, col, row, image_shape, group_id=group,
+                                    acquire=acquire, note=notes[i] if notes else None, exact_map_coords=exact))
+        except InputError as exc:  # the map's problem, said by point_item, which has no file: the .nav is named
+            raise type(exc)(f"{name}: {exc}") from None
     newline = "\r\n" if "\r\n" in text else "\n"
     if nav.xml:
         return _insert_xml_items(text, items, newline, name), items

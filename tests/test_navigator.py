@@ -444,9 +444,9 @@ def test_an_xml_navigator_over_32_mb_is_refused_unparsed(tmp_path):
 def test_a_map_frame_that_puts_targets_at_infinity_is_refused(tmp_path, mat):
     """Found by hand (fuzz13): finite map keys whose product overflows (MapScaleMat = 1 1e308 0 1 has determinant 1)
     put targets at stage -inf: "StageXYZ = -inf ..." and "PtsX = -inf" were written into the copy for SerialEM,
-    exit 0. Nothing is written, an InputError names the map."""
+    exit 0. Nothing is written, an InputError names the .nav and the map."""
     nav_path = tmp_path / "grid.nav"
     nav_path.write_text(_nav(_map(file="map.mrc", mat=mat)))
-    with pytest.raises(InputError, match="navigator map 1: .* no stage position"):
+    with pytest.raises(InputError, match=r"grid\.nav: navigator map 1: .* no stage position"):
         write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), image_path=tmp_path / "map.mrc")
     assert not default_nav_output(nav_path).exists()
