@@ -444,7 +444,9 @@ def _validator_lines(mrc, file_size: int) -> list[str]:
             print(f"File is larger than expected. Actual size: {file_size} bytes; expected size: {expected} "
                   "bytes (calculated from header)", file=report)
         if foreign:
-            print(f"Extended header type is undefined or unrecognised: exttyp = {exttyp!r}", file=report)
+            # as mrcfile says it ('XXXX', trailing NULs dropped), its bytes over 127 escaped
+            said = mrc.header.exttyp.item().decode("ascii", "backslashreplace")
+            print(f"Extended header type is undefined or unrecognised: exttyp = '{said}'", file=report)
     else:
         report = io.StringIO()
         with np.errstate(all="ignore"), _mrcfile_warnings():  # numpy's overflow in float16 statistics

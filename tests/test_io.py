@@ -1153,7 +1153,7 @@ def test_an_extended_header_type_of_non_ascii_bytes_is_said_and_read_with_permis
         m.set_extended_header(np.zeros(64, np.uint8))
         m.header.exttyp = b"\xff\xfeZ\x80"
     with pytest.raises(CorruptFileError, match=r"odd\.mrc: invalid MRC file: Extended header type is undefined or "
-                                               r"unrecognised: exttyp = b'\\xff\\xfeZ\\x80' \(--permissive"):
+                                               r"unrecognised: exttyp = '\\xff\\xfeZ\\x80' \(--permissive"):
         io.read_image(path)
     with pytest.warns(UserWarning, match="Extended header type is undefined"):
         image = io.read_image(path, permissive=True)
