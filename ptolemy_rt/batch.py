@@ -225,10 +225,10 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
         keep_large_arrays_on_heap(_SHARED_TRIM_THRESHOLD if shared else _TRIM_THRESHOLD)
     if config.threads:
         limit_threads(int(config.threads), environment=own_process)
-    if own_process and not shared and not config.debug:  # a pool worker of the command line (not a Dask worker)
-        from .cli import command_line_warnings  # after limit_threads: it loads numpy
+    if own_process and not shared:  # a pool worker of the command line (not a Dask worker): as the command line
+        from .warning_lines import command_line_warnings  # after limit_threads: it loads numpy
 
-        command_line_warnings()
+        command_line_warnings(config.debug)
     try:
         from .models import TASKS, load_models
 

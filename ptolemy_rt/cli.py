@@ -12,7 +12,6 @@ import signal
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -954,30 +953,6 @@ def _ignore_further_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """warnings.showwarning for the command line: 'warning: MESSAGE', one line (Python's own adds the file, line
-    and source of the code that warned); a stderr that cannot be written drops it, as Python's own does."""
-    with contextlib.suppress(OSError, ValueError):
-        print(f"warning: {message}", file=sys.stderr)
-
-
-def command_line_warnings() -> None:
-    """A batch's worker process says warnings as the command line does (plain_warning, _quiet_numerics): spawned,
-    it printed Python's two-line form with the source line, and numpy's RuntimeWarnings naming no file."""
-    _quiet_numerics()
-    warnings.showwarning = plain_warning
-
-
-def _quiet_numerics() -> None:
-    """numpy's RuntimeWarnings (overflow, invalid value) are not the user's business: results say what
-    went wrong, and stderr keeps to one line per problem."""
-    import numpy as np
-
-    np.seterr(all="ignore")
-    warnings.filterwarnings("ignore", category=RuntimeWarning, message=r".*(encountered in|empty slice|"
-                            r"Degrees of freedom)")
-
-
 class _SafeStderr:
     """sys.stderr whose write failures (a full disk under a log file, a closed pipe) are dropped: a message that
     cannot be shown must not turn the command's exit code into 70 (an OSError out of a print). No stream at all
@@ -1094,9 +1069,9 @@ def _main(argv: Sequence[str] | None) -> int:
         _check_path_lengths(args)
         logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
 
-        _quiet_numerics()
-        if not debug:
-            warnings.showwarning = plain_warning
+        from .warning_lines import command_line_warnings
+
+        command_line_warnings(debug)
         code = int(args.func(args))
         if code == EXIT_OK:  # else its failure, stdout's included, has had its line
             _flush_stdout()

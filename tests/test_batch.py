@@ -1602,3 +1602,17 @@ def test_pool_workers_say_warnings_as_the_command_line_does(tmp_path):
     assert f"warning: {session / 'atlas_a.tif'}: a stack of 3 sections; using section 0 (choose with --section)" \
         in lines
     assert all(line.startswith(("warning: ", "ptolemy-rt batch: ")) for line in lines), r.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_pool_worker_says_warnings_as_the_command_line_does(debug):
+    """Review of fuzz13: a pool worker under --debug skipped quieting numpy's numeric warnings, which the command
+    line quiets whatever --debug says; both now do (warning_lines.command_line_warnings), and both say warnings
+    in Python's own form under --debug only."""
+    code = ("import warnings, numpy as np; from ptolemy_rt.batch import BatchConfig, init_worker; "
+            f"init_worker(BatchConfig('/nonexistent-models', 'cpu', 1, None, debug={debug}), ignore_sigint=False); "
+            "print(np.geterr()['over'], warnings.showwarning.__module__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ignore", "warnings" if debug else "ptolemy_rt.warning_lines"]
