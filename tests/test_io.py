@@ -1393,3 +1393,19 @@ def test_a_tiff_stack_is_refused_for_a_page_opencv_misreads_only_when_that_page_
     assert np.array_equal(io.read_image(path, section=1).data, grey[0])
     with pytest.raises(UnsupportedFormatError, match=r"stack\.tif: page 0 is a TIFF of grey and alpha samples of 16"):
         io.read_image(path)
+
+
+def test_an_mrc_is_judged_by_mrcfile_s_warnings_alone(tmp_path, monkeypatch):
+    """Review of fuzz13: every warning raised while an MRC opened was taken for the validator's word on the file;
+    only those raised in mrcfile's own files are now, and any other goes on where it was going."""
+    path = tmp_path / "ok.mrc"
+    _mrc(path, np.arange(30 * 40, dtype=np.int16).reshape(30, 40))
+    opening = mrcfile.open
+
+    def open_warning(*args, **kwargs):
+        warnings.warn("someone else's warning", UserWarning, stacklevel=1)
+        return opening(*args, **kwargs)
+
+    monkeypatch.setattr(mrcfile, "open", open_warning)
+    with pytest.warns(UserWarning, match="someone else's warning"):
+        assert io.read_image(path).shape == (30, 40)
