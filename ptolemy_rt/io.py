@@ -391,18 +391,29 @@ def _own_warnings(modules: str, origin: str | None = None) -> Iterator[list[warn
     """
     ident = threading.get_ident()
     caught: list[warnings.WarningMessage] = []
+    taking = [True]  # a hook left in place (another section's swap, not ours, restored it) passes everything on
     with _WARNINGS_LOCK, warnings.catch_warnings():
         passed_on = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if threading.get_ident() == ident and (origin is None or str(filename).startswith(origin)):
+            if taking[0] and threading.get_ident() == ident and (origin is None or str(filename).startswith(origin)):
                 caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
             else:
                 passed_on(message, category, filename, lineno, file, line)
 
         warnings.filterwarnings("always", module=modules)
         warnings.showwarning = show
-        yield caught
+        try:
+            yield caught
+        finally:
+            taking[0] = False
+
+
+@contextlib.contextmanager
+def held_warnings() -> Iterator[None]:
+    """warnings.catch_warnings(), one swap of the process's warning state at a time with the readers' own."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        yield
 
 
 def _mrcfile_warnings() -> contextlib.AbstractContextManager[list[warnings.WarningMessage]]:

@@ -609,7 +609,9 @@ def _row_residual(img: np.ndarray, shifts: list[tuple[int, int]], axis: int) -> 
         per_shift[k, r0:r1] = 0.0 - per_shift[j, r0 + across : r1 + across]
     import warnings
 
-    with warnings.catch_warnings():
+    from .io import held_warnings  # not interleaved with a reader's own swap (io._own_warnings)
+
+    with held_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # Near the image's edges only the shifts one way fit: ask for one each way (the list alternates
         # +k, -k), so an edge's own gradient is never a seam.

@@ -599,7 +599,9 @@ def _profile_outliers(profile: np.ndarray, step: float, threshold: float, max_wi
         shifted.append(out)
     import warnings
 
-    with warnings.catch_warnings():
+    from .io import held_warnings  # not interleaved with a reader's own swap (io._own_warnings)
+
+    with held_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         resid = profile - _orderstats.nanmedian(np.array(shifted), axis=0)
     ok = np.isfinite(resid)

@@ -1409,3 +1409,22 @@ def test_an_mrc_is_judged_by_mrcfile_s_warnings_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(mrcfile, "open", open_warning)
     with pytest.warns(UserWarning, match="someone else's warning"):
         assert io.read_image(path).shape == (30, 40)
+
+
+def test_a_reader_s_warning_hook_left_in_place_takes_nothing(tmp_path):
+    """Review of fuzz13: another section's catch_warnings (outside io's lock) entered during a reader's and left
+    after it restores the reader's hook for good; the hook then took that thread's later warnings into a list
+    nobody reads. A hook whose section has ended passes every warning on."""
+    seen: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: seen.append(str(message))
+        ours = io._own_warnings(io._OUR_MODULES)
+        caught = ours.__enter__()
+        theirs = warnings.catch_warnings()
+        theirs.__enter__()  # another thread's section, as the interleaving has it
+        warnings.warn("during", UserWarning, stacklevel=1)
+        ours.__exit__(None, None, None)
+        theirs.__exit__(None, None, None)  # puts the reader's hook back
+        warnings.warn("after", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["during"] and seen == ["after"]
