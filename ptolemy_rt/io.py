@@ -503,9 +503,15 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
             # killed the process with SIGBUS at the first page past its new end, a whole batch with it.
             mrc = mrcfile.open(path, mode="r", permissive=permissive)
         except ValueError as exc:
+            from mrcfile.utils import byte_order_from_machine_stamp
+
             stamp = bytes(header.machst)
-            says, reads = ("big" if stamp[:2] == b"\x11\x11" else "little",
-                           "big" if header.dtype["mode"].str[0] == ">" else "little")
+            try:
+                says = "big" if byte_order_from_machine_stamp(stamp) == ">" else "little"
+            except ValueError:  # a stamp mrcfile does not know (zeros, garbage from older writers)
+                raise CorruptFileError(f"{name}: invalid MRC file: its machine stamp ({stamp.hex(' ')}) names no "
+                                       "byte order (--permissive reads it anyway)") from None
+            reads = "big" if header.dtype["mode"].str[0] == ">" else "little"
             if says != reads:
                 # mrcfile reads the header in the order the stamp says, where _mrc_header found the other one:
                 # "Unrecognised mode '16777216'" named a problem the file does not have

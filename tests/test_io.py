@@ -1016,19 +1016,22 @@ def test_an_imod_unsigned_montage_is_assembled_from_unsigned_pieces(tmp_path):
 
 
 @pytest.mark.parametrize("compression", [8, 5, 34712, 65535])
-def test_a_tiff_whose_pixels_libtiff_cannot_decode_is_refused_not_read_as_blank(tmp_path, compression, capsys):
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_tiff_whose_pixels_libtiff_cannot_decode_is_refused_not_read_as_blank(tmp_path, compression, suffix,
+                                                                                  capsys):
     """Found by hand (fuzz13): where libtiff cannot decode a strip (a compression it lacks: JPEG 2000, an unknown
     number; corrupt deflate or LZW data), OpenCV logged the error to its silenced log and handed back a canvas of
-    zeros: exit 0, "blank image", for a file that holds no image. It is a CorruptFileError with libtiff's words."""
+    zeros: exit 0, "blank image", for a file that holds no image. It is a CorruptFileError with libtiff's words,
+    whatever the file is named (the content decides: review of fuzz13)."""
     import struct
 
     from ptolemy_rt.cli import main
 
     raw = _tiff_header(300, 300, 8, 1, 300 * 300)  # its strip: zeros, which no decoder reads as its stream
-    path = tmp_path / "lost.tif"
+    path = tmp_path / f"lost{suffix}"
     path.write_bytes(raw.replace(struct.pack("<HHIHH", 259, 3, 1, 8, 0),
                                  struct.pack("<HHIHH", 259, 3, 1, compression, 0)))
-    with pytest.raises(CorruptFileError, match=r"lost\.tif: not a readable TIFF image \(libtiff: "):
+    with pytest.raises(CorruptFileError, match=rf"lost\{suffix}: not a readable TIFF image \(libtiff: "):
         io.read_image(path)
     capsys.readouterr()
     assert main(["squares", str(path), "--no-score"]) == 2
@@ -1272,6 +1275,27 @@ def test_a_machine_stamp_of_the_other_byte_order_is_named_and_read_with_permissi
                                                r"\(--permissive reads it anyway\)"):
         io.read_image(path)
     with pytest.warns(UserWarning, match="Machine stamp"):
+        assert np.array_equal(io.read_image(path, permissive=True).data, data)
+
+
+@pytest.mark.parametrize("stamp", [b"\x00\x00\x00\x00", b"\x11\x00\x00\x00", b"\xde\xad\xbe\xef"])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_machine_stamp_that_names_no_byte_order_is_said_so(tmp_path, stamp, order):
+    """Review of fuzz13: any stamp but 11 11 was said to say little-endian, so a big-endian file with a zeroed
+    stamp (older writers) read "the machine stamp (00 00 00 00) says little-endian, the header reads big-endian".
+    A stamp mrcfile does not know names no order: said so, and --permissive reads the file by its mode."""
+    data = np.arange(30 * 20, dtype=np.int16).reshape(30, 20)
+    path = tmp_path / "zero.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data.astype(order + "i2"))
+    raw = bytearray(path.read_bytes())
+    raw[212:216] = stamp
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=rf"zero\.mrc: invalid MRC file: its machine stamp "
+                                               rf"\({stamp.hex(' ')}\) names no byte order \(--permissive reads it "
+                                               r"anyway\)$"):
+        io.read_image(path)
+    with pytest.warns(UserWarning, match="[Mm]achine stamp"):
         assert np.array_equal(io.read_image(path, permissive=True).data, data)
 
 

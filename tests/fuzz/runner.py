@@ -400,6 +400,9 @@ def _interpreter_start_up(err: str) -> bool:
     if not lines or lines[-1] != "KeyboardInterrupt":
         return False
     frames = [line for line in lines if line.lstrip().startswith('File "')]
+    # runpy's _run_code runs the package's __main__, after the package set its own handler: not start-up
+    if any("_run_code" in f for f in frames):
+        return False
     return bool(frames) and all('File "<frozen ' in f for f in frames) \
         or lines[0].startswith("Fatal Python error: init_") and not any("ptolemy_rt" in f for f in frames)
 
@@ -432,7 +435,7 @@ def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:
         err = errf.read_bytes().decode("utf-8", "replace")
         if case.get("signal") == "SIGINT":
             err = _SITE_BLOCK.sub("", err)  # an import of a .pth file broken by the Ctrl-C: site says so, goes on
-            if code in (1, -2) and _interpreter_start_up(err):
+            if code in (1, -2) and _interpreter_start_up(err) and not os.path.lexists(case.get("started", "")):
                 continue  # Ctrl-C while the interpreter itself started: before any of the package's code ran
         if code is None:
             problems.append("hang")

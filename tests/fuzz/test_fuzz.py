@@ -122,6 +122,8 @@ def test_an_interrupt_while_the_interpreter_starts_is_told_from_the_package_s_ow
     runpy = ("Traceback (most recent call last):\n  File \"<frozen runpy>\", line 189, in _run_module_as_main\n"
              "  File \"<frozen runpy>\", line 112, in _get_module_details\nKeyboardInterrupt\n")
     assert _interpreter_start_up(runpy)
+    # runpy running the package's __main__ (the package's own handler already set): not start-up (review of fuzz13)
+    assert not _interpreter_start_up(runpy.replace("_get_module_details", "_run_code"))
     ours = "Traceback (most recent call last):\n  File \"/x/ptolemy_rt/cli.py\", line 3, in main\nKeyboardInterrupt\n"
     assert not _interpreter_start_up(ours) and not _interpreter_start_up(runpy + ours)
     assert not _interpreter_start_up(startup.replace("KeyboardInterrupt", "MemoryError"))
