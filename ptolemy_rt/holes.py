@@ -38,6 +38,7 @@ from .unet import (
     MIN_PERIOD_PX,
     SCALE_TOLERANCE,
     consistent_periods,
+    finer_factor,
     normalise_image,
     period_candidates,
     probability_map,
@@ -311,8 +312,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         first_input = None
         return made[1] if made is not None and made[0] == f else None
 
-    def attempt(candidate: float, primary: bool) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
-        f = unet_factor(candidate, scale)
+    def attempt(candidate: float, primary: bool,
+                factor: float | None = None) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
+        f = unet_factor(candidate, scale) if factor is None else factor
         tried[f] = candidate
         # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
         window = max(1, min(REGION_WINDOW, int(_WINDOW_PERIODS * candidate)))
@@ -408,6 +410,14 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             continue  # a lattice is in hand: no seconds of U-Net on a large image at another estimator's period
         primary = trusted and not tried
         lattice, reason, quality, f, prob = attempt(candidate, primary)
+        finer = finer_factor(candidate, scale) if primary and lattice is None else None
+        if finer is not None:
+            # The image's period, and no lattice at it: the U-Net once more at a finer scale, judged as a
+            # further estimate's try (unet.FINER_PERIOD_FRACTION: an upsampled grid-square view's grain).
+            # Nothing found there leaves everything as it was, the first try's reason included.
+            again = attempt(candidate, False, finer)
+            if again[0] is not None:
+                lattice, reason, quality, f, prob = again
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
             best = _better(best, (quality, f, prob, lattice))
             if quality >= _CONVINCING:

@@ -28,6 +28,7 @@ __all__ = [
     "probability_map",
     "scaled_probability_map",
     "unet_factor",
+    "finer_factor",
     "period_candidates",
     "consistent_periods",
     "MIN_PERIOD_PX",
@@ -44,6 +45,12 @@ MIN_PERIOD_PX = 8.0
 # not at the 10-15 px of a whole grid square at 1x. The cap on the upscale is for cost on fine med-mag
 # lattices; below this it would make the hole finder blind.
 MIN_UNET_PERIOD_FRACTION = 0.44
+# A second look at the image's period where the first map holds no lattice (finer_factor): the period at this
+# fraction of scale.spacing_px, where the U-Net sees a grid-square view at 1-2x (MIN_UNET_PERIOD_FRACTION to
+# max_upscale x its 10-40 px periods). Upsampled 4x, such a view's film grain is hole-sized at the canonical
+# scale and the U-Net fires on it as on the holes (held-out 9903002 at 4x: 1083 candidates for 342 holes, no
+# lattice); at half the period the grain is gone again (380 candidates, the lattice found).
+FINER_PERIOD_FRACTION = 0.5
 # The lattice a scale-normalised U-Net map gives must lie within this factor of the period it was run at
 # (the U-Nets are trained for +-12 % of their canonical period).
 SCALE_TOLERANCE = 1.25
@@ -306,6 +313,13 @@ def unet_factor(period_px: float, scale: UnetScale) -> float:
     if not scale.max_upscale:
         return f
     return max(min(f, float(scale.max_upscale)), MIN_UNET_PERIOD_FRACTION * f)
+
+
+def finer_factor(period_px: float, scale: UnetScale) -> float | None:
+    """The resampling factor that puts period_px at FINER_PERIOD_FRACTION of scale.spacing_px, where that is
+    finer than unet_factor's by more than SCALE_TOLERANCE (a different view of the holes); else None."""
+    f = FINER_PERIOD_FRACTION * float(scale.spacing_px) / float(period_px)
+    return f if f * SCALE_TOLERANCE < unet_factor(period_px, scale) else None
 
 
 def consistent_periods(a: float, b: float, factor: float = SCALE_TOLERANCE) -> bool:
