@@ -1064,7 +1064,8 @@ def fit_lattice(
 
     None with fewer than two centroids, no anchor pair at least `min_spacing_px` apart, nothing positive
     in the mask, or when the best lattice is no lattice: fewer than `min_inliers` of the centroids (and
-    fewer than 3; the general model, which fits any three centroids, needs one more) near its points, or
+    fewer than 3, or all of them where there are fewer; the general model, which fits any three centroids,
+    needs 4 whatever their number) near its points, or
     fewer than `min_occupancy` of its points inside the image on a positive pixel (noise blobs: any two
     span a lattice, most of whose points then land on nothing).
 
@@ -1118,11 +1119,14 @@ def fit_lattice(
     if best is None:
         return None
     # A general lattice passes through any three centroids (a square one through any two), so one
-    # inlier more is its price of admission.
+    # inlier more is its price of admission. It is paid even where there are only three: a general lattice
+    # through three blobs is no evidence of one (a bar across continuous film, 3 blobs at its edge: an
+    # oblique 320 x 694 px lattice and 8 false holes). The square model keeps the original's min(3, n).
     free = 1 if kind == "general" else 0
+    need = 3 + free if kind == "general" else min(3, len(c))
     # blobs between the holes (Lattice.n_set_aside) need no lattice point; at least one centroid is explained
     explained = max(len(c) - best.n_set_aside, 1)
-    if best.n_inliers >= min(3 + free, len(c)) and best.n_inliers - free >= min_inliers * explained and (
+    if best.n_inliers >= need and best.n_inliers - free >= min_inliers * explained and (
             best.occupancy >= min_occupancy):
         return best
     if hidden_fallback and lambda_fp > 0 and len(c) >= _HIDDEN_MIN_CENTROIDS:

@@ -548,6 +548,17 @@ def test_noise_filling_the_central_crop_skips_the_whole_map(seed, unet_runs):
     assert max(rows * cols * f**2 for rows, cols, f in unet_runs) <= 2 * holes_mod._PROBE_PIXELS
 
 
+def test_three_blobs_beside_a_bar_are_no_lattice(unet_runs):
+    # Held-out no_lattice 5 of seed base 10 900 000 (a bar across continuous film): the U-Net at the spectrum's
+    # 264 px shows 3 blobs, through which a general lattice (320 x 694 px) passes as through any three; it was
+    # returned with 8 false holes.
+    from benchmarks.holes_sets import make_sample
+    from ptolemy_rt.models import default_models_dir
+
+    res = find_holes(make_sample("no_lattice", 5, 10_900_000).image, load_models(default_models_dir()), cnn=False)
+    assert res.holes == () and res.reason is not None
+
+
 def test_a_harmonic_of_the_lattice_in_hand_is_not_run(unet_runs):
     # Held-out whole square 1 (512 x 364, 12.8 px): the spectrum also reads its (1, 1) rows, 12.8 / sqrt 2 px.
     # With the 12.8 px lattice in hand (quality 0.65) that period's U-Net run (which found a superlattice of

@@ -506,6 +506,28 @@ def test_random_blobs_give_no_general_lattice(seed):
         assert fit_lattice(centroids, mask, model="general") is None
 
 
+@settings(max_examples=30, deadline=None)
+@given(pts=st.lists(st.tuples(st.floats(40, 1400), st.floats(40, 984)), min_size=2, max_size=3),
+       radius=st.floats(4.0, 20.0))
+def test_three_blobs_or_fewer_give_no_general_lattice(pts, radius):
+    # any three points lie on a general lattice (a bar across continuous film: 3 blobs at its edge gave an
+    # oblique 320 x 694 px lattice, occupancy 0.375, and 8 false holes); a fourth on it is the evidence
+    centroids = np.array(pts, dtype=np.float64)
+    assume(min(np.hypot(*(a - b)) for i, a in enumerate(centroids) for b in centroids[i + 1:]) > 60.0)
+    mask = np.zeros(SHAPE, dtype=bool)
+    paint_discs(mask, centroids, radius)
+    assert fit_lattice(centroids, mask, model="general") is None
+
+
+def test_four_blobs_of_a_lattice_give_a_general_lattice():
+    basis = np.array([[310.0, 40.0], [-120.0, 380.0]])
+    centroids = np.array([[400.0, 300.0]]) + np.array([[0, 0], [1, 0], [0, 1], [1, 1]]) @ basis
+    mask = np.zeros(SHAPE, dtype=bool)
+    paint_discs(mask, centroids, 20.0)
+    lat = fit_lattice(centroids, mask, model="general")
+    assert lat is not None and lat.n_inliers == 4
+
+
 def test_to_dict():
     basis = basis_of(50.0, 1.0, 60.0, 12.0)
     centroids, mask, _, _ = general_scene(10, basis)
