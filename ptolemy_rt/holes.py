@@ -391,7 +391,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     queue: list[float] = [] if period is None else [period]
     while True:
         if not queue:
-            if period is None or _convincing(best):
+            if period is None or (best is not None and best[0] >= _CONVINCING):
                 break
             t = time.perf_counter()
             nxt = next(estimates, None)
@@ -420,7 +420,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 lattice, reason, quality, f, prob = again
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
             best = _solid_first(best, (quality, f, prob, lattice))
-            if _convincing((quality, f, prob, lattice)):
+            if quality >= _CONVINCING:
                 break
             continue
         if lattice is not None and lattice.spacing_px <= min(image.shape) / 2.0:
@@ -546,18 +546,14 @@ def _why_not(reason: str | None, lattice: Lattice | None, period: float | None) 
             f"({period:.1f} px)")
 
 
-def _convincing(held: tuple | None) -> bool:
-    """Whether a (quality, factor, map, lattice) ends the period estimates' tries: quality _CONVINCING, of at
-    least _SOLID_INLIERS holes. A whole grid square's U-Net at the bars' pitch (the image estimate, 330-380 px)
-    shows the squares as a few blobs on a lattice of quality up to 1.0 (whole-square views 11403004 and
-    11803006 at 1x: 4 and 7 of them), and the estimates after it hold the holes' own period."""
-    return held is not None and held[0] >= _CONVINCING and held[3].n_inliers >= _SOLID_INLIERS
-
-
 def _solid_first(held: tuple | None, new: tuple) -> tuple:
     """The better of two (quality, factor, map, lattice) the period estimates gave: one of at least
-    _SOLID_INLIERS holes over one of fewer (a grid square's squares, see _convincing: quality 0.53 beat the
-    holes' lattice, 5,442 of them at 0.49), else the higher quality (the held one on a tie)."""
+    _SOLID_INLIERS holes over one of fewer, else the higher quality (the held one on a tie).
+
+    A 1024x1440 whole-square view at 1x has the bars' pitch as its image estimate (383 px), whose map shows the
+    grid squares as a few blobs on a lattice (tuning view 11403004: 4 of them, quality 0.53); it beat the holes'
+    own lattice at the crop's period (5,442 of them, 0.49). A lattice of quality _CONVINCING still ends the tries
+    whatever its size: the reference image's is 17 holes (0.94), and going on cost it a second U-Net run."""
     if held is None:
         return new
     solid_new, solid_held = new[3].n_inliers >= _SOLID_INLIERS, held[3].n_inliers >= _SOLID_INLIERS
