@@ -638,6 +638,7 @@ def test_blurred_whole_square_keeps_the_lattice_its_map_shows(unet_runs):
     assert abs(r["lattice"]["spacing_a"] / 49.54 - 1) < 0.01
 
 
+@pytest.mark.slow  # about 1 s each
 @pytest.mark.parametrize("index, base", [(2, 9_900_000), (0, 10_900_000)])
 def test_upsampled_whole_square_whose_grain_drowns_the_map_is_found_finer(index, base, unet_runs):
     # Held-out whole squares (512 x 364, 16.5 / 12.1 px) upsampled 4x: at the image's period (65.9 / 48.4 px)
