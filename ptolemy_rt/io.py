@@ -375,6 +375,17 @@ def _statistics_hold(header: np.recarray, data: np.ndarray | None) -> bool:
 
 # One thread at a time swaps the process's warning filters and hook to take its own warnings (_own_warnings).
 _WARNINGS_LOCK = threading.RLock()
+
+
+def _new_warnings_lock() -> None:
+    """A fresh lock in a forked child: one held by another thread at the fork (a thread that does not exist
+    there) would block every read of the child for good (review of fuzz13: a fork beside a reading thread)."""
+    global _WARNINGS_LOCK
+    _WARNINGS_LOCK = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_warnings_lock)
 # Warnings raised in this package's modules (ours, and what C libraries warn of through our frames).
 _OUR_MODULES = re.escape(__name__.rpartition(".")[0]) + r"(\.|$)"
 

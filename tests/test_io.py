@@ -1190,6 +1190,60 @@ def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_pat
     assert io.read_image(costly).shape == (1024, 1024)
 
 
+@pytest.mark.parametrize("block", [2, 3, 7, 64, 4099])
+def test_jpeg_scans_are_counted_across_the_block_edges(tmp_path, monkeypatch, block):
+    """Review of fuzz13: the scans are counted a block at a time; a scan header (0xFF 0xDA) across two blocks
+    counts once, whatever the block size (a count that missed such pairs passed every other test)."""
+    many = tmp_path / "many.jpg"
+    many.write_bytes(_progressive_jpeg(512, io.MAX_JPEG_SCANS))
+    monkeypatch.setattr(io, "_SCAN_BLOCK", block)
+    with pytest.raises(CorruptFileError, match=r"many\.jpg: a JPEG of 1006 scans "):
+        io.read_image(many)
+
+
+_FORK_BESIDE_A_READER = """
+import os, signal, sys, threading
+import numpy as np, mrcfile
+from ptolemy_rt import io
+
+path = sys.argv[1]
+with mrcfile.new(path, overwrite=True) as m:
+    m.set_data(np.arange(64 * 64, dtype=np.float32).reshape(64, 64))
+held, release = threading.Event(), threading.Event()
+
+
+def reader():  # a thread inside a read's warning section when the process forks
+    with io._WARNINGS_LOCK:
+        held.set()
+        release.wait()
+
+
+threading.Thread(target=reader, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)
+    io.read_image(path)
+    os._exit(0)
+release.set()
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_beside_a_reading_thread_can_read(tmp_path):
+    """Review of fuzz13: the lock of the readers' warning sections, held by another thread at a fork, stayed held
+    in the child (where that thread does not exist): its every read blocked for good. The child gets a fresh one."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", _FORK_BESIDE_A_READER, str(tmp_path / "x.mrc")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.strip() == "child 0", (done.stdout, done.stderr)
+
+
 def test_a_small_pixel_budget_reads_an_ordinary_progressive_jpeg(tmp_path):
     """Review of fuzz13: the scan check counted a small image as a megapixel but a small budget as itself, so a
     256x256 colour progressive JPEG (libjpeg's 10 scans) under --max-pixels 500000 was refused as a decoding-time

@@ -739,7 +739,9 @@ def batch_signals(rng: np.random.Generator, d: Path, image: Path) -> dict:
             "--workers", _pick(rng, ["1", "1", "2"]), "--threads", "1"]
     return {"kind": "cli", "argv": argv, "expect": [0, 130, -2, -15], "outdir": str(out),
             "signal": _pick(rng, ["SIGINT", "SIGTERM"]), "delay": float(rng.uniform(0.1, 0.9)),
-            "batch_out": str(out / "b")}
+            "batch_out": str(out / "b"),
+            # the batch makes its output folder once the package runs: a start-up Ctrl-C is accepted only before
+            "started": str(out / "b")}
 
 
 # ---------------------------------------------------------------------------------------------- model graphs
