@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -374,12 +375,8 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
         result = finder(image, models=models)
         # The same result as `ptolemy-rt squares|holes` writes: hole diameters, the pixel size from the session.
         result = with_hole_diameter(result, image.data)
-        if item.block is not None:  # a montage frame of several in one file: its own [ZValue] block, not the first
-            from types import SimpleNamespace
-
-            pixel = pixel_size_for(item.path, SimpleNamespace(shape=image.shape, section=item.block))
-        else:
-            pixel = pixel_size_for(item.path, image)
+        # a montage frame of several in one file: its own [ZValue] block, not the first (the pixels are not copied)
+        pixel = pixel_size_for(item.path, image if item.block is None else replace(image, section=item.block))
         result = with_pixel_size(result, pixel.angstrom, pixel.source)
         calibration = config.calibrations.get(item.kind)
         if calibration is not None:

@@ -253,8 +253,8 @@ def zlib_error():
     return zlib.error
 
 
-def montage_mdoc(path: str | os.PathLike) -> Path | None:
-    """The SerialEM `.mdoc` with piece coordinates that makes `path` a montage stack (PATH.mdoc, else the
+def _montage_mdoc(path: str | os.PathLike) -> tuple[Path, Any] | None:
+    """The SerialEM `.mdoc` with piece coordinates that makes `path` a montage stack, and its parse (PATH.mdoc, else the
     name with .mdoc for its suffix), or None. A montage .mdoc that cannot be parsed is a CorruptFileError."""
     from .smallfiles import is_regular
 
@@ -264,12 +264,19 @@ def montage_mdoc(path: str | os.PathLike) -> Path | None:
             continue
         from .montage import read_mdoc  # a .mdoc over smallfiles.MAX_SIDECAR_BYTES: CorruptFileError, unread
 
-        if read_mdoc(cand).is_montage:
-            return cand
+        md = read_mdoc(cand)
+        if md.is_montage:
+            return cand, md
     return None
 
 
-def _read_montage(path: Path, mdoc: Path, header: np.recarray, max_pixels: int, frame: int | None = None) -> Image:
+def montage_mdoc(path: str | os.PathLike) -> Path | None:
+    """The SerialEM montage `.mdoc` of `path` (_montage_mdoc), or None."""
+    found = _montage_mdoc(path)
+    return None if found is None else found[0]
+
+
+def _read_montage(path: Path, mdoc: Any, header: np.recarray, max_pixels: int, frame: int | None = None) -> Image:
     """The assembled montage (`frame`: which one of a stack of several; default the first) of a stack whose header
     was checked (budget, size) already."""
     from .montage import read_montage
@@ -280,7 +287,7 @@ def _read_montage(path: Path, mdoc: Path, header: np.recarray, max_pixels: int, 
         raise UnsupportedFormatError(f"{name}: MRC mode {mode} is not supported (modes 0, 1, 2, 6, 12 are)")
     m = read_montage(path, mdoc, max_pixels=max_pixels, frame=frame)
     dtype = np.dtype(MRC_MODES[mode]).name
-    log.debug("%s: montage of %d pieces from %s assembled to %s (%s)", name, len(m.positions), mdoc,
+    log.debug("%s: montage of %d pieces from %s assembled to %s (%s)", name, len(m.positions), mdoc.source,
               m.image.shape, dtype)
     # Gains make the pixels non-integer: the mixture rescales them as any float image ("float32").
     return Image(data=_validate(m.image, name), pixel_size_A=m.pixel_size_A, source=name, dtype="float32",
@@ -316,15 +323,15 @@ def _maybe_montage(path: Path, name: str, max_pixels: int, permissive: bool, fra
     header = _mrc_header(head, name)
     if frame is None and (len(head) < 1024 or int(header.nz) < 2):
         return None
-    mdoc = montage_mdoc(path)
-    if mdoc is None:
+    found = _montage_mdoc(path)
+    if found is None:
         if frame is None:
             return None
         raise CorruptFileError(f"{name}: no montage .mdoc (PieceCoordinates) beside it for montage {frame}")
     if bytes(header.map)[:3] != b"MAP" and not permissive:
         raise CorruptFileError(f"{name}: Map ID string not found - not an MRC file, or file is corrupt")
     _mrc_fits(header, name, max_pixels, path.stat().st_size)
-    return _read_montage(path, mdoc, header, max_pixels, frame)
+    return _read_montage(path, found[1], header, max_pixels, frame)
 
 
 # mrcfile's validator accepts header statistics within 1 % (np.isclose, rtol=0.01) of the data's own; a
@@ -642,7 +649,7 @@ class _Claims(list):
     """_raster_claims' (width, height, bytes per pixel) of each page; `refused`: why OpenCV cannot read a page right,
     by page (_refuse_page says it for the page read)."""
 
-    refused: dict[int, str] = {}
+    refused: dict[int, str]
 
 
 def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,

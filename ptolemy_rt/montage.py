@@ -140,7 +140,7 @@ def parse_mdoc(text: str, name: str = "<mdoc>") -> Mdoc:
     header: dict[str, str] = {}
     sections: list[MdocSection] = []
     current: dict[str, str] | None = None
-    other: dict[str, str] | None = None  # the keys of a block that is neither a piece nor the header: dropped
+    skipping = False  # in a block that is neither a piece nor a title: its keys are dropped
     z = -1
 
     def close() -> None:
@@ -157,7 +157,7 @@ def parse_mdoc(text: str, name: str = "<mdoc>") -> Mdoc:
         m = _SECTION.match(s)
         if m:
             close()
-            current, z, other = {}, int(m.group(1)), None
+            current, z, skipping = {}, int(m.group(1)), False
             continue
         if s.startswith("["):
             # Other bracketed blocks ([T = ...] titles, [MontSection = n]) are not pieces. A [MontSection]'s keys
@@ -165,14 +165,12 @@ def parse_mdoc(text: str, name: str = "<mdoc>") -> Mdoc:
             # header either (they replaced its PixelSpacing; metadata.mdoc_pixel_size never read them).
             close()
             current = None
-            title = s[1:].split("=", 1)[0].strip() == "T"
-            other = None if title else {}
+            skipping = s[1:].split("=", 1)[0].strip() != "T"
             continue
         key, sep, value = s.partition("=")
-        if not sep:
+        if not sep or (current is None and skipping):
             continue
-        target = current if current is not None else (header if other is None else other)
-        target[key.strip()] = value.strip()
+        (header if current is None else current)[key.strip()] = value.strip()
     close()
     pixel = None
     for src in [header] + [s.fields for s in sections]:
@@ -385,7 +383,7 @@ def _check_image_size(md: Mdoc, nx: int, ny: int) -> None:
 
 def read_montage(
     path: str | os.PathLike,
-    mdoc: str | os.PathLike | None = None,
+    mdoc: str | os.PathLike | Mdoc | None = None,
     *,
     aligned: bool = True,
     frame: int | None = None,
@@ -409,7 +407,7 @@ def read_montage(
     name = str(p)
     if not p.is_file():
         raise MissingFileError(f"{name}: no such file")
-    md = read_mdoc(mdoc if mdoc is not None else Path(name + ".mdoc"))
+    md = mdoc if isinstance(mdoc, Mdoc) else read_mdoc(mdoc if mdoc is not None else Path(name + ".mdoc"))
     if not md.is_montage:
         raise CorruptFileError(f"{md.source}: no PieceCoordinates: not a montage .mdoc")
     secs = [s for s in md.sections if s.piece is not None]

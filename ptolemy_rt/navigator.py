@@ -199,7 +199,7 @@ def _parse_xml_nav(text: str, name: str) -> Navigator:
     """SerialEM's XML navigator: <navigator>, then <PreData> (AdocVersion, LastSavedAs) and one <Item name="LABEL">
     per item holding one element per key. Values are kept as the autodoc parser keeps them, the file's bytes read
     as latin-1 (file_name decodes them), so that the two forms give the same items."""
-    from .metadata import parse_xml_safely
+    from .metadata import _local, parse_xml_safely
 
     if len(text) > MAX_XML_NAV_BYTES:
         raise InputError(f"{name}: {len(text)} bytes is too large for an XML navigator (limit {MAX_XML_NAV_BYTES}; "
@@ -210,25 +210,22 @@ def _parse_xml_nav(text: str, name: str) -> Navigator:
         raw = text.encode("utf-8")  # text given already decoded
     root = parse_xml_safely(raw, name)
 
-    def local(tag: str) -> str:
-        return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
     def value(element: Any) -> str:
         return (element.text or "").strip().encode("utf-8").decode("latin-1")
 
-    if local(root.tag) != "navigator":
-        raise InputError(f"{name}: XML whose root is <{local(root.tag)}>, not a SerialEM navigator (<navigator>)")
+    if _local(root.tag) != "navigator":
+        raise InputError(f"{name}: XML whose root is <{_local(root.tag)}>, not a SerialEM navigator (<navigator>)")
     header: list[tuple[str, str]] = []
     items: list[NavItem] = []
     for child in root:
-        tag = local(child.tag)
+        tag = _local(child.tag)
         if tag == "PreData":
-            header.extend((local(c.tag), value(c)) for c in child if local(c.tag))
+            header.extend((_local(c.tag), value(c)) for c in child if _local(c.tag))
         elif tag == "Item":
             label = child.get("name")
             if label is None or not label.strip():
                 raise InputError(f"{name}: an XML navigator <Item> without its name=\"LABEL\" attribute")
-            fields = tuple((local(c.tag), value(c)) for c in child if local(c.tag))
+            fields = tuple((_local(c.tag), value(c)) for c in child if _local(c.tag))
             items.append(NavItem(label.strip().encode("utf-8").decode("latin-1"), fields))
         elif tag:
             raise InputError(f"{name}: unexpected element <{tag}> in an XML navigator (only PreData and Item)")

@@ -355,9 +355,9 @@ def _sections_in(path: Path, montage: bool) -> int | dict[int, int] | None:
     the [ZValue] of each frame's first piece; None where the file or its .mdoc cannot tell (not a regular MRC
     file)."""
     from .errors import PtolemyError
-    from .io import MRC_ITEMSIZE, _mrc_header
+    from .io import MRC_ITEMSIZE, MRC_SUFFIXES, _mrc_header
 
-    if path.suffix.lower() not in (".mrc", ".st", ".map", ".mrcs", ".ali") or not is_regular(path):
+    if path.suffix.lower() not in MRC_SUFFIXES - {".rec"} or not is_regular(path):
         return None
     try:
         with open(path, "rb") as fh:
@@ -369,14 +369,13 @@ def _sections_in(path: Path, montage: bool) -> int | dict[int, int] | None:
         # a header claiming 1000 sections of a 3-section file made 1000 items: the others go to the left-out note
         held = min(nz, max(0, size - 1024 - int(header.nsymbt)) // (nx * ny * MRC_ITEMSIZE[mode]))
         if montage:
-            from .io import montage_mdoc
-            from .montage import read_mdoc
+            from .io import _montage_mdoc
 
-            mdoc = montage_mdoc(path)
-            if mdoc is None:
+            found = _montage_mdoc(path)
+            if found is None:
                 return None
             pieces: dict[int, list[int]] = {}
-            for s in read_mdoc(mdoc).sections:
+            for s in found[1].sections:
                 if s.piece is not None:
                     pieces.setdefault(s.piece[2], []).append(s.z)
             return {frame: min(zs) for frame, zs in pieces.items() if all(0 <= z < held for z in zs)}

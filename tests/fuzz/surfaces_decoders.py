@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .surfaces import _png_chunk
+
 DECODER_CLASSES = ("decoder_lies",)
 
 
@@ -189,24 +191,20 @@ def _raster_grow(rng: np.random.Generator, d: Path) -> dict:
             "grow": int(_pick(rng, [1, 2, 3])) << 30, "expect": [0], "named": True}
 
 
-def _chunk(tag: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
-
 def apng_file(side: int, frames: int, pixels: bytes) -> bytes:
     """An animated grey PNG of `frames` side x side frames, each of the zlib stream `pixels` (filtered rows)."""
-    raw = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-    raw += _chunk(b"acTL", struct.pack(">II", frames, 0))
+    raw = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    raw += _png_chunk(b"acTL", struct.pack(">II", frames, 0))
     seq = 0
     for frame in range(frames):
-        raw += _chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, side, side, 0, 0, 1, 10, 0, 0))
+        raw += _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, side, side, 0, 0, 1, 10, 0, 0))
         seq += 1
         if frame == 0:
-            raw += _chunk(b"IDAT", pixels)
+            raw += _png_chunk(b"IDAT", pixels)
         else:
-            raw += _chunk(b"fdAT", struct.pack(">I", seq) + pixels)
+            raw += _png_chunk(b"fdAT", struct.pack(">I", seq) + pixels)
             seq += 1
-    return raw + _chunk(b"IEND", b"")
+    return raw + _png_chunk(b"IEND", b"")
 
 
 def _apng_tif(rng: np.random.Generator, d: Path) -> dict:
