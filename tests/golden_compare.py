@@ -10,9 +10,16 @@ Lists each case (text files and published-weights digests) as same or CHANGED; e
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """This platform's digests in a recording (golden_cases.recorded_digests), empty where it has none."""
+    from .golden_cases import recorded_digests
+
+    path = folder / "digests.json"
+    return recorded_digests(path.read_text() if path.is_file() else "{}") or {}
 
 
 def compare(old: Path, new: Path, intended: set[str]) -> list[str]:
@@ -24,8 +31,8 @@ def compare(old: Path, new: Path, intended: set[str]) -> list[str]:
         print(f"{f.stem:48s} {'CHANGED' if changed else 'same'}")
         if changed and (f.stem not in intended or "compat" in f.stem):
             bad.append(f.stem)
-    do = json.loads((old / "published_sha256.json").read_text())
-    dn = json.loads((new / "published_sha256.json").read_text())
+    do = {k: v for k, v in (_digests(old)).items() if k.startswith("pub_")}
+    dn = {k: v for k, v in (_digests(new)).items() if k.startswith("pub_")}
     for k in sorted(set(do) | set(dn)):
         changed = do.get(k) != dn.get(k)
         print(f"{k:48s} {'CHANGED' if changed else 'same'} (published digest)")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .golden_cases import GOLDEN, SHIPPED_CASES, image_path, run_case
+from .golden_cases import GOLDEN, SHIPPED_CASES, image_path, recorded_digests, run_case
 
 ADDED_LATTICE = {"a", "b", "spacing_a", "spacing_b", "spacing_a_um", "spacing_b_um", "angle_deg", "angle_ab_deg",
                  "kind"}
@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = []
     rows = [("case", "old n", "new n", "kept matched", "max shift px", "spacing change", "angle change",
              "dropped", "dropped off film", "verdict")]
-    old_digests = json.loads(_old(args.base, "published_sha256.json") or "{}")
-    new_digests = json.loads((GOLDEN / "published_sha256.json").read_text())
+    old_digests = {k: v for k, v in (recorded_digests(_old(args.base, "digests.json") or "{}") or {}).items()
+                   if k.startswith("pub_")}
+    new_digests = {k: v for k, v in (recorded_digests() or {}).items() if k.startswith("pub_")}
     for name in sorted(set(old_digests) | set(new_digests)):
         if old_digests.get(name) != new_digests.get(name):
             ok = "compat" not in name
