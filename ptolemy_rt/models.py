@@ -105,7 +105,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     e = np.abs(x)
     np.negative(e, out=e)
     np.exp(e, out=e)
-    num = np.where(x >= 0, np.float32(1.0), e)
+    # The numerator, 1 where x >= 0 and e elsewhere, as max(x >= 0, e) (e lies in [+0, 1]; a NaN x gives a NaN
+    # quotient whatever the numerator): np.where cost 4 ns a pixel where its mask is mixed on the AMD EPYC (AVX2),
+    # these two passes 0.7 (a 1024x1440 image's U-Net maps: 6.4 -> 5.8 ms). tests/test_fastpath_bits.py.
+    num = np.greater_equal(x, np.float32(0.0), out=np.empty(x.shape, dtype=np.float32))
+    np.maximum(num, e, out=num)
     np.add(e, np.float32(1.0), out=e)
     return np.divide(num, e, out=e)
 

@@ -8,6 +8,9 @@ import math
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from ptolemy_rt.crops import crop_matrix, hole_crop_input, hole_crop_inputs, hole_crops, sample_affine
 from ptolemy_rt.unet import normalise_image
@@ -266,6 +269,16 @@ def test_sigmoid_is_the_gathered_two_branch_one_to_the_bit(scale):
         fast, plain = sigmoid(data), plain_sigmoid(np.ascontiguousarray(data))
         assert _same_bits(fast, plain) and fast.flags.c_contiguous
     assert np.isnan(sigmoid(np.array([np.nan], dtype=np.float32))[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=40),
+                  elements=st.floats(width=32, allow_nan=False)))
+def test_sigmoid_of_any_finite_or_infinite_values_is_the_two_branch_one(x):
+    # mixed signs, zeros of both signs, subnormals, infinities: the numerator max(x >= 0, e) is np.where's
+    from ptolemy_rt.models import sigmoid
+
+    assert _same_bits(sigmoid(x), plain_sigmoid(x))
 
 
 def test_normalise_image_into_a_view_is_the_same():
