@@ -47,7 +47,7 @@ from .unet import (
     tame_extremes,
     unet_factor,
 )
-from .views import SINGLE_HOLE_REASON, LargeHole, atlas_reason, large_holes, percentile
+from .views import SINGLE_HOLE_REASON, LargeHole, atlas_reason, large_holes, median, percentile
 
 __all__ = ["find_holes", "holes_from_map", "hole_centroids", "centroid_brightness", "unet_scores", "cnn_scores",
            "default_score",
@@ -394,7 +394,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     queue: list[float] = [] if period is None else [period]
     while True:
         if not queue:
-            if period is None or (best is not None and best[0] >= _CONVINCING):
+            if period is None or (best is not None and _convincing(best[0], best[3], image.data)):
                 break
             t = time.perf_counter()
             nxt = next(estimates, None)
@@ -423,7 +423,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 lattice, reason, quality, f, prob = again
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
             best = _solid_first(best, (quality, f, prob, lattice))
-            if quality >= _CONVINCING:
+            if _convincing(quality, lattice, image.data):
                 break
             continue
         if lattice is not None and lattice.spacing_px <= min(image.shape) / 2.0:
@@ -556,13 +556,62 @@ def _solid_first(held: tuple | None, new: tuple) -> tuple:
     A 1024x1440 whole-square view at 1x has the bars' pitch as its image estimate (383 px), whose map shows the
     grid squares as a few blobs on a lattice (tuning view 11403004: 4 of them, quality 0.53); it beat the holes'
     own lattice at the crop's period (5,442 of them, 0.49). A lattice of quality _CONVINCING still ends the tries
-    whatever its size: the reference image's is 17 holes (0.94), and going on cost it a second U-Net run."""
+    whatever its size, unless grid bars lie between its points (_convincing): the reference image's is 17 holes
+    (0.94), and going on cost it a second U-Net run."""
     if held is None:
         return new
     solid_new, solid_held = new[3].n_inliers >= _SOLID_INLIERS, held[3].n_inliers >= _SOLID_INLIERS
     if solid_new != solid_held:
         return new if solid_new else held
     return _better(held, new)
+
+
+# _between_bars: lattice points sampled over a box of this half-width (px; enough against shot noise: a bar is
+# black, film between holes about half as bright as they), and a midpoint is on a bar where it is darker,
+# above zero dose, than this share of the points' median.
+_SAMPLE_HALFWIDTH = 3
+_BAR_SHARE = 0.2
+
+
+def _convincing(quality: float, lattice: Lattice, image: np.ndarray) -> bool:
+    """Whether a lattice of this quality ends the period estimates' tries: one of quality _CONVINCING, unless
+    it has fewer than _SOLID_INLIERS holes with grid bars between them (_between_bars)."""
+    if quality < _CONVINCING:
+        return False
+    return lattice.n_inliers >= _SOLID_INLIERS or not _between_bars(lattice, image)
+
+
+def _between_bars(lattice: Lattice, image: np.ndarray) -> bool:
+    """Whether most midpoints between nearest lattice points (p + a / 2) are nearly opaque: a lattice of grid
+    squares with the bars between them, not of holes with film between them.
+
+    A 1024x1440 whole-square view at 1x has the bars' pitch as its image estimate, and the U-Net there shows each
+    grid square as a blob (tuning view 11803006: 7 of them at quality 1.0, which ended the tries before the
+    holes' own 10 px period). A few large holes are a convincing lattice too (the reference image: 17 at 0.94),
+    with carbon film between them (about half the holes' dose; a bar passes under 3 %)."""
+    rows, cols = image.shape
+    # Dose is zero where nothing passes; data offset below zero have their floor there. Bars are wide: a sparse
+    # sample holds their level, and where none of it is that dark beside the lattice's origin (on a hole or a
+    # square) there are no bars (the reference image: 35 against 125), whatever the other points show.
+    sample = float(image[::8, ::8].min())
+    floor = min(0.0, sample)
+    first = centroid_brightness(image, np.array([lattice.origin], dtype=np.float64), 2.0 * _SAMPLE_HALFWIDTH)
+    if first is None or not sample - floor < _BAR_SHARE * (float(first[0]) - floor):
+        return False
+    points = lattice.points((rows, cols), 0.0)
+    a = np.asarray(lattice.a, dtype=np.float64)
+    mids = points + 0.5 * a
+    mids = mids[(mids[:, 0] >= 0) & (mids[:, 0] <= cols - 1) & (mids[:, 1] >= 0) & (mids[:, 1] <= rows - 1)]
+    if len(points) == 0 or len(mids) == 0:
+        return False
+    # (centroid_brightness's half-width is half the radius given)
+    on, between = (centroid_brightness(image, p, 2.0 * _SAMPLE_HALFWIDTH) for p in (points, mids))
+    if on is None or between is None:
+        return False
+    held = float(median(on)) - floor
+    if not held > 0.0:
+        return False
+    return bool(np.mean(between - floor < _BAR_SHARE * held) >= 0.5)
 
 
 def _better(held: tuple | None, new: tuple) -> tuple:
