@@ -111,7 +111,7 @@ def _regions(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
 
 
 def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
-    """Region i's (area, centroid xy, enclosing radius, min-rect area)."""
+    """Region i's (area, centroid xy, enclosing radius, min-rect area, enclosing centre xy), in work px."""
     import cv2
 
     area = float(stats[i, cv2.CC_STAT_AREA])
@@ -120,10 +120,11 @@ def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
     sub = (labels[y0:y0 + h, x0:x0 + w] == i).astype(np.uint8)
     contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     pts = np.concatenate(contours).reshape(-1, 2).astype(np.float32)
-    _, radius = cv2.minEnclosingCircle(pts)
+    (ex, ey), radius = cv2.minEnclosingCircle(pts)
     (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
     # pixel areas vs. contours through pixel centres: add half a pixel around
-    return area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0)
+    return (area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0),
+            (float(ex) + x0, float(ey) + y0))
 
 
 def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
@@ -143,14 +144,52 @@ def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
     # A region cut by the edge is left out: its roundness cannot be judged (ice gradients and grid-square
     # views give such regions too), so it is no evidence either way.
     labels, stats, cents, inside = _regions(bright, math.pi / 4 * min_d**2 * 0.5)
+    partial = []
     for i in inside:
         diameter = 2.0 * math.sqrt(float(stats[i, 4]) / math.pi)  # CC_STAT_AREA
         if diameter < min_d:
+            partial.append(i)
             continue
-        area, (cx, cy), radius, _ = _shape(labels, stats, cents, i)
+        area, (cx, cy), radius, _, _ = _shape(labels, stats, cents, i)
         if area / (math.pi * radius**2) >= _ROUND_FILL:
             found.append(LargeHole(*_edge_circle(image, *_refine_centre(image, cx * f, cy * f, diameter * f))))
+        else:
+            partial.append(i)
+    if not found:
+        found = [h for h in (_dim_hole(image, labels, stats, cents, i, f, min_d) for i in partial) if h is not None]
     return sorted(found, key=lambda h: (-h.diameter_px, h.y, h.x))
+
+
+# _dim_hole: a bright region filling at least this share of its enclosing circle (a half disc: 0.5) ...
+_PART_FILL = 0.4
+# ... is the bright part of a hole where the rim traced around that circle (at least half the rays on it) lies
+# at a median distance off it of at most this share of its diameter (the held-out holes: < 0.005; an ellipse
+# of aspect 1.3, as a tear, ~0.06).
+_RIM_OFF = 0.015
+
+
+def _dim_hole(image: np.ndarray, labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int, f: float,
+              min_d: float) -> LargeHole | None:
+    """The hole a bright region is the brighter part of (the circle through the rim around its enclosing
+    circle), wholly inside the image and at least min_d work px across; None where there is none.
+
+    Ice thickening across a hole (and the illumination falling off) can leave part of it darker than the
+    film: the bright split then holds a segment of it, too small or not round (tuning single-hole views
+    12304004 and 9804007: the upper half of a 477 px hole, no targets). Its rim still shows all round (the
+    defocus fringes), and the enclosing circle of a segment at least half the disc is the hole's."""
+    area, _, radius, _, (ex, ey) = _shape(labels, stats, cents, i)
+    if 2.0 * radius < min_d or area / (math.pi * radius**2) < _PART_FILL:
+        return None
+    # work px (pixel centres) to input px
+    rim = _rim_circle(image, (ex + 0.5) * f - 0.5, (ey + 0.5) * f - 0.5, 2.0 * radius * f)
+    if rim is None:
+        return None
+    x, y, d, _, off = rim
+    rows, cols = image.shape
+    if off > _RIM_OFF * d or d < min_d * f or not (
+            d / 2 <= x <= cols - 1 - d / 2 and d / 2 <= y <= rows - 1 - d / 2):
+        return None
+    return LargeHole(x, y, d)
 
 
 def _refine_centre(image: np.ndarray, x: float, y: float, diameter: float) -> tuple[float, float, float]:
@@ -187,7 +226,15 @@ _EDGE_WORK_DIAMETER = 800.0
 
 def _edge_circle(image: np.ndarray, x: float, y: float, diameter: float) -> tuple[float, float, float]:
     """Centre and diameter of the circle through the hole's rim, from an estimate (x, y, diameter); the
-    estimate itself where the rim cannot be traced (mostly outside the image, or not a circle).
+    estimate itself where the rim cannot be traced (mostly outside the image, or not a circle): _rim_circle."""
+    rim = _rim_circle(image, x, y, diameter)
+    return (x, y, diameter) if rim is None else rim[:3]
+
+
+def _rim_circle(image: np.ndarray, x: float, y: float,
+                diameter: float) -> tuple[float, float, float, float, float] | None:
+    """(centre x, y, diameter, share of the rays on the circle, their median distance off it in input px) of
+    the circle through the hole's rim, from an estimate (x, y, diameter); None where the rim cannot be traced.
 
     The bright pixels' centroid (_refine_centre) is pulled toward the hole's brighter side where the ice in it
     thickens across the hole (held-out single-hole view 11004002: 45 px off, its dim third cut away). The rim
@@ -202,7 +249,7 @@ def _edge_circle(image: np.ndarray, x: float, y: float, diameter: float) -> tupl
     r0, r1 = max(0, int(y - reach)), min(rows, int(y + reach) + 2)
     c0, c1 = max(0, int(x - reach)), min(cols, int(x + reach) + 2)
     if r1 - r0 < 8 or c1 - c0 < 8:
-        return x, y, diameter
+        return None
     win = np.asarray(image[r0:r1, c0:c1], dtype=np.float32)
     if f > 1.0:
         win = cv2.resize(win, (max(1, round((c1 - c0) / f)), max(1, round((r1 - r0) / f))),
@@ -212,7 +259,7 @@ def _edge_circle(image: np.ndarray, x: float, y: float, diameter: float) -> tupl
     xs, ys = (x - c0) / fx - 0.5 + 0.5 / fx, (y - r0) / fy - 0.5 + 0.5 / fy  # pixel centres of the shrunk copy
     radial = np.arange(_EDGE_FROM * diameter / f, _EDGE_TO * diameter / f, 0.5)
     if len(radial) < 5:
-        return x, y, diameter
+        return None
     theta = np.linspace(0.0, 2.0 * math.pi, _EDGE_RAYS, endpoint=False)
     cos, sin = np.cos(theta), np.sin(theta)
     px = xs + radial[None, :] * cos[:, None]
@@ -224,7 +271,7 @@ def _edge_circle(image: np.ndarray, x: float, y: float, diameter: float) -> tupl
               & (px.max(axis=1) <= w - 1 - (margin if c1 < cols else 0))
               & (py.max(axis=1) <= h - 1 - (margin if r1 < rows else 0)))
     if inside.sum() < _EDGE_RAYS // 2:
-        return x, y, diameter
+        return None
     profiles = cv2.remap(win, px.astype(np.float32), py.astype(np.float32), cv2.INTER_LINEAR)[inside]
     slope = np.diff(profiles, axis=1)  # slope[k]: between radial[k] and radial[k + 1]
     k = np.clip(slope.argmin(axis=1), 1, slope.shape[1] - 2)
@@ -242,17 +289,19 @@ def _edge_circle(image: np.ndarray, x: float, y: float, diameter: float) -> tupl
         cx, cy = 0.5 * sol[0], 0.5 * sol[1]
         radius_sq = sol[2] + cx * cx + cy * cy
         if not radius_sq > 0:
-            return x, y, diameter
+            return None
         off = np.abs(np.hypot(ex - cx, ey - cy) - math.sqrt(radius_sq))
         keep = off <= 3.0 * (float(np.median(off[keep])) + 0.5)
     radius = math.sqrt(radius_sq)
     # not a circle: most rays off it, or a rim far from the estimate's
     if keep.sum() < 0.5 * len(ex) or not _EDGE_FROM < 2.0 * radius * f / diameter < 2.0 * _EDGE_TO:
-        return x, y, diameter
+        return None
     nx, ny = c0 + (cx + 0.5 - 0.5 / fx) * fx, r0 + (cy + 0.5 - 0.5 / fy) * fy
     if math.hypot(nx - x, ny - y) > 0.25 * diameter:
-        return x, y, diameter
-    return float(nx), float(ny), 2.0 * radius * math.sqrt(fx * fy)
+        return None
+    scale = math.sqrt(fx * fy)
+    return (float(nx), float(ny), 2.0 * radius * scale, float(keep.mean()),
+            float(np.median(off[keep])) * scale)
 
 
 def atlas_reason(image: np.ndarray, *, finite: bool = False) -> str | None:

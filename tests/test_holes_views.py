@@ -271,3 +271,31 @@ def test_finite_float32_copies_only_to_clean():
     assert np.isfinite(out).all() and out[1, 2] == 0 and out[0, 0] == 0 and out[2, 3] == 0
     assert np.array_equal(out[np.isfinite(y)], y[np.isfinite(y)])
     assert finite_float32(x.astype(np.uint16)).dtype == np.float32
+
+
+@pytest.mark.parametrize("turn, seed", [(1.2, 0), (2.5, 1), (4.0, 2), (5.5, 3)])
+def test_a_hole_half_darker_than_its_film_is_found_by_its_rim(turn, seed):
+    # Ice thickening across a hole can leave part of it darker than the film (tuning single-hole views
+    # 12304004 and 9804007): the bright split holds only the hole's brighter half, too small and not round,
+    # and the view got no target. Its rim still shows all round (a defocus fringe: bright inside the edge,
+    # dark outside), and the enclosing circle of that half is the hole's.
+    img, cx, cy, r = wedge_hole(0.5, 0.5, 0.5, 1.6, turn, seed)
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]].astype(np.float32)
+    d = np.hypot(xx - cx, yy - cy) - r
+    img += (30.0 * ((d > -4) & (d <= 0)) - 20.0 * ((d > 0) & (d < 4))).astype(np.float32)
+    found = large_holes(img)
+    assert len(found) == 1
+    assert math.hypot(found[0].x - cx, found[0].y - cy) < 2.0
+    assert found[0].diameter_px == pytest.approx(2 * r, rel=0.02)
+
+
+def test_a_bright_ellipse_or_rounded_square_is_no_dim_hole():
+    # the rim's second look wants a circle: a tear (an ellipse of aspect 1.3) or a square region of film
+    # between bars, each too little round for the first look, stays no hole
+    shape = (700, 900)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    rng = np.random.default_rng(0)
+    ellipse = np.where(np.hypot((xx - 450) / 1.3, yy - 350) < 170, 220.0, 100.0)
+    square = np.where((np.abs(xx - 450) < 170) & (np.abs(yy - 350) < 170), 220.0, 100.0)
+    for img in (ellipse, square):
+        assert large_holes((img + rng.normal(0, 4.0, shape)).astype(np.float32)) == []
