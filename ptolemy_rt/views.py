@@ -144,52 +144,69 @@ def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
     # A region cut by the edge is left out: its roundness cannot be judged (ice gradients and grid-square
     # views give such regions too), so it is no evidence either way.
     labels, stats, cents, inside = _regions(bright, math.pi / 4 * min_d**2 * 0.5)
-    partial = []
+    partial = []  # (label, its _shape where the first look measured it)
     for i in inside:
         diameter = 2.0 * math.sqrt(float(stats[i, 4]) / math.pi)  # CC_STAT_AREA
         if diameter < min_d:
-            partial.append(i)
+            partial.append((i, None))
             continue
-        area, (cx, cy), radius, _, _ = _shape(labels, stats, cents, i)
+        shape = _shape(labels, stats, cents, i)
+        area, (cx, cy), radius = shape[:3]
         if area / (math.pi * radius**2) >= _ROUND_FILL:
             found.append(LargeHole(*_edge_circle(image, *_refine_centre(image, cx * f, cy * f, diameter * f))))
         else:
-            partial.append(i)
+            partial.append((i, shape))
     if not found:
-        found = [h for h in (_dim_hole(image, labels, stats, cents, i, f, min_d) for i in partial) if h is not None]
+        found = [h for h in (_dim_hole(image, _shape(labels, stats, cents, i) if shape is None else shape, f, min_d)
+                             for i, shape in partial) if h is not None]
     return sorted(found, key=lambda h: (-h.diameter_px, h.y, h.x))
 
 
-# _dim_hole: a bright region filling at least this share of its enclosing circle (a half disc: 0.5) ...
+# _dim_hole: a bright region filling at least this share of its enclosing circle (a half disc: 0.5), and less
+# than _SQUARE_RECT_FILL of its min-area rectangle (a half disc: 0.79; a grid square filling the view, ~1, is
+# no hole and not worth tracing) ...
 _PART_FILL = 0.4
-# ... is the bright part of a hole where the rim traced around that circle (at least half the rays on it) lies
-# at a median distance off it of at most this share of its diameter (the held-out holes: < 0.005; an ellipse
-# of aspect 1.3, as a tear, ~0.06).
-_RIM_OFF = 0.015
+# ... is the bright part of a hole where the rim traced around that circle lies on a circle nearly all round
+# (at least this share of the traced rays: the fringed rims of the tests' wedge holes 0.91-0.93, tuning view
+# 9804007 1.0; a disc segment of 0.5-0.75 with no rim on its dark side 0.56-0.67, a misplaced fit to an
+# unfringed hole 0.73-0.76) ...
+_RIM_SHARE = 0.85
+# ... or, traced stepping up or down, on both sides: at least _RIM_PART_SHARE of the rays on the circle and at
+# least _RIM_RISING of those rising to the film (the hole's part darker than the film: tuning view 12304004,
+# 0.69 and 0.21, whose dim side matches the film over a fifth of the rim; a segment with no rim on its dark
+# side never rises) ...
+_RIM_PART_SHARE = 0.6
+_RIM_RISING = 0.1
+# ... at a median distance off it of at most this share of its diameter (the real and tuning holes: < 0.005; a
+# disc crossed by a bar, the bar's edges traced, 0.013; an ellipse of aspect 1.3, as a tear, ~0.06).
+_RIM_OFF = 0.008
 
 
-def _dim_hole(image: np.ndarray, labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int, f: float,
-              min_d: float) -> LargeHole | None:
-    """The hole a bright region is the brighter part of (the circle through the rim around its enclosing
-    circle), wholly inside the image and at least min_d work px across; None where there is none.
+def _dim_hole(image: np.ndarray, shape: tuple, f: float, min_d: float) -> LargeHole | None:
+    """The hole a bright region (its _shape) is the brighter part of (the circle through the rim around its
+    enclosing circle), wholly inside the image and at least min_d work px across; None where there is none.
 
     Ice thickening across a hole (and the illumination falling off) can leave part of it darker than the
     film: the bright split then holds a segment of it, too small or not round (tuning single-hole views
-    12304004 and 9804007: the upper half of a 477 px hole, no targets). Its rim still shows all round (the
-    defocus fringes), and the enclosing circle of a segment at least half the disc is the hole's."""
-    area, _, radius, _, (ex, ey) = _shape(labels, stats, cents, i)
-    if 2.0 * radius < min_d or area / (math.pi * radius**2) < _PART_FILL:
+    12304004 and 9804007: the upper half of a 477 px hole, no targets), and the enclosing circle of a segment
+    at least half the disc is the hole's. Its rim shows all round where defocus fringes it; else it falls
+    from the bright part to the film and rises from the dim part to it (traced either way: the steepest
+    step, up or down, along each ray; the fringe's own steps would pull a fringed rim off by ~2 px)."""
+    area, _, radius, rect, (ex, ey) = shape
+    if 2.0 * radius < min_d or area / (math.pi * radius**2) < _PART_FILL or area / rect >= _SQUARE_RECT_FILL:
         return None
-    # work px (pixel centres) to input px
-    rim = _rim_circle(image, (ex + 0.5) * f - 0.5, (ey + 0.5) * f - 0.5, 2.0 * radius * f)
-    if rim is None:
-        return None
-    x, y, d, _, off = rim
     rows, cols = image.shape
-    if off > _RIM_OFF * d or d < min_d * f or not (
-            d / 2 <= x <= cols - 1 - d / 2 and d / 2 <= y <= rows - 1 - d / 2):
-        return None
-    return LargeHole(x, y, d)
+    for either_way in (False, True):
+        # work px (pixel centres) to input px
+        rim = _rim_circle(image, (ex + 0.5) * f - 0.5, (ey + 0.5) * f - 0.5, 2.0 * radius * f, either_way)
+        if rim is None:
+            continue
+        x, y, d, share, off, rising = rim
+        round_all = share >= _RIM_SHARE or (share >= _RIM_PART_SHARE and rising >= _RIM_RISING)
+        if round_all and off <= _RIM_OFF * d and d >= min_d * f and (
+                d / 2 <= x <= cols - 1 - d / 2 and d / 2 <= y <= rows - 1 - d / 2):
+            return LargeHole(x, y, d)
+    return None
 
 
 def _refine_centre(image: np.ndarray, x: float, y: float, diameter: float) -> tuple[float, float, float]:
@@ -231,16 +248,18 @@ def _edge_circle(image: np.ndarray, x: float, y: float, diameter: float) -> tupl
     return (x, y, diameter) if rim is None else rim[:3]
 
 
-def _rim_circle(image: np.ndarray, x: float, y: float,
-                diameter: float) -> tuple[float, float, float, float, float] | None:
-    """(centre x, y, diameter, share of the rays on the circle, their median distance off it in input px) of
-    the circle through the hole's rim, from an estimate (x, y, diameter); None where the rim cannot be traced.
+def _rim_circle(image: np.ndarray, x: float, y: float, diameter: float,
+                either_way: bool = False) -> tuple[float, float, float, float, float, float] | None:
+    """(centre x, y, diameter, share of the traced rays (those inside the image) whose rim lies on the circle,
+    their median distance off it in input px, the share of those rising outward) of the circle through the
+    hole's rim, from an estimate (x, y, diameter); None where the rim cannot be traced.
 
     The bright pixels' centroid (_refine_centre) is pulled toward the hole's brighter side where the ice in it
     thickens across the hole (held-out single-hole view 11004002: 45 px off, its dim third cut away). The rim
     is where the image falls steepest from hole to film whatever the ice's brightness: along each of
     _EDGE_RAYS rays the steepest descent (to a fraction of a pixel), then a least-squares circle through them
-    with rays off it (a neighbour, contamination) left out."""
+    with rays off it (a neighbour, contamination) left out. either_way: the steepest step up or down (a hole
+    partly darker than its film rises to it there)."""
     import cv2
 
     rows, cols = image.shape
@@ -274,6 +293,11 @@ def _rim_circle(image: np.ndarray, x: float, y: float,
         return None
     profiles = cv2.remap(win, px.astype(np.float32), py.astype(np.float32), cv2.INTER_LINEAR)[inside]
     slope = np.diff(profiles, axis=1)  # slope[k]: between radial[k] and radial[k + 1]
+    rising = None
+    if either_way:
+        rising = slope.argmax(axis=1)
+        rising = slope[np.arange(len(rising)), rising] > -slope.min(axis=1)
+        slope = -np.abs(slope)
     k = np.clip(slope.argmin(axis=1), 1, slope.shape[1] - 2)
     i = np.arange(len(k))
     before, at, after = slope[i, k - 1], slope[i, k], slope[i, k + 1]
@@ -301,7 +325,7 @@ def _rim_circle(image: np.ndarray, x: float, y: float,
         return None
     scale = math.sqrt(fx * fy)
     return (float(nx), float(ny), 2.0 * radius * scale, float(keep.mean()),
-            float(np.median(off[keep])) * scale)
+            float(np.median(off[keep])) * scale, 0.0 if rising is None else float(rising[keep].mean()))
 
 
 def atlas_reason(image: np.ndarray, *, finite: bool = False) -> str | None:
