@@ -566,10 +566,10 @@ def _solid_first(held: tuple | None, new: tuple) -> tuple:
     return _better(held, new)
 
 
-# _between_bars: lattice points sampled over a box of this half-width (px; enough against shot noise: a bar is
-# black, film between holes about half as bright as they), and a midpoint is on a bar where it is darker,
-# above zero dose, than this share of the points' median.
-_SAMPLE_HALFWIDTH = 3
+# _between_bars: lattice points sampled over a box of half-width 3 px (centroid_brightness's radius: twice
+# that; enough against shot noise: a bar is black, film between holes about half as bright as they), and a
+# midpoint is on a bar where its dose is below this share of the points' median.
+_SAMPLE_RADIUS = 6.0
 _BAR_SHARE = 0.2
 
 
@@ -590,13 +590,17 @@ def _between_bars(lattice: Lattice, image: np.ndarray) -> bool:
     holes' own 10 px period). A few large holes are a convincing lattice too (the reference image: 17 at 0.94),
     with carbon film between them (about half the holes' dose; a bar passes under 3 %)."""
     rows, cols = image.shape
-    # Dose is zero where nothing passes; data offset below zero have their floor there. Bars are wide: a sparse
-    # sample holds their level, and where none of it is that dark beside the lattice's origin (on a hole or a
-    # square) there are no bars (the reference image: 35 against 125), whatever the other points show.
+    # Dose is zero where nothing passes: "darker than a share of the points' level" needs that floor, which
+    # only data that look like doses have. Data below zero (background-subtracted, z-scored) have none: their
+    # darkest pixel is no bar's level (carbon between holes would read as bars), so no bars are seen there
+    # and a convincing lattice ends the tries as it always did. Bars are wide: a sparse sample holds their
+    # level, and where none of it is that dark beside the lattice's origin (on a hole or a square) there are
+    # no bars (the reference image: 35 against 125), whatever the other points show.
     sample = float(image[::8, ::8].min())
-    floor = min(0.0, sample)
-    first = centroid_brightness(image, np.array([lattice.origin], dtype=np.float64), 2.0 * _SAMPLE_HALFWIDTH)
-    if first is None or not sample - floor < _BAR_SHARE * (float(first[0]) - floor):
+    if not sample >= 0.0:
+        return False
+    first = centroid_brightness(image, np.array([lattice.origin], dtype=np.float64), _SAMPLE_RADIUS)
+    if first is None or not sample < _BAR_SHARE * float(first[0]):
         return False
     points = lattice.points((rows, cols), 0.0)
     a = np.asarray(lattice.a, dtype=np.float64)
@@ -604,14 +608,13 @@ def _between_bars(lattice: Lattice, image: np.ndarray) -> bool:
     mids = mids[(mids[:, 0] >= 0) & (mids[:, 0] <= cols - 1) & (mids[:, 1] >= 0) & (mids[:, 1] <= rows - 1)]
     if len(points) == 0 or len(mids) == 0:
         return False
-    # (centroid_brightness's half-width is half the radius given)
-    on, between = (centroid_brightness(image, p, 2.0 * _SAMPLE_HALFWIDTH) for p in (points, mids))
+    on, between = (centroid_brightness(image, p, _SAMPLE_RADIUS) for p in (points, mids))
     if on is None or between is None:
         return False
-    held = float(median(on)) - floor
+    held = float(median(on))
     if not held > 0.0:
         return False
-    return bool(np.mean(between - floor < _BAR_SHARE * held) >= 0.5)
+    return bool(np.mean(between < _BAR_SHARE * held) >= 0.5)
 
 
 def _better(held: tuple | None, new: tuple) -> tuple:

@@ -850,3 +850,38 @@ def test_whole_square_views_with_wide_bars_find_the_holes(seed, factor, unet_run
     r = evaluate(sample, load_models(default_models_dir()))
     assert r["reason"] is None and r["tp"] >= 0.98 * r["targets"] and r["fp"] == 0
     assert abs(r["lattice"]["spacing_a"] / sample.spacing_px - 1) < 0.01
+
+
+def test_no_bars_are_seen_in_data_offset_below_zero():
+    # _between_bars takes zero dose as the bars' level; data below zero (background-subtracted, z-scored) have
+    # no such floor, and their darkest pixel (carbon between 17 large holes) read as bars: the convincing
+    # lattice then did not end the tries (CPU 82 -> 131-172 ms)
+    from ptolemy_rt.holes import _between_bars, _convincing
+    from ptolemy_rt.lattice import Lattice
+
+    rows, cols, pitch = 512, 720, 170.0
+    lattice = Lattice(origin=(90.0, 90.0), a=(pitch, 0.0), b=(0.0, pitch), angle_deg=0.0, cost=0.0, anchors=(),
+                      n_inliers=12, occupancy=1.0, refined=True, model="general")
+    holes = np.where(_disc_mask((rows, cols), lattice.points((rows, cols), 0.0), 60.0), 100.0, 50.0)
+    holes = (holes + np.random.default_rng(0).normal(0, 2.0, holes.shape)).astype(np.float32)
+    for data in (holes, holes - np.float32(50.0), (holes - holes.mean()) / holes.std()):
+        assert not _between_bars(lattice, data) and _convincing(0.94, lattice, data)
+
+
+def test_reference_image_offset_below_zero_gives_the_same_holes(medmag, unet_runs):
+    # the reference image (17 large holes on carbon, a convincing lattice of few points) minus its mean and
+    # z-scored: the same holes, and the tries end at the same lattice (no further U-Net runs)
+    data = np.asarray(medmag.data, dtype=np.float32)
+    results, runs = [], []
+    for image in (data, data - np.float32(data.mean()), (data - data.mean()) / data.std()):
+        unet_runs.clear()
+        results.append(find_holes(image.astype(np.float32), threads=1))
+        runs.append(list(unet_runs))
+    assert len(results[0].holes) > 0
+    for r, rs in zip(results[1:], runs[1:]):
+        # (the period estimates, and so the U-Net's scale, move by ~1e-4 with the offset)
+        assert len(rs) == len(runs[0]) and np.allclose(rs, runs[0], rtol=1e-3)
+        # the same lattice (which of its points film.film_mask keeps is its own matter: not offset-free)
+        assert r.lattice is not None and r.lattice.n_inliers == results[0].lattice.n_inliers
+        np.testing.assert_allclose(r.lattice.origin, results[0].lattice.origin, atol=0.5)
+        assert r.spacing_px == pytest.approx(results[0].spacing_px, rel=1e-3)
