@@ -394,7 +394,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     queue: list[float] = [] if period is None else [period]
     while True:
         if not queue:
-            if period is None or (best is not None and _convincing(best[0], best[3], image.data)):
+            # (a convincing lattice ended the tries where it was found: the one held here is none)
+            if period is None:
                 break
             t = time.perf_counter()
             nxt = next(estimates, None)
@@ -454,8 +455,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
                 best = _better(best, (quality, f, prob, lattice))
                 # a map at a far too coarse scale can still hold a lattice of its period by chance, so the
-                # ladder goes on until one is convincing
-                if quality >= _CONVINCING:
+                # ladder goes on until one is convincing (grid squares with bars between them are not: the
+                # ladder runs longest first, and reaches the holes' period after the bars' pitch)
+                if _convincing(quality, lattice, image.data):
                     break
                 continue
             if lattice is not None and MIN_PERIOD_PX <= lattice.spacing_px <= min(image.shape) / 2.0:
