@@ -301,6 +301,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
     first_reason = None
     tried: dict[float, float] = {}  # factor -> period
     film_copy: list[Future] = []  # the film mask's working copy for the primary period, made beside the fit
+    films: dict[float, np.ndarray] = {}  # _film_quality's film mask, by period, for _holes_on_lattice
 
     def first_try_input(f: float, primary: bool) -> tuple[np.ndarray, tuple[int, int]] | None:
         """The U-Net input the worker made for the image's period, for the first try if it runs at its factor
@@ -383,7 +384,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                                             mask=mask, table=table)
         if (not primary and lattice is not None and quality < _LADDER_MIN_QUALITY
                 and lattice.n_inliers >= _SOLID_INLIERS):
-            quality = _film_quality(lattice, quality, prob > thr if mask is None else mask, image.data)
+            quality = _film_quality(lattice, quality, prob > thr if mask is None else mask, image.data, films)
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob
@@ -476,8 +477,13 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)
     _, f, prob, lattice = best
+    film = films.get(lattice.spacing_px)
+    if film is not None:
+        for copy in film_copy:
+            _drop(copy)
+        film_copy.clear()
     return _holes_on_lattice(image, prob, lattice, model_set, opts, timings, info, unet_area=f * f, finite=True,
-                             film_copy=film_copy.pop() if film_copy else None)
+                             film_copy=film_copy.pop() if film_copy else None, film=film)
 
 
 def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, options: HoleOptions | None = None,
@@ -716,30 +722,42 @@ def _regularity(centroids: np.ndarray, mask: np.ndarray, enough: float = _MIN_RE
     return max(share, regularity(sizable))
 
 
-def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image: np.ndarray) -> float:
+def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image: np.ndarray,
+                  films: dict[float, np.ndarray]) -> float:
     """A lattice's quality (_fit_map's) with its occupancy counted over the lattice points on the film alone
     (film.film_mask, as _holes_on_lattice keeps them), where that is higher.
 
     Grid bars and the area outside the squares hold no holes, yet their lattice points count against the
     occupancy: a whole-square view whose bars cover half of it scores half at best (tuning view 12403003 at
     2x: 2,881 holes on the 31 px lattice, occupancy 0.47, quality 0.33, refused; the grid squares' lattice
-    of 6 was returned instead). A point is occupied when a positive pixel lies within a quarter period."""
-    occupancy = lattice.occupancy
-    if not occupancy > 0.0:
+    of 6 was returned instead). The occupancy (lattice.occupancy's footprint) is scaled by the share of the
+    points on film that are occupied over that of all of them, each with a positive pixel within a quarter
+    period: a view without bars keeps its quality whatever the two footprints make of it.
+    films: film masks by period, made here where the lift can reach _LADDER_MIN_QUALITY and kept for
+    _holes_on_lattice (a full-image pass: 20-120 ms at 1024x1440, over a second at 4096x4096)."""
+    if not lattice.occupancy > 0.0:
         return quality
     spacing = lattice.spacing_px
     points = lattice.points(positive.shape, 0.0)
-    on = on_film(points, film_mask(image, spacing, finite=True), FILM_RADIUS * spacing)
-    if int(on.sum()) < _SOLID_INLIERS:
-        return quality
     rows, cols = positive.shape
     h = max(1, int(0.25 * spacing))
-    x, y = np.rint(points[on, 0]).astype(np.int64), np.rint(points[on, 1]).astype(np.int64)
+    x, y = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
     x0, x1 = np.clip(x - h, 0, cols), np.clip(x + h + 1, 0, cols)
     y0, y1 = np.clip(y - h, 0, rows), np.clip(y + h + 1, 0, rows)
     sat = summed_area_table(positive)
     held = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) > 0
-    return max(quality, quality / occupancy * float(held.mean()))
+    share = float(held.mean()) if len(held) else 0.0
+    # the points on film can at most all be occupied: no film mask where even that leaves it refused
+    if not share > 0.0 or quality / share < _LADDER_MIN_QUALITY:
+        return quality
+    mask = films.get(spacing)
+    if mask is None:
+        films.clear()  # one image-sized mask held at a time
+        mask = films[spacing] = film_mask(image, spacing, finite=True)
+    on = on_film(points, mask, FILM_RADIUS * spacing)
+    if int(on.sum()) < _SOLID_INLIERS:
+        return quality
+    return max(quality, quality * float(held[on].mean()) / share)
 
 
 def _blob_radius(mask: np.ndarray, n: int) -> float:
@@ -783,13 +801,15 @@ def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_set: ModelSet, opts: HoleOptions,
                       timings: dict[str, float], info: ImageInfo, unet_area: float = 1.0,
-                      finite: bool = False, film_copy: Future | None = None) -> HoleResult:
+                      finite: bool = False, film_copy: Future | None = None,
+                      film: np.ndarray | None = None) -> HoleResult:
     """The stages after the lattice: lattice points, crops, U-Net and CNN scores.
 
     unet_area: U-Net pixels per input pixel (unused: the "unet" score is the mean probability over the crop,
     which a scale-normalised U-Net gives the same at any magnification; see scoring.unet_scores).
     finite: the image is known to be finite as float32 (find_holes's normalise_image summed it to a finite mean).
     film_copy: a Future of film.film_working_copy(image, some period, finite=finite), made beside the lattice fit.
+    film: film.film_mask(image, lattice.spacing_px, finite=finite) where already made (_film_quality).
     """
     if lattice.spacing_px > min(image.shape) / 2.0:
         # fewer than two periods fit: the lattice is two or three blobs, its other points invented
@@ -803,7 +823,8 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     # A point beyond the image's edge (edge_tolerance > 0) is judged by the film at the nearest edge pixel:
     # on_film alone would call every point without a footprint pixel inside the image off film.
     inside = np.clip(points, 0.0, [image.shape[1] - 1.0, image.shape[0] - 1.0])
-    mask = film_mask(image.data, lattice.spacing_px, finite=finite, working=_taken(film_copy))
+    mask = film if film is not None else film_mask(image.data, lattice.spacing_px, finite=finite,
+                                                   working=_taken(film_copy))
     film_copy = None  # the copy (near the image's size at a short period) is not kept through the scores
     on = on_film(inside, mask, FILM_RADIUS * lattice.spacing_px)
     timings["film"] = time.perf_counter() - t

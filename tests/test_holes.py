@@ -805,9 +805,9 @@ def test_lattice_quality_counts_the_points_on_film():
     lattice = fit_lattice(hole_centroids(positive, 6), positive, model="general")
     assert lattice is not None and lattice.occupancy < 0.35
     quality = lattice.occupancy  # every blob an inlier
-    assert _film_quality(lattice, quality, positive, image) > 0.9
+    assert _film_quality(lattice, quality, positive, image, {}) > 0.9
     # all film: nothing to discount
-    assert _film_quality(lattice, quality, positive, np.where(positive, 200.0, 90.0).astype(np.float32)) == quality
+    assert _film_quality(lattice, quality, positive, np.where(positive, 200.0, 90.0).astype(np.float32), {}) == quality
 
 
 def test_grid_squares_with_bars_between_them_are_told_from_holes():
@@ -885,3 +885,22 @@ def test_reference_image_offset_below_zero_gives_the_same_holes(medmag, unet_run
         assert r.lattice is not None and r.lattice.n_inliers == results[0].lattice.n_inliers
         np.testing.assert_allclose(r.lattice.origin, results[0].lattice.origin, atol=0.5)
         assert r.spacing_px == pytest.approx(results[0].spacing_px, rel=1e-3)
+
+
+def test_lattice_quality_on_a_view_without_bars_keeps_its_footprint():
+    # half the points of a 100 px lattice hold a hole, the others a speck within a quarter period: a box of a
+    # quarter period holds one, lattice.occupancy's (at most 15 px) does not. All film: the quality stays
+    # (counted with the wider box alone it rose from 0.30 to 0.37, over _LADDER_MIN_QUALITY)
+    from ptolemy_rt.holes import _film_quality
+    from ptolemy_rt.lattice import fit_lattice
+
+    rng = np.random.default_rng(0)
+    rows, cols, spacing = 1000, 1300, 100.0
+    grid = np.array([(x, y) for x in np.arange(50.0, cols, spacing) for y in np.arange(50.0, rows, spacing)])
+    holes = rng.random(len(grid)) < 0.5
+    specks = grid[~holes] + rng.uniform(-22, 22, (int((~holes).sum()), 2))
+    positive = _disc_mask((rows, cols), grid[holes], 20.0) | _disc_mask((rows, cols), specks, 1.5)
+    lattice = fit_lattice(hole_centroids(positive, 6), positive, model="general")
+    assert lattice is not None
+    image = np.where(positive, 200.0, 90.0).astype(np.float32)
+    assert _film_quality(lattice, 0.3, positive, image, {}) == 0.3
