@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,12 @@ class Mdoc:
 
 
 _MAX_COORDINATE = 2.0**31
+# Pieces whose gains tile_gains solves by lstsq (an SVD: 1 s of CPU at 1024 pieces, the cube of the count); more by
+# the normal equations. A montage of more pieces than MAX_PIECES is refused: its normal equations alone are
+# pieces^2 doubles (134 MB at 4096), where SerialEM's atlases are of tens to hundreds. An 8 MB .mdoc names 180,000
+# pieces: 2304 of 32x32 px (a 4.7 MB stack) took 165 s and 700 MB, 4096 more than 5 minutes and 2 GB.
+LSTSQ_PIECES = 1024
+MAX_PIECES = 4096
 
 
 def _ints3(value: str, name: str, key: str) -> tuple[int, int, int]:
@@ -260,31 +266,73 @@ def tile_gains(
     floor = 0.05 * float(np.median(all_means[all_means > 0])) if (all_means > 0).any() else 0.0
     rows: list[np.ndarray] = []
     rhs: list[float] = []
+    pairs: list[tuple[int, int, float]] = []
+    for i, j in _overlapping_pairs(pos, shape):
+        ov = _overlap(pos[i], pos[j], shape)
+        if ov is None:
+            continue
+        y0, y1, x0, x1 = ov
+        a = tiles[i][y0 - pos[i, 1] : y1 - pos[i, 1], x0 - pos[i, 0] : x1 - pos[i, 0]]
+        b = tiles[j][y0 - pos[j, 1] : y1 - pos[j, 1], x0 - pos[j, 0] : x1 - pos[j, 0]]
+        ma, mb = float(np.mean(a)), float(np.mean(b))
+        if ma <= floor or mb <= floor:
+            continue  # a dark overlap (off the disc) says nothing about gains
+        pairs.append((i, j, math.log(ma / mb)))
+    priors = []
     for i in range(n):
-        for j in range(i + 1, n):
-            ov = _overlap(pos[i], pos[j], shape)
-            if ov is None:
-                continue
-            y0, y1, x0, x1 = ov
-            a = tiles[i][y0 - pos[i, 1] : y1 - pos[i, 1], x0 - pos[i, 0] : x1 - pos[i, 0]]
-            b = tiles[j][y0 - pos[j, 1] : y1 - pos[j, 1], x0 - pos[j, 0] : x1 - pos[j, 0]]
-            ma, mb = float(np.mean(a)), float(np.mean(b))
-            if ma <= floor or mb <= floor:
-                continue  # a dark overlap (off the disc) says nothing about gains
-            r = np.zeros(n)
-            r[i], r[j] = 1.0, -1.0
-            rows.append(r)
-            rhs.append(math.log(ma / mb))
+        prior = medians[i] / ref if medians[i] > 0 and ref > 0 else 1.0
+        priors.append(prior_weight * math.log(float(np.clip(prior, 0.5, 2.0))))
+    if n > LSTSQ_PIECES:
+        return np.exp(_gains_normal(n, pairs, priors, prior_weight))
+    for i, j, d in pairs:
+        r = np.zeros(n)
+        r[i], r[j] = 1.0, -1.0
+        rows.append(r)
+        rhs.append(d)
     for i in range(n):
         r = np.zeros(n)
         r[i] = prior_weight
         rows.append(r)
-        prior = medians[i] / ref if medians[i] > 0 and ref > 0 else 1.0
-        rhs.append(prior_weight * math.log(float(np.clip(prior, 0.5, 2.0))))
+        rhs.append(priors[i])
     rows.append(np.full(n, 1.0))
     rhs.append(0.0)
     sol, *_ = np.linalg.lstsq(np.vstack(rows), np.asarray(rhs), rcond=None)
     return np.exp(sol - sol.mean())
+
+
+def _overlapping_pairs(pos: np.ndarray, shape: tuple[int, int]) -> Iterator[tuple[int, int]]:
+    """(i, j), i < j, of the tiles at `pos` whose bounding boxes overlap by at least 4 px each way, in the order of
+    the double loop over i and j > i: one array operation per tile (a Python test per pair took minutes for a few
+    thousand pieces)."""
+    h, w = shape
+    x, y = pos[:, 0], pos[:, 1]
+    for i in range(len(pos) - 1):
+        xs, ys = x[i + 1 :], y[i + 1 :]
+        near = ((np.minimum(x[i], xs) + w - np.maximum(x[i], xs) >= 4)
+                & (np.minimum(y[i], ys) + h - np.maximum(y[i], ys) >= 4))
+        for j in np.flatnonzero(near):
+            yield i, i + 1 + int(j)
+
+
+def _gains_normal(n: int, pairs: list[tuple[int, int, float]], priors: list[float], prior_weight: float
+                  ) -> np.ndarray:
+    """tile_gains' least-squares log gains (mean 0) by its normal equations, built without the n-column design
+    matrix: lstsq's SVD of it takes O(pieces^3) time and (pairs x pieces) memory, minutes and gigabytes for a few
+    thousand pieces. The system is full rank (the prior rows), as montage's flatten_tile_offsets solves it."""
+    normal = np.ones((n, n))  # the row of ones (sum of the log gains 0)
+    normal[np.diag_indices(n)] += prior_weight**2
+    rhs = prior_weight * np.asarray(priors, dtype=np.float64)
+    if pairs:
+        i, j, d = (np.array(v) for v in zip(*pairs))
+        i, j = i.astype(np.int64), j.astype(np.int64)
+        np.add.at(normal, (i, i), 1.0)
+        np.add.at(normal, (j, j), 1.0)
+        np.add.at(normal, (i, j), -1.0)
+        np.add.at(normal, (j, i), -1.0)
+        np.add.at(rhs, i, d)
+        np.add.at(rhs, j, -d)
+    sol = np.linalg.solve(normal, rhs)
+    return sol - sol.mean()
 
 
 def _fill_gaps(image: np.ndarray, covered: np.ndarray, rounds: int = 6, k: int = 9) -> None:
@@ -423,6 +471,9 @@ def read_montage(
     secs = [s for s in secs if s.piece[2] == want]
     if not secs:
         raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")
+    if len(secs) > MAX_PIECES:
+        raise TooLargeError(f"{md.source}: montage frame {want} has {len(secs)} pieces, more than the "
+                            f"{MAX_PIECES} assembled (--section N reads one piece)")
     from .io import _mrc_fits, _mrc_header
 
     try:
