@@ -123,6 +123,11 @@ _MAX_COORDINATE = 2.0**31
 # pieces: 2304 of 32x32 px (a 4.7 MB stack) took 165 s and 700 MB, 4096 more than 5 minutes and 2 GB.
 LSTSQ_PIECES = 1024
 MAX_PIECES = 4096
+# A piece overlaps its neighbours: 8 in a grid whose overlaps are under half a piece, 4 pairs a piece. Pieces piled
+# on each other are no montage's layout: an 8 MB stack of 1024 pieces of 64 px at one place took 13 GB (lstsq's
+# design matrix of 523,776 pairs) and minutes. More than MAX_OVERLAPS pairs a piece (and MIN_OVERLAPS) are refused.
+MAX_OVERLAPS = 32
+MIN_OVERLAPS = 4096
 
 
 def _ints3(value: str, name: str, key: str) -> tuple[int, int, int]:
@@ -282,7 +287,7 @@ def tile_gains(
     for i in range(n):
         prior = medians[i] / ref if medians[i] > 0 and ref > 0 else 1.0
         priors.append(prior_weight * math.log(float(np.clip(prior, 0.5, 2.0))))
-    if n > LSTSQ_PIECES:
+    if n > LSTSQ_PIECES or len(pairs) > 16 * n:
         return np.exp(_gains_normal(n, pairs, priors, prior_weight))
     for i, j, d in pairs:
         r = np.zeros(n)
@@ -300,18 +305,27 @@ def tile_gains(
     return np.exp(sol - sol.mean())
 
 
+def _overlapping_after(pos: np.ndarray, shape: tuple[int, int], i: int) -> np.ndarray:
+    """Which tiles after tile i (at `pos`, all of `shape`) overlap it by at least 4 px each way (_overlap's test)."""
+    h, w = shape
+    x, y = pos[:, 0], pos[:, 1]
+    xs, ys = x[i + 1 :], y[i + 1 :]
+    return ((np.minimum(x[i], xs) + w - np.maximum(x[i], xs) >= 4)
+            & (np.minimum(y[i], ys) + h - np.maximum(y[i], ys) >= 4))
+
+
 def _overlapping_pairs(pos: np.ndarray, shape: tuple[int, int]) -> Iterator[tuple[int, int]]:
     """(i, j), i < j, of the tiles at `pos` whose bounding boxes overlap by at least 4 px each way, in the order of
     the double loop over i and j > i: one array operation per tile (a Python test per pair took minutes for a few
     thousand pieces)."""
-    h, w = shape
-    x, y = pos[:, 0], pos[:, 1]
     for i in range(len(pos) - 1):
-        xs, ys = x[i + 1 :], y[i + 1 :]
-        near = ((np.minimum(x[i], xs) + w - np.maximum(x[i], xs) >= 4)
-                & (np.minimum(y[i], ys) + h - np.maximum(y[i], ys) >= 4))
-        for j in np.flatnonzero(near):
+        for j in np.flatnonzero(_overlapping_after(pos, shape, i)):
             yield i, i + 1 + int(j)
+
+
+def _overlap_count(pos: np.ndarray, shape: tuple[int, int]) -> int:
+    """How many pairs of the tiles at `pos` overlap (_overlapping_pairs), counted without listing them."""
+    return sum(int(np.count_nonzero(_overlapping_after(pos, shape, i))) for i in range(len(pos) - 1))
 
 
 def _gains_normal(n: int, pairs: list[tuple[int, int, float]], priors: list[float], prior_weight: float
@@ -514,6 +528,11 @@ def read_montage(
         if use_aligned:
             ali = np.array([s.aligned[:2] for s in secs], dtype=np.int64)
             pos = pos + (ali - nominal) - np.rint((ali - nominal).mean(axis=0)).astype(np.int64)
+        pairs = _overlap_count(pos, data.shape[1:])
+        if pairs > max(MAX_OVERLAPS * len(secs), MIN_OVERLAPS):
+            raise CorruptFileError(f"{md.source}: the piece coordinates pile {len(secs)} pieces of "
+                                   f"{data.shape[2]}x{data.shape[1]} px on each other ({pairs} overlapping pairs, "
+                                   f"{2 * pairs / len(secs):.0f} a piece): not a montage's layout")
         tiles = [np.asarray(data[s.z], dtype=np.float32) for s in secs]
         pixel = md.pixel_size_A
         if pixel is None:
