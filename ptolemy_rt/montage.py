@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,6 +489,11 @@ def read_montage(
     if len(secs) > MAX_PIECES:
         raise TooLargeError(f"{md.source}: montage frame {want} has {len(secs)} pieces, more than the "
                             f"{MAX_PIECES} assembled (--section N reads one piece)")
+    twice = next((z for z, n in Counter(s.z for s in secs).items() if n > 1), None)
+    if twice is not None:
+        # Each piece is a section of its own: 196 pieces of a 16 MB stack of two 2048 px sections took 4 GB (a
+        # float32 copy a piece), where the stack's own size bounds a montage's pieces.
+        raise CorruptFileError(f"{md.source}: ZValue {twice} is more than one piece of montage frame {want}")
     from .io import _mrc_fits, _mrc_header
 
     try:

@@ -695,3 +695,17 @@ def test_pieces_piled_on_each_other_are_refused_naming_the_mdoc(tmp_path, monkey
         read_image(piled)
     grid = write_stack(tmp_path, tiles, [(12 * (k % 4), 12 * (k // 4)) for k in range(12)], name="grid.mrc")
     assert read_image(grid).shape == (40, 52)
+
+
+def test_a_section_given_for_two_pieces_is_refused_naming_the_mdoc(tmp_path):
+    """Hand-made fuzz 14: a .mdoc giving the sections of a 16 MB stack (two of 2048 px) for 196 pieces took 4 GB, a
+    float32 copy a piece: the stack's own size no longer bounded the montage's pieces. Refused, naming the .mdoc."""
+    from ptolemy_rt.io import read_image
+
+    rng = np.random.default_rng(6)
+    tiles = [rng.uniform(10, 20, (16, 16)).astype(np.float32) for _ in range(3)]
+    path = write_stack(tmp_path, tiles, [(0, 0), (12, 0), (24, 0)])
+    mdoc = tmp_path / "mont.mrc.mdoc"
+    mdoc.write_text(mdoc.read_text().replace("[ZValue = 2]", "[ZValue = 0]"))
+    with pytest.raises(CorruptFileError, match=r"mont\.mrc\.mdoc: ZValue 0 is more than one piece of montage frame 0"):
+        read_image(path)
