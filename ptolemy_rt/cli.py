@@ -333,7 +333,7 @@ def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list)
             raise UsageError(f"--overlay {path}: the extension picks the format; use .png, .jpg, .jpeg, .tif "
                              "or .tiff")
     inputs = _input_files(args)
-    seen: dict[object, str] = {}
+    seen: dict[object, tuple[str, str]] = {}
     nav_outs: list[Path | None] = [None] * len(args.images)
     if getattr(args, "nav", None):
         from .navigator import default_nav_output
@@ -347,9 +347,12 @@ def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list)
             if key in inputs:
                 raise UsageError(f"{option} {path}: would overwrite {inputs[key]}")
             if key in seen:
-                raise UsageError(f"{option}: {seen[key]} and {image} would both write {path}; "
+                before, other = seen[key]
+                if other == image:  # "in.mrc and in.mrc would both write r.png" for -o r.png --overlay r.png
+                    raise UsageError(f"{option} {path}: {before} writes it too; give each its own path")
+                raise UsageError(f"{option}: {other} and {image} would both write {path}; "
                                  "run them separately or rename one")
-            seen[key] = image
+            seen[key] = (option, image)
 
 
 def _input_files(args: argparse.Namespace) -> dict[object, str]:

@@ -253,6 +253,11 @@ def test_batch_destination_problems_are_usage_errors(tmp_path, atlas, models_dir
     outdir = tmp_path / "res"
     code, _, err = run(["squares", atlas, twin, "-o", outdir, "--no-score"], capsys)
     assert code == 2 and "would both write" in err and not outdir.exists()
+    # one image's -o and --overlay on one path: said as such (it was "atlas.mrc and atlas.mrc would both write")
+    same = tmp_path / "same.png"
+    code, _, err = run(["squares", atlas, "-o", same, "--overlay", same, "--no-score"], capsys)
+    assert code == 2 and err.strip() == f"error: --overlay {same}: -o writes it too; give each its own path"
+    assert not same.exists()
     afile = tmp_path / "f.json"
     afile.write_text("keep me")
     code, _, err = run(["squares", atlas, tmp_path / "x.mrc", "-o", afile, "--no-score"], capsys)
