@@ -226,6 +226,24 @@ def test_empty_output_and_single_file_for_several_inputs_are_refused(tmp_path, s
     assert code == 2 and "directory" in err and not out.exists()
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["batch", "", "-o", "{out}"], "PATH"),
+    (["squares", "", "--no-score"], "IMAGE"),
+    (["squares", "{image}", "", "--no-score"], "IMAGE"),
+    (["squares", "{image}", "--no-score", "--nav", ""], "--nav"),
+    (["squares", "{image}", "--no-score", "--models", ""], "--models"),
+    (["squares", "{image}", "--no-score", "--calibration", ""], "--calibration"),
+])
+def test_an_empty_path_is_refused_as_such(tmp_path, small_mrc, capsys, monkeypatch, argv, said):
+    """Hand-made fuzz 14: an empty path (a shell variable not set) ran `batch` on the current folder, was ignored
+    for --nav and --calibration, read the current folder as --models (exit 3) and was refused as ".: not a regular
+    file" for an IMAGE. Exit 2, saying so, and nothing written."""
+    monkeypatch.chdir(small_mrc.parent)
+    out = tmp_path / "out"
+    code, _, err = _cli([a.format(out=out, image=small_mrc) for a in argv], capsys)
+    assert code == 2 and err.strip() == f"error: {said}: an empty path was given" and not out.exists()
+
+
 def test_overlay_format_follows_its_extension(tmp_path, small_mrc, capsys):
     for ext, magic in ((".jpg", b"\xff\xd8"), (".jpeg", b"\xff\xd8"), (".tif", b"II*\x00"), (".png", b"\x89PNG")):
         path = tmp_path / f"o{ext}"
