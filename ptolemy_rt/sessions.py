@@ -33,6 +33,7 @@ Where an image sits on the stage (to link grid-square images to atlas squares), 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import ntpath
@@ -497,7 +498,7 @@ def _expand(arg: str, navs_seen: dict[Path, _NavRead]) -> list[Path]:
             return _nav_files(path, navs_seen)
         return [path]
     if _GLOB_CHARS & set(arg):
-        matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
+        matches = sorted(Path(m) for m in _glob(arg))
         if not matches:
             raise InputError(f"{arg}: no file matches this pattern")
         out: list[Path] = []
@@ -510,6 +511,56 @@ def _expand(arg: str, navs_seen: dict[Path, _NavRead]) -> list[Path]:
             raise InputError(f"{arg}: no image matches this pattern")
         return out
     raise InputError(f"{arg}: no such file or directory")
+
+
+def _glob(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), but a link loop below a `**` is not followed round: glob follows links to
+    folders there without end, so two links to '.' in a session folder made `batch "SESSION/**/*.mrc"` run for good
+    (a session folder given as such is walked without following links, _session_files). A link to a folder
+    elsewhere (the raw data on another disk) is still followed."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    k = parts.index("**")
+    prefix, rest = os.sep.join(parts[:k]), parts[k:]
+    bases = glob.glob(prefix) if glob.has_magic(prefix) else [prefix]
+    found: list[str] = []
+    for base in bases:
+        if not os.path.isdir(base or os.curdir):
+            continue
+        reals: dict[str, str] = {}  # each folder walked: its real path
+        for folder, dirs, files in os.walk(base or os.curdir, followlinks=True):
+            real = reals[folder] = os.path.realpath(folder)
+            above, up = folder, os.path.dirname(folder)
+            while up != above and up in reals:  # a folder inside itself (a link loop) is walked no further
+                if reals[up] == real:
+                    dirs[:], files[:] = [], []
+                    break
+                above, up = up, os.path.dirname(up)
+            rel = os.path.relpath(folder, base or os.curdir)
+            names = [] if rel == os.curdir else rel.split(os.sep)
+            for name in ["", *sorted(dirs), *sorted(files)]:
+                path_names = names + [name] if name else names
+                if (path_names or base) and _glob_match(path_names, rest):
+                    found.append(os.path.join(base, *path_names) if path_names else os.path.join(base, ""))
+    return found
+
+
+def _glob_match(names: list[str], parts: list[str]) -> bool:
+    """Whether the names of a path below a `**` match the pattern's components `parts`, as glob matches them: `**`
+    any number of folders, a name starting with '.' only by a component that does."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        for i in range(len(names) + 1):
+            if _glob_match(names[i:], parts[1:]):
+                return True
+            if i < len(names) and names[i].startswith("."):
+                return False
+        return False
+    if not names or (names[0].startswith(".") and not parts[0].startswith(".")):
+        return False
+    return fnmatch.fnmatch(names[0], parts[0]) and _glob_match(names[1:], parts[1:])
 
 
 def _dedupe_formats(paths: Sequence[Path]) -> list[Path]:

@@ -1616,3 +1616,51 @@ def test_a_pool_worker_says_warnings_as_the_command_line_does(debug):
                        check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["ignore", "warnings" if debug else "ptolemy_rt.warning_lines"]
+
+
+def _glob_tree(root: Path) -> None:
+    for folder in ("a/b/c", "a/.h", "xx/y"):
+        (root / folder).mkdir(parents=True)
+    for name in ("a/1.mrc", "a/b/2.mrc", "a/b/c/3.mrc", "a/.h/4.mrc", "a/.5.mrc", "xx/y/6.mrc", "a/b/c/c7.txt"):
+        (root / name).write_bytes(b"")
+    (root / "a" / "ext").symlink_to(root / "xx")  # the raw data elsewhere: followed
+
+
+@pytest.mark.skipif(platform.system() == "Windows", reason="symbolic links")
+def test_a_pattern_s_matches_are_glob_s(tmp_path, monkeypatch):
+    """sessions._glob (fuzz 14: walks below a `**` without going round link loops) matches what glob.glob matches on a
+    tree without loops: hidden names, a link to a folder elsewhere, several `**`, magic before the `**`."""
+    import glob
+
+    from ptolemy_rt.sessions import _glob
+
+    _glob_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("**", "**/*.mrc", "a/**", "a/**/*.mrc", "a/**/b/*.mrc", "*/**/*.mrc", "a/**/**/*.mrc",
+                    "**/.h/*.mrc", "a/**/.*", "**/*", f"{tmp_path}/a/**/*.mrc", "./a/**/*.mrc", "x*/**/*.mrc", "a/b/*"):
+        assert sorted(set(_glob(pattern))) == sorted(set(glob.glob(pattern, recursive=True))), pattern
+
+
+@pytest.mark.skipif(not hasattr(signal, "alarm"), reason="no SIGALRM")
+def test_a_pattern_below_link_loops_ends(tmp_path):
+    """Hand-made fuzz 14: two links to '.' in a session folder made `batch "SESSION/**/*.mrc"` run for good (glob
+    follows links to folders below a `**` round and round: 2**40 paths). The loop is not followed round."""
+    from ptolemy_rt.sessions import discover
+
+    session = tmp_path / "session"
+    session.mkdir()
+    (session / "a_atlas.mrc").write_bytes(b"")
+    (session / "current").symlink_to(".")
+    (session / "again").symlink_to("..")
+
+    def late(signum, frame):
+        raise TimeoutError("the pattern's expansion did not end")
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.alarm(30)
+    try:
+        items, _ = discover([f"{session}/**/*.mrc"], kind="squares")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [Path(i.path).name for i in items] == ["a_atlas.mrc"]
