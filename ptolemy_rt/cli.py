@@ -615,15 +615,16 @@ def _check_path_lengths(args: argparse.Namespace) -> None:
     """UsageError (exit 2) for a path with a name longer than its file system takes (_name_limits): pathlib's
     is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70); and for an empty one
     (a shell variable not set): `batch ""` ran on the current folder, `--nav ""` and `--calibration ""` were
-    ignored, `--models ""` read the current folder and an IMAGE "" was refused as ".: not a regular file"."""
+    ignored, `--models ""` read the current folder and an IMAGE "" was refused as ".: not a regular file"; `--dask ""`
+    ran the batch here."""
     limits: dict[str, tuple[int, int]] = {}  # per folder: a batch's thousands of images ask once
-    for dest, option in {**_PATH_OPTIONS, "images": "IMAGE"}.items():
+    for dest, option in {**_PATH_OPTIONS, "images": "IMAGE", "dask": "--dask"}.items():
         value = getattr(args, dest, None)
         for text in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
             if text == "":
-                raise UsageError(f"{option}: an empty path was given")
-            if dest == "images":
-                continue  # each fails alone, as an unreadable file
+                raise UsageError(f"{option}: an empty {'address' if dest == 'dask' else 'path'} was given")
+            if dest in ("images", "dask"):
+                continue  # an image fails alone, as an unreadable file; an address is no path
             raw = os.fsencode(text)
             folder = _existing_folder(text)
             if folder not in limits:

@@ -233,6 +233,7 @@ def test_empty_output_and_single_file_for_several_inputs_are_refused(tmp_path, s
     (["squares", "{image}", "--no-score", "--nav", ""], "--nav"),
     (["squares", "{image}", "--no-score", "--models", ""], "--models"),
     (["squares", "{image}", "--no-score", "--calibration", ""], "--calibration"),
+    (["batch", "{image}", "--kind", "squares", "--dask", "", "-o", "{out}"], "--dask"),
 ])
 def test_an_empty_path_is_refused_as_such(tmp_path, small_mrc, capsys, monkeypatch, argv, said):
     """Hand-made fuzz 14: an empty path (a shell variable not set) ran `batch` on the current folder, was ignored
@@ -241,7 +242,8 @@ def test_an_empty_path_is_refused_as_such(tmp_path, small_mrc, capsys, monkeypat
     monkeypatch.chdir(small_mrc.parent)
     out = tmp_path / "out"
     code, _, err = _cli([a.format(out=out, image=small_mrc) for a in argv], capsys)
-    assert code == 2 and err.strip() == f"error: {said}: an empty path was given" and not out.exists()
+    what = "address" if said == "--dask" else "path"
+    assert code == 2 and err.strip() == f"error: {said}: an empty {what} was given" and not out.exists()
 
 
 def test_overlay_format_follows_its_extension(tmp_path, small_mrc, capsys):
