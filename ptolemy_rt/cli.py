@@ -333,26 +333,28 @@ def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list)
             raise UsageError(f"--overlay {path}: the extension picks the format; use .png, .jpg, .jpeg, .tif "
                              "or .tiff")
     inputs = _input_files(args)
-    seen: dict[object, tuple[str, str]] = {}
+    seen: dict[object, tuple[str, int, str]] = {}  # an output's key: the option, image index and image
     nav_outs: list[Path | None] = [None] * len(args.images)
     if getattr(args, "nav", None):
         from .navigator import default_nav_output
 
         nav_outs[0] = Path(args.nav_out) if args.nav_out else default_nav_output(args.nav)
     for option, paths in (("-o", outputs), ("--overlay", overlays), ("--nav-out", nav_outs)):
-        for image, path in zip(args.images, paths):
+        for index, (image, path) in enumerate(zip(args.images, paths)):
             if path is None:
                 continue
             key = _same_file_key(path)
             if key in inputs:
                 raise UsageError(f"{option} {path}: would overwrite {inputs[key]}")
             if key in seen:
-                before, other = seen[key]
-                if other == image:  # "in.mrc and in.mrc would both write r.png" for -o r.png --overlay r.png
+                before, other_index, other = seen[key]
+                if other_index == index:  # one image's -o r.png --overlay r.png
                     raise UsageError(f"{option} {path}: {before} writes it too; give each its own path")
+                if other == image:
+                    raise UsageError(f"{option}: {image} is given twice and would write {path} twice; give it once")
                 raise UsageError(f"{option}: {other} and {image} would both write {path}; "
                                  "run them separately or rename one")
-            seen[key] = (option, image)
+            seen[key] = (option, index, image)
 
 
 def _input_files(args: argparse.Namespace) -> dict[object, str]:

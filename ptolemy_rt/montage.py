@@ -346,7 +346,10 @@ def _gains_normal(n: int, pairs: list[tuple[int, int, float]], priors: list[floa
         np.add.at(normal, (j, i), -1.0)
         np.add.at(rhs, i, d)
         np.add.at(rhs, j, -d)
-    sol = np.linalg.solve(normal, rhs)
+    try:
+        sol = np.linalg.solve(normal, rhs)
+    except np.linalg.LinAlgError:  # prior_weight=0 and tiles in separate groups: the least-norm answer, as lstsq
+        sol = np.linalg.lstsq(normal, rhs, rcond=None)[0]
     return sol - sol.mean()
 
 
@@ -394,6 +397,9 @@ def assemble(
     else:
         h, w = int(extent[0]), int(extent[1])
     _check_budget(h, w, max_pixels, name)
+    if flatten and n > MAX_PIECES:  # the gains' normal equations are pieces^2 doubles
+        raise TooLargeError(f"{name}: {n} montage pieces, more than the {MAX_PIECES} whose gains are solved "
+                            "(flatten=False pastes them as they are)")
     gains = tile_gains(tiles, ipos) if flatten else np.ones(n)
     out = np.zeros((h, w), dtype=np.float32)
     # Depth of each tile pixel: its distance to the tile's nearest edge; the deepest tile wins a pixel.

@@ -258,6 +258,10 @@ def test_batch_destination_problems_are_usage_errors(tmp_path, atlas, models_dir
     code, _, err = run(["squares", atlas, "-o", same, "--overlay", same, "--no-score"], capsys)
     assert code == 2 and err.strip() == f"error: --overlay {same}: -o writes it too; give each its own path"
     assert not same.exists()
+    # one image given twice, -o a folder: both would write one file (not "-o writes it too")
+    code, _, err = run(["squares", atlas, atlas, "-o", outdir, "--no-score"], capsys)
+    assert code == 2 and err.strip() == (f"error: -o: {atlas} is given twice and would write {outdir / 'atlas.json'} "
+                                         "twice; give it once") and not outdir.exists()
     afile = tmp_path / "f.json"
     afile.write_text("keep me")
     code, _, err = run(["squares", atlas, tmp_path / "x.mrc", "-o", afile, "--no-score"], capsys)

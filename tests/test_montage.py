@@ -709,3 +709,23 @@ def test_a_section_given_for_two_pieces_is_refused_naming_the_mdoc(tmp_path):
     mdoc.write_text(mdoc.read_text().replace("[ZValue = 2]", "[ZValue = 0]"))
     with pytest.raises(CorruptFileError, match=r"mont\.mrc\.mdoc: ZValue 0 is more than one piece of montage frame 0"):
         read_image(path)
+
+
+def test_assemble_refuses_more_pieces_than_it_solves_gains_for():
+    from ptolemy_rt.montage import MAX_PIECES, assemble
+
+    n = MAX_PIECES + 1
+    tiles = np.ones((n, 4, 4), dtype=np.float32)
+    pos = np.stack([np.arange(n) % 100 * 4, np.arange(n) // 100 * 4], axis=1)
+    with pytest.raises(TooLargeError, match="more than the"):
+        assemble(tiles, pos, name="many")
+    assert assemble(tiles, pos, flatten=False, fill_gaps=False).image.shape == (41 * 4, 400)
+
+
+def test_gains_by_normal_equations_without_a_prior_take_the_least_norm_answer():
+    from ptolemy_rt.montage import _gains_normal
+
+    # two groups of tiles with no pair between them and no prior: singular normal equations
+    sol = _gains_normal(4, [(0, 1, 0.2), (2, 3, -0.4)], [0.0] * 4, 0.0)
+    assert np.all(np.isfinite(sol)) and abs(sol.mean()) < 1e-12
+    assert sol[0] - sol[1] == pytest.approx(0.2) and sol[2] - sol[3] == pytest.approx(-0.4)
