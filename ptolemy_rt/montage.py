@@ -492,7 +492,7 @@ def read_montage(
     secs = [s for s in secs if s.piece[2] == want]
     if not secs:
         raise CorruptFileError(f"{md.source}: no pieces in montage frame {want} (frames: {zs})")
-    if len(secs) > MAX_PIECES:
+    if flatten and len(secs) > MAX_PIECES:  # as assemble refuses them, before any piece is read
         raise TooLargeError(f"{md.source}: montage frame {want} has {len(secs)} pieces, more than the "
                             f"{MAX_PIECES} assembled (--section N reads one piece)")
     twice = next((z for z, n in Counter(s.z for s in secs).items() if n > 1), None)

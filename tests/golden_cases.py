@@ -172,6 +172,12 @@ def recorded_digests(text: str | None = None) -> dict[str, str] | None:
     return json.loads(text).get(platform_key())
 
 
+def published_digests(text: str | None = None) -> dict[str, str] | None:
+    """This platform's published-weights digests (recorded_digests' pub_ cases), None where it is not recorded."""
+    mine = recorded_digests(text)
+    return None if mine is None else {k: v for k, v in mine.items() if k.startswith("pub_")}
+
+
 def differences(expected: str, actual: str) -> list[str]:
     """Where a case's text differs from the recorded one beyond another platform's rounding (empty: it matches)."""
     (code_e, _, body_e), (code_a, _, body_a) = expected.partition("\n"), actual.partition("\n")
@@ -250,9 +256,9 @@ def record(published: bool) -> None:
     shipped, pub = _outputs(published)
     for name, text in shipped.items():
         (GOLDEN / f"{name}.txt").write_text(text)
-    old = recorded_digests() or {}
     mine = {name: sha256(text) for name, text in shipped.items()}
-    mine.update({k: v for k, v in old.items() if k.startswith("pub_") and not published})
+    if not published:
+        mine.update(published_digests() or {})
     mine.update({name: sha256(text) for name, text in pub.items()})
     _write_digests({platform_key(): mine})
 

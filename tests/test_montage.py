@@ -645,6 +645,8 @@ def test_a_montage_of_more_pieces_than_assembled_is_refused_naming_the_mdoc(tmp_
     monkeypatch.setattr(montage, "MAX_PIECES", 8)
     with pytest.raises(TooLargeError, match=r"mont\.mrc\.mdoc: montage frame 0 has 9 pieces, more than the 8 "):
         read_image(path)
+    # unflattened, the pieces are only pasted: no limit (assemble's flatten=False, as its refusal advises)
+    assert montage.read_montage(path, flatten=False).image.shape == (40, 40)
     monkeypatch.setattr(montage, "MAX_PIECES", 9)
     assert read_image(path).shape == (40, 40)
 
