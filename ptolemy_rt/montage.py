@@ -126,9 +126,10 @@ LSTSQ_PIECES = 1024
 MAX_PIECES = 4096
 # A piece overlaps its neighbours: 8 in a grid whose overlaps are under half a piece, 4 pairs a piece. Pieces piled
 # on each other are no montage's layout: an 8 MB stack of 1024 pieces of 64 px at one place took 13 GB (lstsq's
-# design matrix of 523,776 pairs) and minutes. More than MAX_OVERLAPS pairs a piece (and MIN_OVERLAPS) are refused.
+# design matrix of 523,776 pairs) and minutes. Layouts of more than MAX_OVERLAPS overlapping pairs per piece (a pair
+# touches two pieces: twice as many overlaps a piece), and more than OVERLAPS_FLOOR pairs in all, are refused.
 MAX_OVERLAPS = 32
-MIN_OVERLAPS = 4096
+OVERLAPS_FLOOR = 4096
 
 
 def _ints3(value: str, name: str, key: str) -> tuple[int, int, int]:
@@ -541,7 +542,7 @@ def read_montage(
             ali = np.array([s.aligned[:2] for s in secs], dtype=np.int64)
             pos = pos + (ali - nominal) - np.rint((ali - nominal).mean(axis=0)).astype(np.int64)
         pairs = _overlap_count(pos, data.shape[1:])
-        if pairs > max(MAX_OVERLAPS * len(secs), MIN_OVERLAPS):
+        if pairs > max(MAX_OVERLAPS * len(secs), OVERLAPS_FLOOR):
             raise CorruptFileError(f"{md.source}: the piece coordinates pile {len(secs)} pieces of "
                                    f"{data.shape[2]}x{data.shape[1]} px on each other ({pairs} overlapping pairs, "
                                    f"{2 * pairs / len(secs):.0f} a piece): not a montage's layout")

@@ -683,13 +683,13 @@ def test_gains_of_many_pieces_by_the_normal_equations_are_lstsq_s(monkeypatch, l
 def test_pieces_piled_on_each_other_are_refused_naming_the_mdoc(tmp_path, monkeypatch):
     """Hand-made fuzz 14: an 8 MB stack of 1024 pieces of 64 px whose .mdoc puts them all at one place took 13 GB
     (lstsq's design matrix of 523,776 overlapping pairs) and minutes. More than montage.MAX_OVERLAPS overlapping
-    pairs a piece (and montage.MIN_OVERLAPS): refused, naming the .mdoc; a grid of the same pieces is read."""
+    pairs a piece (and montage.OVERLAPS_FLOOR): refused, naming the .mdoc; a grid of the same pieces is read."""
     from ptolemy_rt import montage
     from ptolemy_rt.io import read_image
 
     rng = np.random.default_rng(5)
     tiles = [rng.uniform(10, 20, (16, 16)).astype(np.float32) for _ in range(12)]
-    monkeypatch.setattr(montage, "MIN_OVERLAPS", 8)
+    monkeypatch.setattr(montage, "OVERLAPS_FLOOR", 8)
     monkeypatch.setattr(montage, "MAX_OVERLAPS", 3)  # 36 pairs: a grid of 12 (29 with its diagonals), not a pile
     piled = write_stack(tmp_path, tiles, [(k % 3, k % 2) for k in range(12)], name="piled.mrc")
     with pytest.raises(CorruptFileError, match=r"piled\.mrc\.mdoc: the piece coordinates pile 12 pieces of 16x16 px "
