@@ -27,8 +27,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.atlas_sets import CATEGORIES, heldout_cases, make_heldout_atlas  # noqa: E402
+from benchmarks.atlas_sets import CATEGORIES, SEED_BASE, heldout_cases, make_heldout_atlas  # noqa: E402
 from benchmarks.harness import machine_line, print_markdown  # noqa: E402
+
+# A truth square at least this visible is whole (centre error and ranking are measured on these).
+WHOLE = 0.98
 
 
 def match(pred: np.ndarray, truth: np.ndarray, tol: float) -> np.ndarray:
@@ -79,20 +82,41 @@ def score(pred: np.ndarray, truth, edge: np.ndarray | None = None, classes: list
         "n_edge": int(flag.sum()),
         "tp_t": int((matched & ~flag).sum()),
         "n_pred_t": int((~flag).sum()),
+        # Centre error of found whole squares (visible >= WHOLE), in pitches: an edge-cut square's box centre is
+        # off its lattice point by design.
+        "centre_err": [float(np.hypot(*(truth.centers[t] - pred[idx[t]])) / truth.pitch_px)
+                       for t in np.flatnonzero((idx >= 0) & (truth.visible >= WHOLE))],
     }
 
 
-def run_squares(image) -> tuple[np.ndarray, float, str | None, np.ndarray, list]:
+def run_squares(image, models=False) -> tuple[np.ndarray, float, str | None, np.ndarray, list]:
     """Centres found by find_squares(models=False), its time, its reason, the squares' edge flags and classes."""
+    return _run(image, models)[:5]
+
+
+def _run(image, models=False) -> tuple:
+    """run_squares' values, the CNN scores (None without models) and a digest of the result's to_dict."""
+    import hashlib
+    import json
+
     from ptolemy_rt import find_squares
 
     t0 = time.perf_counter()
-    res = find_squares(image, models=False)
+    res = find_squares(image, models=models)
     dt = time.perf_counter() - t0
     pred = np.array([(s.x, s.y) for s in res.squares], dtype=np.float64).reshape(-1, 2)
+    digest = hashlib.sha256(json.dumps(res.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
     # getattr: the script also runs on trees from before the edge flag (a before/after comparison).
     return (pred, dt, res.reason, np.array([bool(getattr(s, "edge", False)) for s in res.squares], dtype=bool),
-            [s.square_class for s in res.squares])
+            [s.square_class for s in res.squares], np.array([np.nan if s.score is None else s.score
+                                                             for s in res.squares]), digest)
+
+
+def ranking(pred: np.ndarray, scores: np.ndarray, truth) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ok labels) of the found squares matched to whole truth squares (as benchmarks.squares_ranking)."""
+    idx = match(pred, truth.centers, 0.35 * truth.pitch_px)
+    keep = np.flatnonzero((idx >= 0) & (truth.visible >= WHOLE))
+    return scores[idx[keep]], np.array(truth.kinds)[keep] == "ok"
 
 
 def montage_blocks(image: np.ndarray, pieces) -> dict:
@@ -225,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score a prototype wiring of mesh + disc + lattice around find_squares")
     parser.add_argument("--scaling", action="store_true", help="only the scaling table (1024² to 8192²)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed-base", type=int, default=None, metavar="N",
+                        help="draw a fresh set from this seed base (default: atlas_sets.SEED_BASE, the usual set)")
+    parser.add_argument("--rank", action="store_true",
+                        help="score with the shipped models and report the ranking of ok squares (AUC)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write per-atlas numbers and a digest of each result (to count changed outputs)")
     args = parser.parse_args(argv)
     if args.scaling:
         scaling([1024, 2048, 4096, 8192], args.repeat)
@@ -233,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ptolemy_rt.mesh import detect_mesh
 
-    cases = heldout_cases(args.per_category, large=args.large)
+    cases = heldout_cases(args.per_category, large=args.large,
+                          seed_base=SEED_BASE if args.seed_base is None else args.seed_base)
     if args.only:
         keep = set(args.only.split(","))
         cases = [c for c in cases if c.category in keep]
@@ -242,15 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         image, truth, pieces = make_heldout_atlas(case)
         t_gen = time.perf_counter() - t0
-        pred, t_sq, reason, edge, classes = run_squares(image)
+        pred, t_sq, reason, edge, classes, scores, digest = _run(image, None if args.rank else False)
         base = score(pred, truth, edge, classes)
+        base["rank"] = ranking(pred, scores, truth)
         t1 = time.perf_counter()
         det = detect_mesh(image)
         t_mesh = time.perf_counter() - t1
         m = det.mesh
         row = {
             "case": case, "base": base, "t_sq": t_sq, "t_mesh": t_mesh, "t_gen": t_gen, "reason": reason,
-            "mesh": m, "mesh_reason": det.reason,
+            "mesh": m, "mesh_reason": det.reason, "digest": digest,
         }
         if pieces is not None:
             row["montage"] = montage_blocks(image, pieces)
@@ -281,12 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         n_edge = sum(r[key].get("n_edge", 0) for r in sel)
         c_ok = np.sum([r[key].get("class_ok", [0, 0]) for r in sel], axis=0)
         c_n = np.sum([r[key].get("class_n", [0, 0]) for r in sel], axis=0)
+        err = np.concatenate([r[key].get("centre_err", []) for r in sel] + [np.zeros(0)])
+        fp = n_pred - tp
         return [
             str(len(sel)), str(n_truth), f"{n_found / max(n_truth, 1):.3f}", f"{tp / max(n_pred, 1):.3f}",
             f"{worst['case'].name} (R {worst[key]['recall']:.3f}, P {worst[key]['precision']:.3f})",
             f"{tp_t / max(n_t, 1):.3f}", str(n_edge),
             f"{c_ok[0] / max(c_n[0], 1):.2f} / {c_ok[1] / max(c_n[1], 1):.2f}",
-        ]
+            str(fp), f"{100 * np.median(err):.2f} / {100 * np.percentile(err, 95):.2f}" if err.size else "-",
+        ] + ([_auc_cell([r[key]["rank"] for r in sel])] if args.rank and key == "base" else [])
 
     cats = [c for c in CATEGORIES if any(r["case"].category == c for r in rows)]
     for key, title in [("base", "find_squares(models=False) as it is (baseline)")] + (
@@ -295,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             [("all", "montage assembly + remove_seams, then the prototype wiring")] if args.prototype and args.blocks
             else []):
         table = [["category", "atlases", "truth squares", "recall", "precision", "worst atlas (recall, precision)",
-                  "precision without edge-flagged", "edge-flagged", "class right: ok / thick"]]
+                  "precision without edge-flagged", "edge-flagged", "class right: ok / thick", "false positives",
+                  "centre error % of pitch, whole squares (median / p95)"] + (["ok AUC (pooled / per-atlas mean)"]
+                                                                            if args.rank and key == "base" else [])]
         for c in cats:
             table.append([c] + agg([r for r in rows if r["case"].category == c], key))
         table.append(["all"] + agg(rows, key))
@@ -354,7 +391,27 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Time per atlas (this machine, shared)")
     print_markdown(table)
     print(f"\nmachine: {machine_line()}")
+    if args.json is not None:
+        import json
+
+        args.json.write_text(json.dumps([{
+            "name": r["case"].name, "seed": r["case"].seed, "digest": r["digest"], "recall": r["base"]["recall"],
+            "precision": r["base"]["precision"], "n_pred": r["base"]["n_pred"], "tp": r["base"]["tp"],
+            "n_found": r["base"]["n_found"], "n_truth": r["base"]["n_truth"], "reason": r["reason"],
+            "centre_err_median": float(np.median(r["base"]["centre_err"])) if r["base"]["centre_err"] else None,
+        } for r in rows], indent=1))
     return 0
+
+
+def _auc_cell(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """Pooled AUC of ok squares by CNN score and the mean of per-atlas AUCs."""
+    from benchmarks.accuracy import auc
+
+    s = np.concatenate([p[0] for p in pairs] + [np.zeros(0)])
+    y = np.concatenate([p[1] for p in pairs] + [np.zeros(0, dtype=bool)])
+    a = auc(s, y)
+    per = [v for v in (auc(*p) for p in pairs) if v is not None]
+    return f"{'-' if a is None else f'{a:.3f}'} / {f'{np.mean(per):.3f}' if per else '-'}"
 
 
 if __name__ == "__main__":
