@@ -970,6 +970,41 @@ def _edge_tile_narrow(step: float, p0: float, size: int) -> bool:
     return p0 + k_first * step < 0.9 * step or size - (p0 + k_last * step) < 0.9 * step
 
 
+def square_tile_grid(rows: list[int], cols: list[int], shape: tuple[int, int], *,
+                     tolerance_px: float = 6.0) -> tuple[list[int], list[int]]:
+    """Tile boundaries (rows, cols) with one axis's spacing lent to the other where that one's are too few.
+
+    A montage's tiles are taken on one grid with the same overlap both ways, and square cameras make square tiles:
+    where one axis's boundaries are a regular grid of three or more and the other axis found fewer than that grid's
+    spacing gives it, all of them on it (a tile boundary between tiles of like gain and with no seam drawn shows
+    nothing there), the other axis takes every boundary of the grid of that spacing through them (their own
+    positions where found). Otherwise (rectangular tiles, a boundary off the spacing) each axis keeps its own."""
+    out = [list(rows), list(cols)]
+    for lend, take in ((0, 1), (1, 0)):
+        grid, found = (rows, cols)[lend], (rows, cols)[take]
+        if len(grid) < 3 or not found:
+            continue
+        diffs = np.diff(np.asarray(grid, dtype=np.float64))
+        step = float(median(diffs))
+        tol = max(tolerance_px, 0.01 * step)
+        if step <= 0 or np.abs(diffs - step).max() > tol:
+            continue
+        pos = np.asarray(found, dtype=np.float64)
+        k = np.rint((pos - pos[0]) / step)
+        if np.abs(pos - pos[0] - k * step).max() > tol:
+            continue
+        c = float(np.mean(pos - k * step))
+        size = shape[take]
+        # As tile_boundaries: no boundary within a quarter spacing of the image's edge.
+        k_lo = math.ceil((0.25 * step - c) / step)
+        k_hi = math.floor((size - 0.25 * step - c) / step)
+        own = dict(zip(k.astype(int).tolist(), found))
+        lent = [int(own.get(i, round(c + i * step))) for i in range(k_lo, k_hi + 1)]
+        if len(lent) > len(found):
+            out[take] = lent
+    return out[0], out[1]
+
+
 def flatten_tile_offsets(
     image: np.ndarray,
     seams: Sequence[Seam],
@@ -1020,6 +1055,7 @@ def flatten_tile_offsets(
                              finer=stepped[0])
     cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge, tolerance_px=tolerance,
                              finer=stepped[1])
+    rows_b, cols_b = square_tile_grid(rows_b, cols_b, (h, w), tolerance_px=tolerance)
     if not rows_b and not cols_b:
         return image, None
     wid = {0: {}, 1: {}}

@@ -20,6 +20,7 @@ from ptolemy_rt.montage import (
     read_mdoc,
     read_montage,
     remove_seams,
+    square_tile_grid,
     tile_boundaries,
     tile_gains,
     tile_steps,
@@ -327,6 +328,43 @@ def test_tile_boundaries_finer_grid_where_steps_may_be_missing():
     # so no finer grid (review: 300 px, every tile split in two)
     assert tile_boundaries([600, 1200, 1800, 2400, 900], 3072, tolerance_px=15, merge_px=60,
                            finer=True) == [600, 1200, 1800, 2400]
+
+
+def test_square_tile_grid_lends_a_spacing_to_the_sparse_axis():
+    """Rows found on a 403 px grid, columns at one boundary of it only: the columns take the rows' spacing through
+    it (its own position kept); columns already complete, off the spacing, or a lender that is no regular grid of
+    three keep their own."""
+    rows = [403, 806, 1209, 1612]
+    assert square_tile_grid(rows, [1210], (2048, 2048)) == (rows, [404, 807, 1210, 1613])
+    assert square_tile_grid([1210], rows, (2048, 2048)) == ([404, 807, 1210, 1613], rows)
+    assert square_tile_grid(rows, rows, (2048, 2048)) == (rows, rows)
+    # rectangular tiles: two column boundaries 600 px apart are off a 403 px spacing
+    assert square_tile_grid(rows, [600, 1200], (2048, 2048)) == (rows, [600, 1200])
+    assert square_tile_grid([400, 800, 1500], [1200], (2048, 2048)) == ([400, 800, 1500], [1200])
+    assert square_tile_grid([400, 800], [1200], (2048, 2048)) == ([400, 800], [1200])
+    assert square_tile_grid(rows, [], (2048, 2048)) == (rows, [])
+    # the other axis's own extent: a wider stitch gets more boundaries, none within a quarter spacing of its edge
+    assert square_tile_grid(rows, [1209], (2048, 3000)) == (rows, [403, 806, 1209, 1612, 2015, 2418, 2821])
+
+
+def test_flatten_tile_offsets_lends_the_row_grid_to_columns():
+    """A 4 x 4 stitch of 400 px tiles with seams at every row boundary and at one column boundary (the others
+    between tiles of unlike gain, with nothing drawn): the columns take the rows' grid, so all 16 gains come back
+    to within 20 % (the columns' one seam alone gave 4 x 2 cells)."""
+    from tests.test_mesh import render_mesh
+
+    clean = render_mesh(1600, 41.0, 6.0, 13.0, seed=21, dose=300.0).astype(np.float32)
+    gains = np.exp(np.random.default_rng(3).normal(0, 0.35, (4, 4)))
+    stitched = clean.copy()
+    for i in range(4):
+        for j in range(4):
+            stitched[400 * i : 400 * (i + 1), 400 * j : 400 * (j + 1)] *= np.float32(gains[i, j])
+    seams = [Seam(0, 399, 401, 0, 1600, 0.2), Seam(0, 799, 801, 0, 1600, 0.2), Seam(0, 1199, 1201, 0, 1600, 0.2),
+             Seam(1, 799, 801, 0, 1600, 0.2)]
+    _, est = flatten_tile_offsets(stitched, seams, pitch_px=41.0)
+    assert est.shape == (4, 4)
+    true = gains / np.exp(np.log(gains).mean())
+    assert np.abs(est / true - 1).max() < 0.2
 
 
 @pytest.mark.slow
