@@ -970,18 +970,22 @@ def _edge_tile_narrow(step: float, p0: float, size: int) -> bool:
     return p0 + k_first * step < 0.9 * step or size - (p0 + k_last * step) < 0.9 * step
 
 
-def square_tile_grid(rows: list[int], cols: list[int], shape: tuple[int, int], *,
-                     tolerance_px: float = 6.0) -> tuple[list[int], list[int]]:
-    """Tile boundaries (rows, cols) with one axis's spacing lent to the other where that one's are too few.
+def square_tile_grid(rows: list[int], cols: list[int], shape: tuple[int, int], *, tolerance_px: float = 6.0,
+                     seams: tuple[Sequence[float], Sequence[float]] = ((), ())) -> tuple[list[int], list[int]]:
+    """Tile boundaries (rows, cols) with one axis's spacing lent to the other where that one's are too few or miss
+    its own seams.
 
     A montage's tiles are taken on one grid with the same overlap both ways, and square cameras make square tiles:
-    where one axis's boundaries are a regular grid of three or more and the other axis found fewer than that grid's
-    spacing gives it, all of them on it (a tile boundary between tiles of like gain and with no seam drawn shows
-    nothing there), the other axis takes every boundary of the grid of that spacing through them (their own
-    positions where found). Otherwise (rectangular tiles, a boundary off the spacing) each axis keeps its own."""
+    where one axis's boundaries are a regular grid of three or more, and the other axis's seams (`seams`: the
+    positions of drawn seams per axis; without any, its boundaries) all lie on a grid of that spacing through them,
+    the other axis takes every boundary of that grid (its own positions where found) when its own boundaries are
+    fewer (a tile boundary between tiles of like gain and with no seam drawn shows nothing there) or leave out one
+    of its seams (a grid through brightness steps, which place a boundary to a fraction of a pitch only, at another
+    spacing). Otherwise (rectangular tiles, a seam off the spacing) each axis keeps its own."""
     out = [list(rows), list(cols)]
     for lend, take in ((0, 1), (1, 0)):
-        grid, found = (rows, cols)[lend], (rows, cols)[take]
+        grid, own = (rows, cols)[lend], (rows, cols)[take]
+        found = sorted(float(p) for p in seams[take]) or own
         if len(grid) < 3 or not found:
             continue
         diffs = np.diff(np.asarray(grid, dtype=np.float64))
@@ -998,9 +1002,10 @@ def square_tile_grid(rows: list[int], cols: list[int], shape: tuple[int, int], *
         # As tile_boundaries: no boundary within a quarter spacing of the image's edge.
         k_lo = math.ceil((0.25 * step - c) / step)
         k_hi = math.floor((size - 0.25 * step - c) / step)
-        own = dict(zip(k.astype(int).tolist(), found))
-        lent = [int(own.get(i, round(c + i * step))) for i in range(k_lo, k_hi + 1)]
-        if len(lent) > len(found):
+        at = dict(zip(k.astype(int).tolist(), found))
+        lent = [int(round(at.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
+        missed = any(min((abs(p - q) for q in own), default=math.inf) > tol for p in found)
+        if len(lent) > len(own) or (missed and len(lent) >= len(found)):
             out[take] = lent
     return out[0], out[1]
 
@@ -1036,6 +1041,7 @@ def flatten_tile_offsets(
             edges[s.axis].append((s.start + s.stop) / 2.0)
             strength[s.axis].append(abs(s.contrast))
     tolerance = 6.0
+    drawn = (list(edges[0]), list(edges[1]))
     stepped = [False, False]
     if mesh is not None and edges[0] + edges[1]:
         # A boundary shows a seam only where the stitch drew one (a gap inside a bar shows none, nor does a plain
@@ -1055,7 +1061,7 @@ def flatten_tile_offsets(
                              finer=stepped[0])
     cols_b = tile_boundaries(edges[1], w, weights=strength[1], merge_px=merge, tolerance_px=tolerance,
                              finer=stepped[1])
-    rows_b, cols_b = square_tile_grid(rows_b, cols_b, (h, w), tolerance_px=tolerance)
+    rows_b, cols_b = square_tile_grid(rows_b, cols_b, (h, w), tolerance_px=tolerance, seams=drawn)
     if not rows_b and not cols_b:
         return image, None
     wid = {0: {}, 1: {}}

@@ -347,6 +347,19 @@ def test_square_tile_grid_lends_a_spacing_to_the_sparse_axis():
     assert square_tile_grid(rows, [1209], (2048, 3000)) == (rows, [403, 806, 1209, 1612, 2015, 2418, 2821])
 
 
+def test_square_tile_grid_replaces_a_grid_that_misses_its_own_seams():
+    """Rows seamed at 801 and 1200 whose grid went through brightness steps (346, 871, 1396: 525 px, holding neither
+    seam), columns on a 400 px grid: the rows take the 400 px grid through their seams. Seams off the columns'
+    spacing (rectangular tiles), or a grid that holds its seams, are kept."""
+    cols = [402, 802, 1202, 1602]
+    assert square_tile_grid([346, 871, 1396], cols, (2048, 2048), tolerance_px=26,
+                            seams=([801, 1200], [402, 802])) == ([400, 801, 1200, 1600], cols)
+    assert square_tile_grid([600, 1200], cols, (2048, 2048), tolerance_px=26,
+                            seams=([600, 1200], [402])) == ([600, 1200], cols)
+    assert square_tile_grid([401, 801, 1201, 1601], cols, (2048, 2048), tolerance_px=26,
+                            seams=([801, 1200], [402])) == ([401, 801, 1201, 1601], cols)
+
+
 def test_flatten_tile_offsets_lends_the_row_grid_to_columns():
     """A 4 x 4 stitch of 400 px tiles with seams at every row boundary and at one column boundary (the others
     between tiles of unlike gain, with nothing drawn): the columns take the rows' grid, so all 16 gains come back
