@@ -188,6 +188,20 @@ def test_mesh_on_heldout_atlases():
             assert not disc_mask(image).all()
 
 
+def test_heldout_cases_seed_base():
+    """The default held-out set keeps its seeds (SEED_BASE + 1000 x category + k); another seed_base draws the same
+    categories from other seeds (a fresh set)."""
+    from benchmarks.atlas_sets import CATEGORIES, SEED_BASE, heldout_cases
+
+    default = heldout_cases(2)
+    assert [c.seed for c in default] == [SEED_BASE + 1000 * CATEGORIES.index(c.category) + int(c.name.rsplit("-", 1)[1])
+                                         for c in default]
+    assert default == heldout_cases(2, seed_base=SEED_BASE)
+    fresh = heldout_cases(2, seed_base=9_000_000)
+    assert [c.name for c in fresh] == [c.name for c in default]
+    assert [c.seed - 9_000_000 for c in fresh] == [c.seed - SEED_BASE for c in default]
+
+
 def test_fit_square_lattice_with_an_origin_off_by_half_a_cell():
     import dataclasses
 
