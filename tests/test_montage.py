@@ -331,39 +331,86 @@ def test_tile_boundaries_finer_grid_where_steps_may_be_missing():
 
 
 def test_square_tile_grid_lends_a_spacing_to_the_sparse_axis():
-    """Rows found on a 403 px grid, columns at one boundary of it only: the columns take the rows' spacing through
-    it (its own position kept); columns already complete, off the spacing, or a lender that is no regular grid of
-    three keep their own."""
+    """Rows found on a 403 px grid, columns at two neighbouring boundaries of it only: the columns take the rows'
+    spacing through them (their own positions kept); columns already complete, off the spacing, a single column
+    seam, or a lender that is no regular grid of three keep their own."""
     rows = [403, 806, 1209, 1612]
-    assert square_tile_grid(rows, [1210], (2048, 2048)) == (rows, [404, 807, 1210, 1613])
-    assert square_tile_grid([1210], rows, (2048, 2048)) == ([404, 807, 1210, 1613], rows)
+    assert square_tile_grid(rows, [806, 1210], (2048, 2048)) == (rows, [404, 806, 1210, 1612])
+    assert square_tile_grid([806, 1210], rows, (2048, 2048)) == ([404, 806, 1210, 1612], rows)
+    # two spacings apart is enough; three is not (a 3.4 % non-square tile drifts 41 px over three)
+    assert square_tile_grid(rows, [403, 1210], (2048, 2048)) == (rows, [403, 806, 1210, 1612])
+    assert square_tile_grid(rows, [403, 1612], (2048, 2048)) == (rows, [403, 1612])
     assert square_tile_grid(rows, rows, (2048, 2048)) == (rows, rows)
     # rectangular tiles: two column boundaries 600 px apart are off a 403 px spacing
     assert square_tile_grid(rows, [600, 1200], (2048, 2048)) == (rows, [600, 1200])
-    assert square_tile_grid([400, 800, 1500], [1200], (2048, 2048)) == ([400, 800, 1500], [1200])
-    assert square_tile_grid([400, 800], [1200], (2048, 2048)) == ([400, 800], [1200])
+    assert square_tile_grid([400, 800, 1500], [800, 1200], (2048, 2048)) == ([400, 800, 1500], [800, 1200])
+    assert square_tile_grid([400, 800], [800, 1200], (2048, 2048)) == ([400, 800], [800, 1200])
     assert square_tile_grid(rows, [], (2048, 2048)) == (rows, [])
+    # one seam says nothing about the columns' spacing (review: square tiles are assumed)
+    assert square_tile_grid(rows, [1210], (2048, 2048)) == (rows, [1210])
     # the other axis's own extent: a wider stitch gets more boundaries, none within a quarter spacing of its edge
-    assert square_tile_grid(rows, [1209], (2048, 3000)) == (rows, [403, 806, 1209, 1612, 2015, 2418, 2821])
+    assert square_tile_grid(rows, [806, 1209], (2048, 3000)) == (rows, [403, 806, 1209, 1612, 2015, 2418, 2821])
 
 
 def test_square_tile_grid_replaces_a_grid_that_misses_its_own_seams():
     """Rows seamed at 801 and 1200 whose grid went through brightness steps (346, 871, 1396: 525 px, holding neither
-    seam), columns on a 400 px grid: the rows take the 400 px grid through their seams. Seams off the columns'
-    spacing (rectangular tiles), or a grid that holds its seams, are kept."""
+    seam), columns on a 400 px grid: the rows take the 400 px grid through their seams, also where their own grid
+    has as many boundaries as the lent one (the `missed` branch alone). Seams off the columns' spacing (rectangular
+    tiles), or a grid that holds its seams, are kept."""
     cols = [402, 802, 1202, 1602]
     assert square_tile_grid([346, 871, 1396], cols, (2048, 2048), tolerance_px=26,
                             seams=([801, 1200], [402, 802])) == ([400, 801, 1200, 1600], cols)
+    assert square_tile_grid([346, 871, 1396, 1921], cols, (2048, 2048), tolerance_px=26,
+                            seams=([801, 1200], [402, 802])) == ([400, 801, 1200, 1600], cols)
     assert square_tile_grid([600, 1200], cols, (2048, 2048), tolerance_px=26,
-                            seams=([600, 1200], [402])) == ([600, 1200], cols)
+                            seams=([600, 1200], [402, 802])) == ([600, 1200], cols)
     assert square_tile_grid([401, 801, 1201, 1601], cols, (2048, 2048), tolerance_px=26,
-                            seams=([801, 1200], [402])) == ([401, 801, 1201, 1601], cols)
+                            seams=([801, 1200], [402, 802])) == ([401, 801, 1201, 1601], cols)
+
+
+def test_square_tile_grid_keeps_correct_and_rectangular_grids():
+    """Review findings: a false seam, a seam at the image's edge, a rectangular tile's seams that fit the other
+    axis's spacing, or a lender whose grid holds fewer than two drawn seams never replace an axis's grid."""
+    grid = [400, 800, 1200, 1600]
+    # one false seam on a complete 400 px grid (it gave 200, 600, ..., 1800)
+    assert square_tile_grid(grid, grid, (2048, 2048), tolerance_px=26, seams=(grid, [1000])) == (grid, grid)
+    # a seam within a quarter spacing of the edge (1990, on the grid through 800 and 1200 at 10 px) shifted it 10 px
+    assert square_tile_grid(grid, grid, (2048, 2048), tolerance_px=26,
+                            seams=(grid, [800, 1200, 1990])) == (grid, grid)
+    # rectangular tiles: 300 px rows, 1200 px columns complete, their seams on the rows' spacing four apart
+    rows = [300, 600, 900, 1200, 1500, 1800]
+    assert square_tile_grid(rows, [400, 1600], (2048, 2048), tolerance_px=26,
+                            seams=(rows, [400, 1600])) == (rows, [400, 1600])
+    # 3.4 % non-square tiles (400 x 413.6 px): two seams a spacing apart are 13.6 px off the rows' spacing
+    assert square_tile_grid(grid, [414, 828], (2048, 2048), tolerance_px=26,
+                            seams=(grid, [414, 828])) == (grid, [414, 828])
+    # the lender's grid from brightness steps (one drawn seam on it) lends nothing
+    assert square_tile_grid(grid, [800], (2048, 2048), tolerance_px=26,
+                            seams=([800], [800, 1200])) == (grid, [800])
+
+
+@settings(max_examples=80, deadline=None)
+@given(step=st.integers(200, 1100), off=st.integers(0, 1099), off2=st.integers(0, 1099),
+       h=st.integers(1024, 4096), w=st.integers(1024, 4096), data=st.data())
+def test_square_tile_grid_properties(step, off, off2, h, w, data):
+    """Complete grids of one spacing on both axes (their boundaries their seams) are kept; the result is a fixed
+    point (the same call on its output returns it)."""
+    def complete(o: int, size: int) -> list[int]:
+        return [p for p in range(o % step, size, step) if 0.25 * step <= p <= size - 0.25 * step]
+
+    rows, cols = complete(off, h), complete(off2, w)
+    assert square_tile_grid(rows, cols, (h, w), tolerance_px=26) == (rows, cols)
+    srows = sorted(data.draw(st.lists(st.sampled_from(rows), unique=True))) if rows else []
+    scols = sorted(data.draw(st.lists(st.integers(0, w), max_size=4, unique=True)))
+    some = (srows, scols)
+    once = square_tile_grid(rows, scols, (h, w), tolerance_px=26, seams=some)
+    assert square_tile_grid(*once, (h, w), tolerance_px=26, seams=some) == once
 
 
 def test_flatten_tile_offsets_lends_the_row_grid_to_columns():
-    """A 4 x 4 stitch of 400 px tiles with seams at every row boundary and at one column boundary (the others
-    between tiles of unlike gain, with nothing drawn): the columns take the rows' grid, so all 16 gains come back
-    to within 20 % (the columns' one seam alone gave 4 x 2 cells)."""
+    """A 4 x 4 stitch of 400 px tiles with seams at every row boundary and at two neighbouring column boundaries
+    (the third between tiles of unlike gain, with nothing drawn): the columns take the rows' grid, so all 16 gains
+    come back to within 20 % (the columns' two seams alone gave 4 x 3 cells)."""
     from tests.test_mesh import render_mesh
 
     clean = render_mesh(1600, 41.0, 6.0, 13.0, seed=21, dose=300.0).astype(np.float32)
@@ -373,7 +420,7 @@ def test_flatten_tile_offsets_lends_the_row_grid_to_columns():
         for j in range(4):
             stitched[400 * i : 400 * (i + 1), 400 * j : 400 * (j + 1)] *= np.float32(gains[i, j])
     seams = [Seam(0, 399, 401, 0, 1600, 0.2), Seam(0, 799, 801, 0, 1600, 0.2), Seam(0, 1199, 1201, 0, 1600, 0.2),
-             Seam(1, 799, 801, 0, 1600, 0.2)]
+             Seam(1, 399, 401, 0, 1600, 0.2), Seam(1, 799, 801, 0, 1600, 0.2)]
     _, est = flatten_tile_offsets(stitched, seams, pitch_px=41.0)
     assert est.shape == (4, 4)
     true = gains / np.exp(np.log(gains).mean())
