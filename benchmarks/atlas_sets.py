@@ -109,7 +109,13 @@ def heldout_cases(per_category: int = 4, *, large: bool = False, sizes_8192: int
                   seed_base: int = SEED_BASE) -> list[AtlasCase]:
     """The held-out set: `per_category` atlases of each category (the `large` category: 4096², plus
     `sizes_8192` atlases of 8192² when `large`). Another `seed_base` draws a fresh set of the same categories
-    (seed_base + 1000 x category + k); the default is the set every table so far was measured on."""
+    (seed_base + 1000 x category + k); the default is the set every table so far was measured on. A seed_base
+    whose seeds overlap the default set's (within 1000 x categories of SEED_BASE) is a ValueError."""
+    span = 1000 * len(CATEGORIES)
+    if seed_base != SEED_BASE and abs(seed_base - SEED_BASE) < span:
+        # Such a set would share atlases with the default one: not held out from what was tuned on.
+        raise ValueError(f"seed_base {seed_base} reuses the default set's seeds "
+                         f"({SEED_BASE} to {SEED_BASE + span - 1})")
     cases: list[AtlasCase] = []
     for ci, cat in enumerate(CATEGORIES):
         count = per_category if cat != "large" else max(1, per_category // 2) + (sizes_8192 if large else 0)

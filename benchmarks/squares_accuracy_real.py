@@ -263,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ptolemy_rt.mesh import detect_mesh
 
-    cases = heldout_cases(args.per_category, large=args.large,
-                          seed_base=SEED_BASE if args.seed_base is None else args.seed_base)
+    try:
+        cases = heldout_cases(args.per_category, large=args.large,
+                              seed_base=SEED_BASE if args.seed_base is None else args.seed_base)
+    except ValueError as e:
+        parser.error(str(e))
     if args.only:
         keep = set(args.only.split(","))
         cases = [c for c in cases if c.category in keep]

@@ -200,6 +200,12 @@ def test_heldout_cases_seed_base():
     fresh = heldout_cases(2, seed_base=9_000_000)
     assert [c.name for c in fresh] == [c.name for c in default]
     assert [c.seed - 9_000_000 for c in fresh] == [c.seed - SEED_BASE for c in default]
+    # a base whose seeds overlap the default set's is refused (review: 912 000 + 500 shared its atlases)
+    span = 1000 * len(CATEGORIES)
+    for base in (SEED_BASE + 500, SEED_BASE - span + 1, SEED_BASE + span - 1):
+        with pytest.raises(ValueError, match="reuses the default set's seeds"):
+            heldout_cases(2, seed_base=base)
+    assert heldout_cases(2, seed_base=SEED_BASE + span)[0].seed == SEED_BASE + span
 
 
 def test_fit_square_lattice_with_an_origin_off_by_half_a_cell():
