@@ -925,8 +925,7 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
                     break
                 tol = max(tolerance_px, 0.01 * step)
                 k = np.rint((arr - arr[i]) / step)
-                k_first = math.ceil((0.25 * step - arr[i]) / step)
-                k_last = math.floor((size - 0.25 * step - arr[i]) / step)
+                k_first, k_last = _grid_k_range(float(arr[i]), step, size)
                 # Only seams at the grid's boundaries count for it: one within a quarter step of the image's edge
                 # is no boundary it gives (a grid whose only other seam lies there would give one boundary).
                 on = (np.abs(arr - arr[i] - k * step) <= tol) & (k >= k_first) & (k <= k_last)
@@ -952,11 +951,16 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
     inl = np.abs(arr - p0 - k * step) <= max(tolerance_px, 0.01 * step)
     design = np.column_stack([np.ones(int(inl.sum())), k[inl]])
     (c, step), *_ = np.linalg.lstsq(design, arr[inl], rcond=None)
-    k_lo = math.ceil((0.25 * step - c) / step)
-    k_hi = math.floor((size - 0.25 * step - c) / step)
+    k_lo, k_hi = _grid_k_range(c, step, size)
     found = dict(zip(k[inl].astype(int).tolist(), arr[inl].tolist()))
     # A seam's own position where one was found (the stitch's real cut), the grid's elsewhere.
     return [int(round(found.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
+
+
+def _grid_k_range(p0: float, step: float, size: int) -> tuple[int, int]:
+    """First and last k of the grid p0 + k x step that lie inside the image, none within a quarter spacing of its
+    edge (a seam there is no tile boundary)."""
+    return math.ceil((0.25 * step - p0) / step), math.floor((size - 0.25 * step - p0) / step)
 
 
 def _edge_tile_narrow(step: float, p0: float, size: int) -> bool:
@@ -965,8 +969,7 @@ def _edge_tile_narrow(step: float, p0: float, size: int) -> bool:
     An uncropped montage's edge tiles are at least a tile wide: a grid that makes one narrower (1990 px through
     996 and 2986 of a 4096 px stitch) may be missing boundaries, while one with wide edge tiles (600 px tiles of a
     3072 px stitch, a false line at 900) is not taken finer (review: it split every tile in two)."""
-    k_first = math.ceil((0.25 * step - p0) / step)
-    k_last = math.floor((size - 0.25 * step - p0) / step)
+    k_first, k_last = _grid_k_range(p0, step, size)
     return p0 + k_first * step < 0.9 * step or size - (p0 + k_last * step) < 0.9 * step
 
 
@@ -1017,9 +1020,7 @@ def square_tile_grid(rows: list[int], cols: list[int], shape: tuple[int, int], *
             continue
         c = float(np.mean(pos - k * step))
         size = shape[take]
-        # As tile_boundaries: no boundary within a quarter spacing of the image's edge.
-        k_lo = math.ceil((0.25 * step - c) / step)
-        k_hi = math.floor((size - 0.25 * step - c) / step)
+        k_lo, k_hi = _grid_k_range(c, step, size)
         at = dict(zip(k.astype(int).tolist(), found))
         lent = [int(round(at.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
         # A seam within a quarter spacing of the edge is no boundary (tile_boundaries drops it): it cannot show a
