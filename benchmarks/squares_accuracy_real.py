@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         t_gen = time.perf_counter() - t0
         pred, t_sq, reason, edge, classes, scores, digest = _run(image, None if args.rank else False)
         base = score(pred, truth, edge, classes)
-        base["rank"] = ranking(pred, scores, truth)
+        if args.rank:
+            base["rank"] = ranking(pred, scores, truth)
         t1 = time.perf_counter()
         det = detect_mesh(image)
         t_mesh = time.perf_counter() - t1
