@@ -69,27 +69,33 @@ class UsageError(InputError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options of `ptolemy-rt batch`."""
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, globs (quoted), session folders (EPU, "
+    from .cli import _nonempty  # the CLI declares these options (and imports this module) only when `batch` runs
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_nonempty(),
+                   help="image files, globs (quoted), session folders (EPU, "
                    "Leginon rawdata, SerialEM with .nav/.mdoc) or .nav files")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (results/, images/, "
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", type=_nonempty(),
+                   help="output folder (results/, images/, "
                    "summary.csv, summary.json, index.html)")
     p.add_argument("--kind", choices=["auto", *KINDS], default="auto", help="squares (atlases) or holes "
                    "(grid-square images) for every input; auto: from the session layout (default)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the core count; 1: "
                    "in this process)")
-    p.add_argument("--dask", metavar="ADDRESS", help="run on an existing Dask distributed scheduler "
+    p.add_argument("--dask", metavar="ADDRESS", type=_nonempty("address"),
+                   help="run on an existing Dask distributed scheduler "
                    "(tcp://host:8786); needs the dask extra")
     p.add_argument("--resume", action="store_true", help="skip images whose outputs exist and whose input "
                    "sha256 and options match the earlier run")
     p.add_argument("--no-report", action="store_true", help="do not write index.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr "
                    "is not a terminal)")
-    p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
+    p.add_argument("--models", metavar="DIR", type=_nonempty(),
+                   help="model set directory (default: the set shipped with ptolemy-rt)")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per worker (default: cores / workers; "
                    "1 with --dask)")
     p.add_argument("--section", type=int, metavar="N", help="section of MRC/TIFF stacks (default 0, with a warning)")
-    p.add_argument("--calibration", action="append", metavar="CAL", help="map scores onto another tool's scale "
+    p.add_argument("--calibration", action="append", metavar="CAL", type=_nonempty(),
+                   help="map scores onto another tool's scale "
                    "with a file from `ptolemy-rt calibrate` (one per kind: give it twice for squares and holes); "
                    "checked against the model set before any work (exit 2 when it does not fit)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per image on stderr")

@@ -96,14 +96,17 @@ def _number(kind: type, option: str, lo: float | None = None, hi: float | None =
     return parse
 
 
-def _paths(option: str) -> Callable[[str], str]:
-    """An argparse type for output paths: anything but the empty string."""
+def _nonempty(what: str = "path") -> Callable[[str], str]:
+    """An argparse type for paths (and --dask's address): anything but an empty or blank string (a shell variable
+    not set: `batch ""` ran on the current folder, `--nav ""` was ignored, `--models ""` read the current folder).
+    argparse names the option in the refusal."""
 
     def parse(text: str) -> str:
         if not text.strip():
-            raise argparse.ArgumentTypeError(f"{option}: an empty path was given")
+            raise argparse.ArgumentTypeError(f"an empty {what} was given")
         return text
 
+    parse.__name__ = what  # argparse names the type in some messages
     return parse
 
 
@@ -121,10 +124,10 @@ def _count(text: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     from .results import FORMATS
 
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="MRC, TIFF, PNG or JPEG files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", type=_nonempty(), help="MRC, TIFF, PNG or JPEG files")
     p.add_argument("-f", "--format", choices=FORMATS, default="json", help="output format: json (one line), csv "
                    "or txt (tab-separated), each with the same fields (default json)")
-    p.add_argument("-o", "--output", metavar="OUT", type=_paths("-o/--output"), help="output file, or a directory "
+    p.add_argument("-o", "--output", metavar="OUT", type=_nonempty(), help="output file, or a directory "
                    "when several images are given (default: standard output)")
     p.add_argument("--compat", choices=["ptolemy"], help="behave as the original Ptolemy CLI: its JSON (one line, "
                    "its field names, order and int() centres) and, for holes, its lattice search, crop windows, "
@@ -140,17 +143,20 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="pixel size in Å per pixel of the input image "
                    "(default: from the EPU .xml or SerialEM .mdoc beside the image, else the MRC header; "
                    "0 and 1 Å there mean unknown)")
-    p.add_argument("--nav", metavar="NAV", help="SerialEM navigator: write a copy with one point per target, "
+    p.add_argument("--nav", metavar="NAV", type=_nonempty(),
+                   help="SerialEM navigator: write a copy with one point per target, "
                    "drawn on the map of this image (see --map-label, --nav-out)")
     p.add_argument("--map-label", metavar="L", help="label of the navigator map the image shows (default: the "
                    "map whose MapFile is the image)")
-    p.add_argument("--nav-out", metavar="NAV", type=_paths("--nav-out"), help="where the navigator copy goes "
+    p.add_argument("--nav-out", metavar="NAV", type=_nonempty(), help="where the navigator copy goes "
                    "(default: NAME_ptolemy.nav beside --nav)")
-    p.add_argument("--overlay", metavar="IMG", type=_paths("--overlay"), help="draw the result on the image: a "
+    p.add_argument("--overlay", metavar="IMG", type=_nonempty(), help="draw the result on the image: a "
                    ".png, .jpg or .tif file (the extension picks the format), or a directory of PNGs for several "
                    "images (default: none)")
-    p.add_argument("--models", metavar="DIR", help="model set directory (default: the set shipped with ptolemy-rt)")
-    p.add_argument("--calibration", metavar="CAL", help="map scores onto another tool's scale with a calibration "
+    p.add_argument("--models", metavar="DIR", type=_nonempty(),
+                   help="model set directory (default: the set shipped with ptolemy-rt)")
+    p.add_argument("--calibration", metavar="CAL", type=_nonempty(),
+                   help="map scores onto another tool's scale with a calibration "
                    "file from `ptolemy-rt calibrate` (fitted for this model set); --min-score then applies to the "
                    "mapped scores (default: none, the model's own scores)")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
@@ -207,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     ho.set_defaults(func=_cmd_holes)
 
     demo = sub.add_parser("demo", help="make a synthetic atlas and med-mag image, run both pipelines, write results")
-    demo.add_argument("-o", "--output", type=_paths("-o/--output"), default="ptolemy-demo",
+    demo.add_argument("-o", "--output", type=_nonempty(), default="ptolemy-demo",
                       help="output directory (default ./ptolemy-demo)")
-    demo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
+    demo.add_argument("--models", metavar="DIR", type=_nonempty(),
+                      help="model set directory (default: the shipped set)")
     demo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                       "(default auto)")
     demo.add_argument("--threads", type=_number(int, "--threads", 1, max_threads()), metavar="N",
@@ -223,10 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("leginon-script", help="print a script for Smart-Leginon's external finder "
                         "(source SCRIPT JOB INPUT.mrc OUTDIR)")
     ls.add_argument("finder", choices=["squares", "holes"], help="which finder the script runs")
-    ls.add_argument("--models", metavar="DIR", help="model set to put in the script (default: the shipped set)")
+    ls.add_argument("--models", metavar="DIR", type=_nonempty(),
+                    help="model set to put in the script (default: the shipped set)")
     ls.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                     "in the script (default auto)")
-    ls.add_argument("--calibration", metavar="CAL", help="calibration file for the script's finder (checked "
+    ls.add_argument("--calibration", metavar="CAL", type=_nonempty(),
+                    help="calibration file for the script's finder (checked "
                     "against the model set; its absolute path goes into the script; default: none)")
     ls.add_argument("--extra", default="", metavar="OPTIONS",
                     help="extra options for the finder, quoted as one string, checked "
@@ -237,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("calibrate", help="fit a map from this model set's scores to the original Ptolemy's, "
                         "from its output on your own images (then: squares/holes --calibration CAL)")
     ca.add_argument("kind", choices=["squares", "holes"], help="which finder's scores to calibrate")
-    ca.add_argument("images", nargs="+", metavar="IMAGE", help="images the original Ptolemy was run on")
-    ca.add_argument("--against", action="append", required=True, metavar="ORIGINAL",
+    ca.add_argument("images", nargs="+", metavar="IMAGE", type=_nonempty(),
+                    help="images the original Ptolemy was run on")
+    ca.add_argument("--against", action="append", required=True, metavar="ORIGINAL", type=_nonempty(),
                     help="the original Ptolemy's -f json output for an image; once per IMAGE, in the same order")
-    ca.add_argument("-o", "--output", required=True, type=_paths("-o/--output"), metavar="CAL",
+    ca.add_argument("-o", "--output", required=True, type=_nonempty(), metavar="CAL",
                     help="the calibration file to write (JSON)")
     ca.add_argument("--score", choices=["cnn", "unet"], default="cnn", help="holes: which score to calibrate "
                     "(default cnn, the original's)")
@@ -249,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--edge-tolerance", type=_number(float, "--edge-tolerance", -1e6, 1000.0), default=100.0,
                     metavar="PX", help="holes: how far outside the image our lattice points may lie, px (default "
                     "100, so that the original's targets at any edge tolerance up to it find a partner)")
-    ca.add_argument("--models", metavar="DIR", help="model set to calibrate (default: the shipped set)")
+    ca.add_argument("--models", metavar="DIR", type=_nonempty(),
+                    help="model set to calibrate (default: the shipped set)")
     ca.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                     "(default auto)")
     ca.add_argument("--section", type=_number(int, "--section", 0), metavar="N",
@@ -259,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.set_defaults(func=_cmd_calibrate)
 
     mo = sub.add_parser("models", help="show and verify a model set and the providers onnxruntime offers")
-    mo.add_argument("--models", metavar="DIR", help="model set directory (default: the shipped set)")
-    mo.add_argument("--validate", metavar="DIR", help="check the model set in DIR without running an image: list "
+    mo.add_argument("--models", metavar="DIR", type=_nonempty(), help="model set directory (default: the shipped set)")
+    mo.add_argument("--validate", metavar="DIR", type=_nonempty(),
+                    help="check the model set in DIR without running an image: list "
                     "every problem (manifest fields, files, hashes, graphs); exit 0 only if there is none")
     mo.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime provider "
                     "(default auto)")
@@ -275,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "versions")
     dr.add_argument("--warm", action="store_true", help="also run both finders once on small synthetic images and "
                     "report first and second call times (sessions created, files cached by the OS)")
-    dr.add_argument("--models", metavar="DIR", help="model set to try the providers with (default: the shipped set)")
+    dr.add_argument("--models", metavar="DIR", type=_nonempty(),
+                    help="model set to try the providers with (default: the shipped set)")
     dr.add_argument("--json", action="store_true", help="print the report as JSON")
     dr.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     dr.set_defaults(func=lambda args: __import__("ptolemy_rt.doctor", fromlist=["run_doctor"]).run_doctor(args))
@@ -615,18 +628,12 @@ _PATH_OPTIONS = {"paths": "PATH", "output": "-o", "overlay": "--overlay", "nav":
 
 def _check_path_lengths(args: argparse.Namespace) -> None:
     """UsageError (exit 2) for a path with a name longer than its file system takes (_name_limits): pathlib's
-    is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70); and for an empty one
-    (a shell variable not set): `batch ""` ran on the current folder, `--nav ""` and `--calibration ""` were
-    ignored, `--models ""` read the current folder and an IMAGE "" was refused as ".: not a regular file"; `--dask ""`
-    ran the batch here."""
+    is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70). (An empty one is refused
+    by argparse: _nonempty.)"""
     limits: dict[str, tuple[int, int]] = {}  # per folder: a batch's thousands of images ask once
-    for dest, option in {**_PATH_OPTIONS, "images": "IMAGE", "dask": "--dask"}.items():
+    for dest, option in _PATH_OPTIONS.items():
         value = getattr(args, dest, None)
         for text in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
-            if text == "":
-                raise UsageError(f"{option}: an empty {'address' if dest == 'dask' else 'path'} was given")
-            if dest in ("images", "dask"):
-                continue  # an image fails alone, as an unreadable file; an address is no path
             raw = os.fsencode(text)
             folder = _existing_folder(text)
             if folder not in limits:

@@ -227,23 +227,43 @@ def test_empty_output_and_single_file_for_several_inputs_are_refused(tmp_path, s
 
 
 @pytest.mark.parametrize("argv, said", [
-    (["batch", "", "-o", "{out}"], "PATH"),
-    (["squares", "", "--no-score"], "IMAGE"),
-    (["squares", "{image}", "", "--no-score"], "IMAGE"),
-    (["squares", "{image}", "--no-score", "--nav", ""], "--nav"),
-    (["squares", "{image}", "--no-score", "--models", ""], "--models"),
-    (["squares", "{image}", "--no-score", "--calibration", ""], "--calibration"),
-    (["batch", "{image}", "--kind", "squares", "--dask", "", "-o", "{out}"], "--dask"),
+    (["batch", "{blank}", "-o", "{out}"], "PATH"),
+    (["batch", "{image}", "-o", "{blank}"], "-o/--output"),
+    (["batch", "{image}", "-o", "{out}", "--models", "{blank}"], "--models"),
+    (["batch", "{image}", "-o", "{out}", "--calibration", "{blank}"], "--calibration"),
+    (["squares", "{blank}", "--no-score"], "IMAGE"),
+    (["squares", "{image}", "{blank}", "--no-score"], "IMAGE"),
+    (["squares", "{image}", "--no-score", "-o", "{blank}"], "-o/--output"),
+    (["squares", "{image}", "--no-score", "--nav", "{blank}"], "--nav"),
+    (["squares", "{image}", "--no-score", "--nav-out", "{blank}"], "--nav-out"),
+    (["squares", "{image}", "--no-score", "--overlay", "{blank}"], "--overlay"),
+    (["squares", "{image}", "--no-score", "--models", "{blank}"], "--models"),
+    (["squares", "{image}", "--no-score", "--calibration", "{blank}"], "--calibration"),
+    (["holes", "{image}", "--models", "{blank}"], "--models"),
+    (["calibrate", "squares", "{image}", "--against", "{blank}", "-o", "{out}"], "--against"),
+    (["calibrate", "squares", "{blank}", "--against", "{image}", "-o", "{out}"], "IMAGE"),
+    (["models", "--validate", "{blank}"], "--validate"),
+    (["models", "--models", "{blank}"], "--models"),
+    (["leginon-script", "--models", "{blank}"], "--models"),
+    (["leginon-script", "--calibration", "{blank}"], "--calibration"),
+    (["demo", "--models", "{blank}", "-o", "{out}"], "--models"),
+    (["doctor", "--models", "{blank}"], "--models"),
+    (["batch", "{image}", "--kind", "squares", "--dask", "{blank}", "-o", "{out}"], "--dask"),
 ])
-def test_an_empty_path_is_refused_as_such(tmp_path, small_mrc, capsys, monkeypatch, argv, said):
+@pytest.mark.parametrize("blank", ["", " ", "\t \n"])
+def test_an_empty_path_is_refused_as_such(tmp_path, small_mrc, capsys, monkeypatch, argv, said, blank):
     """Hand-made fuzz 14: an empty path (a shell variable not set) ran `batch` on the current folder, was ignored
     for --nav and --calibration, read the current folder as --models (exit 3) and was refused as ".: not a regular
-    file" for an IMAGE. Exit 2, saying so, and nothing written."""
+    file" for an IMAGE. A blank one (`--nav " "`) got through the first mend. Exit 2, one line naming the option,
+    and nothing written."""
     monkeypatch.chdir(small_mrc.parent)
     out = tmp_path / "out"
-    code, _, err = _cli([a.format(out=out, image=small_mrc) for a in argv], capsys)
+    with pytest.raises(SystemExit) as e:  # argparse refuses it (the option's type), before any command runs
+        _cli([a.format(out=out, image=small_mrc, blank=blank) for a in argv], capsys)
+    err = capsys.readouterr().err
     what = "address" if said == "--dask" else "path"
-    assert code == 2 and err.strip() == f"error: {said}: an empty {what} was given" and not out.exists()
+    assert e.value.code == 2 and not out.exists()
+    assert err.count("\n") == 1 and err.endswith(f": error: argument {said}: an empty {what} was given (see --help)\n")
 
 
 def test_overlay_format_follows_its_extension(tmp_path, small_mrc, capsys):
