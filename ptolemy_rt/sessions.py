@@ -515,14 +515,22 @@ def _expand(arg: str, navs_seen: dict[Path, _NavRead]) -> list[Path]:
 
 def _glob(pattern: str) -> list[str]:
     """glob.glob(pattern, recursive=True), but a link loop below a `**` is not followed round: glob follows links to
-    folders there without end, so two links to '.' in a session folder made `batch "SESSION/**/*.mrc"` run for good
-    (a session folder given as such is walked without following links, _session_files). A link to a folder
-    elsewhere (the raw data on another disk) is still followed."""
+    folders there without end, so two links to '.' in a session folder made `batch "SESSION/**/*.mrc"` run for good.
+    A link to a folder elsewhere (the raw data on another disk) is still followed, as glob follows it. (A session
+    folder given as such is walked by Path.rglob, _session_files, which in Python 3.11 follows no link to a folder:
+    a pattern and a folder differ there.) As in glob, `**` matches no hidden name, and a trailing separator
+    matches folders only."""
     parts = pattern.split(os.sep)
     if "**" not in parts:
         return glob.glob(pattern)
     k = parts.index("**")
     prefix, rest = os.sep.join(parts[:k]), parts[k:]
+    folders_only = rest[-1] == ""  # `g/s/**/`: the folders, each with a trailing separator, as glob gives them
+    if folders_only:
+        rest = rest[:-1]
+    # only a component starting with '.' matches a hidden name: the other hidden folders (NetApp's .snapshot copies
+    # of the whole tree) are not walked at all
+    dotted = [part for part in rest if part.startswith(".")]
     bases = glob.glob(prefix) if glob.has_magic(prefix) else [prefix]
     found: list[str] = []
     for base in bases:
@@ -530,6 +538,7 @@ def _glob(pattern: str) -> list[str]:
             continue
         reals: dict[str, str] = {}  # each folder walked: its real path
         for folder, dirs, files in os.walk(base or os.curdir, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".") or any(fnmatch.fnmatch(d, p) for p in dotted)]
             real = reals[folder] = os.path.realpath(folder)
             above, up = folder, os.path.dirname(folder)
             while up != above and up in reals:  # a folder inside itself (a link loop) is walked no further
@@ -539,10 +548,17 @@ def _glob(pattern: str) -> list[str]:
                 above, up = up, os.path.dirname(up)
             rel = os.path.relpath(folder, base or os.curdir)
             names = [] if rel == os.curdir else rel.split(os.sep)
-            for name in ["", *sorted(dirs), *sorted(files)]:
+            # the base itself once (a folder below is named by its parent's listing)
+            for name in [*([] if names else [""]), *sorted(dirs), *([] if folders_only else sorted(files))]:
                 path_names = names + [name] if name else names
                 if (path_names or base) and _glob_match(path_names, rest):
-                    found.append(os.path.join(base, *path_names) if path_names else os.path.join(base, ""))
+                    # a folder that a last `**` matches as no name at all (`**/.h/**` gives `a/.h/`) ends in a
+                    # separator, as glob gives it
+                    as_folder = not path_names or folders_only or (
+                        len(rest) > 1 and rest[-1] == "**" and name in dirs
+                        and _glob_match(path_names, rest[:-1]))
+                    path = os.path.join(base, *path_names)
+                    found.append(os.path.join(path, "") if as_folder else path)
     return found
 
 

@@ -1619,26 +1619,73 @@ def test_a_pool_worker_says_warnings_as_the_command_line_does(debug):
 
 
 def _glob_tree(root: Path) -> None:
-    for folder in ("a/b/c", "a/.h", "xx/y"):
+    for folder in ("a/b/c", "a/.h/d", "a/b/.snapshot/b", "xx/y", ".top/b"):
         (root / folder).mkdir(parents=True)
-    for name in ("a/1.mrc", "a/b/2.mrc", "a/b/c/3.mrc", "a/.h/4.mrc", "a/.5.mrc", "xx/y/6.mrc", "a/b/c/c7.txt"):
+    for name in ("a/1.mrc", "a/b/2.mrc", "a/b/c/3.mrc", "a/.h/4.mrc", "a/.h/d/8.mrc", "a/.5.mrc", "xx/y/6.mrc",
+                 "a/b/c/c7.txt", "a/b/.snapshot/b/2.mrc", ".top/b/9.mrc", ".top/.10.mrc", "a/b/c/.11.mrc"):
         (root / name).write_bytes(b"")
     (root / "a" / "ext").symlink_to(root / "xx")  # the raw data elsewhere: followed
 
 
+_GLOB_PATTERNS = (
+    "**", "**/", "**/*.mrc", "**/*", "**/b", "**/b/", "**/.h", "**/.h/", "**/.h/*.mrc", "**/.h/**", "**/.h/**/",
+    "**/.*", "**/.*/", "**/.snapshot/**/*.mrc", ".top/**", ".top/**/", ".top/**/*.mrc", ".top/**/.*",
+    "a/**", "a/**/", "a/**/*.mrc", "a/**/b/*.mrc", "a/**/.*", "a/**/.*/", "a/**/.*/**/*.mrc", "a/**/c", "a/**/c/",
+    "a/b/**/", "a/b/c/**/", "a/b/c/**", "a/ext/**/", "*/**/*.mrc", "*/**/", "x*/**/*.mrc", "a/b/*", "a/b/*/",
+    "./a/**/*.mrc", "./a/**/", "{root}/a/**/*.mrc", "{root}/a/**/", "{root}/**/.h/", "a/**/**/*.mrc", "**/b/**/",
+)
+
+
 @pytest.mark.skipif(platform.system() == "Windows", reason="symbolic links")
-def test_a_pattern_s_matches_are_glob_s(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pattern", _GLOB_PATTERNS)
+def test_a_pattern_s_matches_are_glob_s(tmp_path, monkeypatch, pattern):
     """sessions._glob (fuzz 14: walks below a `**` without going round link loops) matches what glob.glob matches on a
-    tree without loops: hidden names, a link to a folder elsewhere, several `**`, magic before the `**`."""
+    tree without loops: hidden folders and files (`**` matches none), a trailing separator (folders only: `g/s/**/`
+    gave nothing), `**` first, in the middle and last, several `**`, magic before the `**`, a link to a folder
+    elsewhere. (glob gives a path once for each way several `**` match it; _glob once.)"""
     import glob
 
     from ptolemy_rt.sessions import _glob
 
     _glob_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    for pattern in ("**", "**/*.mrc", "a/**", "a/**/*.mrc", "a/**/b/*.mrc", "*/**/*.mrc", "a/**/**/*.mrc",
-                    "**/.h/*.mrc", "a/**/.*", "**/*", f"{tmp_path}/a/**/*.mrc", "./a/**/*.mrc", "x*/**/*.mrc", "a/b/*"):
-        assert sorted(set(_glob(pattern))) == sorted(set(glob.glob(pattern, recursive=True))), pattern
+    pattern = pattern.format(root=tmp_path)
+    ours, theirs = _glob(pattern), glob.glob(pattern, recursive=True)
+    assert len(ours) == len(set(ours))
+    if pattern.count("**") == 1:
+        assert sorted(ours) == sorted(theirs)
+    else:  # glob may give a folder with and without a trailing separator (the last `**` matching it or not)
+        assert set(ours) <= set(theirs) and {p.rstrip("/") for p in ours} == {p.rstrip("/") for p in theirs}
+
+
+@pytest.mark.skipif(platform.system() == "Windows", reason="symbolic links")
+@pytest.mark.parametrize("pattern, walked", [
+    ("**/*.mrc", []), ("a/**/*.mrc", []), ("**/.h/*.mrc", ["a/.h"]), ("a/**/.*/*.mrc", ["a/.h", "a/b/.snapshot"]),
+    (".top/**/*.mrc", []),
+])
+def test_a_pattern_walks_no_hidden_folder_it_cannot_match(tmp_path, monkeypatch, pattern, walked):
+    """`**` matches no hidden name (as in glob), so _glob does not walk a hidden folder unless a component starting
+    with '.' may match it: a NetApp `.snapshot` folder (hourly copies of the whole tree) was walked as many times
+    over, to match nothing."""
+    from ptolemy_rt import sessions
+
+    _glob_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    seen: list[str] = []
+    walk = os.walk
+
+    def recording(top, **kwargs):
+        for folder, dirs, files in walk(top, **kwargs):
+            seen.append(os.path.normpath(folder))
+            yield folder, dirs, files
+
+    monkeypatch.setattr(sessions.os, "walk", recording)
+    sessions._glob(pattern)
+    base = os.path.normpath(pattern.split("**")[0] or os.curdir)
+    hidden = sorted({os.path.relpath(f) for f in seen if any(part.startswith(".") and part not in (".", "..")
+                                                               for part in os.path.relpath(f, base).split(os.sep))})
+    assert hidden == sorted(os.path.normpath(w) for w in walked + [f"{w}/d" for w in walked if w == "a/.h"]
+                            + [f"{w}/b" for w in walked if w.endswith(".snapshot")])
 
 
 @pytest.mark.skipif(not hasattr(signal, "alarm"), reason="no SIGALRM")
@@ -1664,3 +1711,39 @@ def test_a_pattern_below_link_loops_ends(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert [Path(i.path).name for i in items] == ["a_atlas.mrc"]
+
+
+_NAMES = st.sampled_from(["a", "b", ".h", "x.mrc", ".y.mrc"])
+
+
+@pytest.mark.skipif(platform.system() == "Windows", reason="separators")
+@settings(max_examples=60, deadline=None)
+@given(tree=st.lists(st.lists(_NAMES, min_size=1, max_size=4), max_size=6),
+       before=st.lists(st.sampled_from(["a", "*", ".h", ".*"]), max_size=2),
+       after=st.lists(st.sampled_from(["a", "b", "*", ".h", ".*", "*.mrc", "x.mrc"]), max_size=2),
+       trailing=st.booleans())
+def test_a_pattern_s_matches_are_glob_s_on_small_trees(tree, before, after, trailing):
+    """_glob equals glob.glob(recursive=True) on small trees without links: hidden folders and files, a trailing
+    separator, `**` first, in the middle or last."""
+    import glob
+    import tempfile
+
+    from ptolemy_rt.sessions import _glob
+
+    pattern = "/".join([*before, "**", *after]) + ("/" if trailing else "")
+    with tempfile.TemporaryDirectory() as root:
+        for names in tree:  # the last name a file, the others folders; a name taken as both is left out
+            folder = Path(root, *names[:-1])
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / names[-1]).touch()
+            except OSError:
+                pass
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            # glob gives `a/` for `a/**` where no folder `a` is (3.11); _glob nothing
+            theirs = [p for p in glob.glob(pattern, recursive=True) if os.path.lexists(p)]
+            assert sorted(_glob(pattern)) == sorted(theirs), pattern
+        finally:
+            os.chdir(cwd)
