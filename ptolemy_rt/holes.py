@@ -368,13 +368,15 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         # Beyond the primary estimate, a map with far more blobs than the period allows is noise the U-Net
         # fired on; fitting a lattice to thousands of such blobs would cost seconds and find nothing.
         limit = None if primary else _LADDER_EXCESS * rows * cols / candidate**2 + 10
-        mask = table = None
+        t = time.perf_counter()
+        mask = prob > thr  # made once: the fit's and _film_quality's
+        timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
+        table = None
         if primary and not film_copy and _workers.workers() > 1:
             # The second core is idle while this one fits the lattice (~8 ms on 1024x1440): there, the mask's
             # summed-area table the fit needs, then the film mask's working copy for this period (which the
             # lattice's period mostly shares: film.film_working_copy), each what it is when made here.
             t = time.perf_counter()
-            mask = prob > thr
             table, copy = _workers.chain(lambda: summed_area_table(mask),
                                          lambda: film_working_copy(image.data, candidate, finite=True))
             film_copy.append(copy)
@@ -384,7 +386,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                                             mask=mask, table=table)
         if (not primary and lattice is not None and quality < _LADDER_MIN_QUALITY
                 and lattice.n_inliers >= _SOLID_INLIERS):
-            quality = _film_quality(lattice, quality, prob > thr if mask is None else mask, image.data, films)
+            # (the table made beside the fit, where one was: a Future's result is kept, so taken again)
+            quality = _film_quality(lattice, quality, mask, image.data, films, _taken(table))
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
         return lattice, reason, quality, f, prob
@@ -723,7 +726,7 @@ def _regularity(centroids: np.ndarray, mask: np.ndarray, enough: float = _MIN_RE
 
 
 def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image: np.ndarray,
-                  films: dict[float, np.ndarray]) -> float:
+                  films: dict[float, np.ndarray], sat: np.ndarray | None = None) -> float:
     """A lattice's quality (_fit_map's) with its occupancy counted over the lattice points on the film alone
     (film.film_mask, as _holes_on_lattice keeps them), where that is higher.
 
@@ -734,7 +737,8 @@ def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image:
     points on film that are occupied over that of all of them, each with a positive pixel within a quarter
     period: a view without bars keeps its quality whatever the two footprints make of it.
     films: film masks by period, made here where the lift can reach _LADDER_MIN_QUALITY and kept for
-    _holes_on_lattice (a full-image pass: 20-120 ms at 1024x1440, over a second at 4096x4096)."""
+    _holes_on_lattice (a full-image pass: 20-120 ms at 1024x1440, over a second at 4096x4096).
+    sat: summed_area_table(positive) where the caller has it (the fit's, made on a second core)."""
     if not lattice.occupancy > 0.0:
         return quality
     spacing = lattice.spacing_px
@@ -744,7 +748,8 @@ def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image:
     x, y = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
     x0, x1 = np.clip(x - h, 0, cols), np.clip(x + h + 1, 0, cols)
     y0, y1 = np.clip(y - h, 0, rows), np.clip(y + h + 1, 0, rows)
-    sat = summed_area_table(positive)
+    if sat is None:
+        sat = summed_area_table(positive)
     held = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) > 0
     share = float(held.mean()) if len(held) else 0.0
     # the points on film can at most all be occupied: no film mask where even that leaves it refused
