@@ -334,7 +334,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                                            opts.unet_padding)
             timings["unet"] = timings.get("unet", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            blobs = hole_centroids(probe > thr, window)
+            positive = probe > thr
+            blobs = hole_centroids(positive, window)
             timings["centroids"] = timings.get("centroids", 0.0) + time.perf_counter() - t
             crop_rows, crop_cols = probe.shape
             room = crop_rows * crop_cols / candidate**2  # lattice points the crop holds at this period
@@ -344,7 +345,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 reason: str | None = (f"the central crop shows {len(blobs)} hole candidates where a "
                                       f"{candidate:.0f} px lattice would give about {room:.0f}")
                 return None, reason, 0.0, f, probe
-            if len(blobs) >= _REGULAR_MIN_BLOBS and _regularity(blobs, probe > thr) < _MIN_REGULARITY:
+            if len(blobs) >= _REGULAR_MIN_BLOBS and _regularity(blobs, positive) < _MIN_REGULARITY:
                 reason = (f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} "
                           "px period")
                 return None, reason, 0.0, f, probe
