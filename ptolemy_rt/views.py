@@ -127,6 +127,13 @@ def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
             (float(ex) + x0, float(ey) + y0))
 
 
+def _may_span(stats: np.ndarray, i: int, min_d: float) -> bool:
+    """Whether region i's bounding box leaves room for an enclosing circle (+ 0.5, _shape's) min_d across."""
+    import cv2
+
+    return math.hypot(float(stats[i, cv2.CC_STAT_WIDTH]), float(stats[i, cv2.CC_STAT_HEIGHT])) + 1.0 >= min_d
+
+
 def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
     """Bright round regions wholly inside the image and at least 0.35 of its shorter side across (see
     the module docstring), largest first; [] for an ordinary view.
@@ -157,8 +164,11 @@ def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
         else:
             partial.append((i, shape))
     if not found:
+        # A region whose bounding box's diagonal + 1 is under min_d has 2 * _shape's radius (its contour's
+        # enclosing circle, + 0.5) under min_d too, which _dim_hole refuses first: not measured.
         found = [h for h in (_dim_hole(image, _shape(labels, stats, cents, i) if shape is None else shape, f, min_d)
-                             for i, shape in partial) if h is not None]
+                             for i, shape in partial if shape is not None or _may_span(stats, i, min_d))
+                 if h is not None]
     return sorted(found, key=lambda h: (-h.diameter_px, h.y, h.x))
 
 

@@ -330,3 +330,25 @@ def test_a_disc_segment_or_a_disc_under_a_wide_bar_is_no_dim_hole(case):
         img = np.where(disc & (xx < cx - r + 2 * r * (0.5 if case == "half disc" else 0.75)), 220.0, 100.0)
     noisy = (img + np.random.default_rng(0).normal(0, 4.0, shape)).astype(np.float32)
     assert large_holes(noisy) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cells=st.integers(1, 30), slack=st.floats(0.0, 3.0))
+def test_a_region_left_unmeasured_is_one_dim_hole_would_refuse_on_its_size(seed: int, cells: int, slack: float):
+    # large_holes skips _shape where the bounding box rules out an enclosing circle min_d across (_may_span):
+    # _dim_hole's first test must refuse every such region, whatever its shape
+    from ptolemy_rt.views import _may_span, _regions, _shape
+
+    rng = np.random.default_rng(seed)
+    bright = np.zeros((48, 48), dtype=bool)
+    for _ in range(cells):
+        y, x = rng.integers(2, 44, size=2)
+        h, w = rng.integers(1, 5, size=2)
+        bright[y : y + h, x : x + w] = True
+    labels, stats, cents, inside = _regions(bright, 1.0, largest=1000)
+    for i in inside:
+        radius = _shape(labels, stats, cents, i)[2]
+        diag = math.hypot(float(stats[i, 2]), float(stats[i, 3]))
+        for min_d in (diag + 1.0 + 1e-9, diag + 1.0 + slack, 2.0 * radius + slack):
+            if not _may_span(stats, i, min_d):
+                assert 2.0 * radius < min_d
