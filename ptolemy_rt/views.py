@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,7 +111,17 @@ def _regions(bright: np.ndarray, min_area: float, largest: int = _MAX_SHAPES):
     return labels, stats, cents, inside
 
 
-def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
+class _Shape(NamedTuple):
+    """A bright region's measures (_shape), in work px."""
+
+    area: float  # pixels
+    centroid: tuple[float, float]  # xy
+    radius: float  # of the enclosing circle, + 0.5 (pixel areas vs. contours through pixel centres)
+    rect: float  # min-area rectangle's area, + 1 px each way
+    centre: tuple[float, float]  # the enclosing circle's, xy
+
+
+def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int) -> _Shape:
     """Region i's (area, centroid xy, enclosing radius, min-rect area, enclosing centre xy), in work px."""
     import cv2
 
@@ -123,8 +134,8 @@ def _shape(labels: np.ndarray, stats: np.ndarray, cents: np.ndarray, i: int):
     (ex, ey), radius = cv2.minEnclosingCircle(pts)
     (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
     # pixel areas vs. contours through pixel centres: add half a pixel around
-    return (area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0),
-            (float(ex) + x0, float(ey) + y0))
+    return _Shape(area, (float(cents[i, 0]), float(cents[i, 1])), float(radius) + 0.5, (rw + 1.0) * (rh + 1.0),
+                  (float(ex) + x0, float(ey) + y0))
 
 
 def _may_span(stats: np.ndarray, i: int, min_d: float) -> bool:
@@ -158,8 +169,8 @@ def large_holes(image: np.ndarray, *, finite: bool = False) -> list[LargeHole]:
             partial.append((i, None))
             continue
         shape = _shape(labels, stats, cents, i)
-        area, (cx, cy), radius = shape[:3]
-        if area / (math.pi * radius**2) >= _ROUND_FILL:
+        cx, cy = shape.centroid
+        if shape.area / (math.pi * shape.radius**2) >= _ROUND_FILL:
             found.append(LargeHole(*_edge_circle(image, *_refine_centre(image, cx * f, cy * f, diameter * f))))
         else:
             partial.append((i, shape))
@@ -192,7 +203,7 @@ _RIM_RISING = 0.1
 _RIM_OFF = 0.008
 
 
-def _dim_hole(image: np.ndarray, shape: tuple, f: float, min_d: float) -> LargeHole | None:
+def _dim_hole(image: np.ndarray, shape: _Shape, f: float, min_d: float) -> LargeHole | None:
     """The hole a bright region (its _shape) is the brighter part of (the circle through the rim around its
     enclosing circle), wholly inside the image and at least min_d work px across; None where there is none.
 
@@ -202,7 +213,7 @@ def _dim_hole(image: np.ndarray, shape: tuple, f: float, min_d: float) -> LargeH
     at least half the disc is the hole's. Its rim shows all round where defocus fringes it; else it falls
     from the bright part to the film and rises from the dim part to it (traced either way: the steepest
     step, up or down, along each ray; the fringe's own steps would pull a fringed rim off by ~2 px)."""
-    area, _, radius, rect, (ex, ey) = shape
+    area, radius, rect, (ex, ey) = shape.area, shape.radius, shape.rect, shape.centre
     if 2.0 * radius < min_d or area / (math.pi * radius**2) < _PART_FILL or area / rect >= _SQUARE_RECT_FILL:
         return None
     rows, cols = image.shape
@@ -355,10 +366,10 @@ def atlas_reason(image: np.ndarray, *, finite: bool = False) -> str | None:
         if len(square) + left < _ATLAS_MIN_SQUARES or len(square) + left < 0.5 * len(inside):
             return None
         s = _shape(labels, stats, cents, i)
-        if s[0] / s[3] >= _SQUARE_RECT_FILL and s[0] / (math.pi * s[2] ** 2) < _SQUARE_ROUND_FILL:
+        if s.area / s.rect >= _SQUARE_RECT_FILL and s.area / (math.pi * s.radius**2) < _SQUARE_ROUND_FILL:
             square.append(s)
     if len(square) < _ATLAS_MIN_SQUARES or len(square) < 0.5 * len(inside):
         return None
-    side = float(median([math.sqrt(s[0]) for s in square])) * f
+    side = float(median([math.sqrt(s.area) for s in square])) * f
     return (f"looks like a low-mag atlas ({len(square)} bright squares ~{side:.0f} px wide behind dark grid bars), "
             "not a med-mag hole view: use `squares`")

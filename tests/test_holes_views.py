@@ -347,7 +347,7 @@ def test_a_region_left_unmeasured_is_one_dim_hole_would_refuse_on_its_size(seed:
         bright[y : y + h, x : x + w] = True
     labels, stats, cents, inside = _regions(bright, 1.0, largest=1000)
     for i in inside:
-        radius = _shape(labels, stats, cents, i)[2]
+        radius = _shape(labels, stats, cents, i).radius
         diag = math.hypot(float(stats[i, 2]), float(stats[i, 3]))
         for min_d in (diag + 1.0 + 1e-9, diag + 1.0 + slack, 2.0 * radius + slack):
             if not _may_span(stats, i, min_d):
