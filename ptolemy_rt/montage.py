@@ -951,9 +951,13 @@ def tile_boundaries(positions: Sequence[float], size: int, *, weights: Sequence[
     inl = np.abs(arr - p0 - k * step) <= max(tolerance_px, 0.01 * step)
     design = np.column_stack([np.ones(int(inl.sum())), k[inl]])
     (c, step), *_ = np.linalg.lstsq(design, arr[inl], rcond=None)
+    return _grid_positions(c, step, size, dict(zip(k[inl].astype(int).tolist(), arr[inl].tolist())))
+
+
+def _grid_positions(c: float, step: float, size: int, found: dict[int, float]) -> list[int]:
+    """The boundaries of the grid c + k x step inside the image (_grid_k_range): a seam's own position where one
+    was found at k (the stitch's real cut), the grid's elsewhere."""
     k_lo, k_hi = _grid_k_range(c, step, size)
-    found = dict(zip(k[inl].astype(int).tolist(), arr[inl].tolist()))
-    # A seam's own position where one was found (the stitch's real cut), the grid's elsewhere.
     return [int(round(found.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
 
 
@@ -1020,9 +1024,7 @@ def square_tile_grid(rows: list[int], cols: list[int], shape: tuple[int, int], *
             continue
         c = float(np.mean(pos - k * step))
         size = shape[take]
-        k_lo, k_hi = _grid_k_range(c, step, size)
-        at = dict(zip(k.astype(int).tolist(), found))
-        lent = [int(round(at.get(i, c + i * step))) for i in range(k_lo, k_hi + 1)]
+        lent = _grid_positions(c, step, size, dict(zip(k.astype(int).tolist(), found)))
         # A seam within a quarter spacing of the edge is no boundary (tile_boundaries drops it): it cannot show a
         # grid missed; nor can a single seam (review: one false seam replaced a correct grid).
         inside = [p for p in found if 0.25 * step <= p <= size - 0.25 * step]
