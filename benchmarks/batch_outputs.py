@@ -2,9 +2,10 @@
 change a bit).
 
     python -m benchmarks.batch_outputs --compare TREE [--images 50] [--image-cache DIR] [--workers 2] [--keep DIR]
-                                       [--may-differ images/]
+                                       [--may-differ images/] [--image-set synthetic|real|physical]
 
-Runs `batch IMAGES -o OUT --kind holes --workers N` with this checkout's package and with TREE's, then compares
+Runs `batch IMAGES -o OUT --kind holes --workers N` with this checkout's package and with TREE's (on the images of
+benchmarks.batch's `--image-set`), then compares
 every file of the two trees byte for byte: results/*.json, images/*.jpg, index.html, summary.json; summary.csv
 and .state/*.json with their timing (the `seconds` column and field) left out, the only thing that may differ.
 Prints one line per kind of file and exits 1 when anything differs (the first differences are named) but the
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.batch import REPO, _block, _compile, _env, make_images
+from benchmarks.batch import REPO, _block, _compile, _env, make_images, make_physical_images, make_real_images
 
 
 def _without_seconds(path: Path) -> bytes:
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--image-cache", metavar="DIR", help="keep the generated images here for the next run")
+    p.add_argument("--image-set", choices=("synthetic", "real", "physical"), default="synthetic",
+                   help="the images (see benchmarks.batch --image-set; default synthetic)")
     p.add_argument("--keep", metavar="DIR", help="write the two output trees here (default: a temporary folder)")
     p.add_argument("--may-differ", action="append", default=[], metavar="KIND",
                    help="a kind of file (images/, index.html, ...) whose differences are reported, not failed")
@@ -85,12 +88,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ptolemy-batch-outputs-") as tmp:
         root = Path(a.keep).resolve() if a.keep else Path(tmp)
         source = Path(a.image_cache).resolve() if a.image_cache else Path(tmp) / "images"
-        block = _block(Path(tmp) / "in", make_images(source, a.images))
+        makers = {"real": make_real_images, "physical": make_physical_images, "synthetic": make_images}
+        block = _block(Path(tmp) / "in", makers[a.image_set](source, a.images))
         outs = {REPO: root / "this", other: root / "other"}
         for tree, out in outs.items():
             run_batch(tree, block, out, a.workers)
         counts, differences = compare_trees(outs[REPO], outs[other])
-    print(f"`batch --kind holes --workers {a.workers}` on {a.images} images: {REPO} against {other}")
+    print(f"`batch --kind holes --workers {a.workers}` on {a.images} {a.image_set} images: {REPO} against {other}")
     for kind, (same, differ) in counts.items():
         print(f"  {kind:14s} {same} identical, {differ} differing")
     for name in differences:

@@ -42,6 +42,8 @@ PREVIEW_SIDE = 1024
 SUMMARY_FIELDS = ("id", "input", "kind", "status", "exit_code", "count", "best_score", "spacing_px", "spacing_A",
                   "pixel_size_A", "angle_deg", "rows", "cols", "atlas_square", "seconds", "reason", "error", "sha256")
 _STATE_VERSION = 1
+# The model tasks each kind's pipeline runs (sessions a worker creates at its start).
+_TASKS_OF = {"squares": ("square_cnn",), "holes": ("hole_unet", "hole_cnn")}
 
 
 def _exit_internal() -> int:
@@ -107,13 +109,23 @@ class BatchConfig:
     """What every task needs (picklable, sent to each worker once per task)."""
 
     def __init__(self, models: str | None, provider: str, threads: int | None, section: int | None,
-                 debug: bool = False, calibrations: dict[str, Any] | None = None):
+                 debug: bool = False, calibrations: dict[str, Any] | None = None,
+                 kinds: Iterable[str | None] | None = None):
         self.models = str(Path(models).resolve()) if models else None
         self.provider = provider
         self.threads = threads
         self.section = section
         self.debug = debug
         self.calibrations = dict(calibrations or {})  # kind -> calibration.Calibration
+        # The kinds of image the batch holds (None: any): a worker starts the sessions of those only.
+        self.kinds = None if kinds is None else tuple(sorted({k for k in kinds if k in KINDS}))
+
+    def tasks(self) -> tuple[str, ...]:
+        """The model tasks this batch's images run (a holes-only batch never runs the square CNN)."""
+        from .manifest import TASKS
+
+        kinds = KINDS if self.kinds is None else self.kinds
+        return tuple(t for t in TASKS if any(t in _TASKS_OF[k] for k in kinds))
 
     def key(self, kind: str | None) -> str:
         """What makes two runs' results interchangeable for --resume (threads only change timings)."""
@@ -237,10 +249,12 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
 
         command_line_warnings(config.debug)
     try:
-        from .models import TASKS, load_models
+        from .models import load_models
 
         models = load_models(config.models, provider=config.provider, threads=config.threads)
-        for task in TASKS:  # onnxruntime sessions now, so no image's timing carries them
+        # onnxruntime sessions now, so no image's timing carries them; only those the batch's kinds run (the
+        # square CNN's session cost each worker of a holes batch ~7 ms of CPU for nothing)
+        for task in config.tasks():
             if models.has(task):
                 models.session(task)
     except PtolemyError:
@@ -422,7 +436,11 @@ def _failed(item: Item, exc: BaseException) -> tuple[dict[str, Any], dict[str, b
     return row, {}
 
 
-def _in_process(items: list[Item], config: BatchConfig) -> Iterator[tuple[dict, dict]]:
+def _in_process(items: list[Item], config: BatchConfig, command_line: bool = False) -> Iterator[tuple[dict, dict]]:
+    if command_line:  # the command's own process, whose numpy the command line left alone (cli: no numpy there)
+        from .warning_lines import quiet_numerics
+
+        quiet_numerics()
     init_worker(config, ignore_sigint=False, own_process=False)
     for item in items:
         yield process_one(item, config)
@@ -823,11 +841,12 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
               dask: str | None = None, resume: bool = False, models: str | None = None, provider: str = "auto",
               threads: int | None = None, section: int | None = None, report: bool = True,
               progress: bool = True, verbose: bool = False, debug: bool = False,
-              calibrations: Sequence[str] = ()) -> int:
+              calibrations: Sequence[str] = (), command_line: bool = False) -> int:
     """Process every image of `paths` into `outdir`; return the worst exit code (see the module docstring).
 
     `calibrations`: calibration files (at most one per kind), applied to that kind's scores as
-    `ptolemy-rt squares|holes --calibration` does."""
+    `ptolemy-rt squares|holes --calibration` does. `command_line`: this is the `ptolemy-rt batch` process, whose
+    numpy warnings are quieted (warning_lines.quiet_numerics) only where it runs images itself."""
     from .models import load_models, physical_cores
 
     out = Path(outdir)
@@ -859,7 +878,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         threads = threads or 1
     elif threads is None:
         threads = max(1, cores // n_workers)
-    config = BatchConfig(models, provider, threads, section, debug, calibration_by_kind)
+    config = BatchConfig(models, provider, threads, section, debug, calibration_by_kind,
+                         kinds=[item.kind for item in items])
     for note in notes:
         print(f"ptolemy-rt batch: {note}", file=sys.stderr)
 
@@ -887,7 +907,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         if dask:
             results = _dask(todo, config, dask)
         elif n_workers == 1 or len(todo) <= 1:
-            results = _in_process(todo, config)
+            results = _in_process(todo, config, command_line)
         else:
             results = _pool(todo, config, min(n_workers, len(todo)))
         for row, files in results:
@@ -965,4 +985,4 @@ def run(args: argparse.Namespace) -> int:
                      workers=args.workers, dask=args.dask, resume=args.resume, models=args.models,
                      provider=args.provider, threads=args.threads, section=args.section,
                      report=not args.no_report, progress=not args.no_progress, verbose=args.verbose,
-                     debug=args.debug, calibrations=args.calibration or ())
+                     debug=args.debug, calibrations=args.calibration or (), command_line=True)

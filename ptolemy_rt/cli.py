@@ -1090,7 +1090,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
         from .warning_lines import command_line_warnings
 
-        command_line_warnings(debug)
+        # `batch` imports numpy only where it runs images itself (batch._in_process): its process otherwise
+        # writes what its workers send, and numpy's import cost it 60-100 ms of CPU beside them
+        command_line_warnings(debug, numerics=args.command != "batch")
         code = int(args.func(args))
         if code == EXIT_OK:  # else its failure, stdout's included, has had its line
             _flush_stdout()

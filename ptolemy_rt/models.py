@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import ModelError, OptionError
 from .manifest import TASKS, Manifest, ModelSpec, check_model_directory, read_manifest, read_verified
 from .options import MAX_THREADS
+
+if TYPE_CHECKING:
+    import numpy as np
+# numpy is imported where arrays are handled, not here: `ptolemy-rt batch`'s own process checks the model set
+# (load_models) but runs no image, and importing numpy cost it 60-100 ms of CPU beside its workers.
 
 __all__ = [
     "TASKS",
@@ -101,6 +105,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     1 / (1 + exp(-x)) where x >= 0 and exp(x) / (1 + exp(x)) elsewhere are both e = exp(-|x|) over (1 + e):
     one exp over the whole array, without boolean gathers and scatters (3-4x faster on the 2.5 Mpx U-Net map
     of an upscaled 1024x1440 image; the same float32 operations on the same values, so the same bits)."""
+    import numpy as np
+
     x = np.asarray(x, dtype=np.float32)
     e = np.abs(x)
     np.negative(e, out=e)
@@ -124,7 +130,9 @@ class ModelSet:
         self.directory = Path(os.path.realpath(check_model_directory(directory)))
         self.manifest: Manifest = read_manifest(self.directory)
         self.requested_provider = provider
-        if threads is not None and not (isinstance(threads, (int, np.integer)) and 0 <= threads <= MAX_THREADS):
+        numpy = sys.modules.get("numpy")  # a numpy integer exists only where numpy is loaded
+        integer = (int, numpy.integer) if numpy is not None else int
+        if threads is not None and not (isinstance(threads, integer) and 0 <= threads <= MAX_THREADS):
             # onnxruntime would start every one of them (100,000 took 16 GB) or fail on a negative count.
             raise OptionError(f"threads must be a whole number from 1 to {MAX_THREADS} (0 or None: physical "
                               f"cores), got {threads!r}")
@@ -219,6 +227,8 @@ class ModelSet:
 
     def run(self, task: str, x: np.ndarray) -> np.ndarray:
         """Run the graph of `task` on an NCHW float32 batch and return its logits."""
+        import numpy as np
+
         sess = self.session(task)
         spec = self.spec(task)
         feed = {spec.input or sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .errors import clean_text
-from .io import atomic_write
 from .metadata import PLAUSIBLE_A
+from .outputs import atomic_write
 
 __all__ = [
     "FORMATS",

@@ -27,9 +27,11 @@ def quiet_numerics() -> None:
                             r"Degrees of freedom)")
 
 
-def command_line_warnings(debug: bool = False) -> None:
+def command_line_warnings(debug: bool = False, numerics: bool = True) -> None:
     """Say warnings as the command line does: numpy's numeric ones quiet, the rest as plain_warning (with `debug`,
-    in Python's own form)."""
-    quiet_numerics()
+    in Python's own form). numerics=False leaves numpy unloaded (a process that runs no numerics: `batch`'s own,
+    whose workers quiet theirs, batch.init_worker)."""
+    if numerics:
+        quiet_numerics()
     if not debug:
         warnings.showwarning = plain_warning
