@@ -42,6 +42,10 @@ PREVIEW_SIDE = 1024
 SUMMARY_FIELDS = ("id", "input", "kind", "status", "exit_code", "count", "best_score", "spacing_px", "spacing_A",
                   "pixel_size_A", "angle_deg", "rows", "cols", "atlas_square", "seconds", "reason", "error", "sha256")
 _STATE_VERSION = 1
+# The key of process_one's `files` under which a holes image's report.hole_marks travel (no file's name).
+MARKS = "\0hole-marks"
+# The most bytes of hole marks the batch process keeps for its report (2M holes); later images' results are read.
+_MAX_MARKS_BYTES = 64 << 20
 # The model tasks each kind's pipeline runs (sessions a worker creates at its start).
 _TASKS_OF = {"squares": ("square_cnn",), "holes": ("hole_unet", "hole_cnn")}
 
@@ -365,14 +369,15 @@ def _base_row(item: Item) -> dict[str, Any]:
 
 
 def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Run one image through its pipeline; return its summary row and the files to write (never raises)."""
+    """Run one image through its pipeline; return its summary row and the files to write (never raises); a holes
+    image's report.hole_marks go with the files under MARKS (for the batch's report, not written)."""
     import ptolemy_rt
 
     from .holesize import with_hole_diameter
     from .io import read_image
     from .metadata import pixel_size_for
     from .models import load_models
-    from .results import format_result, with_pixel_size
+    from .results import json_text, with_pixel_size
 
     start = time.perf_counter()
     row = _base_row(item)
@@ -403,7 +408,8 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
             from .calibration import apply_calibration
 
             result = apply_calibration(result, calibration, calibration.score)
-        text = format_result(result, fmt="json")
+        record = result.to_dict()
+        text = json_text(record)  # format_result(result, "json"), the record kept for hole_marks
         scores = [t.score for t in result.targets if t.score is not None]
         spacing = getattr(result, "spacing_px", None)
         pixel = result.image.pixel_size_A
@@ -414,6 +420,12 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
                    cols=image.shape[1], reason=result.reason)
         files[f"results/{item.id}.json"] = text.encode("utf-8")
         files[f"images/{item.id}.jpg"] = _preview_jpeg(image.data)
+        if item.kind == "holes":
+            from .report import hole_marks
+
+            marks = hole_marks(record)
+            if marks is not None:
+                files[MARKS] = marks  # for the report, not a file (run_batch takes it out)
     except PtolemyError as exc:
         row.update(exit_code=exc.exit_code, error=str(exc))
     except MemoryError:
@@ -903,6 +915,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         signal.signal(sig, _raise_interrupt)
     started = time.perf_counter()
     results: Iterator[tuple[dict, dict]] = iter(())
+    marks: dict[str, bytes] = {}  # report.hole_marks of this run's holes images
+    marks_bytes = 0
     try:
         if dask:
             results = _dask(todo, config, dask)
@@ -912,7 +926,11 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
             results = _pool(todo, config, min(n_workers, len(todo)))
         for row, files in results:
             item = by_id[row["id"]]
+            packed = files.pop(MARKS, None)
             _write_outputs(out, item, config, row, files)
+            if packed is not None and marks_bytes + len(packed) <= _MAX_MARKS_BYTES:
+                marks[item.id] = packed
+                marks_bytes += len(packed)
             rows[item.id] = row
             bar.update(failed=row["status"] == "error")
             if verbose or row["status"] == "error":
@@ -937,7 +955,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         if report and not interrupted:
             from .report import write_report
 
-            write_report(out)
+            write_report(out, marks)
     except OSError as exc:
         print(f"error: {out}: cannot write the summary ({exc})", file=sys.stderr)
         return EXIT_OUTPUT

@@ -30,6 +30,7 @@ __all__ = [
     "Square",
     "SquareResult",
     "format_result",
+    "json_text",
     "select",
     "sort_targets",
     "summary_line",
@@ -448,7 +449,7 @@ def format_result(result: Result, fmt: str = "json", compat: bool = False, prett
         if compat:
             # One line: Leginon reads only the first line of the file. Never indented, even with `pretty`.
             return json.dumps([t.compat_dict() for t in result.targets], allow_nan=False) + "\n"
-        return json.dumps(result.to_dict(), indent=1 if pretty else None, allow_nan=False) + "\n"
+        return json_text(result.to_dict(), pretty)
     header, rows = table(result, compat=compat)
     # Booleans as in the JSON (true/false), missing values empty.
     cells = [["" if v is None else ("true" if v else "false") if isinstance(v, bool) else v for v in row]
@@ -460,6 +461,11 @@ def format_result(result: Result, fmt: str = "json", compat: bool = False, prett
     writer.writerow(header)
     writer.writerows(cells)
     return buf.getvalue()
+
+
+def json_text(record: dict[str, Any], pretty: bool = False) -> str:
+    """Our JSON text of a result's to_dict() record (what format_result writes for fmt="json")."""
+    return json.dumps(record, indent=1 if pretty else None, allow_nan=False) + "\n"
 
 
 def write_result(

@@ -1747,3 +1747,68 @@ def test_a_pattern_s_matches_are_glob_s_on_small_trees(tree, before, after, trai
             assert sorted(_glob(pattern)) == sorted(theirs), pattern
         finally:
             os.chdir(cwd)
+
+
+def test_the_batch_process_loads_no_numpy(tmp_path):
+    """The batch process runs no image beside its workers: parsing, discovery, the model set's check, the kinds'
+    tasks and its writing load no numpy (60-100 ms of CPU it took from the workers)."""
+    make_epu_session(tmp_path / "in", n_squares=1, per_square=1, seed=3, medmag_shape=(512, 720))
+    code = ("import sys; from ptolemy_rt.cli import build_parser; from ptolemy_rt.warning_lines import "
+            "command_line_warnings; from ptolemy_rt import batch, report, sessions; "
+            "from ptolemy_rt.models import load_models, physical_cores; "
+            f"args = build_parser().parse_args(['batch', {str(tmp_path / 'in')!r}, '-o', 'x']); "
+            "command_line_warnings(numerics=False); load_models(None, provider='cpu'); physical_cores(); "
+            "items, _ = sessions.discover(args.paths); "
+            "config = batch.BatchConfig(None, 'cpu', 1, None, kinds=[i.kind for i in items]); "
+            "print(config.tasks(), 'numpy' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(maxsplit=3)[-1].strip() == "False" and "square_cnn" in r.stdout
+
+
+def test_a_worker_starts_the_sessions_of_its_batchs_kinds():
+    from ptolemy_rt.models import TASKS
+
+    assert BatchConfig(None, "cpu", 1, None).tasks() == TASKS  # kinds not named: any
+    assert BatchConfig(None, "cpu", 1, None, kinds=["holes", "holes", None]).tasks() == ("hole_unet", "hole_cnn")
+    assert BatchConfig(None, "cpu", 1, None, kinds=["squares"]).tasks() == ("square_cnn",)
+    assert BatchConfig(None, "cpu", 1, None, kinds=[None]).tasks() == ()
+    # Which sessions a worker starts changes no result: not part of what --resume compares.
+    assert BatchConfig(None, "cpu", 1, None, kinds=["holes"]).key("holes") == BatchConfig(None, "cpu", 1, None).key(
+        "holes")
+
+
+def test_a_batch_run_in_its_own_process_quiets_numpys_warnings(tmp_path):
+    """`batch --workers 1` runs its images in the command's process, whose numpy the command line no longer
+    touches before `batch` starts: _in_process quiets it (mrcfile's voxel size of a header with mx = 0 divides by
+    zero; no RuntimeWarning naming no file)."""
+    import mrcfile
+
+    session = tmp_path / "in"
+    session.mkdir()
+    page = np.random.default_rng(0).integers(0, 200, (300, 300)).astype(np.int16)
+    with mrcfile.new(session / "atlas_b.mrc") as m:
+        m.set_data(page)
+        m.header.mx = 0
+    r = _cli(str(session), "-o", str(tmp_path / "out"), "--workers", "1", "--threads", "1", "--kind", "squares",
+             "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert "encountered" not in r.stderr and all(line.startswith(("warning: ", "ptolemy-rt batch: "))
+                                                 for line in r.stderr.strip().splitlines()), r.stderr
+
+
+def test_a_holes_images_marks_go_to_the_report_not_to_disk(small_session, tmp_path):
+    """process_one sends a holes image's report.hole_marks beside its files; run_batch writes the files only."""
+    from ptolemy_rt.batch import MARKS
+    from ptolemy_rt.report import hole_marks
+
+    items, _ = discover([str(small_session)])
+    item = next(i for i in items if i.kind == "holes")
+    row, files = process_one(item, BatchConfig(None, "cpu", 1, None))
+    assert row["status"] in ("ok", "empty")
+    assert files[MARKS] == hole_marks(json.loads(files[f"results/{item.id}.json"]))
+    out = tmp_path / "out"
+    assert run_batch([str(item.path)], out, kind="holes", workers=1, threads=1, progress=False) == 0
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent.name != ".state") == sorted(
+        [f"{item.path.name}.json", f"{item.path.name}.jpg", "index.html", "summary.csv", "summary.json"])

@@ -171,3 +171,53 @@ def test_report_in_headless_chromium(batch_dir, tmp_path):
     r = _headless(browser, "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=10000",
                   f"--screenshot={shot}", (batch_dir / "index.html").resolve().as_uri())
     assert r.returncode == 0 and shot.stat().st_size > 50_000
+
+
+def _hole_record(targets: list) -> dict:
+    return {"kind": "holes", "targets": targets}
+
+
+_coordinate = st.floats(-1e6, 1e6, allow_nan=False)
+_value = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_coordinate, _coordinate, _value, _value), max_size=20))
+def test_hole_marks_give_the_report_what_it_reads_from_the_file(holes):
+    """hole_marks (sent by a batch's workers) stand for the result file's targets: the keys the report reads,
+    the same values, None kept (a score of None is drawn grey and printed empty, not as NaN)."""
+    from ptolemy_rt.report import _unmark, hole_marks
+
+    targets = [{"x": x, "y": y, "x_um": None, "vertices": [[x, y], [x + 1, y], [x, y + 1]], "area": area,
+                "score": score, "scores": {}} for x, y, area, score in holes]
+    record = _hole_record(targets)
+    parsed = json.loads(json.dumps(record, allow_nan=False))  # what _load reads back from the file
+    assert _unmark(hole_marks(record))["targets"] == [{k: t[k] for k in ("x", "y", "area", "score")}
+                                                      for t in parsed["targets"]]
+
+
+def test_hole_marks_of_an_unsound_record_or_one_with_ints():
+    from ptolemy_rt.report import _unmark, hole_marks
+
+    good = {"x": 1.0, "y": 2.0, "vertices": [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], "area": 3.0, "score": 0.5}
+    assert _unmark(hole_marks(_hole_record([good, {**good, "x": None}]))) == {"targets": []}  # _load's answer
+    assert _unmark(hole_marks(_hole_record([{**good, "vertices": [[0.0, 0.0]]}]))) == {"targets": []}
+    # An int is printed as one (_fmt): no marks, the report reads the file.
+    assert hole_marks(_hole_record([{**good, "score": 1}])) is None
+    assert hole_marks(_hole_record([{**good, "area": 3}])) is None
+    assert hole_marks(_hole_record([good])) is not None
+
+
+def test_report_from_hole_marks_is_the_report_from_the_files(batch_dir):
+    """The page a batch writes with its workers' hole marks is the one its files give (byte for byte)."""
+    from ptolemy_rt.report import hole_marks
+
+    summary = json.loads((batch_dir / "summary.json").read_text())
+    marks = {}
+    for row in summary["images"]:
+        if row["kind"] == "holes" and row["status"] in ("ok", "empty"):
+            marks[row["id"]] = hole_marks(json.loads((batch_dir / "results" / f"{row['id']}.json").read_text()))
+    assert all(m is not None for m in marks.values()) and any(marks.values())
+    page = render_report(batch_dir)
+    assert render_report(batch_dir, marks) == page == (batch_dir / "index.html").read_text(encoding="utf-8")
+    assert page.count('class="hole"') == sum(len(m) // 32 for m in marks.values()) > 0
