@@ -1025,6 +1025,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `ptolemy-rt batch` (argparse namespace from add_arguments)."""
     # The command's own process (it runs the images itself with --workers 1): a worker's malloc limits too.
     keep_large_arrays_on_heap()
+    if args.calibration:  # read with numpy here (calibration.py): its numeric warnings quiet, as the command line's
+        from .warning_lines import quiet_numerics
+
+        quiet_numerics()
     return run_batch(args.paths, args.output, kind=None if args.kind == "auto" else args.kind,
                      workers=args.workers, dask=args.dask, resume=args.resume, models=args.models,
                      provider=args.provider, threads=args.threads, section=args.section,
