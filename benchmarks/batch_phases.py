@@ -44,7 +44,10 @@ from ptolemy_rt.models import load_models
 from ptolemy_rt.results import format_result, with_pixel_size
 
 items, _ = discover([sys.argv[1]], kind="holes")
-config = BatchConfig(None, "auto", 1, None)
+try:  # a batch of holes images: its workers start the holes pipeline's sessions only
+    config = BatchConfig(None, "auto", 1, None, kinds=["holes"])
+except TypeError:  # a tree from before BatchConfig(kinds=...): every session
+    config = BatchConfig(None, "auto", 1, None)
 init_worker(config, ignore_sigint=False, own_process=True)
 start = cpu()
 phases = {}
