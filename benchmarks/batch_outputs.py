@@ -32,7 +32,7 @@ def _without_seconds(path: Path) -> bytes:
         rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
         at = rows[0].index("seconds")
         return json.dumps([r[:at] + r[at + 1:] for r in rows]).encode()
-    if path.parent.name == ".state":
+    if ".state" in path.parts:  # .state/<id>.json, the id's folders included (a session's Atlas/...)
         state = json.loads(path.read_text(encoding="utf-8"))
         state["row"].pop("seconds", None)
         return json.dumps(state, sort_keys=True).encode()
