@@ -114,7 +114,7 @@ class BatchConfig:
 
     def __init__(self, models: str | None, provider: str, threads: int | None, section: int | None,
                  debug: bool = False, calibrations: dict[str, Any] | None = None,
-                 kinds: Iterable[str | None] | None = None):
+                 kinds: Iterable[str | None] | None = None, marks: bool = True):
         self.models = str(Path(models).resolve()) if models else None
         self.provider = provider
         self.threads = threads
@@ -123,6 +123,7 @@ class BatchConfig:
         self.calibrations = dict(calibrations or {})  # kind -> calibration.Calibration
         # The kinds of image the batch holds (None: any): a worker starts the sessions of those only.
         self.kinds = None if kinds is None else tuple(sorted({k for k in kinds if k in KINDS}))
+        self.marks = marks  # send report.hole_marks (False: no report is written, --no-report)
 
     def tasks(self) -> tuple[str, ...]:
         """The model tasks this batch's images run (a holes-only batch never runs the square CNN)."""
@@ -446,7 +447,7 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
                    cols=image.shape[1], reason=result.reason)
         files[f"results/{item.id}.json"] = text.encode("utf-8")
         files[f"images/{item.id}.jpg"] = _preview_jpeg(image.data)
-        if item.kind == "holes":
+        if item.kind == "holes" and config.marks:
             from .report import hole_marks
 
             marks = hole_marks(record)
@@ -917,7 +918,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     elif threads is None:
         threads = max(1, cores // n_workers)
     config = BatchConfig(models, provider, threads, section, debug, calibration_by_kind,
-                         kinds=[item.kind for item in items])
+                         kinds=[item.kind for item in items], marks=report)
     for note in notes:
         print(f"ptolemy-rt batch: {note}", file=sys.stderr)
 

@@ -1808,6 +1808,8 @@ def test_a_holes_images_marks_go_to_the_report_not_to_disk(small_session, tmp_pa
     row, files = process_one(item, BatchConfig(None, "cpu", 1, None))
     assert row["status"] in ("ok", "empty")
     assert files[MARKS] == hole_marks(json.loads(files[f"results/{item.id}.json"]))
+    row_quiet, files_quiet = process_one(item, BatchConfig(None, "cpu", 1, None, marks=False))  # --no-report
+    assert MARKS not in files_quiet and files_quiet == {k: v for k, v in files.items() if k != MARKS}
     out = tmp_path / "out"
     assert run_batch([str(item.path)], out, kind="holes", workers=1, threads=1, progress=False) == 0
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent.name != ".state") == sorted(
