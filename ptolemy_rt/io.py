@@ -37,6 +37,7 @@ from .errors import (
     UnsupportedFormatError,
     size_text,
 )
+from .mrcdims import MRC_ITEMSIZE, MRC_SUFFIXES  # io's names too (numpy-free, for sessions' stack headers)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -52,12 +53,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MRC_SUFFIXES = {".mrc", ".mrcs", ".map", ".st", ".ali", ".rec"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
-# Bytes per pixel of the modes mrcfile knows (4, complex, is refused after the size checks).
-MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}
 # The most pixels a file may claim (all sections together) unless the caller raises it (--max-pixels).
 DEFAULT_MAX_PIXELS = 1 << 28
 # A compressed file claiming more than this many times its own size is treated as a decompression bomb.

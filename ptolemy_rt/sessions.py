@@ -356,19 +356,21 @@ def _sections_in(path: Path, montage: bool) -> int | dict[int, int] | None:
     the [ZValue] of each frame's first piece; None where the file or its .mdoc cannot tell (not a regular MRC
     file)."""
     from .errors import PtolemyError
-    from .io import MRC_ITEMSIZE, MRC_SUFFIXES, _mrc_header
+    from .mrcdims import MRC_ITEMSIZE, MRC_SUFFIXES, mrc_dims  # no numpy: the batch process reads these headers
 
     if path.suffix.lower() not in MRC_SUFFIXES - {".rec"} or not is_regular(path):
         return None
     try:
         with open(path, "rb") as fh:
-            header = _mrc_header(fh.read(1024), str(path))
+            dims = mrc_dims(fh.read(1024))
             size = os.fstat(fh.fileno()).st_size
-        nx, ny, nz, mode = int(header.nx), int(header.ny), int(header.nz), int(header.mode)
-        if min(nx, ny, nz) < 1 or mode not in MRC_ITEMSIZE or int(header.nsymbt) < 0:
+        if dims is None:
+            return None
+        nx, ny, nz, mode, nsymbt = dims
+        if min(nx, ny, nz) < 1 or mode not in MRC_ITEMSIZE or nsymbt < 0:
             return None
         # a header claiming 1000 sections of a 3-section file made 1000 items: the others go to the left-out note
-        held = min(nz, max(0, size - 1024 - int(header.nsymbt)) // (nx * ny * MRC_ITEMSIZE[mode]))
+        held = min(nz, max(0, size - 1024 - nsymbt) // (nx * ny * MRC_ITEMSIZE[mode]))
         if montage:
             from .io import _montage_mdoc
 

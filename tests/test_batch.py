@@ -1749,22 +1749,34 @@ def test_a_pattern_s_matches_are_glob_s_on_small_trees(tree, before, after, trai
             os.chdir(cwd)
 
 
-def test_the_batch_process_loads_no_numpy(tmp_path):
-    """The batch process runs no image beside its workers: parsing, discovery, the model set's check, the kinds'
-    tasks and its writing load no numpy (60-100 ms of CPU it took from the workers)."""
-    make_epu_session(tmp_path / "in", n_squares=1, per_square=1, seed=3, medmag_shape=(512, 720))
-    code = ("import sys; from ptolemy_rt.cli import build_parser; from ptolemy_rt.warning_lines import "
-            "command_line_warnings; from ptolemy_rt import batch, report, sessions; "
-            "from ptolemy_rt.models import load_models, physical_cores; "
-            f"args = build_parser().parse_args(['batch', {str(tmp_path / 'in')!r}, '-o', 'x']); "
-            "command_line_warnings(numerics=False); load_models(None, provider='cpu'); physical_cores(); "
-            "items, _ = sessions.discover(args.paths); "
-            "config = batch.BatchConfig(None, 'cpu', 1, None, kinds=[i.kind for i in items]); "
-            "print(config.tasks(), 'numpy' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
+@pytest.mark.parametrize("layout", ["epu", "nav-stack"])
+def test_the_batch_process_loads_no_numpy(tmp_path, layout):
+    """The batch process runs no image beside its workers: parsing, discovery (a SerialEM stack's MRC header
+    included), the model set's check, the kinds' tasks, its writing and the report load no numpy (60-100 ms of CPU
+    it took from the workers)."""
+    if layout == "epu":
+        make_epu_session(tmp_path / "in", n_squares=1, per_square=1, seed=3, medmag_shape=(512, 720))
+        target = tmp_path / "in"
+    else:  # a .nav naming three maps of one stack (sessions._sections_in reads its header)
+        import mrcfile
+
+        (tmp_path / "in").mkdir()
+        with mrcfile.new(tmp_path / "in" / "MMM.mrc") as m:
+            m.set_data(np.random.default_rng(0).normal(100, 10, (3, 256, 256)).astype(np.float32))
+        target = tmp_path / "in" / "s.nav"
+        target.write_text("AdocVersion = 2.00\n\n" + "".join(
+            f"[Item = {z}]\nType = 2\nMapFile = MMM.mrc\nMapSection = {z}\n\n" for z in range(3)))
+    code = ("import json, sys; from ptolemy_rt.cli import main; "
+            f"code = main(['batch', {str(target)!r}, '-o', {str(tmp_path / 'out')!r}, '--kind', 'holes', "
+            "'--workers', '2', '--threads', '1', '--no-progress']); "
+            "print(json.dumps([code, 'numpy' in sys.modules]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300,
                        check=False)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split(maxsplit=3)[-1].strip() == "False" and "square_cnn" in r.stdout
+    code, numpy_loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert code in (0, 2) and numpy_loaded is False, r.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["images"]) == (3 if layout == "nav-stack" else len(summary["images"])) > 0
 
 
 def test_a_worker_starts_the_sessions_of_its_batchs_kinds():

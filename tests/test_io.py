@@ -1491,3 +1491,25 @@ def test_a_reader_s_warning_hook_left_in_place_takes_nothing(tmp_path):
         theirs.__exit__(None, None, None)  # puts the reader's hook back
         warnings.warn("after", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["during"] and seen == ["after"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=st.binary(min_size=1024, max_size=1024), stamp=st.sampled_from([None, b"\x11\x11", b"\x44\x44"]),
+       mode=st.sampled_from([None, 0, 1, 2, 3, 4, 6, 12, 1 << 24, 2 << 24]), big=st.booleans())
+def test_mrc_dims_reads_what_the_header_record_does(head, stamp, mode, big):
+    """mrcdims.mrc_dims (struct, no numpy: the batch process's SerialEM stacks) gives io._mrc_header's nx, ny, nz,
+    mode and nsymbt, byte order included (the machine stamp's, else the one whose mode is known)."""
+    import struct
+
+    from ptolemy_rt.io import _mrc_header
+    from ptolemy_rt.mrcdims import mrc_dims
+
+    raw = bytearray(head)
+    if stamp is not None:
+        raw[212:214] = stamp
+    if mode is not None:
+        struct.pack_into(">i" if big else "<i", raw, 12, mode)
+    record = _mrc_header(bytes(raw), "x.mrc")
+    assert mrc_dims(bytes(raw)) == (int(record.nx), int(record.ny), int(record.nz), int(record.mode),
+                                    int(record.nsymbt))
+    assert mrc_dims(bytes(raw[:1023])) is None
