@@ -44,7 +44,8 @@ SUMMARY_FIELDS = ("id", "input", "kind", "status", "exit_code", "count", "best_s
 _STATE_VERSION = 1
 # The key of process_one's `files` under which a holes image's report.hole_marks travel (no file's name).
 MARKS = "\0hole-marks"
-# The most bytes of hole marks the batch process keeps for its report (2M holes); later images' results are read.
+# The most bytes of hole marks the batch process keeps for its report (2M holes); the results of images whose
+# marks no longer fit under it are read from their files.
 _MAX_MARKS_BYTES = 64 << 20
 # The model tasks each kind's pipeline runs (sessions a worker creates at its start).
 _TASKS_OF = {"squares": ("square_cnn",), "holes": ("hole_unet", "hole_cnn")}
@@ -112,9 +113,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class BatchConfig:
     """What every task needs (picklable, sent to each worker once per task)."""
 
+    # Class-level defaults for the attributes added later: a config pickled by an older ptolemy-rt (a --dask
+    # client older than its workers) lacks them, and reads these instead of raising AttributeError for every image.
+    kinds: tuple[str, ...] | None = None
+    marks = False
+
     def __init__(self, models: str | None, provider: str, threads: int | None, section: int | None,
                  debug: bool = False, calibrations: dict[str, Any] | None = None,
-                 kinds: Iterable[str | None] | None = None, marks: bool = True):
+                 kinds: Iterable[str | None] | None = None, marks: bool = False):
         self.models = str(Path(models).resolve()) if models else None
         self.provider = provider
         self.threads = threads
@@ -123,7 +129,9 @@ class BatchConfig:
         self.calibrations = dict(calibrations or {})  # kind -> calibration.Calibration
         # The kinds of image the batch holds (None: any): a worker starts the sessions of those only.
         self.kinds = None if kinds is None else tuple(sorted({k for k in kinds if k in KINDS}))
-        self.marks = marks  # send report.hole_marks (False: no report is written, --no-report)
+        # send report.hole_marks under MARKS with the files (run_batch, which takes them out, when it writes a
+        # report); off by default, so a library caller writing every entry of process_one's files gets files only
+        self.marks = marks
 
     def tasks(self) -> tuple[str, ...]:
         """The model tasks this batch's images run (a holes-only batch never runs the square CNN)."""
@@ -396,8 +404,9 @@ def _base_row(item: Item) -> dict[str, Any]:
 
 
 def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Run one image through its pipeline; return its summary row and the files to write (never raises); a holes
-    image's report.hole_marks go with the files under MARKS (for the batch's report, not written)."""
+    """Run one image through its pipeline; return its summary row and the files to write (never raises); with
+    config.marks, a holes image's report.hole_marks go with the files under MARKS (for the batch's report, not a
+    file: take it out before writing)."""
     import ptolemy_rt
 
     from .holesize import with_hole_diameter
@@ -437,6 +446,14 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
             result = apply_calibration(result, calibration, calibration.score)
         record = result.to_dict()
         text = json_text(record)  # format_result(result, "json"), the record kept for hole_marks
+        preview = _preview_jpeg(image.data)
+        marks = None
+        if item.kind == "holes" and config.marks:
+            from .report import hole_marks
+
+            marks = hole_marks(record)
+        # the row and the files last: a step above that raises (the preview, the marks: a MemoryError) leaves an
+        # error row and no file to write, not an "ok" row with an error beside a result and its preview
         scores = [t.score for t in result.targets if t.score is not None]
         spacing = getattr(result, "spacing_px", None)
         pixel = result.image.pixel_size_A
@@ -445,14 +462,9 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
                    spacing_A=_num(spacing * pixel) if spacing is not None and pixel else None,
                    pixel_size_A=_num(pixel), angle_deg=_num(result.angle_deg), rows=image.shape[0],
                    cols=image.shape[1], reason=result.reason)
-        files[f"results/{item.id}.json"] = text.encode("utf-8")
-        files[f"images/{item.id}.jpg"] = _preview_jpeg(image.data)
-        if item.kind == "holes" and config.marks:
-            from .report import hole_marks
-
-            marks = hole_marks(record)
-            if marks is not None:
-                files[MARKS] = marks  # for the report, not a file (run_batch takes it out)
+        files = {f"results/{item.id}.json": text.encode("utf-8"), f"images/{item.id}.jpg": preview}
+        if marks is not None:
+            files[MARKS] = marks  # for the report, not a file (run_batch takes it out)
     except PtolemyError as exc:
         row.update(exit_code=exc.exit_code, error=str(exc))
     except MemoryError:
@@ -955,7 +967,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
             item = by_id[row["id"]]
             packed = files.pop(MARKS, None)
             _write_outputs(out, item, config, row, files)
-            if packed is not None and marks_bytes + len(packed) <= _MAX_MARKS_BYTES:
+            # marks of an image whose files could not be written (an error row) would only use up the cap
+            if packed is not None and row["status"] != "error" and marks_bytes + len(packed) <= _MAX_MARKS_BYTES:
                 marks[item.id] = packed
                 marks_bytes += len(packed)
             rows[item.id] = row

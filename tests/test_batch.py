@@ -1811,21 +1811,54 @@ def test_a_batch_run_in_its_own_process_quiets_numpys_warnings(tmp_path):
 
 
 def test_a_holes_images_marks_go_to_the_report_not_to_disk(small_session, tmp_path):
-    """process_one sends a holes image's report.hole_marks beside its files; run_batch writes the files only."""
+    """process_one sends a holes image's report.hole_marks beside its files when asked (run_batch writing a
+    report); run_batch writes the files only. By default (a library caller, --no-report) `files` holds files only:
+    a caller writing every entry met a name with a NUL byte (review of batch15)."""
     from ptolemy_rt.batch import MARKS
     from ptolemy_rt.report import hole_marks
 
     items, _ = discover([str(small_session)])
     item = next(i for i in items if i.kind == "holes")
-    row, files = process_one(item, BatchConfig(None, "cpu", 1, None))
+    row, files = process_one(item, BatchConfig(None, "cpu", 1, None, marks=True))
     assert row["status"] in ("ok", "empty")
     assert files[MARKS] == hole_marks(json.loads(files[f"results/{item.id}.json"]))
-    row_quiet, files_quiet = process_one(item, BatchConfig(None, "cpu", 1, None, marks=False))  # --no-report
+    row_quiet, files_quiet = process_one(item, BatchConfig(None, "cpu", 1, None))
     assert MARKS not in files_quiet and files_quiet == {k: v for k, v in files.items() if k != MARKS}
+    assert all("\0" not in name for name in files_quiet)
     out = tmp_path / "out"
     assert run_batch([str(item.path)], out, kind="holes", workers=1, threads=1, progress=False) == 0
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent.name != ".state") == sorted(
         [f"{item.path.name}.json", f"{item.path.name}.jpg", "index.html", "summary.csv", "summary.json"])
+
+
+def test_a_config_pickled_before_kinds_and_marks_still_runs():
+    """Review of batch15 (version skew under --dask): a BatchConfig pickled by an older ptolemy-rt has no `kinds`
+    or `marks`; a newer worker read them and failed every image (AttributeError). Class-level defaults stand in:
+    every task's sessions, and no marks (an older client would write the MARKS entry as a file)."""
+    import pickle
+
+    from ptolemy_rt.models import TASKS
+
+    old = BatchConfig(None, "cpu", 1, None)
+    del old.kinds, old.marks  # what an older __init__ left out
+    config = pickle.loads(pickle.dumps(old))
+    assert config.tasks() == TASKS and config.marks is False
+    assert config.key("holes") == BatchConfig(None, "cpu", 1, None).key("holes")
+
+
+def test_marks_that_fail_leave_no_files_beside_the_error_row(small_session, monkeypatch):
+    """Review of batch15: the marks were computed after both files were in `files`, so a failure there (a
+    MemoryError on a huge result) left a result and a preview to be written beside an error row."""
+    from ptolemy_rt import report
+
+    def failing(record):
+        raise MemoryError
+
+    monkeypatch.setattr(report, "hole_marks", failing)
+    items, _ = discover([str(small_session)])
+    item = next(i for i in items if i.kind == "holes")
+    row, files = process_one(item, BatchConfig(None, "cpu", 1, None, marks=True))
+    assert row["status"] == "error" and row["exit_code"] == 2 and files == {}
 
 
 def test_a_pool_worker_ends_without_the_interpreters_teardown():
