@@ -278,26 +278,17 @@ def init_pool_worker(config: BatchConfig) -> None:
     """init_worker for a worker process of the batch's own pool, which ends without the interpreter's teardown."""
     import atexit
 
+    from .warning_lines import exit_at_once
+
     init_worker(config)
-    atexit.register(_exit_at_once)
-
-
-def _exit_at_once() -> None:
-    """A pool worker's end, as the command's own (cli.run): its streams flushed, then os._exit, without the
-    interpreter's finalisation (registered last, this atexit handler runs first).
-
-    The pool's shutdown waits for its workers to exit, and the summaries and the report wait for the shutdown: a
-    worker's teardown (onnxruntime's sessions, every module) took 60-90 ms of CPU and 0.6-1 s of wall clock at the
-    end of every batch. Its exit code, 0, is read by nothing: the pool judges a worker by its death, not its code
-    (a worker ends with 1 only when its work loop raised, which the pool sees as that death).
-    """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(0)
+    # A pool worker's end, as the command's own (cli.run): streams flushed, then os._exit, without the interpreter's
+    # finalisation (registered last, this atexit handler runs first). The pool's shutdown waits for its workers to
+    # exit, and the summaries and the report wait for the shutdown: a worker's teardown (onnxruntime's sessions,
+    # every module) took 60-90 ms of CPU and 0.6-1 s of wall clock at the end of every batch. Its exit code, 0, is
+    # read by nothing: the pool judges a worker by its death, not its code (a worker ends with 1 only when its
+    # work loop raised, which the pool sees as that death). Coverage's process_startup save does not run here
+    # (coverage's concurrency = multiprocessing saves before atexit, in the process's bootstrap).
+    atexit.register(exit_at_once, 0)
 
 
 _PREVIEW_PERCENTILES = (0.5, 99.5)  # the preview's black and white levels

@@ -1160,15 +1160,9 @@ def run() -> None:
     handlers back (a Ctrl-C there would kill the process by signal) and onnxruntime tears down slowly."""
     _one_blas_thread()
     code = main()  # which opens closed standard descriptors on /dev/null first
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # a closed descriptor: Python's stream is None
-                stream.flush()
-        except (OSError, ValueError):
-            if stream is sys.stdout and code == EXIT_OK:
-                code = EXIT_OUTPUT
-    logging.shutdown()
-    os._exit(code)
+    from .warning_lines import exit_at_once
+
+    exit_at_once(code, EXIT_OUTPUT)
 
 
 def _open_standard_descriptors() -> None:

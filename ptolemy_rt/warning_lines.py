@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 
 def plain_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -35,3 +35,21 @@ def command_line_warnings(debug: bool = False, numerics: bool = True) -> None:
         quiet_numerics()
     if not debug:
         warnings.showwarning = plain_warning
+
+
+def exit_at_once(code: int, unflushed: int | None = None) -> NoReturn:
+    """End the process now: stdout and stderr flushed, logging shut down, then os._exit(code) without the
+    interpreter's finalisation (C-level buffers and atexit handlers not yet run are dropped; coverage's
+    process_startup save among them). `unflushed`: the code instead of 0 when stdout cannot be flushed."""
+    import logging
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # a closed descriptor: Python's stream is None
+                stream.flush()
+        except (OSError, ValueError):
+            if stream is sys.stdout and code == 0 and unflushed is not None:
+                code = unflushed
+    logging.shutdown()
+    os._exit(code)
