@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HANGUP, InputError, PtolemyError, clean_text, one_line
-from .report import sound_result
+from .report import finite_number, sound_result
 from .sessions import Item, discover, stage_to_pixel
 
 __all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_factor",
@@ -679,7 +679,7 @@ def _state_path(outdir: Path, item_id: str) -> Path:
 
 
 def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    return value is None or finite_number(value)  # an int past float's range too: an unsound row (no exit 70)
 
 
 def _sound_row(row: dict[str, Any], item: Item) -> bool:

@@ -114,11 +114,17 @@ def _table(table_id: str, header: list[str], rows: list[list[tuple[str, Any]]]) 
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
-def _finite(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """Whether `value` is an int or float (no bool) that is finite as a float: an int past float's range (1 and 400
+    zeros in an edited file) is not, as no value drawn or summed can be made of it."""
     kind = type(value)
-    if kind is float or kind is int:  # what JSON gives (called ~12 times a hole): one test of the type
-        return math.isfinite(value)
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:  # math.isfinite(10**400) raises OverflowError: --resume ended with exit 70 on such a result file
+        if kind is float or kind is int:  # what JSON gives (called ~12 times a hole): one test of the type
+            return math.isfinite(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
+
 
 
 def sound_result(data: Any, centres: bool = True) -> bool:
@@ -130,16 +136,16 @@ def sound_result(data: Any, centres: bool = True) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("targets", []), list):
         return False
     for t in data.get("targets", []):
-        if not isinstance(t, dict) or (centres and not (_finite(t.get("x")) and _finite(t.get("y")))):
+        if not isinstance(t, dict) or (centres and not (finite_number(t.get("x")) and finite_number(t.get("y")))):
             return False
         score, area = t.get("score"), t.get("area")
-        if (score is not None and not _finite(score)) or (area is not None and not _finite(area)):
+        if (score is not None and not finite_number(score)) or (area is not None and not finite_number(area)):
             return False
         vertices = t.get("vertices")
         if not (isinstance(vertices, list) and len(vertices) >= 3):
             return False
         for v in vertices:
-            if not (isinstance(v, list) and len(v) == 2 and _finite(v[0]) and _finite(v[1])):
+            if not (isinstance(v, list) and len(v) == 2 and finite_number(v[0]) and finite_number(v[1])):
                 return False
     return True
 

@@ -1311,7 +1311,8 @@ def test_dask_unreachable_scheduler_is_a_usage_error(small_session, tmp_path):
 
 @pytest.mark.parametrize("field,value", [("count", "x"), ("count", float("inf")), ("exit_code", [1]),
                                          ("id", {"a": 1}), ("best_score", float("inf")), ("atlas_square", [1]),
-                                         ("rows", "320"), ("extra", 1)])
+                                         ("rows", "320"), ("extra", 1), pytest.param("rows", 10**400, id="rows-huge"),
+                                         pytest.param("best_score", -10**400, id="best_score-huge")])
 def test_resume_reruns_an_image_whose_state_row_is_damaged(tmp_path, field, value):
     """An edited or damaged .state row (a count of "x", an exit code of [1], Infinity) was taken as the earlier
     result, and the summary then failed with an internal error (exit 70): such an image runs again."""
@@ -1341,11 +1342,16 @@ _SQUARE = '[[1, 1], [9, 1], [9, 9]]'
                                   '{"targets": [1]}', '{"targets": [{"x": 1, "y": 2}]}',
                                   '{"targets": [{"x": 1, "y": 2, "vertices": null}]}',
                                   '{"targets": [{"x": 1, "y": 2, "vertices": []}]}',
-                                  '{"targets": [{"x": 1, "y": 2, "vertices": [[1, 1], [2, 2]]}]}'])
+                                  '{"targets": [{"x": 1, "y": 2, "vertices": [[1, 1], [2, 2]]}]}',
+                                  pytest.param('{"targets": [{"x": 1, "y": 2, "area": 1%s, "vertices": %s}]}'
+                                               % ("0" * 400, _SQUARE), id="huge-area"),
+                                  pytest.param('{"targets": [{"x": 1%s, "y": 2, "vertices": %s}]}'
+                                               % ("0" * 400, _SQUARE), id="huge-x")])
 def test_resume_reruns_an_image_whose_result_file_is_damaged(tmp_path, text):
     """Fuzz (resume, seed 3): a results/*.json that parsed but was not a result (a list) was resumed, and the
     report then failed with an internal error (exit 70); review: targets without a polygon (vertices absent:
-    KeyError in the square linking; [] linked every hole to the square)."""
+    KeyError in the square linking; [] linked every hole to the square), and an int past float's range
+    (math.isfinite's OverflowError: exit 70 on main)."""
     import mrcfile
 
     from ptolemy_rt.synthetic import make_atlas
