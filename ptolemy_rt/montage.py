@@ -383,7 +383,8 @@ def assemble(
     flatten: divide each tile by its gain (tile_gains) first. fill_gaps: fill pixels no tile covers from
     their neighbourhood (they stay False in `coverage`). extent: (rows, cols) of the montage, the positions
     then taken as they are (a tile reaching past it is clipped); default: the tiles' bounding box, positions
-    shifted to start at 0. Refuses (TooLargeError) a montage over `max_pixels` before allocating it."""
+    shifted to start at 0. Refuses (TooLargeError) a montage over `max_pixels` before allocating it, and with
+    `flatten` (CorruptFileError) tiles piled on each other, as read_montage refuses a .mdoc that piles them."""
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
     n = len(pos)
     if n == 0 or len(tiles) != n:
@@ -401,6 +402,8 @@ def assemble(
     if flatten and n > MAX_PIECES:  # the gains' normal equations are pieces^2 doubles
         raise TooLargeError(f"{name}: {n} montage pieces, more than the {MAX_PIECES} whose gains are solved "
                             "(flatten=False pastes them as they are)")
+    if flatten:  # tile_gains lists every overlapping pair: seconds and gigabytes for a pile
+        _check_pile(ipos, shape, name)
     gains = tile_gains(tiles, ipos) if flatten else np.ones(n)
     out = np.zeros((h, w), dtype=np.float32)
     # Depth of each tile pixel: its distance to the tile's nearest edge; the deepest tile wins a pixel.
@@ -434,6 +437,16 @@ def _check_budget(h: int, w: int, max_pixels: int, name: str) -> None:
     if h * w > max_pixels:
         raise TooLargeError(f"{name}: the assembled montage would be {h} x {w} = {h * w} pixels, "
                             f"over the budget of {max_pixels} (max_pixels; raise it with --max-pixels)")
+
+
+def _check_pile(pos: np.ndarray, shape: tuple[int, int], source: str) -> None:
+    """CorruptFileError naming `source` for pieces (of `shape`, at `pos`) piled on each other: more than MAX_OVERLAPS
+    overlapping pairs a piece and OVERLAPS_FLOOR in all, no montage's layout, whose gains take minutes to solve."""
+    pairs = _overlap_count(pos, shape)
+    if pairs > max(MAX_OVERLAPS * len(pos), OVERLAPS_FLOOR):
+        raise CorruptFileError(f"{source}: the piece coordinates pile {len(pos)} pieces of {shape[1]}x{shape[0]} px "
+                               f"on each other ({pairs} overlapping pairs, {2 * pairs / len(pos):.0f} a piece): not a "
+                               "montage's layout")
 
 
 def _check_image_size(md: Mdoc, nx: int, ny: int) -> None:
@@ -541,11 +554,7 @@ def read_montage(
         if use_aligned:
             ali = np.array([s.aligned[:2] for s in secs], dtype=np.int64)
             pos = pos + (ali - nominal) - np.rint((ali - nominal).mean(axis=0)).astype(np.int64)
-        pairs = _overlap_count(pos, data.shape[1:])
-        if pairs > max(MAX_OVERLAPS * len(secs), OVERLAPS_FLOOR):
-            raise CorruptFileError(f"{md.source}: the piece coordinates pile {len(secs)} pieces of "
-                                   f"{data.shape[2]}x{data.shape[1]} px on each other ({pairs} overlapping pairs, "
-                                   f"{2 * pairs / len(secs):.0f} a piece): not a montage's layout")
+        _check_pile(pos, data.shape[1:], md.source)  # before the pieces are read
         tiles = [np.asarray(data[s.z], dtype=np.float32) for s in secs]
         pixel = md.pixel_size_A
         if pixel is None:

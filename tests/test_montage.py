@@ -797,6 +797,27 @@ def test_pieces_piled_on_each_other_are_refused_naming_the_mdoc(tmp_path, monkey
     assert read_image(grid).shape == (40, 52)
 
 
+def test_assemble_refuses_piled_tiles_as_read_montage_does(monkeypatch):
+    """Leftover of robust14: the pile-up check lived in read_montage alone, so a library caller of assemble() with
+    tiles piled on each other got seconds of tile_gains (and, at 1024 pieces, gigabytes) instead of a refusal. The
+    same check (montage._check_pile) refuses them there, naming the montage; unflattened, they are pasted as they
+    are (no gains are solved), and a grid of the same tiles is assembled."""
+    from ptolemy_rt import montage
+    from ptolemy_rt.montage import assemble
+
+    rng = np.random.default_rng(7)
+    tiles = [rng.uniform(10, 20, (16, 16)).astype(np.float32) for _ in range(12)]
+    monkeypatch.setattr(montage, "OVERLAPS_FLOOR", 8)
+    monkeypatch.setattr(montage, "MAX_OVERLAPS", 3)
+    piled = np.array([(k % 3, k % 2) for k in range(12)])
+    with pytest.raises(CorruptFileError, match=r"^heap: the piece coordinates pile 12 pieces of 16x16 px on each "
+                                               r"other \(66 overlapping pairs, 11 a piece\)"):
+        assemble(tiles, piled, name="heap")
+    assert assemble(tiles, piled, flatten=False).image.shape == (17, 18)
+    grid = np.array([(12 * (k % 4), 12 * (k // 4)) for k in range(12)])
+    assert assemble(tiles, grid).image.shape == (40, 52)
+
+
 def test_a_section_given_for_two_pieces_is_refused_naming_the_mdoc(tmp_path):
     """Hand-made fuzz 14: a .mdoc giving the sections of a 16 MB stack (two of 2048 px) for 196 pieces took 4 GB, a
     float32 copy a piece: the stack's own size no longer bounded the montage's pieces. Refused, naming the .mdoc."""
