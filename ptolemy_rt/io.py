@@ -640,18 +640,17 @@ def _fill_end(raw: bytes | memoryview | _FileView, i: int) -> int:
     return n
 
 
-# Entries read from one IFD (libtiff's own tag table has a few hundred), and the last tag read
-# (PlanarConfiguration).
+# Entries read from one IFD (libtiff's own tag table has a few hundred), and the last tag read (SampleFormat).
 MAX_IFD_ENTRIES = 4096
 MAX_TIFF_ENTRIES = 1 << 16  # all IFDs together: MAX_PAGES pages of the ~9 entries read in each, with room
-_LAST_TIFF_TAG = 284
+_LAST_TIFF_TAG = 339
 
 
 class _Claims(list):
     """_raster_claims' (width, height, bytes per pixel) of each page; `refused`: why OpenCV cannot read a page right,
-    by page (_refuse_page says it for the page read)."""
+    how to save it instead, and whether OpenCV then reads no page of the file at all, by page (_refuse_page)."""
 
-    refused: dict[int, str]
+    refused: dict[int, tuple[str, str, bool]]
 
 
 def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
@@ -674,7 +673,7 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
             raise TooLargeError(f"{name}: the TIFF holds more than {MAX_PAGES} pages")
         count = struct.unpack(order + count_fmt, raw[offset:offset + count_size])[0]
         width = height = 0
-        samples, bits, planar = 1, 8, 1
+        samples, bits, planar, sample_format = 1, 8, 1, 1
         first = offset + count_size
         # Real IFDs hold tens of entries, in tag order: a sparse file claiming millions each, chained, was walked
         # for hours (2.3 s an IFD). The entries past MAX_IFD_ENTRIES, past the last tag read here, or past the
@@ -706,22 +705,33 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                 samples = value
             elif tag == 284:
                 planar = value
-            elif tag == 258 and n * 2 <= len(field):  # the counts fit the entry: the first is in place
-                bits = value
-            elif tag == 258 and typ == 3:  # one count per sample, stored apart: the entry holds their offset
+            elif tag in (258, 339) and n * 2 <= len(field):  # one value per sample that fit the entry: in place
+                bits, sample_format = (value, sample_format) if tag == 258 else (bits, value)
+            elif tag in (258, 339) and typ == 3:  # stored apart: the entry holds their offset
                 at = struct.unpack(order + link_fmt, field[:link_size])[0]
                 if at + 2 <= len(raw):
-                    bits = struct.unpack(order + "H", raw[at:at + 2])[0]
+                    stored = struct.unpack(order + "H", raw[at:at + 2])[0]
+                    bits, sample_format = (stored, sample_format) if tag == 258 else (bits, stored)
         if planar == 2 and samples > 1 and not (bits == 8 and samples in (3, 4)):
             # Separate sample planes: OpenCV decodes 8-bit RGB(A) ones through libtiff's RGBA reader, every other
             # kind as if its samples were interleaved: a 16-bit RGB or a grey-and-alpha file came out as a
             # scrambled image, exit 0 with targets found in noise.
             pages.refused[len(pages)] = (f"separate sample planes (PlanarConfiguration 2) with {samples} samples "
-                                         f"of {bits} bits")
+                                         f"of {bits} bits", "save it with interleaved samples (PlanarConfiguration "
+                                         "1) or as one grey channel", False)
+        elif sample_format == 3 and bits not in (32, 64):
+            # OpenCV decodes float32 and float64 only: a float16 page (tifffile's, ImageJ's) failed as "not a
+            # readable TIFF image", saying nothing of why; its header check fails every page of the file
+            pages.refused[len(pages)] = (f"{bits}-bit floating-point samples (SampleFormat 3)",
+                                         "save it as 32-bit floating point", True)
+        elif sample_format in (5, 6):
+            pages.refused[len(pages)] = (f"complex samples (SampleFormat {sample_format})",
+                                         "save its amplitude as real samples", True)
         elif samples == 2 and bits > 8:
             # grey and alpha of 16 bits or more: OpenCV reads it through libtiff's 8-bit RGBA reader, unsigned
             # pixels cut to their top 8 bits, signed ones to zeros
-            pages.refused[len(pages)] = f"grey and alpha samples of {bits} bits"
+            pages.refused[len(pages)] = (f"grey and alpha samples of {bits} bits", "save it as one grey channel",
+                                         False)
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
         end = first + entry_size * count
         if end + link_size > len(raw):
@@ -731,15 +741,18 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
 
 
 def _refuse_page(name: str, claims: list[tuple[int, int, int]], section: int | None) -> None:
-    """Refuse, before decoding, a TIFF whose page to be read OpenCV cannot read right (_Claims.refused); another
-    page's kind (a thumbnail's) is no matter: the page asked for is decoded alone."""
+    """Refuse, before decoding, a TIFF whose page to be read OpenCV cannot read right (_Claims.refused), or one
+    holding a page OpenCV decodes nothing of (its header check fails the whole file, whichever page is asked
+    for); another page's kind (a thumbnail's) is otherwise no matter: the page asked for is decoded alone."""
     refused = getattr(claims, "refused", {})
     page = 0 if section is None or not claims else section % len(claims)
+    if page not in refused:
+        page = next((k for k, (_, _, whole) in sorted(refused.items()) if whole), page)
     if page in refused:
         which = f"page {page} is a TIFF of" if len(claims) > 1 else "a TIFF of"
-        advice = ("save it with interleaved samples (PlanarConfiguration 1) or as one grey channel"
-                  if refused[page].startswith("separate") else "save it as one grey channel")
-        raise UnsupportedFormatError(f"{name}: {which} {refused[page]} is not read correctly by OpenCV; {advice}")
+        what, advice, whole = refused[page]
+        also = " (nor then any page of the file)" if whole and len(claims) > 1 else ""
+        raise UnsupportedFormatError(f"{name}: {which} {what} is not read correctly by OpenCV{also}; {advice}")
 
 
 def _check_raster_section(path: Path, name: str, section: int | None, pages: int) -> None:
