@@ -247,12 +247,19 @@ def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
 
 # A UTF-8 byte-order mark read byte for byte (latin-1).
 _UTF8_MARK = "\xef\xbb\xbf"
+# Unicode's other line breaks in UTF-8, read byte for byte (latin-1): U+2028 LINE SEPARATOR, U+2029 PARAGRAPH
+# SEPARATOR and U+0085 NEXT LINE, before what begins a navigator's line (a section, a key). SerialEM ends lines at
+# LF alone: such a file is one line to it, and was to lines() ("no images found", saying nothing of why).
+_FOREIGN_BREAK = re.compile("(\xe2\x80[\xa8\xa9]|\xc2\x85)[ \t]*(?:\\[|[A-Za-z][A-Za-z0-9]*[ \t]*=)")
+_BREAK_NAMES = {"\xe2\x80\xa8": "U+2028 (LINE SEPARATOR)", "\xe2\x80\xa9": "U+2029 (PARAGRAPH SEPARATOR)",
+                "\xc2\x85": "U+0085 (NEXT LINE)"}
 
 
 def nav_text(raw: bytes, name: str | os.PathLike, mark: bool = True) -> str:
     """A navigator's bytes as text, byte for byte (latin-1: every byte one character, so that the copy written
     back is the original exactly), an editor's UTF-8 byte-order mark kept (dropped with mark=False); InputError
-    naming the file for UTF-16/32 text, which no byte-for-byte copy can extend."""
+    naming the file for UTF-16/32 text, which no byte-for-byte copy can extend, and for lines an autodoc
+    navigator's reader (SerialEM's, lines()) does not see: separated by U+2028, U+2029 or U+0085."""
     from .smallfiles import unicode_bom
 
     bom = unicode_bom(raw)
@@ -260,6 +267,11 @@ def nav_text(raw: bytes, name: str | os.PathLike, mark: bool = True) -> str:
         raise InputError(f"{name}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it again "
                          "as ASCII or UTF-8)")
     text = raw.decode("latin-1")
+    foreign = _FOREIGN_BREAK.search(text)
+    if foreign is not None and not is_xml_nav(text.removeprefix(_UTF8_MARK)):
+        line = len(lines(text[:foreign.start()]))
+        raise InputError(f"{name}:{line}: lines separated by {_BREAK_NAMES[foreign.group(1)]}, which SerialEM does "
+                         "not read as a line end (save it again with LF or CR LF line ends)")
     return text if mark else text.removeprefix(_UTF8_MARK)
 
 

@@ -272,6 +272,38 @@ def test_a_navigator_saved_with_a_utf8_byte_order_mark_is_read_and_copied_byte_f
         read_nav(wide)
 
 
+@pytest.mark.parametrize("separator, what", [("\u2028", r"U\+2028 \(LINE SEPARATOR\)"),
+                                             ("\u2029", r"U\+2029 \(PARAGRAPH SEPARATOR\)"),
+                                             ("\x85", r"U\+0085 \(NEXT LINE\)")])
+def test_a_navigator_whose_lines_end_in_unicode_separators_is_refused_saying_so(tmp_path, separator, what):
+    """Leftover of robust14: a .nav whose lines are separated by U+2028 (an editor's or a script's 'line
+    separator') was one line to the parser, an AdocVersion value holding the whole file: `batch` said "no images
+    found in s.nav" and nothing of why. SerialEM ends lines at LF alone, so it is refused naming the file, the line
+    and the separator, in `--nav` and in a batch's discovery alike; a note holding one (not before a key or a
+    section) is read as before, and so is an XML navigator with one between its elements."""
+    from ptolemy_rt.sessions import discover, nav_maps
+
+    (tmp_path / "map.mrc").write_bytes(b"")
+    whole = tmp_path / "whole.nav"
+    whole.write_text(_nav(_map(file="map.mrc")).replace("\n", separator), encoding="utf-8")
+    half = tmp_path / "half.nav"
+    half.write_text(_nav(_map(file="map.mrc")).replace("\nColor", separator + "Color"), encoding="utf-8")
+    for path, line in ((whole, 1), (half, 4)):
+        message = rf"^{path.name}:{line}: lines separated by {what}, which SerialEM does not read as a line end"
+        with pytest.raises(InputError, match=message.replace(path.name, rf"{tmp_path}/{path.name}")):
+            read_nav(path)
+        with pytest.raises(InputError, match=rf"{path.name}:{line}: lines separated by {what}"):
+            discover([str(path)])
+    noted = tmp_path / "noted.nav"
+    noted.write_text(_nav(_map(file="map.mrc") + f"Note = a{separator}b\n"), encoding="utf-8")
+    assert read_nav(noted)[0].items[0].get("Note") == f"a{separator}b".encode().decode("latin-1")
+    assert [p.name for p in nav_maps(noted)] == ["map.mrc"]
+    xml = tmp_path / "xml.nav"
+    xml.write_text(f"<?xml version=\"1.0\"?>\n<navigator>{separator}<PreData>{separator}<AdocVersion>2.00"
+                   "</AdocVersion></PreData></navigator>\n", encoding="utf-8")
+    assert read_nav(xml)[0].xml
+
+
 # (Cyrillic has no cp1252 form: that name is written in UTF-8 only.)
 @pytest.mark.parametrize("name, encoding", [(name, encoding) for name in ("carte_é.mrc", "Åtlas.mrc", "сетка_х.mrc")
                                             for encoding in ("utf-8", "cp1252")
