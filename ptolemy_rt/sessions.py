@@ -474,13 +474,26 @@ def _is_image(path: Path) -> bool:
 
 def _session_files(directory: Path, navs_seen: dict[Path, _NavRead]) -> list[Path]:
     """The images of a directory tree worth considering (EPU sub-images and tiles included; kind_of sorts them)."""
-    navs = sorted(directory.rglob("*.nav"))
+    below = _visible_files(directory)
+    navs = sorted(p for p in below if p.name.endswith(".nav"))
     if navs:
         files: list[Path] = []
         for nav in navs:
             files.extend(_nav_files(nav, navs_seen))
         return files
-    return sorted(p for p in directory.rglob("*") if _is_image(p))
+    return sorted(p for p in below if _is_image(p))
+
+
+def _visible_files(directory: Path) -> list[Path]:
+    """The files below `directory` but those below a hidden name (one starting with '.'), as a `**` pattern
+    (_glob) sees them: Path.rglob walked hidden folders (a NetApp .snapshot copy of the whole tree, macOS's ._NAME
+    resource forks of every image, refused as corrupt) that `SESSION/**/*.mrc` leaves out. Hidden folders are not
+    walked; links to folders are not followed, as Path.rglob did not follow them."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(folder, name) for name in files if not name.startswith("."))
+    return found
 
 
 def _nav_files(nav: Path, navs_seen: dict[Path, _NavRead]) -> list[Path]:
@@ -519,8 +532,8 @@ def _glob(pattern: str) -> list[str]:
     """glob.glob(pattern, recursive=True), but a link loop below a `**` is not followed round: glob follows links to
     folders there without end, so two links to '.' in a session folder made `batch "SESSION/**/*.mrc"` run for good.
     A link to a folder elsewhere (the raw data on another disk) is still followed, as glob follows it. (A session
-    folder given as such is walked by Path.rglob, _session_files, which in Python 3.11 follows no link to a folder:
-    a pattern and a folder differ there.) As in glob, `**` matches no hidden name, and a trailing separator
+    folder given as such is walked by _visible_files, which follows no link to a folder, as Path.rglob did: a pattern
+    and a folder differ there.) As in glob, `**` matches no hidden name, and a trailing separator
     matches folders only."""
     parts = pattern.split(os.sep)
     if "**" not in parts:

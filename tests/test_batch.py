@@ -1694,6 +1694,43 @@ def test_a_pattern_walks_no_hidden_folder_it_cannot_match(tmp_path, monkeypatch,
                             + [f"{w}/b" for w in walked if w.endswith(".snapshot")])
 
 
+def test_a_folder_and_a_pattern_over_it_take_the_same_files_hidden_ones_left_out(tmp_path, monkeypatch):
+    """Leftover of robust14: a folder given to batch was walked by Path.rglob, hidden folders and files included (a
+    NetApp .snapshot copy of the whole session, macOS's ._NAME resource forks, refused as corrupt images), while
+    `FOLDER/**/*` (sessions._glob, as glob) leaves out every hidden name. A folder now takes what the pattern takes,
+    and walks no hidden folder; a hidden folder given as such is walked (only the names below it count), and so is
+    a .nav inside a hidden folder left out."""
+    from ptolemy_rt import sessions
+    from ptolemy_rt.sessions import discover
+
+    session = tmp_path / "s"
+    for folder in ("grid1/sub", "grid1/.snapshot/hourly", ".Trash", "grid2"):
+        (session / folder).mkdir(parents=True)
+    for name in ("grid1/a_atlas.mrc", "grid1/sub/b.tif", "grid1/._a_atlas.mrc", "grid1/.snapshot/hourly/a_atlas.mrc",
+                 ".Trash/old.mrc", "grid2/c.png", ".d.mrc"):
+        (session / name).write_bytes(b"")
+
+    def paths(arg: str) -> list[str]:
+        return sorted(str(i.path.relative_to(session)) for i in discover([arg], kind="squares")[0])
+
+    want = ["grid1/a_atlas.mrc", "grid1/sub/b.tif", "grid2/c.png"]
+    assert paths(str(session)) == paths(f"{session}/**/*") == want
+    walked: list[str] = []
+    walk = os.walk
+
+    def recording(top, **kwargs):
+        for folder, dirs, files in walk(top, **kwargs):
+            walked.append(os.path.relpath(folder, session))
+            yield folder, dirs, files
+
+    monkeypatch.setattr(sessions.os, "walk", recording)
+    paths(str(session))
+    assert sorted(walked) == [".", "grid1", "grid1/sub", "grid2"]
+    assert paths(str(session / ".Trash")) == [".Trash/old.mrc"]
+    (session / ".Trash" / "old.nav").write_text("AdocVersion = 2.00\n")
+    assert paths(str(session)) == want
+
+
 @pytest.mark.skipif(not hasattr(signal, "alarm"), reason="no SIGALRM")
 def test_a_pattern_below_link_loops_ends(tmp_path):
     """Hand-made fuzz 14: two links to '.' in a session folder made `batch "SESSION/**/*.mrc"` run for good (glob
