@@ -617,6 +617,8 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
             i += 2 + length
         return []
     if raw[:4] in (b"II*\x00", b"MM\x00*"):
+        if len(raw) < 8:  # no link to the first IFD: struct.error's words were the message
+            raise CorruptFileError(f"{name}: too short for a TIFF header ({len(raw)} of 8 bytes)")
         return _tiff_claims(raw, "<" if raw[:2] == b"II" else ">", name)
     if raw[:4] in (b"II+\x00", b"MM\x00+") and len(raw) >= 16:
         # BigTIFF (OpenCV's libtiff reads it): unchecked, an 8 GB float RGBA canvas was allocated for a 68 kB file
@@ -826,6 +828,9 @@ def _check_raster(raw: bytes | memoryview | _FileView, name: str,
     total = 0
     for width, height, bpp in claims:
         pixels = width * height
+        if not pixels and not head.startswith(_TIFF_MAGIC):  # (a TIFF page left 0x0 is one whose tags went unread)
+            # said as "not a readable image", nothing of why
+            raise CorruptFileError(f"{name}: the header claims a {width}x{height} image: no pixels to read")
         if pixels > max_pixels:
             raise TooLargeError(f"{name}: the header claims {width}x{height} pixels, over the budget of "
                                 f"{max_pixels} (raise it with --max-pixels)")

@@ -1172,6 +1172,47 @@ def test_a_tiff_of_samples_opencv_cannot_decode_is_refused_saying_why(tmp_path, 
         assert np.array_equal(io.read_image(path).data, good[0])
 
 
+def _png_of(width: int, height: int, rows: bytes) -> bytes:
+    """A grey 8-bit PNG whose header claims width x height, its pixel data `rows` (filter bytes included)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_raster_of_no_pixels_or_a_tiff_cut_in_its_header_is_refused_saying_so(tmp_path):
+    """Found by hand (robust15): a PNG or JPEG whose header claims a width or height of 0 was refused as 'not a
+    readable image', nothing of why, and a TIFF of its 4-byte magic alone as 'not a readable image (error: unpack
+    requires a buffer of 4 bytes)', struct's words. Both now say what the file lacks; the same files whole are
+    read."""
+    import struct
+
+    path = tmp_path / "a.png"
+    for width, height in ((0, 0), (0, 40), (40, 0)):
+        path.write_bytes(_png_of(width, height, b"\0" * 41 * 40))
+        with pytest.raises(CorruptFileError, match=rf"a\.png: the header claims a {width}x{height} image: no pixels"):
+            io.read_image(path)
+    path.write_bytes(_png_of(40, 40, (b"\0" + bytes(range(40))) * 40))
+    assert io.read_image(path).shape == (40, 40)
+    ok, buf = cv2.imencode(".jpg", np.tile(np.arange(48, dtype=np.uint8), (40, 1)))
+    good = buf.tobytes()
+    path = tmp_path / "a.jpg"
+    path.write_bytes(good.replace(struct.pack(">HH", 40, 48), struct.pack(">HH", 0, 48), 1))
+    with pytest.raises(CorruptFileError, match=r"a\.jpg: the header claims a 48x0 image: no pixels"):
+        io.read_image(path)
+    path.write_bytes(good)
+    assert io.read_image(path).shape == (40, 48)
+    path = tmp_path / "a.tif"
+    for magic in (b"II*\x00", b"MM\x00*", b"II*\x00\x08\x00"):
+        path.write_bytes(magic)
+        with pytest.raises(CorruptFileError, match=rf"a\.tif: too short for a TIFF header \({len(magic)} of 8 bytes"):
+            io.read_image(path)
+
+
 def test_an_extended_header_type_of_non_ascii_bytes_is_said_and_read_with_permissive(tmp_path):
     """Found by hand (fuzz13): mrcfile's validator words an unknown extended header type by decoding it as ASCII;
     a byte over 127 raised UnicodeDecodeError, and the file was refused even with --permissive ("not a readable
