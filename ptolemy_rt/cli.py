@@ -308,23 +308,29 @@ def _is_dir_target(value: str) -> bool:
 
 def _output_paths(args: argparse.Namespace) -> list[Path | None]:
     """Where each image's result goes: stdout (None), the -o file, or a file in the -o directory."""
+    from .outputs import fitting_name
+
     n = len(args.images)
     if args.output is None:
         return [None] * n
     out = Path(args.output)
     if n == 1 and not _is_dir_target(args.output):
         return [out]
-    return [out / (Path(img).stem + SUFFIX[args.format]) for img in args.images]
+    limit = _name_limits(_existing_folder(os.path.join(args.output, "x")))[0]
+    return [out / fitting_name(Path(img).stem, SUFFIX[args.format], limit) for img in args.images]
 
 
 def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
+    from .outputs import fitting_name
+
     n = len(args.images)
     if not args.overlay:
         return [None] * n
     out = Path(args.overlay)
     if n == 1 and not _is_dir_target(args.overlay):
         return [out]
-    return [out / (Path(img).stem + ".png") for img in args.images]
+    limit = _name_limits(_existing_folder(os.path.join(args.overlay, "x")))[0]
+    return [out / fitting_name(Path(img).stem, ".png", limit) for img in args.images]
 
 
 def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list) -> None:

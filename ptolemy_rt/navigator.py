@@ -541,8 +541,10 @@ def _insert_xml_items(text: str, items: Sequence[NavItem], newline: str, name: s
 
 def default_nav_output(nav_path: str | os.PathLike) -> Path:
     """Where write_targets_to_nav puts its copy by default: NAME_ptolemy.nav beside NAME.nav."""
+    from .outputs import fitting_name
+
     p = Path(nav_path)
-    return p.with_name(f"{p.stem}_ptolemy{p.suffix or '.nav'}")
+    return p.with_name(fitting_name(f"{p.stem}_ptolemy", p.suffix or ".nav"))
 
 
 def _notes(result: Any) -> list[str]:

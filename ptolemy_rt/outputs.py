@@ -21,6 +21,7 @@ __all__ = [
     "OVERLAY_FORMATS",
     "atomic_write",
     "check_destination",
+    "fitting_name",
     "overlay_format",
     "remove_temporaries",
     "write_set",
@@ -83,6 +84,23 @@ def _mode_for(target: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+# The bytes of a file name on the file systems outputs go to (NAME_MAX of ext4, XFS, Btrfs, ZFS).
+NAME_MAX = 255
+
+
+def fitting_name(stem: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """`stem + suffix` as a file name of at most `limit` bytes: an output named after an input whose name is near
+    the limit (a 251-byte stem of NAME.mrc, NAME.json 256 bytes) failed with ENAMETOOLONG, exit 4 for a valid input.
+    A stem too long is cut (never half a character) and told apart by a hash of the whole: `PREFIX~HASH16.json`."""
+    name = stem + suffix
+    if len(os.fsencode(name)) <= limit:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
+    return f"{_name_prefix(stem, max(limit - len(os.fsencode(suffix)) - 1 - len(digest), 0))}~{digest}{suffix}"
 
 
 def _name_prefix(name: str, limit: int) -> str:

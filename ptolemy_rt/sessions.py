@@ -672,7 +672,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
             elif is_regular(xml):
                 stage, axes = epu_stage_position(xml), epu_pixel_axes(xml)
             # one map of a stack: its section after the file's name ('@', kept as is in the report's links)
-            ident = p.relative_to(root).as_posix() + ("" if section is None else f"@{section}")
+            ident = _output_id(p.relative_to(root).as_posix() + ("" if section is None else f"@{section}"))
             items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
                               pixel_axes=axes, nav_frame=frame, section=section, montage=montage,
                               block=block if montage else None))
@@ -680,6 +680,19 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     # a stack's maps in section order (MMM.mrc@2 before MMM.mrc@10), after the file's name as any id
     return sorted(items, key=lambda i: (i.id if i.section is None else i.id.rpartition("@")[0],
                                         -1 if i.section is None else i.section)), notes
+
+
+# The longest suffix a batch gives the files it names after an id (results/ID.json, .state/ID.json, images/ID.jpg).
+_ID_SUFFIX = ".json"
+
+
+def _output_id(ident: str) -> str:
+    """An item's id, its last part cut to a name the batch's outputs can take with their suffix (outputs.fitting_name):
+    an input named near the file system's limit failed in the batch with ENAMETOOLONG (exit 4) at its result."""
+    from .outputs import fitting_name
+
+    folder, slash, name = ident.rpartition("/")
+    return folder + slash + fitting_name(name, _ID_SUFFIX).removesuffix(_ID_SUFFIX)
 
 
 def _axes_matrix(axes: tuple[float, float, float, float] | None, pixel_size_m: float) -> tuple[float, ...]:
