@@ -646,6 +646,9 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     unique = _dedupe_formats(unique)
     if not unique:
         why = "".join(f" (left out {n}: {why})" for why, n in sorted(left_out.items()))
+        # a navigator of no maps said nothing of why it gave no images
+        why += "".join(f" ({path}: a navigator naming no map file, MapFile)" for path, read in navs.items()
+                       if not read.maps)
         raise InputError("no images found in " + ", ".join(str(p) for p in paths) + why)
     root = Path(os.path.commonpath([str(p.parent) for p in unique]))
     items: list[Item] = []

@@ -304,6 +304,17 @@ def test_a_navigator_whose_lines_end_in_unicode_separators_is_refused_saying_so(
     assert read_nav(xml)[0].xml
 
 
+def test_a_navigator_naming_no_map_file_says_so_when_a_batch_finds_no_images(tmp_path):
+    """Found by hand (robust15): a batch of a .nav that names no map file (no item with a MapFile) said "no images
+    found in s.nav" and nothing of why; the navigator is named with what it lacks."""
+    from ptolemy_rt.sessions import discover
+
+    empty = tmp_path / "s.nav"
+    empty.write_text(_nav("[Item = 1]\nType = 0\nStageXYZ = 0 0 0\n"))
+    with pytest.raises(InputError, match=rf"^no images found in {empty} \({empty}: a navigator naming no map file"):
+        discover([str(empty)])
+
+
 # (Cyrillic has no cp1252 form: that name is written in UTF-8 only.)
 @pytest.mark.parametrize("name, encoding", [(name, encoding) for name in ("carte_é.mrc", "Åtlas.mrc", "сетка_х.mrc")
                                             for encoding in ("utf-8", "cp1252")
