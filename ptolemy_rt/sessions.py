@@ -636,9 +636,11 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     skip = _real(Path(exclude)) if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []
+    excluded = 0
     for f in files:
         r = _real(f)
         if skip is not None and r.is_relative_to(skip):
+            excluded += 1
             continue
         if r not in seen:
             seen.add(r)
@@ -649,6 +651,8 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
         # a navigator of no maps said nothing of why it gave no images
         why += "".join(f" ({path}: a navigator naming no map file, MapFile)" for path, read in navs.items()
                        if not read.maps)
+        if excluded:  # `batch . -o .` said "no images found in ." alone
+            why += f" (left out {excluded}: below the output folder {exclude}, which holds no inputs)"
         raise InputError("no images found in " + ", ".join(str(p) for p in paths) + why)
     root = Path(os.path.commonpath([str(p.parent) for p in unique]))
     items: list[Item] = []

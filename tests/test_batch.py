@@ -96,6 +96,10 @@ def test_epu_layout_kinds_ids_and_left_out(tmp_path):
     # A batch's output folder inside the session (its previews mirror the session's names) is never an input.
     _touch(root / "out" / "images" / "Images-Disc1" / "GridSquare_17" / "GridSquare_20250101_1200.mrc.jpg")
     assert [i.id for i in discover([str(root)], exclude=root / "out")[0]] == [i.id for i in items]
+    # Every image below the output folder (`batch . -o .`): said, not "no images found in ." alone (robust15).
+    with pytest.raises(InputError, match=r"no images found in .*session \(left out \d+: below the output folder "
+                                         r".*session, which holds no inputs\)"):
+        discover([str(root)], exclude=root)
     # --kind overrides the detected kind but does not turn tiles or exposures into targets.
     forced, _ = discover([str(root)], kind="holes", exclude=root / "out")
     assert [i.kind for i in forced] == ["holes", "holes"]
