@@ -391,6 +391,10 @@ def _mutate(changes: list[dict], image: str | None) -> None:
 _SITE_BLOCK = re.compile(r"Error processing line \d+ of [^\n]*\.pth:\n.*?\nRemainder of file ignored\n?", re.S)
 
 
+# A frame of the package's own code: a file in its folder.
+_OWN_FRAME = re.compile(r"[/\\]ptolemy_rt[/\\]")
+
+
 def _interpreter_start_up(err: str) -> bool:
     """Whether stderr is the interpreter's own, interrupted while it started (fuzz signals 130000000): exit 1 with
     "Fatal Python error: init_import_site" (or init_sys_streams), or -2 with a KeyboardInterrupt traceback of
@@ -403,8 +407,10 @@ def _interpreter_start_up(err: str) -> bool:
     # runpy's _run_code runs the package's __main__, after the package set its own handler: not start-up
     if any("_run_code" in f for f in frames):
         return False
+    # the package's own code is a file in its folder; setuptools' editable finder that site runs from a .pth while
+    # the interpreter starts (site-packages/__editable___ptolemy_rt_0_1_0_finder.py) is not (fuzz robust15)
     return bool(frames) and all('File "<frozen ' in f for f in frames) \
-        or lines[0].startswith("Fatal Python error: init_") and not any("ptolemy_rt" in f for f in frames)
+        or lines[0].startswith("Fatal Python error: init_") and not any(_OWN_FRAME.search(f) for f in frames)
 
 
 def run_cli(case: dict, d: Path, image: str, golden_cache: dict) -> dict:

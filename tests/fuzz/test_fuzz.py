@@ -127,6 +127,13 @@ def test_an_interrupt_while_the_interpreter_starts_is_told_from_the_package_s_ow
     ours = "Traceback (most recent call last):\n  File \"/x/ptolemy_rt/cli.py\", line 3, in main\nKeyboardInterrupt\n"
     assert not _interpreter_start_up(ours) and not _interpreter_start_up(runpy + ours)
     assert not _interpreter_start_up(startup.replace("KeyboardInterrupt", "MemoryError"))
+    # site running an editable install's finder from its .pth (fuzz robust15, 190500004): start-up, whatever its name
+    editable = startup.replace("  File \"<frozen os>\"", "  File \"<frozen site>\", line 186, in addpackage\n"
+                               "  File \"/v/site-packages/__editable___ptolemy_rt_0_1_0_finder.py\", line 5, in "
+                               "<module>\n  File \"/py/lib/python3.11/contextlib.py\", line 6, in <module>\n"
+                               "  File \"<frozen os>\"")
+    assert _interpreter_start_up(editable)
+    assert not _interpreter_start_up(startup.replace("  File \"<frozen os>\"", "  File \"/x/ptolemy_rt/io.py\""))
     site = ("Error processing line 1 of /v/site-packages/__editable__.x.pth:\n\n  Traceback (most recent call last):\n"
             "    File \"<frozen site>\", line 186, in addpackage\n  AttributeError: x\n\nRemainder of file ignored\n")
     assert _SITE_BLOCK.sub("", site + "warning: a.mrc: w\n") == "warning: a.mrc: w\n"
