@@ -621,6 +621,23 @@ def test_a_bigtiff_is_checked_against_the_budget_before_it_is_decoded(tmp_path):
     np.testing.assert_array_equal(image.data, np.tile(tile, (3, 4)).astype(np.float32))
 
 
+def test_a_tiff_of_few_pixels_but_many_bytes_each_is_ratio_tested(tmp_path):
+    """Fuzz campaign robust15 (facility_files 190500012): images of up to 2**24 pixels skipped the compression-ratio
+    test whatever their samples took, so a 6 kB BigTIFF claiming 4096x4096 float64 RGBA (512 MiB of samples) was
+    decoded: 1.1 GB to read, over the campaign's 1.5 GB with the pipeline. Past the bytes of a float32 image of
+    2**24 pixels it is tested; a blank 4096x4096 8-bit or float32 one (as many bytes) still reads."""
+    zeros = np.zeros((256, 256), np.float64)
+    path = tmp_path / "big.tif"
+    path.write_bytes(_bigtiff(4096, 4096, zeros, samples=4))
+    with pytest.raises(CorruptFileError, match=r"big\.tif: the header claims 4096x4096 pixels from \d+ bytes \(a "
+                                               "ratio over 1000: refused as a compression bomb"):
+        io.read_image(path)
+    for blank in (zeros.astype(np.uint8), zeros.astype(np.float32)):
+        path.write_bytes(_bigtiff(4096, 4096, blank))
+        assert 4096 * 4096 * blank.itemsize > 1000 * path.stat().st_size
+        assert io.read_image(path).shape == (4096, 4096)
+
+
 @pytest.mark.parametrize("big", [False, True])
 def test_a_tiff_whose_ifds_claim_huge_entry_counts_is_walked_in_bounded_reads(tmp_path, big):
     """Review of fuzz12: every entry an IFD's count claimed was read, through the file in blocks: a small sparse
