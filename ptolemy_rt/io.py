@@ -652,7 +652,7 @@ _LAST_TIFF_TAG = 339
 
 class _Claims(list):
     """_raster_claims' (width, height, bytes per pixel) of each page; `refused`: why OpenCV cannot read a page right,
-    how to save it instead, and whether OpenCV then reads no page of the file at all, by page (_refuse_page)."""
+    how to save it instead, and whether OpenCV then fails the pages before it too, by page (_refuse_page)."""
 
     refused: dict[int, tuple[str, str, bool]]
 
@@ -725,7 +725,7 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                                          "1) or as one grey channel", False)
         elif sample_format == 3 and bits not in (32, 64):
             # OpenCV decodes float32 and float64 only: a float16 page (tifffile's, ImageJ's) failed as "not a
-            # readable TIFF image", saying nothing of why; its header check fails every page of the file
+            # readable TIFF image", saying nothing of why; its header check fails it and every page before it
             pages.refused[len(pages)] = (f"{bits}-bit floating-point samples (SampleFormat 3)",
                                          "save it as 32-bit floating point", True)
         elif sample_format in (5, 6):
@@ -745,17 +745,19 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
 
 
 def _refuse_page(name: str, claims: list[tuple[int, int, int]], section: int | None) -> None:
-    """Refuse, before decoding, a TIFF whose page to be read OpenCV cannot read right (_Claims.refused), or one
-    holding a page OpenCV decodes nothing of (its header check fails the whole file, whichever page is asked
-    for); another page's kind (a thumbnail's) is otherwise no matter: the page asked for is decoded alone."""
+    """Refuse, before decoding, a TIFF whose page to be read OpenCV cannot read right (_Claims.refused), or whose
+    page b OpenCV decodes nothing of when b <= the page asked for + 1: its header check fails the pages up to the
+    one after the page decoded (a float32 stack with a float16 page 3 reads pages 0 and 1); another page's kind (a
+    thumbnail's) is otherwise no matter: the page asked for is decoded alone."""
     refused = getattr(claims, "refused", {})
-    page = 0 if section is None or not claims else section % len(claims)
+    page = 0 if section is None or not claims else section % len(claims)  # no section: main's page 0
+    bad = page
     if page not in refused:
-        page = next((k for k, (_, _, whole) in sorted(refused.items()) if whole), page)
-    if page in refused:
-        which = f"page {page} is a TIFF of" if len(claims) > 1 else "a TIFF of"
-        what, advice, whole = refused[page]
-        also = " (nor then any page of the file)" if whole and len(claims) > 1 else ""
+        bad = next((k for k, (_, _, whole) in sorted(refused.items()) if whole and k <= page + 1), page)
+    if bad in refused:
+        which = f"page {bad} is a TIFF of" if len(claims) > 1 else "a TIFF of"
+        what, advice, _ = refused[bad]
+        also = f" (nor then page {page}, as OpenCV reads the pages up to the one after it)" if bad != page else ""
         raise UnsupportedFormatError(f"{name}: {which} {what} is not read correctly by OpenCV{also}; {advice}")
 
 

@@ -1180,13 +1180,38 @@ def test_a_tiff_of_samples_opencv_cannot_decode_is_refused_saying_why(tmp_path, 
         io.read_image(path)
     good = (np.arange(40 * 48).reshape(1, 40, 48) % 50).astype(np.float32)
     path.write_bytes(tiff_file([_tiff_page(good, 3, 1), _tiff_page(planes, fmt, 1)]))
-    for section in (0, 1):
-        with pytest.raises(UnsupportedFormatError, match=rf"half\.tif: page 1 is a TIFF of {what} is not read "
-                                                         r"correctly by OpenCV \(nor then any page of the file\)"):
-            io.read_image(path, section=section)
+    with pytest.raises(UnsupportedFormatError, match=rf"half\.tif: page 1 is a TIFF of {what} is not read "
+                                                     r"correctly by OpenCV \(nor then page 0, as OpenCV reads the "
+                                                     r"pages up to the one after it\); save"):
+        io.read_image(path, section=0)
+    with pytest.raises(UnsupportedFormatError, match=rf"half\.tif: page 1 is a TIFF of {what} is not read "
+                                                     r"correctly by OpenCV; save"):
+        io.read_image(path, section=1)
     for wide in (np.float32, np.float64):
         path.write_bytes(_planar_tiff(good.astype(wide), 3, planar=1))
         assert np.array_equal(io.read_image(path).data, good[0])
+
+
+def test_a_float16_page_refuses_only_the_pages_opencv_fails_on(tmp_path):
+    """Review of robust15 (B1): a float16 page b was said to fail every page of the file, but OpenCV fails page p
+    only when b <= p + 1 (it reads the header of the page after the one it decodes): sections 0 and 1 of a float32
+    stack whose page 3 is float16 were read on main, and are read again (a read without section is page 0's, with
+    the stack's warning); pages 2 and 3 are refused saying why."""
+    pages = [(np.arange(40 * 48).reshape(1, 40, 48) % (50 + k)).astype(np.float32) for k in range(3)]
+    path = tmp_path / "tail.tif"
+    half = pages[0].astype(np.float16)
+    path.write_bytes(tiff_file([_tiff_page(p, 3, 1) for p in pages] + [_tiff_page(half, 3, 1)]))
+    for section in (0, 1):
+        assert np.array_equal(io.read_image(path, section=section).data, pages[section][0])
+    with pytest.warns(UserWarning, match="section 0"):
+        assert np.array_equal(io.read_image(path).data, pages[0][0])
+    with pytest.raises(UnsupportedFormatError, match=r"tail\.tif: page 3 is a TIFF of 16-bit floating-point samples "
+                                                     r"\(SampleFormat 3\) is not read correctly by OpenCV \(nor then "
+                                                     r"page 2, as OpenCV reads the pages up to the one after it\)"):
+        io.read_image(path, section=2)
+    with pytest.raises(UnsupportedFormatError, match=r"tail\.tif: page 3 is a TIFF of 16-bit floating-point samples "
+                                                     r"\(SampleFormat 3\) is not read correctly by OpenCV; save"):
+        io.read_image(path, section=3)
 
 
 def _png_of(width: int, height: int, rows: bytes) -> bytes:
