@@ -59,9 +59,11 @@ MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float1
 # The most pixels a file may claim (all sections together) unless the caller raises it (--max-pixels).
 DEFAULT_MAX_PIXELS = 1 << 28
 # A compressed file claiming more than this many times its own size is treated as a decompression bomb; a raster
-# image of at most RATIO_FREE_PIXELS (of at most DECODE_BYTES_PER_PIXEL bytes each) is not tested.
+# image of at most RATIO_FREE_PIXELS whose samples take at most RATIO_FREE_BYTES decoded is not tested (a blank
+# or near-blank 4096x4096 float64 or 16-bit RGB one compresses past the ratio; a float64 RGBA one is 512 MiB).
 MAX_RATIO = 1000
 RATIO_FREE_PIXELS = 1 << 24
+RATIO_FREE_BYTES = 256 << 20
 # A raster's pixels as decoded (all channels, all bytes) may take this many bytes per pixel of the budget: the
 # size of the float32 image the budget allows. A 16384x16384 16-bit RGB TIFF of zeros (1.6 MB, padded past the
 # ratio test) needed 3.2 GB to decode; colour and float rasters above 1 GiB of pixels need --max-pixels.
@@ -848,11 +850,14 @@ def _check_raster(raw: bytes | memoryview | _FileView, name: str,
                                 f"{size_text(DECODE_BYTES_PER_PIXEL * max_pixels)} ({DECODE_BYTES_PER_PIXEL} "
                                 "bytes a pixel of --max-pixels; raise it with --max-pixels)")
         # Images of up to RATIO_FREE_PIXELS are not ratio-tested (a blank one compresses past it), unless their samples
-        # take more than a float32 image of that size: a 6 kB BigTIFF of 4096x4096 float64 RGBA took 1.1 GB to read.
-        free = pixels <= RATIO_FREE_PIXELS and pixels * bpp <= DECODE_BYTES_PER_PIXEL * RATIO_FREE_PIXELS
+        # take more than RATIO_FREE_BYTES decoded: a 6 kB BigTIFF of 4096x4096 float64 RGBA took 1.1 GB to read.
+        # (Counted in decoded bytes, not against a float32 image's: blank 4096x4096 float64 grey and 16-bit RGB
+        # files, ratio 1023 in one deflate strip, were read on main.)
+        free = pixels <= RATIO_FREE_PIXELS and pixels * bpp <= RATIO_FREE_BYTES
         if pixels * bpp > MAX_RATIO * len(raw) and not free:
             raise CorruptFileError(f"{name}: the header claims {width}x{height} pixels from {len(raw)} bytes "
-                                   f"(a ratio over {MAX_RATIO}: refused as a compression bomb)")
+                                   f"(a ratio over {MAX_RATIO}: refused as a compression bomb, or a blank or "
+                                   f"near-blank image of {size_text(pixels * bpp)} decoded)")
     # Never against what the header claims: valid files hold far more than their first IFD lists (an ImageJ stack
     # over 4 GB, or tifffile's truncate=True, has one IFD and every page's data after it; ImageJ metadata in a
     # private tag; an animated PNG's frames). The cap is the budget's, whatever the header says.

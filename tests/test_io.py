@@ -625,16 +625,22 @@ def test_a_tiff_of_few_pixels_but_many_bytes_each_is_ratio_tested(tmp_path):
     """Fuzz campaign robust15 (facility_files 190500012): images of up to 2**24 pixels skipped the compression-ratio
     test whatever their samples took, so a 6 kB BigTIFF claiming 4096x4096 float64 RGBA (512 MiB of samples) was
     decoded: 1.1 GB to read, over the campaign's 1.5 GB with the pipeline. Past the bytes of a float32 image of
-    2**24 pixels it is tested; a blank 4096x4096 8-bit or float32 one (as many bytes) still reads."""
+    2**24 pixels it is tested; a blank 4096x4096 8-bit or float32 one (as many bytes) still reads.
+    Review of robust15 (R1): the bound was a float32 image's bytes (64 MiB), so blank 4096x4096 float64 grey and
+    16-bit RGB files (main read them) were refused as bombs; it is now 256 MiB of decoded samples: they read, and
+    float64 RGB (384 MiB) and RGBA (512 MiB) are ratio-tested, said to be a bomb or a blank or near-blank image."""
     zeros = np.zeros((256, 256), np.float64)
     path = tmp_path / "big.tif"
-    path.write_bytes(_bigtiff(4096, 4096, zeros, samples=4))
-    with pytest.raises(CorruptFileError, match=r"big\.tif: the header claims 4096x4096 pixels from \d+ bytes \(a "
-                                               "ratio over 1000: refused as a compression bomb"):
-        io.read_image(path)
-    for blank in (zeros.astype(np.uint8), zeros.astype(np.float32)):
-        path.write_bytes(_bigtiff(4096, 4096, blank))
-        assert 4096 * 4096 * blank.itemsize > 1000 * path.stat().st_size
+    for samples, size in ((4, "512.0 MiB"), (3, "384.0 MiB")):
+        path.write_bytes(_bigtiff(4096, 4096, zeros, samples=samples))
+        with pytest.raises(CorruptFileError, match=r"big\.tif: the header claims 4096x4096 pixels from \d+ bytes "
+                                                   r"\(a ratio over 1000: refused as a compression bomb, or a blank or "
+                                                   rf"near-blank image of {size} decoded\)$"):
+            io.read_image(path)
+    for blank, samples in ((zeros.astype(np.uint8), 1), (zeros.astype(np.float32), 1), (zeros, 1),
+                           (zeros.astype(np.uint16), 3)):
+        path.write_bytes(_bigtiff(4096, 4096, blank, samples))
+        assert 4096 * 4096 * blank.itemsize * samples > 1000 * path.stat().st_size
         assert io.read_image(path).shape == (4096, 4096)
 
 
