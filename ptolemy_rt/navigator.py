@@ -249,10 +249,24 @@ def read_nav(path: str | os.PathLike) -> tuple[Navigator, str]:
 _UTF8_MARK = "\xef\xbb\xbf"
 # Unicode's other line breaks in UTF-8, read byte for byte (latin-1): U+2028 LINE SEPARATOR, U+2029 PARAGRAPH
 # SEPARATOR and U+0085 NEXT LINE, before what begins a navigator's line (a section, a key). SerialEM ends lines at
-# LF alone: such a file is one line to it, and was to lines() ("no images found", saying nothing of why).
+# LF alone: such a file is one line to it, and was to lines() ("no images found", saying nothing of why). Inside
+# a value (a Note pasted from a Mac text app) they are no line end to SerialEM either, which reads the file: only a
+# file whose item sections they hide (no [Item = ...] line of its own) is refused (_hidden_break).
 _FOREIGN_BREAK = re.compile("(\xe2\x80[\xa8\xa9]|\xc2\x85)[ \t]*(?:\\[|[A-Za-z][A-Za-z0-9]*[ \t]*=)")
+_FOREIGN_CHARS = re.compile("\xe2\x80[\xa8\xa9]|\xc2\x85")
 _BREAK_NAMES = {"\xe2\x80\xa8": "U+2028 (LINE SEPARATOR)", "\xe2\x80\xa9": "U+2029 (PARAGRAPH SEPARATOR)",
                 "\xc2\x85": "U+0085 (NEXT LINE)"}
+
+
+def _hidden_break(text: str) -> re.Match | None:
+    """The first U+2028/U+2029/U+0085 (read byte for byte) before a section or a `key =`, when the file has no
+    section line of its own between LFs: its structure is hidden from SerialEM; None when there is none, or when
+    they sit inside values of a file SerialEM reads."""
+    foreign = _FOREIGN_BREAK.search(text)
+    if foreign is None or any(_SECTION.match(line.strip()) and not _FOREIGN_CHARS.search(line)
+                              for line in lines(text)):
+        return None
+    return foreign
 
 
 def nav_text(raw: bytes, name: str | os.PathLike, mark: bool = True) -> str:
@@ -267,7 +281,7 @@ def nav_text(raw: bytes, name: str | os.PathLike, mark: bool = True) -> str:
         raise InputError(f"{name}: {bom[1].upper()} text; a navigator is ASCII as SerialEM writes it (save it again "
                          "as ASCII or UTF-8)")
     text = raw.decode("latin-1")
-    foreign = _FOREIGN_BREAK.search(text)
+    foreign = _hidden_break(text)
     if foreign is not None and not is_xml_nav(text.removeprefix(_UTF8_MARK)):
         line = len(lines(text[:foreign.start()]))
         raise InputError(f"{name}:{line}: lines separated by {_BREAK_NAMES[foreign.group(1)]}, which SerialEM does "

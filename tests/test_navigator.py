@@ -304,6 +304,29 @@ def test_a_navigator_whose_lines_end_in_unicode_separators_is_refused_saying_so(
     assert read_nav(xml)[0].xml
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+@pytest.mark.parametrize("note", ["Grid A{}Ice = thin", "Grid A{}[box 3]", "Grid A{} [Item = 7]"])
+def test_a_unicode_separator_inside_a_value_is_read_as_serialem_reads_it(tmp_path, separator, note):
+    """Review of robust15 (R2): the separator check matched anywhere, so a Note holding U+2028 (Mac text apps put it
+    into pasted text) before key-like text ('Ice = thin', '[box 3]') refused the whole navigator, which SerialEM
+    reads (it ends lines at LF alone). Only a file whose sections the separators hide (no [Item = ...] line of its
+    own) is refused; these notes read as before, by --nav and by a batch's discovery."""
+    from ptolemy_rt.sessions import nav_maps
+
+    (tmp_path / "map.mrc").write_bytes(b"")
+    value = note.format(separator)
+    path = tmp_path / "noted.nav"
+    path.write_text(_nav(_map(file="map.mrc") + f"Note = {value}\n" + "[Item = 2]\nType = 0\n"), encoding="utf-8")
+    nav = read_nav(path)[0]
+    assert nav.items[0].get("Note") == value.encode().decode("latin-1")
+    assert [it.label for it in nav.items] == ["1", "2"]
+    assert [p.name for p in nav_maps(path)] == ["map.mrc"]
+    # the same separators hiding the whole file's lines are still refused
+    path.write_text(_nav(_map(file="map.mrc") + f"Note = {value}\n").replace("\n", separator), encoding="utf-8")
+    with pytest.raises(InputError, match=r"noted\.nav:1: lines separated by U\+"):
+        read_nav(path)
+
+
 def test_a_navigator_naming_no_map_file_says_so_when_a_batch_finds_no_images(tmp_path):
     """Found by hand (robust15): a batch of a .nav that names no map file (no item with a MapFile) said "no images
     found in s.nav" and nothing of why; the navigator is named with what it lacks."""
