@@ -904,7 +904,10 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         raise UsageError(f"--threads {threads}: give at most {max_threads()} (four per CPU)")
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
-    items, notes = discover(paths, kind=kind, exclude=out)
+    from .outputs import folder_name_max
+
+    # ids are cut to the output file system's names, as `-o DIR/` cuts its files' (eCryptfs: 143 bytes)
+    items, notes = discover(paths, kind=kind, exclude=out, name_max=folder_name_max(out))
     try:
         _check_writable(out)
     except OSError as exc:

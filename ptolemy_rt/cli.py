@@ -308,7 +308,7 @@ def _is_dir_target(value: str) -> bool:
 
 def _output_paths(args: argparse.Namespace) -> list[Path | None]:
     """Where each image's result goes: stdout (None), the -o file, or a file in the -o directory."""
-    from .outputs import fitting_name
+    from .outputs import fitting_name, folder_name_max
 
     n = len(args.images)
     if args.output is None:
@@ -316,12 +316,12 @@ def _output_paths(args: argparse.Namespace) -> list[Path | None]:
     out = Path(args.output)
     if n == 1 and not _is_dir_target(args.output):
         return [out]
-    limit = _name_limits(_existing_folder(os.path.join(args.output, "x")))[0]
+    limit = folder_name_max(args.output)
     return [out / fitting_name(Path(img).stem, SUFFIX[args.format], limit) for img in args.images]
 
 
 def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
-    from .outputs import fitting_name
+    from .outputs import fitting_name, folder_name_max
 
     n = len(args.images)
     if not args.overlay:
@@ -329,7 +329,7 @@ def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
     out = Path(args.overlay)
     if n == 1 and not _is_dir_target(args.overlay):
         return [out]
-    limit = _name_limits(_existing_folder(os.path.join(args.overlay, "x")))[0]
+    limit = folder_name_max(args.overlay)
     return [out / fitting_name(Path(img).stem, ".png", limit) for img in args.images]
 
 
@@ -633,51 +633,25 @@ _PATH_OPTIONS = {"paths": "PATH", "output": "-o", "overlay": "--overlay", "nav":
 
 
 def _check_path_lengths(args: argparse.Namespace) -> None:
-    """UsageError (exit 2) for a path with a name longer than its file system takes (_name_limits): pathlib's
+    """UsageError (exit 2) for a path with a name longer than its file system takes (outputs.name_limits): pathlib's
     is_dir() and exists() raise OSError (ENAMETOOLONG) on one, an internal error (exit 70). (An empty one is refused
     by argparse: _nonempty.)"""
+    from .outputs import existing_folder, name_limits, unnormalised
+
     limits: dict[str, tuple[int, int]] = {}  # per folder: a batch's thousands of images ask once
     for dest, option in _PATH_OPTIONS.items():
         value = getattr(args, dest, None)
         for text in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
             raw = os.fsencode(text)
-            folder = _existing_folder(text)
+            folder = existing_folder(text)
             if folder not in limits:
-                limits[folder] = _name_limits(folder)
+                limits[folder] = name_limits(folder)
             name_max, path_max = limits[folder]
             # the names below the nearest existing folder: those above it exist, so their file systems took them
-            tail = os.fsencode(_unnormalised(text))[len(os.fsencode(folder)):]
+            tail = os.fsencode(unnormalised(text))[len(os.fsencode(folder)):]
             if len(raw) > path_max or any(len(part) > name_max for part in tail.split(os.fsencode(os.sep))):
                 raise UsageError(f"{option} {text[:60]}...: the name is longer than file systems take "
                                  f"({name_max} bytes a name, {path_max} a path)")
-
-
-def _unnormalised(text: str) -> str:
-    """`text` made absolute without folding `..` away: the kernel still looks up the name before a `..`, so
-    an over-long one there fails the call (os.path.abspath would hide it from the length check)."""
-    return os.path.join(os.getcwd(), text)
-
-
-def _existing_folder(text: str) -> str:
-    """The nearest existing folder above the path `text` (absolute, `..` kept: _unnormalised)."""
-    folder = os.path.dirname(_unnormalised(text))
-    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # isdir: False on ENAMETOOLONG too
-        folder = os.path.dirname(folder)
-    return folder
-
-
-def _name_limits(folder: str) -> tuple[int, int]:
-    """(bytes a name, bytes a path) that the file system of `folder` takes: os.pathconf's NAME_MAX and
-    PATH_MAX (less its NUL) where it answers, else Linux's 255 and 4095 (Windows has no pathconf; macOS says
-    255 and 1024; a network file system may have less)."""
-    def ask(name: str, fallback: int) -> int:
-        try:
-            value = os.pathconf(folder, name)  # type: ignore[attr-defined]  # absent on Windows
-        except (AttributeError, OSError, ValueError):
-            return fallback
-        return value if isinstance(value, int) and value > 0 else fallback
-
-    return ask("PC_NAME_MAX", 255), ask("PC_PATH_MAX", 4096) - 1
 
 
 def _internal_message(exc: BaseException, debug: bool) -> str:

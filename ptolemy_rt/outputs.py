@@ -90,6 +90,40 @@ def _mode_for(target: Path) -> int:
 NAME_MAX = 255
 
 
+def unnormalised(text: str) -> str:
+    """`text` made absolute without folding `..` away: the kernel still looks up the name before a `..`, so
+    an over-long one there fails the call (os.path.abspath would hide it from the length check)."""
+    return os.path.join(os.getcwd(), text)
+
+
+def existing_folder(text: str) -> str:
+    """The nearest existing folder above the path `text` (absolute, `..` kept: unnormalised)."""
+    folder = os.path.dirname(unnormalised(text))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # isdir: False on ENAMETOOLONG too
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def name_limits(folder: str) -> tuple[int, int]:
+    """(bytes a name, bytes a path) that the file system of `folder` takes: os.pathconf's NAME_MAX and
+    PATH_MAX (less its NUL) where it answers, else Linux's 255 and 4095 (Windows has no pathconf; macOS says
+    255 and 1024; a network file system may have less)."""
+    def ask(name: str, fallback: int) -> int:
+        try:
+            value = os.pathconf(folder, name)  # type: ignore[attr-defined]  # absent on Windows
+        except (AttributeError, OSError, ValueError):
+            return fallback
+        return value if isinstance(value, int) and value > 0 else fallback
+
+    return ask("PC_NAME_MAX", NAME_MAX), ask("PC_PATH_MAX", 4096) - 1
+
+
+def folder_name_max(folder: str | os.PathLike) -> int:
+    """The bytes a name may take in `folder` (made if missing): its file system's NAME_MAX (name_limits), asked of
+    the nearest existing folder; the one limit the names written there (-o DIR/, a batch's ids) are cut to."""
+    return name_limits(existing_folder(os.path.join(folder, "x")))[0]
+
+
 def fitting_name(stem: str, suffix: str, limit: int = NAME_MAX) -> str:
     """`stem + suffix` as a file name of at most `limit` bytes: an output named after an input whose name is near
     the limit (a 251-byte stem of NAME.mrc, NAME.json 256 bytes) failed with ENAMETOOLONG, exit 4 for a valid input.

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .outputs import NAME_MAX
 from .smallfiles import is_regular
 
 __all__ = [
@@ -611,12 +612,13 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.PathLike | None = None
-             ) -> tuple[list[Item], list[str]]:
+def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.PathLike | None = None,
+             name_max: int = NAME_MAX) -> tuple[list[Item], list[str]]:
     """Expand files, globs, session folders and .nav files into Items (sorted by id) and notes on what was left out.
 
     kind: "squares" or "holes" for every image, overriding what the session says; None: from the session.
     exclude: a folder whose files are never inputs (the batch's own output folder, which may sit in the session).
+    name_max: the bytes a name takes where the outputs go (outputs.folder_name_max): ids are cut to fit it.
     """
     files: list[Path] = []
     navs: dict[Path, _NavRead] = {}  # each .nav read once (maps, frames, stacks)
@@ -679,7 +681,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
             elif is_regular(xml):
                 stage, axes = epu_stage_position(xml), epu_pixel_axes(xml)
             # one map of a stack: its section after the file's name ('@', kept as is in the report's links)
-            ident = _output_id(p.relative_to(root).as_posix() + ("" if section is None else f"@{section}"))
+            ident = _output_id(p.relative_to(root).as_posix() + ("" if section is None else f"@{section}"), name_max)
             items.append(Item(path=p, id=ident, kind=kind or detected, source=source, stage_xy_m=stage,
                               pixel_axes=axes, nav_frame=frame, section=section, montage=montage,
                               block=block if montage else None))
@@ -693,13 +695,14 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
 _ID_SUFFIX = ".json"
 
 
-def _output_id(ident: str) -> str:
-    """An item's id, its last part cut to a name the batch's outputs can take with their suffix (outputs.fitting_name):
-    an input named near the file system's limit failed in the batch with ENAMETOOLONG (exit 4) at its result."""
+def _output_id(ident: str, name_max: int) -> str:
+    """An item's id, its last part cut to a name of `name_max` bytes the batch's outputs can take with their suffix
+    (outputs.fitting_name): an input named near the file system's limit failed in the batch with ENAMETOOLONG
+    (exit 4) at its result. Names that fit are kept as they are, so --resume finds their results."""
     from .outputs import fitting_name
 
     folder, slash, name = ident.rpartition("/")
-    return folder + slash + fitting_name(name, _ID_SUFFIX).removesuffix(_ID_SUFFIX)
+    return folder + slash + fitting_name(name, _ID_SUFFIX, name_max).removesuffix(_ID_SUFFIX)
 
 
 def _axes_matrix(axes: tuple[float, float, float, float] | None, pixel_size_m: float) -> tuple[float, ...]:

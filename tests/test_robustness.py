@@ -1016,7 +1016,7 @@ def test_outputs_named_after_an_input_near_the_name_limit_are_cut_to_fit(tmp_pat
     .state/NAME.mrc.json) failed with ENAMETOOLONG, exit 4 for a valid input, and --nav's NAME_ptolemy.nav too.
     Such a name is cut, never half a character, and told apart by a hash of the whole (outputs.fitting_name); the
     file system's own limit is asked for (-o DIR/), a batch resumes it, and other names are as they were."""
-    from ptolemy_rt import cli
+    from ptolemy_rt import outputs
     from ptolemy_rt.navigator import default_nav_output
     from ptolemy_rt.outputs import fitting_name
 
@@ -1037,17 +1037,29 @@ def test_outputs_named_after_an_input_near_the_name_limit_are_cut_to_fit(tmp_pat
     assert code == 0, err
     [result] = (tmp_path / "out").iterdir()
     assert result.name == fitting_name("a" * 251, ".json") and (tmp_path / "ov" / ("a" * 251 + ".png")).is_file()
-    monkeypatch.setattr(cli, "_name_limits", lambda folder: (100, 4095))  # a file system of 100-byte names
-    code, _, err = _cli(["squares", str(image), "--no-score", "-o", f"{tmp_path}/small/"], capsys)
-    assert code == 0 and [p.name for p in (tmp_path / "small").iterdir()] == [fitting_name("a" * 251, ".json", 100)]
     for again in (False, True):
         code, _, err = _cli(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "batch"), "--workers", "1",
                              "--kind", "squares", *(["--resume"] if again else [])], capsys)
         assert code == 0, err
         rows = json.loads((tmp_path / "batch" / "summary.json").read_text())["images"]
         assert [r["id"] for r in rows] == [fitting_name("a" * 251 + ".mrc", ".json").removesuffix(".json")]
-        assert (tmp_path / "batch" / "results" / f"{rows[0]['id']}.json").is_file()
     assert "1 resumed" in err
+    # Review of robust15 (R3): a batch's ids were cut at 255 bytes whatever the file system; they are cut to the
+    # output folder's NAME_MAX, asked as `-o DIR/` asks it (one helper), and a name that fits keeps its id (resume).
+    monkeypatch.setattr(outputs, "name_limits", lambda folder: (100, 4095))  # a file system of 100-byte names
+    code, _, err = _cli(["squares", str(image), "--no-score", "-o", f"{tmp_path}/small/"], capsys)
+    assert code == 0 and [p.name for p in (tmp_path / "small").iterdir()] == [fitting_name("a" * 251, ".json", 100)]
+    shutil.copy(small_mrc, tmp_path / "in" / "short.mrc")
+    for again in (False, True):
+        code, _, err = _cli(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "small_batch"), "--workers", "1",
+                             "--kind", "squares", *(["--resume"] if again else [])], capsys)
+        assert code == 0, err
+        rows = json.loads((tmp_path / "small_batch" / "summary.json").read_text())["images"]
+        cut = fitting_name("a" * 251 + ".mrc", ".json", 100).removesuffix(".json")
+        assert sorted(r["id"] for r in rows) == sorted([cut, "short.mrc"]) and len(os.fsencode(cut)) == 95
+        for row in rows:
+            assert (tmp_path / "small_batch" / "results" / f"{row['id']}.json").is_file()
+    assert "2 resumed" in err
 
 
 def test_a_rerun_may_replace_its_own_output_in_the_model_set_folder(tmp_path, small_mrc, capsys):
