@@ -818,6 +818,24 @@ def test_assemble_refuses_piled_tiles_as_read_montage_does(monkeypatch):
     assert assemble(tiles, grid).image.shape == (40, 52)
 
 
+def test_read_montage_counts_the_overlaps_once(tmp_path, monkeypatch):
+    """Review of robust15 (N3): read_montage(flatten=True) counted the pieces' overlaps twice, its own _check_pile
+    before the pieces were read and assemble's after; assemble is told its positions were checked. The image is
+    the same; assemble() called by itself still checks."""
+    from ptolemy_rt import montage
+
+    rng = np.random.default_rng(8)
+    tiles = [rng.uniform(10, 20, (16, 16)).astype(np.float32) for _ in range(12)]
+    grid = [(12 * (k % 4), 12 * (k // 4)) for k in range(12)]
+    path = write_stack(tmp_path, tiles, grid, name="grid.mrc")
+    checks = []
+    check = montage._check_pile
+    monkeypatch.setattr(montage, "_check_pile", lambda *a: checks.append(a[2]) or check(*a))
+    image = montage.read_montage(path).image
+    assert checks == [f"{path}.mdoc"]
+    assert np.array_equal(montage.assemble(tiles, np.array(grid), name="g").image, image) and checks[1:] == ["g"]
+
+
 def test_a_section_given_for_two_pieces_is_refused_naming_the_mdoc(tmp_path):
     """Hand-made fuzz 14: a .mdoc giving the sections of a 16 MB stack (two of 2048 px) for 196 pieces took 4 GB, a
     float32 copy a piece: the stack's own size no longer bounded the montage's pieces. Refused, naming the .mdoc."""
