@@ -217,6 +217,24 @@ def test_seams_looked_for_cheaply_and_removed():
     assert "seams" in result.timings
 
 
+def test_a_bright_seam_beyond_the_disc_adds_no_squares_there():
+    """A stitched atlas's bright seams run on across the dark beyond the grid disc: the disc is taken from the atlas
+    without its seams, so the lattice fills no squares off the disc (the seams stretched the disc's hull to the
+    image's corner: 27 squares there)."""
+    image, _, _, _ = mesh_atlas(1024, 50.0, 10.0, 3.0, seed=11)
+    yy, xx = np.mgrid[:1024, :1024]
+    on = np.hypot(xx - 420.0, yy - 430.0) < 560
+    image = np.where(on, image, np.random.default_rng(1).poisson(2, image.shape)).astype(np.float32)
+    level = np.float32(np.percentile(image[on], 99))
+    seamed = image.copy()
+    seamed[800:802, :] = level
+    seamed[:, 870:872] = level
+    ref = centres(squares.find_squares(image, models=False))
+    got = centres(squares.find_squares(seamed, models=False))
+    assert (np.hypot(*(got - (420.0, 430.0)).T) < 560 + 25).all()
+    assert len(got) == len(ref)
+
+
 def test_a_montage_stack_path_is_assembled(tmp_path):
     """A SerialEM montage stack (pieces with random gains) and its .mdoc: find_squares(path) assembles it and
     finds the squares of the whole atlas; section= still takes one piece."""
