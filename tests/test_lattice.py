@@ -22,6 +22,7 @@ from ptolemy_rt.lattice import (
     lattice_cost,
     lattice_kind,
     lattice_points,
+    refine_general,
     refine_lattice,
     summed_area_table,
 )
@@ -304,6 +305,30 @@ def test_refine_lattice_ignores_strays():
     o, uu, n = refine_lattice(np.concatenate([pts, strays]), (201.0, 199.0), tuple(u * 1.01))
     assert n >= len(pts)
     assert np.hypot(*(np.array(uu) - u)) < 0.05 and np.hypot(*(np.array(o) - [200.0, 200.0])) < 0.5
+
+
+def _bulk_and_sliver(d: float = 28.0) -> np.ndarray:
+    """A 15 x 15 block of holes and, beyond a bar, a sliver of a neighbouring square: two columns of three
+    holes whose outer ones the image's edge cuts (centroids pulled 5 px inward)."""
+    rng = np.random.default_rng(0)
+    bulk = [[100 + d * m, 100 + d * n] for m in range(15) for n in range(15)]
+    sliver = [[100 + d * m - (5.0 if m == 21 else 0.0), 100 + d * n] for m in (20, 21) for n in range(3)]
+    return np.array(bulk + sliver) + rng.normal(0.0, 0.3, (len(bulk) + len(sliver), 2))
+
+
+@pytest.mark.parametrize("model", ["square", "general"])
+def test_refine_from_an_anchor_on_a_sliver_keeps_the_lattice(model):
+    # The growth from an anchor among the sliver's cut holes pinned a short vector that the rings locked in
+    # (general: |a| 22.4 px, 111 of 231 on it; square: 26.1 px, 53): the fit grows again from the middle.
+    c = _bulk_and_sliver()
+    anchor = tuple(c[225 + 3])
+    if model == "square":
+        _, a, n = refine_lattice(c, anchor, (28.0, 0.0))
+        b = (-a[1], a[0])
+    else:
+        _, a, b, n = refine_general(c, anchor, (28.0, 0.0), (0.0, 28.0))
+    assert n >= 225
+    assert sorted([math.hypot(*a), math.hypot(*b)]) == pytest.approx([28.0, 28.0], abs=0.05)
 
 
 # ---------------------------------------------------------------------------------------------------
