@@ -841,6 +841,8 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
                                                    working=_taken(film_copy))
     film_copy = None  # the copy (near the image's size at a short period) is not kept through the scores
     on = on_film(inside, mask, FILM_RADIUS * lattice.spacing_px)
+    if not on.all() and on.any():
+        on |= _beside_bars(image.data, prob > _threshold(opts, model_set), inside, on, mask, lattice.spacing_px)
     timings["film"] = time.perf_counter() - t
     if not opts.keep_off_film:
         if not on.any():
@@ -865,6 +867,79 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     return HoleResult(holes=sort_targets(holes), angle_deg=lattice.angle_deg, spacing_px=lattice.spacing_px,
                       basis=lattice.basis, origin=lattice.origin, image=info, models=model_set.ids, reason=None,
                       timings=timings, lattice=lattice)
+
+
+# _beside_bars looks again at points off the film mask that lie within this many periods of its film ...
+_BESIDE_PERIODS = 1.0
+# ... and keeps those that show a hole (a U-Net positive within _SEEN_PERIODS, its centre _HOLE_CONTRAST times
+# as bright as the film ring at _RING_PERIODS) with no pixel as dark as a bar within _RING_PERIODS: darker
+# than _BAR_DARK of the median hole's brightness on the film (bars pass nearly nothing; gold foil between
+# holes passes 4-18 % of a hole's dose), after a blur of _BLUR_PERIODS against shot noise.
+_SEEN_PERIODS = 0.15
+_RING_PERIODS = 0.45
+_HOLE_CONTRAST = 1.15
+_BAR_DARK = 0.03
+_BLUR_PERIODS = 0.06
+# The off-film area within _BESIDE_PERIODS must be a bar's or the outside's: its median below this share of
+# the holes' (torn film passes a hole's dose or more; a hole partly on it is no target).
+_OFF_DARK = 0.35
+
+
+def _beside_bars(image: np.ndarray, positive: np.ndarray, points: np.ndarray, on: np.ndarray, mask: np.ndarray,
+                 spacing: float) -> np.ndarray:
+    """Which lattice points off the film mask (on False) are whole holes on film beside a bar after all.
+
+    The film mask's edge follows the closed image, in which a dim hole (thick ice) in the last row before a
+    bar is no brighter than film: it went off film with the bar (512x364 whole-square views: 2-9 targets a
+    view, 0.4-0.7 periods from the bar). A point whose disc of _RING_PERIODS holds no bar-dark pixel has its
+    hole (radius <= 0.35 periods) wholly on film or on torn film; torn film is as bright as a hole, so the
+    off-film area beside the point must be dark, and the hole brighter than its ring."""
+    import cv2
+
+    out = np.zeros(len(points), dtype=bool)
+    near = ~on & ~on_film(points, ~mask, _BESIDE_PERIODS * spacing)
+    if not near.any():
+        return out
+    # a U-Net positive in the box around the point (the hole seen; a bar's points have none): O(1) each
+    rows, cols = positive.shape
+    seen = _SEEN_PERIODS * spacing
+    counts = cv2.integral(positive.view(np.uint8) if positive.dtype == np.bool_ else positive.astype(np.uint8),
+                          sdepth=cv2.CV_32S)
+    x, y = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
+    h = max(1, int(seen))
+    x0, x1 = np.clip(x - h, 0, cols), np.clip(x + h + 1, 0, cols)
+    y0, y1 = np.clip(y - h, 0, rows), np.clip(y + h + 1, 0, rows)
+    near &= (counts[y1, x1] - counts[y0, x1] - counts[y1, x0] + counts[y0, x0]) > 0
+    if not near.any():
+        return out
+    data = np.asarray(image, dtype=np.float32)
+    level = centroid_brightness(data, points[on], 2.0 * _SEEN_PERIODS * spacing)
+    if level is None or not float(median(level)) > 0.0:
+        return out
+    dark = _BAR_DARK * float(median(level))
+    ring = _RING_PERIODS * spacing
+    sigma = max(1.0, _BLUR_PERIODS * spacing)
+    reach = _BESIDE_PERIODS * spacing
+    pad = int(math.ceil(max(ring + 3.0 * sigma, reach))) + 1
+    for i in np.flatnonzero(near):
+        x, y = points[i]
+        c0, c1 = max(0, int(x) - pad), min(cols, int(x) + pad + 2)
+        r0, r1 = max(0, int(y) - pad), min(rows, int(y) + pad + 2)
+        patch = cv2.GaussianBlur(data[r0:r1, c0:c1], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        yy, xx = np.ogrid[r0:r1, c0:c1]
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        disc, centre = d2 <= ring * ring, d2 <= seen * seen
+        if not (centre.any() and positive[r0:r1, c0:c1][centre].any()):
+            continue
+        annulus = disc & (d2 >= (0.85 * ring) ** 2)
+        if patch[disc].min() < dark or not annulus.any():
+            continue
+        # the film mask's off area beside it is a bar's (dark), not torn film (as bright as a hole)
+        off = ~mask[r0:r1, c0:c1] & (d2 <= reach * reach)
+        if not off.any() or not float(median(data[r0:r1, c0:c1][off])) < _OFF_DARK * float(median(level)):
+            continue
+        out[i] = float(patch[centre].mean()) > _HOLE_CONTRAST * float(median(patch[annulus]))
+    return out
 
 
 def _single_holes(image: Image, large: list[LargeHole], model_set: ModelSet, opts: HoleOptions,

@@ -833,6 +833,43 @@ def test_grid_squares_with_bars_between_them_are_told_from_holes():
     assert _convincing(0.94, lattice, holes) and not _convincing(0.6, lattice, holes)
 
 
+def _beside_a_bar(bar_from: float, dim: float = 45.0):
+    """Holes (30 px period, radius 8, dose 150) on dark carbon (20) up to a bar (0 from column `bar_from` on),
+    the last column's holes dim (thick ice); the U-Net map a disc at every visible hole. (image, map, last x)."""
+    import cv2
+
+    rows, cols, p, r = 360, 540, 30.0, 8.0
+    yy, xx = np.mgrid[:rows, :cols]
+    centres = np.array([(15.0 + p * i, 15.0 + p * j) for i in range(18) for j in range(12)])
+    holes = centres[centres[:, 0] + r + 1 < bar_from]
+    last = holes[:, 0] == holes[:, 0].max()
+    image = np.full((rows, cols), 20.0, np.float32)
+    prob = np.zeros((rows, cols), np.float32)
+    for (x, y), is_last in zip(holes, last):
+        disc = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+        image[disc] = dim if is_last else 150.0
+        prob[disc] = 0.9
+    image[:, int(bar_from) :] = 0.0
+    image = cv2.GaussianBlur(image, (0, 0), 1.0) + np.random.default_rng(0).normal(0, 3, image.shape)
+    return np.clip(image, 0, None).astype(np.float32), prob, float(holes[last][0, 0])
+
+
+@pytest.mark.parametrize("bar_from, kept", [(363.0, True), (364.0, True), (356.0, False)])
+def test_dim_holes_beside_a_bar_stay_on_film(bar_from, kept):
+    # The film mask's edge follows the closed image, where a dim hole in the last row before a bar is no
+    # brighter than the carbon: the whole column went off film with the bar (512x364 whole-square views, 2-9
+    # targets each). 0.6 periods from the bar a dim hole is kept; 0.37 periods (a bar pixel within 0.45
+    # periods) it stays off: no hole whose centre may lie on the bar is returned.
+    from ptolemy_rt.models import default_models_dir
+
+    image, prob, last_x = _beside_a_bar(bar_from)
+    res = holes_from_map(image, prob, load_models(default_models_dir()), cnn=False)
+    xs = np.array([h.x for h in res.holes])
+    assert int(np.sum(np.abs(xs - last_x) < 3)) == (12 if kept else 0)
+    assert not np.any(xs > last_x + 3)  # nothing on the bar
+    assert len(res.holes) == 11 * 12 + (12 if kept else 0)
+
+
 def test_grid_bars_are_seen_in_doses_upsampled_with_ringing():
     # a whole-square view upsampled 2x with cv2's cubic kernel rings below zero at the bars' edges (tuning view
     # 11803000 at 2x: -2.2 against film at 50-90); they were taken for data below zero, which show no bars,
