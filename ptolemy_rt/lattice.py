@@ -651,11 +651,18 @@ def _refine(c: np.ndarray, o: np.ndarray, basis: np.ndarray, solve, tolerance: f
     anchor on a sliver of film at the image's edge, whose few cut holes pin a wrong vector that the rings
     then lock in: tuning view 12903005 at 2x, 505 inliers before, 348 after, 166 false holes), it grows once
     more from the start's inlier nearest the middle of its inliers, and the fit holding more centroids wins
-    (the anchor's on a tie): elsewhere the result is the anchor's, to the bit."""
+    (the anchor's on a tie). Where the anchor's growth fails (None) and the start holds two centroids or
+    more, the growth from the middle is tried as well, and may return a lattice where the anchor's alone gave
+    none; elsewhere the result is the anchor's, to the bit.
+
+    The fits are compared by the centroids on their final (trimmed) lattices; the count returned is the
+    winner's before the trim, as the anchor's growth alone always returned it (n_inliers feeds the
+    quality and acceptance tests, whose outputs must stay the same where the anchor's fit wins)."""
     out = _grow_and_trim(c, o, basis, solve, tolerance, iterations)
     start, _, _ = _assign(c, o, basis, tolerance)
     held = 0 if out is None else out[3]
-    if held >= int(start.sum()):
+    # (one start inlier is the anchor itself: its middle is the anchor, and the same growth would run again)
+    if held >= int(start.sum()) or int(start.sum()) < 2:
         return None if out is None else out[:3]
     inliers = c[start]
     middle = inliers[int(np.argmin(np.hypot(*(inliers - np.median(inliers, axis=0)).T)))]
