@@ -613,9 +613,11 @@ def _between_bars(lattice: Lattice, image: np.ndarray) -> bool:
     # and a convincing lattice ends the tries as it always did. Bars are wide: a sparse sample holds their
     # level, and where none of it is that dark beside the lattice's origin (on a hole or a square) there are
     # no bars (the reference image: 35 against 125), whatever the other points show.
+    # (percentiles, not the extremes: one hot pixel or zinger on the sample would set the overshoot allowed,
+    # and a low percentile takes a bar's read noise below zero in dark-subtracted data for its level)
     sparse = image[::8, ::8]
-    sample = float(sparse.min())
-    if not sample >= -_OVERSHOOT * float(sparse.max()):
+    sample = float(percentile(sparse, 1.0))
+    if not sample >= -_OVERSHOOT * float(percentile(sparse, 99.0)):
         return False
     first = centroid_brightness(image, np.array([lattice.origin], dtype=np.float64), _SAMPLE_RADIUS)
     if first is None or not sample < _BAR_SHARE * float(first[0]):
@@ -752,14 +754,7 @@ def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image:
         return quality
     spacing = lattice.spacing_px
     points = lattice.points(positive.shape, 0.0)
-    rows, cols = positive.shape
-    h = max(1, int(0.25 * spacing))
-    x, y = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
-    x0, x1 = np.clip(x - h, 0, cols), np.clip(x + h + 1, 0, cols)
-    y0, y1 = np.clip(y - h, 0, rows), np.clip(y + h + 1, 0, rows)
-    if sat is None:
-        sat = summed_area_table(positive)
-    held = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) > 0
+    held = _occupied(points, summed_area_table(positive) if sat is None else sat, max(1, int(0.25 * spacing)))
     share = float(held.mean()) if len(held) else 0.0
     # the points on film can at most all be occupied: no film mask where even that leaves it refused
     if not share > 0.0 or quality / share < _LADDER_MIN_QUALITY:
@@ -772,6 +767,16 @@ def _film_quality(lattice: Lattice, quality: float, positive: np.ndarray, image:
     if int(on.sum()) < _SOLID_INLIERS:
         return quality
     return max(quality, quality * float(held[on].mean()) / share)
+
+
+def _occupied(points: np.ndarray, sat: np.ndarray, h: int) -> np.ndarray:
+    """Per point (n, 2) xy: whether the box of half-width h px around it (cut by the image's edges) holds a
+    positive pixel, from the mask's summed_area_table: O(1) each."""
+    rows, cols = sat.shape[0] - 1, sat.shape[1] - 1
+    x, y = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
+    x0, x1 = np.clip(x - h, 0, cols), np.clip(x + h + 1, 0, cols)
+    y0, y1 = np.clip(y - h, 0, rows), np.clip(y + h + 1, 0, rows)
+    return (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) > 0
 
 
 def _blob_radius(mask: np.ndarray, n: int) -> float:
@@ -893,52 +898,62 @@ def _beside_bars(image: np.ndarray, positive: np.ndarray, points: np.ndarray, on
     bar is no brighter than film: it went off film with the bar (512x364 whole-square views: 2-9 targets a
     view, 0.4-0.7 periods from the bar). A point whose disc of _RING_PERIODS holds no bar-dark pixel has its
     hole (radius <= 0.35 periods) wholly on film or on torn film; torn film is as bright as a hole, so the
-    off-film area beside the point must be dark, and the hole brighter than its ring."""
+    off-film area beside the point must be dark, and the hole brighter than its ring.
+
+    Every level is measured above the image's dark level (its 0.5th percentile, the bars' where bars are in
+    view), not above zero: a pedestal (a detector's bias, a raised black level) of 3 % of the holes' dose
+    would leave no pixel darker than _BAR_DARK of it, and holes on a bar would come back."""
     import cv2
 
     out = np.zeros(len(points), dtype=bool)
-    near = ~on & ~on_film(points, ~mask, _BESIDE_PERIODS * spacing)
+    near = ~on
+    near[near] = ~on_film(points[near], ~mask, _BESIDE_PERIODS * spacing)
     if not near.any():
         return out
-    # a U-Net positive in the box around the point (the hole seen; a bar's points have none): O(1) each
-    rows, cols = positive.shape
     seen = _SEEN_PERIODS * spacing
-    counts = cv2.integral(positive.view(np.uint8) if positive.dtype == np.bool_ else positive.astype(np.uint8),
-                          sdepth=cv2.CV_32S)
-    x, y = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
-    h = max(1, int(seen))
-    x0, x1 = np.clip(x - h, 0, cols), np.clip(x + h + 1, 0, cols)
-    y0, y1 = np.clip(y - h, 0, rows), np.clip(y + h + 1, 0, rows)
-    near &= (counts[y1, x1] - counts[y0, x1] - counts[y1, x0] + counts[y0, x0]) > 0
+    # a U-Net positive in the box around the point (the hole seen; a bar's points have none)
+    near[near] = _occupied(points[near], summed_area_table(positive), max(1, int(seen)))
     if not near.any():
         return out
     data = np.asarray(image, dtype=np.float32)
     level = centroid_brightness(data, points[on], 2.0 * _SEEN_PERIODS * spacing)
-    if level is None or not float(median(level)) > 0.0:
+    lo = float(percentile(data[::4, ::4], 0.5))
+    if level is None or not math.isfinite(lo):
         return out
-    dark = _BAR_DARK * float(median(level))
+    top = float(median(level)) - lo
+    if not top > 0.0:
+        return out
+    dark = lo + _BAR_DARK * top
+    rows, cols = data.shape
     ring = _RING_PERIODS * spacing
     sigma = max(1.0, _BLUR_PERIODS * spacing)
     reach = _BESIDE_PERIODS * spacing
-    pad = int(math.ceil(max(ring + 3.0 * sigma, reach))) + 1
+    # the blur over the ring's box only (with the kernel's reach); the off area's median over a period's
+    pad = int(math.ceil(ring + 3.0 * sigma)) + 1
+    wide = int(math.ceil(reach)) + 1
     for i in np.flatnonzero(near):
         x, y = points[i]
         c0, c1 = max(0, int(x) - pad), min(cols, int(x) + pad + 2)
         r0, r1 = max(0, int(y) - pad), min(rows, int(y) + pad + 2)
-        patch = cv2.GaussianBlur(data[r0:r1, c0:c1], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
         yy, xx = np.ogrid[r0:r1, c0:c1]
         d2 = (xx - x) ** 2 + (yy - y) ** 2
         disc, centre = d2 <= ring * ring, d2 <= seen * seen
         if not (centre.any() and positive[r0:r1, c0:c1][centre].any()):
             continue
         annulus = disc & (d2 >= (0.85 * ring) ** 2)
-        if patch[disc].min() < dark or not annulus.any():
+        if not annulus.any():
+            continue
+        patch = cv2.GaussianBlur(data[r0:r1, c0:c1], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        if patch[disc].min() < dark:
             continue
         # the film mask's off area beside it is a bar's (dark), not torn film (as bright as a hole)
-        off = ~mask[r0:r1, c0:c1] & (d2 <= reach * reach)
-        if not off.any() or not float(median(data[r0:r1, c0:c1][off])) < _OFF_DARK * float(median(level)):
+        c0, c1 = max(0, int(x) - wide), min(cols, int(x) + wide + 2)
+        r0, r1 = max(0, int(y) - wide), min(rows, int(y) + wide + 2)
+        yy, xx = np.ogrid[r0:r1, c0:c1]
+        off = ~mask[r0:r1, c0:c1] & ((xx - x) ** 2 + (yy - y) ** 2 <= reach * reach)
+        if not off.any() or not float(median(data[r0:r1, c0:c1][off])) - lo < _OFF_DARK * top:
             continue
-        out[i] = float(patch[centre].mean()) > _HOLE_CONTRAST * float(median(patch[annulus]))
+        out[i] = float(patch[centre].mean()) - lo > _HOLE_CONTRAST * (float(median(patch[annulus])) - lo)
     return out
 
 
