@@ -559,6 +559,37 @@ def test_three_blobs_beside_a_bar_are_no_lattice(unet_runs):
     assert res.holes == () and res.reason is not None
 
 
+@pytest.mark.parametrize("index, base", [(3, 13_200_000), (6, 13_300_000)])
+def test_dark_blobs_on_continuous_film_are_no_lattice(index, base):
+    # Held-out no_lattice 13205003 (continuous film) and 13305006 (a bar across it): the U-Net fires on 4-5
+    # dark contamination discs, through which a general lattice (~420-470 px) passes; they were returned with
+    # 5 and 8 false holes. Holes are brighter than their film, those blobs far darker.
+    from benchmarks.holes_sets import make_sample
+    from ptolemy_rt.models import default_models_dir
+
+    res = find_holes(make_sample("no_lattice", index, base).image, load_models(default_models_dir()), cnn=False)
+    assert res.holes == () and res.reason is not None
+
+
+def test_dark_candidates_tells_dark_blobs_from_holes():
+    from ptolemy_rt.holes import _dark_candidates
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:200, :300]
+    discs = np.zeros((200, 300), dtype=bool)
+    for cx, cy in ((60, 50), (200, 60), (120, 150)):
+        discs |= (xx - cx) ** 2 + (yy - cy) ** 2 < 20**2
+    film = rng.normal(100.0, 10.0, discs.shape).astype(np.float32)
+    dark = np.where(discs, 5.0, film).astype(np.float32)  # contamination: nearly opaque
+    bright = np.where(discs, 180.0, film).astype(np.float32)  # holes pass more than the film
+    dim = np.where(discs, 70.0, film).astype(np.float32)  # thick ice in them: dimmer, not opaque
+    assert _dark_candidates(discs, dark)
+    assert not _dark_candidates(discs, bright)
+    assert not _dark_candidates(discs, dim)
+    assert not _dark_candidates(np.zeros_like(discs), dark) and not _dark_candidates(np.ones_like(discs), dark)
+    assert not _dark_candidates(discs, dark - 150.0)  # no dose floor to judge by (z-scored data)
+
+
 def test_a_harmonic_of_the_lattice_in_hand_is_not_run(unet_runs):
     # Held-out whole square 1 (512 x 364, 12.8 px): the spectrum also reads its (1, 1) rows, 12.8 / sqrt 2 px.
     # With the 12.8 px lattice in hand (quality 0.65) that period's U-Net run (which found a superlattice of
