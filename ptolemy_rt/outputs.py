@@ -150,6 +150,21 @@ def _name_prefix(name: str, limit: int) -> str:
     return os.fsdecode(raw[:cut])
 
 
+# What _write_temp and write_set add to a target's name: '.' before, '.XXXXXXXX.tmp' after, and '.old' for a backup.
+_TEMP_ADDED = len(".") + len(".XXXXXXXX.tmp") + len(".old")
+_temp_limits: dict[str, int] = {}  # folder -> the bytes of a target's name its temporary names keep
+
+
+def _temp_prefix_limit(folder: Path) -> int:
+    """The bytes of a target's name kept in its temporary names in `folder`: 200 at most, less where the folder's
+    NAME_MAX (folder_name_max) leaves less room beside the added parts (asked once a folder)."""
+    key = str(folder)
+    limit = _temp_limits.get(key)
+    if limit is None:
+        limit = _temp_limits[key] = max(min(200, folder_name_max(folder) - _TEMP_ADDED), 1)
+    return limit
+
+
 def _write_temp(target: Path, payload: bytes) -> str:
     """Write `payload` to a new temporary file beside `target`; return its path (registered as live)."""
     try:
@@ -166,8 +181,9 @@ def _write_temp(target: Path, payload: bytes) -> str:
         # preview's '.atlas_7.mrc.jpg.5a81brl5.tmp'). remove_temporaries() passes over a name never created.
         # The name's first 200 bytes only: a legal 242-255 byte name made one over the 255-byte limit
         # (ENAMETOOLONG: exit 4 for an output that could be written), with room for write_set's '.old' beside it.
-        tmp = os.path.abspath(os.path.join(target.parent, f".{_name_prefix(target.name, 200)}."
-                                                          f"{os.urandom(4).hex()}.tmp"))
+        # Fewer where the folder takes shorter names (eCryptfs: 143), which the outputs are cut to fit.
+        prefix = _name_prefix(target.name, _temp_prefix_limit(target.parent))
+        tmp = os.path.abspath(os.path.join(target.parent, f".{prefix}.{os.urandom(4).hex()}.tmp"))
         with _lock:
             _live.add(tmp)
         try:

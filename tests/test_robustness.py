@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -1008,6 +1009,37 @@ def test_a_legal_name_near_the_limit_is_read_and_written(tmp_path, small_mrc, ca
     shutil.copy(small_mrc, batch / ("atlas" + "b" * 245 + ".mrc"))
     code, _, err = _cli(["batch", str(batch), "-o", str(tmp_path / "out"), "--workers", "1"], capsys)
     assert code == 0 and "internal" not in err, err  # its result's name is cut to fit: test_outputs_named_after...
+
+
+def test_temporary_names_fit_a_folder_of_short_names(tmp_path, monkeypatch):
+    """Review whole15 (1): the temporary names kept 200 bytes of the target's name whatever the folder took, so
+    on eCryptfs (143 bytes a name) an output of 130 bytes or more (an id cut to 143) got a temporary name over
+    the limit: ENAMETOOLONG, exit 4. They keep what the folder leaves beside '.XXXXXXXX.tmp.old'."""
+    from ptolemy_rt import outputs
+
+    monkeypatch.setattr(outputs, "name_limits", lambda folder: (143, 4095))
+    seen = []
+
+    def refusing(call):  # the file system of 143-byte names this machine does not have
+        def checked(*paths, **kwargs):
+            for path in paths[:2]:
+                if isinstance(path, (str, os.PathLike)):
+                    seen.append(os.path.basename(os.fspath(path)))
+                    if len(os.fsencode(seen[-1])) > 143:
+                        raise OSError(errno.ENAMETOOLONG, "File name too long", os.fspath(path))
+            return call(*paths, **kwargs)
+        return checked
+
+    for name in ("open", "link", "replace"):
+        monkeypatch.setattr(outputs.os, name, refusing(getattr(os, name)))
+    folder = tmp_path / "short"
+    big = folder / ("r" * 130 + ".json")  # 135 bytes
+    assert len(os.fsencode(big.name)) == 135
+    atomic_write(big, "x")
+    atomic_write(big, "y")
+    write_set([(big, "z"), (folder / "o.json", "{}")])  # with a backup '.NAME.XXXXXXXX.tmp.old' of each
+    assert big.read_text() == "z" and sorted(p.name for p in folder.iterdir()) == sorted([big.name, "o.json"])
+    assert any(n.endswith(".tmp.old") and len(os.fsencode(n)) == 143 for n in seen), seen
 
 
 def test_outputs_named_after_an_input_near_the_name_limit_are_cut_to_fit(tmp_path, small_mrc, capsys, monkeypatch):
