@@ -259,12 +259,9 @@ def zlib_error():
 def _montage_mdoc(path: str | os.PathLike) -> tuple[Path, Any] | None:
     """The SerialEM `.mdoc` with piece coordinates that makes `path` a montage stack, and its parse (PATH.mdoc, else the
     name with .mdoc for its suffix), or None. A montage .mdoc that cannot be parsed is a CorruptFileError."""
-    from .smallfiles import is_regular
+    from .smallfiles import mdocs_beside
 
-    p = Path(path)
-    for cand in (p.with_name(p.name + ".mdoc"), p.with_suffix(".mdoc")):
-        if cand == p or not is_regular(cand):
-            continue
+    for cand in mdocs_beside(Path(path)):
         from .montage import read_mdoc  # a .mdoc over smallfiles.MAX_SIDECAR_BYTES: CorruptFileError, unread
 
         md = read_mdoc(cand)

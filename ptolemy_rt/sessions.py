@@ -48,7 +48,7 @@ from typing import Any
 
 from .errors import InputError
 from .outputs import NAME_MAX
-from .smallfiles import is_regular
+from .smallfiles import is_regular, mdocs_beside
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -373,6 +373,8 @@ def _sections_in(path: Path, montage: bool) -> int | dict[int, int] | None:
         # a header claiming 1000 sections of a 3-section file made 1000 items: the others go to the left-out note
         held = min(nz, max(0, size - 1024 - nsymbt) // (nx * ny * MRC_ITEMSIZE[mode]))
         if montage:
+            if not mdocs_beside(path):  # none to read: no need of io, which loads numpy (an atlas is a montage)
+                return None
             from .io import _montage_mdoc
 
             found = _montage_mdoc(path)
@@ -448,14 +450,12 @@ def _kind_of(path: Path, section: int | None, mdocs: dict[Path, Any]) -> tuple[s
         return None, "epu", "an EPU hole or exposure image (not targeted)"
     # What the session wrote beside the image, or Leginon's own rawdata/ folder, before a folder named 'atlas'
     # further up (a SerialEM or Leginon session kept in one: its grid-square maps and hole images were atlases)
-    # SerialEM writes NAME.mrc.mdoc; a map converted or renamed elsewhere often keeps NAME.mdoc
-    for mdoc in (path.with_name(path.name + ".mdoc"), path.with_suffix(".mdoc")):
-        if mdoc != path and is_regular(mdoc):
-            if mdoc not in mdocs:
-                mdocs[mdoc] = _mdoc_keys(mdoc)
-            meta = _mdoc_for(mdocs[mdoc], section)
-            if "Magnification" in meta:
-                return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
+    for mdoc in mdocs_beside(path):
+        if mdoc not in mdocs:
+            mdocs[mdoc] = _mdoc_keys(mdoc)
+        meta = _mdoc_for(mdocs[mdoc], section)
+        if "Magnification" in meta:
+            return ("squares" if meta["Magnification"] <= LOW_MAG_MAX else "holes"), "serialem", None
     match = _LEGINON.search(stem)
     label = match.group(1).lower() if match else None
     if label is not None and "rawdata" in parts:

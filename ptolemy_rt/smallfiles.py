@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .errors import InputError, PtolemyError
 
-__all__ = ["MAX_SIDECAR_BYTES", "is_regular", "not_regular", "open_regular", "read_small", "text_of", "unicode_bom"]
+__all__ = ["MAX_SIDECAR_BYTES", "is_regular", "mdocs_beside", "not_regular", "open_regular", "read_small", "text_of",
+           "unicode_bom"]
 
 # The text files beside an image (EPU's .xml, 10-100 kB; SerialEM's .mdoc, a few kB per section, montages
 # included): anything far larger is not one. Read at call time, so that a test may lower it in one place.
@@ -35,6 +36,12 @@ def is_regular(path: str | os.PathLike) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):  # ValueError: a NUL in a name from a navigator file
         return False
+
+
+def mdocs_beside(path: Path) -> list[Path]:
+    """The SerialEM .mdoc files beside `path` that are regular files: NAME.mrc.mdoc, which SerialEM writes, then
+    NAME.mdoc, which a map converted or renamed elsewhere often keeps."""
+    return [m for m in (path.with_name(path.name + ".mdoc"), path.with_suffix(".mdoc")) if m != path and is_regular(m)]
 
 
 def open_regular(path: str | os.PathLike, what: str | None = None,

@@ -1796,11 +1796,11 @@ def test_a_pattern_s_matches_are_glob_s_on_small_trees(tree, before, after, trai
             os.chdir(cwd)
 
 
-@pytest.mark.parametrize("layout", ["epu", "nav-stack"])
+@pytest.mark.parametrize("layout", ["epu", "nav-stack", "nav-montage"])
 def test_the_batch_process_loads_no_numpy(tmp_path, layout):
     """The batch process runs no image beside its workers: parsing, discovery (a SerialEM stack's MRC header
-    included), the model set's check, the kinds' tasks, its writing and the report load no numpy (60-100 ms of CPU
-    it took from the workers)."""
+    included, and a montage stack's search for its .mdoc: review whole15), the model set's check, the kinds'
+    tasks, its writing and the report load no numpy (60-100 ms of CPU it took from the workers)."""
     if layout == "epu":
         make_epu_session(tmp_path / "in", n_squares=1, per_square=1, seed=3, medmag_shape=(512, 720))
         target = tmp_path / "in"
@@ -1812,7 +1812,13 @@ def test_the_batch_process_loads_no_numpy(tmp_path, layout):
             m.set_data(np.random.default_rng(0).normal(100, 10, (3, 256, 256)).astype(np.float32))
         target = tmp_path / "in" / "s.nav"
         target.write_text("AdocVersion = 2.00\n\n" + "".join(
-            f"[Item = {z}]\nType = 2\nMapFile = MMM.mrc\nMapSection = {z}\n\n" for z in range(3)))
+            f"[Item = {z}]\nType = 2\nMapFile = MMM.mrc\nMapSection = {z}\n"
+            + ("MapMontage = 1\n" if layout == "nav-montage" else "") + "\n" for z in range(3)))
+        if layout == "nav-montage":  # no .mdoc beside it: one image; and a second map, to run a pool
+            with mrcfile.new(tmp_path / "in" / "LMM.mrc") as m:
+                m.set_data(np.random.default_rng(1).normal(100, 10, (256, 256)).astype(np.float32))
+            with open(target, "a") as fh:
+                fh.write("[Item = 9]\nType = 2\nMapFile = LMM.mrc\nMapSection = 0\n\n")
     code = ("import json, sys; from ptolemy_rt.cli import main; "
             f"code = main(['batch', {str(target)!r}, '-o', {str(tmp_path / 'out')!r}, '--kind', 'holes', "
             "'--workers', '2', '--threads', '1', '--no-progress']); "
