@@ -37,7 +37,7 @@ from .errors import (
     UnsupportedFormatError,
     size_text,
 )
-from .mrcdims import MRC_ITEMSIZE, MRC_SUFFIXES  # io's names too (numpy-free, for sessions' stack headers)
+from .mrcdims import MRC_ITEMSIZE, MRC_SUFFIXES, mrc_byte_order  # numpy-free (sessions reads stack headers)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -144,16 +144,8 @@ def _mrc_header(head: bytes, name: str) -> np.recarray:
 
     if len(head) < HEADER_DTYPE.itemsize:
         raise CorruptFileError(f"{name}: too short for an MRC header ({len(head)} of 1024 bytes)")
-    header = np.frombuffer(head[: HEADER_DTYPE.itemsize], dtype=HEADER_DTYPE).reshape(()).view(np.recarray)
-    machst = bytes(header.machst)
-    order = ">" if machst[:2] == b"\x11\x11" else "<"
-    header = header.view(header.dtype.newbyteorder(order)).view(np.recarray)
-    if int(header.mode) not in MRC_ITEMSIZE:
-        # Some writers get the machine stamp wrong; the mode word tells the byte order apart.
-        swapped = header.view(header.dtype.newbyteorder()).view(np.recarray)
-        if int(swapped.mode) in MRC_ITEMSIZE:
-            header = swapped
-    return header
+    header = np.frombuffer(head[: HEADER_DTYPE.itemsize], dtype=HEADER_DTYPE).reshape(())
+    return header.view(header.dtype.newbyteorder(mrc_byte_order(head))).view(np.recarray)
 
 
 # An MRC extended header's size at most: FEI's and SerialEM's hold under 1 kB a section (FEI1: 128 bytes, for
