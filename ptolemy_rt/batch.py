@@ -47,8 +47,6 @@ MARKS = "\0hole-marks"
 # The most bytes of hole marks the batch process keeps for its report (2M holes); the results of images whose
 # marks no longer fit under it are read from their files.
 _MAX_MARKS_BYTES = 64 << 20
-# The model tasks each kind's pipeline runs (sessions a worker creates at its start).
-_TASKS_OF = {"squares": ("square_cnn",), "holes": ("hole_unet", "hole_cnn")}
 
 
 def _exit_internal() -> int:
@@ -110,6 +108,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _kinds(kinds: Iterable[str | None]) -> tuple[str, ...]:
+    """The distinct kinds among `kinds` that a pipeline runs, sorted (None and unknown ones left out)."""
+    return tuple(sorted({k for k in kinds if k in KINDS}))
+
+
 class BatchConfig:
     """What every task needs (picklable, sent to each worker once per task)."""
 
@@ -128,17 +131,17 @@ class BatchConfig:
         self.debug = debug
         self.calibrations = dict(calibrations or {})  # kind -> calibration.Calibration
         # The kinds of image the batch holds (None: any): a worker starts the sessions of those only.
-        self.kinds = None if kinds is None else tuple(sorted({k for k in kinds if k in KINDS}))
+        self.kinds = None if kinds is None else _kinds(kinds)
         # send report.hole_marks under MARKS with the files (run_batch, which takes them out, when it writes a
         # report); off by default, so a library caller writing every entry of process_one's files gets files only
         self.marks = marks
 
     def tasks(self) -> tuple[str, ...]:
         """The model tasks this batch's images run (a holes-only batch never runs the square CNN)."""
-        from .manifest import TASKS
+        from .manifest import TASKS, TASKS_OF_KIND
 
         kinds = KINDS if self.kinds is None else self.kinds
-        return tuple(t for t in TASKS if any(t in _TASKS_OF[k] for k in kinds))
+        return tuple(t for t in TASKS if any(t in TASKS_OF_KIND[k] for k in kinds))
 
     def key(self, kind: str | None) -> str:
         """What makes two runs' results interchangeable for --resume (threads only change timings)."""
@@ -923,8 +926,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         threads = threads or 1
     elif threads is None:
         threads = max(1, cores // n_workers)
-    config = BatchConfig(models, provider, threads, section, debug, calibration_by_kind,
-                         kinds=[item.kind for item in items], marks=report)
+    # kinds: set below from the images still to run (key(), which --resume compares, does not depend on them)
+    config = BatchConfig(models, provider, threads, section, debug, calibration_by_kind, marks=report)
     for note in notes:
         print(f"ptolemy-rt batch: {note}", file=sys.stderr)
 
@@ -936,6 +939,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
             rows[item.id] = earlier
         else:
             todo.append(item)
+    # the sessions a worker starts: a --resume with holes only left starts no square CNN
+    config.kinds = _kinds(item.kind for item in todo)
     by_id = {item.id: item for item in items}
     bar = Progress(len(items), len(rows), enabled=progress and sys.stderr.isatty())
     interrupted = False

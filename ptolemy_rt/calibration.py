@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .manifest import TASKS_OF_KIND
 
 __all__ = [
     "CALIBRATION_FORMAT",
@@ -40,8 +41,8 @@ __all__ = [
 
 CALIBRATION_FORMAT = "ptolemy-rt-calibration"
 VERSION = 1
-KINDS = ("squares", "holes")
-# The graph whose output each score is: a calibration is bound to that graph's bytes (sha256).
+KINDS = tuple(TASKS_OF_KIND)  # squares, holes
+# The graph whose output each score is (one of its kind's, TASKS_OF_KIND): a calibration is bound to its bytes.
 SCORE_TASKS = {("squares", "score"): ("square_cnn",), ("holes", "cnn"): ("hole_cnn",),
                ("holes", "unet"): ("hole_unet",)}
 

@@ -84,15 +84,16 @@ def validate_models(finder: str, models: str | None, provider: str, args=None, c
     """Load the model set and open every graph the finder will run (ModelError, exit 3, when one fails); check
     the calibration file against it (CalibrationError, exit 2)."""
     from .errors import ModelError
+    from .manifest import TASKS_OF_KIND
     from .models import load_models
 
     model_set = load_models(models, provider=provider)  # manifest.check_model_directory: exit 3 for no directory
+    tasks = list(TASKS_OF_KIND[finder])
     if finder == "squares":
-        tasks = [] if args is not None and getattr(args, "no_score", False) else ["square_cnn"]
-    else:
+        tasks = [] if args is not None and getattr(args, "no_score", False) else tasks
+    elif (getattr(args, "score", None) if args is not None else None) == "unet":
         # The script runs with --compat ptolemy, which ranks holes by the hole CNN unless --score unet.
-        score = getattr(args, "score", None) if args is not None else None
-        tasks = ["hole_unet"] + ([] if score == "unet" else ["hole_cnn"])
+        tasks.remove("hole_cnn")
     for task in tasks:
         if not model_set.has(task):
             raise ModelError(f"{model_set.directory}: the model set has no '{task}' model, which "

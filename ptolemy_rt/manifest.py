@@ -21,6 +21,7 @@ from .errors import ModelError
 
 __all__ = [
     "TASKS",
+    "TASKS_OF_KIND",
     "BN_MODES",
     "HOLE_SCORES",
     "FORMAT",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 TASKS = ("square_cnn", "hole_unet", "hole_cnn")
+# The tasks each kind of image's pipeline may run, in TASKS' order: the sessions a batch worker starts for its
+# images, the graphs `leginon`'s finders need, the graphs a kind's calibrations may be bound to.
+TASKS_OF_KIND = {"squares": ("square_cnn",), "holes": ("hole_unet", "hole_cnn")}
 # How a graph's BatchNorm layers normalise. "batch": with the statistics of the batch it is given (the
 # original never called eval()), so crops must be batched as the original batched them. A manifest that
 # does not say is taken as "batch": wrong for a batch-independent graph costs speed, the reverse costs scores.

@@ -1091,6 +1091,31 @@ def test_cli_batch_small_session_resume_and_failures(small_session, tmp_path, ca
     assert (out / "summary.json").read_bytes() == first_json
 
 
+def test_a_resume_starts_the_sessions_of_the_images_left_only(small_session, tmp_path, monkeypatch):
+    """Review whole15 (6): the sessions a worker starts came from every image found, so a --resume whose images
+    left were holes only still started the square CNN; they come from the images still to run."""
+    from ptolemy_rt import batch
+
+    out = tmp_path / "o"
+    assert run_batch([str(small_session)], out, workers=1, threads=1, report=False, progress=False) == 0
+    rows = json.loads((out / "summary.json").read_text())["images"]
+    hole = next(row["id"] for row in rows if row["kind"] == "holes")
+    (out / "results" / f"{hole}.json").unlink()
+    started = []
+    run = batch._in_process
+
+    def recording(todo, config, *args):
+        started.append(([item.id for item in todo], config.tasks()))
+        return run(todo, config, *args)
+
+    monkeypatch.setattr(batch, "_in_process", recording)
+    assert run_batch([str(small_session)], out, workers=1, threads=1, report=False, progress=False,
+                     resume=True) == 0
+    assert started == [([hole], ("hole_unet", "hole_cnn"))]
+    again = json.loads((out / "summary.json").read_text())["images"]
+    assert [(r["id"], r["count"]) for r in again] == [(r["id"], r["count"]) for r in rows]
+
+
 @pytest.mark.slow  # seconds each; CI runs the slow suite
 @pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)])
 def test_sigterm_stops_with_130_and_resume_finishes(small_session, tmp_path, signum):

@@ -23,6 +23,7 @@ from ptolemy_rt.calibration import (
     read_original_targets,
 )
 from ptolemy_rt.cli import main
+from ptolemy_rt.manifest import TASKS_OF_KIND
 from ptolemy_rt.results import Hole, HoleResult, ImageInfo
 
 from .conftest import examples, need, reference_root
@@ -353,3 +354,13 @@ def test_calibration_and_targets_saved_with_a_byte_order_mark_are_read(tmp_path)
     path.write_bytes(b"\xff\xfe" + b"[\x00\xd8")  # UTF-16 cut in a surrogate
     with pytest.raises(CalibrationError, match="cal.json"):
         read_calibration(path)
+
+
+def test_each_score_comes_from_a_graph_of_its_kind():
+    """One table of the tasks each kind runs (manifest.TASKS_OF_KIND, review whole15): a calibration's graph is
+    one of them, and batch, leginon and calibration know the same kinds."""
+    from ptolemy_rt import batch, calibration
+
+    assert calibration.KINDS == batch.KINDS == tuple(TASKS_OF_KIND) == ("squares", "holes")
+    for (kind, _), tasks in calibration.SCORE_TASKS.items():
+        assert set(tasks) <= set(TASKS_OF_KIND[kind]), (kind, tasks)
