@@ -377,7 +377,6 @@ def assemble(
     name: str = "<montage>",
     pixel_size_A: float | None = None,
     extent: tuple[int, int] | None = None,
-    _pile_checked: bool = False,
 ) -> Montage:
     """Paste tiles (same shape) at integer top-left positions (x, y) into one float32 montage.
 
@@ -385,8 +384,7 @@ def assemble(
     their neighbourhood (they stay False in `coverage`). extent: (rows, cols) of the montage, the positions
     then taken as they are (a tile reaching past it is clipped); default: the tiles' bounding box, positions
     shifted to start at 0. Refuses (TooLargeError) a montage over `max_pixels` before allocating it, and with
-    `flatten` (CorruptFileError) tiles piled on each other, as read_montage refuses a .mdoc that piles them
-    (_pile_checked: read_montage's call, whose positions it checked already)."""
+    `flatten` (CorruptFileError) tiles piled on each other, as read_montage refuses a .mdoc that piles them."""
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
     n = len(pos)
     if n == 0 or len(tiles) != n:
@@ -404,7 +402,7 @@ def assemble(
     if flatten and n > MAX_PIECES:  # the gains' normal equations are pieces^2 doubles
         raise TooLargeError(f"{name}: {n} montage pieces, more than the {MAX_PIECES} whose gains are solved "
                             "(flatten=False pastes them as they are)")
-    if flatten and not _pile_checked:  # tile_gains lists every overlapping pair: seconds and gigabytes for a pile
+    if flatten:  # tile_gains lists every overlapping pair: seconds and gigabytes for a pile
         _check_pile(ipos, shape, name)
     gains = tile_gains(tiles, ipos) if flatten else np.ones(n)
     out = np.zeros((h, w), dtype=np.float32)
@@ -564,9 +562,10 @@ def read_montage(
             pixel = v if math.isfinite(v) and v > 1.0 else None
     if any(not np.isfinite(t).all() for t in tiles):
         raise CorruptFileError(f"{name}: a montage piece holds NaN or infinite values")
-    # (read_montage's own _check_pile saw these positions, as integers, before the pieces were read)
+    # assemble checks the pile again, as read_montage did before the pieces were read: the same positions, the
+    # same verdict, in milliseconds (28 ms for 1024 pieces) beside reading and pasting them
     return assemble(tiles, pos, flatten=flatten, max_pixels=max_pixels, name=name, pixel_size_A=pixel,
-                    extent=(h, w), _pile_checked=True)
+                    extent=(h, w))
 
 
 # --------------------------------------------------------------------------------------------------- seams

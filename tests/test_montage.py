@@ -818,10 +818,10 @@ def test_assemble_refuses_piled_tiles_as_read_montage_does(monkeypatch):
     assert assemble(tiles, grid).image.shape == (40, 52)
 
 
-def test_read_montage_counts_the_overlaps_once(tmp_path, monkeypatch):
-    """Review of robust15 (N3): read_montage(flatten=True) counted the pieces' overlaps twice, its own _check_pile
-    before the pieces were read and assemble's after; assemble is told its positions were checked. The image is
-    the same; assemble() called by itself still checks."""
+def test_read_montage_checks_the_pile_before_reading_the_pieces(tmp_path, monkeypatch):
+    """read_montage(flatten=True) checks the pieces' overlaps before the pieces are read (review of robust15, N3),
+    and assemble checks them again (a private flag that skipped it saved milliseconds: review whole15). The image is
+    the same; assemble() called by itself checks too."""
     from ptolemy_rt import montage
 
     rng = np.random.default_rng(8)
@@ -832,8 +832,8 @@ def test_read_montage_counts_the_overlaps_once(tmp_path, monkeypatch):
     check = montage._check_pile
     monkeypatch.setattr(montage, "_check_pile", lambda *a: checks.append(a[2]) or check(*a))
     image = montage.read_montage(path).image
-    assert checks == [f"{path}.mdoc"]
-    assert np.array_equal(montage.assemble(tiles, np.array(grid), name="g").image, image) and checks[1:] == ["g"]
+    assert checks == [f"{path}.mdoc", str(path)]
+    assert np.array_equal(montage.assemble(tiles, np.array(grid), name="g").image, image) and checks[2:] == ["g"]
 
 
 def test_a_section_given_for_two_pieces_is_refused_naming_the_mdoc(tmp_path):
