@@ -164,9 +164,8 @@ _MARKED = ("x", "y", "area", "score")
 
 def hole_marks(record: dict) -> bytes | None:
     """What the report reads of a holes result, from the record its JSON file holds (results' to_dict): each
-    target's x, y, area and score packed as float64s (NaN for none), b"" where the report would find the file
-    unsound (sound_result: no targets drawn); None where a value is no plain float (the report then reads the
-    file).
+    target's x, y, area and score packed as float64s (NaN for none); None where the report would find the file
+    unsound (sound_result) or a value is no plain float: the report then reads the file.
 
     A batch sends this beside each image's files, so that its report, written after the last image while the
     workers are gone, need not read and parse every result again: reading, json.loads and sound_result took
@@ -174,8 +173,8 @@ def hole_marks(record: dict) -> bytes | None:
     set; unpacking the marks 0.12 ms). 32 bytes a hole."""
     from array import array
 
-    if not sound_result(record):
-        return b""
+    if not sound_result(record):  # almost never, for a result just written: _load finds it so and draws none
+        return None
     flat: list[float] = []
     nan = math.nan
     for t in record.get("targets", []):
