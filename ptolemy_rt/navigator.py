@@ -554,11 +554,12 @@ def _insert_xml_items(text: str, items: Sequence[NavItem], newline: str, name: s
 
 
 def default_nav_output(nav_path: str | os.PathLike) -> Path:
-    """Where write_targets_to_nav puts its copy by default: NAME_ptolemy.nav beside NAME.nav."""
-    from .outputs import fitting_name
+    """Where write_targets_to_nav puts its copy by default: NAME_ptolemy.nav beside NAME.nav (cut to the bytes a
+    name takes there, outputs.folder_name_max)."""
+    from .outputs import fitting_name, folder_name_max
 
     p = Path(nav_path)
-    return p.with_name(fitting_name(f"{p.stem}_ptolemy", p.suffix or ".nav"))
+    return p.with_name(fitting_name(f"{p.stem}_ptolemy", p.suffix or ".nav", folder_name_max(p.parent)))
 
 
 def _notes(result: Any) -> list[str]:

@@ -1079,6 +1079,8 @@ def test_outputs_named_after_an_input_near_the_name_limit_are_cut_to_fit(tmp_pat
     # Review of robust15 (R3): a batch's ids were cut at 255 bytes whatever the file system; they are cut to the
     # output folder's NAME_MAX, asked as `-o DIR/` asks it (one helper), and a name that fits keeps its id (resume).
     monkeypatch.setattr(outputs, "name_limits", lambda folder: (100, 4095))  # a file system of 100-byte names
+    # the .nav beside the .nav too (review whole15: it was cut at 255 bytes whatever the folder took)
+    assert default_nav_output(tmp_path / ("n" * 95 + ".nav")).name == fitting_name("n" * 95 + "_ptolemy", ".nav", 100)
     code, _, err = _cli(["squares", str(image), "--no-score", "-o", f"{tmp_path}/small/"], capsys)
     assert code == 0 and [p.name for p in (tmp_path / "small").iterdir()] == [fitting_name("a" * 251, ".json", 100)]
     shutil.copy(small_mrc, tmp_path / "in" / "short.mrc")
