@@ -306,31 +306,29 @@ def _is_dir_target(value: str) -> bool:
     return Path(value).is_dir() or value.endswith(("/", os.sep))
 
 
-def _output_paths(args: argparse.Namespace) -> list[Path | None]:
-    """Where each image's result goes: stdout (None), the -o file, or a file in the -o directory."""
+def _per_image_paths(images: list, value: str | None, suffix: str) -> list[Path | None]:
+    """Where each image's file of an option given `value` goes: none (None, not given), the one file named, or
+    IMAGE-STEM + `suffix` in the folder named (cut to the bytes a name takes there)."""
     from .outputs import fitting_name, folder_name_max
 
-    n = len(args.images)
-    if args.output is None:
+    n = len(images)
+    if not value:
         return [None] * n
-    out = Path(args.output)
-    if n == 1 and not _is_dir_target(args.output):
+    out = Path(value)
+    if n == 1 and not _is_dir_target(value):
         return [out]
-    limit = folder_name_max(args.output)
-    return [out / fitting_name(Path(img).stem, SUFFIX[args.format], limit) for img in args.images]
+    limit = folder_name_max(value)
+    return [out / fitting_name(Path(img).stem, suffix, limit) for img in images]
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path | None]:
+    """Where each image's result goes: stdout (None), the -o file, or a file in the -o directory."""
+    return _per_image_paths(args.images, args.output, SUFFIX[args.format])
 
 
 def _overlay_paths(args: argparse.Namespace) -> list[Path | None]:
-    from .outputs import fitting_name, folder_name_max
-
-    n = len(args.images)
-    if not args.overlay:
-        return [None] * n
-    out = Path(args.overlay)
-    if n == 1 and not _is_dir_target(args.overlay):
-        return [out]
-    limit = folder_name_max(args.overlay)
-    return [out / fitting_name(Path(img).stem, ".png", limit) for img in args.images]
+    """Where each image's --overlay goes: none, the file named, or a .png in the folder named."""
+    return _per_image_paths(args.images, args.overlay, ".png")
 
 
 def _check_destinations(args: argparse.Namespace, outputs: list, overlays: list) -> None:
