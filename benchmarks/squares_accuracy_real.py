@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         import json
 
+        from benchmarks.accuracy import auc  # of ok squares by CNN score on one atlas (None: one class absent)
+
         args.json.write_text(json.dumps([{
             "name": r["case"].name, "seed": r["case"].seed, "digest": r["digest"], "recall": r["base"]["recall"],
             "precision": r["base"]["precision"], "n_pred": r["base"]["n_pred"], "tp": r["base"]["tp"],
@@ -406,16 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             "category": r["case"].category, "class_ok": r["base"]["class_ok"], "class_n": r["base"]["class_n"],
             "n_edge": r["base"]["n_edge"], "tp_t": r["base"]["tp_t"], "n_pred_t": r["base"]["n_pred_t"],
             "centre_err": r["base"]["centre_err"],
-            "auc": _auc(*r["base"]["rank"]) if "rank" in r["base"] else None,
+            "auc": auc(*r["base"]["rank"]) if "rank" in r["base"] else None,
         } for r in rows], indent=1))
     return 0
-
-
-def _auc(scores: np.ndarray, ok: np.ndarray) -> float | None:
-    """AUC of ok squares by CNN score on one atlas (None where one class is absent)."""
-    from benchmarks.accuracy import auc
-
-    return auc(scores, ok)
 
 
 def _auc_cell(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:

@@ -638,11 +638,11 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
     skip = _real(Path(exclude)) if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []
-    excluded = 0
+    excluded: set[Path] = set()  # a file named twice (`batch . "./**/*.mrc" -o .`) is left out once
     for f in files:
         r = _real(f)
         if skip is not None and r.is_relative_to(skip):
-            excluded += 1
+            excluded.add(r)
             continue
         if r not in seen:
             seen.add(r)
@@ -654,7 +654,7 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
         why += "".join(f" ({path}: a navigator naming no map file, MapFile)" for path, read in navs.items()
                        if not read.maps)
         if excluded:  # `batch . -o .` said "no images found in ." alone
-            why += f" (left out {excluded}: below the output folder {exclude}, which holds no inputs)"
+            why += f" (left out {len(excluded)}: below the output folder {exclude}, which holds no inputs)"
         raise InputError("no images found in " + ", ".join(str(p) for p in paths) + why)
     root = Path(os.path.commonpath([str(p.parent) for p in unique]))
     items: list[Item] = []

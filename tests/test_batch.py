@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -98,8 +99,13 @@ def test_epu_layout_kinds_ids_and_left_out(tmp_path):
     assert [i.id for i in discover([str(root)], exclude=root / "out")[0]] == [i.id for i in items]
     # Every image below the output folder (`batch . -o .`): said, not "no images found in ." alone (robust15).
     with pytest.raises(InputError, match=r"no images found in .*session \(left out \d+: below the output folder "
-                                         r".*session, which holds no inputs\)"):
+                                         r".*session, which holds no inputs\)") as once:
         discover([str(root)], exclude=root)
+    # A file named twice is counted once (review whole15: "left out 2N" for N files)
+    with pytest.raises(InputError, match=r"\(left out \d+: below") as twice:
+        discover([str(root), str(root)], exclude=root)
+    count = re.compile(r"left out (\d+): below")
+    assert count.search(str(twice.value))[1] == count.search(str(once.value))[1] != "0"
     # --kind overrides the detected kind but does not turn tiles or exposures into targets.
     forced, _ = discover([str(root)], kind="holes", exclude=root / "out")
     assert [i.kind for i in forced] == ["holes", "holes"]
