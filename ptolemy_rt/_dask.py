@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 from distributed import Client, WorkerPlugin, as_completed
 
-from .batch import BatchConfig, UsageError, init_worker, process_one
+from .batch import BatchConfig, Done, UsageError, _process, init_worker
 from .sessions import Item
 
 __all__ = ["ModelPlugin", "dask_results"]
@@ -26,15 +26,15 @@ class ModelPlugin(WorkerPlugin):
 
 
 def dask_results(items: list[Item], config: BatchConfig, address: str,
-                 failed: Callable[[Item, BaseException], tuple[dict, dict]]) -> Iterator[tuple[dict, dict]]:
-    """Submit one task per image to the scheduler at `address`; yield (row, files) as tasks finish."""
+                 failed: Callable[[Item, BaseException], Done]) -> Iterator[Done]:
+    """Submit one task per image to the scheduler at `address`; yield (row, files, marks) as tasks finish."""
     try:
         client = Client(address, timeout="10s")
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
     try:
         client.register_plugin(ModelPlugin(config))
-        futures = {client.submit(process_one, item, config, pure=False): item for item in items}
+        futures = {client.submit(_process, item, config, pure=False): item for item in items}
         for future in as_completed(futures):
             try:
                 yield future.result()

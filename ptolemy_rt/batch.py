@@ -42,8 +42,6 @@ PREVIEW_SIDE = 1024
 SUMMARY_FIELDS = ("id", "input", "kind", "status", "exit_code", "count", "best_score", "spacing_px", "spacing_A",
                   "pixel_size_A", "angle_deg", "rows", "cols", "atlas_square", "seconds", "reason", "error", "sha256")
 _STATE_VERSION = 1
-# The key of process_one's `files` under which a holes image's report.hole_marks travel (no file's name).
-MARKS = "\0hole-marks"
 # The most bytes of hole marks the batch process keeps for its report (2M holes); the results of images whose
 # marks no longer fit under it are read from their files.
 _MAX_MARKS_BYTES = 64 << 20
@@ -132,8 +130,7 @@ class BatchConfig:
         self.calibrations = dict(calibrations or {})  # kind -> calibration.Calibration
         # The kinds of image the batch holds (None: any): a worker starts the sessions of those only.
         self.kinds = None if kinds is None else _kinds(kinds)
-        # send report.hole_marks under MARKS with the files (run_batch, which takes them out, when it writes a
-        # report); off by default, so a library caller writing every entry of process_one's files gets files only
+        # compute each holes image's report.hole_marks in the workers (_process), for the report run_batch writes
         self.marks = marks
 
     def tasks(self) -> tuple[str, ...]:
@@ -398,9 +395,17 @@ def _base_row(item: Item) -> dict[str, Any]:
 
 
 def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Run one image through its pipeline; return its summary row and the files to write (never raises); with
-    config.marks, a holes image's report.hole_marks go with the files under MARKS (for the batch's report, not a
-    file: take it out before writing)."""
+    """Run one image through its pipeline; return its summary row and the files to write (never raises)."""
+    row, files, _ = _process(item, config)
+    return row, files
+
+
+Done = tuple[dict[str, Any], dict[str, bytes], bytes | None]  # an image's row, files and hole marks
+
+
+def _process(item: Item, config: BatchConfig) -> Done:
+    """process_one's row and files, and with config.marks a holes image's report.hole_marks (else None): what a
+    batch's workers send back, the marks for its report (not a file)."""
     import ptolemy_rt
 
     from .holesize import with_hole_diameter
@@ -412,6 +417,7 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
     start = time.perf_counter()
     row = _base_row(item)
     files: dict[str, bytes] = {}
+    marks: bytes | None = None
     try:
         if item.kind not in KINDS:
             raise UsageError(f"{item.path}: cannot tell an atlas from a grid-square image here; "
@@ -441,7 +447,6 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
         record = result.to_dict()
         text = json_text(record)  # format_result(result, "json"), the record kept for hole_marks
         preview = _preview_jpeg(image.data)
-        marks = None
         if item.kind == "holes" and config.marks:
             from .report import hole_marks
 
@@ -457,8 +462,6 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
                    pixel_size_A=_num(pixel), angle_deg=_num(result.angle_deg), rows=image.shape[0],
                    cols=image.shape[1], reason=result.reason)
         files = {f"results/{item.id}.json": text.encode("utf-8"), f"images/{item.id}.jpg": preview}
-        if marks is not None:
-            files[MARKS] = marks  # for the report, not a file (run_batch takes it out)
     except PtolemyError as exc:
         row.update(exit_code=exc.exit_code, error=str(exc))
     except MemoryError:
@@ -468,30 +471,30 @@ def process_one(item: Item, config: BatchConfig) -> tuple[dict[str, Any], dict[s
         row.update(exit_code=_exit_internal(), error=one_line(f"{item.path}: internal error: {type(exc).__name__}: "
                                                               f"{exc}") + (f"\n{detail}" if detail else ""))
     row["seconds"] = round(time.perf_counter() - start, 4)
-    return row, files
+    return row, files, marks if files else None  # none beside an error row (a step after the marks raised)
 
 
 # ----------------------------------------------------------------------------------------------- executors
 
 
-def _failed(item: Item, exc: BaseException) -> tuple[dict[str, Any], dict[str, bytes]]:
+def _failed(item: Item, exc: BaseException) -> Done:
     row = _base_row(item)
     row.update(exit_code=_exit_internal(), error=f"{item.path}: worker failed: {type(exc).__name__}: {exc} "
                "(crash or out of memory; rerun with --resume)")
-    return row, {}
+    return row, {}, None
 
 
-def _in_process(items: list[Item], config: BatchConfig, command_line: bool = False) -> Iterator[tuple[dict, dict]]:
+def _in_process(items: list[Item], config: BatchConfig, command_line: bool = False) -> Iterator[Done]:
     if command_line:  # the command's own process, whose numpy the command line left alone (cli: no numpy there)
         from .warning_lines import quiet_numerics
 
         quiet_numerics()
     init_worker(config, ignore_sigint=False, own_process=False)
     for item in items:
-        yield process_one(item, config)
+        yield _process(item, config)
 
 
-def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[tuple[dict, dict]]:
+def _pool(items: list[Item], config: BatchConfig, workers: int) -> Iterator[Done]:
     """The images' results from a pool of `workers` processes.
 
     A worker that dies (killed for memory, a crash) breaks the pool and every image not yet done with it: one
@@ -538,7 +541,7 @@ def _pool_round(items: list[Item], config: BatchConfig, workers: int):
         while todo or flight:
             while todo and len(flight) <= workers and broken is None:
                 try:
-                    flight[executor.submit(process_one, todo[-1], config)] = todo[-1]
+                    flight[executor.submit(_process, todo[-1], config)] = todo[-1]
                 except BrokenProcessPool as exc:
                     broken = exc
                     break
@@ -595,7 +598,7 @@ def _start_resource_tracker() -> None:
         signal.signal(HANGUP, previous)
 
 
-def _dask(items: list[Item], config: BatchConfig, address: str) -> Iterator[tuple[dict, dict]]:
+def _dask(items: list[Item], config: BatchConfig, address: str) -> Iterator[Done]:
     try:
         from ._dask import dask_results
     except ImportError as exc:
@@ -952,7 +955,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     for sig in caught:
         signal.signal(sig, _raise_interrupt)
     started = time.perf_counter()
-    results: Iterator[tuple[dict, dict]] = iter(())
+    results: Iterator[Done] = iter(())
     marks: dict[str, bytes] = {}  # report.hole_marks of this run's holes images
     marks_bytes = 0
     try:
@@ -962,9 +965,8 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
             results = _in_process(todo, config, command_line)
         else:
             results = _pool(todo, config, min(n_workers, len(todo)))
-        for row, files in results:
+        for row, files, packed in results:
             item = by_id[row["id"]]
-            packed = files.pop(MARKS, None)
             _write_outputs(out, item, config, row, files)
             # marks of an image whose files could not be written (an error row) would only use up the cap
             if packed is not None and row["status"] != "error" and marks_bytes + len(packed) <= _MAX_MARKS_BYTES:

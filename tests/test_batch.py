@@ -1527,16 +1527,16 @@ import signal
 
 import ptolemy_rt.batch as batch
 
-_real = batch.process_one
+_real = batch._process
 
 
-def process_one(item, config):  # a worker killed (for memory, a crash) on this one image
+def _process(item, config):  # a worker killed (for memory, a crash) on this one image (what the pool runs)
     if "crash" in item.id and multiprocessing.parent_process() is not None:
         os.kill(os.getpid(), signal.SIGKILL)
     return _real(item, config)
 
 
-batch.process_one = process_one
+batch._process = _process
 """
 
 
@@ -1558,14 +1558,14 @@ def test_a_pool_whose_workers_all_die_on_their_images_still_runs_the_good_ones(m
         if any("crash" in i.id for i in flight):  # a worker killed: the whole pool breaks, nothing done
             return flight, todo[workers + 1:], 0, BrokenProcessPool("killed")
         for item in flight:
-            yield {"id": item.id, "status": "ok"}, {}
+            yield {"id": item.id, "status": "ok"}, {}, None
         if todo[workers + 1:]:
             return (yield from fake_round(todo[workers + 1:], config, workers))
         return None
 
     monkeypatch.setattr(batch, "_pool_round", fake_round)
     monkeypatch.setattr(batch, "_start_resource_tracker", lambda: None)
-    rows = [row for row, _ in batch._pool(items, None, 2)]
+    rows = [row for row, _, _ in batch._pool(items, None, 2)]
     assert sorted(r["id"] for r in rows) == sorted(i.id for i in items)
     assert sorted(r["id"] for r in rows if r["status"] == "ok") == ["d.mrc", "e.mrc", "f.mrc", "h.mrc"]
     assert all("worker failed: BrokenProcessPool" in r["error"] for r in rows if r["status"] != "ok")
@@ -1895,20 +1895,22 @@ def test_a_batch_run_in_its_own_process_quiets_numpys_warnings(tmp_path):
 
 
 def test_a_holes_images_marks_go_to_the_report_not_to_disk(small_session, tmp_path):
-    """process_one sends a holes image's report.hole_marks beside its files when asked (run_batch writing a
-    report); run_batch writes the files only. By default (a library caller, --no-report) `files` holds files only:
-    a caller writing every entry met a name with a NUL byte (review of batch15)."""
-    from ptolemy_rt.batch import MARKS
+    """A batch's workers send a holes image's report.hole_marks beside its files when asked (run_batch writing a
+    report: batch._process); run_batch writes the files only. process_one's `files` hold files only, whatever the
+    config (a caller writing every entry met a name with a NUL byte: review of batch15; review whole15 took the
+    marks out of `files`)."""
+    from ptolemy_rt.batch import _process
     from ptolemy_rt.report import hole_marks
 
     items, _ = discover([str(small_session)])
     item = next(i for i in items if i.kind == "holes")
-    row, files = process_one(item, BatchConfig(None, "cpu", 1, None, marks=True))
+    row, files, marks = _process(item, BatchConfig(None, "cpu", 1, None, marks=True))
     assert row["status"] in ("ok", "empty")
-    assert files[MARKS] == hole_marks(json.loads(files[f"results/{item.id}.json"]))
-    row_quiet, files_quiet = process_one(item, BatchConfig(None, "cpu", 1, None))
-    assert MARKS not in files_quiet and files_quiet == {k: v for k, v in files.items() if k != MARKS}
-    assert all("\0" not in name for name in files_quiet)
+    assert marks is not None and marks == hole_marks(json.loads(files[f"results/{item.id}.json"]))
+    assert _process(item, BatchConfig(None, "cpu", 1, None))[2] is None
+    for config in (BatchConfig(None, "cpu", 1, None), BatchConfig(None, "cpu", 1, None, marks=True)):
+        row_quiet, files_quiet = process_one(item, config)
+        assert files_quiet == files and all("\0" not in name for name in files_quiet)
     out = tmp_path / "out"
     assert run_batch([str(item.path)], out, kind="holes", workers=1, threads=1, progress=False) == 0
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent.name != ".state") == sorted(
@@ -1918,7 +1920,7 @@ def test_a_holes_images_marks_go_to_the_report_not_to_disk(small_session, tmp_pa
 def test_a_config_pickled_before_kinds_and_marks_still_runs():
     """Review of batch15 (version skew under --dask): a BatchConfig pickled by an older ptolemy-rt has no `kinds`
     or `marks`; a newer worker read them and failed every image (AttributeError). Class-level defaults stand in:
-    every task's sessions, and no marks (an older client would write the MARKS entry as a file)."""
+    every task's sessions, and no marks."""
     import pickle
 
     from ptolemy_rt.models import TASKS
