@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HANGUP, InputError, PtolemyError, clean_text, one_line
+from .metadata import PLAUSIBLE_A
 from .report import finite_number, sound_result
 from .sessions import Item, discover, stage_to_pixel
 
@@ -704,7 +705,12 @@ def _sound_row(row: dict[str, Any], item: Item) -> bool:
             and all(row.get(k) is None or isinstance(row.get(k), str) for k in texts)
             and (square is None or (isinstance(square, list) and len(square) == 2 and isinstance(square[0], str)
                                     and isinstance(square[1], int) and not isinstance(square[1], bool)))
-            and (stage is None or (isinstance(stage, list) and all(_number_or_none(v) for v in stage))))
+            and (stage is None or (isinstance(stage, list) and all(_number_or_none(v) for v in stage)))
+            # a pixel size no run writes (metadata's plausible range): 1e-300 Å made the square linking's
+            # determinant underflow to 0 (ZeroDivisionError: exit 70 on --resume of an EPU session)
+            and (row.get("pixel_size_A") is None or PLAUSIBLE_A[0] <= row["pixel_size_A"] <= PLAUSIBLE_A[1])
+            # an image's shape, as process_one writes it: rows or cols of 0 divided by zero in a .nav map's frame
+            and all(row.get(k) is None or (type(row[k]) is int and row[k] >= 1) for k in ("rows", "cols")))
 
 
 # An earlier run's files (a .state row of a kilobyte, a result of up to a few megabytes) are read only when they

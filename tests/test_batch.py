@@ -1348,11 +1348,15 @@ def test_dask_unreachable_scheduler_is_a_usage_error(small_session, tmp_path):
                                          ("id", {"a": 1}), ("best_score", float("inf")), ("atlas_square", [1]),
                                          ("rows", "320"), ("extra", 1), pytest.param("rows", 10**400, id="rows-huge"),
                                          pytest.param("best_score", -10**400, id="best_score-huge"),
-                                         pytest.param("count", 10**400, id="count-huge")])
+                                         pytest.param("count", 10**400, id="count-huge"),
+                                         pytest.param("pixel_size_A", 1e-300, id="pixel-size-tiny"),
+                                         pytest.param("cols", 0, id="cols-zero"), ("rows", 320.5)])
 def test_resume_reruns_an_image_whose_state_row_is_damaged(tmp_path, field, value):
     """An edited or damaged .state row (a count of "x", an exit code of [1], Infinity) was taken as the earlier
     result, and the summary then failed with an internal error (exit 70): such an image runs again. A count past
-    float's range was taken (hand check: two rows' counts of 4300 digits made totals str() cannot print: exit 70)."""
+    float's range was taken (hand check: two rows' counts of 4300 digits made totals str() cannot print: exit 70),
+    and a pixel size or a shape no run writes (the square linking divided by zero, exit 70: a pixel size of 1e-300 Å
+    in an EPU session, an atlas map of 0 columns in a SerialEM one)."""
     import mrcfile
 
     from ptolemy_rt.synthetic import make_atlas
@@ -1368,7 +1372,7 @@ def test_resume_reruns_an_image_whose_state_row_is_damaged(tmp_path, field, valu
     state.write_text(json.dumps(saved))
     assert run_batch([str(image)], out, kind="squares", workers=1, threads=1, progress=False, resume=True) == 0
     row = json.loads((out / "summary.json").read_text())["images"][0]
-    assert row["count"] == 10 and row["exit_code"] == 0 and "extra" not in row
+    assert row["count"] == 10 and row["exit_code"] == 0 and "extra" not in row and row.get(field) != value
 
 
 _SQUARE = '[[1, 1], [9, 1], [9, 9]]'
