@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -1168,6 +1169,13 @@ def test_a_tiff_of_separate_planes_opencv_misreads_is_refused(tmp_path, dtype, f
     assert np.abs(io.read_image(path).data - (0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2])).max() <= 1.0
 
 
+def _bad_page(name: str, page: int, what: str, section: int) -> str:
+    """The refusal's words (a regex) for reading `section` of TIFF `name` whose first undecodable page is `page`."""
+    before = "" if section == page else (rf" \(nor then page {section}, as OpenCV reads the pages up to the one "
+                                         r"after it\)")
+    return rf"{re.escape(name)}: page {page} is a TIFF of {what} is not read correctly by OpenCV{before}; save"
+
+
 @pytest.mark.parametrize("dtype,fmt,samples,what", [
     (np.float16, 3, 1, r"16-bit floating-point samples \(SampleFormat 3\)"),
     (np.float16, 3, 3, r"16-bit floating-point samples \(SampleFormat 3\)"),
@@ -1186,13 +1194,9 @@ def test_a_tiff_of_samples_opencv_cannot_decode_is_refused_saying_why(tmp_path, 
         io.read_image(path)
     good = (np.arange(40 * 48).reshape(1, 40, 48) % 50).astype(np.float32)
     path.write_bytes(tiff_file([_tiff_page(good, 3, 1), _tiff_page(planes, fmt, 1)]))
-    with pytest.raises(UnsupportedFormatError, match=rf"half\.tif: page 1 is a TIFF of {what} is not read "
-                                                     r"correctly by OpenCV \(nor then page 0, as OpenCV reads the "
-                                                     r"pages up to the one after it\); save"):
-        io.read_image(path, section=0)
-    with pytest.raises(UnsupportedFormatError, match=rf"half\.tif: page 1 is a TIFF of {what} is not read "
-                                                     r"correctly by OpenCV; save"):
-        io.read_image(path, section=1)
+    for section in (0, 1):
+        with pytest.raises(UnsupportedFormatError, match=_bad_page("half.tif", 1, what, section)):
+            io.read_image(path, section=section)
     for wide in (np.float32, np.float64):
         path.write_bytes(_planar_tiff(good.astype(wide), 3, planar=1))
         assert np.array_equal(io.read_image(path).data, good[0])
@@ -1211,13 +1215,10 @@ def test_a_float16_page_refuses_only_the_pages_opencv_fails_on(tmp_path):
         assert np.array_equal(io.read_image(path, section=section).data, pages[section][0])
     with pytest.warns(UserWarning, match="section 0"):
         assert np.array_equal(io.read_image(path).data, pages[0][0])
-    with pytest.raises(UnsupportedFormatError, match=r"tail\.tif: page 3 is a TIFF of 16-bit floating-point samples "
-                                                     r"\(SampleFormat 3\) is not read correctly by OpenCV \(nor then "
-                                                     r"page 2, as OpenCV reads the pages up to the one after it\)"):
-        io.read_image(path, section=2)
-    with pytest.raises(UnsupportedFormatError, match=r"tail\.tif: page 3 is a TIFF of 16-bit floating-point samples "
-                                                     r"\(SampleFormat 3\) is not read correctly by OpenCV; save"):
-        io.read_image(path, section=3)
+    half_words = r"16-bit floating-point samples \(SampleFormat 3\)"
+    for section in (2, 3):
+        with pytest.raises(UnsupportedFormatError, match=_bad_page("tail.tif", 3, half_words, section)):
+            io.read_image(path, section=section)
 
 
 def _png_of(width: int, height: int, rows: bytes) -> bytes:
