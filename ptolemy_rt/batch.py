@@ -259,7 +259,7 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
     if config.threads:
         limit_threads(int(config.threads), environment=own_process)
     if own_process and not shared:  # a pool worker of the command line (not a Dask worker): as the command line
-        from .warning_lines import command_line_warnings  # after limit_threads: it loads numpy
+        from .warning_lines import command_line_warnings  # after limit_threads, which loads numpy: quiet too
 
         command_line_warnings(config.debug)
     try:
@@ -485,11 +485,9 @@ def _failed(item: Item, exc: BaseException) -> Done:
     return row, {}, None
 
 
-def _in_process(items: list[Item], config: BatchConfig, command_line: bool = False) -> Iterator[Done]:
-    if command_line:  # the command's own process, whose numpy the command line left alone (cli: no numpy there)
-        from .warning_lines import quiet_numerics
+def _in_process(items: list[Item], config: BatchConfig) -> Iterator[Done]:
+    import numpy  # noqa: F401 -- before init_worker's cv2 and onnxruntime (cli._main says why)
 
-        quiet_numerics()
     init_worker(config, ignore_sigint=False, own_process=False)
     for item in items:
         yield _process(item, config)
@@ -896,12 +894,11 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
               dask: str | None = None, resume: bool = False, models: str | None = None, provider: str = "auto",
               threads: int | None = None, section: int | None = None, report: bool = True,
               progress: bool = True, verbose: bool = False, debug: bool = False,
-              calibrations: Sequence[str] = (), command_line: bool = False) -> int:
+              calibrations: Sequence[str] = ()) -> int:
     """Process every image of `paths` into `outdir`; return the worst exit code (see the module docstring).
 
     `calibrations`: calibration files (at most one per kind), applied to that kind's scores as
-    `ptolemy-rt squares|holes --calibration` does. `command_line`: this is the `ptolemy-rt batch` process, whose
-    numpy warnings are quieted (warning_lines.quiet_numerics) only where it runs images itself."""
+    `ptolemy-rt squares|holes --calibration` does."""
     from .models import load_models, physical_cores
 
     out = Path(outdir)
@@ -969,7 +966,7 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
         if dask:
             results = _dask(todo, config, dask)
         elif n_workers == 1 or len(todo) <= 1:
-            results = _in_process(todo, config, command_line)
+            results = _in_process(todo, config)
         else:
             results = _pool(todo, config, min(n_workers, len(todo)))
         for row, files, packed in results:
@@ -1047,12 +1044,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `ptolemy-rt batch` (argparse namespace from add_arguments)."""
     # The command's own process (it runs the images itself with --workers 1): a worker's malloc limits too.
     keep_large_arrays_on_heap()
-    if args.calibration:  # read with numpy here (calibration.py): its numeric warnings quiet, as the command line's
-        from .warning_lines import quiet_numerics
-
-        quiet_numerics()
     return run_batch(args.paths, args.output, kind=None if args.kind == "auto" else args.kind,
                      workers=args.workers, dask=args.dask, resume=args.resume, models=args.models,
                      provider=args.provider, threads=args.threads, section=args.section,
                      report=not args.no_report, progress=not args.no_progress, verbose=args.verbose,
-                     debug=args.debug, calibrations=args.calibration or (), command_line=True)
+                     debug=args.debug, calibrations=args.calibration or ())

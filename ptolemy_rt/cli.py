@@ -1066,11 +1066,13 @@ def _main(argv: Sequence[str] | None) -> int:
         _check_path_lengths(args)
         logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
 
+        if args.command != "batch":  # `batch`'s own process loads none beside its workers (60-100 ms of CPU)
+            # numpy loaded from Python, not first by a C extension (onnxruntime, cv2): their import of it,
+            # interrupted by Ctrl-C, prints a traceback
+            import numpy  # noqa: F401
         from .warning_lines import command_line_warnings
 
-        # `batch` imports numpy only where it runs images itself (batch._in_process): its process otherwise
-        # writes what its workers send, and numpy's import cost it 60-100 ms of CPU beside them
-        command_line_warnings(debug, numerics=args.command != "batch")
+        command_line_warnings(debug)
         code = int(args.func(args))
         if code == EXIT_OK:  # else its failure, stdout's included, has had its line
             _flush_stdout()

@@ -18,21 +18,23 @@ def plain_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def quiet_numerics() -> None:
-    """Silence numpy's numeric RuntimeWarnings (overflow, invalid value, empty slice) for the whole process."""
-    # Not the user's business: results say what went wrong, and stderr keeps to one line per problem.
-    import numpy as np
-
-    np.seterr(all="ignore")
+    """Silence numpy's numeric RuntimeWarnings (overflow, invalid value, empty slice) for the whole process,
+    loading no numpy: a warnings filter, and numpy's own error state where numpy is already loaded."""
+    # Not the user's business: results say what went wrong, and stderr keeps to one line per problem. The filter
+    # matches every message numpy's error state would hold back ("... encountered in ..."), so a process that loads
+    # numpy later (`batch`'s own, whose workers run the images) says the same; np.seterr spares numpy the warning.
     warnings.filterwarnings("ignore", category=RuntimeWarning, message=r".*(encountered in|empty slice|"
                             r"Degrees of freedom)")
+    if "numpy" in sys.modules:
+        import numpy as np
+
+        np.seterr(all="ignore")
 
 
-def command_line_warnings(debug: bool = False, numerics: bool = True) -> None:
+def command_line_warnings(debug: bool = False) -> None:
     """Say warnings as the command line does: numpy's numeric ones quiet, the rest as plain_warning (with `debug`,
-    in Python's own form). numerics=False leaves numpy unloaded (a process that runs no numerics: `batch`'s own,
-    whose workers quiet theirs, batch.init_worker)."""
-    if numerics:
-        quiet_numerics()
+    in Python's own form)."""
+    quiet_numerics()
     if not debug:
         warnings.showwarning = plain_warning
 

@@ -1882,9 +1882,9 @@ def test_a_worker_starts_the_sessions_of_its_batchs_kinds():
 
 
 def test_a_batch_run_in_its_own_process_quiets_numpys_warnings(tmp_path):
-    """`batch --workers 1` runs its images in the command's process, whose numpy the command line no longer
-    touches before `batch` starts: _in_process quiets it (mrcfile's voxel size of a header with mx = 0 divides by
-    zero; no RuntimeWarning naming no file)."""
+    """`batch --workers 1` runs its images in the command's process, whose numpy the command line does not load:
+    the command line's warnings filter (warning_lines.quiet_numerics) quiets what numpy says once loaded (mrcfile's
+    voxel size of a header with mx = 0 divides by zero; no RuntimeWarning naming no file)."""
     import mrcfile
 
     session = tmp_path / "in"
