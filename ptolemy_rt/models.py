@@ -6,8 +6,8 @@ What a manifest may say is defined in manifest.py; this module turns a parsed ma
 from __future__ import annotations
 
 import logging
+import operator
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -130,13 +130,15 @@ class ModelSet:
         self.directory = Path(os.path.realpath(check_model_directory(directory)))
         self.manifest: Manifest = read_manifest(self.directory)
         self.requested_provider = provider
-        numpy = sys.modules.get("numpy")  # a numpy integer exists only where numpy is loaded
-        integer = (int, numpy.integer) if numpy is not None else int
-        if threads is not None and not (isinstance(threads, integer) and 0 <= threads <= MAX_THREADS):
+        try:  # an int, or a numpy integer (__index__), without loading numpy; a float is no count
+            count = None if threads is None else operator.index(threads)
+        except TypeError:
+            count = -1
+        if count is not None and not 0 <= count <= MAX_THREADS:
             # onnxruntime would start every one of them (100,000 took 16 GB) or fail on a negative count.
             raise OptionError(f"threads must be a whole number from 1 to {MAX_THREADS} (0 or None: physical "
                               f"cores), got {threads!r}")
-        self.threads = int(threads) if threads else physical_cores()
+        self.threads = count or physical_cores()
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._providers_used: dict[str, list[str]] = {}

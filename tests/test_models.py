@@ -185,7 +185,7 @@ def test_a_wrong_shaped_graph_ends_the_cli_with_exit_3(tiny, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("threads", [-1, 100_000, 2.5, "4", M.MAX_THREADS + 1])
+@pytest.mark.parametrize("threads", [-1, 100_000, 2.5, 2.0, np.float64(3), "4", M.MAX_THREADS + 1])
 def test_threads_out_of_range_are_refused(tiny, threads):
     from ptolemy_rt.errors import OptionError
 
