@@ -794,13 +794,16 @@ def _atlas_pixel(atlas: Item, pixel_m: float, shape: tuple[int, int], stage_xy_m
     return stage_to_pixel(stage_xy_m, atlas.stage_xy_m, pixel_m, shape, axes=atlas.pixel_axes)
 
 
-def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None:
-    """Set each grid-square image's `atlas_square` ([atlas id, square rank]) from stage positions, where known.
+def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> dict[str, dict]:
+    """Set each grid-square image's `atlas_square` ([atlas id, square rank]) from stage positions, where known;
+    return the atlas results it read, those the report finds sound (report.sound_result), by image id: the report
+    need not read and parse them again (render_report's `records`).
 
     The atlas's orientation on the stage comes from its session metadata (sessions.py: EPU's
     ReferenceTransformation, SerialEM's MapScaleMat); the grid-square image only gives its centre's position.
     """
     atlases = []
+    records: dict[str, dict] = {}
     for item in items:
         row = rows.get(item.id)
         if item.kind != "squares" or row is None or row["status"] != "ok" or not item.stage_xy_m \
@@ -812,6 +815,8 @@ def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None
             continue
         if not sound_result(result, centres=False) or "targets" not in result:
             continue
+        if sound_result(result):  # x and y too
+            records[item.id] = result
         atlases.append((item, (row["pixel_size_A"] or 0.0) * 1e-10, (row["rows"], row["cols"]), result["targets"]))
     for item in items:
         row = rows.get(item.id)
@@ -826,6 +831,7 @@ def link_squares(outdir: Path, items: list[Item], rows: dict[str, dict]) -> None
             if hit is not None:
                 row["atlas_square"] = [atlas.id, hit]
                 break
+    return records
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -993,14 +999,14 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
             signal.signal(sig, signal.SIG_DFL)
     elapsed = time.perf_counter() - started
 
-    link_squares(out, items, rows)
+    atlas_records = link_squares(out, items, rows)
     done = [rows[i.id] for i in items if i.id in rows]
     try:
         summary = write_summaries(out, done, notes, interrupted)
         if report and not interrupted:
             from .report import write_report
 
-            write_report(out, marks)
+            write_report(out, marks, atlas_records)
     except OSError as exc:
         print(f"error: {out}: cannot write the summary ({exc})", file=sys.stderr)
         return EXIT_OUTPUT

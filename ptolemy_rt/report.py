@@ -199,10 +199,13 @@ def _unmark(packed: bytes) -> dict:
                         for i in range(0, len(values), len(_MARKED))]}
 
 
-def render_report(outdir: str | Path, marks: Mapping[str, bytes] | None = None) -> str:
+def render_report(outdir: str | Path, marks: Mapping[str, bytes] | None = None,
+                  records: Mapping[str, dict] | None = None) -> str:
     """The HTML text of the report of a batch folder (reads summary.json and results/).
 
-    `marks`: hole_marks of holes results by image id, read in place of those results' files (the same page)."""
+    `marks`: hole_marks of holes results by image id, read in place of those results' files (the same page).
+    `records`: results by image id as read from their files and sound (sound_result), not read again (a batch's
+    atlas results, which batch.link_squares has read)."""
     outdir = Path(outdir)
     summary = json.loads((outdir / "summary.json").read_text(encoding="utf-8"))
     rows = summary["images"]
@@ -210,9 +213,9 @@ def render_report(outdir: str | Path, marks: Mapping[str, bytes] | None = None) 
     done = [r for r in rows if r["status"] in ("ok", "empty")]
     atlases = [r for r in done if r["kind"] == "squares"]
     grids = [r for r in done if r["kind"] == "holes"]
-    marks = marks or {}
-    results = {r["id"]: _unmark(marks[r["id"]]) if r["kind"] == "holes" and r["id"] in marks else _load(outdir, r)
-               for r in done}
+    marks, records = marks or {}, records or {}
+    results = {r["id"]: _unmark(marks[r["id"]]) if r["kind"] == "holes" and r["id"] in marks
+               else records[r["id"]] if r["id"] in records else _load(outdir, r) for r in done}
     image_index = {r["id"]: n for n, r in enumerate(rows)}
     atlas_index = {r["id"]: n for n, r in enumerate(atlases)}
     linked: dict[tuple[str, int], list[dict]] = {}
@@ -323,12 +326,13 @@ def render_report(outdir: str | Path, marks: Mapping[str, bytes] | None = None) 
     return _PAGE.format(version=_e(summary.get("version", "")), body="\n".join(parts))
 
 
-def write_report(outdir: str | Path, marks: Mapping[str, bytes] | None = None) -> Path:
-    """Write OUTDIR/index.html (atomically) and return its path (`marks`: see render_report)."""
+def write_report(outdir: str | Path, marks: Mapping[str, bytes] | None = None,
+                 records: Mapping[str, dict] | None = None) -> Path:
+    """Write OUTDIR/index.html (atomically) and return its path (`marks`, `records`: see render_report)."""
     from .outputs import atomic_write
 
     path = Path(outdir) / "index.html"
-    atomic_write(path, render_report(outdir, marks))
+    atomic_write(path, render_report(outdir, marks, records))
     return path
 
 

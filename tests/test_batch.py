@@ -1964,3 +1964,28 @@ def test_a_pool_worker_ends_without_the_interpreters_teardown():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
                        check=False)
     assert (r.returncode, r.stdout, r.stderr) == (0, "printed\n", "said")
+
+
+def test_link_squares_hands_the_report_the_atlas_results_it_read(small_session, tmp_path):
+    """Review whole15 item 12: the square linking and the report each read and parsed every atlas result at a
+    batch's end. link_squares returns those it read that the report finds sound, and the page drawn from them is
+    the page drawn from the files; one whose targets lack centres still links but is not handed over."""
+    from ptolemy_rt.report import render_report
+
+    out = tmp_path / "out"
+    assert run_batch([str(small_session)], out, workers=1, threads=1, progress=False) == 0
+    items, _ = discover([str(small_session)])
+    rows = {r["id"]: r for r in json.loads((out / "summary.json").read_text())["images"]}
+    records = link_squares(out, items, rows)
+    atlases = [i.id for i in items if i.kind == "squares"]
+    assert sorted(records) == atlases and all(
+        records[a] == json.loads((out / "results" / f"{a}.json").read_text()) for a in atlases)
+    assert render_report(out, records=records) == render_report(out) == (out / "index.html").read_text("utf-8")
+    result = out / "results" / f"{atlases[0]}.json"
+    centreless = json.loads(result.read_text())
+    for t in centreless["targets"]:
+        del t["x"], t["y"]
+    result.write_text(json.dumps(centreless))
+    linked = {i: r["atlas_square"] for i, r in rows.items()}
+    assert link_squares(out, items, rows) == {} and {i: r["atlas_square"] for i, r in rows.items()} == linked
+    assert any(linked.values())
