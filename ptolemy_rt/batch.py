@@ -113,12 +113,8 @@ def _kinds(kinds: Iterable[str | None]) -> tuple[str, ...]:
 
 
 class BatchConfig:
-    """What every task needs (picklable, sent to each worker once per task)."""
-
-    # Class-level defaults for the attributes added later: a config pickled by an older ptolemy-rt (a --dask
-    # client older than its workers) lacks them, and reads these instead of raising AttributeError for every image.
-    kinds: tuple[str, ...] | None = None
-    marks = False
+    """What every task needs (picklable, sent to each worker once per task; --dask hosts run the client's
+    ptolemy-rt: README, "same environment")."""
 
     def __init__(self, models: str | None, provider: str, threads: int | None, section: int | None,
                  debug: bool = False, calibrations: dict[str, Any] | None = None,

@@ -41,7 +41,7 @@ import os
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -491,10 +491,18 @@ def _visible_files(directory: Path) -> list[Path]:
     resource forks of every image, refused as corrupt) that `SESSION/**/*.mrc` leaves out. Hidden folders are not
     walked; links to folders are not followed, as Path.rglob did not follow them."""
     found: list[Path] = []
-    for folder, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for folder, _, files in _walk_visible(str(directory)):
         found.extend(Path(folder, name) for name in files if not name.startswith("."))
     return found
+
+
+def _walk_visible(base: str, follow_links: bool = False, dotted: Sequence[str] = ()) -> Iterator[
+        tuple[str, list[str], list[str]]]:
+    """os.walk(base) into no hidden folder (a name starting with '.') but those a pattern of `dotted` matches;
+    the caller may prune the folder lists further, as os.walk's own."""
+    for folder, dirs, files in os.walk(base, followlinks=follow_links):
+        dirs[:] = [d for d in dirs if not d.startswith(".") or any(fnmatch.fnmatch(d, p) for p in dotted)]
+        yield folder, dirs, files
 
 
 def _nav_files(nav: Path, navs_seen: dict[Path, _NavRead]) -> list[Path]:
@@ -553,8 +561,7 @@ def _glob(pattern: str) -> list[str]:
         if not os.path.isdir(base or os.curdir):
             continue
         reals: dict[str, str] = {}  # each folder walked: its real path
-        for folder, dirs, files in os.walk(base or os.curdir, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".") or any(fnmatch.fnmatch(d, p) for p in dotted)]
+        for folder, dirs, files in _walk_visible(base or os.curdir, follow_links=True, dotted=dotted):
             real = reals[folder] = os.path.realpath(folder)
             above, up = folder, os.path.dirname(folder)
             while up != above and up in reals:  # a folder inside itself (a link loop) is walked no further

@@ -1923,21 +1923,6 @@ def test_a_holes_images_marks_go_to_the_report_not_to_disk(small_session, tmp_pa
         [f"{item.path.name}.json", f"{item.path.name}.jpg", "index.html", "summary.csv", "summary.json"])
 
 
-def test_a_config_pickled_before_kinds_and_marks_still_runs():
-    """Review of batch15 (version skew under --dask): a BatchConfig pickled by an older ptolemy-rt has no `kinds`
-    or `marks`; a newer worker read them and failed every image (AttributeError). Class-level defaults stand in:
-    every task's sessions, and no marks."""
-    import pickle
-
-    from ptolemy_rt.models import TASKS
-
-    old = BatchConfig(None, "cpu", 1, None)
-    del old.kinds, old.marks  # what an older __init__ left out
-    config = pickle.loads(pickle.dumps(old))
-    assert config.tasks() == TASKS and config.marks is False
-    assert config.key("holes") == BatchConfig(None, "cpu", 1, None).key("holes")
-
-
 def test_marks_that_fail_leave_no_files_beside_the_error_row(small_session, monkeypatch):
     """Review of batch15: the marks were computed after both files were in `files`, so a failure there (a
     MemoryError on a huge result) left a result and a preview to be written beside an error row."""
