@@ -703,13 +703,15 @@ _ID_SUFFIX = ".json"
 
 
 def _output_id(ident: str, name_max: int) -> str:
-    """An item's id, its last part cut to a name of `name_max` bytes the batch's outputs can take with their suffix
-    (outputs.fitting_name): an input named near the file system's limit failed in the batch with ENAMETOOLONG
-    (exit 4) at its result. Names that fit are kept as they are, so --resume finds their results."""
+    """An item's id, each part cut to a name of `name_max` bytes (outputs.fitting_name), its last with room for the
+    outputs' suffix: an input named near the file system's limit failed in the batch with ENAMETOOLONG (exit 4) at
+    its result, and so did one in a folder named past the output's limit (results/FOLDER/: an input disc's 200-byte
+    folder, an eCryptfs output of 143). Names that fit are kept as they are, so --resume finds their results."""
     from .outputs import fitting_name
 
-    folder, slash, name = ident.rpartition("/")
-    return folder + slash + fitting_name(name, _ID_SUFFIX, name_max).removesuffix(_ID_SUFFIX)
+    *folders, name = ident.split("/")
+    return "/".join([*(fitting_name(folder, "", name_max) for folder in folders),
+                     fitting_name(name, _ID_SUFFIX, name_max).removesuffix(_ID_SUFFIX)])
 
 
 def _axes_matrix(axes: tuple[float, float, float, float] | None, pixel_size_m: float) -> tuple[float, ...]:

@@ -1094,6 +1094,22 @@ def test_outputs_named_after_an_input_near_the_name_limit_are_cut_to_fit(tmp_pat
         for row in rows:
             assert (tmp_path / "small_batch" / "results" / f"{row['id']}.json").is_file()
     assert "2 resumed" in err
+    # Review whole15: only an id's last part was cut; a folder part named past the output's limit stayed whole
+    # (mkdir results/FOLDER/: ENAMETOOLONG on eCryptfs). Each part is cut; a folder that fits keeps its name.
+    (tmp_path / "deep" / ("d" * 150)).mkdir(parents=True)
+    (tmp_path / "deep" / "short").mkdir()
+    shutil.copy(small_mrc, tmp_path / "deep" / ("d" * 150) / "x.mrc")
+    shutil.copy(small_mrc, tmp_path / "deep" / "short" / "y.mrc")
+    for again in (False, True):
+        code, _, err = _cli(["batch", str(tmp_path / "deep"), "-o", str(tmp_path / "deep_batch"), "--workers", "1",
+                             "--kind", "squares", *(["--resume"] if again else [])], capsys)
+        assert code == 0, err
+        rows = json.loads((tmp_path / "deep_batch" / "summary.json").read_text())["images"]
+        assert sorted(r["id"] for r in rows) == sorted([fitting_name("d" * 150, "", 100) + "/x.mrc", "short/y.mrc"])
+        for row in rows:
+            assert all(len(os.fsencode(part)) <= 100 for part in row["id"].split("/"))
+            assert (tmp_path / "deep_batch" / "results" / f"{row['id']}.json").is_file()
+    assert "2 resumed" in err
 
 
 def test_a_rerun_may_replace_its_own_output_in_the_model_set_folder(tmp_path, small_mrc, capsys):
