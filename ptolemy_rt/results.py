@@ -402,8 +402,8 @@ def table(result: Result, compat: bool = False) -> tuple[list[str], list[list[An
     """The targets as a header and rows (None for a missing value): the fields of the JSON it mirrors.
 
     Default: our target fields (x, y, score, area, [brightness], score_<name>..., x_um, y_um, [area_um2, class,
-    found_by, row, col, edge | diameter_px, diameter_um], vertex1_x, vertex1_y, ...); the square fields are empty
-    where the JSON has null (no mesh, or --compat). `compat`: the original's fields in its order
+    found_by, row, col, edge | diameter_px, diameter_um, on_film], vertex1_x, vertex1_y, ...); the square fields are
+    empty where the JSON has null (no mesh, or --compat). `compat`: the original's fields in its order
     (vertex1_x ... , center_x, center_y, area, [brightness], score), its origin and int() centres.
     """
     targets = result.targets
@@ -423,7 +423,8 @@ def table(result: Result, compat: bool = False) -> tuple[list[str], list[list[An
     score_keys = sorted({k for t in targets for k in t.scores})
     header = ["x", "y", "score", "area"] + (["brightness"] if squares else [])
     header += [f"score_{k}" for k in score_keys] + ["x_um", "y_um"]
-    header += (["area_um2"] + list(SQUARE_LATTICE_FIELDS)) if squares else ["diameter_px", "diameter_um"]
+    # holes' on_film too: with keep_off_film the table would otherwise not tell the kept off-film holes apart
+    header += (["area_um2"] + list(SQUARE_LATTICE_FIELDS)) if squares else ["diameter_px", "diameter_um", "on_film"]
     header += _vertex_columns(n_vertices)
     units = result.image.units()
     for t in targets:
@@ -431,7 +432,8 @@ def table(result: Result, compat: bool = False) -> tuple[list[str], list[list[An
         row = [d["x"], d["y"], d["score"], d["area"]] + ([d["brightness"]] if squares else [])
         row += [d["scores"].get(k) for k in score_keys] + [d["x_um"], d["y_um"]]
         row += ([d["area_um2"]] + [d[k] for k in SQUARE_LATTICE_FIELDS]) if squares else [d["diameter_px"],
-                                                                                          d["diameter_um"]]
+                                                                                          d["diameter_um"],
+                                                                                          d["on_film"]]
         flat = [v for p in d["vertices"] for v in p]
         rows.append(row + flat + [None] * (2 * n_vertices - len(flat)))
     return header, rows

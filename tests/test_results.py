@@ -136,9 +136,11 @@ def test_sorted_output_round_trips(items):
 
 # ---- physical units, selection, formats (issue 14) ----
 
-def _holes(diameter=None, scores=(0.9, 0.4, None)):
+def _holes(diameter=None, scores=(0.9, 0.4, None), on_film=None):
+    on_film = on_film or (None,) * len(scores)
     holes = [Hole(x=10.0 * (i + 1), y=20.0, vertices=((0.0, 0.0), (0.0, 4.0), (4.0, 4.0), (4.0, 0.0)), area=16.0,
-                  score=s, scores={"cnn": s}, diameter_px=diameter) for i, s in enumerate(scores)]
+                  score=s, scores={"cnn": s}, diameter_px=diameter, on_film=f)
+             for i, (s, f) in enumerate(zip(scores, on_film))]
     return HoleResult(holes=sort_targets(holes), angle_deg=10.0, spacing_px=20.0,
                       basis=((20.0, 0.0), (0.0, 20.0)), origin=(0.0, 0.0), image=INFO, models={}, reason=None)
 
@@ -201,7 +203,8 @@ def test_json_is_one_line_unless_pretty():
 @pytest.mark.parametrize("compat", [False, True])
 @pytest.mark.parametrize("fmt", ["json", "csv", "txt"])
 def test_every_format_has_the_fields_of_its_json(kind, compat, fmt):
-    r = _result([_square(20.25, 30.5, 0.3), _square(40, 50, None)]) if kind == "squares" else _holes(6.0)
+    r = (_result([_square(20.25, 30.5, 0.3), _square(40, 50, None)]) if kind == "squares"
+         else _holes(6.0, on_film=(True, False, None)))
     r = with_pixel_size(r, 20.0, "option")
     text = format_result(r, fmt=fmt, compat=compat)
     if compat:
@@ -212,7 +215,7 @@ def test_every_format_has_the_fields_of_its_json(kind, compat, fmt):
     else:
         targets = json.loads(format_result(r))["targets"]
         fields = ["x", "y", "x_um", "y_um", "area", "score", "vertex1_x", "vertex4_y"]
-        fields += ["area_um2", "brightness"] if kind == "squares" else ["diameter_px", "diameter_um"]
+        fields += ["area_um2", "brightness"] if kind == "squares" else ["diameter_px", "diameter_um", "on_film"]
         expected = None
     if fmt == "json":
         assert text.count("\n") == 1
@@ -220,7 +223,10 @@ def test_every_format_has_the_fields_of_its_json(kind, compat, fmt):
     rows = [line.split("\t") for line in text.splitlines()] if fmt == "txt" else list(csv.reader(io.StringIO(text)))
     header, body = rows[0], rows[1:]
     assert set(fields) <= set(header) and len(body) == len(r.targets)
-    parse = [[None if v == "" else float(v) for v in row] for row in body]
+    if not compat:  # every field of the JSON's targets is a column (vertices and scores flattened)
+        assert {k for t in targets for k in t} - {"vertices", "scores"} <= set(header)
+    booleans = {"true": True, "false": False}  # as the JSON writes them
+    parse = [[None if v == "" else booleans[v] if v in booleans else float(v) for v in row] for row in body]
     if compat:
         assert parse == [[None if v is None else float(v) for v in row] for row in expected]
     else:
