@@ -77,3 +77,10 @@ def test_readme_python_snippet_runs_on_the_example_images(tmp_path, monkeypatch)
         assert 0 <= score <= 1
     assert lines[5].startswith("{") and "'targets'" in lines[5]
     assert names["original"].holes and names["holes"].holes
+
+
+def test_the_fuzz_run_the_readme_names_has_its_case_count():
+    from .fuzz.generators import schedule
+
+    (stated,) = re.findall(r"`python -m tests\.fuzz` runs .*?\((\d+) cases;", README, re.S)
+    assert int(stated) == len(schedule(500))
