@@ -15,7 +15,7 @@ import pytest
 from ptolemy_rt.argv import join_negative_numbers
 from ptolemy_rt.cli import build_parser
 
-from .conftest import REPO, need
+from .conftest import REPO, need, reference_root
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -58,7 +58,7 @@ def test_every_readme_command_line_parses(line):
 
 
 def test_readme_python_snippet_runs_on_the_example_images(tmp_path, monkeypatch):
-    images = REPO.parent / "shared" / "ptolemy-reference" / "images"
+    images = reference_root() / "images"
     atlas, square = images / "20may08a_16760340.mrc", images / "medmag_readme_1024x1440.mrc"
     need(atlas.is_file() and square.is_file(), f"the example images are not in {images}")
     shutil.copyfile(atlas, tmp_path / "atlas.mrc")
