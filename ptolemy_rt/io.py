@@ -606,7 +606,13 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
             length = struct.unpack(">H", raw[i + 2:i + 4])[0]
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                 height, width = struct.unpack(">HH", raw[i + 5:i + 9])
-                return [(width, height, max(1, raw[i + 9]) if i + 9 < len(raw) else 3)]
+                components = raw[i + 9] if i + 9 < len(raw) else 3
+                if components not in (1, 3, 4):
+                    # libjpeg converts 1 (grey), 3 (YCbCr, RGB) and 4 (CMYK, YCCK) components only: a 2- or
+                    # 5-component file (or one of none) said only "not a readable image"
+                    raise UnsupportedFormatError(f"{name}: a JPEG of {components} colour components is not read "
+                                                 "(1, 3 or 4 are); save it as grey or RGB")
+                return [(width, height, max(1, components))]
             i += 2 + length
         return []
     if raw[:4] in (b"II*\x00", b"MM\x00*"):
@@ -707,32 +713,55 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                 if at + 2 <= len(raw):
                     stored = struct.unpack(order + "H", raw[at:at + 2])[0]
                     bits, sample_format = (stored, sample_format) if tag == 258 else (bits, stored)
-        if planar == 2 and samples > 1 and not (bits == 8 and samples in (3, 4)):
-            # Separate sample planes: OpenCV decodes 8-bit RGB(A) ones through libtiff's RGBA reader, every other
-            # kind as if its samples were interleaved: a 16-bit RGB or a grey-and-alpha file came out as a
-            # scrambled image, exit 0 with targets found in noise.
-            pages.refused[len(pages)] = (f"separate sample planes (PlanarConfiguration 2) with {samples} samples "
-                                         f"of {bits} bits", "save it with interleaved samples (PlanarConfiguration "
-                                         "1) or as one grey channel", False)
-        elif sample_format == 3 and bits not in (32, 64):
-            # OpenCV decodes float32 and float64 only: a float16 page (tifffile's, ImageJ's) failed as "not a
-            # readable TIFF image", saying nothing of why; its header check fails it and every page before it
-            pages.refused[len(pages)] = (f"{bits}-bit floating-point samples (SampleFormat 3)",
-                                         "save it as 32-bit floating point", True)
-        elif sample_format in (5, 6):
-            pages.refused[len(pages)] = (f"complex samples (SampleFormat {sample_format})",
-                                         "save its amplitude as real samples", True)
-        elif samples == 2 and bits > 8:
-            # grey and alpha of 16 bits or more: OpenCV reads it through libtiff's 8-bit RGBA reader, unsigned
-            # pixels cut to their top 8 bits, signed ones to zeros
-            pages.refused[len(pages)] = (f"grey and alpha samples of {bits} bits", "save it as one grey channel",
-                                         False)
+        refusal = _tiff_page_refusal(bits, samples, planar, sample_format)
+        if refusal:
+            pages.refused[len(pages)] = refusal
         pages.append((width, height, max(1, samples) * max(1, bits // 8)))
         end = first + entry_size * count
         if end + link_size > len(raw):
             break
         offset = struct.unpack(order + link_fmt, raw[end:end + link_size])[0]
     return pages
+
+
+# Bits a sample OpenCV's TIFF header check takes (others fail it: "Invalid bitsperpixel value"), and the sample
+# formats it takes (unsigned, signed, float; 4, void, fails it, as does one no TIFF defines).
+_OPENCV_TIFF_BITS = (1, 8, 10, 12, 14, 16, 32, 64)
+_TIFF_SAMPLE_FORMATS = (1, 2, 3, 5, 6)
+
+
+def _tiff_page_refusal(bits: int, samples: int, planar: int, sample_format: int) -> tuple[str, str, bool] | None:
+    """Why OpenCV cannot read a TIFF page of these samples right, how to save it instead, and whether its header
+    check then fails the pages before it too (_Claims.refused); None for a page it reads."""
+    if samples > 4:
+        # OpenCV's header check takes 1 to 4 channels: a 5-sample page said only "not a readable TIFF image"
+        return f"{samples} samples a pixel", "save it as one grey channel", True
+    if sample_format not in _TIFF_SAMPLE_FORMATS or sample_format == 4:
+        return (f"samples of SampleFormat {sample_format} (neither integer nor floating point)",
+                "save it as integer or floating-point samples", True)
+    if sample_format == 3 and bits not in (32, 64):
+        # OpenCV decodes float32 and float64 only: a float16 page (tifffile's, ImageJ's) failed as "not a
+        # readable TIFF image", saying nothing of why; its header check fails it and every page before it
+        return f"{bits}-bit floating-point samples (SampleFormat 3)", "save it as 32-bit floating point", True
+    if sample_format in (5, 6):
+        return f"complex samples (SampleFormat {sample_format})", "save its amplitude as real samples", True
+    if bits and bits not in _OPENCV_TIFF_BITS:
+        # 2-, 4- and 24-bit pages failed OpenCV's header check, said as "not a readable TIFF image"
+        return (f"{bits}-bit samples", "save it with 8, 16 or 32 bits a sample (OpenCV reads 1, 8, 10, 12, 14, 16, "
+                "32 or 64)", True)
+    if bits == 1 and samples > 1:
+        return f"{samples} samples of 1 bit", "save it as one grey channel", False
+    if planar == 2 and samples > 1 and not (bits == 8 and samples in (3, 4)):
+        # Separate sample planes: OpenCV decodes 8-bit RGB(A) ones through libtiff's RGBA reader, every other
+        # kind as if its samples were interleaved: a 16-bit RGB or a grey-and-alpha file came out as a
+        # scrambled image, exit 0 with targets found in noise.
+        return (f"separate sample planes (PlanarConfiguration 2) with {samples} samples of {bits} bits",
+                "save it with interleaved samples (PlanarConfiguration 1) or as one grey channel", False)
+    if samples == 2 and bits > 8:
+        # grey and alpha of 16 bits or more: OpenCV reads it through libtiff's 8-bit RGBA reader, unsigned
+        # pixels cut to their top 8 bits, signed ones to zeros
+        return f"grey and alpha samples of {bits} bits", "save it as one grey channel", False
+    return None
 
 
 def _refuse_page(name: str, claims: list[tuple[int, int, int]], section: int | None) -> None:

@@ -1630,3 +1630,83 @@ def test_mrc_dims_reads_what_the_header_record_does(head, stamp, mode, big):
     assert mrc_dims(bytes(raw)) == (int(record.nx), int(record.ny), int(record.nz), int(record.mode),
                                     int(record.nsymbt))
     assert mrc_dims(bytes(raw[:1023])) is None
+
+
+def _packed_page(bits: int, samples: int, fmt: int, width: int = 40, height: int = 24) -> dict:
+    """tiff_file's page of `samples` x `bits` (packed, MSB first) per pixel of SampleFormat `fmt`, pixels of noise."""
+    rows = (width * bits * samples + 7) // 8
+    blob = np.random.default_rng(bits * 10 + samples).integers(0, 256, rows * height, dtype=np.uint8).tobytes()
+    return {"width": width, "height": height, "blobs": [blob], "bits": bits, "samples": samples, "fmt": fmt,
+            "compression": 1, "planar": 1}
+
+
+@pytest.mark.parametrize("bits,samples,fmt,what,whole", [
+    (24, 1, 1, "24-bit samples", True), (4, 1, 1, "4-bit samples", True), (2, 3, 2, "2-bit samples", True),
+    (8, 5, 1, "5 samples a pixel", True), (16, 6, 2, "6 samples a pixel", True),
+    (8, 1, 4, r"samples of SampleFormat 4 \(neither integer nor floating point\)", True),
+    (1, 3, 1, "3 samples of 1 bit", False)])
+def test_a_tiff_of_bits_or_samples_opencv_cannot_read_is_refused_saying_what_it_is(tmp_path, bits, samples, fmt,
+                                                                                    what, whole):
+    """Leftover of fuzz15, found again by hand (fuzz16): a 24-, 4- or 2-bit TIFF, one of 5 or more samples a pixel,
+    of SampleFormat 4 (void), or of several 1-bit samples was refused as 'not a readable TIFF image', saying nothing
+    of what it is (OpenCV's header check takes 1, 8, 10, 12, 14, 16, 32 or 64 bits and 1 to 4 channels). The header
+    says it, before the file is decoded; as a page of a stack, the pages OpenCV then fails too (its header check
+    reads the page after the one decoded) are refused, the others read."""
+    path = tmp_path / "odd.tif"
+    path.write_bytes(tiff_file([_packed_page(bits, samples, fmt)]))
+    with pytest.raises(UnsupportedFormatError, match=rf"^{re.escape(str(path))}: a TIFF of {what} is not read "
+                                                     "correctly by OpenCV; save"):
+        io.read_image(path)
+    good = _packed_page(8, 1, 1)
+    path.write_bytes(tiff_file([good, good, _packed_page(bits, samples, fmt)]))
+    assert io.read_image(path, section=0).shape == (24, 40)
+    for section in (1, 2):
+        if section == 1 and not whole:
+            assert io.read_image(path, section=section).shape == (24, 40)
+            continue
+        with pytest.raises(UnsupportedFormatError, match=_bad_page("odd.tif", 2, what, section)):
+            io.read_image(path, section=section)
+
+
+@pytest.mark.parametrize("bits,samples,fmt", [(1, 1, 1), (8, 4, 2), (10, 3, 1), (12, 1, 1), (14, 1, 2),
+                                              (32, 3, 1), (64, 1, 2)])
+def test_tiff_bits_and_samples_opencv_reads_are_still_read(tmp_path, bits, samples, fmt):
+    """The kinds of page OpenCV reads (1 to 4 channels of 1, 8, 10, 12, 14, 16, 32 or 64 bits) are not refused."""
+    path = tmp_path / "fine.tif"
+    path.write_bytes(tiff_file([_packed_page(bits, samples, fmt)]))
+    assert io.read_image(path).shape == (24, 40)
+
+
+def _jpeg_of_components(n: int) -> bytes:
+    """A baseline JPEG whose frame and scan headers list `n` components, all using grey's tables; the scan data is a
+    grey image's (a decoder that takes the header says the data ends early)."""
+    import struct
+
+    _, buf = cv2.imencode(".jpg", (np.arange(48 * 64).reshape(48, 64) % 200).astype(np.uint8))
+    raw = buf.tobytes()
+    sof = raw.find(b"\xff\xc0")
+    end = sof + 2 + struct.unpack(">H", raw[sof + 2:sof + 4])[0]
+    frame = b"\xff\xc0" + struct.pack(">HBHHB", 8 + 3 * n, 8, 48, 64, n) + b"".join(bytes([k + 1, 0x11, 0])
+                                                                                for k in range(n))
+    raw = raw[:sof] + frame + raw[end:]
+    sos = raw.find(b"\xff\xda")
+    end = sos + 2 + struct.unpack(">H", raw[sos + 2:sos + 4])[0]
+    scan = b"\xff\xda" + struct.pack(">HB", 6 + 2 * n, n) + b"".join(bytes([k + 1, 0]) for k in range(n))
+    return raw[:sos] + scan + b"\x00\x3f\x00" + raw[end:]
+
+
+@pytest.mark.parametrize("components", [0, 2, 5])
+def test_a_jpeg_of_components_libjpeg_cannot_convert_is_refused_saying_how_many(tmp_path, components):
+    """Leftover of fuzz15, found again by hand (fuzz16): a JPEG of 2 or 5 colour components (or none) was refused as
+    'not a readable image' (libjpeg converts 1, 3 or 4 only). The frame header says how many, before decoding; 1, 3
+    and 4 are read."""
+    path = tmp_path / "odd.jpg"
+    path.write_bytes(_jpeg_of_components(components))
+    with pytest.raises(UnsupportedFormatError, match=rf"^{re.escape(str(path))}: a JPEG of {components} colour "
+                                                     r"components is not read \(1, 3 or 4 are\); save it as grey"):
+        io.read_image(path)
+    for fine in (1, 3, 4):
+        path.write_bytes(_jpeg_of_components(fine))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the scan data of 3 or 4 components ends early
+            assert io.read_image(path).shape == (48, 64)
