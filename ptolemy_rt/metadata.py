@@ -157,8 +157,15 @@ def epu_pixel_size(xml_path: str | os.PathLike, image_shape: tuple[int, int], pr
     """
     root = read_xml_safely(xml_path)
     scale = _find(root, "SpatialScale")
-    metres = _float(_child(scale, "pixelSize", "x", "numericValue"))
-    if metres is None or not metres > 0:
+    given = _child(scale, "pixelSize", "x", "numericValue")
+    metres = _float(given)
+    if metres == 0 or given is None or given.text is None or not given.text.strip():
+        return None  # none given (0: as a header's 0, not set)
+    if metres is None or not metres > 0 or not math.isfinite(metres):
+        # NaN, infinite, negative or no number: dropped without a word, the pixel size then unknown or another
+        # source's, as if EPU had written none
+        warnings.warn(f"{xml_path}: pixelSize {given.text.strip()[:40]!r} is not a pixel size (metres per pixel "
+                      "above 0); ignoring it", stacklevel=2)
         return None
     readout_w = _float(_child(_find(root, "ReadoutArea"), "width"))
     readout_h = _float(_child(_find(root, "ReadoutArea"), "height"))
@@ -176,7 +183,11 @@ def epu_pixel_size(xml_path: str | os.PathLike, image_shape: tuple[int, int], pr
                           f"{cols}x{rows}; pixel size unknown", stacklevel=2)
             return None
     value = metres * 1e10 * factor
-    return value if _plausible(value) else None
+    if not _plausible(value):
+        warnings.warn(f"{xml_path}: pixelSize {metres:g} m gives {value:g} Å per pixel of this {cols}x{rows} image, "
+                      f"outside {PLAUSIBLE_A[0]:g} to {PLAUSIBLE_A[1]:g} Å; ignoring it", stacklevel=2)
+        return None
+    return value
 
 
 def _mdoc_blocks(text: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -208,14 +219,27 @@ def mdoc_pixel_size(mdoc_path: str | os.PathLike, section: int | None = None) ->
 
     text = text_of(_read_bounded(p))
     top, zblocks = _mdoc_blocks(text)
+    found: float | None = None
+    unusable: str | None = None
     for block in (zblocks.get(str(section or 0), {}), top):
-        try:
-            value = float(block.get("PixelSpacing", "nan"))
-        except ValueError:
+        given = block.get("PixelSpacing")
+        if not given:
             continue
-        if _plausible(value) and value not in PLACEHOLDER_A:
-            return value
-    return None
+        try:
+            value = float(given)
+        except ValueError:
+            value = math.nan
+        if value in PLACEHOLDER_A:
+            continue
+        if _plausible(value):
+            found = value
+            break
+        unusable = unusable or given
+    if unusable is not None:
+        # NaN, negative, 1e308 or no number: dropped without a word, as if the .mdoc held none (said once a file)
+        warnings.warn(f"{p}: PixelSpacing {unusable[:40]!r} is not a pixel size (Å per pixel, {PLAUSIBLE_A[0]:g} "
+                      f"to {PLAUSIBLE_A[1]:g}); ignoring it", stacklevel=2)
+    return found
 
 
 def mrc_pixel_size(path: str | os.PathLike) -> float | None:

@@ -305,3 +305,47 @@ def test_xml_declaring_an_encoding_expat_cannot_read_is_a_bad_sidecar(tmp_path, 
         assert pixel_size_for(image, read_image(image)) == PixelSize(7.5, "mrc-header")
     assert main(["squares", str(image), "--no-score", "-o", str(tmp_path / "out.json")]) == 0
     assert "map.xml: unreadable XML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metres,said", [("nan", "pixelSize 'nan' is not a pixel size"),
+                                         ("-2e-09", "pixelSize '-2e-09' is not a pixel size"),
+                                         ("inf", "pixelSize 'inf' is not a pixel size"),
+                                         ("2e-9m", "pixelSize '2e-9m' is not a pixel size"),
+                                         ("1e308", "pixelSize 1e[+]308 m gives inf Å per pixel of this 96x64"),
+                                         ("1e-300", "pixelSize 1e-300 m gives 1e-290 Å")])
+def test_an_epu_pixel_size_that_is_none_is_said_and_the_next_source_wins(tmp_path, metres, said):
+    """Leftover of fuzz15, found again by hand (fuzz16): an EPU .xml whose pixelSize is NaN, negative, infinite, no
+    number, or one giving a pixel size outside the plausible range (1e308 m) was dropped without a word, the pixel
+    size then unknown or the header's. A warning names the file and the value; 0 (not set) is dropped quietly."""
+    image = _mrc(tmp_path / "m.mrc", shape=(64, 96), voxel=7.5)
+    xml = _epu_xml(tmp_path / "m.xml", readout=(96, 64))
+    xml.write_text(xml.read_text().replace("2e-09", metres))
+    with pytest.warns(UserWarning, match=rf"m\.xml: {said}.*; ignoring it$"):
+        assert pixel_size_for(image, read_image(image)) == PixelSize(7.5, "mrc-header")
+    xml.write_text(xml.read_text().replace(metres, "0"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pixel_size_for(image, read_image(image)) == PixelSize(7.5, "mrc-header")
+
+
+@pytest.mark.parametrize("spacing", ["nan", "-3", "1e308", "inf", "abc"])
+def test_an_mdoc_pixel_spacing_that_is_none_is_said_once_and_the_next_source_wins(tmp_path, spacing):
+    """As an EPU pixelSize (fuzz16): a .mdoc's PixelSpacing of NaN, -3, 1e308 or no number was dropped without a
+    word. A warning names the file and the value, once a file (the section's and the file's); a good file-level
+    value still wins over a bad section's; the placeholders 0 and 1 are dropped quietly."""
+    image = _mrc(tmp_path / "m.mrc", voxel=7.5)
+    mdoc = tmp_path / "m.mrc.mdoc"
+    mdoc.write_text(f"PixelSpacing = {spacing}\n\n[ZValue = 0]\nPixelSpacing = {spacing}\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pixel_size_for(image, read_image(image)) == PixelSize(7.5, "mrc-header")
+    assert [str(w.message) for w in caught] == [f"{mdoc}: PixelSpacing {spacing!r} is not a pixel size (Å per "
+                                                "pixel, 0.01 to 1e+07); ignoring it"]
+    mdoc.write_text(f"PixelSpacing = 12\n\n[ZValue = 0]\nPixelSpacing = {spacing}\n")
+    with pytest.warns(UserWarning, match="ignoring it"):
+        assert pixel_size_for(image, read_image(image)) == PixelSize(12.0, "mdoc")
+    for placeholder in ("0", "1"):
+        mdoc.write_text(f"[ZValue = 0]\nPixelSpacing = {placeholder}\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert pixel_size_for(image, read_image(image)) == PixelSize(7.5, "mrc-header")
