@@ -859,8 +859,10 @@ def summary_dict(rows: list[dict], notes: list[str], interrupted: bool = False) 
         "failed": count(status=("error",)),
         "atlases": count("squares"),
         "grid_square_images": count("holes"),
-        "squares": sum(r["count"] or 0 for r in rows if r["kind"] == "squares"),
-        "holes": sum(r["count"] or 0 for r in rows if r["kind"] == "holes"),
+        # targets of images whose outputs were written: a row whose files could not be (exit 4) keeps the count
+        # found, but its targets are nowhere in the output folder
+        "squares": sum(r["count"] or 0 for r in rows if r["kind"] == "squares" and r["status"] != "error"),
+        "holes": sum(r["count"] or 0 for r in rows if r["kind"] == "holes" and r["status"] != "error"),
         "exit_code": worst_exit_code(r["exit_code"] if r["exit_code"] is not None else EXIT_OK for r in rows),
     }
     images = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]

@@ -1526,6 +1526,30 @@ def test_an_images_result_and_preview_are_written_as_one_set(tmp_path, capsys):
     assert [p.name for p in out.rglob(".*")] == []
 
 
+
+def test_the_targets_of_an_image_whose_outputs_were_not_written_are_not_in_the_totals(tmp_path, capsys):
+    """Leftover of fuzz15, checked by hand (fuzz16): a row whose outputs could not be written (exit 4, status error)
+    kept its count of squares in the summary's totals, which then counted targets written nowhere. The row keeps
+    what was found (its error says the files are missing); the totals count the written images' targets alone."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    for k in (1, 2):
+        with mrcfile.new(tmp_path / f"atlas_{k}.mrc") as m:
+            m.set_data(make_atlas(3, shape=(320, 320))[0])
+    out = tmp_path / "out"
+    (out / "images" / "atlas_1.mrc.jpg").mkdir(parents=True)  # the preview cannot be written
+    done = _main(capsys, str(tmp_path / "atlas_1.mrc"), str(tmp_path / "atlas_2.mrc"), "-o", str(out), "--workers",
+                 "1", "--no-report")
+    assert done.returncode == 4, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["id"]: row for row in summary["images"]}
+    assert rows["atlas_1.mrc"]["status"] == "error" and rows["atlas_1.mrc"]["count"] > 0
+    assert rows["atlas_2.mrc"]["status"] == "ok" and rows["atlas_2.mrc"]["count"] > 0
+    assert summary["totals"]["squares"] == rows["atlas_2.mrc"]["count"]
+    assert summary["totals"]["failed"] == 1
+
 _CRASHING_WORKER = """
 import multiprocessing
 import os
