@@ -497,6 +497,13 @@ def imod_unsigned_bytes(header: np.recarray) -> bool:
     return int(stamp) == IMOD_STAMP and not int(flags) & 1
 
 
+def mrc_voxel_x(mrc: Any) -> float:
+    """An open mrcfile's voxel size x (Å, cell length / sampling): NaN or infinite where the header's mx is 0,
+    without numpy's bare 'divide by zero encountered in divide', which named no file."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(mrc.voxel_size.x)
+
+
 def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, permissive: bool) -> Image:
     import mrcfile
 
@@ -558,7 +565,7 @@ def _read_mrc_file(path: Path, name: str, section: int | None, max_pixels: int, 
         if raw.ndim == 4:  # a volume stack: its volumes' sections one after another
             raw = raw.reshape(-1, raw.shape[-2], raw.shape[-1])
         dtype = raw.dtype.newbyteorder("=").name
-        pixel = float(mrc.voxel_size.x)
+        pixel = mrc_voxel_x(mrc)
         pixel_size = pixel if math.isfinite(pixel) and pixel > 0 else None
         plane, sec = _pick_section(raw, section, name)
         # A real copy: the memory map closes below.

@@ -246,13 +246,13 @@ def mrc_pixel_size(path: str | os.PathLike) -> float | None:
     """Å per pixel from an MRC header (voxel size x), None for the placeholders 0 and 1 Å."""
     import mrcfile
 
-    from .io import _mrcfile_warnings
+    from .io import _mrcfile_warnings, mrc_voxel_x
 
     try:
         # mrcfile's warnings for this file taken and dropped, another thread's left alone (io._own_warnings)
         with _mrcfile_warnings():
             with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-                value = float(mrc.voxel_size.x)
+                value = mrc_voxel_x(mrc)
     except (OSError, ValueError):
         return None
     if value in PLACEHOLDER_A or not _plausible(value):

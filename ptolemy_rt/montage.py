@@ -514,7 +514,7 @@ def read_montage(
         # Each piece is a section of its own: 196 pieces of a 16 MB stack of two 2048 px sections took 4 GB (a
         # float32 copy a piece), where the stack's own size bounds a montage's pieces.
         raise CorruptFileError(f"{md.source}: ZValue {twice} is more than one piece of montage frame {want}")
-    from .io import _mrc_fits, _mrc_header
+    from .io import _mrc_fits, _mrc_header, mrc_voxel_x
 
     try:
         # the header's claim against the budget and the file's size first: mrcfile allocates what it claims
@@ -558,7 +558,7 @@ def read_montage(
         tiles = [np.asarray(data[s.z], dtype=np.float32) for s in secs]
         pixel = md.pixel_size_A
         if pixel is None:
-            v = float(mrc.voxel_size.x)
+            v = mrc_voxel_x(mrc)
             pixel = v if math.isfinite(v) and v > 1.0 else None
     if any(not np.isfinite(t).all() for t in tiles):
         raise CorruptFileError(f"{name}: a montage piece holds NaN or infinite values")

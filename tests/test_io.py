@@ -1710,3 +1710,18 @@ def test_a_jpeg_of_components_libjpeg_cannot_convert_is_refused_saying_how_many(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the scan data of 3 or 4 components ends early
             assert io.read_image(path).shape == (48, 64)
+
+
+def test_an_mrc_header_of_sampling_zero_reads_without_numpy_s_bare_warning(tmp_path):
+    """Found by hand (fuzz16): an MRC header whose sampling mx is 0 gave the library caller numpy's 'divide by zero
+    encountered in divide' (twice, from mrcfile's voxel size), naming no file. The voxel size is then unknown,
+    quietly, in the reader, the pixel size lookup and the montage reader alike."""
+    from ptolemy_rt.metadata import mrc_pixel_size
+
+    path = _mrc(tmp_path / "mx0.mrc", (np.arange(64 * 80).reshape(64, 80) % 7).astype(np.float32), voxel=5.0)
+    _header_word(path, 28, 0)  # mx
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = io.read_image(path)
+        assert mrc_pixel_size(path) is None
+    assert image.pixel_size_A is None and image.shape == (64, 80)
