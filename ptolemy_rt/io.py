@@ -1040,14 +1040,21 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
         held: contextlib.AbstractContextManager[list] = (_own_warnings(_OUR_MODULES) if messages.capturing else
                                                          contextlib.nullcontext([]))
         with held as ours:
+            undecoded: CorruptFileError | None = None
             try:
                 with _libtiff_errors(cv2, tiff and messages.capturing):
                     raw, section = _decode_raster(cv2, raw_bytes, path, name, section, pages)
             except cv2.error as exc:
                 detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
                 raise CorruptFileError(f"{name}: not a readable image ({detail})") from None
+            except CorruptFileError as exc:  # OpenCV decoded nothing: libtiff's reason, collected below, says why
+                undecoded = exc
     messages[:] = [_libtiff_line(m) for m in messages]
     failed = [m for m in messages if m.startswith(_LIBTIFF)]
+    if undecoded is not None:
+        # "not a readable TIFF image" alone, for a strip shorter than its rows, a tile layout libtiff refuses, a
+        # compression or predictor it lacks: libtiff had said which, to a log that is silenced
+        raise CorruptFileError(f"{undecoded} ({failed[0]})" if failed else str(undecoded)) from None
     if failed and not np.any(raw):
         # OpenCV hands back a canvas of zeros where libtiff could not decode the pixels (a compression it lacks,
         # corrupt LZW or deflate data): read as a blank image, exit 0 with "blank" for a file that is no image

@@ -1725,3 +1725,44 @@ def test_an_mrc_header_of_sampling_zero_reads_without_numpy_s_bare_warning(tmp_p
         image = io.read_image(path)
         assert mrc_pixel_size(path) is None
     assert image.pixel_size_A is None and image.shape == (64, 80)
+
+
+@pytest.mark.parametrize("kind,said", [
+    ("short", r"libtiff: TIFFFillStrip: Read error at scanline \d+; got 214 bytes, expected 3000"),
+    ("zstd", "libtiff: ZSTD compression support is not configured"),
+    ("predictor", r'libtiff: PredictorSetup: "Predictor" value 9 not supported'),
+    ("tiles", r"libtiff: TIFFReadDirectory: Cannot handle zero number of tiles")])
+def test_a_tiff_opencv_decodes_nothing_of_is_refused_with_libtiff_s_reason(tmp_path, kind, said):
+    """Found by hand (fuzz16): a TIFF whose strip the file ends inside, of a compression libtiff lacks (ZSTD),
+    a predictor it does not know, or tiles of width 0 was refused as 'not a readable TIFF image', nothing of why:
+    libtiff had said it, to OpenCV's silenced log. Its first error line now ends the message; the same file whole
+    is read."""
+    import struct
+
+    pixels = (np.arange(60 * 50) % 200).astype(np.uint8).reshape(50, 60)
+    page = {"width": 60, "height": 50, "blobs": [pixels.tobytes()], "bits": 8, "samples": 1, "fmt": 1,
+            "compression": 1, "planar": 1}
+    raw = bytearray(tiff_file([page]))
+    path = tmp_path / "odd.tif"
+    path.write_bytes(bytes(raw))
+    assert np.array_equal(io.read_image(path).data, pixels)
+    ifd = struct.unpack_from("<I", raw, 4)[0]
+
+    def entry(tag: int) -> int:  # where the tag's entry begins
+        return next(ifd + 2 + 12 * k for k in range(struct.unpack_from("<H", raw, ifd)[0])
+                    if struct.unpack_from("<H", raw, ifd + 2 + 12 * k)[0] == tag)
+
+    if kind == "short":
+        struct.pack_into("<I", raw, entry(279) + 8, 214)  # StripByteCounts: the strip's last 214 bytes, the file's
+        struct.pack_into("<I", raw, entry(273) + 8, len(raw) - 214)
+    elif kind == "zstd":
+        struct.pack_into("<H", raw, entry(259) + 8, 50000)
+    elif kind == "predictor":
+        struct.pack_into("<H", raw, entry(259) + 8, 8)  # deflate: a predictor is read with one
+        struct.pack_into("<HHIHH", raw, entry(339), 317, 3, 1, 9, 0)  # SampleFormat's place: Predictor 9
+    else:  # the strips as tiles of width 0
+        struct.pack_into("<HHII", raw, entry(278), 322, 4, 1, 0)
+        struct.pack_into("<HHII", raw, entry(339), 323, 4, 1, 16)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=rf"^{re.escape(str(path))}: not a readable TIFF image \({said}"):
+        io.read_image(path)
