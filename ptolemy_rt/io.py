@@ -661,6 +661,36 @@ class _Claims(list):
     refused: dict[int, tuple[str, str, bool]]
 
 
+# The integer TIFF types libtiff takes for the tags read here (the signed ones when not negative), by struct code:
+# a float, rational or text value it refuses for them ("Incompatible type"), and such a tag is left unread.
+_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+
+
+def _tiff_first(raw: bytes | memoryview | _FileView, order: str, typ: int, n: int, field: bytes,
+                link_fmt: str) -> int | None:
+    """The first value of an IFD entry of `n` values of type `typ`: in its `field` where all fit, else where the
+    field points; None for a type not an integer, a negative value, or one past the file's end.
+
+    A value of 8 bytes in a classic TIFF (LONG8: libtiff reads it where the entry points) was read as the
+    pointer: an ImageWidth of 20000 claimed 8 (the budget and the ratio tests passed it), one of 2 bytes in a
+    4-byte type's reading (SSHORT, big-endian) claimed 1310720000."""
+    import struct
+
+    code = _TIFF_INTEGERS.get(typ)
+    if code is None or n < 1:
+        return None
+    size = struct.calcsize(code)
+    if n * size <= len(field):
+        data = bytes(field[:size])
+    else:
+        at = struct.unpack(order + link_fmt, field[:struct.calcsize(link_fmt)])[0]
+        data = bytes(raw[at:at + size])
+        if len(data) < size:
+            return None
+    value = struct.unpack(order + code, data)[0]
+    return value if value >= 0 else None
+
+
 def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                  big: bool = False) -> list[tuple[int, int, int]]:
     """Walk a classic TIFF's (or with `big`, a BigTIFF's) IFD chain (bounded, loop-safe) for each page's size."""
@@ -673,7 +703,6 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
     pages.refused = {}
     offset = struct.unpack(order + link_fmt, raw[8:16] if big else raw[4:8])[0]
     seen: set[int] = set()
-    sizes = {1: 1, 3: 2, 4: 4, 16: 8}
     budget = MAX_TIFF_ENTRIES
     while offset and offset not in seen and offset + count_size <= len(raw):
         seen.add(offset)
@@ -701,10 +730,9 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                 field = entry[8:12]
             if tag > _LAST_TIFF_TAG:
                 break
-            size = sizes.get(typ, 4)
-            value = (struct.unpack(order + "H", field[:2])[0] if size == 2 else field[0] if size == 1 else
-                     struct.unpack(order + "Q", field)[0] if size == 8 and big else
-                     struct.unpack(order + "I", field[:4])[0])
+            value = _tiff_first(raw, order, typ, n, field, link_fmt)
+            if value is None:  # a type libtiff refuses for these tags (float, rational, text): the tag is unread
+                continue
             if tag == 256:
                 width = value
             elif tag == 257:
@@ -713,13 +741,10 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                 samples = value
             elif tag == 284:
                 planar = value
-            elif tag in (258, 339) and n * 2 <= len(field):  # one value per sample that fit the entry: in place
-                bits, sample_format = (value, sample_format) if tag == 258 else (bits, value)
-            elif tag in (258, 339) and typ == 3:  # stored apart: the entry holds their offset
-                at = struct.unpack(order + link_fmt, field[:link_size])[0]
-                if at + 2 <= len(raw):
-                    stored = struct.unpack(order + "H", raw[at:at + 2])[0]
-                    bits, sample_format = (stored, sample_format) if tag == 258 else (bits, stored)
+            elif tag == 258:  # one value per sample: the first
+                bits = value
+            elif tag == 339:
+                sample_format = value
         refusal = _tiff_page_refusal(bits, samples, planar, sample_format)
         if refusal:
             pages.refused[len(pages)] = refusal

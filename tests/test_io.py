@@ -1766,3 +1766,38 @@ def test_a_tiff_opencv_decodes_nothing_of_is_refused_with_libtiff_s_reason(tmp_p
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptFileError, match=rf"^{re.escape(str(path))}: not a readable TIFF image \({said}"):
         io.read_image(path)
+
+
+def _tiff_typed_dims(width: int, height: int, typ: int, order: str) -> bytes:
+    """A grey 8-bit TIFF of zeros (deflate) whose ImageWidth and ImageLength are of TIFF type `typ` (16, LONG8: 8
+    bytes, stored before the IFD; 8, SSHORT: in place), in byte order `order`."""
+    import struct
+    import zlib
+
+    strip = zlib.compress(bytes(width * height))
+    out = bytearray((b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 24))
+    out += struct.pack(order + "QQ", width, height)
+    entries = [(256, typ, 8 if typ == 16 else width), (257, typ, 16 if typ == 16 else height), (258, 3, 8),
+               (259, 3, 8), (262, 3, 1), (273, 4, 24 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 4, height),
+               (279, 4, len(strip))]
+    out += struct.pack(order + "H", len(entries))
+    for tag, kind, value in entries:
+        out += struct.pack(order + "HHI", tag, kind, 1)
+        out += struct.pack(order + "HH", value, 0) if kind in (3, 8) else struct.pack(order + "I", value)
+    return bytes(out + bytes(4) + strip)
+
+
+def test_a_tiff_s_dimensions_of_any_integer_type_are_claimed_as_libtiff_reads_them(tmp_path):
+    """Found by hand (fuzz16): an ImageWidth of type LONG8 in a classic TIFF (8 bytes: libtiff reads it where the
+    entry points) was claimed as the pointer, 1000x1000 pixels as 8x16, past the pixel budget unchecked (OpenCV's
+    own limit stopped 20000x20000); one of type SSHORT in a big-endian file as 300 << 16, refused as too large
+    though libtiff reads it. Both are claimed as libtiff reads them; a float width, which libtiff refuses, is no
+    claim (libtiff's own line says why)."""
+    path = tmp_path / "typed.tif"
+    path.write_bytes(_tiff_typed_dims(1000, 1000, 16, "<"))
+    with pytest.raises(TooLargeError, match=r"typed\.tif: the header claims 1000x1000 pixels, over the budget of "
+                                            "10000"):
+        io.read_image(path, max_pixels=10_000)
+    assert io.read_image(path).shape == (1000, 1000)
+    path.write_bytes(_tiff_typed_dims(300, 260, 8, ">"))
+    assert io.read_image(path).shape == (260, 300)
