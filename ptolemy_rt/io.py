@@ -586,7 +586,14 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
     """(width, height, bytes per pixel) of each page a PNG, JPEG, BMP or TIFF header declares; [] if unknown."""
     import struct
 
-    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 26:
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        # libpng takes a 13-byte IHDR as the first chunk, or nothing: a PNG cut in its header, or of a 4-byte IHDR
+        # (its size then read from the CRC and the next chunk: "claims 256x3944077345 pixels"), said neither
+        if len(raw) < 33:
+            raise CorruptFileError(f"{name}: too short for a PNG header ({len(raw)} of 33 bytes)")
+        if raw[8:16] != b"\x00\x00\x00\x0dIHDR":
+            raise CorruptFileError(f"{name}: a PNG whose first chunk is not its 13-byte header (IHDR): "
+                                   f"{bytes(raw[8:16])!r}")
         width, height = struct.unpack(">II", raw[16:24])
         depth, colour = raw[24], raw[25]
         channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
@@ -1011,6 +1018,7 @@ def _library_messages():
 # Compression scheme 65535 strip decoding is not implemented"), and how they are shown here.
 _TIFF_ERROR = " TIFF_Error "
 _LIBTIFF = "libtiff: "
+_LIBPNG_ERROR = "libpng error: "
 
 
 @contextlib.contextmanager
@@ -1077,9 +1085,11 @@ def _read_raster(path: Path, section: int | None, max_pixels: int) -> Image:
     messages[:] = [_libtiff_line(m) for m in messages]
     failed = [m for m in messages if m.startswith(_LIBTIFF)]
     if undecoded is not None:
-        # "not a readable TIFF image" alone, for a strip shorter than its rows, a tile layout libtiff refuses, a
-        # compression or predictor it lacks: libtiff had said which, to a log that is silenced
-        raise CorruptFileError(f"{undecoded} ({failed[0]})" if failed else str(undecoded)) from None
+        # "not a readable TIFF image" alone, for a strip the file ends inside, a tile layout libtiff refuses, a
+        # compression or predictor it lacks: libtiff had said which, to a log that is silenced; libpng its own
+        # errors (a bit depth PNG lacks, no PLTE before a palette image's IDAT, a bad filter) to descriptor 2
+        said = failed or [m for m in messages if m.startswith(_LIBPNG_ERROR)]
+        raise CorruptFileError(f"{undecoded} ({said[0]})" if said else str(undecoded)) from None
     if failed and not np.any(raw):
         # OpenCV hands back a canvas of zeros where libtiff could not decode the pixels (a compression it lacks,
         # corrupt LZW or deflate data): read as a blank image, exit 0 with "blank" for a file that is no image

@@ -1801,3 +1801,57 @@ def test_a_tiff_s_dimensions_of_any_integer_type_are_claimed_as_libtiff_reads_th
     assert io.read_image(path).shape == (1000, 1000)
     path.write_bytes(_tiff_typed_dims(300, 260, 8, ">"))
     assert io.read_image(path).shape == (260, 300)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_a_png_libpng_refuses_is_refused_with_libpng_s_reason(tmp_path):
+    """Found by hand (fuzz16): a PNG of a bit depth PNG lacks (3), a palette image without its PLTE, rows of an
+    unknown filter, or image data cut short was refused as 'not a readable image', nothing of why: libpng had
+    said it on descriptor 2, which the reader collects. Its error line now ends the message."""
+    import struct
+
+    rows = b"".join(b"\0" + bytes(range(40)) for _ in range(30))
+    path = tmp_path / "odd.png"
+    path.write_bytes(_png_of(40, 30, rows))
+    assert io.read_image(path).shape == (30, 40)
+    good = path.read_bytes()
+    header = good[8:33]
+    for variant, said in [(struct.pack(">IIBBBBB", 40, 30, 3, 0, 0, 0, 0), "Invalid IHDR data"),
+                          (struct.pack(">IIBBBBB", 40, 30, 8, 3, 0, 0, 0), "IDAT: Missing PLTE before IDAT"),
+                          (b"filter", "bad adaptive filter value"), (b"short", "Not enough image data")]:
+        if variant == b"filter":
+            raw = _png_of(40, 30, rows.replace(b"\0", b"\x09", 1))
+        elif variant == b"short":
+            raw = _png_of(40, 30, rows[:300])
+        else:
+            raw = good.replace(header, _png_chunk(b"IHDR", variant))
+        path.write_bytes(raw)
+        with pytest.raises(CorruptFileError, match=rf"^{re.escape(str(path))}: not a readable image \(libpng "
+                                                   rf"error: {said}\)$"):
+            io.read_image(path)
+
+
+def test_a_png_cut_in_its_header_or_of_another_first_chunk_is_refused_saying_so(tmp_path):
+    """Found by hand (fuzz16): a PNG of its signature alone, or cut inside its IHDR, was 'not a readable image';
+    one whose IHDR is 4 bytes long was read for its size from the CRC and the next chunk ('the header claims
+    256x3944077345 pixels'). libpng takes a 13-byte IHDR first, or nothing: that is said, before decoding."""
+    rows = b"".join(b"\0" + bytes(range(40)) for _ in range(30))
+    good = _png_of(40, 30, rows)
+    path = tmp_path / "cut.png"
+    for n in (8, 20, 32):
+        path.write_bytes(good[:n])
+        with pytest.raises(CorruptFileError, match=rf"cut\.png: too short for a PNG header \({n} of 33 bytes\)$"):
+            io.read_image(path)
+    for first in (_png_chunk(b"IHDR", good[16:20]), _png_chunk(b"tEXt", b"a\0b") + good[8:33]):
+        path.write_bytes(good[:8] + first + good[33:])
+        with pytest.raises(CorruptFileError, match=r"cut\.png: a PNG whose first chunk is not its 13-byte header "
+                                                   r"\(IHDR\)"):
+            io.read_image(path)
+    path.write_bytes(good)
+    assert io.read_image(path).shape == (30, 40)
