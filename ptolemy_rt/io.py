@@ -598,9 +598,8 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
         depth, colour = raw[24], raw[25]
         channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
         return [(width, height, max(1, depth // 8) * channels)]
-    if raw[:2] == b"BM" and len(raw) >= 26:
-        width, height = struct.unpack("<ii", raw[18:26])
-        return [(abs(width), abs(height), 4)]
+    if raw[:2] == b"BM":
+        return _bmp_claims(raw, name)
     if raw[:2] == b"\xff\xd8":
         i = 2
         while i + 9 < len(raw):
@@ -637,6 +636,50 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
         # BigTIFF (OpenCV's libtiff reads it): unchecked, an 8 GB float RGBA canvas was allocated for a 68 kB file
         return _tiff_claims(raw, "<" if raw[:2] == b"II" else ">", name, big=True)
     return []
+
+
+# BMP compressions by number (OpenCV reads the first four), and the bits a pixel it reads with each.
+_BMP_COMPRESSIONS = ("none", "RLE8", "RLE4", "bit fields", "JPEG", "PNG", "alpha bit fields")
+_BMP_KINDS = {0: (1, 4, 8, 16, 24, 32), 1: (8,), 2: (4,), 3: (16, 32)}
+
+
+def _bmp_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple[int, int, int]]:
+    """[(width, height, 4)] of a BMP's info header, OS/2's 12-byte one (16-bit sides) included; refuse, saying why,
+    one OpenCV's BMP reader reads nothing of (each said only 'not a readable image'): an info header size, bits
+    a pixel or compression it does not read, a palette of over 256 colours, a width not above 0, or pixels the
+    file ends before (it reads none of a file one byte short)."""
+    import struct
+
+    if len(raw) < 30:
+        raise CorruptFileError(f"{name}: too short for a BMP header ({len(raw)} of at least 30 bytes)")
+    offset, size = struct.unpack("<II", raw[10:18])
+    if size == 12:  # OS/2's: its 16-bit sides were read as one 32-bit width, a valid file refused as too large
+        width, height, bits = *struct.unpack("<HH", raw[18:22]), struct.unpack("<H", raw[24:26])[0]
+        compression, colours = 0, 0
+    elif 36 <= size < 1 << 31:
+        if len(raw) < 50:
+            raise CorruptFileError(f"{name}: too short for a BMP header ({len(raw)} of 50 bytes)")
+        width, height = struct.unpack("<ii", raw[18:26])
+        bits, compression = struct.unpack("<HI", raw[28:34])
+        colours = struct.unpack("<I", raw[46:50])[0]
+    else:
+        raise UnsupportedFormatError(f"{name}: a BMP of a {size}-byte info header is not read (OpenCV reads 12 "
+                                     "bytes, or 36 and more)")
+    if bits not in _BMP_KINDS.get(compression, ()):
+        how = _BMP_COMPRESSIONS[compression] if compression < len(_BMP_COMPRESSIONS) else f"number {compression}"
+        raise UnsupportedFormatError(f"{name}: a BMP of {bits} bits a pixel with compression {how} is not read by "
+                                     "OpenCV; save it as an uncompressed 8-bit or 24-bit BMP, or as PNG or TIFF")
+    if bits <= 8 and colours > 256:
+        raise CorruptFileError(f"{name}: a BMP whose palette claims {colours} colours (at most 256)")
+    if width <= 0:
+        raise CorruptFileError(f"{name}: a BMP of width {width}; it must be above 0")
+    if compression in (0, 3):
+        stride = (width * bits + 31) // 32 * 4
+        need = offset + stride * abs(height)
+        if need > len(raw):
+            raise CorruptFileError(f"{name}: truncated: the BMP header claims {need} bytes ({width}x{abs(height)}, "
+                                   f"{bits} bits a pixel), the file holds {len(raw)}")
+    return [(width, abs(height), 4)]
 
 
 # Fill bytes skipped at once by _fill_end: a block of _FileView's size.

@@ -1855,3 +1855,52 @@ def test_a_png_cut_in_its_header_or_of_another_first_chunk_is_refused_saying_so(
             io.read_image(path)
     path.write_bytes(good)
     assert io.read_image(path).shape == (30, 40)
+
+
+def _os2_bmp(pixels: np.ndarray) -> bytes:
+    """An OS/2 BMP (12-byte info header, 16-bit sides) of 24-bit colour `pixels` (rows, cols, BGR)."""
+    import struct
+
+    rows, cols = pixels.shape[:2]
+    stride = (cols * 3 + 3) // 4 * 4
+    data = b"".join(pixels[rows - 1 - r].tobytes().ljust(stride, b"\0") for r in range(rows))
+    return b"BM" + struct.pack("<IHHI", 26 + len(data), 0, 0, 26) + struct.pack("<IHHHH", 12, cols, rows, 1, 24) + data
+
+
+def test_an_os2_bmp_is_claimed_by_its_16_bit_sides_and_read(tmp_path):
+    """Found by hand (fuzz16): an OS/2 BMP (12-byte info header, 16-bit width and height), which OpenCV reads, was
+    claimed as one 32-bit width and refused ('the header claims 17039660x1572865 pixels'). It is read, as grey."""
+    colour = np.random.default_rng(0).integers(0, 256, (26, 30, 3), dtype=np.uint8)
+    path = tmp_path / "os2.bmp"
+    path.write_bytes(_os2_bmp(colour))
+    grey = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    assert np.abs(io.read_image(path).data - grey).max() <= 1
+
+
+@pytest.mark.parametrize("offset,fmt,value,error,said", [
+    (28, "<H", 7, UnsupportedFormatError, "a BMP of 7 bits a pixel with compression none is not read by OpenCV"),
+    (30, "<I", 2, UnsupportedFormatError, "a BMP of 8 bits a pixel with compression RLE4 is not read by OpenCV"),
+    (30, "<I", 4, UnsupportedFormatError, "a BMP of 8 bits a pixel with compression JPEG is not read by OpenCV"),
+    (46, "<I", 1 << 20, CorruptFileError, "a BMP whose palette claims 1048576 colours"),
+    (18, "<i", -30, CorruptFileError, "a BMP of width -30; it must be above 0"),
+    (14, "<I", 20, UnsupportedFormatError, "a BMP of a 20-byte info header is not read"),
+    (None, None, None, CorruptFileError, r"truncated: the BMP header claims \d+ bytes \(30x26, 8 bits a pixel\), "
+                                         r"the file holds \d+")])
+def test_a_bmp_opencv_reads_nothing_of_is_refused_saying_why(tmp_path, offset, fmt, value, error, said):
+    """Found by hand (fuzz16): a BMP of bits a pixel or a compression OpenCV does not read, a palette of over 256
+    colours, a width not above 0, an unknown info header size, or pixels the file ends before (one byte short is
+    enough) was 'not a readable image', nothing of why. The header says it, before decoding."""
+    import struct
+
+    ok, buf = cv2.imencode(".bmp", (np.arange(26 * 30) % 251).astype(np.uint8).reshape(26, 30))
+    raw = bytearray(buf.tobytes())
+    path = tmp_path / "odd.bmp"
+    path.write_bytes(bytes(raw))
+    assert io.read_image(path).shape == (26, 30)
+    if offset is None:
+        raw = raw[:-1]
+    else:
+        struct.pack_into(fmt, raw, offset, value)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(error, match=rf"^{re.escape(str(path))}: {said}"):
+        io.read_image(path)
