@@ -603,14 +603,13 @@ def _glob_match(names: list[str], parts: list[str]) -> bool:
 
 
 def _dedupe_formats(paths: Sequence[Path]) -> list[Path]:
-    """Keep one file per (folder, stem) when a session saved the same image as .mrc and .jpg."""
-    best: dict[tuple[Path, str], Path] = {}
+    """Keep one file per (folder, stem) when a session saved the same image as .mrc and .jpg: those of the format
+    preferred (all of them: `a.mrc` and `a.MRC` are two images, not one saved twice; one was left out unsaid)."""
+    best: dict[tuple[Path, str], int] = {}
     for p in paths:
         key = (p.parent, p.stem)
-        old = best.get(key)
-        if old is None or _PREFERENCE.get(p.suffix.lower(), 99) < _PREFERENCE.get(old.suffix.lower(), 99):
-            best[key] = p
-    return [p for p in paths if best[(p.parent, p.stem)] == p]
+        best[key] = min(best.get(key, 99), _PREFERENCE.get(p.suffix.lower(), 99))
+    return [p for p in paths if _PREFERENCE.get(p.suffix.lower(), 99) == best[(p.parent, p.stem)]]
 
 
 def _real(path: Path) -> Path:

@@ -111,6 +111,18 @@ def test_epu_layout_kinds_ids_and_left_out(tmp_path):
     assert [i.kind for i in forced] == ["holes", "holes"]
 
 
+
+def test_files_named_alike_but_for_the_case_of_their_suffix_are_two_images(tmp_path):
+    """Found by hand (fuzz16): `atlas_a.mrc` beside `atlas_a.MRC` (or `x.tif` beside `x.TIF`) are two files, but
+    the .mrc-and-.jpg rule (one image saved twice: the preferred format is used) kept one of them and left the other
+    out without a word. Only a file of a format less preferred than another of its name is left out."""
+    root = tmp_path / "session"
+    for name in ("atlas_a.mrc", "atlas_a.MRC", "atlas_b.tif", "atlas_b.TIF", "atlas_c.mrc", "atlas_c.jpg"):
+        _touch(root / name)
+    items, notes = discover([str(root)])
+    assert [i.id for i in items] == ["atlas_a.MRC", "atlas_a.mrc", "atlas_b.TIF", "atlas_b.tif", "atlas_c.mrc"]
+    assert notes == []
+
 def test_leginon_rawdata_presets(tmp_path):
     raw = tmp_path / "22jan01a" / "rawdata"
     names = ["22jan01a_00004gr.mrc", "22jan01a_00004gr_00012sq.mrc", "22jan01a_00004gr_00012sq_v01.mrc",
