@@ -440,9 +440,13 @@ def find_map(nav: Navigator, label: str | None = None, image_path: str | os.Path
             hits = [it for it in hits if _whole(it, "MapSection", 0) == (section or 0)]
         if len(hits) == 1:
             return hits[0]
+        labels = [it.label for it in hits]
+        if len(set(labels)) < len(labels):  # an item written twice: "choose one with --map-label (2, 2)" could not
+            raise InputError(f"several navigator maps labelled alike use {name} ({', '.join(labels)}): "
+                             "--map-label cannot choose between them; remove the copies in SerialEM")
         if len(hits) > 1:
             raise InputError(f"several navigator maps use {name}: choose one with --map-label "
-                             f"({', '.join(it.label for it in hits)})")
+                             f"({', '.join(labels)})")
     raise InputError(f"no navigator map's MapFile is {Path(image_path).name if image_path else 'this image'}: "
                      f"choose one with --map-label ({', '.join(it.label for it in maps) or 'the file has no maps'})")
 
@@ -594,14 +598,21 @@ def targets_nav_text(nav_in: str | os.PathLike, result: Any, map_label: str | No
     if os.path.realpath(out) == os.path.realpath(nav_in):  # realpath: a symlink loop is no RuntimeError
         raise InputError(f"{out}: the navigator copy must not replace the original (SerialEM rewrites the file "
                          "it has open); choose another --nav-out and merge it in SerialEM")
-    map_item = find_map(nav, map_label, image_path, result.image.section)
-    frame_file = map_item.get("MapFile")
-    same_file = bool(image_path and frame_file and _basename(frame_file) == Path(image_path).name.lower())
-    if same_file and result.image.section is None and _assembled_montage(image_path):
-        same_file = False  # io read the montage's pieces as one stitched image: its pixels are the montage's
-    points = [(float(t.x), float(t.y)) for t in result.targets]
-    new_text, items = add_points(nav, text, map_item, points, tuple(result.image.shape), _notes(result),
-                                 acquire=acquire, image_is_map_file=same_file, name=nav_in)
+    try:
+        map_item = find_map(nav, map_label, image_path, result.image.section)
+        frame_file = map_item.get("MapFile")
+        same_file = bool(image_path and frame_file and _basename(frame_file) == Path(image_path).name.lower())
+        if same_file and result.image.section is None and _assembled_montage(image_path):
+            same_file = False  # io read the montage's pieces as one stitched image: its pixels are the montage's
+        points = [(float(t.x), float(t.y)) for t in result.targets]
+        new_text, items = add_points(nav, text, map_item, points, tuple(result.image.shape), _notes(result),
+                                     acquire=acquire, image_is_map_file=same_file, name=nav_in)
+    except InputError as exc:
+        # the map's problems (no map for the image, a MapScaleMat that cannot be inverted, a malformed StageXYZ)
+        # said "navigator map 2: ...", naming no file: the .nav is named, once
+        if str(exc).startswith(f"{nav_in}: "):
+            raise
+        raise type(exc)(f"{nav_in}: {exc}") from None
     return out, new_text, len(items)
 
 

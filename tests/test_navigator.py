@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mrcfile
@@ -516,3 +517,28 @@ def test_a_map_frame_that_puts_targets_at_infinity_is_refused(tmp_path, mat):
     with pytest.raises(InputError, match=r"grid\.nav: navigator map 1: .* no stage position"):
         write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), image_path=tmp_path / "map.mrc")
     assert not default_nav_output(nav_path).exists()
+
+
+@pytest.mark.parametrize("edit,said", [
+    (("MapScaleMat = 0.5 0.1 0.05 -0.5", "MapScaleMat = 0 0 0 0"), r"navigator map 1: MapScaleMat \[0.0, 0.0, 0.0, "
+                                                                   r"0.0\] cannot be inverted"),
+    (("MapWidthHeight = 1000 800", "MapWidthHeight = -1000 -800"), "navigator map 1: malformed StageXYZ"),
+    (("StageXYZ = 10.0 -20.0 3.0\n", ""), "navigator map 1 has no StageXYZ"),
+    (("MapSection = 0", "MapSection = 99999999999999999999999"), "navigator item 1: MapSection = "),
+    (("MapFile = C:\\maps\\map.mrc", "MapFile = C:\\maps\\other.mrc"), "no navigator map's MapFile is map.mrc"),
+    (("Type = 2", "Type = map"), r"no navigator map's MapFile is map.mrc: .*\(the file has no maps\)"),
+    (None, r"several navigator maps labelled alike use map.mrc \(1, 1\): --map-label cannot choose between them")])
+def test_a_navigator_map_s_problem_names_the_navigator(tmp_path, edit, said):
+    """Found by hand (fuzz16): `--nav` with a map whose MapScaleMat cannot be inverted, whose MapWidthHeight or
+    StageXYZ is malformed or missing, whose MapSection is no integer, or no map for the image said 'navigator map
+    1: ...' naming no file (the rule: the file and the problem); an item written twice said 'choose one with
+    --map-label (1, 1)', which cannot. The .nav is named, once, and the copy is not written."""
+    nav_path = tmp_path / "grid.nav"
+    text = _nav(_map(file="map.mrc"))
+    text = text + "\n" + text.split("\n\n", 1)[1] if edit is None else text.replace(*edit)
+    nav_path.write_text(text)
+    out = tmp_path / "copy.nav"
+    with pytest.raises(InputError, match=rf"^{re.escape(str(nav_path))}: {said}") as info:
+        write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), nav_out=out,
+                             image_path=tmp_path / "map.mrc")
+    assert str(info.value).count(str(nav_path)) == 1 and not out.exists()
