@@ -33,6 +33,7 @@ from .errors import HANGUP, InputError, PtolemyError, clean_text, one_line
 from .metadata import PLAUSIBLE_A
 from .report import finite_number, sound_result
 from .sessions import Item, discover, stage_to_pixel
+from .smallfiles import is_regular
 
 __all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_factor",
            "preview_levels", "process_one", "run", "run_batch", "worst_exit_code"]
@@ -417,6 +418,8 @@ def _process(item: Item, config: BatchConfig) -> Done:
     marks: bytes | None = None
     try:
         if item.kind not in KINDS:
+            if not is_regular(item.path):  # a .nav map whose file is not here: that is said, not that its kind is not
+                _sha256(item.path)  # raises naming it (no such file, not a regular file)
             raise UsageError(f"{item.path}: cannot tell an atlas from a grid-square image here; "
                              "pass --kind squares or --kind holes")
         row["sha256"] = _sha256(item.path)

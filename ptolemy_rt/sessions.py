@@ -231,6 +231,7 @@ class _NavRead:
     # the [ZValue] block describing each section of a stack (a montage frame's first piece), where not the section
     blocks: dict[Path, dict[int, int]]
     unusable: int  # map items whose MapFile can name no file (a NUL byte in it)
+    empty: int = 0  # map items whose MapFile is empty (it named the .nav's own folder, an input failing as such)
 
 
 def _read_session_nav(nav_path: Path) -> _NavRead:
@@ -268,10 +269,12 @@ def _read_session_nav(nav_path: Path) -> _NavRead:
         return resolved[value]
 
     maps: dict[Path, None] = {}
-    unusable = 0
+    unusable = empty = 0
     for value in stored:
         path = where(value)
-        if path is None:
+        if path is None and not file_name(value).strip():
+            empty += 1
+        elif path is None:
             unusable += 1
         else:
             maps.setdefault(path)
@@ -318,7 +321,8 @@ def _read_session_nav(nav_path: Path) -> _NavRead:
         stacks[path] = (montage, chosen, len(uses) - len(chosen))
         if isinstance(have, dict):
             blocks[path] = {s: have[s] for s in chosen}
-    return _NavRead(list(maps), {p: f for p, f in frames.items() if p not in shared}, stacks, blocks, unusable)
+    return _NavRead(list(maps), {p: f for p, f in frames.items() if p not in shared}, stacks, blocks, unusable,
+                    empty)
 
 
 def nav_maps(nav_path: Path) -> list[Path]:
@@ -398,13 +402,13 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def _map_path(nav_path: Path, stored: str) -> Path | None:
-    """Where a .nav's stored MapFile is here; None where the name can be no file's (it holds a NUL byte).
+    """Where a .nav's stored MapFile is here; None where the name can be no file's (empty, or holding a NUL byte).
 
     Navigators are often moved from the acquisition PC: the stored path's last folders below the .nav's own
     folder (a session copied whole keeps its subfolders: D:\\s\\grid1\\LMM.mrc stored in D:\\s\\nav.nav is
     grid1/LMM.mrc beside the copied nav.nav), the longest tail first, down to the file name beside the .nav."""
     stored = stored.strip()
-    if "\0" in stored:
+    if not stored or "\0" in stored:
         return None
     # '..' resolved as the acquisition PC did (D:\s\grid1\..\LMM.mrc is D:\s\LMM.mrc), in its own path syntax;
     # a '..' left at the start of a relative path is dropped with what it climbs out of: a tail never leaves the
@@ -641,6 +645,9 @@ def discover(paths: Iterable[str], kind: str | None = None, exclude: str | os.Pa
         if read.unusable:
             why = "a .nav map whose MapFile can name no file (a NUL byte in it)"
             left_out[why] = left_out.get(why, 0) + read.unusable
+        if read.empty:
+            why = "a .nav map whose MapFile is empty"
+            left_out[why] = left_out.get(why, 0) + read.empty
     skip = _real(Path(exclude)) if exclude is not None else None
     seen: set[Path] = set()
     unique: list[Path] = []

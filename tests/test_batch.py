@@ -427,6 +427,32 @@ def test_a_stacks_maps_sort_by_section_number(tmp_path):
     assert [i.id for i in items] == [f"MMM.mrc@{z}" for z in range(12)] + ["MMM.mrc.x.mrc"]
 
 
+
+def test_an_empty_map_file_is_left_out_and_a_missing_one_is_said_missing(tmp_path, capsys):
+    """Found by hand (fuzz16): a .nav map whose MapFile is empty named the .nav's own folder, an input that failed
+    as 'cannot tell an atlas from a grid-square image here'; one whose file is not there failed with those words
+    too, though --kind would not help. The empty one is left out with a note; the missing one fails as 'no such
+    file' (exit 2), the other maps are processed."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    with mrcfile.new(tmp_path / "LMM.mrc") as m:
+        m.set_data(make_atlas(3, shape=(320, 320))[0])
+    (tmp_path / "LMM.mrc.mdoc").write_text("[ZValue = 0]\nMagnification = 135\n")  # an atlas, without --kind
+    nav = tmp_path / "s.nav"
+    nav.write_text("AdocVersion = 2.00\n\n[Item = 1]\nType = 2\nMapFile =\n\n"
+                   "[Item = 2]\nType = 2\nMapFile = D:\\s\\LMM.mrc\n")
+    items, notes = discover([str(nav)])
+    assert [(i.id, i.kind) for i in items] == [("LMM.mrc", "squares")]
+    assert notes == ["left out 1 image(s): a .nav map whose MapFile is empty"]
+    nav.write_text(nav.read_text() + "\n[Item = 3]\nType = 2\nMapFile = D:\\s\\gone.mrc\n")
+    result = _main(capsys, str(nav), "-o", str(tmp_path / "out"), "--workers", "1", "--no-report")
+    assert result.returncode == 2, result.stderr
+    rows = {row["id"]: row for row in json.loads((tmp_path / "out" / "summary.json").read_text())["images"]}
+    assert rows["gone.mrc"]["error"] == f"{tmp_path / 'gone.mrc'}: no such file"
+    assert rows["LMM.mrc"]["status"] == "ok"
+
 def test_a_nul_byte_in_a_stored_map_file_leaves_that_map_out(tmp_path, capsys):
     """A NUL byte in a .nav's MapFile made discovery raise ValueError (embedded null byte): exit 70 for the whole
     batch. That map names no file: it is left out with a note, the others are found; alone, the batch refuses the
