@@ -406,7 +406,9 @@ def _model_set_files(directory: Path) -> list[Path]:
         raw = json.loads(text_of(read_small(files[0], MAX_MANIFEST_BYTES, "model-set manifest"), "strict"))
         entries = raw.get("models", {}).values() if isinstance(raw, dict) and isinstance(raw.get("models"), dict) \
             else []
-        files += [directory / e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)]
+        # (a name holding a NUL byte names no file: os.stat's ValueError was an internal error, exit 70)
+        files += [directory / e["file"] for e in entries
+                  if isinstance(e, dict) and isinstance(e.get("file"), str) and "\0" not in e["file"]]
     except (PtolemyError, OSError, ValueError, RecursionError):
         pass
     return files

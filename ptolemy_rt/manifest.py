@@ -49,6 +49,15 @@ FORMAT = 1
 # A manifest lists a few models (kilobytes); a larger file is not one, and is refused before it is read.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The largest sizes a graph's crops, padding and resampling may ask for: far above any trained graph's (square crops
+# of 60 to 240 px, hole crops enlarged to 8 to 16, padding to 16, a 64 px period enlarged 1.3x at most), far below
+# what exhausts memory on one image: a crop_size or min_size of 1e9, a multiple of 1e6, or a spacing_px of 1e300
+# failed each image as 'not enough memory for this image' (exit 2) or an internal error (exit 70), the model set
+# unnamed.
+MAX_CROP_PX = 1024
+MAX_UNET_MULTIPLE = 256
+MAX_UNET_SPACING_PX = 256.0
+MAX_UNET_UPSCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -134,10 +143,10 @@ def _opt_str(v: Any) -> str | None:
     return None if v is None else _str(v)
 
 
-def _int(lo: int) -> Callable[[Any], int]:
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
     def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise _Bad(f"must be an integer >= {lo}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise _Bad(f"must be an integer >= {lo}" if hi is None else f"must be an integer from {lo} to {hi}")
         return int(v)
 
     return check
@@ -147,8 +156,10 @@ def _opt(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None else check(v)
 
 
-def _number(v: Any, lo: float, hi: float, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v < hi:
+def _number(v: Any, lo: float, hi: float, what: str, closed: bool = False) -> float:
+    """`v` as a float within (lo, hi), or (lo, hi] when `closed`; _Bad saying `what` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v <= hi \
+            or (v == hi and not closed):
         raise _Bad(f"must be a number {what}")
     return float(v)
 
@@ -178,6 +189,8 @@ def _sha(v: Any) -> str:
 
 def _relative_file(v: Any) -> str:
     path = _str(v)
+    if "\0" in path:  # os.stat's ValueError (embedded null byte) was an internal error, exit 70
+        raise _Bad("must be a file name (it holds a NUL byte)")
     posix, windows = PurePosixPath(path), PureWindowsPath(path)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
         raise _Bad("must be a path inside the model set's directory (no absolute path, no '..')")
@@ -208,11 +221,12 @@ def _scale(v: Any) -> UnetScale | None:
     if "spacing_px" not in v:
         raise _Bad("has no spacing_px")
     try:
-        spacing = _positive(v["spacing_px"])
+        spacing = _number(v["spacing_px"], 0.0, MAX_UNET_SPACING_PX, f"in (0, {MAX_UNET_SPACING_PX:g}]", closed=True)
     except _Bad as exc:
         raise _Bad(f"spacing_px {exc}") from None
     try:
-        cap = _opt(_positive)(v.get("max_upscale"))
+        cap = _opt(lambda u: _number(u, 0.0, MAX_UNET_UPSCALE, f"in (0, {MAX_UNET_UPSCALE:g}]", closed=True))(
+            v.get("max_upscale"))
     except _Bad as exc:
         raise _Bad(f"max_upscale {exc}") from None
     return UnetScale(spacing, cap)
@@ -235,9 +249,10 @@ _COMMON: dict[str, Callable[[Any], Any]] = {
     "pixel_size_A": _opt(_positive),
 }
 _PER_TASK: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "square_cnn": {"crop_size": _int(1), "crop_scale": _int(1), "crop_min_side": _opt(_int(1))},
-    "hole_unet": {"multiple": _int(1), "threshold": _threshold, "scale": _scale, "max_pixels": _opt(_int(1))},
-    "hole_cnn": {"min_size": _int(1)},
+    "square_cnn": {"crop_size": _int(1, MAX_CROP_PX), "crop_scale": _int(1), "crop_min_side": _opt(_int(1))},
+    "hole_unet": {"multiple": _int(1, MAX_UNET_MULTIPLE), "threshold": _threshold, "scale": _scale,
+                  "max_pixels": _opt(_int(1))},
+    "hole_cnn": {"min_size": _int(1, MAX_CROP_PX)},
 }
 _REQUIRED = ("file", "sha256")
 
@@ -305,6 +320,12 @@ def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
             # At crop_scale 1 there is no factor to lower; refused rather than silently switching the crops to
             # the one-warp reduced path (ptolemy_rt.crops.square_crop_source), which differs in the last bits.
             problems.append(f"{where}.crop_min_side: needs crop_scale > 1 (it lowers crop_scale per image)")
+    declared = values.get("input_shape")
+    if len(problems) == n_before and task == "square_cnn" and declared is not None and len(declared) == 4:
+        size = values.get("crop_size", ModelSpec.crop_size)
+        if any(isinstance(d, int) and d != size for d in declared[2:]):
+            # the crops fed are crop_size x crop_size: every image failed at inference, the set unnamed
+            problems.append(f"{where}.crop_size: {size} does not fit input_shape {list(declared)}")
     if len(problems) > n_before:
         return None
     return ModelSpec(**values)

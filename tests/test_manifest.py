@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -256,3 +257,40 @@ def test_a_model_set_loads_under_an_address_space_limit_of_a_cluster_job():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                        check=False)
     assert r.returncode == 0 and int(r.stdout) >= 2, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("task,extra,said", [
+    ("square_cnn", {"crop_size": 10**9}, "models.square_cnn.crop_size: must be an integer from 1 to 1024"),
+    ("square_cnn", {"crop_size": 64, "input_shape": ["N", 1, 60, 60]},
+     r"models.square_cnn.crop_size: 64 does not fit input_shape \['N', 1, 60, 60\]"),
+    ("hole_unet", {"multiple": 10**6}, "models.hole_unet.multiple: must be an integer from 1 to 256"),
+    ("hole_unet", {"scale": {"spacing_px": 1e300}}, r"models.hole_unet.scale: spacing_px must be a number in \(0, "
+                                                    r"256\]"),
+    ("hole_unet", {"scale": {"spacing_px": 64, "max_upscale": 1e300}},
+     r"models.hole_unet.scale: max_upscale must be a number in \(0, 4\]"),
+    ("hole_cnn", {"min_size": 10**5}, "models.hole_cnn.min_size: must be an integer from 1 to 1024"),
+    ("hole_cnn", {"file": "a\0b.onnx"}, r"models.hole_cnn.file: must be a file name \(it holds a NUL byte\)")])
+def test_a_size_no_graph_could_use_or_a_file_name_of_a_nul_byte_is_refused_by_name(task, extra, said):
+    """Found by hand (fuzz16): a crop_size or min_size of 1e9 or a multiple of 1e6 failed every image as 'not enough
+    memory for this image' (exit 2, the image blamed), a spacing_px of 1e300 as an internal error (OverflowError,
+    exit 70), a crop_size other than the graph's declared input at inference naming the image, a file name holding a
+    NUL byte as an internal error (os.stat's ValueError, exit 70). The manifest refuses each by name (exit 3); the
+    shipped and trained values (crops of 60 to 240, padding to 16, a 64 px period enlarged 1.3x) parse."""
+    entry = {"file": "a.onnx", "sha256": "0" * 64, **extra}
+    problems: list[str] = []
+    assert parse_manifest({"format": 1, "name": "x", "models": {task: entry}}, problems) is None
+    assert len(problems) == 1 and re.match(said, problems[0]), problems
+    fine = {"square_cnn": {"crop_size": 240, "input_shape": ["N", 1, 240, 240]},
+            "hole_unet": {"multiple": 16, "scale": {"spacing_px": 64, "max_upscale": 1.3}},
+            "hole_cnn": {"min_size": 16}}[task]
+    assert parse_manifest({"format": 1, "name": "x", "models": {task: {"file": "a.onnx", "sha256": "0" * 64,
+                                                                       **fine}}}) is not None
+
+
+def test_a_model_file_name_of_a_nul_byte_exits_3_in_one_line(tiny, capsys):
+    """The same NUL byte through the command line: `squares --models` looked the set's files up (so that no output
+    replaces one) before the manifest was checked, and os.stat raised (exit 70)."""
+    edit(tiny, lambda m: m["models"]["square_cnn"].update(file="a\0b.onnx"))
+    code = main(["squares", str(tiny / "nothing.mrc"), "--models", str(tiny)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and "models.square_cnn.file: must be a file name" in err[0], err
