@@ -203,6 +203,8 @@ class Calibration:
                        ours=tuple(float(v) for v in data["ours"]), target=tuple(float(v) for v in data["target"]),
                        models=dict(data.get("models") or {}), pairs=int(data.get("pairs", 0)),
                        against=str(data.get("against", "")))
+        except CalibrationError:  # the knots' own words: "field missing or ill-typed (CalibrationError: ...)" hid them
+            raise
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CalibrationError(f"calibration field missing or ill-typed ({type(exc).__name__}: {exc})") from None
 

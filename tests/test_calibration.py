@@ -364,3 +364,19 @@ def test_each_score_comes_from_a_graph_of_its_kind():
     assert calibration.KINDS == batch.KINDS == tuple(TASKS_OF_KIND) == ("squares", "holes")
     for (kind, _), tasks in calibration.SCORE_TASKS.items():
         assert set(tasks) <= set(TASKS_OF_KIND[kind]), (kind, tasks)
+
+
+@pytest.mark.parametrize("edit,said", [
+    ({"ours": [0.1, 0.1, 0.9]}, "calibration knots: 'ours' must increase strictly and 'target' never decrease"),
+    ({"ours": [0.1, 0.5, 2.0]}, "calibration knots must lie in"),
+    ({"kind": "tiles"}, "calibration kind 'tiles': expected squares or holes")])
+def test_a_calibration_s_knots_refusal_is_said_in_its_own_words(tmp_path, edit, said):
+    """Found by hand (fuzz16): a calibration file whose knots do not increase or leave [0, 1], or of an unknown
+    kind, was refused as 'calibration field missing or ill-typed (CalibrationError: ...)': the fields were there
+    and well typed. The knots' own words are said, after the file's name."""
+    data = {**fit([0.1, 0.5, 0.9], [0.2, 0.4, 0.8], "holes", "cnn", {}).to_dict(), **edit}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError) as info:
+        read_calibration(path)
+    assert said in str(info.value) and "ill-typed" not in str(info.value)
