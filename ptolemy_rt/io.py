@@ -615,7 +615,9 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
                 i += 2
                 continue
             if marker in (0xDA, 0xD9):
-                return []
+                # libjpeg reads no scan nor end before a frame header: "not a readable image" said nothing of it
+                where = "its first scan (SOS)" if marker == 0xDA else "its end (EOI)"
+                raise CorruptFileError(f"{name}: a JPEG without a frame header (SOF) before {where}")
             length = struct.unpack(">H", raw[i + 2:i + 4])[0]
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                 height, width = struct.unpack(">HH", raw[i + 5:i + 9])
@@ -627,7 +629,7 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
                                                  "(1, 3 or 4 are); save it as grey or RGB")
                 return [(width, height, max(1, components))]
             i += 2 + length
-        return []
+        raise CorruptFileError(f"{name}: a JPEG that ends before its frame header (SOF) ({len(raw)} bytes)")
     if raw[:4] in (b"II*\x00", b"MM\x00*"):
         if len(raw) < 8:  # no link to the first IFD: struct.error's words were the message
             raise CorruptFileError(f"{name}: too short for a TIFF header ({len(raw)} of 8 bytes)")

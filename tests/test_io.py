@@ -873,7 +873,11 @@ def test_a_jpeg_header_walk_stops_where_no_marker_is(tmp_path):
 
     for raw in (jpeg[:20] + bytes(1 << 20), b"\xff\xd8\xff\xda\x00\x08" + bytes(1 << 20)):
         Counting.reads.clear()
-        assert io._raster_claims(Counting(stdio.BytesIO(raw), len(raw)), "j") == []
+        if raw[3] == 0xDA:  # a scan before any frame header: refused saying so (fuzz16)
+            with pytest.raises(CorruptFileError, match="without a frame header"):
+                io._raster_claims(Counting(stdio.BytesIO(raw), len(raw)), "j")
+        else:
+            assert io._raster_claims(Counting(stdio.BytesIO(raw), len(raw)), "j") == []
         assert len(Counting.reads) < 100, len(Counting.reads)
 
 
@@ -1400,7 +1404,8 @@ def test_the_jpeg_checks_of_a_file_of_fill_bytes_take_little_memory_and_few_read
             Counting.reads += 1
             return super().__getitem__(key)
 
-    assert io._raster_claims(Counting(stdio.BytesIO(raw), len(raw)), "fill.jpg") == []
+    with pytest.raises(CorruptFileError, match="ends before its frame header"):  # (fuzz16: it said so)
+        io._raster_claims(Counting(stdio.BytesIO(raw), len(raw)), "fill.jpg")
     assert Counting.reads < 1000, Counting.reads
     # a frame header after fill is found as before, and fill running to the end of the file is no frame
     jpeg = cv2.imencode(".jpg", np.zeros((48, 64), np.uint8))[1].tobytes()
@@ -1410,7 +1415,8 @@ def test_the_jpeg_checks_of_a_file_of_fill_bytes_take_little_memory_and_few_read
     assert Counting.reads < 100, Counting.reads
     for cut in (2, 5, 9, 10, 11, 12):
         short = jpeg[:2] + b"\xff" * 70_000 + jpeg[2:2 + cut]
-        assert io._raster_claims(short, "j") == [], cut
+        with pytest.raises(CorruptFileError, match="ends before its frame header"):
+            io._raster_claims(short, "j")
     calls = []
     claims = io._raster_claims
 
@@ -1904,3 +1910,22 @@ def test_a_bmp_opencv_reads_nothing_of_is_refused_saying_why(tmp_path, offset, f
     path.write_bytes(bytes(raw))
     with pytest.raises(error, match=rf"^{re.escape(str(path))}: {said}"):
         io.read_image(path)
+
+
+@pytest.mark.parametrize("cut,said", [(2, r"a JPEG that ends before its frame header \(SOF\) \(2 bytes\)"),
+                                      (None, r"a JPEG without a frame header \(SOF\) before its end \(EOI\)"),
+                                      ("sos", r"a JPEG without a frame header \(SOF\) before its first scan")])
+def test_a_jpeg_without_a_frame_header_is_refused_saying_so(tmp_path, cut, said):
+    """Found by hand (fuzz16): a JPEG of its start marker alone, one that ends (EOI) or starts its scan (SOS)
+    before any frame header (SOF) was 'not a readable image', nothing of why; libjpeg reads neither without one.
+    The header walk says it, before decoding; the file whole is read."""
+    jpeg = cv2.imencode(".jpg", np.zeros((48, 64), np.uint8))[1].tobytes()
+    sof = jpeg.find(b"\xff\xc0")
+    path = tmp_path / "no_frame.jpg"
+    scan = jpeg[jpeg.find(b"\xff\xda"):]
+    raw = {2: jpeg[:2], None: jpeg[:sof] + b"\xff\xd9" + bytes(16), "sos": jpeg[:sof] + scan}[cut]
+    path.write_bytes(raw)
+    with pytest.raises(CorruptFileError, match=rf"^{re.escape(str(path))}: {said}"):
+        io.read_image(path)
+    path.write_bytes(jpeg)
+    assert io.read_image(path).shape == (48, 64)
