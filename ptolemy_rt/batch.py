@@ -928,7 +928,9 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
     try:
         _check_writable(out)
     except OSError as exc:
-        print(f"error: -o {out}: cannot write here ({exc})", file=sys.stderr)
+        # a dangling symlink in the folder's place said "File exists", of a name that seemed free
+        why = "a symbolic link to nothing" if os.path.islink(out) and not out.exists() else exc
+        print(f"error: -o {one_line(str(out))}: cannot write here ({why})", file=sys.stderr)
         return EXIT_OUTPUT
     # a missing or tampered set fails here, once (exit 3; manifest.check_model_directory for a --models that is
     # no directory, a symlink loop included)
@@ -1009,13 +1011,14 @@ def run_batch(paths: list[str], outdir: str | os.PathLike, *, kind: str | None =
 
             write_report(out, marks, atlas_records)
     except OSError as exc:
-        print(f"error: {out}: cannot write the summary ({exc})", file=sys.stderr)
+        print(f"error: {one_line(str(out))}: cannot write the summary ({exc})", file=sys.stderr)
         return EXIT_OUTPUT
     t = summary["totals"]
     fresh = len(done) - (len(items) - len(todo))
     rate = f", {fresh / elapsed:.2f} images/s" if fresh and elapsed > 0 else ""
     print(f"ptolemy-rt batch: {t['ok']} ok, {t['empty']} empty, {t['failed']} failed of {len(items)} image(s) "
-          f"({len(items) - len(todo)} resumed{rate}); {t['squares']} squares, {t['holes']} holes; {out}/",
+          f"({len(items) - len(todo)} resumed{rate}); {t['squares']} squares, {t['holes']} holes; "
+          f"{one_line(str(out))}/",  # a newline in the folder's name made this line two
           file=sys.stderr)
     if interrupted:
         print(f"interrupted: {len(done)} of {len(items)} done; rerun with --resume to finish", file=sys.stderr)

@@ -1588,6 +1588,25 @@ def test_the_targets_of_an_image_whose_outputs_were_not_written_are_not_in_the_t
     assert summary["totals"]["squares"] == rows["atlas_2.mrc"]["count"]
     assert summary["totals"]["failed"] == 1
 
+
+def test_the_output_folder_s_name_is_said_on_one_line_and_a_dangling_link_there_is_named(tmp_path, capsys):
+    """Found by hand (fuzz16): `batch -o 'x<newline>y'` ended with a summary line split in two (the folder's name
+    printed raw); `-o LINK` where LINK is a symbolic link to nothing failed as 'cannot write here ([Errno 17] File
+    exists: ...)', of a name that seemed free. The name is escaped (x\\ny), the link said (exit 4 as before)."""
+    import mrcfile
+
+    from ptolemy_rt.synthetic import make_atlas
+
+    with mrcfile.new(tmp_path / "atlas_1.mrc") as m:
+        m.set_data(make_atlas(3, shape=(320, 320))[0])
+    odd = tmp_path / "x\ny"
+    done = _main(capsys, str(tmp_path / "atlas_1.mrc"), "-o", str(odd), "--workers", "1", "--no-report")
+    assert done.returncode == 0 and done.stderr.count("\n") == 1 and done.stderr.rstrip().endswith("x\\ny/")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    done = _main(capsys, str(tmp_path / "atlas_1.mrc"), "-o", str(link), "--workers", "1", "--no-report")
+    assert done.returncode == 4 and done.stderr == f"error: -o {link}: cannot write here (a symbolic link to nothing)\n"
+
 _CRASHING_WORKER = """
 import multiprocessing
 import os
