@@ -199,6 +199,8 @@ def _mdoc_keys(mdoc_path: Path) -> tuple[dict[str, float], dict[str, dict[str, f
                 number = float(value.split()[0])
             except (ValueError, IndexError):
                 continue
+            if not (math.isfinite(number) and number > 0):
+                continue  # no magnification: NaN made the map a grid-square one (NaN <= LOW_MAG_MAX is false)
             found.setdefault(key, number)
             if block is not None:
                 block.setdefault(key, number)

@@ -123,6 +123,22 @@ def test_files_named_alike_but_for_the_case_of_their_suffix_are_two_images(tmp_p
     assert [i.id for i in items] == ["atlas_a.MRC", "atlas_a.mrc", "atlas_b.TIF", "atlas_b.tif", "atlas_c.mrc"]
     assert notes == []
 
+
+@pytest.mark.parametrize("magnification", ["nan", "inf", "-135", "0"])
+def test_a_magnification_that_is_none_leaves_a_serialem_map_s_kind_to_the_next_rule(tmp_path, magnification):
+    """Found by hand (fuzz16): a .mdoc's Magnification of NaN or infinity made its map a grid-square image
+    (NaN <= 500 is false), -135 or 0 an atlas: targets found by the wrong pipeline, exit 0. Such a value is no
+    magnification: the kind is the next rule's (here none: --kind is asked for), a good value of a later block
+    is used, and a real one still decides."""
+    _touch(tmp_path / "map.mrc")
+    mdoc = tmp_path / "map.mrc.mdoc"
+    mdoc.write_text(f"[ZValue = 0]\nMagnification = {magnification}\n")
+    assert kind_of(tmp_path / "map.mrc") == (None, "file", None)
+    mdoc.write_text(f"[ZValue = 0]\nMagnification = {magnification}\n\n[ZValue = 1]\nMagnification = 135\n")
+    assert kind_of(tmp_path / "map.mrc")[0] == "squares"
+    mdoc.write_text("[ZValue = 0]\nMagnification = 4800\n")
+    assert kind_of(tmp_path / "map.mrc") == ("holes", "serialem", None)
+
 def test_leginon_rawdata_presets(tmp_path):
     raw = tmp_path / "22jan01a" / "rawdata"
     names = ["22jan01a_00004gr.mrc", "22jan01a_00004gr_00012sq.mrc", "22jan01a_00004gr_00012sq_v01.mrc",
