@@ -35,6 +35,7 @@ from .errors import (
     TooLargeError,
     TooSmallError,
     UnsupportedFormatError,
+    one_line,
     size_text,
 )
 from .mrcdims import MRC_ITEMSIZE, MRC_SUFFIXES, mrc_byte_order  # numpy-free (sessions reads stack headers)
@@ -1213,6 +1214,11 @@ def read_image(path: str | os.PathLike, section: int | None = None, *, max_pixel
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"read_image: path must be a str or os.PathLike, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not text:  # Path("") is ".": "'.: not a regular file'" named a folder nobody gave
+        raise MissingFileError("read_image: an empty path names no file")
+    if "\0" in str(text):  # os.stat's ValueError: "not a readable image (ValueError: embedded null byte)"
+        raise MissingFileError(f"{one_line(str(text))}: no such file (a path holding a NUL byte names none)")
     p = Path(path)
     budget = DEFAULT_MAX_PIXELS if max_pixels is None else _budget(p, max_pixels)
     if not isinstance(permissive, (bool, np.bool_)):

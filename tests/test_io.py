@@ -1929,3 +1929,13 @@ def test_a_jpeg_without_a_frame_header_is_refused_saying_so(tmp_path, cut, said)
         io.read_image(path)
     path.write_bytes(jpeg)
     assert io.read_image(path).shape == (48, 64)
+
+
+@pytest.mark.parametrize("path,said", [("", r"^read_image: an empty path names no file$"),
+                                       ("/tmp/a\0b.mrc", r"^/tmp/a\\x00b\.mrc: no such file \(a path holding a NUL "
+                                                         r"byte names none\)$")])
+def test_an_empty_path_or_one_of_a_nul_byte_is_said_to_name_no_file(path, said):
+    """Found by hand (fuzz16): read_image('') said '.: not a regular file' (Path('') is '.'), a folder nobody gave;
+    a path holding a NUL byte 'not a readable image (ValueError: embedded null byte)'. Both name no file."""
+    with pytest.raises(MissingFileError, match=said):
+        io.read_image(path)
