@@ -598,6 +598,7 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
         width, height = struct.unpack(">II", raw[16:24])
         depth, colour = raw[24], raw[25]
         channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+        _png_image_data(raw, name)
         return [(width, height, max(1, depth // 8) * channels)]
     if raw[:2] == b"BM":
         return _bmp_claims(raw, name)
@@ -683,6 +684,30 @@ def _bmp_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple[in
             raise CorruptFileError(f"{name}: truncated: the BMP header claims {need} bytes ({width}x{abs(height)}, "
                                    f"{bits} bits a pixel), the file holds {len(raw)}")
     return [(width, abs(height), 4)]
+
+
+# Chunks walked before a PNG's first IDAT (a real file has a few to a few tens: text, colour, physical size; each
+# read is a 64 kB block of _FileView's): past them its image data is not looked for.
+MAX_PNG_CHUNKS = 256
+
+
+def _png_image_data(raw: bytes | memoryview | _FileView, name: str) -> None:
+    """Refuse a PNG whose chunks (after IHDR) reach its end (IEND) or the file's before its image data (IDAT), or
+    claim a length libpng refuses (over 2**31 - 1): each said only 'not a readable image'."""
+    import struct
+
+    i = 33
+    for _ in range(MAX_PNG_CHUNKS):
+        if i + 8 > len(raw):
+            raise CorruptFileError(f"{name}: a PNG that ends before its image data (IDAT) ({len(raw)} bytes)")
+        length, kind = struct.unpack(">I4s", bytes(raw[i:i + 8]))
+        if length > 0x7FFFFFFF:
+            raise CorruptFileError(f"{name}: a PNG chunk {kind!r} claims {length} bytes (at most 2**31 - 1)")
+        if kind == b"IDAT":
+            return
+        if kind == b"IEND":
+            raise CorruptFileError(f"{name}: a PNG without image data (IDAT) before its end (IEND)")
+        i += 12 + length
 
 
 # Fill bytes skipped at once by _fill_end: a block of _FileView's size.

@@ -1939,3 +1939,20 @@ def test_an_empty_path_or_one_of_a_nul_byte_is_said_to_name_no_file(path, said):
     a path holding a NUL byte 'not a readable image (ValueError: embedded null byte)'. Both name no file."""
     with pytest.raises(MissingFileError, match=said):
         io.read_image(path)
+
+
+def test_a_png_without_image_data_or_ending_before_it_is_refused_saying_so(tmp_path):
+    """Found by hand (fuzz16): a PNG of its header and end alone (no IDAT), or whose chunks run past the file's end
+    before its image data, was 'not a readable image', nothing of why. The chunk walk (bounded) says it, before
+    decoding; a PNG with text chunks before its IDAT is read."""
+    rows = b"".join(b"\0" + bytes(range(40)) for _ in range(30))
+    good = _png_of(40, 30, rows)
+    path = tmp_path / "odd.png"
+    path.write_bytes(good[:33] + _png_chunk(b"IEND", b""))
+    with pytest.raises(CorruptFileError, match=r"odd\.png: a PNG without image data \(IDAT\) before its end"):
+        io.read_image(path)
+    path.write_bytes(good[:33] + _png_chunk(b"tEXt", b"k\0" + bytes(100))[:50])
+    with pytest.raises(CorruptFileError, match=r"odd\.png: a PNG that ends before its image data \(IDAT\)"):
+        io.read_image(path)
+    path.write_bytes(good[:33] + _png_chunk(b"tEXt", b"k\0v") * 300 + good[33:])
+    assert io.read_image(path).shape == (30, 40)
