@@ -272,12 +272,37 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
         pass  # each image then records the model error itself
 
 
+# The signals held while the batch's pool starts a worker (and, inherited, in the worker until its initializer).
+_HELD_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, HANGUP) if s is not None)
+
+
+def _hold_signals() -> Any:
+    """Block _HELD_SIGNALS in this thread (they are delivered once unblocked); return the mask to restore, or None
+    where signals cannot be blocked (Windows)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+
+
+def _release_signals(mask: Any) -> None:
+    """Restore the mask _hold_signals returned (None: nothing was held)."""
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def init_pool_worker(config: BatchConfig) -> None:
     """init_worker for a worker process of the batch's own pool, which ends without the interpreter's teardown."""
     import atexit
 
     from .warning_lines import exit_at_once
 
+    # The pool starts a worker with the batch's signals held (_pool_round), a mask the worker inherits: Ctrl-C and
+    # a hangup are ignored here before they are released (one held since the start is then dropped), SIGTERM acts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if HANGUP is not None:
+        signal.signal(HANGUP, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     init_worker(config)
     # A pool worker's end, as the command's own (cli.run): streams flushed, then os._exit, without the interpreter's
     # finalisation (registered last, this atexit handler runs first). The pool's shutdown waits for its workers to
@@ -538,11 +563,17 @@ def _pool_round(items: list[Item], config: BatchConfig, workers: int):
     try:
         while todo or flight:
             while todo and len(flight) <= workers and broken is None:
+                # submit starts a worker when one is due: a Ctrl-C or SIGTERM between its start and the data sent
+                # to it left the worker reading a closed pipe ("EOFError: Ran out of input", its traceback under
+                # the batch's one-line 'interrupted', fuzz16 seed 241000015); held, the signal comes right after
+                held = _hold_signals()
                 try:
                     flight[executor.submit(_process, todo[-1], config)] = todo[-1]
                 except BrokenProcessPool as exc:
                     broken = exc
                     break
+                finally:
+                    _release_signals(held)
                 todo.pop()
             if broken is not None:
                 break

@@ -2071,3 +2071,47 @@ def test_link_squares_hands_the_report_the_atlas_results_it_read(small_session, 
     linked = {i: r["atlas_square"] for i, r in rows.items()}
     assert link_squares(out, items, rows) == {} and {i: r["atlas_square"] for i, r in rows.items()} == linked
     assert any(linked.values())
+
+
+def test_a_worker_is_started_with_the_batch_s_signals_held_and_releases_them_itself(tmp_path, monkeypatch):
+    """Fuzz16 (seed 241000015, batch_signals): a SIGTERM or Ctrl-C reaching the batch while its pool started a
+    worker, between the worker's start and the data sent to it, left the worker reading a closed pipe: 'EOFError: Ran
+    out of input', its traceback under the batch's one-line 'interrupted'. Each submit (which starts a worker when
+    one is due) runs with SIGINT, SIGTERM and SIGHUP held, delivered right after; the worker, which inherits the
+    mask, ignores Ctrl-C and hangups before it releases them."""
+    import concurrent.futures
+    import signal
+
+    import ptolemy_rt.batch as batch
+
+    seen = []
+
+    class Executor:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, fn, item, config):
+            seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+            future = concurrent.futures.Future()
+            future.set_result(({"id": item.id}, {}, None))
+            return future
+
+        def shutdown(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Executor)
+    items = [batch.Item(path=tmp_path / f"{k}.mrc", id=f"{k}.mrc", kind="squares", source="file") for k in range(3)]
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert sorted(r[0]["id"] for r in batch._pool_round(items, BatchConfig(None, "cpu", 1, None), 2)) == \
+        ["0.mrc", "1.mrc", "2.mrc"]
+    assert len(seen) == 3 and all({signal.SIGINT, signal.SIGTERM} <= mask for mask in seen)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    child = ("import signal, sys\n"
+             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})\n"
+             "import ptolemy_rt.batch as b\n"
+             "b.init_pool_worker(b.BatchConfig('/nonexistent', 'cpu', 1, None))\n"
+             "mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+             "print(sorted(int(s) for s in mask), signal.getsignal(signal.SIGINT) is signal.SIG_IGN, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=_env(), timeout=120,
+                          check=False)
+    assert done.stdout.strip() == "[] True", done.stderr
