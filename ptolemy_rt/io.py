@@ -730,6 +730,8 @@ def _fill_end(raw: bytes | memoryview | _FileView, i: int) -> int:
 MAX_IFD_ENTRIES = 4096
 MAX_TIFF_ENTRIES = 1 << 16  # all IFDs together: MAX_PAGES pages of the ~9 entries read in each, with room
 _LAST_TIFF_TAG = 339
+# The tags read: ImageWidth, ImageLength, BitsPerSample, SamplesPerPixel, PlanarConfiguration, SampleFormat.
+_TIFF_TAGS_READ = frozenset((256, 257, 258, 277, 284, 339))
 
 
 class _Claims(list):
@@ -762,7 +764,7 @@ def _tiff_first(raw: bytes | memoryview | _FileView, order: str, typ: int, n: in
         data = bytes(field[:size])
     else:
         at = struct.unpack(order + link_fmt, field[:struct.calcsize(link_fmt)])[0]
-        data = bytes(raw[at:at + size])
+        data = raw.peek(at, size) if isinstance(raw, _FileView) else bytes(raw[at:at + size])
         if len(data) < size:
             return None
     value = struct.unpack(order + code, data)[0]
@@ -796,8 +798,10 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
         # is read where the count puts it.
         readable = min(count, MAX_IFD_ENTRIES, budget, len(raw) // entry_size + 1)
         budget -= readable
+        # The entries are read once, as one slice: a value read where an entry points must not evict them
+        entries = bytes(raw[first:first + entry_size * readable])
         for k in range(readable):
-            entry = raw[first + entry_size * k: first + entry_size * (k + 1)]
+            entry = entries[entry_size * k: entry_size * (k + 1)]
             if len(entry) < entry_size:
                 break
             if big:
@@ -808,6 +812,8 @@ def _tiff_claims(raw: bytes | memoryview | _FileView, order: str, name: str,
                 field = entry[8:12]
             if tag > _LAST_TIFF_TAG:
                 break
+            if tag not in _TIFF_TAGS_READ:  # StripOffsets, TileByteCounts, ...: their values are never followed
+                continue
             value = _tiff_first(raw, order, typ, n, field, link_fmt)
             if value is None:  # a type libtiff refuses for these tags (float, rational, text): the tag is unread
                 continue
@@ -924,6 +930,15 @@ class _FileView:
         self._fh.seek(start)
         self._at, self._block = start, self._fh.read(self.BLOCK)
         return self._block[:n]
+
+    def peek(self, start: int, n: int) -> bytes:
+        """`n` bytes at `start`, the block held kept: a TIFF value where an IFD entry points, read in the IFD's walk."""
+        if self._at <= start and start + n <= self._at + len(self._block):
+            return self._block[start - self._at:start - self._at + n]
+        if not 0 <= start < self._size:
+            return b""
+        self._fh.seek(start)
+        return self._fh.read(min(n, self._size - start))
 
     def __getitem__(self, key):
         if isinstance(key, slice):

@@ -881,6 +881,41 @@ def test_a_jpeg_header_walk_stops_where_no_marker_is(tmp_path):
         assert len(Counting.reads) < 100, len(Counting.reads)
 
 
+def test_a_tiff_header_walk_reads_no_value_it_does_not_use():
+    """Review of fuzz16: the TIFF walk followed every out-of-line value (StripOffsets too), each read throwing
+    away the block holding the IFD: 4096 IFDs of 16 such entries, 920 kB, took 131 074 reads (8 GB copied).
+    Only the tags read are followed, each IFD's entries read once, a small value without evicting them."""
+    import io as stdio
+    import struct
+
+    count, entries, start = 4096, 16, 1 << 17  # IFDs 128 kB in: each pointer (to 8) is in another block
+    size = 2 + 12 * entries + 4
+    raw = bytearray(b"II*\x00" + struct.pack("<I", start) + bytes(start - 8))
+    for k in range(count):
+        raw += struct.pack("<H", entries) + struct.pack("<HHII", 273, 4, 2, 8) * entries
+        raw += struct.pack("<I", start + (k + 1) * size if k < count - 1 else 0)
+
+    class Counting(stdio.BytesIO):
+        reads = 0
+
+        def read(self, n=-1):
+            Counting.reads += 1
+            return super().read(n)
+
+    claims = io._raster_claims(io._FileView(Counting(bytes(raw)), len(raw)), "bomb.tif")
+    assert len(claims) == count
+    assert Counting.reads < 20, Counting.reads
+    # a width out of line (LONG8 in a classic TIFF) is still followed, and the IFD still read after it
+    tiff = bytearray(b"II*\x00" + struct.pack("<I", start) + bytes(start - 8))
+    tiff[100:108] = struct.pack("<Q", 20000)
+    tiff += struct.pack("<H", 2) + struct.pack("<HHII", 256, 16, 1, 100) + struct.pack("<HHII", 257, 3, 1, 30)
+    tiff += struct.pack("<I", 0)
+    Counting.reads = 0
+    assert io._raster_claims(io._FileView(Counting(bytes(tiff)), len(tiff)), "w.tif") == [(20000, 30, 1)]
+    assert io._raster_claims(bytes(tiff), "w.tif") == [(20000, 30, 1)]
+    assert Counting.reads < 6, Counting.reads
+
+
 def test_a_valid_raster_holding_more_than_its_header_lists_is_read(tmp_path):
     """Review of fuzz12: a file far larger than what its header claims was refused, and so were valid files main
     read: an ImageJ stack with one IFD and 40 pages of data after it, a TIFF with 20 MB of ImageJ metadata in a
