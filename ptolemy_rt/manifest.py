@@ -323,7 +323,7 @@ def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
     declared = values.get("input_shape")
     if len(problems) == n_before and task == "square_cnn" and declared is not None and len(declared) == 4:
         size = values.get("crop_size", ModelSpec.crop_size)
-        if any(isinstance(d, int) and d != size for d in declared[2:]):
+        if any(_static(d) not in (None, size) for d in declared[2:]):  # -1 and 0 are dynamic, as in ONNX
             # the crops fed are crop_size x crop_size: every image failed at inference, the set unnamed
             problems.append(f"{where}.crop_size: {size} does not fit input_shape {list(declared)}")
     if len(problems) > n_before:

@@ -287,6 +287,16 @@ def test_a_size_no_graph_could_use_or_a_file_name_of_a_nul_byte_is_refused_by_na
                                                                        **fine}}}) is not None
 
 
+@pytest.mark.parametrize("declared", [[-1, 1, -1, -1], [0, 1, 0, 0], ["N", 1, "H", 240]])
+def test_a_dynamic_input_shape_fits_any_crop_size(declared):
+    """Review of fuzz16: the crop_size check took -1 and 0 as sizes, where the graph check (_static) takes them as
+    dynamic (ONNX's dim_value 0, the -1 of some exporters): a set of input_shape [-1, 1, -1, -1] that main read
+    exited 3."""
+    entry = {"file": "a.onnx", "sha256": "0" * 64, "crop_size": 240, "input_shape": declared}
+    problems: list[str] = []
+    assert parse_manifest({"format": 1, "name": "x", "models": {"square_cnn": entry}}, problems) is not None, problems
+
+
 def test_a_model_file_name_of_a_nul_byte_exits_3_in_one_line(tiny, capsys):
     """The same NUL byte through the command line: `squares --models` looked the set's files up (so that no output
     replaces one) before the manifest was checked, and os.stat raised (exit 70)."""
