@@ -616,6 +616,11 @@ def _raster_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
                 i += 2
                 continue
+            if marker in (0xF7, 0xF8, 0xDE):
+                # JPEG-LS (its frame header SOF55, its LSE) and hierarchical JPEG (DHP): libjpeg reads neither; the
+                # walk passed them as unknown segments and said the file had no frame header at its scan
+                kind = "hierarchical JPEG (DHP)" if marker == 0xDE else "JPEG-LS file (SOF55)"
+                raise UnsupportedFormatError(f"{name}: a {kind} is not read; save it as TIFF or PNG")
             if marker in (0xDA, 0xD9):
                 # libjpeg reads no scan nor end before a frame header: "not a readable image" said nothing of it
                 where = "its first scan (SOS)" if marker == 0xDA else "its end (EOI)"

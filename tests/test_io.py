@@ -881,6 +881,23 @@ def test_a_jpeg_header_walk_stops_where_no_marker_is(tmp_path):
         assert len(Counting.reads) < 100, len(Counting.reads)
 
 
+def test_a_jpeg_ls_or_hierarchical_jpeg_is_refused_as_such(tmp_path):
+    """Review of fuzz16: a JPEG-LS file (imagecodecs' jpegls_encode) was refused as 'a JPEG without a frame header
+    (SOF) before its first scan': it has one, SOF55 (0xFFF7), which libjpeg does not read. Hierarchical JPEG's DHP
+    (0xFFDE) likewise."""
+    frame = b"\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"  # 8 bits, 16x16, one component
+    scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x00\x00" + bytes(64) + b"\xff\xd9"
+    for marker, said in ((b"\xff\xf7", r"a JPEG-LS file \(SOF55\) is not read"),
+                         (b"\xff\xde", r"a hierarchical JPEG \(DHP\) is not read")):
+        path = tmp_path / "ls.jpg"
+        path.write_bytes(b"\xff\xd8" + marker + frame + scan)
+        with pytest.raises(UnsupportedFormatError, match=r"^" + re.escape(str(path)) + ": " + said):
+            io.read_image(path)
+    # a baseline file, whose frame header is SOF0, is still read
+    path.write_bytes(cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))[1].tobytes())
+    assert io.read_image(path).data.shape == (16, 16)
+
+
 def test_a_tiff_header_walk_reads_no_value_it_does_not_use():
     """Review of fuzz16: the TIFF walk followed every out-of-line value (StripOffsets too), each read throwing
     away the block holding the IFD: 4096 IFDs of 16 such entries, 920 kB, took 131 074 reads (8 GB copied).
