@@ -441,9 +441,15 @@ def find_map(nav: Navigator, label: str | None = None, image_path: str | os.Path
         if len(hits) == 1:
             return hits[0]
         labels = [it.label for it in hits]
-        if len(set(labels)) < len(labels):  # an item written twice: "choose one with --map-label (2, 2)" could not
+        alike = sorted({lb for lb in labels if labels.count(lb) > 1}, key=labels.index)
+        unique = [lb for lb in labels if lb not in alike]
+        if alike and not unique:  # an item written twice: "choose one with --map-label (2, 2)" could not
             raise InputError(f"several navigator maps labelled alike use {name} ({', '.join(labels)}): "
                              "--map-label cannot choose between them; remove the copies in SerialEM")
+        if alike:  # labels 2, 2 and 5: --map-label 5 chooses its map, 2 none of its two
+            raise InputError(f"several navigator maps use {name}: choose one with --map-label "
+                             f"({', '.join(unique)}); those labelled {', '.join(alike)} it cannot choose between "
+                             "(remove the copies in SerialEM)")
         if len(hits) > 1:
             raise InputError(f"several navigator maps use {name}: choose one with --map-label "
                              f"({', '.join(labels)})")

@@ -542,3 +542,14 @@ def test_a_navigator_map_s_problem_names_the_navigator(tmp_path, edit, said):
         write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), nav_out=out,
                              image_path=tmp_path / "map.mrc")
     assert str(info.value).count(str(nav_path)) == 1 and not out.exists()
+
+
+def test_maps_some_labelled_alike_say_which_labels_choose(tmp_path):
+    """Review of fuzz16: with maps labelled 2, 2 and 5 for the image, the refusal said --map-label could not choose
+    between them, though --map-label 5 chooses map 5. The labels that choose are offered, the repeated one named."""
+    nav_path = tmp_path / "grid.nav"
+    nav_path.write_text(_nav(_map("2", file="map.mrc"), _map("2", file="map.mrc"), _map("5", file="map.mrc")))
+    with pytest.raises(InputError, match=r"several navigator maps use map.mrc: choose one with --map-label \(5\); "
+                       r"those labelled 2 it cannot choose between"):
+        write_targets_to_nav(nav_path, _holes_result(tmp_path / "map.mrc"), nav_out=tmp_path / "copy.nav",
+                             image_path=tmp_path / "map.mrc")
