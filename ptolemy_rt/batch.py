@@ -29,11 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import HANGUP, InputError, PtolemyError, clean_text, one_line
+from .errors import HANGUP, InputError, MissingFileError, PtolemyError, clean_text, one_line
 from .metadata import PLAUSIBLE_A
 from .report import finite_number, sound_result
 from .sessions import Item, discover, stage_to_pixel
-from .smallfiles import is_regular
+from .smallfiles import is_regular, open_regular
 
 __all__ = ["SUMMARY_FIELDS", "BatchConfig", "add_arguments", "keep_large_arrays_on_heap", "preview_factor",
            "preview_levels", "process_one", "run", "run_batch", "worst_exit_code"]
@@ -153,8 +153,7 @@ class BatchConfig:
 def _sha256(path: Path) -> str:
     """The file's sha256; MissingFileError/CorruptFileError naming it when it is gone, not a regular file (a FIFO
     would block the open) or unreadable (a .nav's MapFile pointing nowhere was an internal error, exit 70)."""
-    from .errors import CorruptFileError, MissingFileError
-    from .smallfiles import open_regular
+    from .errors import CorruptFileError
 
     fd, _ = open_regular(path, error=MissingFileError)  # checked on the descriptor: no stat-then-open race
     try:
@@ -444,7 +443,7 @@ def _process(item: Item, config: BatchConfig) -> Done:
     try:
         if item.kind not in KINDS:
             if not is_regular(item.path):  # a .nav map whose file is not here: that is said, not that its kind is not
-                _sha256(item.path)  # raises naming it (no such file, not a regular file)
+                os.close(open_regular(item.path, error=MissingFileError)[0])  # raises naming it (no such file, ...)
             raise UsageError(f"{item.path}: cannot tell an atlas from a grid-square image here; "
                              "pass --kind squares or --kind holes")
         row["sha256"] = _sha256(item.path)

@@ -469,6 +469,25 @@ def test_an_empty_map_file_is_left_out_and_a_missing_one_is_said_missing(tmp_pat
     assert rows["gone.mrc"]["error"] == f"{tmp_path / 'gone.mrc'}: no such file"
     assert rows["LMM.mrc"]["status"] == "ok"
 
+def test_an_image_of_no_kind_is_not_hashed_to_say_it_is_missing(tmp_path, monkeypatch):
+    """Review of fuzz16: a .nav map of no kind whose file is not there was refused by hashing it for the error
+    (_sha256 called to raise): a file appearing meanwhile was hashed whole, then refused anyway. The check is an
+    open, nothing read."""
+    import ptolemy_rt.batch as batch
+    from ptolemy_rt.sessions import Item
+
+    def no_hash(path):
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(batch, "_sha256", no_hash)
+    row, _ = process_one(Item(tmp_path / "gone.mrc", "gone.mrc", None, "nav"), BatchConfig(None, "cpu", 1, None))
+    assert row["error"] == f"{tmp_path / 'gone.mrc'}: no such file", row
+    (tmp_path / "here.mrc").write_bytes(b"x")
+    monkeypatch.setattr(batch, "is_regular", lambda path: False)  # the file appears after the check
+    row, _ = process_one(Item(tmp_path / "here.mrc", "here.mrc", None, "nav"), BatchConfig(None, "cpu", 1, None))
+    assert "cannot tell an atlas from a grid-square image" in row["error"], row
+
+
 def test_a_nul_byte_in_a_stored_map_file_leaves_that_map_out(tmp_path, capsys):
     """A NUL byte in a .nav's MapFile made discovery raise ValueError (embedded null byte): exit 70 for the whole
     batch. That map names no file: it is left out with a note, the others are found; alone, the batch refuses the
