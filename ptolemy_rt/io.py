@@ -747,8 +747,9 @@ class _Claims(list):
 
 
 # The integer TIFF types libtiff takes for the tags read here (the signed ones when not negative), by struct code:
-# a float, rational or text value it refuses for them ("Incompatible type"), and such a tag is left unread.
-_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+# a float, rational, text or IFD (13, 18) value it refuses for them ("Incompatible type": TIFFReadDirEntryShort and
+# TIFFReadDirEntryLong take neither IFD type), and such a tag is left unread.
+_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
 
 
 def _tiff_first(raw: bytes | memoryview | _FileView, order: str, typ: int, n: int, field: bytes,

@@ -881,6 +881,19 @@ def test_a_jpeg_header_walk_stops_where_no_marker_is(tmp_path):
         assert len(Counting.reads) < 100, len(Counting.reads)
 
 
+def test_a_tiff_dimension_of_an_ifd_type_is_left_unread():
+    """Review of fuzz16: an ImageWidth or BitsPerSample of type IFD (13) or IFD8 (18) was claimed as its value,
+    though libtiff's TIFFReadDirEntryShort and TIFFReadDirEntryLong refuse both types: left unread, as libtiff
+    leaves it."""
+    import struct
+
+    for typ in (13, 18):
+        raw = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 3)
+        raw += struct.pack("<HHII", 256, typ, 1, 500) + struct.pack("<HHII", 257, 3, 1, 30)
+        raw += struct.pack("<HHII", 258, typ, 1, 16) + struct.pack("<I", 0)
+        assert io._raster_claims(raw, "t.tif") == [(0, 30, 1)]
+
+
 def test_a_jpeg_ls_or_hierarchical_jpeg_is_refused_as_such(tmp_path):
     """Review of fuzz16: a JPEG-LS file (imagecodecs' jpegls_encode) was refused as 'a JPEG without a frame header
     (SOF) before its first scan': it has one, SOF55 (0xFFF7), which libjpeg does not read. Hierarchical JPEG's DHP
