@@ -111,7 +111,6 @@ def test_epu_layout_kinds_ids_and_left_out(tmp_path):
     assert [i.kind for i in forced] == ["holes", "holes"]
 
 
-
 def test_files_named_alike_but_for_the_case_of_their_suffix_are_two_images(tmp_path):
     """Found by hand (fuzz16): `atlas_a.mrc` beside `atlas_a.MRC` (or `x.tif` beside `x.TIF`) are two files, but
     the .mrc-and-.jpg rule (one image saved twice: the preferred format is used) kept one of them and left the other
@@ -138,6 +137,7 @@ def test_a_magnification_that_is_none_leaves_a_serialem_map_s_kind_to_the_next_r
     assert kind_of(tmp_path / "map.mrc")[0] == "squares"
     mdoc.write_text("[ZValue = 0]\nMagnification = 4800\n")
     assert kind_of(tmp_path / "map.mrc") == ("holes", "serialem", None)
+
 
 def test_leginon_rawdata_presets(tmp_path):
     raw = tmp_path / "22jan01a" / "rawdata"
@@ -443,7 +443,6 @@ def test_a_stacks_maps_sort_by_section_number(tmp_path):
     assert [i.id for i in items] == [f"MMM.mrc@{z}" for z in range(12)] + ["MMM.mrc.x.mrc"]
 
 
-
 def test_an_empty_map_file_is_left_out_and_a_missing_one_is_said_missing(tmp_path, capsys):
     """Found by hand (fuzz16): a .nav map whose MapFile is empty named the .nav's own folder, an input that failed
     as 'cannot tell an atlas from a grid-square image here'; one whose file is not there failed with those words
@@ -468,6 +467,7 @@ def test_an_empty_map_file_is_left_out_and_a_missing_one_is_said_missing(tmp_pat
     rows = {row["id"]: row for row in json.loads((tmp_path / "out" / "summary.json").read_text())["images"]}
     assert rows["gone.mrc"]["error"] == f"{tmp_path / 'gone.mrc'}: no such file"
     assert rows["LMM.mrc"]["status"] == "ok"
+
 
 def test_an_image_of_no_kind_is_not_hashed_to_say_it_is_missing(tmp_path, monkeypatch):
     """Review of fuzz16: a .nav map of no kind whose file is not there was refused by hashing it for the error
@@ -1597,7 +1597,6 @@ def test_an_images_result_and_preview_are_written_as_one_set(tmp_path, capsys):
     assert done.returncode == 4 and "atlas_1.mrc.jpg: is a directory" in done.stderr, done.stderr
     assert not (out / "results" / "atlas_1.mrc.json").exists()
     assert [p.name for p in out.rglob(".*")] == []
-
 
 
 def test_the_targets_of_an_image_whose_outputs_were_not_written_are_not_in_the_totals(tmp_path, capsys):

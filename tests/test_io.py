@@ -1799,10 +1799,12 @@ def test_an_mrc_header_of_sampling_zero_reads_without_numpy_s_bare_warning(tmp_p
 
 
 @pytest.mark.parametrize("kind,said", [
-    ("short", r"libtiff: TIFFFillStrip: Read error at scanline \d+; got 214 bytes, expected 3000"),
-    ("zstd", "libtiff: ZSTD compression support is not configured"),
-    ("predictor", r'libtiff: PredictorSetup: "Predictor" value 9 not supported'),
-    ("tiles", r"libtiff: TIFFReadDirectory: Cannot handle zero number of tiles")])
+    # libtiff's own words (this wheel's: "TIFFFillStrip: Read error at scanline 0; got 214 bytes, expected 3000",
+    # "ZSTD compression support is not configured", ...): one stable word of each, so that another libtiff passes
+    ("short", r"libtiff: [^\n]*\b[Rr]ead error\b"),
+    ("zstd", r"libtiff: [^\n]*\bZSTD\b"),
+    ("predictor", r"libtiff: [^\n]*\bPredictor\b"),
+    ("tiles", r"libtiff: [^\n]*\btiles\b")])
 def test_a_tiff_opencv_decodes_nothing_of_is_refused_with_libtiff_s_reason(tmp_path, kind, said):
     """Found by hand (fuzz16): a TIFF whose strip the file ends inside, of a compression libtiff lacks (ZSTD),
     a predictor it does not know, or tiles of width 0 was refused as 'not a readable TIFF image', nothing of why:
@@ -1893,9 +1895,11 @@ def test_a_png_libpng_refuses_is_refused_with_libpng_s_reason(tmp_path):
     assert io.read_image(path).shape == (30, 40)
     good = path.read_bytes()
     header = good[8:33]
-    for variant, said in [(struct.pack(">IIBBBBB", 40, 30, 3, 0, 0, 0, 0), "Invalid IHDR data"),
-                          (struct.pack(">IIBBBBB", 40, 30, 8, 3, 0, 0, 0), "IDAT: Missing PLTE before IDAT"),
-                          (b"filter", "bad adaptive filter value"), (b"short", "Not enough image data")]:
+    # libpng's own words ("Invalid IHDR data", "IDAT: Missing PLTE before IDAT", "bad adaptive filter value", "Not
+    # enough image data" in this wheel): one stable word of each, so that another libpng passes
+    for variant, said in [(struct.pack(">IIBBBBB", 40, 30, 3, 0, 0, 0, 0), r"[^\n]*\bIHDR\b[^\n]*"),
+                          (struct.pack(">IIBBBBB", 40, 30, 8, 3, 0, 0, 0), r"[^\n]*\bPLTE\b[^\n]*"),
+                          (b"filter", r"[^\n]*\bfilter\b[^\n]*"), (b"short", r"[^\n]*\b(image data|IDAT)\b[^\n]*")]:
         if variant == b"filter":
             raw = _png_of(40, 30, rows.replace(b"\0", b"\x09", 1))
         elif variant == b"short":
