@@ -13,6 +13,7 @@ the exit code is the worst of all images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -275,18 +276,23 @@ def init_worker(config: BatchConfig, ignore_sigint: bool = True, own_process: bo
 _HELD_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, HANGUP) if s is not None)
 
 
-def _hold_signals() -> Any:
-    """Block _HELD_SIGNALS in this thread (they are delivered once unblocked); return the mask to restore, or None
-    where signals cannot be blocked (Windows)."""
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """_HELD_SIGNALS blocked in this thread for the block (delivered once the mask is restored); nothing where
+    signals cannot be blocked (Windows).
+
+    The mask is read before it is changed, and restored whatever is raised: pthread_sigmask runs the Python handler
+    of a signal that came just before, after it has changed the mask, and its KeyboardInterrupt (raised before the
+    old mask was returned) left the batch with Ctrl-C, SIGTERM and hangups blocked for good."""
     if not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-
-
-def _release_signals(mask: Any) -> None:
-    """Restore the mask _hold_signals returned (None: nothing was held)."""
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # nothing changed yet: an interrupt here leaves it so
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def init_pool_worker(config: BatchConfig) -> None:
@@ -565,14 +571,12 @@ def _pool_round(items: list[Item], config: BatchConfig, workers: int):
                 # submit starts a worker when one is due: a Ctrl-C or SIGTERM between its start and the data sent
                 # to it left the worker reading a closed pipe ("EOFError: Ran out of input", its traceback under
                 # the batch's one-line 'interrupted', fuzz16 seed 241000015); held, the signal comes right after
-                held = _hold_signals()
                 try:
-                    flight[executor.submit(_process, todo[-1], config)] = todo[-1]
+                    with _signals_held():
+                        flight[executor.submit(_process, todo[-1], config)] = todo[-1]
                 except BrokenProcessPool as exc:
                     broken = exc
                     break
-                finally:
-                    _release_signals(held)
                 todo.pop()
             if broken is not None:
                 break

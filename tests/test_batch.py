@@ -2133,3 +2133,42 @@ def test_a_worker_is_started_with_the_batch_s_signals_held_and_releases_them_its
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=_env(), timeout=120,
                           check=False)
     assert done.stdout.strip() == "[] True", done.stderr
+
+
+@pytest.mark.parametrize("raised_at", ["hold", "submit"])
+def test_an_interrupt_while_the_pool_starts_a_worker_leaves_no_signal_blocked(tmp_path, monkeypatch, raised_at):
+    """Review of fuzz16 (377be66): pthread_sigmask runs the handler of a signal that came just before, after it has
+    changed the mask: the KeyboardInterrupt it raised while the signals were being held escaped before the old mask
+    was returned, and the batch went on with Ctrl-C, SIGTERM and hangups blocked for good. Whatever is raised while
+    they are held (here the handler's interrupt, or the submit's own failure), the mask is restored."""
+    import concurrent.futures
+    import signal
+
+    import ptolemy_rt.batch as batch
+
+    real = signal.pthread_sigmask
+
+    def mask_then_interrupt(how, signals):  # the mask changed, then a pending Ctrl-C's handler run
+        old = real(how, signals)
+        if how == signal.SIG_BLOCK and signal.SIGINT in set(signals):
+            raise KeyboardInterrupt
+        return old
+
+    class Executor:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, fn, item, config):
+            raise RuntimeError("the pool could not start a worker")
+
+        def shutdown(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Executor)
+    if raised_at == "hold":
+        monkeypatch.setattr(signal, "pthread_sigmask", mask_then_interrupt)
+    items = [batch.Item(path=tmp_path / "0.mrc", id="0.mrc", kind="squares", source="file")]
+    before = real(signal.SIG_BLOCK, [])
+    with pytest.raises(KeyboardInterrupt if raised_at == "hold" else RuntimeError):
+        list(batch._pool_round(items, BatchConfig(None, "cpu", 1, None), 1))
+    assert real(signal.SIG_BLOCK, []) == before
