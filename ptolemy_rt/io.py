@@ -696,6 +696,12 @@ def _bmp_claims(raw: bytes | memoryview | _FileView, name: str) -> list[tuple[in
 MAX_PNG_CHUNKS = 256
 
 
+def _peek(raw: bytes | memoryview | _FileView, at: int, n: int) -> bytes:
+    """`n` bytes at `at` (fewer at the end) read without replacing a _FileView's block: a header walk's small
+    value away from the block it walks (a TIFF IFD, a PNG's chunk headers)."""
+    return raw.peek(at, n) if isinstance(raw, _FileView) else bytes(raw[at:at + n])
+
+
 def _png_image_data(raw: bytes | memoryview | _FileView, name: str) -> None:
     """Refuse a PNG whose chunks (after IHDR) reach its end (IEND) or the file's before its image data (IDAT), or
     claim a length libpng refuses (over 2**31 - 1): each said only 'not a readable image'."""
@@ -705,7 +711,7 @@ def _png_image_data(raw: bytes | memoryview | _FileView, name: str) -> None:
     for _ in range(MAX_PNG_CHUNKS):
         if i + 8 > len(raw):
             raise CorruptFileError(f"{name}: a PNG that ends before its image data (IDAT) ({len(raw)} bytes)")
-        length, kind = struct.unpack(">I4s", bytes(raw[i:i + 8]))
+        length, kind = struct.unpack(">I4s", _peek(raw, i, 8))  # not a 64 kB block for each chunk's 8 bytes
         if length > 0x7FFFFFFF:
             raise CorruptFileError(f"{name}: a PNG chunk {kind!r} claims {length} bytes (at most 2**31 - 1)")
         if kind == b"IDAT":
@@ -770,7 +776,7 @@ def _tiff_first(raw: bytes | memoryview | _FileView, order: str, typ: int, n: in
         data = bytes(field[:size])
     else:
         at = struct.unpack(order + link_fmt, field[:struct.calcsize(link_fmt)])[0]
-        data = raw.peek(at, size) if isinstance(raw, _FileView) else bytes(raw[at:at + size])
+        data = _peek(raw, at, size)
         if len(data) < size:
             return None
     value = struct.unpack(order + code, data)[0]

@@ -1912,6 +1912,29 @@ def test_a_png_libpng_refuses_is_refused_with_libpng_s_reason(tmp_path):
             io.read_image(path)
 
 
+def test_a_png_chunk_walk_reads_each_chunk_s_header_alone():
+    """Review of fuzz16 (2fe38d8): the walk to a PNG's first IDAT read each chunk's 8-byte header as a 64 kB block:
+    100 text chunks of 70 kB before it, 6.4 MB read of a header check (256 chunks: 16 MB). Each is read alone."""
+    import io as stdio
+    import struct
+
+    raw = _png_of(4, 4, b"\0" * 20)
+    text = _png_chunk(b"tEXt", b"k\0" + bytes(70_000)) * 100
+    raw = raw[:33] + text + raw[33:]
+
+    class Counting(stdio.BytesIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            data = super().read(n)
+            Counting.read_bytes += len(data)
+            return data
+
+    assert io._raster_claims(io._FileView(Counting(raw), len(raw)), "t.png") == [(4, 4, 1)]
+    assert Counting.read_bytes < 200_000, Counting.read_bytes
+    assert struct.unpack(">I", raw[33:37])[0] == 70_002
+
+
 def test_a_png_cut_in_its_header_or_of_another_first_chunk_is_refused_saying_so(tmp_path):
     """Found by hand (fuzz16): a PNG of its signature alone, or cut inside its IHDR, was 'not a readable image';
     one whose IHDR is 4 bytes long was read for its size from the CRC and the next chunk ('the header claims
