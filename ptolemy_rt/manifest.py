@@ -517,7 +517,7 @@ def _graph_problems(directory: Path, spec: ModelSpec, blob: bytes) -> list[str]:
     graph_in = next((i for i in sess.get_inputs() if i.name == (spec.input or inputs[0])), None) if inputs else None
     graph_out = next((o for o in sess.get_outputs() if o.name == (spec.output or outputs[0])), None) \
         if outputs else None
-    out.extend(_shape_problems(where, spec.task, graph_in, graph_out))
+    out.extend(_shape_problems(where, spec.task, graph_in, graph_out, spec.crop_size))
     return out
 
 
@@ -526,16 +526,22 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _shape_problems(where: Path, task: str, graph_in: Any, graph_out: Any) -> list[str]:
-    """What the graph declares against what the task feeds and reads: an NCHW float one-channel input; one
-    logit per image for the classifiers, a one-channel map the input's size for the U-Net. (A graph declaring
-    [N, 1, 240, 240] logits for square_cnn passed --validate and failed every run.)"""
+def _shape_problems(where: Path, task: str, graph_in: Any, graph_out: Any, crop_size: int | None = None) -> list[str]:
+    """What the graph declares against what the task feeds and reads: an NCHW float one-channel input (for the
+    square CNN, crop_size x crop_size); one logit per image for the classifiers, a one-channel map the input's size
+    for the U-Net. (A graph declaring [N, 1, 240, 240] logits for square_cnn passed --validate and failed every
+    run.)"""
     problems = []
     if graph_in is not None:
         shape = list(graph_in.shape or [])
         if graph_in.type != "tensor(float)" or len(shape) != 4 or _static(shape[1]) not in (None, 1):
             problems.append(f"{where}: models.{task}: the graph's input is {graph_in.type} {shape}; "
                             "a float [N, 1, H, W] batch is fed")
+        elif task == "square_cnn" and crop_size is not None and any(_static(d) not in (None, crop_size)
+                                                                     for d in shape[2:]):
+            # the manifest's input_shape is informational: a set without one, its graph 60x60, passed --validate
+            problems.append(f"{where}: models.{task}: the graph's input is {shape}; crops of crop_size {crop_size} "
+                            f"x {crop_size} are fed")
     if graph_out is not None:
         shape = list(graph_out.shape or [])
         if graph_out.type != "tensor(float)":

@@ -216,6 +216,7 @@ def _replace_graph(directory: Path, task: str, in_shape, out_shape, out_type=Non
 
 @pytest.mark.parametrize("task,in_shape,out_shape,int_out,what", [
     ("square_cnn", ["N", 1, 240, 240], ["N", 1, 240, 240], False, "one logit per image"),
+    ("square_cnn", ["N", 1, 60, 60], ["N", 1], False, "crops of crop_size 240 x 240 are fed"),  # review fuzz16
     ("hole_cnn", ["N", 1, "H", "W"], ["N", 1, "H", "W"], False, "one logit per image"),
     ("hole_unet", ["N", 3, "H", "W"], ["N", 3, "H", "W"], False, "[N, 1, H, W] batch"),
     ("hole_unet", ["N", 1, "H", "W"], ["N", 1, "H", "W"], True, "float logits"),
