@@ -728,6 +728,30 @@ def test_half_empty_rows_give_the_full_lattice_not_a_sublattice(monkeypatch):
     assert sparse is not None and sparse.spacing_b > 1.5 * spacing  # the sublattice, without the step
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hexagonal_array_half_under_bars_gives_the_full_lattice_not_its_sqrt3_superlattice(seed, monkeypatch):
+    # A hexagonal array of small blobs (the U-Net's at a 29 px period) on a band of film with bars over more
+    # than half the view (a whole-square view, holes_sets 13603002 at 2x): the sqrt(3) x sqrt(3) superlattice
+    # (a third of the holes, 50 px) costs less than the true one, whose empty footprints on the bars cost
+    # more. Its two skipped cosets hold holes like its own: the index-3 step brings the full lattice back.
+    spacing, rng = 29.0, np.random.default_rng(seed)
+    basis = basis_of(spacing, 1.0, 60.0, 6.0)
+    shape = (800, 1100)
+    truth = lattice_points((550.0, 400.0), tuple(basis[:, 0]), tuple(basis[:, 1]), shape, 0.0)
+    on_film = np.abs(truth[:, 0] - 550.0) < 0.45 * 1100 / 2
+    kept = truth[on_film & (rng.random(len(truth)) >= 0.1)]
+    centroids = kept + rng.normal(0, 0.01 * spacing, kept.shape)
+    mask = np.zeros(shape, dtype=bool)
+    paint_discs(mask, centroids, 3.8)
+    check_general(fit_lattice(centroids, mask, model="general"), basis, truth[on_film], shape)
+    import ptolemy_rt.lattice as lattice_module
+
+    halves = lattice_module._superlattices
+    monkeypatch.setattr(lattice_module, "_superlattices", lambda ra, rb: halves(ra, rb)[:3])  # index 2 only
+    sparse = fit_lattice(centroids, mask, model="general")
+    assert sparse is not None and sparse.spacing_px == pytest.approx(math.sqrt(3.0) * spacing, rel=0.01)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), angle=st.floats(0.0, 90.0), spacing=st.floats(8.0, 200.0),
        hexagonal=st.booleans())
