@@ -313,6 +313,23 @@ def test_a_dim_hole_without_fringes_is_found_by_its_rim_on_both_sides():
         assert found[0].diameter_px == pytest.approx(2 * r, rel=0.02)
 
 
+def test_a_hole_dimmer_than_a_neighbour_cut_by_the_edge_is_found():
+    # holes differ in brightness (each its own ice): a bright neighbour cut by the edge set the bright/dark
+    # split and the hole in view went dark with the film (held-out single-hole view 13604003); the split of
+    # the dark part finds it
+    shape = (700, 900)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    img = np.full(shape, 60.0, np.float32)
+    img[np.hypot(xx - 470, yy - 350) <= 150] = 110.0
+    img[np.hypot(xx + 20, yy - 330) <= 230] = 230.0  # the bright neighbour, cut by the left edge
+    img[np.hypot(xx - 900, yy - 700) <= 200] = 35.0  # a dark one (thick ice) in the corner
+    noisy = (img + np.random.default_rng(0).normal(0, 4.0, shape)).astype(np.float32)
+    found = large_holes(noisy)
+    assert len(found) == 1
+    assert math.hypot(found[0].x - 470, found[0].y - 350) < 2.0
+    assert found[0].diameter_px == pytest.approx(300, rel=0.02)
+
+
 @pytest.mark.parametrize("case", ["half disc", "three-quarter disc", "bar 0.25", "bar 0.4", "bar 0.5"])
 def test_a_disc_segment_or_a_disc_under_a_wide_bar_is_no_dim_hole(case):
     # a bright disc segment with no rim on its dark side (the film's level there) or a disc a bar hides a
