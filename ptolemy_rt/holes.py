@@ -600,6 +600,18 @@ def _convincing(quality: float, lattice: Lattice, image: np.ndarray) -> bool:
     return lattice.n_inliers >= _SOLID_INLIERS or not _between_bars(lattice, image)
 
 
+def _dose_floor(image: np.ndarray) -> float | None:
+    """The 1st percentile of a sparse sample of the image (every 8th pixel each way) where the data look like
+    doses (it lies less than _OVERSHOOT of the 99th below zero), else None: the level below which "darker than
+    a share of the holes'" means something (_between_bars, _dark_candidates).
+
+    Percentiles, not the extremes: one hot pixel or zinger on the sample would set the overshoot allowed, and
+    a low percentile takes a bar's read noise below zero in dark-subtracted data for its level."""
+    sparse = image[::8, ::8]
+    floor = float(percentile(sparse, 1.0))
+    return floor if floor >= -_OVERSHOOT * float(percentile(sparse, 99.0)) else None
+
+
 def _between_bars(lattice: Lattice, image: np.ndarray) -> bool:
     """Whether most midpoints between nearest lattice points (p + a / 2) are nearly opaque: a lattice of grid
     squares with the bars between them, not of holes with film between them.
@@ -615,11 +627,8 @@ def _between_bars(lattice: Lattice, image: np.ndarray) -> bool:
     # and a convincing lattice ends the tries as it always did. Bars are wide: a sparse sample holds their
     # level, and where none of it is that dark beside the lattice's origin (on a hole or a square) there are
     # no bars (the reference image: 35 against 125), whatever the other points show.
-    # (percentiles, not the extremes: one hot pixel or zinger on the sample would set the overshoot allowed,
-    # and a low percentile takes a bar's read noise below zero in dark-subtracted data for its level)
-    sparse = image[::8, ::8]
-    sample = float(percentile(sparse, 1.0))
-    if not sample >= -_OVERSHOOT * float(percentile(sparse, 99.0)):
+    sample = _dose_floor(image)
+    if sample is None:
         return False
     first = centroid_brightness(image, np.array([lattice.origin], dtype=np.float64), _SAMPLE_RADIUS)
     if first is None or not sample < _BAR_SHARE * float(first[0]):
@@ -665,10 +674,11 @@ def _dark_candidates(mask: np.ndarray, image: np.ndarray) -> bool:
     Holes pass more electrons than the film around them; the U-Net also fires on dark discs (contamination,
     ice balls) on continuous film, and any three of them span a lattice: held-out views 13205003 (4 blobs,
     quality 0.64 at an estimator's 400 px period) and 13305006 (4 blobs beside a bar) each returned 5-8
-    targets on nothing. Only data that look like doses are judged (as in _between_bars): data below zero
-    (background-subtracted, z-scored) have no level that means "nothing passes"."""
+    targets on nothing. Only data that look like doses are judged (_dose_floor, as in _between_bars): data
+    below zero (background-subtracted, z-scored) have no level that means "nothing passes"; a cubic
+    upsampling's ringing below zero at a bar's edge (a few % of the step) does not make doses look so."""
     n = int(np.count_nonzero(mask))
-    if n == 0 or n == mask.size or not float(image[::8, ::8].min()) >= 0.0:
+    if n == 0 or n == mask.size or _dose_floor(image) is None:
         return False
     total = float(image.sum(dtype=np.float64))
     inside = float(image.sum(where=mask, dtype=np.float64))
