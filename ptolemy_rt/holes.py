@@ -313,8 +313,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         first_input = None
         return made[1] if made is not None and made[0] == f else None
 
-    def attempt(candidate: float, primary: bool,
-                factor: float | None = None) -> tuple[Lattice | None, str | None, float, float, np.ndarray]:
+    def attempt(candidate: float, primary: bool, factor: float | None = None
+                ) -> tuple[Lattice | None, str | None, float, float, np.ndarray, tuple | None]:
         f = unet_factor(candidate, scale) if factor is None else factor
         tried[f] = candidate
         # Blobs closer than REGION_WINDOW are one hole; with a 10 px period neighbouring holes are that close.
@@ -344,16 +344,16 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 # a bar, specks) is not one, and the whole map would cost (image / crop) times the probe.
                 reason: str | None = (f"the central crop shows {len(blobs)} hole candidates where a "
                                       f"{candidate:.0f} px lattice would give about {room:.0f}")
-                return None, reason, 0.0, f, probe
+                return None, reason, 0.0, f, probe, None
             if len(blobs) >= _REGULAR_MIN_BLOBS and _regularity(blobs, positive) < _MIN_REGULARITY:
                 reason = (f"the hole candidates of a central crop lie irregularly at a {candidate:.0f} "
                           "px period")
-                return None, reason, 0.0, f, probe
+                return None, reason, 0.0, f, probe, None
             # The whole map's excess test (below) on the crop: noise the U-Net fires on fills the crop as it
             # does the image, and the whole map would cost (image / crop) times the crop's U-Net and centroids.
             if len(blobs) > _LADDER_EXCESS * crop_rows * crop_cols / candidate**2 + 10:
                 reason = f"{len(blobs)} hole candidates in a central crop are more than the lattice can hold"
-                return None, reason, 0.0, f, probe
+                return None, reason, 0.0, f, probe, None
         if kept is None:
             t = time.perf_counter()
             prob = scaled_probability_map(normalised, model_set, f, opts.unet_padding,
@@ -393,7 +393,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             quality = _film_quality(lattice, quality, mask, image.data, films, _taken(table))
         if not primary and lattice is not None and quality < _LADDER_MIN_QUALITY:
             lattice, reason = None, "no convincing lattice"
-        return lattice, reason, quality, f, prob
+        # the map's mask and its summed-area table (a Future, or None), for _beside_bars if this map wins
+        return lattice, reason, quality, f, prob, (mask, table)
 
     # Measured periods: every estimator's (spacing.period_estimates, lazily) and the period of any lattice
     # the U-Net map shows at another scale; the lattice that explains its map best wins, so no estimator
@@ -420,7 +421,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
         if costly and not _weak(best):
             continue  # a lattice is in hand: no seconds of U-Net on a large image at another estimator's period
         primary = trusted and not tried
-        lattice, reason, quality, f, prob = attempt(candidate, primary)
+        lattice, reason, quality, f, prob, held = attempt(candidate, primary)
         finer = finer_factor(candidate, scale) if primary and lattice is None else None
         if finer is not None:
             # The image's period, and no lattice at it: the U-Net once more at a finer scale, judged as a
@@ -428,9 +429,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             # Nothing found there leaves everything as it was, the first try's reason included.
             again = attempt(candidate, False, finer)
             if again[0] is not None:
-                lattice, reason, quality, f, prob = again
+                lattice, reason, quality, f, prob, held = again
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
-            best = _solid_first(best, (quality, f, prob, lattice))
+            best = _solid_first(best, (quality, f, prob, lattice, held))
             if _convincing(quality, lattice, image.data):
                 break
             continue
@@ -439,8 +440,8 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             # keep this one in case that run finds none (a period with fewer than two across the image is
             # no lattice: noise gives such).
             if quality >= _LADDER_MIN_QUALITY and (fallback is None or quality > fallback[0]):
-                fallback = (quality, f, prob, lattice)
-            last_resort = _better(last_resort, (quality, f, prob, lattice))
+                fallback = (quality, f, prob, lattice, held)
+            last_resort = _better(last_resort, (quality, f, prob, lattice, held))
             queue.insert(0, lattice.spacing_px)
         if first_reason is None and trusted:  # another estimator's period is no "image's period" to cite
             first_reason = _why_not(reason, lattice, period)
@@ -455,12 +456,12 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             candidate = ladder.pop(0)
             if any(consistent_periods(candidate, p, math.sqrt(SCALE_TOLERANCE)) for p in tried.values()):
                 continue
-            lattice, reason, quality, f, prob = attempt(candidate, False)
+            lattice, reason, quality, f, prob, held = attempt(candidate, False)
             if lattice is not None and lattice.spacing_px > min(image.shape) / 2.0:
                 # fewer than two periods fit: blobs on a lattice of their own by chance, not a hole array
                 lattice, reason = None, "no convincing lattice"
             if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
-                best = _better(best, (quality, f, prob, lattice))
+                best = _better(best, (quality, f, prob, lattice, held))
                 # a map at a far too coarse scale can still hold a lattice of its period by chance, so the
                 # ladder goes on until one is convincing (grid squares with bars between them are not: the
                 # ladder runs longest first, and reaches the holes' period after the bars' pitch)
@@ -469,7 +470,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 continue
             if lattice is not None and MIN_PERIOD_PX <= lattice.spacing_px <= min(image.shape) / 2.0:
                 ladder.insert(0, lattice.spacing_px)
-                last_resort = _better(last_resort, (quality, f, prob, lattice))
+                last_resort = _better(last_resort, (quality, f, prob, lattice, held))
             if first_reason is None and trusted:
                 first_reason = _why_not(reason, lattice, period)
     if best is None and last_resort is not None and last_resort[0] >= _LAST_RESORT_QUALITY and (
@@ -482,14 +483,15 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             _drop(copy)
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)
-    _, f, prob, lattice = best
+    _, f, prob, lattice, (positive, table) = best
     film = films.get(lattice.spacing_px)
     if film is not None:
         for copy in film_copy:
             _drop(copy)
         film_copy.clear()
     return _holes_on_lattice(image, prob, lattice, model_set, opts, timings, info, unet_area=f * f, finite=True,
-                             film_copy=film_copy.pop() if film_copy else None, film=film)
+                             film_copy=film_copy.pop() if film_copy else None, film=film, positive=positive,
+                             sat=_taken(table))
 
 
 def holes_from_map(image: ImageLike, prob: np.ndarray, models: ModelSet, *, options: HoleOptions | None = None,
@@ -855,7 +857,8 @@ def _uncut(centroids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_set: ModelSet, opts: HoleOptions,
                       timings: dict[str, float], info: ImageInfo, unet_area: float = 1.0,
                       finite: bool = False, film_copy: Future | None = None,
-                      film: np.ndarray | None = None) -> HoleResult:
+                      film: np.ndarray | None = None, positive: np.ndarray | None = None,
+                      sat: np.ndarray | None = None) -> HoleResult:
     """The stages after the lattice: lattice points, crops, U-Net and CNN scores.
 
     unet_area: U-Net pixels per input pixel (unused: the "unet" score is the mean probability over the crop,
@@ -863,6 +866,7 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     finite: the image is known to be finite as float32 (find_holes's normalise_image summed it to a finite mean).
     film_copy: a Future of film.film_working_copy(image, some period, finite=finite), made beside the lattice fit.
     film: film.film_mask(image, lattice.spacing_px, finite=finite) where already made (_film_quality).
+    positive: prob > the threshold, and sat its summed_area_table, where find_holes already made them.
     """
     if lattice.spacing_px > min(image.shape) / 2.0:
         # fewer than two periods fit: the lattice is two or three blobs, its other points invented
@@ -881,7 +885,9 @@ def _holes_on_lattice(image: Image, prob: np.ndarray, lattice: Lattice, model_se
     film_copy = None  # the copy (near the image's size at a short period) is not kept through the scores
     on = on_film(inside, mask, FILM_RADIUS * lattice.spacing_px)
     if not on.all() and on.any():
-        on |= _beside_bars(image.data, prob > _threshold(opts, model_set), inside, on, mask, lattice.spacing_px)
+        if positive is None:
+            positive = prob > _threshold(opts, model_set)
+        on |= _beside_bars(image.data, positive, inside, on, mask, lattice.spacing_px, sat)
     timings["film"] = time.perf_counter() - t
     if not opts.keep_off_film:
         if not on.any():
@@ -925,7 +931,7 @@ _OFF_DARK = 0.35
 
 
 def _beside_bars(image: np.ndarray, positive: np.ndarray, points: np.ndarray, on: np.ndarray, mask: np.ndarray,
-                 spacing: float) -> np.ndarray:
+                 spacing: float, sat: np.ndarray | None = None) -> np.ndarray:
     """Which lattice points off the film mask (on False) are whole holes on film beside a bar after all.
 
     The film mask's edge follows the closed image, in which a dim hole (thick ice) in the last row before a
@@ -936,7 +942,9 @@ def _beside_bars(image: np.ndarray, positive: np.ndarray, points: np.ndarray, on
 
     Every level is measured above the image's dark level (its 0.5th percentile, the bars' where bars are in
     view), not above zero: a pedestal (a detector's bias, a raised black level) of 3 % of the holes' dose
-    would leave no pixel darker than _BAR_DARK of it, and holes on a bar would come back."""
+    would leave no pixel darker than _BAR_DARK of it, and holes on a bar would come back.
+
+    sat: summed_area_table(positive) where the caller has it (made here where not)."""
     import cv2
 
     out = np.zeros(len(points), dtype=bool)
@@ -946,7 +954,7 @@ def _beside_bars(image: np.ndarray, positive: np.ndarray, points: np.ndarray, on
         return out
     seen = _SEEN_PERIODS * spacing
     # a U-Net positive in the box around the point (the hole seen; a bar's points have none)
-    near[near] = _occupied(points[near], summed_area_table(positive), max(1, int(seen)))
+    near[near] = _occupied(points[near], summed_area_table(positive) if sat is None else sat, max(1, int(seen)))
     if not near.any():
         return out
     data = np.asarray(image, dtype=np.float32)

@@ -1056,3 +1056,30 @@ def test_lattice_quality_on_a_view_without_bars_keeps_its_footprint():
     image = np.where(positive, 200.0, 90.0).astype(np.float32)
     assert _film_quality(lattice, 0.3, positive, image, {}) == 0.3
 
+
+@pytest.mark.slow
+def test_beside_bars_gets_the_map_mask_and_table_find_holes_made():
+    # _holes_on_lattice rebuilt prob > threshold and its summed-area table for _beside_bars; find_holes made both
+    # for the winning map (the mask for the fit, the table on a second core): they are handed down, the same bits
+    import ptolemy_rt.holes as holes_module
+    from benchmarks.holes_sets import make_sample
+    from ptolemy_rt.lattice import summed_area_table
+    from ptolemy_rt.models import default_models_dir
+
+    original = holes_module._beside_bars
+    calls = []
+
+    def spy(image, positive, points, on, mask, spacing, sat=None):
+        got = original(image, positive, points, on, mask, spacing, sat)
+        calls.append(sat is not None)
+        if sat is not None:
+            assert np.array_equal(sat, summed_area_table(positive))
+        assert np.array_equal(got, original(image, positive, points, on, mask, spacing))
+        return got
+
+    models = load_models(default_models_dir())
+    image = make_sample("whole_square", 3, 13_600_000).image  # a 512x364 grid-square view: holes beside bars
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(holes_module, "_beside_bars", spy)
+        res = find_holes(image, models, cnn=False)
+    assert calls and len(res.holes) > 600
