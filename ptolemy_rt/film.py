@@ -48,6 +48,9 @@ _DIM_LEVEL = 0.15
 _TEXTURE_LEVEL = 0.05
 # Off-film areas must hold a disc this many periods wide.
 _OFF_MIN_PERIODS = 1.5
+# Off-film areas that film encloses and that are smaller than a disc this many periods across are film (dimmed
+# holes; _islands).
+_ISLAND_PERIODS = 3.0
 # The local bright level is the closed image's maximum within this many periods (a disc's diameter): wide
 # enough to reach bright film across a bar's edge, narrow against gradients (tens of periods).
 _LOCAL_PERIODS = 4.0
@@ -117,7 +120,8 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
     level = lo + FILM_LEVEL * (local_hi - lo)
     # Dim areas (below _DIM_LEVEL of the bright level, far from bright film) are film only where holes
     # texture them: the dark grey outside a square is as dim as film an ice gradient darkened, but flat.
-    textured = _textured(small, hi - lo, period)
+    spread = _spread(small, period)
+    textured = _textured(spread, hi - lo, period)
     dim_margin = np.maximum((closed - dim) / span, np.where(textured, 0.05, -0.05))
     # The film's edge, to sub-pixel precision once scaled up: where the lowest margin crosses zero.
     edge = np.minimum(np.minimum((closed - level) / span, (closed - dark) / span), dim_margin).astype(np.float32)
@@ -128,6 +132,9 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
     wide = cv2.morphologyEx(off, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)),
                             borderType=cv2.BORDER_REFLECT).astype(bool)
     edge = np.where((edge <= 0) & ~wide, np.float32(0.5 / 255.0), edge).astype(np.float32)
+    islands = _islands(edge <= 0, spread > _TEXTURE_LEVEL * span, period)
+    if islands is not None:
+        edge = np.where(islands, np.float32(0.5 / 255.0), edge).astype(np.float32)
     if broken is not None:
         edge = np.where(broken, -1.0, edge).astype(np.float32)
     if edge.shape != (rows, cols):
@@ -136,6 +143,31 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
             return np.full((rows, cols), uniform, dtype=bool)
         edge = cv2.resize(edge, (cols, rows), interpolation=cv2.INTER_LINEAR)
     return edge > 0
+
+
+def _islands(off: np.ndarray, busy: np.ndarray, period: float) -> np.ndarray | None:
+    """The off-film areas (working scale) that film encloses (none touches the image's edge), that are smaller
+    than a disc _ISLAND_PERIODS across and textured throughout (`busy`: within 0.3 periods of a hole's edge): a
+    few holes that thick ice dims on dark film (gold foil), below the film level beside brighter ones. Bars and
+    the outside cross the view or meet its edge; contamination on the film (the real EPU view's ice crystal
+    over two holes, at 2x and 4x) is flat inside. None where there are none.
+
+    Tuning grid-square views 13603000 and 13703007: 4 and 9 such areas of 121-371 working px, every pixel's
+    brightness range at least 0.13 of the bright level; the real view's crystal: 0.01 in its core."""
+    import cv2
+
+    if not off.any():
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(off.view(np.uint8), 8, cv2.CV_32S,
+                                                                          cv2.CCL_GRANA)
+    rows, cols = off.shape
+    x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    x1, y1 = x0 + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]
+    small = stats[:, cv2.CC_STAT_AREA] < math.pi / 4 * (_ISLAND_PERIODS * period) ** 2
+    keep = small & (x0 > 0) & (y0 > 0) & (x1 < cols) & (y1 < rows)
+    keep[0] = False
+    keep[np.bincount(labels[~busy], minlength=n) > 0] = False
+    return keep[labels] if keep.any() else None
 
 
 def _working_size(shape: tuple[int, int], factor: float) -> tuple[int, int] | None:
@@ -192,14 +224,20 @@ def _uniform_sign(edge: np.ndarray) -> bool | None:
     return None
 
 
-def _textured(small: np.ndarray, span: float, period: float) -> np.ndarray:
-    """Where holes texture the image (working scale): the brightness range within 0.3 periods exceeds
-    _TEXTURE_LEVEL of the bright level; closed over the cells' centres (farther than that from any hole)."""
+def _spread(small: np.ndarray, period: float) -> np.ndarray:
+    """The brightness range within 0.3 periods of each pixel (working scale)."""
     import cv2
 
     kr = 2 * math.ceil(0.3 * period) + 1
-    spread = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kr, kr)),
-                              borderType=cv2.BORDER_REFLECT)
+    return cv2.morphologyEx(small, cv2.MORPH_GRADIENT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kr, kr)),
+                            borderType=cv2.BORDER_REFLECT)
+
+
+def _textured(spread: np.ndarray, span: float, period: float) -> np.ndarray:
+    """Where holes texture the image (working scale): the brightness range within 0.3 periods (_spread) exceeds
+    _TEXTURE_LEVEL of the bright level; closed over the cells' centres (farther than that from any hole)."""
+    import cv2
+
     kc = 2 * math.ceil(0.5 * _CLOSING_PERIODS * period) + 1
     return cv2.morphologyEx((spread > _TEXTURE_LEVEL * span).view(np.uint8), cv2.MORPH_CLOSE,
                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)),

@@ -260,3 +260,35 @@ def test_a_working_copy_of_a_bad_image_or_spacing_is_a_one_line_error(image, spa
     with pytest.raises(ValueError, match=what) as err:
         film_working_copy(image, spacing)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["square", "hexagonal"])
+def test_a_cluster_of_dim_holes_on_gold_foil_is_film(kind, monkeypatch):
+    # Holes that thick ice dims (30 of 180) on dark film (gold foil, 12) close to below the film level beside
+    # bright ones: their area, a few periods wide and enclosed by film, went off film, and the holes with it
+    # (tuning grid-square view 13603000: 19 of its 27 missed targets). Bars and the outside cross the view or
+    # meet its edge; an enclosed area smaller than _ISLAND_PERIODS across, textured throughout, is film again.
+    import ptolemy_rt.film as film_module
+
+    spacing = 30.0
+    img, pts, dist = grid_image(2, spacing, (600, 900), kind=kind, film=12.0, hole=180.0, bar=2.0, bar_angle=80.0)
+    far = dist > 4 * spacing
+    centre = pts[far][np.argmax(dist[far])]
+    dimmed = np.hypot(*(pts - centre).T) < 1.1 * spacing
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    rng = np.random.default_rng(0)
+    for x, y in pts[dimmed]:
+        disc = (xx - x) ** 2 + (yy - y) ** 2 <= (0.3 * spacing) ** 2
+        img[disc] = rng.poisson(30.0, int(disc.sum()))
+    on = check(img, pts, dist, spacing)  # the bar and the border still off
+    assert dimmed.sum() >= 5 and on[dimmed].all()
+    # ... but a flat crystal of contamination over a few holes elsewhere on the film stays off film (the real EPU
+    # view's: holes under it are no targets)
+    other = pts[far & (np.hypot(*(pts - centre).T) > 5 * spacing)][0]
+    crystal = np.hypot(xx - other[0], yy - other[1]) < 1.2 * spacing
+    img[crystal] = rng.poisson(25.0, int(crystal.sum()))
+    covered = np.hypot(*(pts - other).T) < 0.8 * spacing
+    on = on_film(pts, film_mask(img, spacing), 0.3 * spacing)
+    assert covered.any() and not on[covered].any() and on[dimmed].all()
+    monkeypatch.setattr(film_module, "_islands", lambda off, busy, period: None)
+    assert not on_film(pts[dimmed], film_mask(img, spacing), 0.3 * spacing).any()
