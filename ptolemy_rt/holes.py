@@ -430,6 +430,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             again = attempt(candidate, False, finer)
             if again[0] is not None:
                 lattice, reason, quality, f, prob, held = again
+            again = None  # (its mask and table: not held past the choice)
         if lattice is not None and consistent_periods(lattice.spacing_px, candidate):
             best = _solid_first(best, (quality, f, prob, lattice, held))
             if _convincing(quality, lattice, image.data):
@@ -439,9 +440,11 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             # The U-Net saw a lattice of another period: run it at that period before anything else, and
             # keep this one in case that run finds none (a period with fewer than two across the image is
             # no lattice: noise gives such).
+            # (without the map's mask and table: 118 MB each at 4096x5760; _holes_on_lattice remakes them
+            # where one of these wins)
             if quality >= _LADDER_MIN_QUALITY and (fallback is None or quality > fallback[0]):
-                fallback = (quality, f, prob, lattice, held)
-            last_resort = _better(last_resort, (quality, f, prob, lattice, held))
+                fallback = (quality, f, prob, lattice, None)
+            last_resort = _better(last_resort, (quality, f, prob, lattice, None))
             queue.insert(0, lattice.spacing_px)
         if first_reason is None and trusted:  # another estimator's period is no "image's period" to cite
             first_reason = _why_not(reason, lattice, period)
@@ -470,7 +473,7 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
                 continue
             if lattice is not None and MIN_PERIOD_PX <= lattice.spacing_px <= min(image.shape) / 2.0:
                 ladder.insert(0, lattice.spacing_px)
-                last_resort = _better(last_resort, (quality, f, prob, lattice, held))
+                last_resort = _better(last_resort, (quality, f, prob, lattice, None))
             if first_reason is None and trusted:
                 first_reason = _why_not(reason, lattice, period)
     if best is None and last_resort is not None and last_resort[0] >= _LAST_RESORT_QUALITY and (
@@ -483,7 +486,9 @@ def find_holes(image_or_path: ImageLike, models: ModelsLike | bool = None, *, op
             _drop(copy)
         reason = first_reason or "no hole lattice at any period the hole finder resolves (blank or noise?)"
         return _empty(info, model_set, reason, timings)
-    _, f, prob, lattice, (positive, table) = best
+    held = None  # the last try's mask and table: only the winner's (best's) are kept
+    _, f, prob, lattice, kept = best
+    positive, table = (None, None) if kept is None else kept
     film = films.get(lattice.spacing_px)
     if film is not None:
         for copy in film_copy:
