@@ -1067,7 +1067,8 @@ def test_beside_bars_gets_the_map_mask_and_table_find_holes_made():
     from ptolemy_rt.models import default_models_dir
 
     original = holes_module._beside_bars
-    calls = []
+    on_lattice = holes_module._holes_on_lattice
+    calls, masks = [], []
 
     def spy(image, positive, points, on, mask, spacing, sat=None):
         got = original(image, positive, points, on, mask, spacing, sat)
@@ -1077,9 +1078,18 @@ def test_beside_bars_gets_the_map_mask_and_table_find_holes_made():
         assert np.array_equal(got, original(image, positive, points, on, mask, spacing))
         return got
 
+    def spy_on_lattice(image, prob, lattice, model_set, opts, *args, **kwargs):
+        positive = kwargs.get("positive")
+        masks.append(positive is not None and np.array_equal(positive, prob > holes_module._threshold(opts, model_set)))
+        return on_lattice(image, prob, lattice, model_set, opts, *args, **kwargs)
+
     models = load_models(default_models_dir())
     image = make_sample("whole_square", 3, 13_600_000).image  # a 512x364 grid-square view: holes beside bars
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(holes_module, "_beside_bars", spy)
+        mp.setattr(holes_module, "_holes_on_lattice", spy_on_lattice)
+        # the table is made on a second core: one there, whatever this machine has
+        mp.setattr(holes_module._workers, "workers", lambda: 2)
         res = find_holes(image, models, cnn=False)
-    assert calls and len(res.holes) > 600
+    # handed down (not remade there), and the winning map's own mask
+    assert masks == [True] and any(calls) and len(res.holes) > 600
