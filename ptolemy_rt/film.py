@@ -132,7 +132,7 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
     wide = cv2.morphologyEx(off, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)),
                             borderType=cv2.BORDER_REFLECT).astype(bool)
     edge = np.where((edge <= 0) & ~wide, np.float32(0.5 / 255.0), edge).astype(np.float32)
-    islands = _islands(edge <= 0, spread > _TEXTURE_LEVEL * span, period)
+    islands = _islands(edge <= 0, spread > _TEXTURE_LEVEL * span, period, small, _TEXTURE_LEVEL * span)
     if islands is not None:
         edge = np.where(islands, np.float32(0.5 / 255.0), edge).astype(np.float32)
     if broken is not None:
@@ -145,7 +145,8 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
     return edge > 0
 
 
-def _islands(off: np.ndarray, busy: np.ndarray, period: float) -> np.ndarray | None:
+def _islands(off: np.ndarray, busy: np.ndarray, period: float, work: np.ndarray,
+             rise: float) -> np.ndarray | None:
     """The off-film areas (working scale) that film encloses (none touches the image's edge), that are smaller
     than a disc _ISLAND_PERIODS across and textured throughout (`busy`: within 0.3 periods of a hole's edge): a
     few holes that thick ice dims on dark film (gold foil), below the film level beside brighter ones. Bars and
@@ -153,7 +154,12 @@ def _islands(off: np.ndarray, busy: np.ndarray, period: float) -> np.ndarray | N
     over two holes, at 2x and 4x) is flat inside. None where there are none.
 
     Tuning grid-square views 13603000 and 13703007: 4 and 9 such areas of 121-371 working px, every pixel's
-    brightness range at least 0.13 of the bright level; the real view's crystal: 0.01 in its core."""
+    brightness range at least 0.13 of the bright level; the real view's crystal: 0.01 in its core.
+
+    Texture alone is no hole: an ice crystal's facets or a mottled contamination patch have a range as wide.
+    So the area must also show its holes (_on_lattice): brightness peaks, each on the lattice that the holes
+    in the film around it continue (work: the smoothed working copy; rise: a peak's height above its
+    surround)."""
     import cv2
 
     if not off.any():
@@ -167,7 +173,80 @@ def _islands(off: np.ndarray, busy: np.ndarray, period: float) -> np.ndarray | N
     keep = small & (x0 > 0) & (y0 > 0) & (x1 < cols) & (y1 < rows)
     keep[0] = False
     keep[np.bincount(labels[~busy], minlength=n) > 0] = False
+    for i in np.flatnonzero(keep):
+        keep[i] = _on_lattice(labels, int(i), (int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i])), work, period,
+                              rise, float(stats[i, cv2.CC_STAT_AREA]))
     return keep[labels] if keep.any() else None
+
+
+# _on_lattice: a hole's peak is the brightest pixel within 0.3 periods, at least `rise` above the darkest within
+# 0.6 (a dimmed hole on gold foil: 30 on 12, with 180 the holes' level, 0.1); the holes in the film within
+# _RING_PERIODS of an area give the lattice's steps (peaks 0.75-1.3 periods apart), and a peak in the area (at
+# least _INSIDE_PERIODS inside it) is on it where a step from a peak on it (the film's, or one found so) lands
+# within _ON_LATTICE periods of it (a peak anywhere by chance: pi * 0.15^2, ~7 %; the test's dimmed holes lie
+# 0.03-0.09 periods off, a textured crystal's peaks near lattice points 0.16-0.27). At least _ON_SHARE of the
+# area's peaks must be, and at least one per two cells of its area.
+_RING_PERIODS = 2.0
+_ON_LATTICE = 0.15
+_ON_SHARE = 0.75
+_INSIDE_PERIODS = 0.2
+
+
+def _peaks(crop: np.ndarray, period: float, rise: float) -> np.ndarray:
+    """Brightness peaks (xy, working px in the crop): the centroids of the pixels brightest within 0.3 periods
+    and at least `rise` above the darkest within 0.6."""
+    import cv2
+
+    kp = 2 * math.ceil(0.3 * period) + 1
+    kn = 2 * math.ceil(0.6 * period) + 1
+    top = cv2.dilate(crop, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kp, kp)), borderType=cv2.BORDER_REFLECT)
+    low = cv2.erode(crop, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kn, kn)), borderType=cv2.BORDER_REFLECT)
+    peak = ((crop >= top) & (crop - low >= rise)).view(np.uint8)
+    _, _, _, cents = cv2.connectedComponentsWithStats(peak, 8, cv2.CV_32S)
+    return cents[1:]
+
+
+def _on_lattice(labels: np.ndarray, i: int, box: tuple[int, int, int, int], work: np.ndarray, period: float,
+                rise: float, area: float) -> bool:
+    """Whether off-film area i (labels' component, its bounding box) shows holes on the lattice of those around
+    it (see _islands)."""
+    import cv2
+
+    rows, cols = labels.shape
+    reach = math.ceil(_RING_PERIODS * period)
+    c0, r0 = max(0, box[0] - reach), max(0, box[1] - reach)
+    c1, r1 = min(cols, box[2] + reach), min(rows, box[3] + reach)
+    crop_labels = labels[r0:r1, c0:c1]
+    peaks = _peaks(np.ascontiguousarray(work[r0:r1, c0:c1]), period, rise)
+    if len(peaks) == 0:
+        return False
+    px = np.clip(np.rint(peaks).astype(int), 0, [c1 - c0 - 1, r1 - r0 - 1])
+    at = crop_labels[px[:, 1], px[:, 0]]
+    # a peak in the area counts where it lies _INSIDE_PERIODS inside: the bright part of a film's hole that the
+    # area's edge cuts (a crystal over holes) peaks at that edge, near its lattice point; a peak in another
+    # off-film area is neither the area's nor the film's
+    depth = cv2.distanceTransform((crop_labels == i).astype(np.uint8), cv2.DIST_L2, 3)
+    inside = peaks[(at == i) & (depth[px[:, 1], px[:, 0]] >= _INSIDE_PERIODS * period)]
+    film = peaks[at == 0]
+    need = max(1, math.ceil(0.5 * area / period**2))
+    if len(inside) < need or len(film) < 3:
+        return False
+    d = (film[:, None, :] - film[None, :, :]).reshape(-1, 2)
+    length = np.hypot(d[:, 0], d[:, 1])
+    steps = d[(length >= 0.75 * period) & (length <= 1.3 * period)]
+    if len(steps) == 0:
+        return False
+    known, todo = film, inside
+    tol = _ON_LATTICE * period
+    on = 0
+    while len(todo):
+        guesses = (known[:, None, :] + steps[None, :, :]).reshape(-1, 2)
+        hit = np.array([np.min(np.hypot(*(guesses - p).T)) <= tol for p in todo])
+        if not hit.any():
+            break
+        on += int(hit.sum())
+        known, todo = todo[hit], todo[~hit]
+    return on >= need and on >= _ON_SHARE * len(inside)
 
 
 def _working_size(shape: tuple[int, int], factor: float) -> tuple[int, int] | None:
