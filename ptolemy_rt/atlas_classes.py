@@ -7,8 +7,10 @@ edge would otherwise bite into it).
 
 `classify_squares` labels squares `empty|thin|thick|broken|off-disc` from their mean intensity relative to
 the atlas's own distribution of square brightness (the median square is ordinary ice, "ok"), with the beam's
-vacuum level when it is known. The thresholds are those `synthetic.MODERATE_BRIGHTNESS` calls moderate; they
-are parameters. The label goes beside the CNN score, never instead of it.
+vacuum level when it is known. Given the squares' lattice cells, a large atlas's squares are judged against the
+ordinary squares around them instead (`local_reference`): the beam's fall-off and a montage's tile gains move
+whole neighbourhoods of squares, never one square. The thresholds are those `synthetic.MODERATE_BRIGHTNESS` calls
+moderate; they are parameters. The label goes beside the CNN score, never instead of it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from ._orderstats import median as _median
 from ._orderstats import percentile
 
-__all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask"]
+__all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask", "local_reference"]
 
 SQUARE_CLASSES = ("ok", "empty", "thin", "thick", "broken", "off-disc")
 
@@ -155,6 +157,63 @@ class ClassThresholds:
         return dict(self.__dict__)
 
 
+# local_reference: squares within this many lattice cells (a square window) give a square's first, rough level, and
+# within this many its level among the ordinary squares (those the rough level calls neither thick nor thin); a
+# level needs this many squares in its window (else the rough one, else the atlas's median). Atlases with fewer
+# squares than LOCAL_MIN_SQUARES keep the atlas's median: their whole is the neighbourhood.
+_LOCAL_ROUGH = 5
+_LOCAL_FINE = 2
+_LOCAL_MIN_ROUGH = 25
+_LOCAL_MIN_FINE = 5
+LOCAL_MIN_SQUARES = 200
+_LOCAL_RUN = 4096
+
+
+def _window_medians(values: np.ndarray, cells: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per square: the median of the finite `values` of the squares whose lattice cells lie within `radius` of its
+    own (a square window), and how many there were. Two squares in one cell: the later one counts."""
+    lo = cells.min(axis=0)
+    ij = cells - lo + radius
+    shape = tuple(int(v) for v in ij.max(axis=0) + radius + 1)
+    grid = np.full(shape, np.nan)
+    grid[ij[:, 0], ij[:, 1]] = values
+    d = np.arange(-radius, radius + 1)
+    di, dj = (v.ravel() for v in np.meshgrid(d, d, indexing="ij"))
+    med = np.full(len(values), np.nan)
+    count = np.zeros(len(values), dtype=np.int64)
+    # In runs of squares: a fine mesh's 100 000 squares' windows at once would take ~100 MB.
+    for a in range(0, len(values), _LOCAL_RUN):
+        part = ij[a : a + _LOCAL_RUN]
+        window = np.sort(grid[part[:, 0:1] + di[None, :], part[:, 1:2] + dj[None, :]], axis=1)  # NaN sort last
+        c = np.count_nonzero(np.isfinite(window), axis=1)
+        rows = np.arange(len(part))
+        mid = 0.5 * (window[rows, np.maximum(c - 1, 0) // 2] + window[rows, c // 2])
+        med[a : a + len(part)] = np.where(c > 0, mid, np.nan)
+        count[a : a + len(part)] = c
+    return med, count
+
+
+def local_reference(brightness: np.ndarray, cells: np.ndarray, *,
+                    thresholds: ClassThresholds | None = None) -> np.ndarray:
+    """Per square, the brightness of ordinary ice around it: the median of the squares near it in the lattice
+    (`cells`: (n, 2) integer lattice indices) that a rough local level (a wider window's median) calls neither
+    thick nor thin. A patch of thick squares up to about half the wide window stays thick. Where too few squares
+    are near, the wider window's median, else the atlas's median square."""
+    t = ClassThresholds() if thresholds is None else thresholds
+    b = np.asarray(brightness, dtype=np.float64).reshape(-1)
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    good = np.isfinite(b) & (b > 0)
+    overall = float(_median(b[good])) if good.any() else float("nan")
+    vals = np.where(good, b, np.nan)
+    rough, n_rough = _window_medians(vals, cells, _LOCAL_ROUGH)
+    rough = np.where(n_rough >= _LOCAL_MIN_ROUGH, rough, overall)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = vals / rough
+    ordinary = (rel >= t.thick_below) & (rel <= t.thin_above)
+    fine, n_fine = _window_medians(np.where(ordinary, vals, np.nan), cells, _LOCAL_FINE)
+    return np.where(n_fine >= _LOCAL_MIN_FINE, fine, rough)
+
+
 def classify_squares(
     brightness: np.ndarray,
     reference: np.ndarray | None = None,
@@ -163,6 +222,7 @@ def classify_squares(
     vacuum: float | None = None,
     vacuum_fraction: np.ndarray | None = None,
     thresholds: ClassThresholds = ClassThresholds(),
+    cells: np.ndarray | None = None,
 ) -> tuple[str, ...]:
     """One class per square from its mean intensity relative to the atlas's own distribution.
 
@@ -170,7 +230,9 @@ def classify_squares(
     (default: `brightness` itself); its median is ordinary ice ("ok"). in_disc: (n,) False for squares outside the
     grid disc ("off-disc"). vacuum: counts through no specimen (e.g. a broken square's or the beam's level),
     when known: then empty and broken are told from transmission, else from the relative brightness.
-    vacuum_fraction: (n,) share of each square's pixels at the vacuum level (broken film), when known."""
+    vacuum_fraction: (n,) share of each square's pixels at the vacuum level (broken film), when known.
+    cells: (n, 2) the squares' lattice indices: with at least LOCAL_MIN_SQUARES squares (and no `reference`), each
+    is judged against the ordinary squares around it (local_reference), not the atlas's median."""
     b = np.asarray(brightness, dtype=np.float64).reshape(-1)
     n = b.shape[0]
     if n == 0:
@@ -182,6 +244,9 @@ def classify_squares(
     out = np.full(n, "ok", dtype=object)
     if np.isfinite(median) and median > 0:
         rel = b / median
+        if cells is not None and reference is None and n >= LOCAL_MIN_SQUARES:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = b / local_reference(b, cells, thresholds=t)
         out[rel < t.thick_below] = "thick"
         out[rel > t.thin_above] = "thin"
         if vacuum is not None and vacuum > 0:

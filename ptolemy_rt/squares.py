@@ -9,7 +9,8 @@ dropped; regions larger than one square, squares joined across a bar or a bright
 fitted lattice (split_on_lattice); one region per lattice point; lattice points with no region added as
 ``found_by: "lattice"``; edge-cut squares under half visible flagged ``edge``) -> angle (grid angle, boxes:
 here) -> classes (brightness: the mean in the axis-aligned box inscribed in 80 % of each square, the same for
-every square; atlas_classes.classify_squares) -> crops (crops.py) -> cnn (scoring.py).
+every square; atlas_classes.classify_squares, each square against the ordinary squares around it on the
+lattice where there are 200 or more) -> crops (crops.py) -> cnn (scoring.py).
 
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
@@ -564,6 +565,18 @@ def inner_means(data: np.ndarray, centres: np.ndarray, side: float, angle_ccw_de
     return out
 
 
+def lattice_cells(centres: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(n, 2) integer lattice indices of square centres (x, y) on the mesh's lattice (basis rows a, b, px): the
+    nearest lattice point after the centres' common phase (a circular mean) is taken off."""
+    c = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    if len(c) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    st = (c - c[0]) @ np.linalg.inv(np.asarray(basis, dtype=np.float64).T).T
+    ang = 2 * np.pi * st
+    phase = np.arctan2(np.sin(ang).mean(axis=0), np.cos(ang).mean(axis=0)) / (2 * np.pi)
+    return np.rint(st - phase).astype(np.int64)
+
+
 def _pixel(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """mask at the nearest pixel of each (x, y), clipped to the image."""
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -919,7 +932,7 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     # Brightness and classes from one measure for every square, whether the mixture found it or the lattice
     # (a region's mask pixels would see only the bright part of a dark square).
     brightness = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg)
-    classes = classify_squares(brightness)
+    classes = classify_squares(brightness, cells=lattice_cells(boxes.centers, mesh.basis))
     timings["classes"] = time.perf_counter() - t
 
     scores: np.ndarray | None = None

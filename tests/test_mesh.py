@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptolemy_rt.atlas_classes import classify_squares, disc_mask
+from ptolemy_rt.atlas_classes import LOCAL_MIN_SQUARES, classify_squares, disc_mask
 from ptolemy_rt.mesh import (
     NO_MESH,
     detect_mesh,
@@ -18,6 +18,7 @@ from ptolemy_rt.mesh import (
     measure_mesh,
     mesh_number,
 )
+from ptolemy_rt.squares import lattice_cells
 
 from .conftest import examples, synthetic_medmag
 
@@ -295,3 +296,63 @@ def test_a_strip_too_thin_to_bin_has_no_mesh_no_disc_and_no_period():
     assert detect_mesh(strip.T).mesh is None
     assert estimate_lattice(strip) is None and list(period_estimates(strip)) == []
     assert spectrum_periods(np.ascontiguousarray(strip[:, :40000].T)) == []
+
+
+def _lattice_brightness(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An n x n lattice of squares of one ice (+-2 %), their cells and centres (30 px pitch, 20 degrees)."""
+    rng = np.random.default_rng(seed)
+    ij = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), axis=-1).reshape(-1, 2)
+    t = np.radians(20.0)
+    basis = 30.0 * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    centres = 500.0 + ij @ basis + rng.normal(0, 1.5, (len(ij), 2))
+    return 100.0 * rng.uniform(0.98, 1.02, len(ij)), ij, centres
+
+
+def test_classes_against_the_squares_around_them():
+    """Tile gains and a beam fall-off move whole neighbourhoods: with the squares' cells, every ordinary square is
+    ok, a 4 x 4 patch of thick squares and lone thin, empty and thick ones keep their classes; without cells (or
+    with too few squares) the atlas's median, as before."""
+    b, ij, _ = _lattice_brightness(24, seed=1)
+    u, v = (ij[:, 0] - 11.5) / 11.5, (ij[:, 1] - 11.5) / 11.5
+    b = b * (1 - 0.2 * (u * u + v * v)) * np.where(ij[:, 0] < 12, 1.3, 1.0)  # fall-off to 60 %, two tiles' gains
+    patch = (ij[:, 0] >= 3) & (ij[:, 0] < 7) & (ij[:, 1] >= 15) & (ij[:, 1] < 19)
+    b[patch] *= 0.6
+    lone = {50: ("thick", 0.6), 300: ("thin", 1.3), 420: ("empty", 1.8)}
+    for k, (_, f) in lone.items():
+        b[k] *= f
+    classes = np.array(classify_squares(b, cells=ij))
+    ordinary = ~patch
+    ordinary[list(lone)] = False
+    assert (classes[ordinary] == "ok").all()
+    assert (classes[patch] == "thick").all()
+    assert all(classes[k] == c for k, (c, _) in lone.items())
+    before = np.array(classify_squares(b))
+    assert (before[ordinary] != "ok").sum() > 100
+    assert classify_squares(b, cells=ij, reference=b) == tuple(before)
+    few = slice(0, LOCAL_MIN_SQUARES - 1)
+    assert classify_squares(b[few], cells=ij[few]) == classify_squares(b[few])
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(-0.45, 0.45), st.floats(-0.45, 0.45))
+@settings(max_examples=30, deadline=None)
+def test_lattice_cells_recover_the_lattice(seed, di, dj):
+    """lattice_cells gives each jittered centre its own lattice cell, up to one shift of the whole lattice, from
+    any start (the first centre off its point by up to 0.45 pitch)."""
+    _, ij, centres = _lattice_brightness(9, seed)
+    t = np.radians(20.0)
+    basis = 30.0 * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    centres[0] += np.array([di, dj]) @ basis
+    cells = lattice_cells(centres, basis)
+    shift = {tuple(v) for v in (cells - ij)[1:].tolist()}
+    assert len(shift) == 1
+
+
+def test_local_reference_in_runs_matches_one_pass(monkeypatch):
+    """local_reference's windows taken a few squares at a time give the same bits as all at once."""
+    from ptolemy_rt import atlas_classes
+
+    b, ij, _ = _lattice_brightness(24, seed=3)
+    b[::7] *= 0.5
+    whole = atlas_classes.local_reference(b, ij)
+    monkeypatch.setattr(atlas_classes, "_LOCAL_RUN", 7)
+    assert np.array_equal(atlas_classes.local_reference(b, ij), whole)
