@@ -24,7 +24,7 @@ import numpy as np
 from ._orderstats import median as _median
 from ._orderstats import percentile
 
-__all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask", "local_reference"]
+__all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask", "disc_step", "local_reference"]
 
 SQUARE_CLASSES = ("ok", "empty", "thin", "thick", "broken", "off-disc")
 
@@ -46,7 +46,7 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     scale = float(scale_px) if scale_px else max(h, w) / 6.0
     # Closing with an ellipse costs kernel-side squared per pixel: shrink further so the kernel stays small
     # (a 540 px close at 256 px working size took 140 ms; the disc's rim needs no finer resolution).
-    f = max(1, math.ceil(max(h, w) / _DISC_SIDE), math.ceil(scale / _DISC_KERNEL))
+    f = disc_step((h, w), scale_px=scale_px)
     if f > min(h, w):  # a strip (256 x 60000 px) shrinks to no row at all: no disc to find in it (cv2.error, 70)
         return full
     small = cv2.resize(img[: h - h % f, : w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else img
@@ -84,6 +84,13 @@ def disc_mask(image: np.ndarray, *, scale_px: float | None = None, level: float 
     if big.shape[1] < w:
         out[:, big.shape[1]:] = out[:, big.shape[1] - 1 : big.shape[1]]
     return out.view(bool)
+
+
+def disc_step(shape: tuple[int, int], *, scale_px: float | None = None) -> int:
+    """The side (px) of disc_mask's working pixel for an image of `shape`: its rim is placed to about this."""
+    h, w = shape
+    scale = float(scale_px) if scale_px else max(h, w) / 6.0
+    return max(1, math.ceil(max(h, w) / _DISC_SIDE), math.ceil(scale / _DISC_KERNEL))
 
 
 def _close_ellipse(binary: np.ndarray, k: int) -> np.ndarray:

@@ -549,9 +549,15 @@ def square_outline(centre: np.ndarray, side: float, angle_ccw_deg: float) -> np.
     return np.array([c - u - v, c - u + v, c + u + v, c + u - v])
 
 
-def inner_means(data: np.ndarray, centres: np.ndarray, side: float, angle_ccw_deg: float) -> np.ndarray:
+def inner_means(data: np.ndarray, centres: np.ndarray, side: float, angle_ccw_deg: float, *,
+                disc: np.ndarray | None = None, disc_margin: int = 0) -> np.ndarray:
     """Mean of `data` in the axis-aligned square inscribed (80 %) in each square of `side` at the angle: the
-    same measure for every square, whether the mixture found it or not (NaN where it lies off the image)."""
+    same measure for every square, whether the mixture found it or not (NaN where it lies off the image).
+    disc (the grid disc's mask): a box within the image reaching past it is measured on its part on the disc at least
+    `disc_margin` px from the disc's edge (the mask's own precision), else on the disc, else whole (the copper
+    rim beyond is no ice: squares cut by the rim read as thick)."""
+    import cv2
+
     t = math.radians(angle_ccw_deg)
     half = max(1, int(0.4 * side / (abs(math.cos(t)) + abs(math.sin(t)))))
     h, w = data.shape
@@ -561,7 +567,23 @@ def inner_means(data: np.ndarray, centres: np.ndarray, side: float, angle_ccw_de
         r0, r1 = max(0, cy - half), min(h, cy + half + 1)
         c0, c1 = max(0, cx - half), min(w, cx + half + 1)
         if r1 > r0 and c1 > c0:
-            out[k] = float(data[r0:r1, c0:c1].mean(dtype=np.float64))
+            box = data[r0:r1, c0:c1]
+            # A box the image's edge cuts is an edge square's, measured whole as before (its box is no square's
+            # inner part either way).
+            inside = r0 == cy - half and r1 == cy + half + 1 and c0 == cx - half and c1 == cx + half + 1
+            on = None if disc is None or not inside else disc[r0:r1, c0:c1]
+            if on is not None and not on.all() and on.any():
+                if disc_margin > 0:
+                    m = disc_margin
+                    a0, a1, b0, b1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+                    near = np.ascontiguousarray(disc[a0:a1, b0:b1], dtype=np.uint8)
+                    inner = cv2.erode(near, np.ones((2 * m + 1, 2 * m + 1), np.uint8),
+                                      borderType=cv2.BORDER_REPLICATE)[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] != 0
+                    if inner.any():
+                        on = inner
+                out[k] = float(box[on].mean(dtype=np.float64))
+            else:
+                out[k] = float(box.mean(dtype=np.float64))
     return out
 
 
@@ -760,7 +782,7 @@ def _runs(n: int, size: int) -> list[tuple[int, int]]:
 def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, opts: SquareOptions,
                   timings: dict[str, float], t_start: float) -> SquareResult:
     """Our pipeline: the mesh sets the segmentation, the disc bounds it, the lattice completes it."""
-    from .atlas_classes import classify_squares, disc_mask
+    from .atlas_classes import classify_squares, disc_mask, disc_step
     from .mesh import detect_mesh, fit_square_lattice
 
     t = time.perf_counter()
@@ -931,7 +953,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     t = time.perf_counter()
     # Brightness and classes from one measure for every square, whether the mixture found it or the lattice
     # (a region's mask pixels would see only the bright part of a dark square).
-    brightness = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg)
+    brightness = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg, disc=disc,
+                             disc_margin=disc_step(image.shape, scale_px=3 * mesh.pitch_px))
     classes = classify_squares(brightness, cells=lattice_cells(boxes.centers, mesh.basis))
     timings["classes"] = time.perf_counter() - t
 
