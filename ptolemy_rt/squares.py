@@ -7,10 +7,10 @@ montage.flatten_tile_offsets) -> mixture (Poisson mixture mask, mixture.py) -> r
 area limits from the mesh, convex hulls, regions.py) -> lattice (regions off the disc or off the lattice are
 dropped; regions larger than one square, squares joined across a bar or a bright seam, are split along the
 fitted lattice (split_on_lattice); one region per lattice point; lattice points with no region added as
-``found_by: "lattice"``; edge-cut squares under half visible flagged ``edge``) -> angle (grid angle, boxes:
-here) -> classes (brightness: the mean in the axis-aligned box inscribed in 80 % of each square, the same for
-every square; atlas_classes.classify_squares, each square against the ordinary squares around it on the
-lattice where there are 200 or more) -> crops (crops.py) -> cnn (scoring.py).
+``found_by: "lattice"``; squares the image's edge or the disc's rim cut to under half flagged ``edge``) -> angle
+(grid angle, boxes: here) -> classes (brightness: the mean in the axis-aligned box inscribed in 80 % of each
+square, the same for every square; atlas_classes.classify_squares, each square against the ordinary squares
+around it on the lattice where there are 200 or more) -> crops (crops.py) -> cnn (scoring.py).
 
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
@@ -607,6 +607,17 @@ def _pixel(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return mask[py, px]
 
 
+def _leaves_disc(disc: np.ndarray, vertices: np.ndarray, centres: np.ndarray, margin_px: float) -> np.ndarray:
+    """Per box, whether any corner moved `margin_px` further from the box's centre lies off the `disc` mask."""
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 4, 2)
+    if len(v) == 0:
+        return np.zeros(0, dtype=bool)
+    out = v - np.asarray(centres, dtype=np.float64).reshape(-1, 1, 2)
+    norm = np.maximum(np.hypot(out[..., 0], out[..., 1]), 1e-9)[..., None]
+    corners = v + out / norm * margin_px
+    return ~_pixel(disc, corners.reshape(-1, 2)).reshape(-1, 4).all(axis=1)
+
+
 def _touches_edge(hulls: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
     """Per hull, whether it reaches within a pixel of the image edge (x < 1, y < 1, x > w - 2 or y > h - 2)."""
     if len(hulls) == 0:
@@ -679,7 +690,8 @@ def may_have_seams(image: np.ndarray, mesh: Any, *, threshold: float = 5.0) -> b
 # Smallest share of a square's area kept for a square cut by the image edge.
 EDGE_SQUARE_SHARE = 0.05
 # An edge-cut square showing less than this share of the mesh's square area is flagged `edge: true`: its
-# centre lies outside the image, so a target at its box centre is not at the square's centre. Such squares
+# centre lies outside the image, so a target at its box centre is not at the square's centre (so is a square the
+# grid disc's rim cuts to less than this share, by its hull's area). Such squares
 # are kept, not dropped: the original keeps every hull over 100 px² (the real atlas has a 9 % sliver it
 # finds), and they are real squares; on the held-out set they are all of the remaining false positives
 # (benchmarks/squares_accuracy_real.py reports precision with and without them).
@@ -969,7 +981,16 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
         scores = _score(model_set, data, hulls, theta, mean, std, opts.batch_size, timings)
         timings["crops"] += stats_s  # the crops' normalisation statistics
 
-    sliver = [bool(c and a < EDGE_TARGETABLE_SHARE * mesh.square_side_px ** 2) for c, a in zip(cut, boxes.areas)]
+    # A square the grid disc's rim cuts is an edge square as one the image's edge cuts is (its box centre is not
+    # its centre): its box corners, pushed out from the centre by the disc mask's precision, leave the disc. Its
+    # share is its hull's area (the box of a piece cut off by an arc at an angle to the grid is up to twice it).
+    from .regions import polygon_area
+
+    rim = _leaves_disc(disc, boxes.vertices, boxes.centers, disc_step(image.shape, scale_px=3 * mesh.pitch_px))
+    least = EDGE_TARGETABLE_SHARE * mesh.square_side_px ** 2
+    # (A square the image's edge cuts keeps its own rule: its box is cut straight along the image's side.)
+    sliver = [bool(a < least if c else r and polygon_area(hl) < least)
+              for c, r, a, hl in zip(cut, rim.tolist(), boxes.areas, hulls)]
     squares = _squares(boxes, brightness, scores, row=rows, col=cols, found_by=found_by, square_class=classes,
                        edge=sliver)
     timings["total"] = time.perf_counter() - t_start

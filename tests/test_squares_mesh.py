@@ -391,20 +391,26 @@ def test_beam_fall_off_does_not_make_ordinary_squares_thick():
     assert (got[~thick] == "ok").mean() >= 0.98
 
 
-@pytest.mark.parametrize("seed", [6, 7])
-def test_squares_cut_by_the_disc_rim_are_measured_on_the_disc(seed):
-    """Squares of one ice cut by the grid disc's dark rim (half to 95 % of them on the disc) are ok, not thick: their
-    brightness is measured on the disc's part of their box (before: 10 and 9 of 14 ok)."""
-    image, truth, _, levels = mesh_atlas(768, 48.0, 8.0, 17.0, seed=seed, dark=0.1, ice=(0.72, 0.78))
+def _disc_atlas(seed: int, dark: float):
+    """mesh_atlas (768 px, 48 px pitch, 17 degrees) inside a grid disc of radius 360 px: the image, its squares
+    (find_squares), the truth centres and levels, and each truth square's share on the disc (9 x 9 points)."""
+    image, truth, _, levels = mesh_atlas(768, 48.0, 8.0, 17.0, seed=seed, dark=dark, ice=(0.72, 0.78))
     yy, xx = np.mgrid[0:768, 0:768]
     image = np.where(np.hypot(xx - 384, yy - 384) < 360, image, np.float32(1.0)).astype(np.float32)
     result = squares.find_squares(image, models=False)
-    # The visible share of each truth square (its 40 px side sampled on 9 x 9 points).
     t = math.radians(17.0)
     ua, vb = np.array([math.cos(t), -math.sin(t)]), np.array([math.sin(t), math.cos(t)])
     g = (np.arange(9) + 0.5) / 9 * 2 - 1
     pts = truth[:, None, :] + (g[None, :, None, None] * 20 * ua + g[None, None, :, None] * 20 * vb).reshape(1, 81, 2)
     visible = (np.hypot(pts[..., 0] - 384, pts[..., 1] - 384) < 360).mean(axis=1)
+    return result, truth, levels, visible
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_squares_cut_by_the_disc_rim_are_measured_on_the_disc(seed):
+    """Squares of one ice cut by the grid disc's dark rim (half to 95 % of them on the disc) are ok, not thick: their
+    brightness is measured on the disc's part of their box (before: 10 and 9 of 14 ok)."""
+    result, truth, levels, visible = _disc_atlas(seed, dark=0.1)
     j, d = nearest(truth, centres(result))
     got = np.array([result.squares[k].square_class for k in j])
     cut = (visible >= 0.5) & (visible < 0.95) & (levels != 0.25)
@@ -412,6 +418,19 @@ def test_squares_cut_by_the_disc_rim_are_measured_on_the_disc(seed):
     assert (got[cut] == "ok").all()
     whole = visible >= 0.95
     assert (got[whole & (levels == 0.25)] == "thick").all() and (got[whole & (levels != 0.25)] == "ok").all()
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_slivers_cut_by_the_disc_rim_are_flagged_edge(seed):
+    """A square the disc's rim cuts to under half is flagged `edge` (its box centre is not its centre), as one the
+    image's edge cuts is; squares mostly on the disc are not (before: none of the 6 slivers was)."""
+    result, truth, _, visible = _disc_atlas(seed, dark=0.0)
+    j, d = nearest(truth, centres(result))
+    found = d < 0.5 * 48
+    edge = np.array([result.squares[k].edge for k in j])
+    sliver = found & (visible < 0.35)
+    assert sliver.sum() >= 5 and edge[sliver].all()
+    assert not edge[found & (visible >= 0.6)].any()
 
 
 def _plain_profile_outliers(profile, step, threshold, max_width=12):
