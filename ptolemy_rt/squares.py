@@ -571,7 +571,10 @@ def inner_means(data: np.ndarray, centres: np.ndarray, side: float, angle_ccw_de
             # A box the image's edge cuts is an edge square's, measured whole as before (its box is no square's
             # inner part either way).
             inside = r0 == cy - half and r1 == cy + half + 1 and c0 == cx - half and c1 == cx + half + 1
-            on = None if disc is None or not inside else disc[r0:r1, c0:c1]
+            # The disc mask is convex: a box whose four corners lie on it lies wholly on it (no look at its pixels).
+            corners = disc is not None and inside and bool(disc[r0, c0] and disc[r0, c1 - 1] and disc[r1 - 1, c0]
+                                                           and disc[r1 - 1, c1 - 1])
+            on = None if disc is None or not inside or corners else disc[r0:r1, c0:c1]
             if on is not None and not on.all() and on.any():
                 if disc_margin > 0:
                     m = disc_margin
