@@ -7,9 +7,10 @@ edge would otherwise bite into it).
 
 `classify_squares` labels squares `empty|thin|thick|broken|off-disc` from their mean intensity relative to
 the atlas's own distribution of square brightness (the median square is ordinary ice, "ok"), with the beam's
-vacuum level when it is known. Given the squares' lattice cells, a large atlas's squares are judged against the
-ordinary squares around them instead (`local_reference`): the beam's fall-off and a montage's tile gains move
-whole neighbourhoods of squares, never one square. The thresholds are those `synthetic.MODERATE_BRIGHTNESS` calls
+vacuum level when it is known. Given the squares' lattice cells, a large atlas's median is scaled per square by
+the level of the ordinary squares around it (`local_reference`), clipped to LOCAL_GAIN_RANGE: the beam's fall-off
+and a montage's tile gains move whole neighbourhoods of squares, never one square, but only by so much; a wider
+region of other ice keeps its class against the median. The thresholds are those `synthetic.MODERATE_BRIGHTNESS` calls
 moderate; they are parameters. The label goes beside the CNN score, never instead of it.
 """
 
@@ -24,7 +25,8 @@ import numpy as np
 from ._orderstats import median as _median
 from ._orderstats import percentile
 
-__all__ = ["SQUARE_CLASSES", "ClassThresholds", "classify_squares", "disc_mask", "disc_step", "local_reference"]
+__all__ = ["LOCAL_GAIN_RANGE", "LOCAL_MIN_SQUARES", "SQUARE_CLASSES", "ClassThresholds", "classify_squares",
+           "disc_mask", "disc_step", "local_reference"]
 
 SQUARE_CLASSES = ("ok", "empty", "thin", "thick", "broken", "off-disc")
 
@@ -149,9 +151,10 @@ def _upscale_nearest(small: np.ndarray, f: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassThresholds:
-    """Bounds of the classes, as brightness relative to the atlas's median square (or to vacuum)."""
+    """Bounds of the classes, as brightness relative to the atlas's median square (up to its illumination: see
+    classify_squares' cells) or to vacuum."""
 
-    thick_below: float = 0.85  # relative to the median square
+    thick_below: float = 0.85  # relative to the median square (times the clipped local gain)
     thin_above: float = 1.18
     empty_above: float = 1.6  # relative, when the vacuum level is unknown
     broken_above: float = 2.2
@@ -167,12 +170,28 @@ class ClassThresholds:
 # local_reference: squares within this many lattice cells (a square window) give a square's first, rough level, and
 # within this many its level among the ordinary squares (those the rough level calls neither thick nor thin); a
 # level needs this many squares in its window (else the rough one, else the atlas's median). Atlases with fewer
-# squares than LOCAL_MIN_SQUARES keep the atlas's median: their whole is the neighbourhood.
+# squares than LOCAL_MIN_SQUARES keep the atlas's median: the windows' own minimum counts would do, but the shipped
+# goldens' atlas0 (under 200 squares) then changes; with LOCAL_GAIN_RANGE the step at the gate is at most a
+# 0.8-1.25 rescaling of the reference.
 _LOCAL_ROUGH = 5
 _LOCAL_FINE = 2
 _LOCAL_MIN_ROUGH = 25
 _LOCAL_MIN_FINE = 5
 LOCAL_MIN_SQUARES = 200
+# The local level over its own median (across the atlas) is used only within this range: what montage tile gains and
+# the beam's fall-off do to whole neighbourhoods (tuning atlases 9.8e6 / 9.9e6, squares' local level over its
+# median: montages 0.78-1.24 / 0.79-1.31 from the 0.5th to the 99.5th percentile, 0.83-1.13 / 0.81-1.25 from the
+# 2nd to the 98th; every other category within 0.86-1.11 at 0.5-99.5 %). Beyond it a region differs in its ice,
+# not its illumination: a thick band or an empty rim wider than the windows would otherwise become its own
+# "ordinary" level and be called ok; clipped, it keeps a class away from ok (a region of x0.6 reads 0.75, thick;
+# one of x1.8 reads 1.44 inside, thin rather than empty, and ok squares bordering it on two sides may read 0.8,
+# thick). Taking the level only from squares that could be ok under such a gain kept those classes too, but cost
+# thick_empty atlases 67 of 667 ok squares (tuning 9.8e6): their thin squares then pulled the level up.
+LOCAL_GAIN_RANGE = (0.8, 1.25)
+# The lattice cells' bounding box may hold at most this many cells per square (plus a constant) before
+# local_reference falls back to the atlas's median: a stray cell far off would otherwise allocate a huge grid.
+_LOCAL_MAX_CELLS_PER_SQUARE = 16
+_LOCAL_MAX_CELLS_EXTRA = 1 << 16
 _LOCAL_RUN = 4096
 
 
@@ -200,17 +219,30 @@ def _window_medians(values: np.ndarray, cells: np.ndarray, radius: int) -> tuple
     return med, count
 
 
+def _cells_compact(cells: np.ndarray) -> bool:
+    """Whether the window grid over `cells`' bounding box (with the rough window's margin) stays small."""
+    if cells.shape[0] == 0:
+        return False
+    extent = cells.max(axis=0).astype(np.float64) - cells.min(axis=0) + 2 * _LOCAL_ROUGH + 1
+    limit = _LOCAL_MAX_CELLS_PER_SQUARE * cells.shape[0] + _LOCAL_MAX_CELLS_EXTRA
+    return float(extent[0]) * float(extent[1]) <= limit
+
+
 def local_reference(brightness: np.ndarray, cells: np.ndarray, *,
                     thresholds: ClassThresholds | None = None) -> np.ndarray:
     """Per square, the brightness of ordinary ice around it: the median of the squares near it in the lattice
     (`cells`: (n, 2) integer lattice indices) that a rough local level (a wider window's median) calls neither
-    thick nor thin. A patch of thick squares up to about half the wide window stays thick. Where too few squares
-    are near, the wider window's median, else the atlas's median square."""
+    thick nor thin. A patch of other ice wider than about half the wide window becomes its own level: hence
+    classify_squares uses it only within LOCAL_GAIN_RANGE of its median. Where too few squares are near, the wider
+    window's median, else the atlas's median square (for every square when the cells' bounding box is far larger
+    than their number)."""
     t = ClassThresholds() if thresholds is None else thresholds
     b = np.asarray(brightness, dtype=np.float64).reshape(-1)
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
     good = np.isfinite(b) & (b > 0)
     overall = float(_median(b[good])) if good.any() else float("nan")
+    if not _cells_compact(cells):
+        return np.full(b.shape, overall)
     vals = np.where(good, b, np.nan)
     rough, n_rough = _window_medians(vals, cells, _LOCAL_ROUGH)
     rough = np.where(n_rough >= _LOCAL_MIN_ROUGH, rough, overall)
@@ -238,8 +270,10 @@ def classify_squares(
     grid disc ("off-disc"). vacuum: counts through no specimen (e.g. a broken square's or the beam's level),
     when known: then empty and broken are told from transmission, else from the relative brightness.
     vacuum_fraction: (n,) share of each square's pixels at the vacuum level (broken film), when known.
-    cells: (n, 2) the squares' lattice indices: with at least LOCAL_MIN_SQUARES squares (and no `reference`), each
-    is judged against the ordinary squares around it (local_reference) scaled to the atlas's median."""
+    cells: (n, 2) the squares' lattice indices (used with LOCAL_MIN_SQUARES squares or more and no `reference`): the
+    median is scaled, per square, by the level of the ordinary squares around it (local_reference) over that level's
+    median, clipped to LOCAL_GAIN_RANGE (tile gains, beam fall-off): classes stay relative to the atlas's median
+    square, up to the illumination."""
     b = np.asarray(brightness, dtype=np.float64).reshape(-1)
     n = b.shape[0]
     if n == 0:
@@ -255,11 +289,12 @@ def classify_squares(
             local = local_reference(b, cells, thresholds=t)
             seen = local[np.isfinite(local) & (local > 0)]
             if seen.size:
-                # Scaled to the atlas's median: only the local level's changes across the atlas are taken out, so
-                # an atlas of many thick squares keeps its median's level (the ordinary squares' own median sits
-                # higher there, and called fewer squares thin or empty: 0.947 -> 0.910 thin on tuning atlases).
+                # Relative to its own median (an atlas of many thick squares keeps its median's level: the ordinary
+                # squares' median sits higher there, and called fewer squares thin or empty), and clipped to what
+                # illumination does: a region of other ice keeps its class against the atlas's median.
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    rel = b / (local * (median / float(_median(seen))))
+                    gain = np.clip(local / float(_median(seen)), *LOCAL_GAIN_RANGE)
+                    rel = np.where(np.isfinite(gain), b / (median * gain), rel)
         out[rel < t.thick_below] = "thick"
         out[rel > t.thin_above] = "thin"
         if vacuum is not None and vacuum > 0:

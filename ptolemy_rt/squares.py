@@ -9,8 +9,9 @@ dropped; regions larger than one square, squares joined across a bar or a bright
 fitted lattice (split_on_lattice); one region per lattice point; lattice points with no region added as
 ``found_by: "lattice"``; squares the image's edge or the disc's rim cut to under half flagged ``edge``) -> angle
 (grid angle, boxes: here) -> classes (brightness: the mean in the axis-aligned box inscribed in 80 % of each
-square, the same for every square; atlas_classes.classify_squares, each square against the ordinary squares
-around it on the lattice where there are 200 or more) -> crops (crops.py) -> cnn (scoring.py).
+square, the same for every square; atlas_classes.classify_squares, relative to the atlas's median square scaled
+by the illumination around it on the lattice (200 squares or more), clipped to what tile gains and fall-off
+do) -> crops (crops.py) -> cnn (scoring.py).
 
 ``SquareOptions(compat=True)`` (``SquareOptions.ptolemy()``, the CLI's ``--compat ptolemy``) runs the original
 pipeline only: read -> mixture -> regions (6 px, 100 px²) -> angle -> crops -> cnn.
