@@ -571,15 +571,20 @@ def test_dark_blobs_on_continuous_film_are_no_lattice(index, base):
     assert res.holes == () and res.reason is not None
 
 
-def test_dark_candidates_tells_dark_blobs_from_holes():
-    from ptolemy_rt.holes import _dark_candidates
-
+def _discs_on_film() -> tuple[np.ndarray, np.ndarray]:
+    """Three 20 px discs (a mask) and a noisy film of level 100 around them (float32), 300x200."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:200, :300]
     discs = np.zeros((200, 300), dtype=bool)
     for cx, cy in ((60, 50), (200, 60), (120, 150)):
         discs |= (xx - cx) ** 2 + (yy - cy) ** 2 < 20**2
-    film = rng.normal(100.0, 10.0, discs.shape).astype(np.float32)
+    return discs, rng.normal(100.0, 10.0, discs.shape).astype(np.float32)
+
+
+def test_dark_candidates_tells_dark_blobs_from_holes():
+    from ptolemy_rt.holes import _dark_candidates
+
+    discs, film = _discs_on_film()
     dark = np.where(discs, 5.0, film).astype(np.float32)  # contamination: nearly opaque
     bright = np.where(discs, 180.0, film).astype(np.float32)  # holes pass more than the film
     dim = np.where(discs, 70.0, film).astype(np.float32)  # thick ice in them: dimmer, not opaque
@@ -598,12 +603,7 @@ def test_dark_candidates_judges_cubic_upsampled_doses_as_between_bars_does():
 
     from ptolemy_rt.holes import _dark_candidates, _dose_floor
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:200, :300]
-    discs = np.zeros((200, 300), dtype=bool)
-    for cx, cy in ((60, 50), (200, 60), (120, 150)):
-        discs |= (xx - cx) ** 2 + (yy - cy) ** 2 < 20**2
-    film = rng.normal(100.0, 10.0, discs.shape).astype(np.float32)
+    discs, film = _discs_on_film()
     dark = np.where(discs, 5.0, film).astype(np.float32)
     dark[:, 250:] = 0.0  # a bar
     up = cv2.resize(dark, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
