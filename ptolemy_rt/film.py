@@ -121,18 +121,20 @@ def film_mask(image: np.ndarray, spacing_px: float | None = None, *, finite: boo
     # Dim areas (below _DIM_LEVEL of the bright level, far from bright film) are film only where holes
     # texture them: the dark grey outside a square is as dim as film an ice gradient darkened, but flat.
     spread = _spread(small, period)
-    textured = _textured(spread, hi - lo, period)
+    busy = spread > _TEXTURE_LEVEL * span  # within 0.3 periods of a hole's edge
+    textured = _textured(busy, period)
     dim_margin = np.maximum((closed - dim) / span, np.where(textured, 0.05, -0.05))
     # The film's edge, to sub-pixel precision once scaled up: where the lowest margin crosses zero.
     edge = np.minimum(np.minimum((closed - level) / span, (closed - dark) / span), dim_margin).astype(np.float32)
     # Off-film areas narrower than _OFF_MIN_PERIODS are a hole or two dimmed by thick ice, not a bar (bars
     # and the outside are many periods wide; torn film is handled above): film again.
     ko = 2 * math.ceil(0.5 * _OFF_MIN_PERIODS * period) + 1
-    off = (edge <= 0).view(np.uint8)
-    wide = cv2.morphologyEx(off, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)),
+    off = edge <= 0
+    wide = cv2.morphologyEx(off.view(np.uint8), cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)),
                             borderType=cv2.BORDER_REFLECT).astype(bool)
-    edge = np.where((edge <= 0) & ~wide, np.float32(0.5 / 255.0), edge).astype(np.float32)
-    islands = _islands(edge <= 0, spread > _TEXTURE_LEVEL * span, period, small, _TEXTURE_LEVEL * span)
+    edge = np.where(off & ~wide, np.float32(0.5 / 255.0), edge).astype(np.float32)
+    islands = _islands(edge <= 0, busy, period, small, _TEXTURE_LEVEL * span)
     if islands is not None:
         edge = np.where(islands, np.float32(0.5 / 255.0), edge).astype(np.float32)
     if broken is not None:
@@ -312,13 +314,13 @@ def _spread(small: np.ndarray, period: float) -> np.ndarray:
                             borderType=cv2.BORDER_REFLECT)
 
 
-def _textured(spread: np.ndarray, span: float, period: float) -> np.ndarray:
-    """Where holes texture the image (working scale): the brightness range within 0.3 periods (_spread) exceeds
-    _TEXTURE_LEVEL of the bright level; closed over the cells' centres (farther than that from any hole)."""
+def _textured(busy: np.ndarray, period: float) -> np.ndarray:
+    """Where holes texture the image (working scale): `busy` (the brightness range within 0.3 periods, _spread,
+    above _TEXTURE_LEVEL of the bright level) closed over the cells' centres (farther than that from any hole)."""
     import cv2
 
     kc = 2 * math.ceil(0.5 * _CLOSING_PERIODS * period) + 1
-    return cv2.morphologyEx((spread > _TEXTURE_LEVEL * span).view(np.uint8), cv2.MORPH_CLOSE,
+    return cv2.morphologyEx(busy.view(np.uint8), cv2.MORPH_CLOSE,
                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)),
                             borderType=cv2.BORDER_REFLECT).astype(bool)
 

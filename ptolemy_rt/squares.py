@@ -816,7 +816,8 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     min_area = mesh.min_square_area if opts.min_area is None else float(opts.min_area)
 
     t = time.perf_counter()
-    disc = disc_mask(image.data, scale_px=3 * mesh.pitch_px)
+    disc_scale = 3 * mesh.pitch_px  # the grid disc's closing scale, here and for the disc without seams
+    disc = disc_mask(image.data, scale_px=disc_scale)
     timings["disc"] = time.perf_counter() - t
 
     source = image.data
@@ -834,7 +835,7 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
                 # divides that copy in place); the tiles' gains are measured within the first disc, as before
                 # (within the new one they moved, and a tuning montage's ok class fell from 0.88 to 0.86).
                 t_disc = time.perf_counter()
-                clean_disc = disc_mask(cleaned, scale_px=3 * mesh.pitch_px)
+                clean_disc = disc_mask(cleaned, scale_px=disc_scale)
                 redisc = time.perf_counter() - t_disc
                 timings["disc"] += redisc
                 # Seams are where tiles were joined: flatten the tiles' brightness offsets too, so that one
@@ -969,8 +970,9 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     t = time.perf_counter()
     # Brightness and classes from one measure for every square, whether the mixture found it or the lattice
     # (a region's mask pixels would see only the bright part of a dark square).
+    disc_px = disc_step(image.shape, scale_px=disc_scale)  # the disc's rim is placed to about this
     brightness = inner_means(data, boxes.centers, mesh.square_side_px, mesh.angle_deg, disc=disc,
-                             disc_margin=disc_step(image.shape, scale_px=3 * mesh.pitch_px))
+                             disc_margin=disc_px)
     classes = classify_squares(brightness, cells=lattice_cells(boxes.centers, mesh.basis))
     timings["classes"] = time.perf_counter() - t
 
@@ -990,7 +992,7 @@ def _mesh_squares(image: Any, info: ImageInfo, model_set: Any, model_ids: dict, 
     # share is its hull's area (the box of a piece cut off by an arc at an angle to the grid is up to twice it).
     from .regions import polygon_area
 
-    rim = _leaves_disc(disc, boxes.vertices, boxes.centers, disc_step(image.shape, scale_px=3 * mesh.pitch_px))
+    rim = _leaves_disc(disc, boxes.vertices, boxes.centers, disc_px)
     least = EDGE_TARGETABLE_SHARE * mesh.square_side_px ** 2
     # (A square the image's edge cuts keeps its own rule: its box is cut straight along the image's side.)
     sliver = [bool(a < least if c else r and polygon_area(hl) < least)
