@@ -323,7 +323,7 @@ def _entry(task: str, raw: Any, problems: list[str]) -> ModelSpec | None:
     declared = values.get("input_shape")
     if len(problems) == n_before and task == "square_cnn" and declared is not None and len(declared) == 4:
         size = values.get("crop_size", ModelSpec.crop_size)
-        if any(_static(d) not in (None, size) for d in declared[2:]):  # -1 and 0 are dynamic, as in ONNX
+        if not _fits_crop(declared, size):
             # the crops fed are crop_size x crop_size: every image failed at inference, the set unnamed
             problems.append(f"{where}.crop_size: {size} does not fit input_shape {list(declared)}")
     if len(problems) > n_before:
@@ -526,6 +526,12 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+def _fits_crop(shape: Any, crop_size: int) -> bool:
+    """Whether an [N, 1, H, W] shape takes crop_size x crop_size crops: H and W dynamic (a name, -1, 0, None, as
+    in ONNX) or crop_size."""
+    return all(_static(d) in (None, crop_size) for d in list(shape)[2:])
+
+
 def _shape_problems(where: Path, task: str, graph_in: Any, graph_out: Any, crop_size: int | None = None) -> list[str]:
     """What the graph declares against what the task feeds and reads: an NCHW float one-channel input (for the
     square CNN, crop_size x crop_size); one logit per image for the classifiers, a one-channel map the input's size
@@ -537,8 +543,7 @@ def _shape_problems(where: Path, task: str, graph_in: Any, graph_out: Any, crop_
         if graph_in.type != "tensor(float)" or len(shape) != 4 or _static(shape[1]) not in (None, 1):
             problems.append(f"{where}: models.{task}: the graph's input is {graph_in.type} {shape}; "
                             "a float [N, 1, H, W] batch is fed")
-        elif task == "square_cnn" and crop_size is not None and any(_static(d) not in (None, crop_size)
-                                                                     for d in shape[2:]):
+        elif task == "square_cnn" and crop_size is not None and not _fits_crop(shape, crop_size):
             # the manifest's input_shape is informational: a set without one, its graph 60x60, passed --validate
             problems.append(f"{where}: models.{task}: the graph's input is {shape}; crops of crop_size {crop_size} "
                             f"x {crop_size} are fed")

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,7 +442,8 @@ def find_map(nav: Navigator, label: str | None = None, image_path: str | os.Path
         if len(hits) == 1:
             return hits[0]
         labels = [it.label for it in hits]
-        alike = sorted({lb for lb in labels if labels.count(lb) > 1}, key=labels.index)
+        counts = Counter(labels)
+        alike = sorted({lb for lb in labels if counts[lb] > 1}, key=labels.index)
         unique = [lb for lb in labels if lb not in alike]
         if alike and not unique:  # an item written twice: "choose one with --map-label (2, 2)" could not
             raise InputError(f"several navigator maps labelled alike use {name} ({', '.join(labels)}): "
